@@ -1,0 +1,20 @@
+/* Example guest: prints a greeting with what it learned from the platform, exits 0. */
+#include "kapsel_guest/console.h"
+#include "kapsel_guest/platform.h"
+#include "kapsel_guest/runtime.h"
+
+int main(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	const struct kapsel_start_info *si = kg_platform_start_info();
+	kg_printf("Hello from a Kapsel guest!\n");
+	if (si)
+		kg_printf("ABI %u.%u, %llu MiB RAM, %u devices, console %s, name '%s'\n",
+			  si->abi_major, si->abi_minor,
+			  (unsigned long long)(si->ram_bytes >> 20), si->device_count,
+			  kg_console_mode() == KG_CONSOLE_PV ? "pv" : "uart", si->name);
+	else
+		kg_printf("not running on Kapsel\n");
+	return 0;
+}

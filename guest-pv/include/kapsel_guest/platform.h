@@ -1,0 +1,54 @@
+/* Platform discovery: are we on Kapsel, which ABI, which devices, what time is it. */
+#ifndef KAPSEL_GUEST_PLATFORM_H
+#define KAPSEL_GUEST_PLATFORM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "kapsel/abi.h"
+
+/*
+ * Call once at boot with the start info pointer the hypervisor passed in
+ * rdi (may be NULL on a non-Kapsel host).  Checks the CPUID signature and
+ * the ABI major version.  Returns 0, or -KAPSEL_ENODEV when the PV
+ * interface is unusable (then only emulated devices are used).
+ */
+int kg_platform_init(const struct kapsel_start_info *start_info);
+
+/* True when the Kapsel PV interface is present and its ABI is understood. */
+bool kg_platform_is_kapsel(void);
+
+/* The start info page, or NULL off Kapsel. */
+const struct kapsel_start_info *kg_platform_start_info(void);
+
+/* The nth device of a type (0 = first), or NULL. */
+const struct kapsel_device_desc *kg_platform_find_device(enum kapsel_device_type type,
+							 unsigned nth);
+
+/* Nanoseconds on the Kapsel clock, from the TSC (no exit). */
+uint64_t kg_time_now_ns(void);
+
+/* Sleep for at least duration_ns in the hypervisor (one exit). */
+void kg_time_sleep_ns(uint64_t duration_ns);
+
+/* The event page, or NULL off Kapsel. */
+struct kapsel_event_page *kg_platform_event_page(void);
+
+/* Atomically take (and clear) channel port's pending bit; true if it was set. */
+bool kg_evtchn_test_and_clear(uint32_t port);
+
+/* The restore/clone generation the library last saw; see
+ * kg_platform_check_generation. */
+uint64_t kg_platform_generation(void);
+
+/*
+ * Register a function to call when the VM was restored or cloned (the
+ * start info generation changed): re-derive MACs, seeds and IDs there.
+ */
+void kg_platform_on_new_generation(void (*callback)(uint64_t generation));
+
+/* Compare the start info generation with the last one seen; if it changed,
+ * run the callback and return true. */
+bool kg_platform_check_generation(void);
+
+#endif

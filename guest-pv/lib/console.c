@@ -1,0 +1,56 @@
+/* Guest console: one API over the PV console hypercalls or an emulated 16550 UART. */
+#include "kapsel_guest/console.h"
+
+#include "kapsel_guest/hypercall.h"
+#include "kapsel_guest/platform.h"
+
+#define UART_DEFAULT_BASE 0x3f8u
+
+static enum kg_console_mode console_mode = KG_CONSOLE_UART;
+static uint16_t console_uart_base = UART_DEFAULT_BASE;
+
+int kg_console_init(enum kg_console_mode mode)
+{
+	const struct kapsel_device_desc *pv = kg_platform_find_device(KAPSEL_DEV_CONSOLE_PV, 0);
+	const struct kapsel_device_desc *uart = kg_platform_find_device(KAPSEL_DEV_UART16550, 0);
+
+	if (uart)
+		console_uart_base = uart->io_base;
+	if (mode == KG_CONSOLE_PV && !pv)
+		return -KAPSEL_ENODEV;
+	if (mode == KG_CONSOLE_AUTO)
+		mode = pv ? KG_CONSOLE_PV : KG_CONSOLE_UART;
+	console_mode = mode;
+	if (mode == KG_CONSOLE_UART)
+		kg_uart_init(console_uart_base);
+	return 0;
+}
+
+enum kg_console_mode kg_console_mode(void) { return console_mode; }
+
+void kg_console_write(const void *data, size_t length)
+{
+	const char *p = data;
+	if (console_mode == KG_CONSOLE_UART) {
+		kg_uart_write(console_uart_base, data, length);
+		return;
+	}
+	while (length) {
+		int64_t n = kg_hc_console_write(p, length);
+		if (n <= 0) {
+			/* PV refused (bad buffer?): fall back to the UART. */
+			kg_uart_write(console_uart_base, p, length);
+			return;
+		}
+		p += n;
+		length -= (size_t)n;
+	}
+}
+
+size_t kg_console_read(void *data, size_t length)
+{
+	if (console_mode == KG_CONSOLE_UART)
+		return kg_uart_read(console_uart_base, data, length);
+	int64_t n = kg_hc_console_read(data, length);
+	return n > 0 ? (size_t)n : 0;
+}

@@ -1,0 +1,138 @@
+/* Platform discovery: are we on Kapsel, which ABI, which devices, what time is it. */
+#include "kapsel_guest/platform.h"
+
+#include "kapsel_guest/arch.h"
+#include "kapsel_guest/hypercall.h"
+#include "kapsel_guest/os_hooks.h"
+
+static const struct kapsel_start_info *platform_start_info;
+static struct kapsel_event_page *platform_events;
+static bool platform_kapsel;
+static uint64_t platform_generation;
+static void (*platform_generation_callback)(uint64_t generation);
+
+/* TSC to Kapsel clock: now = base_ns + (tsc - base_tsc) * mult >> 32. */
+static uint64_t clock_base_ns, clock_base_tsc, clock_mult;
+
+static bool cpuid_says_kapsel(void)
+{
+	uint32_t eax, ebx, ecx, edx;
+	kg_cpuid(KAPSEL_CPUID_BASE, &eax, &ebx, &ecx, &edx);
+	if (ebx != KAPSEL_CPUID_SIGNATURE_EBX || ecx != KAPSEL_CPUID_SIGNATURE_ECX ||
+	    edx != KAPSEL_CPUID_SIGNATURE_EDX || eax < KAPSEL_CPUID_INFO)
+		return false;
+	kg_cpuid(KAPSEL_CPUID_INFO, &eax, &ebx, &ecx, &edx);
+	return (eax >> 16) == KAPSEL_ABI_MAJOR && ecx == KAPSEL_PORT_HYPERCALL;
+}
+
+static void calibrate_clock(void)
+{
+	struct kapsel_time_info info;
+	if (kg_hc_time_info(&info) < 0 || info.tsc_khz == 0)
+		return;
+	clock_base_ns = info.now_ns;
+	clock_base_tsc = info.tsc;
+	/* ns per tick in 32.32 fixed point: 1e6 / khz. */
+	clock_mult = (1000000ull << 32) / info.tsc_khz;
+}
+
+int kg_platform_init(const struct kapsel_start_info *start_info)
+{
+	platform_kapsel = false;
+	if (!cpuid_says_kapsel())
+		return -KAPSEL_ENODEV;
+	if (!start_info || start_info->magic != KAPSEL_START_INFO_MAGIC ||
+	    start_info->abi_major != KAPSEL_ABI_MAJOR)
+		return -KAPSEL_ENODEV;
+	struct kapsel_abi_info info;
+	if (kg_hc_abi_info(&info) < 0 || info.magic != KAPSEL_ABI_INFO_MAGIC ||
+	    info.major != KAPSEL_ABI_MAJOR)
+		return -KAPSEL_ENODEV;
+	platform_start_info = start_info;
+	platform_events = (struct kapsel_event_page *)(uintptr_t)start_info->event_page_gpa;
+	platform_generation = start_info->generation;
+	platform_kapsel = true;
+	calibrate_clock();
+	return 0;
+}
+
+bool kg_platform_is_kapsel(void) { return platform_kapsel; }
+
+const struct kapsel_start_info *kg_platform_start_info(void)
+{
+	return platform_kapsel ? platform_start_info : 0;
+}
+
+struct kapsel_event_page *kg_platform_event_page(void)
+{
+	return platform_kapsel ? platform_events : 0;
+}
+
+const struct kapsel_device_desc *kg_platform_find_device(enum kapsel_device_type type,
+							 unsigned nth)
+{
+	if (!platform_kapsel)
+		return 0;
+	uint32_t count = platform_start_info->device_count;
+	if (count > KAPSEL_MAX_DEVICES)
+		count = KAPSEL_MAX_DEVICES;
+	for (uint32_t i = 0; i < count; i++) {
+		const struct kapsel_device_desc *d = &platform_start_info->devices[i];
+		if (d->type == type && nth-- == 0)
+			return d;
+	}
+	return 0;
+}
+
+uint64_t kg_time_now_ns(void)
+{
+	if (!clock_mult)
+		return 0;
+	uint64_t delta = kg_rdtsc() - clock_base_tsc;
+	return clock_base_ns + (uint64_t)(((unsigned __int128)delta * clock_mult) >> 32);
+}
+
+void kg_time_sleep_ns(uint64_t duration_ns)
+{
+	uint64_t deadline = kg_time_now_ns() + duration_ns;
+	/* BLOCK also returns early for pending events; keep sleeping. */
+	while (kg_time_now_ns() < deadline) {
+		if (kg_hc_block(deadline) == 1) {
+			/* An event is pending; the caller polls it later.  Spin
+			 * with pause instead of blocking again on it. */
+			while (kg_time_now_ns() < deadline)
+				kg_cpu_relax();
+		}
+	}
+}
+
+bool kg_evtchn_test_and_clear(uint32_t port)
+{
+	if (!platform_events || port >= KAPSEL_EVTCHN_COUNT)
+		return false;
+	uint64_t bit = 1ull << (port % 64);
+	uint64_t old = __atomic_fetch_and(&platform_events->pending[port / 64], ~bit,
+					  __ATOMIC_SEQ_CST);
+	return (old & bit) != 0;
+}
+
+uint64_t kg_platform_generation(void) { return platform_generation; }
+
+void kg_platform_on_new_generation(void (*callback)(uint64_t generation))
+{
+	platform_generation_callback = callback;
+}
+
+bool kg_platform_check_generation(void)
+{
+	if (!platform_kapsel)
+		return false;
+	uint64_t now = __atomic_load_n(&platform_start_info->generation, __ATOMIC_ACQUIRE);
+	if (now == platform_generation)
+		return false;
+	platform_generation = now;
+	calibrate_clock(); /* a restored VM's TSC moved */
+	if (platform_generation_callback)
+		platform_generation_callback(now);
+	return true;
+}

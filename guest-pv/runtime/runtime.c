@@ -1,0 +1,156 @@
+/* The reference guest runtime: entry, printf, allocator, exit and asserts for example guests. */
+#include "kapsel_guest/runtime.h"
+
+#include "kapsel_guest/console.h"
+#include "kapsel_guest/hypercall.h"
+#include "kapsel_guest/os_hooks.h"
+#include "kapsel_guest/platform.h"
+
+#define RUNTIME_MAX_ARGS 32
+#define PAGE_BYTES 4096u
+
+extern char _end[]; /* linker script: end of the image */
+
+static char runtime_cmdline[KAPSEL_CMDLINE_MAX];
+static uintptr_t heap_next, heap_limit;
+
+/* ---- OS hooks for libkapsel-guest ---------------------------------------- */
+
+void *kg_os_alloc_pages(size_t count)
+{
+	uintptr_t start = (heap_next + PAGE_BYTES - 1) & ~(uintptr_t)(PAGE_BYTES - 1);
+	if (count > (heap_limit - start) / PAGE_BYTES)
+		return 0;
+	heap_next = start + count * PAGE_BYTES;
+	/* Fresh guest RAM is zero; the allocator never hands memory out twice. */
+	return (void *)start;
+}
+
+uint64_t kg_os_virt_to_phys(const void *address)
+{
+	return (uint64_t)(uintptr_t)address; /* identity mapped */
+}
+
+void kg_os_log(const char *message) { kg_printf("%s\n", message); }
+
+void kg_os_panic(const char *message) { kg_panic("%s", message); }
+
+/* ---- Runtime services ---------------------------------------------------- */
+
+void *kg_malloc(size_t size_bytes)
+{
+	uintptr_t start = (heap_next + 15) & ~(uintptr_t)15;
+	if (size_bytes > heap_limit - start)
+		return 0;
+	heap_next = start + size_bytes;
+	return (void *)start;
+}
+
+int kg_printf(const char *fmt, ...)
+{
+	char buffer[512];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = kg_vsnprintf(buffer, sizeof(buffer), fmt, ap);
+	va_end(ap);
+	kg_console_write(buffer, n < (int)sizeof(buffer) ? (size_t)n : sizeof(buffer) - 1);
+	return n;
+}
+
+void kg_exit(int exit_code)
+{
+	if (kg_platform_is_kapsel())
+		kg_hc_shutdown(KAPSEL_SHUTDOWN_POWEROFF, exit_code);
+	/* Off Kapsel there is no poweroff: CPL3 code cannot halt, so spin. */
+	for (;;)
+		__asm__ volatile("pause");
+}
+
+void kg_panic(const char *fmt, ...)
+{
+	char buffer[400];
+	va_list ap;
+	va_start(ap, fmt);
+	kg_vsnprintf(buffer, sizeof(buffer), fmt, ap);
+	va_end(ap);
+	kg_printf("guest panic: %s\n", buffer);
+	if (kg_platform_is_kapsel())
+		kg_hc_shutdown(KAPSEL_SHUTDOWN_CRASH, 1);
+	for (;;)
+		__asm__ volatile("pause");
+}
+
+const char *kg_cmdline_get(const char *key)
+{
+	size_t key_len = strlen(key);
+	const char *p = runtime_cmdline;
+	while (*p) {
+		while (*p == ' ')
+			p++;
+		if (strncmp(p, key, key_len) == 0 && p[key_len] == '=')
+			return p + key_len + 1;
+		while (*p && *p != ' ')
+			p++;
+	}
+	return 0;
+}
+
+static void heap_init(const struct kapsel_start_info *si)
+{
+	heap_next = (uintptr_t)_end;
+	heap_limit = heap_next;
+	if (!si)
+		return;
+	/* Use the RAM entry of the memory map that follows the image. */
+	for (uint32_t i = 0; i < si->memmap_count && i < KAPSEL_MEMMAP_MAX; i++) {
+		const struct kapsel_memmap_entry *m = &si->memmap[i];
+		if (m->type == KAPSEL_MEMMAP_RAM && m->gpa <= heap_next &&
+		    heap_next < m->gpa + m->length_bytes)
+			heap_limit = (uintptr_t)(m->gpa + m->length_bytes);
+	}
+}
+
+/* Split the command line in place; "console=..." values stay in argv. */
+static int split_args(char *line, char **argv)
+{
+	int argc = 0;
+	argv[argc++] = "guest";
+	while (*line && argc < RUNTIME_MAX_ARGS) {
+		while (*line == ' ')
+			*line++ = '\0';
+		if (!*line)
+			break;
+		argv[argc++] = line;
+		while (*line && *line != ' ')
+			line++;
+	}
+	argv[argc] = 0;
+	return argc;
+}
+
+__attribute__((noreturn)) void kg_runtime_start(const struct kapsel_start_info *si);
+
+void kg_runtime_start(const struct kapsel_start_info *si)
+{
+	static char args_storage[KAPSEL_CMDLINE_MAX];
+	static char *argv[RUNTIME_MAX_ARGS + 1];
+
+	int on_kapsel = kg_platform_init(si) == 0;
+	if (on_kapsel) {
+		memcpy(runtime_cmdline, si->cmdline, sizeof(runtime_cmdline));
+		runtime_cmdline[sizeof(runtime_cmdline) - 1] = '\0';
+	}
+	heap_init(on_kapsel ? si : 0);
+	const char *console = kg_cmdline_get("console");
+	enum kg_console_mode mode = KG_CONSOLE_AUTO;
+	if (console && strcmp(console, "uart") == 0)
+		mode = KG_CONSOLE_UART;
+	else if (console && strcmp(console, "pv") == 0)
+		mode = KG_CONSOLE_PV;
+	if (kg_console_init(mode) < 0)
+		kg_console_init(KG_CONSOLE_AUTO);
+
+	memcpy(args_storage, runtime_cmdline, sizeof(args_storage));
+	int argc = split_args(args_storage, argv);
+	kg_exit(main(argc, argv));
+}

@@ -1,0 +1,267 @@
+/* Kapsel hypercall ABI v1: the contract between a guest and the kapsel hypervisor. */
+#ifndef KAPSEL_ABI_H
+#define KAPSEL_ABI_H
+
+/*
+ * This header is freestanding C11 and is included by both sides: the
+ * hypervisor (hosted, Linux) and guest kernels (freestanding).  It uses only
+ * fixed-width types.  Every shared structure starts with a magic and a
+ * revision, has explicit padding, and its layout is locked below with
+ * _Static_assert.  docs/abi.md is the prose specification of this file.
+ *
+ * Version bump rule:
+ *   - KAPSEL_ABI_MINOR grows when a call, feature bit, device type or a field
+ *     carved out of a _reserved area is added.  Old guests keep working.
+ *   - KAPSEL_ABI_MAJOR grows when anything existing changes meaning, size or
+ *     place.  A guest that sees a major version it does not know must not use
+ *     any call but KAPSEL_HC_ABI_INFO and KAPSEL_HC_SHUTDOWN (whose numbers
+ *     and arguments never change).
+ */
+
+#include <stdint.h>
+
+#define KAPSEL_ABI_MAJOR 1u
+#define KAPSEL_ABI_MINOR 0u
+#define KAPSEL_ABI_VERSION ((KAPSEL_ABI_MAJOR << 16) | KAPSEL_ABI_MINOR)
+
+/* ---- Discovery through CPUID -------------------------------------------- */
+
+/*
+ * CPUID 0x40000000: eax = highest Kapsel leaf, ebx:ecx:edx = "KapselKapsel".
+ * CPUID 0x40000001: eax = KAPSEL_ABI_VERSION, ebx = feature bits (low 32),
+ *                   ecx = hypercall port, edx = 0.
+ */
+#define KAPSEL_CPUID_BASE 0x40000000u
+#define KAPSEL_CPUID_INFO 0x40000001u
+#define KAPSEL_CPUID_SIGNATURE_EBX 0x7370614bu /* "Kaps" */
+#define KAPSEL_CPUID_SIGNATURE_ECX 0x614b6c65u /* "elKa" */
+#define KAPSEL_CPUID_SIGNATURE_EDX 0x6c657370u /* "psel" */
+
+/* ---- Feature bits (start info, CPUID 0x40000001.ebx, ABI_INFO) ----------- */
+
+#define KAPSEL_FEATURE_CONSOLE_PV (1ull << 0)  /* console write/read calls */
+#define KAPSEL_FEATURE_EVTCHN (1ull << 1)      /* event channels + block */
+#define KAPSEL_FEATURE_DOORBELL (1ull << 2)    /* ioeventfd doorbell ports */
+#define KAPSEL_FEATURE_BLOCK_PV (1ull << 3)    /* PV block protocol (blk.h) */
+#define KAPSEL_FEATURE_GENERATION (1ull << 4)  /* start_info.generation */
+#define KAPSEL_FEATURES_V1                                                     \
+	(KAPSEL_FEATURE_CONSOLE_PV | KAPSEL_FEATURE_EVTCHN |                   \
+	 KAPSEL_FEATURE_DOORBELL | KAPSEL_FEATURE_BLOCK_PV |                   \
+	 KAPSEL_FEATURE_GENERATION)
+
+/* ---- I/O ports ---------------------------------------------------------- */
+
+/*
+ * Calling convention (see docs/abi.md):
+ *   rax = call number (in), result (out, negative errno on failure)
+ *   rdi, rsi, rcx, r8, r9 = arguments 0..4
+ *   the call itself is   outl %eax, %dx   with dx = KAPSEL_PORT_HYPERCALL.
+ * No other register changes.  Pointers are guest-physical addresses.
+ */
+#define KAPSEL_PORT_HYPERCALL 0x0510u /* a 4-byte port: 0x510-0x513 */
+/* Reserved for the hypervisor's CPL0 exception stub; closed to the guest. */
+#define KAPSEL_PORT_FAULT 0x0518u
+/*
+ * Doorbells: a 16-bit write (outw) of any value to KAPSEL_PORT_DOORBELL(n)
+ * kicks the backend of device n without an exit to the VMM's user space.
+ */
+#define KAPSEL_PORT_DOORBELL_BASE 0x0520u
+#define KAPSEL_PORT_DOORBELL(n) (KAPSEL_PORT_DOORBELL_BASE + 2u * (n))
+#define KAPSEL_MAX_DEVICES 16u
+
+/* ---- Error codes: negative Linux errno values --------------------------- */
+
+#define KAPSEL_EPERM 1
+#define KAPSEL_ENOENT 2
+#define KAPSEL_EIO 5
+#define KAPSEL_E2BIG 7
+#define KAPSEL_EAGAIN 11
+#define KAPSEL_ENOMEM 12
+#define KAPSEL_EFAULT 14
+#define KAPSEL_EBUSY 16
+#define KAPSEL_EEXIST 17
+#define KAPSEL_ENODEV 19
+#define KAPSEL_EINVAL 22
+#define KAPSEL_ENOSPC 28
+#define KAPSEL_EROFS 30
+#define KAPSEL_ERANGE 34
+#define KAPSEL_ENOSYS 38
+#define KAPSEL_ETIMEDOUT 110
+
+/* ---- Hypercall numbers (never reused) ----------------------------------- */
+
+enum kapsel_hypercall {
+	/* (gpa of struct kapsel_abi_info) -> 0 */
+	KAPSEL_HC_ABI_INFO = 0,
+	/* (gpa, length_bytes) -> bytes written */
+	KAPSEL_HC_CONSOLE_WRITE = 1,
+	/* (gpa, length_bytes) -> bytes read, 0 if none is waiting */
+	KAPSEL_HC_CONSOLE_READ = 2,
+	/* (enum kapsel_shutdown_reason, exit_code) -> does not return */
+	KAPSEL_HC_SHUTDOWN = 3,
+	/* (gpa of struct kapsel_time_info) -> 0 */
+	KAPSEL_HC_TIME_INFO = 4,
+	/* (deadline_ns on the Kapsel clock, UINT64_MAX = none) -> 1 if an
+	 * unmasked event is pending, 0 at the deadline */
+	KAPSEL_HC_BLOCK = 5,
+	/* () -> new event channel port */
+	KAPSEL_HC_EVTCHN_ALLOC = 6,
+	/* (port, device index) -> 0; the device signals completions on port */
+	KAPSEL_HC_EVTCHN_BIND_DEVICE = 7,
+	/* (port) -> 0; notifies the other end (kicks a bound device) */
+	KAPSEL_HC_EVTCHN_SEND = 8,
+	/* (port, 1 = mask / 0 = unmask) -> previous mask state */
+	KAPSEL_HC_EVTCHN_MASK = 9,
+	/* (device index, gpa of struct kapsel_device_setup) -> 0 */
+	KAPSEL_HC_DEVICE_SETUP = 10,
+	/* (port) -> 0; releases a channel (unbinds it) */
+	KAPSEL_HC_EVTCHN_CLOSE = 11,
+	KAPSEL_HC_COUNT = 12
+};
+
+enum kapsel_shutdown_reason {
+	KAPSEL_SHUTDOWN_POWEROFF = 0,
+	KAPSEL_SHUTDOWN_REBOOT = 1,
+	KAPSEL_SHUTDOWN_CRASH = 2,
+};
+
+/* ---- Structures --------------------------------------------------------- */
+
+#define KAPSEL_ABI_INFO_MAGIC 0x4b41424cu /* "KABL" */
+struct kapsel_abi_info {
+	uint32_t magic;
+	uint16_t major;
+	uint16_t minor;
+	uint64_t features;
+	uint32_t hypercall_count; /* numbers below this may exist */
+	uint32_t _reserved0;
+	uint64_t _reserved[4];
+};
+_Static_assert(sizeof(struct kapsel_abi_info) == 56, "abi_info layout");
+
+struct kapsel_time_info {
+	uint64_t now_ns;  /* Kapsel clock: nanoseconds since the VM started */
+	uint64_t tsc;     /* guest TSC value read at now_ns */
+	uint64_t tsc_khz; /* guest TSC frequency */
+	uint64_t _reserved;
+};
+_Static_assert(sizeof(struct kapsel_time_info) == 32, "time_info layout");
+
+/* Event channels: pending and mask bits live in the shared event page. */
+#define KAPSEL_EVTCHN_COUNT 256u
+#define KAPSEL_EVENT_PAGE_MAGIC 0x4b45564eu /* "KEVN" */
+struct kapsel_event_page {
+	uint32_t magic;
+	uint32_t revision; /* 1 */
+	uint8_t _pad0[56];
+	/* Set by the host with an atomic OR; cleared by the guest with an
+	 * atomic AND (or exchange).  Bit n of word n/64 is channel n. */
+	uint64_t pending[KAPSEL_EVTCHN_COUNT / 64];
+	uint8_t _pad1[32];
+	/* Written by the guest (or by KAPSEL_HC_EVTCHN_MASK); a masked channel
+	 * still becomes pending but does not wake a blocked vCPU. */
+	uint64_t mask[KAPSEL_EVTCHN_COUNT / 64];
+	uint8_t _pad2[32];
+};
+_Static_assert(sizeof(struct kapsel_event_page) == 192, "event page layout");
+_Static_assert(__builtin_offsetof(struct kapsel_event_page, pending) == 64,
+	       "pending owns a cache line");
+_Static_assert(__builtin_offsetof(struct kapsel_event_page, mask) == 128,
+	       "mask owns a cache line");
+
+enum kapsel_device_type {
+	KAPSEL_DEV_NONE = 0,
+	KAPSEL_DEV_CONSOLE_PV = 1, /* hypercall console (no ring) */
+	KAPSEL_DEV_BLOCK_PV = 2,   /* ring device, blk.h protocol */
+	KAPSEL_DEV_UART16550 = 3,  /* emulated, io_base = 0x3f8 */
+	KAPSEL_DEV_ATA_DISK = 4,   /* emulated, io_base = 0x1f0, ctl 0x3f6 */
+	KAPSEL_DEV_NE2000 = 5,     /* emulated NIC (reserved) */
+};
+
+#define KAPSEL_DEVICE_FLAG_READONLY (1u << 0)
+#define KAPSEL_DEVICE_FLAG_PREFER_EMULATED (1u << 1) /* config asks so */
+
+struct kapsel_device_desc {
+	uint16_t type;     /* enum kapsel_device_type */
+	uint16_t index;    /* device index for DEVICE_SETUP and doorbells */
+	uint32_t flags;    /* KAPSEL_DEVICE_FLAG_* */
+	uint16_t io_base;  /* emulated devices: first I/O port */
+	uint16_t io_ctl;   /* emulated devices: control port (ATA 0x3f6) */
+	uint16_t doorbell_port; /* PV ring devices: ioeventfd port, else 0 */
+	uint16_t unit;     /* nth device of its type (disk 0, disk 1, ...) */
+	uint64_t capacity_sectors; /* block devices, 512-byte sectors */
+	uint64_t _reserved[2];
+};
+_Static_assert(sizeof(struct kapsel_device_desc) == 40, "device desc layout");
+
+#define KAPSEL_MEMMAP_RAM 1u      /* free for the guest */
+#define KAPSEL_MEMMAP_RESERVED 2u /* hypervisor tables: do not touch */
+#define KAPSEL_MEMMAP_IMAGE 3u    /* the loaded guest image */
+#define KAPSEL_MEMMAP_SHARED 4u   /* start info and event page */
+struct kapsel_memmap_entry {
+	uint64_t gpa;
+	uint64_t length_bytes;
+	uint32_t type;
+	uint32_t _pad;
+};
+_Static_assert(sizeof(struct kapsel_memmap_entry) == 24, "memmap layout");
+
+#define KAPSEL_START_INFO_MAGIC 0x4b535449u /* "KSTI" */
+#define KAPSEL_START_INFO_REVISION 1u
+#define KAPSEL_CMDLINE_MAX 512u
+#define KAPSEL_MEMMAP_MAX 8u
+
+/*
+ * The start info page.  Its guest-physical address is in rdi at entry.
+ * Guest memory is identity mapped (virtual == physical) at entry.
+ */
+struct kapsel_start_info {
+	uint32_t magic;
+	uint32_t revision;
+	uint16_t abi_major;
+	uint16_t abi_minor;
+	uint32_t _pad0;
+	uint64_t features;
+	uint64_t ram_bytes;
+	uint64_t tsc_khz;
+	uint64_t event_page_gpa;
+	/* Bumped by the hypervisor on every restore and clone: a guest that
+	 * sees it change must re-derive what must be unique (MAC, seeds). */
+	uint64_t generation;
+	uint64_t boot_ns; /* Kapsel clock at guest entry */
+	uint32_t memmap_count;
+	uint32_t device_count;
+	struct kapsel_memmap_entry memmap[KAPSEL_MEMMAP_MAX];
+	struct kapsel_device_desc devices[KAPSEL_MAX_DEVICES];
+	char cmdline[KAPSEL_CMDLINE_MAX];
+	uint8_t uuid[16];
+	char name[64];
+	uint64_t _reserved[16];
+};
+_Static_assert(sizeof(struct kapsel_start_info) == 1624, "start info layout");
+_Static_assert(__builtin_offsetof(struct kapsel_start_info, memmap) == 72,
+	       "memmap offset");
+_Static_assert(__builtin_offsetof(struct kapsel_start_info, devices) == 264,
+	       "devices offset");
+
+/* DEVICE_SETUP: hand the hypervisor the guest-physical address of a ring. */
+#define KAPSEL_DEVICE_SETUP_MAGIC 0x4b445355u /* "KDSU" */
+struct kapsel_device_setup {
+	uint32_t magic;
+	uint32_t revision;      /* 1 */
+	uint64_t ring_gpa;      /* page aligned, see ring.h */
+	uint32_t ring_pages;    /* pages the ring occupies */
+	uint32_t evtchn_port;   /* completions are signalled here */
+	uint64_t _reserved[4];
+};
+_Static_assert(sizeof(struct kapsel_device_setup) == 56, "device setup layout");
+
+/* ---- Fixed guest-physical layout (hypervisor-owned low memory) ---------- */
+
+#define KAPSEL_GPA_START_INFO 0x7000u
+#define KAPSEL_GPA_EVENT_PAGE 0x8000u
+#define KAPSEL_GPA_LOW_FREE 0x60000u    /* first byte of free low memory */
+#define KAPSEL_GPA_INITIAL_STACK 0xf0000u /* rsp at entry (grows down) */
+#define KAPSEL_GPA_IMAGE_MIN 0x100000u  /* lowest address an image may use */
+
+#endif /* KAPSEL_ABI_H */

@@ -1,0 +1,215 @@
+/* `kapsel run`: boot a guest from command-line options or a libvirt domain XML file. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "log.h"
+#include "vm.h"
+
+static struct kapsel_vm *running_vm;
+
+static void on_stop_signal(int signo)
+{
+	(void)signo;
+	if (running_vm)
+		vm_request_stop(running_vm);
+}
+
+static void on_stats_signal(int signo)
+{
+	(void)signo;
+	if (running_vm)
+		__atomic_store_n(&running_vm->stats_requested, 1, __ATOMIC_SEQ_CST);
+}
+
+void cli_run_usage(FILE *out)
+{
+	fprintf(out,
+		"Usage: kapsel run [OPTIONS] [DOMAIN.xml]\n"
+		"\n"
+		"Boot a guest kernel (an ELF64 x86-64 executable) and run it until it\n"
+		"powers off.  Exits with the guest's exit code, %d if the guest crashed,\n"
+		"or %d if Kapsel could not run it.\n"
+		"\n"
+		"The VM comes from DOMAIN.xml (libvirt domain XML) or from options;\n"
+		"options given after DOMAIN.xml override it.\n"
+		"\n"
+		"Options:\n"
+		"  -k, --kernel FILE        guest kernel ELF image\n"
+		"  -m, --memory SIZE        guest RAM, e.g. 64M or 1G (default 64M; multiple of 2M)\n"
+		"  -c, --cmdline TEXT       command line the guest reads from its start info\n"
+		"  -n, --name NAME          VM name (default 'kapsel')\n"
+		"  -d, --disk SPEC          attach a raw disk image; SPEC is\n"
+		"                           PATH[,readonly][,bus=pv|ata][,cache=none|writeback]\n"
+		"                           [,iops=N][,iops_burst=N][,bps=N][,bps_burst=N][,poll=US]\n"
+		"      --console MODE       auto (PV console and UART; guest prefers PV) or uart\n"
+		"      --console-output FILE  append guest console output to FILE, not stdout\n"
+		"      --no-console-input   do not forward standard input to the guest\n"
+		"      --stats              print exit and device counters when the VM stops\n"
+		"      --stats-file FILE    on SIGUSR1, write the counters to FILE (default stderr)\n"
+		"  -v, --verbose            log what Kapsel does\n"
+		"  -h, --help               show this help\n"
+		"\n"
+		"Examples:\n"
+		"  kapsel run --kernel build/guest-pv/examples/hello.elf --memory 64M\n"
+		"  kapsel run examples/hello.xml\n",
+		KAPSEL_EXIT_GUEST_CRASH, KAPSEL_EXIT_VMM_ERROR);
+}
+
+static char *replace(char *old, const char *value)
+{
+	free(old);
+	return strdup(value);
+}
+
+int cli_run(int argc, char **argv)
+{
+	enum { OPT_CONSOLE = 256, OPT_CONSOLE_OUTPUT, OPT_NO_INPUT, OPT_STATS, OPT_STATS_FILE };
+	static const struct option options[] = {
+		{ "kernel", required_argument, NULL, 'k' },
+		{ "memory", required_argument, NULL, 'm' },
+		{ "cmdline", required_argument, NULL, 'c' },
+		{ "name", required_argument, NULL, 'n' },
+		{ "disk", required_argument, NULL, 'd' },
+		{ "console", required_argument, NULL, OPT_CONSOLE },
+		{ "console-output", required_argument, NULL, OPT_CONSOLE_OUTPUT },
+		{ "no-console-input", no_argument, NULL, OPT_NO_INPUT },
+		{ "stats", no_argument, NULL, OPT_STATS },
+		{ "stats-file", required_argument, NULL, OPT_STATS_FILE },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct vm_config config;
+	char error[512];
+	int status = KAPSEL_EXIT_VMM_ERROR;
+
+	vm_config_init(&config);
+	/* A domain XML file anywhere among the arguments is read first, so
+	 * that options override it whatever their order. */
+	for (int i = 1; i < argc; i++) {
+		size_t len = strlen(argv[i]);
+		if (argv[i][0] != '-' && len > 4 && strcmp(argv[i] + len - 4, ".xml") == 0 &&
+		    !(i > 1 && argv[i - 1][0] == '-' && argv[i - 1][1] != '-' && strlen(argv[i - 1]) == 2)) {
+			if (vm_config_load_xml(argv[i], &config, error, sizeof(error)) < 0) {
+				kapsel_error("%s", error);
+				goto out;
+			}
+		}
+	}
+
+	optind = 1;
+	int opt;
+	while ((opt = getopt_long(argc, argv, "k:m:c:n:d:vh", options, NULL)) != -1) {
+		switch (opt) {
+		case 'k':
+			config.kernel_path = replace(config.kernel_path, optarg);
+			break;
+		case 'm':
+			if (guest_memory_parse_size(optarg, &config.memory_bytes) < 0) {
+				kapsel_error("--memory '%s' is not a valid size; use a multiple of 2M between 4M and 64G, e.g. 64M or 1G",
+					     optarg);
+				goto out;
+			}
+			break;
+		case 'c':
+			if (strlen(optarg) >= KAPSEL_CMDLINE_MAX) {
+				kapsel_error("--cmdline is %zu bytes; the limit is %u", strlen(optarg),
+					     KAPSEL_CMDLINE_MAX - 1);
+				goto out;
+			}
+			config.cmdline = replace(config.cmdline, optarg);
+			break;
+		case 'n':
+			if (!*optarg || strlen(optarg) >= sizeof(config.name) || strchr(optarg, '/')) {
+				kapsel_error("--name '%s' must be 1-%zu characters without '/'", optarg,
+					     sizeof(config.name) - 1);
+				goto out;
+			}
+			snprintf(config.name, sizeof(config.name), "%s", optarg);
+			break;
+		case 'd':
+			if (config.disk_count == VM_CONFIG_MAX_DISKS) {
+				kapsel_error("too many --disk options; the limit is %u", VM_CONFIG_MAX_DISKS);
+				goto out;
+			}
+			if (vm_config_parse_disk(optarg, &config.disks[config.disk_count], error,
+						 sizeof(error)) < 0) {
+				kapsel_error("%s", error);
+				goto out;
+			}
+			config.disk_count++;
+			break;
+		case OPT_CONSOLE:
+			if (strcmp(optarg, "auto") == 0 || strcmp(optarg, "pv") == 0)
+				config.console_mode = VM_CONSOLE_AUTO;
+			else if (strcmp(optarg, "uart") == 0)
+				config.console_mode = VM_CONSOLE_UART;
+			else {
+				kapsel_error("--console '%s' is unknown; use auto or uart", optarg);
+				goto out;
+			}
+			break;
+		case OPT_CONSOLE_OUTPUT:
+			config.console_output_path = replace(config.console_output_path, optarg);
+			break;
+		case OPT_NO_INPUT:
+			config.console_input = false;
+			break;
+		case OPT_STATS:
+			config.print_stats = true;
+			break;
+		case OPT_STATS_FILE:
+			config.stats_path = replace(config.stats_path, optarg);
+			break;
+		case 'v':
+			kapsel_log_set_verbose(true);
+			break;
+		case 'h':
+			cli_run_usage(stdout);
+			status = 0;
+			goto out;
+		default:
+			fprintf(stderr, "Try 'kapsel run --help'.\n");
+			goto out;
+		}
+	}
+	for (int i = optind; i < argc; i++) {
+		size_t len = strlen(argv[i]);
+		if (len <= 4 || strcmp(argv[i] + len - 4, ".xml") != 0) {
+			kapsel_error("unexpected argument '%s'; a VM definition file must end in .xml",
+				     argv[i]);
+			goto out;
+		}
+	}
+	if (!config.kernel_path) {
+		kapsel_error("no guest kernel; give --kernel FILE or a domain XML with <os><kernel>");
+		fprintf(stderr, "Try 'kapsel run --help'.\n");
+		goto out;
+	}
+
+	struct kapsel_vm vm;
+	if (vm_create(&vm, &config) < 0)
+		goto out;
+	running_vm = &vm;
+	struct sigaction stop = { .sa_handler = on_stop_signal };
+	sigemptyset(&stop.sa_mask);
+	sigaction(SIGINT, &stop, NULL);
+	sigaction(SIGTERM, &stop, NULL);
+	struct sigaction stats = { .sa_handler = on_stats_signal };
+	sigemptyset(&stats.sa_mask);
+	sigaction(SIGUSR1, &stats, NULL);
+	status = vm_run(&vm);
+	if (config.print_stats)
+		vm_print_stats(&vm, stderr);
+	running_vm = NULL;
+	vm_destroy(&vm);
+out:
+	vm_config_free(&config);
+	return status;
+}

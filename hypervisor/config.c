@@ -1,0 +1,127 @@
+/* A VM's definition: defaults and the --disk option syntax. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void vm_config_init(struct vm_config *config)
+{
+	memset(config, 0, sizeof(*config));
+	snprintf(config->name, sizeof(config->name), "kapsel");
+	config->memory_bytes = 64ull << 20;
+	config->vcpus = 1;
+	config->on_poweroff = VM_ACTION_DESTROY;
+	config->on_reboot = VM_ACTION_RESTART;
+	config->on_crash = VM_ACTION_DESTROY;
+	config->console_mode = VM_CONSOLE_AUTO;
+	config->console_input = true;
+}
+
+void vm_config_free(struct vm_config *config)
+{
+	free(config->kernel_path);
+	free(config->cmdline);
+	free(config->console_output_path);
+	free(config->stats_path);
+	free(config->source_xml_path);
+	for (unsigned i = 0; i < config->disk_count; i++)
+		free(config->disks[i].path);
+	memset(config, 0, sizeof(*config));
+}
+
+static int disk_error(char *error, size_t error_len, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static int disk_error(char *error, size_t error_len, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(error, error_len, fmt, ap);
+	va_end(ap);
+	return -EINVAL;
+}
+
+static int parse_u64(const char *text, uint64_t *value)
+{
+	char *end;
+	if (!*text || *text == '-')
+		return -EINVAL;
+	errno = 0;
+	unsigned long long v = strtoull(text, &end, 10);
+	if (errno || *end)
+		return -EINVAL;
+	*value = v;
+	return 0;
+}
+
+int vm_config_parse_disk(const char *text, struct vm_disk_config *disk,
+			 char *error, size_t error_len)
+{
+	char *copy = strdup(text), *save = NULL;
+	int err = 0;
+
+	memset(disk, 0, sizeof(*disk));
+	if (!copy)
+		return -ENOMEM;
+	char *path = strtok_r(copy, ",", &save);
+	if (!path || !*path) {
+		free(copy);
+		return disk_error(error, error_len, "--disk needs a path: --disk PATH[,readonly][,bus=pv|ata][,cache=none|writeback]");
+	}
+	disk->path = strdup(path);
+	for (char *opt = strtok_r(NULL, ",", &save); opt && !err;
+	     opt = strtok_r(NULL, ",", &save)) {
+		char *value = strchr(opt, '=');
+		if (value)
+			*value++ = '\0';
+		uint64_t number = 0;
+		if (strcmp(opt, "readonly") == 0 || strcmp(opt, "ro") == 0) {
+			disk->readonly = !value || strcmp(value, "on") == 0 ||
+					 strcmp(value, "yes") == 0;
+		} else if (strcmp(opt, "bus") == 0 && value) {
+			if (strcmp(value, "pv") == 0 || strcmp(value, "xen") == 0)
+				disk->bus = VM_DISK_BUS_PV;
+			else if (strcmp(value, "ata") == 0 || strcmp(value, "ide") == 0)
+				disk->bus = VM_DISK_BUS_ATA;
+			else
+				err = disk_error(error, error_len, "--disk '%s': bus '%s' is unknown; use bus=pv or bus=ata", text, value);
+		} else if (strcmp(opt, "cache") == 0 && value) {
+			if (strcmp(value, "none") == 0 || strcmp(value, "direct") == 0)
+				disk->cache = VM_DISK_CACHE_NONE;
+			else if (strcmp(value, "writeback") == 0)
+				disk->cache = VM_DISK_CACHE_WRITEBACK;
+			else
+				err = disk_error(error, error_len, "--disk '%s': cache '%s' is unknown; use cache=none or cache=writeback", text, value);
+		} else if (value && parse_u64(value, &number) == 0 &&
+			   (strcmp(opt, "iops") == 0 || strcmp(opt, "iops_burst") == 0 ||
+			    strcmp(opt, "bps") == 0 || strcmp(opt, "bps_burst") == 0 ||
+			    strcmp(opt, "poll") == 0)) {
+			if (strcmp(opt, "iops") == 0)
+				disk->ops_limit.rate_per_second = number;
+			else if (strcmp(opt, "iops_burst") == 0)
+				disk->ops_limit.burst = number;
+			else if (strcmp(opt, "bps") == 0)
+				disk->bytes_limit.rate_per_second = number;
+			else if (strcmp(opt, "bps_burst") == 0)
+				disk->bytes_limit.burst = number;
+			else {
+				disk->poll = number > 0;
+				disk->poll_us = (uint32_t)(number > 1000000 ? 1000000 : number);
+			}
+		} else {
+			err = disk_error(error, error_len,
+					 "--disk '%s': option '%s%s%s' is unknown or lacks a valid value; "
+					 "known: readonly, bus=pv|ata, cache=none|writeback, iops=N, iops_burst=N, bps=N, bps_burst=N, poll=MICROSECONDS",
+					 text, opt, value ? "=" : "", value ? value : "");
+		}
+	}
+	free(copy);
+	if (err) {
+		free(disk->path);
+		disk->path = NULL;
+	}
+	return err;
+}

@@ -1,0 +1,92 @@
+/* A VM's definition: filled from the command line or from libvirt domain XML. */
+#ifndef KAPSEL_CONFIG_H
+#define KAPSEL_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define VM_CONFIG_MAX_DISKS 8u
+#define VM_CONFIG_NAME_MAX 64u
+
+enum vm_lifecycle_action {
+	VM_ACTION_DESTROY = 0, /* end the VM (kapsel exits) */
+	VM_ACTION_RESTART = 1, /* boot the guest again */
+	VM_ACTION_PRESERVE = 2, /* keep it stopped for inspection (crash) */
+};
+
+enum vm_disk_bus {
+	VM_DISK_BUS_PV = 0,  /* PV ring device (libvirt bus='xen') */
+	VM_DISK_BUS_ATA = 1, /* emulated ATA disk (libvirt bus='ide') */
+};
+
+enum vm_disk_cache {
+	VM_DISK_CACHE_WRITEBACK = 0, /* host page cache */
+	VM_DISK_CACHE_NONE = 1,      /* O_DIRECT */
+};
+
+/* Token bucket: rate per second and burst size; 0 rate means unlimited. */
+struct vm_rate_limit {
+	uint64_t rate_per_second;
+	uint64_t burst;
+};
+
+struct vm_disk_config {
+	char *path;
+	bool readonly;
+	enum vm_disk_bus bus;
+	enum vm_disk_cache cache;
+	struct vm_rate_limit ops_limit;
+	struct vm_rate_limit bytes_limit;
+	bool poll;               /* backend busy-polls the ring before sleeping */
+	uint32_t poll_us;        /* how long it polls, when poll is set */
+};
+
+enum vm_console_mode {
+	VM_CONSOLE_AUTO = 0, /* offer PV console and UART; guest picks PV */
+	VM_CONSOLE_UART = 1, /* offer only the emulated UART */
+};
+
+struct vm_config {
+	char name[VM_CONFIG_NAME_MAX];
+	uint8_t uuid[16];
+	bool has_uuid;
+	uint64_t memory_bytes;
+	unsigned vcpus;
+	char *kernel_path;
+	char *cmdline;
+	enum vm_lifecycle_action on_poweroff;
+	enum vm_lifecycle_action on_reboot;
+	enum vm_lifecycle_action on_crash;
+	enum vm_console_mode console_mode;
+	char *console_output_path; /* NULL: stdout */
+	bool console_input;        /* forward host stdin to the guest */
+	struct vm_disk_config disks[VM_CONFIG_MAX_DISKS];
+	unsigned disk_count;
+	bool print_stats;          /* --stats: print counters at exit */
+	char *stats_path;          /* write counters here on SIGUSR1 */
+	char *source_xml_path;     /* where the definition came from, if XML */
+};
+
+/* Defaults: 64 MiB, 1 vCPU, destroy on poweroff/crash, console on stdout. */
+void vm_config_init(struct vm_config *config);
+
+/* Free every string the config owns. */
+void vm_config_free(struct vm_config *config);
+
+/*
+ * Parse a --disk value: path[,readonly][,bus=pv|ata][,cache=none|writeback]
+ * [,iops=N][,iops_burst=N][,bps=N][,bps_burst=N][,poll=US].  Returns 0, or
+ * -EINVAL with a message naming the bad part in error.
+ */
+int vm_config_parse_disk(const char *text, struct vm_disk_config *disk,
+			 char *error, size_t error_len);
+
+/*
+ * Parse a libvirt domain XML file into config (config_xml.c).  Returns 0,
+ * or -EINVAL with a message naming the element in error.
+ */
+int vm_config_load_xml(const char *path, struct vm_config *config,
+		       char *error, size_t error_len);
+
+#endif

@@ -1,0 +1,22 @@
+/* Which devices a VM gets: builds them from the VM's config, in a fixed order. */
+#include "devices.h"
+
+#include "vm.h"
+
+int devices_attach(struct kapsel_vm *vm)
+{
+	int err;
+
+	if (vm->config->console_mode != VM_CONSOLE_UART) {
+		err = dev_console_pv_create(vm);
+		if (err)
+			return err;
+	}
+	err = dev_uart16550_create(vm);
+	if (err)
+		return err;
+	/* Without a PV console nobody signals input; the UART polls for it. */
+	if (vm->config->console_mode == VM_CONSOLE_UART)
+		return console_start_input(&vm->console, NULL, NULL);
+	return 0;
+}

@@ -1,0 +1,53 @@
+/* Hypercall dispatch: a table indexed by call number, with per-call counters. */
+#ifndef KAPSEL_HYPERCALL_H
+#define KAPSEL_HYPERCALL_H
+
+#include <stdint.h>
+
+#include "kapsel/abi.h"
+
+struct kapsel_vm;
+
+#define HYPERCALL_TABLE_SIZE 64u
+#define HYPERCALL_ARG_COUNT 5u
+
+/*
+ * A hypercall handler.  args are the guest's rdi, rsi, rcx, r8, r9, as the
+ * guest supplied them (untrusted).  Returns the value for the guest's rax:
+ * >= 0 on success, a negative KAPSEL_E* errno on failure.
+ */
+typedef int64_t (*hypercall_fn)(struct kapsel_vm *vm,
+				const uint64_t args[HYPERCALL_ARG_COUNT]);
+
+struct hypercall_entry {
+	hypercall_fn fn;
+	const char *name;
+	uint64_t calls;
+};
+
+struct hypercall_table {
+	struct hypercall_entry entries[HYPERCALL_TABLE_SIZE];
+	uint64_t unknown_calls; /* numbers nobody registered */
+};
+
+/* Zero the table. */
+void hypercall_table_init(struct hypercall_table *table);
+
+/*
+ * Register fn as call number nr.  Returns 0, -ERANGE if nr is outside the
+ * table, -EEXIST if nr is taken, or -EINVAL if fn or name is NULL.
+ */
+int hypercall_register(struct hypercall_table *table, uint64_t nr,
+		       const char *name, hypercall_fn fn);
+
+/*
+ * Run call nr.  Unknown numbers return -KAPSEL_ENOSYS and log one line the
+ * first time each number is seen (a guest cannot flood the log).
+ */
+int64_t hypercall_dispatch(struct hypercall_table *table, struct kapsel_vm *vm,
+			   uint64_t nr, const uint64_t args[HYPERCALL_ARG_COUNT]);
+
+/* Register the core ABI v1 calls (hypercall_core.c). Returns 0 or -errno. */
+int hypercall_register_core(struct hypercall_table *table);
+
+#endif

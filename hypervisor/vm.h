@@ -1,0 +1,125 @@
+/* A Kapsel VM: KVM VM and vCPU, guest RAM, devices, hypercalls and the exit loop. */
+#ifndef KAPSEL_VM_H
+#define KAPSEL_VM_H
+
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "console.h"
+#include "device.h"
+#include "elf_loader.h"
+#include "guest_memory.h"
+#include "hypercall.h"
+#include "kapsel/abi.h"
+
+/* Exit status of `kapsel run` besides the guest's own exit code. */
+#define KAPSEL_EXIT_VMM_ERROR 125 /* Kapsel could not start or run the VM */
+#define KAPSEL_EXIT_GUEST_CRASH 126 /* the guest faulted or asked to crash */
+
+enum vm_exit_counter {
+	VM_EXIT_IO_HYPERCALL,
+	VM_EXIT_IO_DEVICE,
+	VM_EXIT_IO_UNCLAIMED,
+	VM_EXIT_MMIO,
+	VM_EXIT_HLT,
+	VM_EXIT_SHUTDOWN,
+	VM_EXIT_INTR,
+	VM_EXIT_FAULT,
+	VM_EXIT_OTHER,
+	VM_EXIT_COUNTER_COUNT
+};
+
+enum vm_run_state {
+	VM_STATE_CREATED,
+	VM_STATE_RUNNING,
+	VM_STATE_PAUSED,
+	VM_STATE_STOPPED,
+};
+
+struct vm_evtchn {
+	bool allocated;
+	int bound_device; /* device index, or -1 */
+};
+
+struct kapsel_vm {
+	struct vm_config *config;
+	int kvm_fd, vm_fd, vcpu_fd;
+	struct kvm_run *run;
+	size_t run_size;
+	pthread_t vcpu_thread;
+	struct guest_memory mem;
+	struct elf_image image;
+	struct kapsel_start_info *start_info; /* host view of guest page */
+	struct kapsel_event_page *events;     /* host view of guest page */
+	struct hypercall_table hypercalls;
+	struct console console;
+	struct kapsel_device *devices[KAPSEL_MAX_DEVICES];
+	unsigned device_count;
+	struct vm_evtchn evtchn[KAPSEL_EVTCHN_COUNT];
+	uint64_t boot_monotonic_ns; /* CLOCK_MONOTONIC at VM creation */
+	uint64_t tsc_khz;
+	int wake_fd;           /* eventfd: wakes a vCPU blocked in KAPSEL_HC_BLOCK */
+	int vcpu_blocked;      /* atomic: 1 while the vCPU sleeps in BLOCK */
+	int stop_requested;    /* atomic: leave the run loop at the next exit */
+	int stats_requested;   /* atomic: write counters at the next exit */
+	enum vm_run_state state;
+	enum kapsel_shutdown_reason shutdown_reason;
+	int exit_code;         /* what `kapsel run` exits with */
+	uint64_t exits[VM_EXIT_COUNTER_COUNT];
+	uint64_t unclaimed_port_logged; /* first few unclaimed ports are logged */
+	uint64_t generation;
+};
+
+/*
+ * Create the VM described by config: open /dev/kvm, check the API version
+ * and every capability we use (naming a missing one), create guest RAM,
+ * load the kernel image, build boot tables and start info, and attach
+ * devices.  Errors are printed with what to do about them.  Returns 0 or a
+ * negative errno; on failure vm is fully released.
+ */
+int vm_create(struct kapsel_vm *vm, struct vm_config *config);
+
+/*
+ * Run the vCPU until the guest shuts down, crashes, or vm_request_stop.
+ * Returns the exit status for `kapsel run` (guest code, or one of
+ * KAPSEL_EXIT_*).
+ */
+int vm_run(struct kapsel_vm *vm);
+
+/* Ask the run loop to return (thread- and signal-safe). */
+void vm_request_stop(struct kapsel_vm *vm);
+
+/* Release everything vm_create made. */
+void vm_destroy(struct kapsel_vm *vm);
+
+/* Kapsel clock: nanoseconds since the VM was created. */
+uint64_t vm_clock_ns(const struct kapsel_vm *vm);
+
+/*
+ * Attach a device: assigns the next index, records its descriptor in start
+ * info and claims its ports (opening them to CPL3 code).  Returns 0,
+ * -ENOSPC (too many devices) or -EBUSY (ports already claimed).
+ */
+int vm_add_device(struct kapsel_vm *vm, struct kapsel_device *dev);
+
+/*
+ * Signal event channel port: mark it pending in the event page and wake a
+ * blocked vCPU if it is unmasked.  Callable from any thread.
+ */
+void vm_evtchn_notify(struct kapsel_vm *vm, uint32_t port);
+
+/* Print the VM's exit counters and every device's counters. */
+void vm_print_stats(struct kapsel_vm *vm, FILE *out);
+
+/*
+ * Give an attached device a doorbell: an ioeventfd on port
+ * KAPSEL_PORT_DOORBELL_BASE + index, so a guest kick wakes the backend
+ * without an exit to user space.  Sets dev->doorbell_fd and the port in the
+ * device's descriptor.  Returns 0 or a negative errno.
+ */
+int vm_add_doorbell(struct kapsel_vm *vm, struct kapsel_device *dev);
+
+#endif
