@@ -1,0 +1,104 @@
+/* Guest block API: one interface over the PV block ring and the emulated ATA disk. */
+#ifndef KAPSEL_GUEST_BLOCK_H
+#define KAPSEL_GUEST_BLOCK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kapsel/blk.h"
+
+enum kg_block_path {
+	KG_BLOCK_AUTO = 0, /* whatever the hypervisor offers for this disk */
+	KG_BLOCK_PV = 1,   /* PV ring (KAPSEL_DEV_BLOCK_PV) */
+	KG_BLOCK_ATA = 2,  /* emulated ATA disk, PIO (KAPSEL_DEV_ATA_DISK) */
+};
+
+struct kg_block_info {
+	uint64_t capacity_sectors;      /* 512-byte sectors */
+	uint32_t logical_sector_bytes;  /* 512 */
+	uint32_t physical_sector_bytes;
+	bool readonly;
+	uint32_t max_segments;          /* per request */
+	uint32_t queue_depth;           /* requests in flight at most */
+	uint64_t features;              /* KAPSEL_BLK_FEATURE_* */
+	enum kg_block_path path;        /* the path in use */
+};
+
+struct kg_block_segment {
+	void *buffer;          /* 512-byte aligned */
+	uint32_t length_bytes; /* multiple of 512 */
+};
+
+/* An asynchronous request.  The caller owns it until it comes back from
+ * kg_block_reap; it must not be touched while in flight. */
+struct kg_block_request {
+	enum kapsel_blk_op op;
+	uint64_t sector;
+	uint64_t sector_count;  /* DISCARD / WRITE_ZEROES */
+	uint32_t segment_count;
+	struct kg_block_segment segments[KAPSEL_BLK_MAX_SEGMENTS];
+	void *user_data;
+	/* Filled on completion. */
+	int status;             /* 0 or negative KAPSEL_E* */
+	/* Guest TSC at submit, backend pickup, host completion and reap (PV
+	 * path; the ATA path sets submit and reap only). */
+	uint64_t submit_tsc, pickup_tsc, complete_tsc, reap_tsc;
+};
+
+struct kg_block_device;
+
+/* Counters the guest library keeps, for benchmarks. */
+struct kg_block_stats {
+	uint64_t requests;
+	uint64_t kicks;              /* doorbell writes (exits) */
+	uint64_t kicks_suppressed;   /* publishes that needed no kick */
+	uint64_t blocks;             /* waits that slept in the hypervisor */
+	uint64_t polls;              /* completions found without sleeping */
+};
+
+/*
+ * Open disk index (the nth disk of the VM's definition) through path.
+ * KG_BLOCK_AUTO takes the PV device if the disk is offered as PV, the ATA
+ * device if it is offered as ATA.  Uses kg_os_alloc_pages for the ring.
+ * Returns 0 or -KAPSEL_ENODEV (no such disk on that path), -KAPSEL_EIO.
+ */
+int kg_block_open(unsigned index, enum kg_block_path path, struct kg_block_device **device);
+
+void kg_block_get_info(struct kg_block_device *device, struct kg_block_info *info);
+
+/* Synchronous helpers: one request, wait for it.  Return 0 or -errno. */
+int kg_block_read(struct kg_block_device *device, uint64_t sector, void *buffer,
+		  uint32_t sector_count);
+int kg_block_write(struct kg_block_device *device, uint64_t sector, const void *buffer,
+		   uint32_t sector_count);
+int kg_block_flush(struct kg_block_device *device);
+int kg_block_write_zeroes(struct kg_block_device *device, uint64_t sector,
+			  uint64_t sector_count);
+int kg_block_discard(struct kg_block_device *device, uint64_t sector, uint64_t sector_count);
+
+/*
+ * Queue a request.  Returns 0, or -KAPSEL_EAGAIN when queue_depth requests
+ * are in flight (reap some first), or -KAPSEL_EINVAL for a malformed one.
+ * Requests queued since the last kg_block_kick are published together.
+ */
+int kg_block_submit(struct kg_block_device *device, struct kg_block_request *request);
+
+/* Publish queued requests, ringing the doorbell only if the backend asked
+ * (event index). */
+void kg_block_kick(struct kg_block_device *device);
+
+/*
+ * Collect up to max completed requests into done[]; if wait is true and
+ * none are complete, sleep in the hypervisor until one is.  Returns the
+ * number collected.
+ */
+unsigned kg_block_reap(struct kg_block_device *device, struct kg_block_request **done,
+		       unsigned max, bool wait);
+
+/* Requests submitted and not yet reaped. */
+unsigned kg_block_in_flight(struct kg_block_device *device);
+
+void kg_block_get_stats(struct kg_block_device *device, struct kg_block_stats *stats);
+
+#endif

@@ -1,0 +1,38 @@
+/* Contract between the guest block API dispatcher (block.c) and its two drivers (PV ring, ATA PIO). */
+#ifndef KAPSEL_GUEST_BLOCK_INTERNAL_H
+#define KAPSEL_GUEST_BLOCK_INTERNAL_H
+
+#include "kapsel_guest/block.h"
+
+/*
+ * Each driver fills a kg_block_device's ops.  block.c picks the driver in
+ * kg_block_open and forwards the public calls; the synchronous helpers are
+ * built on submit/kick/reap in block.c, once, for both drivers.
+ */
+struct kg_block_driver_ops {
+	/* Queue request (already checked by block.c for shape). */
+	int (*submit)(struct kg_block_device *device, struct kg_block_request *request);
+	/* Publish queued requests; may be a no-op. */
+	void (*kick)(struct kg_block_device *device);
+	/* As kg_block_reap. */
+	unsigned (*reap)(struct kg_block_device *device, struct kg_block_request **done,
+			 unsigned max, bool wait);
+};
+
+struct kg_block_device {
+	const struct kg_block_driver_ops *ops;
+	struct kg_block_info info;
+	struct kg_block_stats stats;
+	unsigned in_flight;
+	void *driver; /* driver-private state */
+};
+
+/* PV driver (blk_pv.c): open the PV device described by desc. */
+int kg_blk_pv_open(const struct kapsel_device_desc *desc, struct kg_block_device *device);
+
+/* ATA driver (blk_ata.c): open the ATA disk at io_base/io_ctl (drive 0);
+ * desc may be NULL off Kapsel (then the legacy 0x1f0/0x3f6 are probed
+ * with IDENTIFY DEVICE). */
+int kg_blk_ata_open(const struct kapsel_device_desc *desc, struct kg_block_device *device);
+
+#endif

@@ -1,0 +1,53 @@
+# Helpers for integration tests that boot guests under KVM.  Source it.
+# Environment: KAPSEL (the kapsel binary), GUESTS (folder of example *.elf).
+set -u
+
+SKIP=77
+
+# Skip (exit 77) when this machine has no usable KVM.
+require_kvm() {
+	if [ ! -e /dev/kvm ]; then
+		echo "SKIP: /dev/kvm does not exist"
+		exit $SKIP
+	fi
+	if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
+		echo "SKIP: no permission to use /dev/kvm"
+		exit $SKIP
+	fi
+}
+
+fail() {
+	echo "FAIL: $*" >&2
+	exit 1
+}
+
+# run_guest OUTFILE ERRFILE ARGS...: runs kapsel run ARGS with a timeout,
+# stdin closed; sets STATUS.
+run_guest() {
+	local out=$1 err=$2
+	shift 2
+	STATUS=0
+	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input "$@" >"$out" 2>"$err" </dev/null || STATUS=$?
+}
+
+expect_status() {
+	[ "$STATUS" -eq "$1" ] || fail "expected exit status $1, got $STATUS"
+}
+
+# expect_in FILE TEXT: FILE contains TEXT (fixed string).
+expect_in() {
+	grep -qF -- "$2" "$1" || { echo "--- $1:"; cat "$1"; fail "'$2' not found in $1"; }
+}
+
+expect_not_in() {
+	if grep -qF -- "$2" "$1"; then
+		echo "--- $1:"
+		cat "$1"
+		fail "'$2' unexpectedly found in $1"
+	fi
+}
+
+make_temp_dir() {
+	TMP=$(mktemp -d "${TMPDIR:-/tmp}/kapsel-test.XXXXXX")
+	trap 'rm -rf "$TMP"' EXIT
+}
