@@ -1,0 +1,21 @@
+#!/bin/bash
+# Install the Debian packages Kapsel needs to build, test and benchmark (uses sudo when not root).
+set -euo pipefail
+
+packages=(
+	gcc libc6-dev pkg-config meson ninja-build python3
+	liburing-dev libxml2-dev libcunit1-dev
+	fio gnuplot-nox
+	libvirt-clients libxen-dev
+	iproute2 procps
+)
+
+as_root=()
+if [ "$(id -u)" -ne 0 ]; then
+	command -v sudo >/dev/null || { echo "install-deps: run as root (no sudo found)" >&2; exit 1; }
+	as_root=(sudo)
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+"${as_root[@]}" apt-get update -q
+"${as_root[@]}" apt-get install -y -q --no-install-recommends "${packages[@]}"
