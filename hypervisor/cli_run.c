@@ -6,8 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
+#include "cli_state.h"
+#include "control.h"
 #include "log.h"
 #include "vm.h"
 
@@ -24,7 +27,7 @@ static void on_stats_signal(int signo)
 {
 	(void)signo;
 	if (running_vm)
-		__atomic_store_n(&running_vm->stats_requested, 1, __ATOMIC_SEQ_CST);
+		vm_request_stats(running_vm);
 }
 
 void cli_run_usage(FILE *out)
@@ -43,13 +46,17 @@ void cli_run_usage(FILE *out)
 		"  -k, --kernel FILE        guest kernel ELF image\n"
 		"  -m, --memory SIZE        guest RAM, e.g. 64M or 1G (default 64M; multiple of 2M)\n"
 		"  -c, --cmdline TEXT       command line the guest reads from its start info\n"
-		"  -n, --name NAME          VM name (default 'kapsel')\n"
+		"  -n, --name NAME          VM name, unique on this host (default 'kapsel-PID')\n"
 		"  -d, --disk SPEC          attach a raw disk image; SPEC is\n"
 		"                           PATH[,readonly][,bus=pv|ata][,cache=none|writeback]\n"
 		"                           [,iops=N][,iops_burst=N][,bps=N][,bps_burst=N][,poll=US]\n"
 		"      --console MODE       auto (PV console and UART; guest prefers PV) or uart\n"
 		"      --console-output FILE  append guest console output to FILE, not stdout\n"
 		"      --no-console-input   do not forward standard input to the guest\n"
+		"      --no-control         do not serve a control socket (kapsel list, info,\n"
+		"                           pause, shutdown, ... cannot reach this VM)\n"
+		"      --save-on-signal DIR on SIGHUP, save the VM to DIR (kapsel restore DIR)\n"
+		"      --save-stop          with --save-on-signal: stop the VM after saving\n"
 		"      --stats              print exit and device counters when the VM stops\n"
 		"      --stats-file FILE    on SIGUSR1, write the counters to FILE (default stderr)\n"
 		"  -v, --verbose            log what Kapsel does\n"
@@ -69,7 +76,8 @@ static char *replace(char *old, const char *value)
 
 int cli_run(int argc, char **argv)
 {
-	enum { OPT_CONSOLE = 256, OPT_CONSOLE_OUTPUT, OPT_NO_INPUT, OPT_STATS, OPT_STATS_FILE };
+	enum { OPT_CONSOLE = 256, OPT_CONSOLE_OUTPUT, OPT_NO_INPUT, OPT_STATS, OPT_STATS_FILE,
+	       OPT_NO_CONTROL, OPT_SAVE_ON_SIGNAL, OPT_SAVE_STOP };
 	static const struct option options[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "memory", required_argument, NULL, 'm' },
@@ -80,6 +88,9 @@ int cli_run(int argc, char **argv)
 		{ "console-output", required_argument, NULL, OPT_CONSOLE_OUTPUT },
 		{ "no-console-input", no_argument, NULL, OPT_NO_INPUT },
 		{ "stats", no_argument, NULL, OPT_STATS },
+		{ "no-control", no_argument, NULL, OPT_NO_CONTROL },
+		{ "save-on-signal", required_argument, NULL, OPT_SAVE_ON_SIGNAL },
+		{ "save-stop", no_argument, NULL, OPT_SAVE_STOP },
 		{ "stats-file", required_argument, NULL, OPT_STATS_FILE },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
@@ -88,6 +99,10 @@ int cli_run(int argc, char **argv)
 	struct vm_config config;
 	char error[512];
 	int status = KAPSEL_EXIT_VMM_ERROR;
+	bool name_given = false, use_control = true;
+	struct control_server *control = NULL;
+	const char *save_dir = NULL; /* --save-on-signal (cli_state.c) */
+	bool save_stop = false;
 
 	vm_config_init(&config);
 	/* A domain XML file anywhere among the arguments is read first, so
@@ -132,6 +147,7 @@ int cli_run(int argc, char **argv)
 				goto out;
 			}
 			snprintf(config.name, sizeof(config.name), "%s", optarg);
+			name_given = true;
 			break;
 		case 'd':
 			if (config.disk_count == VM_CONFIG_MAX_DISKS) {
@@ -164,6 +180,15 @@ int cli_run(int argc, char **argv)
 		case OPT_STATS:
 			config.print_stats = true;
 			break;
+		case OPT_NO_CONTROL:
+			use_control = false;
+			break;
+		case OPT_SAVE_ON_SIGNAL:
+			save_dir = optarg;
+			break;
+		case OPT_SAVE_STOP:
+			save_stop = true;
+			break;
 		case OPT_STATS_FILE:
 			config.stats_path = replace(config.stats_path, optarg);
 			break;
@@ -193,9 +218,25 @@ int cli_run(int argc, char **argv)
 		goto out;
 	}
 
+	/* Names are unique per host: an unnamed VM gets one of its own. */
+	if (!name_given && !config.source_xml_path)
+		snprintf(config.name, sizeof(config.name), "kapsel-%ld", (long)getpid());
+	/* Claim the name before anything else, so that starting the same VM
+	 * twice fails on the name, not on a locked disk. */
+	if (use_control && control_server_start(&control, config.name, error, sizeof(error)) < 0) {
+		kapsel_error("%s", error);
+		goto out;
+	}
 	struct kapsel_vm vm;
 	if (vm_create(&vm, &config) < 0)
 		goto out;
+	if (control && control_server_attach(control, &vm, error, sizeof(error)) < 0) {
+		kapsel_error("%s", error);
+		control_server_stop(control);
+		control = NULL;
+		vm_destroy(&vm);
+		goto out;
+	}
 	running_vm = &vm;
 	struct sigaction stop = { .sa_handler = on_stop_signal };
 	sigemptyset(&stop.sa_mask);
@@ -204,12 +245,19 @@ int cli_run(int argc, char **argv)
 	struct sigaction stats = { .sa_handler = on_stats_signal };
 	sigemptyset(&stats.sa_mask);
 	sigaction(SIGUSR1, &stats, NULL);
-	status = vm_run(&vm);
+	if (state_runner_start(&vm, save_dir, save_stop) == 0) {
+		status = vm_run(&vm);
+		if (state_runner_stop(&vm))
+			status = 0; /* stopped by --save-stop after a save */
+	}
+	control_server_stop(control);
+	control = NULL;
 	if (config.print_stats)
 		vm_print_stats(&vm, stderr);
 	running_vm = NULL;
 	vm_destroy(&vm);
 out:
+	control_server_stop(control);
 	vm_config_free(&config);
 	return status;
 }

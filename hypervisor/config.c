@@ -67,7 +67,9 @@ int vm_config_parse_disk(const char *text, struct vm_disk_config *disk,
 	if (!copy)
 		return -ENOMEM;
 	char *path = strtok_r(copy, ",", &save);
-	if (!path || !*path) {
+	/* strtok_r skips empty fields: ",readonly" must not become path
+	 * "readonly". */
+	if (!path || !*path || text[0] == ',') {
 		free(copy);
 		return disk_error(error, error_len, "--disk needs a path: --disk PATH[,readonly][,bus=pv|ata][,cache=none|writeback]");
 	}

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #define VM_CONFIG_MAX_DISKS 8u
 #define VM_CONFIG_NAME_MAX 64u
@@ -88,5 +89,13 @@ int vm_config_parse_disk(const char *text, struct vm_disk_config *disk,
  */
 int vm_config_load_xml(const char *path, struct vm_config *config,
 		       char *error, size_t error_len);
+
+/*
+ * Write config as libvirt domain XML (valid per libvirt's domain schema)
+ * to out.  Relative paths are made absolute against the current
+ * directory.  Returns 0 or a negative errno with a message in error.
+ */
+int vm_config_write_xml(const struct vm_config *config, FILE *out, char *error,
+			size_t error_len);
 
 #endif

@@ -14,6 +14,9 @@ int console_open(struct console *console, const char *output_path, int input_fd)
 	memset(console, 0, sizeof(*console));
 	pthread_mutex_init(&console->lock, NULL);
 	console->input_fd = input_fd;
+	/* A reader that goes away (kapsel run | head) must not kill the VMM:
+	 * console_write then sees EPIPE and drops the output. */
+	signal(SIGPIPE, SIG_IGN);
 	if (!output_path) {
 		console->output_fd = STDOUT_FILENO;
 		return 0;
@@ -30,9 +33,21 @@ int console_open(struct console *console, const char *output_path, int input_fd)
 	return 0;
 }
 
+void console_set_output_tap(struct console *console,
+			    void (*tap)(void *opaque, const void *data, size_t length),
+			    void *opaque)
+{
+	console->output_tap_opaque = opaque;
+	__atomic_store_n(&console->output_tap, tap, __ATOMIC_RELEASE);
+}
+
 void console_write(struct console *console, const void *data, size_t length)
 {
 	const uint8_t *p = data;
+	void (*tap)(void *, const void *, size_t) =
+		__atomic_load_n(&console->output_tap, __ATOMIC_ACQUIRE);
+	if (tap && length)
+		tap(console->output_tap_opaque, data, length);
 	while (length) {
 		ssize_t n = write(console->output_fd, p, length);
 		if (n < 0 && errno == EINTR)

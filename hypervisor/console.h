@@ -21,6 +21,9 @@ struct console {
 	void (*on_input)(void *opaque);
 	void *on_input_opaque;
 	uint64_t bytes_out, bytes_in;
+	/* Optional copy of all guest output (control socket console clients). */
+	void (*output_tap)(void *opaque, const void *data, size_t length);
+	void *output_tap_opaque;
 };
 
 /*
@@ -47,6 +50,16 @@ size_t console_input_pending(struct console *console);
 /* Feed bytes as if typed on the host (tests, control socket). */
 void console_inject_input(struct console *console, const void *data,
 			  size_t length);
+
+/*
+ * Also hand every piece of guest output to tap (called on the thread that
+ * writes output, usually the vCPU; it must not block).  NULL removes it.
+ * Precondition: set or cleared while no guest output is being written
+ * (before vm_run or after it returned).
+ */
+void console_set_output_tap(struct console *console,
+			    void (*tap)(void *opaque, const void *data, size_t length),
+			    void *opaque);
 
 void console_close(struct console *console);
 

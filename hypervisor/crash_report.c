@@ -36,14 +36,43 @@ static void print_registers(FILE *out, const struct kvm_regs *r, const struct kv
 		s->cr3, s->cr4, s->efer);
 }
 
+/*
+ * At a function's first instruction (offset 0) the return address is at
+ * [rsp], and after its "push %rbp" (offset 1) at [rsp + 8]; rbp still
+ * belongs to the caller's frame in both cases, so the rbp chain would skip
+ * the caller.  Returns the return address, or 0 when rip is elsewhere.
+ */
+static uint64_t return_address_before_frame(const struct kapsel_vm *vm, uint64_t rip,
+					     uint64_t rsp)
+{
+	uint64_t offset = 0;
+	if (!elf_image_symbolize(&vm->image, rip, &offset) || offset > 1)
+		return 0;
+	if (offset == 1) {
+		const uint8_t *first = guest_memory_translate(&vm->mem, rip - 1, 1);
+		if (!first || *first != 0x55) /* push %rbp */
+			return 0;
+		rsp += 8;
+	}
+	const uint64_t *slot = guest_memory_translate(&vm->mem, rsp, sizeof(*slot));
+	return slot ? *slot : 0;
+}
+
 /* Walk saved-rbp links; every read goes through the checked translator. */
 static void print_backtrace(const struct kapsel_vm *vm, FILE *out, uint64_t rip,
-			    uint64_t rbp)
+			    uint64_t rsp, uint64_t rbp)
 {
+	int frame = 1;
 	fprintf(out, "backtrace:\n  #0 ");
 	print_location(vm, out, rip);
 	fputc('\n', out);
-	for (int frame = 1; frame < BACKTRACE_MAX_FRAMES && rbp; frame++) {
+	uint64_t caller = return_address_before_frame(vm, rip, rsp);
+	if (caller) {
+		fprintf(out, "  #%d ", frame++);
+		print_location(vm, out, caller);
+		fputs(" (return address on the stack)\n", out);
+	}
+	for (; frame < BACKTRACE_MAX_FRAMES && rbp; frame++) {
 		const uint64_t *link = guest_memory_translate(&vm->mem, rbp, 16);
 		if (!link || (rbp & 7))
 			break;
@@ -107,7 +136,7 @@ void crash_report_fault(struct kapsel_vm *vm)
 			frame.error_code & 2 ? "write" : "read",
 			frame.error_code & 4 ? "user mode" : "kernel mode");
 	print_registers(out, &regs, &sregs);
-	print_backtrace(vm, out, frame.rip, regs.rbp);
+	print_backtrace(vm, out, frame.rip, frame.rsp, regs.rbp);
 }
 
 void crash_report_fatal(struct kapsel_vm *vm, const char *reason)
@@ -131,5 +160,5 @@ void crash_report_fatal(struct kapsel_vm *vm, const char *reason)
 	print_location(vm, out, regs.rip);
 	fputc('\n', out);
 	print_registers(out, &regs, &sregs);
-	print_backtrace(vm, out, regs.rip, regs.rbp);
+	print_backtrace(vm, out, regs.rip, regs.rsp, regs.rbp);
 }

@@ -1,10 +1,13 @@
 /* Emulated 16550A UART on COM1 (0x3f8): trapped register by register, one exit per access. */
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "devices.h"
 #include "log.h"
 #include "vm.h"
+#include "vm_state.h"
 
 #define UART_COM1_BASE 0x3f8u
 #define UART_PORT_COUNT 8u
@@ -190,6 +193,53 @@ static void uart_print_stats(struct kapsel_device *dev, FILE *out)
 		(unsigned long long)uart->bytes_out, (unsigned long long)uart->bytes_in);
 }
 
+static int uart_save(struct kapsel_device *dev, struct vm_state_writer *out)
+{
+	const struct uart16550 *uart = dev->priv;
+	struct vm_state_uart16550 rec = {
+		.ier = uart->ier, .lcr = uart->lcr, .mcr = uart->mcr, .scr = uart->scr,
+		.fcr = uart->fcr, .dll = uart->dll, .dlm = uart->dlm,
+		.loopback_count = (uint8_t)uart->loopback_count,
+		.bytes_out = uart->bytes_out, .bytes_in = uart->bytes_in,
+	};
+	memcpy(rec.loopback, uart->loopback, sizeof(rec.loopback));
+	return vm_state_put(out, VM_STATE_DEV_UART16550, VM_STATE_RECORD_MANDATORY, &rec,
+			    sizeof(rec));
+}
+
+static int uart_load(struct kapsel_device *dev, uint32_t type, const void *payload,
+		     uint64_t length_bytes, char *error, size_t error_len)
+{
+	struct uart16550 *uart = dev->priv;
+	struct vm_state_uart16550 rec;
+	if (type != VM_STATE_DEV_UART16550)
+		return -ENOENT;
+	if (length_bytes != sizeof(rec)) {
+		snprintf(error, error_len, "UART record is %llu bytes, expected %zu",
+			 (unsigned long long)length_bytes, sizeof(rec));
+		return -EINVAL;
+	}
+	memcpy(&rec, payload, sizeof(rec));
+	if (rec.loopback_count > UART_LOOPBACK_BYTES) {
+		snprintf(error, error_len, "UART loopback count %u is over %u", rec.loopback_count,
+			 UART_LOOPBACK_BYTES);
+		return -EINVAL;
+	}
+	/* The same masks the register writes apply. */
+	uart->ier = rec.ier & 0x0f;
+	uart->lcr = rec.lcr;
+	uart->mcr = rec.mcr & 0x1f;
+	uart->scr = rec.scr;
+	uart->fcr = rec.fcr & 0xc9;
+	uart->dll = rec.dll;
+	uart->dlm = rec.dlm;
+	uart->loopback_count = rec.loopback_count;
+	memcpy(uart->loopback, rec.loopback, sizeof(uart->loopback));
+	uart->bytes_out = rec.bytes_out;
+	uart->bytes_in = rec.bytes_in;
+	return 0;
+}
+
 static void uart_destroy(struct kapsel_device *dev)
 {
 	free(dev->priv);
@@ -203,6 +253,8 @@ static const struct kapsel_device_ops uart16550_ops = {
 	.io_write = uart_io_write,
 	.print_stats = uart_print_stats,
 	.destroy = uart_destroy,
+	.save = uart_save,
+	.load = uart_load,
 };
 
 int dev_uart16550_create(struct kapsel_vm *vm)

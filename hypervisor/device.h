@@ -2,6 +2,8 @@
 #ifndef KAPSEL_DEVICE_H
 #define KAPSEL_DEVICE_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -9,6 +11,8 @@
 
 struct kapsel_vm;
 struct kapsel_device;
+struct vm_state_writer;
+struct disk_image;
 
 /*
  * Callbacks of a device.  name and type are required.  Emulated devices
@@ -27,6 +31,11 @@ struct kapsel_device_ops {
 	/* Guest write of size 1, 2 or 4 bytes at port. */
 	void (*io_write)(struct kapsel_device *dev, uint16_t port, unsigned size,
 			 uint32_t value);
+	/* Optional: a string instruction (rep ins/outs) of count > 1 elements
+	 * of size bytes at port in one exit; data holds count * size bytes
+	 * (fill it for reads).  Without it io_read/io_write run count times. */
+	void (*io_string)(struct kapsel_device *dev, uint16_t port, unsigned size,
+			  uint32_t count, bool is_write, void *data);
 	/* DEVICE_SETUP hypercall with a private copy of the guest's struct.
 	 * Returns 0 or a negative KAPSEL_E* errno for the guest. */
 	int (*setup)(struct kapsel_device *dev,
@@ -35,6 +44,31 @@ struct kapsel_device_ops {
 	void (*print_stats)(struct kapsel_device *dev, FILE *out);
 	/* Stop threads and release resources (VM teardown). */
 	void (*destroy)(struct kapsel_device *dev);
+	/* Optional, block devices: the disk image whose policy (rate limits,
+	 * read-only) the control plane changes at run time; called from the
+	 * control thread.  Disks are attached in config order, so the nth
+	 * device with this hook serves config->disks[n]. */
+	struct disk_image *(*disk_image)(struct kapsel_device *dev);
+
+	/* ---- VM state (vm_state.h); all optional, vCPU paused (vm_pause) ---- */
+	/* Finish in-flight I/O and stop taking new requests, so guest memory
+	 * and the device's state stop changing; responses already produced
+	 * are published.  Requests the guest queued but the device has not
+	 * taken stay in the ring (they are part of guest memory). */
+	void (*quiesce)(struct kapsel_device *dev);
+	/* Undo quiesce: serve the ring again (a save that continues). */
+	void (*resume)(struct kapsel_device *dev);
+	/* Write the device's private state as records of its own types
+	 * (VM_STATE_DEV_*, 0x1000-0x1fff) with vm_state_put.  Called after
+	 * quiesce.  Returns 0 or a negative errno. */
+	int (*save)(struct kapsel_device *dev, struct vm_state_writer *out);
+	/* Restore from one record save wrote (a private copy; untrusted: check
+	 * every field).  Guest memory is already loaded when it is called, and
+	 * dev->evtchn_port is restored.  Returns 0, -ENOENT for a record type
+	 * it does not know (the loader then refuses it if it is mandatory) or
+	 * -EINVAL with a message in error naming the bad field. */
+	int (*load)(struct kapsel_device *dev, uint32_t type, const void *payload,
+		    uint64_t length_bytes, char *error, size_t error_len);
 };
 
 struct kapsel_device {

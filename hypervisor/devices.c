@@ -15,6 +15,16 @@ int devices_attach(struct kapsel_vm *vm)
 	err = dev_uart16550_create(vm);
 	if (err)
 		return err;
+	/* Disks in config order; unit = index in the config. */
+	for (unsigned i = 0; i < vm->config->disk_count; i++) {
+		const struct vm_disk_config *disk = &vm->config->disks[i];
+		if (disk->bus == VM_DISK_BUS_ATA)
+			err = dev_ata_create(vm, disk, i);
+		else
+			err = dev_blk_pv_create(vm, disk, i);
+		if (err)
+			return err;
+	}
 	/* Without a PV console nobody signals input; the UART polls for it. */
 	if (vm->config->console_mode == VM_CONSOLE_UART)
 		return console_start_input(&vm->console, NULL, NULL);

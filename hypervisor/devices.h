@@ -18,5 +18,12 @@ int devices_attach(struct kapsel_vm *vm);
  * vm_add_device and returns 0 or a negative errno (message printed). */
 int dev_console_pv_create(struct kapsel_vm *vm);
 int dev_uart16550_create(struct kapsel_vm *vm);
+/* The emulated ATA disk (drive 0 at 0x1f0/0x3f6) for config disk number
+ * unit; refuses a second ATA disk. */
+int dev_ata_create(struct kapsel_vm *vm, const struct vm_disk_config *disk, unsigned unit);
+/* The PV block device (KAPSEL_DEV_BLOCK_PV) for config disk number unit:
+ * opens the image (errors name the image and the fix), adds a doorbell
+ * and starts the device's I/O thread.  Precondition: the vCPU exists. */
+int dev_blk_pv_create(struct kapsel_vm *vm, const struct vm_disk_config *disk, unsigned unit);
 
 #endif

@@ -21,6 +21,7 @@ void token_bucket_init(struct token_bucket *bucket, const struct vm_rate_limit *
 	bucket->rate_per_second = limit ? limit->rate_per_second : 0;
 	bucket->burst = limit && limit->burst ? limit->burst : bucket->rate_per_second;
 	bucket->tokens = bucket->burst;
+	bucket->debt = 0;
 	bucket->last_refill_ns = now_ns;
 }
 
@@ -33,9 +34,25 @@ static void token_bucket_refill(struct token_bucket *bucket, uint64_t now_ns)
 	unsigned __int128 add = (unsigned __int128)elapsed * bucket->rate_per_second / NS_PER_SECOND;
 	if (add == 0)
 		return; /* keep last_refill_ns so fractions accumulate */
-	bucket->last_refill_ns = now_ns;
-	unsigned __int128 total = (unsigned __int128)bucket->tokens + add;
-	bucket->tokens = total > bucket->burst ? bucket->burst : (uint64_t)total;
+	if (add > UINT64_MAX)
+		add = UINT64_MAX;
+	/* Credit only the time the whole tokens stand for, so the fraction
+	 * of a token earned so far is not lost (exact for low rates). */
+	unsigned __int128 credited_ns =
+		add * NS_PER_SECOND / bucket->rate_per_second;
+	bucket->last_refill_ns += credited_ns < elapsed ? (uint64_t)credited_ns : elapsed;
+	uint64_t fresh = (uint64_t)add;
+	uint64_t repaid = fresh < bucket->debt ? fresh : bucket->debt;
+	bucket->debt -= repaid;
+	fresh -= repaid;
+	unsigned __int128 total = (unsigned __int128)bucket->tokens + fresh;
+	if (total >= bucket->burst) {
+		/* A full bucket earns nothing: time spent full is not banked. */
+		bucket->tokens = bucket->burst;
+		bucket->last_refill_ns = now_ns;
+	} else {
+		bucket->tokens = (uint64_t)total;
+	}
 }
 
 uint64_t token_bucket_take(struct token_bucket *bucket, uint64_t amount, uint64_t now_ns)
@@ -44,15 +61,21 @@ uint64_t token_bucket_take(struct token_bucket *bucket, uint64_t amount, uint64_
 		return 0;
 	token_bucket_refill(bucket, now_ns);
 	uint64_t need = amount < bucket->burst ? amount : bucket->burst;
-	if (bucket->tokens >= need) {
-		/* An oversize request empties a full bucket; the excess is
-		 * paid by waiting for the refill of what it consumed. */
+	if (bucket->debt == 0 && bucket->tokens >= need) {
+		/* An oversize request empties a full bucket and owes the rest,
+		 * which the refill pays back before the bucket fills again. */
 		bucket->tokens -= need;
+		bucket->debt = amount - need;
 		return 0;
 	}
-	uint64_t missing = need - bucket->tokens;
-	return (uint64_t)(((unsigned __int128)missing * NS_PER_SECOND + bucket->rate_per_second - 1) /
-			  bucket->rate_per_second);
+	/* Debt is only ever owed by an empty bucket (refill pays it first). */
+	unsigned __int128 missing = (unsigned __int128)bucket->debt + need - bucket->tokens;
+	unsigned __int128 wait = (missing * NS_PER_SECOND + bucket->rate_per_second - 1) /
+				 bucket->rate_per_second;
+	/* Time already earned towards the next token shortens the wait. */
+	uint64_t earned = now_ns > bucket->last_refill_ns ? now_ns - bucket->last_refill_ns : 0;
+	wait = wait > earned ? wait - earned : 1;
+	return wait > UINT64_MAX ? UINT64_MAX : (uint64_t)wait;
 }
 
 static int open_error(char *error, size_t error_len, int err, const char *fmt, ...)
@@ -136,7 +159,11 @@ fail:
 void disk_image_close(struct disk_image *disk)
 {
 	if (disk->fd >= 0) {
-		close(disk->fd); /* also drops the lock */
+		/* Unlock explicitly: io_uring may keep a reference to the file
+		 * for a moment after close, and the lock lives as long as the
+		 * file does (a restarted VM would find its image locked). */
+		flock(disk->fd, LOCK_UN);
+		close(disk->fd);
 		pthread_mutex_destroy(&disk->lock);
 	}
 	disk->fd = -1;
@@ -171,6 +198,14 @@ int disk_policy_check(struct disk_image *disk, enum kapsel_blk_op op, uint64_t s
 		pthread_mutex_unlock(&disk->lock);
 	}
 	return err;
+}
+
+void disk_stats_malformed(struct disk_image *disk)
+{
+	pthread_mutex_lock(&disk->lock);
+	disk->stats.denied_malformed++;
+	disk->stats.errors++;
+	pthread_mutex_unlock(&disk->lock);
 }
 
 uint64_t disk_rate_limit(struct disk_image *disk, uint64_t length_bytes, uint64_t now_ns)

@@ -16,7 +16,8 @@ struct token_bucket {
 	uint64_t rate_per_second;
 	uint64_t burst;
 	uint64_t tokens;
-	uint64_t last_refill_ns;
+	uint64_t debt;           /* tokens an oversize take still owes */
+	uint64_t last_refill_ns; /* time up to which refills are credited */
 };
 
 /* Set up a bucket, full.  burst 0 means one second's worth. */
@@ -27,7 +28,9 @@ void token_bucket_init(struct token_bucket *bucket, const struct vm_rate_limit *
  * Take amount tokens at now_ns.  Returns 0 if taken, else the
  * nanoseconds to wait before they will be there (nothing is taken).  An
  * amount above the burst is allowed once the bucket is full (it then goes
- * into debt by the excess, so large requests are not starved).
+ * into debt by the excess, so large requests are not starved; later takes
+ * wait until the debt is paid by the refill).  Precondition: now_ns never
+ * goes backwards between calls (earlier values are treated as no time).
  */
 uint64_t token_bucket_take(struct token_bucket *bucket, uint64_t amount, uint64_t now_ns);
 
@@ -81,6 +84,10 @@ void disk_image_close(struct disk_image *disk);
  */
 int disk_policy_check(struct disk_image *disk, enum kapsel_blk_op op, uint64_t sector,
 		      uint64_t sector_count);
+
+/* Count a request refused before any policy check because its descriptor,
+ * a segment or a buffer was malformed (also counted as an error). */
+void disk_stats_malformed(struct disk_image *disk);
 
 /* Rate limits for a request of length_bytes at now_ns: 0 if it may go,
  * else nanoseconds to wait (counted as rate_limited). */

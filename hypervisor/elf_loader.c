@@ -53,35 +53,41 @@ static void parse_symbols(struct elf_image *image)
 	if (!range_inside(eh->e_shoff, (uint64_t)eh->e_shnum * sizeof(Elf64_Shdr),
 			  size))
 		return;
-	const Elf64_Shdr *sh = (const Elf64_Shdr *)(image->data + eh->e_shoff);
+	/* Section headers and symbols are copied out one by one: the file
+	 * gives no alignment. */
+	const uint8_t *section_headers = image->data + eh->e_shoff;
 	for (unsigned i = 0; i < eh->e_shnum; i++) {
-		if (sh[i].sh_type != SHT_SYMTAB || sh[i].sh_link >= eh->e_shnum)
+		Elf64_Shdr symtab, strtab;
+		memcpy(&symtab, section_headers + (size_t)i * sizeof(symtab), sizeof(symtab));
+		if (symtab.sh_type != SHT_SYMTAB || symtab.sh_link >= eh->e_shnum)
 			continue;
-		const Elf64_Shdr *strtab = &sh[sh[i].sh_link];
-		if (sh[i].sh_entsize != sizeof(Elf64_Sym) ||
-		    !range_inside(sh[i].sh_offset, sh[i].sh_size, size) ||
-		    !range_inside(strtab->sh_offset, strtab->sh_size, size) ||
-		    strtab->sh_size == 0)
+		memcpy(&strtab, section_headers + (size_t)symtab.sh_link * sizeof(strtab),
+		       sizeof(strtab));
+		if (symtab.sh_entsize != sizeof(Elf64_Sym) ||
+		    !range_inside(symtab.sh_offset, symtab.sh_size, size) ||
+		    !range_inside(strtab.sh_offset, strtab.sh_size, size) ||
+		    strtab.sh_size == 0)
 			return;
-		const Elf64_Sym *sym =
-			(const Elf64_Sym *)(image->data + sh[i].sh_offset);
-		size_t count = sh[i].sh_size / sizeof(Elf64_Sym);
-		const char *names = (const char *)image->data + strtab->sh_offset;
+		const uint8_t *symbols = image->data + symtab.sh_offset;
+		size_t count = symtab.sh_size / sizeof(Elf64_Sym);
+		const char *names = (const char *)image->data + strtab.sh_offset;
 		/* Names must be NUL-terminated inside the string table. */
-		if (names[strtab->sh_size - 1] != '\0')
+		if (names[strtab.sh_size - 1] != '\0')
 			return;
 		image->symbols = calloc(count ? count : 1, sizeof(*image->symbols));
 		if (!image->symbols)
 			return;
 		for (size_t s = 0; s < count; s++) {
-			if (ELF64_ST_TYPE(sym[s].st_info) != STT_FUNC ||
-			    sym[s].st_name >= strtab->sh_size)
+			Elf64_Sym sym;
+			memcpy(&sym, symbols + s * sizeof(sym), sizeof(sym));
+			if (ELF64_ST_TYPE(sym.st_info) != STT_FUNC ||
+			    sym.st_name >= strtab.sh_size)
 				continue;
 			struct elf_symbol *out =
 				&image->symbols[image->symbol_count++];
-			out->address = sym[s].st_value;
-			out->size_bytes = sym[s].st_size;
-			out->name = names + sym[s].st_name;
+			out->address = sym.st_value;
+			out->size_bytes = sym.st_size;
+			out->name = names + sym.st_name;
 		}
 		qsort(image->symbols, image->symbol_count,
 		      sizeof(*image->symbols), symbol_compare);
@@ -104,7 +110,10 @@ int elf_image_parse(const void *data, size_t size_bytes, uint64_t ram_bytes,
 		return fail(error, error_len, -E2BIG,
 			    "file is %zu bytes; guest images are limited to %u MiB",
 			    size_bytes, ELF_IMAGE_MAX_FILE_BYTES >> 20);
-	eh = data;
+	/* Headers are copied out before use: the file gives no alignment. */
+	Elf64_Ehdr header;
+	memcpy(&header, data, sizeof(header));
+	eh = &header;
 	if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0)
 		return fail(error, error_len, -ENOEXEC,
 			    "not an ELF file (bad magic)");
@@ -135,50 +144,52 @@ int elf_image_parse(const void *data, size_t size_bytes, uint64_t ram_bytes,
 			    "ELF program headers (offset %#llx, %u entries) run past the end of the file",
 			    (unsigned long long)eh->e_phoff, eh->e_phnum);
 
-	const Elf64_Phdr *ph = (const Elf64_Phdr *)((const uint8_t *)data + eh->e_phoff);
 	uint64_t total = 0;
 	image->image_start = UINT64_MAX;
 	for (unsigned i = 0; i < eh->e_phnum; i++) {
-		if (ph[i].p_type != PT_LOAD)
+		Elf64_Phdr ph;
+		memcpy(&ph, (const uint8_t *)data + eh->e_phoff + (uint64_t)i * sizeof(ph),
+		       sizeof(ph));
+		if (ph.p_type != PT_LOAD)
 			continue;
-		if (ph[i].p_memsz == 0)
+		if (ph.p_filesz > ph.p_memsz)
+			return fail(error, error_len, -ENOEXEC,
+				    "segment %u: file size %#llx exceeds memory size %#llx",
+				    i, (unsigned long long)ph.p_filesz,
+				    (unsigned long long)ph.p_memsz);
+		if (ph.p_memsz == 0)
 			continue;
 		if (image->segment_count == ELF_IMAGE_MAX_SEGMENTS)
 			return fail(error, error_len, -ENOEXEC,
 				    "more than %d loadable segments",
 				    ELF_IMAGE_MAX_SEGMENTS);
-		if (ph[i].p_filesz > ph[i].p_memsz)
-			return fail(error, error_len, -ENOEXEC,
-				    "segment %u: file size %#llx exceeds memory size %#llx",
-				    i, (unsigned long long)ph[i].p_filesz,
-				    (unsigned long long)ph[i].p_memsz);
-		if (!range_inside(ph[i].p_offset, ph[i].p_filesz, size_bytes))
+		if (!range_inside(ph.p_offset, ph.p_filesz, size_bytes))
 			return fail(error, error_len, -ENOEXEC,
 				    "segment %u: file bytes [%#llx, +%#llx) run past the end of the %zu-byte file (truncated image?)",
-				    i, (unsigned long long)ph[i].p_offset,
-				    (unsigned long long)ph[i].p_filesz, size_bytes);
-		if (ph[i].p_vaddr != ph[i].p_paddr)
+				    i, (unsigned long long)ph.p_offset,
+				    (unsigned long long)ph.p_filesz, size_bytes);
+		if (ph.p_vaddr != ph.p_paddr)
 			return fail(error, error_len, -ENOEXEC,
 				    "segment %u: virtual address %#llx differs from physical %#llx; Kapsel guests start identity mapped",
-				    i, (unsigned long long)ph[i].p_vaddr,
-				    (unsigned long long)ph[i].p_paddr);
-		if (ph[i].p_paddr < KAPSEL_GPA_IMAGE_MIN)
+				    i, (unsigned long long)ph.p_vaddr,
+				    (unsigned long long)ph.p_paddr);
+		if (ph.p_paddr < KAPSEL_GPA_IMAGE_MIN)
 			return fail(error, error_len, -ERANGE,
 				    "segment %u at %#llx is below %#x, where the hypervisor's tables live",
-				    i, (unsigned long long)ph[i].p_paddr,
+				    i, (unsigned long long)ph.p_paddr,
 				    KAPSEL_GPA_IMAGE_MIN);
-		if (!range_inside(ph[i].p_paddr, ph[i].p_memsz, ram_bytes))
+		if (!range_inside(ph.p_paddr, ph.p_memsz, ram_bytes))
 			return fail(error, error_len, -ERANGE,
 				    "segment %u [%#llx, +%#llx) does not fit in %llu MiB of guest memory; give the VM more memory",
-				    i, (unsigned long long)ph[i].p_paddr,
-				    (unsigned long long)ph[i].p_memsz,
+				    i, (unsigned long long)ph.p_paddr,
+				    (unsigned long long)ph.p_memsz,
 				    (unsigned long long)(ram_bytes >> 20));
 		struct elf_segment *seg = &image->segments[image->segment_count];
-		seg->gpa = ph[i].p_paddr;
-		seg->file_offset = ph[i].p_offset;
-		seg->file_bytes = ph[i].p_filesz;
-		seg->memory_bytes = ph[i].p_memsz;
-		seg->flags = ph[i].p_flags;
+		seg->gpa = ph.p_paddr;
+		seg->file_offset = ph.p_offset;
+		seg->file_bytes = ph.p_filesz;
+		seg->memory_bytes = ph.p_memsz;
+		seg->flags = ph.p_flags;
 		for (unsigned j = 0; j < image->segment_count; j++) {
 			const struct elf_segment *other = &image->segments[j];
 			if (seg->gpa < other->gpa + other->memory_bytes &&

@@ -4,6 +4,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -55,6 +56,15 @@ void guest_memory_destroy(struct guest_memory *mem)
 		close(mem->memfd);
 	memset(mem, 0, sizeof(*mem));
 	mem->memfd = -1;
+}
+
+void guest_memory_clear(struct guest_memory *mem)
+{
+	/* Punching a hole frees the pages; the shared mapping then reads
+	 * zeros.  memset is the fallback where the file system refuses. */
+	if (fallocate(mem->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+		      (off_t)mem->size_bytes) < 0)
+		memset(mem->host_base, 0, mem->size_bytes);
 }
 
 void *guest_memory_translate(const struct guest_memory *mem, uint64_t gpa,

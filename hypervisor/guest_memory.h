@@ -27,6 +27,12 @@ int guest_memory_create(struct guest_memory *mem, uint64_t size_bytes,
 void guest_memory_destroy(struct guest_memory *mem);
 
 /*
+ * Make all of guest RAM read as zeros again (a reboot), giving the host
+ * memory back where the kernel can.  mem must have been created.
+ */
+void guest_memory_clear(struct guest_memory *mem);
+
+/*
  * Translate [gpa, gpa + length_bytes) to a host pointer, or NULL if any
  * byte of the range is outside guest RAM or the sum overflows.  A zero
  * length is valid for any gpa <= size.  This is the only translator:

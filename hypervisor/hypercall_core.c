@@ -120,7 +120,12 @@ static int64_t hc_block(struct kapsel_vm *vm, const uint64_t args[])
 		if (unmasked_event_pending(vm))
 			return 1;
 		uint64_t now = vm_clock_ns(vm);
-		if (now >= deadline_ns || __atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST))
+		/* A stop, pause or stats request ends the sleep early (0: the
+		 * guest re-checks its clock and blocks again after a resume;
+		 * the run loop writes the stats before re-entering the guest). */
+		if (now >= deadline_ns || __atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST) ||
+		    __atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST) ||
+		    __atomic_load_n(&vm->stats_requested, __ATOMIC_SEQ_CST))
 			return 0;
 		__atomic_store_n(&vm->vcpu_blocked, 1, __ATOMIC_SEQ_CST);
 		/* Re-check after announcing we sleep: a notifier that missed the
@@ -158,7 +163,11 @@ static int64_t hc_evtchn_alloc(struct kapsel_vm *vm, const uint64_t args[])
 		if (!vm->evtchn[port].allocated) {
 			vm->evtchn[port].allocated = true;
 			vm->evtchn[port].bound_device = -1;
+			/* A new channel starts neither pending nor masked,
+			 * whatever its previous owner left behind. */
 			__atomic_fetch_and(&vm->events->pending[port / 64],
+					   ~(1ull << (port % 64)), __ATOMIC_SEQ_CST);
+			__atomic_fetch_and(&vm->events->mask[port / 64],
 					   ~(1ull << (port % 64)), __ATOMIC_SEQ_CST);
 			return port;
 		}

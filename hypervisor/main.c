@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_state.h"
 #include "kapsel/abi.h"
 
 #define KAPSEL_VERSION "0.1.0"
@@ -16,8 +17,26 @@ static void usage(FILE *out)
 		"\n"
 		"Commands:\n"
 		"  run       boot a guest kernel and run it until it powers off\n"
+		"  bench     measure native vs paravirtualized vs emulated I/O side by side\n"
+		"\n"
+		"  list      list the VMs running on this host\n"
+		"  info      show a VM's state, memory, devices and disks\n"
+		"  pause     stop a VM's vCPU\n"
+		"  resume    let a paused VM run again\n"
+		"  shutdown  ask a VM's guest to power off; destroy it after a timeout\n"
+		"  destroy   end a VM at once\n"
+		"  stats     print a VM's exit and device counters, once or repeatedly\n"
+		"  console   attach to a VM's console (Ctrl-] detaches)\n"
+		"  dumpxml   print a VM's definition as libvirt domain XML\n"
+		"  control   send any request to a VM's control socket\n"
+		"\n"
+		"  save      save a running VM to a state directory (stop or continue)\n"
+		"  restore   run a saved VM from exactly where it was\n"
+		"  clone     start N copies of a saved VM that share its memory\n"
+		"  inspect   check and decode a saved VM state offline\n"
+		"\n"
 		"  version   print Kapsel's version and hypercall ABI version\n"
-		"  help      show this help, or 'kapsel help COMMAND' for a command's\n"
+		"  help      show this help, or 'kapsel help COMMAND' for a command's options\n"
 		"\n"
 		"Run 'kapsel COMMAND --help' for the options of a command.\n");
 }
@@ -30,6 +49,21 @@ struct verb {
 
 static const struct verb verbs[] = {
 	{ "run", cli_run, cli_run_usage },
+	{ "bench", cli_bench, cli_bench_usage },
+	{ "list", cli_list, cli_list_usage },
+	{ "info", cli_info, cli_info_usage },
+	{ "pause", cli_pause, cli_pause_usage },
+	{ "resume", cli_resume, cli_resume_usage },
+	{ "shutdown", cli_shutdown, cli_shutdown_usage },
+	{ "destroy", cli_destroy, cli_destroy_usage },
+	{ "stats", cli_stats, cli_stats_usage },
+	{ "console", cli_console, cli_console_usage },
+	{ "dumpxml", cli_dumpxml, cli_dumpxml_usage },
+	{ "control", cli_control, cli_control_usage },
+	{ "save", cli_save, cli_save_usage },
+	{ "restore", cli_restore, cli_restore_usage },
+	{ "clone", cli_clone, cli_clone_usage },
+	{ "inspect", cli_inspect, cli_inspect_usage },
 };
 
 static const struct verb *find_verb(const char *name)

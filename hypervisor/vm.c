@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -185,6 +186,9 @@ static void fill_start_info(struct kapsel_vm *vm)
 	memset(vm->events, 0, 4096);
 	vm->events->magic = KAPSEL_EVENT_PAGE_MAGIC;
 	vm->events->revision = 1;
+	/* The control channel starts masked: only guests that handle control
+	 * requests unmask it (abi.h, KAPSEL_EVTCHN_CONTROL). */
+	vm->events->mask[KAPSEL_EVTCHN_CONTROL / 64] |= 1ull << (KAPSEL_EVTCHN_CONTROL % 64);
 }
 
 int vm_add_device(struct kapsel_vm *vm, struct kapsel_device *dev)
@@ -260,6 +264,15 @@ void vm_evtchn_notify(struct kapsel_vm *vm, uint32_t port)
 static void kick_signal_handler(int signo) { (void)signo; }
 static void vm_write_stats_file(struct kapsel_vm *vm);
 
+void vm_request_stats(struct kapsel_vm *vm)
+{
+	__atomic_store_n(&vm->stats_requested, 1, __ATOMIC_SEQ_CST);
+	/* Wakes a BLOCK sleep, which returns so the run loop writes them. */
+	uint64_t one = 1;
+	ssize_t n = write(vm->wake_fd, &one, sizeof(one));
+	(void)n;
+}
+
 void vm_request_stop(struct kapsel_vm *vm)
 {
 	__atomic_store_n(&vm->stop_requested, 1, __ATOMIC_SEQ_CST);
@@ -270,6 +283,113 @@ void vm_request_stop(struct kapsel_vm *vm)
 	(void)n;
 	if (vm->state == VM_STATE_RUNNING && !pthread_equal(pthread_self(), vm->vcpu_thread))
 		pthread_kill(vm->vcpu_thread, SIGUSR2);
+}
+
+/* Kick the vCPU out of KVM_RUN or out of a BLOCK sleep (not signal-safe:
+ * callers hold pause_lock or run on a normal thread). */
+static void kick_vcpu(struct kapsel_vm *vm)
+{
+	if (vm->run)
+		__atomic_store_n(&vm->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+	uint64_t one = 1;
+	ssize_t n = write(vm->wake_fd, &one, sizeof(one));
+	(void)n;
+	if (vm->state != VM_STATE_CREATED && vm->state != VM_STATE_STOPPED &&
+	    !pthread_equal(pthread_self(), vm->vcpu_thread))
+		pthread_kill(vm->vcpu_thread, SIGUSR2);
+}
+
+const char *vm_state_name(const struct kapsel_vm *vm)
+{
+	switch (__atomic_load_n(&vm->state, __ATOMIC_SEQ_CST)) {
+	case VM_STATE_CREATED:
+		return "created";
+	case VM_STATE_RUNNING:
+		return "running";
+	case VM_STATE_PAUSED:
+		return "paused";
+	default:
+		return "stopped";
+	}
+}
+
+static void set_state(struct kapsel_vm *vm, enum vm_run_state state)
+{
+	pthread_mutex_lock(&vm->pause_lock);
+	if (state == VM_STATE_PAUSED)
+		vm->paused_since_ns = vm_clock_ns(vm);
+	else if (vm->state == VM_STATE_PAUSED)
+		vm->paused_total_ns += vm_clock_ns(vm) - vm->paused_since_ns;
+	__atomic_store_n(&vm->state, state, __ATOMIC_SEQ_CST);
+	pthread_cond_broadcast(&vm->pause_cond);
+	pthread_mutex_unlock(&vm->pause_lock);
+}
+
+int vm_pause(struct kapsel_vm *vm)
+{
+	if (pthread_equal(pthread_self(), vm->vcpu_thread))
+		return -EDEADLK;
+	pthread_mutex_lock(&vm->pause_lock);
+	if (vm->state == VM_STATE_CREATED || vm->state == VM_STATE_STOPPED ||
+	    __atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST)) {
+		pthread_mutex_unlock(&vm->pause_lock);
+		return -ESRCH;
+	}
+	int already = __atomic_exchange_n(&vm->pause_requested, 1, __ATOMIC_SEQ_CST);
+	if (!already)
+		kick_vcpu(vm);
+	/* The vCPU broadcasts when it parks (PAUSED) or leaves vm_run. */
+	while (vm->state == VM_STATE_RUNNING)
+		pthread_cond_wait(&vm->pause_cond, &vm->pause_lock);
+	int err = vm->state == VM_STATE_PAUSED ? (already ? -EALREADY : 0) : -ESRCH;
+	pthread_mutex_unlock(&vm->pause_lock);
+	return err;
+}
+
+int vm_resume(struct kapsel_vm *vm)
+{
+	pthread_mutex_lock(&vm->pause_lock);
+	int err = 0;
+	if (vm->state == VM_STATE_CREATED || vm->state == VM_STATE_STOPPED)
+		err = -ESRCH;
+	else if (!__atomic_exchange_n(&vm->pause_requested, 0, __ATOMIC_SEQ_CST))
+		err = -EALREADY;
+	else {
+		uint64_t one = 1;
+		ssize_t n = write(vm->wake_fd, &one, sizeof(one));
+		(void)n;
+		/* Return once the vCPU has left its parking place, so that a
+		 * state read right after says "running".  A new pause request
+		 * meanwhile keeps it parked, which is what that caller wants. */
+		while (vm->state == VM_STATE_PAUSED &&
+		       !__atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST))
+			pthread_cond_wait(&vm->pause_cond, &vm->pause_lock);
+	}
+	pthread_mutex_unlock(&vm->pause_lock);
+	return err;
+}
+
+/*
+ * Park the vCPU while a pause is requested.  Called after KVM_RUN returned
+ * EINTR with immediate_exit set: KVM has then completed the last exit's
+ * I/O, applied dirty sync registers and stored them back, so the vCPU state
+ * is settled.  The wait is on wake_fd rather than a condition variable so
+ * that vm_request_stop stays async-signal-safe (it writes wake_fd).
+ */
+static void vm_park(struct kapsel_vm *vm)
+{
+	set_state(vm, VM_STATE_PAUSED);
+	kapsel_debug("vCPU paused");
+	while (__atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST) &&
+	       !__atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST)) {
+		struct pollfd pfd = { .fd = vm->wake_fd, .events = POLLIN };
+		poll(&pfd, 1, -1);
+		uint64_t drained;
+		ssize_t n = read(vm->wake_fd, &drained, sizeof(drained));
+		(void)n;
+	}
+	set_state(vm, VM_STATE_RUNNING);
+	kapsel_debug("vCPU resumed");
 }
 
 /* Load the guest and put the vCPU at its entry; used at boot and reboot. */
@@ -294,6 +414,13 @@ static int boot_guest(struct kapsel_vm *vm)
 		x86_boot_open_port(&vm->mem, (uint16_t)(KAPSEL_PORT_HYPERCALL + p));
 	for (unsigned i = 0; i < KAPSEL_EVTCHN_COUNT; i++)
 		vm->evtchn[i] = (struct vm_evtchn){ .allocated = false, .bound_device = -1 };
+	/* Reserved: EVTCHN_ALLOC skips it, EVTCHN_MASK accepts it. */
+	vm->evtchn[KAPSEL_EVTCHN_CONTROL].allocated = true;
+	/* Registers a hypercall left dirty in kvm_run (rax of the SHUTDOWN that
+	 * asked for this reboot) would overwrite the entry state at the next
+	 * KVM_RUN: drop them. */
+	if (vm->run)
+		vm->run->kvm_dirty_regs = 0;
 	err = x86_boot_set_vcpu_state(vm->vcpu_fd, vm->image.entry, KAPSEL_GPA_START_INFO);
 	if (err) {
 		kapsel_error("cannot set the vCPU's boot registers: %s", strerror(-err));
@@ -308,6 +435,8 @@ int vm_create(struct kapsel_vm *vm, struct vm_config *config)
 	int err;
 
 	memset(vm, 0, sizeof(*vm));
+	pthread_mutex_init(&vm->pause_lock, NULL);
+	pthread_cond_init(&vm->pause_cond, NULL);
 	vm->config = config;
 	vm->kvm_fd = vm->vm_fd = vm->vcpu_fd = vm->wake_fd = -1;
 	vm->mem.memfd = -1;
@@ -416,6 +545,9 @@ fail:
 
 void vm_destroy(struct kapsel_vm *vm)
 {
+	/* First stop the console input thread: its callback reaches into the
+	 * PV console device and the event page, both released below. */
+	console_close(&vm->console);
 	for (unsigned i = vm->device_count; i-- > 0;) {
 		struct kapsel_device *dev = vm->devices[i];
 		int doorbell_fd = dev->doorbell_fd;
@@ -426,7 +558,6 @@ void vm_destroy(struct kapsel_vm *vm)
 		vm->devices[i] = NULL;
 	}
 	vm->device_count = 0;
-	console_close(&vm->console);
 	if (vm->run)
 		munmap(vm->run, vm->run_size);
 	vm->run = NULL;
@@ -441,6 +572,8 @@ void vm_destroy(struct kapsel_vm *vm)
 	vm->vcpu_fd = vm->vm_fd = vm->kvm_fd = vm->wake_fd = -1;
 	guest_memory_destroy(&vm->mem);
 	elf_image_free(&vm->image);
+	pthread_cond_destroy(&vm->pause_cond);
+	pthread_mutex_destroy(&vm->pause_lock);
 }
 
 static struct kapsel_device *device_for_port(struct kapsel_vm *vm, uint16_t port)
@@ -506,6 +639,11 @@ static void handle_io(struct kapsel_vm *vm)
 	}
 	vm->exits[VM_EXIT_IO_DEVICE]++;
 	dev->exits++;
+	if (run->io.count > 1 && dev->ops->io_string) {
+		dev->ops->io_string(dev, port, size, run->io.count,
+				    run->io.direction == KVM_EXIT_IO_OUT, data);
+		return;
+	}
 	for (uint32_t i = 0; i < run->io.count; i++, data += size) {
 		uint32_t value = 0;
 		if (run->io.direction == KVM_EXIT_IO_IN) {
@@ -522,6 +660,8 @@ static int reboot_guest(struct kapsel_vm *vm)
 {
 	kapsel_debug("rebooting the guest");
 	vm->generation++;
+	/* The new boot starts from zeroed RAM, as the first one did. */
+	guest_memory_clear(&vm->mem);
 	int err = boot_guest(vm);
 	if (err)
 		return err;
@@ -575,7 +715,7 @@ int vm_run(struct kapsel_vm *vm)
 	sigaction(SIGUSR2, &sa, NULL);
 
 	vm->vcpu_thread = pthread_self();
-	vm->state = VM_STATE_RUNNING;
+	set_state(vm, VM_STATE_RUNNING);
 	vm->run->kvm_valid_regs = KVM_SYNC_X86_REGS;
 	for (;;) {
 		if (__atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST)) {
@@ -588,10 +728,17 @@ int vm_run(struct kapsel_vm *vm)
 		}
 		if (__atomic_exchange_n(&vm->stats_requested, 0, __ATOMIC_SEQ_CST))
 			vm_write_stats_file(vm);
+		/* A pause first lets KVM finish the last exit (immediate_exit
+		 * makes KVM_RUN complete pending I/O and return EINTR). */
+		if (__atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST))
+			__atomic_store_n(&vm->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
 		if (ioctl(vm->vcpu_fd, KVM_RUN, 0) < 0) {
 			if (errno == EINTR || errno == EAGAIN) {
 				vm->exits[VM_EXIT_INTR]++;
 				vm->run->immediate_exit = 0;
+				if (__atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST) &&
+				    !__atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST))
+					vm_park(vm);
 				continue;
 			}
 			kapsel_error("KVM_RUN failed: %s", strerror(errno));
@@ -633,7 +780,7 @@ int vm_run(struct kapsel_vm *vm)
 		if (vm->state == VM_STATE_STOPPED && !lifecycle_continue(vm))
 			break;
 	}
-	vm->state = VM_STATE_STOPPED;
+	set_state(vm, VM_STATE_STOPPED);
 	return vm->exit_code;
 }
 

@@ -65,6 +65,12 @@ struct kapsel_vm {
 	int vcpu_blocked;      /* atomic: 1 while the vCPU sleeps in BLOCK */
 	int stop_requested;    /* atomic: leave the run loop at the next exit */
 	int stats_requested;   /* atomic: write counters at the next exit */
+	int pause_requested;   /* atomic: park the vCPU at the next exit */
+	pthread_mutex_t pause_lock; /* protects state changes to/from PAUSED */
+	pthread_cond_t pause_cond;  /* signalled on every state change */
+	uint64_t paused_total_ns;   /* time spent paused, for uptime reports */
+	uint64_t paused_since_ns;   /* vm_clock_ns when the pause began */
+	void *control;         /* struct control_server *, or NULL */
 	enum vm_run_state state;
 	enum kapsel_shutdown_reason shutdown_reason;
 	int exit_code;         /* what `kapsel run` exits with */
@@ -91,6 +97,35 @@ int vm_run(struct kapsel_vm *vm);
 
 /* Ask the run loop to return (thread- and signal-safe). */
 void vm_request_stop(struct kapsel_vm *vm);
+
+/*
+ * Ask the vCPU thread to write the counters (config stats_path, else
+ * stderr) soon, even while the guest sleeps in KAPSEL_HC_BLOCK (thread- and
+ * signal-safe; SIGUSR1 of `kapsel run`).
+ */
+void vm_request_stats(struct kapsel_vm *vm);
+
+/*
+ * Stop the vCPU and return only when it is parked outside KVM_RUN with
+ * any pending I/O completed, so registers, memory and devices' guest-facing
+ * state can be read consistently (the VM-state code relies on this).  Kicks
+ * KVM_RUN with immediate_exit + SIGUSR2 and wakes a vCPU sleeping in
+ * KAPSEL_HC_BLOCK (which then returns 0 early to the guest).  Callable from
+ * any thread but the vCPU thread, while vm_run runs.  Returns 0 (paused
+ * now), -EALREADY (it was already paused; still stopped on return) or
+ * -ESRCH (the VM is not running: not started yet or stopped).
+ */
+int vm_pause(struct kapsel_vm *vm);
+
+/*
+ * Let a paused vCPU run again; returns once it has left its parking place
+ * (the state reads "running").  Thread-safe; not on the vCPU thread.
+ * Returns 0, -EALREADY (it was not paused) or -ESRCH (the VM is stopped).
+ */
+int vm_resume(struct kapsel_vm *vm);
+
+/* "created", "running", "paused" or "stopped" (a snapshot; may change). */
+const char *vm_state_name(const struct kapsel_vm *vm);
 
 /* Release everything vm_create made. */
 void vm_destroy(struct kapsel_vm *vm);

@@ -45,6 +45,14 @@ int main(int argc, char **argv)
 	/* Unmasked and still pending: block returns at once. */
 	kg_assert(kg_hc_block(UINT64_MAX) == 1);
 	kg_assert(kg_evtchn_test_and_clear((uint32_t)port));
+	/* Closed while masked and pending: the next owner of the number gets
+	 * a clean channel. */
+	kg_assert(kg_hc_evtchn_mask((uint32_t)port, 1) == 0);
+	kg_assert(kg_hc_evtchn_send((uint32_t)port) == 0);
+	kg_assert(kg_hc_evtchn_close((uint32_t)port) == 0);
+	kg_assert(kg_hc_evtchn_alloc() == port);
+	kg_assert(!kg_evtchn_test_and_clear((uint32_t)port));
+	kg_assert(kg_hc_evtchn_mask((uint32_t)port, 0) == 0);
 	kg_assert(kg_hc_evtchn_close((uint32_t)port) == 0);
 	kg_assert(kg_hc_evtchn_send((uint32_t)port) == -KAPSEL_EINVAL);
 	kg_assert(kg_hc_evtchn_send(100000) == -KAPSEL_EINVAL);

@@ -2,6 +2,7 @@
 #ifndef KAPSEL_GUEST_BLOCK_INTERNAL_H
 #define KAPSEL_GUEST_BLOCK_INTERNAL_H
 
+#include "kapsel/abi.h"
 #include "kapsel_guest/block.h"
 
 /*
@@ -24,6 +25,7 @@ struct kg_block_device {
 	struct kg_block_info info;
 	struct kg_block_stats stats;
 	unsigned in_flight;
+	uint64_t poll_ns; /* reap(wait): spin this long before sleeping */
 	void *driver; /* driver-private state */
 };
 

@@ -47,8 +47,12 @@ int kg_vsnprintf(char *buffer, size_t size, const char *fmt, va_list ap)
 			else
 				break;
 		}
-		while (*p >= '0' && *p <= '9')
-			width = width * 10 + (*p++ - '0');
+		while (*p >= '0' && *p <= '9') {
+			/* Saturate: a silly width must not overflow an int. */
+			if (width < 100000)
+				width = width * 10 + (*p - '0');
+			p++;
+		}
 		while (*p == 'l' || *p == 'z') {
 			longs++;
 			p++;
@@ -63,8 +67,13 @@ int kg_vsnprintf(char *buffer, size_t size, const char *fmt, va_list ap)
 			do
 				digits[sizeof(digits) - 1 - n++] = (char)('0' + u % 10);
 			while ((u /= 10) && n < sizeof(digits) - 1);
-			if (v < 0)
+			if (v < 0 && pad == '0' && !left) {
+				/* The sign goes before the zeros: "-0042". */
+				put(&o, '-');
+				width = width > 0 ? width - 1 : 0;
+			} else if (v < 0) {
 				digits[sizeof(digits) - 1 - n++] = '-';
+			}
 			put_padded(&o, digits + sizeof(digits) - n, n, width, left, pad);
 			break;
 		}

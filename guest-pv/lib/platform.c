@@ -86,15 +86,24 @@ const struct kapsel_device_desc *kg_platform_find_device(enum kapsel_device_type
 
 uint64_t kg_time_now_ns(void)
 {
-	if (!clock_mult)
+	if (!clock_mult) {
+		/* No TSC frequency was offered: ask the hypervisor (one exit). */
+		struct kapsel_time_info info;
+		if (platform_kapsel && kg_hc_time_info(&info) == 0)
+			return info.now_ns;
 		return 0;
+	}
 	uint64_t delta = kg_rdtsc() - clock_base_tsc;
 	return clock_base_ns + (uint64_t)(((unsigned __int128)delta * clock_mult) >> 32);
 }
 
 void kg_time_sleep_ns(uint64_t duration_ns)
 {
+	if (!platform_kapsel)
+		return; /* no clock and no BLOCK call off Kapsel */
 	uint64_t deadline = kg_time_now_ns() + duration_ns;
+	if (deadline < duration_ns)
+		deadline = UINT64_MAX; /* "forever" must not wrap into the past */
 	/* BLOCK also returns early for pending events; keep sleeping. */
 	while (kg_time_now_ns() < deadline) {
 		if (kg_hc_block(deadline) == 1) {
@@ -135,4 +144,28 @@ bool kg_platform_check_generation(void)
 	if (platform_generation_callback)
 		platform_generation_callback(now);
 	return true;
+}
+
+int kg_platform_control_enable(void)
+{
+	if (!platform_kapsel || platform_start_info->abi_minor < 1 ||
+	    !(platform_start_info->features & KAPSEL_FEATURE_CONTROL))
+		return -KAPSEL_ENOSYS;
+	int64_t rc = kg_hc_evtchn_mask(KAPSEL_EVTCHN_CONTROL, 0);
+	return rc < 0 ? (int)rc : 0;
+}
+
+enum kapsel_control_request kg_platform_control_request(uint64_t *deadline_ns)
+{
+	if (!platform_kapsel || platform_start_info->abi_minor < 1)
+		return KAPSEL_CONTROL_NONE;
+	kg_evtchn_test_and_clear(KAPSEL_EVTCHN_CONTROL);
+	/* Read once: the host may write it again at any time. */
+	uint32_t request = __atomic_load_n(&platform_events->control_request, __ATOMIC_ACQUIRE);
+	if (deadline_ns)
+		*deadline_ns = __atomic_load_n(&platform_events->control_deadline_ns,
+					       __ATOMIC_RELAXED);
+	if (request != KAPSEL_CONTROL_POWEROFF && request != KAPSEL_CONTROL_REBOOT)
+		return KAPSEL_CONTROL_NONE;
+	return (enum kapsel_control_request)request;
 }

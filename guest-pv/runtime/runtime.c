@@ -123,6 +123,8 @@ static int split_args(char *line, char **argv)
 		argv[argc++] = line;
 		while (*line && *line != ' ')
 			line++;
+		if (*line) /* end this argument even when argv is now full */
+			*line++ = '\0';
 	}
 	argv[argc] = 0;
 	return argc;

@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #define KAPSEL_ABI_MAJOR 1u
-#define KAPSEL_ABI_MINOR 0u
+#define KAPSEL_ABI_MINOR 1u /* 1: control requests (event page) */
 #define KAPSEL_ABI_VERSION ((KAPSEL_ABI_MAJOR << 16) | KAPSEL_ABI_MINOR)
 
 /* ---- Discovery through CPUID -------------------------------------------- */
@@ -44,10 +44,11 @@
 #define KAPSEL_FEATURE_DOORBELL (1ull << 2)    /* ioeventfd doorbell ports */
 #define KAPSEL_FEATURE_BLOCK_PV (1ull << 3)    /* PV block protocol (blk.h) */
 #define KAPSEL_FEATURE_GENERATION (1ull << 4)  /* start_info.generation */
+#define KAPSEL_FEATURE_CONTROL (1ull << 5)     /* event page control_request (minor 1) */
 #define KAPSEL_FEATURES_V1                                                     \
 	(KAPSEL_FEATURE_CONSOLE_PV | KAPSEL_FEATURE_EVTCHN |                   \
 	 KAPSEL_FEATURE_DOORBELL | KAPSEL_FEATURE_BLOCK_PV |                   \
-	 KAPSEL_FEATURE_GENERATION)
+	 KAPSEL_FEATURE_GENERATION | KAPSEL_FEATURE_CONTROL)
 
 /* ---- I/O ports ---------------------------------------------------------- */
 
@@ -102,9 +103,10 @@ enum kapsel_hypercall {
 	/* (gpa of struct kapsel_time_info) -> 0 */
 	KAPSEL_HC_TIME_INFO = 4,
 	/* (deadline_ns on the Kapsel clock, UINT64_MAX = none) -> 1 if an
-	 * unmasked event is pending, 0 at the deadline */
+	 * unmasked event is pending, 0 at the deadline or earlier (pause,
+	 * stop, stats request): callers re-check their clock */
 	KAPSEL_HC_BLOCK = 5,
-	/* () -> new event channel port */
+	/* () -> new event channel port, neither pending nor masked */
 	KAPSEL_HC_EVTCHN_ALLOC = 6,
 	/* (port, device index) -> 0; the device signals completions on port */
 	KAPSEL_HC_EVTCHN_BIND_DEVICE = 7,
@@ -149,11 +151,34 @@ _Static_assert(sizeof(struct kapsel_time_info) == 32, "time_info layout");
 
 /* Event channels: pending and mask bits live in the shared event page. */
 #define KAPSEL_EVTCHN_COUNT 256u
+/*
+ * Reserved channel (minor 1): signalled when the host changes
+ * control_request.  It is never handed out by EVTCHN_ALLOC and starts
+ * masked at boot, so guests that ignore it never wake for it; a guest that
+ * handles control requests unmasks it (EVTCHN_MASK or the mask word).
+ */
+#define KAPSEL_EVTCHN_CONTROL (KAPSEL_EVTCHN_COUNT - 1u)
+
+/* What the operator asks of the guest (event page control_request). */
+enum kapsel_control_request {
+	KAPSEL_CONTROL_NONE = 0,
+	KAPSEL_CONTROL_POWEROFF = 1, /* shut down cleanly, then SHUTDOWN(POWEROFF) */
+	KAPSEL_CONTROL_REBOOT = 2,   /* shut down cleanly, then SHUTDOWN(REBOOT) */
+};
+
 #define KAPSEL_EVENT_PAGE_MAGIC 0x4b45564eu /* "KEVN" */
 struct kapsel_event_page {
 	uint32_t magic;
 	uint32_t revision; /* 1 */
-	uint8_t _pad0[56];
+	/* Minor 1: written by the host only (enum kapsel_control_request),
+	 * then KAPSEL_EVTCHN_CONTROL is signalled.  The guest reads it once
+	 * and acts; it is cleared at every boot. */
+	uint32_t control_request;
+	uint32_t _pad0a;
+	/* Minor 1: Kapsel clock (ns) after which the host ends the VM
+	 * forcibly; UINT64_MAX for none.  Valid when control_request != 0. */
+	uint64_t control_deadline_ns;
+	uint8_t _pad0[40];
 	/* Set by the host with an atomic OR; cleared by the guest with an
 	 * atomic AND (or exchange).  Bit n of word n/64 is channel n. */
 	uint64_t pending[KAPSEL_EVTCHN_COUNT / 64];
@@ -164,6 +189,10 @@ struct kapsel_event_page {
 	uint8_t _pad2[32];
 };
 _Static_assert(sizeof(struct kapsel_event_page) == 192, "event page layout");
+_Static_assert(__builtin_offsetof(struct kapsel_event_page, control_request) == 8,
+	       "control_request offset");
+_Static_assert(__builtin_offsetof(struct kapsel_event_page, control_deadline_ns) == 16,
+	       "control_deadline_ns offset");
 _Static_assert(__builtin_offsetof(struct kapsel_event_page, pending) == 64,
 	       "pending owns a cache line");
 _Static_assert(__builtin_offsetof(struct kapsel_event_page, mask) == 128,

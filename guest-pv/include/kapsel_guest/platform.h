@@ -51,4 +51,22 @@ void kg_platform_on_new_generation(void (*callback)(uint64_t generation));
  * run the callback and return true. */
 bool kg_platform_check_generation(void);
 
+/*
+ * Control requests (ABI minor 1): the operator's "please power off" or
+ * "please reboot" (kapsel shutdown NAME).  kg_platform_control_enable
+ * unmasks the reserved channel KAPSEL_EVTCHN_CONTROL so that a request
+ * wakes the vCPU from kg_hc_block; call it once after kg_platform_init if
+ * the guest reacts to requests.  Returns 0, or -KAPSEL_ENOSYS when the
+ * hypervisor does not offer KAPSEL_FEATURE_CONTROL (or off Kapsel).
+ */
+int kg_platform_control_enable(void);
+
+/*
+ * The pending request (enum kapsel_control_request), KAPSEL_CONTROL_NONE if
+ * there is none.  Clears the control channel's pending bit, so a sleeping
+ * loop does not wake again for the same request.  *deadline_ns (may be
+ * NULL) gets the Kapsel-clock time after which the host ends the VM.
+ */
+enum kapsel_control_request kg_platform_control_request(uint64_t *deadline_ns);
+
 #endif

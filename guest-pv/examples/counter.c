@@ -1,0 +1,174 @@
+/* Example guest: a running counter and checksum in memory (and on disk) for save/restore, clone and migration tests. */
+#include "kapsel_guest/arch.h"
+#include "kapsel_guest/block.h"
+#include "kapsel_guest/os_hooks.h"
+#include "kapsel_guest/platform.h"
+#include "kapsel_guest/runtime.h"
+
+/*
+ * Command line: counter [ticks=N] [interval_ms=N] [pattern_mb=N] [disk=0|1]
+ *
+ * Every interval_ms the guest advances its counter and folds it into a
+ * running checksum:  sum(n) = mix64(sum(n-1) ^ n),  sum(0) = 0,
+ * with mix64 the splitmix64 finalizer; it prints
+ *   "tick N sum HEX gen G"
+ * and, when it has a disk (disk=1, the default when one is offered), writes
+ * one 512-byte record per tick at sector N:
+ *   uint64 magic "KCOUNTER", tick, sum, generation, then words
+ *   mix64(sum ^ i) up to the end of the sector.
+ * A test recomputes the chain on the host, so a lost, repeated or
+ * corrupted tick, in the output or on the disk, is caught.
+ *
+ * Memory checks: a pattern region of pattern_mb MiB (word i =
+ * mix64(seed ^ i)) and a history of the last HISTORY sums stay in RAM;
+ * when the generation changes (the VM was restored, cloned or migrated)
+ * the guest verifies both, prints "memory ok ..." or panics, derives a new
+ * unique id and prints "new generation G name NAME id HEX".
+ */
+
+#define HISTORY 1024u
+#define SECTOR_BYTES 512u
+#define RECORD_MAGIC 0x52455443554f434bull /* "KCOUNTER" */
+
+static uint64_t mix64(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+/* The state a save must carry over.  volatile: the host changes memory
+ * behind the compiler's back only between ticks, but keep every update a
+ * real store so the saved RAM is the truth. */
+static volatile uint64_t counter, checksum;
+static uint64_t history[HISTORY];
+static uint64_t *pattern;
+static uint64_t pattern_words, pattern_seed;
+static uint64_t unique_id;
+static volatile uint64_t generation_seen;
+
+static uint64_t option(const char *key, uint64_t fallback)
+{
+	const char *text = kg_cmdline_get(key);
+	char word[24];
+	uint64_t value;
+	unsigned n = 0;
+	if (!text)
+		return fallback;
+	/* The value runs to the next space of the command line. */
+	while (text[n] && text[n] != ' ' && n < sizeof(word) - 1) {
+		word[n] = text[n];
+		n++;
+	}
+	word[n] = '\0';
+	if (kg_parse_u64(word, &value) < 0)
+		kg_panic("option %s=%s is not a number", key, word);
+	return value;
+}
+
+static void verify_memory(void)
+{
+	for (uint64_t i = 0; i < pattern_words; i++)
+		if (pattern[i] != mix64(pattern_seed ^ i))
+			kg_panic("pattern word %llu is %llx, expected %llx", (unsigned long long)i,
+				 (unsigned long long)pattern[i],
+				 (unsigned long long)mix64(pattern_seed ^ i));
+	/* The history holds sum(n) at n % HISTORY for the last HISTORY ticks. */
+	uint64_t first = counter > HISTORY - 1 ? counter - (HISTORY - 1) : 1;
+	for (uint64_t n = first + 1; n <= counter; n++)
+		if (history[n % HISTORY] != mix64(history[(n - 1) % HISTORY] ^ n))
+			kg_panic("history broken at tick %llu", (unsigned long long)n);
+	if (counter && history[counter % HISTORY] != checksum)
+		kg_panic("checksum %llx does not match the history",
+			 (unsigned long long)checksum);
+	kg_printf("memory ok: %llu pattern words, %llu history entries at tick %llu\n",
+		  (unsigned long long)pattern_words,
+		  (unsigned long long)(counter >= first ? counter - first + 1 : 0),
+		  (unsigned long long)counter);
+}
+
+static void on_new_generation(uint64_t generation)
+{
+	const struct kapsel_start_info *si = kg_platform_start_info();
+	verify_memory();
+	/* What must be unique per instance is derived again here. */
+	unique_id = mix64(kg_rdtsc() ^ generation ^ mix64((uint64_t)si->uuid[0] << 8 | si->uuid[1]));
+	generation_seen = generation;
+	kg_printf("new generation %llu name %s id %016llx\n", (unsigned long long)generation,
+		  si->name, (unsigned long long)unique_id);
+}
+
+static void write_record(struct kg_block_device *disk, uint64_t *sector_buffer)
+{
+	sector_buffer[0] = RECORD_MAGIC;
+	sector_buffer[1] = counter;
+	sector_buffer[2] = checksum;
+	sector_buffer[3] = generation_seen;
+	for (unsigned i = 4; i < SECTOR_BYTES / 8; i++)
+		sector_buffer[i] = mix64(checksum ^ i);
+	int err = kg_block_write(disk, counter, sector_buffer, 1);
+	if (err)
+		kg_panic("disk write of tick %llu failed: %d", (unsigned long long)counter, err);
+}
+
+int main(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	kg_assert(kg_platform_is_kapsel());
+	uint64_t ticks = option("ticks", 1000);
+	uint64_t interval_ns = option("interval_ms", 10) * 1000000ull;
+	uint64_t pattern_mb = option("pattern_mb", 4);
+	const struct kapsel_start_info *si = kg_platform_start_info();
+
+	pattern_words = pattern_mb * (1u << 20) / 8;
+	pattern = kg_os_alloc_pages(pattern_mb * 256);
+	if (pattern_words && !pattern)
+		kg_panic("no memory for a %llu MiB pattern", (unsigned long long)pattern_mb);
+	pattern_seed = mix64(0x1234);
+	for (uint64_t i = 0; i < pattern_words; i++)
+		pattern[i] = mix64(pattern_seed ^ i);
+
+	struct kg_block_device *disk = 0;
+	uint64_t capacity = 0;
+	uint64_t *sector_buffer = kg_os_alloc_pages(1);
+	if (option("disk", 1) && kg_block_open(0, KG_BLOCK_AUTO, &disk) == 0) {
+		struct kg_block_info info;
+		kg_block_get_info(disk, &info);
+		capacity = info.capacity_sectors;
+		kg_printf("counter: disk of %llu sectors via %s\n", (unsigned long long)capacity,
+			  info.path == KG_BLOCK_PV ? "pv" : "ata");
+	}
+	generation_seen = kg_platform_generation();
+	unique_id = mix64(kg_rdtsc() ^ generation_seen);
+	kg_platform_on_new_generation(on_new_generation);
+	kg_printf("counter: start name %s gen %llu ticks %llu\n", si->name,
+		  (unsigned long long)generation_seen, (unsigned long long)ticks);
+
+	uint64_t next_ns = kg_time_now_ns();
+	while (counter < ticks) {
+		kg_platform_check_generation();
+		uint64_t n = counter + 1;
+		uint64_t sum = mix64(checksum ^ n);
+		history[n % HISTORY] = sum;
+		checksum = sum;
+		counter = n;
+		kg_printf("tick %llu sum %016llx gen %llu\n", (unsigned long long)n,
+			  (unsigned long long)sum, (unsigned long long)generation_seen);
+		if (disk && n < capacity)
+			write_record(disk, sector_buffer);
+		next_ns += interval_ns;
+		uint64_t now = kg_time_now_ns();
+		if (next_ns > now)
+			kg_time_sleep_ns(next_ns - now);
+		else
+			next_ns = now; /* fell behind (paused): do not burst */
+	}
+	if (disk && kg_block_flush(disk) != 0)
+		kg_panic("final disk flush failed");
+	verify_memory();
+	kg_printf("counter done %llu sum %016llx gen %llu\n", (unsigned long long)counter,
+		  (unsigned long long)checksum, (unsigned long long)generation_seen);
+	return 0;
+}

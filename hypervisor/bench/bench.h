@@ -1,0 +1,324 @@
+/* `kapsel bench`: the types its files share (options, jobs, per-run results, summaries) and their entry points. */
+#ifndef KAPSEL_BENCH_H
+#define KAPSEL_BENCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "bench_common.h"
+
+/*
+ * The bench runs every workload row on up to three paths, in one
+ * invocation, on the same image file and the same operation stream:
+ *   native    the host itself, io_uring at the same queue depth (bench_native.c)
+ *   pv        blkbench.elf under `kapsel run` with the disk on bus=pv (bench_guest.c)
+ *   emulated  the same guest with the disk on bus=ata
+ * and reports medians and spreads over repeated runs (bench_report.c).
+ */
+
+enum bench_path { BENCH_PATH_NATIVE, BENCH_PATH_PV, BENCH_PATH_EMULATED, BENCH_PATH_COUNT };
+enum bench_kind { BENCH_KIND_BLOCK, BENCH_KIND_CONSOLE };
+enum bench_cache { BENCH_CACHE_NONE, BENCH_CACHE_WRITEBACK, BENCH_CACHE_COUNT };
+enum bench_format { BENCH_FORMAT_TABLE, BENCH_FORMAT_JSON };
+
+#define BENCH_MAX_WORKLOADS 16u
+#define BENCH_MAX_IODEPTHS 8u
+#define BENCH_MAX_IODEPTH 256u
+#define BENCH_MAX_REPEAT 25u
+#define BENCH_MAX_COUNTERS 96u
+#define BENCH_NAME_MAX 48u
+
+struct bench_workload {
+	char name[32];         /* "randread-4K": fio's rw name and the block size */
+	char rw[16];           /* fio rw= value: read, write, randread, randwrite, randrw */
+	enum bench_kind kind;
+	bool random;
+	bool writes;           /* the workload writes (region checksums apply) */
+	uint32_t read_percent; /* 100 read-only, 0 write-only */
+	uint32_t block_bytes;  /* console rows: bytes per line */
+};
+
+struct bench_options {
+	char *disk_path;        /* NULL: a temporary image, deleted at the end */
+	uint64_t size_bytes;    /* region every workload works on */
+	struct bench_workload workloads[BENCH_MAX_WORKLOADS];
+	unsigned workload_count;
+	uint64_t runtime_ns, warmup_ns;                   /* native and PV */
+	uint64_t emulated_runtime_ns, emulated_warmup_ns; /* emulated path budget */
+	uint64_t ops, warmup_ops; /* > 0: fixed-size runs of this many operations */
+	unsigned repeat;
+	unsigned iodepths[BENCH_MAX_IODEPTHS];
+	unsigned iodepth_count;
+	bool cache[BENCH_CACHE_COUNT];
+	bool paths[BENCH_PATH_COUNT];
+	enum bench_format format;
+	char *output_dir;       /* results.json, results.txt, chart */
+	char *console_output;   /* console sink file for the console row */
+	char *kapsel_path;      /* the kapsel binary for guest runs */
+	char *guest_path;       /* blkbench.elf */
+	bool quick;
+	bool fio;               /* cross-check native against fio if installed */
+	bool chart;
+	bool verbose;
+	uint64_t seed;
+};
+
+/* ---- Options (bench_options.c) ------------------------------------------- */
+
+/* Defaults: every workload, iodepths 1,32, cache none, all paths, 3 runs. */
+void bench_options_init(struct bench_options *options);
+
+/* Free what the options own. */
+void bench_options_free(struct bench_options *options);
+
+/*
+ * Parse argv (argv[0] is "bench") into options, which must come from
+ * bench_options_init.  Returns 0, 1 when --help was given (usage printed
+ * to out), or -EINVAL with a message naming the option and the fix in
+ * error.
+ */
+int bench_options_parse(struct bench_options *options, int argc, char **argv, FILE *out,
+			char *error, size_t error_len);
+
+/* Usage text of `kapsel bench`. */
+void bench_usage(FILE *out);
+
+/*
+ * Parse a size with an optional K/M/G suffix (powers of 1024) into bytes.
+ * Returns 0 or -EINVAL (empty, trailing garbage, overflow).
+ */
+int bench_parse_size(const char *text, uint64_t *bytes);
+
+/* Parse a duration: a number with s (default), ms or us.  Returns 0 or -EINVAL. */
+int bench_parse_duration(const char *text, uint64_t *ns);
+
+/* Look up a workload by name ("randread-4K", "read-1M", "console", ...);
+ * returns 0 and fills workload, or -ENOENT. */
+int bench_workload_lookup(const char *name, struct bench_workload *workload);
+
+/* ---- Counters and statistics (bench_stats.c) ----------------------------- */
+
+struct bench_counter {
+	char name[BENCH_NAME_MAX];
+	uint64_t value;
+};
+
+/* A small name -> value table (exit reasons, device counters). */
+struct bench_counters {
+	unsigned count;
+	struct bench_counter items[BENCH_MAX_COUNTERS];
+};
+
+/* Add value to name (created at 0 if absent; silently dropped when full). */
+void bench_counters_add(struct bench_counters *counters, const char *name, uint64_t value);
+
+/* The value of name, 0 if absent. */
+uint64_t bench_counters_get(const struct bench_counters *counters, const char *name);
+
+/*
+ * Parse the text of vm_print_stats ("vm NAME: ...", "  exits_io_hypercall:
+ * 12", "device 2 blk-pv:", "  kicks_received: 5") into counters named
+ * "exits_io_hypercall", "hypercall_block", "dev.blk-pv.kicks_received".
+ * Lines whose value is not a plain number are skipped.
+ */
+void bench_counters_parse_stats(struct bench_counters *counters, const char *text);
+
+/* after - before for every counter of after (counters that went down are 0). */
+void bench_counters_delta(struct bench_counters *delta, const struct bench_counters *before,
+			  const struct bench_counters *after);
+
+/* Summary of a set of values: median, min, max over n finite values. */
+struct bench_stat {
+	double median, min, max;
+	unsigned n;
+};
+
+/* Summarize the finite values among values[0..count) (NaN = not measured). */
+struct bench_stat bench_stat_of(const double *values, unsigned count);
+
+/* Relative spread (max - min) / median, NaN when undefined. */
+double bench_stat_spread(const struct bench_stat *stat);
+
+/* CRC-32 (IEEE, as zlib's crc32) of data, continuing from crc (0 to start). */
+uint32_t bench_crc32(uint32_t crc, const void *data, size_t length);
+
+/* ---- Jobs and runs ------------------------------------------------------- */
+
+/* Everything one run needs to know. */
+struct bench_job {
+	const struct bench_workload *workload;
+	enum bench_path path;
+	unsigned iodepth;
+	enum bench_cache cache;
+	const char *disk_path;
+	uint64_t region_bytes;
+	uint64_t runtime_ns, warmup_ns;
+	uint64_t ops, warmup_ops;
+	uint64_t seed;
+	uint32_t generation;
+	const char *work_dir;       /* private scratch directory (stats files) */
+	const char *console_sink;   /* console rows */
+	bool console_uart;          /* console rows, emulated path */
+	const struct bench_options *options;
+};
+
+/* Metrics every run may have; NaN where a path does not have one. */
+enum bench_metric {
+	BENCH_M_MBPS,
+	BENCH_M_IOPS,
+	BENCH_M_LAT_P50_US,
+	BENCH_M_LAT_P99_US,
+	BENCH_M_LAT_P999_US,
+	BENCH_M_LAT_MEAN_US,
+	BENCH_M_EXITS_PER_OP,
+	BENCH_M_NOTIFICATIONS_PER_OP,
+	BENCH_M_KICKS_PER_OP,
+	BENCH_M_KICKS_SUPPRESSED_PER_OP,
+	BENCH_M_EVENTS_PER_OP,          /* host -> guest event channel signals */
+	BENCH_M_BLOCKS_PER_OP,          /* guest sleeps in the hypervisor */
+	BENCH_M_CPU_US_PER_OP,          /* host CPU, all threads of the process */
+	BENCH_M_VCPU_CPU_US_PER_OP,     /* of which the vCPU thread */
+	BENCH_M_SUBMIT_PICKUP_US,       /* PV: notification + queueing */
+	BENCH_M_PICKUP_COMPLETE_US,     /* PV: backend + device */
+	BENCH_M_COMPLETE_REAP_US,       /* PV: completion -> reap */
+	BENCH_M_COUNT
+};
+
+struct bench_metric_info {
+	const char *key;   /* JSON key */
+	const char *label; /* table header */
+	const char *unit;
+};
+
+extern const struct bench_metric_info bench_metric_info[BENCH_M_COUNT];
+
+/* One measured run of one path. */
+struct bench_run {
+	bool ok;
+	char error[256];
+	uint64_t ops, reads, writes, bytes, errors;
+	uint64_t elapsed_ns;          /* measured window, as the runner timed it */
+	uint64_t host_window_ns;      /* guest paths: wall time between the marks */
+	uint64_t cpu_ns, vcpu_cpu_ns; /* host CPU time in the window */
+	uint64_t verify_sectors, verify_errors;
+	uint64_t timed_ops;           /* PV: completions carrying all timestamps */
+	unsigned queue_depth_used;
+	double metrics[BENCH_M_COUNT];
+	struct bench_counters exits;    /* window: exits by reason */
+	struct bench_counters counters; /* window: hypercalls and device counters */
+};
+
+/* Set every metric to NaN and clear the rest. */
+void bench_run_clear(struct bench_run *run);
+
+/*
+ * Run one job on the host (native path): io_uring on the image at the
+ * job's queue depth, or write(2) of console lines to the sink.  Fills run
+ * (run->ok false and run->error set on failure).  Returns 0 or -errno.
+ */
+int bench_native_run(const struct bench_job *job, struct bench_run *run);
+
+/*
+ * Run one job in a guest: spawns `kapsel run` with blkbench.elf and the
+ * image on bus=pv (PV path) or bus=ata (emulated path), reads counters at
+ * the guest's marks.  Returns 0, -ENODEV when the path is unavailable
+ * (run->error says why), or another -errno on failure.
+ */
+int bench_guest_run(const struct bench_job *job, struct bench_run *run);
+
+/* ---- fio cross-check (bench_fio.c) -------------------------------------- */
+
+struct bench_fio_result {
+	bool ran;
+	bool ok;
+	char error[160];
+	double mb_per_s, iops, lat_p50_us, lat_p99_us;
+};
+
+/* True if fio is on PATH. */
+bool bench_fio_available(void);
+
+/*
+ * Run fio with the job's parameters (ioengine=io_uring, same file, bs,
+ * iodepth, rw, direct, runtime) and parse its JSON.  Returns 0 or -errno
+ * (result->error says why).
+ */
+int bench_fio_run(const struct bench_job *job, struct bench_fio_result *result);
+
+/*
+ * Walk a JSON text and call fn for every number with its path, members
+ * joined by '.', array elements by index ("jobs.0.read.iops").  Returns 0
+ * or -EINVAL for malformed JSON.  Exposed for tests.
+ */
+int bench_json_walk(const char *text, void (*fn)(const char *path, double value, void *opaque),
+		    void *opaque);
+
+/* ---- Results (bench.c) and reports (bench_report.c) ---------------------- */
+
+enum bench_status { BENCH_STATUS_SKIPPED, BENCH_STATUS_OK, BENCH_STATUS_UNAVAILABLE, BENCH_STATUS_FAILED };
+
+struct bench_path_result {
+	enum bench_status status;
+	char message[256];
+	struct bench_run *runs;             /* options->repeat entries, or NULL */
+	unsigned run_count, ok_count;
+	struct bench_stat stats[BENCH_M_COUNT];
+	struct bench_counters exit_reasons; /* summed over ok runs */
+	uint64_t ops_total;                 /* summed over ok runs */
+	uint64_t runtime_ns;                /* the budget the path was given */
+	unsigned queue_depth_used;
+	uint64_t verify_sectors, verify_errors;
+	bool checksum_valid;
+	uint32_t checksum;                  /* region CRC-32 after this path ran */
+};
+
+struct bench_row {
+	const struct bench_workload *workload;
+	unsigned iodepth;
+	enum bench_cache cache;
+	struct bench_path_result paths[BENCH_PATH_COUNT];
+	bool checksum_reset_valid;
+	uint32_t checksum_reset;  /* region CRC-32 before each path (fixed-size runs) */
+	struct bench_fio_result fio;
+	double ratio_pv_native, ratio_pv_emulated; /* throughput ratios, NaN if n/a */
+};
+
+struct bench_results {
+	struct bench_row *rows;
+	unsigned row_count;
+	char disk_path[512];
+	bool disk_temporary;
+	uint64_t size_bytes;
+	double total_seconds;
+	char host[256];      /* machine description */
+	bool fio_available;
+	char chart_path[512];
+	char chart_note[160];
+};
+
+/* Run the whole benchmark.  Returns the exit status for `kapsel bench`. */
+int bench_main(struct bench_options *options);
+
+/* The human-readable report. */
+void bench_report_table(FILE *out, const struct bench_options *options,
+			const struct bench_results *results);
+
+/* The machine-readable report (one JSON document). */
+void bench_report_json(FILE *out, const struct bench_options *options,
+		       const struct bench_results *results);
+
+/*
+ * Write bench-data.dat and bench.gp to dir and run gnuplot to draw
+ * bench.svg (throughput and exits per operation per path).  Returns 0 or
+ * -errno; note says what happened (e.g. gnuplot missing).
+ */
+int bench_report_chart(const char *dir, const struct bench_results *results, char *chart_path,
+		       size_t chart_path_len, char *note, size_t note_len);
+
+/* Name of a path / cache mode as printed and in JSON. */
+const char *bench_path_name(enum bench_path path);
+const char *bench_cache_name(enum bench_cache cache);
+
+#endif /* KAPSEL_BENCH_H */

@@ -1,0 +1,674 @@
+/* `kapsel bench` guest paths: runs blkbench.elf under `kapsel run` (disk on bus=pv or bus=ata) and reads its counters at the guest's marks. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench.h"
+
+/*
+ * Protocol with the guest (guest-pv/examples/blkbench.c, sync=1):
+ *   guest: warm-up, then prints "BENCH mark=start" and spins
+ *   host:  asks `kapsel run` for its counters (SIGUSR1 to the vCPU thread,
+ *          which writes --stats-file at once), reads the VMM's CPU clock,
+ *          then writes a line to the guest's console input
+ *   guest: sees the PV console's event bit, runs the measured phase, prints
+ *          "BENCH mark=end" and spins; the host reads the clocks and the
+ *          counters again and answers; the guest prints its results.
+ * The window's counters are the differences.  The handshake itself costs
+ * a known few exits, which are taken off (HANDSHAKE_*).
+ */
+
+#define STATS_WAIT_NS 5000000000ull
+#define RUN_SLACK_NS 30000000000ull
+#define OPS_MODE_TIMEOUT_NS 600000000000ull
+#define OUTPUT_KEEP_BYTES 2048u
+#define GUEST_MEMORY_BASE_BYTES (64ull << 20)
+#define KV_MAX 64u
+
+struct kv {
+	unsigned count;
+	struct {
+		char key[40];
+		char value[64];
+	} items[KV_MAX];
+};
+
+static void kv_set(struct kv *kv, const char *key, size_t key_len, const char *value,
+		   size_t value_len)
+{
+	char name[40];
+	snprintf(name, sizeof(name), "%.*s", (int)key_len, key);
+	unsigned i;
+	for (i = 0; i < kv->count; i++)
+		if (strcmp(kv->items[i].key, name) == 0)
+			break;
+	if (i == kv->count) {
+		if (kv->count == KV_MAX)
+			return;
+		kv->count++;
+	}
+	snprintf(kv->items[i].key, sizeof(kv->items[i].key), "%s", name);
+	snprintf(kv->items[i].value, sizeof(kv->items[i].value), "%.*s", (int)value_len, value);
+}
+
+static const char *kv_get(const struct kv *kv, const char *key)
+{
+	for (unsigned i = 0; i < kv->count; i++)
+		if (strcmp(kv->items[i].key, key) == 0)
+			return kv->items[i].value;
+	return NULL;
+}
+
+static uint64_t kv_u64(const struct kv *kv, const char *key)
+{
+	const char *v = kv_get(kv, key);
+	return v ? strtoull(v, NULL, 0) : 0;
+}
+
+static bool kv_has(const struct kv *kv, const char *key) { return kv_get(kv, key) != NULL; }
+
+static uint64_t monotonic_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+struct child {
+	pid_t pid;
+	int stdin_fd, stdout_fd, stderr_fd;
+	int sink_fd;            /* console rows: the sink file, read as it grows */
+	clockid_t cpu_clock;
+	bool cpu_clock_ok;
+	char line[4096];        /* partial console line */
+	size_t line_len;
+	char err_tail[OUTPUT_KEEP_BYTES]; /* last bytes of stderr */
+	size_t err_len;
+	char out_tail[OUTPUT_KEEP_BYTES]; /* last non-BENCH console lines */
+	size_t out_len;
+	struct kv kv;
+	bool exited;
+	int status;
+};
+
+struct window {
+	bool started, ended;
+	uint64_t wall_start, wall_end;
+	uint64_t cpu_start, cpu_end;
+	uint64_t vcpu_start, vcpu_end;
+	struct bench_counters before, after;
+	bool counters_ok;
+	char problem[160];
+};
+
+static void keep_tail(char *tail, size_t *len, const char *data, size_t n)
+{
+	if (n >= OUTPUT_KEEP_BYTES - 1) {
+		data += n - (OUTPUT_KEEP_BYTES - 1);
+		n = OUTPUT_KEEP_BYTES - 1;
+	}
+	if (*len + n >= OUTPUT_KEEP_BYTES) {
+		size_t drop = *len + n - (OUTPUT_KEEP_BYTES - 1);
+		memmove(tail, tail + drop, *len - drop);
+		*len -= drop;
+	}
+	memcpy(tail + *len, data, n);
+	*len += n;
+	tail[*len] = '\0';
+}
+
+static uint64_t child_cpu_ns(struct child *child)
+{
+	struct timespec ts;
+	if (!child->cpu_clock_ok || clock_gettime(child->cpu_clock, &ts) != 0)
+		return 0;
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* CPU time of the child's main thread (the vCPU thread of `kapsel run`). */
+static uint64_t child_vcpu_ns(struct child *child)
+{
+	char path[64], text[128];
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/schedstat", (int)child->pid, (int)child->pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, text, sizeof(text) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	text[n] = '\0';
+	return strtoull(text, NULL, 10);
+}
+
+static int read_file(const char *path, char **text)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	size_t cap = 8192, len = 0;
+	char *buffer = malloc(cap);
+	for (;;) {
+		if (!buffer) {
+			close(fd);
+			return -ENOMEM;
+		}
+		ssize_t n = read(fd, buffer + len, cap - len - 1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+		if (len + 1 == cap) {
+			cap *= 2;
+			char *bigger = realloc(buffer, cap);
+			if (!bigger)
+				free(buffer);
+			buffer = bigger;
+		}
+	}
+	close(fd);
+	buffer[len] = '\0';
+	*text = buffer;
+	return 0;
+}
+
+/* Ask the child's vCPU thread for its counters and read them. */
+static int snapshot_counters(struct child *child, const char *stats_path,
+			     struct bench_counters *counters)
+{
+	unlink(stats_path);
+	if (syscall(SYS_tgkill, child->pid, child->pid, SIGUSR1) != 0)
+		return -errno;
+	uint64_t deadline = monotonic_ns() + STATS_WAIT_NS;
+	struct timespec pause = { 0, 100000 };
+	while (access(stats_path, R_OK) != 0) {
+		if (monotonic_ns() > deadline)
+			return -ETIMEDOUT;
+		nanosleep(&pause, NULL);
+	}
+	char *text = NULL;
+	int err = read_file(stats_path, &text);
+	if (err)
+		return err;
+	memset(counters, 0, sizeof(*counters));
+	bench_counters_parse_stats(counters, text);
+	free(text);
+	return 0;
+}
+
+static void answer(struct child *child)
+{
+	static const char go[] = "go\n";
+	ssize_t n = write(child->stdin_fd, go, sizeof(go) - 1);
+	(void)n; /* a dead child is noticed by the loop */
+}
+
+static void on_mark(struct child *child, struct window *window, const char *mark,
+		    const char *stats_path)
+{
+	if (strcmp(mark, "start") == 0) {
+		int err = snapshot_counters(child, stats_path, &window->before);
+		if (err)
+			snprintf(window->problem, sizeof(window->problem),
+				 "could not read the VMM's counters at the start mark: %s", strerror(-err));
+		window->counters_ok = err == 0;
+		window->cpu_start = child_cpu_ns(child);
+		window->vcpu_start = child_vcpu_ns(child);
+		window->wall_start = monotonic_ns();
+		window->started = true;
+	} else if (strcmp(mark, "end") == 0) {
+		window->wall_end = monotonic_ns();
+		window->cpu_end = child_cpu_ns(child);
+		window->vcpu_end = child_vcpu_ns(child);
+		int err = snapshot_counters(child, stats_path, &window->after);
+		if (err) {
+			snprintf(window->problem, sizeof(window->problem),
+				 "could not read the VMM's counters at the end mark: %s", strerror(-err));
+			window->counters_ok = false;
+		}
+		window->ended = true;
+	}
+	answer(child);
+}
+
+static void handle_line(struct child *child, struct window *window, char *line,
+			const char *stats_path, bool verbose)
+{
+	if (strncmp(line, "BENCH ", 6) != 0) {
+		if (strncmp(line, "KCON ", 5) != 0) {
+			keep_tail(child->out_tail, &child->out_len, line, strlen(line));
+			keep_tail(child->out_tail, &child->out_len, "\n", 1);
+		}
+		return;
+	}
+	if (verbose)
+		fprintf(stderr, "    guest: %s\n", line);
+	const char *mark = NULL;
+	for (char *p = line + 6; *p;) {
+		while (*p == ' ')
+			p++;
+		char *token = p;
+		while (*p && *p != ' ')
+			p++;
+		char *eq = memchr(token, '=', (size_t)(p - token));
+		if (!eq)
+			continue;
+		kv_set(&child->kv, token, (size_t)(eq - token), eq + 1, (size_t)(p - eq - 1));
+		if (eq - token == 4 && strncmp(token, "mark", 4) == 0)
+			mark = kv_get(&child->kv, "mark");
+	}
+	if (mark)
+		on_mark(child, window, mark, stats_path);
+}
+
+static void consume(struct child *child, struct window *window, const char *data, size_t n,
+		    const char *stats_path, bool verbose)
+{
+	for (size_t i = 0; i < n; i++) {
+		char c = data[i];
+		if (c == '\n' || child->line_len == sizeof(child->line) - 1) {
+			child->line[child->line_len] = '\0';
+			handle_line(child, window, child->line, stats_path, verbose);
+			child->line_len = 0;
+			if (c == '\n')
+				continue;
+		}
+		child->line[child->line_len++] = c;
+	}
+}
+
+static int spawn(struct child *child, char *const argv[])
+{
+	int in[2] = { -1, -1 }, out[2] = { -1, -1 }, err[2] = { -1, -1 };
+	if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) {
+		int e = -errno;
+		for (int i = 0; i < 2; i++) {
+			if (in[i] >= 0) close(in[i]);
+			if (out[i] >= 0) close(out[i]);
+			if (err[i] >= 0) close(err[i]);
+		}
+		return e;
+	}
+	pid_t pid = fork();
+	if (pid < 0) {
+		int e = -errno;
+		close(in[0]); close(in[1]); close(out[0]); close(out[1]); close(err[0]); close(err[1]);
+		return e;
+	}
+	if (pid == 0) {
+		dup2(in[0], 0);
+		dup2(out[1], 1);
+		dup2(err[1], 2);
+		signal(SIGPIPE, SIG_DFL);
+		execv(argv[0], argv);
+		dprintf(2, "kapsel bench: cannot run '%s': %s\n", argv[0], strerror(errno));
+		_exit(127);
+	}
+	close(in[0]);
+	close(out[1]);
+	close(err[1]);
+	child->pid = pid;
+	child->stdin_fd = in[1];
+	child->stdout_fd = out[0];
+	child->stderr_fd = err[0];
+	fcntl(child->stdout_fd, F_SETFL, O_NONBLOCK);
+	fcntl(child->stderr_fd, F_SETFL, O_NONBLOCK);
+	child->cpu_clock_ok = clock_getcpuclockid(pid, &child->cpu_clock) == 0;
+	return 0;
+}
+
+static bool drain(int fd, struct child *child, struct window *window, bool is_stderr,
+		  const char *stats_path, bool verbose)
+{
+	char buffer[65536];
+	for (;;) {
+		ssize_t n = read(fd, buffer, sizeof(buffer));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return true; /* EAGAIN: open, nothing now */
+		if (n == 0)
+			return false; /* EOF (or the sink has no more yet) */
+		if (is_stderr)
+			keep_tail(child->err_tail, &child->err_len, buffer, (size_t)n);
+		else
+			consume(child, window, buffer, (size_t)n, stats_path, verbose);
+	}
+}
+
+/* The last non-empty line of text (for error messages). */
+static void last_line(const char *text, char *out, size_t len)
+{
+	const char *end = text + strlen(text);
+	while (end > text && (end[-1] == '\n' || end[-1] == ' '))
+		end--;
+	const char *start = end;
+	while (start > text && start[-1] != '\n')
+		start--;
+	snprintf(out, len, "%.*s", (int)(end - start), start);
+}
+
+static void fill_metrics(const struct bench_job *job, const struct child *child,
+			 const struct window *window, struct bench_run *run)
+{
+	const struct kv *kv = &child->kv;
+	run->ops = kv_u64(kv, "ops");
+	run->reads = kv_u64(kv, "reads");
+	run->writes = kv_u64(kv, "writes");
+	run->bytes = kv_u64(kv, "bytes");
+	run->errors = kv_u64(kv, "errors");
+	run->elapsed_ns = kv_u64(kv, "elapsed_ns");
+	run->host_window_ns = window->wall_end - window->wall_start;
+	run->verify_sectors = kv_u64(kv, "verify_sectors");
+	run->verify_errors = kv_u64(kv, "verify_errors");
+	run->timed_ops = kv_u64(kv, "timed_ops");
+	run->queue_depth_used = (unsigned)kv_u64(kv, "queue_depth");
+	double *m = run->metrics;
+	double seconds = run->elapsed_ns / 1e9;
+	uint64_t ok = run->ops - run->errors;
+	if (seconds > 0) {
+		m[BENCH_M_MBPS] = run->bytes / seconds / 1e6;
+		m[BENCH_M_IOPS] = ok / seconds;
+	}
+	if (kv_has(kv, "lat_p50_ns") && ok) {
+		m[BENCH_M_LAT_P50_US] = kv_u64(kv, "lat_p50_ns") / 1e3;
+		m[BENCH_M_LAT_P99_US] = kv_u64(kv, "lat_p99_ns") / 1e3;
+		m[BENCH_M_LAT_P999_US] = kv_u64(kv, "lat_p999_ns") / 1e3;
+	}
+	if (kv_has(kv, "lat_mean_ns") && ok)
+		m[BENCH_M_LAT_MEAN_US] = kv_u64(kv, "lat_mean_ns") / 1e3;
+	if (run->timed_ops) {
+		m[BENCH_M_SUBMIT_PICKUP_US] = kv_u64(kv, "submit_pickup_ns") / 1e3;
+		m[BENCH_M_PICKUP_COMPLETE_US] = kv_u64(kv, "pickup_complete_ns") / 1e3;
+		m[BENCH_M_COMPLETE_REAP_US] = kv_u64(kv, "complete_reap_ns") / 1e3;
+	}
+	if (!run->ops)
+		return;
+	double ops = (double)run->ops;
+	uint64_t kicks = kv_u64(kv, "kicks");
+	bool block = job->workload->kind == BENCH_KIND_BLOCK;
+	if (block && kv_has(kv, "kicks")) {
+		m[BENCH_M_KICKS_PER_OP] = kicks / ops;
+		m[BENCH_M_KICKS_SUPPRESSED_PER_OP] = kv_u64(kv, "kicks_suppressed") / ops;
+		m[BENCH_M_BLOCKS_PER_OP] = kv_u64(kv, "blocks") / ops;
+	}
+	if (window->cpu_end > window->cpu_start) {
+		m[BENCH_M_CPU_US_PER_OP] = (window->cpu_end - window->cpu_start) / 1e3 / ops;
+		run->cpu_ns = window->cpu_end - window->cpu_start;
+	}
+	if (window->vcpu_end > window->vcpu_start) {
+		m[BENCH_M_VCPU_CPU_US_PER_OP] = (window->vcpu_end - window->vcpu_start) / 1e3 / ops;
+		run->vcpu_cpu_ns = window->vcpu_end - window->vcpu_start;
+	}
+	if (!window->counters_ok)
+		return;
+
+	struct bench_counters delta;
+	bench_counters_delta(&delta, &window->before, &window->after);
+	/* Take off the handshake's own exits: the end mark's console write,
+	 * the console read of the start answer and the end snapshot's signal. */
+	static const struct {
+		const char *name;
+		uint64_t count;
+	} handshake[] = {
+		{ "exits_io_hypercall", 2 }, { "hypercall_console_write", 1 },
+		{ "hypercall_console_read", 1 }, { "exits_interrupted", 1 },
+		{ "exits_total", 3 },
+	};
+	for (size_t h = 0; h < sizeof(handshake) / sizeof(handshake[0]); h++) {
+		for (unsigned i = 0; i < delta.count; i++) {
+			struct bench_counter *c = &delta.items[i];
+			if (strcmp(c->name, handshake[h].name) == 0)
+				c->value = c->value > handshake[h].count ? c->value - handshake[h].count : 0;
+		}
+	}
+	uint64_t exits = 0, events = 0;
+	for (unsigned i = 0; i < delta.count; i++) {
+		const struct bench_counter *c = &delta.items[i];
+		if (strncmp(c->name, "exits_", 6) == 0 && strcmp(c->name, "exits_total") != 0) {
+			if (c->value)
+				bench_counters_add(&run->exits, c->name + 6, c->value);
+			exits += c->value;
+		} else if (strncmp(c->name, "dev.", 4) == 0 &&
+			   strstr(c->name, ".notifications_sent")) {
+			events += c->value;
+			bench_counters_add(&run->counters, c->name, c->value);
+		} else if (c->value) {
+			bench_counters_add(&run->counters, c->name, c->value);
+		}
+	}
+	/* Doorbell kicks are exits too, handled inside the host kernel
+	 * (ioeventfd), so the VMM never counts them: the guest does. */
+	if (block && kicks) {
+		bench_counters_add(&run->exits, "doorbell", kicks);
+		exits += kicks;
+	}
+	m[BENCH_M_EXITS_PER_OP] = exits / ops;
+	m[BENCH_M_EVENTS_PER_OP] = events / ops;
+	m[BENCH_M_NOTIFICATIONS_PER_OP] = (kicks + events) / ops;
+}
+
+static void build_cmdline(const struct bench_job *job, char *out, size_t len)
+{
+	const struct bench_workload *w = job->workload;
+	bool emulated = job->path == BENCH_PATH_EMULATED;
+	if (w->kind == BENCH_KIND_CONSOLE) {
+		snprintf(out, len,
+			 "mode=console sink=%s line_bytes=%u warmup_ms=%llu runtime_ms=%llu warmup_ops=%llu ops=%llu sync=1",
+			 emulated ? "uart" : "pv", w->block_bytes,
+			 (unsigned long long)(job->warmup_ns / 1000000),
+			 (unsigned long long)(job->runtime_ns / 1000000),
+			 (unsigned long long)job->warmup_ops, (unsigned long long)job->ops);
+		return;
+	}
+	snprintf(out, len,
+		 "mode=blk path=%s random=%d readpct=%u bs=%u qd=%u region=%llu seed=%llu gen=%u warmup_ms=%llu runtime_ms=%llu warmup_ops=%llu ops=%llu sync=1",
+		 emulated ? "ata" : "pv", w->random ? 1 : 0, w->read_percent, w->block_bytes,
+		 job->iodepth, (unsigned long long)job->region_bytes, (unsigned long long)job->seed,
+		 job->generation, (unsigned long long)(job->warmup_ns / 1000000),
+		 (unsigned long long)(job->runtime_ns / 1000000), (unsigned long long)job->warmup_ops,
+		 (unsigned long long)job->ops);
+}
+
+int bench_guest_run(const struct bench_job *job, struct bench_run *run)
+{
+	const struct bench_options *options = job->options;
+	const struct bench_workload *w = job->workload;
+	bool emulated = job->path == BENCH_PATH_EMULATED;
+	bool console = w->kind == BENCH_KIND_CONSOLE;
+	char memory[32], name[32], disk[1200], cmdline[512], stats_path[600];
+
+	bench_run_clear(run);
+	if (!options->guest_path) {
+		snprintf(run->error, sizeof(run->error),
+			 "bench guest blkbench.elf not found; build it (ninja -C BUILD) or give --guest FILE");
+		return -ENODEV;
+	}
+	uint64_t memory_bytes = GUEST_MEMORY_BASE_BYTES;
+	if (!console)
+		memory_bytes += (uint64_t)job->iodepth * w->block_bytes;
+	memory_bytes = (memory_bytes + (2u << 20) - 1) & ~((2ull << 20) - 1);
+	snprintf(memory, sizeof(memory), "%lluM", (unsigned long long)(memory_bytes >> 20));
+	snprintf(name, sizeof(name), "bench-%s", emulated ? "emulated" : "pv");
+	snprintf(disk, sizeof(disk), "%s,bus=%s,cache=%s", job->disk_path, emulated ? "ata" : "pv",
+		 job->cache == BENCH_CACHE_NONE ? "none" : "writeback");
+	snprintf(stats_path, sizeof(stats_path), "%s/stats-%d", job->work_dir, (int)getpid());
+	build_cmdline(job, cmdline, sizeof(cmdline));
+
+	char *argv[24];
+	unsigned argc = 0;
+	argv[argc++] = options->kapsel_path;
+	argv[argc++] = "run";
+	argv[argc++] = "--kernel";
+	argv[argc++] = options->guest_path;
+	argv[argc++] = "--memory";
+	argv[argc++] = memory;
+	argv[argc++] = "--name";
+	argv[argc++] = name;
+	if (!console) {
+		argv[argc++] = "--disk";
+		argv[argc++] = disk;
+	} else {
+		argv[argc++] = "--console-output";
+		argv[argc++] = (char *)job->console_sink;
+	}
+	argv[argc++] = "--cmdline";
+	argv[argc++] = cmdline;
+	argv[argc++] = "--stats-file";
+	argv[argc++] = stats_path;
+	argv[argc] = NULL;
+	if (options->verbose) {
+		fprintf(stderr, "    $");
+		for (unsigned i = 0; i < argc; i++)
+			fprintf(stderr, " %s", argv[i]);
+		fputc('\n', stderr);
+	}
+
+	struct child *child = calloc(1, sizeof(*child));
+	struct window *window = calloc(1, sizeof(*window));
+	int err = 0;
+	if (!child || !window) {
+		err = -ENOMEM;
+		goto out;
+	}
+	child->sink_fd = -1;
+	if (console) {
+		/* The guest's console (its BENCH lines too) goes to the sink:
+		 * read the file as it grows, from its current end. */
+		child->sink_fd = open(job->console_sink, O_RDONLY | O_CREAT | O_CLOEXEC, 0644);
+		if (child->sink_fd < 0 || lseek(child->sink_fd, 0, SEEK_END) < 0) {
+			err = -errno;
+			snprintf(run->error, sizeof(run->error), "cannot read console sink '%s': %s",
+				 job->console_sink, strerror(errno));
+			goto out;
+		}
+	}
+	err = spawn(child, argv);
+	if (err) {
+		snprintf(run->error, sizeof(run->error), "cannot start '%s': %s", options->kapsel_path,
+			 strerror(-err));
+		goto out;
+	}
+
+	uint64_t budget = job->ops ? OPS_MODE_TIMEOUT_NS : job->warmup_ns + job->runtime_ns;
+	uint64_t deadline = monotonic_ns() + budget + RUN_SLACK_NS;
+	bool out_open = true, err_open = true, timed_out = false;
+	while (!child->exited || out_open || err_open) {
+		struct pollfd fds[2];
+		nfds_t n = 0;
+		int out_index = -1, err_index = -1;
+		if (out_open) {
+			out_index = (int)n;
+			fds[n++] = (struct pollfd){ .fd = child->stdout_fd, .events = POLLIN };
+		}
+		if (err_open) {
+			err_index = (int)n;
+			fds[n++] = (struct pollfd){ .fd = child->stderr_fd, .events = POLLIN };
+		}
+		/* A file does not wake poll when it grows: look every 500 us. */
+		int timeout_ms = console ? 0 : 50;
+		if (console) {
+			struct timespec pause = { 0, 500000 };
+			nanosleep(&pause, NULL);
+		}
+		if (n)
+			poll(fds, n, timeout_ms);
+		else
+			poll(NULL, 0, 10);
+		if (out_index >= 0 && fds[out_index].revents)
+			out_open = drain(child->stdout_fd, child, window, false, stats_path, options->verbose);
+		if (err_index >= 0 && fds[err_index].revents)
+			err_open = drain(child->stderr_fd, child, window, true, stats_path, options->verbose);
+		if (console)
+			drain(child->sink_fd, child, window, false, stats_path, options->verbose);
+		if (!child->exited) {
+			int status;
+			pid_t r = waitpid(child->pid, &status, WNOHANG);
+			if (r == child->pid) {
+				child->exited = true;
+				child->status = status;
+			}
+		}
+		if (!child->exited && monotonic_ns() > deadline) {
+			kill(child->pid, SIGKILL);
+			timed_out = true;
+		}
+		if (child->exited && !console && (out_open || err_open) && monotonic_ns() > deadline + 5000000000ull)
+			break; /* a grandchild holds the pipes; give up on them */
+	}
+	if (console)
+		drain(child->sink_fd, child, window, false, stats_path, options->verbose);
+	unlink(stats_path);
+
+	int code = WIFEXITED(child->status) ? WEXITSTATUS(child->status) : -1;
+	char detail[256] = "";
+	last_line(child->err_tail, detail, sizeof(detail));
+	if (!detail[0])
+		last_line(child->out_tail, detail, sizeof(detail));
+	const char *guest_error = kv_get(&child->kv, "error");
+
+	if (timed_out) {
+		err = -ETIMEDOUT;
+		snprintf(run->error, sizeof(run->error), "the guest did not finish in %llu s and was killed%s%s",
+			 (unsigned long long)((budget + RUN_SLACK_NS) / 1000000000ull),
+			 detail[0] ? "; last output: " : "", detail);
+	} else if (code == 3 || (guest_error && strcmp(guest_error, "no-device") == 0)) {
+		err = -ENODEV;
+		snprintf(run->error, sizeof(run->error),
+			 "the VM offers no %s (kapsel run --disk FILE,bus=%s); the guest said: no device",
+			 console ? (emulated ? "UART" : "PV console") : emulated ? "emulated ATA disk" : "PV block device",
+			 emulated ? "ata" : "pv");
+	} else if (code != 0 || !kv_has(&child->kv, "done")) {
+		err = -EIO;
+		if (guest_error)
+			snprintf(run->error, sizeof(run->error), "guest reported error=%s (status %s)%s%s",
+				 guest_error, kv_get(&child->kv, "status") ? kv_get(&child->kv, "status") : "-",
+				 detail[0] ? "; " : "", detail);
+		else if (WIFSIGNALED(child->status))
+			snprintf(run->error, sizeof(run->error), "kapsel run was killed by signal %d%s%s",
+				 WTERMSIG(child->status), detail[0] ? "; last output: " : "", detail);
+		else
+			snprintf(run->error, sizeof(run->error), "kapsel run exited with status %d%s%s", code,
+				 detail[0] ? ": " : "", detail[0] ? detail : "(no output)");
+	} else {
+		fill_metrics(job, child, window, run);
+		run->ok = run->errors == 0 && kv_u64(&child->kv, "warmup_errors") == 0;
+		if (!run->ok)
+			snprintf(run->error, sizeof(run->error), "%llu I/O errors in the guest, first status %s",
+				 (unsigned long long)(run->errors + kv_u64(&child->kv, "warmup_errors")),
+				 kv_get(&child->kv, "first_error") ? kv_get(&child->kv, "first_error") : "?");
+		else if (!window->started || !window->ended)
+			snprintf(run->error, sizeof(run->error), "the guest printed no marks");
+		else if (window->problem[0])
+			snprintf(run->error, sizeof(run->error), "%s", window->problem);
+	}
+out:
+	if (child) {
+		if (child->pid > 0 && !child->exited) {
+			kill(child->pid, SIGKILL);
+			waitpid(child->pid, NULL, 0);
+		}
+		if (child->stdin_fd > 0)
+			close(child->stdin_fd);
+		if (child->stdout_fd > 0)
+			close(child->stdout_fd);
+		if (child->stderr_fd > 0)
+			close(child->stderr_fd);
+		if (child->sink_fd >= 0)
+			close(child->sink_fd);
+	}
+	free(child);
+	free(window);
+	return err;
+}

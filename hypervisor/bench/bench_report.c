@@ -1,0 +1,747 @@
+/* `kapsel bench` reports: the terminal table, the JSON document and the gnuplot chart. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "bench.h"
+
+#define KAPSEL_BENCH_SCHEMA 1
+#define KAPSEL_BENCH_VERSION "0.1.0"
+
+/* ---- Goals --------------------------------------------------------------- */
+
+struct bench_goal {
+	char text[96];
+	char row[64];
+	double target, measured;
+	bool at_most; /* measured <= target meets it (else >=) */
+};
+
+#define MAX_GOALS 64u
+
+static void row_label(const struct bench_row *row, char *out, size_t len)
+{
+	if (row->workload->kind == BENCH_KIND_CONSOLE)
+		snprintf(out, len, "%s", row->workload->name);
+	else
+		snprintf(out, len, "%s qd=%u cache=%s", row->workload->name, row->iodepth,
+			 bench_cache_name(row->cache));
+}
+
+static double pv_median(const struct bench_row *row, enum bench_metric metric)
+{
+	const struct bench_path_result *pv = &row->paths[BENCH_PATH_PV];
+	return pv->status == BENCH_STATUS_OK ? pv->stats[metric].median : NAN;
+}
+
+static unsigned compute_goals(const struct bench_options *options,
+			      const struct bench_results *results, struct bench_goal *goals)
+{
+	unsigned n = 0;
+	if (!options->paths[BENCH_PATH_PV])
+		return 0;
+	for (unsigned i = 0; i < results->row_count && n + 2 <= MAX_GOALS; i++) {
+		const struct bench_row *row = &results->rows[i];
+		const struct bench_workload *w = row->workload;
+		if (w->kind != BENCH_KIND_BLOCK)
+			continue;
+		char label[64];
+		row_label(row, label, sizeof(label));
+		if (!w->random && w->block_bytes == (1u << 20) && options->paths[BENCH_PATH_NATIVE]) {
+			struct bench_goal *g = &goals[n++];
+			snprintf(g->text, sizeof(g->text), "PV sequential 1M %s >= 90%% of native MB/s",
+				 w->read_percent ? "read" : "write");
+			snprintf(g->row, sizeof(g->row), "%s", label);
+			g->target = 0.9;
+			g->measured = row->ratio_pv_native;
+			g->at_most = false;
+		}
+		if (w->random && w->block_bytes == 4096 && row->iodepth == 32 &&
+		    (w->read_percent == 100 || w->read_percent == 0) && options->paths[BENCH_PATH_NATIVE]) {
+			struct bench_goal *g = &goals[n++];
+			snprintf(g->text, sizeof(g->text), "PV random 4K %s iodepth=32 >= 70%% of native IOPS",
+				 w->read_percent ? "read" : "write");
+			snprintf(g->row, sizeof(g->row), "%s", label);
+			g->target = 0.7;
+			g->measured = row->ratio_pv_native;
+			g->at_most = false;
+		}
+		if (row->iodepth == 32 || row->iodepth == 1) {
+			struct bench_goal *g = &goals[n++];
+			snprintf(g->text, sizeof(g->text), "PV exits/op <= %s at iodepth=%u",
+				 row->iodepth == 32 ? "0.05" : "1", row->iodepth);
+			snprintf(g->row, sizeof(g->row), "%s", label);
+			g->target = row->iodepth == 32 ? 0.05 : 1.0;
+			g->measured = pv_median(row, BENCH_M_EXITS_PER_OP);
+			g->at_most = true;
+		}
+	}
+	return n;
+}
+
+static int goal_met(const struct bench_goal *g)
+{
+	if (!isfinite(g->measured))
+		return -1;
+	return g->at_most ? g->measured <= g->target : g->measured >= g->target;
+}
+
+/* ---- Number formatting --------------------------------------------------- */
+
+static const char *num(char *buffer, size_t len, double v)
+{
+	if (!isfinite(v))
+		snprintf(buffer, len, "-");
+	else if (v == 0)
+		snprintf(buffer, len, "0");
+	else if (fabs(v) >= 10000)
+		snprintf(buffer, len, "%.0f", v);
+	else if (fabs(v) >= 100)
+		snprintf(buffer, len, "%.1f", v);
+	else if (fabs(v) >= 1)
+		snprintf(buffer, len, "%.2f", v);
+	else if (fabs(v) >= 0.001)
+		snprintf(buffer, len, "%.3f", v);
+	else
+		snprintf(buffer, len, "%.1e", v);
+	return buffer;
+}
+
+static const char *status_name(enum bench_status status)
+{
+	switch (status) {
+	case BENCH_STATUS_OK: return "ok";
+	case BENCH_STATUS_UNAVAILABLE: return "unavailable";
+	case BENCH_STATUS_FAILED: return "failed";
+	default: return "skipped";
+	}
+}
+
+/* ---- Table --------------------------------------------------------------- */
+
+static void table_path_line(FILE *out, const struct bench_path_result *r, enum bench_path path,
+			    bool first_unavailable)
+{
+	char a[24], b[24], c[24], d[24], e[24], f[24], g[24], h[24], k[24];
+	fprintf(out, "%-26s %-9s", "", bench_path_name(path));
+	if (r->status != BENCH_STATUS_OK) {
+		if (r->status == BENCH_STATUS_UNAVAILABLE && !first_unavailable)
+			fprintf(out, " unavailable (see above)\n");
+		else
+			fprintf(out, " %s: %s\n", status_name(r->status), r->message);
+		return;
+	}
+	double spread = bench_stat_spread(&r->stats[BENCH_M_MBPS]);
+	char spread_text[24] = "-";
+	if (isfinite(spread) && r->stats[BENCH_M_MBPS].n > 1)
+		snprintf(spread_text, sizeof(spread_text), "%.1f%%", spread * 100);
+	fprintf(out, " %9s %6s %9s %8s %8s %8s %9s %8s %9s %9s\n",
+		num(a, sizeof(a), r->stats[BENCH_M_MBPS].median), spread_text,
+		num(b, sizeof(b), r->stats[BENCH_M_IOPS].median),
+		num(c, sizeof(c), r->stats[BENCH_M_LAT_P50_US].median),
+		num(d, sizeof(d), r->stats[BENCH_M_LAT_P99_US].median),
+		num(e, sizeof(e), r->stats[BENCH_M_LAT_P999_US].median),
+		path == BENCH_PATH_NATIVE ? "-" : num(f, sizeof(f), r->stats[BENCH_M_EXITS_PER_OP].median),
+		path == BENCH_PATH_NATIVE ? "-" : num(g, sizeof(g), r->stats[BENCH_M_NOTIFICATIONS_PER_OP].median),
+		num(h, sizeof(h), r->stats[BENCH_M_CPU_US_PER_OP].median),
+		path == BENCH_PATH_NATIVE ? "-" : num(k, sizeof(k), r->stats[BENCH_M_VCPU_CPU_US_PER_OP].median));
+}
+
+static void exits_text(const struct bench_path_result *r, char *out, size_t len)
+{
+	size_t used = 0;
+	out[0] = '\0';
+	if (r->status != BENCH_STATUS_OK || !r->ops_total) {
+		snprintf(out, len, "-");
+		return;
+	}
+	/* Largest first. */
+	bool done[BENCH_MAX_COUNTERS] = { false };
+	for (unsigned k = 0; k < r->exit_reasons.count; k++) {
+		int best = -1;
+		for (unsigned i = 0; i < r->exit_reasons.count; i++)
+			if (!done[i] && (best < 0 || r->exit_reasons.items[i].value >
+							 r->exit_reasons.items[best].value))
+				best = (int)i;
+		if (best < 0)
+			break;
+		done[best] = true;
+		char v[24];
+		int n = snprintf(out + used, len - used, "%s%s %s", used ? ", " : "",
+				 r->exit_reasons.items[best].name,
+				 num(v, sizeof(v), (double)r->exit_reasons.items[best].value / r->ops_total));
+		if (n < 0 || (size_t)n >= len - used)
+			break;
+		used += (size_t)n;
+	}
+	if (!used)
+		snprintf(out, len, "none");
+}
+
+void bench_report_table(FILE *out, const struct bench_options *options,
+			const struct bench_results *results)
+{
+	char a[24], b[24], c[24], d[24], e[24], f[24], g[24];
+	bool shown_unavailable[BENCH_PATH_COUNT][2] = { { false } };
+
+	fprintf(out, "kapsel bench: native vs paravirtualized (pv) vs emulated I/O\n");
+	fprintf(out, "machine:  %s\n", results->host);
+	fprintf(out, "image:    %s, region %llu MiB%s\n", results->disk_path,
+		(unsigned long long)(results->size_bytes >> 20),
+		results->disk_temporary ? " (temporary, deleted at the end)" : "");
+	if (options->ops)
+		fprintf(out, "runs:     %u per path, %llu operations each after %llu warm-up operations; median, spread = (max-min)/median\n",
+			options->repeat, (unsigned long long)options->ops,
+			(unsigned long long)options->warmup_ops);
+	else
+		fprintf(out, "runs:     %u per path, %.0f ms measured after %.0f ms warm-up; median, spread = (max-min)/median\n"
+			     "          emulated path: %.0f ms after %.0f ms (it costs about one VM exit per sector)\n",
+			options->repeat, options->runtime_ns / 1e6, options->warmup_ns / 1e6,
+			options->emulated_runtime_ns / 1e6, options->emulated_warmup_ns / 1e6);
+	fprintf(out, "paths:    native = host io_uring on the image; pv = blkbench.elf, disk on bus=pv;\n"
+		     "          emulated = the same guest, disk on bus=ata (PIO, no queue: depth 1)\n\n");
+
+	fprintf(out, "%-26s %-9s %9s %6s %9s %8s %8s %8s %9s %8s %9s %9s\n", "workload", "path", "MB/s",
+		"spread", "IOPS", "p50 us", "p99 us", "p99.9 us", "exits/op", "notif/op", "cpu us/op",
+		"vcpu us/op");
+	for (unsigned i = 0; i < results->row_count; i++) {
+		const struct bench_row *row = &results->rows[i];
+		char label[64];
+		row_label(row, label, sizeof(label));
+		fprintf(out, "%s\n", label);
+		unsigned kind = row->workload->kind == BENCH_KIND_CONSOLE;
+		for (unsigned p = 0; p < BENCH_PATH_COUNT; p++) {
+			if (!options->paths[p])
+				continue;
+			const struct bench_path_result *r = &row->paths[p];
+			bool first = !shown_unavailable[p][kind];
+			if (r->status == BENCH_STATUS_UNAVAILABLE)
+				shown_unavailable[p][kind] = true;
+			table_path_line(out, r, (enum bench_path)p, first);
+		}
+		fprintf(out, "%-26s pv/native %s  pv/emulated %s", "", num(a, sizeof(a), row->ratio_pv_native),
+			num(b, sizeof(b), row->ratio_pv_emulated));
+		if (row->fio.ran && row->fio.ok) {
+			double native = row->paths[BENCH_PATH_NATIVE].stats[BENCH_M_MBPS].median;
+			fprintf(out, "  fio %s MB/s %s IOPS (native/fio %s)", num(c, sizeof(c), row->fio.mb_per_s),
+				num(d, sizeof(d), row->fio.iops),
+				num(e, sizeof(e), row->fio.mb_per_s > 0 ? native / row->fio.mb_per_s : NAN));
+		} else if (row->fio.ran) {
+			fprintf(out, "  fio: %s", row->fio.error);
+		}
+		fputc('\n', out);
+	}
+
+	fprintf(out, "\nPV cost per request (median us; guest TSC stamps carried in the ring):\n");
+	fprintf(out, "%-26s %14s %16s %14s %10s %10s %9s %9s %9s\n", "workload", "submit->pickup",
+		"pickup->complete", "complete->reap", "latency", "native p50", "kicks/op", "suppr/op",
+		"sleeps/op");
+	fprintf(out, "%-26s %14s %16s %14s %10s\n", "", "(notify+queue)", "(backend+device)",
+		"(completion)", "(mean)");
+	for (unsigned i = 0; i < results->row_count; i++) {
+		const struct bench_row *row = &results->rows[i];
+		const struct bench_path_result *pv = &row->paths[BENCH_PATH_PV];
+		if (row->workload->kind != BENCH_KIND_BLOCK || pv->status != BENCH_STATUS_OK)
+			continue;
+		char label[64];
+		row_label(row, label, sizeof(label));
+		fprintf(out, "%-26s %14s %16s %14s %10s %10s %9s %9s %9s\n", label,
+			num(a, sizeof(a), pv->stats[BENCH_M_SUBMIT_PICKUP_US].median),
+			num(b, sizeof(b), pv->stats[BENCH_M_PICKUP_COMPLETE_US].median),
+			num(c, sizeof(c), pv->stats[BENCH_M_COMPLETE_REAP_US].median),
+			num(d, sizeof(d), pv->stats[BENCH_M_LAT_MEAN_US].median),
+			num(e, sizeof(e), row->paths[BENCH_PATH_NATIVE].status == BENCH_STATUS_OK
+						  ? row->paths[BENCH_PATH_NATIVE].stats[BENCH_M_LAT_P50_US].median
+						  : NAN),
+			num(f, sizeof(f), pv->stats[BENCH_M_KICKS_PER_OP].median),
+			num(g, sizeof(g), pv->stats[BENCH_M_KICKS_SUPPRESSED_PER_OP].median),
+			num(a, sizeof(a), pv->stats[BENCH_M_BLOCKS_PER_OP].median));
+	}
+
+	fprintf(out, "\nVM exits per operation by reason (doorbell = ioeventfd kick, handled in the host kernel):\n");
+	for (unsigned i = 0; i < results->row_count; i++) {
+		const struct bench_row *row = &results->rows[i];
+		char label[64], pv[256], emu[256];
+		row_label(row, label, sizeof(label));
+		exits_text(&row->paths[BENCH_PATH_PV], pv, sizeof(pv));
+		exits_text(&row->paths[BENCH_PATH_EMULATED], emu, sizeof(emu));
+		fprintf(out, "%-26s pv: %s | emulated: %s\n", label, pv, emu);
+	}
+
+	bool any_checksum = false;
+	for (unsigned i = 0; i < results->row_count; i++)
+		any_checksum |= results->rows[i].checksum_reset_valid;
+	if (any_checksum) {
+		fprintf(out, "\nData written (CRC-32 of the region after each path; fixed-size runs write the same sectors):\n");
+		for (unsigned i = 0; i < results->row_count; i++) {
+			const struct bench_row *row = &results->rows[i];
+			if (!row->checksum_reset_valid)
+				continue;
+			char label[64];
+			row_label(row, label, sizeof(label));
+			fprintf(out, "%-26s before %08x", label, row->checksum_reset);
+			uint32_t first = 0;
+			bool have = false, same = true;
+			for (unsigned p = 0; p < BENCH_PATH_COUNT; p++) {
+				const struct bench_path_result *r = &row->paths[p];
+				if (!options->paths[p])
+					continue;
+				if (!r->checksum_valid) {
+					fprintf(out, "  %s -", bench_path_name((enum bench_path)p));
+					continue;
+				}
+				fprintf(out, "  %s %08x", bench_path_name((enum bench_path)p), r->checksum);
+				if (have && r->checksum != first)
+					same = false;
+				first = r->checksum;
+				have = true;
+			}
+			fprintf(out, "  %s\n", !have ? "" : same ? "same" : "DIFFERENT");
+		}
+	}
+	fprintf(out, "\nRead verification (sectors whose header did not name their own number):");
+	for (unsigned p = 0; p < BENCH_PATH_COUNT; p++) {
+		uint64_t sectors = 0, bad = 0;
+		for (unsigned i = 0; i < results->row_count; i++) {
+			sectors += results->rows[i].paths[p].verify_sectors;
+			bad += results->rows[i].paths[p].verify_errors;
+		}
+		if (options->paths[p])
+			fprintf(out, " %s %llu of %llu", bench_path_name((enum bench_path)p),
+				(unsigned long long)bad, (unsigned long long)sectors);
+	}
+	fputc('\n', out);
+
+	struct bench_goal goals[MAX_GOALS];
+	unsigned goal_count = compute_goals(options, results, goals);
+	if (goal_count) {
+		fprintf(out, "\nGoals (targets, not assertions):\n");
+		for (unsigned i = 0; i < goal_count; i++) {
+			int met = goal_met(&goals[i]);
+			fprintf(out, "  %-48s %-30s measured %-8s %s\n", goals[i].text, goals[i].row,
+				num(a, sizeof(a), goals[i].measured),
+				met < 0 ? "not measured" : met ? "met" : "MISSED");
+		}
+	}
+	fprintf(out, "\nconsole row: one operation = one %u-byte line; pv = PV console hypercall, emulated = 16550 UART\n"
+		     "(one exit per register access), native = write(2) to the same sink file.\n",
+		options->workload_count ? 80u : 80u);
+	fprintf(out, "exits/op counts exits to the VMM by reason plus doorbell kicks, minus the bench's own\n"
+		     "handshake; cpu us/op is the CPU time of the whole process (VMM with its vCPU and I/O\n"
+		     "threads, or the native runner) per operation in the measured window.\n");
+	fprintf(out, "results:  %s/results.json, %s/results.txt%s%s%s%s\n", options->output_dir,
+		options->output_dir, results->chart_path[0] ? ", chart " : "", results->chart_path,
+		results->chart_note[0] ? "; " : "", results->chart_note);
+	fprintf(out, "took %.1f s\n", results->total_seconds);
+}
+
+/* ---- JSON ---------------------------------------------------------------- */
+
+struct json {
+	FILE *out;
+	int depth;
+	bool need_comma[40];
+};
+
+static void json_string_value(FILE *out, const char *s)
+{
+	fputc('"', out);
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		switch (*p) {
+		case '"': fputs("\\\"", out); break;
+		case '\\': fputs("\\\\", out); break;
+		case '\n': fputs("\\n", out); break;
+		case '\r': fputs("\\r", out); break;
+		case '\t': fputs("\\t", out); break;
+		default:
+			if (*p < 0x20 || *p == 0x7f)
+				fprintf(out, "\\u%04x", *p);
+			else
+				fputc(*p, out);
+		}
+	}
+	fputc('"', out);
+}
+
+static void json_key(struct json *j, const char *key)
+{
+	if (j->need_comma[j->depth])
+		fputc(',', j->out);
+	j->need_comma[j->depth] = true;
+	fputc('\n', j->out);
+	for (int i = 0; i < j->depth; i++)
+		fputs("  ", j->out);
+	if (key) {
+		json_string_value(j->out, key);
+		fputs(": ", j->out);
+	}
+}
+
+static void json_open(struct json *j, const char *key, char bracket)
+{
+	json_key(j, key);
+	fputc(bracket, j->out);
+	j->depth++;
+	j->need_comma[j->depth] = false;
+}
+
+static void json_close(struct json *j, char bracket)
+{
+	bool had = j->need_comma[j->depth];
+	j->depth--;
+	if (had) {
+		fputc('\n', j->out);
+		for (int i = 0; i < j->depth; i++)
+			fputs("  ", j->out);
+	}
+	fputc(bracket, j->out);
+}
+
+static void json_str(struct json *j, const char *key, const char *value)
+{
+	json_key(j, key);
+	if (value)
+		json_string_value(j->out, value);
+	else
+		fputs("null", j->out);
+}
+
+static void json_num(struct json *j, const char *key, double value)
+{
+	json_key(j, key);
+	if (isfinite(value))
+		fprintf(j->out, "%.6g", value);
+	else
+		fputs("null", j->out);
+}
+
+static void json_u64(struct json *j, const char *key, uint64_t value)
+{
+	json_key(j, key);
+	fprintf(j->out, "%llu", (unsigned long long)value);
+}
+
+static void json_bool(struct json *j, const char *key, int value)
+{
+	json_key(j, key);
+	fputs(value < 0 ? "null" : value ? "true" : "false", j->out);
+}
+
+static void json_stat(struct json *j, const char *key, const struct bench_stat *s)
+{
+	json_open(j, key, '{');
+	json_num(j, "median", s->median);
+	json_num(j, "min", s->min);
+	json_num(j, "max", s->max);
+	json_num(j, "spread", bench_stat_spread(s));
+	json_u64(j, "n", s->n);
+	json_close(j, '}');
+}
+
+static void json_path(struct json *j, const struct bench_options *options,
+		      const struct bench_row *row, enum bench_path path)
+{
+	const struct bench_path_result *r = &row->paths[path];
+	json_open(j, bench_path_name(path), '{');
+	json_str(j, "status", options->paths[path] ? status_name(r->status) : "skipped");
+	json_str(j, "message", r->message);
+	json_u64(j, "runs", r->run_count);
+	json_u64(j, "runs_ok", r->ok_count);
+	json_num(j, "runtime_s", r->runtime_ns / 1e9);
+	json_u64(j, "queue_depth_used", r->queue_depth_used);
+	json_open(j, "metrics", '{');
+	for (unsigned m = 0; m < BENCH_M_COUNT; m++)
+		json_stat(j, bench_metric_info[m].key, &r->stats[m]);
+	json_close(j, '}');
+	json_open(j, "exits_per_op_by_reason", '{');
+	for (unsigned i = 0; i < r->exit_reasons.count && r->ops_total; i++)
+		json_num(j, r->exit_reasons.items[i].name,
+			 (double)r->exit_reasons.items[i].value / r->ops_total);
+	json_close(j, '}');
+	json_open(j, "verify", '{');
+	json_u64(j, "sectors", r->verify_sectors);
+	json_u64(j, "errors", r->verify_errors);
+	json_close(j, '}');
+	if (r->checksum_valid) {
+		char crc[16];
+		snprintf(crc, sizeof(crc), "%08x", r->checksum);
+		json_str(j, "checksum_crc32", crc);
+	} else {
+		json_str(j, "checksum_crc32", NULL);
+	}
+	json_open(j, "run_values", '[');
+	for (unsigned i = 0; i < r->run_count && r->runs; i++) {
+		const struct bench_run *run = &r->runs[i];
+		json_open(j, NULL, '{');
+		json_bool(j, "ok", run->ok);
+		json_str(j, "error", run->error);
+		json_u64(j, "ops", run->ops);
+		json_u64(j, "reads", run->reads);
+		json_u64(j, "writes", run->writes);
+		json_u64(j, "bytes", run->bytes);
+		json_u64(j, "errors", run->errors);
+		json_num(j, "elapsed_s", run->elapsed_ns / 1e9);
+		json_num(j, "host_window_s", run->host_window_ns ? run->host_window_ns / 1e9 : NAN);
+		json_num(j, "cpu_s", run->cpu_ns / 1e9);
+		json_u64(j, "timed_ops", run->timed_ops);
+		for (unsigned m = 0; m < BENCH_M_COUNT; m++)
+			json_num(j, bench_metric_info[m].key, run->metrics[m]);
+		json_open(j, "exits", '{');
+		for (unsigned k = 0; k < run->exits.count; k++)
+			json_u64(j, run->exits.items[k].name, run->exits.items[k].value);
+		json_close(j, '}');
+		json_open(j, "counters", '{');
+		for (unsigned k = 0; k < run->counters.count; k++)
+			json_u64(j, run->counters.items[k].name, run->counters.items[k].value);
+		json_close(j, '}');
+		json_close(j, '}');
+	}
+	json_close(j, ']');
+	json_close(j, '}');
+}
+
+void bench_report_json(FILE *out, const struct bench_options *options,
+		       const struct bench_results *results)
+{
+	struct json j = { .out = out };
+	fputc('{', out);
+	json_str(&j, "tool", "kapsel bench");
+	json_str(&j, "version", KAPSEL_BENCH_VERSION);
+	json_u64(&j, "schema", KAPSEL_BENCH_SCHEMA);
+	json_str(&j, "machine", results->host);
+	json_open(&j, "options", '{');
+	json_str(&j, "disk", results->disk_path);
+	json_bool(&j, "disk_temporary", results->disk_temporary);
+	json_u64(&j, "size_bytes", results->size_bytes);
+	json_num(&j, "runtime_s", options->runtime_ns / 1e9);
+	json_num(&j, "warmup_s", options->warmup_ns / 1e9);
+	json_num(&j, "emulated_runtime_s", options->emulated_runtime_ns / 1e9);
+	json_num(&j, "emulated_warmup_s", options->emulated_warmup_ns / 1e9);
+	json_u64(&j, "ops", options->ops);
+	json_u64(&j, "warmup_ops", options->warmup_ops);
+	json_u64(&j, "repeat", options->repeat);
+	json_u64(&j, "seed", options->seed);
+	json_bool(&j, "quick", options->quick);
+	json_open(&j, "iodepths", '[');
+	for (unsigned i = 0; i < options->iodepth_count; i++)
+		json_u64(&j, NULL, options->iodepths[i]);
+	json_close(&j, ']');
+	json_open(&j, "cache", '[');
+	for (unsigned c = 0; c < BENCH_CACHE_COUNT; c++)
+		if (options->cache[c])
+			json_str(&j, NULL, bench_cache_name((enum bench_cache)c));
+	json_close(&j, ']');
+	json_open(&j, "paths", '[');
+	for (unsigned p = 0; p < BENCH_PATH_COUNT; p++)
+		if (options->paths[p])
+			json_str(&j, NULL, bench_path_name((enum bench_path)p));
+	json_close(&j, ']');
+	json_open(&j, "workloads", '[');
+	for (unsigned w = 0; w < options->workload_count; w++)
+		json_str(&j, NULL, options->workloads[w].name);
+	json_close(&j, ']');
+	json_close(&j, '}');
+
+	json_open(&j, "metric_units", '{');
+	for (unsigned m = 0; m < BENCH_M_COUNT; m++)
+		json_str(&j, bench_metric_info[m].key, bench_metric_info[m].unit);
+	json_close(&j, '}');
+
+	json_open(&j, "rows", '[');
+	for (unsigned i = 0; i < results->row_count; i++) {
+		const struct bench_row *row = &results->rows[i];
+		const struct bench_workload *w = row->workload;
+		json_open(&j, NULL, '{');
+		json_str(&j, "workload", w->name);
+		json_str(&j, "kind", w->kind == BENCH_KIND_CONSOLE ? "console" : "block");
+		json_str(&j, "rw", w->rw);
+		json_u64(&j, "block_bytes", w->block_bytes);
+		json_u64(&j, "read_percent", w->read_percent);
+		json_u64(&j, "iodepth", row->iodepth);
+		json_str(&j, "cache", w->kind == BENCH_KIND_CONSOLE ? NULL : bench_cache_name(row->cache));
+		json_open(&j, "paths", '{');
+		for (unsigned p = 0; p < BENCH_PATH_COUNT; p++)
+			json_path(&j, options, row, (enum bench_path)p);
+		json_close(&j, '}');
+		json_open(&j, "ratios", '{');
+		json_num(&j, "pv_native", row->ratio_pv_native);
+		json_num(&j, "pv_emulated", row->ratio_pv_emulated);
+		json_close(&j, '}');
+		json_open(&j, "checksums", '{');
+		char crc[16];
+		snprintf(crc, sizeof(crc), "%08x", row->checksum_reset);
+		json_str(&j, "before_crc32", row->checksum_reset_valid ? crc : NULL);
+		int match = -1;
+		uint32_t first = 0;
+		for (unsigned p = 0; p < BENCH_PATH_COUNT && row->checksum_reset_valid; p++) {
+			const struct bench_path_result *r = &row->paths[p];
+			if (!options->paths[p] || !r->checksum_valid)
+				continue;
+			if (match < 0)
+				match = 1, first = r->checksum;
+			else if (r->checksum != first)
+				match = 0;
+		}
+		json_bool(&j, "all_paths_match", match);
+		json_close(&j, '}');
+		json_open(&j, "fio", '{');
+		json_bool(&j, "ran", row->fio.ran);
+		json_bool(&j, "ok", row->fio.ok);
+		json_str(&j, "error", row->fio.error);
+		json_num(&j, "mb_per_s", row->fio.ok ? row->fio.mb_per_s : NAN);
+		json_num(&j, "iops", row->fio.ok ? row->fio.iops : NAN);
+		json_num(&j, "lat_p50_us", row->fio.ok ? row->fio.lat_p50_us : NAN);
+		json_num(&j, "lat_p99_us", row->fio.ok ? row->fio.lat_p99_us : NAN);
+		double native = row->paths[BENCH_PATH_NATIVE].status == BENCH_STATUS_OK
+					? row->paths[BENCH_PATH_NATIVE].stats[BENCH_M_MBPS].median : NAN;
+		json_num(&j, "native_over_fio",
+			 row->fio.ok && row->fio.mb_per_s > 0 ? native / row->fio.mb_per_s : NAN);
+		json_close(&j, '}');
+		json_close(&j, '}');
+	}
+	json_close(&j, ']');
+
+	struct bench_goal goals[MAX_GOALS];
+	unsigned goal_count = compute_goals(options, results, goals);
+	json_open(&j, "goals", '[');
+	for (unsigned i = 0; i < goal_count; i++) {
+		json_open(&j, NULL, '{');
+		json_str(&j, "goal", goals[i].text);
+		json_str(&j, "row", goals[i].row);
+		json_num(&j, "target", goals[i].target);
+		json_num(&j, "measured", goals[i].measured);
+		json_bool(&j, "met", goal_met(&goals[i]));
+		json_close(&j, '}');
+	}
+	json_close(&j, ']');
+	json_bool(&j, "fio_available", results->fio_available);
+	json_str(&j, "chart", results->chart_path[0] ? results->chart_path : NULL);
+	json_str(&j, "chart_note", results->chart_note);
+	json_num(&j, "total_seconds", results->total_seconds);
+	fputs("\n}\n", out);
+}
+
+/* ---- Chart --------------------------------------------------------------- */
+
+/* Write one value; returns whether it can be drawn. */
+static bool data_value(FILE *out, const struct bench_path_result *r, enum bench_metric m)
+{
+	double v = r->status == BENCH_STATUS_OK ? r->stats[m].median : NAN;
+	/* Log scales cannot show 0: leave those out, as missing. */
+	if (isfinite(v) && v > 0) {
+		fprintf(out, " %.6g", v);
+		return true;
+	}
+	fputs(" ?", out);
+	return false;
+}
+
+static int run_gnuplot(const char *script)
+{
+	pid_t pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		int null = open("/dev/null", O_RDWR);
+		if (null >= 0) {
+			dup2(null, 0);
+			dup2(null, 1);
+		}
+		execlp("gnuplot", "gnuplot", script, (char *)NULL);
+		_exit(127);
+	}
+	int status;
+	if (waitpid(pid, &status, 0) < 0)
+		return -errno;
+	if (!WIFEXITED(status))
+		return -EIO;
+	return WEXITSTATUS(status) == 127 ? -ENOENT : WEXITSTATUS(status) ? -EIO : 0;
+}
+
+int bench_report_chart(const char *dir, const struct bench_results *results, char *chart_path,
+		       size_t chart_path_len, char *note, size_t note_len)
+{
+	char data_path[4096], script_path[4096];
+	snprintf(data_path, sizeof(data_path), "%s/bench-data.dat", dir);
+	snprintf(script_path, sizeof(script_path), "%s/bench.gp", dir);
+	snprintf(chart_path, chart_path_len, "%s/bench.svg", dir);
+
+	FILE *data = fopen(data_path, "w");
+	if (!data) {
+		snprintf(note, note_len, "cannot write %s: %s", data_path, strerror(errno));
+		return -errno;
+	}
+	/* Columns 2-4: MB/s per path; 5-7: exits/op per path. */
+	bool have[8] = { false };
+	fprintf(data, "# row native_MBps pv_MBps emulated_MBps native_exits pv_exits emulated_exits\n");
+	for (unsigned i = 0; i < results->row_count; i++) {
+		const struct bench_row *row = &results->rows[i];
+		if (row->workload->kind == BENCH_KIND_CONSOLE)
+			fprintf(data, "\"%s\"", row->workload->name);
+		else
+			fprintf(data, "\"%s qd%u %s\"", row->workload->name, row->iodepth,
+				row->cache == BENCH_CACHE_NONE ? "direct" : "cached");
+		for (unsigned p = 0; p < BENCH_PATH_COUNT; p++)
+			have[2 + p] |= data_value(data, &row->paths[p], BENCH_M_MBPS);
+		for (unsigned p = 0; p < BENCH_PATH_COUNT; p++)
+			have[5 + p] |= data_value(data, &row->paths[p], BENCH_M_EXITS_PER_OP);
+		fputc('\n', data);
+	}
+	fclose(data);
+
+	FILE *gp = fopen(script_path, "w");
+	if (!gp) {
+		snprintf(note, note_len, "cannot write %s: %s", script_path, strerror(errno));
+		return -errno;
+	}
+	static const char *const colors[BENCH_PATH_COUNT] = { "#4c72b0", "#55a868", "#c44e52" };
+	fprintf(gp,
+		"# kapsel bench chart: gnuplot %s\n"
+		"set terminal svg size 1400,1000 dynamic noenhanced font 'sans,11' background rgb 'white'\n"
+		"set output '%s'\n"
+		"set datafile missing '?'\n"
+		"set style data histogram\n"
+		"set style histogram clustered gap 1\n"
+		"set style fill solid 0.85 border -1\n"
+		"set boxwidth 0.9\n"
+		"set logscale y\n"
+		"set grid ytics\n"
+		"set xtics rotate by -35 scale 0 font ',9'\n"
+		"set key outside right top\n"
+		"set multiplot layout 2,1 title 'kapsel bench: native vs PV vs emulated (median of runs)'\n",
+		script_path, chart_path);
+	for (unsigned panel = 0; panel < 2; panel++) {
+		unsigned first_column = panel ? 5 : 2;
+		fprintf(gp, "set title '%s'\nset ylabel '%s'\n",
+			panel ? "VM exits per operation (native has none)" : "Throughput",
+			panel ? "exits/op (log scale)" : "MB/s (log scale)");
+		bool any = false;
+		for (unsigned p = 0; p < BENCH_PATH_COUNT; p++) {
+			if (!have[first_column + p])
+				continue;
+			fprintf(gp, "%s '%s' using %u:xtic(1) title '%s' lc rgb '%s'", any ? "," : "plot",
+				data_path, first_column + p, bench_path_name((enum bench_path)p), colors[p]);
+			any = true;
+		}
+		if (!any)
+			fprintf(gp, "unset logscale y\nset yrange [0:1]\nset label 1 'no data' at graph 0.5, graph 0.5 center\n"
+				    "plot 2 notitle lc rgb 'white'\nunset label 1\nset autoscale y\nset logscale y");
+		fputc('\n', gp);
+	}
+	fprintf(gp, "unset multiplot\n");
+	fclose(gp);
+	int err = run_gnuplot(script_path);
+	if (err == -ENOENT)
+		snprintf(note, note_len, "gnuplot not installed: chart data in %s, script %s", data_path,
+			 script_path);
+	else if (err)
+		snprintf(note, note_len, "gnuplot failed on %s", script_path);
+	else
+		note[0] = '\0';
+	return err;
+}

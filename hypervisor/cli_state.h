@@ -1,0 +1,38 @@
+/* VM-state verbs of the `kapsel` command (restore, inspect, clone) and the save trigger of a running VM. */
+#ifndef KAPSEL_CLI_STATE_H
+#define KAPSEL_CLI_STATE_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+struct kapsel_vm;
+
+int cli_save(int argc, char **argv);
+void cli_save_usage(FILE *out);
+int cli_restore(int argc, char **argv);
+void cli_restore_usage(FILE *out);
+int cli_inspect(int argc, char **argv);
+void cli_inspect_usage(FILE *out);
+int cli_clone(int argc, char **argv);
+void cli_clone_usage(FILE *out);
+
+/*
+ * Saving a running VM on SIGHUP (`--save-on-signal DIR`): start a helper
+ * thread that, on each SIGHUP, pauses the vCPU, saves to save_dir and then
+ * resumes it, or stops the VM when stop_after_save is set.  Also registers
+ * the control socket verb 'save'.  Precondition: vm was created and
+ * vm_run is about to be called on this thread.  save_dir may be NULL (only
+ * the control verb then).  Returns 0 or a negative errno (message printed).
+ */
+int state_runner_start(struct kapsel_vm *vm, const char *save_dir, bool stop_after_save);
+
+/*
+ * After vm_run returned: stop the helper thread.  Returns true if the VM
+ * stopped because a save asked it to (the run then succeeded: exit 0).
+ */
+bool state_runner_stop(struct kapsel_vm *vm);
+
+/* Register the control socket verbs of this module ('save'); idempotent. */
+void state_register_control_verbs(void);
+
+#endif

@@ -1,0 +1,89 @@
+/* Save a VM to a state directory and bring it back: memory, vCPU, event channels, devices, disk references. */
+#ifndef KAPSEL_SNAPSHOT_H
+#define KAPSEL_SNAPSHOT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "vm_state.h"
+
+struct kapsel_vm;
+
+struct snapshot_save_stats {
+	uint64_t memory_bytes;      /* guest RAM */
+	uint64_t memory_data_bytes; /* of it written (not holes) */
+	uint64_t state_bytes;       /* state.bin */
+	uint64_t total_ns;          /* whole save, devices quiesced to commit */
+};
+
+/*
+ * Save vm into the directory path (created or atomically replaced; see
+ * vm_state_dir_commit): quiesces devices, writes memory.img, state.bin,
+ * domain.xml and the manifest, then lets devices serve again.  The caller
+ * decides whether the VM continues or stops afterwards.
+ * Preconditions: the vCPU is paused (vm_pause) or vm_run has returned
+ * and vcpu_state_settle was called; the guest has not powered off.
+ * Returns 0 or a negative errno with a message in error; on failure the
+ * previous save at path (if any) is unchanged.
+ */
+int snapshot_save(struct kapsel_vm *vm, const char *path, struct snapshot_save_stats *stats,
+		  char *error, size_t error_len);
+
+/*
+ * Everything a VM is besides RAM, as records (shared by save files and the
+ * migration stream): VM info, config, vCPU, event channels, devices (each
+ * followed by its private records), disks.  Same preconditions as
+ * snapshot_save, devices already quiesced.  Returns 0 or -errno.
+ */
+int snapshot_write_vm_records(struct kapsel_vm *vm, struct vm_state_writer *out, char *error,
+			      size_t error_len);
+
+/*
+ * Fill config (initialised by the caller with vm_config_init) from the
+ * VM_STATE_CONFIG record of state.  Returns 0 or -EPROTO with a message.
+ */
+int snapshot_config_from_records(const struct vm_state_records *state, struct vm_config *config,
+				 char *error, size_t error_len);
+
+/*
+ * Check that the disk images the state refers to are there with the size
+ * they had (a missing overlay or a replaced image is refused).  Returns 0
+ * or -ENOENT / -EPROTO with a message naming the disk and the fix.
+ */
+int snapshot_check_disks(const struct vm_state_records *state, char *error, size_t error_len);
+
+struct snapshot_restore_options {
+	bool map_private;       /* map memory.img copy-on-write (clones) */
+	bool memory_verified;   /* memory.img's CRC was already checked */
+	bool new_identity;      /* clone: the config's name and uuid are new */
+};
+
+/*
+ * Put the saved state into vm, which was just created (vm_create) from
+ * the state's config and has not run: guest RAM from memory.img (copied,
+ * or mapped privately), devices, event channels and the vCPU; the Kapsel
+ * clock continues where it stopped, the generation is bumped in start
+ * info so the guest re-derives unique things, and a new identity is
+ * written to start info when asked.  On failure vm must be destroyed
+ * without running (its state is partly overwritten).  Returns 0 or a
+ * negative errno with a message in error.
+ */
+int snapshot_restore(struct kapsel_vm *vm, const struct vm_state_dir *dir,
+		     const struct snapshot_restore_options *options, char *error,
+		     size_t error_len);
+
+/*
+ * The non-memory part of a restore (also used by live migration): devices,
+ * event channels, vCPU, clock, generation bump.  Guest RAM must already
+ * hold the saved content.  Returns 0 or a negative errno with a message.
+ */
+int snapshot_apply_vm_records(struct kapsel_vm *vm, const struct vm_state_records *state,
+			      bool new_identity, char *error, size_t error_len);
+
+/* Quiesce / resume every device that has the op (vCPU paused). */
+void snapshot_quiesce_devices(struct kapsel_vm *vm);
+void snapshot_resume_devices(struct kapsel_vm *vm);
+
+#endif

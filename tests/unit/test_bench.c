@@ -1,0 +1,295 @@
+/* Unit tests of `kapsel bench`'s pure logic: options, statistics, histogram, pattern, stats text, JSON walker, CRC-32. */
+#include <math.h>
+#include <string.h>
+
+#include "bench/bench.h"
+#include "cunit_main.h"
+
+static int parse(struct bench_options *o, char *error, size_t len, int argc, char **argv)
+{
+	bench_options_init(o);
+	FILE *null = fopen("/dev/null", "w");
+	int err = bench_options_parse(o, argc, argv, null, error, len);
+	fclose(null);
+	return err;
+}
+
+static void test_options_defaults(void)
+{
+	struct bench_options o;
+	char error[512];
+	char *argv[] = { "bench", NULL };
+	CU_ASSERT_EQUAL(parse(&o, error, sizeof(error), 1, argv), 0);
+	CU_ASSERT_EQUAL(o.size_bytes, 256ull << 20);
+	CU_ASSERT_EQUAL(o.repeat, 3);
+	CU_ASSERT_EQUAL(o.iodepth_count, 2);
+	CU_ASSERT_EQUAL(o.iodepths[0], 1);
+	CU_ASSERT_EQUAL(o.iodepths[1], 32);
+	CU_ASSERT_TRUE(o.cache[BENCH_CACHE_NONE]);
+	CU_ASSERT_FALSE(o.cache[BENCH_CACHE_WRITEBACK]);
+	CU_ASSERT_EQUAL(o.ops, 0);
+	/* read-1M write-1M read-128K write-128K randread-4K randwrite-4K randrw-4K console */
+	CU_ASSERT_EQUAL(o.workload_count, 8);
+	CU_ASSERT_STRING_EQUAL(o.workloads[4].name, "randread-4K");
+	CU_ASSERT_TRUE(o.workloads[4].random);
+	CU_ASSERT_EQUAL(o.workloads[4].block_bytes, 4096);
+	CU_ASSERT_EQUAL(o.workloads[6].read_percent, 70);
+	CU_ASSERT_EQUAL(o.workloads[7].kind, BENCH_KIND_CONSOLE);
+	bench_options_free(&o);
+}
+
+static void test_options_values(void)
+{
+	struct bench_options o;
+	char error[512];
+	char *argv[] = { "bench", "--size", "64M", "--workloads", "randwrite-8K,read-2M",
+			 "--iodepths", "4", "--cache", "both", "--paths", "pv,native", "--runtime",
+			 "250ms", "--repeat", "5", "--format", "json", "--quick", NULL };
+	CU_ASSERT_EQUAL(parse(&o, error, sizeof(error), 18, argv), 0);
+	CU_ASSERT_EQUAL(o.size_bytes, 64ull << 20);
+	CU_ASSERT_EQUAL(o.workload_count, 2);
+	CU_ASSERT_STRING_EQUAL(o.workloads[0].name, "randwrite-8K");
+	CU_ASSERT_EQUAL(o.workloads[0].read_percent, 0);
+	CU_ASSERT_TRUE(o.workloads[0].writes);
+	CU_ASSERT_EQUAL(o.workloads[1].block_bytes, 2u << 20);
+	CU_ASSERT_EQUAL(o.iodepth_count, 1);
+	CU_ASSERT_TRUE(o.cache[BENCH_CACHE_NONE] && o.cache[BENCH_CACHE_WRITEBACK]);
+	CU_ASSERT_TRUE(o.paths[BENCH_PATH_PV] && o.paths[BENCH_PATH_NATIVE]);
+	CU_ASSERT_FALSE(o.paths[BENCH_PATH_EMULATED]);
+	CU_ASSERT_EQUAL(o.runtime_ns, 250000000ull);
+	/* --quick does not override what was given; it adds a fixed op count. */
+	CU_ASSERT_EQUAL(o.repeat, 5);
+	CU_ASSERT_TRUE(o.ops > 0);
+	CU_ASSERT_EQUAL(o.format, BENCH_FORMAT_JSON);
+	bench_options_free(&o);
+}
+
+static void expect_error(int argc, char **argv, const char *fragment)
+{
+	struct bench_options o;
+	char error[512];
+	int err = parse(&o, error, sizeof(error), argc, argv);
+	CU_ASSERT_EQUAL(err, -EINVAL);
+	if (!strstr(error, fragment))
+		fprintf(stderr, "\nerror '%s' lacks '%s'\n", error, fragment);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, fragment));
+	bench_options_free(&o);
+}
+
+static void test_options_errors(void)
+{
+	char *a[] = { "bench", "--iodepths", "0", NULL };
+	expect_error(3, a, "--iodepths: '0'");
+	char *b[] = { "bench", "--workloads", "randread-3K", NULL };
+	expect_error(3, b, "'randread-3K' is not a workload");
+	char *c[] = { "bench", "--cache", "sometimes", NULL };
+	expect_error(3, c, "--cache 'sometimes' is unknown");
+	char *d[] = { "bench", "--paths", "native,warp", NULL };
+	expect_error(3, d, "'warp' is not a path");
+	char *e[] = { "bench", "--runtime", "fast", NULL };
+	expect_error(3, e, "--runtime 'fast'");
+	char *f[] = { "bench", "--size", "12Q", NULL };
+	expect_error(3, f, "--size '12Q'");
+	char *g[] = { "bench", "--frobnicate", NULL };
+	expect_error(2, g, "unknown option '--frobnicate'");
+	char *h[] = { "bench", "--repeat", "0", NULL };
+	expect_error(3, h, "--repeat '0'");
+	char *i[] = { "bench", "--format", "xml", NULL };
+	expect_error(3, i, "--format 'xml'");
+	char *j[] = { "bench", "--size", "1M", "--workloads", "read-2M", NULL };
+	expect_error(5, j, "smaller than the block size of workload read-2M");
+	char *k[] = { "bench", "stray", NULL };
+	expect_error(2, k, "unexpected argument 'stray'");
+	char *l[] = { "bench", "--iodepths", "4,4", NULL };
+	expect_error(3, l, "listed twice");
+}
+
+static void test_parse_size_duration(void)
+{
+	uint64_t v;
+	CU_ASSERT_EQUAL(bench_parse_size("4K", &v), 0);
+	CU_ASSERT_EQUAL(v, 4096);
+	CU_ASSERT_EQUAL(bench_parse_size("1GiB", &v), 0);
+	CU_ASSERT_EQUAL(v, 1ull << 30);
+	CU_ASSERT_EQUAL(bench_parse_size("-1", &v), -EINVAL);
+	CU_ASSERT_EQUAL(bench_parse_size("", &v), -EINVAL);
+	CU_ASSERT_EQUAL(bench_parse_size("99999999999999999999T", &v), -EINVAL);
+	CU_ASSERT_EQUAL(bench_parse_duration("1.5", &v), 0);
+	CU_ASSERT_EQUAL(v, 1500000000ull);
+	CU_ASSERT_EQUAL(bench_parse_duration("20ms", &v), 0);
+	CU_ASSERT_EQUAL(v, 20000000ull);
+	CU_ASSERT_EQUAL(bench_parse_duration("7us", &v), 0);
+	CU_ASSERT_EQUAL(v, 7000ull);
+	CU_ASSERT_EQUAL(bench_parse_duration("3h", &v), -EINVAL);
+}
+
+static void test_stat(void)
+{
+	double odd[] = { 5, 1, NAN, 3 };
+	struct bench_stat s = bench_stat_of(odd, 4);
+	CU_ASSERT_EQUAL(s.n, 3);
+	CU_ASSERT_DOUBLE_EQUAL(s.median, 3, 1e-12);
+	CU_ASSERT_DOUBLE_EQUAL(s.min, 1, 1e-12);
+	CU_ASSERT_DOUBLE_EQUAL(s.max, 5, 1e-12);
+	CU_ASSERT_DOUBLE_EQUAL(bench_stat_spread(&s), 4.0 / 3.0, 1e-12);
+	double even[] = { 10, 2, 4, 8 };
+	s = bench_stat_of(even, 4);
+	CU_ASSERT_DOUBLE_EQUAL(s.median, 6, 1e-12);
+	double none[] = { NAN };
+	s = bench_stat_of(none, 1);
+	CU_ASSERT_EQUAL(s.n, 0);
+	CU_ASSERT_TRUE(isnan(s.median));
+	CU_ASSERT_TRUE(isnan(bench_stat_spread(&s)));
+}
+
+static void test_histogram(void)
+{
+	/* Every value lands in a bucket that contains it, and buckets are
+	 * contiguous and ordered. */
+	uint64_t probes[] = { 0, 1, 63, 64, 65, 127, 128, 1000, 4095, 4096, 123456789, 1ull << 39 };
+	for (size_t i = 0; i < sizeof(probes) / sizeof(probes[0]); i++) {
+		uint32_t index = bench_hist_index(probes[i]);
+		CU_ASSERT(index < BENCH_HIST_BUCKETS);
+		uint64_t low = bench_hist_bucket_low(index), width = bench_hist_bucket_width(index);
+		CU_ASSERT(low <= probes[i] && probes[i] < low + width);
+		CU_ASSERT(width * 32 <= low + 32); /* relative width at most 1/32 */
+	}
+	for (uint32_t i = 0; i + 1 < BENCH_HIST_BUCKETS; i++)
+		CU_ASSERT_EQUAL(bench_hist_bucket_low(i) + bench_hist_bucket_width(i),
+				bench_hist_bucket_low(i + 1));
+
+	/* 1000 samples 1..1000 us: p50 ~ 500 us, p99 ~ 990 us, p99.9 ~ 999 us. */
+	static uint32_t counts[BENCH_HIST_BUCKETS];
+	memset(counts, 0, sizeof(counts));
+	for (uint64_t us = 1; us <= 1000; us++)
+		counts[bench_hist_index(us * 1000)]++;
+	double p50 = (double)bench_hist_percentile(counts, 1000, 5000);
+	double p99 = (double)bench_hist_percentile(counts, 1000, 9900);
+	double p999 = (double)bench_hist_percentile(counts, 1000, 9990);
+	CU_ASSERT(fabs(p50 - 500000) < 500000 * 0.035);
+	CU_ASSERT(fabs(p99 - 990000) < 990000 * 0.035);
+	CU_ASSERT(fabs(p999 - 999000) < 999000 * 0.035);
+	CU_ASSERT_EQUAL(bench_hist_percentile(counts, 0, 5000), 0);
+}
+
+static void test_pattern_and_stream(void)
+{
+	uint8_t buffer[2048];
+	bench_pattern_fill(buffer, sizeof(buffer), 100, 7);
+	CU_ASSERT_EQUAL(bench_pattern_check(buffer, sizeof(buffer), 100), 0);
+	CU_ASSERT_EQUAL(bench_pattern_check(buffer, sizeof(buffer), 101), 4);
+	/* Layout as documented: LE sector number, magic|generation, filler. */
+	CU_ASSERT_EQUAL(buffer[512], 101);
+	CU_ASSERT_EQUAL(buffer[512 + 8], 7);
+	CU_ASSERT_EQUAL(buffer[512 + 15], 0x4b);
+	CU_ASSERT_EQUAL(buffer[20], (uint8_t)(20 * 7 + 7 * 13 + 1));
+	buffer[1024] ^= 1;
+	CU_ASSERT_EQUAL(bench_pattern_check(buffer, sizeof(buffer), 100), 1);
+
+	struct bench_stream a, b;
+	bench_stream_init(&a, 1000, 1, 70, 42);
+	bench_stream_init(&b, 1000, 1, 70, 42);
+	unsigned writes = 0;
+	for (int i = 0; i < 10000; i++) {
+		int wa, wb;
+		uint64_t x = bench_stream_next(&a, &wa), y = bench_stream_next(&b, &wb);
+		CU_ASSERT_EQUAL(x, y);
+		CU_ASSERT_EQUAL(wa, wb);
+		CU_ASSERT(x < 1000);
+		writes += (unsigned)wa;
+	}
+	CU_ASSERT(writes > 2700 && writes < 3300); /* 30% writes */
+	struct bench_stream seq;
+	bench_stream_init(&seq, 3, 0, 100, 1);
+	int w;
+	CU_ASSERT_EQUAL(bench_stream_next(&seq, &w), 0);
+	CU_ASSERT_EQUAL(bench_stream_next(&seq, &w), 1);
+	CU_ASSERT_EQUAL(bench_stream_next(&seq, &w), 2);
+	CU_ASSERT_EQUAL(bench_stream_next(&seq, &w), 0);
+	CU_ASSERT_EQUAL(w, 0);
+}
+
+static void test_stats_text(void)
+{
+	const char *before = "vm bench: uptime_ns 5\n  exits_total: 10\n  exits_io_hypercall: 10\n"
+			     "  hypercall_block: 4\ndevice 0 console-pv:\n  exits: 0\n  bytes_out: 85\n"
+			     "device 2 blk-pv:\n  image: /tmp/x.img (O_DIRECT)\n  kicks_received: 3\n"
+			     "  notifications_sent: 7\n  latency_us_histogram: [0,2):1\n";
+	const char *after = "vm bench: uptime_ns 9\n  exits_total: 25\n  exits_io_hypercall: 20\n"
+			    "  exits_interrupted: 5\n  hypercall_block: 9\ndevice 2 blk-pv:\n"
+			    "  kicks_received: 13\n  notifications_sent: 27\n";
+	struct bench_counters b, a, d;
+	memset(&b, 0, sizeof(b));
+	memset(&a, 0, sizeof(a));
+	bench_counters_parse_stats(&b, before);
+	bench_counters_parse_stats(&a, after);
+	CU_ASSERT_EQUAL(bench_counters_get(&b, "exits_total"), 10);
+	CU_ASSERT_EQUAL(bench_counters_get(&b, "dev.console-pv.bytes_out"), 85);
+	CU_ASSERT_EQUAL(bench_counters_get(&b, "dev.blk-pv.notifications_sent"), 7);
+	CU_ASSERT_EQUAL(bench_counters_get(&b, "dev.blk-pv.image"), 0);
+	CU_ASSERT_EQUAL(bench_counters_get(&b, "dev.blk-pv.latency_us_histogram"), 0);
+	bench_counters_delta(&d, &b, &a);
+	CU_ASSERT_EQUAL(bench_counters_get(&d, "exits_total"), 15);
+	CU_ASSERT_EQUAL(bench_counters_get(&d, "exits_interrupted"), 5);
+	CU_ASSERT_EQUAL(bench_counters_get(&d, "hypercall_block"), 5);
+	CU_ASSERT_EQUAL(bench_counters_get(&d, "dev.blk-pv.notifications_sent"), 20);
+}
+
+struct json_seen {
+	double iops, p50, last;
+	unsigned numbers;
+};
+
+static void json_collect(const char *path, double value, void *opaque)
+{
+	struct json_seen *s = opaque;
+	s->numbers++;
+	s->last = value;
+	if (strcmp(path, "jobs.0.read.iops") == 0)
+		s->iops = value;
+	if (strcmp(path, "jobs.0.read.lat_ns.percentile.50.000000") == 0)
+		s->p50 = value;
+}
+
+static void test_json_walk(void)
+{
+	const char *doc = "{ \"fio version\" : \"fio-3.33\", \"jobs\" : [ { \"jobname\" : \"a\\\"b\","
+			  " \"read\" : { \"iops\" : 134894.105894, \"lat_ns\" : { \"percentile\" :"
+			  " { \"50.000000\" : 205824, \"99.000000\" : 536576 } } }, \"ok\" : true,"
+			  " \"none\" : null, \"list\" : [1, -2.5e3, []] } ] }";
+	struct json_seen s = { 0 };
+	CU_ASSERT_EQUAL(bench_json_walk(doc, json_collect, &s), 0);
+	CU_ASSERT_DOUBLE_EQUAL(s.iops, 134894.105894, 1e-6);
+	CU_ASSERT_DOUBLE_EQUAL(s.p50, 205824, 1e-9);
+	CU_ASSERT_EQUAL(s.numbers, 5);
+	CU_ASSERT_DOUBLE_EQUAL(s.last, -2500, 1e-9);
+	CU_ASSERT_EQUAL(bench_json_walk("{\"a\": [1, 2}", NULL, NULL), -EINVAL);
+	CU_ASSERT_EQUAL(bench_json_walk("{\"a\": 1} trailing", NULL, NULL), -EINVAL);
+	CU_ASSERT_EQUAL(bench_json_walk("{\"a\" 1}", NULL, NULL), -EINVAL);
+}
+
+static void test_crc32(void)
+{
+	/* The standard check value of CRC-32/ISO-HDLC (zlib's crc32). */
+	CU_ASSERT_EQUAL(bench_crc32(0, "123456789", 9), 0xcbf43926u);
+	uint32_t split = bench_crc32(bench_crc32(0, "1234", 4), "56789", 5);
+	CU_ASSERT_EQUAL(split, 0xcbf43926u);
+	CU_ASSERT_EQUAL(bench_crc32(0, "", 0), 0);
+}
+
+int main(void)
+{
+	static const struct unit_test tests[] = {
+		{ "options_defaults", test_options_defaults },
+		{ "options_values", test_options_values },
+		{ "options_errors", test_options_errors },
+		{ "parse_size_duration", test_parse_size_duration },
+		{ "stat", test_stat },
+		{ "histogram", test_histogram },
+		{ "pattern_and_stream", test_pattern_and_stream },
+		{ "stats_text", test_stats_text },
+		{ "json_walk", test_json_walk },
+		{ "crc32", test_crc32 },
+	};
+	return UNIT_RUN("bench", tests);
+}

@@ -1,0 +1,139 @@
+/* Unit tests: VM config defaults and the --disk option syntax (vm_config_parse_disk). */
+#include <errno.h>
+#include <string.h>
+
+#include "cunit_main.h"
+#include "config.h"
+
+static char error[512];
+
+static void test_defaults(void)
+{
+	struct vm_config config;
+	vm_config_init(&config);
+	CU_ASSERT_STRING_EQUAL(config.name, "kapsel");
+	CU_ASSERT_EQUAL(config.memory_bytes, 64ull << 20);
+	CU_ASSERT_EQUAL(config.vcpus, 1);
+	CU_ASSERT_EQUAL(config.on_poweroff, VM_ACTION_DESTROY);
+	CU_ASSERT_EQUAL(config.on_reboot, VM_ACTION_RESTART);
+	CU_ASSERT_EQUAL(config.on_crash, VM_ACTION_DESTROY);
+	CU_ASSERT_EQUAL(config.console_mode, VM_CONSOLE_AUTO);
+	CU_ASSERT(config.console_input);
+	CU_ASSERT_PTR_NULL(config.kernel_path);
+	CU_ASSERT_EQUAL(config.disk_count, 0);
+	vm_config_free(&config);
+}
+
+static void test_disk_path_only(void)
+{
+	struct vm_disk_config disk;
+	CU_ASSERT_EQUAL_FATAL(vm_config_parse_disk("/var/disk.img", &disk, error, sizeof(error)),
+	                      0);
+	CU_ASSERT_STRING_EQUAL(disk.path, "/var/disk.img");
+	CU_ASSERT(!disk.readonly);
+	CU_ASSERT_EQUAL(disk.bus, VM_DISK_BUS_PV);
+	CU_ASSERT_EQUAL(disk.cache, VM_DISK_CACHE_WRITEBACK);
+	CU_ASSERT_EQUAL(disk.ops_limit.rate_per_second, 0);
+	CU_ASSERT_EQUAL(disk.bytes_limit.rate_per_second, 0);
+	CU_ASSERT(!disk.poll);
+	free(disk.path);
+}
+
+static void test_disk_all_options(void)
+{
+	struct vm_disk_config disk;
+	CU_ASSERT_EQUAL_FATAL(
+	    vm_config_parse_disk("d.img,readonly,bus=ata,cache=none,iops=1000,iops_burst=50,bps="
+	                         "1048576,bps_burst=65536,poll=200",
+	                         &disk, error, sizeof(error)),
+	    0);
+	CU_ASSERT_STRING_EQUAL(disk.path, "d.img");
+	CU_ASSERT(disk.readonly);
+	CU_ASSERT_EQUAL(disk.bus, VM_DISK_BUS_ATA);
+	CU_ASSERT_EQUAL(disk.cache, VM_DISK_CACHE_NONE);
+	CU_ASSERT_EQUAL(disk.ops_limit.rate_per_second, 1000);
+	CU_ASSERT_EQUAL(disk.ops_limit.burst, 50);
+	CU_ASSERT_EQUAL(disk.bytes_limit.rate_per_second, 1048576);
+	CU_ASSERT_EQUAL(disk.bytes_limit.burst, 65536);
+	CU_ASSERT(disk.poll);
+	CU_ASSERT_EQUAL(disk.poll_us, 200);
+	free(disk.path);
+
+	/* Aliases and explicit values. */
+	CU_ASSERT_EQUAL_FATAL(
+	    vm_config_parse_disk("d.img,ro,bus=ide,cache=direct", &disk, error, sizeof(error)), 0);
+	CU_ASSERT(disk.readonly);
+	CU_ASSERT_EQUAL(disk.bus, VM_DISK_BUS_ATA);
+	CU_ASSERT_EQUAL(disk.cache, VM_DISK_CACHE_NONE);
+	free(disk.path);
+	CU_ASSERT_EQUAL_FATAL(vm_config_parse_disk("d.img,readonly=off,bus=xen,cache=writeback",
+	                                           &disk, error, sizeof(error)),
+	                      0);
+	CU_ASSERT(!disk.readonly);
+	CU_ASSERT_EQUAL(disk.bus, VM_DISK_BUS_PV);
+	CU_ASSERT_EQUAL(disk.cache, VM_DISK_CACHE_WRITEBACK);
+	free(disk.path);
+	CU_ASSERT_EQUAL_FATAL(
+	    vm_config_parse_disk("d.img,readonly=yes,bus=pv", &disk, error, sizeof(error)), 0);
+	CU_ASSERT(disk.readonly);
+	free(disk.path);
+
+	/* poll=0 means no polling; poll is capped at one second. */
+	CU_ASSERT_EQUAL_FATAL(vm_config_parse_disk("d.img,poll=0", &disk, error, sizeof(error)), 0);
+	CU_ASSERT(!disk.poll);
+	free(disk.path);
+	CU_ASSERT_EQUAL_FATAL(
+	    vm_config_parse_disk("d.img,poll=99999999", &disk, error, sizeof(error)), 0);
+	CU_ASSERT(disk.poll);
+	CU_ASSERT_EQUAL(disk.poll_us, 1000000);
+	free(disk.path);
+}
+
+static void expect_disk_error(const char *text, const char *message)
+{
+	struct vm_disk_config disk;
+	error[0] = '\0';
+	CU_ASSERT_EQUAL(vm_config_parse_disk(text, &disk, error, sizeof(error)), -EINVAL);
+	if (!strstr(error, message)) {
+		fprintf(stderr, "\n  '%s': message '%s' lacks '%s'\n", text, error, message);
+		CU_FAIL("error message");
+	}
+	/* Nothing is left allocated on failure. */
+	CU_ASSERT_PTR_NULL(disk.path);
+}
+
+static void test_disk_errors(void)
+{
+	expect_disk_error("d.img,frobnicate", "--disk 'd.img,frobnicate': option 'frobnicate' is "
+	                                      "unknown or lacks a valid value; known: readonly");
+	expect_disk_error("d.img,speed=9", "option 'speed=9' is unknown");
+	expect_disk_error("d.img,bus=scsi",
+	                  "--disk 'd.img,bus=scsi': bus 'scsi' is unknown; use bus=pv or bus=ata");
+	expect_disk_error("d.img,cache=unsafe",
+	                  "cache 'unsafe' is unknown; use cache=none or cache=writeback");
+	/* Options that need a value, without one or with a bad one. */
+	expect_disk_error("d.img,bus", "option 'bus' is unknown or lacks a valid value");
+	expect_disk_error("d.img,iops", "option 'iops' is unknown or lacks a valid value");
+	expect_disk_error("d.img,iops=-5", "option 'iops=-5' is unknown or lacks a valid value");
+	expect_disk_error("d.img,iops=12abc", "option 'iops=12abc'");
+	expect_disk_error("d.img,bps=", "option 'bps='");
+	expect_disk_error("d.img,bps=99999999999999999999999",
+	                  "option 'bps=99999999999999999999999'");
+	/* A bad option after good ones still fails the whole spec. */
+	expect_disk_error("d.img,readonly,bus=ata,nope", "option 'nope' is unknown");
+	/* Missing path. */
+	expect_disk_error("", "--disk needs a path");
+	expect_disk_error(",readonly", "--disk needs a path");
+	expect_disk_error(",,,", "--disk needs a path");
+}
+
+int main(void)
+{
+	static const struct unit_test tests[] = {
+	    {"config defaults", test_defaults},
+	    {"disk: path only", test_disk_path_only},
+	    {"disk: every option", test_disk_all_options},
+	    {"disk: errors name the bad part", test_disk_errors},
+	};
+	return UNIT_RUN("config", tests);
+}

@@ -1,0 +1,208 @@
+/* Unit tests: the control protocol's request parser, argument helpers, errno names and verb table. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "control.h"
+#include "control_internal.h"
+#include "cunit_main.h"
+
+static char error[512];
+
+/* Parse text (copied, since the parser writes into its line). */
+static int parse(const char *text, struct control_request *request, char *line, size_t len)
+{
+	snprintf(line, len, "%s", text);
+	error[0] = '\0';
+	return control_request_parse(line, request, error, sizeof(error));
+}
+
+static void test_verb_only(void)
+{
+	char line[128];
+	struct control_request r;
+	CU_ASSERT_EQUAL_FATAL(parse("info", &r, line, sizeof(line)), 0);
+	CU_ASSERT_STRING_EQUAL(r.verb, "info");
+	CU_ASSERT_EQUAL(r.arg_count, 0);
+	CU_ASSERT_PTR_NULL(control_request_arg(&r, "timeout"));
+}
+
+static void test_arguments(void)
+{
+	char line[256];
+	struct control_request r;
+	CU_ASSERT_EQUAL_FATAL(parse("  set-limits\tdisk=0  iops=500 readonly=yes ", &r, line,
+				    sizeof(line)), 0);
+	CU_ASSERT_STRING_EQUAL(r.verb, "set-limits");
+	CU_ASSERT_EQUAL(r.arg_count, 3);
+	CU_ASSERT_STRING_EQUAL(control_request_arg(&r, "disk"), "0");
+	CU_ASSERT_STRING_EQUAL(control_request_arg(&r, "iops"), "500");
+	CU_ASSERT_STRING_EQUAL(control_request_arg(&r, "readonly"), "yes");
+	uint64_t iops = 7;
+	bool readonly = false;
+	CU_ASSERT_EQUAL(control_arg_u64(&r, "iops", &iops, error, sizeof(error)), 0);
+	CU_ASSERT_EQUAL(iops, 500);
+	CU_ASSERT_EQUAL(control_arg_bool(&r, "readonly", &readonly, error, sizeof(error)), 0);
+	CU_ASSERT(readonly);
+	/* Absent keys leave the value alone. */
+	uint64_t bps = 42;
+	CU_ASSERT_EQUAL(control_arg_u64(&r, "bps", &bps, error, sizeof(error)), 0);
+	CU_ASSERT_EQUAL(bps, 42);
+}
+
+static void test_empty_value_and_escapes(void)
+{
+	char line[256];
+	struct control_request r;
+	CU_ASSERT_EQUAL_FATAL(parse("save path=/tmp/my%20vm%25x note=", &r, line, sizeof(line)), 0);
+	CU_ASSERT_STRING_EQUAL(control_request_arg(&r, "path"), "/tmp/my vm%x");
+	CU_ASSERT_STRING_EQUAL(control_request_arg(&r, "note"), "");
+}
+
+static void test_rejects(void)
+{
+	static const struct {
+		const char *text;
+		const char *message_part;
+	} cases[] = {
+		{ "", "empty request" },
+		{ "   ", "empty request" },
+		{ "INFO", "is not a request name" },
+		{ "in/fo", "is not a request name" },
+		{ "info extra", "is not key=value" },
+		{ "info =x", "is not key=value" },
+		{ "pause a=1 a=2", "given twice" },
+		{ "pause K=1", "characters other than" },
+		{ "save path=%4", "bad escape" },
+		{ "save path=%zz", "bad escape" },
+		{ "save path=%0a", "control character" },
+		{ "info \x01", "byte 0x01" },
+		{ "info \xff", "byte 0xff" },
+		{ "averyveryveryveryveryverylongrequestname", "longer than" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char line[256];
+		struct control_request r;
+		int err = parse(cases[i].text, &r, line, sizeof(line));
+		CU_ASSERT_EQUAL(err, -EINVAL);
+		if (!strstr(error, cases[i].message_part)) {
+			fprintf(stderr, "case '%s': message '%s' lacks '%s'\n", cases[i].text, error,
+				cases[i].message_part);
+			CU_FAIL("error message");
+		}
+	}
+}
+
+static void test_too_many_arguments(void)
+{
+	char text[1024] = "x";
+	size_t used = 1;
+	for (unsigned i = 0; i <= CONTROL_MAX_ARGS; i++)
+		used += (size_t)snprintf(text + used, sizeof(text) - used, " k%u=%u", i, i);
+	char line[1024];
+	struct control_request r;
+	CU_ASSERT_EQUAL(parse(text, &r, line, sizeof(line)), -EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "more than"));
+	/* Exactly the limit is fine. */
+	char *last = strrchr(text, ' ');
+	*last = '\0';
+	CU_ASSERT_EQUAL(parse(text, &r, line, sizeof(line)), 0);
+	CU_ASSERT_EQUAL(r.arg_count, CONTROL_MAX_ARGS);
+}
+
+static void test_number_and_bool_errors(void)
+{
+	char line[256];
+	struct control_request r;
+	CU_ASSERT_EQUAL_FATAL(parse("x a=-1 b=12x c=maybe d=99999999999999999999999 e=off", &r,
+				    line, sizeof(line)), 0);
+	uint64_t v = 0;
+	bool b = true;
+	CU_ASSERT_EQUAL(control_arg_u64(&r, "a", &v, error, sizeof(error)), -EINVAL);
+	CU_ASSERT_EQUAL(control_arg_u64(&r, "b", &v, error, sizeof(error)), -EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "b='12x'"));
+	CU_ASSERT_EQUAL(control_arg_bool(&r, "c", &b, error, sizeof(error)), -EINVAL);
+	CU_ASSERT_EQUAL(control_arg_u64(&r, "d", &v, error, sizeof(error)), -EINVAL);
+	CU_ASSERT_EQUAL(control_arg_bool(&r, "e", &b, error, sizeof(error)), 0);
+	CU_ASSERT(!b);
+}
+
+static void test_check_keys(void)
+{
+	char line[256];
+	struct control_request r;
+	static const char *const allowed[] = { "timeout", "mode", NULL };
+	static const char *const none[] = { NULL };
+	CU_ASSERT_EQUAL_FATAL(parse("shutdown timeout=3", &r, line, sizeof(line)), 0);
+	CU_ASSERT_EQUAL(control_request_check_keys(&r, allowed, error, sizeof(error)), 0);
+	CU_ASSERT_EQUAL_FATAL(parse("shutdown timout=3", &r, line, sizeof(line)), 0);
+	CU_ASSERT_EQUAL(control_request_check_keys(&r, allowed, error, sizeof(error)), -EINVAL);
+	CU_ASSERT_STRING_EQUAL(error, "unknown argument 'timout' for shutdown; it takes timeout, mode");
+	CU_ASSERT_EQUAL_FATAL(parse("pause now=1", &r, line, sizeof(line)), 0);
+	CU_ASSERT_EQUAL(control_request_check_keys(&r, none, error, sizeof(error)), -EINVAL);
+	CU_ASSERT_STRING_EQUAL(error, "pause takes no arguments (got 'now')");
+}
+
+static void test_errno_names(void)
+{
+	CU_ASSERT_STRING_EQUAL(control_errno_name(EINVAL), "EINVAL");
+	CU_ASSERT_STRING_EQUAL(control_errno_name(EALREADY), "EALREADY");
+	CU_ASSERT_STRING_EQUAL(control_errno_name(E2BIG), "E2BIG");
+	CU_ASSERT_STRING_EQUAL(control_errno_name(9999), "EIO");
+	int samples[] = { EPERM, ESRCH, EIO, EACCES, EBUSY, EEXIST, ENOSYS, ETIMEDOUT, EROFS };
+	for (size_t i = 0; i < sizeof(samples) / sizeof(samples[0]); i++)
+		CU_ASSERT_EQUAL(control_errno_from_name(control_errno_name(samples[i])), samples[i]);
+	CU_ASSERT_EQUAL(control_errno_from_name("ENOTANERRNO"), EIO);
+}
+
+static int dummy_verb(struct kapsel_vm *vm, const struct control_request *request, FILE *out,
+		      char *err, size_t err_len)
+{
+	(void)vm;
+	(void)request;
+	(void)err;
+	(void)err_len;
+	fprintf(out, "dummy\n");
+	return 0;
+}
+
+static void test_verb_table(void)
+{
+	CU_ASSERT_EQUAL(control_register_verb("unit-save", dummy_verb, "unit-save  test"), 0);
+	CU_ASSERT_EQUAL(control_register_verb("unit-save", dummy_verb, "again"), -EEXIST);
+	CU_ASSERT_EQUAL(control_register_verb("console", dummy_verb, "reserved"), -EEXIST);
+	CU_ASSERT_EQUAL(control_register_verb("Bad", dummy_verb, "x"), -EINVAL);
+	CU_ASSERT_EQUAL(control_register_verb("", dummy_verb, "x"), -EINVAL);
+	CU_ASSERT_EQUAL(control_register_verb("ok", NULL, "x"), -EINVAL);
+	CU_ASSERT_PTR_EQUAL(control_find_verb("unit-save"), dummy_verb);
+	CU_ASSERT_PTR_NULL(control_find_verb("unit-missing"));
+	/* The built-ins register once and then refuse a clash. */
+	CU_ASSERT_EQUAL(control_register_builtin_verbs(), 0);
+	CU_ASSERT_EQUAL(control_register_builtin_verbs(), 0);
+	CU_ASSERT_PTR_NOT_NULL(control_find_verb("info"));
+	CU_ASSERT_EQUAL(control_register_verb("info", dummy_verb, "x"), -EEXIST);
+	/* The table fills up with -ENOSPC, never overflows. */
+	int last = 0;
+	for (unsigned i = 0; i < CONTROL_MAX_VERBS + 1 && !last; i++) {
+		char name[32];
+		snprintf(name, sizeof(name), "fill-%u", i);
+		last = control_register_verb(name, dummy_verb, "fill");
+	}
+	CU_ASSERT_EQUAL(last, -ENOSPC);
+}
+
+int main(void)
+{
+	static const struct unit_test tests[] = {
+		{ "verb only", test_verb_only },
+		{ "arguments", test_arguments },
+		{ "empty value and escapes", test_empty_value_and_escapes },
+		{ "malformed requests rejected with a reason", test_rejects },
+		{ "argument count limit", test_too_many_arguments },
+		{ "number and boolean errors", test_number_and_bool_errors },
+		{ "allowed keys", test_check_keys },
+		{ "errno names", test_errno_names },
+		{ "verb table", test_verb_table },
+	};
+	return UNIT_RUN("control_protocol", tests);
+}
