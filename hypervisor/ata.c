@@ -1,6 +1,7 @@
 /* Emulated ATA (IDE) disk: the register-level state machine of one channel with drive 0, no KVM inside. */
 #define _GNU_SOURCE
 #include "ata.h"
+#include "disk_overlay.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -33,50 +34,22 @@ static uint32_t min_u32(uint64_t a, uint64_t b)
 
 /* ---- Host I/O ------------------------------------------------------------ */
 
+/* Through the disk layer, which reads copy-on-write overlays through to
+ * their base (disk_overlay.h); a raw image is plain pread/pwrite. */
 static int image_pread(struct disk_image *disk, void *buffer, size_t length, uint64_t sector)
 {
-	uint8_t *p = buffer;
-	off_t offset = (off_t)(sector * ATA_SECTOR_BYTES);
-	while (length) {
-		ssize_t n = pread(disk->fd, p, length, offset);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return n < 0 ? -errno : -EIO; /* the image shrank under us */
-		p += n;
-		offset += n;
-		length -= (size_t)n;
-	}
-	return 0;
+	return disk_image_pread(disk, buffer, length, sector * ATA_SECTOR_BYTES);
 }
 
 static int image_pwrite(struct disk_image *disk, const void *buffer, size_t length,
 			uint64_t sector)
 {
-	const uint8_t *p = buffer;
-	off_t offset = (off_t)(sector * ATA_SECTOR_BYTES);
-	while (length) {
-		ssize_t n = pwrite(disk->fd, p, length, offset);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return n < 0 ? -errno : -ENOSPC;
-		p += n;
-		offset += n;
-		length -= (size_t)n;
-	}
-	return 0;
+	return disk_image_pwrite(disk, buffer, length, sector * ATA_SECTOR_BYTES);
 }
 
 static int image_sync(struct disk_image *disk)
 {
-	if (disk->readonly)
-		return 0; /* nothing of ours can be dirty */
-	while (fdatasync(disk->fd) < 0) {
-		if (errno != EINTR)
-			return -errno;
-	}
-	return 0;
+	return disk_image_sync(disk);
 }
 
 /* ---- Task file ----------------------------------------------------------- */

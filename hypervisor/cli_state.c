@@ -49,8 +49,8 @@ static struct state_runner runner = { .pipe_fds = { -1, -1 },
  * Pause, save, then resume or stop.  Returns 0 or -errno with a message.
  * Runs on a thread that is not the vCPU's.
  */
-static int save_running_vm(struct kapsel_vm *vm, const char *dir, bool stop, FILE *report,
-			   char *error, size_t error_len)
+static int save_running_vm(struct kapsel_vm *vm, const char *dir, bool stop, bool snapshot,
+			   FILE *report, char *error, size_t error_len)
 {
 	pthread_mutex_lock(&runner.lock);
 	uint64_t start_ns = monotonic_ns();
@@ -63,7 +63,8 @@ static int save_running_vm(struct kapsel_vm *vm, const char *dir, bool stop, FIL
 	}
 	uint64_t paused_ns = monotonic_ns();
 	struct snapshot_save_stats stats;
-	err = snapshot_save(vm, dir, &stats, error, error_len);
+	err = snapshot ? snapshot_take(vm, dir, &stats, error, error_len)
+		       : snapshot_save(vm, dir, &stats, error, error_len);
 	uint64_t saved_ns = monotonic_ns();
 	if (!err && stop) {
 		runner.stopped_by_save = true;
@@ -75,8 +76,9 @@ static int save_running_vm(struct kapsel_vm *vm, const char *dir, bool stop, FIL
 	pthread_mutex_unlock(&runner.lock);
 	if (!err && report)
 		fprintf(report,
-			"saved VM '%s' to %s: memory %llu MiB (%llu MiB data), state %llu bytes; pause %.3f ms, write %.3f ms, vCPU stopped %.3f ms%s\n",
-			vm->config->name, dir, (unsigned long long)(stats.memory_bytes >> 20),
+			"%s VM '%s' to %s: memory %llu MiB (%llu MiB data), state %llu bytes; pause %.3f ms, write %.3f ms, vCPU stopped %.3f ms%s\n",
+			snapshot ? "snapshot of" : "saved", vm->config->name, dir,
+			(unsigned long long)(stats.memory_bytes >> 20),
 			(unsigned long long)(stats.memory_data_bytes >> 20),
 			(unsigned long long)stats.state_bytes, (paused_ns - start_ns) / 1e6,
 			(saved_ns - paused_ns) / 1e6, (resumed_ns - start_ns) / 1e6,
@@ -105,8 +107,8 @@ static void *runner_thread(void *opaque)
 		char error[512];
 		char line[512];
 		FILE *report = fmemopen(line, sizeof(line), "w");
-		int err = save_running_vm(runner.vm, runner.save_dir, runner.stop_after_save, report,
-					  error, sizeof(error));
+		int err = save_running_vm(runner.vm, runner.save_dir, runner.stop_after_save, false,
+					  report, error, sizeof(error));
 		if (report)
 			fclose(report);
 		if (err)
@@ -129,7 +131,18 @@ static int control_save(struct kapsel_vm *vm, const struct control_request *requ
 	int err = control_arg_bool(request, "stop", &stop, error, error_len);
 	if (err)
 		return err;
-	return save_running_vm(vm, dir, stop, out, error, error_len);
+	return save_running_vm(vm, dir, stop, false, out, error, error_len);
+}
+
+static int control_snapshot(struct kapsel_vm *vm, const struct control_request *request,
+			    FILE *out, char *error, size_t error_len)
+{
+	const char *dir = control_request_arg(request, "dir");
+	if (!dir || !*dir) {
+		snprintf(error, error_len, "snapshot needs dir=PATH (the state directory to write)");
+		return -EINVAL;
+	}
+	return save_running_vm(vm, dir, false, true, out, error, error_len);
 }
 
 void state_register_control_verbs(void)
@@ -142,6 +155,10 @@ void state_register_control_verbs(void)
 					"save dir=PATH [stop=yes|no]  save the VM's state to a directory, then continue or stop");
 	if (err && err != -EEXIST)
 		kapsel_warn("cannot register the control verb 'save': %s", strerror(-err));
+	err = control_register_verb("snapshot", control_snapshot,
+				    "snapshot dir=PATH  save the VM and freeze its disks; it goes on on copy-on-write overlays");
+	if (err && err != -EEXIST)
+		kapsel_warn("cannot register the control verb 'snapshot': %s", strerror(-err));
 }
 
 int state_runner_start(struct kapsel_vm *vm, const char *save_dir, bool stop_after_save)
@@ -260,6 +277,13 @@ static int restore_and_run(const struct restore_settings *settings)
 	}
 	if (settings->name)
 		snprintf(config.name, sizeof(config.name), "%s", settings->name);
+	/* Frozen disks (snapshots), and every disk of a clone, run on a new
+	 * copy-on-write overlay of their own. */
+	if (snapshot_prepare_disks(&dir.state, &config, settings->clone, config.name, error,
+				   sizeof(error)) < 0) {
+		kapsel_error("cannot restore %s: %s", settings->dir, error);
+		goto out_dir;
+	}
 	if (settings->clone)
 		random_uuid(config.uuid);
 	config.console_output_path = dup_or_null(settings->console_output);
@@ -442,26 +466,52 @@ void cli_save_usage(FILE *out)
 		"stops with --stop.  Bring it back with 'kapsel restore DIR'.\n");
 }
 
+static int save_or_snapshot(int argc, char **argv, bool snapshot);
+
 int cli_save(int argc, char **argv)
+{
+	return save_or_snapshot(argc, argv, false);
+}
+
+int cli_snapshot(int argc, char **argv)
+{
+	return save_or_snapshot(argc, argv, true);
+}
+
+void cli_snapshot_usage(FILE *out)
+{
+	fprintf(out,
+		"Usage: kapsel snapshot NAME DIR\n"
+		"\n"
+		"Take a snapshot of the running VM NAME into the state directory DIR: its\n"
+		"memory and device state, and its disks frozen as they are.  The VM goes\n"
+		"on at once, writing to new copy-on-write overlay files next to its disks\n"
+		"(IMAGE@TIME.kovl).  'kapsel restore DIR' starts from the snapshot, on an\n"
+		"overlay of its own, as often as wanted (roll back, or branch).\n");
+}
+
+static int save_or_snapshot(int argc, char **argv, bool snapshot)
 {
 	bool stop = false;
 	const char *args[2] = { NULL, NULL };
 	unsigned count = 0;
 	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--stop") == 0) {
+		if (strcmp(argv[i], "--stop") == 0 && !snapshot) {
 			stop = true;
 		} else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-			cli_save_usage(stdout);
+			(snapshot ? cli_snapshot_usage : cli_save_usage)(stdout);
 			return 0;
 		} else if (argv[i][0] == '-' || count == 2) {
-			kapsel_error("unexpected argument '%s'; see 'kapsel save --help'", argv[i]);
+			kapsel_error("unexpected argument '%s'; see 'kapsel %s --help'", argv[i],
+				     snapshot ? "snapshot" : "save");
 			return 2;
 		} else {
 			args[count++] = argv[i];
 		}
 	}
 	if (count != 2) {
-		kapsel_error("save needs a VM name and a directory; see 'kapsel save --help'");
+		kapsel_error("%s needs a VM name and a directory; see 'kapsel %s --help'",
+			     snapshot ? "snapshot" : "save", snapshot ? "snapshot" : "save");
 		return 2;
 	}
 	/* The VM resolves the path in its own working directory: send it
@@ -478,8 +528,9 @@ int cli_save(int argc, char **argv)
 	if (!absolute)
 		return KAPSEL_EXIT_VMM_ERROR;
 	char request[CONTROL_REQUEST_MAX_BYTES];
-	size_t used = (size_t)snprintf(request, sizeof(request), "save stop=%s dir=",
-				       stop ? "yes" : "no");
+	size_t used = snapshot ? (size_t)snprintf(request, sizeof(request), "snapshot dir=")
+			       : (size_t)snprintf(request, sizeof(request), "save stop=%s dir=",
+						  stop ? "yes" : "no");
 	for (const char *p = absolute; *p && used + 4 < sizeof(request); p++) {
 		if (*p == ' ' || *p == '%' || (unsigned char)*p < 0x20)
 			used += (size_t)snprintf(request + used, sizeof(request) - used, "%%%02x",
@@ -497,7 +548,8 @@ int cli_save(int argc, char **argv)
 	}
 	int status = 0;
 	if (reply.errnum) {
-		kapsel_error("save of '%s' failed: %s", args[0], reply.message ? reply.message : "");
+		kapsel_error("%s of '%s' failed: %s", snapshot ? "snapshot" : "save", args[0],
+			     reply.message ? reply.message : "");
 		status = 1;
 	} else if (reply.payload) {
 		fputs(reply.payload, stdout);

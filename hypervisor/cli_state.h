@@ -9,6 +9,8 @@ struct kapsel_vm;
 
 int cli_save(int argc, char **argv);
 void cli_save_usage(FILE *out);
+int cli_snapshot(int argc, char **argv);
+void cli_snapshot_usage(FILE *out);
 int cli_restore(int argc, char **argv);
 void cli_restore_usage(FILE *out);
 int cli_inspect(int argc, char **argv);

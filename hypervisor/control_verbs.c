@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -67,6 +68,30 @@ static uint64_t vcpu_cpu_time_ns(struct kapsel_vm *vm)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* The host CPU the vCPU thread last ran on (field 39 of its stat), or -1. */
+static int vcpu_host_cpu(struct kapsel_vm *vm)
+{
+	char path[64], line[1024];
+	if (!vm->vcpu_tid)
+		return -1;
+	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", vm->vcpu_tid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return -1;
+	size_t n = fread(line, 1, sizeof(line) - 1, f);
+	fclose(f);
+	line[n] = '\0';
+	/* Fields after the command (which may hold spaces) start after ')'. */
+	char *p = strrchr(line, ')');
+	int field = 2, cpu = -1;
+	for (char *tok = p ? strtok(p + 1, " ") : NULL; tok; tok = strtok(NULL, " "))
+		if (++field == 39) {
+			cpu = atoi(tok);
+			break;
+		}
+	return cpu;
+}
+
 static int verb_info(struct kapsel_vm *vm, const struct control_request *request, FILE *out,
 		     char *error, size_t error_len)
 {
@@ -91,6 +116,9 @@ static int verb_info(struct kapsel_vm *vm, const struct control_request *request
 	fprintf(out, "uptime_ns %llu\n", (unsigned long long)uptime_ns);
 	fprintf(out, "paused_ns %llu\n", (unsigned long long)paused_ns);
 	fprintf(out, "cpu_time_ns %llu\n", (unsigned long long)vcpu_cpu_time_ns(vm));
+	fprintf(out, "vcpu_blocked %s\n",
+		__atomic_load_n(&vm->vcpu_blocked, __ATOMIC_RELAXED) ? "yes" : "no");
+	fprintf(out, "vcpu_host_cpu %d\n", vcpu_host_cpu(vm));
 	fprintf(out, "started_unix %llu\n", (unsigned long long)control_server_started_unix(vm));
 	fprintf(out, "memory_bytes %llu\n", (unsigned long long)vm->mem.size_bytes);
 	fprintf(out, "vcpus %u\n", config->vcpus ? config->vcpus : 1);

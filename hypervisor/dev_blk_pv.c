@@ -17,6 +17,7 @@
 
 #include "devices.h"
 #include "disk.h"
+#include "disk_overlay.h"
 #include "kapsel/blk.h"
 #include "log.h"
 #include "ring_backend.h"
@@ -216,6 +217,8 @@ static void blk_pv_publish(struct blk_pv *b)
 
 /* ---- Submission ------------------------------------------------------------ */
 
+static void blk_pv_complete_io(struct blk_pv *b, struct blk_pv_slot *slot, int res);
+
 static struct io_uring_sqe *blk_pv_get_sqe(struct blk_pv *b)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&b->uring);
@@ -261,9 +264,45 @@ static void blk_pv_prepare_zero_chunk(struct blk_pv *b, struct blk_pv_slot *slot
 	slot->iov_count = (uint8_t)n;
 }
 
+/*
+ * A disk on a copy-on-write overlay (a snapshot or clone; disk_overlay.h):
+ * each block may live in another file, so the I/O goes through the disk
+ * layer, synchronously on this thread, and completes at once.
+ */
+static void blk_pv_overlay_io(struct blk_pv *b, struct blk_pv_slot *slot)
+{
+	const struct iovec *iov = &slot->iov[slot->iov_first];
+	ssize_t res = 0;
+	switch (slot->op) {
+	case KAPSEL_BLK_OP_READ:
+		res = disk_image_preadv(&b->disk, iov, slot->iov_count, slot->offset_bytes);
+		break;
+	case KAPSEL_BLK_OP_WRITE:
+		res = disk_image_pwritev(&b->disk, iov, slot->iov_count, slot->offset_bytes);
+		break;
+	case KAPSEL_BLK_OP_FLUSH:
+		res = disk_image_sync(&b->disk);
+		break;
+	case KAPSEL_BLK_OP_DISCARD:
+		res = 0; /* a hint; punching would expose the base */
+		break;
+	case KAPSEL_BLK_OP_WRITE_ZEROES:
+		res = disk_image_write_zeroes(&b->disk, slot->offset_bytes, slot->remaining_bytes);
+		if (res == 0 && slot->zero_fill)
+			res = (ssize_t)slot->remaining_bytes;
+		break;
+	}
+	b->io_in_flight++;
+	blk_pv_complete_io(b, slot, res > INT32_MAX ? INT32_MAX : (int)res);
+}
+
 /* Queue the (next part of the) I/O for slot.  Returns false if no SQE. */
 static bool blk_pv_submit_io(struct blk_pv *b, struct blk_pv_slot *slot)
 {
+	if (b->disk.overlay) {
+		blk_pv_overlay_io(b, slot);
+		return true;
+	}
 	struct io_uring_sqe *sqe = blk_pv_get_sqe(b);
 	if (!sqe)
 		return false;
@@ -428,7 +467,7 @@ static int blk_pv_validate(struct blk_pv *b, const struct kapsel_blk_request *re
 		if (seg->gpa % KAPSEL_BLK_SECTOR_BYTES || seg->length_bytes == 0 ||
 		    seg->length_bytes % KAPSEL_BLK_SECTOR_BYTES)
 			goto malformed;
-		void *host = guest_memory_translate(&b->dev.vm->mem, seg->gpa, seg->length_bytes);
+		void *host = guest_memory_translate_guest(&b->dev.vm->mem, seg->gpa, seg->length_bytes);
 		if (!host) {
 			disk_stats_malformed(&b->disk);
 			return -KAPSEL_EFAULT;
@@ -642,7 +681,6 @@ static void blk_pv_report_stats(struct blk_pv *b)
 static bool blk_pv_poll(struct blk_pv *b)
 {
 	uint64_t deadline = vm_clock_ns(b->dev.vm) + b->poll_ns;
-	unsigned spins = 0;
 	do {
 		for (unsigned i = 0; i < 64; i++) {
 			/* IORING_SQ_TASKRUN: completions wait for us to enter
@@ -653,9 +691,7 @@ static bool blk_pv_poll(struct blk_pv *b)
 				return true;
 			_mm_pause();
 		}
-		spins++;
 	} while (vm_clock_ns(b->dev.vm) < deadline);
-	(void)spins;
 	return false;
 }
 

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "disk_overlay.h"
 #include "kapsel/abi.h"
 
 #define NS_PER_SECOND 1000000000ull
@@ -93,6 +94,12 @@ static int open_error(char *error, size_t error_len, int err, const char *fmt, .
 int disk_image_open(struct disk_image *disk, const struct vm_disk_config *config,
 		    uint64_t now_ns, char *error, size_t error_len)
 {
+	return disk_image_open_depth(disk, config, now_ns, 0, error, error_len);
+}
+
+int disk_image_open_depth(struct disk_image *disk, const struct vm_disk_config *config,
+			  uint64_t now_ns, unsigned depth, char *error, size_t error_len)
+{
 	struct stat st;
 	int flags = O_CLOEXEC | (config->readonly ? O_RDONLY : O_RDWR);
 	int err;
@@ -141,6 +148,10 @@ int disk_image_open(struct disk_image *disk, const struct vm_disk_config *config
 				 config->path);
 		goto fail;
 	}
+	/* A copy-on-write overlay reads through to its base chain. */
+	err = disk_overlay_attach(disk, config, depth, error, error_len);
+	if (err)
+		goto fail;
 	disk->path = strdup(config->path);
 	disk->readonly = config->readonly;
 	disk->direct = config->cache == VM_DISK_CACHE_NONE;
@@ -162,6 +173,7 @@ void disk_image_close(struct disk_image *disk)
 		/* Unlock explicitly: io_uring may keep a reference to the file
 		 * for a moment after close, and the lock lives as long as the
 		 * file does (a restarted VM would find its image locked). */
+		disk_overlay_detach(disk);
 		flock(disk->fd, LOCK_UN);
 		close(disk->fd);
 		pthread_mutex_destroy(&disk->lock);

@@ -51,9 +51,12 @@ struct disk_stats {
 	uint64_t latency_us[DISK_LATENCY_BUCKETS];
 };
 
+struct disk_overlay;
+
 struct disk_image {
 	char *path;
 	int fd;
+	struct disk_overlay *overlay; /* copy-on-write overlay (disk_overlay.h), or NULL */
 	bool readonly;
 	bool direct;           /* O_DIRECT (cache=none) */
 	uint64_t size_bytes;
@@ -73,6 +76,10 @@ struct disk_image {
  */
 int disk_image_open(struct disk_image *disk, const struct vm_disk_config *config,
 		    uint64_t now_ns, char *error, size_t error_len);
+
+/* disk_image_open for the depth-th base of an overlay chain (disk_overlay.c). */
+int disk_image_open_depth(struct disk_image *disk, const struct vm_disk_config *config,
+			  uint64_t now_ns, unsigned depth, char *error, size_t error_len);
 
 void disk_image_close(struct disk_image *disk);
 

@@ -78,6 +78,14 @@ void *guest_memory_translate(const struct guest_memory *mem, uint64_t gpa,
 	return mem->host_base + gpa;
 }
 
+void *guest_memory_translate_guest(const struct guest_memory *mem, uint64_t gpa,
+				   uint64_t length_bytes)
+{
+	if (gpa < mem->guest_floor_gpa)
+		return NULL;
+	return guest_memory_translate(mem, gpa, length_bytes);
+}
+
 int guest_memory_parse_size(const char *text, uint64_t *size_bytes)
 {
 	char *end;

@@ -9,6 +9,9 @@ struct guest_memory {
 	int memfd;            /* backing file: can be saved, shared, cloned */
 	uint8_t *host_base;   /* MAP_SHARED mapping of the whole memfd */
 	uint64_t size_bytes;  /* guest RAM size, GPA 0 .. size_bytes-1 */
+	/* Guest-supplied addresses below this belong to the hypervisor's
+	 * tables (page tables, GDT, IDT, TSS): see guest_memory_translate_guest. */
+	uint64_t guest_floor_gpa;
 };
 
 /* Smallest and largest RAM a VM may have. */
@@ -40,6 +43,15 @@ void guest_memory_clear(struct guest_memory *mem);
  */
 void *guest_memory_translate(const struct guest_memory *mem, uint64_t gpa,
 			     uint64_t length_bytes);
+
+/*
+ * Translate an address the guest supplied (hypercall argument, ring,
+ * DMA segment): as guest_memory_translate, but also refuses any range that
+ * starts below guest_floor_gpa, so a guest can never make the hypervisor
+ * write its page tables, descriptor tables or TSS I/O bitmap for it.
+ */
+void *guest_memory_translate_guest(const struct guest_memory *mem, uint64_t gpa,
+				   uint64_t length_bytes);
 
 /*
  * Parse a memory size such as "64M", "1G", "65536K" or "67108864" (bytes)

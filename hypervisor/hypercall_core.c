@@ -18,7 +18,7 @@
 static int64_t hc_abi_info(struct kapsel_vm *vm, const uint64_t args[])
 {
 	struct kapsel_abi_info *info =
-		guest_memory_translate(&vm->mem, args[0], sizeof(*info));
+		guest_memory_translate_guest(&vm->mem, args[0], sizeof(*info));
 	if (!info)
 		return -KAPSEL_EFAULT;
 	struct kapsel_abi_info reply = {
@@ -37,7 +37,7 @@ static int64_t hc_console_write(struct kapsel_vm *vm, const uint64_t args[])
 	uint64_t length = args[1];
 	if (length > CONSOLE_CHUNK_MAX_BYTES)
 		length = CONSOLE_CHUNK_MAX_BYTES;
-	const void *data = guest_memory_translate(&vm->mem, args[0], length);
+	const void *data = guest_memory_translate_guest(&vm->mem, args[0], length);
 	if (!data)
 		return -KAPSEL_EFAULT;
 	console_write(&vm->console, data, length);
@@ -49,7 +49,7 @@ static int64_t hc_console_read(struct kapsel_vm *vm, const uint64_t args[])
 	uint64_t length = args[1];
 	if (length > CONSOLE_CHUNK_MAX_BYTES)
 		length = CONSOLE_CHUNK_MAX_BYTES;
-	void *data = guest_memory_translate(&vm->mem, args[0], length);
+	void *data = guest_memory_translate_guest(&vm->mem, args[0], length);
 	if (!data)
 		return -KAPSEL_EFAULT;
 	return (int64_t)console_read(&vm->console, data, length);
@@ -83,7 +83,7 @@ static int64_t hc_shutdown(struct kapsel_vm *vm, const uint64_t args[])
 static int64_t hc_time_info(struct kapsel_vm *vm, const uint64_t args[])
 {
 	struct kapsel_time_info *out =
-		guest_memory_translate(&vm->mem, args[0], sizeof(*out));
+		guest_memory_translate_guest(&vm->mem, args[0], sizeof(*out));
 	if (!out)
 		return -KAPSEL_EFAULT;
 	struct {
@@ -156,6 +156,13 @@ static bool valid_port(struct kapsel_vm *vm, uint64_t port)
 	return port < KAPSEL_EVTCHN_COUNT && vm->evtchn[port].allocated;
 }
 
+/* A channel the guest allocated itself: the reserved control channel can
+ * only be masked and unmasked, never bound, sent on or closed. */
+static bool guest_owned_port(struct kapsel_vm *vm, uint64_t port)
+{
+	return valid_port(vm, port) && port != KAPSEL_EVTCHN_CONTROL;
+}
+
 static int64_t hc_evtchn_alloc(struct kapsel_vm *vm, const uint64_t args[])
 {
 	(void)args;
@@ -178,7 +185,7 @@ static int64_t hc_evtchn_alloc(struct kapsel_vm *vm, const uint64_t args[])
 static int64_t hc_evtchn_bind_device(struct kapsel_vm *vm, const uint64_t args[])
 {
 	uint64_t port = args[0], index = args[1];
-	if (!valid_port(vm, port) || index >= vm->device_count)
+	if (!guest_owned_port(vm, port) || index >= vm->device_count)
 		return -KAPSEL_EINVAL;
 	if (vm->evtchn[port].bound_device >= 0)
 		return -KAPSEL_EBUSY;
@@ -193,7 +200,7 @@ static int64_t hc_evtchn_bind_device(struct kapsel_vm *vm, const uint64_t args[]
 static int64_t hc_evtchn_send(struct kapsel_vm *vm, const uint64_t args[])
 {
 	uint64_t port = args[0];
-	if (!valid_port(vm, port))
+	if (!guest_owned_port(vm, port))
 		return -KAPSEL_EINVAL;
 	int index = vm->evtchn[port].bound_device;
 	if (index < 0) {
@@ -228,7 +235,7 @@ static int64_t hc_evtchn_mask(struct kapsel_vm *vm, const uint64_t args[])
 static int64_t hc_evtchn_close(struct kapsel_vm *vm, const uint64_t args[])
 {
 	uint64_t port = args[0];
-	if (!valid_port(vm, port))
+	if (!guest_owned_port(vm, port))
 		return -KAPSEL_EINVAL;
 	int index = vm->evtchn[port].bound_device;
 	if (index >= 0)
@@ -242,7 +249,7 @@ static int64_t hc_device_setup(struct kapsel_vm *vm, const uint64_t args[])
 	uint64_t index = args[0];
 	if (index >= vm->device_count)
 		return -KAPSEL_ENODEV;
-	const void *shared = guest_memory_translate(&vm->mem, args[1],
+	const void *shared = guest_memory_translate_guest(&vm->mem, args[1],
 						    sizeof(struct kapsel_device_setup));
 	if (!shared)
 		return -KAPSEL_EFAULT;

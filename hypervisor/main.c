@@ -31,6 +31,7 @@ static void usage(FILE *out)
 		"  control   send any request to a VM's control socket\n"
 		"\n"
 		"  save      save a running VM to a state directory (stop or continue)\n"
+		"  snapshot  save a running VM and freeze its disks; it goes on on overlays\n"
 		"  restore   run a saved VM from exactly where it was\n"
 		"  clone     start N copies of a saved VM that share its memory\n"
 		"  inspect   check and decode a saved VM state offline\n"
@@ -61,6 +62,7 @@ static const struct verb verbs[] = {
 	{ "dumpxml", cli_dumpxml, cli_dumpxml_usage },
 	{ "control", cli_control, cli_control_usage },
 	{ "save", cli_save, cli_save_usage },
+	{ "snapshot", cli_snapshot, cli_snapshot_usage },
 	{ "restore", cli_restore, cli_restore_usage },
 	{ "clone", cli_clone, cli_clone_usage },
 	{ "inspect", cli_inspect, cli_inspect_usage },

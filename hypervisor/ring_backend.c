@@ -15,7 +15,7 @@ static int map_checked(struct ring_backend *ring, struct kapsel_ring_header *hea
 	if (ring_gpa % page || ring_pages == 0 || ring_pages > (1u << 20))
 		return -KAPSEL_EINVAL;
 	uint64_t ring_bytes = (uint64_t)ring_pages * page;
-	uint8_t *base = guest_memory_translate(mem, ring_gpa, ring_bytes);
+	uint8_t *base = guest_memory_translate_guest(mem, ring_gpa, ring_bytes);
 	if (!base)
 		return -KAPSEL_EFAULT;
 

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "disk_overlay.h"
 #include "log.h"
 #include "vcpu_state.h"
 #include "vm.h"
@@ -244,16 +245,21 @@ void snapshot_resume_devices(struct kapsel_vm *vm)
 			vm->devices[i]->ops->resume(vm->devices[i]);
 }
 
+/* A snapshot in progress: the frozen image of each disk (NULL: none). */
+static const char *const *frozen_disk_paths;
+
 static void write_disk_records(struct kapsel_vm *vm, struct vm_state_writer *out)
 {
 	for (unsigned i = 0; i < vm->config->disk_count; i++) {
 		const struct vm_disk_config *d = &vm->config->disks[i];
-		char *path = absolute_path(d->path);
+		bool frozen = frozen_disk_paths && frozen_disk_paths[i];
+		char *path = absolute_path(frozen ? frozen_disk_paths[i] : d->path);
 		const char *p = path ? path : d->path;
 		struct vm_state_disk rec = {
 			.index = i,
 			.bus = d->bus,
 			.readonly = d->readonly,
+			.flags = frozen ? VM_STATE_DISK_FROZEN : 0,
 			.path_bytes = (uint32_t)strlen(p),
 		};
 		struct stat st;
@@ -267,8 +273,8 @@ static void write_disk_records(struct kapsel_vm *vm, struct vm_state_writer *out
 	}
 }
 
-int snapshot_write_vm_records(struct kapsel_vm *vm, struct vm_state_writer *out, char *error,
-			      size_t error_len)
+int snapshot_write_vm_header(struct kapsel_vm *vm, struct vm_state_writer *out, char *error,
+			     size_t error_len)
 {
 	const uint32_t M = VM_STATE_RECORD_MANDATORY;
 	struct vm_state_vm_info info = {
@@ -292,7 +298,15 @@ int snapshot_write_vm_records(struct kapsel_vm *vm, struct vm_state_writer *out,
 		return fail(error, error_len, -ENOMEM, "out of memory");
 	vm_state_put(out, VM_STATE_CONFIG, M, config_text, config_bytes);
 	free(config_text);
+	return out->error ? fail(error, error_len, out->error, "cannot write the VM state: %s",
+				 strerror(-out->error))
+			  : 0;
+}
 
+int snapshot_write_vm_body(struct kapsel_vm *vm, struct vm_state_writer *out, char *error,
+			   size_t error_len)
+{
+	const uint32_t M = VM_STATE_RECORD_MANDATORY;
 	int err = vcpu_state_save(vm, out, error, error_len);
 	if (err)
 		return err;
@@ -327,6 +341,13 @@ int snapshot_write_vm_records(struct kapsel_vm *vm, struct vm_state_writer *out,
 		return fail(error, error_len, out->error, "cannot write the VM state: %s",
 			    strerror(-out->error));
 	return 0;
+}
+
+int snapshot_write_vm_records(struct kapsel_vm *vm, struct vm_state_writer *out, char *error,
+			      size_t error_len)
+{
+	int err = snapshot_write_vm_header(vm, out, error, error_len);
+	return err ? err : snapshot_write_vm_body(vm, out, error, error_len);
 }
 
 static void write_domain_xml(struct kapsel_vm *vm, struct vm_state_dir_txn *txn)
@@ -407,6 +428,131 @@ abort:
 	snapshot_resume_devices(vm);
 	vm_state_dir_abort(&txn);
 	return err;
+}
+
+/* ---- Snapshots: freeze the disks, go on on overlays -------------------------- */
+
+/* "<stem>@<unix ms>[-n].kovl" next to path, where stem is path without an
+ * earlier "@....kovl" suffix: a new overlay file that does not exist yet. */
+static char *overlay_name(const char *path, const char *tag)
+{
+	char *stem = strdup(path);
+	if (!stem)
+		return NULL;
+	char *at = strrchr(stem, '@');
+	size_t len = strlen(stem);
+	if (at && len > 5 && strcmp(stem + len - 5, ".kovl") == 0 && !strchr(at, '/'))
+		*at = '\0';
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	unsigned long long ms = (unsigned long long)now.tv_sec * 1000ull +
+				(unsigned long long)now.tv_nsec / 1000000ull;
+	char *name = NULL;
+	for (unsigned n = 0; n < 1000; n++) {
+		free(name);
+		name = NULL;
+		if (asprintf(&name, "%s@%s%s%llu%s%.0u.kovl", stem, tag ? tag : "", tag ? "-" : "", ms,
+			     n ? "-" : "", n) < 0) {
+			name = NULL;
+			break;
+		}
+		if (access(name, F_OK) != 0)
+			break;
+	}
+	free(stem);
+	return name;
+}
+
+int snapshot_take(struct kapsel_vm *vm, const char *path, struct snapshot_save_stats *stats,
+		  char *error, size_t error_len)
+{
+	const char *frozen[VM_CONFIG_MAX_DISKS] = { 0 };
+	char *owned[VM_CONFIG_MAX_DISKS] = { 0 };
+	int err = 0;
+
+	snapshot_quiesce_devices(vm);
+	for (unsigned i = 0; i < vm->device_count && !err; i++) {
+		struct kapsel_device *dev = vm->devices[i];
+		unsigned unit = dev->desc.unit;
+		if (!dev->ops->disk_image || unit >= vm->config->disk_count)
+			continue;
+		struct disk_image *disk = dev->ops->disk_image(dev);
+		if (!disk)
+			continue;
+		owned[unit] = strdup(disk->path);
+		if (disk->readonly) {
+			/* Nothing changes a read-only disk: it is frozen as is. */
+			frozen[unit] = owned[unit];
+			continue;
+		}
+		char *overlay = overlay_name(disk->path, NULL);
+		char *config_path = overlay ? strdup(overlay) : NULL;
+		if (!overlay || !config_path || !owned[unit]) {
+			free(overlay);
+			free(config_path);
+			err = fail(error, error_len, -ENOMEM, "out of memory");
+			break;
+		}
+		char detail[512];
+		err = disk_image_push_overlay(disk, overlay, detail, sizeof(detail));
+		free(overlay);
+		if (err) {
+			free(config_path);
+			fail(error, error_len, err, "disk %u: %s", unit, detail);
+			break;
+		}
+		free(vm->config->disks[unit].path);
+		vm->config->disks[unit].path = config_path;
+		frozen[unit] = owned[unit];
+		kapsel_debug("disk %u: '%s' frozen for the snapshot, the VM goes on on '%s'", unit,
+			     owned[unit], config_path);
+	}
+	if (!err) {
+		frozen_disk_paths = frozen;
+		err = snapshot_save(vm, path, stats, error, error_len);
+		frozen_disk_paths = NULL;
+	}
+	snapshot_resume_devices(vm);
+	for (unsigned i = 0; i < VM_CONFIG_MAX_DISKS; i++)
+		free(owned[i]);
+	return err;
+}
+
+int snapshot_prepare_disks(const struct vm_state_records *state, struct vm_config *config,
+			   bool overlay_all, const char *tag, char *error, size_t error_len)
+{
+	size_t position = 0;
+	const struct vm_state_stored_record *rec;
+	while ((rec = vm_state_find(state, VM_STATE_DISK, &position)) != NULL) {
+		struct vm_state_disk disk;
+		if (rec->length_bytes < sizeof(disk))
+			return fail(error, error_len, -EPROTO, "a disk record is malformed");
+		memcpy(&disk, rec->payload, sizeof(disk));
+		if (disk.index >= config->disk_count || disk.path_bytes != rec->length_bytes - sizeof(disk))
+			return fail(error, error_len, -EPROTO,
+				    "disk record %u does not match the saved definition", disk.index);
+		if (!(disk.flags & VM_STATE_DISK_FROZEN) && !overlay_all)
+			continue;
+		if (disk.readonly)
+			continue; /* shared as is */
+		char *base = strndup((const char *)rec->payload + sizeof(disk), disk.path_bytes);
+		char *overlay = base ? overlay_name(base, tag) : NULL;
+		if (!overlay) {
+			free(base);
+			return -ENOMEM;
+		}
+		char detail[512];
+		int err = disk_overlay_create(overlay, base, detail, sizeof(detail));
+		free(base);
+		if (err) {
+			free(overlay);
+			return fail(error, error_len, err, "disk %u: %s", disk.index, detail);
+		}
+		kapsel_debug("disk %u: running on the new overlay '%s'", disk.index, overlay);
+		free(config->disks[disk.index].path);
+		config->disks[disk.index].path = overlay;
+	}
+	return 0;
 }
 
 /* ---- Restoring ------------------------------------------------------------- */

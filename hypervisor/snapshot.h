@@ -32,6 +32,27 @@ int snapshot_save(struct kapsel_vm *vm, const char *path, struct snapshot_save_s
 		  char *error, size_t error_len);
 
 /*
+ * A snapshot: like snapshot_save, but first every writable disk is frozen:
+ * its current file becomes a read-only base and the VM goes on writing to
+ * a new copy-on-write overlay over it ("<image>@<time>.kovl", next to it;
+ * disk_overlay.h).  The saved state refers to the frozen files (flag
+ * VM_STATE_DISK_FROZEN), so it can be restored any number of times, each
+ * restore on an overlay of its own, while the VM runs on.  Same
+ * preconditions as snapshot_save.  Returns 0 or -errno with a message.
+ */
+int snapshot_take(struct kapsel_vm *vm, const char *path, struct snapshot_save_stats *stats,
+		  char *error, size_t error_len);
+
+/*
+ * Before creating a VM from a saved state: give every frozen disk of the
+ * state (every writable disk with overlay_all, for clones) a new overlay
+ * file next to it, named with tag, and point config's disk there.
+ * Returns 0 or -errno with a message.
+ */
+int snapshot_prepare_disks(const struct vm_state_records *state, struct vm_config *config,
+			   bool overlay_all, const char *tag, char *error, size_t error_len);
+
+/*
  * Everything a VM is besides RAM, as records (shared by save files and the
  * migration stream): VM info, config, vCPU, event channels, devices (each
  * followed by its private records), disks.  Same preconditions as
@@ -39,6 +60,12 @@ int snapshot_save(struct kapsel_vm *vm, const char *path, struct snapshot_save_s
  */
 int snapshot_write_vm_records(struct kapsel_vm *vm, struct vm_state_writer *out, char *error,
 			      size_t error_len);
+/* The two halves of snapshot_write_vm_records: VM info and definition
+ * (what a migration destination needs to create the VM), then the rest. */
+int snapshot_write_vm_header(struct kapsel_vm *vm, struct vm_state_writer *out, char *error,
+			     size_t error_len);
+int snapshot_write_vm_body(struct kapsel_vm *vm, struct vm_state_writer *out, char *error,
+			   size_t error_len);
 
 /*
  * Fill config (initialised by the caller with vm_config_init) from the

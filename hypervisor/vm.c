@@ -479,6 +479,8 @@ int vm_create(struct kapsel_vm *vm, struct vm_config *config)
 			     (unsigned long long)(config->memory_bytes >> 20), strerror(-err));
 		goto fail;
 	}
+	/* Hypercall pointers, rings and DMA may not reach the boot tables. */
+	vm->mem.guest_floor_gpa = KAPSEL_GPA_LOW_FREE;
 	struct kvm_userspace_memory_region region = {
 		.slot = 0,
 		.guest_phys_addr = 0,
@@ -715,6 +717,7 @@ int vm_run(struct kapsel_vm *vm)
 	sigaction(SIGUSR2, &sa, NULL);
 
 	vm->vcpu_thread = pthread_self();
+	vm->vcpu_tid = (int)gettid();
 	set_state(vm, VM_STATE_RUNNING);
 	vm->run->kvm_valid_regs = KVM_SYNC_X86_REGS;
 	for (;;) {

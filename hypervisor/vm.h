@@ -71,6 +71,7 @@ struct kapsel_vm {
 	uint64_t paused_total_ns;   /* time spent paused, for uptime reports */
 	uint64_t paused_since_ns;   /* vm_clock_ns when the pause began */
 	void *control;         /* struct control_server *, or NULL */
+	int vcpu_tid;          /* Linux thread id of the vCPU thread (0 before vm_run) */
 	enum vm_run_state state;
 	enum kapsel_shutdown_reason shutdown_reason;
 	int exit_code;         /* what `kapsel run` exits with */

@@ -238,6 +238,7 @@ struct vm_state_memory_done {
 _Static_assert(sizeof(struct vm_state_memory_done) == 16, "memory done layout");
 
 #define VM_STATE_DISK_OVERLAY 1u /* path is a copy-on-write overlay */
+#define VM_STATE_DISK_FROZEN 2u  /* path is frozen (snapshot): run on an overlay of it */
 struct vm_state_disk {
 	uint32_t index;       /* disk order in the definition */
 	uint32_t bus;         /* enum vm_disk_bus */

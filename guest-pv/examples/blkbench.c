@@ -23,6 +23,8 @@
  *   sink=pv|uart line_bytes=N
  *                      console mode: which console path the payload takes
  *                      (not "console=", which the runtime itself reads)
+ *   poll_ns=N          spin up to N ns for a completion before sleeping in
+ *                      the hypervisor (kg_block_set_poll_ns; default 0)
  *   sync=1             after each "BENCH mark=..." line wait for a line on
  *                      the console input before going on, so the host can
  *                      read its counters at the mark (what `kapsel bench`
@@ -45,6 +47,7 @@ struct params {
 	uint64_t seed, generation;
 	uint64_t warmup_ms, runtime_ms, warmup_ops, ops;
 	uint64_t sync;
+	uint64_t poll_ns;
 	int console_uart;
 	uint64_t line_bytes;
 };
@@ -126,6 +129,7 @@ static int parse_args(int argc, char **argv)
 			{ "warmup_ops", &params.warmup_ops },
 			{ "ops", &params.ops },
 			{ "sync", &params.sync },
+			{ "poll_ns", &params.poll_ns },
 			{ "line_bytes", &params.line_bytes },
 		};
 		int known = 0;
@@ -356,6 +360,7 @@ static int block_main(void)
 	}
 	struct kg_block_info info;
 	kg_block_get_info(device, &info);
+	kg_block_set_poll_ns(device, params.poll_ns);
 	queue_depth = (uint32_t)params.queue_depth;
 	if (info.queue_depth && queue_depth > info.queue_depth)
 		queue_depth = info.queue_depth;

@@ -27,6 +27,16 @@ int main(int argc, char **argv)
 	kg_assert(r == -KAPSEL_EFAULT);
 	r = kg_hypercall(KAPSEL_HC_TIME_INFO, 1ull << 60, 0, 0, 0, 0);
 	kg_assert(r == -KAPSEL_EFAULT);
+	/* The hypervisor's tables below KAPSEL_GPA_LOW_FREE are not a valid
+	 * target either: the guest cannot have its page tables (0x10000) or
+	 * TSS I/O bitmap (0x3000) written for it. */
+	r = kg_hypercall(KAPSEL_HC_TIME_INFO, 0x10000, 0, 0, 0, 0);
+	kg_printf("time info into the page tables -> %lld\n", (long long)r);
+	kg_assert(r == -KAPSEL_EFAULT);
+	r = kg_hypercall(KAPSEL_HC_CONSOLE_READ, 0x3000, 64, 0, 0, 0);
+	kg_assert(r == -KAPSEL_EFAULT);
+	r = kg_hypercall(KAPSEL_HC_ABI_INFO, KAPSEL_GPA_LOW_FREE - 8, 0, 0, 0, 0);
+	kg_assert(r == -KAPSEL_EFAULT);
 	r = kg_hypercall(KAPSEL_HC_SHUTDOWN, 77, 0, 0, 0, 0);
 	kg_assert(r == -KAPSEL_EINVAL);
 
@@ -57,6 +67,11 @@ int main(int argc, char **argv)
 	kg_assert(kg_hc_evtchn_send((uint32_t)port) == -KAPSEL_EINVAL);
 	kg_assert(kg_hc_evtchn_send(100000) == -KAPSEL_EINVAL);
 	kg_assert(kg_hc_evtchn_bind_device(0, 9999) == -KAPSEL_EINVAL);
+	/* The reserved control channel is the hypervisor's: only masking. */
+	kg_assert(kg_hc_evtchn_bind_device(KAPSEL_EVTCHN_CONTROL, 0) == -KAPSEL_EINVAL);
+	kg_assert(kg_hc_evtchn_send(KAPSEL_EVTCHN_CONTROL) == -KAPSEL_EINVAL);
+	kg_assert(kg_hc_evtchn_close(KAPSEL_EVTCHN_CONTROL) == -KAPSEL_EINVAL);
+	kg_assert(kg_hc_evtchn_mask(KAPSEL_EVTCHN_CONTROL, 1) == 1);
 
 	/* Device setup with a bad device or pointer is refused. */
 	kg_assert(kg_hypercall(KAPSEL_HC_DEVICE_SETUP, 9999, 0, 0, 0, 0) == -KAPSEL_ENODEV);

@@ -217,7 +217,7 @@ struct kapsel_device_desc {
 	uint16_t io_base;  /* emulated devices: first I/O port */
 	uint16_t io_ctl;   /* emulated devices: control port (ATA 0x3f6) */
 	uint16_t doorbell_port; /* PV ring devices: ioeventfd port, else 0 */
-	uint16_t unit;     /* nth device of its type (disk 0, disk 1, ...) */
+	uint16_t unit;     /* disks: index in the VM definition (PV and ATA share it) */
 	uint64_t capacity_sectors; /* block devices, 512-byte sectors */
 	uint64_t _reserved[2];
 };

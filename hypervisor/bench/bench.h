@@ -63,6 +63,8 @@ struct bench_options {
 	bool chart;
 	bool verbose;
 	uint64_t seed;
+	uint64_t pv_guest_poll_ns;   /* guest spins this long for a completion */
+	uint64_t pv_backend_poll_ns; /* backend polls the ring this long (poll=) */
 };
 
 /* ---- Options (bench_options.c) ------------------------------------------- */
@@ -261,7 +263,7 @@ enum bench_status { BENCH_STATUS_SKIPPED, BENCH_STATUS_OK, BENCH_STATUS_UNAVAILA
 
 struct bench_path_result {
 	enum bench_status status;
-	char message[256];
+	char message[256];                  /* why not ok, or a note when ok */
 	struct bench_run *runs;             /* options->repeat entries, or NULL */
 	unsigned run_count, ok_count;
 	struct bench_stat stats[BENCH_M_COUNT];

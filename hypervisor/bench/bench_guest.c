@@ -473,12 +473,13 @@ static void build_cmdline(const struct bench_job *job, char *out, size_t len)
 		return;
 	}
 	snprintf(out, len,
-		 "mode=blk path=%s random=%d readpct=%u bs=%u qd=%u region=%llu seed=%llu gen=%u warmup_ms=%llu runtime_ms=%llu warmup_ops=%llu ops=%llu sync=1",
+		 "mode=blk path=%s random=%d readpct=%u bs=%u qd=%u region=%llu seed=%llu gen=%u warmup_ms=%llu runtime_ms=%llu warmup_ops=%llu ops=%llu poll_ns=%llu sync=1",
 		 emulated ? "ata" : "pv", w->random ? 1 : 0, w->read_percent, w->block_bytes,
 		 job->iodepth, (unsigned long long)job->region_bytes, (unsigned long long)job->seed,
 		 job->generation, (unsigned long long)(job->warmup_ns / 1000000),
 		 (unsigned long long)(job->runtime_ns / 1000000), (unsigned long long)job->warmup_ops,
-		 (unsigned long long)job->ops);
+		 (unsigned long long)job->ops,
+		 (unsigned long long)(emulated ? 0 : job->options->pv_guest_poll_ns));
 }
 
 int bench_guest_run(const struct bench_job *job, struct bench_run *run)
@@ -501,8 +502,11 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 	memory_bytes = (memory_bytes + (2u << 20) - 1) & ~((2ull << 20) - 1);
 	snprintf(memory, sizeof(memory), "%lluM", (unsigned long long)(memory_bytes >> 20));
 	snprintf(name, sizeof(name), "bench-%s", emulated ? "emulated" : "pv");
-	snprintf(disk, sizeof(disk), "%s,bus=%s,cache=%s", job->disk_path, emulated ? "ata" : "pv",
-		 job->cache == BENCH_CACHE_NONE ? "none" : "writeback");
+	int n = snprintf(disk, sizeof(disk), "%s,bus=%s,cache=%s", job->disk_path,
+			 emulated ? "ata" : "pv", job->cache == BENCH_CACHE_NONE ? "none" : "writeback");
+	if (!emulated && options->pv_backend_poll_ns >= 1000 && n > 0 && (size_t)n < sizeof(disk))
+		snprintf(disk + n, sizeof(disk) - (size_t)n, ",poll=%llu",
+			 (unsigned long long)(options->pv_backend_poll_ns / 1000));
 	snprintf(stats_path, sizeof(stats_path), "%s/stats-%d", job->work_dir, (int)getpid());
 	build_cmdline(job, cmdline, sizeof(cmdline));
 

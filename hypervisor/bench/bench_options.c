@@ -21,14 +21,21 @@
 #define CONSOLE_LINE_BYTES 80u
 #define RANDRW_READ_PERCENT 70u
 
-#define QUICK_SIZE_BYTES (8ull << 20)
-#define QUICK_OPS 48u
-#define QUICK_WARMUP_OPS 8u
+#define DEFAULT_GUEST_POLL_NS 0ull
+#define DEFAULT_GUEST_POLL_TEXT "0"
+#define DEFAULT_BACKEND_POLL_NS 0ull
+#define DEFAULT_BACKEND_POLL_TEXT "0"
+#define MAX_POLL_NS 1000000000ull
+
+#define QUICK_SIZE_BYTES (4ull << 20)
+#define QUICK_OPS 24u
+#define QUICK_WARMUP_OPS 4u
 
 static const char *const default_workloads =
 	"read-1M,write-1M,read-128K,write-128K,randread-4K,randwrite-4K,randrw-4K,console";
+/* Small writes: the emulated disk takes an exit per 32-bit word written. */
 static const char *const quick_workloads =
-	"write-128K,randwrite-4K,randrw-4K,read-128K,randread-4K,console";
+	"write-8K,randwrite-4K,randrw-4K,read-64K,randread-4K,console";
 
 void bench_usage(FILE *out)
 {
@@ -76,6 +83,10 @@ void bench_usage(FILE *out)
 		"      --no-chart           do not draw the chart\n"
 		"      --kapsel FILE        kapsel binary for guest runs (default: this one)\n"
 		"      --guest FILE         bench guest (default: blkbench.elf of this build)\n"
+		"      --pv-guest-poll TIME the PV guest spins this long for a completion before\n"
+		"                           it sleeps in the hypervisor (default %s)\n"
+		"      --pv-backend-poll TIME the PV backend polls the ring this long before it\n"
+		"                           sleeps (kapsel run --disk ...,poll=US; default %s)\n"
 		"      --seed N             seed of the random offsets (default 42)\n"
 		"  -v, --verbose            show every run as it happens\n"
 		"  -h, --help               show this help\n"
@@ -83,7 +94,8 @@ void bench_usage(FILE *out)
 		"Example:\n"
 		"  kapsel bench --workloads randread-4K,read-1M --iodepths 1,32 --repeat 5\n",
 		default_workloads, BENCH_MAX_IODEPTH, DEFAULT_OUTPUT_DIR,
-		(unsigned long long)(QUICK_SIZE_BYTES >> 20), QUICK_OPS);
+		(unsigned long long)(QUICK_SIZE_BYTES >> 20), QUICK_OPS, DEFAULT_GUEST_POLL_TEXT,
+		DEFAULT_BACKEND_POLL_TEXT);
 }
 
 static int fail(char *error, size_t error_len, const char *fmt, ...)
@@ -229,6 +241,8 @@ void bench_options_init(struct bench_options *options)
 	options->fio = true;
 	options->chart = true;
 	options->seed = 42;
+	options->pv_guest_poll_ns = DEFAULT_GUEST_POLL_NS;
+	options->pv_backend_poll_ns = DEFAULT_BACKEND_POLL_NS;
 }
 
 void bench_options_free(struct bench_options *options)
@@ -354,7 +368,7 @@ int bench_options_parse(struct bench_options *options, int argc, char **argv, FI
 		OPT_DISK = 256, OPT_SIZE, OPT_WORKLOADS, OPT_RUNTIME, OPT_WARMUP,
 		OPT_EMULATED_RUNTIME, OPT_OPS, OPT_REPEAT, OPT_IODEPTHS, OPT_CACHE, OPT_PATHS,
 		OPT_FORMAT, OPT_OUTPUT_DIR, OPT_CONSOLE_OUTPUT, OPT_QUICK, OPT_NO_FIO, OPT_NO_CHART,
-		OPT_KAPSEL, OPT_GUEST, OPT_SEED,
+		OPT_KAPSEL, OPT_GUEST, OPT_SEED, OPT_GUEST_POLL, OPT_BACKEND_POLL,
 	};
 	static const struct option long_options[] = {
 		{ "disk", required_argument, NULL, OPT_DISK },
@@ -378,6 +392,8 @@ int bench_options_parse(struct bench_options *options, int argc, char **argv, FI
 		{ "kapsel", required_argument, NULL, OPT_KAPSEL },
 		{ "guest", required_argument, NULL, OPT_GUEST },
 		{ "seed", required_argument, NULL, OPT_SEED },
+		{ "pv-guest-poll", required_argument, NULL, OPT_GUEST_POLL },
+		{ "pv-backend-poll", required_argument, NULL, OPT_BACKEND_POLL },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -510,6 +526,18 @@ int bench_options_parse(struct bench_options *options, int argc, char **argv, FI
 		case OPT_SEED:
 			if (bench_parse_size(optarg, &options->seed) < 0)
 				return fail(error, error_len, "--seed '%s' is not a number", optarg);
+			break;
+		case OPT_GUEST_POLL:
+			if (bench_parse_duration(optarg, &options->pv_guest_poll_ns) < 0 ||
+			    options->pv_guest_poll_ns > MAX_POLL_NS)
+				return fail(error, error_len,
+					    "--pv-guest-poll '%s' is not a valid time; give 0-1s, e.g. 50us", optarg);
+			break;
+		case OPT_BACKEND_POLL:
+			if (bench_parse_duration(optarg, &options->pv_backend_poll_ns) < 0 ||
+			    options->pv_backend_poll_ns > MAX_POLL_NS)
+				return fail(error, error_len,
+					    "--pv-backend-poll '%s' is not a valid time; give 0-1s, e.g. 50us", optarg);
 			break;
 		case 'v':
 			options->verbose = true;

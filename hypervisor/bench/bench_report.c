@@ -140,7 +140,7 @@ static void table_path_line(FILE *out, const struct bench_path_result *r, enum b
 	char spread_text[24] = "-";
 	if (isfinite(spread) && r->stats[BENCH_M_MBPS].n > 1)
 		snprintf(spread_text, sizeof(spread_text), "%.1f%%", spread * 100);
-	fprintf(out, " %9s %6s %9s %8s %8s %8s %9s %8s %9s %9s\n",
+	fprintf(out, " %9s %6s %9s %8s %8s %8s %9s %8s %9s %9s%s%s\n",
 		num(a, sizeof(a), r->stats[BENCH_M_MBPS].median), spread_text,
 		num(b, sizeof(b), r->stats[BENCH_M_IOPS].median),
 		num(c, sizeof(c), r->stats[BENCH_M_LAT_P50_US].median),
@@ -149,7 +149,8 @@ static void table_path_line(FILE *out, const struct bench_path_result *r, enum b
 		path == BENCH_PATH_NATIVE ? "-" : num(f, sizeof(f), r->stats[BENCH_M_EXITS_PER_OP].median),
 		path == BENCH_PATH_NATIVE ? "-" : num(g, sizeof(g), r->stats[BENCH_M_NOTIFICATIONS_PER_OP].median),
 		num(h, sizeof(h), r->stats[BENCH_M_CPU_US_PER_OP].median),
-		path == BENCH_PATH_NATIVE ? "-" : num(k, sizeof(k), r->stats[BENCH_M_VCPU_CPU_US_PER_OP].median));
+		path == BENCH_PATH_NATIVE ? "-" : num(k, sizeof(k), r->stats[BENCH_M_VCPU_CPU_US_PER_OP].median),
+		r->message[0] ? "  note: " : "", r->message);
 }
 
 static void exits_text(const struct bench_path_result *r, char *out, size_t len)
@@ -203,8 +204,10 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 			     "          emulated path: %.0f ms after %.0f ms (it costs about one VM exit per sector)\n",
 			options->repeat, options->runtime_ns / 1e6, options->warmup_ns / 1e6,
 			options->emulated_runtime_ns / 1e6, options->emulated_warmup_ns / 1e6);
-	fprintf(out, "paths:    native = host io_uring on the image; pv = blkbench.elf, disk on bus=pv;\n"
-		     "          emulated = the same guest, disk on bus=ata (PIO, no queue: depth 1)\n\n");
+	fprintf(out, "paths:    native = host io_uring on the image; pv = blkbench.elf, disk on bus=pv\n"
+		     "          (guest polls %.0f us, backend polls %.0f us before sleeping);\n"
+		     "          emulated = the same guest, disk on bus=ata (PIO, no queue: depth 1)\n\n",
+		options->pv_guest_poll_ns / 1e3, options->pv_backend_poll_ns / 1e3);
 
 	fprintf(out, "%-26s %-9s %9s %6s %9s %8s %8s %8s %9s %8s %9s %9s\n", "workload", "path", "MB/s",
 		"spread", "IOPS", "p50 us", "p99 us", "p99.9 us", "exits/op", "notif/op", "cpu us/op",
@@ -508,7 +511,7 @@ static void json_path(struct json *j, const struct bench_options *options,
 void bench_report_json(FILE *out, const struct bench_options *options,
 		       const struct bench_results *results)
 {
-	struct json j = { .out = out };
+	struct json j = { .out = out, .depth = 1 };
 	fputc('{', out);
 	json_str(&j, "tool", "kapsel bench");
 	json_str(&j, "version", KAPSEL_BENCH_VERSION);
@@ -527,6 +530,8 @@ void bench_report_json(FILE *out, const struct bench_options *options,
 	json_u64(&j, "repeat", options->repeat);
 	json_u64(&j, "seed", options->seed);
 	json_bool(&j, "quick", options->quick);
+	json_num(&j, "pv_guest_poll_us", options->pv_guest_poll_ns / 1e3);
+	json_num(&j, "pv_backend_poll_us", options->pv_backend_poll_ns / 1e3);
 	json_open(&j, "iodepths", '[');
 	for (unsigned i = 0; i < options->iodepth_count; i++)
 		json_u64(&j, NULL, options->iodepths[i]);

@@ -200,6 +200,33 @@ pv-poll)
 	expect_status 0
 	expect_in "$out" "at qd 8 ok"
 	;;
+pv-paths)
+	# Disk 0 on the PV bus, disk 1 on ATA: AUTO takes what is offered, a
+	# forced path that is not offered is -ENODEV (-19).
+	truncate -s 2M "$img"
+	truncate -s 2M "$TMP/ata.img"
+	both=(--disk "$img" --disk "$TMP/ata.img,bus=ata")
+	run_guest "$out" "$err" --kernel "$BLKTEST" "${both[@]}" --cmdline "info disk=0"
+	expect_status 0
+	expect_in "$out" "blktest info: path pv, 4096 sectors"
+	run_guest "$out" "$err" --kernel "$BLKTEST" "${both[@]}" --cmdline "info disk=1"
+	expect_status 0
+	expect_in "$out" "blktest info: path ata, 4096 sectors"
+	run_guest "$out" "$err" --kernel "$BLKTEST" "${both[@]}" --cmdline "info disk=0 path=ata"
+	expect_status 2
+	expect_in "$out" "blktest: cannot open disk 0 on path ata: error -19"
+	run_guest "$out" "$err" --kernel "$BLKTEST" "${both[@]}" --cmdline "info disk=1 path=pv"
+	expect_status 2
+	expect_in "$out" "blktest: cannot open disk 1 on path pv: error -19"
+	run_guest "$out" "$err" --kernel "$BLKTEST" "${both[@]}" --cmdline "info disk=2"
+	expect_status 2
+	# What the PV path wrote, the emulated path reads back.
+	run_guest "$out" "$err" --kernel "$BLKTEST" --disk "$img" --cmdline "write seed=8 sectors=200"
+	expect_status 0
+	run_guest "$out" "$err" --kernel "$BLKTEST" --disk "$img,bus=ata" --cmdline "verify seed=8 sectors=200 path=ata"
+	expect_status 0
+	expect_in "$out" "blktest verify: 200 sectors from 0, seed 8, all match"
+	;;
 *)
 	fail "unknown case '$1'"
 	;;

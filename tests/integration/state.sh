@@ -187,6 +187,34 @@ open(os.path.join(d, "manifest"), "wb").write(build(m))
 EOF
 }
 
+# flatten IMAGE OUT: the virtual disk IMAGE shows (a raw file, or an overlay
+# read through its chain of bases), written raw to OUT; reimplements the
+# overlay format independently of Kapsel's code.
+flatten() {
+	python3 - "$1" "$2" <<'EOF'
+import struct, sys
+def read(path):
+    data = open(path, "rb").read()
+    if data[:8] != b"KAPSOVL1":
+        return bytearray(data)
+    version, block, size, bm_off, bm_len, data_off, path_len = struct.unpack_from("<IIQQQQI", data, 8)
+    base = read(data[56:56 + path_len].decode())
+    assert len(base) == size, "base size"
+    out = bytearray(base)
+    bitmap = data[bm_off:bm_off + bm_len]
+    for b in range(len(bitmap) * 8):
+        if bitmap[b // 8] >> (b % 8) & 1:
+            start, end = b * block, min((b + 1) * block, size)
+            chunk = data[data_off + start:data_off + end]
+            out[start:end] = chunk + bytes(end - start - len(chunk))
+    return out
+open(sys.argv[2], "wb").write(read(sys.argv[1]))
+EOF
+}
+
+# The overlay a running/restored VM writes to: the newest IMAGE@*.kovl.
+newest_overlay() { ls -t "$1"@*.kovl 2>/dev/null | head -1; }
+
 # ---- cases ---------------------------------------------------------------------
 
 case "$1" in
@@ -351,6 +379,82 @@ state-control-save)
 	restore "$TMP/second"
 	expect_status 0
 	check_ticks 1 300 "$TMP/out1" "$OUT2" || fail "restore of the second save"
+	;;
+state-snapshot-disk)
+	# Two snapshots of a VM with a PV disk; the VM runs on to the end on
+	# overlays.  Each snapshot restores (twice: a roll back is repeatable)
+	# and continues from its point with a disk whose history is exactly
+	# the guest's; the frozen images never change.
+	truncate -s 1M "$TMP/disk.img"
+	name=state-snap-$$
+	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --kernel "$COUNTER" \
+		--name "$name" --disk "$TMP/disk.img" --cmdline "ticks=200 interval_ms=5" \
+		>"$TMP/out1" 2>"$TMP/err1" </dev/null &
+	PID=$!
+	wait_for_tick "$TMP/out1" 30
+	"$KAPSEL" snapshot "$name" "$TMP/s1" >"$TMP/snap1" 2>&1 || { cat "$TMP/snap1"; fail "snapshot 1"; }
+	wait_for_tick "$TMP/out1" 80
+	"$KAPSEL" snapshot "$name" "$TMP/s2" >"$TMP/snap2" 2>&1 || { cat "$TMP/snap2"; fail "snapshot 2"; }
+	STATUS=0
+	wait "$PID" || STATUS=$?
+	expect_status 0
+	expect_in "$TMP/out1" "counter done 200"
+	[ ! -w "$TMP/disk.img" ] || [ "$(id -u)" = 0 ] || fail "the frozen image is still writable"
+	[ "$(stat -c %a "$TMP/disk.img")" = 444 ] || fail "the frozen image is not mode 444"
+	top=$(newest_overlay "$TMP/disk.img")
+	flatten "$top" "$TMP/flat"
+	CHECK_DISK=$TMP/flat check_ticks 1 200 "$TMP/out1" || fail "the running VM's disk"
+	sha_base=$(sha256sum <"$TMP/disk.img")
+	for snap in s1 s2 s1; do
+		restore "$TMP/$snap"
+		expect_status 0
+		expect_in "$OUT2" "counter done 200"
+		at=$(awk '/^memory ok/ { print $NF; exit }' "$OUT2")
+		awk -v at="$at" '$1 == "tick" && $2 <= at' "$TMP/out1" >"$TMP/before"
+		flatten "$(newest_overlay "$TMP/disk.img")" "$TMP/flat"
+		CHECK_DISK=$TMP/flat check_ticks 1 200 "$TMP/before" "$OUT2" || fail "restore of $snap"
+		# The frozen image of the snapshot holds exactly the ticks up to it.
+		frozen=$("$KAPSEL" inspect "$TMP/$snap" | awk '/^disk 0:/ { sub(",", "", $3); print $3 }')
+		flatten "$frozen" "$TMP/frozen"
+		awk -v at="$at" '$1 == "tick" && $2 < at' "$TMP/out1" >"$TMP/upto"
+		DISK_TAIL_OK=1 CHECK_DISK=$TMP/frozen check_ticks 1 $((at - 1)) "$TMP/upto" ||
+			fail "frozen image of $snap"
+	done
+	[ "$(sha256sum <"$TMP/disk.img")" = "$sha_base" ] || fail "the first frozen image changed"
+	# A snapshot whose frozen image is gone is refused.
+	frozen=$("$KAPSEL" inspect "$TMP/s2" | awk '/^disk 0:/ { sub(",", "", $3); print $3 }')
+	mv "$frozen" "$TMP/gone.kovl"
+	expect_refused "$TMP/s2" "is missing"
+	;;
+state-clone)
+	# Three clones of one saved VM with a disk: each continues from the
+	# save with its own name, a new generation, its own unique id and its
+	# own disk overlay; the saved disk stays as it was.
+	truncate -s 1M "$TMP/disk.img"
+	make_saved "$TMP/save" 120 --disk "$TMP/disk.img"
+	sha_base=$(sha256sum <"$TMP/disk.img")
+	mkdir "$TMP/consoles"
+	STATUS=0
+	timeout --kill-after=5 60 "$KAPSEL" clone --count 3 --prefix cl$$ --console-dir "$TMP/consoles" \
+		"$TMP/save" >"$TMP/clone.out" 2>"$TMP/clone.err" </dev/null || STATUS=$?
+	[ "$STATUS" -eq 0 ] || { cat "$TMP/clone.err"; fail "clone exited $STATUS"; }
+	at=$(last_tick "$OUT1")
+	for i in 1 2 3; do
+		log=$TMP/consoles/cl$$-$i.log
+		expect_in "$log" "new generation 1 name cl$$-$i id"
+		expect_in "$log" "counter done 120"
+		check_ticks 1 120 "$OUT1" "$log" || fail "clone $i ticks"
+		overlay=$(ls "$TMP"/disk.img@cl$$-$i-*.kovl)
+		flatten "$overlay" "$TMP/flat"
+		CHECK_DISK=$TMP/flat check_ticks 1 120 "$OUT1" "$log" || fail "clone $i disk"
+	done
+	ids=$(cat "$TMP"/consoles/*.log | awk '/^new generation/ { print $NF }' | sort -u | wc -l)
+	[ "$ids" -eq 3 ] || fail "the clones derived $ids distinct ids, expected 3"
+	[ "$(sha256sum <"$TMP/disk.img")" = "$sha_base" ] || fail "a clone wrote the saved disk"
+	# The original can still be restored after its clones ran.
+	restore "$TMP/save"
+	expect_status 0
+	check_ticks 1 120 "$OUT1" "$OUT2" || fail "restore after clones"
 	;;
 *)
 	fail "unknown case '$1'"

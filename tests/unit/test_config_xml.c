@@ -1,0 +1,335 @@
+/* Unit tests: libvirt domain XML parsing (vm_config_load_xml) and writing (vm_config_write_xml). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "cunit_main.h"
+
+static char dir[] = "/tmp/kapsel-config-xml.XXXXXX";
+static char path[512];
+static char error[512];
+
+/* Write text to a fresh XML file and parse it into config (initialised). */
+static int load(const char *text, struct vm_config *config)
+{
+	static unsigned n;
+	snprintf(path, sizeof(path), "%s/domain%u.xml", dir, n++);
+	FILE *f = fopen(path, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs(text, f);
+	fclose(f);
+	vm_config_init(config);
+	error[0] = '\0';
+	return vm_config_load_xml(path, config, error, sizeof(error));
+}
+
+/* The error message without the "domain XML 'PATH': " prefix. */
+static const char *reason(void)
+{
+	const char *colon = strstr(error, "': ");
+	return colon ? colon + 3 : error;
+}
+
+static void test_full_domain(void)
+{
+	struct vm_config c;
+	int err = load("<domain type='kvm'>\n"
+		       "  <name>web-1</name>\n"
+		       "  <uuid>0123456789abcdef0123456789ABCDEF</uuid>\n"
+		       "  <memory unit='GiB'>1</memory>\n"
+		       "  <currentMemory unit='MiB'>1024</currentMemory>\n"
+		       "  <vcpu placement='static' current='1'>1</vcpu>\n"
+		       "  <os><type arch='x86_64' machine='pc'>hvm</type>\n"
+		       "    <kernel>/boot/guest.elf</kernel><cmdline>a=1 b</cmdline></os>\n"
+		       "  <on_poweroff>restart</on_poweroff><on_reboot>destroy</on_reboot>\n"
+		       "  <on_crash>preserve</on_crash>\n"
+		       "  <devices>\n"
+		       "    <disk type='file' device='disk'>\n"
+		       "      <driver name='qemu' type='raw' cache='none' io='native'/>\n"
+		       "      <source file='/img/a.img'/><target dev='xvda' bus='xen'/>\n"
+		       "      <iotune><total_iops_sec>100</total_iops_sec><total_iops_sec_max>200</total_iops_sec_max>\n"
+		       "        <total_bytes_sec>1000000</total_bytes_sec><total_bytes_sec_max>2000000</total_bytes_sec_max></iotune>\n"
+		       "    </disk>\n"
+		       "    <disk type='file' device='disk'><source file='/img/b.img'/>\n"
+		       "      <target dev='hda' bus='ide'/><readonly/></disk>\n"
+		       "    <serial type='file'><source path='/var/log/c.log'/><target port='0'/></serial>\n"
+		       "    <console type='file'><source path='/var/log/c.log'/><target type='xen'/></console>\n"
+		       "  </devices>\n"
+		       "</domain>\n",
+		       &c);
+	CU_ASSERT_EQUAL_FATAL(err, 0);
+	CU_ASSERT_STRING_EQUAL(c.name, "web-1");
+	CU_ASSERT(c.has_uuid);
+	CU_ASSERT_EQUAL(c.uuid[0], 0x01);
+	CU_ASSERT_EQUAL(c.uuid[7], 0xef);
+	CU_ASSERT_EQUAL(c.uuid[15], 0xef);
+	CU_ASSERT_EQUAL(c.memory_bytes, 1ull << 30);
+	CU_ASSERT_STRING_EQUAL(c.kernel_path, "/boot/guest.elf");
+	CU_ASSERT_STRING_EQUAL(c.cmdline, "a=1 b");
+	CU_ASSERT_EQUAL(c.on_poweroff, VM_ACTION_RESTART);
+	CU_ASSERT_EQUAL(c.on_reboot, VM_ACTION_DESTROY);
+	CU_ASSERT_EQUAL(c.on_crash, VM_ACTION_PRESERVE);
+	CU_ASSERT_EQUAL_FATAL(c.disk_count, 2);
+	CU_ASSERT_STRING_EQUAL(c.disks[0].path, "/img/a.img");
+	CU_ASSERT_EQUAL(c.disks[0].bus, VM_DISK_BUS_PV);
+	CU_ASSERT_EQUAL(c.disks[0].cache, VM_DISK_CACHE_NONE);
+	CU_ASSERT_EQUAL(c.disks[0].ops_limit.rate_per_second, 100);
+	CU_ASSERT_EQUAL(c.disks[0].ops_limit.burst, 200);
+	CU_ASSERT_EQUAL(c.disks[0].bytes_limit.rate_per_second, 1000000);
+	CU_ASSERT_EQUAL(c.disks[0].bytes_limit.burst, 2000000);
+	CU_ASSERT(!c.disks[0].readonly);
+	CU_ASSERT_EQUAL(c.disks[1].bus, VM_DISK_BUS_ATA);
+	CU_ASSERT(c.disks[1].readonly);
+	CU_ASSERT_STRING_EQUAL(c.console_output_path, "/var/log/c.log");
+	CU_ASSERT_EQUAL(c.console_mode, VM_CONSOLE_AUTO);
+	CU_ASSERT_STRING_EQUAL(c.source_xml_path, path);
+	vm_config_free(&c);
+}
+
+static void test_memory_units(void)
+{
+	static const struct {
+		const char *element;
+		uint64_t bytes;
+	} cases[] = {
+		{ "<memory>65536</memory>", 64ull << 20 }, /* KiB by default */
+		{ "<memory unit='KiB'>32768</memory>", 32ull << 20 },
+		{ "<memory unit='M'>16</memory>", 16ull << 20 },
+		{ "<memory unit='b'>8388608</memory>", 8ull << 20 },
+		{ "<memory unit='G'>2</memory>", 2ull << 30 },
+		{ "<memory unit='MB'>12582912</memory><!-- 12e12 is not 2M aligned --> ", 0 },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char text[512];
+		snprintf(text, sizeof(text),
+			 "<domain type='kvm'><name>m</name>%s<os><kernel>/k</kernel></os></domain>",
+			 cases[i].element);
+		struct vm_config c;
+		int err = load(text, &c);
+		if (cases[i].bytes) {
+			CU_ASSERT_EQUAL(err, 0);
+			CU_ASSERT_EQUAL(c.memory_bytes, cases[i].bytes);
+		} else {
+			CU_ASSERT_EQUAL(err, -EINVAL);
+			CU_ASSERT_STRING_EQUAL(reason(), "/domain/memory must be a multiple of 2 MiB between 4 MiB and 64 GiB");
+		}
+		vm_config_free(&c);
+	}
+}
+
+static void test_console_modes(void)
+{
+	static const struct {
+		const char *devices;
+		enum vm_console_mode mode;
+	} cases[] = {
+		{ "", VM_CONSOLE_AUTO },
+		{ "<serial type='stdio'/>", VM_CONSOLE_UART },
+		{ "<serial type='pty'/><console type='pty'><target type='serial'/></console>", VM_CONSOLE_UART },
+		{ "<console type='stdio'><target type='xen'/></console>", VM_CONSOLE_AUTO },
+		{ "<serial type='stdio'/><console type='stdio'/>", VM_CONSOLE_AUTO },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char text[512];
+		snprintf(text, sizeof(text),
+			 "<domain type='kvm'><name>c</name><memory>16384</memory><os><kernel>/k</kernel></os>"
+			 "<devices>%s</devices></domain>",
+			 cases[i].devices);
+		struct vm_config c;
+		CU_ASSERT_EQUAL(load(text, &c), 0);
+		CU_ASSERT_EQUAL(c.console_mode, cases[i].mode);
+		CU_ASSERT_PTR_NULL(c.console_output_path);
+		vm_config_free(&c);
+	}
+}
+
+static void test_relative_paths(void)
+{
+	struct vm_config c;
+	CU_ASSERT_EQUAL_FATAL(load("<domain type='kvm'><name>r</name><memory>16384</memory>"
+				   "<os><kernel>guests/k.elf</kernel></os><devices>"
+				   "<disk type='file'><source file='../d.img'/><target dev='xvda'/></disk>"
+				   "<console type='file'><source path='log/c.txt'/></console>"
+				   "</devices></domain>",
+				   &c),
+			      0);
+	char expected[600];
+	snprintf(expected, sizeof(expected), "%s/guests/k.elf", dir);
+	CU_ASSERT_STRING_EQUAL(c.kernel_path, expected);
+	snprintf(expected, sizeof(expected), "%s/../d.img", dir);
+	CU_ASSERT_STRING_EQUAL(c.disks[0].path, expected);
+	snprintf(expected, sizeof(expected), "%s/log/c.txt", dir);
+	CU_ASSERT_STRING_EQUAL(c.console_output_path, expected);
+	vm_config_free(&c);
+}
+
+static void test_refused(void)
+{
+	static const struct {
+		const char *body;
+		const char *message;
+	} cases[] = {
+		{ "<name>x</name><vcpu>4</vcpu>", "/domain/vcpu is '4'; Kapsel runs one vCPU per VM" },
+		/* currentMemory before memory is compared too. */
+		{ "<name>x</name><currentMemory>8192</currentMemory>",
+		  "/domain/currentMemory differs from /domain/memory; Kapsel has no balloon, make them equal" },
+		{ "<name>x</name><maxMemory slots='2'>1</maxMemory>",
+		  "/domain/maxMemory is not supported: Kapsel has no memory hotplug" },
+		{ "<name>x</name><cpu/>", "/domain/cpu is not supported by Kapsel" },
+		{ "<name>a/b</name>",
+		  "/domain/name 'a/b' must be 1-63 printable characters without '/' or spaces, not starting with '.'" },
+		{ "<name>a b</name>",
+		  "/domain/name 'a b' must be 1-63 printable characters without '/' or spaces, not starting with '.'" },
+		{ "", "/domain/name is missing; every VM needs a unique name" },
+		{ "<name>x</name><uuid>1234</uuid>", "/domain/uuid '1234' must have 32 hex digits" },
+		{ "<name>x</name><uuid>0123456789abcdef0123456789abcdeg</uuid>",
+		  "/domain/uuid '0123456789abcdef0123456789abcdeg' is not a UUID" },
+		{ "<name>x</name><on_reboot>preserve</on_reboot>",
+		  "/domain/on_reboot 'preserve' is not supported; use destroy or restart" },
+		{ "<name>x</name><on_crash>coredump-destroy</on_crash>",
+		  "/domain/on_crash 'coredump-destroy' is not supported; use destroy or restart (or preserve)" },
+		{ "<name>x</name><devices><rng model='virtio'/></devices>",
+		  "/domain/devices/rng is not supported by Kapsel" },
+		{ "<name>x</name><devices><disk type='file'><source file='/a'/><target dev='hda' bus='ide'/></disk>"
+		  "<disk type='file'><source file='/b'/><target dev='hda' bus='ide'/></disk></devices>",
+		  "/domain/devices/disk/target: two disks with bus='ide'; Kapsel emulates one ATA drive, attach the others with bus='xen'" },
+		{ "<name>x</name><devices><disk type='file'><source file='/a'/><target dev='xvda'/>"
+		  "<serial>abc</serial></disk></devices>",
+		  "/domain/devices/disk/serial is not supported by Kapsel" },
+		{ "<name>x</name><devices><disk type='file'><source file='/a'/><target dev='xvda'/>"
+		  "<iotune><total_iops_sec>-5</total_iops_sec></iotune></disk></devices>",
+		  "/domain/devices/disk/iotune/total_iops_sec '-5' is not a whole number" },
+		{ "<name>x</name><devices><disk type='file'><source file='/a'/></disk></devices>",
+		  "/domain/devices/disk needs <target dev='...' bus='xen|ide'/>" },
+		{ "<name>x</name><devices><disk type='file'><source file='/a'/><target dev='xvda'/>"
+		  "<driver cache='unsafe'/></disk></devices>",
+		  "/domain/devices/disk/driver cache='unsafe' is not supported; use none or writeback" },
+		{ "<name>x</name><devices><serial type='file'><source path='/a'/></serial>"
+		  "<console type='stdio'/></devices>",
+		  "/domain/devices: one console is a file ('/a') and another stdio; Kapsel has one console, make them the same" },
+		{ "<name>x</name><devices><serial type='file'/></devices>",
+		  "/domain/devices/serial type='file' needs <source path='...'/>" },
+		{ "<name>x</name><metadata><k:domain xmlns:k='https://kapsel.example/xmlns/domain/1'>"
+		  "<k:disk index='0' poll_us='5'/></k:domain></metadata>",
+		  "/domain/metadata/kapsel:domain/disk index='0' names no disk (metadata must come after <devices>)" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char text[1024];
+		snprintf(text, sizeof(text),
+			 "<domain type='kvm'>%s<memory>16384</memory><os><kernel>/k</kernel></os></domain>",
+			 cases[i].body);
+		struct vm_config c;
+		CU_ASSERT_EQUAL(load(text, &c), -EINVAL);
+		if (strcmp(reason(), cases[i].message) != 0) {
+			fprintf(stderr, "\ncase %zu: got '%s'\n      want '%s'\n", i, reason(),
+				cases[i].message);
+			CU_FAIL("error message");
+		}
+		vm_config_free(&c);
+	}
+	struct vm_config c;
+	CU_ASSERT_EQUAL(load("<domain type='kvm'><name>x</name", &c), -EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(reason(), "not well-formed XML"));
+	vm_config_free(&c);
+	vm_config_init(&c);
+	CU_ASSERT_EQUAL(vm_config_load_xml("/nonexistent/x.xml", &c, error, sizeof(error)), -EINVAL);
+	CU_ASSERT_STRING_EQUAL(reason(), "cannot read it: No such file or directory");
+	vm_config_free(&c);
+}
+
+static void test_ignored_with_warning(void)
+{
+	struct vm_config c;
+	CU_ASSERT_EQUAL(load("<domain type='kvm'><name>w</name><title>t</title><description>d</description>"
+			     "<memory>16384</memory><features><acpi/></features><clock offset='utc'/>"
+			     "<os><kernel>/k</kernel></os><metadata><other xmlns='urn:x'>1</other></metadata>"
+			     "<devices><emulator>/usr/bin/qemu</emulator><controller type='usb'/>"
+			     "<memballoon model='none'/></devices></domain>",
+			     &c),
+			0);
+	vm_config_free(&c);
+}
+
+/* Writing then reading gives the same definition back. */
+static void test_round_trip(void)
+{
+	struct vm_config a, b;
+	vm_config_init(&a);
+	snprintf(a.name, sizeof(a.name), "round");
+	a.has_uuid = true;
+	for (unsigned i = 0; i < 16; i++)
+		a.uuid[i] = (uint8_t)(i * 17);
+	a.memory_bytes = 96ull << 20;
+	a.kernel_path = strdup("/k/guest.elf");
+	a.cmdline = strdup("x=<1> & y='2' z=\"3\"");
+	a.on_poweroff = VM_ACTION_RESTART;
+	a.on_crash = VM_ACTION_PRESERVE;
+	a.console_mode = VM_CONSOLE_UART;
+	a.console_output_path = strdup("/var/log/round.log");
+	a.disk_count = 2;
+	a.disks[0] = (struct vm_disk_config){ .path = strdup("/img/0.img"), .bus = VM_DISK_BUS_PV,
+					      .cache = VM_DISK_CACHE_NONE,
+					      .ops_limit = { 10, 20 }, .bytes_limit = { 30, 0 },
+					      .poll = true, .poll_us = 40 };
+	a.disks[1] = (struct vm_disk_config){ .path = strdup("/img/1.img"), .bus = VM_DISK_BUS_ATA,
+					      .readonly = true };
+	char *xml = NULL;
+	size_t xml_len = 0;
+	FILE *out = open_memstream(&xml, &xml_len);
+	CU_ASSERT_EQUAL_FATAL(vm_config_write_xml(&a, out, error, sizeof(error)), 0);
+	fclose(out);
+	CU_ASSERT_EQUAL_FATAL(load(xml, &b), 0);
+	CU_ASSERT_STRING_EQUAL(b.name, a.name);
+	CU_ASSERT(b.has_uuid);
+	CU_ASSERT_EQUAL(memcmp(b.uuid, a.uuid, 16), 0);
+	CU_ASSERT_EQUAL(b.memory_bytes, a.memory_bytes);
+	CU_ASSERT_STRING_EQUAL(b.kernel_path, a.kernel_path);
+	CU_ASSERT_STRING_EQUAL(b.cmdline, a.cmdline);
+	CU_ASSERT_EQUAL(b.on_poweroff, a.on_poweroff);
+	CU_ASSERT_EQUAL(b.on_reboot, a.on_reboot);
+	CU_ASSERT_EQUAL(b.on_crash, a.on_crash);
+	CU_ASSERT_EQUAL(b.console_mode, a.console_mode);
+	CU_ASSERT_STRING_EQUAL(b.console_output_path, a.console_output_path);
+	CU_ASSERT_EQUAL_FATAL(b.disk_count, 2);
+	for (unsigned i = 0; i < 2; i++) {
+		CU_ASSERT_STRING_EQUAL(b.disks[i].path, a.disks[i].path);
+		CU_ASSERT_EQUAL(b.disks[i].bus, a.disks[i].bus);
+		CU_ASSERT_EQUAL(b.disks[i].cache, a.disks[i].cache);
+		CU_ASSERT_EQUAL(b.disks[i].readonly, a.disks[i].readonly);
+		CU_ASSERT_EQUAL(b.disks[i].poll, a.disks[i].poll);
+		CU_ASSERT_EQUAL(b.disks[i].poll_us, a.disks[i].poll_us);
+		CU_ASSERT_EQUAL(b.disks[i].ops_limit.rate_per_second, a.disks[i].ops_limit.rate_per_second);
+		CU_ASSERT_EQUAL(b.disks[i].ops_limit.burst, a.disks[i].ops_limit.burst);
+		CU_ASSERT_EQUAL(b.disks[i].bytes_limit.rate_per_second,
+				a.disks[i].bytes_limit.rate_per_second);
+		CU_ASSERT_EQUAL(b.disks[i].bytes_limit.burst, a.disks[i].bytes_limit.burst);
+	}
+	free(xml);
+	vm_config_free(&a);
+	vm_config_free(&b);
+}
+
+int main(void)
+{
+	if (!mkdtemp(dir))
+		return 1;
+	static const struct unit_test tests[] = {
+		{ "a full domain", test_full_domain },
+		{ "memory units", test_memory_units },
+		{ "serial and console choose the console mode", test_console_modes },
+		{ "relative paths start at the XML file", test_relative_paths },
+		{ "unsupported or contradictory settings refused", test_refused },
+		{ "informational elements ignored", test_ignored_with_warning },
+		{ "write then read gives the same definition", test_round_trip },
+	};
+	int status = UNIT_RUN("config_xml", tests);
+	char command[600];
+	snprintf(command, sizeof(command), "rm -rf '%s'", dir);
+	if (system(command) != 0)
+		status = 1;
+	return status;
+}
