@@ -203,8 +203,11 @@ static bool buffer_fill(struct ata_state *ata)
 {
 	uint64_t next = ata->buffer_lba + ata->buffer_bytes / ATA_SECTOR_BYTES;
 	uint64_t end = ata->command_lba + ata->command_sectors;
-	uint32_t sectors = min_u32(end - next, ATA_BUFFER_SECTORS);
-	int err = image_pread(ata->disk, ata->buffer, (size_t)sectors * ATA_SECTOR_BYTES, next);
+	/* next < end while sectors are left; a state restored from a file
+	 * that says otherwise ends the command instead of reading outside it. */
+	uint32_t sectors = next < end ? min_u32(end - next, ATA_BUFFER_SECTORS) : 0;
+	int err = sectors ? image_pread(ata->disk, ata->buffer, (size_t)sectors * ATA_SECTOR_BYTES,
+					next) : -KAPSEL_EIO;
 	if (err) {
 		set_lba_registers(ata, next, command_is_lba48(ata->command));
 		command_finish(ata, -KAPSEL_EIO, ATA_ERROR_UNC, 0);
@@ -243,13 +246,14 @@ static void block_next(struct ata_state *ata)
 		return;
 	}
 	ata->block_bytes_left = min_u32(ata->sectors_left, ata->block_sectors) * ATA_SECTOR_BYTES;
-	ata->block_start_pos = ata->buffer_pos;
 	/* Reads fetch at block boundaries, so an error shows as ERR in the
 	 * status before the host takes data (a block never spans a fill:
 	 * the buffer holds a whole number of blocks). */
 	if (ata->transfer == ATA_TRANSFER_IN && ata->buffer_pos == ata->buffer_bytes &&
 	    !buffer_fill(ata))
 		return;
+	/* After the fill, which moves buffer_pos back to the buffer's start. */
+	ata->block_start_pos = ata->buffer_pos;
 	ata->status = ATA_STATUS_READY | ATA_STATUS_DRQ;
 }
 
@@ -613,6 +617,12 @@ void ata_data_read(struct ata_state *ata, void *data, size_t length_bytes)
 		}
 		uint32_t n = min_u32(length_bytes, ata->block_bytes_left);
 		n = min_u32(n, ata->buffer_bytes - ata->buffer_pos);
+		if (n == 0) {
+			/* Cannot happen from the registers (a block never spans a
+			 * buffer fill); a state that says so is ended, not spun on. */
+			transfer_abandon(ata);
+			continue;
+		}
 		memcpy(out, ata->buffer + ata->buffer_pos, n);
 		ata->buffer_pos += n;
 		ata->block_bytes_left -= n;
@@ -633,6 +643,11 @@ void ata_data_write(struct ata_state *ata, const void *data, size_t length_bytes
 			return;
 		uint32_t n = min_u32(length_bytes, ata->block_bytes_left);
 		n = min_u32(n, ATA_BUFFER_BYTES - ata->buffer_pos);
+		if (n == 0) {
+			/* As in ata_data_read: end an impossible state. */
+			transfer_abandon(ata);
+			continue;
+		}
 		memcpy(ata->buffer + ata->buffer_pos, in, n);
 		ata->buffer_pos += n;
 		ata->block_bytes_left -= n;
@@ -677,6 +692,74 @@ void ata_io_write(struct ata_state *ata, unsigned reg, unsigned size, uint32_t v
 			break;
 		register_write(ata, reg + i, (uint8_t)(value >> (8 * i)));
 	}
+}
+
+/* ---- Restored state -------------------------------------------------------- */
+
+static bool power_of_two_upto(uint64_t value, uint64_t max)
+{
+	return value && value <= max && !(value & (value - 1));
+}
+
+const char *ata_state_check(const struct ata_state *ata)
+{
+	uint64_t capacity = ata->disk->capacity_sectors;
+	if (ata->buffer_bytes > ATA_BUFFER_BYTES || ata->buffer_pos > ATA_BUFFER_BYTES ||
+	    ata->block_start_pos > ata->buffer_pos || ata->block_bytes_left > ATA_BUFFER_BYTES)
+		return "buffer position";
+	if (ata->transfer > ATA_TRANSFER_OUT || (unsigned)ata->op >= KAPSEL_BLK_OP_COUNT)
+		return "transfer";
+	if (ata->multiple_sectors &&
+	    !power_of_two_upto(ata->multiple_sectors, ATA_MAX_MULTIPLE_SECTORS))
+		return "multiple mode";
+	if (ata->transfer == ATA_TRANSFER_NONE && !ata->held_by_rate_limit)
+		return NULL; /* idle: the next command sets everything below */
+
+	if (!power_of_two_upto(ata->block_sectors, ATA_BUFFER_SECTORS) ||
+	    ata->sectors_left > ata->command_sectors)
+		return "sector counts";
+	if (ata->command_lba > capacity || ata->command_sectors > capacity - ata->command_lba)
+		return "sector range (past the end of the disk)";
+	bool writes = ata->op == KAPSEL_BLK_OP_WRITE;
+	if (writes && ata->disk->readonly)
+		return "write to a read-only disk";
+	if (ata->held_by_rate_limit) {
+		/* Not started yet: command_begin starts it from the command's
+		 * range with an empty buffer. */
+		if (ata->transfer != ATA_TRANSFER_NONE ||
+		    !(ata->op == KAPSEL_BLK_OP_READ || writes || ata->op == KAPSEL_BLK_OP_FLUSH))
+			return "transfer";
+		return NULL;
+	}
+	if (ata->transfer == ATA_TRANSFER_IN ? !(ata->op == KAPSEL_BLK_OP_READ ||
+						  ata->op == KAPSEL_BLK_OP_GET_INFO)
+					      : !writes)
+		return "transfer";
+
+	/* The DRQ block in progress began at block_start_pos (a sector
+	 * boundary) and spans the smaller of sectors_left and block_sectors
+	 * sectors, of which buffer_pos - block_start_pos bytes have moved. */
+	uint64_t block_sectors = ata->sectors_left < ata->block_sectors ? ata->sectors_left :
+									   ata->block_sectors;
+	uint64_t block_bytes = block_sectors * ATA_SECTOR_BYTES;
+	uint64_t limit = ata->transfer == ATA_TRANSFER_IN ? ata->buffer_bytes : ATA_BUFFER_BYTES;
+	if (block_sectors == 0 || ata->block_start_pos % ATA_SECTOR_BYTES ||
+	    ata->buffer_pos - ata->block_start_pos + (uint64_t)ata->block_bytes_left != block_bytes ||
+	    ata->block_start_pos + block_bytes > limit)
+		return "block position";
+	if (ata->op == KAPSEL_BLK_OP_GET_INFO) {
+		/* IDENTIFY: one sector, all in the buffer; the disk is not used. */
+		if (ata->command_sectors != 1 || ata->buffer_bytes != ATA_SECTOR_BYTES)
+			return "identify data";
+		return NULL;
+	}
+	/* The current block's first sector plus what is left is the end of
+	 * the command: reads and writes from here on stay inside it. */
+	uint64_t block_lba = ata->buffer_lba + ata->block_start_pos / ATA_SECTOR_BYTES;
+	if (ata->buffer_lba < ata->command_lba || ata->buffer_lba > capacity ||
+	    block_lba + ata->sectors_left != ata->command_lba + ata->command_sectors)
+		return "sector range (outside the command)";
+	return NULL;
 }
 
 /* ---- IDENTIFY DEVICE ----------------------------------------------------- */

@@ -209,6 +209,19 @@ void ata_io_write(struct ata_state *ata, unsigned reg, unsigned size, uint32_t v
 void ata_data_read(struct ata_state *ata, void *data, size_t length_bytes);
 void ata_data_write(struct ata_state *ata, const void *data, size_t length_bytes);
 
+/*
+ * Check a state that did not come from the registers (dev_ata.c fills the
+ * fields from a snapshot file, then calls this before the guest runs):
+ * buffer indices inside the buffer, multiple and block sizes the buffer
+ * divides, and for a command in progress its place in the buffer and on
+ * the disk as ata.c leaves them, so that what it still reads or writes
+ * lies inside the range it was admitted for, inside the disk, and writes
+ * only go to a writable disk.  Every state ata.c reaches from the
+ * registers passes.  ata->disk must be set.  Returns NULL if the state is
+ * usable, else a short name of the first impossible part for a message.
+ */
+const char *ata_state_check(const struct ata_state *ata);
+
 /* Nanoseconds the rate limiter still holds the current command BSY, or 0. */
 uint64_t ata_busy_remaining_ns(const struct ata_state *ata);
 

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -57,6 +58,8 @@ void cli_run_usage(FILE *out)
 		"                           pause, shutdown, ... cannot reach this VM)\n"
 		"      --save-on-signal DIR on SIGHUP, save the VM to DIR (kapsel restore DIR)\n"
 		"      --save-stop          with --save-on-signal: stop the VM after saving\n"
+		"      --incoming tcp:ADDR:PORT  receive a live migration there and run it\n"
+		"                           (kapsel migrate NAME tcp:ADDR:PORT on the source)\n"
 		"      --stats              print exit and device counters when the VM stops\n"
 		"      --stats-file FILE    on SIGUSR1, write the counters to FILE (default stderr)\n"
 		"  -v, --verbose            log what Kapsel does\n"
@@ -77,7 +80,7 @@ static char *replace(char *old, const char *value)
 int cli_run(int argc, char **argv)
 {
 	enum { OPT_CONSOLE = 256, OPT_CONSOLE_OUTPUT, OPT_NO_INPUT, OPT_STATS, OPT_STATS_FILE,
-	       OPT_NO_CONTROL, OPT_SAVE_ON_SIGNAL, OPT_SAVE_STOP };
+	       OPT_NO_CONTROL, OPT_SAVE_ON_SIGNAL, OPT_SAVE_STOP, OPT_INCOMING };
 	static const struct option options[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "memory", required_argument, NULL, 'm' },
@@ -91,6 +94,7 @@ int cli_run(int argc, char **argv)
 		{ "no-control", no_argument, NULL, OPT_NO_CONTROL },
 		{ "save-on-signal", required_argument, NULL, OPT_SAVE_ON_SIGNAL },
 		{ "save-stop", no_argument, NULL, OPT_SAVE_STOP },
+		{ "incoming", required_argument, NULL, OPT_INCOMING },
 		{ "stats-file", required_argument, NULL, OPT_STATS_FILE },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
@@ -103,6 +107,7 @@ int cli_run(int argc, char **argv)
 	struct control_server *control = NULL;
 	const char *save_dir = NULL; /* --save-on-signal (cli_state.c) */
 	bool save_stop = false;
+	const char *incoming = NULL; /* --incoming: a live migration (cli_state.c) */
 
 	vm_config_init(&config);
 	/* A domain XML file anywhere among the arguments is read first, so
@@ -189,6 +194,9 @@ int cli_run(int argc, char **argv)
 		case OPT_SAVE_STOP:
 			save_stop = true;
 			break;
+		case OPT_INCOMING:
+			incoming = optarg;
+			break;
 		case OPT_STATS_FILE:
 			config.stats_path = replace(config.stats_path, optarg);
 			break;
@@ -212,6 +220,13 @@ int cli_run(int argc, char **argv)
 			goto out;
 		}
 	}
+	if (incoming) {
+		/* The VM's definition comes with it; the name only if given. */
+		if (!name_given)
+			config.name[0] = '\0';
+		status = state_run_incoming(incoming, &config, use_control);
+		goto out;
+	}
 	if (!config.kernel_path) {
 		kapsel_error("no guest kernel; give --kernel FILE or a domain XML with <os><kernel>");
 		fprintf(stderr, "Try 'kapsel run --help'.\n");
@@ -221,6 +236,13 @@ int cli_run(int argc, char **argv)
 	/* Names are unique per host: an unnamed VM gets one of its own. */
 	if (!name_given && !config.source_xml_path)
 		snprintf(config.name, sizeof(config.name), "kapsel-%ld", (long)getpid());
+	/* As libvirt does, a VM without a UUID gets a random (version 4) one. */
+	if (!config.has_uuid && getrandom(config.uuid, sizeof(config.uuid), 0) ==
+					(ssize_t)sizeof(config.uuid)) {
+		config.uuid[6] = (uint8_t)((config.uuid[6] & 0x0f) | 0x40);
+		config.uuid[8] = (uint8_t)((config.uuid[8] & 0x3f) | 0x80);
+		config.has_uuid = true;
+	}
 	/* Claim the name before anything else, so that starting the same VM
 	 * twice fails on the name, not on a locked disk. */
 	if (use_control && control_server_start(&control, config.name, error, sizeof(error)) < 0) {

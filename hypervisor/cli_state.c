@@ -17,6 +17,7 @@
 #include "control.h"
 #include "control_client.h"
 #include "log.h"
+#include "migrate.h"
 #include "snapshot.h"
 #include "vcpu_state.h"
 #include "vm.h"
@@ -145,6 +146,40 @@ static int control_snapshot(struct kapsel_vm *vm, const struct control_request *
 	return save_running_vm(vm, dir, false, true, out, error, error_len);
 }
 
+static int control_migrate(struct kapsel_vm *vm, const struct control_request *request,
+			   FILE *out, char *error, size_t error_len)
+{
+	static const char *const keys[] = { "uri", "max_downtime_ms", "max_rounds", NULL };
+	int err = control_request_check_keys(request, keys, error, error_len);
+	if (err)
+		return err;
+	const char *uri = control_request_arg(request, "uri");
+	if (!uri || !*uri) {
+		snprintf(error, error_len, "migrate needs uri=tcp:HOST:PORT (where 'kapsel run --incoming' listens)");
+		return -EINVAL;
+	}
+	uint64_t downtime = 0, rounds = 0;
+	if ((err = control_arg_u64(request, "max_downtime_ms", &downtime, error, error_len)) ||
+	    (err = control_arg_u64(request, "max_rounds", &rounds, error, error_len)))
+		return err;
+	struct migrate_options options = { .max_downtime_ms = (uint32_t)downtime,
+					   .max_rounds = (uint32_t)rounds };
+	struct migrate_stats stats;
+	pthread_mutex_lock(&runner.lock);
+	err = migrate_send(vm, uri, &options, &stats, error, error_len);
+	if (!err)
+		runner.stopped_by_save = true; /* it runs elsewhere now: success */
+	pthread_mutex_unlock(&runner.lock);
+	if (err)
+		return err;
+	fprintf(out,
+		"migrated VM '%s' to %s: %u rounds, %llu pages (%llu zero), %llu in the final round, %llu bytes; downtime %.3f ms, total %.3f ms\n",
+		vm->config->name, uri, stats.rounds, (unsigned long long)stats.pages_sent,
+		(unsigned long long)stats.zero_pages_sent, (unsigned long long)stats.final_pages,
+		(unsigned long long)stats.bytes_sent, stats.downtime_ns / 1e6, stats.total_ns / 1e6);
+	return 0;
+}
+
 void state_register_control_verbs(void)
 {
 	static bool registered;
@@ -155,6 +190,10 @@ void state_register_control_verbs(void)
 					"save dir=PATH [stop=yes|no]  save the VM's state to a directory, then continue or stop");
 	if (err && err != -EEXIST)
 		kapsel_warn("cannot register the control verb 'save': %s", strerror(-err));
+	err = control_register_verb("migrate", control_migrate,
+				    "migrate uri=tcp:HOST:PORT [max_downtime_ms=N] [max_rounds=N]  live-migrate the VM (pre-copy)");
+	if (err && err != -EEXIST)
+		kapsel_warn("cannot register the control verb 'migrate': %s", strerror(-err));
 	err = control_register_verb("snapshot", control_snapshot,
 				    "snapshot dir=PATH  save the VM and freeze its disks; it goes on on copy-on-write overlays");
 	if (err && err != -EEXIST)
@@ -204,8 +243,13 @@ bool state_runner_stop(struct kapsel_vm *vm)
 	}
 	free(runner.save_dir);
 	runner.save_dir = NULL;
+	/* A save or migration that stopped the VM may still be finishing on
+	 * the control thread: its verdict counts. */
+	pthread_mutex_lock(&runner.lock);
+	bool stopped_by_save = runner.stopped_by_save;
 	runner.vm = NULL;
-	return runner.stopped_by_save;
+	pthread_mutex_unlock(&runner.lock);
+	return stopped_by_save;
 }
 
 /* ---- Running a restored VM ------------------------------------------------ */
@@ -555,6 +599,116 @@ static int save_or_snapshot(int argc, char **argv, bool snapshot)
 		fputs(reply.payload, stdout);
 	}
 	control_reply_free(&reply);
+	return status;
+}
+
+/* ---- migrate ------------------------------------------------------------------ */
+
+void cli_migrate_usage(FILE *out)
+{
+	fprintf(out,
+		"Usage: kapsel migrate [--max-downtime-ms N] NAME tcp:HOST:PORT\n"
+		"\n"
+		"Live-migrate the running VM NAME to the Kapsel waiting with\n"
+		"'kapsel run --incoming tcp:ADDR:PORT' there: guest RAM is copied while the\n"
+		"VM runs (KVM dirty logging, rounds until the rest fits the downtime), then\n"
+		"the vCPU stops and the rest and the device state follow.  Disk images\n"
+		"must be reachable at the same paths.  If anything goes wrong the VM runs\n"
+		"on here unharmed.  Prints the rounds, bytes and downtime.\n");
+}
+
+int cli_migrate(int argc, char **argv)
+{
+	const char *args[2] = { NULL, NULL };
+	unsigned count = 0;
+	unsigned long downtime = 0;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+			cli_migrate_usage(stdout);
+			return 0;
+		} else if (strcmp(argv[i], "--max-downtime-ms") == 0 && i + 1 < argc) {
+			downtime = strtoul(argv[++i], NULL, 10);
+		} else if (argv[i][0] == '-' || count == 2) {
+			kapsel_error("unexpected argument '%s'; see 'kapsel migrate --help'", argv[i]);
+			return 2;
+		} else {
+			args[count++] = argv[i];
+		}
+	}
+	if (count != 2 || strchr(args[1], ' ') || strchr(args[1], '%')) {
+		kapsel_error("migrate needs a VM name and tcp:HOST:PORT; see 'kapsel migrate --help'");
+		return 2;
+	}
+	char request[512];
+	snprintf(request, sizeof(request), "migrate uri=%s%s%lu", args[1],
+		 downtime ? " max_downtime_ms=" : "", downtime);
+	if (!downtime)
+		snprintf(request, sizeof(request), "migrate uri=%s", args[1]);
+	struct control_reply reply;
+	int err = control_call(args[0], request, &reply, -1);
+	if (err) {
+		kapsel_error("cannot reach VM '%s': %s", args[0], strerror(-err));
+		return 1;
+	}
+	int status = 0;
+	if (reply.errnum) {
+		kapsel_error("migration of '%s' failed: %s; the VM runs on here", args[0],
+			     reply.message ? reply.message : "");
+		status = 1;
+	} else if (reply.payload) {
+		fputs(reply.payload, stdout);
+	}
+	control_reply_free(&reply);
+	return status;
+}
+
+int state_run_incoming(const char *uri, const struct vm_config *overrides, bool use_control)
+{
+	struct kapsel_vm vm;
+	struct vm_config config;
+	char error[1024];
+	int status = KAPSEL_EXIT_VMM_ERROR;
+
+	if (migrate_receive(uri, overrides, &vm, &config, error, sizeof(error)) < 0) {
+		kapsel_error("incoming migration failed: %s; no VM was started", error);
+		vm_config_free(&config);
+		return status;
+	}
+	/* The name is free once the source has stopped, a moment after the
+	 * hand-over. */
+	struct control_server *control = NULL;
+	for (int attempt = 0; use_control && attempt < 40; attempt++) {
+		if (control_server_start(&control, config.name, error, sizeof(error)) == 0)
+			break;
+		control = NULL;
+		usleep(50000);
+	}
+	if (use_control && !control)
+		kapsel_warn("the migrated VM runs without a control socket: %s", error);
+	if (control && control_server_attach(control, &vm, error, sizeof(error)) < 0) {
+		kapsel_warn("the migrated VM runs without a control socket: %s", error);
+		control_server_stop(control);
+		control = NULL;
+	}
+	restored_vm = &vm;
+	struct sigaction stop = { .sa_handler = on_stop_signal };
+	sigemptyset(&stop.sa_mask);
+	sigaction(SIGINT, &stop, NULL);
+	sigaction(SIGTERM, &stop, NULL);
+	struct sigaction stats = { .sa_handler = on_stats_signal };
+	sigemptyset(&stats.sa_mask);
+	sigaction(SIGUSR1, &stats, NULL);
+	if (state_runner_start(&vm, NULL, false) == 0) {
+		status = vm_run(&vm);
+		if (state_runner_stop(&vm))
+			status = 0;
+	}
+	control_server_stop(control);
+	if (config.print_stats)
+		vm_print_stats(&vm, stderr);
+	restored_vm = NULL;
+	vm_destroy(&vm);
+	vm_config_free(&config);
 	return status;
 }
 

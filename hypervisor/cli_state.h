@@ -11,6 +11,8 @@ int cli_save(int argc, char **argv);
 void cli_save_usage(FILE *out);
 int cli_snapshot(int argc, char **argv);
 void cli_snapshot_usage(FILE *out);
+int cli_migrate(int argc, char **argv);
+void cli_migrate_usage(FILE *out);
 int cli_restore(int argc, char **argv);
 void cli_restore_usage(FILE *out);
 int cli_inspect(int argc, char **argv);
@@ -33,6 +35,15 @@ int state_runner_start(struct kapsel_vm *vm, const char *save_dir, bool stop_aft
  * stopped because a save asked it to (the run then succeeded: exit 0).
  */
 bool state_runner_stop(struct kapsel_vm *vm);
+
+/*
+ * `kapsel run --incoming URI`: wait for a live migration on URI, then run
+ * the VM that arrived until it stops.  overrides carries the command
+ * line's name (if any, else the stream's), console and stats settings.
+ * Returns the exit status.
+ */
+struct vm_config;
+int state_run_incoming(const char *uri, const struct vm_config *overrides, bool use_control);
 
 /* Register the control socket verbs of this module ('save'); idempotent. */
 void state_register_control_verbs(void);

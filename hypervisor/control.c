@@ -63,6 +63,7 @@ struct control_server {
 	struct control_client *clients[CONTROL_MAX_CLIENTS];
 	unsigned client_count;
 	uint64_t shutdown_deadline_ns; /* control thread only; 0 = none */
+	uint64_t shutdown_generation;  /* boot the deadline applies to */
 	bool destroyed;                /* ended by destroy or a shutdown deadline */
 	uint64_t started_unix;
 	uint8_t backlog[CONTROL_BACKLOG_BYTES];
@@ -529,7 +530,10 @@ static void check_shutdown_deadline(struct control_server *server)
 	if (!server->shutdown_deadline_ns || vm_clock_ns(server->vm) < server->shutdown_deadline_ns)
 		return;
 	server->shutdown_deadline_ns = 0;
-	if (server->vm->state == VM_STATE_STOPPED)
+	/* A guest that rebooted (on request or on_poweroff=restart) did
+	 * what it was asked; the deadline was for the boot that was asked. */
+	if (server->vm->state == VM_STATE_STOPPED ||
+	    __atomic_load_n(&server->vm->generation, __ATOMIC_RELAXED) != server->shutdown_generation)
 		return;
 	kapsel_warn("VM '%s' did not power off before its shutdown deadline; destroying it",
 		    server->vm->config->name);
@@ -794,8 +798,10 @@ void control_server_stop(struct control_server *server)
 void control_server_set_deadline(struct kapsel_vm *vm, uint64_t deadline_ns)
 {
 	struct control_server *server = vm->control;
-	if (server)
+	if (server) {
 		server->shutdown_deadline_ns = deadline_ns ? deadline_ns : 1;
+		server->shutdown_generation = __atomic_load_n(&vm->generation, __ATOMIC_RELAXED);
+	}
 }
 
 void control_server_mark_destroyed(struct kapsel_vm *vm)

@@ -164,66 +164,54 @@ static int dev_ata_load(struct kapsel_device *dev, uint32_t type, const void *pa
 		return -EINVAL;
 	}
 	memcpy(&rec, payload, sizeof(rec));
-	uint64_t capacity = d->disk.capacity_sectors;
-	const char *bad = NULL;
-	/* Every index ata.c uses to address its buffer or the image. */
-	if (length_bytes != sizeof(rec) + rec.buffer_saved_bytes)
-		bad = "buffer length";
-	else if (rec.buffer_saved_bytes > DEV_ATA_BUFFER_BYTES || rec.buffer_bytes > DEV_ATA_BUFFER_BYTES ||
-		 rec.buffer_pos > DEV_ATA_BUFFER_BYTES || rec.block_start_pos > rec.buffer_pos ||
-		 rec.block_bytes_left > DEV_ATA_BUFFER_BYTES)
-		bad = "buffer position";
-	else if (rec.transfer > ATA_TRANSFER_OUT || rec.op >= KAPSEL_BLK_OP_COUNT)
-		bad = "transfer";
-	else if (rec.transfer == ATA_TRANSFER_IN && rec.buffer_pos > rec.buffer_bytes)
-		bad = "read position";
-	else if (rec.block_sectors > ATA_BUFFER_SECTORS || rec.multiple_sectors > ATA_MAX_MULTIPLE_SECTORS ||
-		 rec.sectors_left > rec.command_sectors)
-		bad = "sector counts";
-	else if (rec.transfer != ATA_TRANSFER_NONE &&
-		 (rec.command_lba > capacity || rec.command_sectors > capacity - rec.command_lba ||
-		  rec.buffer_lba > capacity ||
-		  rec.buffer_pos / KAPSEL_BLK_SECTOR_BYTES > capacity - rec.buffer_lba ||
-		  rec.buffer_bytes / KAPSEL_BLK_SECTOR_BYTES > capacity - rec.buffer_lba))
-		bad = "sector range (past the end of the disk)";
+	if (length_bytes != sizeof(rec) + rec.buffer_saved_bytes ||
+	    rec.buffer_saved_bytes > DEV_ATA_BUFFER_BYTES) {
+		snprintf(error, error_len, "ATA record has an impossible buffer length");
+		return -EINVAL;
+	}
+	/* Fill a candidate and let ata.c check it (every index it uses into
+	 * its buffer and the image) before the device takes it. */
+	struct ata_state c = *a;
+	c.feature = rec.feature;
+	c.feature_hob = rec.feature_hob;
+	c.count = rec.count;
+	c.count_hob = rec.count_hob;
+	c.lba_low = rec.lba_low;
+	c.lba_low_hob = rec.lba_low_hob;
+	c.lba_mid = rec.lba_mid;
+	c.lba_mid_hob = rec.lba_mid_hob;
+	c.lba_high = rec.lba_high;
+	c.lba_high_hob = rec.lba_high_hob;
+	c.device = rec.device;
+	c.status = rec.status;
+	c.error = rec.error;
+	c.control = rec.control;
+	c.multiple_sectors = rec.multiple_sectors;
+	c.write_cache = rec.write_cache != 0;
+	c.command = rec.command;
+	c.transfer = (enum ata_transfer)rec.transfer;
+	c.op = (enum kapsel_blk_op)rec.op;
+	c.disk_op_open = rec.disk_op_open != 0;
+	c.held_by_rate_limit = rec.held_by_rate_limit != 0;
+	c.held_until_ns = rec.held_until_ns;
+	c.command_start_ns = rec.command_start_ns;
+	c.command_lba = rec.command_lba;
+	c.command_sectors = rec.command_sectors;
+	c.sectors_left = rec.sectors_left;
+	c.block_sectors = rec.block_sectors;
+	c.block_bytes_left = rec.block_bytes_left;
+	c.buffer_lba = rec.buffer_lba;
+	c.buffer_bytes = rec.buffer_bytes;
+	c.buffer_pos = rec.buffer_pos;
+	c.block_start_pos = rec.block_start_pos;
+	c.counters = (struct ata_counters){ rec.counters[0], rec.counters[1], rec.counters[2],
+					    rec.counters[3], rec.counters[4], rec.counters[5] };
+	const char *bad = ata_state_check(&c);
 	if (bad) {
 		snprintf(error, error_len, "ATA record has an impossible %s", bad);
 		return -EINVAL;
 	}
-	a->feature = rec.feature;
-	a->feature_hob = rec.feature_hob;
-	a->count = rec.count;
-	a->count_hob = rec.count_hob;
-	a->lba_low = rec.lba_low;
-	a->lba_low_hob = rec.lba_low_hob;
-	a->lba_mid = rec.lba_mid;
-	a->lba_mid_hob = rec.lba_mid_hob;
-	a->lba_high = rec.lba_high;
-	a->lba_high_hob = rec.lba_high_hob;
-	a->device = rec.device;
-	a->status = rec.status;
-	a->error = rec.error;
-	a->control = rec.control;
-	a->multiple_sectors = rec.multiple_sectors;
-	a->write_cache = rec.write_cache != 0;
-	a->command = rec.command;
-	a->transfer = (enum ata_transfer)rec.transfer;
-	a->op = (enum kapsel_blk_op)rec.op;
-	a->disk_op_open = rec.disk_op_open != 0;
-	a->held_by_rate_limit = rec.held_by_rate_limit != 0;
-	a->held_until_ns = rec.held_until_ns;
-	a->command_start_ns = rec.command_start_ns;
-	a->command_lba = rec.command_lba;
-	a->command_sectors = rec.command_sectors;
-	a->sectors_left = rec.sectors_left;
-	a->block_sectors = rec.block_sectors;
-	a->block_bytes_left = rec.block_bytes_left;
-	a->buffer_lba = rec.buffer_lba;
-	a->buffer_bytes = rec.buffer_bytes;
-	a->buffer_pos = rec.buffer_pos;
-	a->block_start_pos = rec.block_start_pos;
-	a->counters = (struct ata_counters){ rec.counters[0], rec.counters[1], rec.counters[2],
-					     rec.counters[3], rec.counters[4], rec.counters[5] };
+	*a = c;
 	memset(a->buffer, 0, DEV_ATA_BUFFER_BYTES);
 	memcpy(a->buffer, (const uint8_t *)payload + sizeof(rec), rec.buffer_saved_bytes);
 	return 0;

@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <x86intrin.h>
 
+#include "blk_pv_request.h"
 #include "devices.h"
 #include "disk.h"
 #include "disk_overlay.h"
@@ -437,65 +438,25 @@ static bool blk_pv_reap(struct blk_pv *b)
 
 /* ---- Requests -------------------------------------------------------------- */
 
-static bool op_has_data(uint8_t op)
-{
-	return op == KAPSEL_BLK_OP_READ || op == KAPSEL_BLK_OP_WRITE ||
-	       op == KAPSEL_BLK_OP_GET_INFO;
-}
-
 /*
- * Check the private copy req and fill slot's iovecs.  Returns 0, or a
- * negative status for the guest; *counted says the denial was counted.
- * Every guest address goes through guest_memory_translate here.
+ * Check the private copy req (blk_pv_request.c) and fill slot's iovecs.
+ * Returns 0, or a negative status for the guest; *counted says the denial
+ * was counted.
  */
 static int blk_pv_validate(struct blk_pv *b, const struct kapsel_blk_request *req,
 			   struct blk_pv_slot *slot, bool *counted)
 {
-	*counted = true;
-	if (req->op >= KAPSEL_BLK_OP_COUNT)
-		return disk_policy_check(&b->disk, (enum kapsel_blk_op)req->op, 0, 0);
-	if (req->flags != 0 || req->segment_count > KAPSEL_BLK_MAX_SEGMENTS)
-		goto malformed;
-	if (op_has_data(req->op) ? req->segment_count == 0 : req->segment_count != 0)
-		goto malformed;
-	if (req->op == KAPSEL_BLK_OP_GET_INFO && req->segment_count != 1)
-		goto malformed;
-
-	uint64_t total = 0;
-	for (unsigned i = 0; i < req->segment_count; i++) {
-		const struct kapsel_blk_segment *seg = &req->segments[i];
-		if (seg->gpa % KAPSEL_BLK_SECTOR_BYTES || seg->length_bytes == 0 ||
-		    seg->length_bytes % KAPSEL_BLK_SECTOR_BYTES)
-			goto malformed;
-		void *host = guest_memory_translate_guest(&b->dev.vm->mem, seg->gpa, seg->length_bytes);
-		if (!host) {
-			disk_stats_malformed(&b->disk);
-			return -KAPSEL_EFAULT;
-		}
-		slot->iov[i].iov_base = host;
-		slot->iov[i].iov_len = seg->length_bytes;
-		total += seg->length_bytes; /* at most 16 * 4 GiB: no overflow */
-	}
-	slot->iov_first = 0;
-	slot->iov_count = req->segment_count;
-
-	uint64_t sectors = req->sector_count;
-	if (req->op == KAPSEL_BLK_OP_READ || req->op == KAPSEL_BLK_OP_WRITE)
-		sectors = total / KAPSEL_BLK_SECTOR_BYTES;
-	else if (req->op == KAPSEL_BLK_OP_GET_INFO || req->op == KAPSEL_BLK_OP_FLUSH)
-		sectors = 0;
-	int err = disk_policy_check(&b->disk, (enum kapsel_blk_op)req->op, req->sector, sectors);
+	struct blk_pv_transfer transfer;
+	int err = blk_pv_request_check(req, &b->dev.vm->mem, &b->disk, &transfer, counted);
 	if (err)
 		return err;
-	slot->offset_bytes = req->sector * KAPSEL_BLK_SECTOR_BYTES; /* in bounds: no overflow */
-	slot->remaining_bytes = sectors * KAPSEL_BLK_SECTOR_BYTES;
-	slot->length_bytes = req->op == KAPSEL_BLK_OP_GET_INFO ? 0 : slot->remaining_bytes;
-	*counted = false;
+	memcpy(slot->iov, transfer.iov, transfer.iov_count * sizeof(transfer.iov[0]));
+	slot->iov_first = 0;
+	slot->iov_count = transfer.iov_count;
+	slot->offset_bytes = transfer.offset_bytes;
+	slot->remaining_bytes = transfer.remaining_bytes;
+	slot->length_bytes = transfer.length_bytes;
 	return 0;
-
-malformed:
-	disk_stats_malformed(&b->disk);
-	return -KAPSEL_EINVAL;
 }
 
 static void blk_pv_get_info(struct blk_pv *b, struct blk_pv_slot *slot)
@@ -531,7 +492,9 @@ static bool blk_pv_start(struct blk_pv *b, struct blk_pv_slot *slot)
 		uint64_t wait = disk_rate_limit(&b->disk, slot->length_bytes, now);
 		if (wait) {
 			b->throttled = slot;
-			b->throttled_until_ns = now + wait;
+			/* Saturate: a huge request on a tiny rate waits "forever"
+			 * rather than wrapping into the past and spinning. */
+			b->throttled_until_ns = wait > UINT64_MAX - now ? UINT64_MAX : now + wait;
 			return false;
 		}
 	}

@@ -34,6 +34,7 @@ static void usage(FILE *out)
 		"  snapshot  save a running VM and freeze its disks; it goes on on overlays\n"
 		"  restore   run a saved VM from exactly where it was\n"
 		"  clone     start N copies of a saved VM that share its memory\n"
+		"  migrate   live-migrate a running VM to 'kapsel run --incoming' elsewhere\n"
 		"  inspect   check and decode a saved VM state offline\n"
 		"\n"
 		"  version   print Kapsel's version and hypercall ABI version\n"
@@ -63,6 +64,7 @@ static const struct verb verbs[] = {
 	{ "control", cli_control, cli_control_usage },
 	{ "save", cli_save, cli_save_usage },
 	{ "snapshot", cli_snapshot, cli_snapshot_usage },
+	{ "migrate", cli_migrate, cli_migrate_usage },
 	{ "restore", cli_restore, cli_restore_usage },
 	{ "clone", cli_clone, cli_clone_usage },
 	{ "inspect", cli_inspect, cli_inspect_usage },

@@ -95,10 +95,16 @@ int ring_backend_pending(struct ring_backend *ring)
 	 * (pairs with the frontend's write barrier before storing req_prod). */
 	uint32_t req_prod = __atomic_load_n(&ring->header->req_prod, __ATOMIC_ACQUIRE);
 	uint32_t available = req_prod - ring->req_cons;
-	/* A correct frontend has at most size requests outstanding, and every
-	 * response we have not written yet counts as outstanding; req_prod
-	 * behind req_cons shows up here as a huge count too. */
-	if (available > ring->size - ring_backend_in_flight(ring)) {
+	/* A correct frontend has at most size requests outstanding, counted
+	 * from the responses it can see: every request we took whose response
+	 * is not published yet is still outstanding.  Counting from
+	 * rsp_published (not rsp_prod_pvt) keeps the guest from overwriting
+	 * unpublished responses, and bounds what one serving pass can take to
+	 * a ring's worth, however fast the guest publishes (the caller
+	 * publishes between passes).  req_prod behind req_cons shows up here
+	 * as a huge count too. */
+	uint32_t outstanding = ring->req_cons - ring->rsp_published;
+	if (available > ring->size - outstanding) {
 		ring->broken = true;
 		ring->bad_req_prod = req_prod;
 		return -1;

@@ -61,10 +61,13 @@ int ring_backend_map_restored(struct ring_backend *ring, const struct guest_memo
 
 /*
  * Requests the guest has published that have not been copied out yet and
- * for which a response slot is guaranteed (at most size - in flight).
+ * for which a response slot is guaranteed: at most size minus the requests
+ * taken whose responses are not published yet, so calls without a
+ * ring_backend_publish in between hand out at most size requests in all.
  * Returns that count, or -1 when req_prod is impossible (more than size
- * requests outstanding, or moving backwards): the ring is then marked
- * broken and every later call returns -1.  Precondition: ring mapped.
+ * requests outstanding since the last published response, or moving
+ * backwards): the ring is then marked broken and every later call returns
+ * -1.  Precondition: ring mapped.
  */
 int ring_backend_pending(struct ring_backend *ring);
 

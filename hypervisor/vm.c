@@ -608,6 +608,17 @@ static void handle_io(struct kapsel_vm *vm)
 	struct kvm_run *run = vm->run;
 	uint16_t port = run->io.port;
 	unsigned size = run->io.size;
+	/* KVM puts count elements of size bytes at data_offset inside the
+	 * kvm_run mapping (a rep ins/outs is cut to one page).  Every path
+	 * below copies count * size bytes there and at most 4 into a
+	 * uint32_t, so check that instead of trusting it. */
+	uint64_t data_bytes = (uint64_t)size * run->io.count;
+	if ((size != 1 && size != 2 && size != 4) || run->io.data_offset > vm->run_size ||
+	    data_bytes > vm->run_size - run->io.data_offset) {
+		vm->exits[VM_EXIT_OTHER]++;
+		crash_report_fatal(vm, "KVM reported a port access of impossible size, count or data offset");
+		return;
+	}
 	uint8_t *data = (uint8_t *)run + run->io.data_offset;
 
 	if (port == KAPSEL_PORT_HYPERCALL && run->io.direction == KVM_EXIT_IO_OUT &&

@@ -96,15 +96,48 @@ uint32_t vm_state_crc32c(uint32_t crc, const void *data, size_t length_bytes)
 	return ~c;
 }
 
+/* GF(2) 32x32 matrices, one column per word: the CRC register update for
+ * zero input is linear, so n zero bytes are the matrix M^n (squaring). */
+static uint32_t gf2_times(const uint32_t matrix[32], uint32_t vector)
+{
+	uint32_t sum = 0;
+	for (int i = 0; vector; i++, vector >>= 1)
+		if (vector & 1)
+			sum ^= matrix[i];
+	return sum;
+}
+
+static void gf2_square(uint32_t square[32], const uint32_t matrix[32])
+{
+	for (int i = 0; i < 32; i++)
+		square[i] = gf2_times(matrix, matrix[i]);
+}
+
 uint32_t vm_state_crc32c_zeros(uint32_t crc, uint64_t length_bytes)
 {
-	static const uint8_t zeros[65536];
-	while (length_bytes) {
-		size_t n = length_bytes < sizeof(zeros) ? (size_t)length_bytes : sizeof(zeros);
-		crc = vm_state_crc32c(crc, zeros, n);
-		length_bytes -= n;
-	}
-	return crc;
+	static const uint8_t zeros[256];
+	if (length_bytes <= sizeof(zeros))
+		return vm_state_crc32c(crc, zeros, (size_t)length_bytes);
+	uint32_t odd[32], even[32];
+	odd[0] = CRC32C_POLY_REFLECTED; /* one zero bit */
+	for (int i = 1; i < 32; i++)
+		odd[i] = 1u << (i - 1);
+	gf2_square(even, odd); /* two zero bits */
+	gf2_square(odd, even); /* four */
+	uint32_t c = ~crc;     /* the register, before the final inversion */
+	do {
+		gf2_square(even, odd); /* 8, 32, 128, ... bits: 1, 4, 16 ... bytes */
+		if (length_bytes & 1)
+			c = gf2_times(even, c);
+		length_bytes >>= 1;
+		if (!length_bytes)
+			break;
+		gf2_square(odd, even);
+		if (length_bytes & 1)
+			c = gf2_times(odd, c);
+		length_bytes >>= 1;
+	} while (length_bytes);
+	return ~c;
 }
 
 /* ---- Writer ----------------------------------------------------------------- */
@@ -402,11 +435,8 @@ static int reader_begin(struct vm_state_reader *r)
 	if (r->offset_bytes == 0 && r->fd < 0 && r->buffer_bytes == 0)
 		return vm_state_fail(r, -EPROTO, "is empty; it is not a Kapsel state file");
 	int rc = reader_raw(r, &rec);
-	if (rc < 0) {
-		if (rec.type == 0 && r->record_count == 0 && r->offset_bytes <= sizeof(struct vm_state_record_header))
-			return vm_state_fail(r, -EPROTO, "is not a Kapsel state stream (%s)", r->error);
-		return rc;
-	}
+	if (rc < 0)
+		return rc; /* the message says what is wrong with the first record */
 	if (rec.type != VM_STATE_BEGIN || rec.length_bytes != sizeof(struct vm_state_begin))
 		return vm_state_fail(r, -EPROTO, "does not start with a begin record; it is not a Kapsel state stream");
 	memcpy(&r->begin, rec.payload, sizeof(r->begin));
@@ -775,9 +805,35 @@ out:
 
 /* ---- The directory ------------------------------------------------------------ */
 
+/* True if path is a directory holding nothing but the files a save
+ * writes (or nothing at all): the only kind this code replaces or removes. */
+static bool is_state_dir(const char *path)
+{
+	static const char *const names[] = { VM_STATE_FILE_MANIFEST, VM_STATE_FILE_MANIFEST ".tmp",
+					     VM_STATE_FILE_STATE, VM_STATE_FILE_MEMORY,
+					     VM_STATE_FILE_DOMAIN };
+	DIR *d = opendir(path);
+	if (!d)
+		return false;
+	bool ours = true;
+	struct dirent *e;
+	while (ours && (e = readdir(d)) != NULL) {
+		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+			continue;
+		bool known = false;
+		for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+			known |= strcmp(e->d_name, names[i]) == 0;
+		ours = known;
+	}
+	closedir(d);
+	return ours;
+}
+
 /* Remove a state directory we made: only regular files directly in it. */
 static void remove_state_dir(const char *path)
 {
+	if (!is_state_dir(path))
+		return;
 	DIR *d = opendir(path);
 	if (d) {
 		struct dirent *e;
@@ -823,11 +879,24 @@ int vm_state_dir_begin(struct vm_state_dir_txn *txn, const char *path, char *err
 		return load_fail(error, error_len, -ENOMEM, "out of memory");
 	}
 	struct stat st;
-	if (stat(path, &st) == 0 && !S_ISDIR(st.st_mode)) {
-		int err = load_fail(error, error_len, -ENOTDIR,
-				    "'%s' exists and is not a directory; choose another path for the saved state",
+	if (stat(path, &st) == 0 && (!S_ISDIR(st.st_mode) || !is_state_dir(path))) {
+		int err = load_fail(error, error_len, -EEXIST,
+				    "'%s' exists and is not a saved Kapsel state (other files are in it); choose a new path",
 				    path);
-		vm_state_dir_abort(txn);
+		free(txn->temp_path);
+		free(txn->final_path);
+		memset(txn, 0, sizeof(*txn));
+		txn->dirfd = -1;
+		return err;
+	}
+	if (stat(txn->temp_path, &st) == 0 && (!S_ISDIR(st.st_mode) || !is_state_dir(txn->temp_path))) {
+		int err = load_fail(error, error_len, -EEXIST,
+				    "'%s' is in the way of the save (a save writes there first); move it",
+				    txn->temp_path);
+		free(txn->temp_path);
+		free(txn->final_path);
+		memset(txn, 0, sizeof(*txn));
+		txn->dirfd = -1;
 		return err;
 	}
 	remove_state_dir(txn->temp_path); /* left by a save that crashed */

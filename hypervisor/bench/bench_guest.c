@@ -433,11 +433,24 @@ static void fill_metrics(const struct bench_job *job, const struct child *child,
 				c->value = c->value > handshake[h].count ? c->value - handshake[h].count : 0;
 		}
 	}
-	uint64_t exits = 0, events = 0;
+	/* By reason; hypercall exits are split by call ("hc_block"). */
+	uint64_t exits = 0, events = 0, hypercalls = 0;
+	for (unsigned i = 0; i < delta.count; i++) {
+		const struct bench_counter *c = &delta.items[i];
+		if (strncmp(c->name, "hypercall_", 10) == 0 && c->value) {
+			char reason[BENCH_NAME_MAX];
+			snprintf(reason, sizeof(reason), "hc_%s", c->name + 10);
+			bench_counters_add(&run->exits, reason, c->value);
+			hypercalls += c->value;
+		}
+	}
 	for (unsigned i = 0; i < delta.count; i++) {
 		const struct bench_counter *c = &delta.items[i];
 		if (strncmp(c->name, "exits_", 6) == 0 && strcmp(c->name, "exits_total") != 0) {
-			if (c->value)
+			bool by_call = strcmp(c->name, "exits_io_hypercall") == 0;
+			if (by_call && c->value > hypercalls)
+				bench_counters_add(&run->exits, "hc_other", c->value - hypercalls);
+			else if (!by_call && c->value)
 				bench_counters_add(&run->exits, c->name + 6, c->value);
 			exits += c->value;
 		} else if (strncmp(c->name, "dev.", 4) == 0 &&
@@ -501,7 +514,8 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 		memory_bytes += (uint64_t)job->iodepth * w->block_bytes;
 	memory_bytes = (memory_bytes + (2u << 20) - 1) & ~((2ull << 20) - 1);
 	snprintf(memory, sizeof(memory), "%lluM", (unsigned long long)(memory_bytes >> 20));
-	snprintf(name, sizeof(name), "bench-%s", emulated ? "emulated" : "pv");
+	/* VM names are unique per host (control sockets): add our pid. */
+	snprintf(name, sizeof(name), "bench-%d-%s", (int)getpid(), emulated ? "emulated" : "pv");
 	int n = snprintf(disk, sizeof(disk), "%s,bus=%s,cache=%s", job->disk_path,
 			 emulated ? "ata" : "pv", job->cache == BENCH_CACHE_NONE ? "none" : "writeback");
 	if (!emulated && options->pv_backend_poll_ns >= 1000 && n > 0 && (size_t)n < sizeof(disk))

@@ -21,14 +21,14 @@
 #define CONSOLE_LINE_BYTES 80u
 #define RANDRW_READ_PERCENT 70u
 
-#define DEFAULT_GUEST_POLL_NS 0ull
-#define DEFAULT_GUEST_POLL_TEXT "0"
-#define DEFAULT_BACKEND_POLL_NS 0ull
-#define DEFAULT_BACKEND_POLL_TEXT "0"
+#define DEFAULT_GUEST_POLL_NS 100000ull
+#define DEFAULT_GUEST_POLL_TEXT "100us"
+#define DEFAULT_BACKEND_POLL_NS 50000ull
+#define DEFAULT_BACKEND_POLL_TEXT "50us"
 #define MAX_POLL_NS 1000000000ull
 
 #define QUICK_SIZE_BYTES (4ull << 20)
-#define QUICK_OPS 24u
+#define QUICK_OPS 16u
 #define QUICK_WARMUP_OPS 4u
 
 static const char *const default_workloads =

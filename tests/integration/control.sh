@@ -152,6 +152,17 @@ control-shutdown-timeout)
 	echo "shutdown" | send deaf2
 	expect_in "$TMP/reply" "error EBUSY VM 'deaf2' is paused and cannot shut down"
 	"$KAPSEL" destroy deaf2 >/dev/null
+	# A reboot request: the guest reboots in time, so the deadline (which
+	# was for the boot that was asked) does not destroy the new boot.
+	start_vm phoenix
+	echo "shutdown mode=reboot timeout=1" | send phoenix
+	expect_in "$TMP/reply" "guest_handles_shutdown yes"
+	sleep 1.5
+	"$KAPSEL" info phoenix | grep -qx "state running" || fail "rebooted VM was destroyed"
+	expect_in "$TMP/phoenix.out" "idle: reboot requested"
+	[ "$(grep -c 'idle: ready' "$TMP/phoenix.out")" -eq 2 ] || fail "the guest did not boot twice"
+	"$KAPSEL" info phoenix | grep -qx "generation 1" || fail "generation after a reboot"
+	"$KAPSEL" shutdown phoenix >/dev/null
 	;;
 control-destroy)
 	start_vm victim

@@ -50,4 +50,7 @@ expect_not_in() {
 make_temp_dir() {
 	TMP=$(mktemp -d "${TMPDIR:-/tmp}/kapsel-test.XXXXXX")
 	trap 'rm -rf "$TMP"' EXIT
+	# Control sockets of the test's VMs live in the test's own directory,
+	# never among the host's real VMs.
+	export KAPSEL_RUNTIME_DIR=$TMP/rt
 }

@@ -215,8 +215,64 @@ EOF
 # The overlay a running/restored VM writes to: the newest IMAGE@*.kovl.
 newest_overlay() { ls -t "$1"@*.kovl 2>/dev/null | head -1; }
 
+# proxy LISTEN_PORT TARGET_PORT MODE OFFSET: forward one TCP connection,
+# misbehaving: "cut" closes both sides once OFFSET bytes went to the
+# target, "garble" inverts the byte at OFFSET, "cut-reply" closes as soon as
+# the target answers.  Runs in the background; PROXY is its pid.
+proxy() {
+	python3 - "$@" <<'EOF' &
+import socket, sys, select
+listen_port, target_port, mode, offset = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", listen_port)); ls.listen(1)
+src, _ = ls.accept()
+dst = socket.create_connection(("127.0.0.1", target_port))
+sent = 0
+try:
+    while True:
+        r, _, _ = select.select([src, dst], [], [], 30)
+        if not r:
+            break
+        if dst in r:
+            data = dst.recv(65536)
+            if not data or mode == "cut-reply":
+                break
+            src.sendall(data)
+        if src in r:
+            data = bytearray(src.recv(65536))
+            if not data:
+                break
+            if mode == "cut" and sent + len(data) >= offset:
+                dst.sendall(data[:offset - sent])
+                break
+            if mode == "garble" and sent <= offset < sent + len(data):
+                data[offset - sent] ^= 0xff
+            dst.sendall(data)
+            sent += len(data)
+except OSError:
+    pass
+src.close(); dst.close()
+EOF
+	PROXY=$!
+	sleep 0.3
+}
+
+# wait_listening PORT: until a socket listens on PORT (read from
+# /proc/net/tcp: connecting would be taken for the migration itself).
+wait_listening() {
+	local i hex
+	hex=$(printf '%04X' "$1")
+	for i in $(seq 100); do
+		awk -v p=":$hex" '$2 ~ p"$" && $4 == "0A" { found = 1 } END { exit !found }' \
+			/proc/net/tcp /proc/net/tcp6 2>/dev/null && return 0
+		sleep 0.05
+	done
+	fail "nothing listens on port $1"
+}
+
 # ---- cases ---------------------------------------------------------------------
 
+CASE=$1
 case "$1" in
 state-save-restore)
 	# Save and stop at tick ~40, restore: the guest goes on from the next
@@ -456,8 +512,110 @@ state-clone)
 	expect_status 0
 	check_ticks 1 120 "$OUT1" "$OUT2" || fail "restore after clones"
 	;;
+state-migrate)
+	# Live migration over loopback with a PV disk: the guest's sequence
+	# continues on the destination, no tick lost or repeated, on screen and
+	# on the disk; the source ends with status 0.
+	truncate -s 1M "$TMP/disk.img"
+	port=$((20000 + $$ % 20000))
+	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --no-control \
+		--incoming "tcp:127.0.0.1:$port" >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
+	DST=$!
+	name=state-mig-$$
+	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --kernel "$COUNTER" --name "$name" \
+		--disk "$TMP/disk.img" --cmdline "ticks=200 interval_ms=5" \
+		>"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
+	SRC=$!
+	wait_for_tick "$TMP/src.out" 40
+	"$KAPSEL" migrate "$name" "tcp:127.0.0.1:$port" >"$TMP/mig" 2>&1 || { cat "$TMP/mig" "$TMP/dst.err"; fail "migrate"; }
+	cat "$TMP/mig"
+	expect_in "$TMP/mig" "migrated VM '$name'"
+	STATUS=0; wait "$SRC" || STATUS=$?; expect_status 0
+	STATUS=0; wait "$DST" || STATUS=$?; expect_status 0
+	expect_not_in "$TMP/src.out" "counter done"
+	expect_in "$TMP/dst.out" "new generation 1"
+	expect_in "$TMP/dst.out" "counter done 200"
+	CHECK_DISK=$TMP/disk.img check_ticks 1 200 "$TMP/src.out" "$TMP/dst.out" || fail "migrated sequence"
+	;;
+state-migrate-broken)
+	# The stream cut or garbled at random points, or the destination's
+	# answer lost: every time the destination refuses to run anything and
+	# the source VM goes on unharmed; then a clean migration still works.
+	name=state-migb-$$
+	base=$((20000 + $$ % 15000))
+	timeout --kill-after=5 120 "$KAPSEL" run --no-console-input --kernel "$COUNTER" --name "$name" \
+		--cmdline "ticks=1500 interval_ms=5" >"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
+	SRC=$!
+	wait_for_tick "$TMP/src.out" 10
+	attempt=0
+	for spec in "cut $((RANDOM * 64))" "cut $((RANDOM % 100))" "cut $((RANDOM * 128))" \
+		"garble $((RANDOM * 64))" "garble $((RANDOM % 4000))" "cut-reply 0"; do
+		attempt=$((attempt + 1))
+		set -- $spec
+		dport=$((base + 2 * attempt)) pport=$((base + 2 * attempt + 1))
+		timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --no-control \
+			--incoming "tcp:127.0.0.1:$dport" >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
+		DST=$!
+		wait_listening "$dport"
+		proxy "$pport" "$dport" "$1" "$2"
+		before=$(last_tick "$TMP/src.out")
+		STATUS=0
+		"$KAPSEL" migrate "$name" "tcp:127.0.0.1:$pport" >"$TMP/mig" 2>&1 || STATUS=$?
+		[ "$STATUS" -eq 1 ] || { cat "$TMP/mig"; fail "migration through '$spec' exited $STATUS, expected 1"; }
+		expect_in "$TMP/mig" "the VM runs on here"
+		STATUS=0; wait "$DST" || STATUS=$?
+		[ "$STATUS" -eq 125 ] || { cat "$TMP/dst.err"; fail "destination after '$spec' exited $STATUS"; }
+		expect_in "$TMP/dst.err" "no VM was started"
+		[ ! -s "$TMP/dst.out" ] || fail "the destination ran guest code after '$spec'"
+		kill "$PROXY" 2>/dev/null; wait "$PROXY" 2>/dev/null
+		kill -0 "$SRC" || fail "the source VM died after '$spec'"
+		wait_for_tick "$TMP/src.out" $((before + 5))
+		echo "'$spec': refused ($(grep -o 'incoming migration failed: .*' "$TMP/dst.err" | cut -c1-110)...), source went on from tick $before"
+	done
+	# A good migration after all that.
+	dport=$((base + 100))
+	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --no-control \
+		--incoming "tcp:127.0.0.1:$dport" >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
+	DST=$!
+	wait_listening "$dport"
+	"$KAPSEL" migrate "$name" "tcp:127.0.0.1:$dport" >"$TMP/mig" 2>&1 || { cat "$TMP/mig"; fail "final migrate"; }
+	STATUS=0; wait "$SRC" || STATUS=$?; expect_status 0
+	STATUS=0; wait "$DST" || STATUS=$?; expect_status 0
+	check_ticks 1 1500 "$TMP/src.out" "$TMP/dst.out" || fail "sequence across failed migrations"
+	;;
+state-migrate-netns)
+	# Between two network namespaces joined by a veth pair: the VMs see
+	# only the addresses inside them.
+	ns=kst$$
+	ip netns add "${ns}a" 2>/dev/null || { echo "SKIP: cannot create network namespaces"; exit 77; }
+	trap 'ip netns del "${ns}a" 2>/dev/null; ip netns del "${ns}b" 2>/dev/null; rm -rf "$TMP"' EXIT
+	ip netns add "${ns}b"
+	ip link add "${ns}x" netns "${ns}a" type veth peer name "${ns}y" netns "${ns}b"
+	ip -n "${ns}a" addr add 10.213.77.1/24 dev "${ns}x"
+	ip -n "${ns}b" addr add 10.213.77.2/24 dev "${ns}y"
+	ip -n "${ns}a" link set "${ns}x" up
+	ip -n "${ns}b" link set "${ns}y" up
+	ip -n "${ns}a" link set lo up
+	ip -n "${ns}b" link set lo up
+	truncate -s 1M "$TMP/disk.img"
+	ip netns exec "${ns}b" timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --no-control \
+		--incoming tcp:10.213.77.2:4777 >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
+	DST=$!
+	name=state-migns-$$
+	ip netns exec "${ns}a" timeout --kill-after=5 60 "$KAPSEL" run --no-console-input \
+		--kernel "$COUNTER" --name "$name" --disk "$TMP/disk.img" \
+		--cmdline "ticks=200 interval_ms=5" >"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
+	SRC=$!
+	wait_for_tick "$TMP/src.out" 40
+	ip netns exec "${ns}a" "$KAPSEL" migrate "$name" tcp:10.213.77.2:4777 >"$TMP/mig" 2>&1 ||
+		{ cat "$TMP/mig" "$TMP/dst.err"; fail "migrate across namespaces"; }
+	cat "$TMP/mig"
+	STATUS=0; wait "$SRC" || STATUS=$?; expect_status 0
+	STATUS=0; wait "$DST" || STATUS=$?; expect_status 0
+	CHECK_DISK=$TMP/disk.img check_ticks 1 200 "$TMP/src.out" "$TMP/dst.out" || fail "sequence"
+	;;
 *)
 	fail "unknown case '$1'"
 	;;
 esac
-echo "PASS: $1"
+echo "PASS: $CASE"

@@ -572,6 +572,125 @@ static void test_wide_register_access(void)
 	teardown();
 }
 
+/* States a snapshot file could claim: ata.c must end them, never spin on
+ * them (before the fix, block_sectors 0 or a block running past the data
+ * in the buffer looped forever inside ata_data_read/ata_data_write). */
+static void test_impossible_state_does_not_hang(void)
+{
+	setup(64 * SECTOR, false);
+	alarm(20); /* a hang fails the test instead of the whole suite timing out */
+	issue_lba28(ATA_CMD_READ_SECTORS, 0, 4);
+	CU_ASSERT(status() & ATA_STATUS_DRQ);
+	ata.block_sectors = 0;
+	ata.block_bytes_left = 0;
+	uint8_t buf[2 * SECTOR];
+	ata_data_read(&ata, buf, sizeof(buf));
+	CU_ASSERT_FALSE(status() & ATA_STATUS_DRQ);
+	CU_ASSERT(status() & ATA_STATUS_ERR);
+	CU_ASSERT_EQUAL(buf[sizeof(buf) - 1], 0xff);
+
+	issue_lba28(ATA_CMD_READ_SECTORS, 0, 4);
+	ata.buffer_bytes = ata.buffer_pos; /* nothing buffered, a block open */
+	ata_data_read(&ata, buf, sizeof(buf));
+	CU_ASSERT(status() & ATA_STATUS_ERR);
+
+	issue_lba28(ATA_CMD_WRITE_SECTORS, 0, 4);
+	CU_ASSERT(status() & ATA_STATUS_DRQ);
+	ata.buffer_pos = 128 * SECTOR; /* buffer full, block still open */
+	memset(buf, 0x5a, sizeof(buf));
+	ata_data_write(&ata, buf, sizeof(buf));
+	CU_ASSERT(status() & ATA_STATUS_ERR);
+
+	/* A read whose buffer claims to lie past the command's end: the
+	 * refill for the next block ends the command instead of reading. */
+	issue_lba28(ATA_CMD_READ_SECTORS, 0, 4);
+	ata.buffer_lba = 60;
+	ata.buffer_pos = ata.buffer_bytes - 1;
+	ata.block_bytes_left = 1;
+	uint64_t reads_before = disk.stats.errors;
+	ata_data_read(&ata, buf, 1); /* ends the block: the refill is refused */
+	CU_ASSERT(status() & ATA_STATUS_ERR);
+	CU_ASSERT_EQUAL(inb(ATA_REG_ERROR_FEATURE), ATA_ERROR_UNC);
+	CU_ASSERT_EQUAL(disk.stats.errors, reads_before + 1);
+	alarm(0);
+	teardown();
+}
+
+/* Read n bytes through the data register, checking each state reached
+ * passes ata_state_check (what a snapshot at that moment would hold). */
+static bool read_checking_states(unsigned bytes)
+{
+	bool ok = true;
+	uint8_t chunk[SECTOR];
+	while (bytes) {
+		unsigned n = bytes < 96 ? bytes : 96;
+		ata_data_read(&ata, chunk, n);
+		ok &= ata_state_check(&ata) == NULL;
+		bytes -= n;
+	}
+	return ok;
+}
+
+static void test_state_check(void)
+{
+	setup(600 * SECTOR, false);
+	CU_ASSERT_PTR_NULL(ata_state_check(&ata));
+	/* A read of 300 sectors crosses two buffer refills; every state on
+	 * the way is one a snapshot may hold and must be accepted. */
+	outb(ATA_REG_COUNT, 2);
+	outb(ATA_REG_STATUS_COMMAND, ATA_CMD_SET_MULTIPLE_MODE);
+	issue_lba28(ATA_CMD_READ_MULTIPLE, 3, 0); /* 256 sectors */
+	CU_ASSERT_TRUE(read_checking_states(200 * SECTOR));
+	CU_ASSERT_PTR_NULL(ata_state_check(&ata));
+	struct ata_state good = ata;
+
+#define EXPECT_BAD(change)                                                         \
+	do {                                                                       \
+		ata = good;                                                        \
+		change;                                                            \
+		CU_ASSERT_PTR_NOT_NULL(ata_state_check(&ata));                     \
+	} while (0)
+	EXPECT_BAD(ata.block_sectors = 0);
+	EXPECT_BAD(ata.block_sectors = 3);
+	EXPECT_BAD(ata.multiple_sectors = 3);
+	EXPECT_BAD(ata.multiple_sectors = 255);
+	EXPECT_BAD(ata.buffer_pos = 128 * SECTOR + 1);
+	EXPECT_BAD(ata.buffer_bytes = 200 * SECTOR);
+	EXPECT_BAD(ata.block_start_pos = ata.buffer_pos + 512);
+	EXPECT_BAD(ata.block_bytes_left += 2);
+	EXPECT_BAD(ata.transfer = (enum ata_transfer)7);
+	EXPECT_BAD(ata.op = KAPSEL_BLK_OP_COUNT);
+	EXPECT_BAD(ata.transfer = ATA_TRANSFER_OUT); /* a read's buffer written out */
+	EXPECT_BAD(ata.command_lba = 599);          /* past the end of the disk */
+	EXPECT_BAD(ata.command_sectors = UINT64_MAX);
+	EXPECT_BAD(ata.buffer_lba += 1);             /* outside the command */
+	EXPECT_BAD(ata.sectors_left = ata.command_sectors + 1);
+	EXPECT_BAD(ata.buffer_lba = 0);
+	ata = good;
+	CU_ASSERT_TRUE(read_checking_states(56 * SECTOR));
+	CU_ASSERT_PTR_NULL(ata_state_check(&ata)); /* done: idle */
+
+	/* A write in progress; on a read-only disk it is refused. */
+	issue_lba28(ATA_CMD_WRITE_SECTORS, 10, 3);
+	uint8_t sector[SECTOR] = { 0 };
+	ata_data_write(&ata, sector, SECTOR + 100);
+	CU_ASSERT_PTR_NULL(ata_state_check(&ata));
+	good = ata;
+	EXPECT_BAD(ata.op = KAPSEL_BLK_OP_READ);
+	EXPECT_BAD(ata.buffer_lba = 9);
+	EXPECT_BAD(ata.sectors_left = 3);
+	disk.readonly = true;
+	EXPECT_BAD((void)0);
+	disk.readonly = false;
+#undef EXPECT_BAD
+	ata = good;
+	ata_data_write(&ata, sector, SECTOR);
+	CU_ASSERT_PTR_NULL(ata_state_check(&ata));
+	ata_data_write(&ata, sector, SECTOR - 100);
+	CU_ASSERT_EQUAL(status(), ATA_STATUS_DRDY | ATA_STATUS_DSC);
+	teardown();
+}
+
 int main(void)
 {
 	static const struct unit_test tests[] = {
@@ -591,6 +710,8 @@ int main(void)
 		{ "CHS addressing and READ VERIFY", test_chs_and_verify },
 		{ "rate limit holds the command BSY", test_rate_limit_holds_bsy },
 		{ "wide access to 8-bit registers", test_wide_register_access },
+		{ "impossible states end, never hang", test_impossible_state_does_not_hang },
+		{ "restored state check", test_state_check },
 	};
 	return UNIT_RUN("ata", tests);
 }

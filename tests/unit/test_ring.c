@@ -332,6 +332,52 @@ static void test_hostile_producer(void)
 	}
 }
 
+/* Responses written but not published still occupy the ring: a guest
+ * that publishes past them (it cannot have seen them) breaks the ring, so
+ * one serving pass never takes more than a ring's worth of requests. */
+static void test_unpublished_responses_outstanding(void)
+{
+	struct kg_ring front;
+	struct ring_backend back;
+	uint32_t start = UINT32_MAX - 4;
+	uint32_t pages = front_init(&front, 3, start);
+	CU_ASSERT_EQUAL_FATAL(back_map(&back, pages), 0);
+
+	/* Legal: 8 answered and published, then 8 more. */
+	for (uint64_t i = 0; i < 8; i++)
+		push_request(&front, i);
+	kg_ring_publish(&front);
+	CU_ASSERT_EQUAL(serve_all(&back), 8);
+	ring_backend_publish(&back);
+	front.header->req_prod = start + 16;
+	CU_ASSERT_EQUAL(ring_backend_pending(&back), 8);
+	CU_ASSERT_FALSE(back.broken);
+
+	/* Hostile: the guest keeps publishing while the backend answers
+	 * without publishing in between (one serving pass). */
+	pages = front_init(&front, 3, start);
+	CU_ASSERT_EQUAL_FATAL(back_map(&back, pages), 0);
+	uint32_t taken = 0;
+	for (int pass = 0; pass < 100; pass++) {
+		front.header->req_prod = back.req_cons + 8;
+		int pending = ring_backend_pending(&back);
+		if (pending < 0)
+			break;
+		for (int i = 0; i < pending; i++) {
+			struct kapsel_blk_request req;
+			ring_backend_take_request(&back, &req);
+			struct kapsel_blk_response rsp = { .id = req.id };
+			ring_backend_put_response(&back, &rsp);
+			taken++;
+		}
+	}
+	CU_ASSERT_EQUAL(taken, 8);
+	CU_ASSERT_TRUE(back.broken);
+	CU_ASSERT_EQUAL(back.bad_req_prod, start + 16);
+	/* Nothing was published past what the guest may have seen. */
+	CU_ASSERT_EQUAL(front.header->rsp_prod, start);
+}
+
 static void test_map_restored(void)
 {
 	/* A ring saved quiesced at index 10 with 3 requests queued after. */
@@ -488,6 +534,7 @@ int main(void)
 		{ "event index suppression", test_event_suppression },
 		{ "need_notify arithmetic", test_need_notify_arithmetic },
 		{ "hostile producer index", test_hostile_producer },
+		{ "unpublished responses are outstanding", test_unpublished_responses_outstanding },
 		{ "map a restored ring", test_map_restored },
 		{ "frontend and backend threads", test_two_threads },
 	};

@@ -26,6 +26,18 @@ static uint32_t reference_crc32c(const uint8_t *p, size_t n)
 	return ~c;
 }
 
+/* The reference continued from a previous CRC value. */
+static uint32_t reference_crc32c_from(uint32_t crc, const uint8_t *p, size_t n)
+{
+	uint32_t c = ~crc;
+	for (size_t i = 0; i < n; i++) {
+		c ^= p[i];
+		for (int k = 0; k < 8; k++)
+			c = (c >> 1) ^ (0x82f63b78u & (0u - (c & 1)));
+	}
+	return ~c;
+}
+
 struct sample {
 	uint32_t type, flags;
 	size_t length;
@@ -77,9 +89,14 @@ static void test_crc32c(void)
 	/* Incremental equals one-shot, and zeros equal a zero buffer. */
 	uint32_t split = vm_state_crc32c(vm_state_crc32c(0, buffer, 1000), buffer + 1000, 4000);
 	CU_ASSERT_EQUAL(split, reference_crc32c(buffer, 5000));
-	uint8_t zeros[70000] = { 0 };
-	CU_ASSERT_EQUAL(vm_state_crc32c_zeros(0x1234, sizeof(zeros)),
-			vm_state_crc32c(0x1234, zeros, sizeof(zeros)));
+	static uint8_t zeros[1 << 20];
+	static const size_t lengths[] = { 0, 1, 255, 256, 257, 1000, 4096 * 3 + 5, 65536, 70000, 1 << 20 };
+	for (size_t i = 0; i < sizeof(lengths) / sizeof(lengths[0]); i++) {
+		CU_ASSERT_EQUAL(vm_state_crc32c_zeros(0x1234, lengths[i]),
+				reference_crc32c_from(0x1234, zeros, lengths[i]));
+		CU_ASSERT_EQUAL(vm_state_crc32c_zeros(0, lengths[i]),
+				vm_state_crc32c(0, zeros, lengths[i]));
+	}
 }
 
 /* ---- Streams ------------------------------------------------------------------ */
@@ -422,6 +439,16 @@ static void test_dir_replace_is_atomic(void)
 	/* The next save cleans it up. */
 	CU_ASSERT_EQUAL(write_test_dir(path, first, 3, 0, 0), 0);
 	CU_ASSERT_EQUAL(access(temp, F_OK), -1);
+	/* A directory with other files is never replaced (nor emptied). */
+	char foreign[600], keep[700];
+	snprintf(foreign, sizeof(foreign), "%s/foreign", test_root);
+	CU_ASSERT_EQUAL(mkdir(foreign, 0700), 0);
+	snprintf(keep, sizeof(keep), "%s/precious.txt", foreign);
+	int fd = open(keep, O_WRONLY | O_CREAT, 0600);
+	CU_ASSERT(fd >= 0);
+	close(fd);
+	CU_ASSERT_EQUAL(write_test_dir(foreign, first, 1, 0, 0), -EEXIST);
+	CU_ASSERT_EQUAL(access(keep, F_OK), 0);
 	free(first);
 	free(second);
 }

@@ -1,0 +1,117 @@
+#!/bin/bash
+# Benchmark of VM state operations: save/restore time vs memory size, clone-to-running time and sharing, migration downtime and bytes.
+# Usage: scripts/bench_state.sh [BUILD_DIR]   (prints figures; asserts nothing)
+set -u
+BUILD=${1:-build}
+KAPSEL=$BUILD/hypervisor/kapsel
+COUNTER=$BUILD/guest-pv/counter.elf
+[ -x "$KAPSEL" ] && [ -f "$COUNTER" ] || { echo "build first: ninja -C $BUILD"; exit 1; }
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/kapsel-bench-state.XXXXXX")
+PIDS=()
+cleanup() {
+	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+	wait 2>/dev/null
+	rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+wait_for() { # FILE TEXT
+	for _ in $(seq 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+	echo "timeout waiting for '$2' in $1" >&2
+	return 1
+}
+
+echo "== save / restore vs memory size (counter guest; pattern_mb = a quarter of RAM)"
+printf "%-8s %10s %12s %12s %14s %14s %12s\n" memory data_MiB save_ms vcpu_stop_ms restore_copy_ms restore_map_ms disk_MiB
+for mem in 64 256 1024; do
+	out=$TMP/run.out err=$TMP/run.err dir=$TMP/save-$mem
+	"$KAPSEL" run --no-console-input --no-control --memory ${mem}M --kernel "$COUNTER" \
+		--cmdline "ticks=100000 interval_ms=5 pattern_mb=$((mem / 4))" \
+		--save-on-signal "$dir" --save-stop >"$out" 2>"$err" </dev/null &
+	pid=$!
+	wait_for "$out" "^tick 5 " || { kill $pid; continue; }
+	kill -HUP $pid
+	wait $pid
+	line=$(grep "saved VM" "$err")
+	data=$(sed -n 's/.*(\([0-9]*\) MiB data).*/\1/p' <<<"$line")
+	write=$(sed -n 's/.*write \([0-9.]*\) ms.*/\1/p' <<<"$line")
+	stopped=$(sed -n 's/.*vCPU stopped \([0-9.]*\) ms.*/\1/p' <<<"$line")
+	disk=$(du -m "$dir/memory.img" | cut -f1)
+	# Restore (copy into a fresh memfd) and clone-style restore (MAP_PRIVATE),
+	# each until the guest runs, then stopped.
+	times=()
+	for mode in "" "--clone"; do
+		"$KAPSEL" restore --no-console-input --no-control --timing $mode "$dir" \
+			>"$TMP/r.out" 2>"$TMP/r.err" </dev/null &
+		rpid=$!
+		wait_for "$TMP/r.out" "^tick" || true
+		kill $rpid 2>/dev/null
+		wait $rpid 2>/dev/null
+		times+=("$(sed -n 's/.*restored .* in \([0-9.]*\) ms.*/\1/p' "$TMP/r.err")")
+	done
+	printf "%-8s %10s %12s %12s %14s %14s %12s\n" "${mem}M" "$data" "$write" "$stopped" \
+		"${times[0]}" "${times[1]}" "$disk"
+	rm -rf "$dir"
+done
+
+echo
+echo "== clones: 8 from one 256 MiB snapshot (MAP_PRIVATE of memory.img)"
+dir=$TMP/clone-src
+"$KAPSEL" run --no-console-input --no-control --memory 256M --kernel "$COUNTER" \
+	--cmdline "ticks=100000 interval_ms=5 pattern_mb=64" --save-on-signal "$dir" --save-stop \
+	>"$TMP/c.out" 2>"$TMP/c.err" </dev/null &
+pid=$!
+wait_for "$TMP/c.out" "^tick 5 " && kill -HUP $pid
+wait $pid
+mkdir "$TMP/consoles"
+start=$(date +%s%N)
+"$KAPSEL" clone --count 8 --prefix bench$$ --console-dir "$TMP/consoles" --timing "$dir" \
+	>"$TMP/clone.out" 2>"$TMP/clone.err" </dev/null &
+cpid=$!
+PIDS+=($cpid)
+for i in $(seq 8); do wait_for "$TMP/consoles/bench$$-$i.log" "^tick" || true; done
+all_running=$(( ($(date +%s%N) - start) / 1000000 ))
+grep "restored" "$TMP/clone.err" | sed -n 's/.*in \([0-9.]*\) ms.*/\1/p' | sort -n |
+	awk '{ a[NR] = $1 } END { printf "restore-to-running per clone: min %s ms, median %s ms, max %s ms\n", a[1], a[int((NR + 1) / 2)], a[NR] }'
+echo "all 8 clones printing ticks after: $all_running ms (verification of the snapshot included: $(sed -n 's/.*verified .* in \([0-9.]*\) ms/\1/p' "$TMP/clone.err") ms)"
+rss=0 pss=0 shared=0
+for child in $(pgrep -P $cpid); do
+	while read -r key value _; do
+		case $key in
+		Rss:) rss=$((rss + value)) ;;
+		Pss:) pss=$((pss + value)) ;;
+		Shared_Clean:) shared=$((shared + value)) ;;
+		esac
+	done <"/proc/$child/smaps_rollup"
+done
+echo "8 clones: RSS sum $((rss / 1024)) MiB, PSS sum $((pss / 1024)) MiB, shared clean $((shared / 1024)) MiB (each guest has ~66 MiB of data in RAM)"
+for child in $(pgrep -P $cpid); do kill "$child"; done
+wait $cpid 2>/dev/null
+
+echo
+echo "== live migration over loopback (counter guest, PV disk)"
+printf "%-8s %7s %10s %12s %12s %12s\n" memory rounds pages bytes_MiB downtime_ms total_ms
+for mem in 64 256 1024; do
+	port=$((30000 + RANDOM % 20000))
+	truncate -s 16M "$TMP/disk.img"
+	"$KAPSEL" run --no-console-input --no-control --incoming "tcp:127.0.0.1:$port" \
+		>"$TMP/d.out" 2>"$TMP/d.err" </dev/null &
+	dpid=$!
+	name=benchmig$$-$mem
+	"$KAPSEL" run --no-console-input --memory ${mem}M --kernel "$COUNTER" --name "$name" \
+		--disk "$TMP/disk.img" --cmdline "ticks=100000 interval_ms=5 pattern_mb=$((mem / 4))" \
+		>"$TMP/s.out" 2>"$TMP/s.err" </dev/null &
+	spid=$!
+	wait_for "$TMP/s.out" "^tick 5 " || true
+	line=$("$KAPSEL" migrate "$name" "tcp:127.0.0.1:$port")
+	wait $spid
+	kill $dpid 2>/dev/null
+	wait $dpid 2>/dev/null
+	printf "%-8s %7s %10s %12s %12s %12s\n" "${mem}M" \
+		"$(sed -n 's/.*: \([0-9]*\) rounds.*/\1/p' <<<"$line")" \
+		"$(sed -n 's/.*rounds, \([0-9]*\) pages.*/\1/p' <<<"$line")" \
+		"$(sed -n 's/.* \([0-9]*\) bytes;.*/\1/p' <<<"$line" | awk '{ printf "%.1f", $1 / 1048576 }')" \
+		"$(sed -n 's/.*downtime \([0-9.]*\) ms.*/\1/p' <<<"$line")" \
+		"$(sed -n 's/.*total \([0-9.]*\) ms.*/\1/p' <<<"$line")"
+	rm -f "$TMP/disk.img"
+done

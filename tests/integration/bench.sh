@@ -1,0 +1,218 @@
+#!/bin/bash
+# Integration tests: `kapsel bench` itself on tiny runs (same data on every path, complete JSON, clear option errors); no performance assertions.
+. "$(dirname "$0")/lib.sh"
+require_kvm
+make_temp_dir
+out=$TMP/out err=$TMP/err
+
+# bench ARGS...: runs kapsel bench with a timeout; sets STATUS.
+bench() {
+	STATUS=0
+	timeout --kill-after=5 100 "$KAPSEL" bench "$@" >"$out" 2>"$err" </dev/null || STATUS=$?
+}
+
+show_and_fail() {
+	echo "--- stdout:"; head -c 4000 "$out"; echo "--- stderr:"; tail -c 4000 "$err"
+	fail "$@"
+}
+
+# check_json FILE PATHS...: FILE is one well-formed JSON document with every
+# key a reader needs, every row has a result for each of PATHS (status ok),
+# fixed-size write rows wrote the same data on all paths, and reads found
+# the pattern everywhere.
+check_json() {
+	python3 - "$@" <<'EOF'
+import json, math, sys
+path, want_paths = sys.argv[1], sys.argv[2:]
+doc = json.load(open(path))
+problems = []
+def need(obj, keys, where):
+    for k in keys:
+        if k not in obj:
+            problems.append('%s: missing key %r' % (where, k))
+need(doc, ['tool', 'version', 'schema', 'machine', 'options', 'metric_units', 'rows', 'goals',
+           'fio_available', 'chart', 'total_seconds'], 'top level')
+need(doc['options'], ['disk', 'size_bytes', 'runtime_s', 'ops', 'repeat', 'iodepths', 'cache',
+                      'paths', 'workloads', 'seed'], 'options')
+metrics = ['mb_per_s', 'iops', 'lat_p50_us', 'lat_p99_us', 'lat_p99_9_us', 'exits_per_op',
+           'notifications_per_op', 'cpu_us_per_op', 'submit_to_pickup_us',
+           'pickup_to_complete_us', 'complete_to_reap_us']
+rows = doc['rows']
+if not rows:
+    problems.append('no rows')
+kinds = set()
+for row in rows:
+    where = '%s qd=%s' % (row.get('workload'), row.get('iodepth'))
+    need(row, ['workload', 'kind', 'rw', 'block_bytes', 'iodepth', 'cache', 'paths', 'ratios',
+               'checksums', 'fio'], where)
+    kinds.add(row['kind'])
+    for p in ['native', 'pv', 'emulated']:
+        r = row['paths'].get(p)
+        if r is None:
+            problems.append('%s: no %s entry' % (where, p))
+            continue
+        need(r, ['status', 'message', 'runs', 'metrics', 'exits_per_op_by_reason', 'verify',
+                 'checksum_crc32', 'run_values'], where + ' ' + p)
+        for m in metrics:
+            if m not in r['metrics']:
+                problems.append('%s %s: metric %s missing' % (where, p, m))
+            else:
+                need(r['metrics'][m], ['median', 'min', 'max', 'spread', 'n'], where + ' ' + m)
+        if p not in want_paths:
+            if r['status'] != 'skipped':
+                problems.append('%s %s: status %s, expected skipped' % (where, p, r['status']))
+            continue
+        if r['status'] != 'ok':
+            problems.append('%s %s: status %s (%s)' % (where, p, r['status'], r['message']))
+            continue
+        med = r['metrics']['mb_per_s']['median']
+        if not (isinstance(med, (int, float)) and med > 0):
+            problems.append('%s %s: no throughput' % (where, p))
+        if p != 'native' and row['kind'] == 'block':
+            if not r['metrics']['exits_per_op']['median'] or not r['exits_per_op_by_reason']:
+                problems.append('%s %s: no exits counted' % (where, p))
+        if r['verify']['errors']:
+            problems.append('%s %s: %d sectors read back wrong' % (where, p, r['verify']['errors']))
+        if row['kind'] == 'block' and row['rw'] in ('read', 'randread', 'randrw') and not r['verify']['sectors']:
+            problems.append('%s %s: reads were not verified' % (where, p))
+    c = row['checksums']
+    if row['kind'] == 'block' and row['rw'] in ('write', 'randwrite', 'randrw') and doc['options']['ops']:
+        sums = [row['paths'][p]['checksum_crc32'] for p in want_paths]
+        if None in sums or c['before_crc32'] is None:
+            problems.append('%s: checksums missing: %s' % (where, sums))
+        elif len(set(sums)) != 1 or c['all_paths_match'] is not True:
+            problems.append('%s: paths wrote different data: %s' % (where, sums))
+        elif sums[0] == c['before_crc32']:
+            problems.append('%s: the region did not change' % where)
+if 'pv' in want_paths and 'native' in want_paths:
+    for row in rows:
+        if not isinstance(row['ratios']['pv_native'], (int, float)):
+            problems.append('%s: no pv/native ratio' % row['workload'])
+for g in doc['goals']:
+    need(g, ['goal', 'row', 'target', 'measured', 'met'], 'goal')
+if problems:
+    print('\n'.join(problems[:30]))
+    sys.exit(1)
+print('json ok: %d rows, kinds %s' % (len(rows), sorted(kinds)))
+EOF
+}
+
+case "$1" in
+bench-quick)
+	# The whole harness on a tiny run, JSON on standard output.
+	bench --quick --format json --output-dir "$TMP/results"
+	[ "$STATUS" -eq 0 ] || show_and_fail "kapsel bench --quick exited with $STATUS"
+	check_json "$out" native pv emulated || show_and_fail "JSON on stdout incomplete"
+	check_json "$TMP/results/results.json" native pv emulated || fail "results.json incomplete"
+	[ -s "$TMP/results/results.txt" ] || fail "no results.txt"
+	expect_in "$TMP/results/results.txt" "pv/native"
+	expect_in "$TMP/results/results.txt" "PV cost per request"
+	if command -v gnuplot >/dev/null; then
+		[ -s "$TMP/results/bench.svg" ] || fail "no chart although gnuplot is installed"
+		expect_in "$TMP/results/bench.svg" "<svg"
+	fi
+	if command -v fio >/dev/null; then
+		python3 -c "
+import json, sys
+doc = json.load(open('$out'))
+bad = [r['workload'] for r in doc['rows'] if r['kind'] == 'block' and not r['fio']['ok']]
+sys.exit('fio cross-check failed for %s' % bad if bad else 0)" || fail "fio cross-check"
+	fi
+	# The temporary image is gone.
+	img=$(python3 -c "import json; print(json.load(open('$out'))['options']['disk'])")
+	[ ! -e "$img" ] || fail "temporary image $img was left behind"
+	;;
+bench-same-data)
+	# A sequential write on every path of the same image: afterwards the
+	# image holds exactly what an independent implementation of the
+	# documented pattern says, and its CRC-32 is what every path reported.
+	img=$TMP/disk.img
+	bench --quick --workloads write-8K --iodepths 1 --no-fio --no-chart --disk "$img" \
+		--format json --output-dir "$TMP/results"
+	[ "$STATUS" -eq 0 ] || show_and_fail "kapsel bench exited with $STATUS"
+	check_json "$out" native pv emulated || show_and_fail "JSON incomplete"
+	python3 - "$out" "$img" <<'EOF' || fail "image contents"
+import json, struct, sys, zlib
+doc = json.load(open(sys.argv[1]))
+opts = doc['options']
+row = doc['rows'][0]
+size, bs = opts['size_bytes'], row['block_bytes']
+ops = opts['warmup_ops'] + opts['ops']  # one run per path; repeats rewrite the same blocks
+gen_row = 1                             # the first row writes generation 1
+MAGIC = 0x4b42454e43480000
+def sector(s, gen):
+    filler = bytes(((j * 7 + gen * 13 + 1) & 0xff) for j in range(16, 512))
+    return struct.pack('<QQ', s, MAGIC | gen) + filler
+written = ops * bs // 512
+expect = bytearray()
+for s in range(size // 512):
+    expect += sector(s, gen_row if s < written else 0)
+data = open(sys.argv[2], 'rb').read(size)
+if data != bytes(expect):
+    first = next(i for i in range(len(data)) if data[i] != expect[i])
+    sys.exit('image differs from the expected pattern at byte %d (sector %d)' % (first, first // 512))
+crc = '%08x' % zlib.crc32(data)
+sums = {p: row['paths'][p]['checksum_crc32'] for p in ('native', 'pv', 'emulated')}
+if any(v != crc for v in sums.values()):
+    sys.exit('path checksums %s, image crc32 %s' % (sums, crc))
+before = '%08x' % zlib.crc32(b''.join(sector(s, 0) for s in range(size // 512)))
+if row['checksums']['before_crc32'] != before:
+    sys.exit('before_crc32 %s, expected %s' % (row['checksums']['before_crc32'], before))
+print('image ok: %d sectors written by every path, crc32 %s' % (written, crc))
+EOF
+	;;
+bench-native-only)
+	# One path: the others are reported as skipped, the table still prints.
+	bench --quick --paths native --workloads randread-4K,console --no-fio --no-chart \
+		--output-dir "$TMP/results"
+	[ "$STATUS" -eq 0 ] || show_and_fail "exited with $STATUS"
+	expect_in "$out" "randread-4K qd=1 cache=none"
+	expect_in "$out" "native"
+	check_json "$TMP/results/results.json" native || fail "results.json incomplete"
+	;;
+bench-options)
+	# Invalid options: exit status 2 and a message naming the option and the fix.
+	check_error() {
+		local want=$1
+		shift
+		bench "$@"
+		[ "$STATUS" -eq 2 ] || show_and_fail "kapsel bench $* exited with $STATUS, expected 2"
+		expect_in "$err" "$want"
+	}
+	check_error "--iodepths: '0' is not a queue depth; each must be 1-256" --iodepths 0
+	check_error "--workloads: 'randread-5K' is not a workload" --workloads randread-5K
+	check_error "--cache 'sometimes' is unknown; use none (O_DIRECT), writeback or both" --cache sometimes
+	check_error "--paths: 'warp' is not a path; use any of native, pv, emulated" --paths warp
+	check_error "--format 'xml' is unknown; use table or json" --format xml
+	check_error "--size '1K' is not a valid size; give at least 1M" --size 1K
+	check_error "--runtime 'soon' is not a valid time" --runtime soon
+	check_error "--repeat '0' is not valid; give 1-25" --repeat 0
+	check_error "unknown option '--turbo'" --turbo
+	check_error "option '--disk' needs a value" --disk
+	check_error "unexpected argument 'now'" now
+	mkdir "$TMP/dir"
+	check_error "--disk '$TMP/dir' is not a regular file" --quick --paths native --disk "$TMP/dir" \
+		--output-dir "$TMP/results"
+	truncate -s 1M "$TMP/small.img"
+	check_error "smaller than --size 4 MiB; give a smaller --size or a larger file" --quick \
+		--paths native --disk "$TMP/small.img" --output-dir "$TMP/results"
+	check_error "--guest '$TMP/none.elf' cannot be read" --quick --guest "$TMP/none.elf" \
+		--output-dir "$TMP/results"
+	touch "$TMP/file"
+	check_error "--output-dir '$TMP/file/x' cannot be created or written" --quick \
+		--output-dir "$TMP/file/x"
+	# Help works and names the options.
+	bench --help
+	[ "$STATUS" -eq 0 ] || fail "--help exited with $STATUS"
+	expect_in "$out" "--iodepths LIST"
+	expect_in "$out" "--cache MODE"
+	STATUS=0
+	"$KAPSEL" help bench >"$out" 2>"$err" || STATUS=$?
+	[ "$STATUS" -eq 0 ] || fail "kapsel help bench exited with $STATUS"
+	expect_in "$out" "Usage: kapsel bench"
+	;;
+*)
+	fail "unknown case '$1'"
+	;;
+esac
+echo "PASS: $1"
