@@ -704,8 +704,9 @@ static bool power_of_two_upto(uint64_t value, uint64_t max)
 const char *ata_state_check(const struct ata_state *ata)
 {
 	uint64_t capacity = ata->disk->capacity_sectors;
+	/* (An idle device keeps the last block's start past buffer_pos.) */
 	if (ata->buffer_bytes > ATA_BUFFER_BYTES || ata->buffer_pos > ATA_BUFFER_BYTES ||
-	    ata->block_start_pos > ata->buffer_pos || ata->block_bytes_left > ATA_BUFFER_BYTES)
+	    ata->block_start_pos > ATA_BUFFER_BYTES || ata->block_bytes_left > ATA_BUFFER_BYTES)
 		return "buffer position";
 	if (ata->transfer > ATA_TRANSFER_OUT || (unsigned)ata->op >= KAPSEL_BLK_OP_COUNT)
 		return "transfer";
@@ -729,6 +730,8 @@ const char *ata_state_check(const struct ata_state *ata)
 		if (ata->transfer != ATA_TRANSFER_NONE ||
 		    !(ata->op == KAPSEL_BLK_OP_READ || writes || ata->op == KAPSEL_BLK_OP_FLUSH))
 			return "transfer";
+		if (ata->sectors_left != ata->command_sectors)
+			return "sector counts";
 		return NULL;
 	}
 	if (ata->transfer == ATA_TRANSFER_IN ? !(ata->op == KAPSEL_BLK_OP_READ ||
@@ -743,7 +746,8 @@ const char *ata_state_check(const struct ata_state *ata)
 									   ata->block_sectors;
 	uint64_t block_bytes = block_sectors * ATA_SECTOR_BYTES;
 	uint64_t limit = ata->transfer == ATA_TRANSFER_IN ? ata->buffer_bytes : ATA_BUFFER_BYTES;
-	if (block_sectors == 0 || ata->block_start_pos % ATA_SECTOR_BYTES ||
+	if (block_sectors == 0 || ata->block_start_pos > ata->buffer_pos ||
+	    ata->block_start_pos % ATA_SECTOR_BYTES ||
 	    ata->buffer_pos - ata->block_start_pos + (uint64_t)ata->block_bytes_left != block_bytes ||
 	    ata->block_start_pos + block_bytes > limit)
 		return "block position";

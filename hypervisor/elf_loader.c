@@ -325,8 +325,9 @@ const char *elf_image_symbolize(const struct elf_image *image, uint64_t address,
 	if (lo == 0)
 		return NULL;
 	const struct elf_symbol *sym = &image->symbols[lo - 1];
-	/* Size 0 (assembly labels) matches up to the next symbol. */
-	if (sym->size_bytes && address >= sym->address + sym->size_bytes)
+	/* Size 0 (assembly labels) matches up to the next symbol.  Written
+	 * without address + size, which a symbol near 2^64 overflows. */
+	if (sym->size_bytes && address - sym->address >= sym->size_bytes)
 		return NULL;
 	if (offset_bytes)
 		*offset_bytes = address - sym->address;

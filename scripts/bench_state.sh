@@ -16,7 +16,8 @@ cleanup() {
 trap cleanup EXIT
 
 wait_for() { # FILE TEXT
-	for _ in $(seq 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+	local i
+	for i in $(seq 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
 	echo "timeout waiting for '$2' in $1" >&2
 	return 1
 }
@@ -24,7 +25,8 @@ wait_for() { # FILE TEXT
 echo "== save / restore vs memory size (counter guest; pattern_mb = a quarter of RAM)"
 printf "%-8s %10s %12s %12s %14s %14s %12s\n" memory data_MiB save_ms vcpu_stop_ms restore_copy_ms restore_map_ms disk_MiB
 for mem in 64 256 1024; do
-	out=$TMP/run.out err=$TMP/run.err dir=$TMP/save-$mem
+	out=$TMP/run-$mem.out err=$TMP/run-$mem.err dir=$TMP/save-$mem
+	: >"$out"
 	"$KAPSEL" run --no-console-input --no-control --memory ${mem}M --kernel "$COUNTER" \
 		--cmdline "ticks=100000 interval_ms=5 pattern_mb=$((mem / 4))" \
 		--save-on-signal "$dir" --save-stop >"$out" 2>"$err" </dev/null &
@@ -40,14 +42,18 @@ for mem in 64 256 1024; do
 	# Restore (copy into a fresh memfd) and clone-style restore (MAP_PRIVATE),
 	# each until the guest runs, then stopped.
 	times=()
-	for mode in "" "--clone"; do
-		"$KAPSEL" restore --no-console-input --no-control --timing $mode "$dir" \
-			>"$TMP/r.out" 2>"$TMP/r.err" </dev/null &
+	for mode in copy clone; do
+		rout=$TMP/r-$mem-$mode.out rerr=$TMP/r-$mem-$mode.err
+		: >"$rout"
+		flag=""
+		[ $mode = clone ] && flag=--clone
+		"$KAPSEL" restore --no-console-input --no-control --timing $flag "$dir" \
+			>"$rout" 2>"$rerr" </dev/null &
 		rpid=$!
-		wait_for "$TMP/r.out" "^tick" || true
+		wait_for "$rout" "^tick" || true
 		kill $rpid 2>/dev/null
 		wait $rpid 2>/dev/null
-		times+=("$(sed -n 's/.*restored .* in \([0-9.]*\) ms.*/\1/p' "$TMP/r.err")")
+		times+=("$(sed -n 's/.*restored .* in \([0-9.]*\) ms.*/\1/p' "$rerr")")
 	done
 	printf "%-8s %10s %12s %12s %14s %14s %12s\n" "${mem}M" "$data" "$write" "$stopped" \
 		"${times[0]}" "${times[1]}" "$disk"
@@ -57,6 +63,7 @@ done
 echo
 echo "== clones: 8 from one 256 MiB snapshot (MAP_PRIVATE of memory.img)"
 dir=$TMP/clone-src
+: >"$TMP/c.out"
 "$KAPSEL" run --no-console-input --no-control --memory 256M --kernel "$COUNTER" \
 	--cmdline "ticks=100000 interval_ms=5 pattern_mb=64" --save-on-signal "$dir" --save-stop \
 	>"$TMP/c.out" 2>"$TMP/c.err" </dev/null &
@@ -94,15 +101,16 @@ printf "%-8s %7s %10s %12s %12s %12s\n" memory rounds pages bytes_MiB downtime_m
 for mem in 64 256 1024; do
 	port=$((30000 + RANDOM % 20000))
 	truncate -s 16M "$TMP/disk.img"
+	: >"$TMP/s-$mem.out"
 	"$KAPSEL" run --no-console-input --no-control --incoming "tcp:127.0.0.1:$port" \
 		>"$TMP/d.out" 2>"$TMP/d.err" </dev/null &
 	dpid=$!
 	name=benchmig$$-$mem
 	"$KAPSEL" run --no-console-input --memory ${mem}M --kernel "$COUNTER" --name "$name" \
 		--disk "$TMP/disk.img" --cmdline "ticks=100000 interval_ms=5 pattern_mb=$((mem / 4))" \
-		>"$TMP/s.out" 2>"$TMP/s.err" </dev/null &
+		>"$TMP/s-$mem.out" 2>"$TMP/s.err" </dev/null &
 	spid=$!
-	wait_for "$TMP/s.out" "^tick 5 " || true
+	wait_for "$TMP/s-$mem.out" "^tick 5 " || true
 	line=$("$KAPSEL" migrate "$name" "tcp:127.0.0.1:$port")
 	wait $spid
 	kill $dpid 2>/dev/null

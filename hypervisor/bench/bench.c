@@ -26,6 +26,8 @@ static void on_interrupt(int signo)
 	interrupted = 1;
 }
 
+bool bench_interrupted(void) { return interrupted != 0; }
+
 static uint64_t monotonic_ns(void)
 {
 	struct timespec ts;
@@ -268,6 +270,12 @@ static void describe_machine(struct bench_results *results)
 		 nested ? ", itself a VM (KVM here is nested)" : "");
 }
 
+static double load_average(void)
+{
+	double load[1];
+	return getloadavg(load, 1) == 1 ? load[0] : NAN;
+}
+
 static void summarize(struct bench_path_result *result)
 {
 	double values[BENCH_MAX_REPEAT];
@@ -397,6 +405,73 @@ static void run_path(struct bench_options *options, struct bench_results *result
 	summarize(result);
 }
 
+/*
+ * Cross-check the native path with fio right after it ran, under the same
+ * conditions.  fio writes its own data, so a writing row puts the pattern
+ * back afterwards for the reads that follow.
+ */
+static void run_fio(struct bench_options *options, struct bench_results *results,
+		    struct bench_row *row)
+{
+	struct bench_job job = {
+		.workload = row->workload,
+		.path = BENCH_PATH_NATIVE,
+		.iodepth = row->iodepth,
+		.cache = row->cache,
+		.disk_path = results->disk_path,
+		.region_bytes = options->size_bytes,
+		.runtime_ns = options->runtime_ns,
+		.warmup_ns = options->warmup_ns,
+		.ops = options->ops,
+		.seed = options->seed,
+		.options = options,
+	};
+	bench_fio_run(&job, &row->fio);
+	if (options->verbose)
+		fprintf(stderr, "    fio: %s %.1f MB/s %.0f IOPS\n", row->fio.ok ? "ok" : row->fio.error,
+			row->fio.mb_per_s, row->fio.iops);
+	if (row->workload->writes) {
+		int err = reset_region(results->disk_path, options->size_bytes);
+		if (err)
+			fprintf(stderr, "kapsel bench: cannot restore the pattern after fio: %s\n",
+				strerror(-err));
+	}
+}
+
+/*
+ * The emulated ATA disk has no queue: at any depth it runs one request at
+ * a time, so a time-based row at another depth measures exactly what an
+ * earlier row of the same workload and cache mode did.  Copy that result
+ * (and say so) instead of spending seconds per large write again.
+ */
+static bool reuse_emulated(const struct bench_options *options, struct bench_results *results,
+			   unsigned index)
+{
+	struct bench_row *row = &results->rows[index];
+	if (options->ops || row->workload->kind != BENCH_KIND_BLOCK)
+		return false;
+	for (unsigned i = 0; i < index; i++) {
+		const struct bench_row *twin = &results->rows[i];
+		const struct bench_path_result *r = &twin->paths[BENCH_PATH_EMULATED];
+		if (twin->workload != row->workload || twin->cache != row->cache ||
+		    r->status != BENCH_STATUS_OK || r->queue_depth_used != 1 || !r->runs)
+			continue;
+		struct bench_path_result *copy = &row->paths[BENCH_PATH_EMULATED];
+		*copy = *r;
+		copy->runs = calloc(options->repeat, sizeof(*copy->runs));
+		if (!copy->runs) {
+			memset(copy, 0, sizeof(*copy));
+			return false;
+		}
+		memcpy(copy->runs, r->runs, r->run_count * sizeof(*r->runs));
+		copy->copied_from_iodepth = twin->iodepth;
+		snprintf(copy->message, sizeof(copy->message),
+			 "the runs of qd=%u: the ATA disk has no queue (depth 1 at any qd)", twin->iodepth);
+		return true;
+	}
+	return false;
+}
+
 static double ratio(const struct bench_row *row, enum bench_path a, enum bench_path b)
 {
 	const struct bench_path_result *x = &row->paths[a], *y = &row->paths[b];
@@ -516,8 +591,14 @@ int bench_main(struct bench_options *options)
 			strerror(errno));
 		return 2;
 	}
-	if (guests && !options->guest_path)
+	if (guests && !options->guest_path) {
+		/* Next to the kapsel that runs the guests, else next to us. */
 		options->guest_path = find_guest(options->kapsel_path);
+		char *self = self_path();
+		if (!options->guest_path && self)
+			options->guest_path = find_guest(self);
+		free(self);
+	}
 
 	const char *tmp = getenv("TMPDIR");
 	snprintf(work_dir, sizeof(work_dir), "%s/kapsel-bench-work.XXXXXX", tmp && *tmp ? tmp : "/tmp");
@@ -534,6 +615,7 @@ int bench_main(struct bench_options *options)
 		console_sink[0] = '\0'; /* cannot happen: mkdtemp's name is short */
 
 	describe_machine(&results);
+	results.load_start = load_average();
 	if (prepare_image(options, &results, error, sizeof(error)) < 0) {
 		fprintf(stderr, "kapsel bench: %s\n", error);
 		if (results.disk_temporary)
@@ -609,39 +691,24 @@ int bench_main(struct bench_options *options)
 			    checksum_region(results.disk_path, options->size_bytes, &row->checksum_reset) == 0)
 				row->checksum_reset_valid = true;
 		}
-		for (unsigned p = 0; p < BENCH_PATH_COUNT && !interrupted; p++)
-			if (options->paths[p])
-				run_path(options, &results, row, (enum bench_path)p, work_dir, console_sink,
-					 generation, &avail);
+		for (unsigned p = 0; p < BENCH_PATH_COUNT && !interrupted; p++) {
+			if (!options->paths[p])
+				continue;
+			if (p == BENCH_PATH_EMULATED && reuse_emulated(options, &results, i))
+				continue;
+			run_path(options, &results, row, (enum bench_path)p, work_dir, console_sink,
+				 generation, &avail);
+			if (p == BENCH_PATH_NATIVE && results.fio_available &&
+			    row->workload->kind == BENCH_KIND_BLOCK && !interrupted)
+				run_fio(options, &results, row);
+		}
 		row->ratio_pv_native = ratio(row, BENCH_PATH_PV, BENCH_PATH_NATIVE);
 		row->ratio_pv_emulated = ratio(row, BENCH_PATH_PV, BENCH_PATH_EMULATED);
 		progress_row(options, i, results.row_count, row);
 	}
 
-	/* fio last: its write jobs overwrite the pattern the reads check. */
-	if (results.fio_available && options->paths[BENCH_PATH_NATIVE] && !interrupted) {
-		fprintf(stderr, "kapsel bench: cross-checking native numbers with fio\n");
-		for (unsigned i = 0; i < results.row_count && !interrupted; i++) {
-			struct bench_row *row = &results.rows[i];
-			if (row->workload->kind != BENCH_KIND_BLOCK)
-				continue;
-			struct bench_job job = {
-				.workload = row->workload,
-				.path = BENCH_PATH_NATIVE,
-				.iodepth = row->iodepth,
-				.cache = row->cache,
-				.disk_path = results.disk_path,
-				.region_bytes = options->size_bytes,
-				.runtime_ns = options->runtime_ns,
-				.warmup_ns = options->warmup_ns,
-				.ops = options->ops,
-				.seed = options->seed,
-				.options = options,
-			};
-			bench_fio_run(&job, &row->fio);
-		}
-	}
 	results.total_seconds = (monotonic_ns() - started) / 1e9;
+	results.load_end = load_average();
 
 	if (interrupted)
 		fprintf(stderr, "kapsel bench: interrupted; reporting what was measured\n");

@@ -274,6 +274,7 @@ struct bench_path_result {
 	uint64_t verify_sectors, verify_errors;
 	bool checksum_valid;
 	uint32_t checksum;                  /* region CRC-32 after this path ran */
+	unsigned copied_from_iodepth;       /* > 0: runs copied from that depth's row */
 };
 
 struct bench_row {
@@ -295,6 +296,7 @@ struct bench_results {
 	uint64_t size_bytes;
 	double total_seconds;
 	char host[256];      /* machine description */
+	double load_start, load_end; /* 1-minute load average before and after */
 	bool fio_available;
 	char chart_path[512];
 	char chart_note[160];
@@ -302,6 +304,9 @@ struct bench_results {
 
 /* Run the whole benchmark.  Returns the exit status for `kapsel bench`. */
 int bench_main(struct bench_options *options);
+
+/* True once SIGINT or SIGTERM asked the bench to stop (children get them too). */
+bool bench_interrupted(void);
 
 /* The human-readable report. */
 void bench_report_table(FILE *out, const struct bench_options *options,

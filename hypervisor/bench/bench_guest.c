@@ -34,6 +34,9 @@
 #define OUTPUT_KEEP_BYTES 2048u
 #define GUEST_MEMORY_BASE_BYTES (64ull << 20)
 #define KV_MAX 64u
+/* `kapsel run`'s status when it could not start or run the VM (vm.h). */
+#define KAPSEL_EXIT_VMM_ERROR_CODE 125
+
 
 struct kv {
 	unsigned count;
@@ -103,6 +106,9 @@ struct child {
 
 struct window {
 	bool started, ended;
+	uint64_t spawn_ns;      /* when `kapsel run` was started */
+	uint64_t measure_budget_ns; /* the measured phase's budget */
+	uint64_t deadline_ns;   /* kill the guest after this */
 	uint64_t wall_start, wall_end;
 	uint64_t cpu_start, cpu_end;
 	uint64_t vcpu_start, vcpu_end;
@@ -227,6 +233,14 @@ static void on_mark(struct child *child, struct window *window, const char *mark
 		window->vcpu_start = child_vcpu_ns(child);
 		window->wall_start = monotonic_ns();
 		window->started = true;
+		/* Now that the warm-up showed how long an operation can take
+		 * (the emulated disk: seconds for 1 MiB), allow the measured
+		 * phase its budget plus twice the time boot and warm-up took. */
+		uint64_t warmup_ns = window->wall_start - window->spawn_ns;
+		uint64_t deadline = window->wall_start + window->measure_budget_ns + 2 * warmup_ns +
+				    RUN_SLACK_NS;
+		if (deadline > window->deadline_ns)
+			window->deadline_ns = deadline;
 	} else if (strcmp(mark, "end") == 0) {
 		window->wall_end = monotonic_ns();
 		window->cpu_end = child_cpu_ns(child);
@@ -545,6 +559,7 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 	argv[argc++] = cmdline;
 	argv[argc++] = "--stats-file";
 	argv[argc++] = stats_path;
+	argv[argc++] = "--no-control"; /* no socket per run; counters come via --stats-file */
 	argv[argc] = NULL;
 	if (options->verbose) {
 		fprintf(stderr, "    $");
@@ -580,7 +595,9 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 	}
 
 	uint64_t budget = job->ops ? OPS_MODE_TIMEOUT_NS : job->warmup_ns + job->runtime_ns;
-	uint64_t deadline = monotonic_ns() + budget + RUN_SLACK_NS;
+	window->spawn_ns = monotonic_ns();
+	window->measure_budget_ns = job->ops ? OPS_MODE_TIMEOUT_NS : job->runtime_ns;
+	window->deadline_ns = window->spawn_ns + budget + RUN_SLACK_NS;
 	bool out_open = true, err_open = true, timed_out = false;
 	while (!child->exited || out_open || err_open) {
 		struct pollfd fds[2];
@@ -618,11 +635,12 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 				child->status = status;
 			}
 		}
-		if (!child->exited && monotonic_ns() > deadline) {
+		if (!child->exited && monotonic_ns() > window->deadline_ns) {
 			kill(child->pid, SIGKILL);
 			timed_out = true;
 		}
-		if (child->exited && !console && (out_open || err_open) && monotonic_ns() > deadline + 5000000000ull)
+		if (child->exited && !console && (out_open || err_open) &&
+		    monotonic_ns() > window->deadline_ns + 5000000000ull)
 			break; /* a grandchild holds the pipes; give up on them */
 	}
 	if (console)
@@ -639,7 +657,7 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 	if (timed_out) {
 		err = -ETIMEDOUT;
 		snprintf(run->error, sizeof(run->error), "the guest did not finish in %llu s and was killed%s%s",
-			 (unsigned long long)((budget + RUN_SLACK_NS) / 1000000000ull),
+			 (unsigned long long)((window->deadline_ns - window->spawn_ns) / 1000000000ull),
 			 detail[0] ? "; last output: " : "", detail);
 	} else if (code == 3 || (guest_error && strcmp(guest_error, "no-device") == 0)) {
 		err = -ENODEV;
@@ -647,6 +665,12 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 			 "the VM offers no %s (kapsel run --disk FILE,bus=%s); the guest said: no device",
 			 console ? (emulated ? "UART" : "PV console") : emulated ? "emulated ATA disk" : "PV block device",
 			 emulated ? "ata" : "pv");
+	} else if (code == KAPSEL_EXIT_VMM_ERROR_CODE && !kv_has(&child->kv, "ready") && !bench_interrupted()) {
+		/* The VMM could not even start this VM (no /dev/kvm, a refused
+		 * disk option): every other run of this path would fail alike. */
+		err = -ENODEV;
+		snprintf(run->error, sizeof(run->error), "kapsel run could not start the VM: %s",
+			 detail[0] ? detail : "(no message)");
 	} else if (code != 0 || !kv_has(&child->kv, "done")) {
 		err = -EIO;
 		if (guest_error)
@@ -657,8 +681,8 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 			snprintf(run->error, sizeof(run->error), "kapsel run was killed by signal %d%s%s",
 				 WTERMSIG(child->status), detail[0] ? "; last output: " : "", detail);
 		else
-			snprintf(run->error, sizeof(run->error), "kapsel run exited with status %d%s%s", code,
-				 detail[0] ? ": " : "", detail[0] ? detail : "(no output)");
+			snprintf(run->error, sizeof(run->error), "kapsel run exited with status %d: %s", code,
+				 detail[0] ? detail : "(no output)");
 	} else {
 		fill_metrics(job, child, window, run);
 		run->ok = run->errors == 0 && kv_u64(&child->kv, "warmup_errors") == 0;

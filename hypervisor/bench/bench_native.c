@@ -104,13 +104,26 @@ static void account(struct native *native, struct native_phase *phase, unsigned 
 	phase->hist_total++;
 }
 
-static int submit_all(struct native *native)
+/*
+ * The ring as fio's io_uring engine sets it up, so the two agree: task work
+ * runs when we reap (no interrupting IPI per completion) and only this
+ * thread submits.  Older kernels refuse the newer flags; drop them.
+ */
+static int ring_init(struct native *native)
 {
-	for (;;) {
-		int n = io_uring_submit(&native->ring);
-		if (n >= 0 || n != -EINTR)
-			return n < 0 ? n : 0;
+	static const unsigned flag_sets[] = {
+		IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+		IORING_SETUP_COOP_TASKRUN,
+		0,
+	};
+	int err = -EINVAL;
+	for (size_t i = 0; i < sizeof(flag_sets) / sizeof(flag_sets[0]); i++) {
+		struct io_uring_params params = { .flags = flag_sets[i] };
+		err = io_uring_queue_init_params(native->depth, &native->ring, &params);
+		if (err != -EINVAL)
+			return err;
 	}
+	return err;
 }
 
 /* Keep depth requests in flight until the budget is spent, then drain. */
@@ -131,20 +144,23 @@ static int run_phase(struct native *native, struct native_phase *phase, uint64_t
 		issued++;
 		in_flight++;
 	}
-	int err = submit_all(native);
-	if (err < 0)
-		return err;
+	int err = 0;
 	while (in_flight) {
+		/* One system call submits what was queued and waits for one. */
 		struct io_uring_cqe *cqe;
-		err = io_uring_wait_cqe(&native->ring, &cqe);
+		err = io_uring_submit_and_wait(&native->ring, 1);
 		if (err == -EINTR)
+			continue;
+		if (err < 0)
+			return err;
+		err = io_uring_peek_cqe(&native->ring, &cqe);
+		if (err == -EAGAIN)
 			continue;
 		if (err < 0)
 			return err;
 		uint64_t reap_ns = clock_ns(CLOCK_MONOTONIC);
 		if (!stop && (reap_ns >= deadline || (max_ops && issued >= max_ops)))
 			stop = true;
-		unsigned queued = 0;
 		while (cqe) {
 			unsigned index = (unsigned)io_uring_cqe_get_data64(cqe);
 			int result = cqe->res;
@@ -156,13 +172,10 @@ static int run_phase(struct native *native, struct native_phase *phase, uint64_t
 				prepare(native, index);
 				issued++;
 				in_flight++;
-				queued++;
 			}
 			if (io_uring_peek_cqe(&native->ring, &cqe) != 0)
 				cqe = NULL;
 		}
-		if (queued && (err = submit_all(native)) < 0)
-			return err;
 	}
 	phase->elapsed_ns = clock_ns(CLOCK_MONOTONIC) - start;
 	return 0;
@@ -238,7 +251,7 @@ static int native_block(const struct bench_job *job, struct bench_run *run)
 		}
 		bench_pattern_fill(native->slots[i].buffer, bs, 0, job->generation);
 	}
-	err = io_uring_queue_init(native->depth, &native->ring, 0);
+	err = ring_init(native);
 	if (err < 0) {
 		snprintf(run->error, sizeof(run->error),
 			 "io_uring_queue_init(%u) failed: %s; io_uring may be disabled (sysctl kernel.io_uring_disabled)",

@@ -220,6 +220,21 @@ static void expect_symbol(const struct elf_image *image, uint64_t address, const
 	CU_ASSERT_EQUAL(got, offset);
 }
 
+/* A symbol whose address + size passes 2^64 (a hostile symbol table)
+ * still covers its bytes: the end was computed with a wrapping sum. */
+static void test_symbolize_top_of_address_space(void)
+{
+	struct elf_symbol symbols[] = {
+		{ .address = 0x1000, .size_bytes = 0x10, .name = "low" },
+		{ .address = UINT64_MAX - 3, .size_bytes = 16, .name = "top" },
+	};
+	struct elf_image image = { .symbols = symbols, .symbol_count = 2 };
+	expect_symbol(&image, UINT64_MAX - 3, "top", 0);
+	expect_symbol(&image, UINT64_MAX, "top", 3);
+	expect_symbol(&image, UINT64_MAX - 4, NULL, 0);
+	expect_symbol(&image, 0x100f, "low", 0xf);
+}
+
 static void test_symbolize(void)
 {
 	struct test_image im;
@@ -656,6 +671,7 @@ int main(void)
 	static const struct unit_test tests[] = {
 	    {"valid image parses and loads", test_valid_image},
 	    {"symbolization", test_symbolize},
+	    {"symbol at the top of the address space", test_symbolize_top_of_address_space},
 	    {"ELF header checks", test_header_checks},
 	    {"program headers past the end", test_program_headers_past_end},
 	    {"segment checks", test_segment_checks},
