@@ -393,6 +393,8 @@ static void command_identify(struct ata_state *ata)
 	}
 	ata->op = KAPSEL_BLK_OP_GET_INFO;
 	ata->transfer = ATA_TRANSFER_IN;
+	/* No disk sectors: nothing stale from an earlier command stays. */
+	ata->command_lba = ata->buffer_lba = 0;
 	ata->command_sectors = ata->sectors_left = 1;
 	ata->block_sectors = 1;
 	ata->buffer_bytes = ATA_SECTOR_BYTES;

@@ -4,7 +4,10 @@
 #include "bench/bench.h"
 #include "cli.h"
 
-void cli_bench_usage(FILE *out) { bench_usage(out); }
+void cli_bench_usage(FILE *out)
+{
+	bench_usage(out);
+}
 
 int cli_bench(int argc, char **argv)
 {

@@ -51,6 +51,12 @@ void cli_run_usage(FILE *out)
 		"  -d, --disk SPEC          attach a raw disk image; SPEC is\n"
 		"                           PATH[,readonly][,bus=pv|ata][,cache=none|writeback]\n"
 		"                           [,iops=N][,iops_burst=N][,bps=N][,bps_burst=N][,poll=US]\n"
+		"      --net SPEC           attach a network interface (after the disks); SPEC is\n"
+		"                           socket=PATH,peer=PATH (Unix datagram socket: bind PATH,\n"
+		"                           send to the other VM's PATH; no root needed) or\n"
+		"                           tap=IFNAME (/dev/net/tun), then [,model=pv|ne2000]\n"
+		"                           [,mac=XX:XX:XX:XX:XX:XX][,pps=N][,pps_burst=N][,bps=N]\n"
+		"                           [,bps_burst=N] (limits apply to frames the guest sends)\n"
 		"      --console MODE       auto (PV console and UART; guest prefers PV) or uart\n"
 		"      --console-output FILE  append guest console output to FILE, not stdout\n"
 		"      --no-console-input   do not forward standard input to the guest\n"
@@ -80,13 +86,14 @@ static char *replace(char *old, const char *value)
 int cli_run(int argc, char **argv)
 {
 	enum { OPT_CONSOLE = 256, OPT_CONSOLE_OUTPUT, OPT_NO_INPUT, OPT_STATS, OPT_STATS_FILE,
-	       OPT_NO_CONTROL, OPT_SAVE_ON_SIGNAL, OPT_SAVE_STOP, OPT_INCOMING };
+	       OPT_NO_CONTROL, OPT_SAVE_ON_SIGNAL, OPT_SAVE_STOP, OPT_INCOMING, OPT_NET };
 	static const struct option options[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "memory", required_argument, NULL, 'm' },
 		{ "cmdline", required_argument, NULL, 'c' },
 		{ "name", required_argument, NULL, 'n' },
 		{ "disk", required_argument, NULL, 'd' },
+		{ "net", required_argument, NULL, OPT_NET },
 		{ "console", required_argument, NULL, OPT_CONSOLE },
 		{ "console-output", required_argument, NULL, OPT_CONSOLE_OUTPUT },
 		{ "no-console-input", no_argument, NULL, OPT_NO_INPUT },
@@ -165,6 +172,18 @@ int cli_run(int argc, char **argv)
 				goto out;
 			}
 			config.disk_count++;
+			break;
+		case OPT_NET:
+			if (config.net_count == VM_CONFIG_MAX_NETS) {
+				kapsel_error("too many --net options; the limit is %u", VM_CONFIG_MAX_NETS);
+				goto out;
+			}
+			if (vm_config_parse_net(optarg, &config.nets[config.net_count], error,
+						sizeof(error)) < 0) {
+				kapsel_error("%s", error);
+				goto out;
+			}
+			config.net_count++;
 			break;
 		case OPT_CONSOLE:
 			if (strcmp(optarg, "auto") == 0 || strcmp(optarg, "pv") == 0)

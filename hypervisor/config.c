@@ -29,6 +29,8 @@ void vm_config_free(struct vm_config *config)
 	free(config->source_xml_path);
 	for (unsigned i = 0; i < config->disk_count; i++)
 		free(config->disks[i].path);
+	for (unsigned i = 0; i < config->net_count; i++)
+		vm_net_config_free(&config->nets[i]);
 	memset(config, 0, sizeof(*config));
 }
 

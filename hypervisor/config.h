@@ -8,6 +8,7 @@
 #include <stdio.h>
 
 #define VM_CONFIG_MAX_DISKS 8u
+#define VM_CONFIG_MAX_NETS 4u
 #define VM_CONFIG_NAME_MAX 64u
 
 enum vm_lifecycle_action {
@@ -43,6 +44,29 @@ struct vm_disk_config {
 	uint32_t poll_us;        /* how long it polls, when poll is set */
 };
 
+enum vm_net_model {
+	VM_NET_MODEL_PV = 0,     /* PV two-ring device (libvirt model 'xen' / 'virtio') */
+	VM_NET_MODEL_NE2000 = 1, /* emulated NE2000 at 0x300 (model 'ne2k_isa' / 'ne2000') */
+};
+
+enum vm_net_backend {
+	VM_NET_BACKEND_SOCKET = 0, /* Unix datagram socket: bind path, send to peer */
+	VM_NET_BACKEND_TAP = 1,    /* /dev/net/tun, IFF_TAP | IFF_NO_PI */
+};
+
+/* A network interface (config_net.c); frames_limit / bytes_limit apply
+ * to what the guest sends. */
+struct vm_net_config {
+	enum vm_net_model model;
+	enum vm_net_backend backend;
+	char *path;  /* socket: the path this VM binds; tap: the interface name */
+	char *peer;  /* socket: the path frames are sent to; tap: NULL */
+	uint8_t mac[6];
+	bool has_mac; /* else derived from the VM's uuid and the net's index */
+	struct vm_rate_limit frames_limit;
+	struct vm_rate_limit bytes_limit;
+};
+
 enum vm_console_mode {
 	VM_CONSOLE_AUTO = 0, /* offer PV console and UART; guest picks PV */
 	VM_CONSOLE_UART = 1, /* offer only the emulated UART */
@@ -64,6 +88,8 @@ struct vm_config {
 	bool console_input;        /* forward host stdin to the guest */
 	struct vm_disk_config disks[VM_CONFIG_MAX_DISKS];
 	unsigned disk_count;
+	struct vm_net_config nets[VM_CONFIG_MAX_NETS];
+	unsigned net_count;
 	bool print_stats;          /* --stats: print counters at exit */
 	char *stats_path;          /* write counters here on SIGUSR1 */
 	char *source_xml_path;     /* where the definition came from, if XML */
@@ -82,6 +108,25 @@ void vm_config_free(struct vm_config *config);
  */
 int vm_config_parse_disk(const char *text, struct vm_disk_config *disk,
 			 char *error, size_t error_len);
+
+/*
+ * Parse a --net value (config_net.c): socket=PATH,peer=PATH or tap=IFNAME,
+ * then [,model=pv|ne2000][,mac=XX:XX:XX:XX:XX:XX][,pps=N][,pps_burst=N]
+ * [,bps=N][,bps_burst=N].  Returns 0, or -EINVAL with a message naming
+ * the bad part in error; on failure net owns nothing.
+ */
+int vm_config_parse_net(const char *text, struct vm_net_config *net, char *error,
+			size_t error_len);
+
+/* Free the strings of one net (config_net.c). */
+void vm_net_config_free(struct vm_net_config *net);
+
+/*
+ * The MAC of net number index: the configured one, else a locally
+ * administered unicast address derived from the VM's uuid (or name when
+ * it has none) and index, so clones with new uuids get new addresses.
+ */
+void vm_config_net_mac(const struct vm_config *config, unsigned index, uint8_t mac[6]);
 
 /*
  * Parse a libvirt domain XML file into config (config_xml.c).  Returns 0,

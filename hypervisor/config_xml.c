@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "config_xml_net.h"
 #include "guest_memory.h"
 #include "kapsel/abi.h"
 #include "log.h"
@@ -447,6 +448,9 @@ static int parse_devices(struct xml_context *ctx, const xmlNode *devices)
 		int err = 0;
 		if (is_element(n, "disk")) {
 			err = parse_disk(ctx, n);
+		} else if (is_element(n, "interface")) {
+			err = config_xml_parse_interface(n, ctx->config, ctx->path, ctx->error,
+							 ctx->error_len);
 		} else if (is_element(n, "console") || is_element(n, "serial")) {
 			err = parse_chardev(ctx, n);
 		} else if (is_element(n, "emulator")) {
@@ -876,6 +880,8 @@ int vm_config_write_xml(const struct vm_config *config, FILE *out, char *error,
 		unsigned unit = disk->bus == VM_DISK_BUS_ATA ? ata_unit++ : pv_unit++;
 		W(write_disk(w, disk, i, unit));
 	}
+	for (unsigned i = 0; i < config->net_count; i++)
+		W(config_xml_write_interface(w, &config->nets[i], i));
 	/* libvirt's model: <serial> is the 16550 UART; a <console> with
 	 * target type 'xen' is the PV console (offered in mode auto). */
 	W(write_chardev(w, "serial", console_path, NULL));

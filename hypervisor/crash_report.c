@@ -126,7 +126,9 @@ void crash_report_fault(struct kapsel_vm *vm)
 	sregs.ss.selector = (uint16_t)frame.ss;
 
 	fprintf(out, "kapsel: guest '%s' crashed: %s, error code %#llx, at ",
-		vm->config->name, x86_exception_name((unsigned)frame.vector),
+		vm->config->name,
+		/* The frame is guest memory: a vector past 2^32 is no small one. */
+		x86_exception_name(frame.vector < 256 ? (unsigned)frame.vector : 256u),
 		(unsigned long long)frame.error_code);
 	print_location(vm, out, frame.rip);
 	fputc('\n', out);

@@ -74,6 +74,7 @@ struct blk_pv_control {
 	uint64_t setup_requested; /* bumped per DEVICE_SETUP */
 	uint64_t setup_done;      /* the I/O thread caught up to this */
 	struct ring_backend next_ring;
+	bool next_ring_active;    /* false: detach (a reboot), serve no ring */
 	/* VM state (snapshot.c): quiesce asks the I/O thread to take no new
 	 * requests and finish what it has; quiesced says it did. */
 	bool quiesce;
@@ -483,11 +484,11 @@ static bool rate_limits_configured(struct disk_image *disk)
 	       __atomic_load_n(&disk->bytes_bucket.rate_per_second, __ATOMIC_RELAXED);
 }
 
-/* Start a validated data/flush/discard request, or park it for tokens.
- * Returns false if it was parked (stop taking requests). */
-static bool blk_pv_start(struct blk_pv *b, struct blk_pv_slot *slot)
+/* Start a validated data/flush/discard request, or (limited) park it for
+ * tokens.  Returns false if it was parked (stop taking requests). */
+static bool blk_pv_start(struct blk_pv *b, struct blk_pv_slot *slot, bool limited)
 {
-	if (rate_limits_configured(&b->disk)) {
+	if (limited && rate_limits_configured(&b->disk)) {
 		uint64_t now = vm_clock_ns(b->dev.vm);
 		uint64_t wait = disk_rate_limit(&b->disk, slot->length_bytes, now);
 		if (wait) {
@@ -522,11 +523,14 @@ static bool blk_pv_serve(struct blk_pv *b)
 {
 	bool progress = false;
 	if (b->throttled) {
-		if (vm_clock_ns(b->dev.vm) < b->throttled_until_ns)
+		/* A save or migration (quiesce) waits for no tokens: the parked
+		 * request goes now, unlimited, or a guest with a large request
+		 * on a slow limit could hold up the VM's save for hours. */
+		if (!b->quiescing && vm_clock_ns(b->dev.vm) < b->throttled_until_ns)
 			return false;
 		struct blk_pv_slot *slot = b->throttled;
 		b->throttled = NULL;
-		if (!blk_pv_start(b, slot))
+		if (!blk_pv_start(b, slot, !b->quiescing))
 			return false;
 		progress = true;
 	}
@@ -565,7 +569,7 @@ static bool blk_pv_serve(struct blk_pv *b)
 				    req.op == KAPSEL_BLK_OP_WRITE_ZEROES) &&
 				   slot->remaining_bytes == 0) {
 				blk_pv_respond(b, slot, 0, false);
-			} else if (!blk_pv_start(b, slot)) {
+			} else if (!blk_pv_start(b, slot, true)) {
 				return true; /* parked: the rest waits behind it */
 			}
 		}
@@ -594,7 +598,7 @@ static void blk_pv_control(struct blk_pv *b)
 	}
 	if (b->switching && b->io_in_flight == 0) {
 		b->ring = b->control.next_ring;
-		b->ring_active = true;
+		b->ring_active = b->control.next_ring_active;
 		b->switching = false;
 		b->broken_logged = false;
 		b->responses_written = false;
@@ -738,14 +742,18 @@ static void *blk_pv_thread_main(void *opaque)
 
 /* ---- Device ops ------------------------------------------------------------- */
 
-/* Hand a mapped ring to the I/O thread and wait until it serves it. */
+/* Hand a mapped ring (NULL: none) to the I/O thread and wait until it
+ * serves it; the old ring's I/O has finished by then. */
 static int blk_pv_install_ring(struct blk_pv *b, const struct ring_backend *new_ring)
 {
-	struct ring_backend ring = *new_ring;
+	struct ring_backend ring = { 0 };
+	if (new_ring)
+		ring = *new_ring;
 	blk_pv_measure_tsc_offset(b);
 
 	pthread_mutex_lock(&b->control.lock);
 	b->control.next_ring = ring;
+	b->control.next_ring_active = new_ring != NULL;
 	uint64_t ticket = ++b->control.setup_requested;
 	pthread_mutex_unlock(&b->control.lock);
 	uint64_t one = 1;
@@ -775,6 +783,18 @@ static int blk_pv_setup(struct kapsel_device *dev, const struct kapsel_device_se
 		b->ring_pages = setup->ring_pages;
 	}
 	return err;
+}
+
+/* A reboot: drop the ring once its I/O has finished (guest RAM is
+ * cleared next, and the old ring's memory belongs to the new boot). */
+static void blk_pv_reset(struct kapsel_device *dev)
+{
+	struct blk_pv *b = dev->priv;
+	if (!b->ring_gpa)
+		return;
+	blk_pv_install_ring(b, NULL);
+	b->ring_gpa = 0;
+	b->ring_pages = 0;
 }
 
 /* ---- VM state: quiesce, save, load (snapshot.c, vm_state.h) -------------- */
@@ -888,7 +908,7 @@ static void blk_pv_print_stats(struct kapsel_device *dev, FILE *out)
 	struct blk_pv *b = dev->priv;
 	disk_stats_print(&b->disk, out);
 	pthread_mutex_lock(&b->control.lock);
-	bool set_up = b->control.setup_done != 0;
+	bool set_up = b->control.setup_done != 0 && b->control.next_ring_active;
 	uint32_t slots = b->control.next_ring.size;
 	pthread_mutex_unlock(&b->control.lock);
 	if (!set_up)
@@ -939,6 +959,7 @@ static const struct kapsel_device_ops blk_pv_ops = {
 	.name = "blk-pv",
 	.type = KAPSEL_DEV_BLOCK_PV,
 	.setup = blk_pv_setup,
+	.reset = blk_pv_reset,
 	.print_stats = blk_pv_print_stats,
 	.destroy = blk_pv_destroy,
 	.quiesce = blk_pv_quiesce,

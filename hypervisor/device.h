@@ -50,6 +50,11 @@ struct kapsel_device_ops {
 	 * device with this hook serves config->disks[n]. */
 	struct disk_image *(*disk_image)(struct kapsel_device *dev);
 
+	/* Optional: the guest reboots (vCPU stopped, guest RAM not cleared
+	 * yet).  Finish in-flight I/O into guest memory and forget what the
+	 * guest set up (rings), so nothing reaches the next boot's memory. */
+	void (*reset)(struct kapsel_device *dev);
+
 	/* ---- VM state (vm_state.h); all optional, vCPU paused (vm_pause) ---- */
 	/* Finish in-flight I/O and stop taking new requests, so guest memory
 	 * and the device's state stop changing; responses already produced

@@ -25,6 +25,16 @@ int devices_attach(struct kapsel_vm *vm)
 		if (err)
 			return err;
 	}
+	/* Nets after disks, in config order; unit = index among the nets. */
+	for (unsigned i = 0; i < vm->config->net_count; i++) {
+		const struct vm_net_config *net = &vm->config->nets[i];
+		if (net->model == VM_NET_MODEL_NE2000)
+			err = dev_ne2000_create(vm, net, i);
+		else
+			err = dev_net_pv_create(vm, net, i);
+		if (err)
+			return err;
+	}
 	/* Without a PV console nobody signals input; the UART polls for it. */
 	if (vm->config->console_mode == VM_CONSOLE_UART)
 		return console_start_input(&vm->console, NULL, NULL);

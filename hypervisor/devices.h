@@ -9,7 +9,8 @@ struct kapsel_device;
 
 /*
  * Attach every device the config asks for, in a fixed order so device
- * indexes are stable: PV console, UART, then disks in config order.
+ * indexes are stable: PV console, UART, disks in config order, then
+ * network interfaces in config order.
  * Returns 0 or a negative errno (after printing what went wrong).
  */
 int devices_attach(struct kapsel_vm *vm);
@@ -25,5 +26,12 @@ int dev_ata_create(struct kapsel_vm *vm, const struct vm_disk_config *disk, unsi
  * opens the image (errors name the image and the fix), adds a doorbell
  * and starts the device's I/O thread.  Precondition: the vCPU exists. */
 int dev_blk_pv_create(struct kapsel_vm *vm, const struct vm_disk_config *disk, unsigned unit);
+/* The PV network device (KAPSEL_DEV_NET_PV) for config net number unit:
+ * opens the backend (errors name the socket or tap and the fix), adds a
+ * doorbell and starts the device's I/O thread. */
+int dev_net_pv_create(struct kapsel_vm *vm, const struct vm_net_config *net, unsigned unit);
+/* The emulated NE2000 (I/O base 0x300) for config net number unit;
+ * refuses a second NE2000. */
+int dev_ne2000_create(struct kapsel_vm *vm, const struct vm_net_config *net, unsigned unit);
 
 #endif

@@ -673,6 +673,12 @@ static int reboot_guest(struct kapsel_vm *vm)
 {
 	kapsel_debug("rebooting the guest");
 	vm->generation++;
+	/* Devices drop the old boot's rings first, with their I/O finished:
+	 * nothing may land in (or be read as requests from) the new boot's
+	 * memory. */
+	for (unsigned i = 0; i < vm->device_count; i++)
+		if (vm->devices[i]->ops->reset)
+			vm->devices[i]->ops->reset(vm->devices[i]);
 	/* The new boot starts from zeroed RAM, as the first one did. */
 	guest_memory_clear(&vm->mem);
 	int err = boot_guest(vm);

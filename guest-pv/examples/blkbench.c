@@ -56,7 +56,7 @@ struct slot {
 	struct kg_block_request request;
 	uint8_t *buffer;
 	uint64_t submit_tsc; /* ours, in case the library leaves it 0 */
-	int clobbered;       /* a read overwrote the pattern filler */
+	int clobbered;	     /* a read overwrote the pattern filler */
 };
 
 struct phase {
@@ -166,8 +166,9 @@ static int parse_args(int argc, char **argv)
 			return -1;
 		}
 	}
-	if (params.block_bytes == 0 || params.block_bytes % 4096 || params.block_bytes > (16u << 20) ||
-	    params.queue_depth == 0 || params.queue_depth > 1024 || params.read_percent > 100 ||
+	if (params.block_bytes == 0 || params.block_bytes % 4096 ||
+	    params.block_bytes > (16u << 20) || params.queue_depth == 0 ||
+	    params.queue_depth > 1024 || params.read_percent > 100 ||
 	    params.region_bytes < params.block_bytes || params.line_bytes < 16 ||
 	    params.line_bytes > 4096) {
 		kg_printf("BENCH error=bad-parameters\n");
@@ -184,7 +185,8 @@ static void sync_setup(void)
 {
 	if (!params.sync)
 		return;
-	const struct kapsel_device_desc *console = kg_platform_find_device(KAPSEL_DEV_CONSOLE_PV, 0);
+	const struct kapsel_device_desc *console =
+		kg_platform_find_device(KAPSEL_DEV_CONSOLE_PV, 0);
 	int64_t port = kg_hc_evtchn_alloc();
 	if (!console || port < 0 || kg_hc_evtchn_bind_device((uint32_t)port, console->index) < 0) {
 		kg_printf("BENCH warning=no-sync reason=no-console-channel\n");
@@ -270,8 +272,9 @@ static void account(struct phase *phase, struct slot *slot, int measure)
 	phase->bytes += params.block_bytes;
 	if (!is_write) {
 		phase->verify_sectors += params.block_bytes / BENCH_SECTOR_BYTES;
-		phase->verify_errors += bench_pattern_check(slot->buffer, (uint32_t)params.block_bytes,
-							    request->sector);
+		phase->verify_errors +=
+			bench_pattern_check(slot->buffer, (uint32_t)params.block_bytes,
+					    request->sector);
 	}
 	if (!measure)
 		return;
@@ -354,7 +357,9 @@ static int block_main(void)
 	if (err < 0) {
 		kg_printf("BENCH error=%s path=%s status=%d\n",
 			  err == -KAPSEL_ENODEV ? "no-device" : "open-failed",
-			  params.path == KG_BLOCK_PV ? "pv" : params.path == KG_BLOCK_ATA ? "ata" : "auto",
+			  params.path == KG_BLOCK_PV	? "pv"
+			  : params.path == KG_BLOCK_ATA ? "ata"
+							: "auto",
 			  err);
 		return err == -KAPSEL_ENODEV ? EXIT_NO_DEVICE : 1;
 	}
@@ -367,7 +372,9 @@ static int block_main(void)
 	if (!info.queue_depth)
 		queue_depth = 1;
 	kg_printf("BENCH ready=1 device_path=%s capacity_sectors=%llu queue_depth=%u device_queue_depth=%u max_segments=%u features=%llu\n",
-		  info.path == KG_BLOCK_PV ? "pv" : info.path == KG_BLOCK_ATA ? "ata" : "other",
+		  info.path == KG_BLOCK_PV    ? "pv"
+		  : info.path == KG_BLOCK_ATA ? "ata"
+					      : "other",
 		  (unsigned long long)info.capacity_sectors, queue_depth, info.queue_depth,
 		  info.max_segments, (unsigned long long)info.features);
 	if (params.region_bytes / BENCH_SECTOR_BYTES > info.capacity_sectors) {
@@ -392,8 +399,8 @@ static int block_main(void)
 		bench_pattern_fill(slots[i].buffer, (uint32_t)params.block_bytes, 0,
 				   (uint32_t)params.generation);
 	}
-	bench_stream_init(&stream, params.region_bytes / params.block_bytes, (uint32_t)params.random,
-			  (uint32_t)params.read_percent, params.seed);
+	bench_stream_init(&stream, params.region_bytes / params.block_bytes,
+			  (uint32_t)params.random, (uint32_t)params.read_percent, params.seed);
 
 	struct phase warmup, measured;
 	run_phase(&warmup, params.warmup_ms * 1000000ull, params.ops ? params.warmup_ops : 0, 0);
@@ -419,7 +426,9 @@ static int block_main(void)
 		  (unsigned long long)bench_hist_percentile(histogram, measured.hist_total, 5000),
 		  (unsigned long long)bench_hist_percentile(histogram, measured.hist_total, 9900),
 		  (unsigned long long)bench_hist_percentile(histogram, measured.hist_total, 9990),
-		  (unsigned long long)(measured_ok ? ticks_to_ns(measured.latency_sum_ticks) / measured_ok : 0),
+		  (unsigned long long)(measured_ok ? ticks_to_ns(measured.latency_sum_ticks) /
+							     measured_ok
+						   : 0),
 		  (unsigned long long)ticks_to_ns(measured.latency_max_ticks));
 	kg_printf("BENCH requests=%llu kicks=%llu kicks_suppressed=%llu blocks=%llu polls=%llu\n",
 		  (unsigned long long)(after.requests - before.requests),
@@ -498,7 +507,8 @@ static int console_main(void)
 	if (!line)
 		return 1;
 	kg_printf("BENCH ready=1 device_path=%s line_bytes=%llu\n",
-		  params.console_uart ? "uart" : "pv-console", (unsigned long long)params.line_bytes);
+		  params.console_uart ? "uart" : "pv-console",
+		  (unsigned long long)params.line_bytes);
 	uint64_t sequence = 0, elapsed = 0;
 	console_phase(line, &sequence, params.warmup_ms * 1000000ull,
 		      params.ops ? params.warmup_ops : 0, &elapsed);

@@ -20,6 +20,12 @@
  *      the ring: no response comes, the VM keeps running;
  *   4. a fresh DEVICE_SETUP brings the disk back (GET_INFO works).
  * Prints "ringfuzz ok: ..." and exits 0.
+ *
+ * ringfuzz reboot: boot 0 sets a ring up, uses it and reboots; boot 1
+ * writes a request (a WRITE of 0x5a bytes to sector 0) where the old ring
+ * was, without a DEVICE_SETUP, and kicks: a backend that kept the old
+ * boot's ring would take it.  No response may come (and the host checks
+ * sector 0 stayed zero).  Prints "ringfuzz reboot ok".
  */
 
 #define ORDER 4u
@@ -325,13 +331,58 @@ static void phase_recovered(void)
 	kg_assert(info->capacity_sectors == disk->capacity_sectors);
 }
 
+/* Boot 0 and boot 1 allocate the same pages and draw the same start
+ * index (same seed), so boot 1 knows where the old ring was. */
+static int reboot_check(void)
+{
+	uint64_t generation = kg_platform_start_info()->generation;
+	uint32_t start = (uint32_t)rng_next();
+	if (generation == 0) {
+		kg_ring_init(&ring, ring_memory, ORDER, sizeof(struct kapsel_blk_request),
+			     sizeof(struct kapsel_blk_response), start);
+		kg_assert(do_setup(kg_os_virt_to_phys(ring_memory), ring_pages) == 0);
+		struct kapsel_blk_request *r = next_slot();
+		r->op = KAPSEL_BLK_OP_GET_INFO;
+		r->segment_count = 1;
+		r->segments[0] = (struct kapsel_blk_segment){ kg_os_virt_to_phys(data_page), 512, 0 };
+		kg_assert(send(r, 1) == 0);
+		kg_printf("ringfuzz reboot: ring used, rebooting\n");
+		kg_hc_shutdown(KAPSEL_SHUTDOWN_REBOOT, 0);
+	}
+	/* The old ring took one request: the next one would be start + 1. */
+	struct kapsel_ring_header *h = (struct kapsel_ring_header *)ring_memory;
+	kg_assert(h->magic == 0); /* RAM was cleared */
+	kg_ring_init(&ring, ring_memory, ORDER, sizeof(struct kapsel_blk_request),
+		     sizeof(struct kapsel_blk_response), start + 1);
+	struct kapsel_blk_request *slots =
+		(struct kapsel_blk_request *)(ring_memory + h->requests_offset);
+	__builtin_memset(data_page, 0x5a, PAGE_BYTES);
+	struct kapsel_blk_request *r = &slots[(start + 1) & (SLOTS - 1)];
+	__builtin_memset(r, 0, sizeof(*r));
+	r->id = 99;
+	r->op = KAPSEL_BLK_OP_WRITE;
+	r->segment_count = 1;
+	r->segments[0] = (struct kapsel_blk_segment){ kg_os_virt_to_phys(data_page), 512, 0 };
+	__atomic_store_n(&h->req_prod, start + 2, __ATOMIC_RELEASE);
+	kick();
+	struct kapsel_blk_response rsp;
+	if (wait_response(&rsp, SILENCE_WAIT_NS * 3))
+		kg_panic("the old boot's ring answered request %llu with %d",
+			 (unsigned long long)rsp.id, rsp.status);
+	kg_printf("ringfuzz reboot ok: the old boot's ring is gone\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	kg_assert(kg_platform_is_kapsel());
 	uint64_t rounds = 2;
+	bool reboot = false;
 	rng_state = 1;
 	for (int i = 1; i < argc; i++) {
-		if (strncmp(argv[i], "seed=", 5) == 0)
+		if (strcmp(argv[i], "reboot") == 0)
+			reboot = true;
+		else if (strncmp(argv[i], "seed=", 5) == 0)
 			kg_assert(kg_parse_u64(argv[i] + 5, &rng_state) == 0);
 		else if (strncmp(argv[i], "rounds=", 7) == 0)
 			kg_assert(kg_parse_u64(argv[i] + 7, &rounds) == 0);
@@ -353,6 +404,8 @@ int main(int argc, char **argv)
 	kg_assert(p >= 0);
 	port = (uint32_t)p;
 	kg_assert(kg_hc_evtchn_bind_device(port, disk->index) == 0);
+	if (reboot)
+		return reboot_check();
 
 	phase_bad_setups(ram_bytes);
 	for (uint64_t round = 0; round < rounds; round++) {

@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #define KAPSEL_ABI_MAJOR 1u
-#define KAPSEL_ABI_MINOR 1u /* 1: control requests (event page) */
+#define KAPSEL_ABI_MINOR 2u /* 1: control requests (event page); 2: PV network (net.h) */
 #define KAPSEL_ABI_VERSION ((KAPSEL_ABI_MAJOR << 16) | KAPSEL_ABI_MINOR)
 
 /* ---- Discovery through CPUID -------------------------------------------- */
@@ -45,10 +45,12 @@
 #define KAPSEL_FEATURE_BLOCK_PV (1ull << 3)    /* PV block protocol (blk.h) */
 #define KAPSEL_FEATURE_GENERATION (1ull << 4)  /* start_info.generation */
 #define KAPSEL_FEATURE_CONTROL (1ull << 5)     /* event page control_request (minor 1) */
+#define KAPSEL_FEATURE_NET_PV (1ull << 6)      /* PV network protocol (net.h, minor 2) */
 #define KAPSEL_FEATURES_V1                                                     \
 	(KAPSEL_FEATURE_CONSOLE_PV | KAPSEL_FEATURE_EVTCHN |                   \
 	 KAPSEL_FEATURE_DOORBELL | KAPSEL_FEATURE_BLOCK_PV |                   \
-	 KAPSEL_FEATURE_GENERATION | KAPSEL_FEATURE_CONTROL)
+	 KAPSEL_FEATURE_GENERATION | KAPSEL_FEATURE_CONTROL |                 \
+	 KAPSEL_FEATURE_NET_PV)
 
 /* ---- I/O ports ---------------------------------------------------------- */
 
@@ -204,7 +206,8 @@ enum kapsel_device_type {
 	KAPSEL_DEV_BLOCK_PV = 2,   /* ring device, blk.h protocol */
 	KAPSEL_DEV_UART16550 = 3,  /* emulated, io_base = 0x3f8 */
 	KAPSEL_DEV_ATA_DISK = 4,   /* emulated, io_base = 0x1f0, ctl 0x3f6 */
-	KAPSEL_DEV_NE2000 = 5,     /* emulated NIC (reserved) */
+	KAPSEL_DEV_NE2000 = 5,     /* emulated NIC, io_base = 0x300 (net.h) */
+	KAPSEL_DEV_NET_PV = 6,     /* two-ring device, net.h protocol (minor 2) */
 };
 
 #define KAPSEL_DEVICE_FLAG_READONLY (1u << 0)
@@ -219,9 +222,16 @@ struct kapsel_device_desc {
 	uint16_t doorbell_port; /* PV ring devices: ioeventfd port, else 0 */
 	uint16_t unit;     /* disks: index in the VM definition (PV and ATA share it) */
 	uint64_t capacity_sectors; /* block devices, 512-byte sectors */
-	uint64_t _reserved[2];
+	/* Minor 2, network devices (NET_PV and NE2000): the station address
+	 * and the largest frame payload (1500); zero for other devices. */
+	uint8_t mac[6];
+	uint16_t mtu_bytes;
+	uint64_t _reserved;
 };
 _Static_assert(sizeof(struct kapsel_device_desc) == 40, "device desc layout");
+_Static_assert(__builtin_offsetof(struct kapsel_device_desc, mac) == 24, "desc mac offset");
+_Static_assert(__builtin_offsetof(struct kapsel_device_desc, mtu_bytes) == 30,
+	       "desc mtu offset");
 
 #define KAPSEL_MEMMAP_RAM 1u      /* free for the guest */
 #define KAPSEL_MEMMAP_RESERVED 2u /* hypervisor tables: do not touch */
@@ -281,9 +291,15 @@ struct kapsel_device_setup {
 	uint64_t ring_gpa;      /* page aligned, see ring.h */
 	uint32_t ring_pages;    /* pages the ring occupies */
 	uint32_t evtchn_port;   /* completions are signalled here */
-	uint64_t _reserved[4];
+	/* Minor 2: which ring of a multi-ring device this call sets up
+	 * (net.h: 0 = TX, 1 = RX); 0 for one-ring devices. */
+	uint32_t queue;
+	uint32_t _reserved0;
+	uint64_t _reserved[3];
 };
 _Static_assert(sizeof(struct kapsel_device_setup) == 56, "device setup layout");
+_Static_assert(__builtin_offsetof(struct kapsel_device_setup, queue) == 24,
+	       "device setup queue offset");
 
 /* ---- Fixed guest-physical layout (hypervisor-owned low memory) ---------- */
 

@@ -26,7 +26,10 @@ static void on_interrupt(int signo)
 	interrupted = 1;
 }
 
-bool bench_interrupted(void) { return interrupted != 0; }
+bool bench_interrupted(void)
+{
+	return interrupted != 0;
+}
 
 static uint64_t monotonic_ns(void)
 {
@@ -102,7 +105,7 @@ static int fill_region(int fd, uint64_t size_bytes)
 	int err = 0;
 	for (uint64_t off = 0; off < size_bytes && !err; off += FILL_CHUNK_BYTES) {
 		uint32_t len = size_bytes - off < FILL_CHUNK_BYTES ? (uint32_t)(size_bytes - off)
-								  : FILL_CHUNK_BYTES;
+								   : FILL_CHUNK_BYTES;
 		bench_pattern_stamp(buffer, len, off / BENCH_SECTOR_BYTES, 0);
 		for (uint32_t done = 0; done < len;) {
 			ssize_t n = pwrite(fd, buffer + done, len - done, (off_t)(off + done));
@@ -159,8 +162,8 @@ static int reset_region(const char *path, uint64_t size_bytes)
 }
 
 /* Create or check the image and fill its region with the pattern. */
-static int prepare_image(struct bench_options *options, struct bench_results *results,
-			 char *error, size_t error_len)
+static int prepare_image(struct bench_options *options, struct bench_results *results, char *error,
+			 size_t error_len)
 {
 	int fd;
 	if (options->disk_path) {
@@ -186,8 +189,8 @@ static int prepare_image(struct bench_options *options, struct bench_results *re
 			if (fd >= 0 && ftruncate(fd, (off_t)options->size_bytes) < 0) {
 				int err = -errno;
 				close(fd);
-				snprintf(error, error_len, "cannot size --disk '%s': %s", options->disk_path,
-					 strerror(-err));
+				snprintf(error, error_len, "cannot size --disk '%s': %s",
+					 options->disk_path, strerror(-err));
 				return err;
 			}
 		}
@@ -200,8 +203,8 @@ static int prepare_image(struct bench_options *options, struct bench_results *re
 	} else {
 		const char *tmp = getenv("TMPDIR");
 		/* /var/tmp is disk-backed where /tmp may be tmpfs (no O_DIRECT). */
-		snprintf(results->disk_path, sizeof(results->disk_path), "%s/kapsel-bench-XXXXXX.img",
-			 tmp && *tmp ? tmp : "/var/tmp");
+		snprintf(results->disk_path, sizeof(results->disk_path),
+			 "%s/kapsel-bench-XXXXXX.img", tmp && *tmp ? tmp : "/var/tmp");
 		fd = mkostemps(results->disk_path, 4, O_CLOEXEC);
 		if (fd < 0) {
 			int err = -errno;
@@ -318,7 +321,8 @@ static void run_path(struct bench_options *options, struct bench_results *result
 
 	if (avail->unavailable[path][kind]) {
 		result->status = BENCH_STATUS_UNAVAILABLE;
-		snprintf(result->message, sizeof(result->message), "%s", avail->message[path][kind]);
+		snprintf(result->message, sizeof(result->message), "%s",
+			 avail->message[path][kind]);
 		return;
 	}
 	bool emulated = path == BENCH_PATH_EMULATED;
@@ -372,15 +376,16 @@ static void run_path(struct bench_options *options, struct bench_results *result
 			result->status = BENCH_STATUS_UNAVAILABLE;
 			snprintf(result->message, sizeof(result->message), "%s", run->error);
 			avail->unavailable[path][kind] = true;
-			snprintf(avail->message[path][kind], sizeof(avail->message[path][kind]), "%s",
-				 run->error);
+			snprintf(avail->message[path][kind], sizeof(avail->message[path][kind]),
+				 "%s", run->error);
 			return;
 		}
 		result->run_count++;
 		if (options->verbose)
-			fprintf(stderr, "    %s run %u: %s %.1f MB/s %.0f IOPS%s%s\n", bench_path_name(path),
-				r + 1, run->ok ? "ok" : "FAILED", run->metrics[BENCH_M_MBPS],
-				run->metrics[BENCH_M_IOPS], run->error[0] ? " - " : "", run->error);
+			fprintf(stderr, "    %s run %u: %s %.1f MB/s %.0f IOPS%s%s\n",
+				bench_path_name(path), r + 1, run->ok ? "ok" : "FAILED",
+				run->metrics[BENCH_M_MBPS], run->metrics[BENCH_M_IOPS],
+				run->error[0] ? " - " : "", run->error);
 		if (!run->ok) {
 			result->status = BENCH_STATUS_FAILED;
 			snprintf(result->message, sizeof(result->message), "%s", run->error);
@@ -399,7 +404,8 @@ static void run_path(struct bench_options *options, struct bench_results *result
 		}
 	}
 	if (reset && result->status == BENCH_STATUS_OK) {
-		int err = checksum_region(results->disk_path, options->size_bytes, &result->checksum);
+		int err =
+			checksum_region(results->disk_path, options->size_bytes, &result->checksum);
 		result->checksum_valid = err == 0;
 	}
 	summarize(result);
@@ -428,8 +434,8 @@ static void run_fio(struct bench_options *options, struct bench_results *results
 	};
 	bench_fio_run(&job, &row->fio);
 	if (options->verbose)
-		fprintf(stderr, "    fio: %s %.1f MB/s %.0f IOPS\n", row->fio.ok ? "ok" : row->fio.error,
-			row->fio.mb_per_s, row->fio.iops);
+		fprintf(stderr, "    fio: %s %.1f MB/s %.0f IOPS\n",
+			row->fio.ok ? "ok" : row->fio.error, row->fio.mb_per_s, row->fio.iops);
 	if (row->workload->writes) {
 		int err = reset_region(results->disk_path, options->size_bytes);
 		if (err)
@@ -466,7 +472,8 @@ static bool reuse_emulated(const struct bench_options *options, struct bench_res
 		memcpy(copy->runs, r->runs, r->run_count * sizeof(*r->runs));
 		copy->copied_from_iodepth = twin->iodepth;
 		snprintf(copy->message, sizeof(copy->message),
-			 "the runs of qd=%u: the ATA disk has no queue (depth 1 at any qd)", twin->iodepth);
+			 "the runs of qd=%u: the ATA disk has no queue (depth 1 at any qd)",
+			 twin->iodepth);
 		return true;
 	}
 	return false;
@@ -487,7 +494,8 @@ static void progress_row(const struct bench_options *options, unsigned index, un
 			 const struct bench_row *row)
 {
 	fprintf(stderr, "[%2u/%u] %-13s qd=%-3u cache=%-9s", index + 1, count, row->workload->name,
-		row->iodepth, row->workload->kind == BENCH_KIND_CONSOLE ? "-" : bench_cache_name(row->cache));
+		row->iodepth,
+		row->workload->kind == BENCH_KIND_CONSOLE ? "-" : bench_cache_name(row->cache));
 	for (unsigned p = 0; p < BENCH_PATH_COUNT; p++) {
 		if (!options->paths[p])
 			continue;
@@ -509,7 +517,8 @@ static int make_dir(const char *path, char *error, size_t error_len)
 		if (stat(path, &st) == 0 && S_ISDIR(st.st_mode) && access(path, W_OK) == 0)
 			return 0;
 	}
-	snprintf(error, error_len, "--output-dir '%s' cannot be created or written (%s); give a writable directory",
+	snprintf(error, error_len,
+		 "--output-dir '%s' cannot be created or written (%s); give a writable directory",
 		 path, strerror(errno ? errno : ENOTDIR));
 	return -EINVAL;
 }
@@ -533,7 +542,8 @@ static int write_reports(const struct bench_options *options, struct bench_resul
 		if (err)
 			results->chart_path[0] = '\0';
 	} else {
-		snprintf(results->chart_note, sizeof(results->chart_note), "chart not drawn (--no-chart)");
+		snprintf(results->chart_note, sizeof(results->chart_note),
+			 "chart not drawn (--no-chart)");
 	}
 	snprintf(path, sizeof(path), "%s/results.json", options->output_dir);
 	FILE *f = fopen(path, "w");
@@ -582,13 +592,15 @@ int bench_main(struct bench_options *options)
 	if (!options->kapsel_path)
 		options->kapsel_path = self_path();
 	if (guests && (!options->kapsel_path || access(options->kapsel_path, X_OK) != 0)) {
-		fprintf(stderr, "kapsel bench: cannot find the kapsel binary%s%s; give --kapsel FILE\n",
-			options->kapsel_path ? " at " : "", options->kapsel_path ? options->kapsel_path : "");
+		fprintf(stderr,
+			"kapsel bench: cannot find the kapsel binary%s%s; give --kapsel FILE\n",
+			options->kapsel_path ? " at " : "",
+			options->kapsel_path ? options->kapsel_path : "");
 		return 2;
 	}
 	if (options->guest_path && access(options->guest_path, R_OK) != 0) {
-		fprintf(stderr, "kapsel bench: --guest '%s' cannot be read: %s\n", options->guest_path,
-			strerror(errno));
+		fprintf(stderr, "kapsel bench: --guest '%s' cannot be read: %s\n",
+			options->guest_path, strerror(errno));
 		return 2;
 	}
 	if (guests && !options->guest_path) {
@@ -601,9 +613,11 @@ int bench_main(struct bench_options *options)
 	}
 
 	const char *tmp = getenv("TMPDIR");
-	snprintf(work_dir, sizeof(work_dir), "%s/kapsel-bench-work.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+	snprintf(work_dir, sizeof(work_dir), "%s/kapsel-bench-work.XXXXXX",
+		 tmp && *tmp ? tmp : "/tmp");
 	if (!mkdtemp(work_dir)) {
-		fprintf(stderr, "kapsel bench: cannot create a scratch directory in %s: %s; set TMPDIR\n",
+		fprintf(stderr,
+			"kapsel bench: cannot create a scratch directory in %s: %s; set TMPDIR\n",
 			tmp && *tmp ? tmp : "/tmp", strerror(errno));
 		return 2;
 	}
@@ -626,11 +640,13 @@ int bench_main(struct bench_options *options)
 	results.fio_available = options->fio && bench_fio_available();
 
 	/* Rows: block workloads x cache modes x depths; the console once. */
-	unsigned cache_modes = options->cache[BENCH_CACHE_NONE] + options->cache[BENCH_CACHE_WRITEBACK];
+	unsigned cache_modes =
+		options->cache[BENCH_CACHE_NONE] + options->cache[BENCH_CACHE_WRITEBACK];
 	unsigned max_rows = 0;
 	for (unsigned w = 0; w < options->workload_count; w++)
 		max_rows += options->workloads[w].kind == BENCH_KIND_CONSOLE
-				    ? 1 : cache_modes * options->iodepth_count;
+				    ? 1
+				    : cache_modes * options->iodepth_count;
 	results.rows = calloc(max_rows ? max_rows : 1, sizeof(*results.rows));
 	if (!results.rows) {
 		fprintf(stderr, "kapsel bench: out of memory\n");
@@ -641,14 +657,16 @@ int bench_main(struct bench_options *options)
 		const struct bench_workload *workload = &options->workloads[w];
 		if (workload->kind == BENCH_KIND_CONSOLE) {
 			results.rows[results.row_count++] = (struct bench_row){
-				.workload = workload, .iodepth = 1, .cache = BENCH_CACHE_NONE };
+				.workload = workload, .iodepth = 1, .cache = BENCH_CACHE_NONE
+			};
 			continue;
 		}
 		for (unsigned c = 0; c < BENCH_CACHE_COUNT; c++)
 			for (unsigned d = 0; options->cache[c] && d < options->iodepth_count; d++)
-				results.rows[results.row_count++] = (struct bench_row){
-					.workload = workload, .iodepth = options->iodepths[d],
-					.cache = (enum bench_cache)c };
+				results.rows[results.row_count++] =
+					(struct bench_row){ .workload = workload,
+							    .iodepth = options->iodepths[d],
+							    .cache = (enum bench_cache)c };
 	}
 
 	unsigned enabled = 0;
@@ -659,12 +677,16 @@ int bench_main(struct bench_options *options)
 		per_row = 0.2 * enabled * options->repeat;
 	} else {
 		if (options->paths[BENCH_PATH_NATIVE])
-			per_row += (options->runtime_ns + options->warmup_ns) / 1e9 * options->repeat;
+			per_row +=
+				(options->runtime_ns + options->warmup_ns) / 1e9 * options->repeat;
 		if (options->paths[BENCH_PATH_PV])
-			per_row += (options->runtime_ns + options->warmup_ns) / 1e9 * options->repeat + 0.05;
+			per_row +=
+				(options->runtime_ns + options->warmup_ns) / 1e9 * options->repeat +
+				0.05;
 		if (options->paths[BENCH_PATH_EMULATED])
-			per_row += (options->emulated_runtime_ns + options->emulated_warmup_ns) / 1e9 *
-					   options->repeat + 0.1;
+			per_row += (options->emulated_runtime_ns + options->emulated_warmup_ns) /
+					   1e9 * options->repeat +
+				   0.1;
 		if (results.fio_available && options->paths[BENCH_PATH_NATIVE])
 			per_row += (options->runtime_ns + options->warmup_ns) / 1e9 + 0.3;
 	}
@@ -685,10 +707,12 @@ int bench_main(struct bench_options *options)
 	for (unsigned i = 0; i < results.row_count && !interrupted; i++) {
 		struct bench_row *row = &results.rows[i];
 		uint32_t generation = 1 + i % MAX_GENERATION;
-		if (options->ops && row->workload->kind == BENCH_KIND_BLOCK && row->workload->writes) {
+		if (options->ops && row->workload->kind == BENCH_KIND_BLOCK &&
+		    row->workload->writes) {
 			/* The region every path starts from (the pattern, generation 0). */
 			if (reset_region(results.disk_path, options->size_bytes) == 0 &&
-			    checksum_region(results.disk_path, options->size_bytes, &row->checksum_reset) == 0)
+			    checksum_region(results.disk_path, options->size_bytes,
+					    &row->checksum_reset) == 0)
 				row->checksum_reset_valid = true;
 		}
 		for (unsigned p = 0; p < BENCH_PATH_COUNT && !interrupted; p++) {

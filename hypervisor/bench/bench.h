@@ -18,10 +18,25 @@
  * and reports medians and spreads over repeated runs (bench_report.c).
  */
 
-enum bench_path { BENCH_PATH_NATIVE, BENCH_PATH_PV, BENCH_PATH_EMULATED, BENCH_PATH_COUNT };
-enum bench_kind { BENCH_KIND_BLOCK, BENCH_KIND_CONSOLE };
-enum bench_cache { BENCH_CACHE_NONE, BENCH_CACHE_WRITEBACK, BENCH_CACHE_COUNT };
-enum bench_format { BENCH_FORMAT_TABLE, BENCH_FORMAT_JSON };
+enum bench_path {
+	BENCH_PATH_NATIVE,
+	BENCH_PATH_PV,
+	BENCH_PATH_EMULATED,
+	BENCH_PATH_COUNT
+};
+enum bench_kind {
+	BENCH_KIND_BLOCK,
+	BENCH_KIND_CONSOLE
+};
+enum bench_cache {
+	BENCH_CACHE_NONE,
+	BENCH_CACHE_WRITEBACK,
+	BENCH_CACHE_COUNT
+};
+enum bench_format {
+	BENCH_FORMAT_TABLE,
+	BENCH_FORMAT_JSON
+};
 
 #define BENCH_MAX_WORKLOADS 16u
 #define BENCH_MAX_IODEPTHS 8u
@@ -31,21 +46,21 @@ enum bench_format { BENCH_FORMAT_TABLE, BENCH_FORMAT_JSON };
 #define BENCH_NAME_MAX 48u
 
 struct bench_workload {
-	char name[32];         /* "randread-4K": fio's rw name and the block size */
-	char rw[16];           /* fio rw= value: read, write, randread, randwrite, randrw */
+	char name[32]; /* "randread-4K": fio's rw name and the block size */
+	char rw[16];   /* fio rw= value: read, write, randread, randwrite, randrw */
 	enum bench_kind kind;
 	bool random;
-	bool writes;           /* the workload writes (region checksums apply) */
+	bool writes;	       /* the workload writes (region checksums apply) */
 	uint32_t read_percent; /* 100 read-only, 0 write-only */
 	uint32_t block_bytes;  /* console rows: bytes per line */
 };
 
 struct bench_options {
-	char *disk_path;        /* NULL: a temporary image, deleted at the end */
-	uint64_t size_bytes;    /* region every workload works on */
+	char *disk_path;     /* NULL: a temporary image, deleted at the end */
+	uint64_t size_bytes; /* region every workload works on */
 	struct bench_workload workloads[BENCH_MAX_WORKLOADS];
 	unsigned workload_count;
-	uint64_t runtime_ns, warmup_ns;                   /* native and PV */
+	uint64_t runtime_ns, warmup_ns;			  /* native and PV */
 	uint64_t emulated_runtime_ns, emulated_warmup_ns; /* emulated path budget */
 	uint64_t ops, warmup_ops; /* > 0: fixed-size runs of this many operations */
 	unsigned repeat;
@@ -54,12 +69,12 @@ struct bench_options {
 	bool cache[BENCH_CACHE_COUNT];
 	bool paths[BENCH_PATH_COUNT];
 	enum bench_format format;
-	char *output_dir;       /* results.json, results.txt, chart */
-	char *console_output;   /* console sink file for the console row */
-	char *kapsel_path;      /* the kapsel binary for guest runs */
-	char *guest_path;       /* blkbench.elf */
+	char *output_dir;     /* results.json, results.txt, chart */
+	char *console_output; /* console sink file for the console row */
+	char *kapsel_path;    /* the kapsel binary for guest runs */
+	char *guest_path;     /* blkbench.elf */
 	bool quick;
-	bool fio;               /* cross-check native against fio if installed */
+	bool fio; /* cross-check native against fio if installed */
 	bool chart;
 	bool verbose;
 	uint64_t seed;
@@ -160,9 +175,9 @@ struct bench_job {
 	uint64_t ops, warmup_ops;
 	uint64_t seed;
 	uint32_t generation;
-	const char *work_dir;       /* private scratch directory (stats files) */
-	const char *console_sink;   /* console rows */
-	bool console_uart;          /* console rows, emulated path */
+	const char *work_dir;	  /* private scratch directory (stats files) */
+	const char *console_sink; /* console rows */
+	bool console_uart;	  /* console rows, emulated path */
 	const struct bench_options *options;
 };
 
@@ -178,13 +193,13 @@ enum bench_metric {
 	BENCH_M_NOTIFICATIONS_PER_OP,
 	BENCH_M_KICKS_PER_OP,
 	BENCH_M_KICKS_SUPPRESSED_PER_OP,
-	BENCH_M_EVENTS_PER_OP,          /* host -> guest event channel signals */
-	BENCH_M_BLOCKS_PER_OP,          /* guest sleeps in the hypervisor */
-	BENCH_M_CPU_US_PER_OP,          /* host CPU, all threads of the process */
-	BENCH_M_VCPU_CPU_US_PER_OP,     /* of which the vCPU thread */
-	BENCH_M_SUBMIT_PICKUP_US,       /* PV: notification + queueing */
-	BENCH_M_PICKUP_COMPLETE_US,     /* PV: backend + device */
-	BENCH_M_COMPLETE_REAP_US,       /* PV: completion -> reap */
+	BENCH_M_EVENTS_PER_OP,	    /* host -> guest event channel signals */
+	BENCH_M_BLOCKS_PER_OP,	    /* guest sleeps in the hypervisor */
+	BENCH_M_CPU_US_PER_OP,	    /* host CPU, all threads of the process */
+	BENCH_M_VCPU_CPU_US_PER_OP, /* of which the vCPU thread */
+	BENCH_M_SUBMIT_PICKUP_US,   /* PV: notification + queueing */
+	BENCH_M_PICKUP_COMPLETE_US, /* PV: backend + device */
+	BENCH_M_COMPLETE_REAP_US,   /* PV: completion -> reap */
 	BENCH_M_COUNT
 };
 
@@ -201,14 +216,14 @@ struct bench_run {
 	bool ok;
 	char error[256];
 	uint64_t ops, reads, writes, bytes, errors;
-	uint64_t elapsed_ns;          /* measured window, as the runner timed it */
+	uint64_t elapsed_ns;	      /* measured window, as the runner timed it */
 	uint64_t host_window_ns;      /* guest paths: wall time between the marks */
 	uint64_t cpu_ns, vcpu_cpu_ns; /* host CPU time in the window */
 	uint64_t verify_sectors, verify_errors;
-	uint64_t timed_ops;           /* PV: completions carrying all timestamps */
+	uint64_t timed_ops; /* PV: completions carrying all timestamps */
 	unsigned queue_depth_used;
 	double metrics[BENCH_M_COUNT];
-	struct bench_counters exits;    /* window: exits by reason */
+	struct bench_counters exits;	/* window: exits by reason */
 	struct bench_counters counters; /* window: hypercalls and device counters */
 };
 
@@ -259,22 +274,27 @@ int bench_json_walk(const char *text, void (*fn)(const char *path, double value,
 
 /* ---- Results (bench.c) and reports (bench_report.c) ---------------------- */
 
-enum bench_status { BENCH_STATUS_SKIPPED, BENCH_STATUS_OK, BENCH_STATUS_UNAVAILABLE, BENCH_STATUS_FAILED };
+enum bench_status {
+	BENCH_STATUS_SKIPPED,
+	BENCH_STATUS_OK,
+	BENCH_STATUS_UNAVAILABLE,
+	BENCH_STATUS_FAILED
+};
 
 struct bench_path_result {
 	enum bench_status status;
-	char message[256];                  /* why not ok, or a note when ok */
-	struct bench_run *runs;             /* options->repeat entries, or NULL */
+	char message[256];	/* why not ok, or a note when ok */
+	struct bench_run *runs; /* options->repeat entries, or NULL */
 	unsigned run_count, ok_count;
 	struct bench_stat stats[BENCH_M_COUNT];
 	struct bench_counters exit_reasons; /* summed over ok runs */
-	uint64_t ops_total;                 /* summed over ok runs */
-	uint64_t runtime_ns;                /* the budget the path was given */
+	uint64_t ops_total;		    /* summed over ok runs */
+	uint64_t runtime_ns;		    /* the budget the path was given */
 	unsigned queue_depth_used;
 	uint64_t verify_sectors, verify_errors;
 	bool checksum_valid;
-	uint32_t checksum;                  /* region CRC-32 after this path ran */
-	unsigned copied_from_iodepth;       /* > 0: runs copied from that depth's row */
+	uint32_t checksum;	      /* region CRC-32 after this path ran */
+	unsigned copied_from_iodepth; /* > 0: runs copied from that depth's row */
 };
 
 struct bench_row {
@@ -283,7 +303,7 @@ struct bench_row {
 	enum bench_cache cache;
 	struct bench_path_result paths[BENCH_PATH_COUNT];
 	bool checksum_reset_valid;
-	uint32_t checksum_reset;  /* region CRC-32 before each path (fixed-size runs) */
+	uint32_t checksum_reset; /* region CRC-32 before each path (fixed-size runs) */
 	struct bench_fio_result fio;
 	double ratio_pv_native, ratio_pv_emulated; /* throughput ratios, NaN if n/a */
 };
@@ -295,7 +315,7 @@ struct bench_results {
 	bool disk_temporary;
 	uint64_t size_bytes;
 	double total_seconds;
-	char host[256];      /* machine description */
+	char host[256];		     /* machine description */
 	double load_start, load_end; /* 1-minute load average before and after */
 	bool fio_available;
 	char chart_path[512];

@@ -41,9 +41,9 @@ static inline uint64_t bench_rng_next(struct bench_rng *rng)
  */
 struct bench_stream {
 	uint64_t region_blocks; /* region size / block size, > 0 */
-	uint64_t next_block;    /* sequential position */
-	uint32_t random;        /* 1: uniform random blocks */
-	uint32_t read_percent;  /* 100 reads, 0 writes, else a mix */
+	uint64_t next_block;	/* sequential position */
+	uint32_t random;	/* 1: uniform random blocks */
+	uint32_t read_percent;	/* 100 reads, 0 writes, else a mix */
 	struct bench_rng rng;
 };
 
@@ -147,7 +147,8 @@ static inline uint32_t bench_pattern_check(const void *buffer, uint32_t length_b
  */
 #define BENCH_HIST_SUB_BITS 5u
 #define BENCH_HIST_MAX_EXPONENT 40u
-#define BENCH_HIST_BUCKETS ((BENCH_HIST_MAX_EXPONENT - BENCH_HIST_SUB_BITS + 1u) << BENCH_HIST_SUB_BITS)
+#define BENCH_HIST_BUCKETS \
+	((BENCH_HIST_MAX_EXPONENT - BENCH_HIST_SUB_BITS + 1u) << BENCH_HIST_SUB_BITS)
 
 static inline uint32_t bench_hist_index(uint64_t value_ns)
 {
@@ -166,7 +167,8 @@ static inline uint64_t bench_hist_bucket_low(uint32_t index)
 	uint32_t q = index >> BENCH_HIST_SUB_BITS;
 	if (q < 2)
 		return index;
-	uint64_t mantissa = (index & ((1u << BENCH_HIST_SUB_BITS) - 1u)) + (1u << BENCH_HIST_SUB_BITS);
+	uint64_t mantissa =
+		(index & ((1u << BENCH_HIST_SUB_BITS) - 1u)) + (1u << BENCH_HIST_SUB_BITS);
 	return mantissa << (q - 1u);
 }
 

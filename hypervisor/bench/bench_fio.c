@@ -266,7 +266,8 @@ int bench_fio_run(const struct bench_job *job, struct bench_fio_result *result)
 	} else {
 		/* fio's runtime has a granularity of milliseconds. */
 		snprintf(runtime, sizeof(runtime), "--runtime=%llums",
-			 (unsigned long long)(job->runtime_ns / 1000000 ? job->runtime_ns / 1000000 : 1));
+			 (unsigned long long)(job->runtime_ns / 1000000 ? job->runtime_ns / 1000000
+									: 1));
 		snprintf(ramp, sizeof(ramp), "--ramp_time=%llums",
 			 (unsigned long long)(job->warmup_ns / 1000000));
 		argv[argc++] = runtime;

@@ -37,7 +37,6 @@
 /* `kapsel run`'s status when it could not start or run the VM (vm.h). */
 #define KAPSEL_EXIT_VMM_ERROR_CODE 125
 
-
 struct kv {
 	unsigned count;
 	struct {
@@ -78,7 +77,10 @@ static uint64_t kv_u64(const struct kv *kv, const char *key)
 	return v ? strtoull(v, NULL, 0) : 0;
 }
 
-static bool kv_has(const struct kv *kv, const char *key) { return kv_get(kv, key) != NULL; }
+static bool kv_has(const struct kv *kv, const char *key)
+{
+	return kv_get(kv, key) != NULL;
+}
 
 static uint64_t monotonic_ns(void)
 {
@@ -90,10 +92,10 @@ static uint64_t monotonic_ns(void)
 struct child {
 	pid_t pid;
 	int stdin_fd, stdout_fd, stderr_fd;
-	int sink_fd;            /* console rows: the sink file, read as it grows */
+	int sink_fd; /* console rows: the sink file, read as it grows */
 	clockid_t cpu_clock;
 	bool cpu_clock_ok;
-	char line[4096];        /* partial console line */
+	char line[4096]; /* partial console line */
 	size_t line_len;
 	char err_tail[OUTPUT_KEEP_BYTES]; /* last bytes of stderr */
 	size_t err_len;
@@ -106,9 +108,9 @@ struct child {
 
 struct window {
 	bool started, ended;
-	uint64_t spawn_ns;      /* when `kapsel run` was started */
+	uint64_t spawn_ns;	    /* when `kapsel run` was started */
 	uint64_t measure_budget_ns; /* the measured phase's budget */
-	uint64_t deadline_ns;   /* kill the guest after this */
+	uint64_t deadline_ns;	    /* kill the guest after this */
 	uint64_t wall_start, wall_end;
 	uint64_t cpu_start, cpu_end;
 	uint64_t vcpu_start, vcpu_end;
@@ -145,7 +147,8 @@ static uint64_t child_cpu_ns(struct child *child)
 static uint64_t child_vcpu_ns(struct child *child)
 {
 	char path[64], text[128];
-	snprintf(path, sizeof(path), "/proc/%d/task/%d/schedstat", (int)child->pid, (int)child->pid);
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/schedstat", (int)child->pid,
+		 (int)child->pid);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return 0;
@@ -227,7 +230,8 @@ static void on_mark(struct child *child, struct window *window, const char *mark
 		int err = snapshot_counters(child, stats_path, &window->before);
 		if (err)
 			snprintf(window->problem, sizeof(window->problem),
-				 "could not read the VMM's counters at the start mark: %s", strerror(-err));
+				 "could not read the VMM's counters at the start mark: %s",
+				 strerror(-err));
 		window->counters_ok = err == 0;
 		window->cpu_start = child_cpu_ns(child);
 		window->vcpu_start = child_vcpu_ns(child);
@@ -248,7 +252,8 @@ static void on_mark(struct child *child, struct window *window, const char *mark
 		int err = snapshot_counters(child, stats_path, &window->after);
 		if (err) {
 			snprintf(window->problem, sizeof(window->problem),
-				 "could not read the VMM's counters at the end mark: %s", strerror(-err));
+				 "could not read the VMM's counters at the end mark: %s",
+				 strerror(-err));
 			window->counters_ok = false;
 		}
 		window->ended = true;
@@ -308,16 +313,24 @@ static int spawn(struct child *child, char *const argv[])
 	if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) {
 		int e = -errno;
 		for (int i = 0; i < 2; i++) {
-			if (in[i] >= 0) close(in[i]);
-			if (out[i] >= 0) close(out[i]);
-			if (err[i] >= 0) close(err[i]);
+			if (in[i] >= 0)
+				close(in[i]);
+			if (out[i] >= 0)
+				close(out[i]);
+			if (err[i] >= 0)
+				close(err[i]);
 		}
 		return e;
 	}
 	pid_t pid = fork();
 	if (pid < 0) {
 		int e = -errno;
-		close(in[0]); close(in[1]); close(out[0]); close(out[1]); close(err[0]); close(err[1]);
+		close(in[0]);
+		close(in[1]);
+		close(out[0]);
+		close(out[1]);
+		close(err[0]);
+		close(err[1]);
 		return e;
 	}
 	if (pid == 0) {
@@ -436,15 +449,19 @@ static void fill_metrics(const struct bench_job *job, const struct child *child,
 		const char *name;
 		uint64_t count;
 	} handshake[] = {
-		{ "exits_io_hypercall", 2 }, { "hypercall_console_write", 1 },
-		{ "hypercall_console_read", 1 }, { "exits_interrupted", 1 },
+		{ "exits_io_hypercall", 2 },
+		{ "hypercall_console_write", 1 },
+		{ "hypercall_console_read", 1 },
+		{ "exits_interrupted", 1 },
 		{ "exits_total", 3 },
 	};
 	for (size_t h = 0; h < sizeof(handshake) / sizeof(handshake[0]); h++) {
 		for (unsigned i = 0; i < delta.count; i++) {
 			struct bench_counter *c = &delta.items[i];
 			if (strcmp(c->name, handshake[h].name) == 0)
-				c->value = c->value > handshake[h].count ? c->value - handshake[h].count : 0;
+				c->value = c->value > handshake[h].count
+						   ? c->value - handshake[h].count
+						   : 0;
 		}
 	}
 	/* By reason; hypercall exits are split by call ("hc_block"). */
@@ -504,8 +521,8 @@ static void build_cmdline(const struct bench_job *job, char *out, size_t len)
 		 emulated ? "ata" : "pv", w->random ? 1 : 0, w->read_percent, w->block_bytes,
 		 job->iodepth, (unsigned long long)job->region_bytes, (unsigned long long)job->seed,
 		 job->generation, (unsigned long long)(job->warmup_ns / 1000000),
-		 (unsigned long long)(job->runtime_ns / 1000000), (unsigned long long)job->warmup_ops,
-		 (unsigned long long)job->ops,
+		 (unsigned long long)(job->runtime_ns / 1000000),
+		 (unsigned long long)job->warmup_ops, (unsigned long long)job->ops,
 		 (unsigned long long)(emulated ? 0 : job->options->pv_guest_poll_ns));
 }
 
@@ -531,7 +548,8 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 	/* VM names are unique per host (control sockets): add our pid. */
 	snprintf(name, sizeof(name), "bench-%d-%s", (int)getpid(), emulated ? "emulated" : "pv");
 	int n = snprintf(disk, sizeof(disk), "%s,bus=%s,cache=%s", job->disk_path,
-			 emulated ? "ata" : "pv", job->cache == BENCH_CACHE_NONE ? "none" : "writeback");
+			 emulated ? "ata" : "pv",
+			 job->cache == BENCH_CACHE_NONE ? "none" : "writeback");
 	if (!emulated && options->pv_backend_poll_ns >= 1000 && n > 0 && (size_t)n < sizeof(disk))
 		snprintf(disk + n, sizeof(disk) - (size_t)n, ",poll=%llu",
 			 (unsigned long long)(options->pv_backend_poll_ns / 1000));
@@ -582,15 +600,16 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 		child->sink_fd = open(job->console_sink, O_RDONLY | O_CREAT | O_CLOEXEC, 0644);
 		if (child->sink_fd < 0 || lseek(child->sink_fd, 0, SEEK_END) < 0) {
 			err = -errno;
-			snprintf(run->error, sizeof(run->error), "cannot read console sink '%s': %s",
-				 job->console_sink, strerror(errno));
+			snprintf(run->error, sizeof(run->error),
+				 "cannot read console sink '%s': %s", job->console_sink,
+				 strerror(errno));
 			goto out;
 		}
 	}
 	err = spawn(child, argv);
 	if (err) {
-		snprintf(run->error, sizeof(run->error), "cannot start '%s': %s", options->kapsel_path,
-			 strerror(-err));
+		snprintf(run->error, sizeof(run->error), "cannot start '%s': %s",
+			 options->kapsel_path, strerror(-err));
 		goto out;
 	}
 
@@ -622,9 +641,11 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 		else
 			poll(NULL, 0, 10);
 		if (out_index >= 0 && fds[out_index].revents)
-			out_open = drain(child->stdout_fd, child, window, false, stats_path, options->verbose);
+			out_open = drain(child->stdout_fd, child, window, false, stats_path,
+					 options->verbose);
 		if (err_index >= 0 && fds[err_index].revents)
-			err_open = drain(child->stderr_fd, child, window, true, stats_path, options->verbose);
+			err_open = drain(child->stderr_fd, child, window, true, stats_path,
+					 options->verbose);
 		if (console)
 			drain(child->sink_fd, child, window, false, stats_path, options->verbose);
 		if (!child->exited) {
@@ -656,16 +677,21 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 
 	if (timed_out) {
 		err = -ETIMEDOUT;
-		snprintf(run->error, sizeof(run->error), "the guest did not finish in %llu s and was killed%s%s",
-			 (unsigned long long)((window->deadline_ns - window->spawn_ns) / 1000000000ull),
+		snprintf(run->error, sizeof(run->error),
+			 "the guest did not finish in %llu s and was killed%s%s",
+			 (unsigned long long)((window->deadline_ns - window->spawn_ns) /
+					      1000000000ull),
 			 detail[0] ? "; last output: " : "", detail);
 	} else if (code == 3 || (guest_error && strcmp(guest_error, "no-device") == 0)) {
 		err = -ENODEV;
 		snprintf(run->error, sizeof(run->error),
 			 "the VM offers no %s (kapsel run --disk FILE,bus=%s); the guest said: no device",
-			 console ? (emulated ? "UART" : "PV console") : emulated ? "emulated ATA disk" : "PV block device",
+			 console    ? (emulated ? "UART" : "PV console")
+			 : emulated ? "emulated ATA disk"
+				    : "PV block device",
 			 emulated ? "ata" : "pv");
-	} else if (code == KAPSEL_EXIT_VMM_ERROR_CODE && !kv_has(&child->kv, "ready") && !bench_interrupted()) {
+	} else if (code == KAPSEL_EXIT_VMM_ERROR_CODE && !kv_has(&child->kv, "ready") &&
+		   !bench_interrupted()) {
 		/* The VMM could not even start this VM (no /dev/kvm, a refused
 		 * disk option): every other run of this path would fail alike. */
 		err = -ENODEV;
@@ -674,22 +700,29 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 	} else if (code != 0 || !kv_has(&child->kv, "done")) {
 		err = -EIO;
 		if (guest_error)
-			snprintf(run->error, sizeof(run->error), "guest reported error=%s (status %s)%s%s",
-				 guest_error, kv_get(&child->kv, "status") ? kv_get(&child->kv, "status") : "-",
+			snprintf(run->error, sizeof(run->error),
+				 "guest reported error=%s (status %s)%s%s", guest_error,
+				 kv_get(&child->kv, "status") ? kv_get(&child->kv, "status") : "-",
 				 detail[0] ? "; " : "", detail);
 		else if (WIFSIGNALED(child->status))
-			snprintf(run->error, sizeof(run->error), "kapsel run was killed by signal %d%s%s",
-				 WTERMSIG(child->status), detail[0] ? "; last output: " : "", detail);
+			snprintf(run->error, sizeof(run->error),
+				 "kapsel run was killed by signal %d%s%s", WTERMSIG(child->status),
+				 detail[0] ? "; last output: " : "", detail);
 		else
-			snprintf(run->error, sizeof(run->error), "kapsel run exited with status %d: %s", code,
+			snprintf(run->error, sizeof(run->error),
+				 "kapsel run exited with status %d: %s", code,
 				 detail[0] ? detail : "(no output)");
 	} else {
 		fill_metrics(job, child, window, run);
 		run->ok = run->errors == 0 && kv_u64(&child->kv, "warmup_errors") == 0;
 		if (!run->ok)
-			snprintf(run->error, sizeof(run->error), "%llu I/O errors in the guest, first status %s",
-				 (unsigned long long)(run->errors + kv_u64(&child->kv, "warmup_errors")),
-				 kv_get(&child->kv, "first_error") ? kv_get(&child->kv, "first_error") : "?");
+			snprintf(run->error, sizeof(run->error),
+				 "%llu I/O errors in the guest, first status %s",
+				 (unsigned long long)(run->errors +
+						      kv_u64(&child->kv, "warmup_errors")),
+				 kv_get(&child->kv, "first_error")
+					 ? kv_get(&child->kv, "first_error")
+					 : "?");
 		else if (!window->started || !window->ended)
 			snprintf(run->error, sizeof(run->error), "the guest printed no marks");
 		else if (window->problem[0])

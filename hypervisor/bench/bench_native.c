@@ -67,9 +67,11 @@ static void prepare(struct native *native, unsigned index)
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&native->ring);
 	/* The ring has at least depth entries and at most depth are queued. */
 	if (is_write)
-		io_uring_prep_write(sqe, native->fd, slot->buffer, bs, slot->sector * BENCH_SECTOR_BYTES);
+		io_uring_prep_write(sqe, native->fd, slot->buffer, bs,
+				    slot->sector * BENCH_SECTOR_BYTES);
 	else
-		io_uring_prep_read(sqe, native->fd, slot->buffer, bs, slot->sector * BENCH_SECTOR_BYTES);
+		io_uring_prep_read(sqe, native->fd, slot->buffer, bs,
+				   slot->sector * BENCH_SECTOR_BYTES);
 	io_uring_sqe_set_data64(sqe, index);
 	slot->submit_ns = clock_ns(CLOCK_MONOTONIC);
 }
@@ -245,8 +247,8 @@ static int native_block(const struct bench_job *job, struct bench_run *run)
 	for (unsigned i = 0; i < native->depth; i++) {
 		if (posix_memalign((void **)&native->slots[i].buffer, 4096, bs)) {
 			err = -ENOMEM;
-			snprintf(run->error, sizeof(run->error), "out of memory for %u buffers of %u bytes",
-				 native->depth, bs);
+			snprintf(run->error, sizeof(run->error),
+				 "out of memory for %u buffers of %u bytes", native->depth, bs);
 			goto out;
 		}
 		bench_pattern_fill(native->slots[i].buffer, bs, 0, job->generation);
@@ -274,7 +276,8 @@ static int native_block(const struct bench_job *job, struct bench_run *run)
 			run->queue_depth_used = native->depth;
 			run->ok = measured.errors == 0 && warmup.errors == 0;
 			if (!run->ok)
-				snprintf(run->error, sizeof(run->error), "%llu I/O errors, first: %s",
+				snprintf(run->error, sizeof(run->error),
+					 "%llu I/O errors, first: %s",
 					 (unsigned long long)(measured.errors + warmup.errors),
 					 strerror(-(measured.errors ? measured.first_error
 								    : warmup.first_error)));

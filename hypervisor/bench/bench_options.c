@@ -128,11 +128,24 @@ int bench_parse_size(const char *text, uint64_t *bytes)
 	unsigned shift = 0;
 	if (*end) {
 		switch (*end) {
-		case 'k': case 'K': shift = 10; break;
-		case 'm': case 'M': shift = 20; break;
-		case 'g': case 'G': shift = 30; break;
-		case 't': case 'T': shift = 40; break;
-		default: return -EINVAL;
+		case 'k':
+		case 'K':
+			shift = 10;
+			break;
+		case 'm':
+		case 'M':
+			shift = 20;
+			break;
+		case 'g':
+		case 'G':
+			shift = 30;
+			break;
+		case 't':
+		case 'T':
+			shift = 40;
+			break;
+		default:
+			return -EINVAL;
 		}
 		end++;
 		if (*end == 'i' || *end == 'I')
@@ -190,8 +203,10 @@ int bench_workload_lookup(const char *name, struct bench_workload *workload)
 		bool random;
 		uint32_t read_percent;
 	} kinds[] = {
-		{ "read", false, 100 },   { "write", false, 0 },
-		{ "randread", true, 100 }, { "randwrite", true, 0 },
+		{ "read", false, 100 },
+		{ "write", false, 0 },
+		{ "randread", true, 100 },
+		{ "randwrite", true, 0 },
 		{ "randrw", true, RANDRW_READ_PERCENT },
 	};
 	memset(workload, 0, sizeof(*workload));
@@ -282,7 +297,8 @@ static int parse_workloads(struct bench_options *options, const char *text, char
 		}
 		for (unsigned i = 0; i < options->workload_count; i++)
 			if (strcmp(options->workloads[i].name, workload.name) == 0)
-				err = fail(error, error_len, "--workloads: '%s' is listed twice", name);
+				err = fail(error, error_len, "--workloads: '%s' is listed twice",
+					   name);
 		if (!err && options->workload_count == BENCH_MAX_WORKLOADS)
 			err = fail(error, error_len, "--workloads: at most %u workloads",
 				   BENCH_MAX_WORKLOADS);
@@ -291,7 +307,8 @@ static int parse_workloads(struct bench_options *options, const char *text, char
 	}
 	free(copy);
 	if (!err && options->workload_count == 0)
-		err = fail(error, error_len, "--workloads is empty; e.g. --workloads randread-4K,read-1M");
+		err = fail(error, error_len,
+			   "--workloads is empty; e.g. --workloads randread-4K,read-1M");
 	return err;
 }
 
@@ -316,9 +333,11 @@ static int parse_iodepths(struct bench_options *options, const char *text, char 
 		}
 		for (unsigned i = 0; i < options->iodepth_count; i++)
 			if (options->iodepths[i] == (unsigned)depth)
-				err = fail(error, error_len, "--iodepths: %ld is listed twice", depth);
+				err = fail(error, error_len, "--iodepths: %ld is listed twice",
+					   depth);
 		if (!err && options->iodepth_count == BENCH_MAX_IODEPTHS)
-			err = fail(error, error_len, "--iodepths: at most %u depths", BENCH_MAX_IODEPTHS);
+			err = fail(error, error_len, "--iodepths: at most %u depths",
+				   BENCH_MAX_IODEPTHS);
 		if (!err)
 			options->iodepths[options->iodepth_count++] = (unsigned)depth;
 	}
@@ -349,7 +368,8 @@ static int parse_paths(struct bench_options *options, const char *text, char *er
 			path = BENCH_PATH_EMULATED;
 		else {
 			err = fail(error, error_len,
-				   "--paths: '%s' is not a path; use any of native, pv, emulated", item);
+				   "--paths: '%s' is not a path; use any of native, pv, emulated",
+				   item);
 			break;
 		}
 		options->paths[path] = true;
@@ -371,10 +391,28 @@ int bench_options_parse(struct bench_options *options, int argc, char **argv, FI
 			char *error, size_t error_len)
 {
 	enum {
-		OPT_DISK = 256, OPT_SIZE, OPT_WORKLOADS, OPT_RUNTIME, OPT_WARMUP,
-		OPT_EMULATED_RUNTIME, OPT_OPS, OPT_REPEAT, OPT_IODEPTHS, OPT_CACHE, OPT_PATHS,
-		OPT_FORMAT, OPT_OUTPUT_DIR, OPT_CONSOLE_OUTPUT, OPT_QUICK, OPT_NO_FIO, OPT_NO_CHART,
-		OPT_KAPSEL, OPT_GUEST, OPT_SEED, OPT_GUEST_POLL, OPT_BACKEND_POLL,
+		OPT_DISK = 256,
+		OPT_SIZE,
+		OPT_WORKLOADS,
+		OPT_RUNTIME,
+		OPT_WARMUP,
+		OPT_EMULATED_RUNTIME,
+		OPT_OPS,
+		OPT_REPEAT,
+		OPT_IODEPTHS,
+		OPT_CACHE,
+		OPT_PATHS,
+		OPT_FORMAT,
+		OPT_OUTPUT_DIR,
+		OPT_CONSOLE_OUTPUT,
+		OPT_QUICK,
+		OPT_NO_FIO,
+		OPT_NO_CHART,
+		OPT_KAPSEL,
+		OPT_GUEST,
+		OPT_SEED,
+		OPT_GUEST_POLL,
+		OPT_BACKEND_POLL,
 	};
 	static const struct option long_options[] = {
 		{ "disk", required_argument, NULL, OPT_DISK },
@@ -434,7 +472,8 @@ int bench_options_parse(struct bench_options *options, int argc, char **argv, FI
 			break;
 		case OPT_RUNTIME:
 			if (bench_parse_duration(optarg, &options->runtime_ns) < 0 ||
-			    options->runtime_ns < 1000000ull || options->runtime_ns > MAX_RUNTIME_NS)
+			    options->runtime_ns < 1000000ull ||
+			    options->runtime_ns > MAX_RUNTIME_NS)
 				return fail(error, error_len,
 					    "--runtime '%s' is not a valid time; give 1ms-600s, e.g. 1s or 500ms",
 					    optarg);
@@ -443,7 +482,8 @@ int bench_options_parse(struct bench_options *options, int argc, char **argv, FI
 			if (bench_parse_duration(optarg, &options->warmup_ns) < 0 ||
 			    options->warmup_ns > MAX_RUNTIME_NS)
 				return fail(error, error_len,
-					    "--warmup '%s' is not a valid time; give 0-600s, e.g. 250ms", optarg);
+					    "--warmup '%s' is not a valid time; give 0-600s, e.g. 250ms",
+					    optarg);
 			break;
 		case OPT_EMULATED_RUNTIME:
 			if (bench_parse_duration(optarg, &options->emulated_runtime_ns) < 0 ||
@@ -454,7 +494,8 @@ int bench_options_parse(struct bench_options *options, int argc, char **argv, FI
 					    optarg);
 			break;
 		case OPT_OPS:
-			if (bench_parse_size(optarg, &number) < 0 || number == 0 || number > (1ull << 32))
+			if (bench_parse_size(optarg, &number) < 0 || number == 0 ||
+			    number > (1ull << 32))
 				return fail(error, error_len,
 					    "--ops '%s' is not a valid count; give 1-4G operations, e.g. 1000",
 					    optarg);
@@ -462,9 +503,11 @@ int bench_options_parse(struct bench_options *options, int argc, char **argv, FI
 			ops_given = true;
 			break;
 		case OPT_REPEAT:
-			if (bench_parse_size(optarg, &number) < 0 || number == 0 || number > BENCH_MAX_REPEAT)
-				return fail(error, error_len, "--repeat '%s' is not valid; give 1-%u",
-					    optarg, BENCH_MAX_REPEAT);
+			if (bench_parse_size(optarg, &number) < 0 || number == 0 ||
+			    number > BENCH_MAX_REPEAT)
+				return fail(error, error_len,
+					    "--repeat '%s' is not valid; give 1-%u", optarg,
+					    BENCH_MAX_REPEAT);
 			options->repeat = (unsigned)number;
 			repeat_given = true;
 			break;
@@ -501,12 +544,13 @@ int bench_options_parse(struct bench_options *options, int argc, char **argv, FI
 			else if (strcmp(optarg, "json") == 0)
 				options->format = BENCH_FORMAT_JSON;
 			else
-				return fail(error, error_len, "--format '%s' is unknown; use table or json",
-					    optarg);
+				return fail(error, error_len,
+					    "--format '%s' is unknown; use table or json", optarg);
 			break;
 		case OPT_OUTPUT_DIR:
 			if (!*optarg)
-				return fail(error, error_len, "--output-dir needs a directory name");
+				return fail(error, error_len,
+					    "--output-dir needs a directory name");
 			options->output_dir = replace(options->output_dir, optarg);
 			break;
 		case OPT_CONSOLE_OUTPUT:
@@ -531,19 +575,22 @@ int bench_options_parse(struct bench_options *options, int argc, char **argv, FI
 			break;
 		case OPT_SEED:
 			if (bench_parse_size(optarg, &options->seed) < 0)
-				return fail(error, error_len, "--seed '%s' is not a number", optarg);
+				return fail(error, error_len, "--seed '%s' is not a number",
+					    optarg);
 			break;
 		case OPT_GUEST_POLL:
 			if (bench_parse_duration(optarg, &options->pv_guest_poll_ns) < 0 ||
 			    options->pv_guest_poll_ns > MAX_POLL_NS)
 				return fail(error, error_len,
-					    "--pv-guest-poll '%s' is not a valid time; give 0-1s, e.g. 50us", optarg);
+					    "--pv-guest-poll '%s' is not a valid time; give 0-1s, e.g. 50us",
+					    optarg);
 			break;
 		case OPT_BACKEND_POLL:
 			if (bench_parse_duration(optarg, &options->pv_backend_poll_ns) < 0 ||
 			    options->pv_backend_poll_ns > MAX_POLL_NS)
 				return fail(error, error_len,
-					    "--pv-backend-poll '%s' is not a valid time; give 0-1s, e.g. 50us", optarg);
+					    "--pv-backend-poll '%s' is not a valid time; give 0-1s, e.g. 50us",
+					    optarg);
 			break;
 		case 'v':
 			options->verbose = true;
@@ -552,10 +599,12 @@ int bench_options_parse(struct bench_options *options, int argc, char **argv, FI
 			bench_usage(out);
 			return 1;
 		case ':':
-			return fail(error, error_len, "option '%s' needs a value; see 'kapsel bench --help'",
+			return fail(error, error_len,
+				    "option '%s' needs a value; see 'kapsel bench --help'",
 				    argv[optind - 1]);
 		default:
-			return fail(error, error_len, "unknown option '%s'; see 'kapsel bench --help'",
+			return fail(error, error_len,
+				    "unknown option '%s'; see 'kapsel bench --help'",
 				    argv[optind - 1]);
 		}
 	}

@@ -52,9 +52,11 @@ static unsigned compute_goals(const struct bench_options *options,
 			continue;
 		char label[64];
 		row_label(row, label, sizeof(label));
-		if (!w->random && w->block_bytes == (1u << 20) && options->paths[BENCH_PATH_NATIVE]) {
+		if (!w->random && w->block_bytes == (1u << 20) &&
+		    options->paths[BENCH_PATH_NATIVE]) {
 			struct bench_goal *g = &goals[n++];
-			snprintf(g->text, sizeof(g->text), "PV sequential 1M %s >= 90%% of native MB/s",
+			snprintf(g->text, sizeof(g->text),
+				 "PV sequential 1M %s >= 90%% of native MB/s",
 				 w->read_percent ? "read" : "write");
 			snprintf(g->row, sizeof(g->row), "%s", label);
 			g->target = 0.9;
@@ -62,9 +64,11 @@ static unsigned compute_goals(const struct bench_options *options,
 			g->at_most = false;
 		}
 		if (w->random && w->block_bytes == 4096 && row->iodepth == 32 &&
-		    (w->read_percent == 100 || w->read_percent == 0) && options->paths[BENCH_PATH_NATIVE]) {
+		    (w->read_percent == 100 || w->read_percent == 0) &&
+		    options->paths[BENCH_PATH_NATIVE]) {
 			struct bench_goal *g = &goals[n++];
-			snprintf(g->text, sizeof(g->text), "PV random 4K %s iodepth=32 >= 70%% of native IOPS",
+			snprintf(g->text, sizeof(g->text),
+				 "PV random 4K %s iodepth=32 >= 70%% of native IOPS",
 				 w->read_percent ? "read" : "write");
 			snprintf(g->row, sizeof(g->row), "%s", label);
 			g->target = 0.7;
@@ -115,10 +119,14 @@ static const char *num(char *buffer, size_t len, double v)
 static const char *status_name(enum bench_status status)
 {
 	switch (status) {
-	case BENCH_STATUS_OK: return "ok";
-	case BENCH_STATUS_UNAVAILABLE: return "unavailable";
-	case BENCH_STATUS_FAILED: return "failed";
-	default: return "skipped";
+	case BENCH_STATUS_OK:
+		return "ok";
+	case BENCH_STATUS_UNAVAILABLE:
+		return "unavailable";
+	case BENCH_STATUS_FAILED:
+		return "failed";
+	default:
+		return "skipped";
 	}
 }
 
@@ -146,10 +154,16 @@ static void table_path_line(FILE *out, const struct bench_path_result *r, enum b
 		num(c, sizeof(c), r->stats[BENCH_M_LAT_P50_US].median),
 		num(d, sizeof(d), r->stats[BENCH_M_LAT_P99_US].median),
 		num(e, sizeof(e), r->stats[BENCH_M_LAT_P999_US].median),
-		path == BENCH_PATH_NATIVE ? "-" : num(f, sizeof(f), r->stats[BENCH_M_EXITS_PER_OP].median),
-		path == BENCH_PATH_NATIVE ? "-" : num(g, sizeof(g), r->stats[BENCH_M_NOTIFICATIONS_PER_OP].median),
+		path == BENCH_PATH_NATIVE
+			? "-"
+			: num(f, sizeof(f), r->stats[BENCH_M_EXITS_PER_OP].median),
+		path == BENCH_PATH_NATIVE
+			? "-"
+			: num(g, sizeof(g), r->stats[BENCH_M_NOTIFICATIONS_PER_OP].median),
 		num(h, sizeof(h), r->stats[BENCH_M_CPU_US_PER_OP].median),
-		path == BENCH_PATH_NATIVE ? "-" : num(k, sizeof(k), r->stats[BENCH_M_VCPU_CPU_US_PER_OP].median),
+		path == BENCH_PATH_NATIVE
+			? "-"
+			: num(k, sizeof(k), r->stats[BENCH_M_VCPU_CPU_US_PER_OP].median),
 		r->message[0] ? "  note: " : "", r->message);
 }
 
@@ -167,7 +181,7 @@ static void exits_text(const struct bench_path_result *r, char *out, size_t len)
 		int best = -1;
 		for (unsigned i = 0; i < r->exit_reasons.count; i++)
 			if (!done[i] && (best < 0 || r->exit_reasons.items[i].value >
-							 r->exit_reasons.items[best].value))
+							     r->exit_reasons.items[best].value))
 				best = (int)i;
 		if (best < 0)
 			break;
@@ -175,7 +189,8 @@ static void exits_text(const struct bench_path_result *r, char *out, size_t len)
 		char v[24];
 		int n = snprintf(out + used, len - used, "%s%s %s", used ? ", " : "",
 				 r->exit_reasons.items[best].name,
-				 num(v, sizeof(v), (double)r->exit_reasons.items[best].value / r->ops_total));
+				 num(v, sizeof(v),
+				     (double)r->exit_reasons.items[best].value / r->ops_total));
 		if (n < 0 || (size_t)n >= len - used)
 			break;
 		used += (size_t)n;
@@ -192,29 +207,33 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 
 	fprintf(out, "kapsel bench: native vs paravirtualized (pv) vs emulated I/O\n");
 	fprintf(out, "machine:  %s\n", results->host);
-	fprintf(out, "load:     %.2f before, %.2f after (1-minute average; other work on these CPUs\n"
-		     "          slows the PV path's polling threads most)\n",
+	fprintf(out,
+		"load:     %.2f before, %.2f after (1-minute average; other work on these CPUs\n"
+		"          slows the PV path's polling threads most)\n",
 		results->load_start, results->load_end);
 	fprintf(out, "image:    %s, region %llu MiB%s\n", results->disk_path,
 		(unsigned long long)(results->size_bytes >> 20),
 		results->disk_temporary ? " (temporary, deleted at the end)" : "");
 	if (options->ops)
-		fprintf(out, "runs:     %u per path, %llu operations each after %llu warm-up operations; median, spread = (max-min)/median\n",
+		fprintf(out,
+			"runs:     %u per path, %llu operations each after %llu warm-up operations; median, spread = (max-min)/median\n",
 			options->repeat, (unsigned long long)options->ops,
 			(unsigned long long)options->warmup_ops);
 	else
-		fprintf(out, "runs:     %u per path, %.0f ms measured after %.0f ms warm-up; median, spread = (max-min)/median\n"
-			     "          emulated path: %.0f ms after %.0f ms (it costs about one VM exit per sector)\n",
+		fprintf(out,
+			"runs:     %u per path, %.0f ms measured after %.0f ms warm-up; median, spread = (max-min)/median\n"
+			"          emulated path: %.0f ms after %.0f ms (it costs about one VM exit per sector)\n",
 			options->repeat, options->runtime_ns / 1e6, options->warmup_ns / 1e6,
 			options->emulated_runtime_ns / 1e6, options->emulated_warmup_ns / 1e6);
-	fprintf(out, "paths:    native = host io_uring on the image; pv = blkbench.elf, disk on bus=pv\n"
-		     "          (guest polls %.0f us, backend polls %.0f us before sleeping);\n"
-		     "          emulated = the same guest, disk on bus=ata (PIO, no queue: depth 1)\n\n",
+	fprintf(out,
+		"paths:    native = host io_uring on the image; pv = blkbench.elf, disk on bus=pv\n"
+		"          (guest polls %.0f us, backend polls %.0f us before sleeping);\n"
+		"          emulated = the same guest, disk on bus=ata (PIO, no queue: depth 1)\n\n",
 		options->pv_guest_poll_ns / 1e3, options->pv_backend_poll_ns / 1e3);
 
-	fprintf(out, "%-26s %-9s %9s %6s %9s %8s %8s %8s %9s %8s %9s %9s\n", "workload", "path", "MB/s",
-		"spread", "IOPS", "p50 us", "p99 us", "p99.9 us", "exits/op", "notif/op", "cpu us/op",
-		"vcpu us/op");
+	fprintf(out, "%-26s %-9s %9s %6s %9s %8s %8s %8s %9s %8s %9s %9s\n", "workload", "path",
+		"MB/s", "spread", "IOPS", "p50 us", "p99 us", "p99.9 us", "exits/op", "notif/op",
+		"cpu us/op", "vcpu us/op");
 	for (unsigned i = 0; i < results->row_count; i++) {
 		const struct bench_row *row = &results->rows[i];
 		char label[64];
@@ -230,13 +249,16 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 				shown_unavailable[p][kind] = true;
 			table_path_line(out, r, (enum bench_path)p, first);
 		}
-		fprintf(out, "%-26s pv/native %s  pv/emulated %s", "", num(a, sizeof(a), row->ratio_pv_native),
+		fprintf(out, "%-26s pv/native %s  pv/emulated %s", "",
+			num(a, sizeof(a), row->ratio_pv_native),
 			num(b, sizeof(b), row->ratio_pv_emulated));
 		if (row->fio.ran && row->fio.ok) {
 			double native = row->paths[BENCH_PATH_NATIVE].stats[BENCH_M_MBPS].median;
-			fprintf(out, "  fio %s MB/s %s IOPS (native/fio %s)", num(c, sizeof(c), row->fio.mb_per_s),
+			fprintf(out, "  fio %s MB/s %s IOPS (native/fio %s)",
+				num(c, sizeof(c), row->fio.mb_per_s),
 				num(d, sizeof(d), row->fio.iops),
-				num(e, sizeof(e), row->fio.mb_per_s > 0 ? native / row->fio.mb_per_s : NAN));
+				num(e, sizeof(e),
+				    row->fio.mb_per_s > 0 ? native / row->fio.mb_per_s : NAN));
 		} else if (row->fio.ran) {
 			fprintf(out, "  fio: %s", row->fio.error);
 		}
@@ -245,8 +267,8 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 
 	fprintf(out, "\nPV cost per request (median us; guest TSC stamps carried in the ring):\n");
 	fprintf(out, "%-26s %14s %16s %14s %10s %10s %9s %9s %9s\n", "workload", "submit->pickup",
-		"pickup->complete", "complete->reap", "latency", "native p50", "kicks/op", "suppr/op",
-		"sleeps/op");
+		"pickup->complete", "complete->reap", "latency", "native p50", "kicks/op",
+		"suppr/op", "sleeps/op");
 	fprintf(out, "%-26s %14s %16s %14s %10s\n", "", "(notify+queue)", "(backend+device)",
 		"(completion)", "(mean)");
 	for (unsigned i = 0; i < results->row_count; i++) {
@@ -261,15 +283,17 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 			num(b, sizeof(b), pv->stats[BENCH_M_PICKUP_COMPLETE_US].median),
 			num(c, sizeof(c), pv->stats[BENCH_M_COMPLETE_REAP_US].median),
 			num(d, sizeof(d), pv->stats[BENCH_M_LAT_MEAN_US].median),
-			num(e, sizeof(e), row->paths[BENCH_PATH_NATIVE].status == BENCH_STATUS_OK
-						  ? row->paths[BENCH_PATH_NATIVE].stats[BENCH_M_LAT_P50_US].median
-						  : NAN),
+			num(e, sizeof(e),
+			    row->paths[BENCH_PATH_NATIVE].status == BENCH_STATUS_OK
+				    ? row->paths[BENCH_PATH_NATIVE].stats[BENCH_M_LAT_P50_US].median
+				    : NAN),
 			num(f, sizeof(f), pv->stats[BENCH_M_KICKS_PER_OP].median),
 			num(g, sizeof(g), pv->stats[BENCH_M_KICKS_SUPPRESSED_PER_OP].median),
 			num(h, sizeof(h), pv->stats[BENCH_M_BLOCKS_PER_OP].median));
 	}
 
-	fprintf(out, "\nVM exits per operation by reason (doorbell = ioeventfd kick, handled in the host kernel):\n");
+	fprintf(out,
+		"\nVM exits per operation by reason (doorbell = ioeventfd kick, handled in the host kernel):\n");
 	for (unsigned i = 0; i < results->row_count; i++) {
 		const struct bench_row *row = &results->rows[i];
 		char label[64], pv[256], emu[256];
@@ -283,7 +307,8 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 	for (unsigned i = 0; i < results->row_count; i++)
 		any_checksum |= results->rows[i].checksum_reset_valid;
 	if (any_checksum) {
-		fprintf(out, "\nData written (CRC-32 of the region after each path; fixed-size runs write the same sectors):\n");
+		fprintf(out,
+			"\nData written (CRC-32 of the region after each path; fixed-size runs write the same sectors):\n");
 		for (unsigned i = 0; i < results->row_count; i++) {
 			const struct bench_row *row = &results->rows[i];
 			if (!row->checksum_reset_valid)
@@ -301,7 +326,8 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 					fprintf(out, "  %s -", bench_path_name((enum bench_path)p));
 					continue;
 				}
-				fprintf(out, "  %s %08x", bench_path_name((enum bench_path)p), r->checksum);
+				fprintf(out, "  %s %08x", bench_path_name((enum bench_path)p),
+					r->checksum);
 				if (have && r->checksum != first)
 					same = false;
 				first = r->checksum;
@@ -331,17 +357,21 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 		fprintf(out, "\nGoals (targets, not assertions):\n");
 		for (unsigned i = 0; i < goal_count; i++) {
 			int met = goal_met(&goals[i]);
-			fprintf(out, "  %-52s %-30s measured %-8s %s\n", goals[i].text, goals[i].row,
-				num(a, sizeof(a), goals[i].measured),
-				met < 0 ? "not measured" : met ? "met" : "MISSED");
+			fprintf(out, "  %-52s %-30s measured %-8s %s\n", goals[i].text,
+				goals[i].row, num(a, sizeof(a), goals[i].measured),
+				met < 0 ? "not measured"
+				: met	? "met"
+					: "MISSED");
 		}
 	}
-	fprintf(out, "\nconsole row: one operation = one %u-byte line; pv = PV console hypercall, emulated = 16550 UART\n"
-		     "(one exit per register access), native = write(2) to the same sink file.\n",
+	fprintf(out,
+		"\nconsole row: one operation = one %u-byte line; pv = PV console hypercall, emulated = 16550 UART\n"
+		"(one exit per register access), native = write(2) to the same sink file.\n",
 		options->workload_count ? 80u : 80u);
-	fprintf(out, "exits/op counts exits to the VMM by reason plus doorbell kicks, minus the bench's own\n"
-		     "handshake; cpu us/op is the CPU time of the whole process (VMM with its vCPU and I/O\n"
-		     "threads, or the native runner) per operation in the measured window.\n");
+	fprintf(out,
+		"exits/op counts exits to the VMM by reason plus doorbell kicks, minus the bench's own\n"
+		"handshake; cpu us/op is the CPU time of the whole process (VMM with its vCPU and I/O\n"
+		"threads, or the native runner) per operation in the measured window.\n");
 	fprintf(out, "results:  %s/results.json, %s/results.txt%s%s%s%s\n", options->output_dir,
 		options->output_dir, results->chart_path[0] ? ", chart " : "", results->chart_path,
 		results->chart_note[0] ? "; " : "", results->chart_note);
@@ -361,11 +391,21 @@ static void json_string_value(FILE *out, const char *s)
 	fputc('"', out);
 	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
 		switch (*p) {
-		case '"': fputs("\\\"", out); break;
-		case '\\': fputs("\\\\", out); break;
-		case '\n': fputs("\\n", out); break;
-		case '\r': fputs("\\r", out); break;
-		case '\t': fputs("\\t", out); break;
+		case '"':
+			fputs("\\\"", out);
+			break;
+		case '\\':
+			fputs("\\\\", out);
+			break;
+		case '\n':
+			fputs("\\n", out);
+			break;
+		case '\r':
+			fputs("\\r", out);
+			break;
+		case '\t':
+			fputs("\\t", out);
+			break;
 		default:
 			if (*p < 0x20 || *p == 0x7f)
 				fprintf(out, "\\u%04x", *p);
@@ -576,7 +616,8 @@ void bench_report_json(FILE *out, const struct bench_options *options,
 		json_u64(&j, "block_bytes", w->block_bytes);
 		json_u64(&j, "read_percent", w->read_percent);
 		json_u64(&j, "iodepth", row->iodepth);
-		json_str(&j, "cache", w->kind == BENCH_KIND_CONSOLE ? NULL : bench_cache_name(row->cache));
+		json_str(&j, "cache",
+			 w->kind == BENCH_KIND_CONSOLE ? NULL : bench_cache_name(row->cache));
 		json_open(&j, "paths", '{');
 		for (unsigned p = 0; p < BENCH_PATH_COUNT; p++)
 			json_path(&j, options, row, (enum bench_path)p);
@@ -611,7 +652,8 @@ void bench_report_json(FILE *out, const struct bench_options *options,
 		json_num(&j, "lat_p50_us", row->fio.ok ? row->fio.lat_p50_us : NAN);
 		json_num(&j, "lat_p99_us", row->fio.ok ? row->fio.lat_p99_us : NAN);
 		double native = row->paths[BENCH_PATH_NATIVE].status == BENCH_STATUS_OK
-					? row->paths[BENCH_PATH_NATIVE].stats[BENCH_M_MBPS].median : NAN;
+					? row->paths[BENCH_PATH_NATIVE].stats[BENCH_M_MBPS].median
+					: NAN;
 		json_num(&j, "native_over_fio",
 			 row->fio.ok && row->fio.mb_per_s > 0 ? native / row->fio.mb_per_s : NAN);
 		json_close(&j, '}');
@@ -691,7 +733,8 @@ int bench_report_chart(const char *dir, const struct bench_results *results, cha
 	}
 	/* Columns 2-4: MB/s per path; 5-7: exits/op per path. */
 	bool have[8] = { false };
-	fprintf(data, "# row native_MBps pv_MBps emulated_MBps native_exits pv_exits emulated_exits\n");
+	fprintf(data,
+		"# row native_MBps pv_MBps emulated_MBps native_exits pv_exits emulated_exits\n");
 	for (unsigned i = 0; i < results->row_count; i++) {
 		const struct bench_row *row = &results->rows[i];
 		if (row->workload->kind == BENCH_KIND_CONSOLE)
@@ -737,21 +780,23 @@ int bench_report_chart(const char *dir, const struct bench_results *results, cha
 		for (unsigned p = 0; p < BENCH_PATH_COUNT; p++) {
 			if (!have[first_column + p])
 				continue;
-			fprintf(gp, "%s '%s' using %u:xtic(1) title '%s' lc rgb '%s'", any ? "," : "plot",
-				data_path, first_column + p, bench_path_name((enum bench_path)p), colors[p]);
+			fprintf(gp, "%s '%s' using %u:xtic(1) title '%s' lc rgb '%s'",
+				any ? "," : "plot", data_path, first_column + p,
+				bench_path_name((enum bench_path)p), colors[p]);
 			any = true;
 		}
 		if (!any)
-			fprintf(gp, "unset logscale y\nset yrange [0:1]\nset label 1 'no data' at graph 0.5, graph 0.5 center\n"
-				    "plot 2 notitle lc rgb 'white'\nunset label 1\nset autoscale y\nset logscale y");
+			fprintf(gp,
+				"unset logscale y\nset yrange [0:1]\nset label 1 'no data' at graph 0.5, graph 0.5 center\n"
+				"plot 2 notitle lc rgb 'white'\nunset label 1\nset autoscale y\nset logscale y");
 		fputc('\n', gp);
 	}
 	fprintf(gp, "unset multiplot\n");
 	fclose(gp);
 	int err = run_gnuplot(script_path);
 	if (err == -ENOENT)
-		snprintf(note, note_len, "gnuplot not installed: chart data in %s, script %s", data_path,
-			 script_path);
+		snprintf(note, note_len, "gnuplot not installed: chart data in %s, script %s",
+			 data_path, script_path);
 	else if (err)
 		snprintf(note, note_len, "gnuplot failed on %s", script_path);
 	else

@@ -227,6 +227,44 @@ pv-paths)
 	expect_status 0
 	expect_in "$out" "blktest verify: 200 sectors from 0, seed 8, all match"
 	;;
+pv-reboot-drops-ring)
+	# After a reboot the backend serves no ring the old boot set up: a
+	# request written where it was is not taken (nor written to disk).
+	truncate -s 1M "$img"
+	run_guest "$out" "$err" --kernel "$GUESTS/ringfuzz.elf" --disk "$img" --cmdline "reboot"
+	expect_status 0
+	expect_in "$out" "ringfuzz reboot: ring used, rebooting"
+	expect_in "$out" "ringfuzz reboot ok"
+	check_image "$img" 0 0 1 0 1 || fail "the old boot's ring wrote sector 0"
+	;;
+pv-save-throttled)
+	# A request parked by the rate limiter (blktest writes 128 KiB at a
+	# time; at 1 KiB/s the second one waits two minutes for tokens) must
+	# not hold up a save: quiescing starts it without waiting.
+	truncate -s 4M "$img"
+	"$KAPSEL" run --no-console-input --kernel "$BLKTEST" --disk "$img,bps=1024,bps_burst=1024" \
+		--stats --save-on-signal "$TMP/save" --save-stop --cmdline "write seed=6 sectors=600" \
+		>"$out" 2>"$err" </dev/null &
+	pid=$!
+	sleep 1
+	kill -HUP "$pid"
+	for _ in $(seq 300); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	if kill -0 "$pid" 2>/dev/null; then
+		kill -9 "$pid"
+		wait "$pid" 2>/dev/null
+		fail "the save waited for the rate limiter (30 s and counting)"
+	fi
+	STATUS=0
+	wait "$pid" || STATUS=$?
+	expect_status 0
+	expect_in "$err" "saved VM"
+	[ -f "$TMP/save/manifest" ] || fail "no manifest in the save"
+	limited=$(awk '/blk-pv:/{f=1} f && /rate_limited:/{print $2; exit}' "$err")
+	[ "${limited:-0}" -gt 0 ] || fail "no request was parked by the rate limiter"
+	;;
 *)
 	fail "unknown case '$1'"
 	;;

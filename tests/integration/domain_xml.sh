@@ -182,7 +182,7 @@ xml-refused)
 	check "<on_poweroff>rename-restart</on_poweroff>" \
 		"/domain/on_poweroff 'rename-restart' is not supported; use destroy or restart"
 	check "<devices><interface type='network'/></devices>" \
-		"/domain/devices/interface is not supported by Kapsel"
+		"/domain/devices/interface type='network' is not supported; use type='ethernet' with <target dev='TAP'/> (a Unix socket link is --net socket=PATH,peer=PATH on the command line)"
 	check "<devices><graphics type='vnc'/></devices>" "/domain/devices/graphics is not supported by Kapsel"
 	check "<devices><memballoon model='virtio'/></devices>" \
 		"/domain/devices/memballoon is not supported (Kapsel has no balloon); use <memballoon model='none'/> or remove it"

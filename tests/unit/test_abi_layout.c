@@ -106,7 +106,9 @@ static void test_abi_structs(void)
 	    FIELD(kapsel_device_desc, doorbell_port, 12, 2),
 	    FIELD(kapsel_device_desc, unit, 14, 2),
 	    FIELD(kapsel_device_desc, capacity_sectors, 16, 8),
-	    FIELD(kapsel_device_desc, _reserved, 24, 16),
+	    FIELD(kapsel_device_desc, mac, 24, 6),
+	    FIELD(kapsel_device_desc, mtu_bytes, 30, 2),
+	    FIELD(kapsel_device_desc, _reserved, 32, 8),
 	};
 	CHECK_LAYOUT(kapsel_device_desc, 40, device_desc);
 
@@ -154,7 +156,9 @@ static void test_abi_structs(void)
 	    FIELD(kapsel_device_setup, ring_gpa, 8, 8),
 	    FIELD(kapsel_device_setup, ring_pages, 16, 4),
 	    FIELD(kapsel_device_setup, evtchn_port, 20, 4),
-	    FIELD(kapsel_device_setup, _reserved, 24, 32),
+	    FIELD(kapsel_device_setup, queue, 24, 4),
+	    FIELD(kapsel_device_setup, _reserved0, 28, 4),
+	    FIELD(kapsel_device_setup, _reserved, 32, 24),
 	};
 	CHECK_LAYOUT(kapsel_device_setup, 56, device_setup);
 }
@@ -256,10 +260,10 @@ static void test_magics_and_discovery(void)
 	CU_ASSERT_EQUAL(KAPSEL_CPUID_BASE, 0x40000000u);
 	CU_ASSERT_EQUAL(KAPSEL_CPUID_INFO, 0x40000001u);
 
-	/* Version 1.1, published as major << 16 | minor. */
+	/* Version 1.2, published as major << 16 | minor. */
 	CU_ASSERT_EQUAL(KAPSEL_ABI_MAJOR, 1);
-	CU_ASSERT_EQUAL(KAPSEL_ABI_MINOR, 1);
-	CU_ASSERT_EQUAL(KAPSEL_ABI_VERSION, 0x00010001u);
+	CU_ASSERT_EQUAL(KAPSEL_ABI_MINOR, 2);
+	CU_ASSERT_EQUAL(KAPSEL_ABI_VERSION, 0x00010002u);
 
 	/* Fixed ports and guest-physical addresses. */
 	CU_ASSERT_EQUAL(KAPSEL_PORT_HYPERCALL, 0x510);
@@ -315,6 +319,7 @@ static void test_feature_bits(void)
 	    {KAPSEL_FEATURE_CONSOLE_PV, 0}, {KAPSEL_FEATURE_EVTCHN, 1},
 	    {KAPSEL_FEATURE_DOORBELL, 2},   {KAPSEL_FEATURE_BLOCK_PV, 3},
 	    {KAPSEL_FEATURE_GENERATION, 4}, {KAPSEL_FEATURE_CONTROL, 5},
+	    {KAPSEL_FEATURE_NET_PV, 6},
 	};
 	uint64_t all = 0;
 	for (size_t i = 0; i < sizeof(features) / sizeof(features[0]); i++) {
@@ -343,6 +348,7 @@ static void test_enumerations(void)
 	CU_ASSERT_EQUAL(KAPSEL_DEV_UART16550, 3);
 	CU_ASSERT_EQUAL(KAPSEL_DEV_ATA_DISK, 4);
 	CU_ASSERT_EQUAL(KAPSEL_DEV_NE2000, 5);
+	CU_ASSERT_EQUAL(KAPSEL_DEV_NET_PV, 6);
 	CU_ASSERT_EQUAL(KAPSEL_MEMMAP_RAM, 1);
 	CU_ASSERT_EQUAL(KAPSEL_MEMMAP_RESERVED, 2);
 	CU_ASSERT_EQUAL(KAPSEL_MEMMAP_IMAGE, 3);

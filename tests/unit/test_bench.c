@@ -42,9 +42,12 @@ static void test_options_values(void)
 {
 	struct bench_options o;
 	char error[512];
-	char *argv[] = { "bench", "--size", "64M", "--workloads", "randwrite-8K,read-2M",
-			 "--iodepths", "4", "--cache", "both", "--paths", "pv,native", "--runtime",
-			 "250ms", "--repeat", "5", "--format", "json", "--quick", NULL };
+	char *argv[] = {
+		"bench",      "--size",	   "64M",     "--workloads", "randwrite-8K,read-2M",
+		"--iodepths", "4",	   "--cache", "both",	     "--paths",
+		"pv,native",  "--runtime", "250ms",   "--repeat",    "5",
+		"--format",   "json",	   "--quick", NULL
+	};
 	CU_ASSERT_EQUAL(parse(&o, error, sizeof(error), 18, argv), 0);
 	CU_ASSERT_EQUAL(o.size_bytes, 64ull << 20);
 	CU_ASSERT_EQUAL(o.workload_count, 2);
@@ -211,10 +214,11 @@ static void test_pattern_and_stream(void)
 
 static void test_stats_text(void)
 {
-	const char *before = "vm bench: uptime_ns 5\n  exits_total: 10\n  exits_io_hypercall: 10\n"
-			     "  hypercall_block: 4\ndevice 0 console-pv:\n  exits: 0\n  bytes_out: 85\n"
-			     "device 2 blk-pv:\n  image: /tmp/x.img (O_DIRECT)\n  kicks_received: 3\n"
-			     "  notifications_sent: 7\n  latency_us_histogram: [0,2):1\n";
+	const char *before =
+		"vm bench: uptime_ns 5\n  exits_total: 10\n  exits_io_hypercall: 10\n"
+		"  hypercall_block: 4\ndevice 0 console-pv:\n  exits: 0\n  bytes_out: 85\n"
+		"device 2 blk-pv:\n  image: /tmp/x.img (O_DIRECT)\n  kicks_received: 3\n"
+		"  notifications_sent: 7\n  latency_us_histogram: [0,2):1\n";
 	const char *after = "vm bench: uptime_ns 9\n  exits_total: 25\n  exits_io_hypercall: 20\n"
 			    "  exits_interrupted: 5\n  hypercall_block: 9\ndevice 2 blk-pv:\n"
 			    "  kicks_received: 13\n  notifications_sent: 27\n";
@@ -253,10 +257,11 @@ static void json_collect(const char *path, double value, void *opaque)
 
 static void test_json_walk(void)
 {
-	const char *doc = "{ \"fio version\" : \"fio-3.33\", \"jobs\" : [ { \"jobname\" : \"a\\\"b\","
-			  " \"read\" : { \"iops\" : 134894.105894, \"lat_ns\" : { \"percentile\" :"
-			  " { \"50.000000\" : 205824, \"99.000000\" : 536576 } } }, \"ok\" : true,"
-			  " \"none\" : null, \"list\" : [1, -2.5e3, []] } ] }";
+	const char *doc =
+		"{ \"fio version\" : \"fio-3.33\", \"jobs\" : [ { \"jobname\" : \"a\\\"b\","
+		" \"read\" : { \"iops\" : 134894.105894, \"lat_ns\" : { \"percentile\" :"
+		" { \"50.000000\" : 205824, \"99.000000\" : 536576 } } }, \"ok\" : true,"
+		" \"none\" : null, \"list\" : [1, -2.5e3, []] } ] }";
 	struct json_seen s = { 0 };
 	CU_ASSERT_EQUAL(bench_json_walk(doc, json_collect, &s), 0);
 	CU_ASSERT_DOUBLE_EQUAL(s.iops, 134894.105894, 1e-6);

@@ -1,0 +1,121 @@
+/* Guest network API: finds an interface, picks its driver (PV rings or NE2000 PIO), checks arguments, follows generation changes. */
+#include "net_internal.h"
+
+#include "kapsel_guest/os_hooks.h"
+#include "kapsel_guest/platform.h"
+
+#define PAGE_BYTES 4096u
+
+/* The descriptor of interface index on path (AUTO: whichever is offered). */
+static const struct kapsel_device_desc *find_net(unsigned index, enum kg_net_path path)
+{
+	const struct kapsel_start_info *si = kg_platform_start_info();
+	if (!si)
+		return 0;
+	uint32_t count = si->device_count < KAPSEL_MAX_DEVICES ? si->device_count
+							       : KAPSEL_MAX_DEVICES;
+	for (uint32_t i = 0; i < count; i++) {
+		const struct kapsel_device_desc *d = &si->devices[i];
+		if (d->unit != index)
+			continue;
+		if (d->type == KAPSEL_DEV_NET_PV && (path == KG_NET_AUTO || path == KG_NET_PV))
+			return d;
+		if (d->type == KAPSEL_DEV_NE2000 && (path == KG_NET_AUTO || path == KG_NET_NE2000))
+			return d;
+	}
+	return 0;
+}
+
+static uint64_t current_generation(void)
+{
+	const struct kapsel_start_info *si = kg_platform_start_info();
+	return si ? __atomic_load_n(&si->generation, __ATOMIC_ACQUIRE) : 0;
+}
+
+/* A restored or cloned VM may have a new address: re-read it once. */
+static void follow_generation(struct kg_net_device *device)
+{
+	uint64_t now = current_generation();
+	if (now == device->generation)
+		return;
+	device->generation = now;
+	device->ops->refresh_mac(device);
+}
+
+int kg_net_open(unsigned index, enum kg_net_path path, struct kg_net_device **device)
+{
+	const struct kapsel_device_desc *desc = 0;
+	*device = 0;
+	if (path != KG_NET_AUTO && path != KG_NET_PV && path != KG_NET_NE2000)
+		return -KAPSEL_EINVAL;
+	if (kg_platform_is_kapsel()) {
+		desc = find_net(index, path);
+		if (!desc)
+			return -KAPSEL_ENODEV;
+	} else if (path == KG_NET_PV || index != 0) {
+		return -KAPSEL_ENODEV; /* off Kapsel only the legacy NE2000 */
+	}
+	struct kg_net_device *dev = kg_os_alloc_pages((sizeof(*dev) + PAGE_BYTES - 1) / PAGE_BYTES);
+	if (!dev)
+		return -KAPSEL_ENOMEM;
+	dev->desc = desc;
+	dev->generation = current_generation();
+	int err;
+	if (desc && desc->type == KAPSEL_DEV_NET_PV)
+		err = kg_net_pv_open(desc, dev);
+	else
+		err = kg_net_ne2000_open(desc, dev);
+	if (err)
+		return err;
+	*device = dev;
+	return 0;
+}
+
+enum kg_net_path kg_net_path_of(struct kg_net_device *device) { return device->path; }
+
+void kg_net_mac(struct kg_net_device *device, uint8_t mac[KAPSEL_NET_MAC_BYTES])
+{
+	follow_generation(device);
+	for (unsigned i = 0; i < KAPSEL_NET_MAC_BYTES; i++)
+		mac[i] = device->mac[i];
+}
+
+int kg_net_send(struct kg_net_device *device, const void *frame, uint32_t length_bytes)
+{
+	if (!frame || length_bytes < KAPSEL_NET_FRAME_MIN || length_bytes > KAPSEL_NET_FRAME_MAX)
+		return -KAPSEL_EINVAL;
+	follow_generation(device);
+	int err = device->ops->send(device, frame, length_bytes);
+	if (err)
+		device->stats.send_errors++;
+	else
+		device->stats.frames_sent++;
+	return err;
+}
+
+int kg_net_recv_until(struct kg_net_device *device, void *buffer, uint32_t max_bytes,
+		      uint64_t deadline_ns)
+{
+	if (!buffer || max_bytes == 0)
+		return -KAPSEL_EINVAL;
+	follow_generation(device);
+	int n = device->ops->recv(device, buffer, max_bytes, deadline_ns);
+	if (n > 0)
+		device->stats.frames_received++;
+	return n;
+}
+
+int kg_net_recv(struct kg_net_device *device, void *buffer, uint32_t max_bytes, bool wait)
+{
+	return kg_net_recv_until(device, buffer, max_bytes, wait ? UINT64_MAX : 0);
+}
+
+void kg_net_set_poll_ns(struct kg_net_device *device, uint64_t poll_ns)
+{
+	device->poll_ns = poll_ns;
+}
+
+void kg_net_get_stats(struct kg_net_device *device, struct kg_net_stats *stats)
+{
+	*stats = device->stats;
+}

@@ -1,0 +1,169 @@
+#!/bin/bash
+# Integration tests: PV and NE2000 network devices end to end (netpingpong guests over a socket link, a tap in a private netns).
+. "$(dirname "$0")/lib.sh"
+require_kvm
+make_temp_dir
+GUEST=$GUESTS/netpingpong.elf
+MAC_A=02:00:00:00:0a:01
+MAC_B=02:00:00:00:0b:02
+
+# stat_value FILE DEVICE_NAME KEY: "  KEY: value" of the first DEVICE_NAME device.
+stat_value() {
+	awk -v dev="$2" -v key="$3:" '
+		/^device [0-9]+ / { in_dev = ($3 == dev ":") }
+		in_dev && $1 == key { print $2; exit }' "$1"
+}
+
+# pingpong MODEL_PING MODEL_PONG COUNT: two VMs on one socket link.
+pingpong() {
+	local a=$TMP/a.sock b=$TMP/b.sock
+	rm -f "$a" "$b"
+	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --stats --kernel "$GUEST" \
+		--net "socket=$b,peer=$a,mac=$MAC_B,model=$2" --cmdline "role=pong" \
+		>"$TMP/pong.out" 2>"$TMP/pong.err" </dev/null &
+	local pong=$!
+	for _ in $(seq 50); do [ -S "$b" ] && break; sleep 0.1; done
+	run_guest "$TMP/ping.out" "$TMP/ping.err" --stats --kernel "$GUEST" \
+		--net "socket=$a,peer=$b,mac=$MAC_A,model=$1" --cmdline "role=ping count=$3 peer=$MAC_B size=200"
+	PONG_STATUS=0
+	wait $pong || PONG_STATUS=$?
+	cat "$TMP/ping.out" "$TMP/pong.out"
+	expect_status 0
+	[ "$PONG_STATUS" -eq 0 ] || { cat "$TMP/pong.err"; fail "pong exited $PONG_STATUS"; }
+	expect_in "$TMP/ping.out" "netpingpong: ping path=$1 frames=$3 frame_bytes=200"
+	expect_in "$TMP/pong.out" "netpingpong: pong path=$2 echoed=$3 corrupt=0"
+	local dev_a=net-pv dev_b=net-pv
+	[ "$1" = ne2000 ] && dev_a=ne2000
+	[ "$2" = ne2000 ] && dev_b=ne2000
+	# Host counters agree with the guests: the ping side received exactly
+	# the echoes (count x 200 bytes), the pong side sent them.
+	[ "$(stat_value "$TMP/ping.err" $dev_a frames_in)" = "$3" ] || fail "ping frames_in"
+	[ "$(stat_value "$TMP/ping.err" $dev_a bytes_in)" = "$(($3 * 200))" ] || fail "ping bytes_in"
+	[ "$(stat_value "$TMP/pong.err" $dev_b frames_out)" = "$3" ] || fail "pong frames_out"
+	[ "$(stat_value "$TMP/pong.err" $dev_b errors)" = "0" ] || fail "pong errors"
+}
+
+case "$1" in
+net-pv-pv)
+	pingpong pv pv 200
+	[ "$(stat_value "$TMP/ping.err" net-pv mac)" = "$MAC_A" ] || fail "configured MAC not used"
+	;;
+net-ne2000-ne2000)
+	pingpong ne2000 ne2000 30
+	[ "$(stat_value "$TMP/ping.err" ne2000 card_frames_received)" = "30" ] || fail "card counters"
+	;;
+net-pv-ne2000)
+	# The same frames cross between the two paths, both ways round.
+	pingpong pv ne2000 30
+	pingpong ne2000 pv 30
+	;;
+net-garbage)
+	run_guest "$TMP/out" "$TMP/err" --stats --kernel "$GUEST" \
+		--net "socket=$TMP/g.sock,peer=$TMP/nobody.sock" --cmdline "role=garbage"
+	cat "$TMP/out"
+	expect_status 0
+	expect_in "$TMP/out" "netpingpong: garbage refused 7/7, good frame status 0"
+	[ "$(stat_value "$TMP/err" net-pv errors)" = "7" ] || fail "host did not count 7 refused descriptors"
+	# The good frame had no peer to go to: dropped like on a wire.
+	[ "$(stat_value "$TMP/err" net-pv drops_out)" = "1" ] || fail "drops_out"
+	;;
+net-mac-per-vm)
+	# Without mac=, each VM derives its own address from its uuid.
+	run_guest "$TMP/o1" "$TMP/e1" --kernel "$GUEST" --net "socket=$TMP/m1,peer=$TMP/x" --cmdline "role=send count=1"
+	expect_status 0
+	run_guest "$TMP/o2" "$TMP/e2" --kernel "$GUEST" --net "socket=$TMP/m2,peer=$TMP/x" --cmdline "role=send count=1"
+	expect_status 0
+	m1=$(sed -n 's/.*mac=\([0-9a-f:]*\).*/\1/p' "$TMP/o1")
+	m2=$(sed -n 's/.*mac=\([0-9a-f:]*\).*/\1/p' "$TMP/o2")
+	[ -n "$m1" ] && [ "$m1" != "$m2" ] || fail "two VMs got the same MAC '$m1'"
+	case "$m1" in 02:*) ;; *) fail "derived MAC $m1 is not locally administered" ;; esac
+	;;
+net-cli-errors)
+	run_guest "$TMP/out" "$TMP/err" --kernel "$GUEST" --net "socket=$TMP/s"
+	expect_status 125
+	expect_in "$TMP/err" "a socket backend needs peer=PATH"
+	run_guest "$TMP/out" "$TMP/err" --kernel "$GUEST" --net "socket=$TMP/s,peer=$TMP/p,model=e1000"
+	expect_status 125
+	expect_in "$TMP/err" "model 'e1000' is unknown; use model=pv or model=ne2000"
+	touch "$TMP/file"
+	run_guest "$TMP/out" "$TMP/err" --kernel "$GUEST" --net "socket=$TMP/file,peer=$TMP/p"
+	expect_status 125
+	expect_in "$TMP/err" "exists and is not a socket"
+	run_guest "$TMP/out" "$TMP/err" --kernel "$GUEST" --net "socket=$TMP/a,peer=$TMP/b,model=ne2000" \
+		--net "socket=$TMP/c,peer=$TMP/d,model=ne2000"
+	expect_status 125
+	expect_in "$TMP/err" "only one NE2000 is supported"
+	cat >"$TMP/bad.xml" <<EOF
+<domain type='kvm'><name>n</name><memory unit='MiB'>64</memory>
+<os><type arch='x86_64'>hvm</type><kernel>$GUEST</kernel></os>
+<devices><interface type='network'><source network='default'/></interface></devices></domain>
+EOF
+	run_guest "$TMP/out" "$TMP/err" "$TMP/bad.xml"
+	expect_status 125
+	expect_in "$TMP/err" "/domain/devices/interface type='network' is not supported"
+	;;
+net-tap)
+	[ -c /dev/net/tun ] || { echo "SKIP: /dev/net/tun is missing"; exit $SKIP; }
+	command -v ip >/dev/null || { echo "SKIP: ip (iproute2) is missing"; exit $SKIP; }
+	ns=kapsel-net-$$
+	ip netns add "$ns" || { echo "SKIP: cannot create a network namespace"; exit $SKIP; }
+	trap 'ip netns del "$ns" 2>/dev/null; rm -rf "$TMP"' EXIT
+	ip netns exec "$ns" ip tuntap add dev ktap0 mode tap || fail "cannot create a tap in $ns"
+	ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 || true
+	ip netns exec "$ns" ip link set ktap0 up || fail "cannot bring ktap0 up"
+	for model in pv ne2000; do
+		ip netns exec "$ns" timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --stats \
+			--kernel "$GUEST" --net "tap=ktap0,mac=$MAC_B,model=$model" --cmdline "role=pong" \
+			>"$TMP/pong.out" 2>"$TMP/pong.err" </dev/null &
+		pong=$!
+		# The host side pings the guest through the tap with raw
+		# frames of the guest's layout, computed independently here.
+		ip netns exec "$ns" python3 - ktap0 "$MAC_B" 20 <<'PY' || { cat "$TMP/pong.out" "$TMP/pong.err"; fail "tap ping ($model) failed"; }
+import socket, struct, sys, time
+ifname, guest, count = sys.argv[1], bytes.fromhex(sys.argv[2].replace(':', '')), int(sys.argv[3])
+host = bytes.fromhex('020000000c03')
+def fnv(b):
+    h = 2166136261
+    for x in b:
+        h = ((h ^ x) * 16777619) & 0xffffffff
+    return h
+def frame(kind, seq, n):
+    data = bytes(((seq * 131 + i * 7 + (i >> 8)) ^ 0x5a) & 0xff for i in range(n))
+    p = b'KNPP' + bytes([kind, 0, 0, 0]) + struct.pack('<II', seq, n) + data
+    return guest + host + b'\x88\xb5' + p + struct.pack('<I', fnv(p))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88b5))
+s.bind((ifname, 0))
+s.settimeout(0.3)
+for seq in range(count):
+    f = frame(1, seq, 100 + seq)
+    deadline = time.time() + 20
+    while True:
+        if time.time() > deadline:
+            sys.exit(f'no echo for frame {seq}')
+        s.send(f)
+        try:
+            while True:
+                r = s.recv(2048)
+                if r[6:12] == guest and r[14:] == f[14:]:
+                    break
+        except socket.timeout:
+            continue
+        if r[:6] != host:
+            sys.exit(f'echo {seq} has destination {r[:6].hex()}')
+        break
+for _ in range(3):
+    s.send(frame(2, count, 0))
+print(f'tap: {count} echoes verified')
+PY
+		st=0
+		wait $pong || st=$?
+		cat "$TMP/pong.out"
+		[ "$st" -eq 0 ] || { cat "$TMP/pong.err"; fail "pong on tap ($model) exited $st"; }
+		expect_in "$TMP/pong.out" "netpingpong: pong path=$model echoed=20 corrupt=0"
+		expect_in "$TMP/pong.err" "backend: tap ktap0"
+	done
+	;;
+*)
+	fail "unknown case '$1'"
+	;;
+esac
