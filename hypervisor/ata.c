@@ -41,8 +41,7 @@ static int image_pread(struct disk_image *disk, void *buffer, size_t length, uin
 	return disk_image_pread(disk, buffer, length, sector * ATA_SECTOR_BYTES);
 }
 
-static int image_pwrite(struct disk_image *disk, const void *buffer, size_t length,
-			uint64_t sector)
+static int image_pwrite(struct disk_image *disk, const void *buffer, size_t length, uint64_t sector)
 {
 	return disk_image_pwrite(disk, buffer, length, sector * ATA_SECTOR_BYTES);
 }
@@ -110,8 +109,7 @@ static void chs_geometry(uint64_t capacity_sectors, uint32_t *cylinders)
  * the registers hold cylinder/head/sector.  Returns false for an address
  * that cannot exist (CHS sector 0 or beyond the geometry).
  */
-static bool command_address(const struct ata_state *ata, bool lba48, uint64_t *lba,
-			    uint64_t *count)
+static bool command_address(const struct ata_state *ata, bool lba48, uint64_t *lba, uint64_t *count)
 {
 	if (lba48) {
 		*lba = (uint64_t)ata->lba_high_hob << 40 | (uint64_t)ata->lba_mid_hob << 32 |
@@ -145,8 +143,9 @@ static bool command_address(const struct ata_state *ata, bool lba48, uint64_t *l
 static void command_finish(struct ata_state *ata, int result, uint8_t error, uint8_t extra_status)
 {
 	if (ata->disk_op_open) {
-		uint64_t bytes = result == 0 && ata->op != KAPSEL_BLK_OP_FLUSH ?
-					 ata->command_sectors * ATA_SECTOR_BYTES : 0;
+		uint64_t bytes = result == 0 && ata->op != KAPSEL_BLK_OP_FLUSH
+					 ? ata->command_sectors * ATA_SECTOR_BYTES
+					 : 0;
 		disk_stats_complete(ata->disk, ata->op, bytes, result,
 				    ata_now(ata) - ata->command_start_ns);
 		ata->disk_op_open = false;
@@ -207,7 +206,8 @@ static bool buffer_fill(struct ata_state *ata)
 	 * that says otherwise ends the command instead of reading outside it. */
 	uint32_t sectors = next < end ? min_u32(end - next, ATA_BUFFER_SECTORS) : 0;
 	int err = sectors ? image_pread(ata->disk, ata->buffer, (size_t)sectors * ATA_SECTOR_BYTES,
-					next) : -KAPSEL_EIO;
+					next)
+			  : -KAPSEL_EIO;
 	if (err) {
 		set_lba_registers(ata, next, command_is_lba48(ata->command));
 		command_finish(ata, -KAPSEL_EIO, ATA_ERROR_UNC, 0);
@@ -318,7 +318,8 @@ static void command_admit(struct ata_state *ata, enum kapsel_blk_op op, uint64_t
 	ata->block_sectors = block_sectors;
 	ata->command_start_ns = ata_now(ata);
 	ata->disk_op_open = true;
-	uint64_t wait = disk_rate_limit(ata->disk, sectors * ATA_SECTOR_BYTES, ata->command_start_ns);
+	uint64_t wait =
+		disk_rate_limit(ata->disk, sectors * ATA_SECTOR_BYTES, ata->command_start_ns);
 	if (wait) {
 		ata->held_by_rate_limit = true;
 		ata->held_until_ns = ata->command_start_ns + wait;
@@ -673,8 +674,9 @@ uint32_t ata_io_read(struct ata_state *ata, unsigned reg, unsigned size)
 	for (unsigned i = 0; i < size; i++) {
 		unsigned r = reg + i;
 		/* A wide access runs into the next register; 0x3f7 is not ours. */
-		uint8_t byte = (reg == ATA_REG_CONTROL && i) || r >= ATA_REG_COUNT_ALL ?
-				       0xff : register_read(ata, r);
+		uint8_t byte = (reg == ATA_REG_CONTROL && i) || r >= ATA_REG_COUNT_ALL
+				       ? 0xff
+				       : register_read(ata, r);
 		value |= (uint32_t)byte << (8 * i);
 	}
 	return value;
@@ -736,21 +738,22 @@ const char *ata_state_check(const struct ata_state *ata)
 			return "sector counts";
 		return NULL;
 	}
-	if (ata->transfer == ATA_TRANSFER_IN ? !(ata->op == KAPSEL_BLK_OP_READ ||
-						  ata->op == KAPSEL_BLK_OP_GET_INFO)
-					      : !writes)
+	if (ata->transfer == ATA_TRANSFER_IN
+		    ? !(ata->op == KAPSEL_BLK_OP_READ || ata->op == KAPSEL_BLK_OP_GET_INFO)
+		    : !writes)
 		return "transfer";
 
 	/* The DRQ block in progress began at block_start_pos (a sector
 	 * boundary) and spans the smaller of sectors_left and block_sectors
 	 * sectors, of which buffer_pos - block_start_pos bytes have moved. */
-	uint64_t block_sectors = ata->sectors_left < ata->block_sectors ? ata->sectors_left :
-									   ata->block_sectors;
+	uint64_t block_sectors =
+		ata->sectors_left < ata->block_sectors ? ata->sectors_left : ata->block_sectors;
 	uint64_t block_bytes = block_sectors * ATA_SECTOR_BYTES;
 	uint64_t limit = ata->transfer == ATA_TRANSFER_IN ? ata->buffer_bytes : ATA_BUFFER_BYTES;
 	if (block_sectors == 0 || ata->block_start_pos > ata->buffer_pos ||
 	    ata->block_start_pos % ATA_SECTOR_BYTES ||
-	    ata->buffer_pos - ata->block_start_pos + (uint64_t)ata->block_bytes_left != block_bytes ||
+	    ata->buffer_pos - ata->block_start_pos + (uint64_t)ata->block_bytes_left !=
+		    block_bytes ||
 	    ata->block_start_pos + block_bytes > limit)
 		return "block position";
 	if (ata->op == KAPSEL_BLK_OP_GET_INFO) {
@@ -791,19 +794,19 @@ void ata_build_identify(const struct ata_state *ata, uint16_t words[ATA_ID_WORDS
 	uint32_t chs_sectors = cylinders * ATA_CHS_HEADS * ATA_CHS_SECTORS_PER_TRACK;
 
 	memset(words, 0, ATA_ID_WORDS * sizeof(words[0]));
-	words[0] = 0x0040;              /* ATA device, fixed (not removable) */
+	words[0] = 0x0040; /* ATA device, fixed (not removable) */
 	words[1] = (uint16_t)cylinders;
-	words[2] = 0xc837;              /* no spin-up needed, response complete */
+	words[2] = 0xc837; /* no spin-up needed, response complete */
 	words[3] = ATA_CHS_HEADS;
 	words[6] = ATA_CHS_SECTORS_PER_TRACK;
 	identify_string(words, ATA_ID_SERIAL_WORD, ATA_ID_SERIAL_CHARS, ata->serial);
 	identify_string(words, ATA_ID_FIRMWARE_WORD, ATA_ID_FIRMWARE_CHARS, ATA_ID_FIRMWARE);
 	identify_string(words, ATA_ID_MODEL_WORD, ATA_ID_MODEL_CHARS, ATA_ID_MODEL);
 	words[47] = 0x8000 | ATA_MAX_MULTIPLE_SECTORS;
-	words[49] = 0x0200;             /* LBA supported; no DMA */
+	words[49] = 0x0200; /* LBA supported; no DMA */
 	words[50] = 0x4000;
-	words[51] = 0x0200;             /* PIO mode 2 timing (obsolete word) */
-	words[53] = 0x0003;             /* words 54-58 and 64-70 are valid */
+	words[51] = 0x0200; /* PIO mode 2 timing (obsolete word) */
+	words[53] = 0x0003; /* words 54-58 and 64-70 are valid */
 	words[54] = (uint16_t)cylinders;
 	words[55] = ATA_CHS_HEADS;
 	words[56] = ATA_CHS_SECTORS_PER_TRACK;
@@ -812,9 +815,9 @@ void ata_build_identify(const struct ata_state *ata, uint16_t words[ATA_ID_WORDS
 	words[59] = ata->multiple_sectors ? (uint16_t)(0x0100 | ata->multiple_sectors) : 0;
 	words[60] = (uint16_t)lba28;
 	words[61] = (uint16_t)(lba28 >> 16);
-	words[64] = 0x0003;             /* PIO modes 3 and 4 */
+	words[64] = 0x0003;				     /* PIO modes 3 and 4 */
 	words[65] = words[66] = words[67] = words[68] = 120; /* cycle times, ns */
-	words[80] = 0x01f0;             /* ATA-4 to ATA8-ACS */
+	words[80] = 0x01f0;				     /* ATA-4 to ATA8-ACS */
 	/* 82/85: NOP, write cache, power management; 83/86: LBA48, FLUSH
 	 * CACHE and FLUSH CACHE EXT; 84/87: bit 14 says the word is valid. */
 	words[82] = 0x4000 | 0x0020 | 0x0008;
@@ -830,7 +833,7 @@ void ata_build_identify(const struct ata_state *ata, uint16_t words[ATA_ID_WORDS
 	words[101] = (uint16_t)(capacity >> 16);
 	words[102] = (uint16_t)(capacity >> 32);
 	words[103] = 0;
-	words[106] = 0x4000;            /* one 512-byte logical sector per physical */
+	words[106] = 0x4000; /* one 512-byte logical sector per physical */
 
 	uint8_t sum = 0xa5;
 	for (unsigned i = 0; i < ATA_ID_WORDS - 1; i++)
@@ -841,8 +844,7 @@ void ata_build_identify(const struct ata_state *ata, uint16_t words[ATA_ID_WORDS
 /* ---- Life cycle ---------------------------------------------------------- */
 
 int ata_init(struct ata_state *ata, struct disk_image *disk,
-	     uint64_t (*now_ns)(void *clock_context), void *clock_context,
-	     uint32_t serial_seed)
+	     uint64_t (*now_ns)(void *clock_context), void *clock_context, uint32_t serial_seed)
 {
 	memset(ata, 0, sizeof(*ata));
 	/* Aligned for O_DIRECT images. */
@@ -869,10 +871,11 @@ void ata_print_stats(const struct ata_state *ata, uint64_t device_exits, FILE *o
 {
 	const struct ata_counters *c = &ata->counters;
 	uint64_t sectors = c->sectors_read + c->sectors_written;
-	fprintf(out, "  ata_commands: %llu\n  ata_commands_failed: %llu\n"
-		     "  ata_sectors_read: %llu\n  ata_sectors_written: %llu\n"
-		     "  ata_multiple_sectors: %u\n  ata_software_resets: %llu\n"
-		     "  ata_rate_limit_waits: %llu\n",
+	fprintf(out,
+		"  ata_commands: %llu\n  ata_commands_failed: %llu\n"
+		"  ata_sectors_read: %llu\n  ata_sectors_written: %llu\n"
+		"  ata_multiple_sectors: %u\n  ata_software_resets: %llu\n"
+		"  ata_rate_limit_waits: %llu\n",
 		(unsigned long long)c->commands, (unsigned long long)c->commands_failed,
 		(unsigned long long)c->sectors_read, (unsigned long long)c->sectors_written,
 		ata->multiple_sectors, (unsigned long long)c->software_resets,

@@ -113,12 +113,12 @@ enum ata_transfer {
 };
 
 struct ata_counters {
-	uint64_t commands;          /* command register writes executed */
-	uint64_t commands_failed;   /* ended with ERR */
-	uint64_t sectors_read;      /* moved through the data register */
+	uint64_t commands;	  /* command register writes executed */
+	uint64_t commands_failed; /* ended with ERR */
+	uint64_t sectors_read;	  /* moved through the data register */
 	uint64_t sectors_written;
 	uint64_t software_resets;
-	uint64_t rate_limit_waits;  /* commands held BSY by the rate limiter */
+	uint64_t rate_limit_waits; /* commands held BSY by the rate limiter */
 };
 
 /*
@@ -146,22 +146,22 @@ struct ata_state {
 	uint8_t control;
 
 	/* Settings. */
-	uint8_t multiple_sectors;   /* 0: READ/WRITE MULTIPLE are refused */
-	bool write_cache;           /* off: every write is made durable */
+	uint8_t multiple_sectors; /* 0: READ/WRITE MULTIPLE are refused */
+	bool write_cache;	  /* off: every write is made durable */
 
 	/* The command in progress. */
 	uint8_t command;
 	enum ata_transfer transfer;
 	enum kapsel_blk_op op;
-	bool disk_op_open;          /* admitted, not yet in the disk statistics */
-	bool held_by_rate_limit;    /* BSY until held_until_ns */
+	bool disk_op_open;	 /* admitted, not yet in the disk statistics */
+	bool held_by_rate_limit; /* BSY until held_until_ns */
 	uint64_t held_until_ns;
 	uint64_t command_start_ns;
-	uint64_t command_lba;       /* first sector of the command */
-	uint64_t command_sectors;   /* the whole command */
-	uint64_t sectors_left;      /* not yet moved through the data register */
-	uint32_t block_sectors;     /* sectors per DRQ block */
-	uint32_t block_bytes_left;  /* of the current DRQ block */
+	uint64_t command_lba;	   /* first sector of the command */
+	uint64_t command_sectors;  /* the whole command */
+	uint64_t sectors_left;	   /* not yet moved through the data register */
+	uint32_t block_sectors;	   /* sectors per DRQ block */
+	uint32_t block_bytes_left; /* of the current DRQ block */
 
 	/* Sectors between image and data register: buffer_lba is the first
 	 * sector in the buffer, buffer_bytes how much it holds (reads) or has
@@ -170,7 +170,7 @@ struct ata_state {
 	uint64_t buffer_lba;
 	uint32_t buffer_bytes;
 	uint32_t buffer_pos;
-	uint32_t block_start_pos;   /* buffer_pos where this DRQ block began */
+	uint32_t block_start_pos; /* buffer_pos where this DRQ block began */
 
 	struct ata_counters counters;
 };
@@ -182,8 +182,7 @@ struct ata_state {
  * Returns 0 or -ENOMEM.
  */
 int ata_init(struct ata_state *ata, struct disk_image *disk,
-	     uint64_t (*now_ns)(void *clock_context), void *clock_context,
-	     uint32_t serial_seed);
+	     uint64_t (*now_ns)(void *clock_context), void *clock_context, uint32_t serial_seed);
 
 /* Release the buffer (does not close the disk).  Writes that were
  * accepted through the data register are written first. */

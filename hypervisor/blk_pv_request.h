@@ -13,10 +13,10 @@
 /* What a checked request asks the backend to do. */
 struct blk_pv_transfer {
 	struct iovec iov[KAPSEL_BLK_MAX_SEGMENTS]; /* host views of the segments, in order */
-	uint8_t iov_count;        /* 0 for FLUSH, DISCARD, WRITE_ZEROES */
-	uint64_t offset_bytes;    /* disk offset of the first byte (0 when unused) */
+	uint8_t iov_count;			   /* 0 for FLUSH, DISCARD, WRITE_ZEROES */
+	uint64_t offset_bytes;	  /* disk offset of the first byte (0 when unused) */
 	uint64_t remaining_bytes; /* bytes to move, discard or zero */
-	uint64_t length_bytes;    /* for counters and rate limits; 0 for GET_INFO */
+	uint64_t length_bytes;	  /* for counters and rate limits; 0 for GET_INFO */
 };
 
 /*

@@ -25,17 +25,20 @@ static int connect_error(const char *name, int err)
 	control_runtime_dir(dir, sizeof(dir));
 	switch (-err) {
 	case ENOENT:
-		fprintf(stderr, "kapsel: no VM named '%s' is running (no socket in %s); see 'kapsel list'\n",
+		fprintf(stderr,
+			"kapsel: no VM named '%s' is running (no socket in %s); see 'kapsel list'\n",
 			name, dir);
 		break;
 	case ECONNREFUSED:
 		control_remove_stale(name);
-		fprintf(stderr, "kapsel: VM '%s' is not running (removed its stale control socket)\n",
+		fprintf(stderr,
+			"kapsel: VM '%s' is not running (removed its stale control socket)\n",
 			name);
 		break;
 	case EACCES:
 	case EPERM:
-		fprintf(stderr, "kapsel: no permission to reach VM '%s' in %s; it belongs to another user\n",
+		fprintf(stderr,
+			"kapsel: no permission to reach VM '%s' in %s; it belongs to another user\n",
 			name, dir);
 		break;
 	case ETIMEDOUT:
@@ -44,7 +47,8 @@ static int connect_error(const char *name, int err)
 		break;
 	case ECONNRESET:
 	case EPROTO:
-		fprintf(stderr, "kapsel: VM '%s' closed the connection or answered garbage\n", name);
+		fprintf(stderr, "kapsel: VM '%s' closed the connection or answered garbage\n",
+			name);
 		break;
 	default:
 		fprintf(stderr, "kapsel: cannot talk to VM '%s': %s\n", name, strerror(-err));
@@ -87,7 +91,8 @@ static const char *single_name(int argc, char **argv, void (*usage)(FILE *), int
 		return NULL;
 	}
 	if (optind + 1 != argc) {
-		fprintf(stderr, "kapsel %s: expected exactly one VM name\nTry 'kapsel %s --help'.\n",
+		fprintf(stderr,
+			"kapsel %s: expected exactly one VM name\nTry 'kapsel %s --help'.\n",
 			argv[0], argv[0]);
 		*status = 2;
 		return NULL;
@@ -113,16 +118,15 @@ static void format_duration(uint64_t ns, char *buf, size_t len)
 
 void cli_list_usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: kapsel list [--names]\n"
-		"\n"
-		"List the VMs running on this host (those with a control socket in the\n"
-		"runtime directory; see 'kapsel help info').  Stale sockets of VMs that\n"
-		"died are removed on the way.\n"
-		"\n"
-		"Options:\n"
-		"  -q, --names   print only the names, one per line\n"
-		"  -h, --help    show this help\n");
+	fprintf(out, "Usage: kapsel list [--names]\n"
+		     "\n"
+		     "List the VMs running on this host (those with a control socket in the\n"
+		     "runtime directory; see 'kapsel help info').  Stale sockets of VMs that\n"
+		     "died are removed on the way.\n"
+		     "\n"
+		     "Options:\n"
+		     "  -q, --names   print only the names, one per line\n"
+		     "  -h, --help    show this help\n");
 }
 
 int cli_list(int argc, char **argv)
@@ -191,14 +195,13 @@ int cli_list(int argc, char **argv)
 
 void cli_info_usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: kapsel info NAME\n"
-		"\n"
-		"Show a running VM: state, uptime, memory, vCPUs, devices and disks, one\n"
-		"'key value' pair per line (the control socket's 'info' reply).\n"
-		"\n"
-		"Control sockets live in $KAPSEL_RUNTIME_DIR, else $XDG_RUNTIME_DIR/kapsel,\n"
-		"else /run/kapsel (root) or /tmp/kapsel-UID; see docs/control.md.\n");
+	fprintf(out, "Usage: kapsel info NAME\n"
+		     "\n"
+		     "Show a running VM: state, uptime, memory, vCPUs, devices and disks, one\n"
+		     "'key value' pair per line (the control socket's 'info' reply).\n"
+		     "\n"
+		     "Control sockets live in $KAPSEL_RUNTIME_DIR, else $XDG_RUNTIME_DIR/kapsel,\n"
+		     "else /run/kapsel (root) or /tmp/kapsel-UID; see docs/control.md.\n");
 }
 
 static int print_payload_verb(int argc, char **argv, void (*usage)(FILE *), const char *request)
@@ -222,12 +225,11 @@ int cli_info(int argc, char **argv)
 
 void cli_dumpxml_usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: kapsel dumpxml NAME\n"
-		"\n"
-		"Print a running VM's definition as libvirt domain XML, with the\n"
-		"policy changes made since it started (kapsel control NAME set-limits).\n"
-		"Paths are absolute.  'kapsel run' accepts the output.\n");
+	fprintf(out, "Usage: kapsel dumpxml NAME\n"
+		     "\n"
+		     "Print a running VM's definition as libvirt domain XML, with the\n"
+		     "policy changes made since it started (kapsel control NAME set-limits).\n"
+		     "Paths are absolute.  'kapsel run' accepts the output.\n");
 }
 
 int cli_dumpxml(int argc, char **argv)
@@ -237,11 +239,10 @@ int cli_dumpxml(int argc, char **argv)
 
 void cli_pause_usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: kapsel pause NAME\n"
-		"\n"
-		"Stop a running VM's vCPU.  Memory, devices and the console stay; the\n"
-		"guest's clock keeps running.  Resume it with 'kapsel resume NAME'.\n");
+	fprintf(out, "Usage: kapsel pause NAME\n"
+		     "\n"
+		     "Stop a running VM's vCPU.  Memory, devices and the console stay; the\n"
+		     "guest's clock keeps running.  Resume it with 'kapsel resume NAME'.\n");
 }
 
 int cli_pause(int argc, char **argv)
@@ -285,11 +286,10 @@ static int wait_for_end(int fd, const char *name)
 
 void cli_destroy_usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: kapsel destroy [--no-wait] NAME\n"
-		"\n"
-		"End a VM at once, without telling the guest (see 'kapsel shutdown' for\n"
-		"the graceful way).  Waits until the VM has ended unless --no-wait.\n");
+	fprintf(out, "Usage: kapsel destroy [--no-wait] NAME\n"
+		     "\n"
+		     "End a VM at once, without telling the guest (see 'kapsel shutdown' for\n"
+		     "the graceful way).  Waits until the VM has ended unless --no-wait.\n");
 }
 
 /* shutdown and destroy: send, then (unless --no-wait) wait for the end. */
@@ -331,7 +331,8 @@ static int end_vm(int argc, char **argv, bool graceful)
 	if (graceful) {
 		char *end;
 		if (timeout && (strtoul(timeout, &end, 10), !*timeout || *end || *timeout == '-')) {
-			fprintf(stderr, "kapsel shutdown: --timeout '%s' is not a whole number of seconds\n",
+			fprintf(stderr,
+				"kapsel shutdown: --timeout '%s' is not a whole number of seconds\n",
 				timeout);
 			return 2;
 		}
@@ -380,18 +381,17 @@ int cli_destroy(int argc, char **argv)
 
 void cli_shutdown_usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: kapsel shutdown [--timeout SECONDS] [--no-wait] NAME\n"
-		"\n"
-		"Ask a VM's guest to power off (an event the guest sees; see docs/abi.md,\n"
-		"control requests) and wait until the VM has ended.  A guest that has not\n"
-		"powered off after the timeout is destroyed.  A guest that does not handle\n"
-		"requests is reported at once and destroyed when the timeout expires.\n"
-		"\n"
-		"Options:\n"
-		"  -t, --timeout SECONDS  how long the guest gets (default 10)\n"
-		"      --no-wait          return once the guest has been told\n"
-		"  -h, --help             show this help\n");
+	fprintf(out, "Usage: kapsel shutdown [--timeout SECONDS] [--no-wait] NAME\n"
+		     "\n"
+		     "Ask a VM's guest to power off (an event the guest sees; see docs/abi.md,\n"
+		     "control requests) and wait until the VM has ended.  A guest that has not\n"
+		     "powered off after the timeout is destroyed.  A guest that does not handle\n"
+		     "requests is reported at once and destroyed when the timeout expires.\n"
+		     "\n"
+		     "Options:\n"
+		     "  -t, --timeout SECONDS  how long the guest gets (default 10)\n"
+		     "      --no-wait          return once the guest has been told\n"
+		     "  -h, --help             show this help\n");
 }
 
 int cli_shutdown(int argc, char **argv)
@@ -403,16 +403,15 @@ int cli_shutdown(int argc, char **argv)
 
 void cli_stats_usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: kapsel stats [--watch [SECONDS]] NAME\n"
-		"\n"
-		"Print a VM's counters: exits by reason, hypercalls, and every device's\n"
-		"counters (disk operations, bytes, denials, rate limiting, latency).\n"
-		"\n"
-		"Options:\n"
-		"  -w, --watch [SECONDS]  print them again every SECONDS (default 1) until\n"
-		"                         the VM ends or you interrupt\n"
-		"  -h, --help             show this help\n");
+	fprintf(out, "Usage: kapsel stats [--watch [SECONDS]] NAME\n"
+		     "\n"
+		     "Print a VM's counters: exits by reason, hypercalls, and every device's\n"
+		     "counters (disk operations, bytes, denials, rate limiting, latency).\n"
+		     "\n"
+		     "Options:\n"
+		     "  -w, --watch [SECONDS]  print them again every SECONDS (default 1) until\n"
+		     "                         the VM ends or you interrupt\n"
+		     "  -h, --help             show this help\n");
 }
 
 int cli_stats(int argc, char **argv)
@@ -430,12 +429,14 @@ int cli_stats(int argc, char **argv)
 			interval_s = 1;
 			const char *value = arg[1] == '-' && arg[7] == '=' ? arg + 8 : NULL;
 			char *end;
-			if (!value && i + 1 < argc && argv[i + 1][0] >= '0' && argv[i + 1][0] <= '9')
+			if (!value && i + 1 < argc && argv[i + 1][0] >= '0' &&
+			    argv[i + 1][0] <= '9')
 				value = argv[++i];
 			if (value) {
 				interval_s = strtod(value, &end);
 				if (*end || interval_s < 0.05 || interval_s > 86400) {
-					fprintf(stderr, "kapsel stats: --watch '%s' must be a number of seconds (0.05 or more)\n",
+					fprintf(stderr,
+						"kapsel stats: --watch '%s' must be a number of seconds (0.05 or more)\n",
 						value);
 					return 2;
 				}
@@ -443,7 +444,8 @@ int cli_stats(int argc, char **argv)
 			continue;
 		}
 		if (arg[0] == '-' || name) {
-			fprintf(stderr, "kapsel stats: unexpected argument '%s'\nTry 'kapsel stats --help'.\n",
+			fprintf(stderr,
+				"kapsel stats: unexpected argument '%s'\nTry 'kapsel stats --help'.\n",
 				arg);
 			return 2;
 		}
@@ -456,8 +458,8 @@ int cli_stats(int argc, char **argv)
 	for (unsigned round = 0;; round++) {
 		struct control_reply reply;
 		int err = control_call(name, "stats", &reply, REPLY_TIMEOUT_MS);
-		if (err && round > 0 && (err == -ENOENT || err == -ECONNREFUSED ||
-					 err == -ECONNRESET)) {
+		if (err && round > 0 &&
+		    (err == -ENOENT || err == -ECONNREFUSED || err == -ECONNRESET)) {
 			printf("VM '%s' has ended\n", name);
 			return 0;
 		}
@@ -489,12 +491,11 @@ int cli_stats(int argc, char **argv)
 
 void cli_console_usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: kapsel console NAME\n"
-		"\n"
-		"Attach to a running VM's console: recent and new guest output is shown\n"
-		"and what you type goes to the guest.  Press Ctrl-] to detach; the VM\n"
-		"keeps running.  Several consoles may be attached at once.\n");
+	fprintf(out, "Usage: kapsel console NAME\n"
+		     "\n"
+		     "Attach to a running VM's console: recent and new guest output is shown\n"
+		     "and what you type goes to the guest.  Press Ctrl-] to detach; the VM\n"
+		     "keeps running.  Several consoles may be attached at once.\n");
 }
 
 static struct termios saved_termios;
@@ -601,14 +602,13 @@ int cli_console(int argc, char **argv)
 
 void cli_control_usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: kapsel control NAME REQUEST [KEY=VALUE ...]\n"
-		"\n"
-		"Send one request to a VM's control socket and print the reply's payload;\n"
-		"an error reply is printed on stderr and exits 1.  'kapsel control NAME\n"
-		"help' lists the requests the VM understands, for example\n"
-		"  kapsel control web set-limits disk=0 iops=500 readonly=yes\n"
-		"See docs/control.md for the protocol.\n");
+	fprintf(out, "Usage: kapsel control NAME REQUEST [KEY=VALUE ...]\n"
+		     "\n"
+		     "Send one request to a VM's control socket and print the reply's payload;\n"
+		     "an error reply is printed on stderr and exits 1.  'kapsel control NAME\n"
+		     "help' lists the requests the VM understands, for example\n"
+		     "  kapsel control web set-limits disk=0 iops=500 readonly=yes\n"
+		     "See docs/control.md for the protocol.\n");
 }
 
 int cli_control(int argc, char **argv)
@@ -618,7 +618,8 @@ int cli_control(int argc, char **argv)
 		return 0;
 	}
 	if (argc < 3) {
-		fprintf(stderr, "kapsel control: expected a VM name and a request\nTry 'kapsel control --help'.\n");
+		fprintf(stderr,
+			"kapsel control: expected a VM name and a request\nTry 'kapsel control --help'.\n");
 		return 2;
 	}
 	char request[CONTROL_REQUEST_MAX_BYTES];

@@ -85,8 +85,18 @@ static char *replace(char *old, const char *value)
 
 int cli_run(int argc, char **argv)
 {
-	enum { OPT_CONSOLE = 256, OPT_CONSOLE_OUTPUT, OPT_NO_INPUT, OPT_STATS, OPT_STATS_FILE,
-	       OPT_NO_CONTROL, OPT_SAVE_ON_SIGNAL, OPT_SAVE_STOP, OPT_INCOMING, OPT_NET };
+	enum {
+		OPT_CONSOLE = 256,
+		OPT_CONSOLE_OUTPUT,
+		OPT_NO_INPUT,
+		OPT_STATS,
+		OPT_STATS_FILE,
+		OPT_NO_CONTROL,
+		OPT_SAVE_ON_SIGNAL,
+		OPT_SAVE_STOP,
+		OPT_INCOMING,
+		OPT_NET
+	};
 	static const struct option options[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "memory", required_argument, NULL, 'm' },
@@ -122,7 +132,8 @@ int cli_run(int argc, char **argv)
 	for (int i = 1; i < argc; i++) {
 		size_t len = strlen(argv[i]);
 		if (argv[i][0] != '-' && len > 4 && strcmp(argv[i] + len - 4, ".xml") == 0 &&
-		    !(i > 1 && argv[i - 1][0] == '-' && argv[i - 1][1] != '-' && strlen(argv[i - 1]) == 2)) {
+		    !(i > 1 && argv[i - 1][0] == '-' && argv[i - 1][1] != '-' &&
+		      strlen(argv[i - 1]) == 2)) {
 			if (vm_config_load_xml(argv[i], &config, error, sizeof(error)) < 0) {
 				kapsel_error("%s", error);
 				goto out;
@@ -146,16 +157,17 @@ int cli_run(int argc, char **argv)
 			break;
 		case 'c':
 			if (strlen(optarg) >= KAPSEL_CMDLINE_MAX) {
-				kapsel_error("--cmdline is %zu bytes; the limit is %u", strlen(optarg),
-					     KAPSEL_CMDLINE_MAX - 1);
+				kapsel_error("--cmdline is %zu bytes; the limit is %u",
+					     strlen(optarg), KAPSEL_CMDLINE_MAX - 1);
 				goto out;
 			}
 			config.cmdline = replace(config.cmdline, optarg);
 			break;
 		case 'n':
-			if (!*optarg || strlen(optarg) >= sizeof(config.name) || strchr(optarg, '/')) {
-				kapsel_error("--name '%s' must be 1-%zu characters without '/'", optarg,
-					     sizeof(config.name) - 1);
+			if (!*optarg || strlen(optarg) >= sizeof(config.name) ||
+			    strchr(optarg, '/')) {
+				kapsel_error("--name '%s' must be 1-%zu characters without '/'",
+					     optarg, sizeof(config.name) - 1);
 				goto out;
 			}
 			snprintf(config.name, sizeof(config.name), "%s", optarg);
@@ -163,7 +175,8 @@ int cli_run(int argc, char **argv)
 			break;
 		case 'd':
 			if (config.disk_count == VM_CONFIG_MAX_DISKS) {
-				kapsel_error("too many --disk options; the limit is %u", VM_CONFIG_MAX_DISKS);
+				kapsel_error("too many --disk options; the limit is %u",
+					     VM_CONFIG_MAX_DISKS);
 				goto out;
 			}
 			if (vm_config_parse_disk(optarg, &config.disks[config.disk_count], error,
@@ -175,7 +188,8 @@ int cli_run(int argc, char **argv)
 			break;
 		case OPT_NET:
 			if (config.net_count == VM_CONFIG_MAX_NETS) {
-				kapsel_error("too many --net options; the limit is %u", VM_CONFIG_MAX_NETS);
+				kapsel_error("too many --net options; the limit is %u",
+					     VM_CONFIG_MAX_NETS);
 				goto out;
 			}
 			if (vm_config_parse_net(optarg, &config.nets[config.net_count], error,
@@ -247,7 +261,8 @@ int cli_run(int argc, char **argv)
 		goto out;
 	}
 	if (!config.kernel_path) {
-		kapsel_error("no guest kernel; give --kernel FILE or a domain XML with <os><kernel>");
+		kapsel_error(
+			"no guest kernel; give --kernel FILE or a domain XML with <os><kernel>");
 		fprintf(stderr, "Try 'kapsel run --help'.\n");
 		goto out;
 	}
@@ -256,8 +271,8 @@ int cli_run(int argc, char **argv)
 	if (!name_given && !config.source_xml_path)
 		snprintf(config.name, sizeof(config.name), "kapsel-%ld", (long)getpid());
 	/* As libvirt does, a VM without a UUID gets a random (version 4) one. */
-	if (!config.has_uuid && getrandom(config.uuid, sizeof(config.uuid), 0) ==
-					(ssize_t)sizeof(config.uuid)) {
+	if (!config.has_uuid &&
+	    getrandom(config.uuid, sizeof(config.uuid), 0) == (ssize_t)sizeof(config.uuid)) {
 		config.uuid[6] = (uint8_t)((config.uuid[6] & 0x0f) | 0x40);
 		config.uuid[8] = (uint8_t)((config.uuid[8] & 0x3f) | 0x80);
 		config.has_uuid = true;

@@ -43,8 +43,7 @@ struct state_runner {
 	pthread_mutex_t lock; /* one save at a time (signal and control verb) */
 };
 
-static struct state_runner runner = { .pipe_fds = { -1, -1 },
-				      .lock = PTHREAD_MUTEX_INITIALIZER };
+static struct state_runner runner = { .pipe_fds = { -1, -1 }, .lock = PTHREAD_MUTEX_INITIALIZER };
 
 /*
  * Pause, save, then resume or stop.  Returns 0 or -errno with a message.
@@ -59,7 +58,8 @@ static int save_running_vm(struct kapsel_vm *vm, const char *dir, bool stop, boo
 	bool was_paused = err == -EALREADY;
 	if (err && !was_paused) {
 		pthread_mutex_unlock(&runner.lock);
-		snprintf(error, error_len, "VM '%s' is not running; nothing to save", vm->config->name);
+		snprintf(error, error_len, "VM '%s' is not running; nothing to save",
+			 vm->config->name);
 		return err;
 	}
 	uint64_t paused_ns = monotonic_ns();
@@ -135,19 +135,20 @@ static int control_save(struct kapsel_vm *vm, const struct control_request *requ
 	return save_running_vm(vm, dir, stop, false, out, error, error_len);
 }
 
-static int control_snapshot(struct kapsel_vm *vm, const struct control_request *request,
-			    FILE *out, char *error, size_t error_len)
+static int control_snapshot(struct kapsel_vm *vm, const struct control_request *request, FILE *out,
+			    char *error, size_t error_len)
 {
 	const char *dir = control_request_arg(request, "dir");
 	if (!dir || !*dir) {
-		snprintf(error, error_len, "snapshot needs dir=PATH (the state directory to write)");
+		snprintf(error, error_len,
+			 "snapshot needs dir=PATH (the state directory to write)");
 		return -EINVAL;
 	}
 	return save_running_vm(vm, dir, false, true, out, error, error_len);
 }
 
-static int control_migrate(struct kapsel_vm *vm, const struct control_request *request,
-			   FILE *out, char *error, size_t error_len)
+static int control_migrate(struct kapsel_vm *vm, const struct control_request *request, FILE *out,
+			   char *error, size_t error_len)
 {
 	static const char *const keys[] = { "uri", "max_downtime_ms", "max_rounds", NULL };
 	int err = control_request_check_keys(request, keys, error, error_len);
@@ -155,7 +156,8 @@ static int control_migrate(struct kapsel_vm *vm, const struct control_request *r
 		return err;
 	const char *uri = control_request_arg(request, "uri");
 	if (!uri || !*uri) {
-		snprintf(error, error_len, "migrate needs uri=tcp:HOST:PORT (where 'kapsel run --incoming' listens)");
+		snprintf(error, error_len,
+			 "migrate needs uri=tcp:HOST:PORT (where 'kapsel run --incoming' listens)");
 		return -EINVAL;
 	}
 	uint64_t downtime = 0, rounds = 0;
@@ -176,7 +178,8 @@ static int control_migrate(struct kapsel_vm *vm, const struct control_request *r
 		"migrated VM '%s' to %s: %u rounds, %llu pages (%llu zero), %llu in the final round, %llu bytes; downtime %.3f ms, total %.3f ms\n",
 		vm->config->name, uri, stats.rounds, (unsigned long long)stats.pages_sent,
 		(unsigned long long)stats.zero_pages_sent, (unsigned long long)stats.final_pages,
-		(unsigned long long)stats.bytes_sent, stats.downtime_ns / 1e6, stats.total_ns / 1e6);
+		(unsigned long long)stats.bytes_sent, stats.downtime_ns / 1e6,
+		stats.total_ns / 1e6);
 	return 0;
 }
 
@@ -186,16 +189,19 @@ void state_register_control_verbs(void)
 	if (registered)
 		return;
 	registered = true;
-	int err = control_register_verb("save", control_save,
-					"save dir=PATH [stop=yes|no]  save the VM's state to a directory, then continue or stop");
+	int err = control_register_verb(
+		"save", control_save,
+		"save dir=PATH [stop=yes|no]  save the VM's state to a directory, then continue or stop");
 	if (err && err != -EEXIST)
 		kapsel_warn("cannot register the control verb 'save': %s", strerror(-err));
-	err = control_register_verb("migrate", control_migrate,
-				    "migrate uri=tcp:HOST:PORT [max_downtime_ms=N] [max_rounds=N]  live-migrate the VM (pre-copy)");
+	err = control_register_verb(
+		"migrate", control_migrate,
+		"migrate uri=tcp:HOST:PORT [max_downtime_ms=N] [max_rounds=N]  live-migrate the VM (pre-copy)");
 	if (err && err != -EEXIST)
 		kapsel_warn("cannot register the control verb 'migrate': %s", strerror(-err));
-	err = control_register_verb("snapshot", control_snapshot,
-				    "snapshot dir=PATH  save the VM and freeze its disks; it goes on on copy-on-write overlays");
+	err = control_register_verb(
+		"snapshot", control_snapshot,
+		"snapshot dir=PATH  save the VM and freeze its disks; it goes on on copy-on-write overlays");
 	if (err && err != -EEXIST)
 		kapsel_warn("cannot register the control verb 'snapshot': %s", strerror(-err));
 }
@@ -272,17 +278,17 @@ static void on_stats_signal(int signo)
 
 struct restore_settings {
 	const char *dir;
-	const char *name;             /* new name, or NULL */
-	bool clone;                   /* new identity, private memory mapping */
+	const char *name; /* new name, or NULL */
+	bool clone;	  /* new identity, private memory mapping */
 	bool memory_verified;
 	const char *console_output;
 	bool console_input;
 	bool print_stats;
 	const char *stats_path;
-	const char *save_dir;         /* --save-on-signal */
+	const char *save_dir; /* --save-on-signal */
 	bool save_stop;
-	bool timing;                  /* print how long the restore took */
-	bool use_control;             /* serve a control socket */
+	bool timing;	  /* print how long the restore took */
+	bool use_control; /* serve a control socket */
 };
 
 static void random_uuid(uint8_t uuid[16])
@@ -296,7 +302,10 @@ static void random_uuid(uint8_t uuid[16])
 	uuid[8] = (uint8_t)((uuid[8] & 0x3f) | 0x80); /* RFC 4122 variant */
 }
 
-static char *dup_or_null(const char *text) { return text ? strdup(text) : NULL; }
+static char *dup_or_null(const char *text)
+{
+	return text ? strdup(text) : NULL;
+}
 
 /* Restore settings->dir and run it until it stops; returns the exit status. */
 static int restore_and_run(const struct restore_settings *settings)
@@ -396,33 +405,41 @@ out_dir:
 
 void cli_restore_usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: kapsel restore [OPTIONS] DIR\n"
-		"\n"
-		"Bring back a VM saved in the state directory DIR and run it from exactly\n"
-		"where it was.  The guest sees its restore generation go up by one.\n"
-		"Everything in DIR is checked first; a truncated, corrupted, foreign or\n"
-		"mismatched state is refused and no VM is started.\n"
-		"\n"
-		"Options:\n"
-		"  -n, --name NAME          run it under a new name\n"
-		"      --clone              new identity (name, UUID) and copy-on-write\n"
-		"                           memory mapped from DIR/memory.img\n"
-		"      --console-output FILE  append guest console output to FILE\n"
-		"      --no-console-input   do not forward standard input to the guest\n"
-		"      --save-on-signal DIR on SIGHUP, save the VM to DIR and continue\n"
-		"      --save-stop          with --save-on-signal: stop after saving\n"
-		"      --stats              print counters when the VM stops\n"
-		"      --stats-file FILE    on SIGUSR1, write counters to FILE\n"
-		"      --timing             print how long the restore took\n"
-		"      --no-control         do not serve a control socket\n"
-		"  -v, --verbose            log what Kapsel does\n");
+	fprintf(out, "Usage: kapsel restore [OPTIONS] DIR\n"
+		     "\n"
+		     "Bring back a VM saved in the state directory DIR and run it from exactly\n"
+		     "where it was.  The guest sees its restore generation go up by one.\n"
+		     "Everything in DIR is checked first; a truncated, corrupted, foreign or\n"
+		     "mismatched state is refused and no VM is started.\n"
+		     "\n"
+		     "Options:\n"
+		     "  -n, --name NAME          run it under a new name\n"
+		     "      --clone              new identity (name, UUID) and copy-on-write\n"
+		     "                           memory mapped from DIR/memory.img\n"
+		     "      --console-output FILE  append guest console output to FILE\n"
+		     "      --no-console-input   do not forward standard input to the guest\n"
+		     "      --save-on-signal DIR on SIGHUP, save the VM to DIR and continue\n"
+		     "      --save-stop          with --save-on-signal: stop after saving\n"
+		     "      --stats              print counters when the VM stops\n"
+		     "      --stats-file FILE    on SIGUSR1, write counters to FILE\n"
+		     "      --timing             print how long the restore took\n"
+		     "      --no-control         do not serve a control socket\n"
+		     "  -v, --verbose            log what Kapsel does\n");
 }
 
 int cli_restore(int argc, char **argv)
 {
-	enum { OPT_CLONE = 256, OPT_CONSOLE_OUTPUT, OPT_NO_INPUT, OPT_STATS, OPT_STATS_FILE,
-	       OPT_SAVE, OPT_SAVE_STOP, OPT_TIMING, OPT_NO_CONTROL };
+	enum {
+		OPT_CLONE = 256,
+		OPT_CONSOLE_OUTPUT,
+		OPT_NO_INPUT,
+		OPT_STATS,
+		OPT_STATS_FILE,
+		OPT_SAVE,
+		OPT_SAVE_STOP,
+		OPT_TIMING,
+		OPT_NO_CONTROL
+	};
 	static const struct option options[] = {
 		{ "name", required_argument, NULL, 'n' },
 		{ "clone", no_argument, NULL, OPT_CLONE },
@@ -444,9 +461,10 @@ int cli_restore(int argc, char **argv)
 	while ((opt = getopt_long(argc, argv, "n:vh", options, NULL)) != -1) {
 		switch (opt) {
 		case 'n':
-			if (!*optarg || strlen(optarg) >= VM_CONFIG_NAME_MAX || strchr(optarg, '/')) {
-				kapsel_error("--name '%s' must be 1-%u characters without '/'", optarg,
-					     VM_CONFIG_NAME_MAX - 1);
+			if (!*optarg || strlen(optarg) >= VM_CONFIG_NAME_MAX ||
+			    strchr(optarg, '/')) {
+				kapsel_error("--name '%s' must be 1-%u characters without '/'",
+					     optarg, VM_CONFIG_NAME_MAX - 1);
 				return KAPSEL_EXIT_VMM_ERROR;
 			}
 			settings.name = optarg;
@@ -490,7 +508,8 @@ int cli_restore(int argc, char **argv)
 		}
 	}
 	if (optind != argc - 1) {
-		kapsel_error("restore needs exactly one state directory; see 'kapsel restore --help'");
+		kapsel_error(
+			"restore needs exactly one state directory; see 'kapsel restore --help'");
 		return 2;
 	}
 	settings.dir = argv[optind];
@@ -501,13 +520,12 @@ int cli_restore(int argc, char **argv)
 
 void cli_save_usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: kapsel save [--stop] NAME DIR\n"
-		"\n"
-		"Save the running VM NAME to the state directory DIR (created, or replaced\n"
-		"atomically: a crash mid-save leaves the previous state there intact).\n"
-		"The vCPU is paused while the state is written, then continues, or the VM\n"
-		"stops with --stop.  Bring it back with 'kapsel restore DIR'.\n");
+	fprintf(out, "Usage: kapsel save [--stop] NAME DIR\n"
+		     "\n"
+		     "Save the running VM NAME to the state directory DIR (created, or replaced\n"
+		     "atomically: a crash mid-save leaves the previous state there intact).\n"
+		     "The vCPU is paused while the state is written, then continues, or the VM\n"
+		     "stops with --stop.  Bring it back with 'kapsel restore DIR'.\n");
 }
 
 static int save_or_snapshot(int argc, char **argv, bool snapshot);
@@ -524,14 +542,13 @@ int cli_snapshot(int argc, char **argv)
 
 void cli_snapshot_usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: kapsel snapshot NAME DIR\n"
-		"\n"
-		"Take a snapshot of the running VM NAME into the state directory DIR: its\n"
-		"memory and device state, and its disks frozen as they are.  The VM goes\n"
-		"on at once, writing to new copy-on-write overlay files next to its disks\n"
-		"(IMAGE@TIME.kovl).  'kapsel restore DIR' starts from the snapshot, on an\n"
-		"overlay of its own, as often as wanted (roll back, or branch).\n");
+	fprintf(out, "Usage: kapsel snapshot NAME DIR\n"
+		     "\n"
+		     "Take a snapshot of the running VM NAME into the state directory DIR: its\n"
+		     "memory and device state, and its disks frozen as they are.  The VM goes\n"
+		     "on at once, writing to new copy-on-write overlay files next to its disks\n"
+		     "(IMAGE@TIME.kovl).  'kapsel restore DIR' starts from the snapshot, on an\n"
+		     "overlay of its own, as often as wanted (roll back, or branch).\n");
 }
 
 static int save_or_snapshot(int argc, char **argv, bool snapshot)
@@ -573,8 +590,8 @@ static int save_or_snapshot(int argc, char **argv, bool snapshot)
 		return KAPSEL_EXIT_VMM_ERROR;
 	char request[CONTROL_REQUEST_MAX_BYTES];
 	size_t used = snapshot ? (size_t)snprintf(request, sizeof(request), "snapshot dir=")
-			       : (size_t)snprintf(request, sizeof(request), "save stop=%s dir=",
-						  stop ? "yes" : "no");
+			       : (size_t)snprintf(request, sizeof(request),
+						  "save stop=%s dir=", stop ? "yes" : "no");
 	for (const char *p = absolute; *p && used + 4 < sizeof(request); p++) {
 		if (*p == ' ' || *p == '%' || (unsigned char)*p < 0x20)
 			used += (size_t)snprintf(request + used, sizeof(request) - used, "%%%02x",
@@ -606,15 +623,14 @@ static int save_or_snapshot(int argc, char **argv, bool snapshot)
 
 void cli_migrate_usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: kapsel migrate [--max-downtime-ms N] NAME tcp:HOST:PORT\n"
-		"\n"
-		"Live-migrate the running VM NAME to the Kapsel waiting with\n"
-		"'kapsel run --incoming tcp:ADDR:PORT' there: guest RAM is copied while the\n"
-		"VM runs (KVM dirty logging, rounds until the rest fits the downtime), then\n"
-		"the vCPU stops and the rest and the device state follow.  Disk images\n"
-		"must be reachable at the same paths.  If anything goes wrong the VM runs\n"
-		"on here unharmed.  Prints the rounds, bytes and downtime.\n");
+	fprintf(out, "Usage: kapsel migrate [--max-downtime-ms N] NAME tcp:HOST:PORT\n"
+		     "\n"
+		     "Live-migrate the running VM NAME to the Kapsel waiting with\n"
+		     "'kapsel run --incoming tcp:ADDR:PORT' there: guest RAM is copied while the\n"
+		     "VM runs (KVM dirty logging, rounds until the rest fits the downtime), then\n"
+		     "the vCPU stops and the rest and the device state follow.  Disk images\n"
+		     "must be reachable at the same paths.  If anything goes wrong the VM runs\n"
+		     "on here unharmed.  Prints the rounds, bytes and downtime.\n");
 }
 
 int cli_migrate(int argc, char **argv)
@@ -629,14 +645,16 @@ int cli_migrate(int argc, char **argv)
 		} else if (strcmp(argv[i], "--max-downtime-ms") == 0 && i + 1 < argc) {
 			downtime = strtoul(argv[++i], NULL, 10);
 		} else if (argv[i][0] == '-' || count == 2) {
-			kapsel_error("unexpected argument '%s'; see 'kapsel migrate --help'", argv[i]);
+			kapsel_error("unexpected argument '%s'; see 'kapsel migrate --help'",
+				     argv[i]);
 			return 2;
 		} else {
 			args[count++] = argv[i];
 		}
 	}
 	if (count != 2 || strchr(args[1], ' ') || strchr(args[1], '%')) {
-		kapsel_error("migrate needs a VM name and tcp:HOST:PORT; see 'kapsel migrate --help'");
+		kapsel_error(
+			"migrate needs a VM name and tcp:HOST:PORT; see 'kapsel migrate --help'");
 		return 2;
 	}
 	char request[512];
@@ -716,20 +734,19 @@ int state_run_incoming(const char *uri, const struct vm_config *overrides, bool 
 
 void cli_clone_usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: kapsel clone [OPTIONS] DIR\n"
-		"\n"
-		"Start N VMs from the saved state DIR at once.  Each clone maps\n"
-		"DIR/memory.img copy-on-write (pages are shared until written), gets its\n"
-		"own name (PREFIX-1 .. PREFIX-N) and UUID, and sees its generation go up.\n"
-		"Exits when all clones have stopped: 0 if every clone exited 0.\n"
-		"\n"
-		"Options:\n"
-		"  -c, --count N            how many clones (default 1)\n"
-		"  -p, --prefix PREFIX      name prefix (default: the saved VM's name)\n"
-		"      --console-dir DIR    write clone i's console to DIR/PREFIX-i.log\n"
-		"      --timing             print each clone's time from start to running\n"
-		"  -v, --verbose            log what Kapsel does\n");
+	fprintf(out, "Usage: kapsel clone [OPTIONS] DIR\n"
+		     "\n"
+		     "Start N VMs from the saved state DIR at once.  Each clone maps\n"
+		     "DIR/memory.img copy-on-write (pages are shared until written), gets its\n"
+		     "own name (PREFIX-1 .. PREFIX-N) and UUID, and sees its generation go up.\n"
+		     "Exits when all clones have stopped: 0 if every clone exited 0.\n"
+		     "\n"
+		     "Options:\n"
+		     "  -c, --count N            how many clones (default 1)\n"
+		     "  -p, --prefix PREFIX      name prefix (default: the saved VM's name)\n"
+		     "      --console-dir DIR    write clone i's console to DIR/PREFIX-i.log\n"
+		     "      --timing             print each clone's time from start to running\n"
+		     "  -v, --verbose            log what Kapsel does\n");
 }
 
 int cli_clone(int argc, char **argv)
@@ -855,15 +872,14 @@ int cli_clone(int argc, char **argv)
 
 void cli_inspect_usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: kapsel inspect [--records] DIR\n"
-		"\n"
-		"Check a saved VM state directory completely (manifest, checksums of every\n"
-		"file, every record) and decode it: VM, definition, vCPU registers, event\n"
-		"channels, devices with their ring indices and counters, disks.  Exits 0\n"
-		"if the state is valid and restorable, 1 (with the reason) if not.\n"
-		"\n"
-		"  --records   also list every record (type, flags, size)\n");
+	fprintf(out, "Usage: kapsel inspect [--records] DIR\n"
+		     "\n"
+		     "Check a saved VM state directory completely (manifest, checksums of every\n"
+		     "file, every record) and decode it: VM, definition, vCPU registers, event\n"
+		     "channels, devices with their ring indices and counters, disks.  Exits 0\n"
+		     "if the state is valid and restorable, 1 (with the reason) if not.\n"
+		     "\n"
+		     "  --records   also list every record (type, flags, size)\n");
 }
 
 static void print_hex(FILE *out, const uint8_t *data, uint64_t length)
@@ -892,10 +908,9 @@ static void print_device_record(FILE *out, const struct vm_state_stored_record *
 	    rec->length_bytes == sizeof(struct vm_state_block_pv)) {
 		struct vm_state_block_pv b;
 		memcpy(&b, rec->payload, sizeof(b));
-		fprintf(out,
-			": ring gpa %#llx (%u pages, order %u), req_cons %u, rsp_prod %u%s\n",
-			(unsigned long long)b.ring_gpa, b.ring_pages, b.order, b.req_cons, b.rsp_prod,
-			b.broken ? ", ring broken" : "");
+		fprintf(out, ": ring gpa %#llx (%u pages, order %u), req_cons %u, rsp_prod %u%s\n",
+			(unsigned long long)b.ring_gpa, b.ring_pages, b.order, b.req_cons,
+			b.rsp_prod, b.broken ? ", ring broken" : "");
 		return;
 	}
 	if (rec->type == VM_STATE_DEV_ATA_DISK &&
@@ -905,7 +920,9 @@ static void print_device_record(FILE *out, const struct vm_state_stored_record *
 		fprintf(out,
 			": status %#x error %#x device %#x, command %#x %s, lba %#llx, %llu of %llu sectors left, buffer %u/%u bytes, %llu sectors read, %llu written\n",
 			a.status, a.error, a.device, a.command,
-			a.transfer == 1 ? "reading" : a.transfer == 2 ? "writing" : "idle",
+			a.transfer == 1	  ? "reading"
+			: a.transfer == 2 ? "writing"
+					  : "idle",
 			(unsigned long long)a.command_lba, (unsigned long long)a.sectors_left,
 			(unsigned long long)a.command_sectors, a.buffer_pos, a.buffer_bytes,
 			(unsigned long long)a.counters[2], (unsigned long long)a.counters[3]);
@@ -917,11 +934,16 @@ static void print_device_record(FILE *out, const struct vm_state_stored_record *
 static const char *device_type_name(unsigned type)
 {
 	switch (type) {
-	case KAPSEL_DEV_CONSOLE_PV: return "console-pv";
-	case KAPSEL_DEV_BLOCK_PV: return "block-pv";
-	case KAPSEL_DEV_UART16550: return "uart16550";
-	case KAPSEL_DEV_ATA_DISK: return "ata-disk";
-	case KAPSEL_DEV_NE2000: return "ne2000";
+	case KAPSEL_DEV_CONSOLE_PV:
+		return "console-pv";
+	case KAPSEL_DEV_BLOCK_PV:
+		return "block-pv";
+	case KAPSEL_DEV_UART16550:
+		return "uart16550";
+	case KAPSEL_DEV_ATA_DISK:
+		return "ata-disk";
+	case KAPSEL_DEV_NE2000:
+		return "ne2000";
 	}
 	return "unknown";
 }
@@ -943,13 +965,15 @@ static void print_state(const struct vm_state_dir *dir, bool list_records, FILE 
 			(unsigned long long)dir->files[i].data_bytes, dir->files[i].crc32c);
 	fprintf(out, "vm:\n  name %.64s\n  uuid ", info->name);
 	for (int i = 0; i < 16; i++)
-		fprintf(out, "%02x%s", info->uuid[i], (i == 3 || i == 5 || i == 7 || i == 9) ? "-" : "");
+		fprintf(out, "%02x%s", info->uuid[i],
+			(i == 3 || i == 5 || i == 7 || i == 9) ? "-" : "");
 	fprintf(out,
 		"\n  memory %llu MiB\n  generation %llu\n  clock %.6f s\n  tsc %llu kHz\n  exits %llu\n",
-		(unsigned long long)(info->memory_bytes >> 20), (unsigned long long)info->generation,
-		info->clock_ns / 1e9, (unsigned long long)info->tsc_khz,
-		(unsigned long long)info->exits_total);
-	const struct vm_state_stored_record *config = vm_state_find(&dir->state, VM_STATE_CONFIG, NULL);
+		(unsigned long long)(info->memory_bytes >> 20),
+		(unsigned long long)info->generation, info->clock_ns / 1e9,
+		(unsigned long long)info->tsc_khz, (unsigned long long)info->exits_total);
+	const struct vm_state_stored_record *config =
+		vm_state_find(&dir->state, VM_STATE_CONFIG, NULL);
 	if (config) {
 		fprintf(out, "definition:\n");
 		const char *p = (const char *)config->payload;
@@ -984,7 +1008,8 @@ static void print_state(const struct vm_state_dir *dir, bool list_records, FILE 
 	fprintf(out, "devices:\n");
 	for (size_t i = 0; i < dir->state.count; i++) {
 		const struct vm_state_stored_record *rec = &dir->state.records[i];
-		if (rec->type == VM_STATE_DEVICE && rec->length_bytes == sizeof(struct vm_state_device)) {
+		if (rec->type == VM_STATE_DEVICE &&
+		    rec->length_bytes == sizeof(struct vm_state_device)) {
 			struct vm_state_device d;
 			struct kapsel_device_desc desc;
 			memcpy(&d, rec->payload, sizeof(d));
@@ -997,9 +1022,11 @@ static void print_state(const struct vm_state_dir *dir, bool list_records, FILE 
 			if (desc.doorbell_port)
 				fprintf(out, " doorbell %#x", desc.doorbell_port);
 			if (desc.capacity_sectors)
-				fprintf(out, " %llu sectors", (unsigned long long)desc.capacity_sectors);
+				fprintf(out, " %llu sectors",
+					(unsigned long long)desc.capacity_sectors);
 			fprintf(out, ", %llu exits\n", (unsigned long long)d.exits);
-		} else if (rec->type >= VM_STATE_DEVICE_FIRST && rec->type <= VM_STATE_DEVICE_LAST) {
+		} else if (rec->type >= VM_STATE_DEVICE_FIRST &&
+			   rec->type <= VM_STATE_DEVICE_LAST) {
 			print_device_record(out, rec);
 		}
 	}
@@ -1011,7 +1038,8 @@ static void print_state(const struct vm_state_dir *dir, bool list_records, FILE 
 			continue;
 		memcpy(&disk, rec->payload, sizeof(disk));
 		fprintf(out, "disk %u: %.*s, %llu bytes, bus %s%s%s\n", disk.index,
-			(int)(rec->length_bytes - sizeof(disk)), (const char *)rec->payload + sizeof(disk),
+			(int)(rec->length_bytes - sizeof(disk)),
+			(const char *)rec->payload + sizeof(disk),
 			(unsigned long long)disk.size_bytes, disk.bus ? "ata" : "pv",
 			disk.readonly ? ", read-only" : "",
 			(disk.flags & VM_STATE_DISK_OVERLAY) ? ", overlay" : "");
@@ -1040,7 +1068,8 @@ int cli_inspect(int argc, char **argv)
 			cli_inspect_usage(stdout);
 			return 0;
 		} else if (argv[i][0] == '-' || path) {
-			kapsel_error("unexpected argument '%s'; see 'kapsel inspect --help'", argv[i]);
+			kapsel_error("unexpected argument '%s'; see 'kapsel inspect --help'",
+				     argv[i]);
 			return 2;
 		} else {
 			path = argv[i];

@@ -59,8 +59,8 @@ static int parse_u64(const char *text, uint64_t *value)
 	return 0;
 }
 
-int vm_config_parse_disk(const char *text, struct vm_disk_config *disk,
-			 char *error, size_t error_len)
+int vm_config_parse_disk(const char *text, struct vm_disk_config *disk, char *error,
+			 size_t error_len)
 {
 	char *copy = strdup(text), *save = NULL;
 	int err = 0;
@@ -73,7 +73,9 @@ int vm_config_parse_disk(const char *text, struct vm_disk_config *disk,
 	 * "readonly". */
 	if (!path || !*path || text[0] == ',') {
 		free(copy);
-		return disk_error(error, error_len, "--disk needs a path: --disk PATH[,readonly][,bus=pv|ata][,cache=none|writeback]");
+		return disk_error(
+			error, error_len,
+			"--disk needs a path: --disk PATH[,readonly][,bus=pv|ata][,cache=none|writeback]");
 	}
 	disk->path = strdup(path);
 	for (char *opt = strtok_r(NULL, ",", &save); opt && !err;
@@ -83,22 +85,28 @@ int vm_config_parse_disk(const char *text, struct vm_disk_config *disk,
 			*value++ = '\0';
 		uint64_t number = 0;
 		if (strcmp(opt, "readonly") == 0 || strcmp(opt, "ro") == 0) {
-			disk->readonly = !value || strcmp(value, "on") == 0 ||
-					 strcmp(value, "yes") == 0;
+			disk->readonly =
+				!value || strcmp(value, "on") == 0 || strcmp(value, "yes") == 0;
 		} else if (strcmp(opt, "bus") == 0 && value) {
 			if (strcmp(value, "pv") == 0 || strcmp(value, "xen") == 0)
 				disk->bus = VM_DISK_BUS_PV;
 			else if (strcmp(value, "ata") == 0 || strcmp(value, "ide") == 0)
 				disk->bus = VM_DISK_BUS_ATA;
 			else
-				err = disk_error(error, error_len, "--disk '%s': bus '%s' is unknown; use bus=pv or bus=ata", text, value);
+				err = disk_error(
+					error, error_len,
+					"--disk '%s': bus '%s' is unknown; use bus=pv or bus=ata",
+					text, value);
 		} else if (strcmp(opt, "cache") == 0 && value) {
 			if (strcmp(value, "none") == 0 || strcmp(value, "direct") == 0)
 				disk->cache = VM_DISK_CACHE_NONE;
 			else if (strcmp(value, "writeback") == 0)
 				disk->cache = VM_DISK_CACHE_WRITEBACK;
 			else
-				err = disk_error(error, error_len, "--disk '%s': cache '%s' is unknown; use cache=none or cache=writeback", text, value);
+				err = disk_error(
+					error, error_len,
+					"--disk '%s': cache '%s' is unknown; use cache=none or cache=writeback",
+					text, value);
 		} else if (value && parse_u64(value, &number) == 0 &&
 			   (strcmp(opt, "iops") == 0 || strcmp(opt, "iops_burst") == 0 ||
 			    strcmp(opt, "bps") == 0 || strcmp(opt, "bps_burst") == 0 ||
@@ -116,10 +124,11 @@ int vm_config_parse_disk(const char *text, struct vm_disk_config *disk,
 				disk->poll_us = (uint32_t)(number > 1000000 ? 1000000 : number);
 			}
 		} else {
-			err = disk_error(error, error_len,
-					 "--disk '%s': option '%s%s%s' is unknown or lacks a valid value; "
-					 "known: readonly, bus=pv|ata, cache=none|writeback, iops=N, iops_burst=N, bps=N, bps_burst=N, poll=MICROSECONDS",
-					 text, opt, value ? "=" : "", value ? value : "");
+			err = disk_error(
+				error, error_len,
+				"--disk '%s': option '%s%s%s' is unknown or lacks a valid value; "
+				"known: readonly, bus=pv|ata, cache=none|writeback, iops=N, iops_burst=N, bps=N, bps_burst=N, poll=MICROSECONDS",
+				text, opt, value ? "=" : "", value ? value : "");
 		}
 	}
 	free(copy);

@@ -12,8 +12,8 @@
 #define VM_CONFIG_NAME_MAX 64u
 
 enum vm_lifecycle_action {
-	VM_ACTION_DESTROY = 0, /* end the VM (kapsel exits) */
-	VM_ACTION_RESTART = 1, /* boot the guest again */
+	VM_ACTION_DESTROY = 0,	/* end the VM (kapsel exits) */
+	VM_ACTION_RESTART = 1,	/* boot the guest again */
 	VM_ACTION_PRESERVE = 2, /* keep it stopped for inspection (crash) */
 };
 
@@ -24,7 +24,7 @@ enum vm_disk_bus {
 
 enum vm_disk_cache {
 	VM_DISK_CACHE_WRITEBACK = 0, /* host page cache */
-	VM_DISK_CACHE_NONE = 1,      /* O_DIRECT */
+	VM_DISK_CACHE_NONE = 1,	     /* O_DIRECT */
 };
 
 /* Token bucket: rate per second and burst size; 0 rate means unlimited. */
@@ -40,18 +40,18 @@ struct vm_disk_config {
 	enum vm_disk_cache cache;
 	struct vm_rate_limit ops_limit;
 	struct vm_rate_limit bytes_limit;
-	bool poll;               /* backend busy-polls the ring before sleeping */
-	uint32_t poll_us;        /* how long it polls, when poll is set */
+	bool poll;	  /* backend busy-polls the ring before sleeping */
+	uint32_t poll_us; /* how long it polls, when poll is set */
 };
 
 enum vm_net_model {
-	VM_NET_MODEL_PV = 0,     /* PV two-ring device (libvirt model 'xen' / 'virtio') */
+	VM_NET_MODEL_PV = 0,	 /* PV two-ring device (libvirt model 'xen' / 'virtio') */
 	VM_NET_MODEL_NE2000 = 1, /* emulated NE2000 at 0x300 (model 'ne2k_isa' / 'ne2000') */
 };
 
 enum vm_net_backend {
 	VM_NET_BACKEND_SOCKET = 0, /* Unix datagram socket: bind path, send to peer */
-	VM_NET_BACKEND_TAP = 1,    /* /dev/net/tun, IFF_TAP | IFF_NO_PI */
+	VM_NET_BACKEND_TAP = 1,	   /* /dev/net/tun, IFF_TAP | IFF_NO_PI */
 };
 
 /* A network interface (config_net.c); frames_limit / bytes_limit apply
@@ -59,8 +59,8 @@ enum vm_net_backend {
 struct vm_net_config {
 	enum vm_net_model model;
 	enum vm_net_backend backend;
-	char *path;  /* socket: the path this VM binds; tap: the interface name */
-	char *peer;  /* socket: the path frames are sent to; tap: NULL */
+	char *path; /* socket: the path this VM binds; tap: the interface name */
+	char *peer; /* socket: the path frames are sent to; tap: NULL */
 	uint8_t mac[6];
 	bool has_mac; /* else derived from the VM's uuid and the net's index */
 	struct vm_rate_limit frames_limit;
@@ -85,14 +85,14 @@ struct vm_config {
 	enum vm_lifecycle_action on_crash;
 	enum vm_console_mode console_mode;
 	char *console_output_path; /* NULL: stdout */
-	bool console_input;        /* forward host stdin to the guest */
+	bool console_input;	   /* forward host stdin to the guest */
 	struct vm_disk_config disks[VM_CONFIG_MAX_DISKS];
 	unsigned disk_count;
 	struct vm_net_config nets[VM_CONFIG_MAX_NETS];
 	unsigned net_count;
-	bool print_stats;          /* --stats: print counters at exit */
-	char *stats_path;          /* write counters here on SIGUSR1 */
-	char *source_xml_path;     /* where the definition came from, if XML */
+	bool print_stats;      /* --stats: print counters at exit */
+	char *stats_path;      /* write counters here on SIGUSR1 */
+	char *source_xml_path; /* where the definition came from, if XML */
 };
 
 /* Defaults: 64 MiB, 1 vCPU, destroy on poweroff/crash, console on stdout. */
@@ -106,8 +106,8 @@ void vm_config_free(struct vm_config *config);
  * [,iops=N][,iops_burst=N][,bps=N][,bps_burst=N][,poll=US].  Returns 0, or
  * -EINVAL with a message naming the bad part in error.
  */
-int vm_config_parse_disk(const char *text, struct vm_disk_config *disk,
-			 char *error, size_t error_len);
+int vm_config_parse_disk(const char *text, struct vm_disk_config *disk, char *error,
+			 size_t error_len);
 
 /*
  * Parse a --net value (config_net.c): socket=PATH,peer=PATH or tap=IFNAME,
@@ -115,8 +115,7 @@ int vm_config_parse_disk(const char *text, struct vm_disk_config *disk,
  * [,bps=N][,bps_burst=N].  Returns 0, or -EINVAL with a message naming
  * the bad part in error; on failure net owns nothing.
  */
-int vm_config_parse_net(const char *text, struct vm_net_config *net, char *error,
-			size_t error_len);
+int vm_config_parse_net(const char *text, struct vm_net_config *net, char *error, size_t error_len);
 
 /* Free the strings of one net (config_net.c). */
 void vm_net_config_free(struct vm_net_config *net);
@@ -132,15 +131,13 @@ void vm_config_net_mac(const struct vm_config *config, unsigned index, uint8_t m
  * Parse a libvirt domain XML file into config (config_xml.c).  Returns 0,
  * or -EINVAL with a message naming the element in error.
  */
-int vm_config_load_xml(const char *path, struct vm_config *config,
-		       char *error, size_t error_len);
+int vm_config_load_xml(const char *path, struct vm_config *config, char *error, size_t error_len);
 
 /*
  * Write config as libvirt domain XML (valid per libvirt's domain schema)
  * to out.  Relative paths are made absolute against the current
  * directory.  Returns 0 or a negative errno with a message in error.
  */
-int vm_config_write_xml(const struct vm_config *config, FILE *out, char *error,
-			size_t error_len);
+int vm_config_write_xml(const struct vm_config *config, FILE *out, char *error, size_t error_len);
 
 #endif

@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NET_SYNTAX                                                                          \
-	"--net socket=PATH,peer=PATH or --net tap=IFNAME, then [,model=pv|ne2000]"        \
+#define NET_SYNTAX                                                                 \
+	"--net socket=PATH,peer=PATH or --net tap=IFNAME, then [,model=pv|ne2000]" \
 	"[,mac=XX:XX:XX:XX:XX:XX][,pps=N][,pps_burst=N][,bps=N][,bps_burst=N]"
 
 static int net_error(char *error, size_t error_len, const char *fmt, ...)
@@ -40,8 +40,10 @@ static int parse_mac(const char *text, uint8_t mac[6])
 {
 	unsigned v[6];
 	char tail;
-	if (!text || sscanf(text, "%2x:%2x:%2x:%2x:%2x:%2x%c", &v[0], &v[1], &v[2], &v[3], &v[4],
-			    &v[5], &tail) != 6 || strlen(text) != 17)
+	if (!text ||
+	    sscanf(text, "%2x:%2x:%2x:%2x:%2x:%2x%c", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+		   &tail) != 6 ||
+	    strlen(text) != 17)
 		return -EINVAL;
 	for (int i = 0; i < 6; i++)
 		mac[i] = (uint8_t)v[i];
@@ -56,8 +58,7 @@ void vm_net_config_free(struct vm_net_config *net)
 	net->path = net->peer = NULL;
 }
 
-int vm_config_parse_net(const char *text, struct vm_net_config *net, char *error,
-			size_t error_len)
+int vm_config_parse_net(const char *text, struct vm_net_config *net, char *error, size_t error_len)
 {
 	char *copy = strdup(text), *save = NULL;
 	int err = 0;
@@ -66,21 +67,27 @@ int vm_config_parse_net(const char *text, struct vm_net_config *net, char *error
 	memset(net, 0, sizeof(*net));
 	if (!copy)
 		return -ENOMEM;
-	for (char *opt = strtok_r(copy, ",", &save); opt && !err; opt = strtok_r(NULL, ",", &save)) {
+	for (char *opt = strtok_r(copy, ",", &save); opt && !err;
+	     opt = strtok_r(NULL, ",", &save)) {
 		char *value = strchr(opt, '=');
 		if (value)
 			*value++ = '\0';
 		uint64_t number = 0;
 		if ((strcmp(opt, "socket") == 0 || strcmp(opt, "tap") == 0) && value && *value) {
 			if (have_backend) {
-				err = net_error(error, error_len, "--net '%s': give one of socket= and tap=", text);
+				err = net_error(error, error_len,
+						"--net '%s': give one of socket= and tap=", text);
 				break;
 			}
 			have_backend = true;
-			net->backend = strcmp(opt, "tap") == 0 ? VM_NET_BACKEND_TAP : VM_NET_BACKEND_SOCKET;
+			net->backend = strcmp(opt, "tap") == 0 ? VM_NET_BACKEND_TAP
+							       : VM_NET_BACKEND_SOCKET;
 			net->path = strdup(value);
 			if (net->backend == VM_NET_BACKEND_TAP && strlen(value) >= 16)
-				err = net_error(error, error_len, "--net '%s': interface name '%s' is longer than 15 characters", text, value);
+				err = net_error(
+					error, error_len,
+					"--net '%s': interface name '%s' is longer than 15 characters",
+					text, value);
 		} else if (strcmp(opt, "peer") == 0 && value && *value) {
 			free(net->peer);
 			net->peer = strdup(value);
@@ -91,11 +98,16 @@ int vm_config_parse_net(const char *text, struct vm_net_config *net, char *error
 			else if (strcmp(value, "ne2000") == 0 || strcmp(value, "ne2k_isa") == 0)
 				net->model = VM_NET_MODEL_NE2000;
 			else
-				err = net_error(error, error_len, "--net '%s': model '%s' is unknown; use model=pv or model=ne2000", text, value);
+				err = net_error(
+					error, error_len,
+					"--net '%s': model '%s' is unknown; use model=pv or model=ne2000",
+					text, value);
 		} else if (strcmp(opt, "mac") == 0) {
 			if (parse_mac(value, net->mac) < 0)
-				err = net_error(error, error_len, "--net '%s': mac '%s' is not a unicast address XX:XX:XX:XX:XX:XX (first byte even)",
-						text, value ? value : "");
+				err = net_error(
+					error, error_len,
+					"--net '%s': mac '%s' is not a unicast address XX:XX:XX:XX:XX:XX (first byte even)",
+					text, value ? value : "");
 			net->has_mac = true;
 		} else if (value && parse_u64(value, &number) == 0 &&
 			   (strcmp(opt, "pps") == 0 || strcmp(opt, "pps_burst") == 0 ||
@@ -109,17 +121,24 @@ int vm_config_parse_net(const char *text, struct vm_net_config *net, char *error
 			else
 				net->bytes_limit.burst = number;
 		} else {
-			err = net_error(error, error_len, "--net '%s': option '%s%s%s' is unknown or lacks a valid value; syntax: " NET_SYNTAX,
-					text, opt, value ? "=" : "", value ? value : "");
+			err = net_error(
+				error, error_len,
+				"--net '%s': option '%s%s%s' is unknown or lacks a valid value; syntax: " NET_SYNTAX,
+				text, opt, value ? "=" : "", value ? value : "");
 		}
 	}
 	free(copy);
 	if (!err && !have_backend)
-		err = net_error(error, error_len, "--net '%s' names no backend; syntax: " NET_SYNTAX, text);
+		err = net_error(error, error_len,
+				"--net '%s' names no backend; syntax: " NET_SYNTAX, text);
 	else if (!err && net->backend == VM_NET_BACKEND_SOCKET && !net->peer)
-		err = net_error(error, error_len, "--net '%s': a socket backend needs peer=PATH (the other VM's socket=PATH)", text);
+		err = net_error(
+			error, error_len,
+			"--net '%s': a socket backend needs peer=PATH (the other VM's socket=PATH)",
+			text);
 	else if (!err && net->backend == VM_NET_BACKEND_TAP && net->peer)
-		err = net_error(error, error_len, "--net '%s': peer= is for socket backends only", text);
+		err = net_error(error, error_len, "--net '%s': peer= is for socket backends only",
+				text);
 	else if (!err && !net->path)
 		err = -ENOMEM;
 	if (err)

@@ -25,12 +25,12 @@ struct xml_context {
 	char *error;
 	size_t error_len;
 	const char *path;
-	char *base_dir;        /* directory of the XML file: relative paths start there */
+	char *base_dir; /* directory of the XML file: relative paths start there */
 	bool have_memory;
 	uint64_t current_memory_bytes; /* 0: no <currentMemory> */
 	bool saw_serial, saw_console_pv, saw_console_serial;
-	char *chardev_path;    /* file of the first file-backed <serial>/<console> */
-	bool chardev_stdio;    /* a stdio/pty one was seen */
+	char *chardev_path; /* file of the first file-backed <serial>/<console> */
+	bool chardev_stdio; /* a stdio/pty one was seen */
 };
 
 static int xml_fail(struct xml_context *ctx, const char *fmt, ...)
@@ -67,7 +67,8 @@ static char *node_text(const xmlNode *node)
 	while (*start == ' ' || *start == '\n' || *start == '\t' || *start == '\r')
 		start++;
 	char *end = start + strlen(start);
-	while (end > start && (end[-1] == ' ' || end[-1] == '\n' || end[-1] == '\t' || end[-1] == '\r'))
+	while (end > start &&
+	       (end[-1] == ' ' || end[-1] == '\n' || end[-1] == '\t' || end[-1] == '\r'))
 		end--;
 	char *text = strndup(start, (size_t)(end - start));
 	xmlFree(raw);
@@ -113,13 +114,18 @@ static int parse_memory(struct xml_context *ctx, const xmlNode *node, uint64_t *
 	unsigned long long value = strtoull(text, &end, 10);
 	uint64_t scale = 1024;
 	if (!*text || *end || errno || text[0] == '-')
-		err = xml_fail(ctx, "/domain/%s value '%s' is not a whole number", node->name, text);
+		err = xml_fail(ctx, "/domain/%s value '%s' is not a whole number", node->name,
+			       text);
 	if (!err && unit) {
-		static const struct { const char *name; uint64_t scale; } units[] = {
-			{ "b", 1 }, { "bytes", 1 }, { "KB", 1000 }, { "k", 1024 }, { "KiB", 1024 },
-			{ "MB", 1000000 }, { "M", 1 << 20 }, { "MiB", 1 << 20 },
-			{ "GB", 1000000000 }, { "G", 1 << 30 }, { "GiB", 1 << 30 },
-			{ "TB", 1000000000000ull }, { "T", 1ull << 40 }, { "TiB", 1ull << 40 },
+		static const struct {
+			const char *name;
+			uint64_t scale;
+		} units[] = {
+			{ "b", 1 },	     { "bytes", 1 },	    { "KB", 1000 },
+			{ "k", 1024 },	     { "KiB", 1024 },	    { "MB", 1000000 },
+			{ "M", 1 << 20 },    { "MiB", 1 << 20 },    { "GB", 1000000000 },
+			{ "G", 1 << 30 },    { "GiB", 1 << 30 },    { "TB", 1000000000000ull },
+			{ "T", 1ull << 40 }, { "TiB", 1ull << 40 },
 		};
 		bool found = false;
 		for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
@@ -191,8 +197,10 @@ static int parse_os(struct xml_context *ctx, const xmlNode *os)
 {
 	char *firmware = node_attr(os, "firmware");
 	if (firmware) {
-		int err = xml_fail(ctx, "/domain/os firmware='%s' is not supported: Kapsel boots an ELF kernel directly (use <kernel>)",
-				   firmware);
+		int err = xml_fail(
+			ctx,
+			"/domain/os firmware='%s' is not supported: Kapsel boots an ELF kernel directly (use <kernel>)",
+			firmware);
 		free(firmware);
 		return err;
 	}
@@ -218,10 +226,13 @@ static int parse_os(struct xml_context *ctx, const xmlNode *os)
 					strcmp(text, "linux") != 0;
 			int err = 0;
 			if (bad_arch)
-				err = xml_fail(ctx, "/domain/os/type arch='%s' is not supported; use x86_64",
+				err = xml_fail(ctx,
+					       "/domain/os/type arch='%s' is not supported; use x86_64",
 					       arch);
 			else if (bad_type)
-				err = xml_fail(ctx, "/domain/os/type '%s' is not supported; use hvm", text);
+				err = xml_fail(ctx,
+					       "/domain/os/type '%s' is not supported; use hvm",
+					       text);
 			free(arch);
 			free(text);
 			if (err)
@@ -231,8 +242,10 @@ static int parse_os(struct xml_context *ctx, const xmlNode *os)
 			   is_element(n, "bootmenu") || is_element(n, "smbios") ||
 			   is_element(n, "bios") || is_element(n, "dtb") || is_element(n, "acpi") ||
 			   is_element(n, "init") || is_element(n, "firmware")) {
-			return xml_fail(ctx, "/domain/os/%s is not supported: Kapsel boots an ELF kernel directly (use <kernel>)",
-					n->name);
+			return xml_fail(
+				ctx,
+				"/domain/os/%s is not supported: Kapsel boots an ELF kernel directly (use <kernel>)",
+				n->name);
 		} else {
 			return xml_fail(ctx, "/domain/os/%s is not supported by Kapsel", n->name);
 		}
@@ -250,7 +263,8 @@ static int parse_iotune(struct xml_context *ctx, const xmlNode *iotune, struct v
 		unsigned long long v = strtoull(text, &end, 10);
 		int err = 0;
 		if (!*text || *end || errno || text[0] == '-')
-			err = xml_fail(ctx, "/domain/devices/disk/iotune/%s '%s' is not a whole number",
+			err = xml_fail(ctx,
+				       "/domain/devices/disk/iotune/%s '%s' is not a whole number",
 				       t->name, text);
 		else if (is_element(t, "total_iops_sec"))
 			disk->ops_limit.rate_per_second = v;
@@ -261,15 +275,19 @@ static int parse_iotune(struct xml_context *ctx, const xmlNode *iotune, struct v
 		else if (is_element(t, "total_bytes_sec_max"))
 			disk->bytes_limit.burst = v;
 		else
-			err = xml_fail(ctx, "/domain/devices/disk/iotune/%s is not supported; use total_iops_sec, total_iops_sec_max, total_bytes_sec, total_bytes_sec_max",
-				       t->name);
+			err = xml_fail(
+				ctx,
+				"/domain/devices/disk/iotune/%s is not supported; use total_iops_sec, total_iops_sec_max, total_bytes_sec, total_bytes_sec_max",
+				t->name);
 		free(text);
 		if (err)
 			return err;
 	}
 	if ((disk->ops_limit.burst && !disk->ops_limit.rate_per_second) ||
 	    (disk->bytes_limit.burst && !disk->bytes_limit.rate_per_second))
-		return xml_fail(ctx, "/domain/devices/disk/iotune: a *_max burst needs its rate (total_iops_sec or total_bytes_sec) too");
+		return xml_fail(
+			ctx,
+			"/domain/devices/disk/iotune: a *_max burst needs its rate (total_iops_sec or total_bytes_sec) too");
 	return 0;
 }
 
@@ -280,10 +298,13 @@ static int parse_disk_driver(struct xml_context *ctx, const xmlNode *n, struct v
 	if (cache && (strcmp(cache, "none") == 0 || strcmp(cache, "directsync") == 0))
 		disk->cache = VM_DISK_CACHE_NONE;
 	else if (cache && strcmp(cache, "writeback") != 0 && strcmp(cache, "default") != 0)
-		err = xml_fail(ctx, "/domain/devices/disk/driver cache='%s' is not supported; use none or writeback",
-			       cache);
+		err = xml_fail(
+			ctx,
+			"/domain/devices/disk/driver cache='%s' is not supported; use none or writeback",
+			cache);
 	if (!err && format && strcmp(format, "raw") != 0)
-		err = xml_fail(ctx, "/domain/devices/disk/driver type='%s': only raw images are supported",
+		err = xml_fail(ctx,
+			       "/domain/devices/disk/driver type='%s': only raw images are supported",
 			       format);
 	free(cache);
 	free(format);
@@ -297,17 +318,20 @@ static int parse_disk(struct xml_context *ctx, const xmlNode *node)
 	char *type = node_attr(node, "type"), *device = node_attr(node, "device");
 	int err = 0;
 	if (!type || strcmp(type, "file") != 0)
-		err = xml_fail(ctx, "/domain/devices/disk type='%s' is not supported; use type='file'",
+		err = xml_fail(ctx,
+			       "/domain/devices/disk type='%s' is not supported; use type='file'",
 			       type ? type : "");
 	else if (device && strcmp(device, "disk") != 0)
-		err = xml_fail(ctx, "/domain/devices/disk device='%s' is not supported; use device='disk'",
+		err = xml_fail(ctx,
+			       "/domain/devices/disk device='%s' is not supported; use device='disk'",
 			       device);
 	free(type);
 	free(device);
 	if (err)
 		return err;
 	if (config->disk_count == VM_CONFIG_MAX_DISKS)
-		return xml_fail(ctx, "/domain/devices/disk: more than %u disks", VM_CONFIG_MAX_DISKS);
+		return xml_fail(ctx, "/domain/devices/disk: more than %u disks",
+				VM_CONFIG_MAX_DISKS);
 	struct vm_disk_config disk = { 0 };
 	char *target_dev = NULL;
 	for (const xmlNode *n = node->children; n && !err; n = n->next) {
@@ -329,21 +353,27 @@ static int parse_disk(struct xml_context *ctx, const xmlNode *node)
 			else if (strcmp(bus, "ide") == 0)
 				disk.bus = VM_DISK_BUS_ATA;
 			else
-				err = xml_fail(ctx, "/domain/devices/disk/target bus='%s' is not supported; use bus='xen' (PV) or bus='ide' (emulated ATA)",
-					       bus);
+				err = xml_fail(
+					ctx,
+					"/domain/devices/disk/target bus='%s' is not supported; use bus='xen' (PV) or bus='ide' (emulated ATA)",
+					bus);
 			free(bus);
 		} else if (is_element(n, "iotune")) {
 			err = parse_iotune(ctx, n, &disk);
 		} else if (is_element(n, "alias") || is_element(n, "address") ||
 			   is_element(n, "boot")) {
-			xml_ignore(ctx, is_element(n, "alias")     ? "/domain/devices/disk/alias"
-					: is_element(n, "address") ? "/domain/devices/disk/address"
-								   : "/domain/devices/disk/boot",
+			xml_ignore(ctx,
+				   is_element(n, "alias")     ? "/domain/devices/disk/alias"
+				   : is_element(n, "address") ? "/domain/devices/disk/address"
+							      : "/domain/devices/disk/boot",
 				   "Kapsel numbers disks in the order they are listed");
 		} else if (is_element(n, "shareable")) {
-			err = xml_fail(ctx, "/domain/devices/disk/shareable is not supported: Kapsel locks a writable image for one VM; use <readonly/> on every VM that shares it");
+			err = xml_fail(
+				ctx,
+				"/domain/devices/disk/shareable is not supported: Kapsel locks a writable image for one VM; use <readonly/> on every VM that shares it");
 		} else {
-			err = xml_fail(ctx, "/domain/devices/disk/%s is not supported by Kapsel", n->name);
+			err = xml_fail(ctx, "/domain/devices/disk/%s is not supported by Kapsel",
+				       n->name);
 		}
 	}
 	if (!err && !disk.path)
@@ -351,11 +381,15 @@ static int parse_disk(struct xml_context *ctx, const xmlNode *node)
 	if (!err && !target_dev)
 		err = xml_fail(ctx, "/domain/devices/disk needs <target dev='...' bus='xen|ide'/>");
 	if (!err && disk.bus == VM_DISK_BUS_ATA && strcmp(target_dev, "hda") != 0)
-		err = xml_fail(ctx, "/domain/devices/disk/target dev='%s' bus='ide': Kapsel emulates one ATA drive, the primary master; use dev='hda'",
-			       target_dev);
+		err = xml_fail(
+			ctx,
+			"/domain/devices/disk/target dev='%s' bus='ide': Kapsel emulates one ATA drive, the primary master; use dev='hda'",
+			target_dev);
 	for (unsigned i = 0; !err && i < config->disk_count; i++) {
 		if (disk.bus == VM_DISK_BUS_ATA && config->disks[i].bus == VM_DISK_BUS_ATA)
-			err = xml_fail(ctx, "/domain/devices/disk/target: two disks with bus='ide'; Kapsel emulates one ATA drive, attach the others with bus='xen'");
+			err = xml_fail(
+				ctx,
+				"/domain/devices/disk/target: two disks with bus='ide'; Kapsel emulates one ATA drive, attach the others with bus='xen'");
 	}
 	if (!err) {
 		/* The target names of earlier disks, for the duplicate check. */
@@ -364,8 +398,10 @@ static int parse_disk(struct xml_context *ctx, const xmlNode *node)
 				continue;
 			for (const xmlNode *t = prev->children; t; t = t->next)
 				if (is_element(t, "target") && attr_is(t, "dev", target_dev))
-					err = xml_fail(ctx, "/domain/devices/disk/target dev='%s' is used by two disks",
-						       target_dev);
+					err = xml_fail(
+						ctx,
+						"/domain/devices/disk/target dev='%s' is used by two disks",
+						target_dev);
 		}
 	}
 	free(target_dev);
@@ -396,13 +432,16 @@ static int parse_chardev(struct xml_context *ctx, const xmlNode *node)
 				path = resolve_path(ctx, node_attr(s, "path"));
 			}
 		if (!path)
-			err = xml_fail(ctx, "/domain/devices/%s type='file' needs <source path='...'/>",
+			err = xml_fail(ctx,
+				       "/domain/devices/%s type='file' needs <source path='...'/>",
 				       node->name);
 	} else if (strcmp(type, "null") == 0) {
 		path = strdup("/dev/null");
 	} else {
-		err = xml_fail(ctx, "/domain/devices/%s type='%s' is not supported; use stdio, pty, file or null",
-			       node->name, type);
+		err = xml_fail(
+			ctx,
+			"/domain/devices/%s type='%s' is not supported; use stdio, pty, file or null",
+			node->name, type);
 	}
 	free(type);
 	for (const xmlNode *t = node->children; t && !err; t = t->next) {
@@ -415,11 +454,15 @@ static int parse_chardev(struct xml_context *ctx, const xmlNode *node)
 			else if (strcmp(target, "serial") == 0)
 				ctx->saw_console_serial = true;
 			else
-				err = xml_fail(ctx, "/domain/devices/console/target type='%s' is not supported; use xen (PV console) or serial",
-					       target);
+				err = xml_fail(
+					ctx,
+					"/domain/devices/console/target type='%s' is not supported; use xen (PV console) or serial",
+					target);
 		} else if (target && strcmp(target, "isa-serial") != 0) {
-			err = xml_fail(ctx, "/domain/devices/serial/target type='%s' is not supported; Kapsel emulates an ISA 16550",
-				       target);
+			err = xml_fail(
+				ctx,
+				"/domain/devices/serial/target type='%s' is not supported; Kapsel emulates an ISA 16550",
+				target);
 		}
 		free(target);
 	}
@@ -429,8 +472,10 @@ static int parse_chardev(struct xml_context *ctx, const xmlNode *node)
 		ctx->saw_console_pv = true; /* a <console> without <target> */
 	if (!err && path) {
 		if (ctx->chardev_path && strcmp(ctx->chardev_path, path) != 0)
-			err = xml_fail(ctx, "/domain/devices/%s/source path='%s' differs from '%s': Kapsel has one console, give all <serial>/<console> the same file",
-				       node->name, path, ctx->chardev_path);
+			err = xml_fail(
+				ctx,
+				"/domain/devices/%s/source path='%s' differs from '%s': Kapsel has one console, give all <serial>/<console> the same file",
+				node->name, path, ctx->chardev_path);
 		else if (!ctx->chardev_path) {
 			ctx->chardev_path = path;
 			path = NULL;
@@ -460,9 +505,12 @@ static int parse_devices(struct xml_context *ctx, const xmlNode *devices)
 				   "Kapsel's devices need no controller");
 		} else if (is_element(n, "memballoon")) {
 			if (!attr_is(n, "model", "none"))
-				err = xml_fail(ctx, "/domain/devices/memballoon is not supported (Kapsel has no balloon); use <memballoon model='none'/> or remove it");
+				err = xml_fail(
+					ctx,
+					"/domain/devices/memballoon is not supported (Kapsel has no balloon); use <memballoon model='none'/> or remove it");
 		} else {
-			err = xml_fail(ctx, "/domain/devices/%s is not supported by Kapsel", n->name);
+			err = xml_fail(ctx, "/domain/devices/%s is not supported by Kapsel",
+				       n->name);
 		}
 		if (err)
 			return err;
@@ -481,17 +529,22 @@ static int parse_metadata(struct xml_context *ctx, const xmlNode *metadata)
 			if (d->type != XML_ELEMENT_NODE)
 				continue;
 			if (!is_element(d, "disk"))
-				return xml_fail(ctx, "/domain/metadata/kapsel:domain/%s is unknown", d->name);
+				return xml_fail(ctx, "/domain/metadata/kapsel:domain/%s is unknown",
+						d->name);
 			char *index = node_attr(d, "index"), *poll = node_attr(d, "poll_us"), *end;
 			int err = 0;
 			unsigned long i = index ? strtoul(index, &end, 10) : 0;
 			if (!index || *end || i >= ctx->config->disk_count)
-				err = xml_fail(ctx, "/domain/metadata/kapsel:domain/disk index='%s' names no disk (metadata must come after <devices>)",
-					       index ? index : "");
+				err = xml_fail(
+					ctx,
+					"/domain/metadata/kapsel:domain/disk index='%s' names no disk (metadata must come after <devices>)",
+					index ? index : "");
 			unsigned long us = poll ? strtoul(poll, &end, 10) : 0;
 			if (!err && (!poll || *end || us > 1000000))
-				err = xml_fail(ctx, "/domain/metadata/kapsel:domain/disk poll_us='%s' must be 0-1000000",
-					       poll ? poll : "");
+				err = xml_fail(
+					ctx,
+					"/domain/metadata/kapsel:domain/disk poll_us='%s' must be 0-1000000",
+					poll ? poll : "");
 			if (!err) {
 				ctx->config->disks[i].poll = us > 0;
 				ctx->config->disks[i].poll_us = (uint32_t)us;
@@ -527,8 +580,10 @@ static int parse_name(struct xml_context *ctx, const xmlNode *node)
 	for (const char *p = name; *p && !bad; p++)
 		bad = (unsigned char)*p < 0x21 || *p == 0x7f;
 	if (bad)
-		err = xml_fail(ctx, "/domain/name '%s' must be 1-%zu printable characters without '/' or spaces, not starting with '.'",
-			       name, sizeof(ctx->config->name) - 1);
+		err = xml_fail(
+			ctx,
+			"/domain/name '%s' must be 1-%zu printable characters without '/' or spaces, not starting with '.'",
+			name, sizeof(ctx->config->name) - 1);
 	else
 		snprintf(ctx->config->name, sizeof(ctx->config->name), "%s", name);
 	free(name);
@@ -537,9 +592,9 @@ static int parse_name(struct xml_context *ctx, const xmlNode *node)
 
 /* Top-level elements that only inform or tune the host side. */
 static const char *const ignored_top_level[] = {
-	"title", "description", "features", "clock", "pm", "seclabel", "iothreads",
-	"cputune", "memtune", "blkiotune", "numatune", "memoryBacking", "resource",
-	"perf", "on_lockfailure", "keywrap", NULL,
+	"title",     "description", "features",	      "clock",	   "pm",       "seclabel",
+	"iothreads", "cputune",	    "memtune",	      "blkiotune", "numatune", "memoryBacking",
+	"resource",  "perf",	    "on_lockfailure", "keywrap",   NULL,
 };
 
 static int parse_domain(struct xml_context *ctx, const xmlNode *root)
@@ -572,7 +627,9 @@ static int parse_domain(struct xml_context *ctx, const xmlNode *root)
 		} else if (is_element(n, "currentMemory")) {
 			err = parse_memory(ctx, n, &ctx->current_memory_bytes);
 		} else if (is_element(n, "maxMemory")) {
-			err = xml_fail(ctx, "/domain/maxMemory is not supported: Kapsel has no memory hotplug");
+			err = xml_fail(
+				ctx,
+				"/domain/maxMemory is not supported: Kapsel has no memory hotplug");
 		} else if (is_element(n, "vcpu")) {
 			err = parse_vcpu(ctx, n);
 		} else if (is_element(n, "os")) {
@@ -592,7 +649,8 @@ static int parse_domain(struct xml_context *ctx, const xmlNode *root)
 			for (const char *const *i = ignored_top_level; *i && !ignored; i++)
 				ignored = is_element(n, *i);
 			if (!ignored)
-				return xml_fail(ctx, "/domain/%s is not supported by Kapsel", n->name);
+				return xml_fail(ctx, "/domain/%s is not supported by Kapsel",
+						n->name);
 			char where[96];
 			snprintf(where, sizeof(where), "/domain/%s", n->name);
 			xml_ignore(ctx, where, "it does not change what the guest sees on Kapsel");
@@ -610,10 +668,13 @@ static int parse_domain(struct xml_context *ctx, const xmlNode *root)
 	if (!ctx->have_memory)
 		return xml_fail(ctx, "/domain/memory is missing");
 	if (ctx->current_memory_bytes && ctx->current_memory_bytes != config->memory_bytes)
-		return xml_fail(ctx, "/domain/currentMemory differs from /domain/memory; Kapsel has no balloon, make them equal");
+		return xml_fail(
+			ctx,
+			"/domain/currentMemory differs from /domain/memory; Kapsel has no balloon, make them equal");
 	if (config->memory_bytes % (2ull << 20) || config->memory_bytes < GUEST_MEMORY_MIN_BYTES ||
 	    config->memory_bytes > GUEST_MEMORY_MAX_BYTES)
-		return xml_fail(ctx, "/domain/memory must be a multiple of 2 MiB between 4 MiB and 64 GiB");
+		return xml_fail(ctx,
+				"/domain/memory must be a multiple of 2 MiB between 4 MiB and 64 GiB");
 	/* Which consoles the guest is offered: a <serial> alone means the
 	 * UART only; a PV console (console target 'xen') means both. */
 	if (ctx->saw_serial && !ctx->saw_console_pv)
@@ -623,8 +684,10 @@ static int parse_domain(struct xml_context *ctx, const xmlNode *root)
 	else
 		config->console_mode = VM_CONSOLE_AUTO;
 	if (ctx->chardev_path && ctx->chardev_stdio)
-		return xml_fail(ctx, "/domain/devices: one console is a file ('%s') and another stdio; Kapsel has one console, make them the same",
-				ctx->chardev_path);
+		return xml_fail(
+			ctx,
+			"/domain/devices: one console is a file ('%s') and another stdio; Kapsel has one console, make them the same",
+			ctx->chardev_path);
 	if (ctx->chardev_path) {
 		free(config->console_output_path);
 		config->console_output_path = ctx->chardev_path;
@@ -633,11 +696,11 @@ static int parse_domain(struct xml_context *ctx, const xmlNode *root)
 	return 0;
 }
 
-int vm_config_load_xml(const char *path, struct vm_config *config, char *error,
-		       size_t error_len)
+int vm_config_load_xml(const char *path, struct vm_config *config, char *error, size_t error_len)
 {
-	struct xml_context ctx = { .config = config, .error = error, .error_len = error_len,
-				   .path = path };
+	struct xml_context ctx = {
+		.config = config, .error = error, .error_len = error_len, .path = path
+	};
 	char *copy = strdup(path);
 	if (copy) {
 		char *slash = strrchr(copy, '/');
@@ -651,8 +714,8 @@ int vm_config_load_xml(const char *path, struct vm_config *config, char *error,
 		}
 		free(copy);
 	}
-	xmlDoc *doc = xmlReadFile(path, NULL, XML_PARSE_NONET | XML_PARSE_NOERROR |
-					       XML_PARSE_NOWARNING);
+	xmlDoc *doc =
+		xmlReadFile(path, NULL, XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
 	int err;
 	if (!doc) {
 		const xmlError *x = xmlGetLastError();
@@ -715,10 +778,10 @@ static const char *xml_action_name(enum vm_lifecycle_action action)
 	}
 }
 
-#define W(call)                                                                \
-	do {                                                                   \
-		if ((call) < 0)                                                \
-			goto fail;                                             \
+#define W(call)                    \
+	do {                       \
+		if ((call) < 0)    \
+			goto fail; \
 	} while (0)
 
 static int write_element_u64(xmlTextWriterPtr w, const char *name, uint64_t value)
@@ -743,7 +806,8 @@ static int write_disk(xmlTextWriterPtr w, const struct vm_disk_config *disk, uns
 	W(xmlTextWriterWriteAttribute(w, BAD_CAST "name", BAD_CAST "qemu"));
 	W(xmlTextWriterWriteAttribute(w, BAD_CAST "type", BAD_CAST "raw"));
 	W(xmlTextWriterWriteAttribute(w, BAD_CAST "cache",
-				      BAD_CAST(disk->cache == VM_DISK_CACHE_NONE ? "none" : "writeback")));
+				      BAD_CAST(disk->cache == VM_DISK_CACHE_NONE ? "none"
+										 : "writeback")));
 	W(xmlTextWriterEndElement(w));
 	W(xmlTextWriterStartElement(w, BAD_CAST "source"));
 	W(xmlTextWriterWriteAttribute(w, BAD_CAST "file", BAD_CAST(path ? path : disk->path)));
@@ -756,7 +820,8 @@ static int write_disk(xmlTextWriterPtr w, const struct vm_disk_config *disk, uns
 	if (disk->ops_limit.rate_per_second || disk->bytes_limit.rate_per_second) {
 		W(xmlTextWriterStartElement(w, BAD_CAST "iotune"));
 		if (disk->bytes_limit.rate_per_second)
-			W(write_element_u64(w, "total_bytes_sec", disk->bytes_limit.rate_per_second));
+			W(write_element_u64(w, "total_bytes_sec",
+					    disk->bytes_limit.rate_per_second));
 		if (disk->ops_limit.rate_per_second)
 			W(write_element_u64(w, "total_iops_sec", disk->ops_limit.rate_per_second));
 		if (disk->bytes_limit.rate_per_second && disk->bytes_limit.burst)
@@ -805,8 +870,7 @@ static bool kapsel_metadata_needed(const struct vm_config *config)
 	return false;
 }
 
-int vm_config_write_xml(const struct vm_config *config, FILE *out, char *error,
-			size_t error_len)
+int vm_config_write_xml(const struct vm_config *config, FILE *out, char *error, size_t error_len)
 {
 	xmlBufferPtr buffer = xmlBufferCreate();
 	xmlTextWriterPtr w = buffer ? xmlNewTextWriterMemory(buffer, 0) : NULL;
@@ -825,9 +889,9 @@ int vm_config_write_xml(const struct vm_config *config, FILE *out, char *error,
 		const uint8_t *u = config->uuid;
 		W(xmlTextWriterWriteFormatElement(
 			w, BAD_CAST "uuid",
-			"%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
-			u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12],
-			u[13], u[14], u[15]));
+			"%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+			u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11],
+			u[12], u[13], u[14], u[15]));
 	}
 	if (kapsel_metadata_needed(config)) {
 		W(xmlTextWriterStartElement(w, BAD_CAST "metadata"));
@@ -847,11 +911,13 @@ int vm_config_write_xml(const struct vm_config *config, FILE *out, char *error,
 	}
 	W(xmlTextWriterStartElement(w, BAD_CAST "memory"));
 	W(xmlTextWriterWriteAttribute(w, BAD_CAST "unit", BAD_CAST "KiB"));
-	W(xmlTextWriterWriteFormatString(w, "%llu", (unsigned long long)(config->memory_bytes >> 10)));
+	W(xmlTextWriterWriteFormatString(w, "%llu",
+					 (unsigned long long)(config->memory_bytes >> 10)));
 	W(xmlTextWriterEndElement(w));
 	W(xmlTextWriterStartElement(w, BAD_CAST "currentMemory"));
 	W(xmlTextWriterWriteAttribute(w, BAD_CAST "unit", BAD_CAST "KiB"));
-	W(xmlTextWriterWriteFormatString(w, "%llu", (unsigned long long)(config->memory_bytes >> 10)));
+	W(xmlTextWriterWriteFormatString(w, "%llu",
+					 (unsigned long long)(config->memory_bytes >> 10)));
 	W(xmlTextWriterEndElement(w));
 	W(xmlTextWriterStartElement(w, BAD_CAST "vcpu"));
 	W(xmlTextWriterWriteAttribute(w, BAD_CAST "placement", BAD_CAST "static"));

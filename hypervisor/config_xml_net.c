@@ -39,8 +39,8 @@ static bool named(const xmlNode *node, const char *name)
 	return node->type == XML_ELEMENT_NODE && strcmp((const char *)node->name, name) == 0;
 }
 
-int config_xml_parse_interface(const xmlNode *node, struct vm_config *config,
-			       const char *xml_path, char *error, size_t error_len)
+int config_xml_parse_interface(const xmlNode *node, struct vm_config *config, const char *xml_path,
+			       char *error, size_t error_len)
 {
 	char *type = attr(node, "type");
 	int err = 0;
@@ -52,7 +52,8 @@ int config_xml_parse_interface(const xmlNode *node, struct vm_config *config,
 	if (err)
 		return err;
 	if (config->net_count == VM_CONFIG_MAX_NETS)
-		return fail(error, error_len, xml_path, "/domain/devices/interface: more than %u interfaces",
+		return fail(error, error_len, xml_path,
+			    "/domain/devices/interface: more than %u interfaces",
 			    VM_CONFIG_MAX_NETS);
 	struct vm_net_config net = { .backend = VM_NET_BACKEND_TAP, .model = VM_NET_MODEL_PV };
 	char text[32];
@@ -63,7 +64,8 @@ int config_xml_parse_interface(const xmlNode *node, struct vm_config *config,
 		if (named(n, "target")) {
 			value = attr(n, "dev");
 			if (!value || !*value || strlen(value) >= 16)
-				err = fail(error, error_len, xml_path, "/domain/devices/interface/target dev='%s' must name a tap interface of 1-15 characters",
+				err = fail(error, error_len, xml_path,
+					   "/domain/devices/interface/target dev='%s' must name a tap interface of 1-15 characters",
 					   value ? value : "");
 			else {
 				free(net.path);
@@ -75,17 +77,20 @@ int config_xml_parse_interface(const xmlNode *node, struct vm_config *config,
 			if (value && (strcmp(value, "xen") == 0 || strcmp(value, "netfront") == 0 ||
 				      strcmp(value, "virtio") == 0))
 				net.model = VM_NET_MODEL_PV;
-			else if (value && (strcmp(value, "ne2k_isa") == 0 || strcmp(value, "ne2000") == 0))
+			else if (value &&
+				 (strcmp(value, "ne2k_isa") == 0 || strcmp(value, "ne2000") == 0))
 				net.model = VM_NET_MODEL_NE2000;
 			else
-				err = fail(error, error_len, xml_path, "/domain/devices/interface/model type='%s' is not supported; use 'xen' (PV network) or 'ne2k_isa' (emulated NE2000)",
+				err = fail(error, error_len, xml_path,
+					   "/domain/devices/interface/model type='%s' is not supported; use 'xen' (PV network) or 'ne2k_isa' (emulated NE2000)",
 					   value ? value : "");
 		} else if (named(n, "mac")) {
 			value = attr(n, "address");
 			snprintf(text, sizeof(text), "tap=x,mac=%s", value ? value : "");
 			struct vm_net_config probe;
 			if (vm_config_parse_net(text, &probe, error, error_len) < 0) {
-				err = fail(error, error_len, xml_path, "/domain/devices/interface/mac address='%s' is not a unicast XX:XX:XX:XX:XX:XX",
+				err = fail(error, error_len, xml_path,
+					   "/domain/devices/interface/mac address='%s' is not a unicast XX:XX:XX:XX:XX:XX",
 					   value ? value : "");
 			} else {
 				memcpy(net.mac, probe.mac, 6);
@@ -96,16 +101,20 @@ int config_xml_parse_interface(const xmlNode *node, struct vm_config *config,
 			kapsel_warn("domain XML '%s': ignoring /domain/devices/interface/%s (Kapsel numbers interfaces in the order they are listed)",
 				    xml_path, n->name);
 		} else {
-			err = fail(error, error_len, xml_path, "/domain/devices/interface/%s is not supported by Kapsel",
+			err = fail(error, error_len, xml_path,
+				   "/domain/devices/interface/%s is not supported by Kapsel",
 				   n->name);
 		}
 		free(value);
 	}
 	if (!err && !net.path)
-		err = fail(error, error_len, xml_path, "/domain/devices/interface type='ethernet' needs <target dev='TAP'/>");
+		err = fail(error, error_len, xml_path,
+			   "/domain/devices/interface type='ethernet' needs <target dev='TAP'/>");
 	for (unsigned i = 0; !err && i < config->net_count; i++)
-		if (net.model == VM_NET_MODEL_NE2000 && config->nets[i].model == VM_NET_MODEL_NE2000)
-			err = fail(error, error_len, xml_path, "/domain/devices/interface/model: two interfaces with type='ne2k_isa'; Kapsel emulates one NE2000, attach the others with type='xen'");
+		if (net.model == VM_NET_MODEL_NE2000 &&
+		    config->nets[i].model == VM_NET_MODEL_NE2000)
+			err = fail(error, error_len, xml_path,
+				   "/domain/devices/interface/model: two interfaces with type='ne2k_isa'; Kapsel emulates one NE2000, attach the others with type='xen'");
 	if (err) {
 		vm_net_config_free(&net);
 		return err;
@@ -114,14 +123,13 @@ int config_xml_parse_interface(const xmlNode *node, struct vm_config *config,
 	return 0;
 }
 
-#define W(call)                                                                \
-	do {                                                                   \
-		if ((call) < 0)                                                \
-			return -EIO;                                           \
+#define W(call)                      \
+	do {                         \
+		if ((call) < 0)      \
+			return -EIO; \
 	} while (0)
 
-int config_xml_write_interface(xmlTextWriterPtr w, const struct vm_net_config *net,
-			       unsigned index)
+int config_xml_write_interface(xmlTextWriterPtr w, const struct vm_net_config *net, unsigned index)
 {
 	if (net->backend != VM_NET_BACKEND_TAP) {
 		kapsel_warn("net %u (socket '%s'): libvirt XML has no Unix datagram socket link; it is left out of the domain XML",
@@ -143,7 +151,8 @@ int config_xml_write_interface(xmlTextWriterPtr w, const struct vm_net_config *n
 	W(xmlTextWriterEndElement(w));
 	W(xmlTextWriterStartElement(w, BAD_CAST "model"));
 	W(xmlTextWriterWriteAttribute(w, BAD_CAST "type",
-				      BAD_CAST(net->model == VM_NET_MODEL_NE2000 ? "ne2k_isa" : "netfront")));
+				      BAD_CAST(net->model == VM_NET_MODEL_NE2000 ? "ne2k_isa"
+										 : "netfront")));
 	W(xmlTextWriterEndElement(w));
 	W(xmlTextWriterEndElement(w));
 	return 0;

@@ -16,14 +16,13 @@
  * Anything else is refused naming the element.  xml_path names the file
  * in messages.  Returns 0, or -EINVAL with a message in error.
  */
-int config_xml_parse_interface(const xmlNode *node, struct vm_config *config,
-			       const char *xml_path, char *error, size_t error_len);
+int config_xml_parse_interface(const xmlNode *node, struct vm_config *config, const char *xml_path,
+			       char *error, size_t error_len);
 
 /*
  * Write net as an <interface> element.  A socket backend has no libvirt
  * form: it is left out with a warning (returns 0).  Returns 0 or -EIO.
  */
-int config_xml_write_interface(xmlTextWriterPtr w, const struct vm_net_config *net,
-			       unsigned index);
+int config_xml_write_interface(xmlTextWriterPtr w, const struct vm_net_config *net, unsigned index);
 
 #endif

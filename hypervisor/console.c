@@ -21,8 +21,7 @@ int console_open(struct console *console, const char *output_path, int input_fd)
 		console->output_fd = STDOUT_FILENO;
 		return 0;
 	}
-	console->output_fd =
-		open(output_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+	console->output_fd = open(output_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 	if (console->output_fd < 0) {
 		int err = -errno;
 		kapsel_error("cannot open console output '%s': %s; check the directory exists and is writable",
@@ -60,8 +59,7 @@ void console_write(struct console *console, const void *data, size_t length)
 	}
 }
 
-void console_inject_input(struct console *console, const void *data,
-			  size_t length)
+void console_inject_input(struct console *console, const void *data, size_t length)
 {
 	const uint8_t *p = data;
 	pthread_mutex_lock(&console->lock);
@@ -113,15 +111,13 @@ static void *console_input_main(void *opaque)
 	}
 }
 
-int console_start_input(struct console *console, void (*on_input)(void *),
-			void *opaque)
+int console_start_input(struct console *console, void (*on_input)(void *), void *opaque)
 {
 	console->on_input = on_input;
 	console->on_input_opaque = opaque;
 	if (console->input_fd < 0)
 		return 0;
-	int err = pthread_create(&console->input_thread, NULL, console_input_main,
-				 console);
+	int err = pthread_create(&console->input_thread, NULL, console_input_main, console);
 	if (err)
 		return -err;
 	console->input_thread_running = 1;

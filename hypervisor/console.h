@@ -9,9 +9,9 @@
 #define CONSOLE_INPUT_BYTES 4096u
 
 struct console {
-	int output_fd;          /* stdout, a file or a pty */
+	int output_fd; /* stdout, a file or a pty */
 	int owns_output_fd;
-	int input_fd;           /* host input, -1 for none */
+	int input_fd; /* host input, -1 for none */
 	pthread_t input_thread;
 	int input_thread_running;
 	pthread_mutex_t lock;
@@ -35,8 +35,7 @@ int console_open(struct console *console, const char *output_path, int input_fd)
 
 /* Start the thread that reads host input, calling on_input when bytes
  * arrive.  Harmless when input_fd is -1. */
-int console_start_input(struct console *console, void (*on_input)(void *),
-			void *opaque);
+int console_start_input(struct console *console, void (*on_input)(void *), void *opaque);
 
 /* Write guest output; never blocks the guest on a slow reader for long. */
 void console_write(struct console *console, const void *data, size_t length);
@@ -48,8 +47,7 @@ size_t console_read(struct console *console, void *data, size_t length);
 size_t console_input_pending(struct console *console);
 
 /* Feed bytes as if typed on the host (tests, control socket). */
-void console_inject_input(struct console *console, const void *data,
-			  size_t length);
+void console_inject_input(struct console *console, const void *data, size_t length);
 
 /*
  * Also hand every piece of guest output to tap (called on the thread that

@@ -23,34 +23,34 @@
 #include "log.h"
 #include "vm.h"
 
-#define CONTROL_IDLE_MS 60000          /* an idle connection (nothing pending) is closed after this */
-#define CONTROL_OUTPUT_MAX_BYTES (1u << 20) /* unread replies beyond this close a client */
+#define CONTROL_IDLE_MS 60000 /* an idle connection (nothing pending) is closed after this */
+#define CONTROL_OUTPUT_MAX_BYTES (1u << 20)    /* unread replies beyond this close a client */
 #define CONTROL_CONSOLE_MAX_BYTES (256u << 10) /* console output a slow client may lag */
-#define CONTROL_BACKLOG_BYTES 4096u    /* recent console output replayed on attach */
-#define CONTROL_DOMID_MAX 32752u       /* Xen's DOMID_FIRST_RESERVED */
+#define CONTROL_BACKLOG_BYTES 4096u	       /* recent console output replayed on attach */
+#define CONTROL_DOMID_MAX 32752u	       /* Xen's DOMID_FIRST_RESERVED */
 
 enum client_mode {
 	CLIENT_REQUESTS, /* line requests and replies */
-	CLIENT_CONSOLE,  /* raw byte stream to and from the guest console */
-	CLIENT_WAIT,     /* waits for the VM to end ('wait') */
+	CLIENT_CONSOLE,	 /* raw byte stream to and from the guest console */
+	CLIENT_WAIT,	 /* waits for the VM to end ('wait') */
 };
 
 struct control_client {
 	int fd;
 	enum client_mode mode;
-	bool closing;          /* close once out is flushed */
+	bool closing; /* close once out is flushed */
 	char in[CONTROL_REQUEST_MAX_BYTES + 1];
 	size_t in_len;
-	char *out;             /* pending output (server->lock) */
+	char *out; /* pending output (server->lock) */
 	size_t out_len, out_cap;
-	uint64_t deadline_ms;  /* monotonic; 0 = none */
+	uint64_t deadline_ms; /* monotonic; 0 = none */
 	uint64_t console_dropped_bytes;
 };
 
 struct control_server {
 	struct kapsel_vm *vm; /* NULL until control_server_attach */
 	char name[VM_CONFIG_NAME_MAX];
-	bool bound;           /* the socket file is ours to unlink */
+	bool bound; /* the socket file is ours to unlink */
 	char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	char lock_path[4096];
 	char domid_path[4096];
@@ -58,13 +58,13 @@ struct control_server {
 	unsigned domid;
 	pthread_t thread;
 	bool thread_started;
-	int stopping; /* atomic */
+	int stopping;	      /* atomic */
 	pthread_mutex_t lock; /* clients' out buffers, backlog */
 	struct control_client *clients[CONTROL_MAX_CLIENTS];
 	unsigned client_count;
 	uint64_t shutdown_deadline_ns; /* control thread only; 0 = none */
 	uint64_t shutdown_generation;  /* boot the deadline applies to */
-	bool destroyed;                /* ended by destroy or a shutdown deadline */
+	bool destroyed;		       /* ended by destroy or a shutdown deadline */
 	uint64_t started_unix;
 	uint8_t backlog[CONTROL_BACKLOG_BYTES];
 	uint64_t backlog_head; /* free-running */
@@ -95,19 +95,22 @@ static int make_runtime_dir(const char *dir, char *error, size_t error_len)
 {
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
 		/* $XDG_RUNTIME_DIR/kapsel etc.: one level is created, not more. */
-		return server_error(error, error_len, -errno,
-				    "cannot create the runtime directory '%s': %s; set KAPSEL_RUNTIME_DIR to a writable directory or run with --no-control",
-				    dir, strerror(errno));
+		return server_error(
+			error, error_len, -errno,
+			"cannot create the runtime directory '%s': %s; set KAPSEL_RUNTIME_DIR to a writable directory or run with --no-control",
+			dir, strerror(errno));
 	}
 	struct stat st;
 	if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
-		return server_error(error, error_len, -ENOTDIR,
-				    "runtime directory '%s' is not a directory; remove it or set KAPSEL_RUNTIME_DIR",
-				    dir);
+		return server_error(
+			error, error_len, -ENOTDIR,
+			"runtime directory '%s' is not a directory; remove it or set KAPSEL_RUNTIME_DIR",
+			dir);
 	if (st.st_uid != geteuid())
-		return server_error(error, error_len, -EACCES,
-				    "runtime directory '%s' belongs to uid %u, not to you (uid %u); set KAPSEL_RUNTIME_DIR to a directory of your own",
-				    dir, (unsigned)st.st_uid, (unsigned)geteuid());
+		return server_error(
+			error, error_len, -EACCES,
+			"runtime directory '%s' belongs to uid %u, not to you (uid %u); set KAPSEL_RUNTIME_DIR to a directory of your own",
+			dir, (unsigned)st.st_uid, (unsigned)geteuid());
 	if ((st.st_mode & 0777) != 0700 && chmod(dir, 0700) < 0)
 		return server_error(error, error_len, -errno,
 				    "cannot make runtime directory '%s' owner-only (0700): %s", dir,
@@ -133,8 +136,8 @@ static int lock_file(const char *path)
 			return err == -EAGAIN ? -EWOULDBLOCK : err;
 		}
 		struct stat held, named;
-		if (fstat(fd, &held) == 0 && stat(path, &named) == 0 && held.st_dev == named.st_dev &&
-		    held.st_ino == named.st_ino)
+		if (fstat(fd, &held) == 0 && stat(path, &named) == 0 &&
+		    held.st_dev == named.st_dev && held.st_ino == named.st_ino)
 			return fd;
 		close(fd); /* the previous holder removed it meanwhile: retry */
 	}
@@ -152,8 +155,8 @@ static void unlock_file(const char *path, int fd)
 static int take_domid(struct control_server *server, const char *dir)
 {
 	for (unsigned id = 1; id < CONTROL_DOMID_MAX; id++) {
-		int n = snprintf(server->domid_path, sizeof(server->domid_path), "%s/.domid-%u.lock",
-				 dir, id);
+		int n = snprintf(server->domid_path, sizeof(server->domid_path),
+				 "%s/.domid-%u.lock", dir, id);
 		if (n < 0 || (size_t)n >= sizeof(server->domid_path))
 			return -ENAMETOOLONG;
 		int fd = lock_file(server->domid_path);
@@ -243,8 +246,8 @@ static bool client_flush(struct control_server *server, struct control_client *c
 	bool alive = true;
 	pthread_mutex_lock(&server->lock);
 	while (client->out_len) {
-		ssize_t n = send(client->fd, client->out, client->out_len,
-				 MSG_NOSIGNAL | MSG_DONTWAIT);
+		ssize_t n =
+			send(client->fd, client->out, client->out_len, MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
@@ -303,8 +306,7 @@ static void console_attach(struct control_server *server, struct control_client 
 
 /* ---- Requests ------------------------------------------------------------ */
 
-static void handle_request(struct control_server *server, struct control_client *client,
-			   char *line)
+static void handle_request(struct control_server *server, struct control_client *client, char *line)
 {
 	struct control_request request;
 	char error[1024] = "";
@@ -396,8 +398,8 @@ static void client_read(struct control_server *server, struct control_client *cl
 			/* Nothing more is read; EOF is noticed through POLLHUP. */
 			char sink[256];
 			ssize_t n = recv(client->fd, sink, sizeof(sink), MSG_DONTWAIT);
-			if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
-				       errno != EINTR)) {
+			if (n == 0 ||
+			    (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
 				client->closing = true;
 				client->out_len = 0;
 			}
@@ -429,15 +431,16 @@ static void client_read(struct control_server *server, struct control_client *cl
 			if (line_len && client->in[line_len - 1] == '\r')
 				client->in[line_len - 1] = '\0';
 			if (memchr(client->in, '\0', line_len))
-				reply_error(server, client, EINVAL,
-					    "request contains a NUL byte; requests are printable ASCII lines");
+				reply_error(
+					server, client, EINVAL,
+					"request contains a NUL byte; requests are printable ASCII lines");
 			else
 				handle_request(server, client, client->in);
 			size_t rest = client->in_len - line_len - 1;
 			memmove(client->in, newline + 1, rest);
 			client->in_len = rest;
-			client->deadline_ms = now_ms() + (rest ? CONTROL_CLIENT_DEADLINE_MS
-							       : CONTROL_IDLE_MS);
+			client->deadline_ms =
+				now_ms() + (rest ? CONTROL_CLIENT_DEADLINE_MS : CONTROL_IDLE_MS);
 		}
 		if (client->mode == CLIENT_CONSOLE && client->in_len) {
 			/* Bytes typed right after 'console' go to the guest. */
@@ -495,7 +498,8 @@ static void accept_clients(struct control_server *server)
 		struct ucred cred;
 		socklen_t len = sizeof(cred);
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
-			refuse(fd, "error EACCES unauthenticated: cannot read the peer's credentials\n");
+			refuse(fd,
+			       "error EACCES unauthenticated: cannot read the peer's credentials\n");
 			continue;
 		}
 		if (cred.uid != geteuid() && cred.uid != 0) {
@@ -503,7 +507,8 @@ static void accept_clients(struct control_server *server)
 			snprintf(line, sizeof(line),
 				 "error EACCES unauthenticated: uid %u may not control this VM; only its owner (uid %u) and root may\n",
 				 (unsigned)cred.uid, (unsigned)geteuid());
-			kapsel_warn("control socket: refused a client of uid %u", (unsigned)cred.uid);
+			kapsel_warn("control socket: refused a client of uid %u",
+				    (unsigned)cred.uid);
 			refuse(fd, line);
 			continue;
 		}
@@ -533,7 +538,8 @@ static void check_shutdown_deadline(struct control_server *server)
 	/* A guest that rebooted (on request or on_poweroff=restart) did
 	 * what it was asked; the deadline was for the boot that was asked. */
 	if (server->vm->state == VM_STATE_STOPPED ||
-	    __atomic_load_n(&server->vm->generation, __ATOMIC_RELAXED) != server->shutdown_generation)
+	    __atomic_load_n(&server->vm->generation, __ATOMIC_RELAXED) !=
+		    server->shutdown_generation)
 		return;
 	kapsel_warn("VM '%s' did not power off before its shutdown deadline; destroying it",
 		    server->vm->config->name);
@@ -562,18 +568,22 @@ static void *control_main(void *opaque)
 			bool pending = client->out_len > 0;
 			pthread_mutex_unlock(&server->lock);
 			fds[2 + i] = (struct pollfd){ .fd = client->fd,
-						      .events = (short)(POLLIN | (pending ? POLLOUT : 0)) };
+						      .events = (short)(POLLIN |
+									(pending ? POLLOUT : 0)) };
 			if (client->deadline_ms) {
-				int left = client->deadline_ms > now ? (int)(client->deadline_ms - now) : 0;
+				int left = client->deadline_ms > now
+						   ? (int)(client->deadline_ms - now)
+						   : 0;
 				if (left < timeout)
 					timeout = left;
 			}
 		}
 		if (server->shutdown_deadline_ns) {
 			uint64_t clock = vm_clock_ns(server->vm);
-			uint64_t left_ms = server->shutdown_deadline_ns > clock
-						   ? (server->shutdown_deadline_ns - clock) / 1000000u + 1
-						   : 0;
+			uint64_t left_ms =
+				server->shutdown_deadline_ns > clock
+					? (server->shutdown_deadline_ns - clock) / 1000000u + 1
+					: 0;
 			if (left_ms < (uint64_t)timeout)
 				timeout = (int)left_ms;
 		}
@@ -596,8 +606,9 @@ static void *control_main(void *opaque)
 			if (client->deadline_ms && now >= client->deadline_ms &&
 			    client->mode == CLIENT_REQUESTS && !client->closing) {
 				reply_error(server, client, ETIMEDOUT,
-					    client->in_len ? "request not completed in time; closing the connection"
-							   : "idle connection; closing it");
+					    client->in_len
+						    ? "request not completed in time; closing the connection"
+						    : "idle connection; closing it");
 				client->closing = true;
 			}
 			bool alive = client_flush(server, client);
@@ -605,7 +616,8 @@ static void *control_main(void *opaque)
 			bool done = client->closing && client->out_len == 0;
 			/* A client that does not read its replies is dropped. */
 			bool stuck = client->out_len > CONTROL_OUTPUT_MAX_BYTES ||
-				     (client->closing && client->deadline_ms && now >= client->deadline_ms + CONTROL_CLIENT_DEADLINE_MS);
+				     (client->closing && client->deadline_ms &&
+				      now >= client->deadline_ms + CONTROL_CLIENT_DEADLINE_MS);
 			pthread_mutex_unlock(&server->lock);
 			if (!alive || done || stuck)
 				remove_client(server, i);
@@ -638,21 +650,24 @@ int control_server_start(struct control_server **server_out, const char *name, c
 	if (!err)
 		err = control_socket_path(name, server->socket_path, sizeof(server->socket_path));
 	if (err) {
-		err = server_error(error, error_len, err,
-				   "control socket path for VM '%s' is too long; set KAPSEL_RUNTIME_DIR to a shorter directory",
-				   name);
+		err = server_error(
+			error, error_len, err,
+			"control socket path for VM '%s' is too long; set KAPSEL_RUNTIME_DIR to a shorter directory",
+			name);
 		goto fail;
 	}
 	err = make_runtime_dir(dir, error, error_len);
 	if (err)
 		goto fail;
 	int n = snprintf(server->lock_path, sizeof(server->lock_path), "%s/%s.lock", dir, name);
-	server->lock_fd = n < 0 || (size_t)n >= sizeof(server->lock_path) ? -ENAMETOOLONG
-									 : lock_file(server->lock_path);
+	server->lock_fd = n < 0 || (size_t)n >= sizeof(server->lock_path)
+				  ? -ENAMETOOLONG
+				  : lock_file(server->lock_path);
 	if (server->lock_fd == -EWOULDBLOCK) {
-		err = server_error(error, error_len, -EEXIST,
-				   "a VM named '%s' is already running (control socket %s); choose another name, or stop it with 'kapsel destroy %s'",
-				   name, server->socket_path, name);
+		err = server_error(
+			error, error_len, -EEXIST,
+			"a VM named '%s' is already running (control socket %s); choose another name, or stop it with 'kapsel destroy %s'",
+			name, server->socket_path, name);
 		goto fail;
 	}
 	if (server->lock_fd < 0) {
@@ -665,9 +680,10 @@ int control_server_start(struct control_server **server_out, const char *name, c
 	int probe = control_connect(name);
 	if (probe >= 0) {
 		close(probe);
-		err = server_error(error, error_len, -EEXIST,
-				   "a VM named '%s' is already running (control socket %s answers); choose another name",
-				   name, server->socket_path);
+		err = server_error(
+			error, error_len, -EEXIST,
+			"a VM named '%s' is already running (control socket %s answers); choose another name",
+			name, server->socket_path);
 		goto fail;
 	}
 	if (probe == -ECONNREFUSED) {

@@ -11,8 +11,8 @@ struct kapsel_vm;
 
 /* Limits of the wire protocol (docs/control.md). */
 #define CONTROL_REQUEST_MAX_BYTES 4096u /* one request line, newline included */
-#define CONTROL_MAX_ARGS 16u            /* key=value pairs per request */
-#define CONTROL_VERB_MAX 32u            /* verb name length, without NUL */
+#define CONTROL_MAX_ARGS 16u		/* key=value pairs per request */
+#define CONTROL_VERB_MAX 32u		/* verb name length, without NUL */
 #define CONTROL_CLIENT_DEADLINE_MS 5000 /* a client must send a whole request in this */
 #define CONTROL_MAX_CLIENTS 64u
 
@@ -86,8 +86,8 @@ int control_arg_bool(const struct control_request *request, const char *key, boo
  * allowed keys.  Returns 0, or -EINVAL with "unknown argument 'k' for VERB;
  * it takes ..." in error.
  */
-int control_request_check_keys(const struct control_request *request,
-			       const char *const *allowed, char *error, size_t error_len);
+int control_request_check_keys(const struct control_request *request, const char *const *allowed,
+			       char *error, size_t error_len);
 
 /*
  * Parse one request line in place (line is modified; it has no trailing

@@ -188,8 +188,7 @@ int control_client_read_reply(int fd, struct control_reply *reply, int timeout_m
 	return 0;
 }
 
-int control_client_request(int fd, const char *request, struct control_reply *reply,
-			   int timeout_ms)
+int control_client_request(int fd, const char *request, struct control_reply *reply, int timeout_ms)
 {
 	size_t len = strlen(request);
 	char *line = malloc(len + 2);
@@ -220,8 +219,7 @@ void control_reply_free(struct control_reply *reply)
 	memset(reply, 0, sizeof(*reply));
 }
 
-int control_call(const char *name, const char *request, struct control_reply *reply,
-		 int timeout_ms)
+int control_call(const char *name, const char *request, struct control_reply *reply, int timeout_ms)
 {
 	memset(reply, 0, sizeof(*reply));
 	int fd = control_connect(name);
@@ -238,7 +236,8 @@ bool control_payload_get(const char *payload, const char *key, char *value, size
 	for (const char *line = payload; line && *line;) {
 		const char *eol = strchr(line, '\n');
 		size_t line_len = eol ? (size_t)(eol - line) : strlen(line);
-		if (line_len > key_len && strncmp(line, key, key_len) == 0 && line[key_len] == ' ') {
+		if (line_len > key_len && strncmp(line, key, key_len) == 0 &&
+		    line[key_len] == ' ') {
 			size_t n = line_len - key_len - 1;
 			if (n >= value_len)
 				n = value_len - 1;

@@ -7,9 +7,9 @@
 
 /* One reply (docs/control.md): "ok N" + N lines, or "error ENAME message". */
 struct control_reply {
-	int errnum;      /* 0 for ok, else the positive errno named in the reply */
-	char *message;   /* error message (NULL for ok) */
-	char *payload;   /* the N payload lines, '\n'-terminated, NUL-terminated */
+	int errnum;    /* 0 for ok, else the positive errno named in the reply */
+	char *message; /* error message (NULL for ok) */
+	char *payload; /* the N payload lines, '\n'-terminated, NUL-terminated */
 	size_t payload_len;
 	unsigned lines;
 };

@@ -54,14 +54,16 @@ static int decode_value(char *value, const char *key, char *error, size_t error_
 		}
 		int hi = hex_digit(in[1]), lo = hi < 0 ? -1 : hex_digit(in[2]);
 		if (hi < 0 || lo < 0)
-			return parse_fail(error, error_len,
-					  "argument '%s' has a bad escape; write %%XX with two hex digits (%%20 is a space, %%25 a '%%')",
-					  key);
+			return parse_fail(
+				error, error_len,
+				"argument '%s' has a bad escape; write %%XX with two hex digits (%%20 is a space, %%25 a '%%')",
+				key);
 		char c = (char)(hi << 4 | lo);
 		if ((unsigned char)c < 0x20 || c == 0x7f)
-			return parse_fail(error, error_len,
-					  "argument '%s' escapes a control character; only printable characters are allowed",
-					  key);
+			return parse_fail(
+				error, error_len,
+				"argument '%s' escapes a control character; only printable characters are allowed",
+				key);
 		*out++ = c;
 		in += 2;
 	}
@@ -76,40 +78,46 @@ int control_request_parse(char *line, struct control_request *request, char *err
 	for (const char *p = line; *p; p++) {
 		unsigned char c = (unsigned char)*p;
 		if ((c < 0x20 && c != '\t') || c >= 0x7f)
-			return parse_fail(error, error_len,
-					  "request contains byte 0x%02x at offset %zu; requests are printable ASCII lines",
-					  c, (size_t)(p - line));
+			return parse_fail(
+				error, error_len,
+				"request contains byte 0x%02x at offset %zu; requests are printable ASCII lines",
+				c, (size_t)(p - line));
 	}
 	char *save = NULL;
 	char *verb = strtok_r(line, " \t", &save);
 	if (!verb)
-		return parse_fail(error, error_len, "empty request; send 'help' for the list of requests");
+		return parse_fail(error, error_len,
+				  "empty request; send 'help' for the list of requests");
 	size_t verb_len = strlen(verb);
 	if (verb_len > CONTROL_VERB_MAX)
 		return parse_fail(error, error_len, "request name is longer than %u characters",
 				  CONTROL_VERB_MAX);
 	for (size_t i = 0; i < verb_len; i++)
 		if (!is_verb_char(verb[i]))
-			return parse_fail(error, error_len,
-					  "'%.40s' is not a request name (lower-case letters, digits and '-'); send 'help'",
-					  verb);
+			return parse_fail(
+				error, error_len,
+				"'%.40s' is not a request name (lower-case letters, digits and '-'); send 'help'",
+				verb);
 	request->verb = verb;
 	for (char *tok = strtok_r(NULL, " \t", &save); tok; tok = strtok_r(NULL, " \t", &save)) {
 		char *eq = strchr(tok, '=');
 		if (!eq || eq == tok)
-			return parse_fail(error, error_len,
-					  "argument '%.40s' is not key=value", tok);
+			return parse_fail(error, error_len, "argument '%.40s' is not key=value",
+					  tok);
 		*eq = '\0';
 		for (const char *k = tok; *k; k++)
 			if (!is_key_char(*k))
-				return parse_fail(error, error_len,
-						  "argument name '%.40s' has characters other than a-z, 0-9, '-' and '_'",
-						  tok);
+				return parse_fail(
+					error, error_len,
+					"argument name '%.40s' has characters other than a-z, 0-9, '-' and '_'",
+					tok);
 		if (request->arg_count == CONTROL_MAX_ARGS)
-			return parse_fail(error, error_len, "more than %u arguments", CONTROL_MAX_ARGS);
+			return parse_fail(error, error_len, "more than %u arguments",
+					  CONTROL_MAX_ARGS);
 		for (unsigned i = 0; i < request->arg_count; i++)
 			if (strcmp(request->args[i].key, tok) == 0)
-				return parse_fail(error, error_len, "argument '%.40s' is given twice", tok);
+				return parse_fail(error, error_len,
+						  "argument '%.40s' is given twice", tok);
 		int err = decode_value(eq + 1, tok, error, error_len);
 		if (err)
 			return err;
@@ -164,8 +172,8 @@ int control_arg_bool(const struct control_request *request, const char *key, boo
 	return parse_fail(error, error_len, "%s='%.40s' is not yes or no", key, text);
 }
 
-int control_request_check_keys(const struct control_request *request,
-			       const char *const *allowed, char *error, size_t error_len)
+int control_request_check_keys(const struct control_request *request, const char *const *allowed,
+			       char *error, size_t error_len)
 {
 	for (unsigned i = 0; i < request->arg_count; i++) {
 		bool found = false;
@@ -176,8 +184,8 @@ int control_request_check_keys(const struct control_request *request,
 		char list[256] = "";
 		size_t used = 0;
 		for (const char *const *a = allowed; *a; a++) {
-			int n = snprintf(list + used, sizeof(list) - used, "%s%s",
-					 used ? ", " : "", *a);
+			int n = snprintf(list + used, sizeof(list) - used, "%s%s", used ? ", " : "",
+					 *a);
 			if (n < 0 || (size_t)n >= sizeof(list) - used)
 				break;
 			used += (size_t)n;
@@ -197,16 +205,34 @@ const char *control_errno_name(int errnum)
 		int errnum;
 		const char *name;
 	} names[] = {
-		{ EPERM, "EPERM" },       { ENOENT, "ENOENT" },   { ESRCH, "ESRCH" },
-		{ EINTR, "EINTR" },       { EIO, "EIO" },         { E2BIG, "E2BIG" },
-		{ EBADF, "EBADF" },       { EAGAIN, "EAGAIN" },   { ENOMEM, "ENOMEM" },
-		{ EACCES, "EACCES" },     { EFAULT, "EFAULT" },   { EBUSY, "EBUSY" },
-		{ EEXIST, "EEXIST" },     { ENODEV, "ENODEV" },   { EINVAL, "EINVAL" },
-		{ ENOSPC, "ENOSPC" },     { EROFS, "EROFS" },     { ERANGE, "ERANGE" },
-		{ EDEADLK, "EDEADLK" },   { ENAMETOOLONG, "ENAMETOOLONG" },
-		{ ENOSYS, "ENOSYS" },     { ENOTSUP, "ENOTSUP" }, { ETIMEDOUT, "ETIMEDOUT" },
-		{ EALREADY, "EALREADY" }, { EPROTO, "EPROTO" },   { ECONNREFUSED, "ECONNREFUSED" },
-		{ ECANCELED, "ECANCELED" }, { EMSGSIZE, "EMSGSIZE" },
+		{ EPERM, "EPERM" },
+		{ ENOENT, "ENOENT" },
+		{ ESRCH, "ESRCH" },
+		{ EINTR, "EINTR" },
+		{ EIO, "EIO" },
+		{ E2BIG, "E2BIG" },
+		{ EBADF, "EBADF" },
+		{ EAGAIN, "EAGAIN" },
+		{ ENOMEM, "ENOMEM" },
+		{ EACCES, "EACCES" },
+		{ EFAULT, "EFAULT" },
+		{ EBUSY, "EBUSY" },
+		{ EEXIST, "EEXIST" },
+		{ ENODEV, "ENODEV" },
+		{ EINVAL, "EINVAL" },
+		{ ENOSPC, "ENOSPC" },
+		{ EROFS, "EROFS" },
+		{ ERANGE, "ERANGE" },
+		{ EDEADLK, "EDEADLK" },
+		{ ENAMETOOLONG, "ENAMETOOLONG" },
+		{ ENOSYS, "ENOSYS" },
+		{ ENOTSUP, "ENOTSUP" },
+		{ ETIMEDOUT, "ETIMEDOUT" },
+		{ EALREADY, "EALREADY" },
+		{ EPROTO, "EPROTO" },
+		{ ECONNREFUSED, "ECONNREFUSED" },
+		{ ECANCELED, "ECANCELED" },
+		{ EMSGSIZE, "EMSGSIZE" },
 	};
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 		if (names[i].errnum == errnum)

@@ -101,8 +101,7 @@ static int verb_info(struct kapsel_vm *vm, const struct control_request *request
 	const struct vm_config *config = vm->config;
 	fprintf(out, "name %s\n", config->name);
 	const uint8_t *u = config->uuid;
-	fprintf(out,
-		"uuid %02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x\n",
+	fprintf(out, "uuid %02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x\n",
 		u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12],
 		u[13], u[14], u[15]);
 	fprintf(out, "domid %u\n", control_server_domid(vm));
@@ -128,9 +127,11 @@ static int verb_info(struct kapsel_vm *vm, const struct control_request *request
 	fprintf(out, "on_reboot %s\n", action_name(config->on_reboot));
 	fprintf(out, "on_crash %s\n", action_name(config->on_crash));
 	fprintf(out, "generation %llu\n", (unsigned long long)vm->generation);
-	uint32_t control_mask = (uint32_t)((__atomic_load_n(&vm->events->mask[KAPSEL_EVTCHN_CONTROL / 64],
-							     __ATOMIC_RELAXED) >>
-					     (KAPSEL_EVTCHN_CONTROL % 64)) & 1);
+	uint32_t control_mask =
+		(uint32_t)((__atomic_load_n(&vm->events->mask[KAPSEL_EVTCHN_CONTROL / 64],
+					    __ATOMIC_RELAXED) >>
+			    (KAPSEL_EVTCHN_CONTROL % 64)) &
+			   1);
 	fprintf(out, "guest_handles_shutdown %s\n", control_mask ? "no" : "yes");
 	fprintf(out, "devices %u\n", vm->device_count);
 	for (unsigned i = 0; i < vm->device_count; i++)
@@ -139,8 +140,10 @@ static int verb_info(struct kapsel_vm *vm, const struct control_request *request
 	for (unsigned i = 0; i < config->disk_count; i++) {
 		const struct vm_disk_config *d = &config->disks[i];
 		struct disk_image *disk = find_disk(vm, i);
-		bool readonly = disk ? __atomic_load_n(&disk->readonly, __ATOMIC_RELAXED) : d->readonly;
-		fprintf(out, "disk %u bus=%s readonly=%s iops=%llu iops_burst=%llu bps=%llu bps_burst=%llu path=%s\n",
+		bool readonly =
+			disk ? __atomic_load_n(&disk->readonly, __ATOMIC_RELAXED) : d->readonly;
+		fprintf(out,
+			"disk %u bus=%s readonly=%s iops=%llu iops_burst=%llu bps=%llu bps_burst=%llu path=%s\n",
 			i, d->bus == VM_DISK_BUS_ATA ? "ata" : "pv", readonly ? "yes" : "no",
 			(unsigned long long)d->ops_limit.rate_per_second,
 			(unsigned long long)d->ops_limit.burst,
@@ -162,7 +165,8 @@ static int verb_pause(struct kapsel_vm *vm, const struct control_request *reques
 		return verb_error(error, error_len, err, "VM '%s' is already paused",
 				  vm->config->name);
 	if (err)
-		return verb_error(error, error_len, err, "VM '%s' is not running", vm->config->name);
+		return verb_error(error, error_len, err, "VM '%s' is not running",
+				  vm->config->name);
 	return 0;
 }
 
@@ -177,7 +181,8 @@ static int verb_resume(struct kapsel_vm *vm, const struct control_request *reque
 	if (err == -EALREADY)
 		return verb_error(error, error_len, err, "VM '%s' is not paused", vm->config->name);
 	if (err)
-		return verb_error(error, error_len, err, "VM '%s' is not running", vm->config->name);
+		return verb_error(error, error_len, err, "VM '%s' is not running",
+				  vm->config->name);
 	return 0;
 }
 
@@ -203,9 +208,10 @@ static int verb_shutdown(struct kapsel_vm *vm, const struct control_request *req
 		return verb_error(error, error_len, -EINVAL,
 				  "mode='%s' is unknown; use poweroff or reboot", mode);
 	if (vm->state == VM_STATE_PAUSED)
-		return verb_error(error, error_len, -EBUSY,
-				  "VM '%s' is paused and cannot shut down; resume it first, or destroy it",
-				  vm->config->name);
+		return verb_error(
+			error, error_len, -EBUSY,
+			"VM '%s' is paused and cannot shut down; resume it first, or destroy it",
+			vm->config->name);
 	if (vm->state != VM_STATE_RUNNING)
 		return verb_error(error, error_len, -ESRCH, "VM '%s' is not running",
 				  vm->config->name);
@@ -216,9 +222,10 @@ static int verb_shutdown(struct kapsel_vm *vm, const struct control_request *req
 	__atomic_store_n(&vm->events->control_request, what, __ATOMIC_RELEASE);
 	vm_evtchn_notify(vm, KAPSEL_EVTCHN_CONTROL);
 	control_server_set_deadline(vm, deadline_ns);
-	bool aware = !((__atomic_load_n(&vm->events->mask[KAPSEL_EVTCHN_CONTROL / 64],
-					__ATOMIC_RELAXED) >>
-			(KAPSEL_EVTCHN_CONTROL % 64)) & 1);
+	bool aware = !(
+		(__atomic_load_n(&vm->events->mask[KAPSEL_EVTCHN_CONTROL / 64], __ATOMIC_RELAXED) >>
+		 (KAPSEL_EVTCHN_CONTROL % 64)) &
+		1);
 	fprintf(out, "timeout_s %llu\n", (unsigned long long)timeout_s);
 	fprintf(out, "deadline_ns %llu\n", (unsigned long long)deadline_ns);
 	fprintf(out, "guest_handles_shutdown %s\n", aware ? "yes" : "no");
@@ -250,11 +257,11 @@ static int verb_stats(struct kapsel_vm *vm, const struct control_request *reques
 	return 0;
 }
 
-static int verb_set_limits(struct kapsel_vm *vm, const struct control_request *request,
-			   FILE *out, char *error, size_t error_len)
+static int verb_set_limits(struct kapsel_vm *vm, const struct control_request *request, FILE *out,
+			   char *error, size_t error_len)
 {
-	static const char *const keys[] = { "disk", "iops", "iops_burst", "bps", "bps_burst",
-					    "readonly", NULL };
+	static const char *const keys[] = { "disk",	 "iops",     "iops_burst", "bps",
+					    "bps_burst", "readonly", NULL };
 	uint64_t index = UINT64_MAX;
 	int err = control_request_check_keys(request, keys, error, error_len);
 	if (!err)
@@ -289,9 +296,10 @@ static int verb_set_limits(struct kapsel_vm *vm, const struct control_request *r
 	if (err)
 		return err;
 	if (!readonly && disk->fd >= 0 && (fcntl(disk->fd, F_GETFL) & O_ACCMODE) == O_RDONLY)
-		return verb_error(error, error_len, -EROFS,
-				  "disk %llu was opened read-only (readonly in its definition); restart the VM without readonly to make it writable",
-				  (unsigned long long)index);
+		return verb_error(
+			error, error_len, -EROFS,
+			"disk %llu was opened read-only (readonly in its definition); restart the VM without readonly to make it writable",
+			(unsigned long long)index);
 	disk_set_limits(disk, &ops, &bytes, vm_clock_ns(vm));
 	pthread_mutex_lock(&disk->lock);
 	__atomic_store_n(&disk->readonly, readonly, __ATOMIC_SEQ_CST);
@@ -324,7 +332,8 @@ static int verb_help(struct kapsel_vm *vm, const struct control_request *request
 	if (err)
 		return err;
 	control_print_verbs(out);
-	fprintf(out, "console  attach to the guest console: the connection becomes a byte stream\n");
+	fprintf(out,
+		"console  attach to the guest console: the connection becomes a byte stream\n");
 	fprintf(out, "wait  reply when the VM has ended: exit_code N, reason R\n");
 	fprintf(out, "quit  close the connection\n");
 	return 0;
@@ -342,7 +351,8 @@ static void register_builtins(void)
 	} builtins[] = {
 		{ "help", verb_help, "help  list the requests" },
 		{ "info", verb_info, "info  name, state, uptime, memory, vCPUs, devices, disks" },
-		{ "pause", verb_pause, "pause  stop the vCPU (the VM keeps its memory and devices)" },
+		{ "pause", verb_pause,
+		  "pause  stop the vCPU (the VM keeps its memory and devices)" },
 		{ "resume", verb_resume, "resume  let a paused vCPU run again" },
 		{ "shutdown", verb_shutdown,
 		  "shutdown [timeout=S] [mode=poweroff|reboot]  ask the guest to power off; destroy it after S seconds (default 10)" },

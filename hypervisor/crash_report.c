@@ -30,10 +30,9 @@ static void print_registers(FILE *out, const struct kvm_regs *r, const struct kv
 		"  r12 %016llx  r13 %016llx  r14 %016llx  r15 %016llx\n"
 		"  rip %016llx  rflags %08llx  cs %04x  ss %04x\n"
 		"  cr0 %016llx  cr2 %016llx  cr3 %016llx  cr4 %016llx  efer %llx\n",
-		r->rax, r->rbx, r->rcx, r->rdx, r->rsi, r->rdi, r->rbp, r->rsp,
-		r->r8, r->r9, r->r10, r->r11, r->r12, r->r13, r->r14, r->r15,
-		r->rip, r->rflags, s->cs.selector, s->ss.selector, s->cr0, s->cr2,
-		s->cr3, s->cr4, s->efer);
+		r->rax, r->rbx, r->rcx, r->rdx, r->rsi, r->rdi, r->rbp, r->rsp, r->r8, r->r9,
+		r->r10, r->r11, r->r12, r->r13, r->r14, r->r15, r->rip, r->rflags, s->cs.selector,
+		s->ss.selector, s->cr0, s->cr2, s->cr3, s->cr4, s->efer);
 }
 
 /*
@@ -42,8 +41,7 @@ static void print_registers(FILE *out, const struct kvm_regs *r, const struct kv
  * belongs to the caller's frame in both cases, so the rbp chain would skip
  * the caller.  Returns the return address, or 0 when rip is elsewhere.
  */
-static uint64_t return_address_before_frame(const struct kapsel_vm *vm, uint64_t rip,
-					     uint64_t rsp)
+static uint64_t return_address_before_frame(const struct kapsel_vm *vm, uint64_t rip, uint64_t rsp)
 {
 	uint64_t offset = 0;
 	if (!elf_image_symbolize(&vm->image, rip, &offset) || offset > 1)
@@ -59,8 +57,8 @@ static uint64_t return_address_before_frame(const struct kapsel_vm *vm, uint64_t
 }
 
 /* Walk saved-rbp links; every read goes through the checked translator. */
-static void print_backtrace(const struct kapsel_vm *vm, FILE *out, uint64_t rip,
-			    uint64_t rsp, uint64_t rbp)
+static void print_backtrace(const struct kapsel_vm *vm, FILE *out, uint64_t rip, uint64_t rsp,
+			    uint64_t rbp)
 {
 	int frame = 1;
 	fprintf(out, "backtrace:\n  #0 ");
@@ -125,16 +123,15 @@ void crash_report_fault(struct kapsel_vm *vm)
 	sregs.cs.selector = (uint16_t)frame.cs;
 	sregs.ss.selector = (uint16_t)frame.ss;
 
-	fprintf(out, "kapsel: guest '%s' crashed: %s, error code %#llx, at ",
-		vm->config->name,
+	fprintf(out, "kapsel: guest '%s' crashed: %s, error code %#llx, at ", vm->config->name,
 		/* The frame is guest memory: a vector past 2^32 is no small one. */
 		x86_exception_name(frame.vector < 256 ? (unsigned)frame.vector : 256u),
 		(unsigned long long)frame.error_code);
 	print_location(vm, out, frame.rip);
 	fputc('\n', out);
 	if (frame.vector == 14)
-		fprintf(out, "  faulting address (cr2): %#llx (%s, %s, %s)\n",
-			sregs.cr2, frame.error_code & 1 ? "protection violation" : "page not present",
+		fprintf(out, "  faulting address (cr2): %#llx (%s, %s, %s)\n", sregs.cr2,
+			frame.error_code & 1 ? "protection violation" : "page not present",
 			frame.error_code & 2 ? "write" : "read",
 			frame.error_code & 4 ? "user mode" : "kernel mode");
 	print_registers(out, &regs, &sregs);
@@ -148,8 +145,8 @@ void crash_report_fatal(struct kapsel_vm *vm, const char *reason)
 	FILE *out = stderr;
 
 	stop_crashed(vm);
-	fprintf(out, "kapsel: guest '%s' stopped: %s (KVM exit reason %u)\n",
-		vm->config->name, reason, vm->run ? vm->run->exit_reason : 0);
+	fprintf(out, "kapsel: guest '%s' stopped: %s (KVM exit reason %u)\n", vm->config->name,
+		reason, vm->run ? vm->run->exit_reason : 0);
 	if (vm->run && vm->run->exit_reason == KVM_EXIT_INTERNAL_ERROR)
 		fprintf(out, "  internal error suberror %u\n", vm->run->internal.suberror);
 	if (vm->run && vm->run->exit_reason == KVM_EXIT_FAIL_ENTRY)

@@ -46,21 +46,21 @@
 #define BLK_PV_SLOTS (1u << KAPSEL_RING_MAX_ORDER)
 #define BLK_PV_SQ_ENTRIES 256u
 #define BLK_PV_CQ_ENTRIES (2u * BLK_PV_SLOTS + 16u)
-#define BLK_PV_TAG_DOORBELL 1u /* user_data of the doorbell eventfd read */
-#define BLK_PV_TAG_CONTROL 2u  /* user_data of the control eventfd read */
-#define BLK_PV_TAG_CANCEL 3u   /* user_data of cancel requests at teardown */
+#define BLK_PV_TAG_DOORBELL 1u		       /* user_data of the doorbell eventfd read */
+#define BLK_PV_TAG_CONTROL 2u		       /* user_data of the control eventfd read */
+#define BLK_PV_TAG_CANCEL 3u		       /* user_data of cancel requests at teardown */
 #define BLK_PV_ZERO_CHUNK_BYTES (256u * 1024u) /* zero buffer for WRITE_ZEROES fallback */
 
 /* One request between pickup and response. */
 struct blk_pv_slot {
 	uint64_t id;
 	uint64_t submit_tsc;
-	uint64_t pickup_tsc;    /* guest TSC scale */
-	uint64_t offset_bytes;  /* file offset of the next transfer */
+	uint64_t pickup_tsc;	  /* guest TSC scale */
+	uint64_t offset_bytes;	  /* file offset of the next transfer */
 	uint64_t remaining_bytes; /* still to transfer (short I/O, zero fill) */
-	uint64_t length_bytes;  /* whole request, for counters and limits */
+	uint64_t length_bytes;	  /* whole request, for counters and limits */
 	uint8_t op;
-	bool zero_fill;         /* WRITE_ZEROES done with writes of zeroes */
+	bool zero_fill; /* WRITE_ZEROES done with writes of zeroes */
 	uint8_t iov_first, iov_count;
 	struct iovec iov[KAPSEL_BLK_MAX_SEGMENTS];
 	struct blk_pv_slot *next_free;
@@ -72,9 +72,9 @@ struct blk_pv_control {
 	pthread_cond_t done;
 	bool stop;
 	uint64_t setup_requested; /* bumped per DEVICE_SETUP */
-	uint64_t setup_done;      /* the I/O thread caught up to this */
+	uint64_t setup_done;	  /* the I/O thread caught up to this */
 	struct ring_backend next_ring;
-	bool next_ring_active;    /* false: detach (a reboot), serve no ring */
+	bool next_ring_active; /* false: detach (a reboot), serve no ring */
 	/* VM state (snapshot.c): quiesce asks the I/O thread to take no new
 	 * requests and finish what it has; quiesced says it did. */
 	bool quiesce;
@@ -88,26 +88,26 @@ struct blk_pv {
 	uint64_t poll_ns;
 	int64_t tsc_offset; /* guest TSC - host TSC (atomic) */
 	uint64_t tsc_khz;
-	int control_fd;     /* eventfd: the vCPU thread has a request */
+	int control_fd; /* eventfd: the vCPU thread has a request */
 	bool uring_ready, thread_started, disk_open, control_ready;
 	pthread_t thread;
 	struct blk_pv_control control;
 	struct io_uring uring;
-	uint64_t ring_gpa;      /* the ring set up last (VM state), 0 = none */
+	uint64_t ring_gpa; /* the ring set up last (VM state), 0 = none */
 	uint32_t ring_pages;
 
 	/* ---- I/O thread only ---- */
 	struct ring_backend ring;
 	bool ring_active;
-	bool switching;         /* a new ring waits for in-flight I/O to end */
+	bool switching; /* a new ring waits for in-flight I/O to end */
 	bool broken_logged;
 	bool responses_written; /* put since the last publish */
 	bool zero_range_unsupported;
 	bool io_error_logged;
 	bool stopping;
-	bool quiescing;         /* control.quiesce as last seen */
-	unsigned sqes_queued;   /* prepared, not yet submitted */
-	unsigned io_in_flight;  /* slots with I/O in io_uring */
+	bool quiescing;	       /* control.quiesce as last seen */
+	unsigned sqes_queued;  /* prepared, not yet submitted */
+	unsigned io_in_flight; /* slots with I/O in io_uring */
 	bool doorbell_armed, control_armed;
 	uint64_t doorbell_value, control_value;
 	struct blk_pv_slot *throttled; /* waits for rate-limit tokens */
@@ -120,7 +120,10 @@ struct blk_pv {
 	uint64_t kicks_reported, notifications_reported, in_flight_reported;
 };
 
-static inline uint64_t host_tsc(void) { return __rdtsc(); }
+static inline uint64_t host_tsc(void)
+{
+	return __rdtsc();
+}
 
 static uint64_t guest_tsc_now(struct blk_pv *b)
 {
@@ -872,7 +875,8 @@ static int blk_pv_load(struct kapsel_device *dev, uint32_t type, const void *pay
 					    sizeof(struct kapsel_blk_request),
 					    sizeof(struct kapsel_blk_response), rec.rsp_prod);
 	if (err) {
-		snprintf(error, error_len, "the saved ring at %#llx (%u pages) is not a valid ring in the saved memory",
+		snprintf(error, error_len,
+			 "the saved ring at %#llx (%u pages) is not a valid ring in the saved memory",
 			 (unsigned long long)rec.ring_gpa, rec.ring_pages);
 		return -EINVAL;
 	}
@@ -915,7 +919,9 @@ static void blk_pv_print_stats(struct kapsel_device *dev, FILE *out)
 		fprintf(out, "  ring: not set up\n");
 	else
 		fprintf(out, "  ring: %u slots%s\n", slots,
-			__atomic_load_n(&b->ring.broken, __ATOMIC_RELAXED) ? " (stopped: broken by the guest)" : "");
+			__atomic_load_n(&b->ring.broken, __ATOMIC_RELAXED)
+				? " (stopped: broken by the guest)"
+				: "");
 	fprintf(out, "  poll_us: %llu\n", (unsigned long long)(b->poll_ns / 1000));
 }
 
@@ -972,7 +978,8 @@ static const struct kapsel_device_ops blk_pv_ops = {
 static int blk_pv_start_uring(struct blk_pv *b)
 {
 	struct io_uring_params params = {
-		.flags = IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+		.flags =
+			IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
 		.cq_entries = BLK_PV_CQ_ENTRIES,
 	};
 	int err = io_uring_queue_init_params(BLK_PV_SQ_ENTRIES, &b->uring, &params);
@@ -991,8 +998,8 @@ static int blk_pv_start_uring(struct blk_pv *b)
 	b->uring_ready = true;
 	err = io_uring_register_files(&b->uring, &b->disk.fd, 1);
 	if (err < 0) {
-		kapsel_error("disk %u ('%s'): cannot register the image with io_uring: %s",
-			     b->unit, b->disk.path, strerror(-err));
+		kapsel_error("disk %u ('%s'): cannot register the image with io_uring: %s", b->unit,
+			     b->disk.path, strerror(-err));
 		return err;
 	}
 	return 0;

@@ -20,7 +20,10 @@ static void console_pv_print_stats(struct kapsel_device *dev, FILE *out)
 		(unsigned long long)dev->vm->console.bytes_in);
 }
 
-static void console_pv_destroy(struct kapsel_device *dev) { free(dev); }
+static void console_pv_destroy(struct kapsel_device *dev)
+{
+	free(dev);
+}
 
 static const struct kapsel_device_ops console_pv_ops = {
 	.name = "console-pv",

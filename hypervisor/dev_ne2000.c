@@ -17,9 +17,9 @@
  * so an idle polling guest costs a few exits per millisecond, not
  * thousands; a frame that arrives ends the wait at once. */
 #define NE2000_IDLE_WAIT_MS 1
-#define NE2000_ISR_EVENTS                                                           \
-	(NE2000_ISR_PRX | NE2000_ISR_PTX | NE2000_ISR_RXE | NE2000_ISR_TXE |        \
-	 NE2000_ISR_OVW | NE2000_ISR_RDC)
+#define NE2000_ISR_EVENTS                                                                     \
+	(NE2000_ISR_PRX | NE2000_ISR_PTX | NE2000_ISR_RXE | NE2000_ISR_TXE | NE2000_ISR_OVW | \
+	 NE2000_ISR_RDC)
 
 struct dev_ne2000 {
 	struct kapsel_device dev;
@@ -166,7 +166,8 @@ int dev_ne2000_create(struct kapsel_vm *vm, const struct vm_net_config *config, 
 	if (!d)
 		return -ENOMEM;
 	d->unit = unit;
-	int err = net_backend_open(&d->backend, config, unit, vm_clock_ns(vm), error, sizeof(error));
+	int err =
+		net_backend_open(&d->backend, config, unit, vm_clock_ns(vm), error, sizeof(error));
 	if (err) {
 		kapsel_error("%s", error);
 		free(d);

@@ -42,7 +42,7 @@ struct net_pv_control {
 	pthread_cond_t done;
 	bool stop;
 	uint64_t setup_requested; /* bumped per DEVICE_SETUP */
-	uint64_t setup_done;      /* the I/O thread caught up to this */
+	uint64_t setup_done;	  /* the I/O thread caught up to this */
 	struct ring_backend next_ring[KAPSEL_NET_QUEUE_COUNT];
 	bool next_valid[KAPSEL_NET_QUEUE_COUNT];
 	bool ever_set_up[KAPSEL_NET_QUEUE_COUNT];
@@ -62,17 +62,19 @@ struct net_pv {
 	bool active[KAPSEL_NET_QUEUE_COUNT];
 	bool written[KAPSEL_NET_QUEUE_COUNT]; /* responses put since the last publish */
 	bool broken_logged[KAPSEL_NET_QUEUE_COUNT];
-	bool notify_owed;               /* a publish asked for a signal not sent yet */
-	bool throttled;                 /* held_tx waits for rate-limit tokens */
+	bool notify_owed; /* a publish asked for a signal not sent yet */
+	bool throttled;	  /* held_tx waits for rate-limit tokens */
 	struct kapsel_net_request held_tx;
 	uint64_t throttled_until_ns;
-	struct net_stats delta;         /* folded into the backend's counters */
+	struct net_stats delta; /* folded into the backend's counters */
 };
 
 static void net_pv_respond(struct net_pv *n, unsigned queue, uint64_t id, int status,
 			   uint32_t length_bytes)
 {
-	struct kapsel_net_response rsp = { .id = id, .status = status, .length_bytes = length_bytes };
+	struct kapsel_net_response rsp = { .id = id,
+					   .status = status,
+					   .length_bytes = length_bytes };
 	ring_backend_put_response(&n->ring[queue], &rsp);
 	n->written[queue] = true;
 }
@@ -167,7 +169,8 @@ static bool net_pv_serve_rx(struct net_pv *n)
 	for (unsigned done = 0; done < NET_PV_RX_BATCH; done++) {
 		/* Take a buffer only when a frame waits, so no guest buffer is
 		 * held across a reboot that reuses its memory. */
-		if (net_pv_pending(n, KAPSEL_NET_QUEUE_RX) <= 0 || !net_backend_readable(&n->backend))
+		if (net_pv_pending(n, KAPSEL_NET_QUEUE_RX) <= 0 ||
+		    !net_backend_readable(&n->backend))
 			break;
 		struct kapsel_net_request req;
 		ring_backend_take_request(&n->ring[KAPSEL_NET_QUEUE_RX], &req);
@@ -258,8 +261,8 @@ static void net_pv_fold_stats(struct net_pv *n)
 
 static void net_pv_sleep(struct net_pv *n)
 {
-	bool rx_buffers = n->active[KAPSEL_NET_QUEUE_RX] &&
-			  net_pv_pending(n, KAPSEL_NET_QUEUE_RX) > 0;
+	bool rx_buffers =
+		n->active[KAPSEL_NET_QUEUE_RX] && net_pv_pending(n, KAPSEL_NET_QUEUE_RX) > 0;
 	/* Ask for kicks, then look once more (ring.h event indices). */
 	if (n->active[KAPSEL_NET_QUEUE_TX] && !n->throttled &&
 	    ring_backend_prepare_sleep(&n->ring[KAPSEL_NET_QUEUE_TX]))
@@ -346,7 +349,11 @@ static void net_pv_print_stats(struct kapsel_device *dev, FILE *out)
 	bool tx = n->control.ever_set_up[KAPSEL_NET_QUEUE_TX];
 	bool rx = n->control.ever_set_up[KAPSEL_NET_QUEUE_RX];
 	pthread_mutex_unlock(&n->control.lock);
-	fprintf(out, "  rings: %s\n", tx && rx ? "tx and rx set up" : tx ? "tx only" : rx ? "rx only" : "not set up");
+	fprintf(out, "  rings: %s\n",
+		tx && rx ? "tx and rx set up"
+		: tx	 ? "tx only"
+		: rx	 ? "rx only"
+			 : "not set up");
 	pthread_mutex_lock(&n->backend.lock);
 	uint64_t kicks = n->backend.stats.kicks;
 	pthread_mutex_unlock(&n->backend.lock);
@@ -403,7 +410,8 @@ int dev_net_pv_create(struct kapsel_vm *vm, const struct vm_net_config *config, 
 		return -ENOMEM;
 	n->control_fd = -1;
 	n->unit = unit;
-	int err = net_backend_open(&n->backend, config, unit, vm_clock_ns(vm), error, sizeof(error));
+	int err =
+		net_backend_open(&n->backend, config, unit, vm_clock_ns(vm), error, sizeof(error));
 	if (err) {
 		kapsel_error("%s", error);
 		free(n);

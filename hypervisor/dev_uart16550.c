@@ -116,8 +116,8 @@ static uint8_t uart_read_register(struct kapsel_device *dev, unsigned offset)
 		if (uart->mcr & UART_MCR_LOOPBACK) {
 			/* DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD. */
 			uint8_t m = uart->mcr;
-			return (uint8_t)(((m & 0x02) << 3) | ((m & 0x01) << 5) |
-					 ((m & 0x04) << 4) | ((m & 0x08) << 4));
+			return (uint8_t)(((m & 0x02) << 3) | ((m & 0x01) << 5) | ((m & 0x04) << 4) |
+					 ((m & 0x08) << 4));
 		}
 		return 0xb0; /* CTS, DSR and DCD asserted: a cable is attached */
 	case UART_SCR:
@@ -165,8 +165,7 @@ static void uart_write_register(struct kapsel_device *dev, unsigned offset, uint
 }
 
 /* Wider accesses touch consecutive registers, as on an 8-bit bus. */
-static void uart_io_read(struct kapsel_device *dev, uint16_t port, unsigned size,
-			 uint32_t *value)
+static void uart_io_read(struct kapsel_device *dev, uint16_t port, unsigned size, uint32_t *value)
 {
 	*value = 0;
 	for (unsigned i = 0; i < size; i++) {
@@ -176,8 +175,7 @@ static void uart_io_read(struct kapsel_device *dev, uint16_t port, unsigned size
 	}
 }
 
-static void uart_io_write(struct kapsel_device *dev, uint16_t port, unsigned size,
-			  uint32_t value)
+static void uart_io_write(struct kapsel_device *dev, uint16_t port, unsigned size, uint32_t value)
 {
 	for (unsigned i = 0; i < size; i++) {
 		unsigned offset = (unsigned)(port - dev->io_port_base) + i;
@@ -189,18 +187,24 @@ static void uart_io_write(struct kapsel_device *dev, uint16_t port, unsigned siz
 static void uart_print_stats(struct kapsel_device *dev, FILE *out)
 {
 	struct uart16550 *uart = dev->priv;
-	fprintf(out, "  bytes_out: %llu\n  bytes_in: %llu\n",
-		(unsigned long long)uart->bytes_out, (unsigned long long)uart->bytes_in);
+	fprintf(out, "  bytes_out: %llu\n  bytes_in: %llu\n", (unsigned long long)uart->bytes_out,
+		(unsigned long long)uart->bytes_in);
 }
 
 static int uart_save(struct kapsel_device *dev, struct vm_state_writer *out)
 {
 	const struct uart16550 *uart = dev->priv;
 	struct vm_state_uart16550 rec = {
-		.ier = uart->ier, .lcr = uart->lcr, .mcr = uart->mcr, .scr = uart->scr,
-		.fcr = uart->fcr, .dll = uart->dll, .dlm = uart->dlm,
+		.ier = uart->ier,
+		.lcr = uart->lcr,
+		.mcr = uart->mcr,
+		.scr = uart->scr,
+		.fcr = uart->fcr,
+		.dll = uart->dll,
+		.dlm = uart->dlm,
 		.loopback_count = (uint8_t)uart->loopback_count,
-		.bytes_out = uart->bytes_out, .bytes_in = uart->bytes_in,
+		.bytes_out = uart->bytes_out,
+		.bytes_in = uart->bytes_in,
 	};
 	memcpy(rec.loopback, uart->loopback, sizeof(rec.loopback));
 	return vm_state_put(out, VM_STATE_DEV_UART16550, VM_STATE_RECORD_MANDATORY, &rec,
@@ -266,7 +270,7 @@ int dev_uart16550_create(struct kapsel_vm *vm)
 		free(uart);
 		return -12;
 	}
-	uart->dll = 1; /* 115200 baud */
+	uart->dll = 1;	  /* 115200 baud */
 	uart->lcr = 0x03; /* 8N1 */
 	dev->ops = &uart16550_ops;
 	dev->priv = uart;

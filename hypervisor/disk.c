@@ -32,15 +32,15 @@ static void token_bucket_refill(struct token_bucket *bucket, uint64_t now_ns)
 		return;
 	uint64_t elapsed = now_ns - bucket->last_refill_ns;
 	/* tokens = elapsed * rate / 1e9 without overflow for sane rates. */
-	unsigned __int128 add = (unsigned __int128)elapsed * bucket->rate_per_second / NS_PER_SECOND;
+	unsigned __int128 add =
+		(unsigned __int128)elapsed * bucket->rate_per_second / NS_PER_SECOND;
 	if (add == 0)
 		return; /* keep last_refill_ns so fractions accumulate */
 	if (add > UINT64_MAX)
 		add = UINT64_MAX;
 	/* Credit only the time the whole tokens stand for, so the fraction
 	 * of a token earned so far is not lost (exact for low rates). */
-	unsigned __int128 credited_ns =
-		add * NS_PER_SECOND / bucket->rate_per_second;
+	unsigned __int128 credited_ns = add * NS_PER_SECOND / bucket->rate_per_second;
 	bucket->last_refill_ns += credited_ns < elapsed ? (uint64_t)credited_ns : elapsed;
 	uint64_t fresh = (uint64_t)add;
 	uint64_t repaid = fresh < bucket->debt ? fresh : bucket->debt;
@@ -71,8 +71,8 @@ uint64_t token_bucket_take(struct token_bucket *bucket, uint64_t amount, uint64_
 	}
 	/* Debt is only ever owed by an empty bucket (refill pays it first). */
 	unsigned __int128 missing = (unsigned __int128)bucket->debt + need - bucket->tokens;
-	unsigned __int128 wait = (missing * NS_PER_SECOND + bucket->rate_per_second - 1) /
-				 bucket->rate_per_second;
+	unsigned __int128 wait =
+		(missing * NS_PER_SECOND + bucket->rate_per_second - 1) / bucket->rate_per_second;
 	/* Time already earned towards the next token shortens the wait. */
 	uint64_t earned = now_ns > bucket->last_refill_ns ? now_ns - bucket->last_refill_ns : 0;
 	wait = wait > earned ? wait - earned : 1;
@@ -91,8 +91,8 @@ static int open_error(char *error, size_t error_len, int err, const char *fmt, .
 	return err;
 }
 
-int disk_image_open(struct disk_image *disk, const struct vm_disk_config *config,
-		    uint64_t now_ns, char *error, size_t error_len)
+int disk_image_open(struct disk_image *disk, const struct vm_disk_config *config, uint64_t now_ns,
+		    char *error, size_t error_len)
 {
 	return disk_image_open_depth(disk, config, now_ns, 0, error, error_len);
 }
@@ -112,23 +112,27 @@ int disk_image_open_depth(struct disk_image *disk, const struct vm_disk_config *
 	if (disk->fd < 0) {
 		err = -errno;
 		if (errno == ENOENT)
-			return open_error(error, error_len, err,
-					  "disk image '%s' does not exist; create it (e.g. truncate -s 256M '%s')",
-					  config->path, config->path);
+			return open_error(
+				error, error_len, err,
+				"disk image '%s' does not exist; create it (e.g. truncate -s 256M '%s')",
+				config->path, config->path);
 		if ((errno == EACCES || errno == EROFS || errno == EPERM) && !config->readonly)
-			return open_error(error, error_len, err,
-					  "disk image '%s' is not writable; use readonly (--disk %s,readonly or <readonly/>) or chmod u+w",
-					  config->path, config->path);
+			return open_error(
+				error, error_len, err,
+				"disk image '%s' is not writable; use readonly (--disk %s,readonly or <readonly/>) or chmod u+w",
+				config->path, config->path);
 		if (errno == EINVAL && (flags & O_DIRECT))
-			return open_error(error, error_len, err,
-					  "disk image '%s': its file system does not support O_DIRECT; use cache=writeback",
-					  config->path);
+			return open_error(
+				error, error_len, err,
+				"disk image '%s': its file system does not support O_DIRECT; use cache=writeback",
+				config->path);
 		return open_error(error, error_len, err, "cannot open disk image '%s': %s",
 				  config->path, strerror(errno));
 	}
 	if (fstat(disk->fd, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
 		err = open_error(error, error_len, -EINVAL,
-				 "disk image '%s' is not a regular file or block device", config->path);
+				 "disk image '%s' is not a regular file or block device",
+				 config->path);
 		goto fail;
 	}
 	disk->size_bytes = (uint64_t)st.st_size;
@@ -137,15 +141,17 @@ int disk_image_open_depth(struct disk_image *disk, const struct vm_disk_config *
 		disk->size_bytes = end > 0 ? (uint64_t)end : 0;
 	}
 	if (disk->size_bytes < KAPSEL_BLK_SECTOR_BYTES) {
-		err = open_error(error, error_len, -EINVAL,
-				 "disk image '%s' is %llu bytes, smaller than one 512-byte sector; grow it with truncate -s",
-				 config->path, (unsigned long long)disk->size_bytes);
+		err = open_error(
+			error, error_len, -EINVAL,
+			"disk image '%s' is %llu bytes, smaller than one 512-byte sector; grow it with truncate -s",
+			config->path, (unsigned long long)disk->size_bytes);
 		goto fail;
 	}
 	if (flock(disk->fd, (config->readonly ? LOCK_SH : LOCK_EX) | LOCK_NB) < 0) {
-		err = open_error(error, error_len, -EBUSY,
-				 "disk image '%s' is in use by another VM (locked); stop that VM or give this one a copy",
-				 config->path);
+		err = open_error(
+			error, error_len, -EBUSY,
+			"disk image '%s' is in use by another VM (locked); stop that VM or give this one a copy",
+			config->path);
 		goto fail;
 	}
 	/* A copy-on-write overlay reads through to its base chain. */
@@ -228,7 +234,8 @@ uint64_t disk_rate_limit(struct disk_image *disk, uint64_t length_bytes, uint64_
 		uint64_t wait_bytes = token_bucket_take(&disk->bytes_bucket, length_bytes, now_ns);
 		if (wait_bytes) {
 			/* Give the op token back: the request did not go. */
-			if (disk->ops_bucket.rate_per_second && disk->ops_bucket.tokens < disk->ops_bucket.burst)
+			if (disk->ops_bucket.rate_per_second &&
+			    disk->ops_bucket.tokens < disk->ops_bucket.burst)
 				disk->ops_bucket.tokens++;
 			wait = wait_bytes;
 		}
@@ -290,9 +297,10 @@ void disk_stats_print(struct disk_image *disk, FILE *out)
 			fprintf(out, "  ops_%s: %llu\n  bytes_%s: %llu\n", op_names[op],
 				(unsigned long long)s.ops[op], op_names[op],
 				(unsigned long long)s.bytes[op]);
-	fprintf(out, "  errors: %llu\n  denied_bounds: %llu\n  denied_readonly: %llu\n"
-		     "  denied_malformed: %llu\n  rate_limited: %llu\n  in_flight: %llu\n"
-		     "  kicks_received: %llu\n  notifications_sent: %llu\n",
+	fprintf(out,
+		"  errors: %llu\n  denied_bounds: %llu\n  denied_readonly: %llu\n"
+		"  denied_malformed: %llu\n  rate_limited: %llu\n  in_flight: %llu\n"
+		"  kicks_received: %llu\n  notifications_sent: %llu\n",
 		(unsigned long long)s.errors, (unsigned long long)s.denied_bounds,
 		(unsigned long long)s.denied_readonly, (unsigned long long)s.denied_malformed,
 		(unsigned long long)s.rate_limited, (unsigned long long)s.in_flight,

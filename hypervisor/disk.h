@@ -16,7 +16,7 @@ struct token_bucket {
 	uint64_t rate_per_second;
 	uint64_t burst;
 	uint64_t tokens;
-	uint64_t debt;           /* tokens an oversize take still owes */
+	uint64_t debt;		 /* tokens an oversize take still owes */
 	uint64_t last_refill_ns; /* time up to which refills are credited */
 };
 
@@ -39,15 +39,15 @@ uint64_t token_bucket_take(struct token_bucket *bucket, uint64_t amount, uint64_
 struct disk_stats {
 	uint64_t ops[KAPSEL_BLK_OP_COUNT];
 	uint64_t bytes[KAPSEL_BLK_OP_COUNT];
-	uint64_t errors;          /* requests answered with an error */
-	uint64_t denied_bounds;   /* past the end of the disk */
-	uint64_t denied_readonly; /* writes to a read-only disk */
-	uint64_t denied_malformed;/* bad descriptor, segment or buffer */
-	uint64_t rate_limited;    /* requests that had to wait for tokens */
+	uint64_t errors;	   /* requests answered with an error */
+	uint64_t denied_bounds;	   /* past the end of the disk */
+	uint64_t denied_readonly;  /* writes to a read-only disk */
+	uint64_t denied_malformed; /* bad descriptor, segment or buffer */
+	uint64_t rate_limited;	   /* requests that had to wait for tokens */
 	uint64_t in_flight;
-	uint64_t kicks_received;  /* guest -> host notifications */
+	uint64_t kicks_received;     /* guest -> host notifications */
 	uint64_t notifications_sent; /* host -> guest event channel signals */
-	uint64_t exits;           /* VM exits attributable to this disk */
+	uint64_t exits;		     /* VM exits attributable to this disk */
 	uint64_t latency_us[DISK_LATENCY_BUCKETS];
 };
 
@@ -58,12 +58,12 @@ struct disk_image {
 	int fd;
 	struct disk_overlay *overlay; /* copy-on-write overlay (disk_overlay.h), or NULL */
 	bool readonly;
-	bool direct;           /* O_DIRECT (cache=none) */
+	bool direct; /* O_DIRECT (cache=none) */
 	uint64_t size_bytes;
 	uint64_t capacity_sectors;
 	struct token_bucket ops_bucket;
 	struct token_bucket bytes_bucket;
-	pthread_mutex_t lock;  /* protects stats and buckets */
+	pthread_mutex_t lock; /* protects stats and buckets */
 	struct disk_stats stats;
 };
 
@@ -74,8 +74,8 @@ struct disk_image {
  * unwritable, O_DIRECT unsupported) are returned as -errno with a message
  * in error that names the image and the fix.
  */
-int disk_image_open(struct disk_image *disk, const struct vm_disk_config *config,
-		    uint64_t now_ns, char *error, size_t error_len);
+int disk_image_open(struct disk_image *disk, const struct vm_disk_config *config, uint64_t now_ns,
+		    char *error, size_t error_len);
 
 /* disk_image_open for the depth-th base of an overlay chain (disk_overlay.c). */
 int disk_image_open_depth(struct disk_image *disk, const struct vm_disk_config *config,

@@ -101,12 +101,14 @@ int disk_overlay_create(const char *overlay_path, const char *base_path, char *e
 {
 	char *base = realpath(base_path, NULL);
 	if (!base)
-		return fail(error, error_len, -errno, "base image '%s': %s", base_path, strerror(errno));
+		return fail(error, error_len, -errno, "base image '%s': %s", base_path,
+			    strerror(errno));
 	struct disk_overlay_header h;
 	memset(&h, 0, sizeof(h));
 	int err;
 	if (strlen(base) >= sizeof(h.base_path)) {
-		err = fail(error, error_len, -ENAMETOOLONG, "base image path '%s' is too long", base);
+		err = fail(error, error_len, -ENAMETOOLONG, "base image path '%s' is too long",
+			   base);
 		free(base);
 		return err;
 	}
@@ -131,8 +133,8 @@ int disk_overlay_create(const char *overlay_path, const char *base_path, char *e
 
 	int fd = open(overlay_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0)
-		return fail(error, error_len, -errno, "cannot create overlay '%s': %s", overlay_path,
-			    strerror(errno));
+		return fail(error, error_len, -errno, "cannot create overlay '%s': %s",
+			    overlay_path, strerror(errno));
 	err = full_pwrite(fd, &h, sizeof(h), 0);
 	if (!err && ftruncate(fd, (off_t)(h.data_offset + virtual_bytes)) < 0)
 		err = -errno;
@@ -164,24 +166,28 @@ int disk_overlay_attach(struct disk_image *disk, const struct vm_disk_config *co
 	memcpy(&h, raw, sizeof(h));
 	free(raw);
 	if (err)
-		return fail(error, error_len, err, "disk image '%s': %s", config->path, strerror(-err));
+		return fail(error, error_len, err, "disk image '%s': %s", config->path,
+			    strerror(-err));
 	if (memcmp(h.magic, DISK_OVERLAY_MAGIC, 8) != 0)
 		return 0; /* a raw image */
 
 	const char *path = config->path;
 	if (header_crc(&h) != h.header_crc)
-		return fail(error, error_len, -EINVAL, "overlay '%s' has a corrupt header (checksum)", path);
+		return fail(error, error_len, -EINVAL,
+			    "overlay '%s' has a corrupt header (checksum)", path);
 	if (h.version != DISK_OVERLAY_VERSION)
-		return fail(error, error_len, -EINVAL, "overlay '%s' has version %u; this Kapsel reads %u",
-			    path, h.version, DISK_OVERLAY_VERSION);
+		return fail(error, error_len, -EINVAL,
+			    "overlay '%s' has version %u; this Kapsel reads %u", path, h.version,
+			    DISK_OVERLAY_VERSION);
 	uint64_t blocks = h.block_bytes ? (h.virtual_bytes + h.block_bytes - 1) / h.block_bytes : 0;
-	if (h.block_bytes < 4096 || h.block_bytes > (16u << 20) || (h.block_bytes & (h.block_bytes - 1)) ||
-	    h.bitmap_offset < sizeof(h) || h.bitmap_bytes != (blocks + 7) / 8 ||
-	    h.bitmap_bytes > (256u << 20) || h.data_offset < h.bitmap_offset + h.bitmap_bytes ||
-	    h.data_offset % 4096 || h.base_path_bytes == 0 ||
-	    h.base_path_bytes >= sizeof(h.base_path) || h.base_path[h.base_path_bytes] != '\0' ||
-	    h.base_path[0] != '/')
-		return fail(error, error_len, -EINVAL, "overlay '%s' has an impossible header", path);
+	if (h.block_bytes < 4096 || h.block_bytes > (16u << 20) ||
+	    (h.block_bytes & (h.block_bytes - 1)) || h.bitmap_offset < sizeof(h) ||
+	    h.bitmap_bytes != (blocks + 7) / 8 || h.bitmap_bytes > (256u << 20) ||
+	    h.data_offset < h.bitmap_offset + h.bitmap_bytes || h.data_offset % 4096 ||
+	    h.base_path_bytes == 0 || h.base_path_bytes >= sizeof(h.base_path) ||
+	    h.base_path[h.base_path_bytes] != '\0' || h.base_path[0] != '/')
+		return fail(error, error_len, -EINVAL, "overlay '%s' has an impossible header",
+			    path);
 	if (depth >= DISK_OVERLAY_MAX_CHAIN)
 		return fail(error, error_len, -ELOOP,
 			    "overlay '%s': the chain of bases is longer than %u (a loop?)", path,
@@ -280,9 +286,11 @@ int disk_image_pread(struct disk_image *disk, void *buffer, size_t length_bytes,
 			n = length_bytes;
 		/* Runs of blocks with the same source go in one call. */
 		bool present = block_present(o, block);
-		while (n < length_bytes && (offset_bytes + n) / o->block_bytes < o->bitmap_bytes * 8 &&
+		while (n < length_bytes &&
+		       (offset_bytes + n) / o->block_bytes < o->bitmap_bytes * 8 &&
 		       block_present(o, (offset_bytes + n) / o->block_bytes) == present) {
-			size_t more = length_bytes - n < o->block_bytes ? length_bytes - n : o->block_bytes;
+			size_t more = length_bytes - n < o->block_bytes ? length_bytes - n
+									: o->block_bytes;
 			n += more;
 		}
 		int err = present ? full_pread(disk->fd, p, n, o->data_offset + offset_bytes)
@@ -326,7 +334,8 @@ int disk_image_pwrite(struct disk_image *disk, const void *buffer, size_t length
 						     ? o->virtual_bytes - block_start
 						     : o->block_bytes;
 			if (n < block_len) {
-				err = disk_image_pread(o->base, o->block_buffer, block_len, block_start);
+				err = disk_image_pread(o->base, o->block_buffer, block_len,
+						       block_start);
 				if (err)
 					return err;
 			}
@@ -350,7 +359,8 @@ ssize_t disk_image_preadv(struct disk_image *disk, const struct iovec *iov, int 
 {
 	uint64_t done = 0;
 	for (int i = 0; i < iov_count; i++) {
-		int err = disk_image_pread(disk, iov[i].iov_base, iov[i].iov_len, offset_bytes + done);
+		int err = disk_image_pread(disk, iov[i].iov_base, iov[i].iov_len,
+					   offset_bytes + done);
 		if (err)
 			return err;
 		done += iov[i].iov_len;
@@ -363,7 +373,8 @@ ssize_t disk_image_pwritev(struct disk_image *disk, const struct iovec *iov, int
 {
 	uint64_t done = 0;
 	for (int i = 0; i < iov_count; i++) {
-		int err = disk_image_pwrite(disk, iov[i].iov_base, iov[i].iov_len, offset_bytes + done);
+		int err = disk_image_pwrite(disk, iov[i].iov_base, iov[i].iov_len,
+					    offset_bytes + done);
 		if (err)
 			return err;
 		done += iov[i].iov_len;
@@ -412,7 +423,8 @@ int disk_image_push_overlay(struct disk_image *disk, const char *overlay_path, c
 		return err;
 	int fd = open(overlay_path, O_RDWR | O_CLOEXEC);
 	if (fd < 0) {
-		err = fail(error, error_len, -errno, "overlay '%s': %s", overlay_path, strerror(errno));
+		err = fail(error, error_len, -errno, "overlay '%s': %s", overlay_path,
+			   strerror(errno));
 		unlink(overlay_path);
 		return err;
 	}
@@ -480,7 +492,8 @@ fail_base:
 	free(path);
 	if (!err)
 		err = -ENOMEM;
-	fail(error, error_len, err, "cannot switch to overlay '%s': %s", overlay_path, strerror(-err));
+	fail(error, error_len, err, "cannot switch to overlay '%s': %s", overlay_path,
+	     strerror(-err));
 fail_fd:
 	close(fd);
 	unlink(overlay_path);

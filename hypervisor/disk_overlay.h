@@ -36,15 +36,15 @@
 #define DISK_OVERLAY_MAX_CHAIN 32u
 
 struct disk_overlay_header {
-	char magic[8];          /* DISK_OVERLAY_MAGIC */
-	uint32_t version;       /* DISK_OVERLAY_VERSION */
+	char magic[8];	  /* DISK_OVERLAY_MAGIC */
+	uint32_t version; /* DISK_OVERLAY_VERSION */
 	uint32_t block_bytes;
 	uint64_t virtual_bytes; /* the disk the guest sees (= the base's size) */
 	uint64_t bitmap_offset;
 	uint64_t bitmap_bytes;
 	uint64_t data_offset;
 	uint32_t base_path_bytes;
-	uint32_t header_crc;    /* CRC32C of the 4 KiB header with this field 0 */
+	uint32_t header_crc; /* CRC32C of the 4 KiB header with this field 0 */
 	char base_path[DISK_OVERLAY_HEADER_BYTES - 56]; /* absolute, NUL padded */
 };
 _Static_assert(sizeof(struct disk_overlay_header) == DISK_OVERLAY_HEADER_BYTES,
@@ -52,11 +52,11 @@ _Static_assert(sizeof(struct disk_overlay_header) == DISK_OVERLAY_HEADER_BYTES,
 
 struct disk_overlay {
 	struct disk_image *base; /* opened read-only, owned */
-	uint8_t *bitmap;         /* in memory, written through */
+	uint8_t *bitmap;	 /* in memory, written through */
 	uint64_t bitmap_offset, bitmap_bytes, data_offset;
 	uint32_t block_bytes;
 	uint64_t virtual_bytes;
-	uint8_t *block_buffer;   /* one block, for copy-up */
+	uint8_t *block_buffer; /* one block, for copy-up */
 };
 
 /*

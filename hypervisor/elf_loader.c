@@ -50,8 +50,7 @@ static void parse_symbols(struct elf_image *image)
 
 	if (eh->e_shoff == 0 || eh->e_shentsize != sizeof(Elf64_Shdr))
 		return;
-	if (!range_inside(eh->e_shoff, (uint64_t)eh->e_shnum * sizeof(Elf64_Shdr),
-			  size))
+	if (!range_inside(eh->e_shoff, (uint64_t)eh->e_shnum * sizeof(Elf64_Shdr), size))
 		return;
 	/* Section headers and symbols are copied out one by one: the file
 	 * gives no alignment. */
@@ -65,8 +64,7 @@ static void parse_symbols(struct elf_image *image)
 		       sizeof(strtab));
 		if (symtab.sh_entsize != sizeof(Elf64_Sym) ||
 		    !range_inside(symtab.sh_offset, symtab.sh_size, size) ||
-		    !range_inside(strtab.sh_offset, strtab.sh_size, size) ||
-		    strtab.sh_size == 0)
+		    !range_inside(strtab.sh_offset, strtab.sh_size, size) || strtab.sh_size == 0)
 			return;
 		const uint8_t *symbols = image->data + symtab.sh_offset;
 		size_t count = symtab.sh_size / sizeof(Elf64_Sym);
@@ -80,17 +78,14 @@ static void parse_symbols(struct elf_image *image)
 		for (size_t s = 0; s < count; s++) {
 			Elf64_Sym sym;
 			memcpy(&sym, symbols + s * sizeof(sym), sizeof(sym));
-			if (ELF64_ST_TYPE(sym.st_info) != STT_FUNC ||
-			    sym.st_name >= strtab.sh_size)
+			if (ELF64_ST_TYPE(sym.st_info) != STT_FUNC || sym.st_name >= strtab.sh_size)
 				continue;
-			struct elf_symbol *out =
-				&image->symbols[image->symbol_count++];
+			struct elf_symbol *out = &image->symbols[image->symbol_count++];
 			out->address = sym.st_value;
 			out->size_bytes = sym.st_size;
 			out->name = names + sym.st_name;
 		}
-		qsort(image->symbols, image->symbol_count,
-		      sizeof(*image->symbols), symbol_compare);
+		qsort(image->symbols, image->symbol_count, sizeof(*image->symbols), symbol_compare);
 		return;
 	}
 }
@@ -104,32 +99,29 @@ int elf_image_parse(const void *data, size_t size_bytes, uint64_t ram_bytes,
 	memset(image, 0, sizeof(*image));
 	if (size_bytes < sizeof(Elf64_Ehdr))
 		return fail(error, error_len, -ENOEXEC,
-			    "file is %zu bytes, too short for an ELF header",
-			    size_bytes);
+			    "file is %zu bytes, too short for an ELF header", size_bytes);
 	if (size_bytes > ELF_IMAGE_MAX_FILE_BYTES)
 		return fail(error, error_len, -E2BIG,
-			    "file is %zu bytes; guest images are limited to %u MiB",
-			    size_bytes, ELF_IMAGE_MAX_FILE_BYTES >> 20);
+			    "file is %zu bytes; guest images are limited to %u MiB", size_bytes,
+			    ELF_IMAGE_MAX_FILE_BYTES >> 20);
 	/* Headers are copied out before use: the file gives no alignment. */
 	Elf64_Ehdr header;
 	memcpy(&header, data, sizeof(header));
 	eh = &header;
 	if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0)
-		return fail(error, error_len, -ENOEXEC,
-			    "not an ELF file (bad magic)");
+		return fail(error, error_len, -ENOEXEC, "not an ELF file (bad magic)");
 	if (eh->e_ident[EI_CLASS] != ELFCLASS64)
 		return fail(error, error_len, -ENOEXEC,
 			    "ELF class %u is not ELFCLASS64; build the guest for x86-64",
 			    eh->e_ident[EI_CLASS]);
 	if (eh->e_ident[EI_DATA] != ELFDATA2LSB)
-		return fail(error, error_len, -ENOEXEC,
-			    "ELF data encoding %u is not little-endian",
+		return fail(error, error_len, -ENOEXEC, "ELF data encoding %u is not little-endian",
 			    eh->e_ident[EI_DATA]);
 	if (eh->e_ident[EI_VERSION] != EV_CURRENT || eh->e_version != EV_CURRENT)
 		return fail(error, error_len, -ENOEXEC, "unknown ELF version");
 	if (eh->e_machine != EM_X86_64)
-		return fail(error, error_len, -ENOEXEC,
-			    "ELF machine %u is not x86-64 (62)", eh->e_machine);
+		return fail(error, error_len, -ENOEXEC, "ELF machine %u is not x86-64 (62)",
+			    eh->e_machine);
 	if (eh->e_type != ET_EXEC)
 		return fail(error, error_len, -ENOEXEC,
 			    "ELF type %u is not an executable (ET_EXEC); link the guest statically at a fixed address",
@@ -138,8 +130,7 @@ int elf_image_parse(const void *data, size_t size_bytes, uint64_t ram_bytes,
 		return fail(error, error_len, -ENOEXEC,
 			    "ELF program header table is missing or has entry size %u",
 			    eh->e_phentsize);
-	if (!range_inside(eh->e_phoff, (uint64_t)eh->e_phnum * sizeof(Elf64_Phdr),
-			  size_bytes))
+	if (!range_inside(eh->e_phoff, (uint64_t)eh->e_phnum * sizeof(Elf64_Phdr), size_bytes))
 		return fail(error, error_len, -ENOEXEC,
 			    "ELF program headers (offset %#llx, %u entries) run past the end of the file",
 			    (unsigned long long)eh->e_phoff, eh->e_phnum);
@@ -154,14 +145,13 @@ int elf_image_parse(const void *data, size_t size_bytes, uint64_t ram_bytes,
 			continue;
 		if (ph.p_filesz > ph.p_memsz)
 			return fail(error, error_len, -ENOEXEC,
-				    "segment %u: file size %#llx exceeds memory size %#llx",
-				    i, (unsigned long long)ph.p_filesz,
+				    "segment %u: file size %#llx exceeds memory size %#llx", i,
+				    (unsigned long long)ph.p_filesz,
 				    (unsigned long long)ph.p_memsz);
 		if (ph.p_memsz == 0)
 			continue;
 		if (image->segment_count == ELF_IMAGE_MAX_SEGMENTS)
-			return fail(error, error_len, -ENOEXEC,
-				    "more than %d loadable segments",
+			return fail(error, error_len, -ENOEXEC, "more than %d loadable segments",
 				    ELF_IMAGE_MAX_SEGMENTS);
 		if (!range_inside(ph.p_offset, ph.p_filesz, size_bytes))
 			return fail(error, error_len, -ENOEXEC,
@@ -176,8 +166,7 @@ int elf_image_parse(const void *data, size_t size_bytes, uint64_t ram_bytes,
 		if (ph.p_paddr < KAPSEL_GPA_IMAGE_MIN)
 			return fail(error, error_len, -ERANGE,
 				    "segment %u at %#llx is below %#x, where the hypervisor's tables live",
-				    i, (unsigned long long)ph.p_paddr,
-				    KAPSEL_GPA_IMAGE_MIN);
+				    i, (unsigned long long)ph.p_paddr, KAPSEL_GPA_IMAGE_MIN);
 		if (!range_inside(ph.p_paddr, ph.p_memsz, ram_bytes))
 			return fail(error, error_len, -ERANGE,
 				    "segment %u [%#llx, +%#llx) does not fit in %llu MiB of guest memory; give the VM more memory",
@@ -194,8 +183,7 @@ int elf_image_parse(const void *data, size_t size_bytes, uint64_t ram_bytes,
 			const struct elf_segment *other = &image->segments[j];
 			if (seg->gpa < other->gpa + other->memory_bytes &&
 			    other->gpa < seg->gpa + seg->memory_bytes)
-				return fail(error, error_len, -ENOEXEC,
-					    "segments overlap at %#llx",
+				return fail(error, error_len, -ENOEXEC, "segments overlap at %#llx",
 					    (unsigned long long)seg->gpa);
 		}
 		total += seg->memory_bytes;
@@ -210,8 +198,7 @@ int elf_image_parse(const void *data, size_t size_bytes, uint64_t ram_bytes,
 	if (total > ram_bytes)
 		return fail(error, error_len, -E2BIG,
 			    "image needs %llu bytes, more than the guest's %llu",
-			    (unsigned long long)total,
-			    (unsigned long long)ram_bytes);
+			    (unsigned long long)total, (unsigned long long)ram_bytes);
 
 	int entry_ok = 0;
 	for (unsigned i = 0; i < image->segment_count; i++) {
@@ -240,8 +227,8 @@ out:
 	return err;
 }
 
-int elf_image_load_file(const char *path, uint64_t ram_bytes,
-			struct elf_image *image, char *error, size_t error_len)
+int elf_image_load_file(const char *path, uint64_t ram_bytes, struct elf_image *image, char *error,
+			size_t error_len)
 {
 	struct stat st;
 	int fd, err;
@@ -250,18 +237,18 @@ int elf_image_load_file(const char *path, uint64_t ram_bytes,
 	memset(image, 0, sizeof(*image));
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return fail(error, error_len, -errno, "cannot open guest image '%s': %s",
-			    path, strerror(errno));
+		return fail(error, error_len, -errno, "cannot open guest image '%s': %s", path,
+			    strerror(errno));
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
 		close(fd);
-		return fail(error, error_len, -EINVAL,
-			    "guest image '%s' is not a regular file", path);
+		return fail(error, error_len, -EINVAL, "guest image '%s' is not a regular file",
+			    path);
 	}
 	if ((uint64_t)st.st_size > ELF_IMAGE_MAX_FILE_BYTES) {
 		close(fd);
 		return fail(error, error_len, -E2BIG,
-			    "guest image '%s' is %lld bytes; the limit is %u MiB",
-			    path, (long long)st.st_size, ELF_IMAGE_MAX_FILE_BYTES >> 20);
+			    "guest image '%s' is %lld bytes; the limit is %u MiB", path,
+			    (long long)st.st_size, ELF_IMAGE_MAX_FILE_BYTES >> 20);
 	}
 	buffer = malloc(st.st_size ? (size_t)st.st_size : 1);
 	if (!buffer) {
@@ -277,34 +264,28 @@ int elf_image_load_file(const char *path, uint64_t ram_bytes,
 			err = n < 0 ? -errno : -EIO;
 			free(buffer);
 			close(fd);
-			return fail(error, error_len, err,
-				    "cannot read guest image '%s'", path);
+			return fail(error, error_len, err, "cannot read guest image '%s'", path);
 		}
 		done += (size_t)n;
 	}
 	close(fd);
 	char detail[256];
-	err = elf_image_parse(buffer, done, ram_bytes, image, detail,
-			      sizeof(detail));
+	err = elf_image_parse(buffer, done, ram_bytes, image, detail, sizeof(detail));
 	free(buffer);
 	if (err)
-		return fail(error, error_len, err, "guest image '%s': %s", path,
-			    detail);
+		return fail(error, error_len, err, "guest image '%s': %s", path, detail);
 	return 0;
 }
 
-int elf_image_copy_to_guest(const struct elf_image *image,
-			    struct guest_memory *mem)
+int elf_image_copy_to_guest(const struct elf_image *image, struct guest_memory *mem)
 {
 	for (unsigned i = 0; i < image->segment_count; i++) {
 		const struct elf_segment *seg = &image->segments[i];
-		uint8_t *dst = guest_memory_translate(mem, seg->gpa,
-						      seg->memory_bytes);
+		uint8_t *dst = guest_memory_translate(mem, seg->gpa, seg->memory_bytes);
 		if (!dst)
 			return -EFAULT;
 		memcpy(dst, image->data + seg->file_offset, seg->file_bytes);
-		memset(dst + seg->file_bytes, 0,
-		       seg->memory_bytes - seg->file_bytes);
+		memset(dst + seg->file_bytes, 0, seg->memory_bytes - seg->file_bytes);
 	}
 	return 0;
 }

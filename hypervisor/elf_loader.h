@@ -10,25 +10,25 @@
 #define ELF_IMAGE_MAX_SEGMENTS 16
 
 struct elf_segment {
-	uint64_t gpa;          /* where it is loaded (identity mapped) */
+	uint64_t gpa; /* where it is loaded (identity mapped) */
 	uint64_t file_offset;
 	uint64_t file_bytes;
 	uint64_t memory_bytes; /* >= file_bytes; the rest is zeroed */
-	uint32_t flags;        /* PF_X | PF_W | PF_R */
+	uint32_t flags;	       /* PF_X | PF_W | PF_R */
 };
 
 struct elf_symbol {
 	uint64_t address;
 	uint64_t size_bytes;
-	const char *name;      /* points into elf_image.data */
+	const char *name; /* points into elf_image.data */
 };
 
 struct elf_image {
-	uint8_t *data;         /* the whole file, owned */
+	uint8_t *data; /* the whole file, owned */
 	size_t size_bytes;
 	uint64_t entry;
-	uint64_t image_start;  /* lowest loaded GPA */
-	uint64_t image_end;    /* one past the highest loaded GPA */
+	uint64_t image_start; /* lowest loaded GPA */
+	uint64_t image_end;   /* one past the highest loaded GPA */
 	unsigned segment_count;
 	struct elf_segment segments[ELF_IMAGE_MAX_SEGMENTS];
 	struct elf_symbol *symbols; /* functions, sorted by address */
@@ -47,13 +47,12 @@ int elf_image_parse(const void *data, size_t size_bytes, uint64_t ram_bytes,
 
 /* Read path and parse it as above; a missing or unreadable file gets its
  * own message. */
-int elf_image_load_file(const char *path, uint64_t ram_bytes,
-			struct elf_image *image, char *error, size_t error_len);
+int elf_image_load_file(const char *path, uint64_t ram_bytes, struct elf_image *image, char *error,
+			size_t error_len);
 
 /* Copy every segment into guest RAM and zero its BSS.  The image must have
  * been parsed for this memory size.  Returns 0 or -EFAULT. */
-int elf_image_copy_to_guest(const struct elf_image *image,
-			    struct guest_memory *mem);
+int elf_image_copy_to_guest(const struct elf_image *image, struct guest_memory *mem);
 
 /* Name the function containing address, or NULL; *offset_bytes gets the
  * distance from its start. */

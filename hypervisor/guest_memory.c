@@ -12,15 +12,14 @@
 
 #define TWO_MIB (2ull << 20)
 
-int guest_memory_create(struct guest_memory *mem, uint64_t size_bytes,
-			const char *name)
+int guest_memory_create(struct guest_memory *mem, uint64_t size_bytes, const char *name)
 {
 	int err;
 
 	memset(mem, 0, sizeof(*mem));
 	mem->memfd = -1;
-	if (size_bytes < GUEST_MEMORY_MIN_BYTES ||
-	    size_bytes > GUEST_MEMORY_MAX_BYTES || size_bytes % TWO_MIB)
+	if (size_bytes < GUEST_MEMORY_MIN_BYTES || size_bytes > GUEST_MEMORY_MAX_BYTES ||
+	    size_bytes % TWO_MIB)
 		return -ERANGE;
 
 	mem->memfd = memfd_create(name ? name : "kapsel-guest-ram", MFD_CLOEXEC);
@@ -30,8 +29,8 @@ int guest_memory_create(struct guest_memory *mem, uint64_t size_bytes,
 		err = -errno;
 		goto fail_close;
 	}
-	mem->host_base = mmap(NULL, size_bytes, PROT_READ | PROT_WRITE,
-			      MAP_SHARED | MAP_NORESERVE, mem->memfd, 0);
+	mem->host_base = mmap(NULL, size_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
+			      mem->memfd, 0);
 	if (mem->host_base == MAP_FAILED) {
 		err = -errno;
 		goto fail_close;
@@ -67,8 +66,7 @@ void guest_memory_clear(struct guest_memory *mem)
 		memset(mem->host_base, 0, mem->size_bytes);
 }
 
-void *guest_memory_translate(const struct guest_memory *mem, uint64_t gpa,
-			     uint64_t length_bytes)
+void *guest_memory_translate(const struct guest_memory *mem, uint64_t gpa, uint64_t length_bytes)
 {
 	if (!mem->host_base)
 		return NULL;
@@ -126,8 +124,7 @@ int guest_memory_parse_size(const char *text, uint64_t *size_bytes)
 	if (value > (UINT64_MAX >> shift))
 		return -ERANGE;
 	value <<= shift;
-	if (value < GUEST_MEMORY_MIN_BYTES || value > GUEST_MEMORY_MAX_BYTES ||
-	    value % TWO_MIB)
+	if (value < GUEST_MEMORY_MIN_BYTES || value > GUEST_MEMORY_MAX_BYTES || value % TWO_MIB)
 		return -ERANGE;
 	*size_bytes = value;
 	return 0;

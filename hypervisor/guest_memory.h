@@ -6,9 +6,9 @@
 #include <stdint.h>
 
 struct guest_memory {
-	int memfd;            /* backing file: can be saved, shared, cloned */
-	uint8_t *host_base;   /* MAP_SHARED mapping of the whole memfd */
-	uint64_t size_bytes;  /* guest RAM size, GPA 0 .. size_bytes-1 */
+	int memfd;	     /* backing file: can be saved, shared, cloned */
+	uint8_t *host_base;  /* MAP_SHARED mapping of the whole memfd */
+	uint64_t size_bytes; /* guest RAM size, GPA 0 .. size_bytes-1 */
 	/* Guest-supplied addresses below this belong to the hypervisor's
 	 * tables (page tables, GDT, IDT, TSS): see guest_memory_translate_guest. */
 	uint64_t guest_floor_gpa;
@@ -23,8 +23,7 @@ struct guest_memory {
  * above) backed by a fresh memfd named after the VM.  Returns 0 or a
  * negative errno; on failure mem is left zeroed.
  */
-int guest_memory_create(struct guest_memory *mem, uint64_t size_bytes,
-			const char *name);
+int guest_memory_create(struct guest_memory *mem, uint64_t size_bytes, const char *name);
 
 /* Unmap and close; safe on a zeroed or already destroyed struct. */
 void guest_memory_destroy(struct guest_memory *mem);
@@ -41,8 +40,7 @@ void guest_memory_clear(struct guest_memory *mem);
  * length is valid for any gpa <= size.  This is the only translator:
  * every guest-supplied address goes through it.
  */
-void *guest_memory_translate(const struct guest_memory *mem, uint64_t gpa,
-			     uint64_t length_bytes);
+void *guest_memory_translate(const struct guest_memory *mem, uint64_t gpa, uint64_t length_bytes);
 
 /*
  * Translate an address the guest supplied (hypercall argument, ring,

@@ -11,8 +11,8 @@ void hypercall_table_init(struct hypercall_table *table)
 	memset(table, 0, sizeof(*table));
 }
 
-int hypercall_register(struct hypercall_table *table, uint64_t nr,
-		       const char *name, hypercall_fn fn)
+int hypercall_register(struct hypercall_table *table, uint64_t nr, const char *name,
+		       hypercall_fn fn)
 {
 	if (!fn || !name)
 		return -EINVAL;
@@ -26,8 +26,8 @@ int hypercall_register(struct hypercall_table *table, uint64_t nr,
 	return 0;
 }
 
-int64_t hypercall_dispatch(struct hypercall_table *table, struct kapsel_vm *vm,
-			   uint64_t nr, const uint64_t args[HYPERCALL_ARG_COUNT])
+int64_t hypercall_dispatch(struct hypercall_table *table, struct kapsel_vm *vm, uint64_t nr,
+			   const uint64_t args[HYPERCALL_ARG_COUNT])
 {
 	if (nr >= HYPERCALL_TABLE_SIZE || !table->entries[nr].fn) {
 		/* Log the first unknown call only: the guest controls the rate. */

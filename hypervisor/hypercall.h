@@ -16,8 +16,7 @@ struct kapsel_vm;
  * guest supplied them (untrusted).  Returns the value for the guest's rax:
  * >= 0 on success, a negative KAPSEL_E* errno on failure.
  */
-typedef int64_t (*hypercall_fn)(struct kapsel_vm *vm,
-				const uint64_t args[HYPERCALL_ARG_COUNT]);
+typedef int64_t (*hypercall_fn)(struct kapsel_vm *vm, const uint64_t args[HYPERCALL_ARG_COUNT]);
 
 struct hypercall_entry {
 	hypercall_fn fn;
@@ -37,15 +36,15 @@ void hypercall_table_init(struct hypercall_table *table);
  * Register fn as call number nr.  Returns 0, -ERANGE if nr is outside the
  * table, -EEXIST if nr is taken, or -EINVAL if fn or name is NULL.
  */
-int hypercall_register(struct hypercall_table *table, uint64_t nr,
-		       const char *name, hypercall_fn fn);
+int hypercall_register(struct hypercall_table *table, uint64_t nr, const char *name,
+		       hypercall_fn fn);
 
 /*
  * Run call nr.  Unknown numbers return -KAPSEL_ENOSYS and log one line the
  * first time each number is seen (a guest cannot flood the log).
  */
-int64_t hypercall_dispatch(struct hypercall_table *table, struct kapsel_vm *vm,
-			   uint64_t nr, const uint64_t args[HYPERCALL_ARG_COUNT]);
+int64_t hypercall_dispatch(struct hypercall_table *table, struct kapsel_vm *vm, uint64_t nr,
+			   const uint64_t args[HYPERCALL_ARG_COUNT]);
 
 /* Register the core ABI v1 calls (hypercall_core.c). Returns 0 or -errno. */
 int hypercall_register_core(struct hypercall_table *table);

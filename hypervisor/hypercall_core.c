@@ -68,8 +68,8 @@ static int64_t hc_shutdown(struct kapsel_vm *vm, const uint64_t args[])
 		vm->exit_code = 0;
 		break;
 	case KAPSEL_SHUTDOWN_CRASH:
-		fprintf(stderr, "kapsel: guest '%s' reported a crash (code %d)\n",
-			vm->config->name, code);
+		fprintf(stderr, "kapsel: guest '%s' reported a crash (code %d)\n", vm->config->name,
+			code);
 		vm->exit_code = KAPSEL_EXIT_GUEST_CRASH;
 		break;
 	default:
@@ -172,10 +172,10 @@ static int64_t hc_evtchn_alloc(struct kapsel_vm *vm, const uint64_t args[])
 			vm->evtchn[port].bound_device = -1;
 			/* A new channel starts neither pending nor masked,
 			 * whatever its previous owner left behind. */
-			__atomic_fetch_and(&vm->events->pending[port / 64],
-					   ~(1ull << (port % 64)), __ATOMIC_SEQ_CST);
-			__atomic_fetch_and(&vm->events->mask[port / 64],
-					   ~(1ull << (port % 64)), __ATOMIC_SEQ_CST);
+			__atomic_fetch_and(&vm->events->pending[port / 64], ~(1ull << (port % 64)),
+					   __ATOMIC_SEQ_CST);
+			__atomic_fetch_and(&vm->events->mask[port / 64], ~(1ull << (port % 64)),
+					   __ATOMIC_SEQ_CST);
 			return port;
 		}
 	}
@@ -249,8 +249,8 @@ static int64_t hc_device_setup(struct kapsel_vm *vm, const uint64_t args[])
 	uint64_t index = args[0];
 	if (index >= vm->device_count)
 		return -KAPSEL_ENODEV;
-	const void *shared = guest_memory_translate_guest(&vm->mem, args[1],
-						    sizeof(struct kapsel_device_setup));
+	const void *shared =
+		guest_memory_translate_guest(&vm->mem, args[1], sizeof(struct kapsel_device_setup));
 	if (!shared)
 		return -KAPSEL_EFAULT;
 	/* Read once: the device only ever sees this private copy. */

@@ -7,8 +7,14 @@
 static bool log_verbose;
 static bool log_quiet;
 
-void kapsel_log_set_verbose(bool verbose) { log_verbose = verbose; }
-void kapsel_log_set_quiet(bool quiet) { log_quiet = quiet; }
+void kapsel_log_set_verbose(bool verbose)
+{
+	log_verbose = verbose;
+}
+void kapsel_log_set_quiet(bool quiet)
+{
+	log_quiet = quiet;
+}
 
 static void log_print(const char *prefix, const char *fmt, va_list ap)
 {

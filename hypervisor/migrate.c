@@ -27,9 +27,9 @@
 #include "vm_state.h"
 
 #define PAGE_BYTES 4096u
-#define BATCH_PAGES 256u            /* pages per memory.pages record */
-#define SMALL_DIRTY_PAGES 64u       /* few enough to stop and copy at once */
-#define STALL_ROUNDS 5u             /* rounds without shrinking the dirty set */
+#define BATCH_PAGES 256u      /* pages per memory.pages record */
+#define SMALL_DIRTY_PAGES 64u /* few enough to stop and copy at once */
+#define STALL_ROUNDS 5u	      /* rounds without shrinking the dirty set */
 
 enum migrate_code {
 	MIGRATE_PREPARED = 1,
@@ -41,9 +41,9 @@ enum migrate_code {
 #define MIGRATE_MESSAGE_MAGIC "KAPSMIGR"
 struct migrate_message {
 	char magic[8];
-	uint32_t code;      /* enum migrate_code */
-	uint32_t crc;       /* CRC32C of the message with this field 0 */
-	char detail[240];   /* FAILED: why, NUL terminated */
+	uint32_t code;	  /* enum migrate_code */
+	uint32_t crc;	  /* CRC32C of the message with this field 0 */
+	char detail[240]; /* FAILED: why, NUL terminated */
 };
 _Static_assert(sizeof(struct migrate_message) == 256, "migrate message layout");
 
@@ -156,8 +156,8 @@ static int connect_to(const char *uri, int timeout_ms, char *error, size_t error
 {
 	char host[256], port[16];
 	if (migrate_parse_uri(uri, host, sizeof(host), port, sizeof(port)) < 0)
-		return fail(error, error_len, -EINVAL,
-			    "migration target '%s' is not tcp:HOST:PORT", uri);
+		return fail(error, error_len, -EINVAL, "migration target '%s' is not tcp:HOST:PORT",
+			    uri);
 	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
 	struct addrinfo *list;
 	int rc = getaddrinfo(host, port, &hints, &list);
@@ -186,7 +186,8 @@ static int connect_to(const char *uri, int timeout_ms, char *error, size_t error
 	}
 	freeaddrinfo(list);
 	if (fd < 0)
-		return fail(error, error_len, err, "cannot connect to %s: %s (is 'kapsel run --incoming %s' waiting there?)",
+		return fail(error, error_len, err,
+			    "cannot connect to %s: %s (is 'kapsel run --incoming %s' waiting there?)",
 			    uri, strerror(-err), uri);
 	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
 	int one = 1;
@@ -213,11 +214,11 @@ struct sender {
 	struct kapsel_vm *vm;
 	struct vm_state_writer *out;
 	uint64_t page_count;
-	uint32_t *sent_crc;     /* CRC32C of each page as the destination has it */
-	uint8_t *batch;         /* BATCH_PAGES pages being collected */
-	uint64_t batch_first;   /* first page of the batch */
+	uint32_t *sent_crc;   /* CRC32C of each page as the destination has it */
+	uint8_t *batch;	      /* BATCH_PAGES pages being collected */
+	uint64_t batch_first; /* first page of the batch */
 	uint32_t batch_pages;
-	uint64_t zero_first;    /* a run of zero pages to announce */
+	uint64_t zero_first; /* a run of zero pages to announce */
 	uint32_t zero_pages;
 	uint32_t round;
 	uint32_t zero_crc;
@@ -229,7 +230,8 @@ static void flush_pages(struct sender *s)
 	if (!s->batch_pages)
 		return;
 	struct vm_state_memory_pages h = { .gpa = s->batch_first * PAGE_BYTES,
-					   .page_count = s->batch_pages, .round = s->round };
+					   .page_count = s->batch_pages,
+					   .round = s->round };
 	struct iovec iov[2] = { { &h, sizeof(h) },
 				{ s->batch, (size_t)s->batch_pages * PAGE_BYTES } };
 	vm_state_putv(s->out, VM_STATE_MEMORY_PAGES, VM_STATE_RECORD_MANDATORY, iov, 2);
@@ -242,7 +244,8 @@ static void flush_zeros(struct sender *s)
 	if (!s->zero_pages)
 		return;
 	struct vm_state_memory_pages h = { .gpa = s->zero_first * PAGE_BYTES,
-					   .page_count = s->zero_pages, .round = s->round };
+					   .page_count = s->zero_pages,
+					   .round = s->round };
 	vm_state_put(s->out, VM_STATE_MEMORY_ZERO, VM_STATE_RECORD_MANDATORY, &h, sizeof(h));
 	s->stats->zero_pages_sent += s->zero_pages;
 	s->zero_pages = 0;
@@ -396,7 +399,9 @@ static bool disks_relock(struct kapsel_vm *vm)
 int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_options *options,
 		 struct migrate_stats *stats, char *error, size_t error_len)
 {
-	struct migrate_options opt = { .max_rounds = 30, .max_downtime_ms = 30, .timeout_ms = 30000 };
+	struct migrate_options opt = { .max_rounds = 30,
+				       .max_downtime_ms = 30,
+				       .timeout_ms = 30000 };
 	if (options) {
 		if (options->max_rounds)
 			opt.max_rounds = options->max_rounds;
@@ -444,8 +449,8 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 
 	err = set_dirty_logging(vm, true);
 	if (err) {
-		fail(error, error_len, err, "KVM dirty logging (KVM_MEM_LOG_DIRTY_PAGES) failed: %s",
-		     strerror(-err));
+		fail(error, error_len, err,
+		     "KVM dirty logging (KVM_MEM_LOG_DIRTY_PAGES) failed: %s", strerror(-err));
 		goto out_close;
 	}
 	logging = true;
@@ -498,7 +503,8 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 		}
 	}
 	if (w.error) {
-		err = fail(error, error_len, w.error, "the migration stream broke: %s", strerror(-w.error));
+		err = fail(error, error_len, w.error, "the migration stream broke: %s",
+			   strerror(-w.error));
 		goto out_close;
 	}
 
@@ -541,11 +547,13 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 	if (err)
 		goto out_close;
 	struct vm_state_memory_done done = { .memory_bytes = vm->mem.size_bytes,
-					     .crc32c = ram_crc, .rounds = s.round };
+					     .crc32c = ram_crc,
+					     .rounds = s.round };
 	vm_state_put(&w, VM_STATE_MEMORY_DONE, VM_STATE_RECORD_MANDATORY, &done, sizeof(done));
 	vm_state_put_end(&w);
 	if (w.error) {
-		err = fail(error, error_len, w.error, "the migration stream broke: %s", strerror(-w.error));
+		err = fail(error, error_len, w.error, "the migration stream broke: %s",
+			   strerror(-w.error));
 		goto out_close;
 	}
 	stats->bytes_sent = w.offset_bytes;
@@ -612,7 +620,8 @@ static int listen_on(const char *uri, char *error, size_t error_len)
 	char host[256], port[16];
 	if (migrate_parse_uri(uri, host, sizeof(host), port, sizeof(port)) < 0)
 		return fail(error, error_len, -EINVAL, "--incoming '%s' is not tcp:ADDR:PORT", uri);
-	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+	struct addrinfo hints = { .ai_family = AF_UNSPEC,
+				  .ai_socktype = SOCK_STREAM,
 				  .ai_flags = AI_PASSIVE };
 	struct addrinfo *list;
 	int rc = getaddrinfo(host[0] ? host : NULL, port, &hints, &list);
@@ -643,7 +652,8 @@ static int keep_record(struct vm_state_records *list, const struct vm_state_reco
 {
 	if (list->count == list->capacity) {
 		size_t capacity = list->capacity ? list->capacity * 2 : 32;
-		struct vm_state_stored_record *grown = realloc(list->records, capacity * sizeof(*grown));
+		struct vm_state_stored_record *grown =
+			realloc(list->records, capacity * sizeof(*grown));
 		if (!grown)
 			return -ENOMEM;
 		list->records = grown;
@@ -709,26 +719,33 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 				/* The definition is complete: create the VM, disks
 				 * later (the source still holds them). */
 				struct vm_state_vm_info info;
-				const struct vm_state_stored_record *i = vm_state_find(&header, VM_STATE_VM_INFO, NULL);
+				const struct vm_state_stored_record *i =
+					vm_state_find(&header, VM_STATE_VM_INFO, NULL);
 				if (!i || i->length_bytes != sizeof(info)) {
-					err = vm_state_fail(&r, -EPROTO, "no VM information before the memory");
+					err = vm_state_fail(&r, -EPROTO,
+							    "no VM information before the memory");
 					break;
 				}
 				memcpy(&info, i->payload, sizeof(info));
-				err = snapshot_config_from_records(&header, config, detail, sizeof(detail));
+				err = snapshot_config_from_records(&header, config, detail,
+								   sizeof(detail));
 				if (err) {
 					vm_state_fail(&r, err, "%s", detail);
 					break;
 				}
 				if (info.memory_bytes != config->memory_bytes) {
-					err = vm_state_fail(&r, -EPROTO, "the VM information and definition disagree on the RAM size");
+					err = vm_state_fail(
+						&r, -EPROTO,
+						"the VM information and definition disagree on the RAM size");
 					break;
 				}
 				if (overrides) {
 					if (overrides->name[0])
-						snprintf(config->name, sizeof(config->name), "%s", overrides->name);
+						snprintf(config->name, sizeof(config->name), "%s",
+							 overrides->name);
 					if (overrides->console_output_path)
-						config->console_output_path = strdup(overrides->console_output_path);
+						config->console_output_path =
+							strdup(overrides->console_output_path);
 					config->console_input = overrides->console_input;
 					config->print_stats = overrides->print_stats;
 					if (overrides->stats_path)
@@ -757,9 +774,10 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 			bool data = rec.type == VM_STATE_MEMORY_PAGES;
 			if (!dest || h.gpa % PAGE_BYTES || h.page_count == 0 ||
 			    rec.length_bytes != sizeof(h) + (data ? bytes : 0)) {
-				err = vm_state_fail(&r, -EPROTO,
-						    "memory record for %u pages at %#llx is outside the VM's RAM or malformed",
-						    h.page_count, (unsigned long long)h.gpa);
+				err = vm_state_fail(
+					&r, -EPROTO,
+					"memory record for %u pages at %#llx is outside the VM's RAM or malformed",
+					h.page_count, (unsigned long long)h.gpa);
 				break;
 			}
 			if (data)
@@ -777,9 +795,10 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 			memcpy(&d, rec.payload, sizeof(d));
 			uint32_t crc = memory_crc(&vm->mem);
 			if (d.memory_bytes != vm->mem.size_bytes || crc != d.crc32c) {
-				err = vm_state_fail(&r, -EPROTO,
-						    "the received RAM does not match the source's (CRC32C %#x, source %#x)",
-						    crc, d.crc32c);
+				err = vm_state_fail(
+					&r, -EPROTO,
+					"the received RAM does not match the source's (CRC32C %#x, source %#x)",
+					crc, d.crc32c);
 				break;
 			}
 			memory_done = true;
@@ -799,7 +818,8 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 	}
 	vm_state_reader_free(&r);
 	if (err == 0 && !memory_done)
-		err = fail(error, error_len, -EPROTO, "migration stream: it ended without the memory end record");
+		err = fail(error, error_len, -EPROTO,
+			   "migration stream: it ended without the memory end record");
 	if (err)
 		goto fail;
 

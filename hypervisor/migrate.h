@@ -37,18 +37,18 @@
 struct kapsel_vm;
 
 struct migrate_options {
-	uint32_t max_rounds;      /* default 30 */
+	uint32_t max_rounds;	  /* default 30 */
 	uint32_t max_downtime_ms; /* default 30 */
-	uint32_t timeout_ms;      /* per network wait, default 30000 */
+	uint32_t timeout_ms;	  /* per network wait, default 30000 */
 };
 
 struct migrate_stats {
-	uint32_t rounds;           /* pre-copy rounds after round 0 */
-	uint64_t pages_sent;       /* all rounds, final included */
+	uint32_t rounds;     /* pre-copy rounds after round 0 */
+	uint64_t pages_sent; /* all rounds, final included */
 	uint64_t zero_pages_sent;
-	uint64_t final_pages;      /* sent while the vCPU was paused */
-	uint64_t bytes_sent;       /* the whole stream */
-	uint64_t downtime_ns;      /* vCPU paused here until the destination ran */
+	uint64_t final_pages; /* sent while the vCPU was paused */
+	uint64_t bytes_sent;  /* the whole stream */
+	uint64_t downtime_ns; /* vCPU paused here until the destination ran */
 	uint64_t total_ns;
 };
 

@@ -170,8 +170,9 @@ static void write_command(struct ne2000_state *ne, uint8_t value)
 			ne->rsar = (uint16_t)page_addr;
 			ne->rbcr = 0;
 			if (page_addr >= NE2000_RAM_START && page_addr + 4 <= NE2000_RAM_END)
-				ne->rbcr = (uint16_t)(ne->ram[page_addr - NE2000_RAM_START + 2] |
-						      ne->ram[page_addr - NE2000_RAM_START + 3] << 8);
+				ne->rbcr =
+					(uint16_t)(ne->ram[page_addr - NE2000_RAM_START + 2] |
+						   ne->ram[page_addr - NE2000_RAM_START + 3] << 8);
 		}
 		if (!(rd & NE2000_CR_RD_ABORT) && ne->rbcr == 0)
 			ne->isr |= NE2000_ISR_RDC;
@@ -187,13 +188,20 @@ static uint8_t read_register(struct ne2000_state *ne, unsigned reg)
 	switch (ne->cr >> NE2000_CR_PAGE_SHIFT) {
 	case 0:
 		switch (reg) {
-		case NE2000_P0_BNRY: return ne->bnry;
-		case NE2000_P0_TSR: return ne->tsr;
-		case NE2000_P0_ISR: return ne->isr;
-		case NE2000_P0_RSAR0: return (uint8_t)ne->rsar; /* CRDA */
-		case NE2000_P0_RSAR1: return (uint8_t)(ne->rsar >> 8);
-		case NE2000_P0_RSR: return ne->rsr;
-		default: return 0; /* CLDA, NCR, FIFO, tally counters */
+		case NE2000_P0_BNRY:
+			return ne->bnry;
+		case NE2000_P0_TSR:
+			return ne->tsr;
+		case NE2000_P0_ISR:
+			return ne->isr;
+		case NE2000_P0_RSAR0:
+			return (uint8_t)ne->rsar; /* CRDA */
+		case NE2000_P0_RSAR1:
+			return (uint8_t)(ne->rsar >> 8);
+		case NE2000_P0_RSR:
+			return ne->rsr;
+		default:
+			return 0; /* CLDA, NCR, FIFO, tally counters */
 		}
 	case 1:
 		if (reg >= NE2000_P1_PAR0 && reg < NE2000_P1_PAR0 + 6)
@@ -203,14 +211,22 @@ static uint8_t read_register(struct ne2000_state *ne, unsigned reg)
 		return ne->mar[reg - NE2000_P1_MAR0]; /* 0x08-0x0f */
 	case 2:
 		switch (reg) {
-		case NE2000_P2_PSTART: return ne->pstart;
-		case NE2000_P2_PSTOP: return ne->pstop;
-		case NE2000_P2_TPSR: return ne->tpsr;
-		case NE2000_P2_RCR: return ne->rcr;
-		case NE2000_P2_TCR: return ne->tcr;
-		case NE2000_P2_DCR: return ne->dcr;
-		case NE2000_P2_IMR: return ne->imr;
-		default: return 0;
+		case NE2000_P2_PSTART:
+			return ne->pstart;
+		case NE2000_P2_PSTOP:
+			return ne->pstop;
+		case NE2000_P2_TPSR:
+			return ne->tpsr;
+		case NE2000_P2_RCR:
+			return ne->rcr;
+		case NE2000_P2_TCR:
+			return ne->tcr;
+		case NE2000_P2_DCR:
+			return ne->dcr;
+		case NE2000_P2_IMR:
+			return ne->imr;
+		default:
+			return 0;
 		}
 	default:
 		return 0xff; /* page 3: nothing on an NE2000 */
@@ -226,24 +242,52 @@ static void write_register(struct ne2000_state *ne, unsigned reg, uint8_t value)
 	switch (ne->cr >> NE2000_CR_PAGE_SHIFT) {
 	case 0:
 		switch (reg) {
-		case NE2000_P0_PSTART: ne->pstart = value; break;
-		case NE2000_P0_PSTOP: ne->pstop = value; break;
-		case NE2000_P0_BNRY: ne->bnry = value; break;
-		case NE2000_P0_TPSR: ne->tpsr = value; break;
-		case NE2000_P0_TBCR0: ne->tbcr = (uint16_t)((ne->tbcr & 0xff00u) | value); break;
-		case NE2000_P0_TBCR1: ne->tbcr = (uint16_t)((ne->tbcr & 0x00ffu) | value << 8); break;
+		case NE2000_P0_PSTART:
+			ne->pstart = value;
+			break;
+		case NE2000_P0_PSTOP:
+			ne->pstop = value;
+			break;
+		case NE2000_P0_BNRY:
+			ne->bnry = value;
+			break;
+		case NE2000_P0_TPSR:
+			ne->tpsr = value;
+			break;
+		case NE2000_P0_TBCR0:
+			ne->tbcr = (uint16_t)((ne->tbcr & 0xff00u) | value);
+			break;
+		case NE2000_P0_TBCR1:
+			ne->tbcr = (uint16_t)((ne->tbcr & 0x00ffu) | value << 8);
+			break;
 		case NE2000_P0_ISR:
 			/* Write 1 to clear; RST follows the stop state instead. */
-			ne->isr &= (uint8_t)~(value & ~NE2000_ISR_RST);
+			ne->isr &= (uint8_t) ~(value & ~NE2000_ISR_RST);
 			break;
-		case NE2000_P0_RSAR0: ne->rsar = (uint16_t)((ne->rsar & 0xff00u) | value); break;
-		case NE2000_P0_RSAR1: ne->rsar = (uint16_t)((ne->rsar & 0x00ffu) | value << 8); break;
-		case NE2000_P0_RBCR0: ne->rbcr = (uint16_t)((ne->rbcr & 0xff00u) | value); break;
-		case NE2000_P0_RBCR1: ne->rbcr = (uint16_t)((ne->rbcr & 0x00ffu) | value << 8); break;
-		case NE2000_P0_RCR: ne->rcr = value; break;
-		case NE2000_P0_TCR: ne->tcr = value; break;
-		case NE2000_P0_DCR: ne->dcr = value; break;
-		case NE2000_P0_IMR: ne->imr = value; break;
+		case NE2000_P0_RSAR0:
+			ne->rsar = (uint16_t)((ne->rsar & 0xff00u) | value);
+			break;
+		case NE2000_P0_RSAR1:
+			ne->rsar = (uint16_t)((ne->rsar & 0x00ffu) | value << 8);
+			break;
+		case NE2000_P0_RBCR0:
+			ne->rbcr = (uint16_t)((ne->rbcr & 0xff00u) | value);
+			break;
+		case NE2000_P0_RBCR1:
+			ne->rbcr = (uint16_t)((ne->rbcr & 0x00ffu) | value << 8);
+			break;
+		case NE2000_P0_RCR:
+			ne->rcr = value;
+			break;
+		case NE2000_P0_TCR:
+			ne->tcr = value;
+			break;
+		case NE2000_P0_DCR:
+			ne->dcr = value;
+			break;
+		case NE2000_P0_IMR:
+			ne->imr = value;
+			break;
 		}
 		break;
 	case 1:
@@ -327,8 +371,7 @@ static unsigned frame_pages(size_t length_bytes)
 
 bool ne2000_can_receive(const struct ne2000_state *ne)
 {
-	return started(ne) && ring_sane(ne) &&
-	       frame_pages(NE2000_FRAME_MAX) < ring_free_pages(ne);
+	return started(ne) && ring_sane(ne) && frame_pages(NE2000_FRAME_MAX) < ring_free_pages(ne);
 }
 
 bool ne2000_receive(struct ne2000_state *ne, const uint8_t *frame, size_t length_bytes)

@@ -22,24 +22,24 @@
 #define NE2000_P0_PSTART 0x01u /* write; read: CLDA0 */
 #define NE2000_P0_PSTOP 0x02u  /* write; read: CLDA1 */
 #define NE2000_P0_BNRY 0x03u
-#define NE2000_P0_TPSR 0x04u   /* write; read: TSR */
+#define NE2000_P0_TPSR 0x04u /* write; read: TSR */
 #define NE2000_P0_TSR 0x04u
-#define NE2000_P0_TBCR0 0x05u  /* write; read: NCR */
-#define NE2000_P0_TBCR1 0x06u  /* write; read: FIFO */
+#define NE2000_P0_TBCR0 0x05u /* write; read: NCR */
+#define NE2000_P0_TBCR1 0x06u /* write; read: FIFO */
 #define NE2000_P0_ISR 0x07u
-#define NE2000_P0_RSAR0 0x08u  /* write; read: CRDA0 */
-#define NE2000_P0_RSAR1 0x09u  /* write; read: CRDA1 */
+#define NE2000_P0_RSAR0 0x08u /* write; read: CRDA0 */
+#define NE2000_P0_RSAR1 0x09u /* write; read: CRDA1 */
 #define NE2000_P0_RBCR0 0x0au
 #define NE2000_P0_RBCR1 0x0bu
-#define NE2000_P0_RCR 0x0cu    /* write; read: RSR */
+#define NE2000_P0_RCR 0x0cu /* write; read: RSR */
 #define NE2000_P0_RSR 0x0cu
-#define NE2000_P0_TCR 0x0du    /* write; read: CNTR0 */
-#define NE2000_P0_DCR 0x0eu    /* write; read: CNTR1 */
-#define NE2000_P0_IMR 0x0fu    /* write; read: CNTR2 */
+#define NE2000_P0_TCR 0x0du /* write; read: CNTR0 */
+#define NE2000_P0_DCR 0x0eu /* write; read: CNTR1 */
+#define NE2000_P0_IMR 0x0fu /* write; read: CNTR2 */
 /* Page 1. */
-#define NE2000_P1_PAR0 0x01u   /* PAR0-5 at 0x01-0x06 */
+#define NE2000_P1_PAR0 0x01u /* PAR0-5 at 0x01-0x06 */
 #define NE2000_P1_CURR 0x07u
-#define NE2000_P1_MAR0 0x08u   /* MAR0-7 at 0x08-0x0f */
+#define NE2000_P1_MAR0 0x08u /* MAR0-7 at 0x08-0x0f */
 /* Page 2 (read-only views of page 0 settings). */
 #define NE2000_P2_PSTART 0x01u
 #define NE2000_P2_PSTOP 0x02u
@@ -99,12 +99,12 @@
 struct ne2000_counters {
 	uint64_t frames_sent;
 	uint64_t frames_received;
-	uint64_t frames_filtered;  /* not for this station (RCR filter) */
-	uint64_t frames_overflow;  /* no room in the receive ring */
-	uint64_t frames_stopped;   /* arrived while the card was stopped */
-	uint64_t bad_remote_dma;   /* data port use outside RAM/PROM, past the count, or idle */
-	uint64_t bad_transmit;     /* TBCR too large, or the frame outside RAM */
-	uint64_t bad_ring;         /* PSTART/PSTOP/CURR outside RAM: nothing stored */
+	uint64_t frames_filtered; /* not for this station (RCR filter) */
+	uint64_t frames_overflow; /* no room in the receive ring */
+	uint64_t frames_stopped;  /* arrived while the card was stopped */
+	uint64_t bad_remote_dma;  /* data port use outside RAM/PROM, past the count, or idle */
+	uint64_t bad_transmit;	  /* TBCR too large, or the frame outside RAM */
+	uint64_t bad_ring;	  /* PSTART/PSTOP/CURR outside RAM: nothing stored */
 	uint64_t resets;
 };
 

@@ -50,19 +50,22 @@ static int open_socket(struct net_backend *nb, const struct vm_net_config *confi
 	socklen_t self_len;
 	if (fill_address(&self, &self_len, config->path) < 0 ||
 	    fill_address(&nb->peer, &nb->peer_len, config->peer) < 0)
-		return open_error(error, error_len, -ENAMETOOLONG,
-				  "net %u: socket path '%s' or peer '%s' is empty or longer than %zu bytes; use shorter paths",
-				  nb->index, config->path, config->peer, sizeof(self.sun_path) - 1);
+		return open_error(
+			error, error_len, -ENAMETOOLONG,
+			"net %u: socket path '%s' or peer '%s' is empty or longer than %zu bytes; use shorter paths",
+			nb->index, config->path, config->peer, sizeof(self.sun_path) - 1);
 	nb->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (nb->fd < 0)
-		return open_error(error, error_len, -errno, "net %u: cannot create a Unix datagram socket: %s",
-				  nb->index, strerror(errno));
+		return open_error(error, error_len, -errno,
+				  "net %u: cannot create a Unix datagram socket: %s", nb->index,
+				  strerror(errno));
 	struct stat st;
 	if (lstat(config->path, &st) == 0) {
 		if (!S_ISSOCK(st.st_mode))
-			return open_error(error, error_len, -EEXIST,
-					  "net %u: '%s' exists and is not a socket; give socket= a path that does not exist",
-					  nb->index, config->path);
+			return open_error(
+				error, error_len, -EEXIST,
+				"net %u: '%s' exists and is not a socket; give socket= a path that does not exist",
+				nb->index, config->path);
 		/* A socket someone still serves answers a connect; a stale
 		 * one (its VM died) refuses it and may be replaced. */
 		int probe = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -70,14 +73,17 @@ static int open_socket(struct net_backend *nb, const struct vm_net_config *confi
 		if (probe >= 0)
 			close(probe);
 		if (live)
-			return open_error(error, error_len, -EADDRINUSE,
-					  "net %u: socket '%s' is in use by another VM; give each VM its own socket= path",
-					  nb->index, config->path);
+			return open_error(
+				error, error_len, -EADDRINUSE,
+				"net %u: socket '%s' is in use by another VM; give each VM its own socket= path",
+				nb->index, config->path);
 		unlink(config->path);
 	}
 	if (bind(nb->fd, (struct sockaddr *)&self, self_len) < 0)
-		return open_error(error, error_len, -errno, "net %u: cannot bind socket '%s': %s; check that its folder exists and is writable",
-				  nb->index, config->path, strerror(errno));
+		return open_error(
+			error, error_len, -errno,
+			"net %u: cannot bind socket '%s': %s; check that its folder exists and is writable",
+			nb->index, config->path, strerror(errno));
 	nb->unlink_on_close = true;
 	/* Room for a burst of full frames in each direction. */
 	int bytes = 1 << 20;
@@ -93,10 +99,11 @@ static int open_tap(struct net_backend *nb, const struct vm_net_config *config, 
 	if (nb->fd < 0) {
 		int err = -errno;
 		return open_error(error, error_len, err,
-				  "net %u: cannot open /dev/net/tun for tap '%s': %s; %s", nb->index,
-				  config->path, strerror(errno),
-				  err == -ENOENT ? "load the tun module (modprobe tun)"
-						 : "run as root or give this user access to /dev/net/tun");
+				  "net %u: cannot open /dev/net/tun for tap '%s': %s; %s",
+				  nb->index, config->path, strerror(errno),
+				  err == -ENOENT
+					  ? "load the tun module (modprobe tun)"
+					  : "run as root or give this user access to /dev/net/tun");
 	}
 	struct ifreq ifr;
 	memset(&ifr, 0, sizeof(ifr));
@@ -104,11 +111,12 @@ static int open_tap(struct net_backend *nb, const struct vm_net_config *config, 
 	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", config->path);
 	if (ioctl(nb->fd, TUNSETIFF, &ifr) < 0) {
 		int err = -errno;
-		return open_error(error, error_len, err,
-				  "net %u: cannot attach to tap '%s': %s; %s", nb->index, config->path,
-				  strerror(errno),
-				  err == -EPERM ? "create it first for this user (ip tuntap add dev NAME mode tap user USER) or run as root"
-						: "check that NAME is free or is a tap device (ip link show NAME)");
+		return open_error(
+			error, error_len, err, "net %u: cannot attach to tap '%s': %s; %s",
+			nb->index, config->path, strerror(errno),
+			err == -EPERM
+				? "create it first for this user (ip tuntap add dev NAME mode tap user USER) or run as root"
+				: "check that NAME is free or is a tap device (ip link show NAME)");
 	}
 	return 0;
 }
@@ -128,7 +136,7 @@ int net_backend_open(struct net_backend *nb, const struct vm_net_config *config,
 	if (!nb->name || !nb->scratch)
 		return open_error(error, error_len, -ENOMEM, "net %u: out of memory", index);
 	int err = config->backend == VM_NET_BACKEND_TAP ? open_tap(nb, config, error, error_len)
-							 : open_socket(nb, config, error, error_len);
+							: open_socket(nb, config, error, error_len);
 	if (err) {
 		net_backend_close(nb);
 		return err;

@@ -19,25 +19,25 @@
 struct net_stats {
 	uint64_t frames_out, bytes_out;
 	uint64_t frames_in, bytes_in;
-	uint64_t drops_out;    /* the network did not take a frame (peer absent, queue full) */
-	uint64_t drops_in;     /* frames too long for the guest, or no room on the card */
-	uint64_t errors;       /* malformed guest requests (length, address, state) */
-	uint64_t rate_limited; /* frames that had to wait for tokens */
-	uint64_t kicks;        /* guest -> host notifications (PV doorbell) */
+	uint64_t drops_out;	/* the network did not take a frame (peer absent, queue full) */
+	uint64_t drops_in;	/* frames too long for the guest, or no room on the card */
+	uint64_t errors;	/* malformed guest requests (length, address, state) */
+	uint64_t rate_limited;	/* frames that had to wait for tokens */
+	uint64_t kicks;		/* guest -> host notifications (PV doorbell) */
 	uint64_t notifications; /* host -> guest event channel signals (PV) */
 };
 
 struct net_backend {
 	enum vm_net_backend kind;
-	unsigned index;        /* net number in the VM definition */
-	int fd;                /* non-blocking; -1 when closed */
-	char *name;            /* socket path or interface name, for messages */
-	bool unlink_on_close;  /* the socket path is ours */
+	unsigned index;	      /* net number in the VM definition */
+	int fd;		      /* non-blocking; -1 when closed */
+	char *name;	      /* socket path or interface name, for messages */
+	bool unlink_on_close; /* the socket path is ours */
 	struct sockaddr_un peer;
 	socklen_t peer_len;
-	uint8_t *scratch;      /* catches the tail of an oversized frame */
+	uint8_t *scratch; /* catches the tail of an oversized frame */
 	bool send_error_logged;
-	pthread_mutex_t lock;  /* protects stats and the buckets */
+	pthread_mutex_t lock; /* protects stats and the buckets */
 	struct token_bucket frames_bucket;
 	struct token_bucket bytes_bucket;
 	struct net_stats stats;

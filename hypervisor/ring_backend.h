@@ -22,15 +22,15 @@
  */
 struct ring_backend {
 	struct kapsel_ring_header *header; /* host view of the guest's header */
-	uint8_t *requests;                 /* host view of request slot 0 */
-	uint8_t *responses;                /* host view of response slot 0 */
-	uint32_t size;                     /* slots, a power of two */
+	uint8_t *requests;		   /* host view of request slot 0 */
+	uint8_t *responses;		   /* host view of response slot 0 */
+	uint32_t size;			   /* slots, a power of two */
 	uint32_t request_bytes;
 	uint32_t response_bytes;
 	uint32_t req_cons;
 	uint32_t rsp_prod_pvt;
 	uint32_t rsp_published;
-	bool broken;        /* the guest broke the protocol: serve no more */
+	bool broken;	       /* the guest broke the protocol: serve no more */
 	uint32_t bad_req_prod; /* the impossible req_prod that broke it */
 };
 

@@ -135,7 +135,8 @@ int snapshot_config_from_records(const struct vm_state_records *state, struct vm
 {
 	const struct vm_state_stored_record *rec = vm_state_find(state, VM_STATE_CONFIG, NULL);
 	if (!rec)
-		return fail(error, error_len, -EPROTO, "the saved state has no VM definition record");
+		return fail(error, error_len, -EPROTO,
+			    "the saved state has no VM definition record");
 	char *text = strndup((const char *)rec->payload, (size_t)rec->length_bytes);
 	if (!text)
 		return -ENOMEM;
@@ -203,7 +204,8 @@ int snapshot_config_from_records(const struct vm_state_records *state, struct vm
 		} else if (strcmp(line, "disk_options") == 0 && disk) {
 			int readonly, bus, cache;
 			unsigned poll, poll_us;
-			if (sscanf(value, "%d %d %d %u %u", &readonly, &bus, &cache, &poll, &poll_us) != 5 ||
+			if (sscanf(value, "%d %d %d %u %u", &readonly, &bus, &cache, &poll,
+				   &poll_us) != 5 ||
 			    bus < 0 || bus > 1 || cache < 0 || cache > 1)
 				err = -EPROTO;
 			disk->readonly = readonly != 0;
@@ -265,7 +267,8 @@ static void write_disk_records(struct kapsel_vm *vm, struct vm_state_writer *out
 		struct stat st;
 		if (stat(p, &st) == 0) {
 			rec.size_bytes = (uint64_t)st.st_size;
-			rec.mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec;
+			rec.mtime_ns =
+				(int64_t)st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec;
 		}
 		struct iovec iov[2] = { { &rec, sizeof(rec) }, { (void *)p, rec.path_bytes } };
 		vm_state_putv(out, VM_STATE_DISK, VM_STATE_RECORD_MANDATORY, iov, 2);
@@ -332,8 +335,9 @@ int snapshot_write_vm_body(struct kapsel_vm *vm, struct vm_state_writer *out, ch
 		if (dev->ops->save) {
 			err = dev->ops->save(dev, out);
 			if (err)
-				return fail(error, error_len, err, "device %u (%s) cannot save its state: %s",
-					    i, dev->ops->name, strerror(-err));
+				return fail(error, error_len, err,
+					    "device %u (%s) cannot save its state: %s", i,
+					    dev->ops->name, strerror(-err));
 		}
 	}
 	write_disk_records(vm, out);
@@ -388,7 +392,8 @@ int snapshot_save(struct kapsel_vm *vm, const char *path, struct snapshot_save_s
 	err = vm_state_write_memory_file(txn.dirfd, VM_STATE_FILE_MEMORY, vm->mem.host_base,
 					 vm->mem.size_bytes, vm->mem.memfd, &entry);
 	if (err) {
-		fail(error, error_len, err, "cannot write %s.new/memory.img: %s", path, strerror(-err));
+		fail(error, error_len, err, "cannot write %s.new/memory.img: %s", path,
+		     strerror(-err));
 		goto abort;
 	}
 	vm_state_dir_add(&txn, &entry);
@@ -402,7 +407,8 @@ int snapshot_save(struct kapsel_vm *vm, const char *path, struct snapshot_save_s
 	err = snapshot_write_vm_records(vm, &w, error, error_len);
 	vm_state_put_end(&w);
 	if (!err && w.error)
-		err = fail(error, error_len, w.error, "cannot build state.bin: %s", strerror(-w.error));
+		err = fail(error, error_len, w.error, "cannot build state.bin: %s",
+			   strerror(-w.error));
 	if (!err) {
 		err = vm_state_write_file(txn.dirfd, VM_STATE_FILE_STATE, w.buffer, w.buffer_bytes,
 					  &entry);
@@ -451,8 +457,8 @@ static char *overlay_name(const char *path, const char *tag)
 	for (unsigned n = 0; n < 1000; n++) {
 		free(name);
 		name = NULL;
-		if (asprintf(&name, "%s@%s%s%llu%s%.0u.kovl", stem, tag ? tag : "", tag ? "-" : "", ms,
-			     n ? "-" : "", n) < 0) {
+		if (asprintf(&name, "%s@%s%s%llu%s%.0u.kovl", stem, tag ? tag : "", tag ? "-" : "",
+			     ms, n ? "-" : "", n) < 0) {
 			name = NULL;
 			break;
 		}
@@ -528,9 +534,11 @@ int snapshot_prepare_disks(const struct vm_state_records *state, struct vm_confi
 		if (rec->length_bytes < sizeof(disk))
 			return fail(error, error_len, -EPROTO, "a disk record is malformed");
 		memcpy(&disk, rec->payload, sizeof(disk));
-		if (disk.index >= config->disk_count || disk.path_bytes != rec->length_bytes - sizeof(disk))
+		if (disk.index >= config->disk_count ||
+		    disk.path_bytes != rec->length_bytes - sizeof(disk))
 			return fail(error, error_len, -EPROTO,
-				    "disk record %u does not match the saved definition", disk.index);
+				    "disk record %u does not match the saved definition",
+				    disk.index);
 		if (!(disk.flags & VM_STATE_DISK_FROZEN) && !overlay_all)
 			continue;
 		if (disk.readonly)
@@ -596,25 +604,29 @@ static int apply_devices(struct kapsel_vm *vm, const struct vm_state_records *st
 			 size_t error_len)
 {
 	const struct vm_state_vm_info *info = NULL;
-	const struct vm_state_stored_record *info_rec = vm_state_find(state, VM_STATE_VM_INFO, NULL);
+	const struct vm_state_stored_record *info_rec =
+		vm_state_find(state, VM_STATE_VM_INFO, NULL);
 	if (info_rec && info_rec->length_bytes == sizeof(*info))
 		info = (const struct vm_state_vm_info *)info_rec->payload;
 	if (!info)
-		return fail(error, error_len, -EPROTO, "the saved state has no VM information record");
+		return fail(error, error_len, -EPROTO,
+			    "the saved state has no VM information record");
 	if (info->device_count != vm->device_count)
 		return fail(error, error_len, -EPROTO,
 			    "the saved VM had %u devices, this one has %u; the definition changed",
 			    info->device_count, vm->device_count);
 
-	const struct vm_state_stored_record *evtchn_rec = vm_state_find(state, VM_STATE_EVTCHN, NULL);
+	const struct vm_state_stored_record *evtchn_rec =
+		vm_state_find(state, VM_STATE_EVTCHN, NULL);
 	struct vm_state_evtchn evtchn;
 	if (!evtchn_rec || evtchn_rec->length_bytes != sizeof(evtchn))
 		return fail(error, error_len, -EPROTO,
 			    "the saved state's event channel record is missing or malformed");
 	memcpy(&evtchn, evtchn_rec->payload, sizeof(evtchn));
 	if (evtchn.count != KAPSEL_EVTCHN_COUNT)
-		return fail(error, error_len, -EPROTO, "the saved state has %u event channels, expected %u",
-			    evtchn.count, KAPSEL_EVTCHN_COUNT);
+		return fail(error, error_len, -EPROTO,
+			    "the saved state has %u event channels, expected %u", evtchn.count,
+			    KAPSEL_EVTCHN_COUNT);
 
 	/* Walk the records in order: a device record, then its own records. */
 	struct kapsel_device *current = NULL;
@@ -624,7 +636,8 @@ static int apply_devices(struct kapsel_vm *vm, const struct vm_state_records *st
 		if (rec->type == VM_STATE_DEVICE) {
 			struct vm_state_device d;
 			if (rec->length_bytes != sizeof(d))
-				return fail(error, error_len, -EPROTO, "a device record is malformed");
+				return fail(error, error_len, -EPROTO,
+					    "a device record is malformed");
 			memcpy(&d, rec->payload, sizeof(d));
 			if (d.index != seen || d.index >= vm->device_count)
 				return fail(error, error_len, -EPROTO,
@@ -635,7 +648,8 @@ static int apply_devices(struct kapsel_vm *vm, const struct vm_state_records *st
 			if (d.type != current->desc.type)
 				return fail(error, error_len, -EPROTO,
 					    "device %u was a %s (type %u) when saved but is a %s now; the definition changed",
-					    d.index, d.name[0] ? d.name : "?", d.type, current->ops->name);
+					    d.index, d.name[0] ? d.name : "?", d.type,
+					    current->ops->name);
 			if (saved_desc.io_base != current->desc.io_base ||
 			    saved_desc.doorbell_port != current->desc.doorbell_port ||
 			    saved_desc.capacity_sectors != current->desc.capacity_sectors ||
@@ -659,8 +673,8 @@ static int apply_devices(struct kapsel_vm *vm, const struct vm_state_records *st
 		int err = -ENOENT;
 		char detail[256] = "";
 		if (current && current->ops->load)
-			err = current->ops->load(current, rec->type, rec->payload, rec->length_bytes,
-						 detail, sizeof(detail));
+			err = current->ops->load(current, rec->type, rec->payload,
+						 rec->length_bytes, detail, sizeof(detail));
 		if (err == -ENOENT) {
 			if (rec->flags & VM_STATE_RECORD_MANDATORY)
 				return fail(error, error_len, -EPROTO,
@@ -673,8 +687,8 @@ static int apply_devices(struct kapsel_vm *vm, const struct vm_state_records *st
 				    current ? current->ops->name : "?", detail);
 	}
 	if (seen != vm->device_count)
-		return fail(error, error_len, -EPROTO, "the saved state describes %u of %u devices", seen,
-			    vm->device_count);
+		return fail(error, error_len, -EPROTO, "the saved state describes %u of %u devices",
+			    seen, vm->device_count);
 
 	for (unsigned p = 0; p < KAPSEL_EVTCHN_COUNT; p++) {
 		int bound = evtchn.entries[p].bound_device;
@@ -692,13 +706,16 @@ static int apply_devices(struct kapsel_vm *vm, const struct vm_state_records *st
 int snapshot_apply_vm_records(struct kapsel_vm *vm, const struct vm_state_records *state,
 			      bool new_identity, char *error, size_t error_len)
 {
-	const struct vm_state_stored_record *info_rec = vm_state_find(state, VM_STATE_VM_INFO, NULL);
+	const struct vm_state_stored_record *info_rec =
+		vm_state_find(state, VM_STATE_VM_INFO, NULL);
 	struct vm_state_vm_info info;
 	if (!info_rec || info_rec->length_bytes != sizeof(info))
-		return fail(error, error_len, -EPROTO, "the saved state has no VM information record");
+		return fail(error, error_len, -EPROTO,
+			    "the saved state has no VM information record");
 	memcpy(&info, info_rec->payload, sizeof(info));
 	if (info.memory_bytes != vm->mem.size_bytes)
-		return fail(error, error_len, -EPROTO, "the saved VM had %llu bytes of RAM, this one %llu",
+		return fail(error, error_len, -EPROTO,
+			    "the saved VM had %llu bytes of RAM, this one %llu",
 			    (unsigned long long)info.memory_bytes,
 			    (unsigned long long)vm->mem.size_bytes);
 	int err = apply_devices(vm, state, error, error_len);
@@ -720,7 +737,8 @@ int snapshot_apply_vm_records(struct kapsel_vm *vm, const struct vm_state_record
 	__atomic_store_n(&vm->start_info->generation, vm->generation, __ATOMIC_RELEASE);
 	if (new_identity) {
 		memset(vm->start_info->name, 0, sizeof(vm->start_info->name));
-		snprintf(vm->start_info->name, sizeof(vm->start_info->name), "%s", vm->config->name);
+		snprintf(vm->start_info->name, sizeof(vm->start_info->name), "%s",
+			 vm->config->name);
 		memcpy(vm->start_info->uuid, vm->config->uuid, sizeof(vm->start_info->uuid));
 	}
 	return 0;
@@ -758,14 +776,14 @@ static int map_memory_private(struct kapsel_vm *vm, int dirfd, char *error, size
 }
 
 int snapshot_restore(struct kapsel_vm *vm, const struct vm_state_dir *dir,
-		     const struct snapshot_restore_options *options, char *error,
-		     size_t error_len)
+		     const struct snapshot_restore_options *options, char *error, size_t error_len)
 {
 	const struct vm_state_manifest_file *memory = vm_state_dir_file(dir, VM_STATE_FILE_MEMORY);
 	int err;
 
 	if (!memory || memory->size_bytes != vm->mem.size_bytes)
-		return fail(error, error_len, -EPROTO, "memory.img does not match the VM's RAM size");
+		return fail(error, error_len, -EPROTO,
+			    "memory.img does not match the VM's RAM size");
 	if (options->map_private) {
 		if (!options->memory_verified) {
 			err = vm_state_load_flat_file(dir->dirfd, VM_STATE_FILE_MEMORY, NULL,

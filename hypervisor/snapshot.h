@@ -12,10 +12,10 @@
 struct kapsel_vm;
 
 struct snapshot_save_stats {
-	uint64_t memory_bytes;      /* guest RAM */
+	uint64_t memory_bytes;	    /* guest RAM */
 	uint64_t memory_data_bytes; /* of it written (not holes) */
-	uint64_t state_bytes;       /* state.bin */
-	uint64_t total_ns;          /* whole save, devices quiesced to commit */
+	uint64_t state_bytes;	    /* state.bin */
+	uint64_t total_ns;	    /* whole save, devices quiesced to commit */
 };
 
 /*
@@ -82,9 +82,9 @@ int snapshot_config_from_records(const struct vm_state_records *state, struct vm
 int snapshot_check_disks(const struct vm_state_records *state, char *error, size_t error_len);
 
 struct snapshot_restore_options {
-	bool map_private;       /* map memory.img copy-on-write (clones) */
-	bool memory_verified;   /* memory.img's CRC was already checked */
-	bool new_identity;      /* clone: the config's name and uuid are new */
+	bool map_private;     /* map memory.img copy-on-write (clones) */
+	bool memory_verified; /* memory.img's CRC was already checked */
+	bool new_identity;    /* clone: the config's name and uuid are new */
 };
 
 /*
@@ -98,8 +98,7 @@ struct snapshot_restore_options {
  * negative errno with a message in error.
  */
 int snapshot_restore(struct kapsel_vm *vm, const struct vm_state_dir *dir,
-		     const struct snapshot_restore_options *options, char *error,
-		     size_t error_len);
+		     const struct snapshot_restore_options *options, char *error, size_t error_len);
 
 /*
  * The non-memory part of a restore (also used by live migration): devices,

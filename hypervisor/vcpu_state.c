@@ -128,7 +128,8 @@ int vcpu_state_save(struct kapsel_vm *vm, struct vm_state_writer *out, char *err
 		if (ioctl(fd, KVM_GET_XSAVE, xsave) < 0) {
 			int err = -errno;
 			free(xsave);
-			return fail(error, error_len, err, "KVM_GET_XSAVE failed: %s", strerror(-err));
+			return fail(error, error_len, err, "KVM_GET_XSAVE failed: %s",
+				    strerror(-err));
 		}
 		vm_state_put(out, VM_STATE_VCPU_XSAVE, M, xsave, sizeof(*xsave));
 		free(xsave);
@@ -188,7 +189,8 @@ int vcpu_state_save(struct kapsel_vm *vm, struct vm_state_writer *out, char *err
 	}
 	struct kvm_mp_state mp_state;
 	if (ioctl(fd, KVM_GET_MP_STATE, &mp_state) < 0)
-		return fail(error, error_len, -errno, "KVM_GET_MP_STATE failed: %s", strerror(errno));
+		return fail(error, error_len, -errno, "KVM_GET_MP_STATE failed: %s",
+			    strerror(errno));
 	vm_state_put(out, VM_STATE_VCPU_MP_STATE, 0, &mp_state, sizeof(mp_state));
 	return out->error ? fail(error, error_len, out->error, "cannot write the vCPU state: %s",
 				 strerror(-out->error))
@@ -212,8 +214,8 @@ static const void *record_of(const struct vm_state_records *state, uint32_t type
 		if (!*err)
 			*err = fail(error, error_len, -EPROTO,
 				    "the %s record is %llu bytes, expected %zu; it was written by an incompatible Kapsel",
-				    vm_state_record_name(type), (unsigned long long)rec->length_bytes,
-				    size);
+				    vm_state_record_name(type),
+				    (unsigned long long)rec->length_bytes, size);
 		return NULL;
 	}
 	return rec->payload;
@@ -226,26 +228,27 @@ int vcpu_state_load(struct kapsel_vm *vm, const struct vm_state_records *state, 
 	int err = 0;
 
 	/* Check every record before changing anything. */
-	const struct kvm_regs *regs = record_of(state, VM_STATE_VCPU_REGS, sizeof(*regs), true,
-						&err, error, error_len);
-	const struct kvm_sregs *sregs = record_of(state, VM_STATE_VCPU_SREGS, sizeof(*sregs), true,
+	const struct kvm_regs *regs =
+		record_of(state, VM_STATE_VCPU_REGS, sizeof(*regs), true, &err, error, error_len);
+	const struct kvm_sregs *sregs =
+		record_of(state, VM_STATE_VCPU_SREGS, sizeof(*sregs), true, &err, error, error_len);
+	const struct kvm_fpu *fpu =
+		record_of(state, VM_STATE_VCPU_FPU, sizeof(*fpu), true, &err, error, error_len);
+	const struct kvm_xsave *xsave = record_of(state, VM_STATE_VCPU_XSAVE, sizeof(*xsave), false,
 						  &err, error, error_len);
-	const struct kvm_fpu *fpu = record_of(state, VM_STATE_VCPU_FPU, sizeof(*fpu), true, &err,
-					      error, error_len);
-	const struct kvm_xsave *xsave = record_of(state, VM_STATE_VCPU_XSAVE, sizeof(*xsave),
-						  false, &err, error, error_len);
-	const struct kvm_xcrs *xcrs = record_of(state, VM_STATE_VCPU_XCRS, sizeof(*xcrs), false,
-						&err, error, error_len);
-	const struct kvm_vcpu_events *events = record_of(state, VM_STATE_VCPU_EVENTS,
-							 sizeof(*events), false, &err, error,
-							 error_len);
-	const struct kvm_debugregs *debugregs = record_of(state, VM_STATE_VCPU_DEBUGREGS,
-							  sizeof(*debugregs), false, &err, error,
-							  error_len);
-	const struct kvm_mp_state *mp_state = record_of(state, VM_STATE_VCPU_MP_STATE,
-							sizeof(*mp_state), false, &err, error,
-							error_len);
-	const struct vm_state_stored_record *msr_rec = vm_state_find(state, VM_STATE_VCPU_MSRS, NULL);
+	const struct kvm_xcrs *xcrs =
+		record_of(state, VM_STATE_VCPU_XCRS, sizeof(*xcrs), false, &err, error, error_len);
+	const struct kvm_vcpu_events *events =
+		record_of(state, VM_STATE_VCPU_EVENTS, sizeof(*events), false, &err, error,
+			  error_len);
+	const struct kvm_debugregs *debugregs =
+		record_of(state, VM_STATE_VCPU_DEBUGREGS, sizeof(*debugregs), false, &err, error,
+			  error_len);
+	const struct kvm_mp_state *mp_state =
+		record_of(state, VM_STATE_VCPU_MP_STATE, sizeof(*mp_state), false, &err, error,
+			  error_len);
+	const struct vm_state_stored_record *msr_rec =
+		vm_state_find(state, VM_STATE_VCPU_MSRS, NULL);
 	if (err)
 		return err;
 	if (!msr_rec || msr_rec->length_bytes % sizeof(struct vm_state_msr) ||
@@ -297,8 +300,8 @@ int vcpu_state_load(struct kapsel_vm *vm, const struct vm_state_records *state, 
 	int set = ioctl(fd, KVM_SET_MSRS, &msrs);
 	if (set < 0 || (unsigned)set != count)
 		return fail(error, error_len, set < 0 ? -errno : -EINVAL,
-			    "KVM_SET_MSRS set %d of %u MSRs; KVM refused MSR %#x = %#llx", set, count,
-			    set >= 0 && (unsigned)set < count ? msrs.entries[set].index : 0,
+			    "KVM_SET_MSRS set %d of %u MSRs; KVM refused MSR %#x = %#llx", set,
+			    count, set >= 0 && (unsigned)set < count ? msrs.entries[set].index : 0,
 			    set >= 0 && (unsigned)set < count
 				    ? (unsigned long long)msrs.entries[set].data
 				    : 0ull);
@@ -309,7 +312,8 @@ int vcpu_state_load(struct kapsel_vm *vm, const struct vm_state_records *state, 
 		return fail(error, error_len, -errno, "KVM_SET_DEBUGREGS failed: %s",
 			    strerror(errno));
 	if (mp_state && ioctl(fd, KVM_SET_MP_STATE, mp_state) < 0)
-		return fail(error, error_len, -errno, "KVM_SET_MP_STATE failed: %s", strerror(errno));
+		return fail(error, error_len, -errno, "KVM_SET_MP_STATE failed: %s",
+			    strerror(errno));
 	return 0;
 }
 
@@ -333,8 +337,8 @@ static void print_segment(FILE *out, const char *name, const struct kvm_segment 
 void vcpu_state_print(const struct vm_state_records *state, FILE *out)
 {
 	int err = 0;
-	const struct kvm_regs *r = record_of(state, VM_STATE_VCPU_REGS, sizeof(*r), false, &err,
-					     NULL, 0);
+	const struct kvm_regs *r =
+		record_of(state, VM_STATE_VCPU_REGS, sizeof(*r), false, &err, NULL, 0);
 	if (r) {
 		fprintf(out, "  registers:\n");
 		fprintf(out, "    rip %#018llx  rflags %#llx\n", (unsigned long long)r->rip,
@@ -352,8 +356,8 @@ void vcpu_state_print(const struct vm_state_records *state, FILE *out)
 			(unsigned long long)r->r12, (unsigned long long)r->r13,
 			(unsigned long long)r->r14, (unsigned long long)r->r15);
 	}
-	const struct kvm_sregs *s = record_of(state, VM_STATE_VCPU_SREGS, sizeof(*s), false, &err,
-					      NULL, 0);
+	const struct kvm_sregs *s =
+		record_of(state, VM_STATE_VCPU_SREGS, sizeof(*s), false, &err, NULL, 0);
 	if (s) {
 		fprintf(out, "  system registers:\n");
 		fprintf(out, "    cr0 %#llx  cr2 %#llx  cr3 %#llx  cr4 %#llx  efer %#llx\n",
@@ -368,20 +372,20 @@ void vcpu_state_print(const struct vm_state_records *state, FILE *out)
 		fprintf(out, "    gdt %#llx/%#x  idt %#llx/%#x\n", (unsigned long long)s->gdt.base,
 			s->gdt.limit, (unsigned long long)s->idt.base, s->idt.limit);
 	}
-	const struct kvm_fpu *f = record_of(state, VM_STATE_VCPU_FPU, sizeof(*f), false, &err,
-					    NULL, 0);
+	const struct kvm_fpu *f =
+		record_of(state, VM_STATE_VCPU_FPU, sizeof(*f), false, &err, NULL, 0);
 	if (f)
 		fprintf(out, "  fpu: fcw %#x fsw %#x mxcsr %#x\n", f->fcw, f->fsw, f->mxcsr);
-	const struct kvm_xsave *x = record_of(state, VM_STATE_VCPU_XSAVE, sizeof(*x), false, &err,
-					      NULL, 0);
+	const struct kvm_xsave *x =
+		record_of(state, VM_STATE_VCPU_XSAVE, sizeof(*x), false, &err, NULL, 0);
 	if (x) {
 		uint64_t xstate_bv;
 		memcpy(&xstate_bv, (const uint8_t *)x->region + 512, sizeof(xstate_bv));
 		fprintf(out, "  xsave: %zu bytes, xstate_bv %#llx\n", sizeof(*x),
 			(unsigned long long)xstate_bv);
 	}
-	const struct kvm_xcrs *xc = record_of(state, VM_STATE_VCPU_XCRS, sizeof(*xc), false, &err,
-					      NULL, 0);
+	const struct kvm_xcrs *xc =
+		record_of(state, VM_STATE_VCPU_XCRS, sizeof(*xc), false, &err, NULL, 0);
 	if (xc)
 		for (uint32_t i = 0; i < xc->nr_xcrs && i < KVM_MAX_XCRS; i++)
 			fprintf(out, "  xcr%u: %#llx\n", xc->xcrs[i].xcr,
@@ -396,17 +400,19 @@ void vcpu_state_print(const struct vm_state_records *state, FILE *out)
 				(unsigned long long)msr.data);
 		}
 	}
-	const struct kvm_vcpu_events *e = record_of(state, VM_STATE_VCPU_EVENTS, sizeof(*e), false,
-						    &err, NULL, 0);
+	const struct kvm_vcpu_events *e =
+		record_of(state, VM_STATE_VCPU_EVENTS, sizeof(*e), false, &err, NULL, 0);
 	if (e)
 		fprintf(out,
 			"  events: exception %s (vector %u), interrupt %s, nmi %s, shadow %#x\n",
-			e->exception.injected ? "injected" : e->exception.pending ? "pending" : "none",
+			e->exception.injected  ? "injected"
+			: e->exception.pending ? "pending"
+					       : "none",
 			e->exception.nr, e->interrupt.injected ? "injected" : "none",
 			e->nmi.pending || e->nmi.injected ? "pending" : "none",
 			e->interrupt.shadow);
-	const struct kvm_mp_state *mp = record_of(state, VM_STATE_VCPU_MP_STATE, sizeof(*mp), false,
-						  &err, NULL, 0);
+	const struct kvm_mp_state *mp =
+		record_of(state, VM_STATE_VCPU_MP_STATE, sizeof(*mp), false, &err, NULL, 0);
 	if (mp)
 		fprintf(out, "  mp_state: %u%s\n", mp->mp_state,
 			mp->mp_state == KVM_MP_STATE_RUNNABLE ? " (runnable)" : "");

@@ -44,10 +44,12 @@ static int open_kvm(void)
 		return fd;
 	int err = -errno;
 	if (errno == ENOENT)
-		kapsel_error("/dev/kvm does not exist: this machine has no KVM; "
-			     "load the kvm module (modprobe kvm_intel or kvm_amd) or run on a host with virtualization");
+		kapsel_error(
+			"/dev/kvm does not exist: this machine has no KVM; "
+			"load the kvm module (modprobe kvm_intel or kvm_amd) or run on a host with virtualization");
 	else if (errno == EACCES || errno == EPERM)
-		kapsel_error("no permission to open /dev/kvm; add your user to the 'kvm' group or run as root");
+		kapsel_error(
+			"no permission to open /dev/kvm; add your user to the 'kvm' group or run as root");
 	else
 		kapsel_error("cannot open /dev/kvm: %s", strerror(errno));
 	return err;
@@ -75,7 +77,8 @@ static int check_kvm(int kvm_fd)
 			     version, KVM_API_VERSION_REQUIRED);
 		return -ENOTSUP;
 	}
-	for (size_t i = 0; i < sizeof(required_capabilities) / sizeof(required_capabilities[0]); i++) {
+	for (size_t i = 0; i < sizeof(required_capabilities) / sizeof(required_capabilities[0]);
+	     i++) {
 		const struct required_capability *c = &required_capabilities[i];
 		if (ioctl(kvm_fd, KVM_CHECK_EXTENSION, c->cap) <= 0) {
 			kapsel_error("KVM capability %s is missing (needed for %s); use a newer host kernel",
@@ -85,7 +88,8 @@ static int check_kvm(int kvm_fd)
 	}
 	int sync = ioctl(kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS);
 	if (!(sync & KVM_SYNC_X86_REGS)) {
-		kapsel_error("KVM capability KVM_CAP_SYNC_REGS lacks KVM_SYNC_X86_REGS; use a newer host kernel");
+		kapsel_error(
+			"KVM capability KVM_CAP_SYNC_REGS lacks KVM_SYNC_X86_REGS; use a newer host kernel");
 		return -ENOTSUP;
 	}
 	return 0;
@@ -111,8 +115,8 @@ static int setup_cpuid(struct kapsel_vm *vm)
 		count *= 2;
 	}
 	/* Replace the host's hypervisor leaves with Kapsel's (+2 spare slots). */
-	struct kvm_cpuid2 *out = calloc(1, sizeof(*out) + (cpuid->nent + 2) *
-						       sizeof(out->entries[0]));
+	struct kvm_cpuid2 *out =
+		calloc(1, sizeof(*out) + (cpuid->nent + 2) * sizeof(out->entries[0]));
 	if (!out) {
 		free(cpuid);
 		return -ENOMEM;
@@ -164,7 +168,8 @@ static void fill_start_info(struct kapsel_vm *vm)
 
 	struct kapsel_memmap_entry *m = si->memmap;
 	m[0] = (struct kapsel_memmap_entry){ 0, KAPSEL_GPA_START_INFO, KAPSEL_MEMMAP_RESERVED, 0 };
-	m[1] = (struct kapsel_memmap_entry){ KAPSEL_GPA_START_INFO, 0x2000, KAPSEL_MEMMAP_SHARED, 0 };
+	m[1] = (struct kapsel_memmap_entry){ KAPSEL_GPA_START_INFO, 0x2000, KAPSEL_MEMMAP_SHARED,
+					     0 };
 	m[2] = (struct kapsel_memmap_entry){ KAPSEL_GPA_EVENT_PAGE + 0x1000,
 					     KAPSEL_GPA_LOW_FREE - KAPSEL_GPA_EVENT_PAGE - 0x1000,
 					     KAPSEL_MEMMAP_RESERVED, 0 };
@@ -173,8 +178,8 @@ static void fill_start_info(struct kapsel_vm *vm)
 					     KAPSEL_MEMMAP_RAM, 0 };
 	uint64_t image_end = (vm->image.image_end + 0xfff) & ~0xfffull;
 	m[4] = (struct kapsel_memmap_entry){ vm->image.image_start,
-					     image_end - vm->image.image_start,
-					     KAPSEL_MEMMAP_IMAGE, 0 };
+					     image_end - vm->image.image_start, KAPSEL_MEMMAP_IMAGE,
+					     0 };
 	m[5] = (struct kapsel_memmap_entry){ image_end, vm->mem.size_bytes - image_end,
 					     KAPSEL_MEMMAP_RAM, 0 };
 	si->memmap_count = 6;
@@ -231,8 +236,8 @@ int vm_add_doorbell(struct kapsel_vm *vm, struct kapsel_device *dev)
 	};
 	if (ioctl(vm->vm_fd, KVM_IOEVENTFD, &io) < 0) {
 		int err = -errno;
-		kapsel_error("KVM_IOEVENTFD for doorbell port %#x failed: %s",
-			     (unsigned)io.addr, strerror(errno));
+		kapsel_error("KVM_IOEVENTFD for doorbell port %#x failed: %s", (unsigned)io.addr,
+			     strerror(errno));
 		close(fd);
 		return err;
 	}
@@ -261,7 +266,10 @@ void vm_evtchn_notify(struct kapsel_vm *vm, uint32_t port)
 	}
 }
 
-static void kick_signal_handler(int signo) { (void)signo; }
+static void kick_signal_handler(int signo)
+{
+	(void)signo;
+}
 static void vm_write_stats_file(struct kapsel_vm *vm);
 
 void vm_request_stats(struct kapsel_vm *vm)
@@ -448,8 +456,8 @@ int vm_create(struct kapsel_vm *vm, struct vm_config *config)
 	if (err)
 		goto fail;
 
-	err = elf_image_load_file(config->kernel_path, config->memory_bytes,
-				  &vm->image, error, sizeof(error));
+	err = elf_image_load_file(config->kernel_path, config->memory_bytes, &vm->image, error,
+				  sizeof(error));
 	if (err) {
 		kapsel_error("%s", error);
 		goto fail;
@@ -467,7 +475,9 @@ int vm_create(struct kapsel_vm *vm, struct vm_config *config)
 	if (vm->vm_fd < 0) {
 		err = -errno;
 		kapsel_error("KVM_CREATE_VM failed: %s%s", strerror(errno),
-			     errno == EMFILE || errno == ENOMEM ? "; too many VMs or too little memory on this host" : "");
+			     errno == EMFILE || errno == ENOMEM
+				     ? "; too many VMs or too little memory on this host"
+				     : "");
 		goto fail;
 	}
 	if (config->memory_bytes <= KVM_TSS_GPA)
@@ -593,8 +603,8 @@ static struct kapsel_device *device_for_port(struct kapsel_vm *vm, uint16_t port
 static void handle_hypercall(struct kapsel_vm *vm)
 {
 	struct kvm_regs *regs = &vm->run->s.regs.regs;
-	uint64_t args[HYPERCALL_ARG_COUNT] = { regs->rdi, regs->rsi, regs->rcx,
-					       regs->r8, regs->r9 };
+	uint64_t args[HYPERCALL_ARG_COUNT] = { regs->rdi, regs->rsi, regs->rcx, regs->r8,
+					       regs->r9 };
 	/* The call number is the 32-bit value written, i.e. eax. */
 	uint64_t nr = (uint32_t)regs->rax;
 	int64_t result = hypercall_dispatch(&vm->hypercalls, vm, nr, args);
@@ -616,13 +626,14 @@ static void handle_io(struct kapsel_vm *vm)
 	if ((size != 1 && size != 2 && size != 4) || run->io.data_offset > vm->run_size ||
 	    data_bytes > vm->run_size - run->io.data_offset) {
 		vm->exits[VM_EXIT_OTHER]++;
-		crash_report_fatal(vm, "KVM reported a port access of impossible size, count or data offset");
+		crash_report_fatal(
+			vm, "KVM reported a port access of impossible size, count or data offset");
 		return;
 	}
 	uint8_t *data = (uint8_t *)run + run->io.data_offset;
 
-	if (port == KAPSEL_PORT_HYPERCALL && run->io.direction == KVM_EXIT_IO_OUT &&
-	    size == 4 && run->io.count == 1) {
+	if (port == KAPSEL_PORT_HYPERCALL && run->io.direction == KVM_EXIT_IO_OUT && size == 4 &&
+	    run->io.count == 1) {
 		vm->exits[VM_EXIT_IO_HYPERCALL]++;
 		handle_hypercall(vm);
 		return;
@@ -643,9 +654,11 @@ static void handle_io(struct kapsel_vm *vm)
 		vm->exits[VM_EXIT_IO_UNCLAIMED]++;
 		if (vm->unclaimed_port_logged++ < 8)
 			kapsel_warn("guest %s unclaimed port %#x (size %u); %s",
-				    run->io.direction == KVM_EXIT_IO_OUT ? "wrote" : "read",
-				    port, size,
-				    run->io.direction == KVM_EXIT_IO_OUT ? "ignored" : "answered with all ones");
+				    run->io.direction == KVM_EXIT_IO_OUT ? "wrote" : "read", port,
+				    size,
+				    run->io.direction == KVM_EXIT_IO_OUT
+					    ? "ignored"
+					    : "answered with all ones");
 		if (run->io.direction == KVM_EXIT_IO_IN)
 			memset(data, 0xff, (size_t)size * run->io.count);
 		return;
@@ -779,18 +792,21 @@ int vm_run(struct kapsel_vm *vm)
 			break;
 		case KVM_EXIT_SHUTDOWN:
 			vm->exits[VM_EXIT_SHUTDOWN]++;
-			crash_report_fatal(vm, "triple fault (the CPU could not deliver an exception)");
+			crash_report_fatal(vm,
+					   "triple fault (the CPU could not deliver an exception)");
 			break;
 		case KVM_EXIT_INTR:
 			vm->exits[VM_EXIT_INTR]++;
 			break;
 		case KVM_EXIT_FAIL_ENTRY:
 			vm->exits[VM_EXIT_OTHER]++;
-			crash_report_fatal(vm, "KVM refused to enter the guest (KVM_EXIT_FAIL_ENTRY)");
+			crash_report_fatal(vm,
+					   "KVM refused to enter the guest (KVM_EXIT_FAIL_ENTRY)");
 			break;
 		case KVM_EXIT_INTERNAL_ERROR:
 			vm->exits[VM_EXIT_OTHER]++;
-			crash_report_fatal(vm, "KVM internal error (often an instruction KVM cannot emulate)");
+			crash_report_fatal(
+				vm, "KVM internal error (often an instruction KVM cannot emulate)");
 			break;
 		default:
 			vm->exits[VM_EXIT_OTHER]++;

@@ -16,7 +16,7 @@
 #include "kapsel/abi.h"
 
 /* Exit status of `kapsel run` besides the guest's own exit code. */
-#define KAPSEL_EXIT_VMM_ERROR 125 /* Kapsel could not start or run the VM */
+#define KAPSEL_EXIT_VMM_ERROR 125   /* Kapsel could not start or run the VM */
 #define KAPSEL_EXIT_GUEST_CRASH 126 /* the guest faulted or asked to crash */
 
 enum vm_exit_counter {
@@ -61,20 +61,20 @@ struct kapsel_vm {
 	struct vm_evtchn evtchn[KAPSEL_EVTCHN_COUNT];
 	uint64_t boot_monotonic_ns; /* CLOCK_MONOTONIC at VM creation */
 	uint64_t tsc_khz;
-	int wake_fd;           /* eventfd: wakes a vCPU blocked in KAPSEL_HC_BLOCK */
-	int vcpu_blocked;      /* atomic: 1 while the vCPU sleeps in BLOCK */
-	int stop_requested;    /* atomic: leave the run loop at the next exit */
-	int stats_requested;   /* atomic: write counters at the next exit */
-	int pause_requested;   /* atomic: park the vCPU at the next exit */
+	int wake_fd;		    /* eventfd: wakes a vCPU blocked in KAPSEL_HC_BLOCK */
+	int vcpu_blocked;	    /* atomic: 1 while the vCPU sleeps in BLOCK */
+	int stop_requested;	    /* atomic: leave the run loop at the next exit */
+	int stats_requested;	    /* atomic: write counters at the next exit */
+	int pause_requested;	    /* atomic: park the vCPU at the next exit */
 	pthread_mutex_t pause_lock; /* protects state changes to/from PAUSED */
 	pthread_cond_t pause_cond;  /* signalled on every state change */
 	uint64_t paused_total_ns;   /* time spent paused, for uptime reports */
 	uint64_t paused_since_ns;   /* vm_clock_ns when the pause began */
-	void *control;         /* struct control_server *, or NULL */
-	int vcpu_tid;          /* Linux thread id of the vCPU thread (0 before vm_run) */
+	void *control;		    /* struct control_server *, or NULL */
+	int vcpu_tid;		    /* Linux thread id of the vCPU thread (0 before vm_run) */
 	enum vm_run_state state;
 	enum kapsel_shutdown_reason shutdown_reason;
-	int exit_code;         /* what `kapsel run` exits with */
+	int exit_code; /* what `kapsel run` exits with */
 	uint64_t exits[VM_EXIT_COUNTER_COUNT];
 	uint64_t unclaimed_port_logged; /* first few unclaimed ports are logged */
 	uint64_t generation;

@@ -210,8 +210,8 @@ static int writer_emit(struct vm_state_writer *w, const void *data, size_t lengt
 	return 0;
 }
 
-int vm_state_putv(struct vm_state_writer *w, uint32_t type, uint32_t flags,
-		  const struct iovec *iov, int iov_count)
+int vm_state_putv(struct vm_state_writer *w, uint32_t type, uint32_t flags, const struct iovec *iov,
+		  int iov_count)
 {
 	if (w->error)
 		return w->error;
@@ -223,10 +223,10 @@ int vm_state_putv(struct vm_state_writer *w, uint32_t type, uint32_t flags,
 		return w->error;
 	}
 	for (int i = 0; i < iov_count; i++)
-		header.payload_crc = vm_state_crc32c(header.payload_crc, iov[i].iov_base,
-						     iov[i].iov_len);
-	header.header_crc = vm_state_crc32c(0, &header, offsetof(struct vm_state_record_header,
-								 header_crc));
+		header.payload_crc =
+			vm_state_crc32c(header.payload_crc, iov[i].iov_base, iov[i].iov_len);
+	header.header_crc =
+		vm_state_crc32c(0, &header, offsetof(struct vm_state_record_header, header_crc));
 	int err = writer_emit(w, &header, sizeof(header));
 	for (int i = 0; !err && i < iov_count; i++)
 		err = writer_emit(w, iov[i].iov_base, iov[i].iov_len);
@@ -235,8 +235,8 @@ int vm_state_putv(struct vm_state_writer *w, uint32_t type, uint32_t flags,
 	return err;
 }
 
-int vm_state_put(struct vm_state_writer *w, uint32_t type, uint32_t flags,
-		 const void *payload, uint64_t length_bytes)
+int vm_state_put(struct vm_state_writer *w, uint32_t type, uint32_t flags, const void *payload,
+		 uint64_t length_bytes)
 {
 	struct iovec iov = { .iov_base = (void *)payload, .iov_len = (size_t)length_bytes };
 	return vm_state_putv(w, type, flags, &iov, length_bytes ? 1 : 0);
@@ -278,16 +278,14 @@ static void reader_init(struct vm_state_reader *r, const char *what,
 }
 
 void vm_state_reader_init_fd(struct vm_state_reader *r, int fd, const char *what,
-			     enum vm_state_stream_kind expected_kind, char *error,
-			     size_t error_len)
+			     enum vm_state_stream_kind expected_kind, char *error, size_t error_len)
 {
 	reader_init(r, what, expected_kind, error, error_len);
 	r->fd = fd;
 }
 
-void vm_state_reader_init_buffer(struct vm_state_reader *r, const void *data,
-				 size_t length_bytes, const char *what,
-				 enum vm_state_stream_kind expected_kind,
+void vm_state_reader_init_buffer(struct vm_state_reader *r, const void *data, size_t length_bytes,
+				 const char *what, enum vm_state_stream_kind expected_kind,
 				 char *error, size_t error_len)
 {
 	reader_init(r, what, expected_kind, error, error_len);
@@ -353,32 +351,37 @@ static int reader_raw(struct vm_state_reader *r, struct vm_state_record *rec)
 		return vm_state_fail(r, -EIO, "read error at byte %llu: %s",
 				     (unsigned long long)offset, strerror((int)-n));
 	if (n == 0)
-		return vm_state_fail(r, -EPROTO,
-				     "truncated: the stream ends at byte %llu after %llu records, without its end record; the save or transfer did not finish",
-				     (unsigned long long)offset, (unsigned long long)r->record_count);
+		return vm_state_fail(
+			r, -EPROTO,
+			"truncated: the stream ends at byte %llu after %llu records, without its end record; the save or transfer did not finish",
+			(unsigned long long)offset, (unsigned long long)r->record_count);
 	if ((size_t)n < sizeof(header))
 		return vm_state_fail(r, -EPROTO,
 				     "truncated inside the header of record %llu at byte %llu",
-				     (unsigned long long)r->record_count, (unsigned long long)offset);
-	uint32_t header_crc = vm_state_crc32c(0, &header, offsetof(struct vm_state_record_header,
-								   header_crc));
+				     (unsigned long long)r->record_count,
+				     (unsigned long long)offset);
+	uint32_t header_crc =
+		vm_state_crc32c(0, &header, offsetof(struct vm_state_record_header, header_crc));
 	if (header_crc != header.header_crc)
-		return vm_state_fail(r, -EPROTO,
-				     "record %llu at byte %llu has a corrupt header (checksum %#x, expected %#x)",
-				     (unsigned long long)r->record_count, (unsigned long long)offset,
-				     header_crc, header.header_crc);
+		return vm_state_fail(
+			r, -EPROTO,
+			"record %llu at byte %llu has a corrupt header (checksum %#x, expected %#x)",
+			(unsigned long long)r->record_count, (unsigned long long)offset, header_crc,
+			header.header_crc);
 	if (header.length_bytes > VM_STATE_MAX_RECORD_BYTES)
-		return vm_state_fail(r, -EPROTO,
-				     "record %llu (type %#x) claims %llu bytes, over the %llu-byte limit",
-				     (unsigned long long)r->record_count, header.type,
-				     (unsigned long long)header.length_bytes,
-				     (unsigned long long)VM_STATE_MAX_RECORD_BYTES);
+		return vm_state_fail(
+			r, -EPROTO,
+			"record %llu (type %#x) claims %llu bytes, over the %llu-byte limit",
+			(unsigned long long)r->record_count, header.type,
+			(unsigned long long)header.length_bytes,
+			(unsigned long long)VM_STATE_MAX_RECORD_BYTES);
 	if (r->fd < 0 && header.length_bytes > r->buffer_bytes - r->offset_bytes)
-		return vm_state_fail(r, -EPROTO,
-				     "truncated inside record %llu (type %#x): %llu payload bytes announced, %llu present",
-				     (unsigned long long)r->record_count, header.type,
-				     (unsigned long long)header.length_bytes,
-				     (unsigned long long)(r->buffer_bytes - r->offset_bytes));
+		return vm_state_fail(
+			r, -EPROTO,
+			"truncated inside record %llu (type %#x): %llu payload bytes announced, %llu present",
+			(unsigned long long)r->record_count, header.type,
+			(unsigned long long)header.length_bytes,
+			(unsigned long long)(r->buffer_bytes - r->offset_bytes));
 	if (header.length_bytes > r->payload_capacity) {
 		size_t capacity = r->payload_capacity ? r->payload_capacity : 4096;
 		while (capacity < header.length_bytes)
@@ -395,18 +398,20 @@ static int reader_raw(struct vm_state_reader *r, struct vm_state_record *rec)
 		return vm_state_fail(r, -EIO, "read error in record %llu: %s",
 				     (unsigned long long)r->record_count, strerror((int)-n));
 	if ((uint64_t)n < header.length_bytes)
-		return vm_state_fail(r, -EPROTO,
-				     "truncated inside record %llu (type %#x): %llu payload bytes announced, %zd present",
-				     (unsigned long long)r->record_count, header.type,
-				     (unsigned long long)header.length_bytes, n);
+		return vm_state_fail(
+			r, -EPROTO,
+			"truncated inside record %llu (type %#x): %llu payload bytes announced, %zd present",
+			(unsigned long long)r->record_count, header.type,
+			(unsigned long long)header.length_bytes, n);
 	uint32_t payload_crc = vm_state_crc32c(0, r->payload, (size_t)header.length_bytes);
 	if (payload_crc != header.payload_crc)
-		return vm_state_fail(r, -EPROTO,
-				     "record %llu (%s, type %#x) at byte %llu is corrupt: payload checksum %#x, expected %#x",
-				     (unsigned long long)r->record_count,
-				     vm_state_record_name(header.type) ? vm_state_record_name(header.type) : "unknown",
-				     header.type, (unsigned long long)offset, payload_crc,
-				     header.payload_crc);
+		return vm_state_fail(
+			r, -EPROTO,
+			"record %llu (%s, type %#x) at byte %llu is corrupt: payload checksum %#x, expected %#x",
+			(unsigned long long)r->record_count,
+			vm_state_record_name(header.type) ? vm_state_record_name(header.type)
+							  : "unknown",
+			header.type, (unsigned long long)offset, payload_crc, header.payload_crc);
 	rec->type = header.type;
 	rec->flags = header.flags;
 	rec->length_bytes = header.length_bytes;
@@ -438,14 +443,17 @@ static int reader_begin(struct vm_state_reader *r)
 	if (rc < 0)
 		return rc; /* the message says what is wrong with the first record */
 	if (rec.type != VM_STATE_BEGIN || rec.length_bytes != sizeof(struct vm_state_begin))
-		return vm_state_fail(r, -EPROTO, "does not start with a begin record; it is not a Kapsel state stream");
+		return vm_state_fail(
+			r, -EPROTO,
+			"does not start with a begin record; it is not a Kapsel state stream");
 	memcpy(&r->begin, rec.payload, sizeof(r->begin));
 	if (memcmp(r->begin.magic, VM_STATE_MAGIC, sizeof(r->begin.magic)) != 0)
 		return vm_state_fail(r, -EPROTO, "bad magic; it is not a Kapsel state stream");
 	if (r->begin.format_version != VM_STATE_FORMAT_VERSION)
-		return vm_state_fail(r, -EPROTO,
-				     "format version %u, but this Kapsel reads version %u only; use the Kapsel that wrote it",
-				     r->begin.format_version, VM_STATE_FORMAT_VERSION);
+		return vm_state_fail(
+			r, -EPROTO,
+			"format version %u, but this Kapsel reads version %u only; use the Kapsel that wrote it",
+			r->begin.format_version, VM_STATE_FORMAT_VERSION);
 	if (r->begin.kind != r->expected_kind)
 		return vm_state_fail(r, -EPROTO, "is a %s, expected a %s", kind_name(r->begin.kind),
 				     kind_name(r->expected_kind));
@@ -475,9 +483,10 @@ int vm_state_next(struct vm_state_reader *r, struct vm_state_record *rec)
 		return vm_state_fail(r, -EPROTO, "malformed end record");
 	memcpy(&end, rec->payload, sizeof(end));
 	if (end.record_count != rec->index)
-		return vm_state_fail(r, -EPROTO,
-				     "the end record counts %llu records but %llu came before it; records are missing or were added",
-				     (unsigned long long)end.record_count, (unsigned long long)rec->index);
+		return vm_state_fail(
+			r, -EPROTO,
+			"the end record counts %llu records but %llu came before it; records are missing or were added",
+			(unsigned long long)end.record_count, (unsigned long long)rec->index);
 	if (r->fd < 0 && r->offset_bytes != r->buffer_bytes)
 		return vm_state_fail(r, -EPROTO, "%llu bytes of garbage after the end record",
 				     (unsigned long long)(r->buffer_bytes - r->offset_bytes));
@@ -489,9 +498,10 @@ int vm_state_unknown_record(struct vm_state_reader *r, const struct vm_state_rec
 {
 	if (!(rec->flags & VM_STATE_RECORD_MANDATORY))
 		return 0;
-	return vm_state_fail(r, -EPROTO,
-			     "record %llu has type %#x, which this Kapsel does not know and which is marked mandatory; it was written by a newer Kapsel",
-			     (unsigned long long)rec->index, rec->type);
+	return vm_state_fail(
+		r, -EPROTO,
+		"record %llu has type %#x, which this Kapsel does not know and which is marked mandatory; it was written by a newer Kapsel",
+		(unsigned long long)rec->index, rec->type);
 }
 
 /* ---- Records in memory ------------------------------------------------------- */
@@ -556,30 +566,54 @@ const struct vm_state_stored_record *vm_state_find(const struct vm_state_records
 const char *vm_state_record_name(uint32_t type)
 {
 	switch (type) {
-	case VM_STATE_BEGIN: return "begin";
-	case VM_STATE_END: return "end";
-	case VM_STATE_MANIFEST_FILE: return "manifest.file";
-	case VM_STATE_VM_INFO: return "vm.info";
-	case VM_STATE_CONFIG: return "vm.config";
-	case VM_STATE_EVTCHN: return "vm.evtchn";
-	case VM_STATE_DEVICE: return "device";
-	case VM_STATE_NOTE: return "note";
-	case VM_STATE_VCPU_REGS: return "vcpu.regs";
-	case VM_STATE_VCPU_SREGS: return "vcpu.sregs";
-	case VM_STATE_VCPU_FPU: return "vcpu.fpu";
-	case VM_STATE_VCPU_XSAVE: return "vcpu.xsave";
-	case VM_STATE_VCPU_XCRS: return "vcpu.xcrs";
-	case VM_STATE_VCPU_MSRS: return "vcpu.msrs";
-	case VM_STATE_VCPU_EVENTS: return "vcpu.events";
-	case VM_STATE_VCPU_DEBUGREGS: return "vcpu.debugregs";
-	case VM_STATE_VCPU_MP_STATE: return "vcpu.mp_state";
-	case VM_STATE_MEMORY_PAGES: return "memory.pages";
-	case VM_STATE_MEMORY_ZERO: return "memory.zero";
-	case VM_STATE_MEMORY_DONE: return "memory.done";
-	case VM_STATE_DISK: return "disk";
-	case VM_STATE_DEV_UART16550: return "device.uart16550";
-	case VM_STATE_DEV_BLOCK_PV: return "device.block_pv";
-	case VM_STATE_DEV_ATA_DISK: return "device.ata_disk";
+	case VM_STATE_BEGIN:
+		return "begin";
+	case VM_STATE_END:
+		return "end";
+	case VM_STATE_MANIFEST_FILE:
+		return "manifest.file";
+	case VM_STATE_VM_INFO:
+		return "vm.info";
+	case VM_STATE_CONFIG:
+		return "vm.config";
+	case VM_STATE_EVTCHN:
+		return "vm.evtchn";
+	case VM_STATE_DEVICE:
+		return "device";
+	case VM_STATE_NOTE:
+		return "note";
+	case VM_STATE_VCPU_REGS:
+		return "vcpu.regs";
+	case VM_STATE_VCPU_SREGS:
+		return "vcpu.sregs";
+	case VM_STATE_VCPU_FPU:
+		return "vcpu.fpu";
+	case VM_STATE_VCPU_XSAVE:
+		return "vcpu.xsave";
+	case VM_STATE_VCPU_XCRS:
+		return "vcpu.xcrs";
+	case VM_STATE_VCPU_MSRS:
+		return "vcpu.msrs";
+	case VM_STATE_VCPU_EVENTS:
+		return "vcpu.events";
+	case VM_STATE_VCPU_DEBUGREGS:
+		return "vcpu.debugregs";
+	case VM_STATE_VCPU_MP_STATE:
+		return "vcpu.mp_state";
+	case VM_STATE_MEMORY_PAGES:
+		return "memory.pages";
+	case VM_STATE_MEMORY_ZERO:
+		return "memory.zero";
+	case VM_STATE_MEMORY_DONE:
+		return "memory.done";
+	case VM_STATE_DISK:
+		return "disk";
+	case VM_STATE_DEV_UART16550:
+		return "device.uart16550";
+	case VM_STATE_DEV_BLOCK_PV:
+		return "device.block_pv";
+	case VM_STATE_DEV_ATA_DISK:
+		return "device.ata_disk";
 	}
 	return NULL;
 }
@@ -645,8 +679,7 @@ static int pwrite_all(int fd, const uint8_t *data, uint64_t length, uint64_t off
 }
 
 int vm_state_write_memory_file(int dirfd, const char *name, const uint8_t *base,
-			       uint64_t size_bytes, int memfd,
-			       struct vm_state_manifest_file *entry)
+			       uint64_t size_bytes, int memfd, struct vm_state_manifest_file *entry)
 {
 	int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0)
@@ -726,8 +759,7 @@ static int load_fail(char *error, size_t error_len, int err, const char *fmt, ..
 }
 
 int vm_state_load_flat_file(int dirfd, const char *name, uint8_t *dest, uint64_t size_bytes,
-			    uint32_t expected_crc, bool zero_holes, char *error,
-			    size_t error_len)
+			    uint32_t expected_crc, bool zero_holes, char *error, size_t error_len)
 {
 	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -741,9 +773,10 @@ int vm_state_load_flat_file(int dirfd, const char *name, uint8_t *dest, uint64_t
 		goto out;
 	}
 	if ((uint64_t)st.st_size != size_bytes) {
-		err = load_fail(error, error_len, -EPROTO,
-				"%s is %llu bytes, the state says %llu; the file is truncated or belongs to another save",
-				name, (unsigned long long)st.st_size, (unsigned long long)size_bytes);
+		err = load_fail(
+			error, error_len, -EPROTO,
+			"%s is %llu bytes, the state says %llu; the file is truncated or belongs to another save",
+			name, (unsigned long long)st.st_size, (unsigned long long)size_bytes);
 		goto out;
 	}
 	if (!dest) {
@@ -776,8 +809,9 @@ int vm_state_load_flat_file(int dirfd, const char *name, uint8_t *dest, uint64_t
 		if (data_end > size_bytes)
 			data_end = size_bytes;
 		while (offset < data_end) {
-			size_t chunk = data_end - offset > IO_CHUNK_BYTES ? IO_CHUNK_BYTES
-									 : (size_t)(data_end - offset);
+			size_t chunk = data_end - offset > IO_CHUNK_BYTES
+					       ? IO_CHUNK_BYTES
+					       : (size_t)(data_end - offset);
 			uint8_t *target = dest ? dest + offset : scratch;
 			ssize_t n = pread(fd, target, chunk, (off_t)offset);
 			if (n < 0 && errno == EINTR)
@@ -795,8 +829,8 @@ int vm_state_load_flat_file(int dirfd, const char *name, uint8_t *dest, uint64_t
 	}
 	if (crc != expected_crc)
 		err = load_fail(error, error_len, -EPROTO,
-				"%s is corrupt: its CRC32C is %#x, the manifest says %#x", name, crc,
-				expected_crc);
+				"%s is corrupt: its CRC32C is %#x, the manifest says %#x", name,
+				crc, expected_crc);
 out:
 	free(scratch);
 	close(fd);
@@ -880,19 +914,22 @@ int vm_state_dir_begin(struct vm_state_dir_txn *txn, const char *path, char *err
 	}
 	struct stat st;
 	if (stat(path, &st) == 0 && (!S_ISDIR(st.st_mode) || !is_state_dir(path))) {
-		int err = load_fail(error, error_len, -EEXIST,
-				    "'%s' exists and is not a saved Kapsel state (other files are in it); choose a new path",
-				    path);
+		int err = load_fail(
+			error, error_len, -EEXIST,
+			"'%s' exists and is not a saved Kapsel state (other files are in it); choose a new path",
+			path);
 		free(txn->temp_path);
 		free(txn->final_path);
 		memset(txn, 0, sizeof(*txn));
 		txn->dirfd = -1;
 		return err;
 	}
-	if (stat(txn->temp_path, &st) == 0 && (!S_ISDIR(st.st_mode) || !is_state_dir(txn->temp_path))) {
-		int err = load_fail(error, error_len, -EEXIST,
-				    "'%s' is in the way of the save (a save writes there first); move it",
-				    txn->temp_path);
+	if (stat(txn->temp_path, &st) == 0 &&
+	    (!S_ISDIR(st.st_mode) || !is_state_dir(txn->temp_path))) {
+		int err =
+			load_fail(error, error_len, -EEXIST,
+				  "'%s' is in the way of the save (a save writes there first); move it",
+				  txn->temp_path);
 		free(txn->temp_path);
 		free(txn->final_path);
 		memset(txn, 0, sizeof(*txn));
@@ -901,9 +938,10 @@ int vm_state_dir_begin(struct vm_state_dir_txn *txn, const char *path, char *err
 	}
 	remove_state_dir(txn->temp_path); /* left by a save that crashed */
 	if (mkdir(txn->temp_path, 0700) < 0) {
-		int err = load_fail(error, error_len, -errno,
-				    "cannot create '%s': %s; check that the parent directory exists and is writable",
-				    txn->temp_path, strerror(errno));
+		int err = load_fail(
+			error, error_len, -errno,
+			"cannot create '%s': %s; check that the parent directory exists and is writable",
+			txn->temp_path, strerror(errno));
 		vm_state_dir_abort(txn);
 		return err;
 	}
@@ -1010,8 +1048,8 @@ int vm_state_dir_commit(struct vm_state_dir_txn *txn, char *error, size_t error_
 		remove_state_dir(txn->temp_path);
 	txn_release(txn);
 	if (err)
-		return load_fail(error, error_len, err, "cannot sync the directory holding the state: %s",
-				 strerror(-err));
+		return load_fail(error, error_len, err,
+				 "cannot sync the directory holding the state: %s", strerror(-err));
 	return 0;
 }
 
@@ -1063,11 +1101,13 @@ static int read_manifest(struct vm_state_dir *dir, char *error, size_t error_len
 	size_t length = 0;
 	int err = read_whole_file(dir->dirfd, VM_STATE_FILE_MANIFEST, &data, &length);
 	if (err == -ENOENT)
-		return load_fail(error, error_len, -EPROTO,
-				 "'%s' has no manifest: it is not a saved Kapsel VM, or its save never finished",
-				 dir->path);
+		return load_fail(
+			error, error_len, -EPROTO,
+			"'%s' has no manifest: it is not a saved Kapsel VM, or its save never finished",
+			dir->path);
 	if (err)
-		return load_fail(error, error_len, err, "%s/manifest: %s", dir->path, strerror(-err));
+		return load_fail(error, error_len, err, "%s/manifest: %s", dir->path,
+				 strerror(-err));
 
 	struct vm_state_reader r;
 	struct vm_state_record rec;
@@ -1105,16 +1145,16 @@ static int read_manifest(struct vm_state_dir *dir, char *error, size_t error_len
 	return err < 0 ? err : 0;
 }
 
-int vm_state_dir_open(struct vm_state_dir *dir, const char *path, bool check_memory,
-		      char *error, size_t error_len)
+int vm_state_dir_open(struct vm_state_dir *dir, const char *path, bool check_memory, char *error,
+		      size_t error_len)
 {
 	int err;
 
 	memset(dir, 0, sizeof(*dir));
 	dir->dirfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dir->dirfd < 0)
-		return load_fail(error, error_len, -errno,
-				 "cannot open the saved state '%s': %s", path, strerror(errno));
+		return load_fail(error, error_len, -errno, "cannot open the saved state '%s': %s",
+				 path, strerror(errno));
 	dir->path = strdup(path);
 	if (!dir->path) {
 		err = -ENOMEM;
@@ -1128,8 +1168,8 @@ int vm_state_dir_open(struct vm_state_dir *dir, const char *path, bool check_mem
 	for (size_t i = 0; i < 2; i++) {
 		if (!vm_state_dir_file(dir, required[i])) {
 			err = load_fail(error, error_len, -EPROTO,
-					"%s/manifest does not list %s; the save is incomplete", path,
-					required[i]);
+					"%s/manifest does not list %s; the save is incomplete",
+					path, required[i]);
 			goto fail;
 		}
 	}
@@ -1138,21 +1178,23 @@ int vm_state_dir_open(struct vm_state_dir *dir, const char *path, bool check_mem
 		struct stat st;
 		if (fstatat(dir->dirfd, dir->files[i].name, &st, 0) < 0) {
 			err = load_fail(error, error_len, -EPROTO,
-					"%s/%s is missing (%s); the saved state is incomplete", path,
-					dir->files[i].name, strerror(errno));
+					"%s/%s is missing (%s); the saved state is incomplete",
+					path, dir->files[i].name, strerror(errno));
 			goto fail;
 		}
 		if ((uint64_t)st.st_size != dir->files[i].size_bytes) {
-			err = load_fail(error, error_len, -EPROTO,
-					"%s/%s is %llu bytes but the manifest says %llu; it is truncated or from another save",
-					path, dir->files[i].name, (unsigned long long)st.st_size,
-					(unsigned long long)dir->files[i].size_bytes);
+			err = load_fail(
+				error, error_len, -EPROTO,
+				"%s/%s is %llu bytes but the manifest says %llu; it is truncated or from another save",
+				path, dir->files[i].name, (unsigned long long)st.st_size,
+				(unsigned long long)dir->files[i].size_bytes);
 			goto fail;
 		}
 	}
 
 	/* state.bin: whole-file checksum, then its records. */
-	const struct vm_state_manifest_file *state_entry = vm_state_dir_file(dir, VM_STATE_FILE_STATE);
+	const struct vm_state_manifest_file *state_entry =
+		vm_state_dir_file(dir, VM_STATE_FILE_STATE);
 	uint8_t *data = NULL;
 	size_t length = 0;
 	err = read_whole_file(dir->dirfd, VM_STATE_FILE_STATE, &data, &length);
@@ -1163,9 +1205,10 @@ int vm_state_dir_open(struct vm_state_dir *dir, const char *path, bool check_mem
 	uint32_t crc = vm_state_crc32c(0, data, length);
 	if (length != state_entry->size_bytes || crc != state_entry->crc32c) {
 		free(data);
-		err = load_fail(error, error_len, -EPROTO,
-				"%s/state.bin is corrupt or from another save: CRC32C %#x, the manifest says %#x",
-				path, crc, state_entry->crc32c);
+		err = load_fail(
+			error, error_len, -EPROTO,
+			"%s/state.bin is corrupt or from another save: CRC32C %#x, the manifest says %#x",
+			path, crc, state_entry->crc32c);
 		goto fail;
 	}
 	char what[300];
@@ -1181,13 +1224,15 @@ int vm_state_dir_open(struct vm_state_dir *dir, const char *path, bool check_mem
 	for (size_t i = 0; i < dir->state.count; i++) {
 		const struct vm_state_stored_record *s = &dir->state.records[i];
 		if (!vm_state_record_known(s->type) && (s->flags & VM_STATE_RECORD_MANDATORY)) {
-			err = load_fail(error, error_len, -EPROTO,
-					"%s/state.bin: record %zu has type %#x, which this Kapsel does not know and which is marked mandatory; it was written by a newer Kapsel",
-					path, i + 1, s->type);
+			err = load_fail(
+				error, error_len, -EPROTO,
+				"%s/state.bin: record %zu has type %#x, which this Kapsel does not know and which is marked mandatory; it was written by a newer Kapsel",
+				path, i + 1, s->type);
 			goto fail;
 		}
 	}
-	const struct vm_state_stored_record *info = vm_state_find(&dir->state, VM_STATE_VM_INFO, NULL);
+	const struct vm_state_stored_record *info =
+		vm_state_find(&dir->state, VM_STATE_VM_INFO, NULL);
 	if (!info || info->length_bytes != sizeof(struct vm_state_vm_info)) {
 		err = load_fail(error, error_len, -EPROTO,
 				"%s/state.bin has no valid VM information record", path);
@@ -1196,10 +1241,11 @@ int vm_state_dir_open(struct vm_state_dir *dir, const char *path, bool check_mem
 	dir->info = (const struct vm_state_vm_info *)info->payload;
 	const struct vm_state_manifest_file *memory = vm_state_dir_file(dir, VM_STATE_FILE_MEMORY);
 	if (memory->size_bytes != dir->info->memory_bytes) {
-		err = load_fail(error, error_len, -EPROTO,
-				"%s: memory.img holds %llu bytes but the VM had %llu; the files do not belong together",
-				path, (unsigned long long)memory->size_bytes,
-				(unsigned long long)dir->info->memory_bytes);
+		err = load_fail(
+			error, error_len, -EPROTO,
+			"%s: memory.img holds %llu bytes but the VM had %llu; the files do not belong together",
+			path, (unsigned long long)memory->size_bytes,
+			(unsigned long long)dir->info->memory_bytes);
 		goto fail;
 	}
 	if (check_memory) {

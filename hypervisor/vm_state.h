@@ -44,8 +44,8 @@
 #define VM_STATE_RECORD_MANDATORY (1u << 0)
 
 struct vm_state_record_header {
-	uint32_t type;         /* enum vm_state_record_type */
-	uint32_t flags;        /* VM_STATE_RECORD_* */
+	uint32_t type;	       /* enum vm_state_record_type */
+	uint32_t flags;	       /* VM_STATE_RECORD_* */
 	uint64_t length_bytes; /* payload length */
 	uint32_t payload_crc;  /* CRC32C of the payload */
 	uint32_t header_crc;   /* CRC32C of the 20 bytes above */
@@ -64,36 +64,36 @@ _Static_assert(sizeof(struct vm_state_record_header) == 24, "record header layou
  *                  they follow the VM_STATE_DEVICE record of their device
  */
 enum vm_state_record_type {
-	VM_STATE_BEGIN = 0x0001,         /* struct vm_state_begin */
-	VM_STATE_END = 0x0002,           /* struct vm_state_end */
+	VM_STATE_BEGIN = 0x0001,	 /* struct vm_state_begin */
+	VM_STATE_END = 0x0002,		 /* struct vm_state_end */
 	VM_STATE_MANIFEST_FILE = 0x0010, /* struct vm_state_manifest_file */
 
-	VM_STATE_VM_INFO = 0x0100,      /* struct vm_state_vm_info */
-	VM_STATE_CONFIG = 0x0101,       /* text: "key=value\n" lines */
-	VM_STATE_EVTCHN = 0x0102,       /* struct vm_state_evtchn */
-	VM_STATE_DEVICE = 0x0103,       /* struct vm_state_device */
-	VM_STATE_NOTE = 0x0104,         /* optional free text (who saved, why) */
+	VM_STATE_VM_INFO = 0x0100, /* struct vm_state_vm_info */
+	VM_STATE_CONFIG = 0x0101,  /* text: "key=value\n" lines */
+	VM_STATE_EVTCHN = 0x0102,  /* struct vm_state_evtchn */
+	VM_STATE_DEVICE = 0x0103,  /* struct vm_state_device */
+	VM_STATE_NOTE = 0x0104,	   /* optional free text (who saved, why) */
 
-	VM_STATE_VCPU_REGS = 0x0200,      /* struct kvm_regs */
-	VM_STATE_VCPU_SREGS = 0x0201,     /* struct kvm_sregs */
-	VM_STATE_VCPU_FPU = 0x0202,       /* struct kvm_fpu */
-	VM_STATE_VCPU_XSAVE = 0x0203,     /* struct kvm_xsave (4096 bytes) */
-	VM_STATE_VCPU_XCRS = 0x0204,      /* struct kvm_xcrs */
-	VM_STATE_VCPU_MSRS = 0x0205,      /* struct vm_state_msr[] */
-	VM_STATE_VCPU_EVENTS = 0x0206,    /* struct kvm_vcpu_events */
+	VM_STATE_VCPU_REGS = 0x0200,	  /* struct kvm_regs */
+	VM_STATE_VCPU_SREGS = 0x0201,	  /* struct kvm_sregs */
+	VM_STATE_VCPU_FPU = 0x0202,	  /* struct kvm_fpu */
+	VM_STATE_VCPU_XSAVE = 0x0203,	  /* struct kvm_xsave (4096 bytes) */
+	VM_STATE_VCPU_XCRS = 0x0204,	  /* struct kvm_xcrs */
+	VM_STATE_VCPU_MSRS = 0x0205,	  /* struct vm_state_msr[] */
+	VM_STATE_VCPU_EVENTS = 0x0206,	  /* struct kvm_vcpu_events */
 	VM_STATE_VCPU_DEBUGREGS = 0x0207, /* struct kvm_debugregs */
 	VM_STATE_VCPU_MP_STATE = 0x0208,  /* struct kvm_mp_state */
 
 	VM_STATE_MEMORY_PAGES = 0x0300, /* struct vm_state_memory_pages + data */
-	VM_STATE_MEMORY_ZERO = 0x0301,  /* struct vm_state_memory_pages, no data */
-	VM_STATE_MEMORY_DONE = 0x0302,  /* struct vm_state_memory_done */
+	VM_STATE_MEMORY_ZERO = 0x0301,	/* struct vm_state_memory_pages, no data */
+	VM_STATE_MEMORY_DONE = 0x0302,	/* struct vm_state_memory_done */
 
 	VM_STATE_DISK = 0x0400, /* struct vm_state_disk + path */
 
 	VM_STATE_DEVICE_FIRST = 0x1000,
-	VM_STATE_DEV_UART16550 = 0x1000,  /* struct vm_state_uart16550 */
-	VM_STATE_DEV_BLOCK_PV = 0x1010,   /* owned by dev_blk_pv.c */
-	VM_STATE_DEV_ATA_DISK = 0x1020,   /* owned by dev_ata.c */
+	VM_STATE_DEV_UART16550 = 0x1000, /* struct vm_state_uart16550 */
+	VM_STATE_DEV_BLOCK_PV = 0x1010,	 /* owned by dev_blk_pv.c */
+	VM_STATE_DEV_ATA_DISK = 0x1020,	 /* owned by dev_ata.c */
 	VM_STATE_DEVICE_LAST = 0x1fff,
 };
 
@@ -104,11 +104,11 @@ enum vm_state_stream_kind {
 };
 
 struct vm_state_begin {
-	char magic[8];          /* VM_STATE_MAGIC, not NUL terminated */
+	char magic[8];		 /* VM_STATE_MAGIC, not NUL terminated */
 	uint32_t format_version; /* VM_STATE_FORMAT_VERSION */
-	uint32_t kind;          /* enum vm_state_stream_kind */
+	uint32_t kind;		 /* enum vm_state_stream_kind */
 	uint64_t created_unix_ns;
-	char writer[32];        /* "kapsel 0.1.0", NUL padded (informational) */
+	char writer[32]; /* "kapsel 0.1.0", NUL padded (informational) */
 };
 _Static_assert(sizeof(struct vm_state_begin) == 56, "begin layout");
 
@@ -122,7 +122,7 @@ _Static_assert(sizeof(struct vm_state_end) == 16, "end layout");
 struct vm_state_manifest_file {
 	char name[VM_STATE_FILE_NAME_MAX]; /* NUL terminated, no '/' */
 	uint64_t size_bytes;
-	uint32_t crc32c;  /* of the whole logical content (holes read as 0) */
+	uint32_t crc32c; /* of the whole logical content (holes read as 0) */
 	uint32_t _pad;
 	uint64_t data_bytes; /* informational: bytes that are not holes */
 };
@@ -132,14 +132,14 @@ struct vm_state_vm_info {
 	char name[64];
 	uint8_t uuid[16];
 	uint64_t memory_bytes;
-	uint64_t generation;   /* the generation the guest saw when saved */
-	uint64_t clock_ns;     /* Kapsel clock when saved */
+	uint64_t generation; /* the generation the guest saw when saved */
+	uint64_t clock_ns;   /* Kapsel clock when saved */
 	uint64_t tsc_khz;
 	uint32_t device_count;
 	uint32_t disk_count;
-	uint32_t run_state;    /* 1 = was running (resumable) */
+	uint32_t run_state; /* 1 = was running (resumable) */
 	uint32_t _pad;
-	uint64_t exits_total;  /* informational */
+	uint64_t exits_total; /* informational */
 	uint64_t _reserved[4];
 };
 _Static_assert(sizeof(struct vm_state_vm_info) == 168, "vm info layout");
@@ -159,10 +159,10 @@ _Static_assert(sizeof(struct vm_state_evtchn) == 8 + 4 * 256, "evtchn layout");
 
 struct vm_state_device {
 	uint16_t index;
-	uint16_t type;         /* enum kapsel_device_type */
-	uint32_t evtchn_port;  /* bound channel or UINT32_MAX */
-	char name[32];         /* ops->name, informational */
-	uint8_t desc[40];      /* struct kapsel_device_desc as the guest saw it */
+	uint16_t type;	      /* enum kapsel_device_type */
+	uint32_t evtchn_port; /* bound channel or UINT32_MAX */
+	char name[32];	      /* ops->name, informational */
+	uint8_t desc[40];     /* struct kapsel_device_desc as the guest saw it */
 	uint64_t exits;
 };
 _Static_assert(sizeof(struct vm_state_device) == 88, "device layout");
@@ -184,12 +184,12 @@ _Static_assert(sizeof(struct vm_state_uart16550) == 40, "uart layout");
 /* PV block device (dev_blk_pv.c), saved after quiesce: no request is in
  * flight, so rsp_prod (private == published) trails req_cons by nothing. */
 struct vm_state_block_pv {
-	uint64_t ring_gpa;     /* 0: the guest has not set the ring up */
+	uint64_t ring_gpa; /* 0: the guest has not set the ring up */
 	uint32_t ring_pages;
 	uint32_t order;
-	uint32_t req_cons;     /* requests the backend has taken */
-	uint32_t rsp_prod;     /* responses it has published */
-	uint32_t broken;       /* 1: the guest broke the ring protocol */
+	uint32_t req_cons; /* requests the backend has taken */
+	uint32_t rsp_prod; /* responses it has published */
+	uint32_t broken;   /* 1: the guest broke the ring protocol */
 	uint32_t bad_req_prod;
 	uint64_t _reserved[2];
 };
@@ -205,7 +205,7 @@ struct vm_state_ata_disk {
 	uint8_t error, control, multiple_sectors, write_cache;
 	uint8_t command, transfer, op, disk_op_open;
 	uint8_t held_by_rate_limit, _pad[3];
-	uint64_t held_until_ns;     /* Kapsel clock, which a restore continues */
+	uint64_t held_until_ns; /* Kapsel clock, which a restore continues */
 	uint64_t command_start_ns;
 	uint64_t command_lba;
 	uint64_t command_sectors;
@@ -217,7 +217,7 @@ struct vm_state_ata_disk {
 	uint32_t buffer_pos;
 	uint32_t block_start_pos;
 	uint32_t buffer_saved_bytes; /* bytes of buffer that follow */
-	uint64_t counters[6];        /* struct ata_counters, in order */
+	uint64_t counters[6];	     /* struct ata_counters, in order */
 	uint64_t _reserved[2];
 };
 _Static_assert(sizeof(struct vm_state_ata_disk) == 160, "ata layout");
@@ -226,27 +226,27 @@ _Static_assert(sizeof(struct vm_state_ata_disk) == 160, "ata layout");
 struct vm_state_memory_pages {
 	uint64_t gpa;
 	uint32_t page_count;
-	uint32_t round;        /* pre-copy round (0 = first full pass) */
+	uint32_t round; /* pre-copy round (0 = first full pass) */
 };
 _Static_assert(sizeof(struct vm_state_memory_pages) == 16, "memory pages layout");
 
 struct vm_state_memory_done {
 	uint64_t memory_bytes;
-	uint32_t crc32c;       /* of the whole guest RAM at stop-and-copy */
+	uint32_t crc32c; /* of the whole guest RAM at stop-and-copy */
 	uint32_t rounds;
 };
 _Static_assert(sizeof(struct vm_state_memory_done) == 16, "memory done layout");
 
 #define VM_STATE_DISK_OVERLAY 1u /* path is a copy-on-write overlay */
-#define VM_STATE_DISK_FROZEN 2u  /* path is frozen (snapshot): run on an overlay of it */
+#define VM_STATE_DISK_FROZEN 2u	 /* path is frozen (snapshot): run on an overlay of it */
 struct vm_state_disk {
-	uint32_t index;       /* disk order in the definition */
-	uint32_t bus;         /* enum vm_disk_bus */
-	uint32_t flags;       /* VM_STATE_DISK_* */
+	uint32_t index; /* disk order in the definition */
+	uint32_t bus;	/* enum vm_disk_bus */
+	uint32_t flags; /* VM_STATE_DISK_* */
 	uint32_t readonly;
-	uint64_t size_bytes;  /* image size at save time */
-	int64_t mtime_ns;     /* informational: image mtime at save time */
-	uint32_t path_bytes;  /* followed by the path, no NUL */
+	uint64_t size_bytes; /* image size at save time */
+	int64_t mtime_ns;    /* informational: image mtime at save time */
+	uint32_t path_bytes; /* followed by the path, no NUL */
 	uint32_t _pad;
 };
 _Static_assert(sizeof(struct vm_state_disk) == 40, "disk layout");
@@ -267,13 +267,13 @@ uint32_t vm_state_crc32c_zeros(uint32_t crc, uint64_t length_bytes);
  * returns it and nothing more is written.
  */
 struct vm_state_writer {
-	int fd;                /* -1: write to buffer */
+	int fd; /* -1: write to buffer */
 	uint8_t *buffer;
 	size_t buffer_bytes, buffer_capacity;
 	uint64_t offset_bytes; /* bytes written so far */
 	uint64_t record_count;
-	uint32_t stream_crc;   /* CRC32C of every byte written */
-	int error;             /* first -errno, or 0 */
+	uint32_t stream_crc; /* CRC32C of every byte written */
+	int error;	     /* first -errno, or 0 */
 };
 
 /* Write to fd (not closed by the writer). */
@@ -284,11 +284,11 @@ void vm_state_writer_free(struct vm_state_writer *w);
 
 /* Append one record whose payload is the concatenation of iov.  Returns 0
  * or the sticky -errno (-EMSGSIZE for a payload over the limit). */
-int vm_state_putv(struct vm_state_writer *w, uint32_t type, uint32_t flags,
-		  const struct iovec *iov, int iov_count);
+int vm_state_putv(struct vm_state_writer *w, uint32_t type, uint32_t flags, const struct iovec *iov,
+		  int iov_count);
 /* Same with one contiguous payload (may be NULL when length_bytes is 0). */
-int vm_state_put(struct vm_state_writer *w, uint32_t type, uint32_t flags,
-		 const void *payload, uint64_t length_bytes);
+int vm_state_put(struct vm_state_writer *w, uint32_t type, uint32_t flags, const void *payload,
+		 uint64_t length_bytes);
 /* The first record of a stream. */
 int vm_state_put_begin(struct vm_state_writer *w, enum vm_state_stream_kind kind);
 /* The last record of a stream. */
@@ -301,23 +301,23 @@ struct vm_state_record {
 	uint32_t flags;
 	uint64_t length_bytes;
 	const uint8_t *payload; /* valid until the next read */
-	uint64_t offset_bytes;  /* of the header in the stream */
-	uint64_t index;         /* 0 = BEGIN */
+	uint64_t offset_bytes;	/* of the header in the stream */
+	uint64_t index;		/* 0 = BEGIN */
 };
 
 struct vm_state_reader {
-	int fd;                 /* -1: read from buffer */
+	int fd; /* -1: read from buffer */
 	const uint8_t *buffer;
 	size_t buffer_bytes;
-	const char *what;       /* name used in messages, e.g. "state.bin" */
+	const char *what; /* name used in messages, e.g. "state.bin" */
 	uint32_t expected_kind;
 	uint64_t offset_bytes;
-	uint64_t record_count;  /* records read, BEGIN included */
+	uint64_t record_count; /* records read, BEGIN included */
 	struct vm_state_begin begin;
 	bool began, ended;
-	uint8_t *payload;       /* owned scratch buffer */
+	uint8_t *payload; /* owned scratch buffer */
 	size_t payload_capacity;
-	char *error;            /* message for the user */
+	char *error; /* message for the user */
 	size_t error_len;
 };
 
@@ -327,9 +327,8 @@ void vm_state_reader_init_fd(struct vm_state_reader *r, int fd, const char *what
 			     enum vm_state_stream_kind expected_kind, char *error,
 			     size_t error_len);
 /* Read from memory (data must outlive the reader). */
-void vm_state_reader_init_buffer(struct vm_state_reader *r, const void *data,
-				 size_t length_bytes, const char *what,
-				 enum vm_state_stream_kind expected_kind,
+void vm_state_reader_init_buffer(struct vm_state_reader *r, const void *data, size_t length_bytes,
+				 const char *what, enum vm_state_stream_kind expected_kind,
 				 char *error, size_t error_len);
 void vm_state_reader_free(struct vm_state_reader *r);
 
@@ -408,8 +407,7 @@ int vm_state_write_file(int dirfd, const char *name, const void *data, size_t le
  * -EPROTO (size or checksum mismatch) / -errno with a message in error.
  */
 int vm_state_load_flat_file(int dirfd, const char *name, uint8_t *dest, uint64_t size_bytes,
-			    uint32_t expected_crc, bool zero_holes, char *error,
-			    size_t error_len);
+			    uint32_t expected_crc, bool zero_holes, char *error, size_t error_len);
 
 /* ---- The state directory -------------------------------------------------- */
 
@@ -457,7 +455,7 @@ struct vm_state_dir {
 	char *path;
 	struct vm_state_manifest_file files[VM_STATE_MAX_FILES];
 	unsigned file_count;
-	struct vm_state_records state; /* state.bin */
+	struct vm_state_records state;	     /* state.bin */
 	const struct vm_state_vm_info *info; /* points into state */
 };
 
@@ -470,8 +468,8 @@ struct vm_state_dir {
  * unless check_memory is set.  Returns 0 or -EPROTO / -errno with a
  * message in error that names the file and what is wrong.
  */
-int vm_state_dir_open(struct vm_state_dir *dir, const char *path, bool check_memory,
-		      char *error, size_t error_len);
+int vm_state_dir_open(struct vm_state_dir *dir, const char *path, bool check_memory, char *error,
+		      size_t error_len);
 void vm_state_dir_close(struct vm_state_dir *dir);
 
 /* The manifest entry for name, or NULL. */

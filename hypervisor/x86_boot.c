@@ -83,8 +83,7 @@ static int build_page_tables(struct guest_memory *mem)
 	return 0;
 }
 
-static uint64_t segment_descriptor(uint32_t base, uint32_t limit, uint8_t access,
-				   uint8_t flags)
+static uint64_t segment_descriptor(uint32_t base, uint32_t limit, uint8_t access, uint8_t flags)
 {
 	return (uint64_t)(limit & 0xffff) | ((uint64_t)(base & 0xffffff) << 16) |
 	       ((uint64_t)access << 40) | ((uint64_t)((limit >> 16) & 0xf) << 48) |
@@ -101,8 +100,7 @@ static void build_gdt(struct guest_memory *mem)
 	gdt[X86_SEL_USER_DS >> 3] = segment_descriptor(0, 0xfffff, 0xf2, 0xc);
 	gdt[X86_SEL_USER_CS >> 3] = segment_descriptor(0, 0xfffff, 0xfa, 0xa);
 	/* 64-bit available TSS: 16 bytes, the high half holds base[63:32]. */
-	gdt[X86_SEL_TSS >> 3] =
-		segment_descriptor(X86_GPA_TSS, X86_TSS_LIMIT, 0x89, 0x0);
+	gdt[X86_SEL_TSS >> 3] = segment_descriptor(X86_GPA_TSS, X86_TSS_LIMIT, 0x89, 0x0);
 	gdt[(X86_SEL_TSS >> 3) + 1] = 0;
 }
 
@@ -122,8 +120,16 @@ static void build_tss(struct guest_memory *mem)
 static int vector_has_error_code(unsigned vector)
 {
 	switch (vector) {
-	case 8: case 10: case 11: case 12: case 13: case 14: case 17: case 21:
-	case 29: case 30:
+	case 8:
+	case 10:
+	case 11:
+	case 12:
+	case 13:
+	case 14:
+	case 17:
+	case 21:
+	case 29:
+	case 30:
 		return 1;
 	default:
 		return 0;
@@ -189,15 +195,15 @@ int x86_boot_build_tables(struct guest_memory *mem)
 
 void x86_boot_open_port(struct guest_memory *mem, uint16_t port)
 {
-	uint8_t *bitmap = guest_memory_translate(
-		mem, X86_GPA_TSS + X86_TSS_IOMAP_OFFSET, X86_TSS_IOMAP_BYTES);
+	uint8_t *bitmap = guest_memory_translate(mem, X86_GPA_TSS + X86_TSS_IOMAP_OFFSET,
+						 X86_TSS_IOMAP_BYTES);
 	bitmap[port / 8] &= (uint8_t) ~(1u << (port % 8));
 }
 
 int x86_boot_port_is_open(const struct guest_memory *mem, uint16_t port)
 {
-	const uint8_t *bitmap = guest_memory_translate(
-		mem, X86_GPA_TSS + X86_TSS_IOMAP_OFFSET, X86_TSS_IOMAP_BYTES);
+	const uint8_t *bitmap = guest_memory_translate(mem, X86_GPA_TSS + X86_TSS_IOMAP_OFFSET,
+						       X86_TSS_IOMAP_BYTES);
 	return !(bitmap[port / 8] & (1u << (port % 8)));
 }
 

@@ -15,7 +15,7 @@
 #define X86_GPA_EXCEPTION_STACK_TOP 0x10000u
 #define X86_GPA_PML4 0x10000u
 #define X86_GPA_PDPT 0x11000u
-#define X86_GPA_PT_LOW 0x12000u /* 4 KiB pages for the first 2 MiB */
+#define X86_GPA_PT_LOW 0x12000u	 /* 4 KiB pages for the first 2 MiB */
 #define X86_GPA_PD_BASE 0x13000u /* one page directory per GiB of RAM */
 
 /* Selectors.  Guest code runs with USER_CS/USER_DS (RPL 3). */

@@ -24,7 +24,7 @@
 set -u
 BUILD=${1:-build}
 KAPSEL=${KAPSEL:-$BUILD/hypervisor/kapsel}
-GUESTS=${GUESTS:-$BUILD/guest-pv}
+GUESTS=${GUESTS:-$BUILD/guest-pv/examples}
 BLKTEST=$GUESTS/blktest.elf
 DURATION_S=${DURATION_S:-2}
 IOPS=${IOPS:-500}

@@ -4,7 +4,7 @@
 set -u
 BUILD=${1:-build}
 KAPSEL=$BUILD/hypervisor/kapsel
-COUNTER=$BUILD/guest-pv/counter.elf
+COUNTER=$BUILD/guest-pv/examples/counter.elf
 [ -x "$KAPSEL" ] && [ -f "$COUNTER" ] || { echo "build first: ninja -C $BUILD"; exit 1; }
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/kapsel-bench-state.XXXXXX")
 PIDS=()

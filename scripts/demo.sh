@@ -12,7 +12,7 @@ fi
 ninja -C "$build"
 
 echo "== Booting the demo guest"
-"$build/hypervisor/kapsel" run --kernel "$build/guest-pv/hello.elf" --memory 64M --no-console-input
+"$build/hypervisor/kapsel" run --kernel "$build/guest-pv/examples/hello.elf" --memory 64M --no-console-input
 
 echo
 echo "== kapsel bench (native vs paravirtualized vs emulated, default disk)"

@@ -76,7 +76,9 @@ static int run_request(enum kapsel_blk_op op, uint64_t sector, uint8_t *data, ui
 
 static int run_simple(enum kapsel_blk_op op, uint64_t sector, uint64_t sector_count)
 {
-	struct kg_block_request request = { .op = op, .sector = sector, .sector_count = sector_count };
+	struct kg_block_request request = { .op = op,
+					    .sector = sector,
+					    .sector_count = sector_count };
 	int err = disk.ops->submit(&disk, &request);
 	if (err)
 		return err;
@@ -129,7 +131,8 @@ static int do_verify(uint64_t seed, uint64_t first, uint64_t count)
 		}
 		int64_t bad = check_pattern(buffer, seed, sector, n);
 		if (bad >= 0) {
-			kg_printf("atatest: sector %lld does not hold the pattern\n", (long long)bad);
+			kg_printf("atatest: sector %lld does not hold the pattern\n",
+				  (long long)bad);
 			return 1;
 		}
 		sector += n;
@@ -154,8 +157,8 @@ static int do_readonly(void)
 }
 
 /* Raw register access for what the driver never does on purpose. */
-static uint8_t raw_command(const struct kapsel_device_desc *desc, uint8_t command,
-			   uint64_t lba, uint8_t *error)
+static uint8_t raw_command(const struct kapsel_device_desc *desc, uint8_t command, uint64_t lba,
+			   uint8_t *error)
 {
 	uint16_t base = desc->io_base;
 	kg_outb((uint16_t)(base + 6), 0x40);
@@ -255,10 +258,13 @@ int main(int argc, char **argv)
 	kg_assert(buffer);
 
 	if (strcmp(mode, "write") == 0)
-		return do_write(arg_u64(argc, argv, 2), arg_u64(argc, argv, 3), arg_u64(argc, argv, 4)) ||
-		       do_verify(arg_u64(argc, argv, 2), arg_u64(argc, argv, 3), arg_u64(argc, argv, 4));
+		return do_write(arg_u64(argc, argv, 2), arg_u64(argc, argv, 3),
+				arg_u64(argc, argv, 4)) ||
+		       do_verify(arg_u64(argc, argv, 2), arg_u64(argc, argv, 3),
+				 arg_u64(argc, argv, 4));
 	if (strcmp(mode, "verify") == 0)
-		return do_verify(arg_u64(argc, argv, 2), arg_u64(argc, argv, 3), arg_u64(argc, argv, 4));
+		return do_verify(arg_u64(argc, argv, 2), arg_u64(argc, argv, 3),
+				 arg_u64(argc, argv, 4));
 	if (strcmp(mode, "readonly") == 0)
 		return do_readonly();
 	if (strcmp(mode, "errors") == 0)

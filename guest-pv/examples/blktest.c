@@ -134,12 +134,14 @@ static void do_write(struct kg_block_device *dev, struct kg_block_info *info)
 	kg_assert(start + sectors <= info->capacity_sectors);
 	uint64_t *buffer = alloc_bytes(CHUNK_SECTORS * SECTOR);
 	for (uint64_t done = 0; done < sectors;) {
-		uint32_t n = sectors - done < CHUNK_SECTORS ? (uint32_t)(sectors - done) : CHUNK_SECTORS;
+		uint32_t n =
+			sectors - done < CHUNK_SECTORS ? (uint32_t)(sectors - done) : CHUNK_SECTORS;
 		for (uint32_t i = 0; i < n; i++)
 			fill_sector(buffer + i * WORDS_PER_SECTOR, seed, start + done + i);
 		int err = kg_block_write(dev, start + done, buffer, n);
 		if (err)
-			kg_panic("write of sectors %llu+%u failed: %d", (unsigned long long)(start + done), n, err);
+			kg_panic("write of sectors %llu+%u failed: %d",
+				 (unsigned long long)(start + done), n, err);
 		done += n;
 	}
 	int err = kg_block_flush(dev);
@@ -160,7 +162,8 @@ static void do_verify(struct kg_block_device *dev, struct kg_block_info *info)
 	kg_assert(start + sectors <= info->capacity_sectors);
 	uint64_t *buffer = alloc_bytes(CHUNK_SECTORS * SECTOR);
 	for (uint64_t done = 0; done < sectors;) {
-		uint32_t n = sectors - done < CHUNK_SECTORS ? (uint32_t)(sectors - done) : CHUNK_SECTORS;
+		uint32_t n =
+			sectors - done < CHUNK_SECTORS ? (uint32_t)(sectors - done) : CHUNK_SECTORS;
 		int err = kg_block_read(dev, start + done, buffer, n);
 		kg_assert(err == 0);
 		for (uint32_t i = 0; i < n; i++) {
@@ -189,7 +192,10 @@ struct random_slot {
 };
 
 static uint64_t rng_state;
-static uint64_t rng_next(void) { return mix64(rng_state++); }
+static uint64_t rng_next(void)
+{
+	return mix64(rng_state++);
+}
 
 static uint64_t version_seed(uint64_t seed, uint32_t version)
 {
@@ -272,18 +278,21 @@ static void do_random(struct kg_block_device *dev, struct kg_block_info *info)
 			struct random_slot *slot = done[k]->user_data;
 			if (done[k]->status != 0)
 				kg_panic("request on sectors %llu+%u failed: %d",
-					 (unsigned long long)slot->first, slot->count, done[k]->status);
+					 (unsigned long long)slot->first, slot->count,
+					 done[k]->status);
 			for (uint32_t i = 0; i < slot->count; i++) {
 				uint64_t sector = slot->first + i;
 				if (done[k]->op == KAPSEL_BLK_OP_WRITE) {
 					versions[sector] = slot->version;
 				} else if (versions[sector]) {
-					int word = check_sector(slot->buffer + i * WORDS_PER_SECTOR,
-								version_seed(seed, versions[sector]),
-								sector);
+					int word =
+						check_sector(slot->buffer + i * WORDS_PER_SECTOR,
+							     version_seed(seed, versions[sector]),
+							     sector);
 					if (word >= 0)
 						kg_printf("blktest random: sector %llu word %d differs from version %u\n",
-							  (unsigned long long)sector, word, versions[sector]);
+							  (unsigned long long)sector, word,
+							  versions[sector]);
 					kg_assert(word < 0);
 					checked++;
 				}
@@ -341,8 +350,8 @@ static void do_zeroes(struct kg_block_device *dev, struct kg_block_info *info)
 	kg_assert(done == &r && r.status == 0);
 	static const uint64_t zero_sector[WORDS_PER_SECTOR];
 	for (uint32_t i = 0; i < piece_sectors * 4; i++) {
-		const uint64_t *words = pieces[3 - i / piece_sectors] +
-					(i % piece_sectors) * WORDS_PER_SECTOR;
+		const uint64_t *words =
+			pieces[3 - i / piece_sectors] + (i % piece_sectors) * WORDS_PER_SECTOR;
 		if (i >= 8 && i < 24)
 			kg_assert(memcmp(words, zero_sector, SECTOR) == 0);
 		else if (i >= 32 && i < 40)
@@ -447,9 +456,11 @@ static void do_perf(struct kg_block_device *dev, struct kg_block_info *info)
 		  write ? "write" : "read", (unsigned long long)bs, (unsigned long long)qd,
 		  (unsigned long long)ops, (unsigned long long)(elapsed_ns / 1000),
 		  (unsigned long long)(ops * 1000000000ull / (elapsed_ns ? elapsed_ns : 1)),
-		  (unsigned long long)(ops * bs / 1024 * 1000000000ull / (elapsed_ns ? elapsed_ns : 1)),
+		  (unsigned long long)(ops * bs / 1024 * 1000000000ull /
+				       (elapsed_ns ? elapsed_ns : 1)),
 		  (unsigned long long)mean_us, (unsigned long long)(s.kicks / ops),
-		  (unsigned long long)(s.kicks * 1000 / ops % 1000), (unsigned long long)(s.blocks / ops),
+		  (unsigned long long)(s.kicks * 1000 / ops % 1000),
+		  (unsigned long long)(s.blocks / ops),
 		  (unsigned long long)(s.blocks * 1000 / ops % 1000));
 	print_stats(dev);
 }

@@ -80,8 +80,7 @@ static void verify_memory(void)
 		if (history[n % HISTORY] != mix64(history[(n - 1) % HISTORY] ^ n))
 			kg_panic("history broken at tick %llu", (unsigned long long)n);
 	if (counter && history[counter % HISTORY] != checksum)
-		kg_panic("checksum %llx does not match the history",
-			 (unsigned long long)checksum);
+		kg_panic("checksum %llx does not match the history", (unsigned long long)checksum);
 	kg_printf("memory ok: %llu pattern words, %llu history entries at tick %llu\n",
 		  (unsigned long long)pattern_words,
 		  (unsigned long long)(counter >= first ? counter - first + 1 : 0),
@@ -93,7 +92,8 @@ static void on_new_generation(uint64_t generation)
 	const struct kapsel_start_info *si = kg_platform_start_info();
 	verify_memory();
 	/* What must be unique per instance is derived again here. */
-	unique_id = mix64(kg_rdtsc() ^ generation ^ mix64((uint64_t)si->uuid[0] << 8 | si->uuid[1]));
+	unique_id =
+		mix64(kg_rdtsc() ^ generation ^ mix64((uint64_t)si->uuid[0] << 8 | si->uuid[1]));
 	generation_seen = generation;
 	kg_printf("new generation %llu name %s id %016llx\n", (unsigned long long)generation,
 		  si->name, (unsigned long long)unique_id);

@@ -11,9 +11,9 @@ int main(int argc, char **argv)
 	kg_printf("Hello from a Kapsel guest!\n");
 	if (si)
 		kg_printf("ABI %u.%u, %llu MiB RAM, %u devices, console %s, name '%s'\n",
-			  si->abi_major, si->abi_minor,
-			  (unsigned long long)(si->ram_bytes >> 20), si->device_count,
-			  kg_console_mode() == KG_CONSOLE_PV ? "pv" : "uart", si->name);
+			  si->abi_major, si->abi_minor, (unsigned long long)(si->ram_bytes >> 20),
+			  si->device_count, kg_console_mode() == KG_CONSOLE_PV ? "pv" : "uart",
+			  si->name);
 	else
 		kg_printf("not running on Kapsel\n");
 	return 0;

@@ -42,7 +42,8 @@ int main(int argc, char **argv)
 		}
 		if (!ignore) {
 			uint64_t deadline_ns;
-			enum kapsel_control_request request = kg_platform_control_request(&deadline_ns);
+			enum kapsel_control_request request =
+				kg_platform_control_request(&deadline_ns);
 			if (request == KAPSEL_CONTROL_POWEROFF) {
 				kg_printf("idle: poweroff requested after %llu ticks\n",
 					  (unsigned long long)ticks);

@@ -26,7 +26,7 @@
 #define KIND_BYE 2u
 #define HEADER_BYTES 14u
 #define PAYLOAD_HEADER_BYTES 16u
-#define RETRY_NS 200000000ull   /* resend a frame whose echo did not come */
+#define RETRY_NS 200000000ull /* resend a frame whose echo did not come */
 #define RETRIES_MAX 50u
 #define PONG_IDLE_NS 30000000000ull
 
@@ -92,7 +92,8 @@ static uint32_t parse(const uint8_t *f, int length, uint32_t *seq, bool *corrupt
 {
 	*corrupt = false;
 	if (length < (int)(HEADER_BYTES + PAYLOAD_HEADER_BYTES + 4) ||
-	    f[12] != (uint8_t)(ETHERTYPE_KAPSEL_TEST >> 8) || f[13] != (uint8_t)ETHERTYPE_KAPSEL_TEST)
+	    f[12] != (uint8_t)(ETHERTYPE_KAPSEL_TEST >> 8) ||
+	    f[13] != (uint8_t)ETHERTYPE_KAPSEL_TEST)
 		return 0; /* someone else's frame (e.g. IPv6 router solicitations on a tap) */
 	const uint8_t *p = f + HEADER_BYTES;
 	uint32_t data_bytes = get32(p + 12);
@@ -101,7 +102,8 @@ static uint32_t parse(const uint8_t *f, int length, uint32_t *seq, bool *corrupt
 	    HEADER_BYTES + PAYLOAD_HEADER_BYTES + data_bytes + 4 > (uint32_t)length)
 		return 0;
 	*seq = get32(p + 8);
-	if (get32(p + PAYLOAD_HEADER_BYTES + data_bytes) != fnv32(p, PAYLOAD_HEADER_BYTES + data_bytes))
+	if (get32(p + PAYLOAD_HEADER_BYTES + data_bytes) !=
+	    fnv32(p, PAYLOAD_HEADER_BYTES + data_bytes))
 		return 0;
 	for (uint32_t i = 0; i < data_bytes; i++)
 		if (p[PAYLOAD_HEADER_BYTES + i] != pattern(*seq, i))
@@ -180,7 +182,8 @@ static int do_ping(uint32_t count, uint32_t data_bytes, const uint8_t peer[6])
 			uint64_t deadline = kg_time_now_ns() + RETRY_NS;
 			int n;
 			bool echoed = false;
-			while ((n = kg_net_recv_until(net, received, sizeof(received), deadline)) > 0) {
+			while ((n = kg_net_recv_until(net, received, sizeof(received), deadline)) >
+			       0) {
 				uint32_t got_seq = 0;
 				bool corrupt;
 				uint32_t kind = parse(received, n, &got_seq, &corrupt);
@@ -192,7 +195,8 @@ static int do_ping(uint32_t count, uint32_t data_bytes, const uint8_t peer[6])
 					continue; /* not ours, or a late echo of a resent frame */
 				if (got_seq != seq || (uint32_t)n != length ||
 				    memcmp(received, own_mac, 6) != 0 ||
-				    memcmp(received + 6, peer[0] & 1 ? received + 6 : peer, 6) != 0) {
+				    memcmp(received + 6, peer[0] & 1 ? received + 6 : peer, 6) !=
+					    0) {
 					kg_printf("netpingpong: echo %u does not match frame %u (length %d of %u, or addresses)\n",
 						  got_seq, seq, n, length);
 					return 1;
@@ -211,7 +215,8 @@ static int do_ping(uint32_t count, uint32_t data_bytes, const uint8_t peer[6])
 			if (echoed)
 				break;
 			if (++tries > RETRIES_MAX) {
-				kg_printf("netpingpong: no echo of frame %u after %u tries\n", seq, tries);
+				kg_printf("netpingpong: no echo of frame %u after %u tries\n", seq,
+					  tries);
 				return 1;
 			}
 			retries++;
@@ -225,10 +230,10 @@ static int do_ping(uint32_t count, uint32_t data_bytes, const uint8_t peer[6])
 	uint64_t avg_ns = count ? total_ns / count : 0;
 	uint64_t rate = elapsed_ns ? (uint64_t)count * 1000000000ull / elapsed_ns : 0;
 	kg_printf("netpingpong: ping path=%s frames=%u frame_bytes=%u rtt_us min=%llu avg=%llu max=%llu round_trips_per_s=%llu retries=%u\n",
-		  path_name(kg_net_path_of(net)), count, HEADER_BYTES + PAYLOAD_HEADER_BYTES + data_bytes + 4,
-		  (unsigned long long)(min_ns / 1000),
-		  (unsigned long long)(avg_ns / 1000), (unsigned long long)(max_ns / 1000),
-		  (unsigned long long)rate, retries);
+		  path_name(kg_net_path_of(net)), count,
+		  HEADER_BYTES + PAYLOAD_HEADER_BYTES + data_bytes + 4,
+		  (unsigned long long)(min_ns / 1000), (unsigned long long)(avg_ns / 1000),
+		  (unsigned long long)(max_ns / 1000), (unsigned long long)rate, retries);
 	return 0;
 }
 
@@ -312,8 +317,8 @@ static int do_garbage(void)
 		if (status == cases[i].expected)
 			refused++;
 		else
-			kg_printf("netpingpong: %s: status %d, expected %d\n", cases[i].what, status,
-				  cases[i].expected);
+			kg_printf("netpingpong: %s: status %d, expected %d\n", cases[i].what,
+				  status, cases[i].expected);
 	}
 	static const uint8_t broadcast[6] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
 	uint32_t length = build(frame, broadcast, KIND_DATA, 0, 64);
@@ -338,7 +343,8 @@ int main(int argc, char **argv)
 		kg_panic("netpingpong: path='%s' is unknown; use auto, pv or ne2000", path_text);
 	int err = kg_net_open((unsigned)number_arg("index", 0), path, &net);
 	if (err) {
-		kg_printf("netpingpong: no network interface on path %s: %d\n", path_name(path), err);
+		kg_printf("netpingpong: no network interface on path %s: %d\n", path_name(path),
+			  err);
 		return 2;
 	}
 	kg_net_set_poll_ns(net, number_arg("poll", 0) * 1000);
@@ -354,7 +360,8 @@ int main(int argc, char **argv)
 	uint32_t size = (uint32_t)number_arg("size", 128);
 	uint32_t overhead = HEADER_BYTES + PAYLOAD_HEADER_BYTES + 4;
 	if (size < overhead || size > KAPSEL_NET_FRAME_MAX)
-		kg_panic("netpingpong: size=%u must be %u-%u", size, overhead, KAPSEL_NET_FRAME_MAX);
+		kg_panic("netpingpong: size=%u must be %u-%u", size, overhead,
+			 KAPSEL_NET_FRAME_MAX);
 	if (!role)
 		kg_panic("netpingpong: give role=ping, pong, send or garbage");
 	if (strcmp(role, "ping") == 0)

@@ -19,7 +19,7 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < MARKER_BYTES; i++)
 		dirty += marker[i] != 0;
 	kg_printf("boot with generation %llu, %zu dirty heap bytes\n",
-	          (unsigned long long)generation, dirty);
+		  (unsigned long long)generation, dirty);
 	kg_assert(dirty == 0);
 	if (generation == 0) {
 		for (size_t i = 0; i < MARKER_BYTES; i++)

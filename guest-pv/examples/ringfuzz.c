@@ -161,7 +161,8 @@ static void phase_bad_setups(uint64_t ram_bytes)
 	h->responses_offset = 0x7ffff000u;
 	expect_setup_refused("slots past the ring", do_setup(gpa, ring_pages));
 	expect_setup_refused("setup struct across the end of RAM",
-			     kg_hypercall(KAPSEL_HC_DEVICE_SETUP, disk->index, ram_bytes - 8, 0, 0, 0));
+			     kg_hypercall(KAPSEL_HC_DEVICE_SETUP, disk->index, ram_bytes - 8, 0, 0,
+					  0));
 }
 
 static void expect_error(struct kapsel_blk_request *r, uint64_t id, int32_t expected,
@@ -344,7 +345,8 @@ static int reboot_check(void)
 		struct kapsel_blk_request *r = next_slot();
 		r->op = KAPSEL_BLK_OP_GET_INFO;
 		r->segment_count = 1;
-		r->segments[0] = (struct kapsel_blk_segment){ kg_os_virt_to_phys(data_page), 512, 0 };
+		r->segments[0] =
+			(struct kapsel_blk_segment){ kg_os_virt_to_phys(data_page), 512, 0 };
 		kg_assert(send(r, 1) == 0);
 		kg_printf("ringfuzz reboot: ring used, rebooting\n");
 		kg_hc_shutdown(KAPSEL_SHUTDOWN_REBOOT, 0);

@@ -65,12 +65,12 @@ struct ata_driver {
 	uint16_t io_base;
 	uint16_t io_ctl;
 	bool lba48;
-	bool readonly;               /* from the hypervisor's description */
-	bool pio32;                  /* the data register takes 32-bit accesses */
-	uint32_t multiple_sectors;   /* 0: READ/WRITE SECTORS, one per block */
+	bool readonly;		   /* from the hypervisor's description */
+	bool pio32;		   /* the data register takes 32-bit accesses */
+	uint32_t multiple_sectors; /* 0: READ/WRITE SECTORS, one per block */
 	uint64_t capacity_sectors;
-	int device_shadow;           /* last device register value, -1 unknown */
-	bool known_idle;             /* the last status read showed BSY and DRQ clear */
+	int device_shadow;		    /* last device register value, -1 unknown */
+	bool known_idle;		    /* the last status read showed BSY and DRQ clear */
 	struct kg_block_request *completed; /* queue depth 1: waiting for reap */
 };
 
@@ -238,11 +238,11 @@ static int ata_transfer(struct ata_driver *d, bool is_write, uint64_t lba, uint3
 	bool multiple = d->multiple_sectors > 1;
 	uint8_t command;
 	if (is_write)
-		command = multiple ? (lba48 ? ATA_CMD_WRITE_MULTIPLE_EXT : ATA_CMD_WRITE_MULTIPLE) :
-				     (lba48 ? ATA_CMD_WRITE_SECTORS_EXT : ATA_CMD_WRITE_SECTORS);
+		command = multiple ? (lba48 ? ATA_CMD_WRITE_MULTIPLE_EXT : ATA_CMD_WRITE_MULTIPLE)
+				   : (lba48 ? ATA_CMD_WRITE_SECTORS_EXT : ATA_CMD_WRITE_SECTORS);
 	else
-		command = multiple ? (lba48 ? ATA_CMD_READ_MULTIPLE_EXT : ATA_CMD_READ_MULTIPLE) :
-				     (lba48 ? ATA_CMD_READ_SECTORS_EXT : ATA_CMD_READ_SECTORS);
+		command = multiple ? (lba48 ? ATA_CMD_READ_MULTIPLE_EXT : ATA_CMD_READ_MULTIPLE)
+				   : (lba48 ? ATA_CMD_READ_SECTORS_EXT : ATA_CMD_READ_SECTORS);
 	uint32_t block = multiple ? d->multiple_sectors : 1;
 	int err = ata_issue(d, command, lba, count, lba48);
 	if (err)
@@ -436,8 +436,10 @@ static int ata_probe(struct ata_driver *d, uint16_t *id)
 		return -KAPSEL_ENODEV; /* no drive 0, or it never came back */
 	/* After reset: count 1, LBA low 1; LBA mid/high 0/0 for an ATA disk
 	 * (ATAPI says 14h/EBh and is not ours). */
-	if (kg_inb((uint16_t)(base + ATA_COUNT)) != 1 || kg_inb((uint16_t)(base + ATA_LBA_LOW)) != 1 ||
-	    kg_inb((uint16_t)(base + ATA_LBA_MID)) != 0 || kg_inb((uint16_t)(base + ATA_LBA_HIGH)) != 0)
+	if (kg_inb((uint16_t)(base + ATA_COUNT)) != 1 ||
+	    kg_inb((uint16_t)(base + ATA_LBA_LOW)) != 1 ||
+	    kg_inb((uint16_t)(base + ATA_LBA_MID)) != 0 ||
+	    kg_inb((uint16_t)(base + ATA_LBA_HIGH)) != 0)
 		return -KAPSEL_ENODEV;
 
 	ata_write_device(d, ATA_DEVICE_LEGACY | ATA_DEVICE_LBA);
@@ -466,7 +468,8 @@ static int ata_probe(struct ata_driver *d, uint16_t *id)
 	while (multiple * 2 <= max_multiple && multiple * 2 <= ATA_WANTED_MULTIPLE)
 		multiple *= 2;
 	d->multiple_sectors = 0;
-	if (multiple > 1 && ata_command_no_data(d, ATA_CMD_SET_MULTIPLE_MODE, (uint8_t)multiple) == 0)
+	if (multiple > 1 &&
+	    ata_command_no_data(d, ATA_CMD_SET_MULTIPLE_MODE, (uint8_t)multiple) == 0)
 		d->multiple_sectors = multiple;
 	return 0;
 }
@@ -474,7 +477,8 @@ static int ata_probe(struct ata_driver *d, uint16_t *id)
 int kg_blk_ata_open(const struct kapsel_device_desc *desc, struct kg_block_device *device)
 {
 	uint16_t id[256];
-	struct ata_driver probe = { .io_base = ATA_LEGACY_IO_BASE, .io_ctl = ATA_LEGACY_IO_CTL,
+	struct ata_driver probe = { .io_base = ATA_LEGACY_IO_BASE,
+				    .io_ctl = ATA_LEGACY_IO_CTL,
 				    .device_shadow = -1 };
 
 	if (desc) {
@@ -512,10 +516,11 @@ int kg_blk_ata_open(const struct kapsel_device_desc *desc, struct kg_block_devic
 	device->info.path = KG_BLOCK_ATA;
 
 	char line[128];
-	kg_snprintf(line, sizeof(line), "ata: disk at 0x%x/0x%x: %llu sectors, %s, multiple %u, %s PIO%s",
-		    d->io_base, d->io_ctl, (unsigned long long)d->capacity_sectors,
-		    d->lba48 ? "lba48" : "lba28", d->multiple_sectors, d->pio32 ? "32-bit" : "16-bit",
-		    d->readonly ? ", read-only" : "");
+	kg_snprintf(line, sizeof(line),
+		    "ata: disk at 0x%x/0x%x: %llu sectors, %s, multiple %u, %s PIO%s", d->io_base,
+		    d->io_ctl, (unsigned long long)d->capacity_sectors,
+		    d->lba48 ? "lba48" : "lba28", d->multiple_sectors,
+		    d->pio32 ? "32-bit" : "16-bit", d->readonly ? ", read-only" : "");
 	kg_os_log(line);
 	return 0;
 }

@@ -15,10 +15,10 @@
 
 struct blk_pv_driver {
 	struct kg_ring ring;
-	uint32_t port;           /* event channel the backend signals */
-	uint16_t doorbell_port;  /* 0: kick with EVTCHN_SEND instead */
+	uint32_t port;		/* event channel the backend signals */
+	uint16_t doorbell_port; /* 0: kick with EVTCHN_SEND instead */
 	uint16_t device_index;
-	uint32_t queued;         /* pushed since the last kick */
+	uint32_t queued; /* pushed since the last kick */
 	uint32_t free_count;
 	uint32_t free_ids[BLK_PV_SLOTS];
 	struct kg_block_request *by_id[BLK_PV_SLOTS];

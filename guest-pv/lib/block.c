@@ -14,15 +14,17 @@ static const struct kapsel_device_desc *find_disk(unsigned index, enum kg_block_
 	const struct kapsel_start_info *si = kg_platform_start_info();
 	if (!si)
 		return 0;
-	uint32_t count = si->device_count < KAPSEL_MAX_DEVICES ? si->device_count
-							       : KAPSEL_MAX_DEVICES;
+	uint32_t count =
+		si->device_count < KAPSEL_MAX_DEVICES ? si->device_count : KAPSEL_MAX_DEVICES;
 	for (uint32_t i = 0; i < count; i++) {
 		const struct kapsel_device_desc *d = &si->devices[i];
 		if (d->unit != index)
 			continue;
-		if (d->type == KAPSEL_DEV_BLOCK_PV && (path == KG_BLOCK_AUTO || path == KG_BLOCK_PV))
+		if (d->type == KAPSEL_DEV_BLOCK_PV &&
+		    (path == KG_BLOCK_AUTO || path == KG_BLOCK_PV))
 			return d;
-		if (d->type == KAPSEL_DEV_ATA_DISK && (path == KG_BLOCK_AUTO || path == KG_BLOCK_ATA))
+		if (d->type == KAPSEL_DEV_ATA_DISK &&
+		    (path == KG_BLOCK_AUTO || path == KG_BLOCK_ATA))
 			return d;
 	}
 	return 0;
@@ -121,8 +123,8 @@ void kg_block_kick(struct kg_block_device *device)
 	device->ops->kick(device);
 }
 
-unsigned kg_block_reap(struct kg_block_device *device, struct kg_block_request **done,
-		       unsigned max, bool wait)
+unsigned kg_block_reap(struct kg_block_device *device, struct kg_block_request **done, unsigned max,
+		       bool wait)
 {
 	if (device->in_flight == 0)
 		return 0;
@@ -131,7 +133,10 @@ unsigned kg_block_reap(struct kg_block_device *device, struct kg_block_request *
 	return n;
 }
 
-unsigned kg_block_in_flight(struct kg_block_device *device) { return device->in_flight; }
+unsigned kg_block_in_flight(struct kg_block_device *device)
+{
+	return device->in_flight;
+}
 
 void kg_block_get_stats(struct kg_block_device *device, struct kg_block_stats *stats)
 {
@@ -222,7 +227,8 @@ static int range_op(struct kg_block_device *device, enum kapsel_blk_op op, uint6
 {
 	if (device->in_flight)
 		return -KAPSEL_EBUSY;
-	struct kg_block_request request = { .op = op, .sector = sector,
+	struct kg_block_request request = { .op = op,
+					    .sector = sector,
 					    .sector_count = sector_count };
 	return run_one(device, &request);
 }

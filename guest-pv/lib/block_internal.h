@@ -26,7 +26,7 @@ struct kg_block_device {
 	struct kg_block_stats stats;
 	unsigned in_flight;
 	uint64_t poll_ns; /* reap(wait): spin this long before sleeping */
-	void *driver; /* driver-private state */
+	void *driver;	  /* driver-private state */
 };
 
 /* PV driver (blk_pv.c): open the PV device described by desc. */

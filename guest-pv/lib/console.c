@@ -26,7 +26,10 @@ int kg_console_init(enum kg_console_mode mode)
 	return 0;
 }
 
-enum kg_console_mode kg_console_mode(void) { return console_mode; }
+enum kg_console_mode kg_console_mode(void)
+{
+	return console_mode;
+}
 
 void kg_console_write(const void *data, size_t length)
 {

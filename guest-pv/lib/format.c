@@ -14,8 +14,7 @@ static void put(struct out *o, char c)
 	o->length++;
 }
 
-static void put_padded(struct out *o, const char *s, size_t n, int width, int left,
-		       char pad)
+static void put_padded(struct out *o, const char *s, size_t n, int width, int left, char pad)
 {
 	int fill = width > (int)n ? width - (int)n : 0;
 	if (!left)
@@ -63,7 +62,8 @@ int kg_vsnprintf(char *buffer, size_t size, const char *fmt, va_list ap)
 		case 'd':
 		case 'i': {
 			long long v = longs ? va_arg(ap, long long) : va_arg(ap, int);
-			unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+			unsigned long long u =
+				v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
 			do
 				digits[sizeof(digits) - 1 - n++] = (char)('0' + u % 10);
 			while ((u /= 10) && n < sizeof(digits) - 1);

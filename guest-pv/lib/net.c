@@ -12,8 +12,8 @@ static const struct kapsel_device_desc *find_net(unsigned index, enum kg_net_pat
 	const struct kapsel_start_info *si = kg_platform_start_info();
 	if (!si)
 		return 0;
-	uint32_t count = si->device_count < KAPSEL_MAX_DEVICES ? si->device_count
-							       : KAPSEL_MAX_DEVICES;
+	uint32_t count =
+		si->device_count < KAPSEL_MAX_DEVICES ? si->device_count : KAPSEL_MAX_DEVICES;
 	for (uint32_t i = 0; i < count; i++) {
 		const struct kapsel_device_desc *d = &si->devices[i];
 		if (d->unit != index)
@@ -71,7 +71,10 @@ int kg_net_open(unsigned index, enum kg_net_path path, struct kg_net_device **de
 	return 0;
 }
 
-enum kg_net_path kg_net_path_of(struct kg_net_device *device) { return device->path; }
+enum kg_net_path kg_net_path_of(struct kg_net_device *device)
+{
+	return device->path;
+}
 
 void kg_net_mac(struct kg_net_device *device, uint8_t mac[KAPSEL_NET_MAC_BYTES])
 {

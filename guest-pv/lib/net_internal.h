@@ -21,7 +21,7 @@ struct kg_net_device {
 	enum kg_net_path path;
 	uint8_t mac[KAPSEL_NET_MAC_BYTES];
 	const struct kapsel_device_desc *desc; /* NULL off Kapsel */
-	uint64_t generation;                   /* start_info.generation last seen */
+	uint64_t generation;		       /* start_info.generation last seen */
 	uint64_t poll_ns;
 	struct kg_net_stats stats;
 	void *driver;

@@ -33,11 +33,11 @@
 
 /* CR values: page, start/stop, remote DMA command. */
 #define CR_PAGE0_STOP 0x21u
-#define CR_PAGE0 0x22u   /* start, remote DMA aborted */
+#define CR_PAGE0 0x22u /* start, remote DMA aborted */
 #define CR_PAGE1 0x62u
 #define CR_PAGE1_STOP 0x61u
-#define CR_READ 0x0au    /* start, remote read */
-#define CR_WRITE 0x12u   /* start, remote write */
+#define CR_READ 0x0au  /* start, remote read */
+#define CR_WRITE 0x12u /* start, remote write */
 #define CR_TRANSMIT 0x26u
 
 #define ISR_PRX 0x01u
@@ -65,8 +65,8 @@
 
 struct ne_driver {
 	uint16_t base;
-	bool pio32;            /* the data port takes 32-bit accesses (Kapsel's does) */
-	uint8_t next_page;     /* the next packet in the receive ring */
+	bool pio32;	   /* the data port takes 32-bit accesses (Kapsel's does) */
+	uint8_t next_page; /* the next packet in the receive ring */
 	uint8_t bounce[1536] __attribute__((aligned(8)));
 };
 

@@ -10,15 +10,15 @@
 
 #define NET_PV_RING_ORDER 5u /* 32 frames each way */
 #define NET_PV_SLOTS (1u << NET_PV_RING_ORDER)
-#define NET_PV_BUFFER_BYTES 2048u /* holds KAPSEL_NET_FRAME_MAX */
-#define NET_PV_RAW_ID 0xfffffffful  /* kg_net_pv_send_raw's request */
+#define NET_PV_BUFFER_BYTES 2048u  /* holds KAPSEL_NET_FRAME_MAX */
+#define NET_PV_RAW_ID 0xfffffffful /* kg_net_pv_send_raw's request */
 #define PAGE_BYTES 4096u
 
 struct net_pv_driver {
 	struct kg_ring tx, rx;
-	uint32_t port;          /* event channel the backend signals */
+	uint32_t port;		/* event channel the backend signals */
 	uint16_t doorbell_port; /* 0: kick with EVTCHN_SEND */
-	uint8_t *tx_buffers;    /* NET_PV_SLOTS * NET_PV_BUFFER_BYTES */
+	uint8_t *tx_buffers;	/* NET_PV_SLOTS * NET_PV_BUFFER_BYTES */
 	uint8_t *rx_buffers;
 	uint32_t tx_free_count;
 	uint32_t tx_free[NET_PV_SLOTS];
@@ -151,7 +151,8 @@ static int net_pv_recv(struct kg_net_device *device, void *buffer, uint32_t max_
 		       uint64_t deadline_ns)
 {
 	struct net_pv_driver *drv = driver_of(device);
-	uint64_t poll_until = device->poll_ns && deadline_ns ? kg_time_now_ns() + device->poll_ns : 0;
+	uint64_t poll_until =
+		device->poll_ns && deadline_ns ? kg_time_now_ns() + device->poll_ns : 0;
 	for (;;) {
 		const struct kapsel_net_response *rsp = kg_ring_peek_response(&drv->rx);
 		if (rsp) {
@@ -165,7 +166,8 @@ static int net_pv_recv(struct kg_net_device *device, void *buffer, uint32_t max_
 				continue;
 			}
 			int result = 0;
-			if (status == 0 && length >= KAPSEL_NET_FRAME_MIN && length <= KAPSEL_NET_FRAME_MAX) {
+			if (status == 0 && length >= KAPSEL_NET_FRAME_MIN &&
+			    length <= KAPSEL_NET_FRAME_MAX) {
 				uint32_t n = length < max_bytes ? length : max_bytes;
 				memcpy(buffer, drv->rx_buffers + id * NET_PV_BUFFER_BYTES, n);
 				result = (int)n;

@@ -56,7 +56,10 @@ int kg_platform_init(const struct kapsel_start_info *start_info)
 	return 0;
 }
 
-bool kg_platform_is_kapsel(void) { return platform_kapsel; }
+bool kg_platform_is_kapsel(void)
+{
+	return platform_kapsel;
+}
 
 const struct kapsel_start_info *kg_platform_start_info(void)
 {
@@ -68,8 +71,7 @@ struct kapsel_event_page *kg_platform_event_page(void)
 	return platform_kapsel ? platform_events : 0;
 }
 
-const struct kapsel_device_desc *kg_platform_find_device(enum kapsel_device_type type,
-							 unsigned nth)
+const struct kapsel_device_desc *kg_platform_find_device(enum kapsel_device_type type, unsigned nth)
 {
 	if (!platform_kapsel)
 		return 0;
@@ -120,12 +122,15 @@ bool kg_evtchn_test_and_clear(uint32_t port)
 	if (!platform_events || port >= KAPSEL_EVTCHN_COUNT)
 		return false;
 	uint64_t bit = 1ull << (port % 64);
-	uint64_t old = __atomic_fetch_and(&platform_events->pending[port / 64], ~bit,
-					  __ATOMIC_SEQ_CST);
+	uint64_t old =
+		__atomic_fetch_and(&platform_events->pending[port / 64], ~bit, __ATOMIC_SEQ_CST);
 	return (old & bit) != 0;
 }
 
-uint64_t kg_platform_generation(void) { return platform_generation; }
+uint64_t kg_platform_generation(void)
+{
+	return platform_generation;
+}
 
 void kg_platform_on_new_generation(void (*callback)(uint64_t generation))
 {
@@ -163,8 +168,8 @@ enum kapsel_control_request kg_platform_control_request(uint64_t *deadline_ns)
 	/* Read once: the host may write it again at any time. */
 	uint32_t request = __atomic_load_n(&platform_events->control_request, __ATOMIC_ACQUIRE);
 	if (deadline_ns)
-		*deadline_ns = __atomic_load_n(&platform_events->control_deadline_ns,
-					       __ATOMIC_RELAXED);
+		*deadline_ns =
+			__atomic_load_n(&platform_events->control_deadline_ns, __ATOMIC_RELAXED);
 	if (request != KAPSEL_CONTROL_POWEROFF && request != KAPSEL_CONTROL_REBOOT)
 		return KAPSEL_CONTROL_NONE;
 	return (enum kapsel_control_request)request;

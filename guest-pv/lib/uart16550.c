@@ -16,13 +16,13 @@
 
 void kg_uart_init(uint16_t io_base)
 {
-	kg_outb(io_base + UART_IER, 0x00);  /* no interrupts: we poll */
-	kg_outb(io_base + UART_LCR, 0x80);  /* DLAB on */
-	kg_outb(io_base + UART_DLL, 0x01);  /* divisor 1: 115200 baud */
+	kg_outb(io_base + UART_IER, 0x00); /* no interrupts: we poll */
+	kg_outb(io_base + UART_LCR, 0x80); /* DLAB on */
+	kg_outb(io_base + UART_DLL, 0x01); /* divisor 1: 115200 baud */
 	kg_outb(io_base + UART_DLM, 0x00);
-	kg_outb(io_base + UART_LCR, 0x03);  /* 8 bits, no parity, 1 stop, DLAB off */
-	kg_outb(io_base + UART_FCR, 0x07);  /* FIFOs on and cleared */
-	kg_outb(io_base + UART_MCR, 0x03);  /* DTR, RTS */
+	kg_outb(io_base + UART_LCR, 0x03); /* 8 bits, no parity, 1 stop, DLAB off */
+	kg_outb(io_base + UART_FCR, 0x07); /* FIFOs on and cleared */
+	kg_outb(io_base + UART_MCR, 0x03); /* DTR, RTS */
 }
 
 void kg_uart_write(uint16_t io_base, const void *data, size_t length)

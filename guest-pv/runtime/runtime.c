@@ -31,9 +31,15 @@ uint64_t kg_os_virt_to_phys(const void *address)
 	return (uint64_t)(uintptr_t)address; /* identity mapped */
 }
 
-void kg_os_log(const char *message) { kg_printf("%s\n", message); }
+void kg_os_log(const char *message)
+{
+	kg_printf("%s\n", message);
+}
 
-void kg_os_panic(const char *message) { kg_panic("%s", message); }
+void kg_os_panic(const char *message)
+{
+	kg_panic("%s", message);
+}
 
 /* ---- Runtime services ---------------------------------------------------- */
 

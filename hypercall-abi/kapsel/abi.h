@@ -39,17 +39,16 @@
 
 /* ---- Feature bits (start info, CPUID 0x40000001.ebx, ABI_INFO) ----------- */
 
-#define KAPSEL_FEATURE_CONSOLE_PV (1ull << 0)  /* console write/read calls */
-#define KAPSEL_FEATURE_EVTCHN (1ull << 1)      /* event channels + block */
-#define KAPSEL_FEATURE_DOORBELL (1ull << 2)    /* ioeventfd doorbell ports */
-#define KAPSEL_FEATURE_BLOCK_PV (1ull << 3)    /* PV block protocol (blk.h) */
-#define KAPSEL_FEATURE_GENERATION (1ull << 4)  /* start_info.generation */
-#define KAPSEL_FEATURE_CONTROL (1ull << 5)     /* event page control_request (minor 1) */
-#define KAPSEL_FEATURE_NET_PV (1ull << 6)      /* PV network protocol (net.h, minor 2) */
-#define KAPSEL_FEATURES_V1                                                     \
-	(KAPSEL_FEATURE_CONSOLE_PV | KAPSEL_FEATURE_EVTCHN |                   \
-	 KAPSEL_FEATURE_DOORBELL | KAPSEL_FEATURE_BLOCK_PV |                   \
-	 KAPSEL_FEATURE_GENERATION | KAPSEL_FEATURE_CONTROL |                 \
+#define KAPSEL_FEATURE_CONSOLE_PV (1ull << 0) /* console write/read calls */
+#define KAPSEL_FEATURE_EVTCHN (1ull << 1)     /* event channels + block */
+#define KAPSEL_FEATURE_DOORBELL (1ull << 2)   /* ioeventfd doorbell ports */
+#define KAPSEL_FEATURE_BLOCK_PV (1ull << 3)   /* PV block protocol (blk.h) */
+#define KAPSEL_FEATURE_GENERATION (1ull << 4) /* start_info.generation */
+#define KAPSEL_FEATURE_CONTROL (1ull << 5)    /* event page control_request (minor 1) */
+#define KAPSEL_FEATURE_NET_PV (1ull << 6)     /* PV network protocol (net.h, minor 2) */
+#define KAPSEL_FEATURES_V1                                                              \
+	(KAPSEL_FEATURE_CONSOLE_PV | KAPSEL_FEATURE_EVTCHN | KAPSEL_FEATURE_DOORBELL |  \
+	 KAPSEL_FEATURE_BLOCK_PV | KAPSEL_FEATURE_GENERATION | KAPSEL_FEATURE_CONTROL | \
 	 KAPSEL_FEATURE_NET_PV)
 
 /* ---- I/O ports ---------------------------------------------------------- */
@@ -145,7 +144,7 @@ _Static_assert(sizeof(struct kapsel_abi_info) == 56, "abi_info layout");
 
 struct kapsel_time_info {
 	uint64_t now_ns;  /* Kapsel clock: nanoseconds since the VM started */
-	uint64_t tsc;     /* guest TSC value read at now_ns */
+	uint64_t tsc;	  /* guest TSC value read at now_ns */
 	uint64_t tsc_khz; /* guest TSC frequency */
 	uint64_t _reserved;
 };
@@ -197,8 +196,7 @@ _Static_assert(__builtin_offsetof(struct kapsel_event_page, control_deadline_ns)
 	       "control_deadline_ns offset");
 _Static_assert(__builtin_offsetof(struct kapsel_event_page, pending) == 64,
 	       "pending owns a cache line");
-_Static_assert(__builtin_offsetof(struct kapsel_event_page, mask) == 128,
-	       "mask owns a cache line");
+_Static_assert(__builtin_offsetof(struct kapsel_event_page, mask) == 128, "mask owns a cache line");
 
 enum kapsel_device_type {
 	KAPSEL_DEV_NONE = 0,
@@ -206,21 +204,21 @@ enum kapsel_device_type {
 	KAPSEL_DEV_BLOCK_PV = 2,   /* ring device, blk.h protocol */
 	KAPSEL_DEV_UART16550 = 3,  /* emulated, io_base = 0x3f8 */
 	KAPSEL_DEV_ATA_DISK = 4,   /* emulated, io_base = 0x1f0, ctl 0x3f6 */
-	KAPSEL_DEV_NE2000 = 5,     /* emulated NIC, io_base = 0x300 (net.h) */
-	KAPSEL_DEV_NET_PV = 6,     /* two-ring device, net.h protocol (minor 2) */
+	KAPSEL_DEV_NE2000 = 5,	   /* emulated NIC, io_base = 0x300 (net.h) */
+	KAPSEL_DEV_NET_PV = 6,	   /* two-ring device, net.h protocol (minor 2) */
 };
 
 #define KAPSEL_DEVICE_FLAG_READONLY (1u << 0)
 #define KAPSEL_DEVICE_FLAG_PREFER_EMULATED (1u << 1) /* config asks so */
 
 struct kapsel_device_desc {
-	uint16_t type;     /* enum kapsel_device_type */
-	uint16_t index;    /* device index for DEVICE_SETUP and doorbells */
-	uint32_t flags;    /* KAPSEL_DEVICE_FLAG_* */
-	uint16_t io_base;  /* emulated devices: first I/O port */
-	uint16_t io_ctl;   /* emulated devices: control port (ATA 0x3f6) */
-	uint16_t doorbell_port; /* PV ring devices: ioeventfd port, else 0 */
-	uint16_t unit;     /* disks: index in the VM definition (PV and ATA share it) */
+	uint16_t type;		   /* enum kapsel_device_type */
+	uint16_t index;		   /* device index for DEVICE_SETUP and doorbells */
+	uint32_t flags;		   /* KAPSEL_DEVICE_FLAG_* */
+	uint16_t io_base;	   /* emulated devices: first I/O port */
+	uint16_t io_ctl;	   /* emulated devices: control port (ATA 0x3f6) */
+	uint16_t doorbell_port;	   /* PV ring devices: ioeventfd port, else 0 */
+	uint16_t unit;		   /* disks: index in the VM definition (PV and ATA share it) */
 	uint64_t capacity_sectors; /* block devices, 512-byte sectors */
 	/* Minor 2, network devices (NET_PV and NE2000): the station address
 	 * and the largest frame payload (1500); zero for other devices. */
@@ -230,13 +228,12 @@ struct kapsel_device_desc {
 };
 _Static_assert(sizeof(struct kapsel_device_desc) == 40, "device desc layout");
 _Static_assert(__builtin_offsetof(struct kapsel_device_desc, mac) == 24, "desc mac offset");
-_Static_assert(__builtin_offsetof(struct kapsel_device_desc, mtu_bytes) == 30,
-	       "desc mtu offset");
+_Static_assert(__builtin_offsetof(struct kapsel_device_desc, mtu_bytes) == 30, "desc mtu offset");
 
-#define KAPSEL_MEMMAP_RAM 1u      /* free for the guest */
+#define KAPSEL_MEMMAP_RAM 1u	  /* free for the guest */
 #define KAPSEL_MEMMAP_RESERVED 2u /* hypervisor tables: do not touch */
-#define KAPSEL_MEMMAP_IMAGE 3u    /* the loaded guest image */
-#define KAPSEL_MEMMAP_SHARED 4u   /* start info and event page */
+#define KAPSEL_MEMMAP_IMAGE 3u	  /* the loaded guest image */
+#define KAPSEL_MEMMAP_SHARED 4u	  /* start info and event page */
 struct kapsel_memmap_entry {
 	uint64_t gpa;
 	uint64_t length_bytes;
@@ -278,19 +275,17 @@ struct kapsel_start_info {
 	uint64_t _reserved[16];
 };
 _Static_assert(sizeof(struct kapsel_start_info) == 1624, "start info layout");
-_Static_assert(__builtin_offsetof(struct kapsel_start_info, memmap) == 72,
-	       "memmap offset");
-_Static_assert(__builtin_offsetof(struct kapsel_start_info, devices) == 264,
-	       "devices offset");
+_Static_assert(__builtin_offsetof(struct kapsel_start_info, memmap) == 72, "memmap offset");
+_Static_assert(__builtin_offsetof(struct kapsel_start_info, devices) == 264, "devices offset");
 
 /* DEVICE_SETUP: hand the hypervisor the guest-physical address of a ring. */
 #define KAPSEL_DEVICE_SETUP_MAGIC 0x4b445355u /* "KDSU" */
 struct kapsel_device_setup {
 	uint32_t magic;
-	uint32_t revision;      /* 1 */
-	uint64_t ring_gpa;      /* page aligned, see ring.h */
-	uint32_t ring_pages;    /* pages the ring occupies */
-	uint32_t evtchn_port;   /* completions are signalled here */
+	uint32_t revision;    /* 1 */
+	uint64_t ring_gpa;    /* page aligned, see ring.h */
+	uint32_t ring_pages;  /* pages the ring occupies */
+	uint32_t evtchn_port; /* completions are signalled here */
 	/* Minor 2: which ring of a multi-ring device this call sets up
 	 * (net.h: 0 = TX, 1 = RX); 0 for one-ring devices. */
 	uint32_t queue;
@@ -305,8 +300,8 @@ _Static_assert(__builtin_offsetof(struct kapsel_device_setup, queue) == 24,
 
 #define KAPSEL_GPA_START_INFO 0x7000u
 #define KAPSEL_GPA_EVENT_PAGE 0x8000u
-#define KAPSEL_GPA_LOW_FREE 0x60000u    /* first byte of free low memory */
+#define KAPSEL_GPA_LOW_FREE 0x60000u	  /* first byte of free low memory */
 #define KAPSEL_GPA_INITIAL_STACK 0xf0000u /* rsp at entry (grows down) */
-#define KAPSEL_GPA_IMAGE_MIN 0x100000u  /* lowest address an image may use */
+#define KAPSEL_GPA_IMAGE_MIN 0x100000u	  /* lowest address an image may use */
 
 #endif /* KAPSEL_ABI_H */

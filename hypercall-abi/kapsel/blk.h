@@ -22,10 +22,10 @@
 enum kapsel_blk_op {
 	KAPSEL_BLK_OP_READ = 0,
 	KAPSEL_BLK_OP_WRITE = 1,
-	KAPSEL_BLK_OP_FLUSH = 2,        /* all completed writes are durable */
-	KAPSEL_BLK_OP_DISCARD = 3,      /* sector, sector_count; no segments */
+	KAPSEL_BLK_OP_FLUSH = 2,	/* all completed writes are durable */
+	KAPSEL_BLK_OP_DISCARD = 3,	/* sector, sector_count; no segments */
 	KAPSEL_BLK_OP_WRITE_ZEROES = 4, /* sector, sector_count; no segments */
-	KAPSEL_BLK_OP_GET_INFO = 5,     /* one segment >= sizeof(kapsel_blk_info) */
+	KAPSEL_BLK_OP_GET_INFO = 5,	/* one segment >= sizeof(kapsel_blk_info) */
 	KAPSEL_BLK_OP_COUNT = 6
 };
 
@@ -40,14 +40,14 @@ struct kapsel_blk_segment {
 _Static_assert(sizeof(struct kapsel_blk_segment) == 16, "segment layout");
 
 struct kapsel_blk_request {
-	uint64_t id;            /* chosen by the guest, echoed in the response */
-	uint8_t op;             /* enum kapsel_blk_op */
-	uint8_t segment_count;  /* 0 .. KAPSEL_BLK_MAX_SEGMENTS */
-	uint16_t flags;         /* 0 */
+	uint64_t id;	       /* chosen by the guest, echoed in the response */
+	uint8_t op;	       /* enum kapsel_blk_op */
+	uint8_t segment_count; /* 0 .. KAPSEL_BLK_MAX_SEGMENTS */
+	uint16_t flags;	       /* 0 */
 	uint32_t _pad;
-	uint64_t sector;        /* first 512-byte sector */
-	uint64_t sector_count;  /* DISCARD / WRITE_ZEROES only */
-	uint64_t submit_tsc;    /* guest TSC when submitted (echoed) */
+	uint64_t sector;       /* first 512-byte sector */
+	uint64_t sector_count; /* DISCARD / WRITE_ZEROES only */
+	uint64_t submit_tsc;   /* guest TSC when submitted (echoed) */
 	uint64_t _reserved;
 	struct kapsel_blk_segment segments[KAPSEL_BLK_MAX_SEGMENTS];
 };

@@ -39,17 +39,17 @@
 #define KAPSEL_NET_QUEUE_RX 1u
 #define KAPSEL_NET_QUEUE_COUNT 2u
 
-#define KAPSEL_NET_MTU_BYTES 1500u     /* payload of a frame */
-#define KAPSEL_NET_HEADER_BYTES 14u    /* destination, source, ethertype */
-#define KAPSEL_NET_FRAME_MAX 1514u     /* header + MTU, no FCS */
-#define KAPSEL_NET_FRAME_MIN 14u       /* a header; short frames are not padded */
+#define KAPSEL_NET_MTU_BYTES 1500u  /* payload of a frame */
+#define KAPSEL_NET_HEADER_BYTES 14u /* destination, source, ethertype */
+#define KAPSEL_NET_FRAME_MAX 1514u  /* header + MTU, no FCS */
+#define KAPSEL_NET_FRAME_MIN 14u    /* a header; short frames are not padded */
 #define KAPSEL_NET_MAC_BYTES 6u
 
 struct kapsel_net_request {
-	uint64_t id;           /* chosen by the guest, echoed in the response */
-	uint64_t gpa;          /* TX: the frame; RX: the empty buffer */
+	uint64_t id;	       /* chosen by the guest, echoed in the response */
+	uint64_t gpa;	       /* TX: the frame; RX: the empty buffer */
 	uint32_t length_bytes; /* TX: frame length; RX: buffer size */
-	uint32_t flags;        /* 0 */
+	uint32_t flags;	       /* 0 */
 	uint64_t _reserved;
 };
 _Static_assert(sizeof(struct kapsel_net_request) == 32, "net request layout");
@@ -64,7 +64,6 @@ struct kapsel_net_response {
 	uint32_t length_bytes; /* RX: bytes of the frame in the buffer; TX: 0 */
 };
 _Static_assert(sizeof(struct kapsel_net_response) == 16, "net response layout");
-_Static_assert(__builtin_offsetof(struct kapsel_net_response, status) == 8,
-	       "net response status");
+_Static_assert(__builtin_offsetof(struct kapsel_net_response, status) == 8, "net response status");
 
 #endif /* KAPSEL_NET_H */

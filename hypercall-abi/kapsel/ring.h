@@ -41,8 +41,8 @@ struct kapsel_ring_header {
 	uint32_t magic;
 	uint16_t revision;
 	uint16_t _pad0;
-	uint32_t order;            /* slots = 1 << order, 0 < order <= MAX */
-	uint16_t request_bytes;    /* size of one request slot */
+	uint32_t order;		   /* slots = 1 << order, 0 < order <= MAX */
+	uint16_t request_bytes;	   /* size of one request slot */
 	uint16_t response_bytes;   /* size of one response slot */
 	uint32_t requests_offset;  /* page aligned, from the ring base */
 	uint32_t responses_offset; /* page aligned, from the ring base */
@@ -57,15 +57,12 @@ struct kapsel_ring_header {
 	uint8_t _pad3[56];
 };
 _Static_assert(sizeof(struct kapsel_ring_header) == 192, "ring header layout");
-_Static_assert(__builtin_offsetof(struct kapsel_ring_header, req_prod) == 64,
-	       "frontend line");
-_Static_assert(__builtin_offsetof(struct kapsel_ring_header, rsp_prod) == 128,
-	       "backend line");
+_Static_assert(__builtin_offsetof(struct kapsel_ring_header, req_prod) == 64, "frontend line");
+_Static_assert(__builtin_offsetof(struct kapsel_ring_header, rsp_prod) == 128, "backend line");
 
 /* True if a producer that moved its index from old_prod to new_prod must
  * notify a consumer that asked to be woken at event. */
-static inline int kapsel_ring_need_notify(uint32_t event, uint32_t old_prod,
-					  uint32_t new_prod)
+static inline int kapsel_ring_need_notify(uint32_t event, uint32_t old_prod, uint32_t new_prod)
 {
 	return (uint32_t)(new_prod - event) < (uint32_t)(new_prod - old_prod);
 }

@@ -76,7 +76,6 @@ static char *find_guest(const char *kapsel_path)
 		return NULL;
 	*slash = '\0';
 	static const char *const candidates[] = {
-		"../guest-pv/blkbench.elf",
 		"../guest-pv/examples/blkbench.elf",
 		"blkbench.elf",
 		"../share/kapsel/guests/blkbench.elf",

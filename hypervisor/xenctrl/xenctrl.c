@@ -38,7 +38,7 @@ static uint64_t payload_u64(const char *payload, const char *key)
 {
 	char value[64];
 	return control_payload_get(payload, key, value, sizeof(value)) ? strtoull(value, NULL, 10)
-									: 0;
+								       : 0;
 }
 
 static void parse_uuid(const char *text, uint8_t uuid[16])
@@ -46,9 +46,9 @@ static void parse_uuid(const char *text, uint8_t uuid[16])
 	unsigned n = 0;
 	memset(uuid, 0, 16);
 	for (const char *p = text; *p && n < 32; p++) {
-		int digit = *p >= '0' && *p <= '9' ? *p - '0'
+		int digit = *p >= '0' && *p <= '9'   ? *p - '0'
 			    : *p >= 'a' && *p <= 'f' ? *p - 'a' + 10
-			    : -1;
+						     : -1;
 		if (digit < 0)
 			continue;
 		uuid[n / 2] |= (uint8_t)(n % 2 ? digit : digit << 4);
@@ -253,8 +253,7 @@ XC_EXPORT int xc_domain_getinfolist(xc_interface *xch, uint32_t first_domain,
 	return (int)filled;
 }
 
-XC_EXPORT int xc_vcpu_getinfo(xc_interface *xch, uint32_t domid, uint32_t vcpu,
-			      xc_vcpuinfo_t *info)
+XC_EXPORT int xc_vcpu_getinfo(xc_interface *xch, uint32_t domid, uint32_t vcpu, xc_vcpuinfo_t *info)
 {
 	if (!xch || !info)
 		return fail(EINVAL);

@@ -49,7 +49,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	(void)argc;
 	(void)argv;
 	kapsel_log_set_quiet(true);
-	const char *dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+	const char *dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm"
+			  : getenv("TMPDIR")		? getenv("TMPDIR")
+							: "/tmp";
 	for (int i = 0; i < 2; i++) {
 		snprintf(paths[i], sizeof(paths[i]), "%s/kapsel-fuzz-ata-XXXXXX", dir);
 		int fd = mkstemp(paths[i]);
@@ -120,11 +122,11 @@ static void check_state(const struct ata_state *ata)
 }
 
 static const uint8_t interesting_commands[] = {
-	ATA_CMD_READ_SECTORS,     ATA_CMD_READ_SECTORS_EXT, ATA_CMD_READ_MULTIPLE,
-	ATA_CMD_READ_MULTIPLE_EXT, ATA_CMD_WRITE_SECTORS,   ATA_CMD_WRITE_SECTORS_EXT,
-	ATA_CMD_WRITE_MULTIPLE,   ATA_CMD_WRITE_MULTIPLE_EXT, ATA_CMD_READ_VERIFY,
-	ATA_CMD_READ_VERIFY_EXT,  ATA_CMD_SET_MULTIPLE_MODE, ATA_CMD_FLUSH_CACHE,
-	ATA_CMD_IDENTIFY_DEVICE,  ATA_CMD_SET_FEATURES,     ATA_CMD_EXECUTE_DIAGNOSTIC,
+	ATA_CMD_READ_SECTORS,	   ATA_CMD_READ_SECTORS_EXT,   ATA_CMD_READ_MULTIPLE,
+	ATA_CMD_READ_MULTIPLE_EXT, ATA_CMD_WRITE_SECTORS,      ATA_CMD_WRITE_SECTORS_EXT,
+	ATA_CMD_WRITE_MULTIPLE,	   ATA_CMD_WRITE_MULTIPLE_EXT, ATA_CMD_READ_VERIFY,
+	ATA_CMD_READ_VERIFY_EXT,   ATA_CMD_SET_MULTIPLE_MODE,  ATA_CMD_FLUSH_CACHE,
+	ATA_CMD_IDENTIFY_DEVICE,   ATA_CMD_SET_FEATURES,       ATA_CMD_EXECUTE_DIAGNOSTIC,
 	ATA_CMD_CHECK_POWER_MODE,
 };
 
@@ -167,7 +169,8 @@ static void run_op(struct ata_state *ata, struct fuzz_input *in)
 			ata_io_write(ata, ATA_REG_COUNT, 1, fuzz_u8(in));
 			ata_io_write(ata, ATA_REG_LBA_LOW, 1, fuzz_u8(in));
 		}
-		ata_io_write(ata, ATA_REG_DEVICE, 1, (shape & 2 ? 0x40u : 0) | (fuzz_u8(in) & 0x1f));
+		ata_io_write(ata, ATA_REG_DEVICE, 1,
+			     (shape & 2 ? 0x40u : 0) | (fuzz_u8(in) & 0x1f));
 		ata_io_write(ata, ATA_REG_COUNT, 1, fuzz_u8(in));
 		ata_io_write(ata, ATA_REG_LBA_LOW, 1, fuzz_u8(in));
 		ata_io_write(ata, ATA_REG_LBA_MID, 1, shape & 4 ? fuzz_u8(in) : 0);

@@ -8,13 +8,13 @@
 #include <string.h>
 
 /* A violated property is a crash: libFuzzer saves the input, replay fails. */
-#define FUZZ_CHECK(cond)                                                                 \
-	do {                                                                             \
-		if (!(cond)) {                                                           \
+#define FUZZ_CHECK(cond)                                                                      \
+	do {                                                                                  \
+		if (!(cond)) {                                                                \
 			fprintf(stderr, "%s:%d: fuzz check failed: %s\n", __FILE__, __LINE__, \
-				#cond);                                                  \
-			abort();                                                         \
-		}                                                                        \
+				#cond);                                                       \
+			abort();                                                              \
+		}                                                                             \
 	} while (0)
 
 /* Consume the fuzz input front to back; reads past its end give zeros. */

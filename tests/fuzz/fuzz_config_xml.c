@@ -23,7 +23,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	(void)argc;
 	(void)argv;
 	kapsel_log_set_quiet(true);
-	const char *dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+	const char *dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm"
+			  : getenv("TMPDIR")		? getenv("TMPDIR")
+							: "/tmp";
 	snprintf(input_path, sizeof(input_path), "%s/kapsel-fuzz-xml-XXXXXX", dir);
 	snprintf(output_path, sizeof(output_path), "%s/kapsel-fuzz-xml-out-XXXXXX", dir);
 	int fd = mkstemp(input_path), out = mkstemp(output_path);
@@ -75,7 +77,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		struct vm_config again;
 		char again_error[1024] = "";
 		vm_config_init(&again);
-		int rerr = vm_config_load_xml(output_path, &again, again_error, sizeof(again_error));
+		int rerr =
+			vm_config_load_xml(output_path, &again, again_error, sizeof(again_error));
 		if (rerr)
 			fprintf(stderr, "written XML refused: %s\n", again_error);
 		FUZZ_CHECK(rerr == 0);

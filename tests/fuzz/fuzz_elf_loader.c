@@ -31,7 +31,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	for (unsigned i = 0; i < image.segment_count; i++) {
 		const struct elf_segment *s = &image.segments[i];
 		FUZZ_CHECK(s->file_bytes <= s->memory_bytes);
-		FUZZ_CHECK(s->gpa >= image.image_start && s->memory_bytes <= image.image_end - s->gpa);
+		FUZZ_CHECK(s->gpa >= image.image_start &&
+			   s->memory_bytes <= image.image_end - s->gpa);
 		FUZZ_CHECK(s->file_offset <= image.size_bytes &&
 			   s->file_bytes <= image.size_bytes - s->file_offset);
 		entry_inside |= image.entry >= s->gpa && image.entry - s->gpa < s->file_bytes;
@@ -50,8 +51,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		const struct elf_symbol *s = &image.symbols[i];
 		FUZZ_CHECK(s->name >= (const char *)image.data &&
 			   s->name < (const char *)image.data + image.size_bytes);
-		FUZZ_CHECK(memchr(s->name, 0, (size_t)((const char *)image.data + image.size_bytes -
-						      s->name)) != NULL);
+		FUZZ_CHECK(memchr(s->name, 0,
+				  (size_t)((const char *)image.data + image.size_bytes -
+					   s->name)) != NULL);
 		const char *name = elf_image_symbolize(&image, s->address, &offset);
 		FUZZ_CHECK(name != NULL && offset == 0);
 		elf_image_symbolize(&image, s->address + s->size_bytes, &offset);

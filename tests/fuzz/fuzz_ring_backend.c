@@ -107,7 +107,8 @@ static void perform(struct fuzz_state *s, const struct kapsel_blk_request *req,
 		FUZZ_CHECK(!s->disk.readonly || req->op == KAPSEL_BLK_OP_READ);
 		break;
 	case KAPSEL_BLK_OP_GET_INFO:
-		FUZZ_CHECK(t->iov_count == 1 && t->iov[0].iov_len >= sizeof(struct kapsel_blk_info));
+		FUZZ_CHECK(t->iov_count == 1 &&
+			   t->iov[0].iov_len >= sizeof(struct kapsel_blk_info));
 		memset(t->iov[0].iov_base, 0x5a, sizeof(struct kapsel_blk_info));
 		FUZZ_CHECK(t->length_bytes == 0);
 		break;
@@ -122,7 +123,8 @@ static void perform(struct fuzz_state *s, const struct kapsel_blk_request *req,
 	default:
 		FUZZ_CHECK(!"an unknown op passed the checks");
 	}
-	FUZZ_CHECK(t->offset_bytes <= disk_bytes && t->remaining_bytes <= disk_bytes - t->offset_bytes);
+	FUZZ_CHECK(t->offset_bytes <= disk_bytes &&
+		   t->remaining_bytes <= disk_bytes - t->offset_bytes);
 }
 
 /* One serving pass, as dev_blk_pv.c's blk_pv_serve does it (publishing
@@ -176,7 +178,8 @@ static void plausible_request(struct fuzz_state *s, struct fuzz_input *in)
 	r.segment_count = fuzz_u8(in) % 18;
 	r.sector = fuzz_u8(in) & 0x80 ? fuzz_u64(in) : fuzz_u16(in);
 	r.sector_count = fuzz_u16(in);
-	unsigned n = r.segment_count < KAPSEL_BLK_MAX_SEGMENTS ? r.segment_count : KAPSEL_BLK_MAX_SEGMENTS;
+	unsigned n = r.segment_count < KAPSEL_BLK_MAX_SEGMENTS ? r.segment_count
+							       : KAPSEL_BLK_MAX_SEGMENTS;
 	for (unsigned i = 0; i < n; i++) {
 		uint8_t shape = fuzz_u8(in);
 		r.segments[i].gpa = (uint64_t)fuzz_u16(in) * 512u;
@@ -195,8 +198,8 @@ static void map_ring(struct fuzz_state *s, bool restored, uint32_t index)
 	struct ring_backend fresh;
 	int err = restored ? ring_backend_map_restored(&fresh, &s->mem, s->ring_gpa, s->ring_pages,
 						       REQ_BYTES, RSP_BYTES, index)
-			   : ring_backend_map(&fresh, &s->mem, s->ring_gpa, s->ring_pages, REQ_BYTES,
-					      RSP_BYTES);
+			   : ring_backend_map(&fresh, &s->mem, s->ring_gpa, s->ring_pages,
+					      REQ_BYTES, RSP_BYTES);
 	FUZZ_CHECK(err == 0 || err == -KAPSEL_EINVAL || err == -KAPSEL_EFAULT);
 	if (err == 0) {
 		s->ring = fresh;
@@ -216,7 +219,8 @@ static void run_op(struct fuzz_state *s, struct fuzz_input *in)
 	struct kapsel_ring_header *h = s->ring.header;
 	switch (op % 10) {
 	case 0: /* publish a little ahead of (or behind) what was taken */
-		__atomic_store_n(&h->req_prod, s->ring.req_cons + fuzz_u8(in) - 16u, __ATOMIC_RELEASE);
+		__atomic_store_n(&h->req_prod, s->ring.req_cons + fuzz_u8(in) - 16u,
+				 __ATOMIC_RELEASE);
 		break;
 	case 1: /* publish anything */
 		__atomic_store_n(&h->req_prod, fuzz_u32(in), __ATOMIC_RELEASE);
@@ -277,8 +281,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct fuzz_state *s = calloc(1, sizeof(*s));
 	s->ram = ram;
 	memset(ram, 0, RAM_BYTES);
-	s->mem = (struct guest_memory){ .memfd = -1, .host_base = ram, .size_bytes = RAM_BYTES,
-					.guest_floor_gpa = FLOOR_GPA };
+	s->mem = (struct guest_memory){
+		.memfd = -1, .host_base = ram, .size_bytes = RAM_BYTES, .guest_floor_gpa = FLOOR_GPA
+	};
 
 	uint8_t flags = fuzz_u8(&in);
 	uint32_t order = 1 + fuzz_u8(&in) % KAPSEL_RING_MAX_ORDER;
@@ -287,8 +292,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	uint32_t start = fuzz_u32(&in);
 	uint32_t capacity = fuzz_u32(&in);
 	uint16_t script_bytes = fuzz_u16(&in);
-	struct fuzz_input script = { in.data + in.pos, script_bytes < fuzz_left(&in) ? script_bytes :
-										    fuzz_left(&in), 0 };
+	struct fuzz_input script = { in.data + in.pos,
+				     script_bytes < fuzz_left(&in) ? script_bytes : fuzz_left(&in),
+				     0 };
 	in.pos += script.size;
 
 	s->disk.fd = -1;
@@ -300,8 +306,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	s->ring_pages = pages ? pages : (uint32_t)needed;
 
 	/* Guest RAM from the ring on, then the fix-ups that make a ring. */
-	size_t fill = fuzz_left(&in) < RAM_BYTES - (ring_page * PAGE) ? fuzz_left(&in) :
-									  RAM_BYTES - ring_page * PAGE;
+	size_t fill = fuzz_left(&in) < RAM_BYTES - (ring_page * PAGE)
+			      ? fuzz_left(&in)
+			      : RAM_BYTES - ring_page * PAGE;
 	memcpy(ram + ring_page * PAGE, in.data + in.pos, fill);
 	struct kapsel_ring_header *h = (struct kapsel_ring_header *)(ram + ring_page * PAGE);
 	if (flags & 1) {
@@ -314,8 +321,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	if (flags & 2) {
 		h->requests_offset = PAGE;
-		h->responses_offset = (uint32_t)(PAGE + ((((uint64_t)REQ_BYTES << order) + PAGE - 1) /
-							 PAGE * PAGE));
+		h->responses_offset =
+			(uint32_t)(PAGE +
+				   ((((uint64_t)REQ_BYTES << order) + PAGE - 1) / PAGE * PAGE));
 	}
 	map_ring(s, flags & 8, start);
 	while (script.pos < script.size)

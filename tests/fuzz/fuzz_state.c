@@ -24,12 +24,12 @@
  */
 
 static const uint32_t record_types[] = {
-	VM_STATE_BEGIN,        VM_STATE_END,           VM_STATE_MANIFEST_FILE,
-	VM_STATE_VM_INFO,      VM_STATE_CONFIG,        VM_STATE_EVTCHN,
-	VM_STATE_DEVICE,       VM_STATE_NOTE,          VM_STATE_VCPU_REGS,
-	VM_STATE_VCPU_SREGS,   VM_STATE_VCPU_MSRS,     VM_STATE_MEMORY_PAGES,
-	VM_STATE_MEMORY_DONE,  VM_STATE_DISK,          VM_STATE_DEV_UART16550,
-	VM_STATE_DEV_BLOCK_PV, VM_STATE_DEV_ATA_DISK,  0x7777,
+	VM_STATE_BEGIN,	       VM_STATE_END,	      VM_STATE_MANIFEST_FILE,
+	VM_STATE_VM_INFO,      VM_STATE_CONFIG,	      VM_STATE_EVTCHN,
+	VM_STATE_DEVICE,       VM_STATE_NOTE,	      VM_STATE_VCPU_REGS,
+	VM_STATE_VCPU_SREGS,   VM_STATE_VCPU_MSRS,    VM_STATE_MEMORY_PAGES,
+	VM_STATE_MEMORY_DONE,  VM_STATE_DISK,	      VM_STATE_DEV_UART16550,
+	VM_STATE_DEV_BLOCK_PV, VM_STATE_DEV_ATA_DISK, 0x7777,
 };
 
 static int memfd = -1;
@@ -50,19 +50,22 @@ static void build(struct fuzz_input *in, enum vm_state_stream_kind kind, struct 
 	vm_state_writer_init_buffer(w);
 	uint8_t quirks = 0;
 	uint8_t begin_kind = fuzz_u8(in);
-	vm_state_put_begin(w, begin_kind & 0x80 ? (enum vm_state_stream_kind)(begin_kind & 3) : kind);
+	vm_state_put_begin(w,
+			   begin_kind & 0x80 ? (enum vm_state_stream_kind)(begin_kind & 3) : kind);
 	while (fuzz_left(in) >= 4) {
 		uint8_t pick = fuzz_u8(in), flags = fuzz_u8(in);
 		uint16_t length = fuzz_u16(in);
 		uint8_t *payload = malloc(length ? length : 1);
 		fuzz_bytes(in, payload, length);
 		quirks = pick;
-		vm_state_put(w, record_types[pick % (sizeof(record_types) / sizeof(record_types[0]))],
+		vm_state_put(w,
+			     record_types[pick % (sizeof(record_types) / sizeof(record_types[0]))],
 			     flags & 1, payload, length);
 		free(payload);
 	}
 	if (!(quirks & 0x20)) {
-		struct vm_state_end end = { .record_count = w->record_count - (quirks & 0x40 ? 1 : 0) };
+		struct vm_state_end end = { .record_count =
+						    w->record_count - (quirks & 0x40 ? 1 : 0) };
 		vm_state_put(w, VM_STATE_END, VM_STATE_RECORD_MANDATORY, &end, sizeof(end));
 	}
 	if (w->buffer_bytes && (quirks & 0x10))
@@ -92,7 +95,8 @@ static int read_stream(struct vm_state_reader *r, size_t *count)
 		int err = snapshot_config_from_records(&records, &config, error, sizeof(error));
 		FUZZ_CHECK(err == 0 || (err < 0 && error[0] != '\0'));
 		if (err == 0)
-			FUZZ_CHECK(config.kernel_path != NULL && config.disk_count <= VM_CONFIG_MAX_DISKS);
+			FUZZ_CHECK(config.kernel_path != NULL &&
+				   config.disk_count <= VM_CONFIG_MAX_DISKS);
 		vm_config_free(&config);
 	}
 	vm_state_records_free(&records);
@@ -118,7 +122,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* From memory ... */
 	char error[512] = "";
 	struct vm_state_reader r;
-	vm_state_reader_init_buffer(&r, stream, stream_bytes, "fuzz.bin", kind, error, sizeof(error));
+	vm_state_reader_init_buffer(&r, stream, stream_bytes, "fuzz.bin", kind, error,
+				    sizeof(error));
 	size_t buffer_count;
 	int buffer_rc = read_stream(&r, &buffer_count);
 	vm_state_reader_free(&r);

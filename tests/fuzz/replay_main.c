@@ -87,7 +87,8 @@ int main(int argc, char **argv)
 		for (int k = 0; k < count; k++) {
 			char path[4096];
 			snprintf(path, sizeof(path), "%s/%s", argv[i], entries[k]->d_name);
-			if (entries[k]->d_name[0] != '.' && stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
+			if (entries[k]->d_name[0] != '.' && stat(path, &st) == 0 &&
+			    S_ISREG(st.st_mode)) {
 				failed += replay_file(path) < 0;
 				replayed++;
 			}
@@ -100,6 +101,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "replay: no inputs found\n");
 		failed++;
 	}
-	printf("%u passed, %u failed\n", replayed - (failed < replayed ? failed : replayed), failed);
+	printf("%u passed, %u failed\n", replayed - (failed < replayed ? failed : replayed),
+	       failed);
 	return failed ? 1 : 0;
 }

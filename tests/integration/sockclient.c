@@ -22,7 +22,8 @@
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
-		fprintf(stderr, "usage: sockclient SOCKET [--keep-open] [--hold-ms N] [--read-ms N]\n");
+		fprintf(stderr,
+			"usage: sockclient SOCKET [--keep-open] [--hold-ms N] [--read-ms N]\n");
 		return 2;
 	}
 	int hold_ms = 0, read_ms = 5000;

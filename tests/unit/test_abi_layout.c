@@ -21,125 +21,124 @@ struct field {
 	size_t documented_offset, documented_size;
 };
 
-#define FIELD(type, member, offset, size)                            \
-	{                                                            \
-#type "." #member, offsetof(struct type, member),    \
-		    sizeof(((struct type *)0)->member), offset, size \
+#define FIELD(type, member, offset, size)                                \
+	{                                                                \
+#type "." #member, offsetof(struct type, member),        \
+			sizeof(((struct type *)0)->member), offset, size \
 	}
 
 static void check_layout(const char *name, size_t actual_size, size_t documented_size,
-                         const struct field *fields, size_t count)
+			 const struct field *fields, size_t count)
 {
 	size_t next = 0;
 	for (size_t i = 0; i < count; i++) {
 		const struct field *f = &fields[i];
 		if (f->actual_offset != f->documented_offset ||
 		    f->actual_size != f->documented_size) {
-			fprintf(
-			    stderr,
-			    "\n  %s: header offset %zu size %zu, docs/abi.md offset %zu size %zu\n",
-			    f->name, f->actual_offset, f->actual_size, f->documented_offset,
-			    f->documented_size);
+			fprintf(stderr,
+				"\n  %s: header offset %zu size %zu, docs/abi.md offset %zu size %zu\n",
+				f->name, f->actual_offset, f->actual_size, f->documented_offset,
+				f->documented_size);
 			CU_FAIL("field differs from docs/abi.md");
 		}
 		/* The document itself is consistent: each field starts where
 		 * the previous one ended. */
 		if (f->documented_offset != next) {
 			fprintf(stderr, "\n  %s: documented at %zu, previous field ends at %zu\n",
-			        f->name, f->documented_offset, next);
+				f->name, f->documented_offset, next);
 			CU_FAIL("gap or overlap in docs/abi.md");
 		}
 		next = f->documented_offset + f->documented_size;
 	}
 	if (actual_size != documented_size || next != documented_size) {
 		fprintf(stderr, "\n  %s: sizeof %zu, documented %zu, fields end at %zu\n", name,
-		        actual_size, documented_size, next);
+			actual_size, documented_size, next);
 		CU_FAIL("struct size differs from docs/abi.md");
 	}
 }
 
 #define CHECK_LAYOUT(type, documented_size, fields)                       \
 	check_layout(#type, sizeof(struct type), documented_size, fields, \
-	             sizeof(fields) / sizeof(fields[0]))
+		     sizeof(fields) / sizeof(fields[0]))
 
 static void test_abi_structs(void)
 {
 	static const struct field abi_info[] = {
-	    FIELD(kapsel_abi_info, magic, 0, 4),
-	    FIELD(kapsel_abi_info, major, 4, 2),
-	    FIELD(kapsel_abi_info, minor, 6, 2),
-	    FIELD(kapsel_abi_info, features, 8, 8),
-	    FIELD(kapsel_abi_info, hypercall_count, 16, 4),
-	    FIELD(kapsel_abi_info, _reserved0, 20, 4),
-	    FIELD(kapsel_abi_info, _reserved, 24, 32),
+		FIELD(kapsel_abi_info, magic, 0, 4),
+		FIELD(kapsel_abi_info, major, 4, 2),
+		FIELD(kapsel_abi_info, minor, 6, 2),
+		FIELD(kapsel_abi_info, features, 8, 8),
+		FIELD(kapsel_abi_info, hypercall_count, 16, 4),
+		FIELD(kapsel_abi_info, _reserved0, 20, 4),
+		FIELD(kapsel_abi_info, _reserved, 24, 32),
 	};
 	CHECK_LAYOUT(kapsel_abi_info, 56, abi_info);
 
 	static const struct field time_info[] = {
-	    FIELD(kapsel_time_info, now_ns, 0, 8),
-	    FIELD(kapsel_time_info, tsc, 8, 8),
-	    FIELD(kapsel_time_info, tsc_khz, 16, 8),
-	    FIELD(kapsel_time_info, _reserved, 24, 8),
+		FIELD(kapsel_time_info, now_ns, 0, 8),
+		FIELD(kapsel_time_info, tsc, 8, 8),
+		FIELD(kapsel_time_info, tsc_khz, 16, 8),
+		FIELD(kapsel_time_info, _reserved, 24, 8),
 	};
 	CHECK_LAYOUT(kapsel_time_info, 32, time_info);
 
 	static const struct field event_page[] = {
-	    FIELD(kapsel_event_page, magic, 0, 4),
-	    FIELD(kapsel_event_page, revision, 4, 4),
-	    FIELD(kapsel_event_page, control_request, 8, 4),
-	    FIELD(kapsel_event_page, _pad0a, 12, 4),
-	    FIELD(kapsel_event_page, control_deadline_ns, 16, 8),
-	    FIELD(kapsel_event_page, _pad0, 24, 40),
-	    FIELD(kapsel_event_page, pending, 64, 32),
-	    FIELD(kapsel_event_page, _pad1, 96, 32),
-	    FIELD(kapsel_event_page, mask, 128, 32),
-	    FIELD(kapsel_event_page, _pad2, 160, 32),
+		FIELD(kapsel_event_page, magic, 0, 4),
+		FIELD(kapsel_event_page, revision, 4, 4),
+		FIELD(kapsel_event_page, control_request, 8, 4),
+		FIELD(kapsel_event_page, _pad0a, 12, 4),
+		FIELD(kapsel_event_page, control_deadline_ns, 16, 8),
+		FIELD(kapsel_event_page, _pad0, 24, 40),
+		FIELD(kapsel_event_page, pending, 64, 32),
+		FIELD(kapsel_event_page, _pad1, 96, 32),
+		FIELD(kapsel_event_page, mask, 128, 32),
+		FIELD(kapsel_event_page, _pad2, 160, 32),
 	};
 	CHECK_LAYOUT(kapsel_event_page, 192, event_page);
 
 	static const struct field device_desc[] = {
-	    FIELD(kapsel_device_desc, type, 0, 2),
-	    FIELD(kapsel_device_desc, index, 2, 2),
-	    FIELD(kapsel_device_desc, flags, 4, 4),
-	    FIELD(kapsel_device_desc, io_base, 8, 2),
-	    FIELD(kapsel_device_desc, io_ctl, 10, 2),
-	    FIELD(kapsel_device_desc, doorbell_port, 12, 2),
-	    FIELD(kapsel_device_desc, unit, 14, 2),
-	    FIELD(kapsel_device_desc, capacity_sectors, 16, 8),
-	    FIELD(kapsel_device_desc, mac, 24, 6),
-	    FIELD(kapsel_device_desc, mtu_bytes, 30, 2),
-	    FIELD(kapsel_device_desc, _reserved, 32, 8),
+		FIELD(kapsel_device_desc, type, 0, 2),
+		FIELD(kapsel_device_desc, index, 2, 2),
+		FIELD(kapsel_device_desc, flags, 4, 4),
+		FIELD(kapsel_device_desc, io_base, 8, 2),
+		FIELD(kapsel_device_desc, io_ctl, 10, 2),
+		FIELD(kapsel_device_desc, doorbell_port, 12, 2),
+		FIELD(kapsel_device_desc, unit, 14, 2),
+		FIELD(kapsel_device_desc, capacity_sectors, 16, 8),
+		FIELD(kapsel_device_desc, mac, 24, 6),
+		FIELD(kapsel_device_desc, mtu_bytes, 30, 2),
+		FIELD(kapsel_device_desc, _reserved, 32, 8),
 	};
 	CHECK_LAYOUT(kapsel_device_desc, 40, device_desc);
 
 	static const struct field memmap[] = {
-	    FIELD(kapsel_memmap_entry, gpa, 0, 8),
-	    FIELD(kapsel_memmap_entry, length_bytes, 8, 8),
-	    FIELD(kapsel_memmap_entry, type, 16, 4),
-	    FIELD(kapsel_memmap_entry, _pad, 20, 4),
+		FIELD(kapsel_memmap_entry, gpa, 0, 8),
+		FIELD(kapsel_memmap_entry, length_bytes, 8, 8),
+		FIELD(kapsel_memmap_entry, type, 16, 4),
+		FIELD(kapsel_memmap_entry, _pad, 20, 4),
 	};
 	CHECK_LAYOUT(kapsel_memmap_entry, 24, memmap);
 
 	static const struct field start_info[] = {
-	    FIELD(kapsel_start_info, magic, 0, 4),
-	    FIELD(kapsel_start_info, revision, 4, 4),
-	    FIELD(kapsel_start_info, abi_major, 8, 2),
-	    FIELD(kapsel_start_info, abi_minor, 10, 2),
-	    FIELD(kapsel_start_info, _pad0, 12, 4),
-	    FIELD(kapsel_start_info, features, 16, 8),
-	    FIELD(kapsel_start_info, ram_bytes, 24, 8),
-	    FIELD(kapsel_start_info, tsc_khz, 32, 8),
-	    FIELD(kapsel_start_info, event_page_gpa, 40, 8),
-	    FIELD(kapsel_start_info, generation, 48, 8),
-	    FIELD(kapsel_start_info, boot_ns, 56, 8),
-	    FIELD(kapsel_start_info, memmap_count, 64, 4),
-	    FIELD(kapsel_start_info, device_count, 68, 4),
-	    FIELD(kapsel_start_info, memmap, 72, 192),
-	    FIELD(kapsel_start_info, devices, 264, 640),
-	    FIELD(kapsel_start_info, cmdline, 904, 512),
-	    FIELD(kapsel_start_info, uuid, 1416, 16),
-	    FIELD(kapsel_start_info, name, 1432, 64),
-	    FIELD(kapsel_start_info, _reserved, 1496, 128),
+		FIELD(kapsel_start_info, magic, 0, 4),
+		FIELD(kapsel_start_info, revision, 4, 4),
+		FIELD(kapsel_start_info, abi_major, 8, 2),
+		FIELD(kapsel_start_info, abi_minor, 10, 2),
+		FIELD(kapsel_start_info, _pad0, 12, 4),
+		FIELD(kapsel_start_info, features, 16, 8),
+		FIELD(kapsel_start_info, ram_bytes, 24, 8),
+		FIELD(kapsel_start_info, tsc_khz, 32, 8),
+		FIELD(kapsel_start_info, event_page_gpa, 40, 8),
+		FIELD(kapsel_start_info, generation, 48, 8),
+		FIELD(kapsel_start_info, boot_ns, 56, 8),
+		FIELD(kapsel_start_info, memmap_count, 64, 4),
+		FIELD(kapsel_start_info, device_count, 68, 4),
+		FIELD(kapsel_start_info, memmap, 72, 192),
+		FIELD(kapsel_start_info, devices, 264, 640),
+		FIELD(kapsel_start_info, cmdline, 904, 512),
+		FIELD(kapsel_start_info, uuid, 1416, 16),
+		FIELD(kapsel_start_info, name, 1432, 64),
+		FIELD(kapsel_start_info, _reserved, 1496, 128),
 	};
 	CHECK_LAYOUT(kapsel_start_info, 1624, start_info);
 	/* Array sizes as documented: 8 memmap entries, 16 devices. */
@@ -151,14 +150,14 @@ static void test_abi_structs(void)
 	CU_ASSERT(sizeof(struct kapsel_event_page) <= 4096);
 
 	static const struct field device_setup[] = {
-	    FIELD(kapsel_device_setup, magic, 0, 4),
-	    FIELD(kapsel_device_setup, revision, 4, 4),
-	    FIELD(kapsel_device_setup, ring_gpa, 8, 8),
-	    FIELD(kapsel_device_setup, ring_pages, 16, 4),
-	    FIELD(kapsel_device_setup, evtchn_port, 20, 4),
-	    FIELD(kapsel_device_setup, queue, 24, 4),
-	    FIELD(kapsel_device_setup, _reserved0, 28, 4),
-	    FIELD(kapsel_device_setup, _reserved, 32, 24),
+		FIELD(kapsel_device_setup, magic, 0, 4),
+		FIELD(kapsel_device_setup, revision, 4, 4),
+		FIELD(kapsel_device_setup, ring_gpa, 8, 8),
+		FIELD(kapsel_device_setup, ring_pages, 16, 4),
+		FIELD(kapsel_device_setup, evtchn_port, 20, 4),
+		FIELD(kapsel_device_setup, queue, 24, 4),
+		FIELD(kapsel_device_setup, _reserved0, 28, 4),
+		FIELD(kapsel_device_setup, _reserved, 32, 24),
 	};
 	CHECK_LAYOUT(kapsel_device_setup, 56, device_setup);
 }
@@ -166,66 +165,66 @@ static void test_abi_structs(void)
 static void test_ring_and_block_structs(void)
 {
 	static const struct field ring[] = {
-	    FIELD(kapsel_ring_header, magic, 0, 4),
-	    FIELD(kapsel_ring_header, revision, 4, 2),
-	    FIELD(kapsel_ring_header, _pad0, 6, 2),
-	    FIELD(kapsel_ring_header, order, 8, 4),
-	    FIELD(kapsel_ring_header, request_bytes, 12, 2),
-	    FIELD(kapsel_ring_header, response_bytes, 14, 2),
-	    FIELD(kapsel_ring_header, requests_offset, 16, 4),
-	    FIELD(kapsel_ring_header, responses_offset, 20, 4),
-	    FIELD(kapsel_ring_header, _pad1, 24, 40),
-	    FIELD(kapsel_ring_header, req_prod, 64, 4),
-	    FIELD(kapsel_ring_header, rsp_event, 68, 4),
-	    FIELD(kapsel_ring_header, _pad2, 72, 56),
-	    FIELD(kapsel_ring_header, rsp_prod, 128, 4),
-	    FIELD(kapsel_ring_header, req_event, 132, 4),
-	    FIELD(kapsel_ring_header, _pad3, 136, 56),
+		FIELD(kapsel_ring_header, magic, 0, 4),
+		FIELD(kapsel_ring_header, revision, 4, 2),
+		FIELD(kapsel_ring_header, _pad0, 6, 2),
+		FIELD(kapsel_ring_header, order, 8, 4),
+		FIELD(kapsel_ring_header, request_bytes, 12, 2),
+		FIELD(kapsel_ring_header, response_bytes, 14, 2),
+		FIELD(kapsel_ring_header, requests_offset, 16, 4),
+		FIELD(kapsel_ring_header, responses_offset, 20, 4),
+		FIELD(kapsel_ring_header, _pad1, 24, 40),
+		FIELD(kapsel_ring_header, req_prod, 64, 4),
+		FIELD(kapsel_ring_header, rsp_event, 68, 4),
+		FIELD(kapsel_ring_header, _pad2, 72, 56),
+		FIELD(kapsel_ring_header, rsp_prod, 128, 4),
+		FIELD(kapsel_ring_header, req_event, 132, 4),
+		FIELD(kapsel_ring_header, _pad3, 136, 56),
 	};
 	CHECK_LAYOUT(kapsel_ring_header, 192, ring);
 
 	static const struct field segment[] = {
-	    FIELD(kapsel_blk_segment, gpa, 0, 8),
-	    FIELD(kapsel_blk_segment, length_bytes, 8, 4),
-	    FIELD(kapsel_blk_segment, _pad, 12, 4),
+		FIELD(kapsel_blk_segment, gpa, 0, 8),
+		FIELD(kapsel_blk_segment, length_bytes, 8, 4),
+		FIELD(kapsel_blk_segment, _pad, 12, 4),
 	};
 	CHECK_LAYOUT(kapsel_blk_segment, 16, segment);
 
 	static const struct field request[] = {
-	    FIELD(kapsel_blk_request, id, 0, 8),
-	    FIELD(kapsel_blk_request, op, 8, 1),
-	    FIELD(kapsel_blk_request, segment_count, 9, 1),
-	    FIELD(kapsel_blk_request, flags, 10, 2),
-	    FIELD(kapsel_blk_request, _pad, 12, 4),
-	    FIELD(kapsel_blk_request, sector, 16, 8),
-	    FIELD(kapsel_blk_request, sector_count, 24, 8),
-	    FIELD(kapsel_blk_request, submit_tsc, 32, 8),
-	    FIELD(kapsel_blk_request, _reserved, 40, 8),
-	    FIELD(kapsel_blk_request, segments, 48, 256),
+		FIELD(kapsel_blk_request, id, 0, 8),
+		FIELD(kapsel_blk_request, op, 8, 1),
+		FIELD(kapsel_blk_request, segment_count, 9, 1),
+		FIELD(kapsel_blk_request, flags, 10, 2),
+		FIELD(kapsel_blk_request, _pad, 12, 4),
+		FIELD(kapsel_blk_request, sector, 16, 8),
+		FIELD(kapsel_blk_request, sector_count, 24, 8),
+		FIELD(kapsel_blk_request, submit_tsc, 32, 8),
+		FIELD(kapsel_blk_request, _reserved, 40, 8),
+		FIELD(kapsel_blk_request, segments, 48, 256),
 	};
 	CHECK_LAYOUT(kapsel_blk_request, 304, request);
 
 	static const struct field response[] = {
-	    FIELD(kapsel_blk_response, id, 0, 8),
-	    FIELD(kapsel_blk_response, status, 8, 4),
-	    FIELD(kapsel_blk_response, _pad, 12, 4),
-	    FIELD(kapsel_blk_response, submit_tsc, 16, 8),
-	    FIELD(kapsel_blk_response, pickup_tsc, 24, 8),
-	    FIELD(kapsel_blk_response, complete_tsc, 32, 8),
-	    FIELD(kapsel_blk_response, _reserved, 40, 24),
+		FIELD(kapsel_blk_response, id, 0, 8),
+		FIELD(kapsel_blk_response, status, 8, 4),
+		FIELD(kapsel_blk_response, _pad, 12, 4),
+		FIELD(kapsel_blk_response, submit_tsc, 16, 8),
+		FIELD(kapsel_blk_response, pickup_tsc, 24, 8),
+		FIELD(kapsel_blk_response, complete_tsc, 32, 8),
+		FIELD(kapsel_blk_response, _reserved, 40, 24),
 	};
 	CHECK_LAYOUT(kapsel_blk_response, 64, response);
 
 	static const struct field info[] = {
-	    FIELD(kapsel_blk_info, magic, 0, 4),
-	    FIELD(kapsel_blk_info, revision, 4, 4),
-	    FIELD(kapsel_blk_info, capacity_sectors, 8, 8),
-	    FIELD(kapsel_blk_info, logical_sector_bytes, 16, 4),
-	    FIELD(kapsel_blk_info, physical_sector_bytes, 20, 4),
-	    FIELD(kapsel_blk_info, readonly, 24, 4),
-	    FIELD(kapsel_blk_info, max_segments, 28, 4),
-	    FIELD(kapsel_blk_info, features, 32, 8),
-	    FIELD(kapsel_blk_info, _reserved, 40, 32),
+		FIELD(kapsel_blk_info, magic, 0, 4),
+		FIELD(kapsel_blk_info, revision, 4, 4),
+		FIELD(kapsel_blk_info, capacity_sectors, 8, 8),
+		FIELD(kapsel_blk_info, logical_sector_bytes, 16, 4),
+		FIELD(kapsel_blk_info, physical_sector_bytes, 20, 4),
+		FIELD(kapsel_blk_info, readonly, 24, 4),
+		FIELD(kapsel_blk_info, max_segments, 28, 4),
+		FIELD(kapsel_blk_info, features, 32, 8),
+		FIELD(kapsel_blk_info, _reserved, 40, 32),
 	};
 	CHECK_LAYOUT(kapsel_blk_info, 72, info);
 	CU_ASSERT_EQUAL(KAPSEL_BLK_MAX_SEGMENTS, 16);
@@ -252,9 +251,9 @@ static void test_magics_and_discovery(void)
 	CU_ASSERT_EQUAL(KAPSEL_RING_REVISION, 1);
 
 	/* ebx, ecx, edx of leaf 0x40000000 spell "KapselKapsel" in memory order. */
-	uint32_t regs[3] = {KAPSEL_CPUID_SIGNATURE_EBX, KAPSEL_CPUID_SIGNATURE_ECX,
-	                    KAPSEL_CPUID_SIGNATURE_EDX};
-	char signature[13] = {0};
+	uint32_t regs[3] = { KAPSEL_CPUID_SIGNATURE_EBX, KAPSEL_CPUID_SIGNATURE_ECX,
+			     KAPSEL_CPUID_SIGNATURE_EDX };
+	char signature[13] = { 0 };
 	memcpy(signature, regs, 12);
 	CU_ASSERT_STRING_EQUAL(signature, "KapselKapsel");
 	CU_ASSERT_EQUAL(KAPSEL_CPUID_BASE, 0x40000000u);
@@ -286,12 +285,12 @@ static void test_call_numbers(void)
 	static const struct {
 		unsigned actual, documented;
 	} calls[] = {
-	    {KAPSEL_HC_ABI_INFO, 0},      {KAPSEL_HC_CONSOLE_WRITE, 1},
-	    {KAPSEL_HC_CONSOLE_READ, 2},  {KAPSEL_HC_SHUTDOWN, 3},
-	    {KAPSEL_HC_TIME_INFO, 4},     {KAPSEL_HC_BLOCK, 5},
-	    {KAPSEL_HC_EVTCHN_ALLOC, 6},  {KAPSEL_HC_EVTCHN_BIND_DEVICE, 7},
-	    {KAPSEL_HC_EVTCHN_SEND, 8},   {KAPSEL_HC_EVTCHN_MASK, 9},
-	    {KAPSEL_HC_DEVICE_SETUP, 10}, {KAPSEL_HC_EVTCHN_CLOSE, 11},
+		{ KAPSEL_HC_ABI_INFO, 0 },	{ KAPSEL_HC_CONSOLE_WRITE, 1 },
+		{ KAPSEL_HC_CONSOLE_READ, 2 },	{ KAPSEL_HC_SHUTDOWN, 3 },
+		{ KAPSEL_HC_TIME_INFO, 4 },	{ KAPSEL_HC_BLOCK, 5 },
+		{ KAPSEL_HC_EVTCHN_ALLOC, 6 },	{ KAPSEL_HC_EVTCHN_BIND_DEVICE, 7 },
+		{ KAPSEL_HC_EVTCHN_SEND, 8 },	{ KAPSEL_HC_EVTCHN_MASK, 9 },
+		{ KAPSEL_HC_DEVICE_SETUP, 10 }, { KAPSEL_HC_EVTCHN_CLOSE, 11 },
 	};
 	const size_t count = sizeof(calls) / sizeof(calls[0]);
 	unsigned seen = 0;
@@ -316,10 +315,10 @@ static void test_feature_bits(void)
 		uint64_t actual;
 		unsigned documented_bit;
 	} features[] = {
-	    {KAPSEL_FEATURE_CONSOLE_PV, 0}, {KAPSEL_FEATURE_EVTCHN, 1},
-	    {KAPSEL_FEATURE_DOORBELL, 2},   {KAPSEL_FEATURE_BLOCK_PV, 3},
-	    {KAPSEL_FEATURE_GENERATION, 4}, {KAPSEL_FEATURE_CONTROL, 5},
-	    {KAPSEL_FEATURE_NET_PV, 6},
+		{ KAPSEL_FEATURE_CONSOLE_PV, 0 }, { KAPSEL_FEATURE_EVTCHN, 1 },
+		{ KAPSEL_FEATURE_DOORBELL, 2 },	  { KAPSEL_FEATURE_BLOCK_PV, 3 },
+		{ KAPSEL_FEATURE_GENERATION, 4 }, { KAPSEL_FEATURE_CONTROL, 5 },
+		{ KAPSEL_FEATURE_NET_PV, 6 },
 	};
 	uint64_t all = 0;
 	for (size_t i = 0; i < sizeof(features) / sizeof(features[0]); i++) {
@@ -375,14 +374,14 @@ static void test_error_codes_are_linux_errno(void)
 	static const struct {
 		int actual, documented, host;
 	} codes[] = {
-	    {KAPSEL_EPERM, 1, EPERM},    {KAPSEL_ENOENT, 2, ENOENT},
-	    {KAPSEL_EIO, 5, EIO},        {KAPSEL_E2BIG, 7, E2BIG},
-	    {KAPSEL_EAGAIN, 11, EAGAIN}, {KAPSEL_ENOMEM, 12, ENOMEM},
-	    {KAPSEL_EFAULT, 14, EFAULT}, {KAPSEL_EBUSY, 16, EBUSY},
-	    {KAPSEL_EEXIST, 17, EEXIST}, {KAPSEL_ENODEV, 19, ENODEV},
-	    {KAPSEL_EINVAL, 22, EINVAL}, {KAPSEL_ENOSPC, 28, ENOSPC},
-	    {KAPSEL_EROFS, 30, EROFS},   {KAPSEL_ERANGE, 34, ERANGE},
-	    {KAPSEL_ENOSYS, 38, ENOSYS}, {KAPSEL_ETIMEDOUT, 110, ETIMEDOUT},
+		{ KAPSEL_EPERM, 1, EPERM },    { KAPSEL_ENOENT, 2, ENOENT },
+		{ KAPSEL_EIO, 5, EIO },	       { KAPSEL_E2BIG, 7, E2BIG },
+		{ KAPSEL_EAGAIN, 11, EAGAIN }, { KAPSEL_ENOMEM, 12, ENOMEM },
+		{ KAPSEL_EFAULT, 14, EFAULT }, { KAPSEL_EBUSY, 16, EBUSY },
+		{ KAPSEL_EEXIST, 17, EEXIST }, { KAPSEL_ENODEV, 19, ENODEV },
+		{ KAPSEL_EINVAL, 22, EINVAL }, { KAPSEL_ENOSPC, 28, ENOSPC },
+		{ KAPSEL_EROFS, 30, EROFS },   { KAPSEL_ERANGE, 34, ERANGE },
+		{ KAPSEL_ENOSYS, 38, ENOSYS }, { KAPSEL_ETIMEDOUT, 110, ETIMEDOUT },
 	};
 	for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
 		CU_ASSERT_EQUAL(codes[i].actual, codes[i].documented);
@@ -394,7 +393,7 @@ static void test_ring_helpers(void)
 {
 	/* need_notify: true exactly when event lies in (old, new], with
 	 * wrap-around, computed here by walking the range. */
-	static const uint32_t olds[] = {0, 5, 0xfffffffeu, 0x7fffffffu};
+	static const uint32_t olds[] = { 0, 5, 0xfffffffeu, 0x7fffffffu };
 	for (size_t i = 0; i < sizeof(olds) / sizeof(olds[0]); i++) {
 		for (uint32_t moved = 0; moved < 4; moved++) {
 			uint32_t old = olds[i], new = old + moved;
@@ -416,14 +415,14 @@ static void test_ring_helpers(void)
 int main(void)
 {
 	static const struct unit_test tests[] = {
-	    {"ABI structs match docs/abi.md", test_abi_structs},
-	    {"ring and block structs match docs/abi.md", test_ring_and_block_structs},
-	    {"magics, CPUID signature, fixed addresses", test_magics_and_discovery},
-	    {"hypercall numbers are distinct and stable", test_call_numbers},
-	    {"feature bits", test_feature_bits},
-	    {"enumerations", test_enumerations},
-	    {"error codes are Linux errno", test_error_codes_are_linux_errno},
-	    {"ring helpers", test_ring_helpers},
+		{ "ABI structs match docs/abi.md", test_abi_structs },
+		{ "ring and block structs match docs/abi.md", test_ring_and_block_structs },
+		{ "magics, CPUID signature, fixed addresses", test_magics_and_discovery },
+		{ "hypercall numbers are distinct and stable", test_call_numbers },
+		{ "feature bits", test_feature_bits },
+		{ "enumerations", test_enumerations },
+		{ "error codes are Linux errno", test_error_codes_are_linux_errno },
+		{ "ring helpers", test_ring_helpers },
 	};
 	return UNIT_RUN("abi layout", tests);
 }

@@ -44,7 +44,8 @@ static void file_write_pattern(uint64_t sector, unsigned count, unsigned salt)
 	uint8_t buf[SECTOR];
 	for (unsigned k = 0; k < count; k++) {
 		pattern_sector(buf, sector + k, salt);
-		CU_ASSERT_FATAL(pwrite(image_fd(), buf, SECTOR, (off_t)((sector + k) * SECTOR)) == SECTOR);
+		CU_ASSERT_FATAL(pwrite(image_fd(), buf, SECTOR, (off_t)((sector + k) * SECTOR)) ==
+				SECTOR);
 	}
 }
 
@@ -184,7 +185,7 @@ static void test_identify_small(void)
 	uint64_t expected = (uint64_t)st.st_size / SECTOR;
 	uint16_t w[256];
 	identify(w);
-	CU_ASSERT_EQUAL(w[0] & 0x8000, 0);                     /* ATA device */
+	CU_ASSERT_EQUAL(w[0] & 0x8000, 0); /* ATA device */
 	CU_ASSERT_EQUAL((uint64_t)w[60] | (uint64_t)w[61] << 16, expected);
 	CU_ASSERT_EQUAL((uint64_t)w[100] | (uint64_t)w[101] << 16 | (uint64_t)w[102] << 32 |
 				(uint64_t)w[103] << 48,
@@ -197,17 +198,17 @@ static void test_identify_small(void)
 	CU_ASSERT_STRING_EQUAL(text, "KAPSEL1");
 	identify_string(w, 10, 20, text);
 	CU_ASSERT_STRING_EQUAL(text, "KAPSEL-00001234");
-	CU_ASSERT(w[49] & (1u << 9));                           /* LBA */
-	CU_ASSERT_EQUAL(w[83] & 0xc000, 0x4000);                /* word valid */
-	CU_ASSERT(w[83] & (1u << 10));                          /* LBA48 supported */
-	CU_ASSERT(w[83] & (1u << 13));                          /* FLUSH CACHE EXT */
-	CU_ASSERT(w[86] & (1u << 10));                          /* LBA48 enabled */
+	CU_ASSERT(w[49] & (1u << 9));		 /* LBA */
+	CU_ASSERT_EQUAL(w[83] & 0xc000, 0x4000); /* word valid */
+	CU_ASSERT(w[83] & (1u << 10));		 /* LBA48 supported */
+	CU_ASSERT(w[83] & (1u << 13));		 /* FLUSH CACHE EXT */
+	CU_ASSERT(w[86] & (1u << 10));		 /* LBA48 enabled */
 	CU_ASSERT(w[86] & (1u << 13));
 	CU_ASSERT_EQUAL(w[47] & 0xff00, 0x8000);
 	CU_ASSERT((w[47] & 0xff) >= 2);
-	CU_ASSERT_EQUAL(w[59] & 0x01ff, 0);                     /* multiple mode off */
+	CU_ASSERT_EQUAL(w[59] & 0x01ff, 0); /* multiple mode off */
 	CU_ASSERT_EQUAL(w[106] & 0xc000, 0x4000);
-	CU_ASSERT(w[80] & (1u << 6));                           /* ATA/ATAPI-6 (LBA48) */
+	CU_ASSERT(w[80] & (1u << 6)); /* ATA/ATAPI-6 (LBA48) */
 	/* Legacy CHS: C*H*S never exceeds the capacity. */
 	CU_ASSERT((uint64_t)w[1] * w[3] * w[6] <= expected);
 	CU_ASSERT(w[3] >= 1 && w[3] <= 16 && w[6] >= 1 && w[6] <= 63);
@@ -222,7 +223,8 @@ static void test_identify_large_caps_lba28(void)
 	uint16_t w[256];
 	identify(w);
 	CU_ASSERT_EQUAL((uint64_t)w[60] | (uint64_t)w[61] << 16, 0x0fffffffull);
-	CU_ASSERT_EQUAL((uint64_t)w[100] | (uint64_t)w[101] << 16 | (uint64_t)w[102] << 32, sectors);
+	CU_ASSERT_EQUAL((uint64_t)w[100] | (uint64_t)w[101] << 16 | (uint64_t)w[102] << 32,
+			sectors);
 	CU_ASSERT(checksum_valid(w));
 	teardown();
 }
@@ -267,7 +269,8 @@ static void test_lba28_write_status_transitions(void)
 	/* DRQ stays set up to the last word of the last sector. */
 	for (unsigned i = 0; i < SECTOR / 2; i++) {
 		CU_ASSERT(status() & ATA_STATUS_DRQ);
-		ata_io_write(&ata, ATA_REG_DATA, 2, (uint32_t)buf[2 * i] | (uint32_t)buf[2 * i + 1] << 8);
+		ata_io_write(&ata, ATA_REG_DATA, 2,
+			     (uint32_t)buf[2 * i] | (uint32_t)buf[2 * i + 1] << 8);
 	}
 	CU_ASSERT(status() & ATA_STATUS_DRQ);
 	pattern_sector(buf, 6, 2);
@@ -644,11 +647,11 @@ static void test_state_check(void)
 	CU_ASSERT_PTR_NULL(ata_state_check(&ata));
 	struct ata_state good = ata;
 
-#define EXPECT_BAD(change)                                                         \
-	do {                                                                       \
-		ata = good;                                                        \
-		change;                                                            \
-		CU_ASSERT_PTR_NOT_NULL(ata_state_check(&ata));                     \
+#define EXPECT_BAD(change)                                     \
+	do {                                                   \
+		ata = good;                                    \
+		change;                                        \
+		CU_ASSERT_PTR_NOT_NULL(ata_state_check(&ata)); \
 	} while (0)
 	EXPECT_BAD(ata.block_sectors = 0);
 	EXPECT_BAD(ata.block_sectors = 3);
@@ -661,9 +664,9 @@ static void test_state_check(void)
 	EXPECT_BAD(ata.transfer = (enum ata_transfer)7);
 	EXPECT_BAD(ata.op = KAPSEL_BLK_OP_COUNT);
 	EXPECT_BAD(ata.transfer = ATA_TRANSFER_OUT); /* a read's buffer written out */
-	EXPECT_BAD(ata.command_lba = 599);          /* past the end of the disk */
+	EXPECT_BAD(ata.command_lba = 599);	     /* past the end of the disk */
 	EXPECT_BAD(ata.command_sectors = UINT64_MAX);
-	EXPECT_BAD(ata.buffer_lba += 1);             /* outside the command */
+	EXPECT_BAD(ata.buffer_lba += 1); /* outside the command */
 	EXPECT_BAD(ata.sectors_left = ata.command_sectors + 1);
 	EXPECT_BAD(ata.buffer_lba = 0);
 	ata = good;

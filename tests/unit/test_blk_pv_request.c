@@ -19,8 +19,9 @@ static void fresh(bool readonly)
 {
 	if (!ram)
 		ram = calloc(1, RAM_BYTES);
-	mem = (struct guest_memory){ .memfd = -1, .host_base = ram, .size_bytes = RAM_BYTES,
-				     .guest_floor_gpa = FLOOR_GPA };
+	mem = (struct guest_memory){
+		.memfd = -1, .host_base = ram, .size_bytes = RAM_BYTES, .guest_floor_gpa = FLOOR_GPA
+	};
 	memset(&disk, 0, sizeof(disk));
 	disk.fd = -1;
 	disk.readonly = readonly;
@@ -79,7 +80,8 @@ static void test_valid_requests(void)
 	CU_ASSERT(t.iov[0].iov_len >= sizeof(struct kapsel_blk_info));
 
 	/* DISCARD / WRITE_ZEROES take sector_count. */
-	r = (struct kapsel_blk_request){ .op = KAPSEL_BLK_OP_WRITE_ZEROES, .sector = 10,
+	r = (struct kapsel_blk_request){ .op = KAPSEL_BLK_OP_WRITE_ZEROES,
+					 .sector = 10,
 					 .sector_count = DISK_SECTORS - 10 };
 	CU_ASSERT_EQUAL(check(&r, &t, &counted), 0);
 	CU_ASSERT_EQUAL(t.offset_bytes, 5120);
@@ -128,14 +130,15 @@ static void test_hostile_requests(void)
 
 	/* Guest addresses: beyond RAM, across its end, wrapping, and below
 	 * the floor (the hypervisor's own tables). */
-	expect_refused(data_request(KAPSEL_BLK_OP_READ, 0, RAM_BYTES, 512), -KAPSEL_EFAULT, malformed);
+	expect_refused(data_request(KAPSEL_BLK_OP_READ, 0, RAM_BYTES, 512), -KAPSEL_EFAULT,
+		       malformed);
 	expect_refused(data_request(KAPSEL_BLK_OP_READ, 0, RAM_BYTES - 512, 1024), -KAPSEL_EFAULT,
 		       malformed);
 	expect_refused(data_request(KAPSEL_BLK_OP_WRITE, 0, 0xfffffffffffffe00ull, 0x400),
 		       -KAPSEL_EFAULT, malformed);
 	expect_refused(data_request(KAPSEL_BLK_OP_READ, 0, 0, 512), -KAPSEL_EFAULT, malformed);
-	expect_refused(data_request(KAPSEL_BLK_OP_GET_INFO, 0, FLOOR_GPA - 512, 512), -KAPSEL_EFAULT,
-		       malformed);
+	expect_refused(data_request(KAPSEL_BLK_OP_GET_INFO, 0, FLOOR_GPA - 512, 512),
+		       -KAPSEL_EFAULT, malformed);
 	expect_refused(data_request(KAPSEL_BLK_OP_READ, 0, FLOOR_GPA - 512, 1024), -KAPSEL_EFAULT,
 		       malformed);
 
@@ -148,7 +151,8 @@ static void test_hostile_requests(void)
 		       bounds);
 	expect_refused(data_request(KAPSEL_BLK_OP_WRITE, UINT64_MAX / 512 + 1, 0x8000, 512),
 		       -KAPSEL_ERANGE, bounds);
-	r = (struct kapsel_blk_request){ .op = KAPSEL_BLK_OP_WRITE_ZEROES, .sector = 8,
+	r = (struct kapsel_blk_request){ .op = KAPSEL_BLK_OP_WRITE_ZEROES,
+					 .sector = 8,
 					 .sector_count = UINT64_MAX - 4 };
 	expect_refused(r, -KAPSEL_ERANGE, bounds);
 	r = (struct kapsel_blk_request){ .op = KAPSEL_BLK_OP_DISCARD, .sector = DISK_SECTORS + 1 };
@@ -157,7 +161,9 @@ static void test_hostile_requests(void)
 	fresh(true);
 	expect_refused(data_request(KAPSEL_BLK_OP_WRITE, 0, 0x8000, 512), -KAPSEL_EROFS,
 		       &disk.stats.denied_readonly);
-	r = (struct kapsel_blk_request){ .op = KAPSEL_BLK_OP_DISCARD, .sector = 0, .sector_count = 1 };
+	r = (struct kapsel_blk_request){ .op = KAPSEL_BLK_OP_DISCARD,
+					 .sector = 0,
+					 .sector_count = 1 };
 	expect_refused(r, -KAPSEL_EROFS, &disk.stats.denied_readonly);
 	struct blk_pv_transfer t;
 	bool counted;

@@ -28,7 +28,7 @@ static void test_disk_path_only(void)
 {
 	struct vm_disk_config disk;
 	CU_ASSERT_EQUAL_FATAL(vm_config_parse_disk("/var/disk.img", &disk, error, sizeof(error)),
-	                      0);
+			      0);
 	CU_ASSERT_STRING_EQUAL(disk.path, "/var/disk.img");
 	CU_ASSERT(!disk.readonly);
 	CU_ASSERT_EQUAL(disk.bus, VM_DISK_BUS_PV);
@@ -43,10 +43,10 @@ static void test_disk_all_options(void)
 {
 	struct vm_disk_config disk;
 	CU_ASSERT_EQUAL_FATAL(
-	    vm_config_parse_disk("d.img,readonly,bus=ata,cache=none,iops=1000,iops_burst=50,bps="
-	                         "1048576,bps_burst=65536,poll=200",
-	                         &disk, error, sizeof(error)),
-	    0);
+		vm_config_parse_disk("d.img,readonly,bus=ata,cache=none,iops=1000,iops_burst=50,bps="
+				     "1048576,bps_burst=65536,poll=200",
+				     &disk, error, sizeof(error)),
+		0);
 	CU_ASSERT_STRING_EQUAL(disk.path, "d.img");
 	CU_ASSERT(disk.readonly);
 	CU_ASSERT_EQUAL(disk.bus, VM_DISK_BUS_ATA);
@@ -60,21 +60,23 @@ static void test_disk_all_options(void)
 	free(disk.path);
 
 	/* Aliases and explicit values. */
-	CU_ASSERT_EQUAL_FATAL(
-	    vm_config_parse_disk("d.img,ro,bus=ide,cache=direct", &disk, error, sizeof(error)), 0);
+	CU_ASSERT_EQUAL_FATAL(vm_config_parse_disk("d.img,ro,bus=ide,cache=direct", &disk, error,
+						   sizeof(error)),
+			      0);
 	CU_ASSERT(disk.readonly);
 	CU_ASSERT_EQUAL(disk.bus, VM_DISK_BUS_ATA);
 	CU_ASSERT_EQUAL(disk.cache, VM_DISK_CACHE_NONE);
 	free(disk.path);
 	CU_ASSERT_EQUAL_FATAL(vm_config_parse_disk("d.img,readonly=off,bus=xen,cache=writeback",
-	                                           &disk, error, sizeof(error)),
-	                      0);
+						   &disk, error, sizeof(error)),
+			      0);
 	CU_ASSERT(!disk.readonly);
 	CU_ASSERT_EQUAL(disk.bus, VM_DISK_BUS_PV);
 	CU_ASSERT_EQUAL(disk.cache, VM_DISK_CACHE_WRITEBACK);
 	free(disk.path);
-	CU_ASSERT_EQUAL_FATAL(
-	    vm_config_parse_disk("d.img,readonly=yes,bus=pv", &disk, error, sizeof(error)), 0);
+	CU_ASSERT_EQUAL_FATAL(vm_config_parse_disk("d.img,readonly=yes,bus=pv", &disk, error,
+						   sizeof(error)),
+			      0);
 	CU_ASSERT(disk.readonly);
 	free(disk.path);
 
@@ -82,8 +84,9 @@ static void test_disk_all_options(void)
 	CU_ASSERT_EQUAL_FATAL(vm_config_parse_disk("d.img,poll=0", &disk, error, sizeof(error)), 0);
 	CU_ASSERT(!disk.poll);
 	free(disk.path);
-	CU_ASSERT_EQUAL_FATAL(
-	    vm_config_parse_disk("d.img,poll=99999999", &disk, error, sizeof(error)), 0);
+	CU_ASSERT_EQUAL_FATAL(vm_config_parse_disk("d.img,poll=99999999", &disk, error,
+						   sizeof(error)),
+			      0);
 	CU_ASSERT(disk.poll);
 	CU_ASSERT_EQUAL(disk.poll_us, 1000000);
 	free(disk.path);
@@ -105,12 +108,12 @@ static void expect_disk_error(const char *text, const char *message)
 static void test_disk_errors(void)
 {
 	expect_disk_error("d.img,frobnicate", "--disk 'd.img,frobnicate': option 'frobnicate' is "
-	                                      "unknown or lacks a valid value; known: readonly");
+					      "unknown or lacks a valid value; known: readonly");
 	expect_disk_error("d.img,speed=9", "option 'speed=9' is unknown");
 	expect_disk_error("d.img,bus=scsi",
-	                  "--disk 'd.img,bus=scsi': bus 'scsi' is unknown; use bus=pv or bus=ata");
+			  "--disk 'd.img,bus=scsi': bus 'scsi' is unknown; use bus=pv or bus=ata");
 	expect_disk_error("d.img,cache=unsafe",
-	                  "cache 'unsafe' is unknown; use cache=none or cache=writeback");
+			  "cache 'unsafe' is unknown; use cache=none or cache=writeback");
 	/* Options that need a value, without one or with a bad one. */
 	expect_disk_error("d.img,bus", "option 'bus' is unknown or lacks a valid value");
 	expect_disk_error("d.img,iops", "option 'iops' is unknown or lacks a valid value");
@@ -118,7 +121,7 @@ static void test_disk_errors(void)
 	expect_disk_error("d.img,iops=12abc", "option 'iops=12abc'");
 	expect_disk_error("d.img,bps=", "option 'bps='");
 	expect_disk_error("d.img,bps=99999999999999999999999",
-	                  "option 'bps=99999999999999999999999'");
+			  "option 'bps=99999999999999999999999'");
 	/* A bad option after good ones still fails the whole spec. */
 	expect_disk_error("d.img,readonly,bus=ata,nope", "option 'nope' is unknown");
 	/* Missing path. */
@@ -130,10 +133,10 @@ static void test_disk_errors(void)
 int main(void)
 {
 	static const struct unit_test tests[] = {
-	    {"config defaults", test_defaults},
-	    {"disk: path only", test_disk_path_only},
-	    {"disk: every option", test_disk_all_options},
-	    {"disk: errors name the bad part", test_disk_errors},
+		{ "config defaults", test_defaults },
+		{ "disk: path only", test_disk_path_only },
+		{ "disk: every option", test_disk_all_options },
+		{ "disk: errors name the bad part", test_disk_errors },
 	};
 	return UNIT_RUN("config", tests);
 }

@@ -37,30 +37,31 @@ static const char *reason(void)
 static void test_full_domain(void)
 {
 	struct vm_config c;
-	int err = load("<domain type='kvm'>\n"
-		       "  <name>web-1</name>\n"
-		       "  <uuid>0123456789abcdef0123456789ABCDEF</uuid>\n"
-		       "  <memory unit='GiB'>1</memory>\n"
-		       "  <currentMemory unit='MiB'>1024</currentMemory>\n"
-		       "  <vcpu placement='static' current='1'>1</vcpu>\n"
-		       "  <os><type arch='x86_64' machine='pc'>hvm</type>\n"
-		       "    <kernel>/boot/guest.elf</kernel><cmdline>a=1 b</cmdline></os>\n"
-		       "  <on_poweroff>restart</on_poweroff><on_reboot>destroy</on_reboot>\n"
-		       "  <on_crash>preserve</on_crash>\n"
-		       "  <devices>\n"
-		       "    <disk type='file' device='disk'>\n"
-		       "      <driver name='qemu' type='raw' cache='none' io='native'/>\n"
-		       "      <source file='/img/a.img'/><target dev='xvda' bus='xen'/>\n"
-		       "      <iotune><total_iops_sec>100</total_iops_sec><total_iops_sec_max>200</total_iops_sec_max>\n"
-		       "        <total_bytes_sec>1000000</total_bytes_sec><total_bytes_sec_max>2000000</total_bytes_sec_max></iotune>\n"
-		       "    </disk>\n"
-		       "    <disk type='file' device='disk'><source file='/img/b.img'/>\n"
-		       "      <target dev='hda' bus='ide'/><readonly/></disk>\n"
-		       "    <serial type='file'><source path='/var/log/c.log'/><target port='0'/></serial>\n"
-		       "    <console type='file'><source path='/var/log/c.log'/><target type='xen'/></console>\n"
-		       "  </devices>\n"
-		       "</domain>\n",
-		       &c);
+	int err = load(
+		"<domain type='kvm'>\n"
+		"  <name>web-1</name>\n"
+		"  <uuid>0123456789abcdef0123456789ABCDEF</uuid>\n"
+		"  <memory unit='GiB'>1</memory>\n"
+		"  <currentMemory unit='MiB'>1024</currentMemory>\n"
+		"  <vcpu placement='static' current='1'>1</vcpu>\n"
+		"  <os><type arch='x86_64' machine='pc'>hvm</type>\n"
+		"    <kernel>/boot/guest.elf</kernel><cmdline>a=1 b</cmdline></os>\n"
+		"  <on_poweroff>restart</on_poweroff><on_reboot>destroy</on_reboot>\n"
+		"  <on_crash>preserve</on_crash>\n"
+		"  <devices>\n"
+		"    <disk type='file' device='disk'>\n"
+		"      <driver name='qemu' type='raw' cache='none' io='native'/>\n"
+		"      <source file='/img/a.img'/><target dev='xvda' bus='xen'/>\n"
+		"      <iotune><total_iops_sec>100</total_iops_sec><total_iops_sec_max>200</total_iops_sec_max>\n"
+		"        <total_bytes_sec>1000000</total_bytes_sec><total_bytes_sec_max>2000000</total_bytes_sec_max></iotune>\n"
+		"    </disk>\n"
+		"    <disk type='file' device='disk'><source file='/img/b.img'/>\n"
+		"      <target dev='hda' bus='ide'/><readonly/></disk>\n"
+		"    <serial type='file'><source path='/var/log/c.log'/><target port='0'/></serial>\n"
+		"    <console type='file'><source path='/var/log/c.log'/><target type='xen'/></console>\n"
+		"  </devices>\n"
+		"</domain>\n",
+		&c);
 	CU_ASSERT_EQUAL_FATAL(err, 0);
 	CU_ASSERT_STRING_EQUAL(c.name, "web-1");
 	CU_ASSERT(c.has_uuid);
@@ -115,7 +116,9 @@ static void test_memory_units(void)
 			CU_ASSERT_EQUAL(c.memory_bytes, cases[i].bytes);
 		} else {
 			CU_ASSERT_EQUAL(err, -EINVAL);
-			CU_ASSERT_STRING_EQUAL(reason(), "/domain/memory must be a multiple of 2 MiB between 4 MiB and 64 GiB");
+			CU_ASSERT_STRING_EQUAL(
+				reason(),
+				"/domain/memory must be a multiple of 2 MiB between 4 MiB and 64 GiB");
 		}
 		vm_config_free(&c);
 	}
@@ -129,7 +132,8 @@ static void test_console_modes(void)
 	} cases[] = {
 		{ "", VM_CONSOLE_AUTO },
 		{ "<serial type='stdio'/>", VM_CONSOLE_UART },
-		{ "<serial type='pty'/><console type='pty'><target type='serial'/></console>", VM_CONSOLE_UART },
+		{ "<serial type='pty'/><console type='pty'><target type='serial'/></console>",
+		  VM_CONSOLE_UART },
 		{ "<console type='stdio'><target type='xen'/></console>", VM_CONSOLE_AUTO },
 		{ "<serial type='stdio'/><console type='stdio'/>", VM_CONSOLE_AUTO },
 	};
@@ -173,7 +177,8 @@ static void test_refused(void)
 		const char *body;
 		const char *message;
 	} cases[] = {
-		{ "<name>x</name><vcpu>4</vcpu>", "/domain/vcpu is '4'; Kapsel runs one vCPU per VM" },
+		{ "<name>x</name><vcpu>4</vcpu>",
+		  "/domain/vcpu is '4'; Kapsel runs one vCPU per VM" },
 		/* currentMemory before memory is compared too. */
 		{ "<name>x</name><currentMemory>8192</currentMemory>",
 		  "/domain/currentMemory differs from /domain/memory; Kapsel has no balloon, make them equal" },
@@ -185,7 +190,8 @@ static void test_refused(void)
 		{ "<name>a b</name>",
 		  "/domain/name 'a b' must be 1-63 printable characters without '/' or spaces, not starting with '.'" },
 		{ "", "/domain/name is missing; every VM needs a unique name" },
-		{ "<name>x</name><uuid>1234</uuid>", "/domain/uuid '1234' must have 32 hex digits" },
+		{ "<name>x</name><uuid>1234</uuid>",
+		  "/domain/uuid '1234' must have 32 hex digits" },
 		{ "<name>x</name><uuid>0123456789abcdef0123456789abcdeg</uuid>",
 		  "/domain/uuid '0123456789abcdef0123456789abcdeg' is not a UUID" },
 		{ "<name>x</name><on_reboot>preserve</on_reboot>",
@@ -236,7 +242,8 @@ static void test_refused(void)
 	CU_ASSERT_PTR_NOT_NULL(strstr(reason(), "not well-formed XML"));
 	vm_config_free(&c);
 	vm_config_init(&c);
-	CU_ASSERT_EQUAL(vm_config_load_xml("/nonexistent/x.xml", &c, error, sizeof(error)), -EINVAL);
+	CU_ASSERT_EQUAL(vm_config_load_xml("/nonexistent/x.xml", &c, error, sizeof(error)),
+			-EINVAL);
 	CU_ASSERT_STRING_EQUAL(reason(), "cannot read it: No such file or directory");
 	vm_config_free(&c);
 }
@@ -244,13 +251,14 @@ static void test_refused(void)
 static void test_ignored_with_warning(void)
 {
 	struct vm_config c;
-	CU_ASSERT_EQUAL(load("<domain type='kvm'><name>w</name><title>t</title><description>d</description>"
-			     "<memory>16384</memory><features><acpi/></features><clock offset='utc'/>"
-			     "<os><kernel>/k</kernel></os><metadata><other xmlns='urn:x'>1</other></metadata>"
-			     "<devices><emulator>/usr/bin/qemu</emulator><controller type='usb'/>"
-			     "<memballoon model='none'/></devices></domain>",
-			     &c),
-			0);
+	CU_ASSERT_EQUAL(
+		load("<domain type='kvm'><name>w</name><title>t</title><description>d</description>"
+		     "<memory>16384</memory><features><acpi/></features><clock offset='utc'/>"
+		     "<os><kernel>/k</kernel></os><metadata><other xmlns='urn:x'>1</other></metadata>"
+		     "<devices><emulator>/usr/bin/qemu</emulator><controller type='usb'/>"
+		     "<memballoon model='none'/></devices></domain>",
+		     &c),
+		0);
 	vm_config_free(&c);
 }
 
@@ -271,11 +279,15 @@ static void test_round_trip(void)
 	a.console_mode = VM_CONSOLE_UART;
 	a.console_output_path = strdup("/var/log/round.log");
 	a.disk_count = 2;
-	a.disks[0] = (struct vm_disk_config){ .path = strdup("/img/0.img"), .bus = VM_DISK_BUS_PV,
+	a.disks[0] = (struct vm_disk_config){ .path = strdup("/img/0.img"),
+					      .bus = VM_DISK_BUS_PV,
 					      .cache = VM_DISK_CACHE_NONE,
-					      .ops_limit = { 10, 20 }, .bytes_limit = { 30, 0 },
-					      .poll = true, .poll_us = 40 };
-	a.disks[1] = (struct vm_disk_config){ .path = strdup("/img/1.img"), .bus = VM_DISK_BUS_ATA,
+					      .ops_limit = { 10, 20 },
+					      .bytes_limit = { 30, 0 },
+					      .poll = true,
+					      .poll_us = 40 };
+	a.disks[1] = (struct vm_disk_config){ .path = strdup("/img/1.img"),
+					      .bus = VM_DISK_BUS_ATA,
 					      .readonly = true };
 	char *xml = NULL;
 	size_t xml_len = 0;
@@ -302,7 +314,8 @@ static void test_round_trip(void)
 		CU_ASSERT_EQUAL(b.disks[i].readonly, a.disks[i].readonly);
 		CU_ASSERT_EQUAL(b.disks[i].poll, a.disks[i].poll);
 		CU_ASSERT_EQUAL(b.disks[i].poll_us, a.disks[i].poll_us);
-		CU_ASSERT_EQUAL(b.disks[i].ops_limit.rate_per_second, a.disks[i].ops_limit.rate_per_second);
+		CU_ASSERT_EQUAL(b.disks[i].ops_limit.rate_per_second,
+				a.disks[i].ops_limit.rate_per_second);
 		CU_ASSERT_EQUAL(b.disks[i].ops_limit.burst, a.disks[i].ops_limit.burst);
 		CU_ASSERT_EQUAL(b.disks[i].bytes_limit.rate_per_second,
 				a.disks[i].bytes_limit.rate_per_second);

@@ -32,7 +32,8 @@ static void test_arguments(void)
 	char line[256];
 	struct control_request r;
 	CU_ASSERT_EQUAL_FATAL(parse("  set-limits\tdisk=0  iops=500 readonly=yes ", &r, line,
-				    sizeof(line)), 0);
+				    sizeof(line)),
+			      0);
 	CU_ASSERT_STRING_EQUAL(r.verb, "set-limits");
 	CU_ASSERT_EQUAL(r.arg_count, 3);
 	CU_ASSERT_STRING_EQUAL(control_request_arg(&r, "disk"), "0");
@@ -86,8 +87,8 @@ static void test_rejects(void)
 		int err = parse(cases[i].text, &r, line, sizeof(line));
 		CU_ASSERT_EQUAL(err, -EINVAL);
 		if (!strstr(error, cases[i].message_part)) {
-			fprintf(stderr, "case '%s': message '%s' lacks '%s'\n", cases[i].text, error,
-				cases[i].message_part);
+			fprintf(stderr, "case '%s': message '%s' lacks '%s'\n", cases[i].text,
+				error, cases[i].message_part);
 			CU_FAIL("error message");
 		}
 	}
@@ -115,7 +116,8 @@ static void test_number_and_bool_errors(void)
 	char line[256];
 	struct control_request r;
 	CU_ASSERT_EQUAL_FATAL(parse("x a=-1 b=12x c=maybe d=99999999999999999999999 e=off", &r,
-				    line, sizeof(line)), 0);
+				    line, sizeof(line)),
+			      0);
 	uint64_t v = 0;
 	bool b = true;
 	CU_ASSERT_EQUAL(control_arg_u64(&r, "a", &v, error, sizeof(error)), -EINVAL);
@@ -137,7 +139,8 @@ static void test_check_keys(void)
 	CU_ASSERT_EQUAL(control_request_check_keys(&r, allowed, error, sizeof(error)), 0);
 	CU_ASSERT_EQUAL_FATAL(parse("shutdown timout=3", &r, line, sizeof(line)), 0);
 	CU_ASSERT_EQUAL(control_request_check_keys(&r, allowed, error, sizeof(error)), -EINVAL);
-	CU_ASSERT_STRING_EQUAL(error, "unknown argument 'timout' for shutdown; it takes timeout, mode");
+	CU_ASSERT_STRING_EQUAL(error,
+			       "unknown argument 'timout' for shutdown; it takes timeout, mode");
 	CU_ASSERT_EQUAL_FATAL(parse("pause now=1", &r, line, sizeof(line)), 0);
 	CU_ASSERT_EQUAL(control_request_check_keys(&r, none, error, sizeof(error)), -EINVAL);
 	CU_ASSERT_STRING_EQUAL(error, "pause takes no arguments (got 'now')");
@@ -151,7 +154,8 @@ static void test_errno_names(void)
 	CU_ASSERT_STRING_EQUAL(control_errno_name(9999), "EIO");
 	int samples[] = { EPERM, ESRCH, EIO, EACCES, EBUSY, EEXIST, ENOSYS, ETIMEDOUT, EROFS };
 	for (size_t i = 0; i < sizeof(samples) / sizeof(samples[0]); i++)
-		CU_ASSERT_EQUAL(control_errno_from_name(control_errno_name(samples[i])), samples[i]);
+		CU_ASSERT_EQUAL(control_errno_from_name(control_errno_name(samples[i])),
+				samples[i]);
 	CU_ASSERT_EQUAL(control_errno_from_name("ENOTANERRNO"), EIO);
 }
 

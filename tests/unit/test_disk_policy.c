@@ -37,7 +37,8 @@ static void test_bounds(void)
 	/* Sums that overflow 64 bits must not wrap into range. */
 	CU_ASSERT_EQUAL(disk_policy_check(&d, R, UINT64_MAX, 1), -KAPSEL_ERANGE);
 	CU_ASSERT_EQUAL(disk_policy_check(&d, R, 10, UINT64_MAX - 5), -KAPSEL_ERANGE);
-	CU_ASSERT_EQUAL(disk_policy_check(&d, KAPSEL_BLK_OP_DISCARD, 2, UINT64_MAX), -KAPSEL_ERANGE);
+	CU_ASSERT_EQUAL(disk_policy_check(&d, KAPSEL_BLK_OP_DISCARD, 2, UINT64_MAX),
+			-KAPSEL_ERANGE);
 	CU_ASSERT_EQUAL(disk_policy_check(&d, KAPSEL_BLK_OP_WRITE_ZEROES, 999, 2), -KAPSEL_ERANGE);
 	/* Flush and get_info carry no range. */
 	CU_ASSERT_EQUAL(disk_policy_check(&d, KAPSEL_BLK_OP_FLUSH, UINT64_MAX, UINT64_MAX), 0);
@@ -206,7 +207,8 @@ static void test_open_errors(void)
 	config.path = path;
 	CU_ASSERT_EQUAL(disk_image_open(&disk, &config, 0, error, sizeof(error)), -ENOENT);
 	snprintf(expected, sizeof(expected),
-		 "disk image '%s' does not exist; create it (e.g. truncate -s 256M '%s')", path, path);
+		 "disk image '%s' does not exist; create it (e.g. truncate -s 256M '%s')", path,
+		 path);
 	CU_ASSERT_STRING_EQUAL(error, expected);
 
 	snprintf(path, sizeof(path), "%s/small.img", temp_dir);

@@ -54,15 +54,15 @@ struct test_symbol {
 /* _start [0x100000, +0x10), main [0x100010, +0x40), a data object that is
  * not a function, and helper at 0x100080 with size 0 (an assembly label). */
 static const struct test_symbol test_symbols[] = {
-    {"_start", TEXT_GPA, 0x10, STT_FUNC},
-    {"main", TEXT_GPA + 0x10, 0x40, STT_FUNC},
-    {"data_object", DATA_GPA, 0x20, STT_OBJECT},
-    {"helper", TEXT_GPA + 0x80, 0, STT_FUNC},
+	{ "_start", TEXT_GPA, 0x10, STT_FUNC },
+	{ "main", TEXT_GPA + 0x10, 0x40, STT_FUNC },
+	{ "data_object", DATA_GPA, 0x20, STT_OBJECT },
+	{ "helper", TEXT_GPA + 0x80, 0, STT_FUNC },
 };
 #define TEST_SYMBOL_COUNT (sizeof(test_symbols) / sizeof(test_symbols[0]))
 
 static void image_set_segment(struct test_image *im, unsigned i, uint32_t flags, uint64_t offset,
-                              uint64_t gpa, uint64_t file_bytes, uint64_t memory_bytes)
+			      uint64_t gpa, uint64_t file_bytes, uint64_t memory_bytes)
 {
 	Elf64_Phdr *p = &im->ph[i];
 	memset(p, 0, sizeof(*p));
@@ -207,7 +207,7 @@ static void test_valid_image(void)
 }
 
 static void expect_symbol(const struct elf_image *image, uint64_t address, const char *name,
-                          uint64_t offset)
+			  uint64_t offset)
 {
 	uint64_t got = UINT64_MAX;
 	const char *found = elf_image_symbolize(image, address, &got);
@@ -368,13 +368,12 @@ static void test_segment_checks(void)
 
 	image_build(&im);
 	im.ph[1].p_vaddr = 0xffffffff80101000ull;
-	expect_failure(
-	    &im, -ENOEXEC,
-	    "segment 1: virtual address 0xffffffff80101000 differs from physical 0x101000");
+	expect_failure(&im, -ENOEXEC,
+		       "segment 1: virtual address 0xffffffff80101000 differs from physical 0x101000");
 
 	image_build(&im);
 	image_set_segment(&im, 0, PF_R | PF_X, TEXT_OFFSET, KAPSEL_GPA_IMAGE_MIN - 0x1000,
-	                  TEXT_FILE, TEXT_FILE);
+			  TEXT_FILE, TEXT_FILE);
 	im.eh->e_entry = KAPSEL_GPA_IMAGE_MIN - 0x1000;
 	expect_failure(&im, -ERANGE, "segment 0 at 0xff000 is below 0x100000");
 
@@ -396,7 +395,7 @@ static void test_segment_checks(void)
 	expect_failure(&im, -ERANGE, "does not fit in 4 MiB");
 	image_build(&im);
 	image_set_segment(&im, 1, PF_R | PF_W, DATA_OFFSET, DATA_GPA, DATA_FILE,
-	                  UINT64_MAX - DATA_GPA + 2);
+			  UINT64_MAX - DATA_GPA + 2);
 	expect_failure(&im, -ERANGE, "does not fit in 4 MiB");
 
 	/* Overlap in either order and for a segment inside another. */
@@ -424,7 +423,7 @@ static void test_entry_and_segment_counts(void)
 	image_build(&im);
 	im.eh->e_entry = DATA_GPA; /* not executable */
 	expect_failure(&im, -ENOEXEC,
-	               "entry point 0x101000 is not inside an executable loaded segment");
+		       "entry point 0x101000 is not inside an executable loaded segment");
 	image_build(&im);
 	im.eh->e_entry = TEXT_GPA + TEXT_FILE; /* one past the text */
 	expect_failure(&im, -ENOEXEC, "entry point 0x100100 is not inside");
@@ -455,12 +454,12 @@ static void test_entry_and_segment_counts(void)
 		im.eh->e_phnum = (uint16_t)count;
 		for (unsigned i = 0; i < count; i++)
 			image_set_segment(&im, i, PF_R | PF_X, TEXT_OFFSET,
-			                  TEXT_GPA + i * 0x1000ull, 0x10, 0x10);
+					  TEXT_GPA + i * 0x1000ull, 0x10, 0x10);
 		if (count == ELF_IMAGE_MAX_SEGMENTS) {
 			CU_ASSERT_EQUAL(parse(&im, &out), 0);
 			CU_ASSERT_EQUAL(out.segment_count, ELF_IMAGE_MAX_SEGMENTS);
 			CU_ASSERT_EQUAL(out.image_end,
-			                TEXT_GPA + (ELF_IMAGE_MAX_SEGMENTS - 1) * 0x1000ull + 0x10);
+					TEXT_GPA + (ELF_IMAGE_MAX_SEGMENTS - 1) * 0x1000ull + 0x10);
 			elf_image_free(&out);
 		} else {
 			expect_failure(&im, -ENOEXEC, "more than 16 loadable segments");
@@ -479,9 +478,9 @@ static void expect_parses_with_symbols(struct test_image *im, size_t symbols)
 	for (size_t i = 0; i < out.symbol_count; i++) {
 		const char *name = out.symbols[i].name;
 		CU_ASSERT(name >= (const char *)out.data &&
-		          name < (const char *)out.data + out.size_bytes);
+			  name < (const char *)out.data + out.size_bytes);
 		CU_ASSERT(memchr(name, '\0',
-		                 (size_t)((const char *)out.data + out.size_bytes - name)) != NULL);
+				 (size_t)((const char *)out.data + out.size_bytes - name)) != NULL);
 	}
 	elf_image_symbolize(&out, TEXT_GPA + 0x20, NULL);
 	elf_image_free(&out);
@@ -585,9 +584,9 @@ static void test_fuzzed_images(void)
 	static const struct {
 		size_t start, length;
 	} regions[] = {
-	    {0, sizeof(Elf64_Ehdr) + 2 * sizeof(Elf64_Phdr)}, /* headers */
-	    {SYMTAB_OFFSET, IMAGE_BYTES - SYMTAB_OFFSET},     /* symbols, sections */
-	    {0, IMAGE_BYTES},                                 /* anywhere */
+		{ 0, sizeof(Elf64_Ehdr) + 2 * sizeof(Elf64_Phdr) }, /* headers */
+		{ SYMTAB_OFFSET, IMAGE_BYTES - SYMTAB_OFFSET },	    /* symbols, sections */
+		{ 0, IMAGE_BYTES },				    /* anywhere */
 	};
 	struct test_image valid, im;
 	unsigned parsed = 0, refused = 0;
@@ -599,7 +598,7 @@ static void test_fuzzed_images(void)
 			uint64_t r = fuzz_next();
 			const size_t region = (size_t)(r % 3);
 			size_t at =
-			    regions[region].start + (size_t)((r >> 8) % regions[region].length);
+				regions[region].start + (size_t)((r >> 8) % regions[region].length);
 			im.bytes[at] = (uint8_t)(r >> 40);
 		}
 		struct elf_image out;
@@ -618,7 +617,7 @@ static void test_fuzzed_images(void)
 			const struct elf_segment *s = &out.segments[i];
 			CU_ASSERT(s->file_bytes <= s->memory_bytes);
 			CU_ASSERT(s->file_offset <= out.size_bytes &&
-			          s->file_bytes <= out.size_bytes - s->file_offset);
+				  s->file_bytes <= out.size_bytes - s->file_offset);
 			if ((s->flags & PF_X) && out.entry >= s->gpa &&
 			    out.entry < s->gpa + s->file_bytes)
 				entry_ok = 1;
@@ -638,9 +637,9 @@ static void test_load_file_errors(void)
 {
 	struct elf_image out;
 	char path[] = "/tmp/kapsel-elf-test.XXXXXX";
-	CU_ASSERT_EQUAL(
-	    elf_image_load_file("/nonexistent/guest.elf", RAM_BYTES, &out, error, sizeof(error)),
-	    -ENOENT);
+	CU_ASSERT_EQUAL(elf_image_load_file("/nonexistent/guest.elf", RAM_BYTES, &out, error,
+					    sizeof(error)),
+			-ENOENT);
 	CU_ASSERT_PTR_NOT_NULL(strstr(error, "cannot open guest image '/nonexistent/guest.elf'"));
 	CU_ASSERT_EQUAL(elf_image_load_file("/", RAM_BYTES, &out, error, sizeof(error)), -EINVAL);
 	CU_ASSERT_PTR_NOT_NULL(strstr(error, "guest image '/' is not a regular file"));
@@ -669,17 +668,17 @@ static void test_load_file_errors(void)
 int main(void)
 {
 	static const struct unit_test tests[] = {
-	    {"valid image parses and loads", test_valid_image},
-	    {"symbolization", test_symbolize},
-	    {"symbol at the top of the address space", test_symbolize_top_of_address_space},
-	    {"ELF header checks", test_header_checks},
-	    {"program headers past the end", test_program_headers_past_end},
-	    {"segment checks", test_segment_checks},
-	    {"entry point and segment counts", test_entry_and_segment_counts},
-	    {"broken symbol tables yield no symbols", test_broken_symbol_tables},
-	    {"truncated images", test_truncated_images},
-	    {"10000 fuzzed images", test_fuzzed_images},
-	    {"load_file errors", test_load_file_errors},
+		{ "valid image parses and loads", test_valid_image },
+		{ "symbolization", test_symbolize },
+		{ "symbol at the top of the address space", test_symbolize_top_of_address_space },
+		{ "ELF header checks", test_header_checks },
+		{ "program headers past the end", test_program_headers_past_end },
+		{ "segment checks", test_segment_checks },
+		{ "entry point and segment counts", test_entry_and_segment_counts },
+		{ "broken symbol tables yield no symbols", test_broken_symbol_tables },
+		{ "truncated images", test_truncated_images },
+		{ "10000 fuzzed images", test_fuzzed_images },
+		{ "load_file errors", test_load_file_errors },
 	};
 	return UNIT_RUN("elf loader", tests);
 }

@@ -25,11 +25,10 @@ static void fill(void)
 static void compare(int line, const char *fmt, size_t size, int expected_n, int got_n)
 {
 	if (expected_n != got_n || memcmp(expected, got, sizeof(expected)) != 0) {
-		fprintf(
-		    stderr,
-		    "\n  line %d: format \"%s\" size %zu: host %d \"%.*s\", guest %d \"%.*s\"\n",
-		    line, fmt, size, expected_n, (int)(size ? size : 1), expected, got_n,
-		    (int)(size ? size : 1), got);
+		fprintf(stderr,
+			"\n  line %d: format \"%s\" size %zu: host %d \"%.*s\", guest %d \"%.*s\"\n",
+			line, fmt, size, expected_n, (int)(size ? size : 1), expected, got_n,
+			(int)(size ? size : 1), got);
 		CU_FAIL("kg_snprintf differs from snprintf");
 	} else {
 		CU_PASS("same");
@@ -150,11 +149,11 @@ static void test_truncation(void)
 int main(void)
 {
 	static const struct unit_test tests[] = {
-	    {"integers", test_integers},
-	    {"widths and flags", test_widths_and_flags},
-	    {"strings and characters", test_strings_and_chars},
-	    {"no arguments", test_no_arguments},
-	    {"truncation and return value", test_truncation},
+		{ "integers", test_integers },
+		{ "widths and flags", test_widths_and_flags },
+		{ "strings and characters", test_strings_and_chars },
+		{ "no arguments", test_no_arguments },
+		{ "truncation and return value", test_truncation },
 	};
 	return UNIT_RUN("guest format", tests);
 }

@@ -77,7 +77,7 @@ static void expect_size(const char *text, uint64_t bytes)
 	int rc = guest_memory_parse_size(text, &got);
 	if (rc != 0 || got != bytes)
 		fprintf(stderr, "\n  '%s' -> rc %d, %llu bytes; expected %llu\n", text, rc,
-		        (unsigned long long)got, (unsigned long long)bytes);
+			(unsigned long long)got, (unsigned long long)bytes);
 	CU_ASSERT_EQUAL(rc, 0);
 	CU_ASSERT_EQUAL(got, bytes);
 }
@@ -88,7 +88,7 @@ static void expect_size_error(const char *text, int err)
 	int rc = guest_memory_parse_size(text, &got);
 	if (rc != err)
 		fprintf(stderr, "\n  '%s' -> rc %d; expected %d\n", text ? text : "(null)", rc,
-		        err);
+			err);
 	CU_ASSERT_EQUAL(rc, err);
 	/* The output is untouched on error. */
 	CU_ASSERT_EQUAL(got, 0x1234);
@@ -141,16 +141,16 @@ static void test_parse_size(void)
 	/* Overflow: of strtoull, and of the unit shift. */
 	expect_size_error("99999999999999999999G", -ERANGE);
 	expect_size_error("99999999999999999999", -ERANGE);
-	expect_size_error("17179869184G", -ERANGE);       /* 2^34 GiB = 2^64 bytes */
+	expect_size_error("17179869184G", -ERANGE);	  /* 2^34 GiB = 2^64 bytes */
 	expect_size_error("18014398509481984K", -ERANGE); /* 2^54 KiB = 2^64 bytes */
 }
 
 int main(void)
 {
 	static const struct unit_test tests[] = {
-	    {"translate bounds and overflow", test_translate_bounds},
-	    {"create refuses bad sizes", test_create_refuses_bad_sizes},
-	    {"parse memory sizes", test_parse_size},
+		{ "translate bounds and overflow", test_translate_bounds },
+		{ "create refuses bad sizes", test_create_refuses_bad_sizes },
+		{ "parse memory sizes", test_parse_size },
 	};
 	return UNIT_RUN("guest memory", tests);
 }

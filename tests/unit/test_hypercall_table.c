@@ -34,7 +34,8 @@ static void test_register_refuses_duplicates_and_range(void)
 	hypercall_table_init(&table);
 	CU_ASSERT_EQUAL(hypercall_register(&table, 3, "a", echo_handler), 0);
 	CU_ASSERT_EQUAL(hypercall_register(&table, 3, "b", echo_handler), -EEXIST);
-	CU_ASSERT_EQUAL(hypercall_register(&table, HYPERCALL_TABLE_SIZE, "c", echo_handler), -ERANGE);
+	CU_ASSERT_EQUAL(hypercall_register(&table, HYPERCALL_TABLE_SIZE, "c", echo_handler),
+			-ERANGE);
 	CU_ASSERT_EQUAL(hypercall_register(&table, UINT64_MAX, "d", echo_handler), -ERANGE);
 	CU_ASSERT_EQUAL(hypercall_register(&table, 4, NULL, echo_handler), -EINVAL);
 	CU_ASSERT_EQUAL(hypercall_register(&table, 4, "e", NULL), -EINVAL);
@@ -48,7 +49,8 @@ static void test_unknown_numbers_get_enosys(void)
 	hypercall_table_init(&table);
 	uint64_t args[HYPERCALL_ARG_COUNT] = { 0 };
 	CU_ASSERT_EQUAL(hypercall_dispatch(&table, NULL, 7, args), -KAPSEL_ENOSYS);
-	CU_ASSERT_EQUAL(hypercall_dispatch(&table, NULL, HYPERCALL_TABLE_SIZE, args), -KAPSEL_ENOSYS);
+	CU_ASSERT_EQUAL(hypercall_dispatch(&table, NULL, HYPERCALL_TABLE_SIZE, args),
+			-KAPSEL_ENOSYS);
 	CU_ASSERT_EQUAL(hypercall_dispatch(&table, NULL, UINT64_MAX, args), -KAPSEL_ENOSYS);
 	CU_ASSERT_EQUAL(table.unknown_calls, 3);
 }

@@ -25,8 +25,14 @@ static void capture(void *context, const uint8_t *frame, size_t length_bytes)
 	sent_count++;
 }
 
-static void wr(struct ne2000_state *ne, unsigned reg, uint8_t v) { ne2000_io_write(ne, reg, 1, v); }
-static uint8_t rd(struct ne2000_state *ne, unsigned reg) { return (uint8_t)ne2000_io_read(ne, reg, 1); }
+static void wr(struct ne2000_state *ne, unsigned reg, uint8_t v)
+{
+	ne2000_io_write(ne, reg, 1, v);
+}
+static uint8_t rd(struct ne2000_state *ne, unsigned reg)
+{
+	return (uint8_t)ne2000_io_read(ne, reg, 1);
+}
 
 static void remote(struct ne2000_state *ne, uint16_t addr, uint16_t count, uint8_t command)
 {
@@ -311,8 +317,10 @@ static void test_net_option_and_mac(void)
 {
 	char error[512];
 	struct vm_net_config net;
-	CU_ASSERT_EQUAL(vm_config_parse_net("socket=/tmp/a,peer=/tmp/b,model=ne2000,mac=02:00:00:00:00:07,pps=10",
-					    &net, error, sizeof(error)), 0);
+	CU_ASSERT_EQUAL(vm_config_parse_net(
+				"socket=/tmp/a,peer=/tmp/b,model=ne2000,mac=02:00:00:00:00:07,pps=10",
+				&net, error, sizeof(error)),
+			0);
 	CU_ASSERT_EQUAL(net.backend, VM_NET_BACKEND_SOCKET);
 	CU_ASSERT_EQUAL(net.model, VM_NET_MODEL_NE2000);
 	CU_ASSERT_STRING_EQUAL(net.peer, "/tmp/b");
@@ -325,8 +333,11 @@ static void test_net_option_and_mac(void)
 	vm_net_config_free(&net);
 	CU_ASSERT_EQUAL(vm_config_parse_net("socket=/tmp/a", &net, error, sizeof(error)), -EINVAL);
 	CU_ASSERT_PTR_NOT_NULL(strstr(error, "peer=PATH"));
-	CU_ASSERT_EQUAL(vm_config_parse_net("tap=tap0,mac=03:00:00:00:00:01", &net, error, sizeof(error)), -EINVAL);
-	CU_ASSERT_EQUAL(vm_config_parse_net("tap=tap0,model=e1000", &net, error, sizeof(error)), -EINVAL);
+	CU_ASSERT_EQUAL(vm_config_parse_net("tap=tap0,mac=03:00:00:00:00:01", &net, error,
+					    sizeof(error)),
+			-EINVAL);
+	CU_ASSERT_EQUAL(vm_config_parse_net("tap=tap0,model=e1000", &net, error, sizeof(error)),
+			-EINVAL);
 	CU_ASSERT_PTR_NOT_NULL(strstr(error, "model 'e1000'"));
 
 	/* Derived addresses: unicast, locally administered, differ per uuid

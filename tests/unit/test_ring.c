@@ -58,11 +58,11 @@ static void test_map_validation(void)
 
 	struct kapsel_ring_header *h = front.header;
 	struct kapsel_ring_header good = *h;
-#define EXPECT_REFUSED(change, expected)                                                  \
-	do {                                                                              \
-		*h = good;                                                                \
-		change;                                                                   \
-		CU_ASSERT_EQUAL(back_map(&back, pages), expected);                        \
+#define EXPECT_REFUSED(change, expected)                           \
+	do {                                                       \
+		*h = good;                                         \
+		change;                                            \
+		CU_ASSERT_EQUAL(back_map(&back, pages), expected); \
 	} while (0)
 	EXPECT_REFUSED(h->magic++, -KAPSEL_EINVAL);
 	EXPECT_REFUSED(h->revision = 2, -KAPSEL_EINVAL);
@@ -118,7 +118,8 @@ static unsigned serve_all(struct ring_backend *back)
 		for (int i = 0; i < pending; i++) {
 			struct kapsel_blk_request req;
 			ring_backend_take_request(back, &req);
-			struct kapsel_blk_response rsp = { .id = req.id, .status = -(int)(req.id % 5),
+			struct kapsel_blk_response rsp = { .id = req.id,
+							   .status = -(int)(req.id % 5),
 							   .submit_tsc = req.sector };
 			ring_backend_put_response(back, &rsp);
 			served++;
@@ -161,7 +162,10 @@ static void check_ordering_from(uint32_t start)
 	CU_ASSERT_FALSE(back.broken);
 }
 
-static void test_ordering(void) { check_ordering_from(0); }
+static void test_ordering(void)
+{
+	check_ordering_from(0);
+}
 
 static void test_wraparound(void)
 {
@@ -498,7 +502,8 @@ static void test_two_threads(void)
 			got++;
 		}
 		/* Ring full (or all sent) and nothing back: sleep for a notify. */
-		if (!got && (sent == THREAD_REQUESTS || kg_ring_outstanding(&t->front) == t->front.size) &&
+		if (!got &&
+		    (sent == THREAD_REQUESTS || kg_ring_outstanding(&t->front) == t->front.size) &&
 		    !kg_ring_prepare_sleep(&t->front)) {
 			if (sem_wait_seconds(&t->notify, 10) < 0) {
 				ok = false; /* a lost notification */

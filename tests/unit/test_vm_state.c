@@ -59,7 +59,8 @@ static void build_stream(struct vm_state_writer *w)
 	CU_ASSERT_EQUAL(vm_state_put_begin(w, VM_STATE_KIND_STATE), 0);
 	for (size_t i = 0; i < SAMPLE_COUNT; i++)
 		CU_ASSERT_EQUAL(vm_state_put(w, samples[i].type, samples[i].flags, samples[i].data,
-					     samples[i].length), 0);
+					     samples[i].length),
+				0);
 	CU_ASSERT_EQUAL(vm_state_put_end(w), 0);
 	CU_ASSERT_EQUAL(w->error, 0);
 }
@@ -69,7 +70,8 @@ static int read_stream(const uint8_t *data, size_t length, struct vm_state_recor
 		       char *error, size_t error_len)
 {
 	struct vm_state_reader r;
-	vm_state_reader_init_buffer(&r, data, length, "test", VM_STATE_KIND_STATE, error, error_len);
+	vm_state_reader_init_buffer(&r, data, length, "test", VM_STATE_KIND_STATE, error,
+				    error_len);
 	int err = vm_state_read_all(&r, records);
 	vm_state_reader_free(&r);
 	return err;
@@ -90,7 +92,8 @@ static void test_crc32c(void)
 	uint32_t split = vm_state_crc32c(vm_state_crc32c(0, buffer, 1000), buffer + 1000, 4000);
 	CU_ASSERT_EQUAL(split, reference_crc32c(buffer, 5000));
 	static uint8_t zeros[1 << 20];
-	static const size_t lengths[] = { 0, 1, 255, 256, 257, 1000, 4096 * 3 + 5, 65536, 70000, 1 << 20 };
+	static const size_t lengths[] = { 0,	 1,	255,	256, 257, 1000, 4096 * 3 + 5,
+					  65536, 70000, 1 << 20 };
 	for (size_t i = 0; i < sizeof(lengths) / sizeof(lengths[0]); i++) {
 		CU_ASSERT_EQUAL(vm_state_crc32c_zeros(0x1234, lengths[i]),
 				reference_crc32c_from(0x1234, zeros, lengths[i]));
@@ -107,19 +110,21 @@ static void test_round_trip(void)
 	struct vm_state_records records;
 	char error[512];
 	build_stream(&w);
-	CU_ASSERT_EQUAL_FATAL(read_stream(w.buffer, w.buffer_bytes, &records, error, sizeof(error)), 0);
+	CU_ASSERT_EQUAL_FATAL(read_stream(w.buffer, w.buffer_bytes, &records, error, sizeof(error)),
+			      0);
 	CU_ASSERT_EQUAL_FATAL(records.count, SAMPLE_COUNT);
 	for (size_t i = 0; i < SAMPLE_COUNT; i++) {
 		CU_ASSERT_EQUAL(records.records[i].type, samples[i].type);
 		CU_ASSERT_EQUAL(records.records[i].flags, samples[i].flags);
 		CU_ASSERT_EQUAL(records.records[i].length_bytes, samples[i].length);
-		CU_ASSERT(memcmp(records.records[i].payload, samples[i].data, samples[i].length) == 0);
+		CU_ASSERT(memcmp(records.records[i].payload, samples[i].data, samples[i].length) ==
+			  0);
 	}
 	CU_ASSERT(memcmp(records.begin.magic, VM_STATE_MAGIC, 8) == 0);
 	CU_ASSERT_EQUAL(records.begin.format_version, VM_STATE_FORMAT_VERSION);
 	/* Size: 24-byte headers plus payloads plus begin and end. */
-	size_t expected = 6 * sizeof(struct vm_state_record_header) + sizeof(struct vm_state_begin) +
-			  sizeof(struct vm_state_end);
+	size_t expected = 6 * sizeof(struct vm_state_record_header) +
+			  sizeof(struct vm_state_begin) + sizeof(struct vm_state_end);
 	for (size_t i = 0; i < SAMPLE_COUNT; i++)
 		expected += samples[i].length;
 	CU_ASSERT_EQUAL(w.buffer_bytes, expected);
@@ -183,7 +188,8 @@ static void test_garbage_after_end(void)
 	build_stream(&w);
 	uint8_t *longer = calloc(1, w.buffer_bytes + 8);
 	memcpy(longer, w.buffer, w.buffer_bytes);
-	CU_ASSERT_EQUAL(read_stream(longer, w.buffer_bytes + 8, &records, error, sizeof(error)), -EPROTO);
+	CU_ASSERT_EQUAL(read_stream(longer, w.buffer_bytes + 8, &records, error, sizeof(error)),
+			-EPROTO);
 	CU_ASSERT(strstr(error, "after the end") != NULL);
 	free(longer);
 	vm_state_writer_free(&w);
@@ -213,25 +219,30 @@ static void test_wrong_version_kind_magic(void)
 	vm_state_writer_free(&w);
 
 	build_with_begin(&w, VM_STATE_FORMAT_VERSION + 1, VM_STATE_KIND_STATE, VM_STATE_MAGIC);
-	CU_ASSERT_EQUAL(read_stream(w.buffer, w.buffer_bytes, &records, error, sizeof(error)), -EPROTO);
+	CU_ASSERT_EQUAL(read_stream(w.buffer, w.buffer_bytes, &records, error, sizeof(error)),
+			-EPROTO);
 	CU_ASSERT(strstr(error, "format version 2") != NULL);
 	vm_state_writer_free(&w);
 
 	build_with_begin(&w, VM_STATE_FORMAT_VERSION, VM_STATE_KIND_MIGRATION, VM_STATE_MAGIC);
-	CU_ASSERT_EQUAL(read_stream(w.buffer, w.buffer_bytes, &records, error, sizeof(error)), -EPROTO);
+	CU_ASSERT_EQUAL(read_stream(w.buffer, w.buffer_bytes, &records, error, sizeof(error)),
+			-EPROTO);
 	CU_ASSERT(strstr(error, "migration stream") != NULL);
 	vm_state_writer_free(&w);
 
 	build_with_begin(&w, VM_STATE_FORMAT_VERSION, VM_STATE_KIND_STATE, "NOTKAPSL");
-	CU_ASSERT_EQUAL(read_stream(w.buffer, w.buffer_bytes, &records, error, sizeof(error)), -EPROTO);
+	CU_ASSERT_EQUAL(read_stream(w.buffer, w.buffer_bytes, &records, error, sizeof(error)),
+			-EPROTO);
 	CU_ASSERT(strstr(error, "magic") != NULL);
 	vm_state_writer_free(&w);
 
 	/* Not a stream at all. */
 	const char text[] = "this is a text file, not a Kapsel state stream at all....";
 	CU_ASSERT_EQUAL(read_stream((const uint8_t *)text, sizeof(text), &records, error,
-				    sizeof(error)), -EPROTO);
-	CU_ASSERT_EQUAL(read_stream((const uint8_t *)text, 0, &records, error, sizeof(error)), -EPROTO);
+				    sizeof(error)),
+			-EPROTO);
+	CU_ASSERT_EQUAL(read_stream((const uint8_t *)text, 0, &records, error, sizeof(error)),
+			-EPROTO);
 }
 
 static void test_unknown_records(void)
@@ -246,8 +257,8 @@ static void test_unknown_records(void)
 	vm_state_put(&w, 0x9999, 0, "opt", 3);
 	vm_state_put(&w, 0x9998, VM_STATE_RECORD_MANDATORY, "man", 3);
 	vm_state_put_end(&w);
-	vm_state_reader_init_buffer(&r, w.buffer, w.buffer_bytes, "test", VM_STATE_KIND_STATE, error,
-				    sizeof(error));
+	vm_state_reader_init_buffer(&r, w.buffer, w.buffer_bytes, "test", VM_STATE_KIND_STATE,
+				    error, sizeof(error));
 	CU_ASSERT_EQUAL(vm_state_next(&r, &rec), 1);
 	CU_ASSERT_FALSE(vm_state_record_known(rec.type));
 	CU_ASSERT_EQUAL(vm_state_unknown_record(&r, &rec), 0); /* optional: skipped */
@@ -314,7 +325,8 @@ static int write_test_dir(const char *path, const uint8_t *ram, uint64_t generat
 	if (err)
 		return err;
 	CU_ASSERT_EQUAL(vm_state_write_memory_file(txn.dirfd, VM_STATE_FILE_MEMORY, ram,
-						   TEST_RAM_BYTES, -1, &entry), 0);
+						   TEST_RAM_BYTES, -1, &entry),
+			0);
 	vm_state_dir_add(&txn, &entry);
 	struct vm_state_writer w;
 	vm_state_writer_init_buffer(&w);
@@ -327,8 +339,9 @@ static int write_test_dir(const char *path, const uint8_t *ram, uint64_t generat
 	if (extra_type)
 		vm_state_put(&w, extra_type, extra_flags, "new", 3);
 	vm_state_put_end(&w);
-	CU_ASSERT_EQUAL(vm_state_write_file(txn.dirfd, VM_STATE_FILE_STATE, w.buffer, w.buffer_bytes,
-					    &entry), 0);
+	CU_ASSERT_EQUAL(vm_state_write_file(txn.dirfd, VM_STATE_FILE_STATE, w.buffer,
+					    w.buffer_bytes, &entry),
+			0);
 	vm_state_dir_add(&txn, &entry);
 	vm_state_writer_free(&w);
 	return vm_state_dir_commit(&txn, error, sizeof(error));
@@ -382,8 +395,10 @@ static void test_dir_round_trip(void)
 	/* Loaded back: same bytes, holes zeroed over garbage. */
 	uint8_t *back = malloc(TEST_RAM_BYTES);
 	memset(back, 0x5a, TEST_RAM_BYTES);
-	CU_ASSERT_EQUAL(vm_state_load_flat_file(dir.dirfd, VM_STATE_FILE_MEMORY, back, TEST_RAM_BYTES,
-						mem->crc32c, true, error, sizeof(error)), 0);
+	CU_ASSERT_EQUAL(vm_state_load_flat_file(dir.dirfd, VM_STATE_FILE_MEMORY, back,
+						TEST_RAM_BYTES, mem->crc32c, true, error,
+						sizeof(error)),
+			0);
 	CU_ASSERT(memcmp(back, ram, TEST_RAM_BYTES) == 0);
 	free(back);
 
@@ -424,7 +439,8 @@ static void test_dir_replace_is_atomic(void)
 	struct vm_state_manifest_file entry;
 	CU_ASSERT_EQUAL_FATAL(vm_state_dir_begin(&txn, path, error, sizeof(error)), 0);
 	CU_ASSERT_EQUAL(vm_state_write_memory_file(txn.dirfd, VM_STATE_FILE_MEMORY, first,
-						   TEST_RAM_BYTES, -1, &entry), 0);
+						   TEST_RAM_BYTES, -1, &entry),
+			0);
 	/* "crash": the process never gets to commit */
 	close(txn.dirfd);
 	free(txn.final_path);
@@ -564,10 +580,10 @@ static void test_config_record_malformed(void)
 	char error[512];
 	const char *bad[] = {
 		"name=x\nkernel=/k\nlifecycle=7 0 0\n", /* action out of range */
-		"name=x\nkernel=/k\nuuid=12\n",         /* short uuid */
+		"name=x\nkernel=/k\nuuid=12\n",		/* short uuid */
 		"name=x\nnoequals\nkernel=/k\n",
 		"name=x\nkernel=/k%zz\n", /* bad escape */
-		"name=x\n",               /* no kernel */
+		"name=x\n",		  /* no kernel */
 	};
 	records.records = &rec;
 	records.count = 1;
@@ -575,7 +591,8 @@ static void test_config_record_malformed(void)
 		rec.payload = (uint8_t *)bad[i];
 		rec.length_bytes = strlen(bad[i]);
 		vm_config_init(&config);
-		CU_ASSERT_EQUAL(snapshot_config_from_records(&records, &config, error, sizeof(error)),
+		CU_ASSERT_EQUAL(snapshot_config_from_records(&records, &config, error,
+							     sizeof(error)),
 				-EPROTO);
 		vm_config_free(&config);
 	}

@@ -35,13 +35,13 @@ struct walk {
 /* A 4-level walk of virtual address va from CR3 = X86_GPA_PML4. */
 static struct walk walk(uint64_t va)
 {
-	struct walk w = {.user = 1, .writable = 1};
+	struct walk w = { .user = 1, .writable = 1 };
 	uint64_t table = X86_GPA_PML4;
-	static const unsigned shifts[] = {39, 30, 21, 12};
+	static const unsigned shifts[] = { 39, 30, 21, 12 };
 	for (unsigned level = 0; level < 4; level++) {
 		uint64_t entry = read_u64(table + ((va >> shifts[level]) & 511) * 8);
 		if (!(entry & PTE_P))
-			return (struct walk){0};
+			return (struct walk){ 0 };
 		w.user &= !!(entry & PTE_U);
 		w.writable &= !!(entry & PTE_W);
 		int leaf = level == 3 || (level > 0 && (entry & PTE_PS));
@@ -54,7 +54,7 @@ static struct walk walk(uint64_t va)
 		}
 		table = entry & PTE_ADDR;
 	}
-	return (struct walk){0};
+	return (struct walk){ 0 };
 }
 
 static int setup(void)
@@ -69,8 +69,8 @@ static void expect_identity(uint64_t va, int user, uint64_t page_bytes)
 	struct walk w = walk(va);
 	if (!w.present || w.gpa != va || w.user != user || w.page_bytes != page_bytes)
 		fprintf(stderr, "\n  va %#llx: present %d gpa %#llx user %d page %#llx\n",
-		        (unsigned long long)va, w.present, (unsigned long long)w.gpa, w.user,
-		        (unsigned long long)w.page_bytes);
+			(unsigned long long)va, w.present, (unsigned long long)w.gpa, w.user,
+			(unsigned long long)w.page_bytes);
 	CU_ASSERT(w.present);
 	CU_ASSERT_EQUAL(w.gpa, va);
 	CU_ASSERT_EQUAL(w.user, user);
@@ -86,18 +86,18 @@ static void test_page_tables(void)
 	CU_ASSERT(!walk(0xfff).present);
 	/* Hypervisor pages: mapped for the CPL0 stub, closed to CPL3. */
 	static const uint64_t supervisor[] = {
-	    X86_GPA_GDT,
-	    X86_GPA_IDT,
-	    X86_GPA_TSS,
-	    X86_GPA_TSS + 0x2000,
-	    X86_GPA_EXCEPTION_STUBS,
-	    0x9000,
-	    X86_GPA_EXCEPTION_STACK_TOP - 8,
-	    X86_GPA_PML4,
-	    X86_GPA_PDPT,
-	    X86_GPA_PT_LOW,
-	    X86_GPA_PD_BASE,
-	    KAPSEL_GPA_LOW_FREE - 1,
+		X86_GPA_GDT,
+		X86_GPA_IDT,
+		X86_GPA_TSS,
+		X86_GPA_TSS + 0x2000,
+		X86_GPA_EXCEPTION_STUBS,
+		0x9000,
+		X86_GPA_EXCEPTION_STACK_TOP - 8,
+		X86_GPA_PML4,
+		X86_GPA_PDPT,
+		X86_GPA_PT_LOW,
+		X86_GPA_PD_BASE,
+		KAPSEL_GPA_LOW_FREE - 1,
 	};
 	for (size_t i = 0; i < sizeof(supervisor) / sizeof(supervisor[0]); i++)
 		expect_identity(supervisor[i], 0, 4096);
@@ -139,7 +139,7 @@ static void test_page_tables_for_sizes(void)
 	guest_memory_destroy(&mem);
 
 	/* Too small to hold the tables: refused, nothing written. */
-	struct guest_memory tiny = {.memfd = -1, .size_bytes = X86_GPA_PML4};
+	struct guest_memory tiny = { .memfd = -1, .size_bytes = X86_GPA_PML4 };
 	tiny.host_base = calloc(1, tiny.size_bytes);
 	CU_ASSERT_EQUAL(x86_boot_build_tables(&tiny), -EFAULT);
 	free(tiny.host_base);
@@ -220,12 +220,12 @@ static void test_idt_and_stubs(void)
 		CU_ASSERT_EQUAL(handler, X86_GPA_EXCEPTION_STUBS + v * 16ull);
 		CU_ASSERT_EQUAL((low >> 16) & 0xffff, X86_SEL_KERNEL_CS);
 		CU_ASSERT_EQUAL((low >> 40) & 0xff, 0x8e); /* present, DPL 0, interrupt gate */
-		CU_ASSERT_EQUAL((low >> 32) & 7, 0);       /* IST 0 */
+		CU_ASSERT_EQUAL((low >> 32) & 7, 0);	   /* IST 0 */
 		/* The stub: [push $0] push $v; push %rax; push %rdx;
 		 * mov $0x518, %dx; out %al, %dx; hlt */
 		const uint8_t *stub = guest_memory_translate(&mem, handler, 16);
 		int has_error_code =
-		    v == 8 || (v >= 10 && v <= 14) || v == 17 || v == 21 || v == 29 || v == 30;
+			v == 8 || (v >= 10 && v <= 14) || v == 17 || v == 21 || v == 29 || v == 30;
 		size_t at = 0;
 		if (!has_error_code) {
 			CU_ASSERT(stub[0] == 0x6a && stub[1] == 0);
@@ -267,17 +267,17 @@ static void test_tss_and_io_bitmap(void)
 	CU_ASSERT_EQUAL(X86_TSS_LIMIT, 104 + 8192);
 
 	/* Open single ports: exactly one bit each changes. */
-	static const uint16_t ports[] = {0, 7, 8, 0x3f8, 0x3ff, 0x510, 0xfffe, 0xffff};
+	static const uint16_t ports[] = { 0, 7, 8, 0x3f8, 0x3ff, 0x510, 0xfffe, 0xffff };
 	for (size_t i = 0; i < sizeof(ports) / sizeof(ports[0]); i++) {
 		CU_ASSERT(!x86_boot_port_is_open(&mem, ports[i]));
 		x86_boot_open_port(&mem, ports[i]);
 		CU_ASSERT(x86_boot_port_is_open(&mem, ports[i]));
 		CU_ASSERT_EQUAL(bitmap[ports[i] / 8] & (1u << (ports[i] % 8)), 0);
 	}
-	CU_ASSERT_EQUAL(bitmap[0], 0x7e);         /* ports 0 and 7 */
-	CU_ASSERT_EQUAL(bitmap[1], 0xfe);         /* port 8 */
+	CU_ASSERT_EQUAL(bitmap[0], 0x7e);	  /* ports 0 and 7 */
+	CU_ASSERT_EQUAL(bitmap[1], 0xfe);	  /* port 8 */
 	CU_ASSERT_EQUAL(bitmap[0x3f8 / 8], 0x7e); /* 0x3f8 and 0x3ff */
-	CU_ASSERT_EQUAL(bitmap[8191], 0x3f);      /* 0xfffe and 0xffff */
+	CU_ASSERT_EQUAL(bitmap[8191], 0x3f);	  /* 0xfffe and 0xffff */
 	CU_ASSERT(!x86_boot_port_is_open(&mem, 0x3f9));
 	CU_ASSERT(!x86_boot_port_is_open(&mem, 0x511));
 	CU_ASSERT(!x86_boot_port_is_open(&mem, 0xfffd));
@@ -302,11 +302,11 @@ static void test_tss_and_io_bitmap(void)
 int main(void)
 {
 	static const struct unit_test tests[] = {
-	    {"page tables", test_page_tables},
-	    {"page tables above 1 GiB and too-small RAM", test_page_tables_for_sizes},
-	    {"GDT descriptors", test_gdt},
-	    {"IDT gates and exception stubs", test_idt_and_stubs},
-	    {"TSS and I/O permission bitmap", test_tss_and_io_bitmap},
+		{ "page tables", test_page_tables },
+		{ "page tables above 1 GiB and too-small RAM", test_page_tables_for_sizes },
+		{ "GDT descriptors", test_gdt },
+		{ "IDT gates and exception stubs", test_idt_and_stubs },
+		{ "TSS and I/O permission bitmap", test_tss_and_io_bitmap },
 	};
 	return UNIT_RUN("x86 boot", tests);
 }

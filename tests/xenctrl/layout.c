@@ -29,11 +29,11 @@ int main(void)
 	/* Bit-fields: set each and print the word they live in. */
 	xc_dominfo_t d;
 	unsigned *word = (unsigned *)((char *)&d + offsetof(xc_dominfo_t, ssidref) + 4);
-#define BIT(f)                                                                 \
-	do {                                                                   \
-		*word = 0;                                                     \
-		d.f = 1;                                                       \
-		printf("bit %s %#x\n", #f, *word);                             \
+#define BIT(f)                                     \
+	do {                                       \
+		*word = 0;                         \
+		d.f = 1;                           \
+		printf("bit %s %#x\n", #f, *word); \
 	} while (0)
 	BIT(dying);
 	BIT(crashed);

@@ -34,7 +34,8 @@ static int act(xc_interface *xch, const char *action, const char *id_text)
 	else if (strcmp(action, "--destroy") == 0)
 		rc = xc_domain_destroy(xch, domid);
 	else {
-		fprintf(stderr, "usage: xentop_once [--pause|--unpause|--shutdown|--destroy DOMID]\n");
+		fprintf(stderr,
+			"usage: xentop_once [--pause|--unpause|--shutdown|--destroy DOMID]\n");
 		return 2;
 	}
 	if (rc < 0) {
@@ -49,7 +50,8 @@ int main(int argc, char **argv)
 {
 	xc_interface *xch = xc_interface_open(NULL, NULL, 0);
 	if (!xch) {
-		fprintf(stderr, "xentop_once: cannot open the hypervisor interface: %s\n", strerror(errno));
+		fprintf(stderr, "xentop_once: cannot open the hypervisor interface: %s\n",
+			strerror(errno));
 		return 1;
 	}
 	if (argc == 3) {
@@ -92,7 +94,8 @@ int main(int argc, char **argv)
 		printf("%6u %6s %10" PRIu64 " %10lu %10lu %5u %4u ", d->domid, state, d->cpu_time,
 		       d->nr_pages * (XC_PAGE_SIZE / 1024), d->max_memkb, d->nr_online_vcpus, pcpu);
 		for (int b = 0; b < 16; b++)
-			printf("%02x%s", d->handle[b], b == 3 || b == 5 || b == 7 || b == 9 ? "-" : "");
+			printf("%02x%s", d->handle[b],
+			       b == 3 || b == 5 || b == 7 || b == 9 ? "-" : "");
 		printf("\n");
 		/* The flat form must say the same. */
 		for (int j = 0; j < listed; j++) {
@@ -100,7 +103,8 @@ int main(int argc, char **argv)
 				continue;
 			if (list[j].tot_pages != d->nr_pages ||
 			    !(list[j].flags & XEN_DOMINF_paused) != !d->paused)
-				printf("  mismatch: getinfolist disagrees for domain %u\n", d->domid);
+				printf("  mismatch: getinfolist disagrees for domain %u\n",
+				       d->domid);
 		}
 	}
 	printf("%d domains\n", count);

@@ -56,8 +56,8 @@ static inline void kg_outsl(uint16_t port, const void *buffer, uint32_t count)
 	__asm__ volatile("rep outsl" : "+S"(buffer), "+c"(count) : "d"(port) : "memory");
 }
 
-static inline void kg_cpuid(uint32_t leaf, uint32_t *eax, uint32_t *ebx,
-			    uint32_t *ecx, uint32_t *edx)
+static inline void kg_cpuid(uint32_t leaf, uint32_t *eax, uint32_t *ebx, uint32_t *ecx,
+			    uint32_t *edx)
 {
 	__asm__ volatile("cpuid"
 			 : "=a"(*eax), "=b"(*ebx), "=c"(*ecx), "=d"(*edx)
@@ -71,7 +71,10 @@ static inline uint64_t kg_rdtsc(void)
 	return ((uint64_t)hi << 32) | lo;
 }
 
-static inline void kg_cpu_relax(void) { __asm__ volatile("pause" ::: "memory"); }
+static inline void kg_cpu_relax(void)
+{
+	__asm__ volatile("pause" ::: "memory");
+}
 
 /* Compiler barrier only: orders the compiler, not the CPU. */
 #define kg_barrier() __asm__ volatile("" ::: "memory")

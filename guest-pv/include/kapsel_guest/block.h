@@ -15,18 +15,18 @@ enum kg_block_path {
 };
 
 struct kg_block_info {
-	uint64_t capacity_sectors;      /* 512-byte sectors */
-	uint32_t logical_sector_bytes;  /* 512 */
+	uint64_t capacity_sectors;     /* 512-byte sectors */
+	uint32_t logical_sector_bytes; /* 512 */
 	uint32_t physical_sector_bytes;
 	bool readonly;
-	uint32_t max_segments;          /* per request */
-	uint32_t queue_depth;           /* requests in flight at most */
-	uint64_t features;              /* KAPSEL_BLK_FEATURE_* */
-	enum kg_block_path path;        /* the path in use */
+	uint32_t max_segments;	 /* per request */
+	uint32_t queue_depth;	 /* requests in flight at most */
+	uint64_t features;	 /* KAPSEL_BLK_FEATURE_* */
+	enum kg_block_path path; /* the path in use */
 };
 
 struct kg_block_segment {
-	void *buffer;          /* 512-byte aligned */
+	void *buffer;	       /* 512-byte aligned */
 	uint32_t length_bytes; /* multiple of 512 */
 };
 
@@ -35,12 +35,12 @@ struct kg_block_segment {
 struct kg_block_request {
 	enum kapsel_blk_op op;
 	uint64_t sector;
-	uint64_t sector_count;  /* DISCARD / WRITE_ZEROES */
+	uint64_t sector_count; /* DISCARD / WRITE_ZEROES */
 	uint32_t segment_count;
 	struct kg_block_segment segments[KAPSEL_BLK_MAX_SEGMENTS];
 	void *user_data;
 	/* Filled on completion. */
-	int status;             /* 0 or negative KAPSEL_E* */
+	int status; /* 0 or negative KAPSEL_E* */
 	/* Guest TSC at submit, backend pickup, host completion and reap (PV
 	 * path; the ATA path sets submit and reap only). */
 	uint64_t submit_tsc, pickup_tsc, complete_tsc, reap_tsc;
@@ -51,10 +51,10 @@ struct kg_block_device;
 /* Counters the guest library keeps, for benchmarks. */
 struct kg_block_stats {
 	uint64_t requests;
-	uint64_t kicks;              /* doorbell writes (exits) */
-	uint64_t kicks_suppressed;   /* publishes that needed no kick */
-	uint64_t blocks;             /* waits that slept in the hypervisor */
-	uint64_t polls;              /* completions found without sleeping */
+	uint64_t kicks;		   /* doorbell writes (exits) */
+	uint64_t kicks_suppressed; /* publishes that needed no kick */
+	uint64_t blocks;	   /* waits that slept in the hypervisor */
+	uint64_t polls;		   /* completions found without sleeping */
 };
 
 /*
@@ -73,8 +73,7 @@ int kg_block_read(struct kg_block_device *device, uint64_t sector, void *buffer,
 int kg_block_write(struct kg_block_device *device, uint64_t sector, const void *buffer,
 		   uint32_t sector_count);
 int kg_block_flush(struct kg_block_device *device);
-int kg_block_write_zeroes(struct kg_block_device *device, uint64_t sector,
-			  uint64_t sector_count);
+int kg_block_write_zeroes(struct kg_block_device *device, uint64_t sector, uint64_t sector_count);
 int kg_block_discard(struct kg_block_device *device, uint64_t sector, uint64_t sector_count);
 
 /*
@@ -93,8 +92,8 @@ void kg_block_kick(struct kg_block_device *device);
  * none are complete, sleep in the hypervisor until one is.  Returns the
  * number collected.
  */
-unsigned kg_block_reap(struct kg_block_device *device, struct kg_block_request **done,
-		       unsigned max, bool wait);
+unsigned kg_block_reap(struct kg_block_device *device, struct kg_block_request **done, unsigned max,
+		       bool wait);
 
 /* Requests submitted and not yet reaped. */
 unsigned kg_block_in_flight(struct kg_block_device *device);

@@ -7,16 +7,16 @@
 #include "kapsel/abi.h"
 
 /* Raw call: rax = nr, args in rdi, rsi, rcx, r8, r9; result in rax. */
-static inline int64_t kg_hypercall(uint64_t nr, uint64_t a0, uint64_t a1,
-				   uint64_t a2, uint64_t a3, uint64_t a4)
+static inline int64_t kg_hypercall(uint64_t nr, uint64_t a0, uint64_t a1, uint64_t a2, uint64_t a3,
+				   uint64_t a4)
 {
 	register uint64_t r8 __asm__("r8") = a3;
 	register uint64_t r9 __asm__("r9") = a4;
 	uint64_t rax = nr;
 	__asm__ volatile("outl %%eax, %%dx"
 			 : "+a"(rax)
-			 : "d"((uint16_t)KAPSEL_PORT_HYPERCALL), "D"(a0), "S"(a1),
-			   "c"(a2), "r"(r8), "r"(r9)
+			 : "d"((uint16_t)KAPSEL_PORT_HYPERCALL), "D"(a0), "S"(a1), "c"(a2), "r"(r8),
+			   "r"(r9)
 			 : "memory");
 	return (int64_t)rax;
 }
@@ -26,8 +26,7 @@ static inline int64_t kg_hypercall(uint64_t nr, uint64_t a0, uint64_t a1,
 int64_t kg_hc_abi_info(struct kapsel_abi_info *info);
 int64_t kg_hc_console_write(const void *data, uint64_t length_bytes);
 int64_t kg_hc_console_read(void *data, uint64_t length_bytes);
-__attribute__((noreturn)) void kg_hc_shutdown(enum kapsel_shutdown_reason reason,
-					      int exit_code);
+__attribute__((noreturn)) void kg_hc_shutdown(enum kapsel_shutdown_reason reason, int exit_code);
 int64_t kg_hc_time_info(struct kapsel_time_info *info);
 /* Sleep until an unmasked event is pending (returns 1) or deadline_ns on
  * the Kapsel clock passes (returns 0). */
@@ -37,7 +36,6 @@ int64_t kg_hc_evtchn_bind_device(uint32_t port, uint32_t device_index);
 int64_t kg_hc_evtchn_send(uint32_t port);
 int64_t kg_hc_evtchn_mask(uint32_t port, int masked);
 int64_t kg_hc_evtchn_close(uint32_t port);
-int64_t kg_hc_device_setup(uint32_t device_index,
-			   const struct kapsel_device_setup *setup);
+int64_t kg_hc_device_setup(uint32_t device_index, const struct kapsel_device_setup *setup);
 
 #endif

@@ -9,7 +9,7 @@
 
 enum kg_net_path {
 	KG_NET_AUTO = 0,   /* whatever the hypervisor offers for this interface */
-	KG_NET_PV = 1,     /* PV rings (KAPSEL_DEV_NET_PV) */
+	KG_NET_PV = 1,	   /* PV rings (KAPSEL_DEV_NET_PV) */
 	KG_NET_NE2000 = 2, /* emulated NE2000, polled PIO (KAPSEL_DEV_NE2000) */
 };
 
@@ -19,11 +19,11 @@ struct kg_net_device;
 struct kg_net_stats {
 	uint64_t frames_sent;
 	uint64_t frames_received;
-	uint64_t send_errors;      /* frames the device refused */
+	uint64_t send_errors;	   /* frames the device refused */
 	uint64_t receive_errors;   /* buffers refused, corrupt ring entries */
-	uint64_t kicks;            /* PV doorbell writes */
+	uint64_t kicks;		   /* PV doorbell writes */
 	uint64_t kicks_suppressed; /* PV publishes that needed no kick */
-	uint64_t blocks;           /* waits that slept in the hypervisor */
+	uint64_t blocks;	   /* waits that slept in the hypervisor */
 };
 
 /*

@@ -27,9 +27,9 @@ struct kg_ring {
 	uint32_t size;
 	uint32_t request_bytes;
 	uint32_t response_bytes;
-	uint32_t req_prod_pvt;  /* requests filled, maybe not yet published */
+	uint32_t req_prod_pvt;	/* requests filled, maybe not yet published */
 	uint32_t req_published; /* last value stored to header->req_prod */
-	uint32_t rsp_cons;      /* responses consumed */
+	uint32_t rsp_cons;	/* responses consumed */
 };
 
 /* Pages (4 KiB) a ring of 2^order slots with these slot sizes needs. */

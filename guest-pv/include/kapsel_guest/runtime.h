@@ -28,11 +28,10 @@ void *kg_malloc(size_t size_bytes);
 const char *kg_cmdline_get(const char *key);
 
 /* Guest asserts report file:line to the host and crash the VM. */
-#define kg_assert(expr)                                                        \
-	do {                                                                   \
-		if (!(expr))                                                   \
-			kg_panic("assertion failed at %s:%d: %s", __FILE__,    \
-				 __LINE__, #expr);                             \
+#define kg_assert(expr)                                                                       \
+	do {                                                                                  \
+		if (!(expr))                                                                  \
+			kg_panic("assertion failed at %s:%d: %s", __FILE__, __LINE__, #expr); \
 	} while (0)
 
 #endif

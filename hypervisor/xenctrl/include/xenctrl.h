@@ -72,12 +72,12 @@ typedef struct xc_dominfo {
 	unsigned int dying : 1, crashed : 1, shutdown : 1, paused : 1, blocked : 1, running : 1,
 		hvm : 1, debugged : 1, xenstore : 1, hap : 1;
 	unsigned int shutdown_reason; /* valid when shutdown is 1 */
-	unsigned long nr_pages;       /* guest RAM in 4 KiB pages */
+	unsigned long nr_pages;	      /* guest RAM in 4 KiB pages */
 	unsigned long nr_outstanding_pages;
 	unsigned long nr_shared_pages;
 	unsigned long nr_paged_pages;
 	unsigned long shared_info_frame;
-	uint64_t cpu_time;            /* ns the vCPU thread ran */
+	uint64_t cpu_time; /* ns the vCPU thread ran */
 	unsigned long max_memkb;
 	unsigned int nr_online_vcpus;
 	unsigned int max_vcpu_id;
@@ -146,12 +146,12 @@ int xc_domain_getinfolist(xc_interface *xch, uint32_t first_domain, unsigned int
 			  xc_domaininfo_t *info);
 
 struct xen_domctl_getvcpuinfo {
-	uint32_t vcpu;            /* in */
+	uint32_t vcpu; /* in */
 	uint8_t online;
-	uint8_t blocked;          /* sleeping in the BLOCK hypercall */
+	uint8_t blocked; /* sleeping in the BLOCK hypercall */
 	uint8_t running;
 	uint64_aligned_t cpu_time; /* ns */
-	uint32_t cpu;             /* host CPU the vCPU thread last ran on */
+	uint32_t cpu;		   /* host CPU the vCPU thread last ran on */
 };
 typedef struct xen_domctl_getvcpuinfo xc_vcpuinfo_t;
 
@@ -196,7 +196,7 @@ struct xen_sysctl_physinfo {
 	uint32_t nr_nodes;
 	uint32_t max_node_id;
 	uint32_t cpu_khz;
-	uint32_t capabilities;      /* XEN_SYSCTL_PHYSCAP_* */
+	uint32_t capabilities; /* XEN_SYSCTL_PHYSCAP_* */
 	uint32_t arch_capabilities;
 	uint32_t pad;
 	uint64_aligned_t total_pages;
@@ -204,7 +204,7 @@ struct xen_sysctl_physinfo {
 	uint64_aligned_t scrub_pages;
 	uint64_aligned_t outstanding_pages;
 	uint64_aligned_t max_mfn;
-	uint32_t hw_cap[8];          /* x86 CPUID feature words, Xen's order */
+	uint32_t hw_cap[8]; /* x86 CPUID feature words, Xen's order */
 };
 typedef struct xen_sysctl_physinfo xen_sysctl_physinfo_t;
 typedef struct xen_sysctl_physinfo xc_physinfo_t;
