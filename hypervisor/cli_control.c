@@ -86,14 +86,13 @@ static const char *single_name(int argc, char **argv, void (*usage)(FILE *), int
 			*status = 0;
 			return NULL;
 		}
-		fprintf(stderr, "Try 'kapsel %s --help'.\n", argv[0]);
+		fprintf(stderr, "Try '%s --help'.\n", argv[0]);
 		*status = 2;
 		return NULL;
 	}
 	if (optind + 1 != argc) {
-		fprintf(stderr,
-			"kapsel %s: expected exactly one VM name\nTry 'kapsel %s --help'.\n",
-			argv[0], argv[0]);
+		fprintf(stderr, "%s: expected exactly one VM name\nTry '%s --help'.\n", argv[0],
+			argv[0]);
 		*status = 2;
 		return NULL;
 	}
@@ -323,7 +322,7 @@ static int end_vm(int argc, char **argv, bool graceful)
 		}
 	}
 	if (optind + 1 != argc) {
-		fprintf(stderr, "kapsel %s: expected exactly one VM name\n", argv[0]);
+		fprintf(stderr, "%s: expected exactly one VM name\n", argv[0]);
 		goto bad;
 	}
 	const char *name = argv[optind];
@@ -370,7 +369,7 @@ static int end_vm(int argc, char **argv, bool graceful)
 	close(fd);
 	return status;
 bad:
-	fprintf(stderr, "Try 'kapsel %s --help'.\n", argv[0]);
+	fprintf(stderr, "Try '%s --help'.\n", argv[0]);
 	return 2;
 }
 

@@ -2,7 +2,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,22 +13,6 @@
 #include "control.h"
 #include "log.h"
 #include "vm.h"
-
-static struct kapsel_vm *running_vm;
-
-static void on_stop_signal(int signo)
-{
-	(void)signo;
-	if (running_vm)
-		vm_request_stop(running_vm);
-}
-
-static void on_stats_signal(int signo)
-{
-	(void)signo;
-	if (running_vm)
-		vm_request_stats(running_vm);
-}
 
 void cli_run_usage(FILE *out)
 {
@@ -293,25 +276,8 @@ int cli_run(int argc, char **argv)
 		vm_destroy(&vm);
 		goto out;
 	}
-	running_vm = &vm;
-	struct sigaction stop = { .sa_handler = on_stop_signal };
-	sigemptyset(&stop.sa_mask);
-	sigaction(SIGINT, &stop, NULL);
-	sigaction(SIGTERM, &stop, NULL);
-	struct sigaction stats = { .sa_handler = on_stats_signal };
-	sigemptyset(&stats.sa_mask);
-	sigaction(SIGUSR1, &stats, NULL);
-	if (state_runner_start(&vm, save_dir, save_stop) == 0) {
-		status = vm_run(&vm);
-		if (state_runner_stop(&vm))
-			status = 0; /* stopped by --save-stop after a save */
-	}
-	control_server_stop(control);
+	status = state_run_until_stopped(&vm, control, save_dir, save_stop, config.print_stats);
 	control = NULL;
-	if (config.print_stats)
-		vm_print_stats(&vm, stderr);
-	running_vm = NULL;
-	vm_destroy(&vm);
 out:
 	control_server_stop(control);
 	vm_config_free(&config);

@@ -69,7 +69,7 @@ static int save_running_vm(struct kapsel_vm *vm, const char *dir, bool stop, boo
 	uint64_t saved_ns = monotonic_ns();
 	if (!err && stop) {
 		runner.stopped_by_save = true;
-		vm_request_stop(vm);
+		vm_request_stop_for(vm, VM_STOP_SAVED);
 	}
 	if (!was_paused)
 		vm_resume(vm);
@@ -258,22 +258,47 @@ bool state_runner_stop(struct kapsel_vm *vm)
 	return stopped_by_save;
 }
 
-/* ---- Running a restored VM ------------------------------------------------ */
+/* ---- Running a VM until it stops ------------------------------------------ */
 
-static struct kapsel_vm *restored_vm;
+static struct kapsel_vm *running_vm; /* for the signal handlers */
 
 static void on_stop_signal(int signo)
 {
 	(void)signo;
-	if (restored_vm)
-		vm_request_stop(restored_vm);
+	if (running_vm)
+		vm_request_stop(running_vm);
 }
 
 static void on_stats_signal(int signo)
 {
 	(void)signo;
-	if (restored_vm)
-		vm_request_stats(restored_vm);
+	if (running_vm)
+		vm_request_stats(running_vm);
+}
+
+int state_run_until_stopped(struct kapsel_vm *vm, struct control_server *control,
+			    const char *save_dir, bool save_stop, bool print_stats)
+{
+	int status = KAPSEL_EXIT_VMM_ERROR;
+	running_vm = vm;
+	struct sigaction stop = { .sa_handler = on_stop_signal };
+	sigemptyset(&stop.sa_mask);
+	sigaction(SIGINT, &stop, NULL);
+	sigaction(SIGTERM, &stop, NULL);
+	struct sigaction stats = { .sa_handler = on_stats_signal };
+	sigemptyset(&stats.sa_mask);
+	sigaction(SIGUSR1, &stats, NULL);
+	if (state_runner_start(vm, save_dir, save_stop) == 0) {
+		status = vm_run(vm);
+		if (state_runner_stop(vm))
+			status = 0; /* stopped by --save-stop after a save */
+	}
+	control_server_stop(control);
+	if (print_stats)
+		vm_print_stats(vm, stderr);
+	running_vm = NULL;
+	vm_destroy(vm);
+	return status;
 }
 
 struct restore_settings {
@@ -376,24 +401,8 @@ static int restore_and_run(const struct restore_settings *settings)
 		fprintf(stderr, "kapsel: restored '%s' in %.3f ms (generation %llu)\n", config.name,
 			(monotonic_ns() - start_ns) / 1e6, (unsigned long long)vm.generation);
 
-	restored_vm = &vm;
-	struct sigaction stop = { .sa_handler = on_stop_signal };
-	sigemptyset(&stop.sa_mask);
-	sigaction(SIGINT, &stop, NULL);
-	sigaction(SIGTERM, &stop, NULL);
-	struct sigaction stats = { .sa_handler = on_stats_signal };
-	sigemptyset(&stats.sa_mask);
-	sigaction(SIGUSR1, &stats, NULL);
-	if (state_runner_start(&vm, settings->save_dir, settings->save_stop) == 0) {
-		status = vm_run(&vm);
-		if (state_runner_stop(&vm))
-			status = 0;
-	}
-	control_server_stop(control);
-	if (config.print_stats)
-		vm_print_stats(&vm, stderr);
-	restored_vm = NULL;
-	vm_destroy(&vm);
+	status = state_run_until_stopped(&vm, control, settings->save_dir, settings->save_stop,
+					 config.print_stats);
 	vm_config_free(&config);
 	return status;
 
@@ -708,24 +717,7 @@ int state_run_incoming(const char *uri, const struct vm_config *overrides, bool 
 		control_server_stop(control);
 		control = NULL;
 	}
-	restored_vm = &vm;
-	struct sigaction stop = { .sa_handler = on_stop_signal };
-	sigemptyset(&stop.sa_mask);
-	sigaction(SIGINT, &stop, NULL);
-	sigaction(SIGTERM, &stop, NULL);
-	struct sigaction stats = { .sa_handler = on_stats_signal };
-	sigemptyset(&stats.sa_mask);
-	sigaction(SIGUSR1, &stats, NULL);
-	if (state_runner_start(&vm, NULL, false) == 0) {
-		status = vm_run(&vm);
-		if (state_runner_stop(&vm))
-			status = 0;
-	}
-	control_server_stop(control);
-	if (config.print_stats)
-		vm_print_stats(&vm, stderr);
-	restored_vm = NULL;
-	vm_destroy(&vm);
+	status = state_run_until_stopped(&vm, control, NULL, false, config.print_stats);
 	vm_config_free(&config);
 	return status;
 }

@@ -37,6 +37,18 @@ int state_runner_start(struct kapsel_vm *vm, const char *save_dir, bool stop_aft
 bool state_runner_stop(struct kapsel_vm *vm);
 
 /*
+ * Run vm on this thread until it stops, then release it: SIGINT and SIGTERM
+ * ask it to stop, SIGUSR1 prints its counters, SIGHUP saves it to save_dir
+ * (as state_runner_start).  Afterwards stops control (may be NULL), prints
+ * the counters to stderr when print_stats, and destroys vm.  Precondition:
+ * vm was created (and restored, if so) and control, if any, is attached to
+ * it.  Returns the exit status.
+ */
+struct control_server;
+int state_run_until_stopped(struct kapsel_vm *vm, struct control_server *control,
+			    const char *save_dir, bool save_stop, bool print_stats);
+
+/*
  * `kapsel run --incoming URI`: wait for a live migration on URI, then run
  * the VM that arrived until it stops.  overrides carries the command
  * line's name (if any, else the stream's), console and stats settings.

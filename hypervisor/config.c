@@ -2,10 +2,11 @@
 #include "config.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "error_text.h"
 
 void vm_config_init(struct vm_config *config)
 {
@@ -32,18 +33,6 @@ void vm_config_free(struct vm_config *config)
 	for (unsigned i = 0; i < config->net_count; i++)
 		vm_net_config_free(&config->nets[i]);
 	memset(config, 0, sizeof(*config));
-}
-
-static int disk_error(char *error, size_t error_len, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static int disk_error(char *error, size_t error_len, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(error, error_len, fmt, ap);
-	va_end(ap);
-	return -EINVAL;
 }
 
 static int parse_u64(const char *text, uint64_t *value)
@@ -73,8 +62,8 @@ int vm_config_parse_disk(const char *text, struct vm_disk_config *disk, char *er
 	 * "readonly". */
 	if (!path || !*path || text[0] == ',') {
 		free(copy);
-		return disk_error(
-			error, error_len,
+		return kapsel_fail(
+			error, error_len, -EINVAL,
 			"--disk needs a path: --disk PATH[,readonly][,bus=pv|ata][,cache=none|writeback]");
 	}
 	disk->path = strdup(path);
@@ -93,8 +82,8 @@ int vm_config_parse_disk(const char *text, struct vm_disk_config *disk, char *er
 			else if (strcmp(value, "ata") == 0 || strcmp(value, "ide") == 0)
 				disk->bus = VM_DISK_BUS_ATA;
 			else
-				err = disk_error(
-					error, error_len,
+				err = kapsel_fail(
+					error, error_len, -EINVAL,
 					"--disk '%s': bus '%s' is unknown; use bus=pv or bus=ata",
 					text, value);
 		} else if (strcmp(opt, "cache") == 0 && value) {
@@ -103,8 +92,8 @@ int vm_config_parse_disk(const char *text, struct vm_disk_config *disk, char *er
 			else if (strcmp(value, "writeback") == 0)
 				disk->cache = VM_DISK_CACHE_WRITEBACK;
 			else
-				err = disk_error(
-					error, error_len,
+				err = kapsel_fail(
+					error, error_len, -EINVAL,
 					"--disk '%s': cache '%s' is unknown; use cache=none or cache=writeback",
 					text, value);
 		} else if (value && parse_u64(value, &number) == 0 &&
@@ -124,8 +113,8 @@ int vm_config_parse_disk(const char *text, struct vm_disk_config *disk, char *er
 				disk->poll_us = (uint32_t)(number > 1000000 ? 1000000 : number);
 			}
 		} else {
-			err = disk_error(
-				error, error_len,
+			err = kapsel_fail(
+				error, error_len, -EINVAL,
 				"--disk '%s': option '%s%s%s' is unknown or lacks a valid value; "
 				"known: readonly, bus=pv|ata, cache=none|writeback, iops=N, iops_burst=N, bps=N, bps_burst=N, poll=MICROSECONDS",
 				text, opt, value ? "=" : "", value ? value : "");

@@ -2,26 +2,15 @@
 #include "config.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "error_text.h"
+
 #define NET_SYNTAX                                                                 \
 	"--net socket=PATH,peer=PATH or --net tap=IFNAME, then [,model=pv|ne2000]" \
 	"[,mac=XX:XX:XX:XX:XX:XX][,pps=N][,pps_burst=N][,bps=N][,bps_burst=N]"
-
-static int net_error(char *error, size_t error_len, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static int net_error(char *error, size_t error_len, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(error, error_len, fmt, ap);
-	va_end(ap);
-	return -EINVAL;
-}
 
 static int parse_u64(const char *text, uint64_t *value)
 {
@@ -75,8 +64,8 @@ int vm_config_parse_net(const char *text, struct vm_net_config *net, char *error
 		uint64_t number = 0;
 		if ((strcmp(opt, "socket") == 0 || strcmp(opt, "tap") == 0) && value && *value) {
 			if (have_backend) {
-				err = net_error(error, error_len,
-						"--net '%s': give one of socket= and tap=", text);
+				err = kapsel_fail(error, error_len, -EINVAL,
+						  "--net '%s': give one of socket= and tap=", text);
 				break;
 			}
 			have_backend = true;
@@ -84,8 +73,8 @@ int vm_config_parse_net(const char *text, struct vm_net_config *net, char *error
 							       : VM_NET_BACKEND_SOCKET;
 			net->path = strdup(value);
 			if (net->backend == VM_NET_BACKEND_TAP && strlen(value) >= 16)
-				err = net_error(
-					error, error_len,
+				err = kapsel_fail(
+					error, error_len, -EINVAL,
 					"--net '%s': interface name '%s' is longer than 15 characters",
 					text, value);
 		} else if (strcmp(opt, "peer") == 0 && value && *value) {
@@ -98,14 +87,14 @@ int vm_config_parse_net(const char *text, struct vm_net_config *net, char *error
 			else if (strcmp(value, "ne2000") == 0 || strcmp(value, "ne2k_isa") == 0)
 				net->model = VM_NET_MODEL_NE2000;
 			else
-				err = net_error(
-					error, error_len,
+				err = kapsel_fail(
+					error, error_len, -EINVAL,
 					"--net '%s': model '%s' is unknown; use model=pv or model=ne2000",
 					text, value);
 		} else if (strcmp(opt, "mac") == 0) {
 			if (parse_mac(value, net->mac) < 0)
-				err = net_error(
-					error, error_len,
+				err = kapsel_fail(
+					error, error_len, -EINVAL,
 					"--net '%s': mac '%s' is not a unicast address XX:XX:XX:XX:XX:XX (first byte even)",
 					text, value ? value : "");
 			net->has_mac = true;
@@ -121,24 +110,24 @@ int vm_config_parse_net(const char *text, struct vm_net_config *net, char *error
 			else
 				net->bytes_limit.burst = number;
 		} else {
-			err = net_error(
-				error, error_len,
+			err = kapsel_fail(
+				error, error_len, -EINVAL,
 				"--net '%s': option '%s%s%s' is unknown or lacks a valid value; syntax: " NET_SYNTAX,
 				text, opt, value ? "=" : "", value ? value : "");
 		}
 	}
 	free(copy);
 	if (!err && !have_backend)
-		err = net_error(error, error_len,
-				"--net '%s' names no backend; syntax: " NET_SYNTAX, text);
+		err = kapsel_fail(error, error_len, -EINVAL,
+				  "--net '%s' names no backend; syntax: " NET_SYNTAX, text);
 	else if (!err && net->backend == VM_NET_BACKEND_SOCKET && !net->peer)
-		err = net_error(
-			error, error_len,
+		err = kapsel_fail(
+			error, error_len, -EINVAL,
 			"--net '%s': a socket backend needs peer=PATH (the other VM's socket=PATH)",
 			text);
 	else if (!err && net->backend == VM_NET_BACKEND_TAP && net->peer)
-		err = net_error(error, error_len, "--net '%s': peer= is for socket backends only",
-				text);
+		err = kapsel_fail(error, error_len, -EINVAL,
+				  "--net '%s': peer= is for socket backends only", text);
 	else if (!err && !net->path)
 		err = -ENOMEM;
 	if (err)

@@ -6,7 +6,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +19,7 @@
 
 #include "control_client.h"
 #include "control_internal.h"
+#include "error_text.h"
 #include "log.h"
 #include "vm.h"
 
@@ -77,44 +77,32 @@ static uint64_t now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-static int server_error(char *error, size_t error_len, int err, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int server_error(char *error, size_t error_len, int err, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(error, error_len, fmt, ap);
-	va_end(ap);
-	return err;
-}
-
 /* ---- Runtime directory and locks ---------------------------------------- */
 
 static int make_runtime_dir(const char *dir, char *error, size_t error_len)
 {
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
 		/* $XDG_RUNTIME_DIR/kapsel etc.: one level is created, not more. */
-		return server_error(
+		return kapsel_fail(
 			error, error_len, -errno,
 			"cannot create the runtime directory '%s': %s; set KAPSEL_RUNTIME_DIR to a writable directory or run with --no-control",
 			dir, strerror(errno));
 	}
 	struct stat st;
 	if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
-		return server_error(
+		return kapsel_fail(
 			error, error_len, -ENOTDIR,
 			"runtime directory '%s' is not a directory; remove it or set KAPSEL_RUNTIME_DIR",
 			dir);
 	if (st.st_uid != geteuid())
-		return server_error(
+		return kapsel_fail(
 			error, error_len, -EACCES,
 			"runtime directory '%s' belongs to uid %u, not to you (uid %u); set KAPSEL_RUNTIME_DIR to a directory of your own",
 			dir, (unsigned)st.st_uid, (unsigned)geteuid());
 	if ((st.st_mode & 0777) != 0700 && chmod(dir, 0700) < 0)
-		return server_error(error, error_len, -errno,
-				    "cannot make runtime directory '%s' owner-only (0700): %s", dir,
-				    strerror(errno));
+		return kapsel_fail(error, error_len, -errno,
+				   "cannot make runtime directory '%s' owner-only (0700): %s", dir,
+				   strerror(errno));
 	return 0;
 }
 
@@ -636,11 +624,11 @@ int control_server_start(struct control_server **server_out, const char *name, c
 	char dir[4096];
 	int err = control_register_builtin_verbs();
 	if (err)
-		return server_error(error, error_len, err, "cannot register the control verbs: %s",
-				    strerror(-err));
+		return kapsel_fail(error, error_len, err, "cannot register the control verbs: %s",
+				   strerror(-err));
 	struct control_server *server = calloc(1, sizeof(*server));
 	if (!server)
-		return server_error(error, error_len, -ENOMEM, "out of memory");
+		return kapsel_fail(error, error_len, -ENOMEM, "out of memory");
 	server->lock_fd = server->domid_fd = server->listen_fd = server->wake_fd = -1;
 	pthread_mutex_init(&server->lock, NULL);
 	server->started_unix = (uint64_t)time(NULL);
@@ -650,7 +638,7 @@ int control_server_start(struct control_server **server_out, const char *name, c
 	if (!err)
 		err = control_socket_path(name, server->socket_path, sizeof(server->socket_path));
 	if (err) {
-		err = server_error(
+		err = kapsel_fail(
 			error, error_len, err,
 			"control socket path for VM '%s' is too long; set KAPSEL_RUNTIME_DIR to a shorter directory",
 			name);
@@ -664,15 +652,15 @@ int control_server_start(struct control_server **server_out, const char *name, c
 				  ? -ENAMETOOLONG
 				  : lock_file(server->lock_path);
 	if (server->lock_fd == -EWOULDBLOCK) {
-		err = server_error(
+		err = kapsel_fail(
 			error, error_len, -EEXIST,
 			"a VM named '%s' is already running (control socket %s); choose another name, or stop it with 'kapsel destroy %s'",
 			name, server->socket_path, name);
 		goto fail;
 	}
 	if (server->lock_fd < 0) {
-		err = server_error(error, error_len, server->lock_fd, "cannot lock '%s': %s",
-				   server->lock_path, strerror(-server->lock_fd));
+		err = kapsel_fail(error, error_len, server->lock_fd, "cannot lock '%s': %s",
+				  server->lock_path, strerror(-server->lock_fd));
 		goto fail;
 	}
 	/* We hold the name: a socket still there is a dead VM's, unless it
@@ -680,7 +668,7 @@ int control_server_start(struct control_server **server_out, const char *name, c
 	int probe = control_connect(name);
 	if (probe >= 0) {
 		close(probe);
-		err = server_error(
+		err = kapsel_fail(
 			error, error_len, -EEXIST,
 			"a VM named '%s' is already running (control socket %s answers); choose another name",
 			name, server->socket_path);
@@ -695,8 +683,8 @@ int control_server_start(struct control_server **server_out, const char *name, c
 	}
 	err = take_domid(server, dir);
 	if (err) {
-		err = server_error(error, error_len, err, "cannot allocate a domain id in '%s': %s",
-				   dir, strerror(-err));
+		err = kapsel_fail(error, error_len, err, "cannot allocate a domain id in '%s': %s",
+				  dir, strerror(-err));
 		goto fail;
 	}
 	*server_out = server;
@@ -717,8 +705,8 @@ int control_server_attach(struct control_server *server, struct kapsel_vm *vm, c
 	server->vm = vm;
 	server->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (server->listen_fd < 0)
-		return server_error(error, error_len, -errno, "cannot create a socket: %s",
-				    strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "cannot create a socket: %s",
+				   strerror(errno));
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
 	memcpy(addr.sun_path, server->socket_path, sizeof(addr.sun_path));
 	/* Owner-only from the start (the directory is 0700 as well). */
@@ -727,25 +715,25 @@ int control_server_attach(struct control_server *server, struct kapsel_vm *vm, c
 	int bind_errno = errno;
 	umask(old_mask);
 	if (rc < 0)
-		return server_error(error, error_len, -bind_errno,
-				    "cannot bind control socket %s: %s", server->socket_path,
-				    strerror(bind_errno));
+		return kapsel_fail(error, error_len, -bind_errno,
+				   "cannot bind control socket %s: %s", server->socket_path,
+				   strerror(bind_errno));
 	server->bound = true;
 	if (chmod(server->socket_path, 0600) < 0 || listen(server->listen_fd, 64) < 0)
-		return server_error(error, error_len, -errno,
-				    "cannot listen on control socket %s: %s", server->socket_path,
-				    strerror(errno));
+		return kapsel_fail(error, error_len, -errno,
+				   "cannot listen on control socket %s: %s", server->socket_path,
+				   strerror(errno));
 	server->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (server->wake_fd < 0)
-		return server_error(error, error_len, -errno, "eventfd: %s", strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "eventfd: %s", strerror(errno));
 	vm->control = server;
 	console_set_output_tap(&vm->console, console_tap, server);
 	rc = pthread_create(&server->thread, NULL, control_main, server);
 	if (rc) {
 		console_set_output_tap(&vm->console, NULL, NULL);
 		vm->control = NULL;
-		err = server_error(error, error_len, -rc, "cannot start the control thread: %s",
-				   strerror(rc));
+		err = kapsel_fail(error, error_len, -rc, "cannot start the control thread: %s",
+				  strerror(rc));
 		return err;
 	}
 	server->thread_started = true;

@@ -2,25 +2,13 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "control.h"
 #include "control_internal.h"
-
-static int parse_fail(char *error, size_t error_len, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static int parse_fail(char *error, size_t error_len, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(error, error_len, fmt, ap);
-	va_end(ap);
-	return -EINVAL;
-}
+#include "error_text.h"
 
 static bool is_verb_char(char c)
 {
@@ -54,14 +42,14 @@ static int decode_value(char *value, const char *key, char *error, size_t error_
 		}
 		int hi = hex_digit(in[1]), lo = hi < 0 ? -1 : hex_digit(in[2]);
 		if (hi < 0 || lo < 0)
-			return parse_fail(
-				error, error_len,
+			return kapsel_fail(
+				error, error_len, -EINVAL,
 				"argument '%s' has a bad escape; write %%XX with two hex digits (%%20 is a space, %%25 a '%%')",
 				key);
 		char c = (char)(hi << 4 | lo);
 		if ((unsigned char)c < 0x20 || c == 0x7f)
-			return parse_fail(
-				error, error_len,
+			return kapsel_fail(
+				error, error_len, -EINVAL,
 				"argument '%s' escapes a control character; only printable characters are allowed",
 				key);
 		*out++ = c;
@@ -78,46 +66,46 @@ int control_request_parse(char *line, struct control_request *request, char *err
 	for (const char *p = line; *p; p++) {
 		unsigned char c = (unsigned char)*p;
 		if ((c < 0x20 && c != '\t') || c >= 0x7f)
-			return parse_fail(
-				error, error_len,
+			return kapsel_fail(
+				error, error_len, -EINVAL,
 				"request contains byte 0x%02x at offset %zu; requests are printable ASCII lines",
 				c, (size_t)(p - line));
 	}
 	char *save = NULL;
 	char *verb = strtok_r(line, " \t", &save);
 	if (!verb)
-		return parse_fail(error, error_len,
-				  "empty request; send 'help' for the list of requests");
+		return kapsel_fail(error, error_len, -EINVAL,
+				   "empty request; send 'help' for the list of requests");
 	size_t verb_len = strlen(verb);
 	if (verb_len > CONTROL_VERB_MAX)
-		return parse_fail(error, error_len, "request name is longer than %u characters",
-				  CONTROL_VERB_MAX);
+		return kapsel_fail(error, error_len, -EINVAL,
+				   "request name is longer than %u characters", CONTROL_VERB_MAX);
 	for (size_t i = 0; i < verb_len; i++)
 		if (!is_verb_char(verb[i]))
-			return parse_fail(
-				error, error_len,
+			return kapsel_fail(
+				error, error_len, -EINVAL,
 				"'%.40s' is not a request name (lower-case letters, digits and '-'); send 'help'",
 				verb);
 	request->verb = verb;
 	for (char *tok = strtok_r(NULL, " \t", &save); tok; tok = strtok_r(NULL, " \t", &save)) {
 		char *eq = strchr(tok, '=');
 		if (!eq || eq == tok)
-			return parse_fail(error, error_len, "argument '%.40s' is not key=value",
-					  tok);
+			return kapsel_fail(error, error_len, -EINVAL,
+					   "argument '%.40s' is not key=value", tok);
 		*eq = '\0';
 		for (const char *k = tok; *k; k++)
 			if (!is_key_char(*k))
-				return parse_fail(
-					error, error_len,
+				return kapsel_fail(
+					error, error_len, -EINVAL,
 					"argument name '%.40s' has characters other than a-z, 0-9, '-' and '_'",
 					tok);
 		if (request->arg_count == CONTROL_MAX_ARGS)
-			return parse_fail(error, error_len, "more than %u arguments",
-					  CONTROL_MAX_ARGS);
+			return kapsel_fail(error, error_len, -EINVAL, "more than %u arguments",
+					   CONTROL_MAX_ARGS);
 		for (unsigned i = 0; i < request->arg_count; i++)
 			if (strcmp(request->args[i].key, tok) == 0)
-				return parse_fail(error, error_len,
-						  "argument '%.40s' is given twice", tok);
+				return kapsel_fail(error, error_len, -EINVAL,
+						   "argument '%.40s' is given twice", tok);
 		int err = decode_value(eq + 1, tok, error, error_len);
 		if (err)
 			return err;
@@ -146,7 +134,8 @@ int control_arg_u64(const struct control_request *request, const char *key, uint
 	errno = 0;
 	unsigned long long v = strtoull(text, &end, 10);
 	if (!*text || *text == '-' || *text == '+' || *end || errno)
-		return parse_fail(error, error_len, "%s='%.40s' is not a whole number", key, text);
+		return kapsel_fail(error, error_len, -EINVAL, "%s='%.40s' is not a whole number",
+				   key, text);
 	*value = v;
 	return 0;
 }
@@ -169,7 +158,7 @@ int control_arg_bool(const struct control_request *request, const char *key, boo
 			return 0;
 		}
 	}
-	return parse_fail(error, error_len, "%s='%.40s' is not yes or no", key, text);
+	return kapsel_fail(error, error_len, -EINVAL, "%s='%.40s' is not yes or no", key, text);
 }
 
 int control_request_check_keys(const struct control_request *request, const char *const *allowed,
@@ -191,10 +180,12 @@ int control_request_check_keys(const struct control_request *request, const char
 			used += (size_t)n;
 		}
 		if (!allowed[0])
-			return parse_fail(error, error_len, "%s takes no arguments (got '%s')",
-					  request->verb, request->args[i].key);
-		return parse_fail(error, error_len, "unknown argument '%s' for %s; it takes %s",
-				  request->args[i].key, request->verb, list);
+			return kapsel_fail(error, error_len, -EINVAL,
+					   "%s takes no arguments (got '%s')", request->verb,
+					   request->args[i].key);
+		return kapsel_fail(error, error_len, -EINVAL,
+				   "unknown argument '%s' for %s; it takes %s",
+				   request->args[i].key, request->verb, list);
 	}
 	return 0;
 }

@@ -3,7 +3,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,22 +12,11 @@
 #include "control.h"
 #include "control_internal.h"
 #include "disk.h"
+#include "error_text.h"
 #include "vm.h"
 
 #define SHUTDOWN_DEFAULT_TIMEOUT_S 10u
 #define SHUTDOWN_MAX_TIMEOUT_S 86400u
-
-static int verb_error(char *error, size_t error_len, int err, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int verb_error(char *error, size_t error_len, int err, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(error, error_len, fmt, ap);
-	va_end(ap);
-	return err;
-}
 
 static const char *const no_keys[] = { NULL };
 
@@ -162,11 +150,11 @@ static int verb_pause(struct kapsel_vm *vm, const struct control_request *reques
 		return err;
 	err = vm_pause(vm);
 	if (err == -EALREADY)
-		return verb_error(error, error_len, err, "VM '%s' is already paused",
-				  vm->config->name);
+		return kapsel_fail(error, error_len, err, "VM '%s' is already paused",
+				   vm->config->name);
 	if (err)
-		return verb_error(error, error_len, err, "VM '%s' is not running",
-				  vm->config->name);
+		return kapsel_fail(error, error_len, err, "VM '%s' is not running",
+				   vm->config->name);
 	return 0;
 }
 
@@ -179,10 +167,11 @@ static int verb_resume(struct kapsel_vm *vm, const struct control_request *reque
 		return err;
 	err = vm_resume(vm);
 	if (err == -EALREADY)
-		return verb_error(error, error_len, err, "VM '%s' is not paused", vm->config->name);
+		return kapsel_fail(error, error_len, err, "VM '%s' is not paused",
+				   vm->config->name);
 	if (err)
-		return verb_error(error, error_len, err, "VM '%s' is not running",
-				  vm->config->name);
+		return kapsel_fail(error, error_len, err, "VM '%s' is not running",
+				   vm->config->name);
 	return 0;
 }
 
@@ -197,24 +186,24 @@ static int verb_shutdown(struct kapsel_vm *vm, const struct control_request *req
 	if (err)
 		return err;
 	if (timeout_s > SHUTDOWN_MAX_TIMEOUT_S)
-		return verb_error(error, error_len, -EINVAL,
-				  "timeout=%llu is too long; the limit is %u seconds",
-				  (unsigned long long)timeout_s, SHUTDOWN_MAX_TIMEOUT_S);
+		return kapsel_fail(error, error_len, -EINVAL,
+				   "timeout=%llu is too long; the limit is %u seconds",
+				   (unsigned long long)timeout_s, SHUTDOWN_MAX_TIMEOUT_S);
 	const char *mode = control_request_arg(request, "mode");
 	uint32_t what = KAPSEL_CONTROL_POWEROFF;
 	if (mode && strcmp(mode, "reboot") == 0)
 		what = KAPSEL_CONTROL_REBOOT;
 	else if (mode && strcmp(mode, "poweroff") != 0)
-		return verb_error(error, error_len, -EINVAL,
-				  "mode='%s' is unknown; use poweroff or reboot", mode);
+		return kapsel_fail(error, error_len, -EINVAL,
+				   "mode='%s' is unknown; use poweroff or reboot", mode);
 	if (vm->state == VM_STATE_PAUSED)
-		return verb_error(
+		return kapsel_fail(
 			error, error_len, -EBUSY,
 			"VM '%s' is paused and cannot shut down; resume it first, or destroy it",
 			vm->config->name);
 	if (vm->state != VM_STATE_RUNNING)
-		return verb_error(error, error_len, -ESRCH, "VM '%s' is not running",
-				  vm->config->name);
+		return kapsel_fail(error, error_len, -ESRCH, "VM '%s' is not running",
+				   vm->config->name);
 	uint64_t deadline_ns = vm_clock_ns(vm) + timeout_s * 1000000000ull;
 	/* Deadline first, then the request (release), then the event: a guest
 	 * that sees the request also sees its deadline. */
@@ -240,8 +229,8 @@ static int verb_destroy(struct kapsel_vm *vm, const struct control_request *requ
 	if (err)
 		return err;
 	if (vm->state == VM_STATE_STOPPED)
-		return verb_error(error, error_len, -ESRCH, "VM '%s' is not running",
-				  vm->config->name);
+		return kapsel_fail(error, error_len, -ESRCH, "VM '%s' is not running",
+				   vm->config->name);
 	control_server_mark_destroyed(vm);
 	vm_request_stop(vm);
 	return 0;
@@ -269,19 +258,19 @@ static int verb_set_limits(struct kapsel_vm *vm, const struct control_request *r
 	if (err)
 		return err;
 	if (index == UINT64_MAX)
-		return verb_error(error, error_len, -EINVAL,
-				  "set-limits needs disk=N (the disk's index, from 'info')");
+		return kapsel_fail(error, error_len, -EINVAL,
+				   "set-limits needs disk=N (the disk's index, from 'info')");
 	if (index >= vm->config->disk_count)
-		return verb_error(error, error_len, -ENODEV,
-				  "VM '%s' has no disk %llu; it has %u (numbered from 0)",
-				  vm->config->name, (unsigned long long)index,
-				  vm->config->disk_count);
+		return kapsel_fail(error, error_len, -ENODEV,
+				   "VM '%s' has no disk %llu; it has %u (numbered from 0)",
+				   vm->config->name, (unsigned long long)index,
+				   vm->config->disk_count);
 	struct vm_disk_config *config = &vm->config->disks[index];
 	struct disk_image *disk = find_disk(vm, (unsigned)index);
 	if (!disk)
-		return verb_error(error, error_len, -ENOTSUP,
-				  "disk %llu's device does not let its policy change at run time",
-				  (unsigned long long)index);
+		return kapsel_fail(error, error_len, -ENOTSUP,
+				   "disk %llu's device does not let its policy change at run time",
+				   (unsigned long long)index);
 	struct vm_rate_limit ops = config->ops_limit, bytes = config->bytes_limit;
 	bool readonly = __atomic_load_n(&disk->readonly, __ATOMIC_RELAXED);
 	err = control_arg_u64(request, "iops", &ops.rate_per_second, error, error_len);
@@ -296,7 +285,7 @@ static int verb_set_limits(struct kapsel_vm *vm, const struct control_request *r
 	if (err)
 		return err;
 	if (!readonly && disk->fd >= 0 && (fcntl(disk->fd, F_GETFL) & O_ACCMODE) == O_RDONLY)
-		return verb_error(
+		return kapsel_fail(
 			error, error_len, -EROFS,
 			"disk %llu was opened read-only (readonly in its definition); restart the VM without readonly to make it writable",
 			(unsigned long long)index);

@@ -1,4 +1,5 @@
 /* PV console device: announces the hypercall console and signals guest input on its channel. */
+#include <errno.h>
 #include <stdlib.h>
 
 #include "devices.h"
@@ -36,7 +37,7 @@ int dev_console_pv_create(struct kapsel_vm *vm)
 {
 	struct kapsel_device *dev = calloc(1, sizeof(*dev));
 	if (!dev)
-		return -12;
+		return -ENOMEM;
 	dev->ops = &console_pv_ops;
 	dev->desc.type = KAPSEL_DEV_CONSOLE_PV;
 	int err = vm_add_device(vm, dev);

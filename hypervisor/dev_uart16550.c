@@ -268,7 +268,7 @@ int dev_uart16550_create(struct kapsel_vm *vm)
 	if (!dev || !uart) {
 		free(dev);
 		free(uart);
-		return -12;
+		return -ENOMEM;
 	}
 	uart->dll = 1;	  /* 115200 baud */
 	uart->lcr = 0x03; /* 8N1 */

@@ -4,7 +4,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -12,6 +11,7 @@
 #include <unistd.h>
 
 #include "disk_overlay.h"
+#include "error_text.h"
 #include "kapsel/abi.h"
 
 #define NS_PER_SECOND 1000000000ull
@@ -79,18 +79,6 @@ uint64_t token_bucket_take(struct token_bucket *bucket, uint64_t amount, uint64_
 	return wait > UINT64_MAX ? UINT64_MAX : (uint64_t)wait;
 }
 
-static int open_error(char *error, size_t error_len, int err, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int open_error(char *error, size_t error_len, int err, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(error, error_len, fmt, ap);
-	va_end(ap);
-	return err;
-}
-
 int disk_image_open(struct disk_image *disk, const struct vm_disk_config *config, uint64_t now_ns,
 		    char *error, size_t error_len)
 {
@@ -112,27 +100,27 @@ int disk_image_open_depth(struct disk_image *disk, const struct vm_disk_config *
 	if (disk->fd < 0) {
 		err = -errno;
 		if (errno == ENOENT)
-			return open_error(
+			return kapsel_fail(
 				error, error_len, err,
 				"disk image '%s' does not exist; create it (e.g. truncate -s 256M '%s')",
 				config->path, config->path);
 		if ((errno == EACCES || errno == EROFS || errno == EPERM) && !config->readonly)
-			return open_error(
+			return kapsel_fail(
 				error, error_len, err,
 				"disk image '%s' is not writable; use readonly (--disk %s,readonly or <readonly/>) or chmod u+w",
 				config->path, config->path);
 		if (errno == EINVAL && (flags & O_DIRECT))
-			return open_error(
+			return kapsel_fail(
 				error, error_len, err,
 				"disk image '%s': its file system does not support O_DIRECT; use cache=writeback",
 				config->path);
-		return open_error(error, error_len, err, "cannot open disk image '%s': %s",
-				  config->path, strerror(errno));
+		return kapsel_fail(error, error_len, err, "cannot open disk image '%s': %s",
+				   config->path, strerror(errno));
 	}
 	if (fstat(disk->fd, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
-		err = open_error(error, error_len, -EINVAL,
-				 "disk image '%s' is not a regular file or block device",
-				 config->path);
+		err = kapsel_fail(error, error_len, -EINVAL,
+				  "disk image '%s' is not a regular file or block device",
+				  config->path);
 		goto fail;
 	}
 	disk->size_bytes = (uint64_t)st.st_size;
@@ -141,14 +129,14 @@ int disk_image_open_depth(struct disk_image *disk, const struct vm_disk_config *
 		disk->size_bytes = end > 0 ? (uint64_t)end : 0;
 	}
 	if (disk->size_bytes < KAPSEL_BLK_SECTOR_BYTES) {
-		err = open_error(
+		err = kapsel_fail(
 			error, error_len, -EINVAL,
 			"disk image '%s' is %llu bytes, smaller than one 512-byte sector; grow it with truncate -s",
 			config->path, (unsigned long long)disk->size_bytes);
 		goto fail;
 	}
 	if (flock(disk->fd, (config->readonly ? LOCK_SH : LOCK_EX) | LOCK_NB) < 0) {
-		err = open_error(
+		err = kapsel_fail(
 			error, error_len, -EBUSY,
 			"disk image '%s' is in use by another VM (locked); stop that VM or give this one a copy",
 			config->path);

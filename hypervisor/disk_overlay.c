@@ -5,7 +5,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,21 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "error_text.h"
 #include "vm_state.h"
-
-static int fail(char *error, size_t error_len, int err, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int fail(char *error, size_t error_len, int err, const char *fmt, ...)
-{
-	if (error && error_len) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(error, error_len, fmt, ap);
-		va_end(ap);
-	}
-	return err;
-}
 
 static int full_pread(int fd, void *buffer, size_t length, uint64_t offset)
 {
@@ -75,7 +61,8 @@ static int image_virtual_bytes(const char *path, uint64_t *bytes, char *error, s
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return fail(error, error_len, -errno, "base image '%s': %s", path, strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "base image '%s': %s", path,
+				   strerror(errno));
 	struct stat st;
 	struct disk_overlay_header h;
 	int err = 0;
@@ -92,7 +79,8 @@ static int image_virtual_bytes(const char *path, uint64_t *bytes, char *error, s
 	}
 	close(fd);
 	if (err)
-		return fail(error, error_len, err, "base image '%s': %s", path, strerror(-err));
+		return kapsel_fail(error, error_len, err, "base image '%s': %s", path,
+				   strerror(-err));
 	return 0;
 }
 
@@ -101,14 +89,14 @@ int disk_overlay_create(const char *overlay_path, const char *base_path, char *e
 {
 	char *base = realpath(base_path, NULL);
 	if (!base)
-		return fail(error, error_len, -errno, "base image '%s': %s", base_path,
-			    strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "base image '%s': %s", base_path,
+				   strerror(errno));
 	struct disk_overlay_header h;
 	memset(&h, 0, sizeof(h));
 	int err;
 	if (strlen(base) >= sizeof(h.base_path)) {
-		err = fail(error, error_len, -ENAMETOOLONG, "base image path '%s' is too long",
-			   base);
+		err = kapsel_fail(error, error_len, -ENAMETOOLONG,
+				  "base image path '%s' is too long", base);
 		free(base);
 		return err;
 	}
@@ -133,8 +121,8 @@ int disk_overlay_create(const char *overlay_path, const char *base_path, char *e
 
 	int fd = open(overlay_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0)
-		return fail(error, error_len, -errno, "cannot create overlay '%s': %s",
-			    overlay_path, strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "cannot create overlay '%s': %s",
+				   overlay_path, strerror(errno));
 	err = full_pwrite(fd, &h, sizeof(h), 0);
 	if (!err && ftruncate(fd, (off_t)(h.data_offset + virtual_bytes)) < 0)
 		err = -errno;
@@ -143,8 +131,8 @@ int disk_overlay_create(const char *overlay_path, const char *base_path, char *e
 	close(fd);
 	if (err) {
 		unlink(overlay_path);
-		return fail(error, error_len, err, "cannot write overlay '%s': %s", overlay_path,
-			    strerror(-err));
+		return kapsel_fail(error, error_len, err, "cannot write overlay '%s': %s",
+				   overlay_path, strerror(-err));
 	}
 	return 0;
 }
@@ -166,19 +154,19 @@ int disk_overlay_attach(struct disk_image *disk, const struct vm_disk_config *co
 	memcpy(&h, raw, sizeof(h));
 	free(raw);
 	if (err)
-		return fail(error, error_len, err, "disk image '%s': %s", config->path,
-			    strerror(-err));
+		return kapsel_fail(error, error_len, err, "disk image '%s': %s", config->path,
+				   strerror(-err));
 	if (memcmp(h.magic, DISK_OVERLAY_MAGIC, 8) != 0)
 		return 0; /* a raw image */
 
 	const char *path = config->path;
 	if (header_crc(&h) != h.header_crc)
-		return fail(error, error_len, -EINVAL,
-			    "overlay '%s' has a corrupt header (checksum)", path);
+		return kapsel_fail(error, error_len, -EINVAL,
+				   "overlay '%s' has a corrupt header (checksum)", path);
 	if (h.version != DISK_OVERLAY_VERSION)
-		return fail(error, error_len, -EINVAL,
-			    "overlay '%s' has version %u; this Kapsel reads %u", path, h.version,
-			    DISK_OVERLAY_VERSION);
+		return kapsel_fail(error, error_len, -EINVAL,
+				   "overlay '%s' has version %u; this Kapsel reads %u", path,
+				   h.version, DISK_OVERLAY_VERSION);
 	uint64_t blocks = h.block_bytes ? (h.virtual_bytes + h.block_bytes - 1) / h.block_bytes : 0;
 	if (h.block_bytes < 4096 || h.block_bytes > (16u << 20) ||
 	    (h.block_bytes & (h.block_bytes - 1)) || h.bitmap_offset < sizeof(h) ||
@@ -186,12 +174,12 @@ int disk_overlay_attach(struct disk_image *disk, const struct vm_disk_config *co
 	    h.data_offset < h.bitmap_offset + h.bitmap_bytes || h.data_offset % 4096 ||
 	    h.base_path_bytes == 0 || h.base_path_bytes >= sizeof(h.base_path) ||
 	    h.base_path[h.base_path_bytes] != '\0' || h.base_path[0] != '/')
-		return fail(error, error_len, -EINVAL, "overlay '%s' has an impossible header",
-			    path);
+		return kapsel_fail(error, error_len, -EINVAL,
+				   "overlay '%s' has an impossible header", path);
 	if (depth >= DISK_OVERLAY_MAX_CHAIN)
-		return fail(error, error_len, -ELOOP,
-			    "overlay '%s': the chain of bases is longer than %u (a loop?)", path,
-			    DISK_OVERLAY_MAX_CHAIN);
+		return kapsel_fail(error, error_len, -ELOOP,
+				   "overlay '%s': the chain of bases is longer than %u (a loop?)",
+				   path, DISK_OVERLAY_MAX_CHAIN);
 	if (flags >= 0 && (flags & O_DIRECT))
 		fcntl(disk->fd, F_SETFL, flags & ~O_DIRECT); /* byte-sized bitmap writes */
 
@@ -212,8 +200,8 @@ int disk_overlay_attach(struct disk_image *disk, const struct vm_disk_config *co
 	}
 	err = full_pread(disk->fd, o->bitmap, h.bitmap_bytes, h.bitmap_offset);
 	if (err) {
-		fail(error, error_len, err, "overlay '%s': cannot read its bitmap: %s", path,
-		     strerror(-err));
+		kapsel_fail(error, error_len, err, "overlay '%s': cannot read its bitmap: %s", path,
+			    strerror(-err));
 		goto fail;
 	}
 	struct vm_disk_config base_config = *config;
@@ -225,14 +213,15 @@ int disk_overlay_attach(struct disk_image *disk, const struct vm_disk_config *co
 	if (err) {
 		free(o->base);
 		o->base = NULL;
-		fail(error, error_len, err, "overlay '%s': its base: %s", path, detail);
+		kapsel_fail(error, error_len, err, "overlay '%s': its base: %s", path, detail);
 		goto fail;
 	}
 	if (o->base->size_bytes != h.virtual_bytes) {
-		err = fail(error, error_len, -EINVAL,
-			   "overlay '%s' is for a %llu-byte disk but its base '%s' is %llu bytes; the base was replaced",
-			   path, (unsigned long long)h.virtual_bytes, h.base_path,
-			   (unsigned long long)o->base->size_bytes);
+		err = kapsel_fail(
+			error, error_len, -EINVAL,
+			"overlay '%s' is for a %llu-byte disk but its base '%s' is %llu bytes; the base was replaced",
+			path, (unsigned long long)h.virtual_bytes, h.base_path,
+			(unsigned long long)o->base->size_bytes);
 		goto fail;
 	}
 	disk->overlay = o;
@@ -423,13 +412,13 @@ int disk_image_push_overlay(struct disk_image *disk, const char *overlay_path, c
 		return err;
 	int fd = open(overlay_path, O_RDWR | O_CLOEXEC);
 	if (fd < 0) {
-		err = fail(error, error_len, -errno, "overlay '%s': %s", overlay_path,
-			   strerror(errno));
+		err = kapsel_fail(error, error_len, -errno, "overlay '%s': %s", overlay_path,
+				  strerror(errno));
 		unlink(overlay_path);
 		return err;
 	}
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-		err = fail(error, error_len, -EBUSY, "overlay '%s' is locked", overlay_path);
+		err = kapsel_fail(error, error_len, -EBUSY, "overlay '%s' is locked", overlay_path);
 		goto fail_fd;
 	}
 	/* The current file becomes the base: same descriptor, shared lock
@@ -492,8 +481,8 @@ fail_base:
 	free(path);
 	if (!err)
 		err = -ENOMEM;
-	fail(error, error_len, err, "cannot switch to overlay '%s': %s", overlay_path,
-	     strerror(-err));
+	kapsel_fail(error, error_len, err, "cannot switch to overlay '%s': %s", overlay_path,
+		    strerror(-err));
 fail_fd:
 	close(fd);
 	unlink(overlay_path);

@@ -4,30 +4,17 @@
 #include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "error_text.h"
 #include "kapsel/abi.h"
 
 /* The largest guest image we read (a guest kernel, not a disk). */
 #define ELF_IMAGE_MAX_FILE_BYTES (256u << 20)
-
-static int fail(char *error, size_t error_len, int err, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int fail(char *error, size_t error_len, int err, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	if (error && error_len)
-		vsnprintf(error, error_len, fmt, ap);
-	va_end(ap);
-	return err;
-}
 
 /* True if [offset, offset + length) lies inside a buffer of size bytes. */
 static int range_inside(uint64_t offset, uint64_t length, uint64_t size)
@@ -98,42 +85,45 @@ int elf_image_parse(const void *data, size_t size_bytes, uint64_t ram_bytes,
 
 	memset(image, 0, sizeof(*image));
 	if (size_bytes < sizeof(Elf64_Ehdr))
-		return fail(error, error_len, -ENOEXEC,
-			    "file is %zu bytes, too short for an ELF header", size_bytes);
+		return kapsel_fail(error, error_len, -ENOEXEC,
+				   "file is %zu bytes, too short for an ELF header", size_bytes);
 	if (size_bytes > ELF_IMAGE_MAX_FILE_BYTES)
-		return fail(error, error_len, -E2BIG,
-			    "file is %zu bytes; guest images are limited to %u MiB", size_bytes,
-			    ELF_IMAGE_MAX_FILE_BYTES >> 20);
+		return kapsel_fail(error, error_len, -E2BIG,
+				   "file is %zu bytes; guest images are limited to %u MiB",
+				   size_bytes, ELF_IMAGE_MAX_FILE_BYTES >> 20);
 	/* Headers are copied out before use: the file gives no alignment. */
 	Elf64_Ehdr header;
 	memcpy(&header, data, sizeof(header));
 	eh = &header;
 	if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0)
-		return fail(error, error_len, -ENOEXEC, "not an ELF file (bad magic)");
+		return kapsel_fail(error, error_len, -ENOEXEC, "not an ELF file (bad magic)");
 	if (eh->e_ident[EI_CLASS] != ELFCLASS64)
-		return fail(error, error_len, -ENOEXEC,
-			    "ELF class %u is not ELFCLASS64; build the guest for x86-64",
-			    eh->e_ident[EI_CLASS]);
+		return kapsel_fail(error, error_len, -ENOEXEC,
+				   "ELF class %u is not ELFCLASS64; build the guest for x86-64",
+				   eh->e_ident[EI_CLASS]);
 	if (eh->e_ident[EI_DATA] != ELFDATA2LSB)
-		return fail(error, error_len, -ENOEXEC, "ELF data encoding %u is not little-endian",
-			    eh->e_ident[EI_DATA]);
+		return kapsel_fail(error, error_len, -ENOEXEC,
+				   "ELF data encoding %u is not little-endian",
+				   eh->e_ident[EI_DATA]);
 	if (eh->e_ident[EI_VERSION] != EV_CURRENT || eh->e_version != EV_CURRENT)
-		return fail(error, error_len, -ENOEXEC, "unknown ELF version");
+		return kapsel_fail(error, error_len, -ENOEXEC, "unknown ELF version");
 	if (eh->e_machine != EM_X86_64)
-		return fail(error, error_len, -ENOEXEC, "ELF machine %u is not x86-64 (62)",
-			    eh->e_machine);
+		return kapsel_fail(error, error_len, -ENOEXEC, "ELF machine %u is not x86-64 (62)",
+				   eh->e_machine);
 	if (eh->e_type != ET_EXEC)
-		return fail(error, error_len, -ENOEXEC,
-			    "ELF type %u is not an executable (ET_EXEC); link the guest statically at a fixed address",
-			    eh->e_type);
+		return kapsel_fail(
+			error, error_len, -ENOEXEC,
+			"ELF type %u is not an executable (ET_EXEC); link the guest statically at a fixed address",
+			eh->e_type);
 	if (eh->e_phentsize != sizeof(Elf64_Phdr) || eh->e_phnum == 0)
-		return fail(error, error_len, -ENOEXEC,
-			    "ELF program header table is missing or has entry size %u",
-			    eh->e_phentsize);
+		return kapsel_fail(error, error_len, -ENOEXEC,
+				   "ELF program header table is missing or has entry size %u",
+				   eh->e_phentsize);
 	if (!range_inside(eh->e_phoff, (uint64_t)eh->e_phnum * sizeof(Elf64_Phdr), size_bytes))
-		return fail(error, error_len, -ENOEXEC,
-			    "ELF program headers (offset %#llx, %u entries) run past the end of the file",
-			    (unsigned long long)eh->e_phoff, eh->e_phnum);
+		return kapsel_fail(
+			error, error_len, -ENOEXEC,
+			"ELF program headers (offset %#llx, %u entries) run past the end of the file",
+			(unsigned long long)eh->e_phoff, eh->e_phnum);
 
 	uint64_t total = 0;
 	image->image_start = UINT64_MAX;
@@ -144,35 +134,38 @@ int elf_image_parse(const void *data, size_t size_bytes, uint64_t ram_bytes,
 		if (ph.p_type != PT_LOAD)
 			continue;
 		if (ph.p_filesz > ph.p_memsz)
-			return fail(error, error_len, -ENOEXEC,
-				    "segment %u: file size %#llx exceeds memory size %#llx", i,
-				    (unsigned long long)ph.p_filesz,
-				    (unsigned long long)ph.p_memsz);
+			return kapsel_fail(error, error_len, -ENOEXEC,
+					   "segment %u: file size %#llx exceeds memory size %#llx",
+					   i, (unsigned long long)ph.p_filesz,
+					   (unsigned long long)ph.p_memsz);
 		if (ph.p_memsz == 0)
 			continue;
 		if (image->segment_count == ELF_IMAGE_MAX_SEGMENTS)
-			return fail(error, error_len, -ENOEXEC, "more than %d loadable segments",
-				    ELF_IMAGE_MAX_SEGMENTS);
+			return kapsel_fail(error, error_len, -ENOEXEC,
+					   "more than %d loadable segments",
+					   ELF_IMAGE_MAX_SEGMENTS);
 		if (!range_inside(ph.p_offset, ph.p_filesz, size_bytes))
-			return fail(error, error_len, -ENOEXEC,
-				    "segment %u: file bytes [%#llx, +%#llx) run past the end of the %zu-byte file (truncated image?)",
-				    i, (unsigned long long)ph.p_offset,
-				    (unsigned long long)ph.p_filesz, size_bytes);
+			return kapsel_fail(
+				error, error_len, -ENOEXEC,
+				"segment %u: file bytes [%#llx, +%#llx) run past the end of the %zu-byte file (truncated image?)",
+				i, (unsigned long long)ph.p_offset, (unsigned long long)ph.p_filesz,
+				size_bytes);
 		if (ph.p_vaddr != ph.p_paddr)
-			return fail(error, error_len, -ENOEXEC,
-				    "segment %u: virtual address %#llx differs from physical %#llx; Kapsel guests start identity mapped",
-				    i, (unsigned long long)ph.p_vaddr,
-				    (unsigned long long)ph.p_paddr);
+			return kapsel_fail(
+				error, error_len, -ENOEXEC,
+				"segment %u: virtual address %#llx differs from physical %#llx; Kapsel guests start identity mapped",
+				i, (unsigned long long)ph.p_vaddr, (unsigned long long)ph.p_paddr);
 		if (ph.p_paddr < KAPSEL_GPA_IMAGE_MIN)
-			return fail(error, error_len, -ERANGE,
-				    "segment %u at %#llx is below %#x, where the hypervisor's tables live",
-				    i, (unsigned long long)ph.p_paddr, KAPSEL_GPA_IMAGE_MIN);
+			return kapsel_fail(
+				error, error_len, -ERANGE,
+				"segment %u at %#llx is below %#x, where the hypervisor's tables live",
+				i, (unsigned long long)ph.p_paddr, KAPSEL_GPA_IMAGE_MIN);
 		if (!range_inside(ph.p_paddr, ph.p_memsz, ram_bytes))
-			return fail(error, error_len, -ERANGE,
-				    "segment %u [%#llx, +%#llx) does not fit in %llu MiB of guest memory; give the VM more memory",
-				    i, (unsigned long long)ph.p_paddr,
-				    (unsigned long long)ph.p_memsz,
-				    (unsigned long long)(ram_bytes >> 20));
+			return kapsel_fail(
+				error, error_len, -ERANGE,
+				"segment %u [%#llx, +%#llx) does not fit in %llu MiB of guest memory; give the VM more memory",
+				i, (unsigned long long)ph.p_paddr, (unsigned long long)ph.p_memsz,
+				(unsigned long long)(ram_bytes >> 20));
 		struct elf_segment *seg = &image->segments[image->segment_count];
 		seg->gpa = ph.p_paddr;
 		seg->file_offset = ph.p_offset;
@@ -183,8 +176,9 @@ int elf_image_parse(const void *data, size_t size_bytes, uint64_t ram_bytes,
 			const struct elf_segment *other = &image->segments[j];
 			if (seg->gpa < other->gpa + other->memory_bytes &&
 			    other->gpa < seg->gpa + seg->memory_bytes)
-				return fail(error, error_len, -ENOEXEC, "segments overlap at %#llx",
-					    (unsigned long long)seg->gpa);
+				return kapsel_fail(error, error_len, -ENOEXEC,
+						   "segments overlap at %#llx",
+						   (unsigned long long)seg->gpa);
 		}
 		total += seg->memory_bytes;
 		if (seg->gpa < image->image_start)
@@ -194,11 +188,11 @@ int elf_image_parse(const void *data, size_t size_bytes, uint64_t ram_bytes,
 		image->segment_count++;
 	}
 	if (image->segment_count == 0)
-		return fail(error, error_len, -ENOEXEC, "no loadable segments");
+		return kapsel_fail(error, error_len, -ENOEXEC, "no loadable segments");
 	if (total > ram_bytes)
-		return fail(error, error_len, -E2BIG,
-			    "image needs %llu bytes, more than the guest's %llu",
-			    (unsigned long long)total, (unsigned long long)ram_bytes);
+		return kapsel_fail(error, error_len, -E2BIG,
+				   "image needs %llu bytes, more than the guest's %llu",
+				   (unsigned long long)total, (unsigned long long)ram_bytes);
 
 	int entry_ok = 0;
 	for (unsigned i = 0; i < image->segment_count; i++) {
@@ -208,14 +202,14 @@ int elf_image_parse(const void *data, size_t size_bytes, uint64_t ram_bytes,
 			entry_ok = 1;
 	}
 	if (!entry_ok)
-		return fail(error, error_len, -ENOEXEC,
-			    "entry point %#llx is not inside an executable loaded segment",
-			    (unsigned long long)eh->e_entry);
+		return kapsel_fail(error, error_len, -ENOEXEC,
+				   "entry point %#llx is not inside an executable loaded segment",
+				   (unsigned long long)eh->e_entry);
 	image->entry = eh->e_entry;
 
 	image->data = malloc(size_bytes);
 	if (!image->data) {
-		err = fail(error, error_len, -ENOMEM, "out of memory");
+		err = kapsel_fail(error, error_len, -ENOMEM, "out of memory");
 		goto out;
 	}
 	memcpy(image->data, data, size_bytes);
@@ -237,23 +231,23 @@ int elf_image_load_file(const char *path, uint64_t ram_bytes, struct elf_image *
 	memset(image, 0, sizeof(*image));
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return fail(error, error_len, -errno, "cannot open guest image '%s': %s", path,
-			    strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "cannot open guest image '%s': %s",
+				   path, strerror(errno));
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
 		close(fd);
-		return fail(error, error_len, -EINVAL, "guest image '%s' is not a regular file",
-			    path);
+		return kapsel_fail(error, error_len, -EINVAL,
+				   "guest image '%s' is not a regular file", path);
 	}
 	if ((uint64_t)st.st_size > ELF_IMAGE_MAX_FILE_BYTES) {
 		close(fd);
-		return fail(error, error_len, -E2BIG,
-			    "guest image '%s' is %lld bytes; the limit is %u MiB", path,
-			    (long long)st.st_size, ELF_IMAGE_MAX_FILE_BYTES >> 20);
+		return kapsel_fail(error, error_len, -E2BIG,
+				   "guest image '%s' is %lld bytes; the limit is %u MiB", path,
+				   (long long)st.st_size, ELF_IMAGE_MAX_FILE_BYTES >> 20);
 	}
 	buffer = malloc(st.st_size ? (size_t)st.st_size : 1);
 	if (!buffer) {
 		close(fd);
-		return fail(error, error_len, -ENOMEM, "out of memory");
+		return kapsel_fail(error, error_len, -ENOMEM, "out of memory");
 	}
 	size_t done = 0;
 	while (done < (size_t)st.st_size) {
@@ -264,7 +258,8 @@ int elf_image_load_file(const char *path, uint64_t ram_bytes, struct elf_image *
 			err = n < 0 ? -errno : -EIO;
 			free(buffer);
 			close(fd);
-			return fail(error, error_len, err, "cannot read guest image '%s'", path);
+			return kapsel_fail(error, error_len, err, "cannot read guest image '%s'",
+					   path);
 		}
 		done += (size_t)n;
 	}
@@ -273,7 +268,7 @@ int elf_image_load_file(const char *path, uint64_t ram_bytes, struct elf_image *
 	err = elf_image_parse(buffer, done, ram_bytes, image, detail, sizeof(detail));
 	free(buffer);
 	if (err)
-		return fail(error, error_len, err, "guest image '%s': %s", path, detail);
+		return kapsel_fail(error, error_len, err, "guest image '%s': %s", path, detail);
 	return 0;
 }
 

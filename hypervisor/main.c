@@ -103,5 +103,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, "kapsel: '%s' is not a command; see 'kapsel --help'\n", name);
 		return 2;
 	}
+	/* The verb sees itself as argv[0], named as the user typed it, so that
+	 * getopt's own messages read "kapsel run: unrecognized option ...". */
+	char verb_argv0[64];
+	snprintf(verb_argv0, sizeof(verb_argv0), "kapsel %s", verb->name);
+	argv[1] = verb_argv0;
 	return verb->main(argc - 1, argv + 1);
 }

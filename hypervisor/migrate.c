@@ -9,7 +9,6 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +20,7 @@
 
 #include "devices.h"
 #include "disk.h"
+#include "error_text.h"
 #include "log.h"
 #include "snapshot.h"
 #include "vm.h"
@@ -46,20 +46,6 @@ struct migrate_message {
 	char detail[240]; /* FAILED: why, NUL terminated */
 };
 _Static_assert(sizeof(struct migrate_message) == 256, "migrate message layout");
-
-static int fail(char *error, size_t error_len, int err, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int fail(char *error, size_t error_len, int err, const char *fmt, ...)
-{
-	if (error && error_len) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(error, error_len, fmt, ap);
-		va_end(ap);
-	}
-	return err;
-}
 
 static uint64_t monotonic_ns(void)
 {
@@ -156,14 +142,14 @@ static int connect_to(const char *uri, int timeout_ms, char *error, size_t error
 {
 	char host[256], port[16];
 	if (migrate_parse_uri(uri, host, sizeof(host), port, sizeof(port)) < 0)
-		return fail(error, error_len, -EINVAL, "migration target '%s' is not tcp:HOST:PORT",
-			    uri);
+		return kapsel_fail(error, error_len, -EINVAL,
+				   "migration target '%s' is not tcp:HOST:PORT", uri);
 	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
 	struct addrinfo *list;
 	int rc = getaddrinfo(host, port, &hints, &list);
 	if (rc)
-		return fail(error, error_len, -EHOSTUNREACH, "cannot resolve '%s': %s", host,
-			    gai_strerror(rc));
+		return kapsel_fail(error, error_len, -EHOSTUNREACH, "cannot resolve '%s': %s", host,
+				   gai_strerror(rc));
 	int fd = -1, err = -ECONNREFUSED;
 	for (struct addrinfo *ai = list; ai; ai = ai->ai_next) {
 		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -186,9 +172,10 @@ static int connect_to(const char *uri, int timeout_ms, char *error, size_t error
 	}
 	freeaddrinfo(list);
 	if (fd < 0)
-		return fail(error, error_len, err,
-			    "cannot connect to %s: %s (is 'kapsel run --incoming %s' waiting there?)",
-			    uri, strerror(-err), uri);
+		return kapsel_fail(
+			error, error_len, err,
+			"cannot connect to %s: %s (is 'kapsel run --incoming %s' waiting there?)",
+			uri, strerror(-err), uri);
 	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -431,7 +418,7 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 		free(bitmap);
 		free(s.sent_crc);
 		free(s.batch);
-		return fail(error, error_len, -ENOMEM, "out of memory");
+		return kapsel_fail(error, error_len, -ENOMEM, "out of memory");
 	}
 	static const uint8_t zero_page[PAGE_BYTES];
 	s.zero_crc = vm_state_crc32c(0, zero_page, PAGE_BYTES);
@@ -449,8 +436,9 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 
 	err = set_dirty_logging(vm, true);
 	if (err) {
-		fail(error, error_len, err,
-		     "KVM dirty logging (KVM_MEM_LOG_DIRTY_PAGES) failed: %s", strerror(-err));
+		kapsel_fail(error, error_len, err,
+			    "KVM dirty logging (KVM_MEM_LOG_DIRTY_PAGES) failed: %s",
+			    strerror(-err));
 		goto out_close;
 	}
 	logging = true;
@@ -477,8 +465,8 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 		uint64_t bytes_before = w.offset_bytes;
 		int64_t dirty = get_dirty_log(vm, bitmap, bitmap_bytes);
 		if (dirty < 0) {
-			err = fail(error, error_len, (int)dirty, "KVM_GET_DIRTY_LOG failed: %s",
-				   strerror((int)-dirty));
+			err = kapsel_fail(error, error_len, (int)dirty,
+					  "KVM_GET_DIRTY_LOG failed: %s", strerror((int)-dirty));
 			goto out_close;
 		}
 		for (uint64_t word = 0; word < bitmap_bytes / 8 && !w.error; word++)
@@ -503,8 +491,8 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 		}
 	}
 	if (w.error) {
-		err = fail(error, error_len, w.error, "the migration stream broke: %s",
-			   strerror(-w.error));
+		err = kapsel_fail(error, error_len, w.error, "the migration stream broke: %s",
+				  strerror(-w.error));
 		goto out_close;
 	}
 
@@ -514,7 +502,7 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 	if (err == -EALREADY) {
 		was_paused = true;
 	} else if (err) {
-		fail(error, error_len, err, "the VM stopped during the migration");
+		kapsel_fail(error, error_len, err, "the VM stopped during the migration");
 		goto out_close;
 	}
 	paused = true;
@@ -552,8 +540,8 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 	vm_state_put(&w, VM_STATE_MEMORY_DONE, VM_STATE_RECORD_MANDATORY, &done, sizeof(done));
 	vm_state_put_end(&w);
 	if (w.error) {
-		err = fail(error, error_len, w.error, "the migration stream broke: %s",
-			   strerror(-w.error));
+		err = kapsel_fail(error, error_len, w.error, "the migration stream broke: %s",
+				  strerror(-w.error));
 		goto out_close;
 	}
 	stats->bytes_sent = w.offset_bytes;
@@ -562,8 +550,8 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 	err = receive_message(fd, &m, (int)opt.timeout_ms);
 	if (err || m.code != MIGRATE_PREPARED) {
 		err = err ? err : -EPROTO;
-		fail(error, error_len, err, "the destination did not accept the VM: %s",
-		     m.code == MIGRATE_FAILED && !err ? m.detail : strerror(-err));
+		kapsel_fail(error, error_len, err, "the destination did not accept the VM: %s",
+			    m.code == MIGRATE_FAILED && !err ? m.detail : strerror(-err));
 		goto out_close;
 	}
 	disks_unlock(vm);
@@ -573,14 +561,14 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 		err = receive_message(fd, &m, (int)opt.timeout_ms);
 	if (err || m.code != MIGRATE_RUNNING) {
 		err = err ? err : -EPROTO;
-		fail(error, error_len, err, "the destination did not start the VM: %s",
-		     m.code == MIGRATE_FAILED ? m.detail : strerror(-err));
+		kapsel_fail(error, error_len, err, "the destination did not start the VM: %s",
+			    m.code == MIGRATE_FAILED ? m.detail : strerror(-err));
 		goto out_close;
 	}
 	/* The destination runs the VM now: this one ends. */
 	stats->downtime_ns = monotonic_ns() - pause_ns;
 	stats->total_ns = monotonic_ns() - start_ns;
-	vm_request_stop(vm);
+	vm_request_stop_for(vm, VM_STOP_MIGRATED);
 	vm_resume(vm);
 	close(fd);
 	free(bitmap);
@@ -619,15 +607,16 @@ static int listen_on(const char *uri, char *error, size_t error_len)
 {
 	char host[256], port[16];
 	if (migrate_parse_uri(uri, host, sizeof(host), port, sizeof(port)) < 0)
-		return fail(error, error_len, -EINVAL, "--incoming '%s' is not tcp:ADDR:PORT", uri);
+		return kapsel_fail(error, error_len, -EINVAL,
+				   "--incoming '%s' is not tcp:ADDR:PORT", uri);
 	struct addrinfo hints = { .ai_family = AF_UNSPEC,
 				  .ai_socktype = SOCK_STREAM,
 				  .ai_flags = AI_PASSIVE };
 	struct addrinfo *list;
 	int rc = getaddrinfo(host[0] ? host : NULL, port, &hints, &list);
 	if (rc)
-		return fail(error, error_len, -EADDRNOTAVAIL, "cannot resolve '%s': %s", host,
-			    gai_strerror(rc));
+		return kapsel_fail(error, error_len, -EADDRNOTAVAIL, "cannot resolve '%s': %s",
+				   host, gai_strerror(rc));
 	int fd = -1, err = -EADDRNOTAVAIL;
 	for (struct addrinfo *ai = list; ai; ai = ai->ai_next) {
 		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
@@ -643,7 +632,8 @@ static int listen_on(const char *uri, char *error, size_t error_len)
 	}
 	freeaddrinfo(list);
 	if (fd < 0)
-		return fail(error, error_len, err, "cannot listen on %s: %s", uri, strerror(-err));
+		return kapsel_fail(error, error_len, err, "cannot listen on %s: %s", uri,
+				   strerror(-err));
 	return fd;
 }
 
@@ -705,7 +695,8 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 	} while (conn < 0 && errno == EINTR);
 	close(listener);
 	if (conn < 0)
-		return fail(error, error_len, -errno, "accept on %s: %s", uri, strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "accept on %s: %s", uri,
+				   strerror(errno));
 	struct timeval tv = { .tv_sec = 30 };
 	setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	setsockopt(conn, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
@@ -818,15 +809,15 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 	}
 	vm_state_reader_free(&r);
 	if (err == 0 && !memory_done)
-		err = fail(error, error_len, -EPROTO,
-			   "migration stream: it ended without the memory end record");
+		err = kapsel_fail(error, error_len, -EPROTO,
+				  "migration stream: it ended without the memory end record");
 	if (err)
 		goto fail;
 
 	/* Everything arrived: the source may let go of the disks. */
 	err = snapshot_check_disks(&final, detail, sizeof(detail));
 	if (err) {
-		fail(error, error_len, err, "%s", detail);
+		kapsel_fail(error, error_len, err, "%s", detail);
 		goto fail;
 	}
 	struct migrate_message m;
@@ -834,24 +825,25 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 	if (!err)
 		err = receive_message(conn, &m, 30000);
 	if (err || m.code != MIGRATE_RELEASED) {
-		fail(error, error_len, err ? err : -EPROTO,
-		     "the source did not hand over the disks: %s", strerror(err ? -err : EPROTO));
+		kapsel_fail(error, error_len, err ? err : -EPROTO,
+			    "the source did not hand over the disks: %s",
+			    strerror(err ? -err : EPROTO));
 		goto fail;
 	}
 	err = attach_disks(vm, config, disk_count);
 	if (err) {
-		fail(error, error_len, err, "cannot open the VM's disks (see above)");
+		kapsel_fail(error, error_len, err, "cannot open the VM's disks (see above)");
 		goto fail;
 	}
 	err = snapshot_apply_vm_records(vm, &final, false, detail, sizeof(detail));
 	if (err) {
-		fail(error, error_len, err, "%s", detail);
+		kapsel_fail(error, error_len, err, "%s", detail);
 		goto fail;
 	}
 	err = send_message(conn, MIGRATE_RUNNING, NULL);
 	if (err) {
-		fail(error, error_len, err, "the source went away before the hand-over: %s",
-		     strerror(-err));
+		kapsel_fail(error, error_len, err, "the source went away before the hand-over: %s",
+			    strerror(-err));
 		goto fail;
 	}
 	kapsel_debug("migration received in %.3f ms", (monotonic_ns() - start_ns) / 1e6);

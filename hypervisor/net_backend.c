@@ -7,29 +7,17 @@
 #include <linux/if.h>
 #include <linux/if_tun.h>
 #include <poll.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "error_text.h"
 #include "kapsel/net.h"
 #include "log.h"
 
 #define NET_SCRATCH_BYTES 65536u
-
-static int open_error(char *error, size_t error_len, int err, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int open_error(char *error, size_t error_len, int err, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(error, error_len, fmt, ap);
-	va_end(ap);
-	return err;
-}
 
 static int fill_address(struct sockaddr_un *addr, socklen_t *len, const char *path)
 {
@@ -50,19 +38,19 @@ static int open_socket(struct net_backend *nb, const struct vm_net_config *confi
 	socklen_t self_len;
 	if (fill_address(&self, &self_len, config->path) < 0 ||
 	    fill_address(&nb->peer, &nb->peer_len, config->peer) < 0)
-		return open_error(
+		return kapsel_fail(
 			error, error_len, -ENAMETOOLONG,
 			"net %u: socket path '%s' or peer '%s' is empty or longer than %zu bytes; use shorter paths",
 			nb->index, config->path, config->peer, sizeof(self.sun_path) - 1);
 	nb->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (nb->fd < 0)
-		return open_error(error, error_len, -errno,
-				  "net %u: cannot create a Unix datagram socket: %s", nb->index,
-				  strerror(errno));
+		return kapsel_fail(error, error_len, -errno,
+				   "net %u: cannot create a Unix datagram socket: %s", nb->index,
+				   strerror(errno));
 	struct stat st;
 	if (lstat(config->path, &st) == 0) {
 		if (!S_ISSOCK(st.st_mode))
-			return open_error(
+			return kapsel_fail(
 				error, error_len, -EEXIST,
 				"net %u: '%s' exists and is not a socket; give socket= a path that does not exist",
 				nb->index, config->path);
@@ -73,14 +61,14 @@ static int open_socket(struct net_backend *nb, const struct vm_net_config *confi
 		if (probe >= 0)
 			close(probe);
 		if (live)
-			return open_error(
+			return kapsel_fail(
 				error, error_len, -EADDRINUSE,
 				"net %u: socket '%s' is in use by another VM; give each VM its own socket= path",
 				nb->index, config->path);
 		unlink(config->path);
 	}
 	if (bind(nb->fd, (struct sockaddr *)&self, self_len) < 0)
-		return open_error(
+		return kapsel_fail(
 			error, error_len, -errno,
 			"net %u: cannot bind socket '%s': %s; check that its folder exists and is writable",
 			nb->index, config->path, strerror(errno));
@@ -98,12 +86,12 @@ static int open_tap(struct net_backend *nb, const struct vm_net_config *config, 
 	nb->fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
 	if (nb->fd < 0) {
 		int err = -errno;
-		return open_error(error, error_len, err,
-				  "net %u: cannot open /dev/net/tun for tap '%s': %s; %s",
-				  nb->index, config->path, strerror(errno),
-				  err == -ENOENT
-					  ? "load the tun module (modprobe tun)"
-					  : "run as root or give this user access to /dev/net/tun");
+		return kapsel_fail(error, error_len, err,
+				   "net %u: cannot open /dev/net/tun for tap '%s': %s; %s",
+				   nb->index, config->path, strerror(errno),
+				   err == -ENOENT
+					   ? "load the tun module (modprobe tun)"
+					   : "run as root or give this user access to /dev/net/tun");
 	}
 	struct ifreq ifr;
 	memset(&ifr, 0, sizeof(ifr));
@@ -111,7 +99,7 @@ static int open_tap(struct net_backend *nb, const struct vm_net_config *config, 
 	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", config->path);
 	if (ioctl(nb->fd, TUNSETIFF, &ifr) < 0) {
 		int err = -errno;
-		return open_error(
+		return kapsel_fail(
 			error, error_len, err, "net %u: cannot attach to tap '%s': %s; %s",
 			nb->index, config->path, strerror(errno),
 			err == -EPERM
@@ -134,7 +122,7 @@ int net_backend_open(struct net_backend *nb, const struct vm_net_config *config,
 	nb->name = strdup(config->path ? config->path : "");
 	nb->scratch = malloc(NET_SCRATCH_BYTES);
 	if (!nb->name || !nb->scratch)
-		return open_error(error, error_len, -ENOMEM, "net %u: out of memory", index);
+		return kapsel_fail(error, error_len, -ENOMEM, "net %u: out of memory", index);
 	int err = config->backend == VM_NET_BACKEND_TAP ? open_tap(nb, config, error, error_len)
 							: open_socket(nb, config, error, error_len);
 	if (err) {

@@ -5,7 +5,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,23 +15,10 @@
 #include <unistd.h>
 
 #include "disk_overlay.h"
+#include "error_text.h"
 #include "log.h"
 #include "vcpu_state.h"
 #include "vm.h"
-
-static int fail(char *error, size_t error_len, int err, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int fail(char *error, size_t error_len, int err, const char *fmt, ...)
-{
-	if (error && error_len) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(error, error_len, fmt, ap);
-		va_end(ap);
-	}
-	return err;
-}
 
 static uint64_t monotonic_ns(void)
 {
@@ -135,8 +121,8 @@ int snapshot_config_from_records(const struct vm_state_records *state, struct vm
 {
 	const struct vm_state_stored_record *rec = vm_state_find(state, VM_STATE_CONFIG, NULL);
 	if (!rec)
-		return fail(error, error_len, -EPROTO,
-			    "the saved state has no VM definition record");
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the saved state has no VM definition record");
 	char *text = strndup((const char *)rec->payload, (size_t)rec->length_bytes);
 	if (!text)
 		return -ENOMEM;
@@ -225,9 +211,11 @@ int snapshot_config_from_records(const struct vm_state_records *state, struct vm
 	}
 	free(text);
 	if (err)
-		return fail(error, error_len, err, "the saved VM definition record is malformed");
+		return kapsel_fail(error, error_len, err,
+				   "the saved VM definition record is malformed");
 	if (!config->kernel_path)
-		return fail(error, error_len, -EPROTO, "the saved VM definition names no kernel");
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the saved VM definition names no kernel");
 	return 0;
 }
 
@@ -282,7 +270,7 @@ int snapshot_write_vm_header(struct kapsel_vm *vm, struct vm_state_writer *out, 
 	const uint32_t M = VM_STATE_RECORD_MANDATORY;
 	struct vm_state_vm_info info = {
 		.memory_bytes = vm->mem.size_bytes,
-		.generation = vm->start_info->generation,
+		.generation = vm->generation, /* not the guest-writable start info copy */
 		.clock_ns = vm_clock_ns(vm),
 		.tsc_khz = vm->tsc_khz,
 		.device_count = vm->device_count,
@@ -298,11 +286,11 @@ int snapshot_write_vm_header(struct kapsel_vm *vm, struct vm_state_writer *out, 
 	size_t config_bytes = 0;
 	char *config_text = config_to_text(vm->config, &config_bytes);
 	if (!config_text)
-		return fail(error, error_len, -ENOMEM, "out of memory");
+		return kapsel_fail(error, error_len, -ENOMEM, "out of memory");
 	vm_state_put(out, VM_STATE_CONFIG, M, config_text, config_bytes);
 	free(config_text);
-	return out->error ? fail(error, error_len, out->error, "cannot write the VM state: %s",
-				 strerror(-out->error))
+	return out->error ? kapsel_fail(error, error_len, out->error,
+					"cannot write the VM state: %s", strerror(-out->error))
 			  : 0;
 }
 
@@ -335,15 +323,15 @@ int snapshot_write_vm_body(struct kapsel_vm *vm, struct vm_state_writer *out, ch
 		if (dev->ops->save) {
 			err = dev->ops->save(dev, out);
 			if (err)
-				return fail(error, error_len, err,
-					    "device %u (%s) cannot save its state: %s", i,
-					    dev->ops->name, strerror(-err));
+				return kapsel_fail(error, error_len, err,
+						   "device %u (%s) cannot save its state: %s", i,
+						   dev->ops->name, strerror(-err));
 		}
 	}
 	write_disk_records(vm, out);
 	if (out->error)
-		return fail(error, error_len, out->error, "cannot write the VM state: %s",
-			    strerror(-out->error));
+		return kapsel_fail(error, error_len, out->error, "cannot write the VM state: %s",
+				   strerror(-out->error));
 	return 0;
 }
 
@@ -392,8 +380,8 @@ int snapshot_save(struct kapsel_vm *vm, const char *path, struct snapshot_save_s
 	err = vm_state_write_memory_file(txn.dirfd, VM_STATE_FILE_MEMORY, vm->mem.host_base,
 					 vm->mem.size_bytes, vm->mem.memfd, &entry);
 	if (err) {
-		fail(error, error_len, err, "cannot write %s.new/memory.img: %s", path,
-		     strerror(-err));
+		kapsel_fail(error, error_len, err, "cannot write %s.new/memory.img: %s", path,
+			    strerror(-err));
 		goto abort;
 	}
 	vm_state_dir_add(&txn, &entry);
@@ -407,14 +395,14 @@ int snapshot_save(struct kapsel_vm *vm, const char *path, struct snapshot_save_s
 	err = snapshot_write_vm_records(vm, &w, error, error_len);
 	vm_state_put_end(&w);
 	if (!err && w.error)
-		err = fail(error, error_len, w.error, "cannot build state.bin: %s",
-			   strerror(-w.error));
+		err = kapsel_fail(error, error_len, w.error, "cannot build state.bin: %s",
+				  strerror(-w.error));
 	if (!err) {
 		err = vm_state_write_file(txn.dirfd, VM_STATE_FILE_STATE, w.buffer, w.buffer_bytes,
 					  &entry);
 		if (err)
-			fail(error, error_len, err, "cannot write %s.new/state.bin: %s", path,
-			     strerror(-err));
+			kapsel_fail(error, error_len, err, "cannot write %s.new/state.bin: %s",
+				    path, strerror(-err));
 		else
 			vm_state_dir_add(&txn, &entry);
 		if (stats)
@@ -496,7 +484,7 @@ int snapshot_take(struct kapsel_vm *vm, const char *path, struct snapshot_save_s
 		if (!overlay || !config_path || !owned[unit]) {
 			free(overlay);
 			free(config_path);
-			err = fail(error, error_len, -ENOMEM, "out of memory");
+			err = kapsel_fail(error, error_len, -ENOMEM, "out of memory");
 			break;
 		}
 		char detail[512];
@@ -504,7 +492,7 @@ int snapshot_take(struct kapsel_vm *vm, const char *path, struct snapshot_save_s
 		free(overlay);
 		if (err) {
 			free(config_path);
-			fail(error, error_len, err, "disk %u: %s", unit, detail);
+			kapsel_fail(error, error_len, err, "disk %u: %s", unit, detail);
 			break;
 		}
 		free(vm->config->disks[unit].path);
@@ -532,13 +520,13 @@ int snapshot_prepare_disks(const struct vm_state_records *state, struct vm_confi
 	while ((rec = vm_state_find(state, VM_STATE_DISK, &position)) != NULL) {
 		struct vm_state_disk disk;
 		if (rec->length_bytes < sizeof(disk))
-			return fail(error, error_len, -EPROTO, "a disk record is malformed");
+			return kapsel_fail(error, error_len, -EPROTO, "a disk record is malformed");
 		memcpy(&disk, rec->payload, sizeof(disk));
 		if (disk.index >= config->disk_count ||
 		    disk.path_bytes != rec->length_bytes - sizeof(disk))
-			return fail(error, error_len, -EPROTO,
-				    "disk record %u does not match the saved definition",
-				    disk.index);
+			return kapsel_fail(error, error_len, -EPROTO,
+					   "disk record %u does not match the saved definition",
+					   disk.index);
 		if (!(disk.flags & VM_STATE_DISK_FROZEN) && !overlay_all)
 			continue;
 		if (disk.readonly)
@@ -554,7 +542,8 @@ int snapshot_prepare_disks(const struct vm_state_records *state, struct vm_confi
 		free(base);
 		if (err) {
 			free(overlay);
-			return fail(error, error_len, err, "disk %u: %s", disk.index, detail);
+			return kapsel_fail(error, error_len, err, "disk %u: %s", disk.index,
+					   detail);
 		}
 		kapsel_debug("disk %u: running on the new overlay '%s'", disk.index, overlay);
 		free(config->disks[disk.index].path);
@@ -572,26 +561,28 @@ int snapshot_check_disks(const struct vm_state_records *state, char *error, size
 	while ((rec = vm_state_find(state, VM_STATE_DISK, &position)) != NULL) {
 		struct vm_state_disk disk;
 		if (rec->length_bytes < sizeof(disk))
-			return fail(error, error_len, -EPROTO, "a disk record is malformed");
+			return kapsel_fail(error, error_len, -EPROTO, "a disk record is malformed");
 		memcpy(&disk, rec->payload, sizeof(disk));
 		if (disk.path_bytes != rec->length_bytes - sizeof(disk) || disk.path_bytes == 0 ||
 		    disk.path_bytes >= PATH_MAX)
-			return fail(error, error_len, -EPROTO, "a disk record is malformed");
+			return kapsel_fail(error, error_len, -EPROTO, "a disk record is malformed");
 		char path[PATH_MAX];
 		memcpy(path, rec->payload + sizeof(disk), disk.path_bytes);
 		path[disk.path_bytes] = '\0';
 		if (memchr(path, '\0', disk.path_bytes))
-			return fail(error, error_len, -EPROTO, "a disk record is malformed");
+			return kapsel_fail(error, error_len, -EPROTO, "a disk record is malformed");
 		struct stat st;
 		if (stat(path, &st) < 0)
-			return fail(error, error_len, -ENOENT,
-				    "disk %u: image '%s' is missing (%s); the saved VM needs it with the content it had when saved",
-				    disk.index, path, strerror(errno));
+			return kapsel_fail(
+				error, error_len, -ENOENT,
+				"disk %u: image '%s' is missing (%s); the saved VM needs it with the content it had when saved",
+				disk.index, path, strerror(errno));
 		if ((uint64_t)st.st_size != disk.size_bytes)
-			return fail(error, error_len, -EPROTO,
-				    "disk %u: image '%s' is %llu bytes but was %llu when the VM was saved; it was replaced or resized",
-				    disk.index, path, (unsigned long long)st.st_size,
-				    (unsigned long long)disk.size_bytes);
+			return kapsel_fail(
+				error, error_len, -EPROTO,
+				"disk %u: image '%s' is %llu bytes but was %llu when the VM was saved; it was replaced or resized",
+				disk.index, path, (unsigned long long)st.st_size,
+				(unsigned long long)disk.size_bytes);
 		int64_t mtime = (int64_t)st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec;
 		if (mtime != disk.mtime_ns)
 			kapsel_debug("disk %u: '%s' changed since the save (the VM went on writing it)",
@@ -609,24 +600,25 @@ static int apply_devices(struct kapsel_vm *vm, const struct vm_state_records *st
 	if (info_rec && info_rec->length_bytes == sizeof(*info))
 		info = (const struct vm_state_vm_info *)info_rec->payload;
 	if (!info)
-		return fail(error, error_len, -EPROTO,
-			    "the saved state has no VM information record");
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the saved state has no VM information record");
 	if (info->device_count != vm->device_count)
-		return fail(error, error_len, -EPROTO,
-			    "the saved VM had %u devices, this one has %u; the definition changed",
-			    info->device_count, vm->device_count);
+		return kapsel_fail(
+			error, error_len, -EPROTO,
+			"the saved VM had %u devices, this one has %u; the definition changed",
+			info->device_count, vm->device_count);
 
 	const struct vm_state_stored_record *evtchn_rec =
 		vm_state_find(state, VM_STATE_EVTCHN, NULL);
 	struct vm_state_evtchn evtchn;
 	if (!evtchn_rec || evtchn_rec->length_bytes != sizeof(evtchn))
-		return fail(error, error_len, -EPROTO,
-			    "the saved state's event channel record is missing or malformed");
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the saved state's event channel record is missing or malformed");
 	memcpy(&evtchn, evtchn_rec->payload, sizeof(evtchn));
 	if (evtchn.count != KAPSEL_EVTCHN_COUNT)
-		return fail(error, error_len, -EPROTO,
-			    "the saved state has %u event channels, expected %u", evtchn.count,
-			    KAPSEL_EVTCHN_COUNT);
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the saved state has %u event channels, expected %u",
+				   evtchn.count, KAPSEL_EVTCHN_COUNT);
 
 	/* Walk the records in order: a device record, then its own records. */
 	struct kapsel_device *current = NULL;
@@ -636,33 +628,37 @@ static int apply_devices(struct kapsel_vm *vm, const struct vm_state_records *st
 		if (rec->type == VM_STATE_DEVICE) {
 			struct vm_state_device d;
 			if (rec->length_bytes != sizeof(d))
-				return fail(error, error_len, -EPROTO,
-					    "a device record is malformed");
+				return kapsel_fail(error, error_len, -EPROTO,
+						   "a device record is malformed");
 			memcpy(&d, rec->payload, sizeof(d));
 			if (d.index != seen || d.index >= vm->device_count)
-				return fail(error, error_len, -EPROTO,
-					    "device records are out of order (index %u)", d.index);
+				return kapsel_fail(error, error_len, -EPROTO,
+						   "device records are out of order (index %u)",
+						   d.index);
 			current = vm->devices[d.index];
 			struct kapsel_device_desc saved_desc;
 			memcpy(&saved_desc, d.desc, sizeof(saved_desc));
 			if (d.type != current->desc.type)
-				return fail(error, error_len, -EPROTO,
-					    "device %u was a %s (type %u) when saved but is a %s now; the definition changed",
-					    d.index, d.name[0] ? d.name : "?", d.type,
-					    current->ops->name);
+				return kapsel_fail(
+					error, error_len, -EPROTO,
+					"device %u was a %s (type %u) when saved but is a %s now; the definition changed",
+					d.index, d.name[0] ? d.name : "?", d.type,
+					current->ops->name);
 			if (saved_desc.io_base != current->desc.io_base ||
 			    saved_desc.doorbell_port != current->desc.doorbell_port ||
 			    saved_desc.capacity_sectors != current->desc.capacity_sectors ||
 			    saved_desc.flags != current->desc.flags)
-				return fail(error, error_len, -EPROTO,
-					    "device %u (%s) differs from the saved one (ports, capacity or flags); the guest would see a different device",
-					    d.index, current->ops->name);
+				return kapsel_fail(
+					error, error_len, -EPROTO,
+					"device %u (%s) differs from the saved one (ports, capacity or flags); the guest would see a different device",
+					d.index, current->ops->name);
 			if (d.evtchn_port != UINT32_MAX &&
 			    (d.evtchn_port >= KAPSEL_EVTCHN_COUNT ||
 			     evtchn.entries[d.evtchn_port].bound_device != (int16_t)d.index))
-				return fail(error, error_len, -EPROTO,
-					    "device %u is bound to event channel %u, which the channel table does not agree with",
-					    d.index, d.evtchn_port);
+				return kapsel_fail(
+					error, error_len, -EPROTO,
+					"device %u is bound to event channel %u, which the channel table does not agree with",
+					d.index, d.evtchn_port);
 			__atomic_store_n(&current->evtchn_port, d.evtchn_port, __ATOMIC_RELEASE);
 			current->exits = d.exits;
 			seen++;
@@ -677,26 +673,29 @@ static int apply_devices(struct kapsel_vm *vm, const struct vm_state_records *st
 						 rec->length_bytes, detail, sizeof(detail));
 		if (err == -ENOENT) {
 			if (rec->flags & VM_STATE_RECORD_MANDATORY)
-				return fail(error, error_len, -EPROTO,
-					    "record type %#x (device %s) is mandatory and this Kapsel's device cannot load it",
-					    rec->type, current ? current->ops->name : "none");
+				return kapsel_fail(
+					error, error_len, -EPROTO,
+					"record type %#x (device %s) is mandatory and this Kapsel's device cannot load it",
+					rec->type, current ? current->ops->name : "none");
 			continue;
 		}
 		if (err)
-			return fail(error, error_len, err, "device %s: %s",
-				    current ? current->ops->name : "?", detail);
+			return kapsel_fail(error, error_len, err, "device %s: %s",
+					   current ? current->ops->name : "?", detail);
 	}
 	if (seen != vm->device_count)
-		return fail(error, error_len, -EPROTO, "the saved state describes %u of %u devices",
-			    seen, vm->device_count);
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the saved state describes %u of %u devices", seen,
+				   vm->device_count);
 
 	for (unsigned p = 0; p < KAPSEL_EVTCHN_COUNT; p++) {
 		int bound = evtchn.entries[p].bound_device;
 		if (bound < -1 || bound >= (int)vm->device_count ||
 		    (bound >= 0 && vm->devices[bound]->evtchn_port != p))
-			return fail(error, error_len, -EPROTO,
-				    "event channel %u is bound to device %d, which does not match the devices",
-				    p, bound);
+			return kapsel_fail(
+				error, error_len, -EPROTO,
+				"event channel %u is bound to device %d, which does not match the devices",
+				p, bound);
 		vm->evtchn[p].allocated = evtchn.entries[p].allocated != 0;
 		vm->evtchn[p].bound_device = bound;
 	}
@@ -710,14 +709,14 @@ int snapshot_apply_vm_records(struct kapsel_vm *vm, const struct vm_state_record
 		vm_state_find(state, VM_STATE_VM_INFO, NULL);
 	struct vm_state_vm_info info;
 	if (!info_rec || info_rec->length_bytes != sizeof(info))
-		return fail(error, error_len, -EPROTO,
-			    "the saved state has no VM information record");
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the saved state has no VM information record");
 	memcpy(&info, info_rec->payload, sizeof(info));
 	if (info.memory_bytes != vm->mem.size_bytes)
-		return fail(error, error_len, -EPROTO,
-			    "the saved VM had %llu bytes of RAM, this one %llu",
-			    (unsigned long long)info.memory_bytes,
-			    (unsigned long long)vm->mem.size_bytes);
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the saved VM had %llu bytes of RAM, this one %llu",
+				   (unsigned long long)info.memory_bytes,
+				   (unsigned long long)vm->mem.size_bytes);
 	int err = apply_devices(vm, state, error, error_len);
 	if (err)
 		return err;
@@ -750,13 +749,14 @@ static int map_memory_private(struct kapsel_vm *vm, int dirfd, char *error, size
 {
 	int fd = openat(dirfd, VM_STATE_FILE_MEMORY, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return fail(error, error_len, -errno, "memory.img: %s", strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "memory.img: %s", strerror(errno));
 	void *mapped = mmap(vm->mem.host_base, vm->mem.size_bytes, PROT_READ | PROT_WRITE,
 			    MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, fd, 0);
 	int err = mapped == MAP_FAILED ? -errno : 0;
 	close(fd);
 	if (err)
-		return fail(error, error_len, err, "cannot map memory.img: %s", strerror(-err));
+		return kapsel_fail(error, error_len, err, "cannot map memory.img: %s",
+				   strerror(-err));
 	/* The memfd no longer backs guest RAM. */
 	if (vm->mem.memfd >= 0)
 		close(vm->mem.memfd);
@@ -770,8 +770,8 @@ static int map_memory_private(struct kapsel_vm *vm, int dirfd, char *error, size
 		.userspace_addr = (uint64_t)(uintptr_t)vm->mem.host_base,
 	};
 	if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0)
-		return fail(error, error_len, -errno, "KVM_SET_USER_MEMORY_REGION: %s",
-			    strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "KVM_SET_USER_MEMORY_REGION: %s",
+				   strerror(errno));
 	return 0;
 }
 
@@ -782,8 +782,8 @@ int snapshot_restore(struct kapsel_vm *vm, const struct vm_state_dir *dir,
 	int err;
 
 	if (!memory || memory->size_bytes != vm->mem.size_bytes)
-		return fail(error, error_len, -EPROTO,
-			    "memory.img does not match the VM's RAM size");
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "memory.img does not match the VM's RAM size");
 	if (options->map_private) {
 		if (!options->memory_verified) {
 			err = vm_state_load_flat_file(dir->dirfd, VM_STATE_FILE_MEMORY, NULL,

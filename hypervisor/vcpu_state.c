@@ -4,11 +4,11 @@
 
 #include <errno.h>
 #include <linux/kvm.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 
+#include "error_text.h"
 #include "vm.h"
 
 #define MSR_IA32_TSC 0x10u
@@ -47,20 +47,6 @@ static const struct {
 	{ MSR_IA32_TSC, "tsc" },
 };
 #define SAVED_MSR_COUNT (sizeof(saved_msrs) / sizeof(saved_msrs[0]))
-
-static int fail(char *error, size_t error_len, int err, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int fail(char *error, size_t error_len, int err, const char *fmt, ...)
-{
-	if (error && error_len) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(error, error_len, fmt, ap);
-		va_end(ap);
-	}
-	return err;
-}
 
 int vcpu_state_settle(struct kapsel_vm *vm)
 {
@@ -109,14 +95,18 @@ int vcpu_state_save(struct kapsel_vm *vm, struct vm_state_writer *out, char *err
 	struct kvm_fpu fpu;
 
 	if (vm->run->kvm_dirty_regs & KVM_SYNC_X86_REGS)
-		return fail(error, error_len, -EBUSY,
-			    "the vCPU has register changes KVM has not applied yet; pause it first");
+		return kapsel_fail(
+			error, error_len, -EBUSY,
+			"the vCPU has register changes KVM has not applied yet; pause it first");
 	if (ioctl(fd, KVM_GET_REGS, &regs) < 0)
-		return fail(error, error_len, -errno, "KVM_GET_REGS failed: %s", strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "KVM_GET_REGS failed: %s",
+				   strerror(errno));
 	if (ioctl(fd, KVM_GET_SREGS, &sregs) < 0)
-		return fail(error, error_len, -errno, "KVM_GET_SREGS failed: %s", strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "KVM_GET_SREGS failed: %s",
+				   strerror(errno));
 	if (ioctl(fd, KVM_GET_FPU, &fpu) < 0)
-		return fail(error, error_len, -errno, "KVM_GET_FPU failed: %s", strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "KVM_GET_FPU failed: %s",
+				   strerror(errno));
 	vm_state_put(out, VM_STATE_VCPU_REGS, M, &regs, sizeof(regs));
 	vm_state_put(out, VM_STATE_VCPU_SREGS, M, &sregs, sizeof(sregs));
 	vm_state_put(out, VM_STATE_VCPU_FPU, M, &fpu, sizeof(fpu));
@@ -128,8 +118,8 @@ int vcpu_state_save(struct kapsel_vm *vm, struct vm_state_writer *out, char *err
 		if (ioctl(fd, KVM_GET_XSAVE, xsave) < 0) {
 			int err = -errno;
 			free(xsave);
-			return fail(error, error_len, err, "KVM_GET_XSAVE failed: %s",
-				    strerror(-err));
+			return kapsel_fail(error, error_len, err, "KVM_GET_XSAVE failed: %s",
+					   strerror(-err));
 		}
 		vm_state_put(out, VM_STATE_VCPU_XSAVE, M, xsave, sizeof(*xsave));
 		free(xsave);
@@ -138,8 +128,8 @@ int vcpu_state_save(struct kapsel_vm *vm, struct vm_state_writer *out, char *err
 		struct kvm_xcrs xcrs;
 		memset(&xcrs, 0, sizeof(xcrs));
 		if (ioctl(fd, KVM_GET_XCRS, &xcrs) < 0)
-			return fail(error, error_len, -errno, "KVM_GET_XCRS failed: %s",
-				    strerror(errno));
+			return kapsel_fail(error, error_len, -errno, "KVM_GET_XCRS failed: %s",
+					   strerror(errno));
 		vm_state_put(out, VM_STATE_VCPU_XCRS, M, &xcrs, sizeof(xcrs));
 	}
 
@@ -147,8 +137,8 @@ int vcpu_state_save(struct kapsel_vm *vm, struct vm_state_writer *out, char *err
 	unsigned count;
 	int err = supported_msrs(vm, indices, &count);
 	if (err)
-		return fail(error, error_len, err, "KVM_GET_MSR_INDEX_LIST failed: %s",
-			    strerror(-err));
+		return kapsel_fail(error, error_len, err, "KVM_GET_MSR_INDEX_LIST failed: %s",
+				   strerror(-err));
 	struct {
 		struct kvm_msrs header;
 		struct kvm_msr_entry entries[VCPU_STATE_MAX_MSRS];
@@ -159,9 +149,9 @@ int vcpu_state_save(struct kapsel_vm *vm, struct vm_state_writer *out, char *err
 		msrs.entries[i].index = indices[i];
 	int got = ioctl(fd, KVM_GET_MSRS, &msrs);
 	if (got < 0 || (unsigned)got != count)
-		return fail(error, error_len, got < 0 ? -errno : -EIO,
-			    "KVM_GET_MSRS read %d of %u MSRs (first unreadable: %#x)", got, count,
-			    got >= 0 && (unsigned)got < count ? indices[got] : 0);
+		return kapsel_fail(error, error_len, got < 0 ? -errno : -EIO,
+				   "KVM_GET_MSRS read %d of %u MSRs (first unreadable: %#x)", got,
+				   count, got >= 0 && (unsigned)got < count ? indices[got] : 0);
 	struct vm_state_msr saved[VCPU_STATE_MAX_MSRS];
 	memset(saved, 0, sizeof(saved));
 	for (unsigned i = 0; i < count; i++) {
@@ -174,26 +164,26 @@ int vcpu_state_save(struct kapsel_vm *vm, struct vm_state_writer *out, char *err
 		struct kvm_vcpu_events events;
 		memset(&events, 0, sizeof(events));
 		if (ioctl(fd, KVM_GET_VCPU_EVENTS, &events) < 0)
-			return fail(error, error_len, -errno, "KVM_GET_VCPU_EVENTS failed: %s",
-				    strerror(errno));
+			return kapsel_fail(error, error_len, -errno,
+					   "KVM_GET_VCPU_EVENTS failed: %s", strerror(errno));
 		vm_state_put(out, VM_STATE_VCPU_EVENTS, M, &events, sizeof(events));
 	}
 	if (ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DEBUGREGS) > 0) {
 		struct kvm_debugregs debugregs;
 		if (ioctl(fd, KVM_GET_DEBUGREGS, &debugregs) < 0)
-			return fail(error, error_len, -errno, "KVM_GET_DEBUGREGS failed: %s",
-				    strerror(errno));
+			return kapsel_fail(error, error_len, -errno, "KVM_GET_DEBUGREGS failed: %s",
+					   strerror(errno));
 		/* Optional: guests at CPL3 cannot use them; a KVM without them
 		 * may still restore. */
 		vm_state_put(out, VM_STATE_VCPU_DEBUGREGS, 0, &debugregs, sizeof(debugregs));
 	}
 	struct kvm_mp_state mp_state;
 	if (ioctl(fd, KVM_GET_MP_STATE, &mp_state) < 0)
-		return fail(error, error_len, -errno, "KVM_GET_MP_STATE failed: %s",
-			    strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "KVM_GET_MP_STATE failed: %s",
+				   strerror(errno));
 	vm_state_put(out, VM_STATE_VCPU_MP_STATE, 0, &mp_state, sizeof(mp_state));
-	return out->error ? fail(error, error_len, out->error, "cannot write the vCPU state: %s",
-				 strerror(-out->error))
+	return out->error ? kapsel_fail(error, error_len, out->error,
+					"cannot write the vCPU state: %s", strerror(-out->error))
 			  : 0;
 }
 
@@ -205,17 +195,18 @@ static const void *record_of(const struct vm_state_records *state, uint32_t type
 	const struct vm_state_stored_record *rec = vm_state_find(state, type, NULL);
 	if (!rec) {
 		if (required && !*err)
-			*err = fail(error, error_len, -EPROTO,
-				    "the saved state has no %s record; it is incomplete",
-				    vm_state_record_name(type));
+			*err = kapsel_fail(error, error_len, -EPROTO,
+					   "the saved state has no %s record; it is incomplete",
+					   vm_state_record_name(type));
 		return NULL;
 	}
 	if (rec->length_bytes != size) {
 		if (!*err)
-			*err = fail(error, error_len, -EPROTO,
-				    "the %s record is %llu bytes, expected %zu; it was written by an incompatible Kapsel",
-				    vm_state_record_name(type),
-				    (unsigned long long)rec->length_bytes, size);
+			*err = kapsel_fail(
+				error, error_len, -EPROTO,
+				"the %s record is %llu bytes, expected %zu; it was written by an incompatible Kapsel",
+				vm_state_record_name(type), (unsigned long long)rec->length_bytes,
+				size);
 		return NULL;
 	}
 	return rec->payload;
@@ -253,35 +244,41 @@ int vcpu_state_load(struct kapsel_vm *vm, const struct vm_state_records *state, 
 		return err;
 	if (!msr_rec || msr_rec->length_bytes % sizeof(struct vm_state_msr) ||
 	    msr_rec->length_bytes / sizeof(struct vm_state_msr) > VCPU_STATE_MAX_MSRS)
-		return fail(error, error_len, -EPROTO,
-			    "the saved state's MSR record is missing or malformed");
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the saved state's MSR record is missing or malformed");
 	if (xcrs && xcrs->nr_xcrs > KVM_MAX_XCRS)
-		return fail(error, error_len, -EPROTO, "the saved XCR record lists %u registers",
-			    xcrs->nr_xcrs);
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the saved XCR record lists %u registers", xcrs->nr_xcrs);
 	/* Kapsel guests run at CPL3 in 64-bit mode with paging: anything else
 	 * is not a Kapsel vCPU (or a corrupted one). */
 	if ((sregs->cr0 & 0x80000001u) != 0x80000001u || !(sregs->efer & (1u << 10)))
-		return fail(error, error_len, -EPROTO,
-			    "the saved vCPU is not in 64-bit paged mode (cr0 %#llx, efer %#llx); the state is corrupt",
-			    (unsigned long long)sregs->cr0, (unsigned long long)sregs->efer);
+		return kapsel_fail(
+			error, error_len, -EPROTO,
+			"the saved vCPU is not in 64-bit paged mode (cr0 %#llx, efer %#llx); the state is corrupt",
+			(unsigned long long)sregs->cr0, (unsigned long long)sregs->efer);
 
 	/* kvm_run may hold registers of the VM's boot: never apply them. */
 	vm->run->kvm_dirty_regs = 0;
 	if (ioctl(fd, KVM_SET_SREGS, sregs) < 0)
-		return fail(error, error_len, -errno, "KVM_SET_SREGS failed: %s", strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "KVM_SET_SREGS failed: %s",
+				   strerror(errno));
 	if (ioctl(fd, KVM_SET_REGS, regs) < 0)
-		return fail(error, error_len, -errno, "KVM_SET_REGS failed: %s", strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "KVM_SET_REGS failed: %s",
+				   strerror(errno));
 	if (xcrs && ioctl(fd, KVM_SET_XCRS, xcrs) < 0)
-		return fail(error, error_len, -errno, "KVM_SET_XCRS failed: %s", strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "KVM_SET_XCRS failed: %s",
+				   strerror(errno));
 	if (ioctl(fd, KVM_SET_FPU, fpu) < 0)
-		return fail(error, error_len, -errno, "KVM_SET_FPU failed: %s", strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "KVM_SET_FPU failed: %s",
+				   strerror(errno));
 	if (xsave) {
 		if (ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE) <= 0)
-			return fail(error, error_len, -ENOTSUP,
-				    "the state has XSAVE data but this host's KVM lacks KVM_CAP_XSAVE");
+			return kapsel_fail(
+				error, error_len, -ENOTSUP,
+				"the state has XSAVE data but this host's KVM lacks KVM_CAP_XSAVE");
 		if (ioctl(fd, KVM_SET_XSAVE, xsave) < 0)
-			return fail(error, error_len, -errno, "KVM_SET_XSAVE failed: %s",
-				    strerror(errno));
+			return kapsel_fail(error, error_len, -errno, "KVM_SET_XSAVE failed: %s",
+					   strerror(errno));
 	}
 
 	unsigned count = (unsigned)(msr_rec->length_bytes / sizeof(struct vm_state_msr));
@@ -299,21 +296,22 @@ int vcpu_state_load(struct kapsel_vm *vm, const struct vm_state_records *state, 
 	}
 	int set = ioctl(fd, KVM_SET_MSRS, &msrs);
 	if (set < 0 || (unsigned)set != count)
-		return fail(error, error_len, set < 0 ? -errno : -EINVAL,
-			    "KVM_SET_MSRS set %d of %u MSRs; KVM refused MSR %#x = %#llx", set,
-			    count, set >= 0 && (unsigned)set < count ? msrs.entries[set].index : 0,
-			    set >= 0 && (unsigned)set < count
-				    ? (unsigned long long)msrs.entries[set].data
-				    : 0ull);
+		return kapsel_fail(error, error_len, set < 0 ? -errno : -EINVAL,
+				   "KVM_SET_MSRS set %d of %u MSRs; KVM refused MSR %#x = %#llx",
+				   set, count,
+				   set >= 0 && (unsigned)set < count ? msrs.entries[set].index : 0,
+				   set >= 0 && (unsigned)set < count
+					   ? (unsigned long long)msrs.entries[set].data
+					   : 0ull);
 	if (events && ioctl(fd, KVM_SET_VCPU_EVENTS, events) < 0)
-		return fail(error, error_len, -errno, "KVM_SET_VCPU_EVENTS failed: %s",
-			    strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "KVM_SET_VCPU_EVENTS failed: %s",
+				   strerror(errno));
 	if (debugregs && ioctl(fd, KVM_SET_DEBUGREGS, debugregs) < 0)
-		return fail(error, error_len, -errno, "KVM_SET_DEBUGREGS failed: %s",
-			    strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "KVM_SET_DEBUGREGS failed: %s",
+				   strerror(errno));
 	if (mp_state && ioctl(fd, KVM_SET_MP_STATE, mp_state) < 0)
-		return fail(error, error_len, -errno, "KVM_SET_MP_STATE failed: %s",
-			    strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "KVM_SET_MP_STATE failed: %s",
+				   strerror(errno));
 	return 0;
 }
 

@@ -283,7 +283,14 @@ void vm_request_stats(struct kapsel_vm *vm)
 
 void vm_request_stop(struct kapsel_vm *vm)
 {
-	__atomic_store_n(&vm->stop_requested, 1, __ATOMIC_SEQ_CST);
+	vm_request_stop_for(vm, VM_STOP_REQUESTED);
+}
+
+void vm_request_stop_for(struct kapsel_vm *vm, enum vm_stop_reason reason)
+{
+	int none = 0;
+	__atomic_compare_exchange_n(&vm->stop_requested, &none, (int)reason, false,
+				    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
 	if (vm->run)
 		__atomic_store_n(&vm->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
 	uint64_t one = 1;
@@ -712,7 +719,7 @@ static int reboot_guest(struct kapsel_vm *vm)
 		}
 	}
 	vm->start_info->device_count = vm->device_count;
-	vm->state = VM_STATE_RUNNING;
+	set_state(vm, VM_STATE_RUNNING);
 	return 0;
 }
 
@@ -751,11 +758,17 @@ int vm_run(struct kapsel_vm *vm)
 	set_state(vm, VM_STATE_RUNNING);
 	vm->run->kvm_valid_regs = KVM_SYNC_X86_REGS;
 	for (;;) {
-		if (__atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST)) {
+		int stop_reason = __atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST);
+		if (stop_reason) {
 			if (vm->state == VM_STATE_RUNNING) {
-				vm->state = VM_STATE_STOPPED;
 				vm->exit_code = KAPSEL_EXIT_VMM_ERROR;
-				kapsel_warn("VM stopped by request");
+				if (stop_reason == VM_STOP_SAVED)
+					kapsel_debug("VM stopped after its state was saved");
+				else if (stop_reason == VM_STOP_MIGRATED)
+					kapsel_debug(
+						"VM stopped: it runs on the migration destination now");
+				else
+					kapsel_warn("VM stopped by request");
 			}
 			break;
 		}

@@ -63,7 +63,7 @@ struct kapsel_vm {
 	uint64_t tsc_khz;
 	int wake_fd;		    /* eventfd: wakes a vCPU blocked in KAPSEL_HC_BLOCK */
 	int vcpu_blocked;	    /* atomic: 1 while the vCPU sleeps in BLOCK */
-	int stop_requested;	    /* atomic: leave the run loop at the next exit */
+	int stop_requested;	    /* atomic: 0, or enum vm_stop_reason: leave the run loop */
 	int stats_requested;	    /* atomic: write counters at the next exit */
 	int pause_requested;	    /* atomic: park the vCPU at the next exit */
 	pthread_mutex_t pause_lock; /* protects state changes to/from PAUSED */
@@ -96,8 +96,18 @@ int vm_create(struct kapsel_vm *vm, struct vm_config *config);
  */
 int vm_run(struct kapsel_vm *vm);
 
-/* Ask the run loop to return (thread- and signal-safe). */
+/* Ask the run loop to return (thread- and signal-safe); it warns "VM stopped by request". */
 void vm_request_stop(struct kapsel_vm *vm);
+
+/* Why the run loop was asked to return; the first request's reason counts. */
+enum vm_stop_reason {
+	VM_STOP_REQUESTED = 1, /* operator: signal, destroy, a failed migration */
+	VM_STOP_SAVED,	       /* `save --stop` / --save-stop: the state is on disk */
+	VM_STOP_MIGRATED,      /* the migration destination runs the VM now */
+};
+
+/* vm_request_stop with a reason (thread- and signal-safe).  Precondition: vm was created. */
+void vm_request_stop_for(struct kapsel_vm *vm, enum vm_stop_reason reason);
 
 /*
  * Ask the vCPU thread to write the counters (config stats_path, else

@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "error_text.h"
+
 #define PAGE_BYTES 4096u
 #define IO_CHUNK_BYTES (1u << 20)
 
@@ -744,36 +746,22 @@ out:
 	return 0;
 }
 
-static int load_fail(char *error, size_t error_len, int err, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int load_fail(char *error, size_t error_len, int err, const char *fmt, ...)
-{
-	if (error && error_len) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(error, error_len, fmt, ap);
-		va_end(ap);
-	}
-	return err;
-}
-
 int vm_state_load_flat_file(int dirfd, const char *name, uint8_t *dest, uint64_t size_bytes,
 			    uint32_t expected_crc, bool zero_holes, char *error, size_t error_len)
 {
 	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return load_fail(error, error_len, -errno, "%s: cannot open: %s", name,
-				 strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "%s: cannot open: %s", name,
+				   strerror(errno));
 	int err = 0;
 	struct stat st;
 	uint8_t *scratch = NULL;
 	if (fstat(fd, &st) < 0) {
-		err = load_fail(error, error_len, -errno, "%s: %s", name, strerror(errno));
+		err = kapsel_fail(error, error_len, -errno, "%s: %s", name, strerror(errno));
 		goto out;
 	}
 	if ((uint64_t)st.st_size != size_bytes) {
-		err = load_fail(
+		err = kapsel_fail(
 			error, error_len, -EPROTO,
 			"%s is %llu bytes, the state says %llu; the file is truncated or belongs to another save",
 			name, (unsigned long long)st.st_size, (unsigned long long)size_bytes);
@@ -792,8 +780,8 @@ int vm_state_load_flat_file(int dirfd, const char *name, uint8_t *dest, uint64_t
 		off_t data = lseek(fd, (off_t)offset, SEEK_DATA);
 		uint64_t data_start = data < 0 ? size_bytes : (uint64_t)data;
 		if (data < 0 && errno != ENXIO) {
-			err = load_fail(error, error_len, -errno, "%s: SEEK_DATA: %s", name,
-					strerror(errno));
+			err = kapsel_fail(error, error_len, -errno, "%s: SEEK_DATA: %s", name,
+					  strerror(errno));
 			goto out;
 		}
 		if (data_start > offset) {
@@ -817,10 +805,11 @@ int vm_state_load_flat_file(int dirfd, const char *name, uint8_t *dest, uint64_t
 			if (n < 0 && errno == EINTR)
 				continue;
 			if (n <= 0) {
-				err = load_fail(error, error_len, n < 0 ? -errno : -EPROTO,
-						"%s: read error at byte %llu: %s", name,
-						(unsigned long long)offset,
-						n < 0 ? strerror(errno) : "unexpected end of file");
+				err = kapsel_fail(error, error_len, n < 0 ? -errno : -EPROTO,
+						  "%s: read error at byte %llu: %s", name,
+						  (unsigned long long)offset,
+						  n < 0 ? strerror(errno)
+							: "unexpected end of file");
 				goto out;
 			}
 			crc = vm_state_crc32c(crc, target, (size_t)n);
@@ -828,9 +817,9 @@ int vm_state_load_flat_file(int dirfd, const char *name, uint8_t *dest, uint64_t
 		}
 	}
 	if (crc != expected_crc)
-		err = load_fail(error, error_len, -EPROTO,
-				"%s is corrupt: its CRC32C is %#x, the manifest says %#x", name,
-				crc, expected_crc);
+		err = kapsel_fail(error, error_len, -EPROTO,
+				  "%s is corrupt: its CRC32C is %#x, the manifest says %#x", name,
+				  crc, expected_crc);
 out:
 	free(scratch);
 	close(fd);
@@ -910,11 +899,11 @@ int vm_state_dir_begin(struct vm_state_dir_txn *txn, const char *path, char *err
 	if (!txn->final_path || asprintf(&txn->temp_path, "%s.new", path) < 0) {
 		free(txn->final_path);
 		txn->temp_path = NULL;
-		return load_fail(error, error_len, -ENOMEM, "out of memory");
+		return kapsel_fail(error, error_len, -ENOMEM, "out of memory");
 	}
 	struct stat st;
 	if (stat(path, &st) == 0 && (!S_ISDIR(st.st_mode) || !is_state_dir(path))) {
-		int err = load_fail(
+		int err = kapsel_fail(
 			error, error_len, -EEXIST,
 			"'%s' exists and is not a saved Kapsel state (other files are in it); choose a new path",
 			path);
@@ -926,10 +915,10 @@ int vm_state_dir_begin(struct vm_state_dir_txn *txn, const char *path, char *err
 	}
 	if (stat(txn->temp_path, &st) == 0 &&
 	    (!S_ISDIR(st.st_mode) || !is_state_dir(txn->temp_path))) {
-		int err =
-			load_fail(error, error_len, -EEXIST,
-				  "'%s' is in the way of the save (a save writes there first); move it",
-				  txn->temp_path);
+		int err = kapsel_fail(
+			error, error_len, -EEXIST,
+			"'%s' is in the way of the save (a save writes there first); move it",
+			txn->temp_path);
 		free(txn->temp_path);
 		free(txn->final_path);
 		memset(txn, 0, sizeof(*txn));
@@ -938,7 +927,7 @@ int vm_state_dir_begin(struct vm_state_dir_txn *txn, const char *path, char *err
 	}
 	remove_state_dir(txn->temp_path); /* left by a save that crashed */
 	if (mkdir(txn->temp_path, 0700) < 0) {
-		int err = load_fail(
+		int err = kapsel_fail(
 			error, error_len, -errno,
 			"cannot create '%s': %s; check that the parent directory exists and is writable",
 			txn->temp_path, strerror(errno));
@@ -947,8 +936,8 @@ int vm_state_dir_begin(struct vm_state_dir_txn *txn, const char *path, char *err
 	}
 	txn->dirfd = open(txn->temp_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (txn->dirfd < 0) {
-		int err = load_fail(error, error_len, -errno, "cannot open '%s': %s",
-				    txn->temp_path, strerror(errno));
+		int err = kapsel_fail(error, error_len, -errno, "cannot open '%s': %s",
+				      txn->temp_path, strerror(errno));
 		vm_state_dir_abort(txn);
 		return err;
 	}
@@ -1016,8 +1005,8 @@ int vm_state_dir_commit(struct vm_state_dir_txn *txn, char *error, size_t error_
 	if (!err && fsync(txn->dirfd) < 0)
 		err = -errno;
 	if (err) {
-		load_fail(error, error_len, err, "cannot write the manifest in '%s': %s",
-			  txn->temp_path, strerror(-err));
+		kapsel_fail(error, error_len, err, "cannot write the manifest in '%s': %s",
+			    txn->temp_path, strerror(-err));
 		vm_state_dir_abort(txn);
 		return err;
 	}
@@ -1032,9 +1021,9 @@ int vm_state_dir_commit(struct vm_state_dir_txn *txn, char *error, size_t error_
 		err = -errno;
 	}
 	if (err) {
-		load_fail(error, error_len, err,
-			  "cannot move the new state into '%s': %s; the previous state there is unchanged",
-			  txn->final_path, strerror(-err));
+		kapsel_fail(error, error_len, err,
+			    "cannot move the new state into '%s': %s; the previous state there is unchanged",
+			    txn->final_path, strerror(-err));
 		vm_state_dir_abort(txn);
 		return err;
 	}
@@ -1048,8 +1037,9 @@ int vm_state_dir_commit(struct vm_state_dir_txn *txn, char *error, size_t error_
 		remove_state_dir(txn->temp_path);
 	txn_release(txn);
 	if (err)
-		return load_fail(error, error_len, err,
-				 "cannot sync the directory holding the state: %s", strerror(-err));
+		return kapsel_fail(error, error_len, err,
+				   "cannot sync the directory holding the state: %s",
+				   strerror(-err));
 	return 0;
 }
 
@@ -1101,13 +1091,13 @@ static int read_manifest(struct vm_state_dir *dir, char *error, size_t error_len
 	size_t length = 0;
 	int err = read_whole_file(dir->dirfd, VM_STATE_FILE_MANIFEST, &data, &length);
 	if (err == -ENOENT)
-		return load_fail(
+		return kapsel_fail(
 			error, error_len, -EPROTO,
 			"'%s' has no manifest: it is not a saved Kapsel VM, or its save never finished",
 			dir->path);
 	if (err)
-		return load_fail(error, error_len, err, "%s/manifest: %s", dir->path,
-				 strerror(-err));
+		return kapsel_fail(error, error_len, err, "%s/manifest: %s", dir->path,
+				   strerror(-err));
 
 	struct vm_state_reader r;
 	struct vm_state_record rec;
@@ -1153,8 +1143,8 @@ int vm_state_dir_open(struct vm_state_dir *dir, const char *path, bool check_mem
 	memset(dir, 0, sizeof(*dir));
 	dir->dirfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dir->dirfd < 0)
-		return load_fail(error, error_len, -errno, "cannot open the saved state '%s': %s",
-				 path, strerror(errno));
+		return kapsel_fail(error, error_len, -errno, "cannot open the saved state '%s': %s",
+				   path, strerror(errno));
 	dir->path = strdup(path);
 	if (!dir->path) {
 		err = -ENOMEM;
@@ -1167,9 +1157,9 @@ int vm_state_dir_open(struct vm_state_dir *dir, const char *path, bool check_mem
 	const char *required[] = { VM_STATE_FILE_STATE, VM_STATE_FILE_MEMORY };
 	for (size_t i = 0; i < 2; i++) {
 		if (!vm_state_dir_file(dir, required[i])) {
-			err = load_fail(error, error_len, -EPROTO,
-					"%s/manifest does not list %s; the save is incomplete",
-					path, required[i]);
+			err = kapsel_fail(error, error_len, -EPROTO,
+					  "%s/manifest does not list %s; the save is incomplete",
+					  path, required[i]);
 			goto fail;
 		}
 	}
@@ -1177,13 +1167,13 @@ int vm_state_dir_open(struct vm_state_dir *dir, const char *path, bool check_mem
 	for (unsigned i = 0; i < dir->file_count; i++) {
 		struct stat st;
 		if (fstatat(dir->dirfd, dir->files[i].name, &st, 0) < 0) {
-			err = load_fail(error, error_len, -EPROTO,
-					"%s/%s is missing (%s); the saved state is incomplete",
-					path, dir->files[i].name, strerror(errno));
+			err = kapsel_fail(error, error_len, -EPROTO,
+					  "%s/%s is missing (%s); the saved state is incomplete",
+					  path, dir->files[i].name, strerror(errno));
 			goto fail;
 		}
 		if ((uint64_t)st.st_size != dir->files[i].size_bytes) {
-			err = load_fail(
+			err = kapsel_fail(
 				error, error_len, -EPROTO,
 				"%s/%s is %llu bytes but the manifest says %llu; it is truncated or from another save",
 				path, dir->files[i].name, (unsigned long long)st.st_size,
@@ -1199,13 +1189,13 @@ int vm_state_dir_open(struct vm_state_dir *dir, const char *path, bool check_mem
 	size_t length = 0;
 	err = read_whole_file(dir->dirfd, VM_STATE_FILE_STATE, &data, &length);
 	if (err) {
-		load_fail(error, error_len, err, "%s/state.bin: %s", path, strerror(-err));
+		kapsel_fail(error, error_len, err, "%s/state.bin: %s", path, strerror(-err));
 		goto fail;
 	}
 	uint32_t crc = vm_state_crc32c(0, data, length);
 	if (length != state_entry->size_bytes || crc != state_entry->crc32c) {
 		free(data);
-		err = load_fail(
+		err = kapsel_fail(
 			error, error_len, -EPROTO,
 			"%s/state.bin is corrupt or from another save: CRC32C %#x, the manifest says %#x",
 			path, crc, state_entry->crc32c);
@@ -1224,7 +1214,7 @@ int vm_state_dir_open(struct vm_state_dir *dir, const char *path, bool check_mem
 	for (size_t i = 0; i < dir->state.count; i++) {
 		const struct vm_state_stored_record *s = &dir->state.records[i];
 		if (!vm_state_record_known(s->type) && (s->flags & VM_STATE_RECORD_MANDATORY)) {
-			err = load_fail(
+			err = kapsel_fail(
 				error, error_len, -EPROTO,
 				"%s/state.bin: record %zu has type %#x, which this Kapsel does not know and which is marked mandatory; it was written by a newer Kapsel",
 				path, i + 1, s->type);
@@ -1234,14 +1224,14 @@ int vm_state_dir_open(struct vm_state_dir *dir, const char *path, bool check_mem
 	const struct vm_state_stored_record *info =
 		vm_state_find(&dir->state, VM_STATE_VM_INFO, NULL);
 	if (!info || info->length_bytes != sizeof(struct vm_state_vm_info)) {
-		err = load_fail(error, error_len, -EPROTO,
-				"%s/state.bin has no valid VM information record", path);
+		err = kapsel_fail(error, error_len, -EPROTO,
+				  "%s/state.bin has no valid VM information record", path);
 		goto fail;
 	}
 	dir->info = (const struct vm_state_vm_info *)info->payload;
 	const struct vm_state_manifest_file *memory = vm_state_dir_file(dir, VM_STATE_FILE_MEMORY);
 	if (memory->size_bytes != dir->info->memory_bytes) {
-		err = load_fail(
+		err = kapsel_fail(
 			error, error_len, -EPROTO,
 			"%s: memory.img holds %llu bytes but the VM had %llu; the files do not belong together",
 			path, (unsigned long long)memory->size_bytes,
@@ -1255,7 +1245,7 @@ int vm_state_dir_open(struct vm_state_dir *dir, const char *path, bool check_mem
 		if (err) {
 			char detail[400];
 			snprintf(detail, sizeof(detail), "%s", error);
-			load_fail(error, error_len, err, "%s/%s", path, detail);
+			kapsel_fail(error, error_len, err, "%s/%s", path, detail);
 			goto fail;
 		}
 	}

@@ -50,19 +50,12 @@ static volatile uint64_t generation_seen;
 
 static uint64_t option(const char *key, uint64_t fallback)
 {
-	const char *text = kg_cmdline_get(key);
 	char word[24];
 	uint64_t value;
-	unsigned n = 0;
-	if (!text)
+	int length = kg_cmdline_get(key, word, sizeof(word));
+	if (length == -KAPSEL_ENOENT)
 		return fallback;
-	/* The value runs to the next space of the command line. */
-	while (text[n] && text[n] != ' ' && n < sizeof(word) - 1) {
-		word[n] = text[n];
-		n++;
-	}
-	word[n] = '\0';
-	if (kg_parse_u64(word, &value) < 0)
+	if (length < 0 || kg_parse_u64(word, &value) < 0)
 		kg_panic("option %s=%s is not a number", key, word);
 	return value;
 }

@@ -19,8 +19,8 @@ int main(int argc, char **argv)
 		if (strcmp(argv[i], "ignore-shutdown") == 0)
 			ignore = 1;
 	}
-	const char *tick = kg_cmdline_get("tick_ms");
-	if (tick)
+	char tick[24];
+	if (kg_cmdline_get("tick_ms", tick, sizeof(tick)) >= 0)
 		kg_parse_u64(tick, &tick_ms);
 	kg_assert(kg_platform_is_kapsel());
 	if (!ignore)

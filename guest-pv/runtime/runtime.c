@@ -86,19 +86,9 @@ void kg_panic(const char *fmt, ...)
 		__asm__ volatile("pause");
 }
 
-const char *kg_cmdline_get(const char *key)
+int kg_cmdline_get(const char *key, char *value, size_t value_size)
 {
-	size_t key_len = strlen(key);
-	const char *p = runtime_cmdline;
-	while (*p) {
-		while (*p == ' ')
-			p++;
-		if (strncmp(p, key, key_len) == 0 && p[key_len] == '=')
-			return p + key_len + 1;
-		while (*p && *p != ' ')
-			p++;
-	}
-	return 0;
+	return kg_cmdline_value(runtime_cmdline, key, value, value_size);
 }
 
 static void heap_init(const struct kapsel_start_info *si)
@@ -149,12 +139,14 @@ void kg_runtime_start(const struct kapsel_start_info *si)
 		runtime_cmdline[sizeof(runtime_cmdline) - 1] = '\0';
 	}
 	heap_init(on_kapsel ? si : 0);
-	const char *console = kg_cmdline_get("console");
+	char console[8];
 	enum kg_console_mode mode = KG_CONSOLE_AUTO;
-	if (console && strcmp(console, "uart") == 0)
-		mode = KG_CONSOLE_UART;
-	else if (console && strcmp(console, "pv") == 0)
-		mode = KG_CONSOLE_PV;
+	if (kg_cmdline_get("console", console, sizeof(console)) >= 0) {
+		if (strcmp(console, "uart") == 0)
+			mode = KG_CONSOLE_UART;
+		else if (strcmp(console, "pv") == 0)
+			mode = KG_CONSOLE_PV;
+	}
 	if (kg_console_init(mode) < 0)
 		kg_console_init(KG_CONSOLE_AUTO);
 

@@ -403,6 +403,14 @@ control-help)
 		"$KAPSEL" help "$verb" >"$TMP/usage" || fail "help $verb"
 		expect_in "$TMP/usage" "Usage: kapsel $verb"
 	done
+	# Option errors name the verb as typed, getopt's own included.
+	"$KAPSEL" pause -x 2>"$TMP/err" && fail "pause -x succeeded"
+	expect_in "$TMP/err" "kapsel pause: invalid option -- 'x'"
+	expect_in "$TMP/err" "Try 'kapsel pause --help'."
+	"$KAPSEL" destroy --bogus 2>"$TMP/err" && fail "destroy --bogus succeeded"
+	expect_in "$TMP/err" "kapsel destroy: unrecognized option '--bogus'"
+	"$KAPSEL" info 2>"$TMP/err" && fail "info without a name succeeded"
+	expect_in "$TMP/err" "kapsel info: expected exactly one VM name"
 	;;
 *)
 	fail "unknown case '$1'"

@@ -189,7 +189,7 @@ cli-memory)
 cli-options)
 	run_guest "$out" "$err" --kernel "$GUESTS/hello.elf" --bogus
 	expect_status 125
-	expect_in "$err" "unrecognized option '--bogus'"
+	expect_in "$err" "kapsel run: unrecognized option '--bogus'"
 	expect_in "$err" "Try 'kapsel run --help'."
 	run_guest "$out" "$err" --kernel "$GUESTS/hello.elf" --disk "$TMP/x.img,speed=9"
 	expect_status 125

@@ -564,6 +564,31 @@ static void test_rate_limit_holds_bsy(void)
 	teardown();
 }
 
+/* A command held by the byte limit is charged once, when it finally goes:
+ * at 2048 bytes/s, a 1024-byte read held for 0.5 s leaves the bucket empty
+ * and free of debt, and another 0.5 s pays for the next 1024 bytes. */
+static void test_rate_limit_charges_held_command_once(void)
+{
+	struct vm_rate_limit bytes_per_second = { .rate_per_second = 4 * SECTOR,
+						  .burst = 4 * SECTOR };
+	setup(64 * SECTOR, false);
+	disk_set_limits(&disk, NULL, &bytes_per_second, fake_now_ns);
+	issue_lba28(ATA_CMD_READ_SECTORS, 0, 4); /* the whole burst */
+	CU_ASSERT_EQUAL(sectors_until_done(10), 4);
+	issue_lba28(ATA_CMD_READ_SECTORS, 4, 2);
+	CU_ASSERT_EQUAL(status(), ATA_STATUS_BSY);
+	fake_now_ns += 500000000ull; /* 2 * SECTOR bytes earned */
+	CU_ASSERT_EQUAL(sectors_until_done(10), 2);
+	CU_ASSERT_EQUAL(disk.bytes_bucket.tokens, 0);
+	CU_ASSERT_EQUAL(disk.bytes_bucket.debt, 0);
+	fake_now_ns += 500000000ull;
+	issue_lba28(ATA_CMD_READ_SECTORS, 6, 2);
+	CU_ASSERT_EQUAL(status(), ATA_STATUS_DRDY | ATA_STATUS_DSC | ATA_STATUS_DRQ);
+	CU_ASSERT_EQUAL(sectors_until_done(10), 2);
+	CU_ASSERT_EQUAL(disk.stats.ops[KAPSEL_BLK_OP_READ], 3);
+	teardown();
+}
+
 static void test_wide_register_access(void)
 {
 	setup(64 * SECTOR, false);
@@ -715,6 +740,7 @@ int main(void)
 		{ "drive 1 is absent", test_drive1_absent },
 		{ "CHS addressing and READ VERIFY", test_chs_and_verify },
 		{ "rate limit holds the command BSY", test_rate_limit_holds_bsy },
+		{ "a held command is charged once", test_rate_limit_charges_held_command_once },
 		{ "wide access to 8-bit registers", test_wide_register_access },
 		{ "impossible states end, never hang", test_impossible_state_does_not_hang },
 		{ "restored state check", test_state_check },

@@ -24,4 +24,15 @@ int kg_snprintf(char *buffer, size_t size, const char *fmt, ...)
 /* Parse a decimal or 0x-hex unsigned number; returns 0 or -1. */
 int kg_parse_u64(const char *text, uint64_t *value);
 
+/*
+ * The value of the first "key=value" word of cmdline (words are separated
+ * by spaces; a value ends at the next space), copied NUL-terminated into
+ * value, which holds value_size bytes.  Returns the value's length (0 for
+ * "key="), -KAPSEL_ENOENT if no word is "key=...", or -KAPSEL_E2BIG if the
+ * value needs more than value_size - 1 bytes; on failure value is "" (when
+ * value_size > 0).  Preconditions: cmdline and key are NUL terminated and
+ * key is not empty.
+ */
+int kg_cmdline_value(const char *cmdline, const char *key, char *value, size_t value_size);
+
 #endif

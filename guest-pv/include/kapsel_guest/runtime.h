@@ -24,8 +24,10 @@ __attribute__((noreturn, format(printf, 1, 2))) void kg_panic(const char *fmt, .
 /* Zeroed memory from a bump allocator; never freed.  NULL when exhausted. */
 void *kg_malloc(size_t size_bytes);
 
-/* The value of "key=value" on the command line, or NULL. */
-const char *kg_cmdline_get(const char *key);
+/* The value of "key=value" on the VM's command line, copied into value as
+ * kg_cmdline_value (libc.h) does: returns its length or a negative
+ * KAPSEL_E* code.  Precondition: called after the runtime started main. */
+int kg_cmdline_get(const char *key, char *value, size_t value_size);
 
 /* Guest asserts report file:line to the host and crash the VM. */
 #define kg_assert(expr)                                                                       \
