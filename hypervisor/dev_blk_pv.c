@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #include <x86intrin.h>
@@ -40,6 +41,16 @@
  *   nothing to do: busy-poll poll_us if configured, then set req_event,
  *     re-check, and sleep in io_uring_enter until a doorbell read, a
  *     control read or an I/O completes.
+ *
+ * Without poll= the backend polls adaptively, and only in one place: just
+ * after it answered the last request in flight, when a guest that polls
+ * for its completion submits the next request a few microseconds later.
+ * It takes req_event back (so that request needs no doorbell) and spins
+ * up to adaptive_window_ns for it.  The window fits itself to the gaps it
+ * sees (blk_pv_fit_adaptive_window), bounded by BLK_PV_ADAPTIVE_POLL_NS,
+ * and shrinks to nothing for a guest that goes quiet or sleeps between
+ * requests.  While I/O is in flight the thread sleeps: the device's
+ * completion wakes it, and the other CPU stays free for the vCPU.
  */
 
 #define MSR_IA32_TSC 0x10u
@@ -50,6 +61,13 @@
 #define BLK_PV_TAG_CONTROL 2u		       /* user_data of the control eventfd read */
 #define BLK_PV_TAG_CANCEL 3u		       /* user_data of cancel requests at teardown */
 #define BLK_PV_ZERO_CHUNK_BYTES (256u * 1024u) /* zero buffer for WRITE_ZEROES fallback */
+#define BLK_PV_ADAPTIVE_POLL_NS 100000u	       /* bound of the adaptive window */
+/* With this many requests in the device, sleep without asking for kicks:
+ * one of them completes within latency / BLK_PV_BUSY_IN_FLIGHT, and a new
+ * request waits no longer than that behind a queue that deep anyway. */
+#define BLK_PV_BUSY_IN_FLIGHT 8u
+/* Preempted while polling: this many idle periods without polling. */
+#define BLK_PV_ADAPTIVE_BACKOFF 1024u
 
 /* One request between pickup and response. */
 struct blk_pv_slot {
@@ -86,6 +104,7 @@ struct blk_pv {
 	struct disk_image disk;
 	unsigned unit;
 	uint64_t poll_ns;
+	bool adaptive_poll; /* no poll= given: poll after completions (above) */
 	int64_t tsc_offset; /* guest TSC - host TSC (atomic) */
 	uint64_t tsc_khz;
 	int control_fd; /* eventfd: the vCPU thread has a request */
@@ -115,6 +134,9 @@ struct blk_pv {
 	struct blk_pv_slot *free_slots;
 	struct blk_pv_slot *slots;
 	void *zero_buffer;
+	uint64_t adaptive_window_ns;
+	uint64_t idle_since_ns;	   /* answered the last request in flight; 0: not idle */
+	unsigned adaptive_backoff; /* idle periods left without polling (preempted) */
 	/* Counters folded into disk->stats once per loop iteration. */
 	uint64_t kicks, notifications;
 	uint64_t kicks_reported, notifications_reported, in_flight_reported;
@@ -521,6 +543,28 @@ static void blk_pv_log_broken(struct blk_pv *b)
 		    b->ring.rsp_prod_pvt, b->ring.size);
 }
 
+/*
+ * A request arrived idle_since_ns after the backend answered the last one
+ * in flight.  A gap the bound could cover widens the window to fit it
+ * with a quarter to spare (when no poll ran, the gap includes the
+ * doorbell and our wake-up: an overestimate, which is the safe side); a
+ * longer gap halves it.  A request caught by the poll leaves it alone.
+ */
+static void blk_pv_end_idle(struct blk_pv *b)
+{
+	uint64_t gap = vm_clock_ns(b->dev.vm) - b->idle_since_ns;
+	b->idle_since_ns = 0;
+	if (b->adaptive_backoff) {
+		b->adaptive_backoff--;
+	} else if (gap > BLK_PV_ADAPTIVE_POLL_NS) {
+		b->adaptive_window_ns /= 2;
+	} else if (gap > b->adaptive_window_ns) {
+		uint64_t fit = gap + gap / 4;
+		b->adaptive_window_ns =
+			fit < BLK_PV_ADAPTIVE_POLL_NS ? fit : BLK_PV_ADAPTIVE_POLL_NS;
+	}
+}
+
 /* Take and start requests from the ring.  Returns true if any was taken. */
 static bool blk_pv_serve(struct blk_pv *b)
 {
@@ -556,6 +600,8 @@ static bool blk_pv_serve(struct blk_pv *b)
 			struct kapsel_blk_request req;
 			ring_backend_take_request(&b->ring, &req);
 			progress = true;
+			if (b->idle_since_ns)
+				blk_pv_end_idle(b);
 			slot->id = req.id;
 			slot->submit_tsc = req.submit_tsc;
 			slot->pickup_tsc = guest_tsc_now(b);
@@ -648,9 +694,9 @@ static void blk_pv_report_stats(struct blk_pv *b)
 
 /* Busy-poll for new requests or completions for up to poll_ns.  Returns
  * true if something arrived. */
-static bool blk_pv_poll(struct blk_pv *b)
+static bool blk_pv_poll(struct blk_pv *b, uint64_t poll_ns)
 {
-	uint64_t deadline = vm_clock_ns(b->dev.vm) + b->poll_ns;
+	uint64_t deadline = vm_clock_ns(b->dev.vm) + poll_ns;
 	do {
 		for (unsigned i = 0; i < 64; i++) {
 			/* IORING_SQ_TASKRUN: completions wait for us to enter
@@ -711,6 +757,7 @@ static void blk_pv_drain(struct blk_pv *b)
 static void *blk_pv_thread_main(void *opaque)
 {
 	struct blk_pv *b = opaque;
+	bool idle_polled = false; /* the adaptive poll ran in this idle period */
 
 	blk_pv_arm_read(b, BLK_PV_TAG_DOORBELL);
 	blk_pv_arm_read(b, BLK_PV_TAG_CONTROL);
@@ -724,17 +771,47 @@ static void *blk_pv_thread_main(void *opaque)
 			io_uring_submit(&b->uring);
 			b->sqes_queued = 0;
 		}
+		bool answered = b->responses_written;
 		if (b->ring_active)
 			blk_pv_publish(b);
 		blk_pv_report_stats(b);
 		blk_pv_check_quiesced(b);
+		bool serving = b->ring_active && !b->switching && !b->quiescing && !b->throttled;
+		if (answered && serving && b->io_in_flight == 0 && !b->idle_since_ns) {
+			b->idle_since_ns = vm_clock_ns(b->dev.vm);
+			idle_polled = false;
+		}
 		if (progress)
 			continue;
-		if (b->poll_ns && !b->quiescing && blk_pv_poll(b))
+		if (b->poll_ns && !b->quiescing && blk_pv_poll(b, b->poll_ns))
 			continue;
-		/* Quiesced, the ring in guest RAM must not change (req_event). */
+		if (b->adaptive_poll && serving && b->idle_since_ns && !idle_polled &&
+		    b->adaptive_window_ns && !b->ring.broken) {
+			/* Take req_event back (it was set when we slept waiting
+			 * for the I/O): the guest's next request needs no
+			 * doorbell while we look.  prepare_sleep re-arms it. */
+			idle_polled = true;
+			__atomic_store_n(&b->ring.header->req_event, b->ring.req_cons,
+					 __ATOMIC_RELAXED);
+			struct rusage before, after;
+			getrusage(RUSAGE_THREAD, &before);
+			bool hit = blk_pv_poll(b, b->adaptive_window_ns);
+			getrusage(RUSAGE_THREAD, &after);
+			/* Preempted while spinning: another thread wants this CPU
+			 * (on 2 CPUs perhaps the vCPU).  Stop polling until the
+			 * gaps earn a window again. */
+			if (after.ru_nivcsw != before.ru_nivcsw) {
+				b->adaptive_window_ns = 0;
+				b->adaptive_backoff = BLK_PV_ADAPTIVE_BACKOFF;
+			}
+			if (hit)
+				continue;
+		}
+		/* Quiesced, the ring in guest RAM must not change (req_event).
+		 * With a deep queue in the device, a completion wakes us soon
+		 * and we look at the ring then: no doorbell needed meanwhile. */
 		if (!b->throttled && b->ring_active && !b->switching && !b->quiescing &&
-		    ring_backend_prepare_sleep(&b->ring))
+		    b->io_in_flight < BLK_PV_BUSY_IN_FLIGHT && ring_backend_prepare_sleep(&b->ring))
 			continue;
 		blk_pv_wait(b);
 	}
@@ -922,7 +999,11 @@ static void blk_pv_print_stats(struct kapsel_device *dev, FILE *out)
 			__atomic_load_n(&b->ring.broken, __ATOMIC_RELAXED)
 				? " (stopped: broken by the guest)"
 				: "");
-	fprintf(out, "  poll_us: %llu\n", (unsigned long long)(b->poll_ns / 1000));
+	if (b->adaptive_poll)
+		fprintf(out, "  poll_us: adaptive (after a completion, up to %u)\n",
+			BLK_PV_ADAPTIVE_POLL_NS / 1000u);
+	else
+		fprintf(out, "  poll_us: %llu\n", (unsigned long long)(b->poll_ns / 1000));
 }
 
 static void blk_pv_destroy(struct kapsel_device *dev)
@@ -1016,6 +1097,8 @@ int dev_blk_pv_create(struct kapsel_vm *vm, const struct vm_disk_config *config,
 	b->control_fd = -1;
 	b->unit = unit;
 	b->poll_ns = config->poll ? (uint64_t)config->poll_us * 1000u : 0;
+	b->adaptive_poll = !config->poll;
+	b->adaptive_window_ns = BLK_PV_ADAPTIVE_POLL_NS;
 	b->tsc_khz = vm->tsc_khz;
 	err = disk_image_open(&b->disk, config, vm_clock_ns(vm), error, sizeof(error));
 	if (err) {
@@ -1024,6 +1107,15 @@ int dev_blk_pv_create(struct kapsel_vm *vm, const struct vm_disk_config *config,
 		return err;
 	}
 	b->disk_open = true;
+	/* cache=none: pages of the image left in the host page cache (by a
+	 * buffered writer before us) make io_uring refuse the non-blocking
+	 * O_DIRECT write to them (it would have to invalidate them) and hand
+	 * the write to an io-wq worker, where writes to one file queue one
+	 * behind the other.  Drop them once (dirty ones are written back). */
+	if (b->disk.direct && !b->disk.overlay) {
+		if (fdatasync(b->disk.fd) == 0)
+			posix_fadvise(b->disk.fd, 0, 0, POSIX_FADV_DONTNEED);
+	}
 	b->dev.ops = &blk_pv_ops;
 	b->dev.priv = b;
 	b->dev.desc.type = KAPSEL_DEV_BLOCK_PV;

@@ -19,6 +19,10 @@ struct blk_pv_driver {
 	uint16_t doorbell_port; /* 0: kick with EVTCHN_SEND instead */
 	uint16_t device_index;
 	uint32_t queued; /* pushed since the last kick */
+	/* Adaptive completion polling (blk_pv_reap): spin up to poll_window_ns
+	 * (at most device->poll_ns) before sleeping in the hypervisor. */
+	uint64_t poll_window_ns;
+	uint64_t poll_bound_ns; /* device->poll_ns the window was last fitted to */
 	uint32_t free_count;
 	uint32_t free_ids[BLK_PV_SLOTS];
 	struct kg_block_request *by_id[BLK_PV_SLOTS];
@@ -105,6 +109,29 @@ static unsigned blk_pv_collect(struct kg_block_device *device, struct kg_block_r
 	return n;
 }
 
+/*
+ * The completion came after the poll window, waited_ns after the poll
+ * began (the sleep's wake-up included).  A wait the bound could have
+ * covered widens the window to fit it with a quarter to spare; a longer
+ * one halves the window, down to a quarter of the bound: a slow device
+ * (large requests) spins only that long before it sleeps.  Not to zero:
+ * here a vCPU that sleeps and wakes costs more than a short spin, most of
+ * all on a loaded host, where the spin is time-sliced anyway.  A
+ * completion found while polling leaves the window as it is: the spin
+ * ended early and cost only the wait itself.
+ */
+static void blk_pv_fit_poll_window(struct blk_pv_driver *drv, uint64_t bound, uint64_t waited_ns)
+{
+	if (waited_ns <= bound) {
+		uint64_t fit = waited_ns + waited_ns / 4;
+		drv->poll_window_ns = fit < bound ? fit : bound;
+	} else if (drv->poll_window_ns / 2 > bound / 4) {
+		drv->poll_window_ns /= 2;
+	} else {
+		drv->poll_window_ns = bound / 4;
+	}
+}
+
 static unsigned blk_pv_reap(struct kg_block_device *device, struct kg_block_request **done,
 			    unsigned max, bool wait)
 {
@@ -119,8 +146,16 @@ static unsigned blk_pv_reap(struct kg_block_device *device, struct kg_block_requ
 	}
 	/* Waiting on requests nobody was told about would sleep forever. */
 	blk_pv_kick(device);
-	if (device->poll_ns) {
-		uint64_t deadline = kg_time_now_ns() + device->poll_ns;
+	uint64_t bound = device->poll_ns;
+	if (drv->poll_bound_ns != bound) {
+		/* A new bound (kg_block_set_poll_ns): start optimistic. */
+		drv->poll_bound_ns = bound;
+		drv->poll_window_ns = bound;
+	}
+	uint64_t start = 0;
+	if (bound) {
+		start = kg_time_now_ns();
+		uint64_t deadline = start + drv->poll_window_ns;
 		do {
 			for (unsigned i = 0; i < 32; i++) {
 				if (kg_ring_peek_response(&drv->ring)) {
@@ -137,12 +172,15 @@ static unsigned blk_pv_reap(struct kg_block_device *device, struct kg_block_requ
 		kg_evtchn_test_and_clear(drv->port);
 		n = blk_pv_collect(device, done, max);
 		if (n)
-			return n;
+			break;
 		if (kg_ring_prepare_sleep(&drv->ring))
 			continue;
 		device->stats.blocks++;
 		kg_hc_block(UINT64_MAX);
 	}
+	if (bound)
+		blk_pv_fit_poll_window(drv, bound, kg_time_now_ns() - start);
+	return n;
 }
 
 static const struct kg_block_driver_ops blk_pv_ops = {

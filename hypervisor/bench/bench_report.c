@@ -225,11 +225,17 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 			"          emulated path: %.0f ms after %.0f ms (it costs about one VM exit per sector)\n",
 			options->repeat, options->runtime_ns / 1e6, options->warmup_ns / 1e6,
 			options->emulated_runtime_ns / 1e6, options->emulated_warmup_ns / 1e6);
+	char backend_poll[64];
+	if (options->pv_backend_poll_ns >= 1000)
+		snprintf(backend_poll, sizeof(backend_poll), "polls %.0f us before sleeping",
+			 options->pv_backend_poll_ns / 1e3);
+	else
+		snprintf(backend_poll, sizeof(backend_poll), "polls adaptively after completions");
 	fprintf(out,
 		"paths:    native = host io_uring on the image; pv = blkbench.elf, disk on bus=pv\n"
-		"          (guest polls %.0f us, backend polls %.0f us before sleeping);\n"
+		"          (guest polls adaptively up to %.0f us before sleeping; backend %s);\n"
 		"          emulated = the same guest, disk on bus=ata (PIO, no queue: depth 1)\n\n",
-		options->pv_guest_poll_ns / 1e3, options->pv_backend_poll_ns / 1e3);
+		options->pv_guest_poll_ns / 1e3, backend_poll);
 
 	fprintf(out, "%-26s %-9s %9s %6s %9s %8s %8s %8s %9s %8s %9s %9s\n", "workload", "path",
 		"MB/s", "spread", "IOPS", "p50 us", "p99 us", "p99.9 us", "exits/op", "notif/op",

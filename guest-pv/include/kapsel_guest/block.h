@@ -101,9 +101,11 @@ unsigned kg_block_in_flight(struct kg_block_device *device);
 void kg_block_get_stats(struct kg_block_device *device, struct kg_block_stats *stats);
 
 /*
- * Busy-poll window of kg_block_reap(wait=true): spin up to poll_ns for a
- * completion before sleeping in the hypervisor (0, the default, sleeps at
- * once).  Polling trades a guest CPU for fewer exits at high rates.
+ * Upper bound of the busy-poll window of kg_block_reap(wait=true) on the PV
+ * path: the driver spins for a completion before sleeping in the
+ * hypervisor, for an adaptive time (1.25x recent waits that fit, halved
+ * after one that did not, never above poll_ns).  0, the default, sleeps at
+ * once.  Polling trades guest CPU for fewer exits; the ATA path ignores it.
  */
 void kg_block_set_poll_ns(struct kg_block_device *device, uint64_t poll_ns);
 
