@@ -83,7 +83,7 @@ void bench_usage(FILE *out)
 		"      --paths LIST         any of native,pv,emulated (default all three)\n"
 		"      --format FORMAT      table or json on standard output (default table)\n"
 		"      --output-dir DIR     where results.json, results.txt and the chart\n"
-		"                           bench.svg go (default ./%s)\n"
+		"                           bench.svg/bench.png go (default ./%s)\n"
 		"      --console-output FILE  console sink of the console row (default in DIR)\n"
 		"      --quick              a tiny run (%lluM, %u operations per run, one repeat)\n"
 		"                           for tests; checks that all paths write the same data\n"

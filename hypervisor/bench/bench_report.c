@@ -378,8 +378,9 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 		"exits/op counts exits to the VMM by reason plus doorbell kicks, minus the bench's own\n"
 		"handshake; cpu us/op is the CPU time of the whole process (VMM with its vCPU and I/O\n"
 		"threads, or the native runner) per operation in the measured window.\n");
-	fprintf(out, "results:  %s/results.json, %s/results.txt%s%s%s%s\n", options->output_dir,
+	fprintf(out, "results:  %s/results.json, %s/results.txt%s%s%s%s%s\n", options->output_dir,
 		options->output_dir, results->chart_path[0] ? ", chart " : "", results->chart_path,
+		results->chart_path[0] && !results->chart_note[0] ? " (and .png)" : "",
 		results->chart_note[0] ? "; " : "", results->chart_note);
 	fprintf(out, "took %.1f s\n", results->total_seconds);
 }
@@ -762,10 +763,14 @@ int bench_report_chart(const char *dir, const struct bench_results *results, cha
 		return -errno;
 	}
 	static const char *const colors[BENCH_PATH_COUNT] = { "#4c72b0", "#55a868", "#c44e52" };
+	/* The same chart twice: SVG for browsers and documents, PNG (cairo) for
+	 * image viewers, whose SVG renderers often misplace rotated labels. */
+	char png_path[4096];
+	snprintf(png_path, sizeof(png_path), "%.*s.png",
+		 (int)(strlen(chart_path) > 4 ? strlen(chart_path) - 4 : strlen(chart_path)),
+		 chart_path);
 	fprintf(gp,
 		"# kapsel bench chart: gnuplot %s\n"
-		"set terminal svg size 1400,1000 dynamic noenhanced font 'sans,11' background rgb 'white'\n"
-		"set output '%s'\n"
 		"set datafile missing '?'\n"
 		"set style data histogram\n"
 		"set style histogram clustered gap 1\n"
@@ -773,31 +778,40 @@ int bench_report_chart(const char *dir, const struct bench_results *results, cha
 		"set boxwidth 0.9\n"
 		"set logscale y\n"
 		"set grid ytics\n"
-		"set xtics rotate by -35 scale 0 font ',9'\n"
-		"set key outside right top\n"
-		"set multiplot layout 2,1 title 'kapsel bench: native vs PV vs emulated (median of runs)'\n",
-		script_path, chart_path);
-	for (unsigned panel = 0; panel < 2; panel++) {
-		unsigned first_column = panel ? 5 : 2;
-		fprintf(gp, "set title '%s'\nset ylabel '%s'\n",
-			panel ? "VM exits per operation (native has none)" : "Throughput",
-			panel ? "exits/op (log scale)" : "MB/s (log scale)");
-		bool any = false;
-		for (unsigned p = 0; p < BENCH_PATH_COUNT; p++) {
-			if (!have[first_column + p])
-				continue;
-			fprintf(gp, "%s '%s' using %u:xtic(1) title '%s' lc rgb '%s'",
-				any ? "," : "plot", data_path, first_column + p,
-				bench_path_name((enum bench_path)p), colors[p]);
-			any = true;
+		"set xtics rotate by -35 left scale 0 font ',9'\n"
+		"set bmargin 8\n"
+		"set key outside right top\n",
+		script_path);
+	for (unsigned terminal = 0; terminal < 2; terminal++) {
+		fprintf(gp, "%s\nset output '%s'\n",
+			terminal
+				? "set terminal pngcairo size 1400,1000 noenhanced font 'sans,11' background rgb 'white'"
+				: "set terminal svg size 1400,1000 dynamic noenhanced font 'sans,11' background rgb 'white'",
+			terminal ? png_path : chart_path);
+		fprintf(gp,
+			"set multiplot layout 2,1 title 'kapsel bench: native vs PV vs emulated (median of runs)'\n");
+		for (unsigned panel = 0; panel < 2; panel++) {
+			unsigned first_column = panel ? 5 : 2;
+			fprintf(gp, "set title '%s'\nset ylabel '%s'\n",
+				panel ? "VM exits per operation (native has none)" : "Throughput",
+				panel ? "exits/op (log scale)" : "MB/s (log scale)");
+			bool any = false;
+			for (unsigned p = 0; p < BENCH_PATH_COUNT; p++) {
+				if (!have[first_column + p])
+					continue;
+				fprintf(gp, "%s '%s' using %u:xtic(1) title '%s' lc rgb '%s'",
+					any ? "," : "plot", data_path, first_column + p,
+					bench_path_name((enum bench_path)p), colors[p]);
+				any = true;
+			}
+			if (!any)
+				fprintf(gp,
+					"unset logscale y\nset yrange [0:1]\nset label 1 'no data' at graph 0.5, graph 0.5 center\n"
+					"plot 2 notitle lc rgb 'white'\nunset label 1\nset autoscale y\nset logscale y");
+			fputc('\n', gp);
 		}
-		if (!any)
-			fprintf(gp,
-				"unset logscale y\nset yrange [0:1]\nset label 1 'no data' at graph 0.5, graph 0.5 center\n"
-				"plot 2 notitle lc rgb 'white'\nunset label 1\nset autoscale y\nset logscale y");
-		fputc('\n', gp);
+		fprintf(gp, "unset multiplot\n");
 	}
-	fprintf(gp, "unset multiplot\n");
 	fclose(gp);
 	int err = run_gnuplot(script_path);
 	if (err == -ENOENT)
