@@ -230,9 +230,16 @@ int elf_image_load_file(const char *path, uint64_t ram_bytes, struct elf_image *
 
 	memset(image, 0, sizeof(*image));
 	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 && errno == ENOENT)
+		return kapsel_fail(
+			error, error_len, -ENOENT,
+			"cannot open guest image '%s': No such file or directory; give the path of a guest ELF kernel (built ones are in build/guest-pv/examples/)",
+			path);
 	if (fd < 0)
-		return kapsel_fail(error, error_len, -errno, "cannot open guest image '%s': %s",
-				   path, strerror(errno));
+		return kapsel_fail(
+			error, error_len, -errno,
+			"cannot open guest image '%s': %s; check the path and its permissions",
+			path, strerror(errno));
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
 		close(fd);
 		return kapsel_fail(error, error_len, -EINVAL,
