@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config_options.h"
 #include "error_text.h"
 
 void vm_config_init(struct vm_config *config)
@@ -35,10 +36,35 @@ void vm_config_free(struct vm_config *config)
 	memset(config, 0, sizeof(*config));
 }
 
-static int parse_u64(const char *text, uint64_t *value)
+char *config_next_field(char **cursor)
+{
+	char *field = *cursor;
+	while (field && *field == ',')
+		field++;
+	if (!field || !*field) {
+		*cursor = NULL;
+		return NULL;
+	}
+	char *comma = strchr(field, ',');
+	if (comma)
+		*comma = '\0';
+	*cursor = comma ? comma + 1 : NULL;
+	return field;
+}
+
+char *config_next_option(char **cursor, char **value)
+{
+	char *key = config_next_field(cursor);
+	*value = key ? strchr(key, '=') : NULL;
+	if (*value)
+		*(*value)++ = '\0';
+	return key;
+}
+
+int config_parse_u64(const char *text, uint64_t *value)
 {
 	char *end;
-	if (!*text || *text == '-')
+	if (!text || !*text || *text == '-')
 		return -EINVAL;
 	errno = 0;
 	unsigned long long v = strtoull(text, &end, 10);
@@ -48,17 +74,25 @@ static int parse_u64(const char *text, uint64_t *value)
 	return 0;
 }
 
+int config_unknown_option(char *error, size_t error_len, const char *flag, const char *text,
+			  const char *key, const char *value, const char *help)
+{
+	return kapsel_fail(error, error_len, -EINVAL,
+			   "%s '%s': option '%s%s%s' is unknown or lacks a valid value; %s", flag,
+			   text, key, value ? "=" : "", value ? value : "", help);
+}
+
 int vm_config_parse_disk(const char *text, struct vm_disk_config *disk, char *error,
 			 size_t error_len)
 {
-	char *copy = strdup(text), *save = NULL;
+	char *copy = strdup(text), *cursor = copy;
 	int err = 0;
 
 	memset(disk, 0, sizeof(*disk));
 	if (!copy)
 		return -ENOMEM;
-	char *path = strtok_r(copy, ",", &save);
-	/* strtok_r skips empty fields: ",readonly" must not become path
+	char *path = config_next_field(&cursor);
+	/* Empty fields are skipped: ",readonly" must not become path
 	 * "readonly". */
 	if (!path || !*path || text[0] == ',') {
 		free(copy);
@@ -67,11 +101,8 @@ int vm_config_parse_disk(const char *text, struct vm_disk_config *disk, char *er
 			"--disk needs a path: --disk PATH[,readonly][,bus=pv|ata][,cache=none|writeback]");
 	}
 	disk->path = strdup(path);
-	for (char *opt = strtok_r(NULL, ",", &save); opt && !err;
-	     opt = strtok_r(NULL, ",", &save)) {
-		char *value = strchr(opt, '=');
-		if (value)
-			*value++ = '\0';
+	char *opt, *value;
+	while (!err && (opt = config_next_option(&cursor, &value))) {
 		uint64_t number = 0;
 		if (strcmp(opt, "readonly") == 0 || strcmp(opt, "ro") == 0) {
 			disk->readonly =
@@ -96,7 +127,7 @@ int vm_config_parse_disk(const char *text, struct vm_disk_config *disk, char *er
 					error, error_len, -EINVAL,
 					"--disk '%s': cache '%s' is unknown; use cache=none or cache=writeback",
 					text, value);
-		} else if (value && parse_u64(value, &number) == 0 &&
+		} else if (config_parse_u64(value, &number) == 0 &&
 			   (strcmp(opt, "iops") == 0 || strcmp(opt, "iops_burst") == 0 ||
 			    strcmp(opt, "bps") == 0 || strcmp(opt, "bps_burst") == 0 ||
 			    strcmp(opt, "poll") == 0)) {
@@ -113,11 +144,9 @@ int vm_config_parse_disk(const char *text, struct vm_disk_config *disk, char *er
 				disk->poll_us = (uint32_t)(number > 1000000 ? 1000000 : number);
 			}
 		} else {
-			err = kapsel_fail(
-				error, error_len, -EINVAL,
-				"--disk '%s': option '%s%s%s' is unknown or lacks a valid value; "
-				"known: readonly, bus=pv|ata, cache=none|writeback, iops=N, iops_burst=N, bps=N, bps_burst=N, poll=MICROSECONDS",
-				text, opt, value ? "=" : "", value ? value : "");
+			err = config_unknown_option(
+				error, error_len, "--disk", text, opt, value,
+				"known: readonly, bus=pv|ata, cache=none|writeback, iops=N, iops_burst=N, bps=N, bps_burst=N, poll=MICROSECONDS");
 		}
 	}
 	free(copy);

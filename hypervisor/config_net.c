@@ -6,24 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config_options.h"
 #include "error_text.h"
 
 #define NET_SYNTAX                                                                 \
 	"--net socket=PATH,peer=PATH or --net tap=IFNAME, then [,model=pv|ne2000]" \
 	"[,mac=XX:XX:XX:XX:XX:XX][,pps=N][,pps_burst=N][,bps=N][,bps_burst=N]"
-
-static int parse_u64(const char *text, uint64_t *value)
-{
-	char *end;
-	if (!text || !*text || *text == '-')
-		return -EINVAL;
-	errno = 0;
-	unsigned long long v = strtoull(text, &end, 10);
-	if (errno || *end)
-		return -EINVAL;
-	*value = v;
-	return 0;
-}
 
 static int parse_mac(const char *text, uint8_t mac[6])
 {
@@ -49,18 +37,15 @@ void vm_net_config_free(struct vm_net_config *net)
 
 int vm_config_parse_net(const char *text, struct vm_net_config *net, char *error, size_t error_len)
 {
-	char *copy = strdup(text), *save = NULL;
+	char *copy = strdup(text), *cursor = copy;
 	int err = 0;
 	bool have_backend = false;
 
 	memset(net, 0, sizeof(*net));
 	if (!copy)
 		return -ENOMEM;
-	for (char *opt = strtok_r(copy, ",", &save); opt && !err;
-	     opt = strtok_r(NULL, ",", &save)) {
-		char *value = strchr(opt, '=');
-		if (value)
-			*value++ = '\0';
+	char *opt, *value;
+	while (!err && (opt = config_next_option(&cursor, &value))) {
 		uint64_t number = 0;
 		if ((strcmp(opt, "socket") == 0 || strcmp(opt, "tap") == 0) && value && *value) {
 			if (have_backend) {
@@ -98,7 +83,7 @@ int vm_config_parse_net(const char *text, struct vm_net_config *net, char *error
 					"--net '%s': mac '%s' is not a unicast address XX:XX:XX:XX:XX:XX (first byte even)",
 					text, value ? value : "");
 			net->has_mac = true;
-		} else if (value && parse_u64(value, &number) == 0 &&
+		} else if (config_parse_u64(value, &number) == 0 &&
 			   (strcmp(opt, "pps") == 0 || strcmp(opt, "pps_burst") == 0 ||
 			    strcmp(opt, "bps") == 0 || strcmp(opt, "bps_burst") == 0)) {
 			if (strcmp(opt, "pps") == 0)
@@ -110,10 +95,8 @@ int vm_config_parse_net(const char *text, struct vm_net_config *net, char *error
 			else
 				net->bytes_limit.burst = number;
 		} else {
-			err = kapsel_fail(
-				error, error_len, -EINVAL,
-				"--net '%s': option '%s%s%s' is unknown or lacks a valid value; syntax: " NET_SYNTAX,
-				text, opt, value ? "=" : "", value ? value : "");
+			err = config_unknown_option(error, error_len, "--net", text, opt, value,
+						    "syntax: " NET_SYNTAX);
 		}
 	}
 	free(copy);

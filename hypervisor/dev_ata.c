@@ -82,17 +82,7 @@ static void dev_ata_io_string(struct kapsel_device *dev, uint16_t port, unsigned
 			ata_data_read(&d->ata, data, (size_t)size * count);
 		return;
 	}
-	uint8_t *p = data;
-	for (uint32_t i = 0; i < count; i++, p += size) {
-		uint32_t value = 0;
-		if (is_write) {
-			memcpy(&value, p, size);
-			dev_ata_io_write(dev, port, size, value);
-		} else {
-			dev_ata_io_read(dev, port, size, &value);
-			memcpy(p, &value, size);
-		}
-	}
+	device_io_each(dev, port, size, count, is_write, data);
 }
 
 static void dev_ata_print_stats(struct kapsel_device *dev, FILE *out)
@@ -266,13 +256,11 @@ int dev_ata_create(struct kapsel_vm *vm, const struct vm_disk_config *disk, unsi
 	char error[512];
 	int err;
 
-	for (unsigned i = 0; i < vm->device_count; i++) {
-		if (vm->devices[i]->ops == &dev_ata_ops) {
-			kapsel_error("disk %u ('%s'): only one ATA disk is supported (drive 0 of the primary channel at 0x1f0); "
-				     "attach this one as a PV disk (bus=pv, or <target bus='xen'/>)",
-				     unit, disk->path);
-			return -EINVAL;
-		}
+	if (devices_have(vm, &dev_ata_ops)) {
+		kapsel_error("disk %u ('%s'): only one ATA disk is supported (drive 0 of the primary channel at 0x1f0); "
+			     "attach this one as a PV disk (bus=pv, or <target bus='xen'/>)",
+			     unit, disk->path);
+		return -EINVAL;
 	}
 	struct dev_ata *d = calloc(1, sizeof(*d));
 	if (!d)
@@ -288,15 +276,8 @@ int dev_ata_create(struct kapsel_vm *vm, const struct vm_disk_config *disk, unsi
 		kapsel_error("disk %u ('%s'): no memory for the ATA buffer", unit, disk->path);
 		goto fail_disk;
 	}
-	d->dev.ops = &dev_ata_ops;
-	d->dev.priv = d;
-	d->dev.io_port_base = ATA_PRIMARY_COMMAND_BASE;
-	d->dev.io_port_count = ATA_COMMAND_PORT_COUNT;
-	d->dev.io_ctl_port = ATA_PRIMARY_CONTROL_PORT;
-	d->dev.desc.type = KAPSEL_DEV_ATA_DISK;
-	d->dev.desc.io_base = ATA_PRIMARY_COMMAND_BASE;
-	d->dev.desc.io_ctl = ATA_PRIMARY_CONTROL_PORT;
-	d->dev.desc.unit = (uint16_t)unit;
+	device_init_emulated(&d->dev, &dev_ata_ops, d, ATA_PRIMARY_COMMAND_BASE,
+			     ATA_COMMAND_PORT_COUNT, ATA_PRIMARY_CONTROL_PORT, unit);
 	d->dev.desc.capacity_sectors = d->disk.capacity_sectors;
 	d->dev.desc.flags = disk->readonly ? KAPSEL_DEVICE_FLAG_READONLY : 0;
 	err = vm_add_device(vm, &d->dev);
@@ -307,12 +288,11 @@ int dev_ata_create(struct kapsel_vm *vm, const struct vm_disk_config *disk, unsi
 		else
 			kapsel_error("disk %u ('%s'): the ATA ports 0x1f0-0x1f7 are already taken by another device",
 				     unit, disk->path);
-		goto fail_ata;
+		dev_ata_destroy(&d->dev);
+		return err;
 	}
 	return 0;
 
-fail_ata:
-	ata_destroy(&d->ata);
 fail_disk:
 	disk_image_close(&d->disk);
 	free(d);

@@ -103,17 +103,7 @@ static void dev_ne2000_io_string(struct kapsel_device *dev, uint16_t port, unsig
 			ne2000_data_read(&d->card, data, (size_t)size * count);
 		return;
 	}
-	uint8_t *p = data;
-	for (uint32_t i = 0; i < count; i++, p += size) {
-		uint32_t value = 0;
-		if (is_write) {
-			memcpy(&value, p, size);
-			dev_ne2000_io_write(dev, port, size, value);
-		} else {
-			dev_ne2000_io_read(dev, port, size, &value);
-			memcpy(p, &value, size);
-		}
-	}
+	device_io_each(dev, port, size, count, is_write, data);
 }
 
 static void dev_ne2000_print_stats(struct kapsel_device *dev, FILE *out)
@@ -155,12 +145,10 @@ static const struct kapsel_device_ops dev_ne2000_ops = {
 int dev_ne2000_create(struct kapsel_vm *vm, const struct vm_net_config *config, unsigned unit)
 {
 	char error[512];
-	for (unsigned i = 0; i < vm->device_count; i++) {
-		if (vm->devices[i]->ops == &dev_ne2000_ops) {
-			kapsel_error("net %u ('%s'): only one NE2000 is supported (I/O base 0x300); attach this one with model=pv (libvirt <model type='xen'/>)",
-				     unit, config->path);
-			return -EINVAL;
-		}
+	if (devices_have(vm, &dev_ne2000_ops)) {
+		kapsel_error("net %u ('%s'): only one NE2000 is supported (I/O base 0x300); attach this one with model=pv (libvirt <model type='xen'/>)",
+			     unit, config->path);
+		return -EINVAL;
 	}
 	struct dev_ne2000 *d = calloc(1, sizeof(*d));
 	if (!d)
@@ -176,13 +164,8 @@ int dev_ne2000_create(struct kapsel_vm *vm, const struct vm_net_config *config, 
 	uint8_t mac[6];
 	vm_config_net_mac(vm->config, unit, mac);
 	ne2000_init(&d->card, mac, dev_ne2000_transmit, d);
-	d->dev.ops = &dev_ne2000_ops;
-	d->dev.priv = d;
-	d->dev.io_port_base = NE2000_IO_BASE;
-	d->dev.io_port_count = NE2000_PORT_COUNT;
-	d->dev.desc.type = KAPSEL_DEV_NE2000;
-	d->dev.desc.io_base = NE2000_IO_BASE;
-	d->dev.desc.unit = (uint16_t)unit;
+	device_init_emulated(&d->dev, &dev_ne2000_ops, d, NE2000_IO_BASE, NE2000_PORT_COUNT, 0,
+			     unit);
 	d->dev.desc.mtu_bytes = 1500;
 	memcpy(d->dev.desc.mac, mac, 6);
 	err = vm_add_device(vm, &d->dev);
@@ -193,8 +176,7 @@ int dev_ne2000_create(struct kapsel_vm *vm, const struct vm_net_config *config, 
 		else
 			kapsel_error("net %u ('%s'): the NE2000 ports 0x300-0x31f are already taken by another device",
 				     unit, config->path);
-		net_backend_close(&d->backend);
-		free(d);
+		dev_ne2000_destroy(&d->dev);
 		return err;
 	}
 	kapsel_debug("net %u: NE2000 at 0x300 on %s '%s'", unit,

@@ -1,6 +1,9 @@
 /* Which devices a VM gets: builds them from the VM's config, in a fixed order. */
 #include "devices.h"
 
+#include <string.h>
+
+#include "device.h"
 #include "vm.h"
 
 int devices_attach(struct kapsel_vm *vm)
@@ -39,4 +42,43 @@ int devices_attach(struct kapsel_vm *vm)
 	if (vm->config->console_mode == VM_CONSOLE_UART)
 		return console_start_input(&vm->console, NULL, NULL);
 	return 0;
+}
+
+bool devices_have(const struct kapsel_vm *vm, const struct kapsel_device_ops *ops)
+{
+	for (unsigned i = 0; i < vm->device_count; i++)
+		if (vm->devices[i]->ops == ops)
+			return true;
+	return false;
+}
+
+void device_init_emulated(struct kapsel_device *dev, const struct kapsel_device_ops *ops,
+			  void *priv, uint16_t io_base, uint16_t io_port_count,
+			  uint16_t io_ctl_port, unsigned unit)
+{
+	dev->ops = ops;
+	dev->priv = priv;
+	dev->io_port_base = io_base;
+	dev->io_port_count = io_port_count;
+	dev->io_ctl_port = io_ctl_port;
+	dev->desc.type = (uint16_t)ops->type;
+	dev->desc.io_base = io_base;
+	dev->desc.io_ctl = io_ctl_port;
+	dev->desc.unit = (uint16_t)unit;
+}
+
+void device_io_each(struct kapsel_device *dev, uint16_t port, unsigned size, uint32_t count,
+		    bool is_write, void *data)
+{
+	uint8_t *p = data;
+	for (uint32_t i = 0; i < count; i++, p += size) {
+		uint32_t value = 0;
+		if (is_write) {
+			memcpy(&value, p, size);
+			dev->ops->io_write(dev, port, size, value);
+		} else {
+			dev->ops->io_read(dev, port, size, &value);
+			memcpy(p, &value, size);
+		}
+	}
 }

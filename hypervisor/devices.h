@@ -2,10 +2,14 @@
 #ifndef KAPSEL_DEVICES_H
 #define KAPSEL_DEVICES_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
 #include "config.h"
 
 struct kapsel_vm;
 struct kapsel_device;
+struct kapsel_device_ops;
 
 /*
  * Attach every device the config asks for, in a fixed order so device
@@ -14,6 +18,31 @@ struct kapsel_device;
  * Returns 0 or a negative errno (after printing what went wrong).
  */
 int devices_attach(struct kapsel_vm *vm);
+
+/* ---- Helpers for the device files ---- */
+
+/* True if a device with these ops is attached already (for devices a VM
+ * may have only one of). */
+bool devices_have(const struct kapsel_vm *vm, const struct kapsel_device_ops *ops);
+
+/*
+ * Fill the fields an emulated device's constructor sets before
+ * vm_add_device: ops and priv, the claimed ports (io_port_count ports from
+ * io_base, and io_ctl_port unless 0) and the same in the descriptor, with
+ * desc.type = ops->type and desc.unit = unit.  Precondition: dev is zeroed.
+ */
+void device_init_emulated(struct kapsel_device *dev, const struct kapsel_device_ops *ops,
+			  void *priv, uint16_t io_base, uint16_t io_port_count,
+			  uint16_t io_ctl_port, unsigned unit);
+
+/*
+ * A string access (rep ins/outs) of count elements of size bytes at port,
+ * done as count calls of dev->ops->io_read or io_write; data holds
+ * count * size bytes (filled for reads).  For devices without io_string
+ * and for the ports an io_string callback does not speed up.
+ */
+void device_io_each(struct kapsel_device *dev, uint16_t port, unsigned size, uint32_t count,
+		    bool is_write, void *data);
 
 /* Constructors, one per device file.  Each allocates its device, calls
  * vm_add_device and returns 0 or a negative errno (message printed). */

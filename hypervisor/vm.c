@@ -677,16 +677,7 @@ static void handle_io(struct kapsel_vm *vm)
 				    run->io.direction == KVM_EXIT_IO_OUT, data);
 		return;
 	}
-	for (uint32_t i = 0; i < run->io.count; i++, data += size) {
-		uint32_t value = 0;
-		if (run->io.direction == KVM_EXIT_IO_IN) {
-			dev->ops->io_read(dev, port, size, &value);
-			memcpy(data, &value, size);
-		} else {
-			memcpy(&value, data, size);
-			dev->ops->io_write(dev, port, size, value);
-		}
-	}
+	device_io_each(dev, port, size, run->io.count, run->io.direction == KVM_EXIT_IO_OUT, data);
 }
 
 static int reboot_guest(struct kapsel_vm *vm)

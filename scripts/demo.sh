@@ -2,14 +2,7 @@
 # The main job: build Kapsel, boot the demo guest, then benchmark native vs PV vs emulated disk I/O.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-build=${KAPSEL_BUILD_DIR:-build}
-
-if [ -f "$build/build.ninja" ]; then
-	meson setup --reconfigure "$build" >/dev/null
-else
-	meson setup "$build"
-fi
-ninja -C "$build"
+. scripts/lib.sh # sets $build and builds there
 
 echo "== Booting the demo guest"
 "$build/hypervisor/kapsel" run --kernel "$build/guest-pv/examples/hello.elf" --memory 64M --no-console-input

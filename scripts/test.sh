@@ -2,14 +2,7 @@
 # Build Kapsel and run the whole test suite; fails if KVM tests were skipped on a machine with /dev/kvm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-build=${KAPSEL_BUILD_DIR:-build}
-
-if [ -f "$build/build.ninja" ]; then
-	meson setup --reconfigure "$build" >/dev/null
-else
-	meson setup "$build"
-fi
-ninja -C "$build"
+. scripts/lib.sh # sets $build and builds there
 
 status=0
 meson test -C "$build" --print-errorlogs --num-processes 2 || status=$?

@@ -5,6 +5,9 @@
 #include "kapsel_guest/platform.h"
 #include "kapsel_guest/runtime.h"
 
+#include "args.h"
+#include "pattern.h"
+
 /*
  * Usage (the command line):
  *   model [disk=N] [path=pv|ata|auto] seed=S ops=N [max_sectors=X] [qd=Q]
@@ -38,7 +41,8 @@
  *             else a FLUSH (which ignores first and count)
  *   WRITE op i stores pattern(S ^ (i + 1) * G); pattern(v) of sector s is
  *             64 little-endian words, word j = mix(mix(v) ^ (s * 64 + j)),
- *             mix(x) = fin(x + G) (blktest's pattern); WRITE_ZEROES zeroes.
+ *             mix(x) = fin(x + G) (blktest's pattern, pattern.h); WRITE_ZEROES
+ *             zeroes.
  *   The disk starts zero.  A request is issued only when none in flight
  *   overlaps it and in sequence order, so the final image is the ops
  *   applied one after the other whatever the queue depth.
@@ -47,11 +51,11 @@
 
 #define SECTOR 512u
 #define WORDS_PER_SECTOR (SECTOR / 8u)
+_Static_assert(WORDS_PER_SECTOR == PATTERN_WORDS_PER_SECTOR, "pattern.h sectors");
 #define PAGE_BYTES 4096u
 #define MAX_QD 64u
 #define MAX_OP_SECTORS 16u
 #define VERIFY_CHUNK_SECTORS 128u
-#define GOLDEN 0x9e3779b97f4a7c15ull
 
 /* Per-sector model state. */
 #define SECTOR_WRITTEN 1u /* holds a pattern (else zero) */
@@ -74,54 +78,10 @@
 #define ATA_CMD_WRITE_SECTORS 0x30u
 #define ATA_CMD_READ_DMA 0xc8u /* not emulated: must abort */
 
-static uint64_t fin(uint64_t z)
-{
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static uint64_t mix(uint64_t x)
-{
-	return fin(x + GOLDEN);
-}
-
 static uint64_t rng_next(uint64_t *state)
 {
-	*state += GOLDEN;
-	return fin(*state);
-}
-
-static void fill_sector(uint64_t *words, uint64_t version_seed, uint64_t sector)
-{
-	uint64_t key = mix(version_seed);
-	for (uint64_t j = 0; j < WORDS_PER_SECTOR; j++)
-		words[j] = mix(key ^ (sector * WORDS_PER_SECTOR + j));
-}
-
-/* ---- command line ------------------------------------------------------- */
-
-static int arg_count;
-static char **arg_values;
-
-static const char *text_option(const char *key)
-{
-	size_t len = strlen(key);
-	for (int i = 1; i < arg_count; i++)
-		if (strncmp(arg_values[i], key, len) == 0 && arg_values[i][len] == '=')
-			return arg_values[i] + len + 1;
-	return 0;
-}
-
-static uint64_t option(const char *key, uint64_t fallback)
-{
-	const char *text = text_option(key);
-	uint64_t value;
-	if (!text)
-		return fallback;
-	if (kg_parse_u64(text, &value) < 0)
-		kg_panic("option %s=%s is not a number", key, text);
-	return value;
+	*state += PATTERN_GOLDEN;
+	return pattern_finalize(*state);
 }
 
 static void *alloc_bytes(uint64_t bytes)
@@ -201,7 +161,7 @@ static bool model_finished(const struct model_disk *m)
 
 static uint32_t max_sectors_option(const char *key)
 {
-	uint64_t value = option(key, MAX_OP_SECTORS);
+	uint64_t value = args_number(key, MAX_OP_SECTORS);
 	if (value < 1 || value > MAX_OP_SECTORS)
 		kg_panic("%s=%llu: use 1 to %u", key, (unsigned long long)value, MAX_OP_SECTORS);
 	return (uint32_t)value;
@@ -255,7 +215,7 @@ static void model_replay(struct model_disk *m, uint64_t seed, uint64_t ops, uint
 			uint64_t s = op.first + k;
 			if (op.kind == MODEL_WRITE) {
 				m->state[s] |= SECTOR_WRITTEN;
-				m->version_seed[s] = seed ^ ((i + 1) * GOLDEN);
+				m->version_seed[s] = seed ^ ((i + 1) * PATTERN_GOLDEN);
 			} else if (op.kind == MODEL_ZEROES) {
 				m->state[s] &= (uint8_t)~SECTOR_WRITTEN;
 			}
@@ -270,7 +230,7 @@ static void model_check_sector(struct model_disk *m, const uint64_t *words, uint
 {
 	uint64_t want[WORDS_PER_SECTOR];
 	if (m->state[sector] & SECTOR_WRITTEN)
-		fill_sector(want, m->version_seed[sector], sector);
+		pattern_fill_sector(want, m->version_seed[sector], sector);
 	else
 		memset(want, 0, sizeof(want));
 	for (unsigned j = 0; j < WORDS_PER_SECTOR; j++) {
@@ -331,8 +291,9 @@ static void issue_op(struct model_disk *m, const struct model_op *op)
 		r->op = op->kind == MODEL_WRITE ? KAPSEL_BLK_OP_WRITE : KAPSEL_BLK_OP_READ;
 		if (op->kind == MODEL_WRITE)
 			for (uint32_t k = 0; k < op->count; k++)
-				fill_sector(slot->buffer + k * WORDS_PER_SECTOR,
-					    m->seed ^ ((op->index + 1) * GOLDEN), op->first + k);
+				pattern_fill_sector(slot->buffer + k * WORDS_PER_SECTOR,
+						    m->seed ^ ((op->index + 1) * PATTERN_GOLDEN),
+						    op->first + k);
 		else
 			memset(slot->buffer, 0x5a, op->count * SECTOR); /* stale data shows */
 		/* 1 to 3 segments on sector boundaries (no rng: the model
@@ -539,7 +500,7 @@ static void complete_op(struct model_disk *m, struct model_slot *slot, int statu
 						   "random read");
 			} else if (op->kind == MODEL_WRITE) {
 				m->state[s] |= SECTOR_WRITTEN;
-				m->version_seed[s] = m->seed ^ ((op->index + 1) * GOLDEN);
+				m->version_seed[s] = m->seed ^ ((op->index + 1) * PATTERN_GOLDEN);
 			} else {
 				m->state[s] &= (uint8_t)~SECTOR_WRITTEN;
 			}
@@ -623,7 +584,7 @@ static void model_finish(struct model_disk *m)
 
 static void hold_if_asked(void)
 {
-	if (!option("hold", 0))
+	if (!args_number("hold", 0))
 		return;
 	kg_printf("blkmodel: flush acknowledged\n");
 	for (;;)
@@ -634,7 +595,7 @@ static void hold_if_asked(void)
 
 static enum kg_block_path path_option(void)
 {
-	const char *p = text_option("path");
+	const char *p = args_text("path");
 	if (!p || strcmp(p, "auto") == 0)
 		return KG_BLOCK_AUTO;
 	if (strcmp(p, "pv") == 0)
@@ -647,12 +608,12 @@ static enum kg_block_path path_option(void)
 static void do_model(void)
 {
 	static struct model_disk m;
-	model_open(&m, (unsigned)option("disk", 0), path_option(), option("seed", 1),
-		   option("ops", 1000), max_sectors_option("max_sectors"), option("qd", 32),
-		   option("bad", 0));
-	uint64_t prior_ops = option("prior_ops", 0);
+	model_open(&m, (unsigned)args_number("disk", 0), path_option(), args_number("seed", 1),
+		   args_number("ops", 1000), max_sectors_option("max_sectors"),
+		   args_number("qd", 32), args_number("bad", 0));
+	uint64_t prior_ops = args_number("prior_ops", 0);
 	if (prior_ops) {
-		model_replay(&m, option("prior_seed", 1), prior_ops,
+		model_replay(&m, args_number("prior_seed", 1), prior_ops,
 			     max_sectors_option("prior_max_sectors"));
 		model_verify_all(&m, "left by the prior sequence");
 	}
@@ -670,10 +631,10 @@ static void do_model(void)
 static void do_mixed(void)
 {
 	static struct model_disk pv, ata;
-	uint64_t qd = option("qd", 16), bad = option("bad", 0);
-	model_open(&pv, 0, KG_BLOCK_PV, option("seed", 1), option("ops", 2000),
+	uint64_t qd = args_number("qd", 16), bad = args_number("bad", 0);
+	model_open(&pv, 0, KG_BLOCK_PV, args_number("seed", 1), args_number("ops", 2000),
 		   max_sectors_option("max_sectors"), qd, bad);
-	model_open(&ata, 1, KG_BLOCK_ATA, option("seed1", 2), option("ops1", 400),
+	model_open(&ata, 1, KG_BLOCK_ATA, args_number("seed1", 2), args_number("ops1", 400),
 		   max_sectors_option("max_sectors1"), 1, bad);
 	/* New PV requests per ATA request, so both sequences end together. */
 	unsigned pv_per_ata = ata.ops ? (unsigned)((pv.ops + ata.ops - 1) / ata.ops) : ~0u;
@@ -709,18 +670,7 @@ static void do_mixed(void)
 
 int main(int argc, char **argv)
 {
-	arg_count = argc;
-	arg_values = argv;
-	const char *mode = "";
-	for (int i = 1; i < argc; i++) {
-		bool is_option = false;
-		for (const char *c = argv[i]; *c; c++)
-			is_option |= *c == '=';
-		if (!is_option) {
-			mode = argv[i];
-			break;
-		}
-	}
+	const char *mode = args_init(argc, argv, "");
 	if (strcmp(mode, "model") == 0) {
 		do_model();
 	} else if (strcmp(mode, "mixed") == 0) {

@@ -5,6 +5,9 @@
 #include "kapsel_guest/platform.h"
 #include "kapsel_guest/runtime.h"
 
+#include "args.h"
+#include "pattern.h"
+
 /*
  * Usage (the command line):
  *   blktest MODE [disk=N] [path=pv|ata|auto] [seed=N] [sectors=N] [start=N] ...
@@ -26,59 +29,11 @@
 
 #define SECTOR 512u
 #define WORDS_PER_SECTOR (SECTOR / 8u)
+_Static_assert(WORDS_PER_SECTOR == PATTERN_WORDS_PER_SECTOR, "pattern.h sectors");
 #define PAGE_BYTES 4096u
 #define CHUNK_SECTORS 256u /* 128 KiB per synchronous request */
 #define MAX_QD 256u
 #define RANDOM_MAX_SECTORS 16u
-
-static uint64_t mix64(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ull;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return x ^ (x >> 31);
-}
-
-static void fill_sector(uint64_t *words, uint64_t seed, uint64_t sector)
-{
-	uint64_t key = mix64(seed);
-	for (uint64_t i = 0; i < WORDS_PER_SECTOR; i++)
-		words[i] = mix64(key ^ (sector * WORDS_PER_SECTOR + i));
-}
-
-/* Index of the first differing word, or -1. */
-static int check_sector(const uint64_t *words, uint64_t seed, uint64_t sector)
-{
-	uint64_t key = mix64(seed);
-	for (uint64_t i = 0; i < WORDS_PER_SECTOR; i++)
-		if (words[i] != mix64(key ^ (sector * WORDS_PER_SECTOR + i)))
-			return (int)i;
-	return -1;
-}
-
-static int arg_count;
-static char **arg_values;
-
-/* The value of "key=value" among the arguments, or NULL. */
-static const char *text_option(const char *key)
-{
-	size_t len = strlen(key);
-	for (int i = 1; i < arg_count; i++)
-		if (strncmp(arg_values[i], key, len) == 0 && arg_values[i][len] == '=')
-			return arg_values[i] + len + 1;
-	return 0;
-}
-
-static uint64_t option(const char *key, uint64_t fallback)
-{
-	const char *text = text_option(key);
-	uint64_t value;
-	if (!text)
-		return fallback;
-	if (kg_parse_u64(text, &value) < 0)
-		kg_panic("option %s=%s is not a number", key, text);
-	return value;
-}
 
 static void *alloc_bytes(uint64_t bytes)
 {
@@ -95,14 +50,14 @@ static const char *path_name(enum kg_block_path path)
 static struct kg_block_device *open_disk(struct kg_block_info *info)
 {
 	enum kg_block_path path = KG_BLOCK_AUTO;
-	const char *p = text_option("path");
+	const char *p = args_text("path");
 	if (p && strcmp(p, "pv") == 0)
 		path = KG_BLOCK_PV;
 	else if (p && strcmp(p, "ata") == 0)
 		path = KG_BLOCK_ATA;
 	else if (p && strcmp(p, "auto") != 0)
 		kg_panic("path=%s is unknown; use pv, ata or auto", p);
-	unsigned index = (unsigned)option("disk", 0);
+	unsigned index = (unsigned)args_number("disk", 0);
 	struct kg_block_device *dev;
 	int err = kg_block_open(index, path, &dev);
 	if (err) {
@@ -111,7 +66,7 @@ static struct kg_block_device *open_disk(struct kg_block_info *info)
 		kg_exit(2);
 	}
 	kg_block_get_info(dev, info);
-	kg_block_set_poll_ns(dev, option("poll_ns", 0));
+	kg_block_set_poll_ns(dev, args_number("poll_ns", 0));
 	return dev;
 }
 
@@ -129,15 +84,15 @@ static void print_stats(struct kg_block_device *dev)
 
 static void do_write(struct kg_block_device *dev, struct kg_block_info *info)
 {
-	uint64_t seed = option("seed", 1), start = option("start", 0);
-	uint64_t sectors = option("sectors", 2048);
+	uint64_t seed = args_number("seed", 1), start = args_number("start", 0);
+	uint64_t sectors = args_number("sectors", 2048);
 	kg_assert(start + sectors <= info->capacity_sectors);
 	uint64_t *buffer = alloc_bytes(CHUNK_SECTORS * SECTOR);
 	for (uint64_t done = 0; done < sectors;) {
 		uint32_t n =
 			sectors - done < CHUNK_SECTORS ? (uint32_t)(sectors - done) : CHUNK_SECTORS;
 		for (uint32_t i = 0; i < n; i++)
-			fill_sector(buffer + i * WORDS_PER_SECTOR, seed, start + done + i);
+			pattern_fill_sector(buffer + i * WORDS_PER_SECTOR, seed, start + done + i);
 		int err = kg_block_write(dev, start + done, buffer, n);
 		if (err)
 			kg_panic("write of sectors %llu+%u failed: %d",
@@ -148,7 +103,7 @@ static void do_write(struct kg_block_device *dev, struct kg_block_info *info)
 	kg_assert(err == 0);
 	kg_printf("blktest write: %llu sectors from %llu, seed %llu, flushed\n",
 		  (unsigned long long)sectors, (unsigned long long)start, (unsigned long long)seed);
-	if (option("hold", 0)) {
+	if (args_number("hold", 0)) {
 		kg_printf("blktest: flush acknowledged\n");
 		for (;;)
 			kg_time_sleep_ns(1000000000ull);
@@ -157,8 +112,8 @@ static void do_write(struct kg_block_device *dev, struct kg_block_info *info)
 
 static void do_verify(struct kg_block_device *dev, struct kg_block_info *info)
 {
-	uint64_t seed = option("seed", 1), start = option("start", 0);
-	uint64_t sectors = option("sectors", 2048);
+	uint64_t seed = args_number("seed", 1), start = args_number("start", 0);
+	uint64_t sectors = args_number("sectors", 2048);
 	kg_assert(start + sectors <= info->capacity_sectors);
 	uint64_t *buffer = alloc_bytes(CHUNK_SECTORS * SECTOR);
 	for (uint64_t done = 0; done < sectors;) {
@@ -168,7 +123,8 @@ static void do_verify(struct kg_block_device *dev, struct kg_block_info *info)
 		kg_assert(err == 0);
 		for (uint32_t i = 0; i < n; i++) {
 			uint64_t sector = start + done + i;
-			int word = check_sector(buffer + i * WORDS_PER_SECTOR, seed, sector);
+			int word =
+				pattern_check_sector(buffer + i * WORDS_PER_SECTOR, seed, sector);
 			if (word >= 0)
 				kg_printf("blktest verify: sector %llu word %d differs\n",
 					  (unsigned long long)sector, word);
@@ -194,7 +150,7 @@ struct random_slot {
 static uint64_t rng_state;
 static uint64_t rng_next(void)
 {
-	return mix64(rng_state++);
+	return pattern_mix(rng_state++);
 }
 
 static uint64_t version_seed(uint64_t seed, uint32_t version)
@@ -204,8 +160,9 @@ static uint64_t version_seed(uint64_t seed, uint32_t version)
 
 static void do_random(struct kg_block_device *dev, struct kg_block_info *info)
 {
-	uint64_t ops = option("ops", 1000), qd = option("qd", 32), seed = option("seed", 1);
-	uint64_t region = option("sectors", 8192);
+	uint64_t ops = args_number("ops", 1000), qd = args_number("qd", 32),
+		 seed = args_number("seed", 1);
+	uint64_t region = args_number("sectors", 8192);
 	if (region > info->capacity_sectors)
 		region = info->capacity_sectors;
 	if (qd > info->queue_depth)
@@ -253,8 +210,9 @@ static void do_random(struct kg_block_device *dev, struct kg_block_info *info)
 			if (write) {
 				slot->version = ++next_version;
 				for (uint32_t i = 0; i < count; i++)
-					fill_sector(slot->buffer + i * WORDS_PER_SECTOR,
-						    version_seed(seed, slot->version), first + i);
+					pattern_fill_sector(slot->buffer + i * WORDS_PER_SECTOR,
+							    version_seed(seed, slot->version),
+							    first + i);
 			}
 			/* 1 to 3 segments on sector boundaries. */
 			uint32_t segments = 1 + (uint32_t)(rng_next() % 3);
@@ -286,9 +244,11 @@ static void do_random(struct kg_block_device *dev, struct kg_block_info *info)
 					versions[sector] = slot->version;
 				} else if (versions[sector]) {
 					int word =
-						check_sector(slot->buffer + i * WORDS_PER_SECTOR,
-							     version_seed(seed, versions[sector]),
-							     sector);
+						pattern_check_sector(slot->buffer +
+									     i * WORDS_PER_SECTOR,
+								     version_seed(seed,
+										  versions[sector]),
+								     sector);
 					if (word >= 0)
 						kg_printf("blktest random: sector %llu word %d differs from version %u\n",
 							  (unsigned long long)sector, word,
@@ -316,11 +276,11 @@ static void do_random(struct kg_block_device *dev, struct kg_block_info *info)
 
 static void do_zeroes(struct kg_block_device *dev, struct kg_block_info *info)
 {
-	uint64_t seed = option("seed", 1), sectors = option("sectors", 256);
+	uint64_t seed = args_number("seed", 1), sectors = args_number("sectors", 256);
 	kg_assert(sectors >= 64 && sectors <= CHUNK_SECTORS && sectors <= info->capacity_sectors);
 	uint64_t *buffer = alloc_bytes(CHUNK_SECTORS * SECTOR);
 	for (uint32_t i = 0; i < sectors; i++)
-		fill_sector(buffer + i * WORDS_PER_SECTOR, seed, i);
+		pattern_fill_sector(buffer + i * WORDS_PER_SECTOR, seed, i);
 	kg_assert(kg_block_write(dev, 0, buffer, (uint32_t)sectors) == 0);
 
 	/* Zero [8, 24) and discard [32, 40); the rest keeps the pattern. */
@@ -357,7 +317,7 @@ static void do_zeroes(struct kg_block_device *dev, struct kg_block_info *info)
 		else if (i >= 32 && i < 40)
 			; /* discarded: contents unspecified */
 		else
-			kg_assert(check_sector(words, seed, i) < 0);
+			kg_assert(pattern_check_sector(words, seed, i) < 0);
 	}
 	kg_printf("blktest zeroes: write_zeroes, discard and a 4-segment read of %u sectors ok\n",
 		  piece_sectors * 4);
@@ -403,10 +363,11 @@ static void do_range(struct kg_block_device *dev, struct kg_block_info *info)
 
 static void do_perf(struct kg_block_device *dev, struct kg_block_info *info)
 {
-	const char *op_text = text_option("op");
+	const char *op_text = args_text("op");
 	bool write = op_text && strcmp(op_text, "write") == 0;
-	uint64_t qd = option("qd", 32), ops = option("ops", 20000), bs = option("bs", 4096);
-	uint64_t region = option("sectors", info->capacity_sectors);
+	uint64_t qd = args_number("qd", 32), ops = args_number("ops", 20000),
+		 bs = args_number("bs", 4096);
+	uint64_t region = args_number("sectors", info->capacity_sectors);
 	if (qd > info->queue_depth)
 		qd = info->queue_depth;
 	if (qd > MAX_QD)
@@ -416,7 +377,7 @@ static void do_perf(struct kg_block_device *dev, struct kg_block_info *info)
 	uint8_t *buffers = alloc_bytes(qd * bs);
 	struct kg_block_request *done[MAX_QD];
 	uint64_t blocks = region / (bs / SECTOR);
-	rng_state = option("seed", 1);
+	rng_state = args_number("seed", 1);
 	uint64_t issued = 0, completed = 0, latency_tsc = 0;
 	uint64_t start_ns = kg_time_now_ns();
 	for (uint64_t i = 0; i < qd; i++) {
@@ -467,18 +428,7 @@ static void do_perf(struct kg_block_device *dev, struct kg_block_info *info)
 
 int main(int argc, char **argv)
 {
-	arg_count = argc;
-	arg_values = argv;
-	const char *mode = "info";
-	for (int i = 1; i < argc; i++) {
-		bool is_option = false;
-		for (const char *c = argv[i]; *c; c++)
-			is_option |= *c == '=';
-		if (!is_option) {
-			mode = argv[i];
-			break;
-		}
-	}
+	const char *mode = args_init(argc, argv, "info");
 	struct kg_block_info info;
 	struct kg_block_device *dev = open_disk(&info);
 	if (strcmp(mode, "info") == 0) {

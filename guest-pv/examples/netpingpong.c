@@ -5,6 +5,8 @@
 #include "kapsel_guest/platform.h"
 #include "kapsel_guest/runtime.h"
 
+#include "args.h"
+
 /*
  * Usage (guest command line, key=value):
  *   role=ping count=N [size=BYTES] [peer=MAC]   send N frames, wait for each echo
@@ -135,22 +137,9 @@ static bool parse_mac(const char *text, uint8_t mac[6])
 	return text[17] == '\0';
 }
 
-static int arg_count;
-static char **arg_values;
-
-/* The value of key=value among the arguments (NUL-terminated), or NULL. */
-static const char *arg(const char *key)
-{
-	size_t key_len = strlen(key);
-	for (int i = 1; i < arg_count; i++)
-		if (strncmp(arg_values[i], key, key_len) == 0 && arg_values[i][key_len] == '=')
-			return arg_values[i] + key_len + 1;
-	return 0;
-}
-
 static uint64_t number_arg(const char *key, uint64_t fallback)
 {
-	const char *text = arg(key);
+	const char *text = args_text(key);
 	uint64_t value;
 	if (!text)
 		return fallback;
@@ -330,10 +319,9 @@ static int do_garbage(void)
 
 int main(int argc, char **argv)
 {
-	arg_count = argc;
-	arg_values = argv;
-	const char *role = arg("role");
-	const char *path_text = arg("path");
+	args_init(argc, argv, 0);
+	const char *role = args_text("role");
+	const char *path_text = args_text("path");
 	enum kg_net_path path = KG_NET_AUTO;
 	if (path_text && strcmp(path_text, "pv") == 0)
 		path = KG_NET_PV;
@@ -353,7 +341,7 @@ int main(int argc, char **argv)
 		  path_name(kg_net_path_of(net)), own_mac[0], own_mac[1], own_mac[2], own_mac[3],
 		  own_mac[4], own_mac[5]);
 	uint8_t peer[6] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
-	const char *peer_text = arg("peer");
+	const char *peer_text = args_text("peer");
 	if (peer_text && !parse_mac(peer_text, peer))
 		kg_panic("netpingpong: peer='%s' is not a MAC address", peer_text);
 	uint32_t count = (uint32_t)number_arg("count", 100);

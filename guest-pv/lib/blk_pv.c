@@ -1,5 +1,6 @@
 /* PV block driver: the guest end of a blk.h ring, with doorbell kicks and event-channel sleeps suppressed by event indices. */
 #include "block_internal.h"
+#include "ring_setup.h"
 
 #include "kapsel/blk.h"
 #include "kapsel_guest/arch.h"
@@ -210,6 +211,12 @@ static int blk_pv_get_info(struct kg_block_device *device, struct kapsel_blk_inf
 	return 0;
 }
 
+static const struct kg_ring_shape blk_pv_shape = {
+	.order = BLK_PV_RING_ORDER,
+	.request_bytes = sizeof(struct kapsel_blk_request),
+	.response_bytes = sizeof(struct kapsel_blk_response),
+};
+
 int kg_blk_pv_open(const struct kapsel_device_desc *desc, struct kg_block_device *device)
 {
 	const struct kapsel_start_info *si = kg_platform_start_info();
@@ -217,8 +224,8 @@ int kg_blk_pv_open(const struct kapsel_device_desc *desc, struct kg_block_device
 	    desc->type != KAPSEL_DEV_BLOCK_PV)
 		return -KAPSEL_ENODEV;
 
-	uint32_t ring_pages = kg_ring_pages(BLK_PV_RING_ORDER, sizeof(struct kapsel_blk_request),
-					    sizeof(struct kapsel_blk_response));
+	uint32_t ring_pages = kg_ring_pages(blk_pv_shape.order, blk_pv_shape.request_bytes,
+					    blk_pv_shape.response_bytes);
 	uint32_t driver_pages = (sizeof(struct blk_pv_driver) + PAGE_BYTES - 1) / PAGE_BYTES;
 	uint8_t *memory = kg_os_alloc_pages(ring_pages + driver_pages + 1);
 	if (!memory)
@@ -227,33 +234,15 @@ int kg_blk_pv_open(const struct kapsel_device_desc *desc, struct kg_block_device
 	struct kapsel_blk_info *info_page =
 		(struct kapsel_blk_info *)(memory + (ring_pages + driver_pages) * PAGE_BYTES);
 
-	kg_ring_init(&drv->ring, memory, BLK_PV_RING_ORDER, sizeof(struct kapsel_blk_request),
-		     sizeof(struct kapsel_blk_response), 0);
 	for (uint32_t i = 0; i < BLK_PV_SLOTS; i++)
 		drv->free_ids[i] = BLK_PV_SLOTS - 1 - i;
 	drv->free_count = BLK_PV_SLOTS;
 	drv->doorbell_port = (si->features & KAPSEL_FEATURE_DOORBELL) ? desc->doorbell_port : 0;
 	drv->device_index = desc->index;
 
-	int64_t port = kg_hc_evtchn_alloc();
-	if (port < 0)
+	struct kg_ring *const rings[] = { &drv->ring };
+	if (kg_ring_setup(desc->index, &blk_pv_shape, memory, rings, 1, &drv->setup, &drv->port))
 		return -KAPSEL_EIO;
-	drv->port = (uint32_t)port;
-	if (kg_hc_evtchn_bind_device(drv->port, desc->index) < 0) {
-		kg_hc_evtchn_close(drv->port);
-		return -KAPSEL_EIO; /* e.g. the disk is already open */
-	}
-	drv->setup = (struct kapsel_device_setup){
-		.magic = KAPSEL_DEVICE_SETUP_MAGIC,
-		.revision = 1,
-		.ring_gpa = kg_os_virt_to_phys(memory),
-		.ring_pages = ring_pages,
-		.evtchn_port = drv->port,
-	};
-	if (kg_hc_device_setup(desc->index, &drv->setup) < 0) {
-		kg_hc_evtchn_close(drv->port);
-		return -KAPSEL_EIO;
-	}
 
 	device->ops = &blk_pv_ops;
 	device->driver = drv;

@@ -11,23 +11,9 @@
 /* The descriptor of disk index on path (AUTO: whichever is offered). */
 static const struct kapsel_device_desc *find_disk(unsigned index, enum kg_block_path path)
 {
-	const struct kapsel_start_info *si = kg_platform_start_info();
-	if (!si)
-		return 0;
-	uint32_t count =
-		si->device_count < KAPSEL_MAX_DEVICES ? si->device_count : KAPSEL_MAX_DEVICES;
-	for (uint32_t i = 0; i < count; i++) {
-		const struct kapsel_device_desc *d = &si->devices[i];
-		if (d->unit != index)
-			continue;
-		if (d->type == KAPSEL_DEV_BLOCK_PV &&
-		    (path == KG_BLOCK_AUTO || path == KG_BLOCK_PV))
-			return d;
-		if (d->type == KAPSEL_DEV_ATA_DISK &&
-		    (path == KG_BLOCK_AUTO || path == KG_BLOCK_ATA))
-			return d;
-	}
-	return 0;
+	return kg_platform_find_unit(index,
+				     path != KG_BLOCK_ATA ? KAPSEL_DEV_BLOCK_PV : KAPSEL_DEV_NONE,
+				     path != KG_BLOCK_PV ? KAPSEL_DEV_ATA_DISK : KAPSEL_DEV_NONE);
 }
 
 int kg_block_open(unsigned index, enum kg_block_path path, struct kg_block_device **device)

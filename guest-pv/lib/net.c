@@ -9,21 +9,9 @@
 /* The descriptor of interface index on path (AUTO: whichever is offered). */
 static const struct kapsel_device_desc *find_net(unsigned index, enum kg_net_path path)
 {
-	const struct kapsel_start_info *si = kg_platform_start_info();
-	if (!si)
-		return 0;
-	uint32_t count =
-		si->device_count < KAPSEL_MAX_DEVICES ? si->device_count : KAPSEL_MAX_DEVICES;
-	for (uint32_t i = 0; i < count; i++) {
-		const struct kapsel_device_desc *d = &si->devices[i];
-		if (d->unit != index)
-			continue;
-		if (d->type == KAPSEL_DEV_NET_PV && (path == KG_NET_AUTO || path == KG_NET_PV))
-			return d;
-		if (d->type == KAPSEL_DEV_NE2000 && (path == KG_NET_AUTO || path == KG_NET_NE2000))
-			return d;
-	}
-	return 0;
+	return kg_platform_find_unit(index,
+				     path != KG_NET_NE2000 ? KAPSEL_DEV_NET_PV : KAPSEL_DEV_NONE,
+				     path != KG_NET_PV ? KAPSEL_DEV_NE2000 : KAPSEL_DEV_NONE);
 }
 
 static uint64_t current_generation(void)

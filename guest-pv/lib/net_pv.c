@@ -1,5 +1,6 @@
 /* PV network driver: the guest end of the net.h TX and RX rings, with doorbell kicks and sleeps suppressed by event indices. */
 #include "net_internal.h"
+#include "ring_setup.h"
 
 #include "kapsel_guest/arch.h"
 #include "kapsel_guest/hypercall.h"
@@ -209,19 +210,11 @@ static const struct kg_net_driver_ops net_pv_ops = {
 	.refresh_mac = net_pv_refresh_mac,
 };
 
-static int setup_queue(struct net_pv_driver *drv, const struct kapsel_device_desc *desc,
-		       uint32_t queue, void *ring_memory, uint32_t ring_pages)
-{
-	drv->setup = (struct kapsel_device_setup){
-		.magic = KAPSEL_DEVICE_SETUP_MAGIC,
-		.revision = 1,
-		.ring_gpa = kg_os_virt_to_phys(ring_memory),
-		.ring_pages = ring_pages,
-		.evtchn_port = drv->port,
-		.queue = queue,
-	};
-	return kg_hc_device_setup(desc->index, &drv->setup) < 0 ? -KAPSEL_EIO : 0;
-}
+static const struct kg_ring_shape net_pv_shape = {
+	.order = NET_PV_RING_ORDER,
+	.request_bytes = sizeof(struct kapsel_net_request),
+	.response_bytes = sizeof(struct kapsel_net_response),
+};
 
 int kg_net_pv_open(const struct kapsel_device_desc *desc, struct kg_net_device *device)
 {
@@ -230,37 +223,27 @@ int kg_net_pv_open(const struct kapsel_device_desc *desc, struct kg_net_device *
 	    desc->type != KAPSEL_DEV_NET_PV)
 		return -KAPSEL_ENODEV;
 
-	uint32_t ring_pages = kg_ring_pages(NET_PV_RING_ORDER, sizeof(struct kapsel_net_request),
-					    sizeof(struct kapsel_net_response));
+	uint32_t ring_pages = kg_ring_pages(net_pv_shape.order, net_pv_shape.request_bytes,
+					    net_pv_shape.response_bytes);
 	uint32_t buffer_pages = NET_PV_SLOTS * NET_PV_BUFFER_BYTES / PAGE_BYTES;
 	uint32_t driver_pages = (sizeof(struct net_pv_driver) + PAGE_BYTES - 1) / PAGE_BYTES;
 	uint8_t *memory = kg_os_alloc_pages(2 * ring_pages + 2 * buffer_pages + driver_pages);
 	if (!memory)
 		return -KAPSEL_ENOMEM;
-	uint8_t *tx_ring = memory, *rx_ring = memory + ring_pages * PAGE_BYTES;
 	struct net_pv_driver *drv = (struct net_pv_driver *)(memory + 2 * ring_pages * PAGE_BYTES);
 	drv->tx_buffers = (uint8_t *)drv + driver_pages * PAGE_BYTES;
 	drv->rx_buffers = drv->tx_buffers + buffer_pages * PAGE_BYTES;
 
-	kg_ring_init(&drv->tx, tx_ring, NET_PV_RING_ORDER, sizeof(struct kapsel_net_request),
-		     sizeof(struct kapsel_net_response), 0);
-	kg_ring_init(&drv->rx, rx_ring, NET_PV_RING_ORDER, sizeof(struct kapsel_net_request),
-		     sizeof(struct kapsel_net_response), 0);
 	for (uint32_t i = 0; i < NET_PV_SLOTS; i++)
 		drv->tx_free[i] = NET_PV_SLOTS - 1 - i;
 	drv->tx_free_count = NET_PV_SLOTS;
 	drv->doorbell_port = (si->features & KAPSEL_FEATURE_DOORBELL) ? desc->doorbell_port : 0;
 
-	int64_t port = kg_hc_evtchn_alloc();
-	if (port < 0)
+	/* kg_ring_setup hands ring i over as queue i. */
+	_Static_assert(KAPSEL_NET_QUEUE_TX == 0 && KAPSEL_NET_QUEUE_RX == 1, "net queue numbers");
+	struct kg_ring *const rings[] = { &drv->tx, &drv->rx };
+	if (kg_ring_setup(desc->index, &net_pv_shape, memory, rings, 2, &drv->setup, &drv->port))
 		return -KAPSEL_EIO;
-	drv->port = (uint32_t)port;
-	if (kg_hc_evtchn_bind_device(drv->port, desc->index) < 0 ||
-	    setup_queue(drv, desc, KAPSEL_NET_QUEUE_TX, tx_ring, ring_pages) < 0 ||
-	    setup_queue(drv, desc, KAPSEL_NET_QUEUE_RX, rx_ring, ring_pages) < 0) {
-		kg_hc_evtchn_close(drv->port);
-		return -KAPSEL_EIO;
-	}
 	device->ops = &net_pv_ops;
 	device->driver = drv;
 	device->path = KG_NET_PV;

@@ -71,16 +71,36 @@ struct kapsel_event_page *kg_platform_event_page(void)
 	return platform_kapsel ? platform_events : 0;
 }
 
-const struct kapsel_device_desc *kg_platform_find_device(enum kapsel_device_type type, unsigned nth)
+/* How many entries of start info's device table to read (0 off Kapsel). */
+static uint32_t platform_device_count(void)
 {
 	if (!platform_kapsel)
 		return 0;
 	uint32_t count = platform_start_info->device_count;
-	if (count > KAPSEL_MAX_DEVICES)
-		count = KAPSEL_MAX_DEVICES;
+	return count < KAPSEL_MAX_DEVICES ? count : KAPSEL_MAX_DEVICES;
+}
+
+const struct kapsel_device_desc *kg_platform_find_device(enum kapsel_device_type type, unsigned nth)
+{
+	uint32_t count = platform_device_count();
 	for (uint32_t i = 0; i < count; i++) {
 		const struct kapsel_device_desc *d = &platform_start_info->devices[i];
 		if (d->type == type && nth-- == 0)
+			return d;
+	}
+	return 0;
+}
+
+const struct kapsel_device_desc *kg_platform_find_unit(unsigned unit,
+						       enum kapsel_device_type either_type,
+						       enum kapsel_device_type or_type)
+{
+	uint32_t count = platform_device_count();
+	for (uint32_t i = 0; i < count; i++) {
+		const struct kapsel_device_desc *d = &platform_start_info->devices[i];
+		if (d->unit != unit || d->type == KAPSEL_DEV_NONE)
+			continue;
+		if (d->type == either_type || d->type == or_type)
 			return d;
 	}
 	return 0;

@@ -4,6 +4,7 @@
 
 #include "cunit_main.h"
 #include "config.h"
+#include "config_options.h"
 
 static char error[512];
 
@@ -130,6 +131,47 @@ static void test_disk_errors(void)
 	expect_disk_error(",,,", "--disk needs a path");
 }
 
+/* The list splitter both --disk and --net use: empty fields skipped, a
+ * value only after '=', the path field (config_next_field) not split. */
+static void test_option_list_splitting(void)
+{
+	char list[] = ",a=b=c,,flag,empty=,/p=q";
+	char *cursor = list, *value = (char *)"untouched";
+	char *key = config_next_option(&cursor, &value);
+	CU_ASSERT_STRING_EQUAL_FATAL(key, "a");
+	CU_ASSERT_STRING_EQUAL(value, "b=c");
+	key = config_next_option(&cursor, &value);
+	CU_ASSERT_STRING_EQUAL_FATAL(key, "flag");
+	CU_ASSERT_PTR_NULL(value);
+	key = config_next_option(&cursor, &value);
+	CU_ASSERT_STRING_EQUAL_FATAL(key, "empty");
+	CU_ASSERT_STRING_EQUAL(value, "");
+	CU_ASSERT_STRING_EQUAL(config_next_field(&cursor), "/p=q");
+	CU_ASSERT_PTR_NULL(config_next_option(&cursor, &value));
+	CU_ASSERT_PTR_NULL(config_next_field(&cursor));
+
+	uint64_t number = 7;
+	CU_ASSERT_EQUAL(config_parse_u64("18446744073709551615", &number), 0);
+	CU_ASSERT_EQUAL(number, UINT64_MAX);
+	CU_ASSERT_EQUAL(config_parse_u64(NULL, &number), -EINVAL);
+	CU_ASSERT_EQUAL(config_parse_u64("-1", &number), -EINVAL);
+	CU_ASSERT_EQUAL(number, UINT64_MAX);
+}
+
+/* --net reports an unknown option with its own flag and syntax line. */
+static void test_net_unknown_option(void)
+{
+	struct vm_net_config net;
+	CU_ASSERT_EQUAL(vm_config_parse_net("tap=kt0,speed=9", &net, error, sizeof(error)),
+			-EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(
+		strstr(error, "--net 'tap=kt0,speed=9': option 'speed=9' is unknown or lacks a "
+			      "valid value; syntax: --net socket=PATH"));
+	CU_ASSERT_EQUAL(vm_config_parse_net("tap=kt0,,pps=5", &net, error, sizeof(error)), 0);
+	CU_ASSERT_EQUAL(net.frames_limit.rate_per_second, 5);
+	vm_net_config_free(&net);
+}
+
 int main(void)
 {
 	static const struct unit_test tests[] = {
@@ -137,6 +179,8 @@ int main(void)
 		{ "disk: path only", test_disk_path_only },
 		{ "disk: every option", test_disk_all_options },
 		{ "disk: errors name the bad part", test_disk_errors },
+		{ "option lists: splitting and numbers", test_option_list_splitting },
+		{ "net: unknown option message", test_net_unknown_option },
 	};
 	return UNIT_RUN("config", tests);
 }

@@ -25,6 +25,16 @@ const struct kapsel_start_info *kg_platform_start_info(void);
 const struct kapsel_device_desc *kg_platform_find_device(enum kapsel_device_type type,
 							 unsigned nth);
 
+/*
+ * The first device (in start info order) numbered unit whose type is
+ * either_type or or_type, or NULL (always NULL off Kapsel).  Pass
+ * KAPSEL_DEV_NONE as or_type to accept one type only.  For devices offered
+ * on two paths that share a unit number (a disk as PV ring and ATA).
+ */
+const struct kapsel_device_desc *kg_platform_find_unit(unsigned unit,
+						       enum kapsel_device_type either_type,
+						       enum kapsel_device_type or_type);
+
 /* Nanoseconds on the Kapsel clock, from the TSC (no exit). */
 uint64_t kg_time_now_ns(void);
 
