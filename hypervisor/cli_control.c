@@ -547,6 +547,9 @@ int cli_console(int argc, char **argv)
 	if (tty && tcgetattr(STDIN_FILENO, &saved_termios) == 0) {
 		struct termios raw = saved_termios;
 		cfmakeraw(&raw);
+		/* Raw input, but keep output processing: guest lines end in
+		 * a bare \n, which a raw terminal would staircase. */
+		raw.c_oflag |= OPOST | ONLCR;
 		termios_saved = true;
 		atexit(restore_terminal);
 		tcsetattr(STDIN_FILENO, TCSANOW, &raw);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "control.h"
+#include "kapsel/abi.h"
 #include "control_client.h"
 
 #define XC_EXPORT __attribute__((visibility("default")))
@@ -449,7 +450,9 @@ XC_EXPORT int xc_version(xc_interface *xch, int cmd, void *arg)
 		return 0;
 	}
 	case XENVER_capabilities:
-		snprintf(arg, XEN_CAPABILITIES_INFO_LEN, "kapsel-%u.%u-x86_64", 1u, 1u);
+		/* The hypercall ABI the VMs of this build speak. */
+		snprintf(arg, XEN_CAPABILITIES_INFO_LEN, "kapsel-%u.%u-x86_64", KAPSEL_ABI_MAJOR,
+			 KAPSEL_ABI_MINOR);
 		return 0;
 	case XENVER_changeset:
 		snprintf(arg, XEN_CHANGESET_INFO_LEN, "kapsel %d.%d", KAPSEL_VERSION_MAJOR,
