@@ -17,5 +17,15 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-"${as_root[@]}" apt-get update -q
-"${as_root[@]}" apt-get install -y -q --no-install-recommends "${packages[@]}"
+# A mirror hiccup should not fail a fresh machine's setup: try three times.
+retry() {
+	local attempt
+	for attempt in 1 2 3; do
+		"$@" && return 0
+		echo "install-deps: '$*' failed (attempt $attempt of 3)" >&2
+		sleep $((attempt * 5))
+	done
+	return 1
+}
+retry "${as_root[@]}" apt-get update -q
+retry "${as_root[@]}" apt-get install -y -q --no-install-recommends "${packages[@]}"
