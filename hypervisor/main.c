@@ -6,8 +6,6 @@
 #include "cli_state.h"
 #include "kapsel/abi.h"
 
-#define KAPSEL_VERSION "0.1.0"
-
 static void usage(FILE *out)
 {
 	fprintf(out,

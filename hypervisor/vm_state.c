@@ -254,7 +254,7 @@ int vm_state_put_begin(struct vm_state_writer *w, enum vm_state_stream_kind kind
 	clock_gettime(CLOCK_REALTIME, &now);
 	begin.created_unix_ns = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
 	memcpy(begin.magic, VM_STATE_MAGIC, sizeof(begin.magic));
-	snprintf(begin.writer, sizeof(begin.writer), "kapsel 0.1.0");
+	snprintf(begin.writer, sizeof(begin.writer), "kapsel %s", KAPSEL_VERSION);
 	return vm_state_put(w, VM_STATE_BEGIN, VM_STATE_RECORD_MANDATORY, &begin, sizeof(begin));
 }
 

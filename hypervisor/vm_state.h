@@ -108,7 +108,7 @@ struct vm_state_begin {
 	uint32_t format_version; /* VM_STATE_FORMAT_VERSION */
 	uint32_t kind;		 /* enum vm_state_stream_kind */
 	uint64_t created_unix_ns;
-	char writer[32]; /* "kapsel 0.1.0", NUL padded (informational) */
+	char writer[32]; /* "kapsel VERSION", NUL padded (informational) */
 };
 _Static_assert(sizeof(struct vm_state_begin) == 56, "begin layout");
 

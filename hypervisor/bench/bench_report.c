@@ -11,7 +11,7 @@
 #include "bench.h"
 
 #define KAPSEL_BENCH_SCHEMA 1
-#define KAPSEL_BENCH_VERSION "0.1.0"
+#define KAPSEL_BENCH_VERSION KAPSEL_VERSION /* from meson.build */
 
 /* ---- Goals --------------------------------------------------------------- */
 

@@ -18,8 +18,6 @@
 #define XC_EXPORT __attribute__((visibility("default")))
 #define XC_REPLY_TIMEOUT_MS 10000
 #define XC_DESTROY_TIMEOUT_MS 10000
-#define KAPSEL_VERSION_MAJOR 0
-#define KAPSEL_VERSION_MINOR 1
 
 struct xc_interface_core {
 	unsigned open_flags;

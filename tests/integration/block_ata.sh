@@ -62,6 +62,7 @@ ata-write-verify)
 	expect_in "$out" "atatest: verified 400 sectors at 100"
 	run_guest "$out" "$err" --kernel "$GUEST" --disk "$img,bus=ata" --cmdline "verify 9 5000 700"
 	expect_status 0
+	expect_in "$out" "atatest: verified 700 sectors at 5000"
 	# A wrong seed is noticed (the check can fail).
 	run_guest "$out" "$err" --kernel "$GUEST" --disk "$img,bus=ata" --cmdline "verify 8 100 10"
 	expect_status 1
@@ -109,7 +110,7 @@ ata-stats)
 	run_guest "$out" "$err" --kernel "$GUEST" --disk "$img,bus=ata" --stats --cmdline "bench 256"
 	expect_status 0
 	expect_in "$out" "atatest: read 512 sectors"
-	grep "atatest: 256 one-sector" "$out"
+	expect_in "$out" "atatest: 256 one-sector"
 	expect_in "$err" "ata-disk:"
 	[ "$(stat_value "$err" ata-disk ata_sectors_read)" = 512 ] || fail "ata_sectors_read is not 512"
 	[ "$(stat_value "$err" ata-disk ops_read)" = 257 ] || fail "ops_read is not 257"

@@ -80,6 +80,7 @@ pv-readonly)
 	# Reads of the read-only disk see what the earlier run wrote.
 	run_guest "$out" "$err" --kernel "$BLKTEST" --disk "$img,readonly" --cmdline "verify seed=5 sectors=64"
 	expect_status 0
+	expect_in "$out" "blktest verify: 64 sectors from 0, seed 5, all match"
 	check_image "$img" 5 0 64 || fail "read-only run changed the image"
 	;;
 pv-out-of-range)

@@ -75,7 +75,8 @@ net-mac-per-vm)
 	expect_status 0
 	m1=$(sed -n 's/.*mac=\([0-9a-f:]*\).*/\1/p' "$TMP/o1")
 	m2=$(sed -n 's/.*mac=\([0-9a-f:]*\).*/\1/p' "$TMP/o2")
-	[ -n "$m1" ] && [ "$m1" != "$m2" ] || fail "two VMs got the same MAC '$m1'"
+	[ -n "$m1" ] && [ -n "$m2" ] || fail "a guest printed no MAC ('$m1', '$m2')"
+	[ "$m1" != "$m2" ] || fail "two VMs got the same MAC '$m1'"
 	case "$m1" in 02:*) ;; *) fail "derived MAC $m1 is not locally administered" ;; esac
 	;;
 net-cli-errors)

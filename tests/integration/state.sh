@@ -388,7 +388,8 @@ print(os.lseek(fd, 0x100000, os.SEEK_DATA) + 123)")
 	make_saved "$TMP/other" 100
 	reset
 	cp "$TMP/other/state.bin" "$TMP/bad/state.bin"
-	expect_refused "$TMP/bad" "state.bin"
+	# (not just "state.bin": every refusal of that file names it)
+	expect_refused "$TMP/bad" "from another save"
 
 	# An unknown optional record is skipped: the state still restores.
 	reset
@@ -427,6 +428,8 @@ state-control-save)
 	STATUS=0
 	"$KAPSEL" save "$name" "$TMP/third" >"$TMP/save3" 2>&1 || STATUS=$?
 	expect_status 1
+	expect_in "$TMP/save3" "kapsel: error: cannot reach VM '$name': No such file or directory"
+	[ ! -e "$TMP/third" ] || fail "a save of a VM that is gone left $TMP/third"
 	# Both states restore: the first goes back to the earlier point.
 	restore "$TMP/first"
 	expect_status 0
@@ -473,7 +476,9 @@ state-snapshot-disk)
 		CHECK_DISK=$TMP/flat check_ticks 1 200 "$TMP/before" "$OUT2" || fail "restore of $snap"
 		# The frozen image of the snapshot holds exactly the ticks up to it.
 		frozen=$("$KAPSEL" inspect "$TMP/$snap" | awk '/^disk 0:/ { sub(",", "", $3); print $3 }')
-		flatten "$frozen" "$TMP/frozen"
+		[ -n "$frozen" ] || fail "inspect of $snap names no frozen image for disk 0"
+		rm -f "$TMP/frozen" # never check the previous round's file
+		flatten "$frozen" "$TMP/frozen" || fail "cannot read the frozen image of $snap"
 		awk -v at="$at" '$1 == "tick" && $2 < at' "$TMP/out1" >"$TMP/upto"
 		DISK_TAIL_OK=1 CHECK_DISK=$TMP/frozen check_ticks 1 $((at - 1)) "$TMP/upto" ||
 			fail "frozen image of $snap"

@@ -152,10 +152,22 @@ static void test_errno_names(void)
 	CU_ASSERT_STRING_EQUAL(control_errno_name(EALREADY), "EALREADY");
 	CU_ASSERT_STRING_EQUAL(control_errno_name(E2BIG), "E2BIG");
 	CU_ASSERT_STRING_EQUAL(control_errno_name(9999), "EIO");
-	int samples[] = { EPERM, ESRCH, EIO, EACCES, EBUSY, EEXIST, ENOSYS, ETIMEDOUT, EROFS };
-	for (size_t i = 0; i < sizeof(samples) / sizeof(samples[0]); i++)
-		CU_ASSERT_EQUAL(control_errno_from_name(control_errno_name(samples[i])),
-				samples[i]);
+	/* The names on the wire are the C names of the errno values: checked
+	 * both ways against that spelling, not by a round trip through the
+	 * table (a round trip passes with two names swapped). */
+	static const struct {
+		int errnum;
+		const char *name;
+	} spelled[] = {
+		{ EPERM, "EPERM" },	{ ESRCH, "ESRCH" },	    { EIO, "EIO" },
+		{ EACCES, "EACCES" },	{ EBUSY, "EBUSY" },	    { EEXIST, "EEXIST" },
+		{ ENOSYS, "ENOSYS" },	{ ETIMEDOUT, "ETIMEDOUT" }, { EROFS, "EROFS" },
+		{ ENOSPC, "ENOSPC" },	{ ERANGE, "ERANGE" },	    { ENOENT, "ENOENT" },
+	};
+	for (size_t i = 0; i < sizeof(spelled) / sizeof(spelled[0]); i++) {
+		CU_ASSERT_STRING_EQUAL(control_errno_name(spelled[i].errnum), spelled[i].name);
+		CU_ASSERT_EQUAL(control_errno_from_name(spelled[i].name), spelled[i].errnum);
+	}
 	CU_ASSERT_EQUAL(control_errno_from_name("ENOTANERRNO"), EIO);
 }
 
