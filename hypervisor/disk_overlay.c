@@ -343,13 +343,16 @@ int disk_image_pwrite(struct disk_image *disk, const void *buffer, size_t length
 	return 0;
 }
 
-ssize_t disk_image_preadv(struct disk_image *disk, const struct iovec *iov, int iov_count,
-			  uint64_t offset_bytes)
+/* One segment after another through the single-buffer path above. */
+static ssize_t disk_image_transfer_iov(struct disk_image *disk, const struct iovec *iov,
+				       int iov_count, uint64_t offset_bytes, bool write)
 {
 	uint64_t done = 0;
 	for (int i = 0; i < iov_count; i++) {
-		int err = disk_image_pread(disk, iov[i].iov_base, iov[i].iov_len,
-					   offset_bytes + done);
+		int err = write ? disk_image_pwrite(disk, iov[i].iov_base, iov[i].iov_len,
+						    offset_bytes + done)
+				: disk_image_pread(disk, iov[i].iov_base, iov[i].iov_len,
+						   offset_bytes + done);
 		if (err)
 			return err;
 		done += iov[i].iov_len;
@@ -357,18 +360,16 @@ ssize_t disk_image_preadv(struct disk_image *disk, const struct iovec *iov, int 
 	return (ssize_t)done;
 }
 
+ssize_t disk_image_preadv(struct disk_image *disk, const struct iovec *iov, int iov_count,
+			  uint64_t offset_bytes)
+{
+	return disk_image_transfer_iov(disk, iov, iov_count, offset_bytes, false);
+}
+
 ssize_t disk_image_pwritev(struct disk_image *disk, const struct iovec *iov, int iov_count,
 			   uint64_t offset_bytes)
 {
-	uint64_t done = 0;
-	for (int i = 0; i < iov_count; i++) {
-		int err = disk_image_pwrite(disk, iov[i].iov_base, iov[i].iov_len,
-					    offset_bytes + done);
-		if (err)
-			return err;
-		done += iov[i].iov_len;
-	}
-	return (ssize_t)done;
+	return disk_image_transfer_iov(disk, iov, iov_count, offset_bytes, true);
 }
 
 int disk_image_write_zeroes(struct disk_image *disk, uint64_t offset_bytes, uint64_t length_bytes)

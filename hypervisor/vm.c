@@ -196,6 +196,25 @@ static void fill_start_info(struct kapsel_vm *vm)
 	vm->events->mask[KAPSEL_EVTCHN_CONTROL / 64] |= 1ull << (KAPSEL_EVTCHN_CONTROL % 64);
 }
 
+/* Open count consecutive ports to CPL3 code; the TSS bitmap checks one bit
+ * per byte accessed, so a 2- or 4-byte port needs that many. */
+static void open_ports(struct kapsel_vm *vm, uint16_t first, unsigned count)
+{
+	for (unsigned p = 0; p < count; p++)
+		x86_boot_open_port(&vm->mem, (uint16_t)(first + p));
+}
+
+/* Every port a device claims: its register range, control port and the
+ * 16-bit doorbell (a device without one has doorbell_port 0). */
+static void open_device_ports(struct kapsel_vm *vm, const struct kapsel_device *dev)
+{
+	open_ports(vm, dev->io_port_base, dev->io_port_count);
+	if (dev->io_ctl_port)
+		open_ports(vm, dev->io_ctl_port, 1);
+	if (dev->desc.doorbell_port)
+		open_ports(vm, dev->desc.doorbell_port, 2);
+}
+
 int vm_add_device(struct kapsel_vm *vm, struct kapsel_device *dev)
 {
 	if (vm->device_count == KAPSEL_MAX_DEVICES)
@@ -213,10 +232,7 @@ int vm_add_device(struct kapsel_vm *vm, struct kapsel_device *dev)
 	dev->evtchn_port = UINT32_MAX;
 	dev->doorbell_fd = -1;
 	vm->devices[vm->device_count++] = dev;
-	for (unsigned p = 0; p < dev->io_port_count; p++)
-		x86_boot_open_port(&vm->mem, (uint16_t)(dev->io_port_base + p));
-	if (dev->io_ctl_port)
-		x86_boot_open_port(&vm->mem, dev->io_ctl_port);
+	open_device_ports(vm, dev);
 	vm->start_info->devices[dev->desc.index] = dev->desc;
 	vm->start_info->device_count = vm->device_count;
 	return 0;
@@ -241,10 +257,9 @@ int vm_add_doorbell(struct kapsel_vm *vm, struct kapsel_device *dev)
 		close(fd);
 		return err;
 	}
-	x86_boot_open_port(&vm->mem, (uint16_t)io.addr);
-	x86_boot_open_port(&vm->mem, (uint16_t)(io.addr + 1));
 	dev->doorbell_fd = fd;
 	dev->desc.doorbell_port = (uint16_t)io.addr;
+	open_ports(vm, dev->desc.doorbell_port, 2);
 	vm->start_info->devices[device_index] = dev->desc;
 	return 0;
 }
@@ -424,9 +439,7 @@ static int boot_guest(struct kapsel_vm *vm)
 		return -EFAULT;
 	}
 	fill_start_info(vm);
-	/* The TSS bitmap checks one bit per byte accessed: outl needs four. */
-	for (uint16_t p = 0; p < 4; p++)
-		x86_boot_open_port(&vm->mem, (uint16_t)(KAPSEL_PORT_HYPERCALL + p));
+	open_ports(vm, KAPSEL_PORT_HYPERCALL, 4); /* outl: four bytes */
 	for (unsigned i = 0; i < KAPSEL_EVTCHN_COUNT; i++)
 		vm->evtchn[i] = (struct vm_evtchn){ .allocated = false, .bound_device = -1 };
 	/* Reserved: EVTCHN_ALLOC skips it, EVTCHN_MASK accepts it. */
@@ -700,14 +713,7 @@ static int reboot_guest(struct kapsel_vm *vm)
 		struct kapsel_device *dev = vm->devices[i];
 		dev->evtchn_port = UINT32_MAX;
 		vm->start_info->devices[i] = dev->desc;
-		for (unsigned p = 0; p < dev->io_port_count; p++)
-			x86_boot_open_port(&vm->mem, (uint16_t)(dev->io_port_base + p));
-		if (dev->io_ctl_port)
-			x86_boot_open_port(&vm->mem, dev->io_ctl_port);
-		if (dev->desc.doorbell_port) {
-			x86_boot_open_port(&vm->mem, dev->desc.doorbell_port);
-			x86_boot_open_port(&vm->mem, (uint16_t)(dev->desc.doorbell_port + 1));
-		}
+		open_device_ports(vm, dev);
 	}
 	vm->start_info->device_count = vm->device_count;
 	set_state(vm, VM_STATE_RUNNING);

@@ -159,10 +159,10 @@ static void test_errno_names(void)
 		int errnum;
 		const char *name;
 	} spelled[] = {
-		{ EPERM, "EPERM" },	{ ESRCH, "ESRCH" },	    { EIO, "EIO" },
-		{ EACCES, "EACCES" },	{ EBUSY, "EBUSY" },	    { EEXIST, "EEXIST" },
-		{ ENOSYS, "ENOSYS" },	{ ETIMEDOUT, "ETIMEDOUT" }, { EROFS, "EROFS" },
-		{ ENOSPC, "ENOSPC" },	{ ERANGE, "ERANGE" },	    { ENOENT, "ENOENT" },
+		{ EPERM, "EPERM" },   { ESRCH, "ESRCH" },	  { EIO, "EIO" },
+		{ EACCES, "EACCES" }, { EBUSY, "EBUSY" },	  { EEXIST, "EEXIST" },
+		{ ENOSYS, "ENOSYS" }, { ETIMEDOUT, "ETIMEDOUT" }, { EROFS, "EROFS" },
+		{ ENOSPC, "ENOSPC" }, { ERANGE, "ERANGE" },	  { ENOENT, "ENOENT" },
 	};
 	for (size_t i = 0; i < sizeof(spelled) / sizeof(spelled[0]); i++) {
 		CU_ASSERT_STRING_EQUAL(control_errno_name(spelled[i].errnum), spelled[i].name);
