@@ -1,6 +1,7 @@
 /* x86-64 boot state built by the hypervisor: page tables, GDT, IDT, TSS and the CPL3 entry. */
 #include "x86_boot.h"
 
+#include <cpuid.h>
 #include <errno.h>
 #include <linux/kvm.h>
 #include <string.h>
@@ -225,6 +226,30 @@ static void set_user_segment(struct kvm_segment *seg, uint16_t selector, int cod
 	}
 }
 
+/*
+ * The TSS type to load into TR.  Hardware and KVM expect a busy 64-bit
+ * TSS (VMX refuses anything else).  QEMU's TCG, when it emulates SVM for
+ * a nested KVM (scripts/nested-kvm.sh), checks the I/O permission bitmap
+ * only for an *available* TSS type and raises #GP on every guest port
+ * access otherwise; SVM accepts either type.  So only there, recognized by
+ * TCG's CPUID signature, the available type is used.
+ */
+static uint8_t tss_type_for_host(void)
+{
+	unsigned int eax, ebx, ecx, edx;
+	char signature[13];
+
+	__cpuid(0x40000000, eax, ebx, ecx, edx);
+	(void)eax;
+	memcpy(signature + 0, &ebx, 4);
+	memcpy(signature + 4, &ecx, 4);
+	memcpy(signature + 8, &edx, 4);
+	signature[12] = '\0';
+	if (strcmp(signature, "TCGTCGTCGTCG") == 0)
+		return 0x9; /* available 64-bit TSS */
+	return 0xb; /* busy 64-bit TSS */
+}
+
 int x86_boot_set_vcpu_state(int vcpu_fd, uint64_t entry, uint64_t start_info_gpa)
 {
 	struct kvm_sregs sregs;
@@ -241,7 +266,7 @@ int x86_boot_set_vcpu_state(int vcpu_fd, uint64_t entry, uint64_t start_info_gpa
 	sregs.tr.selector = X86_SEL_TSS;
 	sregs.tr.base = X86_GPA_TSS;
 	sregs.tr.limit = X86_TSS_LIMIT;
-	sregs.tr.type = 0xb; /* busy 64-bit TSS */
+	sregs.tr.type = tss_type_for_host();
 	sregs.tr.present = 1;
 
 	memset(&sregs.ldt, 0, sizeof(sregs.ldt));
