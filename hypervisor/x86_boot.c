@@ -247,7 +247,7 @@ static uint8_t tss_type_for_host(void)
 	signature[12] = '\0';
 	if (strcmp(signature, "TCGTCGTCGTCG") == 0)
 		return 0x9; /* available 64-bit TSS */
-	return 0xb; /* busy 64-bit TSS */
+	return 0xb;	    /* busy 64-bit TSS */
 }
 
 int x86_boot_set_vcpu_state(int vcpu_fd, uint64_t entry, uint64_t start_info_gpa)
