@@ -142,7 +142,7 @@ timeout --kill-after=10 "$time_limit" qemu-system-x86_64 \
 	-kernel "$cache/vmlinuz" -initrd "$cache/initrd.gz" \
 	-append "console=ttyS0 quiet loglevel=1 panic=-1 kapsel_job=$job" \
 	-virtfs local,path=/,mount_tag=host,security_model=passthrough,id=host,multidevs=remap \
-	</dev/null | tr -d '\r' || true
+	</dev/null | sed -u 's/\r$//' || true
 
 if [ ! -f "$job/status" ]; then
 	echo "nested-kvm: the VM ended without reporting the command's status" >&2
