@@ -10,6 +10,12 @@ packages=(
 	iproute2 procps
 )
 
+# Without /dev/kvm, the KVM tests and the demo run in a QEMU VM with nested
+# KVM (scripts/nested-kvm.sh), which needs these.
+if [ ! -e /dev/kvm ]; then
+	packages+=(qemu-system-x86 busybox-static cpio kmod)
+fi
+
 as_root=()
 if [ "$(id -u)" -ne 0 ]; then
 	command -v sudo >/dev/null || { echo "install-deps: run as root (no sudo found)" >&2; exit 1; }
