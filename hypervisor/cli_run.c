@@ -41,7 +41,9 @@ void cli_run_usage(FILE *out)
 		"                           [,mac=XX:XX:XX:XX:XX:XX][,pps=N][,pps_burst=N][,bps=N]\n"
 		"                           [,bps_burst=N] (limits apply to frames the guest sends)\n"
 		"      --console MODE       auto (PV console and UART; guest prefers PV) or uart\n"
-		"      --console-output FILE  append guest console output to FILE, not stdout\n"
+		"      --console-output FILE[,max=SIZE]\n"
+		"                           append guest console output to FILE, not stdout; FILE\n"
+		"                           stops growing at SIZE (default 64M, 0: no cap)\n"
 		"      --no-console-input   do not forward standard input to the guest\n"
 		"      --no-control         do not serve a control socket (kapsel list, info,\n"
 		"                           pause, shutdown, ... cannot reach this VM)\n"
@@ -193,7 +195,11 @@ int cli_run(int argc, char **argv)
 			}
 			break;
 		case OPT_CONSOLE_OUTPUT:
-			config.console_output_path = replace(config.console_output_path, optarg);
+			if (vm_config_parse_console_output(optarg, &config, error, sizeof(error)) <
+			    0) {
+				kapsel_error("%s", error);
+				goto out;
+			}
 			break;
 		case OPT_NO_INPUT:
 			config.console_input = false;

@@ -306,7 +306,8 @@ struct restore_settings {
 	const char *name; /* new name, or NULL */
 	bool clone;	  /* new identity, private memory mapping */
 	bool memory_verified;
-	const char *console_output;
+	const char *console_output;	 /* a plain path (clones' --console-dir) */
+	const char *console_output_spec; /* --console-output FILE[,max=SIZE] */
 	bool console_input;
 	bool print_stats;
 	const char *stats_path;
@@ -365,6 +366,12 @@ static int restore_and_run(const struct restore_settings *settings)
 	if (settings->clone)
 		random_uuid(config.uuid);
 	config.console_output_path = dup_or_null(settings->console_output);
+	if (settings->console_output_spec &&
+	    vm_config_parse_console_output(settings->console_output_spec, &config, error,
+					   sizeof(error)) < 0) {
+		kapsel_error("%s", error);
+		goto out_dir;
+	}
 	config.console_input = settings->console_input;
 	config.print_stats = settings->print_stats;
 	config.stats_path = dup_or_null(settings->stats_path);
@@ -425,7 +432,9 @@ void cli_restore_usage(FILE *out)
 		     "  -n, --name NAME          run it under a new name\n"
 		     "      --clone              new identity (name, UUID) and copy-on-write\n"
 		     "                           memory mapped from DIR/memory.img\n"
-		     "      --console-output FILE  append guest console output to FILE\n"
+		     "      --console-output FILE[,max=SIZE]\n"
+		     "                           append guest console output to FILE; it stops\n"
+		     "                           growing at SIZE (default 64M, 0: no cap)\n"
 		     "      --no-console-input   do not forward standard input to the guest\n"
 		     "      --save-on-signal DIR on SIGHUP, save the VM to DIR and continue\n"
 		     "      --save-stop          with --save-on-signal: stop after saving\n"
@@ -482,7 +491,7 @@ int cli_restore(int argc, char **argv)
 			settings.clone = true;
 			break;
 		case OPT_CONSOLE_OUTPUT:
-			settings.console_output = optarg;
+			settings.console_output_spec = optarg;
 			break;
 		case OPT_NO_INPUT:
 			settings.console_input = false;

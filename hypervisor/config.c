@@ -20,6 +20,7 @@ void vm_config_init(struct vm_config *config)
 	config->on_crash = VM_ACTION_DESTROY;
 	config->console_mode = VM_CONSOLE_AUTO;
 	config->console_input = true;
+	config->console_output_max_bytes = VM_CONSOLE_OUTPUT_DEFAULT_MAX_BYTES;
 }
 
 void vm_config_free(struct vm_config *config)
@@ -154,5 +155,91 @@ int vm_config_parse_disk(const char *text, struct vm_disk_config *disk, char *er
 		free(disk->path);
 		disk->path = NULL;
 	}
+	return err;
+}
+
+/* A size such as 4096, 64K, 10M or 1G (optionally KiB/KB...); 0 for bad syntax. */
+static int parse_byte_size(const char *text, uint64_t *bytes)
+{
+	char *end;
+	if (!text || *text < '0' || *text > '9')
+		return -EINVAL;
+	errno = 0;
+	unsigned long long value = strtoull(text, &end, 10);
+	if (errno)
+		return -EINVAL;
+	unsigned shift = 0;
+	switch (*end) {
+	case 'k':
+	case 'K':
+		shift = 10;
+		break;
+	case 'm':
+	case 'M':
+		shift = 20;
+		break;
+	case 'g':
+	case 'G':
+		shift = 30;
+		break;
+	case '\0':
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (*end) {
+		end++;
+		if (*end == 'i' || *end == 'I')
+			end++;
+		if (*end == 'b' || *end == 'B')
+			end++;
+		if (*end)
+			return -EINVAL;
+	}
+	if (value > (UINT64_MAX >> shift))
+		return -EINVAL;
+	*bytes = (uint64_t)value << shift;
+	return 0;
+}
+
+int vm_config_parse_console_output(const char *text, struct vm_config *config, char *error,
+				   size_t error_len)
+{
+	char *copy = strdup(text), *cursor = copy;
+	if (!copy)
+		return -ENOMEM;
+	char *path = config_next_field(&cursor);
+	if (!path || !*path || text[0] == ',') {
+		free(copy);
+		return kapsel_fail(error, error_len, -EINVAL,
+				   "--console-output needs a file: --console-output FILE[,max=SIZE]");
+	}
+	uint64_t max_bytes = VM_CONSOLE_OUTPUT_DEFAULT_MAX_BYTES;
+	int err = 0;
+	char *opt, *value;
+	while (!err && (opt = config_next_option(&cursor, &value))) {
+		if (strcmp(opt, "max") == 0 && parse_byte_size(value, &max_bytes) == 0) {
+			if (max_bytes && max_bytes < VM_CONSOLE_OUTPUT_MIN_MAX_BYTES)
+				err = kapsel_fail(
+					error, error_len, -EINVAL,
+					"--console-output '%s': max=%s is below the smallest cap, %llu bytes; give max=4K or more (max=0 for no cap)",
+					text, value, VM_CONSOLE_OUTPUT_MIN_MAX_BYTES);
+		} else {
+			err = config_unknown_option(
+				error, error_len, "--console-output", text, opt, value,
+				"known: max=SIZE (bytes, or with K, M or G; 0 for no cap)");
+		}
+	}
+	if (!err) {
+		char *owned = strdup(path);
+		if (!owned) {
+			err = -ENOMEM;
+		} else {
+			free(config->console_output_path);
+			config->console_output_path = owned;
+			config->console_output_max_bytes = max_bytes;
+		}
+	}
+	free(copy);
 	return err;
 }

@@ -67,6 +67,11 @@ struct vm_net_config {
 	struct vm_rate_limit bytes_limit;
 };
 
+/* --console-output FILE's size cap unless max=SIZE says otherwise. */
+#define VM_CONSOLE_OUTPUT_DEFAULT_MAX_BYTES (64ull << 20)
+/* The smallest cap max=SIZE accepts (room for output and the note at the cap). */
+#define VM_CONSOLE_OUTPUT_MIN_MAX_BYTES 4096ull
+
 enum vm_console_mode {
 	VM_CONSOLE_AUTO = 0, /* offer PV console and UART; guest picks PV */
 	VM_CONSOLE_UART = 1, /* offer only the emulated UART */
@@ -84,8 +89,9 @@ struct vm_config {
 	enum vm_lifecycle_action on_reboot;
 	enum vm_lifecycle_action on_crash;
 	enum vm_console_mode console_mode;
-	char *console_output_path; /* NULL: stdout */
-	bool console_input;	   /* forward host stdin to the guest */
+	char *console_output_path;	   /* NULL: stdout */
+	uint64_t console_output_max_bytes; /* the file's size cap, 0: none (not for stdout) */
+	bool console_input;		   /* forward host stdin to the guest */
 	struct vm_disk_config disks[VM_CONFIG_MAX_DISKS];
 	unsigned disk_count;
 	struct vm_net_config nets[VM_CONFIG_MAX_NETS];
@@ -108,6 +114,16 @@ void vm_config_free(struct vm_config *config);
  */
 int vm_config_parse_disk(const char *text, struct vm_disk_config *disk, char *error,
 			 size_t error_len);
+
+/*
+ * Parse a --console-output value, FILE[,max=SIZE] (SIZE in bytes or with
+ * K/M/G; max=0 means no cap; the default is
+ * VM_CONSOLE_OUTPUT_DEFAULT_MAX_BYTES), into config's console_output_path
+ * and console_output_max_bytes.  Returns 0, or -EINVAL with a message
+ * naming the bad part in error (config is then unchanged), or -ENOMEM.
+ */
+int vm_config_parse_console_output(const char *text, struct vm_config *config, char *error,
+				   size_t error_len);
 
 /*
  * Parse a --net value (config_net.c): socket=PATH,peer=PATH or tap=IFNAME,

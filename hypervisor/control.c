@@ -415,13 +415,10 @@ static void client_read(struct control_server *server, struct control_client *cl
 		while (client->mode == CLIENT_REQUESTS && !client->closing &&
 		       (newline = memchr(client->in, '\n', client->in_len))) {
 			size_t line_len = (size_t)(newline - client->in);
-			*newline = '\0';
-			if (line_len && client->in[line_len - 1] == '\r')
-				client->in[line_len - 1] = '\0';
-			if (memchr(client->in, '\0', line_len))
-				reply_error(
-					server, client, EINVAL,
-					"request contains a NUL byte; requests are printable ASCII lines");
+			char line_error[128];
+			if (control_line_finish(client->in, line_len, line_error,
+						sizeof(line_error)) < 0)
+				reply_error(server, client, EINVAL, line_error);
 			else
 				handle_request(server, client, client->in);
 			size_t rest = client->in_len - line_len - 1;

@@ -90,6 +90,15 @@ int control_request_check_keys(const struct control_request *request, const char
 			       char *error, size_t error_len);
 
 /*
+ * Make the line_len bytes received before a '\n' a C string for
+ * control_request_parse: a NUL byte among them is refused (-EINVAL, with a
+ * message in error) and one trailing '\r' (a CRLF line end) is dropped.
+ * Precondition: line has room for line_len + 1 bytes (the '\n' is
+ * overwritten).  Pure function: unit-tested.
+ */
+int control_line_finish(char *line, size_t line_len, char *error, size_t error_len);
+
+/*
  * Parse one request line in place (line is modified; it has no trailing
  * newline and is NUL-terminated).  Returns 0, or -EINVAL with a message in
  * error for an empty line, a bad verb, a malformed argument, a duplicate

@@ -59,6 +59,18 @@ static int decode_value(char *value, const char *key, char *error, size_t error_
 	return 0;
 }
 
+int control_line_finish(char *line, size_t line_len, char *error, size_t error_len)
+{
+	/* NULs are looked for before the CR is cut: cutting it writes one. */
+	if (memchr(line, '\0', line_len))
+		return kapsel_fail(error, error_len, -EINVAL,
+				   "request contains a NUL byte; requests are printable ASCII lines");
+	if (line_len && line[line_len - 1] == '\r')
+		line_len--;
+	line[line_len] = '\0';
+	return 0;
+}
+
 int control_request_parse(char *line, struct control_request *request, char *error,
 			  size_t error_len)
 {

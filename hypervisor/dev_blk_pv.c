@@ -408,8 +408,10 @@ static void blk_pv_complete_io(struct blk_pv *b, struct blk_pv_slot *slot, int r
 			status = host_errno_to_status(-res);
 			if (!b->io_error_logged) {
 				b->io_error_logged = true;
-				kapsel_warn("disk %u ('%s'): host I/O failed: %s; the guest got error %d",
-					    b->unit, b->disk.path, strerror(-res), status);
+				kapsel_guest_warn(
+					&b->dev.vm->guest_log,
+					"disk %u ('%s'): host I/O failed: %s; the guest got error %d",
+					b->unit, b->disk.path, strerror(-res), status);
 			}
 		}
 	} else if (slot->op == KAPSEL_BLK_OP_READ || slot->op == KAPSEL_BLK_OP_WRITE ||
@@ -536,11 +538,12 @@ static void blk_pv_log_broken(struct blk_pv *b)
 	if (b->broken_logged)
 		return;
 	b->broken_logged = true;
-	kapsel_warn("disk %u ('%s'): the guest published an impossible request index "
-		    "(req_prod %u with %u taken and %u answered in a ring of %u); "
-		    "this ring is stopped, the VM keeps running (a new DEVICE_SETUP restarts it)",
-		    b->unit, b->disk.path, b->ring.bad_req_prod, b->ring.req_cons,
-		    b->ring.rsp_prod_pvt, b->ring.size);
+	kapsel_guest_warn(&b->dev.vm->guest_log,
+			  "disk %u ('%s'): the guest published an impossible request index "
+			  "(req_prod %u with %u taken and %u answered in a ring of %u); "
+			  "this ring is stopped, the VM keeps running (a new DEVICE_SETUP restarts it)",
+			  b->unit, b->disk.path, b->ring.bad_req_prod, b->ring.req_cons,
+			  b->ring.rsp_prod_pvt, b->ring.size);
 }
 
 /*

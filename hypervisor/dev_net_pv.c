@@ -86,9 +86,11 @@ static int net_pv_pending(struct net_pv *n, unsigned queue)
 	if (pending < 0 && !n->broken_logged[queue]) {
 		n->broken_logged[queue] = true;
 		n->delta.errors++;
-		kapsel_warn("net %u: the guest broke its %s ring (producer index %u); the ring is no longer served",
-			    n->unit, queue == KAPSEL_NET_QUEUE_TX ? "TX" : "RX",
-			    n->ring[queue].bad_req_prod);
+		kapsel_guest_warn(
+			&n->dev.vm->guest_log,
+			"net %u: the guest broke its %s ring (producer index %u); the ring is no longer served",
+			n->unit, queue == KAPSEL_NET_QUEUE_TX ? "TX" : "RX",
+			n->ring[queue].bad_req_prod);
 	}
 	return pending;
 }

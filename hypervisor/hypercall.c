@@ -30,11 +30,11 @@ int64_t hypercall_dispatch(struct hypercall_table *table, struct kapsel_vm *vm, 
 			   const uint64_t args[HYPERCALL_ARG_COUNT])
 {
 	if (nr >= HYPERCALL_TABLE_SIZE || !table->entries[nr].fn) {
-		/* Log the first unknown call only: the guest controls the rate. */
-		if (table->unknown_calls++ == 0)
-			kapsel_warn("guest made unknown hypercall %llu; answered -ENOSYS "
-				    "(further unknown calls are only counted)",
-				    (unsigned long long)nr);
+		/* The guest controls the rate: the VM's limiter bounds the lines. */
+		table->unknown_calls++;
+		kapsel_guest_warn(table->log_limit,
+				  "guest made unknown hypercall %llu; answered -ENOSYS",
+				  (unsigned long long)nr);
 		return -KAPSEL_ENOSYS;
 	}
 	table->entries[nr].calls++;

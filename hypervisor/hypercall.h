@@ -6,6 +6,8 @@
 
 #include "kapsel/abi.h"
 
+struct log_limit;
+
 struct kapsel_vm;
 
 #define HYPERCALL_TABLE_SIZE 64u
@@ -26,7 +28,8 @@ struct hypercall_entry {
 
 struct hypercall_table {
 	struct hypercall_entry entries[HYPERCALL_TABLE_SIZE];
-	uint64_t unknown_calls; /* numbers nobody registered */
+	uint64_t unknown_calls;	     /* numbers nobody registered */
+	struct log_limit *log_limit; /* the VM's guest log limiter, or NULL (no limit) */
 };
 
 /* Zero the table. */
@@ -40,8 +43,8 @@ int hypercall_register(struct hypercall_table *table, uint64_t nr, const char *n
 		       hypercall_fn fn);
 
 /*
- * Run call nr.  Unknown numbers return -KAPSEL_ENOSYS and log one line the
- * first time each number is seen (a guest cannot flood the log).
+ * Run call nr.  Unknown numbers return -KAPSEL_ENOSYS, are counted and
+ * logged through table->log_limit (a guest cannot flood the log).
  */
 int64_t hypercall_dispatch(struct hypercall_table *table, struct kapsel_vm *vm, uint64_t nr,
 			   const uint64_t args[HYPERCALL_ARG_COUNT]);

@@ -737,6 +737,8 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 					if (overrides->console_output_path)
 						config->console_output_path =
 							strdup(overrides->console_output_path);
+					config->console_output_max_bytes =
+						overrides->console_output_max_bytes;
 					config->console_input = overrides->console_input;
 					config->print_stats = overrides->print_stats;
 					if (overrides->stats_path)

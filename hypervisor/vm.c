@@ -471,7 +471,9 @@ int vm_create(struct kapsel_vm *vm, struct vm_config *config)
 	vm->boot_monotonic_ns = monotonic_ns();
 	vm->state = VM_STATE_CREATED;
 	vm->vcpu_thread = pthread_self();
+	log_limit_init(&vm->guest_log, 0, 0);
 	hypercall_table_init(&vm->hypercalls);
+	vm->hypercalls.log_limit = &vm->guest_log;
 	err = hypercall_register_core(&vm->hypercalls);
 	if (err)
 		goto fail;
@@ -562,7 +564,7 @@ int vm_create(struct kapsel_vm *vm, struct vm_config *config)
 		goto fail;
 
 	err = console_open(&vm->console, config->console_output_path,
-			   config->console_input ? 0 : -1);
+			   config->console_output_max_bytes, config->console_input ? 0 : -1);
 	if (err)
 		goto fail;
 	err = devices_attach(vm);
@@ -604,6 +606,9 @@ void vm_destroy(struct kapsel_vm *vm)
 	vm->vcpu_fd = vm->vm_fd = vm->kvm_fd = vm->wake_fd = -1;
 	guest_memory_destroy(&vm->mem);
 	elf_image_free(&vm->image);
+	/* The devices and their threads are gone: nothing logs through it now. */
+	log_limit_flush(&vm->guest_log);
+	log_limit_destroy(&vm->guest_log);
 	pthread_cond_destroy(&vm->pause_cond);
 	pthread_mutex_destroy(&vm->pause_lock);
 }
@@ -672,13 +677,11 @@ static void handle_io(struct kapsel_vm *vm)
 	}
 	if (!dev) {
 		vm->exits[VM_EXIT_IO_UNCLAIMED]++;
-		if (vm->unclaimed_port_logged++ < 8)
-			kapsel_warn("guest %s unclaimed port %#x (size %u); %s",
-				    run->io.direction == KVM_EXIT_IO_OUT ? "wrote" : "read", port,
-				    size,
-				    run->io.direction == KVM_EXIT_IO_OUT
-					    ? "ignored"
-					    : "answered with all ones");
+		kapsel_guest_warn(&vm->guest_log, "guest %s unclaimed port %#x (size %u); %s",
+				  run->io.direction == KVM_EXIT_IO_OUT ? "wrote" : "read", port,
+				  size,
+				  run->io.direction == KVM_EXIT_IO_OUT ? "ignored"
+								       : "answered with all ones");
 		if (run->io.direction == KVM_EXIT_IO_IN)
 			memset(data, 0xff, (size_t)size * run->io.count);
 		return;
@@ -884,6 +887,24 @@ void vm_print_stats(struct kapsel_vm *vm, FILE *out)
 	if (vm->hypercalls.unknown_calls)
 		fprintf(out, "  hypercall_unknown: %llu\n",
 			(unsigned long long)vm->hypercalls.unknown_calls);
+	/* Console output and guest-triggered log lines: what a guest could
+	 * not push through, so an operator sees it was bounded. */
+	struct console_output_stats console;
+	console_output_stats(&vm->console, &console);
+	fprintf(out, "  console_output_bytes: %llu\n", (unsigned long long)console.written_bytes);
+	fprintf(out, "  console_dropped_full_bytes: %llu\n",
+		(unsigned long long)console.dropped_full_bytes);
+	fprintf(out, "  console_dropped_closed_bytes: %llu\n",
+		(unsigned long long)console.dropped_closed_bytes);
+	if (console.max_bytes) {
+		fprintf(out, "  console_output_max_bytes: %llu\n",
+			(unsigned long long)console.max_bytes);
+		fprintf(out, "  console_output_capped: %d\n", console.capped ? 1 : 0);
+		fprintf(out, "  console_dropped_cap_bytes: %llu\n",
+			(unsigned long long)console.dropped_cap_bytes);
+	}
+	fprintf(out, "  log_suppressed: %llu\n",
+		(unsigned long long)log_limit_suppressed_total(&vm->guest_log));
 	for (unsigned i = 0; i < vm->device_count; i++) {
 		struct kapsel_device *dev = vm->devices[i];
 		fprintf(out, "device %u %s:\n", i, dev->ops->name);

@@ -14,6 +14,7 @@
 #include "guest_memory.h"
 #include "hypercall.h"
 #include "kapsel/abi.h"
+#include "log.h"
 
 /* Exit status of `kapsel run` besides the guest's own exit code. */
 #define KAPSEL_EXIT_VMM_ERROR 125   /* Kapsel could not start or run the VM */
@@ -76,7 +77,7 @@ struct kapsel_vm {
 	enum kapsel_shutdown_reason shutdown_reason;
 	int exit_code; /* what `kapsel run` exits with */
 	uint64_t exits[VM_EXIT_COUNTER_COUNT];
-	uint64_t unclaimed_port_logged; /* first few unclaimed ports are logged */
+	struct log_limit guest_log; /* every log line a guest can trigger passes here */
 	uint64_t generation;
 };
 

@@ -26,6 +26,10 @@
  * was, without a DEVICE_SETUP, and kicks: a backend that kept the old
  * boot's ring would take it.  No response may come (and the host checks
  * sector 0 stayed zero).  Prints "ringfuzz reboot ok".
+ *
+ * ringfuzz breakloop=N: N times set a fresh ring up and break it at once
+ * (an impossible req_prod and a kick), as fast as it can: the host's log
+ * must stay bounded.  Prints "ringfuzz breakloop done: N rings broken".
  */
 
 #define ORDER 4u
@@ -332,6 +336,22 @@ static void phase_recovered(void)
 	kg_assert(info->capacity_sectors == disk->capacity_sectors);
 }
 
+/* Each broken ring makes the backend want to log a line. */
+static int break_loop(uint64_t count)
+{
+	struct kapsel_blk_response rsp;
+	for (uint64_t i = 0; i < count; i++) {
+		fresh_ring();
+		__atomic_store_n(&ring.header->req_prod, ring.header->req_prod + SLOTS + 5,
+				 __ATOMIC_RELEASE);
+		kick();
+		/* A moment for the backend to see it before the next setup. */
+		kg_assert(!wait_response(&rsp, 1000000ull));
+	}
+	kg_printf("ringfuzz breakloop done: %llu rings broken\n", (unsigned long long)count);
+	return 0;
+}
+
 /* Boot 0 and boot 1 allocate the same pages and draw the same start
  * index (same seed), so boot 1 knows where the old ring was. */
 static int reboot_check(void)
@@ -380,6 +400,7 @@ int main(int argc, char **argv)
 	kg_assert(kg_platform_is_kapsel());
 	uint64_t rounds = 2;
 	bool reboot = false;
+	uint64_t break_count = 0;
 	rng_state = 1;
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "reboot") == 0)
@@ -388,6 +409,8 @@ int main(int argc, char **argv)
 			kg_assert(kg_parse_u64(argv[i] + 5, &rng_state) == 0);
 		else if (strncmp(argv[i], "rounds=", 7) == 0)
 			kg_assert(kg_parse_u64(argv[i] + 7, &rounds) == 0);
+		else if (strncmp(argv[i], "breakloop=", 10) == 0)
+			kg_assert(kg_parse_u64(argv[i] + 10, &break_count) == 0);
 	}
 	disk = kg_platform_find_device(KAPSEL_DEV_BLOCK_PV, 0);
 	if (!disk) {
@@ -408,6 +431,8 @@ int main(int argc, char **argv)
 	kg_assert(kg_hc_evtchn_bind_device(port, disk->index) == 0);
 	if (reboot)
 		return reboot_check();
+	if (break_count)
+		return break_loop(break_count);
 
 	phase_bad_setups(ram_bytes);
 	for (uint64_t round = 0; round < rounds; round++) {

@@ -110,6 +110,27 @@ pv-ringfuzz)
 	expect_in "$err" "denied_malformed:"
 	expect_not_in "$err" "crashed"
 	;;
+pv-ringfuzz-log-bounded)
+	# A guest that sets a ring up and breaks it in a loop: the warnings
+	# are rate-limited per VM, the rest counted and reported.
+	truncate -s 4M "$img"
+	start=$(date +%s)
+	run_guest "$out" "$err" --kernel "$GUESTS/ringfuzz.elf" --disk "$img" --stats \
+		--cmdline "breakloop=1000"
+	elapsed=$(( $(date +%s) - start + 1 ))
+	expect_status 0
+	expect_in "$out" "ringfuzz breakloop done: 1000 rings broken"
+	lines=$(grep -c "impossible request index" "$err")
+	# The default limiter: a burst of 20, then 5 lines a second.
+	limit=$(( 20 + 5 * elapsed ))
+	[ "$lines" -le "$limit" ] || fail "$lines ring warnings in $elapsed s (at most $limit allowed)"
+	[ "$lines" -ge 1 ] || fail "no ring warning at all"
+	expect_in "$err" "guest-triggered messages suppressed (rate limit)"
+	suppressed=$(awk '$1 == "log_suppressed:" { print $2; exit }' "$err")
+	[ "${suppressed:-0}" -gt 0 ] || fail "log_suppressed is '${suppressed:-}'"
+	total=$(wc -l <"$err")
+	[ "$total" -le $(( limit + 200 )) ] || fail "$total lines on stderr"
+	;;
 pv-flush-kill9)
 	# Writes acknowledged before a completed flush survive kill -9 of the
 	# VMM (O_DIRECT, so nothing is left in kapsel's hands).

@@ -56,7 +56,103 @@ stat_of() {
 	"$KAPSEL" stats "$1" | awk -v key="  $2:" 'index($0, key) == 1 { print $2; exit }'
 }
 
+# start_flood NAME OUTPUT [kapsel run options...]: boot 'hello flood' (it
+# prints forever) with its console on OUTPUT; waits for its socket.  Sets VMPID.
+start_flood() {
+	local name=$1 output=$2
+	shift 2
+	"$KAPSEL" run --no-console-input --kernel "$GUESTS/hello.elf" --name "$name" \
+		--cmdline flood "$@" >"$output" 2>"$TMP/$name.err" </dev/null &
+	VMPID=$!
+	VMPIDS+=("$VMPID")
+	for _ in $(seq 400); do
+		[ -S "$KAPSEL_RUNTIME_DIR/$name.sock" ] && return 0
+		kill -0 "$VMPID" 2>/dev/null || { cat "$TMP/$name.err"; fail "VM $name died at start"; }
+		sleep 0.05
+	done
+	fail "VM $name did not come up"
+}
+
+# A console pipe nobody reads: opened read-write here and never read, so
+# the guest's output fills it and stays there.
+stuck_pipe() {
+	mkfifo "$TMP/fifo"
+	exec 3<>"$TMP/fifo"
+}
+
+# ms_since START_NS: milliseconds since a $(date +%s%N) reading.
+ms_since() {
+	echo $(( ($(date +%s%N) - $1) / 1000000 ))
+}
+
+# The old code never ended these VMs at all (only SIGKILL did); the bounds
+# below leave room for a loaded nested-KVM machine.
 case "$1" in
+console-blocked-sink)
+	# A console reader that stops reading must block neither the vCPU nor
+	# the control plane, and SIGTERM still ends the VM.
+	stuck_pipe
+	start_flood flooder "$TMP/fifo"
+	for _ in $(seq 100); do
+		grep -qF "not keeping up" "$TMP/flooder.err" && break
+		sleep 0.1
+	done
+	expect_in "$TMP/flooder.err" "the console output reader is not keeping up"
+	timeout 15 "$KAPSEL" info flooder >"$TMP/info" || fail "info did not answer with the console pipe full"
+	expect_in "$TMP/info" "state running"
+	timeout 15 "$KAPSEL" pause flooder || fail "pause did not answer with the console pipe full"
+	timeout 15 "$KAPSEL" info flooder >"$TMP/info" || fail "info while paused"
+	expect_in "$TMP/info" "state paused"
+	timeout 15 "$KAPSEL" resume flooder || fail "resume"
+	# The guest kept running: the drop counter still grows.
+	first=$(stat_of flooder console_dropped_full_bytes)
+	sleep 1
+	second=$(stat_of flooder console_dropped_full_bytes)
+	[ "$first" -gt 0 ] && [ "$second" -gt "$first" ] ||
+		fail "console_dropped_full_bytes did not grow ($first, then $second)"
+	start=$(date +%s%N)
+	kill -TERM "$VMPID"
+	wait_vm "$VMPID"
+	elapsed=$(ms_since "$start")
+	expect_status 125
+	[ "$elapsed" -lt 10000 ] || fail "SIGTERM took $elapsed ms with the console pipe full"
+	expect_in "$TMP/flooder.err" "VM stopped by request"
+	;;
+console-blocked-destroy)
+	# 'destroy' ends a VM whose console pipe is full, within seconds.
+	stuck_pipe
+	start_flood stuck "$TMP/fifo"
+	sleep 1
+	start=$(date +%s%N)
+	timeout 15 "$KAPSEL" destroy stuck || fail "destroy did not answer with the console pipe full"
+	wait_vm "$VMPID"
+	elapsed=$(ms_since "$start")
+	expect_status 125
+	[ "$elapsed" -lt 10000 ] || fail "destroy took $elapsed ms with the console pipe full"
+	;;
+console-output-cap)
+	# --console-output FILE,max=SIZE: the file stays under its cap, says so
+	# once, and the dropped bytes are counted.
+	start_flood capped "$TMP/stdout" --console-output "$TMP/console.log,max=256K"
+	for _ in $(seq 200); do
+		grep -qF "reached its cap" "$TMP/capped.err" && break
+		sleep 0.05
+	done
+	expect_in "$TMP/capped.err" "console output '$TMP/console.log' reached its cap of 262144 bytes"
+	sleep 1
+	[ "$(stat_of capped console_output_max_bytes)" = 262144 ] || fail "cap not in stats"
+	[ "$(stat_of capped console_output_capped)" = 1 ] || fail "capped not in stats"
+	dropped=$(stat_of capped console_dropped_cap_bytes)
+	[ "$dropped" -gt 0 ] || fail "console_dropped_cap_bytes is '$dropped'"
+	"$KAPSEL" destroy capped >/dev/null || fail "destroy"
+	wait_vm "$VMPID"
+	size=$(stat -c %s "$TMP/console.log")
+	[ "$size" -le 262144 ] || fail "console file grew to $size bytes, over its cap"
+	[ "$size" -gt 200000 ] || fail "console file has only $size bytes"
+	[ "$(grep -c "reached its cap" "$TMP/console.log")" = 1 ] || fail "cap note not exactly once"
+	expect_in "$TMP/console.log" "flood line 0:"
+	[ "$(grep -c "reached its cap" "$TMP/capped.err")" = 1 ] || fail "cap warning not exactly once"
+	;;
 control-socket-lifecycle)
 	start_vm life
 	printf 'info\npause\ninfo\npause\nresume\nresume\ninfo\nquit\n' | send life

@@ -172,6 +172,47 @@ static void test_net_unknown_option(void)
 	vm_net_config_free(&net);
 }
 
+/* --console-output FILE[,max=SIZE]: the file gets a cap by default. */
+static void test_console_output(void)
+{
+	struct vm_config config;
+	vm_config_init(&config);
+	CU_ASSERT_EQUAL(config.console_output_max_bytes, VM_CONSOLE_OUTPUT_DEFAULT_MAX_BYTES);
+	CU_ASSERT(config.console_output_max_bytes > 0);
+	CU_ASSERT_EQUAL_FATAL(vm_config_parse_console_output("/tmp/c.log", &config, error,
+							     sizeof(error)),
+			      0);
+	CU_ASSERT_STRING_EQUAL(config.console_output_path, "/tmp/c.log");
+	CU_ASSERT_EQUAL(config.console_output_max_bytes, VM_CONSOLE_OUTPUT_DEFAULT_MAX_BYTES);
+	CU_ASSERT_EQUAL_FATAL(vm_config_parse_console_output("out.log,max=10M", &config, error,
+							     sizeof(error)),
+			      0);
+	CU_ASSERT_STRING_EQUAL(config.console_output_path, "out.log");
+	CU_ASSERT_EQUAL(config.console_output_max_bytes, 10ull << 20);
+	CU_ASSERT_EQUAL(vm_config_parse_console_output("o,max=65536", &config, error,
+						       sizeof(error)),
+			0);
+	CU_ASSERT_EQUAL(config.console_output_max_bytes, 65536);
+	CU_ASSERT_EQUAL(vm_config_parse_console_output("o,max=0", &config, error, sizeof(error)),
+			0);
+	CU_ASSERT_EQUAL(config.console_output_max_bytes, 0);
+	/* Refused, and the config keeps what it had. */
+	CU_ASSERT_EQUAL(vm_config_parse_console_output("x,max=100", &config, error, sizeof(error)),
+			-EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "below the smallest cap"));
+	CU_ASSERT_EQUAL(vm_config_parse_console_output("x,max=9Q", &config, error, sizeof(error)),
+			-EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "option 'max=9Q' is unknown or lacks a valid value"));
+	CU_ASSERT_EQUAL(vm_config_parse_console_output("x,rotate", &config, error, sizeof(error)),
+			-EINVAL);
+	CU_ASSERT_EQUAL(vm_config_parse_console_output(",max=1M", &config, error, sizeof(error)),
+			-EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "needs a file"));
+	CU_ASSERT_STRING_EQUAL(config.console_output_path, "o");
+	CU_ASSERT_EQUAL(config.console_output_max_bytes, 0);
+	vm_config_free(&config);
+}
+
 int main(void)
 {
 	static const struct unit_test tests[] = {
@@ -181,6 +222,7 @@ int main(void)
 		{ "disk: errors name the bad part", test_disk_errors },
 		{ "option lists: splitting and numbers", test_option_list_splitting },
 		{ "net: unknown option message", test_net_unknown_option },
+		{ "console output file and its cap", test_console_output },
 	};
 	return UNIT_RUN("config", tests);
 }

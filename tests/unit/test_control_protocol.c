@@ -207,6 +207,47 @@ static void test_verb_table(void)
 	CU_ASSERT_EQUAL(last, -ENOSPC);
 }
 
+/* Finish a received line the way the server does: bytes up to (not
+ * including) the '\n', then parse. */
+static int finish_and_parse(const char *bytes, size_t len, struct control_request *r, char *line)
+{
+	memcpy(line, bytes, len);
+	line[len] = '\n';
+	error[0] = '\0';
+	int err = control_line_finish(line, len, error, sizeof(error));
+	if (err)
+		return err;
+	return control_request_parse(line, r, error, sizeof(error));
+}
+
+static void test_crlf_accepted(void)
+{
+	char line[64];
+	struct control_request r;
+	/* A CRLF client (telnet, a Windows tool) gets its request served. */
+	CU_ASSERT_EQUAL_FATAL(finish_and_parse("info\r", 5, &r, line), 0);
+	CU_ASSERT_STRING_EQUAL(r.verb, "info");
+	CU_ASSERT_EQUAL_FATAL(finish_and_parse("pause timeout=5\r", 16, &r, line), 0);
+	CU_ASSERT_STRING_EQUAL(r.verb, "pause");
+	CU_ASSERT_STRING_EQUAL(control_request_arg(&r, "timeout"), "5");
+	/* A bare LF line is unchanged. */
+	CU_ASSERT_EQUAL_FATAL(finish_and_parse("info", 4, &r, line), 0);
+	CU_ASSERT_STRING_EQUAL(r.verb, "info");
+	/* Only one CR is a line end; a second one is a control byte. */
+	CU_ASSERT_EQUAL(finish_and_parse("info\r\r", 6, &r, line), -EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "0x0d"));
+}
+
+static void test_nul_refused(void)
+{
+	char line[64];
+	struct control_request r;
+	CU_ASSERT_EQUAL(finish_and_parse("in\0fo", 6, &r, line), -EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "NUL byte"));
+	CU_ASSERT_EQUAL(finish_and_parse("info\0\r", 6, &r, line), -EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "NUL byte"));
+}
+
 int main(void)
 {
 	static const struct unit_test tests[] = {
@@ -219,6 +260,8 @@ int main(void)
 		{ "allowed keys", test_check_keys },
 		{ "errno names", test_errno_names },
 		{ "verb table", test_verb_table },
+		{ "CRLF line end accepted", test_crlf_accepted },
+		{ "NUL byte refused", test_nul_refused },
 	};
 	return UNIT_RUN("control_protocol", tests);
 }
