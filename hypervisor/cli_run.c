@@ -147,10 +147,8 @@ int cli_run(int argc, char **argv)
 			config.cmdline = replace(config.cmdline, optarg);
 			break;
 		case 'n':
-			if (!*optarg || strlen(optarg) >= sizeof(config.name) ||
-			    strchr(optarg, '/')) {
-				kapsel_error("--name '%s' must be 1-%zu characters without '/'",
-					     optarg, sizeof(config.name) - 1);
+			if (vm_config_check_name(optarg, error, sizeof(error)) < 0) {
+				kapsel_error("--name: %s", error);
 				goto out;
 			}
 			snprintf(config.name, sizeof(config.name), "%s", optarg);
