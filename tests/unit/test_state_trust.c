@@ -309,7 +309,7 @@ static void test_forged_state_paths(void)
 							   sizeof(error)),
 			      0);
 	memset(&files, 0, sizeof(files));
-	char mapping[600];
+	char mapping[700];
 	snprintf(mapping, sizeof(mapping), "1=%s", mine);
 	CU_ASSERT_EQUAL_FATAL(snapshot_parse_disk_mapping(mapping, &files, error, sizeof(error)),
 			      0);
