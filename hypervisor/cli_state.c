@@ -671,8 +671,9 @@ void cli_migrate_usage(FILE *out)
 		     "Live-migrate the running VM NAME to the Kapsel waiting with\n"
 		     "'kapsel run --incoming tcp:ADDR:PORT' there: guest RAM is copied while the\n"
 		     "VM runs (KVM dirty logging, rounds until the rest fits the downtime), then\n"
-		     "the vCPU stops and the rest and the device state follow.  Disk images\n"
-		     "must be reachable at the same paths.  If anything goes wrong the VM runs\n"
+		     "the vCPU stops and the rest and the device state follow.  The destination\n"
+		     "opens the kernel and disk images its own definition names (they must hold\n"
+		     "the same content: shared storage).  If anything goes wrong the VM runs\n"
 		     "on here unharmed.  Prints the rounds, bytes and downtime.\n");
 }
 
