@@ -31,8 +31,8 @@ void cli_run_usage(FILE *out)
 		"  -m, --memory SIZE        guest RAM, e.g. 64M or 1G (default 64M; multiple of 2M)\n"
 		"  -c, --cmdline TEXT       command line the guest reads from its start info\n"
 		"  -n, --name NAME          VM name, unique on this host (default 'kapsel-PID')\n"
-		"  -d, --disk SPEC          attach a raw disk image; SPEC is\n"
-		"                           PATH[,readonly][,bus=pv|ata][,cache=none|writeback]\n"
+		"  -d, --disk SPEC          attach a disk image; SPEC is PATH[,format=raw|overlay]\n"
+		"                           [,readonly][,bus=pv|ata][,cache=none|writeback]\n"
 		"                           [,iops=N][,iops_burst=N][,bps=N][,bps_burst=N][,poll=US]\n"
 		"      --net SPEC           attach a network interface (after the disks); SPEC is\n"
 		"                           socket=PATH,peer=PATH (Unix datagram socket: bind PATH,\n"
@@ -50,7 +50,9 @@ void cli_run_usage(FILE *out)
 		"      --save-on-signal DIR on SIGHUP, save the VM to DIR (kapsel restore DIR)\n"
 		"      --save-stop          with --save-on-signal: stop the VM after saving\n"
 		"      --incoming tcp:ADDR:PORT  receive a live migration there and run it\n"
-		"                           (kapsel migrate NAME tcp:ADDR:PORT on the source)\n"
+		"                           (kapsel migrate NAME tcp:ADDR:PORT on the source); the\n"
+		"                           VM's kernel, memory and disks come from this command\n"
+		"                           line or XML (as on the source), never from the stream\n"
 		"      --stats              print exit and device counters when the VM stops\n"
 		"      --stats-file FILE    on SIGUSR1, write the counters to FILE (default stderr)\n"
 		"  -v, --verbose            log what Kapsel does\n"
@@ -149,10 +151,8 @@ int cli_run(int argc, char **argv)
 			config.cmdline = replace(config.cmdline, optarg);
 			break;
 		case 'n':
-			if (!*optarg || strlen(optarg) >= sizeof(config.name) ||
-			    strchr(optarg, '/')) {
-				kapsel_error("--name '%s' must be 1-%zu characters without '/'",
-					     optarg, sizeof(config.name) - 1);
+			if (vm_config_check_name(optarg, error, sizeof(error)) < 0) {
+				kapsel_error("--name: %s", error);
 				goto out;
 			}
 			snprintf(config.name, sizeof(config.name), "%s", optarg);

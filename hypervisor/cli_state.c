@@ -313,8 +313,9 @@ struct restore_settings {
 	const char *stats_path;
 	const char *save_dir; /* --save-on-signal */
 	bool save_stop;
-	bool timing;	  /* print how long the restore took */
-	bool use_control; /* serve a control socket */
+	bool timing;				 /* print how long the restore took */
+	bool use_control;			 /* serve a control socket */
+	const struct snapshot_host_files *files; /* --kernel, --disk N=PATH */
 };
 
 static void random_uuid(uint8_t uuid[16])
@@ -349,13 +350,22 @@ static int restore_and_run(const struct restore_settings *settings)
 		vm_config_free(&config);
 		return status;
 	}
+	/* The state names no host file we open: the kernel and disks are the
+	 * operator's (--kernel, --disk N=PATH) or files inside the directory. */
 	if (snapshot_config_from_records(&dir.state, &config, error, sizeof(error)) < 0 ||
-	    snapshot_check_disks(&dir.state, error, sizeof(error)) < 0) {
+	    snapshot_bind_host_files(&dir.state, settings->dir, settings->files, &config, error,
+				     sizeof(error)) < 0 ||
+	    snapshot_check_disks(&dir.state, &config, error, sizeof(error)) < 0) {
 		kapsel_error("cannot restore %s: %s", settings->dir, error);
 		goto out_dir;
 	}
-	if (settings->name)
+	if (settings->name) {
+		if (vm_config_check_name(settings->name, error, sizeof(error)) < 0) {
+			kapsel_error("cannot restore %s: %s", settings->dir, error);
+			goto out_dir;
+		}
 		snprintf(config.name, sizeof(config.name), "%s", settings->name);
+	}
 	/* Frozen disks (snapshots), and every disk of a clone, run on a new
 	 * copy-on-write overlay of their own. */
 	if (snapshot_prepare_disks(&dir.state, &config, settings->clone, config.name, error,
@@ -428,7 +438,15 @@ void cli_restore_usage(FILE *out)
 		     "Everything in DIR is checked first; a truncated, corrupted, foreign or\n"
 		     "mismatched state is refused and no VM is started.\n"
 		     "\n"
+		     "A saved state never chooses host files: name the kernel and each disk\n"
+		     "image (as on the 'kapsel run' command line that saved it) unless they are\n"
+		     "inside DIR.\n"
+		     "\n"
 		     "Options:\n"
+		     "  -k, --kernel FILE        the guest kernel\n"
+		     "  -d, --disk N=PATH[,format=raw|overlay]\n"
+		     "                           the image of disk N (0 = first); format=overlay\n"
+		     "                           for a copy-on-write overlay\n"
 		     "  -n, --name NAME          run it under a new name\n"
 		     "      --clone              new identity (name, UUID) and copy-on-write\n"
 		     "                           memory mapped from DIR/memory.img\n"
@@ -459,6 +477,8 @@ int cli_restore(int argc, char **argv)
 		OPT_NO_CONTROL
 	};
 	static const struct option options[] = {
+		{ "kernel", required_argument, NULL, 'k' },
+		{ "disk", required_argument, NULL, 'd' },
 		{ "name", required_argument, NULL, 'n' },
 		{ "clone", no_argument, NULL, OPT_CLONE },
 		{ "console-output", required_argument, NULL, OPT_CONSOLE_OUTPUT },
@@ -473,16 +493,28 @@ int cli_restore(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
-	struct restore_settings settings = { .console_input = true, .use_control = true };
+	static struct snapshot_host_files files;
+	struct restore_settings settings = { .console_input = true,
+					     .use_control = true,
+					     .files = &files };
+	char detail[512];
 	int opt;
 	optind = 1;
-	while ((opt = getopt_long(argc, argv, "n:vh", options, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "k:d:n:vh", options, NULL)) != -1) {
 		switch (opt) {
+		case 'k':
+			files.kernel_path = optarg;
+			break;
+		case 'd':
+			if (snapshot_parse_disk_mapping(optarg, &files, detail, sizeof(detail)) <
+			    0) {
+				kapsel_error("%s", detail);
+				return 2;
+			}
+			break;
 		case 'n':
-			if (!*optarg || strlen(optarg) >= VM_CONFIG_NAME_MAX ||
-			    strchr(optarg, '/')) {
-				kapsel_error("--name '%s' must be 1-%u characters without '/'",
-					     optarg, VM_CONFIG_NAME_MAX - 1);
+			if (vm_config_check_name(optarg, detail, sizeof(detail)) < 0) {
+				kapsel_error("--name: %s", detail);
 				return KAPSEL_EXIT_VMM_ERROR;
 			}
 			settings.name = optarg;
@@ -531,7 +563,9 @@ int cli_restore(int argc, char **argv)
 		return 2;
 	}
 	settings.dir = argv[optind];
-	return restore_and_run(&settings);
+	int status = restore_and_run(&settings);
+	snapshot_host_files_free(&files);
+	return status;
 }
 
 /* ---- save (through the control socket) -------------------------------------- */
@@ -646,8 +680,9 @@ void cli_migrate_usage(FILE *out)
 		     "Live-migrate the running VM NAME to the Kapsel waiting with\n"
 		     "'kapsel run --incoming tcp:ADDR:PORT' there: guest RAM is copied while the\n"
 		     "VM runs (KVM dirty logging, rounds until the rest fits the downtime), then\n"
-		     "the vCPU stops and the rest and the device state follow.  Disk images\n"
-		     "must be reachable at the same paths.  If anything goes wrong the VM runs\n"
+		     "the vCPU stops and the rest and the device state follow.  The destination\n"
+		     "opens the kernel and disk images its own definition names (they must hold\n"
+		     "the same content: shared storage).  If anything goes wrong the VM runs\n"
 		     "on here unharmed.  Prints the rounds, bytes and downtime.\n");
 }
 
@@ -745,6 +780,10 @@ void cli_clone_usage(FILE *out)
 		     "Options:\n"
 		     "  -c, --count N            how many clones (default 1)\n"
 		     "  -p, --prefix PREFIX      name prefix (default: the saved VM's name)\n"
+		     "  -k, --kernel FILE        the guest kernel (unless inside DIR)\n"
+		     "  -d, --disk N=PATH[,format=raw|overlay]\n"
+		     "                           the image of disk N (unless inside DIR); each\n"
+		     "                           clone runs on an overlay of its own over it\n"
 		     "      --console-dir DIR    write clone i's console to DIR/PREFIX-i.log\n"
 		     "      --timing             print each clone's time from start to running\n"
 		     "  -v, --verbose            log what Kapsel does\n");
@@ -755,6 +794,8 @@ int cli_clone(int argc, char **argv)
 	static const struct option options[] = {
 		{ "count", required_argument, NULL, 'c' },
 		{ "prefix", required_argument, NULL, 'p' },
+		{ "kernel", required_argument, NULL, 'k' },
+		{ "disk", required_argument, NULL, 'd' },
 		{ "console-dir", required_argument, NULL, 'o' },
 		{ "timing", no_argument, NULL, 't' },
 		{ "verbose", no_argument, NULL, 'v' },
@@ -764,10 +805,22 @@ int cli_clone(int argc, char **argv)
 	unsigned long count = 1;
 	const char *prefix = NULL, *console_dir = NULL;
 	bool timing = false;
+	static struct snapshot_host_files files;
+	char detail[512];
 	int opt;
 	optind = 1;
-	while ((opt = getopt_long(argc, argv, "c:p:vh", options, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "c:p:k:d:vh", options, NULL)) != -1) {
 		switch (opt) {
+		case 'k':
+			files.kernel_path = optarg;
+			break;
+		case 'd':
+			if (snapshot_parse_disk_mapping(optarg, &files, detail, sizeof(detail)) <
+			    0) {
+				kapsel_error("%s", detail);
+				return 2;
+			}
+			break;
 		case 'c': {
 			char *end;
 			count = strtoul(optarg, &end, 10);
@@ -843,6 +896,7 @@ int cli_clone(int argc, char **argv)
 				.console_input = false,
 				.timing = timing,
 				.use_control = true,
+				.files = &files,
 			};
 			if (console_dir) {
 				snprintf(console, sizeof(console), "%s/%s.log", console_dir, name);
@@ -1090,8 +1144,22 @@ int cli_inspect(int argc, char **argv)
 	struct vm_config config;
 	vm_config_init(&config);
 	int err = snapshot_config_from_records(&dir.state, &config, error, sizeof(error));
+	/* Only files inside the directory are looked at: the state's other
+	 * paths are the restorer's to name (--kernel, --disk N=PATH). */
+	bool needs_files = false;
+	if (!err) {
+		err = snapshot_bind_host_files(&dir.state, path, NULL, &config, error,
+					       sizeof(error));
+		needs_files = err == -EPERM;
+	}
 	if (!err)
-		err = snapshot_check_disks(&dir.state, error, sizeof(error));
+		err = snapshot_check_disks(&dir.state, &config, error, sizeof(error));
+	if (needs_files) {
+		printf("state is valid; to restore it, %s\n", error);
+		vm_config_free(&config);
+		vm_state_dir_close(&dir);
+		return 0;
+	}
 	vm_config_free(&config);
 	vm_state_dir_close(&dir);
 	if (err) {

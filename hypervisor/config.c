@@ -2,6 +2,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,37 @@ void vm_config_free(struct vm_config *config)
 	for (unsigned i = 0; i < config->net_count; i++)
 		vm_net_config_free(&config->nets[i]);
 	memset(config, 0, sizeof(*config));
+}
+
+int vm_config_check_name(const char *name, char *error, size_t error_len)
+{
+	size_t length = strnlen(name, VM_CONFIG_NAME_MAX);
+	bool bad = length == 0 || length >= VM_CONFIG_NAME_MAX || name[0] == '.';
+	for (size_t i = 0; i < length && !bad; i++) {
+		unsigned char c = (unsigned char)name[i];
+		bad = c <= 0x20 || c >= 0x7f || c == '/' || c == '\\';
+	}
+	if (!bad)
+		return 0;
+	if (!error)
+		return -EINVAL;
+	/* Show what was given without passing control bytes to a terminal. */
+	char shown[4 * 40 + 4];
+	size_t used = 0;
+	for (size_t i = 0; i < length && i < 40; i++) {
+		unsigned char c = (unsigned char)name[i];
+		if (c > 0x20 && c < 0x7f && c != '\\')
+			shown[used++] = (char)c;
+		else
+			used += (size_t)snprintf(shown + used, sizeof(shown) - used, "\\x%02x", c);
+	}
+	if (length > 40)
+		used += (size_t)snprintf(shown + used, sizeof(shown) - used, "...");
+	shown[used] = '\0';
+	return kapsel_fail(
+		error, error_len, -EINVAL,
+		"VM name '%s' is not valid: use 1-%u printable characters without spaces, '/' or '\\', not starting with '.'",
+		shown, VM_CONFIG_NAME_MAX - 1);
 }
 
 char *config_next_field(char **cursor)
@@ -99,13 +131,23 @@ int vm_config_parse_disk(const char *text, struct vm_disk_config *disk, char *er
 		free(copy);
 		return kapsel_fail(
 			error, error_len, -EINVAL,
-			"--disk needs a path: --disk PATH[,readonly][,bus=pv|ata][,cache=none|writeback]");
+			"--disk needs a path: --disk PATH[,format=raw|overlay][,readonly][,bus=pv|ata][,cache=none|writeback]");
 	}
 	disk->path = strdup(path);
 	char *opt, *value;
 	while (!err && (opt = config_next_option(&cursor, &value))) {
 		uint64_t number = 0;
-		if (strcmp(opt, "readonly") == 0 || strcmp(opt, "ro") == 0) {
+		if (strcmp(opt, "format") == 0 && value) {
+			if (strcmp(value, "raw") == 0)
+				disk->format = VM_DISK_FORMAT_RAW;
+			else if (strcmp(value, "overlay") == 0 || strcmp(value, "kovl") == 0)
+				disk->format = VM_DISK_FORMAT_OVERLAY;
+			else
+				err = kapsel_fail(
+					error, error_len, -EINVAL,
+					"--disk '%s': format '%s' is unknown; use format=raw or format=overlay",
+					text, value);
+		} else if (strcmp(opt, "readonly") == 0 || strcmp(opt, "ro") == 0) {
 			disk->readonly =
 				!value || strcmp(value, "on") == 0 || strcmp(value, "yes") == 0;
 		} else if (strcmp(opt, "bus") == 0 && value) {
@@ -147,7 +189,7 @@ int vm_config_parse_disk(const char *text, struct vm_disk_config *disk, char *er
 		} else {
 			err = config_unknown_option(
 				error, error_len, "--disk", text, opt, value,
-				"known: readonly, bus=pv|ata, cache=none|writeback, iops=N, iops_burst=N, bps=N, bps_burst=N, poll=MICROSECONDS");
+				"known: format=raw|overlay, readonly, bus=pv|ata, cache=none|writeback, iops=N, iops_burst=N, bps=N, bps_burst=N, poll=MICROSECONDS");
 		}
 	}
 	free(copy);

@@ -33,8 +33,16 @@ struct vm_rate_limit {
 	uint64_t burst;
 };
 
+/* An image's format comes from the operator (or Kapsel's own state
+ * records), never from the image's bytes: a guest writes those. */
+enum vm_disk_format {
+	VM_DISK_FORMAT_RAW = 0,	    /* the file is the disk, byte for byte */
+	VM_DISK_FORMAT_OVERLAY = 1, /* a Kapsel copy-on-write overlay (disk_overlay.h) */
+};
+
 struct vm_disk_config {
 	char *path;
+	enum vm_disk_format format;
 	bool readonly;
 	enum vm_disk_bus bus;
 	enum vm_disk_cache cache;
@@ -101,6 +109,15 @@ struct vm_config {
 	char *source_xml_path; /* where the definition came from, if XML */
 };
 
+/*
+ * The one check for a VM name, wherever it comes from (command line, XML,
+ * a state file, a migration stream): 1 to VM_CONFIG_NAME_MAX - 1 printable
+ * ASCII characters, no space, '/' or '\\', not starting with '.' (a name
+ * becomes a file name in the runtime directory).  Returns 0, or -EINVAL
+ * with a message in error (the name shown escaped) when error is not NULL.
+ */
+int vm_config_check_name(const char *name, char *error, size_t error_len);
+
 /* Defaults: 64 MiB, 1 vCPU, destroy on poweroff/crash, console on stdout. */
 void vm_config_init(struct vm_config *config);
 
@@ -108,8 +125,8 @@ void vm_config_init(struct vm_config *config);
 void vm_config_free(struct vm_config *config);
 
 /*
- * Parse a --disk value: path[,readonly][,bus=pv|ata][,cache=none|writeback]
- * [,iops=N][,iops_burst=N][,bps=N][,bps_burst=N][,poll=US].  Returns 0, or
+ * Parse a --disk value: path[,format=raw|overlay][,readonly][,bus=pv|ata]
+ * [,cache=none|writeback][,iops=N][,iops_burst=N][,bps=N][,bps_burst=N][,poll=US].  Returns 0, or
  * -EINVAL with a message naming the bad part in error.
  */
 int vm_config_parse_disk(const char *text, struct vm_disk_config *disk, char *error,

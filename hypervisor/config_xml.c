@@ -302,10 +302,16 @@ static int parse_disk_driver(struct xml_context *ctx, const xmlNode *n, struct v
 			ctx,
 			"/domain/devices/disk/driver cache='%s' is not supported; use none or writeback",
 			cache);
-	if (!err && format && strcmp(format, "raw") != 0)
-		err = xml_fail(ctx,
-			       "/domain/devices/disk/driver type='%s': only raw images are supported",
-			       format);
+	/* The format is the definition's word, never guessed from the image. */
+	if (!err && format && strcmp(format, "raw") == 0)
+		disk->format = VM_DISK_FORMAT_RAW;
+	else if (!err && format && strcmp(format, "kovl") == 0)
+		disk->format = VM_DISK_FORMAT_OVERLAY;
+	else if (!err && format)
+		err = xml_fail(
+			ctx,
+			"/domain/devices/disk/driver type='%s' is not supported; use raw or kovl (a Kapsel overlay)",
+			format);
 	free(cache);
 	free(format);
 	/* name, io, discard, detect_zeroes are host-side choices: accepted. */
@@ -574,16 +580,10 @@ static int parse_vcpu(struct xml_context *ctx, const xmlNode *node)
 static int parse_name(struct xml_context *ctx, const xmlNode *node)
 {
 	char *name = node_text(node);
+	char detail[256];
 	int err = 0;
-	bool bad = !*name || strlen(name) >= sizeof(ctx->config->name) || strchr(name, '/') ||
-		   name[0] == '.';
-	for (const char *p = name; *p && !bad; p++)
-		bad = (unsigned char)*p < 0x21 || *p == 0x7f;
-	if (bad)
-		err = xml_fail(
-			ctx,
-			"/domain/name '%s' must be 1-%zu printable characters without '/' or spaces, not starting with '.'",
-			name, sizeof(ctx->config->name) - 1);
+	if (vm_config_check_name(name, detail, sizeof(detail)) < 0)
+		err = xml_fail(ctx, "/domain/name: %s", detail);
 	else
 		snprintf(ctx->config->name, sizeof(ctx->config->name), "%s", name);
 	free(name);
@@ -804,7 +804,9 @@ static int write_disk(xmlTextWriterPtr w, const struct vm_disk_config *disk, uns
 	W(xmlTextWriterWriteAttribute(w, BAD_CAST "device", BAD_CAST "disk"));
 	W(xmlTextWriterStartElement(w, BAD_CAST "driver"));
 	W(xmlTextWriterWriteAttribute(w, BAD_CAST "name", BAD_CAST "qemu"));
-	W(xmlTextWriterWriteAttribute(w, BAD_CAST "type", BAD_CAST "raw"));
+	W(xmlTextWriterWriteAttribute(w, BAD_CAST "type",
+				      BAD_CAST(disk->format == VM_DISK_FORMAT_OVERLAY ? "kovl"
+										      : "raw")));
 	W(xmlTextWriterWriteAttribute(w, BAD_CAST "cache",
 				      BAD_CAST(disk->cache == VM_DISK_CACHE_NONE ? "none"
 										 : "writeback")));

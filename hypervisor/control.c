@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "control_client.h"
 #include "control_internal.h"
 #include "error_text.h"
@@ -619,7 +620,11 @@ int control_server_start(struct control_server **server_out, const char *name, c
 			 size_t error_len)
 {
 	char dir[4096];
-	int err = control_register_builtin_verbs();
+	/* The name becomes file names in the runtime directory. */
+	int err = vm_config_check_name(name, error, error_len);
+	if (err)
+		return err;
+	err = control_register_builtin_verbs();
 	if (err)
 		return kapsel_fail(error, error_len, err, "cannot register the control verbs: %s",
 				   strerror(-err));

@@ -38,6 +38,11 @@ int control_runtime_dir(char *buf, size_t len)
 static int runtime_file(const char *name, const char *suffix, char *buf, size_t len)
 {
 	char dir[4096];
+	/* A name is a file name in the runtime directory, never a path (the
+	 * server checks names fully with vm_config_check_name; this library
+	 * is also linked without config.c). */
+	if (!name[0] || name[0] == '.' || strchr(name, '/'))
+		return -EINVAL;
 	int err = control_runtime_dir(dir, sizeof(dir));
 	if (err)
 		return err;

@@ -82,11 +82,13 @@ uint64_t token_bucket_take(struct token_bucket *bucket, uint64_t amount, uint64_
 int disk_image_open(struct disk_image *disk, const struct vm_disk_config *config, uint64_t now_ns,
 		    char *error, size_t error_len)
 {
-	return disk_image_open_depth(disk, config, now_ns, 0, error, error_len);
+	return disk_image_open_depth(disk, config, now_ns, 0, NULL, error, error_len);
 }
 
 int disk_image_open_depth(struct disk_image *disk, const struct vm_disk_config *config,
-			  uint64_t now_ns, unsigned depth, char *error, size_t error_len)
+			  uint64_t now_ns, unsigned depth,
+			  const struct disk_overlay_base_identity *expect, char *error,
+			  size_t error_len)
 {
 	struct stat st;
 	int flags = O_CLOEXEC | (config->readonly ? O_RDONLY : O_RDWR);
@@ -123,6 +125,14 @@ int disk_image_open_depth(struct disk_image *disk, const struct vm_disk_config *
 				  config->path);
 		goto fail;
 	}
+	if (expect &&
+	    ((uint64_t)st.st_dev != expect->device || (uint64_t)st.st_ino != expect->inode ||
+	     (uint64_t)st.st_size != expect->size_bytes ||
+	     (int64_t)st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec != expect->mtime_ns)) {
+		err = kapsel_fail(error, error_len, -ESTALE,
+				  "the file is not the one the overlay was made over");
+		goto fail;
+	}
 	disk->size_bytes = (uint64_t)st.st_size;
 	if (S_ISBLK(st.st_mode)) {
 		off_t end = lseek(disk->fd, 0, SEEK_END);
@@ -142,10 +152,14 @@ int disk_image_open_depth(struct disk_image *disk, const struct vm_disk_config *
 			config->path);
 		goto fail;
 	}
-	/* A copy-on-write overlay reads through to its base chain. */
-	err = disk_overlay_attach(disk, config, depth, error, error_len);
-	if (err)
-		goto fail;
+	/* A copy-on-write overlay reads through to its base chain.  Only the
+	 * definition says an image is one: a raw image's bytes are the
+	 * guest's, whatever they look like. */
+	if (config->format == VM_DISK_FORMAT_OVERLAY) {
+		err = disk_overlay_attach(disk, config, depth, error, error_len);
+		if (err)
+			goto fail;
+	}
 	disk->path = strdup(config->path);
 	disk->readonly = config->readonly;
 	disk->direct = config->cache == VM_DISK_CACHE_NONE;

@@ -68,7 +68,8 @@ struct disk_image {
 };
 
 /*
- * Open a raw disk image for config: O_RDWR (or O_RDONLY when readonly),
+ * Open the disk image of config in its configured format (raw, or an
+ * overlay: config->format; the content never decides): O_RDWR (or O_RDONLY when readonly),
  * O_DIRECT for cache=none, and an exclusive lock (shared for read-only) so
  * two VMs cannot write one image.  Errors (missing, too small, locked,
  * unwritable, O_DIRECT unsupported) are returned as -errno with a message
@@ -77,9 +78,14 @@ struct disk_image {
 int disk_image_open(struct disk_image *disk, const struct vm_disk_config *config, uint64_t now_ns,
 		    char *error, size_t error_len);
 
-/* disk_image_open for the depth-th base of an overlay chain (disk_overlay.c). */
+struct disk_overlay_base_identity;
+
+/* disk_image_open for the depth-th base of an overlay chain (disk_overlay.c);
+ * with expect set, the opened file must have that identity (-ESTALE). */
 int disk_image_open_depth(struct disk_image *disk, const struct vm_disk_config *config,
-			  uint64_t now_ns, unsigned depth, char *error, size_t error_len);
+			  uint64_t now_ns, unsigned depth,
+			  const struct disk_overlay_base_identity *expect, char *error,
+			  size_t error_len);
 
 void disk_image_close(struct disk_image *disk);
 

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "error_text.h"
+#include "log.h"
 #include "vm_state.h"
 
 static int full_pread(int fd, void *buffer, size_t length, uint64_t offset)
@@ -56,8 +57,11 @@ static uint32_t header_crc(const struct disk_overlay_header *h)
 	return vm_state_crc32c(0, &copy, sizeof(copy));
 }
 
-/* Virtual size of the image at path (raw: its size; overlay: its header). */
-static int image_virtual_bytes(const char *path, uint64_t *bytes, char *error, size_t error_len)
+/* Virtual size and identity of the base image at path, read in the format
+ * the caller says it has (raw: its size; overlay: its header). */
+static int base_virtual_bytes(const char *path, enum vm_disk_format format, uint64_t *bytes,
+			      struct disk_overlay_base_identity *identity, char *error,
+			      size_t error_len)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -66,26 +70,34 @@ static int image_virtual_bytes(const char *path, uint64_t *bytes, char *error, s
 	struct stat st;
 	struct disk_overlay_header h;
 	int err = 0;
-	if (fstat(fd, &st) < 0)
-		err = -errno;
-	else if (S_ISBLK(st.st_mode)) {
+	if (fstat(fd, &st) < 0) {
+		err = kapsel_fail(error, error_len, -errno, "base image '%s': %s", path,
+				  strerror(errno));
+	} else if (format == VM_DISK_FORMAT_OVERLAY) {
+		if ((size_t)st.st_size < sizeof(h) || full_pread(fd, &h, sizeof(h), 0) != 0 ||
+		    memcmp(h.magic, DISK_OVERLAY_MAGIC, 8) != 0 || header_crc(&h) != h.header_crc)
+			err = kapsel_fail(error, error_len, -EINVAL,
+					  "base image '%s' is not a valid Kapsel overlay", path);
+		else
+			*bytes = h.virtual_bytes;
+	} else if (S_ISBLK(st.st_mode)) {
 		off_t end = lseek(fd, 0, SEEK_END);
 		*bytes = end > 0 ? (uint64_t)end : 0;
-	} else if ((size_t)st.st_size >= sizeof(h) && full_pread(fd, &h, sizeof(h), 0) == 0 &&
-		   memcmp(h.magic, DISK_OVERLAY_MAGIC, 8) == 0) {
-		*bytes = h.virtual_bytes;
 	} else {
 		*bytes = (uint64_t)st.st_size;
 	}
+	if (!err) {
+		identity->device = (uint64_t)st.st_dev;
+		identity->inode = (uint64_t)st.st_ino;
+		identity->size_bytes = (uint64_t)st.st_size;
+		identity->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec;
+	}
 	close(fd);
-	if (err)
-		return kapsel_fail(error, error_len, err, "base image '%s': %s", path,
-				   strerror(-err));
-	return 0;
+	return err;
 }
 
-int disk_overlay_create(const char *overlay_path, const char *base_path, char *error,
-			size_t error_len)
+int disk_overlay_create(const char *overlay_path, const char *base_path,
+			enum vm_disk_format base_format, char *error, size_t error_len)
 {
 	char *base = realpath(base_path, NULL);
 	if (!base)
@@ -101,7 +113,8 @@ int disk_overlay_create(const char *overlay_path, const char *base_path, char *e
 		return err;
 	}
 	uint64_t virtual_bytes = 0;
-	err = image_virtual_bytes(base, &virtual_bytes, error, error_len);
+	err = base_virtual_bytes(base, base_format, &virtual_bytes, &h.base_identity, error,
+				 error_len);
 	if (err) {
 		free(base);
 		return err;
@@ -110,6 +123,7 @@ int disk_overlay_create(const char *overlay_path, const char *base_path, char *e
 	h.version = DISK_OVERLAY_VERSION;
 	h.block_bytes = DISK_OVERLAY_BLOCK_BYTES;
 	h.virtual_bytes = virtual_bytes;
+	h.base_format = (uint32_t)base_format;
 	uint64_t blocks = (virtual_bytes + h.block_bytes - 1) / h.block_bytes;
 	h.bitmap_offset = DISK_OVERLAY_HEADER_BYTES;
 	h.bitmap_bytes = (blocks + 7) / 8;
@@ -144,7 +158,10 @@ int disk_overlay_attach(struct disk_image *disk, const struct vm_disk_config *co
 	struct stat st;
 	disk->overlay = NULL;
 	if (fstat(disk->fd, &st) < 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size < sizeof(h))
-		return 0;
+		return kapsel_fail(
+			error, error_len, -EINVAL,
+			"disk image '%s' is configured as an overlay but is not one (too small); drop format=overlay if it is a raw image",
+			config->path);
 	/* Aligned, whole-page read: fine with O_DIRECT too. */
 	int flags = fcntl(disk->fd, F_GETFL);
 	uint8_t *raw = aligned_alloc(4096, sizeof(h));
@@ -157,23 +174,28 @@ int disk_overlay_attach(struct disk_image *disk, const struct vm_disk_config *co
 		return kapsel_fail(error, error_len, err, "disk image '%s': %s", config->path,
 				   strerror(-err));
 	if (memcmp(h.magic, DISK_OVERLAY_MAGIC, 8) != 0)
-		return 0; /* a raw image */
+		return kapsel_fail(
+			error, error_len, -EINVAL,
+			"disk image '%s' is configured as an overlay but is not one; drop format=overlay if it is a raw image",
+			config->path);
 
 	const char *path = config->path;
 	if (header_crc(&h) != h.header_crc)
 		return kapsel_fail(error, error_len, -EINVAL,
 				   "overlay '%s' has a corrupt header (checksum)", path);
 	if (h.version != DISK_OVERLAY_VERSION)
-		return kapsel_fail(error, error_len, -EINVAL,
-				   "overlay '%s' has version %u; this Kapsel reads %u", path,
-				   h.version, DISK_OVERLAY_VERSION);
+		return kapsel_fail(
+			error, error_len, -EINVAL,
+			"overlay '%s' has version %u; this Kapsel reads %u (version 1 overlays do not record which file their base is and cannot be opened safely)",
+			path, h.version, DISK_OVERLAY_VERSION);
 	uint64_t blocks = h.block_bytes ? (h.virtual_bytes + h.block_bytes - 1) / h.block_bytes : 0;
 	if (h.block_bytes < 4096 || h.block_bytes > (16u << 20) ||
 	    (h.block_bytes & (h.block_bytes - 1)) || h.bitmap_offset < sizeof(h) ||
 	    h.bitmap_bytes != (blocks + 7) / 8 || h.bitmap_bytes > (256u << 20) ||
 	    h.data_offset < h.bitmap_offset + h.bitmap_bytes || h.data_offset % 4096 ||
 	    h.base_path_bytes == 0 || h.base_path_bytes >= sizeof(h.base_path) ||
-	    h.base_path[h.base_path_bytes] != '\0' || h.base_path[0] != '/')
+	    h.base_path[h.base_path_bytes] != '\0' || h.base_path[0] != '/' ||
+	    (h.base_format != VM_DISK_FORMAT_RAW && h.base_format != VM_DISK_FORMAT_OVERLAY))
 		return kapsel_fail(error, error_len, -EINVAL,
 				   "overlay '%s' has an impossible header", path);
 	if (depth >= DISK_OVERLAY_MAX_CHAIN)
@@ -206,22 +228,38 @@ int disk_overlay_attach(struct disk_image *disk, const struct vm_disk_config *co
 	}
 	struct vm_disk_config base_config = *config;
 	base_config.path = h.base_path;
+	base_config.format = (enum vm_disk_format)h.base_format;
 	base_config.readonly = true;
 	base_config.cache = VM_DISK_CACHE_WRITEBACK;
 	char detail[512];
-	err = disk_image_open_depth(o->base, &base_config, 0, depth + 1, detail, sizeof(detail));
+	err = disk_image_open_depth(o->base, &base_config, 0, depth + 1, &h.base_identity, detail,
+				    sizeof(detail));
+	/* The base path comes from the file, not from the operator: no message
+	 * names it or tells what is there (a planted header must not learn
+	 * whether, or how large, some host file is). */
+	if (err == -ELOOP) {
+		free(o->base);
+		o->base = NULL;
+		kapsel_fail(error, error_len, err,
+			    "overlay '%s': the chain of bases is longer than %u (a loop?)", path,
+			    DISK_OVERLAY_MAX_CHAIN);
+		goto fail;
+	}
 	if (err) {
 		free(o->base);
 		o->base = NULL;
-		kapsel_fail(error, error_len, err, "overlay '%s': its base: %s", path, detail);
+		kapsel_debug("overlay '%s': its base does not open: error %d", path, err);
+		err = -ESTALE;
+		kapsel_fail(error, error_len, err,
+			    "overlay '%s': its base image cannot be opened or is not the file the overlay was made over (moved, replaced or changed since); restore the base or recreate the overlay",
+			    path);
 		goto fail;
 	}
 	if (o->base->size_bytes != h.virtual_bytes) {
 		err = kapsel_fail(
-			error, error_len, -EINVAL,
-			"overlay '%s' is for a %llu-byte disk but its base '%s' is %llu bytes; the base was replaced",
-			path, (unsigned long long)h.virtual_bytes, h.base_path,
-			(unsigned long long)o->base->size_bytes);
+			error, error_len, -ESTALE,
+			"overlay '%s' does not match the size of its base image; the base was replaced",
+			path);
 		goto fail;
 	}
 	disk->overlay = o;
@@ -408,7 +446,9 @@ uint64_t disk_overlay_blocks_present(const struct disk_image *disk)
 int disk_image_push_overlay(struct disk_image *disk, const char *overlay_path, char *error,
 			    size_t error_len)
 {
-	int err = disk_overlay_create(overlay_path, disk->path, error, error_len);
+	int err = disk_overlay_create(overlay_path, disk->path,
+				      disk->overlay ? VM_DISK_FORMAT_OVERLAY : VM_DISK_FORMAT_RAW,
+				      error, error_len);
 	if (err)
 		return err;
 	int fd = open(overlay_path, O_RDWR | O_CLOEXEC);

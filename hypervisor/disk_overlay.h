@@ -30,10 +30,19 @@
 #include "disk.h"
 
 #define DISK_OVERLAY_MAGIC "KAPSOVL1"
-#define DISK_OVERLAY_VERSION 1u
+#define DISK_OVERLAY_VERSION 2u /* 2: the base's identity is recorded and checked */
 #define DISK_OVERLAY_BLOCK_BYTES (64u * 1024u)
 #define DISK_OVERLAY_HEADER_BYTES 4096u
 #define DISK_OVERLAY_MAX_CHAIN 32u
+
+/* Which file an overlay was made over: a base path that now names another
+ * file (swapped, planted, replaced) does not match. */
+struct disk_overlay_base_identity {
+	uint64_t device;
+	uint64_t inode;
+	uint64_t size_bytes;
+	int64_t mtime_ns;
+};
 
 struct disk_overlay_header {
 	char magic[8];	  /* DISK_OVERLAY_MAGIC */
@@ -45,10 +54,14 @@ struct disk_overlay_header {
 	uint64_t data_offset;
 	uint32_t base_path_bytes;
 	uint32_t header_crc; /* CRC32C of the 4 KiB header with this field 0 */
-	char base_path[DISK_OVERLAY_HEADER_BYTES - 56]; /* absolute, NUL padded */
+	struct disk_overlay_base_identity base_identity; /* fstat of the base at creation */
+	uint32_t base_format;				 /* enum vm_disk_format of the base */
+	uint32_t _pad;
+	char base_path[DISK_OVERLAY_HEADER_BYTES - 96]; /* absolute, NUL padded */
 };
 _Static_assert(sizeof(struct disk_overlay_header) == DISK_OVERLAY_HEADER_BYTES,
 	       "overlay header layout");
+_Static_assert(offsetof(struct disk_overlay_header, base_identity) == 56, "overlay header layout");
 
 struct disk_overlay {
 	struct disk_image *base; /* opened read-only, owned */
@@ -60,20 +73,25 @@ struct disk_overlay {
 };
 
 /*
- * Create the overlay file overlay_path over base_path (which must exist;
- * its size becomes the virtual size; an overlay base is read through its
- * header).  Fails with -EEXIST if overlay_path exists.  Returns 0 or
- * -errno with a message naming the file in error.
+ * Create the overlay file overlay_path over base_path, whose format the
+ * caller knows (from the operator or Kapsel's own records; the base's
+ * bytes are not probed).  The base must exist; its virtual size becomes
+ * the overlay's, and its identity (device, inode, size, mtime) is recorded
+ * so that a later open refuses any other file at that path.  Fails with
+ * -EEXIST if overlay_path exists.  Returns 0 or -errno with a message
+ * naming the file in error.
  */
-int disk_overlay_create(const char *overlay_path, const char *base_path, char *error,
-			size_t error_len);
+int disk_overlay_create(const char *overlay_path, const char *base_path,
+			enum vm_disk_format base_format, char *error, size_t error_len);
 
 /*
- * Called by disk_image_open on every image it opened: if the file starts
- * with the overlay magic, check the header, open the base chain read-only
- * and make disk an overlay (size = virtual size).  Returns 0 (a raw image
- * is left alone) or -errno with a message (corrupt header, missing base,
- * base of another size, chain too long).
+ * Called by disk_image_open for an image the configuration says is an
+ * overlay (config->format): check the header, open the recorded base
+ * read-only, check that it is the very file the overlay was made over
+ * (identity in the header) and make disk an overlay (size = virtual
+ * size).  Returns 0 or -errno with a message (not an overlay, corrupt
+ * header, base missing or replaced, chain too long).  Messages never name
+ * the base path: it comes from the file, not from the operator.
  */
 int disk_overlay_attach(struct disk_image *disk, const struct vm_disk_config *config,
 			unsigned depth, char *error, size_t error_len);

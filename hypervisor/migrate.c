@@ -637,30 +637,6 @@ static int listen_on(const char *uri, char *error, size_t error_len)
 	return fd;
 }
 
-/* Records that are not memory, kept in order for the final apply. */
-static int keep_record(struct vm_state_records *list, const struct vm_state_record *rec)
-{
-	if (list->count == list->capacity) {
-		size_t capacity = list->capacity ? list->capacity * 2 : 32;
-		struct vm_state_stored_record *grown =
-			realloc(list->records, capacity * sizeof(*grown));
-		if (!grown)
-			return -ENOMEM;
-		list->records = grown;
-		list->capacity = capacity;
-	}
-	struct vm_state_stored_record *s = &list->records[list->count];
-	s->payload = malloc(rec->length_bytes ? (size_t)rec->length_bytes : 1);
-	if (!s->payload)
-		return -ENOMEM;
-	memcpy(s->payload, rec->payload, (size_t)rec->length_bytes);
-	s->type = rec->type;
-	s->flags = rec->flags;
-	s->length_bytes = rec->length_bytes;
-	list->count++;
-	return 0;
-}
-
 static int attach_disks(struct kapsel_vm *vm, struct vm_config *config, unsigned disk_count)
 {
 	config->disk_count = disk_count;
@@ -728,6 +704,12 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 					err = vm_state_fail(
 						&r, -EPROTO,
 						"the VM information and definition disagree on the RAM size");
+					break;
+				}
+				err = snapshot_adopt_local_definition(overrides, config, detail,
+								      sizeof(detail));
+				if (err) {
+					vm_state_fail(&r, err, "%s", detail);
 					break;
 				}
 				if (overrides) {
@@ -803,11 +785,11 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 				break;
 			continue;
 		}
-		err = keep_record(memory_started ? &final : &header, &rec);
-		if (err) {
-			vm_state_fail(&r, err, "out of memory");
+		/* Kept in order for the final apply, within the reader's caps
+		 * (nothing is authenticated yet: a peer must not make us hoard). */
+		err = vm_state_records_keep(&r, memory_started ? &final : &header, &rec);
+		if (err)
 			break;
-		}
 	}
 	vm_state_reader_free(&r);
 	if (err == 0 && !memory_done)
@@ -817,7 +799,7 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 		goto fail;
 
 	/* Everything arrived: the source may let go of the disks. */
-	err = snapshot_check_disks(&final, detail, sizeof(detail));
+	err = snapshot_check_disks(&final, config, detail, sizeof(detail));
 	if (err) {
 		kapsel_fail(error, error_len, err, "%s", detail);
 		goto fail;

@@ -63,8 +63,11 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 
 /*
  * Destination: listen on uri ("tcp:ADDR:PORT"), take one migration, and
- * create vm from it (definition from the stream; name, console and stats
- * settings from overrides when set), ready for vm_run.  config receives
+ * create vm from it, ready for vm_run.  overrides is the destination's own
+ * definition: its kernel and disk images are the files opened (the
+ * stream's definition is only checked against it for compatibility; see
+ * snapshot_adopt_local_definition); name, console and stats settings come
+ * from it when set.  config receives
  * the definition (free it with vm_config_free after vm_destroy).  Returns
  * 0 or -errno with a message; nothing runs on failure.
  */

@@ -84,6 +84,8 @@ static char *config_to_text(const struct vm_config *config, size_t *length)
 		snprintf(number, sizeof(number), "%d %d %d %u %u", d->readonly, d->bus, d->cache,
 			 d->poll, d->poll_us);
 		put_escaped(out, "disk_options", number);
+		put_escaped(out, "disk_format",
+			    d->format == VM_DISK_FORMAT_OVERLAY ? "overlay" : "raw");
 		snprintf(number, sizeof(number), "%llu %llu %llu %llu",
 			 (unsigned long long)d->ops_limit.rate_per_second,
 			 (unsigned long long)d->ops_limit.burst,
@@ -138,10 +140,12 @@ int snapshot_config_from_records(const struct vm_state_records *state, struct vm
 		}
 		*value++ = '\0';
 		if (strcmp(line, "name") == 0) {
-			if (!*value || strlen(value) >= sizeof(config->name))
-				err = -EPROTO;
-			else
-				snprintf(config->name, sizeof(config->name), "%s", value);
+			/* The name becomes file names: the one check for names. */
+			if (vm_config_check_name(value, error, error_len) < 0) {
+				free(text);
+				return -EPROTO;
+			}
+			snprintf(config->name, sizeof(config->name), "%s", value);
 		} else if (strcmp(line, "uuid") == 0) {
 			if (strlen(value) != 32)
 				err = -EPROTO;
@@ -199,6 +203,13 @@ int snapshot_config_from_records(const struct vm_state_records *state, struct vm
 			disk->cache = (enum vm_disk_cache)cache;
 			disk->poll = poll != 0;
 			disk->poll_us = poll_us;
+		} else if (strcmp(line, "disk_format") == 0 && disk) {
+			if (strcmp(value, "raw") == 0)
+				disk->format = VM_DISK_FORMAT_RAW;
+			else if (strcmp(value, "overlay") == 0)
+				disk->format = VM_DISK_FORMAT_OVERLAY;
+			else
+				err = -EPROTO;
 		} else if (strcmp(line, "disk_limits") == 0 && disk) {
 			unsigned long long a, b, c, d;
 			if (sscanf(value, "%llu %llu %llu %llu", &a, &b, &c, &d) != 4)
@@ -235,8 +246,10 @@ void snapshot_resume_devices(struct kapsel_vm *vm)
 			vm->devices[i]->ops->resume(vm->devices[i]);
 }
 
-/* A snapshot in progress: the frozen image of each disk (NULL: none). */
+/* A snapshot in progress: the frozen image of each disk (NULL: none)
+ * and whether that frozen file is an overlay. */
 static const char *const *frozen_disk_paths;
+static const bool *frozen_disk_overlays;
 
 static void write_disk_records(struct kapsel_vm *vm, struct vm_state_writer *out)
 {
@@ -249,7 +262,11 @@ static void write_disk_records(struct kapsel_vm *vm, struct vm_state_writer *out
 			.index = i,
 			.bus = d->bus,
 			.readonly = d->readonly,
-			.flags = frozen ? VM_STATE_DISK_FROZEN : 0,
+			.flags = (frozen ? VM_STATE_DISK_FROZEN : 0) |
+				 ((frozen ? frozen_disk_overlays[i]
+					  : d->format == VM_DISK_FORMAT_OVERLAY)
+					  ? VM_STATE_DISK_OVERLAY
+					  : 0),
 			.path_bytes = (uint32_t)strlen(p),
 		};
 		struct stat st;
@@ -461,6 +478,7 @@ int snapshot_take(struct kapsel_vm *vm, const char *path, struct snapshot_save_s
 		  char *error, size_t error_len)
 {
 	const char *frozen[VM_CONFIG_MAX_DISKS] = { 0 };
+	bool frozen_overlay[VM_CONFIG_MAX_DISKS] = { 0 };
 	char *owned[VM_CONFIG_MAX_DISKS] = { 0 };
 	int err = 0;
 
@@ -474,6 +492,7 @@ int snapshot_take(struct kapsel_vm *vm, const char *path, struct snapshot_save_s
 		if (!disk)
 			continue;
 		owned[unit] = strdup(disk->path);
+		frozen_overlay[unit] = disk->overlay != NULL;
 		if (disk->readonly) {
 			/* Nothing changes a read-only disk: it is frozen as is. */
 			frozen[unit] = owned[unit];
@@ -497,14 +516,17 @@ int snapshot_take(struct kapsel_vm *vm, const char *path, struct snapshot_save_s
 		}
 		free(vm->config->disks[unit].path);
 		vm->config->disks[unit].path = config_path;
+		vm->config->disks[unit].format = VM_DISK_FORMAT_OVERLAY;
 		frozen[unit] = owned[unit];
 		kapsel_debug("disk %u: '%s' frozen for the snapshot, the VM goes on on '%s'", unit,
 			     owned[unit], config_path);
 	}
 	if (!err) {
 		frozen_disk_paths = frozen;
+		frozen_disk_overlays = frozen_overlay;
 		err = snapshot_save(vm, path, stats, error, error_len);
 		frozen_disk_paths = NULL;
+		frozen_disk_overlays = NULL;
 	}
 	snapshot_resume_devices(vm);
 	for (unsigned i = 0; i < VM_CONFIG_MAX_DISKS; i++)
@@ -531,46 +553,260 @@ int snapshot_prepare_disks(const struct vm_state_records *state, struct vm_confi
 			continue;
 		if (disk.readonly)
 			continue; /* shared as is */
-		char *base = strndup((const char *)rec->payload + sizeof(disk), disk.path_bytes);
-		char *overlay = base ? overlay_name(base, tag) : NULL;
-		if (!overlay) {
-			free(base);
+		/* The base is the file bound to the disk (snapshot_bind_host_files),
+		 * never the path the record carries. */
+		struct vm_disk_config *d = &config->disks[disk.index];
+		char *overlay = overlay_name(d->path, tag);
+		if (!overlay)
 			return -ENOMEM;
-		}
 		char detail[512];
-		int err = disk_overlay_create(overlay, base, detail, sizeof(detail));
-		free(base);
+		int err = disk_overlay_create(overlay, d->path, d->format, detail, sizeof(detail));
 		if (err) {
 			free(overlay);
 			return kapsel_fail(error, error_len, err, "disk %u: %s", disk.index,
 					   detail);
 		}
 		kapsel_debug("disk %u: running on the new overlay '%s'", disk.index, overlay);
-		free(config->disks[disk.index].path);
-		config->disks[disk.index].path = overlay;
+		free(d->path);
+		d->path = overlay;
+		d->format = VM_DISK_FORMAT_OVERLAY;
 	}
 	return 0;
 }
 
 /* ---- Restoring ------------------------------------------------------------- */
 
-int snapshot_check_disks(const struct vm_state_records *state, char *error, size_t error_len)
+/* The disk record of index, checked, and its path (NUL terminated). */
+static int disk_record(const struct vm_state_stored_record *rec, struct vm_state_disk *disk,
+		       char path[PATH_MAX], char *error, size_t error_len)
 {
+	if (rec->length_bytes < sizeof(*disk))
+		return kapsel_fail(error, error_len, -EPROTO, "a disk record is malformed");
+	memcpy(disk, rec->payload, sizeof(*disk));
+	if (disk->path_bytes != rec->length_bytes - sizeof(*disk) || disk->path_bytes == 0 ||
+	    disk->path_bytes >= PATH_MAX)
+		return kapsel_fail(error, error_len, -EPROTO, "a disk record is malformed");
+	memcpy(path, rec->payload + sizeof(*disk), disk->path_bytes);
+	path[disk->path_bytes] = '\0';
+	if (memchr(path, '\0', disk->path_bytes))
+		return kapsel_fail(error, error_len, -EPROTO, "a disk record is malformed");
+	return 0;
+}
+
+/* realpath(path) if it lies inside the directory whose realpath is dir_real, else NULL. */
+static char *inside_directory(const char *path, const char *dir_real)
+{
+	char *real = realpath(path, NULL);
+	size_t n = strlen(dir_real);
+	if (real && strncmp(real, dir_real, n) == 0 && real[n] == '/' && real[n + 1])
+		return real;
+	free(real);
+	return NULL;
+}
+
+int snapshot_parse_disk_mapping(const char *text, struct snapshot_host_files *files, char *error,
+				size_t error_len)
+{
+	char *end;
+	unsigned long index = strtoul(text, &end, 10);
+	if (end == text || *end != '=' || index >= VM_CONFIG_MAX_DISKS || !end[1] || end[1] == ',')
+		return kapsel_fail(
+			error, error_len, -EINVAL,
+			"--disk '%s' is not INDEX=PATH[,format=raw|overlay] (INDEX 0-%u, the disk's place in the saved definition)",
+			text, VM_CONFIG_MAX_DISKS - 1);
+	char *path = strdup(end + 1);
+	if (!path)
+		return -ENOMEM;
+	char *comma = strchr(path, ',');
+	bool format_given = false;
+	enum vm_disk_format format = VM_DISK_FORMAT_RAW;
+	if (comma) {
+		*comma = '\0';
+		if (strcmp(comma + 1, "format=raw") == 0) {
+			format_given = true;
+		} else if (strcmp(comma + 1, "format=overlay") == 0 ||
+			   strcmp(comma + 1, "format=kovl") == 0) {
+			format_given = true;
+			format = VM_DISK_FORMAT_OVERLAY;
+		} else {
+			free(path);
+			return kapsel_fail(
+				error, error_len, -EINVAL,
+				"--disk '%s': only format=raw or format=overlay may follow the path",
+				text);
+		}
+	}
+	free(files->disk_paths[index]);
+	files->disk_paths[index] = path;
+	files->disk_formats[index] = format;
+	files->disk_format_given[index] = format_given;
+	return 0;
+}
+
+void snapshot_host_files_free(struct snapshot_host_files *files)
+{
+	for (unsigned i = 0; i < VM_CONFIG_MAX_DISKS; i++)
+		free(files->disk_paths[i]);
+	memset(files, 0, sizeof(*files));
+}
+
+int snapshot_bind_host_files(const struct vm_state_records *state, const char *state_dir,
+			     const struct snapshot_host_files *files, struct vm_config *config,
+			     char *error, size_t error_len)
+{
+	char *dir_real = state_dir ? realpath(state_dir, NULL) : NULL;
+	if (state_dir && !dir_real)
+		return kapsel_fail(error, error_len, -errno, "state directory '%s': %s", state_dir,
+				   strerror(errno));
+	int err = 0;
+	for (unsigned i = config->disk_count; i < VM_CONFIG_MAX_DISKS && files; i++)
+		if (files->disk_paths[i]) {
+			err = kapsel_fail(error, error_len, -EINVAL,
+					  "--disk %u=...: the saved VM has %u disk(s)", i,
+					  config->disk_count);
+			goto out;
+		}
+
+	/* The kernel: named by the operator, or a file in the state directory. */
+	char *kernel = NULL;
+	if (files && files->kernel_path)
+		kernel = strdup(files->kernel_path);
+	else if (dir_real && config->kernel_path)
+		kernel = inside_directory(config->kernel_path, dir_real);
+	if (!kernel) {
+		err = kapsel_fail(
+			error, error_len, -EPERM,
+			"the saved VM's kernel is not in the state directory; name it with --kernel FILE (a saved state or migration stream never chooses host files)");
+		goto out;
+	}
+	free(config->kernel_path);
+	config->kernel_path = kernel;
+
+	/* Every disk record's flags say which disks were overlays. */
+	bool record_overlay[VM_CONFIG_MAX_DISKS] = { 0 };
 	size_t position = 0;
 	const struct vm_state_stored_record *rec;
 	while ((rec = vm_state_find(state, VM_STATE_DISK, &position)) != NULL) {
 		struct vm_state_disk disk;
-		if (rec->length_bytes < sizeof(disk))
-			return kapsel_fail(error, error_len, -EPROTO, "a disk record is malformed");
-		memcpy(&disk, rec->payload, sizeof(disk));
-		if (disk.path_bytes != rec->length_bytes - sizeof(disk) || disk.path_bytes == 0 ||
-		    disk.path_bytes >= PATH_MAX)
-			return kapsel_fail(error, error_len, -EPROTO, "a disk record is malformed");
 		char path[PATH_MAX];
-		memcpy(path, rec->payload + sizeof(disk), disk.path_bytes);
-		path[disk.path_bytes] = '\0';
-		if (memchr(path, '\0', disk.path_bytes))
-			return kapsel_fail(error, error_len, -EPROTO, "a disk record is malformed");
+		err = disk_record(rec, &disk, path, error, error_len);
+		if (err)
+			goto out;
+		if (disk.index >= config->disk_count) {
+			err = kapsel_fail(error, error_len, -EPROTO,
+					  "disk record %u does not match the saved definition",
+					  disk.index);
+			goto out;
+		}
+		record_overlay[disk.index] = (disk.flags & VM_STATE_DISK_OVERLAY) != 0;
+	}
+
+	for (unsigned i = 0; i < config->disk_count; i++) {
+		struct vm_disk_config *d = &config->disks[i];
+		const char *named = files ? files->disk_paths[i] : NULL;
+		char *bound = NULL;
+		if (named) {
+			/* The operator's file in the operator's format; a saved
+			 * overlay must be named as one (the format is never
+			 * taken from untrusted input alone). */
+			bool format_given = files->disk_format_given[i];
+			enum vm_disk_format format = files->disk_formats[i];
+			if (!format_given &&
+			    (record_overlay[i] || d->format != VM_DISK_FORMAT_RAW)) {
+				err = kapsel_fail(
+					error, error_len, -EINVAL,
+					"disk %u was a copy-on-write overlay when saved; if '%s' is that overlay, say so: --disk %u=%s,format=overlay",
+					i, named, i, named);
+				goto out;
+			}
+			bound = strdup(named);
+			d->format = format;
+		} else if (dir_real) {
+			bound = inside_directory(d->path, dir_real);
+			if (bound)
+				d->format = record_overlay[i] ? VM_DISK_FORMAT_OVERLAY
+							      : VM_DISK_FORMAT_RAW;
+		}
+		if (!bound) {
+			err = kapsel_fail(
+				error, error_len, -EPERM,
+				"disk %u: its image is not in the state directory; name it with --disk %u=PATH[,format=raw|overlay] (a saved state or migration stream never chooses host files)",
+				i, i);
+			goto out;
+		}
+		free(d->path);
+		d->path = bound;
+	}
+out:
+	free(dir_real);
+	return err;
+}
+
+int snapshot_adopt_local_definition(const struct vm_config *local, struct vm_config *incoming,
+				    char *error, size_t error_len)
+{
+	if (!local || !local->kernel_path)
+		return kapsel_fail(
+			error, error_len, -EPERM,
+			"the destination has no definition of its own; start it with the VM's --kernel, --memory and --disk options (or its domain XML), as on the source: a migration stream never chooses host files");
+	if (local->memory_bytes != incoming->memory_bytes)
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the incoming VM has %llu bytes of RAM, this definition %llu",
+				   (unsigned long long)incoming->memory_bytes,
+				   (unsigned long long)local->memory_bytes);
+	if (local->disk_count != incoming->disk_count)
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the incoming VM has %u disk(s), this definition %u",
+				   incoming->disk_count, local->disk_count);
+	for (unsigned i = 0; i < local->disk_count; i++)
+		if (local->disks[i].bus != incoming->disks[i].bus ||
+		    local->disks[i].readonly != incoming->disks[i].readonly)
+			return kapsel_fail(
+				error, error_len, -EPROTO,
+				"disk %u: the incoming VM has it on another bus or with other access (read-only or not) than this definition",
+				i);
+	/* Compatible: every host file is the destination's own. */
+	char *kernel = strdup(local->kernel_path);
+	if (!kernel)
+		return -ENOMEM;
+	free(incoming->kernel_path);
+	incoming->kernel_path = kernel;
+	for (unsigned i = 0; i < local->disk_count; i++) {
+		char *path = strdup(local->disks[i].path);
+		if (!path)
+			return -ENOMEM;
+		free(incoming->disks[i].path);
+		incoming->disks[i] = local->disks[i];
+		incoming->disks[i].path = path;
+	}
+	return 0;
+}
+
+int snapshot_check_disks(const struct vm_state_records *state, const struct vm_config *config,
+			 char *error, size_t error_len)
+{
+	size_t position = 0;
+	unsigned seen = 0;
+	const struct vm_state_stored_record *rec;
+	while ((rec = vm_state_find(state, VM_STATE_DISK, &position)) != NULL) {
+		struct vm_state_disk disk;
+		char recorded[PATH_MAX];
+		int err = disk_record(rec, &disk, recorded, error, error_len);
+		if (err)
+			return err;
+		if (disk.index != seen || disk.index >= config->disk_count)
+			return kapsel_fail(error, error_len, -EPROTO,
+					   "the disk records do not match the definition (%u disks)",
+					   config->disk_count);
+		seen++;
+		const struct vm_disk_config *d = &config->disks[disk.index];
+		if (disk.bus != (uint32_t)d->bus || (disk.readonly != 0) != d->readonly)
+			return kapsel_fail(
+				error, error_len, -EPROTO,
+				"disk %u: the saved state has it on another bus or with other access (read-only or not) than this definition",
+				disk.index);
+		/* The file this side bound to the disk, not the recorded path. */
+		const char *path = d->path;
 		struct stat st;
 		if (stat(path, &st) < 0)
 			return kapsel_fail(
@@ -580,7 +816,7 @@ int snapshot_check_disks(const struct vm_state_records *state, char *error, size
 		if ((uint64_t)st.st_size != disk.size_bytes)
 			return kapsel_fail(
 				error, error_len, -EPROTO,
-				"disk %u: image '%s' is %llu bytes but was %llu when the VM was saved; it was replaced or resized",
+				"disk %u: image '%s' is %llu bytes but was %llu when the VM was saved; it is another image, or was replaced or resized",
 				disk.index, path, (unsigned long long)st.st_size,
 				(unsigned long long)disk.size_bytes);
 		int64_t mtime = (int64_t)st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec;
@@ -588,6 +824,10 @@ int snapshot_check_disks(const struct vm_state_records *state, char *error, size
 			kapsel_debug("disk %u: '%s' changed since the save (the VM went on writing it)",
 				     disk.index, path);
 	}
+	if (seen != config->disk_count)
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the saved state describes %u of %u disks", seen,
+				   config->disk_count);
 	return 0;
 }
 

@@ -44,13 +44,42 @@ int snapshot_take(struct kapsel_vm *vm, const char *path, struct snapshot_save_s
 		  char *error, size_t error_len);
 
 /*
- * Before creating a VM from a saved state: give every frozen disk of the
- * state (every writable disk with overlay_all, for clones) a new overlay
- * file next to it, named with tag, and point config's disk there.
+ * Before creating a VM from a saved state (after snapshot_bind_host_files):
+ * give every frozen disk of the state (every writable disk with
+ * overlay_all, for clones) a new overlay file next to the file bound to
+ * it, named with tag, and point config's disk there (format overlay).
  * Returns 0 or -errno with a message.
  */
 int snapshot_prepare_disks(const struct vm_state_records *state, struct vm_config *config,
 			   bool overlay_all, const char *tag, char *error, size_t error_len);
+
+/* Host files the operator names for a restore, clone or incoming migration. */
+struct snapshot_host_files {
+	const char *kernel_path;	       /* --kernel, or NULL */
+	char *disk_paths[VM_CONFIG_MAX_DISKS]; /* --disk N=PATH (owned), or NULL */
+	enum vm_disk_format disk_formats[VM_CONFIG_MAX_DISKS];
+	bool disk_format_given[VM_CONFIG_MAX_DISKS]; /* ",format=" was there */
+};
+
+/* Parse "N=PATH[,format=raw|overlay]" into files.  Returns 0 or -EINVAL
+ * with a message. */
+int snapshot_parse_disk_mapping(const char *text, struct snapshot_host_files *files, char *error,
+				size_t error_len);
+void snapshot_host_files_free(struct snapshot_host_files *files);
+
+/*
+ * A saved state is untrusted input: it never chooses which host files are
+ * opened.  Replace config's kernel and disk paths (read from state by
+ * snapshot_config_from_records) with the files the operator named in files
+ * (may be NULL), or, for what was not named, with the recorded file if it
+ * lies inside state_dir (may be NULL: nothing is taken from the state).
+ * A disk's format is the operator's; a recorded file inside state_dir
+ * takes the format of its disk record.  Anything else is refused with
+ * -EPERM and a message saying which option names it.
+ */
+int snapshot_bind_host_files(const struct vm_state_records *state, const char *state_dir,
+			     const struct snapshot_host_files *files, struct vm_config *config,
+			     char *error, size_t error_len);
 
 /*
  * Everything a VM is besides RAM, as records (shared by save files and the
@@ -75,11 +104,26 @@ int snapshot_config_from_records(const struct vm_state_records *state, struct vm
 				 char *error, size_t error_len);
 
 /*
- * Check that the disk images the state refers to are there with the size
- * they had (a missing overlay or a replaced image is refused).  Returns 0
- * or -ENOENT / -EPROTO with a message naming the disk and the fix.
+ * An incoming migration: the destination's own definition local (its
+ * command line or XML) decides every host file.  Check that incoming (the
+ * definition the stream carried) is compatible with it (same RAM, same
+ * disks on the same buses with the same access), then replace incoming's
+ * kernel and disks with local's.  Disk sizes are checked later against
+ * the stream's disk records (snapshot_check_disks).  Returns 0, or -EPERM
+ * (local has no kernel: no definition was given) / -EPROTO with a message.
  */
-int snapshot_check_disks(const struct vm_state_records *state, char *error, size_t error_len);
+int snapshot_adopt_local_definition(const struct vm_config *local, struct vm_config *incoming,
+				    char *error, size_t error_len);
+
+/*
+ * Check that the disks of config (paths already bound: never the paths the
+ * records carry) match the state's disk records: one record per disk, in
+ * order, same bus and access, and each image there with the size it had
+ * (a missing overlay or a replaced image is refused).  Returns 0 or
+ * -ENOENT / -EPROTO with a message naming the disk and the fix.
+ */
+int snapshot_check_disks(const struct vm_state_records *state, const struct vm_config *config,
+			 char *error, size_t error_len);
 
 struct snapshot_restore_options {
 	bool map_private;     /* map memory.img copy-on-write (clones) */

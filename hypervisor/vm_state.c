@@ -508,6 +508,47 @@ int vm_state_unknown_record(struct vm_state_reader *r, const struct vm_state_rec
 
 /* ---- Records in memory ------------------------------------------------------- */
 
+int vm_state_records_keep(struct vm_state_reader *r, struct vm_state_records *list,
+			  const struct vm_state_record *rec)
+{
+	bool optional = !(rec->flags & VM_STATE_RECORD_MANDATORY);
+	if (optional && rec->length_bytes > VM_STATE_MAX_OPTIONAL_RECORD_BYTES)
+		return vm_state_fail(
+			r, -EFBIG,
+			"%s: optional record %llu (type %#x) is %llu bytes; the limit for an optional record is %llu",
+			r->what, (unsigned long long)rec->index, rec->type,
+			(unsigned long long)rec->length_bytes,
+			(unsigned long long)VM_STATE_MAX_OPTIONAL_RECORD_BYTES);
+	if (list->count >= VM_STATE_MAX_KEPT_RECORDS ||
+	    rec->length_bytes > VM_STATE_MAX_KEPT_BYTES - list->payload_bytes)
+		return vm_state_fail(
+			r, -EFBIG,
+			"%s: the records besides guest RAM exceed %u records or %llu bytes (at record %llu); the stream is not a VM's state",
+			r->what, VM_STATE_MAX_KEPT_RECORDS,
+			(unsigned long long)VM_STATE_MAX_KEPT_BYTES,
+			(unsigned long long)rec->index);
+	if (list->count == list->capacity) {
+		size_t capacity = list->capacity ? list->capacity * 2 : 32;
+		struct vm_state_stored_record *grown =
+			realloc(list->records, capacity * sizeof(*grown));
+		if (!grown)
+			return vm_state_fail(r, -ENOMEM, "out of memory");
+		list->records = grown;
+		list->capacity = capacity;
+	}
+	struct vm_state_stored_record *s = &list->records[list->count];
+	s->payload = malloc(rec->length_bytes ? (size_t)rec->length_bytes : 1);
+	if (!s->payload)
+		return vm_state_fail(r, -ENOMEM, "out of memory");
+	memcpy(s->payload, rec->payload, (size_t)rec->length_bytes);
+	s->type = rec->type;
+	s->flags = rec->flags;
+	s->length_bytes = rec->length_bytes;
+	list->payload_bytes += rec->length_bytes;
+	list->count++;
+	return 0;
+}
+
 int vm_state_read_all(struct vm_state_reader *r, struct vm_state_records *out)
 {
 	struct vm_state_record rec;
@@ -515,28 +556,9 @@ int vm_state_read_all(struct vm_state_reader *r, struct vm_state_records *out)
 
 	memset(out, 0, sizeof(*out));
 	while ((rc = vm_state_next(r, &rec)) == 1) {
-		if (out->count == out->capacity) {
-			size_t capacity = out->capacity ? out->capacity * 2 : 32;
-			struct vm_state_stored_record *grown =
-				realloc(out->records, capacity * sizeof(*grown));
-			if (!grown) {
-				rc = vm_state_fail(r, -ENOMEM, "out of memory");
-				break;
-			}
-			out->records = grown;
-			out->capacity = capacity;
-		}
-		struct vm_state_stored_record *s = &out->records[out->count];
-		s->type = rec.type;
-		s->flags = rec.flags;
-		s->length_bytes = rec.length_bytes;
-		s->payload = malloc(rec.length_bytes ? (size_t)rec.length_bytes : 1);
-		if (!s->payload) {
-			rc = vm_state_fail(r, -ENOMEM, "out of memory");
+		rc = vm_state_records_keep(r, out, &rec);
+		if (rc < 0)
 			break;
-		}
-		memcpy(s->payload, rec.payload, (size_t)rec.length_bytes);
-		out->count++;
 	}
 	out->begin = r->begin;
 	if (rc < 0)

@@ -40,6 +40,12 @@
 #define VM_STATE_FORMAT_VERSION 1u
 /* No record payload may be larger: bounds what a reader allocates. */
 #define VM_STATE_MAX_RECORD_BYTES (64ull << 20)
+/* What a reader keeps of a stream besides guest RAM (vm_state_records_keep):
+ * the largest real record is an ATA sector buffer (64 KiB), so these leave
+ * room to grow while a hostile file or peer cannot make a reader hoard. */
+#define VM_STATE_MAX_OPTIONAL_RECORD_BYTES (1ull << 20)
+#define VM_STATE_MAX_KEPT_BYTES (16ull << 20)
+#define VM_STATE_MAX_KEPT_RECORDS 4096u
 
 #define VM_STATE_RECORD_MANDATORY (1u << 0)
 
@@ -363,8 +369,18 @@ struct vm_state_stored_record {
 struct vm_state_records {
 	struct vm_state_stored_record *records;
 	size_t count, capacity;
+	uint64_t payload_bytes; /* sum of the kept payloads */
 	struct vm_state_begin begin;
 };
+
+/*
+ * Keep a copy of rec in list, within the caps above: an optional record
+ * over VM_STATE_MAX_OPTIONAL_RECORD_BYTES, or a record that would take the
+ * list past VM_STATE_MAX_KEPT_BYTES or VM_STATE_MAX_KEPT_RECORDS, is
+ * refused with -EFBIG and a message in r's error buffer (-ENOMEM likewise).
+ */
+int vm_state_records_keep(struct vm_state_reader *r, struct vm_state_records *list,
+			  const struct vm_state_record *rec);
 
 /*
  * Read every record of a stream (BEGIN and END excluded) into out.

@@ -47,7 +47,7 @@ for mem in 64 256 1024; do
 		: >"$rout"
 		flag=""
 		[ $mode = clone ] && flag=--clone
-		"$KAPSEL" restore --no-console-input --no-control --timing $flag "$dir" \
+		"$KAPSEL" restore --no-console-input --no-control --kernel "$COUNTER" --timing $flag "$dir" \
 			>"$rout" 2>"$rerr" </dev/null &
 		rpid=$!
 		wait_for "$rout" "^tick" || true
@@ -72,7 +72,7 @@ wait_for "$TMP/c.out" "^tick 5 " && kill -HUP $pid
 wait $pid
 mkdir "$TMP/consoles"
 start=$(date +%s%N)
-"$KAPSEL" clone --count 8 --prefix bench$$ --console-dir "$TMP/consoles" --timing "$dir" \
+"$KAPSEL" clone --kernel "$COUNTER" --count 8 --prefix bench$$ --console-dir "$TMP/consoles" --timing "$dir" \
 	>"$TMP/clone.out" 2>"$TMP/clone.err" </dev/null &
 cpid=$!
 PIDS+=($cpid)
@@ -102,7 +102,8 @@ for mem in 64 256 1024; do
 	port=$((30000 + RANDOM % 20000))
 	truncate -s 16M "$TMP/disk.img"
 	: >"$TMP/s-$mem.out"
-	"$KAPSEL" run --no-console-input --no-control --incoming "tcp:127.0.0.1:$port" \
+	"$KAPSEL" run --no-console-input --no-control --memory ${mem}M --kernel "$COUNTER" \
+		--disk "$TMP/disk.img" --incoming "tcp:127.0.0.1:$port" \
 		>"$TMP/d.out" 2>"$TMP/d.err" </dev/null &
 	dpid=$!
 	name=benchmig$$-$mem

@@ -94,12 +94,15 @@ save_on_signal() {
 }
 
 # restore DIR ARGS...: kapsel restore, output in OUT2/ERR2, status in STATUS.
+# A state never chooses host files: the kernel is named, and the disk
+# (RESTORE_DISK, "0=PATH") in the cases that have one.
 restore() {
 	local dir=$1
 	shift
 	OUT2=$TMP/out2 ERR2=$TMP/err2
 	STATUS=0
-	timeout --kill-after=5 60 "$KAPSEL" restore --no-console-input --no-control "$@" "$dir" \
+	timeout --kill-after=5 60 "$KAPSEL" restore --no-console-input --no-control \
+		--kernel "$COUNTER" ${RESTORE_DISK:+--disk "$RESTORE_DISK"} "$@" "$dir" \
 		>"$OUT2" 2>"$ERR2" </dev/null || STATUS=$?
 }
 
@@ -198,7 +201,7 @@ def read(path):
     if data[:8] != b"KAPSOVL1":
         return bytearray(data)
     version, block, size, bm_off, bm_len, data_off, path_len = struct.unpack_from("<IIQQQQI", data, 8)
-    base = read(data[56:56 + path_len].decode())
+    base = read(data[96:96 + path_len].decode())  # version 2 header
     assert len(base) == size, "base size"
     out = bytearray(base)
     bitmap = data[bm_off:bm_off + bm_len]
@@ -312,6 +315,7 @@ state-disk-pv | state-disk-ata)
 	bus=pv
 	[ "$1" = state-disk-ata ] && bus=ata
 	truncate -s 1M "$TMP/disk.img"
+	RESTORE_DISK=0=$TMP/disk.img
 	make_saved "$TMP/save" 120 --disk "$TMP/disk.img,bus=$bus"
 	expect_in "$OUT1" "counter: disk of 2048 sectors via $bus"
 	# The guest wrote one record per tick up to the save.  The last one may
@@ -400,6 +404,7 @@ print(os.lseek(fd, 0x100000, os.SEEK_DATA) + 123)")
 	;;
 state-missing-disk)
 	truncate -s 1M "$TMP/disk.img"
+	RESTORE_DISK=0=$TMP/disk.img
 	make_saved "$TMP/save" 100 --disk "$TMP/disk.img"
 	mv "$TMP/disk.img" "$TMP/moved.img"
 	expect_refused "$TMP/save" "disk 0: image '$TMP/disk.img' is missing"
@@ -447,6 +452,7 @@ state-snapshot-disk)
 	# and continues from its point with a disk whose history is exactly
 	# the guest's; the frozen images never change.
 	truncate -s 1M "$TMP/disk.img"
+	RESTORE_DISK=0=$TMP/disk.img
 	name=state-snap-$$
 	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --kernel "$COUNTER" \
 		--name "$name" --disk "$TMP/disk.img" --cmdline "ticks=200 interval_ms=5" \
@@ -466,7 +472,16 @@ state-snapshot-disk)
 	flatten "$top" "$TMP/flat"
 	CHECK_DISK=$TMP/flat check_ticks 1 200 "$TMP/out1" || fail "the running VM's disk"
 	sha_base=$(sha256sum <"$TMP/disk.img")
+	# snapshot_disk SNAP: RESTORE_DISK for its frozen image (s2's is an
+	# overlay: the VM ran on one since s1; the operator says so).
+	snapshot_disk() {
+		local line
+		line=$("$KAPSEL" inspect "$TMP/$1" | grep '^disk 0:')
+		RESTORE_DISK="0=$(echo "$line" | awk '{ sub(",", "", $3); print $3 }')"
+		case "$line" in *", overlay"*) RESTORE_DISK="$RESTORE_DISK,format=overlay" ;; esac
+	}
 	for snap in s1 s2 s1; do
+		snapshot_disk "$snap"
 		restore "$TMP/$snap"
 		expect_status 0
 		expect_in "$OUT2" "counter done 200"
@@ -486,6 +501,7 @@ state-snapshot-disk)
 	[ "$(sha256sum <"$TMP/disk.img")" = "$sha_base" ] || fail "the first frozen image changed"
 	# A snapshot whose frozen image is gone is refused.
 	frozen=$("$KAPSEL" inspect "$TMP/s2" | awk '/^disk 0:/ { sub(",", "", $3); print $3 }')
+	snapshot_disk s2
 	mv "$frozen" "$TMP/gone.kovl"
 	expect_refused "$TMP/s2" "is missing"
 	;;
@@ -494,11 +510,12 @@ state-clone)
 	# save with its own name, a new generation, its own unique id and its
 	# own disk overlay; the saved disk stays as it was.
 	truncate -s 1M "$TMP/disk.img"
+	RESTORE_DISK=0=$TMP/disk.img
 	make_saved "$TMP/save" 120 --disk "$TMP/disk.img"
 	sha_base=$(sha256sum <"$TMP/disk.img")
 	mkdir "$TMP/consoles"
 	STATUS=0
-	timeout --kill-after=5 60 "$KAPSEL" clone --count 3 --prefix cl$$ --console-dir "$TMP/consoles" \
+	timeout --kill-after=5 60 "$KAPSEL" clone --kernel "$COUNTER" --disk "0=$TMP/disk.img" --count 3 --prefix cl$$ --console-dir "$TMP/consoles" \
 		"$TMP/save" >"$TMP/clone.out" 2>"$TMP/clone.err" </dev/null || STATUS=$?
 	[ "$STATUS" -eq 0 ] || { cat "$TMP/clone.err"; fail "clone exited $STATUS"; }
 	at=$(last_tick "$OUT1")
@@ -524,8 +541,10 @@ state-migrate)
 	# continues on the destination, no tick lost or repeated, on screen and
 	# on the disk; the source ends with status 0.
 	truncate -s 1M "$TMP/disk.img"
+	RESTORE_DISK=0=$TMP/disk.img
 	port=$((20000 + $$ % 20000))
 	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --no-control \
+		--kernel "$COUNTER" --disk "$TMP/disk.img" \
 		--incoming "tcp:127.0.0.1:$port" >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
 	DST=$!
 	name=state-mig-$$
@@ -562,7 +581,7 @@ state-migrate-broken)
 		set -- $spec
 		dport=$((base + 2 * attempt)) pport=$((base + 2 * attempt + 1))
 		timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --no-control \
-			--incoming "tcp:127.0.0.1:$dport" >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
+			--kernel "$COUNTER" --incoming "tcp:127.0.0.1:$dport" >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
 		DST=$!
 		wait_listening "$dport"
 		proxy "$pport" "$dport" "$1" "$2"
@@ -583,7 +602,7 @@ state-migrate-broken)
 	# A good migration after all that.
 	dport=$((base + 100))
 	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --no-control \
-		--incoming "tcp:127.0.0.1:$dport" >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
+		--kernel "$COUNTER" --incoming "tcp:127.0.0.1:$dport" >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
 	DST=$!
 	wait_listening "$dport"
 	"$KAPSEL" migrate "$name" "tcp:127.0.0.1:$dport" >"$TMP/mig" 2>&1 || { cat "$TMP/mig"; fail "final migrate"; }
@@ -606,8 +625,9 @@ state-migrate-netns)
 	ip -n "${ns}a" link set lo up
 	ip -n "${ns}b" link set lo up
 	truncate -s 1M "$TMP/disk.img"
+	RESTORE_DISK=0=$TMP/disk.img
 	ip netns exec "${ns}b" timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --no-control \
-		--incoming tcp:10.213.77.2:4777 >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
+		--kernel "$COUNTER" --disk "$TMP/disk.img" --incoming tcp:10.213.77.2:4777 >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
 	DST=$!
 	name=state-migns-$$
 	ip netns exec "${ns}a" timeout --kill-after=5 60 "$KAPSEL" run --no-console-input \

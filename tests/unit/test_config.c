@@ -108,8 +108,9 @@ static void expect_disk_error(const char *text, const char *message)
 
 static void test_disk_errors(void)
 {
-	expect_disk_error("d.img,frobnicate", "--disk 'd.img,frobnicate': option 'frobnicate' is "
-					      "unknown or lacks a valid value; known: readonly");
+	expect_disk_error("d.img,frobnicate",
+			  "--disk 'd.img,frobnicate': option 'frobnicate' is "
+			  "unknown or lacks a valid value; known: format=raw|overlay, readonly");
 	expect_disk_error("d.img,speed=9", "option 'speed=9' is unknown");
 	expect_disk_error("d.img,bus=scsi",
 			  "--disk 'd.img,bus=scsi': bus 'scsi' is unknown; use bus=pv or bus=ata");

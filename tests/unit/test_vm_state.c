@@ -596,12 +596,12 @@ static void test_config_record_malformed(void)
 				-EPROTO);
 		vm_config_free(&config);
 	}
-	const char *good = "name=a%20b\nkernel=/k\ncmdline=x%0ay\nfuture_key=1\n";
+	const char *good = "name=a%2db\nkernel=/k\ncmdline=x%0ay\nfuture_key=1\n";
 	rec.payload = (uint8_t *)good;
 	rec.length_bytes = strlen(good);
 	vm_config_init(&config);
 	CU_ASSERT_EQUAL(snapshot_config_from_records(&records, &config, error, sizeof(error)), 0);
-	CU_ASSERT_STRING_EQUAL(config.name, "a b");
+	CU_ASSERT_STRING_EQUAL(config.name, "a-b");
 	CU_ASSERT_STRING_EQUAL(config.cmdline, "x\ny");
 	vm_config_free(&config);
 }
