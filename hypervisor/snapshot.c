@@ -960,6 +960,12 @@ int snapshot_apply_vm_records(struct kapsel_vm *vm, const struct vm_state_record
 	int err = apply_devices(vm, state, error, error_len);
 	if (err)
 		return err;
+	/* The memory image came from a file or a peer: never trust its copy
+	 * of the pages only the hypervisor writes. */
+	err = vm_rebuild_hypervisor_pages(vm);
+	if (err)
+		return kapsel_fail(error, error_len, err,
+				   "guest memory too small for the hypervisor's tables");
 	err = vcpu_state_load(vm, state, error, error_len);
 	if (err)
 		return err;

@@ -2,6 +2,8 @@
 #define _GNU_SOURCE
 #include "vcpu_state.h"
 
+#include "x86_boot.h"
+
 #include <errno.h>
 #include <linux/kvm.h>
 #include <stdlib.h>
@@ -10,6 +12,7 @@
 
 #include "error_text.h"
 #include "vm.h"
+#include "x86_boot.h"
 
 #define MSR_IA32_TSC 0x10u
 #define MSR_IA32_TSC_ADJUST 0x3bu
@@ -212,6 +215,22 @@ static const void *record_of(const struct vm_state_records *state, uint32_t type
 	return rec->payload;
 }
 
+bool vcpu_state_msr_is_privileged_entry(uint32_t index)
+{
+	switch (index) {
+	case 0x174u:	  /* SYSENTER_CS */
+	case 0x175u:	  /* SYSENTER_ESP */
+	case 0x176u:	  /* SYSENTER_EIP */
+	case 0xc0000081u: /* STAR */
+	case MSR_LSTAR:
+	case 0xc0000083u: /* CSTAR */
+	case 0xc0000084u: /* SFMASK */
+		return true;
+	default:
+		return false;
+	}
+}
+
 int vcpu_state_load(struct kapsel_vm *vm, const struct vm_state_records *state, char *error,
 		    size_t error_len)
 {
@@ -257,6 +276,17 @@ int vcpu_state_load(struct kapsel_vm *vm, const struct vm_state_records *state, 
 			"the saved vCPU is not in 64-bit paged mode (cr0 %#llx, efer %#llx); the state is corrupt",
 			(unsigned long long)sregs->cr0, (unsigned long long)sregs->efer);
 
+	/* Saved state is untrusted: the vCPU resumes only as a CPL3 guest on
+	 * the hypervisor's page tables, GDT, IDT and TSS (x86_boot.h). */
+	struct kvm_sregs checked_sregs = *sregs;
+	struct kvm_regs checked_regs = *regs;
+	char reason[200];
+	err = x86_boot_check_restored_vcpu(&checked_sregs, &checked_regs, reason, sizeof(reason));
+	if (err)
+		return kapsel_fail(error, error_len, err, "%s", reason);
+	sregs = &checked_sregs;
+	regs = &checked_regs;
+
 	/* kvm_run may hold registers of the VM's boot: never apply them. */
 	vm->run->kvm_dirty_regs = 0;
 	if (ioctl(fd, KVM_SET_SREGS, sregs) < 0)
@@ -287,13 +317,20 @@ int vcpu_state_load(struct kapsel_vm *vm, const struct vm_state_records *state, 
 		struct kvm_msr_entry entries[VCPU_STATE_MAX_MSRS];
 	} msrs;
 	memset(&msrs, 0, sizeof(msrs));
-	msrs.header.nmsrs = count;
+	unsigned kept = 0;
 	for (unsigned i = 0; i < count; i++) {
 		struct vm_state_msr m;
 		memcpy(&m, msr_rec->payload + i * sizeof(m), sizeof(m));
-		msrs.entries[i].index = m.index;
-		msrs.entries[i].data = m.data;
+		/* The entry points of syscall/sysenter would run guest code at
+		 * CPL0: Kapsel never sets them, so a saved value is not applied. */
+		if (vcpu_state_msr_is_privileged_entry(m.index))
+			continue;
+		msrs.entries[kept].index = m.index;
+		msrs.entries[kept].data = m.data;
+		kept++;
 	}
+	msrs.header.nmsrs = kept;
+	count = kept;
 	int set = ioctl(fd, KVM_SET_MSRS, &msrs);
 	if (set < 0 || (unsigned)set != count)
 		return kapsel_fail(error, error_len, set < 0 ? -errno : -EINVAL,

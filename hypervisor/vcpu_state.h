@@ -2,6 +2,7 @@
 #ifndef KAPSEL_VCPU_STATE_H
 #define KAPSEL_VCPU_STATE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 
@@ -42,5 +43,12 @@ int vcpu_state_settle(struct kapsel_vm *vm);
 
 /* Print the vCPU records of state for `kapsel inspect`. */
 void vcpu_state_print(const struct vm_state_records *state, FILE *out);
+
+/*
+ * True for the MSRs that say where syscall/sysenter enter at CPL0 (STAR,
+ * LSTAR, CSTAR, SFMASK, SYSENTER_*): vcpu_state_load never applies saved
+ * values of these, so forged state cannot give guest code CPL0.
+ */
+bool vcpu_state_msr_is_privileged_entry(uint32_t index);
 
 #endif

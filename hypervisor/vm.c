@@ -422,6 +422,17 @@ static void vm_park(struct kapsel_vm *vm)
 	kapsel_debug("vCPU resumed");
 }
 
+int vm_rebuild_hypervisor_pages(struct kapsel_vm *vm)
+{
+	int err = x86_boot_build_tables(&vm->mem);
+	if (err)
+		return err;
+	open_ports(vm, KAPSEL_PORT_HYPERCALL, 4);
+	for (unsigned i = 0; i < vm->device_count; i++)
+		open_device_ports(vm, vm->devices[i]);
+	return 0;
+}
+
 /* Load the guest and put the vCPU at its entry; used at boot and reboot. */
 static int boot_guest(struct kapsel_vm *vm)
 {

@@ -169,4 +169,13 @@ void vm_print_stats(struct kapsel_vm *vm, FILE *out);
  */
 int vm_add_doorbell(struct kapsel_vm *vm, struct kapsel_device *dev);
 
+/*
+ * Rewrite the hypervisor-owned low pages (page tables, GDT, IDT, TSS with
+ * the ports of the hypercall interface and of every attached device open,
+ * exception stubs) from scratch.  Memory loaded from saved state is
+ * untrusted, so a restore or an incoming migration calls this after the
+ * memory and the devices are in place.  Returns 0 or -EFAULT.
+ */
+int vm_rebuild_hypervisor_pages(struct kapsel_vm *vm);
+
 #endif

@@ -3,6 +3,8 @@
 
 #include <cpuid.h>
 #include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <linux/kvm.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -25,6 +27,7 @@
 #define CR4_OSXMMEXCPT (1ull << 10)
 #define EFER_LME (1ull << 8)
 #define EFER_LMA (1ull << 10)
+#define RFLAGS_IOPL (3ull << 12)
 
 #define EXCEPTION_STUB_BYTES 16u
 #define EXCEPTION_VECTORS 32u
@@ -250,6 +253,47 @@ static uint8_t tss_type_for_host(void)
 	return 0xb;	    /* busy 64-bit TSS */
 }
 
+void x86_boot_set_system_registers(struct kvm_sregs *sregs)
+{
+	memset(&sregs->tr, 0, sizeof(sregs->tr));
+	sregs->tr.selector = X86_SEL_TSS;
+	sregs->tr.base = X86_GPA_TSS;
+	sregs->tr.limit = X86_TSS_LIMIT;
+	sregs->tr.type = tss_type_for_host();
+	sregs->tr.present = 1;
+
+	memset(&sregs->ldt, 0, sizeof(sregs->ldt));
+	sregs->ldt.type = 0x2;
+	sregs->ldt.unusable = 1;
+
+	sregs->gdt.base = X86_GPA_GDT;
+	sregs->gdt.limit = 8 * 7 - 1;
+	sregs->idt.base = X86_GPA_IDT;
+	sregs->idt.limit = EXCEPTION_VECTORS * 16 - 1;
+}
+
+int x86_boot_check_restored_vcpu(struct kvm_sregs *sregs, struct kvm_regs *regs, char *error,
+				 size_t error_len)
+{
+	bool user = sregs->cs.selector == X86_SEL_USER_CS && sregs->cs.dpl == 3 &&
+		    sregs->ss.selector == X86_SEL_USER_DS && sregs->ss.dpl == 3;
+	if (!user) {
+		snprintf(error, error_len,
+			 "the saved vCPU runs with code segment %#x (DPL %u), not the guest's CPL3 segments; the state is corrupt or forged",
+			 sregs->cs.selector, sregs->cs.dpl);
+		return -EPROTO;
+	}
+	if (sregs->cr3 != X86_GPA_PML4) {
+		snprintf(error, error_len,
+			 "the saved vCPU's page-table root %#llx is not the hypervisor's; the state is corrupt or forged",
+			 (unsigned long long)sregs->cr3);
+		return -EPROTO;
+	}
+	x86_boot_set_system_registers(sregs);
+	regs->rflags &= ~RFLAGS_IOPL;
+	return 0;
+}
+
 int x86_boot_set_vcpu_state(int vcpu_fd, uint64_t entry, uint64_t start_info_gpa)
 {
 	struct kvm_sregs sregs;
@@ -262,21 +306,7 @@ int x86_boot_set_vcpu_state(int vcpu_fd, uint64_t entry, uint64_t start_info_gpa
 	set_user_segment(&sregs.ss, X86_SEL_USER_DS, 0);
 	sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss;
 
-	memset(&sregs.tr, 0, sizeof(sregs.tr));
-	sregs.tr.selector = X86_SEL_TSS;
-	sregs.tr.base = X86_GPA_TSS;
-	sregs.tr.limit = X86_TSS_LIMIT;
-	sregs.tr.type = tss_type_for_host();
-	sregs.tr.present = 1;
-
-	memset(&sregs.ldt, 0, sizeof(sregs.ldt));
-	sregs.ldt.type = 0x2;
-	sregs.ldt.unusable = 1;
-
-	sregs.gdt.base = X86_GPA_GDT;
-	sregs.gdt.limit = 8 * 7 - 1;
-	sregs.idt.base = X86_GPA_IDT;
-	sregs.idt.limit = EXCEPTION_VECTORS * 16 - 1;
+	x86_boot_set_system_registers(&sregs);
 
 	sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
 	sregs.cr3 = X86_GPA_PML4;

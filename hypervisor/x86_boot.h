@@ -2,6 +2,7 @@
 #ifndef KAPSEL_X86_BOOT_H
 #define KAPSEL_X86_BOOT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "guest_memory.h"
@@ -56,6 +57,24 @@ int x86_boot_port_is_open(const struct guest_memory *mem, uint16_t port);
  * or a negative errno from KVM (the caller names the ioctl).
  */
 int x86_boot_set_vcpu_state(int vcpu_fd, uint64_t entry, uint64_t start_info_gpa);
+
+/*
+ * Point TR, LDTR, GDTR and IDTR at the tables the hypervisor built (and
+ * that only it writes), with the TSS type this host needs.
+ */
+struct kvm_sregs;
+struct kvm_regs;
+void x86_boot_set_system_registers(struct kvm_sregs *sregs);
+
+/*
+ * A vCPU from saved state (a state file or a migration stream, both
+ * untrusted) may resume only as a CPL3 guest on the hypervisor's page
+ * tables: refuses (-EPROTO, reason in error) another code or stack
+ * segment or page-table root, then forces the system registers as above
+ * and clears RFLAGS.IOPL.  sregs and regs are updated in place.
+ */
+int x86_boot_check_restored_vcpu(struct kvm_sregs *sregs, struct kvm_regs *regs, char *error,
+				 size_t error_len);
 
 /* Name of exception vector (e.g. "page fault (#PF)"), or "vector N". */
 const char *x86_exception_name(unsigned vector);

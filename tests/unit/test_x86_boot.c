@@ -1,11 +1,13 @@
 /* Unit tests: the boot tables x86_boot builds (page tables, GDT, IDT, TSS, I/O bitmap), walked as
  * the CPU would. */
 #include <errno.h>
+#include <linux/kvm.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cunit_main.h"
 #include "kapsel/abi.h"
+#include "vcpu_state.h"
 #include "x86_boot.h"
 
 #define RAM_BYTES (64ull << 20)
@@ -299,6 +301,78 @@ static void test_tss_and_io_bitmap(void)
 	guest_memory_destroy(&mem);
 }
 
+/* A user-mode vCPU as Kapsel boots it, as saved state would carry it. */
+static void saved_user_vcpu(struct kvm_sregs *sregs, struct kvm_regs *regs)
+{
+	memset(sregs, 0, sizeof(*sregs));
+	memset(regs, 0, sizeof(*regs));
+	sregs->cs.selector = X86_SEL_USER_CS;
+	sregs->cs.dpl = 3;
+	sregs->ss.selector = X86_SEL_USER_DS;
+	sregs->ss.dpl = 3;
+	sregs->cr3 = X86_GPA_PML4;
+	regs->rflags = 0x202;
+}
+
+static void test_restored_vcpu_checks(void)
+{
+	struct kvm_sregs sregs;
+	struct kvm_regs regs;
+	char error[200];
+
+	/* A forged state moves the TSS into guest-writable memory and sets
+	 * IOPL 3: both come back as the hypervisor's. */
+	saved_user_vcpu(&sregs, &regs);
+	sregs.tr.base = 0x200000;
+	sregs.tr.limit = 0xffff;
+	sregs.gdt.base = 0x300000;
+	sregs.idt.base = 0x400000;
+	sregs.idt.limit = 0xfff;
+	regs.rflags = 0x3202;
+	CU_ASSERT_EQUAL(x86_boot_check_restored_vcpu(&sregs, &regs, error, sizeof(error)), 0);
+	CU_ASSERT_EQUAL(sregs.tr.base, X86_GPA_TSS);
+	CU_ASSERT_EQUAL(sregs.tr.limit, X86_TSS_LIMIT);
+	CU_ASSERT_EQUAL(sregs.tr.selector, X86_SEL_TSS);
+	CU_ASSERT_EQUAL(sregs.gdt.base, X86_GPA_GDT);
+	CU_ASSERT_EQUAL(sregs.idt.base, X86_GPA_IDT);
+	CU_ASSERT_EQUAL(sregs.idt.limit, 32 * 16 - 1);
+	CU_ASSERT_EQUAL(regs.rflags, 0x202);
+
+	/* Kernel code segment: the guest would run at CPL0. */
+	saved_user_vcpu(&sregs, &regs);
+	sregs.cs.selector = X86_SEL_KERNEL_CS;
+	sregs.cs.dpl = 0;
+	CU_ASSERT_EQUAL(x86_boot_check_restored_vcpu(&sregs, &regs, error, sizeof(error)), -EPROTO);
+	CU_ASSERT_STRING_EQUAL(
+		error,
+		"the saved vCPU runs with code segment 0x8 (DPL 0), not the guest's CPL3 segments; the state is corrupt or forged");
+
+	/* Right selector, wrong privilege. */
+	saved_user_vcpu(&sregs, &regs);
+	sregs.ss.dpl = 0;
+	CU_ASSERT_EQUAL(x86_boot_check_restored_vcpu(&sregs, &regs, error, sizeof(error)), -EPROTO);
+
+	/* Page tables the guest wrote itself. */
+	saved_user_vcpu(&sregs, &regs);
+	sregs.cr3 = 0x200000;
+	CU_ASSERT_EQUAL(x86_boot_check_restored_vcpu(&sregs, &regs, error, sizeof(error)), -EPROTO);
+	CU_ASSERT_STRING_EQUAL(
+		error,
+		"the saved vCPU's page-table root 0x200000 is not the hypervisor's; the state is corrupt or forged");
+}
+
+static void test_privileged_entry_msrs(void)
+{
+	static const uint32_t entries[] = { 0x174,	0x175,	    0x176,     0xc0000081,
+					    0xc0000082, 0xc0000083, 0xc0000084 };
+	for (unsigned i = 0; i < sizeof(entries) / sizeof(entries[0]); i++)
+		CU_ASSERT(vcpu_state_msr_is_privileged_entry(entries[i]));
+	/* State the guest owns is restored. */
+	CU_ASSERT(!vcpu_state_msr_is_privileged_entry(0x10));	    /* TSC */
+	CU_ASSERT(!vcpu_state_msr_is_privileged_entry(0xc0000100)); /* FS base */
+	CU_ASSERT(!vcpu_state_msr_is_privileged_entry(0xc0000102)); /* kernel GS base */
+}
+
 int main(void)
 {
 	static const struct unit_test tests[] = {
@@ -307,6 +381,8 @@ int main(void)
 		{ "GDT descriptors", test_gdt },
 		{ "IDT gates and exception stubs", test_idt_and_stubs },
 		{ "TSS and I/O permission bitmap", test_tss_and_io_bitmap },
+		{ "restored vCPU forced onto the hypervisor's tables", test_restored_vcpu_checks },
+		{ "saved syscall entry MSRs never applied", test_privileged_entry_msrs },
 	};
 	return UNIT_RUN("x86 boot", tests);
 }
