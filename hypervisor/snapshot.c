@@ -682,8 +682,11 @@ int snapshot_bind_host_files(const struct vm_state_records *state, const char *s
 	free(config->kernel_path);
 	config->kernel_path = kernel;
 
-	/* Every disk record's flags say which disks were overlays. */
+	/* Every disk record's flags say which disks were overlays; a frozen
+	 * disk (a snapshot's) is restored from its frozen file, whose format
+	 * the record holds, not the one the VM went on with. */
 	bool record_overlay[VM_CONFIG_MAX_DISKS] = { 0 };
+	bool record_frozen[VM_CONFIG_MAX_DISKS] = { 0 };
 	size_t position = 0;
 	const struct vm_state_stored_record *rec;
 	while ((rec = vm_state_find(state, VM_STATE_DISK, &position)) != NULL) {
@@ -699,6 +702,7 @@ int snapshot_bind_host_files(const struct vm_state_records *state, const char *s
 			goto out;
 		}
 		record_overlay[disk.index] = (disk.flags & VM_STATE_DISK_OVERLAY) != 0;
+		record_frozen[disk.index] = (disk.flags & VM_STATE_DISK_FROZEN) != 0;
 	}
 
 	for (unsigned i = 0; i < config->disk_count; i++) {
@@ -712,7 +716,8 @@ int snapshot_bind_host_files(const struct vm_state_records *state, const char *s
 			bool format_given = files->disk_format_given[i];
 			enum vm_disk_format format = files->disk_formats[i];
 			if (!format_given &&
-			    (record_overlay[i] || d->format != VM_DISK_FORMAT_RAW)) {
+			    (record_overlay[i] ||
+			     (!record_frozen[i] && d->format != VM_DISK_FORMAT_RAW))) {
 				err = kapsel_fail(
 					error, error_len, -EINVAL,
 					"disk %u was a copy-on-write overlay when saved; if '%s' is that overlay, say so: --disk %u=%s,format=overlay",

@@ -32,6 +32,8 @@ fi
 cache=${KAPSEL_NESTED_CACHE:-/var/cache/kapsel-nested}
 memory=${KAPSEL_NESTED_MEMORY:-6G}
 time_limit=${KAPSEL_NESTED_TIMEOUT:-3000}
+# Bump when the VM's init changes, so a cached initrd is rebuilt.
+initrd_version=2
 
 for tool in qemu-system-x86_64 busybox cpio depmod; do
 	command -v "$tool" >/dev/null || {
@@ -44,7 +46,7 @@ done
 prepare_kernel() {
 	local meta version deb tree
 	mkdir -p "$cache"
-	if [ -f "$cache/vmlinuz" ] && [ -f "$cache/initrd.gz" ]; then
+	if [ -f "$cache/vmlinuz" ] && [ -f "$cache/initrd-$initrd_version.gz" ]; then
 		return 0
 	fi
 	meta=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
@@ -93,6 +95,7 @@ prepare_kernel() {
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs dev /dev
+ip link set lo up
 for module in $(cat /modules/order); do
 	insmod "/modules/$module" || echo "nested-kvm: insmod $module failed"
 done
@@ -117,7 +120,7 @@ INIT
 	chmod +x "$initrd/init"
 	(cd "$initrd" && find . | cpio -o -H newc 2>/dev/null | gzip -1) >"$tree/initrd.gz"
 	mv "$tree/root/boot/vmlinuz-$version" "$cache/vmlinuz.new"
-	mv "$tree/initrd.gz" "$cache/initrd.gz"
+	mv "$tree/initrd.gz" "$cache/initrd-$initrd_version.gz"
 	mv "$cache/vmlinuz.new" "$cache/vmlinuz"
 	rm -rf "$tree"
 }
@@ -139,7 +142,7 @@ trap 'rm -rf "$job"' EXIT
 timeout --kill-after=10 "$time_limit" qemu-system-x86_64 \
 	-M q35 -cpu max -smp "$(nproc)" -m "$memory" -accel tcg,thread=multi \
 	-nodefaults -no-reboot -display none -serial stdio \
-	-kernel "$cache/vmlinuz" -initrd "$cache/initrd.gz" \
+	-kernel "$cache/vmlinuz" -initrd "$cache/initrd-$initrd_version.gz" \
 	-append "console=ttyS0 quiet loglevel=1 panic=-1 kapsel_job=$job" \
 	-virtfs local,path=/,mount_tag=host,security_model=passthrough,id=host,multidevs=remap \
 	</dev/null | sed -u 's/\r$//' || true

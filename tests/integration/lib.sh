@@ -4,6 +4,12 @@ set -u
 
 SKIP=77
 
+# Milliseconds between the counter guest's ticks.  Under scripts/nested-kvm.sh
+# (KAPSEL_NESTED=1) every shell command is emulated and slow, so the guest
+# ticks slower for the test to catch it mid-run.
+TICK_MS=5
+[ -n "${KAPSEL_NESTED:-}" ] && TICK_MS=20
+
 # Skip (exit 77) when this machine has no usable KVM.
 require_kvm() {
 	if [ ! -e /dev/kvm ]; then
@@ -27,11 +33,16 @@ run_guest() {
 	local out=$1 err=$2
 	shift 2
 	STATUS=0
+	LAST_ERR=$err
 	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input "$@" >"$out" 2>"$err" </dev/null || STATUS=$?
 }
 
+# expect_status N: the last run exited N; if not, show its stderr (LAST_ERR).
 expect_status() {
-	[ "$STATUS" -eq "$1" ] || fail "expected exit status $1, got $STATUS"
+	if [ "$STATUS" -ne "$1" ]; then
+		[ -n "${LAST_ERR:-}" ] && [ -f "$LAST_ERR" ] && { echo "--- $LAST_ERR:"; cat "$LAST_ERR"; }
+		fail "expected exit status $1, got $STATUS"
+	fi
 }
 
 # expect_in FILE TEXT: FILE contains TEXT (fixed string).

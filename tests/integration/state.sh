@@ -85,7 +85,7 @@ start_counter() {
 save_on_signal() {
 	local dir=$1 stop=$2
 	shift 2
-	OUT1=$TMP/out1 ERR1=$TMP/err1
+	OUT1=$TMP/out1 ERR1=$TMP/err1 LAST_ERR=$TMP/err1
 	start_counter "$OUT1" "$ERR1" --save-on-signal "$dir" $stop "$@"
 	wait_for_tick "$OUT1" 40
 	kill -HUP "$PID"
@@ -99,7 +99,7 @@ save_on_signal() {
 restore() {
 	local dir=$1
 	shift
-	OUT2=$TMP/out2 ERR2=$TMP/err2
+	OUT2=$TMP/out2 ERR2=$TMP/err2 LAST_ERR=$TMP/err2
 	STATUS=0
 	timeout --kill-after=5 60 "$KAPSEL" restore --no-console-input --no-control \
 		--kernel "$COUNTER" ${RESTORE_DISK:+--disk "$RESTORE_DISK"} "$@" "$dir" \
@@ -128,7 +128,7 @@ last_tick() { awk '$1 == "tick" { n = $2 } END { print n }' "$@"; }
 make_saved() {
 	local dir=$1 ticks=$2
 	shift 2
-	save_on_signal "$dir" --save-stop --cmdline "ticks=$ticks interval_ms=5" "$@"
+	save_on_signal "$dir" --save-stop --cmdline "ticks=$ticks interval_ms=$TICK_MS" "$@"
 	expect_status 0
 	expect_in "$ERR1" "saved VM"
 	[ -f "$dir/manifest" ] || fail "no manifest in $dir"
@@ -300,7 +300,7 @@ state-save-restore)
 state-save-continue)
 	# Save without stopping: the VM runs on unharmed; the saved state
 	# restores to the point of the save.
-	save_on_signal "$TMP/save" "" --cmdline "ticks=100 interval_ms=5"
+	save_on_signal "$TMP/save" "" --cmdline "ticks=100 interval_ms=$TICK_MS"
 	expect_status 0
 	expect_in "$OUT1" "counter done 100"
 	check_ticks 1 100 "$OUT1" || fail "the VM that was saved lost ticks"
@@ -415,7 +415,7 @@ state-control-save)
 	# Through the control socket: save and continue, then save and stop.
 	name=state-ctl-$$
 	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --kernel "$COUNTER" \
-		--name "$name" --cmdline "ticks=300 interval_ms=5" >"$TMP/out1" 2>"$TMP/err1" </dev/null &
+		--name "$name" --cmdline "ticks=300 interval_ms=$TICK_MS" >"$TMP/out1" 2>"$TMP/err1" </dev/null &
 	PID=$!
 	wait_for_tick "$TMP/out1" 20
 	"$KAPSEL" save "$name" "$TMP/first" >"$TMP/save1" 2>&1 || { cat "$TMP/save1"; fail "save"; }
@@ -455,7 +455,7 @@ state-snapshot-disk)
 	RESTORE_DISK=0=$TMP/disk.img
 	name=state-snap-$$
 	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --kernel "$COUNTER" \
-		--name "$name" --disk "$TMP/disk.img" --cmdline "ticks=200 interval_ms=5" \
+		--name "$name" --disk "$TMP/disk.img" --cmdline "ticks=200 interval_ms=$TICK_MS" \
 		>"$TMP/out1" 2>"$TMP/err1" </dev/null &
 	PID=$!
 	wait_for_tick "$TMP/out1" 30
@@ -549,7 +549,7 @@ state-migrate)
 	DST=$!
 	name=state-mig-$$
 	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --kernel "$COUNTER" --name "$name" \
-		--disk "$TMP/disk.img" --cmdline "ticks=200 interval_ms=5" \
+		--disk "$TMP/disk.img" --cmdline "ticks=200 interval_ms=$TICK_MS" \
 		>"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
 	SRC=$!
 	wait_for_tick "$TMP/src.out" 40
@@ -571,7 +571,7 @@ state-migrate-broken)
 	name=state-migb-$$
 	base=$((20000 + $$ % 15000))
 	timeout --kill-after=5 120 "$KAPSEL" run --no-console-input --kernel "$COUNTER" --name "$name" \
-		--cmdline "ticks=1500 interval_ms=5" >"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
+		--cmdline "ticks=1500 interval_ms=$TICK_MS" >"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
 	SRC=$!
 	wait_for_tick "$TMP/src.out" 10
 	attempt=0
@@ -632,7 +632,7 @@ state-migrate-netns)
 	name=state-migns-$$
 	ip netns exec "${ns}a" timeout --kill-after=5 60 "$KAPSEL" run --no-console-input \
 		--kernel "$COUNTER" --name "$name" --disk "$TMP/disk.img" \
-		--cmdline "ticks=200 interval_ms=5" >"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
+		--cmdline "ticks=200 interval_ms=$TICK_MS" >"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
 	SRC=$!
 	wait_for_tick "$TMP/src.out" 40
 	ip netns exec "${ns}a" "$KAPSEL" migrate "$name" tcp:10.213.77.2:4777 >"$TMP/mig" 2>&1 ||
