@@ -1,5 +1,13 @@
 #!/bin/bash
-# Build Kapsel and run the whole test suite; fails if KVM tests were skipped on a machine with /dev/kvm.
+# Build Kapsel and run the whole test suite, then the unit and fuzz-replay tests (and where
+# there is /dev/kvm a few KVM cases) again under ASan+UBSan; fails if KVM tests were skipped
+# where KVM was available.
+#
+# Environment: KAPSEL_BUILD_DIR (default build); KAPSEL_ASAN_BUILD_DIR (default
+# $KAPSEL_BUILD_DIR-asan); KAPSEL_ASAN_TESTS: the tests besides unit and fuzz-replay to run in
+# the sanitized build (names or suites as `meson test` takes them, e.g. "hello
+# state-save-restore" or "--suite kvm"; empty for none; without /dev/kvm they run under
+# scripts/nested-kvm.sh); KAPSEL_ASAN=0 skips that build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh # sets $build and builds there
@@ -20,6 +28,52 @@ else
 		--num-processes 2 --timeout-multiplier 4 --suite kvm --logbase kvmlog || status=$?
 	logs+=("$build/meson-logs/kvmlog.json")
 	kvm_available=yes
+fi
+
+# The same code with AddressSanitizer and UndefinedBehaviorSanitizer (guest
+# code is never instrumented: see guest-pv/meson.build).  Any report fails
+# the test: ASan and UBSan stop at their first finding, LeakSanitizer
+# reports leaks at exit.
+if [ "${KAPSEL_ASAN:-1}" != 0 ]; then
+	asan_build=${KAPSEL_ASAN_BUILD_DIR:-$build-asan}
+	export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:print_summary=1}
+	export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1:print_summary=1}
+	reconfigure=()
+	if [ -f "$asan_build/build.ninja" ]; then
+		reconfigure=(--reconfigure)
+	fi
+	rm -f "$asan_build"/meson-logs/asan-*.json
+	asan_tests=""
+	if meson setup "${reconfigure[@]}" "$asan_build" -Db_sanitize=address,undefined >/dev/null &&
+		ninja -C "$asan_build"; then
+		meson test -C "$asan_build" --no-rebuild --print-errorlogs --num-processes 2 \
+			--logbase asan-unit --suite unit --suite fuzz-replay || status=$?
+		# Some KVM cases too where there is /dev/kvm; under nested-kvm.sh
+		# only those KAPSEL_ASAN_TESTS names (it is slow).
+		asan_kvm_default="hello hypercalls echo-pv pv-write-verify ata-write-verify net-pv-pv
+			state-save-restore control-socket-lifecycle"
+		default_kvm=""
+		run_kvm=()
+		if [ -e /dev/kvm ]; then
+			default_kvm=$asan_kvm_default
+		elif [ -z "${KAPSEL_NO_NESTED:-}" ]; then
+			run_kvm=(scripts/nested-kvm.sh)
+		fi
+		asan_tests=${KAPSEL_ASAN_TESTS-$default_kvm}
+		if [ -n "$asan_tests" ]; then
+			# shellcheck disable=SC2086 # a word list on purpose
+			"${run_kvm[@]}" meson test -C "$asan_build" --no-rebuild --print-errorlogs \
+				--num-processes 2 --timeout-multiplier $((${#run_kvm[@]} ? 4 : 1)) \
+				--logbase asan-more $asan_tests || status=$?
+		fi
+	else
+		echo "error: the ASan+UBSan build in $asan_build failed" >&2
+		status=1
+	fi
+	logs+=("$asan_build/meson-logs/asan-unit.json")
+	if [ -n "$asan_tests" ]; then
+		logs+=("$asan_build/meson-logs/asan-more.json")
+	fi
 fi
 
 # Summarize from meson's machine-readable logs, and refuse a run that

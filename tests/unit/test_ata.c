@@ -700,8 +700,9 @@ static void test_state_check(void)
 
 	/* A write in progress; on a read-only disk it is refused. */
 	issue_lba28(ATA_CMD_WRITE_SECTORS, 10, 3);
-	uint8_t sector[SECTOR] = { 0 };
-	ata_data_write(&ata, sector, SECTOR + 100);
+	/* Room for the longest single write below (one sector and 100 bytes). */
+	uint8_t data[2 * SECTOR] = { 0 };
+	ata_data_write(&ata, data, SECTOR + 100);
 	CU_ASSERT_PTR_NULL(ata_state_check(&ata));
 	good = ata;
 	EXPECT_BAD(ata.op = KAPSEL_BLK_OP_READ);
@@ -712,9 +713,9 @@ static void test_state_check(void)
 	disk.readonly = false;
 #undef EXPECT_BAD
 	ata = good;
-	ata_data_write(&ata, sector, SECTOR);
+	ata_data_write(&ata, data, SECTOR);
 	CU_ASSERT_PTR_NULL(ata_state_check(&ata));
-	ata_data_write(&ata, sector, SECTOR - 100);
+	ata_data_write(&ata, data, SECTOR - 100);
 	CU_ASSERT_EQUAL(status(), ATA_STATUS_DRDY | ATA_STATUS_DSC);
 	/* Idle after a multi-sector write (the last block's start stays
 	 * behind): a snapshot now must restore (it was refused before). */

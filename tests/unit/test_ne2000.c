@@ -168,10 +168,11 @@ static void test_receive_ring_wrap(void)
 	struct ne2000_state *ne = calloc(1, sizeof(*ne));
 	/* A small ring: pages 0x70-0x7f (16 pages). */
 	bring_up(ne, 0x70, 0x80);
-	uint8_t frame[1000], got[1600];
+	uint8_t frame[1514], got[1600]; /* the longest Ethernet frame; round 19 sends 1003 bytes */
 	unsigned stored = 0;
 	for (unsigned round = 0; round < 20; round++) {
 		size_t length = 300 + round * 37;
+		CU_ASSERT_FATAL(length <= sizeof(frame));
 		make_frame(frame, length, station, (uint8_t)round);
 		uint8_t curr_before = curr_of(ne);
 		CU_ASSERT_TRUE(ne2000_receive(ne, frame, length));
