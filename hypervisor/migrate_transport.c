@@ -282,10 +282,10 @@ static int handshake_failure(struct migrate_transport *t, int rc, bool server, c
 	    rc == GNUTLS_E_PUSH_ERROR || rc == GNUTLS_E_UNKNOWN_CIPHER_SUITE)
 		return kapsel_fail(
 			error, error_len, -EPROTO,
-			"TLS handshake with %s failed: %s; the peer does not speak TLS with a pre-shared key (%s it with --psk, not --insecure)",
+			"TLS handshake with %s failed (%s): the peer does not speak TLS with a pre-shared key; %s",
 			t->peer, what,
-			server ? "start the source's 'kapsel migrate' on"
-			       : "start the destination's 'kapsel run --incoming ...,psk=FILE' with");
+			server ? "start 'kapsel migrate' on the source with --psk and the same key file, not --insecure"
+			       : "start the destination with 'kapsel run --incoming tcp:ADDR:PORT,psk=FILE' and the same key file");
 	return kapsel_fail(error, error_len, -EPROTO, "TLS handshake with %s failed: %s", t->peer,
 			   what);
 }
