@@ -536,7 +536,7 @@ state-migrate)
 	DST=$!
 	name=state-mig-$$
 	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --kernel "$COUNTER" --name "$name" \
-		--disk "$TMP/disk.img" --cmdline "ticks=200 interval_ms=5" \
+		--disk "$TMP/disk.img" --cmdline "ticks=600 interval_ms=10" \
 		>"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
 	SRC=$!
 	wait_for_tick "$TMP/src.out" 40
@@ -548,8 +548,8 @@ state-migrate)
 	expect_not_in "$TMP/src.out" "counter done"
 	expect_not_in "$TMP/src.err" "VM stopped by request"
 	expect_in "$TMP/dst.out" "new generation 1"
-	expect_in "$TMP/dst.out" "counter done 200"
-	CHECK_DISK=$TMP/disk.img check_ticks 1 200 "$TMP/src.out" "$TMP/dst.out" || fail "migrated sequence"
+	expect_in "$TMP/dst.out" "counter done 600"
+	CHECK_DISK=$TMP/disk.img check_ticks 1 600 "$TMP/src.out" "$TMP/dst.out" || fail "migrated sequence"
 	;;
 state-migrate-broken)
 	# The stream cut or garbled at random points, or the destination's
@@ -560,7 +560,7 @@ state-migrate-broken)
 	base=$((20000 + $$ % 15000))
 	make_psk "$TMP/mig.psk"
 	timeout --kill-after=5 120 "$KAPSEL" run --no-console-input --kernel "$COUNTER" --name "$name" \
-		--cmdline "ticks=1500 interval_ms=5" >"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
+		--cmdline "ticks=3000 interval_ms=10" >"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
 	SRC=$!
 	wait_for_tick "$TMP/src.out" 10
 	attempt=0
@@ -597,7 +597,7 @@ state-migrate-broken)
 	"$KAPSEL" migrate --psk "$TMP/mig.psk" "$name" "tcp:127.0.0.1:$dport" >"$TMP/mig" 2>&1 || { cat "$TMP/mig"; fail "final migrate"; }
 	STATUS=0; wait "$SRC" || STATUS=$?; expect_status 0
 	STATUS=0; wait "$DST" || STATUS=$?; expect_status 0
-	check_ticks 1 1500 "$TMP/src.out" "$TMP/dst.out" || fail "sequence across failed migrations"
+	check_ticks 1 3000 "$TMP/src.out" "$TMP/dst.out" || fail "sequence across failed migrations"
 	;;
 state-migrate-netns)
 	# Between two network namespaces joined by a veth pair: the VMs see
@@ -653,7 +653,7 @@ state-migrate-auth)
 	[ "$STATUS" -ne 0 ] || fail "a world-readable key file was accepted"
 	expect_in "$TMP/dst.err" "chmod 600"
 	timeout --kill-after=5 120 "$KAPSEL" run --no-console-input --kernel "$COUNTER" --name "$name" \
-		--cmdline "ticks=1500 interval_ms=5" >"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
+		--cmdline "ticks=3000 interval_ms=10" >"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
 	SRC=$!
 	wait_for_tick "$TMP/src.out" 10
 	STATUS=0
@@ -699,7 +699,7 @@ state-migrate-auth)
 	"$KAPSEL" migrate --insecure "$name" "tcp:127.0.0.1:$dport" >"$TMP/mig" 2>&1 || { cat "$TMP/mig"; fail "insecure migrate"; }
 	STATUS=0; wait "$SRC" || STATUS=$?; expect_status 0
 	STATUS=0; wait "$DST" || STATUS=$?; expect_status 0
-	check_ticks 1 1500 "$TMP/src.out" "$TMP/dst.out" || fail "sequence across refused migrations"
+	check_ticks 1 3000 "$TMP/src.out" "$TMP/dst.out" || fail "sequence across refused migrations"
 	;;
 state-migrate-stalled)
 	# A destination that accepts and says nothing: the migration waits off
