@@ -18,6 +18,7 @@
 #include "control_client.h"
 #include "log.h"
 #include "migrate.h"
+#include "migrate_transport.h"
 #include "snapshot.h"
 #include "vcpu_state.h"
 #include "vm.h"
@@ -150,7 +151,8 @@ static int control_snapshot(struct kapsel_vm *vm, const struct control_request *
 static int control_migrate(struct kapsel_vm *vm, const struct control_request *request, FILE *out,
 			   char *error, size_t error_len)
 {
-	static const char *const keys[] = { "uri", "max_downtime_ms", "max_rounds", NULL };
+	static const char *const keys[] = { "uri", "max_downtime_ms", "max_rounds",
+					    "psk", "insecure",	      NULL };
 	int err = control_request_check_keys(request, keys, error, error_len);
 	if (err)
 		return err;
@@ -164,8 +166,31 @@ static int control_migrate(struct kapsel_vm *vm, const struct control_request *r
 	if ((err = control_arg_u64(request, "max_downtime_ms", &downtime, error, error_len)) ||
 	    (err = control_arg_u64(request, "max_rounds", &rounds, error, error_len)))
 		return err;
+	/* The operator chooses the protection: a key file or, explicitly, none. */
+	struct migrate_security chosen = { .mode = MIGRATE_SECURITY_UNSET };
+	bool insecure = false;
+	const char *psk = control_request_arg(request, "psk");
+	if ((err = control_arg_bool(request, "insecure", &insecure, error, error_len)))
+		return err;
+	if (psk && insecure) {
+		snprintf(error, error_len, "migrate takes psk=FILE or insecure=yes, not both");
+		return -EINVAL;
+	}
+	if (psk) {
+		if (psk[0] != '/' || strlen(psk) >= sizeof(chosen.psk_path)) {
+			snprintf(error, error_len,
+				 "migrate: psk= needs an absolute path to the key file (got '%s')",
+				 psk);
+			return -EINVAL;
+		}
+		chosen.mode = MIGRATE_SECURITY_PSK;
+		snprintf(chosen.psk_path, sizeof(chosen.psk_path), "%s", psk);
+	} else if (insecure) {
+		chosen.mode = MIGRATE_SECURITY_INSECURE;
+	}
 	struct migrate_options options = { .max_downtime_ms = (uint32_t)downtime,
-					   .max_rounds = (uint32_t)rounds };
+					   .max_rounds = (uint32_t)rounds,
+					   .security = &chosen };
 	struct migrate_stats stats;
 	pthread_mutex_lock(&runner.lock);
 	err = migrate_send(vm, uri, &options, &stats, error, error_len);
@@ -189,17 +214,19 @@ void state_register_control_verbs(void)
 	if (registered)
 		return;
 	registered = true;
-	int err = control_register_verb(
+	/* These take long: on worker threads, so that the control socket keeps
+	 * answering (info, stats, pause) while they run. */
+	int err = control_register_background_verb(
 		"save", control_save,
 		"save dir=PATH [stop=yes|no]  save the VM's state to a directory, then continue or stop");
 	if (err && err != -EEXIST)
 		kapsel_warn("cannot register the control verb 'save': %s", strerror(-err));
-	err = control_register_verb(
+	err = control_register_background_verb(
 		"migrate", control_migrate,
-		"migrate uri=tcp:HOST:PORT [max_downtime_ms=N] [max_rounds=N]  live-migrate the VM (pre-copy)");
+		"migrate uri=tcp:HOST:PORT psk=/KEYFILE|insecure=yes [max_downtime_ms=N] [max_rounds=N]  live-migrate the VM (pre-copy; TLS with a pre-shared key)");
 	if (err && err != -EEXIST)
 		kapsel_warn("cannot register the control verb 'migrate': %s", strerror(-err));
-	err = control_register_verb(
+	err = control_register_background_verb(
 		"snapshot", control_snapshot,
 		"snapshot dir=PATH  save the VM and freeze its disks; it goes on on copy-on-write overlays");
 	if (err && err != -EEXIST)
@@ -675,20 +702,45 @@ static int save_or_snapshot(int argc, char **argv, bool snapshot)
 
 void cli_migrate_usage(FILE *out)
 {
-	fprintf(out, "Usage: kapsel migrate [--max-downtime-ms N] NAME tcp:HOST:PORT\n"
-		     "\n"
-		     "Live-migrate the running VM NAME to the Kapsel waiting with\n"
-		     "'kapsel run --incoming tcp:ADDR:PORT' there: guest RAM is copied while the\n"
-		     "VM runs (KVM dirty logging, rounds until the rest fits the downtime), then\n"
-		     "the vCPU stops and the rest and the device state follow.  The destination\n"
-		     "opens the kernel and disk images its own definition names (they must hold\n"
-		     "the same content: shared storage).  If anything goes wrong the VM runs\n"
-		     "on here unharmed.  Prints the rounds, bytes and downtime.\n");
+	fprintf(out,
+		"Usage: kapsel migrate (--psk FILE | --insecure) [--max-downtime-ms N] NAME tcp:HOST:PORT\n"
+		"\n"
+		"Live-migrate the running VM NAME to the Kapsel waiting with\n"
+		"'kapsel run --incoming tcp:ADDR:PORT,psk=FILE' there: guest RAM is copied while\n"
+		"the VM runs (KVM dirty logging, rounds until the rest fits the downtime), then\n"
+		"the vCPU stops and the rest and the device state follow.  The destination\n"
+		"opens the kernel and disk images its own definition names (they must hold\n"
+		"the same content: shared storage).  If anything goes wrong the VM runs\n"
+		"on here unharmed.  Prints the rounds, bytes and downtime.\n"
+		"\n"
+		"  --psk FILE     protect the migration with TLS 1.3 and the pre-shared key in\n"
+		"                 FILE (one line [IDENTITY:]HEXKEY, 16-64 bytes, mode 0600); the\n"
+		"                 destination must use the same key.  Make one with:\n"
+		"                 (umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \\n' > FILE)\n"
+		"  --insecure     plain TCP, INSECURE: anyone on the path reads and can change\n"
+		"                 guest memory, anyone who reaches the port can send a VM\n"
+		"  --max-downtime-ms N  the longest the vCPU may stop (default 30)\n");
+}
+
+/* Append value to request with the control protocol's %-escapes. */
+static size_t append_escaped(char *request, size_t used, size_t size, const char *value)
+{
+	for (const char *p = value; *p && used + 4 < size; p++) {
+		if (*p == ' ' || *p == '%' || (unsigned char)*p < 0x20)
+			used += (size_t)snprintf(request + used, size - used, "%%%02x",
+						 (unsigned char)*p);
+		else
+			request[used++] = *p;
+	}
+	request[used] = '\0';
+	return used;
 }
 
 int cli_migrate(int argc, char **argv)
 {
 	const char *args[2] = { NULL, NULL };
+	const char *psk = NULL;
+	bool insecure = false;
 	unsigned count = 0;
 	unsigned long downtime = 0;
 	for (int i = 1; i < argc; i++) {
@@ -697,6 +749,10 @@ int cli_migrate(int argc, char **argv)
 			return 0;
 		} else if (strcmp(argv[i], "--max-downtime-ms") == 0 && i + 1 < argc) {
 			downtime = strtoul(argv[++i], NULL, 10);
+		} else if (strcmp(argv[i], "--psk") == 0 && i + 1 < argc) {
+			psk = argv[++i];
+		} else if (strcmp(argv[i], "--insecure") == 0) {
+			insecure = true;
 		} else if (argv[i][0] == '-' || count == 2) {
 			kapsel_error("unexpected argument '%s'; see 'kapsel migrate --help'",
 				     argv[i]);
@@ -710,11 +766,30 @@ int cli_migrate(int argc, char **argv)
 			"migrate needs a VM name and tcp:HOST:PORT; see 'kapsel migrate --help'");
 		return 2;
 	}
-	char request[512];
-	snprintf(request, sizeof(request), "migrate uri=%s%s%lu", args[1],
-		 downtime ? " max_downtime_ms=" : "", downtime);
-	if (!downtime)
-		snprintf(request, sizeof(request), "migrate uri=%s", args[1]);
+	if (!psk == !insecure) {
+		kapsel_error(
+			psk ? "migrate: --psk and --insecure exclude each other"
+			    : "migrate needs --psk FILE (TLS with a pre-shared key that the destination's 'kapsel run --incoming tcp:ADDR:PORT,psk=FILE' also has) or, on a network you trust completely, --insecure (plain TCP); see 'kapsel migrate --help'");
+		return 2;
+	}
+	char request[CONTROL_REQUEST_MAX_BYTES];
+	size_t used = (size_t)snprintf(request, sizeof(request), "migrate uri=%s", args[1]);
+	if (downtime)
+		used += (size_t)snprintf(request + used, sizeof(request) - used,
+					 " max_downtime_ms=%lu", downtime);
+	if (insecure) {
+		used += (size_t)snprintf(request + used, sizeof(request) - used, " insecure=yes");
+	} else {
+		/* The VMM opens the key file: give it an absolute path. */
+		char *absolute = realpath(psk, NULL);
+		if (!absolute) {
+			kapsel_error("cannot find the PSK file '%s': %s", psk, strerror(errno));
+			return 2;
+		}
+		used += (size_t)snprintf(request + used, sizeof(request) - used, " psk=");
+		used = append_escaped(request, used, sizeof(request), absolute);
+		free(absolute);
+	}
 	struct control_reply reply;
 	int err = control_call(args[0], request, &reply, -1);
 	if (err) {

@@ -46,6 +46,28 @@ struct control_client {
 	size_t out_len, out_cap;
 	uint64_t deadline_ms; /* monotonic; 0 = none */
 	uint64_t console_dropped_bytes;
+	bool busy; /* its background verb runs: later requests wait */
+};
+
+/*
+ * A background verb (control_register_background_verb) running on its own
+ * thread.  The worker fills err/payload/error and sets done; everything
+ * else belongs to the control thread.
+ */
+struct control_job {
+	bool active;
+	pthread_t thread;
+	struct control_server *server;
+	struct control_client *client; /* NULL once the client has gone */
+	control_verb_fn fn;
+	char line[CONTROL_REQUEST_MAX_BYTES + 1]; /* the request's strings point here */
+	struct control_request request;
+	bool wait_after;
+	int done; /* atomic */
+	int err;
+	char *payload;
+	size_t payload_len;
+	char error[1024];
 };
 
 struct control_server {
@@ -69,6 +91,7 @@ struct control_server {
 	uint64_t started_unix;
 	uint8_t backlog[CONTROL_BACKLOG_BYTES];
 	uint64_t backlog_head; /* free-running */
+	struct control_job job;
 };
 
 static uint64_t now_ms(void)
@@ -293,6 +316,112 @@ static void console_attach(struct control_server *server, struct control_client 
 	pthread_mutex_unlock(&server->lock);
 }
 
+/* ---- Background verbs ---------------------------------------------------- */
+
+static void *job_main(void *opaque)
+{
+	struct control_job *job = opaque;
+	FILE *out = open_memstream(&job->payload, &job->payload_len);
+	if (!out) {
+		job->err = -ENOMEM;
+		snprintf(job->error, sizeof(job->error), "out of memory");
+	} else {
+		job->err = job->fn(job->server->vm, &job->request, out, job->error,
+				   sizeof(job->error));
+		fclose(out);
+	}
+	__atomic_store_n(&job->done, 1, __ATOMIC_SEQ_CST);
+	uint64_t one = 1;
+	ssize_t n = write(job->server->wake_fd, &one, sizeof(one));
+	(void)n;
+	return NULL;
+}
+
+/*
+ * Run a background verb on its own thread.  request's strings point into
+ * line (the client's input buffer, reused for the next request): they are
+ * copied with the line and moved to the copy.
+ */
+static void job_start(struct control_server *server, struct control_client *client,
+		      control_verb_fn fn, const struct control_request *request, const char *line,
+		      bool wait_after)
+{
+	struct control_job *job = &server->job;
+	if (job->active) {
+		char error[200];
+		snprintf(error, sizeof(error),
+			 "'%s' is already in progress; one save, snapshot or migrate runs at a time: wait for it to end",
+			 job->request.verb);
+		reply_error(server, client, EBUSY, error);
+		return;
+	}
+	memset(job, 0, sizeof(*job));
+	memcpy(job->line, line, sizeof(job->line));
+	job->request = *request;
+#define JOB_REBASE(p)                                              \
+	do {                                                       \
+		if ((p) >= line && (p) < line + sizeof(job->line)) \
+			(p) = job->line + ((p)-line);              \
+	} while (0)
+	JOB_REBASE(job->request.verb);
+	for (unsigned i = 0; i < job->request.arg_count; i++) {
+		JOB_REBASE(job->request.args[i].key);
+		JOB_REBASE(job->request.args[i].value);
+	}
+#undef JOB_REBASE
+	job->server = server;
+	job->client = client;
+	job->fn = fn;
+	job->wait_after = wait_after;
+	/* The thread inherits the control thread's mask: all signals blocked. */
+	int rc = pthread_create(&job->thread, NULL, job_main, job);
+	if (rc) {
+		char error[160];
+		snprintf(error, sizeof(error), "cannot start a thread for '%s': %s", request->verb,
+			 strerror(rc));
+		reply_error(server, client, rc, error);
+		return;
+	}
+	job->active = true;
+	client->busy = true;
+	client->deadline_ms = 0; /* a migration may take minutes */
+}
+
+static void client_process_lines(struct control_server *server, struct control_client *client);
+
+/* The worker has ended: send its reply, let its client go on.  final
+ * (the server stops): wait for the worker, answer, take no more requests. */
+static void job_finish(struct control_server *server, bool final)
+{
+	struct control_job *job = &server->job;
+	if (!job->active || (!final && !__atomic_load_n(&job->done, __ATOMIC_SEQ_CST)))
+		return;
+	pthread_join(job->thread, NULL);
+	job->active = false;
+	struct control_client *client = job->client;
+	if (client) {
+		if (job->err < 0) {
+			reply_error(server, client, -job->err,
+				    job->error[0] ? job->error : strerror(-job->err));
+		} else {
+			reply_ok(server, client, job->payload, job->payload_len);
+			if (job->wait_after) {
+				client->mode = CLIENT_WAIT;
+				client->deadline_ms = 0;
+			}
+		}
+		client->busy = false;
+		if (client->mode == CLIENT_REQUESTS)
+			client->deadline_ms =
+				now_ms() +
+				(client->in_len ? CONTROL_CLIENT_DEADLINE_MS : CONTROL_IDLE_MS);
+		if (!final)
+			client_process_lines(server, client); /* requests sent meanwhile */
+	}
+	free(job->payload);
+	job->payload = NULL;
+}
+
 /* ---- Requests ------------------------------------------------------------ */
 
 static void handle_request(struct control_server *server, struct control_client *client, char *line)
@@ -344,6 +473,17 @@ static void handle_request(struct control_server *server, struct control_client 
 		reply_error(server, client, ENOSYS, error);
 		return;
 	}
+	if (server->job.active && strcmp(request.verb, "resume") == 0) {
+		snprintf(error, sizeof(error),
+			 "'%s' is in progress and holds the VM paused while it copies; resume after it ends",
+			 server->job.request.verb);
+		reply_error(server, client, EBUSY, error);
+		return;
+	}
+	if (control_verb_is_background(request.verb)) {
+		job_start(server, client, fn, &request, line, wait_after);
+		return;
+	}
 	char *payload = NULL;
 	size_t payload_len = 0;
 	FILE *out = open_memstream(&payload, &payload_len);
@@ -363,6 +503,33 @@ static void handle_request(struct control_server *server, struct control_client 
 		}
 	}
 	free(payload);
+}
+
+/* Answer the complete request lines in client->in, in order; stop while
+ * the client's background verb runs. */
+static void client_process_lines(struct control_server *server, struct control_client *client)
+{
+	char *newline;
+	while (client->mode == CLIENT_REQUESTS && !client->closing && !client->busy &&
+	       (newline = memchr(client->in, '\n', client->in_len))) {
+		size_t line_len = (size_t)(newline - client->in);
+		char line_error[128];
+		if (control_line_finish(client->in, line_len, line_error, sizeof(line_error)) < 0)
+			reply_error(server, client, EINVAL, line_error);
+		else
+			handle_request(server, client, client->in);
+		size_t rest = client->in_len - line_len - 1;
+		memmove(client->in, newline + 1, rest);
+		client->in_len = rest;
+		if (!client->busy)
+			client->deadline_ms =
+				now_ms() + (rest ? CONTROL_CLIENT_DEADLINE_MS : CONTROL_IDLE_MS);
+	}
+	if (client->mode == CLIENT_CONSOLE && client->in_len) {
+		/* Bytes typed right after 'console' go to the guest. */
+		console_inject_input(&server->vm->console, client->in, client->in_len);
+		client->in_len = 0;
+	}
 }
 
 static void client_read(struct control_server *server, struct control_client *client)
@@ -409,30 +576,10 @@ static void client_read(struct control_server *server, struct control_client *cl
 				client->out_len = 0;
 			return;
 		}
-		if (client->in_len == 0)
+		if (client->in_len == 0 && !client->busy)
 			client->deadline_ms = now_ms() + CONTROL_CLIENT_DEADLINE_MS;
 		client->in_len += (size_t)n;
-		char *newline;
-		while (client->mode == CLIENT_REQUESTS && !client->closing &&
-		       (newline = memchr(client->in, '\n', client->in_len))) {
-			size_t line_len = (size_t)(newline - client->in);
-			char line_error[128];
-			if (control_line_finish(client->in, line_len, line_error,
-						sizeof(line_error)) < 0)
-				reply_error(server, client, EINVAL, line_error);
-			else
-				handle_request(server, client, client->in);
-			size_t rest = client->in_len - line_len - 1;
-			memmove(client->in, newline + 1, rest);
-			client->in_len = rest;
-			client->deadline_ms =
-				now_ms() + (rest ? CONTROL_CLIENT_DEADLINE_MS : CONTROL_IDLE_MS);
-		}
-		if (client->mode == CLIENT_CONSOLE && client->in_len) {
-			/* Bytes typed right after 'console' go to the guest. */
-			console_inject_input(&server->vm->console, client->in, client->in_len);
-			client->in_len = 0;
-		}
+		client_process_lines(server, client);
 		if (client->mode == CLIENT_REQUESTS && !client->closing &&
 		    client->in_len == CONTROL_REQUEST_MAX_BYTES) {
 			char message[160];
@@ -465,6 +612,8 @@ static void remove_client(struct control_server *server, unsigned index)
 	struct control_client *client = server->clients[index];
 	server->clients[index] = server->clients[--server->client_count];
 	pthread_mutex_unlock(&server->lock);
+	if (server->job.client == client)
+		server->job.client = NULL; /* the verb runs on; nobody hears its reply */
 	client_free(client);
 }
 
@@ -582,6 +731,7 @@ static void *control_main(void *opaque)
 			(void)n;
 		}
 		check_shutdown_deadline(server);
+		job_finish(server, false);
 		now = now_ms();
 		/* Walk backwards: remove_client moves the last client into i. */
 		for (unsigned i = count; i-- > 0;) {
@@ -771,6 +921,8 @@ void control_server_stop(struct control_server *server)
 		(void)n;
 		pthread_join(server->thread, NULL);
 	}
+	/* A migration that ended the VM is still replying to its client. */
+	job_finish(server, true);
 	/* The name is released first so that a client told "the VM ended" can
 	 * start a new VM of the same name at once. */
 	if (server->bound)

@@ -65,6 +65,17 @@ typedef int (*control_verb_fn)(struct kapsel_vm *vm, const struct control_reques
 int control_register_verb(const char *name, control_verb_fn fn, const char *help);
 
 /*
+ * The same for a verb that may take long (save, migrate): it runs on a
+ * worker thread of its own, so that the control socket keeps answering
+ * (info, stats, pause) meanwhile; its reply comes when it ends.  One such
+ * verb runs at a time per VM: another is refused with -EBUSY, and so is
+ * 'resume' (it would let the vCPU run under a save's or a migration's
+ * final copy).  The handler runs concurrently with the other verbs, so it
+ * may touch the VM only through thread-safe calls (vm_pause/vm_resume).
+ */
+int control_register_background_verb(const char *name, control_verb_fn fn, const char *help);
+
+/*
  * The value of argument key in request, or NULL when it is absent.
  * Precondition: request comes from the parser (control_request_parse).
  */

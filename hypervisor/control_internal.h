@@ -2,6 +2,7 @@
 #ifndef KAPSEL_CONTROL_INTERNAL_H
 #define KAPSEL_CONTROL_INTERNAL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -11,6 +12,9 @@
 
 /* The registered handler for name, or NULL. */
 control_verb_fn control_find_verb(const char *name);
+
+/* Whether name was registered with control_register_background_verb. */
+bool control_verb_is_background(const char *name);
 
 /* Print every registered verb's help line. */
 void control_print_verbs(FILE *out);

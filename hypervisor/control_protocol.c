@@ -259,6 +259,7 @@ struct control_verb {
 	char name[CONTROL_VERB_MAX + 1];
 	control_verb_fn fn;
 	const char *help;
+	bool background; /* runs on a worker thread (control_register_background_verb) */
 };
 
 static pthread_mutex_t verb_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -268,7 +269,7 @@ static unsigned verb_count;
 /* Connection-level verbs control.c handles itself; registering them is refused. */
 static const char *const reserved_verbs[] = { "console", "wait", "quit", NULL };
 
-int control_register_verb(const char *name, control_verb_fn fn, const char *help)
+static int register_verb(const char *name, control_verb_fn fn, const char *help, bool background)
 {
 	if (!name || !fn || !*name || strlen(name) > CONTROL_VERB_MAX)
 		return -EINVAL;
@@ -289,10 +290,32 @@ int control_register_verb(const char *name, control_verb_fn fn, const char *help
 		snprintf(verbs[verb_count].name, sizeof(verbs[verb_count].name), "%s", name);
 		verbs[verb_count].fn = fn;
 		verbs[verb_count].help = help ? help : name;
+		verbs[verb_count].background = background;
 		verb_count++;
 	}
 	pthread_mutex_unlock(&verb_lock);
 	return err;
+}
+
+int control_register_verb(const char *name, control_verb_fn fn, const char *help)
+{
+	return register_verb(name, fn, help, false);
+}
+
+int control_register_background_verb(const char *name, control_verb_fn fn, const char *help)
+{
+	return register_verb(name, fn, help, true);
+}
+
+bool control_verb_is_background(const char *name)
+{
+	bool background = false;
+	pthread_mutex_lock(&verb_lock);
+	for (unsigned i = 0; i < verb_count; i++)
+		if (strcmp(verbs[i].name, name) == 0)
+			background = verbs[i].background;
+	pthread_mutex_unlock(&verb_lock);
+	return background;
 }
 
 control_verb_fn control_find_verb(const char *name)

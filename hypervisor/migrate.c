@@ -22,6 +22,7 @@
 #include "disk.h"
 #include "error_text.h"
 #include "log.h"
+#include "migrate_transport.h"
 #include "snapshot.h"
 #include "vm.h"
 #include "vm_state.h"
@@ -80,7 +81,7 @@ int migrate_parse_uri(const char *uri, char *host, size_t host_len, char *port, 
 
 /* ---- Messages ------------------------------------------------------------------ */
 
-static int send_message(int fd, enum migrate_code code, const char *detail)
+static int send_message(struct migrate_transport *t, enum migrate_code code, const char *detail)
 {
 	struct migrate_message m;
 	memset(&m, 0, sizeof(m));
@@ -89,44 +90,17 @@ static int send_message(int fd, enum migrate_code code, const char *detail)
 	if (detail)
 		snprintf(m.detail, sizeof(m.detail), "%s", detail);
 	m.crc = vm_state_crc32c(0, &m, sizeof(m));
-	const uint8_t *p = (const uint8_t *)&m;
-	size_t left = sizeof(m);
-	while (left) {
-		ssize_t n = send(fd, p, left, MSG_NOSIGNAL);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return n < 0 ? -errno : -EPIPE;
-		p += n;
-		left -= (size_t)n;
-	}
-	return 0;
+	return migrate_transport_write(t, &m, sizeof(m));
 }
 
 /* Wait for one message within timeout_ms; fills *m.  -ETIMEDOUT, -EPIPE
  * (closed), -EPROTO (garbled). */
-static int receive_message(int fd, struct migrate_message *m, int timeout_ms)
+static int receive_message(struct migrate_transport *t, struct migrate_message *m, int timeout_ms)
 {
-	uint8_t *p = (uint8_t *)m;
-	size_t got = 0;
-	uint64_t deadline = monotonic_ns() + (uint64_t)timeout_ms * 1000000ull;
-	while (got < sizeof(*m)) {
-		uint64_t now = monotonic_ns();
-		if (now >= deadline)
-			return -ETIMEDOUT;
-		struct pollfd pfd = { .fd = fd, .events = POLLIN };
-		int rc = poll(&pfd, 1, (int)((deadline - now) / 1000000ull) + 1);
-		if (rc < 0 && errno == EINTR)
-			continue;
-		if (rc <= 0)
-			continue;
-		ssize_t n = recv(fd, p + got, sizeof(*m) - got, 0);
-		if (n < 0 && (errno == EINTR || errno == EAGAIN))
-			continue;
-		if (n <= 0)
-			return n < 0 ? -errno : -EPIPE;
-		got += (size_t)n;
-	}
+	migrate_transport_set_timeout(t, timeout_ms);
+	int err = migrate_transport_read_exact(t, m, sizeof(*m));
+	if (err)
+		return err;
 	uint32_t crc = m->crc;
 	m->crc = 0;
 	if (memcmp(m->magic, MIGRATE_MESSAGE_MAGIC, 8) != 0 ||
@@ -137,53 +111,6 @@ static int receive_message(int fd, struct migrate_message *m, int timeout_ms)
 }
 
 /* ---- Source ------------------------------------------------------------------- */
-
-static int connect_to(const char *uri, int timeout_ms, char *error, size_t error_len)
-{
-	char host[256], port[16];
-	if (migrate_parse_uri(uri, host, sizeof(host), port, sizeof(port)) < 0)
-		return kapsel_fail(error, error_len, -EINVAL,
-				   "migration target '%s' is not tcp:HOST:PORT", uri);
-	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
-	struct addrinfo *list;
-	int rc = getaddrinfo(host, port, &hints, &list);
-	if (rc)
-		return kapsel_fail(error, error_len, -EHOSTUNREACH, "cannot resolve '%s': %s", host,
-				   gai_strerror(rc));
-	int fd = -1, err = -ECONNREFUSED;
-	for (struct addrinfo *ai = list; ai; ai = ai->ai_next) {
-		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-		if (fd < 0)
-			continue;
-		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 || errno == EINPROGRESS) {
-			struct pollfd pfd = { .fd = fd, .events = POLLOUT };
-			int so_error = ETIMEDOUT;
-			socklen_t len = sizeof(so_error);
-			if (poll(&pfd, 1, timeout_ms) == 1)
-				getsockopt(fd, SOL_SOCKET, SO_ERROR, &so_error, &len);
-			if (so_error == 0)
-				break;
-			err = -so_error;
-		} else {
-			err = -errno;
-		}
-		close(fd);
-		fd = -1;
-	}
-	freeaddrinfo(list);
-	if (fd < 0)
-		return kapsel_fail(
-			error, error_len, err,
-			"cannot connect to %s: %s (is 'kapsel run --incoming %s' waiting there?)",
-			uri, strerror(-err), uri);
-	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	return fd;
-}
 
 static int set_dirty_logging(struct kapsel_vm *vm, bool on)
 {
@@ -396,6 +323,7 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 			opt.max_downtime_ms = options->max_downtime_ms;
 		if (options->timeout_ms)
 			opt.timeout_ms = options->timeout_ms;
+		opt.security = options->security;
 	}
 	struct migrate_stats local_stats;
 	if (!stats)
@@ -426,12 +354,12 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 	for (uint64_t p = 0; p < s.page_count; p++)
 		s.sent_crc[p] = s.zero_crc;
 
-	int fd = connect_to(uri, (int)opt.timeout_ms, error, error_len);
-	if (fd < 0) {
-		err = fd;
+	struct migrate_transport *t = NULL;
+	err = migrate_transport_connect(uri, opt.security, (int)opt.timeout_ms, &t, error,
+					error_len);
+	if (err)
 		goto out_free;
-	}
-	vm_state_writer_init_fd(&w, fd);
+	vm_state_writer_init_io(&w, migrate_transport_write_io, t);
 	s.out = &w;
 
 	err = set_dirty_logging(vm, true);
@@ -460,7 +388,10 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 	/* Pre-copy rounds. */
 	uint64_t best = UINT64_MAX;
 	unsigned stall = 0;
-	for (s.round = 1; s.round <= opt.max_rounds && !w.error; s.round++) {
+	/* A VM destroyed meanwhile ends the rounds; the pause below fails. */
+	for (s.round = 1; s.round <= opt.max_rounds && !w.error &&
+			  !__atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST);
+	     s.round++) {
 		uint64_t round_start = monotonic_ns();
 		uint64_t bytes_before = w.offset_bytes;
 		int64_t dirty = get_dirty_log(vm, bitmap, bitmap_bytes);
@@ -492,7 +423,8 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 	}
 	if (w.error) {
 		err = kapsel_fail(error, error_len, w.error, "the migration stream broke: %s",
-				  strerror(-w.error));
+				  migrate_transport_error(t)[0] ? migrate_transport_error(t)
+								: strerror(-w.error));
 		goto out_close;
 	}
 
@@ -541,13 +473,14 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 	vm_state_put_end(&w);
 	if (w.error) {
 		err = kapsel_fail(error, error_len, w.error, "the migration stream broke: %s",
-				  strerror(-w.error));
+				  migrate_transport_error(t)[0] ? migrate_transport_error(t)
+								: strerror(-w.error));
 		goto out_close;
 	}
 	stats->bytes_sent = w.offset_bytes;
 
 	struct migrate_message m;
-	err = receive_message(fd, &m, (int)opt.timeout_ms);
+	err = receive_message(t, &m, (int)opt.timeout_ms);
 	if (err || m.code != MIGRATE_PREPARED) {
 		err = err ? err : -EPROTO;
 		kapsel_fail(error, error_len, err, "the destination did not accept the VM: %s",
@@ -556,9 +489,9 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 	}
 	disks_unlock(vm);
 	released = true;
-	err = send_message(fd, MIGRATE_RELEASED, NULL);
+	err = send_message(t, MIGRATE_RELEASED, NULL);
 	if (!err)
-		err = receive_message(fd, &m, (int)opt.timeout_ms);
+		err = receive_message(t, &m, (int)opt.timeout_ms);
 	if (err || m.code != MIGRATE_RUNNING) {
 		err = err ? err : -EPROTO;
 		kapsel_fail(error, error_len, err, "the destination did not start the VM: %s",
@@ -570,14 +503,14 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 	stats->total_ns = monotonic_ns() - start_ns;
 	vm_request_stop_for(vm, VM_STOP_MIGRATED);
 	vm_resume(vm);
-	close(fd);
+	migrate_transport_close(t);
 	free(bitmap);
 	free(s.sent_crc);
 	free(s.batch);
 	return 0;
 
 out_close:
-	close(fd);
+	migrate_transport_close(t);
 	if (released && !disks_relock(vm)) {
 		/* The destination holds the disks: it may be running.  Two
 		 * copies must never run, so this one stops. */
@@ -603,40 +536,6 @@ out_free:
 
 /* ---- Destination ---------------------------------------------------------------- */
 
-static int listen_on(const char *uri, char *error, size_t error_len)
-{
-	char host[256], port[16];
-	if (migrate_parse_uri(uri, host, sizeof(host), port, sizeof(port)) < 0)
-		return kapsel_fail(error, error_len, -EINVAL,
-				   "--incoming '%s' is not tcp:ADDR:PORT", uri);
-	struct addrinfo hints = { .ai_family = AF_UNSPEC,
-				  .ai_socktype = SOCK_STREAM,
-				  .ai_flags = AI_PASSIVE };
-	struct addrinfo *list;
-	int rc = getaddrinfo(host[0] ? host : NULL, port, &hints, &list);
-	if (rc)
-		return kapsel_fail(error, error_len, -EADDRNOTAVAIL, "cannot resolve '%s': %s",
-				   host, gai_strerror(rc));
-	int fd = -1, err = -EADDRNOTAVAIL;
-	for (struct addrinfo *ai = list; ai; ai = ai->ai_next) {
-		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
-		if (fd < 0)
-			continue;
-		int one = 1;
-		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-		if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1) == 0)
-			break;
-		err = -errno;
-		close(fd);
-		fd = -1;
-	}
-	freeaddrinfo(list);
-	if (fd < 0)
-		return kapsel_fail(error, error_len, err, "cannot listen on %s: %s", uri,
-				   strerror(-err));
-	return fd;
-}
-
 static int attach_disks(struct kapsel_vm *vm, struct vm_config *config, unsigned disk_count)
 {
 	config->disk_count = disk_count;
@@ -659,27 +558,18 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 	bool created = false, memory_started = false, memory_done = false;
 	unsigned disk_count = 0;
 	char detail[512];
-	int err, conn = -1;
+	int err;
+	struct migrate_transport *conn = NULL;
 
 	vm_config_init(config);
-	int listener = listen_on(uri, error, error_len);
-	if (listener < 0)
-		return listener;
-	fprintf(stderr, "kapsel: waiting for a migration on %s\n", uri);
-	do {
-		conn = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
-	} while (conn < 0 && errno == EINTR);
-	close(listener);
-	if (conn < 0)
-		return kapsel_fail(error, error_len, -errno, "accept on %s: %s", uri,
-				   strerror(errno));
-	struct timeval tv = { .tv_sec = 30 };
-	setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(conn, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	/* uri carries the security options: "tcp:ADDR:PORT,psk=FILE". */
+	err = migrate_transport_accept(uri, 30000, &conn, error, error_len);
+	if (err)
+		return err;
 	uint64_t start_ns = monotonic_ns();
 
-	vm_state_reader_init_fd(&r, conn, "migration stream", VM_STATE_KIND_MIGRATION, error,
-				error_len);
+	vm_state_reader_init_io(&r, migrate_transport_read_io, conn, "migration stream",
+				VM_STATE_KIND_MIGRATION, error, error_len);
 	while ((err = vm_state_next(&r, &rec)) == 1) {
 		if (rec.type == VM_STATE_MEMORY_PAGES || rec.type == VM_STATE_MEMORY_ZERO) {
 			if (!memory_started) {
@@ -792,6 +682,11 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 			break;
 	}
 	vm_state_reader_free(&r);
+	if (err < 0 && migrate_transport_error(conn)[0]) {
+		/* Why the connection failed (e.g. a TLS record changed on the way). */
+		size_t used = strlen(error);
+		snprintf(error + used, error_len - used, " (%s)", migrate_transport_error(conn));
+	}
 	if (err == 0 && !memory_done)
 		err = kapsel_fail(error, error_len, -EPROTO,
 				  "migration stream: it ended without the memory end record");
@@ -831,15 +726,15 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 		goto fail;
 	}
 	kapsel_debug("migration received in %.3f ms", (monotonic_ns() - start_ns) / 1e6);
-	close(conn);
+	migrate_transport_close(conn);
 	vm_state_records_free(&header);
 	vm_state_records_free(&final);
 	return 0;
 
 fail:
-	if (conn >= 0) {
+	if (conn) {
 		send_message(conn, MIGRATE_FAILED, error);
-		close(conn);
+		migrate_transport_close(conn);
 	}
 	if (created)
 		vm_destroy(vm);

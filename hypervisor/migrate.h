@@ -1,4 +1,4 @@
-/* Live migration over TCP: pre-copy of guest RAM with KVM dirty logging, then stop-and-copy of the rest, in the VM-state record stream. */
+/* Live migration over TLS with a pre-shared key (or plain TCP when asked): pre-copy of guest RAM with KVM dirty logging, then stop-and-copy of the rest, in the VM-state record stream. */
 #ifndef KAPSEL_MIGRATE_H
 #define KAPSEL_MIGRATE_H
 
@@ -35,11 +35,15 @@
 #include "config.h"
 
 struct kapsel_vm;
+struct migrate_security;
 
 struct migrate_options {
 	uint32_t max_rounds;	  /* default 30 */
 	uint32_t max_downtime_ms; /* default 30 */
 	uint32_t timeout_ms;	  /* per network wait, default 30000 */
+	/* PSK or INSECURE, chosen by the operator (migrate_transport.h);
+	 * NULL or UNSET is refused. */
+	const struct migrate_security *security;
 };
 
 struct migrate_stats {
@@ -62,10 +66,12 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 		 struct migrate_stats *stats, char *error, size_t error_len);
 
 /*
- * Destination: listen on uri ("tcp:ADDR:PORT"), take one migration, and
- * create vm from it, ready for vm_run.  overrides is the destination's own
- * definition: its kernel and disk images are the files opened (the
- * stream's definition is only checked against it for compatibility; see
+ * Destination: listen on uri ("tcp:ADDR:PORT,psk=FILE" or
+ * "tcp:ADDR:PORT,insecure", see migrate_spec_parse), take one migration
+ * (from a peer that holds the key), and create vm from it, ready for
+ * vm_run.  overrides is the destination's own definition: its kernel and
+ * disk images are the files opened (the stream's definition is only
+ * checked against it for compatibility; see
  * snapshot_adopt_local_definition); name, console and stats settings come
  * from it when set.  config receives
  * the definition (free it with vm_config_free after vm_destroy).  Returns

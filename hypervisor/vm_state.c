@@ -150,6 +150,16 @@ void vm_state_writer_init_fd(struct vm_state_writer *w, int fd)
 	w->fd = fd;
 }
 
+void vm_state_writer_init_io(struct vm_state_writer *w,
+			     int (*write_fn)(void *context, const void *data, size_t length_bytes),
+			     void *context)
+{
+	memset(w, 0, sizeof(*w));
+	w->fd = -1;
+	w->write_fn = write_fn;
+	w->io_context = context;
+}
+
 void vm_state_writer_init_buffer(struct vm_state_writer *w)
 {
 	memset(w, 0, sizeof(*w));
@@ -185,8 +195,9 @@ static int writer_emit(struct vm_state_writer *w, const void *data, size_t lengt
 		return w->error;
 	if (!length)
 		return 0;
-	if (w->fd >= 0) {
-		int err = write_all(w->fd, data, length);
+	if (w->fd >= 0 || w->write_fn) {
+		int err = w->write_fn ? w->write_fn(w->io_context, data, length)
+				      : write_all(w->fd, data, length);
 		if (err) {
 			w->error = err;
 			return err;
@@ -286,6 +297,16 @@ void vm_state_reader_init_fd(struct vm_state_reader *r, int fd, const char *what
 	r->fd = fd;
 }
 
+void vm_state_reader_init_io(struct vm_state_reader *r,
+			     ssize_t (*read_fn)(void *context, void *data, size_t length_bytes),
+			     void *context, const char *what,
+			     enum vm_state_stream_kind expected_kind, char *error, size_t error_len)
+{
+	reader_init(r, what, expected_kind, error, error_len);
+	r->read_fn = read_fn;
+	r->io_context = context;
+}
+
 void vm_state_reader_init_buffer(struct vm_state_reader *r, const void *data, size_t length_bytes,
 				 const char *what, enum vm_state_stream_kind expected_kind,
 				 char *error, size_t error_len)
@@ -318,9 +339,14 @@ int vm_state_fail(struct vm_state_reader *r, int err, const char *fmt, ...)
 
 /* Read exactly length bytes; returns length, or fewer at the end of the
  * stream, or -errno. */
+static bool reader_from_buffer(const struct vm_state_reader *r)
+{
+	return r->fd < 0 && !r->read_fn;
+}
+
 static ssize_t reader_read(struct vm_state_reader *r, void *data, size_t length)
 {
-	if (r->fd < 0) {
+	if (reader_from_buffer(r)) {
 		size_t left = r->buffer_bytes - (size_t)r->offset_bytes;
 		size_t n = length < left ? length : left;
 		memcpy(data, r->buffer + r->offset_bytes, n);
@@ -329,7 +355,13 @@ static ssize_t reader_read(struct vm_state_reader *r, void *data, size_t length)
 	}
 	size_t done = 0;
 	while (done < length) {
-		ssize_t n = read(r->fd, (uint8_t *)data + done, length - done);
+		ssize_t n = r->read_fn ? r->read_fn(r->io_context, (uint8_t *)data + done,
+						    length - done)
+				       : read(r->fd, (uint8_t *)data + done, length - done);
+		if (r->read_fn && n < 0) {
+			errno = (int)-n;
+			n = -1;
+		}
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -377,7 +409,7 @@ static int reader_raw(struct vm_state_reader *r, struct vm_state_record *rec)
 			(unsigned long long)r->record_count, header.type,
 			(unsigned long long)header.length_bytes,
 			(unsigned long long)VM_STATE_MAX_RECORD_BYTES);
-	if (r->fd < 0 && header.length_bytes > r->buffer_bytes - r->offset_bytes)
+	if (reader_from_buffer(r) && header.length_bytes > r->buffer_bytes - r->offset_bytes)
 		return vm_state_fail(
 			r, -EPROTO,
 			"truncated inside record %llu (type %#x): %llu payload bytes announced, %llu present",
@@ -439,7 +471,7 @@ static const char *kind_name(uint32_t kind)
 static int reader_begin(struct vm_state_reader *r)
 {
 	struct vm_state_record rec;
-	if (r->offset_bytes == 0 && r->fd < 0 && r->buffer_bytes == 0)
+	if (r->offset_bytes == 0 && reader_from_buffer(r) && r->buffer_bytes == 0)
 		return vm_state_fail(r, -EPROTO, "is empty; it is not a Kapsel state file");
 	int rc = reader_raw(r, &rec);
 	if (rc < 0)
@@ -489,7 +521,7 @@ int vm_state_next(struct vm_state_reader *r, struct vm_state_record *rec)
 			r, -EPROTO,
 			"the end record counts %llu records but %llu came before it; records are missing or were added",
 			(unsigned long long)end.record_count, (unsigned long long)rec->index);
-	if (r->fd < 0 && r->offset_bytes != r->buffer_bytes)
+	if (reader_from_buffer(r) && r->offset_bytes != r->buffer_bytes)
 		return vm_state_fail(r, -EPROTO, "%llu bytes of garbage after the end record",
 				     (unsigned long long)(r->buffer_bytes - r->offset_bytes));
 	r->ended = true;

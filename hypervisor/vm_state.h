@@ -273,7 +273,10 @@ uint32_t vm_state_crc32c_zeros(uint32_t crc, uint64_t length_bytes);
  * returns it and nothing more is written.
  */
 struct vm_state_writer {
-	int fd; /* -1: write to buffer */
+	int fd; /* -1: write to buffer (or through write_fn) */
+	/* Set by vm_state_writer_init_io: writes all of data or returns -errno. */
+	int (*write_fn)(void *context, const void *data, size_t length_bytes);
+	void *io_context;
 	uint8_t *buffer;
 	size_t buffer_bytes, buffer_capacity;
 	uint64_t offset_bytes; /* bytes written so far */
@@ -284,6 +287,11 @@ struct vm_state_writer {
 
 /* Write to fd (not closed by the writer). */
 void vm_state_writer_init_fd(struct vm_state_writer *w, int fd);
+/* Write through write_fn(context, ...) (e.g. a TLS session); it must
+ * write everything or return a negative errno. */
+void vm_state_writer_init_io(struct vm_state_writer *w,
+			     int (*write_fn)(void *context, const void *data, size_t length_bytes),
+			     void *context);
 /* Write to a buffer the writer grows; free it with vm_state_writer_free. */
 void vm_state_writer_init_buffer(struct vm_state_writer *w);
 void vm_state_writer_free(struct vm_state_writer *w);
@@ -312,7 +320,11 @@ struct vm_state_record {
 };
 
 struct vm_state_reader {
-	int fd; /* -1: read from buffer */
+	int fd; /* -1: read from buffer (or through read_fn) */
+	/* Set by vm_state_reader_init_io: returns bytes read (0 at the end of
+	 * the stream) or -errno. */
+	ssize_t (*read_fn)(void *context, void *data, size_t length_bytes);
+	void *io_context;
 	const uint8_t *buffer;
 	size_t buffer_bytes;
 	const char *what; /* name used in messages, e.g. "state.bin" */
@@ -330,6 +342,12 @@ struct vm_state_reader {
 /* Read from fd (not closed).  what names the stream in messages;
  * expected_kind is the kind BEGIN must announce. */
 void vm_state_reader_init_fd(struct vm_state_reader *r, int fd, const char *what,
+			     enum vm_state_stream_kind expected_kind, char *error,
+			     size_t error_len);
+/* Read through read_fn(context, ...) (e.g. a TLS session). */
+void vm_state_reader_init_io(struct vm_state_reader *r,
+			     ssize_t (*read_fn)(void *context, void *data, size_t length_bytes),
+			     void *context, const char *what,
 			     enum vm_state_stream_kind expected_kind, char *error,
 			     size_t error_len);
 /* Read from memory (data must outlive the reader). */

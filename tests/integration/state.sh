@@ -273,6 +273,11 @@ wait_listening() {
 	fail "nothing listens on port $1"
 }
 
+# make_psk FILE: a fresh 32-byte pre-shared key, mode 0600.
+make_psk() {
+	(umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$1")
+}
+
 # ---- cases ---------------------------------------------------------------------
 
 CASE=$1
@@ -542,18 +547,19 @@ state-migrate)
 	# on the disk; the source ends with status 0.
 	truncate -s 1M "$TMP/disk.img"
 	RESTORE_DISK=0=$TMP/disk.img
+	make_psk "$TMP/mig.psk"
 	port=$((20000 + $$ % 20000))
 	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --no-control \
 		--kernel "$COUNTER" --disk "$TMP/disk.img" \
-		--incoming "tcp:127.0.0.1:$port" >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
+		--incoming "tcp:127.0.0.1:$port,psk=$TMP/mig.psk" >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
 	DST=$!
 	name=state-mig-$$
 	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --kernel "$COUNTER" --name "$name" \
-		--disk "$TMP/disk.img" --cmdline "ticks=200 interval_ms=$TICK_MS" \
+		--disk "$TMP/disk.img" --cmdline "ticks=600 interval_ms=$((TICK_MS * 2))" \
 		>"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
 	SRC=$!
 	wait_for_tick "$TMP/src.out" 40
-	"$KAPSEL" migrate "$name" "tcp:127.0.0.1:$port" >"$TMP/mig" 2>&1 || { cat "$TMP/mig" "$TMP/dst.err"; fail "migrate"; }
+	"$KAPSEL" migrate --psk "$TMP/mig.psk" "$name" "tcp:127.0.0.1:$port" >"$TMP/mig" 2>&1 || { cat "$TMP/mig" "$TMP/dst.err"; fail "migrate"; }
 	cat "$TMP/mig"
 	expect_in "$TMP/mig" "migrated VM '$name'"
 	STATUS=0; wait "$SRC" || STATUS=$?; expect_status 0
@@ -561,15 +567,17 @@ state-migrate)
 	expect_not_in "$TMP/src.out" "counter done"
 	expect_not_in "$TMP/src.err" "VM stopped by request"
 	expect_in "$TMP/dst.out" "new generation 1"
-	expect_in "$TMP/dst.out" "counter done 200"
-	CHECK_DISK=$TMP/disk.img check_ticks 1 200 "$TMP/src.out" "$TMP/dst.out" || fail "migrated sequence"
+	expect_in "$TMP/dst.out" "counter done 600"
+	CHECK_DISK=$TMP/disk.img check_ticks 1 600 "$TMP/src.out" "$TMP/dst.out" || fail "migrated sequence"
 	;;
 state-migrate-broken)
 	# The stream cut or garbled at random points, or the destination's
 	# answer lost: every time the destination refuses to run anything and
 	# the source VM goes on unharmed; then a clean migration still works.
+	# Over TLS: a garbled byte fails the record's integrity check.
 	name=state-migb-$$
 	base=$((20000 + $$ % 15000))
+	make_psk "$TMP/mig.psk"
 	timeout --kill-after=5 120 "$KAPSEL" run --no-console-input --kernel "$COUNTER" --name "$name" \
 		--cmdline "ticks=1500 interval_ms=$TICK_MS" >"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
 	SRC=$!
@@ -581,13 +589,13 @@ state-migrate-broken)
 		set -- $spec
 		dport=$((base + 2 * attempt)) pport=$((base + 2 * attempt + 1))
 		timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --no-control \
-			--kernel "$COUNTER" --incoming "tcp:127.0.0.1:$dport" >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
+			--kernel "$COUNTER" --incoming "tcp:127.0.0.1:$dport,psk=$TMP/mig.psk" >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
 		DST=$!
 		wait_listening "$dport"
 		proxy "$pport" "$dport" "$1" "$2"
 		before=$(last_tick "$TMP/src.out")
 		STATUS=0
-		"$KAPSEL" migrate "$name" "tcp:127.0.0.1:$pport" >"$TMP/mig" 2>&1 || STATUS=$?
+		"$KAPSEL" migrate --psk "$TMP/mig.psk" "$name" "tcp:127.0.0.1:$pport" >"$TMP/mig" 2>&1 || STATUS=$?
 		[ "$STATUS" -eq 1 ] || { cat "$TMP/mig"; fail "migration through '$spec' exited $STATUS, expected 1"; }
 		expect_in "$TMP/mig" "the VM runs on here"
 		STATUS=0; wait "$DST" || STATUS=$?
@@ -602,13 +610,13 @@ state-migrate-broken)
 	# A good migration after all that.
 	dport=$((base + 100))
 	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --no-control \
-		--kernel "$COUNTER" --incoming "tcp:127.0.0.1:$dport" >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
+		--kernel "$COUNTER" --incoming "tcp:127.0.0.1:$dport,psk=$TMP/mig.psk" >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
 	DST=$!
 	wait_listening "$dport"
-	"$KAPSEL" migrate "$name" "tcp:127.0.0.1:$dport" >"$TMP/mig" 2>&1 || { cat "$TMP/mig"; fail "final migrate"; }
+	"$KAPSEL" migrate --psk "$TMP/mig.psk" "$name" "tcp:127.0.0.1:$dport" >"$TMP/mig" 2>&1 || { cat "$TMP/mig"; fail "final migrate"; }
 	STATUS=0; wait "$SRC" || STATUS=$?; expect_status 0
 	STATUS=0; wait "$DST" || STATUS=$?; expect_status 0
-	check_ticks 1 1500 "$TMP/src.out" "$TMP/dst.out" || fail "sequence across failed migrations"
+	check_ticks 1 3000 "$TMP/src.out" "$TMP/dst.out" || fail "sequence across failed migrations"
 	;;
 state-migrate-netns)
 	# Between two network namespaces joined by a veth pair: the VMs see
@@ -626,8 +634,9 @@ state-migrate-netns)
 	ip -n "${ns}b" link set lo up
 	truncate -s 1M "$TMP/disk.img"
 	RESTORE_DISK=0=$TMP/disk.img
+	make_psk "$TMP/mig.psk"
 	ip netns exec "${ns}b" timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --no-control \
-		--kernel "$COUNTER" --disk "$TMP/disk.img" --incoming tcp:10.213.77.2:4777 >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
+		--kernel "$COUNTER" --disk "$TMP/disk.img" --incoming "tcp:10.213.77.2:4777,psk=$TMP/mig.psk" >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
 	DST=$!
 	name=state-migns-$$
 	ip netns exec "${ns}a" timeout --kill-after=5 60 "$KAPSEL" run --no-console-input \
@@ -635,12 +644,135 @@ state-migrate-netns)
 		--cmdline "ticks=200 interval_ms=$TICK_MS" >"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
 	SRC=$!
 	wait_for_tick "$TMP/src.out" 40
-	ip netns exec "${ns}a" "$KAPSEL" migrate "$name" tcp:10.213.77.2:4777 >"$TMP/mig" 2>&1 ||
+	ip netns exec "${ns}a" "$KAPSEL" migrate --psk "$TMP/mig.psk" "$name" tcp:10.213.77.2:4777 >"$TMP/mig" 2>&1 ||
 		{ cat "$TMP/mig" "$TMP/dst.err"; fail "migrate across namespaces"; }
 	cat "$TMP/mig"
 	STATUS=0; wait "$SRC" || STATUS=$?; expect_status 0
 	STATUS=0; wait "$DST" || STATUS=$?; expect_status 0
 	CHECK_DISK=$TMP/disk.img check_ticks 1 200 "$TMP/src.out" "$TMP/dst.out" || fail "sequence"
+	;;
+state-migrate-auth)
+	# Only a peer with the same key gets the VM: a wrong key, a plain-TCP
+	# source and a missing choice are refused, the destination starts
+	# nothing and the source runs on; loose key files are refused; then
+	# an explicitly insecure migration works.
+	name=state-miga-$$
+	base=$((20000 + $$ % 15000))
+	make_psk "$TMP/a.psk"
+	make_psk "$TMP/b.psk"
+	STATUS=0
+	"$KAPSEL" run --no-console-input --no-control --incoming "tcp:127.0.0.1:$base" \
+		>"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null || STATUS=$?
+	[ "$STATUS" -ne 0 ] || fail "--incoming without psk= or insecure was accepted"
+	expect_in "$TMP/dst.err" "psk=FILE"
+	expect_in "$TMP/dst.err" "insecure"
+	cp "$TMP/a.psk" "$TMP/open.psk"; chmod 644 "$TMP/open.psk"
+	STATUS=0
+	"$KAPSEL" run --no-console-input --no-control --incoming "tcp:127.0.0.1:$base,psk=$TMP/open.psk" \
+		>"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null || STATUS=$?
+	[ "$STATUS" -ne 0 ] || fail "a world-readable key file was accepted"
+	expect_in "$TMP/dst.err" "chmod 600"
+	timeout --kill-after=5 120 "$KAPSEL" run --no-console-input --kernel "$COUNTER" --name "$name" \
+		--cmdline "ticks=3000 interval_ms=10" >"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
+	SRC=$!
+	wait_for_tick "$TMP/src.out" 10
+	STATUS=0
+	"$KAPSEL" migrate "$name" "tcp:127.0.0.1:$base" >"$TMP/mig" 2>&1 || STATUS=$?
+	[ "$STATUS" -eq 2 ] || fail "migrate without --psk or --insecure exited $STATUS, expected 2"
+	expect_in "$TMP/mig" "--psk FILE"
+	STATUS=0
+	"$KAPSEL" migrate --psk "$TMP/open.psk" "$name" "tcp:127.0.0.1:$base" >"$TMP/mig" 2>&1 || STATUS=$?
+	[ "$STATUS" -eq 1 ] || fail "migrate with a world-readable key exited $STATUS, expected 1"
+	expect_in "$TMP/mig" "chmod 600"
+	attempt=0
+	for source in "--psk $TMP/b.psk" "--insecure"; do
+		attempt=$((attempt + 1))
+		dport=$((base + attempt))
+		timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --no-control \
+			--incoming "tcp:127.0.0.1:$dport,psk=$TMP/a.psk" >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
+		DST=$!
+		wait_listening "$dport"
+		before=$(last_tick "$TMP/src.out")
+		STATUS=0
+		# shellcheck disable=SC2086 # $source is two words or one
+		"$KAPSEL" migrate $source "$name" "tcp:127.0.0.1:$dport" >"$TMP/mig" 2>&1 || STATUS=$?
+		[ "$STATUS" -eq 1 ] || { cat "$TMP/mig"; fail "migrate $source exited $STATUS, expected 1"; }
+		expect_in "$TMP/mig" "the VM runs on here"
+		STATUS=0; wait "$DST" || STATUS=$?
+		[ "$STATUS" -eq 125 ] || { cat "$TMP/dst.err"; fail "destination after '$source' exited $STATUS"; }
+		expect_in "$TMP/dst.err" "no VM was started"
+		[ ! -s "$TMP/dst.out" ] || fail "the destination ran guest code after '$source'"
+		kill -0 "$SRC" || fail "the source VM died after '$source'"
+		wait_for_tick "$TMP/src.out" $((before + 5))
+		echo "'$source': $(grep -o 'incoming migration failed: .*' "$TMP/dst.err" | cut -c1-200)"
+		echo "  source: $(cut -c1-200 "$TMP/mig")"
+		[ "$attempt" -eq 1 ] && expect_in "$TMP/dst.err" "pre-shared key"
+	done
+	expect_in "$TMP/dst.err" "does not speak TLS"
+	# Plain TCP when both sides say so.
+	dport=$((base + 10))
+	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --no-control \
+		--incoming "tcp:127.0.0.1:$dport,insecure" >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
+	DST=$!
+	wait_listening "$dport"
+	expect_in "$TMP/dst.err" "INSECURE"
+	"$KAPSEL" migrate --insecure "$name" "tcp:127.0.0.1:$dport" >"$TMP/mig" 2>&1 || { cat "$TMP/mig"; fail "insecure migrate"; }
+	STATUS=0; wait "$SRC" || STATUS=$?; expect_status 0
+	STATUS=0; wait "$DST" || STATUS=$?; expect_status 0
+	check_ticks 1 3000 "$TMP/src.out" "$TMP/dst.out" || fail "sequence across refused migrations"
+	;;
+state-migrate-stalled)
+	# A destination that accepts and says nothing: the migration waits off
+	# the control thread, so info, stats and pause answer meanwhile, a
+	# second migrate and a resume are refused, and when the peer goes the
+	# VM runs on.
+	name=state-migs-$$
+	port=$((20000 + $$ % 20000))
+	make_psk "$TMP/mig.psk"
+	python3 -c '
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(4)
+conns = [s.accept()[0]]
+time.sleep(60)' "$port" &
+	SILENT=$!
+	wait_listening "$port"
+	timeout --kill-after=5 120 "$KAPSEL" run --no-console-input --kernel "$COUNTER" --name "$name" \
+		--cmdline "ticks=3000 interval_ms=5" >"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
+	SRC=$!
+	wait_for_tick "$TMP/src.out" 10
+	"$KAPSEL" migrate --psk "$TMP/mig.psk" "$name" "tcp:127.0.0.1:$port" >"$TMP/mig" 2>&1 &
+	MIG=$!
+	sleep 1
+	kill -0 "$MIG" 2>/dev/null || { cat "$TMP/mig"; fail "migrate to a silent peer ended at once"; }
+	start=$(date +%s%N)
+	timeout 5 "$KAPSEL" info "$name" >"$TMP/info" 2>&1 || { cat "$TMP/info"; fail "info did not answer during a stalled migration"; }
+	timeout 5 "$KAPSEL" stats "$name" >"$TMP/stats" 2>&1 || { cat "$TMP/stats"; fail "stats did not answer during a stalled migration"; }
+	timeout 5 "$KAPSEL" pause "$name" >"$TMP/pause" 2>&1 || { cat "$TMP/pause"; fail "pause did not answer during a stalled migration"; }
+	elapsed_ms=$((($(date +%s%N) - start) / 1000000))
+	echo "info, stats and pause answered in $elapsed_ms ms while the migration waited"
+	timeout 5 "$KAPSEL" info "$name" >"$TMP/info" 2>&1 || fail "info after pause"
+	expect_in "$TMP/info" "paused"
+	STATUS=0
+	timeout 5 "$KAPSEL" migrate --psk "$TMP/mig.psk" "$name" "tcp:127.0.0.1:$port" >"$TMP/mig2" 2>&1 || STATUS=$?
+	[ "$STATUS" -eq 1 ] || { cat "$TMP/mig2"; fail "a second migrate exited $STATUS, expected 1"; }
+	expect_in "$TMP/mig2" "already in progress"
+	STATUS=0
+	timeout 5 "$KAPSEL" resume "$name" >"$TMP/resume" 2>&1 || STATUS=$?
+	[ "$STATUS" -ne 0 ] || fail "resume was accepted while the migration holds the VM"
+	expect_in "$TMP/resume" "in progress"
+	# The silent peer goes: the handshake fails, the VM stays (paused as
+	# asked) and resumes on request.
+	kill "$SILENT"; wait "$SILENT" 2>/dev/null
+	STATUS=0; wait "$MIG" || STATUS=$?
+	[ "$STATUS" -eq 1 ] || { cat "$TMP/mig"; fail "the stalled migrate exited $STATUS, expected 1"; }
+	expect_in "$TMP/mig" "the VM runs on here"
+	cat "$TMP/mig"
+	"$KAPSEL" resume "$name" >/dev/null || fail "resume after the failed migration"
+	before=$(last_tick "$TMP/src.out")
+	wait_for_tick "$TMP/src.out" $((before + 5))
+	"$KAPSEL" destroy "$name" >/dev/null 2>&1 || true
+	wait "$SRC" 2>/dev/null || true
 	;;
 *)
 	fail "unknown case '$1'"
