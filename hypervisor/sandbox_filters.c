@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/io_uring.h>
 #include <linux/kvm.h>
 #include <sched.h>
 #include <seccomp.h>
@@ -119,6 +120,7 @@ enum {
 	CHECK_IOCTL_KVM = 1u << 0,    /* ioctl with a KVM request (type 0xAE) */
 	CHECK_IOCTL_TTY = 1u << 1,    /* terminal queries and modes */
 	CHECK_CLONE_THREAD = 1u << 2, /* clone for threads only; clone3 says ENOSYS */
+	CHECK_URING_UNREGISTER = 1u << 3, /* teardown of a PV block ring: unregister only */
 };
 
 struct role_definition {
@@ -130,7 +132,7 @@ static const struct role_definition roles[SANDBOX_ROLE_COUNT] = {
 	[SANDBOX_ROLE_VCPU] = {
 		.groups = { group_base, group_eventfd, group_block_io, group_net_io,
 			    group_teardown },
-		.checks = CHECK_IOCTL_KVM | CHECK_IOCTL_TTY,
+		.checks = CHECK_IOCTL_KVM | CHECK_IOCTL_TTY | CHECK_URING_UNREGISTER,
 	},
 	[SANDBOX_ROLE_IO] = {
 		.groups = { group_base, group_eventfd, group_block_io, group_io_uring,
@@ -191,6 +193,13 @@ static int add_checked_rules(scmp_filter_ctx ctx, unsigned checks)
 			err = err
 				      ?: seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1,
 							  SCMP_A1(SCMP_CMP_EQ, requests[i]));
+	}
+	if (checks & CHECK_URING_UNREGISTER) {
+		/* liburing's io_uring_queue_exit and io_uring_unregister_files. */
+		err = err ?: seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(io_uring_register), 1,
+					      SCMP_A1(SCMP_CMP_EQ, IORING_UNREGISTER_FILES));
+		err = err ?: seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(io_uring_register), 1,
+					      SCMP_A1(SCMP_CMP_EQ, IORING_UNREGISTER_RING_FDS));
 	}
 	/* clone3's flags are behind a pointer: refused, so glibc falls back to clone. */
 	err = err ?: seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
