@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 struct sandbox_options sandbox_options = { .enabled = true };
@@ -179,10 +180,18 @@ static void run_test_violation(enum sandbox_role role)
 	}
 }
 
-static void on_arm_signal(int signo)
+static void on_arm_signal(int signo, siginfo_t *info, void *context)
 {
 	(void)signo;
+	(void)info;
 	int saved_errno = errno;
+	/* A trap while SIGSYS is blocked kills without a report: unblock it
+	 * now and in the mask this thread returns to. */
+	sigset_t sigsys;
+	sigemptyset(&sigsys);
+	sigaddset(&sigsys, SIGSYS);
+	pthread_sigmask(SIG_UNBLOCK, &sigsys, NULL);
+	sigdelset(&((ucontext_t *)context)->uc_sigmask, SIGSYS);
 	if (install_on_this_thread(thread_role) < 0)
 		__atomic_add_fetch(&arm_failures, 1, __ATOMIC_SEQ_CST);
 	unsigned slot = __atomic_fetch_add(&armed_count, 1, __ATOMIC_SEQ_CST);
@@ -197,15 +206,21 @@ void sandbox_thread_role(enum sandbox_role role)
 {
 	thread_role = role;
 	if (__atomic_load_n(&active, __ATOMIC_ACQUIRE)) {
+		sigset_t sigsys;
+		sigemptyset(&sigsys);
+		sigaddset(&sigsys, SIGSYS);
+		pthread_sigmask(SIG_UNBLOCK, &sigsys, NULL);
 		/* Started after setup: add this role's filter to the inherited one. */
 		if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &programs[role]) == 0)
 			run_test_violation(role);
 		return;
 	}
-	/* sandbox_enter() signals this thread to install its filter. */
+	/* sandbox_enter() signals this thread to install its filter; SIGSYS
+	 * must get through to report a violation. */
 	sigset_t arm;
 	sigemptyset(&arm);
 	sigaddset(&arm, arm_signal());
+	sigaddset(&arm, SIGSYS);
 	pthread_sigmask(SIG_UNBLOCK, &arm, NULL);
 }
 
@@ -239,6 +254,10 @@ int sandbox_install_self(enum sandbox_role role, const struct sandbox_options *o
 	if (err)
 		return err;
 	thread_role = role;
+	sigset_t sigsys;
+	sigemptyset(&sigsys);
+	sigaddset(&sigsys, SIGSYS);
+	pthread_sigmask(SIG_UNBLOCK, &sigsys, NULL);
 	return install_on_this_thread(role);
 }
 
@@ -352,7 +371,8 @@ int sandbox_enter(const struct sandbox_options *options, char *error, size_t err
 		return err;
 	}
 	preload_cancel_support();
-	struct sigaction sa = { .sa_handler = on_arm_signal, .sa_flags = SA_RESTART };
+	struct sigaction sa = { .sa_sigaction = on_arm_signal,
+				.sa_flags = SA_RESTART | SA_SIGINFO };
 	sigemptyset(&sa.sa_mask);
 	if (sigaction(arm_signal(), &sa, NULL) < 0 || sem_init(&arm_done, 0, 0) < 0) {
 		snprintf(error, error_len, "cannot set up the sandbox signal: %s", strerror(errno));

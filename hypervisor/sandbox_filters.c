@@ -117,9 +117,9 @@ static const char *const group_sockets[] = {
 
 /* Flags of the checked rules a role gets. */
 enum {
-	CHECK_IOCTL_KVM = 1u << 0,    /* ioctl with a KVM request (type 0xAE) */
-	CHECK_IOCTL_TTY = 1u << 1,    /* terminal queries and modes */
-	CHECK_CLONE_THREAD = 1u << 2, /* clone for threads only; clone3 says ENOSYS */
+	CHECK_IOCTL_KVM = 1u << 0,	  /* ioctl with a KVM request (type 0xAE) */
+	CHECK_IOCTL_TTY = 1u << 1,	  /* terminal queries and modes */
+	CHECK_CLONE_THREAD = 1u << 2,	  /* clone for threads only; clone3 says ENOSYS */
 	CHECK_URING_UNREGISTER = 1u << 3, /* teardown of a PV block ring: unregister only */
 };
 
@@ -196,10 +196,13 @@ static int add_checked_rules(scmp_filter_ctx ctx, unsigned checks)
 	}
 	if (checks & CHECK_URING_UNREGISTER) {
 		/* liburing's io_uring_queue_exit and io_uring_unregister_files. */
-		err = err ?: seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(io_uring_register), 1,
-					      SCMP_A1(SCMP_CMP_EQ, IORING_UNREGISTER_FILES));
-		err = err ?: seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(io_uring_register), 1,
-					      SCMP_A1(SCMP_CMP_EQ, IORING_UNREGISTER_RING_FDS));
+		err = err
+			      ?: seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(io_uring_register),
+						  1, SCMP_A1(SCMP_CMP_EQ, IORING_UNREGISTER_FILES));
+		err = err
+			      ?: seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(io_uring_register),
+						  1,
+						  SCMP_A1(SCMP_CMP_EQ, IORING_UNREGISTER_RING_FDS));
 	}
 	/* clone3's flags are behind a pointer: refused, so glibc falls back to clone. */
 	err = err ?: seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);

@@ -111,7 +111,8 @@ sandbox-jail)
 	[ "$(id -u)" = 0 ] || { echo "SKIP: --jail needs root"; exit $SKIP; }
 	mkdir "$TMP/jail"
 	start_vm jl --jail "$TMP/jail"
-	[ "$(readlink "/proc/$VMPID/root")" = "$TMP/jail" ] || fail "root is $(readlink "/proc/$VMPID/root")"
+	[ "$(stat -Lc %d:%i "/proc/$VMPID/root")" = "$(stat -c %d:%i "$TMP/jail")" ] ||
+		fail "root is $(readlink "/proc/$VMPID/root"), not the jail"
 	# Paths named at run time resolve inside the jail.
 	"$KAPSEL" save jl /saved >"$TMP/save.out" 2>&1 || { cat "$TMP/save.out"; fail "save in the jail failed"; }
 	[ -f "$TMP/jail/saved/manifest" ] || [ -n "$(ls -A "$TMP/jail/saved" 2>/dev/null)" ] ||

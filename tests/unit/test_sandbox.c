@@ -224,6 +224,35 @@ static void test_violation_message(void)
 	CU_ASSERT_PTR_NOT_NULL(strstr(message, "system call openat"));
 }
 
+/* Threads that block every signal (control, PV backends) still report a violation. */
+static void test_violation_reported_with_signals_blocked(void)
+{
+	int pipe_fds[2];
+	CU_ASSERT_EQUAL_FATAL(pipe(pipe_fds), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		dup2(pipe_fds[1], STDERR_FILENO);
+		sigset_t all;
+		sigfillset(&all);
+		pthread_sigmask(SIG_BLOCK, &all, NULL);
+		struct sandbox_options options = { .enabled = true };
+		if (sandbox_install_self(SANDBOX_ROLE_CONTROL, &options) < 0)
+			_exit(97);
+		run_probe(PROBE_EXECVE);
+		_exit(0);
+	}
+	close(pipe_fds[1]);
+	char message[1024];
+	ssize_t n = read(pipe_fds[0], message, sizeof(message) - 1);
+	message[n > 0 ? n : 0] = '\0';
+	close(pipe_fds[0]);
+	int status = 0;
+	CU_ASSERT_EQUAL(waitpid(pid, &status, 0), pid);
+	CU_ASSERT_TRUE(WIFEXITED(status));
+	CU_ASSERT_EQUAL(WEXITSTATUS(status), KAPSEL_EXIT_SANDBOX_VIOLATION);
+	CU_ASSERT_PTR_NOT_NULL(strstr(message, "the control thread"));
+}
+
 /* The vCPU may write files only when --stats-file asks it to. */
 static void test_vcpu_stats_file_option(void)
 {
@@ -265,6 +294,8 @@ int main(void)
 		{ "save and console roles", test_save_and_console_roles },
 		{ "every role refuses escapes", test_every_role_refuses_escapes },
 		{ "violation message", test_violation_message },
+		{ "violation reported with signals blocked",
+		  test_violation_reported_with_signals_blocked },
 		{ "vcpu stats file option", test_vcpu_stats_file_option },
 		{ "parse user", test_parse_user },
 	};
