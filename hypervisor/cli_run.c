@@ -13,6 +13,7 @@
 #include "control.h"
 #include "log.h"
 #include "vm.h"
+#include "sandbox.h"
 
 void cli_run_usage(FILE *out)
 {
@@ -56,7 +57,7 @@ void cli_run_usage(FILE *out)
 		"                           the VM's kernel, memory and disks come from this command\n"
 		"                           line or XML (as on the source), never from the stream\n"
 		"      --stats              print exit and device counters when the VM stops\n"
-		"      --stats-file FILE    on SIGUSR1, write the counters to FILE (default stderr)\n"
+		"      --stats-file FILE    on SIGUSR1, write the counters to FILE (default stderr)\n" SANDBOX_USAGE
 		"  -v, --verbose            log what Kapsel does\n"
 		"  -h, --help               show this help\n"
 		"\n"
@@ -104,6 +105,7 @@ int cli_run(int argc, char **argv)
 		{ "stats-file", required_argument, NULL, OPT_STATS_FILE },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
+		SANDBOX_LONG_OPTIONS,
 		{ 0 },
 	};
 	struct vm_config config;
@@ -226,6 +228,12 @@ int cli_run(int argc, char **argv)
 			break;
 		case 'v':
 			kapsel_log_set_verbose(true);
+			break;
+		case SANDBOX_OPT_NO_SANDBOX:
+		case SANDBOX_OPT_USER:
+		case SANDBOX_OPT_JAIL:
+			if (sandbox_cli_option(opt, optarg) < 0)
+				goto out;
 			break;
 		case 'h':
 			cli_run_usage(stdout);

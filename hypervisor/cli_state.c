@@ -23,6 +23,7 @@
 #include "vcpu_state.h"
 #include "vm.h"
 #include "vm_state.h"
+#include "sandbox.h"
 
 static uint64_t monotonic_ns(void)
 {
@@ -99,6 +100,7 @@ static void on_save_signal(int signo)
 static void *runner_thread(void *opaque)
 {
 	(void)opaque;
+	sandbox_thread_role(SANDBOX_ROLE_SAVE);
 	for (;;) {
 		char byte;
 		ssize_t n = read(runner.pipe_fds[0], &byte, 1);
@@ -303,6 +305,18 @@ static void on_stats_signal(int signo)
 		vm_request_stats(running_vm);
 }
 
+/* End of setup: everything is open; the threads take their sandbox (sandbox.c). */
+static int state_enter_sandbox(struct kapsel_vm *vm)
+{
+	char error[512];
+	sandbox_options.vcpu_writes_files = vm->config->stats_path != NULL;
+	int err = sandbox_enter(&sandbox_options, error, sizeof(error));
+	if (err)
+		kapsel_error("cannot sandbox the VM (--no-sandbox runs it without, for debugging only): %s",
+			     error);
+	return err;
+}
+
 int state_run_until_stopped(struct kapsel_vm *vm, struct control_server *control,
 			    const char *save_dir, bool save_stop, bool print_stats)
 {
@@ -315,7 +329,7 @@ int state_run_until_stopped(struct kapsel_vm *vm, struct control_server *control
 	struct sigaction stats = { .sa_handler = on_stats_signal };
 	sigemptyset(&stats.sa_mask);
 	sigaction(SIGUSR1, &stats, NULL);
-	if (state_runner_start(vm, save_dir, save_stop) == 0) {
+	if (state_runner_start(vm, save_dir, save_stop) == 0 && state_enter_sandbox(vm) == 0) {
 		status = vm_run(vm);
 		if (state_runner_stop(vm))
 			status = 0; /* stopped by --save-stop after a save */
@@ -486,7 +500,7 @@ void cli_restore_usage(FILE *out)
 		     "      --stats              print counters when the VM stops\n"
 		     "      --stats-file FILE    on SIGUSR1, write counters to FILE\n"
 		     "      --timing             print how long the restore took\n"
-		     "      --no-control         do not serve a control socket\n"
+		     "      --no-control         do not serve a control socket\n" SANDBOX_USAGE
 		     "  -v, --verbose            log what Kapsel does\n");
 }
 
@@ -516,6 +530,7 @@ int cli_restore(int argc, char **argv)
 		{ "stats-file", required_argument, NULL, OPT_STATS_FILE },
 		{ "timing", no_argument, NULL, OPT_TIMING },
 		{ "no-control", no_argument, NULL, OPT_NO_CONTROL },
+		SANDBOX_LONG_OPTIONS,
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -572,6 +587,12 @@ int cli_restore(int argc, char **argv)
 			break;
 		case OPT_NO_CONTROL:
 			settings.use_control = false;
+			break;
+		case SANDBOX_OPT_NO_SANDBOX:
+		case SANDBOX_OPT_USER:
+		case SANDBOX_OPT_JAIL:
+			if (sandbox_cli_option(opt, optarg) < 0)
+				return 2;
 			break;
 		case 'v':
 			kapsel_log_set_verbose(true);

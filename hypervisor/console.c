@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "sandbox.h"
 
 #define NS_PER_MS 1000000ull
 
@@ -293,6 +294,7 @@ static void *console_input_main(void *opaque)
 	/* Signals (stop, stats) must reach the vCPU thread and interrupt KVM_RUN. */
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	sandbox_thread_role(SANDBOX_ROLE_CONSOLE);
 	for (;;) {
 		ssize_t n = read(console->input_fd, buffer, sizeof(buffer));
 		if (n < 0 && errno == EINTR)

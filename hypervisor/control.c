@@ -23,6 +23,7 @@
 #include "error_text.h"
 #include "log.h"
 #include "vm.h"
+#include "sandbox.h"
 
 #define CONTROL_IDLE_MS 60000 /* an idle connection (nothing pending) is closed after this */
 #define CONTROL_OUTPUT_MAX_BYTES (1u << 20)    /* unread replies beyond this close a client */
@@ -689,6 +690,7 @@ static void *control_main(void *opaque)
 	/* Signals (stop, stats, kicks) belong to the vCPU thread. */
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	sandbox_thread_role(SANDBOX_ROLE_CONTROL);
 
 	struct pollfd fds[CONTROL_MAX_CLIENTS + 2];
 	while (!__atomic_load_n(&server->stopping, __ATOMIC_SEQ_CST)) {

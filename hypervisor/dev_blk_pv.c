@@ -25,6 +25,7 @@
 #include "ring_backend.h"
 #include "vm.h"
 #include "vm_state.h"
+#include "sandbox.h"
 
 /*
  * Threads: setup, print_stats and destroy run on the vCPU (or main)
@@ -761,6 +762,7 @@ static void *blk_pv_thread_main(void *opaque)
 {
 	struct blk_pv *b = opaque;
 	bool idle_polled = false; /* the adaptive poll ran in this idle period */
+	sandbox_thread_role(SANDBOX_ROLE_IO);
 
 	blk_pv_arm_read(b, BLK_PV_TAG_DOORBELL);
 	blk_pv_arm_read(b, BLK_PV_TAG_CONTROL);

@@ -16,6 +16,7 @@
 #include "net_backend.h"
 #include "ring_backend.h"
 #include "vm.h"
+#include "sandbox.h"
 
 /*
  * Threads: setup, print_stats and destroy run on the vCPU (or main)
@@ -294,6 +295,7 @@ static void net_pv_sleep(struct net_pv *n)
 static void *net_pv_thread_main(void *opaque)
 {
 	struct net_pv *n = opaque;
+	sandbox_thread_role(SANDBOX_ROLE_IO);
 	for (;;) {
 		if (net_pv_take_control(n))
 			break;

@@ -4,7 +4,7 @@ set -euo pipefail
 
 packages=(
 	gcc libc6-dev pkg-config meson ninja-build python3
-	liburing-dev libxml2-dev libcunit1-dev libgnutls28-dev
+	liburing-dev libxml2-dev libcunit1-dev libgnutls28-dev libseccomp-dev libcap-ng-dev
 	fio gnuplot-nox
 	libvirt-clients libxen-dev
 	iproute2 procps
