@@ -198,6 +198,7 @@ void console_write(struct console *console, const void *data, size_t length)
  */
 static void *console_writer_main(void *opaque)
 {
+	sandbox_thread_role(SANDBOX_ROLE_CONSOLE);
 	struct console *console = opaque;
 	sigset_t all;
 	sigfillset(&all);
