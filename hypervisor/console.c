@@ -198,11 +198,12 @@ void console_write(struct console *console, const void *data, size_t length)
  */
 static void *console_writer_main(void *opaque)
 {
-	sandbox_thread_role(SANDBOX_ROLE_CONSOLE);
 	struct console *console = opaque;
 	sigset_t all;
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	/* After the mask: it lets the sandbox's signals back in. */
+	sandbox_thread_role(SANDBOX_ROLE_CONSOLE);
 	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
 	pthread_mutex_lock(&console->output_lock);
 	for (;;) {
