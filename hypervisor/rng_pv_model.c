@@ -87,10 +87,11 @@ bool rng_pv_model_serve(struct rng_pv_model *m, uint64_t now_ns)
 	if (!m->ring_active)
 		return false;
 	bool notify = false;
-	/* One pass answers everything published (at most a ring's worth);
-	 * the second only finds work if the guest published during the
-	 * first, which a stopped vCPU cannot. */
-	for (int pass = 0; pass < 2; pass++) {
+	/* A pass answers everything published (at most a ring's worth), then
+	 * asks for the next kick (req_event) and looks again: with the vCPU
+	 * stopped in this exit nothing new can come, but a bound keeps a
+	 * misbehaving ring from holding the vCPU thread. */
+	for (int pass = 0; pass < 4; pass++) {
 		int pending = ring_backend_pending(&m->ring);
 		if (pending < 0 && !m->broken_logged) {
 			m->broken_logged = true;
@@ -98,7 +99,7 @@ bool rng_pv_model_serve(struct rng_pv_model *m, uint64_t now_ns)
 			kapsel_warn("rng: the guest broke its ring (producer index %u); the ring is no longer served",
 				    m->ring.bad_req_prod);
 		}
-		if (pending <= 0)
+		if (pending < 0)
 			break;
 		for (int i = 0; i < pending; i++) {
 			struct kapsel_rng_request req;
@@ -108,6 +109,8 @@ bool rng_pv_model_serve(struct rng_pv_model *m, uint64_t now_ns)
 			ring_backend_put_response(&m->ring, &rsp);
 		}
 		notify |= ring_backend_publish(&m->ring);
+		if (!ring_backend_prepare_sleep(&m->ring))
+			break;
 	}
 	return notify;
 }
