@@ -60,13 +60,13 @@ rng-save-restore)
 	kill -HUP "$pid"
 	STATUS=0
 	wait "$pid" || STATUS=$?
-	expect_status 0
+	[ "$STATUS" -eq 0 ] || { cat "$OUT1" "$ERR1"; fail "the saving run exited $STATUS"; }
 	expect_in "$ERR1" "saved VM"
 	expect_not_in "$OUT1" "rng loop ok"
 	STATUS=0
 	timeout --kill-after=5 60 "$KAPSEL" restore --no-console-input --no-control --stats "$TMP/save" \
 		>"$OUT2" 2>"$ERR2" </dev/null || STATUS=$?
-	expect_status 0
+	[ "$STATUS" -eq 0 ] || { cat "$OUT2" "$ERR2"; fail "the restored run exited $STATUS"; }
 	expect_in "$OUT2" "rng loop ok 64"
 	grep -q "^rng loop 64 gen [1-9]" "$OUT2" || { cat "$OUT2"; fail "the restored guest did not run in a new generation"; }
 	# The limit came back with the definition.
