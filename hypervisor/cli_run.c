@@ -41,6 +41,8 @@ void cli_run_usage(FILE *out)
 		"                           tap=IFNAME (/dev/net/tun), then [,model=pv|ne2000]\n"
 		"                           [,mac=XX:XX:XX:XX:XX:XX][,pps=N][,pps_burst=N][,bps=N]\n"
 		"                           [,bps_burst=N] (limits apply to frames the guest sends)\n"
+		"      --rng[=SPEC]         attach the PV entropy device (bytes from getrandom);\n"
+		"                           SPEC is [bps=N][,bps_burst=N][,iops=N][,iops_burst=N]\n"
 		"      --console MODE       auto (PV console and UART; guest prefers PV) or uart\n"
 		"      --console-output FILE[,max=SIZE]\n"
 		"                           append guest console output to FILE, not stdout; FILE\n"
@@ -85,7 +87,8 @@ int cli_run(int argc, char **argv)
 		OPT_SAVE_ON_SIGNAL,
 		OPT_SAVE_STOP,
 		OPT_INCOMING,
-		OPT_NET
+		OPT_NET,
+		OPT_RNG
 	};
 	static const struct option options[] = {
 		{ "kernel", required_argument, NULL, 'k' },
@@ -94,6 +97,7 @@ int cli_run(int argc, char **argv)
 		{ "name", required_argument, NULL, 'n' },
 		{ "disk", required_argument, NULL, 'd' },
 		{ "net", required_argument, NULL, OPT_NET },
+		{ "rng", optional_argument, NULL, OPT_RNG },
 		{ "console", required_argument, NULL, OPT_CONSOLE },
 		{ "console-output", required_argument, NULL, OPT_CONSOLE_OUTPUT },
 		{ "no-console-input", no_argument, NULL, OPT_NO_INPUT },
@@ -188,6 +192,19 @@ int cli_run(int argc, char **argv)
 			}
 			config.net_count++;
 			break;
+		case OPT_RNG: {
+			/* --rng alone, --rng=SPEC, or --rng SPEC when the next word
+			 * is a limit list (key=value, not a path or an option). */
+			const char *spec = optarg;
+			if (!spec && optind < argc && argv[optind][0] != '-' &&
+			    strchr(argv[optind], '=') && !strchr(argv[optind], '/'))
+				spec = argv[optind++];
+			if (vm_config_parse_rng(spec, &config.rng, error, sizeof(error)) < 0) {
+				kapsel_error("%s", error);
+				goto out;
+			}
+			break;
+		}
 		case OPT_CONSOLE:
 			if (strcmp(optarg, "auto") == 0 || strcmp(optarg, "pv") == 0)
 				config.console_mode = VM_CONSOLE_AUTO;

@@ -80,6 +80,15 @@ struct vm_net_config {
 /* The smallest cap max=SIZE accepts (room for output and the note at the cap). */
 #define VM_CONSOLE_OUTPUT_MIN_MAX_BYTES 4096ull
 
+/* The PV entropy device (config_rng.c): present or not, and its limits on
+ * what the guest may draw.  There is no host path: the bytes always come
+ * from getrandom(2). */
+struct vm_rng_config {
+	bool enabled;
+	struct vm_rate_limit requests_limit;
+	struct vm_rate_limit bytes_limit;
+};
+
 enum vm_console_mode {
 	VM_CONSOLE_AUTO = 0, /* offer PV console and UART; guest picks PV */
 	VM_CONSOLE_UART = 1, /* offer only the emulated UART */
@@ -104,9 +113,10 @@ struct vm_config {
 	unsigned disk_count;
 	struct vm_net_config nets[VM_CONFIG_MAX_NETS];
 	unsigned net_count;
-	bool print_stats;      /* --stats: print counters at exit */
-	char *stats_path;      /* write counters here on SIGUSR1 */
-	char *source_xml_path; /* where the definition came from, if XML */
+	struct vm_rng_config rng; /* attached after the nets */
+	bool print_stats;	  /* --stats: print counters at exit */
+	char *stats_path;	  /* write counters here on SIGUSR1 */
+	char *source_xml_path;	  /* where the definition came from, if XML */
 };
 
 /*
@@ -149,6 +159,14 @@ int vm_config_parse_console_output(const char *text, struct vm_config *config, c
  * the bad part in error; on failure net owns nothing.
  */
 int vm_config_parse_net(const char *text, struct vm_net_config *net, char *error, size_t error_len);
+
+/*
+ * Parse a --rng value (config_rng.c): NULL or "" (defaults: unlimited),
+ * else [bps=N][,bps_burst=N][,iops=N][,iops_burst=N] (bytes and requests
+ * per second the guest may draw).  Sets rng->enabled.  Returns 0, or
+ * -EINVAL with a message naming the bad part in error.
+ */
+int vm_config_parse_rng(const char *text, struct vm_rng_config *rng, char *error, size_t error_len);
 
 /* Free the strings of one net (config_net.c). */
 void vm_net_config_free(struct vm_net_config *net);

@@ -13,6 +13,7 @@
 
 #include "config.h"
 #include "config_xml_net.h"
+#include "config_xml_rng.h"
 #include "guest_memory.h"
 #include "kapsel/abi.h"
 #include "log.h"
@@ -502,6 +503,9 @@ static int parse_devices(struct xml_context *ctx, const xmlNode *devices)
 		} else if (is_element(n, "interface")) {
 			err = config_xml_parse_interface(n, ctx->config, ctx->path, ctx->error,
 							 ctx->error_len);
+		} else if (is_element(n, "rng")) {
+			err = config_xml_parse_rng(n, ctx->config, ctx->path, ctx->error,
+						   ctx->error_len);
 		} else if (is_element(n, "console") || is_element(n, "serial")) {
 			err = parse_chardev(ctx, n);
 		} else if (is_element(n, "emulator")) {
@@ -950,6 +954,7 @@ int vm_config_write_xml(const struct vm_config *config, FILE *out, char *error, 
 	}
 	for (unsigned i = 0; i < config->net_count; i++)
 		W(config_xml_write_interface(w, &config->nets[i], i));
+	W(config_xml_write_rng(w, &config->rng));
 	/* libvirt's model: <serial> is the 16550 UART; a <console> with
 	 * target type 'xen' is the PV console (offered in mode auto). */
 	W(write_chardev(w, "serial", console_path, NULL));

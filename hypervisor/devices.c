@@ -38,6 +38,12 @@ int devices_attach(struct kapsel_vm *vm)
 		if (err)
 			return err;
 	}
+	/* The entropy device last, so adding it moves no other device. */
+	if (vm->config->rng.enabled) {
+		err = dev_rng_pv_create(vm, &vm->config->rng);
+		if (err)
+			return err;
+	}
 	/* Without a PV console nobody signals input; the UART polls for it. */
 	if (vm->config->console_mode == VM_CONSOLE_UART)
 		return console_start_input(&vm->console, NULL, NULL);

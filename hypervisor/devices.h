@@ -13,8 +13,8 @@ struct kapsel_device_ops;
 
 /*
  * Attach every device the config asks for, in a fixed order so device
- * indexes are stable: PV console, UART, disks in config order, then
- * network interfaces in config order.
+ * indexes are stable: PV console, UART, disks in config order, network
+ * interfaces in config order, then the PV entropy device.
  * Returns 0 or a negative errno (after printing what went wrong).
  */
 int devices_attach(struct kapsel_vm *vm);
@@ -59,6 +59,9 @@ int dev_blk_pv_create(struct kapsel_vm *vm, const struct vm_disk_config *disk, u
  * opens the backend (errors name the socket or tap and the fix), adds a
  * doorbell and starts the device's I/O thread. */
 int dev_net_pv_create(struct kapsel_vm *vm, const struct vm_net_config *net, unsigned unit);
+/* The PV entropy device (KAPSEL_DEV_RNG_PV) with config's limits; its
+ * doorbell is served on the vCPU thread.  Refuses a second one. */
+int dev_rng_pv_create(struct kapsel_vm *vm, const struct vm_rng_config *config);
 /* The emulated NE2000 (I/O base 0x300) for config net number unit;
  * refuses a second NE2000. */
 int dev_ne2000_create(struct kapsel_vm *vm, const struct vm_net_config *net, unsigned unit);

@@ -79,6 +79,19 @@ uint64_t token_bucket_take(struct token_bucket *bucket, uint64_t amount, uint64_
 	return wait > UINT64_MAX ? UINT64_MAX : (uint64_t)wait;
 }
 
+uint64_t token_bucket_take_request(struct token_bucket *ops, struct token_bucket *bytes,
+				   uint64_t length_bytes, uint64_t now_ns)
+{
+	uint64_t wait = token_bucket_take(ops, 1, now_ns);
+	if (wait)
+		return wait;
+	wait = token_bucket_take(bytes, length_bytes, now_ns);
+	/* Give the op token back: the request did not go. */
+	if (wait && ops->rate_per_second && ops->tokens < ops->burst)
+		ops->tokens++;
+	return wait;
+}
+
 int disk_image_open(struct disk_image *disk, const struct vm_disk_config *config, uint64_t now_ns,
 		    char *error, size_t error_len)
 {
@@ -231,17 +244,8 @@ void disk_stats_malformed(struct disk_image *disk)
 uint64_t disk_rate_limit(struct disk_image *disk, uint64_t length_bytes, uint64_t now_ns)
 {
 	pthread_mutex_lock(&disk->lock);
-	uint64_t wait = token_bucket_take(&disk->ops_bucket, 1, now_ns);
-	if (wait == 0) {
-		uint64_t wait_bytes = token_bucket_take(&disk->bytes_bucket, length_bytes, now_ns);
-		if (wait_bytes) {
-			/* Give the op token back: the request did not go. */
-			if (disk->ops_bucket.rate_per_second &&
-			    disk->ops_bucket.tokens < disk->ops_bucket.burst)
-				disk->ops_bucket.tokens++;
-			wait = wait_bytes;
-		}
-	}
+	uint64_t wait = token_bucket_take_request(&disk->ops_bucket, &disk->bytes_bucket,
+						  length_bytes, now_ns);
 	if (wait)
 		disk->stats.rate_limited++;
 	pthread_mutex_unlock(&disk->lock);

@@ -34,6 +34,15 @@ void token_bucket_init(struct token_bucket *bucket, const struct vm_rate_limit *
  */
 uint64_t token_bucket_take(struct token_bucket *bucket, uint64_t amount, uint64_t now_ns);
 
+/*
+ * The rate limits of one request: one token from ops and length_bytes
+ * tokens from bytes, both or neither.  Returns 0 if taken, else the
+ * nanoseconds to wait (nothing is taken).  Preconditions as
+ * token_bucket_take; the caller serializes access to both buckets.
+ */
+uint64_t token_bucket_take_request(struct token_bucket *ops, struct token_bucket *bytes,
+				   uint64_t length_bytes, uint64_t now_ns);
+
 #define DISK_LATENCY_BUCKETS 32 /* bucket i: [2^i, 2^(i+1)) microseconds */
 
 struct disk_stats {

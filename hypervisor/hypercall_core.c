@@ -214,6 +214,9 @@ static int64_t hc_evtchn_send(struct kapsel_vm *vm, const uint64_t args[])
 		uint64_t one = 1;
 		if (dev->doorbell_fd >= 0 && write(dev->doorbell_fd, &one, sizeof(one)) < 0)
 			return -KAPSEL_EIO;
+		/* A doorbell served on the vCPU thread (vm_add_trapped_doorbell). */
+		if (dev->doorbell_fd < 0 && dev->io_port_base == dev->desc.doorbell_port)
+			dev->ops->io_write(dev, dev->desc.doorbell_port, 2, 1);
 	}
 	return 0;
 }

@@ -221,17 +221,8 @@ bool net_backend_readable(struct net_backend *nb)
 uint64_t net_backend_rate_limit(struct net_backend *nb, uint64_t length_bytes, uint64_t now_ns)
 {
 	pthread_mutex_lock(&nb->lock);
-	uint64_t wait = token_bucket_take(&nb->frames_bucket, 1, now_ns);
-	if (wait == 0) {
-		uint64_t wait_bytes = token_bucket_take(&nb->bytes_bucket, length_bytes, now_ns);
-		if (wait_bytes) {
-			/* Give the frame token back: the frame did not go. */
-			if (nb->frames_bucket.rate_per_second &&
-			    nb->frames_bucket.tokens < nb->frames_bucket.burst)
-				nb->frames_bucket.tokens++;
-			wait = wait_bytes;
-		}
-	}
+	uint64_t wait = token_bucket_take_request(&nb->frames_bucket, &nb->bytes_bucket,
+						  length_bytes, now_ns);
 	if (wait)
 		nb->stats.rate_limited++;
 	pthread_mutex_unlock(&nb->lock);

@@ -93,6 +93,16 @@ static char *config_to_text(const struct vm_config *config, size_t *length)
 			 (unsigned long long)d->bytes_limit.burst);
 		put_escaped(out, "disk_limits", number);
 	}
+	if (config->rng.enabled) {
+		const struct vm_rng_config *g = &config->rng;
+		char limits[96]; /* four 20-digit numbers fit */
+		snprintf(limits, sizeof(limits), "%llu %llu %llu %llu",
+			 (unsigned long long)g->requests_limit.rate_per_second,
+			 (unsigned long long)g->requests_limit.burst,
+			 (unsigned long long)g->bytes_limit.rate_per_second,
+			 (unsigned long long)g->bytes_limit.burst);
+		put_escaped(out, "rng_limits", limits);
+	}
 	if (fclose(out) != 0) {
 		free(text);
 		return NULL;
@@ -216,6 +226,13 @@ int snapshot_config_from_records(const struct vm_state_records *state, struct vm
 				err = -EPROTO;
 			disk->ops_limit = (struct vm_rate_limit){ a, b };
 			disk->bytes_limit = (struct vm_rate_limit){ c, d };
+		} else if (strcmp(line, "rng_limits") == 0) {
+			unsigned long long a, b, c, d;
+			if (sscanf(value, "%llu %llu %llu %llu", &a, &b, &c, &d) != 4)
+				err = -EPROTO;
+			config->rng = (struct vm_rng_config){ .enabled = true,
+							      .requests_limit = { a, b },
+							      .bytes_limit = { c, d } };
 		}
 		/* Unknown keys come from a newer Kapsel: the definition is
 		 * still usable without them. */

@@ -264,6 +264,16 @@ int vm_add_doorbell(struct kapsel_vm *vm, struct kapsel_device *dev)
 	return 0;
 }
 
+void vm_add_trapped_doorbell(struct kapsel_vm *vm, struct kapsel_device *dev)
+{
+	uint16_t port = (uint16_t)KAPSEL_PORT_DOORBELL(dev->desc.index);
+	dev->io_port_base = port;
+	dev->io_port_count = 2;
+	dev->desc.doorbell_port = port;
+	open_device_ports(vm, dev);
+	vm->start_info->devices[dev->desc.index] = dev->desc;
+}
+
 void vm_evtchn_notify(struct kapsel_vm *vm, uint32_t port)
 {
 	if (port >= KAPSEL_EVTCHN_COUNT)

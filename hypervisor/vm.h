@@ -178,4 +178,14 @@ int vm_add_doorbell(struct kapsel_vm *vm, struct kapsel_device *dev);
  */
 int vm_rebuild_hypervisor_pages(struct kapsel_vm *vm);
 
+/*
+ * Give an attached device a doorbell served on the vCPU thread: the same
+ * port as vm_add_doorbell, but claimed as the device's I/O ports, so a
+ * guest kick is an exit to user space that calls dev->ops->io_write (and
+ * the kick is done when the guest's instruction completes).  For devices
+ * whose work per kick is short and needs no thread.  Precondition: dev
+ * has no other I/O ports and ops->io_read / io_write are set.
+ */
+void vm_add_trapped_doorbell(struct kapsel_vm *vm, struct kapsel_device *dev);
+
 #endif

@@ -100,6 +100,7 @@ enum vm_state_record_type {
 	VM_STATE_DEV_UART16550 = 0x1000, /* struct vm_state_uart16550 */
 	VM_STATE_DEV_BLOCK_PV = 0x1010,	 /* owned by dev_blk_pv.c */
 	VM_STATE_DEV_ATA_DISK = 0x1020,	 /* owned by dev_ata.c */
+	VM_STATE_DEV_RNG_PV = 0x1030,	 /* struct vm_state_rng_pv (rng_pv_model.h) */
 	VM_STATE_DEVICE_LAST = 0x1fff,
 };
 

@@ -1,6 +1,6 @@
 /* PV block driver: the guest end of a blk.h ring, with doorbell kicks and event-channel sleeps suppressed by event indices. */
 #include "block_internal.h"
-#include "ring_setup.h"
+#include "kapsel_guest/ring_setup.h"
 
 #include "kapsel/blk.h"
 #include "kapsel_guest/arch.h"

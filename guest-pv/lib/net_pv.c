@@ -1,6 +1,6 @@
 /* PV network driver: the guest end of the net.h TX and RX rings, with doorbell kicks and sleeps suppressed by event indices. */
 #include "net_internal.h"
-#include "ring_setup.h"
+#include "kapsel_guest/ring_setup.h"
 
 #include "kapsel_guest/arch.h"
 #include "kapsel_guest/hypercall.h"

@@ -1,6 +1,7 @@
-/* Bringing up a PV device's rings: layout, event channel and DEVICE_SETUP, shared by the PV block and network drivers. */
-#include "ring_setup.h"
+/* Public API for a PV driver's rings: layout, event channel, DEVICE_SETUP and the doorbell kick (docs/devices.md). */
+#include "kapsel_guest/ring_setup.h"
 
+#include "kapsel_guest/arch.h"
 #include "kapsel_guest/hypercall.h"
 #include "kapsel_guest/os_hooks.h"
 
@@ -39,4 +40,15 @@ int kg_ring_setup(uint32_t device_index, const struct kg_ring_shape *shape, uint
 close:
 	kg_hc_evtchn_close(*port);
 	return -KAPSEL_EIO;
+}
+
+bool kg_ring_kick(struct kg_ring *ring, uint16_t doorbell_port, uint32_t port)
+{
+	if (!kg_ring_publish(ring))
+		return false;
+	if (doorbell_port)
+		kg_outw(doorbell_port, 1);
+	else
+		kg_hc_evtchn_send(port);
+	return true;
 }

@@ -21,7 +21,9 @@
 #include <stdint.h>
 
 #define KAPSEL_ABI_MAJOR 1u
-#define KAPSEL_ABI_MINOR 2u /* 1: control requests (event page); 2: PV network (net.h) */
+/* 1: control requests (event page); 2: PV network (net.h); 3: PV entropy
+ * (rng.h: device type KAPSEL_DEV_RNG_PV, feature KAPSEL_FEATURE_RNG_PV) */
+#define KAPSEL_ABI_MINOR 3u
 #define KAPSEL_ABI_VERSION ((KAPSEL_ABI_MAJOR << 16) | KAPSEL_ABI_MINOR)
 
 /* ---- Discovery through CPUID -------------------------------------------- */
@@ -46,10 +48,11 @@
 #define KAPSEL_FEATURE_GENERATION (1ull << 4) /* start_info.generation */
 #define KAPSEL_FEATURE_CONTROL (1ull << 5)    /* event page control_request (minor 1) */
 #define KAPSEL_FEATURE_NET_PV (1ull << 6)     /* PV network protocol (net.h, minor 2) */
+#define KAPSEL_FEATURE_RNG_PV (1ull << 7)     /* PV entropy protocol (rng.h, minor 3) */
 #define KAPSEL_FEATURES_V1                                                              \
 	(KAPSEL_FEATURE_CONSOLE_PV | KAPSEL_FEATURE_EVTCHN | KAPSEL_FEATURE_DOORBELL |  \
 	 KAPSEL_FEATURE_BLOCK_PV | KAPSEL_FEATURE_GENERATION | KAPSEL_FEATURE_CONTROL | \
-	 KAPSEL_FEATURE_NET_PV)
+	 KAPSEL_FEATURE_NET_PV | KAPSEL_FEATURE_RNG_PV)
 
 /* ---- I/O ports ---------------------------------------------------------- */
 
@@ -206,6 +209,7 @@ enum kapsel_device_type {
 	KAPSEL_DEV_ATA_DISK = 4,   /* emulated, io_base = 0x1f0, ctl 0x3f6 */
 	KAPSEL_DEV_NE2000 = 5,	   /* emulated NIC, io_base = 0x300 (net.h) */
 	KAPSEL_DEV_NET_PV = 6,	   /* two-ring device, net.h protocol (minor 2) */
+	KAPSEL_DEV_RNG_PV = 7,	   /* one-ring device, rng.h protocol (minor 3) */
 };
 
 #define KAPSEL_DEVICE_FLAG_READONLY (1u << 0)

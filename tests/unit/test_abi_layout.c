@@ -259,10 +259,10 @@ static void test_magics_and_discovery(void)
 	CU_ASSERT_EQUAL(KAPSEL_CPUID_BASE, 0x40000000u);
 	CU_ASSERT_EQUAL(KAPSEL_CPUID_INFO, 0x40000001u);
 
-	/* Version 1.2, published as major << 16 | minor. */
+	/* Version 1.3, published as major << 16 | minor. */
 	CU_ASSERT_EQUAL(KAPSEL_ABI_MAJOR, 1);
-	CU_ASSERT_EQUAL(KAPSEL_ABI_MINOR, 2);
-	CU_ASSERT_EQUAL(KAPSEL_ABI_VERSION, 0x00010002u);
+	CU_ASSERT_EQUAL(KAPSEL_ABI_MINOR, 3);
+	CU_ASSERT_EQUAL(KAPSEL_ABI_VERSION, 0x00010003u);
 
 	/* Fixed ports and guest-physical addresses. */
 	CU_ASSERT_EQUAL(KAPSEL_PORT_HYPERCALL, 0x510);
@@ -318,7 +318,7 @@ static void test_feature_bits(void)
 		{ KAPSEL_FEATURE_CONSOLE_PV, 0 }, { KAPSEL_FEATURE_EVTCHN, 1 },
 		{ KAPSEL_FEATURE_DOORBELL, 2 },	  { KAPSEL_FEATURE_BLOCK_PV, 3 },
 		{ KAPSEL_FEATURE_GENERATION, 4 }, { KAPSEL_FEATURE_CONTROL, 5 },
-		{ KAPSEL_FEATURE_NET_PV, 6 },
+		{ KAPSEL_FEATURE_NET_PV, 6 },	  { KAPSEL_FEATURE_RNG_PV, 7 },
 	};
 	uint64_t all = 0;
 	for (size_t i = 0; i < sizeof(features) / sizeof(features[0]); i++) {

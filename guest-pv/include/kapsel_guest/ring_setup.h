@@ -1,11 +1,25 @@
-/* Bringing up a PV device's rings: layout, event channel and DEVICE_SETUP, shared by the PV block and network drivers. */
+/* Public API for a PV driver's rings: layout, event channel, DEVICE_SETUP and the doorbell kick (docs/devices.md). */
 #ifndef KAPSEL_GUEST_RING_SETUP_H
 #define KAPSEL_GUEST_RING_SETUP_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "kapsel/abi.h"
 #include "kapsel_guest/ring.h"
+
+/*
+ * A PV driver, in the tree or out of it, brings its device up with these:
+ *
+ *   desc = kg_platform_find_device(KAPSEL_DEV_..., n);     (platform.h)
+ *   memory = kg_os_alloc_pages(count * kg_ring_pages(...) + ...);
+ *   kg_ring_setup(desc->index, &shape, memory, rings, count, &setup, &port);
+ *   ... fill requests (ring.h), then kg_ring_kick(ring, desc->doorbell_port, port);
+ *   ... wait: kg_evtchn_test_and_clear(port), kg_ring_prepare_sleep, kg_hc_block.
+ *
+ * The request and response layouts are the device's protocol header in
+ * hypercall-abi/kapsel/.
+ */
 
 /* The slots of every ring of one device. */
 struct kg_ring_shape {
@@ -28,5 +42,14 @@ struct kg_ring_shape {
 int kg_ring_setup(uint32_t device_index, const struct kg_ring_shape *shape, uint8_t *memory,
 		  struct kg_ring *const rings[], uint32_t count, struct kapsel_device_setup *setup,
 		  uint32_t *port);
+
+/*
+ * Publish the requests pushed on ring and, if the backend asked for a kick
+ * (event indices), kick it: a 16-bit write to doorbell_port, or
+ * KAPSEL_HC_EVTCHN_SEND on port when doorbell_port is 0 (no
+ * KAPSEL_FEATURE_DOORBELL).  Returns true if it kicked.  Precondition: the
+ * ring was set up with kg_ring_setup, which returned port.
+ */
+bool kg_ring_kick(struct kg_ring *ring, uint16_t doorbell_port, uint32_t port);
 
 #endif
