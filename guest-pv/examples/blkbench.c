@@ -9,14 +9,14 @@
 
 /* Shared with the host side of the bench, so both issue the same offsets,
  * write the same bytes and bucket latencies alike. */
-#include "../../hypervisor/bench/bench_common.h"
+#include "kapsel/bench_pattern.h"
 
 /*
  * Command line (key=value, all numbers decimal or 0x-hex):
  *   mode=blk|console   what to drive (default blk)
  *   path=pv|ata|auto   block path for disk 0 (default auto)
  *   random=0|1 readpct=N bs=BYTES qd=N region=BYTES seed=N gen=N
- *                      the workload (bench_common.h describes the stream)
+ *                      the workload (kapsel/bench_pattern.h describes the stream)
  *   warmup_ms=N runtime_ms=N
  *                      time-based phases, or
  *   warmup_ops=N ops=N fixed operation counts (ops > 0 wins over runtime)

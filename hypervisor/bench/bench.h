@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "bench_common.h"
+#include "kapsel/bench_pattern.h"
 
 /*
  * The bench runs every workload row on up to three paths, in one

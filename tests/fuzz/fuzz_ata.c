@@ -7,9 +7,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "ata.h"
+#include "devices/block/ata.h"
 #include "fuzz_common.h"
-#include "log.h"
+#include "core/log.h"
 
 /*
  * Input:

@@ -6,9 +6,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "config/config.h"
 #include "fuzz_common.h"
-#include "log.h"
+#include "core/log.h"
 
 static char input_path[256], output_path[256];
 

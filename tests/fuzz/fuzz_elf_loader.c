@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "elf_loader.h"
+#include "core/elf_loader.h"
 #include "fuzz_common.h"
 #include "kapsel/abi.h"
 

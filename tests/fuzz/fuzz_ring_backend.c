@@ -4,12 +4,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "blk_pv_request.h"
+#include "devices/block/blk_pv_request.h"
 #include "fuzz_common.h"
 #include "kapsel/abi.h"
 #include "kapsel/blk.h"
-#include "log.h"
-#include "ring_backend.h"
+#include "core/log.h"
+#include "devices/ring_backend.h"
 
 /*
  * The input is a little program for the guest and the backend, acting on

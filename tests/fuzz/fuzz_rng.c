@@ -4,8 +4,8 @@
 #include <string.h>
 
 #include "fuzz_common.h"
-#include "log.h"
-#include "rng_pv_model.h"
+#include "core/log.h"
+#include "devices/rng/rng_pv_model.h"
 
 /*
  * The input: guest RAM of exactly RAM_BYTES (so AddressSanitizer sees any

@@ -7,11 +7,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "config/config.h"
 #include "fuzz_common.h"
-#include "log.h"
-#include "snapshot.h"
-#include "vm_state.h"
+#include "core/log.h"
+#include "state/snapshot.h"
+#include "state/vm_state.h"
 
 /*
  * Input byte 0: bit 0 picks raw mode (the rest is the stream, checksums

@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "log.h"
+#include "core/log.h"
 
 struct unit_test {
 	const char *name;

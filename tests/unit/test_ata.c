@@ -6,7 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "ata.h"
+#include "devices/block/ata.h"
 #include "cunit_main.h"
 
 #define SECTOR 512u

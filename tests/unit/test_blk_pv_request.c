@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "blk_pv_request.h"
+#include "devices/block/blk_pv_request.h"
 #include "cunit_main.h"
 #include "kapsel/abi.h"
 

@@ -3,8 +3,8 @@
 #include <string.h>
 
 #include "cunit_main.h"
-#include "config.h"
-#include "config_options.h"
+#include "config/config.h"
+#include "config/config_options.h"
 
 static char error[512];
 

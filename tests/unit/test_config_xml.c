@@ -6,7 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "config/config.h"
 #include "cunit_main.h"
 
 static char dir[] = "/tmp/kapsel-config-xml.XXXXXX";

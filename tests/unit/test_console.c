@@ -11,7 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "console.h"
+#include "devices/console/console.h"
 #include "cunit_main.h"
 
 #define CHUNK_BYTES 1000u

@@ -3,8 +3,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "control.h"
-#include "control_internal.h"
+#include "control/control.h"
+#include "control/control_internal.h"
 #include "cunit_main.h"
 
 static char error[512];

@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #include "cunit_main.h"
-#include "disk.h"
+#include "devices/block/disk.h"
 #include "kapsel/abi.h"
 
 #define NS 1000000000ull

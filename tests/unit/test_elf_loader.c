@@ -7,7 +7,7 @@
 #include <unistd.h>
 
 #include "cunit_main.h"
-#include "elf_loader.h"
+#include "core/elf_loader.h"
 #include "kapsel/abi.h"
 
 #define RAM_BYTES (4ull << 20)

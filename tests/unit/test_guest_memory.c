@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "cunit_main.h"
-#include "guest_memory.h"
+#include "core/guest_memory.h"
 
 #define RAM_BYTES (4ull << 20)
 

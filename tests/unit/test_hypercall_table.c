@@ -2,7 +2,7 @@
 #include <errno.h>
 
 #include "cunit_main.h"
-#include "hypercall.h"
+#include "core/hypercall.h"
 
 static int64_t handler_calls;
 static uint64_t handler_last_arg;

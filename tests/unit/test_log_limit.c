@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "cunit_main.h"
-#include "log.h"
+#include "core/log.h"
 
 static uint64_t fake_now_ns;
 

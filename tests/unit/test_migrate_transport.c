@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "cunit_main.h"
-#include "migrate_transport.h"
+#include "state/migrate_transport.h"
 
 #define KEY_A "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 #define KEY_B "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100"

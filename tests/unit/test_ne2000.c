@@ -2,11 +2,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
+#include "config/config.h"
 #include "cunit_main.h"
 #include "kapsel/abi.h"
 #include "kapsel/net.h"
-#include "ne2000.h"
+#include "devices/net/ne2000.h"
 
 static const uint8_t station[6] = { 0x02, 0x11, 0x22, 0x33, 0x44, 0x55 };
 

@@ -11,7 +11,7 @@
 #include "kapsel/abi.h"
 #include "kapsel/blk.h"
 #include "kapsel_guest/ring.h"
-#include "ring_backend.h"
+#include "devices/ring_backend.h"
 
 #define RAM_BYTES (1u << 20)
 #define RING_GPA 0x10000u

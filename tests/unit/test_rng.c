@@ -4,7 +4,7 @@
 
 #include "kapsel_guest/ring.h"
 #include "cunit_main.h"
-#include "rng_pv_model.h"
+#include "devices/rng/rng_pv_model.h"
 
 #define RAM_BYTES (256u * 1024u)
 #define FLOOR_GPA 0x4000u

@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "cunit_main.h"
-#include "sandbox.h"
+#include "core/sandbox.h"
 
 /* What the child tries once its role's filter is in place. */
 enum probe {

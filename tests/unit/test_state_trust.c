@@ -8,12 +8,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "config/config.h"
 #include "cunit_main.h"
-#include "disk.h"
-#include "disk_overlay.h"
-#include "snapshot.h"
-#include "vm_state.h"
+#include "devices/block/disk.h"
+#include "devices/block/disk_overlay.h"
+#include "state/snapshot.h"
+#include "state/vm_state.h"
 
 static char root[256];
 static char error[1024];

@@ -8,9 +8,9 @@
 #include <unistd.h>
 
 #include "cunit_main.h"
-#include "config.h"
-#include "snapshot.h"
-#include "vm_state.h"
+#include "config/config.h"
+#include "state/snapshot.h"
+#include "state/vm_state.h"
 
 /* ---- helpers ----------------------------------------------------------------- */
 

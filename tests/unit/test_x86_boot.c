@@ -7,8 +7,8 @@
 
 #include "cunit_main.h"
 #include "kapsel/abi.h"
-#include "vcpu_state.h"
-#include "x86_boot.h"
+#include "state/vcpu_state.h"
+#include "core/x86_boot.h"
 
 #define RAM_BYTES (64ull << 20)
 #define PTE_P 0x1ull

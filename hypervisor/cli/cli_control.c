@@ -1,0 +1,645 @@
+/* `kapsel list|info|pause|resume|shutdown|destroy|stats|console|dumpxml|control`: talk to running VMs' control sockets. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "control/control.h"
+#include "control/control_client.h"
+
+#define REPLY_TIMEOUT_MS 30000
+#define CONSOLE_ESCAPE 0x1d /* Ctrl-] */
+
+/* Explain a failure to reach VM name; returns the exit status 1. */
+static int connect_error(const char *name, int err)
+{
+	char dir[4096] = "?";
+	control_runtime_dir(dir, sizeof(dir));
+	switch (-err) {
+	case ENOENT:
+		fprintf(stderr,
+			"kapsel: no VM named '%s' is running (no socket in %s); see 'kapsel list'\n",
+			name, dir);
+		break;
+	case ECONNREFUSED:
+		control_remove_stale(name);
+		fprintf(stderr,
+			"kapsel: VM '%s' is not running (removed its stale control socket)\n",
+			name);
+		break;
+	case EACCES:
+	case EPERM:
+		fprintf(stderr,
+			"kapsel: no permission to reach VM '%s' in %s; it belongs to another user\n",
+			name, dir);
+		break;
+	case ETIMEDOUT:
+		fprintf(stderr, "kapsel: VM '%s' did not answer within %d s\n", name,
+			REPLY_TIMEOUT_MS / 1000);
+		break;
+	case ECONNRESET:
+	case EPROTO:
+		fprintf(stderr, "kapsel: VM '%s' closed the connection or answered garbage\n",
+			name);
+		break;
+	default:
+		fprintf(stderr, "kapsel: cannot talk to VM '%s': %s\n", name, strerror(-err));
+		break;
+	}
+	return 1;
+}
+
+/*
+ * Send request to name; on success *reply holds an ok reply and 0 is
+ * returned, else the error is printed and 1 returned.
+ */
+static int call(const char *name, const char *request, struct control_reply *reply)
+{
+	int err = control_call(name, request, reply, REPLY_TIMEOUT_MS);
+	if (err)
+		return connect_error(name, err);
+	if (reply->errnum) {
+		fprintf(stderr, "kapsel: %s: %s\n", name, reply->message);
+		control_reply_free(reply);
+		return 1;
+	}
+	return 0;
+}
+
+/* Common shape: `kapsel VERB NAME` with only --help. */
+static const char *single_name(int argc, char **argv, void (*usage)(FILE *), int *status)
+{
+	static const struct option options[] = { { "help", no_argument, NULL, 'h' }, { 0 } };
+	int opt;
+	optind = 1;
+	while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+		if (opt == 'h') {
+			usage(stdout);
+			*status = 0;
+			return NULL;
+		}
+		fprintf(stderr, "Try '%s --help'.\n", argv[0]);
+		*status = 2;
+		return NULL;
+	}
+	if (optind + 1 != argc) {
+		fprintf(stderr, "%s: expected exactly one VM name\nTry '%s --help'.\n", argv[0],
+			argv[0]);
+		*status = 2;
+		return NULL;
+	}
+	return argv[optind];
+}
+
+static void format_duration(uint64_t ns, char *buf, size_t len)
+{
+	uint64_t s = ns / 1000000000ull;
+	if (s >= 86400)
+		snprintf(buf, len, "%llud%02lluh", (unsigned long long)(s / 86400),
+			 (unsigned long long)(s % 86400 / 3600));
+	else if (s >= 3600)
+		snprintf(buf, len, "%lluh%02llum", (unsigned long long)(s / 3600),
+			 (unsigned long long)(s % 3600 / 60));
+	else
+		snprintf(buf, len, "%llum%02llus", (unsigned long long)(s / 60),
+			 (unsigned long long)(s % 60));
+}
+
+/* ---- list ---------------------------------------------------------------- */
+
+void cli_list_usage(FILE *out)
+{
+	fprintf(out, "Usage: kapsel list [--names]\n"
+		     "\n"
+		     "List the VMs running on this host (those with a control socket in the\n"
+		     "runtime directory; see 'kapsel help info').  Stale sockets of VMs that\n"
+		     "died are removed on the way.\n"
+		     "\n"
+		     "Options:\n"
+		     "  -q, --names   print only the names, one per line\n"
+		     "  -h, --help    show this help\n");
+}
+
+int cli_list(int argc, char **argv)
+{
+	static const struct option options[] = {
+		{ "names", no_argument, NULL, 'q' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	bool names_only = false;
+	int opt;
+	optind = 1;
+	while ((opt = getopt_long(argc, argv, "qh", options, NULL)) != -1) {
+		if (opt == 'q') {
+			names_only = true;
+		} else if (opt == 'h') {
+			cli_list_usage(stdout);
+			return 0;
+		} else {
+			fprintf(stderr, "Try 'kapsel list --help'.\n");
+			return 2;
+		}
+	}
+	if (optind != argc) {
+		fprintf(stderr, "kapsel list: unexpected argument '%s'\n", argv[optind]);
+		return 2;
+	}
+	char **names;
+	int count = control_list_names(&names);
+	if (count < 0) {
+		fprintf(stderr, "kapsel list: cannot read the runtime directory: %s\n",
+			strerror(-count));
+		return 1;
+	}
+	if (!names_only)
+		printf("%5s  %-24s %-8s %8s %10s %8s\n", "ID", "NAME", "STATE", "MEMORY", "UPTIME",
+		       "PID");
+	for (int i = 0; i < count; i++) {
+		if (names_only) {
+			printf("%s\n", names[i]);
+			continue;
+		}
+		struct control_reply reply;
+		if (control_call(names[i], "info", &reply, REPLY_TIMEOUT_MS) || reply.errnum) {
+			printf("%5s  %-24s %-8s\n", "-", names[i], "unknown");
+			control_reply_free(&reply);
+			continue;
+		}
+		char domid[32] = "-", state[32] = "?", memory[32] = "0", uptime[32] = "0",
+		     pid[32] = "-", duration[32];
+		control_payload_get(reply.payload, "domid", domid, sizeof(domid));
+		control_payload_get(reply.payload, "state", state, sizeof(state));
+		control_payload_get(reply.payload, "memory_bytes", memory, sizeof(memory));
+		control_payload_get(reply.payload, "uptime_ns", uptime, sizeof(uptime));
+		control_payload_get(reply.payload, "pid", pid, sizeof(pid));
+		format_duration(strtoull(uptime, NULL, 10), duration, sizeof(duration));
+		printf("%5s  %-24s %-8s %7lluM %10s %8s\n", domid, names[i], state,
+		       strtoull(memory, NULL, 10) >> 20, duration, pid);
+		control_reply_free(&reply);
+	}
+	control_free_names(names, count);
+	return 0;
+}
+
+/* ---- info, pause, resume, destroy, dumpxml --------------------------------- */
+
+void cli_info_usage(FILE *out)
+{
+	fprintf(out, "Usage: kapsel info NAME\n"
+		     "\n"
+		     "Show a running VM: state, uptime, memory, vCPUs, devices and disks, one\n"
+		     "'key value' pair per line (the control socket's 'info' reply).\n"
+		     "\n"
+		     "Control sockets live in $KAPSEL_RUNTIME_DIR, else $XDG_RUNTIME_DIR/kapsel,\n"
+		     "else /run/kapsel (root) or /tmp/kapsel-UID; see docs/control.md.\n");
+}
+
+static int print_payload_verb(int argc, char **argv, void (*usage)(FILE *), const char *request)
+{
+	int status = 0;
+	const char *name = single_name(argc, argv, usage, &status);
+	if (!name)
+		return status;
+	struct control_reply reply;
+	if (call(name, request, &reply))
+		return 1;
+	fputs(reply.payload, stdout);
+	control_reply_free(&reply);
+	return 0;
+}
+
+int cli_info(int argc, char **argv)
+{
+	return print_payload_verb(argc, argv, cli_info_usage, "info");
+}
+
+void cli_dumpxml_usage(FILE *out)
+{
+	fprintf(out, "Usage: kapsel dumpxml NAME\n"
+		     "\n"
+		     "Print a running VM's definition as libvirt domain XML, with the\n"
+		     "policy changes made since it started (kapsel control NAME set-limits).\n"
+		     "Paths are absolute.  'kapsel run' accepts the output.\n");
+}
+
+int cli_dumpxml(int argc, char **argv)
+{
+	return print_payload_verb(argc, argv, cli_dumpxml_usage, "dumpxml");
+}
+
+void cli_pause_usage(FILE *out)
+{
+	fprintf(out, "Usage: kapsel pause NAME\n"
+		     "\n"
+		     "Stop a running VM's vCPU.  Memory, devices and the console stay; the\n"
+		     "guest's clock keeps running.  Resume it with 'kapsel resume NAME'.\n");
+}
+
+int cli_pause(int argc, char **argv)
+{
+	return print_payload_verb(argc, argv, cli_pause_usage, "pause");
+}
+
+void cli_resume_usage(FILE *out)
+{
+	fprintf(out, "Usage: kapsel resume NAME\n\nLet a paused VM run again.\n");
+}
+
+int cli_resume(int argc, char **argv)
+{
+	return print_payload_verb(argc, argv, cli_resume_usage, "resume");
+}
+
+/* Read the end-of-VM reply of a request sent with wait=yes; prints how it ended. */
+static int wait_for_end(int fd, const char *name)
+{
+	struct control_reply reply;
+	int err = control_client_read_reply(fd, &reply, -1);
+	if (err == -ECONNRESET) {
+		printf("VM '%s' has ended\n", name);
+		return 0;
+	}
+	if (err)
+		return connect_error(name, err);
+	if (reply.errnum) {
+		fprintf(stderr, "kapsel: %s: %s\n", name, reply.message);
+		control_reply_free(&reply);
+		return 1;
+	}
+	char code[32] = "?", reason[32] = "?";
+	control_payload_get(reply.payload, "exit_code", code, sizeof(code));
+	control_payload_get(reply.payload, "reason", reason, sizeof(reason));
+	printf("VM '%s' ended: %s (exit code %s)\n", name, reason, code);
+	control_reply_free(&reply);
+	return 0;
+}
+
+void cli_destroy_usage(FILE *out)
+{
+	fprintf(out, "Usage: kapsel destroy [--no-wait] NAME\n"
+		     "\n"
+		     "End a VM at once, without telling the guest (see 'kapsel shutdown' for\n"
+		     "the graceful way).  Waits until the VM has ended unless --no-wait.\n");
+}
+
+/* shutdown and destroy: send, then (unless --no-wait) wait for the end. */
+static int end_vm(int argc, char **argv, bool graceful)
+{
+	static const struct option options[] = {
+		{ "timeout", required_argument, NULL, 't' },
+		{ "no-wait", no_argument, NULL, 'n' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	bool wait = true;
+	const char *timeout = NULL;
+	int opt;
+	optind = 1;
+	while ((opt = getopt_long(argc, argv, graceful ? "t:h" : "h", options, NULL)) != -1) {
+		switch (opt) {
+		case 't':
+			if (!graceful)
+				goto bad;
+			timeout = optarg;
+			break;
+		case 'n':
+			wait = false;
+			break;
+		case 'h':
+			(graceful ? cli_shutdown_usage : cli_destroy_usage)(stdout);
+			return 0;
+		default:
+			goto bad;
+		}
+	}
+	if (optind + 1 != argc) {
+		fprintf(stderr, "%s: expected exactly one VM name\n", argv[0]);
+		goto bad;
+	}
+	const char *name = argv[optind];
+	char request[128] = "destroy wait=yes";
+	if (graceful) {
+		char *end;
+		if (timeout && (strtoul(timeout, &end, 10), !*timeout || *end || *timeout == '-')) {
+			fprintf(stderr,
+				"kapsel shutdown: --timeout '%s' is not a whole number of seconds\n",
+				timeout);
+			return 2;
+		}
+		snprintf(request, sizeof(request), "shutdown wait=%s%s%s", wait ? "yes" : "no",
+			 timeout ? " timeout=" : "", timeout ? timeout : "");
+	}
+	int fd = control_connect(name);
+	if (fd < 0)
+		return connect_error(name, fd);
+	struct control_reply reply;
+	if (!graceful && !wait)
+		snprintf(request, sizeof(request), "destroy");
+	int err = control_client_request(fd, request, &reply, REPLY_TIMEOUT_MS);
+	if (err) {
+		close(fd);
+		return connect_error(name, err);
+	}
+	if (reply.errnum) {
+		fprintf(stderr, "kapsel: %s: %s\n", name, reply.message);
+		control_reply_free(&reply);
+		close(fd);
+		return 1;
+	}
+	if (graceful) {
+		char aware[8] = "yes", seconds[32] = "?";
+		control_payload_get(reply.payload, "guest_handles_shutdown", aware, sizeof(aware));
+		control_payload_get(reply.payload, "timeout_s", seconds, sizeof(seconds));
+		if (strcmp(aware, "yes") != 0)
+			fprintf(stderr,
+				"kapsel: warning: the guest of '%s' does not handle shutdown requests; it will be destroyed in %s s\n",
+				name, seconds);
+	}
+	control_reply_free(&reply);
+	int status = wait ? wait_for_end(fd, name) : 0;
+	close(fd);
+	return status;
+bad:
+	fprintf(stderr, "Try '%s --help'.\n", argv[0]);
+	return 2;
+}
+
+int cli_destroy(int argc, char **argv)
+{
+	return end_vm(argc, argv, false);
+}
+
+void cli_shutdown_usage(FILE *out)
+{
+	fprintf(out, "Usage: kapsel shutdown [--timeout SECONDS] [--no-wait] NAME\n"
+		     "\n"
+		     "Ask a VM's guest to power off (an event the guest sees; see docs/abi.md,\n"
+		     "control requests) and wait until the VM has ended.  A guest that has not\n"
+		     "powered off after the timeout is destroyed.  A guest that does not handle\n"
+		     "requests is reported at once and destroyed when the timeout expires.\n"
+		     "\n"
+		     "Options:\n"
+		     "  -t, --timeout SECONDS  how long the guest gets (default 10)\n"
+		     "      --no-wait          return once the guest has been told\n"
+		     "  -h, --help             show this help\n");
+}
+
+int cli_shutdown(int argc, char **argv)
+{
+	return end_vm(argc, argv, true);
+}
+
+/* ---- stats ----------------------------------------------------------------- */
+
+void cli_stats_usage(FILE *out)
+{
+	fprintf(out, "Usage: kapsel stats [--watch [SECONDS]] NAME\n"
+		     "\n"
+		     "Print a VM's counters: exits by reason, hypercalls, and every device's\n"
+		     "counters (disk operations, bytes, denials, rate limiting, latency).\n"
+		     "\n"
+		     "Options:\n"
+		     "  -w, --watch [SECONDS]  print them again every SECONDS (default 1) until\n"
+		     "                         the VM ends or you interrupt\n"
+		     "  -h, --help             show this help\n");
+}
+
+int cli_stats(int argc, char **argv)
+{
+	const char *name = NULL;
+	double interval_s = 0;
+	for (int i = 1; i < argc; i++) {
+		const char *arg = argv[i];
+		if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
+			cli_stats_usage(stdout);
+			return 0;
+		}
+		if (strcmp(arg, "-w") == 0 || strcmp(arg, "--watch") == 0 ||
+		    strncmp(arg, "--watch=", 8) == 0) {
+			interval_s = 1;
+			const char *value = arg[1] == '-' && arg[7] == '=' ? arg + 8 : NULL;
+			char *end;
+			if (!value && i + 1 < argc && argv[i + 1][0] >= '0' &&
+			    argv[i + 1][0] <= '9')
+				value = argv[++i];
+			if (value) {
+				interval_s = strtod(value, &end);
+				if (*end || interval_s < 0.05 || interval_s > 86400) {
+					fprintf(stderr,
+						"kapsel stats: --watch '%s' must be a number of seconds (0.05 or more)\n",
+						value);
+					return 2;
+				}
+			}
+			continue;
+		}
+		if (arg[0] == '-' || name) {
+			fprintf(stderr,
+				"kapsel stats: unexpected argument '%s'\nTry 'kapsel stats --help'.\n",
+				arg);
+			return 2;
+		}
+		name = arg;
+	}
+	if (!name) {
+		fprintf(stderr, "kapsel stats: expected a VM name\nTry 'kapsel stats --help'.\n");
+		return 2;
+	}
+	for (unsigned round = 0;; round++) {
+		struct control_reply reply;
+		int err = control_call(name, "stats", &reply, REPLY_TIMEOUT_MS);
+		if (err && round > 0 &&
+		    (err == -ENOENT || err == -ECONNREFUSED || err == -ECONNRESET)) {
+			printf("VM '%s' has ended\n", name);
+			return 0;
+		}
+		if (err)
+			return connect_error(name, err);
+		if (reply.errnum) {
+			fprintf(stderr, "kapsel: %s: %s\n", name, reply.message);
+			control_reply_free(&reply);
+			return 1;
+		}
+		if (interval_s > 0) {
+			time_t now = time(NULL);
+			struct tm tm;
+			localtime_r(&now, &tm);
+			printf("--- %s %02d:%02d:%02d\n", name, tm.tm_hour, tm.tm_min, tm.tm_sec);
+		}
+		fputs(reply.payload, stdout);
+		fflush(stdout);
+		control_reply_free(&reply);
+		if (interval_s <= 0)
+			return 0;
+		struct timespec pause = { (time_t)interval_s,
+					  (long)((interval_s - (double)(time_t)interval_s) * 1e9) };
+		nanosleep(&pause, NULL);
+	}
+}
+
+/* ---- console --------------------------------------------------------------- */
+
+void cli_console_usage(FILE *out)
+{
+	fprintf(out, "Usage: kapsel console NAME\n"
+		     "\n"
+		     "Attach to a running VM's console: recent and new guest output is shown\n"
+		     "and what you type goes to the guest.  Press Ctrl-] to detach; the VM\n"
+		     "keeps running.  Several consoles may be attached at once.\n");
+}
+
+static struct termios saved_termios;
+static bool termios_saved;
+
+static void restore_terminal(void)
+{
+	if (termios_saved)
+		tcsetattr(STDIN_FILENO, TCSANOW, &saved_termios);
+	termios_saved = false;
+}
+
+static int write_all(int fd, const char *data, size_t len)
+{
+	while (len) {
+		ssize_t n = write(fd, data, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		data += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int cli_console(int argc, char **argv)
+{
+	int status = 0;
+	const char *name = single_name(argc, argv, cli_console_usage, &status);
+	if (!name)
+		return status;
+	int fd = control_connect(name);
+	if (fd < 0)
+		return connect_error(name, fd);
+	struct control_reply reply;
+	int err = control_client_request(fd, "console", &reply, REPLY_TIMEOUT_MS);
+	if (err) {
+		close(fd);
+		return connect_error(name, err);
+	}
+	if (reply.errnum) {
+		fprintf(stderr, "kapsel: %s: %s\n", name, reply.message);
+		control_reply_free(&reply);
+		close(fd);
+		return 1;
+	}
+	control_reply_free(&reply);
+	bool tty = isatty(STDIN_FILENO);
+	if (tty && tcgetattr(STDIN_FILENO, &saved_termios) == 0) {
+		struct termios raw = saved_termios;
+		cfmakeraw(&raw);
+		/* Raw input, but keep output processing: guest lines end in
+		 * a bare \n, which a raw terminal would staircase. */
+		raw.c_oflag |= OPOST | ONLCR;
+		termios_saved = true;
+		atexit(restore_terminal);
+		tcsetattr(STDIN_FILENO, TCSANOW, &raw);
+		fprintf(stderr, "Connected to VM '%s'; press Ctrl-] to detach.\r\n", name);
+	}
+	signal(SIGPIPE, SIG_IGN);
+	bool input_open = true;
+	for (;;) {
+		struct pollfd fds[2] = { { .fd = fd, .events = POLLIN },
+					 { .fd = STDIN_FILENO, .events = POLLIN } };
+		if (poll(fds, input_open ? 2 : 1, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+			char buf[4096];
+			ssize_t n = read(fd, buf, sizeof(buf));
+			if (n <= 0) {
+				restore_terminal();
+				fprintf(stderr, "\nkapsel: VM '%s' has ended\n", name);
+				break;
+			}
+			if (write_all(STDOUT_FILENO, buf, (size_t)n) < 0)
+				break;
+		}
+		if (input_open && (fds[1].revents & (POLLIN | POLLHUP))) {
+			char buf[1024];
+			ssize_t n = read(STDIN_FILENO, buf, sizeof(buf));
+			if (n <= 0) {
+				/* End of input: keep showing output until the VM ends. */
+				input_open = false;
+				continue;
+			}
+			char *escape = tty ? memchr(buf, CONSOLE_ESCAPE, (size_t)n) : NULL;
+			size_t len = escape ? (size_t)(escape - buf) : (size_t)n;
+			if (len && write_all(fd, buf, len) < 0)
+				break;
+			if (escape) {
+				restore_terminal();
+				fprintf(stderr, "\nDetached from VM '%s'.\n", name);
+				break;
+			}
+		}
+	}
+	restore_terminal();
+	close(fd);
+	return 0;
+}
+
+/* ---- control: any request, raw --------------------------------------------- */
+
+void cli_control_usage(FILE *out)
+{
+	fprintf(out, "Usage: kapsel control NAME REQUEST [KEY=VALUE ...]\n"
+		     "\n"
+		     "Send one request to a VM's control socket and print the reply's payload;\n"
+		     "an error reply is printed on stderr and exits 1.  'kapsel control NAME\n"
+		     "help' lists the requests the VM understands, for example\n"
+		     "  kapsel control web set-limits disk=0 iops=500 readonly=yes\n"
+		     "See docs/control.md for the protocol.\n");
+}
+
+int cli_control(int argc, char **argv)
+{
+	if (argc > 1 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
+		cli_control_usage(stdout);
+		return 0;
+	}
+	if (argc < 3) {
+		fprintf(stderr,
+			"kapsel control: expected a VM name and a request\nTry 'kapsel control --help'.\n");
+		return 2;
+	}
+	char request[CONTROL_REQUEST_MAX_BYTES];
+	size_t used = 0;
+	for (int i = 2; i < argc; i++) {
+		int n = snprintf(request + used, sizeof(request) - used, "%s%s", i > 2 ? " " : "",
+				 argv[i]);
+		if (n < 0 || (size_t)n >= sizeof(request) - used) {
+			fprintf(stderr, "kapsel control: the request is longer than %u bytes\n",
+				CONTROL_REQUEST_MAX_BYTES - 1);
+			return 2;
+		}
+		used += (size_t)n;
+	}
+	struct control_reply reply;
+	if (call(argv[1], request, &reply))
+		return 1;
+	fputs(reply.payload, stdout);
+	control_reply_free(&reply);
+	return 0;
+}

@@ -1,0 +1,318 @@
+/* `kapsel run`: boot a guest from command-line options or a libvirt domain XML file. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "cli/cli_state.h"
+#include "control/control.h"
+#include "core/log.h"
+#include "core/vm.h"
+#include "core/sandbox.h"
+
+void cli_run_usage(FILE *out)
+{
+	fprintf(out,
+		"Usage: kapsel run [OPTIONS] [DOMAIN.xml]\n"
+		"\n"
+		"Boot a guest kernel (an ELF64 x86-64 executable) and run it until it\n"
+		"powers off.  Exits with the guest's exit code, %d if the guest crashed,\n"
+		"or %d if Kapsel could not run it.\n"
+		"\n"
+		"The VM comes from DOMAIN.xml (libvirt domain XML) or from options;\n"
+		"options given after DOMAIN.xml override it.\n"
+		"\n"
+		"Options:\n"
+		"  -k, --kernel FILE        guest kernel ELF image\n"
+		"  -m, --memory SIZE        guest RAM, e.g. 64M or 1G (default 64M; multiple of 2M)\n"
+		"  -c, --cmdline TEXT       command line the guest reads from its start info\n"
+		"  -n, --name NAME          VM name, unique on this host (default 'kapsel-PID')\n"
+		"  -d, --disk SPEC          attach a disk image; SPEC is PATH[,format=raw|overlay]\n"
+		"                           [,readonly][,bus=pv|ata][,cache=none|writeback]\n"
+		"                           [,iops=N][,iops_burst=N][,bps=N][,bps_burst=N][,poll=US]\n"
+		"      --net SPEC           attach a network interface (after the disks); SPEC is\n"
+		"                           socket=PATH,peer=PATH (Unix datagram socket: bind PATH,\n"
+		"                           send to the other VM's PATH; no root needed) or\n"
+		"                           tap=IFNAME (/dev/net/tun), then [,model=pv|ne2000]\n"
+		"                           [,mac=XX:XX:XX:XX:XX:XX][,pps=N][,pps_burst=N][,bps=N]\n"
+		"                           [,bps_burst=N] (limits apply to frames the guest sends)\n"
+		"      --rng[=SPEC]         attach the PV entropy device (bytes from getrandom);\n"
+		"                           SPEC is [bps=N][,bps_burst=N][,iops=N][,iops_burst=N]\n"
+		"      --console MODE       auto (PV console and UART; guest prefers PV) or uart\n"
+		"      --console-output FILE[,max=SIZE]\n"
+		"                           append guest console output to FILE, not stdout; FILE\n"
+		"                           stops growing at SIZE (default 64M, 0: no cap)\n"
+		"      --no-console-input   do not forward standard input to the guest\n"
+		"      --no-control         do not serve a control socket (kapsel list, info,\n"
+		"                           pause, shutdown, ... cannot reach this VM)\n"
+		"      --save-on-signal DIR on SIGHUP, save the VM to DIR (kapsel restore DIR)\n"
+		"      --save-stop          with --save-on-signal: stop the VM after saving\n"
+		"      --incoming tcp:ADDR:PORT,psk=FILE  receive a live migration there over\n"
+		"                           TLS with the pre-shared key in FILE and run it (kapsel\n"
+		"                           migrate --psk FILE NAME tcp:ADDR:PORT on the source);\n"
+		"                           ',insecure' instead of ',psk=FILE': plain TCP, INSECURE;\n"
+		"                           the VM's kernel, memory and disks come from this command\n"
+		"                           line or XML (as on the source), never from the stream\n"
+		"      --stats              print exit and device counters when the VM stops\n"
+		"      --stats-file FILE    on SIGUSR1, write the counters to FILE (default stderr)\n" SANDBOX_USAGE
+		"  -v, --verbose            log what Kapsel does\n"
+		"  -h, --help               show this help\n"
+		"\n"
+		"Examples:\n"
+		"  kapsel run --kernel build/guest-pv/examples/hello.elf --memory 64M\n"
+		"  kapsel run examples/hello.xml\n",
+		KAPSEL_EXIT_GUEST_CRASH, KAPSEL_EXIT_VMM_ERROR);
+}
+
+static char *replace(char *old, const char *value)
+{
+	free(old);
+	return strdup(value);
+}
+
+int cli_run(int argc, char **argv)
+{
+	enum {
+		OPT_CONSOLE = 256,
+		OPT_CONSOLE_OUTPUT,
+		OPT_NO_INPUT,
+		OPT_STATS,
+		OPT_STATS_FILE,
+		OPT_NO_CONTROL,
+		OPT_SAVE_ON_SIGNAL,
+		OPT_SAVE_STOP,
+		OPT_INCOMING,
+		OPT_NET,
+		OPT_RNG
+	};
+	static const struct option options[] = {
+		{ "kernel", required_argument, NULL, 'k' },
+		{ "memory", required_argument, NULL, 'm' },
+		{ "cmdline", required_argument, NULL, 'c' },
+		{ "name", required_argument, NULL, 'n' },
+		{ "disk", required_argument, NULL, 'd' },
+		{ "net", required_argument, NULL, OPT_NET },
+		{ "rng", optional_argument, NULL, OPT_RNG },
+		{ "console", required_argument, NULL, OPT_CONSOLE },
+		{ "console-output", required_argument, NULL, OPT_CONSOLE_OUTPUT },
+		{ "no-console-input", no_argument, NULL, OPT_NO_INPUT },
+		{ "stats", no_argument, NULL, OPT_STATS },
+		{ "no-control", no_argument, NULL, OPT_NO_CONTROL },
+		{ "save-on-signal", required_argument, NULL, OPT_SAVE_ON_SIGNAL },
+		{ "save-stop", no_argument, NULL, OPT_SAVE_STOP },
+		{ "incoming", required_argument, NULL, OPT_INCOMING },
+		{ "stats-file", required_argument, NULL, OPT_STATS_FILE },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		SANDBOX_LONG_OPTIONS,
+		{ 0 },
+	};
+	struct vm_config config;
+	char error[512];
+	int status = KAPSEL_EXIT_VMM_ERROR;
+	bool name_given = false, use_control = true;
+	struct control_server *control = NULL;
+	const char *save_dir = NULL; /* --save-on-signal (cli_state.c) */
+	bool save_stop = false;
+	const char *incoming = NULL; /* --incoming: a live migration (cli_state.c) */
+
+	vm_config_init(&config);
+	/* A domain XML file anywhere among the arguments is read first, so
+	 * that options override it whatever their order. */
+	for (int i = 1; i < argc; i++) {
+		size_t len = strlen(argv[i]);
+		if (argv[i][0] != '-' && len > 4 && strcmp(argv[i] + len - 4, ".xml") == 0 &&
+		    !(i > 1 && argv[i - 1][0] == '-' && argv[i - 1][1] != '-' &&
+		      strlen(argv[i - 1]) == 2)) {
+			if (vm_config_load_xml(argv[i], &config, error, sizeof(error)) < 0) {
+				kapsel_error("%s", error);
+				goto out;
+			}
+		}
+	}
+
+	optind = 1;
+	int opt;
+	while ((opt = getopt_long(argc, argv, "k:m:c:n:d:vh", options, NULL)) != -1) {
+		switch (opt) {
+		case 'k':
+			config.kernel_path = replace(config.kernel_path, optarg);
+			break;
+		case 'm':
+			if (guest_memory_parse_size(optarg, &config.memory_bytes) < 0) {
+				kapsel_error("--memory '%s' is not a valid size; use a multiple of 2M between 4M and 64G, e.g. 64M or 1G",
+					     optarg);
+				goto out;
+			}
+			break;
+		case 'c':
+			if (strlen(optarg) >= KAPSEL_CMDLINE_MAX) {
+				kapsel_error("--cmdline is %zu bytes; the limit is %u",
+					     strlen(optarg), KAPSEL_CMDLINE_MAX - 1);
+				goto out;
+			}
+			config.cmdline = replace(config.cmdline, optarg);
+			break;
+		case 'n':
+			if (vm_config_check_name(optarg, error, sizeof(error)) < 0) {
+				kapsel_error("--name: %s", error);
+				goto out;
+			}
+			snprintf(config.name, sizeof(config.name), "%s", optarg);
+			name_given = true;
+			break;
+		case 'd':
+			if (config.disk_count == VM_CONFIG_MAX_DISKS) {
+				kapsel_error("too many --disk options; the limit is %u",
+					     VM_CONFIG_MAX_DISKS);
+				goto out;
+			}
+			if (vm_config_parse_disk(optarg, &config.disks[config.disk_count], error,
+						 sizeof(error)) < 0) {
+				kapsel_error("%s", error);
+				goto out;
+			}
+			config.disk_count++;
+			break;
+		case OPT_NET:
+			if (config.net_count == VM_CONFIG_MAX_NETS) {
+				kapsel_error("too many --net options; the limit is %u",
+					     VM_CONFIG_MAX_NETS);
+				goto out;
+			}
+			if (vm_config_parse_net(optarg, &config.nets[config.net_count], error,
+						sizeof(error)) < 0) {
+				kapsel_error("%s", error);
+				goto out;
+			}
+			config.net_count++;
+			break;
+		case OPT_RNG: {
+			/* --rng alone, --rng=SPEC, or --rng SPEC when the next word
+			 * is a limit list (key=value, not a path or an option). */
+			const char *spec = optarg;
+			if (!spec && optind < argc && argv[optind][0] != '-' &&
+			    strchr(argv[optind], '=') && !strchr(argv[optind], '/'))
+				spec = argv[optind++];
+			if (vm_config_parse_rng(spec, &config.rng, error, sizeof(error)) < 0) {
+				kapsel_error("%s", error);
+				goto out;
+			}
+			break;
+		}
+		case OPT_CONSOLE:
+			if (strcmp(optarg, "auto") == 0 || strcmp(optarg, "pv") == 0)
+				config.console_mode = VM_CONSOLE_AUTO;
+			else if (strcmp(optarg, "uart") == 0)
+				config.console_mode = VM_CONSOLE_UART;
+			else {
+				kapsel_error("--console '%s' is unknown; use auto or uart", optarg);
+				goto out;
+			}
+			break;
+		case OPT_CONSOLE_OUTPUT:
+			if (vm_config_parse_console_output(optarg, &config, error, sizeof(error)) <
+			    0) {
+				kapsel_error("%s", error);
+				goto out;
+			}
+			break;
+		case OPT_NO_INPUT:
+			config.console_input = false;
+			break;
+		case OPT_STATS:
+			config.print_stats = true;
+			break;
+		case OPT_NO_CONTROL:
+			use_control = false;
+			break;
+		case OPT_SAVE_ON_SIGNAL:
+			save_dir = optarg;
+			break;
+		case OPT_SAVE_STOP:
+			save_stop = true;
+			break;
+		case OPT_INCOMING:
+			incoming = optarg;
+			break;
+		case OPT_STATS_FILE:
+			config.stats_path = replace(config.stats_path, optarg);
+			break;
+		case 'v':
+			kapsel_log_set_verbose(true);
+			break;
+		case SANDBOX_OPT_NO_SANDBOX:
+		case SANDBOX_OPT_USER:
+		case SANDBOX_OPT_JAIL:
+			if (sandbox_cli_option(opt, optarg) < 0)
+				goto out;
+			break;
+		case 'h':
+			cli_run_usage(stdout);
+			status = 0;
+			goto out;
+		default:
+			fprintf(stderr, "Try 'kapsel run --help'.\n");
+			goto out;
+		}
+	}
+	for (int i = optind; i < argc; i++) {
+		size_t len = strlen(argv[i]);
+		if (len <= 4 || strcmp(argv[i] + len - 4, ".xml") != 0) {
+			kapsel_error("unexpected argument '%s'; a VM definition file must end in .xml",
+				     argv[i]);
+			goto out;
+		}
+	}
+	if (incoming) {
+		/* The VM's definition comes with it; the name only if given. */
+		if (!name_given)
+			config.name[0] = '\0';
+		status = state_run_incoming(incoming, &config, use_control);
+		goto out;
+	}
+	if (!config.kernel_path) {
+		kapsel_error(
+			"no guest kernel; give --kernel FILE or a domain XML with <os><kernel>");
+		fprintf(stderr, "Try 'kapsel run --help'.\n");
+		goto out;
+	}
+
+	/* Names are unique per host: an unnamed VM gets one of its own. */
+	if (!name_given && !config.source_xml_path)
+		snprintf(config.name, sizeof(config.name), "kapsel-%ld", (long)getpid());
+	/* As libvirt does, a VM without a UUID gets a random (version 4) one. */
+	if (!config.has_uuid &&
+	    getrandom(config.uuid, sizeof(config.uuid), 0) == (ssize_t)sizeof(config.uuid)) {
+		config.uuid[6] = (uint8_t)((config.uuid[6] & 0x0f) | 0x40);
+		config.uuid[8] = (uint8_t)((config.uuid[8] & 0x3f) | 0x80);
+		config.has_uuid = true;
+	}
+	/* Claim the name before anything else, so that starting the same VM
+	 * twice fails on the name, not on a locked disk. */
+	if (use_control && control_server_start(&control, config.name, error, sizeof(error)) < 0) {
+		kapsel_error("%s", error);
+		goto out;
+	}
+	struct kapsel_vm vm;
+	if (vm_create(&vm, &config) < 0)
+		goto out;
+	if (control && control_server_attach(control, &vm, error, sizeof(error)) < 0) {
+		kapsel_error("%s", error);
+		control_server_stop(control);
+		control = NULL;
+		vm_destroy(&vm);
+		goto out;
+	}
+	status = state_run_until_stopped(&vm, control, save_dir, save_stop, config.print_stats);
+	control = NULL;
+out:
+	control_server_stop(control);
+	vm_config_free(&config);
+	return status;
+}

@@ -1,0 +1,110 @@
+/* The `kapsel` command: dispatches to its verbs (run, bench, ...). */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "cli/cli_state.h"
+#include "kapsel/abi.h"
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"Usage: kapsel COMMAND [OPTIONS]\n"
+		"\n"
+		"Kapsel is a thin paravirtualizing hypervisor on Linux KVM.\n"
+		"\n"
+		"Commands:\n"
+		"  run       boot a guest kernel and run it until it powers off\n"
+		"  bench     measure native vs paravirtualized vs emulated I/O side by side\n"
+		"\n"
+		"  list      list the VMs running on this host\n"
+		"  info      show a VM's state, memory, devices and disks\n"
+		"  pause     stop a VM's vCPU\n"
+		"  resume    let a paused VM run again\n"
+		"  shutdown  ask a VM's guest to power off; destroy it after a timeout\n"
+		"  destroy   end a VM at once\n"
+		"  stats     print a VM's exit and device counters, once or repeatedly\n"
+		"  console   attach to a VM's console (Ctrl-] detaches)\n"
+		"  dumpxml   print a VM's definition as libvirt domain XML\n"
+		"  control   send any request to a VM's control socket\n"
+		"\n"
+		"  save      save a running VM to a state directory (stop or continue)\n"
+		"  snapshot  save a running VM and freeze its disks; it goes on on overlays\n"
+		"  restore   run a saved VM from exactly where it was\n"
+		"  clone     start N copies of a saved VM that share its memory\n"
+		"  migrate   live-migrate a running VM to 'kapsel run --incoming' elsewhere\n"
+		"  inspect   check and decode a saved VM state offline\n"
+		"\n"
+		"  version   print Kapsel's version and hypercall ABI version\n"
+		"  help      show this help, or 'kapsel help COMMAND' for a command's options\n"
+		"\n"
+		"Run 'kapsel COMMAND --help' for the options of a command.\n");
+}
+
+struct verb {
+	const char *name;
+	int (*main)(int argc, char **argv);
+	void (*usage)(FILE *out);
+};
+
+static const struct verb verbs[] = {
+	{ "run", cli_run, cli_run_usage },
+	{ "bench", cli_bench, cli_bench_usage },
+	{ "list", cli_list, cli_list_usage },
+	{ "info", cli_info, cli_info_usage },
+	{ "pause", cli_pause, cli_pause_usage },
+	{ "resume", cli_resume, cli_resume_usage },
+	{ "shutdown", cli_shutdown, cli_shutdown_usage },
+	{ "destroy", cli_destroy, cli_destroy_usage },
+	{ "stats", cli_stats, cli_stats_usage },
+	{ "console", cli_console, cli_console_usage },
+	{ "dumpxml", cli_dumpxml, cli_dumpxml_usage },
+	{ "control", cli_control, cli_control_usage },
+	{ "save", cli_save, cli_save_usage },
+	{ "snapshot", cli_snapshot, cli_snapshot_usage },
+	{ "migrate", cli_migrate, cli_migrate_usage },
+	{ "restore", cli_restore, cli_restore_usage },
+	{ "clone", cli_clone, cli_clone_usage },
+	{ "inspect", cli_inspect, cli_inspect_usage },
+};
+
+static const struct verb *find_verb(const char *name)
+{
+	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
+		if (strcmp(verbs[i].name, name) == 0)
+			return &verbs[i];
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		usage(stderr);
+		return 2;
+	}
+	const char *name = argv[1];
+	if (strcmp(name, "-h") == 0 || strcmp(name, "--help") == 0 || strcmp(name, "help") == 0) {
+		if (argc > 2 && find_verb(argv[2])) {
+			find_verb(argv[2])->usage(stdout);
+			return 0;
+		}
+		usage(stdout);
+		return 0;
+	}
+	if (strcmp(name, "version") == 0 || strcmp(name, "--version") == 0) {
+		printf("kapsel %s (hypercall ABI %u.%u)\n", KAPSEL_VERSION, KAPSEL_ABI_MAJOR,
+		       KAPSEL_ABI_MINOR);
+		return 0;
+	}
+	const struct verb *verb = find_verb(name);
+	if (!verb) {
+		fprintf(stderr, "kapsel: '%s' is not a command; see 'kapsel --help'\n", name);
+		return 2;
+	}
+	/* The verb sees itself as argv[0], named as the user typed it, so that
+	 * getopt's own messages read "kapsel run: unrecognized option ...". */
+	char verb_argv0[64];
+	snprintf(verb_argv0, sizeof(verb_argv0), "kapsel %s", verb->name);
+	argv[1] = verb_argv0;
+	return verb->main(argc - 1, argv + 1);
+}

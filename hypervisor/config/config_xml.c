@@ -1,0 +1,980 @@
+/* libvirt domain XML to a VM definition and back, with libxml2. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <libxml/parser.h>
+#include <libxml/tree.h>
+#include <libxml/xmlwriter.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "config/config.h"
+#include "config/config_xml_net.h"
+#include "config/config_xml_rng.h"
+#include "core/guest_memory.h"
+#include "kapsel/abi.h"
+#include "core/log.h"
+
+/* Kapsel's own settings libvirt has no element for live in <metadata>. */
+#define KAPSEL_XML_NAMESPACE "https://kapsel.example/xmlns/domain/1"
+
+struct xml_context {
+	struct vm_config *config;
+	char *error;
+	size_t error_len;
+	const char *path;
+	char *base_dir; /* directory of the XML file: relative paths start there */
+	bool have_memory;
+	uint64_t current_memory_bytes; /* 0: no <currentMemory> */
+	bool saw_serial, saw_console_pv, saw_console_serial;
+	char *chardev_path; /* file of the first file-backed <serial>/<console> */
+	bool chardev_stdio; /* a stdio/pty one was seen */
+};
+
+static int xml_fail(struct xml_context *ctx, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static int xml_fail(struct xml_context *ctx, const char *fmt, ...)
+{
+	char detail[400];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(detail, sizeof(detail), fmt, ap);
+	va_end(ap);
+	snprintf(ctx->error, ctx->error_len, "domain XML '%s': %s", ctx->path, detail);
+	return -EINVAL;
+}
+
+static void xml_ignore(struct xml_context *ctx, const char *element_path, const char *why)
+{
+	kapsel_warn("domain XML '%s': ignoring %s (%s)", ctx->path, element_path, why);
+}
+
+static bool is_element(const xmlNode *node, const char *name)
+{
+	return node->type == XML_ELEMENT_NODE && strcmp((const char *)node->name, name) == 0;
+}
+
+/* Text content of node, trimmed; caller frees. */
+static char *node_text(const xmlNode *node)
+{
+	xmlChar *raw = xmlNodeGetContent(node);
+	if (!raw)
+		return strdup("");
+	char *start = (char *)raw;
+	while (*start == ' ' || *start == '\n' || *start == '\t' || *start == '\r')
+		start++;
+	char *end = start + strlen(start);
+	while (end > start &&
+	       (end[-1] == ' ' || end[-1] == '\n' || end[-1] == '\t' || end[-1] == '\r'))
+		end--;
+	char *text = strndup(start, (size_t)(end - start));
+	xmlFree(raw);
+	return text;
+}
+
+static char *node_attr(const xmlNode *node, const char *name)
+{
+	xmlChar *raw = xmlGetProp(node, (const xmlChar *)name);
+	if (!raw)
+		return NULL;
+	char *text = strdup((const char *)raw);
+	xmlFree(raw);
+	return text;
+}
+
+static bool attr_is(const xmlNode *node, const char *name, const char *value)
+{
+	char *text = node_attr(node, name);
+	bool same = text && strcmp(text, value) == 0;
+	free(text);
+	return same;
+}
+
+/* A path from the XML: relative ones are relative to the XML file's folder. */
+static char *resolve_path(struct xml_context *ctx, char *path)
+{
+	if (!path || path[0] == '/' || !ctx->base_dir)
+		return path;
+	char *joined = NULL;
+	if (asprintf(&joined, "%s/%s", ctx->base_dir, path) < 0)
+		joined = NULL;
+	free(path);
+	return joined;
+}
+
+/* <memory unit='MiB'>64</memory>: libvirt's default unit is KiB. */
+static int parse_memory(struct xml_context *ctx, const xmlNode *node, uint64_t *bytes)
+{
+	char *text = node_text(node), *unit = node_attr(node, "unit"), *end;
+	int err = 0;
+	errno = 0;
+	unsigned long long value = strtoull(text, &end, 10);
+	uint64_t scale = 1024;
+	if (!*text || *end || errno || text[0] == '-')
+		err = xml_fail(ctx, "/domain/%s value '%s' is not a whole number", node->name,
+			       text);
+	if (!err && unit) {
+		static const struct {
+			const char *name;
+			uint64_t scale;
+		} units[] = {
+			{ "b", 1 },	     { "bytes", 1 },	    { "KB", 1000 },
+			{ "k", 1024 },	     { "KiB", 1024 },	    { "MB", 1000000 },
+			{ "M", 1 << 20 },    { "MiB", 1 << 20 },    { "GB", 1000000000 },
+			{ "G", 1 << 30 },    { "GiB", 1 << 30 },    { "TB", 1000000000000ull },
+			{ "T", 1ull << 40 }, { "TiB", 1ull << 40 },
+		};
+		bool found = false;
+		for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+			if (strcmp(unit, units[i].name) == 0) {
+				scale = units[i].scale;
+				found = true;
+			}
+		if (!found)
+			err = xml_fail(ctx, "/domain/%s unit='%s' is unknown; use KiB, MiB or GiB",
+				       node->name, unit);
+	}
+	if (!err && value > UINT64_MAX / scale)
+		err = xml_fail(ctx, "/domain/%s value is too large", node->name);
+	if (!err)
+		*bytes = value * scale;
+	free(text);
+	free(unit);
+	return err;
+}
+
+static int parse_action(struct xml_context *ctx, const xmlNode *node,
+			enum vm_lifecycle_action *action)
+{
+	char *text = node_text(node);
+	int err = 0;
+	if (strcmp(text, "destroy") == 0)
+		*action = VM_ACTION_DESTROY;
+	else if (strcmp(text, "restart") == 0)
+		*action = VM_ACTION_RESTART;
+	else if (strcmp(text, "preserve") == 0 && is_element(node, "on_crash"))
+		*action = VM_ACTION_PRESERVE;
+	else
+		err = xml_fail(ctx, "/domain/%s '%s' is not supported; use destroy or restart%s",
+			       node->name, text,
+			       is_element(node, "on_crash") ? " (or preserve)" : "");
+	free(text);
+	return err;
+}
+
+static int parse_uuid(struct xml_context *ctx, const char *text, uint8_t uuid[16])
+{
+	unsigned n = 0;
+	for (const char *p = text; *p; p++) {
+		if (*p == '-')
+			continue;
+		int digit;
+		if (*p >= '0' && *p <= '9')
+			digit = *p - '0';
+		else if (*p >= 'a' && *p <= 'f')
+			digit = *p - 'a' + 10;
+		else if (*p >= 'A' && *p <= 'F')
+			digit = *p - 'A' + 10;
+		else
+			return xml_fail(ctx, "/domain/uuid '%s' is not a UUID", text);
+		if (n >= 32)
+			return xml_fail(ctx, "/domain/uuid '%s' is too long", text);
+		if (n % 2 == 0)
+			uuid[n / 2] = (uint8_t)(digit << 4);
+		else
+			uuid[n / 2] |= (uint8_t)digit;
+		n++;
+	}
+	if (n != 32)
+		return xml_fail(ctx, "/domain/uuid '%s' must have 32 hex digits", text);
+	return 0;
+}
+
+static int parse_os(struct xml_context *ctx, const xmlNode *os)
+{
+	char *firmware = node_attr(os, "firmware");
+	if (firmware) {
+		int err = xml_fail(
+			ctx,
+			"/domain/os firmware='%s' is not supported: Kapsel boots an ELF kernel directly (use <kernel>)",
+			firmware);
+		free(firmware);
+		return err;
+	}
+	for (const xmlNode *n = os->children; n; n = n->next) {
+		if (n->type != XML_ELEMENT_NODE)
+			continue;
+		if (is_element(n, "kernel")) {
+			free(ctx->config->kernel_path);
+			ctx->config->kernel_path = resolve_path(ctx, node_text(n));
+		} else if (is_element(n, "cmdline")) {
+			char *cmdline = node_text(n);
+			if (strlen(cmdline) >= KAPSEL_CMDLINE_MAX) {
+				free(cmdline);
+				return xml_fail(ctx, "/domain/os/cmdline is longer than %u bytes",
+						KAPSEL_CMDLINE_MAX - 1);
+			}
+			free(ctx->config->cmdline);
+			ctx->config->cmdline = cmdline;
+		} else if (is_element(n, "type")) {
+			char *arch = node_attr(n, "arch"), *text = node_text(n);
+			bool bad_arch = arch && strcmp(arch, "x86_64") != 0;
+			bool bad_type = strcmp(text, "hvm") != 0 && strcmp(text, "xen") != 0 &&
+					strcmp(text, "linux") != 0;
+			int err = 0;
+			if (bad_arch)
+				err = xml_fail(ctx,
+					       "/domain/os/type arch='%s' is not supported; use x86_64",
+					       arch);
+			else if (bad_type)
+				err = xml_fail(ctx,
+					       "/domain/os/type '%s' is not supported; use hvm",
+					       text);
+			free(arch);
+			free(text);
+			if (err)
+				return err;
+		} else if (is_element(n, "initrd") || is_element(n, "loader") ||
+			   is_element(n, "nvram") || is_element(n, "boot") ||
+			   is_element(n, "bootmenu") || is_element(n, "smbios") ||
+			   is_element(n, "bios") || is_element(n, "dtb") || is_element(n, "acpi") ||
+			   is_element(n, "init") || is_element(n, "firmware")) {
+			return xml_fail(
+				ctx,
+				"/domain/os/%s is not supported: Kapsel boots an ELF kernel directly (use <kernel>)",
+				n->name);
+		} else {
+			return xml_fail(ctx, "/domain/os/%s is not supported by Kapsel", n->name);
+		}
+	}
+	return 0;
+}
+
+static int parse_iotune(struct xml_context *ctx, const xmlNode *iotune, struct vm_disk_config *disk)
+{
+	for (const xmlNode *t = iotune->children; t; t = t->next) {
+		if (t->type != XML_ELEMENT_NODE)
+			continue;
+		char *text = node_text(t), *end;
+		errno = 0;
+		unsigned long long v = strtoull(text, &end, 10);
+		int err = 0;
+		if (!*text || *end || errno || text[0] == '-')
+			err = xml_fail(ctx,
+				       "/domain/devices/disk/iotune/%s '%s' is not a whole number",
+				       t->name, text);
+		else if (is_element(t, "total_iops_sec"))
+			disk->ops_limit.rate_per_second = v;
+		else if (is_element(t, "total_iops_sec_max"))
+			disk->ops_limit.burst = v;
+		else if (is_element(t, "total_bytes_sec"))
+			disk->bytes_limit.rate_per_second = v;
+		else if (is_element(t, "total_bytes_sec_max"))
+			disk->bytes_limit.burst = v;
+		else
+			err = xml_fail(
+				ctx,
+				"/domain/devices/disk/iotune/%s is not supported; use total_iops_sec, total_iops_sec_max, total_bytes_sec, total_bytes_sec_max",
+				t->name);
+		free(text);
+		if (err)
+			return err;
+	}
+	if ((disk->ops_limit.burst && !disk->ops_limit.rate_per_second) ||
+	    (disk->bytes_limit.burst && !disk->bytes_limit.rate_per_second))
+		return xml_fail(
+			ctx,
+			"/domain/devices/disk/iotune: a *_max burst needs its rate (total_iops_sec or total_bytes_sec) too");
+	return 0;
+}
+
+static int parse_disk_driver(struct xml_context *ctx, const xmlNode *n, struct vm_disk_config *disk)
+{
+	int err = 0;
+	char *cache = node_attr(n, "cache"), *format = node_attr(n, "type");
+	if (cache && (strcmp(cache, "none") == 0 || strcmp(cache, "directsync") == 0))
+		disk->cache = VM_DISK_CACHE_NONE;
+	else if (cache && strcmp(cache, "writeback") != 0 && strcmp(cache, "default") != 0)
+		err = xml_fail(
+			ctx,
+			"/domain/devices/disk/driver cache='%s' is not supported; use none or writeback",
+			cache);
+	/* The format is the definition's word, never guessed from the image. */
+	if (!err && format && strcmp(format, "raw") == 0)
+		disk->format = VM_DISK_FORMAT_RAW;
+	else if (!err && format && strcmp(format, "kovl") == 0)
+		disk->format = VM_DISK_FORMAT_OVERLAY;
+	else if (!err && format)
+		err = xml_fail(
+			ctx,
+			"/domain/devices/disk/driver type='%s' is not supported; use raw or kovl (a Kapsel overlay)",
+			format);
+	free(cache);
+	free(format);
+	/* name, io, discard, detect_zeroes are host-side choices: accepted. */
+	return err;
+}
+
+static int parse_disk(struct xml_context *ctx, const xmlNode *node)
+{
+	struct vm_config *config = ctx->config;
+	char *type = node_attr(node, "type"), *device = node_attr(node, "device");
+	int err = 0;
+	if (!type || strcmp(type, "file") != 0)
+		err = xml_fail(ctx,
+			       "/domain/devices/disk type='%s' is not supported; use type='file'",
+			       type ? type : "");
+	else if (device && strcmp(device, "disk") != 0)
+		err = xml_fail(ctx,
+			       "/domain/devices/disk device='%s' is not supported; use device='disk'",
+			       device);
+	free(type);
+	free(device);
+	if (err)
+		return err;
+	if (config->disk_count == VM_CONFIG_MAX_DISKS)
+		return xml_fail(ctx, "/domain/devices/disk: more than %u disks",
+				VM_CONFIG_MAX_DISKS);
+	struct vm_disk_config disk = { 0 };
+	char *target_dev = NULL;
+	for (const xmlNode *n = node->children; n && !err; n = n->next) {
+		if (n->type != XML_ELEMENT_NODE)
+			continue;
+		if (is_element(n, "source")) {
+			free(disk.path);
+			disk.path = resolve_path(ctx, node_attr(n, "file"));
+		} else if (is_element(n, "readonly")) {
+			disk.readonly = true;
+		} else if (is_element(n, "driver")) {
+			err = parse_disk_driver(ctx, n, &disk);
+		} else if (is_element(n, "target")) {
+			char *bus = node_attr(n, "bus");
+			free(target_dev);
+			target_dev = node_attr(n, "dev");
+			if (!bus || strcmp(bus, "xen") == 0)
+				disk.bus = VM_DISK_BUS_PV;
+			else if (strcmp(bus, "ide") == 0)
+				disk.bus = VM_DISK_BUS_ATA;
+			else
+				err = xml_fail(
+					ctx,
+					"/domain/devices/disk/target bus='%s' is not supported; use bus='xen' (PV) or bus='ide' (emulated ATA)",
+					bus);
+			free(bus);
+		} else if (is_element(n, "iotune")) {
+			err = parse_iotune(ctx, n, &disk);
+		} else if (is_element(n, "alias") || is_element(n, "address") ||
+			   is_element(n, "boot")) {
+			xml_ignore(ctx,
+				   is_element(n, "alias")     ? "/domain/devices/disk/alias"
+				   : is_element(n, "address") ? "/domain/devices/disk/address"
+							      : "/domain/devices/disk/boot",
+				   "Kapsel numbers disks in the order they are listed");
+		} else if (is_element(n, "shareable")) {
+			err = xml_fail(
+				ctx,
+				"/domain/devices/disk/shareable is not supported: Kapsel locks a writable image for one VM; use <readonly/> on every VM that shares it");
+		} else {
+			err = xml_fail(ctx, "/domain/devices/disk/%s is not supported by Kapsel",
+				       n->name);
+		}
+	}
+	if (!err && !disk.path)
+		err = xml_fail(ctx, "/domain/devices/disk needs <source file='...'/>");
+	if (!err && !target_dev)
+		err = xml_fail(ctx, "/domain/devices/disk needs <target dev='...' bus='xen|ide'/>");
+	if (!err && disk.bus == VM_DISK_BUS_ATA && strcmp(target_dev, "hda") != 0)
+		err = xml_fail(
+			ctx,
+			"/domain/devices/disk/target dev='%s' bus='ide': Kapsel emulates one ATA drive, the primary master; use dev='hda'",
+			target_dev);
+	for (unsigned i = 0; !err && i < config->disk_count; i++) {
+		if (disk.bus == VM_DISK_BUS_ATA && config->disks[i].bus == VM_DISK_BUS_ATA)
+			err = xml_fail(
+				ctx,
+				"/domain/devices/disk/target: two disks with bus='ide'; Kapsel emulates one ATA drive, attach the others with bus='xen'");
+	}
+	if (!err) {
+		/* The target names of earlier disks, for the duplicate check. */
+		for (const xmlNode *prev = node->prev; prev && !err; prev = prev->prev) {
+			if (!is_element(prev, "disk"))
+				continue;
+			for (const xmlNode *t = prev->children; t; t = t->next)
+				if (is_element(t, "target") && attr_is(t, "dev", target_dev))
+					err = xml_fail(
+						ctx,
+						"/domain/devices/disk/target dev='%s' is used by two disks",
+						target_dev);
+		}
+	}
+	free(target_dev);
+	if (err) {
+		free(disk.path);
+		return err;
+	}
+	config->disks[config->disk_count++] = disk;
+	return 0;
+}
+
+/* <serial> (the 16550 UART) and <console> (PV console with target type
+ * 'xen', or a view of the serial port): both end in the one console sink. */
+static int parse_chardev(struct xml_context *ctx, const xmlNode *node)
+{
+	char *type = node_attr(node, "type");
+	int err = 0;
+	char *path = NULL;
+	if (!type || strcmp(type, "stdio") == 0 || strcmp(type, "pty") == 0) {
+		if (type && strcmp(type, "pty") == 0)
+			xml_ignore(ctx, "pty in /domain/devices/console or serial",
+				   "the console is on kapsel's standard output and 'kapsel console NAME'");
+		ctx->chardev_stdio = true;
+	} else if (strcmp(type, "file") == 0) {
+		for (const xmlNode *s = node->children; s; s = s->next)
+			if (is_element(s, "source")) {
+				free(path);
+				path = resolve_path(ctx, node_attr(s, "path"));
+			}
+		if (!path)
+			err = xml_fail(ctx,
+				       "/domain/devices/%s type='file' needs <source path='...'/>",
+				       node->name);
+	} else if (strcmp(type, "null") == 0) {
+		path = strdup("/dev/null");
+	} else {
+		err = xml_fail(
+			ctx,
+			"/domain/devices/%s type='%s' is not supported; use stdio, pty, file or null",
+			node->name, type);
+	}
+	free(type);
+	for (const xmlNode *t = node->children; t && !err; t = t->next) {
+		if (!is_element(t, "target"))
+			continue;
+		char *target = node_attr(t, "type");
+		if (is_element(node, "console")) {
+			if (!target || strcmp(target, "xen") == 0)
+				ctx->saw_console_pv = true;
+			else if (strcmp(target, "serial") == 0)
+				ctx->saw_console_serial = true;
+			else
+				err = xml_fail(
+					ctx,
+					"/domain/devices/console/target type='%s' is not supported; use xen (PV console) or serial",
+					target);
+		} else if (target && strcmp(target, "isa-serial") != 0) {
+			err = xml_fail(
+				ctx,
+				"/domain/devices/serial/target type='%s' is not supported; Kapsel emulates an ISA 16550",
+				target);
+		}
+		free(target);
+	}
+	if (is_element(node, "serial"))
+		ctx->saw_serial = true;
+	else if (!ctx->saw_console_pv && !ctx->saw_console_serial)
+		ctx->saw_console_pv = true; /* a <console> without <target> */
+	if (!err && path) {
+		if (ctx->chardev_path && strcmp(ctx->chardev_path, path) != 0)
+			err = xml_fail(
+				ctx,
+				"/domain/devices/%s/source path='%s' differs from '%s': Kapsel has one console, give all <serial>/<console> the same file",
+				node->name, path, ctx->chardev_path);
+		else if (!ctx->chardev_path) {
+			ctx->chardev_path = path;
+			path = NULL;
+		}
+	}
+	free(path);
+	return err;
+}
+
+static int parse_devices(struct xml_context *ctx, const xmlNode *devices)
+{
+	for (const xmlNode *n = devices->children; n; n = n->next) {
+		if (n->type != XML_ELEMENT_NODE)
+			continue;
+		int err = 0;
+		if (is_element(n, "disk")) {
+			err = parse_disk(ctx, n);
+		} else if (is_element(n, "interface")) {
+			err = config_xml_parse_interface(n, ctx->config, ctx->path, ctx->error,
+							 ctx->error_len);
+		} else if (is_element(n, "rng")) {
+			err = config_xml_parse_rng(n, ctx->config, ctx->path, ctx->error,
+						   ctx->error_len);
+		} else if (is_element(n, "console") || is_element(n, "serial")) {
+			err = parse_chardev(ctx, n);
+		} else if (is_element(n, "emulator")) {
+			xml_ignore(ctx, "/domain/devices/emulator", "Kapsel is the emulator");
+		} else if (is_element(n, "controller")) {
+			xml_ignore(ctx, "/domain/devices/controller",
+				   "Kapsel's devices need no controller");
+		} else if (is_element(n, "memballoon")) {
+			if (!attr_is(n, "model", "none"))
+				err = xml_fail(
+					ctx,
+					"/domain/devices/memballoon is not supported (Kapsel has no balloon); use <memballoon model='none'/> or remove it");
+		} else {
+			err = xml_fail(ctx, "/domain/devices/%s is not supported by Kapsel",
+				       n->name);
+		}
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+/* <metadata><kapsel:domain xmlns:kapsel=NS><kapsel:disk index= poll_us=/>. */
+static int parse_metadata(struct xml_context *ctx, const xmlNode *metadata)
+{
+	for (const xmlNode *n = metadata->children; n; n = n->next) {
+		if (n->type != XML_ELEMENT_NODE || !n->ns || !n->ns->href ||
+		    strcmp((const char *)n->ns->href, KAPSEL_XML_NAMESPACE) != 0)
+			continue; /* other applications' metadata */
+		for (const xmlNode *d = n->children; d; d = d->next) {
+			if (d->type != XML_ELEMENT_NODE)
+				continue;
+			if (!is_element(d, "disk"))
+				return xml_fail(ctx, "/domain/metadata/kapsel:domain/%s is unknown",
+						d->name);
+			char *index = node_attr(d, "index"), *poll = node_attr(d, "poll_us"), *end;
+			int err = 0;
+			unsigned long i = index ? strtoul(index, &end, 10) : 0;
+			if (!index || *end || i >= ctx->config->disk_count)
+				err = xml_fail(
+					ctx,
+					"/domain/metadata/kapsel:domain/disk index='%s' names no disk (metadata must come after <devices>)",
+					index ? index : "");
+			unsigned long us = poll ? strtoul(poll, &end, 10) : 0;
+			if (!err && (!poll || *end || us > 1000000))
+				err = xml_fail(
+					ctx,
+					"/domain/metadata/kapsel:domain/disk poll_us='%s' must be 0-1000000",
+					poll ? poll : "");
+			if (!err) {
+				ctx->config->disks[i].poll = us > 0;
+				ctx->config->disks[i].poll_us = (uint32_t)us;
+			}
+			free(index);
+			free(poll);
+			if (err)
+				return err;
+		}
+	}
+	return 0;
+}
+
+static int parse_vcpu(struct xml_context *ctx, const xmlNode *node)
+{
+	char *text = node_text(node), *current = node_attr(node, "current");
+	int err = 0;
+	if (strcmp(text, "1") != 0)
+		err = xml_fail(ctx, "/domain/vcpu is '%s'; Kapsel runs one vCPU per VM", text);
+	else if (current && strcmp(current, "1") != 0)
+		err = xml_fail(ctx, "/domain/vcpu current='%s' contradicts the count 1", current);
+	free(text);
+	free(current);
+	return err;
+}
+
+static int parse_name(struct xml_context *ctx, const xmlNode *node)
+{
+	char *name = node_text(node);
+	char detail[256];
+	int err = 0;
+	if (vm_config_check_name(name, detail, sizeof(detail)) < 0)
+		err = xml_fail(ctx, "/domain/name: %s", detail);
+	else
+		snprintf(ctx->config->name, sizeof(ctx->config->name), "%s", name);
+	free(name);
+	return err;
+}
+
+/* Top-level elements that only inform or tune the host side. */
+static const char *const ignored_top_level[] = {
+	"title",     "description", "features",	      "clock",	   "pm",       "seclabel",
+	"iothreads", "cputune",	    "memtune",	      "blkiotune", "numatune", "memoryBacking",
+	"resource",  "perf",	    "on_lockfailure", "keywrap",   NULL,
+};
+
+static int parse_domain(struct xml_context *ctx, const xmlNode *root)
+{
+	struct vm_config *config = ctx->config;
+	int err = 0;
+	bool have_name = false;
+
+	if (!is_element(root, "domain"))
+		return xml_fail(ctx, "root element is <%s>, expected <domain>", root->name);
+	char *type = node_attr(root, "type");
+	if (!type || (strcmp(type, "kvm") != 0 && strcmp(type, "kapsel") != 0))
+		err = xml_fail(ctx, "/domain type='%s' is not supported; use type='kvm'",
+			       type ? type : "");
+	free(type);
+	for (const xmlNode *n = root->children; n && !err; n = n->next) {
+		if (n->type != XML_ELEMENT_NODE)
+			continue;
+		if (is_element(n, "name")) {
+			err = parse_name(ctx, n);
+			have_name = true;
+		} else if (is_element(n, "uuid")) {
+			char *text = node_text(n);
+			err = parse_uuid(ctx, text, config->uuid);
+			config->has_uuid = !err;
+			free(text);
+		} else if (is_element(n, "memory")) {
+			err = parse_memory(ctx, n, &config->memory_bytes);
+			ctx->have_memory = true;
+		} else if (is_element(n, "currentMemory")) {
+			err = parse_memory(ctx, n, &ctx->current_memory_bytes);
+		} else if (is_element(n, "maxMemory")) {
+			err = xml_fail(
+				ctx,
+				"/domain/maxMemory is not supported: Kapsel has no memory hotplug");
+		} else if (is_element(n, "vcpu")) {
+			err = parse_vcpu(ctx, n);
+		} else if (is_element(n, "os")) {
+			err = parse_os(ctx, n);
+		} else if (is_element(n, "on_poweroff")) {
+			err = parse_action(ctx, n, &config->on_poweroff);
+		} else if (is_element(n, "on_reboot")) {
+			err = parse_action(ctx, n, &config->on_reboot);
+		} else if (is_element(n, "on_crash")) {
+			err = parse_action(ctx, n, &config->on_crash);
+		} else if (is_element(n, "devices")) {
+			err = parse_devices(ctx, n);
+		} else if (is_element(n, "metadata")) {
+			continue; /* read after the devices it refers to */
+		} else {
+			bool ignored = false;
+			for (const char *const *i = ignored_top_level; *i && !ignored; i++)
+				ignored = is_element(n, *i);
+			if (!ignored)
+				return xml_fail(ctx, "/domain/%s is not supported by Kapsel",
+						n->name);
+			char where[96];
+			snprintf(where, sizeof(where), "/domain/%s", n->name);
+			xml_ignore(ctx, where, "it does not change what the guest sees on Kapsel");
+		}
+	}
+	for (const xmlNode *n = root->children; n && !err; n = n->next)
+		if (is_element(n, "metadata"))
+			err = parse_metadata(ctx, n);
+	if (err)
+		return err;
+	if (!have_name)
+		return xml_fail(ctx, "/domain/name is missing; every VM needs a unique name");
+	if (!config->kernel_path)
+		return xml_fail(ctx, "/domain/os/kernel is missing; Kapsel boots an ELF kernel");
+	if (!ctx->have_memory)
+		return xml_fail(ctx, "/domain/memory is missing");
+	if (ctx->current_memory_bytes && ctx->current_memory_bytes != config->memory_bytes)
+		return xml_fail(
+			ctx,
+			"/domain/currentMemory differs from /domain/memory; Kapsel has no balloon, make them equal");
+	if (config->memory_bytes % (2ull << 20) || config->memory_bytes < GUEST_MEMORY_MIN_BYTES ||
+	    config->memory_bytes > GUEST_MEMORY_MAX_BYTES)
+		return xml_fail(ctx,
+				"/domain/memory must be a multiple of 2 MiB between 4 MiB and 64 GiB");
+	/* Which consoles the guest is offered: a <serial> alone means the
+	 * UART only; a PV console (console target 'xen') means both. */
+	if (ctx->saw_serial && !ctx->saw_console_pv)
+		config->console_mode = VM_CONSOLE_UART;
+	else if (ctx->saw_console_serial && !ctx->saw_console_pv)
+		config->console_mode = VM_CONSOLE_UART;
+	else
+		config->console_mode = VM_CONSOLE_AUTO;
+	if (ctx->chardev_path && ctx->chardev_stdio)
+		return xml_fail(
+			ctx,
+			"/domain/devices: one console is a file ('%s') and another stdio; Kapsel has one console, make them the same",
+			ctx->chardev_path);
+	if (ctx->chardev_path) {
+		free(config->console_output_path);
+		config->console_output_path = ctx->chardev_path;
+		ctx->chardev_path = NULL;
+	}
+	return 0;
+}
+
+int vm_config_load_xml(const char *path, struct vm_config *config, char *error, size_t error_len)
+{
+	struct xml_context ctx = {
+		.config = config, .error = error, .error_len = error_len, .path = path
+	};
+	char *copy = strdup(path);
+	if (copy) {
+		char *slash = strrchr(copy, '/');
+		if (!slash)
+			ctx.base_dir = NULL; /* the current directory */
+		else if (slash == copy)
+			ctx.base_dir = strdup("/");
+		else {
+			*slash = '\0';
+			ctx.base_dir = strdup(copy);
+		}
+		free(copy);
+	}
+	xmlDoc *doc =
+		xmlReadFile(path, NULL, XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+	int err;
+	if (!doc) {
+		const xmlError *x = xmlGetLastError();
+		if (access(path, R_OK) != 0)
+			err = xml_fail(&ctx, "cannot read it: %s", strerror(errno));
+		else {
+			/* libxml2's messages end in a newline. */
+			char message[256] = "";
+			if (x && x->message)
+				snprintf(message, sizeof(message), ": %s", x->message);
+			size_t len = strlen(message);
+			while (len && (message[len - 1] == '\n' || message[len - 1] == ' '))
+				message[--len] = '\0';
+			err = xml_fail(&ctx, "not well-formed XML%s (line %d)", message,
+				       x ? x->line : 0);
+		}
+	} else {
+		err = parse_domain(&ctx, xmlDocGetRootElement(doc));
+		xmlFreeDoc(doc);
+	}
+	if (!err) {
+		free(config->source_xml_path);
+		config->source_xml_path = strdup(path);
+	}
+	free(ctx.chardev_path);
+	free(ctx.base_dir);
+	return err;
+}
+
+/* ---- Writing: the definition as libvirt domain XML ----------------------- */
+
+/* path made absolute against the current directory (the file need not exist). */
+static char *absolute_path(const char *path)
+{
+	if (!path)
+		return NULL;
+	char *resolved = realpath(path, NULL);
+	if (resolved)
+		return resolved;
+	if (path[0] == '/')
+		return strdup(path);
+	char cwd[4096];
+	if (!getcwd(cwd, sizeof(cwd)))
+		return strdup(path);
+	char *joined = NULL;
+	if (asprintf(&joined, "%s/%s", cwd, path) < 0)
+		return NULL;
+	return joined;
+}
+
+static const char *xml_action_name(enum vm_lifecycle_action action)
+{
+	switch (action) {
+	case VM_ACTION_RESTART:
+		return "restart";
+	case VM_ACTION_PRESERVE:
+		return "preserve";
+	default:
+		return "destroy";
+	}
+}
+
+#define W(call)                    \
+	do {                       \
+		if ((call) < 0)    \
+			goto fail; \
+	} while (0)
+
+static int write_element_u64(xmlTextWriterPtr w, const char *name, uint64_t value)
+{
+	return xmlTextWriterWriteFormatElement(w, BAD_CAST name, "%llu", (unsigned long long)value);
+}
+
+static int write_disk(xmlTextWriterPtr w, const struct vm_disk_config *disk, unsigned index,
+		      unsigned unit)
+{
+	char *path = absolute_path(disk->path);
+	char dev[16];
+	if (disk->bus == VM_DISK_BUS_ATA)
+		snprintf(dev, sizeof(dev), "hd%c", 'a' + unit);
+	else
+		snprintf(dev, sizeof(dev), "xvd%c", 'a' + unit);
+	(void)index;
+	W(xmlTextWriterStartElement(w, BAD_CAST "disk"));
+	W(xmlTextWriterWriteAttribute(w, BAD_CAST "type", BAD_CAST "file"));
+	W(xmlTextWriterWriteAttribute(w, BAD_CAST "device", BAD_CAST "disk"));
+	W(xmlTextWriterStartElement(w, BAD_CAST "driver"));
+	W(xmlTextWriterWriteAttribute(w, BAD_CAST "name", BAD_CAST "qemu"));
+	W(xmlTextWriterWriteAttribute(w, BAD_CAST "type",
+				      BAD_CAST(disk->format == VM_DISK_FORMAT_OVERLAY ? "kovl"
+										      : "raw")));
+	W(xmlTextWriterWriteAttribute(w, BAD_CAST "cache",
+				      BAD_CAST(disk->cache == VM_DISK_CACHE_NONE ? "none"
+										 : "writeback")));
+	W(xmlTextWriterEndElement(w));
+	W(xmlTextWriterStartElement(w, BAD_CAST "source"));
+	W(xmlTextWriterWriteAttribute(w, BAD_CAST "file", BAD_CAST(path ? path : disk->path)));
+	W(xmlTextWriterEndElement(w));
+	W(xmlTextWriterStartElement(w, BAD_CAST "target"));
+	W(xmlTextWriterWriteAttribute(w, BAD_CAST "dev", BAD_CAST dev));
+	W(xmlTextWriterWriteAttribute(w, BAD_CAST "bus",
+				      BAD_CAST(disk->bus == VM_DISK_BUS_ATA ? "ide" : "xen")));
+	W(xmlTextWriterEndElement(w));
+	if (disk->ops_limit.rate_per_second || disk->bytes_limit.rate_per_second) {
+		W(xmlTextWriterStartElement(w, BAD_CAST "iotune"));
+		if (disk->bytes_limit.rate_per_second)
+			W(write_element_u64(w, "total_bytes_sec",
+					    disk->bytes_limit.rate_per_second));
+		if (disk->ops_limit.rate_per_second)
+			W(write_element_u64(w, "total_iops_sec", disk->ops_limit.rate_per_second));
+		if (disk->bytes_limit.rate_per_second && disk->bytes_limit.burst)
+			W(write_element_u64(w, "total_bytes_sec_max", disk->bytes_limit.burst));
+		if (disk->ops_limit.rate_per_second && disk->ops_limit.burst)
+			W(write_element_u64(w, "total_iops_sec_max", disk->ops_limit.burst));
+		W(xmlTextWriterEndElement(w));
+	}
+	if (disk->readonly)
+		W(xmlTextWriterWriteElement(w, BAD_CAST "readonly", NULL));
+	W(xmlTextWriterEndElement(w));
+	free(path);
+	return 0;
+fail:
+	free(path);
+	return -EIO;
+}
+
+/* <serial>/<console> of one type: stdio, or file with a path. */
+static int write_chardev(xmlTextWriterPtr w, const char *element, const char *path,
+			 const char *target_type)
+{
+	W(xmlTextWriterStartElement(w, BAD_CAST element));
+	W(xmlTextWriterWriteAttribute(w, BAD_CAST "type", BAD_CAST(path ? "file" : "stdio")));
+	if (path) {
+		W(xmlTextWriterStartElement(w, BAD_CAST "source"));
+		W(xmlTextWriterWriteAttribute(w, BAD_CAST "path", BAD_CAST path));
+		W(xmlTextWriterEndElement(w));
+	}
+	W(xmlTextWriterStartElement(w, BAD_CAST "target"));
+	if (target_type)
+		W(xmlTextWriterWriteAttribute(w, BAD_CAST "type", BAD_CAST target_type));
+	W(xmlTextWriterWriteAttribute(w, BAD_CAST "port", BAD_CAST "0"));
+	W(xmlTextWriterEndElement(w));
+	W(xmlTextWriterEndElement(w));
+	return 0;
+fail:
+	return -EIO;
+}
+
+static bool kapsel_metadata_needed(const struct vm_config *config)
+{
+	for (unsigned i = 0; i < config->disk_count; i++)
+		if (config->disks[i].poll)
+			return true;
+	return false;
+}
+
+int vm_config_write_xml(const struct vm_config *config, FILE *out, char *error, size_t error_len)
+{
+	xmlBufferPtr buffer = xmlBufferCreate();
+	xmlTextWriterPtr w = buffer ? xmlNewTextWriterMemory(buffer, 0) : NULL;
+	char *kernel = absolute_path(config->kernel_path);
+	char *console_path = absolute_path(config->console_output_path);
+	int err = -EIO;
+	if (!w)
+		goto fail;
+	W(xmlTextWriterSetIndent(w, 1));
+	W(xmlTextWriterSetIndentString(w, BAD_CAST "  "));
+	W(xmlTextWriterSetQuoteChar(w, '\''));
+	W(xmlTextWriterStartElement(w, BAD_CAST "domain"));
+	W(xmlTextWriterWriteAttribute(w, BAD_CAST "type", BAD_CAST "kvm"));
+	W(xmlTextWriterWriteElement(w, BAD_CAST "name", BAD_CAST config->name));
+	if (config->has_uuid) {
+		const uint8_t *u = config->uuid;
+		W(xmlTextWriterWriteFormatElement(
+			w, BAD_CAST "uuid",
+			"%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+			u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11],
+			u[12], u[13], u[14], u[15]));
+	}
+	if (kapsel_metadata_needed(config)) {
+		W(xmlTextWriterStartElement(w, BAD_CAST "metadata"));
+		W(xmlTextWriterStartElementNS(w, BAD_CAST "kapsel", BAD_CAST "domain",
+					      BAD_CAST KAPSEL_XML_NAMESPACE));
+		for (unsigned i = 0; i < config->disk_count; i++) {
+			if (!config->disks[i].poll)
+				continue;
+			W(xmlTextWriterStartElementNS(w, BAD_CAST "kapsel", BAD_CAST "disk", NULL));
+			W(xmlTextWriterWriteFormatAttribute(w, BAD_CAST "index", "%u", i));
+			W(xmlTextWriterWriteFormatAttribute(w, BAD_CAST "poll_us", "%u",
+							    config->disks[i].poll_us));
+			W(xmlTextWriterEndElement(w));
+		}
+		W(xmlTextWriterEndElement(w));
+		W(xmlTextWriterEndElement(w));
+	}
+	W(xmlTextWriterStartElement(w, BAD_CAST "memory"));
+	W(xmlTextWriterWriteAttribute(w, BAD_CAST "unit", BAD_CAST "KiB"));
+	W(xmlTextWriterWriteFormatString(w, "%llu",
+					 (unsigned long long)(config->memory_bytes >> 10)));
+	W(xmlTextWriterEndElement(w));
+	W(xmlTextWriterStartElement(w, BAD_CAST "currentMemory"));
+	W(xmlTextWriterWriteAttribute(w, BAD_CAST "unit", BAD_CAST "KiB"));
+	W(xmlTextWriterWriteFormatString(w, "%llu",
+					 (unsigned long long)(config->memory_bytes >> 10)));
+	W(xmlTextWriterEndElement(w));
+	W(xmlTextWriterStartElement(w, BAD_CAST "vcpu"));
+	W(xmlTextWriterWriteAttribute(w, BAD_CAST "placement", BAD_CAST "static"));
+	W(xmlTextWriterWriteFormatString(w, "%u", config->vcpus ? config->vcpus : 1));
+	W(xmlTextWriterEndElement(w));
+	W(xmlTextWriterStartElement(w, BAD_CAST "os"));
+	W(xmlTextWriterStartElement(w, BAD_CAST "type"));
+	W(xmlTextWriterWriteAttribute(w, BAD_CAST "arch", BAD_CAST "x86_64"));
+	W(xmlTextWriterWriteString(w, BAD_CAST "hvm"));
+	W(xmlTextWriterEndElement(w));
+	if (kernel)
+		W(xmlTextWriterWriteElement(w, BAD_CAST "kernel", BAD_CAST kernel));
+	if (config->cmdline && *config->cmdline)
+		W(xmlTextWriterWriteElement(w, BAD_CAST "cmdline", BAD_CAST config->cmdline));
+	W(xmlTextWriterEndElement(w));
+	W(xmlTextWriterWriteElement(w, BAD_CAST "on_poweroff",
+				    BAD_CAST xml_action_name(config->on_poweroff)));
+	W(xmlTextWriterWriteElement(w, BAD_CAST "on_reboot",
+				    BAD_CAST xml_action_name(config->on_reboot)));
+	W(xmlTextWriterWriteElement(w, BAD_CAST "on_crash",
+				    BAD_CAST xml_action_name(config->on_crash)));
+	W(xmlTextWriterStartElement(w, BAD_CAST "devices"));
+	unsigned pv_unit = 0, ata_unit = 0;
+	for (unsigned i = 0; i < config->disk_count; i++) {
+		const struct vm_disk_config *disk = &config->disks[i];
+		unsigned unit = disk->bus == VM_DISK_BUS_ATA ? ata_unit++ : pv_unit++;
+		W(write_disk(w, disk, i, unit));
+	}
+	for (unsigned i = 0; i < config->net_count; i++)
+		W(config_xml_write_interface(w, &config->nets[i], i));
+	W(config_xml_write_rng(w, &config->rng));
+	/* libvirt's model: <serial> is the 16550 UART; a <console> with
+	 * target type 'xen' is the PV console (offered in mode auto). */
+	W(write_chardev(w, "serial", console_path, NULL));
+	W(write_chardev(w, "console", console_path,
+			config->console_mode == VM_CONSOLE_UART ? "serial" : "xen"));
+	W(xmlTextWriterEndElement(w)); /* devices */
+	W(xmlTextWriterEndElement(w)); /* domain */
+	W(xmlTextWriterEndDocument(w));
+	xmlFreeTextWriter(w);
+	w = NULL;
+	fputs((const char *)xmlBufferContent(buffer), out);
+	err = 0;
+fail:
+	if (err)
+		snprintf(error, error_len, "cannot write the domain XML (libxml2 writer failed)");
+	if (w)
+		xmlFreeTextWriter(w);
+	if (buffer)
+		xmlBufferFree(buffer);
+	free(kernel);
+	free(console_path);
+	return err;
+}

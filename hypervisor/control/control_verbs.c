@@ -1,0 +1,365 @@
+/* The control socket's built-in requests: info, pause, resume, shutdown, destroy, stats, set-limits, dumpxml, help. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "control/control.h"
+#include "control/control_internal.h"
+#include "devices/block/disk.h"
+#include "core/error_text.h"
+#include "core/vm.h"
+
+#define SHUTDOWN_DEFAULT_TIMEOUT_S 10u
+#define SHUTDOWN_MAX_TIMEOUT_S 86400u
+
+static const char *const no_keys[] = { NULL };
+
+static const char *action_name(enum vm_lifecycle_action action)
+{
+	switch (action) {
+	case VM_ACTION_RESTART:
+		return "restart";
+	case VM_ACTION_PRESERVE:
+		return "preserve";
+	default:
+		return "destroy";
+	}
+}
+
+/* The disk image of config disk index, or NULL. */
+static struct disk_image *find_disk(struct kapsel_vm *vm, unsigned index)
+{
+	unsigned nth = 0;
+	for (unsigned i = 0; i < vm->device_count; i++) {
+		struct kapsel_device *dev = vm->devices[i];
+		if (!dev->ops->disk_image)
+			continue;
+		if (nth++ == index)
+			return dev->ops->disk_image(dev);
+	}
+	return NULL;
+}
+
+static uint64_t vcpu_cpu_time_ns(struct kapsel_vm *vm)
+{
+	clockid_t clock;
+	struct timespec ts;
+	if (vm->state == VM_STATE_CREATED || pthread_getcpuclockid(vm->vcpu_thread, &clock) != 0 ||
+	    clock_gettime(clock, &ts) != 0)
+		return 0;
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The host CPU the vCPU thread last ran on (field 39 of its stat), or -1. */
+static int vcpu_host_cpu(struct kapsel_vm *vm)
+{
+	char path[64], line[1024];
+	if (!vm->vcpu_tid)
+		return -1;
+	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", vm->vcpu_tid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return -1;
+	size_t n = fread(line, 1, sizeof(line) - 1, f);
+	fclose(f);
+	line[n] = '\0';
+	/* Fields after the command (which may hold spaces) start after ')'. */
+	char *p = strrchr(line, ')');
+	int field = 2, cpu = -1;
+	for (char *tok = p ? strtok(p + 1, " ") : NULL; tok; tok = strtok(NULL, " "))
+		if (++field == 39) {
+			cpu = atoi(tok);
+			break;
+		}
+	return cpu;
+}
+
+static int verb_info(struct kapsel_vm *vm, const struct control_request *request, FILE *out,
+		     char *error, size_t error_len)
+{
+	int err = control_request_check_keys(request, no_keys, error, error_len);
+	if (err)
+		return err;
+	const struct vm_config *config = vm->config;
+	fprintf(out, "name %s\n", config->name);
+	const uint8_t *u = config->uuid;
+	fprintf(out, "uuid %02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x\n",
+		u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12],
+		u[13], u[14], u[15]);
+	fprintf(out, "domid %u\n", control_server_domid(vm));
+	fprintf(out, "pid %ld\n", (long)getpid());
+	fprintf(out, "state %s\n", vm_state_name(vm));
+	pthread_mutex_lock(&vm->pause_lock);
+	uint64_t uptime_ns = vm_clock_ns(vm);
+	uint64_t paused_ns = vm->paused_total_ns +
+			     (vm->state == VM_STATE_PAUSED ? uptime_ns - vm->paused_since_ns : 0);
+	pthread_mutex_unlock(&vm->pause_lock);
+	fprintf(out, "uptime_ns %llu\n", (unsigned long long)uptime_ns);
+	fprintf(out, "paused_ns %llu\n", (unsigned long long)paused_ns);
+	fprintf(out, "cpu_time_ns %llu\n", (unsigned long long)vcpu_cpu_time_ns(vm));
+	fprintf(out, "vcpu_blocked %s\n",
+		__atomic_load_n(&vm->vcpu_blocked, __ATOMIC_RELAXED) ? "yes" : "no");
+	fprintf(out, "vcpu_host_cpu %d\n", vcpu_host_cpu(vm));
+	fprintf(out, "started_unix %llu\n", (unsigned long long)control_server_started_unix(vm));
+	fprintf(out, "memory_bytes %llu\n", (unsigned long long)vm->mem.size_bytes);
+	fprintf(out, "vcpus %u\n", config->vcpus ? config->vcpus : 1);
+	fprintf(out, "kernel %s\n", config->kernel_path ? config->kernel_path : "");
+	fprintf(out, "cmdline %s\n", config->cmdline ? config->cmdline : "");
+	fprintf(out, "on_poweroff %s\n", action_name(config->on_poweroff));
+	fprintf(out, "on_reboot %s\n", action_name(config->on_reboot));
+	fprintf(out, "on_crash %s\n", action_name(config->on_crash));
+	fprintf(out, "generation %llu\n", (unsigned long long)vm->generation);
+	uint32_t control_mask =
+		(uint32_t)((__atomic_load_n(&vm->events->mask[KAPSEL_EVTCHN_CONTROL / 64],
+					    __ATOMIC_RELAXED) >>
+			    (KAPSEL_EVTCHN_CONTROL % 64)) &
+			   1);
+	fprintf(out, "guest_handles_shutdown %s\n", control_mask ? "no" : "yes");
+	fprintf(out, "devices %u\n", vm->device_count);
+	for (unsigned i = 0; i < vm->device_count; i++)
+		fprintf(out, "device %u %s\n", i, vm->devices[i]->ops->name);
+	fprintf(out, "disks %u\n", config->disk_count);
+	for (unsigned i = 0; i < config->disk_count; i++) {
+		const struct vm_disk_config *d = &config->disks[i];
+		struct disk_image *disk = find_disk(vm, i);
+		bool readonly =
+			disk ? __atomic_load_n(&disk->readonly, __ATOMIC_RELAXED) : d->readonly;
+		fprintf(out,
+			"disk %u bus=%s readonly=%s iops=%llu iops_burst=%llu bps=%llu bps_burst=%llu path=%s\n",
+			i, d->bus == VM_DISK_BUS_ATA ? "ata" : "pv", readonly ? "yes" : "no",
+			(unsigned long long)d->ops_limit.rate_per_second,
+			(unsigned long long)d->ops_limit.burst,
+			(unsigned long long)d->bytes_limit.rate_per_second,
+			(unsigned long long)d->bytes_limit.burst, d->path);
+	}
+	return 0;
+}
+
+static int verb_pause(struct kapsel_vm *vm, const struct control_request *request, FILE *out,
+		      char *error, size_t error_len)
+{
+	(void)out;
+	int err = control_request_check_keys(request, no_keys, error, error_len);
+	if (err)
+		return err;
+	err = vm_pause(vm);
+	if (err == -EALREADY)
+		return kapsel_fail(error, error_len, err, "VM '%s' is already paused",
+				   vm->config->name);
+	if (err)
+		return kapsel_fail(error, error_len, err, "VM '%s' is not running",
+				   vm->config->name);
+	return 0;
+}
+
+static int verb_resume(struct kapsel_vm *vm, const struct control_request *request, FILE *out,
+		       char *error, size_t error_len)
+{
+	(void)out;
+	int err = control_request_check_keys(request, no_keys, error, error_len);
+	if (err)
+		return err;
+	err = vm_resume(vm);
+	if (err == -EALREADY)
+		return kapsel_fail(error, error_len, err, "VM '%s' is not paused",
+				   vm->config->name);
+	if (err)
+		return kapsel_fail(error, error_len, err, "VM '%s' is not running",
+				   vm->config->name);
+	return 0;
+}
+
+static int verb_shutdown(struct kapsel_vm *vm, const struct control_request *request, FILE *out,
+			 char *error, size_t error_len)
+{
+	static const char *const keys[] = { "timeout", "mode", NULL };
+	uint64_t timeout_s = SHUTDOWN_DEFAULT_TIMEOUT_S;
+	int err = control_request_check_keys(request, keys, error, error_len);
+	if (!err)
+		err = control_arg_u64(request, "timeout", &timeout_s, error, error_len);
+	if (err)
+		return err;
+	if (timeout_s > SHUTDOWN_MAX_TIMEOUT_S)
+		return kapsel_fail(error, error_len, -EINVAL,
+				   "timeout=%llu is too long; the limit is %u seconds",
+				   (unsigned long long)timeout_s, SHUTDOWN_MAX_TIMEOUT_S);
+	const char *mode = control_request_arg(request, "mode");
+	uint32_t what = KAPSEL_CONTROL_POWEROFF;
+	if (mode && strcmp(mode, "reboot") == 0)
+		what = KAPSEL_CONTROL_REBOOT;
+	else if (mode && strcmp(mode, "poweroff") != 0)
+		return kapsel_fail(error, error_len, -EINVAL,
+				   "mode='%s' is unknown; use poweroff or reboot", mode);
+	if (vm->state == VM_STATE_PAUSED)
+		return kapsel_fail(
+			error, error_len, -EBUSY,
+			"VM '%s' is paused and cannot shut down; resume it first, or destroy it",
+			vm->config->name);
+	if (vm->state != VM_STATE_RUNNING)
+		return kapsel_fail(error, error_len, -ESRCH, "VM '%s' is not running",
+				   vm->config->name);
+	uint64_t deadline_ns = vm_clock_ns(vm) + timeout_s * 1000000000ull;
+	/* Deadline first, then the request (release), then the event: a guest
+	 * that sees the request also sees its deadline. */
+	__atomic_store_n(&vm->events->control_deadline_ns, deadline_ns, __ATOMIC_RELAXED);
+	__atomic_store_n(&vm->events->control_request, what, __ATOMIC_RELEASE);
+	vm_evtchn_notify(vm, KAPSEL_EVTCHN_CONTROL);
+	control_server_set_deadline(vm, deadline_ns);
+	bool aware = !(
+		(__atomic_load_n(&vm->events->mask[KAPSEL_EVTCHN_CONTROL / 64], __ATOMIC_RELAXED) >>
+		 (KAPSEL_EVTCHN_CONTROL % 64)) &
+		1);
+	fprintf(out, "timeout_s %llu\n", (unsigned long long)timeout_s);
+	fprintf(out, "deadline_ns %llu\n", (unsigned long long)deadline_ns);
+	fprintf(out, "guest_handles_shutdown %s\n", aware ? "yes" : "no");
+	return 0;
+}
+
+static int verb_destroy(struct kapsel_vm *vm, const struct control_request *request, FILE *out,
+			char *error, size_t error_len)
+{
+	(void)out;
+	int err = control_request_check_keys(request, no_keys, error, error_len);
+	if (err)
+		return err;
+	if (vm->state == VM_STATE_STOPPED)
+		return kapsel_fail(error, error_len, -ESRCH, "VM '%s' is not running",
+				   vm->config->name);
+	control_server_mark_destroyed(vm);
+	vm_request_stop(vm);
+	return 0;
+}
+
+static int verb_stats(struct kapsel_vm *vm, const struct control_request *request, FILE *out,
+		      char *error, size_t error_len)
+{
+	int err = control_request_check_keys(request, no_keys, error, error_len);
+	if (err)
+		return err;
+	vm_print_stats(vm, out);
+	return 0;
+}
+
+static int verb_set_limits(struct kapsel_vm *vm, const struct control_request *request, FILE *out,
+			   char *error, size_t error_len)
+{
+	static const char *const keys[] = { "disk",	 "iops",     "iops_burst", "bps",
+					    "bps_burst", "readonly", NULL };
+	uint64_t index = UINT64_MAX;
+	int err = control_request_check_keys(request, keys, error, error_len);
+	if (!err)
+		err = control_arg_u64(request, "disk", &index, error, error_len);
+	if (err)
+		return err;
+	if (index == UINT64_MAX)
+		return kapsel_fail(error, error_len, -EINVAL,
+				   "set-limits needs disk=N (the disk's index, from 'info')");
+	if (index >= vm->config->disk_count)
+		return kapsel_fail(error, error_len, -ENODEV,
+				   "VM '%s' has no disk %llu; it has %u (numbered from 0)",
+				   vm->config->name, (unsigned long long)index,
+				   vm->config->disk_count);
+	struct vm_disk_config *config = &vm->config->disks[index];
+	struct disk_image *disk = find_disk(vm, (unsigned)index);
+	if (!disk)
+		return kapsel_fail(error, error_len, -ENOTSUP,
+				   "disk %llu's device does not let its policy change at run time",
+				   (unsigned long long)index);
+	struct vm_rate_limit ops = config->ops_limit, bytes = config->bytes_limit;
+	bool readonly = __atomic_load_n(&disk->readonly, __ATOMIC_RELAXED);
+	err = control_arg_u64(request, "iops", &ops.rate_per_second, error, error_len);
+	if (!err)
+		err = control_arg_u64(request, "iops_burst", &ops.burst, error, error_len);
+	if (!err)
+		err = control_arg_u64(request, "bps", &bytes.rate_per_second, error, error_len);
+	if (!err)
+		err = control_arg_u64(request, "bps_burst", &bytes.burst, error, error_len);
+	if (!err)
+		err = control_arg_bool(request, "readonly", &readonly, error, error_len);
+	if (err)
+		return err;
+	if (!readonly && disk->fd >= 0 && (fcntl(disk->fd, F_GETFL) & O_ACCMODE) == O_RDONLY)
+		return kapsel_fail(
+			error, error_len, -EROFS,
+			"disk %llu was opened read-only (readonly in its definition); restart the VM without readonly to make it writable",
+			(unsigned long long)index);
+	disk_set_limits(disk, &ops, &bytes, vm_clock_ns(vm));
+	pthread_mutex_lock(&disk->lock);
+	__atomic_store_n(&disk->readonly, readonly, __ATOMIC_SEQ_CST);
+	pthread_mutex_unlock(&disk->lock);
+	/* dumpxml shows the definition as it is now. */
+	config->ops_limit = ops;
+	config->bytes_limit = bytes;
+	config->readonly = readonly;
+	fprintf(out, "disk %llu readonly=%s iops=%llu iops_burst=%llu bps=%llu bps_burst=%llu\n",
+		(unsigned long long)index, readonly ? "yes" : "no",
+		(unsigned long long)ops.rate_per_second, (unsigned long long)ops.burst,
+		(unsigned long long)bytes.rate_per_second, (unsigned long long)bytes.burst);
+	return 0;
+}
+
+static int verb_dumpxml(struct kapsel_vm *vm, const struct control_request *request, FILE *out,
+			char *error, size_t error_len)
+{
+	int err = control_request_check_keys(request, no_keys, error, error_len);
+	if (err)
+		return err;
+	return vm_config_write_xml(vm->config, out, error, error_len);
+}
+
+static int verb_help(struct kapsel_vm *vm, const struct control_request *request, FILE *out,
+		     char *error, size_t error_len)
+{
+	(void)vm;
+	int err = control_request_check_keys(request, no_keys, error, error_len);
+	if (err)
+		return err;
+	control_print_verbs(out);
+	fprintf(out,
+		"console  attach to the guest console: the connection becomes a byte stream\n");
+	fprintf(out, "wait  reply when the VM has ended: exit_code N, reason R\n");
+	fprintf(out, "quit  close the connection\n");
+	return 0;
+}
+
+static pthread_once_t builtin_once = PTHREAD_ONCE_INIT;
+static int builtin_result;
+
+static void register_builtins(void)
+{
+	static const struct {
+		const char *name;
+		control_verb_fn fn;
+		const char *help;
+	} builtins[] = {
+		{ "help", verb_help, "help  list the requests" },
+		{ "info", verb_info, "info  name, state, uptime, memory, vCPUs, devices, disks" },
+		{ "pause", verb_pause,
+		  "pause  stop the vCPU (the VM keeps its memory and devices)" },
+		{ "resume", verb_resume, "resume  let a paused vCPU run again" },
+		{ "shutdown", verb_shutdown,
+		  "shutdown [timeout=S] [mode=poweroff|reboot]  ask the guest to power off; destroy it after S seconds (default 10)" },
+		{ "destroy", verb_destroy, "destroy  end the VM at once" },
+		{ "stats", verb_stats, "stats  exit, hypercall and device counters" },
+		{ "set-limits", verb_set_limits,
+		  "set-limits disk=N [iops=N] [iops_burst=N] [bps=N] [bps_burst=N] [readonly=yes|no]  change a disk's policy (0 = unlimited)" },
+		{ "dumpxml", verb_dumpxml, "dumpxml  the VM's definition as libvirt domain XML" },
+	};
+	for (size_t i = 0; i < sizeof(builtins) / sizeof(builtins[0]); i++) {
+		int err = control_register_verb(builtins[i].name, builtins[i].fn, builtins[i].help);
+		if (err && !builtin_result)
+			builtin_result = err;
+	}
+}
+
+int control_register_builtin_verbs(void)
+{
+	pthread_once(&builtin_once, register_builtins);
+	return builtin_result;
+}

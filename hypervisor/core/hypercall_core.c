@@ -1,0 +1,299 @@
+/* The ABI v1 core hypercalls: info, console, shutdown, time, block, event channels, device setup. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/hypercall.h"
+#include "core/log.h"
+#include "core/vm.h"
+
+/* One console write moves at most this much; the guest loops for more. */
+#define CONSOLE_CHUNK_MAX_BYTES 65536u
+#define MSR_IA32_TSC 0x10u
+
+static int64_t hc_abi_info(struct kapsel_vm *vm, const uint64_t args[])
+{
+	struct kapsel_abi_info *info =
+		guest_memory_translate_guest(&vm->mem, args[0], sizeof(*info));
+	if (!info)
+		return -KAPSEL_EFAULT;
+	struct kapsel_abi_info reply = {
+		.magic = KAPSEL_ABI_INFO_MAGIC,
+		.major = KAPSEL_ABI_MAJOR,
+		.minor = KAPSEL_ABI_MINOR,
+		.features = KAPSEL_FEATURES_V1,
+		.hypercall_count = KAPSEL_HC_COUNT,
+	};
+	memcpy(info, &reply, sizeof(reply));
+	return 0;
+}
+
+static int64_t hc_console_write(struct kapsel_vm *vm, const uint64_t args[])
+{
+	uint64_t length = args[1];
+	if (length > CONSOLE_CHUNK_MAX_BYTES)
+		length = CONSOLE_CHUNK_MAX_BYTES;
+	const void *data = guest_memory_translate_guest(&vm->mem, args[0], length);
+	if (!data)
+		return -KAPSEL_EFAULT;
+	console_write(&vm->console, data, length);
+	return (int64_t)length;
+}
+
+static int64_t hc_console_read(struct kapsel_vm *vm, const uint64_t args[])
+{
+	uint64_t length = args[1];
+	if (length > CONSOLE_CHUNK_MAX_BYTES)
+		length = CONSOLE_CHUNK_MAX_BYTES;
+	void *data = guest_memory_translate_guest(&vm->mem, args[0], length);
+	if (!data)
+		return -KAPSEL_EFAULT;
+	return (int64_t)console_read(&vm->console, data, length);
+}
+
+static int64_t hc_shutdown(struct kapsel_vm *vm, const uint64_t args[])
+{
+	uint64_t reason = args[0];
+	int code = (int)(args[1] & 0xff);
+
+	switch (reason) {
+	case KAPSEL_SHUTDOWN_POWEROFF:
+		vm->exit_code = code;
+		break;
+	case KAPSEL_SHUTDOWN_REBOOT:
+		vm->exit_code = 0;
+		break;
+	case KAPSEL_SHUTDOWN_CRASH:
+		fprintf(stderr, "kapsel: guest '%s' reported a crash (code %d)\n", vm->config->name,
+			code);
+		vm->exit_code = KAPSEL_EXIT_GUEST_CRASH;
+		break;
+	default:
+		return -KAPSEL_EINVAL;
+	}
+	vm->shutdown_reason = (enum kapsel_shutdown_reason)reason;
+	vm->state = VM_STATE_STOPPED;
+	return 0;
+}
+
+static int64_t hc_time_info(struct kapsel_vm *vm, const uint64_t args[])
+{
+	struct kapsel_time_info *out =
+		guest_memory_translate_guest(&vm->mem, args[0], sizeof(*out));
+	if (!out)
+		return -KAPSEL_EFAULT;
+	struct {
+		struct kvm_msrs header;
+		struct kvm_msr_entry entry;
+	} msrs = { .header.nmsrs = 1, .entry.index = MSR_IA32_TSC };
+	uint64_t now = vm_clock_ns(vm);
+	if (ioctl(vm->vcpu_fd, KVM_GET_MSRS, &msrs) != 1)
+		return -KAPSEL_EIO;
+	struct kapsel_time_info reply = {
+		.now_ns = now,
+		.tsc = msrs.entry.data,
+		.tsc_khz = vm->tsc_khz,
+	};
+	memcpy(out, &reply, sizeof(reply));
+	return 0;
+}
+
+static bool unmasked_event_pending(struct kapsel_vm *vm)
+{
+	for (unsigned w = 0; w < KAPSEL_EVTCHN_COUNT / 64; w++) {
+		uint64_t pending = __atomic_load_n(&vm->events->pending[w], __ATOMIC_SEQ_CST);
+		uint64_t mask = __atomic_load_n(&vm->events->mask[w], __ATOMIC_RELAXED);
+		if (pending & ~mask)
+			return true;
+	}
+	return false;
+}
+
+static int64_t hc_block(struct kapsel_vm *vm, const uint64_t args[])
+{
+	uint64_t deadline_ns = args[0];
+	for (;;) {
+		if (unmasked_event_pending(vm))
+			return 1;
+		uint64_t now = vm_clock_ns(vm);
+		/* A stop, pause or stats request ends the sleep early (0: the
+		 * guest re-checks its clock and blocks again after a resume;
+		 * the run loop writes the stats before re-entering the guest). */
+		if (now >= deadline_ns || __atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST) ||
+		    __atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST) ||
+		    __atomic_load_n(&vm->stats_requested, __ATOMIC_SEQ_CST))
+			return 0;
+		__atomic_store_n(&vm->vcpu_blocked, 1, __ATOMIC_SEQ_CST);
+		/* Re-check after announcing we sleep: a notifier that missed the
+		 * flag set its pending bit before our load here (see
+		 * vm_evtchn_notify). */
+		if (unmasked_event_pending(vm)) {
+			__atomic_store_n(&vm->vcpu_blocked, 0, __ATOMIC_SEQ_CST);
+			return 1;
+		}
+		uint64_t wait_ns = deadline_ns - now;
+		struct timespec timeout = {
+			.tv_sec = (time_t)(wait_ns / 1000000000ull),
+			.tv_nsec = (long)(wait_ns % 1000000000ull),
+		};
+		if (wait_ns > 3600ull * 1000000000ull)
+			timeout = (struct timespec){ .tv_sec = 3600 };
+		struct pollfd pfd = { .fd = vm->wake_fd, .events = POLLIN };
+		ppoll(&pfd, 1, &timeout, NULL);
+		__atomic_store_n(&vm->vcpu_blocked, 0, __ATOMIC_SEQ_CST);
+		uint64_t drained;
+		ssize_t n = read(vm->wake_fd, &drained, sizeof(drained));
+		(void)n;
+	}
+}
+
+static bool valid_port(struct kapsel_vm *vm, uint64_t port)
+{
+	return port < KAPSEL_EVTCHN_COUNT && vm->evtchn[port].allocated;
+}
+
+/* A channel the guest allocated itself: the reserved control channel can
+ * only be masked and unmasked, never bound, sent on or closed. */
+static bool guest_owned_port(struct kapsel_vm *vm, uint64_t port)
+{
+	return valid_port(vm, port) && port != KAPSEL_EVTCHN_CONTROL;
+}
+
+static int64_t hc_evtchn_alloc(struct kapsel_vm *vm, const uint64_t args[])
+{
+	(void)args;
+	for (uint32_t port = 0; port < KAPSEL_EVTCHN_COUNT; port++) {
+		if (!vm->evtchn[port].allocated) {
+			vm->evtchn[port].allocated = true;
+			vm->evtchn[port].bound_device = -1;
+			/* A new channel starts neither pending nor masked,
+			 * whatever its previous owner left behind. */
+			__atomic_fetch_and(&vm->events->pending[port / 64], ~(1ull << (port % 64)),
+					   __ATOMIC_SEQ_CST);
+			__atomic_fetch_and(&vm->events->mask[port / 64], ~(1ull << (port % 64)),
+					   __ATOMIC_SEQ_CST);
+			return port;
+		}
+	}
+	return -KAPSEL_ENOSPC;
+}
+
+static int64_t hc_evtchn_bind_device(struct kapsel_vm *vm, const uint64_t args[])
+{
+	uint64_t port = args[0], index = args[1];
+	if (!guest_owned_port(vm, port) || index >= vm->device_count)
+		return -KAPSEL_EINVAL;
+	if (vm->evtchn[port].bound_device >= 0)
+		return -KAPSEL_EBUSY;
+	struct kapsel_device *dev = vm->devices[index];
+	if (dev->evtchn_port != UINT32_MAX)
+		return -KAPSEL_EBUSY;
+	vm->evtchn[port].bound_device = (int)index;
+	__atomic_store_n(&dev->evtchn_port, (uint32_t)port, __ATOMIC_RELEASE);
+	return 0;
+}
+
+static int64_t hc_evtchn_send(struct kapsel_vm *vm, const uint64_t args[])
+{
+	uint64_t port = args[0];
+	if (!guest_owned_port(vm, port))
+		return -KAPSEL_EINVAL;
+	int index = vm->evtchn[port].bound_device;
+	if (index < 0) {
+		/* An unbound channel loops back to the guest itself. */
+		vm_evtchn_notify(vm, (uint32_t)port);
+		return 0;
+	}
+	struct kapsel_device *dev = vm->devices[index];
+	if (dev->desc.doorbell_port) {
+		/* The slow path of a doorbell: same effect, one exit more. */
+		uint64_t one = 1;
+		if (dev->doorbell_fd >= 0 && write(dev->doorbell_fd, &one, sizeof(one)) < 0)
+			return -KAPSEL_EIO;
+		/* A doorbell served on the vCPU thread (vm_add_trapped_doorbell). */
+		if (dev->doorbell_fd < 0 && dev->io_port_base == dev->desc.doorbell_port)
+			dev->ops->io_write(dev, dev->desc.doorbell_port, 2, 1);
+	}
+	return 0;
+}
+
+static int64_t hc_evtchn_mask(struct kapsel_vm *vm, const uint64_t args[])
+{
+	uint64_t port = args[0];
+	if (!valid_port(vm, port) || args[1] > 1)
+		return -KAPSEL_EINVAL;
+	uint64_t bit = 1ull << (port % 64);
+	uint64_t old;
+	if (args[1])
+		old = __atomic_fetch_or(&vm->events->mask[port / 64], bit, __ATOMIC_SEQ_CST);
+	else
+		old = __atomic_fetch_and(&vm->events->mask[port / 64], ~bit, __ATOMIC_SEQ_CST);
+	return (old & bit) ? 1 : 0;
+}
+
+static int64_t hc_evtchn_close(struct kapsel_vm *vm, const uint64_t args[])
+{
+	uint64_t port = args[0];
+	if (!guest_owned_port(vm, port))
+		return -KAPSEL_EINVAL;
+	int index = vm->evtchn[port].bound_device;
+	if (index >= 0)
+		__atomic_store_n(&vm->devices[index]->evtchn_port, UINT32_MAX, __ATOMIC_RELEASE);
+	vm->evtchn[port] = (struct vm_evtchn){ .allocated = false, .bound_device = -1 };
+	return 0;
+}
+
+static int64_t hc_device_setup(struct kapsel_vm *vm, const uint64_t args[])
+{
+	uint64_t index = args[0];
+	if (index >= vm->device_count)
+		return -KAPSEL_ENODEV;
+	const void *shared =
+		guest_memory_translate_guest(&vm->mem, args[1], sizeof(struct kapsel_device_setup));
+	if (!shared)
+		return -KAPSEL_EFAULT;
+	/* Read once: the device only ever sees this private copy. */
+	struct kapsel_device_setup setup;
+	memcpy(&setup, shared, sizeof(setup));
+	if (setup.magic != KAPSEL_DEVICE_SETUP_MAGIC || setup.revision != 1)
+		return -KAPSEL_EINVAL;
+	struct kapsel_device *dev = vm->devices[index];
+	if (!dev->ops->setup)
+		return -KAPSEL_ENODEV;
+	return dev->ops->setup(dev, &setup);
+}
+
+int hypercall_register_core(struct hypercall_table *table)
+{
+	static const struct {
+		uint64_t nr;
+		const char *name;
+		hypercall_fn fn;
+	} calls[] = {
+		{ KAPSEL_HC_ABI_INFO, "abi_info", hc_abi_info },
+		{ KAPSEL_HC_CONSOLE_WRITE, "console_write", hc_console_write },
+		{ KAPSEL_HC_CONSOLE_READ, "console_read", hc_console_read },
+		{ KAPSEL_HC_SHUTDOWN, "shutdown", hc_shutdown },
+		{ KAPSEL_HC_TIME_INFO, "time_info", hc_time_info },
+		{ KAPSEL_HC_BLOCK, "block", hc_block },
+		{ KAPSEL_HC_EVTCHN_ALLOC, "evtchn_alloc", hc_evtchn_alloc },
+		{ KAPSEL_HC_EVTCHN_BIND_DEVICE, "evtchn_bind_device", hc_evtchn_bind_device },
+		{ KAPSEL_HC_EVTCHN_SEND, "evtchn_send", hc_evtchn_send },
+		{ KAPSEL_HC_EVTCHN_MASK, "evtchn_mask", hc_evtchn_mask },
+		{ KAPSEL_HC_DEVICE_SETUP, "device_setup", hc_device_setup },
+		{ KAPSEL_HC_EVTCHN_CLOSE, "evtchn_close", hc_evtchn_close },
+	};
+	for (size_t i = 0; i < sizeof(calls) / sizeof(calls[0]); i++) {
+		int err = hypercall_register(table, calls[i].nr, calls[i].name, calls[i].fn);
+		if (err) {
+			kapsel_error("cannot register hypercall %s: %s", calls[i].name,
+				     strerror(-err));
+			return err;
+		}
+	}
+	return 0;
+}

@@ -1,0 +1,191 @@
+/* A Kapsel VM: KVM VM and vCPU, guest RAM, devices, hypercalls and the exit loop. */
+#ifndef KAPSEL_VM_H
+#define KAPSEL_VM_H
+
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config/config.h"
+#include "devices/console/console.h"
+#include "devices/device.h"
+#include "core/elf_loader.h"
+#include "core/guest_memory.h"
+#include "core/hypercall.h"
+#include "kapsel/abi.h"
+#include "core/log.h"
+
+/* Exit status of `kapsel run` besides the guest's own exit code. */
+#define KAPSEL_EXIT_VMM_ERROR 125   /* Kapsel could not start or run the VM */
+#define KAPSEL_EXIT_GUEST_CRASH 126 /* the guest faulted or asked to crash */
+
+enum vm_exit_counter {
+	VM_EXIT_IO_HYPERCALL,
+	VM_EXIT_IO_DEVICE,
+	VM_EXIT_IO_UNCLAIMED,
+	VM_EXIT_MMIO,
+	VM_EXIT_HLT,
+	VM_EXIT_SHUTDOWN,
+	VM_EXIT_INTR,
+	VM_EXIT_FAULT,
+	VM_EXIT_OTHER,
+	VM_EXIT_COUNTER_COUNT
+};
+
+enum vm_run_state {
+	VM_STATE_CREATED,
+	VM_STATE_RUNNING,
+	VM_STATE_PAUSED,
+	VM_STATE_STOPPED,
+};
+
+struct vm_evtchn {
+	bool allocated;
+	int bound_device; /* device index, or -1 */
+};
+
+struct kapsel_vm {
+	struct vm_config *config;
+	int kvm_fd, vm_fd, vcpu_fd;
+	struct kvm_run *run;
+	size_t run_size;
+	pthread_t vcpu_thread;
+	struct guest_memory mem;
+	struct elf_image image;
+	struct kapsel_start_info *start_info; /* host view of guest page */
+	struct kapsel_event_page *events;     /* host view of guest page */
+	struct hypercall_table hypercalls;
+	struct console console;
+	struct kapsel_device *devices[KAPSEL_MAX_DEVICES];
+	unsigned device_count;
+	struct vm_evtchn evtchn[KAPSEL_EVTCHN_COUNT];
+	uint64_t boot_monotonic_ns; /* CLOCK_MONOTONIC at VM creation */
+	uint64_t tsc_khz;
+	int wake_fd;		    /* eventfd: wakes a vCPU blocked in KAPSEL_HC_BLOCK */
+	int vcpu_blocked;	    /* atomic: 1 while the vCPU sleeps in BLOCK */
+	int stop_requested;	    /* atomic: 0, or enum vm_stop_reason: leave the run loop */
+	int stats_requested;	    /* atomic: write counters at the next exit */
+	int pause_requested;	    /* atomic: park the vCPU at the next exit */
+	pthread_mutex_t pause_lock; /* protects state changes to/from PAUSED */
+	pthread_cond_t pause_cond;  /* signalled on every state change */
+	uint64_t paused_total_ns;   /* time spent paused, for uptime reports */
+	uint64_t paused_since_ns;   /* vm_clock_ns when the pause began */
+	void *control;		    /* struct control_server *, or NULL */
+	int vcpu_tid;		    /* Linux thread id of the vCPU thread (0 before vm_run) */
+	enum vm_run_state state;
+	enum kapsel_shutdown_reason shutdown_reason;
+	int exit_code; /* what `kapsel run` exits with */
+	uint64_t exits[VM_EXIT_COUNTER_COUNT];
+	struct log_limit guest_log; /* every log line a guest can trigger passes here */
+	uint64_t generation;
+};
+
+/*
+ * Create the VM described by config: open /dev/kvm, check the API version
+ * and every capability we use (naming a missing one), create guest RAM,
+ * load the kernel image, build boot tables and start info, and attach
+ * devices.  Errors are printed with what to do about them.  Returns 0 or a
+ * negative errno; on failure vm is fully released.
+ */
+int vm_create(struct kapsel_vm *vm, struct vm_config *config);
+
+/*
+ * Run the vCPU until the guest shuts down, crashes, or vm_request_stop.
+ * Returns the exit status for `kapsel run` (guest code, or one of
+ * KAPSEL_EXIT_*).
+ */
+int vm_run(struct kapsel_vm *vm);
+
+/* Ask the run loop to return (thread- and signal-safe); it warns "VM stopped by request". */
+void vm_request_stop(struct kapsel_vm *vm);
+
+/* Why the run loop was asked to return; the first request's reason counts. */
+enum vm_stop_reason {
+	VM_STOP_REQUESTED = 1, /* operator: signal, destroy, a failed migration */
+	VM_STOP_SAVED,	       /* `save --stop` / --save-stop: the state is on disk */
+	VM_STOP_MIGRATED,      /* the migration destination runs the VM now */
+};
+
+/* vm_request_stop with a reason (thread- and signal-safe).  Precondition: vm was created. */
+void vm_request_stop_for(struct kapsel_vm *vm, enum vm_stop_reason reason);
+
+/*
+ * Ask the vCPU thread to write the counters (config stats_path, else
+ * stderr) soon, even while the guest sleeps in KAPSEL_HC_BLOCK (thread- and
+ * signal-safe; SIGUSR1 of `kapsel run`).
+ */
+void vm_request_stats(struct kapsel_vm *vm);
+
+/*
+ * Stop the vCPU and return only when it is parked outside KVM_RUN with
+ * any pending I/O completed, so registers, memory and devices' guest-facing
+ * state can be read consistently (the VM-state code relies on this).  Kicks
+ * KVM_RUN with immediate_exit + SIGUSR2 and wakes a vCPU sleeping in
+ * KAPSEL_HC_BLOCK (which then returns 0 early to the guest).  Callable from
+ * any thread but the vCPU thread, while vm_run runs.  Returns 0 (paused
+ * now), -EALREADY (it was already paused; still stopped on return) or
+ * -ESRCH (the VM is not running: not started yet or stopped).
+ */
+int vm_pause(struct kapsel_vm *vm);
+
+/*
+ * Let a paused vCPU run again; returns once it has left its parking place
+ * (the state reads "running").  Thread-safe; not on the vCPU thread.
+ * Returns 0, -EALREADY (it was not paused) or -ESRCH (the VM is stopped).
+ */
+int vm_resume(struct kapsel_vm *vm);
+
+/* "created", "running", "paused" or "stopped" (a snapshot; may change). */
+const char *vm_state_name(const struct kapsel_vm *vm);
+
+/* Release everything vm_create made. */
+void vm_destroy(struct kapsel_vm *vm);
+
+/* Kapsel clock: nanoseconds since the VM was created. */
+uint64_t vm_clock_ns(const struct kapsel_vm *vm);
+
+/*
+ * Attach a device: assigns the next index, records its descriptor in start
+ * info and claims its ports (opening them to CPL3 code).  Returns 0,
+ * -ENOSPC (too many devices) or -EBUSY (ports already claimed).
+ */
+int vm_add_device(struct kapsel_vm *vm, struct kapsel_device *dev);
+
+/*
+ * Signal event channel port: mark it pending in the event page and wake a
+ * blocked vCPU if it is unmasked.  Callable from any thread.
+ */
+void vm_evtchn_notify(struct kapsel_vm *vm, uint32_t port);
+
+/* Print the VM's exit counters and every device's counters. */
+void vm_print_stats(struct kapsel_vm *vm, FILE *out);
+
+/*
+ * Give an attached device a doorbell: an ioeventfd on port
+ * KAPSEL_PORT_DOORBELL_BASE + index, so a guest kick wakes the backend
+ * without an exit to user space.  Sets dev->doorbell_fd and the port in the
+ * device's descriptor.  Returns 0 or a negative errno.
+ */
+int vm_add_doorbell(struct kapsel_vm *vm, struct kapsel_device *dev);
+
+/*
+ * Rewrite the hypervisor-owned low pages (page tables, GDT, IDT, TSS with
+ * the ports of the hypercall interface and of every attached device open,
+ * exception stubs) from scratch.  Memory loaded from saved state is
+ * untrusted, so a restore or an incoming migration calls this after the
+ * memory and the devices are in place.  Returns 0 or -EFAULT.
+ */
+int vm_rebuild_hypervisor_pages(struct kapsel_vm *vm);
+
+/*
+ * Give an attached device a doorbell served on the vCPU thread: the same
+ * port as vm_add_doorbell, but claimed as the device's I/O ports, so a
+ * guest kick is an exit to user space that calls dev->ops->io_write (and
+ * the kick is done when the guest's instruction completes).  For devices
+ * whose work per kick is short and needs no thread.  Precondition: dev
+ * has no other I/O ports and ops->io_read / io_write are set.
+ */
+void vm_add_trapped_doorbell(struct kapsel_vm *vm, struct kapsel_device *dev);
+
+#endif

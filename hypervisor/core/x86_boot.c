@@ -1,0 +1,361 @@
+/* x86-64 boot state built by the hypervisor: page tables, GDT, IDT, TSS and the CPL3 entry. */
+#include "core/x86_boot.h"
+
+#include <cpuid.h>
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <linux/kvm.h>
+#include <string.h>
+#include <sys/ioctl.h>
+
+#include "kapsel/abi.h"
+
+#define PTE_PRESENT 0x1ull
+#define PTE_WRITE 0x2ull
+#define PTE_USER 0x4ull
+#define PTE_HUGE 0x80ull
+
+#define CR0_PE (1ull << 0)
+#define CR0_MP (1ull << 1)
+#define CR0_ET (1ull << 4)
+#define CR0_NE (1ull << 5)
+#define CR0_WP (1ull << 16)
+#define CR0_PG (1ull << 31)
+#define CR4_PAE (1ull << 5)
+#define CR4_OSFXSR (1ull << 9)
+#define CR4_OSXMMEXCPT (1ull << 10)
+#define EFER_LME (1ull << 8)
+#define EFER_LMA (1ull << 10)
+#define RFLAGS_IOPL (3ull << 12)
+
+#define EXCEPTION_STUB_BYTES 16u
+#define EXCEPTION_VECTORS 32u
+
+static uint64_t *table_at(struct guest_memory *mem, uint64_t gpa)
+{
+	return guest_memory_translate(mem, gpa, 4096);
+}
+
+/* Which low 4 KiB pages CPL3 code may touch: start info, event page and
+ * everything from the free low memory on.  Page 0 stays unmapped so that
+ * NULL dereferences fault. */
+static uint64_t low_page_flags(uint64_t gpa)
+{
+	if (gpa == 0)
+		return 0;
+	if (gpa == KAPSEL_GPA_START_INFO || gpa == KAPSEL_GPA_EVENT_PAGE ||
+	    gpa >= KAPSEL_GPA_LOW_FREE)
+		return PTE_PRESENT | PTE_WRITE | PTE_USER;
+	return PTE_PRESENT | PTE_WRITE;
+}
+
+static int build_page_tables(struct guest_memory *mem)
+{
+	uint64_t gib = (mem->size_bytes + (1ull << 30) - 1) >> 30;
+	uint64_t *pml4 = table_at(mem, X86_GPA_PML4);
+	uint64_t *pdpt = table_at(mem, X86_GPA_PDPT);
+	uint64_t *pt_low = table_at(mem, X86_GPA_PT_LOW);
+
+	if (!pml4 || !pdpt || !pt_low || gib > 64 ||
+	    !guest_memory_translate(mem, X86_GPA_PD_BASE, gib * 4096) ||
+	    X86_GPA_PD_BASE + gib * 4096 > KAPSEL_GPA_LOW_FREE)
+		return -EFAULT;
+	memset(pml4, 0, 4096);
+	memset(pdpt, 0, 4096);
+	pml4[0] = X86_GPA_PDPT | PTE_PRESENT | PTE_WRITE | PTE_USER;
+	for (uint64_t g = 0; g < gib; g++) {
+		uint64_t pd_gpa = X86_GPA_PD_BASE + g * 4096;
+		uint64_t *pd = table_at(mem, pd_gpa);
+		memset(pd, 0, 4096);
+		pdpt[g] = pd_gpa | PTE_PRESENT | PTE_WRITE | PTE_USER;
+		for (uint64_t e = 0; e < 512; e++) {
+			uint64_t gpa = (g << 30) | (e << 21);
+			if (gpa >= mem->size_bytes)
+				break;
+			pd[e] = gpa | PTE_PRESENT | PTE_WRITE | PTE_USER | PTE_HUGE;
+		}
+	}
+	/* The first 2 MiB is mapped with 4 KiB pages to protect the tables. */
+	uint64_t *pd0 = table_at(mem, X86_GPA_PD_BASE);
+	pd0[0] = X86_GPA_PT_LOW | PTE_PRESENT | PTE_WRITE | PTE_USER;
+	for (uint64_t p = 0; p < 512; p++) {
+		uint64_t gpa = p << 12;
+		uint64_t flags = low_page_flags(gpa);
+		pt_low[p] = flags ? (gpa | flags) : 0;
+	}
+	return 0;
+}
+
+static uint64_t segment_descriptor(uint32_t base, uint32_t limit, uint8_t access, uint8_t flags)
+{
+	return (uint64_t)(limit & 0xffff) | ((uint64_t)(base & 0xffffff) << 16) |
+	       ((uint64_t)access << 40) | ((uint64_t)((limit >> 16) & 0xf) << 48) |
+	       ((uint64_t)(flags & 0xf) << 52) | ((uint64_t)(base >> 24) << 56);
+}
+
+static void build_gdt(struct guest_memory *mem)
+{
+	uint64_t *gdt = table_at(mem, X86_GPA_GDT);
+	memset(gdt, 0, 4096);
+	/* access: P | DPL | S | type; flags: G | D/B | L */
+	gdt[X86_SEL_KERNEL_CS >> 3] = segment_descriptor(0, 0xfffff, 0x9a, 0xa);
+	gdt[X86_SEL_KERNEL_DS >> 3] = segment_descriptor(0, 0xfffff, 0x92, 0xc);
+	gdt[X86_SEL_USER_DS >> 3] = segment_descriptor(0, 0xfffff, 0xf2, 0xc);
+	gdt[X86_SEL_USER_CS >> 3] = segment_descriptor(0, 0xfffff, 0xfa, 0xa);
+	/* 64-bit available TSS: 16 bytes, the high half holds base[63:32]. */
+	gdt[X86_SEL_TSS >> 3] = segment_descriptor(X86_GPA_TSS, X86_TSS_LIMIT, 0x89, 0x0);
+	gdt[(X86_SEL_TSS >> 3) + 1] = 0;
+}
+
+static void build_tss(struct guest_memory *mem)
+{
+	uint8_t *tss = guest_memory_translate(mem, X86_GPA_TSS, X86_TSS_LIMIT + 1);
+	uint64_t rsp0 = X86_GPA_EXCEPTION_STACK_TOP;
+	uint16_t iomap = X86_TSS_IOMAP_OFFSET;
+
+	memset(tss, 0, X86_TSS_IOMAP_OFFSET);
+	memcpy(tss + 4, &rsp0, sizeof(rsp0));
+	memcpy(tss + 102, &iomap, sizeof(iomap));
+	/* Every port closed; the byte after the bitmap must be all ones. */
+	memset(tss + X86_TSS_IOMAP_OFFSET, 0xff, X86_TSS_IOMAP_BYTES + 1);
+}
+
+static int vector_has_error_code(unsigned vector)
+{
+	switch (vector) {
+	case 8:
+	case 10:
+	case 11:
+	case 12:
+	case 13:
+	case 14:
+	case 17:
+	case 21:
+	case 29:
+	case 30:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+/*
+ * The only CPL0 code: one 16-byte stub per exception vector.
+ *     [push $0]          only where the CPU pushes no error code
+ *     push $vector
+ *     push %rax
+ *     push %rdx
+ *     mov  $KAPSEL_PORT_FAULT, %dx
+ *     out  %al, %dx      the VMM reads struct x86_fault_frame at rsp
+ *     hlt
+ *     jmp  .-1           never resumes
+ */
+static void build_idt_and_stubs(struct guest_memory *mem)
+{
+	uint8_t *stubs = guest_memory_translate(mem, X86_GPA_EXCEPTION_STUBS,
+						EXCEPTION_VECTORS * EXCEPTION_STUB_BYTES);
+	uint64_t *idt = table_at(mem, X86_GPA_IDT);
+
+	memset(idt, 0, 4096);
+	memset(stubs, 0xcc, EXCEPTION_VECTORS * EXCEPTION_STUB_BYTES);
+	for (unsigned v = 0; v < EXCEPTION_VECTORS; v++) {
+		uint8_t *p = stubs + v * EXCEPTION_STUB_BYTES;
+		if (!vector_has_error_code(v)) {
+			*p++ = 0x6a; /* push imm8 */
+			*p++ = 0x00;
+		}
+		*p++ = 0x6a;
+		*p++ = (uint8_t)v;
+		*p++ = 0x50; /* push %rax */
+		*p++ = 0x52; /* push %rdx */
+		*p++ = 0x66; /* mov $imm16, %dx */
+		*p++ = 0xba;
+		*p++ = KAPSEL_PORT_FAULT & 0xff;
+		*p++ = KAPSEL_PORT_FAULT >> 8;
+		*p++ = 0xee; /* out %al, %dx */
+		*p++ = 0xf4; /* hlt */
+		*p++ = 0xeb; /* jmp -3 (back to hlt) */
+		*p++ = 0xfd;
+
+		uint64_t handler = X86_GPA_EXCEPTION_STUBS + v * EXCEPTION_STUB_BYTES;
+		/* 64-bit interrupt gate, DPL 0, present, IST 0. */
+		idt[v * 2] = (handler & 0xffff) | ((uint64_t)X86_SEL_KERNEL_CS << 16) |
+			     (0x8eull << 40) | (((handler >> 16) & 0xffff) << 48);
+		idt[v * 2 + 1] = handler >> 32;
+	}
+}
+
+int x86_boot_build_tables(struct guest_memory *mem)
+{
+	int err = build_page_tables(mem);
+	if (err)
+		return err;
+	build_gdt(mem);
+	build_tss(mem);
+	build_idt_and_stubs(mem);
+	return 0;
+}
+
+void x86_boot_open_port(struct guest_memory *mem, uint16_t port)
+{
+	uint8_t *bitmap = guest_memory_translate(mem, X86_GPA_TSS + X86_TSS_IOMAP_OFFSET,
+						 X86_TSS_IOMAP_BYTES);
+	bitmap[port / 8] &= (uint8_t) ~(1u << (port % 8));
+}
+
+int x86_boot_port_is_open(const struct guest_memory *mem, uint16_t port)
+{
+	const uint8_t *bitmap = guest_memory_translate(mem, X86_GPA_TSS + X86_TSS_IOMAP_OFFSET,
+						       X86_TSS_IOMAP_BYTES);
+	return !(bitmap[port / 8] & (1u << (port % 8)));
+}
+
+static void set_user_segment(struct kvm_segment *seg, uint16_t selector, int code)
+{
+	memset(seg, 0, sizeof(*seg));
+	seg->selector = selector;
+	seg->limit = 0xffffffff;
+	seg->present = 1;
+	seg->dpl = 3;
+	seg->s = 1;
+	seg->g = 1;
+	if (code) {
+		seg->type = 0xb; /* execute/read, accessed */
+		seg->l = 1;
+	} else {
+		seg->type = 0x3; /* read/write, accessed */
+		seg->db = 1;
+	}
+}
+
+/*
+ * The TSS type to load into TR.  Hardware and KVM expect a busy 64-bit
+ * TSS (VMX refuses anything else).  QEMU's TCG, when it emulates SVM for
+ * a nested KVM (scripts/nested-kvm.sh), checks the I/O permission bitmap
+ * only for an *available* TSS type and raises #GP on every guest port
+ * access otherwise; SVM accepts either type.  So only there, recognized by
+ * TCG's CPUID signature, the available type is used.
+ */
+static uint8_t tss_type_for_host(void)
+{
+	unsigned int eax, ebx, ecx, edx;
+	char signature[13];
+
+	__cpuid(0x40000000, eax, ebx, ecx, edx);
+	(void)eax;
+	memcpy(signature + 0, &ebx, 4);
+	memcpy(signature + 4, &ecx, 4);
+	memcpy(signature + 8, &edx, 4);
+	signature[12] = '\0';
+	if (strcmp(signature, "TCGTCGTCGTCG") == 0)
+		return 0x9; /* available 64-bit TSS */
+	return 0xb;	    /* busy 64-bit TSS */
+}
+
+void x86_boot_set_system_registers(struct kvm_sregs *sregs)
+{
+	memset(&sregs->tr, 0, sizeof(sregs->tr));
+	sregs->tr.selector = X86_SEL_TSS;
+	sregs->tr.base = X86_GPA_TSS;
+	sregs->tr.limit = X86_TSS_LIMIT;
+	sregs->tr.type = tss_type_for_host();
+	sregs->tr.present = 1;
+
+	memset(&sregs->ldt, 0, sizeof(sregs->ldt));
+	sregs->ldt.type = 0x2;
+	sregs->ldt.unusable = 1;
+
+	sregs->gdt.base = X86_GPA_GDT;
+	sregs->gdt.limit = 8 * 7 - 1;
+	sregs->idt.base = X86_GPA_IDT;
+	sregs->idt.limit = EXCEPTION_VECTORS * 16 - 1;
+}
+
+int x86_boot_check_restored_vcpu(struct kvm_sregs *sregs, struct kvm_regs *regs, char *error,
+				 size_t error_len)
+{
+	bool user = sregs->cs.selector == X86_SEL_USER_CS && sregs->cs.dpl == 3 &&
+		    sregs->ss.selector == X86_SEL_USER_DS && sregs->ss.dpl == 3;
+	if (!user) {
+		snprintf(error, error_len,
+			 "the saved vCPU runs with code segment %#x (DPL %u), not the guest's CPL3 segments; the state is corrupt or forged",
+			 sregs->cs.selector, sregs->cs.dpl);
+		return -EPROTO;
+	}
+	if (sregs->cr3 != X86_GPA_PML4) {
+		snprintf(error, error_len,
+			 "the saved vCPU's page-table root %#llx is not the hypervisor's; the state is corrupt or forged",
+			 (unsigned long long)sregs->cr3);
+		return -EPROTO;
+	}
+	x86_boot_set_system_registers(sregs);
+	regs->rflags &= ~RFLAGS_IOPL;
+	return 0;
+}
+
+int x86_boot_set_vcpu_state(int vcpu_fd, uint64_t entry, uint64_t start_info_gpa)
+{
+	struct kvm_sregs sregs;
+	struct kvm_regs regs;
+	struct kvm_fpu fpu;
+
+	if (ioctl(vcpu_fd, KVM_GET_SREGS, &sregs) < 0)
+		return -errno;
+	set_user_segment(&sregs.cs, X86_SEL_USER_CS, 1);
+	set_user_segment(&sregs.ss, X86_SEL_USER_DS, 0);
+	sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss;
+
+	x86_boot_set_system_registers(&sregs);
+
+	sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
+	sregs.cr3 = X86_GPA_PML4;
+	sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
+	sregs.efer = EFER_LME | EFER_LMA;
+	if (ioctl(vcpu_fd, KVM_SET_SREGS, &sregs) < 0)
+		return -errno;
+
+	memset(&regs, 0, sizeof(regs));
+	regs.rip = entry;
+	regs.rsp = KAPSEL_GPA_INITIAL_STACK;
+	regs.rdi = start_info_gpa;
+	regs.rflags = 0x2; /* IF = 0, IOPL = 0: ports go through the TSS bitmap */
+	if (ioctl(vcpu_fd, KVM_SET_REGS, &regs) < 0)
+		return -errno;
+
+	memset(&fpu, 0, sizeof(fpu));
+	fpu.fcw = 0x37f;
+	fpu.mxcsr = 0x1f80;
+	if (ioctl(vcpu_fd, KVM_SET_FPU, &fpu) < 0)
+		return -errno;
+	return 0;
+}
+
+const char *x86_exception_name(unsigned vector)
+{
+	static const char *const names[EXCEPTION_VECTORS] = {
+		[0] = "divide error (#DE)",
+		[1] = "debug (#DB)",
+		[2] = "non-maskable interrupt (NMI)",
+		[3] = "breakpoint (#BP)",
+		[4] = "overflow (#OF)",
+		[5] = "bound range exceeded (#BR)",
+		[6] = "invalid opcode (#UD)",
+		[7] = "device not available (#NM)",
+		[8] = "double fault (#DF)",
+		[10] = "invalid TSS (#TS)",
+		[11] = "segment not present (#NP)",
+		[12] = "stack-segment fault (#SS)",
+		[13] = "general protection fault (#GP)",
+		[14] = "page fault (#PF)",
+		[16] = "x87 floating-point error (#MF)",
+		[17] = "alignment check (#AC)",
+		[18] = "machine check (#MC)",
+		[19] = "SIMD floating-point exception (#XM)",
+		[20] = "virtualization exception (#VE)",
+		[21] = "control protection exception (#CP)",
+	};
+	if (vector < EXCEPTION_VECTORS && names[vector])
+		return names[vector];
+	return "reserved exception vector";
+}

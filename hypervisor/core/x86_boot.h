@@ -1,0 +1,82 @@
+/* x86-64 boot state built by the hypervisor: page tables, GDT, IDT, TSS and the CPL3 entry. */
+#ifndef KAPSEL_X86_BOOT_H
+#define KAPSEL_X86_BOOT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/guest_memory.h"
+
+/* Hypervisor-owned low memory (supervisor-only pages unless noted). */
+#define X86_GPA_GDT 0x1000u
+#define X86_GPA_IDT 0x2000u
+#define X86_GPA_TSS 0x3000u
+#define X86_GPA_EXCEPTION_STUBS 0x6000u
+/* 0x7000 start info and 0x8000 event page are user pages (abi.h). */
+#define X86_GPA_EXCEPTION_STACK_TOP 0x10000u
+#define X86_GPA_PML4 0x10000u
+#define X86_GPA_PDPT 0x11000u
+#define X86_GPA_PT_LOW 0x12000u	 /* 4 KiB pages for the first 2 MiB */
+#define X86_GPA_PD_BASE 0x13000u /* one page directory per GiB of RAM */
+
+/* Selectors.  Guest code runs with USER_CS/USER_DS (RPL 3). */
+#define X86_SEL_KERNEL_CS 0x08u
+#define X86_SEL_KERNEL_DS 0x10u
+#define X86_SEL_USER_DS (0x18u | 3u)
+#define X86_SEL_USER_CS (0x20u | 3u)
+#define X86_SEL_TSS 0x28u
+
+/* TSS: 104-byte header, then the I/O permission bitmap and its 0xff end. */
+#define X86_TSS_IOMAP_OFFSET 104u
+#define X86_TSS_IOMAP_BYTES 8192u
+#define X86_TSS_LIMIT (X86_TSS_IOMAP_OFFSET + X86_TSS_IOMAP_BYTES)
+
+/* Frame the CPL0 stub leaves on the exception stack, lowest address first. */
+struct x86_fault_frame {
+	uint64_t rdx, rax; /* saved by the stub before it reports */
+	uint64_t vector, error_code;
+	uint64_t rip, cs, rflags, rsp, ss; /* pushed by the CPU */
+};
+
+/*
+ * Write page tables, GDT, IDT, TSS (all ports closed) and the exception
+ * stubs into guest RAM.  RAM must be at least 4 MiB and at most 64 GiB.
+ * Returns 0 or -EFAULT if RAM is too small for the tables.
+ */
+int x86_boot_build_tables(struct guest_memory *mem);
+
+/* Open port (let CPL3 code use it) in the TSS I/O permission bitmap. */
+void x86_boot_open_port(struct guest_memory *mem, uint16_t port);
+
+/* Returns 1 if port is open to CPL3 code. */
+int x86_boot_port_is_open(const struct guest_memory *mem, uint16_t port);
+
+/*
+ * Set a vCPU's registers for entry at CPL3: long mode, paging on, rip =
+ * entry, rsp = initial stack, rdi = start info, interrupts off.  Returns 0
+ * or a negative errno from KVM (the caller names the ioctl).
+ */
+int x86_boot_set_vcpu_state(int vcpu_fd, uint64_t entry, uint64_t start_info_gpa);
+
+/*
+ * Point TR, LDTR, GDTR and IDTR at the tables the hypervisor built (and
+ * that only it writes), with the TSS type this host needs.
+ */
+struct kvm_sregs;
+struct kvm_regs;
+void x86_boot_set_system_registers(struct kvm_sregs *sregs);
+
+/*
+ * A vCPU from saved state (a state file or a migration stream, both
+ * untrusted) may resume only as a CPL3 guest on the hypervisor's page
+ * tables: refuses (-EPROTO, reason in error) another code or stack
+ * segment or page-table root, then forces the system registers as above
+ * and clears RFLAGS.IOPL.  sregs and regs are updated in place.
+ */
+int x86_boot_check_restored_vcpu(struct kvm_sregs *sregs, struct kvm_regs *regs, char *error,
+				 size_t error_len);
+
+/* Name of exception vector (e.g. "page fault (#PF)"), or "vector N". */
+const char *x86_exception_name(unsigned vector);
+
+#endif

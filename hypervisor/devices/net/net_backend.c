@@ -1,0 +1,268 @@
+/* Host end of a guest network interface: TAP device or Unix datagram socket, its policy and counters. */
+#define _GNU_SOURCE
+#include "devices/net/net_backend.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/error_text.h"
+#include "kapsel/net.h"
+#include "core/log.h"
+
+#define NET_SCRATCH_BYTES 65536u
+
+static int fill_address(struct sockaddr_un *addr, socklen_t *len, const char *path)
+{
+	size_t n = strlen(path);
+	if (n == 0 || n >= sizeof(addr->sun_path))
+		return -ENAMETOOLONG;
+	memset(addr, 0, sizeof(*addr));
+	addr->sun_family = AF_UNIX;
+	memcpy(addr->sun_path, path, n);
+	*len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+	return 0;
+}
+
+static int open_socket(struct net_backend *nb, const struct vm_net_config *config, char *error,
+		       size_t error_len)
+{
+	struct sockaddr_un self;
+	socklen_t self_len;
+	if (fill_address(&self, &self_len, config->path) < 0 ||
+	    fill_address(&nb->peer, &nb->peer_len, config->peer) < 0)
+		return kapsel_fail(
+			error, error_len, -ENAMETOOLONG,
+			"net %u: socket path '%s' or peer '%s' is empty or longer than %zu bytes; use shorter paths",
+			nb->index, config->path, config->peer, sizeof(self.sun_path) - 1);
+	nb->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (nb->fd < 0)
+		return kapsel_fail(error, error_len, -errno,
+				   "net %u: cannot create a Unix datagram socket: %s", nb->index,
+				   strerror(errno));
+	struct stat st;
+	if (lstat(config->path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode))
+			return kapsel_fail(
+				error, error_len, -EEXIST,
+				"net %u: '%s' exists and is not a socket; give socket= a path that does not exist",
+				nb->index, config->path);
+		/* A socket someone still serves answers a connect; a stale
+		 * one (its VM died) refuses it and may be replaced. */
+		int probe = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+		int live = probe >= 0 && connect(probe, (struct sockaddr *)&self, self_len) == 0;
+		if (probe >= 0)
+			close(probe);
+		if (live)
+			return kapsel_fail(
+				error, error_len, -EADDRINUSE,
+				"net %u: socket '%s' is in use by another VM; give each VM its own socket= path",
+				nb->index, config->path);
+		unlink(config->path);
+	}
+	if (bind(nb->fd, (struct sockaddr *)&self, self_len) < 0)
+		return kapsel_fail(
+			error, error_len, -errno,
+			"net %u: cannot bind socket '%s': %s; check that its folder exists and is writable",
+			nb->index, config->path, strerror(errno));
+	nb->unlink_on_close = true;
+	/* Room for a burst of full frames in each direction. */
+	int bytes = 1 << 20;
+	setsockopt(nb->fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
+	setsockopt(nb->fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
+	return 0;
+}
+
+static int open_tap(struct net_backend *nb, const struct vm_net_config *config, char *error,
+		    size_t error_len)
+{
+	nb->fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+	if (nb->fd < 0) {
+		int err = -errno;
+		return kapsel_fail(error, error_len, err,
+				   "net %u: cannot open /dev/net/tun for tap '%s': %s; %s",
+				   nb->index, config->path, strerror(errno),
+				   err == -ENOENT
+					   ? "load the tun module (modprobe tun)"
+					   : "run as root or give this user access to /dev/net/tun");
+	}
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof(ifr));
+	ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", config->path);
+	if (ioctl(nb->fd, TUNSETIFF, &ifr) < 0) {
+		int err = -errno;
+		return kapsel_fail(
+			error, error_len, err, "net %u: cannot attach to tap '%s': %s; %s",
+			nb->index, config->path, strerror(errno),
+			err == -EPERM
+				? "create it first for this user (ip tuntap add dev NAME mode tap user USER) or run as root"
+				: "check that NAME is free or is a tap device (ip link show NAME)");
+	}
+	return 0;
+}
+
+int net_backend_open(struct net_backend *nb, const struct vm_net_config *config, unsigned index,
+		     uint64_t now_ns, char *error, size_t error_len)
+{
+	memset(nb, 0, sizeof(*nb));
+	nb->fd = -1;
+	nb->index = index;
+	nb->kind = config->backend;
+	pthread_mutex_init(&nb->lock, NULL);
+	token_bucket_init(&nb->frames_bucket, &config->frames_limit, now_ns);
+	token_bucket_init(&nb->bytes_bucket, &config->bytes_limit, now_ns);
+	nb->name = strdup(config->path ? config->path : "");
+	nb->scratch = malloc(NET_SCRATCH_BYTES);
+	if (!nb->name || !nb->scratch)
+		return kapsel_fail(error, error_len, -ENOMEM, "net %u: out of memory", index);
+	int err = config->backend == VM_NET_BACKEND_TAP ? open_tap(nb, config, error, error_len)
+							: open_socket(nb, config, error, error_len);
+	if (err) {
+		net_backend_close(nb);
+		return err;
+	}
+	return 0;
+}
+
+void net_backend_close(struct net_backend *nb)
+{
+	if (nb->fd >= 0)
+		close(nb->fd);
+	nb->fd = -1;
+	if (nb->unlink_on_close && nb->name)
+		unlink(nb->name);
+	nb->unlink_on_close = false;
+	free(nb->name);
+	free(nb->scratch);
+	nb->name = NULL;
+	nb->scratch = NULL;
+}
+
+int net_backend_send(struct net_backend *nb, const struct iovec *iov, int iov_count)
+{
+	size_t length = 0;
+	for (int i = 0; i < iov_count; i++)
+		length += iov[i].iov_len;
+	ssize_t n;
+	if (nb->kind == VM_NET_BACKEND_SOCKET) {
+		struct msghdr msg = {
+			.msg_name = &nb->peer,
+			.msg_namelen = nb->peer_len,
+			.msg_iov = (struct iovec *)iov,
+			.msg_iovlen = (size_t)iov_count,
+		};
+		do
+			n = sendmsg(nb->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+		while (n < 0 && errno == EINTR);
+	} else {
+		do
+			n = writev(nb->fd, iov, iov_count);
+		while (n < 0 && errno == EINTR);
+	}
+	pthread_mutex_lock(&nb->lock);
+	if (n == (ssize_t)length) {
+		nb->stats.frames_out++;
+		nb->stats.bytes_out += length;
+	} else {
+		/* Peer not there (ENOENT, ECONNREFUSED), its queue full
+		 * (EAGAIN), interface down (EIO): the frame is lost, as on a
+		 * wire; the guest is not told. */
+		nb->stats.drops_out++;
+	}
+	pthread_mutex_unlock(&nb->lock);
+	if (n < 0 && errno != EAGAIN && errno != ENOENT && errno != ECONNREFUSED &&
+	    !nb->send_error_logged) {
+		nb->send_error_logged = true;
+		kapsel_warn("net %u ('%s'): sending a frame failed: %s; frames are dropped while this lasts",
+			    nb->index, nb->name, strerror(errno));
+	}
+	return 0;
+}
+
+ssize_t net_backend_receive(struct net_backend *nb, void *buffer, size_t capacity_bytes)
+{
+	if (capacity_bytes > KAPSEL_NET_FRAME_MAX)
+		capacity_bytes = KAPSEL_NET_FRAME_MAX;
+	/* The guest's buffer first, the scratch buffer catches the rest of
+	 * an oversized frame so it can be recognized and dropped. */
+	struct iovec iov[2] = { { buffer, capacity_bytes }, { nb->scratch, NET_SCRATCH_BYTES } };
+	ssize_t n;
+	do
+		n = readv(nb->fd, iov, 2);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return 0; /* EAGAIN: nothing there; other errors: try later */
+	bool bad = (size_t)n > capacity_bytes || n < (ssize_t)KAPSEL_NET_FRAME_MIN;
+	pthread_mutex_lock(&nb->lock);
+	if (bad) {
+		nb->stats.drops_in++;
+	} else {
+		nb->stats.frames_in++;
+		nb->stats.bytes_in += (uint64_t)n;
+	}
+	pthread_mutex_unlock(&nb->lock);
+	return bad ? -EMSGSIZE : n;
+}
+
+bool net_backend_readable(struct net_backend *nb)
+{
+	struct pollfd p = { .fd = nb->fd, .events = POLLIN };
+	return poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
+uint64_t net_backend_rate_limit(struct net_backend *nb, uint64_t length_bytes, uint64_t now_ns)
+{
+	pthread_mutex_lock(&nb->lock);
+	uint64_t wait = token_bucket_take_request(&nb->frames_bucket, &nb->bytes_bucket,
+						  length_bytes, now_ns);
+	if (wait)
+		nb->stats.rate_limited++;
+	pthread_mutex_unlock(&nb->lock);
+	return wait;
+}
+
+void net_stats_add(struct net_backend *nb, const struct net_stats *delta)
+{
+	pthread_mutex_lock(&nb->lock);
+	nb->stats.frames_out += delta->frames_out;
+	nb->stats.bytes_out += delta->bytes_out;
+	nb->stats.frames_in += delta->frames_in;
+	nb->stats.bytes_in += delta->bytes_in;
+	nb->stats.drops_out += delta->drops_out;
+	nb->stats.drops_in += delta->drops_in;
+	nb->stats.errors += delta->errors;
+	nb->stats.rate_limited += delta->rate_limited;
+	nb->stats.kicks += delta->kicks;
+	nb->stats.notifications += delta->notifications;
+	pthread_mutex_unlock(&nb->lock);
+}
+
+void net_backend_print_stats(struct net_backend *nb, uint64_t exits, FILE *out)
+{
+	pthread_mutex_lock(&nb->lock);
+	struct net_stats s = nb->stats;
+	pthread_mutex_unlock(&nb->lock);
+	fprintf(out, "  backend: %s %s\n", nb->kind == VM_NET_BACKEND_TAP ? "tap" : "socket",
+		nb->name ? nb->name : "");
+	fprintf(out, "  frames_out: %llu\n", (unsigned long long)s.frames_out);
+	fprintf(out, "  bytes_out: %llu\n", (unsigned long long)s.bytes_out);
+	fprintf(out, "  frames_in: %llu\n", (unsigned long long)s.frames_in);
+	fprintf(out, "  bytes_in: %llu\n", (unsigned long long)s.bytes_in);
+	fprintf(out, "  drops_out: %llu\n", (unsigned long long)s.drops_out);
+	fprintf(out, "  drops_in: %llu\n", (unsigned long long)s.drops_in);
+	fprintf(out, "  errors: %llu\n", (unsigned long long)s.errors);
+	fprintf(out, "  rate_limited: %llu\n", (unsigned long long)s.rate_limited);
+	fprintf(out, "  kicks: %llu\n", (unsigned long long)s.kicks);
+	fprintf(out, "  notifications: %llu\n", (unsigned long long)s.notifications);
+	uint64_t frames = s.frames_out + s.frames_in;
+	if (frames)
+		fprintf(out, "  exits_per_frame: %.2f\n", (double)exits / (double)frames);
+}

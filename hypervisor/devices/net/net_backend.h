@@ -1,0 +1,87 @@
+/* Host end of a guest network interface: TAP device or Unix datagram socket, its policy and counters. */
+#ifndef KAPSEL_NET_BACKEND_H
+#define KAPSEL_NET_BACKEND_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+
+#include "config/config.h"
+#include "devices/block/disk.h"
+
+/* Counters of one interface; "out" is guest -> network. */
+struct net_stats {
+	uint64_t frames_out, bytes_out;
+	uint64_t frames_in, bytes_in;
+	uint64_t drops_out;	/* the network did not take a frame (peer absent, queue full) */
+	uint64_t drops_in;	/* frames too long for the guest, or no room on the card */
+	uint64_t errors;	/* malformed guest requests (length, address, state) */
+	uint64_t rate_limited;	/* frames that had to wait for tokens */
+	uint64_t kicks;		/* guest -> host notifications (PV doorbell) */
+	uint64_t notifications; /* host -> guest event channel signals (PV) */
+};
+
+struct net_backend {
+	enum vm_net_backend kind;
+	unsigned index;	      /* net number in the VM definition */
+	int fd;		      /* non-blocking; -1 when closed */
+	char *name;	      /* socket path or interface name, for messages */
+	bool unlink_on_close; /* the socket path is ours */
+	struct sockaddr_un peer;
+	socklen_t peer_len;
+	uint8_t *scratch; /* catches the tail of an oversized frame */
+	bool send_error_logged;
+	pthread_mutex_t lock; /* protects stats and the buckets */
+	struct token_bucket frames_bucket;
+	struct token_bucket bytes_bucket;
+	struct net_stats stats;
+};
+
+/*
+ * Open the backend of net config (number index) for a VM: bind the socket
+ * path (a stale socket nobody serves is replaced; a live one is refused)
+ * or attach to the TAP interface (created if missing; needs
+ * CAP_NET_ADMIN).  Errors come back as -errno with a message in error
+ * naming the path or interface and the fix.
+ */
+int net_backend_open(struct net_backend *nb, const struct vm_net_config *config, unsigned index,
+		     uint64_t now_ns, char *error, size_t error_len);
+
+/* Close the fd and remove a socket path we bound.  Safe on a zeroed or
+ * half-opened backend whose fd is -1. */
+void net_backend_close(struct net_backend *nb);
+
+/*
+ * Send one frame made of iov (already validated: 14..1514 bytes in all).
+ * Counts it.  Returns 0 (sent or dropped as a wire would drop it).
+ */
+int net_backend_send(struct net_backend *nb, const struct iovec *iov, int iov_count);
+
+/*
+ * Receive one waiting frame into buffer (capacity_bytes, at most 1514
+ * are used).  Returns its length, 0 if none is waiting, or -EMSGSIZE for
+ * a frame too long for the guest (dropped and counted; call again).
+ * Counts received frames.
+ */
+ssize_t net_backend_receive(struct net_backend *nb, void *buffer, size_t capacity_bytes);
+
+/* True if a frame is waiting (poll with no timeout). */
+bool net_backend_readable(struct net_backend *nb);
+
+/* Rate limit for a frame of length_bytes the guest sends: 0 if it may
+ * go now, else the nanoseconds to wait (nothing is taken then). */
+uint64_t net_backend_rate_limit(struct net_backend *nb, uint64_t length_bytes, uint64_t now_ns);
+
+/* Add to counters under the lock (delta fields). */
+void net_stats_add(struct net_backend *nb, const struct net_stats *delta);
+
+/* Print "  name: value" lines: backend, counters, exits per frame. */
+void net_backend_print_stats(struct net_backend *nb, uint64_t exits, FILE *out);
+
+#endif

@@ -1,0 +1,205 @@
+/* PV entropy device model: request checks, rate limits, counters, ring serving and its state record (no KVM, no threads). */
+#include "devices/rng/rng_pv_model.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "core/log.h"
+
+#define COUNT(m, field, n) __atomic_fetch_add(&(m)->stats.field, (n), __ATOMIC_RELAXED)
+
+void rng_pv_model_init(struct rng_pv_model *m, const struct guest_memory *mem,
+		       const struct vm_rng_config *config, uint64_t now_ns, rng_pv_fill_fn fill,
+		       void *opaque)
+{
+	memset(m, 0, sizeof(*m));
+	m->mem = mem;
+	m->fill = fill;
+	m->fill_opaque = opaque;
+	token_bucket_init(&m->requests_bucket, &config->requests_limit, now_ns);
+	token_bucket_init(&m->bytes_bucket, &config->bytes_limit, now_ns);
+}
+
+int rng_pv_check_request(const struct guest_memory *mem, const struct kapsel_rng_request *req,
+			 void **buffer)
+{
+	if (req->flags != 0 || req->_reserved != 0 || req->length_bytes == 0 ||
+	    req->length_bytes > KAPSEL_RNG_REQUEST_MAX_BYTES)
+		return -KAPSEL_EINVAL;
+	/* The one translation: bounds, overflow and the hypervisor's tables. */
+	void *host = guest_memory_translate_guest(mem, req->gpa, req->length_bytes);
+	if (!host)
+		return -KAPSEL_EFAULT;
+	*buffer = host;
+	return 0;
+}
+
+void rng_pv_answer(struct rng_pv_model *m, const struct kapsel_rng_request *req, uint64_t now_ns,
+		   struct kapsel_rng_response *rsp)
+{
+	*rsp = (struct kapsel_rng_response){ .id = req->id };
+	void *buffer = NULL;
+	int err = rng_pv_check_request(m->mem, req, &buffer);
+	if (err) {
+		rsp->status = err;
+		COUNT(m, errors, 1);
+		return;
+	}
+	/* Limits apply to valid requests only: a refused one costs nothing. */
+	uint64_t wait = token_bucket_take_request(&m->requests_bucket, &m->bytes_bucket,
+						  req->length_bytes, now_ns);
+	if (wait) {
+		rsp->status = -KAPSEL_EAGAIN;
+		rsp->retry_after_ns = wait;
+		COUNT(m, throttled, 1);
+		return;
+	}
+	if (m->fill(m->fill_opaque, buffer, req->length_bytes) < 0) {
+		rsp->status = -KAPSEL_EIO;
+		COUNT(m, errors, 1);
+		return;
+	}
+	rsp->length_bytes = req->length_bytes;
+	COUNT(m, requests, 1);
+	COUNT(m, bytes, req->length_bytes);
+}
+
+int rng_pv_model_setup(struct rng_pv_model *m, const struct kapsel_device_setup *setup)
+{
+	if (setup->queue != 0)
+		return -KAPSEL_EINVAL;
+	struct ring_backend ring;
+	int err = ring_backend_map(&ring, m->mem, setup->ring_gpa, setup->ring_pages,
+				   sizeof(struct kapsel_rng_request),
+				   sizeof(struct kapsel_rng_response));
+	if (err)
+		return err;
+	m->ring = ring;
+	m->ring_gpa = setup->ring_gpa;
+	m->ring_pages = setup->ring_pages;
+	m->ring_active = true;
+	m->broken_logged = false;
+	return 0;
+}
+
+bool rng_pv_model_serve(struct rng_pv_model *m, uint64_t now_ns)
+{
+	if (!m->ring_active)
+		return false;
+	bool notify = false;
+	/* A pass answers everything published (at most a ring's worth), then
+	 * asks for the next kick (req_event) and looks again: with the vCPU
+	 * stopped in this exit nothing new can come, but a bound keeps a
+	 * misbehaving ring from holding the vCPU thread. */
+	for (int pass = 0; pass < 4; pass++) {
+		int pending = ring_backend_pending(&m->ring);
+		if (pending < 0 && !m->broken_logged) {
+			m->broken_logged = true;
+			COUNT(m, errors, 1);
+			kapsel_warn("rng: the guest broke its ring (producer index %u); the ring is no longer served",
+				    m->ring.bad_req_prod);
+		}
+		if (pending < 0)
+			break;
+		for (int i = 0; i < pending; i++) {
+			struct kapsel_rng_request req;
+			struct kapsel_rng_response rsp;
+			ring_backend_take_request(&m->ring, &req);
+			rng_pv_answer(m, &req, now_ns, &rsp);
+			ring_backend_put_response(&m->ring, &rsp);
+		}
+		notify |= ring_backend_publish(&m->ring);
+		if (!ring_backend_prepare_sleep(&m->ring))
+			break;
+	}
+	return notify;
+}
+
+void rng_pv_model_reset(struct rng_pv_model *m)
+{
+	m->ring_active = false;
+	m->ring_gpa = 0;
+	m->ring_pages = 0;
+	m->broken_logged = false;
+}
+
+void rng_pv_model_save(const struct rng_pv_model *m, struct vm_state_rng_pv *rec)
+{
+	memset(rec, 0, sizeof(*rec));
+	if (!m->ring_active)
+		return;
+	rec->ring_gpa = m->ring_gpa;
+	rec->ring_pages = m->ring_pages;
+	rec->order = (uint32_t)__builtin_ctz(m->ring.size);
+	rec->index = m->ring.rsp_published;
+	rec->broken = m->ring.broken;
+	rec->bad_req_prod = m->ring.bad_req_prod;
+}
+
+int rng_pv_model_load(struct rng_pv_model *m, const struct vm_state_rng_pv *rec, char *error,
+		      size_t error_len)
+{
+	if (!rec->ring_gpa) {
+		rng_pv_model_reset(m);
+		return 0; /* the guest never set the ring up */
+	}
+	if (rec->broken > 1) {
+		snprintf(error, error_len, "PV entropy record: broken is %u, expected 0 or 1",
+			 rec->broken);
+		return -EINVAL;
+	}
+	struct ring_backend ring;
+	int err = ring_backend_map_restored(&ring, m->mem, rec->ring_gpa, rec->ring_pages,
+					    sizeof(struct kapsel_rng_request),
+					    sizeof(struct kapsel_rng_response), rec->index);
+	if (err) {
+		snprintf(error, error_len,
+			 "PV entropy record: the saved ring at %#llx (%u pages, index %u) is not a valid ring in the saved memory",
+			 (unsigned long long)rec->ring_gpa, rec->ring_pages, rec->index);
+		return -EINVAL;
+	}
+	if ((uint32_t)__builtin_ctz(ring.size) != rec->order) {
+		snprintf(error, error_len,
+			 "PV entropy record: the saved ring has order %u, the ring in memory %u",
+			 rec->order, (uint32_t)__builtin_ctz(ring.size));
+		return -EINVAL;
+	}
+	ring.broken = rec->broken != 0;
+	ring.bad_req_prod = rec->bad_req_prod;
+	m->ring = ring;
+	m->ring_gpa = rec->ring_gpa;
+	m->ring_pages = rec->ring_pages;
+	m->ring_active = true;
+	m->broken_logged = ring.broken;
+	return 0;
+}
+
+void rng_pv_model_stats(const struct rng_pv_model *m, struct rng_pv_stats *out)
+{
+	out->requests = __atomic_load_n(&m->stats.requests, __ATOMIC_RELAXED);
+	out->bytes = __atomic_load_n(&m->stats.bytes, __ATOMIC_RELAXED);
+	out->errors = __atomic_load_n(&m->stats.errors, __ATOMIC_RELAXED);
+	out->throttled = __atomic_load_n(&m->stats.throttled, __ATOMIC_RELAXED);
+	out->kicks = __atomic_load_n(&m->stats.kicks, __ATOMIC_RELAXED);
+	out->notifications = __atomic_load_n(&m->stats.notifications, __ATOMIC_RELAXED);
+}
+
+void rng_pv_model_print_stats(const struct rng_pv_model *m, uint64_t exits, FILE *out)
+{
+	struct rng_pv_stats s;
+	rng_pv_model_stats(m, &s);
+	fprintf(out, "  source: getrandom\n");
+	fprintf(out, "  requests: %llu\n", (unsigned long long)s.requests);
+	fprintf(out, "  bytes: %llu\n", (unsigned long long)s.bytes);
+	fprintf(out, "  errors: %llu\n", (unsigned long long)s.errors);
+	fprintf(out, "  throttled: %llu\n", (unsigned long long)s.throttled);
+	fprintf(out, "  kicks: %llu\n", (unsigned long long)s.kicks);
+	fprintf(out, "  notifications: %llu\n", (unsigned long long)s.notifications);
+	fprintf(out, "  exits: %llu\n", (unsigned long long)exits);
+	if (m->bytes_bucket.rate_per_second)
+		fprintf(out, "  limit_bytes_per_second: %llu\n",
+			(unsigned long long)m->bytes_bucket.rate_per_second);
+	if (m->requests_bucket.rate_per_second)
+		fprintf(out, "  limit_requests_per_second: %llu\n",
+			(unsigned long long)m->requests_bucket.rate_per_second);
+}

@@ -1,0 +1,744 @@
+/* Live migration over TCP: pre-copy of guest RAM with KVM dirty logging, then stop-and-copy of the rest, in the VM-state record stream. */
+#define _GNU_SOURCE
+#include "state/migrate.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "devices/devices.h"
+#include "devices/block/disk.h"
+#include "core/error_text.h"
+#include "core/log.h"
+#include "state/migrate_transport.h"
+#include "state/snapshot.h"
+#include "core/vm.h"
+#include "state/vm_state.h"
+
+#define PAGE_BYTES 4096u
+#define BATCH_PAGES 256u      /* pages per memory.pages record */
+#define SMALL_DIRTY_PAGES 64u /* few enough to stop and copy at once */
+#define STALL_ROUNDS 5u	      /* rounds without shrinking the dirty set */
+
+enum migrate_code {
+	MIGRATE_PREPARED = 1,
+	MIGRATE_RELEASED = 2,
+	MIGRATE_RUNNING = 3,
+	MIGRATE_FAILED = 4,
+};
+
+#define MIGRATE_MESSAGE_MAGIC "KAPSMIGR"
+struct migrate_message {
+	char magic[8];
+	uint32_t code;	  /* enum migrate_code */
+	uint32_t crc;	  /* CRC32C of the message with this field 0 */
+	char detail[240]; /* FAILED: why, NUL terminated */
+};
+_Static_assert(sizeof(struct migrate_message) == 256, "migrate message layout");
+
+static uint64_t monotonic_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int migrate_parse_uri(const char *uri, char *host, size_t host_len, char *port, size_t port_len)
+{
+	if (strncmp(uri, "tcp:", 4) != 0)
+		return -EINVAL;
+	const char *rest = uri + 4;
+	const char *colon = strrchr(rest, ':');
+	if (!colon || colon == rest || !colon[1])
+		return -EINVAL;
+	const char *h = rest, *h_end = colon;
+	if (*h == '[' && h_end[-1] == ']') {
+		h++;
+		h_end--;
+	}
+	if ((size_t)(h_end - h) >= host_len || strlen(colon + 1) >= port_len)
+		return -EINVAL;
+	memcpy(host, h, (size_t)(h_end - h));
+	host[h_end - h] = '\0';
+	snprintf(port, port_len, "%s", colon + 1);
+	for (const char *p = port; *p; p++)
+		if (*p < '0' || *p > '9')
+			return -EINVAL;
+	return 0;
+}
+
+/* ---- Messages ------------------------------------------------------------------ */
+
+static int send_message(struct migrate_transport *t, enum migrate_code code, const char *detail)
+{
+	struct migrate_message m;
+	memset(&m, 0, sizeof(m));
+	memcpy(m.magic, MIGRATE_MESSAGE_MAGIC, 8);
+	m.code = code;
+	if (detail)
+		snprintf(m.detail, sizeof(m.detail), "%s", detail);
+	m.crc = vm_state_crc32c(0, &m, sizeof(m));
+	return migrate_transport_write(t, &m, sizeof(m));
+}
+
+/* Wait for one message within timeout_ms; fills *m.  -ETIMEDOUT, -EPIPE
+ * (closed), -EPROTO (garbled). */
+static int receive_message(struct migrate_transport *t, struct migrate_message *m, int timeout_ms)
+{
+	migrate_transport_set_timeout(t, timeout_ms);
+	int err = migrate_transport_read_exact(t, m, sizeof(*m));
+	if (err)
+		return err;
+	uint32_t crc = m->crc;
+	m->crc = 0;
+	if (memcmp(m->magic, MIGRATE_MESSAGE_MAGIC, 8) != 0 ||
+	    vm_state_crc32c(0, m, sizeof(*m)) != crc)
+		return -EPROTO;
+	m->detail[sizeof(m->detail) - 1] = '\0';
+	return 0;
+}
+
+/* ---- Source ------------------------------------------------------------------- */
+
+static int set_dirty_logging(struct kapsel_vm *vm, bool on)
+{
+	struct kvm_userspace_memory_region region = {
+		.slot = 0,
+		.flags = on ? KVM_MEM_LOG_DIRTY_PAGES : 0,
+		.guest_phys_addr = 0,
+		.memory_size = vm->mem.size_bytes,
+		.userspace_addr = (uint64_t)(uintptr_t)vm->mem.host_base,
+	};
+	return ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0 ? -errno : 0;
+}
+
+struct sender {
+	struct kapsel_vm *vm;
+	struct vm_state_writer *out;
+	uint64_t page_count;
+	uint32_t *sent_crc;   /* CRC32C of each page as the destination has it */
+	uint8_t *batch;	      /* BATCH_PAGES pages being collected */
+	uint64_t batch_first; /* first page of the batch */
+	uint32_t batch_pages;
+	uint64_t zero_first; /* a run of zero pages to announce */
+	uint32_t zero_pages;
+	uint32_t round;
+	uint32_t zero_crc;
+	struct migrate_stats *stats;
+};
+
+static void flush_pages(struct sender *s)
+{
+	if (!s->batch_pages)
+		return;
+	struct vm_state_memory_pages h = { .gpa = s->batch_first * PAGE_BYTES,
+					   .page_count = s->batch_pages,
+					   .round = s->round };
+	struct iovec iov[2] = { { &h, sizeof(h) },
+				{ s->batch, (size_t)s->batch_pages * PAGE_BYTES } };
+	vm_state_putv(s->out, VM_STATE_MEMORY_PAGES, VM_STATE_RECORD_MANDATORY, iov, 2);
+	s->stats->pages_sent += s->batch_pages;
+	s->batch_pages = 0;
+}
+
+static void flush_zeros(struct sender *s)
+{
+	if (!s->zero_pages)
+		return;
+	struct vm_state_memory_pages h = { .gpa = s->zero_first * PAGE_BYTES,
+					   .page_count = s->zero_pages,
+					   .round = s->round };
+	vm_state_put(s->out, VM_STATE_MEMORY_ZERO, VM_STATE_RECORD_MANDATORY, &h, sizeof(h));
+	s->stats->zero_pages_sent += s->zero_pages;
+	s->zero_pages = 0;
+}
+
+static void flush_batch(struct sender *s)
+{
+	flush_pages(s);
+	flush_zeros(s);
+}
+
+static bool is_zero(const uint8_t *page)
+{
+	const uint64_t *w = (const uint64_t *)page;
+	for (unsigned i = 0; i < PAGE_BYTES / 8; i += 4)
+		if (w[i] | w[i + 1] | w[i + 2] | w[i + 3])
+			return false;
+	return true;
+}
+
+/*
+ * Send page if it differs from what the destination has.  The page is
+ * copied first, so the CRC describes exactly the bytes sent even while
+ * the guest writes it (a torn copy is dirty again and goes next round).
+ * Contiguous pages share a record; zero pages are sent as runs without
+ * data.  Returns whether it was sent.
+ */
+static bool send_page(struct sender *s, uint64_t page)
+{
+	uint8_t copy[PAGE_BYTES] __attribute__((aligned(64)));
+	memcpy(copy, s->vm->mem.host_base + page * PAGE_BYTES, PAGE_BYTES);
+	uint32_t crc = vm_state_crc32c(0, copy, PAGE_BYTES);
+	if (crc == s->sent_crc[page])
+		return false;
+	s->sent_crc[page] = crc;
+	if (crc == s->zero_crc && is_zero(copy)) {
+		flush_pages(s);
+		if (s->zero_pages && s->zero_first + s->zero_pages != page)
+			flush_zeros(s);
+		if (!s->zero_pages)
+			s->zero_first = page;
+		s->zero_pages++;
+		return true;
+	}
+	flush_zeros(s);
+	if (s->batch_pages && s->batch_first + s->batch_pages != page)
+		flush_pages(s);
+	if (!s->batch_pages)
+		s->batch_first = page;
+	memcpy(s->batch + (size_t)s->batch_pages * PAGE_BYTES, copy, PAGE_BYTES);
+	if (++s->batch_pages == BATCH_PAGES)
+		flush_pages(s);
+	return true;
+}
+
+/* A page that reads as zero without being touched (a hole of the memfd). */
+static void send_zero_page(struct sender *s, uint64_t page)
+{
+	if (s->sent_crc[page] == s->zero_crc)
+		return;
+	s->sent_crc[page] = s->zero_crc;
+	flush_pages(s);
+	if (s->zero_pages && s->zero_first + s->zero_pages != page)
+		flush_zeros(s);
+	if (!s->zero_pages)
+		s->zero_first = page;
+	s->zero_pages++;
+}
+
+/*
+ * The next range [*start, *end) at or after from that may hold data, page
+ * aligned: an extent of the memfd backing guest RAM (SEEK_DATA), so that
+ * never-used RAM is neither read nor, by reading it, allocated.  Returns
+ * false when only zeros follow.
+ */
+static bool data_extent(const struct guest_memory *mem, uint64_t from, uint64_t *start,
+			uint64_t *end)
+{
+	if (from >= mem->size_bytes)
+		return false;
+	if (mem->memfd < 0) {
+		*start = from;
+		*end = mem->size_bytes;
+		return true;
+	}
+	off_t data = lseek(mem->memfd, (off_t)from, SEEK_DATA);
+	if (data < 0)
+		return false;
+	off_t hole = lseek(mem->memfd, data, SEEK_HOLE);
+	*start = (uint64_t)data & ~(uint64_t)(PAGE_BYTES - 1);
+	*end = hole < 0 || (uint64_t)hole > mem->size_bytes ? mem->size_bytes : (uint64_t)hole;
+	*end = (*end + PAGE_BYTES - 1) & ~(uint64_t)(PAGE_BYTES - 1);
+	if (*start < from)
+		*start = from;
+	return *start < *end;
+}
+
+/* CRC32C of all of guest RAM, holes counted as zeros without reading them. */
+static uint32_t memory_crc(const struct guest_memory *mem)
+{
+	uint32_t crc = 0;
+	uint64_t pos = 0, start, end;
+	while (data_extent(mem, pos, &start, &end)) {
+		crc = vm_state_crc32c_zeros(crc, start - pos);
+		crc = vm_state_crc32c(crc, mem->host_base + start, (size_t)(end - start));
+		pos = end;
+	}
+	return vm_state_crc32c_zeros(crc, mem->size_bytes - pos);
+}
+
+/* Take KVM's dirty bitmap (and clear it).  Returns the dirty count. */
+static int64_t get_dirty_log(struct kapsel_vm *vm, uint64_t *bitmap, size_t bitmap_bytes)
+{
+	memset(bitmap, 0, bitmap_bytes);
+	struct kvm_dirty_log log = { .slot = 0, .dirty_bitmap = bitmap };
+	if (ioctl(vm->vm_fd, KVM_GET_DIRTY_LOG, &log) < 0)
+		return -errno;
+	int64_t count = 0;
+	for (size_t i = 0; i < bitmap_bytes / 8; i++)
+		count += __builtin_popcountll(bitmap[i]);
+	return count;
+}
+
+/* Disk locks: the destination takes them over between RELEASED and
+ * RUNNING. */
+static void disks_unlock(struct kapsel_vm *vm)
+{
+	for (unsigned i = 0; i < vm->device_count; i++) {
+		struct kapsel_device *dev = vm->devices[i];
+		struct disk_image *disk = dev->ops->disk_image ? dev->ops->disk_image(dev) : NULL;
+		if (disk && disk->fd >= 0)
+			flock(disk->fd, LOCK_UN);
+	}
+}
+
+/* Returns false if a disk could not be locked again (the destination has
+ * it: it may be running). */
+static bool disks_relock(struct kapsel_vm *vm)
+{
+	bool all = true;
+	for (unsigned i = 0; i < vm->device_count; i++) {
+		struct kapsel_device *dev = vm->devices[i];
+		struct disk_image *disk = dev->ops->disk_image ? dev->ops->disk_image(dev) : NULL;
+		if (disk && disk->fd >= 0 &&
+		    flock(disk->fd, (disk->readonly ? LOCK_SH : LOCK_EX) | LOCK_NB) < 0)
+			all = false;
+	}
+	return all;
+}
+
+int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_options *options,
+		 struct migrate_stats *stats, char *error, size_t error_len)
+{
+	struct migrate_options opt = { .max_rounds = 30,
+				       .max_downtime_ms = 30,
+				       .timeout_ms = 30000 };
+	if (options) {
+		if (options->max_rounds)
+			opt.max_rounds = options->max_rounds;
+		if (options->max_downtime_ms)
+			opt.max_downtime_ms = options->max_downtime_ms;
+		if (options->timeout_ms)
+			opt.timeout_ms = options->timeout_ms;
+		opt.security = options->security;
+	}
+	struct migrate_stats local_stats;
+	if (!stats)
+		stats = &local_stats;
+	memset(stats, 0, sizeof(*stats));
+	uint64_t start_ns = monotonic_ns();
+	struct sender s = { .vm = vm, .stats = stats };
+	struct vm_state_writer w;
+	bool logging = false, paused = false, was_paused = false, quiesced = false;
+	bool released = false;
+	uint64_t pause_ns = 0;
+	int err;
+
+	s.page_count = vm->mem.size_bytes / PAGE_BYTES;
+	size_t bitmap_bytes = ((s.page_count + 63) / 64) * 8;
+	uint64_t *bitmap = calloc(1, bitmap_bytes);
+	s.sent_crc = malloc(s.page_count * sizeof(uint32_t));
+	s.batch = malloc((size_t)BATCH_PAGES * PAGE_BYTES);
+	if (!bitmap || !s.sent_crc || !s.batch) {
+		free(bitmap);
+		free(s.sent_crc);
+		free(s.batch);
+		return kapsel_fail(error, error_len, -ENOMEM, "out of memory");
+	}
+	static const uint8_t zero_page[PAGE_BYTES];
+	s.zero_crc = vm_state_crc32c(0, zero_page, PAGE_BYTES);
+	/* The destination starts with zeroed RAM. */
+	for (uint64_t p = 0; p < s.page_count; p++)
+		s.sent_crc[p] = s.zero_crc;
+
+	struct migrate_transport *t = NULL;
+	err = migrate_transport_connect(uri, opt.security, (int)opt.timeout_ms, &t, error,
+					error_len);
+	if (err)
+		goto out_free;
+	vm_state_writer_init_io(&w, migrate_transport_write_io, t);
+	s.out = &w;
+
+	err = set_dirty_logging(vm, true);
+	if (err) {
+		kapsel_fail(error, error_len, err,
+			    "KVM dirty logging (KVM_MEM_LOG_DIRTY_PAGES) failed: %s",
+			    strerror(-err));
+		goto out_close;
+	}
+	logging = true;
+	vm_state_put_begin(&w, VM_STATE_KIND_MIGRATION);
+	err = snapshot_write_vm_header(vm, &w, error, error_len);
+	if (err)
+		goto out_close;
+	/* Round 0 starts with a clean log: everything after it is dirty.  It
+	 * sends what RAM holds; holes are zero on both sides already. */
+	get_dirty_log(vm, bitmap, bitmap_bytes);
+	uint64_t pos = 0, start, end;
+	while (!w.error && data_extent(&vm->mem, pos, &start, &end)) {
+		for (uint64_t p = start / PAGE_BYTES; p < end / PAGE_BYTES && !w.error; p++)
+			send_page(&s, p);
+		pos = end;
+	}
+	flush_batch(&s);
+
+	/* Pre-copy rounds. */
+	uint64_t best = UINT64_MAX;
+	unsigned stall = 0;
+	/* A VM destroyed meanwhile ends the rounds; the pause below fails. */
+	for (s.round = 1; s.round <= opt.max_rounds && !w.error &&
+			  !__atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST);
+	     s.round++) {
+		uint64_t round_start = monotonic_ns();
+		uint64_t bytes_before = w.offset_bytes;
+		int64_t dirty = get_dirty_log(vm, bitmap, bitmap_bytes);
+		if (dirty < 0) {
+			err = kapsel_fail(error, error_len, (int)dirty,
+					  "KVM_GET_DIRTY_LOG failed: %s", strerror((int)-dirty));
+			goto out_close;
+		}
+		for (uint64_t word = 0; word < bitmap_bytes / 8 && !w.error; word++)
+			for (uint64_t bits = bitmap[word]; bits; bits &= bits - 1)
+				send_page(&s, word * 64 + (uint64_t)__builtin_ctzll(bits));
+		flush_batch(&s);
+		stats->rounds = s.round;
+		uint64_t round_ns = monotonic_ns() - round_start + 1;
+		uint64_t bytes_per_s = (w.offset_bytes - bytes_before) * 1000000000ull / round_ns;
+		if (bytes_per_s < (64ull << 20))
+			bytes_per_s = 64ull << 20; /* a floor: idle rounds say nothing */
+		uint64_t expected_ms = (uint64_t)dirty * PAGE_BYTES * 1000ull / bytes_per_s;
+		kapsel_debug("migration round %u: %lld dirty pages, ~%llu ms to send", s.round,
+			     (long long)dirty, (unsigned long long)expected_ms);
+		if ((uint64_t)dirty <= SMALL_DIRTY_PAGES || expected_ms <= opt.max_downtime_ms)
+			break;
+		if ((uint64_t)dirty < best) {
+			best = (uint64_t)dirty;
+			stall = 0;
+		} else if (++stall >= STALL_ROUNDS) {
+			break;
+		}
+	}
+	if (w.error) {
+		err = kapsel_fail(error, error_len, w.error, "the migration stream broke: %s",
+				  migrate_transport_error(t)[0] ? migrate_transport_error(t)
+								: strerror(-w.error));
+		goto out_close;
+	}
+
+	/* Stop and copy. */
+	pause_ns = monotonic_ns();
+	err = vm_pause(vm);
+	if (err == -EALREADY) {
+		was_paused = true;
+	} else if (err) {
+		kapsel_fail(error, error_len, err, "the VM stopped during the migration");
+		goto out_close;
+	}
+	paused = true;
+	snapshot_quiesce_devices(vm);
+	quiesced = true;
+	get_dirty_log(vm, bitmap, bitmap_bytes);
+	uint64_t before = stats->pages_sent + stats->zero_pages_sent;
+	/* Every page against what was sent: also the pages KVM does not log
+	 * (written by the VMM: hypercall results, PV block reads). */
+	pos = 0;
+	while (!w.error) {
+		bool more = data_extent(&vm->mem, pos, &start, &end);
+		if (!more)
+			start = end = vm->mem.size_bytes;
+		for (uint64_t p = pos / PAGE_BYTES; p < start / PAGE_BYTES; p++)
+			send_zero_page(&s, p); /* a hole now (a reboot punched it) */
+		for (uint64_t p = start / PAGE_BYTES; p < end / PAGE_BYTES && !w.error; p++)
+			send_page(&s, p);
+		if (!more)
+			break;
+		pos = end;
+	}
+	flush_batch(&s);
+	uint32_t ram_crc = memory_crc(&vm->mem);
+	stats->final_pages = stats->pages_sent + stats->zero_pages_sent - before;
+	err = snapshot_write_vm_body(vm, &w, error, error_len);
+	if (err)
+		goto out_close;
+	err = snapshot_write_vm_header(vm, &w, error, error_len); /* final clock */
+	if (err)
+		goto out_close;
+	struct vm_state_memory_done done = { .memory_bytes = vm->mem.size_bytes,
+					     .crc32c = ram_crc,
+					     .rounds = s.round };
+	vm_state_put(&w, VM_STATE_MEMORY_DONE, VM_STATE_RECORD_MANDATORY, &done, sizeof(done));
+	vm_state_put_end(&w);
+	if (w.error) {
+		err = kapsel_fail(error, error_len, w.error, "the migration stream broke: %s",
+				  migrate_transport_error(t)[0] ? migrate_transport_error(t)
+								: strerror(-w.error));
+		goto out_close;
+	}
+	stats->bytes_sent = w.offset_bytes;
+
+	struct migrate_message m;
+	err = receive_message(t, &m, (int)opt.timeout_ms);
+	if (err || m.code != MIGRATE_PREPARED) {
+		err = err ? err : -EPROTO;
+		kapsel_fail(error, error_len, err, "the destination did not accept the VM: %s",
+			    m.code == MIGRATE_FAILED && !err ? m.detail : strerror(-err));
+		goto out_close;
+	}
+	disks_unlock(vm);
+	released = true;
+	err = send_message(t, MIGRATE_RELEASED, NULL);
+	if (!err)
+		err = receive_message(t, &m, (int)opt.timeout_ms);
+	if (err || m.code != MIGRATE_RUNNING) {
+		err = err ? err : -EPROTO;
+		kapsel_fail(error, error_len, err, "the destination did not start the VM: %s",
+			    m.code == MIGRATE_FAILED ? m.detail : strerror(-err));
+		goto out_close;
+	}
+	/* The destination runs the VM now: this one ends. */
+	stats->downtime_ns = monotonic_ns() - pause_ns;
+	stats->total_ns = monotonic_ns() - start_ns;
+	vm_request_stop_for(vm, VM_STOP_MIGRATED);
+	vm_resume(vm);
+	migrate_transport_close(t);
+	free(bitmap);
+	free(s.sent_crc);
+	free(s.batch);
+	return 0;
+
+out_close:
+	migrate_transport_close(t);
+	if (released && !disks_relock(vm)) {
+		/* The destination holds the disks: it may be running.  Two
+		 * copies must never run, so this one stops. */
+		kapsel_error("migration to %s: the destination took the disks and then failed to confirm; stopping this copy of the VM",
+			     uri);
+		vm_request_stop(vm);
+		if (paused && !was_paused)
+			vm_resume(vm);
+		paused = false;
+	}
+	if (quiesced)
+		snapshot_resume_devices(vm);
+	if (logging)
+		set_dirty_logging(vm, false);
+	if (paused && !was_paused)
+		vm_resume(vm);
+out_free:
+	free(bitmap);
+	free(s.sent_crc);
+	free(s.batch);
+	return err;
+}
+
+/* ---- Destination ---------------------------------------------------------------- */
+
+static int attach_disks(struct kapsel_vm *vm, struct vm_config *config, unsigned disk_count)
+{
+	config->disk_count = disk_count;
+	for (unsigned i = 0; i < disk_count; i++) {
+		const struct vm_disk_config *disk = &config->disks[i];
+		int err = disk->bus == VM_DISK_BUS_ATA ? dev_ata_create(vm, disk, i)
+						       : dev_blk_pv_create(vm, disk, i);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+int migrate_receive(const char *uri, const struct vm_config *overrides, struct kapsel_vm *vm,
+		    struct vm_config *config, char *error, size_t error_len)
+{
+	struct vm_state_records header = { 0 }, final = { 0 };
+	struct vm_state_reader r;
+	struct vm_state_record rec;
+	bool created = false, memory_started = false, memory_done = false;
+	unsigned disk_count = 0;
+	char detail[512];
+	int err;
+	struct migrate_transport *conn = NULL;
+
+	vm_config_init(config);
+	/* uri carries the security options: "tcp:ADDR:PORT,psk=FILE". */
+	err = migrate_transport_accept(uri, 30000, &conn, error, error_len);
+	if (err)
+		return err;
+	uint64_t start_ns = monotonic_ns();
+
+	vm_state_reader_init_io(&r, migrate_transport_read_io, conn, "migration stream",
+				VM_STATE_KIND_MIGRATION, error, error_len);
+	while ((err = vm_state_next(&r, &rec)) == 1) {
+		if (rec.type == VM_STATE_MEMORY_PAGES || rec.type == VM_STATE_MEMORY_ZERO) {
+			if (!memory_started) {
+				/* The definition is complete: create the VM, disks
+				 * later (the source still holds them). */
+				struct vm_state_vm_info info;
+				const struct vm_state_stored_record *i =
+					vm_state_find(&header, VM_STATE_VM_INFO, NULL);
+				if (!i || i->length_bytes != sizeof(info)) {
+					err = vm_state_fail(&r, -EPROTO,
+							    "no VM information before the memory");
+					break;
+				}
+				memcpy(&info, i->payload, sizeof(info));
+				err = snapshot_config_from_records(&header, config, detail,
+								   sizeof(detail));
+				if (err) {
+					vm_state_fail(&r, err, "%s", detail);
+					break;
+				}
+				if (info.memory_bytes != config->memory_bytes) {
+					err = vm_state_fail(
+						&r, -EPROTO,
+						"the VM information and definition disagree on the RAM size");
+					break;
+				}
+				err = snapshot_adopt_local_definition(overrides, config, detail,
+								      sizeof(detail));
+				if (err) {
+					vm_state_fail(&r, err, "%s", detail);
+					break;
+				}
+				if (overrides) {
+					if (overrides->name[0])
+						snprintf(config->name, sizeof(config->name), "%s",
+							 overrides->name);
+					if (overrides->console_output_path)
+						config->console_output_path =
+							strdup(overrides->console_output_path);
+					config->console_output_max_bytes =
+						overrides->console_output_max_bytes;
+					config->console_input = overrides->console_input;
+					config->print_stats = overrides->print_stats;
+					if (overrides->stats_path)
+						config->stats_path = strdup(overrides->stats_path);
+				}
+				disk_count = config->disk_count;
+				config->disk_count = 0;
+				err = vm_create(vm, config);
+				config->disk_count = disk_count;
+				if (err) {
+					vm_state_fail(&r, err, "cannot create the VM (see above)");
+					break;
+				}
+				created = true;
+				guest_memory_clear(&vm->mem);
+				memory_started = true;
+			}
+			struct vm_state_memory_pages h;
+			if (rec.length_bytes < sizeof(h)) {
+				err = vm_state_fail(&r, -EPROTO, "malformed memory record");
+				break;
+			}
+			memcpy(&h, rec.payload, sizeof(h));
+			uint64_t bytes = (uint64_t)h.page_count * PAGE_BYTES;
+			uint8_t *dest = guest_memory_translate(&vm->mem, h.gpa, bytes);
+			bool data = rec.type == VM_STATE_MEMORY_PAGES;
+			if (!dest || h.gpa % PAGE_BYTES || h.page_count == 0 ||
+			    rec.length_bytes != sizeof(h) + (data ? bytes : 0)) {
+				err = vm_state_fail(
+					&r, -EPROTO,
+					"memory record for %u pages at %#llx is outside the VM's RAM or malformed",
+					h.page_count, (unsigned long long)h.gpa);
+				break;
+			}
+			if (data)
+				memcpy(dest, rec.payload + sizeof(h), (size_t)bytes);
+			else
+				memset(dest, 0, (size_t)bytes);
+			continue;
+		}
+		if (rec.type == VM_STATE_MEMORY_DONE) {
+			struct vm_state_memory_done d;
+			if (!created || rec.length_bytes != sizeof(d)) {
+				err = vm_state_fail(&r, -EPROTO, "malformed memory end record");
+				break;
+			}
+			memcpy(&d, rec.payload, sizeof(d));
+			uint32_t crc = memory_crc(&vm->mem);
+			if (d.memory_bytes != vm->mem.size_bytes || crc != d.crc32c) {
+				err = vm_state_fail(
+					&r, -EPROTO,
+					"the received RAM does not match the source's (CRC32C %#x, source %#x)",
+					crc, d.crc32c);
+				break;
+			}
+			memory_done = true;
+			continue;
+		}
+		if (!vm_state_record_known(rec.type)) {
+			err = vm_state_unknown_record(&r, &rec);
+			if (err)
+				break;
+			continue;
+		}
+		/* Kept in order for the final apply, within the reader's caps
+		 * (nothing is authenticated yet: a peer must not make us hoard). */
+		err = vm_state_records_keep(&r, memory_started ? &final : &header, &rec);
+		if (err)
+			break;
+	}
+	vm_state_reader_free(&r);
+	if (err < 0 && migrate_transport_error(conn)[0]) {
+		/* Why the connection failed (e.g. a TLS record changed on the way). */
+		size_t used = strlen(error);
+		snprintf(error + used, error_len - used, " (%s)", migrate_transport_error(conn));
+	}
+	if (err == 0 && !memory_done)
+		err = kapsel_fail(error, error_len, -EPROTO,
+				  "migration stream: it ended without the memory end record");
+	if (err)
+		goto fail;
+
+	/* Everything arrived: the source may let go of the disks. */
+	err = snapshot_check_disks(&final, config, detail, sizeof(detail));
+	if (err) {
+		kapsel_fail(error, error_len, err, "%s", detail);
+		goto fail;
+	}
+	struct migrate_message m;
+	err = send_message(conn, MIGRATE_PREPARED, NULL);
+	if (!err)
+		err = receive_message(conn, &m, 30000);
+	if (err || m.code != MIGRATE_RELEASED) {
+		kapsel_fail(error, error_len, err ? err : -EPROTO,
+			    "the source did not hand over the disks: %s",
+			    strerror(err ? -err : EPROTO));
+		goto fail;
+	}
+	err = attach_disks(vm, config, disk_count);
+	if (err) {
+		kapsel_fail(error, error_len, err, "cannot open the VM's disks (see above)");
+		goto fail;
+	}
+	err = snapshot_apply_vm_records(vm, &final, false, detail, sizeof(detail));
+	if (err) {
+		kapsel_fail(error, error_len, err, "%s", detail);
+		goto fail;
+	}
+	err = send_message(conn, MIGRATE_RUNNING, NULL);
+	if (err) {
+		kapsel_fail(error, error_len, err, "the source went away before the hand-over: %s",
+			    strerror(-err));
+		goto fail;
+	}
+	kapsel_debug("migration received in %.3f ms", (monotonic_ns() - start_ns) / 1e6);
+	migrate_transport_close(conn);
+	vm_state_records_free(&header);
+	vm_state_records_free(&final);
+	return 0;
+
+fail:
+	if (conn) {
+		send_message(conn, MIGRATE_FAILED, error);
+		migrate_transport_close(conn);
+	}
+	if (created)
+		vm_destroy(vm);
+	vm_state_records_free(&header);
+	vm_state_records_free(&final);
+	return err;
+}

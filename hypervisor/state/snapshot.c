@@ -1,0 +1,1074 @@
+/* Save a VM to a state directory and bring it back: memory, vCPU, event channels, devices, disk references. */
+#define _GNU_SOURCE
+#include "state/snapshot.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "devices/block/disk_overlay.h"
+#include "core/error_text.h"
+#include "core/log.h"
+#include "state/vcpu_state.h"
+#include "core/vm.h"
+
+static uint64_t monotonic_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- The definition as text ------------------------------------------------- */
+
+/* Values are written with '%' and control characters as %XX. */
+static void put_escaped(FILE *out, const char *key, const char *value)
+{
+	fprintf(out, "%s=", key);
+	for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
+		if (*p == '%' || *p < 0x20 || *p == 0x7f)
+			fprintf(out, "%%%02x", *p);
+		else
+			fputc(*p, out);
+	}
+	fputc('\n', out);
+}
+
+static char *absolute_path(const char *path)
+{
+	char *resolved = realpath(path, NULL);
+	return resolved ? resolved : strdup(path);
+}
+
+static char *config_to_text(const struct vm_config *config, size_t *length)
+{
+	char *text = NULL;
+	FILE *out = open_memstream(&text, length);
+	if (!out)
+		return NULL;
+	char number[64];
+	put_escaped(out, "name", config->name);
+	char uuid[33];
+	for (int i = 0; i < 16; i++)
+		snprintf(uuid + 2 * i, 3, "%02x", config->uuid[i]);
+	put_escaped(out, "uuid", uuid);
+	snprintf(number, sizeof(number), "%llu", (unsigned long long)config->memory_bytes);
+	put_escaped(out, "memory_bytes", number);
+	snprintf(number, sizeof(number), "%u", config->vcpus);
+	put_escaped(out, "vcpus", number);
+	if (config->kernel_path) {
+		char *kernel = absolute_path(config->kernel_path);
+		put_escaped(out, "kernel", kernel ? kernel : config->kernel_path);
+		free(kernel);
+	}
+	if (config->cmdline)
+		put_escaped(out, "cmdline", config->cmdline);
+	snprintf(number, sizeof(number), "%d %d %d", config->on_poweroff, config->on_reboot,
+		 config->on_crash);
+	put_escaped(out, "lifecycle", number);
+	snprintf(number, sizeof(number), "%d", config->console_mode);
+	put_escaped(out, "console_mode", number);
+	for (unsigned i = 0; i < config->disk_count; i++) {
+		const struct vm_disk_config *d = &config->disks[i];
+		char *path = absolute_path(d->path);
+		put_escaped(out, "disk", path ? path : d->path);
+		free(path);
+		snprintf(number, sizeof(number), "%d %d %d %u %u", d->readonly, d->bus, d->cache,
+			 d->poll, d->poll_us);
+		put_escaped(out, "disk_options", number);
+		put_escaped(out, "disk_format",
+			    d->format == VM_DISK_FORMAT_OVERLAY ? "overlay" : "raw");
+		snprintf(number, sizeof(number), "%llu %llu %llu %llu",
+			 (unsigned long long)d->ops_limit.rate_per_second,
+			 (unsigned long long)d->ops_limit.burst,
+			 (unsigned long long)d->bytes_limit.rate_per_second,
+			 (unsigned long long)d->bytes_limit.burst);
+		put_escaped(out, "disk_limits", number);
+	}
+	if (config->rng.enabled) {
+		const struct vm_rng_config *g = &config->rng;
+		char limits[96]; /* four 20-digit numbers fit */
+		snprintf(limits, sizeof(limits), "%llu %llu %llu %llu",
+			 (unsigned long long)g->requests_limit.rate_per_second,
+			 (unsigned long long)g->requests_limit.burst,
+			 (unsigned long long)g->bytes_limit.rate_per_second,
+			 (unsigned long long)g->bytes_limit.burst);
+		put_escaped(out, "rng_limits", limits);
+	}
+	if (fclose(out) != 0) {
+		free(text);
+		return NULL;
+	}
+	return text;
+}
+
+static int unescape(char *value)
+{
+	char *out = value;
+	for (char *p = value; *p; p++) {
+		if (*p != '%') {
+			*out++ = *p;
+			continue;
+		}
+		unsigned byte;
+		if (sscanf(p + 1, "%2x", &byte) != 1 || !p[1] || !p[2] || byte == 0)
+			return -EINVAL;
+		*out++ = (char)byte;
+		p += 2;
+	}
+	*out = '\0';
+	return 0;
+}
+
+int snapshot_config_from_records(const struct vm_state_records *state, struct vm_config *config,
+				 char *error, size_t error_len)
+{
+	const struct vm_state_stored_record *rec = vm_state_find(state, VM_STATE_CONFIG, NULL);
+	if (!rec)
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the saved state has no VM definition record");
+	char *text = strndup((const char *)rec->payload, (size_t)rec->length_bytes);
+	if (!text)
+		return -ENOMEM;
+	int err = 0;
+	char *save = NULL;
+	struct vm_disk_config *disk = NULL;
+	for (char *line = strtok_r(text, "\n", &save); line && !err;
+	     line = strtok_r(NULL, "\n", &save)) {
+		char *value = strchr(line, '=');
+		if (!value || unescape(value + 1) < 0) {
+			err = -EPROTO;
+			break;
+		}
+		*value++ = '\0';
+		if (strcmp(line, "name") == 0) {
+			/* The name becomes file names: the one check for names. */
+			if (vm_config_check_name(value, error, error_len) < 0) {
+				free(text);
+				return -EPROTO;
+			}
+			snprintf(config->name, sizeof(config->name), "%s", value);
+		} else if (strcmp(line, "uuid") == 0) {
+			if (strlen(value) != 32)
+				err = -EPROTO;
+			for (int i = 0; !err && i < 16; i++) {
+				unsigned byte;
+				if (sscanf(value + 2 * i, "%2x", &byte) != 1)
+					err = -EPROTO;
+				config->uuid[i] = (uint8_t)byte;
+			}
+			config->has_uuid = true;
+		} else if (strcmp(line, "memory_bytes") == 0) {
+			unsigned long long bytes;
+			if (sscanf(value, "%llu", &bytes) != 1)
+				err = -EPROTO;
+			config->memory_bytes = bytes;
+		} else if (strcmp(line, "vcpus") == 0) {
+			if (sscanf(value, "%u", &config->vcpus) != 1 || config->vcpus != 1)
+				err = -EPROTO;
+		} else if (strcmp(line, "kernel") == 0) {
+			free(config->kernel_path);
+			config->kernel_path = strdup(value);
+		} else if (strcmp(line, "cmdline") == 0) {
+			free(config->cmdline);
+			config->cmdline = strdup(value);
+		} else if (strcmp(line, "lifecycle") == 0) {
+			int a, b, c;
+			if (sscanf(value, "%d %d %d", &a, &b, &c) != 3 || a < 0 || a > 2 || b < 0 ||
+			    b > 2 || c < 0 || c > 2)
+				err = -EPROTO;
+			config->on_poweroff = (enum vm_lifecycle_action)a;
+			config->on_reboot = (enum vm_lifecycle_action)b;
+			config->on_crash = (enum vm_lifecycle_action)c;
+		} else if (strcmp(line, "console_mode") == 0) {
+			int mode;
+			if (sscanf(value, "%d", &mode) != 1 || mode < 0 || mode > 1)
+				err = -EPROTO;
+			config->console_mode = (enum vm_console_mode)mode;
+		} else if (strcmp(line, "disk") == 0) {
+			if (config->disk_count == VM_CONFIG_MAX_DISKS) {
+				err = -EPROTO;
+				break;
+			}
+			disk = &config->disks[config->disk_count++];
+			memset(disk, 0, sizeof(*disk));
+			disk->path = strdup(value);
+		} else if (strcmp(line, "disk_options") == 0 && disk) {
+			int readonly, bus, cache;
+			unsigned poll, poll_us;
+			if (sscanf(value, "%d %d %d %u %u", &readonly, &bus, &cache, &poll,
+				   &poll_us) != 5 ||
+			    bus < 0 || bus > 1 || cache < 0 || cache > 1)
+				err = -EPROTO;
+			disk->readonly = readonly != 0;
+			disk->bus = (enum vm_disk_bus)bus;
+			disk->cache = (enum vm_disk_cache)cache;
+			disk->poll = poll != 0;
+			disk->poll_us = poll_us;
+		} else if (strcmp(line, "disk_format") == 0 && disk) {
+			if (strcmp(value, "raw") == 0)
+				disk->format = VM_DISK_FORMAT_RAW;
+			else if (strcmp(value, "overlay") == 0)
+				disk->format = VM_DISK_FORMAT_OVERLAY;
+			else
+				err = -EPROTO;
+		} else if (strcmp(line, "disk_limits") == 0 && disk) {
+			unsigned long long a, b, c, d;
+			if (sscanf(value, "%llu %llu %llu %llu", &a, &b, &c, &d) != 4)
+				err = -EPROTO;
+			disk->ops_limit = (struct vm_rate_limit){ a, b };
+			disk->bytes_limit = (struct vm_rate_limit){ c, d };
+		} else if (strcmp(line, "rng_limits") == 0) {
+			unsigned long long a, b, c, d;
+			if (sscanf(value, "%llu %llu %llu %llu", &a, &b, &c, &d) != 4)
+				err = -EPROTO;
+			config->rng = (struct vm_rng_config){ .enabled = true,
+							      .requests_limit = { a, b },
+							      .bytes_limit = { c, d } };
+		}
+		/* Unknown keys come from a newer Kapsel: the definition is
+		 * still usable without them. */
+	}
+	free(text);
+	if (err)
+		return kapsel_fail(error, error_len, err,
+				   "the saved VM definition record is malformed");
+	if (!config->kernel_path)
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the saved VM definition names no kernel");
+	return 0;
+}
+
+/* ---- Saving ----------------------------------------------------------------- */
+
+void snapshot_quiesce_devices(struct kapsel_vm *vm)
+{
+	for (unsigned i = 0; i < vm->device_count; i++)
+		if (vm->devices[i]->ops->quiesce)
+			vm->devices[i]->ops->quiesce(vm->devices[i]);
+}
+
+void snapshot_resume_devices(struct kapsel_vm *vm)
+{
+	for (unsigned i = 0; i < vm->device_count; i++)
+		if (vm->devices[i]->ops->resume)
+			vm->devices[i]->ops->resume(vm->devices[i]);
+}
+
+/* A snapshot in progress: the frozen image of each disk (NULL: none)
+ * and whether that frozen file is an overlay. */
+static const char *const *frozen_disk_paths;
+static const bool *frozen_disk_overlays;
+
+static void write_disk_records(struct kapsel_vm *vm, struct vm_state_writer *out)
+{
+	for (unsigned i = 0; i < vm->config->disk_count; i++) {
+		const struct vm_disk_config *d = &vm->config->disks[i];
+		bool frozen = frozen_disk_paths && frozen_disk_paths[i];
+		char *path = absolute_path(frozen ? frozen_disk_paths[i] : d->path);
+		const char *p = path ? path : d->path;
+		struct vm_state_disk rec = {
+			.index = i,
+			.bus = d->bus,
+			.readonly = d->readonly,
+			.flags = (frozen ? VM_STATE_DISK_FROZEN : 0) |
+				 ((frozen ? frozen_disk_overlays[i]
+					  : d->format == VM_DISK_FORMAT_OVERLAY)
+					  ? VM_STATE_DISK_OVERLAY
+					  : 0),
+			.path_bytes = (uint32_t)strlen(p),
+		};
+		struct stat st;
+		if (stat(p, &st) == 0) {
+			rec.size_bytes = (uint64_t)st.st_size;
+			rec.mtime_ns =
+				(int64_t)st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec;
+		}
+		struct iovec iov[2] = { { &rec, sizeof(rec) }, { (void *)p, rec.path_bytes } };
+		vm_state_putv(out, VM_STATE_DISK, VM_STATE_RECORD_MANDATORY, iov, 2);
+		free(path);
+	}
+}
+
+int snapshot_write_vm_header(struct kapsel_vm *vm, struct vm_state_writer *out, char *error,
+			     size_t error_len)
+{
+	const uint32_t M = VM_STATE_RECORD_MANDATORY;
+	struct vm_state_vm_info info = {
+		.memory_bytes = vm->mem.size_bytes,
+		.generation = vm->generation, /* not the guest-writable start info copy */
+		.clock_ns = vm_clock_ns(vm),
+		.tsc_khz = vm->tsc_khz,
+		.device_count = vm->device_count,
+		.disk_count = vm->config->disk_count,
+		.run_state = 1,
+	};
+	snprintf(info.name, sizeof(info.name), "%s", vm->config->name);
+	memcpy(info.uuid, vm->config->uuid, sizeof(info.uuid));
+	for (unsigned i = 0; i < VM_EXIT_COUNTER_COUNT; i++)
+		info.exits_total += vm->exits[i];
+	vm_state_put(out, VM_STATE_VM_INFO, M, &info, sizeof(info));
+
+	size_t config_bytes = 0;
+	char *config_text = config_to_text(vm->config, &config_bytes);
+	if (!config_text)
+		return kapsel_fail(error, error_len, -ENOMEM, "out of memory");
+	vm_state_put(out, VM_STATE_CONFIG, M, config_text, config_bytes);
+	free(config_text);
+	return out->error ? kapsel_fail(error, error_len, out->error,
+					"cannot write the VM state: %s", strerror(-out->error))
+			  : 0;
+}
+
+int snapshot_write_vm_body(struct kapsel_vm *vm, struct vm_state_writer *out, char *error,
+			   size_t error_len)
+{
+	const uint32_t M = VM_STATE_RECORD_MANDATORY;
+	int err = vcpu_state_save(vm, out, error, error_len);
+	if (err)
+		return err;
+
+	struct vm_state_evtchn evtchn = { .count = KAPSEL_EVTCHN_COUNT };
+	for (unsigned p = 0; p < KAPSEL_EVTCHN_COUNT; p++) {
+		evtchn.entries[p].allocated = vm->evtchn[p].allocated;
+		evtchn.entries[p].bound_device = (int16_t)vm->evtchn[p].bound_device;
+	}
+	vm_state_put(out, VM_STATE_EVTCHN, M, &evtchn, sizeof(evtchn));
+
+	for (unsigned i = 0; i < vm->device_count; i++) {
+		struct kapsel_device *dev = vm->devices[i];
+		struct vm_state_device rec = {
+			.index = (uint16_t)i,
+			.type = (uint16_t)dev->desc.type,
+			.evtchn_port = __atomic_load_n(&dev->evtchn_port, __ATOMIC_ACQUIRE),
+			.exits = dev->exits,
+		};
+		snprintf(rec.name, sizeof(rec.name), "%s", dev->ops->name);
+		memcpy(rec.desc, &dev->desc, sizeof(rec.desc));
+		vm_state_put(out, VM_STATE_DEVICE, M, &rec, sizeof(rec));
+		if (dev->ops->save) {
+			err = dev->ops->save(dev, out);
+			if (err)
+				return kapsel_fail(error, error_len, err,
+						   "device %u (%s) cannot save its state: %s", i,
+						   dev->ops->name, strerror(-err));
+		}
+	}
+	write_disk_records(vm, out);
+	if (out->error)
+		return kapsel_fail(error, error_len, out->error, "cannot write the VM state: %s",
+				   strerror(-out->error));
+	return 0;
+}
+
+int snapshot_write_vm_records(struct kapsel_vm *vm, struct vm_state_writer *out, char *error,
+			      size_t error_len)
+{
+	int err = snapshot_write_vm_header(vm, out, error, error_len);
+	return err ? err : snapshot_write_vm_body(vm, out, error, error_len);
+}
+
+static void write_domain_xml(struct kapsel_vm *vm, struct vm_state_dir_txn *txn)
+{
+	char *xml = NULL;
+	size_t length = 0;
+	char error[256];
+	FILE *out = open_memstream(&xml, &length);
+	if (!out)
+		return;
+	int err = vm_config_write_xml(vm->config, out, error, sizeof(error));
+	if (fclose(out) != 0 && !err)
+		err = -ENOMEM;
+	struct vm_state_manifest_file entry;
+	if (!err && vm_state_write_file(txn->dirfd, VM_STATE_FILE_DOMAIN, xml, length, &entry) == 0)
+		vm_state_dir_add(txn, &entry);
+	else if (err)
+		kapsel_warn("saving without domain.xml: %s", error);
+	free(xml);
+}
+
+int snapshot_save(struct kapsel_vm *vm, const char *path, struct snapshot_save_stats *stats,
+		  char *error, size_t error_len)
+{
+	struct vm_state_dir_txn txn;
+	struct vm_state_writer w;
+	struct vm_state_manifest_file entry;
+	uint64_t start_ns = monotonic_ns();
+	int err;
+
+	if (stats)
+		memset(stats, 0, sizeof(*stats));
+	err = vm_state_dir_begin(&txn, path, error, error_len);
+	if (err)
+		return err;
+	snapshot_quiesce_devices(vm);
+
+	err = vm_state_write_memory_file(txn.dirfd, VM_STATE_FILE_MEMORY, vm->mem.host_base,
+					 vm->mem.size_bytes, vm->mem.memfd, &entry);
+	if (err) {
+		kapsel_fail(error, error_len, err, "cannot write %s.new/memory.img: %s", path,
+			    strerror(-err));
+		goto abort;
+	}
+	vm_state_dir_add(&txn, &entry);
+	if (stats) {
+		stats->memory_bytes = entry.size_bytes;
+		stats->memory_data_bytes = entry.data_bytes;
+	}
+
+	vm_state_writer_init_buffer(&w);
+	vm_state_put_begin(&w, VM_STATE_KIND_STATE);
+	err = snapshot_write_vm_records(vm, &w, error, error_len);
+	vm_state_put_end(&w);
+	if (!err && w.error)
+		err = kapsel_fail(error, error_len, w.error, "cannot build state.bin: %s",
+				  strerror(-w.error));
+	if (!err) {
+		err = vm_state_write_file(txn.dirfd, VM_STATE_FILE_STATE, w.buffer, w.buffer_bytes,
+					  &entry);
+		if (err)
+			kapsel_fail(error, error_len, err, "cannot write %s.new/state.bin: %s",
+				    path, strerror(-err));
+		else
+			vm_state_dir_add(&txn, &entry);
+		if (stats)
+			stats->state_bytes = w.buffer_bytes;
+	}
+	vm_state_writer_free(&w);
+	if (err)
+		goto abort;
+	snapshot_resume_devices(vm);
+	write_domain_xml(vm, &txn);
+	err = vm_state_dir_commit(&txn, error, error_len);
+	if (stats)
+		stats->total_ns = monotonic_ns() - start_ns;
+	return err;
+
+abort:
+	snapshot_resume_devices(vm);
+	vm_state_dir_abort(&txn);
+	return err;
+}
+
+/* ---- Snapshots: freeze the disks, go on on overlays -------------------------- */
+
+/* "<stem>@<unix ms>[-n].kovl" next to path, where stem is path without an
+ * earlier "@....kovl" suffix: a new overlay file that does not exist yet. */
+static char *overlay_name(const char *path, const char *tag)
+{
+	char *stem = strdup(path);
+	if (!stem)
+		return NULL;
+	char *at = strrchr(stem, '@');
+	size_t len = strlen(stem);
+	if (at && len > 5 && strcmp(stem + len - 5, ".kovl") == 0 && !strchr(at, '/'))
+		*at = '\0';
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	unsigned long long ms = (unsigned long long)now.tv_sec * 1000ull +
+				(unsigned long long)now.tv_nsec / 1000000ull;
+	char *name = NULL;
+	for (unsigned n = 0; n < 1000; n++) {
+		free(name);
+		name = NULL;
+		if (asprintf(&name, "%s@%s%s%llu%s%.0u.kovl", stem, tag ? tag : "", tag ? "-" : "",
+			     ms, n ? "-" : "", n) < 0) {
+			name = NULL;
+			break;
+		}
+		if (access(name, F_OK) != 0)
+			break;
+	}
+	free(stem);
+	return name;
+}
+
+int snapshot_take(struct kapsel_vm *vm, const char *path, struct snapshot_save_stats *stats,
+		  char *error, size_t error_len)
+{
+	const char *frozen[VM_CONFIG_MAX_DISKS] = { 0 };
+	bool frozen_overlay[VM_CONFIG_MAX_DISKS] = { 0 };
+	char *owned[VM_CONFIG_MAX_DISKS] = { 0 };
+	int err = 0;
+
+	snapshot_quiesce_devices(vm);
+	for (unsigned i = 0; i < vm->device_count && !err; i++) {
+		struct kapsel_device *dev = vm->devices[i];
+		unsigned unit = dev->desc.unit;
+		if (!dev->ops->disk_image || unit >= vm->config->disk_count)
+			continue;
+		struct disk_image *disk = dev->ops->disk_image(dev);
+		if (!disk)
+			continue;
+		owned[unit] = strdup(disk->path);
+		frozen_overlay[unit] = disk->overlay != NULL;
+		if (disk->readonly) {
+			/* Nothing changes a read-only disk: it is frozen as is. */
+			frozen[unit] = owned[unit];
+			continue;
+		}
+		char *overlay = overlay_name(disk->path, NULL);
+		char *config_path = overlay ? strdup(overlay) : NULL;
+		if (!overlay || !config_path || !owned[unit]) {
+			free(overlay);
+			free(config_path);
+			err = kapsel_fail(error, error_len, -ENOMEM, "out of memory");
+			break;
+		}
+		char detail[512];
+		err = disk_image_push_overlay(disk, overlay, detail, sizeof(detail));
+		free(overlay);
+		if (err) {
+			free(config_path);
+			kapsel_fail(error, error_len, err, "disk %u: %s", unit, detail);
+			break;
+		}
+		free(vm->config->disks[unit].path);
+		vm->config->disks[unit].path = config_path;
+		vm->config->disks[unit].format = VM_DISK_FORMAT_OVERLAY;
+		frozen[unit] = owned[unit];
+		kapsel_debug("disk %u: '%s' frozen for the snapshot, the VM goes on on '%s'", unit,
+			     owned[unit], config_path);
+	}
+	if (!err) {
+		frozen_disk_paths = frozen;
+		frozen_disk_overlays = frozen_overlay;
+		err = snapshot_save(vm, path, stats, error, error_len);
+		frozen_disk_paths = NULL;
+		frozen_disk_overlays = NULL;
+	}
+	snapshot_resume_devices(vm);
+	for (unsigned i = 0; i < VM_CONFIG_MAX_DISKS; i++)
+		free(owned[i]);
+	return err;
+}
+
+int snapshot_prepare_disks(const struct vm_state_records *state, struct vm_config *config,
+			   bool overlay_all, const char *tag, char *error, size_t error_len)
+{
+	size_t position = 0;
+	const struct vm_state_stored_record *rec;
+	while ((rec = vm_state_find(state, VM_STATE_DISK, &position)) != NULL) {
+		struct vm_state_disk disk;
+		if (rec->length_bytes < sizeof(disk))
+			return kapsel_fail(error, error_len, -EPROTO, "a disk record is malformed");
+		memcpy(&disk, rec->payload, sizeof(disk));
+		if (disk.index >= config->disk_count ||
+		    disk.path_bytes != rec->length_bytes - sizeof(disk))
+			return kapsel_fail(error, error_len, -EPROTO,
+					   "disk record %u does not match the saved definition",
+					   disk.index);
+		if (!(disk.flags & VM_STATE_DISK_FROZEN) && !overlay_all)
+			continue;
+		if (disk.readonly)
+			continue; /* shared as is */
+		/* The base is the file bound to the disk (snapshot_bind_host_files),
+		 * never the path the record carries. */
+		struct vm_disk_config *d = &config->disks[disk.index];
+		char *overlay = overlay_name(d->path, tag);
+		if (!overlay)
+			return -ENOMEM;
+		char detail[512];
+		int err = disk_overlay_create(overlay, d->path, d->format, detail, sizeof(detail));
+		if (err) {
+			free(overlay);
+			return kapsel_fail(error, error_len, err, "disk %u: %s", disk.index,
+					   detail);
+		}
+		kapsel_debug("disk %u: running on the new overlay '%s'", disk.index, overlay);
+		free(d->path);
+		d->path = overlay;
+		d->format = VM_DISK_FORMAT_OVERLAY;
+	}
+	return 0;
+}
+
+/* ---- Restoring ------------------------------------------------------------- */
+
+/* The disk record of index, checked, and its path (NUL terminated). */
+static int disk_record(const struct vm_state_stored_record *rec, struct vm_state_disk *disk,
+		       char path[PATH_MAX], char *error, size_t error_len)
+{
+	if (rec->length_bytes < sizeof(*disk))
+		return kapsel_fail(error, error_len, -EPROTO, "a disk record is malformed");
+	memcpy(disk, rec->payload, sizeof(*disk));
+	if (disk->path_bytes != rec->length_bytes - sizeof(*disk) || disk->path_bytes == 0 ||
+	    disk->path_bytes >= PATH_MAX)
+		return kapsel_fail(error, error_len, -EPROTO, "a disk record is malformed");
+	memcpy(path, rec->payload + sizeof(*disk), disk->path_bytes);
+	path[disk->path_bytes] = '\0';
+	if (memchr(path, '\0', disk->path_bytes))
+		return kapsel_fail(error, error_len, -EPROTO, "a disk record is malformed");
+	return 0;
+}
+
+/* realpath(path) if it lies inside the directory whose realpath is dir_real, else NULL. */
+static char *inside_directory(const char *path, const char *dir_real)
+{
+	char *real = realpath(path, NULL);
+	size_t n = strlen(dir_real);
+	if (real && strncmp(real, dir_real, n) == 0 && real[n] == '/' && real[n + 1])
+		return real;
+	free(real);
+	return NULL;
+}
+
+int snapshot_parse_disk_mapping(const char *text, struct snapshot_host_files *files, char *error,
+				size_t error_len)
+{
+	char *end;
+	unsigned long index = strtoul(text, &end, 10);
+	if (end == text || *end != '=' || index >= VM_CONFIG_MAX_DISKS || !end[1] || end[1] == ',')
+		return kapsel_fail(
+			error, error_len, -EINVAL,
+			"--disk '%s' is not INDEX=PATH[,format=raw|overlay] (INDEX 0-%u, the disk's place in the saved definition)",
+			text, VM_CONFIG_MAX_DISKS - 1);
+	char *path = strdup(end + 1);
+	if (!path)
+		return -ENOMEM;
+	char *comma = strchr(path, ',');
+	bool format_given = false;
+	enum vm_disk_format format = VM_DISK_FORMAT_RAW;
+	if (comma) {
+		*comma = '\0';
+		if (strcmp(comma + 1, "format=raw") == 0) {
+			format_given = true;
+		} else if (strcmp(comma + 1, "format=overlay") == 0 ||
+			   strcmp(comma + 1, "format=kovl") == 0) {
+			format_given = true;
+			format = VM_DISK_FORMAT_OVERLAY;
+		} else {
+			free(path);
+			return kapsel_fail(
+				error, error_len, -EINVAL,
+				"--disk '%s': only format=raw or format=overlay may follow the path",
+				text);
+		}
+	}
+	free(files->disk_paths[index]);
+	files->disk_paths[index] = path;
+	files->disk_formats[index] = format;
+	files->disk_format_given[index] = format_given;
+	return 0;
+}
+
+void snapshot_host_files_free(struct snapshot_host_files *files)
+{
+	for (unsigned i = 0; i < VM_CONFIG_MAX_DISKS; i++)
+		free(files->disk_paths[i]);
+	memset(files, 0, sizeof(*files));
+}
+
+int snapshot_bind_host_files(const struct vm_state_records *state, const char *state_dir,
+			     const struct snapshot_host_files *files, struct vm_config *config,
+			     char *error, size_t error_len)
+{
+	char *dir_real = state_dir ? realpath(state_dir, NULL) : NULL;
+	if (state_dir && !dir_real)
+		return kapsel_fail(error, error_len, -errno, "state directory '%s': %s", state_dir,
+				   strerror(errno));
+	int err = 0;
+	for (unsigned i = config->disk_count; i < VM_CONFIG_MAX_DISKS && files; i++)
+		if (files->disk_paths[i]) {
+			err = kapsel_fail(error, error_len, -EINVAL,
+					  "--disk %u=...: the saved VM has %u disk(s)", i,
+					  config->disk_count);
+			goto out;
+		}
+
+	/* The kernel: named by the operator, or a file in the state directory. */
+	char *kernel = NULL;
+	if (files && files->kernel_path)
+		kernel = strdup(files->kernel_path);
+	else if (dir_real && config->kernel_path)
+		kernel = inside_directory(config->kernel_path, dir_real);
+	if (!kernel) {
+		err = kapsel_fail(
+			error, error_len, -EPERM,
+			"the saved VM's kernel is not in the state directory; name it with --kernel FILE (a saved state or migration stream never chooses host files)");
+		goto out;
+	}
+	free(config->kernel_path);
+	config->kernel_path = kernel;
+
+	/* Every disk record's flags say which disks were overlays; a frozen
+	 * disk (a snapshot's) is restored from its frozen file, whose format
+	 * the record holds, not the one the VM went on with. */
+	bool record_overlay[VM_CONFIG_MAX_DISKS] = { 0 };
+	bool record_frozen[VM_CONFIG_MAX_DISKS] = { 0 };
+	size_t position = 0;
+	const struct vm_state_stored_record *rec;
+	while ((rec = vm_state_find(state, VM_STATE_DISK, &position)) != NULL) {
+		struct vm_state_disk disk;
+		char path[PATH_MAX];
+		err = disk_record(rec, &disk, path, error, error_len);
+		if (err)
+			goto out;
+		if (disk.index >= config->disk_count) {
+			err = kapsel_fail(error, error_len, -EPROTO,
+					  "disk record %u does not match the saved definition",
+					  disk.index);
+			goto out;
+		}
+		record_overlay[disk.index] = (disk.flags & VM_STATE_DISK_OVERLAY) != 0;
+		record_frozen[disk.index] = (disk.flags & VM_STATE_DISK_FROZEN) != 0;
+	}
+
+	for (unsigned i = 0; i < config->disk_count; i++) {
+		struct vm_disk_config *d = &config->disks[i];
+		const char *named = files ? files->disk_paths[i] : NULL;
+		char *bound = NULL;
+		if (named) {
+			/* The operator's file in the operator's format; a saved
+			 * overlay must be named as one (the format is never
+			 * taken from untrusted input alone). */
+			bool format_given = files->disk_format_given[i];
+			enum vm_disk_format format = files->disk_formats[i];
+			if (!format_given &&
+			    (record_overlay[i] ||
+			     (!record_frozen[i] && d->format != VM_DISK_FORMAT_RAW))) {
+				err = kapsel_fail(
+					error, error_len, -EINVAL,
+					"disk %u was a copy-on-write overlay when saved; if '%s' is that overlay, say so: --disk %u=%s,format=overlay",
+					i, named, i, named);
+				goto out;
+			}
+			bound = strdup(named);
+			d->format = format;
+		} else if (dir_real) {
+			bound = inside_directory(d->path, dir_real);
+			if (bound)
+				d->format = record_overlay[i] ? VM_DISK_FORMAT_OVERLAY
+							      : VM_DISK_FORMAT_RAW;
+		}
+		if (!bound) {
+			err = kapsel_fail(
+				error, error_len, -EPERM,
+				"disk %u: its image is not in the state directory; name it with --disk %u=PATH[,format=raw|overlay] (a saved state or migration stream never chooses host files)",
+				i, i);
+			goto out;
+		}
+		free(d->path);
+		d->path = bound;
+	}
+out:
+	free(dir_real);
+	return err;
+}
+
+int snapshot_adopt_local_definition(const struct vm_config *local, struct vm_config *incoming,
+				    char *error, size_t error_len)
+{
+	if (!local || !local->kernel_path)
+		return kapsel_fail(
+			error, error_len, -EPERM,
+			"the destination has no definition of its own; start it with the VM's --kernel, --memory and --disk options (or its domain XML), as on the source: a migration stream never chooses host files");
+	if (local->memory_bytes != incoming->memory_bytes)
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the incoming VM has %llu bytes of RAM, this definition %llu",
+				   (unsigned long long)incoming->memory_bytes,
+				   (unsigned long long)local->memory_bytes);
+	if (local->disk_count != incoming->disk_count)
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the incoming VM has %u disk(s), this definition %u",
+				   incoming->disk_count, local->disk_count);
+	for (unsigned i = 0; i < local->disk_count; i++)
+		if (local->disks[i].bus != incoming->disks[i].bus ||
+		    local->disks[i].readonly != incoming->disks[i].readonly)
+			return kapsel_fail(
+				error, error_len, -EPROTO,
+				"disk %u: the incoming VM has it on another bus or with other access (read-only or not) than this definition",
+				i);
+	/* Compatible: every host file is the destination's own. */
+	char *kernel = strdup(local->kernel_path);
+	if (!kernel)
+		return -ENOMEM;
+	free(incoming->kernel_path);
+	incoming->kernel_path = kernel;
+	for (unsigned i = 0; i < local->disk_count; i++) {
+		char *path = strdup(local->disks[i].path);
+		if (!path)
+			return -ENOMEM;
+		free(incoming->disks[i].path);
+		incoming->disks[i] = local->disks[i];
+		incoming->disks[i].path = path;
+	}
+	return 0;
+}
+
+int snapshot_check_disks(const struct vm_state_records *state, const struct vm_config *config,
+			 char *error, size_t error_len)
+{
+	size_t position = 0;
+	unsigned seen = 0;
+	const struct vm_state_stored_record *rec;
+	while ((rec = vm_state_find(state, VM_STATE_DISK, &position)) != NULL) {
+		struct vm_state_disk disk;
+		char recorded[PATH_MAX];
+		int err = disk_record(rec, &disk, recorded, error, error_len);
+		if (err)
+			return err;
+		if (disk.index != seen || disk.index >= config->disk_count)
+			return kapsel_fail(error, error_len, -EPROTO,
+					   "the disk records do not match the definition (%u disks)",
+					   config->disk_count);
+		seen++;
+		const struct vm_disk_config *d = &config->disks[disk.index];
+		if (disk.bus != (uint32_t)d->bus || (disk.readonly != 0) != d->readonly)
+			return kapsel_fail(
+				error, error_len, -EPROTO,
+				"disk %u: the saved state has it on another bus or with other access (read-only or not) than this definition",
+				disk.index);
+		/* The file this side bound to the disk, not the recorded path. */
+		const char *path = d->path;
+		struct stat st;
+		if (stat(path, &st) < 0)
+			return kapsel_fail(
+				error, error_len, -ENOENT,
+				"disk %u: image '%s' is missing (%s); the saved VM needs it with the content it had when saved",
+				disk.index, path, strerror(errno));
+		if ((uint64_t)st.st_size != disk.size_bytes)
+			return kapsel_fail(
+				error, error_len, -EPROTO,
+				"disk %u: image '%s' is %llu bytes but was %llu when the VM was saved; it is another image, or was replaced or resized",
+				disk.index, path, (unsigned long long)st.st_size,
+				(unsigned long long)disk.size_bytes);
+		int64_t mtime = (int64_t)st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec;
+		if (mtime != disk.mtime_ns)
+			kapsel_debug("disk %u: '%s' changed since the save (the VM went on writing it)",
+				     disk.index, path);
+	}
+	if (seen != config->disk_count)
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the saved state describes %u of %u disks", seen,
+				   config->disk_count);
+	return 0;
+}
+
+static int apply_devices(struct kapsel_vm *vm, const struct vm_state_records *state, char *error,
+			 size_t error_len)
+{
+	const struct vm_state_vm_info *info = NULL;
+	const struct vm_state_stored_record *info_rec =
+		vm_state_find(state, VM_STATE_VM_INFO, NULL);
+	if (info_rec && info_rec->length_bytes == sizeof(*info))
+		info = (const struct vm_state_vm_info *)info_rec->payload;
+	if (!info)
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the saved state has no VM information record");
+	if (info->device_count != vm->device_count)
+		return kapsel_fail(
+			error, error_len, -EPROTO,
+			"the saved VM had %u devices, this one has %u; the definition changed",
+			info->device_count, vm->device_count);
+
+	const struct vm_state_stored_record *evtchn_rec =
+		vm_state_find(state, VM_STATE_EVTCHN, NULL);
+	struct vm_state_evtchn evtchn;
+	if (!evtchn_rec || evtchn_rec->length_bytes != sizeof(evtchn))
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the saved state's event channel record is missing or malformed");
+	memcpy(&evtchn, evtchn_rec->payload, sizeof(evtchn));
+	if (evtchn.count != KAPSEL_EVTCHN_COUNT)
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the saved state has %u event channels, expected %u",
+				   evtchn.count, KAPSEL_EVTCHN_COUNT);
+
+	/* Walk the records in order: a device record, then its own records. */
+	struct kapsel_device *current = NULL;
+	unsigned seen = 0;
+	for (size_t i = 0; i < state->count; i++) {
+		const struct vm_state_stored_record *rec = &state->records[i];
+		if (rec->type == VM_STATE_DEVICE) {
+			struct vm_state_device d;
+			if (rec->length_bytes != sizeof(d))
+				return kapsel_fail(error, error_len, -EPROTO,
+						   "a device record is malformed");
+			memcpy(&d, rec->payload, sizeof(d));
+			if (d.index != seen || d.index >= vm->device_count)
+				return kapsel_fail(error, error_len, -EPROTO,
+						   "device records are out of order (index %u)",
+						   d.index);
+			current = vm->devices[d.index];
+			struct kapsel_device_desc saved_desc;
+			memcpy(&saved_desc, d.desc, sizeof(saved_desc));
+			if (d.type != current->desc.type)
+				return kapsel_fail(
+					error, error_len, -EPROTO,
+					"device %u was a %s (type %u) when saved but is a %s now; the definition changed",
+					d.index, d.name[0] ? d.name : "?", d.type,
+					current->ops->name);
+			if (saved_desc.io_base != current->desc.io_base ||
+			    saved_desc.doorbell_port != current->desc.doorbell_port ||
+			    saved_desc.capacity_sectors != current->desc.capacity_sectors ||
+			    saved_desc.flags != current->desc.flags)
+				return kapsel_fail(
+					error, error_len, -EPROTO,
+					"device %u (%s) differs from the saved one (ports, capacity or flags); the guest would see a different device",
+					d.index, current->ops->name);
+			if (d.evtchn_port != UINT32_MAX &&
+			    (d.evtchn_port >= KAPSEL_EVTCHN_COUNT ||
+			     evtchn.entries[d.evtchn_port].bound_device != (int16_t)d.index))
+				return kapsel_fail(
+					error, error_len, -EPROTO,
+					"device %u is bound to event channel %u, which the channel table does not agree with",
+					d.index, d.evtchn_port);
+			__atomic_store_n(&current->evtchn_port, d.evtchn_port, __ATOMIC_RELEASE);
+			current->exits = d.exits;
+			seen++;
+			continue;
+		}
+		if (rec->type < VM_STATE_DEVICE_FIRST || rec->type > VM_STATE_DEVICE_LAST)
+			continue;
+		int err = -ENOENT;
+		char detail[256] = "";
+		if (current && current->ops->load)
+			err = current->ops->load(current, rec->type, rec->payload,
+						 rec->length_bytes, detail, sizeof(detail));
+		if (err == -ENOENT) {
+			if (rec->flags & VM_STATE_RECORD_MANDATORY)
+				return kapsel_fail(
+					error, error_len, -EPROTO,
+					"record type %#x (device %s) is mandatory and this Kapsel's device cannot load it",
+					rec->type, current ? current->ops->name : "none");
+			continue;
+		}
+		if (err)
+			return kapsel_fail(error, error_len, err, "device %s: %s",
+					   current ? current->ops->name : "?", detail);
+	}
+	if (seen != vm->device_count)
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the saved state describes %u of %u devices", seen,
+				   vm->device_count);
+
+	for (unsigned p = 0; p < KAPSEL_EVTCHN_COUNT; p++) {
+		int bound = evtchn.entries[p].bound_device;
+		if (bound < -1 || bound >= (int)vm->device_count ||
+		    (bound >= 0 && vm->devices[bound]->evtchn_port != p))
+			return kapsel_fail(
+				error, error_len, -EPROTO,
+				"event channel %u is bound to device %d, which does not match the devices",
+				p, bound);
+		vm->evtchn[p].allocated = evtchn.entries[p].allocated != 0;
+		vm->evtchn[p].bound_device = bound;
+	}
+	return 0;
+}
+
+int snapshot_apply_vm_records(struct kapsel_vm *vm, const struct vm_state_records *state,
+			      bool new_identity, char *error, size_t error_len)
+{
+	const struct vm_state_stored_record *info_rec =
+		vm_state_find(state, VM_STATE_VM_INFO, NULL);
+	struct vm_state_vm_info info;
+	if (!info_rec || info_rec->length_bytes != sizeof(info))
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the saved state has no VM information record");
+	memcpy(&info, info_rec->payload, sizeof(info));
+	if (info.memory_bytes != vm->mem.size_bytes)
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the saved VM had %llu bytes of RAM, this one %llu",
+				   (unsigned long long)info.memory_bytes,
+				   (unsigned long long)vm->mem.size_bytes);
+	int err = apply_devices(vm, state, error, error_len);
+	if (err)
+		return err;
+	/* The memory image came from a file or a peer: never trust its copy
+	 * of the pages only the hypervisor writes. */
+	err = vm_rebuild_hypervisor_pages(vm);
+	if (err)
+		return kapsel_fail(error, error_len, err,
+				   "guest memory too small for the hypervisor's tables");
+	err = vcpu_state_load(vm, state, error, error_len);
+	if (err)
+		return err;
+	if (info.tsc_khz && vm->tsc_khz && info.tsc_khz != vm->tsc_khz)
+		kapsel_warn("the saved VM's TSC ran at %llu kHz, this host's at %llu kHz; the guest recalibrates on the new generation",
+			    (unsigned long long)info.tsc_khz, (unsigned long long)vm->tsc_khz);
+
+	/* The Kapsel clock goes on from where it stopped: paused time, time
+	 * on disk and migration downtime are invisible to the guest. */
+	vm->boot_monotonic_ns = monotonic_ns() - info.clock_ns;
+	/* A restored or cloned guest must re-derive what has to be unique;
+	 * it sees the bump in start info (KAPSEL_FEATURE_GENERATION). */
+	vm->generation = info.generation + 1;
+	__atomic_store_n(&vm->start_info->generation, vm->generation, __ATOMIC_RELEASE);
+	if (new_identity) {
+		memset(vm->start_info->name, 0, sizeof(vm->start_info->name));
+		snprintf(vm->start_info->name, sizeof(vm->start_info->name), "%s",
+			 vm->config->name);
+		memcpy(vm->start_info->uuid, vm->config->uuid, sizeof(vm->start_info->uuid));
+	}
+	return 0;
+}
+
+/* Replace guest RAM with a private (copy-on-write) mapping of memory.img:
+ * pages are read lazily and shared between every VM mapping the file. */
+static int map_memory_private(struct kapsel_vm *vm, int dirfd, char *error, size_t error_len)
+{
+	int fd = openat(dirfd, VM_STATE_FILE_MEMORY, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return kapsel_fail(error, error_len, -errno, "memory.img: %s", strerror(errno));
+	void *mapped = mmap(vm->mem.host_base, vm->mem.size_bytes, PROT_READ | PROT_WRITE,
+			    MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, fd, 0);
+	int err = mapped == MAP_FAILED ? -errno : 0;
+	close(fd);
+	if (err)
+		return kapsel_fail(error, error_len, err, "cannot map memory.img: %s",
+				   strerror(-err));
+	/* The memfd no longer backs guest RAM. */
+	if (vm->mem.memfd >= 0)
+		close(vm->mem.memfd);
+	vm->mem.memfd = -1;
+	/* Tell KVM again where RAM is; its MMU notifiers already dropped the
+	 * old pages when the mapping was replaced. */
+	struct kvm_userspace_memory_region region = {
+		.slot = 0,
+		.guest_phys_addr = 0,
+		.memory_size = vm->mem.size_bytes,
+		.userspace_addr = (uint64_t)(uintptr_t)vm->mem.host_base,
+	};
+	if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0)
+		return kapsel_fail(error, error_len, -errno, "KVM_SET_USER_MEMORY_REGION: %s",
+				   strerror(errno));
+	return 0;
+}
+
+int snapshot_restore(struct kapsel_vm *vm, const struct vm_state_dir *dir,
+		     const struct snapshot_restore_options *options, char *error, size_t error_len)
+{
+	const struct vm_state_manifest_file *memory = vm_state_dir_file(dir, VM_STATE_FILE_MEMORY);
+	int err;
+
+	if (!memory || memory->size_bytes != vm->mem.size_bytes)
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "memory.img does not match the VM's RAM size");
+	if (options->map_private) {
+		if (!options->memory_verified) {
+			err = vm_state_load_flat_file(dir->dirfd, VM_STATE_FILE_MEMORY, NULL,
+						      memory->size_bytes, memory->crc32c, false,
+						      error, error_len);
+			if (err)
+				return err;
+		}
+		err = map_memory_private(vm, dir->dirfd, error, error_len);
+	} else {
+		/* Everything vm_create wrote goes; holes stay unallocated. */
+		guest_memory_clear(&vm->mem);
+		err = vm_state_load_flat_file(dir->dirfd, VM_STATE_FILE_MEMORY, vm->mem.host_base,
+					      memory->size_bytes, memory->crc32c, false, error,
+					      error_len);
+	}
+	if (err)
+		return err;
+	return snapshot_apply_vm_records(vm, &dir->state, options->new_identity, error, error_len);
+}

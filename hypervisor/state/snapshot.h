@@ -1,0 +1,159 @@
+/* Save a VM to a state directory and bring it back: memory, vCPU, event channels, devices, disk references. */
+#ifndef KAPSEL_SNAPSHOT_H
+#define KAPSEL_SNAPSHOT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config/config.h"
+#include "state/vm_state.h"
+
+struct kapsel_vm;
+
+struct snapshot_save_stats {
+	uint64_t memory_bytes;	    /* guest RAM */
+	uint64_t memory_data_bytes; /* of it written (not holes) */
+	uint64_t state_bytes;	    /* state.bin */
+	uint64_t total_ns;	    /* whole save, devices quiesced to commit */
+};
+
+/*
+ * Save vm into the directory path (created or atomically replaced; see
+ * vm_state_dir_commit): quiesces devices, writes memory.img, state.bin,
+ * domain.xml and the manifest, then lets devices serve again.  The caller
+ * decides whether the VM continues or stops afterwards.
+ * Preconditions: the vCPU is paused (vm_pause) or vm_run has returned
+ * and vcpu_state_settle was called; the guest has not powered off.
+ * Returns 0 or a negative errno with a message in error; on failure the
+ * previous save at path (if any) is unchanged.
+ */
+int snapshot_save(struct kapsel_vm *vm, const char *path, struct snapshot_save_stats *stats,
+		  char *error, size_t error_len);
+
+/*
+ * A snapshot: like snapshot_save, but first every writable disk is frozen:
+ * its current file becomes a read-only base and the VM goes on writing to
+ * a new copy-on-write overlay over it ("<image>@<time>.kovl", next to it;
+ * disk_overlay.h).  The saved state refers to the frozen files (flag
+ * VM_STATE_DISK_FROZEN), so it can be restored any number of times, each
+ * restore on an overlay of its own, while the VM runs on.  Same
+ * preconditions as snapshot_save.  Returns 0 or -errno with a message.
+ */
+int snapshot_take(struct kapsel_vm *vm, const char *path, struct snapshot_save_stats *stats,
+		  char *error, size_t error_len);
+
+/*
+ * Before creating a VM from a saved state (after snapshot_bind_host_files):
+ * give every frozen disk of the state (every writable disk with
+ * overlay_all, for clones) a new overlay file next to the file bound to
+ * it, named with tag, and point config's disk there (format overlay).
+ * Returns 0 or -errno with a message.
+ */
+int snapshot_prepare_disks(const struct vm_state_records *state, struct vm_config *config,
+			   bool overlay_all, const char *tag, char *error, size_t error_len);
+
+/* Host files the operator names for a restore, clone or incoming migration. */
+struct snapshot_host_files {
+	const char *kernel_path;	       /* --kernel, or NULL */
+	char *disk_paths[VM_CONFIG_MAX_DISKS]; /* --disk N=PATH (owned), or NULL */
+	enum vm_disk_format disk_formats[VM_CONFIG_MAX_DISKS];
+	bool disk_format_given[VM_CONFIG_MAX_DISKS]; /* ",format=" was there */
+};
+
+/* Parse "N=PATH[,format=raw|overlay]" into files.  Returns 0 or -EINVAL
+ * with a message. */
+int snapshot_parse_disk_mapping(const char *text, struct snapshot_host_files *files, char *error,
+				size_t error_len);
+void snapshot_host_files_free(struct snapshot_host_files *files);
+
+/*
+ * A saved state is untrusted input: it never chooses which host files are
+ * opened.  Replace config's kernel and disk paths (read from state by
+ * snapshot_config_from_records) with the files the operator named in files
+ * (may be NULL), or, for what was not named, with the recorded file if it
+ * lies inside state_dir (may be NULL: nothing is taken from the state).
+ * A disk's format is the operator's; a recorded file inside state_dir
+ * takes the format of its disk record.  Anything else is refused with
+ * -EPERM and a message saying which option names it.
+ */
+int snapshot_bind_host_files(const struct vm_state_records *state, const char *state_dir,
+			     const struct snapshot_host_files *files, struct vm_config *config,
+			     char *error, size_t error_len);
+
+/*
+ * Everything a VM is besides RAM, as records (shared by save files and the
+ * migration stream): VM info, config, vCPU, event channels, devices (each
+ * followed by its private records), disks.  Same preconditions as
+ * snapshot_save, devices already quiesced.  Returns 0 or -errno.
+ */
+int snapshot_write_vm_records(struct kapsel_vm *vm, struct vm_state_writer *out, char *error,
+			      size_t error_len);
+/* The two halves of snapshot_write_vm_records: VM info and definition
+ * (what a migration destination needs to create the VM), then the rest. */
+int snapshot_write_vm_header(struct kapsel_vm *vm, struct vm_state_writer *out, char *error,
+			     size_t error_len);
+int snapshot_write_vm_body(struct kapsel_vm *vm, struct vm_state_writer *out, char *error,
+			   size_t error_len);
+
+/*
+ * Fill config (initialised by the caller with vm_config_init) from the
+ * VM_STATE_CONFIG record of state.  Returns 0 or -EPROTO with a message.
+ */
+int snapshot_config_from_records(const struct vm_state_records *state, struct vm_config *config,
+				 char *error, size_t error_len);
+
+/*
+ * An incoming migration: the destination's own definition local (its
+ * command line or XML) decides every host file.  Check that incoming (the
+ * definition the stream carried) is compatible with it (same RAM, same
+ * disks on the same buses with the same access), then replace incoming's
+ * kernel and disks with local's.  Disk sizes are checked later against
+ * the stream's disk records (snapshot_check_disks).  Returns 0, or -EPERM
+ * (local has no kernel: no definition was given) / -EPROTO with a message.
+ */
+int snapshot_adopt_local_definition(const struct vm_config *local, struct vm_config *incoming,
+				    char *error, size_t error_len);
+
+/*
+ * Check that the disks of config (paths already bound: never the paths the
+ * records carry) match the state's disk records: one record per disk, in
+ * order, same bus and access, and each image there with the size it had
+ * (a missing overlay or a replaced image is refused).  Returns 0 or
+ * -ENOENT / -EPROTO with a message naming the disk and the fix.
+ */
+int snapshot_check_disks(const struct vm_state_records *state, const struct vm_config *config,
+			 char *error, size_t error_len);
+
+struct snapshot_restore_options {
+	bool map_private;     /* map memory.img copy-on-write (clones) */
+	bool memory_verified; /* memory.img's CRC was already checked */
+	bool new_identity;    /* clone: the config's name and uuid are new */
+};
+
+/*
+ * Put the saved state into vm, which was just created (vm_create) from
+ * the state's config and has not run: guest RAM from memory.img (copied,
+ * or mapped privately), devices, event channels and the vCPU; the Kapsel
+ * clock continues where it stopped, the generation is bumped in start
+ * info so the guest re-derives unique things, and a new identity is
+ * written to start info when asked.  On failure vm must be destroyed
+ * without running (its state is partly overwritten).  Returns 0 or a
+ * negative errno with a message in error.
+ */
+int snapshot_restore(struct kapsel_vm *vm, const struct vm_state_dir *dir,
+		     const struct snapshot_restore_options *options, char *error, size_t error_len);
+
+/*
+ * The non-memory part of a restore (also used by live migration): devices,
+ * event channels, vCPU, clock, generation bump.  Guest RAM must already
+ * hold the saved content.  Returns 0 or a negative errno with a message.
+ */
+int snapshot_apply_vm_records(struct kapsel_vm *vm, const struct vm_state_records *state,
+			      bool new_identity, char *error, size_t error_len);
+
+/* Quiesce / resume every device that has the op (vCPU paused). */
+void snapshot_quiesce_devices(struct kapsel_vm *vm);
+void snapshot_resume_devices(struct kapsel_vm *vm);
+
+#endif
