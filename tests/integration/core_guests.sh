@@ -193,7 +193,7 @@ cli-options)
 	expect_in "$err" "Try 'kapsel run --help'."
 	run_guest "$out" "$err" --kernel "$GUESTS/hello.elf" --disk "$TMP/x.img,speed=9"
 	expect_status 125
-	expect_in "$err" "kapsel: error: --disk '$TMP/x.img,speed=9': option 'speed=9' is unknown or lacks a valid value; known: readonly,"
+	expect_in "$err" "kapsel: error: --disk '$TMP/x.img,speed=9': option 'speed=9' is unknown or lacks a valid value; known: format=raw|overlay, readonly,"
 	run_guest "$out" "$err" --kernel "$GUESTS/hello.elf" --disk "$TMP/x.img,bus=scsi"
 	expect_status 125
 	expect_in "$err" "bus 'scsi' is unknown; use bus=pv or bus=ata"
