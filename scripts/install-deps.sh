@@ -13,7 +13,7 @@ packages=(
 # Without /dev/kvm, the KVM tests and the demo run in a QEMU VM with nested
 # KVM (scripts/nested-kvm.sh), which needs these.
 if [ ! -e /dev/kvm ]; then
-	packages+=(qemu-system-x86 busybox-static cpio kmod)
+	packages+=(qemu-system-x86 busybox-static cpio kmod e2fsprogs)
 fi
 
 as_root=()

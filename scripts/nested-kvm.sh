@@ -33,9 +33,9 @@ cache=${KAPSEL_NESTED_CACHE:-/var/cache/kapsel-nested}
 memory=${KAPSEL_NESTED_MEMORY:-6G}
 time_limit=${KAPSEL_NESTED_TIMEOUT:-3000}
 # Bump when the VM's init changes, so a cached initrd is rebuilt.
-initrd_version=2
+initrd_version=4
 
-for tool in qemu-system-x86_64 busybox cpio depmod; do
+for tool in qemu-system-x86_64 busybox cpio depmod mkfs.ext4; do
 	command -v "$tool" >/dev/null || {
 		echo "nested-kvm: '$tool' is missing; run scripts/install-deps.sh" >&2
 		exit 125
@@ -69,7 +69,8 @@ prepare_kernel() {
 	cp "$(command -v busybox)" "$initrd/bin/busybox"
 	# Every module these need, dependencies first, in load order.
 	local wanted=(kernel/drivers/virtio/virtio_pci.ko kernel/net/9p/9pnet_virtio.ko
-		kernel/fs/9p/9p.ko kernel/arch/x86/kvm/kvm-amd.ko)
+		kernel/fs/9p/9p.ko kernel/arch/x86/kvm/kvm-amd.ko
+		kernel/drivers/block/virtio_blk.ko kernel/crypto/crc32c_generic.ko kernel/fs/ext4/ext4.ko)
 	local order=() seen=" "
 	add_module() {
 		local dep
@@ -110,7 +111,11 @@ mkdir -p /host/dev/shm /host/dev/pts
 mount -t tmpfs shm /host/dev/shm
 mount -t devpts pts /host/dev/pts
 mount -t tmpfs run /host/run
-mount -t tmpfs tmp /host/tmp
+# /tmp on a real file system: tests open images there with O_DIRECT,
+# which this kernel's tmpfs refuses.
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.2; done
+mount -t ext4 /dev/vda /host/tmp || mount -t tmpfs tmp /host/tmp
+chmod 1777 /host/tmp
 cp /run.sh /host/run/kapsel-nested-run.sh
 chroot /host /bin/bash /run/kapsel-nested-run.sh
 echo $? >"/host$job/status"
@@ -138,12 +143,17 @@ trap 'rm -rf "$job"' EXIT
 	echo
 } >"$job/run.sh"
 
+# A scratch disk for the VM's /tmp (sparse; gone with the job folder).
+truncate -s 32G "$job/scratch.img"
+mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 "$job/scratch.img"
+
 # Threads for TCG: one per host core.
 timeout --kill-after=10 "$time_limit" qemu-system-x86_64 \
 	-M q35 -cpu max -smp "$(nproc)" -m "$memory" -accel tcg,thread=multi \
 	-nodefaults -no-reboot -display none -serial stdio \
 	-kernel "$cache/vmlinuz" -initrd "$cache/initrd-$initrd_version.gz" \
 	-append "console=ttyS0 quiet loglevel=1 panic=-1 kapsel_job=$job" \
+	-drive file="$job/scratch.img",if=virtio,format=raw,cache=unsafe \
 	-virtfs local,path=/,mount_tag=host,security_model=passthrough,id=host,multidevs=remap \
 	</dev/null | sed -u 's/\r$//' || true
 
