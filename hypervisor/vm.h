@@ -14,6 +14,7 @@
 #include "guest_memory.h"
 #include "hypercall.h"
 #include "kapsel/abi.h"
+#include "pv_cpu.h"
 
 /* Exit status of `kapsel run` besides the guest's own exit code. */
 #define KAPSEL_EXIT_VMM_ERROR 125   /* Kapsel could not start or run the VM */
@@ -78,6 +79,7 @@ struct kapsel_vm {
 	uint64_t exits[VM_EXIT_COUNTER_COUNT];
 	uint64_t unclaimed_port_logged; /* first few unclaimed ports are logged */
 	uint64_t generation;
+	struct pv_cpu_vcpu pv_cpu; /* traps, upcalls, timer of vCPU 0 (pv_cpu.c) */
 };
 
 /*
@@ -156,6 +158,12 @@ int vm_add_device(struct kapsel_vm *vm, struct kapsel_device *dev);
  * blocked vCPU if it is unmasked.  Callable from any thread.
  */
 void vm_evtchn_notify(struct kapsel_vm *vm, uint32_t port);
+
+/*
+ * Kick the vCPU out of KVM_RUN (immediate_exit + SIGUSR2) or out of a
+ * BLOCK sleep, so the run loop looks at its state again.  Any thread.
+ */
+void vm_kick_vcpu(struct kapsel_vm *vm);
 
 /* Print the VM's exit counters and every device's counters. */
 void vm_print_stats(struct kapsel_vm *vm, FILE *out);

@@ -176,9 +176,11 @@ static void build_idt_and_stubs(struct guest_memory *mem)
 		*p++ = 0xfd;
 
 		uint64_t handler = X86_GPA_EXCEPTION_STUBS + v * EXCEPTION_STUB_BYTES;
-		/* 64-bit interrupt gate, DPL 0, present, IST 0. */
+		/* 64-bit interrupt gate, present, IST 0; DPL 0, except #BP,
+		 * which CPL3 code raises with int3 (else int3 is a #GP). */
+		uint64_t type = v == 3 ? 0xeeull : 0x8eull;
 		idt[v * 2] = (handler & 0xffff) | ((uint64_t)X86_SEL_KERNEL_CS << 16) |
-			     (0x8eull << 40) | (((handler >> 16) & 0xffff) << 48);
+			     (type << 40) | (((handler >> 16) & 0xffff) << 48);
 		idt[v * 2 + 1] = handler >> 32;
 	}
 }
@@ -248,6 +250,15 @@ static uint8_t tss_type_for_host(void)
 	if (strcmp(signature, "TCGTCGTCGTCG") == 0)
 		return 0x9; /* available 64-bit TSS */
 	return 0xb;	    /* busy 64-bit TSS */
+}
+
+void x86_boot_user_segments(struct kvm_sregs *sregs)
+{
+	set_user_segment(&sregs->cs, X86_SEL_USER_CS, 1);
+	set_user_segment(&sregs->ss, X86_SEL_USER_DS, 0);
+	/* KVM on SVM reports TR as busy whatever it holds; writing that back
+	 * would close every port under TCG (see tss_type_for_host). */
+	sregs->tr.type = tss_type_for_host();
 }
 
 int x86_boot_set_vcpu_state(int vcpu_fd, uint64_t entry, uint64_t start_info_gpa)

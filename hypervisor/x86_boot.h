@@ -57,6 +57,11 @@ int x86_boot_port_is_open(const struct guest_memory *mem, uint16_t port);
  */
 int x86_boot_set_vcpu_state(int vcpu_fd, uint64_t entry, uint64_t start_info_gpa);
 
+struct kvm_sregs;
+/* Set sregs' cs and ss to the CPL3 code and data segments guests run with,
+ * and TR's type to the one x86_boot_set_vcpu_state loads. */
+void x86_boot_user_segments(struct kvm_sregs *sregs);
+
 /* Name of exception vector (e.g. "page fault (#PF)"), or "vector N". */
 const char *x86_exception_name(unsigned vector);
 
