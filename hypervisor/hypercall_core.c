@@ -298,5 +298,9 @@ int hypercall_register_core(struct hypercall_table *table)
 			return err;
 		}
 	}
-	return 0;
+	/* Minor 3: traps, upcalls and timers live in pv_cpu.c. */
+	int err = pv_cpu_register_hypercalls(table);
+	if (err)
+		kapsel_error("cannot register the PV CPU hypercalls: %s", strerror(-err));
+	return err;
 }

@@ -475,8 +475,6 @@ int vm_create(struct kapsel_vm *vm, struct vm_config *config)
 	vm->vcpu_thread = pthread_self();
 	hypercall_table_init(&vm->hypercalls);
 	err = hypercall_register_core(&vm->hypercalls);
-	if (!err)
-		err = pv_cpu_register_hypercalls(&vm->hypercalls);
 	if (err)
 		goto fail;
 
