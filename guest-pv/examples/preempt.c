@@ -5,7 +5,7 @@
 #include "kapsel_guest/runtime.h"
 
 /*
- * Command line: preempt [switches=N] [period_us=N]
+ * Command line: preempt [switches=N] [period_us=N] [storm_ms=N]
  *
  * Thread 0 (main) and thread 1 each count in a loop that makes no
  * hypercall.  A periodic vCPU timer interrupts whichever runs; the upcall
@@ -15,6 +15,11 @@
  * exits 0 only if both threads made progress in most of their slices.
  * It prints "switch K" every 50 switches, so a test can save the VM
  * mid-run and see the count go on after a restore.
+ *
+ * storm_ms=N (hostile): for N ms of guest time, a 100 us periodic timer
+ * plus an event channel whose handler signals itself again on every
+ * upcall, so upcalls follow each other as fast as the host delivers them;
+ * the hypervisor must stay responsive (its control socket answers).
  */
 
 static uint8_t upcall_stack[16384] __attribute__((aligned(16)));
@@ -59,6 +64,47 @@ __attribute__((noreturn)) static void thread1(void)
 		progress[1]++;
 }
 
+static volatile uint64_t storm_upcalls, storm_events, storm_end_ns;
+
+/* Signals itself again until the storm ends: the guest floods the host
+ * with sends while the timer keeps interrupting it. */
+static void on_storm_event(uint32_t port, struct kapsel_trap_frame *frame)
+{
+	(void)frame;
+	storm_events++;
+	if (kg_time_now_ns() < storm_end_ns)
+		kg_hc_evtchn_send(port);
+}
+
+static void on_storm_timer(uint32_t port, struct kapsel_trap_frame *frame)
+{
+	(void)port;
+	(void)frame;
+	storm_upcalls++;
+}
+
+static int storm(uint64_t duration_ms)
+{
+	int64_t port = kg_hc_evtchn_alloc();
+	kg_assert(port >= 0);
+	kg_assert(kg_upcall_register(upcall_stack, sizeof(upcall_stack)) == 0);
+	kg_assert(kg_timer_init(on_storm_timer) == 0);
+	kg_evtchn_set_handler((uint32_t)port, on_storm_event);
+	kg_assert(kg_timer_set_periodic(kg_time_now_ns(), KAPSEL_TIMER_MIN_PERIOD_NS) == 0);
+	kg_printf("storm: running for %llu ms\n", (unsigned long long)duration_ms);
+	storm_end_ns = kg_time_now_ns() + duration_ms * 1000000ull;
+	kg_irq_enable();
+	kg_hc_evtchn_send((uint32_t)port);
+	while (kg_time_now_ns() < storm_end_ns + 100000000ull)
+		progress[0]++;
+	kg_irq_disable();
+	kg_assert(kg_timer_stop() == 0);
+	kg_printf("storm: %llu timer upcalls, %llu events, main loop %llu\n",
+		  (unsigned long long)storm_upcalls, (unsigned long long)storm_events,
+		  (unsigned long long)progress[0]);
+	return storm_upcalls && storm_events > 1 && progress[0] ? 0 : 1;
+}
+
 static uint64_t option(const char *key, uint64_t fallback)
 {
 	char word[24];
@@ -79,6 +125,9 @@ int main(int argc, char **argv)
 	}
 	uint64_t target = option("switches", 40);
 	uint64_t period_ns = option("period_us", 2000) * 1000;
+	uint64_t storm_ms = option("storm_ms", 0);
+	if (storm_ms)
+		return storm(storm_ms);
 
 	/* Thread 1 starts at its function with an empty stack (rsp + 8
 	 * 16-byte aligned, as after a call). */

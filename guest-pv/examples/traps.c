@@ -5,7 +5,7 @@
 #include "kapsel_guest/runtime.h"
 
 /*
- * Command line: traps [hostile-registrations | fault-in-handler | no-handler]
+ * Command line: traps [hostile-registrations | fault-in-handler | stack-overflow]
  *
  * Default: raise each exception, let the handler record the frame and
  * resume at a recovery label, and check vector, error code, CR2 and that
@@ -185,6 +185,32 @@ static void on_page_fault_faulting(struct kapsel_trap_frame *frame)
 	trigger_page_fault_read(0x30);
 }
 
+/* The #UD handler uses up its stack until less room is left than a nested
+ * frame needs, then takes a #PF on the same stack: the hypervisor must
+ * refuse to deliver it (no frame written below the stack). */
+static uint8_t small_stack[4096] __attribute__((aligned(16)));
+
+__attribute__((noinline)) static void fault_with_little_stack_left(void)
+{
+	uint64_t rsp;
+	__asm__ volatile("mov %%rsp, %0" : "=r"(rsp));
+	uint64_t bottom = (uint64_t)(uintptr_t)small_stack;
+	/* Leave 192 bytes: less than the 128-byte gap plus a 256-byte frame. */
+	volatile uint8_t *used = __builtin_alloca(rsp - bottom - 192);
+	used[0] = 1;
+	trigger_page_fault_read(0x10);
+	(void)used[0];
+}
+
+static void on_trap_nest_deeper(struct kapsel_trap_frame *frame)
+{
+	kg_printf("stack-overflow: vector %llu, frame at 0x%llx, stack [0x%llx, 0x%llx)\n",
+		  (unsigned long long)frame->vector, (unsigned long long)(uintptr_t)frame,
+		  (unsigned long long)(uintptr_t)small_stack,
+		  (unsigned long long)(uintptr_t)(small_stack + sizeof(small_stack)));
+	fault_with_little_stack_left();
+}
+
 int main(int argc, char **argv)
 {
 	kg_assert(kg_platform_is_kapsel());
@@ -198,6 +224,13 @@ int main(int argc, char **argv)
 		if (hostile_registrations())
 			return 1;
 		/* #UD has no handler: the crash report lists the #PF one. */
+		trigger_ud();
+		return 3;
+	}
+	if (strcmp(mode, "stack-overflow") == 0) {
+		kg_assert(kg_trap_register(6, on_trap_nest_deeper, small_stack,
+					   sizeof(small_stack)) == 0);
+		kg_assert(kg_trap_register(14, on_trap, small_stack, sizeof(small_stack)) == 0);
 		trigger_ud();
 		return 3;
 	}
