@@ -236,7 +236,7 @@ static void set_user_segment(struct kvm_segment *seg, uint16_t selector, int cod
  * access otherwise; SVM accepts either type.  So only there, recognized by
  * TCG's CPUID signature, the available type is used.
  */
-static uint8_t tss_type_for_host(void)
+uint8_t x86_boot_tr_type(void)
 {
 	unsigned int eax, ebx, ecx, edx;
 	char signature[13];
@@ -257,8 +257,8 @@ void x86_boot_user_segments(struct kvm_sregs *sregs)
 	set_user_segment(&sregs->cs, X86_SEL_USER_CS, 1);
 	set_user_segment(&sregs->ss, X86_SEL_USER_DS, 0);
 	/* KVM on SVM reports TR as busy whatever it holds; writing that back
-	 * would close every port under TCG (see tss_type_for_host). */
-	sregs->tr.type = tss_type_for_host();
+	 * would close every port under TCG (see x86_boot_tr_type). */
+	sregs->tr.type = x86_boot_tr_type();
 }
 
 int x86_boot_set_vcpu_state(int vcpu_fd, uint64_t entry, uint64_t start_info_gpa)
@@ -277,7 +277,7 @@ int x86_boot_set_vcpu_state(int vcpu_fd, uint64_t entry, uint64_t start_info_gpa
 	sregs.tr.selector = X86_SEL_TSS;
 	sregs.tr.base = X86_GPA_TSS;
 	sregs.tr.limit = X86_TSS_LIMIT;
-	sregs.tr.type = tss_type_for_host();
+	sregs.tr.type = x86_boot_tr_type();
 	sregs.tr.present = 1;
 
 	memset(&sregs.ldt, 0, sizeof(sregs.ldt));
