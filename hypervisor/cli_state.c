@@ -18,6 +18,7 @@
 #include "control_client.h"
 #include "log.h"
 #include "migrate.h"
+#include "pv_cpu.h"
 #include "snapshot.h"
 #include "vcpu_state.h"
 #include "vm.h"
@@ -979,6 +980,7 @@ static void print_state(const struct vm_state_dir *dir, bool list_records, FILE 
 	}
 	fprintf(out, "vcpu 0:\n");
 	vcpu_state_print(&dir->state, out);
+	pv_cpu_state_print(&dir->state, out);
 
 	const struct vm_state_stored_record *ev = vm_state_find(&dir->state, VM_STATE_EVTCHN, NULL);
 	if (ev && ev->length_bytes == sizeof(struct vm_state_evtchn)) {

@@ -140,4 +140,48 @@ void pv_cpu_print_handlers(const struct kapsel_vm *vm, FILE *out);
 /* Print counters (vm_print_stats). */
 void pv_cpu_print_stats(const struct kapsel_vm *vm, FILE *out);
 
+/* ---- Saved state (pv_cpu_state.c) ----------------------------------------- */
+
+struct vm_state_writer;
+struct vm_state_records;
+
+/* Payload of the VM_STATE_VCPU_PV_CPU record (little-endian, fixed layout). */
+struct vm_state_pv_handler {
+	uint64_t entry, stack_top, stack_bytes;
+};
+struct vm_state_pv_cpu {
+	uint32_t vcpu;		 /* 0 */
+	uint32_t active_vectors; /* deliveries in progress */
+	struct vm_state_pv_handler traps[KAPSEL_TRAP_VECTOR_COUNT];
+	struct vm_state_pv_handler callback;
+	uint64_t timer_deadline_ns; /* Kapsel clock, or KAPSEL_TIMER_STOP */
+	uint64_t timer_period_ns;
+	uint32_t virq_port[4]; /* KAPSEL_VIRQ_COUNT used; UINT32_MAX = unbound */
+	uint64_t _reserved[4];
+};
+_Static_assert(sizeof(struct vm_state_pv_cpu) == 864, "pv_cpu record layout");
+
+/*
+ * Append the vCPU's PV CPU state as a mandatory record if the guest uses
+ * any of it (a handler, the callback, a bound VIRQ or an armed timer);
+ * otherwise write nothing, so states of other guests stay loadable by
+ * Kapsel versions without PV CPU.  Upcall mask and pending flags live in
+ * the event page and travel with guest memory.  Precondition: the vCPU is
+ * paused.  Errors are left in out->error.
+ */
+void pv_cpu_save(struct kapsel_vm *vm, struct vm_state_writer *out);
+
+/*
+ * Take the PV CPU state from state (none: everything unregistered),
+ * checking every handler against this VM's RAM and every port against its
+ * event channels (load those first).  The timer is armed when vm_run
+ * starts, at the saved Kapsel-clock deadline.  Returns 0 or -EPROTO with a
+ * message in error; vm is unchanged on failure.
+ */
+int pv_cpu_load(struct kapsel_vm *vm, const struct vm_state_records *state, char *error,
+		size_t error_len);
+
+/* Print the PV CPU record of state, if any, for `kapsel inspect`. */
+void pv_cpu_state_print(const struct vm_state_records *state, FILE *out);
+
 #endif

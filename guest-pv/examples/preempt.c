@@ -32,6 +32,13 @@ static volatile uint64_t progress[2];
 static uint64_t progress_at_switch[2];
 static volatile uint64_t slices_with_progress[2], slices[2];
 static volatile uint64_t report_every = 50, next_report = 50;
+/* Early expiries: the nth timer event came before first + (n - 1) *
+ * period on the Kapsel clock (beyond a tolerance).  Missed periods are
+ * skipped and merged events run the handler once, so a correct timer never
+ * gets ahead of that schedule, across a save and restore too. */
+static uint64_t first_deadline_ns, period_ns_global, timer_events;
+static uint64_t early_fires, worst_early_ns, tolerance_ns;
+static volatile uint64_t restores_seen;
 
 /* Copy the resumable context (not vector and flags) between frames. */
 static void copy_context(struct kapsel_trap_frame *to, const struct kapsel_trap_frame *from)
@@ -47,6 +54,20 @@ static void copy_context(struct kapsel_trap_frame *to, const struct kapsel_trap_
 static void on_timer(uint32_t port, struct kapsel_trap_frame *frame)
 {
 	(void)port;
+	/* Restored or migrated: the TSC moved, the library recalibrates. */
+	if (kg_platform_check_generation())
+		restores_seen++;
+	/* Deadlines are on the Kapsel clock: read it from the host (one
+	 * exit), since a TSC-derived clock may drift from it under TCG. */
+	struct kapsel_time_info time;
+	uint64_t now = kg_hc_time_info(&time) == 0 ? time.now_ns : kg_time_now_ns();
+	uint64_t due = first_deadline_ns + timer_events * period_ns_global;
+	timer_events++;
+	if (now + tolerance_ns < due) {
+		early_fires++;
+		if (due - now > worst_early_ns)
+			worst_early_ns = due - now;
+	}
 	unsigned from = current, to = from ^ 1u;
 	slices[from]++;
 	if (progress[from] != progress_at_switch[from])
@@ -139,7 +160,12 @@ int main(int argc, char **argv)
 
 	kg_assert(kg_upcall_register(upcall_stack, sizeof(upcall_stack)) == 0);
 	kg_assert(kg_timer_init(on_timer) == 0);
-	kg_assert(kg_timer_set_periodic(kg_time_now_ns() + period_ns, period_ns) == 0);
+	tolerance_ns = period_ns / 4;
+	period_ns_global = period_ns;
+	struct kapsel_time_info time;
+	kg_assert(kg_hc_time_info(&time) == 0);
+	first_deadline_ns = time.now_ns + period_ns;
+	kg_assert(kg_timer_set_periodic(first_deadline_ns, period_ns) == 0);
 	kg_printf("preempt: %llu switches, period %llu us\n", (unsigned long long)target,
 		  (unsigned long long)(period_ns / 1000));
 	kg_irq_enable();
@@ -161,6 +187,13 @@ int main(int argc, char **argv)
 		  (unsigned long long)slices[0], (unsigned long long)progress[0],
 		  (unsigned long long)slices_with_progress[1], (unsigned long long)slices[1],
 		  (unsigned long long)progress[1]);
+	kg_printf("preempt: %llu early timer expiries (worst %llu us early), %llu restores\n",
+		  (unsigned long long)early_fires, (unsigned long long)(worst_early_ns / 1000),
+		  (unsigned long long)restores_seen);
+	if (early_fires) {
+		kg_printf("preempt: the timer fired early\n");
+		return 1;
+	}
 	/* Both ran, and each in most of its slices (a slice can be empty when
 	 * the host is slow: the timer skips missed periods, not replays them). */
 	if (!progress[0] || !progress[1] || slices_with_progress[0] * 2 < slices[0] ||

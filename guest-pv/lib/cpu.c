@@ -197,6 +197,13 @@ int kg_timer_set_periodic(uint64_t first_deadline_ns, uint64_t period_ns)
 	return (int)kg_hc_timer_set(0, first_deadline_ns, period_ns);
 }
 
+uint64_t kg_timer_next_deadline_ns(void)
+{
+	struct kapsel_vcpu_info *vcpu = this_vcpu();
+	return vcpu ? __atomic_load_n(&vcpu->timer_deadline_ns, __ATOMIC_ACQUIRE)
+		    : KAPSEL_TIMER_STOP;
+}
+
 int kg_timer_stop(void)
 {
 	return (int)kg_hc_timer_set(0, KAPSEL_TIMER_STOP, 0);

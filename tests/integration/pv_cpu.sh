@@ -24,10 +24,49 @@ pv-preempt)
 		--stats
 	expect_status 0
 	expect_in "$out" "preempt ok"
+	expect_in "$out" "preempt: 0 early timer expiries"
 	grep -Eq "^preempt: 30 switches; thread 0 progressed in [0-9]+ of 15 slices" "$out" ||
 		{ cat "$out"; fail "switch count"; }
 	expect_in "$err" "upcalls_delivered:"
 	expect_in "$err" "timer_fires:"
+	;;
+pv-preempt-save-restore)
+	# Saved mid-run (SIGHUP, --save-stop) and restored: both threads go on,
+	# and the restored periodic timer keeps the guest's time (never early).
+	dir=$TMP/saved
+	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --no-control \
+		--kernel "$GUESTS/preempt.elf" --cmdline "switches=1000 period_us=2000" \
+		--save-on-signal "$dir" --save-stop >"$out" 2>"$err" </dev/null &
+	pid=$!
+	for _ in $(seq 300); do
+		grep -q "^switch 50" "$out" && break
+		sleep 0.1
+	done
+	grep -q "^switch 50" "$out" || { cat "$out" "$err"; fail "never reached switch 50"; }
+	kill -HUP $pid
+	STATUS=0
+	wait $pid || STATUS=$?
+	expect_status 0
+	expect_in "$err" "saved VM"
+	expect_not_in "$out" "preempt ok"
+	"$KAPSEL" inspect "$dir" >"$TMP/inspect" 2>&1 || true
+	expect_in "$TMP/inspect" "vcpu.pv_cpu: trap handlers for none; upcall callback 0x"
+	expect_in "$TMP/inspect" "period 2000000 ns, VIRQ port"
+	STATUS=0
+	timeout --kill-after=5 60 "$KAPSEL" restore --no-console-input --no-control --stats "$dir" \
+		>"$TMP/out2" 2>"$TMP/err2" </dev/null || STATUS=$?
+	expect_status 0
+	# The restored guest goes on counting from where the saved one was.
+	before=$(awk '$1 == "switch" { n = $2 } END { print n + 0 }' "$out")
+	after=$(awk '$1 == "switch" { print $2; exit }' "$TMP/out2")
+	[ -n "$after" ] && [ "$after" -gt "$before" ] ||
+		{ cat "$out" "$TMP/out2"; fail "switch count after restore: $after, before: $before"; }
+	expect_in "$TMP/out2" "preempt: 0 early timer expiries"
+	expect_in "$TMP/out2" "us early), 1 restores"
+	grep -Eq "^preempt: 1000 switches; thread 0 progressed in [0-9]+ of 500 slices" "$TMP/out2" ||
+		{ cat "$TMP/out2"; fail "switch count after restore"; }
+	expect_in "$TMP/out2" "preempt ok"
+	expect_in "$TMP/err2" "upcalls_delivered:"
 	;;
 pv-hostile-registrations)
 	# Handlers and stacks outside RAM or in hypervisor-owned memory are

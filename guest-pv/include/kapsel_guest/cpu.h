@@ -70,6 +70,9 @@ int kg_timer_init(kg_event_handler handler);
 int kg_timer_set_oneshot(uint64_t deadline_ns);
 int kg_timer_set_periodic(uint64_t first_deadline_ns, uint64_t period_ns);
 int kg_timer_stop(void);
+/* The deadline the host has armed next (KAPSEL_TIMER_STOP if none), from
+ * the shared vCPU area: in a handler, the next expiry of a periodic timer. */
+uint64_t kg_timer_next_deadline_ns(void);
 
 /* Raw calls (abi.h). */
 int64_t kg_hc_set_trap(unsigned vector, uint64_t entry, uint64_t stack_top, uint64_t stack_bytes);
