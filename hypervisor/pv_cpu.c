@@ -313,9 +313,17 @@ void pv_cpu_reset(struct kapsel_vm *vm)
 
 void pv_cpu_destroy(struct kapsel_vm *vm)
 {
-	if (vm->pv_cpu.timer_created)
-		timer_delete(vm->pv_cpu.timer_id);
+	if (!vm->pv_cpu.timer_created)
+		return;
+	timer_delete(vm->pv_cpu.timer_id);
 	vm->pv_cpu.timer_created = false;
+	/* A signal of the deleted timer may still be queued; its handler must
+	 * not reach into the VM being released.  Ignoring the signal discards
+	 * it (pv_cpu_start installs the handler again for the next VM). */
+	struct sigaction ignore;
+	memset(&ignore, 0, sizeof(ignore));
+	ignore.sa_handler = SIG_IGN;
+	sigaction(timer_signal(), &ignore, NULL);
 }
 
 /* ---- Delivery ------------------------------------------------------------ */

@@ -1,9 +1,12 @@
 /* Unit tests: PV CPU handler checks, trap frame placement and IRET sanitizing, timer arithmetic. */
+#include <errno.h>
 #include <string.h>
 
 #include "cunit_main.h"
 #include "guest_memory.h"
 #include "pv_cpu.h"
+#include "vm.h"
+#include "vm_state.h"
 
 #define RAM_BYTES (4ull << 20)
 #define FLOOR 0x60000ull
@@ -169,6 +172,131 @@ static void test_timer_next(void)
 	CU_ASSERT(next < KAPSEL_TIMER_STOP);
 }
 
+/* ---- The saved state record ---------------------------------------------- */
+
+static struct kapsel_vm vm;
+
+static void setup_vm(void)
+{
+	memset(&vm, 0, sizeof(vm));
+	CU_ASSERT_EQUAL_FATAL(guest_memory_create(&vm.mem, RAM_BYTES, "pv-cpu-state"), 0);
+	vm.mem.guest_floor_gpa = FLOOR;
+	vm.pv_cpu.timer_deadline_ns = KAPSEL_TIMER_STOP;
+	for (unsigned i = 0; i < KAPSEL_VIRQ_COUNT; i++)
+		vm.pv_cpu.virq_port[i] = UINT32_MAX;
+	vm.evtchn[3].allocated = true;
+	vm.evtchn[3].bound_device = -1;
+	vm.evtchn[4].allocated = true;
+	vm.evtchn[4].bound_device = 0; /* a device's channel */
+}
+
+static struct vm_state_pv_cpu valid_record(void)
+{
+	struct vm_state_pv_cpu rec;
+	memset(&rec, 0, sizeof(rec));
+	rec.traps[14] = (struct vm_state_pv_handler){ 0x100000, 0x200000, 0x4000 };
+	rec.callback = (struct vm_state_pv_handler){ 0x100010, 0x210000, 0x4000 };
+	rec.active_vectors = 1u << 14;
+	rec.timer_deadline_ns = 5000000;
+	rec.timer_period_ns = 1000000;
+	for (unsigned i = 0; i < 4; i++)
+		rec.virq_port[i] = UINT32_MAX;
+	rec.virq_port[KAPSEL_VIRQ_TIMER] = 3;
+	return rec;
+}
+
+/* Load state holding rec (length_bytes of it); returns pv_cpu_load's result. */
+static int load(const struct vm_state_pv_cpu *rec, uint64_t length_bytes, char *error,
+		size_t error_len)
+{
+	struct vm_state_stored_record stored = { .type = VM_STATE_VCPU_PV_CPU,
+						 .flags = VM_STATE_RECORD_MANDATORY,
+						 .length_bytes = length_bytes,
+						 .payload = (uint8_t *)rec };
+	struct vm_state_records state = { .records = &stored, .count = 1, .capacity = 1 };
+	return pv_cpu_load(&vm, &state, error, error_len);
+}
+
+static void test_state_round_trip(void)
+{
+	setup_vm();
+	char error[512] = "";
+	struct vm_state_pv_cpu rec = valid_record();
+	CU_ASSERT_EQUAL(load(&rec, sizeof(rec), error, sizeof(error)), 0);
+	CU_ASSERT_EQUAL(vm.pv_cpu.traps[14].entry, 0x100000);
+	CU_ASSERT_EQUAL(vm.pv_cpu.callback.stack_top, 0x210000);
+	CU_ASSERT_EQUAL(vm.pv_cpu.active_vectors, 1u << 14);
+	CU_ASSERT_EQUAL(vm.pv_cpu.timer_deadline_ns, 5000000);
+	CU_ASSERT_EQUAL(vm.pv_cpu.timer_period_ns, 1000000);
+	CU_ASSERT_EQUAL(vm.pv_cpu.virq_port[KAPSEL_VIRQ_TIMER], 3);
+
+	/* Saved again, the record is what was loaded. */
+	struct vm_state_writer w;
+	vm_state_writer_init_buffer(&w);
+	pv_cpu_save(&vm, &w);
+	CU_ASSERT_EQUAL(w.error, 0);
+	CU_ASSERT_EQUAL(w.record_count, 1);
+	CU_ASSERT_EQUAL_FATAL(w.buffer_bytes, sizeof(struct vm_state_record_header) + sizeof(rec));
+	CU_ASSERT_EQUAL(memcmp(w.buffer + sizeof(struct vm_state_record_header), &rec, sizeof(rec)),
+			0);
+	vm_state_writer_free(&w);
+
+	/* A guest that uses none of it writes no record; no record loads as
+	 * "nothing registered". */
+	struct vm_state_records empty = { 0 };
+	CU_ASSERT_EQUAL(pv_cpu_load(&vm, &empty, error, sizeof(error)), 0);
+	CU_ASSERT_EQUAL(vm.pv_cpu.traps[14].entry, 0);
+	CU_ASSERT_EQUAL(vm.pv_cpu.timer_deadline_ns, KAPSEL_TIMER_STOP);
+	vm_state_writer_init_buffer(&w);
+	pv_cpu_save(&vm, &w);
+	CU_ASSERT_EQUAL(w.record_count, 0);
+	vm_state_writer_free(&w);
+	guest_memory_destroy(&vm.mem);
+}
+
+/* A forged record is refused with a message, and the VM keeps its state. */
+static void expect_refused(const struct vm_state_pv_cpu *rec, uint64_t length_bytes,
+			   const char *text)
+{
+	struct pv_cpu_vcpu before = vm.pv_cpu;
+	char error[512] = "";
+	CU_ASSERT_EQUAL(load(rec, length_bytes, error, sizeof(error)), -EPROTO);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, text));
+	CU_ASSERT_EQUAL(memcmp(&before, &vm.pv_cpu, sizeof(before)), 0);
+}
+
+static void test_state_forged(void)
+{
+	setup_vm();
+	struct vm_state_pv_cpu rec = valid_record();
+	expect_refused(&rec, sizeof(rec) - 8, "expected 864");
+	rec.traps[14].stack_top = RAM_BYTES + 0x10000; /* stack past RAM */
+	expect_refused(&rec, sizeof(rec), "not in this VM's guest RAM");
+	rec = valid_record();
+	rec.callback.entry = 0x6000; /* the CPL0 stubs */
+	expect_refused(&rec, sizeof(rec), "upcall callback at 0x6000");
+	rec = valid_record();
+	rec.traps[8] = rec.traps[14]; /* #DF */
+	expect_refused(&rec, sizeof(rec), "vector 8");
+	rec = valid_record();
+	rec.timer_period_ns = 1000;
+	expect_refused(&rec, sizeof(rec), "below the 100000 ns minimum");
+	rec = valid_record();
+	rec.virq_port[KAPSEL_VIRQ_TIMER] = 4; /* bound to a device */
+	expect_refused(&rec, sizeof(rec), "VIRQ 0 to event channel 4");
+	rec.virq_port[KAPSEL_VIRQ_TIMER] = 7; /* never allocated */
+	expect_refused(&rec, sizeof(rec), "event channel 7");
+	rec.virq_port[KAPSEL_VIRQ_TIMER] = KAPSEL_EVTCHN_CONTROL;
+	expect_refused(&rec, sizeof(rec), "event channel 255");
+	rec = valid_record();
+	rec.vcpu = 2;
+	expect_refused(&rec, sizeof(rec), "vCPU 2");
+	rec = valid_record();
+	rec.active_vectors = 1u << 8;
+	expect_refused(&rec, sizeof(rec), "deliveries 0x100");
+	guest_memory_destroy(&vm.mem);
+}
+
 int main(void)
 {
 	static const struct unit_test tests[] = {
@@ -178,6 +306,8 @@ int main(void)
 		{ "IRET sanitizes rflags and refuses non-canonical addresses",
 		  test_iret_rflags_and_canonical },
 		{ "periodic timer arithmetic", test_timer_next },
+		{ "state record: save and load", test_state_round_trip },
+		{ "state record: forged records are refused", test_state_forged },
 	};
 	return unit_run("pv_cpu", tests, sizeof(tests) / sizeof(tests[0]));
 }
