@@ -22,8 +22,9 @@
 
 #define KAPSEL_ABI_MAJOR 1u
 /* 1: control requests (event page); 2: PV network (net.h); 3: PV entropy
- * (rng.h: device type KAPSEL_DEV_RNG_PV, feature KAPSEL_FEATURE_RNG_PV) */
-#define KAPSEL_ABI_MINOR 3u
+ * (rng.h: device type KAPSEL_DEV_RNG_PV, feature KAPSEL_FEATURE_RNG_PV);
+ * 4: PV CPU (traps, upcalls, timers: KAPSEL_FEATURE_PV_CPU) */
+#define KAPSEL_ABI_MINOR 4u
 #define KAPSEL_ABI_VERSION ((KAPSEL_ABI_MAJOR << 16) | KAPSEL_ABI_MINOR)
 
 /* ---- Discovery through CPUID -------------------------------------------- */
@@ -49,10 +50,11 @@
 #define KAPSEL_FEATURE_CONTROL (1ull << 5)    /* event page control_request (minor 1) */
 #define KAPSEL_FEATURE_NET_PV (1ull << 6)     /* PV network protocol (net.h, minor 2) */
 #define KAPSEL_FEATURE_RNG_PV (1ull << 7)     /* PV entropy protocol (rng.h, minor 3) */
+#define KAPSEL_FEATURE_PV_CPU (1ull << 8)     /* traps, upcalls, timers (minor 4) */
 #define KAPSEL_FEATURES_V1                                                              \
 	(KAPSEL_FEATURE_CONSOLE_PV | KAPSEL_FEATURE_EVTCHN | KAPSEL_FEATURE_DOORBELL |  \
 	 KAPSEL_FEATURE_BLOCK_PV | KAPSEL_FEATURE_GENERATION | KAPSEL_FEATURE_CONTROL | \
-	 KAPSEL_FEATURE_NET_PV | KAPSEL_FEATURE_RNG_PV)
+	 KAPSEL_FEATURE_NET_PV | KAPSEL_FEATURE_RNG_PV | KAPSEL_FEATURE_PV_CPU)
 
 /* ---- I/O ports ---------------------------------------------------------- */
 
@@ -108,7 +110,10 @@ enum kapsel_hypercall {
 	KAPSEL_HC_TIME_INFO = 4,
 	/* (deadline_ns on the Kapsel clock, UINT64_MAX = none) -> 1 if an
 	 * unmasked event is pending, 0 at the deadline or earlier (pause,
-	 * stop, stats request): callers re-check their clock */
+	 * stop, stats request): callers re-check their clock.  Minor 3: on a
+	 * vCPU with an upcall callback it first clears that vCPU's upcall
+	 * mask (like sti; hlt), so pending events arrive as an upcall right
+	 * after it returns. */
 	KAPSEL_HC_BLOCK = 5,
 	/* () -> new event channel port, neither pending nor masked */
 	KAPSEL_HC_EVTCHN_ALLOC = 6,
@@ -122,7 +127,21 @@ enum kapsel_hypercall {
 	KAPSEL_HC_DEVICE_SETUP = 10,
 	/* (port) -> 0; releases a channel (unbinds it) */
 	KAPSEL_HC_EVTCHN_CLOSE = 11,
-	KAPSEL_HC_COUNT = 12
+	/* Minor 3, PV CPU (docs/abi.md "Exceptions, upcalls and timers"). */
+	/* (vector, handler, stack_top, stack_bytes) -> 0; handler 0 removes
+	 * the entry.  vector is one of KAPSEL_TRAP_VECTORS_ALLOWED. */
+	KAPSEL_HC_SET_TRAP = 12,
+	/* (vcpu, entry, stack_top, stack_bytes) -> 0; entry 0 removes it */
+	KAPSEL_HC_SET_CALLBACK = 13,
+	/* (gpa of the struct kapsel_trap_frame the hypervisor delivered) ->
+	 * does not return: resumes the context saved in the frame. */
+	KAPSEL_HC_IRET = 14,
+	/* (vcpu, deadline_ns on the Kapsel clock or KAPSEL_TIMER_STOP,
+	 * period_ns: 0 = one-shot, else >= KAPSEL_TIMER_MIN_PERIOD_NS) -> 0 */
+	KAPSEL_HC_TIMER_SET = 15,
+	/* (port, virq, vcpu) -> 0; the host raises port for that virq */
+	KAPSEL_HC_EVTCHN_BIND_VIRQ = 16,
+	KAPSEL_HC_COUNT = 17
 };
 
 enum kapsel_shutdown_reason {
@@ -299,6 +318,86 @@ struct kapsel_device_setup {
 _Static_assert(sizeof(struct kapsel_device_setup) == 56, "device setup layout");
 _Static_assert(__builtin_offsetof(struct kapsel_device_setup, queue) == 24,
 	       "device setup queue offset");
+
+/* ---- PV CPU (minor 4): traps, upcalls, timers ---------------------------- */
+
+/*
+ * The exception vectors a guest may handle (bit n = vector n): #DE #DB #BP
+ * #OF #BR #UD #NM #SS #NP #GP #PF #MF #AC #XM.  #DF, #TS, #MC and the
+ * reserved vectors always end the VM with a crash report.
+ */
+#define KAPSEL_TRAP_VECTORS_ALLOWED                                                          \
+	((1u << 0) | (1u << 1) | (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 7) | \
+	 (1u << 11) | (1u << 12) | (1u << 13) | (1u << 14) | (1u << 16) | (1u << 17) | (1u << 19))
+#define KAPSEL_TRAP_VECTOR_COUNT 32u
+/* The vector field of a frame delivered to the upcall callback. */
+#define KAPSEL_TRAP_VECTOR_UPCALL 0x100u
+/* Handler stacks: size limits, and the gap left below an interrupted rsp
+ * that already lies on the handler's stack (nested delivery). */
+#define KAPSEL_TRAP_STACK_MIN_BYTES 4096u
+#define KAPSEL_TRAP_STACK_MAX_BYTES (16u << 20)
+#define KAPSEL_TRAP_NESTED_GAP_BYTES 128u
+
+/* kapsel_trap_frame.flags */
+#define KAPSEL_TRAP_FRAME_UPCALL_MASKED (1u << 0) /* upcall mask at interruption */
+
+/*
+ * What the hypervisor writes on the handler's stack, 16-byte aligned, and
+ * enters the handler with rsp = rdi = the frame's address (at CPL3, with
+ * this vCPU's upcall mask set).  The handler may change any field but
+ * vector and flags' reserved bits, then calls KAPSEL_HC_IRET with the
+ * frame's address: rip, rsp, rflags (arithmetic flags, DF, TF, AC only)
+ * and the general registers are restored from it, and the upcall mask
+ * from flags.  cs and ss are informational: guest code always runs at
+ * CPL3 with the user selectors.  Addresses are guest-virtual, which today
+ * equal guest-physical (identity mapping).
+ */
+struct kapsel_trap_frame {
+	uint64_t vector;     /* 0-31, or KAPSEL_TRAP_VECTOR_UPCALL */
+	uint64_t error_code; /* 0 where the CPU pushes none */
+	uint64_t cr2;	     /* #PF: the faulting address; else 0 */
+	uint64_t flags;	     /* KAPSEL_TRAP_FRAME_* */
+	uint64_t rip, cs, rflags, rsp, ss;
+	uint64_t rax, rbx, rcx, rdx, rsi, rdi, rbp;
+	uint64_t r8, r9, r10, r11, r12, r13, r14, r15;
+	uint64_t _reserved[8];
+};
+_Static_assert(sizeof(struct kapsel_trap_frame) == 256, "trap frame layout");
+_Static_assert(__builtin_offsetof(struct kapsel_trap_frame, rip) == 32, "trap frame rip");
+_Static_assert(__builtin_offsetof(struct kapsel_trap_frame, rax) == 72, "trap frame rax");
+_Static_assert(__builtin_offsetof(struct kapsel_trap_frame, r15) == 184, "trap frame r15");
+
+/*
+ * Per-vCPU shared flags, in the event page at KAPSEL_VCPU_INFO_OFFSET, one
+ * cache line per vCPU (vCPU n at offset + n * 64).  upcall_mask (guest
+ * writes; the host sets it when it enters the callback or a trap handler):
+ * nonzero = no upcall.  upcall_pending (host sets, guest clears in its
+ * callback before scanning the event page): an unmasked channel became
+ * pending.  A guest that clears upcall_mask and then finds upcall_pending
+ * set makes any hypercall (the library uses BLOCK(0)): every hypercall
+ * return is a delivery point.  upcall_mask is 1 at boot.
+ */
+#define KAPSEL_VCPU_INFO_OFFSET 0x800u
+#define KAPSEL_MAX_VCPUS 16u
+struct kapsel_vcpu_info {
+	uint8_t upcall_pending;
+	uint8_t upcall_mask;
+	uint8_t _pad[6];
+	uint64_t timer_deadline_ns; /* host-written copy of the armed deadline, or STOP */
+	uint64_t timer_period_ns;   /* host-written copy of the period (0 = one-shot) */
+	uint64_t _reserved[5];
+};
+_Static_assert(sizeof(struct kapsel_vcpu_info) == 64, "vcpu info layout");
+_Static_assert(KAPSEL_VCPU_INFO_OFFSET + KAPSEL_MAX_VCPUS * 64u <= 4096u, "vcpu info fits");
+
+/* Virtual IRQs a channel can be bound to (KAPSEL_HC_EVTCHN_BIND_VIRQ). */
+enum kapsel_virq {
+	KAPSEL_VIRQ_TIMER = 0, /* the vCPU's timer (KAPSEL_HC_TIMER_SET) expired */
+	KAPSEL_VIRQ_COUNT = 1,
+};
+#define KAPSEL_TIMER_STOP UINT64_MAX
+/* Periodic timers fire at most every 100 us: a guest cannot storm the host. */
+#define KAPSEL_TIMER_MIN_PERIOD_NS 100000ull
 
 /* ---- Fixed guest-physical layout (hypervisor-owned low memory) ---------- */
 

@@ -24,6 +24,7 @@
 #include "core/vm.h"
 #include "state/vm_state.h"
 #include "core/sandbox.h"
+#include "core/pv_cpu.h"
 
 static uint64_t monotonic_ns(void)
 {
@@ -1138,6 +1139,7 @@ static void print_state(const struct vm_state_dir *dir, bool list_records, FILE 
 	}
 	fprintf(out, "vcpu 0:\n");
 	vcpu_state_print(&dir->state, out);
+	pv_cpu_state_print(&dir->state, out);
 
 	const struct vm_state_stored_record *ev = vm_state_find(&dir->state, VM_STATE_EVTCHN, NULL);
 	if (ev && ev->length_bytes == sizeof(struct vm_state_evtchn)) {

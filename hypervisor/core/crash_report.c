@@ -136,6 +136,7 @@ void crash_report_fault(struct kapsel_vm *vm)
 			frame.error_code & 4 ? "user mode" : "kernel mode");
 	print_registers(out, &regs, &sregs);
 	print_backtrace(vm, out, frame.rip, frame.rsp, regs.rbp);
+	pv_cpu_print_handlers(vm, out);
 }
 
 void crash_report_fatal(struct kapsel_vm *vm, const char *reason)
@@ -160,4 +161,5 @@ void crash_report_fatal(struct kapsel_vm *vm, const char *reason)
 	fputc('\n', out);
 	print_registers(out, &regs, &sregs);
 	print_backtrace(vm, out, regs.rip, regs.rsp, regs.rbp);
+	pv_cpu_print_handlers(vm, out);
 }

@@ -49,7 +49,8 @@ int hypercall_register(struct hypercall_table *table, uint64_t nr, const char *n
 int64_t hypercall_dispatch(struct hypercall_table *table, struct kapsel_vm *vm, uint64_t nr,
 			   const uint64_t args[HYPERCALL_ARG_COUNT]);
 
-/* Register the core ABI v1 calls (hypercall_core.c). Returns 0 or -errno. */
+/* Register the core ABI v1 calls (hypercall_core.c, and pv_cpu.c for minor 3).
+ * Returns 0 or -errno. */
 int hypercall_register_core(struct hypercall_table *table);
 
 #endif

@@ -116,7 +116,9 @@ static bool unmasked_event_pending(struct kapsel_vm *vm)
 static int64_t hc_block(struct kapsel_vm *vm, const uint64_t args[])
 {
 	uint64_t deadline_ns = args[0];
+	pv_cpu_block_enter(vm); /* minor 3: sti; hlt for a vCPU with a callback */
 	for (;;) {
+		pv_cpu_poll_timers(vm);
 		if (unmasked_event_pending(vm))
 			return 1;
 		uint64_t now = vm_clock_ns(vm);
@@ -232,6 +234,10 @@ static int64_t hc_evtchn_mask(struct kapsel_vm *vm, const uint64_t args[])
 		old = __atomic_fetch_or(&vm->events->mask[port / 64], bit, __ATOMIC_SEQ_CST);
 	else
 		old = __atomic_fetch_and(&vm->events->mask[port / 64], ~bit, __ATOMIC_SEQ_CST);
+	/* Unmasking a pending channel delivers it (upcall or BLOCK wake-up). */
+	if (!args[1] && (old & bit) &&
+	    (__atomic_load_n(&vm->events->pending[port / 64], __ATOMIC_SEQ_CST) & bit))
+		pv_cpu_event_raised(vm);
 	return (old & bit) ? 1 : 0;
 }
 
@@ -295,5 +301,9 @@ int hypercall_register_core(struct hypercall_table *table)
 			return err;
 		}
 	}
-	return 0;
+	/* Minor 3: traps, upcalls and timers live in pv_cpu.c. */
+	int err = pv_cpu_register_hypercalls(table);
+	if (err)
+		kapsel_error("cannot register the PV CPU hypercalls: %s", strerror(-err));
+	return err;
 }

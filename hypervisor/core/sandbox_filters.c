@@ -115,6 +115,12 @@ static const char *const group_sockets[] = {
 	"getsockname", "getpeername", "getsockopt", "setsockopt", "pipe2",  "uname",   NULL,
 };
 
+/* The per-vCPU PV timer (core/pv_cpu.c): a POSIX timer signalling the vCPU
+ * thread, created on the guest's first TIMER_SET. */
+static const char *const group_vcpu_timer[] = {
+	"timer_create", "timer_settime", "timer_gettime", "timer_getoverrun", "timer_delete", NULL,
+};
+
 /* Flags of the checked rules a role gets. */
 enum {
 	CHECK_IOCTL_KVM = 1u << 0,	  /* ioctl with a KVM request (type 0xAE) */
@@ -131,7 +137,7 @@ struct role_definition {
 static const struct role_definition roles[SANDBOX_ROLE_COUNT] = {
 	[SANDBOX_ROLE_VCPU] = {
 		.groups = { group_base, group_eventfd, group_block_io, group_net_io,
-			    group_teardown },
+			    group_teardown, group_vcpu_timer },
 		.checks = CHECK_IOCTL_KVM | CHECK_IOCTL_TTY | CHECK_URING_UNREGISTER,
 	},
 	[SANDBOX_ROLE_IO] = {
@@ -140,7 +146,7 @@ static const struct role_definition roles[SANDBOX_ROLE_COUNT] = {
 	},
 	[SANDBOX_ROLE_CONTROL] = {
 		.groups = { group_base, group_eventfd, group_block_io, group_io_uring,
-			    group_net_io, group_files, group_sockets },
+			    group_net_io, group_files, group_sockets, group_vcpu_timer },
 		.checks = CHECK_IOCTL_KVM | CHECK_CLONE_THREAD,
 	},
 	[SANDBOX_ROLE_SAVE] = {

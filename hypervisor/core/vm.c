@@ -284,6 +284,7 @@ void vm_evtchn_notify(struct kapsel_vm *vm, uint32_t port)
 	 * KAPSEL_HC_BLOCK: one of the two sides always sees the other. */
 	if (__atomic_load_n(&vm->events->mask[port / 64], __ATOMIC_RELAXED) & bit)
 		return;
+	pv_cpu_event_raised(vm); /* an upcall, if the guest registered a callback */
 	if (__atomic_load_n(&vm->vcpu_blocked, __ATOMIC_SEQ_CST)) {
 		uint64_t one = 1;
 		ssize_t n = write(vm->wake_fd, &one, sizeof(one));
@@ -327,7 +328,7 @@ void vm_request_stop_for(struct kapsel_vm *vm, enum vm_stop_reason reason)
 
 /* Kick the vCPU out of KVM_RUN or out of a BLOCK sleep (not signal-safe:
  * callers hold pause_lock or run on a normal thread). */
-static void kick_vcpu(struct kapsel_vm *vm)
+void vm_kick_vcpu(struct kapsel_vm *vm)
 {
 	if (vm->run)
 		__atomic_store_n(&vm->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
@@ -377,7 +378,7 @@ int vm_pause(struct kapsel_vm *vm)
 	}
 	int already = __atomic_exchange_n(&vm->pause_requested, 1, __ATOMIC_SEQ_CST);
 	if (!already)
-		kick_vcpu(vm);
+		vm_kick_vcpu(vm);
 	/* The vCPU broadcasts when it parks (PAUSED) or leaves vm_run. */
 	while (vm->state == VM_STATE_RUNNING)
 		pthread_cond_wait(&vm->pause_cond, &vm->pause_lock);
@@ -465,6 +466,7 @@ static int boot_guest(struct kapsel_vm *vm)
 		vm->evtchn[i] = (struct vm_evtchn){ .allocated = false, .bound_device = -1 };
 	/* Reserved: EVTCHN_ALLOC skips it, EVTCHN_MASK accepts it. */
 	vm->evtchn[KAPSEL_EVTCHN_CONTROL].allocated = true;
+	pv_cpu_reset(vm); /* no handlers, timer off, upcalls masked */
 	/* Registers a hypercall left dirty in kvm_run (rax of the SHUTDOWN that
 	 * asked for this reboot) would overwrite the entry state at the next
 	 * KVM_RUN: drop them. */
@@ -613,6 +615,7 @@ void vm_destroy(struct kapsel_vm *vm)
 		vm->devices[i] = NULL;
 	}
 	vm->device_count = 0;
+	pv_cpu_destroy(vm);
 	if (vm->run)
 		munmap(vm->run, vm->run_size);
 	vm->run = NULL;
@@ -686,7 +689,9 @@ static void handle_io(struct kapsel_vm *vm)
 	}
 	if (port == KAPSEL_PORT_FAULT) {
 		vm->exits[VM_EXIT_FAULT]++;
-		crash_report_fault(vm);
+		/* The guest's own handler first (pv_cpu.c), else a crash report. */
+		if (!pv_cpu_deliver_trap(vm))
+			crash_report_fault(vm);
 		return;
 	}
 	struct kapsel_device *dev = device_for_port(vm, port);
@@ -778,6 +783,9 @@ int vm_run(struct kapsel_vm *vm)
 	vm->vcpu_tid = (int)gettid();
 	set_state(vm, VM_STATE_RUNNING);
 	vm->run->kvm_valid_regs = KVM_SYNC_X86_REGS;
+	int pv_err = pv_cpu_start(vm);
+	if (pv_err)
+		kapsel_warn("vCPU timers unavailable: %s", strerror(-pv_err));
 	for (;;) {
 		int stop_reason = __atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST);
 		if (stop_reason) {
@@ -806,6 +814,10 @@ int vm_run(struct kapsel_vm *vm)
 				if (__atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST) &&
 				    !__atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST))
 					vm_park(vm);
+				/* The last exit is complete here: timers and upcalls. */
+				pv_cpu_poll_timers(vm);
+				if (!pv_cpu_deliver_upcall(vm) && !lifecycle_continue(vm))
+					break;
 				continue;
 			}
 			kapsel_error("KVM_RUN failed: %s", strerror(errno));
@@ -849,6 +861,10 @@ int vm_run(struct kapsel_vm *vm)
 		}
 		if (vm->state == VM_STATE_STOPPED && !lifecycle_continue(vm))
 			break;
+		/* An upcall waits for the exit to complete: KVM_RUN with
+		 * immediate_exit finishes it and returns EINTR (above). */
+		if (pv_cpu_upcall_wanted(vm))
+			__atomic_store_n(&vm->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
 	}
 	set_state(vm, VM_STATE_STOPPED);
 	return vm->exit_code;
@@ -905,6 +921,7 @@ void vm_print_stats(struct kapsel_vm *vm, FILE *out)
 			fprintf(out, "  hypercall_%s: %llu\n", e->name,
 				(unsigned long long)e->calls);
 	}
+	pv_cpu_print_stats(vm, out);
 	if (vm->hypercalls.unknown_calls)
 		fprintf(out, "  hypercall_unknown: %llu\n",
 			(unsigned long long)vm->hypercalls.unknown_calls);

@@ -15,6 +15,7 @@
 #include "core/hypercall.h"
 #include "kapsel/abi.h"
 #include "core/log.h"
+#include "core/pv_cpu.h"
 
 /* Exit status of `kapsel run` besides the guest's own exit code. */
 #define KAPSEL_EXIT_VMM_ERROR 125   /* Kapsel could not start or run the VM */
@@ -79,6 +80,7 @@ struct kapsel_vm {
 	uint64_t exits[VM_EXIT_COUNTER_COUNT];
 	struct log_limit guest_log; /* every log line a guest can trigger passes here */
 	uint64_t generation;
+	struct pv_cpu_vcpu pv_cpu; /* traps, upcalls, timer of vCPU 0 (pv_cpu.c) */
 };
 
 /*
@@ -157,6 +159,12 @@ int vm_add_device(struct kapsel_vm *vm, struct kapsel_device *dev);
  * blocked vCPU if it is unmasked.  Callable from any thread.
  */
 void vm_evtchn_notify(struct kapsel_vm *vm, uint32_t port);
+
+/*
+ * Kick the vCPU out of KVM_RUN (immediate_exit + SIGUSR2) or out of a
+ * BLOCK sleep, so the run loop looks at its state again.  Any thread.
+ */
+void vm_kick_vcpu(struct kapsel_vm *vm);
 
 /* Print the VM's exit counters and every device's counters. */
 void vm_print_stats(struct kapsel_vm *vm, FILE *out);

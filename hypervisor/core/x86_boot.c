@@ -179,9 +179,11 @@ static void build_idt_and_stubs(struct guest_memory *mem)
 		*p++ = 0xfd;
 
 		uint64_t handler = X86_GPA_EXCEPTION_STUBS + v * EXCEPTION_STUB_BYTES;
-		/* 64-bit interrupt gate, DPL 0, present, IST 0. */
+		/* 64-bit interrupt gate, present, IST 0; DPL 0, except #BP,
+		 * which CPL3 code raises with int3 (else int3 is a #GP). */
+		uint64_t type = v == 3 ? 0xeeull : 0x8eull;
 		idt[v * 2] = (handler & 0xffff) | ((uint64_t)X86_SEL_KERNEL_CS << 16) |
-			     (0x8eull << 40) | (((handler >> 16) & 0xffff) << 48);
+			     (type << 40) | (((handler >> 16) & 0xffff) << 48);
 		idt[v * 2 + 1] = handler >> 32;
 	}
 }
@@ -237,7 +239,7 @@ static void set_user_segment(struct kvm_segment *seg, uint16_t selector, int cod
  * access otherwise; SVM accepts either type.  So only there, recognized by
  * TCG's CPUID signature, the available type is used.
  */
-static uint8_t tss_type_for_host(void)
+uint8_t x86_boot_tr_type(void)
 {
 	unsigned int eax, ebx, ecx, edx;
 	char signature[13];
@@ -259,7 +261,7 @@ void x86_boot_set_system_registers(struct kvm_sregs *sregs)
 	sregs->tr.selector = X86_SEL_TSS;
 	sregs->tr.base = X86_GPA_TSS;
 	sregs->tr.limit = X86_TSS_LIMIT;
-	sregs->tr.type = tss_type_for_host();
+	sregs->tr.type = x86_boot_tr_type();
 	sregs->tr.present = 1;
 
 	memset(&sregs->ldt, 0, sizeof(sregs->ldt));
@@ -292,6 +294,15 @@ int x86_boot_check_restored_vcpu(struct kvm_sregs *sregs, struct kvm_regs *regs,
 	x86_boot_set_system_registers(sregs);
 	regs->rflags &= ~RFLAGS_IOPL;
 	return 0;
+}
+
+void x86_boot_user_segments(struct kvm_sregs *sregs)
+{
+	set_user_segment(&sregs->cs, X86_SEL_USER_CS, 1);
+	set_user_segment(&sregs->ss, X86_SEL_USER_DS, 0);
+	/* KVM on SVM reports TR as busy whatever it holds; writing that back
+	 * would close every port under TCG (see x86_boot_tr_type). */
+	sregs->tr.type = x86_boot_tr_type();
 }
 
 int x86_boot_set_vcpu_state(int vcpu_fd, uint64_t entry, uint64_t start_info_gpa)

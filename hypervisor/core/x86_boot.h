@@ -58,11 +58,18 @@ int x86_boot_port_is_open(const struct guest_memory *mem, uint16_t port);
  */
 int x86_boot_set_vcpu_state(int vcpu_fd, uint64_t entry, uint64_t start_info_gpa);
 
+/* The TSS type TR gets on this host (busy; available under QEMU's TCG). */
+uint8_t x86_boot_tr_type(void);
+
+struct kvm_sregs;
+/* Set sregs' cs and ss to the CPL3 code and data segments guests run with,
+ * and TR's type to the one x86_boot_set_vcpu_state loads. */
+void x86_boot_user_segments(struct kvm_sregs *sregs);
+
 /*
  * Point TR, LDTR, GDTR and IDTR at the tables the hypervisor built (and
  * that only it writes), with the TSS type this host needs.
  */
-struct kvm_sregs;
 struct kvm_regs;
 void x86_boot_set_system_registers(struct kvm_sregs *sregs);
 

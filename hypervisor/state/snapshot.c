@@ -342,6 +342,7 @@ int snapshot_write_vm_body(struct kapsel_vm *vm, struct vm_state_writer *out, ch
 		evtchn.entries[p].bound_device = (int16_t)vm->evtchn[p].bound_device;
 	}
 	vm_state_put(out, VM_STATE_EVTCHN, M, &evtchn, sizeof(evtchn));
+	pv_cpu_save(vm, out); /* traps, callback, timer: only if the guest uses them */
 
 	for (unsigned i = 0; i < vm->device_count; i++) {
 		struct kapsel_device *dev = vm->devices[i];
@@ -989,6 +990,8 @@ int snapshot_apply_vm_records(struct kapsel_vm *vm, const struct vm_state_record
 		return kapsel_fail(error, error_len, err,
 				   "guest memory too small for the hypervisor's tables");
 	err = vcpu_state_load(vm, state, error, error_len);
+	if (!err)
+		err = pv_cpu_load(vm, state, error, error_len); /* after the event channels */
 	if (err)
 		return err;
 	if (info.tsc_khz && vm->tsc_khz && info.tsc_khz != vm->tsc_khz)

@@ -289,6 +289,11 @@ int vcpu_state_load(struct kapsel_vm *vm, const struct vm_state_records *state, 
 
 	/* kvm_run may hold registers of the VM's boot: never apply them. */
 	vm->run->kvm_dirty_regs = 0;
+	/* TR always holds Kapsel's TSS; its type is this host's (KVM on SVM
+	 * saves it as busy, which under TCG would close every port). */
+	struct kvm_sregs sregs_copy = *sregs;
+	sregs_copy.tr.type = x86_boot_tr_type();
+	sregs = &sregs_copy;
 	if (ioctl(fd, KVM_SET_SREGS, sregs) < 0)
 		return kapsel_fail(error, error_len, -errno, "KVM_SET_SREGS failed: %s",
 				   strerror(errno));

@@ -656,6 +656,8 @@ const char *vm_state_record_name(uint32_t type)
 		return "vcpu.debugregs";
 	case VM_STATE_VCPU_MP_STATE:
 		return "vcpu.mp_state";
+	case VM_STATE_VCPU_PV_CPU:
+		return "vcpu.pv_cpu";
 	case VM_STATE_MEMORY_PAGES:
 		return "memory.pages";
 	case VM_STATE_MEMORY_ZERO:

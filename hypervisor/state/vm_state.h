@@ -89,6 +89,9 @@ enum vm_state_record_type {
 	VM_STATE_VCPU_EVENTS = 0x0206,	  /* struct kvm_vcpu_events */
 	VM_STATE_VCPU_DEBUGREGS = 0x0207, /* struct kvm_debugregs */
 	VM_STATE_VCPU_MP_STATE = 0x0208,  /* struct kvm_mp_state */
+	/* struct vm_state_pv_cpu (pv_cpu.h): trap table, upcall callback,
+	 * timer; written (mandatory) only for guests that use the PV CPU. */
+	VM_STATE_VCPU_PV_CPU = 0x0209,
 
 	VM_STATE_MEMORY_PAGES = 0x0300, /* struct vm_state_memory_pages + data */
 	VM_STATE_MEMORY_ZERO = 0x0301,	/* struct vm_state_memory_pages, no data */

@@ -259,10 +259,10 @@ static void test_magics_and_discovery(void)
 	CU_ASSERT_EQUAL(KAPSEL_CPUID_BASE, 0x40000000u);
 	CU_ASSERT_EQUAL(KAPSEL_CPUID_INFO, 0x40000001u);
 
-	/* Version 1.3, published as major << 16 | minor. */
+	/* Version 1.4, published as major << 16 | minor. */
 	CU_ASSERT_EQUAL(KAPSEL_ABI_MAJOR, 1);
-	CU_ASSERT_EQUAL(KAPSEL_ABI_MINOR, 3);
-	CU_ASSERT_EQUAL(KAPSEL_ABI_VERSION, 0x00010003u);
+	CU_ASSERT_EQUAL(KAPSEL_ABI_MINOR, 4);
+	CU_ASSERT_EQUAL(KAPSEL_ABI_VERSION, 0x00010004u);
 
 	/* Fixed ports and guest-physical addresses. */
 	CU_ASSERT_EQUAL(KAPSEL_PORT_HYPERCALL, 0x510);
@@ -279,18 +279,62 @@ static void test_magics_and_discovery(void)
 	CU_ASSERT_EQUAL(KAPSEL_GPA_IMAGE_MIN, 0x100000);
 }
 
+/* Minor 3: the PV CPU structures a guest's assembly entry code relies on. */
+static void test_pv_cpu_layout(void)
+{
+	CU_ASSERT_EQUAL(sizeof(struct kapsel_trap_frame), 256);
+	/* 16-byte multiple: a frame placed on a 16-byte boundary keeps the
+	 * stack aligned for the C handler the entry stub calls. */
+	CU_ASSERT_EQUAL(sizeof(struct kapsel_trap_frame) % 16, 0);
+	CU_ASSERT_EQUAL(offsetof(struct kapsel_trap_frame, vector), 0);
+	CU_ASSERT_EQUAL(offsetof(struct kapsel_trap_frame, error_code), 8);
+	CU_ASSERT_EQUAL(offsetof(struct kapsel_trap_frame, cr2), 16);
+	CU_ASSERT_EQUAL(offsetof(struct kapsel_trap_frame, flags), 24);
+	CU_ASSERT_EQUAL(offsetof(struct kapsel_trap_frame, rip), 32);
+	CU_ASSERT_EQUAL(offsetof(struct kapsel_trap_frame, rflags), 48);
+	CU_ASSERT_EQUAL(offsetof(struct kapsel_trap_frame, rsp), 56);
+	CU_ASSERT_EQUAL(offsetof(struct kapsel_trap_frame, rax), 72);
+	CU_ASSERT_EQUAL(offsetof(struct kapsel_trap_frame, rdi), 112);
+	CU_ASSERT_EQUAL(offsetof(struct kapsel_trap_frame, r15), 184);
+	CU_ASSERT_EQUAL(sizeof(struct kapsel_vcpu_info), 64);
+	CU_ASSERT_EQUAL(offsetof(struct kapsel_vcpu_info, upcall_pending), 0);
+	CU_ASSERT_EQUAL(offsetof(struct kapsel_vcpu_info, upcall_mask), 1);
+	/* The per-vCPU area lies past the event page structure, in its page. */
+	CU_ASSERT(KAPSEL_VCPU_INFO_OFFSET >= sizeof(struct kapsel_event_page));
+	CU_ASSERT(KAPSEL_VCPU_INFO_OFFSET + KAPSEL_MAX_VCPUS * sizeof(struct kapsel_vcpu_info) <=
+		  4096);
+	/* Vectors a guest may never take over: #DF, #TS, #MC, NMI. */
+	CU_ASSERT_EQUAL(KAPSEL_TRAP_VECTORS_ALLOWED &
+				((1u << 8) | (1u << 10) | (1u << 18) | (1u << 2)),
+			0);
+	CU_ASSERT_EQUAL(__builtin_popcount(KAPSEL_TRAP_VECTORS_ALLOWED), 14);
+	CU_ASSERT(KAPSEL_TRAP_VECTOR_UPCALL >= KAPSEL_TRAP_VECTOR_COUNT);
+	CU_ASSERT_EQUAL(KAPSEL_TIMER_MIN_PERIOD_NS, 100000);
+}
+
 static void test_call_numbers(void)
 {
 	/* Numbers from docs/abi.md section 8: never reused, never moved. */
 	static const struct {
 		unsigned actual, documented;
 	} calls[] = {
-		{ KAPSEL_HC_ABI_INFO, 0 },	{ KAPSEL_HC_CONSOLE_WRITE, 1 },
-		{ KAPSEL_HC_CONSOLE_READ, 2 },	{ KAPSEL_HC_SHUTDOWN, 3 },
-		{ KAPSEL_HC_TIME_INFO, 4 },	{ KAPSEL_HC_BLOCK, 5 },
-		{ KAPSEL_HC_EVTCHN_ALLOC, 6 },	{ KAPSEL_HC_EVTCHN_BIND_DEVICE, 7 },
-		{ KAPSEL_HC_EVTCHN_SEND, 8 },	{ KAPSEL_HC_EVTCHN_MASK, 9 },
-		{ KAPSEL_HC_DEVICE_SETUP, 10 }, { KAPSEL_HC_EVTCHN_CLOSE, 11 },
+		{ KAPSEL_HC_ABI_INFO, 0 },
+		{ KAPSEL_HC_CONSOLE_WRITE, 1 },
+		{ KAPSEL_HC_CONSOLE_READ, 2 },
+		{ KAPSEL_HC_SHUTDOWN, 3 },
+		{ KAPSEL_HC_TIME_INFO, 4 },
+		{ KAPSEL_HC_BLOCK, 5 },
+		{ KAPSEL_HC_EVTCHN_ALLOC, 6 },
+		{ KAPSEL_HC_EVTCHN_BIND_DEVICE, 7 },
+		{ KAPSEL_HC_EVTCHN_SEND, 8 },
+		{ KAPSEL_HC_EVTCHN_MASK, 9 },
+		{ KAPSEL_HC_DEVICE_SETUP, 10 },
+		{ KAPSEL_HC_EVTCHN_CLOSE, 11 },
+		{ KAPSEL_HC_SET_TRAP, 12 },
+		{ KAPSEL_HC_SET_CALLBACK, 13 },
+		{ KAPSEL_HC_IRET, 14 },
+		{ KAPSEL_HC_TIMER_SET, 15 },
+		{ KAPSEL_HC_EVTCHN_BIND_VIRQ, 16 },
 	};
 	const size_t count = sizeof(calls) / sizeof(calls[0]);
 	unsigned seen = 0;
@@ -319,6 +363,7 @@ static void test_feature_bits(void)
 		{ KAPSEL_FEATURE_DOORBELL, 2 },	  { KAPSEL_FEATURE_BLOCK_PV, 3 },
 		{ KAPSEL_FEATURE_GENERATION, 4 }, { KAPSEL_FEATURE_CONTROL, 5 },
 		{ KAPSEL_FEATURE_NET_PV, 6 },	  { KAPSEL_FEATURE_RNG_PV, 7 },
+		{ KAPSEL_FEATURE_PV_CPU, 8 },
 	};
 	uint64_t all = 0;
 	for (size_t i = 0; i < sizeof(features) / sizeof(features[0]); i++) {
@@ -419,6 +464,7 @@ int main(void)
 		{ "ring and block structs match docs/abi.md", test_ring_and_block_structs },
 		{ "magics, CPUID signature, fixed addresses", test_magics_and_discovery },
 		{ "hypercall numbers are distinct and stable", test_call_numbers },
+		{ "PV CPU frame and vCPU info layout", test_pv_cpu_layout },
 		{ "feature bits", test_feature_bits },
 		{ "enumerations", test_enumerations },
 		{ "error codes are Linux errno", test_error_codes_are_linux_errno },

@@ -221,8 +221,10 @@ static void test_idt_and_stubs(void)
 		uint64_t handler = (low & 0xffff) | (((low >> 48) & 0xffff) << 16) | (high << 32);
 		CU_ASSERT_EQUAL(handler, X86_GPA_EXCEPTION_STUBS + v * 16ull);
 		CU_ASSERT_EQUAL((low >> 16) & 0xffff, X86_SEL_KERNEL_CS);
-		CU_ASSERT_EQUAL((low >> 40) & 0xff, 0x8e); /* present, DPL 0, interrupt gate */
-		CU_ASSERT_EQUAL((low >> 32) & 7, 0);	   /* IST 0 */
+		/* Present interrupt gate, DPL 0; #BP has DPL 3 so that int3
+		 * from CPL3 code is a #BP (handed to the guest), not a #GP. */
+		CU_ASSERT_EQUAL((low >> 40) & 0xff, v == 3 ? 0xee : 0x8e);
+		CU_ASSERT_EQUAL((low >> 32) & 7, 0); /* IST 0 */
 		/* The stub: [push $0] push $v; push %rax; push %rdx;
 		 * mov $0x518, %dx; out %al, %dx; hlt */
 		const uint8_t *stub = guest_memory_translate(&mem, handler, 16);
