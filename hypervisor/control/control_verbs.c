@@ -12,6 +12,8 @@
 #include "control/control.h"
 #include "control/control_internal.h"
 #include "devices/block/disk.h"
+#include "devices/device.h"
+#include "devices/devices.h"
 #include "core/error_text.h"
 #include "core/vm.h"
 
@@ -35,15 +37,8 @@ static const char *action_name(enum vm_lifecycle_action action)
 /* The disk image of config disk index, or NULL. */
 static struct disk_image *find_disk(struct kapsel_vm *vm, unsigned index)
 {
-	unsigned nth = 0;
-	for (unsigned i = 0; i < vm->device_count; i++) {
-		struct kapsel_device *dev = vm->devices[i];
-		if (!dev->ops->disk_image)
-			continue;
-		if (nth++ == index)
-			return dev->ops->disk_image(dev);
-	}
-	return NULL;
+	struct kapsel_device *dev = devices_find_disk(vm, index);
+	return dev ? dev->ops->disk_image(dev) : NULL;
 }
 
 static uint64_t vcpu_cpu_time_ns(struct kapsel_vm *vm)

@@ -480,7 +480,7 @@ static int boot_guest(struct kapsel_vm *vm)
 	return 0;
 }
 
-int vm_create(struct kapsel_vm *vm, struct vm_config *config)
+int vm_create_without_devices(struct kapsel_vm *vm, struct vm_config *config)
 {
 	char error[512];
 	int err;
@@ -590,13 +590,21 @@ int vm_create(struct kapsel_vm *vm, struct vm_config *config)
 			   config->console_output_max_bytes, config->console_input ? 0 : -1);
 	if (err)
 		goto fail;
-	err = devices_attach(vm);
-	if (err)
-		goto fail;
 	return 0;
 
 fail:
 	vm_destroy(vm);
+	return err;
+}
+
+int vm_create(struct kapsel_vm *vm, struct vm_config *config)
+{
+	int err = vm_create_without_devices(vm, config);
+	if (err)
+		return err;
+	err = devices_attach(vm);
+	if (err)
+		vm_destroy(vm);
 	return err;
 }
 

@@ -93,6 +93,15 @@ struct kapsel_vm {
 int vm_create(struct kapsel_vm *vm, struct vm_config *config);
 
 /*
+ * vm_create without its last step: the VM has RAM, the kernel loaded, boot
+ * tables and the console, but no devices; devices_attach (devices.h) adds
+ * them, the only way devices are added.  For an incoming migration, which
+ * may open the disks only once the source has released them.  Returns 0
+ * or a negative errno; on failure vm is fully released.
+ */
+int vm_create_without_devices(struct kapsel_vm *vm, struct vm_config *config);
+
+/*
  * Run the vCPU until the guest shuts down, crashes, or vm_request_stop.
  * Returns the exit status for `kapsel run` (guest code, or one of
  * KAPSEL_EXIT_*).

@@ -43,8 +43,8 @@ struct kapsel_device_ops {
 	void (*destroy)(struct kapsel_device *dev);
 	/* Optional, block devices: the disk image whose policy (rate limits,
 	 * read-only) the control plane changes at run time; called from the
-	 * control thread.  Disks are attached in config order, so the nth
-	 * device with this hook serves config->disks[n]. */
+	 * control thread.  desc.unit is the index in config->disks; find a
+	 * disk with devices_find_disk, never by counting devices. */
 	struct disk_image *(*disk_image)(struct kapsel_device *dev);
 
 	/* Optional: the guest reboots (vCPU stopped, guest RAM not cleared

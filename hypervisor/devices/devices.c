@@ -50,6 +50,18 @@ int devices_attach(struct kapsel_vm *vm)
 	return 0;
 }
 
+struct kapsel_device *devices_find_disk(const struct kapsel_vm *vm, unsigned unit)
+{
+	for (unsigned i = 0; i < vm->device_count; i++) {
+		struct kapsel_device *dev = vm->devices[i];
+		bool disk_type = dev->desc.type == KAPSEL_DEV_BLOCK_PV ||
+				 dev->desc.type == KAPSEL_DEV_ATA_DISK;
+		if (disk_type && dev->ops->disk_image && dev->desc.unit == unit)
+			return dev;
+	}
+	return NULL;
+}
+
 bool devices_have(const struct kapsel_vm *vm, const struct kapsel_device_ops *ops)
 {
 	for (unsigned i = 0; i < vm->device_count; i++)

@@ -14,10 +14,18 @@ struct kapsel_device_ops;
 /*
  * Attach every device the config asks for, in a fixed order so device
  * indexes are stable: PV console, UART, disks in config order, network
- * interfaces in config order, then the PV entropy device.
+ * interfaces in config order, then the PV entropy device.  The only path
+ * that attaches devices: a created, a restored and an incoming VM all get
+ * theirs here, so their indexes agree (the saved state matches devices by
+ * index).  Precondition: vm was made by vm_create_without_devices (or by
+ * vm_create, which calls this) and has no devices yet.
  * Returns 0 or a negative errno (after printing what went wrong).
  */
 int devices_attach(struct kapsel_vm *vm);
+
+/* The device serving config->disks[unit] (an ATA or PV block device whose
+ * desc.unit is unit and which has a disk_image hook), or NULL. */
+struct kapsel_device *devices_find_disk(const struct kapsel_vm *vm, unsigned unit);
 
 /* ---- Helpers for the device files ---- */
 

@@ -536,19 +536,25 @@ out_free:
 
 /* ---- Destination ---------------------------------------------------------------- */
 
-static int attach_disks(struct kapsel_vm *vm, struct vm_config *config, unsigned disk_count)
-{
-	config->disk_count = disk_count;
-	for (unsigned i = 0; i < disk_count; i++) {
-		const struct vm_disk_config *disk = &config->disks[i];
-		int err = disk->bus == VM_DISK_BUS_ATA ? dev_ata_create(vm, disk, i)
-						       : dev_blk_pv_create(vm, disk, i);
-		if (err)
-			return err;
-	}
-	return 0;
-}
-
+/*
+ * Device order on the destination.  The saved state names devices by index
+ * (apply_devices in snapshot.c, the guest's device table in start info,
+ * doorbell ports), so an incoming VM must get the canonical order a created
+ * or restored one gets: console, UART, disks, NICs, entropy (devices_attach).
+ * Its disks may be opened only once the source has released them (flock),
+ * i.e. after MIGRATE_RELEASED.  Two ways to honour both: reserve each disk's
+ * slot early and open its image late, or attach every device late.  We
+ * attach every device late, with the one devices_attach: a disk's
+ * descriptor (capacity, read-only flag) and its PV block I/O thread come
+ * from the opened image, so a reserved-but-closed disk would be a half-built
+ * device every disk model had to handle, for no gain.  The cost: a NIC
+ * backend or entropy device that cannot be set up is found after the memory
+ * transfer rather than before it; the destination then reports FAILED and
+ * the source takes its disks back and runs on, as for a disk that does not
+ * open.  Memory arrives into a VM without devices: nothing touches guest
+ * RAM meanwhile, and vm_add_device rewrites the start-info device table
+ * with the same entries the source's memory holds (apply_devices checks).
+ */
 int migrate_receive(const char *uri, const struct vm_config *overrides, struct kapsel_vm *vm,
 		    struct vm_config *config, char *error, size_t error_len)
 {
@@ -556,7 +562,6 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 	struct vm_state_reader r;
 	struct vm_state_record rec;
 	bool created = false, memory_started = false, memory_done = false;
-	unsigned disk_count = 0;
 	char detail[512];
 	int err;
 	struct migrate_transport *conn = NULL;
@@ -573,8 +578,8 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 	while ((err = vm_state_next(&r, &rec)) == 1) {
 		if (rec.type == VM_STATE_MEMORY_PAGES || rec.type == VM_STATE_MEMORY_ZERO) {
 			if (!memory_started) {
-				/* The definition is complete: create the VM, disks
-				 * later (the source still holds them). */
+				/* The definition is complete: create the VM, its
+				 * devices later (the source still holds the disks). */
 				struct vm_state_vm_info info;
 				const struct vm_state_stored_record *i =
 					vm_state_find(&header, VM_STATE_VM_INFO, NULL);
@@ -616,10 +621,7 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 					if (overrides->stats_path)
 						config->stats_path = strdup(overrides->stats_path);
 				}
-				disk_count = config->disk_count;
-				config->disk_count = 0;
-				err = vm_create(vm, config);
-				config->disk_count = disk_count;
+				err = vm_create_without_devices(vm, config);
 				if (err) {
 					vm_state_fail(&r, err, "cannot create the VM (see above)");
 					break;
@@ -709,9 +711,10 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 			    strerror(err ? -err : EPROTO));
 		goto fail;
 	}
-	err = attach_disks(vm, config, disk_count);
+	err = devices_attach(vm);
 	if (err) {
-		kapsel_fail(error, error_len, err, "cannot open the VM's disks (see above)");
+		kapsel_fail(error, error_len, err,
+			    "cannot attach the VM's devices (disks, network, see above)");
 		goto fail;
 	}
 	err = snapshot_apply_vm_records(vm, &final, false, detail, sizeof(detail));
