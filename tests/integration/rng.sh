@@ -49,7 +49,7 @@ rng-save-restore)
 	OUT1=$TMP/out1 ERR1=$TMP/err1 OUT2=$TMP/out2 ERR2=$TMP/err2
 	: >"$OUT1"
 	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --no-control --rng=bps=1000000 \
-		--kernel "$RNG" --cmdline "loop count=64" --save-on-signal "$TMP/save" --save-stop \
+		--kernel "$RNG" --cmdline "loop count=400" --save-on-signal "$TMP/save" --save-stop \
 		>"$OUT1" 2>"$ERR1" </dev/null &
 	pid=$!
 	for i in $(seq 300); do
@@ -64,11 +64,11 @@ rng-save-restore)
 	expect_in "$ERR1" "saved VM"
 	expect_not_in "$OUT1" "rng loop ok"
 	STATUS=0
-	timeout --kill-after=5 60 "$KAPSEL" restore --no-console-input --no-control --stats "$TMP/save" \
+	timeout --kill-after=5 60 "$KAPSEL" restore --no-console-input --no-control --stats --kernel "$RNG" "$TMP/save" \
 		>"$OUT2" 2>"$ERR2" </dev/null || STATUS=$?
 	[ "$STATUS" -eq 0 ] || { cat "$OUT2" "$ERR2"; fail "the restored run exited $STATUS"; }
-	expect_in "$OUT2" "rng loop ok 64"
-	grep -q "^rng loop 64 gen [1-9]" "$OUT2" || { cat "$OUT2"; fail "the restored guest did not run in a new generation"; }
+	expect_in "$OUT2" "rng loop ok 400"
+	grep -q "^rng loop 400 gen [1-9]" "$OUT2" || { cat "$OUT2"; fail "the restored guest did not run in a new generation"; }
 	# The limit came back with the definition.
 	expect_in "$ERR2" "limit_bytes_per_second: 1000000"
 	;;
