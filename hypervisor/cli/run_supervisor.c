@@ -229,6 +229,13 @@ void run_supervisor_register_control_verbs(void)
 		kapsel_warn("cannot register the control verb 'snapshot': %s", strerror(-err));
 }
 
+/*
+ * Saving on SIGHUP: start the helper thread that, on each SIGHUP, pauses
+ * the vCPU, saves to save_dir and then resumes it, or stops the VM when
+ * stop_after_save.  Also registers the control verbs.  save_dir may be
+ * NULL (only the control verbs then).  Precondition: vm_run is about to
+ * be called on this thread.  Returns 0 or a negative errno (message printed).
+ */
 static int state_runner_start(struct kapsel_vm *vm, const char *save_dir, bool stop_after_save)
 {
 	run_supervisor_register_control_verbs();
@@ -254,6 +261,8 @@ static int state_runner_start(struct kapsel_vm *vm, const char *save_dir, bool s
 	return 0;
 }
 
+/* After vm_run returned: stop the helper thread.  True if a save or a
+ * migration stopped the VM (the run then succeeded). */
 static bool state_runner_stop(struct kapsel_vm *vm)
 {
 	(void)vm;
