@@ -7,6 +7,10 @@
 int cli_run(int argc, char **argv);
 void cli_run_usage(FILE *out);
 
+/* cli_inspect.c: check and decode a saved VM state directory. */
+int cli_inspect(int argc, char **argv);
+void cli_inspect_usage(FILE *out);
+
 /* cli_bench.c: native vs PV vs emulated I/O benchmark. */
 int cli_bench(int argc, char **argv);
 void cli_bench_usage(FILE *out);

@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "cli/cli_state.h"
+#include "cli/run_supervisor.h"
 #include "control/control.h"
 #include "core/log.h"
 #include "core/vm.h"
@@ -117,9 +117,9 @@ int cli_run(int argc, char **argv)
 	int status = KAPSEL_EXIT_VMM_ERROR;
 	bool name_given = false, use_control = true;
 	struct control_server *control = NULL;
-	const char *save_dir = NULL; /* --save-on-signal (cli_state.c) */
+	const char *save_dir = NULL; /* --save-on-signal (run_supervisor.c) */
 	bool save_stop = false;
-	const char *incoming = NULL; /* --incoming: a live migration (cli_state.c) */
+	const char *incoming = NULL; /* --incoming: a live migration (run_supervisor.c) */
 
 	vm_config_init(&config);
 	/* A domain XML file anywhere among the arguments is read first, so
@@ -273,7 +273,7 @@ int cli_run(int argc, char **argv)
 		/* The VM's definition comes with it; the name only if given. */
 		if (!name_given)
 			config.name[0] = '\0';
-		status = state_run_incoming(incoming, &config, use_control);
+		status = run_supervisor_incoming(incoming, &config, use_control);
 		goto out;
 	}
 	if (!config.kernel_path) {
@@ -309,7 +309,8 @@ int cli_run(int argc, char **argv)
 		vm_destroy(&vm);
 		goto out;
 	}
-	status = state_run_until_stopped(&vm, control, save_dir, save_stop, config.print_stats);
+	status =
+		run_supervisor_until_stopped(&vm, control, save_dir, save_stop, config.print_stats);
 	control = NULL;
 out:
 	control_server_stop(control);

@@ -1,4 +1,4 @@
-/* A VM's definition: defaults and the --disk option syntax. */
+/* A VM's definition: defaults, lifecycle action names and the --disk option syntax. */
 #include "config/config.h"
 
 #include <errno.h>
@@ -22,6 +22,33 @@ void vm_config_init(struct vm_config *config)
 	config->console_mode = VM_CONSOLE_AUTO;
 	config->console_input = true;
 	config->console_output_max_bytes = VM_CONSOLE_OUTPUT_DEFAULT_MAX_BYTES;
+}
+
+/* The one table of lifecycle action names. */
+static const char *const lifecycle_action_names[] = {
+	[VM_ACTION_DESTROY] = "destroy",
+	[VM_ACTION_RESTART] = "restart",
+	[VM_ACTION_PRESERVE] = "preserve",
+};
+
+const char *vm_lifecycle_action_name(enum vm_lifecycle_action action)
+{
+	size_t count = sizeof(lifecycle_action_names) / sizeof(lifecycle_action_names[0]);
+	if ((size_t)action >= count || !lifecycle_action_names[action])
+		return lifecycle_action_names[VM_ACTION_DESTROY];
+	return lifecycle_action_names[action];
+}
+
+int vm_lifecycle_action_parse(const char *name, enum vm_lifecycle_action *action)
+{
+	size_t count = sizeof(lifecycle_action_names) / sizeof(lifecycle_action_names[0]);
+	for (size_t i = 0; i < count; i++) {
+		if (lifecycle_action_names[i] && strcmp(name, lifecycle_action_names[i]) == 0) {
+			*action = (enum vm_lifecycle_action)i;
+			return 0;
+		}
+	}
+	return -EINVAL;
 }
 
 void vm_config_free(struct vm_config *config)

@@ -119,6 +119,15 @@ struct vm_config {
 	char *source_xml_path;	  /* where the definition came from, if XML */
 };
 
+/* The name of a lifecycle action as domain XML and the control verb 'info'
+ * spell it ("destroy", "restart", "preserve"); a value outside the enum
+ * reads as "destroy", what Kapsel does with it. */
+const char *vm_lifecycle_action_name(enum vm_lifecycle_action action);
+
+/* The lifecycle action called name (a NUL-terminated string): 0, or
+ * -EINVAL for a name that is none. */
+int vm_lifecycle_action_parse(const char *name, enum vm_lifecycle_action *action);
+
 /*
  * The one check for a VM name, wherever it comes from (command line, XML,
  * a state file, a migration stream): 1 to VM_CONFIG_NAME_MAX - 1 printable

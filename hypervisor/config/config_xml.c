@@ -152,12 +152,11 @@ static int parse_action(struct xml_context *ctx, const xmlNode *node,
 {
 	char *text = node_text(node);
 	int err = 0;
-	if (strcmp(text, "destroy") == 0)
-		*action = VM_ACTION_DESTROY;
-	else if (strcmp(text, "restart") == 0)
-		*action = VM_ACTION_RESTART;
-	else if (strcmp(text, "preserve") == 0 && is_element(node, "on_crash"))
-		*action = VM_ACTION_PRESERVE;
+	enum vm_lifecycle_action parsed;
+	/* Only a crashed guest can be kept for inspection. */
+	if (vm_lifecycle_action_parse(text, &parsed) == 0 &&
+	    (parsed != VM_ACTION_PRESERVE || is_element(node, "on_crash")))
+		*action = parsed;
 	else
 		err = xml_fail(ctx, "/domain/%s '%s' is not supported; use destroy or restart%s",
 			       node->name, text,
@@ -770,18 +769,6 @@ static char *absolute_path(const char *path)
 	return joined;
 }
 
-static const char *xml_action_name(enum vm_lifecycle_action action)
-{
-	switch (action) {
-	case VM_ACTION_RESTART:
-		return "restart";
-	case VM_ACTION_PRESERVE:
-		return "preserve";
-	default:
-		return "destroy";
-	}
-}
-
 #define W(call)                    \
 	do {                       \
 		if ((call) < 0)    \
@@ -940,11 +927,11 @@ int vm_config_write_xml(const struct vm_config *config, FILE *out, char *error, 
 		W(xmlTextWriterWriteElement(w, BAD_CAST "cmdline", BAD_CAST config->cmdline));
 	W(xmlTextWriterEndElement(w));
 	W(xmlTextWriterWriteElement(w, BAD_CAST "on_poweroff",
-				    BAD_CAST xml_action_name(config->on_poweroff)));
+				    BAD_CAST vm_lifecycle_action_name(config->on_poweroff)));
 	W(xmlTextWriterWriteElement(w, BAD_CAST "on_reboot",
-				    BAD_CAST xml_action_name(config->on_reboot)));
+				    BAD_CAST vm_lifecycle_action_name(config->on_reboot)));
 	W(xmlTextWriterWriteElement(w, BAD_CAST "on_crash",
-				    BAD_CAST xml_action_name(config->on_crash)));
+				    BAD_CAST vm_lifecycle_action_name(config->on_crash)));
 	W(xmlTextWriterStartElement(w, BAD_CAST "devices"));
 	unsigned pv_unit = 0, ata_unit = 0;
 	for (unsigned i = 0; i < config->disk_count; i++) {

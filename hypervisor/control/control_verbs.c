@@ -22,18 +22,6 @@
 
 static const char *const no_keys[] = { NULL };
 
-static const char *action_name(enum vm_lifecycle_action action)
-{
-	switch (action) {
-	case VM_ACTION_RESTART:
-		return "restart";
-	case VM_ACTION_PRESERVE:
-		return "preserve";
-	default:
-		return "destroy";
-	}
-}
-
 /* The disk image of config disk index, or NULL. */
 static struct disk_image *find_disk(struct kapsel_vm *vm, unsigned index)
 {
@@ -106,9 +94,9 @@ static int verb_info(struct kapsel_vm *vm, const struct control_request *request
 	fprintf(out, "vcpus %u\n", config->vcpus ? config->vcpus : 1);
 	fprintf(out, "kernel %s\n", config->kernel_path ? config->kernel_path : "");
 	fprintf(out, "cmdline %s\n", config->cmdline ? config->cmdline : "");
-	fprintf(out, "on_poweroff %s\n", action_name(config->on_poweroff));
-	fprintf(out, "on_reboot %s\n", action_name(config->on_reboot));
-	fprintf(out, "on_crash %s\n", action_name(config->on_crash));
+	fprintf(out, "on_poweroff %s\n", vm_lifecycle_action_name(config->on_poweroff));
+	fprintf(out, "on_reboot %s\n", vm_lifecycle_action_name(config->on_reboot));
+	fprintf(out, "on_crash %s\n", vm_lifecycle_action_name(config->on_crash));
 	fprintf(out, "generation %llu\n", (unsigned long long)vm->generation);
 	uint32_t control_mask =
 		(uint32_t)((__atomic_load_n(&vm->events->mask[KAPSEL_EVTCHN_CONTROL / 64],

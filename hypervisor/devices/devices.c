@@ -100,3 +100,17 @@ void device_io_each(struct kapsel_device *dev, uint16_t port, unsigned size, uin
 		}
 	}
 }
+
+/* Every device there is: the one list of device types and their names. */
+static const struct kapsel_device_ops *const all_device_ops[] = {
+	&console_pv_ops, &uart16550_ops, &dev_ata_ops, &blk_pv_ops,
+	&dev_ne2000_ops, &net_pv_ops,	 &rng_pv_ops,
+};
+
+const char *devices_type_name(uint32_t type)
+{
+	for (size_t i = 0; i < sizeof(all_device_ops) / sizeof(all_device_ops[0]); i++)
+		if ((uint32_t)all_device_ops[i]->type == type)
+			return all_device_ops[i]->name;
+	return "unknown";
+}

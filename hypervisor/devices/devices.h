@@ -27,6 +27,23 @@ int devices_attach(struct kapsel_vm *vm);
  * desc.unit is unit and which has a disk_image hook), or NULL. */
 struct kapsel_device *devices_find_disk(const struct kapsel_vm *vm, unsigned unit);
 
+/*
+ * The name of a device type as its device calls itself (ops->name, e.g.
+ * "blk-pv"), for tools that show device types from records without a
+ * device at hand (inspect).  type may be any number (it comes from a
+ * state file); returns "unknown" for one no device has.
+ */
+const char *devices_type_name(uint32_t type);
+
+/* Each device's ops (one per device file), for devices_type_name. */
+extern const struct kapsel_device_ops console_pv_ops;
+extern const struct kapsel_device_ops uart16550_ops;
+extern const struct kapsel_device_ops dev_ata_ops;
+extern const struct kapsel_device_ops blk_pv_ops;
+extern const struct kapsel_device_ops dev_ne2000_ops;
+extern const struct kapsel_device_ops net_pv_ops;
+extern const struct kapsel_device_ops rng_pv_ops;
+
 /* ---- Helpers for the device files ---- */
 
 /* True if a device with these ops is attached already (for devices a VM

@@ -1,6 +1,36 @@
 # Helpers for integration tests that boot guests under KVM.  Source it.
 # Environment: KAPSEL (the kapsel binary), GUESTS (folder of example *.elf).
+#
+# A test script is one top-level `case "$1" in` (or "$CASE") whose arms are its cases;
+# those arm labels are the only list of case names.  `SCRIPT --list` prints
+# them, one per line (with a second word, the meson suite, when the label
+# line ends in "# suite: NAME"; else the suite is kvm); tests/meson.build
+# registers the cases from that at configure time.
 set -u
+
+# list_cases SCRIPT: the labels of SCRIPT's top-level case statement.
+list_cases() {
+	awk '
+	/^case "\$[A-Za-z0-9_]+" in$/ { inside = 1; next }
+	/^esac$/ { inside = 0 }
+	inside && /^[a-z0-9][a-z0-9| -]*\)/ {
+		suite = ""
+		if (match($0, /# suite: [a-z0-9-]+$/))
+			suite = " " substr($0, RSTART + 9)
+		label = $0
+		sub(/\).*/, "", label)
+		gsub(/ /, "", label)
+		n = split(label, names, "|")
+		for (i = 1; i <= n; i++)
+			if (names[i] != "")
+				print names[i] suite
+	}' "$1"
+}
+
+if [ "${1:-}" = --list ]; then
+	list_cases "$0"
+	exit 0
+fi
 
 SKIP=77
 

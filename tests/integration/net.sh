@@ -103,7 +103,7 @@ EOF
 	expect_status 125
 	expect_in "$TMP/err" "/domain/devices/interface type='network' is not supported"
 	;;
-net-tap)
+net-tap) # suite: net
 	[ -c /dev/net/tun ] || { echo "SKIP: /dev/net/tun is missing"; exit $SKIP; }
 	command -v ip >/dev/null || { echo "SKIP: ip (iproute2) is missing"; exit $SKIP; }
 	ns=kapsel-net-$$

@@ -342,6 +342,12 @@ state-disk-pv | state-disk-ata)
 	RESTORE_DISK=0=$TMP/disk.img
 	make_saved "$TMP/save" 120 --disk "$TMP/disk.img,bus=$bus"
 	expect_in "$OUT1" "counter: disk of 2048 sectors via $bus"
+	# inspect calls the saved disk device what the device calls itself
+	# (it used to say block-pv for blk-pv).
+	device=blk-pv
+	[ "$bus" = ata ] && device=ata-disk
+	"$KAPSEL" inspect "$TMP/save" >"$TMP/inspect" 2>&1 || { cat "$TMP/inspect"; fail "inspect"; }
+	grep -qE "^  [0-9]+ $device " "$TMP/inspect" || { cat "$TMP/inspect"; fail "inspect does not list a $device device"; }
 	# The guest wrote one record per tick up to the save.  The last one may
 	# still be in flight: an ATA PIO write half moved through the data
 	# register lives in the device state, not on the image.

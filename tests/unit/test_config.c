@@ -214,6 +214,34 @@ static void test_console_output(void)
 	vm_config_free(&config);
 }
 
+/* One table names the lifecycle actions for XML and 'info': names and
+ * values map both ways, and nothing else parses. */
+static void test_lifecycle_action_names(void)
+{
+	static const struct {
+		enum vm_lifecycle_action action;
+		const char *name;
+	} expected[] = {
+		{ VM_ACTION_DESTROY, "destroy" },
+		{ VM_ACTION_RESTART, "restart" },
+		{ VM_ACTION_PRESERVE, "preserve" },
+	};
+	for (size_t i = 0; i < sizeof(expected) / sizeof(expected[0]); i++) {
+		enum vm_lifecycle_action parsed = (enum vm_lifecycle_action)99;
+		CU_ASSERT_STRING_EQUAL(vm_lifecycle_action_name(expected[i].action),
+				       expected[i].name);
+		CU_ASSERT_EQUAL(vm_lifecycle_action_parse(expected[i].name, &parsed), 0);
+		CU_ASSERT_EQUAL(parsed, expected[i].action);
+	}
+	enum vm_lifecycle_action untouched = VM_ACTION_RESTART;
+	CU_ASSERT_EQUAL(vm_lifecycle_action_parse("Destroy", &untouched), -EINVAL);
+	CU_ASSERT_EQUAL(vm_lifecycle_action_parse("", &untouched), -EINVAL);
+	CU_ASSERT_EQUAL(vm_lifecycle_action_parse("coredump-destroy", &untouched), -EINVAL);
+	CU_ASSERT_EQUAL(untouched, VM_ACTION_RESTART);
+	/* A value outside the enum is what Kapsel does with it: destroy. */
+	CU_ASSERT_STRING_EQUAL(vm_lifecycle_action_name((enum vm_lifecycle_action)7), "destroy");
+}
+
 int main(void)
 {
 	static const struct unit_test tests[] = {
@@ -224,6 +252,7 @@ int main(void)
 		{ "option lists: splitting and numbers", test_option_list_splitting },
 		{ "net: unknown option message", test_net_unknown_option },
 		{ "console output file and its cap", test_console_output },
+		{ "lifecycle action names", test_lifecycle_action_names },
 	};
 	return UNIT_RUN("config", tests);
 }

@@ -229,7 +229,7 @@ static struct disk_image *dev_ata_disk_image(struct kapsel_device *dev)
 	return &to_dev_ata(dev)->disk;
 }
 
-static const struct kapsel_device_ops dev_ata_ops = {
+const struct kapsel_device_ops dev_ata_ops = {
 	.name = "ata-disk",
 	.type = KAPSEL_DEV_ATA_DISK,
 	.io_read = dev_ata_io_read,

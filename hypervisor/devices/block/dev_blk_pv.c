@@ -1047,7 +1047,7 @@ static struct disk_image *blk_pv_disk_image(struct kapsel_device *dev)
 	return &b->disk;
 }
 
-static const struct kapsel_device_ops blk_pv_ops = {
+const struct kapsel_device_ops blk_pv_ops = {
 	.name = "blk-pv",
 	.type = KAPSEL_DEV_BLOCK_PV,
 	.setup = blk_pv_setup,

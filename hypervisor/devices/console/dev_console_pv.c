@@ -26,7 +26,7 @@ static void console_pv_destroy(struct kapsel_device *dev)
 	free(dev);
 }
 
-static const struct kapsel_device_ops console_pv_ops = {
+const struct kapsel_device_ops console_pv_ops = {
 	.name = "console-pv",
 	.type = KAPSEL_DEV_CONSOLE_PV,
 	.print_stats = console_pv_print_stats,

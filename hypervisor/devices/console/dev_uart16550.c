@@ -250,7 +250,7 @@ static void uart_destroy(struct kapsel_device *dev)
 	free(dev);
 }
 
-static const struct kapsel_device_ops uart16550_ops = {
+const struct kapsel_device_ops uart16550_ops = {
 	.name = "uart16550",
 	.type = KAPSEL_DEV_UART16550,
 	.io_read = uart_io_read,

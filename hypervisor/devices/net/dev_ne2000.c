@@ -131,7 +131,7 @@ static void dev_ne2000_destroy(struct kapsel_device *dev)
 	free(d);
 }
 
-static const struct kapsel_device_ops dev_ne2000_ops = {
+const struct kapsel_device_ops dev_ne2000_ops = {
 	.name = "ne2000",
 	.type = KAPSEL_DEV_NE2000,
 	.io_read = dev_ne2000_io_read,

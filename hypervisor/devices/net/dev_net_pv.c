@@ -397,7 +397,7 @@ static void net_pv_destroy(struct kapsel_device *dev)
 	free(n);
 }
 
-static const struct kapsel_device_ops net_pv_ops = {
+const struct kapsel_device_ops net_pv_ops = {
 	.name = "net-pv",
 	.type = KAPSEL_DEV_NET_PV,
 	.setup = net_pv_setup,

@@ -13,7 +13,7 @@
 #include <sys/un.h>
 
 #include "config/config.h"
-#include "devices/block/disk.h"
+#include "devices/rate_limit.h"
 
 /* Counters of one interface; "out" is guest -> network. */
 struct net_stats {

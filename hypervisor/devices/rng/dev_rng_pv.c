@@ -134,7 +134,7 @@ static void rng_pv_destroy(struct kapsel_device *dev)
 }
 
 /* No quiesce/resume: the device only works inside a vCPU exit. */
-static const struct kapsel_device_ops rng_pv_ops = {
+const struct kapsel_device_ops rng_pv_ops = {
 	.name = "rng-pv",
 	.type = KAPSEL_DEV_RNG_PV,
 	.io_read = rng_pv_io_read,

@@ -8,7 +8,7 @@
 #include <stdio.h>
 
 #include "config/config.h"
-#include "devices/block/disk.h" /* struct token_bucket */
+#include "devices/rate_limit.h"
 #include "core/guest_memory.h"
 #include "kapsel/abi.h"
 #include "kapsel/rng.h"

@@ -1,0 +1,243 @@
+/* `kapsel inspect`: check a saved VM state directory completely and decode it for a reader. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli/cli.h"
+#include "core/log.h"
+#include "core/pv_cpu.h"
+#include "devices/devices.h"
+#include "devices/device.h"
+#include "state/snapshot.h"
+#include "state/vcpu_state.h"
+#include "state/vm_state.h"
+
+void cli_inspect_usage(FILE *out)
+{
+	fprintf(out, "Usage: kapsel inspect [--records] DIR\n"
+		     "\n"
+		     "Check a saved VM state directory completely (manifest, checksums of every\n"
+		     "file, every record) and decode it: VM, definition, vCPU registers, event\n"
+		     "channels, devices with their ring indices and counters, disks.  Exits 0\n"
+		     "if the state is valid and restorable, 1 (with the reason) if not.\n"
+		     "\n"
+		     "  --records   also list every record (type, flags, size)\n");
+}
+
+static void print_hex(FILE *out, const uint8_t *data, uint64_t length)
+{
+	for (uint64_t i = 0; i < length && i < 64; i++)
+		fprintf(out, "%s%02x", i % 32 == 0 ? "\n      " : " ", data[i]);
+	fprintf(out, "%s\n", length > 64 ? " ..." : "");
+}
+
+static void print_device_record(FILE *out, const struct vm_state_stored_record *rec)
+{
+	const char *name = vm_state_record_name(rec->type);
+	fprintf(out, "    %s (type %#x, %llu bytes)", name ? name : "device record", rec->type,
+		(unsigned long long)rec->length_bytes);
+	if (rec->type == VM_STATE_DEV_UART16550 &&
+	    rec->length_bytes == sizeof(struct vm_state_uart16550)) {
+		struct vm_state_uart16550 u;
+		memcpy(&u, rec->payload, sizeof(u));
+		fprintf(out,
+			": ier %#x lcr %#x mcr %#x fcr %#x scr %#x divisor %u, loopback %u bytes, bytes out %llu in %llu\n",
+			u.ier, u.lcr, u.mcr, u.fcr, u.scr, u.dll | (u.dlm << 8), u.loopback_count,
+			(unsigned long long)u.bytes_out, (unsigned long long)u.bytes_in);
+		return;
+	}
+	if (rec->type == VM_STATE_DEV_BLOCK_PV &&
+	    rec->length_bytes == sizeof(struct vm_state_block_pv)) {
+		struct vm_state_block_pv b;
+		memcpy(&b, rec->payload, sizeof(b));
+		fprintf(out, ": ring gpa %#llx (%u pages, order %u), req_cons %u, rsp_prod %u%s\n",
+			(unsigned long long)b.ring_gpa, b.ring_pages, b.order, b.req_cons,
+			b.rsp_prod, b.broken ? ", ring broken" : "");
+		return;
+	}
+	if (rec->type == VM_STATE_DEV_ATA_DISK &&
+	    rec->length_bytes >= sizeof(struct vm_state_ata_disk)) {
+		struct vm_state_ata_disk a;
+		memcpy(&a, rec->payload, sizeof(a));
+		fprintf(out,
+			": status %#x error %#x device %#x, command %#x %s, lba %#llx, %llu of %llu sectors left, buffer %u/%u bytes, %llu sectors read, %llu written\n",
+			a.status, a.error, a.device, a.command,
+			a.transfer == 1	  ? "reading"
+			: a.transfer == 2 ? "writing"
+					  : "idle",
+			(unsigned long long)a.command_lba, (unsigned long long)a.sectors_left,
+			(unsigned long long)a.command_sectors, a.buffer_pos, a.buffer_bytes,
+			(unsigned long long)a.counters[2], (unsigned long long)a.counters[3]);
+		return;
+	}
+	print_hex(out, rec->payload, rec->length_bytes);
+}
+
+static void print_state(const struct vm_state_dir *dir, bool list_records, FILE *out)
+{
+	const struct vm_state_vm_info *info = dir->info;
+	char when[64] = "?";
+	time_t secs = (time_t)(dir->state.begin.created_unix_ns / 1000000000ull);
+	struct tm tm;
+	if (localtime_r(&secs, &tm))
+		strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
+	fprintf(out, "state %s: format %u, written by %.32s at %s\n", dir->path,
+		dir->state.begin.format_version, dir->state.begin.writer, when);
+	fprintf(out, "files:\n");
+	for (unsigned i = 0; i < dir->file_count; i++)
+		fprintf(out, "  %-12s %12llu bytes (%llu data), crc32c %08x\n", dir->files[i].name,
+			(unsigned long long)dir->files[i].size_bytes,
+			(unsigned long long)dir->files[i].data_bytes, dir->files[i].crc32c);
+	fprintf(out, "vm:\n  name %.64s\n  uuid ", info->name);
+	for (int i = 0; i < 16; i++)
+		fprintf(out, "%02x%s", info->uuid[i],
+			(i == 3 || i == 5 || i == 7 || i == 9) ? "-" : "");
+	fprintf(out,
+		"\n  memory %llu MiB\n  generation %llu\n  clock %.6f s\n  tsc %llu kHz\n  exits %llu\n",
+		(unsigned long long)(info->memory_bytes >> 20),
+		(unsigned long long)info->generation, info->clock_ns / 1e9,
+		(unsigned long long)info->tsc_khz, (unsigned long long)info->exits_total);
+	const struct vm_state_stored_record *config =
+		vm_state_find(&dir->state, VM_STATE_CONFIG, NULL);
+	if (config) {
+		fprintf(out, "definition:\n");
+		const char *p = (const char *)config->payload;
+		const char *end = p + config->length_bytes;
+		while (p < end) {
+			const char *nl = memchr(p, '\n', (size_t)(end - p));
+			size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+			fprintf(out, "  %.*s\n", (int)n, p);
+			p += n + 1;
+		}
+	}
+	fprintf(out, "vcpu 0:\n");
+	vcpu_state_print(&dir->state, out);
+	pv_cpu_state_print(&dir->state, out);
+
+	const struct vm_state_stored_record *ev = vm_state_find(&dir->state, VM_STATE_EVTCHN, NULL);
+	if (ev && ev->length_bytes == sizeof(struct vm_state_evtchn)) {
+		struct vm_state_evtchn e;
+		memcpy(&e, ev->payload, sizeof(e));
+		fprintf(out, "event channels:");
+		unsigned shown = 0;
+		for (unsigned p = 0; p < e.count && p < 256; p++) {
+			if (!e.entries[p].allocated)
+				continue;
+			if (e.entries[p].bound_device >= 0)
+				fprintf(out, " %u->device %d", p, e.entries[p].bound_device);
+			else
+				fprintf(out, " %u", p);
+			shown++;
+		}
+		fprintf(out, "%s\n", shown ? "" : " none");
+	}
+	fprintf(out, "devices:\n");
+	for (size_t i = 0; i < dir->state.count; i++) {
+		const struct vm_state_stored_record *rec = &dir->state.records[i];
+		if (rec->type == VM_STATE_DEVICE &&
+		    rec->length_bytes == sizeof(struct vm_state_device)) {
+			struct vm_state_device d;
+			struct kapsel_device_desc desc;
+			memcpy(&d, rec->payload, sizeof(d));
+			memcpy(&desc, d.desc, sizeof(desc));
+			fprintf(out, "  %u %-10s (%s)", d.index, devices_type_name(d.type), d.name);
+			if (d.evtchn_port != UINT32_MAX)
+				fprintf(out, " event channel %u", d.evtchn_port);
+			if (desc.io_base)
+				fprintf(out, " ports %#x", desc.io_base);
+			if (desc.doorbell_port)
+				fprintf(out, " doorbell %#x", desc.doorbell_port);
+			if (desc.capacity_sectors)
+				fprintf(out, " %llu sectors",
+					(unsigned long long)desc.capacity_sectors);
+			fprintf(out, ", %llu exits\n", (unsigned long long)d.exits);
+		} else if (rec->type >= VM_STATE_DEVICE_FIRST &&
+			   rec->type <= VM_STATE_DEVICE_LAST) {
+			print_device_record(out, rec);
+		}
+	}
+	size_t position = 0;
+	const struct vm_state_stored_record *rec;
+	while ((rec = vm_state_find(&dir->state, VM_STATE_DISK, &position)) != NULL) {
+		struct vm_state_disk disk;
+		if (rec->length_bytes < sizeof(disk))
+			continue;
+		memcpy(&disk, rec->payload, sizeof(disk));
+		fprintf(out, "disk %u: %.*s, %llu bytes, bus %s%s%s\n", disk.index,
+			(int)(rec->length_bytes - sizeof(disk)),
+			(const char *)rec->payload + sizeof(disk),
+			(unsigned long long)disk.size_bytes, disk.bus ? "ata" : "pv",
+			disk.readonly ? ", read-only" : "",
+			(disk.flags & VM_STATE_DISK_OVERLAY) ? ", overlay" : "");
+	}
+	if (list_records) {
+		fprintf(out, "records:\n");
+		for (size_t i = 0; i < dir->state.count; i++) {
+			const struct vm_state_stored_record *r = &dir->state.records[i];
+			const char *name = vm_state_record_name(r->type);
+			fprintf(out, "  %3zu %-18s type %#06x %s %llu bytes\n", i + 1,
+				name ? name : "(unknown)", r->type,
+				(r->flags & VM_STATE_RECORD_MANDATORY) ? "mandatory" : "optional ",
+				(unsigned long long)r->length_bytes);
+		}
+	}
+}
+
+int cli_inspect(int argc, char **argv)
+{
+	bool list_records = false;
+	const char *path = NULL;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--records") == 0) {
+			list_records = true;
+		} else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+			cli_inspect_usage(stdout);
+			return 0;
+		} else if (argv[i][0] == '-' || path) {
+			kapsel_error("unexpected argument '%s'; see 'kapsel inspect --help'",
+				     argv[i]);
+			return 2;
+		} else {
+			path = argv[i];
+		}
+	}
+	if (!path) {
+		kapsel_error("inspect needs a state directory; see 'kapsel inspect --help'");
+		return 2;
+	}
+	struct vm_state_dir dir;
+	char error[1024];
+	if (vm_state_dir_open(&dir, path, true, error, sizeof(error)) < 0) {
+		kapsel_error("invalid state: %s", error);
+		return 1;
+	}
+	print_state(&dir, list_records, stdout);
+	struct vm_config config;
+	vm_config_init(&config);
+	int err = snapshot_config_from_records(&dir.state, &config, error, sizeof(error));
+	/* Only files inside the directory are looked at: the state's other
+	 * paths are the restorer's to name (--kernel, --disk N=PATH). */
+	bool needs_files = false;
+	if (!err) {
+		err = snapshot_bind_host_files(&dir.state, path, NULL, &config, error,
+					       sizeof(error));
+		needs_files = err == -EPERM;
+	}
+	if (!err)
+		err = snapshot_check_disks(&dir.state, &config, error, sizeof(error));
+	if (needs_files) {
+		printf("state is valid; to restore it, %s\n", error);
+		vm_config_free(&config);
+		vm_state_dir_close(&dir);
+		return 0;
+	}
+	vm_config_free(&config);
+	vm_state_dir_close(&dir);
+	if (err) {
+		printf("NOT restorable: %s\n", error);
+		return 1;
+	}
+	printf("state is valid\n");
+	return 0;
+}
