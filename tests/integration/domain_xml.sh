@@ -193,7 +193,7 @@ xml-refused)
 	check "<devices><disk type='file'><source file='/a'/><target dev='sda' bus='scsi'/></disk></devices>" \
 		"/domain/devices/disk/target bus='scsi' is not supported; use bus='xen' (PV) or bus='ide' (emulated ATA)"
 	check "<devices><disk type='file'><driver type='qcow2'/></disk></devices>" \
-		"/domain/devices/disk/driver type='qcow2': only raw images are supported"
+		"/domain/devices/disk/driver type='qcow2' is not supported; use raw or kovl (a Kapsel overlay)"
 	check "<devices><disk type='file'><source file='/a'/><target dev='xvda'/><iotune><read_iops_sec>5</read_iops_sec></iotune></disk></devices>" \
 		"/domain/devices/disk/iotune/read_iops_sec is not supported; use total_iops_sec, total_iops_sec_max, total_bytes_sec, total_bytes_sec_max"
 	check "<devices><disk type='file'><source file='/a'/><target dev='xvda'/><iotune><total_iops_sec_max>5</total_iops_sec_max></iotune></disk></devices>" \
