@@ -33,7 +33,7 @@ cache=${KAPSEL_NESTED_CACHE:-/var/cache/kapsel-nested}
 memory=${KAPSEL_NESTED_MEMORY:-6G}
 time_limit=${KAPSEL_NESTED_TIMEOUT:-3000}
 # Bump when the VM's init changes, so a cached initrd is rebuilt.
-initrd_version=4
+initrd_version=5
 
 for tool in qemu-system-x86_64 busybox cpio depmod mkfs.ext4; do
 	command -v "$tool" >/dev/null || {
@@ -113,8 +113,18 @@ mount -t devpts pts /host/dev/pts
 mount -t tmpfs run /host/run
 # /tmp on a real file system: tests open images there with O_DIRECT,
 # which this kernel's tmpfs refuses.
+# A working folder under the host's /tmp (a CI clone, say) stays visible.
+keep=$(sed -n 's/.*kapsel_keep=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$keep" ]; then
+	mkdir -p /keep
+	mount --bind "/host$keep" /keep
+fi
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.2; done
 mount -t ext4 /dev/vda /host/tmp || mount -t tmpfs tmp /host/tmp
+if [ -n "$keep" ]; then
+	mkdir -p "/host$keep"
+	mount --bind /keep "/host$keep"
+fi
 chmod 1777 /host/tmp
 cp /run.sh /host/run/kapsel-nested-run.sh
 chroot /host /bin/bash /run/kapsel-nested-run.sh
@@ -147,12 +157,16 @@ trap 'rm -rf "$job"' EXIT
 truncate -s 32G "$job/scratch.img"
 mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 "$job/scratch.img"
 
+# A working folder under /tmp is bound back over the VM's new /tmp.
+keep=""
+case "$PWD/" in /tmp/*) keep=$PWD ;; esac
+
 # Threads for TCG: one per host core.
 timeout --kill-after=10 "$time_limit" qemu-system-x86_64 \
 	-M q35 -cpu max -smp "$(nproc)" -m "$memory" -accel tcg,thread=multi \
 	-nodefaults -no-reboot -display none -serial stdio \
 	-kernel "$cache/vmlinuz" -initrd "$cache/initrd-$initrd_version.gz" \
-	-append "console=ttyS0 quiet loglevel=1 panic=-1 kapsel_job=$job" \
+	-append "console=ttyS0 quiet loglevel=1 panic=-1 kapsel_job=$job${keep:+ kapsel_keep=$keep}" \
 	-drive file="$job/scratch.img",if=virtio,format=raw,cache=unsafe \
 	-virtfs local,path=/,mount_tag=host,security_model=passthrough,id=host,multidevs=remap \
 	</dev/null | sed -u 's/\r$//' || true
