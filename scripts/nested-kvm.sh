@@ -166,7 +166,7 @@ timeout --kill-after=10 "$time_limit" qemu-system-x86_64 \
 	-M q35 -cpu max -smp "$(nproc)" -m "$memory" -accel tcg,thread=multi \
 	-nodefaults -no-reboot -display none -serial stdio \
 	-kernel "$cache/vmlinuz" -initrd "$cache/initrd-$initrd_version.gz" \
-	-append "console=ttyS0 quiet loglevel=1 panic=-1 kapsel_job=$job${keep:+ kapsel_keep=$keep}" \
+	-append "console=ttyS0 quiet loglevel=1 panic=-1 softlockup_panic=1 kapsel_job=$job${keep:+ kapsel_keep=$keep}" \
 	-drive file="$job/scratch.img",if=virtio,format=raw,cache=unsafe \
 	-virtfs local,path=/,mount_tag=host,security_model=passthrough,id=host,multidevs=remap \
 	</dev/null | sed -u 's/\r$//' || true

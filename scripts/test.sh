@@ -14,7 +14,11 @@ cd "$(dirname "$0")/.."
 
 status=0
 logs=("$build/meson-logs/testlog.json")
-if [ -e /dev/kvm ] || [ -n "${KAPSEL_NO_NESTED:-}" ]; then
+# KAPSEL_TEST_NESTED=1: without /dev/kvm, run the kvm suite in a QEMU VM
+# with nested KVM (scripts/nested-kvm.sh).  Opt-in: under full emulation
+# the nested kernel has been seen to lock up (soft lockup in KVM_RUN) about
+# once per full run, so it is a developer's tool, not a gate.
+if [ -e /dev/kvm ] || [ -z "${KAPSEL_TEST_NESTED:-}" ]; then
 	meson test -C "$build" --print-errorlogs --num-processes 2 || status=$?
 	kvm_available=$([ -e /dev/kvm ] && echo yes || echo no)
 else
@@ -80,7 +84,7 @@ if [ "${KAPSEL_ASAN:-1}" != 0 ]; then
 		run_kvm=()
 		if [ -e /dev/kvm ]; then
 			default_kvm=$asan_kvm_default
-		elif [ -z "${KAPSEL_NO_NESTED:-}" ]; then
+		elif [ -n "${KAPSEL_TEST_NESTED:-}" ]; then
 			run_kvm=(scripts/nested-kvm.sh)
 		fi
 		asan_tests=${KAPSEL_ASAN_TESTS-$default_kvm}
