@@ -8,72 +8,46 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config/config_xml_util.h"
 #include "core/log.h"
-
-static int fail(char *error, size_t error_len, const char *xml_path, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int fail(char *error, size_t error_len, const char *xml_path, const char *fmt, ...)
-{
-	char detail[400];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(detail, sizeof(detail), fmt, ap);
-	va_end(ap);
-	snprintf(error, error_len, "domain XML '%s': %s", xml_path, detail);
-	return -EINVAL;
-}
-
-static char *attr(const xmlNode *node, const char *name)
-{
-	xmlChar *raw = xmlGetProp(node, (const xmlChar *)name);
-	if (!raw)
-		return NULL;
-	char *text = strdup((const char *)raw);
-	xmlFree(raw);
-	return text;
-}
-
-static bool named(const xmlNode *node, const char *name)
-{
-	return node->type == XML_ELEMENT_NODE && strcmp((const char *)node->name, name) == 0;
-}
 
 int config_xml_parse_interface(const xmlNode *node, struct vm_config *config, const char *xml_path,
 			       char *error, size_t error_len)
 {
-	char *type = attr(node, "type");
+	char *type = config_xml_attr(node, "type");
 	int err = 0;
 	if (!type || strcmp(type, "ethernet") != 0)
-		err = fail(error, error_len, xml_path,
-			   "/domain/devices/interface type='%s' is not supported; use type='ethernet' with <target dev='TAP'/> (a Unix socket link is --net socket=PATH,peer=PATH on the command line)",
-			   type ? type : "");
+		err = config_xml_fail(
+			error, error_len, xml_path,
+			"/domain/devices/interface type='%s' is not supported; use type='ethernet' with <target dev='TAP'/> (a Unix socket link is --net socket=PATH,peer=PATH on the command line)",
+			type ? type : "");
 	free(type);
 	if (err)
 		return err;
 	if (config->net_count == VM_CONFIG_MAX_NETS)
-		return fail(error, error_len, xml_path,
-			    "/domain/devices/interface: more than %u interfaces",
-			    VM_CONFIG_MAX_NETS);
+		return config_xml_fail(error, error_len, xml_path,
+				       "/domain/devices/interface: more than %u interfaces",
+				       VM_CONFIG_MAX_NETS);
 	struct vm_net_config net = { .backend = VM_NET_BACKEND_TAP, .model = VM_NET_MODEL_PV };
 	char text[32];
 	for (const xmlNode *n = node->children; n && !err; n = n->next) {
 		if (n->type != XML_ELEMENT_NODE)
 			continue;
 		char *value = NULL;
-		if (named(n, "target")) {
-			value = attr(n, "dev");
+		if (config_xml_named(n, "target")) {
+			value = config_xml_attr(n, "dev");
 			if (!value || !*value || strlen(value) >= 16)
-				err = fail(error, error_len, xml_path,
-					   "/domain/devices/interface/target dev='%s' must name a tap interface of 1-15 characters",
-					   value ? value : "");
+				err = config_xml_fail(
+					error, error_len, xml_path,
+					"/domain/devices/interface/target dev='%s' must name a tap interface of 1-15 characters",
+					value ? value : "");
 			else {
 				free(net.path);
 				net.path = value;
 				value = NULL;
 			}
-		} else if (named(n, "model")) {
-			value = attr(n, "type");
+		} else if (config_xml_named(n, "model")) {
+			value = config_xml_attr(n, "type");
 			if (value && (strcmp(value, "xen") == 0 || strcmp(value, "netfront") == 0 ||
 				      strcmp(value, "virtio") == 0))
 				net.model = VM_NET_MODEL_PV;
@@ -81,40 +55,44 @@ int config_xml_parse_interface(const xmlNode *node, struct vm_config *config, co
 				 (strcmp(value, "ne2k_isa") == 0 || strcmp(value, "ne2000") == 0))
 				net.model = VM_NET_MODEL_NE2000;
 			else
-				err = fail(error, error_len, xml_path,
-					   "/domain/devices/interface/model type='%s' is not supported; use 'xen' (PV network) or 'ne2k_isa' (emulated NE2000)",
-					   value ? value : "");
-		} else if (named(n, "mac")) {
-			value = attr(n, "address");
+				err = config_xml_fail(
+					error, error_len, xml_path,
+					"/domain/devices/interface/model type='%s' is not supported; use 'xen' (PV network) or 'ne2k_isa' (emulated NE2000)",
+					value ? value : "");
+		} else if (config_xml_named(n, "mac")) {
+			value = config_xml_attr(n, "address");
 			snprintf(text, sizeof(text), "tap=x,mac=%s", value ? value : "");
 			struct vm_net_config probe;
 			if (vm_config_parse_net(text, &probe, error, error_len) < 0) {
-				err = fail(error, error_len, xml_path,
-					   "/domain/devices/interface/mac address='%s' is not a unicast XX:XX:XX:XX:XX:XX",
-					   value ? value : "");
+				err = config_xml_fail(
+					error, error_len, xml_path,
+					"/domain/devices/interface/mac address='%s' is not a unicast XX:XX:XX:XX:XX:XX",
+					value ? value : "");
 			} else {
 				memcpy(net.mac, probe.mac, 6);
 				net.has_mac = true;
 				vm_net_config_free(&probe);
 			}
-		} else if (named(n, "alias") || named(n, "address")) {
+		} else if (config_xml_named(n, "alias") || config_xml_named(n, "address")) {
 			kapsel_warn("domain XML '%s': ignoring /domain/devices/interface/%s (Kapsel numbers interfaces in the order they are listed)",
 				    xml_path, n->name);
 		} else {
-			err = fail(error, error_len, xml_path,
-				   "/domain/devices/interface/%s is not supported by Kapsel",
-				   n->name);
+			err = config_xml_fail(error, error_len, xml_path,
+					      "/domain/devices/interface/%s is not supported by Kapsel",
+					      n->name);
 		}
 		free(value);
 	}
 	if (!err && !net.path)
-		err = fail(error, error_len, xml_path,
-			   "/domain/devices/interface type='ethernet' needs <target dev='TAP'/>");
+		err = config_xml_fail(
+			error, error_len, xml_path,
+			"/domain/devices/interface type='ethernet' needs <target dev='TAP'/>");
 	for (unsigned i = 0; !err && i < config->net_count; i++)
 		if (net.model == VM_NET_MODEL_NE2000 &&
 		    config->nets[i].model == VM_NET_MODEL_NE2000)
-			err = fail(error, error_len, xml_path,
-				   "/domain/devices/interface/model: two interfaces with type='ne2k_isa'; Kapsel emulates one NE2000, attach the others with type='xen'");
+			err = config_xml_fail(
+				error, error_len, xml_path,
+				"/domain/devices/interface/model: two interfaces with type='ne2k_isa'; Kapsel emulates one NE2000, attach the others with type='xen'");
 	if (err) {
 		vm_net_config_free(&net);
 		return err;

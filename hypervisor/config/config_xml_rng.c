@@ -9,51 +9,22 @@
 #include <string.h>
 
 #include "config/config_options.h"
+#include "config/config_xml_util.h"
 #include "core/log.h"
-
-static int rng_fail(char *error, size_t error_len, const char *xml_path, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int rng_fail(char *error, size_t error_len, const char *xml_path, const char *fmt, ...)
-{
-	char detail[400];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(detail, sizeof(detail), fmt, ap);
-	va_end(ap);
-	snprintf(error, error_len, "domain XML '%s': %s", xml_path, detail);
-	return -EINVAL;
-}
-
-/* An attribute as a private string, or NULL. */
-static char *rng_attr(const xmlNode *node, const char *name)
-{
-	xmlChar *raw = xmlGetProp(node, (const xmlChar *)name);
-	if (!raw)
-		return NULL;
-	char *text = strdup((const char *)raw);
-	xmlFree(raw);
-	return text;
-}
-
-static bool rng_named(const xmlNode *node, const char *name)
-{
-	return node->type == XML_ELEMENT_NODE && strcmp((const char *)node->name, name) == 0;
-}
 
 static int parse_backend(const xmlNode *n, const char *xml_path, char *error, size_t error_len)
 {
-	char *model = rng_attr(n, "model");
+	char *model = config_xml_attr(n, "model");
 	xmlChar *content = xmlNodeGetContent(n);
 	int err = 0;
 	if (!model || strcmp(model, "random") != 0)
-		err = rng_fail(
+		err = config_xml_fail(
 			error, error_len, xml_path,
 			"/domain/devices/rng/backend model='%s' is not supported; use model='random' (Kapsel draws from the host kernel with getrandom)",
 			model ? model : "");
 	else if (content && content[0] && strcmp((const char *)content, "/dev/urandom") != 0 &&
 		 strcmp((const char *)content, "/dev/random") != 0)
-		err = rng_fail(
+		err = config_xml_fail(
 			error, error_len, xml_path,
 			"/domain/devices/rng/backend '%s' is not supported; use /dev/urandom (Kapsel never opens it: the bytes come from getrandom)",
 			(const char *)content);
@@ -65,16 +36,16 @@ static int parse_backend(const xmlNode *n, const char *xml_path, char *error, si
 static int parse_rate(const xmlNode *n, struct vm_rng_config *rng, const char *xml_path,
 		      char *error, size_t error_len)
 {
-	char *bytes_text = rng_attr(n, "bytes"), *period_text = rng_attr(n, "period");
+	char *bytes_text = config_xml_attr(n, "bytes"), *period_text = config_xml_attr(n, "period");
 	uint64_t bytes = 0, period_ms = 1000;
 	int err = 0;
 	if (config_parse_u64(bytes_text, &bytes) < 0 || bytes == 0 || bytes > UINT64_MAX / 1000)
-		err = rng_fail(
+		err = config_xml_fail(
 			error, error_len, xml_path,
 			"/domain/devices/rng/rate bytes='%s' must be a whole number of bytes above 0",
 			bytes_text ? bytes_text : "");
 	else if (period_text && (config_parse_u64(period_text, &period_ms) < 0 || period_ms == 0))
-		err = rng_fail(
+		err = config_xml_fail(
 			error, error_len, xml_path,
 			"/domain/devices/rng/rate period='%s' must be a whole number of milliseconds above 0",
 			period_text);
@@ -92,14 +63,14 @@ int config_xml_parse_rng(const xmlNode *node, struct vm_config *config, const ch
 			 char *error, size_t error_len)
 {
 	if (config->rng.enabled)
-		return rng_fail(
+		return config_xml_fail(
 			error, error_len, xml_path,
 			"/domain/devices/rng: a second <rng>; Kapsel offers one entropy device");
-	char *model = rng_attr(node, "model");
+	char *model = config_xml_attr(node, "model");
 	int err = 0;
 	if (!model || (strcmp(model, "virtio") != 0 && strcmp(model, "virtio-transitional") != 0 &&
 		       strcmp(model, "virtio-non-transitional") != 0))
-		err = rng_fail(
+		err = config_xml_fail(
 			error, error_len, xml_path,
 			"/domain/devices/rng model='%s' is not supported; use model='virtio' (the PV entropy device)",
 			model ? model : "");
@@ -108,17 +79,17 @@ int config_xml_parse_rng(const xmlNode *node, struct vm_config *config, const ch
 	for (const xmlNode *n = node->children; n && !err; n = n->next) {
 		if (n->type != XML_ELEMENT_NODE)
 			continue;
-		if (rng_named(n, "backend"))
+		if (config_xml_named(n, "backend"))
 			err = parse_backend(n, xml_path, error, error_len);
-		else if (rng_named(n, "rate"))
+		else if (config_xml_named(n, "rate"))
 			err = parse_rate(n, &rng, xml_path, error, error_len);
-		else if (rng_named(n, "alias") || rng_named(n, "address"))
+		else if (config_xml_named(n, "alias") || config_xml_named(n, "address"))
 			kapsel_warn("domain XML '%s': ignoring /domain/devices/rng/%s (Kapsel places the entropy device after the network interfaces)",
 				    xml_path, n->name);
 		else
-			err = rng_fail(error, error_len, xml_path,
-				       "/domain/devices/rng/%s is not supported by Kapsel",
-				       n->name);
+			err = config_xml_fail(error, error_len, xml_path,
+					      "/domain/devices/rng/%s is not supported by Kapsel",
+					      n->name);
 	}
 	if (err)
 		return err;
