@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "bench.h"
 
 #define FILL_CHUNK_BYTES (1u << 20)
@@ -29,13 +30,6 @@ static void on_interrupt(int signo)
 bool bench_interrupted(void)
 {
 	return interrupted != 0;
-}
-
-static uint64_t monotonic_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 const char *bench_path_name(enum bench_path path)

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "bench.h"
 
 /*
@@ -80,13 +81,6 @@ static uint64_t kv_u64(const struct kv *kv, const char *key)
 static bool kv_has(const struct kv *kv, const char *key)
 {
 	return kv_get(kv, key) != NULL;
-}
-
-static uint64_t monotonic_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 struct child {

@@ -14,19 +14,13 @@
 #include "cli/run_supervisor.h"
 #include "control/control.h"
 #include "control/control_client.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "state/snapshot.h"
 #include "core/vm.h"
 #include "state/vm_state.h"
 #include "core/sandbox.h"
 #include "core/pv_cpu.h"
-
-static uint64_t monotonic_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 struct restore_settings {
 	const char *dir;

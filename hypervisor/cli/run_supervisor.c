@@ -12,19 +12,13 @@
 #include <unistd.h>
 
 #include "control/control.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/sandbox.h"
 #include "core/vm.h"
 #include "state/migrate.h"
 #include "state/migrate_transport.h"
 #include "state/snapshot.h"
-
-static uint64_t monotonic_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 /* ---- Saving a running VM -------------------------------------------------- */
 

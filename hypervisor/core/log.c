@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <time.h>
 
+#include "core/clock.h"
+
 static bool log_verbose;
 static bool log_quiet;
 static FILE *log_stream;
@@ -59,13 +61,6 @@ void kapsel_debug(const char *fmt, ...)
 	va_start(ap, fmt);
 	log_print("", fmt, ap);
 	va_end(ap);
-}
-
-static uint64_t monotonic_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * NS_PER_SECOND + (uint64_t)ts.tv_nsec;
 }
 
 void log_limit_init(struct log_limit *limit, unsigned burst, unsigned per_second)

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/crash_report.h"
 #include "devices/devices.h"
 #include "core/log.h"
@@ -24,13 +25,6 @@
 /* Three pages KVM on VMX wants for real-mode emulation; our guests never
  * run in real mode, so they are only set where they cannot overlap RAM. */
 #define KVM_TSS_GPA 0xfffbd000u
-
-static uint64_t monotonic_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 uint64_t vm_clock_ns(const struct kapsel_vm *vm)
 {

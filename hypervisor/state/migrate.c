@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "devices/devices.h"
 #include "devices/block/disk.h"
 #include "core/error_text.h"
@@ -47,13 +48,6 @@ struct migrate_message {
 	char detail[240]; /* FAILED: why, NUL terminated */
 };
 _Static_assert(sizeof(struct migrate_message) == 256, "migrate message layout");
-
-static uint64_t monotonic_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 int migrate_parse_uri(const char *uri, char *host, size_t host_len, char *port, size_t port_len)
 {

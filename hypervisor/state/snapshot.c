@@ -15,17 +15,11 @@
 #include <unistd.h>
 
 #include "devices/block/disk_overlay.h"
+#include "core/clock.h"
 #include "core/error_text.h"
 #include "core/log.h"
 #include "state/vcpu_state.h"
 #include "core/vm.h"
-
-static uint64_t monotonic_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 /* ---- The definition as text ------------------------------------------------- */
 
