@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/byte_size.h"
 #include "config/config_options.h"
 #include "core/error_text.h"
 
@@ -227,50 +228,6 @@ int vm_config_parse_disk(const char *text, struct vm_disk_config *disk, char *er
 	return err;
 }
 
-/* A size such as 4096, 64K, 10M or 1G (optionally KiB/KB...); 0 for bad syntax. */
-static int parse_byte_size(const char *text, uint64_t *bytes)
-{
-	char *end;
-	if (!text || *text < '0' || *text > '9')
-		return -EINVAL;
-	errno = 0;
-	unsigned long long value = strtoull(text, &end, 10);
-	if (errno)
-		return -EINVAL;
-	unsigned shift = 0;
-	switch (*end) {
-	case 'k':
-	case 'K':
-		shift = 10;
-		break;
-	case 'm':
-	case 'M':
-		shift = 20;
-		break;
-	case 'g':
-	case 'G':
-		shift = 30;
-		break;
-	case '\0':
-		break;
-	default:
-		return -EINVAL;
-	}
-	if (*end) {
-		end++;
-		if (*end == 'i' || *end == 'I')
-			end++;
-		if (*end == 'b' || *end == 'B')
-			end++;
-		if (*end)
-			return -EINVAL;
-	}
-	if (value > (UINT64_MAX >> shift))
-		return -EINVAL;
-	*bytes = (uint64_t)value << shift;
-	return 0;
-}
-
 int vm_config_parse_console_output(const char *text, struct vm_config *config, char *error,
 				   size_t error_len)
 {
@@ -287,7 +244,7 @@ int vm_config_parse_console_output(const char *text, struct vm_config *config, c
 	int err = 0;
 	char *opt, *value;
 	while (!err && (opt = config_next_option(&cursor, &value))) {
-		if (strcmp(opt, "max") == 0 && parse_byte_size(value, &max_bytes) == 0) {
+		if (strcmp(opt, "max") == 0 && byte_size_parse(value, &max_bytes) == 0) {
 			if (max_bytes && max_bytes < VM_CONSOLE_OUTPUT_MIN_MAX_BYTES)
 				err = kapsel_fail(
 					error, error_len, -EINVAL,

@@ -2,13 +2,14 @@
 #define _GNU_SOURCE
 #include "core/guest_memory.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+#include "core/byte_size.h"
 
 #define TWO_MIB (2ull << 20)
 
@@ -86,44 +87,10 @@ void *guest_memory_translate_guest(const struct guest_memory *mem, uint64_t gpa,
 
 int guest_memory_parse_size(const char *text, uint64_t *size_bytes)
 {
-	char *end;
-	unsigned long long value;
-	uint64_t shift = 0;
-
-	if (!text || !isdigit((unsigned char)text[0]))
-		return -EINVAL;
-	errno = 0;
-	value = strtoull(text, &end, 10);
-	if (errno)
-		return -ERANGE;
-	switch (toupper((unsigned char)*end)) {
-	case '\0':
-		break;
-	case 'K':
-		shift = 10;
-		break;
-	case 'M':
-		shift = 20;
-		break;
-	case 'G':
-		shift = 30;
-		break;
-	default:
-		return -EINVAL;
-	}
-	if (*end) {
-		end++;
-		/* Accept "M", "MB", "MiB" (and K/G likewise). */
-		if (*end == 'i' || *end == 'I')
-			end++;
-		if (*end == 'b' || *end == 'B')
-			end++;
-		if (*end)
-			return -EINVAL;
-	}
-	if (value > (UINT64_MAX >> shift))
-		return -ERANGE;
-	value <<= shift;
+	uint64_t value;
+	int err = byte_size_parse(text, &value);
+	if (err)
+		return err;
 	if (value < GUEST_MEMORY_MIN_BYTES || value > GUEST_MEMORY_MAX_BYTES || value % TWO_MIB)
 		return -ERANGE;
 	*size_bytes = value;
