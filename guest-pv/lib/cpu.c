@@ -6,6 +6,8 @@
 #include "kapsel_guest/platform.h"
 
 static kg_trap_handler trap_handlers[KAPSEL_TRAP_VECTOR_COUNT];
+/* Set by kg_syscall_register (mmu.c). */
+kg_trap_handler kg_cpu_syscall_handler;
 static kg_event_handler event_handlers[KAPSEL_EVTCHN_COUNT];
 static uint32_t timer_port = UINT32_MAX;
 
@@ -75,6 +77,10 @@ void kg_cpu_dispatch(struct kapsel_trap_frame *frame)
 {
 	if (frame->vector == KAPSEL_TRAP_VECTOR_UPCALL) {
 		upcall(frame);
+		return;
+	}
+	if (frame->vector == KAPSEL_TRAP_VECTOR_SYSCALL && kg_cpu_syscall_handler) {
+		kg_cpu_syscall_handler(frame);
 		return;
 	}
 	kg_trap_handler handler =

@@ -23,8 +23,9 @@
 #define KAPSEL_ABI_MAJOR 1u
 /* 1: control requests (event page); 2: PV network (net.h); 3: PV entropy
  * (rng.h: device type KAPSEL_DEV_RNG_PV, feature KAPSEL_FEATURE_RNG_PV);
- * 4: PV CPU (traps, upcalls, timers: KAPSEL_FEATURE_PV_CPU) */
-#define KAPSEL_ABI_MINOR 4u
+ * 4: PV CPU (traps, upcalls, timers: KAPSEL_FEATURE_PV_CPU);
+ * 5: PV MMU (address spaces, user mode, syscalls: KAPSEL_FEATURE_PV_MMU) */
+#define KAPSEL_ABI_MINOR 4u /* 5 once the hypervisor serves PV MMU */
 #define KAPSEL_ABI_VERSION ((KAPSEL_ABI_MAJOR << 16) | KAPSEL_ABI_MINOR)
 
 /* ---- Discovery through CPUID -------------------------------------------- */
@@ -51,6 +52,7 @@
 #define KAPSEL_FEATURE_NET_PV (1ull << 6)     /* PV network protocol (net.h, minor 2) */
 #define KAPSEL_FEATURE_RNG_PV (1ull << 7)     /* PV entropy protocol (rng.h, minor 3) */
 #define KAPSEL_FEATURE_PV_CPU (1ull << 8)     /* traps, upcalls, timers (minor 4) */
+#define KAPSEL_FEATURE_PV_MMU (1ull << 9)     /* address spaces, user mode (minor 5) */
 #define KAPSEL_FEATURES_V1                                                              \
 	(KAPSEL_FEATURE_CONSOLE_PV | KAPSEL_FEATURE_EVTCHN | KAPSEL_FEATURE_DOORBELL |  \
 	 KAPSEL_FEATURE_BLOCK_PV | KAPSEL_FEATURE_GENERATION | KAPSEL_FEATURE_CONTROL | \
@@ -141,7 +143,25 @@ enum kapsel_hypercall {
 	KAPSEL_HC_TIMER_SET = 15,
 	/* (port, virq, vcpu) -> 0; the host raises port for that virq */
 	KAPSEL_HC_EVTCHN_BIND_VIRQ = 16,
-	KAPSEL_HC_COUNT = 17
+	/* Minor 5, PV MMU (docs/abi.md "Address spaces and processes"). */
+	/* () -> id of a new, empty address space (1 .. KAPSEL_AS_MAX - 1) */
+	KAPSEL_HC_AS_CREATE = 17,
+	/* (as) -> 0; frees its page tables.  Not the current one. */
+	KAPSEL_HC_AS_DESTROY = 18,
+	/* (as, gpa of struct kapsel_mmu_op[count], count) -> number of ops
+	 * applied, in order; it stops at the first refused op, whose result
+	 * field says why.  count <= KAPSEL_MMU_BATCH_MAX. */
+	KAPSEL_HC_MMU_UPDATE = 19,
+	/* (as, 0 = none) -> 0; the process address space user mode runs in
+	 * and the kernel sees beside its own memory.  Flushes the TLB. */
+	KAPSEL_HC_AS_SWITCH = 20,
+	/* (entry) -> 0; where a syscall instruction in user mode enters the
+	 * kernel (frame vector KAPSEL_TRAP_VECTOR_SYSCALL); 0 removes it. */
+	KAPSEL_HC_SET_SYSCALL = 21,
+	/* (stack_top, stack_bytes) -> 0; the stack every entry from user
+	 * mode (syscall, exception, upcall) puts its frame on. */
+	KAPSEL_HC_KERNEL_STACK = 22,
+	KAPSEL_HC_COUNT = 23
 };
 
 enum kapsel_shutdown_reason {
@@ -338,8 +358,14 @@ _Static_assert(__builtin_offsetof(struct kapsel_device_setup, queue) == 24,
 #define KAPSEL_TRAP_STACK_MAX_BYTES (16u << 20)
 #define KAPSEL_TRAP_NESTED_GAP_BYTES 128u
 
+/* The vector field of a frame delivered to the syscall entry (minor 5). */
+#define KAPSEL_TRAP_VECTOR_SYSCALL 0x101u
+
 /* kapsel_trap_frame.flags */
 #define KAPSEL_TRAP_FRAME_UPCALL_MASKED (1u << 0) /* upcall mask at interruption */
+/* Minor 5: the interrupted context ran in user mode; on IRET, resume it in
+ * user mode (the current address space's user view, every port closed). */
+#define KAPSEL_TRAP_FRAME_USER (1u << 1)
 
 /*
  * What the hypervisor writes on the handler's stack, 16-byte aligned, and
@@ -398,6 +424,45 @@ enum kapsel_virq {
 #define KAPSEL_TIMER_STOP UINT64_MAX
 /* Periodic timers fire at most every 100 us: a guest cannot storm the host. */
 #define KAPSEL_TIMER_MIN_PERIOD_NS 100000ull
+
+/* ---- PV MMU (minor 5): address spaces and user mode --------------------- */
+
+/*
+ * The kernel runs in "kernel mode" on the hypervisor's identity map of guest
+ * RAM (virtual == physical, below 512 GiB), plus the user half of the
+ * current address space.  A process runs in "user mode": it sees only the
+ * user half of the current address space, [KAPSEL_USER_VA_MIN,
+ * KAPSEL_USER_VA_END), and no I/O port.  Both are CPL 3.  Page tables live
+ * in hypervisor memory outside guest RAM: the guest changes them only
+ * through KAPSEL_HC_MMU_UPDATE, and can never map them.
+ */
+#define KAPSEL_USER_VA_MIN (1ull << 39)
+#define KAPSEL_USER_VA_END (1ull << 47)
+#define KAPSEL_AS_MAX 64u	     /* address-space ids 1 .. 63 */
+#define KAPSEL_MMU_BATCH_MAX 512u    /* ops per KAPSEL_HC_MMU_UPDATE */
+#define KAPSEL_MMU_TABLE_PAGES 4096u /* page-table pages per VM (16 MiB) */
+
+enum kapsel_mmu_op_kind {
+	/* Map va to the guest frame gpa with prot; replaces a mapping of va. */
+	KAPSEL_MMU_MAP = 1,
+	/* Remove the mapping of va; a hole stays a hole (result 0). */
+	KAPSEL_MMU_UNMAP = 2,
+	/* Change the protection of the mapping at va (-ENOENT if none). */
+	KAPSEL_MMU_PROTECT = 3,
+};
+/* prot: a mapped page is always readable by user mode. */
+#define KAPSEL_PROT_WRITE (1u << 0)
+#define KAPSEL_PROT_EXEC (1u << 1)
+
+struct kapsel_mmu_op {
+	uint64_t va;	/* page aligned, in [KAPSEL_USER_VA_MIN, KAPSEL_USER_VA_END) */
+	uint64_t gpa;	/* MAP: page-aligned guest RAM at or above KAPSEL_GPA_LOW_FREE */
+	uint32_t op;	/* enum kapsel_mmu_op_kind */
+	uint32_t prot;	/* KAPSEL_PROT_* */
+	int64_t result; /* written by the host: 0, or -errno for a refused op */
+};
+_Static_assert(sizeof(struct kapsel_mmu_op) == 32, "mmu op layout");
+_Static_assert(__builtin_offsetof(struct kapsel_mmu_op, result) == 24, "mmu op result");
 
 /* ---- Fixed guest-physical layout (hypervisor-owned low memory) ---------- */
 
