@@ -62,7 +62,8 @@ size_t kg_mmu_update(int as, struct kapsel_mmu_op *ops, size_t count)
 		size_t batch = count - done;
 		if (batch > KAPSEL_MMU_BATCH_MAX)
 			batch = KAPSEL_MMU_BATCH_MAX;
-		int64_t rc = kg_hc_mmu_update((uint64_t)as, (uint64_t)(uintptr_t)(ops + done), batch);
+		int64_t rc =
+			kg_hc_mmu_update((uint64_t)as, (uint64_t)(uintptr_t)(ops + done), batch);
 		if (rc < 0) {
 			/* The whole call was refused (bad id, array outside RAM). */
 			ops[done].result = rc;

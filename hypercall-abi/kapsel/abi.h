@@ -25,7 +25,7 @@
  * (rng.h: device type KAPSEL_DEV_RNG_PV, feature KAPSEL_FEATURE_RNG_PV);
  * 4: PV CPU (traps, upcalls, timers: KAPSEL_FEATURE_PV_CPU);
  * 5: PV MMU (address spaces, user mode, syscalls: KAPSEL_FEATURE_PV_MMU) */
-#define KAPSEL_ABI_MINOR 4u /* 5 once the hypervisor serves PV MMU */
+#define KAPSEL_ABI_MINOR 5u
 #define KAPSEL_ABI_VERSION ((KAPSEL_ABI_MAJOR << 16) | KAPSEL_ABI_MINOR)
 
 /* ---- Discovery through CPUID -------------------------------------------- */
@@ -56,7 +56,8 @@
 #define KAPSEL_FEATURES_V1                                                              \
 	(KAPSEL_FEATURE_CONSOLE_PV | KAPSEL_FEATURE_EVTCHN | KAPSEL_FEATURE_DOORBELL |  \
 	 KAPSEL_FEATURE_BLOCK_PV | KAPSEL_FEATURE_GENERATION | KAPSEL_FEATURE_CONTROL | \
-	 KAPSEL_FEATURE_NET_PV | KAPSEL_FEATURE_RNG_PV | KAPSEL_FEATURE_PV_CPU)
+	 KAPSEL_FEATURE_NET_PV | KAPSEL_FEATURE_RNG_PV | KAPSEL_FEATURE_PV_CPU |         \
+	 KAPSEL_FEATURE_PV_MMU)
 
 /* ---- I/O ports ---------------------------------------------------------- */
 

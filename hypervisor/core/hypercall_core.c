@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "core/hypercall.h"
+#include "core/pv_mmu.h"
 #include "core/log.h"
 #include "core/vm.h"
 
@@ -303,7 +304,13 @@ int hypercall_register_core(struct hypercall_table *table)
 	}
 	/* Minor 3: traps, upcalls and timers live in pv_cpu.c. */
 	int err = pv_cpu_register_hypercalls(table);
-	if (err)
+	if (err) {
 		kapsel_error("cannot register the PV CPU hypercalls: %s", strerror(-err));
+		return err;
+	}
+	/* Minor 5: address spaces and user mode live in pv_mmu.c. */
+	err = pv_mmu_register_hypercalls(table);
+	if (err)
+		kapsel_error("cannot register the PV MMU hypercalls: %s", strerror(-err));
 	return err;
 }

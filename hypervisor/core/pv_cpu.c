@@ -12,6 +12,7 @@
 
 #include "core/crash_report.h"
 #include "core/log.h"
+#include "core/pv_mmu.h"
 #include "core/vm.h"
 #include "core/x86_boot.h"
 
@@ -33,21 +34,28 @@ static bool canonical(uint64_t address)
 	return address < CANONICAL_LIMIT || address >= ~(CANONICAL_LIMIT - 1);
 }
 
+int pv_cpu_check_stack(const struct guest_memory *mem, uint64_t stack_top, uint64_t stack_bytes)
+{
+	if (stack_bytes < KAPSEL_TRAP_STACK_MIN_BYTES ||
+	    stack_bytes > KAPSEL_TRAP_STACK_MAX_BYTES || (stack_top & 15))
+		return -KAPSEL_EINVAL;
+	if (stack_top < stack_bytes)
+		return -KAPSEL_EFAULT; /* would wrap below 0 */
+	if (!guest_memory_translate_guest(mem, stack_top - stack_bytes, stack_bytes))
+		return -KAPSEL_EFAULT;
+	return 0;
+}
+
 int pv_cpu_check_handler(const struct guest_memory *mem, const struct pv_handler *handler)
 {
-	if (handler->stack_bytes < KAPSEL_TRAP_STACK_MIN_BYTES ||
-	    handler->stack_bytes > KAPSEL_TRAP_STACK_MAX_BYTES || (handler->stack_top & 15))
-		return -KAPSEL_EINVAL;
+	int err = pv_cpu_check_stack(mem, handler->stack_top, handler->stack_bytes);
+	if (err == -KAPSEL_EINVAL)
+		return err;
 	/* The entry's first byte must be guest RAM; the CPU faults (and the
 	 * handler chain ends in a crash report) if the code runs off it. */
 	if (!guest_memory_translate_guest(mem, handler->entry, 1))
 		return -KAPSEL_EFAULT;
-	if (handler->stack_top < handler->stack_bytes)
-		return -KAPSEL_EFAULT; /* would wrap below 0 */
-	if (!guest_memory_translate_guest(mem, handler->stack_top - handler->stack_bytes,
-					  handler->stack_bytes))
-		return -KAPSEL_EFAULT;
-	return 0;
+	return err;
 }
 
 int pv_cpu_frame_place(const struct pv_handler *handler, uint64_t interrupted_rsp,
@@ -351,11 +359,35 @@ static void enter_handler(struct kapsel_vm *vm, const struct pv_handler *handler
 	vm->run->kvm_dirty_regs |= KVM_SYNC_X86_REGS;
 }
 
+/*
+ * Where a delivery's frame goes: on the kernel stack's top for an entry
+ * from user mode (PV MMU: a process has no frames of its own), else on the
+ * handler's stack (below the interrupted rsp when already on it).
+ */
+static int place_frame(const struct kapsel_vm *vm, const struct pv_handler *handler,
+		       uint64_t interrupted_rsp, uint64_t *frame_gpa)
+{
+	if (vm->pv_mmu.user_mode)
+		return pv_cpu_frame_place(&vm->pv_mmu.kernel_stack, 0, frame_gpa);
+	if (pv_cpu_check_handler(&vm->mem, handler) < 0)
+		return -KAPSEL_EFAULT;
+	return pv_cpu_frame_place(handler, interrupted_rsp, frame_gpa);
+}
+
+/* After a delivery: kernel mode from now on (user mode only ever ends by
+ * an entry), upcalls masked. */
+static void entered_kernel(struct kapsel_vm *vm)
+{
+	__atomic_store_n(&vcpu_info(vm, 0)->upcall_mask, 1, __ATOMIC_SEQ_CST);
+	pv_mmu_set_user_mode(vm, false);
+}
+
 bool pv_cpu_deliver_trap(struct kapsel_vm *vm)
 {
 	struct pv_cpu_vcpu *c = &vm->pv_cpu;
 	struct kvm_regs *regs = &vm->run->s.regs.regs;
 	struct x86_fault_frame stub;
+	bool from_user = vm->pv_mmu.user_mode;
 
 	/* The stub's frame sits at a fixed place on the hypervisor's
 	 * exception stack; anything else is not a report we understand. */
@@ -369,10 +401,15 @@ bool pv_cpu_deliver_trap(struct kapsel_vm *vm)
 		return false;
 	unsigned vector = (unsigned)stub.vector;
 	const struct pv_handler *handler = &c->traps[vector];
+	kapsel_debug("trap: vector %u error %#" PRIx64 " rip %#" PRIx64 " rsp %#" PRIx64
+		     " cs %#" PRIx64 "%s",
+		     vector, stub.error_code, stub.rip, stub.rsp, stub.cs,
+		     from_user ? " (user mode)" : "");
 	if (!handler->entry) {
 		if (pv_cpu_in_use(c))
-			fprintf(stderr, "kapsel: the guest has no handler registered for %s\n",
-				x86_exception_name(vector));
+			fprintf(stderr, "kapsel: the guest has no handler registered for %s%s\n",
+				x86_exception_name(vector),
+				from_user ? " (raised in user mode)" : "");
 		return false;
 	}
 	if (stub.cs != X86_SEL_USER_CS) {
@@ -380,7 +417,9 @@ bool pv_cpu_deliver_trap(struct kapsel_vm *vm)
 			x86_exception_name(vector));
 		return false;
 	}
-	if (c->active_vectors & (1u << vector)) {
+	/* Deliveries from user mode never nest: a kernel may switch processes
+	 * inside its handler, so they are not "in progress". */
+	if (!from_user && (c->active_vectors & (1u << vector))) {
 		fprintf(stderr,
 			"kapsel: %s inside the guest's own %s handler (that delivery is still in progress); not delivered again\n",
 			x86_exception_name(vector), x86_exception_name(vector));
@@ -409,16 +448,18 @@ bool pv_cpu_deliver_trap(struct kapsel_vm *vm)
 	struct kapsel_vcpu_info *info = vcpu_info(vm, 0);
 	if (__atomic_load_n(&info->upcall_mask, __ATOMIC_SEQ_CST))
 		frame.flags |= KAPSEL_TRAP_FRAME_UPCALL_MASKED;
+	if (from_user)
+		frame.flags |= KAPSEL_TRAP_FRAME_USER;
 
 	uint64_t frame_gpa;
-	if (pv_cpu_check_handler(&vm->mem, handler) < 0 ||
-	    pv_cpu_frame_place(handler, stub.rsp, &frame_gpa) < 0 ||
+	if (place_frame(vm, handler, stub.rsp, &frame_gpa) < 0 ||
 	    !frame_write(vm, frame_gpa, &frame)) {
+		const struct pv_handler *stack = from_user ? &vm->pv_mmu.kernel_stack : handler;
 		fprintf(stderr,
-			"kapsel: cannot deliver %s: the frame does not fit the handler's stack [%#" PRIx64
+			"kapsel: cannot deliver %s: the frame does not fit the %s stack [%#" PRIx64
 			", %#" PRIx64 ") (stack overflow or stack outside guest RAM)\n",
-			x86_exception_name(vector), handler->stack_top - handler->stack_bytes,
-			handler->stack_top);
+			x86_exception_name(vector), from_user ? "kernel" : "handler's",
+			stack->stack_top - stack->stack_bytes, stack->stack_top);
 		return false;
 	}
 	/* Back to CPL3: user code and stack segments. */
@@ -431,9 +472,43 @@ bool pv_cpu_deliver_trap(struct kapsel_vm *vm)
 	regs->rax = stub.rax;
 	regs->rdx = stub.rdx;
 	enter_handler(vm, handler, frame_gpa, stub.rflags);
-	__atomic_store_n(&info->upcall_mask, 1, __ATOMIC_SEQ_CST);
-	c->active_vectors |= 1u << vector;
+	if (!from_user)
+		c->active_vectors |= 1u << vector;
+	entered_kernel(vm);
 	c->traps_delivered++;
+	return true;
+}
+
+bool pv_cpu_deliver_syscall(struct kapsel_vm *vm, const struct kvm_sregs *sregs)
+{
+	(void)sregs;
+	struct kvm_regs *regs = &vm->run->s.regs.regs;
+	struct kapsel_trap_frame frame;
+	memset(&frame, 0, sizeof(frame));
+	pv_cpu_frame_from_regs(&frame, regs);
+	/* What the syscall instruction left: rcx = return rip, r11 = rflags;
+	 * rsp is the process's (syscall does not switch stacks). */
+	frame.vector = KAPSEL_TRAP_VECTOR_SYSCALL;
+	frame.rip = regs->rcx;
+	frame.rflags = regs->r11;
+	frame.cs = X86_SEL_USER_CS;
+	frame.ss = X86_SEL_USER_DS;
+	frame.flags = KAPSEL_TRAP_FRAME_USER;
+	if (__atomic_load_n(&vcpu_info(vm, 0)->upcall_mask, __ATOMIC_SEQ_CST))
+		frame.flags |= KAPSEL_TRAP_FRAME_UPCALL_MASKED;
+	uint64_t frame_gpa;
+	if (pv_cpu_frame_place(&vm->pv_mmu.kernel_stack, 0, &frame_gpa) < 0 ||
+	    !frame_write(vm, frame_gpa, &frame)) {
+		fprintf(stderr,
+			"kapsel: cannot deliver a syscall: the frame does not fit the kernel stack [%#" PRIx64
+			", %#" PRIx64 ")\n",
+			vm->pv_mmu.kernel_stack.stack_top - vm->pv_mmu.kernel_stack.stack_bytes,
+			vm->pv_mmu.kernel_stack.stack_top);
+		return false;
+	}
+	const struct pv_handler entry = { .entry = vm->pv_mmu.syscall_entry };
+	enter_handler(vm, &entry, frame_gpa, regs->r11);
+	entered_kernel(vm);
 	return true;
 }
 
@@ -451,6 +526,9 @@ bool pv_cpu_deliver_upcall(struct kapsel_vm *vm)
 	struct pv_cpu_vcpu *c = &vm->pv_cpu;
 	if (!pv_cpu_upcall_wanted(vm))
 		return true;
+	/* Stopped on the way into the guest (the PV MMU's switch stub):
+	 * finish that in software first, it is redone with this entry. */
+	pv_mmu_settle(vm);
 	struct kvm_sregs sregs;
 	if (ioctl(vm->vcpu_fd, KVM_GET_SREGS, &sregs) < 0)
 		return true; /* try again at the next exit */
@@ -461,9 +539,10 @@ bool pv_cpu_deliver_upcall(struct kapsel_vm *vm)
 	memset(&frame, 0, sizeof(frame));
 	pv_cpu_frame_from_regs(&frame, regs);
 	frame.vector = KAPSEL_TRAP_VECTOR_UPCALL;
+	if (vm->pv_mmu.user_mode)
+		frame.flags |= KAPSEL_TRAP_FRAME_USER;
 	uint64_t frame_gpa;
-	if (pv_cpu_check_handler(&vm->mem, &c->callback) < 0 ||
-	    pv_cpu_frame_place(&c->callback, regs->rsp, &frame_gpa) < 0 ||
+	if (place_frame(vm, &c->callback, regs->rsp, &frame_gpa) < 0 ||
 	    !frame_write(vm, frame_gpa, &frame)) {
 		fprintf(stderr,
 			"kapsel: cannot deliver an upcall: the frame does not fit the callback's stack [%#" PRIx64
@@ -473,7 +552,7 @@ bool pv_cpu_deliver_upcall(struct kapsel_vm *vm)
 		return false;
 	}
 	enter_handler(vm, &c->callback, frame_gpa, regs->rflags);
-	__atomic_store_n(&vcpu_info(vm, 0)->upcall_mask, 1, __ATOMIC_SEQ_CST);
+	entered_kernel(vm);
 	c->upcalls_delivered++;
 	return true;
 }
@@ -562,13 +641,18 @@ static int64_t hc_iret(struct kapsel_vm *vm, const uint64_t args[])
 	/* Read once; only the copy is checked and used. */
 	struct kapsel_trap_frame frame;
 	memcpy(&frame, shared, sizeof(frame));
-	if (frame.vector >= KAPSEL_TRAP_VECTOR_COUNT && frame.vector != KAPSEL_TRAP_VECTOR_UPCALL)
+	if (frame.vector >= KAPSEL_TRAP_VECTOR_COUNT && frame.vector != KAPSEL_TRAP_VECTOR_UPCALL &&
+	    frame.vector != KAPSEL_TRAP_VECTOR_SYSCALL)
 		return -KAPSEL_EINVAL;
+	bool to_user = (frame.flags & KAPSEL_TRAP_FRAME_USER) != 0;
+	if (to_user && !pv_mmu_user_mode_possible(vm))
+		return -KAPSEL_EINVAL; /* no process address space or kernel stack */
 	struct kvm_regs regs = vm->run->s.regs.regs;
 	int err = pv_cpu_regs_from_frame(&regs, &frame, regs.rflags);
 	if (err)
 		return err;
 	vm->run->s.regs.regs = regs;
+	pv_mmu_set_user_mode(vm, to_user);
 	if (frame.vector < KAPSEL_TRAP_VECTOR_COUNT)
 		vm->pv_cpu.active_vectors &= ~(1u << frame.vector);
 	__atomic_store_n(&vcpu_info(vm, 0)->upcall_mask,

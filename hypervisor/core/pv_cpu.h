@@ -56,6 +56,9 @@ struct pv_cpu_vcpu {
  */
 int pv_cpu_check_handler(const struct guest_memory *mem, const struct pv_handler *handler);
 
+/* The stack part of pv_cpu_check_handler (also the PV MMU's kernel stack). */
+int pv_cpu_check_stack(const struct guest_memory *mem, uint64_t stack_top, uint64_t stack_bytes);
+
 /*
  * Where the frame for a delivery goes: below the interrupted rsp (minus
  * KAPSEL_TRAP_NESTED_GAP_BYTES) if that already lies on the handler's
@@ -106,6 +109,15 @@ int pv_cpu_register_hypercalls(struct hypercall_table *table);
  * not and return false: the caller writes the crash report.
  */
 bool pv_cpu_deliver_trap(struct kapsel_vm *vm);
+
+/*
+ * The vCPU executed syscall in user mode with a kernel entry registered
+ * (PV MMU; pv_mmu_handle_hlt): put the process's registers in a frame on
+ * the kernel stack and enter the kernel's syscall entry in kernel mode.
+ * Returns false if the frame could not be written (the caller crashes).
+ */
+struct kvm_sregs;
+bool pv_cpu_deliver_syscall(struct kapsel_vm *vm, const struct kvm_sregs *sregs);
 
 /* Upcall wanted now: callback registered, upcall_pending set, mask clear. */
 bool pv_cpu_upcall_wanted(struct kapsel_vm *vm);

@@ -460,7 +460,8 @@ static int boot_guest(struct kapsel_vm *vm)
 		vm->evtchn[i] = (struct vm_evtchn){ .allocated = false, .bound_device = -1 };
 	/* Reserved: EVTCHN_ALLOC skips it, EVTCHN_MASK accepts it. */
 	vm->evtchn[KAPSEL_EVTCHN_CONTROL].allocated = true;
-	pv_cpu_reset(vm); /* no handlers, timer off, upcalls masked */
+	pv_cpu_reset(vm);	   /* no handlers, timer off, upcalls masked */
+	pv_mmu_clear(&vm->pv_mmu); /* no address spaces, kernel mode */
 	/* Registers a hypercall left dirty in kvm_run (rax of the SHUTDOWN that
 	 * asked for this reboot) would overwrite the entry state at the next
 	 * KVM_RUN: drop them. */
@@ -542,6 +543,10 @@ int vm_create_without_devices(struct kapsel_vm *vm, struct vm_config *config)
 		goto fail;
 	}
 
+	err = pv_mmu_create(vm);
+	if (err)
+		goto fail;
+
 	vm->vcpu_fd = ioctl(vm->vm_fd, KVM_CREATE_VCPU, 0);
 	if (vm->vcpu_fd < 0) {
 		err = -errno;
@@ -618,6 +623,7 @@ void vm_destroy(struct kapsel_vm *vm)
 	}
 	vm->device_count = 0;
 	pv_cpu_destroy(vm);
+	pv_mmu_destroy(vm);
 	if (vm->run)
 		munmap(vm->run, vm->run_size);
 	vm->run = NULL;
@@ -809,13 +815,19 @@ int vm_run(struct kapsel_vm *vm)
 		 * makes KVM_RUN complete pending I/O and return EINTR). */
 		if (__atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST))
 			__atomic_store_n(&vm->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+		/* Address-space or mode change: through the switch stub. */
+		if (!pv_mmu_finish(vm) && !lifecycle_continue(vm))
+			break;
 		if (ioctl(vm->vcpu_fd, KVM_RUN, 0) < 0) {
 			if (errno == EINTR || errno == EAGAIN) {
 				vm->exits[VM_EXIT_INTR]++;
 				vm->run->immediate_exit = 0;
 				if (__atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST) &&
-				    !__atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST))
+				    !__atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST)) {
+					/* Never park (and save) inside the CPL0 switch stub. */
+					pv_mmu_settle(vm);
 					vm_park(vm);
+				}
 				/* The last exit is complete here: timers and upcalls. */
 				pv_cpu_poll_timers(vm);
 				if (!pv_cpu_deliver_upcall(vm) && !lifecycle_continue(vm))
@@ -836,6 +848,9 @@ int vm_run(struct kapsel_vm *vm)
 			break;
 		case KVM_EXIT_HLT:
 			vm->exits[VM_EXIT_HLT]++;
+			/* The PV MMU's syscall stub halts on purpose. */
+			if (pv_mmu_handle_hlt(vm))
+				break;
 			crash_report_fatal(vm, "guest halted the CPU (hlt) with interrupts off");
 			break;
 		case KVM_EXIT_SHUTDOWN:
@@ -924,6 +939,7 @@ void vm_print_stats(struct kapsel_vm *vm, FILE *out)
 				(unsigned long long)e->calls);
 	}
 	pv_cpu_print_stats(vm, out);
+	pv_mmu_print_stats(vm, out);
 	if (vm->hypercalls.unknown_calls)
 		fprintf(out, "  hypercall_unknown: %llu\n",
 			(unsigned long long)vm->hypercalls.unknown_calls);

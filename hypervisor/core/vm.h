@@ -16,6 +16,7 @@
 #include "kapsel/abi.h"
 #include "core/log.h"
 #include "core/pv_cpu.h"
+#include "core/pv_mmu.h"
 
 /* Exit status of `kapsel run` besides the guest's own exit code. */
 #define KAPSEL_EXIT_VMM_ERROR 125   /* Kapsel could not start or run the VM */
@@ -81,6 +82,7 @@ struct kapsel_vm {
 	struct log_limit guest_log; /* every log line a guest can trigger passes here */
 	uint64_t generation;
 	struct pv_cpu_vcpu pv_cpu; /* traps, upcalls, timer of vCPU 0 (pv_cpu.c) */
+	struct pv_mmu pv_mmu;	   /* address spaces and user mode (pv_mmu.c) */
 };
 
 /*

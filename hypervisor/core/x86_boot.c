@@ -76,6 +76,23 @@ static int build_page_tables(struct guest_memory *mem)
 			pd[e] = gpa | PTE_PRESENT | PTE_WRITE | PTE_USER | PTE_HUGE;
 		}
 	}
+	/* What user mode (PV MMU) sees of the low 2 MiB: the supervisor pages
+	 * the CPU itself reads on an exception or an iretq, nothing else. */
+	uint64_t *sys_pdpt = table_at(mem, X86_GPA_SYS_PDPT);
+	uint64_t *sys_pd = table_at(mem, X86_GPA_SYS_PD);
+	uint64_t *sys_pt = table_at(mem, X86_GPA_SYS_PT);
+	memset(sys_pdpt, 0, 4096);
+	memset(sys_pd, 0, 4096);
+	memset(sys_pt, 0, 4096);
+	sys_pdpt[0] = X86_GPA_SYS_PD | PTE_PRESENT | PTE_WRITE;
+	sys_pd[0] = X86_GPA_SYS_PT | PTE_PRESENT | PTE_WRITE;
+	for (uint64_t gpa = X86_GPA_GDT; gpa <= X86_GPA_EXCEPTION_STUBS; gpa += 4096)
+		sys_pt[gpa >> 12] = gpa | PTE_PRESENT | PTE_WRITE;
+	for (uint64_t gpa = KAPSEL_GPA_EVENT_PAGE + 4096; gpa < X86_GPA_EXCEPTION_STACK_TOP;
+	     gpa += 4096)
+		sys_pt[gpa >> 12] = gpa | PTE_PRESENT | PTE_WRITE;
+	sys_pt[X86_GPA_USER_TSS >> 12] = X86_GPA_USER_TSS | PTE_PRESENT | PTE_WRITE;
+
 	/* The first 2 MiB is mapped with 4 KiB pages to protect the tables. */
 	uint64_t *pd0 = table_at(mem, X86_GPA_PD_BASE);
 	pd0[0] = X86_GPA_PT_LOW | PTE_PRESENT | PTE_WRITE | PTE_USER;
@@ -106,6 +123,9 @@ static void build_gdt(struct guest_memory *mem)
 	/* 64-bit available TSS: 16 bytes, the high half holds base[63:32]. */
 	gdt[X86_SEL_TSS >> 3] = segment_descriptor(X86_GPA_TSS, X86_TSS_LIMIT, 0x89, 0x0);
 	gdt[(X86_SEL_TSS >> 3) + 1] = 0;
+	gdt[X86_SEL_USER_TSS >> 3] =
+		segment_descriptor(X86_GPA_USER_TSS, X86_USER_TSS_LIMIT, 0x89, 0x0);
+	gdt[(X86_SEL_USER_TSS >> 3) + 1] = 0;
 }
 
 static void build_tss(struct guest_memory *mem)
@@ -119,6 +139,13 @@ static void build_tss(struct guest_memory *mem)
 	memcpy(tss + 102, &iomap, sizeof(iomap));
 	/* Every port closed; the byte after the bitmap must be all ones. */
 	memset(tss + X86_TSS_IOMAP_OFFSET, 0xff, X86_TSS_IOMAP_BYTES + 1);
+
+	/* User mode's TSS: the same exception stack, and a bitmap offset at
+	 * the limit, so that every port access from user mode is a #GP. */
+	uint8_t *user_tss = guest_memory_translate(mem, X86_GPA_USER_TSS, 4096);
+	memset(user_tss, 0, 4096);
+	memcpy(user_tss + 4, &rsp0, sizeof(rsp0));
+	memcpy(user_tss + 102, &iomap, sizeof(iomap));
 }
 
 static int vector_has_error_code(unsigned vector)
@@ -186,6 +213,29 @@ static void build_idt_and_stubs(struct guest_memory *mem)
 			     (type << 40) | (((handler >> 16) & 0xffff) << 48);
 		idt[v * 2 + 1] = handler >> 32;
 	}
+
+	/* PV MMU: the syscall entry (LSTAR) and the CR3-switching return. */
+	static const uint8_t syscall_stub[] = {
+		0xf4,	    /* hlt: the VMM takes the exit */
+		0xeb, 0xfd, /* jmp back to hlt: never resumes */
+	};
+	static const uint8_t switch_stub[] = {
+		0x0f, 0x22, 0xd8, /* mov %rax, %cr3 (flushes the TLB) */
+		0x58,		  /* pop %rax */
+		0x48, 0xcf,	  /* iretq to CPL3 */
+	};
+	_Static_assert(X86_GPA_SYSCALL_STUB >=
+			       X86_GPA_EXCEPTION_STUBS + EXCEPTION_VECTORS * EXCEPTION_STUB_BYTES,
+		       "syscall stub after the exception stubs");
+	_Static_assert(X86_GPA_SWITCH_STUB >= X86_GPA_SYSCALL_STUB + sizeof(syscall_stub),
+		       "stubs do not overlap");
+	uint8_t *page = guest_memory_translate(mem, X86_GPA_EXCEPTION_STUBS, 4096);
+	memset(page + EXCEPTION_VECTORS * EXCEPTION_STUB_BYTES, 0xcc,
+	       4096 - EXCEPTION_VECTORS * EXCEPTION_STUB_BYTES);
+	memcpy(page + (X86_GPA_SYSCALL_STUB - X86_GPA_EXCEPTION_STUBS), syscall_stub,
+	       sizeof(syscall_stub));
+	memcpy(page + (X86_GPA_SWITCH_STUB - X86_GPA_EXCEPTION_STUBS), switch_stub,
+	       sizeof(switch_stub));
 }
 
 int x86_boot_build_tables(struct guest_memory *mem)
@@ -269,9 +319,18 @@ void x86_boot_set_system_registers(struct kvm_sregs *sregs)
 	sregs->ldt.unusable = 1;
 
 	sregs->gdt.base = X86_GPA_GDT;
-	sregs->gdt.limit = 8 * 7 - 1;
+	sregs->gdt.limit = 8 * 9 - 1;
 	sregs->idt.base = X86_GPA_IDT;
 	sregs->idt.limit = EXCEPTION_VECTORS * 16 - 1;
+}
+
+void x86_boot_select_tss(struct kvm_sregs *sregs, int user_mode)
+{
+	sregs->tr.selector = user_mode ? X86_SEL_USER_TSS : X86_SEL_TSS;
+	sregs->tr.base = user_mode ? X86_GPA_USER_TSS : X86_GPA_TSS;
+	sregs->tr.limit = user_mode ? X86_USER_TSS_LIMIT : X86_TSS_LIMIT;
+	sregs->tr.type = x86_boot_tr_type();
+	sregs->tr.present = 1;
 }
 
 int x86_boot_check_restored_vcpu(struct kvm_sregs *sregs, struct kvm_regs *regs, char *error,
@@ -294,6 +353,18 @@ int x86_boot_check_restored_vcpu(struct kvm_sregs *sregs, struct kvm_regs *regs,
 	x86_boot_set_system_registers(sregs);
 	regs->rflags &= ~RFLAGS_IOPL;
 	return 0;
+}
+
+static void set_kernel_segment(struct kvm_segment *seg, uint16_t selector, int code)
+{
+	set_user_segment(seg, selector, code);
+	seg->dpl = 0;
+}
+
+void x86_boot_kernel_segments(struct kvm_sregs *sregs)
+{
+	set_kernel_segment(&sregs->cs, X86_SEL_KERNEL_CS, 1);
+	set_kernel_segment(&sregs->ss, X86_SEL_KERNEL_DS, 0);
 }
 
 void x86_boot_user_segments(struct kvm_sregs *sregs)

@@ -18,6 +18,20 @@
 #define X86_GPA_PDPT 0x11000u
 #define X86_GPA_PT_LOW 0x12000u	 /* 4 KiB pages for the first 2 MiB */
 #define X86_GPA_PD_BASE 0x13000u /* one page directory per GiB of RAM */
+/* PV MMU (pv_mmu.c): what user mode sees of the first 2 MiB (only the
+ * supervisor pages the CPU needs: GDT, IDT, TSSes, stubs, exception stack),
+ * and user mode's TSS, which has no I/O bitmap (every port closed). */
+#define X86_GPA_SYS_PDPT 0x5c000u
+#define X86_GPA_SYS_PD 0x5d000u
+#define X86_GPA_SYS_PT 0x5e000u
+#define X86_GPA_USER_TSS 0x5f000u
+/* In the stubs page, after the 32 exception stubs:
+ * SYSCALL_STUB (LSTAR):  hlt; jmp .-1       the VMM takes the exit
+ * SWITCH_STUB:           mov %rax, %cr3; pop %rax; iretq
+ * the second enters CPL3 with a new CR3 (and a flushed TLB) from a frame
+ * [rax, rip, cs, rflags, rsp, ss] the VMM writes on the exception stack. */
+#define X86_GPA_SYSCALL_STUB 0x6200u
+#define X86_GPA_SWITCH_STUB 0x6210u
 
 /* Selectors.  Guest code runs with USER_CS/USER_DS (RPL 3). */
 #define X86_SEL_KERNEL_CS 0x08u
@@ -25,11 +39,13 @@
 #define X86_SEL_USER_DS (0x18u | 3u)
 #define X86_SEL_USER_CS (0x20u | 3u)
 #define X86_SEL_TSS 0x28u
+#define X86_SEL_USER_TSS 0x38u /* PV MMU user mode */
 
 /* TSS: 104-byte header, then the I/O permission bitmap and its 0xff end. */
 #define X86_TSS_IOMAP_OFFSET 104u
 #define X86_TSS_IOMAP_BYTES 8192u
 #define X86_TSS_LIMIT (X86_TSS_IOMAP_OFFSET + X86_TSS_IOMAP_BYTES)
+#define X86_USER_TSS_LIMIT (X86_TSS_IOMAP_OFFSET - 1u) /* no bitmap: no port */
 
 /* Frame the CPL0 stub leaves on the exception stack, lowest address first. */
 struct x86_fault_frame {
@@ -65,6 +81,13 @@ struct kvm_sregs;
 /* Set sregs' cs and ss to the CPL3 code and data segments guests run with,
  * and TR's type to the one x86_boot_set_vcpu_state loads. */
 void x86_boot_user_segments(struct kvm_sregs *sregs);
+
+/* Set sregs' cs and ss to the CPL0 segments of the hypervisor's stubs. */
+void x86_boot_kernel_segments(struct kvm_sregs *sregs);
+
+/* Point TR at the TSS with the VM's open ports (kernel mode) or at user
+ * mode's TSS without any (PV MMU). */
+void x86_boot_select_tss(struct kvm_sregs *sregs, int user_mode);
 
 /*
  * Point TR, LDTR, GDTR and IDTR at the tables the hypervisor built (and

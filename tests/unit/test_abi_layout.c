@@ -259,10 +259,10 @@ static void test_magics_and_discovery(void)
 	CU_ASSERT_EQUAL(KAPSEL_CPUID_BASE, 0x40000000u);
 	CU_ASSERT_EQUAL(KAPSEL_CPUID_INFO, 0x40000001u);
 
-	/* Version 1.4, published as major << 16 | minor. */
+	/* Version 1.5, published as major << 16 | minor. */
 	CU_ASSERT_EQUAL(KAPSEL_ABI_MAJOR, 1);
-	CU_ASSERT_EQUAL(KAPSEL_ABI_MINOR, 4);
-	CU_ASSERT_EQUAL(KAPSEL_ABI_VERSION, 0x00010004u);
+	CU_ASSERT_EQUAL(KAPSEL_ABI_MINOR, 5);
+	CU_ASSERT_EQUAL(KAPSEL_ABI_VERSION, 0x00010005u);
 
 	/* Fixed ports and guest-physical addresses. */
 	CU_ASSERT_EQUAL(KAPSEL_PORT_HYPERCALL, 0x510);
@@ -310,6 +310,18 @@ static void test_pv_cpu_layout(void)
 	CU_ASSERT_EQUAL(__builtin_popcount(KAPSEL_TRAP_VECTORS_ALLOWED), 14);
 	CU_ASSERT(KAPSEL_TRAP_VECTOR_UPCALL >= KAPSEL_TRAP_VECTOR_COUNT);
 	CU_ASSERT_EQUAL(KAPSEL_TIMER_MIN_PERIOD_NS, 100000);
+	/* PV MMU (minor 5). */
+	CU_ASSERT_EQUAL(sizeof(struct kapsel_mmu_op), 32);
+	CU_ASSERT_EQUAL(offsetof(struct kapsel_mmu_op, va), 0);
+	CU_ASSERT_EQUAL(offsetof(struct kapsel_mmu_op, gpa), 8);
+	CU_ASSERT_EQUAL(offsetof(struct kapsel_mmu_op, op), 16);
+	CU_ASSERT_EQUAL(offsetof(struct kapsel_mmu_op, prot), 20);
+	CU_ASSERT_EQUAL(offsetof(struct kapsel_mmu_op, result), 24);
+	CU_ASSERT_EQUAL(KAPSEL_TRAP_VECTOR_SYSCALL, 0x101);
+	CU_ASSERT_EQUAL(KAPSEL_TRAP_FRAME_USER, 2);
+	CU_ASSERT_EQUAL(KAPSEL_USER_VA_MIN, 512ull << 30);
+	CU_ASSERT_EQUAL(KAPSEL_USER_VA_END, 128ull << 40);
+	CU_ASSERT_EQUAL(KAPSEL_MMU_BATCH_MAX, 512);
 }
 
 static void test_call_numbers(void)
@@ -335,6 +347,12 @@ static void test_call_numbers(void)
 		{ KAPSEL_HC_IRET, 14 },
 		{ KAPSEL_HC_TIMER_SET, 15 },
 		{ KAPSEL_HC_EVTCHN_BIND_VIRQ, 16 },
+		{ KAPSEL_HC_AS_CREATE, 17 },
+		{ KAPSEL_HC_AS_DESTROY, 18 },
+		{ KAPSEL_HC_MMU_UPDATE, 19 },
+		{ KAPSEL_HC_AS_SWITCH, 20 },
+		{ KAPSEL_HC_SET_SYSCALL, 21 },
+		{ KAPSEL_HC_KERNEL_STACK, 22 },
 	};
 	const size_t count = sizeof(calls) / sizeof(calls[0]);
 	unsigned seen = 0;
@@ -363,7 +381,7 @@ static void test_feature_bits(void)
 		{ KAPSEL_FEATURE_DOORBELL, 2 },	  { KAPSEL_FEATURE_BLOCK_PV, 3 },
 		{ KAPSEL_FEATURE_GENERATION, 4 }, { KAPSEL_FEATURE_CONTROL, 5 },
 		{ KAPSEL_FEATURE_NET_PV, 6 },	  { KAPSEL_FEATURE_RNG_PV, 7 },
-		{ KAPSEL_FEATURE_PV_CPU, 8 },
+		{ KAPSEL_FEATURE_PV_CPU, 8 },	  { KAPSEL_FEATURE_PV_MMU, 9 },
 	};
 	uint64_t all = 0;
 	for (size_t i = 0; i < sizeof(features) / sizeof(features[0]); i++) {

@@ -1,0 +1,130 @@
+/* PV MMU: guest address spaces in hypervisor-held page tables, user mode, and CR3/TSS switching. */
+#ifndef KAPSEL_PV_MMU_H
+#define KAPSEL_PV_MMU_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "core/guest_memory.h"
+#include "core/hypercall.h"
+#include "core/pv_cpu.h"
+#include "kapsel/abi.h"
+
+struct kapsel_vm;
+
+/* One address space: two PML4s in the pool sharing every user table. */
+struct pv_mmu_space {
+	bool used;
+	uint32_t user_root;   /* pool page: user half + the system-only low map */
+	uint32_t kernel_root; /* pool page: user half + the identity map of RAM */
+};
+
+/*
+ * The VM's page-table pool and the vCPU's mode.  The pool is host memory
+ * registered with KVM at pool_gpa, outside guest RAM: the CPU walks it,
+ * the guest can never map it (a mapped frame must be guest RAM), so no
+ * page of a page table is ever guest-writable.  Touched by the vCPU
+ * thread only (save/restore run with the vCPU stopped).
+ */
+struct pv_mmu {
+	uint8_t *pool;	   /* KAPSEL_MMU_TABLE_PAGES pages, MAP_NORESERVE */
+	uint64_t pool_gpa; /* where KVM maps it (memslot PV_MMU_POOL_SLOT) */
+	uint32_t free_pages[KAPSEL_MMU_TABLE_PAGES];
+	uint32_t free_count;
+	struct pv_mmu_space spaces[KAPSEL_AS_MAX];
+	unsigned current; /* 0: none */
+	bool user_mode;	  /* the vCPU runs a process (user view, no ports) */
+	/* CR3 and TR must be reloaded in the guest before it runs again:
+	 * mode or address-space change, or an update of the current space. */
+	bool reload_pending;
+	uint64_t syscall_entry; /* 0: none */
+	struct pv_handler kernel_stack;
+	/* Counters (vm_print_stats). */
+	uint64_t ops_applied, ops_refused, switches, syscalls, user_entries, reloads;
+};
+
+#define PV_MMU_POOL_SLOT 1u
+
+/* ---- Pure part (unit-tested without KVM) -------------------------------- */
+
+/*
+ * Prepare m over pool (KAPSEL_MMU_TABLE_PAGES zeroed pages the caller owns)
+ * which the CPU sees at pool_gpa.  Every table page is free, no address
+ * space exists, kernel mode.
+ */
+void pv_mmu_init(struct pv_mmu *m, uint8_t *pool, uint64_t pool_gpa);
+
+/* Forget every address space and mode (boot, reboot, before a restore). */
+void pv_mmu_clear(struct pv_mmu *m);
+
+/* A new empty address space: its id, or -KAPSEL_ENOSPC / -KAPSEL_ENOMEM. */
+int pv_mmu_space_create(struct pv_mmu *m);
+
+/* Free space as and its tables: 0, -KAPSEL_EINVAL / -KAPSEL_ENOENT (no such
+ * space) or -KAPSEL_EBUSY (the current one). */
+int pv_mmu_space_destroy(struct pv_mmu *m, uint64_t as);
+
+/*
+ * Check and apply one op (a private copy) to space as, which exists.
+ * mem is guest RAM: a mapped frame must lie in it at or above
+ * guest_floor_gpa.  Returns 0 or -KAPSEL_EINVAL / -EFAULT / -ENOENT /
+ * -ENOMEM; a refused op changes nothing.
+ */
+int pv_mmu_apply(struct pv_mmu *m, const struct guest_memory *mem, unsigned as,
+		 const struct kapsel_mmu_op *op);
+
+/* The leaf entry for va in space as (0 if none): for tests and state. */
+uint64_t pv_mmu_lookup(const struct pv_mmu *m, unsigned as, uint64_t va);
+
+/* Call fn(va, gpa, prot, arg) for every mapping of space as, in address order. */
+void pv_mmu_each_mapping(const struct pv_mmu *m, unsigned as,
+			 void (*fn)(uint64_t va, uint64_t gpa, unsigned prot, void *arg),
+			 void *arg);
+
+/* CR3 for the current mode and address space. */
+uint64_t pv_mmu_cr3(const struct pv_mmu *m);
+
+/* Table pages in use (for stats and tests). */
+unsigned pv_mmu_pages_used(const struct pv_mmu *m);
+
+/* ---- VMM side ------------------------------------------------------------ */
+
+/* Allocate the pool and register it with KVM (vm_create, before the
+ * sandbox).  Returns 0 or -errno (message printed). */
+int pv_mmu_create(struct kapsel_vm *vm);
+
+/* Release the pool (vm_destroy). */
+void pv_mmu_destroy(struct kapsel_vm *vm);
+
+/* Register the PV MMU hypercalls.  Returns 0 or -errno. */
+int pv_mmu_register_hypercalls(struct hypercall_table *table);
+
+/* Enter or leave user mode at the next reload (pv_cpu.c's entries). */
+void pv_mmu_set_user_mode(struct kapsel_vm *vm, bool user);
+
+/* Can IRET resume a frame in user mode (a current space and a kernel stack)? */
+bool pv_mmu_user_mode_possible(const struct kapsel_vm *vm);
+
+/*
+ * If a reload is pending, turn the CPL3 context in the vCPU's registers
+ * into an entry through the switch stub that loads the right CR3 (which
+ * flushes the TLB) and TR.  Called after every hypercall, trap and upcall
+ * delivery, before KVM_RUN.  Returns false if KVM refused (VM crashed).
+ */
+bool pv_mmu_finish(struct kapsel_vm *vm);
+
+/*
+ * A KVM_EXIT_HLT: if it is the syscall stub's, deliver the syscall (to the
+ * kernel's entry, or as #UD) and return true; false for any other hlt.
+ */
+bool pv_mmu_handle_hlt(struct kapsel_vm *vm);
+
+/* Before a save: if the vCPU stopped inside the switch stub, complete the
+ * switch in its saved registers (the stub is CPL0 code). */
+void pv_mmu_settle(struct kapsel_vm *vm);
+
+/* Print counters (vm_print_stats). */
+void pv_mmu_print_stats(const struct kapsel_vm *vm, FILE *out);
+
+#endif
