@@ -26,6 +26,7 @@
 
 #define SYS_EXIT 0
 #define SYS_ECHO 1 /* returns rdi * 3 + rsi: checks that arguments arrive */
+#define SYS_TICK 2 /* rdi = the process's count; returns 0 to stop it */
 
 /* The user program: one page of position-independent code.  rdi selects
  * the test; the kernel reads the outcome from the exit syscall or the
@@ -45,6 +46,7 @@ __asm__(".pushsection .text.user, \"ax\"\n"
 	"	cmp $8, %rdi; je 18f\n"
 	"	cmp $9, %rdi; je 19f\n"
 	"	cmp $10, %rdi; je 20f\n"
+	"	cmp $11, %rdi; je 21f\n"
 	"	ud2\n"
 	/* 0: echo syscall with callee-saved registers checked afterwards. */
 	"10:	mov $0x1111, %rbx; mov $0x2222, %r12; mov $0x3333, %r15\n"
@@ -78,6 +80,14 @@ __asm__(".pushsection .text.user, \"ax\"\n"
 	"19:	xor %eax, %eax; mov %rax, %cr3; ud2\n"
 	/* 10: wrmsr. */
 	"20:	mov $0xc0000082, %ecx; xor %eax, %eax; xor %edx, %edx; wrmsr; ud2\n"
+	/* 11: count in the data page; every 2^20 a tick syscall, until the
+	 * kernel answers 0; then exit with the count. */
+	"21:	mov $0x"
+	"8000010000, %rbx\n"
+	"22:	incq (%rbx); mov (%rbx), %rax; and $0xfffff, %eax; jnz 22b\n"
+	"	mov $2, %eax; mov (%rbx), %rdi; syscall\n"
+	"	test %rax, %rax; jnz 22b\n"
+	"	mov (%rbx), %rdi; mov $0, %eax; syscall\n"
 	"90:	mov $0xbad, %edi; mov $0, %eax; syscall\n"
 	".balign 4096\n"
 	".popsection\n");
@@ -101,6 +111,9 @@ static void *resume_kernel[5];
 static unsigned heap_faults, kernel_ud;
 static int failures;
 static int current_as;
+static unsigned ticks, ticks_wanted;
+static uint64_t boot_generation; /* a restore bumps start_info.generation */
+static bool tick_counts_ok = true;
 
 static uint64_t gpa(const void *p)
 {
@@ -124,6 +137,20 @@ static void on_syscall(struct kapsel_trap_frame *frame)
 {
 	if (frame->rax == SYS_ECHO) {
 		frame->rax = frame->rdi * 3 + frame->rsi;
+		return;
+	}
+	if (frame->rax == SYS_TICK) {
+		ticks++;
+		if (frame->rdi != (uint64_t)ticks << 20)
+			tick_counts_ok = false;
+		kg_printf("tick %u count %llu\n", ticks, (unsigned long long)frame->rdi);
+		/* After a restore, 20 more ticks show the process goes on. */
+		if (kg_platform_start_info()->generation != boot_generation) {
+			boot_generation = kg_platform_start_info()->generation;
+			ticks_wanted = ticks + 20;
+			kg_printf("persist: restored at tick %u\n", ticks);
+		}
+		frame->rax = ticks < ticks_wanted;
 		return;
 	}
 	end_run(frame, frame->rax == SYS_EXIT ? frame->rdi : 0xdead);
@@ -253,14 +280,44 @@ static void hostile_calls(int as)
 	kg_mmu_update(as, ops, 1);
 }
 
+/* A process counting in user mode, saved and restored by the test
+ * (pv_mmu.sh): it must go on in its own address space. */
+static int persist(void)
+{
+	char value[16];
+	uint64_t wanted = 100000; /* the test saves and restores it first */
+	boot_generation = kg_platform_start_info()->generation;
+	if (kg_cmdline_get("ticks", value, sizeof(value)) > 0 && kg_parse_u64(value, &wanted) < 0)
+		kg_panic("ticks=%s is not a number", value);
+	ticks_wanted = (unsigned)wanted;
+	if (kg_trap_register(14, on_fault, handler_stack, sizeof(handler_stack)) ||
+	    kg_kernel_stack_set(kernel_stack, sizeof(kernel_stack)) ||
+	    kg_syscall_register(on_syscall))
+		kg_panic("cannot register the kernel entries");
+	int a = kg_as_create();
+	map_process(a, 0);
+	kg_printf("persist: counting\n");
+	struct outcome o = run_user(a, 11);
+	uint64_t in_page = *(volatile uint64_t *)frames[a];
+	kg_printf("persist: %u ticks, count %llu, page %llu\n", ticks, (unsigned long long)o.value,
+		  (unsigned long long)in_page);
+	if (o.vector != KAPSEL_TRAP_VECTOR_SYSCALL || o.value != (uint64_t)ticks << 20 ||
+	    in_page != o.value || !tick_counts_ok) {
+		kg_printf("persist: WRONG\n");
+		return 1;
+	}
+	kg_printf("persist ok\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
-	(void)argc;
-	(void)argv;
 	if (!kg_mmu_available()) {
 		kg_printf("no PV MMU in this hypervisor\n");
 		return 2;
 	}
+	if (argc > 1 && strcmp(argv[1], "persist") == 0)
+		return persist();
 	static const unsigned vectors[] = { 6, 13, 14 };
 	for (unsigned i = 0; i < 3; i++)
 		if (kg_trap_register(vectors[i], on_fault, handler_stack, sizeof(handler_stack)))

@@ -7,6 +7,7 @@
 #include "cli/cli.h"
 #include "core/log.h"
 #include "core/pv_cpu.h"
+#include "core/pv_mmu.h"
 #include "devices/devices.h"
 #include "devices/device.h"
 #include "state/snapshot.h"
@@ -114,6 +115,7 @@ static void print_state(const struct vm_state_dir *dir, bool list_records, FILE 
 	fprintf(out, "vcpu 0:\n");
 	vcpu_state_print(&dir->state, out);
 	pv_cpu_state_print(&dir->state, out);
+	pv_mmu_state_print(&dir->state, out);
 
 	const struct vm_state_stored_record *ev = vm_state_find(&dir->state, VM_STATE_EVTCHN, NULL);
 	if (ev && ev->length_bytes == sizeof(struct vm_state_evtchn)) {

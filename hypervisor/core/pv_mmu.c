@@ -102,13 +102,10 @@ unsigned pv_mmu_pages_used(const struct pv_mmu *m)
 
 /* ---- Address spaces -------------------------------------------------------- */
 
-int pv_mmu_space_create(struct pv_mmu *m)
+int pv_mmu_space_create_at(struct pv_mmu *m, unsigned as)
 {
-	unsigned as = 1;
-	while (as < KAPSEL_AS_MAX && m->spaces[as].used)
-		as++;
-	if (as == KAPSEL_AS_MAX)
-		return -KAPSEL_ENOSPC;
+	if (as == 0 || as >= KAPSEL_AS_MAX || m->spaces[as].used)
+		return -KAPSEL_EINVAL;
 	uint32_t user_root, kernel_root;
 	if (page_alloc(m, &user_root))
 		return -KAPSEL_ENOMEM;
@@ -123,7 +120,18 @@ int pv_mmu_space_create(struct pv_mmu *m)
 	m->spaces[as] = (struct pv_mmu_space){ .used = true,
 					       .user_root = user_root,
 					       .kernel_root = kernel_root };
-	return (int)as;
+	return 0;
+}
+
+int pv_mmu_space_create(struct pv_mmu *m)
+{
+	unsigned as = 1;
+	while (as < KAPSEL_AS_MAX && m->spaces[as].used)
+		as++;
+	if (as == KAPSEL_AS_MAX)
+		return -KAPSEL_ENOSPC;
+	int err = pv_mmu_space_create_at(m, as);
+	return err ? err : (int)as;
 }
 
 /* Free the tables below entry at level (0 = a PML4 entry's PDPT). */
@@ -537,26 +545,30 @@ static int64_t hc_as_switch(struct kapsel_vm *vm, const uint64_t args[])
 	return 0;
 }
 
+int pv_mmu_set_syscall_msrs(struct kapsel_vm *vm)
+{
+	struct {
+		struct kvm_msrs header;
+		struct kvm_msr_entry entries[3];
+	} msrs = { .header.nmsrs = 3,
+		   .entries = { { .index = MSR_STAR, .data = (uint64_t)X86_SEL_KERNEL_CS << 32 },
+				{ .index = MSR_LSTAR, .data = X86_GPA_SYSCALL_STUB },
+				{ .index = MSR_SFMASK, .data = SFMASK_BITS } } };
+	if (ioctl(vm->vcpu_fd, KVM_SET_MSRS, &msrs) != 3) {
+		kapsel_warn("KVM_SET_MSRS for the guest's syscall entry failed");
+		return -EIO;
+	}
+	return 0;
+}
+
 static int64_t hc_set_syscall(struct kapsel_vm *vm, const uint64_t args[])
 {
 	struct pv_mmu *m = &vm->pv_mmu;
 	uint64_t entry = args[0];
 	if (entry && !guest_memory_translate_guest(&vm->mem, entry, 1))
 		return -KAPSEL_EFAULT;
-	if (entry) {
-		struct {
-			struct kvm_msrs header;
-			struct kvm_msr_entry entries[3];
-		} msrs = { .header.nmsrs = 3,
-			   .entries = {
-				   { .index = MSR_STAR, .data = (uint64_t)X86_SEL_KERNEL_CS << 32 },
-				   { .index = MSR_LSTAR, .data = X86_GPA_SYSCALL_STUB },
-				   { .index = MSR_SFMASK, .data = SFMASK_BITS } } };
-		if (ioctl(vm->vcpu_fd, KVM_SET_MSRS, &msrs) != 3) {
-			kapsel_warn("KVM_SET_MSRS for the syscall entry failed");
-			return -KAPSEL_EIO;
-		}
-	}
+	if (entry && pv_mmu_set_syscall_msrs(vm))
+		return -KAPSEL_EIO;
 	m->syscall_entry = entry;
 	m->reload_pending = true; /* EFER.SCE follows the registration */
 	return 0;

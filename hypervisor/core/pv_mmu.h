@@ -61,6 +61,10 @@ void pv_mmu_clear(struct pv_mmu *m);
 /* A new empty address space: its id, or -KAPSEL_ENOSPC / -KAPSEL_ENOMEM. */
 int pv_mmu_space_create(struct pv_mmu *m);
 
+/* Create the empty address space with id as (1 .. KAPSEL_AS_MAX - 1, not
+ * in use): 0, -KAPSEL_EINVAL or -KAPSEL_ENOMEM.  For restores. */
+int pv_mmu_space_create_at(struct pv_mmu *m, unsigned as);
+
 /* Free space as and its tables: 0, -KAPSEL_EINVAL / -KAPSEL_ENOENT (no such
  * space) or -KAPSEL_EBUSY (the current one). */
 int pv_mmu_space_destroy(struct pv_mmu *m, uint64_t as);
@@ -97,6 +101,10 @@ int pv_mmu_create(struct kapsel_vm *vm);
 /* Release the pool (vm_destroy). */
 void pv_mmu_destroy(struct kapsel_vm *vm);
 
+/* Point the syscall MSRs (STAR, LSTAR, SFMASK) at the hypervisor's
+ * syscall stub.  Returns 0 or -EIO (warned). */
+int pv_mmu_set_syscall_msrs(struct kapsel_vm *vm);
+
 /* Register the PV MMU hypercalls.  Returns 0 or -errno. */
 int pv_mmu_register_hypercalls(struct hypercall_table *table);
 
@@ -126,5 +134,58 @@ void pv_mmu_settle(struct kapsel_vm *vm);
 
 /* Print counters (vm_print_stats). */
 void pv_mmu_print_stats(const struct kapsel_vm *vm, FILE *out);
+
+/* ---- Saved state (pv_mmu_state.c) ----------------------------------------- */
+
+struct vm_state_writer;
+struct vm_state_records;
+
+/* Payload of VM_STATE_VCPU_PV_MMU (little-endian, fixed layout). */
+struct vm_state_pv_mmu {
+	uint32_t vcpu;	    /* 0 */
+	uint32_t current;   /* 0 or an address space in spaces_mask */
+	uint32_t user_mode; /* 0 or 1 */
+	uint32_t _pad;
+	uint64_t spaces_mask; /* bit n: address space n exists */
+	uint64_t syscall_entry;
+	uint64_t kernel_stack_top, kernel_stack_bytes;
+	uint64_t mapping_count; /* over every VM_STATE_PV_MMU_MAPPINGS record */
+	uint64_t _reserved[2];
+};
+_Static_assert(sizeof(struct vm_state_pv_mmu) == 72, "pv_mmu record layout");
+
+/* One mapping: VM_STATE_PV_MMU_MAPPINGS holds an array of them. */
+struct vm_state_pv_mmu_mapping {
+	uint32_t as;
+	uint32_t prot; /* KAPSEL_PROT_* */
+	uint64_t va, gpa;
+};
+_Static_assert(sizeof(struct vm_state_pv_mmu_mapping) == 24, "pv_mmu mapping layout");
+/* Mappings per record, and in all: what a restore keeps in memory. */
+#define PV_MMU_STATE_MAPPINGS_PER_RECORD 32768u
+#define PV_MMU_STATE_MAPPINGS_MAX (PV_MMU_STATE_MAPPINGS_PER_RECORD * 16u)
+
+/*
+ * Append the PV MMU state (mandatory records) if the guest uses it: an
+ * address space, a syscall entry or a kernel stack.  The table pages are
+ * not saved; their mappings are, and a restore rebuilds the tables through
+ * the same checks as MMU_UPDATE.  More than PV_MMU_STATE_MAPPINGS_MAX
+ * mappings fail the save (out->error = -EFBIG, message printed).
+ * Precondition: the vCPU is paused (pv_mmu_settle ran).
+ */
+void pv_mmu_save(struct kapsel_vm *vm, struct vm_state_writer *out);
+
+/*
+ * Rebuild the address spaces, mode and registrations from state (none:
+ * no address space, kernel mode), checking every mapping as MMU_UPDATE
+ * does and the kernel stack and syscall entry against this VM's RAM; the
+ * right CR3 and TR are loaded before the vCPU runs.  Returns 0 or -EPROTO
+ * with a message in error (the PV MMU is then left empty).
+ */
+int pv_mmu_load(struct kapsel_vm *vm, const struct vm_state_records *state, char *error,
+		size_t error_len);
+
+/* Print the PV MMU record of state, if any, for `kapsel inspect`. */
+void pv_mmu_state_print(const struct vm_state_records *state, FILE *out);
 
 #endif

@@ -337,6 +337,7 @@ int snapshot_write_vm_body(struct kapsel_vm *vm, struct vm_state_writer *out, ch
 	}
 	vm_state_put(out, VM_STATE_EVTCHN, M, &evtchn, sizeof(evtchn));
 	pv_cpu_save(vm, out); /* traps, callback, timer: only if the guest uses them */
+	pv_mmu_save(vm, out); /* address spaces, mode: only if the guest uses them */
 
 	for (unsigned i = 0; i < vm->device_count; i++) {
 		struct kapsel_device *dev = vm->devices[i];
@@ -986,6 +987,8 @@ int snapshot_apply_vm_records(struct kapsel_vm *vm, const struct vm_state_record
 	err = vcpu_state_load(vm, state, error, error_len);
 	if (!err)
 		err = pv_cpu_load(vm, state, error, error_len); /* after the event channels */
+	if (!err)
+		err = pv_mmu_load(vm, state, error, error_len);
 	if (err)
 		return err;
 	if (info.tsc_khz && vm->tsc_khz && info.tsc_khz != vm->tsc_khz)

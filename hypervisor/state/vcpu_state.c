@@ -280,6 +280,12 @@ int vcpu_state_load(struct kapsel_vm *vm, const struct vm_state_records *state, 
 	 * the hypervisor's page tables, GDT, IDT and TSS (x86_boot.h). */
 	struct kvm_sregs checked_sregs = *sregs;
 	struct kvm_regs checked_regs = *regs;
+	/* A PV MMU guest saved on one of its own address spaces: pv_mmu_load
+	 * rebuilds them and loads the right root before the vCPU runs. */
+	const struct pv_mmu *mmu = &vm->pv_mmu;
+	if (checked_sregs.cr3 >= mmu->pool_gpa &&
+	    checked_sregs.cr3 < mmu->pool_gpa + (uint64_t)KAPSEL_MMU_TABLE_PAGES * 4096u)
+		checked_sregs.cr3 = X86_GPA_PML4;
 	char reason[200];
 	err = x86_boot_check_restored_vcpu(&checked_sregs, &checked_regs, reason, sizeof(reason));
 	if (err)

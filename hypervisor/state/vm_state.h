@@ -92,6 +92,12 @@ enum vm_state_record_type {
 	/* struct vm_state_pv_cpu (pv_cpu.h): trap table, upcall callback,
 	 * timer; written (mandatory) only for guests that use the PV CPU. */
 	VM_STATE_VCPU_PV_CPU = 0x0209,
+	/* struct vm_state_pv_mmu (pv_mmu.h): mode, current address space,
+	 * kernel stack, syscall entry; and struct vm_state_pv_mmu_mapping[]
+	 * in as many mapping records as needed.  Written (mandatory) only
+	 * for guests that use the PV MMU. */
+	VM_STATE_VCPU_PV_MMU = 0x020a,
+	VM_STATE_PV_MMU_MAPPINGS = 0x020b,
 
 	VM_STATE_MEMORY_PAGES = 0x0300, /* struct vm_state_memory_pages + data */
 	VM_STATE_MEMORY_ZERO = 0x0301,	/* struct vm_state_memory_pages, no data */

@@ -53,7 +53,8 @@ pv-preempt-save-restore)
 	expect_in "$TMP/inspect" "vcpu.pv_cpu: trap handlers for none; upcall callback 0x"
 	expect_in "$TMP/inspect" "period 2000000 ns, VIRQ port"
 	STATUS=0
-	timeout --kill-after=5 60 "$KAPSEL" restore --no-console-input --no-control --stats "$dir" \
+	timeout --kill-after=5 60 "$KAPSEL" restore --no-console-input --no-control --stats \
+		--kernel "$GUESTS/preempt.elf" "$dir" \
 		>"$TMP/out2" 2>"$TMP/err2" </dev/null || STATUS=$?
 	expect_status 0
 	# The restored guest goes on counting from where the saved one was.

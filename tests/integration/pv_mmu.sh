@@ -17,6 +17,45 @@ pv-mmu)
 	expect_in "$out" "update of the current space is seen at once: ok"
 	expect_in "$err" "pv_mmu: spaces="
 	;;
+pv-mmu-save-restore)
+	# A process counting in user mode, in its own address space, is saved
+	# mid-run (SIGHUP, --save-stop) and restored: it goes on from its
+	# count, and the kernel finds the count in the page it mapped.
+	dir=$TMP/saved
+	timeout --kill-after=5 120 "$KAPSEL" run --no-console-input --no-control \
+		--kernel "$GUESTS/mmu.elf" --cmdline "persist" \
+		--save-on-signal "$dir" --save-stop >"$out" 2>"$err" </dev/null &
+	pid=$!
+	for _ in $(seq 600); do
+		grep -q "^tick 5 " "$out" && break
+		kill -0 $pid 2>/dev/null || break
+		sleep 0.1
+	done
+	grep -q "^tick 5 " "$out" || { cat "$out" "$err"; fail "never reached tick 5"; }
+	kill -HUP $pid
+	STATUS=0
+	wait $pid || STATUS=$?
+	expect_status 0
+	expect_in "$err" "saved VM"
+	expect_not_in "$out" "persist ok"
+	"$KAPSEL" inspect "$dir" >"$TMP/inspect" 2>&1 || true
+	expect_in "$TMP/inspect" "vcpu.pv_mmu: 1 address space(s), 5 mapping(s); current 1"
+	STATUS=0
+	timeout --kill-after=5 120 "$KAPSEL" restore --no-console-input --no-control --stats \
+		--kernel "$GUESTS/mmu.elf" "$dir" \
+		>"$TMP/out2" 2>"$TMP/err2" </dev/null || STATUS=$?
+	expect_status 0
+	expect_in "$TMP/out2" "persist ok"
+	# The count the process exits with is the one in the page the kernel
+	# mapped for it, and 2^20 per tick.
+	grep -Eq "^persist: ([0-9]+) ticks, count ([0-9]+), page \2$" "$TMP/out2" ||
+		{ cat "$TMP/out2"; fail "count and page differ"; }
+	# It went on from where it was saved, not from the start.
+	last=$(awk '$1 == "tick" { n = $2 } END { print n + 0 }' "$out")
+	first=$(awk '$1 == "tick" { print $2; exit }' "$TMP/out2")
+	[ "$first" -eq $((last + 1)) ] || { cat "$out" "$TMP/out2"; fail "restored at tick $first after $last"; }
+	expect_in "$TMP/err2" "pv_mmu: spaces=1"
+	;;
 *)
 	fail "unknown case $1"
 	;;

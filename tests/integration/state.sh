@@ -137,7 +137,8 @@ make_saved() {
 # Rewrite a state file with valid checksums everywhere (header, payload,
 # manifest), so only the semantic check can refuse it.  MODE is
 # "version" (format version 2), "mandatory" (an unknown mandatory record),
-# "optional" (an unknown optional record) or "vcpu" (flip cr0's paging bit).
+# "optional" (an unknown optional record), "vcpu" (flip cr0's paging bit)
+# or "pvmmu" (map the first PV MMU mapping onto the hypervisor's page tables).
 forge_state() {
 	python3 - "$1" "$2" <<'EOF'
 import struct, sys, os
@@ -174,6 +175,11 @@ if mode == "version":
 elif mode in ("mandatory", "optional"):
     recs.insert(3, [0x0777, 1 if mode == "mandatory" else 0, bytearray(b"future")])
     struct.pack_into("<Q", recs[-1][2], 0, len(recs) - 1)
+elif mode == "pvmmu":
+    for r in recs:
+        if r[0] == 0x020b:  # the first PV MMU mapping's frame: the page tables
+            struct.pack_into("<Q", r[2], 16, 0x10000)
+            break
 elif mode == "vcpu":
     for r in recs:
         if r[0] == 0x0201:  # sregs: cr0 after 8 segments (8*24) and 2 dtables (2*16)
@@ -431,6 +437,31 @@ print(os.lseek(fd, 0x100000, os.SEEK_DATA) + 123)")
 	restore "$TMP/bad"
 	expect_status 0
 	expect_in "$OUT2" "counter done 100"
+	;;
+state-pv-mmu-forged)
+	# A saved PV MMU mapping is checked like MMU_UPDATE: one pointed (with
+	# valid checksums) at the hypervisor's page tables is refused.
+	dir=$TMP/mmu
+	timeout --kill-after=5 120 "$KAPSEL" run --no-console-input --no-control \
+		--kernel "$GUESTS/mmu.elf" --cmdline "persist" \
+		--save-on-signal "$dir" --save-stop >"$TMP/out1" 2>"$TMP/err1" </dev/null &
+	pid=$!
+	for _ in $(seq 600); do
+		grep -q "^tick 2 " "$TMP/out1" && break
+		kill -0 $pid 2>/dev/null || break
+		sleep 0.1
+	done
+	grep -q "^tick 2 " "$TMP/out1" || { cat "$TMP/out1" "$TMP/err1"; fail "never reached tick 2"; }
+	kill -HUP $pid
+	wait $pid || true
+	expect_in "$TMP/err1" "saved VM"
+	forge_state "$dir" pvmmu
+	STATUS=0
+	timeout --kill-after=5 60 "$KAPSEL" restore --no-console-input --no-control \
+		--kernel "$GUESTS/mmu.elf" "$dir" >"$TMP/out2" 2>"$TMP/err2" </dev/null || STATUS=$?
+	expect_status 125
+	expect_in "$TMP/err2" "a saved PV MMU mapping of 0x8000000000 to 0x10000 in address space 1 is refused"
+	[ ! -s "$TMP/out2" ] || { cat "$TMP/out2"; fail "the guest ran from a forged state"; }
 	;;
 state-missing-disk)
 	truncate -s 1M "$TMP/disk.img"
