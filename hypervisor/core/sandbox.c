@@ -35,7 +35,7 @@ static const char *const role_names[SANDBOX_ROLE_COUNT] = {
 
 #define SANDBOX_SYSCALL_NAMES 512
 #define SANDBOX_MAX_THREADS 256
-#define SANDBOX_ARM_TIMEOUT_S 5
+#define SANDBOX_ARM_TIMEOUT_S 30 /* only a thread that never answers waits this long */
 
 static __thread enum sandbox_role thread_role;
 static bool active;
