@@ -26,6 +26,20 @@ int hypercall_register(struct hypercall_table *table, uint64_t nr, const char *n
 	return 0;
 }
 
+int hypercall_register_all(struct hypercall_table *table, const struct hypercall_def *calls,
+			   size_t count)
+{
+	for (size_t i = 0; i < count; i++) {
+		int err = hypercall_register(table, calls[i].nr, calls[i].name, calls[i].fn);
+		if (err) {
+			kapsel_error("cannot register hypercall %s: %s", calls[i].name,
+				     strerror(-err));
+			return err;
+		}
+	}
+	return 0;
+}
+
 int64_t hypercall_dispatch(struct hypercall_table *table, struct kapsel_vm *vm, uint64_t nr,
 			   const uint64_t args[HYPERCALL_ARG_COUNT])
 {

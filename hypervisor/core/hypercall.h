@@ -2,6 +2,7 @@
 #ifndef KAPSEL_HYPERCALL_H
 #define KAPSEL_HYPERCALL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "kapsel/abi.h"
@@ -41,6 +42,18 @@ void hypercall_table_init(struct hypercall_table *table);
  */
 int hypercall_register(struct hypercall_table *table, uint64_t nr, const char *name,
 		       hypercall_fn fn);
+
+/* One call of a subsystem's table (hypercall_register_all). */
+struct hypercall_def {
+	uint64_t nr;
+	const char *name;
+	hypercall_fn fn;
+};
+
+/* Register each of calls[0 .. count); on the first failure print which
+ * call could not be registered and return its error. */
+int hypercall_register_all(struct hypercall_table *table, const struct hypercall_def *calls,
+			   size_t count);
 
 /*
  * Run call nr.  Unknown numbers return -KAPSEL_ENOSYS, are counted and

@@ -276,11 +276,7 @@ static int64_t hc_device_setup(struct kapsel_vm *vm, const uint64_t args[])
 
 int hypercall_register_core(struct hypercall_table *table)
 {
-	static const struct {
-		uint64_t nr;
-		const char *name;
-		hypercall_fn fn;
-	} calls[] = {
+	static const struct hypercall_def calls[] = {
 		{ KAPSEL_HC_ABI_INFO, "abi_info", hc_abi_info },
 		{ KAPSEL_HC_CONSOLE_WRITE, "console_write", hc_console_write },
 		{ KAPSEL_HC_CONSOLE_READ, "console_read", hc_console_read },
@@ -294,23 +290,12 @@ int hypercall_register_core(struct hypercall_table *table)
 		{ KAPSEL_HC_DEVICE_SETUP, "device_setup", hc_device_setup },
 		{ KAPSEL_HC_EVTCHN_CLOSE, "evtchn_close", hc_evtchn_close },
 	};
-	for (size_t i = 0; i < sizeof(calls) / sizeof(calls[0]); i++) {
-		int err = hypercall_register(table, calls[i].nr, calls[i].name, calls[i].fn);
-		if (err) {
-			kapsel_error("cannot register hypercall %s: %s", calls[i].name,
-				     strerror(-err));
-			return err;
-		}
-	}
-	/* Minor 3: traps, upcalls and timers live in pv_cpu.c. */
-	int err = pv_cpu_register_hypercalls(table);
-	if (err) {
-		kapsel_error("cannot register the PV CPU hypercalls: %s", strerror(-err));
-		return err;
-	}
-	/* Minor 5: address spaces and user mode live in pv_mmu.c. */
-	err = pv_mmu_register_hypercalls(table);
-	if (err)
-		kapsel_error("cannot register the PV MMU hypercalls: %s", strerror(-err));
+	int err = hypercall_register_all(table, calls, sizeof(calls) / sizeof(calls[0]));
+	/* Minor 3: traps, upcalls and timers live in pv_cpu.c; minor 5:
+	 * address spaces and user mode in pv_mmu.c. */
+	if (!err)
+		err = pv_cpu_register_hypercalls(table);
+	if (!err)
+		err = pv_mmu_register_hypercalls(table);
 	return err;
 }

@@ -690,23 +690,14 @@ static int64_t hc_evtchn_bind_virq(struct kapsel_vm *vm, const uint64_t args[])
 
 int pv_cpu_register_hypercalls(struct hypercall_table *table)
 {
-	static const struct {
-		uint64_t nr;
-		const char *name;
-		hypercall_fn fn;
-	} calls[] = {
+	static const struct hypercall_def calls[] = {
 		{ KAPSEL_HC_SET_TRAP, "set_trap", hc_set_trap },
 		{ KAPSEL_HC_SET_CALLBACK, "set_callback", hc_set_callback },
 		{ KAPSEL_HC_IRET, "iret", hc_iret },
 		{ KAPSEL_HC_TIMER_SET, "timer_set", hc_timer_set },
 		{ KAPSEL_HC_EVTCHN_BIND_VIRQ, "evtchn_bind_virq", hc_evtchn_bind_virq },
 	};
-	for (size_t i = 0; i < sizeof(calls) / sizeof(calls[0]); i++) {
-		int err = hypercall_register(table, calls[i].nr, calls[i].name, calls[i].fn);
-		if (err)
-			return err;
-	}
-	return 0;
+	return hypercall_register_all(table, calls, sizeof(calls) / sizeof(calls[0]));
 }
 
 /* ---- Reports ------------------------------------------------------------- */

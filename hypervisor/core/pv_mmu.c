@@ -586,11 +586,7 @@ static int64_t hc_kernel_stack(struct kapsel_vm *vm, const uint64_t args[])
 
 int pv_mmu_register_hypercalls(struct hypercall_table *table)
 {
-	static const struct {
-		uint64_t nr;
-		const char *name;
-		hypercall_fn fn;
-	} calls[] = {
+	static const struct hypercall_def calls[] = {
 		{ KAPSEL_HC_AS_CREATE, "as_create", hc_as_create },
 		{ KAPSEL_HC_AS_DESTROY, "as_destroy", hc_as_destroy },
 		{ KAPSEL_HC_MMU_UPDATE, "mmu_update", hc_mmu_update },
@@ -598,12 +594,7 @@ int pv_mmu_register_hypercalls(struct hypercall_table *table)
 		{ KAPSEL_HC_SET_SYSCALL, "set_syscall", hc_set_syscall },
 		{ KAPSEL_HC_KERNEL_STACK, "kernel_stack", hc_kernel_stack },
 	};
-	for (size_t i = 0; i < sizeof(calls) / sizeof(calls[0]); i++) {
-		int err = hypercall_register(table, calls[i].nr, calls[i].name, calls[i].fn);
-		if (err)
-			return err;
-	}
-	return 0;
+	return hypercall_register_all(table, calls, sizeof(calls) / sizeof(calls[0]));
 }
 
 void pv_mmu_print_stats(const struct kapsel_vm *vm, FILE *out)

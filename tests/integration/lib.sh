@@ -67,6 +67,27 @@ run_guest() {
 	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input "$@" >"$out" 2>"$err" </dev/null || STATUS=$?
 }
 
+# save_when OUTFILE ERRFILE DIR PATTERN ARGS...: kapsel run ARGS, saving
+# into DIR and stopping (SIGHUP, --save-stop) once OUTFILE has a line
+# matching the extended regular expression PATTERN; sets STATUS.
+save_when() {
+	local out=$1 err=$2 dir=$3 pattern=$4 pid
+	shift 4
+	LAST_ERR=$err
+	timeout --kill-after=5 120 "$KAPSEL" run --no-console-input --no-control \
+		--save-on-signal "$dir" --save-stop "$@" >"$out" 2>"$err" </dev/null &
+	pid=$!
+	for _ in $(seq 600); do
+		grep -Eq -- "$pattern" "$out" && break
+		kill -0 $pid 2>/dev/null || break
+		sleep 0.1
+	done
+	grep -Eq -- "$pattern" "$out" || { cat "$out" "$err"; fail "never reached '$pattern'"; }
+	kill -HUP $pid
+	STATUS=0
+	wait $pid || STATUS=$?
+}
+
 # expect_status N: the last run exited N; if not, show its stderr (LAST_ERR).
 expect_status() {
 	if [ "$STATUS" -ne "$1" ]; then

@@ -34,18 +34,8 @@ pv-preempt-save-restore)
 	# Saved mid-run (SIGHUP, --save-stop) and restored: both threads go on,
 	# and the restored periodic timer keeps the guest's time (never early).
 	dir=$TMP/saved
-	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --no-control \
-		--kernel "$GUESTS/preempt.elf" --cmdline "switches=1000 period_us=2000" \
-		--save-on-signal "$dir" --save-stop >"$out" 2>"$err" </dev/null &
-	pid=$!
-	for _ in $(seq 300); do
-		grep -q "^switch 50" "$out" && break
-		sleep 0.1
-	done
-	grep -q "^switch 50" "$out" || { cat "$out" "$err"; fail "never reached switch 50"; }
-	kill -HUP $pid
-	STATUS=0
-	wait $pid || STATUS=$?
+	save_when "$out" "$err" "$dir" "^switch 50" \
+		--kernel "$GUESTS/preempt.elf" --cmdline "switches=1000 period_us=2000"
 	expect_status 0
 	expect_in "$err" "saved VM"
 	expect_not_in "$out" "preempt ok"

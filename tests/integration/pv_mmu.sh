@@ -22,19 +22,7 @@ pv-mmu-save-restore)
 	# mid-run (SIGHUP, --save-stop) and restored: it goes on from its
 	# count, and the kernel finds the count in the page it mapped.
 	dir=$TMP/saved
-	timeout --kill-after=5 120 "$KAPSEL" run --no-console-input --no-control \
-		--kernel "$GUESTS/mmu.elf" --cmdline "persist" \
-		--save-on-signal "$dir" --save-stop >"$out" 2>"$err" </dev/null &
-	pid=$!
-	for _ in $(seq 600); do
-		grep -q "^tick 5 " "$out" && break
-		kill -0 $pid 2>/dev/null || break
-		sleep 0.1
-	done
-	grep -q "^tick 5 " "$out" || { cat "$out" "$err"; fail "never reached tick 5"; }
-	kill -HUP $pid
-	STATUS=0
-	wait $pid || STATUS=$?
+	save_when "$out" "$err" "$dir" "^tick 5 " --kernel "$GUESTS/mmu.elf" --cmdline "persist"
 	expect_status 0
 	expect_in "$err" "saved VM"
 	expect_not_in "$out" "persist ok"

@@ -442,18 +442,7 @@ state-pv-mmu-forged)
 	# A saved PV MMU mapping is checked like MMU_UPDATE: one pointed (with
 	# valid checksums) at the hypervisor's page tables is refused.
 	dir=$TMP/mmu
-	timeout --kill-after=5 120 "$KAPSEL" run --no-console-input --no-control \
-		--kernel "$GUESTS/mmu.elf" --cmdline "persist" \
-		--save-on-signal "$dir" --save-stop >"$TMP/out1" 2>"$TMP/err1" </dev/null &
-	pid=$!
-	for _ in $(seq 600); do
-		grep -q "^tick 2 " "$TMP/out1" && break
-		kill -0 $pid 2>/dev/null || break
-		sleep 0.1
-	done
-	grep -q "^tick 2 " "$TMP/out1" || { cat "$TMP/out1" "$TMP/err1"; fail "never reached tick 2"; }
-	kill -HUP $pid
-	wait $pid || true
+	save_when "$TMP/out1" "$TMP/err1" "$dir" "^tick 2 " --kernel "$GUESTS/mmu.elf" --cmdline "persist"
 	expect_in "$TMP/err1" "saved VM"
 	forge_state "$dir" pvmmu
 	STATUS=0
