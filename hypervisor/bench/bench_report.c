@@ -982,10 +982,12 @@ int bench_report_chart(const char *dir, const struct bench_results *results, cha
 		"set key outside right top\n",
 		script_path);
 	for (unsigned terminal = 0; terminal < 2; terminal++) {
-		fprintf(gp, "%s\nset output '%s'\n",
-			terminal
-				? "set terminal pngcairo size 1400,1000 noenhanced font 'sans,11' background rgb 'white'"
-				: "set terminal svg size 1400,1000 dynamic noenhanced font 'sans,11' background rgb 'white'",
+		/* 500 pixels a panel, two at the least. */
+		unsigned height = io && cpu ? 1500u : 1000u;
+		fprintf(gp,
+			"set terminal %s size 1400,%u %snoenhanced font 'sans,11' background rgb 'white'\n"
+			"set output '%s'\n",
+			terminal ? "pngcairo" : "svg", height, terminal ? "" : "dynamic ",
 			terminal ? png_path : chart_path);
 		fprintf(gp,
 			"set multiplot layout %u,1 title 'kapsel bench: native vs PV vs emulated (median of runs)'\n",
