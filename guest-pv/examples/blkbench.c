@@ -11,6 +11,8 @@
  * write the same bytes and bucket latencies alike. */
 #include "kapsel/bench_pattern.h"
 
+#include "bench_sync.h"
+
 /*
  * Command line (key=value, all numbers decimal or 0x-hex):
  *   mode=blk|console   what to drive (default blk)
@@ -38,7 +40,6 @@
 
 #define EXIT_BAD_ARGS 2
 #define EXIT_NO_DEVICE 3
-#define SYNC_TIMEOUT_NS 20000000000ull
 
 struct params {
 	int console_mode; /* 0: block workload, 1: console workload */
@@ -78,7 +79,6 @@ static uint32_t queue_depth;
 static struct bench_stream stream;
 static uint32_t histogram[BENCH_HIST_BUCKETS];
 static uint64_t tsc_khz;
-static int sync_port = -1;
 
 static uint64_t ticks_to_ns(uint64_t ticks)
 {
@@ -175,51 +175,6 @@ static int parse_args(int argc, char **argv)
 		return -1;
 	}
 	return 0;
-}
-
-/* ---- Handshake with the host -------------------------------------------- */
-
-/* Bind an event channel to the PV console so input wakes us (no exits
- * while waiting: we watch the pending bit in the event page). */
-static void sync_setup(void)
-{
-	if (!params.sync)
-		return;
-	const struct kapsel_device_desc *console =
-		kg_platform_find_device(KAPSEL_DEV_CONSOLE_PV, 0);
-	int64_t port = kg_hc_evtchn_alloc();
-	if (!console || port < 0 || kg_hc_evtchn_bind_device((uint32_t)port, console->index) < 0) {
-		kg_printf("BENCH warning=no-sync reason=no-console-channel\n");
-		params.sync = 0;
-		return;
-	}
-	kg_hc_evtchn_mask((uint32_t)port, 1); /* never wake a BLOCK for it */
-	sync_port = (int)port;
-}
-
-/* Print a mark and, with sync=1, wait until the host answers with a line. */
-static void mark(const char *name)
-{
-	kg_printf("BENCH mark=%s\n", name);
-	if (!params.sync)
-		return;
-	uint64_t deadline = kg_time_now_ns() + SYNC_TIMEOUT_NS;
-	char input[64];
-	for (;;) {
-		/* Spin on the pending bit: the host reads our counters while we
-		 * wait, and a sleep in the hypervisor would hold that up. */
-		while (!kg_evtchn_test_and_clear((uint32_t)sync_port)) {
-			if (kg_time_now_ns() > deadline) {
-				kg_printf("BENCH warning=sync-timeout mark=%s\n", name);
-				return;
-			}
-			kg_cpu_relax();
-		}
-		size_t n = kg_console_read(input, sizeof(input));
-		for (size_t i = 0; i < n; i++)
-			if (input[i] == '\n')
-				return;
-	}
 }
 
 /* ---- Block workload ------------------------------------------------------ */
@@ -408,11 +363,11 @@ static int block_main(void)
 		warmup = (struct phase){ 0 };
 
 	struct kg_block_stats before, after;
-	mark("start");
+	bench_sync_mark("start");
 	kg_block_get_stats(device, &before);
 	run_phase(&measured, params.runtime_ms * 1000000ull, params.ops, 1);
 	kg_block_get_stats(device, &after);
-	mark("end");
+	bench_sync_mark("end");
 
 	uint64_t timed = measured.timed_ops ? measured.timed_ops : 1;
 	uint64_t measured_ok = measured.ops - measured.errors;
@@ -512,10 +467,10 @@ static int console_main(void)
 	uint64_t sequence = 0, elapsed = 0;
 	console_phase(line, &sequence, params.warmup_ms * 1000000ull,
 		      params.ops ? params.warmup_ops : 0, &elapsed);
-	mark("start");
+	bench_sync_mark("start");
 	uint64_t lines = console_phase(line, &sequence, params.runtime_ms * 1000000ull, params.ops,
 				       &elapsed);
-	mark("end");
+	bench_sync_mark("end");
 	uint64_t per_line = lines ? elapsed / lines : 0;
 	kg_printf("BENCH ops=%llu writes=%llu bytes=%llu elapsed_ns=%llu errors=0 lat_mean_ns=%llu done=1\n",
 		  (unsigned long long)lines, (unsigned long long)lines,
@@ -533,6 +488,6 @@ int main(int argc, char **argv)
 	if (parse_args(argc, argv) < 0)
 		return EXIT_BAD_ARGS;
 	tsc_khz = kg_platform_start_info()->tsc_khz;
-	sync_setup();
+	params.sync = bench_sync_setup(params.sync);
 	return params.console_mode ? console_main() : block_main();
 }

@@ -55,10 +55,11 @@ static char *self_path(void)
 	return strdup(path);
 }
 
-/* blkbench.elf next to this build of kapsel (build tree or install). */
-static char *find_guest(const char *kapsel_path)
+/* A bench guest (blkbench.elf, cpubench.elf) next to this build of kapsel
+ * (build tree or install), or where the environment variable env says. */
+static char *find_guest(const char *kapsel_path, const char *file, const char *env_name)
 {
-	const char *env = getenv("KAPSEL_BENCH_GUEST");
+	const char *env = getenv(env_name);
 	if (env && access(env, R_OK) == 0)
 		return strdup(env);
 	if (!kapsel_path)
@@ -70,14 +71,15 @@ static char *find_guest(const char *kapsel_path)
 		return NULL;
 	*slash = '\0';
 	static const char *const candidates[] = {
-		"../guest-pv/examples/blkbench.elf",
-		"blkbench.elf",
-		"../share/kapsel/guests/blkbench.elf",
-		"../lib/kapsel/blkbench.elf",
+		"../guest-pv/examples/",
+		"",
+		"../share/kapsel/guests/",
+		"../lib/kapsel/",
 	};
 	for (size_t i = 0; i < sizeof(candidates) / sizeof(candidates[0]); i++) {
 		char path[PATH_MAX];
-		if (snprintf(path, sizeof(path), "%s/%s", dir, candidates[i]) >= (int)sizeof(path))
+		if (snprintf(path, sizeof(path), "%s/%s%s", dir, candidates[i], file) >=
+		    (int)sizeof(path))
 			continue;
 		char resolved[PATH_MAX];
 		if (access(path, R_OK) == 0 && realpath(path, resolved))
@@ -267,6 +269,7 @@ static void describe_machine(struct bench_results *results)
 		fclose(f);
 	}
 	uname(&u);
+	results->nested = nested;
 	snprintf(results->host, sizeof(results->host), "%ld CPUs (%s), Linux %s%s",
 		 sysconf(_SC_NPROCESSORS_ONLN), model, u.release,
 		 nested ? ", itself a VM (KVM here is nested)" : "");
@@ -305,9 +308,11 @@ static void summarize(struct bench_path_result *result)
 	}
 }
 
+#define BENCH_KIND_COUNT 3u
+
 struct path_availability {
-	bool unavailable[BENCH_PATH_COUNT][2]; /* [path][kind] */
-	char message[BENCH_PATH_COUNT][2][256];
+	bool unavailable[BENCH_PATH_COUNT][BENCH_KIND_COUNT]; /* [path][kind] */
+	char message[BENCH_PATH_COUNT][BENCH_KIND_COUNT][256];
 };
 
 static void run_path(struct bench_options *options, struct bench_results *results,
@@ -316,8 +321,14 @@ static void run_path(struct bench_options *options, struct bench_results *result
 {
 	struct bench_path_result *result = &row->paths[path];
 	const struct bench_workload *w = row->workload;
-	unsigned kind = w->kind == BENCH_KIND_CONSOLE;
+	unsigned kind = (unsigned)w->kind;
+	bool cpu = w->kind == BENCH_KIND_CPU;
 
+	if (cpu && path == BENCH_PATH_EMULATED) {
+		snprintf(result->message, sizeof(result->message),
+			 "CPU rows have no emulated path (pv and native only)");
+		return;
+	}
 	if (avail->unavailable[path][kind]) {
 		result->status = BENCH_STATUS_UNAVAILABLE;
 		snprintf(result->message, sizeof(result->message), "%s",
@@ -332,8 +343,12 @@ static void run_path(struct bench_options *options, struct bench_results *result
 		.cache = row->cache,
 		.disk_path = results->disk_path,
 		.region_bytes = options->size_bytes,
-		.runtime_ns = emulated ? options->emulated_runtime_ns : options->runtime_ns,
-		.warmup_ns = emulated ? options->emulated_warmup_ns : options->warmup_ns,
+		.runtime_ns = cpu	 ? options->cpu_runtime_ns
+			      : emulated ? options->emulated_runtime_ns
+					 : options->runtime_ns,
+		.warmup_ns = cpu	? options->cpu_warmup_ns
+			     : emulated ? options->emulated_warmup_ns
+					: options->warmup_ns,
 		.ops = options->ops,
 		.warmup_ops = options->warmup_ops,
 		.seed = options->seed,
@@ -369,8 +384,9 @@ static void run_path(struct bench_options *options, struct bench_results *result
 			if (fd >= 0)
 				close(fd);
 		}
-		int err = path == BENCH_PATH_NATIVE ? bench_native_run(&job, run)
-						    : bench_guest_run(&job, run);
+		int err = path != BENCH_PATH_NATIVE ? bench_guest_run(&job, run)
+			  : cpu			    ? bench_cpu_native_run(&job, run)
+						    : bench_native_run(&job, run);
 		if (err == -ENODEV) {
 			result->status = BENCH_STATUS_UNAVAILABLE;
 			snprintf(result->message, sizeof(result->message), "%s", run->error);
@@ -380,7 +396,12 @@ static void run_path(struct bench_options *options, struct bench_results *result
 			return;
 		}
 		result->run_count++;
-		if (options->verbose)
+		if (options->verbose && cpu)
+			fprintf(stderr, "    %s run %u: %s %.3f us/op p50 %.3f us%s%s\n",
+				bench_path_name(path), r + 1, run->ok ? "ok" : "FAILED",
+				run->metrics[BENCH_M_US_PER_OP], run->metrics[BENCH_M_LAT_P50_US],
+				run->error[0] ? " - " : "", run->error);
+		else if (options->verbose)
 			fprintf(stderr, "    %s run %u: %s %.1f MB/s %.0f IOPS%s%s\n",
 				bench_path_name(path), r + 1, run->ok ? "ok" : "FAILED",
 				run->metrics[BENCH_M_MBPS], run->metrics[BENCH_M_IOPS],
@@ -483,7 +504,12 @@ static double ratio(const struct bench_row *row, enum bench_path a, enum bench_p
 	const struct bench_path_result *x = &row->paths[a], *y = &row->paths[b];
 	if (x->status != BENCH_STATUS_OK || y->status != BENCH_STATUS_OK)
 		return NAN;
-	double vx = x->stats[BENCH_M_MBPS].median, vy = y->stats[BENCH_M_MBPS].median;
+	/* CPU rows: operations per second, none for timers (paced by the delay). */
+	enum bench_metric metric =
+		row->workload->kind == BENCH_KIND_CPU ? BENCH_M_IOPS : BENCH_M_MBPS;
+	if (row->workload->kind == BENCH_KIND_CPU && bench_cpu_info[row->workload->cpu_op].timer)
+		return NAN;
+	double vx = x->stats[metric].median, vy = y->stats[metric].median;
 	if (!isfinite(vx) || !isfinite(vy) || vy <= 0)
 		return NAN;
 	return vx / vy;
@@ -492,6 +518,26 @@ static double ratio(const struct bench_row *row, enum bench_path a, enum bench_p
 static void progress_row(const struct bench_options *options, unsigned index, unsigned count,
 			 const struct bench_row *row)
 {
+	if (row->workload->kind == BENCH_KIND_CPU) {
+		bool timer = bench_cpu_info[row->workload->cpu_op].timer;
+		fprintf(stderr, "[%2u/%u] %-29s", index + 1, count, row->workload->name);
+		for (unsigned p = 0; p < BENCH_PATH_COUNT; p++) {
+			const struct bench_path_result *r = &row->paths[p];
+			if (!options->paths[p] || p == BENCH_PATH_EMULATED)
+				continue;
+			if (r->status == BENCH_STATUS_OK)
+				fprintf(stderr, "  %s %.3f us%s",
+					bench_path_name((enum bench_path)p),
+					bench_cpu_value(row, (enum bench_path)p),
+					timer ? " late (p50)" : " (p50)");
+			else
+				fprintf(stderr, "  %s %s", bench_path_name((enum bench_path)p),
+					r->status == BENCH_STATUS_UNAVAILABLE ? "unavailable"
+									      : "FAILED");
+		}
+		fputc('\n', stderr);
+		return;
+	}
 	fprintf(stderr, "[%2u/%u] %-13s qd=%-3u cache=%-9s", index + 1, count, row->workload->name,
 		row->iodepth,
 		row->workload->kind == BENCH_KIND_CONSOLE ? "-" : bench_cache_name(row->cache));
@@ -602,12 +648,33 @@ int bench_main(struct bench_options *options)
 			options->guest_path, strerror(errno));
 		return 2;
 	}
-	if (guests && !options->guest_path) {
+	if (options->cpu_guest_path && access(options->cpu_guest_path, R_OK) != 0) {
+		fprintf(stderr, "kapsel bench: --cpu-guest '%s' cannot be read: %s\n",
+			options->cpu_guest_path, strerror(errno));
+		return 2;
+	}
+	bool io_rows = false, cpu_rows = false;
+	for (unsigned w = 0; w < options->workload_count; w++) {
+		cpu_rows |= options->workloads[w].kind == BENCH_KIND_CPU;
+		io_rows |= options->workloads[w].kind != BENCH_KIND_CPU;
+	}
+	if (guests) {
 		/* Next to the kapsel that runs the guests, else next to us. */
-		options->guest_path = find_guest(options->kapsel_path);
 		char *self = self_path();
-		if (!options->guest_path && self)
-			options->guest_path = find_guest(self);
+		if (io_rows && !options->guest_path) {
+			options->guest_path = find_guest(options->kapsel_path, "blkbench.elf",
+							 "KAPSEL_BENCH_GUEST");
+			if (!options->guest_path && self)
+				options->guest_path =
+					find_guest(self, "blkbench.elf", "KAPSEL_BENCH_GUEST");
+		}
+		if (cpu_rows && !options->cpu_guest_path) {
+			options->cpu_guest_path = find_guest(options->kapsel_path, "cpubench.elf",
+							     "KAPSEL_BENCH_CPU_GUEST");
+			if (!options->cpu_guest_path && self)
+				options->cpu_guest_path =
+					find_guest(self, "cpubench.elf", "KAPSEL_BENCH_CPU_GUEST");
+		}
 		free(self);
 	}
 
@@ -629,7 +696,8 @@ int bench_main(struct bench_options *options)
 
 	describe_machine(&results);
 	results.load_start = load_average();
-	if (prepare_image(options, &results, error, sizeof(error)) < 0) {
+	/* CPU rows touch no disk: with only those there is no image. */
+	if (io_rows && prepare_image(options, &results, error, sizeof(error)) < 0) {
 		fprintf(stderr, "kapsel bench: %s\n", error);
 		if (results.disk_temporary)
 			unlink(results.disk_path);
@@ -643,7 +711,7 @@ int bench_main(struct bench_options *options)
 		options->cache[BENCH_CACHE_NONE] + options->cache[BENCH_CACHE_WRITEBACK];
 	unsigned max_rows = 0;
 	for (unsigned w = 0; w < options->workload_count; w++)
-		max_rows += options->workloads[w].kind == BENCH_KIND_CONSOLE
+		max_rows += options->workloads[w].kind != BENCH_KIND_BLOCK
 				    ? 1
 				    : cache_modes * options->iodepth_count;
 	results.rows = calloc(max_rows ? max_rows : 1, sizeof(*results.rows));
@@ -654,7 +722,7 @@ int bench_main(struct bench_options *options)
 	}
 	for (unsigned w = 0; w < options->workload_count; w++) {
 		const struct bench_workload *workload = &options->workloads[w];
-		if (workload->kind == BENCH_KIND_CONSOLE) {
+		if (workload->kind != BENCH_KIND_BLOCK) {
 			results.rows[results.row_count++] = (struct bench_row){
 				.workload = workload, .iodepth = 1, .cache = BENCH_CACHE_NONE
 			};
@@ -689,12 +757,26 @@ int bench_main(struct bench_options *options)
 		if (results.fio_available && options->paths[BENCH_PATH_NATIVE])
 			per_row += (options->runtime_ns + options->warmup_ns) / 1e9 + 0.3;
 	}
-	fprintf(stderr,
-		"kapsel bench: %u rows x %u paths x %u runs on %s (%llu MiB%s); about %.0f s\n",
-		results.row_count, enabled, options->repeat, results.disk_path,
-		(unsigned long long)(options->size_bytes >> 20),
-		results.disk_temporary ? ", temporary" : "", per_row * results.row_count + 1);
-	if (options->paths[BENCH_PATH_EMULATED] && !options->ops &&
+	/* A CPU row: native and pv, each a short window plus a guest boot. */
+	double per_cpu_row =
+		options->ops ? 0.1 * options->repeat
+			     : ((options->cpu_runtime_ns + options->cpu_warmup_ns) / 1e9 * 2 +
+				0.05) * options->repeat;
+	unsigned cpu_row_count = 0;
+	for (unsigned i = 0; i < results.row_count; i++)
+		cpu_row_count += results.rows[i].workload->kind == BENCH_KIND_CPU;
+	double estimate =
+		per_row * (results.row_count - cpu_row_count) + per_cpu_row * cpu_row_count + 1;
+	if (io_rows)
+		fprintf(stderr,
+			"kapsel bench: %u rows x %u paths x %u runs on %s (%llu MiB%s); about %.0f s\n",
+			results.row_count, enabled, options->repeat, results.disk_path,
+			(unsigned long long)(options->size_bytes >> 20),
+			results.disk_temporary ? ", temporary" : "", estimate);
+	else
+		fprintf(stderr, "kapsel bench: %u CPU rows x %u runs; about %.0f s\n",
+			results.row_count, options->repeat, estimate);
+	if (io_rows && options->paths[BENCH_PATH_EMULATED] && !options->ops &&
 	    options->emulated_runtime_ns != options->runtime_ns)
 		fprintf(stderr,
 			"kapsel bench: the emulated path gets %.0f ms per run (warm-up %.0f ms) instead of %.0f ms: it costs about one exit per sector\n",
@@ -727,6 +809,9 @@ int bench_main(struct bench_options *options)
 		}
 		row->ratio_pv_native = ratio(row, BENCH_PATH_PV, BENCH_PATH_NATIVE);
 		row->ratio_pv_emulated = ratio(row, BENCH_PATH_PV, BENCH_PATH_EMULATED);
+		double pv = bench_cpu_value(row, BENCH_PATH_PV);
+		double native = bench_cpu_value(row, BENCH_PATH_NATIVE);
+		row->cost_ratio_pv_native = native > 0 ? pv / native : NAN;
 		progress_row(options, i, results.row_count, row);
 	}
 

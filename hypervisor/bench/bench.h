@@ -16,6 +16,9 @@
  *   pv        blkbench.elf under `kapsel run` with the disk on bus=pv (bench_guest.c)
  *   emulated  the same guest with the disk on bus=ata
  * and reports medians and spreads over repeated runs (bench_report.c).
+ * CPU rows (null-hypercall, trap, upcall, timer, timer-periodic) time one
+ * PV CPU operation in cpubench.elf (pv) beside the closest operation of the
+ * host's own kernel (native, bench_cpu_native.c); they have no emulated path.
  */
 
 enum bench_path {
@@ -26,8 +29,28 @@ enum bench_path {
 };
 enum bench_kind {
 	BENCH_KIND_BLOCK,
-	BENCH_KIND_CONSOLE
+	BENCH_KIND_CONSOLE,
+	BENCH_KIND_CPU
 };
+
+/* The CPU rows, in the order `--workloads cpu` lists them. */
+enum bench_cpu_op {
+	BENCH_CPU_NULL_HYPERCALL,
+	BENCH_CPU_TRAP,
+	BENCH_CPU_UPCALL,
+	BENCH_CPU_TIMER,
+	BENCH_CPU_TIMER_PERIODIC,
+	BENCH_CPU_OP_COUNT
+};
+
+struct bench_cpu_info {
+	const char *name;      /* workload name and cpubench.elf's mode= */
+	const char *guest_op;  /* what one operation is in the guest */
+	const char *native_op; /* the host's closest operation */
+	bool timer;	       /* the value is lateness, not the cost of a round trip */
+};
+
+extern const struct bench_cpu_info bench_cpu_info[BENCH_CPU_OP_COUNT];
 enum bench_cache {
 	BENCH_CACHE_NONE,
 	BENCH_CACHE_WRITEBACK,
@@ -50,9 +73,10 @@ struct bench_workload {
 	char rw[16];   /* fio rw= value: read, write, randread, randwrite, randrw */
 	enum bench_kind kind;
 	bool random;
-	bool writes;	       /* the workload writes (region checksums apply) */
-	uint32_t read_percent; /* 100 read-only, 0 write-only */
-	uint32_t block_bytes;  /* console rows: bytes per line */
+	bool writes;		  /* the workload writes (region checksums apply) */
+	uint32_t read_percent;	  /* 100 read-only, 0 write-only */
+	uint32_t block_bytes;	  /* console rows: bytes per line */
+	enum bench_cpu_op cpu_op; /* CPU rows */
 };
 
 struct bench_options {
@@ -62,7 +86,9 @@ struct bench_options {
 	unsigned workload_count;
 	uint64_t runtime_ns, warmup_ns;			  /* native and PV */
 	uint64_t emulated_runtime_ns, emulated_warmup_ns; /* emulated path budget */
-	uint64_t ops, warmup_ops; /* > 0: fixed-size runs of this many operations */
+	uint64_t ops, warmup_ops;		/* > 0: fixed-size runs of this many operations */
+	uint64_t cpu_runtime_ns, cpu_warmup_ns; /* CPU rows, both paths */
+	uint64_t timer_delay_ns;		/* timer rows: one-shot delay and period */
 	unsigned repeat;
 	unsigned iodepths[BENCH_MAX_IODEPTHS];
 	unsigned iodepth_count;
@@ -73,6 +99,7 @@ struct bench_options {
 	char *console_output; /* console sink file for the console row */
 	char *kapsel_path;    /* the kapsel binary for guest runs */
 	char *guest_path;     /* blkbench.elf */
+	char *cpu_guest_path; /* cpubench.elf */
 	bool quick;
 	bool fio; /* cross-check native against fio if installed */
 	bool chart;
@@ -111,8 +138,8 @@ int bench_parse_size(const char *text, uint64_t *bytes);
 /* Parse a duration: a number with s (default), ms or us.  Returns 0 or -EINVAL. */
 int bench_parse_duration(const char *text, uint64_t *ns);
 
-/* Look up a workload by name ("randread-4K", "read-1M", "console", ...);
- * returns 0 and fills workload, or -ENOENT. */
+/* Look up a workload by name ("randread-4K", "read-1M", "console",
+ * "null-hypercall", ...); returns 0 and fills workload, or -ENOENT. */
 int bench_workload_lookup(const char *name, struct bench_workload *workload);
 
 /* ---- Counters and statistics (bench_stats.c) ----------------------------- */
@@ -141,6 +168,10 @@ uint64_t bench_counters_get(const struct bench_counters *counters, const char *n
  * Lines whose value is not a plain number are skipped.
  */
 void bench_counters_parse_stats(struct bench_counters *counters, const char *text);
+
+/* Take count off name (down to 0; nothing if absent): exits the bench
+ * itself caused in a measured window. */
+void bench_counters_take_off(struct bench_counters *counters, const char *name, uint64_t count);
 
 /* after - before for every counter of after (counters that went down are 0). */
 void bench_counters_delta(struct bench_counters *delta, const struct bench_counters *before,
@@ -200,6 +231,10 @@ enum bench_metric {
 	BENCH_M_SUBMIT_PICKUP_US,   /* PV: notification + queueing */
 	BENCH_M_PICKUP_COMPLETE_US, /* PV: backend + device */
 	BENCH_M_COMPLETE_REAP_US,   /* PV: completion -> reap */
+	BENCH_M_LAT_MAX_US,	    /* CPU rows: the slowest operation */
+	BENCH_M_US_PER_OP,	    /* CPU rows: measured window / operations */
+	BENCH_M_DELIVER_P50_US,	    /* CPU rows: cause -> handler entered */
+	BENCH_M_DELIVER_P99_US,
 	BENCH_M_COUNT
 };
 
@@ -236,6 +271,24 @@ void bench_run_clear(struct bench_run *run);
  * (run->ok false and run->error set on failure).  Returns 0 or -errno.
  */
 int bench_native_run(const struct bench_job *job, struct bench_run *run);
+
+/*
+ * Run one CPU row's job on the host (bench_cpu_native.c): getppid(2), a
+ * SIGILL handler round trip, a signal to itself, timerfd.  Fills run.
+ * Returns 0 or -errno.
+ */
+int bench_cpu_native_run(const struct bench_job *job, struct bench_run *run);
+
+/* What a CPU row's run measured, in the units the guest reports (ns). */
+struct bench_cpu_sample {
+	uint64_t ops, elapsed_ns;
+	uint64_t p50_ns, p99_ns, p999_ns, max_ns, mean_ns; /* per-operation values */
+	uint64_t deliver_ops, deliver_p50_ns, deliver_p99_ns;
+};
+
+/* Set a CPU run's time metrics from sample (us, 1/s); metrics it does not
+ * have stay as they are (NaN after bench_run_clear).  Needs sample->ops > 0. */
+void bench_cpu_metrics(const struct bench_cpu_sample *sample, double metrics[BENCH_M_COUNT]);
 
 /*
  * Run one job in a guest: spawns `kapsel run` with blkbench.elf and the
@@ -306,6 +359,7 @@ struct bench_row {
 	uint32_t checksum_reset; /* region CRC-32 before each path (fixed-size runs) */
 	struct bench_fio_result fio;
 	double ratio_pv_native, ratio_pv_emulated; /* throughput ratios, NaN if n/a */
+	double cost_ratio_pv_native;		   /* CPU rows: pv / native bench_cpu_value */
 };
 
 struct bench_results {
@@ -316,11 +370,26 @@ struct bench_results {
 	uint64_t size_bytes;
 	double total_seconds;
 	char host[256];		     /* machine description */
+	bool nested;		     /* the host is itself a VM: KVM here is nested */
 	double load_start, load_end; /* 1-minute load average before and after */
 	bool fio_available;
 	char chart_path[512];
 	char chart_note[160];
 };
+
+/*
+ * A CPU row's value on a path: the median over runs of the per-operation
+ * p50 in microseconds (for timer rows, of the lateness); NaN when the path
+ * has none.
+ */
+double bench_cpu_value(const struct bench_row *row, enum bench_path path);
+
+/*
+ * The cost of one exit to the VMM as measured in this run: the
+ * null-hypercall row's pv value (bench_cpu_value) over its exits per
+ * operation.  NaN without that row.
+ */
+double bench_cpu_exit_cost_us(const struct bench_results *results);
 
 /* Run the whole benchmark.  Returns the exit status for `kapsel bench`. */
 int bench_main(struct bench_options *options);

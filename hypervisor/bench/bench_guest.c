@@ -396,18 +396,36 @@ static void fill_metrics(const struct bench_job *job, const struct child *child,
 	run->timed_ops = kv_u64(kv, "timed_ops");
 	run->queue_depth_used = (unsigned)kv_u64(kv, "queue_depth");
 	double *m = run->metrics;
+	bool cpu = job->workload->kind == BENCH_KIND_CPU;
+	if (cpu) {
+		struct bench_cpu_sample sample = {
+			.ops = run->ops,
+			.elapsed_ns = run->elapsed_ns,
+			.p50_ns = kv_u64(kv, "lat_p50_ns"),
+			.p99_ns = kv_u64(kv, "lat_p99_ns"),
+			.p999_ns = kv_u64(kv, "lat_p999_ns"),
+			.max_ns = kv_u64(kv, "lat_max_ns"),
+			.mean_ns = kv_u64(kv, "lat_mean_ns"),
+			.deliver_ops = kv_u64(kv, "deliver_ops"),
+			.deliver_p50_ns = kv_u64(kv, "deliver_p50_ns"),
+			.deliver_p99_ns = kv_u64(kv, "deliver_p99_ns"),
+		};
+		bench_cpu_metrics(&sample, m);
+		if (kv_has(kv, "early"))
+			bench_counters_add(&run->counters, "early", kv_u64(kv, "early"));
+	}
 	double seconds = run->elapsed_ns / 1e9;
 	uint64_t ok = run->ops - run->errors;
-	if (seconds > 0) {
+	if (seconds > 0 && !cpu) {
 		m[BENCH_M_MBPS] = run->bytes / seconds / 1e6;
 		m[BENCH_M_IOPS] = ok / seconds;
 	}
-	if (kv_has(kv, "lat_p50_ns") && ok) {
+	if (kv_has(kv, "lat_p50_ns") && ok && !cpu) {
 		m[BENCH_M_LAT_P50_US] = kv_u64(kv, "lat_p50_ns") / 1e3;
 		m[BENCH_M_LAT_P99_US] = kv_u64(kv, "lat_p99_ns") / 1e3;
 		m[BENCH_M_LAT_P999_US] = kv_u64(kv, "lat_p999_ns") / 1e3;
 	}
-	if (kv_has(kv, "lat_mean_ns") && ok)
+	if (kv_has(kv, "lat_mean_ns") && ok && !cpu)
 		m[BENCH_M_LAT_MEAN_US] = kv_u64(kv, "lat_mean_ns") / 1e3;
 	if (run->timed_ops) {
 		m[BENCH_M_SUBMIT_PICKUP_US] = kv_u64(kv, "submit_pickup_ns") / 1e3;
@@ -449,14 +467,20 @@ static void fill_metrics(const struct bench_job *job, const struct child *child,
 		{ "exits_interrupted", 1 },
 		{ "exits_total", 3 },
 	};
-	for (size_t h = 0; h < sizeof(handshake) / sizeof(handshake[0]); h++) {
-		for (unsigned i = 0; i < delta.count; i++) {
-			struct bench_counter *c = &delta.items[i];
-			if (strcmp(c->name, handshake[h].name) == 0)
-				c->value = c->value > handshake[h].count
-						   ? c->value - handshake[h].count
-						   : 0;
-		}
+	for (size_t h = 0; h < sizeof(handshake) / sizeof(handshake[0]); h++)
+		bench_counters_take_off(&delta, handshake[h].name, handshake[h].count);
+	/* And the hypercalls the guest's measurement made (cpubench.elf reads
+	 * the clock with TIME_INFO): "untimed_hc_NAME=N" lines. */
+	for (unsigned k = 0; k < kv->count; k++) {
+		const char *key = kv->items[k].key;
+		if (strncmp(key, "untimed_hc_", 11) != 0)
+			continue;
+		uint64_t count = kv_u64(kv, key);
+		char name[BENCH_NAME_MAX];
+		snprintf(name, sizeof(name), "hypercall_%s", key + 11);
+		bench_counters_take_off(&delta, name, count);
+		bench_counters_take_off(&delta, "exits_io_hypercall", count);
+		bench_counters_take_off(&delta, "exits_total", count);
 	}
 	/* By reason; hypercall exits are split by call ("hc_block"). */
 	uint64_t exits = 0, events = 0, hypercalls = 0;
@@ -501,6 +525,16 @@ static void build_cmdline(const struct bench_job *job, char *out, size_t len)
 {
 	const struct bench_workload *w = job->workload;
 	bool emulated = job->path == BENCH_PATH_EMULATED;
+	if (w->kind == BENCH_KIND_CPU) {
+		snprintf(out, len,
+			 "mode=%s delay_us=%llu warmup_ms=%llu runtime_ms=%llu warmup_ops=%llu ops=%llu sync=1",
+			 bench_cpu_info[w->cpu_op].name,
+			 (unsigned long long)(job->options->timer_delay_ns / 1000),
+			 (unsigned long long)(job->warmup_ns / 1000000),
+			 (unsigned long long)(job->runtime_ns / 1000000),
+			 (unsigned long long)job->warmup_ops, (unsigned long long)job->ops);
+		return;
+	}
 	if (w->kind == BENCH_KIND_CONSOLE) {
 		snprintf(out, len,
 			 "mode=console sink=%s line_bytes=%u warmup_ms=%llu runtime_ms=%llu warmup_ops=%llu ops=%llu sync=1",
@@ -526,16 +560,19 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 	const struct bench_workload *w = job->workload;
 	bool emulated = job->path == BENCH_PATH_EMULATED;
 	bool console = w->kind == BENCH_KIND_CONSOLE;
+	bool cpu = w->kind == BENCH_KIND_CPU;
 	char memory[32], name[32], disk[1200], cmdline[512], stats_path[600];
+	char *guest_path = cpu ? options->cpu_guest_path : options->guest_path;
 
 	bench_run_clear(run);
-	if (!options->guest_path) {
+	if (!guest_path) {
 		snprintf(run->error, sizeof(run->error),
-			 "bench guest blkbench.elf not found; build it (ninja -C BUILD) or give --guest FILE");
+			 cpu ? "bench guest cpubench.elf not found; build it (ninja -C BUILD) or give --cpu-guest FILE"
+			     : "bench guest blkbench.elf not found; build it (ninja -C BUILD) or give --guest FILE");
 		return -ENODEV;
 	}
 	uint64_t memory_bytes = GUEST_MEMORY_BASE_BYTES;
-	if (!console)
+	if (!console && !cpu)
 		memory_bytes += (uint64_t)job->iodepth * w->block_bytes;
 	memory_bytes = (memory_bytes + (2u << 20) - 1) & ~((2ull << 20) - 1);
 	snprintf(memory, sizeof(memory), "%lluM", (unsigned long long)(memory_bytes >> 20));
@@ -555,12 +592,14 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 	argv[argc++] = options->kapsel_path;
 	argv[argc++] = "run";
 	argv[argc++] = "--kernel";
-	argv[argc++] = options->guest_path;
+	argv[argc++] = guest_path;
 	argv[argc++] = "--memory";
 	argv[argc++] = memory;
 	argv[argc++] = "--name";
 	argv[argc++] = name;
-	if (!console) {
+	if (cpu) {
+		/* No device: the console on standard output carries BENCH lines. */
+	} else if (!console) {
 		argv[argc++] = "--disk";
 		argv[argc++] = disk;
 	} else {
@@ -676,6 +715,10 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 			 (unsigned long long)((window->deadline_ns - window->spawn_ns) /
 					      1000000000ull),
 			 detail[0] ? "; last output: " : "", detail);
+	} else if (cpu && (code == 3 || (guest_error && strcmp(guest_error, "no-device") == 0))) {
+		err = -ENODEV;
+		snprintf(run->error, sizeof(run->error),
+			 "the hypervisor offers no PV CPU (ABI feature PV_CPU: traps, upcalls, timers); the guest said: no device");
 	} else if (code == 3 || (guest_error && strcmp(guest_error, "no-device") == 0)) {
 		err = -ENODEV;
 		snprintf(run->error, sizeof(run->error),

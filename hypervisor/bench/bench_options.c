@@ -35,15 +35,24 @@
 #define DEFAULT_BACKEND_POLL_TEXT "0"
 #define MAX_POLL_NS 1000000000ull
 
+/* CPU rows: each operation takes microseconds (an exit or two), so a
+ * short window gives thousands of samples; all five rows on both paths
+ * with 3 runs take a few seconds. */
+#define DEFAULT_CPU_RUNTIME_NS 100000000ull
+#define DEFAULT_CPU_RUNTIME_TEXT "100ms"
+#define DEFAULT_TIMER_DELAY_NS 1000000ull
+#define DEFAULT_TIMER_DELAY_TEXT "1ms"
+#define MIN_TIMER_DELAY_NS 100000ull /* KAPSEL_TIMER_MIN_PERIOD_NS */
+
 #define QUICK_SIZE_BYTES (4ull << 20)
 #define QUICK_OPS 16u
 #define QUICK_WARMUP_OPS 4u
 
 static const char *const default_workloads =
-	"read-1M,write-1M,read-128K,write-128K,randread-4K,randwrite-4K,randrw-4K,console";
+	"read-1M,write-1M,read-128K,write-128K,randread-4K,randwrite-4K,randrw-4K,console,cpu";
 /* Small writes: the emulated disk takes an exit per 32-bit word written. */
 static const char *const quick_workloads =
-	"write-8K,randwrite-4K,randrw-4K,read-64K,randread-4K,console";
+	"write-8K,randwrite-4K,randrw-4K,read-64K,randread-4K,console,cpu";
 
 void bench_usage(FILE *out)
 {
@@ -58,6 +67,10 @@ void bench_usage(FILE *out)
 		"notifications per operation, host CPU per operation and the ratios\n"
 		"PV/native and PV/emulated (median of --repeat runs, with their spread).\n"
 		"Native numbers are cross-checked against fio when it is installed.\n"
+		"The CPU rows (null-hypercall, trap, upcall, timer, timer-periodic) time\n"
+		"one PV CPU operation in a guest (cpubench.elf) beside the host's closest\n"
+		"operation (getppid, a SIGILL handler, a signal to itself, timerfd), with\n"
+		"exits per operation and the cost of one exit on this machine.\n"
 		"\n"
 		"Options:\n"
 		"      --disk FILE          image to run on (created if missing; its first SIZE\n"
@@ -66,8 +79,14 @@ void bench_usage(FILE *out)
 		"      --workloads LIST     comma-separated, named as fio's rw= plus block size:\n"
 		"                           read-1M write-1M read-128K write-128K randread-4K\n"
 		"                           randwrite-4K randrw-4K (70%% reads) console; any\n"
-		"                           RW-SIZE with SIZE a multiple of 4K up to 4M; 'all'\n"
-		"                           (default: %s)\n"
+		"                           RW-SIZE with SIZE a multiple of 4K up to 4M; the CPU\n"
+		"                           rows null-hypercall trap upcall timer timer-periodic,\n"
+		"                           or 'cpu' for all five; 'all' (default: %s)\n"
+		"      --cpu                only the CPU rows (--workloads cpu)\n"
+		"      --cpu-runtime TIME   measured time per CPU row run (default %s; warm-up a\n"
+		"                           fifth of it); --ops N sets a count instead\n"
+		"      --timer-delay TIME   timer rows: one-shot delay and period (default %s,\n"
+		"                           at least 100us)\n"
 		"      --runtime TIME       measured time per run, e.g. 1s or 500ms (default 1s)\n"
 		"      --warmup TIME        warm-up before each run (default 250ms)\n"
 		"      --emulated-runtime TIME\n"
@@ -91,6 +110,7 @@ void bench_usage(FILE *out)
 		"      --no-chart           do not draw the chart\n"
 		"      --kapsel FILE        kapsel binary for guest runs (default: this one)\n"
 		"      --guest FILE         bench guest (default: blkbench.elf of this build)\n"
+		"      --cpu-guest FILE     CPU rows' guest (default: cpubench.elf of this build)\n"
 		"      --pv-guest-poll TIME the PV guest spins up to this long for a completion\n"
 		"                           before it sleeps in the hypervisor; the window adapts\n"
 		"                           to recent completion times (default %s)\n"
@@ -103,9 +123,9 @@ void bench_usage(FILE *out)
 		"\n"
 		"Example:\n"
 		"  kapsel bench --workloads randread-4K,read-1M --iodepths 1,32 --repeat 5\n",
-		default_workloads, BENCH_MAX_IODEPTH, DEFAULT_OUTPUT_DIR,
-		(unsigned long long)(QUICK_SIZE_BYTES >> 20), QUICK_OPS, DEFAULT_GUEST_POLL_TEXT,
-		DEFAULT_BACKEND_POLL_TEXT);
+		default_workloads, DEFAULT_CPU_RUNTIME_TEXT, DEFAULT_TIMER_DELAY_TEXT,
+		BENCH_MAX_IODEPTH, DEFAULT_OUTPUT_DIR, (unsigned long long)(QUICK_SIZE_BYTES >> 20),
+		QUICK_OPS, DEFAULT_GUEST_POLL_TEXT, DEFAULT_BACKEND_POLL_TEXT);
 }
 
 static int fail(char *error, size_t error_len, const char *fmt, ...)
@@ -214,6 +234,14 @@ int bench_workload_lookup(const char *name, struct bench_workload *workload)
 		{ "randrw", true, RANDRW_READ_PERCENT },
 	};
 	memset(workload, 0, sizeof(*workload));
+	for (unsigned op = 0; op < BENCH_CPU_OP_COUNT; op++) {
+		if (strcmp(name, bench_cpu_info[op].name) == 0) {
+			snprintf(workload->name, sizeof(workload->name), "%s", name);
+			workload->kind = BENCH_KIND_CPU;
+			workload->cpu_op = (enum bench_cpu_op)op;
+			return 0;
+		}
+	}
 	if (strcmp(name, "console") == 0) {
 		snprintf(workload->name, sizeof(workload->name), "console");
 		snprintf(workload->rw, sizeof(workload->rw), "write");
@@ -263,6 +291,9 @@ void bench_options_init(struct bench_options *options)
 	for (unsigned p = 0; p < BENCH_PATH_COUNT; p++)
 		options->paths[p] = true;
 	options->format = BENCH_FORMAT_TABLE;
+	options->cpu_runtime_ns = DEFAULT_CPU_RUNTIME_NS;
+	options->cpu_warmup_ns = DEFAULT_CPU_RUNTIME_NS / 5;
+	options->timer_delay_ns = DEFAULT_TIMER_DELAY_NS;
 	options->fio = true;
 	options->chart = true;
 	options->seed = 42;
@@ -277,6 +308,7 @@ void bench_options_free(struct bench_options *options)
 	free(options->console_output);
 	free(options->kapsel_path);
 	free(options->guest_path);
+	free(options->cpu_guest_path);
 	memset(options, 0, sizeof(*options));
 }
 
@@ -290,24 +322,29 @@ static int parse_workloads(struct bench_options *options, const char *text, char
 		return -ENOMEM;
 	options->workload_count = 0;
 	int err = 0;
-	for (char *name = strtok_r(copy, ",", &save); name && !err;
-	     name = strtok_r(NULL, ",", &save)) {
-		struct bench_workload workload;
-		if (bench_workload_lookup(name, &workload) < 0) {
-			err = fail(error, error_len,
-				   "--workloads: '%s' is not a workload; use RW-SIZE with RW one of read, write, randread, randwrite, randrw and SIZE a multiple of 4K up to 4M (e.g. randread-4K, read-1M), or console",
-				   name);
-			break;
-		}
-		for (unsigned i = 0; i < options->workload_count; i++)
-			if (strcmp(options->workloads[i].name, workload.name) == 0)
-				err = fail(error, error_len, "--workloads: '%s' is listed twice",
+	for (char *item = strtok_r(copy, ",", &save); item && !err;
+	     item = strtok_r(NULL, ",", &save)) {
+		/* "cpu" stands for every CPU row, in their order. */
+		bool group = strcmp(item, "cpu") == 0;
+		for (unsigned g = 0; g < (group ? BENCH_CPU_OP_COUNT : 1u) && !err; g++) {
+			const char *name = group ? bench_cpu_info[g].name : item;
+			struct bench_workload workload;
+			if (bench_workload_lookup(name, &workload) < 0) {
+				err = fail(error, error_len,
+					   "--workloads: '%s' is not a workload; use RW-SIZE with RW one of read, write, randread, randwrite, randrw and SIZE a multiple of 4K up to 4M (e.g. randread-4K, read-1M), console, or a CPU row (null-hypercall, trap, upcall, timer, timer-periodic, or cpu for all)",
 					   name);
-		if (!err && options->workload_count == BENCH_MAX_WORKLOADS)
-			err = fail(error, error_len, "--workloads: at most %u workloads",
-				   BENCH_MAX_WORKLOADS);
-		if (!err)
-			options->workloads[options->workload_count++] = workload;
+				break;
+			}
+			for (unsigned i = 0; i < options->workload_count; i++)
+				if (strcmp(options->workloads[i].name, workload.name) == 0)
+					err = fail(error, error_len,
+						   "--workloads: '%s' is listed twice", name);
+			if (!err && options->workload_count == BENCH_MAX_WORKLOADS)
+				err = fail(error, error_len, "--workloads: at most %u workloads",
+					   BENCH_MAX_WORKLOADS);
+			if (!err)
+				options->workloads[options->workload_count++] = workload;
+		}
 	}
 	free(copy);
 	if (!err && options->workload_count == 0)
@@ -417,6 +454,10 @@ int bench_options_parse(struct bench_options *options, int argc, char **argv, FI
 		OPT_SEED,
 		OPT_GUEST_POLL,
 		OPT_BACKEND_POLL,
+		OPT_CPU,
+		OPT_CPU_RUNTIME,
+		OPT_TIMER_DELAY,
+		OPT_CPU_GUEST,
 	};
 	static const struct option long_options[] = {
 		{ "disk", required_argument, NULL, OPT_DISK },
@@ -442,12 +483,16 @@ int bench_options_parse(struct bench_options *options, int argc, char **argv, FI
 		{ "seed", required_argument, NULL, OPT_SEED },
 		{ "pv-guest-poll", required_argument, NULL, OPT_GUEST_POLL },
 		{ "pv-backend-poll", required_argument, NULL, OPT_BACKEND_POLL },
+		{ "cpu", no_argument, NULL, OPT_CPU },
+		{ "cpu-runtime", required_argument, NULL, OPT_CPU_RUNTIME },
+		{ "timer-delay", required_argument, NULL, OPT_TIMER_DELAY },
+		{ "cpu-guest", required_argument, NULL, OPT_CPU_GUEST },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
 	bool size_given = false, workloads_given = false, iodepths_given = false;
-	bool repeat_given = false, ops_given = false;
+	bool repeat_given = false, ops_given = false, cpu_only = false;
 	const char *workloads = default_workloads;
 	uint64_t number;
 	int err = 0, opt;
@@ -596,6 +641,30 @@ int bench_options_parse(struct bench_options *options, int argc, char **argv, FI
 					    "--pv-backend-poll '%s' is not a valid time; give 0-1s, e.g. 50us",
 					    optarg);
 			break;
+		case OPT_CPU:
+			cpu_only = true;
+			break;
+		case OPT_CPU_RUNTIME:
+			if (bench_parse_duration(optarg, &options->cpu_runtime_ns) < 0 ||
+			    options->cpu_runtime_ns < 1000000ull ||
+			    options->cpu_runtime_ns > MAX_RUNTIME_NS)
+				return fail(error, error_len,
+					    "--cpu-runtime '%s' is not a valid time; give 1ms-600s, e.g. 100ms",
+					    optarg);
+			options->cpu_warmup_ns = options->cpu_runtime_ns / 5;
+			break;
+		case OPT_TIMER_DELAY:
+			if (bench_parse_duration(optarg, &options->timer_delay_ns) < 0 ||
+			    options->timer_delay_ns < MIN_TIMER_DELAY_NS ||
+			    options->timer_delay_ns > 1000000000ull ||
+			    options->timer_delay_ns % 1000)
+				return fail(error, error_len,
+					    "--timer-delay '%s' is not a valid time; give whole microseconds from 100us to 1s, e.g. 1ms",
+					    optarg);
+			break;
+		case OPT_CPU_GUEST:
+			options->cpu_guest_path = replace(options->cpu_guest_path, optarg);
+			break;
 		case 'v':
 			options->verbose = true;
 			break;
@@ -617,6 +686,14 @@ int bench_options_parse(struct bench_options *options, int argc, char **argv, FI
 			    "unexpected argument '%s'; kapsel bench takes only options (see --help)",
 			    argv[optind]);
 
+	if (cpu_only) {
+		if (workloads_given)
+			return fail(
+				error, error_len,
+				"--cpu and --workloads both choose the rows; give one (--cpu is --workloads cpu)");
+		workloads = "cpu";
+		workloads_given = true;
+	}
 	if (options->quick) {
 		if (!size_given)
 			options->size_bytes = QUICK_SIZE_BYTES;

@@ -10,7 +10,9 @@
 
 #include "bench.h"
 
-#define KAPSEL_BENCH_SCHEMA 1
+/* 2: CPU rows (kind "cpu"), the metrics lat_max_us, us_per_op, deliver_p50_us,
+ * deliver_p99_us, rows[].cpu, ratios.cost_pv_native and the top-level cpu. */
+#define KAPSEL_BENCH_SCHEMA 2
 #define KAPSEL_BENCH_VERSION KAPSEL_VERSION /* from meson.build */
 
 /* ---- Goals --------------------------------------------------------------- */
@@ -199,12 +201,143 @@ static void exits_text(const struct bench_path_result *r, char *out, size_t len)
 		snprintf(out, len, "none");
 }
 
+/* ---- CPU rows ------------------------------------------------------------ */
+
+static bool has_kind(const struct bench_results *results, bool cpu)
+{
+	for (unsigned i = 0; i < results->row_count; i++)
+		if ((results->rows[i].workload->kind == BENCH_KIND_CPU) == cpu)
+			return true;
+	return false;
+}
+
+static void table_cpu_path_line(FILE *out, const struct bench_row *row, enum bench_path path,
+				bool first_unavailable)
+{
+	const struct bench_path_result *r = &row->paths[path];
+	const struct bench_cpu_info *info = &bench_cpu_info[row->workload->cpu_op];
+	char a[24], b[24], c[24], d[24], e[24], f[24], g[24], h[24];
+	fprintf(out, "%-16s %-7s", "", bench_path_name(path));
+	if (r->status != BENCH_STATUS_OK) {
+		if (r->status == BENCH_STATUS_UNAVAILABLE && !first_unavailable)
+			fprintf(out, " unavailable (see above)\n");
+		else
+			fprintf(out, " %s: %s\n", status_name(r->status), r->message);
+		return;
+	}
+	bool native = path == BENCH_PATH_NATIVE;
+	fprintf(out, " %8s %8s %8s %8s %8s %8s %8s %9s  %s\n",
+		num(b, sizeof(b), r->stats[BENCH_M_LAT_P50_US].median),
+		num(c, sizeof(c), r->stats[BENCH_M_LAT_P99_US].median),
+		num(d, sizeof(d), r->stats[BENCH_M_LAT_MAX_US].median),
+		info->timer ? "-" : num(a, sizeof(a), r->stats[BENCH_M_US_PER_OP].median),
+		num(e, sizeof(e), r->stats[BENCH_M_DELIVER_P50_US].median),
+		num(f, sizeof(f), r->stats[BENCH_M_DELIVER_P99_US].median),
+		native ? "-" : num(g, sizeof(g), r->stats[BENCH_M_EXITS_PER_OP].median),
+		num(h, sizeof(h), r->stats[BENCH_M_CPU_US_PER_OP].median),
+		native ? info->native_op : info->guest_op);
+}
+
+static void table_cpu(FILE *out, const struct bench_options *options,
+		      const struct bench_results *results)
+{
+	char a[24], b[24], c[24];
+	bool shown_unavailable[BENCH_PATH_COUNT] = { false };
+	fprintf(out,
+		"\nCPU operations: the PV guest (cpubench.elf) beside the closest operation of this\n"
+		"host's own kernel, timed alike with the TSC; %s.\n"
+		"p50/p99/max us = one operation, a round trip; for timer rows how late the handler\n"
+		"ran after the deadline (--timer-delay %.0f us); mean = measured window / operations\n"
+		"(preemptions included); to h p50/p99 = from the cause (ud2, send, signal) to the\n"
+		"handler's first instruction; pv/native compares the p50s.\n\n",
+		options->ops ? "fixed operation counts (--ops)" : "medians of the runs",
+		options->timer_delay_ns / 1e3);
+	fprintf(out, "%-16s %-7s %8s %8s %8s %8s %8s %8s %8s %9s  %s\n", "row", "path", "p50 us",
+		"p99 us", "max us", "mean us", "to h p50", "to h p99", "exits/op", "cpu us/op",
+		"operation");
+	for (unsigned i = 0; i < results->row_count; i++) {
+		const struct bench_row *row = &results->rows[i];
+		if (row->workload->kind != BENCH_KIND_CPU)
+			continue;
+		fprintf(out, "%s\n", row->workload->name);
+		for (unsigned p = 0; p < BENCH_PATH_COUNT; p++) {
+			if (!options->paths[p] || p == BENCH_PATH_EMULATED)
+				continue;
+			bool first = !shown_unavailable[p];
+			if (row->paths[p].status == BENCH_STATUS_UNAVAILABLE)
+				shown_unavailable[p] = true;
+			table_cpu_path_line(out, row, (enum bench_path)p, first);
+		}
+		char exits[256];
+		exits_text(&row->paths[BENCH_PATH_PV], exits, sizeof(exits));
+		fprintf(out, "%-16s pv/native %s%s   pv exits/op: %s\n", "",
+			num(a, sizeof(a), row->cost_ratio_pv_native),
+			isfinite(row->cost_ratio_pv_native) ? "x" : "", exits);
+	}
+
+	double exit_us = bench_cpu_exit_cost_us(results);
+	if (isfinite(exit_us)) {
+		fprintf(out,
+			"\nexit cost on this machine: %s us per exit to the VMM (p50 of null-hypercall: one\n"
+			"ABI_INFO port write per call, guest -> kapsel in user space -> guest)\n",
+			num(a, sizeof(a), exit_us));
+		/* How much of a trap its two exits explain (the CPL0 stub's
+		 * report and the IRET): what a bounce inside the guest would save. */
+		for (unsigned i = 0; i < results->row_count; i++) {
+			const struct bench_row *row = &results->rows[i];
+			if (row->workload->kind != BENCH_KIND_CPU ||
+			    row->workload->cpu_op != BENCH_CPU_TRAP)
+				continue;
+			double us = bench_cpu_value(row, BENCH_PATH_PV);
+			double exits = row->paths[BENCH_PATH_PV].stats[BENCH_M_EXITS_PER_OP].median;
+			if (!isfinite(us) || !isfinite(exits))
+				continue;
+			double rest = us - exits * exit_us;
+			char d[24];
+			fprintf(out, "trap: %s exits = %s us of its %s us; ",
+				num(a, sizeof(a), exits), num(b, sizeof(b), exits * exit_us),
+				num(c, sizeof(c), us));
+			if (rest > 0)
+				fprintf(out,
+					"the other %s us are the CPL0 stub, KVM_GET/SET_SREGS and the handler\n",
+					num(d, sizeof(d), rest));
+			else
+				fprintf(out, "the exits are all of it\n");
+		}
+	}
+	if (results->nested)
+		fprintf(out,
+			"note: this machine is itself a VM and its KVM is nested, where an exit costs\n"
+			"many times what it does on bare metal with VT-x/SVM (1-3 us) and CPL0 code may\n"
+			"be emulated; under scripts/nested-kvm.sh (QEMU TCG) every figure here is\n"
+			"emulation, not performance (docs/benchmarks.md, CPU rows).\n");
+}
+
 void bench_report_table(FILE *out, const struct bench_options *options,
 			const struct bench_results *results)
 {
 	char a[24], b[24], c[24], d[24], e[24], f[24], g[24], h[24];
 	bool shown_unavailable[BENCH_PATH_COUNT][2] = { { false } };
+	bool io = has_kind(results, false) || !results->row_count;
 
+	if (!io) {
+		fprintf(out, "kapsel bench: PV CPU operations vs the host's own\n");
+		fprintf(out, "machine:  %s\n", results->host);
+		fprintf(out, "load:     %.2f before, %.2f after (1-minute average)\n",
+			results->load_start, results->load_end);
+		if (options->ops)
+			fprintf(out,
+				"runs:     %u per path, %llu operations each after %llu warm-up operations\n",
+				options->repeat, (unsigned long long)options->ops,
+				(unsigned long long)options->warmup_ops);
+		else
+			fprintf(out,
+				"runs:     %u per path, %.0f ms measured after %.0f ms warm-up\n",
+				options->repeat, options->cpu_runtime_ns / 1e6,
+				options->cpu_warmup_ns / 1e6);
+		table_cpu(out, options, results);
+		goto footer;
+	}
 	fprintf(out, "kapsel bench: native vs paravirtualized (pv) vs emulated I/O\n");
 	fprintf(out, "machine:  %s\n", results->host);
 	fprintf(out,
@@ -242,6 +375,8 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 		"cpu us/op", "vcpu us/op");
 	for (unsigned i = 0; i < results->row_count; i++) {
 		const struct bench_row *row = &results->rows[i];
+		if (row->workload->kind == BENCH_KIND_CPU)
+			continue; /* their own table, below */
 		char label[64];
 		row_label(row, label, sizeof(label));
 		fprintf(out, "%s\n", label);
@@ -303,6 +438,8 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 	for (unsigned i = 0; i < results->row_count; i++) {
 		const struct bench_row *row = &results->rows[i];
 		char label[64], pv[256], emu[256];
+		if (row->workload->kind == BENCH_KIND_CPU)
+			continue;
 		row_label(row, label, sizeof(label));
 		exits_text(&row->paths[BENCH_PATH_PV], pv, sizeof(pv));
 		exits_text(&row->paths[BENCH_PATH_EMULATED], emu, sizeof(emu));
@@ -378,6 +515,9 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 		"exits/op counts exits to the VMM by reason plus doorbell kicks, minus the bench's own\n"
 		"handshake; cpu us/op is the CPU time of the whole process (VMM with its vCPU and I/O\n"
 		"threads, or the native runner) per operation in the measured window.\n");
+	if (has_kind(results, true))
+		table_cpu(out, options, results);
+footer:
 	fprintf(out, "results:  %s/results.json, %s/results.txt%s%s%s%s%s\n", options->output_dir,
 		options->output_dir, results->chart_path[0] ? ", chart " : "", results->chart_path,
 		results->chart_path[0] && !results->chart_note[0] ? " (and .png)" : "",
@@ -573,7 +713,7 @@ void bench_report_json(FILE *out, const struct bench_options *options,
 	json_num(&j, "load_average_start", results->load_start);
 	json_num(&j, "load_average_end", results->load_end);
 	json_open(&j, "options", '{');
-	json_str(&j, "disk", results->disk_path);
+	json_str(&j, "disk", results->disk_path[0] ? results->disk_path : NULL);
 	json_bool(&j, "disk_temporary", results->disk_temporary);
 	json_u64(&j, "size_bytes", results->size_bytes);
 	json_num(&j, "runtime_s", options->runtime_ns / 1e9);
@@ -587,6 +727,9 @@ void bench_report_json(FILE *out, const struct bench_options *options,
 	json_bool(&j, "quick", options->quick);
 	json_num(&j, "pv_guest_poll_us", options->pv_guest_poll_ns / 1e3);
 	json_num(&j, "pv_backend_poll_us", options->pv_backend_poll_ns / 1e3);
+	json_num(&j, "cpu_runtime_s", options->cpu_runtime_ns / 1e9);
+	json_num(&j, "cpu_warmup_s", options->cpu_warmup_ns / 1e9);
+	json_num(&j, "timer_delay_us", options->timer_delay_ns / 1e3);
 	json_open(&j, "iodepths", '[');
 	for (unsigned i = 0; i < options->iodepth_count; i++)
 		json_u64(&j, NULL, options->iodepths[i]);
@@ -618,13 +761,30 @@ void bench_report_json(FILE *out, const struct bench_options *options,
 		const struct bench_workload *w = row->workload;
 		json_open(&j, NULL, '{');
 		json_str(&j, "workload", w->name);
-		json_str(&j, "kind", w->kind == BENCH_KIND_CONSOLE ? "console" : "block");
+		json_str(&j, "kind",
+			 w->kind == BENCH_KIND_CPU	 ? "cpu"
+			 : w->kind == BENCH_KIND_CONSOLE ? "console"
+							 : "block");
 		json_str(&j, "rw", w->rw);
 		json_u64(&j, "block_bytes", w->block_bytes);
 		json_u64(&j, "read_percent", w->read_percent);
 		json_u64(&j, "iodepth", row->iodepth);
 		json_str(&j, "cache",
-			 w->kind == BENCH_KIND_CONSOLE ? NULL : bench_cache_name(row->cache));
+			 w->kind != BENCH_KIND_BLOCK ? NULL : bench_cache_name(row->cache));
+		if (w->kind == BENCH_KIND_CPU) {
+			const struct bench_cpu_info *info = &bench_cpu_info[w->cpu_op];
+			json_open(&j, "cpu", '{');
+			json_str(&j, "operation", info->guest_op);
+			json_str(&j, "native_operation", info->native_op);
+			json_bool(&j, "timer", info->timer);
+			json_str(&j, "value_metric", info->timer ? "lat_p50_us" : "us_per_op");
+			json_num(&j, "pv_value", bench_cpu_value(row, BENCH_PATH_PV));
+			json_num(&j, "native_value", bench_cpu_value(row, BENCH_PATH_NATIVE));
+			json_close(&j, '}');
+		} else {
+			json_key(&j, "cpu");
+			fputs("null", j.out);
+		}
 		json_open(&j, "paths", '{');
 		for (unsigned p = 0; p < BENCH_PATH_COUNT; p++)
 			json_path(&j, options, row, (enum bench_path)p);
@@ -632,6 +792,7 @@ void bench_report_json(FILE *out, const struct bench_options *options,
 		json_open(&j, "ratios", '{');
 		json_num(&j, "pv_native", row->ratio_pv_native);
 		json_num(&j, "pv_emulated", row->ratio_pv_emulated);
+		json_num(&j, "cost_pv_native", row->cost_ratio_pv_native);
 		json_close(&j, '}');
 		json_open(&j, "checksums", '{');
 		char crc[16];
@@ -681,6 +842,11 @@ void bench_report_json(FILE *out, const struct bench_options *options,
 		json_close(&j, '}');
 	}
 	json_close(&j, ']');
+	json_open(&j, "cpu", '{');
+	json_num(&j, "exit_cost_us", bench_cpu_exit_cost_us(results));
+	json_str(&j, "exit_cost_row", "null-hypercall");
+	json_bool(&j, "nested", results->nested);
+	json_close(&j, '}');
 	json_bool(&j, "fio_available", results->fio_available);
 	json_str(&j, "chart", results->chart_path[0] ? results->chart_path : NULL);
 	json_str(&j, "chart_note", results->chart_note);
@@ -728,8 +894,9 @@ static int run_gnuplot(const char *script)
 int bench_report_chart(const char *dir, const struct bench_results *results, char *chart_path,
 		       size_t chart_path_len, char *note, size_t note_len)
 {
-	char data_path[4096], script_path[4096];
+	char data_path[4096], script_path[4096], cpu_path[4096];
 	snprintf(data_path, sizeof(data_path), "%s/bench-data.dat", dir);
+	snprintf(cpu_path, sizeof(cpu_path), "%s/bench-cpu.dat", dir);
 	snprintf(script_path, sizeof(script_path), "%s/bench.gp", dir);
 	snprintf(chart_path, chart_path_len, "%s/bench.svg", dir);
 
@@ -744,6 +911,8 @@ int bench_report_chart(const char *dir, const struct bench_results *results, cha
 		"# row native_MBps pv_MBps emulated_MBps native_exits pv_exits emulated_exits\n");
 	for (unsigned i = 0; i < results->row_count; i++) {
 		const struct bench_row *row = &results->rows[i];
+		if (row->workload->kind == BENCH_KIND_CPU)
+			continue; /* their own panel */
 		if (row->workload->kind == BENCH_KIND_CONSOLE)
 			fprintf(data, "\"%s\"", row->workload->name);
 		else
@@ -756,6 +925,36 @@ int bench_report_chart(const char *dir, const struct bench_results *results, cha
 		fputc('\n', data);
 	}
 	fclose(data);
+
+	/* CPU rows: columns 2-3 the native and pv value (us/op, timers late p50). */
+	bool have_cpu[BENCH_PATH_COUNT] = { false };
+	bool io = has_kind(results, false), cpu = has_kind(results, true);
+	if (cpu) {
+		data = fopen(cpu_path, "w");
+		if (!data) {
+			snprintf(note, note_len, "cannot write %s: %s", cpu_path, strerror(errno));
+			return -errno;
+		}
+		fprintf(data, "# row native_us pv_us (timer rows: late by, p50)\n");
+		for (unsigned i = 0; i < results->row_count; i++) {
+			const struct bench_row *row = &results->rows[i];
+			if (row->workload->kind != BENCH_KIND_CPU)
+				continue;
+			fprintf(data, "\"%s%s\"", row->workload->name,
+				bench_cpu_info[row->workload->cpu_op].timer ? " (late)" : "");
+			for (unsigned p = 0; p < BENCH_PATH_EMULATED; p++) {
+				double v = bench_cpu_value(row, (enum bench_path)p);
+				if (isfinite(v) && v > 0) {
+					fprintf(data, " %.6g", v);
+					have_cpu[p] = true;
+				} else {
+					fputs(" ?", data);
+				}
+			}
+			fputc('\n', data);
+		}
+		fclose(data);
+	}
 
 	FILE *gp = fopen(script_path, "w");
 	if (!gp) {
@@ -783,14 +982,17 @@ int bench_report_chart(const char *dir, const struct bench_results *results, cha
 		"set key outside right top\n",
 		script_path);
 	for (unsigned terminal = 0; terminal < 2; terminal++) {
-		fprintf(gp, "%s\nset output '%s'\n",
-			terminal
-				? "set terminal pngcairo size 1400,1000 noenhanced font 'sans,11' background rgb 'white'"
-				: "set terminal svg size 1400,1000 dynamic noenhanced font 'sans,11' background rgb 'white'",
+		/* 500 pixels a panel, two at the least. */
+		unsigned height = io && cpu ? 1500u : 1000u;
+		fprintf(gp,
+			"set terminal %s size 1400,%u %snoenhanced font 'sans,11' background rgb 'white'\n"
+			"set output '%s'\n",
+			terminal ? "pngcairo" : "svg", height, terminal ? "" : "dynamic ",
 			terminal ? png_path : chart_path);
 		fprintf(gp,
-			"set multiplot layout 2,1 title 'kapsel bench: native vs PV vs emulated (median of runs)'\n");
-		for (unsigned panel = 0; panel < 2; panel++) {
+			"set multiplot layout %u,1 title 'kapsel bench: native vs PV vs emulated (median of runs)'\n",
+			(io ? 2u : 0u) + (cpu ? 1u : 0u));
+		for (unsigned panel = 0; panel < 2 && io; panel++) {
 			unsigned first_column = panel ? 5 : 2;
 			fprintf(gp, "set title '%s'\nset ylabel '%s'\n",
 				panel ? "VM exits per operation (native has none)" : "Throughput",
@@ -801,6 +1003,25 @@ int bench_report_chart(const char *dir, const struct bench_results *results, cha
 					continue;
 				fprintf(gp, "%s '%s' using %u:xtic(1) title '%s' lc rgb '%s'",
 					any ? "," : "plot", data_path, first_column + p,
+					bench_path_name((enum bench_path)p), colors[p]);
+				any = true;
+			}
+			if (!any)
+				fprintf(gp,
+					"unset logscale y\nset yrange [0:1]\nset label 1 'no data' at graph 0.5, graph 0.5 center\n"
+					"plot 2 notitle lc rgb 'white'\nunset label 1\nset autoscale y\nset logscale y");
+			fputc('\n', gp);
+		}
+		if (cpu) {
+			fprintf(gp,
+				"set title 'CPU operations: PV guest vs the host kernel (timers: how late)'\n"
+				"set ylabel 'microseconds (log scale)'\n");
+			bool any = false;
+			for (unsigned p = 0; p < BENCH_PATH_EMULATED; p++) {
+				if (!have_cpu[p])
+					continue;
+				fprintf(gp, "%s '%s' using %u:xtic(1) title '%s' lc rgb '%s'",
+					any ? "," : "plot", cpu_path, 2 + p,
 					bench_path_name((enum bench_path)p), colors[p]);
 				any = true;
 			}

@@ -25,6 +25,10 @@ const struct bench_metric_info bench_metric_info[BENCH_M_COUNT] = {
 	[BENCH_M_SUBMIT_PICKUP_US] = { "submit_to_pickup_us", "sub->pick us", "us" },
 	[BENCH_M_PICKUP_COMPLETE_US] = { "pickup_to_complete_us", "pick->done us", "us" },
 	[BENCH_M_COMPLETE_REAP_US] = { "complete_to_reap_us", "done->reap us", "us" },
+	[BENCH_M_LAT_MAX_US] = { "lat_max_us", "max us", "us" },
+	[BENCH_M_US_PER_OP] = { "us_per_op", "us/op", "us/op" },
+	[BENCH_M_DELIVER_P50_US] = { "deliver_p50_us", "to handler p50", "us" },
+	[BENCH_M_DELIVER_P99_US] = { "deliver_p99_us", "to handler p99", "us" },
 };
 
 void bench_run_clear(struct bench_run *run)
@@ -55,6 +59,15 @@ uint64_t bench_counters_get(const struct bench_counters *counters, const char *n
 		if (strcmp(counters->items[i].name, name) == 0)
 			return counters->items[i].value;
 	return 0;
+}
+
+void bench_counters_take_off(struct bench_counters *counters, const char *name, uint64_t count)
+{
+	for (unsigned i = 0; i < counters->count; i++) {
+		struct bench_counter *c = &counters->items[i];
+		if (strcmp(c->name, name) == 0)
+			c->value = c->value > count ? c->value - count : 0;
+	}
 }
 
 /* "  key: 123" -> key and 123; false for anything else. */

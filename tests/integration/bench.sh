@@ -44,8 +44,15 @@ kinds = set()
 for row in rows:
     where = '%s qd=%s' % (row.get('workload'), row.get('iodepth'))
     need(row, ['workload', 'kind', 'rw', 'block_bytes', 'iodepth', 'cache', 'paths', 'ratios',
-               'checksums', 'fio'], where)
+               'checksums', 'fio', 'cpu'], where)
     kinds.add(row['kind'])
+    if row['kind'] == 'cpu':
+        # check_cpu looks closer (bench-cpu); here only that both paths ran.
+        for p in want_paths:
+            if p != 'emulated' and row['paths'][p]['status'] != 'ok':
+                problems.append('%s %s: status %s (%s)' % (where, p, row['paths'][p]['status'],
+                                                           row['paths'][p]['message']))
+        continue
     for p in ['native', 'pv', 'emulated']:
         r = row['paths'].get(p)
         if r is None:
@@ -86,6 +93,8 @@ for row in rows:
             problems.append('%s: the region did not change' % where)
 if 'pv' in want_paths and 'native' in want_paths:
     for row in rows:
+        if row['kind'] == 'cpu':
+            continue
         if not isinstance(row['ratios']['pv_native'], (int, float)):
             problems.append('%s: no pv/native ratio' % row['workload'])
 for g in doc['goals']:
@@ -94,6 +103,115 @@ if problems:
     print('\n'.join(problems[:30]))
     sys.exit(1)
 print('json ok: %d rows, kinds %s' % (len(rows), sorted(kinds)))
+EOF
+}
+
+# check_cpu OPS FILE...: in each FILE (the JSON of a --cpu run of OPS
+# operations per run) every CPU row measured a plausible number on both
+# paths: positive times, the exits each PV operation must take (a null
+# hypercall is exactly one), deliveries no later than the round trips they
+# are part of, no hypercall the measurement itself made counted against a
+# row, an exit cost, and no disk image.  (One python3 for all files: under
+# nested KVM on TCG, starting it takes half a minute.)
+check_cpu() {
+	python3 - "$@" <<'EOF'
+import json, math, sys
+ops = int(sys.argv[1])
+problems = []
+want = ['null-hypercall', 'trap', 'upcall', 'timer', 'timer-periodic']
+# Exits each PV operation must take, by reason: (reason, least, most) per op.
+exits = {
+    'null-hypercall': [('hc_abi_info', 1, 1)],
+    'trap': [('guest_fault', 1, 1), ('hc_iret', 1, 1)],
+    'upcall': [('hc_evtchn_send', 1, 1), ('hc_iret', 1, 1)],
+    'timer': [('hc_timer_set', 1, 1), ('hc_iret', 1, 1)],
+    # About one upcall per expiry: fewer when an expiry comes while the
+    # callback runs (it takes both in one upcall), a few more when one
+    # comes before the timer is stopped at the end of the window.
+    'timer-periodic': [('hc_iret', 0.5, 1.25)],
+}
+
+def num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+def check_path(name, p, r):
+    timer = name.startswith('timer')
+    where = '%s %s' % (name, p)
+    if r['status'] != 'ok':
+        problems.append('%s: status %s (%s)' % (where, r['status'], r['message']))
+        return
+    m = {k: v['median'] for k, v in r['metrics'].items()}
+    for run in r['run_values']:
+        if run['ops'] != ops:
+            problems.append('%s: a run did %r operations, asked for %d' % (where, run['ops'], ops))
+    p50, p99, top = m.get('lat_p50_us'), m.get('lat_p99_us'), m.get('lat_max_us')
+    if not all(num(v) for v in (p50, p99, top)):
+        problems.append('%s: p50/p99/max %r %r %r' % (where, p50, p99, top))
+        return
+    # A round trip takes time; a timer may be on time, never early.
+    if (p50 < 0 if timer else p50 <= 0) or not p50 <= p99 <= top:
+        problems.append('%s: implausible p50 %r p99 %r max %r us' % (where, p50, p99, top))
+    if not timer and not (num(m.get('us_per_op')) and m['us_per_op'] > 0):
+        problems.append('%s: us_per_op %r' % (where, m.get('us_per_op')))
+    if name in ('trap', 'upcall'):
+        d = m.get('deliver_p50_us')
+        if not (num(d) and 0 < d <= p50 * 1.05):
+            problems.append('%s: handler entered %r us after the cause, round trip %r' % (where, d, p50))
+    if p == 'native':
+        if m.get('exits_per_op') is not None:
+            problems.append('%s: native has exits %r' % (where, m['exits_per_op']))
+        return
+    e = m.get('exits_per_op')
+    if not (num(e) and e > 0):
+        problems.append('%s: exits/op %r' % (where, e))
+        return
+    by = r['exits_per_op_by_reason']
+    for reason, least, most in exits[name]:
+        v = by.get(reason, 0)
+        if not least - 0.01 <= v <= most + 0.01:
+            problems.append('%s: %s %.3f exits/op, expected %s-%s (all: %s)' % (where, reason, v, least, most, by))
+    if 'hc_time_info' in by:
+        problems.append("%s: the measurement's own TIME_INFO calls were counted: %s" % (where, by))
+    if name == 'null-hypercall' and abs(e - 1) > 0.01:
+        problems.append('%s: %.3f exits per null hypercall, expected 1' % (where, e))
+
+def check(doc):
+    if doc.get('schema') != 2:
+        problems.append('schema %r, expected 2' % doc.get('schema'))
+    if doc['options'].get('disk') is not None:
+        problems.append('a --cpu run made a disk image: %r' % doc['options']['disk'])
+    for k in ('cpu_runtime_s', 'cpu_warmup_s', 'timer_delay_us'):
+        if not num(doc['options'].get(k)):
+            problems.append('options.%s missing' % k)
+    cost = doc.get('cpu', {}).get('exit_cost_us')
+    if not (num(cost) and cost > 0):
+        problems.append('no exit cost: %r' % cost)
+    rows = {r['workload']: r for r in doc['rows'] if r['kind'] == 'cpu'}
+    if sorted(rows) != sorted(want):
+        problems.append('CPU rows %s, expected %s' % (sorted(rows), want))
+    for name, row in rows.items():
+        c = row.get('cpu') or {}
+        for k in ('operation', 'native_operation', 'timer', 'value_metric', 'pv_value', 'native_value'):
+            if k not in c:
+                problems.append('%s: cpu.%s missing' % (name, k))
+        if c.get('timer') != name.startswith('timer'):
+            problems.append('%s: cpu.timer is %r' % (name, c.get('timer')))
+        if row['paths']['emulated']['status'] != 'skipped':
+            problems.append('%s: emulated status %s, expected skipped' % (name, row['paths']['emulated']['status']))
+        ratio = row['ratios'].get('cost_pv_native')
+        if not (num(ratio) and ratio > 0):
+            problems.append('%s: cost_pv_native %r' % (name, ratio))
+        for p in ('native', 'pv'):
+            check_path(name, p, row['paths'][p])
+    return cost, rows
+
+for path in sys.argv[2:]:
+    cost, rows = check(json.load(open(path)))
+if problems:
+    print('\n'.join(problems[:30]))
+    sys.exit(1)
+print('cpu rows ok: exit cost %.3g us; pv/native p50 %s' % (cost, ', '.join(
+    '%s %.3g/%.3g us' % (n, r['cpu']['pv_value'], r['cpu']['native_value']) for n, r in rows.items())))
 EOF
 }
 
@@ -107,6 +225,7 @@ bench-quick)
 	[ -s "$TMP/results/results.txt" ] || fail "no results.txt"
 	expect_in "$TMP/results/results.txt" "pv/native"
 	expect_in "$TMP/results/results.txt" "PV cost per request"
+	expect_in "$TMP/results/results.txt" "CPU operations:"
 	if command -v gnuplot >/dev/null; then
 		[ -s "$TMP/results/bench.svg" ] || fail "no chart although gnuplot is installed"
 		expect_in "$TMP/results/bench.svg" "<svg"
@@ -161,6 +280,18 @@ if row['checksums']['before_crc32'] != before:
 print('image ok: %d sectors written by every path, crc32 %s' % (written, crc))
 EOF
 	;;
+bench-cpu)
+	# The CPU rows alone with few operations (KAPSEL_BENCH_CPU_OPS, default
+	# 20: under nested KVM on TCG an exit takes up to milliseconds).
+	cpu_ops=${KAPSEL_BENCH_CPU_OPS:-20}
+	bench --cpu --ops "$cpu_ops" --repeat 1 --timer-delay 2ms --no-chart --format json \
+		--output-dir "$TMP/results"
+	[ "$STATUS" -eq 0 ] || show_and_fail "kapsel bench --cpu exited with $STATUS"
+	check_json "$out" native pv || show_and_fail "JSON on stdout incomplete"
+	check_cpu "$cpu_ops" "$out" "$TMP/results/results.json" || show_and_fail "CPU rows implausible"
+	expect_in "$TMP/results/results.txt" "exit cost on this machine:"
+	expect_in "$TMP/results/results.txt" "getppid() system call"
+	;;
 bench-native-only)
 	# One path: the others are reported as skipped, the table still prints.
 	bench --quick --paths native --workloads randread-4K,console --no-fio --no-chart \
@@ -198,6 +329,10 @@ bench-options)
 		--paths native --disk "$TMP/small.img" --output-dir "$TMP/results"
 	check_error "--guest '$TMP/none.elf' cannot be read" --quick --guest "$TMP/none.elf" \
 		--output-dir "$TMP/results"
+	check_error "--cpu-guest '$TMP/none.elf' cannot be read" --cpu --cpu-guest "$TMP/none.elf" \
+		--output-dir "$TMP/results"
+	check_error "--cpu and --workloads both choose the rows" --cpu --workloads trap
+	check_error "--timer-delay '10us' is not a valid time" --cpu --timer-delay 10us
 	touch "$TMP/file"
 	check_error "--output-dir '$TMP/file/x' cannot be created or written" --quick \
 		--output-dir "$TMP/file/x"

@@ -1,4 +1,4 @@
-/* Unit tests of `kapsel bench`'s pure logic: options, statistics, histogram, pattern, stats text, JSON walker, CRC-32. */
+/* Unit tests of `kapsel bench`'s pure logic: options, statistics, histogram, pattern, stats text, JSON walker, CRC-32, CPU rows. */
 #include <math.h>
 #include <string.h>
 
@@ -28,13 +28,22 @@ static void test_options_defaults(void)
 	CU_ASSERT_TRUE(o.cache[BENCH_CACHE_NONE]);
 	CU_ASSERT_FALSE(o.cache[BENCH_CACHE_WRITEBACK]);
 	CU_ASSERT_EQUAL(o.ops, 0);
-	/* read-1M write-1M read-128K write-128K randread-4K randwrite-4K randrw-4K console */
-	CU_ASSERT_EQUAL(o.workload_count, 8);
+	/* read-1M write-1M read-128K write-128K randread-4K randwrite-4K randrw-4K console,
+	 * then the five CPU rows ("cpu"). */
+	CU_ASSERT_EQUAL(o.workload_count, 13);
 	CU_ASSERT_STRING_EQUAL(o.workloads[4].name, "randread-4K");
 	CU_ASSERT_TRUE(o.workloads[4].random);
 	CU_ASSERT_EQUAL(o.workloads[4].block_bytes, 4096);
 	CU_ASSERT_EQUAL(o.workloads[6].read_percent, 70);
 	CU_ASSERT_EQUAL(o.workloads[7].kind, BENCH_KIND_CONSOLE);
+	for (unsigned op = 0; op < BENCH_CPU_OP_COUNT; op++) {
+		CU_ASSERT_EQUAL(o.workloads[8 + op].kind, BENCH_KIND_CPU);
+		CU_ASSERT_EQUAL(o.workloads[8 + op].cpu_op, op);
+		CU_ASSERT_STRING_EQUAL(o.workloads[8 + op].name, bench_cpu_info[op].name);
+	}
+	CU_ASSERT_EQUAL(o.cpu_runtime_ns, 100000000ull);
+	CU_ASSERT_EQUAL(o.cpu_warmup_ns, 20000000ull);
+	CU_ASSERT_EQUAL(o.timer_delay_ns, 1000000ull);
 	bench_options_free(&o);
 }
 
@@ -65,6 +74,47 @@ static void test_options_values(void)
 	CU_ASSERT_TRUE(o.ops > 0);
 	CU_ASSERT_EQUAL(o.format, BENCH_FORMAT_JSON);
 	bench_options_free(&o);
+}
+
+static void test_options_cpu(void)
+{
+	struct bench_options o;
+	char error[512];
+	char *only[] = { "bench", "--cpu", "--cpu-runtime", "50ms", "--timer-delay", "250us", NULL };
+	CU_ASSERT_EQUAL(parse(&o, error, sizeof(error), 6, only), 0);
+	CU_ASSERT_EQUAL(o.workload_count, BENCH_CPU_OP_COUNT);
+	for (unsigned i = 0; i < o.workload_count; i++)
+		CU_ASSERT_EQUAL(o.workloads[i].kind, BENCH_KIND_CPU);
+	CU_ASSERT_EQUAL(o.cpu_runtime_ns, 50000000ull);
+	CU_ASSERT_EQUAL(o.cpu_warmup_ns, 10000000ull);
+	CU_ASSERT_EQUAL(o.timer_delay_ns, 250000ull);
+	bench_options_free(&o);
+
+	/* Single rows mix with block rows; "cpu" inside a list expands in place. */
+	char *mixed[] = { "bench", "--workloads", "trap,randread-4K,timer-periodic", NULL };
+	CU_ASSERT_EQUAL(parse(&o, error, sizeof(error), 3, mixed), 0);
+	CU_ASSERT_EQUAL(o.workload_count, 3);
+	CU_ASSERT_EQUAL(o.workloads[0].cpu_op, BENCH_CPU_TRAP);
+	CU_ASSERT_EQUAL(o.workloads[1].kind, BENCH_KIND_BLOCK);
+	CU_ASSERT_EQUAL(o.workloads[2].cpu_op, BENCH_CPU_TIMER_PERIODIC);
+	bench_options_free(&o);
+
+	/* --quick keeps the CPU rows, at its small operation count. */
+	char *quick[] = { "bench", "--quick", NULL };
+	CU_ASSERT_EQUAL(parse(&o, error, sizeof(error), 2, quick), 0);
+	unsigned cpu = 0;
+	for (unsigned i = 0; i < o.workload_count; i++)
+		cpu += o.workloads[i].kind == BENCH_KIND_CPU;
+	CU_ASSERT_EQUAL(cpu, BENCH_CPU_OP_COUNT);
+	CU_ASSERT_TRUE(o.ops > 0 && o.ops <= 64);
+	bench_options_free(&o);
+
+	struct bench_workload w;
+	CU_ASSERT_EQUAL(bench_workload_lookup("upcall", &w), 0);
+	CU_ASSERT_EQUAL(w.kind, BENCH_KIND_CPU);
+	CU_ASSERT_EQUAL(w.cpu_op, BENCH_CPU_UPCALL);
+	CU_ASSERT_EQUAL(bench_workload_lookup("upcalls", &w), -ENOENT);
+	CU_ASSERT_EQUAL(bench_workload_lookup("cpu", &w), -ENOENT); /* a group, not a row */
 }
 
 static void expect_error(int argc, char **argv, const char *fragment)
@@ -105,6 +155,18 @@ static void test_options_errors(void)
 	expect_error(2, k, "unexpected argument 'stray'");
 	char *l[] = { "bench", "--iodepths", "4,4", NULL };
 	expect_error(3, l, "listed twice");
+	char *m[] = { "bench", "--cpu", "--workloads", "trap", NULL };
+	expect_error(4, m, "--cpu and --workloads both choose the rows");
+	char *n[] = { "bench", "--timer-delay", "50us", NULL };
+	expect_error(3, n, "--timer-delay '50us' is not a valid time");
+	char *o[] = { "bench", "--timer-delay", "1500ns", NULL };
+	expect_error(3, o, "--timer-delay '1500ns'");
+	char *p[] = { "bench", "--cpu-runtime", "0", NULL };
+	expect_error(3, p, "--cpu-runtime '0' is not a valid time");
+	char *q[] = { "bench", "--workloads", "cpu,trap", NULL };
+	expect_error(3, q, "'trap' is listed twice");
+	char *r[] = { "bench", "--workloads", "syscall", NULL };
+	expect_error(3, r, "or a CPU row (null-hypercall, trap, upcall, timer, timer-periodic");
 }
 
 static void test_parse_size_duration(void)
@@ -239,6 +301,93 @@ static void test_stats_text(void)
 	CU_ASSERT_EQUAL(bench_counters_get(&d, "dev.blk-pv.notifications_sent"), 20);
 }
 
+static void test_counters_take_off(void)
+{
+	struct bench_counters c;
+	memset(&c, 0, sizeof(c));
+	bench_counters_add(&c, "hypercall_time_info", 10);
+	bench_counters_add(&c, "exits_total", 2);
+	bench_counters_take_off(&c, "hypercall_time_info", 4);
+	bench_counters_take_off(&c, "exits_total", 5); /* never below 0 */
+	bench_counters_take_off(&c, "absent", 1);      /* not created */
+	CU_ASSERT_EQUAL(bench_counters_get(&c, "hypercall_time_info"), 6);
+	CU_ASSERT_EQUAL(bench_counters_get(&c, "exits_total"), 0);
+	CU_ASSERT_EQUAL(c.count, 2);
+}
+
+static void test_cpu_metrics(void)
+{
+	double m[BENCH_M_COUNT];
+	for (unsigned i = 0; i < BENCH_M_COUNT; i++)
+		m[i] = NAN;
+	/* A histogram's p99 can be its bucket's middle, past the largest
+	 * value: it is reported as the maximum. */
+	struct bench_cpu_sample s = {
+		.ops = 400,
+		.elapsed_ns = 2000000,
+		.p50_ns = 4000,
+		.p99_ns = 9300,
+		.p999_ns = 9300,
+		.max_ns = 9000,
+		.mean_ns = 4500,
+	};
+	bench_cpu_metrics(&s, m);
+	CU_ASSERT_DOUBLE_EQUAL(m[BENCH_M_LAT_P50_US], 4.0, 1e-9);
+	CU_ASSERT_DOUBLE_EQUAL(m[BENCH_M_LAT_P99_US], 9.0, 1e-9);
+	CU_ASSERT_DOUBLE_EQUAL(m[BENCH_M_LAT_MAX_US], 9.0, 1e-9);
+	CU_ASSERT_DOUBLE_EQUAL(m[BENCH_M_US_PER_OP], 5.0, 1e-9);
+	CU_ASSERT_DOUBLE_EQUAL(m[BENCH_M_IOPS], 200000.0, 1e-6);
+	CU_ASSERT_TRUE(isnan(m[BENCH_M_DELIVER_P50_US])); /* none measured */
+	CU_ASSERT_TRUE(isnan(m[BENCH_M_EXITS_PER_OP]));	  /* not its business */
+	s.deliver_ops = 400;
+	s.deliver_p50_ns = 2500;
+	s.deliver_p99_ns = 7000;
+	bench_cpu_metrics(&s, m);
+	CU_ASSERT_DOUBLE_EQUAL(m[BENCH_M_DELIVER_P50_US], 2.5, 1e-9);
+	CU_ASSERT_DOUBLE_EQUAL(m[BENCH_M_DELIVER_P99_US], 7.0, 1e-9);
+	double untouched[BENCH_M_COUNT];
+	for (unsigned i = 0; i < BENCH_M_COUNT; i++)
+		untouched[i] = NAN;
+	struct bench_cpu_sample empty = { 0 };
+	bench_cpu_metrics(&empty, untouched);
+	for (unsigned i = 0; i < BENCH_M_COUNT; i++)
+		CU_ASSERT_TRUE(isnan(untouched[i]));
+}
+
+static void test_cpu_exit_cost(void)
+{
+	struct bench_workload null_row, trap_row, block_row;
+	CU_ASSERT_EQUAL(bench_workload_lookup("null-hypercall", &null_row), 0);
+	CU_ASSERT_EQUAL(bench_workload_lookup("trap", &trap_row), 0);
+	CU_ASSERT_EQUAL(bench_workload_lookup("randread-4K", &block_row), 0);
+	struct bench_row rows[3];
+	memset(rows, 0, sizeof(rows));
+	rows[0].workload = &block_row;
+	rows[1].workload = &trap_row;
+	rows[2].workload = &null_row;
+	struct bench_results results = { .rows = rows, .row_count = 3 };
+	/* Without a measured null-hypercall row there is no exit cost. */
+	CU_ASSERT_TRUE(isnan(bench_cpu_exit_cost_us(&results)));
+
+	struct bench_path_result *pv = &rows[2].paths[BENCH_PATH_PV];
+	pv->status = BENCH_STATUS_OK;
+	pv->stats[BENCH_M_LAT_P50_US].median = 3.0;
+	pv->stats[BENCH_M_US_PER_OP].median = 40.0; /* a preempted mean: not used */
+	pv->stats[BENCH_M_EXITS_PER_OP].median = 1.0;
+	CU_ASSERT_DOUBLE_EQUAL(bench_cpu_exit_cost_us(&results), 3.0, 1e-12);
+	pv->stats[BENCH_M_EXITS_PER_OP].median = 2.0;
+	CU_ASSERT_DOUBLE_EQUAL(bench_cpu_exit_cost_us(&results), 1.5, 1e-12);
+	pv->stats[BENCH_M_EXITS_PER_OP].median = 0;
+	CU_ASSERT_TRUE(isnan(bench_cpu_exit_cost_us(&results)));
+
+	/* A row's value is its p50; block rows and missing paths have none. */
+	CU_ASSERT_DOUBLE_EQUAL(bench_cpu_value(&rows[2], BENCH_PATH_PV), 3.0, 1e-12);
+	CU_ASSERT_TRUE(isnan(bench_cpu_value(&rows[2], BENCH_PATH_NATIVE)));
+	rows[0].paths[BENCH_PATH_PV].status = BENCH_STATUS_OK;
+	rows[0].paths[BENCH_PATH_PV].stats[BENCH_M_LAT_P50_US].median = 80;
+	CU_ASSERT_TRUE(isnan(bench_cpu_value(&rows[0], BENCH_PATH_PV)));
+}
+
 struct json_seen {
 	double iops, p50, last;
 	unsigned numbers;
@@ -288,6 +437,10 @@ int main(void)
 		{ "options_defaults", test_options_defaults },
 		{ "options_values", test_options_values },
 		{ "options_errors", test_options_errors },
+		{ "options_cpu", test_options_cpu },
+		{ "counters_take_off", test_counters_take_off },
+		{ "cpu_metrics", test_cpu_metrics },
+		{ "cpu_exit_cost", test_cpu_exit_cost },
 		{ "parse_size_duration", test_parse_size_duration },
 		{ "stat", test_stat },
 		{ "histogram", test_histogram },
