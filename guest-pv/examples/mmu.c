@@ -27,6 +27,7 @@
 #define SYS_EXIT 0
 #define SYS_ECHO 1 /* returns rdi * 3 + rsi: checks that arguments arrive */
 #define SYS_TICK 2 /* rdi = the process's count; returns 0 to stop it */
+#define SYS_STORM 3 /* returns 0 once the storm's time is up */
 
 /* The user program: one page of position-independent code.  rdi selects
  * the test; the kernel reads the outcome from the exit syscall or the
@@ -47,6 +48,7 @@ __asm__(".pushsection .text.user, \"ax\"\n"
 	"	cmp $9, %rdi; je 19f\n"
 	"	cmp $10, %rdi; je 20f\n"
 	"	cmp $11, %rdi; je 21f\n"
+	"	cmp $12, %rdi; je 23f\n"
 	"	ud2\n"
 	/* 0: echo syscall with callee-saved registers checked afterwards. */
 	"10:	mov $0x1111, %rbx; mov $0x2222, %r12; mov $0x3333, %r15\n"
@@ -88,6 +90,9 @@ __asm__(".pushsection .text.user, \"ax\"\n"
 	"	mov $2, %eax; mov (%rbx), %rdi; syscall\n"
 	"	test %rax, %rax; jnz 22b\n"
 	"	mov (%rbx), %rdi; mov $0, %eax; syscall\n"
+	/* 12: storm syscalls until the kernel answers 0, then exit. */
+	"23:	mov $3, %eax; syscall; test %rax, %rax; jnz 23b\n"
+	"	xor %edi, %edi; mov $0, %eax; syscall\n"
 	"90:	mov $0xbad, %edi; mov $0, %eax; syscall\n"
 	".balign 4096\n"
 	".popsection\n");
@@ -114,6 +119,8 @@ static int current_as;
 static unsigned ticks, ticks_wanted;
 static uint64_t boot_generation; /* a restore bumps start_info.generation */
 static bool tick_counts_ok = true;
+static uint64_t storm_end_ns, storm_calls;
+static volatile unsigned timer_upcalls;
 
 static uint64_t gpa(const void *p)
 {
@@ -151,6 +158,11 @@ static void on_syscall(struct kapsel_trap_frame *frame)
 			kg_printf("persist: restored at tick %u\n", ticks);
 		}
 		frame->rax = ticks < ticks_wanted;
+		return;
+	}
+	if (frame->rax == SYS_STORM) {
+		storm_calls++;
+		frame->rax = kg_time_now_ns() < storm_end_ns;
 		return;
 	}
 	end_run(frame, frame->rax == SYS_EXIT ? frame->rdi : 0xdead);
@@ -310,6 +322,55 @@ static int persist(void)
 	return 0;
 }
 
+static void on_timer(uint32_t port, struct kapsel_trap_frame *frame)
+{
+	(void)port;
+	(void)frame;
+	timer_upcalls++;
+}
+
+/* A periodic timer keeps firing while a process makes syscall after
+ * syscall: every syscall and every return switches the address space, and
+ * a tick that arrives during a switch must still become an upcall. */
+static int timer_storm(void)
+{
+	static uint8_t upcall_stack[16384] __attribute__((aligned(16)));
+	char value[16];
+	uint64_t period_ms = 10, run_ms = 1000;
+	if (kg_cmdline_get("period_ms", value, sizeof(value)) > 0 &&
+	    (kg_parse_u64(value, &period_ms) < 0 || period_ms == 0))
+		kg_panic("period_ms=%s is not a positive number", value);
+	if (kg_cmdline_get("run_ms", value, sizeof(value)) > 0 && kg_parse_u64(value, &run_ms) < 0)
+		kg_panic("run_ms=%s is not a number", value);
+	if (kg_trap_register(14, on_fault, handler_stack, sizeof(handler_stack)) ||
+	    kg_kernel_stack_set(kernel_stack, sizeof(kernel_stack)) ||
+	    kg_syscall_register(on_syscall) ||
+	    kg_upcall_register(upcall_stack, sizeof(upcall_stack)) || kg_timer_init(on_timer))
+		kg_panic("cannot register the kernel entries");
+	int a = kg_as_create();
+	map_process(a, 0);
+	uint64_t start = kg_time_now_ns();
+	storm_end_ns = start + run_ms * 1000000u;
+	if (kg_timer_set_periodic(start + period_ms * 1000000u, period_ms * 1000000u))
+		kg_panic("cannot start the periodic timer");
+	struct outcome o = run_user(a, 12);
+	kg_timer_stop();
+	uint64_t elapsed_ms = (kg_time_now_ns() - start) / 1000000u;
+	unsigned expected = (unsigned)(elapsed_ms / period_ms);
+	kg_printf("timer-storm: %llu syscalls, %u upcalls in %llu ms (period %llu ms)\n",
+		  (unsigned long long)storm_calls, timer_upcalls, (unsigned long long)elapsed_ms,
+		  (unsigned long long)period_ms);
+	/* Ticks may coalesce (one upcall for several periods), never stop:
+	 * half the periods is far more than a stalled timer gives. */
+	if (o.vector != KAPSEL_TRAP_VECTOR_SYSCALL || o.value != 0 || storm_calls < 10 ||
+	    timer_upcalls < expected / 2) {
+		kg_printf("timer-storm: WRONG (expected about %u upcalls)\n", expected);
+		return 1;
+	}
+	kg_printf("timer-storm ok\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (!kg_mmu_available()) {
@@ -318,6 +379,8 @@ int main(int argc, char **argv)
 	}
 	if (argc > 1 && strcmp(argv[1], "persist") == 0)
 		return persist();
+	if (argc > 1 && strcmp(argv[1], "timer-storm") == 0)
+		return timer_storm();
 	static const unsigned vectors[] = { 6, 13, 14 };
 	for (unsigned i = 0; i < 3; i++)
 		if (kg_trap_register(vectors[i], on_fault, handler_stack, sizeof(handler_stack)))

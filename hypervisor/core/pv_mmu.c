@@ -373,6 +373,15 @@ bool pv_mmu_finish(struct kapsel_vm *vm)
 	int rc = ioctl(vm->vcpu_fd, KVM_RUN, 0);
 	int run_errno = errno;
 	__atomic_store_n(&vm->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+	/* Clearing immediate_exit must not lose a request made for the next
+	 * KVM_RUN: a pause, an upcall waiting for delivery, or a timer tick
+	 * whose signal came while the VMM handled the last exit (only the
+	 * EINTR path polls timers, so a lost tick stops a periodic timer for
+	 * good).  With it set again, the run loop's KVM_RUN returns EINTR at
+	 * once and handles them; the switch stub's context is settled there. */
+	if (__atomic_load_n(&vm->pv_cpu.timer_fired, __ATOMIC_SEQ_CST) ||
+	    __atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST) || pv_cpu_upcall_wanted(vm))
+		__atomic_store_n(&vm->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
 	if (rc == 0 || (run_errno != EINTR && run_errno != EAGAIN)) {
 		kapsel_error("KVM_RUN did not complete the last exit before an address-space switch: %s",
 			     rc ? strerror(run_errno) : "it ran the guest");

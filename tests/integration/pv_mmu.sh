@@ -44,6 +44,15 @@ pv-mmu-save-restore)
 	[ "$first" -eq $((last + 1)) ] || { cat "$out" "$TMP/out2"; fail "restored at tick $first after $last"; }
 	expect_in "$TMP/err2" "pv_mmu: spaces=1"
 	;;
+pv-mmu-timer)
+	# A periodic timer keeps ticking while a process makes syscalls back
+	# to back (each one switches address spaces twice): a tick that lands
+	# during a switch still becomes an upcall.
+	run_guest "$out" "$err" --kernel "$GUESTS/mmu.elf" --cmdline "timer-storm period_ms=10 run_ms=1500"
+	expect_status 0
+	expect_in "$out" "timer-storm ok"
+	expect_not_in "$out" "WRONG"
+	;;
 *)
 	fail "unknown case $1"
 	;;
