@@ -9,6 +9,7 @@
 
 #include "args.h"
 #include "bench_sync.h"
+#include "cpubench.h"
 
 /*
  * Command line (key=value; numbers decimal or 0x-hex):
@@ -21,6 +22,8 @@
  *                        the handler ran after the deadline
  *   mode=timer-periodic  one periodic timer (period delay_us), idle in
  *                        BLOCK; how late each expiry's handler ran
+ *   mode=syscall|fork|ctxsw|page-fault|as-switch|mmu-batch
+ *                        the process rows on the PV MMU (cpubench_proc.c)
  *   warmup_ops=N ops=N   fixed operation counts (ops > 0 wins), or
  *   warmup_ms=N runtime_ms=N  time-based phases
  *   delay_us=N           timer rows: the one-shot delay or the period
@@ -59,15 +62,10 @@ enum mode {
 	MODE_TIMER_PERIODIC
 };
 
-struct phase {
-	uint64_t ops, elapsed_ns, errors;
-	uint64_t value_sum_ns, value_max_ns, deliver_ops, early;
-	uint32_t values[BENCH_HIST_BUCKETS];
-	uint32_t delivers[BENCH_HIST_BUCKETS];
-};
-
 static uint8_t handler_stack[16384] __attribute__((aligned(16)));
 static enum mode mode;
+static int proc_row = -1; /* a process row instead of mode */
+static struct proc_untimed proc_untimed;
 static uint64_t tsc_khz, delay_ns;
 static uint32_t loop_port;
 static struct phase warmup, measured;
@@ -80,12 +78,12 @@ static volatile uint64_t timer_produced, untimed_time_info, untimed_timer_set;
 static volatile uint64_t oneshot_deadline_ns;
 static uint64_t periodic_taken; /* timer samples the main loop has taken */
 
-static uint64_t ticks_to_ns(uint64_t ticks)
+uint64_t ticks_to_ns(uint64_t ticks)
 {
 	return tsc_khz ? (uint64_t)(((unsigned __int128)ticks * 1000000u) / tsc_khz) : 0;
 }
 
-static void record(struct phase *phase, uint64_t value_ns, const uint64_t *deliver_ns)
+void record(struct phase *phase, uint64_t value_ns, const uint64_t *deliver_ns)
 {
 	phase->ops++;
 	phase->value_sum_ns += value_ns;
@@ -285,6 +283,8 @@ static void phase_end(void)
 
 static int run_phase(struct phase *phase, uint64_t duration_ns, uint64_t max_ops)
 {
+	if (proc_row >= 0)
+		return proc_run_phase(proc_row, phase, duration_ns, max_ops, &proc_untimed);
 	memset(phase, 0, sizeof(*phase));
 	int err = phase_begin();
 	uint64_t start = kg_time_now_ns();
@@ -317,6 +317,8 @@ static int run_phase(struct phase *phase, uint64_t duration_ns, uint64_t max_ops
 static int setup(void)
 {
 	int err = 0;
+	if (proc_row >= 0)
+		return proc_setup(proc_row);
 	switch (mode) {
 	case MODE_NULL_HYPERCALL:
 		return 0;
@@ -348,6 +350,9 @@ static const char *const mode_names[] = {
 
 static int parse_mode(const char *name)
 {
+	proc_row = proc_mode(name);
+	if (proc_row >= 0)
+		return 0;
 	for (unsigned i = 0; i < sizeof(mode_names) / sizeof(mode_names[0]); i++) {
 		if (name && strcmp(name, mode_names[i]) == 0) {
 			mode = (enum mode)i;
@@ -357,7 +362,8 @@ static int parse_mode(const char *name)
 	return -1;
 }
 
-static void report(const struct phase *phase, uint64_t time_info_calls, uint64_t timer_set_calls)
+static void report(const struct phase *phase, uint64_t time_info_calls, uint64_t timer_set_calls,
+		   const struct proc_untimed *untimed)
 {
 	uint64_t ops = phase->ops;
 	kg_printf("BENCH ops=%llu elapsed_ns=%llu errors=%llu warmup_ops=%llu warmup_errors=%llu\n",
@@ -377,6 +383,13 @@ static void report(const struct phase *phase, uint64_t time_info_calls, uint64_t
 								    phase->deliver_ops, 5000),
 			  (unsigned long long)bench_hist_percentile(phase->delivers,
 								    phase->deliver_ops, 9900));
+	if (proc_row >= 0)
+		kg_printf("BENCH untimed_hc_iret=%llu untimed_hc_mmu_update=%llu untimed_hc_as_switch=%llu untimed_exit_hlt=%llu untimed_exit_guest_fault=%llu\n",
+			  (unsigned long long)untimed->hc_iret,
+			  (unsigned long long)untimed->hc_mmu_update,
+			  (unsigned long long)untimed->hc_as_switch,
+			  (unsigned long long)untimed->exit_hlt,
+			  (unsigned long long)untimed->exit_guest_fault);
 	kg_printf("BENCH early=%llu untimed_hc_time_info=%llu untimed_hc_timer_set=%llu done=1\n",
 		  (unsigned long long)phase->early, (unsigned long long)time_info_calls,
 		  (unsigned long long)timer_set_calls);
@@ -413,12 +426,17 @@ int main(int argc, char **argv)
 		kg_printf("BENCH error=no-device what=pv-cpu\n");
 		return EXIT_NO_PV_CPU;
 	}
+	const char *mode_text = args_text("mode");
 	int err = setup();
+	if (err == -KAPSEL_ENOSYS && proc_row >= 0) {
+		kg_printf("BENCH error=no-device what=pv-mmu\n");
+		return EXIT_NO_PV_CPU;
+	}
 	if (err) {
-		kg_printf("BENCH error=setup-failed mode=%s status=%d\n", mode_names[mode], err);
+		kg_printf("BENCH error=setup-failed mode=%s status=%d\n", mode_text, err);
 		return 1;
 	}
-	kg_printf("BENCH ready=1 mode=%s delay_ns=%llu tsc_khz=%llu\n", mode_names[mode],
+	kg_printf("BENCH ready=1 mode=%s delay_ns=%llu tsc_khz=%llu\n", mode_text,
 		  (unsigned long long)delay_ns, (unsigned long long)tsc_khz);
 
 	err = run_phase(&warmup, warmup_ms * 1000000ull, ops ? warmup_ops : 0);
@@ -427,16 +445,17 @@ int main(int argc, char **argv)
 	if (!err) {
 		bench_sync_mark("start");
 		uint64_t time_info_before = untimed_time_info, timer_set_before = untimed_timer_set;
+		memset(&proc_untimed, 0, sizeof(proc_untimed));
 		err = run_phase(&measured, runtime_ms * 1000000ull, ops);
 		uint64_t time_info_calls = untimed_time_info - time_info_before;
 		uint64_t timer_set_calls = untimed_timer_set - timer_set_before;
 		bench_sync_mark("end");
-		report(&measured, time_info_calls, timer_set_calls);
+		report(&measured, time_info_calls, timer_set_calls, &proc_untimed);
 	}
 	if (err) {
 		kg_printf("BENCH error=%s mode=%s status=%d\n",
 			  err == -KAPSEL_ETIMEDOUT ? "handler-never-ran" : "operation-failed",
-			  mode_names[mode], err);
+			  mode_text, err);
 		return 1;
 	}
 	return 0;

@@ -40,14 +40,24 @@ enum bench_cpu_op {
 	BENCH_CPU_UPCALL,
 	BENCH_CPU_TIMER,
 	BENCH_CPU_TIMER_PERIODIC,
+	/* The process rows (PV MMU, lmbench style; `--workloads proc`). */
+	BENCH_CPU_SYSCALL,
+	BENCH_CPU_FORK,
+	BENCH_CPU_CTXSW,
+	BENCH_CPU_PAGE_FAULT,
+	BENCH_CPU_AS_SWITCH,
+	BENCH_CPU_MMU_BATCH,
 	BENCH_CPU_OP_COUNT
 };
+#define BENCH_CPU_FIRST_PROC BENCH_CPU_SYSCALL
 
 struct bench_cpu_info {
 	const char *name;      /* workload name and cpubench.elf's mode= */
 	const char *guest_op;  /* what one operation is in the guest */
 	const char *native_op; /* the host's closest operation */
 	bool timer;	       /* the value is lateness, not the cost of a round trip */
+	bool proc;	       /* a process row: needs the PV MMU */
+	const char *lmbench;   /* process rows: the column of SOSP'03's Table 3 */
 };
 
 extern const struct bench_cpu_info bench_cpu_info[BENCH_CPU_OP_COUNT];
@@ -61,7 +71,7 @@ enum bench_format {
 	BENCH_FORMAT_JSON
 };
 
-#define BENCH_MAX_WORKLOADS 16u
+#define BENCH_MAX_WORKLOADS 24u
 #define BENCH_MAX_IODEPTHS 8u
 #define BENCH_MAX_IODEPTH 256u
 #define BENCH_MAX_REPEAT 25u

@@ -31,6 +31,48 @@ const struct bench_cpu_info bench_cpu_info[BENCH_CPU_OP_COUNT] = {
 		.native_op = "periodic timerfd, blocked in read(); how late",
 		.timer = true,
 	},
+	[BENCH_CPU_SYSCALL] = {
+		.name = "syscall",
+		.guest_op = "process: syscall -> guest kernel entry -> IRET",
+		.native_op = "getppid() system call",
+		.proc = true,
+		.lmbench = "null call",
+	},
+	[BENCH_CPU_FORK] = {
+		.name = "fork",
+		.guest_op = "fork (new space, 2 pages copied), child exits, parent resumes",
+		.native_op = "fork(), child _exit(0), waitpid()",
+		.proc = true,
+		.lmbench = "fork proc",
+	},
+	[BENCH_CPU_CTXSW] = {
+		.name = "ctxsw",
+		.guest_op = "one switch: syscall yield -> AS_SWITCH -> IRET to the other process",
+		.native_op = "one switch: pipe ping-pong of 2 processes on one CPU (half a round trip)",
+		.proc = true,
+		.lmbench = "ctx sw 2p/0K",
+	},
+	[BENCH_CPU_PAGE_FAULT] = {
+		.name = "page-fault",
+		.guest_op = "write to an unmapped page -> #PF -> zero a frame, MMU_UPDATE -> IRET",
+		.native_op = "first write to a page of anonymous mmap memory",
+		.proc = true,
+		.lmbench = "page fault",
+	},
+	[BENCH_CPU_AS_SWITCH] = {
+		.name = "as-switch",
+		.guest_op = "AS_SWITCH between two address spaces (kernel mode)",
+		.native_op = "one switch: sched_yield() ping-pong of 2 processes on one CPU",
+		.proc = true,
+		.lmbench = "AS switch*",
+	},
+	[BENCH_CPU_MMU_BATCH] = {
+		.name = "mmu-batch",
+		.guest_op = "MMU_UPDATE of 16 pages (map, then unmap)",
+		.native_op = "mprotect() of 16 populated pages (read-only, then writable)",
+		.proc = true,
+		.lmbench = "16 PTE upd*",
+	},
 };
 
 void bench_cpu_metrics(const struct bench_cpu_sample *sample, double metrics[BENCH_M_COUNT])

@@ -1,11 +1,15 @@
 /* `kapsel bench` CPU rows, native path: the host kernel's closest operation to each PV CPU operation, timed the way the guest times its own. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -117,7 +121,23 @@ struct native_cpu {
 	int timer_fd;
 	pid_t pid, tid;
 	uint64_t periodic_first_ns, periodic_expirations;
+	/* Process rows: the partner process of a switch pair, its pipes or
+	 * shared flag, this thread's CPU mask before pinning; a region. */
+	pid_t partner;
+	int to_partner[2], from_partner[2];
+	volatile int *flag;
+	cpu_set_t old_mask;
+	bool pinned;
+	uint8_t *region;
+	unsigned next_page, flip;
 };
+
+#define FAULT_PAGES 64u
+#define BATCH_PAGES 16u
+#define PAGE_BYTES 4096u
+#define FLAG_GO 1
+#define FLAG_BACK 0
+#define FLAG_QUIT 2
 
 static int op_null_syscall(struct cpu_phase *phase)
 {
@@ -232,6 +252,206 @@ static int op_timer_periodic(struct native_cpu *cpu, struct cpu_phase *phase)
 	return 0;
 }
 
+/* ---- Process rows ---------------------------------------------------------- */
+
+static int op_fork(struct cpu_phase *phase)
+{
+	uint64_t start = rdtsc();
+	pid_t pid = fork();
+	if (pid == 0)
+		_exit(0);
+	if (pid < 0)
+		return -errno;
+	int status;
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			return -errno;
+	uint64_t end = rdtsc();
+	record(phase, ticks_ns(end - start), NULL);
+	return 0;
+}
+
+/* A round trip to the partner is two switches: each gets half. */
+static void record_switches(struct cpu_phase *phase, uint64_t ticks)
+{
+	uint64_t half = ticks_ns(ticks) / 2;
+	record(phase, half, NULL);
+	record(phase, half, NULL);
+}
+
+static int op_pipe_switch(struct native_cpu *cpu, struct cpu_phase *phase)
+{
+	char byte = 'x';
+	uint64_t start = rdtsc();
+	if (write(cpu->to_partner[1], &byte, 1) != 1 || read(cpu->from_partner[0], &byte, 1) != 1)
+		return -EPIPE;
+	uint64_t end = rdtsc();
+	record_switches(phase, end - start);
+	return 0;
+}
+
+static int op_yield_switch(struct native_cpu *cpu, struct cpu_phase *phase)
+{
+	uint64_t give_up = monotonic() + TIMER_TIMEOUT_NS;
+	uint64_t start = rdtsc();
+	__atomic_store_n(cpu->flag, FLAG_GO, __ATOMIC_SEQ_CST);
+	while (__atomic_load_n(cpu->flag, __ATOMIC_SEQ_CST) != FLAG_BACK) {
+		sched_yield();
+		if (monotonic() > give_up)
+			return -ETIMEDOUT;
+	}
+	uint64_t end = rdtsc();
+	record_switches(phase, end - start);
+	return 0;
+}
+
+static int op_page_fault(struct native_cpu *cpu, struct cpu_phase *phase)
+{
+	volatile uint8_t *page = cpu->region + (size_t)cpu->next_page * PAGE_BYTES;
+	uint64_t start = rdtsc();
+	*page = 1;
+	uint64_t end = rdtsc();
+	record(phase, ticks_ns(end - start), NULL);
+	/* Drop it again, so the next lap faults on a fresh zero page. */
+	if (madvise((void *)page, PAGE_BYTES, MADV_DONTNEED) < 0)
+		return -errno;
+	cpu->next_page = (cpu->next_page + 1) % FAULT_PAGES;
+	return 0;
+}
+
+static int op_mprotect(struct native_cpu *cpu, struct cpu_phase *phase)
+{
+	int prot = cpu->flip ? PROT_READ | PROT_WRITE : PROT_READ;
+	uint64_t start = rdtsc();
+	int rc = mprotect(cpu->region, BATCH_PAGES * PAGE_BYTES, prot);
+	uint64_t end = rdtsc();
+	if (rc < 0)
+		return -errno;
+	record(phase, ticks_ns(end - start), NULL);
+	cpu->flip ^= 1;
+	return 0;
+}
+
+/* The partner of a switch pair: answers each byte, or each FLAG_GO. */
+static void partner_main(struct native_cpu *cpu)
+{
+	if (cpu->op == BENCH_CPU_CTXSW) {
+		char byte;
+		while (read(cpu->to_partner[0], &byte, 1) == 1)
+			if (write(cpu->from_partner[1], &byte, 1) != 1)
+				break;
+		_exit(0);
+	}
+	for (;;) {
+		int v = __atomic_load_n(cpu->flag, __ATOMIC_SEQ_CST);
+		if (v == FLAG_GO) {
+			__atomic_store_n(cpu->flag, FLAG_BACK, __ATOMIC_SEQ_CST);
+			continue;
+		}
+		if (v == FLAG_QUIT || getppid() == 1) /* done, or the bench died */
+			_exit(0);
+		sched_yield();
+	}
+}
+
+static void proc_teardown(struct native_cpu *cpu)
+{
+	if (cpu->partner > 0) {
+		if (cpu->flag)
+			__atomic_store_n(cpu->flag, FLAG_QUIT, __ATOMIC_SEQ_CST);
+		if (cpu->to_partner[1] >= 0)
+			close(cpu->to_partner[1]);
+		cpu->to_partner[1] = -1;
+		while (waitpid(cpu->partner, NULL, 0) < 0 && errno == EINTR)
+			;
+		cpu->partner = 0;
+	}
+	for (int i = 0; i < 2; i++) {
+		if (cpu->to_partner[i] >= 0)
+			close(cpu->to_partner[i]);
+		if (cpu->from_partner[i] >= 0)
+			close(cpu->from_partner[i]);
+		cpu->to_partner[i] = cpu->from_partner[i] = -1;
+	}
+	if (cpu->flag)
+		munmap((void *)cpu->flag, PAGE_BYTES);
+	cpu->flag = NULL;
+	if (cpu->region)
+		munmap(cpu->region, FAULT_PAGES * PAGE_BYTES);
+	cpu->region = NULL;
+	if (cpu->pinned)
+		sched_setaffinity(0, sizeof(cpu->old_mask), &cpu->old_mask);
+	cpu->pinned = false;
+}
+
+/* What a process row needs before its phases: a region, or a partner
+ * process pinned with this thread to the CPU it runs on (so every round
+ * trip is two real switches, as lmbench's lat_ctx measures them). */
+static int proc_setup(struct native_cpu *cpu, char *error, size_t error_len)
+{
+	cpu->to_partner[0] = cpu->to_partner[1] = -1;
+	cpu->from_partner[0] = cpu->from_partner[1] = -1;
+	if (cpu->op == BENCH_CPU_PAGE_FAULT || cpu->op == BENCH_CPU_MMU_BATCH) {
+		void *p = mmap(NULL, FAULT_PAGES * PAGE_BYTES, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p == MAP_FAILED) {
+			snprintf(error, error_len, "cannot map a test region: %s", strerror(errno));
+			return -errno;
+		}
+		cpu->region = p;
+		if (cpu->op == BENCH_CPU_MMU_BATCH)
+			memset(p, 1, BATCH_PAGES * PAGE_BYTES); /* populated: mprotect changes PTEs */
+		return 0;
+	}
+	if (cpu->op != BENCH_CPU_CTXSW && cpu->op != BENCH_CPU_AS_SWITCH)
+		return 0;
+	int here = sched_getcpu();
+	if (here < 0 || sched_getaffinity(0, sizeof(cpu->old_mask), &cpu->old_mask) < 0) {
+		snprintf(error, error_len, "cannot read this thread's CPU: %s", strerror(errno));
+		return -errno;
+	}
+	cpu_set_t one;
+	CPU_ZERO(&one);
+	CPU_SET(here, &one);
+	if (sched_setaffinity(0, sizeof(one), &one) < 0) {
+		snprintf(error, error_len, "cannot pin to CPU %d: %s", here, strerror(errno));
+		return -errno;
+	}
+	cpu->pinned = true;
+	if (cpu->op == BENCH_CPU_CTXSW) {
+		if (pipe2(cpu->to_partner, O_CLOEXEC) < 0 || pipe2(cpu->from_partner, O_CLOEXEC) < 0) {
+			snprintf(error, error_len, "cannot make pipes: %s", strerror(errno));
+			return -errno;
+		}
+	} else {
+		void *p = mmap(NULL, PAGE_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+			       -1, 0);
+		if (p == MAP_FAILED) {
+			snprintf(error, error_len, "cannot map a shared page: %s", strerror(errno));
+			return -errno;
+		}
+		cpu->flag = p;
+		*cpu->flag = FLAG_BACK;
+	}
+	cpu->partner = fork(); /* inherits the pinning */
+	if (cpu->partner == 0) {
+		if (cpu->op == BENCH_CPU_CTXSW) {
+			close(cpu->to_partner[1]);
+			close(cpu->from_partner[0]);
+		}
+		partner_main(cpu);
+	}
+	if (cpu->partner < 0) {
+		cpu->partner = 0;
+		snprintf(error, error_len, "cannot fork a partner process: %s", strerror(errno));
+		return -errno;
+	}
+	close(cpu->to_partner[0]);
+	close(cpu->from_partner[1]);
+	cpu->to_partner[0] = cpu->from_partner[1] = -1;
+	return 0;
+}
+
 static int run_phase(struct native_cpu *cpu, struct cpu_phase *phase, uint64_t duration_ns,
 		     uint64_t max_ops)
 {
@@ -255,6 +475,24 @@ static int run_phase(struct native_cpu *cpu, struct cpu_phase *phase, uint64_t d
 			break;
 		case BENCH_CPU_TIMER_PERIODIC:
 			err = op_timer_periodic(cpu, phase);
+			break;
+		case BENCH_CPU_SYSCALL:
+			err = op_null_syscall(phase);
+			break;
+		case BENCH_CPU_FORK:
+			err = op_fork(phase);
+			break;
+		case BENCH_CPU_CTXSW:
+			err = op_pipe_switch(cpu, phase);
+			break;
+		case BENCH_CPU_PAGE_FAULT:
+			err = op_page_fault(cpu, phase);
+			break;
+		case BENCH_CPU_AS_SWITCH:
+			err = op_yield_switch(cpu, phase);
+			break;
+		case BENCH_CPU_MMU_BATCH:
+			err = op_mprotect(cpu, phase);
 			break;
 		default:
 			err = -EINVAL;
@@ -316,6 +554,12 @@ int bench_cpu_native_run(const struct bench_job *job, struct bench_run *run)
 		}
 	}
 
+	if (bench_cpu_info[cpu.op].proc) {
+		err = proc_setup(&cpu, run->error, sizeof(run->error));
+		if (err)
+			goto out;
+	}
+
 	uint64_t warmup_ops = job->ops ? job->warmup_ops : 0;
 	if (!job->ops || warmup_ops)
 		err = run_phase(&cpu, phase, job->warmup_ns, warmup_ops);
@@ -355,6 +599,8 @@ int bench_cpu_native_run(const struct bench_job *job, struct bench_run *run)
 	if (!run->ok)
 		snprintf(run->error, sizeof(run->error), "no operation completed");
 out:
+	if (bench_cpu_info[cpu.op].proc)
+		proc_teardown(&cpu);
 	if (handler_set)
 		sigaction(signo, &old_action, NULL);
 	if (cpu.timer_fd >= 0)

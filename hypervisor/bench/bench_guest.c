@@ -482,6 +482,18 @@ static void fill_metrics(const struct bench_job *job, const struct child *child,
 		bench_counters_take_off(&delta, "exits_io_hypercall", count);
 		bench_counters_take_off(&delta, "exits_total", count);
 	}
+	/* And the exits outside its operations a process row's kernel made
+	 * (the entry that ends the phase): "untimed_exit_REASON=N" lines. */
+	for (unsigned k = 0; k < kv->count; k++) {
+		const char *key = kv->items[k].key;
+		if (strncmp(key, "untimed_exit_", 13) != 0)
+			continue;
+		uint64_t count = kv_u64(kv, key);
+		char name[BENCH_NAME_MAX];
+		snprintf(name, sizeof(name), "exits_%s", key + 13);
+		bench_counters_take_off(&delta, name, count);
+		bench_counters_take_off(&delta, "exits_total", count);
+	}
 	/* By reason; hypercall exits are split by call ("hc_block"). */
 	uint64_t exits = 0, events = 0, hypercalls = 0;
 	for (unsigned i = 0; i < delta.count; i++) {

@@ -70,7 +70,9 @@ void bench_usage(FILE *out)
 		"The CPU rows (null-hypercall, trap, upcall, timer, timer-periodic) time\n"
 		"one PV CPU operation in a guest (cpubench.elf) beside the host's closest\n"
 		"operation (getppid, a SIGILL handler, a signal to itself, timerfd), with\n"
-		"exits per operation and the cost of one exit on this machine.\n"
+		"exits per operation and the cost of one exit on this machine.  The process\n"
+		"rows (syscall, fork, ctxsw, page-fault, as-switch, mmu-batch) do the same\n"
+		"for lmbench's operations on the PV MMU, with a table like SOSP'03's.\n"
 		"\n"
 		"Options:\n"
 		"      --disk FILE          image to run on (created if missing; its first SIZE\n"
@@ -80,9 +82,11 @@ void bench_usage(FILE *out)
 		"                           read-1M write-1M read-128K write-128K randread-4K\n"
 		"                           randwrite-4K randrw-4K (70%% reads) console; any\n"
 		"                           RW-SIZE with SIZE a multiple of 4K up to 4M; the CPU\n"
-		"                           rows null-hypercall trap upcall timer timer-periodic,\n"
-		"                           or 'cpu' for all five; 'all' (default: %s)\n"
-		"      --cpu                only the CPU rows (--workloads cpu)\n"
+		"                           rows null-hypercall trap upcall timer timer-periodic;\n"
+		"                           the process rows syscall fork ctxsw page-fault\n"
+		"                           as-switch mmu-batch, or 'proc' for them; 'cpu' for\n"
+		"                           every CPU and process row; 'all' (default: %s)\n"
+		"      --cpu                only the CPU and process rows (--workloads cpu)\n"
 		"      --cpu-runtime TIME   measured time per CPU row run (default %s; warm-up a\n"
 		"                           fifth of it); --ops N sets a count instead\n"
 		"      --timer-delay TIME   timer rows: one-shot delay and period (default %s,\n"
@@ -324,14 +328,17 @@ static int parse_workloads(struct bench_options *options, const char *text, char
 	int err = 0;
 	for (char *item = strtok_r(copy, ",", &save); item && !err;
 	     item = strtok_r(NULL, ",", &save)) {
-		/* "cpu" stands for every CPU row, in their order. */
-		bool group = strcmp(item, "cpu") == 0;
-		for (unsigned g = 0; g < (group ? BENCH_CPU_OP_COUNT : 1u) && !err; g++) {
-			const char *name = group ? bench_cpu_info[g].name : item;
+		/* "cpu" stands for every CPU row, "proc" for the process rows,
+		 * in their order. */
+		bool group = strcmp(item, "cpu") == 0, proc = strcmp(item, "proc") == 0;
+		unsigned first = proc ? BENCH_CPU_FIRST_PROC : 0;
+		for (unsigned g = first; g < (group || proc ? BENCH_CPU_OP_COUNT : first + 1u) && !err;
+		     g++) {
+			const char *name = group || proc ? bench_cpu_info[g].name : item;
 			struct bench_workload workload;
 			if (bench_workload_lookup(name, &workload) < 0) {
 				err = fail(error, error_len,
-					   "--workloads: '%s' is not a workload; use RW-SIZE with RW one of read, write, randread, randwrite, randrw and SIZE a multiple of 4K up to 4M (e.g. randread-4K, read-1M), console, or a CPU row (null-hypercall, trap, upcall, timer, timer-periodic, or cpu for all)",
+					   "--workloads: '%s' is not a workload; use RW-SIZE with RW one of read, write, randread, randwrite, randrw and SIZE a multiple of 4K up to 4M (e.g. randread-4K, read-1M), console, a CPU row (null-hypercall, trap, upcall, timer, timer-periodic), a process row (syscall, fork, ctxsw, page-fault, as-switch, mmu-batch, or proc for these), or cpu for every CPU and process row",
 					   name);
 				break;
 			}

@@ -118,7 +118,9 @@ check_cpu() {
 import json, math, sys
 ops = int(sys.argv[1])
 problems = []
-want = ['null-hypercall', 'trap', 'upcall', 'timer', 'timer-periodic']
+want = ['null-hypercall', 'trap', 'upcall', 'timer', 'timer-periodic',
+        'syscall', 'fork', 'ctxsw', 'page-fault', 'as-switch', 'mmu-batch']
+process_rows = want[5:]
 # Exits each PV operation must take, by reason: (reason, least, most) per op.
 exits = {
     'null-hypercall': [('hc_abi_info', 1, 1)],
@@ -129,6 +131,15 @@ exits = {
     # callback runs (it takes both in one upcall), a few more when one
     # comes before the timer is stopped at the end of the window.
     'timer-periodic': [('hc_iret', 0.5, 1.25)],
+    # Process rows: every exit of one operation, exactly (the kernel
+    # reports the entries outside its operations as untimed).
+    'syscall': [('hlt', 1, 1), ('hc_iret', 1, 1)],
+    'fork': [('hlt', 2, 2), ('hc_as_create', 1, 1), ('hc_mmu_update', 1, 1),
+             ('hc_as_switch', 2, 2), ('hc_as_destroy', 1, 1), ('hc_iret', 2, 2)],
+    'ctxsw': [('hlt', 1, 1), ('hc_as_switch', 1, 1), ('hc_iret', 1, 1)],
+    'page-fault': [('guest_fault', 1, 1), ('hc_mmu_update', 1, 1), ('hc_iret', 1, 1)],
+    'as-switch': [('hc_as_switch', 1, 1)],
+    'mmu-batch': [('hc_mmu_update', 1, 1)],
 }
 
 def num(v):
@@ -172,6 +183,9 @@ def check_path(name, p, r):
             problems.append('%s: %s %.3f exits/op, expected %s-%s (all: %s)' % (where, reason, v, least, most, by))
     if 'hc_time_info' in by:
         problems.append("%s: the measurement's own TIME_INFO calls were counted: %s" % (where, by))
+    listed = sum(most for _, _, most in exits[name])
+    if name in process_rows and abs(e - listed) > 0.01:
+        problems.append('%s: %.3f exits/op, expected %s (all: %s)' % (where, e, listed, by))
     if name == 'null-hypercall' and abs(e - 1) > 0.01:
         problems.append('%s: %.3f exits per null hypercall, expected 1' % (where, e))
 
@@ -196,6 +210,8 @@ def check(doc):
                 problems.append('%s: cpu.%s missing' % (name, k))
         if c.get('timer') != name.startswith('timer'):
             problems.append('%s: cpu.timer is %r' % (name, c.get('timer')))
+        if c.get('process') != (name in process_rows) or (c.get('lmbench') is None) == (name in process_rows):
+            problems.append('%s: cpu.process %r, cpu.lmbench %r' % (name, c.get('process'), c.get('lmbench')))
         if row['paths']['emulated']['status'] != 'skipped':
             problems.append('%s: emulated status %s, expected skipped' % (name, row['paths']['emulated']['status']))
         ratio = row['ratios'].get('cost_pv_native')
@@ -291,6 +307,8 @@ bench-cpu)
 	check_cpu "$cpu_ops" "$out" "$TMP/results/results.json" || show_and_fail "CPU rows implausible"
 	expect_in "$TMP/results/results.txt" "exit cost on this machine:"
 	expect_in "$TMP/results/results.txt" "getppid() system call"
+	expect_in "$TMP/results/results.txt" "Processes, lmbench style"
+	expect_in "$TMP/results/results.txt" "fork(), child _exit(0), waitpid()"
 	;;
 bench-native-only)
 	# One path: the others are reported as skipped, the table still prints.

@@ -29,8 +29,9 @@ static void test_options_defaults(void)
 	CU_ASSERT_FALSE(o.cache[BENCH_CACHE_WRITEBACK]);
 	CU_ASSERT_EQUAL(o.ops, 0);
 	/* read-1M write-1M read-128K write-128K randread-4K randwrite-4K randrw-4K console,
-	 * then the five CPU rows ("cpu"). */
-	CU_ASSERT_EQUAL(o.workload_count, 13);
+	 * then the five CPU rows and the six process rows ("cpu"). */
+	CU_ASSERT_EQUAL(o.workload_count, 8 + BENCH_CPU_OP_COUNT);
+	CU_ASSERT_EQUAL(BENCH_CPU_OP_COUNT, 11);
 	CU_ASSERT_STRING_EQUAL(o.workloads[4].name, "randread-4K");
 	CU_ASSERT_TRUE(o.workloads[4].random);
 	CU_ASSERT_EQUAL(o.workloads[4].block_bytes, 4096);
@@ -99,6 +100,18 @@ static void test_options_cpu(void)
 	CU_ASSERT_EQUAL(o.workloads[2].cpu_op, BENCH_CPU_TIMER_PERIODIC);
 	bench_options_free(&o);
 
+	/* "proc" is the process rows only, in order, each marked as one. */
+	char *proc[] = { "bench", "--workloads", "randread-4K,proc", NULL };
+	CU_ASSERT_EQUAL(parse(&o, error, sizeof(error), 3, proc), 0);
+	CU_ASSERT_EQUAL(o.workload_count, 1 + BENCH_CPU_OP_COUNT - BENCH_CPU_FIRST_PROC);
+	CU_ASSERT_EQUAL(o.workloads[1].cpu_op, BENCH_CPU_SYSCALL);
+	CU_ASSERT_STRING_EQUAL(o.workloads[2].name, "fork");
+	CU_ASSERT_EQUAL(o.workloads[6].cpu_op, BENCH_CPU_MMU_BATCH);
+	for (unsigned i = 1; i < o.workload_count; i++)
+		CU_ASSERT_TRUE(bench_cpu_info[o.workloads[i].cpu_op].proc);
+	CU_ASSERT_FALSE(bench_cpu_info[BENCH_CPU_TIMER].proc);
+	bench_options_free(&o);
+
 	/* --quick keeps the CPU rows, at its small operation count. */
 	char *quick[] = { "bench", "--quick", NULL };
 	CU_ASSERT_EQUAL(parse(&o, error, sizeof(error), 2, quick), 0);
@@ -115,6 +128,9 @@ static void test_options_cpu(void)
 	CU_ASSERT_EQUAL(w.cpu_op, BENCH_CPU_UPCALL);
 	CU_ASSERT_EQUAL(bench_workload_lookup("upcalls", &w), -ENOENT);
 	CU_ASSERT_EQUAL(bench_workload_lookup("cpu", &w), -ENOENT); /* a group, not a row */
+	CU_ASSERT_EQUAL(bench_workload_lookup("proc", &w), -ENOENT);
+	CU_ASSERT_EQUAL(bench_workload_lookup("page-fault", &w), 0);
+	CU_ASSERT_EQUAL(w.cpu_op, BENCH_CPU_PAGE_FAULT);
 }
 
 static void expect_error(int argc, char **argv, const char *fragment)
@@ -165,8 +181,8 @@ static void test_options_errors(void)
 	expect_error(3, p, "--cpu-runtime '0' is not a valid time");
 	char *q[] = { "bench", "--workloads", "cpu,trap", NULL };
 	expect_error(3, q, "'trap' is listed twice");
-	char *r[] = { "bench", "--workloads", "syscall", NULL };
-	expect_error(3, r, "or a CPU row (null-hypercall, trap, upcall, timer, timer-periodic");
+	char *r[] = { "bench", "--workloads", "vmcall", NULL };
+	expect_error(3, r, "a CPU row (null-hypercall, trap, upcall, timer, timer-periodic), a process row (syscall");
 }
 
 static void test_parse_size_duration(void)
