@@ -44,6 +44,41 @@ pv-mmu-save-restore)
 	[ "$first" -eq $((last + 1)) ] || { cat "$out" "$TMP/out2"; fail "restored at tick $first after $last"; }
 	expect_in "$TMP/err2" "pv_mmu: spaces=1"
 	;;
+pv-mmu-migrate)
+	# Live migration of a process counting in its own address space: the
+	# pre-copy rounds must see every page the process dirties through its
+	# user mapping (dirty logging is by guest-physical page, whoever's
+	# table maps it), and the destination rebuilds the space from the
+	# stream.  The count the process exits with is the one in its page.
+	(umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$TMP/mig.psk")
+	port=$((20000 + $$ % 20000))
+	timeout --kill-after=5 100 "$KAPSEL" run --no-console-input --no-control --stats \
+		--kernel "$GUESTS/mmu.elf" --incoming "tcp:127.0.0.1:$port,psk=$TMP/mig.psk" \
+		>"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
+	dst=$!
+	name=pv-mmu-mig-$$
+	timeout --kill-after=5 100 "$KAPSEL" run --no-console-input --name "$name" \
+		--kernel "$GUESTS/mmu.elf" --cmdline "persist" >"$out" 2>"$err" </dev/null &
+	src=$!
+	for i in $(seq 300); do
+		grep -q "^tick 5 " "$out" 2>/dev/null && break
+		sleep 0.1
+	done
+	grep -q "^tick 5 " "$out" || { cat "$out" "$err"; fail "the process never reached tick 5"; }
+	"$KAPSEL" migrate --psk "$TMP/mig.psk" "$name" "tcp:127.0.0.1:$port" >"$TMP/mig" 2>&1 ||
+		{ cat "$TMP/mig" "$TMP/dst.err"; fail "migrate"; }
+	expect_in "$TMP/mig" "migrated VM '$name'"
+	STATUS=0; wait "$src" || STATUS=$?; expect_status 0
+	STATUS=0; wait "$dst" || STATUS=$?; LAST_ERR=$TMP/dst.err; expect_status 0
+	expect_not_in "$out" "persist ok"
+	expect_in "$TMP/dst.out" "persist ok"
+	grep -Eq "^persist: ([0-9]+) ticks, count ([0-9]+), page \2$" "$TMP/dst.out" ||
+		{ cat "$TMP/dst.out"; fail "count and page differ after migration"; }
+	last=$(awk '$1 == "tick" { n = $2 } END { print n + 0 }' "$out")
+	first=$(awk '$1 == "tick" { print $2; exit }' "$TMP/dst.out")
+	[ "$first" -eq $((last + 1)) ] || { cat "$out" "$TMP/dst.out"; fail "destination began at tick $first after $last"; }
+	expect_in "$TMP/dst.err" "pv_mmu: spaces=1"
+	;;
 pv-mmu-timer)
 	# A periodic timer keeps ticking while a process makes syscalls back
 	# to back (each one switches address spaces twice): a tick that lands
