@@ -36,6 +36,7 @@ static const char *const role_names[SANDBOX_ROLE_COUNT] = {
 #define SANDBOX_SYSCALL_NAMES 512
 #define SANDBOX_MAX_THREADS 256
 #define SANDBOX_ARM_TIMEOUT_S 30 /* only a thread that never answers waits this long */
+#define ARM_WAIT_SLICE_NS 100000000L /* how often the wait looks for threads that are gone */
 
 static __thread enum sandbox_role thread_role;
 static bool active;
@@ -263,10 +264,18 @@ int sandbox_install_self(enum sandbox_role role, const struct sandbox_options *o
 
 static void *cancel_probe(void *opaque)
 {
-	(void)opaque;
+	__atomic_store_n((pid_t *)opaque, (pid_t)syscall(SYS_gettid), __ATOMIC_SEQ_CST);
 	for (;;)
 		pause();
 	return NULL;
+}
+
+/* True while thread tid of this process still exists (it may be exiting:
+ * pthread_join returns before the kernel has released the thread, which
+ * /proc/self/task then still lists). */
+static bool thread_exists(pid_t tid)
+{
+	return syscall(SYS_tgkill, getpid(), tid, 0) == 0 || errno != ESRCH;
 }
 
 /*
@@ -276,15 +285,23 @@ static void *cancel_probe(void *opaque)
 static void preload_cancel_support(void)
 {
 	pthread_t thread;
+	pid_t tid = 0;
 	sigset_t all, old;
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
-	int err = pthread_create(&thread, NULL, cancel_probe, NULL);
+	int err = pthread_create(&thread, NULL, cancel_probe, &tid);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (err)
 		return;
+	while (!__atomic_load_n(&tid, __ATOMIC_SEQ_CST))
+		sched_yield();
 	pthread_cancel(thread);
 	pthread_join(thread, NULL);
+	/* Gone for good before sandbox_enter lists the threads to arm: an
+	 * exiting thread would be listed and never answer (seen on loaded
+	 * hosts as "thread 'kapsel' did not install its seccomp filter"). */
+	for (int i = 0; i < 10000 && thread_exists(tid); i++)
+		usleep(100);
 }
 
 static void thread_name(pid_t tid, char *name, size_t len)
@@ -300,16 +317,30 @@ static void thread_name(pid_t tid, char *name, size_t len)
 	fclose(f);
 }
 
+static bool thread_armed(pid_t tid)
+{
+	unsigned answered = __atomic_load_n(&armed_count, __ATOMIC_SEQ_CST);
+	for (unsigned j = 0; j < answered && j < SANDBOX_MAX_THREADS; j++)
+		if (armed_tids[j] == tid)
+			return true;
+	return false;
+}
+
+/* The listed threads that still exist and have not installed a filter. */
+static unsigned unarmed_living_threads(const pid_t *tids, unsigned count)
+{
+	unsigned left = 0;
+	for (unsigned i = 0; i < count; i++)
+		left += !thread_armed(tids[i]) && thread_exists(tids[i]);
+	return left;
+}
+
 static int report_silent_threads(const pid_t *tids, char (*names)[16], unsigned count, char *error,
 				 size_t error_len)
 {
 	const char *silent = "?";
-	unsigned answered = __atomic_load_n(&armed_count, __ATOMIC_SEQ_CST);
 	for (unsigned i = 0; i < count; i++) {
-		bool found = false;
-		for (unsigned j = 0; j < answered && j < SANDBOX_MAX_THREADS; j++)
-			found |= armed_tids[j] == tids[i];
-		if (!found) {
+		if (!thread_armed(tids[i]) && thread_exists(tids[i])) {
 			silent = names[i];
 			break;
 		}
@@ -440,12 +471,28 @@ int sandbox_enter(const struct sandbox_options *options, char *error, size_t err
 	struct timespec deadline;
 	clock_gettime(CLOCK_REALTIME, &deadline);
 	deadline.tv_sec += SANDBOX_ARM_TIMEOUT_S;
-	for (unsigned i = 0; i < signalled; i++) {
-		while (sem_timedwait(&arm_done, &deadline) < 0) {
-			if (errno == EINTR)
-				continue;
-			return report_silent_threads(tids, names, count, error, error_len);
+	/* Wait for every signalled thread to answer, or to be gone: a thread
+	 * that was exiting when it was listed never answers. */
+	for (unsigned answered = 0; answered < signalled;) {
+		struct timespec slice;
+		clock_gettime(CLOCK_REALTIME, &slice);
+		slice.tv_nsec += ARM_WAIT_SLICE_NS;
+		if (slice.tv_nsec >= 1000000000L) {
+			slice.tv_sec++;
+			slice.tv_nsec -= 1000000000L;
 		}
+		bool last = slice.tv_sec > deadline.tv_sec ||
+			    (slice.tv_sec == deadline.tv_sec && slice.tv_nsec >= deadline.tv_nsec);
+		if (sem_timedwait(&arm_done, last ? &deadline : &slice) == 0) {
+			answered++;
+			continue;
+		}
+		if (errno == EINTR)
+			continue;
+		if (unarmed_living_threads(tids, count) == 0)
+			break;
+		if (last)
+			return report_silent_threads(tids, names, count, error, error_len);
 	}
 	if (__atomic_load_n(&arm_failures, __ATOMIC_SEQ_CST)) {
 		snprintf(error, error_len,
