@@ -28,6 +28,12 @@ int cli_shutdown(int argc, char **argv);
 void cli_shutdown_usage(FILE *out);
 int cli_destroy(int argc, char **argv);
 void cli_destroy_usage(FILE *out);
+int cli_reboot(int argc, char **argv);
+void cli_reboot_usage(FILE *out);
+
+/* Explain a failure (negative errno) to reach VM name (a name, domain id
+ * or UUID) on stderr; returns the exit status 1. */
+int cli_connect_error(const char *name, int err);
 int cli_stats(int argc, char **argv);
 void cli_stats_usage(FILE *out);
 int cli_console(int argc, char **argv);

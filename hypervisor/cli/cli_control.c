@@ -18,8 +18,7 @@
 #define REPLY_TIMEOUT_MS 30000
 #define CONSOLE_ESCAPE 0x1d /* Ctrl-] */
 
-/* Explain a failure to reach VM name; returns the exit status 1. */
-static int connect_error(const char *name, int err)
+int cli_connect_error(const char *name, int err)
 {
 	char dir[4096] = "?";
 	control_runtime_dir(dir, sizeof(dir));
@@ -65,7 +64,7 @@ static int call(const char *name, const char *request, struct control_reply *rep
 {
 	int err = control_call(name, request, reply, REPLY_TIMEOUT_MS);
 	if (err)
-		return connect_error(name, err);
+		return cli_connect_error(name, err);
 	if (reply->errnum) {
 		fprintf(stderr, "kapsel: %s: %s\n", name, reply->message);
 		control_reply_free(reply);
@@ -269,7 +268,7 @@ static int wait_for_end(int fd, const char *name)
 		return 0;
 	}
 	if (err)
-		return connect_error(name, err);
+		return cli_connect_error(name, err);
 	if (reply.errnum) {
 		fprintf(stderr, "kapsel: %s: %s\n", name, reply.message);
 		control_reply_free(&reply);
@@ -285,77 +284,67 @@ static int wait_for_end(int fd, const char *name)
 
 void cli_destroy_usage(FILE *out)
 {
-	fprintf(out, "Usage: kapsel destroy [--no-wait] NAME\n"
+	fprintf(out, "Usage: kapsel destroy [--no-wait] VM...\n"
 		     "\n"
-		     "End a VM at once, without telling the guest (see 'kapsel shutdown' for\n"
-		     "the graceful way).  Waits until the VM has ended unless --no-wait.\n");
+		     "End VMs at once, without telling their guests (see 'kapsel shutdown' for\n"
+		     "the graceful way).  Waits until every VM named has ended unless\n"
+		     "--no-wait.  A VM is named by its name, its domain id or its UUID.\n");
 }
 
-/* shutdown and destroy: send, then (unless --no-wait) wait for the end. */
-static int end_vm(int argc, char **argv, bool graceful)
+enum end_kind { END_DESTROY, END_SHUTDOWN, END_REBOOT };
+
+/* Send one VM its destroy, shutdown or reboot request; returns the
+ * connection to wait on (waiting: shutdown and destroy without --no-wait),
+ * -1 when there is nothing to wait for, or -2 after printing a failure. */
+static int send_end_request(const char *name, enum end_kind kind, bool wait, const char *timeout)
 {
-	static const struct option options[] = {
-		{ "timeout", required_argument, NULL, 't' },
-		{ "no-wait", no_argument, NULL, 'n' },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
-	bool wait = true;
-	const char *timeout = NULL;
-	int opt;
-	optind = 1;
-	while ((opt = getopt_long(argc, argv, graceful ? "t:h" : "h", options, NULL)) != -1) {
-		switch (opt) {
-		case 't':
-			if (!graceful)
-				goto bad;
-			timeout = optarg;
-			break;
-		case 'n':
-			wait = false;
-			break;
-		case 'h':
-			(graceful ? cli_shutdown_usage : cli_destroy_usage)(stdout);
-			return 0;
-		default:
-			goto bad;
-		}
-	}
-	if (optind + 1 != argc) {
-		fprintf(stderr, "%s: expected exactly one VM name\n", argv[0]);
-		goto bad;
-	}
-	const char *name = argv[optind];
-	char request[128] = "destroy wait=yes";
-	if (graceful) {
-		char *end;
-		if (timeout && (strtoul(timeout, &end, 10), !*timeout || *end || *timeout == '-')) {
-			fprintf(stderr,
-				"kapsel shutdown: --timeout '%s' is not a whole number of seconds\n",
-				timeout);
-			return 2;
-		}
-		snprintf(request, sizeof(request), "shutdown wait=%s%s%s", wait ? "yes" : "no",
-			 timeout ? " timeout=" : "", timeout ? timeout : "");
-	}
+	char request[128];
+	if (kind == END_DESTROY)
+		snprintf(request, sizeof(request), wait ? "destroy wait=yes" : "destroy");
+	else
+		snprintf(request, sizeof(request), "shutdown wait=%s%s%s%s",
+			 wait && kind == END_SHUTDOWN ? "yes" : "no",
+			 kind == END_REBOOT ? " mode=reboot" : "", timeout ? " timeout=" : "",
+			 timeout ? timeout : "");
 	int fd = control_connect(name);
-	if (fd < 0)
-		return connect_error(name, fd);
+	if (fd < 0) {
+		cli_connect_error(name, fd);
+		return -2;
+	}
 	struct control_reply reply;
-	if (!graceful && !wait)
-		snprintf(request, sizeof(request), "destroy");
+	if (kind == END_REBOOT) {
+		/* A guest that does not handle requests would only be destroyed
+		 * at the deadline: refuse instead of ending it. */
+		char aware[8] = "yes";
+		int err = control_client_request(fd, "info", &reply, REPLY_TIMEOUT_MS);
+		if (err) {
+			close(fd);
+			cli_connect_error(name, err);
+			return -2;
+		}
+		control_payload_get(reply.payload, "guest_handles_shutdown", aware, sizeof(aware));
+		control_reply_free(&reply);
+		if (strcmp(aware, "yes") != 0) {
+			close(fd);
+			fprintf(stderr,
+				"kapsel: the guest of '%s' does not handle reboot requests; use 'kapsel destroy %s' and start it again\n",
+				name, name);
+			return -2;
+		}
+	}
 	int err = control_client_request(fd, request, &reply, REPLY_TIMEOUT_MS);
 	if (err) {
 		close(fd);
-		return connect_error(name, err);
+		cli_connect_error(name, err);
+		return -2;
 	}
 	if (reply.errnum) {
 		fprintf(stderr, "kapsel: %s: %s\n", name, reply.message);
 		control_reply_free(&reply);
 		close(fd);
-		return 1;
+		return -2;
 	}
-	if (graceful) {
+	if (kind != END_DESTROY) {
 		char aware[8] = "yes", seconds[32] = "?";
 		control_payload_get(reply.payload, "guest_handles_shutdown", aware, sizeof(aware));
 		control_payload_get(reply.payload, "timeout_s", seconds, sizeof(seconds));
@@ -363,10 +352,88 @@ static int end_vm(int argc, char **argv, bool graceful)
 			fprintf(stderr,
 				"kapsel: warning: the guest of '%s' does not handle shutdown requests; it will be destroyed in %s s\n",
 				name, seconds);
+		if (kind == END_REBOOT)
+			printf("VM '%s' was asked to reboot\n", name);
 	}
 	control_reply_free(&reply);
-	int status = wait ? wait_for_end(fd, name) : 0;
-	close(fd);
+	if (kind == END_REBOOT || !wait) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* shutdown, reboot and destroy of one or more VMs: every request is sent
+ * first, so several VMs end together; then (unless --no-wait) each end is
+ * waited for.  Exit status 0 only if every VM did as asked. */
+static int end_vms(int argc, char **argv, enum end_kind kind)
+{
+	static const struct option options[] = {
+		{ "timeout", required_argument, NULL, 't' },
+		{ "no-wait", no_argument, NULL, 'n' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	static void (*const usage[])(FILE *) = {
+		[END_DESTROY] = cli_destroy_usage,
+		[END_SHUTDOWN] = cli_shutdown_usage,
+		[END_REBOOT] = cli_reboot_usage,
+	};
+	bool wait = true;
+	const char *timeout = NULL;
+	int opt;
+	optind = 1;
+	while ((opt = getopt_long(argc, argv, kind == END_DESTROY ? "h" : "t:h", options, NULL)) !=
+	       -1) {
+		switch (opt) {
+		case 't':
+			if (kind == END_DESTROY)
+				goto bad;
+			timeout = optarg;
+			break;
+		case 'n':
+			if (kind == END_REBOOT)
+				goto bad;
+			wait = false;
+			break;
+		case 'h':
+			usage[kind](stdout);
+			return 0;
+		default:
+			goto bad;
+		}
+	}
+	if (optind >= argc) {
+		fprintf(stderr, "%s: expected one or more VM names\n", argv[0]);
+		goto bad;
+	}
+	if (timeout) {
+		char *end;
+		if ((strtoul(timeout, &end, 10), !*timeout || *end || *timeout == '-')) {
+			fprintf(stderr, "%s: --timeout '%s' is not a whole number of seconds\n",
+				argv[0], timeout);
+			return 2;
+		}
+	}
+	int count = argc - optind, status = 0;
+	int *fds = calloc((size_t)count, sizeof(*fds));
+	if (!fds) {
+		fprintf(stderr, "kapsel: out of memory\n");
+		return 1;
+	}
+	for (int i = 0; i < count; i++) {
+		fds[i] = send_end_request(argv[optind + i], kind, wait, timeout);
+		if (fds[i] == -2)
+			status = 1;
+	}
+	for (int i = 0; i < count; i++) {
+		if (fds[i] < 0)
+			continue;
+		if (wait_for_end(fds[i], argv[optind + i]))
+			status = 1;
+		close(fds[i]);
+	}
+	free(fds);
 	return status;
 bad:
 	fprintf(stderr, "Try '%s --help'.\n", argv[0]);
@@ -375,27 +442,48 @@ bad:
 
 int cli_destroy(int argc, char **argv)
 {
-	return end_vm(argc, argv, false);
+	return end_vms(argc, argv, END_DESTROY);
 }
 
 void cli_shutdown_usage(FILE *out)
 {
-	fprintf(out, "Usage: kapsel shutdown [--timeout SECONDS] [--no-wait] NAME\n"
+	fprintf(out, "Usage: kapsel shutdown [--timeout SECONDS] [--no-wait] VM...\n"
 		     "\n"
-		     "Ask a VM's guest to power off (an event the guest sees; see docs/abi.md,\n"
-		     "control requests) and wait until the VM has ended.  A guest that has not\n"
+		     "Ask VMs' guests to power off (an event the guest sees; see docs/abi.md,\n"
+		     "control requests) and wait until the VMs have ended.  A guest that has not\n"
 		     "powered off after the timeout is destroyed.  A guest that does not handle\n"
 		     "requests is reported at once and destroyed when the timeout expires.\n"
+		     "A VM is named by its name, its domain id or its UUID.\n"
 		     "\n"
 		     "Options:\n"
-		     "  -t, --timeout SECONDS  how long the guest gets (default 10)\n"
-		     "      --no-wait          return once the guest has been told\n"
+		     "  -t, --timeout SECONDS  how long each guest gets (default 10)\n"
+		     "      --no-wait          return once the guests have been told\n"
 		     "  -h, --help             show this help\n");
 }
 
 int cli_shutdown(int argc, char **argv)
 {
-	return end_vm(argc, argv, true);
+	return end_vms(argc, argv, END_SHUTDOWN);
+}
+
+void cli_reboot_usage(FILE *out)
+{
+	fprintf(out, "Usage: kapsel reboot [--timeout SECONDS] VM...\n"
+		     "\n"
+		     "Ask VMs' guests to shut down and boot again (the guest sees the request\n"
+		     "and ends with SHUTDOWN(REBOOT); the VM then boots anew with the same\n"
+		     "definition, as on_reboot='restart' does).  Returns once each guest has\n"
+		     "been told.  A guest that has not rebooted after the timeout is destroyed;\n"
+		     "a guest that does not handle requests is refused, not destroyed.\n"
+		     "\n"
+		     "Options:\n"
+		     "  -t, --timeout SECONDS  how long each guest gets (default 10)\n"
+		     "  -h, --help             show this help\n");
+}
+
+int cli_reboot(int argc, char **argv)
+{
+	return end_vms(argc, argv, END_REBOOT);
 }
 
 /* ---- stats ----------------------------------------------------------------- */
@@ -463,7 +551,7 @@ int cli_stats(int argc, char **argv)
 			return 0;
 		}
 		if (err)
-			return connect_error(name, err);
+			return cli_connect_error(name, err);
 		if (reply.errnum) {
 			fprintf(stderr, "kapsel: %s: %s\n", name, reply.message);
 			control_reply_free(&reply);
@@ -529,12 +617,12 @@ int cli_console(int argc, char **argv)
 		return status;
 	int fd = control_connect(name);
 	if (fd < 0)
-		return connect_error(name, fd);
+		return cli_connect_error(name, fd);
 	struct control_reply reply;
 	int err = control_client_request(fd, "console", &reply, REPLY_TIMEOUT_MS);
 	if (err) {
 		close(fd);
-		return connect_error(name, err);
+		return cli_connect_error(name, err);
 	}
 	if (reply.errnum) {
 		fprintf(stderr, "kapsel: %s: %s\n", name, reply.message);

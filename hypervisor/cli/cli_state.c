@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli/cli.h"
 #include "cli/run_supervisor.h"
 #include "control/control.h"
 #include "control/control_client.h"
@@ -383,10 +384,8 @@ static int save_or_snapshot(int argc, char **argv, bool snapshot)
 	free(absolute);
 	struct control_reply reply;
 	int err = control_call(args[0], request, &reply, -1);
-	if (err) {
-		kapsel_error("cannot reach VM '%s': %s", args[0], strerror(-err));
-		return 1;
-	}
+	if (err)
+		return cli_connect_error(args[0], err);
 	int status = 0;
 	if (reply.errnum) {
 		kapsel_error("%s of '%s' failed: %s", snapshot ? "snapshot" : "save", args[0],
@@ -493,10 +492,8 @@ int cli_migrate(int argc, char **argv)
 	}
 	struct control_reply reply;
 	int err = control_call(args[0], request, &reply, -1);
-	if (err) {
-		kapsel_error("cannot reach VM '%s': %s", args[0], strerror(-err));
-		return 1;
-	}
+	if (err)
+		return cli_connect_error(args[0], err);
 	int status = 0;
 	if (reply.errnum) {
 		kapsel_error("migration of '%s' failed: %s; the VM runs on here", args[0],

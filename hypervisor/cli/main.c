@@ -23,6 +23,7 @@ static void usage(FILE *out)
 		"  resume    let a paused VM run again\n"
 		"  shutdown  ask a VM's guest to power off; destroy it after a timeout\n"
 		"  destroy   end a VM at once\n"
+		"  reboot    ask a VM's guest to shut down and boot again\n"
 		"  stats     print a VM's exit and device counters, once or repeatedly\n"
 		"  console   attach to a VM's console (Ctrl-] detaches)\n"
 		"  dumpxml   print a VM's definition as libvirt domain XML\n"
@@ -56,6 +57,7 @@ static const struct verb verbs[] = {
 	{ "resume", cli_resume, cli_resume_usage },
 	{ "shutdown", cli_shutdown, cli_shutdown_usage },
 	{ "destroy", cli_destroy, cli_destroy_usage },
+	{ "reboot", cli_reboot, cli_reboot_usage },
 	{ "stats", cli_stats, cli_stats_usage },
 	{ "console", cli_console, cli_console_usage },
 	{ "dumpxml", cli_dumpxml, cli_dumpxml_usage },

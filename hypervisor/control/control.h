@@ -132,11 +132,12 @@ int control_runtime_dir(char *buf, size_t len);
 int control_socket_path(const char *name, char *buf, size_t len);
 
 /*
- * Connect to the control socket of VM name.  Returns a connected,
- * blocking fd, or -ENOENT (no such VM), -ECONNREFUSED (a stale socket of
- * a dead VM), -EACCES or another negative errno.
+ * Connect to the control socket of VM name, or, when no VM has that name,
+ * of the VM with that domain id or UUID (control_resolve).  Returns a
+ * connected, blocking fd, or -ENOENT (no such VM), -ECONNREFUSED (a stale
+ * socket of a dead VM), -EACCES or another negative errno.
  */
-int control_connect(const char *name);
+int control_connect(const char *ref);
 
 struct control_server;
 

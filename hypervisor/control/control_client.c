@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "control/control_client.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -10,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -55,7 +57,7 @@ int control_socket_path(const char *name, char *buf, size_t len)
 	return runtime_file(name, ".sock", buf, len);
 }
 
-int control_connect(const char *name)
+static int connect_by_name(const char *name)
 {
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
 	int err = control_socket_path(name, addr.sun_path, sizeof(addr.sun_path));
@@ -70,6 +72,74 @@ int control_connect(const char *name)
 		return err;
 	}
 	return fd;
+}
+
+/* All decimal digits, as a domain id `kapsel list` prints. */
+static bool looks_like_domid(const char *ref)
+{
+	size_t n = strlen(ref);
+	return n > 0 && n <= 9 && strspn(ref, "0123456789") == n;
+}
+
+/* 8-4-4-4-12 hexadecimal digits, as `kapsel info` prints a UUID. */
+static bool looks_like_uuid(const char *ref)
+{
+	if (strlen(ref) != 36)
+		return false;
+	for (unsigned i = 0; i < 36; i++) {
+		bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+		if (dash ? ref[i] != '-' : !isxdigit((unsigned char)ref[i]))
+			return false;
+	}
+	return true;
+}
+
+int control_resolve(const char *ref, char *name, size_t name_len)
+{
+	bool domid = looks_like_domid(ref), uuid = looks_like_uuid(ref);
+	if (!domid && !uuid)
+		return -ENOENT;
+	char **names;
+	int count = control_list_names(&names);
+	if (count < 0)
+		return count;
+	int err = -ENOENT;
+	for (int i = 0; i < count && err == -ENOENT; i++) {
+		int fd = connect_by_name(names[i]);
+		if (fd < 0)
+			continue;
+		struct control_reply reply;
+		int rc = control_client_request(fd, "info", &reply, CONTROL_RESOLVE_TIMEOUT_MS);
+		close(fd);
+		if (rc)
+			continue;
+		char value[64];
+		if (!reply.errnum && reply.payload &&
+		    control_payload_get(reply.payload, domid ? "domid" : "uuid", value,
+					sizeof(value)) &&
+		    (domid ? strtoul(value, NULL, 10) == strtoul(ref, NULL, 10)
+			   : strcasecmp(value, ref) == 0)) {
+			if (strlen(names[i]) < name_len) {
+				snprintf(name, name_len, "%s", names[i]);
+				err = 0;
+			}
+		}
+		control_reply_free(&reply);
+	}
+	control_free_names(names, count);
+	return err;
+}
+
+int control_connect(const char *ref)
+{
+	int fd = connect_by_name(ref);
+	if (fd != -ENOENT)
+		return fd;
+	/* No VM of that name: a domain id or a UUID names one too. */
+	char name[256];
+	if (control_resolve(ref, name, sizeof(name)) != 0)
+		return -ENOENT;
+	return connect_by_name(name);
 }
 
 static uint64_t now_ms(void)

@@ -30,6 +30,16 @@ int control_client_read_reply(int fd, struct control_reply *reply, int timeout_m
 void control_reply_free(struct control_reply *reply);
 
 /*
+ * The name of the running VM a reference that is not a name stands for:
+ * its domain id (decimal, as `kapsel list` prints it) or its UUID (as
+ * `kapsel info` prints it, any case), found by asking each running VM.
+ * A VM's own name always wins: control_connect tries the name first.
+ * Returns 0 with name set, or -ENOENT.
+ */
+#define CONTROL_RESOLVE_TIMEOUT_MS 2000
+int control_resolve(const char *ref, char *name, size_t name_len);
+
+/*
  * Connect to VM name, send request, read the reply and close.  Returns as
  * control_client_request, plus control_connect's errors.
  */

@@ -221,6 +221,57 @@ control-cli-lifecycle)
 	expect_status 1
 	expect_in "$TMP/err" "kapsel: no VM named 'cli1' is running"
 	;;
+control-addressing)
+	# Wherever a VM is named, its domain id or its UUID (any case) names it
+	# too; reboot boots the guest again; shutdown and destroy take several
+	# VMs; save and migrate of an unknown VM say so as the other verbs do.
+	start_vm addr1
+	start_vm addr2
+	"$KAPSEL" info addr1 >"$TMP/info1"
+	domid=$(awk '$1 == "domid" { print $2 }' "$TMP/info1")
+	uuid=$(awk '$1 == "uuid" { print $2 }' "$TMP/info1")
+	domid2=$("$KAPSEL" info addr2 | awk '$1 == "domid" { print $2 }')
+	[ -n "$domid" ] && [ -n "$uuid" ] && [ -n "$domid2" ] && [ "$domid" != "$domid2" ] ||
+		{ cat "$TMP/info1"; fail "no domain ids or UUID in info"; }
+	"$KAPSEL" info "$domid" | grep -qx "name addr1" || fail "info by domain id $domid"
+	"$KAPSEL" info "$(echo "$uuid" | tr a-f A-F)" | grep -qx "name addr1" || fail "info by UUID"
+	"$KAPSEL" pause "$uuid" || fail "pause by UUID"
+	"$KAPSEL" info addr1 | grep -qx "state paused" || fail "pause by UUID paused nothing"
+	"$KAPSEL" resume "$domid" || fail "resume by domain id"
+	for ref in 9999 00000000-0000-0000-0000-000000000000 nosuch; do
+		STATUS=0
+		"$KAPSEL" info "$ref" 2>"$TMP/err" || STATUS=$?
+		expect_status 1
+		expect_in "$TMP/err" "kapsel: no VM named '$ref' is running"
+	done
+	STATUS=0
+	"$KAPSEL" save nosuch "$TMP/saved" 2>"$TMP/err" || STATUS=$?
+	expect_status 1
+	expect_in "$TMP/err" "kapsel: no VM named 'nosuch' is running"
+	STATUS=0
+	"$KAPSEL" migrate --insecure nosuch tcp:127.0.0.1:1 2>"$TMP/err" || STATUS=$?
+	expect_status 1
+	expect_in "$TMP/err" "kapsel: no VM named 'nosuch' is running"
+	# reboot by domain id: the guest ends with SHUTDOWN(REBOOT) and boots
+	# again in the same VM (on_reboot restart): a second "idle: ready".
+	"$KAPSEL" reboot "$domid" >"$TMP/reboot" || { cat "$TMP/reboot"; fail "reboot"; }
+	expect_in "$TMP/reboot" "VM '$domid' was asked to reboot"
+	for _ in $(seq 200); do
+		[ "$(grep -c "idle: ready" "$TMP/addr1.out")" -ge 2 ] && break
+		sleep 0.05
+	done
+	[ "$(grep -c "idle: ready" "$TMP/addr1.out")" -eq 2 ] || { cat "$TMP/addr1.out"; fail "the guest did not boot again"; }
+	"$KAPSEL" info addr1 | grep -qx "state running" || fail "not running after the reboot"
+	# Two at once, one by name and one by domain id; a third that does not
+	# exist makes the status 1 without keeping the others alive.
+	STATUS=0
+	"$KAPSEL" destroy addr1 "$domid2" nosuch >"$TMP/destroy" 2>"$TMP/err" || STATUS=$?
+	expect_status 1
+	expect_in "$TMP/destroy" "VM 'addr1' ended: destroyed"
+	expect_in "$TMP/destroy" "VM '$domid2' ended: destroyed"
+	expect_in "$TMP/err" "no VM named 'nosuch'"
+	[ -z "$("$KAPSEL" list --names)" ] || fail "VMs still listed"
+	;;
 control-shutdown-timeout)
 	# A guest that ignores the request is destroyed at the deadline.
 	"$KAPSEL" run --no-console-input --kernel "$GUESTS/idle.elf" --name deaf \
