@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -48,6 +49,7 @@ void cli_run_usage(FILE *out)
 		"                           append guest console output to FILE, not stdout; FILE\n"
 		"                           stops growing at SIZE (default 64M, 0: no cap)\n"
 		"      --no-console-input   do not forward standard input to the guest\n"
+		"      --overcommit         allow more --memory than this host has RAM\n"
 		"      --no-control         do not serve a control socket (kapsel list, info,\n"
 		"                           pause, shutdown, ... cannot reach this VM)\n"
 		"      --save-on-signal DIR on SIGHUP, save the VM to DIR (kapsel restore DIR)\n"
@@ -75,6 +77,22 @@ static char *replace(char *old, const char *value)
 	return strdup(value);
 }
 
+/* Guest RAM is allocated as the guest touches it, so a VM larger than the
+ * host's RAM starts and is killed later, when memory runs out: refuse it
+ * up front unless the operator asks for overcommit. */
+static bool host_has_memory_for(uint64_t memory_bytes)
+{
+	struct sysinfo info;
+	if (sysinfo(&info) < 0)
+		return true; /* cannot tell: let the kernel decide */
+	uint64_t host = (uint64_t)info.totalram * info.mem_unit;
+	if (memory_bytes <= host)
+		return true;
+	kapsel_error("a VM with %llu MiB of RAM does not fit this host's %llu MiB; give less --memory, or --overcommit to start it anyway (it is killed if the host runs out)",
+		     (unsigned long long)(memory_bytes >> 20), (unsigned long long)(host >> 20));
+	return false;
+}
+
 int cli_run(int argc, char **argv)
 {
 	enum {
@@ -88,7 +106,8 @@ int cli_run(int argc, char **argv)
 		OPT_SAVE_STOP,
 		OPT_INCOMING,
 		OPT_NET,
-		OPT_RNG
+		OPT_RNG,
+		OPT_OVERCOMMIT
 	};
 	static const struct option options[] = {
 		{ "kernel", required_argument, NULL, 'k' },
@@ -107,6 +126,7 @@ int cli_run(int argc, char **argv)
 		{ "save-stop", no_argument, NULL, OPT_SAVE_STOP },
 		{ "incoming", required_argument, NULL, OPT_INCOMING },
 		{ "stats-file", required_argument, NULL, OPT_STATS_FILE },
+		{ "overcommit", no_argument, NULL, OPT_OVERCOMMIT },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		SANDBOX_LONG_OPTIONS,
@@ -120,6 +140,7 @@ int cli_run(int argc, char **argv)
 	const char *save_dir = NULL; /* --save-on-signal (run_supervisor.c) */
 	bool save_stop = false;
 	const char *incoming = NULL; /* --incoming: a live migration (run_supervisor.c) */
+	bool overcommit = false;
 
 	vm_config_init(&config);
 	/* A domain XML file anywhere among the arguments is read first, so
@@ -143,13 +164,20 @@ int cli_run(int argc, char **argv)
 		case 'k':
 			config.kernel_path = replace(config.kernel_path, optarg);
 			break;
-		case 'm':
-			if (guest_memory_parse_size(optarg, &config.memory_bytes) < 0) {
+		case 'm': {
+			int err = guest_memory_parse_size(optarg, &config.memory_bytes);
+			if (err == -ERANGE) {
+				kapsel_error("--memory '%s' is outside what a VM can have: a multiple of 2M between 4M and 64G, e.g. 64M or 1G",
+					     optarg);
+				goto out;
+			}
+			if (err) {
 				kapsel_error("--memory '%s' is not a valid size; use a multiple of 2M between 4M and 64G, e.g. 64M or 1G",
 					     optarg);
 				goto out;
 			}
 			break;
+		}
 		case 'c':
 			if (strlen(optarg) >= KAPSEL_CMDLINE_MAX) {
 				kapsel_error("--cmdline is %zu bytes; the limit is %u",
@@ -243,6 +271,9 @@ int cli_run(int argc, char **argv)
 		case OPT_STATS_FILE:
 			config.stats_path = replace(config.stats_path, optarg);
 			break;
+		case OPT_OVERCOMMIT:
+			overcommit = true;
+			break;
 		case 'v':
 			kapsel_log_set_verbose(true);
 			break;
@@ -269,6 +300,8 @@ int cli_run(int argc, char **argv)
 			goto out;
 		}
 	}
+	if (!overcommit && !host_has_memory_for(config.memory_bytes))
+		goto out;
 	if (incoming) {
 		/* The VM's definition comes with it; the name only if given. */
 		if (!name_given)
