@@ -4,6 +4,8 @@
 
 #include "cli/cli.h"
 #include "cli/cli_state.h"
+#include "control/control_client.h"
+#include "devices/block/disk.h"
 #include "kapsel/abi.h"
 
 static void usage(FILE *out)
@@ -103,6 +105,9 @@ int main(int argc, char **argv)
 		fprintf(stderr, "kapsel: '%s' is not a command; see 'kapsel --help'\n", name);
 		return 2;
 	}
+	/* A locked disk's message names the VM holding it (asked over the
+	 * control sockets here, in the front end, never by the devices). */
+	disk_set_lock_holder_lookup(control_find_disk_holder);
 	/* The verb sees itself as argv[0], named as the user typed it, so that
 	 * getopt's own messages read "kapsel run: unrecognized option ...". */
 	char verb_argv0[64];

@@ -130,6 +130,62 @@ int control_resolve(const char *ref, char *name, size_t name_len)
 	return err;
 }
 
+/* True if one of the "disk I ... path=PATH" lines of an info payload
+ * names the same file as (dev, ino). */
+static bool info_lists_disk(const char *payload, dev_t dev, ino_t ino)
+{
+	for (const char *line = payload; line && *line;) {
+		const char *eol = strchr(line, '\n');
+		size_t len = eol ? (size_t)(eol - line) : strlen(line);
+		const char *path = strstr(line, " path=");
+		if (strncmp(line, "disk ", 5) == 0 && path && (size_t)(path - line) < len) {
+			char copy[4096];
+			size_t n = len - (size_t)(path + 6 - line);
+			if (n < sizeof(copy)) {
+				memcpy(copy, path + 6, n);
+				copy[n] = '\0';
+				struct stat st;
+				if (stat(copy, &st) == 0 && st.st_dev == dev && st.st_ino == ino)
+					return true;
+			}
+		}
+		line = eol ? eol + 1 : NULL;
+	}
+	return false;
+}
+
+bool control_find_disk_holder(const char *path, char *who, size_t who_len)
+{
+	struct stat target;
+	if (stat(path, &target) < 0)
+		return false;
+	char **names;
+	int count = control_list_names(&names);
+	if (count < 0)
+		return false;
+	bool found = false;
+	for (int i = 0; i < count && !found; i++) {
+		int fd = connect_by_name(names[i]);
+		if (fd < 0)
+			continue;
+		struct control_reply reply;
+		int rc = control_client_request(fd, "info", &reply, CONTROL_RESOLVE_TIMEOUT_MS);
+		close(fd);
+		if (rc)
+			continue;
+		if (!reply.errnum && reply.payload &&
+		    info_lists_disk(reply.payload, target.st_dev, target.st_ino)) {
+			char domid[32] = "?";
+			control_payload_get(reply.payload, "domid", domid, sizeof(domid));
+			snprintf(who, who_len, "VM '%s' (domain id %s)", names[i], domid);
+			found = true;
+		}
+		control_reply_free(&reply);
+	}
+	control_free_names(names, count);
+	return found;
+}
+
 int control_connect(const char *ref)
 {
 	int fd = connect_by_name(ref);

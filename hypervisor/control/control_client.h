@@ -40,6 +40,14 @@ void control_reply_free(struct control_reply *reply);
 int control_resolve(const char *ref, char *name, size_t name_len);
 
 /*
+ * Which running VM of this user has the file at path as a disk (compared
+ * by device and inode, so any path to it matches): writes "VM 'NAME'
+ * (domain id N)" into who and returns true, else false.  Fits
+ * disk_lock_holder_fn (devices/block/disk.h).
+ */
+bool control_find_disk_holder(const char *path, char *who, size_t who_len);
+
+/*
  * Connect to VM name, send request, read the reply and close.  Returns as
  * control_client_request, plus control_connect's errors.
  */

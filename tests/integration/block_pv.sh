@@ -166,6 +166,24 @@ pv-image-errors)
 	wait "$locker" 2>/dev/null
 	expect_status 125
 	expect_in "$err" "kapsel: error: disk image '$img' is in use by another VM (locked); stop that VM or give this one a copy"
+	# Held by a running VM: the message names it (asked over its control
+	# socket), whatever path the second VM gives for the same file.
+	export KAPSEL_RUNTIME_DIR=$TMP/rt
+	holder=holder-$$
+	"$KAPSEL" run --no-console-input --kernel "$GUESTS/idle.elf" --name "$holder" \
+		--disk "$img" >"$TMP/holder.out" 2>"$TMP/holder.err" </dev/null &
+	holder_pid=$!
+	for _ in $(seq 200); do
+		[ -S "$KAPSEL_RUNTIME_DIR/$holder.sock" ] && grep -q "idle: ready" "$TMP/holder.out" && break
+		sleep 0.05
+	done
+	domid=$("$KAPSEL" info "$holder" | awk '$1 == "domid" { print $2 }')
+	ln -s "$img" "$TMP/alias.img"
+	run_guest "$out" "$err" --kernel "$BLKTEST" --disk "$TMP/alias.img"
+	"$KAPSEL" destroy "$holder" >/dev/null
+	wait "$holder_pid" 2>/dev/null
+	expect_status 125
+	expect_in "$err" "kapsel: error: disk image '$TMP/alias.img' is in use by VM '$holder' (domain id $domid) (locked); stop that VM or give this one a copy"
 	# Unwritable: root ignores file modes, so use the immutable flag there.
 	truncate -s 1M "$TMP/ro.img"
 	chmod 0444 "$TMP/ro.img"

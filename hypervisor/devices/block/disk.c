@@ -14,6 +14,13 @@
 #include "core/error_text.h"
 #include "kapsel/abi.h"
 
+static disk_lock_holder_fn lock_holder_lookup;
+
+void disk_set_lock_holder_lookup(disk_lock_holder_fn lookup)
+{
+	lock_holder_lookup = lookup;
+}
+
 int disk_image_open(struct disk_image *disk, const struct vm_disk_config *config, uint64_t now_ns,
 		    char *error, size_t error_len)
 {
@@ -81,10 +88,17 @@ int disk_image_open_depth(struct disk_image *disk, const struct vm_disk_config *
 		goto fail;
 	}
 	if (flock(disk->fd, (config->readonly ? LOCK_SH : LOCK_EX) | LOCK_NB) < 0) {
-		err = kapsel_fail(
-			error, error_len, -EBUSY,
-			"disk image '%s' is in use by another VM (locked); stop that VM or give this one a copy",
-			config->path);
+		char who[128];
+		if (lock_holder_lookup && lock_holder_lookup(config->path, who, sizeof(who)))
+			err = kapsel_fail(
+				error, error_len, -EBUSY,
+				"disk image '%s' is in use by %s (locked); stop that VM or give this one a copy",
+				config->path, who);
+		else
+			err = kapsel_fail(
+				error, error_len, -EBUSY,
+				"disk image '%s' is in use by another VM (locked); stop that VM or give this one a copy",
+				config->path);
 		goto fail;
 	}
 	/* A copy-on-write overlay reads through to its base chain.  Only the

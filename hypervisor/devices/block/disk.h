@@ -55,6 +55,15 @@ struct disk_image {
 int disk_image_open(struct disk_image *disk, const struct vm_disk_config *config, uint64_t now_ns,
 		    char *error, size_t error_len);
 
+/*
+ * Who holds a disk image's lock: the front end (the CLI) may register a
+ * lookup that writes a description of the VM using path ("VM 'web'
+ * (domain id 3)") into who and returns true; the message for a locked
+ * image then names it.  The devices never ask VMs themselves.
+ */
+typedef bool (*disk_lock_holder_fn)(const char *path, char *who, size_t who_len);
+void disk_set_lock_holder_lookup(disk_lock_holder_fn lookup);
+
 struct disk_overlay_base_identity;
 
 /* disk_image_open for the depth-th base of an overlay chain (disk_overlay.c);
