@@ -555,8 +555,18 @@ static void progress_row(const struct bench_options *options, unsigned index, un
 	fputc('\n', stderr);
 }
 
+/* mkdir -p: the default output folder is a few levels under ~/.cache. */
 static int make_dir(const char *path, char *error, size_t error_len)
 {
+	char parent[PATH_MAX];
+	snprintf(parent, sizeof(parent), "%s", path);
+	for (char *slash = strchr(parent + 1, '/'); slash; slash = strchr(slash + 1, '/')) {
+		*slash = '\0';
+		if (mkdir(parent, 0755) < 0 && errno != EEXIST)
+			break; /* the last mkdir below says why */
+		*slash = '/';
+	}
+	errno = 0;
 	if (mkdir(path, 0755) == 0 || errno == EEXIST) {
 		struct stat st;
 		if (stat(path, &st) == 0 && S_ISDIR(st.st_mode) && access(path, W_OK) == 0)

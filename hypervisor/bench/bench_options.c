@@ -2,9 +2,11 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bench.h"
 
@@ -14,7 +16,9 @@
 #define DEFAULT_EMULATED_RUNTIME_NS 500000000ull
 #define DEFAULT_EMULATED_WARMUP_NS 100000000ull
 #define DEFAULT_REPEAT 3u
-#define DEFAULT_OUTPUT_DIR "kapsel-bench"
+/* Under $XDG_CACHE_HOME (default ~/.cache): never the current directory,
+ * which is often a source checkout. */
+#define DEFAULT_OUTPUT_SUBDIR "kapsel/bench"
 #define MAX_BLOCK_BYTES (4u << 20)
 #define MIN_SIZE_BYTES (1ull << 20)
 #define MAX_RUNTIME_NS (600ull * 1000000000ull)
@@ -106,7 +110,8 @@ void bench_usage(FILE *out)
 		"      --paths LIST         any of native,pv,emulated (default all three)\n"
 		"      --format FORMAT      table or json on standard output (default table)\n"
 		"      --output-dir DIR     where results.json, results.txt and the chart\n"
-		"                           bench.svg/bench.png go (default ./%s)\n"
+		"                           bench.svg/bench.png go (default\n"
+		"                           $XDG_CACHE_HOME/%s, else ~/.cache/...)\n"
 		"      --console-output FILE  console sink of the console row (default in DIR)\n"
 		"      --quick              a tiny run (%lluM, %u operations per run, one repeat)\n"
 		"                           for tests; checks that all paths write the same data\n"
@@ -128,7 +133,7 @@ void bench_usage(FILE *out)
 		"Example:\n"
 		"  kapsel bench --workloads randread-4K,read-1M --iodepths 1,32 --repeat 5\n",
 		default_workloads, DEFAULT_CPU_RUNTIME_TEXT, DEFAULT_TIMER_DELAY_TEXT,
-		BENCH_MAX_IODEPTH, DEFAULT_OUTPUT_DIR, (unsigned long long)(QUICK_SIZE_BYTES >> 20),
+		BENCH_MAX_IODEPTH, DEFAULT_OUTPUT_SUBDIR, (unsigned long long)(QUICK_SIZE_BYTES >> 20),
 		QUICK_OPS, DEFAULT_GUEST_POLL_TEXT, DEFAULT_BACKEND_POLL_TEXT);
 }
 
@@ -730,7 +735,16 @@ int bench_options_parse(struct bench_options *options, int argc, char **argv, FI
 				    "--size %lluK is smaller than the block size of workload %s; give a larger --size",
 				    (unsigned long long)(options->size_bytes >> 10), w->name);
 	}
-	if (!options->output_dir)
-		options->output_dir = strdup(DEFAULT_OUTPUT_DIR);
+	if (!options->output_dir) {
+		const char *cache = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+		char path[PATH_MAX];
+		if (cache && cache[0] == '/')
+			snprintf(path, sizeof(path), "%s/%s", cache, DEFAULT_OUTPUT_SUBDIR);
+		else if (home && home[0] == '/')
+			snprintf(path, sizeof(path), "%s/.cache/%s", home, DEFAULT_OUTPUT_SUBDIR);
+		else
+			snprintf(path, sizeof(path), "/tmp/kapsel-bench-%u", (unsigned)getuid());
+		options->output_dir = strdup(path);
+	}
 	return 0;
 }
