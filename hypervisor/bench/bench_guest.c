@@ -469,29 +469,22 @@ static void fill_metrics(const struct bench_job *job, const struct child *child,
 	};
 	for (size_t h = 0; h < sizeof(handshake) / sizeof(handshake[0]); h++)
 		bench_counters_take_off(&delta, handshake[h].name, handshake[h].count);
-	/* And the hypercalls the guest's measurement made (cpubench.elf reads
-	 * the clock with TIME_INFO): "untimed_hc_NAME=N" lines. */
+	/* And what the guest's measurement itself made: hypercalls
+	 * ("untimed_hc_NAME=N": cpubench.elf reads the clock with TIME_INFO)
+	 * and, for a process row, exits ("untimed_exit_REASON=N": the entry
+	 * that ends the phase). */
 	for (unsigned k = 0; k < kv->count; k++) {
 		const char *key = kv->items[k].key;
-		if (strncmp(key, "untimed_hc_", 11) != 0)
+		bool hypercall = strncmp(key, "untimed_hc_", 11) == 0;
+		if (!hypercall && strncmp(key, "untimed_exit_", 13) != 0)
 			continue;
 		uint64_t count = kv_u64(kv, key);
 		char name[BENCH_NAME_MAX];
-		snprintf(name, sizeof(name), "hypercall_%s", key + 11);
+		snprintf(name, sizeof(name), hypercall ? "hypercall_%s" : "exits_%s",
+			 key + (hypercall ? 11 : 13));
 		bench_counters_take_off(&delta, name, count);
-		bench_counters_take_off(&delta, "exits_io_hypercall", count);
-		bench_counters_take_off(&delta, "exits_total", count);
-	}
-	/* And the exits outside its operations a process row's kernel made
-	 * (the entry that ends the phase): "untimed_exit_REASON=N" lines. */
-	for (unsigned k = 0; k < kv->count; k++) {
-		const char *key = kv->items[k].key;
-		if (strncmp(key, "untimed_exit_", 13) != 0)
-			continue;
-		uint64_t count = kv_u64(kv, key);
-		char name[BENCH_NAME_MAX];
-		snprintf(name, sizeof(name), "exits_%s", key + 13);
-		bench_counters_take_off(&delta, name, count);
+		if (hypercall)
+			bench_counters_take_off(&delta, "exits_io_hypercall", count);
 		bench_counters_take_off(&delta, "exits_total", count);
 	}
 	/* By reason; hypercall exits are split by call ("hc_block"). */

@@ -94,17 +94,21 @@ static bool looks_like_uuid(const char *ref)
 	return true;
 }
 
-int control_resolve(const char *ref, char *name, size_t name_len)
+/*
+ * The first running VM whose `info` payload matches: asks each VM in turn
+ * (CONTROL_RESOLVE_TIMEOUT_MS each at most) and calls match(payload,
+ * opaque) until it returns true.  Returns the VM's name (malloc'd, the
+ * caller frees it) and, when domid is not NULL, copies its domid, or NULL.
+ */
+static char *find_vm(bool (*match)(const char *payload, const void *opaque), const void *opaque,
+		     char *domid, size_t domid_len)
 {
-	bool domid = looks_like_domid(ref), uuid = looks_like_uuid(ref);
-	if (!domid && !uuid)
-		return -ENOENT;
 	char **names;
 	int count = control_list_names(&names);
 	if (count < 0)
-		return count;
-	int err = -ENOENT;
-	for (int i = 0; i < count && err == -ENOENT; i++) {
+		return NULL;
+	char *found = NULL;
+	for (int i = 0; i < count && !found; i++) {
 		int fd = connect_by_name(names[i]);
 		if (fd < 0)
 			continue;
@@ -113,27 +117,49 @@ int control_resolve(const char *ref, char *name, size_t name_len)
 		close(fd);
 		if (rc)
 			continue;
-		char value[64];
-		if (!reply.errnum && reply.payload &&
-		    control_payload_get(reply.payload, domid ? "domid" : "uuid", value,
-					sizeof(value)) &&
-		    (domid ? strtoul(value, NULL, 10) == strtoul(ref, NULL, 10)
-			   : strcasecmp(value, ref) == 0)) {
-			if (strlen(names[i]) < name_len) {
-				snprintf(name, name_len, "%s", names[i]);
-				err = 0;
-			}
+		if (!reply.errnum && reply.payload && match(reply.payload, opaque)) {
+			found = strdup(names[i]);
+			if (domid && !control_payload_get(reply.payload, "domid", domid, domid_len))
+				snprintf(domid, domid_len, "?");
 		}
 		control_reply_free(&reply);
 	}
 	control_free_names(names, count);
+	return found;
+}
+
+static bool match_domid(const char *payload, const void *ref)
+{
+	char value[64];
+	return control_payload_get(payload, "domid", value, sizeof(value)) &&
+	       strtoul(value, NULL, 10) == strtoul(ref, NULL, 10);
+}
+
+static bool match_uuid(const char *payload, const void *ref)
+{
+	char value[64];
+	return control_payload_get(payload, "uuid", value, sizeof(value)) &&
+	       strcasecmp(value, ref) == 0;
+}
+
+int control_resolve(const char *ref, char *name, size_t name_len)
+{
+	bool domid = looks_like_domid(ref), uuid = looks_like_uuid(ref);
+	if (!domid && !uuid)
+		return -ENOENT;
+	char *found = find_vm(domid ? match_domid : match_uuid, ref, NULL, 0);
+	int err = found && strlen(found) < name_len ? 0 : -ENOENT;
+	if (!err)
+		snprintf(name, name_len, "%s", found);
+	free(found);
 	return err;
 }
 
 /* True if one of the "disk I ... path=PATH" lines of an info payload
- * names the same file as (dev, ino). */
-static bool info_lists_disk(const char *payload, dev_t dev, ino_t ino)
+ * names the same file (device and inode) as *target. */
+static bool info_lists_disk(const char *payload, const void *opaque)
 {
+	const struct stat *target = opaque;
 	for (const char *line = payload; line && *line;) {
 		const char *eol = strchr(line, '\n');
 		size_t len = eol ? (size_t)(eol - line) : strlen(line);
@@ -145,7 +171,8 @@ static bool info_lists_disk(const char *payload, dev_t dev, ino_t ino)
 				memcpy(copy, path + 6, n);
 				copy[n] = '\0';
 				struct stat st;
-				if (stat(copy, &st) == 0 && st.st_dev == dev && st.st_ino == ino)
+				if (stat(copy, &st) == 0 && st.st_dev == target->st_dev &&
+				    st.st_ino == target->st_ino)
 					return true;
 			}
 		}
@@ -159,30 +186,12 @@ bool control_find_disk_holder(const char *path, char *who, size_t who_len)
 	struct stat target;
 	if (stat(path, &target) < 0)
 		return false;
-	char **names;
-	int count = control_list_names(&names);
-	if (count < 0)
-		return false;
-	bool found = false;
-	for (int i = 0; i < count && !found; i++) {
-		int fd = connect_by_name(names[i]);
-		if (fd < 0)
-			continue;
-		struct control_reply reply;
-		int rc = control_client_request(fd, "info", &reply, CONTROL_RESOLVE_TIMEOUT_MS);
-		close(fd);
-		if (rc)
-			continue;
-		if (!reply.errnum && reply.payload &&
-		    info_lists_disk(reply.payload, target.st_dev, target.st_ino)) {
-			char domid[32] = "?";
-			control_payload_get(reply.payload, "domid", domid, sizeof(domid));
-			snprintf(who, who_len, "VM '%s' (domain id %s)", names[i], domid);
-			found = true;
-		}
-		control_reply_free(&reply);
-	}
-	control_free_names(names, count);
+	char domid[32];
+	char *name = find_vm(info_lists_disk, &target, domid, sizeof(domid));
+	bool found = name != NULL;
+	if (found)
+		snprintf(who, who_len, "VM '%s' (domain id %s)", name, domid);
+	free(name);
 	return found;
 }
 
