@@ -58,6 +58,7 @@ struct process {
 	bool is_child; /* made by fork */
 	uint64_t wake_ns;
 	uint64_t timer_ticks; /* timer upcalls that interrupted it in user mode */
+	uint64_t preemptions; /* ... and gave the CPU to another process */
 	uint64_t exit_status;
 	unsigned page_count;
 	struct user_page pages[PROC_PAGES_MAX];

@@ -120,8 +120,11 @@ static void on_timer(uint32_t port, struct kapsel_trap_frame *frame)
 	if (!kg_frame_from_user(frame))
 		return; /* the kernel idles or waits for the disk: pick() looks */
 	sched_enter(frame);
-	current->timer_ticks++;
+	struct process *interrupted = current;
+	interrupted->timer_ticks++;
 	sched_leave(frame, true);
+	if (current != interrupted)
+		interrupted->preemptions++;
 }
 
 static void on_fault(struct kapsel_trap_frame *frame)

@@ -163,6 +163,9 @@ void on_syscall(struct kapsel_trap_frame *frame)
 	case SYS_TICKS:
 		result = (int64_t)p->timer_ticks;
 		break;
+	case SYS_PREEMPTIONS:
+		result = (int64_t)p->preemptions;
+		break;
 	default:
 		break;
 	}

@@ -26,6 +26,7 @@
 #define SYS_READ_SECTOR 7  /* (sector, 512-byte buffer) -> 0 */
 #define SYS_WRITE_SECTOR 8 /* (sector, 512-byte buffer) -> 0 */
 #define SYS_TICKS 9	   /* () -> how often the timer interrupted this process */
+#define SYS_PREEMPTIONS 10 /* () -> how often the timer gave its CPU to another process */
 
 #define USER_EIO 5
 #define USER_ECHILD 10
