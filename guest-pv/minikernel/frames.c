@@ -26,10 +26,12 @@ void frames_init(void)
 {
 	size_t left = kg_heap_pages_left();
 	if (left <= FRAMES_RESERVE + 8)
-		kg_panic("frames: only %zu free pages after the image; give the VM more memory", left);
+		kg_panic("frames: only %zu free pages after the image; give the VM more memory",
+			 left);
 	/* The bookkeeping comes out of the same heap: 6 bytes per frame. */
 	size_t wanted = left - FRAMES_RESERVE;
-	size_t book_pages = (wanted * (sizeof(uint16_t) + sizeof(uint32_t)) + PAGE_BYTES - 1) / PAGE_BYTES + 2;
+	size_t book_pages =
+		(wanted * (sizeof(uint16_t) + sizeof(uint32_t)) + PAGE_BYTES - 1) / PAGE_BYTES + 2;
 	wanted -= book_pages;
 	refcounts = kg_malloc(wanted * sizeof(uint16_t));
 	free_stack = kg_malloc(wanted * sizeof(uint32_t));
@@ -49,7 +51,8 @@ void frames_init(void)
 
 static size_t frame_index(uint64_t gpa)
 {
-	if (gpa < pool_gpa || (gpa & (PAGE_BYTES - 1)) || (gpa - pool_gpa) / PAGE_BYTES >= pool_frames)
+	if (gpa < pool_gpa || (gpa & (PAGE_BYTES - 1)) ||
+	    (gpa - pool_gpa) / PAGE_BYTES >= pool_frames)
 		kg_panic("frames: 0x%llx is not a frame of the pool", (unsigned long long)gpa);
 	return (size_t)((gpa - pool_gpa) / PAGE_BYTES);
 }

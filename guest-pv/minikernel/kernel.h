@@ -10,10 +10,10 @@
 #include "user_abi.h"
 
 #define PAGE_BYTES 4096u
-#define PROC_MAX 40	     /* process slots (zombies hold one until reaped) */
-#define PROC_PAGES_MAX 64    /* user pages a process may have mapped */
-#define FAMILY_PROCS_MAX 8   /* slots one boot program and its descendants may hold */
-#define OUTCOME_MAX 160	     /* processes the final report can list */
+#define PROC_MAX 40	   /* process slots (zombies hold one until reaped) */
+#define PROC_PAGES_MAX 64  /* user pages a process may have mapped */
+#define FAMILY_PROCS_MAX 8 /* slots one boot program and its descendants may hold */
+#define OUTCOME_MAX 160	   /* processes the final report can list */
 
 /* ---- frames.c: guest RAM frames for processes, reference counted ------ */
 
@@ -126,6 +126,8 @@ void sched_enter(struct kapsel_trap_frame *frame);
 /* Leave to user mode: pick a process (another one first if rotate) and
  * put its context into frame. */
 void sched_leave(struct kapsel_trap_frame *frame, bool rotate);
+/* Context switches so far (for the final report). */
+unsigned sched_context_switches(void);
 /* Block current until a child exits: its syscall runs again then. */
 void sched_block_restart(struct process *p);
 
@@ -142,7 +144,7 @@ enum expect_kind {
 	EXPECT_FORK_REFUSALS, /* exits with the number of forks its family was refused, > 0 */
 };
 
-#define CHILD_NONE (-1) /* makes no children */
+#define CHILD_NONE (-1)	    /* makes no children */
 #define CHILD_ANY_EXIT (-2) /* its children exit (any status), none is killed */
 
 struct program {

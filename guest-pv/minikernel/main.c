@@ -91,8 +91,6 @@ static bool outcome_ok(const struct outcome *o, char *why, size_t why_size)
 	return false;
 }
 
-unsigned sched_context_switches(void);
-
 void kernel_finish(void)
 {
 	kg_timer_stop();

@@ -33,23 +33,16 @@ static unsigned context_switches;
 
 const char *vector_name(uint64_t vector)
 {
-	switch (vector) {
-	case 0: return "#DE divide error";
-	case 1: return "#DB debug";
-	case 3: return "#BP breakpoint";
-	case 4: return "#OF overflow";
-	case 5: return "#BR bound range";
-	case 6: return "#UD invalid opcode";
-	case 7: return "#NM device not available";
-	case 11: return "#NP segment not present";
-	case 12: return "#SS stack fault";
-	case 13: return "#GP general protection";
-	case 14: return "#PF page fault";
-	case 16: return "#MF x87 error";
-	case 17: return "#AC alignment check";
-	case 19: return "#XM SIMD error";
-	default: return "exception";
-	}
+	static const char *const names[20] = {
+		[0] = "#DE divide error",	  [1] = "#DB debug",
+		[3] = "#BP breakpoint",		  [4] = "#OF overflow",
+		[5] = "#BR bound range",	  [6] = "#UD invalid opcode",
+		[7] = "#NM device not available", [11] = "#NP segment not present",
+		[12] = "#SS stack fault",	  [13] = "#GP general protection",
+		[14] = "#PF page fault",	  [16] = "#MF x87 error",
+		[17] = "#AC alignment check",	  [19] = "#XM SIMD error",
+	};
+	return vector < 20 && names[vector] ? names[vector] : "exception";
 }
 
 void sched_enter(struct kapsel_trap_frame *frame)
@@ -103,7 +96,7 @@ void sched_leave(struct kapsel_trap_frame *frame, bool rotate)
 	current = next;
 	uint64_t vector = frame->vector;
 	*frame = next->frame;
-	frame->vector = vector;			   /* what the IRET answers */
+	frame->vector = vector;		       /* what the IRET answers */
 	frame->flags = KAPSEL_TRAP_FRAME_USER; /* user mode, upcalls on */
 }
 
@@ -148,8 +141,9 @@ static void on_fault(struct kapsel_trap_frame *frame)
 						   : "reading",
 			  (unsigned long long)frame->cr2, (unsigned long long)frame->rip);
 	else
-		kg_printf("kernel: killed pid %d (%s): %s at rip 0x%llx\n", p->pid, p->program->name,
-			  vector_name(frame->vector), (unsigned long long)frame->rip);
+		kg_printf("kernel: killed pid %d (%s): %s at rip 0x%llx\n", p->pid,
+			  p->program->name, vector_name(frame->vector),
+			  (unsigned long long)frame->rip);
 	process_end(p, true, frame->vector, frame->rip, frame->vector == 14 ? frame->cr2 : 0);
 	sched_leave(frame, true);
 }
@@ -161,8 +155,8 @@ void sched_init(uint64_t period_ns)
 		if (kg_trap_register(vectors[i], on_fault, trap_stack, sizeof(trap_stack)))
 			kg_panic("cannot register a handler for vector %u", vectors[i]);
 	if (kg_kernel_stack_set(kernel_stack, sizeof(kernel_stack)) ||
-	    kg_syscall_register(on_syscall) || kg_upcall_register(upcall_stack, sizeof(upcall_stack)) ||
-	    kg_timer_init(on_timer))
+	    kg_syscall_register(on_syscall) ||
+	    kg_upcall_register(upcall_stack, sizeof(upcall_stack)) || kg_timer_init(on_timer))
 		kg_panic("cannot register the kernel stack, syscall entry or timer");
 	tick_period_ns = period_ns;
 }
@@ -184,7 +178,6 @@ void sched_start(void)
 	kg_panic("entering user mode was refused: %d", rc);
 }
 
-unsigned sched_context_switches(void);
 unsigned sched_context_switches(void)
 {
 	return context_switches;

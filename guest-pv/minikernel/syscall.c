@@ -38,24 +38,30 @@ static int64_t sys_write(struct process *p, uint64_t buffer, uint64_t length)
 	return (int64_t)length;
 }
 
+static void count_refusal(const struct process *parent)
+{
+	if (parent->family > 0 && parent->family <= PROC_MAX)
+		family_fork_refusals[parent->family]++;
+}
+
 static int64_t sys_fork(struct process *parent)
 {
 	if (process_family_count(parent->family) >= FAMILY_PROCS_MAX) {
-		family_fork_refusals[parent->family]++;
+		count_refusal(parent);
 		kg_printf("kernel: fork by pid %d (%s) refused: its family holds %u processes, the limit\n",
 			  parent->pid, parent->program->name, FAMILY_PROCS_MAX);
 		return -USER_EAGAIN;
 	}
 	struct process *child = process_alloc(parent->pid, parent->family);
 	if (!child) {
-		family_fork_refusals[parent->family]++;
+		count_refusal(parent);
 		kg_printf("kernel: fork by pid %d refused: process table full\n", parent->pid);
 		return -USER_EAGAIN;
 	}
 	child->program = parent->program;
 	child->is_child = true;
 	if (vm_fork(parent, child) != 0) {
-		family_fork_refusals[parent->family]++;
+		count_refusal(parent);
 		vm_release(child);
 		child->state = PROC_FREE;
 		kg_printf("kernel: fork by pid %d refused: no address space left\n", parent->pid);

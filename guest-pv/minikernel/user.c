@@ -155,7 +155,7 @@ void user_sleeper(uint64_t arg)
 	for (uint64_t i = 1; i <= 3; i++) {
 		sys(SYS_SLEEP, 30, 0);
 		struct line l;
-	l.length = 0;
+		l.length = 0;
 		put(&l, "sleeper: woke up ");
 		put_u64(&l, i);
 		say(&l);
@@ -169,7 +169,7 @@ void user_counter(uint64_t rounds)
 {
 	for (uint64_t i = 1; i <= rounds; i++) {
 		struct line l;
-	l.length = 0;
+		l.length = 0;
 		put(&l, "counter: round ");
 		put_u64(&l, i);
 		say(&l);
@@ -221,8 +221,8 @@ void user_forker(uint64_t arg)
 	put(&l, ", my stack ");
 	put_u64(&l, on_stack);
 	say(&l);
-	uint64_t wrong = waited != child || status != 42 || forker_word != 1 || *heap != 7 ||
-			 on_stack != 5;
+	uint64_t wrong =
+		waited != child || status != 42 || forker_word != 1 || *heap != 7 || on_stack != 5;
 	forker_word = 3; /* its last user now: the page just becomes writable */
 	wrong |= forker_word != 3;
 	sys_exit(wrong);

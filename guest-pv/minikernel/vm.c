@@ -231,10 +231,10 @@ int vm_fork(struct process *parent, struct process *child)
 		if (!(page->prot & KAPSEL_PROT_WRITE) || break_cow)
 			continue;
 		if (!page->cow)
-			ops[n_parent++] = (struct kapsel_mmu_op){ .va = page->va,
-								  .op = KAPSEL_MMU_PROTECT,
-								  .prot = page->prot &
-									  ~KAPSEL_PROT_WRITE };
+			ops[n_parent++] =
+				(struct kapsel_mmu_op){ .va = page->va,
+							.op = KAPSEL_MMU_PROTECT,
+							.prot = page->prot & ~KAPSEL_PROT_WRITE };
 		page->cow = 1;
 		child->pages[i].cow = 1;
 	}

@@ -13,8 +13,8 @@
 
 /* ---- The runtime calls frames.c makes, over host memory ---------------- */
 
-static size_t heap_pages;     /* what kg_heap_pages_left answers */
-static jmp_buf panic_jump;    /* kg_panic returns here */
+static size_t heap_pages;  /* what kg_heap_pages_left answers */
+static jmp_buf panic_jump; /* kg_panic returns here */
 static char panic_message[256];
 static int panics;
 
@@ -53,13 +53,13 @@ void kg_panic(const char *fmt, ...)
 }
 
 /* Run statement; true if it called kg_panic. */
-#define PANICS(statement)                            \
-	({                                           \
-		int before = panics;                 \
-		if (setjmp(panic_jump) == 0) {       \
-			statement;                   \
-		}                                    \
-		panics != before;                    \
+#define PANICS(statement)                      \
+	({                                     \
+		int before = panics;           \
+		if (setjmp(panic_jump) == 0) { \
+			statement;             \
+		}                              \
+		panics != before;              \
 	})
 
 static void test_pool_size(void)
@@ -131,8 +131,8 @@ static void test_misuse_panics(void)
 	frame_unref(f);
 	CU_ASSERT_TRUE(PANICS(frame_unref(f)));
 	CU_ASSERT_PTR_NOT_NULL(strstr(panic_message, "freed twice"));
-	CU_ASSERT_TRUE(PANICS(frame_ref(f))); /* a reference to a free frame */
-	CU_ASSERT_TRUE(PANICS(frame_ref(f + 8))); /* not page aligned */
+	CU_ASSERT_TRUE(PANICS(frame_ref(f)));	     /* a reference to a free frame */
+	CU_ASSERT_TRUE(PANICS(frame_ref(f + 8)));    /* not page aligned */
 	CU_ASSERT_TRUE(PANICS(frame_unref(0x1000))); /* not in the pool */
 	CU_ASSERT_PTR_NOT_NULL(strstr(panic_message, "is not a frame of the pool"));
 	CU_ASSERT_TRUE(PANICS(frame_refcount(f + frames_total() * PAGE_BYTES)));
@@ -146,7 +146,8 @@ int main(int argc, char **argv)
 	static const struct unit_test tests[] = {
 		{ "pool size", test_pool_size },
 		{ "alloc all, distinct, zeroed", test_alloc_all_distinct_zeroed },
-		{ "shared frame lives until the last unref", test_shared_frame_lives_until_last_unref },
+		{ "shared frame lives until the last unref",
+		  test_shared_frame_lives_until_last_unref },
 		{ "misuse panics", test_misuse_panics },
 	};
 	return unit_run("minikernel_frames", tests, sizeof(tests) / sizeof(tests[0]));
