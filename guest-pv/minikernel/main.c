@@ -10,7 +10,8 @@
  * A reference multitasking kernel on the PV MMU and PV CPU (porting.md
  * chapter 11).  Command line (all optional):
  *   tick_ms=N   scheduler tick (default 10)
- *   rounds=N    rounds of the "counter" program (default 30)
+ *   rounds=N    rounds of the "counter" program (default 30); "sleeper"
+ *               wakes up 2/3 as often, 30 ms apart, so both last as long
  *   break=cow   a deliberate bug: fork shares writable pages, so a test
  *               can see the kernel notice a wrong result and exit 1
  * Prints one line per process with how it ended and exits 0 only if each
@@ -166,6 +167,8 @@ int main(int argc, char **argv)
 			counter = p;
 			arg = rounds;
 		}
+		if (programs[i].entry == user_sleeper)
+			arg = rounds * 2 / 3 > 3 ? rounds * 2 / 3 : 3;
 		if (programs[i].entry == user_poke)
 			arg = counter ? vm_gpa_of(counter, user_va_of(&user_counter_canary)) : 0;
 		p->frame = (struct kapsel_trap_frame){

@@ -149,10 +149,10 @@ void user_spin(uint64_t arg)
 	sys_exit(preempted >= 3 ? 0 : 1);
 }
 
-void user_sleeper(uint64_t arg)
+/* sleeper: arg wake-ups 30 ms apart (as long as counter runs). */
+void user_sleeper(uint64_t wakeups)
 {
-	(void)arg;
-	for (uint64_t i = 1; i <= 3; i++) {
+	for (uint64_t i = 1; i <= wakeups; i++) {
 		sys(SYS_SLEEP, 30, 0);
 		struct line l;
 		l.length = 0;

@@ -95,8 +95,8 @@ minikernel-ata-disk)
 	expect_disk_written
 	;;
 minikernel-save-restore)
-	# Saved while "counter" counts (other processes sleep, wait or run),
-	# restored from the state: every process goes on to its end.
+	# Saved while "counter" counts and "sleeper" sleeps (others may run
+	# still), restored from the state: every process goes on to its end.
 	make_disk
 	dir=$TMP/saved
 	save_when "$out" "$err" "$dir" "^counter: round 5$" --kernel "$KERNEL" --disk "$img" \
@@ -105,7 +105,9 @@ minikernel-save-restore)
 	expect_in "$err" "saved VM"
 	expect_not_in "$out" "minikernel: all"
 	"$KAPSEL" inspect "$dir" >"$TMP/inspect" 2>&1 || true
-	expect_in "$TMP/inspect" "vcpu.pv_mmu:"
+	# counter and sleeper at least were alive, each in its address space.
+	grep -Eq "vcpu.pv_mmu: ([2-9]|[1-9][0-9]+) address space" "$TMP/inspect" ||
+		{ cat "$TMP/inspect"; fail "fewer than two address spaces saved"; }
 	STATUS=0
 	LAST_ERR=$TMP/err2
 	timeout --kill-after=5 120 "$KAPSEL" restore --no-console-input --no-control \
@@ -116,6 +118,10 @@ minikernel-save-restore)
 	last=$(awk '$1 == "counter:" && $2 == "round" { n = $3 } END { print n + 0 }' "$out")
 	first=$(awk '$1 == "counter:" && $2 == "round" { print $3; exit }' "$TMP/out2")
 	[ "$first" -eq $((last + 1)) ] || { cat "$out" "$TMP/out2"; fail "restored at round $first after $last"; }
+	last=$(awk '$1 == "sleeper:" { n = $4 } END { print n + 0 }' "$out")
+	first=$(awk '$1 == "sleeper:" { print $4; exit }' "$TMP/out2")
+	[ "$first" -eq $((last + 1)) ] || { cat "$out" "$TMP/out2"; fail "sleeper woke up $first after $last"; }
+	expect_in "$TMP/out2" "sleeper: woke up 100"
 	cat "$out" "$TMP/out2" >"$TMP/both"
 	expect_outcomes "$TMP/both"
 	;;
