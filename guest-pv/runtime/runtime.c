@@ -52,6 +52,12 @@ void *kg_malloc(size_t size_bytes)
 	return (void *)start;
 }
 
+size_t kg_heap_pages_left(void)
+{
+	uintptr_t start = (heap_next + PAGE_BYTES - 1) & ~(uintptr_t)(PAGE_BYTES - 1);
+	return start < heap_limit ? (heap_limit - start) / PAGE_BYTES : 0;
+}
+
 int kg_printf(const char *fmt, ...)
 {
 	char buffer[512];

@@ -24,6 +24,12 @@ __attribute__((noreturn, format(printf, 1, 2))) void kg_panic(const char *fmt, .
 /* Zeroed memory from a bump allocator; never freed.  NULL when exhausted. */
 void *kg_malloc(size_t size_bytes);
 
+/* Whole free pages left on that allocator's heap (the rest of the RAM
+ * region after the image): a kernel that manages its own frames takes
+ * them with kg_os_alloc_pages(count) (os_hooks.h) after its drivers have
+ * made their allocations. */
+size_t kg_heap_pages_left(void);
+
 /* The value of "key=value" on the VM's command line, copied into value as
  * kg_cmdline_value (libc.h) does: returns its length or a negative
  * KAPSEL_E* code.  Precondition: called after the runtime started main. */
