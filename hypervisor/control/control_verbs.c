@@ -33,7 +33,8 @@ static uint64_t vcpu_cpu_time_ns(struct kapsel_vm *vm)
 {
 	clockid_t clock;
 	struct timespec ts;
-	if (vm->state == VM_STATE_CREATED || pthread_getcpuclockid(vm->vcpu_thread, &clock) != 0 ||
+	if (vm->state == VM_STATE_CREATED ||
+	    pthread_getcpuclockid(vm_boot_vcpu(vm)->thread, &clock) != 0 ||
 	    clock_gettime(clock, &ts) != 0)
 		return 0;
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
@@ -43,9 +44,10 @@ static uint64_t vcpu_cpu_time_ns(struct kapsel_vm *vm)
 static int vcpu_host_cpu(struct kapsel_vm *vm)
 {
 	char path[64], line[1024];
-	if (!vm->vcpu_tid)
+	int tid = vm_boot_vcpu(vm)->tid;
+	if (!tid)
 		return -1;
-	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", vm->vcpu_tid);
+	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", tid);
 	FILE *f = fopen(path, "r");
 	if (!f)
 		return -1;
@@ -87,7 +89,7 @@ static int verb_info(struct kapsel_vm *vm, const struct control_request *request
 	fprintf(out, "paused_ns %llu\n", (unsigned long long)paused_ns);
 	fprintf(out, "cpu_time_ns %llu\n", (unsigned long long)vcpu_cpu_time_ns(vm));
 	fprintf(out, "vcpu_blocked %s\n",
-		__atomic_load_n(&vm->vcpu_blocked, __ATOMIC_RELAXED) ? "yes" : "no");
+		__atomic_load_n(&vm_boot_vcpu(vm)->blocked, __ATOMIC_RELAXED) ? "yes" : "no");
 	fprintf(out, "vcpu_host_cpu %d\n", vcpu_host_cpu(vm));
 	fprintf(out, "started_unix %llu\n", (unsigned long long)control_server_started_unix(vm));
 	fprintf(out, "memory_bytes %llu\n", (unsigned long long)vm->mem.size_bytes);

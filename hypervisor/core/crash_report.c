@@ -93,15 +93,16 @@ static void stop_crashed(struct kapsel_vm *vm)
 	vm->exit_code = KAPSEL_EXIT_GUEST_CRASH;
 }
 
-void crash_report_fault(struct kapsel_vm *vm)
+void crash_report_fault(struct kapsel_vcpu *vcpu)
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	struct kvm_regs regs;
 	struct kvm_sregs sregs;
 	FILE *out = stderr;
 
 	stop_crashed(vm);
-	if (ioctl(vm->vcpu_fd, KVM_GET_REGS, &regs) < 0 ||
-	    ioctl(vm->vcpu_fd, KVM_GET_SREGS, &sregs) < 0) {
+	if (ioctl(vcpu->fd, KVM_GET_REGS, &regs) < 0 ||
+	    ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0) {
 		fprintf(out, "kapsel: guest crashed; registers unavailable\n");
 		return;
 	}
@@ -136,30 +137,31 @@ void crash_report_fault(struct kapsel_vm *vm)
 			frame.error_code & 4 ? "user mode" : "kernel mode");
 	print_registers(out, &regs, &sregs);
 	print_backtrace(vm, out, frame.rip, frame.rsp, regs.rbp);
-	pv_cpu_print_handlers(vm, out);
+	pv_cpu_print_handlers(vcpu, out);
 }
 
-void crash_report_fatal(struct kapsel_vm *vm, const char *reason)
+void crash_report_fatal(struct kapsel_vcpu *vcpu, const char *reason)
 {
+	struct kapsel_vm *vm = vcpu->vm;
+	struct kvm_run *run = vcpu->run;
 	struct kvm_regs regs;
 	struct kvm_sregs sregs;
 	FILE *out = stderr;
 
 	stop_crashed(vm);
 	fprintf(out, "kapsel: guest '%s' stopped: %s (KVM exit reason %u)\n", vm->config->name,
-		reason, vm->run ? vm->run->exit_reason : 0);
-	if (vm->run && vm->run->exit_reason == KVM_EXIT_INTERNAL_ERROR)
-		fprintf(out, "  internal error suberror %u\n", vm->run->internal.suberror);
-	if (vm->run && vm->run->exit_reason == KVM_EXIT_FAIL_ENTRY)
+		reason, run ? run->exit_reason : 0);
+	if (run && run->exit_reason == KVM_EXIT_INTERNAL_ERROR)
+		fprintf(out, "  internal error suberror %u\n", run->internal.suberror);
+	if (run && run->exit_reason == KVM_EXIT_FAIL_ENTRY)
 		fprintf(out, "  hardware entry failure reason %#llx\n",
-			(unsigned long long)vm->run->fail_entry.hardware_entry_failure_reason);
-	if (ioctl(vm->vcpu_fd, KVM_GET_REGS, &regs) < 0 ||
-	    ioctl(vm->vcpu_fd, KVM_GET_SREGS, &sregs) < 0)
+			(unsigned long long)run->fail_entry.hardware_entry_failure_reason);
+	if (ioctl(vcpu->fd, KVM_GET_REGS, &regs) < 0 || ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0)
 		return;
 	fprintf(out, "  at ");
 	print_location(vm, out, regs.rip);
 	fputc('\n', out);
 	print_registers(out, &regs, &sregs);
 	print_backtrace(vm, out, regs.rip, regs.rsp, regs.rbp);
-	pv_cpu_print_handlers(vm, out);
+	pv_cpu_print_handlers(vcpu, out);
 }

@@ -40,7 +40,7 @@ int hypercall_register_all(struct hypercall_table *table, const struct hypercall
 	return 0;
 }
 
-int64_t hypercall_dispatch(struct hypercall_table *table, struct kapsel_vm *vm, uint64_t nr,
+int64_t hypercall_dispatch(struct hypercall_table *table, struct kapsel_vcpu *vcpu, uint64_t nr,
 			   const uint64_t args[HYPERCALL_ARG_COUNT])
 {
 	if (nr >= HYPERCALL_TABLE_SIZE || !table->entries[nr].fn) {
@@ -52,5 +52,5 @@ int64_t hypercall_dispatch(struct hypercall_table *table, struct kapsel_vm *vm, 
 		return -KAPSEL_ENOSYS;
 	}
 	table->entries[nr].calls++;
-	return table->entries[nr].fn(vm, args);
+	return table->entries[nr].fn(vcpu, args);
 }

@@ -9,17 +9,18 @@
 
 struct log_limit;
 
-struct kapsel_vm;
+struct kapsel_vcpu;
 
 #define HYPERCALL_TABLE_SIZE 64u
 #define HYPERCALL_ARG_COUNT 5u
 
 /*
- * A hypercall handler.  args are the guest's rdi, rsi, rcx, r8, r9, as the
- * guest supplied them (untrusted).  Returns the value for the guest's rax:
- * >= 0 on success, a negative KAPSEL_E* errno on failure.
+ * A hypercall handler, run on the thread of vcpu, the vCPU that made the
+ * call (vcpu->vm is its VM).  args are the guest's rdi, rsi, rcx, r8, r9,
+ * as the guest supplied them (untrusted).  Returns the value for the
+ * guest's rax: >= 0 on success, a negative KAPSEL_E* errno on failure.
  */
-typedef int64_t (*hypercall_fn)(struct kapsel_vm *vm, const uint64_t args[HYPERCALL_ARG_COUNT]);
+typedef int64_t (*hypercall_fn)(struct kapsel_vcpu *vcpu, const uint64_t args[HYPERCALL_ARG_COUNT]);
 
 struct hypercall_entry {
 	hypercall_fn fn;
@@ -59,7 +60,7 @@ int hypercall_register_all(struct hypercall_table *table, const struct hypercall
  * Run call nr.  Unknown numbers return -KAPSEL_ENOSYS, are counted and
  * logged through table->log_limit (a guest cannot flood the log).
  */
-int64_t hypercall_dispatch(struct hypercall_table *table, struct kapsel_vm *vm, uint64_t nr,
+int64_t hypercall_dispatch(struct hypercall_table *table, struct kapsel_vcpu *vcpu, uint64_t nr,
 			   const uint64_t args[HYPERCALL_ARG_COUNT]);
 
 /* Register the core ABI v1 calls (hypercall_core.c, and pv_cpu.c for minor 3).

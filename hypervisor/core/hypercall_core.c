@@ -16,8 +16,9 @@
 #define CONSOLE_CHUNK_MAX_BYTES 65536u
 #define MSR_IA32_TSC 0x10u
 
-static int64_t hc_abi_info(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_abi_info(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	struct kapsel_abi_info *info =
 		guest_memory_translate_guest(&vm->mem, args[0], sizeof(*info));
 	if (!info)
@@ -33,8 +34,9 @@ static int64_t hc_abi_info(struct kapsel_vm *vm, const uint64_t args[])
 	return 0;
 }
 
-static int64_t hc_console_write(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_console_write(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	uint64_t length = args[1];
 	if (length > CONSOLE_CHUNK_MAX_BYTES)
 		length = CONSOLE_CHUNK_MAX_BYTES;
@@ -45,8 +47,9 @@ static int64_t hc_console_write(struct kapsel_vm *vm, const uint64_t args[])
 	return (int64_t)length;
 }
 
-static int64_t hc_console_read(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_console_read(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	uint64_t length = args[1];
 	if (length > CONSOLE_CHUNK_MAX_BYTES)
 		length = CONSOLE_CHUNK_MAX_BYTES;
@@ -56,8 +59,9 @@ static int64_t hc_console_read(struct kapsel_vm *vm, const uint64_t args[])
 	return (int64_t)console_read(&vm->console, data, length);
 }
 
-static int64_t hc_shutdown(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_shutdown(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	uint64_t reason = args[0];
 	int code = (int)(args[1] & 0xff);
 
@@ -81,8 +85,9 @@ static int64_t hc_shutdown(struct kapsel_vm *vm, const uint64_t args[])
 	return 0;
 }
 
-static int64_t hc_time_info(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_time_info(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	struct kapsel_time_info *out =
 		guest_memory_translate_guest(&vm->mem, args[0], sizeof(*out));
 	if (!out)
@@ -92,7 +97,7 @@ static int64_t hc_time_info(struct kapsel_vm *vm, const uint64_t args[])
 		struct kvm_msr_entry entry;
 	} msrs = { .header.nmsrs = 1, .entry.index = MSR_IA32_TSC };
 	uint64_t now = vm_clock_ns(vm);
-	if (ioctl(vm->vcpu_fd, KVM_GET_MSRS, &msrs) != 1)
+	if (ioctl(vcpu->fd, KVM_GET_MSRS, &msrs) != 1)
 		return -KAPSEL_EIO;
 	struct kapsel_time_info reply = {
 		.now_ns = now,
@@ -114,12 +119,13 @@ static bool unmasked_event_pending(struct kapsel_vm *vm)
 	return false;
 }
 
-static int64_t hc_block(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_block(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	uint64_t deadline_ns = args[0];
-	pv_cpu_block_enter(vm); /* minor 3: sti; hlt for a vCPU with a callback */
+	pv_cpu_block_enter(vcpu); /* minor 3: sti; hlt for a vCPU with a callback */
 	for (;;) {
-		pv_cpu_poll_timers(vm);
+		pv_cpu_poll_timers(vcpu);
 		if (unmasked_event_pending(vm))
 			return 1;
 		uint64_t now = vm_clock_ns(vm);
@@ -130,12 +136,12 @@ static int64_t hc_block(struct kapsel_vm *vm, const uint64_t args[])
 		    __atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST) ||
 		    __atomic_load_n(&vm->stats_requested, __ATOMIC_SEQ_CST))
 			return 0;
-		__atomic_store_n(&vm->vcpu_blocked, 1, __ATOMIC_SEQ_CST);
+		__atomic_store_n(&vcpu->blocked, 1, __ATOMIC_SEQ_CST);
 		/* Re-check after announcing we sleep: a notifier that missed the
 		 * flag set its pending bit before our load here (see
 		 * vm_evtchn_notify). */
 		if (unmasked_event_pending(vm)) {
-			__atomic_store_n(&vm->vcpu_blocked, 0, __ATOMIC_SEQ_CST);
+			__atomic_store_n(&vcpu->blocked, 0, __ATOMIC_SEQ_CST);
 			return 1;
 		}
 		uint64_t wait_ns = deadline_ns - now;
@@ -147,7 +153,7 @@ static int64_t hc_block(struct kapsel_vm *vm, const uint64_t args[])
 			timeout = (struct timespec){ .tv_sec = 3600 };
 		struct pollfd pfd = { .fd = vm->wake_fd, .events = POLLIN };
 		ppoll(&pfd, 1, &timeout, NULL);
-		__atomic_store_n(&vm->vcpu_blocked, 0, __ATOMIC_SEQ_CST);
+		__atomic_store_n(&vcpu->blocked, 0, __ATOMIC_SEQ_CST);
 		uint64_t drained;
 		ssize_t n = read(vm->wake_fd, &drained, sizeof(drained));
 		(void)n;
@@ -166,8 +172,9 @@ static bool guest_owned_port(struct kapsel_vm *vm, uint64_t port)
 	return valid_port(vm, port) && port != KAPSEL_EVTCHN_CONTROL;
 }
 
-static int64_t hc_evtchn_alloc(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_evtchn_alloc(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	(void)args;
 	for (uint32_t port = 0; port < KAPSEL_EVTCHN_COUNT; port++) {
 		if (!vm->evtchn[port].allocated) {
@@ -185,8 +192,9 @@ static int64_t hc_evtchn_alloc(struct kapsel_vm *vm, const uint64_t args[])
 	return -KAPSEL_ENOSPC;
 }
 
-static int64_t hc_evtchn_bind_device(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_evtchn_bind_device(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	uint64_t port = args[0], index = args[1];
 	if (!guest_owned_port(vm, port) || index >= vm->device_count)
 		return -KAPSEL_EINVAL;
@@ -200,8 +208,9 @@ static int64_t hc_evtchn_bind_device(struct kapsel_vm *vm, const uint64_t args[]
 	return 0;
 }
 
-static int64_t hc_evtchn_send(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_evtchn_send(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	uint64_t port = args[0];
 	if (!guest_owned_port(vm, port))
 		return -KAPSEL_EINVAL;
@@ -224,8 +233,9 @@ static int64_t hc_evtchn_send(struct kapsel_vm *vm, const uint64_t args[])
 	return 0;
 }
 
-static int64_t hc_evtchn_mask(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_evtchn_mask(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	uint64_t port = args[0];
 	if (!valid_port(vm, port) || args[1] > 1)
 		return -KAPSEL_EINVAL;
@@ -242,8 +252,9 @@ static int64_t hc_evtchn_mask(struct kapsel_vm *vm, const uint64_t args[])
 	return (old & bit) ? 1 : 0;
 }
 
-static int64_t hc_evtchn_close(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_evtchn_close(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	uint64_t port = args[0];
 	if (!guest_owned_port(vm, port))
 		return -KAPSEL_EINVAL;
@@ -254,8 +265,9 @@ static int64_t hc_evtchn_close(struct kapsel_vm *vm, const uint64_t args[])
 	return 0;
 }
 
-static int64_t hc_device_setup(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_device_setup(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	uint64_t index = args[0];
 	if (index >= vm->device_count)
 		return -KAPSEL_ENODEV;

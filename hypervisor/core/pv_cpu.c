@@ -182,30 +182,30 @@ static void timer_signal_handler(int signo, siginfo_t *info, void *context)
 {
 	(void)signo;
 	(void)context;
-	struct kapsel_vm *vm = info->si_value.sival_ptr;
-	if (!vm || info->si_code != SI_TIMER)
+	struct kapsel_vcpu *vcpu = info->si_value.sival_ptr;
+	if (!vcpu || info->si_code != SI_TIMER)
 		return;
-	__atomic_store_n(&vm->pv_cpu.timer_fired, 1, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&vcpu->pv_cpu.timer_fired, 1, __ATOMIC_SEQ_CST);
 	/* The signal itself ends a KVM_RUN in progress; immediate_exit
 	 * catches one that is about to start, wake_fd a BLOCK sleep. */
-	if (vm->run)
-		__atomic_store_n(&vm->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+	if (vcpu->run)
+		__atomic_store_n(&vcpu->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
 	uint64_t one = 1;
-	ssize_t n = write(vm->wake_fd, &one, sizeof(one));
+	ssize_t n = write(vcpu->vm->wake_fd, &one, sizeof(one));
 	(void)n;
 }
 
-static int timer_create_for_vcpu(struct kapsel_vm *vm)
+static int timer_create_for_vcpu(struct kapsel_vcpu *vcpu)
 {
-	struct pv_cpu_vcpu *c = &vm->pv_cpu;
+	struct pv_cpu_vcpu *c = &vcpu->pv_cpu;
 	if (c->timer_created)
 		return 0;
 	struct sigevent event;
 	memset(&event, 0, sizeof(event));
 	event.sigev_notify = SIGEV_THREAD_ID;
 	event.sigev_signo = timer_signal();
-	event.sigev_value.sival_ptr = vm;
-	event.sigev_notify_thread_id = vm->vcpu_tid ? vm->vcpu_tid : (int)gettid();
+	event.sigev_value.sival_ptr = vcpu;
+	event.sigev_notify_thread_id = vcpu->tid ? vcpu->tid : (int)gettid();
 	if (timer_create(CLOCK_MONOTONIC, &event, &c->timer_id) < 0) {
 		int err = -errno;
 		kapsel_error("cannot create the vCPU timer (timer_create): %s", strerror(errno));
@@ -216,9 +216,10 @@ static int timer_create_for_vcpu(struct kapsel_vm *vm)
 }
 
 /* Arm the host timer for the current deadline (or disarm it). */
-static int timer_arm(struct kapsel_vm *vm)
+static int timer_arm(struct kapsel_vcpu *vcpu)
 {
-	struct pv_cpu_vcpu *c = &vm->pv_cpu;
+	struct kapsel_vm *vm = vcpu->vm;
+	struct pv_cpu_vcpu *c = &vcpu->pv_cpu;
 	struct itimerspec spec;
 	memset(&spec, 0, sizeof(spec));
 	if (c->timer_deadline_ns != KAPSEL_TIMER_STOP) {
@@ -235,7 +236,7 @@ static int timer_arm(struct kapsel_vm *vm)
 	if (!c->timer_created) {
 		if (c->timer_deadline_ns == KAPSEL_TIMER_STOP)
 			return 0;
-		int err = timer_create_for_vcpu(vm);
+		int err = timer_create_for_vcpu(vcpu);
 		if (err)
 			return err;
 	}
@@ -244,22 +245,23 @@ static int timer_arm(struct kapsel_vm *vm)
 		kapsel_warn("cannot arm the vCPU timer (timer_settime): %s", strerror(errno));
 		return err;
 	}
-	struct kapsel_vcpu_info *info = vcpu_info(vm, 0);
+	struct kapsel_vcpu_info *info = vcpu_info(vm, vcpu->id);
 	__atomic_store_n(&info->timer_deadline_ns, c->timer_deadline_ns, __ATOMIC_RELAXED);
 	__atomic_store_n(&info->timer_period_ns, c->timer_period_ns, __ATOMIC_RELAXED);
 	return 0;
 }
 
-void pv_cpu_poll_timers(struct kapsel_vm *vm)
+void pv_cpu_poll_timers(struct kapsel_vcpu *vcpu)
 {
-	struct pv_cpu_vcpu *c = &vm->pv_cpu;
+	struct kapsel_vm *vm = vcpu->vm;
+	struct pv_cpu_vcpu *c = &vcpu->pv_cpu;
 	if (!__atomic_exchange_n(&c->timer_fired, 0, __ATOMIC_SEQ_CST))
 		return;
 	if (c->timer_deadline_ns == KAPSEL_TIMER_STOP)
 		return;
 	uint64_t now = vm_clock_ns(vm);
 	if (now < c->timer_deadline_ns) {
-		timer_arm(vm); /* early (the clock base moved): wait on */
+		timer_arm(vcpu); /* early (the clock base moved): wait on */
 		return;
 	}
 	c->timer_fires++;
@@ -271,13 +273,13 @@ void pv_cpu_poll_timers(struct kapsel_vm *vm)
 	} else {
 		c->timer_deadline_ns = KAPSEL_TIMER_STOP;
 	}
-	timer_arm(vm);
+	timer_arm(vcpu);
 	uint32_t port = c->virq_port[KAPSEL_VIRQ_TIMER];
 	if (port < KAPSEL_EVTCHN_COUNT && vm->evtchn[port].allocated)
 		vm_evtchn_notify(vm, port);
 }
 
-int pv_cpu_start(struct kapsel_vm *vm)
+int pv_cpu_start(struct kapsel_vcpu *vcpu)
 {
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
@@ -291,8 +293,8 @@ int pv_cpu_start(struct kapsel_vm *vm)
 	sigaddset(&unblock, timer_signal());
 	pthread_sigmask(SIG_UNBLOCK, &unblock, NULL);
 	/* A timer restored from a saved state: on this thread, at its deadline. */
-	if (vm->pv_cpu.timer_deadline_ns != KAPSEL_TIMER_STOP)
-		return timer_arm(vm);
+	if (vcpu->pv_cpu.timer_deadline_ns != KAPSEL_TIMER_STOP)
+		return timer_arm(vcpu);
 	return 0;
 }
 
@@ -300,17 +302,20 @@ int pv_cpu_start(struct kapsel_vm *vm)
 
 void pv_cpu_reset(struct kapsel_vm *vm)
 {
-	struct pv_cpu_vcpu *c = &vm->pv_cpu;
-	memset(c->traps, 0, sizeof(c->traps));
-	memset(&c->callback, 0, sizeof(c->callback));
-	c->active_vectors = 0;
-	for (unsigned i = 0; i < KAPSEL_VIRQ_COUNT; i++)
-		c->virq_port[i] = UINT32_MAX;
-	c->timer_deadline_ns = KAPSEL_TIMER_STOP;
-	c->timer_period_ns = 0;
-	if (c->timer_created)
-		timer_arm(vm);
-	__atomic_store_n(&c->timer_fired, 0, __ATOMIC_SEQ_CST);
+	for (unsigned i = 0; i < vm->vcpu_count; i++) {
+		struct kapsel_vcpu *vcpu = &vm->vcpus[i];
+		struct pv_cpu_vcpu *c = &vcpu->pv_cpu;
+		memset(c->traps, 0, sizeof(c->traps));
+		memset(&c->callback, 0, sizeof(c->callback));
+		c->active_vectors = 0;
+		for (unsigned v = 0; v < KAPSEL_VIRQ_COUNT; v++)
+			c->virq_port[v] = UINT32_MAX;
+		c->timer_deadline_ns = KAPSEL_TIMER_STOP;
+		c->timer_period_ns = 0;
+		if (c->timer_created)
+			timer_arm(vcpu);
+		__atomic_store_n(&c->timer_fired, 0, __ATOMIC_SEQ_CST);
+	}
 	for (unsigned v = 0; v < KAPSEL_MAX_VCPUS; v++) {
 		struct kapsel_vcpu_info *info = vcpu_info(vm, v);
 		memset(info, 0, sizeof(*info));
@@ -321,10 +326,17 @@ void pv_cpu_reset(struct kapsel_vm *vm)
 
 void pv_cpu_destroy(struct kapsel_vm *vm)
 {
-	if (!vm->pv_cpu.timer_created)
+	bool any = false;
+	for (unsigned i = 0; i < vm->vcpu_count; i++) {
+		struct pv_cpu_vcpu *c = &vm->vcpus[i].pv_cpu;
+		if (!c->timer_created)
+			continue;
+		timer_delete(c->timer_id);
+		c->timer_created = false;
+		any = true;
+	}
+	if (!any)
 		return;
-	timer_delete(vm->pv_cpu.timer_id);
-	vm->pv_cpu.timer_created = false;
 	/* A signal of the deleted timer may still be queued; its handler must
 	 * not reach into the VM being released.  Ignoring the signal discards
 	 * it (pv_cpu_start installs the handler again for the next VM). */
@@ -348,15 +360,15 @@ static bool frame_write(struct kapsel_vm *vm, uint64_t frame_gpa,
 }
 
 /* Point the vCPU at handler with rsp = rdi = the frame (CPL3, flags clean). */
-static void enter_handler(struct kapsel_vm *vm, const struct pv_handler *handler,
+static void enter_handler(struct kapsel_vcpu *vcpu, const struct pv_handler *handler,
 			  uint64_t frame_gpa, uint64_t host_rflags)
 {
-	struct kvm_regs *regs = &vm->run->s.regs.regs;
+	struct kvm_regs *regs = &vcpu->run->s.regs.regs;
 	regs->rip = handler->entry;
 	regs->rsp = frame_gpa;
 	regs->rdi = frame_gpa;
 	regs->rflags = (host_rflags & RFLAGS_HOST_BITS) | RFLAGS_FIXED;
-	vm->run->kvm_dirty_regs |= KVM_SYNC_X86_REGS;
+	vcpu->run->kvm_dirty_regs |= KVM_SYNC_X86_REGS;
 }
 
 /*
@@ -376,16 +388,17 @@ static int place_frame(const struct kapsel_vm *vm, const struct pv_handler *hand
 
 /* After a delivery: kernel mode from now on (user mode only ever ends by
  * an entry), upcalls masked. */
-static void entered_kernel(struct kapsel_vm *vm)
+static void entered_kernel(struct kapsel_vcpu *vcpu)
 {
-	__atomic_store_n(&vcpu_info(vm, 0)->upcall_mask, 1, __ATOMIC_SEQ_CST);
-	pv_mmu_set_user_mode(vm, false);
+	__atomic_store_n(&vcpu_info(vcpu->vm, vcpu->id)->upcall_mask, 1, __ATOMIC_SEQ_CST);
+	pv_mmu_set_user_mode(vcpu->vm, false);
 }
 
-bool pv_cpu_deliver_trap(struct kapsel_vm *vm)
+bool pv_cpu_deliver_trap(struct kapsel_vcpu *vcpu)
 {
-	struct pv_cpu_vcpu *c = &vm->pv_cpu;
-	struct kvm_regs *regs = &vm->run->s.regs.regs;
+	struct kapsel_vm *vm = vcpu->vm;
+	struct pv_cpu_vcpu *c = &vcpu->pv_cpu;
+	struct kvm_regs *regs = &vcpu->run->s.regs.regs;
 	struct x86_fault_frame stub;
 	bool from_user = vm->pv_mmu.user_mode;
 
@@ -426,7 +439,7 @@ bool pv_cpu_deliver_trap(struct kapsel_vm *vm)
 		return false;
 	}
 	struct kvm_sregs sregs;
-	if (ioctl(vm->vcpu_fd, KVM_GET_SREGS, &sregs) < 0) {
+	if (ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0) {
 		kapsel_error("KVM_GET_SREGS failed while delivering %s: %s",
 			     x86_exception_name(vector), strerror(errno));
 		return false;
@@ -445,7 +458,7 @@ bool pv_cpu_deliver_trap(struct kapsel_vm *vm)
 	frame.ss = stub.ss;
 	frame.rax = stub.rax;
 	frame.rdx = stub.rdx;
-	struct kapsel_vcpu_info *info = vcpu_info(vm, 0);
+	struct kapsel_vcpu_info *info = vcpu_info(vm, vcpu->id);
 	if (__atomic_load_n(&info->upcall_mask, __ATOMIC_SEQ_CST))
 		frame.flags |= KAPSEL_TRAP_FRAME_UPCALL_MASKED;
 	if (from_user)
@@ -464,25 +477,26 @@ bool pv_cpu_deliver_trap(struct kapsel_vm *vm)
 	}
 	/* Back to CPL3: user code and stack segments. */
 	x86_boot_user_segments(&sregs);
-	if (ioctl(vm->vcpu_fd, KVM_SET_SREGS, &sregs) < 0) {
+	if (ioctl(vcpu->fd, KVM_SET_SREGS, &sregs) < 0) {
 		kapsel_error("KVM_SET_SREGS failed while delivering %s: %s",
 			     x86_exception_name(vector), strerror(errno));
 		return false;
 	}
 	regs->rax = stub.rax;
 	regs->rdx = stub.rdx;
-	enter_handler(vm, handler, frame_gpa, stub.rflags);
+	enter_handler(vcpu, handler, frame_gpa, stub.rflags);
 	if (!from_user)
 		c->active_vectors |= 1u << vector;
-	entered_kernel(vm);
+	entered_kernel(vcpu);
 	c->traps_delivered++;
 	return true;
 }
 
-bool pv_cpu_deliver_syscall(struct kapsel_vm *vm, const struct kvm_sregs *sregs)
+bool pv_cpu_deliver_syscall(struct kapsel_vcpu *vcpu, const struct kvm_sregs *sregs)
 {
 	(void)sregs;
-	struct kvm_regs *regs = &vm->run->s.regs.regs;
+	struct kapsel_vm *vm = vcpu->vm;
+	struct kvm_regs *regs = &vcpu->run->s.regs.regs;
 	struct kapsel_trap_frame frame;
 	memset(&frame, 0, sizeof(frame));
 	pv_cpu_frame_from_regs(&frame, regs);
@@ -494,7 +508,7 @@ bool pv_cpu_deliver_syscall(struct kapsel_vm *vm, const struct kvm_sregs *sregs)
 	frame.cs = X86_SEL_USER_CS;
 	frame.ss = X86_SEL_USER_DS;
 	frame.flags = KAPSEL_TRAP_FRAME_USER;
-	if (__atomic_load_n(&vcpu_info(vm, 0)->upcall_mask, __ATOMIC_SEQ_CST))
+	if (__atomic_load_n(&vcpu_info(vm, vcpu->id)->upcall_mask, __ATOMIC_SEQ_CST))
 		frame.flags |= KAPSEL_TRAP_FRAME_UPCALL_MASKED;
 	uint64_t frame_gpa;
 	if (pv_cpu_frame_place(&vm->pv_mmu.kernel_stack, 0, &frame_gpa) < 0 ||
@@ -507,34 +521,35 @@ bool pv_cpu_deliver_syscall(struct kapsel_vm *vm, const struct kvm_sregs *sregs)
 		return false;
 	}
 	const struct pv_handler entry = { .entry = vm->pv_mmu.syscall_entry };
-	enter_handler(vm, &entry, frame_gpa, regs->r11);
-	entered_kernel(vm);
+	enter_handler(vcpu, &entry, frame_gpa, regs->r11);
+	entered_kernel(vcpu);
 	return true;
 }
 
-bool pv_cpu_upcall_wanted(struct kapsel_vm *vm)
+bool pv_cpu_upcall_wanted(struct kapsel_vcpu *vcpu)
 {
-	if (!vm->pv_cpu.callback.entry)
+	if (!vcpu->pv_cpu.callback.entry)
 		return false;
-	struct kapsel_vcpu_info *info = vcpu_info(vm, 0);
+	struct kapsel_vcpu_info *info = vcpu_info(vcpu->vm, vcpu->id);
 	return __atomic_load_n(&info->upcall_pending, __ATOMIC_SEQ_CST) &&
 	       !__atomic_load_n(&info->upcall_mask, __ATOMIC_SEQ_CST);
 }
 
-bool pv_cpu_deliver_upcall(struct kapsel_vm *vm)
+bool pv_cpu_deliver_upcall(struct kapsel_vcpu *vcpu)
 {
-	struct pv_cpu_vcpu *c = &vm->pv_cpu;
-	if (!pv_cpu_upcall_wanted(vm))
+	struct kapsel_vm *vm = vcpu->vm;
+	struct pv_cpu_vcpu *c = &vcpu->pv_cpu;
+	if (!pv_cpu_upcall_wanted(vcpu))
 		return true;
 	/* Stopped on the way into the guest (the PV MMU's switch stub):
 	 * finish that in software first, it is redone with this entry. */
-	pv_mmu_settle(vm);
+	pv_mmu_settle(vcpu);
 	struct kvm_sregs sregs;
-	if (ioctl(vm->vcpu_fd, KVM_GET_SREGS, &sregs) < 0)
+	if (ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0)
 		return true; /* try again at the next exit */
 	if (sregs.cs.selector != X86_SEL_USER_CS)
 		return true; /* inside the CPL0 stub: its report comes first */
-	struct kvm_regs *regs = &vm->run->s.regs.regs;
+	struct kvm_regs *regs = &vcpu->run->s.regs.regs;
 	struct kapsel_trap_frame frame;
 	memset(&frame, 0, sizeof(frame));
 	pv_cpu_frame_from_regs(&frame, regs);
@@ -548,20 +563,21 @@ bool pv_cpu_deliver_upcall(struct kapsel_vm *vm)
 			"kapsel: cannot deliver an upcall: the frame does not fit the callback's stack [%#" PRIx64
 			", %#" PRIx64 ")\n",
 			c->callback.stack_top - c->callback.stack_bytes, c->callback.stack_top);
-		crash_report_fatal(vm, "upcall delivery failed");
+		crash_report_fatal(vcpu, "upcall delivery failed");
 		return false;
 	}
-	enter_handler(vm, &c->callback, frame_gpa, regs->rflags);
-	entered_kernel(vm);
+	enter_handler(vcpu, &c->callback, frame_gpa, regs->rflags);
+	entered_kernel(vcpu);
 	c->upcalls_delivered++;
 	return true;
 }
 
 void pv_cpu_event_raised(struct kapsel_vm *vm)
 {
-	if (!__atomic_load_n(&vm->pv_cpu.callback.entry, __ATOMIC_ACQUIRE))
+	struct kapsel_vcpu *vcpu = vm_boot_vcpu(vm);
+	if (!__atomic_load_n(&vcpu->pv_cpu.callback.entry, __ATOMIC_ACQUIRE))
 		return;
-	struct kapsel_vcpu_info *info = vcpu_info(vm, 0);
+	struct kapsel_vcpu_info *info = vcpu_info(vm, vcpu->id);
 	/* Only the 0 -> 1 edge kicks: a flood of events costs one kick until
 	 * the guest's callback clears upcall_pending again. */
 	if (__atomic_exchange_n(&info->upcall_pending, 1, __ATOMIC_SEQ_CST))
@@ -569,14 +585,14 @@ void pv_cpu_event_raised(struct kapsel_vm *vm)
 	/* On the vCPU thread itself (a hypercall, a timer) the run loop looks
 	 * at upcall_pending after this exit anyway. */
 	if (!__atomic_load_n(&info->upcall_mask, __ATOMIC_SEQ_CST) &&
-	    !pthread_equal(pthread_self(), vm->vcpu_thread))
+	    !pthread_equal(pthread_self(), vcpu->thread))
 		vm_kick_vcpu(vm);
 }
 
-void pv_cpu_block_enter(struct kapsel_vm *vm)
+void pv_cpu_block_enter(struct kapsel_vcpu *vcpu)
 {
-	if (vm->pv_cpu.callback.entry)
-		__atomic_store_n(&vcpu_info(vm, 0)->upcall_mask, 0, __ATOMIC_SEQ_CST);
+	if (vcpu->pv_cpu.callback.entry)
+		__atomic_store_n(&vcpu_info(vcpu->vm, vcpu->id)->upcall_mask, 0, __ATOMIC_SEQ_CST);
 }
 
 /* ---- Hypercalls ---------------------------------------------------------- */
@@ -607,33 +623,37 @@ static int64_t register_handler(struct kapsel_vm *vm, struct pv_handler *slot,
 	return 0;
 }
 
-static int64_t hc_set_trap(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_set_trap(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	uint64_t vector = args[0];
 	if (vector >= KAPSEL_TRAP_VECTOR_COUNT || !(KAPSEL_TRAP_VECTORS_ALLOWED & (1u << vector)))
 		return -KAPSEL_EINVAL;
-	return register_handler(vm, &vm->pv_cpu.traps[vector], args);
+	return register_handler(vm, &vcpu->pv_cpu.traps[vector], args);
 }
 
-static int64_t hc_set_callback(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_set_callback(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
-	if (args[0] != 0) /* one vCPU until SMP (issue 13) */
+	struct kapsel_vm *vm = vcpu->vm;
+	if (args[0] != vcpu->id) /* a vCPU registers its own callback */
 		return -KAPSEL_EINVAL;
-	struct pv_handler old = vm->pv_cpu.callback;
+	struct pv_cpu_vcpu *c = &vcpu->pv_cpu;
+	struct pv_handler old = c->callback;
 	int64_t err = register_handler(vm, &old, args);
 	if (err)
 		return err;
-	__atomic_store_n(&vm->pv_cpu.callback.stack_top, old.stack_top, __ATOMIC_RELAXED);
-	__atomic_store_n(&vm->pv_cpu.callback.stack_bytes, old.stack_bytes, __ATOMIC_RELAXED);
-	__atomic_store_n(&vm->pv_cpu.callback.entry, old.entry, __ATOMIC_RELEASE);
+	__atomic_store_n(&c->callback.stack_top, old.stack_top, __ATOMIC_RELAXED);
+	__atomic_store_n(&c->callback.stack_bytes, old.stack_bytes, __ATOMIC_RELAXED);
+	__atomic_store_n(&c->callback.entry, old.entry, __ATOMIC_RELEASE);
 	/* Events that were pending before the callback existed count too. */
 	if (old.entry && unmasked_event_pending(vm))
-		__atomic_store_n(&vcpu_info(vm, 0)->upcall_pending, 1, __ATOMIC_SEQ_CST);
+		__atomic_store_n(&vcpu_info(vm, vcpu->id)->upcall_pending, 1, __ATOMIC_SEQ_CST);
 	return 0;
 }
 
-static int64_t hc_iret(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_iret(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	const void *shared =
 		guest_memory_translate_guest(&vm->mem, args[0], sizeof(struct kapsel_trap_frame));
 	if (!shared)
@@ -647,44 +667,47 @@ static int64_t hc_iret(struct kapsel_vm *vm, const uint64_t args[])
 	bool to_user = (frame.flags & KAPSEL_TRAP_FRAME_USER) != 0;
 	if (to_user && !pv_mmu_user_mode_possible(vm))
 		return -KAPSEL_EINVAL; /* no process address space or kernel stack */
-	struct kvm_regs regs = vm->run->s.regs.regs;
+	struct kvm_regs regs = vcpu->run->s.regs.regs;
 	int err = pv_cpu_regs_from_frame(&regs, &frame, regs.rflags);
 	if (err)
 		return err;
-	vm->run->s.regs.regs = regs;
+	vcpu->run->s.regs.regs = regs;
 	pv_mmu_set_user_mode(vm, to_user);
 	if (frame.vector < KAPSEL_TRAP_VECTOR_COUNT)
-		vm->pv_cpu.active_vectors &= ~(1u << frame.vector);
-	__atomic_store_n(&vcpu_info(vm, 0)->upcall_mask,
+		vcpu->pv_cpu.active_vectors &= ~(1u << frame.vector);
+	__atomic_store_n(&vcpu_info(vm, vcpu->id)->upcall_mask,
 			 (frame.flags & KAPSEL_TRAP_FRAME_UPCALL_MASKED) ? 1 : 0, __ATOMIC_SEQ_CST);
-	vm->pv_cpu.irets++;
+	vcpu->pv_cpu.irets++;
 	/* handle_hypercall stores the result in rax and marks the registers
 	 * dirty: the resumed context gets its own rax back. */
 	return (int64_t)frame.rax;
 }
 
-static int64_t hc_timer_set(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_timer_set(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	uint64_t deadline_ns = args[1], period_ns = args[2];
-	if (args[0] != 0)
+	(void)vm;
+	if (args[0] != vcpu->id) /* a vCPU sets its own timer */
 		return -KAPSEL_EINVAL;
 	if (deadline_ns != KAPSEL_TIMER_STOP && period_ns && period_ns < KAPSEL_TIMER_MIN_PERIOD_NS)
 		return -KAPSEL_EINVAL;
-	struct pv_cpu_vcpu *c = &vm->pv_cpu;
+	struct pv_cpu_vcpu *c = &vcpu->pv_cpu;
 	c->timer_deadline_ns = deadline_ns;
 	c->timer_period_ns = deadline_ns == KAPSEL_TIMER_STOP ? 0 : period_ns;
 	__atomic_store_n(&c->timer_fired, 0, __ATOMIC_SEQ_CST);
-	return timer_arm(vm) ? -KAPSEL_EIO : 0;
+	return timer_arm(vcpu) ? -KAPSEL_EIO : 0;
 }
 
-static int64_t hc_evtchn_bind_virq(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_evtchn_bind_virq(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	uint64_t port = args[0], virq = args[1];
 	if (port >= KAPSEL_EVTCHN_COUNT || port == KAPSEL_EVTCHN_CONTROL ||
 	    !vm->evtchn[port].allocated || vm->evtchn[port].bound_device >= 0 ||
-	    virq >= KAPSEL_VIRQ_COUNT || args[2] != 0)
+	    virq >= KAPSEL_VIRQ_COUNT || args[2] != vcpu->id)
 		return -KAPSEL_EINVAL;
-	vm->pv_cpu.virq_port[virq] = (uint32_t)port;
+	vcpu->pv_cpu.virq_port[virq] = (uint32_t)port;
 	return 0;
 }
 
@@ -714,12 +737,13 @@ static void print_handler(const struct kapsel_vm *vm, FILE *out, const char *wha
 		h->stack_top);
 }
 
-void pv_cpu_print_handlers(const struct kapsel_vm *vm, FILE *out)
+void pv_cpu_print_handlers(const struct kapsel_vcpu *vcpu, FILE *out)
 {
-	const struct pv_cpu_vcpu *c = &vm->pv_cpu;
+	const struct kapsel_vm *vm = vcpu->vm;
+	const struct pv_cpu_vcpu *c = &vcpu->pv_cpu;
 	if (!pv_cpu_in_use(c))
 		return;
-	fprintf(out, "guest handler chain (vCPU 0):\n");
+	fprintf(out, "guest handler chain (vCPU %u):\n", vcpu->id);
 	for (unsigned v = 0; v < KAPSEL_TRAP_VECTOR_COUNT; v++)
 		if (c->traps[v].entry)
 			print_handler(vm, out, x86_exception_name(v), &c->traps[v]);
@@ -732,13 +756,13 @@ void pv_cpu_print_handlers(const struct kapsel_vm *vm, FILE *out)
 				fprintf(out, " %s", vector_name(v));
 		fputc('\n', out);
 	}
-	fprintf(out, "  upcall mask %u, upcall pending %u\n", vcpu_info(vm, 0)->upcall_mask,
-		vcpu_info(vm, 0)->upcall_pending);
+	fprintf(out, "  upcall mask %u, upcall pending %u\n", vcpu_info(vm, vcpu->id)->upcall_mask,
+		vcpu_info(vm, vcpu->id)->upcall_pending);
 }
 
-void pv_cpu_print_stats(const struct kapsel_vm *vm, FILE *out)
+void pv_cpu_print_stats(const struct kapsel_vcpu *vcpu, FILE *out)
 {
-	const struct pv_cpu_vcpu *c = &vm->pv_cpu;
+	const struct pv_cpu_vcpu *c = &vcpu->pv_cpu;
 	if (c->traps_delivered)
 		fprintf(out, "  traps_delivered: %" PRIu64 "\n", c->traps_delivered);
 	if (c->upcalls_delivered)

@@ -13,6 +13,7 @@
 #include "kapsel/abi.h"
 
 struct kapsel_vm;
+struct kapsel_vcpu;
 
 /* A guest entry point and the stack it runs on: [stack_top - stack_bytes, stack_top). */
 struct pv_handler {
@@ -22,9 +23,9 @@ struct pv_handler {
 };
 
 /*
- * One vCPU's PV CPU state.  Touched by the vCPU thread only, except
- * timer_fired (the timer signal handler sets it).  Issue 13 (SMP) makes
- * this per vCPU; today the VM has one.
+ * One vCPU's PV CPU state (struct kapsel_vcpu.pv_cpu).  Touched by the
+ * vCPU's thread only, except timer_fired (the timer signal handler sets
+ * it).
  */
 struct pv_cpu_vcpu {
 	struct pv_handler traps[KAPSEL_TRAP_VECTOR_COUNT];
@@ -92,11 +93,11 @@ uint64_t pv_cpu_timer_next(uint64_t deadline_ns, uint64_t period_ns, uint64_t no
 
 /* ---- VMM side ------------------------------------------------------------ */
 
-/* Forget every registration and disarm the timer (boot and reboot); sets
- * every vCPU's upcall mask in the event page. */
+/* Forget every vCPU's registrations and disarm its timer (boot and
+ * reboot); sets every vCPU's upcall mask in the event page. */
 void pv_cpu_reset(struct kapsel_vm *vm);
 
-/* Release the timer (vm_destroy). */
+/* Release every vCPU's timer (vm_destroy). */
 void pv_cpu_destroy(struct kapsel_vm *vm);
 
 /* Register the PV CPU hypercalls.  Returns 0 or -errno. */
@@ -108,7 +109,7 @@ int pv_cpu_register_hypercalls(struct hypercall_table *table);
  * stack and redirect the vCPU there: returns true.  Otherwise print why
  * not and return false: the caller writes the crash report.
  */
-bool pv_cpu_deliver_trap(struct kapsel_vm *vm);
+bool pv_cpu_deliver_trap(struct kapsel_vcpu *vcpu);
 
 /*
  * The vCPU executed syscall in user mode with a kernel entry registered
@@ -117,10 +118,10 @@ bool pv_cpu_deliver_trap(struct kapsel_vm *vm);
  * Returns false if the frame could not be written (the caller crashes).
  */
 struct kvm_sregs;
-bool pv_cpu_deliver_syscall(struct kapsel_vm *vm, const struct kvm_sregs *sregs);
+bool pv_cpu_deliver_syscall(struct kapsel_vcpu *vcpu, const struct kvm_sregs *sregs);
 
 /* Upcall wanted now: callback registered, upcall_pending set, mask clear. */
-bool pv_cpu_upcall_wanted(struct kapsel_vm *vm);
+bool pv_cpu_upcall_wanted(struct kapsel_vcpu *vcpu);
 
 /*
  * Enter the upcall callback, if still wanted, with the interrupted context
@@ -129,28 +130,30 @@ bool pv_cpu_upcall_wanted(struct kapsel_vm *vm);
  * A vCPU interrupted inside the CPL0 stub is left alone (the stub exits
  * next).  Returns false if delivering failed and the VM was crashed.
  */
-bool pv_cpu_deliver_upcall(struct kapsel_vm *vm);
+bool pv_cpu_deliver_upcall(struct kapsel_vcpu *vcpu);
 
-/* An unmasked event channel became pending: set upcall_pending and kick
- * the vCPU if that makes an upcall deliverable.  Any thread. */
+/* An unmasked event channel became pending: set upcall_pending of the
+ * vCPU that takes the VM's events (the boot vCPU) and kick it if that
+ * makes an upcall deliverable.  Any thread. */
 void pv_cpu_event_raised(struct kapsel_vm *vm);
 
 /* BLOCK is entered: on a vCPU with a callback, clear its upcall mask
  * (the guest's idle is "sti; hlt"). */
-void pv_cpu_block_enter(struct kapsel_vm *vm);
+void pv_cpu_block_enter(struct kapsel_vcpu *vcpu);
 
 /* Handle a timer expiry the signal handler recorded (vCPU thread). */
-void pv_cpu_poll_timers(struct kapsel_vm *vm);
+void pv_cpu_poll_timers(struct kapsel_vcpu *vcpu);
 
-/* Called on the vCPU thread as vm_run starts: installs the timer signal
- * handler and arms a timer restored from a saved state.  Returns 0 or -errno. */
-int pv_cpu_start(struct kapsel_vm *vm);
+/* Called on the vCPU's thread as it starts running: installs the timer
+ * signal handler and arms a timer restored from a saved state.  Returns 0
+ * or -errno. */
+int pv_cpu_start(struct kapsel_vcpu *vcpu);
 
 /* Print registered handlers, callback and deliveries in progress (crash reports). */
-void pv_cpu_print_handlers(const struct kapsel_vm *vm, FILE *out);
+void pv_cpu_print_handlers(const struct kapsel_vcpu *vcpu, FILE *out);
 
-/* Print counters (vm_print_stats). */
-void pv_cpu_print_stats(const struct kapsel_vm *vm, FILE *out);
+/* Print a vCPU's counters (vm_print_stats). */
+void pv_cpu_print_stats(const struct kapsel_vcpu *vcpu, FILE *out);
 
 /* ---- Saved state (pv_cpu_state.c) ----------------------------------------- */
 

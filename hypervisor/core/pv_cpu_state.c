@@ -24,7 +24,7 @@ static bool in_use(const struct pv_cpu_vcpu *c)
 
 void pv_cpu_save(struct kapsel_vm *vm, struct vm_state_writer *out)
 {
-	const struct pv_cpu_vcpu *c = &vm->pv_cpu;
+	const struct pv_cpu_vcpu *c = &vm_boot_vcpu(vm)->pv_cpu;
 	if (!in_use(c))
 		return;
 	struct vm_state_pv_cpu rec;
@@ -63,7 +63,7 @@ static int check_handler(struct kapsel_vm *vm, const struct vm_state_pv_handler 
 int pv_cpu_load(struct kapsel_vm *vm, const struct vm_state_records *state, char *error,
 		size_t error_len)
 {
-	struct pv_cpu_vcpu next = vm->pv_cpu;
+	struct pv_cpu_vcpu next = vm_boot_vcpu(vm)->pv_cpu;
 	memset(next.traps, 0, sizeof(next.traps));
 	memset(&next.callback, 0, sizeof(next.callback));
 	next.active_vectors = 0;
@@ -124,8 +124,8 @@ int pv_cpu_load(struct kapsel_vm *vm, const struct vm_state_records *state, char
 		next.timer_period_ns =
 			rec.timer_deadline_ns == KAPSEL_TIMER_STOP ? 0 : rec.timer_period_ns;
 	}
-	vm->pv_cpu = next;
-	__atomic_store_n(&vm->pv_cpu.timer_fired, 0, __ATOMIC_SEQ_CST);
+	vm_boot_vcpu(vm)->pv_cpu = next;
+	__atomic_store_n(&vm_boot_vcpu(vm)->pv_cpu.timer_fired, 0, __ATOMIC_SEQ_CST);
 	return 0;
 }
 

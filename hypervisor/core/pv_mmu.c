@@ -360,8 +360,10 @@ bool pv_mmu_user_mode_possible(const struct kapsel_vm *vm)
 	return vm->pv_mmu.current != 0 && vm->pv_mmu.kernel_stack.stack_top != 0;
 }
 
-bool pv_mmu_finish(struct kapsel_vm *vm)
+bool pv_mmu_finish(struct kapsel_vcpu *vcpu)
 {
+	struct kapsel_vm *vm = vcpu->vm;
+	struct kvm_run *run = vcpu->run;
 	struct pv_mmu *m = &vm->pv_mmu;
 	if (!m->reload_pending)
 		return true;
@@ -369,34 +371,34 @@ bool pv_mmu_finish(struct kapsel_vm *vm)
 	/* KVM finishes a port exit (moves rip past the out) at the next
 	 * KVM_RUN, and only if rip did not change meanwhile.  The resumed rip
 	 * goes into the stub's frame, so finish the exit first. */
-	__atomic_store_n(&vm->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
-	int rc = ioctl(vm->vcpu_fd, KVM_RUN, 0);
+	__atomic_store_n(&run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+	int rc = ioctl(vcpu->fd, KVM_RUN, 0);
 	int run_errno = errno;
-	__atomic_store_n(&vm->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&run->immediate_exit, 0, __ATOMIC_SEQ_CST);
 	/* Clearing immediate_exit must not lose a request made for the next
 	 * KVM_RUN: a pause, an upcall waiting for delivery, or a timer tick
 	 * whose signal came while the VMM handled the last exit (only the
 	 * EINTR path polls timers, so a lost tick stops a periodic timer for
 	 * good).  With it set again, the run loop's KVM_RUN returns EINTR at
 	 * once and handles them; the switch stub's context is settled there. */
-	if (__atomic_load_n(&vm->pv_cpu.timer_fired, __ATOMIC_SEQ_CST) ||
-	    __atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST) || pv_cpu_upcall_wanted(vm))
-		__atomic_store_n(&vm->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&vcpu->pv_cpu.timer_fired, __ATOMIC_SEQ_CST) ||
+	    __atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST) || pv_cpu_upcall_wanted(vcpu))
+		__atomic_store_n(&run->immediate_exit, 1, __ATOMIC_SEQ_CST);
 	if (rc == 0 || (run_errno != EINTR && run_errno != EAGAIN)) {
 		kapsel_error("KVM_RUN did not complete the last exit before an address-space switch: %s",
 			     rc ? strerror(run_errno) : "it ran the guest");
-		crash_report_fatal(vm, "cannot switch the guest's address space");
+		crash_report_fatal(vcpu, "cannot switch the guest's address space");
 		return false;
 	}
 	struct kvm_sregs sregs;
-	if (ioctl(vm->vcpu_fd, KVM_GET_SREGS, &sregs) < 0) {
+	if (ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0) {
 		kapsel_error("KVM_GET_SREGS failed while switching address space: %s",
 			     strerror(errno));
-		crash_report_fatal(vm, "cannot switch the guest's address space");
+		crash_report_fatal(vcpu, "cannot switch the guest's address space");
 		return false;
 	}
 	/* The context to resume, as an iretq frame for the switch stub. */
-	struct kvm_regs *regs = &vm->run->s.regs.regs;
+	struct kvm_regs *regs = &run->s.regs.regs;
 	uint64_t *frame =
 		guest_memory_translate(&vm->mem, SWITCH_FRAME_GPA, SWITCH_FRAME_WORDS * 8u);
 	frame[0] = regs->rax;
@@ -409,7 +411,7 @@ bool pv_mmu_finish(struct kapsel_vm *vm)
 	regs->rip = X86_GPA_SWITCH_STUB;
 	regs->rsp = SWITCH_FRAME_GPA;
 	regs->rflags = 0x2;
-	vm->run->kvm_dirty_regs |= KVM_SYNC_X86_REGS;
+	run->kvm_dirty_regs |= KVM_SYNC_X86_REGS;
 
 	x86_boot_kernel_segments(&sregs);
 	x86_boot_select_tss(&sregs, m->user_mode);
@@ -418,25 +420,26 @@ bool pv_mmu_finish(struct kapsel_vm *vm)
 		sregs.efer |= EFER_SCE;
 	else
 		sregs.efer &= ~EFER_SCE;
-	if (ioctl(vm->vcpu_fd, KVM_SET_SREGS, &sregs) < 0) {
+	if (ioctl(vcpu->fd, KVM_SET_SREGS, &sregs) < 0) {
 		kapsel_error("KVM_SET_SREGS failed while switching address space: %s",
 			     strerror(errno));
-		crash_report_fatal(vm, "cannot switch the guest's address space");
+		crash_report_fatal(vcpu, "cannot switch the guest's address space");
 		return false;
 	}
 	m->reloads++;
 	return true;
 }
 
-void pv_mmu_settle(struct kapsel_vm *vm)
+void pv_mmu_settle(struct kapsel_vcpu *vcpu)
 {
-	struct kvm_regs *regs = &vm->run->s.regs.regs;
+	struct kapsel_vm *vm = vcpu->vm;
+	struct kvm_regs *regs = &vcpu->run->s.regs.regs;
 	uint64_t offset = regs->rip - X86_GPA_SWITCH_STUB;
 	/* mov %rax,%cr3 is 3 bytes, pop %rax 1, iretq 2. */
 	if (regs->rip < X86_GPA_SWITCH_STUB || (offset != 0 && offset != 3 && offset != 4))
 		return;
 	struct kvm_sregs sregs;
-	if (ioctl(vm->vcpu_fd, KVM_GET_SREGS, &sregs) < 0 || sregs.cs.selector != X86_SEL_KERNEL_CS)
+	if (ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0 || sregs.cs.selector != X86_SEL_KERNEL_CS)
 		return;
 	const uint64_t *stack = guest_memory_translate(&vm->mem, regs->rsp, SWITCH_FRAME_WORDS * 8);
 	if (!stack)
@@ -447,29 +450,30 @@ void pv_mmu_settle(struct kapsel_vm *vm)
 	regs->rip = iret[0];
 	regs->rflags = iret[2];
 	regs->rsp = iret[3];
-	vm->run->kvm_dirty_regs |= KVM_SYNC_X86_REGS;
+	vcpu->run->kvm_dirty_regs |= KVM_SYNC_X86_REGS;
 	x86_boot_user_segments(&sregs);
 	sregs.cr3 = cr3;
-	if (ioctl(vm->vcpu_fd, KVM_SET_SREGS, &sregs) < 0)
+	if (ioctl(vcpu->fd, KVM_SET_SREGS, &sregs) < 0)
 		kapsel_warn("KVM_SET_SREGS failed while completing an address-space switch: %s",
 			    strerror(errno));
 	/* The TLB flush the stub would have done happens at the next entry. */
 	vm->pv_mmu.reload_pending = true;
 }
 
-bool pv_mmu_handle_hlt(struct kapsel_vm *vm)
+bool pv_mmu_handle_hlt(struct kapsel_vcpu *vcpu)
 {
-	struct kvm_regs *regs = &vm->run->s.regs.regs;
+	struct kapsel_vm *vm = vcpu->vm;
+	struct kvm_regs *regs = &vcpu->run->s.regs.regs;
 	if (regs->rip != X86_GPA_SYSCALL_STUB + 1)
 		return false;
 	struct kvm_sregs sregs;
-	if (ioctl(vm->vcpu_fd, KVM_GET_SREGS, &sregs) < 0 || sregs.cs.selector != X86_SEL_KERNEL_CS)
+	if (ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0 || sregs.cs.selector != X86_SEL_KERNEL_CS)
 		return false;
 	struct pv_mmu *m = &vm->pv_mmu;
 	if (m->user_mode && m->syscall_entry) {
 		m->syscalls++;
-		if (!pv_cpu_deliver_syscall(vm, &sregs))
-			crash_report_fatal(vm, "syscall delivery to the guest kernel failed");
+		if (!pv_cpu_deliver_syscall(vcpu, &sregs))
+			crash_report_fatal(vcpu, "syscall delivery to the guest kernel failed");
 		return true;
 	}
 	/* A syscall in kernel mode, or with no entry: an invalid opcode at the
@@ -489,27 +493,30 @@ bool pv_mmu_handle_hlt(struct kapsel_vm *vm)
 	uint64_t fault_gpa = X86_GPA_EXCEPTION_STACK_TOP - sizeof(fault);
 	memcpy(guest_memory_translate(&vm->mem, fault_gpa, sizeof(fault)), &fault, sizeof(fault));
 	regs->rsp = fault_gpa;
-	vm->run->kvm_dirty_regs |= KVM_SYNC_X86_REGS;
-	if (!pv_cpu_deliver_trap(vm))
-		crash_report_fault(vm);
+	vcpu->run->kvm_dirty_regs |= KVM_SYNC_X86_REGS;
+	if (!pv_cpu_deliver_trap(vcpu))
+		crash_report_fault(vcpu);
 	return true;
 }
 
 /* ---- Hypercalls ---------------------------------------------------------- */
 
-static int64_t hc_as_create(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_as_create(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	(void)args;
 	return pv_mmu_space_create(&vm->pv_mmu);
 }
 
-static int64_t hc_as_destroy(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_as_destroy(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	return pv_mmu_space_destroy(&vm->pv_mmu, args[0]);
 }
 
-static int64_t hc_mmu_update(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_mmu_update(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	struct pv_mmu *m = &vm->pv_mmu;
 	uint64_t as = args[0], count = args[2];
 	if (as == 0 || as >= KAPSEL_AS_MAX)
@@ -540,8 +547,9 @@ static int64_t hc_mmu_update(struct kapsel_vm *vm, const uint64_t args[])
 	return (int64_t)done;
 }
 
-static int64_t hc_as_switch(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_as_switch(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	struct pv_mmu *m = &vm->pv_mmu;
 	uint64_t as = args[0];
 	if (as >= KAPSEL_AS_MAX)
@@ -554,7 +562,7 @@ static int64_t hc_as_switch(struct kapsel_vm *vm, const uint64_t args[])
 	return 0;
 }
 
-int pv_mmu_set_syscall_msrs(struct kapsel_vm *vm)
+int pv_mmu_set_syscall_msrs(struct kapsel_vcpu *vcpu)
 {
 	struct {
 		struct kvm_msrs header;
@@ -563,28 +571,30 @@ int pv_mmu_set_syscall_msrs(struct kapsel_vm *vm)
 		   .entries = { { .index = MSR_STAR, .data = (uint64_t)X86_SEL_KERNEL_CS << 32 },
 				{ .index = MSR_LSTAR, .data = X86_GPA_SYSCALL_STUB },
 				{ .index = MSR_SFMASK, .data = SFMASK_BITS } } };
-	if (ioctl(vm->vcpu_fd, KVM_SET_MSRS, &msrs) != 3) {
+	if (ioctl(vcpu->fd, KVM_SET_MSRS, &msrs) != 3) {
 		kapsel_warn("KVM_SET_MSRS for the guest's syscall entry failed");
 		return -EIO;
 	}
 	return 0;
 }
 
-static int64_t hc_set_syscall(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_set_syscall(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	struct pv_mmu *m = &vm->pv_mmu;
 	uint64_t entry = args[0];
 	if (entry && !guest_memory_translate_guest(&vm->mem, entry, 1))
 		return -KAPSEL_EFAULT;
-	if (entry && pv_mmu_set_syscall_msrs(vm))
+	if (entry && pv_mmu_set_syscall_msrs(vcpu))
 		return -KAPSEL_EIO;
 	m->syscall_entry = entry;
 	m->reload_pending = true; /* EFER.SCE follows the registration */
 	return 0;
 }
 
-static int64_t hc_kernel_stack(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t hc_kernel_stack(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	int err = pv_cpu_check_stack(&vm->mem, args[0], args[1]);
 	if (err)
 		return err;

@@ -12,6 +12,7 @@
 #include "kapsel/abi.h"
 
 struct kapsel_vm;
+struct kapsel_vcpu;
 
 /* One address space: two PML4s in the pool sharing every user table. */
 struct pv_mmu_space {
@@ -101,9 +102,9 @@ int pv_mmu_create(struct kapsel_vm *vm);
 /* Release the pool (vm_destroy). */
 void pv_mmu_destroy(struct kapsel_vm *vm);
 
-/* Point the syscall MSRs (STAR, LSTAR, SFMASK) at the hypervisor's
+/* Point vcpu's syscall MSRs (STAR, LSTAR, SFMASK) at the hypervisor's
  * syscall stub.  Returns 0 or -EIO (warned). */
-int pv_mmu_set_syscall_msrs(struct kapsel_vm *vm);
+int pv_mmu_set_syscall_msrs(struct kapsel_vcpu *vcpu);
 
 /* Register the PV MMU hypercalls.  Returns 0 or -errno. */
 int pv_mmu_register_hypercalls(struct hypercall_table *table);
@@ -120,17 +121,17 @@ bool pv_mmu_user_mode_possible(const struct kapsel_vm *vm);
  * flushes the TLB) and TR.  Called after every hypercall, trap and upcall
  * delivery, before KVM_RUN.  Returns false if KVM refused (VM crashed).
  */
-bool pv_mmu_finish(struct kapsel_vm *vm);
+bool pv_mmu_finish(struct kapsel_vcpu *vcpu);
 
 /*
  * A KVM_EXIT_HLT: if it is the syscall stub's, deliver the syscall (to the
  * kernel's entry, or as #UD) and return true; false for any other hlt.
  */
-bool pv_mmu_handle_hlt(struct kapsel_vm *vm);
+bool pv_mmu_handle_hlt(struct kapsel_vcpu *vcpu);
 
 /* Before a save: if the vCPU stopped inside the switch stub, complete the
  * switch in its saved registers (the stub is CPL0 code). */
-void pv_mmu_settle(struct kapsel_vm *vm);
+void pv_mmu_settle(struct kapsel_vcpu *vcpu);
 
 /* Print counters (vm_print_stats). */
 void pv_mmu_print_stats(const struct kapsel_vm *vm, FILE *out);

@@ -177,7 +177,7 @@ static int load_record(struct kapsel_vm *vm, const struct vm_state_records *stat
 	int err = load_mappings(vm, state, &rec, error, error_len);
 	if (err)
 		return err;
-	if (rec.syscall_entry && pv_mmu_set_syscall_msrs(vm))
+	if (rec.syscall_entry && pv_mmu_set_syscall_msrs(vm_boot_vcpu(vm)))
 		return kapsel_fail(error, error_len, -EIO,
 				   "cannot restore the guest's syscall entry");
 	m->current = rec.current;

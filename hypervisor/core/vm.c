@@ -22,6 +22,7 @@
 #include "core/x86_boot.h"
 
 #define KVM_API_VERSION_REQUIRED 12
+#define MSR_IA32_TSC 0x10u
 /* Three pages KVM on VMX wants for real-mode emulation; our guests never
  * run in real mode, so they are only set where they cannot overlap RAM. */
 #define KVM_TSS_GPA 0xfffbd000u
@@ -89,8 +90,9 @@ static int check_kvm(int kvm_fd)
 	return 0;
 }
 
-static int setup_cpuid(struct kapsel_vm *vm)
+static int setup_cpuid(struct kapsel_vcpu *vcpu)
 {
+	struct kapsel_vm *vm = vcpu->vm;
 	int count = 128;
 	struct kvm_cpuid2 *cpuid = NULL;
 
@@ -134,13 +136,35 @@ static int setup_cpuid(struct kapsel_vm *vm)
 	info->eax = KAPSEL_ABI_VERSION;
 	info->ebx = (uint32_t)KAPSEL_FEATURES_V1;
 	info->ecx = KAPSEL_PORT_HYPERCALL;
-	int rc = ioctl(vm->vcpu_fd, KVM_SET_CPUID2, out);
+	int rc = ioctl(vcpu->fd, KVM_SET_CPUID2, out);
 	int err = rc < 0 ? -errno : 0;
 	if (rc < 0)
 		kapsel_error("KVM_SET_CPUID2 failed: %s", strerror(errno));
 	free(cpuid);
 	free(out);
 	return err;
+}
+
+/* Create KVM vCPU vcpu->id, map its kvm_run area and give it Kapsel's
+ * CPUID.  Returns 0 or a negative errno (message printed); vm_destroy
+ * releases what was made. */
+static int vcpu_create(struct kapsel_vcpu *vcpu)
+{
+	struct kapsel_vm *vm = vcpu->vm;
+	vcpu->fd = ioctl(vm->vm_fd, KVM_CREATE_VCPU, (unsigned long)vcpu->id);
+	if (vcpu->fd < 0) {
+		int err = -errno;
+		kapsel_error("KVM_CREATE_VCPU %u failed: %s", vcpu->id, strerror(errno));
+		return err;
+	}
+	vcpu->run = mmap(NULL, vm->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu->fd, 0);
+	if (vcpu->run == MAP_FAILED) {
+		vcpu->run = NULL;
+		int err = -errno;
+		kapsel_error("cannot map vCPU %u's kvm_run area: %s", vcpu->id, strerror(errno));
+		return err;
+	}
+	return setup_cpuid(vcpu);
 }
 
 static void fill_start_info(struct kapsel_vm *vm)
@@ -279,7 +303,7 @@ void vm_evtchn_notify(struct kapsel_vm *vm, uint32_t port)
 	if (__atomic_load_n(&vm->events->mask[port / 64], __ATOMIC_RELAXED) & bit)
 		return;
 	pv_cpu_event_raised(vm); /* an upcall, if the guest registered a callback */
-	if (__atomic_load_n(&vm->vcpu_blocked, __ATOMIC_SEQ_CST)) {
+	if (__atomic_load_n(&vm_boot_vcpu(vm)->blocked, __ATOMIC_SEQ_CST)) {
 		uint64_t one = 1;
 		ssize_t n = write(vm->wake_fd, &one, sizeof(one));
 		(void)n; /* an eventfd at its maximum is already signalled */
@@ -311,27 +335,42 @@ void vm_request_stop_for(struct kapsel_vm *vm, enum vm_stop_reason reason)
 	int none = 0;
 	__atomic_compare_exchange_n(&vm->stop_requested, &none, (int)reason, false,
 				    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-	if (vm->run)
-		__atomic_store_n(&vm->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+	for (unsigned i = 0; i < vm->vcpu_count; i++)
+		if (vm->vcpus[i].run)
+			__atomic_store_n(&vm->vcpus[i].run->immediate_exit, 1, __ATOMIC_SEQ_CST);
 	uint64_t one = 1;
 	ssize_t n = write(vm->wake_fd, &one, sizeof(one));
 	(void)n;
-	if (vm->state == VM_STATE_RUNNING && !pthread_equal(pthread_self(), vm->vcpu_thread))
-		pthread_kill(vm->vcpu_thread, SIGUSR2);
+	if (vm->state == VM_STATE_RUNNING)
+		for (unsigned i = 0; i < vm->vcpu_count; i++)
+			if (!pthread_equal(pthread_self(), vm->vcpus[i].thread))
+				pthread_kill(vm->vcpus[i].thread, SIGUSR2);
+}
+
+/* True on the thread of one of vm's vCPUs. */
+static bool on_vcpu_thread(const struct kapsel_vm *vm)
+{
+	for (unsigned i = 0; i < vm->vcpu_count; i++)
+		if (pthread_equal(pthread_self(), vm->vcpus[i].thread))
+			return true;
+	return false;
 }
 
 /* Kick the vCPU out of KVM_RUN or out of a BLOCK sleep (not signal-safe:
  * callers hold pause_lock or run on a normal thread). */
 void vm_kick_vcpu(struct kapsel_vm *vm)
 {
-	if (vm->run)
-		__atomic_store_n(&vm->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+	for (unsigned i = 0; i < vm->vcpu_count; i++)
+		if (vm->vcpus[i].run)
+			__atomic_store_n(&vm->vcpus[i].run->immediate_exit, 1, __ATOMIC_SEQ_CST);
 	uint64_t one = 1;
 	ssize_t n = write(vm->wake_fd, &one, sizeof(one));
 	(void)n;
-	if (vm->state != VM_STATE_CREATED && vm->state != VM_STATE_STOPPED &&
-	    !pthread_equal(pthread_self(), vm->vcpu_thread))
-		pthread_kill(vm->vcpu_thread, SIGUSR2);
+	if (vm->state == VM_STATE_CREATED || vm->state == VM_STATE_STOPPED)
+		return;
+	for (unsigned i = 0; i < vm->vcpu_count; i++)
+		if (!pthread_equal(pthread_self(), vm->vcpus[i].thread))
+			pthread_kill(vm->vcpus[i].thread, SIGUSR2);
 }
 
 const char *vm_state_name(const struct kapsel_vm *vm)
@@ -362,7 +401,7 @@ static void set_state(struct kapsel_vm *vm, enum vm_run_state state)
 
 int vm_pause(struct kapsel_vm *vm)
 {
-	if (pthread_equal(pthread_self(), vm->vcpu_thread))
+	if (on_vcpu_thread(vm))
 		return -EDEADLK;
 	pthread_mutex_lock(&vm->pause_lock);
 	if (vm->state == VM_STATE_CREATED || vm->state == VM_STATE_STOPPED ||
@@ -465,9 +504,10 @@ static int boot_guest(struct kapsel_vm *vm)
 	/* Registers a hypercall left dirty in kvm_run (rax of the SHUTDOWN that
 	 * asked for this reboot) would overwrite the entry state at the next
 	 * KVM_RUN: drop them. */
-	if (vm->run)
-		vm->run->kvm_dirty_regs = 0;
-	err = x86_boot_set_vcpu_state(vm->vcpu_fd, vm->image.entry, KAPSEL_GPA_START_INFO);
+	struct kapsel_vcpu *boot = vm_boot_vcpu(vm);
+	if (boot->run)
+		boot->run->kvm_dirty_regs = 0;
+	err = x86_boot_set_vcpu_state(boot->fd, vm->image.entry, KAPSEL_GPA_START_INFO);
 	if (err) {
 		kapsel_error("cannot set the vCPU's boot registers: %s", strerror(-err));
 		return err;
@@ -484,11 +524,13 @@ int vm_create_without_devices(struct kapsel_vm *vm, struct vm_config *config)
 	pthread_mutex_init(&vm->pause_lock, NULL);
 	pthread_cond_init(&vm->pause_cond, NULL);
 	vm->config = config;
-	vm->kvm_fd = vm->vm_fd = vm->vcpu_fd = vm->wake_fd = -1;
+	vm->kvm_fd = vm->vm_fd = vm->wake_fd = -1;
+	for (unsigned i = 0; i < KAPSEL_MAX_VCPUS; i++)
+		vm->vcpus[i] = (struct kapsel_vcpu){ .vm = vm, .id = i, .fd = -1 };
 	vm->mem.memfd = -1;
 	vm->boot_monotonic_ns = monotonic_ns();
 	vm->state = VM_STATE_CREATED;
-	vm->vcpu_thread = pthread_self();
+	vm->vcpus[0].thread = pthread_self();
 	log_limit_init(&vm->guest_log, 0, 0);
 	hypercall_table_init(&vm->hypercalls);
 	vm->hypercalls.log_limit = &vm->guest_log;
@@ -547,12 +589,6 @@ int vm_create_without_devices(struct kapsel_vm *vm, struct vm_config *config)
 	if (err)
 		goto fail;
 
-	vm->vcpu_fd = ioctl(vm->vm_fd, KVM_CREATE_VCPU, 0);
-	if (vm->vcpu_fd < 0) {
-		err = -errno;
-		kapsel_error("KVM_CREATE_VCPU failed: %s", strerror(errno));
-		goto fail;
-	}
 	int mmap_size = ioctl(vm->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
 	if (mmap_size < (int)sizeof(struct kvm_run)) {
 		err = -EINVAL;
@@ -560,18 +596,14 @@ int vm_create_without_devices(struct kapsel_vm *vm, struct vm_config *config)
 		goto fail;
 	}
 	vm->run_size = (size_t)mmap_size;
-	vm->run = mmap(NULL, vm->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vm->vcpu_fd, 0);
-	if (vm->run == MAP_FAILED) {
-		vm->run = NULL;
-		err = -errno;
-		kapsel_error("cannot map the vCPU's kvm_run area: %s", strerror(errno));
-		goto fail;
+	vm->vcpu_count = 1;
+	for (unsigned i = 0; i < vm->vcpu_count; i++) {
+		err = vcpu_create(&vm->vcpus[i]);
+		if (err)
+			goto fail;
 	}
-	int khz = ioctl(vm->vcpu_fd, KVM_GET_TSC_KHZ, 0);
+	int khz = ioctl(vm_boot_vcpu(vm)->fd, KVM_GET_TSC_KHZ, 0);
 	vm->tsc_khz = khz > 0 ? (uint64_t)khz : 0;
-	err = setup_cpuid(vm);
-	if (err)
-		goto fail;
 
 	vm->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (vm->wake_fd < 0) {
@@ -624,18 +656,23 @@ void vm_destroy(struct kapsel_vm *vm)
 	vm->device_count = 0;
 	pv_cpu_destroy(vm);
 	pv_mmu_destroy(vm);
-	if (vm->run)
-		munmap(vm->run, vm->run_size);
-	vm->run = NULL;
-	if (vm->vcpu_fd >= 0)
-		close(vm->vcpu_fd);
+	for (unsigned i = 0; i < KAPSEL_MAX_VCPUS; i++) {
+		struct kapsel_vcpu *vcpu = &vm->vcpus[i];
+		if (vcpu->run)
+			munmap(vcpu->run, vm->run_size);
+		vcpu->run = NULL;
+		if (vcpu->fd >= 0)
+			close(vcpu->fd);
+		vcpu->fd = -1;
+	}
+	vm->vcpu_count = 0;
 	if (vm->vm_fd >= 0)
 		close(vm->vm_fd);
 	if (vm->kvm_fd >= 0)
 		close(vm->kvm_fd);
 	if (vm->wake_fd >= 0)
 		close(vm->wake_fd);
-	vm->vcpu_fd = vm->vm_fd = vm->kvm_fd = vm->wake_fd = -1;
+	vm->vm_fd = vm->kvm_fd = vm->wake_fd = -1;
 	guest_memory_destroy(&vm->mem);
 	elf_image_free(&vm->image);
 	/* The devices and their threads are gone: nothing logs through it now. */
@@ -657,22 +694,24 @@ static struct kapsel_device *device_for_port(struct kapsel_vm *vm, uint16_t port
 	return NULL;
 }
 
-static void handle_hypercall(struct kapsel_vm *vm)
+static void handle_hypercall(struct kapsel_vcpu *vcpu)
 {
-	struct kvm_regs *regs = &vm->run->s.regs.regs;
+	struct kapsel_vm *vm = vcpu->vm;
+	struct kvm_regs *regs = &vcpu->run->s.regs.regs;
 	uint64_t args[HYPERCALL_ARG_COUNT] = { regs->rdi, regs->rsi, regs->rcx, regs->r8,
 					       regs->r9 };
 	/* The call number is the 32-bit value written, i.e. eax. */
 	uint64_t nr = (uint32_t)regs->rax;
-	int64_t result = hypercall_dispatch(&vm->hypercalls, vm, nr, args);
-	regs = &vm->run->s.regs.regs; /* handlers may not touch it, but be safe */
+	int64_t result = hypercall_dispatch(&vm->hypercalls, vcpu, nr, args);
+	regs = &vcpu->run->s.regs.regs; /* handlers may not touch it, but be safe */
 	regs->rax = (uint64_t)result;
-	vm->run->kvm_dirty_regs |= KVM_SYNC_X86_REGS;
+	vcpu->run->kvm_dirty_regs |= KVM_SYNC_X86_REGS;
 }
 
-static void handle_io(struct kapsel_vm *vm)
+static void handle_io(struct kapsel_vcpu *vcpu)
 {
-	struct kvm_run *run = vm->run;
+	struct kapsel_vm *vm = vcpu->vm;
+	struct kvm_run *run = vcpu->run;
 	uint16_t port = run->io.port;
 	unsigned size = run->io.size;
 	/* KVM puts count elements of size bytes at data_offset inside the
@@ -682,35 +721,36 @@ static void handle_io(struct kapsel_vm *vm)
 	uint64_t data_bytes = (uint64_t)size * run->io.count;
 	if ((size != 1 && size != 2 && size != 4) || run->io.data_offset > vm->run_size ||
 	    data_bytes > vm->run_size - run->io.data_offset) {
-		vm->exits[VM_EXIT_OTHER]++;
+		vcpu->exits[VM_EXIT_OTHER]++;
 		crash_report_fatal(
-			vm, "KVM reported a port access of impossible size, count or data offset");
+			vcpu,
+			"KVM reported a port access of impossible size, count or data offset");
 		return;
 	}
 	uint8_t *data = (uint8_t *)run + run->io.data_offset;
 
 	if (port == KAPSEL_PORT_HYPERCALL && run->io.direction == KVM_EXIT_IO_OUT && size == 4 &&
 	    run->io.count == 1) {
-		vm->exits[VM_EXIT_IO_HYPERCALL]++;
-		handle_hypercall(vm);
+		vcpu->exits[VM_EXIT_IO_HYPERCALL]++;
+		handle_hypercall(vcpu);
 		return;
 	}
 	if (port == KAPSEL_PORT_FAULT) {
-		vm->exits[VM_EXIT_FAULT]++;
+		vcpu->exits[VM_EXIT_FAULT]++;
 		/* The guest's own handler first (pv_cpu.c), else a crash report. */
-		if (!pv_cpu_deliver_trap(vm))
-			crash_report_fault(vm);
+		if (!pv_cpu_deliver_trap(vcpu))
+			crash_report_fault(vcpu);
 		return;
 	}
 	struct kapsel_device *dev = device_for_port(vm, port);
 	if (!dev && port >= KAPSEL_PORT_DOORBELL_BASE &&
 	    port < KAPSEL_PORT_DOORBELL(KAPSEL_MAX_DEVICES)) {
 		/* A doorbell write KVM did not catch (wrong width): harmless. */
-		vm->exits[VM_EXIT_IO_UNCLAIMED]++;
+		vcpu->exits[VM_EXIT_IO_UNCLAIMED]++;
 		return;
 	}
 	if (!dev) {
-		vm->exits[VM_EXIT_IO_UNCLAIMED]++;
+		vcpu->exits[VM_EXIT_IO_UNCLAIMED]++;
 		kapsel_guest_warn(&vm->guest_log, "guest %s unclaimed port %#x (size %u); %s",
 				  run->io.direction == KVM_EXIT_IO_OUT ? "wrote" : "read", port,
 				  size,
@@ -720,7 +760,7 @@ static void handle_io(struct kapsel_vm *vm)
 			memset(data, 0xff, (size_t)size * run->io.count);
 		return;
 	}
-	vm->exits[VM_EXIT_IO_DEVICE]++;
+	vcpu->exits[VM_EXIT_IO_DEVICE]++;
 	dev->exits++;
 	if (run->io.count > 1 && dev->ops->io_string) {
 		dev->ops->io_string(dev, port, size, run->io.count,
@@ -781,17 +821,15 @@ static bool lifecycle_continue(struct kapsel_vm *vm)
 	return true;
 }
 
-int vm_run(struct kapsel_vm *vm)
+/* The exit loop of one vCPU, on its own thread, until the VM stops. */
+static void vcpu_run(struct kapsel_vcpu *vcpu)
 {
-	struct sigaction sa = { .sa_handler = kick_signal_handler };
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGUSR2, &sa, NULL);
-
-	vm->vcpu_thread = pthread_self();
-	vm->vcpu_tid = (int)gettid();
-	set_state(vm, VM_STATE_RUNNING);
-	vm->run->kvm_valid_regs = KVM_SYNC_X86_REGS;
-	int pv_err = pv_cpu_start(vm);
+	struct kapsel_vm *vm = vcpu->vm;
+	struct kvm_run *run = vcpu->run;
+	vcpu->thread = pthread_self();
+	vcpu->tid = (int)gettid();
+	run->kvm_valid_regs = KVM_SYNC_X86_REGS;
+	int pv_err = pv_cpu_start(vcpu);
 	if (pv_err)
 		kapsel_warn("vCPU timers unavailable: %s", strerror(-pv_err));
 	for (;;) {
@@ -814,23 +852,23 @@ int vm_run(struct kapsel_vm *vm)
 		/* A pause first lets KVM finish the last exit (immediate_exit
 		 * makes KVM_RUN complete pending I/O and return EINTR). */
 		if (__atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST))
-			__atomic_store_n(&vm->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+			__atomic_store_n(&run->immediate_exit, 1, __ATOMIC_SEQ_CST);
 		/* Address-space or mode change: through the switch stub. */
-		if (!pv_mmu_finish(vm) && !lifecycle_continue(vm))
+		if (!pv_mmu_finish(vcpu) && !lifecycle_continue(vm))
 			break;
-		if (ioctl(vm->vcpu_fd, KVM_RUN, 0) < 0) {
+		if (ioctl(vcpu->fd, KVM_RUN, 0) < 0) {
 			if (errno == EINTR || errno == EAGAIN) {
-				vm->exits[VM_EXIT_INTR]++;
-				vm->run->immediate_exit = 0;
+				vcpu->exits[VM_EXIT_INTR]++;
+				run->immediate_exit = 0;
 				if (__atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST) &&
 				    !__atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST)) {
 					/* Never park (and save) inside the CPL0 switch stub. */
-					pv_mmu_settle(vm);
+					pv_mmu_settle(vcpu);
 					vm_park(vm);
 				}
 				/* The last exit is complete here: timers and upcalls. */
-				pv_cpu_poll_timers(vm);
-				if (!pv_cpu_deliver_upcall(vm) && !lifecycle_continue(vm))
+				pv_cpu_poll_timers(vcpu);
+				if (!pv_cpu_deliver_upcall(vcpu) && !lifecycle_continue(vm))
 					break;
 				continue;
 			}
@@ -838,51 +876,61 @@ int vm_run(struct kapsel_vm *vm)
 			vm->exit_code = KAPSEL_EXIT_VMM_ERROR;
 			break;
 		}
-		switch (vm->run->exit_reason) {
+		switch (run->exit_reason) {
 		case KVM_EXIT_IO:
-			handle_io(vm);
+			handle_io(vcpu);
 			break;
 		case KVM_EXIT_MMIO:
-			vm->exits[VM_EXIT_MMIO]++;
-			crash_report_fatal(vm, "guest accessed MMIO address outside RAM");
+			vcpu->exits[VM_EXIT_MMIO]++;
+			crash_report_fatal(vcpu, "guest accessed MMIO address outside RAM");
 			break;
 		case KVM_EXIT_HLT:
-			vm->exits[VM_EXIT_HLT]++;
+			vcpu->exits[VM_EXIT_HLT]++;
 			/* The PV MMU's syscall stub halts on purpose. */
-			if (pv_mmu_handle_hlt(vm))
+			if (pv_mmu_handle_hlt(vcpu))
 				break;
-			crash_report_fatal(vm, "guest halted the CPU (hlt) with interrupts off");
+			crash_report_fatal(vcpu, "guest halted the CPU (hlt) with interrupts off");
 			break;
 		case KVM_EXIT_SHUTDOWN:
-			vm->exits[VM_EXIT_SHUTDOWN]++;
-			crash_report_fatal(vm,
+			vcpu->exits[VM_EXIT_SHUTDOWN]++;
+			crash_report_fatal(vcpu,
 					   "triple fault (the CPU could not deliver an exception)");
 			break;
 		case KVM_EXIT_INTR:
-			vm->exits[VM_EXIT_INTR]++;
+			vcpu->exits[VM_EXIT_INTR]++;
 			break;
 		case KVM_EXIT_FAIL_ENTRY:
-			vm->exits[VM_EXIT_OTHER]++;
-			crash_report_fatal(vm,
+			vcpu->exits[VM_EXIT_OTHER]++;
+			crash_report_fatal(vcpu,
 					   "KVM refused to enter the guest (KVM_EXIT_FAIL_ENTRY)");
 			break;
 		case KVM_EXIT_INTERNAL_ERROR:
-			vm->exits[VM_EXIT_OTHER]++;
+			vcpu->exits[VM_EXIT_OTHER]++;
 			crash_report_fatal(
-				vm, "KVM internal error (often an instruction KVM cannot emulate)");
+				vcpu,
+				"KVM internal error (often an instruction KVM cannot emulate)");
 			break;
 		default:
-			vm->exits[VM_EXIT_OTHER]++;
-			crash_report_fatal(vm, "unexpected KVM exit reason");
+			vcpu->exits[VM_EXIT_OTHER]++;
+			crash_report_fatal(vcpu, "unexpected KVM exit reason");
 			break;
 		}
 		if (vm->state == VM_STATE_STOPPED && !lifecycle_continue(vm))
 			break;
 		/* An upcall waits for the exit to complete: KVM_RUN with
 		 * immediate_exit finishes it and returns EINTR (above). */
-		if (pv_cpu_upcall_wanted(vm))
-			__atomic_store_n(&vm->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+		if (pv_cpu_upcall_wanted(vcpu))
+			__atomic_store_n(&run->immediate_exit, 1, __ATOMIC_SEQ_CST);
 	}
+}
+
+int vm_run(struct kapsel_vm *vm)
+{
+	struct sigaction sa = { .sa_handler = kick_signal_handler };
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGUSR2, &sa, NULL);
+	set_state(vm, VM_STATE_RUNNING);
+	vcpu_run(vm_boot_vcpu(vm));
 	set_state(vm, VM_STATE_STOPPED);
 	return vm->exit_code;
 }
@@ -920,25 +968,46 @@ static void vm_write_stats_file(struct kapsel_vm *vm)
 		kapsel_warn("cannot write stats to '%s': %s", path, strerror(errno));
 }
 
+uint64_t vm_exits(const struct kapsel_vm *vm, enum vm_exit_counter counter)
+{
+	uint64_t sum = 0;
+	for (unsigned i = 0; i < vm->vcpu_count; i++)
+		sum += vm->vcpus[i].exits[counter];
+	return sum;
+}
+
+int vm_guest_tsc(struct kapsel_vm *vm, uint64_t *tsc)
+{
+	struct {
+		struct kvm_msrs header;
+		struct kvm_msr_entry entry;
+	} msrs = { .header.nmsrs = 1, .entry.index = MSR_IA32_TSC };
+	if (ioctl(vm_boot_vcpu(vm)->fd, KVM_GET_MSRS, &msrs) != 1)
+		return -EIO;
+	*tsc = msrs.entry.data;
+	return 0;
+}
+
 void vm_print_stats(struct kapsel_vm *vm, FILE *out)
 {
 	uint64_t total = 0;
 	for (unsigned i = 0; i < VM_EXIT_COUNTER_COUNT; i++)
-		total += vm->exits[i];
+		total += vm_exits(vm, (enum vm_exit_counter)i);
 	fprintf(out, "vm %s: uptime_ns %llu\n", vm->config->name,
 		(unsigned long long)vm_clock_ns(vm));
 	fprintf(out, "  exits_total: %llu\n", (unsigned long long)total);
 	for (unsigned i = 0; i < VM_EXIT_COUNTER_COUNT; i++)
-		if (vm->exits[i])
+		if (vm_exits(vm, (enum vm_exit_counter)i))
 			fprintf(out, "  exits_%s: %llu\n", exit_counter_names[i],
-				(unsigned long long)vm->exits[i]);
+				(unsigned long long)vm_exits(vm, (enum vm_exit_counter)i));
 	for (unsigned i = 0; i < HYPERCALL_TABLE_SIZE; i++) {
 		const struct hypercall_entry *e = &vm->hypercalls.entries[i];
 		if (e->fn && e->calls)
 			fprintf(out, "  hypercall_%s: %llu\n", e->name,
 				(unsigned long long)e->calls);
 	}
-	pv_cpu_print_stats(vm, out);
+	for (unsigned i = 0; i < vm->vcpu_count; i++)
+		pv_cpu_print_stats(&vm->vcpus[i], out);
 	pv_mmu_print_stats(vm, out);
 	if (vm->hypercalls.unknown_calls)
 		fprintf(out, "  hypercall_unknown: %llu\n",

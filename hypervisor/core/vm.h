@@ -47,12 +47,33 @@ struct vm_evtchn {
 	int bound_device; /* device index, or -1 */
 };
 
+struct kapsel_vm;
+
+/*
+ * One virtual CPU: its KVM file and run area, the thread that runs it, its
+ * exit counters and its PV CPU state (traps, upcalls, timer).  Everything
+ * here belongs to the vCPU's thread, except what is marked atomic.  A VM
+ * has vcpu_count of them; today that is one (SMP: issue 13), and the PV
+ * MMU's mode and address space are still the VM's (struct pv_mmu).
+ */
+struct kapsel_vcpu {
+	struct kapsel_vm *vm;
+	unsigned id; /* index in vm->vcpus, the guest's vCPU number */
+	int fd;
+	struct kvm_run *run;
+	pthread_t thread;
+	int tid;     /* Linux thread id of its thread (0 before it runs) */
+	int blocked; /* atomic: 1 while it sleeps in BLOCK */
+	uint64_t exits[VM_EXIT_COUNTER_COUNT];
+	struct pv_cpu_vcpu pv_cpu; /* pv_cpu.c */
+};
+
 struct kapsel_vm {
 	struct vm_config *config;
-	int kvm_fd, vm_fd, vcpu_fd;
-	struct kvm_run *run;
-	size_t run_size;
-	pthread_t vcpu_thread;
+	int kvm_fd, vm_fd;
+	struct kapsel_vcpu vcpus[KAPSEL_MAX_VCPUS];
+	unsigned vcpu_count;
+	size_t run_size; /* bytes of each vCPU's kvm_run mapping */
 	struct guest_memory mem;
 	struct elf_image image;
 	struct kapsel_start_info *start_info; /* host view of guest page */
@@ -65,7 +86,6 @@ struct kapsel_vm {
 	uint64_t boot_monotonic_ns; /* CLOCK_MONOTONIC at VM creation */
 	uint64_t tsc_khz;
 	int wake_fd;		    /* eventfd: wakes a vCPU blocked in KAPSEL_HC_BLOCK */
-	int vcpu_blocked;	    /* atomic: 1 while the vCPU sleeps in BLOCK */
 	int stop_requested;	    /* atomic: 0, or enum vm_stop_reason: leave the run loop */
 	int stats_requested;	    /* atomic: write counters at the next exit */
 	int pause_requested;	    /* atomic: park the vCPU at the next exit */
@@ -74,15 +94,12 @@ struct kapsel_vm {
 	uint64_t paused_total_ns;   /* time spent paused, for uptime reports */
 	uint64_t paused_since_ns;   /* vm_clock_ns when the pause began */
 	void *control;		    /* struct control_server *, or NULL */
-	int vcpu_tid;		    /* Linux thread id of the vCPU thread (0 before vm_run) */
 	enum vm_run_state state;
 	enum kapsel_shutdown_reason shutdown_reason;
-	int exit_code; /* what `kapsel run` exits with */
-	uint64_t exits[VM_EXIT_COUNTER_COUNT];
+	int exit_code;		    /* what `kapsel run` exits with */
 	struct log_limit guest_log; /* every log line a guest can trigger passes here */
 	uint64_t generation;
-	struct pv_cpu_vcpu pv_cpu; /* traps, upcalls, timer of vCPU 0 (pv_cpu.c) */
-	struct pv_mmu pv_mmu;	   /* address spaces and user mode (pv_mmu.c) */
+	struct pv_mmu pv_mmu; /* address spaces and user mode (pv_mmu.c) */
 };
 
 /*
@@ -176,6 +193,21 @@ void vm_evtchn_notify(struct kapsel_vm *vm, uint32_t port);
  * BLOCK sleep, so the run loop looks at its state again.  Any thread.
  */
 void vm_kick_vcpu(struct kapsel_vm *vm);
+
+/* The boot vCPU: the one that runs the guest's entry point. */
+static inline struct kapsel_vcpu *vm_boot_vcpu(struct kapsel_vm *vm)
+{
+	return &vm->vcpus[0];
+}
+
+/* The exits of every vCPU, by reason (vm_exit_counter). */
+uint64_t vm_exits(const struct kapsel_vm *vm, enum vm_exit_counter counter);
+
+/*
+ * The guest's TSC as the vCPU sees it now (KVM_GET_MSRS on the boot vCPU,
+ * from any thread).  Returns 0 or a negative errno.
+ */
+int vm_guest_tsc(struct kapsel_vm *vm, uint64_t *tsc);
 
 /* Print the VM's exit counters and every device's counters. */
 void vm_print_stats(struct kapsel_vm *vm, FILE *out);

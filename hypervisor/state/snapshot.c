@@ -308,7 +308,7 @@ int snapshot_write_vm_header(struct kapsel_vm *vm, struct vm_state_writer *out, 
 	snprintf(info.name, sizeof(info.name), "%s", vm->config->name);
 	memcpy(info.uuid, vm->config->uuid, sizeof(info.uuid));
 	for (unsigned i = 0; i < VM_EXIT_COUNTER_COUNT; i++)
-		info.exits_total += vm->exits[i];
+		info.exits_total += vm_exits(vm, (enum vm_exit_counter)i);
 	vm_state_put(out, VM_STATE_VM_INFO, M, &info, sizeof(info));
 
 	size_t config_bytes = 0;

@@ -53,10 +53,11 @@ static const struct {
 
 int vcpu_state_settle(struct kapsel_vm *vm)
 {
-	__atomic_store_n(&vm->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
-	int rc = ioctl(vm->vcpu_fd, KVM_RUN, 0);
+	struct kapsel_vcpu *vcpu = vm_boot_vcpu(vm);
+	__atomic_store_n(&vcpu->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+	int rc = ioctl(vcpu->fd, KVM_RUN, 0);
 	int err = (rc < 0 && errno != EINTR && errno != EAGAIN) ? -errno : 0;
-	__atomic_store_n(&vm->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&vcpu->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
 	if (rc == 0)
 		return -EIO; /* the guest ran: immediate_exit was ignored */
 	return err;
@@ -92,12 +93,13 @@ int vcpu_state_save(struct kapsel_vm *vm, struct vm_state_writer *out, char *err
 		    size_t error_len)
 {
 	const uint32_t M = VM_STATE_RECORD_MANDATORY;
-	int fd = vm->vcpu_fd;
+	struct kapsel_vcpu *vcpu = vm_boot_vcpu(vm);
+	int fd = vcpu->fd;
 	struct kvm_regs regs;
 	struct kvm_sregs sregs;
 	struct kvm_fpu fpu;
 
-	if (vm->run->kvm_dirty_regs & KVM_SYNC_X86_REGS)
+	if (vcpu->run->kvm_dirty_regs & KVM_SYNC_X86_REGS)
 		return kapsel_fail(
 			error, error_len, -EBUSY,
 			"the vCPU has register changes KVM has not applied yet; pause it first");
@@ -234,7 +236,8 @@ bool vcpu_state_msr_is_privileged_entry(uint32_t index)
 int vcpu_state_load(struct kapsel_vm *vm, const struct vm_state_records *state, char *error,
 		    size_t error_len)
 {
-	int fd = vm->vcpu_fd;
+	struct kapsel_vcpu *vcpu = vm_boot_vcpu(vm);
+	int fd = vcpu->fd;
 	int err = 0;
 
 	/* Check every record before changing anything. */
@@ -294,7 +297,7 @@ int vcpu_state_load(struct kapsel_vm *vm, const struct vm_state_records *state, 
 	regs = &checked_regs;
 
 	/* kvm_run may hold registers of the VM's boot: never apply them. */
-	vm->run->kvm_dirty_regs = 0;
+	vcpu->run->kvm_dirty_regs = 0;
 	/* TR always holds Kapsel's TSS; its type is this host's (KVM on SVM
 	 * saves it as busy, which under TCG would close every port). */
 	struct kvm_sregs sregs_copy = *sregs;

@@ -7,9 +7,9 @@
 static int64_t handler_calls;
 static uint64_t handler_last_arg;
 
-static int64_t echo_handler(struct kapsel_vm *vm, const uint64_t args[])
+static int64_t echo_handler(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
-	(void)vm;
+	(void)vcpu;
 	handler_calls++;
 	handler_last_arg = args[4];
 	return (int64_t)(args[0] + args[1]);

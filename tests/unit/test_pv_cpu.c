@@ -179,11 +179,13 @@ static struct kapsel_vm vm;
 static void setup_vm(void)
 {
 	memset(&vm, 0, sizeof(vm));
+	vm.vcpu_count = 1;
+	vm.vcpus[0] = (struct kapsel_vcpu){ .vm = &vm, .id = 0, .fd = -1 };
 	CU_ASSERT_EQUAL_FATAL(guest_memory_create(&vm.mem, RAM_BYTES, "pv-cpu-state"), 0);
 	vm.mem.guest_floor_gpa = FLOOR;
-	vm.pv_cpu.timer_deadline_ns = KAPSEL_TIMER_STOP;
+	vm.vcpus[0].pv_cpu.timer_deadline_ns = KAPSEL_TIMER_STOP;
 	for (unsigned i = 0; i < KAPSEL_VIRQ_COUNT; i++)
-		vm.pv_cpu.virq_port[i] = UINT32_MAX;
+		vm.vcpus[0].pv_cpu.virq_port[i] = UINT32_MAX;
 	vm.evtchn[3].allocated = true;
 	vm.evtchn[3].bound_device = -1;
 	vm.evtchn[4].allocated = true;
@@ -223,12 +225,12 @@ static void test_state_round_trip(void)
 	char error[512] = "";
 	struct vm_state_pv_cpu rec = valid_record();
 	CU_ASSERT_EQUAL(load(&rec, sizeof(rec), error, sizeof(error)), 0);
-	CU_ASSERT_EQUAL(vm.pv_cpu.traps[14].entry, 0x100000);
-	CU_ASSERT_EQUAL(vm.pv_cpu.callback.stack_top, 0x210000);
-	CU_ASSERT_EQUAL(vm.pv_cpu.active_vectors, 1u << 14);
-	CU_ASSERT_EQUAL(vm.pv_cpu.timer_deadline_ns, 5000000);
-	CU_ASSERT_EQUAL(vm.pv_cpu.timer_period_ns, 1000000);
-	CU_ASSERT_EQUAL(vm.pv_cpu.virq_port[KAPSEL_VIRQ_TIMER], 3);
+	CU_ASSERT_EQUAL(vm.vcpus[0].pv_cpu.traps[14].entry, 0x100000);
+	CU_ASSERT_EQUAL(vm.vcpus[0].pv_cpu.callback.stack_top, 0x210000);
+	CU_ASSERT_EQUAL(vm.vcpus[0].pv_cpu.active_vectors, 1u << 14);
+	CU_ASSERT_EQUAL(vm.vcpus[0].pv_cpu.timer_deadline_ns, 5000000);
+	CU_ASSERT_EQUAL(vm.vcpus[0].pv_cpu.timer_period_ns, 1000000);
+	CU_ASSERT_EQUAL(vm.vcpus[0].pv_cpu.virq_port[KAPSEL_VIRQ_TIMER], 3);
 
 	/* Saved again, the record is what was loaded. */
 	struct vm_state_writer w;
@@ -245,8 +247,8 @@ static void test_state_round_trip(void)
 	 * "nothing registered". */
 	struct vm_state_records empty = { 0 };
 	CU_ASSERT_EQUAL(pv_cpu_load(&vm, &empty, error, sizeof(error)), 0);
-	CU_ASSERT_EQUAL(vm.pv_cpu.traps[14].entry, 0);
-	CU_ASSERT_EQUAL(vm.pv_cpu.timer_deadline_ns, KAPSEL_TIMER_STOP);
+	CU_ASSERT_EQUAL(vm.vcpus[0].pv_cpu.traps[14].entry, 0);
+	CU_ASSERT_EQUAL(vm.vcpus[0].pv_cpu.timer_deadline_ns, KAPSEL_TIMER_STOP);
 	vm_state_writer_init_buffer(&w);
 	pv_cpu_save(&vm, &w);
 	CU_ASSERT_EQUAL(w.record_count, 0);
@@ -258,11 +260,11 @@ static void test_state_round_trip(void)
 static void expect_refused(const struct vm_state_pv_cpu *rec, uint64_t length_bytes,
 			   const char *text)
 {
-	struct pv_cpu_vcpu before = vm.pv_cpu;
+	struct pv_cpu_vcpu before = vm.vcpus[0].pv_cpu;
 	char error[512] = "";
 	CU_ASSERT_EQUAL(load(rec, length_bytes, error, sizeof(error)), -EPROTO);
 	CU_ASSERT_PTR_NOT_NULL(strstr(error, text));
-	CU_ASSERT_EQUAL(memcmp(&before, &vm.pv_cpu, sizeof(before)), 0);
+	CU_ASSERT_EQUAL(memcmp(&before, &vm.vcpus[0].pv_cpu, sizeof(before)), 0);
 }
 
 static void test_state_forged(void)

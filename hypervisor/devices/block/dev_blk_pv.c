@@ -54,7 +54,6 @@
  * completion wakes it, and the other CPU stays free for the vCPU.
  */
 
-#define MSR_IA32_TSC 0x10u
 #define BLK_PV_SLOTS (1u << KAPSEL_RING_MAX_ORDER)
 #define BLK_PV_SQ_ENTRIES 256u
 #define BLK_PV_CQ_ENTRIES (2u * BLK_PV_SLOTS + 16u)
@@ -157,16 +156,13 @@ static uint64_t guest_tsc_now(struct blk_pv *b)
  * Must run where the vCPU is not inside KVM_RUN (creation, hypercalls). */
 static void blk_pv_measure_tsc_offset(struct blk_pv *b)
 {
-	struct {
-		struct kvm_msrs header;
-		struct kvm_msr_entry entry;
-	} msrs = { .header.nmsrs = 1, .entry.index = MSR_IA32_TSC };
+	uint64_t guest;
 	uint64_t before = host_tsc();
-	if (ioctl(b->dev.vm->vcpu_fd, KVM_GET_MSRS, &msrs) != 1)
+	if (vm_guest_tsc(b->dev.vm, &guest) < 0)
 		return; /* keep the old offset (0 at first: host scale) */
 	uint64_t after = host_tsc();
 	uint64_t host = before + (after - before) / 2;
-	__atomic_store_n(&b->tsc_offset, (int64_t)(msrs.entry.data - host), __ATOMIC_RELAXED);
+	__atomic_store_n(&b->tsc_offset, (int64_t)(guest - host), __ATOMIC_RELAXED);
 }
 
 static uint64_t tsc_delta_ns(struct blk_pv *b, uint64_t from, uint64_t to)
