@@ -41,6 +41,31 @@ sdk_build_hello() {
 		{ cat "$TMP/ld.err"; fail "hello.elf does not link against the installed SDK"; }
 }
 
+# doc_block NAME OUT: the code block under the line "`NAME`:" of
+# docs/porting.md (its worked example, §8) into OUT.
+doc_block() {
+	awk -v label="\`$1\`:" '
+	$0 == label { found = 1; next }
+	found == 1 && /^```/ { found = 2; next }
+	found == 2 && /^```/ { exit }
+	found == 2 { print }' "$SOURCE_ROOT/docs/porting.md" >"$2"
+	[ -s "$2" ] || fail "docs/porting.md has no $1 block"
+}
+
+# sdk_build_tiny: porting.md's tiny kernel (own entry, hooks and linker
+# script) -> $TMP/tiny.elf, built as that page says, on kapsel-guest.pc.
+sdk_build_tiny() {
+	mkdir -p "$TMP/tiny"
+	for f in entry.S kernel.c kernel.ld; do doc_block "$f" "$TMP/tiny/$f"; done
+	(
+		cd "$TMP/tiny" || exit 1
+		CFLAGS="-std=gnu11 -O2 -g $(pkg-config --cflags kapsel-guest)"
+		"$CC" $CFLAGS -c entry.S -o entry.o &&
+			"$CC" $CFLAGS -Wall -Wextra -Werror -c kernel.c -o kernel.o &&
+			"$CC" -o ../tiny.elf entry.o kernel.o $(pkg-config --libs kapsel-guest) -Wl,-T,kernel.ld
+	) >"$TMP/tiny.log" 2>&1 || { cat "$TMP/tiny.log"; fail "porting.md's tiny kernel does not build against the installed SDK"; }
+}
+
 CASE=$1
 case "$CASE" in
 sdk-install) # suite: sdk
@@ -83,6 +108,11 @@ sdk-install) # suite: sdk
 	[ -n "$start" ] || fail "hello.elf has no _start (runtime archive not linked)"
 	entry=$(awk '/Entry point address:/ { print $4 }' "$TMP/elf")
 	[ "$((entry))" -eq "$((16#$start))" ] || fail "hello.elf enters at $entry, not at _start (0x$start)"
+	# porting.md's worked example builds as documented.
+	sdk_build_tiny
+	nm "$TMP/tiny.elf" | grep -q ' T kernel_main$' || fail "tiny.elf has no kernel_main"
+	nm "$TMP/tiny.elf" | grep -q ' T _start$' || fail "tiny.elf has no _start"
+	nm "$TMP/tiny.elf" | grep -q 'kg_runtime_start' && fail "tiny.elf pulled in the reference runtime"
 	# A libxenctrl client builds against kapsel-xenctrl.pc and runs against
 	# the installed library (no VMs in an empty runtime folder).
 	"$CC" -Wall -Wextra -Werror $(pkg-config --cflags kapsel-xenctrl) "$SOURCE_ROOT/tests/xenctrl/xentop_once.c" \
@@ -111,6 +141,13 @@ sdk-boot)
 	run_guest "$out" "$err" --kernel "$TMP/hello.elf" --memory 32M --console uart
 	expect_status 0
 	expect_in "$out" "32 MiB, console uart"
+	# And porting.md's tiny kernel prints what the page says it prints.
+	sdk_build_tiny
+	run_guest "$out" "$err" --kernel "$TMP/tiny.elf" --memory 64M --cmdline "hello from the host"
+	expect_status 0
+	expect_in "$out" "tiny kernel: 64 MiB of RAM"
+	expect_in "$out" "command line: hello from the host"
+	grep -Eq '^slept [0-9]+ us$' "$out" || { cat "$out"; fail "no 'slept N us' line"; }
 	;;
 *)
 	fail "unknown case '$CASE'"
