@@ -286,7 +286,7 @@ static bool state_runner_stop(struct kapsel_vm *vm)
 
 /* ---- Running a VM until it stops ------------------------------------------ */
 
-static struct kapsel_vm *running_vm; /* for the signal handlers */
+static struct kapsel_vm *running_vm;	     /* for the signal handlers */
 static volatile sig_atomic_t stop_signalled; /* SIGINT or SIGTERM asked the VM to stop */
 
 static void on_stop_signal(int signo)

@@ -25,9 +25,9 @@
  * other verbs use 0, 1 and 2.  KAPSEL_EXIT_SANDBOX_VIOLATION (122) is in
  * core/sandbox.h.
  */
-#define KAPSEL_EXIT_FAILED 1	    /* the verb did not do what was asked (message says why) */
+#define KAPSEL_EXIT_FAILED 1	    /* the verb did not do what was asked */
 #define KAPSEL_EXIT_USAGE 2	    /* the command line is wrong; nothing was done */
-#define KAPSEL_EXIT_STOPPED 123	    /* stopped from outside: destroy, shutdown deadline, SIGINT/SIGTERM */
+#define KAPSEL_EXIT_STOPPED 123	    /* destroy, shutdown deadline, SIGINT/SIGTERM */
 #define KAPSEL_EXIT_VMM_ERROR 125   /* Kapsel could not start or run the VM */
 #define KAPSEL_EXIT_GUEST_CRASH 126 /* the guest faulted or asked to crash */
 
