@@ -695,7 +695,7 @@ int bench_main(struct bench_options *options)
 		fprintf(stderr,
 			"kapsel bench: cannot create a scratch directory in %s: %s; set TMPDIR\n",
 			tmp && *tmp ? tmp : "/tmp", strerror(errno));
-		return 2;
+		return 1;
 	}
 	char console_sink[PATH_MAX];
 	if (options->console_output)
@@ -727,7 +727,7 @@ int bench_main(struct bench_options *options)
 	results.rows = calloc(max_rows ? max_rows : 1, sizeof(*results.rows));
 	if (!results.rows) {
 		fprintf(stderr, "kapsel bench: out of memory\n");
-		status = 2;
+		status = 1;
 		goto out;
 	}
 	for (unsigned w = 0; w < options->workload_count; w++) {
@@ -837,10 +837,21 @@ int bench_main(struct bench_options *options)
 	else
 		bench_report_table(stdout, options, &results);
 	fflush(stdout);
+	/* A path that was asked for and could not be measured (failed, or
+	 * unavailable: no /dev/kvm, no such device) fails the run, so that a
+	 * script never takes a table of native rows for a comparison. */
+	unsigned unmeasured = 0;
 	for (unsigned i = 0; i < results.row_count; i++)
 		for (unsigned p = 0; p < BENCH_PATH_COUNT; p++)
-			if (results.rows[i].paths[p].status == BENCH_STATUS_FAILED)
-				status = 1;
+			if (results.rows[i].paths[p].status == BENCH_STATUS_FAILED ||
+			    results.rows[i].paths[p].status == BENCH_STATUS_UNAVAILABLE)
+				unmeasured++;
+	if (unmeasured) {
+		fprintf(stderr,
+			"kapsel bench: %u row paths asked for could not be measured (unavailable or failed; see above); exit status 1\n",
+			unmeasured);
+		status = 1;
+	}
 	if (interrupted)
 		status = 130;
 out:

@@ -23,7 +23,9 @@ void cli_run_usage(FILE *out)
 		"\n"
 		"Boot a guest kernel (an ELF64 x86-64 executable) and run it until it\n"
 		"powers off.  Exits with the guest's exit code, %d if the guest crashed,\n"
-		"or %d if Kapsel could not run it.\n"
+		"%d if it was stopped from outside (kapsel destroy, SIGTERM), %d if\n"
+		"Kapsel could not run it, 2 if the command line is wrong ('kapsel --help'\n"
+		"lists every exit status).\n"
 		"\n"
 		"The VM comes from DOMAIN.xml (libvirt domain XML) or from options;\n"
 		"options given after DOMAIN.xml override it.\n"
@@ -68,7 +70,7 @@ void cli_run_usage(FILE *out)
 		"Examples:\n"
 		"  kapsel run --kernel build/guest-pv/examples/hello.elf --memory 64M\n"
 		"  kapsel run examples/hello.xml\n",
-		KAPSEL_EXIT_GUEST_CRASH, KAPSEL_EXIT_VMM_ERROR);
+		KAPSEL_EXIT_GUEST_CRASH, KAPSEL_EXIT_STOPPED, KAPSEL_EXIT_VMM_ERROR);
 }
 
 static char *replace(char *old, const char *value)
@@ -169,12 +171,12 @@ int cli_run(int argc, char **argv)
 			if (err == -ERANGE) {
 				kapsel_error("--memory '%s' is outside what a VM can have: a multiple of 2M between 4M and 64G, e.g. 64M or 1G",
 					     optarg);
-				goto out;
+				goto usage;
 			}
 			if (err) {
 				kapsel_error("--memory '%s' is not a valid size; use a multiple of 2M between 4M and 64G, e.g. 64M or 1G",
 					     optarg);
-				goto out;
+				goto usage;
 			}
 			break;
 		}
@@ -182,14 +184,14 @@ int cli_run(int argc, char **argv)
 			if (strlen(optarg) >= KAPSEL_CMDLINE_MAX) {
 				kapsel_error("--cmdline is %zu bytes; the limit is %u",
 					     strlen(optarg), KAPSEL_CMDLINE_MAX - 1);
-				goto out;
+				goto usage;
 			}
 			config.cmdline = replace(config.cmdline, optarg);
 			break;
 		case 'n':
 			if (vm_config_check_name(optarg, error, sizeof(error)) < 0) {
 				kapsel_error("--name: %s", error);
-				goto out;
+				goto usage;
 			}
 			snprintf(config.name, sizeof(config.name), "%s", optarg);
 			name_given = true;
@@ -198,12 +200,12 @@ int cli_run(int argc, char **argv)
 			if (config.disk_count == VM_CONFIG_MAX_DISKS) {
 				kapsel_error("too many --disk options; the limit is %u",
 					     VM_CONFIG_MAX_DISKS);
-				goto out;
+				goto usage;
 			}
 			if (vm_config_parse_disk(optarg, &config.disks[config.disk_count], error,
 						 sizeof(error)) < 0) {
 				kapsel_error("%s", error);
-				goto out;
+				goto usage;
 			}
 			config.disk_count++;
 			break;
@@ -211,12 +213,12 @@ int cli_run(int argc, char **argv)
 			if (config.net_count == VM_CONFIG_MAX_NETS) {
 				kapsel_error("too many --net options; the limit is %u",
 					     VM_CONFIG_MAX_NETS);
-				goto out;
+				goto usage;
 			}
 			if (vm_config_parse_net(optarg, &config.nets[config.net_count], error,
 						sizeof(error)) < 0) {
 				kapsel_error("%s", error);
-				goto out;
+				goto usage;
 			}
 			config.net_count++;
 			break;
@@ -229,7 +231,7 @@ int cli_run(int argc, char **argv)
 				spec = argv[optind++];
 			if (vm_config_parse_rng(spec, &config.rng, error, sizeof(error)) < 0) {
 				kapsel_error("%s", error);
-				goto out;
+				goto usage;
 			}
 			break;
 		}
@@ -240,14 +242,14 @@ int cli_run(int argc, char **argv)
 				config.console_mode = VM_CONSOLE_UART;
 			else {
 				kapsel_error("--console '%s' is unknown; use auto or uart", optarg);
-				goto out;
+				goto usage;
 			}
 			break;
 		case OPT_CONSOLE_OUTPUT:
 			if (vm_config_parse_console_output(optarg, &config, error, sizeof(error)) <
 			    0) {
 				kapsel_error("%s", error);
-				goto out;
+				goto usage;
 			}
 			break;
 		case OPT_NO_INPUT:
@@ -281,7 +283,7 @@ int cli_run(int argc, char **argv)
 		case SANDBOX_OPT_USER:
 		case SANDBOX_OPT_JAIL:
 			if (sandbox_cli_option(opt, optarg) < 0)
-				goto out;
+				goto usage;
 			break;
 		case 'h':
 			cli_run_usage(stdout);
@@ -289,7 +291,7 @@ int cli_run(int argc, char **argv)
 			goto out;
 		default:
 			fprintf(stderr, "Try 'kapsel run --help'.\n");
-			goto out;
+			goto usage;
 		}
 	}
 	for (int i = optind; i < argc; i++) {
@@ -297,7 +299,7 @@ int cli_run(int argc, char **argv)
 		if (len <= 4 || strcmp(argv[i] + len - 4, ".xml") != 0) {
 			kapsel_error("unexpected argument '%s'; a VM definition file must end in .xml",
 				     argv[i]);
-			goto out;
+			goto usage;
 		}
 	}
 	if (!overcommit && !host_has_memory_for(config.memory_bytes))
@@ -313,7 +315,7 @@ int cli_run(int argc, char **argv)
 		kapsel_error(
 			"no guest kernel; give --kernel FILE or a domain XML with <os><kernel>");
 		fprintf(stderr, "Try 'kapsel run --help'.\n");
-		goto out;
+		goto usage;
 	}
 
 	/* Names are unique per host: an unnamed VM gets one of its own. */
@@ -345,6 +347,10 @@ int cli_run(int argc, char **argv)
 	status =
 		run_supervisor_until_stopped(&vm, control, save_dir, save_stop, config.print_stats);
 	control = NULL;
+	goto out;
+usage:
+	/* A command line that cannot describe a VM: nothing was started. */
+	status = KAPSEL_EXIT_USAGE;
 out:
 	control_server_stop(control);
 	vm_config_free(&config);

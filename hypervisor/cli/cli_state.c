@@ -238,7 +238,7 @@ int cli_restore(int argc, char **argv)
 		case 'n':
 			if (vm_config_check_name(optarg, detail, sizeof(detail)) < 0) {
 				kapsel_error("--name: %s", detail);
-				return KAPSEL_EXIT_VMM_ERROR;
+				return KAPSEL_EXIT_USAGE;
 			}
 			settings.name = optarg;
 			break;
@@ -368,7 +368,7 @@ static int save_or_snapshot(int argc, char **argv, bool snapshot)
 		free(cwd);
 	}
 	if (!absolute)
-		return KAPSEL_EXIT_VMM_ERROR;
+		return KAPSEL_EXIT_FAILED;
 	char request[CONTROL_REQUEST_MAX_BYTES];
 	size_t used = snapshot ? (size_t)snprintf(request, sizeof(request), "snapshot dir=")
 			       : (size_t)snprintf(request, sizeof(request),

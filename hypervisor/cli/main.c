@@ -5,6 +5,8 @@
 #include "cli/cli.h"
 #include "cli/cli_state.h"
 #include "control/control_client.h"
+#include "core/sandbox.h"
+#include "core/vm.h"
 #include "devices/block/disk.h"
 #include "kapsel/abi.h"
 
@@ -41,7 +43,23 @@ static void usage(FILE *out)
 		"  version   print Kapsel's version and hypercall ABI version\n"
 		"  help      show this help, or 'kapsel help COMMAND' for a command's options\n"
 		"\n"
-		"Run 'kapsel COMMAND --help' for the options of a command.\n");
+		"Run 'kapsel COMMAND --help' for the options of a command.\n"
+		"\n"
+		"Exit status:\n"
+		"  0    success; run, restore, clone: the guest powered off with 0\n"
+		"  N    run, restore, clone: the guest powered off with exit code N\n"
+		"  1    the command failed (no such VM, the VM refused, a bench path\n"
+		"       that could not be measured, an invalid state directory)\n"
+		"  2    wrong command line (unknown command or option, bad value, missing\n"
+		"       argument); nothing was done\n"
+		"  %d  the VM was stopped by the sandbox (a forbidden system call)\n"
+		"  %d  the VM was stopped from outside before its guest powered off\n"
+		"       (kapsel destroy, a shutdown deadline, SIGINT or SIGTERM)\n"
+		"  %d  Kapsel could not start or run the VM\n"
+		"  %d  the guest crashed\n"
+		"  130  kapsel bench was interrupted (it reports what it measured)\n",
+		KAPSEL_EXIT_SANDBOX_VIOLATION, KAPSEL_EXIT_STOPPED, KAPSEL_EXIT_VMM_ERROR,
+		KAPSEL_EXIT_GUEST_CRASH);
 }
 
 struct verb {
@@ -84,7 +102,7 @@ int main(int argc, char **argv)
 {
 	if (argc < 2) {
 		usage(stderr);
-		return 2;
+		return KAPSEL_EXIT_USAGE;
 	}
 	const char *name = argv[1];
 	if (strcmp(name, "-h") == 0 || strcmp(name, "--help") == 0 || strcmp(name, "help") == 0) {
@@ -103,7 +121,7 @@ int main(int argc, char **argv)
 	const struct verb *verb = find_verb(name);
 	if (!verb) {
 		fprintf(stderr, "kapsel: '%s' is not a command; see 'kapsel --help'\n", name);
-		return 2;
+		return KAPSEL_EXIT_USAGE;
 	}
 	/* A locked disk's message names the VM holding it (asked over the
 	 * control sockets here, in the front end, never by the devices). */

@@ -286,11 +286,13 @@ static bool state_runner_stop(struct kapsel_vm *vm)
 
 /* ---- Running a VM until it stops ------------------------------------------ */
 
-static struct kapsel_vm *running_vm; /* for the signal handlers */
+static struct kapsel_vm *running_vm;	     /* for the signal handlers */
+static volatile sig_atomic_t stop_signalled; /* SIGINT or SIGTERM asked the VM to stop */
 
 static void on_stop_signal(int signo)
 {
 	(void)signo;
+	stop_signalled = 1;
 	if (running_vm)
 		vm_request_stop(running_vm);
 }
@@ -319,6 +321,7 @@ int run_supervisor_until_stopped(struct kapsel_vm *vm, struct control_server *co
 {
 	int status = KAPSEL_EXIT_VMM_ERROR;
 	running_vm = vm;
+	stop_signalled = 0;
 	struct sigaction stop = { .sa_handler = on_stop_signal };
 	sigemptyset(&stop.sa_mask);
 	sigaction(SIGINT, &stop, NULL);
@@ -330,6 +333,13 @@ int run_supervisor_until_stopped(struct kapsel_vm *vm, struct control_server *co
 		status = vm_run(vm);
 		if (state_runner_stop(vm))
 			status = 0; /* stopped by --save-stop after a save */
+		else if (status == KAPSEL_EXIT_VMM_ERROR &&
+			 __atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST) ==
+				 VM_STOP_REQUESTED &&
+			 (stop_signalled || control_server_destroyed(control)))
+			status = KAPSEL_EXIT_STOPPED; /* the operator ended it, not a failure */
+		/* What `kapsel control VM wait` reports is what we exit with. */
+		vm->exit_code = status;
 	}
 	control_server_stop(control);
 	if (print_stats)

@@ -905,8 +905,18 @@ static const char *end_reason(struct control_server *server)
 	case KAPSEL_SHUTDOWN_CRASH:
 		return "crashed";
 	default:
-		return server->vm->exit_code == KAPSEL_EXIT_VMM_ERROR ? "stopped" : "poweroff";
+		/* Stopped from outside (a signal, a save with stop, a
+		 * migration) rather than powered off by the guest. */
+		if (__atomic_load_n(&server->vm->stop_requested, __ATOMIC_SEQ_CST) ||
+		    server->vm->exit_code == KAPSEL_EXIT_VMM_ERROR)
+			return "stopped";
+		return "poweroff";
 	}
+}
+
+bool control_server_destroyed(const struct control_server *server)
+{
+	return server && server->destroyed;
 }
 
 void control_server_stop(struct control_server *server)

@@ -169,4 +169,11 @@ int control_server_attach(struct control_server *server, struct kapsel_vm *vm, c
  */
 void control_server_stop(struct control_server *server);
 
+/*
+ * True if this VM was ended through its control socket: `destroy`, or a
+ * `shutdown` whose deadline passed.  NULL gives false.  Precondition:
+ * vm_run has returned (the flag is no longer written).
+ */
+bool control_server_destroyed(const struct control_server *server);
+
 #endif

@@ -18,7 +18,16 @@
 #include "core/pv_cpu.h"
 #include "core/pv_mmu.h"
 
-/* Exit status of `kapsel run` besides the guest's own exit code. */
+/*
+ * Exit status of every `kapsel` verb (README "Exit status", kapsel --help).
+ * Verbs that run a VM (run, restore, clone) exit with the guest's own exit
+ * code when it powers off, else with one of the codes from 122 up; the
+ * other verbs use 0, 1 and 2.  KAPSEL_EXIT_SANDBOX_VIOLATION (122) is in
+ * core/sandbox.h.
+ */
+#define KAPSEL_EXIT_FAILED 1	    /* the verb did not do what was asked */
+#define KAPSEL_EXIT_USAGE 2	    /* the command line is wrong; nothing was done */
+#define KAPSEL_EXIT_STOPPED 123	    /* destroy, shutdown deadline, SIGINT/SIGTERM */
 #define KAPSEL_EXIT_VMM_ERROR 125   /* Kapsel could not start or run the VM */
 #define KAPSEL_EXIT_GUEST_CRASH 126 /* the guest faulted or asked to crash */
 

@@ -114,7 +114,7 @@ console-blocked-sink)
 	kill -TERM "$VMPID"
 	wait_vm "$VMPID"
 	elapsed=$(ms_since "$start")
-	expect_status 125
+	expect_status 123 # stopped from outside
 	[ "$elapsed" -lt 10000 ] || fail "SIGTERM took $elapsed ms with the console pipe full"
 	expect_in "$TMP/flooder.err" "VM stopped by request"
 	;;
@@ -127,7 +127,7 @@ console-blocked-destroy)
 	timeout 15 "$KAPSEL" destroy stuck || fail "destroy did not answer with the console pipe full"
 	wait_vm "$VMPID"
 	elapsed=$(ms_since "$start")
-	expect_status 125
+	expect_status 123 # destroyed
 	[ "$elapsed" -lt 10000 ] || fail "destroy took $elapsed ms with the console pipe full"
 	;;
 console-output-cap)
@@ -214,7 +214,7 @@ control-cli-lifecycle)
 	wait_vm "${VMPIDS[0]}"
 	expect_status 0
 	"$KAPSEL" destroy cli2 >"$TMP/destroy" || fail "destroy"
-	expect_in "$TMP/destroy" "VM 'cli2' ended: destroyed"
+	expect_in "$TMP/destroy" "VM 'cli2' ended: destroyed (exit code 123)"
 	[ -z "$("$KAPSEL" list --names)" ] || fail "VMs still listed"
 	STATUS=0
 	"$KAPSEL" info cli1 2>"$TMP/err" || STATUS=$?
@@ -286,7 +286,7 @@ control-shutdown-timeout)
 	expect_in "$TMP/shutdown" "VM 'deaf' ended: destroyed"
 	[ "$elapsed_ms" -ge 1000 ] || fail "destroyed after $elapsed_ms ms, before the 1 s deadline"
 	wait_vm "$VMPID"
-	expect_status 125
+	expect_status 123 # destroyed at the deadline
 	expect_in "$TMP/deaf.err" "did not power off before its shutdown deadline"
 	# Bad timeouts are refused before anything happens.
 	start_vm deaf2
@@ -320,10 +320,10 @@ control-destroy)
 	sleep 0.2
 	"$KAPSEL" destroy --no-wait victim || fail "destroy"
 	wait_vm "$VMPID"
-	expect_status 125
+	expect_status 123 # destroyed: not 125, which means Kapsel could not run it
 	wait "$waiter"
-	# The waiting client is told how the VM ended.
-	[ "$(cat "$TMP/reply")" = "$(printf 'ok 2\nexit_code 125\nreason destroyed')" ] ||
+	# The waiting client is told how the VM ended, with the same exit code.
+	[ "$(cat "$TMP/reply")" = "$(printf 'ok 2\nexit_code 123\nreason destroyed')" ] ||
 		{ cat "$TMP/reply"; fail "wait reply"; }
 	[ ! -e "$KAPSEL_RUNTIME_DIR/victim.sock" ] || fail "socket left behind"
 	;;

@@ -121,7 +121,7 @@ stats-signal)
 	kill -TERM $pid
 	STATUS=0
 	wait $pid || STATUS=$?
-	expect_status 125
+	expect_status 123 # stopped from outside (README "Exit status")
 	expect_in "$TMP/stats" "uptime_ns"
 	expect_in "$TMP/stats" "hypercall_block: 1"
 	expect_in "$TMP/stats" "device 0 console-pv:"
@@ -138,7 +138,7 @@ sigterm)
 	STATUS=0
 	wait $pid || STATUS=$?
 	elapsed_ms=$(( ($(date +%s%N) - start) / 1000000 ))
-	expect_status 125
+	expect_status 123 # stopped from outside, not "could not run" (125)
 	expect_in "$err" "kapsel: warning: VM stopped by request"
 	expect_not_in "$out" "timer ok"
 	[ "$elapsed_ms" -lt 5000 ] || fail "SIGTERM took $elapsed_ms ms"
@@ -148,7 +148,7 @@ cli-missing-kernel)
 	expect_status 125
 	expect_in "$err" "kapsel: error: cannot open guest image '/nonexistent/guest.elf': No such file or directory"
 	run_guest "$out" "$err"
-	expect_status 125
+	expect_status 2 # a usage error: the command line names no kernel
 	expect_in "$err" "kapsel: error: no guest kernel; give --kernel FILE or a domain XML with <os><kernel>"
 	;;
 cli-not-elf)
@@ -178,13 +178,13 @@ cli-truncated-elf)
 cli-memory)
 	for size in 1T garbage; do
 		run_guest "$out" "$err" --kernel "$GUESTS/hello.elf" --memory "$size"
-		expect_status 125
+		expect_status 2
 		expect_in "$err" "kapsel: error: --memory '$size' is not a valid size; use a multiple of 2M between 4M and 64G, e.g. 64M or 1G"
 	done
 	# A size, but not one a VM can have: the message says the range.
 	for size in 3M 5M 64 100G 99999999999999999999G; do
 		run_guest "$out" "$err" --kernel "$GUESTS/hello.elf" --memory "$size"
-		expect_status 125
+		expect_status 2
 		expect_in "$err" "kapsel: error: --memory '$size' is outside what a VM can have: a multiple of 2M between 4M and 64G, e.g. 64M or 1G"
 	done
 	# More than this host's RAM: refused up front, unless --overcommit.
@@ -204,21 +204,22 @@ cli-memory)
 	expect_in "$out" "4 MiB RAM"
 	;;
 cli-options)
+	# Usage errors exit 2, as in every verb (README "Exit status").
 	run_guest "$out" "$err" --kernel "$GUESTS/hello.elf" --bogus
-	expect_status 125
+	expect_status 2
 	expect_in "$err" "kapsel run: unrecognized option '--bogus'"
 	expect_in "$err" "Try 'kapsel run --help'."
 	run_guest "$out" "$err" --kernel "$GUESTS/hello.elf" --disk "$TMP/x.img,speed=9"
-	expect_status 125
+	expect_status 2
 	expect_in "$err" "kapsel: error: --disk '$TMP/x.img,speed=9': option 'speed=9' is unknown or lacks a valid value; known: format=raw|overlay, readonly,"
 	run_guest "$out" "$err" --kernel "$GUESTS/hello.elf" --disk "$TMP/x.img,bus=scsi"
-	expect_status 125
+	expect_status 2
 	expect_in "$err" "bus 'scsi' is unknown; use bus=pv or bus=ata"
 	run_guest "$out" "$err" --kernel "$GUESTS/hello.elf" --console serial
-	expect_status 125
+	expect_status 2
 	expect_in "$err" "kapsel: error: --console 'serial' is unknown; use auto or uart"
 	run_guest "$out" "$err" --kernel "$GUESTS/hello.elf" stray-argument
-	expect_status 125
+	expect_status 2
 	expect_in "$err" "unexpected argument 'stray-argument'"
 	;;
 cli-help)
