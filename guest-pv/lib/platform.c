@@ -61,6 +61,15 @@ bool kg_platform_is_kapsel(void)
 	return platform_kapsel;
 }
 
+void kg_platform_shutdown(enum kapsel_shutdown_reason reason, int exit_code)
+{
+	if (platform_kapsel)
+		kg_hc_shutdown(reason, exit_code);
+	kg_outl(KG_DEBUG_EXIT_PORT, (uint32_t)exit_code);
+	for (;;)
+		kg_cpu_relax();
+}
+
 const struct kapsel_start_info *kg_platform_start_info(void)
 {
 	return platform_kapsel ? platform_start_info : 0;

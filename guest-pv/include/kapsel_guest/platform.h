@@ -18,6 +18,23 @@ int kg_platform_init(const struct kapsel_start_info *start_info);
 /* True when the Kapsel PV interface is present and its ABI is understood. */
 bool kg_platform_is_kapsel(void);
 
+/*
+ * Off Kapsel, the exit code goes to QEMU's isa-debug-exit device
+ * (-device isa-debug-exit,iobase=0xf4,iosize=0x04), which ends QEMU with
+ * status (exit_code << 1) | 1.  The port must be open to CPL3 (the PVH
+ * shim in guest-pv/runtime opens it).
+ */
+#define KG_DEBUG_EXIT_PORT 0xf4u
+
+/*
+ * End the VM: on Kapsel, KAPSEL_HC_SHUTDOWN(reason, exit_code); elsewhere
+ * exit_code (0-127 survives QEMU's encoding) is written to
+ * KG_DEBUG_EXIT_PORT whatever the reason, and, if that returns (no such
+ * device), the vCPU spins: CPL3 code cannot halt.
+ */
+__attribute__((noreturn)) void kg_platform_shutdown(enum kapsel_shutdown_reason reason,
+						    int exit_code);
+
 /* The start info page, or NULL off Kapsel. */
 const struct kapsel_start_info *kg_platform_start_info(void);
 
