@@ -195,6 +195,41 @@ static void build_memmap(struct kapsel_start_info *si)
 	}
 }
 
+/* ---- A clock: the TSC's rate, measured against the PIT ------------------ */
+
+#define PIT_HZ 1193182u
+#define PIT_CALIBRATE_TICKS 11932u /* 10 ms */
+#define PIT_POLLS_MAX 2000000u	   /* gives up when no PIT counts down */
+
+static uint16_t pit_channel0_count(void)
+{
+	kg_outb(0x43, 0x00); /* latch channel 0 */
+	uint8_t low = kg_inb(0x40);
+	return (uint16_t)(low | kg_inb(0x40) << 8);
+}
+
+/* kHz of the TSC, or 0 when there is no PIT to measure against.  Channel 0
+ * counts down from 0xffff once (mode 0); interrupts stay off throughout. */
+static uint64_t measure_tsc_khz(void)
+{
+	kg_outb(0x43, 0x30); /* channel 0, low then high byte, mode 0 */
+	kg_outb(0x40, 0xff);
+	kg_outb(0x40, 0xff);
+	uint16_t first = pit_channel0_count();
+	uint64_t tsc_first = kg_rdtsc();
+	for (unsigned polls = 0; polls < PIT_POLLS_MAX; polls++) {
+		uint16_t now = pit_channel0_count();
+		if (now > first)
+			return 0; /* wrapped or not a PIT */
+		unsigned elapsed = (unsigned)first - now;
+		if (elapsed >= PIT_CALIBRATE_TICKS) {
+			uint64_t tsc_ticks = kg_rdtsc() - tsc_first;
+			return tsc_ticks * PIT_HZ / elapsed / 1000u;
+		}
+	}
+	return 0;
+}
+
 /* ---- CPU tables in low memory (the layout of hypervisor/core/x86_boot.c) - */
 
 static uint64_t *table_at(uint64_t gpa)
@@ -363,6 +398,9 @@ void kg_pvh_main(uint32_t hvm_start_info_address)
 	read_firmware_info(hsi, si);
 	build_memmap(si);
 	memcpy(si->name, "pvh", 4);
+	si->tsc_khz = measure_tsc_khz();
+	if (!si->tsc_khz)
+		pvh_print("pvh: no PIT to measure the TSC against: no clock, sleeps return at once\n");
 
 	/* Low memory is free now: the firmware's data was copied out. */
 	build_page_tables();

@@ -52,10 +52,14 @@ const struct kapsel_device_desc *kg_platform_find_unit(unsigned unit,
 						       enum kapsel_device_type either_type,
 						       enum kapsel_device_type or_type);
 
-/* Nanoseconds on the Kapsel clock, from the TSC (no exit). */
+/* Nanoseconds on the Kapsel clock, from the TSC (no exit); off Kapsel,
+ * since kg_platform_init. */
 uint64_t kg_time_now_ns(void);
 
-/* Sleep for at least duration_ns in the hypervisor (one exit). */
+/* Sleep for at least duration_ns in the hypervisor (one exit).  Off
+ * Kapsel there is no such call: it spins on the TSC clock when the start
+ * info gave its rate (the PVH shim measures it), else returns at once, and
+ * kg_time_now_ns stays 0. */
 void kg_time_sleep_ns(uint64_t duration_ns);
 
 /* The event page, or NULL off Kapsel. */
