@@ -74,6 +74,8 @@ void kg_platform_shutdown(enum kapsel_shutdown_reason reason, int exit_code)
 {
 	if (platform_kapsel)
 		kg_hc_shutdown(reason, exit_code);
+	if (reason == KAPSEL_SHUTDOWN_CRASH)
+		exit_code = KG_EXIT_CODE_CRASH;
 	kg_outl(KG_DEBUG_EXIT_PORT, (uint32_t)exit_code);
 	for (;;)
 		kg_cpu_relax();

@@ -386,7 +386,7 @@ void kg_pvh_main(uint32_t hvm_start_info_address)
 		pvh_print("pvh: ebx 0x%x holds no hvm_start_info (magic 0x%x, want 0x%x); "
 			  "boot with a PVH loader (qemu -kernel)\n",
 			  hvm_start_info_address, hsi ? hsi->magic : 0, PVH_START_INFO_MAGIC);
-		pvh_halt(PVH_EXIT_CODE_EXCEPTION);
+		pvh_halt(KG_EXIT_CODE_CRASH);
 	}
 	struct kapsel_start_info *si = &pvh_start_info;
 	si->magic = KAPSEL_START_INFO_MAGIC;
@@ -438,5 +438,5 @@ void kg_pvh_exception(const struct pvh_exception_frame *frame)
 		  (unsigned long long)frame->rip, (unsigned long long)(frame->cs & 3),
 		  (unsigned long long)frame->error_code, (unsigned long long)cr2,
 		  (unsigned long long)frame->rsp);
-	pvh_halt(PVH_EXIT_CODE_EXCEPTION);
+	pvh_halt(KG_EXIT_CODE_CRASH);
 }

@@ -48,8 +48,5 @@
 #define PVH_TSS_IOMAP_BYTES 8192
 #define PVH_TSS_LIMIT (PVH_TSS_IOMAP_OFFSET + PVH_TSS_IOMAP_BYTES)
 
-/* What the exception handler writes to isa-debug-exit (platform.h
- * KG_DEBUG_EXIT_PORT): QEMU exits with status 255. */
-#define PVH_EXIT_CODE_EXCEPTION 127
 
 #endif

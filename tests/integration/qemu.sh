@@ -17,7 +17,8 @@ require_qemu() {
 # run_qemu OUTFILE ERRFILE MACHINE GUEST CMDLINE [QEMU ARGS...]: boots
 # GUEST with -kernel under TCG, its COM1 into OUTFILE, stdin closed unless
 # QEMU_INPUT names a file; sets STATUS, QEMU's exit status: (code << 1) | 1
-# for a guest that exited with code (isa-debug-exit), 255 for an exception.
+# for a guest that exited with code (isa-debug-exit); a crash (exception,
+# panic, failed assert) is code 126, as kapsel's own exit status.
 run_qemu() {
 	local out=$1 err=$2 machine=$3 guest=$4 cmdline=$5
 	shift 5
@@ -82,15 +83,15 @@ qemu-echo) # suite: qemu
 	;;
 qemu-fault) # suite: qemu
 	require_qemu
-	# A CPL3 page fault reaches the shim's IDT: reported, QEMU ends with 255.
+	# A CPL3 page fault reaches the shim's IDT: reported, and a crash.
 	run_qemu "$out" "$err" pc "$GUESTS/fault.elf" "0x10"
-	expect_status 255
+	expect_guest_exit 126
 	expect_in "$out" "about to read 0x10"
 	expect_in "$out" "pvh: guest exception 14, page fault (#PF)"
 	expect_in "$out" "(cpl 3), error code 0x4, cr2 0x10,"
 	# The shim's tables below 0x60000 are supervisor-only, as on Kapsel.
 	run_qemu "$out" "$err" microvm "$GUESTS/fault.elf" "0x1000"
-	expect_status 255
+	expect_guest_exit 126
 	expect_in "$out" "error code 0x5, cr2 0x1000,"
 	;;
 qemu-ata-pc) # suite: qemu
@@ -130,8 +131,9 @@ qemu-blktest-ata) # suite: qemu
 	expect_guest_exit 0
 	expect_in "$out" "blktest verify: 1000 sectors from 100, seed 42, all match"
 	run_qemu "$out" "$err" pc "$GUESTS/blktest.elf" "verify seed=43 start=100 sectors=10" "${ide[@]}"
-	expect_guest_exit 1
+	expect_guest_exit 126
 	expect_in "$out" "blktest verify: sector 100 word 0 differs"
+	expect_in "$out" "guest panic: assertion failed at"
 	;;
 qemu-no-disk) # suite: qemu
 	require_qemu

@@ -25,12 +25,16 @@ bool kg_platform_is_kapsel(void);
  * shim in guest-pv/runtime opens it).
  */
 #define KG_DEBUG_EXIT_PORT 0xf4u
+/* The exit code written there for a crash (SHUTDOWN_CRASH, an exception in
+ * the PVH shim): the status kapsel itself exits with for one. */
+#define KG_EXIT_CODE_CRASH 126
 
 /*
  * End the VM: on Kapsel, KAPSEL_HC_SHUTDOWN(reason, exit_code); elsewhere
- * exit_code (0-127 survives QEMU's encoding) is written to
- * KG_DEBUG_EXIT_PORT whatever the reason, and, if that returns (no such
- * device), the vCPU spins: CPL3 code cannot halt.
+ * exit_code (0-127 survive QEMU's encoding), or KG_EXIT_CODE_CRASH for
+ * KAPSEL_SHUTDOWN_CRASH, is written to KG_DEBUG_EXIT_PORT (a reboot is an
+ * exit too), and, if that returns (no such device), the vCPU spins: CPL3
+ * code cannot halt.
  */
 __attribute__((noreturn)) void kg_platform_shutdown(enum kapsel_shutdown_reason reason,
 						    int exit_code);
