@@ -140,6 +140,7 @@ qemu-no-disk) # suite: qemu
 	# microvm has no IDE: the block API says so instead of hanging.
 	run_qemu "$out" "$err" microvm "$GUESTS/atatest.elf" "none"
 	expect_guest_exit 0
+	expect_in "$out" "atatest: no ATA disk: open -> -19"
 	;;
 qemu-netpingpong-pc) # suite: qemu
 	require_qemu
