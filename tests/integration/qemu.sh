@@ -135,6 +135,38 @@ qemu-blktest-ata) # suite: qemu
 	expect_in "$out" "blktest verify: sector 100 word 0 differs"
 	expect_in "$out" "guest panic: assertion failed at"
 	;;
+qemu-virtio-blk-microvm) # suite: qemu
+	require_qemu
+	# The block API picks virtio-blk on microvm's virtio-mmio: QEMU's
+	# legacy transport (its default) and the virtio 1 one.
+	truncate -s 8M "$img"
+	vblk=(-drive "id=d,file=$img,format=raw,if=none" -device virtio-blk-device,drive=d)
+	run_qemu "$out" "$err" microvm "$GUESTS/blktest.elf" "write seed=42 start=100 sectors=3000" "${vblk[@]}"
+	expect_guest_exit 0
+	expect_in "$out" "virtio-blk: disk at 0xfeb"
+	expect_in "$out" "(legacy): 16384 sectors"
+	expect_in "$out" "blktest write: 3000 sectors from 100, seed 42, flushed"
+	check_image "$img" 42 100 3000 || fail "the image does not hold what the guest wrote"
+	check_image "$img" 0 0 100 0 100 || fail "sectors before the range changed"
+	modern=(-global virtio-mmio.force-legacy=false)
+	run_qemu "$out" "$err" microvm "$GUESTS/blktest.elf" "verify seed=42 start=100 sectors=3000 path=virtio" \
+		"${vblk[@]}" "${modern[@]}"
+	expect_guest_exit 0
+	expect_in "$out" "(virtio 1): 16384 sectors"
+	expect_in "$out" "blktest verify: 3000 sectors from 100, seed 42, all match"
+	run_qemu "$out" "$err" microvm "$GUESTS/blktest.elf" "verify seed=43 start=100 sectors=10" "${vblk[@]}"
+	expect_guest_exit 126
+	expect_in "$out" "blktest verify: sector 100 word 0 differs"
+	# Several requests in flight, reads checked against what was written.
+	run_qemu "$out" "$err" microvm "$GUESTS/blktest.elf" "random ops=1000 qd=7" "${vblk[@]}" "${modern[@]}"
+	expect_guest_exit 0
+	expect_in "$out" "blktest random: 1000 ops"
+	expect_in "$out" "at qd 7 ok"
+	# No virtio disk and no IDE: a clean -ENODEV.
+	run_qemu "$out" "$err" microvm "$GUESTS/blktest.elf" "info path=virtio"
+	expect_guest_exit 2
+	expect_in "$out" "blktest: cannot open disk 0 on path virtio: error -19"
+	;;
 qemu-no-disk) # suite: qemu
 	require_qemu
 	# microvm has no IDE: the block API says so instead of hanging.
@@ -172,7 +204,7 @@ qemu-netpingpong-pc) # suite: qemu
 	;;
 qemu-kapsel-same-image)
 	# One image, two hypervisors: what blktest writes through Kapsel's PV
-	# ring reads back on QEMU through IDE, and the other way round.
+	# ring reads back on QEMU through IDE and virtio-blk, and the other way.
 	require_kvm
 	require_qemu
 	truncate -s 8M "$img"
@@ -182,6 +214,10 @@ qemu-kapsel-same-image)
 	expect_status 0
 	expect_in "$out" "blktest write: 600 sectors from 10, seed 5, flushed"
 	run_qemu "$out" "$err" pc "$GUESTS/blktest.elf" "verify seed=5 start=10 sectors=600" "${ide[@]}"
+	expect_guest_exit 0
+	expect_in "$out" "blktest verify: 600 sectors from 10, seed 5, all match"
+	run_qemu "$out" "$err" microvm "$GUESTS/blktest.elf" "verify seed=5 start=10 sectors=600 path=virtio" \
+		-drive "id=d,file=$img,format=raw,if=none" -device virtio-blk-device,drive=d
 	expect_guest_exit 0
 	expect_in "$out" "blktest verify: 600 sectors from 10, seed 5, all match"
 	run_qemu "$out" "$err" pc "$GUESTS/blktest.elf" "write seed=6 start=2000 sectors=300" "${ide[@]}"
