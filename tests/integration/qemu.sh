@@ -174,14 +174,24 @@ qemu-no-disk) # suite: qemu
 	expect_guest_exit 0
 	expect_in "$out" "atatest: no ATA disk: open -> -19"
 	;;
-qemu-netpingpong-pc) # suite: qemu
+qemu-netpingpong-pc | qemu-netpingpong-microvm) # suite: qemu
 	require_qemu
-	# Two QEMUs, each with an ISA NE2000, joined by a socket netdev.
+	# Two QEMUs joined by a socket netdev: ISA NE2000s on pc; virtio-net
+	# on microvm, the ping on QEMU's legacy transport, the pong on virtio 1.
 	port=$((20000 + RANDOM % 20000))
-	nic=(-device ne2k_isa,netdev=n,iobase=0x300,irq=9)
+	if [ "$1" = qemu-netpingpong-pc ]; then
+		machine=pc model=ne2000
+		ping_nic=(-device ne2k_isa,netdev=n,iobase=0x300,irq=9,mac=52:54:00:12:00:01)
+		pong_nic=(-device ne2k_isa,netdev=n,iobase=0x300,irq=9,mac=52:54:00:12:00:02)
+	else
+		machine=microvm model=virtio
+		ping_nic=(-device virtio-net-device,netdev=n,mac=52:54:00:12:00:01)
+		pong_nic=(-device virtio-net-device,netdev=n,mac=52:54:00:12:00:02
+			-global virtio-mmio.force-legacy=false)
+	fi
 	(
-		run_qemu "$TMP/pong.out" "$TMP/pong.err" pc "$GUESTS/netpingpong.elf" "role=pong" \
-			-netdev "socket,id=n,listen=127.0.0.1:$port" "${nic[@]},mac=52:54:00:12:00:02"
+		run_qemu "$TMP/pong.out" "$TMP/pong.err" $machine "$GUESTS/netpingpong.elf" \
+			"role=pong path=$model" -netdev "socket,id=n,listen=127.0.0.1:$port" "${pong_nic[@]}"
 		exit $STATUS
 	) &
 	pong=$!
@@ -189,8 +199,9 @@ qemu-netpingpong-pc) # suite: qemu
 		grep -q "netpingpong: pong" "$TMP/pong.out" 2>/dev/null && break
 		sleep 0.1
 	done
-	run_qemu "$TMP/ping.out" "$TMP/ping.err" pc "$GUESTS/netpingpong.elf" "role=ping count=20 size=200" \
-		-netdev "socket,id=n,connect=127.0.0.1:$port" "${nic[@]},mac=52:54:00:12:00:01"
+	run_qemu "$TMP/ping.out" "$TMP/ping.err" $machine "$GUESTS/netpingpong.elf" \
+		"role=ping count=20 size=1400 path=$model" \
+		-netdev "socket,id=n,connect=127.0.0.1:$port" "${ping_nic[@]}"
 	ping_status=$STATUS
 	STATUS=0
 	wait $pong || STATUS=$?
@@ -198,9 +209,9 @@ qemu-netpingpong-pc) # suite: qemu
 	expect_guest_exit 0
 	STATUS=$ping_status LAST_ERR=$TMP/ping.err
 	expect_guest_exit 0
-	expect_in "$TMP/ping.out" "netpingpong: ping path=ne2000 mac=52:54:00:12:00:01"
-	expect_in "$TMP/ping.out" "netpingpong: ping path=ne2000 frames=20 frame_bytes=200"
-	expect_in "$TMP/pong.out" "netpingpong: pong path=ne2000 echoed=20 corrupt=0"
+	expect_in "$TMP/ping.out" "netpingpong: ping path=$model mac=52:54:00:12:00:01"
+	expect_in "$TMP/ping.out" "netpingpong: ping path=$model frames=20 frame_bytes=1400"
+	expect_in "$TMP/pong.out" "netpingpong: pong path=$model echoed=20 corrupt=0"
 	;;
 qemu-kapsel-same-image)
 	# One image, two hypervisors: what blktest writes through Kapsel's PV
