@@ -44,10 +44,10 @@ static void *alloc_bytes(uint64_t bytes)
 
 static const char *path_name(enum kg_block_path path)
 {
-	return path == KG_BLOCK_PV	? "pv" :
-	       path == KG_BLOCK_ATA	? "ata" :
-	       path == KG_BLOCK_VIRTIO ? "virtio" :
-					  "auto";
+	return path == KG_BLOCK_PV	 ? "pv"
+	       : path == KG_BLOCK_ATA	 ? "ata"
+	       : path == KG_BLOCK_VIRTIO ? "virtio"
+					 : "auto";
 }
 
 static struct kg_block_device *open_disk(struct kg_block_info *info)

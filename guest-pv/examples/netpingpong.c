@@ -65,10 +65,10 @@ static uint32_t get32(const uint8_t *p)
 
 static const char *path_name(enum kg_net_path path)
 {
-	return path == KG_NET_PV     ? "pv" :
-	       path == KG_NET_NE2000 ? "ne2000" :
-	       path == KG_NET_VIRTIO ? "virtio" :
-				       "auto";
+	return path == KG_NET_PV       ? "pv"
+	       : path == KG_NET_NE2000 ? "ne2000"
+	       : path == KG_NET_VIRTIO ? "virtio"
+				       : "auto";
 }
 
 /* Build a frame of data_bytes pattern bytes; returns its length. */
@@ -333,7 +333,8 @@ int main(int argc, char **argv)
 	else if (path_text && strcmp(path_text, "virtio") == 0)
 		path = KG_NET_VIRTIO;
 	else if (path_text && strcmp(path_text, "auto") != 0)
-		kg_panic("netpingpong: path='%s' is unknown; use auto, pv, ne2000 or virtio", path_text);
+		kg_panic("netpingpong: path='%s' is unknown; use auto, pv, ne2000 or virtio",
+			 path_text);
 	int err = kg_net_open((unsigned)number_arg("index", 0), path, &net);
 	if (err) {
 		kg_printf("netpingpong: no network interface on path %s: %d\n", path_name(path),

@@ -42,8 +42,7 @@ static void post_rx(struct virtio_net *v, uint16_t i)
 	kg_virtq_publish(&v->rx, i);
 }
 
-static int virtio_net_send(struct kg_net_device *device, const void *frame,
-			   uint32_t length_bytes)
+static int virtio_net_send(struct kg_net_device *device, const void *frame, uint32_t length_bytes)
 {
 	struct virtio_net *v = driver_of(device);
 	memset(v->tx_buffer, 0, v->header_bytes); /* no offloads */

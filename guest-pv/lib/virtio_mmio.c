@@ -80,15 +80,14 @@ static int fail(struct virtio_mmio *t, const char *name, const char *why)
 	return -KAPSEL_ENODEV;
 }
 
-int kg_virtio_mmio_begin(struct virtio_mmio *t, uintptr_t base, uint64_t wanted,
-			 const char *name)
+int kg_virtio_mmio_begin(struct virtio_mmio *t, uintptr_t base, uint64_t wanted, const char *name)
 {
 	memset(t, 0, sizeof(*t));
 	t->regs = base;
 	uint32_t version = reg_read(base, VMMIO_VERSION);
 	if (version != 1 && version != 2)
 		return fail(t, name, "unknown virtio-mmio version");
-	t->legacy = version == 1; /* QEMU's default unless force-legacy=false */
+	t->legacy = version == 1;	  /* QEMU's default unless force-legacy=false */
 	reg_write(base, VMMIO_STATUS, 0); /* reset */
 	t->status = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
 	reg_write(base, VMMIO_STATUS, STATUS_ACKNOWLEDGE);
@@ -190,7 +189,8 @@ void kg_virtq_notify(const struct virtio_mmio *t, const struct virtq *queue)
 	/* The index store is globally visible before we read the device's
 	 * "no notify" hint and write the doorbell. */
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	if (!(__atomic_load_n(&queue->rings->used.flags, __ATOMIC_ACQUIRE) & VIRTQ_USED_F_NO_NOTIFY))
+	if (!(__atomic_load_n(&queue->rings->used.flags, __ATOMIC_ACQUIRE) &
+	      VIRTQ_USED_F_NO_NOTIFY))
 		reg_write(t->regs, VMMIO_QUEUE_NOTIFY, queue->index);
 }
 

@@ -63,8 +63,7 @@ uintptr_t kg_virtio_mmio_find(uint32_t device_id, unsigned index);
 /* Reset the device at base, acknowledge it and negotiate offered & wanted
  * (VIRTIO_F_VERSION_1 is required of a version 2 transport).  0 or
  * -KAPSEL_ENODEV, after logging why. */
-int kg_virtio_mmio_begin(struct virtio_mmio *t, uintptr_t base, uint64_t wanted,
-			 const char *name);
+int kg_virtio_mmio_begin(struct virtio_mmio *t, uintptr_t base, uint64_t wanted, const char *name);
 
 /* Set up queue q with at most VIRTQ_SIZE_MAX entries (allocates its
  * rings), interrupts suppressed.  0 or negative KAPSEL_E*. */

@@ -54,10 +54,10 @@ struct pvh_exception_frame {
 static const struct {
 	uint16_t first, count;
 } pvh_open_ports[] = {
-	{ 0x3f8, 8 },		      /* COM1 16550 (uart16550.c) */
-	{ 0x1f0, 8 },		      /* primary ATA command block (blk_ata.c) */
-	{ 0x3f6, 1 },		      /* primary ATA control (blk_ata.c) */
-	{ 0x300, 0x20 },	      /* NE2000 (net_ne2000.c) */
+	{ 0x3f8, 8 },		   /* COM1 16550 (uart16550.c) */
+	{ 0x1f0, 8 },		   /* primary ATA command block (blk_ata.c) */
+	{ 0x3f6, 1 },		   /* primary ATA control (blk_ata.c) */
+	{ 0x300, 0x20 },	   /* NE2000 (net_ne2000.c) */
 	{ KG_DEBUG_EXIT_PORT, 4 }, /* isa-debug-exit (platform.c) */
 };
 
@@ -158,8 +158,7 @@ static uint64_t ram_end_around(uint64_t start, uint64_t end)
 	return 0;
 }
 
-static void add_memmap(struct kapsel_start_info *si, uint64_t gpa, uint64_t length,
-		       uint32_t type)
+static void add_memmap(struct kapsel_start_info *si, uint64_t gpa, uint64_t length, uint32_t type)
 {
 	if (length == 0 || si->memmap_count == KAPSEL_MEMMAP_MAX)
 		return;
@@ -270,9 +269,9 @@ static void build_page_tables(void)
 		pdpt[g] = pd_gpa | PTE_PRESENT | PTE_WRITE | PTE_USER;
 		for (uint64_t e = 0; e < 512; e++) {
 			uint64_t gpa = g * GIB + e * MIB2;
-			uint64_t cache = range_is_ram(gpa, gpa + MIB2) ?
-						 0 :
-						 PTE_CACHE_DISABLE | PTE_WRITE_THROUGH;
+			uint64_t cache = range_is_ram(gpa, gpa + MIB2)
+						 ? 0
+						 : PTE_CACHE_DISABLE | PTE_WRITE_THROUGH;
 			pd[e] = gpa | PTE_PRESENT | PTE_WRITE | PTE_USER | PTE_HUGE | cache;
 		}
 	}
@@ -322,7 +321,7 @@ static void build_tss(void)
 	for (unsigned r = 0; r < sizeof(pvh_open_ports) / sizeof(pvh_open_ports[0]); r++)
 		for (unsigned p = 0; p < pvh_open_ports[r].count; p++) {
 			unsigned port = pvh_open_ports[r].first + p;
-			bitmap[port / 8] &= (uint8_t)~(1u << (port % 8));
+			bitmap[port / 8] &= (uint8_t) ~(1u << (port % 8));
 		}
 }
 
@@ -400,7 +399,8 @@ void kg_pvh_main(uint32_t hvm_start_info_address)
 	memcpy(si->name, "pvh", 4);
 	si->tsc_khz = measure_tsc_khz();
 	if (!si->tsc_khz)
-		pvh_print("pvh: no PIT to measure the TSC against: no clock, sleeps return at once\n");
+		pvh_print(
+			"pvh: no PIT to measure the TSC against: no clock, sleeps return at once\n");
 
 	/* Low memory is free now: the firmware's data was copied out. */
 	build_page_tables();
@@ -415,15 +415,24 @@ void kg_pvh_main(uint32_t hvm_start_info_address)
 static const char *exception_name(uint64_t vector)
 {
 	static const char *const names[32] = {
-		[0] = "divide error (#DE)",   [1] = "debug (#DB)",
-		[2] = "NMI",		      [3] = "breakpoint (#BP)",
-		[4] = "overflow (#OF)",	      [5] = "bound range (#BR)",
-		[6] = "invalid opcode (#UD)", [7] = "device not available (#NM)",
-		[8] = "double fault (#DF)",   [10] = "invalid TSS (#TS)",
-		[11] = "segment not present (#NP)", [12] = "stack fault (#SS)",
-		[13] = "general protection (#GP)",  [14] = "page fault (#PF)",
-		[16] = "x87 error (#MF)",	    [17] = "alignment check (#AC)",
-		[18] = "machine check (#MC)",	    [19] = "SIMD error (#XM)",
+		[0] = "divide error (#DE)",
+		[1] = "debug (#DB)",
+		[2] = "NMI",
+		[3] = "breakpoint (#BP)",
+		[4] = "overflow (#OF)",
+		[5] = "bound range (#BR)",
+		[6] = "invalid opcode (#UD)",
+		[7] = "device not available (#NM)",
+		[8] = "double fault (#DF)",
+		[10] = "invalid TSS (#TS)",
+		[11] = "segment not present (#NP)",
+		[12] = "stack fault (#SS)",
+		[13] = "general protection (#GP)",
+		[14] = "page fault (#PF)",
+		[16] = "x87 error (#MF)",
+		[17] = "alignment check (#AC)",
+		[18] = "machine check (#MC)",
+		[19] = "SIMD error (#XM)",
 	};
 	return vector < 32 && names[vector] ? names[vector] : "reserved vector";
 }

@@ -129,7 +129,8 @@ void kg_runtime_start(const struct kapsel_start_info *si)
 	kg_platform_init(si);
 	/* Kapsel's start info, or the one the PVH shim (pvh.c) made from what
 	 * QEMU handed over: either holds the command line and memory map. */
-	bool usable = si && si->magic == KAPSEL_START_INFO_MAGIC && si->abi_major == KAPSEL_ABI_MAJOR;
+	bool usable =
+		si && si->magic == KAPSEL_START_INFO_MAGIC && si->abi_major == KAPSEL_ABI_MAJOR;
 	if (usable) {
 		memcpy(runtime_cmdline, si->cmdline, sizeof(runtime_cmdline));
 		runtime_cmdline[sizeof(runtime_cmdline) - 1] = '\0';
@@ -142,6 +143,8 @@ void kg_runtime_start(const struct kapsel_start_info *si)
 			mode = KG_CONSOLE_UART;
 		else if (strcmp(console, "pv") == 0)
 			mode = KG_CONSOLE_PV;
+		else if (strcmp(console, "virtio") == 0)
+			mode = KG_CONSOLE_VIRTIO;
 	}
 	if (kg_console_init(mode) < 0)
 		kg_console_init(KG_CONSOLE_AUTO);

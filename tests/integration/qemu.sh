@@ -15,8 +15,8 @@ require_qemu() {
 }
 
 # run_qemu OUTFILE ERRFILE MACHINE GUEST CMDLINE [QEMU ARGS...]: boots
-# GUEST with -kernel under TCG, its COM1 into OUTFILE, stdin closed unless
-# QEMU_INPUT names a file; sets STATUS, QEMU's exit status: (code << 1) | 1
+# GUEST with -kernel under TCG, its COM1 into OUTFILE (QEMU_SERIAL: another
+# -serial target), stdin closed unless QEMU_INPUT names a file; sets STATUS, QEMU's exit status: (code << 1) | 1
 # for a guest that exited with code (isa-debug-exit); a crash (exception,
 # panic, failed assert) is code 126, as kapsel's own exit status.
 run_qemu() {
@@ -25,7 +25,7 @@ run_qemu() {
 	STATUS=0
 	LAST_ERR=$err
 	timeout --kill-after=5 60 "$QEMU" -M "$machine" -accel tcg -m 128 -nodefaults \
-		-no-user-config -display none -no-reboot -serial stdio \
+		-no-user-config -display none -no-reboot -serial "${QEMU_SERIAL:-stdio}" \
 		-device isa-debug-exit,iobase=0xf4,iosize=0x04 \
 		-kernel "$guest" -append "$cmdline" "$@" \
 		<"${QEMU_INPUT:-/dev/null}" >"$out" 2>"$err" || STATUS=$?
@@ -80,6 +80,33 @@ qemu-echo) # suite: qemu
 	expect_in "$out" "echo: hello qemu"
 	expect_in "$out" "echo: second line"
 	expect_in "$out" "echo: bye"
+	;;
+qemu-virtio-console-microvm) # suite: qemu
+	require_qemu
+	# console=virtio: the runtime's console on a virtconsole, input too;
+	# COM1 stays silent.
+	mkfifo "$TMP/input"
+	(
+		QEMU_INPUT=$TMP/input QEMU_SERIAL=file:$TMP/com1 run_qemu "$out" "$err" microvm \
+			"$GUESTS/echo.elf" "console=virtio" -device virtio-serial-device \
+			-chardev stdio,id=c -device virtconsole,chardev=c
+		exit $STATUS
+	) &
+	guest=$!
+	exec 3>"$TMP/input"
+	for _ in $(seq 100); do
+		grep -q "echo ready" "$out" 2>/dev/null && break
+		sleep 0.1
+	done
+	printf 'over virtio\nquit\n' >&3
+	exec 3>&-
+	STATUS=0
+	wait $guest || STATUS=$?
+	expect_guest_exit 0
+	expect_in "$out" "echo ready (console virtio)"
+	expect_in "$out" "echo: over virtio"
+	expect_in "$out" "echo: bye"
+	[ ! -s "$TMP/com1" ] || { cat "$TMP/com1"; fail "COM1 was written with console=virtio"; }
 	;;
 qemu-fault) # suite: qemu
 	require_qemu
