@@ -1,7 +1,7 @@
 #!/bin/bash
 # Build Kapsel and run the whole test suite, then the unit and fuzz-replay tests (and where
 # there is /dev/kvm a few KVM cases) again under ASan+UBSan; fails if KVM tests were skipped
-# where KVM was available.
+# where KVM was available, or QEMU tests (suite qemu) where qemu-system-x86_64 is installed.
 #
 # Environment: KAPSEL_BUILD_DIR (default build); KAPSEL_ASAN_BUILD_DIR (default
 # $KAPSEL_BUILD_DIR-asan); KAPSEL_ASAN_TESTS: the tests besides unit and fuzz-replay to run in
@@ -106,7 +106,9 @@ fi
 
 # Summarize from meson's machine-readable logs, and refuse a run that
 # skipped KVM tests where KVM was available (that run tested nothing real).
-KVM_AVAILABLE=$kvm_available python3 - "${logs[@]}" <<'PY' || status=1
+# Likewise the qemu suite where qemu-system-x86_64 is installed (it needs no KVM).
+qemu_available=$(command -v qemu-system-x86_64 >/dev/null && echo yes || echo no)
+KVM_AVAILABLE=$kvm_available QEMU_AVAILABLE=$qemu_available python3 - "${logs[@]}" <<'PY' || status=1
 import json, os, sys
 results = {}
 flaky = []
@@ -130,6 +132,7 @@ for path in sys.argv[1:]:
 passed = skipped = 0
 failed = missing
 skipped_kvm = []
+skipped_qemu = []
 for (group, name), test in results.items():
     result = test["result"]
     if result in ("OK", "EXPECTEDFAIL"):
@@ -140,6 +143,8 @@ for (group, name), test in results.items():
         suites = test.get("suite") or [name.split(" / ")[0].split(":")[-1]]
         if "kvm" in suites:
             skipped_kvm.append(name)
+        if "qemu" in suites:
+            skipped_qemu.append(name)
     else:
         failed += 1
         print(f"failed: {name} ({group})")
@@ -149,6 +154,10 @@ if flaky:
 print(f"{passed} passed, {failed} failed, {skipped} skipped")
 if skipped_kvm and os.environ["KVM_AVAILABLE"] == "yes":
     print("error: KVM was available but these KVM tests skipped: " + ", ".join(skipped_kvm))
+    sys.exit(1)
+if skipped_qemu and os.environ["QEMU_AVAILABLE"] == "yes":
+    print("error: qemu-system-x86_64 is installed but these QEMU tests skipped: " +
+          ", ".join(skipped_qemu))
     sys.exit(1)
 sys.exit(1 if failed else 0)
 PY

@@ -44,7 +44,10 @@ static void *alloc_bytes(uint64_t bytes)
 
 static const char *path_name(enum kg_block_path path)
 {
-	return path == KG_BLOCK_PV ? "pv" : path == KG_BLOCK_ATA ? "ata" : "auto";
+	return path == KG_BLOCK_PV	 ? "pv"
+	       : path == KG_BLOCK_ATA	 ? "ata"
+	       : path == KG_BLOCK_VIRTIO ? "virtio"
+					 : "auto";
 }
 
 static struct kg_block_device *open_disk(struct kg_block_info *info)
@@ -55,8 +58,10 @@ static struct kg_block_device *open_disk(struct kg_block_info *info)
 		path = KG_BLOCK_PV;
 	else if (p && strcmp(p, "ata") == 0)
 		path = KG_BLOCK_ATA;
+	else if (p && strcmp(p, "virtio") == 0)
+		path = KG_BLOCK_VIRTIO;
 	else if (p && strcmp(p, "auto") != 0)
-		kg_panic("path=%s is unknown; use pv, ata or auto", p);
+		kg_panic("path=%s is unknown; use pv, ata, virtio or auto", p);
 	unsigned index = (unsigned)args_number("disk", 0);
 	struct kg_block_device *dev;
 	int err = kg_block_open(index, path, &dev);

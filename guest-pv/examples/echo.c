@@ -15,7 +15,9 @@ int main(int argc, char **argv)
 	size_t used = 0;
 	uint64_t last_input_ns = kg_time_now_ns();
 
-	kg_printf("echo ready (console %s)\n", kg_console_mode() == KG_CONSOLE_PV ? "pv" : "uart");
+	kg_printf("echo ready (console %s)\n", kg_console_mode() == KG_CONSOLE_PV	? "pv"
+					       : kg_console_mode() == KG_CONSOLE_VIRTIO ? "virtio"
+											: "uart");
 	for (;;) {
 		char c;
 		if (kg_console_read(&c, 1) == 0) {

@@ -15,7 +15,7 @@
  *   role=send count=N [size=BYTES]               send N frames, expect nothing
  *   role=garbage                                 PV only: hostile TX descriptors
  *                                                must be refused, then a frame goes
- * Common: path=auto|pv|ne2000, index=N (interface), poll=US (PV busy-poll).
+ * Common: path=auto|pv|ne2000|virtio, index=N (interface), poll=US (PV busy-poll).
  * The frame: destination, source, type 0x88b5, then the payload
  *   "KNPP" kind(1) 0(3) seq(4, le) length(4, le) data[length] fnv32(4, le)
  * where data[i] = pattern(seq, i) and fnv32 covers everything from "KNPP"
@@ -65,7 +65,10 @@ static uint32_t get32(const uint8_t *p)
 
 static const char *path_name(enum kg_net_path path)
 {
-	return path == KG_NET_PV ? "pv" : path == KG_NET_NE2000 ? "ne2000" : "auto";
+	return path == KG_NET_PV       ? "pv"
+	       : path == KG_NET_NE2000 ? "ne2000"
+	       : path == KG_NET_VIRTIO ? "virtio"
+				       : "auto";
 }
 
 /* Build a frame of data_bytes pattern bytes; returns its length. */
@@ -327,8 +330,11 @@ int main(int argc, char **argv)
 		path = KG_NET_PV;
 	else if (path_text && strcmp(path_text, "ne2000") == 0)
 		path = KG_NET_NE2000;
+	else if (path_text && strcmp(path_text, "virtio") == 0)
+		path = KG_NET_VIRTIO;
 	else if (path_text && strcmp(path_text, "auto") != 0)
-		kg_panic("netpingpong: path='%s' is unknown; use auto, pv or ne2000", path_text);
+		kg_panic("netpingpong: path='%s' is unknown; use auto, pv, ne2000 or virtio",
+			 path_text);
 	int err = kg_net_open((unsigned)number_arg("index", 0), path, &net);
 	if (err) {
 		kg_printf("netpingpong: no network interface on path %s: %d\n", path_name(path),

@@ -20,14 +20,16 @@ int kg_block_open(unsigned index, enum kg_block_path path, struct kg_block_devic
 {
 	const struct kapsel_device_desc *desc = 0;
 	*device = 0;
-	if (path != KG_BLOCK_AUTO && path != KG_BLOCK_PV && path != KG_BLOCK_ATA)
+	if (path != KG_BLOCK_AUTO && path != KG_BLOCK_PV && path != KG_BLOCK_ATA &&
+	    path != KG_BLOCK_VIRTIO)
 		return -KAPSEL_EINVAL;
 	if (kg_platform_is_kapsel()) {
+		if (path == KG_BLOCK_VIRTIO)
+			return -KAPSEL_ENODEV;
 		desc = find_disk(index, path);
 		if (!desc)
 			return -KAPSEL_ENODEV;
-	} else if (path == KG_BLOCK_PV || index != 0) {
-		/* Off Kapsel only the legacy primary ATA disk can exist. */
+	} else if (path == KG_BLOCK_PV) {
 		return -KAPSEL_ENODEV;
 	}
 	struct kg_block_device *dev =
@@ -35,10 +37,19 @@ int kg_block_open(unsigned index, enum kg_block_path path, struct kg_block_devic
 	if (!dev)
 		return -KAPSEL_ENOMEM;
 	int err;
-	if (desc && desc->type == KAPSEL_DEV_BLOCK_PV)
+	if (desc && desc->type == KAPSEL_DEV_BLOCK_PV) {
 		err = kg_blk_pv_open(desc, dev);
-	else
+	} else if (desc) {
 		err = kg_blk_ata_open(desc, dev);
+	} else {
+		/* Off Kapsel: virtio-blk disks (microvm) come first, then the
+		 * legacy primary ATA disk, the only ATA one there can be. */
+		err = -KAPSEL_ENODEV;
+		if (path != KG_BLOCK_ATA)
+			err = kg_blk_virtio_open(index, dev);
+		if (err == -KAPSEL_ENODEV && path != KG_BLOCK_VIRTIO && index == 0)
+			err = kg_blk_ata_open(0, dev);
+	}
 	if (err)
 		return err;
 	*device = dev;

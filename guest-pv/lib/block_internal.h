@@ -1,4 +1,4 @@
-/* Contract between the guest block API dispatcher (block.c) and its two drivers (PV ring, ATA PIO). */
+/* Contract between the guest block API dispatcher (block.c) and its drivers (PV ring, ATA PIO, virtio-blk). */
 #ifndef KAPSEL_GUEST_BLOCK_INTERNAL_H
 #define KAPSEL_GUEST_BLOCK_INTERNAL_H
 
@@ -36,5 +36,9 @@ int kg_blk_pv_open(const struct kapsel_device_desc *desc, struct kg_block_device
  * desc may be NULL off Kapsel (then the legacy 0x1f0/0x3f6 are probed
  * with IDENTIFY DEVICE). */
 int kg_blk_ata_open(const struct kapsel_device_desc *desc, struct kg_block_device *device);
+
+/* virtio-blk driver (blk_virtio.c), off Kapsel: open the index-th
+ * virtio-blk device on QEMU microvm's virtio-mmio transports. */
+int kg_blk_virtio_open(unsigned index, struct kg_block_device *device);
 
 #endif

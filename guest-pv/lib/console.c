@@ -1,5 +1,7 @@
-/* Guest console: one API over the PV console hypercalls or an emulated 16550 UART. */
+/* Guest console: one API over the PV console hypercalls, an emulated 16550 UART or a virtio-console. */
 #include "kapsel_guest/console.h"
+
+#include "console_internal.h"
 
 #include "kapsel_guest/hypercall.h"
 #include "kapsel_guest/platform.h"
@@ -18,6 +20,15 @@ int kg_console_init(enum kg_console_mode mode)
 		console_uart_base = uart->io_base;
 	if (mode == KG_CONSOLE_PV && !pv)
 		return -KAPSEL_ENODEV;
+	if (mode == KG_CONSOLE_VIRTIO) {
+		if (kg_platform_is_kapsel())
+			return -KAPSEL_ENODEV;
+		int err = kg_virtio_console_open();
+		if (err)
+			return err;
+		console_mode = mode;
+		return 0;
+	}
 	if (mode == KG_CONSOLE_AUTO)
 		mode = pv ? KG_CONSOLE_PV : KG_CONSOLE_UART;
 	console_mode = mode;
@@ -38,6 +49,10 @@ void kg_console_write(const void *data, size_t length)
 		kg_uart_write(console_uart_base, data, length);
 		return;
 	}
+	if (console_mode == KG_CONSOLE_VIRTIO) {
+		kg_virtio_console_write(data, length);
+		return;
+	}
 	while (length) {
 		int64_t n = kg_hc_console_write(p, length);
 		if (n <= 0) {
@@ -54,6 +69,8 @@ size_t kg_console_read(void *data, size_t length)
 {
 	if (console_mode == KG_CONSOLE_UART)
 		return kg_uart_read(console_uart_base, data, length);
+	if (console_mode == KG_CONSOLE_VIRTIO)
+		return kg_virtio_console_read(data, length);
 	int64_t n = kg_hc_console_read(data, length);
 	return n > 0 ? (size_t)n : 0;
 }

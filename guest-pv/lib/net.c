@@ -34,14 +34,17 @@ int kg_net_open(unsigned index, enum kg_net_path path, struct kg_net_device **de
 {
 	const struct kapsel_device_desc *desc = 0;
 	*device = 0;
-	if (path != KG_NET_AUTO && path != KG_NET_PV && path != KG_NET_NE2000)
+	if (path != KG_NET_AUTO && path != KG_NET_PV && path != KG_NET_NE2000 &&
+	    path != KG_NET_VIRTIO)
 		return -KAPSEL_EINVAL;
 	if (kg_platform_is_kapsel()) {
+		if (path == KG_NET_VIRTIO)
+			return -KAPSEL_ENODEV;
 		desc = find_net(index, path);
 		if (!desc)
 			return -KAPSEL_ENODEV;
-	} else if (path == KG_NET_PV || index != 0) {
-		return -KAPSEL_ENODEV; /* off Kapsel only the legacy NE2000 */
+	} else if (path == KG_NET_PV) {
+		return -KAPSEL_ENODEV;
 	}
 	struct kg_net_device *dev = kg_os_alloc_pages((sizeof(*dev) + PAGE_BYTES - 1) / PAGE_BYTES);
 	if (!dev)
@@ -49,10 +52,19 @@ int kg_net_open(unsigned index, enum kg_net_path path, struct kg_net_device **de
 	dev->desc = desc;
 	dev->generation = current_generation();
 	int err;
-	if (desc && desc->type == KAPSEL_DEV_NET_PV)
+	if (desc && desc->type == KAPSEL_DEV_NET_PV) {
 		err = kg_net_pv_open(desc, dev);
-	else
+	} else if (desc) {
 		err = kg_net_ne2000_open(desc, dev);
+	} else {
+		/* Off Kapsel: virtio-net interfaces (microvm) come first, then
+		 * the NE2000 at the legacy 0x300, the only one there can be. */
+		err = -KAPSEL_ENODEV;
+		if (path != KG_NET_NE2000)
+			err = kg_net_virtio_open(index, dev);
+		if (err == -KAPSEL_ENODEV && path != KG_NET_VIRTIO && index == 0)
+			err = kg_net_ne2000_open(0, dev);
+	}
 	if (err)
 		return err;
 	*device = dev;

@@ -1,4 +1,4 @@
-/* Contract between the guest network API dispatcher (net.c) and its two drivers (PV rings, NE2000 PIO). */
+/* Contract between the guest network API dispatcher (net.c) and its drivers (PV rings, NE2000 PIO, virtio-net). */
 #ifndef KAPSEL_GUEST_NET_INTERNAL_H
 #define KAPSEL_GUEST_NET_INTERNAL_H
 
@@ -40,5 +40,9 @@ int kg_net_pv_send_raw(struct kg_net_device *device, uint64_t gpa, uint32_t leng
 /* NE2000 driver (net_ne2000.c): open the card at desc->io_base, or at
  * 0x300 when desc is NULL (off Kapsel); the address comes from its PROM. */
 int kg_net_ne2000_open(const struct kapsel_device_desc *desc, struct kg_net_device *device);
+
+/* virtio-net driver (net_virtio.c), off Kapsel: open the index-th
+ * virtio-net device on QEMU microvm's virtio-mmio transports. */
+int kg_net_virtio_open(unsigned index, struct kg_net_device *device);
 
 #endif

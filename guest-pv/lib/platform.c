@@ -39,8 +39,17 @@ static void calibrate_clock(void)
 int kg_platform_init(const struct kapsel_start_info *start_info)
 {
 	platform_kapsel = false;
-	if (!cpuid_says_kapsel())
+	if (!cpuid_says_kapsel()) {
+		/* A start info from the PVH shim (guest-pv/runtime/pvh.c) may
+		 * still carry the TSC rate: the clock then counts from here. */
+		if (start_info && start_info->magic == KAPSEL_START_INFO_MAGIC &&
+		    start_info->tsc_khz) {
+			clock_base_ns = 0;
+			clock_base_tsc = kg_rdtsc();
+			clock_mult = (1000000ull << 32) / start_info->tsc_khz;
+		}
 		return -KAPSEL_ENODEV;
+	}
 	if (!start_info || start_info->magic != KAPSEL_START_INFO_MAGIC ||
 	    start_info->abi_major != KAPSEL_ABI_MAJOR)
 		return -KAPSEL_ENODEV;
@@ -59,6 +68,17 @@ int kg_platform_init(const struct kapsel_start_info *start_info)
 bool kg_platform_is_kapsel(void)
 {
 	return platform_kapsel;
+}
+
+void kg_platform_shutdown(enum kapsel_shutdown_reason reason, int exit_code)
+{
+	if (platform_kapsel)
+		kg_hc_shutdown(reason, exit_code);
+	if (reason == KAPSEL_SHUTDOWN_CRASH)
+		exit_code = KG_EXIT_CODE_CRASH;
+	kg_outl(KG_DEBUG_EXIT_PORT, (uint32_t)exit_code);
+	for (;;)
+		kg_cpu_relax();
 }
 
 const struct kapsel_start_info *kg_platform_start_info(void)
@@ -121,11 +141,15 @@ uint64_t kg_time_now_ns(void)
 
 void kg_time_sleep_ns(uint64_t duration_ns)
 {
-	if (!platform_kapsel)
-		return; /* no clock and no BLOCK call off Kapsel */
 	uint64_t deadline = kg_time_now_ns() + duration_ns;
 	if (deadline < duration_ns)
 		deadline = UINT64_MAX; /* "forever" must not wrap into the past */
+	if (!platform_kapsel) {
+		/* No BLOCK call off Kapsel: spin on the TSC clock, if any. */
+		while (clock_mult && kg_time_now_ns() < deadline)
+			kg_cpu_relax();
+		return;
+	}
 	/* BLOCK also returns early for pending events; keep sleeping. */
 	while (kg_time_now_ns() < deadline) {
 		if (kg_hc_block(deadline) == 1) {

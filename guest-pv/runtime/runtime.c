@@ -71,11 +71,7 @@ int kg_printf(const char *fmt, ...)
 
 void kg_exit(int exit_code)
 {
-	if (kg_platform_is_kapsel())
-		kg_hc_shutdown(KAPSEL_SHUTDOWN_POWEROFF, exit_code);
-	/* Off Kapsel there is no poweroff: CPL3 code cannot halt, so spin. */
-	for (;;)
-		__asm__ volatile("pause");
+	kg_platform_shutdown(KAPSEL_SHUTDOWN_POWEROFF, exit_code);
 }
 
 void kg_panic(const char *fmt, ...)
@@ -86,10 +82,7 @@ void kg_panic(const char *fmt, ...)
 	kg_vsnprintf(buffer, sizeof(buffer), fmt, ap);
 	va_end(ap);
 	kg_printf("guest panic: %s\n", buffer);
-	if (kg_platform_is_kapsel())
-		kg_hc_shutdown(KAPSEL_SHUTDOWN_CRASH, 1);
-	for (;;)
-		__asm__ volatile("pause");
+	kg_platform_shutdown(KAPSEL_SHUTDOWN_CRASH, 1);
 }
 
 int kg_cmdline_get(const char *key, char *value, size_t value_size)
@@ -139,12 +132,16 @@ void kg_runtime_start(const struct kapsel_start_info *si)
 	static char args_storage[KAPSEL_CMDLINE_MAX];
 	static char *argv[RUNTIME_MAX_ARGS + 1];
 
-	int on_kapsel = kg_platform_init(si) == 0;
-	if (on_kapsel) {
+	kg_platform_init(si);
+	/* Kapsel's start info, or the one the PVH shim (pvh.c) made from what
+	 * QEMU handed over: either holds the command line and memory map. */
+	bool usable =
+		si && si->magic == KAPSEL_START_INFO_MAGIC && si->abi_major == KAPSEL_ABI_MAJOR;
+	if (usable) {
 		memcpy(runtime_cmdline, si->cmdline, sizeof(runtime_cmdline));
 		runtime_cmdline[sizeof(runtime_cmdline) - 1] = '\0';
 	}
-	heap_init(on_kapsel ? si : 0);
+	heap_init(usable ? si : 0);
 	char console[8];
 	enum kg_console_mode mode = KG_CONSOLE_AUTO;
 	if (kg_cmdline_get("console", console, sizeof(console)) >= 0) {
@@ -152,6 +149,8 @@ void kg_runtime_start(const struct kapsel_start_info *si)
 			mode = KG_CONSOLE_UART;
 		else if (strcmp(console, "pv") == 0)
 			mode = KG_CONSOLE_PV;
+		else if (strcmp(console, "virtio") == 0)
+			mode = KG_CONSOLE_VIRTIO;
 	}
 	if (kg_console_init(mode) < 0)
 		kg_console_init(KG_CONSOLE_AUTO);

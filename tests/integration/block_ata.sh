@@ -6,37 +6,6 @@ make_temp_dir
 out=$TMP/out err=$TMP/err img=$TMP/disk.img
 GUEST=$GUESTS/atatest.elf
 
-# pattern check|write IMAGE SEED FIRST COUNT: the guest's pattern, computed
-# here independently: sector s is 64 little-endian words mix(seed, s*64+i).
-pattern() {
-	python3 - "$@" <<'EOF'
-import struct, sys
-mode, path, seed, first, count = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
-M = (1 << 64) - 1
-def word(i):
-    x = (seed * 0x9e3779b97f4a7c15 + i) & M
-    x = ((x ^ (x >> 30)) * 0xbf58476d1ce4e5b9) & M
-    x = ((x ^ (x >> 27)) * 0x94d049bb133111eb) & M
-    return x ^ (x >> 31)
-def sector(s):
-    return struct.pack('<64Q', *(word(s * 64 + i) for i in range(64)))
-with open(path, 'r+b') as f:
-    for s in range(first, first + count):
-        f.seek(s * 512)
-        if mode == 'write':
-            f.write(sector(s))
-        elif f.read(512) != sector(s):
-            sys.exit(f'sector {s} of {path} does not hold pattern {seed}')
-EOF
-}
-
-# zeroes IMAGE SECTOR: the sector is all zero (nothing wrote there).
-expect_zero_sector() {
-	local n
-	n=$(dd if="$1" bs=512 skip="$2" count=1 status=none | tr -d '\0' | wc -c)
-	[ "$n" -eq 0 ] || fail "sector $2 of $1 was written ($n non-zero bytes)"
-}
-
 # stat_value FILE DEVICE_NAME KEY: the value of "  KEY: value" in the
 # --stats block of the first device called DEVICE_NAME.
 stat_value() {

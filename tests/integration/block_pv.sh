@@ -6,39 +6,6 @@ make_temp_dir
 out=$TMP/out err=$TMP/err img=$TMP/disk.img
 BLKTEST=$GUESTS/blktest.elf
 
-# An independent implementation of blktest's pattern: sector s holds 64
-# little-endian words, word i = mix(mix(seed) ^ (s * 64 + i)), mix being the
-# splitmix64 finalizer.  check_image IMAGE SEED START SECTORS [ZERO_FROM ZERO_TO]
-check_image() {
-	python3 - "$@" <<'EOF'
-import struct, sys
-M = (1 << 64) - 1
-def mix(x):
-    x = (x + 0x9e3779b97f4a7c15) & M
-    x = ((x ^ (x >> 30)) * 0xbf58476d1ce4e5b9) & M
-    x = ((x ^ (x >> 27)) * 0x94d049bb133111eb) & M
-    return x ^ (x >> 31)
-path, seed, start, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-zero = range(int(sys.argv[5]), int(sys.argv[6])) if len(sys.argv) > 6 else range(0)
-key = mix(seed)
-with open(path, 'rb') as f:
-    f.seek(start * 512)
-    data = f.read(count * 512)
-if len(data) != count * 512:
-    sys.exit('image too short')
-bad = 0
-for s in range(start, start + count):
-    words = struct.unpack_from('<64Q', data, (s - start) * 512)
-    want = [0] * 64 if s in zero else [mix(key ^ ((s * 64 + i) & M)) for i in range(64)]
-    if list(words) != want:
-        if bad < 5:
-            print('sector %d differs' % s)
-        bad += 1
-print('%d of %d sectors differ' % (bad, count))
-sys.exit(1 if bad else 0)
-EOF
-}
-
 case "$1" in
 pv-write-verify)
 	# Two VM runs on one image, then the host checks the file itself.

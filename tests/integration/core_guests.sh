@@ -173,7 +173,8 @@ cli-truncated-elf)
 	head -c 100 "$GUESTS/hello.elf" >"$TMP/cut.elf"
 	run_guest "$out" "$err" --kernel "$TMP/cut.elf"
 	expect_status 125
-	expect_in "$err" "ELF program headers (offset 0x40, 3 entries) run past the end of the file"
+	phnum=$(od -An -t u2 -j 56 -N 2 "$GUESTS/hello.elf" | tr -d ' ') # 4: three loads, the PVH note
+	expect_in "$err" "ELF program headers (offset 0x40, $phnum entries) run past the end of the file"
 	;;
 cli-memory)
 	for size in 1T garbage; do
@@ -247,16 +248,23 @@ cli-help)
 	expect_in "$err" "Usage: kapsel COMMAND"
 	;;
 guest-too-big)
-	# hello.elf with its last segment's memory size (BSS) raised to 8 MiB.
+	# hello.elf with its last PT_LOAD's memory size (BSS) raised to 8 MiB
+	# (a PT_NOTE, the PVH entry, comes after it).
 	cp "$GUESTS/hello.elf" "$TMP/big.elf"
 	phoff=$(od -An -t u8 -j 32 -N 8 "$TMP/big.elf" | tr -d ' ')
 	phnum=$(od -An -t u2 -j 56 -N 2 "$TMP/big.elf" | tr -d ' ')
-	memsz_at=$(( phoff + (phnum - 1) * 56 + 40 ))
+	last_load=
+	for i in $(seq 0 $((phnum - 1))); do
+		type=$(od -An -t u4 -j $((phoff + i * 56)) -N 4 "$TMP/big.elf" | tr -d ' ')
+		[ "$type" -eq 1 ] && last_load=$i
+	done
+	[ -n "$last_load" ] || fail "hello.elf has no PT_LOAD"
+	memsz_at=$(( phoff + last_load * 56 + 40 ))
 	printf '\000\000\200\000\000\000\000\000' |
 		dd of="$TMP/big.elf" bs=1 seek=$memsz_at conv=notrunc status=none
 	run_guest "$out" "$err" --kernel "$TMP/big.elf" --memory 4M
 	expect_status 125
-	expect_in "$err" "kapsel: error: guest image '$TMP/big.elf': segment $((phnum - 1)) ["
+	expect_in "$err" "kapsel: error: guest image '$TMP/big.elf': segment $last_load ["
 	expect_in "$err" "+0x800000) does not fit in 4 MiB of guest memory; give the VM more memory"
 	run_guest "$out" "$err" --kernel "$TMP/big.elf" --memory 16M
 	expect_status 0

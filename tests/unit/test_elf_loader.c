@@ -467,6 +467,39 @@ static void test_entry_and_segment_counts(void)
 	}
 }
 
+/* The guests carry a PT_NOTE (the PVH entry QEMU boots them by, inside
+ * the rodata load): kapsel loads the same segments as without it, and
+ * does not check a note's addresses as it checks a load's. */
+static void test_note_segment_ignored(void)
+{
+	struct test_image im;
+	struct elf_image out;
+
+	image_build(&im);
+	im.eh->e_phnum = 3;
+	Elf64_Phdr *note = &im.ph[2];
+	memset(note, 0, sizeof(*note));
+	note->p_type = PT_NOTE;
+	note->p_flags = PF_R;
+	note->p_offset = TEXT_OFFSET + 0x20;
+	note->p_vaddr = note->p_paddr = TEXT_GPA + 0x20;
+	note->p_filesz = note->p_memsz = 0x18;
+	note->p_align = 4;
+	CU_ASSERT_EQUAL_FATAL(parse(&im, &out), 0);
+	CU_ASSERT_EQUAL(out.segment_count, 2);
+	CU_ASSERT_EQUAL(out.entry, TEXT_GPA);
+	CU_ASSERT_EQUAL(out.image_start, TEXT_GPA);
+	CU_ASSERT_EQUAL(out.image_end, DATA_GPA + DATA_MEM);
+	elf_image_free(&out);
+
+	/* Below the image minimum and past the file's end: still not loaded. */
+	note->p_vaddr = note->p_paddr = 0x1000;
+	note->p_offset = IMAGE_BYTES * 2;
+	CU_ASSERT_EQUAL_FATAL(parse(&im, &out), 0);
+	CU_ASSERT_EQUAL(out.segment_count, 2);
+	elf_image_free(&out);
+}
+
 /* The image parses with that many symbols (SIZE_MAX: any), all sane. */
 static void expect_parses_with_symbols(struct test_image *im, size_t symbols)
 {
@@ -673,6 +706,7 @@ int main(void)
 		{ "symbol at the top of the address space", test_symbolize_top_of_address_space },
 		{ "ELF header checks", test_header_checks },
 		{ "program headers past the end", test_program_headers_past_end },
+		{ "a PT_NOTE segment is not loaded", test_note_segment_ignored },
 		{ "segment checks", test_segment_checks },
 		{ "entry point and segment counts", test_entry_and_segment_counts },
 		{ "broken symbol tables yield no symbols", test_broken_symbol_tables },

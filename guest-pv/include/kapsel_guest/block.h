@@ -9,9 +9,10 @@
 #include "kapsel/blk.h"
 
 enum kg_block_path {
-	KG_BLOCK_AUTO = 0, /* whatever the hypervisor offers for this disk */
-	KG_BLOCK_PV = 1,   /* PV ring (KAPSEL_DEV_BLOCK_PV) */
-	KG_BLOCK_ATA = 2,  /* emulated ATA disk, PIO (KAPSEL_DEV_ATA_DISK) */
+	KG_BLOCK_AUTO = 0,   /* whatever the hypervisor offers for this disk */
+	KG_BLOCK_PV = 1,     /* PV ring (KAPSEL_DEV_BLOCK_PV) */
+	KG_BLOCK_ATA = 2,    /* emulated ATA disk, PIO (KAPSEL_DEV_ATA_DISK) */
+	KG_BLOCK_VIRTIO = 3, /* off Kapsel: virtio-blk on virtio-mmio (QEMU microvm) */
 };
 
 struct kg_block_info {

@@ -1,4 +1,4 @@
-/* Guest console: one API over the PV console hypercalls or an emulated 16550 UART. */
+/* Guest console: one API over the PV console hypercalls, an emulated 16550 UART or (off Kapsel) a virtio-console. */
 #ifndef KAPSEL_GUEST_CONSOLE_H
 #define KAPSEL_GUEST_CONSOLE_H
 
@@ -9,13 +9,14 @@ enum kg_console_mode {
 	KG_CONSOLE_AUTO = 0, /* PV when Kapsel offers it, else the UART */
 	KG_CONSOLE_PV = 1,
 	KG_CONSOLE_UART = 2,
+	KG_CONSOLE_VIRTIO = 3, /* off Kapsel: virtio-console on QEMU microvm; never automatic */
 };
 
 /* Pick the path; call after kg_platform_init.  Returns 0, or
  * -KAPSEL_ENODEV if the requested path does not exist. */
 int kg_console_init(enum kg_console_mode mode);
 
-/* The path in use (PV or UART). */
+/* The path in use (PV, UART or VIRTIO). */
 enum kg_console_mode kg_console_mode(void);
 
 /* Write length bytes (all of them; blocks as needed). */

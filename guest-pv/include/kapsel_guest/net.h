@@ -11,6 +11,7 @@ enum kg_net_path {
 	KG_NET_AUTO = 0,   /* whatever the hypervisor offers for this interface */
 	KG_NET_PV = 1,	   /* PV rings (KAPSEL_DEV_NET_PV) */
 	KG_NET_NE2000 = 2, /* emulated NE2000, polled PIO (KAPSEL_DEV_NE2000) */
+	KG_NET_VIRTIO = 3, /* off Kapsel: virtio-net on virtio-mmio (QEMU microvm) */
 };
 
 struct kg_net_device;
@@ -36,7 +37,7 @@ struct kg_net_stats {
  */
 int kg_net_open(unsigned index, enum kg_net_path path, struct kg_net_device **device);
 
-/* The path in use (KG_NET_PV or KG_NET_NE2000). */
+/* The path in use (KG_NET_PV, KG_NET_NE2000 or KG_NET_VIRTIO). */
 enum kg_net_path kg_net_path_of(struct kg_net_device *device);
 
 /*

@@ -18,6 +18,27 @@ int kg_platform_init(const struct kapsel_start_info *start_info);
 /* True when the Kapsel PV interface is present and its ABI is understood. */
 bool kg_platform_is_kapsel(void);
 
+/*
+ * Off Kapsel, the exit code goes to QEMU's isa-debug-exit device
+ * (-device isa-debug-exit,iobase=0xf4,iosize=0x04), which ends QEMU with
+ * status (exit_code << 1) | 1.  The port must be open to CPL3 (the PVH
+ * shim in guest-pv/runtime opens it).
+ */
+#define KG_DEBUG_EXIT_PORT 0xf4u
+/* The exit code written there for a crash (SHUTDOWN_CRASH, an exception in
+ * the PVH shim): the status kapsel itself exits with for one. */
+#define KG_EXIT_CODE_CRASH 126
+
+/*
+ * End the VM: on Kapsel, KAPSEL_HC_SHUTDOWN(reason, exit_code); elsewhere
+ * exit_code (0-127 survive QEMU's encoding), or KG_EXIT_CODE_CRASH for
+ * KAPSEL_SHUTDOWN_CRASH, is written to KG_DEBUG_EXIT_PORT (a reboot is an
+ * exit too), and, if that returns (no such device), the vCPU spins: CPL3
+ * code cannot halt.
+ */
+__attribute__((noreturn)) void kg_platform_shutdown(enum kapsel_shutdown_reason reason,
+						    int exit_code);
+
 /* The start info page, or NULL off Kapsel. */
 const struct kapsel_start_info *kg_platform_start_info(void);
 
@@ -35,10 +56,14 @@ const struct kapsel_device_desc *kg_platform_find_unit(unsigned unit,
 						       enum kapsel_device_type either_type,
 						       enum kapsel_device_type or_type);
 
-/* Nanoseconds on the Kapsel clock, from the TSC (no exit). */
+/* Nanoseconds on the Kapsel clock, from the TSC (no exit); off Kapsel,
+ * since kg_platform_init. */
 uint64_t kg_time_now_ns(void);
 
-/* Sleep for at least duration_ns in the hypervisor (one exit). */
+/* Sleep for at least duration_ns in the hypervisor (one exit).  Off
+ * Kapsel there is no such call: it spins on the TSC clock when the start
+ * info gave its rate (the PVH shim measures it), else returns at once, and
+ * kg_time_now_ns stays 0. */
 void kg_time_sleep_ns(uint64_t duration_ns);
 
 /* The event page, or NULL off Kapsel. */
