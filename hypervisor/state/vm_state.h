@@ -4,7 +4,7 @@
 
 /*
  * One format for save files, snapshots, clones and the live-migration
- * stream.  A stream is a sequence of records; each record is
+ * stream (docs/state.md: the record table, the definition's XML).  A stream is a sequence of records; each record is
  *
  *   struct vm_state_record_header (24 bytes) + length_bytes of payload
  *
