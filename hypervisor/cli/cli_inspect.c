@@ -100,7 +100,9 @@ static void print_state(const struct vm_state_dir *dir, bool list_records, FILE 
 		(unsigned long long)info->generation, info->clock_ns / 1e9,
 		(unsigned long long)info->tsc_khz, (unsigned long long)info->exits_total);
 	const struct vm_state_stored_record *config =
-		vm_state_find(&dir->state, VM_STATE_CONFIG, NULL);
+		vm_state_find(&dir->state, VM_STATE_DEFINITION, NULL);
+	if (!config)
+		config = vm_state_find(&dir->state, VM_STATE_CONFIG_TEXT, NULL);
 	if (config) {
 		fprintf(out, "definition:\n");
 		const char *p = (const char *)config->payload;

@@ -187,17 +187,61 @@ void vm_net_config_free(struct vm_net_config *net);
  */
 void vm_config_net_mac(const struct vm_config *config, unsigned index, uint8_t mac[6]);
 
+/* The largest domain XML Kapsel reads (a file or a state file's definition):
+ * a definition with every disk and interface at PATH_MAX is under 64 KiB. */
+#define VM_CONFIG_XML_MAX_BYTES (1u << 20)
+
 /*
- * Parse a libvirt domain XML file into config (config_xml.c).  Returns 0,
- * or -EINVAL with a message naming the element in error.
+ * The Kapsel extension namespace of domain XML (docs/state.md): settings
+ * libvirt has no element for, inside <metadata><kapsel:domain>.  A
+ * namespace with the same prefix and another version is refused.
+ */
+#define VM_CONFIG_XML_NAMESPACE "https://kapsel.example/xmlns/domain/1"
+#define VM_CONFIG_XML_NAMESPACE_PREFIX "https://kapsel.example/xmlns/domain/"
+
+/*
+ * Parse libvirt domain XML held in memory (data, length_bytes; no NUL
+ * needed) into config: the one parser of domain XML, for --xml FILE and
+ * for the definition a state file or migration stream carries.  name
+ * names the document in messages; base_dir is where relative paths start
+ * (NULL: they stay relative).  The parser never touches the network, never
+ * loads a DTD or XInclude, and refuses a document with a <!DOCTYPE> (no
+ * entities at all) or over VM_CONFIG_XML_MAX_BYTES.  Returns 0, or -EINVAL
+ * with a message naming the element in error (config may then hold part
+ * of the definition: free it).
+ */
+int vm_config_parse_xml(const char *data, size_t length_bytes, const char *name,
+			const char *base_dir, struct vm_config *config, char *error,
+			size_t error_len);
+
+/*
+ * Parse a libvirt domain XML file into config (config_xml.c): reads it and
+ * calls vm_config_parse_xml with the file's folder as base_dir.  Returns
+ * 0, or -EINVAL with a message naming the element in error.
  */
 int vm_config_load_xml(const char *path, struct vm_config *config, char *error, size_t error_len);
 
+/* What vm_config_format_xml writes. */
+enum vm_config_xml_form {
+	/* kapsel dumpxml and a state directory's domain.xml: the definition
+	 * as the operator sees it, console file included. */
+	VM_CONFIG_XML_DUMP = 0,
+	/* The definition inside a state file or migration stream: the uuid
+	 * always, the console on stdio (the restorer names its own file). */
+	VM_CONFIG_XML_STATE = 1,
+};
+
 /*
- * Write config as libvirt domain XML (valid per libvirt's domain schema)
- * to out.  Relative paths are made absolute against the current
- * directory.  Returns 0 or a negative errno with a message in error.
+ * Write config as libvirt domain XML (valid per libvirt's domain schema,
+ * Kapsel's extras in VM_CONFIG_XML_NAMESPACE) into a new NUL-terminated
+ * buffer *xml (caller frees) of *length_bytes.  Relative paths are made
+ * absolute against the current directory.  Returns 0 or a negative errno
+ * with a message in error.
  */
+int vm_config_format_xml(const struct vm_config *config, enum vm_config_xml_form form, char **xml,
+			 size_t *length_bytes, char *error, size_t error_len);
+
+/* vm_config_format_xml(VM_CONFIG_XML_DUMP) written to out. */
 int vm_config_write_xml(const struct vm_config *config, FILE *out, char *error, size_t error_len);
 
 #endif

@@ -16,10 +16,10 @@
 #include "config/config_xml_rng.h"
 #include "core/guest_memory.h"
 #include "kapsel/abi.h"
+#include "core/error_text.h"
 #include "core/log.h"
 
 /* Kapsel's own settings libvirt has no element for live in <metadata>. */
-#define KAPSEL_XML_NAMESPACE "https://kapsel.example/xmlns/domain/1"
 
 struct xml_context {
 	struct vm_config *config;
@@ -527,44 +527,97 @@ static int parse_devices(struct xml_context *ctx, const xmlNode *devices)
 	return 0;
 }
 
-/* <metadata><kapsel:domain xmlns:kapsel=NS><kapsel:disk index= poll_us=/>. */
-static int parse_metadata(struct xml_context *ctx, const xmlNode *metadata)
+/* <kapsel:disk index='N' poll_us='US'/>: the PV backend's polling. */
+static int parse_kapsel_disk(struct xml_context *ctx, const xmlNode *d)
 {
-	for (const xmlNode *n = metadata->children; n; n = n->next) {
-		if (n->type != XML_ELEMENT_NODE || !n->ns || !n->ns->href ||
-		    strcmp((const char *)n->ns->href, KAPSEL_XML_NAMESPACE) != 0)
-			continue; /* other applications' metadata */
-		for (const xmlNode *d = n->children; d; d = d->next) {
-			if (d->type != XML_ELEMENT_NODE)
-				continue;
-			if (!is_element(d, "disk"))
-				return xml_fail(ctx, "/domain/metadata/kapsel:domain/%s is unknown",
-						d->name);
-			char *index = node_attr(d, "index"), *poll = node_attr(d, "poll_us"), *end;
-			int err = 0;
-			unsigned long i = index ? strtoul(index, &end, 10) : 0;
-			if (!index || *end || i >= ctx->config->disk_count)
-				err = xml_fail(
-					ctx,
-					"/domain/metadata/kapsel:domain/disk index='%s' names no disk (metadata must come after <devices>)",
-					index ? index : "");
-			unsigned long us = poll ? strtoul(poll, &end, 10) : 0;
-			if (!err && (!poll || *end || us > 1000000))
-				err = xml_fail(
-					ctx,
-					"/domain/metadata/kapsel:domain/disk poll_us='%s' must be 0-1000000",
-					poll ? poll : "");
-			if (!err) {
-				ctx->config->disks[i].poll = us > 0;
-				ctx->config->disks[i].poll_us = (uint32_t)us;
-			}
-			free(index);
-			free(poll);
-			if (err)
-				return err;
-		}
+	char *index = node_attr(d, "index"), *poll = node_attr(d, "poll_us"), *end;
+	int err = 0;
+	errno = 0;
+	unsigned long i = index ? strtoul(index, &end, 10) : 0;
+	if (!index || !*index || *end || errno || index[0] == '-' || i >= ctx->config->disk_count)
+		err = xml_fail(
+			ctx,
+			"/domain/metadata/kapsel:domain/disk index='%s' names no disk (metadata must come after <devices>)",
+			index ? index : "");
+	unsigned long us = poll ? strtoul(poll, &end, 10) : 0;
+	if (!err && (!poll || !*poll || *end || poll[0] == '-' || us > 1000000))
+		err = xml_fail(ctx,
+			       "/domain/metadata/kapsel:domain/disk poll_us='%s' must be 0-1000000",
+			       poll ? poll : "");
+	if (!err) {
+		ctx->config->disks[i].poll = us > 0;
+		ctx->config->disks[i].poll_us = (uint32_t)us;
+	}
+	free(index);
+	free(poll);
+	return err;
+}
+
+/* One pass over <kapsel:domain>'s children: socket interfaces first (they
+ * take positions among the interfaces), then what refers to devices. */
+static int parse_kapsel_domain(struct xml_context *ctx, const xmlNode *domain, bool sockets)
+{
+	for (const xmlNode *d = domain->children; d; d = d->next) {
+		if (d->type != XML_ELEMENT_NODE)
+			continue;
+		int err = 0;
+		if (!d->ns || !d->ns->href ||
+		    strcmp((const char *)d->ns->href, VM_CONFIG_XML_NAMESPACE) != 0)
+			err = xml_fail(
+				ctx,
+				"/domain/metadata/kapsel:domain/%s is not in the Kapsel namespace '%s'",
+				d->name, VM_CONFIG_XML_NAMESPACE);
+		else if (is_element(d, "interface"))
+			err = config_xml_parse_kapsel_interface(d, sockets, ctx->config, ctx->path,
+								ctx->error, ctx->error_len);
+		else if (sockets)
+			continue;
+		else if (is_element(d, "disk"))
+			err = parse_kapsel_disk(ctx, d);
+		else if (is_element(d, "rng"))
+			err = config_xml_parse_kapsel_rng(d, ctx->config, ctx->path, ctx->error,
+							  ctx->error_len);
+		else
+			err = xml_fail(
+				ctx,
+				"/domain/metadata/kapsel:domain/%s is unknown; Kapsel knows disk, interface and rng",
+				d->name);
+		if (err)
+			return err;
 	}
 	return 0;
+}
+
+/* <metadata><kapsel:domain xmlns:kapsel=NS>: Kapsel's settings that
+ * libvirt has no element for (docs/state.md); read after <devices>. */
+static int parse_metadata(struct xml_context *ctx, const xmlNode *metadata)
+{
+	const xmlNode *kapsel = NULL;
+	for (const xmlNode *n = metadata->children; n; n = n->next) {
+		if (n->type != XML_ELEMENT_NODE || !n->ns || !n->ns->href)
+			continue;
+		const char *href = (const char *)n->ns->href;
+		if (strcmp(href, VM_CONFIG_XML_NAMESPACE) != 0) {
+			if (strncmp(href, VM_CONFIG_XML_NAMESPACE_PREFIX,
+				    strlen(VM_CONFIG_XML_NAMESPACE_PREFIX)) == 0)
+				return xml_fail(
+					ctx,
+					"/domain/metadata/%s is in namespace '%s', another version of Kapsel's; this Kapsel reads '%s' (use the Kapsel that wrote it)",
+					n->name, href, VM_CONFIG_XML_NAMESPACE);
+			continue; /* other applications' metadata */
+		}
+		if (!is_element(n, "domain"))
+			return xml_fail(ctx,
+					"/domain/metadata/kapsel:%s is unknown; use kapsel:domain",
+					n->name);
+		if (kapsel)
+			return xml_fail(ctx, "/domain/metadata has two kapsel:domain elements");
+		kapsel = n;
+	}
+	if (!kapsel)
+		return 0;
+	int err = parse_kapsel_domain(ctx, kapsel, true);
+	return err ? err : parse_kapsel_domain(ctx, kapsel, false);
 }
 
 static int parse_vcpu(struct xml_context *ctx, const xmlNode *node)
@@ -699,52 +752,117 @@ static int parse_domain(struct xml_context *ctx, const xmlNode *root)
 	return 0;
 }
 
-int vm_config_load_xml(const char *path, struct vm_config *config, char *error, size_t error_len)
+/* libxml2's messages end in a newline: the first line, trimmed. */
+static void libxml_message(char *out, size_t out_len, const xmlError *x)
+{
+	out[0] = '\0';
+	if (x && x->message)
+		snprintf(out, out_len, ": %s", x->message);
+	size_t len = strlen(out);
+	while (len && (out[len - 1] == '\n' || out[len - 1] == ' '))
+		out[--len] = '\0';
+}
+
+int vm_config_parse_xml(const char *data, size_t length_bytes, const char *name,
+			const char *base_dir, struct vm_config *config, char *error,
+			size_t error_len)
 {
 	struct xml_context ctx = {
-		.config = config, .error = error, .error_len = error_len, .path = path
+		.config = config, .error = error, .error_len = error_len, .path = name
 	};
-	char *copy = strdup(path);
-	if (copy) {
-		char *slash = strrchr(copy, '/');
-		if (!slash)
-			ctx.base_dir = NULL; /* the current directory */
-		else if (slash == copy)
-			ctx.base_dir = strdup("/");
-		else {
-			*slash = '\0';
-			ctx.base_dir = strdup(copy);
-		}
-		free(copy);
+	if (length_bytes > VM_CONFIG_XML_MAX_BYTES)
+		return xml_fail(&ctx, "is %zu bytes, more than a definition may be (%u)",
+				length_bytes, VM_CONFIG_XML_MAX_BYTES);
+	if (length_bytes == 0)
+		return xml_fail(&ctx, "is empty; a definition needs a <domain> element");
+	/* Domain XML needs no DTD: without one there are no entities to
+	 * expand (billion laughs) and no external ones to fetch (XXE).  The
+	 * check after parsing catches a DOCTYPE in another encoding. */
+	if (memmem(data, length_bytes, "<!DOCTYPE", 9) || memmem(data, length_bytes, "<!ENTITY", 8))
+		return xml_fail(&ctx,
+				"has a <!DOCTYPE> or <!ENTITY>; domain XML needs none, remove it");
+	if (base_dir) {
+		ctx.base_dir = strdup(base_dir);
+		if (!ctx.base_dir)
+			return -ENOMEM;
 	}
-	xmlDoc *doc =
-		xmlReadFile(path, NULL, XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+	/* No network, no DTD loading, no entity substitution (no
+	 * XML_PARSE_NOENT), no XInclude (never processed), libxml2's own
+	 * size limits (no XML_PARSE_HUGE). */
+	xmlDoc *doc = xmlReadMemory(data, (int)length_bytes, NULL, NULL,
+				    XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
 	int err;
 	if (!doc) {
 		const xmlError *x = xmlGetLastError();
-		if (access(path, R_OK) != 0)
-			err = xml_fail(&ctx, "cannot read it: %s", strerror(errno));
-		else {
-			/* libxml2's messages end in a newline. */
-			char message[256] = "";
-			if (x && x->message)
-				snprintf(message, sizeof(message), ": %s", x->message);
-			size_t len = strlen(message);
-			while (len && (message[len - 1] == '\n' || message[len - 1] == ' '))
-				message[--len] = '\0';
-			err = xml_fail(&ctx, "not well-formed XML%s (line %d)", message,
-				       x ? x->line : 0);
-		}
+		char message[256];
+		libxml_message(message, sizeof(message), x);
+		err = xml_fail(&ctx, "not well-formed XML%s (line %d)", message, x ? x->line : 0);
+	} else if (doc->intSubset || doc->extSubset) {
+		err = xml_fail(&ctx, "has a <!DOCTYPE>; domain XML needs none, remove it");
+		xmlFreeDoc(doc);
 	} else {
-		err = parse_domain(&ctx, xmlDocGetRootElement(doc));
+		xmlNode *root = xmlDocGetRootElement(doc);
+		err = root ? parse_domain(&ctx, root)
+			   : xml_fail(&ctx, "has no root element; expected <domain>");
 		xmlFreeDoc(doc);
 	}
+	free(ctx.chardev_path);
+	free(ctx.base_dir);
+	return err;
+}
+
+/* The whole file at path, at most VM_CONFIG_XML_MAX_BYTES (+1 to notice more). */
+static int read_xml_file(const char *path, char **data, size_t *length, char *error,
+			 size_t error_len)
+{
+	struct xml_context ctx = { .error = error, .error_len = error_len, .path = path };
+	FILE *in = fopen(path, "re");
+	if (!in)
+		return xml_fail(&ctx, "cannot read it: %s", strerror(errno));
+	size_t capacity = VM_CONFIG_XML_MAX_BYTES + 1;
+	char *buffer = malloc(capacity);
+	if (!buffer) {
+		fclose(in);
+		return -ENOMEM;
+	}
+	size_t got = fread(buffer, 1, capacity, in);
+	int failed = ferror(in);
+	int saved = errno;
+	fclose(in);
+	if (failed) {
+		free(buffer);
+		return xml_fail(&ctx, "cannot read it: %s", strerror(saved));
+	}
+	*data = buffer;
+	*length = got;
+	return 0;
+}
+
+int vm_config_load_xml(const char *path, struct vm_config *config, char *error, size_t error_len)
+{
+	char *base_dir = NULL;
+	char *copy = strdup(path);
+	if (!copy)
+		return -ENOMEM;
+	char *slash = strrchr(copy, '/');
+	if (slash == copy)
+		base_dir = strdup("/");
+	else if (slash) {
+		*slash = '\0';
+		base_dir = strdup(copy);
+	} /* else the current directory: relative paths stay relative */
+	free(copy);
+	char *data = NULL;
+	size_t length = 0;
+	int err = read_xml_file(path, &data, &length, error, error_len);
+	if (!err)
+		err = vm_config_parse_xml(data, length, path, base_dir, config, error, error_len);
+	free(data);
+	free(base_dir);
 	if (!err) {
 		free(config->source_xml_path);
 		config->source_xml_path = strdup(path);
 	}
-	free(ctx.chardev_path);
-	free(ctx.base_dir);
 	return err;
 }
 
@@ -860,15 +978,102 @@ static bool kapsel_metadata_needed(const struct vm_config *config)
 	for (unsigned i = 0; i < config->disk_count; i++)
 		if (config->disks[i].poll)
 			return true;
-	return false;
+	for (unsigned i = 0; i < config->net_count; i++)
+		if (config_xml_kapsel_interface_needed(&config->nets[i]))
+			return true;
+	return config_xml_kapsel_rng_needed(&config->rng);
 }
 
-int vm_config_write_xml(const struct vm_config *config, FILE *out, char *error, size_t error_len)
+static int write_kapsel_metadata(xmlTextWriterPtr w, const struct vm_config *config)
 {
+	W(xmlTextWriterStartElement(w, BAD_CAST "metadata"));
+	W(xmlTextWriterStartElementNS(w, BAD_CAST "kapsel", BAD_CAST "domain",
+				      BAD_CAST VM_CONFIG_XML_NAMESPACE));
+	for (unsigned i = 0; i < config->disk_count; i++) {
+		if (!config->disks[i].poll)
+			continue;
+		W(xmlTextWriterStartElementNS(w, BAD_CAST "kapsel", BAD_CAST "disk", NULL));
+		W(xmlTextWriterWriteFormatAttribute(w, BAD_CAST "index", "%u", i));
+		W(xmlTextWriterWriteFormatAttribute(w, BAD_CAST "poll_us", "%u",
+						    config->disks[i].poll_us));
+		W(xmlTextWriterEndElement(w));
+	}
+	for (unsigned i = 0; i < config->net_count; i++)
+		if (config_xml_kapsel_interface_needed(&config->nets[i]))
+			W(config_xml_write_kapsel_interface(w, &config->nets[i], i));
+	if (config_xml_kapsel_rng_needed(&config->rng))
+		W(config_xml_write_kapsel_rng(w, &config->rng));
+	W(xmlTextWriterEndElement(w));
+	W(xmlTextWriterEndElement(w));
+	return 0;
+fail:
+	return -EIO;
+}
+
+/* True when text can be XML character data: UTF-8, and no control
+ * character but tab, newline and carriage return (XML 1.0 has no way to
+ * write the others, not even as a character reference). */
+static bool xml_text_ok(const char *text)
+{
+	const unsigned char *p = (const unsigned char *)text;
+	while (p && *p) {
+		unsigned follow;
+		if (*p < 0x20 && *p != '\t' && *p != '\n' && *p != '\r')
+			return false;
+		if (*p < 0x80)
+			follow = 0;
+		else if (*p >= 0xc2 && *p <= 0xdf)
+			follow = 1;
+		else if (*p >= 0xe0 && *p <= 0xef)
+			follow = 2;
+		else if (*p >= 0xf0 && *p <= 0xf4)
+			follow = 3;
+		else
+			return false;
+		p++;
+		for (unsigned i = 0; i < follow; i++, p++)
+			if ((*p & 0xc0) != 0x80)
+				return false;
+	}
+	return true;
+}
+
+/* Every string the XML will hold, checked before writing it. */
+static int check_xml_strings(const struct vm_config *config, char *error, size_t error_len)
+{
+	const char *what = NULL;
+	if (!xml_text_ok(config->kernel_path))
+		what = "the kernel path";
+	else if (!xml_text_ok(config->cmdline))
+		what = "the kernel command line";
+	else if (!xml_text_ok(config->console_output_path))
+		what = "the console output path";
+	for (unsigned i = 0; !what && i < config->disk_count; i++)
+		if (!xml_text_ok(config->disks[i].path))
+			what = "a disk path";
+	for (unsigned i = 0; !what && i < config->net_count; i++)
+		if (!xml_text_ok(config->nets[i].path) || !xml_text_ok(config->nets[i].peer))
+			what = "a network interface's name or socket path";
+	if (what)
+		return kapsel_fail(
+			error, error_len, -EINVAL,
+			"cannot write the definition as domain XML: %s is not UTF-8 or has a control character",
+			what);
+	return 0;
+}
+
+int vm_config_format_xml(const struct vm_config *config, enum vm_config_xml_form form, char **xml,
+			 size_t *length_bytes, char *error, size_t error_len)
+{
+	int checked = check_xml_strings(config, error, error_len);
+	if (checked)
+		return checked;
 	xmlBufferPtr buffer = xmlBufferCreate();
 	xmlTextWriterPtr w = buffer ? xmlNewTextWriterMemory(buffer, 0) : NULL;
 	char *kernel = absolute_path(config->kernel_path);
-	char *console_path = absolute_path(config->console_output_path);
+	/* A state file's definition never names a host file to write. */
+	char *console_path =
+		form == VM_CONFIG_XML_STATE ? NULL : absolute_path(config->console_output_path);
 	int err = -EIO;
 	if (!w)
 		goto fail;
@@ -878,7 +1083,7 @@ int vm_config_write_xml(const struct vm_config *config, FILE *out, char *error, 
 	W(xmlTextWriterStartElement(w, BAD_CAST "domain"));
 	W(xmlTextWriterWriteAttribute(w, BAD_CAST "type", BAD_CAST "kvm"));
 	W(xmlTextWriterWriteElement(w, BAD_CAST "name", BAD_CAST config->name));
-	if (config->has_uuid) {
+	if (config->has_uuid || form == VM_CONFIG_XML_STATE) {
 		const uint8_t *u = config->uuid;
 		W(xmlTextWriterWriteFormatElement(
 			w, BAD_CAST "uuid",
@@ -886,22 +1091,8 @@ int vm_config_write_xml(const struct vm_config *config, FILE *out, char *error, 
 			u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11],
 			u[12], u[13], u[14], u[15]));
 	}
-	if (kapsel_metadata_needed(config)) {
-		W(xmlTextWriterStartElement(w, BAD_CAST "metadata"));
-		W(xmlTextWriterStartElementNS(w, BAD_CAST "kapsel", BAD_CAST "domain",
-					      BAD_CAST KAPSEL_XML_NAMESPACE));
-		for (unsigned i = 0; i < config->disk_count; i++) {
-			if (!config->disks[i].poll)
-				continue;
-			W(xmlTextWriterStartElementNS(w, BAD_CAST "kapsel", BAD_CAST "disk", NULL));
-			W(xmlTextWriterWriteFormatAttribute(w, BAD_CAST "index", "%u", i));
-			W(xmlTextWriterWriteFormatAttribute(w, BAD_CAST "poll_us", "%u",
-							    config->disks[i].poll_us));
-			W(xmlTextWriterEndElement(w));
-		}
-		W(xmlTextWriterEndElement(w));
-		W(xmlTextWriterEndElement(w));
-	}
+	if (kapsel_metadata_needed(config))
+		W(write_kapsel_metadata(w, config));
 	W(xmlTextWriterStartElement(w, BAD_CAST "memory"));
 	W(xmlTextWriterWriteAttribute(w, BAD_CAST "unit", BAD_CAST "KiB"));
 	W(xmlTextWriterWriteFormatString(w, "%llu",
@@ -952,8 +1143,9 @@ int vm_config_write_xml(const struct vm_config *config, FILE *out, char *error, 
 	W(xmlTextWriterEndDocument(w));
 	xmlFreeTextWriter(w);
 	w = NULL;
-	fputs((const char *)xmlBufferContent(buffer), out);
-	err = 0;
+	*length_bytes = (size_t)xmlBufferLength(buffer);
+	*xml = strndup((const char *)xmlBufferContent(buffer), *length_bytes);
+	err = *xml ? 0 : -ENOMEM;
 fail:
 	if (err)
 		snprintf(error, error_len, "cannot write the domain XML (libxml2 writer failed)");
@@ -963,5 +1155,17 @@ fail:
 		xmlBufferFree(buffer);
 	free(kernel);
 	free(console_path);
+	return err;
+}
+
+int vm_config_write_xml(const struct vm_config *config, FILE *out, char *error, size_t error_len)
+{
+	char *xml = NULL;
+	size_t length = 0;
+	int err = vm_config_format_xml(config, VM_CONFIG_XML_DUMP, &xml, &length, error, error_len);
+	if (!err && fwrite(xml, 1, length, out) != length)
+		err = kapsel_fail(error, error_len, -EIO, "cannot write the domain XML: %s",
+				  strerror(errno));
+	free(xml);
 	return err;
 }

@@ -4,6 +4,7 @@
 
 #include <libxml/tree.h>
 #include <libxml/xmlwriter.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "config/config.h"
@@ -21,8 +22,35 @@ int config_xml_parse_interface(const xmlNode *node, struct vm_config *config, co
 
 /*
  * Write net as an <interface> element.  A socket backend has no libvirt
- * form: it is left out with a warning (returns 0).  Returns 0 or -EIO.
+ * form: it is written as <kapsel:interface> instead (nothing here; returns
+ * 0).  Returns 0 or -EIO.
  */
 int config_xml_write_interface(xmlTextWriterPtr w, const struct vm_net_config *net, unsigned index);
+
+/* True when net needs a <kapsel:interface> (a socket backend, or limits). */
+bool config_xml_kapsel_interface_needed(const struct vm_net_config *net);
+
+/*
+ * Write <kapsel:interface index='INDEX'>, inside <kapsel:domain>: for a
+ * socket backend socket=, peer=, model=pv|ne2000 and mac= (the whole
+ * interface); for any backend its limits pps=, pps_burst=, bps=,
+ * bps_burst= (libvirt's <bandwidth> counts KiB, not frames).  Returns 0 or
+ * -EIO.
+ */
+int config_xml_write_kapsel_interface(xmlTextWriterPtr w, const struct vm_net_config *net,
+				      unsigned index);
+
+/*
+ * Parse one <kapsel:interface> (after /domain/devices).  With socket= it
+ * is a whole interface inserted at position index among the VM's
+ * interfaces (the <interface> elements fill the other positions, in
+ * order): call these first (sockets true), in document order, with
+ * indices rising.  Without socket= it gives the limits of the interface
+ * at index (sockets false, after every insertion).  An element the pass
+ * does not handle is skipped (returns 0).  Returns 0, or -EINVAL with a
+ * message in error.
+ */
+int config_xml_parse_kapsel_interface(const xmlNode *node, bool sockets, struct vm_config *config,
+				      const char *xml_path, char *error, size_t error_len);
 
 #endif

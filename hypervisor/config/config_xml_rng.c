@@ -107,9 +107,6 @@ int config_xml_write_rng(xmlTextWriterPtr w, const struct vm_rng_config *rng)
 {
 	if (!rng->enabled)
 		return 0;
-	if (rng->requests_limit.rate_per_second)
-		kapsel_warn("rng: libvirt XML has no requests-per-second limit; iops=%llu is left out of the domain XML",
-			    (unsigned long long)rng->requests_limit.rate_per_second);
 	W(xmlTextWriterStartElement(w, BAD_CAST "rng"));
 	W(xmlTextWriterWriteAttribute(w, BAD_CAST "model", BAD_CAST "virtio"));
 	if (rng->bytes_limit.rate_per_second) {
@@ -134,4 +131,52 @@ int config_xml_write_rng(xmlTextWriterPtr w, const struct vm_rng_config *rng)
 	W(xmlTextWriterEndElement(w));
 	W(xmlTextWriterEndElement(w));
 	return 0;
+}
+
+bool config_xml_kapsel_rng_needed(const struct vm_rng_config *rng)
+{
+	return rng->enabled && (rng->requests_limit.rate_per_second || rng->requests_limit.burst ||
+				rng->bytes_limit.rate_per_second || rng->bytes_limit.burst);
+}
+
+int config_xml_write_kapsel_rng(xmlTextWriterPtr w, const struct vm_rng_config *rng)
+{
+	W(xmlTextWriterStartElementNS(w, BAD_CAST "kapsel", BAD_CAST "rng", NULL));
+	W(xmlTextWriterWriteFormatAttribute(w, BAD_CAST "iops", "%llu",
+					    (unsigned long long)
+						    rng->requests_limit.rate_per_second));
+	W(xmlTextWriterWriteFormatAttribute(w, BAD_CAST "iops_burst", "%llu",
+					    (unsigned long long)rng->requests_limit.burst));
+	W(xmlTextWriterWriteFormatAttribute(w, BAD_CAST "bps", "%llu",
+					    (unsigned long long)rng->bytes_limit.rate_per_second));
+	W(xmlTextWriterWriteFormatAttribute(w, BAD_CAST "bps_burst", "%llu",
+					    (unsigned long long)rng->bytes_limit.burst));
+	W(xmlTextWriterEndElement(w));
+	return 0;
+}
+
+#define KAPSEL_RNG "/domain/metadata/kapsel:domain/rng"
+
+int config_xml_parse_kapsel_rng(const xmlNode *node, struct vm_config *config, const char *xml_path,
+				char *error, size_t error_len)
+{
+	if (!config->rng.enabled)
+		return config_xml_fail(error, error_len, xml_path,
+				       KAPSEL_RNG
+				       " gives limits, but /domain/devices has no <rng>");
+	struct vm_rng_config rng = { .enabled = true };
+	int err = config_xml_attr_u64(node, "iops", &rng.requests_limit.rate_per_second, KAPSEL_RNG,
+				      xml_path, error, error_len);
+	if (!err)
+		err = config_xml_attr_u64(node, "iops_burst", &rng.requests_limit.burst, KAPSEL_RNG,
+					  xml_path, error, error_len);
+	if (!err)
+		err = config_xml_attr_u64(node, "bps", &rng.bytes_limit.rate_per_second, KAPSEL_RNG,
+					  xml_path, error, error_len);
+	if (!err)
+		err = config_xml_attr_u64(node, "bps_burst", &rng.bytes_limit.burst, KAPSEL_RNG,
+					  xml_path, error, error_len);
+	if (!err)
+		config->rng = rng;
+	return err;
 }

@@ -583,6 +583,7 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 					break;
 				}
 				memcpy(&info, i->payload, sizeof(info));
+				header.begin = r.begin; /* the format decides the record */
 				err = snapshot_config_from_records(&header, config, detail,
 								   sizeof(detail));
 				if (err) {

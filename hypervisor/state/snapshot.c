@@ -21,224 +21,10 @@
 #include "state/vcpu_state.h"
 #include "core/vm.h"
 
-/* ---- The definition as text ------------------------------------------------- */
-
-/* Values are written with '%' and control characters as %XX. */
-static void put_escaped(FILE *out, const char *key, const char *value)
-{
-	fprintf(out, "%s=", key);
-	for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
-		if (*p == '%' || *p < 0x20 || *p == 0x7f)
-			fprintf(out, "%%%02x", *p);
-		else
-			fputc(*p, out);
-	}
-	fputc('\n', out);
-}
-
 static char *absolute_path(const char *path)
 {
 	char *resolved = realpath(path, NULL);
 	return resolved ? resolved : strdup(path);
-}
-
-static char *config_to_text(const struct vm_config *config, size_t *length)
-{
-	char *text = NULL;
-	FILE *out = open_memstream(&text, length);
-	if (!out)
-		return NULL;
-	char number[64];
-	put_escaped(out, "name", config->name);
-	char uuid[33];
-	for (int i = 0; i < 16; i++)
-		snprintf(uuid + 2 * i, 3, "%02x", config->uuid[i]);
-	put_escaped(out, "uuid", uuid);
-	snprintf(number, sizeof(number), "%llu", (unsigned long long)config->memory_bytes);
-	put_escaped(out, "memory_bytes", number);
-	snprintf(number, sizeof(number), "%u", config->vcpus);
-	put_escaped(out, "vcpus", number);
-	if (config->kernel_path) {
-		char *kernel = absolute_path(config->kernel_path);
-		put_escaped(out, "kernel", kernel ? kernel : config->kernel_path);
-		free(kernel);
-	}
-	if (config->cmdline)
-		put_escaped(out, "cmdline", config->cmdline);
-	snprintf(number, sizeof(number), "%d %d %d", config->on_poweroff, config->on_reboot,
-		 config->on_crash);
-	put_escaped(out, "lifecycle", number);
-	snprintf(number, sizeof(number), "%d", config->console_mode);
-	put_escaped(out, "console_mode", number);
-	for (unsigned i = 0; i < config->disk_count; i++) {
-		const struct vm_disk_config *d = &config->disks[i];
-		char *path = absolute_path(d->path);
-		put_escaped(out, "disk", path ? path : d->path);
-		free(path);
-		snprintf(number, sizeof(number), "%d %d %d %u %u", d->readonly, d->bus, d->cache,
-			 d->poll, d->poll_us);
-		put_escaped(out, "disk_options", number);
-		put_escaped(out, "disk_format",
-			    d->format == VM_DISK_FORMAT_OVERLAY ? "overlay" : "raw");
-		snprintf(number, sizeof(number), "%llu %llu %llu %llu",
-			 (unsigned long long)d->ops_limit.rate_per_second,
-			 (unsigned long long)d->ops_limit.burst,
-			 (unsigned long long)d->bytes_limit.rate_per_second,
-			 (unsigned long long)d->bytes_limit.burst);
-		put_escaped(out, "disk_limits", number);
-	}
-	if (config->rng.enabled) {
-		const struct vm_rng_config *g = &config->rng;
-		char limits[96]; /* four 20-digit numbers fit */
-		snprintf(limits, sizeof(limits), "%llu %llu %llu %llu",
-			 (unsigned long long)g->requests_limit.rate_per_second,
-			 (unsigned long long)g->requests_limit.burst,
-			 (unsigned long long)g->bytes_limit.rate_per_second,
-			 (unsigned long long)g->bytes_limit.burst);
-		put_escaped(out, "rng_limits", limits);
-	}
-	if (fclose(out) != 0) {
-		free(text);
-		return NULL;
-	}
-	return text;
-}
-
-static int unescape(char *value)
-{
-	char *out = value;
-	for (char *p = value; *p; p++) {
-		if (*p != '%') {
-			*out++ = *p;
-			continue;
-		}
-		unsigned byte;
-		if (sscanf(p + 1, "%2x", &byte) != 1 || !p[1] || !p[2] || byte == 0)
-			return -EINVAL;
-		*out++ = (char)byte;
-		p += 2;
-	}
-	*out = '\0';
-	return 0;
-}
-
-int snapshot_config_from_records(const struct vm_state_records *state, struct vm_config *config,
-				 char *error, size_t error_len)
-{
-	const struct vm_state_stored_record *rec = vm_state_find(state, VM_STATE_CONFIG, NULL);
-	if (!rec)
-		return kapsel_fail(error, error_len, -EPROTO,
-				   "the saved state has no VM definition record");
-	char *text = strndup((const char *)rec->payload, (size_t)rec->length_bytes);
-	if (!text)
-		return -ENOMEM;
-	int err = 0;
-	char *save = NULL;
-	struct vm_disk_config *disk = NULL;
-	for (char *line = strtok_r(text, "\n", &save); line && !err;
-	     line = strtok_r(NULL, "\n", &save)) {
-		char *value = strchr(line, '=');
-		if (!value || unescape(value + 1) < 0) {
-			err = -EPROTO;
-			break;
-		}
-		*value++ = '\0';
-		if (strcmp(line, "name") == 0) {
-			/* The name becomes file names: the one check for names. */
-			if (vm_config_check_name(value, error, error_len) < 0) {
-				free(text);
-				return -EPROTO;
-			}
-			snprintf(config->name, sizeof(config->name), "%s", value);
-		} else if (strcmp(line, "uuid") == 0) {
-			if (strlen(value) != 32)
-				err = -EPROTO;
-			for (int i = 0; !err && i < 16; i++) {
-				unsigned byte;
-				if (sscanf(value + 2 * i, "%2x", &byte) != 1)
-					err = -EPROTO;
-				config->uuid[i] = (uint8_t)byte;
-			}
-			config->has_uuid = true;
-		} else if (strcmp(line, "memory_bytes") == 0) {
-			unsigned long long bytes;
-			if (sscanf(value, "%llu", &bytes) != 1)
-				err = -EPROTO;
-			config->memory_bytes = bytes;
-		} else if (strcmp(line, "vcpus") == 0) {
-			if (sscanf(value, "%u", &config->vcpus) != 1 || config->vcpus != 1)
-				err = -EPROTO;
-		} else if (strcmp(line, "kernel") == 0) {
-			free(config->kernel_path);
-			config->kernel_path = strdup(value);
-		} else if (strcmp(line, "cmdline") == 0) {
-			free(config->cmdline);
-			config->cmdline = strdup(value);
-		} else if (strcmp(line, "lifecycle") == 0) {
-			int a, b, c;
-			if (sscanf(value, "%d %d %d", &a, &b, &c) != 3 || a < 0 || a > 2 || b < 0 ||
-			    b > 2 || c < 0 || c > 2)
-				err = -EPROTO;
-			config->on_poweroff = (enum vm_lifecycle_action)a;
-			config->on_reboot = (enum vm_lifecycle_action)b;
-			config->on_crash = (enum vm_lifecycle_action)c;
-		} else if (strcmp(line, "console_mode") == 0) {
-			int mode;
-			if (sscanf(value, "%d", &mode) != 1 || mode < 0 || mode > 1)
-				err = -EPROTO;
-			config->console_mode = (enum vm_console_mode)mode;
-		} else if (strcmp(line, "disk") == 0) {
-			if (config->disk_count == VM_CONFIG_MAX_DISKS) {
-				err = -EPROTO;
-				break;
-			}
-			disk = &config->disks[config->disk_count++];
-			memset(disk, 0, sizeof(*disk));
-			disk->path = strdup(value);
-		} else if (strcmp(line, "disk_options") == 0 && disk) {
-			int readonly, bus, cache;
-			unsigned poll, poll_us;
-			if (sscanf(value, "%d %d %d %u %u", &readonly, &bus, &cache, &poll,
-				   &poll_us) != 5 ||
-			    bus < 0 || bus > 1 || cache < 0 || cache > 1)
-				err = -EPROTO;
-			disk->readonly = readonly != 0;
-			disk->bus = (enum vm_disk_bus)bus;
-			disk->cache = (enum vm_disk_cache)cache;
-			disk->poll = poll != 0;
-			disk->poll_us = poll_us;
-		} else if (strcmp(line, "disk_format") == 0 && disk) {
-			if (strcmp(value, "raw") == 0)
-				disk->format = VM_DISK_FORMAT_RAW;
-			else if (strcmp(value, "overlay") == 0)
-				disk->format = VM_DISK_FORMAT_OVERLAY;
-			else
-				err = -EPROTO;
-		} else if (strcmp(line, "disk_limits") == 0 && disk) {
-			unsigned long long a, b, c, d;
-			if (sscanf(value, "%llu %llu %llu %llu", &a, &b, &c, &d) != 4)
-				err = -EPROTO;
-			disk->ops_limit = (struct vm_rate_limit){ a, b };
-			disk->bytes_limit = (struct vm_rate_limit){ c, d };
-		} else if (strcmp(line, "rng_limits") == 0) {
-			unsigned long long a, b, c, d;
-			if (sscanf(value, "%llu %llu %llu %llu", &a, &b, &c, &d) != 4)
-				err = -EPROTO;
-			config->rng = (struct vm_rng_config){ .enabled = true,
-							      .requests_limit = { a, b },
-							      .bytes_limit = { c, d } };
-		}
-		/* Unknown keys come from a newer Kapsel: the definition is
-		 * still usable without them. */
-	}
-	free(text);
-	if (err)
-		return kapsel_fail(error, error_len, err,
-				   "the saved VM definition record is malformed");
-	if (!config->kernel_path)
-		return kapsel_fail(error, error_len, -EPROTO,
-				   "the saved VM definition names no kernel");
-	return 0;
 }
 
 /* ---- Saving ----------------------------------------------------------------- */
@@ -311,12 +97,9 @@ int snapshot_write_vm_header(struct kapsel_vm *vm, struct vm_state_writer *out, 
 		info.exits_total += vm_exits(vm, (enum vm_exit_counter)i);
 	vm_state_put(out, VM_STATE_VM_INFO, M, &info, sizeof(info));
 
-	size_t config_bytes = 0;
-	char *config_text = config_to_text(vm->config, &config_bytes);
-	if (!config_text)
-		return kapsel_fail(error, error_len, -ENOMEM, "out of memory");
-	vm_state_put(out, VM_STATE_CONFIG, M, config_text, config_bytes);
-	free(config_text);
+	int err = snapshot_put_definition(vm->config, out, error, error_len);
+	if (err)
+		return err;
 	return out->error ? kapsel_fail(error, error_len, out->error,
 					"cannot write the VM state: %s", strerror(-out->error))
 			  : 0;
@@ -680,6 +463,18 @@ int snapshot_bind_host_files(const struct vm_state_records *state, const char *s
 			goto out;
 		}
 
+	/* A network interface is a host endpoint (a tap device, a socket to
+	 * bind and one to send to); a restore has no option to name them yet,
+	 * and the state's own are never used.  (PV and NE2000 NICs refuse to
+	 * save today, so Kapsel writes no such state.) */
+	if (config->net_count) {
+		err = kapsel_fail(
+			error, error_len, -EPERM,
+			"the saved VM has %u network interface(s); a restore cannot name their host endpoints (tap or socket) yet, and a saved state never chooses them: restore a VM without --net",
+			config->net_count);
+		goto out;
+	}
+
 	/* The kernel: named by the operator, or a file in the state directory. */
 	char *kernel = NULL;
 	if (files && files->kernel_path)
@@ -783,7 +578,17 @@ int snapshot_adopt_local_definition(const struct vm_config *local, struct vm_con
 				error, error_len, -EPROTO,
 				"disk %u: the incoming VM has it on another bus or with other access (read-only or not) than this definition",
 				i);
-	/* Compatible: every host file is the destination's own. */
+	if (local->net_count != incoming->net_count)
+		return kapsel_fail(error, error_len, -EPROTO,
+				   "the incoming VM has %u network interface(s), this definition %u",
+				   incoming->net_count, local->net_count);
+	for (unsigned i = 0; i < local->net_count; i++)
+		if (local->nets[i].model != incoming->nets[i].model)
+			return kapsel_fail(
+				error, error_len, -EPROTO,
+				"network interface %u: the incoming VM has another model (PV or NE2000) than this definition",
+				i);
+	/* Compatible: every host file and endpoint is the destination's own. */
 	char *kernel = strdup(local->kernel_path);
 	if (!kernel)
 		return -ENOMEM;
@@ -796,6 +601,19 @@ int snapshot_adopt_local_definition(const struct vm_config *local, struct vm_con
 		free(incoming->disks[i].path);
 		incoming->disks[i] = local->disks[i];
 		incoming->disks[i].path = path;
+	}
+	for (unsigned i = 0; i < local->net_count; i++) {
+		const struct vm_net_config *mine = &local->nets[i];
+		char *path = strdup(mine->path), *peer = mine->peer ? strdup(mine->peer) : NULL;
+		if (!path || (mine->peer && !peer)) {
+			free(path);
+			free(peer);
+			return -ENOMEM;
+		}
+		vm_net_config_free(&incoming->nets[i]);
+		incoming->nets[i] = *mine;
+		incoming->nets[i].path = path;
+		incoming->nets[i].peer = peer;
 	}
 	return 0;
 }

@@ -75,7 +75,8 @@ void snapshot_host_files_free(struct snapshot_host_files *files);
  * lies inside state_dir (may be NULL: nothing is taken from the state).
  * A disk's format is the operator's; a recorded file inside state_dir
  * takes the format of its disk record.  Anything else is refused with
- * -EPERM and a message saying which option names it.
+ * -EPERM and a message saying which option names it; so is a definition
+ * with network interfaces (no option names their endpoints yet).
  */
 int snapshot_bind_host_files(const struct vm_state_records *state, const char *state_dir,
 			     const struct snapshot_host_files *files, struct vm_config *config,
@@ -89,6 +90,11 @@ int snapshot_bind_host_files(const struct vm_state_records *state, const char *s
  */
 int snapshot_write_vm_records(struct kapsel_vm *vm, struct vm_state_writer *out, char *error,
 			      size_t error_len);
+/* Append the definition record (VM_STATE_DEFINITION, domain XML) of
+ * config to out.  Returns 0 or -errno with a message. */
+int snapshot_put_definition(const struct vm_config *config, struct vm_state_writer *out,
+			    char *error, size_t error_len);
+
 /* The two halves of snapshot_write_vm_records: VM info and definition
  * (what a migration destination needs to create the VM), then the rest. */
 int snapshot_write_vm_header(struct kapsel_vm *vm, struct vm_state_writer *out, char *error,
@@ -98,7 +104,13 @@ int snapshot_write_vm_body(struct kapsel_vm *vm, struct vm_state_writer *out, ch
 
 /*
  * Fill config (initialised by the caller with vm_config_init) from the
- * VM_STATE_CONFIG record of state.  Returns 0 or -EPROTO with a message.
+ * definition state carries (definition.c): the domain XML record
+ * VM_STATE_DEFINITION, parsed by the one domain XML parser; or, in a
+ * format-1 state (state->begin.format_version 1), the text record
+ * VM_STATE_CONFIG_TEXT.  The definition's host paths are kept only for
+ * snapshot_bind_host_files / snapshot_adopt_local_definition to check and
+ * replace; a console or statistics file it names is dropped.  Returns 0
+ * or -EPROTO with a message (config then unchanged by the XML form).
  */
 int snapshot_config_from_records(const struct vm_state_records *state, struct vm_config *config,
 				 char *error, size_t error_len);
@@ -107,8 +119,9 @@ int snapshot_config_from_records(const struct vm_state_records *state, struct vm
  * An incoming migration: the destination's own definition local (its
  * command line or XML) decides every host file.  Check that incoming (the
  * definition the stream carried) is compatible with it (same RAM, same
- * disks on the same buses with the same access), then replace incoming's
- * kernel and disks with local's.  Disk sizes are checked later against
+ * disks on the same buses with the same access, same number and models of
+ * network interfaces), then replace incoming's kernel, disks and
+ * interfaces with local's.  Disk sizes are checked later against
  * the stream's disk records (snapshot_check_disks).  Returns 0, or -EPERM
  * (local has no kernel: no definition was given) / -EPROTO with a message.
  */

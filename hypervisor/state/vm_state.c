@@ -483,11 +483,13 @@ static int reader_begin(struct vm_state_reader *r)
 	memcpy(&r->begin, rec.payload, sizeof(r->begin));
 	if (memcmp(r->begin.magic, VM_STATE_MAGIC, sizeof(r->begin.magic)) != 0)
 		return vm_state_fail(r, -EPROTO, "bad magic; it is not a Kapsel state stream");
-	if (r->begin.format_version != VM_STATE_FORMAT_VERSION)
+	if (r->begin.format_version < VM_STATE_FORMAT_VERSION_OLDEST ||
+	    r->begin.format_version > VM_STATE_FORMAT_VERSION)
 		return vm_state_fail(
 			r, -EPROTO,
-			"format version %u, but this Kapsel reads version %u only; use the Kapsel that wrote it",
-			r->begin.format_version, VM_STATE_FORMAT_VERSION);
+			"format version %u, but this Kapsel reads versions %u to %u only; use the Kapsel that wrote it",
+			r->begin.format_version, VM_STATE_FORMAT_VERSION_OLDEST,
+			VM_STATE_FORMAT_VERSION);
 	if (r->begin.kind != r->expected_kind)
 		return vm_state_fail(r, -EPROTO, "is a %s, expected a %s", kind_name(r->begin.kind),
 				     kind_name(r->expected_kind));
@@ -630,8 +632,10 @@ const char *vm_state_record_name(uint32_t type)
 		return "manifest.file";
 	case VM_STATE_VM_INFO:
 		return "vm.info";
-	case VM_STATE_CONFIG:
+	case VM_STATE_CONFIG_TEXT:
 		return "vm.config";
+	case VM_STATE_DEFINITION:
+		return "vm.definition";
 	case VM_STATE_EVTCHN:
 		return "vm.evtchn";
 	case VM_STATE_DEVICE:

@@ -4,7 +4,7 @@
 
 /*
  * One format for save files, snapshots, clones and the live-migration
- * stream.  A stream is a sequence of records; each record is
+ * stream (docs/state.md: the record table, the definition's XML).  A stream is a sequence of records; each record is
  *
  *   struct vm_state_record_header (24 bytes) + length_bytes of payload
  *
@@ -20,9 +20,10 @@
  * VM_STATE_FORMAT_VERSION, which older loaders refuse.
  *
  * A saved VM is a directory:
- *   domain.xml   the definition (when the libvirt XML writer is available)
+ *   domain.xml   the definition as kapsel dumpxml shows it (informational:
+ *                a restore reads the copy in state.bin)
  *   memory.img   guest RAM, flat, holes where pages are zero
- *   state.bin    record stream: VM info, config, vCPU, event channels,
+ *   state.bin    record stream: VM info, definition, vCPU, event channels,
  *                devices, disks
  *   manifest     record stream: sizes and CRC32C of the files above; it is
  *                written last, so a directory without one is incomplete
@@ -37,7 +38,11 @@
 #include <sys/uio.h>
 
 #define VM_STATE_MAGIC "KAPSELST"
-#define VM_STATE_FORMAT_VERSION 1u
+/* 2: the definition is domain XML (VM_STATE_DEFINITION).  Readers also
+ * take VM_STATE_FORMAT_VERSION_OLDEST (1: the text record
+ * VM_STATE_CONFIG_TEXT) for one version; then that record goes. */
+#define VM_STATE_FORMAT_VERSION 2u
+#define VM_STATE_FORMAT_VERSION_OLDEST 1u
 /* No record payload may be larger: bounds what a reader allocates. */
 #define VM_STATE_MAX_RECORD_BYTES (64ull << 20)
 /* What a reader keeps of a stream besides guest RAM (vm_state_records_keep):
@@ -75,10 +80,16 @@ enum vm_state_record_type {
 	VM_STATE_MANIFEST_FILE = 0x0010, /* struct vm_state_manifest_file */
 
 	VM_STATE_VM_INFO = 0x0100, /* struct vm_state_vm_info */
-	VM_STATE_CONFIG = 0x0101,  /* text: "key=value\n" lines */
-	VM_STATE_EVTCHN = 0x0102,  /* struct vm_state_evtchn */
-	VM_STATE_DEVICE = 0x0103,  /* struct vm_state_device */
-	VM_STATE_NOTE = 0x0104,	   /* optional free text (who saved, why) */
+	/* Format 1 only (read, never written): the definition as
+	 * "key=value\n" lines, without network interfaces. */
+	VM_STATE_CONFIG_TEXT = 0x0101,
+	VM_STATE_EVTCHN = 0x0102, /* struct vm_state_evtchn */
+	VM_STATE_DEVICE = 0x0103, /* struct vm_state_device */
+	VM_STATE_NOTE = 0x0104,	  /* optional free text (who saved, why) */
+	/* Format 2: the definition as libvirt domain XML with Kapsel's
+	 * namespace (vm_config_format_xml, VM_CONFIG_XML_STATE; docs/state.md),
+	 * UTF-8, at most VM_CONFIG_XML_MAX_BYTES.  Mandatory. */
+	VM_STATE_DEFINITION = 0x0105,
 
 	VM_STATE_VCPU_REGS = 0x0200,	  /* struct kvm_regs */
 	VM_STATE_VCPU_SREGS = 0x0201,	  /* struct kvm_sregs */
@@ -121,7 +132,7 @@ enum vm_state_stream_kind {
 
 struct vm_state_begin {
 	char magic[8];		 /* VM_STATE_MAGIC, not NUL terminated */
-	uint32_t format_version; /* VM_STATE_FORMAT_VERSION */
+	uint32_t format_version; /* VM_STATE_FORMAT_VERSION (written) */
 	uint32_t kind;		 /* enum vm_state_stream_kind */
 	uint64_t created_unix_ns;
 	char writer[32]; /* "kapsel VERSION", NUL padded (informational) */

@@ -1,4 +1,4 @@
-/* Fuzz target: vm_config_load_xml on arbitrary bytes in a temporary file; an accepted definition must survive writing it out and reading it back. */
+/* Fuzz target: vm_config_load_xml on arbitrary bytes in a temporary file; an accepted definition must survive writing it out and reading it back, as a file and in the state form from memory. */
 #define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>
@@ -91,6 +91,41 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			FUZZ_CHECK(again.disks[i].bus == config.disks[i].bus);
 		}
 		vm_config_free(&again);
+	}
+
+	/* The state form (a state file's definition) parses back from memory
+	 * with every device: interfaces and the rng included. */
+	char *xml = NULL;
+	size_t xml_bytes = 0;
+	if (vm_config_format_xml(&config, VM_CONFIG_XML_STATE, &xml, &xml_bytes, write_error,
+				 sizeof(write_error)) == 0) {
+		struct vm_config again;
+		char again_error[1024] = "";
+		vm_config_init(&again);
+		int rerr = vm_config_parse_xml(xml, xml_bytes, "state", NULL, &again, again_error,
+					       sizeof(again_error));
+		if (rerr)
+			fprintf(stderr, "state form refused: %s\n", again_error);
+		FUZZ_CHECK(rerr == 0);
+		FUZZ_CHECK(again.has_uuid && again.console_output_path == NULL);
+		FUZZ_CHECK(again.disk_count == config.disk_count);
+		FUZZ_CHECK(again.net_count == config.net_count);
+		for (unsigned i = 0; i < config.net_count; i++) {
+			FUZZ_CHECK(again.nets[i].model == config.nets[i].model);
+			FUZZ_CHECK(strcmp(again.nets[i].path, config.nets[i].path) == 0);
+		}
+		FUZZ_CHECK(again.rng.enabled == config.rng.enabled);
+		if (config.rng.enabled) {
+			const struct vm_rng_config *x = &config.rng, *y = &again.rng;
+			FUZZ_CHECK(y->requests_limit.rate_per_second ==
+					   x->requests_limit.rate_per_second &&
+				   y->requests_limit.burst == x->requests_limit.burst &&
+				   y->bytes_limit.rate_per_second ==
+					   x->bytes_limit.rate_per_second &&
+				   y->bytes_limit.burst == x->bytes_limit.burst);
+		}
+		vm_config_free(&again);
+		free(xml);
 	}
 	vm_config_free(&config);
 	return 0;

@@ -1,4 +1,4 @@
-/* Fuzz target: the saved-VM record stream reader (vm_state.c) from memory and from a file descriptor, and the VM definition read back from it (snapshot.c). */
+/* Fuzz target: the saved-VM record stream reader (vm_state.c) from memory and from a file descriptor, and the VM definition read back from it (definition.c). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdint.h>
@@ -18,18 +18,21 @@
  * and all, so mostly refused early) or built mode (the rest describes
  * records that are framed with correct checksums here, so the fuzzer gets
  * past them); bits 1-2 the stream kind the reader expects.
- * Built mode: records of [u8 type pick][u8 flags][u16 length][payload]
+ * Built mode: a begin byte (bit 7: its kind from bits 0-1 instead of the
+ * expected one; bit 6: format version 1, whose definition is text), then
+ * records of [u8 type pick][u8 flags][u16 length][payload]
  * until the input ends, then framing quirks from the last record's
  * pick: no END, a wrong END count, a corrupted byte, trailing bytes.
  */
 
 static const uint32_t record_types[] = {
 	VM_STATE_BEGIN,	       VM_STATE_END,	      VM_STATE_MANIFEST_FILE,
-	VM_STATE_VM_INFO,      VM_STATE_CONFIG,	      VM_STATE_EVTCHN,
+	VM_STATE_VM_INFO,      VM_STATE_CONFIG_TEXT,  VM_STATE_EVTCHN,
 	VM_STATE_DEVICE,       VM_STATE_NOTE,	      VM_STATE_VCPU_REGS,
 	VM_STATE_VCPU_SREGS,   VM_STATE_VCPU_MSRS,    VM_STATE_MEMORY_PAGES,
 	VM_STATE_MEMORY_DONE,  VM_STATE_DISK,	      VM_STATE_DEV_UART16550,
 	VM_STATE_DEV_BLOCK_PV, VM_STATE_DEV_ATA_DISK, 0x7777,
+	VM_STATE_DEFINITION,
 };
 
 static int memfd = -1;
@@ -50,8 +53,16 @@ static void build(struct fuzz_input *in, enum vm_state_stream_kind kind, struct 
 	vm_state_writer_init_buffer(w);
 	uint8_t quirks = 0;
 	uint8_t begin_kind = fuzz_u8(in);
-	vm_state_put_begin(w,
-			   begin_kind & 0x80 ? (enum vm_state_stream_kind)(begin_kind & 3) : kind);
+	enum vm_state_stream_kind begin_as =
+		begin_kind & 0x80 ? (enum vm_state_stream_kind)(begin_kind & 3) : kind;
+	if (begin_kind & 0x40) {
+		struct vm_state_begin begin = { .format_version = VM_STATE_FORMAT_VERSION_OLDEST,
+						.kind = begin_as };
+		memcpy(begin.magic, VM_STATE_MAGIC, sizeof(begin.magic));
+		vm_state_put(w, VM_STATE_BEGIN, VM_STATE_RECORD_MANDATORY, &begin, sizeof(begin));
+	} else {
+		vm_state_put_begin(w, begin_as);
+	}
 	while (fuzz_left(in) >= 4) {
 		uint8_t pick = fuzz_u8(in), flags = fuzz_u8(in);
 		uint16_t length = fuzz_u16(in);

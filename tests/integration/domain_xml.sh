@@ -109,7 +109,9 @@ xml-dumpxml-validate)
 	start_xml disks --kernel "$GUESTS/idle.elf" --name disks --memory 48M \
 		--cmdline "tick_ms=50 note=<&'\">" \
 		--disk "$TMP/a.img,iops=10,iops_burst=20,bps=4096,bps_burst=8192,poll=25" \
-		--disk "$TMP/b.img,bus=ata,readonly,cache=none" --disk "$TMP/c.img,readonly"
+		--disk "$TMP/b.img,bus=ata,readonly,cache=none" --disk "$TMP/c.img,readonly" \
+		--net "socket=$TMP/s.sock,peer=$TMP/nobody.sock,pps=100,pps_burst=200" \
+		--rng=iops=5,iops_burst=7,bps=1000
 	READY_FILE=$TMP/uart-console.txt start_xml uart --kernel "$GUESTS/idle.elf" --name uart \
 		--console uart --console-output "$TMP/uart-console.txt"
 	for vm in plain disks uart; do
@@ -120,6 +122,9 @@ xml-dumpxml-validate)
 	expect_in "$TMP/disks.xml" "<kapsel:disk index='0' poll_us='25'/>"
 	expect_in "$TMP/disks.xml" "<target dev='hda' bus='ide'/>"
 	expect_in "$TMP/disks.xml" "<target dev='xvdb' bus='xen'/>"
+	# What libvirt has no element for: Kapsel's namespace, still valid.
+	expect_in "$TMP/disks.xml" "<kapsel:interface index='0' socket='$TMP/s.sock' peer='$TMP/nobody.sock' model='pv' pps='100' pps_burst='200'"
+	expect_in "$TMP/disks.xml" "<kapsel:rng iops='5' iops_burst='7' bps='1000' bps_burst='0'/>"
 	expect_in "$TMP/uart.xml" "<source path='$TMP/uart-console.txt'/>"
 	# Round trip: the dumped definitions run, and dump the same again.
 	for vm in disks uart; do

@@ -136,9 +136,13 @@ make_saved() {
 
 # Rewrite a state file with valid checksums everywhere (header, payload,
 # manifest), so only the semantic check can refuse it.  MODE is
-# "version" (format version 2), "mandatory" (an unknown mandatory record),
-# "optional" (an unknown optional record), "vcpu" (flip cr0's paging bit)
-# or "pvmmu" (map the first PV MMU mapping onto the hypervisor's page tables).
+# "version" (format version 3), "mandatory" (an unknown mandatory record),
+# "optional" (an unknown optional record), "vcpu" (flip cr0's paging bit),
+# "pvmmu" (map the first PV MMU mapping onto the hypervisor's page tables),
+# "format1" (state.bin and manifest rewritten as Kapsel 1 wrote them: format
+# version 1, the definition as its "key=value" text record), "xxe" (the
+# domain XML definition with an external entity reading a host file) or
+# "nic" (a socket network interface added to the definition).
 forge_state() {
 	python3 - "$1" "$2" <<'EOF'
 import struct, sys, os
@@ -170,8 +174,43 @@ def build(recs):
     return out
 d, mode = sys.argv[1], sys.argv[2]
 recs = parse(open(os.path.join(d, "state.bin"), "rb").read())
+def definition():
+    return next(r for r in recs if r[0] == 0x0105)
 if mode == "version":
-    struct.pack_into("<I", recs[0][2], 8, 2)
+    struct.pack_into("<I", recs[0][2], 8, 3)
+elif mode == "format1":
+    import re
+    xml = definition()[2].decode()
+    def tag(name):
+        m = re.search("<%s[^>]*>([^<]*)</%s>" % (name, name), xml)
+        return m.group(1) if m else None
+    unescape = lambda t: t.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    def esc(t):
+        return "".join("%%%02x" % ord(c) if c == "%" or ord(c) < 0x20 else c for c in t)
+    lines = ["name=" + esc(tag("name")), "uuid=" + tag("uuid").replace("-", ""),
+             "memory_bytes=%d" % (int(tag("memory")) * 1024), "vcpus=1",
+             "kernel=" + esc(unescape(tag("kernel"))), "console_mode=0",
+             "lifecycle=" + " ".join(str(["destroy", "restart", "preserve"].index(tag(t)))
+                                     for t in ("on_poweroff", "on_reboot", "on_crash"))]
+    if tag("cmdline") is not None:
+        lines.append("cmdline=" + esc(unescape(tag("cmdline"))))
+    if "<disk " in xml:
+        sys.exit("forge format1: this helper writes definitions without disks only")
+    r = definition()
+    r[0], r[2] = 0x0101, bytearray(("\n".join(lines) + "\n").encode())
+    struct.pack_into("<I", recs[0][2], 8, 1)
+elif mode == "xxe":
+    definition()[2] = bytearray(("<?xml version='1.0'?><!DOCTYPE domain [<!ENTITY x SYSTEM "
+        "'file:///etc/passwd'>]><domain type='kvm'><name>&x;</name></domain>").encode())
+elif mode == "nic":
+    r = definition()
+    xml = r[2].decode()
+    nic = ("<metadata><kapsel:domain xmlns:kapsel='https://kapsel.example/xmlns/domain/1'>"
+           "<kapsel:interface index='0' socket='/tmp/victim.sock' peer='/tmp/peer.sock'/>"
+           "</kapsel:domain></metadata>")
+    if "<metadata>" in xml:
+        sys.exit("forge nic: the definition already has metadata")
+    r[2] = bytearray(xml.replace("</uuid>", "</uuid>" + nic, 1).encode())
 elif mode in ("mandatory", "optional"):
     recs.insert(3, [0x0777, 1 if mode == "mandatory" else 0, bytearray(b"future")])
     struct.pack_into("<Q", recs[-1][2], 0, len(recs) - 1)
@@ -189,6 +228,8 @@ elif mode == "vcpu":
 state = build(recs)
 open(os.path.join(d, "state.bin"), "wb").write(state)
 m = parse(open(os.path.join(d, "manifest"), "rb").read())
+if mode == "format1":
+    struct.pack_into("<I", m[0][2], 8, 1)
 for r in m:
     if r[0] == 0x10 and r[2][:9] == b"state.bin":
         struct.pack_into("<QI", r[2], 32, len(state), crc32c(state))
@@ -327,6 +368,19 @@ state-save-restore)
 	expect_status 0
 	check_ticks 1 150 "$OUT1" "$OUT2" || fail "second restore"
 	;;
+state-format1)
+	# A state saved by Kapsel 1 (format 1, the definition as text) still
+	# restores, for one version: the guest goes on where it stopped.
+	make_saved "$TMP/save" 100
+	forge_state "$TMP/save" format1
+	"$KAPSEL" inspect --records "$TMP/save" >"$TMP/inspect" 2>&1 || { cat "$TMP/inspect"; fail "inspect"; }
+	expect_in "$TMP/inspect" "format 1"
+	expect_in "$TMP/inspect" "kernel=$COUNTER"
+	restore "$TMP/save"
+	expect_status 0
+	expect_in "$OUT2" "counter done 100"
+	check_ticks 1 100 "$OUT1" "$OUT2" || fail "tick sequence after a format-1 restore"
+	;;
 state-save-continue)
 	# Save without stopping: the VM runs on unharmed; the saved state
 	# restores to the point of the save.
@@ -370,7 +424,8 @@ state-inspect)
 	make_saved "$TMP/save" 100
 	"$KAPSEL" inspect --records "$TMP/save" >"$TMP/inspect" 2>&1 || { cat "$TMP/inspect"; fail "inspect"; }
 	for text in "state is valid" "vm.info" "rip 0x" "cr3 0x10000" "tsc " "xcr0" \
-		"uart16550" "event channels:" "memory 64 MiB" "kernel=$COUNTER"; do
+		"uart16550" "event channels:" "memory 64 MiB" "<kernel>$COUNTER</kernel>" \
+		"vm.definition" "<domain type='kvm'>"; do
 		expect_in "$TMP/inspect" "$text"
 	done
 	# rip lies inside the guest image (the ELF's text starts at 1 MiB).
@@ -410,7 +465,20 @@ print(os.lseek(fd, 0x100000, os.SEEK_DATA) + 123)")
 
 	reset
 	forge_state "$TMP/bad" version
-	expect_refused "$TMP/bad" "format version 2, but this Kapsel reads version 1"
+	expect_refused "$TMP/bad" "format version 3, but this Kapsel reads versions 1 to 2"
+
+	# The definition is domain XML, parsed with the same hardening as
+	# --xml: no DTD, so no entity reads a host file.
+	reset
+	forge_state "$TMP/bad" xxe
+	expect_refused "$TMP/bad" "has a <!DOCTYPE> or <!ENTITY>; domain XML needs none"
+	expect_not_in "$ERR2" "root:"
+
+	# A network interface in the definition: its endpoints are host
+	# resources a state never chooses.
+	reset
+	forge_state "$TMP/bad" nic
+	expect_refused "$TMP/bad" "network interface"
 
 	reset
 	forge_state "$TMP/bad" mandatory

@@ -334,6 +334,73 @@ static void test_round_trip(void)
 	vm_config_free(&b);
 }
 
+/* Socket-linked NICs have no libvirt element: <kapsel:interface> places
+ * them among the <interface> elements by index. */
+static void test_kapsel_interfaces(void)
+{
+	struct vm_config c;
+	int err =
+		load("<domain type='kvm'><name>n</name><memory unit='MiB'>64</memory>"
+		     "<os><kernel>/k</kernel></os><devices>"
+		     "<interface type='ethernet'><target dev='tap1'/></interface>"
+		     "<interface type='ethernet'><target dev='tap3'/><model type='ne2k_isa'/></interface>"
+		     "<rng model='virtio'><rate bytes='100'/></rng></devices>"
+		     "<metadata><k:domain xmlns:k='" VM_CONFIG_XML_NAMESPACE "'>"
+		     "<k:interface index='0' socket='/s0' peer='/p0' mac='02:00:00:00:00:01'/>"
+		     "<k:interface index='2' socket='/s2' peer='/p2' bps='9'/>"
+		     "<k:interface index='3' pps='5' pps_burst='6'/>"
+		     "<k:rng iops='4'/></k:domain></metadata></domain>",
+		     &c);
+	CU_ASSERT_EQUAL_FATAL(err, 0);
+	CU_ASSERT_EQUAL_FATAL(c.net_count, 4);
+	CU_ASSERT_EQUAL(c.nets[0].backend, VM_NET_BACKEND_SOCKET);
+	CU_ASSERT_STRING_EQUAL(c.nets[0].path, "/s0");
+	CU_ASSERT_STRING_EQUAL(c.nets[0].peer, "/p0");
+	CU_ASSERT(c.nets[0].has_mac);
+	CU_ASSERT_EQUAL(c.nets[0].mac[5], 1);
+	CU_ASSERT_STRING_EQUAL(c.nets[1].path, "tap1");
+	CU_ASSERT_STRING_EQUAL(c.nets[2].path, "/s2");
+	CU_ASSERT_EQUAL(c.nets[2].bytes_limit.rate_per_second, 9);
+	CU_ASSERT_STRING_EQUAL(c.nets[3].path, "tap3");
+	CU_ASSERT_EQUAL(c.nets[3].model, VM_NET_MODEL_NE2000);
+	CU_ASSERT_EQUAL(c.nets[3].frames_limit.rate_per_second, 5);
+	CU_ASSERT_EQUAL(c.nets[3].frames_limit.burst, 6);
+	/* kapsel:rng replaces what <rate> said, exactly. */
+	CU_ASSERT_EQUAL(c.rng.requests_limit.rate_per_second, 4);
+	CU_ASSERT_EQUAL(c.rng.bytes_limit.rate_per_second, 0);
+	vm_config_free(&c);
+
+	/* A second NE2000 through the namespace is refused like one in XML. */
+	err = load("<domain type='kvm'><name>n</name><memory unit='MiB'>64</memory>"
+		   "<os><kernel>/k</kernel></os><devices>"
+		   "<interface type='ethernet'><target dev='t'/><model type='ne2k_isa'/></interface>"
+		   "</devices><metadata><k:domain xmlns:k='" VM_CONFIG_XML_NAMESPACE "'>"
+		   "<k:interface index='1' socket='/s' peer='/p' model='ne2000'/>"
+		   "</k:domain></metadata></domain>",
+		   &c);
+	CU_ASSERT_EQUAL(err, -EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "one NE2000"));
+	vm_config_free(&c);
+
+	/* From a buffer, as a state file's definition is read: same parser,
+	 * relative paths stay relative without a base directory. */
+	const char *xml = "<domain type='kvm'><name>b</name><memory unit='MiB'>64</memory>"
+			  "<os><kernel>rel/k.elf</kernel></os></domain>";
+	vm_config_init(&c);
+	CU_ASSERT_EQUAL(vm_config_parse_xml(xml, strlen(xml), "buffer", NULL, &c, error,
+					    sizeof(error)),
+			0);
+	CU_ASSERT_STRING_EQUAL(c.kernel_path, "rel/k.elf");
+	CU_ASSERT_PTR_NULL(c.source_xml_path);
+	vm_config_free(&c);
+	vm_config_init(&c);
+	CU_ASSERT_EQUAL(vm_config_parse_xml(xml, strlen(xml), "buffer", "/base", &c, error,
+					    sizeof(error)),
+			0);
+	CU_ASSERT_STRING_EQUAL(c.kernel_path, "/base/rel/k.elf");
+	vm_config_free(&c);
+}
+
 int main(void)
 {
 	if (!mkdtemp(dir))
@@ -346,6 +413,8 @@ int main(void)
 		{ "unsupported or contradictory settings refused", test_refused },
 		{ "informational elements ignored", test_ignored_with_warning },
 		{ "write then read gives the same definition", test_round_trip },
+		{ "socket interfaces and exact limits in the Kapsel namespace",
+		  test_kapsel_interfaces },
 	};
 	int status = UNIT_RUN("config_xml", tests);
 	char command[600];

@@ -205,7 +205,10 @@ static void forge_state(struct forged_state *f, const char *config_text, const c
 			unsigned disk_count, uint32_t disk_flags)
 {
 	memset(f, 0, sizeof(*f));
-	f->recs[0].type = VM_STATE_CONFIG;
+	/* Domain XML is format 2's definition, "key=value" text format 1's. */
+	bool xml = config_text[0] == '<';
+	f->records.begin.format_version = xml ? 2 : 1;
+	f->recs[0].type = xml ? VM_STATE_DEFINITION : VM_STATE_CONFIG_TEXT;
 	f->recs[0].payload = (uint8_t *)config_text;
 	f->recs[0].length_bytes = strlen(config_text);
 	for (unsigned i = 0; i < disk_count; i++) {
@@ -224,6 +227,31 @@ static void forge_state(struct forged_state *f, const char *config_text, const c
 	f->records.count = 1 + disk_count;
 }
 
+/* A saved definition naming kernel and disks (each a PV raw disk), in the
+ * format-2 XML form or the format-1 text form. */
+static void definition(char *out, size_t out_len, bool xml, const char *name, const char *kernel,
+		       const char *const *disks, unsigned disk_count)
+{
+	size_t used = 0;
+#define PUT(...) used += (size_t)snprintf(out + used, out_len - used, __VA_ARGS__)
+	if (!xml) {
+		PUT("name=%s\nkernel=%s\n", name, kernel);
+		for (unsigned i = 0; i < disk_count; i++)
+			PUT("disk=%s\ndisk_options=0 0 0 0 0\n", disks[i]);
+		return;
+	}
+	PUT("<domain type='kvm'><name>%s</name><uuid>00112233-4455-6677-8899-aabbccddeeff</uuid>"
+	    "<memory unit='MiB'>64</memory><os><type>hvm</type><kernel>%s</kernel></os><devices>",
+	    name, kernel);
+	for (unsigned i = 0; i < disk_count; i++)
+		PUT("<disk type='file' device='disk'><source file='%s'/>"
+		    "<target dev='xvd%c' bus='xen'/></disk>",
+		    disks[i], 'a' + i);
+	PUT("</devices></domain>");
+#undef PUT
+	CU_ASSERT_FATAL(used < out_len);
+}
+
 static void test_forged_state_name(void)
 {
 	const char *names[] = { "../../x", "a%2fb", "%2e%2e", "x%0ay", "" };
@@ -240,9 +268,25 @@ static void test_forged_state_name(void)
 		CU_ASSERT_STRING_EQUAL(config.name, "kapsel"); /* untouched */
 		vm_config_free(&config);
 	}
+	/* The XML form: the same one check of names. */
+	const char *xml_names[] = { "../../x", "a/b", ".hidden", "x&#10;y", "" };
+	for (size_t i = 0; i < sizeof(xml_names) / sizeof(xml_names[0]); i++) {
+		char text[1024];
+		definition(text, sizeof(text), true, xml_names[i], "/k", NULL, 0);
+		struct forged_state f;
+		forge_state(&f, text, NULL, 0, 0);
+		struct vm_config config;
+		vm_config_init(&config);
+		CU_ASSERT_EQUAL(snapshot_config_from_records(&f.records, &config, error,
+							     sizeof(error)),
+				-EPROTO);
+		CU_ASSERT_PTR_NOT_NULL(strstr(error, "/domain/name"));
+		CU_ASSERT_STRING_EQUAL(config.name, "kapsel"); /* untouched */
+		vm_config_free(&config);
+	}
 }
 
-static void test_forged_state_paths(void)
+static void forged_state_paths(bool xml)
 {
 	char dir[300], inside[600], outside[600], kernel_inside[600], mine[600];
 	make_root();
@@ -259,10 +303,9 @@ static void test_forged_state_paths(void)
 
 	/* disk= and kernel= pointing outside the state directory: refused,
 	 * nothing of the forged paths kept. */
-	char text[2048];
-	snprintf(text, sizeof(text),
-		 "name=x\nkernel=/etc/shadow\ndisk=%s\ndisk_options=0 0 0 0 0\n", outside);
+	char text[4096];
 	const char *disks[] = { outside };
+	definition(text, sizeof(text), xml, "x", "/etc/shadow", disks, 1);
 	struct forged_state f;
 	forge_state(&f, text, disks, 1, 0);
 	struct vm_config config;
@@ -284,10 +327,10 @@ static void test_forged_state_paths(void)
 	/* A symlink inside the directory pointing out is outside. */
 	char link_path[600];
 	snprintf(link_path, sizeof(link_path), "%s/link.img", dir);
+	unlink(link_path); /* from the other form's run */
 	CU_ASSERT_EQUAL_FATAL(symlink(outside, link_path), 0);
-	snprintf(text, sizeof(text), "name=x\nkernel=%s\ndisk=%s\ndisk_options=0 0 0 0 0\n",
-		 kernel_inside, link_path);
 	const char *linked[] = { link_path };
+	definition(text, sizeof(text), xml, "x", kernel_inside, linked, 1);
 	forge_state(&f, text, linked, 1, 0);
 	vm_config_init(&config);
 	CU_ASSERT_EQUAL_FATAL(snapshot_config_from_records(&f.records, &config, error,
@@ -299,10 +342,8 @@ static void test_forged_state_paths(void)
 	vm_config_free(&config);
 
 	/* Files inside the directory are used; the operator's mapping wins. */
-	snprintf(text, sizeof(text),
-		 "name=x\nkernel=%s\ndisk=%s\ndisk_options=0 0 0 0 0\ndisk=%s\ndisk_options=0 0 0 0 0\n",
-		 kernel_inside, inside, outside);
 	const char *two[] = { inside, outside };
+	definition(text, sizeof(text), xml, "x", kernel_inside, two, 2);
 	forge_state(&f, text, two, 2, 0);
 	vm_config_init(&config);
 	CU_ASSERT_EQUAL_FATAL(snapshot_config_from_records(&f.records, &config, error,
@@ -326,8 +367,7 @@ static void test_forged_state_paths(void)
 
 	/* A record saying "overlay" does not make an operator's file one:
 	 * the operator must say format=overlay. */
-	snprintf(text, sizeof(text), "name=x\nkernel=%s\ndisk=%s\ndisk_options=0 0 0 0 0\n",
-		 kernel_inside, outside);
+	definition(text, sizeof(text), xml, "x", kernel_inside, disks, 1);
 	forge_state(&f, text, disks, 1, VM_STATE_DISK_OVERLAY);
 	vm_config_init(&config);
 	CU_ASSERT_EQUAL_FATAL(snapshot_config_from_records(&f.records, &config, error,
@@ -348,6 +388,207 @@ static void test_forged_state_paths(void)
 	CU_ASSERT_EQUAL(snapshot_parse_disk_mapping("0=/x,readonly", &files, error, sizeof(error)),
 			-EINVAL);
 	snapshot_host_files_free(&files);
+}
+
+static void test_forged_state_paths(void)
+{
+	forged_state_paths(true);  /* format 2: domain XML */
+	forged_state_paths(false); /* format 1: text */
+}
+
+/* A state with no disk records (for snapshot_bind_host_files). */
+static const struct vm_state_records f_dummy_records;
+
+/* Parse a forged format-2 definition into config (initialised here);
+ * returns what snapshot_config_from_records returned. */
+static int load_forged(const char *xml, struct vm_config *config)
+{
+	struct forged_state f;
+	forge_state(&f, xml, NULL, 0, 0);
+	vm_config_init(config);
+	error[0] = '\0';
+	return snapshot_config_from_records(&f.records, config, error, sizeof(error));
+}
+
+#define DOMAIN_HEAD                                                                      \
+	"<domain type='kvm'><name>x</name><uuid>00112233445566778899aabbccddeeff</uuid>" \
+	"<memory unit='MiB'>64</memory><os><kernel>/k</kernel></os>"
+
+static void test_forged_state_hostile_xml(void)
+{
+	char secret[512];
+	make_root();
+	snprintf(secret, sizeof(secret), "%s/secret.txt", root);
+	FILE *s = fopen(secret, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+	fputs("TOPSECRET", s);
+	fclose(s);
+
+	char xxe[2048], xxe_param[2048];
+	snprintf(xxe, sizeof(xxe),
+		 "<?xml version='1.0'?><!DOCTYPE domain [<!ENTITY x SYSTEM 'file://%s'>]>"
+		 "<domain type='kvm'><name>x</name><os><kernel>/k</kernel><cmdline>&x;</cmdline></os>"
+		 "<memory unit='MiB'>64</memory></domain>",
+		 secret);
+	snprintf(xxe_param, sizeof(xxe_param),
+		 "<!DOCTYPE d [<!ENTITY %% p SYSTEM 'file://%s'> %%p;]>" DOMAIN_HEAD "</domain>",
+		 secret);
+	const struct {
+		const char *xml, *message;
+	} cases[] = {
+		{ xxe, "<!DOCTYPE>" },
+		{ xxe_param, "<!DOCTYPE>" },
+		{ "<!DOCTYPE d [<!ENTITY a 'aaaaaaaaaa'><!ENTITY b '&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;'>"
+		  "<!ENTITY c '&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;'><!ENTITY d '&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;'>]>" DOMAIN_HEAD
+		  "<description>&d;</description></domain>",
+		  "<!DOCTYPE>" },
+		/* XInclude is never processed: an unknown element. */
+		{ DOMAIN_HEAD
+		  "<xi:include xmlns:xi='http://www.w3.org/2001/XInclude' href='/etc/passwd'/>"
+		  "</domain>",
+		  "/domain/include is not supported" },
+		{ DOMAIN_HEAD
+		  "<metadata><k:domain xmlns:k='https://kapsel.example/xmlns/domain/2'/>"
+		  "</metadata></domain>",
+		  "another version of Kapsel's" },
+		{ DOMAIN_HEAD
+		  "<metadata><k:domain xmlns:k='" VM_CONFIG_XML_NAMESPACE "'>"
+		  "<k:interface index='3' socket='/a' peer='/b'/></k:domain></metadata></domain>",
+		  "leaves a gap" },
+		{ DOMAIN_HEAD "<metadata><k:domain xmlns:k='" VM_CONFIG_XML_NAMESPACE "'>"
+			      "<k:interface index='0' socket='/a'/></k:domain></metadata></domain>",
+		  "needs peer=" },
+		{ DOMAIN_HEAD "<metadata><k:domain xmlns:k='" VM_CONFIG_XML_NAMESPACE "'>"
+			      "<k:rng iops='5'/></k:domain></metadata></domain>",
+		  "has no <rng>" },
+		{ DOMAIN_HEAD "<metadata><k:domain xmlns:k='" VM_CONFIG_XML_NAMESPACE "'>"
+			      "<k:disk index='0' poll_us='5'/></k:domain></metadata></domain>",
+		  "names no disk" },
+		{ "<domain type='kvm'><uuid>00112233445566778899aabbccddeeff</uuid>"
+		  "<memory unit='MiB'>64</memory><os><kernel>/k</kernel></os></domain>",
+		  "/domain/name is missing" },
+		{ "<domain type='kvm'><name>x</name><uuid>00112233445566778899aabbccddeeff</uuid>"
+		  "<memory unit='MiB'>64</memory></domain>",
+		  "/domain/os/kernel is missing" },
+		{ "<domain type='kvm'><name>x</name><uuid>00112233445566778899aabbccddeeff</uuid>"
+		  "<os><kernel>/k</kernel></os></domain>",
+		  "/domain/memory is missing" },
+		{ "<domain type='kvm'><name>x</name><memory unit='MiB'>64</memory>"
+		  "<os><kernel>/k</kernel></os></domain>",
+		  "/domain/uuid is missing" },
+		{ DOMAIN_HEAD "<vcpu>4</vcpu></domain>", "one vCPU" },
+		{ DOMAIN_HEAD, "not well-formed" },
+		{ "<nodomain/>", "expected <domain>" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct vm_config config;
+		CU_ASSERT_EQUAL(load_forged(cases[i].xml, &config), -EPROTO);
+		if (!strstr(error, cases[i].message))
+			fprintf(stderr, "case %zu: '%s' lacks '%s'\n", i, error, cases[i].message);
+		CU_ASSERT_PTR_NOT_NULL(strstr(error, cases[i].message));
+		CU_ASSERT_PTR_NULL(strstr(error, "TOPSECRET"));
+		CU_ASSERT_STRING_EQUAL(config.name, "kapsel"); /* untouched */
+		vm_config_free(&config);
+	}
+
+	/* The XXE in UTF-16, where a byte search for "<!DOCTYPE" finds
+	 * nothing: refused after parsing, the secret never read into it. */
+	size_t xxe_len = strlen(xxe);
+	char *wide = calloc(2, xxe_len + 1);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(wide);
+	wide[0] = (char)0xff;
+	wide[1] = (char)0xfe;			     /* little-endian BOM */
+	const char *body = strstr(xxe, "<!DOCTYPE"); /* no declaration saying UTF-8 */
+	for (size_t i = 0; body[i]; i++)
+		wide[2 + 2 * i] = body[i];
+	struct forged_state f;
+	forge_state(&f, "<", NULL, 0, 0);
+	f.recs[0].payload = (uint8_t *)wide;
+	f.recs[0].length_bytes = 2 + 2 * strlen(body);
+	struct vm_config config;
+	vm_config_init(&config);
+	CU_ASSERT_EQUAL(snapshot_config_from_records(&f.records, &config, error, sizeof(error)),
+			-EPROTO);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "<!DOCTYPE>"));
+	CU_ASSERT_PTR_NULL(config.cmdline);
+	vm_config_free(&config);
+	free(wide);
+
+	/* Over the size cap: refused before parsing. */
+	size_t huge_len = VM_CONFIG_XML_MAX_BYTES + 64;
+	char *huge = malloc(huge_len + 1);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(huge);
+	size_t head = (size_t)snprintf(huge, huge_len + 1, DOMAIN_HEAD "<description>");
+	memset(huge + head, 'a', huge_len - head);
+	huge[huge_len] = '\0';
+	CU_ASSERT_EQUAL(load_forged(huge, &config), -EPROTO);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "more than a definition may be"));
+	vm_config_free(&config);
+	free(huge);
+
+	/* Two definitions (XML and text): which one would the loader trust? */
+	struct vm_state_stored_record two[2] = {
+		{ .type = VM_STATE_DEFINITION,
+		  .payload = (uint8_t *)DOMAIN_HEAD "</domain>",
+		  .length_bytes = strlen(DOMAIN_HEAD "</domain>") },
+		{ .type = VM_STATE_CONFIG_TEXT,
+		  .payload = (uint8_t *)"name=y\nkernel=/k\n",
+		  .length_bytes = strlen("name=y\nkernel=/k\n") },
+	};
+	struct vm_state_records records = { .records = two, .count = 2 };
+	records.begin.format_version = 1;
+	vm_config_init(&config);
+	CU_ASSERT_EQUAL(snapshot_config_from_records(&records, &config, error, sizeof(error)),
+			-EPROTO);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "more than one VM definition"));
+	vm_config_free(&config);
+}
+
+/* What a well-formed state definition may name but never gets: a console
+ * file to write, network endpoints. */
+static void test_forged_state_outputs_and_nets(void)
+{
+	char dir[300], kernel_inside[600];
+	make_root();
+	snprintf(dir, sizeof(dir), "%s/save-nets", root);
+	mkdir(dir, 0700);
+	snprintf(kernel_inside, sizeof(kernel_inside), "%s/kernel", dir);
+	write_file(kernel_inside, 2, 4096);
+
+	char xml[2048];
+	snprintf(xml, sizeof(xml),
+		 "<domain type='kvm'><name>x</name><uuid>00112233445566778899aabbccddeeff</uuid>"
+		 "<memory unit='MiB'>64</memory><os><kernel>%s</kernel></os><devices>"
+		 "<serial type='file'><source path='/etc/cron.d/evil'/></serial></devices></domain>",
+		 kernel_inside);
+	struct vm_config config;
+	CU_ASSERT_EQUAL_FATAL(load_forged(xml, &config), 0);
+	CU_ASSERT_PTR_NULL(config.console_output_path); /* dropped */
+	CU_ASSERT_EQUAL(snapshot_bind_host_files(&f_dummy_records, dir, NULL, &config, error,
+						 sizeof(error)),
+			0);
+	vm_config_free(&config);
+
+	/* A tap or socket interface in a saved definition: a restore refuses
+	 * it, naming why, and uses nothing of it. */
+	const char *nets[] = {
+		"<devices><interface type='ethernet'><target dev='tap-victim'/></interface></devices>",
+		"<metadata><k:domain xmlns:k='" VM_CONFIG_XML_NAMESPACE "'><k:interface index='0' "
+		"socket='/run/victim.sock' peer='/run/peer.sock'/></k:domain></metadata>",
+	};
+	for (size_t i = 0; i < sizeof(nets) / sizeof(nets[0]); i++) {
+		snprintf(xml, sizeof(xml),
+			 "<domain type='kvm'><name>x</name><uuid>00112233445566778899aabbccddeeff</uuid>"
+			 "<memory unit='MiB'>64</memory><os><kernel>%s</kernel></os>%s</domain>",
+			 kernel_inside, nets[i]);
+		CU_ASSERT_EQUAL_FATAL(load_forged(xml, &config), 0);
+		CU_ASSERT_EQUAL(config.net_count, 1);
+		CU_ASSERT_EQUAL(snapshot_bind_host_files(&f_dummy_records, dir, NULL, &config,
+							 error, sizeof(error)),
+				-EPERM);
+		CU_ASSERT_PTR_NOT_NULL(strstr(error, "network interface"));
+		vm_config_free(&config);
+	}
 }
 
 static void test_incoming_uses_local_definition(void)
@@ -374,6 +615,27 @@ static void test_incoming_uses_local_definition(void)
 			0);
 	CU_ASSERT_STRING_EQUAL(incoming.kernel_path, "/srv/k.elf");
 	CU_ASSERT_STRING_EQUAL(incoming.disks[0].path, "/srv/mine.img");
+
+	/* Network endpoints: the destination's own, never the stream's. */
+	incoming.net_count = 1;
+	incoming.nets[0] = (struct vm_net_config){ .backend = VM_NET_BACKEND_SOCKET,
+						   .path = strdup("/run/victim.sock"),
+						   .peer = strdup("/run/victim-peer.sock") };
+	CU_ASSERT_EQUAL(snapshot_adopt_local_definition(&local, &incoming, error, sizeof(error)),
+			-EPROTO); /* 1 interface vs 0 */
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "network interface"));
+	local.net_count = 1;
+	local.nets[0] = (struct vm_net_config){ .backend = VM_NET_BACKEND_TAP,
+						.model = VM_NET_MODEL_NE2000,
+						.path = strdup("mytap0") };
+	CU_ASSERT_EQUAL(snapshot_adopt_local_definition(&local, &incoming, error, sizeof(error)),
+			-EPROTO); /* other model */
+	local.nets[0].model = VM_NET_MODEL_PV;
+	CU_ASSERT_EQUAL(snapshot_adopt_local_definition(&local, &incoming, error, sizeof(error)),
+			0);
+	CU_ASSERT_EQUAL(incoming.nets[0].backend, VM_NET_BACKEND_TAP);
+	CU_ASSERT_STRING_EQUAL(incoming.nets[0].path, "mytap0");
+	CU_ASSERT_PTR_NULL(incoming.nets[0].peer);
 	vm_config_free(&incoming);
 	vm_config_free(&local);
 }
@@ -440,6 +702,9 @@ int main(void)
 		{ "VM names: one check", test_vm_names },
 		{ "forged state: name refused", test_forged_state_name },
 		{ "forged state: kernel and disk paths not used", test_forged_state_paths },
+		{ "forged state: hostile XML definitions refused", test_forged_state_hostile_xml },
+		{ "forged state: console file and network endpoints not used",
+		  test_forged_state_outputs_and_nets },
 		{ "incoming migration uses the local definition",
 		  test_incoming_uses_local_definition },
 		{ "record caps", test_record_caps },

@@ -221,7 +221,19 @@ static void test_wrong_version_kind_magic(void)
 	build_with_begin(&w, VM_STATE_FORMAT_VERSION + 1, VM_STATE_KIND_STATE, VM_STATE_MAGIC);
 	CU_ASSERT_EQUAL(read_stream(w.buffer, w.buffer_bytes, &records, error, sizeof(error)),
 			-EPROTO);
-	CU_ASSERT(strstr(error, "format version 2") != NULL);
+	CU_ASSERT(strstr(error, "format version 3") != NULL);
+	CU_ASSERT(strstr(error, "versions 1 to 2") != NULL);
+	vm_state_writer_free(&w);
+
+	/* Format 1 is still read (for one version); nothing older. */
+	build_with_begin(&w, VM_STATE_FORMAT_VERSION_OLDEST, VM_STATE_KIND_STATE, VM_STATE_MAGIC);
+	CU_ASSERT_EQUAL(read_stream(w.buffer, w.buffer_bytes, &records, error, sizeof(error)), 0);
+	CU_ASSERT_EQUAL(records.begin.format_version, 1);
+	vm_state_records_free(&records);
+	vm_state_writer_free(&w);
+	build_with_begin(&w, 0, VM_STATE_KIND_STATE, VM_STATE_MAGIC);
+	CU_ASSERT_EQUAL(read_stream(w.buffer, w.buffer_bytes, &records, error, sizeof(error)),
+			-EPROTO);
 	vm_state_writer_free(&w);
 
 	build_with_begin(&w, VM_STATE_FORMAT_VERSION, VM_STATE_KIND_MIGRATION, VM_STATE_MAGIC);
@@ -334,8 +346,14 @@ static int write_test_dir(const char *path, const uint8_t *ram, uint64_t generat
 	struct vm_state_vm_info info = { .memory_bytes = TEST_RAM_BYTES, .generation = generation };
 	snprintf(info.name, sizeof(info.name), "unit");
 	vm_state_put(&w, VM_STATE_VM_INFO, VM_STATE_RECORD_MANDATORY, &info, sizeof(info));
-	const char config[] = "name=unit\nmemory_bytes=4194304\nkernel=/nonexistent/k.elf\n";
-	vm_state_put(&w, VM_STATE_CONFIG, VM_STATE_RECORD_MANDATORY, config, sizeof(config) - 1);
+	struct vm_config definition;
+	vm_config_init(&definition);
+	snprintf(definition.name, sizeof(definition.name), "unit");
+	definition.has_uuid = true;
+	definition.memory_bytes = TEST_RAM_BYTES;
+	definition.kernel_path = strdup("/nonexistent/k.elf");
+	CU_ASSERT_EQUAL(snapshot_put_definition(&definition, &w, error, sizeof(error)), 0);
+	vm_config_free(&definition);
 	if (extra_type)
 		vm_state_put(&w, extra_type, extra_flags, "new", 3);
 	vm_state_put_end(&w);
@@ -572,10 +590,24 @@ static void test_dir_unknown_records(void)
 	free(ram);
 }
 
+/* Records with one definition record of type, in a stream of version. */
+static void one_definition(struct vm_state_records *records, struct vm_state_stored_record *rec,
+			   uint32_t type, uint32_t version, const char *payload)
+{
+	memset(records, 0, sizeof(*records));
+	memset(rec, 0, sizeof(*rec));
+	rec->type = type;
+	rec->payload = (uint8_t *)payload;
+	rec->length_bytes = strlen(payload);
+	records->records = rec;
+	records->count = 1;
+	records->begin.format_version = version;
+}
+
 static void test_config_record_malformed(void)
 {
-	struct vm_state_records records = { 0 };
-	struct vm_state_stored_record rec = { .type = VM_STATE_CONFIG };
+	struct vm_state_records records;
+	struct vm_state_stored_record rec;
 	struct vm_config config;
 	char error[512];
 	const char *bad[] = {
@@ -585,11 +617,8 @@ static void test_config_record_malformed(void)
 		"name=x\nkernel=/k%zz\n", /* bad escape */
 		"name=x\n",		  /* no kernel */
 	};
-	records.records = &rec;
-	records.count = 1;
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		rec.payload = (uint8_t *)bad[i];
-		rec.length_bytes = strlen(bad[i]);
+		one_definition(&records, &rec, VM_STATE_CONFIG_TEXT, 1, bad[i]);
 		vm_config_init(&config);
 		CU_ASSERT_EQUAL(snapshot_config_from_records(&records, &config, error,
 							     sizeof(error)),
@@ -597,13 +626,298 @@ static void test_config_record_malformed(void)
 		vm_config_free(&config);
 	}
 	const char *good = "name=a%2db\nkernel=/k\ncmdline=x%0ay\nfuture_key=1\n";
-	rec.payload = (uint8_t *)good;
-	rec.length_bytes = strlen(good);
+	one_definition(&records, &rec, VM_STATE_CONFIG_TEXT, 1, good);
 	vm_config_init(&config);
 	CU_ASSERT_EQUAL(snapshot_config_from_records(&records, &config, error, sizeof(error)), 0);
 	CU_ASSERT_STRING_EQUAL(config.name, "a-b");
 	CU_ASSERT_STRING_EQUAL(config.cmdline, "x\ny");
 	vm_config_free(&config);
+
+	/* The text record belongs to format 1: in a format-2 stream it is
+	 * refused, whatever it says. */
+	one_definition(&records, &rec, VM_STATE_CONFIG_TEXT, 2, good);
+	vm_config_init(&config);
+	CU_ASSERT_EQUAL(snapshot_config_from_records(&records, &config, error, sizeof(error)),
+			-EPROTO);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "format-1 text definition"));
+	vm_config_free(&config);
+}
+
+/* A definition with every kind of device and every setting away from its
+ * default: three disks, a tap and a socket NIC, the rng. */
+static void full_definition(struct vm_config *a)
+{
+	vm_config_init(a);
+	snprintf(a->name, sizeof(a->name), "full-1");
+	a->has_uuid = true;
+	for (unsigned i = 0; i < 16; i++)
+		a->uuid[i] = (uint8_t)(0xf0 - i * 7);
+	a->memory_bytes = 96ull << 20;
+	a->kernel_path = strdup("/srv/k/guest.elf");
+	a->cmdline = strdup("x=<1> & y='2' z=\"3\"");
+	a->on_poweroff = VM_ACTION_RESTART;
+	a->on_reboot = VM_ACTION_DESTROY;
+	a->on_crash = VM_ACTION_PRESERVE;
+	a->console_mode = VM_CONSOLE_UART;
+	a->console_output_path = strdup("/var/log/kapsel/full-1.log");
+	a->disk_count = 3;
+	a->disks[0] = (struct vm_disk_config){ .path = strdup("/img/root.img"),
+					       .bus = VM_DISK_BUS_PV,
+					       .cache = VM_DISK_CACHE_NONE,
+					       .ops_limit = { 1000, 2000 },
+					       .bytes_limit = { 1 << 20, 4 << 20 },
+					       .poll = true,
+					       .poll_us = 75 };
+	a->disks[1] = (struct vm_disk_config){ .path = strdup("/img/data.img@9.kovl"),
+					       .format = VM_DISK_FORMAT_OVERLAY,
+					       .bus = VM_DISK_BUS_PV,
+					       .readonly = true };
+	a->disks[2] = (struct vm_disk_config){ .path = strdup("/img/legacy.img"),
+					       .bus = VM_DISK_BUS_ATA,
+					       .ops_limit = { 50, 0 } };
+	a->net_count = 3;
+	a->nets[0] = (struct vm_net_config){ .model = VM_NET_MODEL_PV,
+					     .backend = VM_NET_BACKEND_SOCKET,
+					     .path = strdup("/run/k/a.sock"),
+					     .peer = strdup("/run/k/b.sock"),
+					     .frames_limit = { 100, 200 } };
+	a->nets[1] = (struct vm_net_config){ .model = VM_NET_MODEL_PV,
+					     .backend = VM_NET_BACKEND_TAP,
+					     .path = strdup("ktap0"),
+					     .has_mac = true,
+					     .mac = { 0x52, 0x54, 0, 1, 2, 3 },
+					     .bytes_limit = { 1000000, 0 } };
+	a->nets[2] = (struct vm_net_config){ .model = VM_NET_MODEL_NE2000,
+					     .backend = VM_NET_BACKEND_SOCKET,
+					     .path = strdup("/run/k/c.sock"),
+					     .peer = strdup("/run/k/d.sock"),
+					     .has_mac = true,
+					     .mac = { 0x02, 0, 0, 0, 0, 9 } };
+	a->rng = (struct vm_rng_config){ .enabled = true,
+					 .requests_limit = { 7, 9 },
+					 .bytes_limit = { 3000, 700 } };
+}
+
+static void assert_same_definition(const struct vm_config *a, const struct vm_config *b)
+{
+	CU_ASSERT_STRING_EQUAL(b->name, a->name);
+	CU_ASSERT(b->has_uuid);
+	CU_ASSERT_EQUAL(memcmp(b->uuid, a->uuid, 16), 0);
+	CU_ASSERT_EQUAL(b->memory_bytes, a->memory_bytes);
+	CU_ASSERT_EQUAL(b->vcpus, 1);
+	CU_ASSERT_STRING_EQUAL(b->kernel_path, a->kernel_path);
+	CU_ASSERT_STRING_EQUAL(b->cmdline, a->cmdline);
+	CU_ASSERT_EQUAL(b->on_poweroff, a->on_poweroff);
+	CU_ASSERT_EQUAL(b->on_reboot, a->on_reboot);
+	CU_ASSERT_EQUAL(b->on_crash, a->on_crash);
+	CU_ASSERT_EQUAL(b->console_mode, a->console_mode);
+	CU_ASSERT_EQUAL_FATAL(b->disk_count, a->disk_count);
+	for (unsigned i = 0; i < a->disk_count; i++) {
+		const struct vm_disk_config *x = &a->disks[i], *y = &b->disks[i];
+		CU_ASSERT_STRING_EQUAL(y->path, x->path);
+		CU_ASSERT_EQUAL(y->format, x->format);
+		CU_ASSERT_EQUAL(y->bus, x->bus);
+		CU_ASSERT_EQUAL(y->cache, x->cache);
+		CU_ASSERT_EQUAL(y->readonly, x->readonly);
+		CU_ASSERT_EQUAL(y->poll, x->poll);
+		CU_ASSERT_EQUAL(y->poll_us, x->poll_us);
+		CU_ASSERT_EQUAL(y->ops_limit.rate_per_second, x->ops_limit.rate_per_second);
+		CU_ASSERT_EQUAL(y->ops_limit.burst, x->ops_limit.burst);
+		CU_ASSERT_EQUAL(y->bytes_limit.rate_per_second, x->bytes_limit.rate_per_second);
+		CU_ASSERT_EQUAL(y->bytes_limit.burst, x->bytes_limit.burst);
+	}
+	CU_ASSERT_EQUAL_FATAL(b->net_count, a->net_count);
+	for (unsigned i = 0; i < a->net_count; i++) {
+		const struct vm_net_config *x = &a->nets[i], *y = &b->nets[i];
+		CU_ASSERT_EQUAL(y->model, x->model);
+		CU_ASSERT_EQUAL(y->backend, x->backend);
+		CU_ASSERT_STRING_EQUAL(y->path, x->path);
+		if (x->peer)
+			CU_ASSERT_STRING_EQUAL(y->peer, x->peer);
+		CU_ASSERT_PTR_EQUAL(y->peer == NULL, x->peer == NULL);
+		CU_ASSERT_EQUAL(y->has_mac, x->has_mac);
+		CU_ASSERT_EQUAL(memcmp(y->mac, x->mac, 6), 0);
+		CU_ASSERT_EQUAL(y->frames_limit.rate_per_second, x->frames_limit.rate_per_second);
+		CU_ASSERT_EQUAL(y->frames_limit.burst, x->frames_limit.burst);
+		CU_ASSERT_EQUAL(y->bytes_limit.rate_per_second, x->bytes_limit.rate_per_second);
+		CU_ASSERT_EQUAL(y->bytes_limit.burst, x->bytes_limit.burst);
+	}
+	CU_ASSERT_EQUAL(b->rng.enabled, a->rng.enabled);
+	CU_ASSERT_EQUAL(b->rng.requests_limit.rate_per_second,
+			a->rng.requests_limit.rate_per_second);
+	CU_ASSERT_EQUAL(b->rng.requests_limit.burst, a->rng.requests_limit.burst);
+	CU_ASSERT_EQUAL(b->rng.bytes_limit.rate_per_second, a->rng.bytes_limit.rate_per_second);
+	CU_ASSERT_EQUAL(b->rng.bytes_limit.burst, a->rng.bytes_limit.burst);
+}
+
+static void test_definition_round_trip(void)
+{
+	struct vm_config a, b;
+	char error[512];
+	full_definition(&a);
+	struct vm_state_writer w;
+	vm_state_writer_init_buffer(&w);
+	vm_state_put_begin(&w, VM_STATE_KIND_STATE);
+	CU_ASSERT_EQUAL_FATAL(snapshot_put_definition(&a, &w, error, sizeof(error)), 0);
+	vm_state_put_end(&w);
+	CU_ASSERT_EQUAL_FATAL(w.error, 0);
+
+	struct vm_state_records records;
+	CU_ASSERT_EQUAL_FATAL(read_stream(w.buffer, w.buffer_bytes, &records, error, sizeof(error)),
+			      0);
+	const struct vm_state_stored_record *rec =
+		vm_state_find(&records, VM_STATE_DEFINITION, NULL);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(rec);
+	CU_ASSERT(rec->flags & VM_STATE_RECORD_MANDATORY);
+	/* The record is the domain XML kapsel dumpxml writes, with the
+	 * Kapsel namespace for what libvirt lacks. */
+	char *xml = strndup((const char *)rec->payload, (size_t)rec->length_bytes);
+	CU_ASSERT_PTR_NOT_NULL(strstr(xml, "<domain type='kvm'>"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(xml, "xmlns:kapsel='" VM_CONFIG_XML_NAMESPACE "'"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(xml, "<kapsel:interface index='0' socket='/run/k/a.sock'"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(xml, "<kapsel:rng iops='7'"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(xml, "<target dev='ktap0'/>"));
+	/* A state never names a console file: the restorer chooses its own. */
+	CU_ASSERT_PTR_NULL(strstr(xml, "full-1.log"));
+	free(xml);
+
+	vm_config_init(&b);
+	CU_ASSERT_EQUAL_FATAL(snapshot_config_from_records(&records, &b, error, sizeof(error)), 0);
+	assert_same_definition(&a, &b);
+	CU_ASSERT_PTR_NULL(b.console_output_path);
+	vm_config_free(&b);
+
+	/* The same XML through --xml's path (a file) gives the same, plus the
+	 * console file the dump form keeps. */
+	char path[512];
+	make_root();
+	snprintf(path, sizeof(path), "%s/full.xml", test_root);
+	FILE *out = fopen(path, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(out);
+	CU_ASSERT_EQUAL(vm_config_write_xml(&a, out, error, sizeof(error)), 0);
+	fclose(out);
+	vm_config_init(&b);
+	CU_ASSERT_EQUAL_FATAL(vm_config_load_xml(path, &b, error, sizeof(error)), 0);
+	assert_same_definition(&a, &b);
+	CU_ASSERT_STRING_EQUAL(b.console_output_path, a.console_output_path);
+	vm_config_free(&b);
+
+	vm_state_records_free(&records);
+	vm_state_writer_free(&w);
+	vm_config_free(&a);
+}
+
+/* The format-1 definition record, laid out as Kapsel 1 wrote it
+ * (config_to_text in snapshot.c before format 2): key=value lines, '%'
+ * and control characters as %XX, enums as positional numbers. */
+static const char format1_definition[] = "name=old-vm\n"
+					 "uuid=00112233445566778899aabbccddeeff\n"
+					 "memory_bytes=4194304\n"
+					 "vcpus=1\n"
+					 "kernel=/srv/old/k.elf\n"
+					 "cmdline=quiet a%3db%25\n"
+					 "lifecycle=1 0 2\n"
+					 "console_mode=1\n"
+					 "disk=/srv/old/root.img\n"
+					 "disk_options=0 0 1 1 40\n"
+					 "disk_format=raw\n"
+					 "disk_limits=100 200 0 0\n"
+					 "disk=/srv/old/ide.img@5.kovl\n"
+					 "disk_options=1 1 0 0 0\n"
+					 "disk_format=overlay\n"
+					 "disk_limits=0 0 4096 8192\n"
+					 "rng_limits=5 6 7 8\n";
+
+static void test_definition_format1(void)
+{
+	char path[512], error[512];
+	make_root();
+	snprintf(path, sizeof(path), "%s/format1", test_root);
+	uint8_t *ram = test_memory(9);
+
+	/* A whole format-1 state directory, as Kapsel 1 wrote it. */
+	struct vm_state_dir_txn txn;
+	struct vm_state_manifest_file entry;
+	CU_ASSERT_EQUAL_FATAL(vm_state_dir_begin(&txn, path, error, sizeof(error)), 0);
+	CU_ASSERT_EQUAL(vm_state_write_memory_file(txn.dirfd, VM_STATE_FILE_MEMORY, ram,
+						   TEST_RAM_BYTES, -1, &entry),
+			0);
+	vm_state_dir_add(&txn, &entry);
+	struct vm_state_writer w;
+	struct vm_state_begin begin = { .format_version = 1, .kind = VM_STATE_KIND_STATE };
+	memcpy(begin.magic, VM_STATE_MAGIC, 8);
+	vm_state_writer_init_buffer(&w);
+	vm_state_put(&w, VM_STATE_BEGIN, VM_STATE_RECORD_MANDATORY, &begin, sizeof(begin));
+	struct vm_state_vm_info info = { .memory_bytes = TEST_RAM_BYTES, .generation = 3 };
+	snprintf(info.name, sizeof(info.name), "old-vm");
+	vm_state_put(&w, VM_STATE_VM_INFO, VM_STATE_RECORD_MANDATORY, &info, sizeof(info));
+	vm_state_put(&w, VM_STATE_CONFIG_TEXT, VM_STATE_RECORD_MANDATORY, format1_definition,
+		     sizeof(format1_definition) - 1);
+	vm_state_put_end(&w);
+	CU_ASSERT_EQUAL(vm_state_write_file(txn.dirfd, VM_STATE_FILE_STATE, w.buffer,
+					    w.buffer_bytes, &entry),
+			0);
+	vm_state_dir_add(&txn, &entry);
+	vm_state_writer_free(&w);
+	CU_ASSERT_EQUAL_FATAL(vm_state_dir_commit(&txn, error, sizeof(error)), 0);
+
+	struct vm_state_dir dir;
+	CU_ASSERT_EQUAL_FATAL(vm_state_dir_open(&dir, path, true, error, sizeof(error)), 0);
+	CU_ASSERT_EQUAL(dir.state.begin.format_version, 1);
+	struct vm_config c;
+	vm_config_init(&c);
+	CU_ASSERT_EQUAL_FATAL(snapshot_config_from_records(&dir.state, &c, error, sizeof(error)),
+			      0);
+	CU_ASSERT_STRING_EQUAL(c.name, "old-vm");
+	CU_ASSERT(c.has_uuid);
+	CU_ASSERT_EQUAL(c.uuid[0], 0x00);
+	CU_ASSERT_EQUAL(c.uuid[15], 0xff);
+	CU_ASSERT_EQUAL(c.memory_bytes, TEST_RAM_BYTES);
+	CU_ASSERT_STRING_EQUAL(c.kernel_path, "/srv/old/k.elf");
+	CU_ASSERT_STRING_EQUAL(c.cmdline, "quiet a=b%");
+	CU_ASSERT_EQUAL(c.on_poweroff, VM_ACTION_RESTART);
+	CU_ASSERT_EQUAL(c.on_reboot, VM_ACTION_DESTROY);
+	CU_ASSERT_EQUAL(c.on_crash, VM_ACTION_PRESERVE);
+	CU_ASSERT_EQUAL(c.console_mode, VM_CONSOLE_UART);
+	CU_ASSERT_EQUAL_FATAL(c.disk_count, 2);
+	CU_ASSERT_STRING_EQUAL(c.disks[0].path, "/srv/old/root.img");
+	CU_ASSERT_EQUAL(c.disks[0].bus, VM_DISK_BUS_PV);
+	CU_ASSERT_EQUAL(c.disks[0].cache, VM_DISK_CACHE_NONE);
+	CU_ASSERT(c.disks[0].poll);
+	CU_ASSERT_EQUAL(c.disks[0].poll_us, 40);
+	CU_ASSERT_EQUAL(c.disks[0].ops_limit.rate_per_second, 100);
+	CU_ASSERT_EQUAL(c.disks[0].ops_limit.burst, 200);
+	CU_ASSERT_EQUAL(c.disks[1].format, VM_DISK_FORMAT_OVERLAY);
+	CU_ASSERT(c.disks[1].readonly);
+	CU_ASSERT_EQUAL(c.disks[1].bus, VM_DISK_BUS_ATA);
+	CU_ASSERT_EQUAL(c.disks[1].bytes_limit.rate_per_second, 4096);
+	CU_ASSERT_EQUAL(c.disks[1].bytes_limit.burst, 8192);
+	CU_ASSERT(c.rng.enabled);
+	CU_ASSERT_EQUAL(c.rng.requests_limit.rate_per_second, 5);
+	CU_ASSERT_EQUAL(c.rng.bytes_limit.burst, 8);
+	CU_ASSERT_EQUAL(c.net_count, 0); /* format 1 had no interfaces */
+
+	/* Saved again, it is format 2 and gives the same definition. */
+	vm_state_writer_init_buffer(&w);
+	vm_state_put_begin(&w, VM_STATE_KIND_STATE);
+	CU_ASSERT_EQUAL(snapshot_put_definition(&c, &w, error, sizeof(error)), 0);
+	vm_state_put_end(&w);
+	struct vm_state_records again;
+	CU_ASSERT_EQUAL_FATAL(read_stream(w.buffer, w.buffer_bytes, &again, error, sizeof(error)),
+			      0);
+	CU_ASSERT_EQUAL(again.begin.format_version, VM_STATE_FORMAT_VERSION);
+	CU_ASSERT_PTR_NULL(vm_state_find(&again, VM_STATE_CONFIG_TEXT, NULL));
+	struct vm_config d;
+	vm_config_init(&d);
+	CU_ASSERT_EQUAL(snapshot_config_from_records(&again, &d, error, sizeof(error)), 0);
+	assert_same_definition(&c, &d);
+	vm_config_free(&d);
+	vm_state_records_free(&again);
+	vm_state_writer_free(&w);
+
+	vm_config_free(&c);
+	vm_state_dir_close(&dir);
+	free(ram);
 }
 
 static void cleanup(void)
@@ -631,6 +945,8 @@ int main(void)
 		{ "dir_corruptions", test_dir_corruptions },
 		{ "dir_unknown_records", test_dir_unknown_records },
 		{ "config_record_malformed", test_config_record_malformed },
+		{ "definition_round_trip", test_definition_round_trip },
+		{ "definition_format1", test_definition_format1 },
 		{ "cleanup", cleanup },
 	};
 	return UNIT_RUN("vm_state", tests);
