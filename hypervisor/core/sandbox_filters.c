@@ -99,11 +99,10 @@ static const char *const group_net_io[] = {
 
 /* Opening, creating and removing files and directories by path. */
 static const char *const group_files[] = {
-	"openat",	"open",	      "mkdir",	  "mkdirat",	"unlink",
-	"unlinkat",	"rename",     "renameat", "renameat2",	"ftruncate",
-	"getdents64",	"fchmod",     "readlink", "readlinkat", "access",
-	"faccessat",	"faccessat2", "getcwd",	  "umask",	"copy_file_range",
-	"memfd_create", NULL,
+	"openat",   "open",	"mkdir",	   "mkdirat",	   "rmdir",	"unlink",
+	"unlinkat", "rename",	"renameat",	   "renameat2",	   "ftruncate", "getdents64",
+	"fchmod",   "readlink", "readlinkat",	   "access",	   "faccessat", "faccessat2",
+	"getcwd",   "umask",	"copy_file_range", "memfd_create", NULL,
 };
 
 /* Removing the control socket, lock and datagram-socket files at teardown. */

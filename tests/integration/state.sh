@@ -395,6 +395,19 @@ state-save-continue)
 	awk -v at="$at" '$1 == "tick" && $2 <= at' "$OUT1" >"$TMP/before"
 	check_ticks 1 100 "$TMP/before" "$OUT2" || fail "restored sequence"
 	;;
+state-save-stale-temp)
+	# A save that crashed left its half-written DIR.new behind: the next
+	# save into DIR removes it first (unlinkat, rmdir), which the save
+	# thread's sandbox must allow, and succeeds.
+	mkdir "$TMP/save.new"
+	head -c 4096 /dev/zero >"$TMP/save.new/memory.img"
+	save_on_signal "$TMP/save" "" --cmdline "ticks=60 interval_ms=$TICK_MS"
+	expect_status 0
+	expect_in "$OUT1" "counter done 60"
+	[ ! -e "$TMP/save.new" ] || fail "the stale $TMP/save.new is still there"
+	restore "$TMP/save"
+	expect_status 0
+	;;
 state-disk-pv | state-disk-ata)
 	bus=pv
 	[ "$1" = state-disk-ata ] && bus=ata
