@@ -8,12 +8,13 @@ packages=(
 	fio gnuplot-nox
 	libvirt-clients libxen-dev
 	iproute2 procps
+	qemu-system-x86 # the example guests also boot on QEMU (tests/integration/qemu.sh)
 )
 
 # Without /dev/kvm, the KVM tests and the demo run in a QEMU VM with nested
 # KVM (scripts/nested-kvm.sh), which needs these.
 if [ ! -e /dev/kvm ]; then
-	packages+=(qemu-system-x86 busybox-static cpio kmod e2fsprogs)
+	packages+=(busybox-static cpio kmod e2fsprogs)
 fi
 
 as_root=()
