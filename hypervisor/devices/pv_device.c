@@ -202,6 +202,8 @@ static void pv_device_set_quiesce(struct pv_device *pv, bool quiesce)
 		return; /* a paused vCPU cannot kick: nothing runs */
 	pthread_mutex_lock(&pv->control.lock);
 	pv->control.quiesce = quiesce;
+	if (!quiesce)
+		pv->control.quiesced = false; /* a save from now on must quiesce again */
 	pthread_mutex_unlock(&pv->control.lock);
 	pv_device_wake(pv);
 	if (!quiesce)
