@@ -85,7 +85,6 @@ struct blk_pv {
 	struct pv_device pv; /* first: the skeleton (pv_device_of) */
 	struct pv_queue queue;
 	struct disk_image disk;
-	const struct blk_pv_engine *engine;
 	uint64_t poll_ns;
 	bool adaptive_poll; /* no poll= given: poll after completions (blk_pv_poll.c) */
 	int64_t tsc_offset; /* guest TSC - host TSC (atomic) */
@@ -115,6 +114,14 @@ struct blk_pv {
 static inline struct blk_pv *blk_pv_of(struct pv_device *pv)
 {
 	return pv_device_priv(pv);
+}
+
+/* The engine for b's next request.  A snapshot moves a running disk onto
+ * an overlay (disk_image_push_overlay, while the device is quiesced), so
+ * this is asked per request, not fixed at creation. */
+static inline const struct blk_pv_engine *blk_pv_engine(const struct blk_pv *b)
+{
+	return b->disk.overlay ? &blk_pv_engine_sync : &blk_pv_engine_uring;
 }
 
 /* ---- blk_pv_serve.c ---- */

@@ -105,7 +105,7 @@ void blk_pv_io_done(struct blk_pv *b, struct blk_pv_slot *slot, int res)
 			   (res == -EOPNOTSUPP || res == -EINVAL || res == -ENOTTY)) {
 			b->zero_range_unsupported = true;
 			slot->zero_fill = true;
-			if (b->engine->submit(b, slot))
+			if (blk_pv_engine(b)->submit(b, slot))
 				return;
 			res = -EIO;
 		}
@@ -125,7 +125,7 @@ void blk_pv_io_done(struct blk_pv *b, struct blk_pv_slot *slot, int res)
 			status = -KAPSEL_EIO; /* the image shrank under us */
 		} else if ((uint64_t)res < slot->remaining_bytes) {
 			slot_advance(slot, (uint64_t)res);
-			if (b->engine->submit(b, slot))
+			if (blk_pv_engine(b)->submit(b, slot))
 				return;
 			status = -KAPSEL_EIO;
 		}
@@ -200,7 +200,7 @@ static bool blk_pv_start(struct blk_pv *b, struct blk_pv_slot *slot, bool limite
 	}
 	if (slot->op == KAPSEL_BLK_OP_WRITE_ZEROES && b->zero_range_unsupported)
 		slot->zero_fill = true;
-	if (!b->engine->submit(b, slot))
+	if (!blk_pv_engine(b)->submit(b, slot))
 		blk_pv_respond(b, slot, -KAPSEL_EIO, false);
 	return true;
 }

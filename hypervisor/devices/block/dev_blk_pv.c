@@ -138,7 +138,6 @@ int dev_blk_pv_create(struct kapsel_vm *vm, const struct vm_disk_config *config,
 		return err;
 	}
 	b->disk_open = true;
-	b->engine = b->disk.overlay ? &blk_pv_engine_sync : &blk_pv_engine_uring;
 	/* cache=none: pages of the image left in the host page cache (by a
 	 * buffered writer before us) make io_uring refuse the non-blocking
 	 * O_DIRECT write to them (it would have to invalidate them) and hand
@@ -180,6 +179,7 @@ int dev_blk_pv_create(struct kapsel_vm *vm, const struct vm_disk_config *config,
 		     b->pv.dev.desc.index, config->path,
 		     (unsigned long long)b->disk.capacity_sectors,
 		     config->readonly ? ", read-only" : "",
-		     config->cache == VM_DISK_CACHE_NONE ? ", O_DIRECT" : "", b->engine->name);
+		     config->cache == VM_DISK_CACHE_NONE ? ", O_DIRECT" : "",
+		     blk_pv_engine(b)->name);
 	return 0;
 }
