@@ -30,7 +30,7 @@
  * to the completion times it sees, bounded by --pv-guest-poll (fast
  * completions cost no exit, slow ones sleep at once); the backend, with no
  * --pv-backend-poll, polls adaptively just after completions for the
- * guest's next request (dev_blk_pv.c).  A fixed backend poll competes
+ * guest's next request (blk_pv_poll.c).  A fixed backend poll competes
  * with the vCPU on 2 shared CPUs (docs/benchmarks.md).
  */
 #define DEFAULT_GUEST_POLL_NS 200000ull

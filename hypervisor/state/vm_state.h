@@ -118,7 +118,7 @@ enum vm_state_record_type {
 
 	VM_STATE_DEVICE_FIRST = 0x1000,
 	VM_STATE_DEV_UART16550 = 0x1000, /* struct vm_state_uart16550 */
-	VM_STATE_DEV_BLOCK_PV = 0x1010,	 /* owned by dev_blk_pv.c */
+	VM_STATE_DEV_BLOCK_PV = 0x1010,	 /* owned by blk_pv_persist.c */
 	VM_STATE_DEV_ATA_DISK = 0x1020,	 /* owned by dev_ata.c */
 	VM_STATE_DEV_RNG_PV = 0x1030,	 /* struct vm_state_rng_pv (rng_pv_model.h) */
 	VM_STATE_DEVICE_LAST = 0x1fff,
@@ -208,7 +208,7 @@ struct vm_state_uart16550 {
 };
 _Static_assert(sizeof(struct vm_state_uart16550) == 40, "uart layout");
 
-/* PV block device (dev_blk_pv.c), saved after quiesce: no request is in
+/* PV block device (blk_pv_persist.c), saved after quiesce: no request is in
  * flight, so rsp_prod (private == published) trails req_cons by nothing. */
 struct vm_state_block_pv {
 	uint64_t ring_gpa; /* 0: the guest has not set the ring up */

@@ -127,7 +127,7 @@ static void perform(struct fuzz_state *s, const struct kapsel_blk_request *req,
 		   t->remaining_bytes <= disk_bytes - t->offset_bytes);
 }
 
-/* One serving pass, as dev_blk_pv.c's blk_pv_serve does it (publishing
+/* One serving pass, as blk_pv_serve.c and the skeleton (pv_device.c) do it (publishing
  * only at the end); answer_now picks which requests are answered at once
  * and which stay in flight. */
 static void serve(struct fuzz_state *s, uint8_t answer_now, bool refill)

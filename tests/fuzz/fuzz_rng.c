@@ -74,7 +74,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			setup.ring_gpa = fuzz_u64(&s) % (RAM_BYTES + 0x3000u);
 			setup.ring_pages = fuzz_u32(&s) % 8;
 			setup.queue = fuzz_u32(&s) % 2;
-			rng_pv_model_setup(&m, &setup);
+			if (setup.queue == 0) /* pv_device_setup refuses others */
+				pv_queue_setup(&m.queue, &mem, &setup);
 			break;
 		}
 		case 1:
@@ -89,16 +90,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			req.gpa = fuzz_u64(&s);
 			req.length_bytes = fuzz_u32(&s);
 			req.flags = fuzz_u32(&s) & 1;
-			if (m.ring_active)
-				memcpy(m.ring.requests +
-					       (slot & (m.ring.size - 1)) * m.ring.request_bytes,
+			if (m.queue.active)
+				memcpy(m.queue.ring.requests +
+					       (slot & (m.queue.ring.size - 1)) * m.queue.ring.request_bytes,
 				       &req, sizeof(req));
 			break;
 		}
 		case 4: {
 			uint32_t prod = fuzz_u32(&s);
-			if (m.ring_active)
-				m.ring.header->req_prod = prod;
+			if (m.queue.active)
+				m.queue.ring.header->req_prod = prod;
 			break;
 		}
 		case 5: {
@@ -112,14 +113,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		}
 		default:
-			rng_pv_model_reset(&m);
+			pv_queue_install(&m.queue, NULL, 0, 0);
 			break;
 		}
-		if (m.ring_active) {
-			const uint8_t *h = (const uint8_t *)m.ring.header;
+		if (m.queue.active) {
+			const uint8_t *h = (const uint8_t *)m.queue.ring.header;
 			FUZZ_CHECK(h >= ram + FLOOR_GPA && h < ram + RAM_BYTES);
-			FUZZ_CHECK(m.ring.responses +
-					   (uint64_t)m.ring.size * m.ring.response_bytes <=
+			FUZZ_CHECK(m.queue.ring.responses +
+					   (uint64_t)m.queue.ring.size * m.queue.ring.response_bytes <=
 				   ram + RAM_BYTES);
 		}
 	}

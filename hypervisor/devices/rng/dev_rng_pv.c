@@ -1,33 +1,38 @@
-/* PV entropy device: serves the guest's rng.h ring on the vCPU thread at each doorbell kick, filling buffers from getrandom(2). */
+/* PV entropy device: the skeleton serves its rng.h ring on the vCPU thread at each doorbell kick; buffers are filled from getrandom(2). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 
-#include "devices/devices.h"
 #include "core/log.h"
-#include "devices/rng/rng_pv_model.h"
 #include "core/vm.h"
+#include "devices/devices.h"
+#include "devices/pv_device.h"
+#include "devices/rng/rng_pv_model.h"
 #include "state/vm_state.h"
 
 /*
- * Why no I/O thread: a request is a getrandom(2) call of at most 64 KiB
- * that never blocks once the host's pool is initialised, so serving the
- * whole ring in the exit of the kick is short and bounded.  Without a
- * thread there is no control block, no lock and no handshake: quiesce and
- * resume have nothing to do (a paused vCPU cannot kick), save sees every
- * request answered, and reset is just forgetting the ring.  The price is
- * one exit to user space per kick instead of an ioeventfd wake-up, which
- * the guest amortises by asking for many bytes per request.  A rate-limited
- * request is not held (nothing would wake us to finish it); it is answered
- * -EAGAIN with the wait, and the guest sleeps in KAPSEL_HC_BLOCK.
+ * Why no I/O thread (PV_SERVE_IN_EXIT): a request is a getrandom(2) call
+ * of at most 64 KiB that never blocks once the host's pool is
+ * initialised, so serving the whole ring in the exit of the kick is short
+ * and bounded.  The skeleton then needs no control block, lock or
+ * handshake: quiesce and resume have nothing to do (a paused vCPU cannot
+ * kick), save sees every request answered, and reset is just forgetting
+ * the ring.  The price is one exit to user space per kick instead of an
+ * ioeventfd wake-up, which the guest amortises by asking for many bytes
+ * per request.  A rate-limited request is not held (nothing would wake us
+ * to finish it); it is answered -EAGAIN with the wait, and the guest
+ * sleeps in KAPSEL_HC_BLOCK.
  *
- * All policy lives in rng_pv_model.c; this file is the KVM glue.
+ * All policy lives in rng_pv_model.c; the skeleton (pv_device.c) does the
+ * doorbell, setup, reset, kick and notification counters and the event
+ * channel.  What is left here: the fill function, the serve hook, the
+ * state record and the counters' printout.
  */
 
 struct rng_pv {
-	struct kapsel_device dev;
+	struct pv_device pv; /* first: the skeleton (pv_device_of) */
 	struct rng_pv_model model;
 	bool fill_failure_logged;
 };
@@ -56,47 +61,20 @@ static int rng_pv_fill_getrandom(void *opaque, void *buffer, uint32_t length_byt
 	return 0;
 }
 
-static void rng_pv_kick(struct kapsel_device *dev)
+/* A kick: answer every request published; the skeleton signals. */
+static bool rng_pv_serve(struct pv_device *pv)
 {
-	struct rng_pv *r = dev->priv;
-	__atomic_fetch_add(&r->model.stats.kicks, 1, __ATOMIC_RELAXED);
-	if (!rng_pv_model_serve(&r->model, vm_clock_ns(dev->vm)))
-		return;
-	uint32_t port = __atomic_load_n(&dev->evtchn_port, __ATOMIC_ACQUIRE);
-	if (port == UINT32_MAX)
-		return; /* nobody bound a channel: the guest polls */
-	vm_evtchn_notify(dev->vm, port);
-	__atomic_fetch_add(&r->model.stats.notifications, 1, __ATOMIC_RELAXED);
+	struct rng_pv *r = pv_device_priv(pv);
+	if (rng_pv_model_serve(&r->model, vm_clock_ns(pv->dev.vm)))
+		pv_device_owe_notification(pv);
+	return false;
 }
 
-/* The doorbell: any write is a kick; reads see all ones. */
-static void rng_pv_io_write(struct kapsel_device *dev, uint16_t port, unsigned size, uint32_t value)
-{
-	(void)port;
-	(void)size;
-	(void)value;
-	rng_pv_kick(dev);
-}
-
-static void rng_pv_io_read(struct kapsel_device *dev, uint16_t port, unsigned size, uint32_t *value)
-{
-	(void)dev;
-	(void)port;
-	(void)size;
-	*value = UINT32_MAX;
-}
-
-static int rng_pv_setup(struct kapsel_device *dev, const struct kapsel_device_setup *setup)
-{
-	struct rng_pv *r = dev->priv;
-	return rng_pv_model_setup(&r->model, setup);
-}
-
-static void rng_pv_reset(struct kapsel_device *dev)
-{
-	struct rng_pv *r = dev->priv;
-	rng_pv_model_reset(&r->model);
-}
+static const struct pv_device_class rng_pv_class = {
+	.serving = PV_SERVE_IN_EXIT,
+	.queue_count = 1,
+	.serve = rng_pv_serve,
+};
 
 static int rng_pv_save(struct kapsel_device *dev, struct vm_state_writer *out)
 {
@@ -125,7 +103,9 @@ static int rng_pv_load(struct kapsel_device *dev, uint32_t type, const void *pay
 static void rng_pv_print_stats(struct kapsel_device *dev, FILE *out)
 {
 	struct rng_pv *r = dev->priv;
-	rng_pv_model_print_stats(&r->model, __atomic_load_n(&dev->exits, __ATOMIC_RELAXED), out);
+	rng_pv_model_print_stats(&r->model, __atomic_load_n(&r->pv.kicks, __ATOMIC_RELAXED),
+				 __atomic_load_n(&r->pv.notifications, __ATOMIC_RELAXED),
+				 __atomic_load_n(&dev->exits, __ATOMIC_RELAXED), out);
 }
 
 static void rng_pv_destroy(struct kapsel_device *dev)
@@ -137,10 +117,10 @@ static void rng_pv_destroy(struct kapsel_device *dev)
 const struct kapsel_device_ops rng_pv_ops = {
 	.name = "rng-pv",
 	.type = KAPSEL_DEV_RNG_PV,
-	.io_read = rng_pv_io_read,
-	.io_write = rng_pv_io_write,
-	.setup = rng_pv_setup,
-	.reset = rng_pv_reset,
+	.io_read = pv_device_doorbell_read,
+	.io_write = pv_device_doorbell_write,
+	.setup = pv_device_setup,
+	.reset = pv_device_reset,
 	.save = rng_pv_save,
 	.load = rng_pv_load,
 	.print_stats = rng_pv_print_stats,
@@ -157,18 +137,13 @@ int dev_rng_pv_create(struct kapsel_vm *vm, const struct vm_rng_config *config)
 	if (!r)
 		return -ENOMEM;
 	rng_pv_model_init(&r->model, &vm->mem, config, vm_clock_ns(vm), rng_pv_fill_getrandom, r);
-	r->dev.ops = &rng_pv_ops;
-	r->dev.priv = r;
-	r->dev.desc.type = KAPSEL_DEV_RNG_PV;
-	int err = vm_add_device(vm, &r->dev);
+	pv_device_init(&r->pv, &rng_pv_class, &rng_pv_ops, r, &r->model.queue, 0);
+	int err = pv_device_attach(vm, &r->pv, "the PV entropy device");
 	if (err) {
-		kapsel_error("cannot attach the PV entropy device: %s",
-			     err == -ENOSPC ? "too many devices (at most 16)" : strerror(-err));
-		free(r);
+		free(r); /* in-exit devices cannot fail after vm_add_device */
 		return err;
 	}
-	vm_add_trapped_doorbell(vm, &r->dev);
-	kapsel_debug("rng: PV entropy device %u, doorbell %#x", r->dev.desc.index,
-		     r->dev.desc.doorbell_port);
+	kapsel_debug("rng: PV entropy device %u, doorbell %#x", r->pv.dev.desc.index,
+		     r->pv.dev.desc.doorbell_port);
 	return 0;
 }

@@ -18,6 +18,8 @@ void rng_pv_model_init(struct rng_pv_model *m, const struct guest_memory *mem,
 	m->fill_opaque = opaque;
 	token_bucket_init(&m->requests_bucket, &config->requests_limit, now_ns);
 	token_bucket_init(&m->bytes_bucket, &config->bytes_limit, now_ns);
+	pv_queue_init(&m->queue, sizeof(struct kapsel_rng_request),
+		      sizeof(struct kapsel_rng_response));
 }
 
 int rng_pv_check_request(const struct guest_memory *mem, const struct kapsel_rng_request *req,
@@ -64,27 +66,10 @@ void rng_pv_answer(struct rng_pv_model *m, const struct kapsel_rng_request *req,
 	COUNT(m, bytes, req->length_bytes);
 }
 
-int rng_pv_model_setup(struct rng_pv_model *m, const struct kapsel_device_setup *setup)
-{
-	if (setup->queue != 0)
-		return -KAPSEL_EINVAL;
-	struct ring_backend ring;
-	int err = ring_backend_map(&ring, m->mem, setup->ring_gpa, setup->ring_pages,
-				   sizeof(struct kapsel_rng_request),
-				   sizeof(struct kapsel_rng_response));
-	if (err)
-		return err;
-	m->ring = ring;
-	m->ring_gpa = setup->ring_gpa;
-	m->ring_pages = setup->ring_pages;
-	m->ring_active = true;
-	m->broken_logged = false;
-	return 0;
-}
-
 bool rng_pv_model_serve(struct rng_pv_model *m, uint64_t now_ns)
 {
-	if (!m->ring_active)
+	struct pv_queue *q = &m->queue;
+	if (!q->active)
 		return false;
 	bool notify = false;
 	/* A pass answers everything published (at most a ring's worth), then
@@ -92,85 +77,65 @@ bool rng_pv_model_serve(struct rng_pv_model *m, uint64_t now_ns)
 	 * stopped in this exit nothing new can come, but a bound keeps a
 	 * misbehaving ring from holding the vCPU thread. */
 	for (int pass = 0; pass < 4; pass++) {
-		int pending = ring_backend_pending(&m->ring);
-		if (pending < 0 && !m->broken_logged) {
-			m->broken_logged = true;
+		bool newly_broken;
+		int pending = pv_queue_pending(q, &newly_broken);
+		if (newly_broken) {
 			COUNT(m, errors, 1);
 			kapsel_warn("rng: the guest broke its ring (producer index %u); the ring is no longer served",
-				    m->ring.bad_req_prod);
+				    q->ring.bad_req_prod);
 		}
 		if (pending < 0)
 			break;
 		for (int i = 0; i < pending; i++) {
 			struct kapsel_rng_request req;
 			struct kapsel_rng_response rsp;
-			ring_backend_take_request(&m->ring, &req);
+			pv_queue_take(q, &req);
 			rng_pv_answer(m, &req, now_ns, &rsp);
-			ring_backend_put_response(&m->ring, &rsp);
+			pv_queue_respond(q, &rsp);
 		}
-		notify |= ring_backend_publish(&m->ring);
-		if (!ring_backend_prepare_sleep(&m->ring))
+		notify |= pv_queue_publish(q);
+		if (!pv_queue_prepare_sleep(q))
 			break;
 	}
 	return notify;
 }
 
-void rng_pv_model_reset(struct rng_pv_model *m)
-{
-	m->ring_active = false;
-	m->ring_gpa = 0;
-	m->ring_pages = 0;
-	m->broken_logged = false;
-}
-
 void rng_pv_model_save(const struct rng_pv_model *m, struct vm_state_rng_pv *rec)
 {
-	memset(rec, 0, sizeof(*rec));
-	if (!m->ring_active)
-		return;
-	rec->ring_gpa = m->ring_gpa;
-	rec->ring_pages = m->ring_pages;
-	rec->order = (uint32_t)__builtin_ctz(m->ring.size);
-	rec->index = m->ring.rsp_published;
-	rec->broken = m->ring.broken;
-	rec->bad_req_prod = m->ring.bad_req_prod;
+	struct pv_queue_state state;
+	pv_queue_save(&m->queue, &state);
+	*rec = (struct vm_state_rng_pv){
+		.ring_gpa = state.ring_gpa,
+		.ring_pages = state.ring_pages,
+		.order = state.order,
+		.index = state.rsp_prod,
+		.broken = state.broken,
+		.bad_req_prod = state.bad_req_prod,
+	};
 }
 
 int rng_pv_model_load(struct rng_pv_model *m, const struct vm_state_rng_pv *rec, char *error,
 		      size_t error_len)
 {
 	if (!rec->ring_gpa) {
-		rng_pv_model_reset(m);
+		pv_queue_install(&m->queue, NULL, 0, 0);
 		return 0; /* the guest never set the ring up */
 	}
-	if (rec->broken > 1) {
-		snprintf(error, error_len, "PV entropy record: broken is %u, expected 0 or 1",
-			 rec->broken);
-		return -EINVAL;
-	}
+	const struct pv_queue_state state = {
+		.ring_gpa = rec->ring_gpa,
+		.ring_pages = rec->ring_pages,
+		.order = rec->order,
+		.req_cons = rec->index,
+		.rsp_prod = rec->index,
+		.broken = rec->broken,
+		.bad_req_prod = rec->bad_req_prod,
+	};
 	struct ring_backend ring;
-	int err = ring_backend_map_restored(&ring, m->mem, rec->ring_gpa, rec->ring_pages,
-					    sizeof(struct kapsel_rng_request),
-					    sizeof(struct kapsel_rng_response), rec->index);
-	if (err) {
-		snprintf(error, error_len,
-			 "PV entropy record: the saved ring at %#llx (%u pages, index %u) is not a valid ring in the saved memory",
-			 (unsigned long long)rec->ring_gpa, rec->ring_pages, rec->index);
-		return -EINVAL;
-	}
-	if ((uint32_t)__builtin_ctz(ring.size) != rec->order) {
-		snprintf(error, error_len,
-			 "PV entropy record: the saved ring has order %u, the ring in memory %u",
-			 rec->order, (uint32_t)__builtin_ctz(ring.size));
-		return -EINVAL;
-	}
-	ring.broken = rec->broken != 0;
-	ring.bad_req_prod = rec->bad_req_prod;
-	m->ring = ring;
-	m->ring_gpa = rec->ring_gpa;
-	m->ring_pages = rec->ring_pages;
-	m->ring_active = true;
-	m->broken_logged = ring.broken;
+	int err = pv_queue_restore(&m->queue, m->mem, &state, "PV entropy record", &ring, error,
+				   error_len);
+	if (err)
+		return err;
+	pv_queue_install(&m->queue, &ring, rec->ring_gpa, rec->ring_pages);
 	return 0;
 }
 
@@ -180,11 +145,10 @@ void rng_pv_model_stats(const struct rng_pv_model *m, struct rng_pv_stats *out)
 	out->bytes = __atomic_load_n(&m->stats.bytes, __ATOMIC_RELAXED);
 	out->errors = __atomic_load_n(&m->stats.errors, __ATOMIC_RELAXED);
 	out->throttled = __atomic_load_n(&m->stats.throttled, __ATOMIC_RELAXED);
-	out->kicks = __atomic_load_n(&m->stats.kicks, __ATOMIC_RELAXED);
-	out->notifications = __atomic_load_n(&m->stats.notifications, __ATOMIC_RELAXED);
 }
 
-void rng_pv_model_print_stats(const struct rng_pv_model *m, uint64_t exits, FILE *out)
+void rng_pv_model_print_stats(const struct rng_pv_model *m, uint64_t kicks, uint64_t notifications,
+			      uint64_t exits, FILE *out)
 {
 	struct rng_pv_stats s;
 	rng_pv_model_stats(m, &s);
@@ -193,8 +157,8 @@ void rng_pv_model_print_stats(const struct rng_pv_model *m, uint64_t exits, FILE
 	fprintf(out, "  bytes: %llu\n", (unsigned long long)s.bytes);
 	fprintf(out, "  errors: %llu\n", (unsigned long long)s.errors);
 	fprintf(out, "  throttled: %llu\n", (unsigned long long)s.throttled);
-	fprintf(out, "  kicks: %llu\n", (unsigned long long)s.kicks);
-	fprintf(out, "  notifications: %llu\n", (unsigned long long)s.notifications);
+	fprintf(out, "  kicks: %llu\n", (unsigned long long)kicks);
+	fprintf(out, "  notifications: %llu\n", (unsigned long long)notifications);
 	fprintf(out, "  exits: %llu\n", (unsigned long long)exits);
 	if (m->bytes_bucket.rate_per_second)
 		fprintf(out, "  limit_bytes_per_second: %llu\n",

@@ -12,13 +12,15 @@
 #include "core/guest_memory.h"
 #include "kapsel/abi.h"
 #include "kapsel/rng.h"
-#include "devices/ring_backend.h"
+#include "devices/pv_queue.h"
 
 /*
  * Everything the entropy device does that can be tested without KVM:
- * dev_rng_pv.c is only the glue (doorbell, event channel, device ops).
- * One thread at a time calls the functions below (the vCPU thread); only
- * the counters are read by other threads, with atomic loads.
+ * dev_rng_pv.c is only the glue to the PV device skeleton (pv_device.h),
+ * which sets the queue up (pv_queue_setup), resets it, rings the
+ * doorbell and signals the event channel.  One thread at a time calls
+ * the functions below (the vCPU thread); only the counters are read by
+ * other threads, with atomic loads.
  */
 
 /* Write length_bytes random bytes to buffer; 0 or -KAPSEL_EIO. */
@@ -29,8 +31,6 @@ struct rng_pv_stats {
 	uint64_t bytes;	    /* written into guest buffers */
 	uint64_t errors;    /* answered with an error other than EAGAIN, or a broken ring */
 	uint64_t throttled; /* answered -EAGAIN by the rate limit */
-	uint64_t kicks;	    /* doorbell writes */
-	uint64_t notifications;
 };
 
 struct rng_pv_model {
@@ -39,11 +39,7 @@ struct rng_pv_model {
 	void *fill_opaque;
 	struct token_bucket requests_bucket;
 	struct token_bucket bytes_bucket;
-	bool ring_active; /* the guest set a ring up (this boot) */
-	uint64_t ring_gpa;
-	uint32_t ring_pages;
-	struct ring_backend ring;
-	bool broken_logged;
+	struct pv_queue queue;	   /* the ring, once the guest set it up (this boot) */
 	struct rng_pv_stats stats; /* written with atomic adds */
 };
 
@@ -85,21 +81,11 @@ void rng_pv_answer(struct rng_pv_model *m, const struct kapsel_rng_request *req,
 		   struct kapsel_rng_response *rsp);
 
 /*
- * DEVICE_SETUP: map and validate the guest's ring (ring_backend_map) and
- * serve it from now on, replacing an earlier one.  Returns 0 or a
- * negative KAPSEL_E* errno for the guest (nothing changes then).
- */
-int rng_pv_model_setup(struct rng_pv_model *m, const struct kapsel_device_setup *setup);
-
-/*
  * A kick: answer every request published, publish the answers.  Returns
  * true if the guest asked to be notified.  A ring the guest broke is
  * served no more (logged once, counted as an error).
  */
 bool rng_pv_model_serve(struct rng_pv_model *m, uint64_t now_ns);
-
-/* A reboot: forget the ring (it belongs to the old boot's memory). */
-void rng_pv_model_reset(struct rng_pv_model *m);
 
 /* The record describing the ring now.  Precondition: no serve running. */
 void rng_pv_model_save(const struct rng_pv_model *m, struct vm_state_rng_pv *rec);
@@ -115,7 +101,9 @@ int rng_pv_model_load(struct rng_pv_model *m, const struct vm_state_rng_pv *rec,
 /* A consistent-enough copy of the counters (each read atomically). */
 void rng_pv_model_stats(const struct rng_pv_model *m, struct rng_pv_stats *out);
 
-/* Print the counters and limits, "  name: value" per line. */
-void rng_pv_model_print_stats(const struct rng_pv_model *m, uint64_t exits, FILE *out);
+/* Print the counters and limits, "  name: value" per line, with the
+ * skeleton's kicks and notifications and the device's exits. */
+void rng_pv_model_print_stats(const struct rng_pv_model *m, uint64_t kicks, uint64_t notifications,
+			      uint64_t exits, FILE *out);
 
 #endif
