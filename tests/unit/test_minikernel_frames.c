@@ -23,9 +23,27 @@ size_t kg_heap_pages_left(void)
 	return heap_pages;
 }
 
+/* What frames_init took from the "heap": a kernel keeps it for good, the
+ * tests give it back before each new frames_init (release_heap). */
+static void *allocations[16];
+static unsigned allocation_count;
+
+static void *remember(void *p)
+{
+	if (p && allocation_count < sizeof(allocations) / sizeof(allocations[0]))
+		allocations[allocation_count++] = p;
+	return p;
+}
+
+static void release_heap(void)
+{
+	while (allocation_count)
+		free(allocations[--allocation_count]);
+}
+
 void *kg_malloc(size_t size_bytes)
 {
-	return calloc(1, size_bytes ? size_bytes : 1);
+	return remember(calloc(1, size_bytes ? size_bytes : 1));
 }
 
 void *kg_os_alloc_pages(size_t count)
@@ -33,7 +51,7 @@ void *kg_os_alloc_pages(size_t count)
 	void *pages = aligned_alloc(PAGE_BYTES, count * PAGE_BYTES);
 	if (pages)
 		memset(pages, 0, count * PAGE_BYTES);
-	return pages;
+	return remember(pages);
 }
 
 int kg_printf(const char *fmt, ...)
@@ -64,6 +82,7 @@ void kg_panic(const char *fmt, ...)
 
 static void test_pool_size(void)
 {
+	release_heap();
 	heap_pages = 100;
 	frames_init();
 	/* 32 pages stay with the heap; the bookkeeping (6 bytes a frame,
@@ -77,6 +96,7 @@ static void test_pool_size(void)
 
 static void test_alloc_all_distinct_zeroed(void)
 {
+	release_heap();
 	heap_pages = 100;
 	frames_init();
 	size_t total = frames_total();
@@ -109,6 +129,7 @@ static void test_alloc_all_distinct_zeroed(void)
 
 static void test_shared_frame_lives_until_last_unref(void)
 {
+	release_heap();
 	heap_pages = 100;
 	frames_init();
 	uint64_t f = frame_alloc();
@@ -125,6 +146,7 @@ static void test_shared_frame_lives_until_last_unref(void)
 
 static void test_misuse_panics(void)
 {
+	release_heap();
 	heap_pages = 100;
 	frames_init();
 	uint64_t f = frame_alloc();
@@ -150,5 +172,7 @@ int main(int argc, char **argv)
 		  test_shared_frame_lives_until_last_unref },
 		{ "misuse panics", test_misuse_panics },
 	};
-	return unit_run("minikernel_frames", tests, sizeof(tests) / sizeof(tests[0]));
+	int status = unit_run("minikernel_frames", tests, sizeof(tests) / sizeof(tests[0]));
+	release_heap();
+	return status;
 }
