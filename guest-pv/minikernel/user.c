@@ -335,7 +335,8 @@ void user_inport(uint64_t arg)
 	(void)arg;
 	say1("inport: ", "reading the ATA status port 0x1f7");
 	uint8_t value;
-	__asm__ volatile("inb $0x1f7, %0" : "=a"(value));
+	/* Port numbers above 0xff need dx: an immediate would be cut to 0xf7. */
+	__asm__ volatile("inb %1, %0" : "=a"(value) : "Nd"((uint16_t)0x1f7));
 	sys_exit(value);
 }
 
