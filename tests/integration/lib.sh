@@ -117,6 +117,42 @@ make_temp_dir() {
 	export KAPSEL_RUNTIME_DIR=$TMP/rt
 }
 
+# live_migrate SRC_OUT SRC_ERR DST_OUT DST_ERR PATTERN SECONDS -- SRC_ARGS... -- DST_ARGS...:
+# a live migration over loopback TLS (a fresh pre-shared key and port): the
+# destination (kapsel run DST_ARGS --incoming) and the source (kapsel run
+# SRC_ARGS, named) start in the background, and once SRC_OUT has a line
+# matching the extended regular expression PATTERN the source migrates.
+# Both must end with status 0 (each run is limited to SECONDS).
+live_migrate() {
+	local src_out=$1 src_err=$2 dst_out=$3 dst_err=$4 pattern=$5 limit=$6 i
+	shift 6
+	[ "$1" = -- ] || fail "live_migrate: expected -- before the source's arguments"
+	shift
+	local src_args=() dst_args=()
+	while [ $# -gt 0 ] && [ "$1" != -- ]; do src_args+=("$1"); shift; done
+	[ $# -gt 0 ] && shift
+	dst_args=("$@")
+	(umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$TMP/mig.psk")
+	local port=$((20000 + $$ % 20000)) name=mig-$$
+	timeout --kill-after=5 "$limit" "$KAPSEL" run --no-console-input --no-control \
+		"${dst_args[@]}" --incoming "tcp:127.0.0.1:$port,psk=$TMP/mig.psk" \
+		>"$dst_out" 2>"$dst_err" </dev/null &
+	local dst=$!
+	timeout --kill-after=5 "$limit" "$KAPSEL" run --no-console-input --name "$name" \
+		"${src_args[@]}" >"$src_out" 2>"$src_err" </dev/null &
+	local src=$!
+	for i in $(seq 600); do
+		grep -Eq "$pattern" "$src_out" 2>/dev/null && break
+		sleep 0.1
+	done
+	grep -Eq "$pattern" "$src_out" || { cat "$src_out" "$src_err"; fail "the source never printed '$pattern'"; }
+	"$KAPSEL" migrate --psk "$TMP/mig.psk" "$name" "tcp:127.0.0.1:$port" >"$TMP/mig" 2>&1 ||
+		{ cat "$TMP/mig" "$dst_err"; fail "migrate"; }
+	expect_in "$TMP/mig" "migrated VM '$name'"
+	STATUS=0; wait "$src" || STATUS=$?; LAST_ERR=$src_err; expect_status 0
+	STATUS=0; wait "$dst" || STATUS=$?; LAST_ERR=$dst_err; expect_status 0
+}
+
 # pattern check|write IMAGE SEED FIRST COUNT: atatest's pattern (block_ata.sh, qemu.sh), computed
 # here independently: sector s is 64 little-endian words mix(seed, s*64+i).
 pattern() {

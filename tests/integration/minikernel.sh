@@ -131,26 +131,9 @@ minikernel-migrate)
 	# dirty through their own mappings, the destination rebuilds every
 	# space, and every process goes on to its end there.
 	make_disk
-	(umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$TMP/mig.psk")
-	port=$((20000 + $$ % 20000))
-	timeout --kill-after=5 150 "$KAPSEL" run --no-console-input --no-control \
-		--kernel "$KERNEL" --disk "$img" --incoming "tcp:127.0.0.1:$port,psk=$TMP/mig.psk" \
-		>"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
-	dst=$!
-	name=minikernel-mig-$$
-	timeout --kill-after=5 150 "$KAPSEL" run --no-console-input --name "$name" \
-		--kernel "$KERNEL" --disk "$img" --cmdline "rounds=150" >"$out" 2>"$err" </dev/null &
-	src=$!
-	for _ in $(seq 600); do
-		grep -q "^counter: round 5$" "$out" 2>/dev/null && break
-		sleep 0.1
-	done
-	grep -q "^counter: round 5$" "$out" || { cat "$out" "$err"; fail "counter never reached round 5"; }
-	"$KAPSEL" migrate --psk "$TMP/mig.psk" "$name" "tcp:127.0.0.1:$port" >"$TMP/mig" 2>&1 ||
-		{ cat "$TMP/mig" "$TMP/dst.err"; fail "migrate"; }
-	expect_in "$TMP/mig" "migrated VM '$name'"
-	STATUS=0; wait "$src" || STATUS=$?; expect_status 0
-	STATUS=0; wait "$dst" || STATUS=$?; LAST_ERR=$TMP/dst.err; expect_status 0
+	live_migrate "$out" "$err" "$TMP/dst.out" "$TMP/dst.err" "^counter: round 5$" 150 \
+		-- --kernel "$KERNEL" --disk "$img" --cmdline "rounds=150" \
+		-- --kernel "$KERNEL" --disk "$img"
 	expect_not_in "$out" "minikernel: all"
 	expect_in "$TMP/dst.out" "counter: round 150"
 	last=$(awk '$1 == "counter:" && $2 == "round" { n = $3 } END { print n + 0 }' "$out")

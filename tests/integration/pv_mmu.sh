@@ -50,26 +50,9 @@ pv-mmu-migrate)
 	# user mapping (dirty logging is by guest-physical page, whoever's
 	# table maps it), and the destination rebuilds the space from the
 	# stream.  The count the process exits with is the one in its page.
-	(umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$TMP/mig.psk")
-	port=$((20000 + $$ % 20000))
-	timeout --kill-after=5 100 "$KAPSEL" run --no-console-input --no-control --stats \
-		--kernel "$GUESTS/mmu.elf" --incoming "tcp:127.0.0.1:$port,psk=$TMP/mig.psk" \
-		>"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
-	dst=$!
-	name=pv-mmu-mig-$$
-	timeout --kill-after=5 100 "$KAPSEL" run --no-console-input --name "$name" \
-		--kernel "$GUESTS/mmu.elf" --cmdline "persist" >"$out" 2>"$err" </dev/null &
-	src=$!
-	for i in $(seq 300); do
-		grep -q "^tick 5 " "$out" 2>/dev/null && break
-		sleep 0.1
-	done
-	grep -q "^tick 5 " "$out" || { cat "$out" "$err"; fail "the process never reached tick 5"; }
-	"$KAPSEL" migrate --psk "$TMP/mig.psk" "$name" "tcp:127.0.0.1:$port" >"$TMP/mig" 2>&1 ||
-		{ cat "$TMP/mig" "$TMP/dst.err"; fail "migrate"; }
-	expect_in "$TMP/mig" "migrated VM '$name'"
-	STATUS=0; wait "$src" || STATUS=$?; expect_status 0
-	STATUS=0; wait "$dst" || STATUS=$?; LAST_ERR=$TMP/dst.err; expect_status 0
+	live_migrate "$out" "$err" "$TMP/dst.out" "$TMP/dst.err" "^tick 5 " 100 \
+		-- --kernel "$GUESTS/mmu.elf" --cmdline "persist" \
+		-- --kernel "$GUESTS/mmu.elf" --stats
 	expect_not_in "$out" "persist ok"
 	expect_in "$TMP/dst.out" "persist ok"
 	grep -Eq "^persist: ([0-9]+) ticks, count ([0-9]+), page \2$" "$TMP/dst.out" ||
