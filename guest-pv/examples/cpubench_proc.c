@@ -46,10 +46,17 @@
 #define SYS_FORK 2  /* rdi as SYS_NULL; returns 0 in the child */
 #define SYS_YIELD 3 /* rdi as SYS_NULL (process A only) */
 
-enum proc_row { ROW_SYSCALL, ROW_FORK, ROW_CTXSW, ROW_PAGE_FAULT, ROW_AS_SWITCH, ROW_MMU_BATCH };
+enum proc_row {
+	ROW_SYSCALL,
+	ROW_FORK,
+	ROW_CTXSW,
+	ROW_PAGE_FAULT,
+	ROW_AS_SWITCH,
+	ROW_MMU_BATCH
+};
 static const char *const row_names[] = {
-	[ROW_SYSCALL] = "syscall",	 [ROW_FORK] = "fork",
-	[ROW_CTXSW] = "ctxsw",		 [ROW_PAGE_FAULT] = "page-fault",
+	[ROW_SYSCALL] = "syscall",     [ROW_FORK] = "fork",
+	[ROW_CTXSW] = "ctxsw",	       [ROW_PAGE_FAULT] = "page-fault",
 	[ROW_AS_SWITCH] = "as-switch", [ROW_MMU_BATCH] = "mmu-batch",
 };
 
@@ -154,12 +161,18 @@ static void take(uint64_t ticks, unsigned per_trip)
 static int map_process(int as, unsigned which)
 {
 	struct kapsel_mmu_op ops[] = {
-		{ .va = USER_CODE, .gpa = gpa(cpubench_user), .op = KAPSEL_MMU_MAP,
+		{ .va = USER_CODE,
+		  .gpa = gpa(cpubench_user),
+		  .op = KAPSEL_MMU_MAP,
 		  .prot = KAPSEL_PROT_EXEC },
-		{ .va = USER_DATA, .gpa = gpa(data_frames[which]), .op = KAPSEL_MMU_MAP,
+		{ .va = USER_DATA,
+		  .gpa = gpa(data_frames[which]),
+		  .op = KAPSEL_MMU_MAP,
 		  .prot = KAPSEL_PROT_WRITE },
-		{ .va = USER_STACK_TOP - PAGE, .gpa = gpa(stack_frames[which]),
-		  .op = KAPSEL_MMU_MAP, .prot = KAPSEL_PROT_WRITE },
+		{ .va = USER_STACK_TOP - PAGE,
+		  .gpa = gpa(stack_frames[which]),
+		  .op = KAPSEL_MMU_MAP,
+		  .prot = KAPSEL_PROT_WRITE },
 	};
 	size_t n = sizeof(ops) / sizeof(ops[0]);
 	return kg_mmu_update(as, ops, n) == n ? 0 : -KAPSEL_EIO;
@@ -248,8 +261,8 @@ static void on_page_fault(struct kapsel_trap_frame *frame)
 					   .gpa = gpa(heap_frames[page]),
 					   .op = KAPSEL_MMU_MAP,
 					   .prot = KAPSEL_PROT_WRITE };
-	batch[1] = (struct kapsel_mmu_op){ .va = USER_HEAP + ((page + HEAP_PAGES / 2) % HEAP_PAGES) *
-								   PAGE,
+	batch[1] = (struct kapsel_mmu_op){ .va = USER_HEAP +
+						 ((page + HEAP_PAGES / 2) % HEAP_PAGES) * PAGE,
 					   .op = KAPSEL_MMU_UNMAP };
 	if (kg_mmu_update(space_a, batch, 2) != 2)
 		end_phase(-KAPSEL_EIO);
@@ -317,8 +330,8 @@ static int kernel_phase(void)
 						   .gpa = gpa(heap_frames[i]),
 						   .op = KAPSEL_MMU_MAP,
 						   .prot = KAPSEL_PROT_WRITE };
-		batch[BATCH_PAGES + i] =
-			(struct kapsel_mmu_op){ .va = USER_HEAP + i * PAGE, .op = KAPSEL_MMU_UNMAP };
+		batch[BATCH_PAGES + i] = (struct kapsel_mmu_op){ .va = USER_HEAP + i * PAGE,
+								 .op = KAPSEL_MMU_UNMAP };
 	}
 	while (!phase_done()) {
 		uint64_t start = kg_rdtsc();

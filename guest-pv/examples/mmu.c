@@ -25,8 +25,8 @@
 #define USER_STACK_TOP (KAPSEL_USER_VA_MIN + 0x80000)
 
 #define SYS_EXIT 0
-#define SYS_ECHO 1 /* returns rdi * 3 + rsi: checks that arguments arrive */
-#define SYS_TICK 2 /* rdi = the process's count; returns 0 to stop it */
+#define SYS_ECHO 1  /* returns rdi * 3 + rsi: checks that arguments arrive */
+#define SYS_TICK 2  /* rdi = the process's count; returns 0 to stop it */
 #define SYS_STORM 3 /* returns 0 once the storm's time is up */
 
 /* The user program: one page of position-independent code.  rdi selects

@@ -400,7 +400,8 @@ static int proc_setup(struct native_cpu *cpu, char *error, size_t error_len)
 		}
 		cpu->region = p;
 		if (cpu->op == BENCH_CPU_MMU_BATCH)
-			memset(p, 1, BATCH_PAGES * PAGE_BYTES); /* populated: mprotect changes PTEs */
+			memset(p, 1,
+			       BATCH_PAGES * PAGE_BYTES); /* populated: mprotect changes PTEs */
 		return 0;
 	}
 	if (cpu->op != BENCH_CPU_CTXSW && cpu->op != BENCH_CPU_AS_SWITCH)
@@ -419,7 +420,8 @@ static int proc_setup(struct native_cpu *cpu, char *error, size_t error_len)
 	}
 	cpu->pinned = true;
 	if (cpu->op == BENCH_CPU_CTXSW) {
-		if (pipe2(cpu->to_partner, O_CLOEXEC) < 0 || pipe2(cpu->from_partner, O_CLOEXEC) < 0) {
+		if (pipe2(cpu->to_partner, O_CLOEXEC) < 0 ||
+		    pipe2(cpu->from_partner, O_CLOEXEC) < 0) {
 			snprintf(error, error_len, "cannot make pipes: %s", strerror(errno));
 			return -errno;
 		}

@@ -133,8 +133,9 @@ void bench_usage(FILE *out)
 		"Example:\n"
 		"  kapsel bench --workloads randread-4K,read-1M --iodepths 1,32 --repeat 5\n",
 		default_workloads, DEFAULT_CPU_RUNTIME_TEXT, DEFAULT_TIMER_DELAY_TEXT,
-		BENCH_MAX_IODEPTH, DEFAULT_OUTPUT_SUBDIR, (unsigned long long)(QUICK_SIZE_BYTES >> 20),
-		QUICK_OPS, DEFAULT_GUEST_POLL_TEXT, DEFAULT_BACKEND_POLL_TEXT);
+		BENCH_MAX_IODEPTH, DEFAULT_OUTPUT_SUBDIR,
+		(unsigned long long)(QUICK_SIZE_BYTES >> 20), QUICK_OPS, DEFAULT_GUEST_POLL_TEXT,
+		DEFAULT_BACKEND_POLL_TEXT);
 }
 
 static int fail(char *error, size_t error_len, const char *fmt, ...)
@@ -337,8 +338,8 @@ static int parse_workloads(struct bench_options *options, const char *text, char
 		 * in their order. */
 		bool group = strcmp(item, "cpu") == 0, proc = strcmp(item, "proc") == 0;
 		unsigned first = proc ? BENCH_CPU_FIRST_PROC : 0;
-		for (unsigned g = first; g < (group || proc ? BENCH_CPU_OP_COUNT : first + 1u) && !err;
-		     g++) {
+		for (unsigned g = first;
+		     g < (group || proc ? BENCH_CPU_OP_COUNT : first + 1u) && !err; g++) {
 			const char *name = group || proc ? bench_cpu_info[g].name : item;
 			struct bench_workload workload;
 			if (bench_workload_lookup(name, &workload) < 0) {

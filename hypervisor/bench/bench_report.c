@@ -251,13 +251,15 @@ static void table_proc(FILE *out, const struct bench_results *results, double ex
 	if (!n)
 		return;
 	char a[24];
-	fprintf(out, "\nProcesses, lmbench style (SOSP'03 Table 3 layout; p50 us per operation):\n");
+	fprintf(out,
+		"\nProcesses, lmbench style (SOSP'03 Table 3 layout; p50 us per operation):\n");
 	fprintf(out, "%-14s", "");
 	for (unsigned c = 0; c < n; c++)
 		fprintf(out, " %12s", bench_cpu_info[rows[c]->workload->cpu_op].lmbench);
 	fprintf(out, "\n%-14s", "native");
 	for (unsigned c = 0; c < n; c++)
-		fprintf(out, " %12s", num(a, sizeof(a), bench_cpu_value(rows[c], BENCH_PATH_NATIVE)));
+		fprintf(out, " %12s",
+			num(a, sizeof(a), bench_cpu_value(rows[c], BENCH_PATH_NATIVE)));
 	fprintf(out, "\n%-14s", "Kapsel PV");
 	for (unsigned c = 0; c < n; c++)
 		fprintf(out, " %12s", num(a, sizeof(a), bench_cpu_value(rows[c], BENCH_PATH_PV)));

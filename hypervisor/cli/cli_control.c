@@ -291,7 +291,11 @@ void cli_destroy_usage(FILE *out)
 		     "--no-wait.  A VM is named by its name, its domain id or its UUID.\n");
 }
 
-enum end_kind { END_DESTROY, END_SHUTDOWN, END_REBOOT };
+enum end_kind {
+	END_DESTROY,
+	END_SHUTDOWN,
+	END_REBOOT
+};
 
 /* Send one VM its destroy, shutdown or reboot request; returns the
  * connection to wait on (waiting: shutdown and destroy without --no-wait),

@@ -35,7 +35,7 @@ static const char *const role_names[SANDBOX_ROLE_COUNT] = {
 
 #define SANDBOX_SYSCALL_NAMES 512
 #define SANDBOX_MAX_THREADS 256
-#define SANDBOX_ARM_TIMEOUT_S 30 /* only a thread that never answers waits this long */
+#define SANDBOX_ARM_TIMEOUT_S 30     /* only a thread that never answers waits this long */
 #define ARM_WAIT_SLICE_NS 100000000L /* how often the wait looks for threads that are gone */
 
 static __thread enum sandbox_role thread_role;

@@ -32,7 +32,7 @@ enum pv_device_serving {
  */
 struct pv_device_class {
 	enum pv_device_serving serving;
-	unsigned queue_count;	 /* rings the guest may set up (setup->queue), at most PV_DEVICE_MAX_QUEUES */
+	unsigned queue_count; /* rings the guest may set up (setup->queue), at most PV_DEVICE_MAX_QUEUES */
 	const char *thread_name; /* "kapsel-blk": the thread is named that plus the unit */
 	/* The device's thread reads the doorbell and control eventfds itself
 	 * (blocking mode; e.g. through io_uring) and supplies wait; it calls

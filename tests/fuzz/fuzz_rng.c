@@ -91,8 +91,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			req.length_bytes = fuzz_u32(&s);
 			req.flags = fuzz_u32(&s) & 1;
 			if (m.queue.active)
-				memcpy(m.queue.ring.requests +
-					       (slot & (m.queue.ring.size - 1)) * m.queue.ring.request_bytes,
+				memcpy(m.queue.ring.requests + (slot & (m.queue.ring.size - 1)) *
+								       m.queue.ring.request_bytes,
 				       &req, sizeof(req));
 			break;
 		}
@@ -119,8 +119,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (m.queue.active) {
 			const uint8_t *h = (const uint8_t *)m.queue.ring.header;
 			FUZZ_CHECK(h >= ram + FLOOR_GPA && h < ram + RAM_BYTES);
-			FUZZ_CHECK(m.queue.ring.responses +
-					   (uint64_t)m.queue.ring.size * m.queue.ring.response_bytes <=
+			FUZZ_CHECK(m.queue.ring.responses + (uint64_t)m.queue.ring.size *
+								    m.queue.ring.response_bytes <=
 				   ram + RAM_BYTES);
 		}
 	}

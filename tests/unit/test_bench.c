@@ -182,7 +182,9 @@ static void test_options_errors(void)
 	char *q[] = { "bench", "--workloads", "cpu,trap", NULL };
 	expect_error(3, q, "'trap' is listed twice");
 	char *r[] = { "bench", "--workloads", "vmcall", NULL };
-	expect_error(3, r, "a CPU row (null-hypercall, trap, upcall, timer, timer-periodic), a process row (syscall");
+	expect_error(
+		3, r,
+		"a CPU row (null-hypercall, trap, upcall, timer, timer-periodic), a process row (syscall");
 }
 
 static void test_parse_size_duration(void)

@@ -39,9 +39,9 @@ struct test_dev {
 	struct pv_device pv;
 	struct pv_queue queue;
 	struct pv_queue beyond; /* a valid queue past queue_count: must stay unused */
-	unsigned held;	   /* atomic: requests the test says are in flight */
-	unsigned served;   /* atomic: requests answered */
-	unsigned replaced; /* ring_replaced calls */
+	unsigned held;		/* atomic: requests the test says are in flight */
+	unsigned served;	/* atomic: requests answered */
+	unsigned replaced;	/* ring_replaced calls */
 };
 static struct test_dev tdev;
 
