@@ -14,7 +14,6 @@
 
 /* One console write moves at most this much; the guest loops for more. */
 #define CONSOLE_CHUNK_MAX_BYTES 65536u
-#define MSR_IA32_TSC 0x10u
 
 static int64_t hc_abi_info(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
@@ -92,16 +91,12 @@ static int64_t hc_time_info(struct kapsel_vcpu *vcpu, const uint64_t args[])
 		guest_memory_translate_guest(&vm->mem, args[0], sizeof(*out));
 	if (!out)
 		return -KAPSEL_EFAULT;
-	struct {
-		struct kvm_msrs header;
-		struct kvm_msr_entry entry;
-	} msrs = { .header.nmsrs = 1, .entry.index = MSR_IA32_TSC };
-	uint64_t now = vm_clock_ns(vm);
-	if (ioctl(vcpu->fd, KVM_GET_MSRS, &msrs) != 1)
+	uint64_t now = vm_clock_ns(vm), tsc;
+	if (vcpu_guest_tsc(vcpu, &tsc) < 0)
 		return -KAPSEL_EIO;
 	struct kapsel_time_info reply = {
 		.now_ns = now,
-		.tsc = msrs.entry.data,
+		.tsc = tsc,
 		.tsc_khz = vm->tsc_khz,
 	};
 	memcpy(out, &reply, sizeof(reply));

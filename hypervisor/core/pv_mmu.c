@@ -371,10 +371,7 @@ bool pv_mmu_finish(struct kapsel_vcpu *vcpu)
 	/* KVM finishes a port exit (moves rip past the out) at the next
 	 * KVM_RUN, and only if rip did not change meanwhile.  The resumed rip
 	 * goes into the stub's frame, so finish the exit first. */
-	__atomic_store_n(&run->immediate_exit, 1, __ATOMIC_SEQ_CST);
-	int rc = ioctl(vcpu->fd, KVM_RUN, 0);
-	int run_errno = errno;
-	__atomic_store_n(&run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+	int err = vcpu_complete_exit(vcpu);
 	/* Clearing immediate_exit must not lose a request made for the next
 	 * KVM_RUN: a pause, an upcall waiting for delivery, or a timer tick
 	 * whose signal came while the VMM handled the last exit (only the
@@ -384,9 +381,9 @@ bool pv_mmu_finish(struct kapsel_vcpu *vcpu)
 	if (__atomic_load_n(&vcpu->pv_cpu.timer_fired, __ATOMIC_SEQ_CST) ||
 	    __atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST) || pv_cpu_upcall_wanted(vcpu))
 		__atomic_store_n(&run->immediate_exit, 1, __ATOMIC_SEQ_CST);
-	if (rc == 0 || (run_errno != EINTR && run_errno != EAGAIN)) {
+	if (err) {
 		kapsel_error("KVM_RUN did not complete the last exit before an address-space switch: %s",
-			     rc ? strerror(run_errno) : "it ran the guest");
+			     err == -EIO ? "it ran the guest" : strerror(-err));
 		crash_report_fatal(vcpu, "cannot switch the guest's address space");
 		return false;
 	}

@@ -330,21 +330,30 @@ void vm_request_stop(struct kapsel_vm *vm)
 	vm_request_stop_for(vm, VM_STOP_REQUESTED);
 }
 
-void vm_request_stop_for(struct kapsel_vm *vm, enum vm_stop_reason reason)
+/* Make every vCPU look at its state again: immediate_exit catches a
+ * KVM_RUN about to start, wake_fd a BLOCK sleep and, with signal_threads,
+ * SIGUSR2 a KVM_RUN in progress on another thread.  Async-signal-safe. */
+static void kick_vcpus(struct kapsel_vm *vm, bool signal_threads)
 {
-	int none = 0;
-	__atomic_compare_exchange_n(&vm->stop_requested, &none, (int)reason, false,
-				    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
 	for (unsigned i = 0; i < vm->vcpu_count; i++)
 		if (vm->vcpus[i].run)
 			__atomic_store_n(&vm->vcpus[i].run->immediate_exit, 1, __ATOMIC_SEQ_CST);
 	uint64_t one = 1;
 	ssize_t n = write(vm->wake_fd, &one, sizeof(one));
 	(void)n;
-	if (vm->state == VM_STATE_RUNNING)
-		for (unsigned i = 0; i < vm->vcpu_count; i++)
-			if (!pthread_equal(pthread_self(), vm->vcpus[i].thread))
-				pthread_kill(vm->vcpus[i].thread, SIGUSR2);
+	if (!signal_threads)
+		return;
+	for (unsigned i = 0; i < vm->vcpu_count; i++)
+		if (!pthread_equal(pthread_self(), vm->vcpus[i].thread))
+			pthread_kill(vm->vcpus[i].thread, SIGUSR2);
+}
+
+void vm_request_stop_for(struct kapsel_vm *vm, enum vm_stop_reason reason)
+{
+	int none = 0;
+	__atomic_compare_exchange_n(&vm->stop_requested, &none, (int)reason, false,
+				    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+	kick_vcpus(vm, vm->state == VM_STATE_RUNNING);
 }
 
 /* True on the thread of one of vm's vCPUs. */
@@ -360,17 +369,7 @@ static bool on_vcpu_thread(const struct kapsel_vm *vm)
  * callers hold pause_lock or run on a normal thread). */
 void vm_kick_vcpu(struct kapsel_vm *vm)
 {
-	for (unsigned i = 0; i < vm->vcpu_count; i++)
-		if (vm->vcpus[i].run)
-			__atomic_store_n(&vm->vcpus[i].run->immediate_exit, 1, __ATOMIC_SEQ_CST);
-	uint64_t one = 1;
-	ssize_t n = write(vm->wake_fd, &one, sizeof(one));
-	(void)n;
-	if (vm->state == VM_STATE_CREATED || vm->state == VM_STATE_STOPPED)
-		return;
-	for (unsigned i = 0; i < vm->vcpu_count; i++)
-		if (!pthread_equal(pthread_self(), vm->vcpus[i].thread))
-			pthread_kill(vm->vcpus[i].thread, SIGUSR2);
+	kick_vcpus(vm, vm->state != VM_STATE_CREATED && vm->state != VM_STATE_STOPPED);
 }
 
 const char *vm_state_name(const struct kapsel_vm *vm)
@@ -976,16 +975,30 @@ uint64_t vm_exits(const struct kapsel_vm *vm, enum vm_exit_counter counter)
 	return sum;
 }
 
-int vm_guest_tsc(struct kapsel_vm *vm, uint64_t *tsc)
+int vcpu_guest_tsc(struct kapsel_vcpu *vcpu, uint64_t *tsc)
 {
 	struct {
 		struct kvm_msrs header;
 		struct kvm_msr_entry entry;
 	} msrs = { .header.nmsrs = 1, .entry.index = MSR_IA32_TSC };
-	if (ioctl(vm_boot_vcpu(vm)->fd, KVM_GET_MSRS, &msrs) != 1)
+	if (ioctl(vcpu->fd, KVM_GET_MSRS, &msrs) != 1)
 		return -EIO;
 	*tsc = msrs.entry.data;
 	return 0;
+}
+
+int vm_guest_tsc(struct kapsel_vm *vm, uint64_t *tsc)
+{
+	return vcpu_guest_tsc(vm_boot_vcpu(vm), tsc);
+}
+
+int vcpu_complete_exit(struct kapsel_vcpu *vcpu)
+{
+	__atomic_store_n(&vcpu->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+	int rc = ioctl(vcpu->fd, KVM_RUN, 0);
+	int err = (rc < 0 && errno != EINTR && errno != EAGAIN) ? -errno : 0;
+	__atomic_store_n(&vcpu->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+	return rc == 0 ? -EIO : err; /* rc 0: the guest ran, immediate_exit was ignored */
 }
 
 void vm_print_stats(struct kapsel_vm *vm, FILE *out)

@@ -213,10 +213,21 @@ static inline struct kapsel_vcpu *vm_boot_vcpu(struct kapsel_vm *vm)
 uint64_t vm_exits(const struct kapsel_vm *vm, enum vm_exit_counter counter);
 
 /*
- * The guest's TSC as the vCPU sees it now (KVM_GET_MSRS on the boot vCPU,
- * from any thread).  Returns 0 or a negative errno.
+ * The guest's TSC as vcpu sees it now (KVM_GET_MSRS); vm_guest_tsc asks
+ * the boot vCPU, from any thread.  Return 0 or a negative errno.
  */
+int vcpu_guest_tsc(struct kapsel_vcpu *vcpu, uint64_t *tsc);
 int vm_guest_tsc(struct kapsel_vm *vm, uint64_t *tsc);
+
+/*
+ * Let KVM finish vcpu's last exit (move rip past a port access, take
+ * pending I/O) without running the guest: KVM_RUN with immediate_exit,
+ * which is clear again on return.  Needed before the VMM changes where
+ * the vCPU resumes, or reads its state.  Returns 0, -EIO if KVM ran the
+ * guest anyway, or KVM_RUN's negative errno.  On vcpu's thread, or with
+ * the vCPU stopped.
+ */
+int vcpu_complete_exit(struct kapsel_vcpu *vcpu);
 
 /* Print the VM's exit counters and every device's counters. */
 void vm_print_stats(struct kapsel_vm *vm, FILE *out);

@@ -53,14 +53,7 @@ static const struct {
 
 int vcpu_state_settle(struct kapsel_vm *vm)
 {
-	struct kapsel_vcpu *vcpu = vm_boot_vcpu(vm);
-	__atomic_store_n(&vcpu->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
-	int rc = ioctl(vcpu->fd, KVM_RUN, 0);
-	int err = (rc < 0 && errno != EINTR && errno != EAGAIN) ? -errno : 0;
-	__atomic_store_n(&vcpu->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
-	if (rc == 0)
-		return -EIO; /* the guest ran: immediate_exit was ignored */
-	return err;
+	return vcpu_complete_exit(vm_boot_vcpu(vm));
 }
 
 /* The MSRs of saved_msrs that this KVM lists (KVM_GET_MSR_INDEX_LIST). */
