@@ -24,8 +24,9 @@
 /* 1: control requests (event page); 2: PV network (net.h); 3: PV entropy
  * (rng.h: device type KAPSEL_DEV_RNG_PV, feature KAPSEL_FEATURE_RNG_PV);
  * 4: PV CPU (traps, upcalls, timers: KAPSEL_FEATURE_PV_CPU);
- * 5: PV MMU (address spaces, user mode, syscalls: KAPSEL_FEATURE_PV_MMU) */
-#define KAPSEL_ABI_MINOR 5u
+ * 5: PV MMU (address spaces, user mode, syscalls: KAPSEL_FEATURE_PV_MMU);
+ * 6: SMP (vCPU up/down, channels bound to a vCPU: KAPSEL_FEATURE_SMP) */
+#define KAPSEL_ABI_MINOR 6u
 #define KAPSEL_ABI_VERSION ((KAPSEL_ABI_MAJOR << 16) | KAPSEL_ABI_MINOR)
 
 /* ---- Discovery through CPUID -------------------------------------------- */
@@ -53,11 +54,12 @@
 #define KAPSEL_FEATURE_RNG_PV (1ull << 7)     /* PV entropy protocol (rng.h, minor 3) */
 #define KAPSEL_FEATURE_PV_CPU (1ull << 8)     /* traps, upcalls, timers (minor 4) */
 #define KAPSEL_FEATURE_PV_MMU (1ull << 9)     /* address spaces, user mode (minor 5) */
+#define KAPSEL_FEATURE_SMP (1ull << 10)	      /* several vCPUs, IPIs (minor 6) */
 #define KAPSEL_FEATURES_V1                                                              \
 	(KAPSEL_FEATURE_CONSOLE_PV | KAPSEL_FEATURE_EVTCHN | KAPSEL_FEATURE_DOORBELL |  \
 	 KAPSEL_FEATURE_BLOCK_PV | KAPSEL_FEATURE_GENERATION | KAPSEL_FEATURE_CONTROL | \
 	 KAPSEL_FEATURE_NET_PV | KAPSEL_FEATURE_RNG_PV | KAPSEL_FEATURE_PV_CPU |         \
-	 KAPSEL_FEATURE_PV_MMU)
+	 KAPSEL_FEATURE_PV_MMU | KAPSEL_FEATURE_SMP)
 
 /* ---- I/O ports ---------------------------------------------------------- */
 
@@ -162,7 +164,26 @@ enum kapsel_hypercall {
 	/* (stack_top, stack_bytes) -> 0; the stack every entry from user
 	 * mode (syscall, exception, upcall) puts its frame on. */
 	KAPSEL_HC_KERNEL_STACK = 22,
-	KAPSEL_HC_COUNT = 23
+	/* Minor 6, SMP (docs/abi.md "Several vCPUs"). */
+	/* (vcpu, entry, stack_top, arg) -> 0; vCPU vcpu (1 .. vcpu_count - 1,
+	 * down) starts at entry in kernel mode with rsp = stack_top, rdi =
+	 * arg, rsi = vcpu, upcalls masked, no handlers, its timer off.
+	 * -EINVAL: no such vCPU or stack_top not 16-byte aligned; -EBUSY: it
+	 * is up (or starting); -EFAULT: entry or the stack's top page is not
+	 * guest RAM. */
+	KAPSEL_HC_VCPU_UP = 23,
+	/* () -> does not return; the calling vCPU stops (its timer is
+	 * disarmed) until VCPU_UP starts it afresh.  -EINVAL on vCPU 0, which
+	 * ends only with the VM (KAPSEL_HC_SHUTDOWN). */
+	KAPSEL_HC_VCPU_DOWN = 24,
+	/* (vcpu) -> 1 if it is up or starting, 0 if down; -EINVAL: no such vCPU */
+	KAPSEL_HC_VCPU_STATUS = 25,
+	/* (port, vcpu) -> 0; the channel's upcalls and BLOCK wake-ups go to
+	 * vcpu from now on (every channel starts bound to vCPU 0).  An
+	 * inter-processor event is EVTCHN_SEND on a channel bound to another
+	 * vCPU. */
+	KAPSEL_HC_EVTCHN_BIND_VCPU = 26,
+	KAPSEL_HC_COUNT = 27
 };
 
 enum kapsel_shutdown_reason {
@@ -316,11 +337,17 @@ struct kapsel_start_info {
 	char cmdline[KAPSEL_CMDLINE_MAX];
 	uint8_t uuid[16];
 	char name[64];
-	uint64_t _reserved[16];
+	/* Minor 6: vCPUs the VM has (1 .. KAPSEL_MAX_VCPUS); vCPU 0 runs the
+	 * entry point, the others start with KAPSEL_HC_VCPU_UP. */
+	uint32_t vcpu_count;
+	uint32_t _reserved0b;
+	uint64_t _reserved[15];
 };
 _Static_assert(sizeof(struct kapsel_start_info) == 1624, "start info layout");
 _Static_assert(__builtin_offsetof(struct kapsel_start_info, memmap) == 72, "memmap offset");
 _Static_assert(__builtin_offsetof(struct kapsel_start_info, devices) == 264, "devices offset");
+_Static_assert(__builtin_offsetof(struct kapsel_start_info, vcpu_count) == 1496,
+	       "vcpu_count offset");
 
 /* DEVICE_SETUP: hand the hypervisor the guest-physical address of a ring. */
 #define KAPSEL_DEVICE_SETUP_MAGIC 0x4b445355u /* "KDSU" */

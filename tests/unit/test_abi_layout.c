@@ -259,10 +259,10 @@ static void test_magics_and_discovery(void)
 	CU_ASSERT_EQUAL(KAPSEL_CPUID_BASE, 0x40000000u);
 	CU_ASSERT_EQUAL(KAPSEL_CPUID_INFO, 0x40000001u);
 
-	/* Version 1.5, published as major << 16 | minor. */
+	/* Version 1.6, published as major << 16 | minor. */
 	CU_ASSERT_EQUAL(KAPSEL_ABI_MAJOR, 1);
-	CU_ASSERT_EQUAL(KAPSEL_ABI_MINOR, 5);
-	CU_ASSERT_EQUAL(KAPSEL_ABI_VERSION, 0x00010005u);
+	CU_ASSERT_EQUAL(KAPSEL_ABI_MINOR, 6);
+	CU_ASSERT_EQUAL(KAPSEL_ABI_VERSION, 0x00010006u);
 
 	/* Fixed ports and guest-physical addresses. */
 	CU_ASSERT_EQUAL(KAPSEL_PORT_HYPERCALL, 0x510);
@@ -322,6 +322,10 @@ static void test_pv_cpu_layout(void)
 	CU_ASSERT_EQUAL(KAPSEL_USER_VA_MIN, 512ull << 30);
 	CU_ASSERT_EQUAL(KAPSEL_USER_VA_END, 128ull << 40);
 	CU_ASSERT_EQUAL(KAPSEL_MMU_BATCH_MAX, 512);
+	/* SMP (minor 6): the vCPU count sits in what was start info's reserved area. */
+	CU_ASSERT_EQUAL(offsetof(struct kapsel_start_info, vcpu_count), 1496);
+	CU_ASSERT_EQUAL(sizeof(struct kapsel_start_info), 1624);
+	CU_ASSERT_EQUAL(KAPSEL_MAX_VCPUS, 16);
 }
 
 static void test_call_numbers(void)
@@ -353,6 +357,10 @@ static void test_call_numbers(void)
 		{ KAPSEL_HC_AS_SWITCH, 20 },
 		{ KAPSEL_HC_SET_SYSCALL, 21 },
 		{ KAPSEL_HC_KERNEL_STACK, 22 },
+		{ KAPSEL_HC_VCPU_UP, 23 },
+		{ KAPSEL_HC_VCPU_DOWN, 24 },
+		{ KAPSEL_HC_VCPU_STATUS, 25 },
+		{ KAPSEL_HC_EVTCHN_BIND_VCPU, 26 },
 	};
 	const size_t count = sizeof(calls) / sizeof(calls[0]);
 	unsigned seen = 0;
@@ -382,6 +390,7 @@ static void test_feature_bits(void)
 		{ KAPSEL_FEATURE_GENERATION, 4 }, { KAPSEL_FEATURE_CONTROL, 5 },
 		{ KAPSEL_FEATURE_NET_PV, 6 },	  { KAPSEL_FEATURE_RNG_PV, 7 },
 		{ KAPSEL_FEATURE_PV_CPU, 8 },	  { KAPSEL_FEATURE_PV_MMU, 9 },
+		{ KAPSEL_FEATURE_SMP, 10 },
 	};
 	uint64_t all = 0;
 	for (size_t i = 0; i < sizeof(features) / sizeof(features[0]); i++) {
