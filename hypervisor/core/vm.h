@@ -58,6 +58,21 @@ struct vm_evtchn {
 
 struct kapsel_vm;
 
+/* Whether a vCPU runs: vCPU 0 is up from boot, the others start down and
+ * come up with KAPSEL_HC_VCPU_UP (STARTING until their thread takes the
+ * request) and go down with KAPSEL_HC_VCPU_DOWN. */
+enum vcpu_power {
+	VCPU_POWER_DOWN,
+	VCPU_POWER_STARTING,
+	VCPU_POWER_UP,
+};
+
+/* "down", "starting" or "up". */
+static inline const char *vcpu_power_name(int power)
+{
+	return power == VCPU_POWER_UP ? "up" : power == VCPU_POWER_STARTING ? "starting" : "down";
+}
+
 /*
  * One virtual CPU: its KVM file and run area, the thread that runs it, its
  * exit counters and its PV CPU state (traps, upcalls, timer).  Everything
@@ -73,6 +88,7 @@ struct kapsel_vcpu {
 	pthread_t thread;
 	int tid;     /* Linux thread id of its thread (0 before it runs) */
 	int blocked; /* atomic: 1 while it sleeps in BLOCK */
+	int power;   /* atomic: enum vcpu_power */
 	uint64_t exits[VM_EXIT_COUNTER_COUNT];
 	struct pv_cpu_vcpu pv_cpu; /* pv_cpu.c */
 };
