@@ -773,8 +773,10 @@ void pv_cpu_print_stats(const struct kapsel_vcpu *vcpu, FILE *out)
 		const char *name;
 		uint64_t value;
 	} counters[] = {
-		{ "traps_delivered", c->traps_delivered }, { "upcalls_delivered", c->upcalls_delivered },
-		{ "irets", c->irets },			   { "timer_fires", c->timer_fires },
+		{ "traps_delivered", c->traps_delivered },
+		{ "upcalls_delivered", c->upcalls_delivered },
+		{ "irets", c->irets },
+		{ "timer_fires", c->timer_fires },
 		{ "timer_overruns", c->timer_overruns },
 	};
 	for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++)

@@ -36,7 +36,8 @@ static int64_t hc_vcpu_up(struct kapsel_vcpu *vcpu, const uint64_t args[])
 	 * reads the request after seeing STARTING (both under vm->lock). */
 	if (__atomic_load_n(&target->power, __ATOMIC_SEQ_CST) != VCPU_POWER_DOWN)
 		return -KAPSEL_EBUSY;
-	target->start = (struct x86_entry){ .rip = args[1], .rsp = args[2], .rdi = args[3], .rsi = id };
+	target->start =
+		(struct x86_entry){ .rip = args[1], .rsp = args[2], .rdi = args[3], .rsi = id };
 	__atomic_store_n(&target->power, VCPU_POWER_STARTING, __ATOMIC_RELEASE);
 	vcpu_wake(target);
 	return 0;

@@ -581,7 +581,8 @@ static int boot_guest(struct kapsel_vm *vm)
 	fill_start_info(vm);
 	open_ports(vm, KAPSEL_PORT_HYPERCALL, 4); /* outl: four bytes */
 	for (unsigned i = 0; i < KAPSEL_EVTCHN_COUNT; i++)
-		vm->evtchn[i] = (struct vm_evtchn){ .allocated = false, .bound_device = -1, .vcpu = 0 };
+		vm->evtchn[i] =
+			(struct vm_evtchn){ .allocated = false, .bound_device = -1, .vcpu = 0 };
 	/* Reserved: EVTCHN_ALLOC skips it, EVTCHN_MASK accepts it. */
 	vm->evtchn[KAPSEL_EVTCHN_CONTROL].allocated = true;
 	pv_cpu_reset(vm);	   /* no handlers, timer off, upcalls masked */
@@ -1000,7 +1001,8 @@ static void vcpu_run(struct kapsel_vcpu *vcpu)
 					break;
 				continue;
 			}
-			kapsel_error("KVM_RUN failed on vCPU %u: %s", vcpu->id, strerror(run_errno));
+			kapsel_error("KVM_RUN failed on vCPU %u: %s", vcpu->id,
+				     strerror(run_errno));
 			vm->exit_code = KAPSEL_EXIT_VMM_ERROR;
 			vm->vmm_failed = true;
 			vm->state = VM_STATE_STOPPED;
@@ -1317,6 +1319,19 @@ void vm_print_stats(struct kapsel_vm *vm, FILE *out)
 		if (e->fn && e->calls)
 			fprintf(out, "  hypercall_%s: %llu\n", e->name,
 				(unsigned long long)e->calls);
+	}
+	/* Several vCPUs: each one's state and exits beside the VM's sums. */
+	if (vm->vcpu_count > 1) {
+		fprintf(out, "  vcpus: %u\n", vm->vcpu_count);
+		for (unsigned i = 0; i < vm->vcpu_count; i++) {
+			const struct kapsel_vcpu *vcpu = &vm->vcpus[i];
+			uint64_t exits = 0;
+			for (unsigned c = 0; c < VM_EXIT_COUNTER_COUNT; c++)
+				exits += vcpu->exits[c];
+			fprintf(out, "  vcpu%u_power: %s\n", i,
+				vcpu_power_name(__atomic_load_n(&vcpu->power, __ATOMIC_RELAXED)));
+			fprintf(out, "  vcpu%u_exits_total: %llu\n", i, (unsigned long long)exits);
+		}
 	}
 	for (unsigned i = 0; i < vm->vcpu_count; i++)
 		pv_cpu_print_stats(&vm->vcpus[i], out);

@@ -90,10 +90,10 @@ struct kapsel_vcpu {
 	int fd;
 	struct kvm_run *run;
 	pthread_t thread;
-	int tid;     /* Linux thread id of its thread (0 before it runs) */
-	int blocked; /* atomic: 1 while it sleeps in BLOCK */
-	int power;   /* atomic: enum vcpu_power */
-	int wake_fd; /* eventfd: wakes it from BLOCK, a pause, or being down */
+	int tid;		/* Linux thread id of its thread (0 before it runs) */
+	int blocked;		/* atomic: 1 while it sleeps in BLOCK */
+	int power;		/* atomic: enum vcpu_power */
+	int wake_fd;		/* eventfd: wakes it from BLOCK, a pause, or being down */
 	struct x86_entry start; /* KAPSEL_HC_VCPU_UP's request (vm->lock) */
 	bool thread_created;	/* vCPUs 1..: vm_create started its thread */
 	bool thread_ready;	/* it named its sandbox role (pause_lock) */

@@ -124,17 +124,18 @@ static void build_gdt(struct guest_memory *mem)
 	/* Per vCPU, two 64-bit available TSSes: 16 bytes each, the high half
 	 * holds base[63:32] (0 here). */
 	for (unsigned v = 0; v < KAPSEL_MAX_VCPUS; v++) {
-		gdt[x86_sel_tss(v, 0) >> 3] = segment_descriptor(
-			(uint32_t)x86_tss_base(v), x86_tss_limit(v), 0x89, 0x0);
+		gdt[x86_sel_tss(v, 0) >> 3] =
+			segment_descriptor((uint32_t)x86_tss_base(v), x86_tss_limit(v), 0x89, 0x0);
 		gdt[(x86_sel_tss(v, 0) >> 3) + 1] = 0;
-		gdt[x86_sel_tss(v, 1) >> 3] = segment_descriptor(
-			(uint32_t)x86_user_tss_base(v), X86_USER_TSS_LIMIT, 0x89, 0x0);
+		gdt[x86_sel_tss(v, 1) >> 3] = segment_descriptor((uint32_t)x86_user_tss_base(v),
+								 X86_USER_TSS_LIMIT, 0x89, 0x0);
 		gdt[(x86_sel_tss(v, 1) >> 3) + 1] = 0;
 	}
 }
 
 /* The GDT's limit: through the last vCPU's user-mode TSS descriptor. */
-#define GDT_LIMIT (X86_SEL_USER_TSS + KAPSEL_MAX_VCPUS * X86_SEL_TSS_STRIDE - X86_SEL_TSS_STRIDE + 15u)
+#define GDT_LIMIT \
+	(X86_SEL_USER_TSS + KAPSEL_MAX_VCPUS * X86_SEL_TSS_STRIDE - X86_SEL_TSS_STRIDE + 15u)
 _Static_assert(GDT_LIMIT < X86_GPA_TSS_EXTRA - X86_GPA_GDT, "GDT ends before the TSS headers");
 _Static_assert(X86_GPA_TSS_EXTRA + (KAPSEL_MAX_VCPUS - 1u) * X86_TSS_HEADER_STRIDE <= X86_GPA_IDT,
 	       "TSS headers stay in the GDT's page");
@@ -163,7 +164,8 @@ static void build_tss(struct guest_memory *mem)
 	uint8_t *user_tss = guest_memory_translate(mem, X86_GPA_USER_TSS, 4096);
 	memset(user_tss, 0, 4096);
 	for (unsigned v = 0; v < KAPSEL_MAX_VCPUS; v++) {
-		uint8_t *kernel = guest_memory_translate(mem, x86_tss_base(v), X86_TSS_IOMAP_OFFSET);
+		uint8_t *kernel =
+			guest_memory_translate(mem, x86_tss_base(v), X86_TSS_IOMAP_OFFSET);
 		write_tss_header(kernel, x86_exception_stack_top(v), x86_tss_iomap_offset(v));
 		write_tss_header(user_tss + (x86_user_tss_base(v) - X86_GPA_USER_TSS),
 				 x86_exception_stack_top(v), X86_TSS_IOMAP_OFFSET);

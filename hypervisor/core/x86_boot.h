@@ -46,8 +46,8 @@
 #define X86_SEL_KERNEL_DS 0x10u
 #define X86_SEL_USER_DS (0x18u | 3u)
 #define X86_SEL_USER_CS (0x20u | 3u)
-#define X86_SEL_TSS 0x28u	/* vCPU 0's; see x86_sel_tss */
-#define X86_SEL_USER_TSS 0x38u /* PV MMU user mode, vCPU 0's */
+#define X86_SEL_TSS 0x28u	 /* vCPU 0's; see x86_sel_tss */
+#define X86_SEL_USER_TSS 0x38u	 /* PV MMU user mode, vCPU 0's */
 #define X86_SEL_TSS_STRIDE 0x20u /* the next vCPU's pair of TSS descriptors */
 
 /* TSS: 104-byte header, then the I/O permission bitmap and its 0xff end. */

@@ -220,8 +220,8 @@ static void test_gdt(void)
 static void test_per_vcpu_tss(void)
 {
 	CU_ASSERT_FATAL(setup() == 0);
-	const uint8_t *bitmap =
-		guest_memory_translate(&mem, X86_GPA_TSS + X86_TSS_IOMAP_OFFSET, X86_TSS_IOMAP_BYTES);
+	const uint8_t *bitmap = guest_memory_translate(&mem, X86_GPA_TSS + X86_TSS_IOMAP_OFFSET,
+						       X86_TSS_IOMAP_BYTES);
 	for (unsigned v = 0; v < KAPSEL_MAX_VCPUS; v++) {
 		struct descriptor kernel = decode(read_u64(X86_GPA_GDT + x86_sel_tss(v, 0)));
 		struct descriptor user = decode(read_u64(X86_GPA_GDT + x86_sel_tss(v, 1)));
@@ -406,7 +406,8 @@ static void test_restored_vcpu_checks(void)
 	saved_user_vcpu(&sregs, &regs);
 	sregs.cs.selector = X86_SEL_KERNEL_CS;
 	sregs.cs.dpl = 0;
-	CU_ASSERT_EQUAL(x86_boot_check_restored_vcpu(&sregs, &regs, 0, error, sizeof(error)), -EPROTO);
+	CU_ASSERT_EQUAL(x86_boot_check_restored_vcpu(&sregs, &regs, 0, error, sizeof(error)),
+			-EPROTO);
 	CU_ASSERT_STRING_EQUAL(
 		error,
 		"the saved vCPU runs with code segment 0x8 (DPL 0), not the guest's CPL3 segments; the state is corrupt or forged");
@@ -414,12 +415,14 @@ static void test_restored_vcpu_checks(void)
 	/* Right selector, wrong privilege. */
 	saved_user_vcpu(&sregs, &regs);
 	sregs.ss.dpl = 0;
-	CU_ASSERT_EQUAL(x86_boot_check_restored_vcpu(&sregs, &regs, 0, error, sizeof(error)), -EPROTO);
+	CU_ASSERT_EQUAL(x86_boot_check_restored_vcpu(&sregs, &regs, 0, error, sizeof(error)),
+			-EPROTO);
 
 	/* Page tables the guest wrote itself. */
 	saved_user_vcpu(&sregs, &regs);
 	sregs.cr3 = 0x200000;
-	CU_ASSERT_EQUAL(x86_boot_check_restored_vcpu(&sregs, &regs, 0, error, sizeof(error)), -EPROTO);
+	CU_ASSERT_EQUAL(x86_boot_check_restored_vcpu(&sregs, &regs, 0, error, sizeof(error)),
+			-EPROTO);
 	CU_ASSERT_STRING_EQUAL(
 		error,
 		"the saved vCPU's page-table root 0x200000 is not the hypervisor's; the state is corrupt or forged");
