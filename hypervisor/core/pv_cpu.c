@@ -683,6 +683,16 @@ void pv_cpu_timer_stop(struct kapsel_vcpu *vcpu)
 	__atomic_store_n(&c->timer_fired, 0, __ATOMIC_SEQ_CST);
 }
 
+void pv_cpu_timer_restore(struct kapsel_vcpu *vcpu)
+{
+	struct pv_cpu_vcpu *c = &vcpu->pv_cpu;
+	if (!c->timer_restored)
+		return;
+	c->timer_restored = false;
+	if (c->timer_deadline_ns != KAPSEL_TIMER_STOP && timer_arm(vcpu))
+		kapsel_warn("vCPU %u: the restored timer could not be armed", vcpu->id);
+}
+
 static int64_t hc_timer_set(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
 	struct kapsel_vm *vm = vcpu->vm;

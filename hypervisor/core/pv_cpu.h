@@ -40,7 +40,8 @@ struct pv_cpu_vcpu {
 	uint64_t timer_period_ns;
 	timer_t timer_id;
 	bool timer_created;
-	int timer_fired; /* atomic: set by the timer signal handler */
+	int timer_fired;     /* atomic: set by the timer signal handler */
+	bool timer_restored; /* pv_cpu_load set a deadline: arm it on the vCPU's thread */
 	/* Counters (vm_print_stats). */
 	uint64_t traps_delivered, upcalls_delivered, irets, timer_fires, timer_overruns;
 };
@@ -102,6 +103,9 @@ void pv_cpu_vcpu_reset(struct kapsel_vcpu *vcpu);
 
 /* Disarm vcpu's timer (KAPSEL_HC_VCPU_DOWN). */
 void pv_cpu_timer_stop(struct kapsel_vcpu *vcpu);
+
+/* On vcpu's thread before it runs: arm a timer pv_cpu_load restored. */
+void pv_cpu_timer_restore(struct kapsel_vcpu *vcpu);
 
 /* Release every vCPU's timer (vm_destroy). */
 void pv_cpu_destroy(struct kapsel_vm *vm);

@@ -337,7 +337,6 @@ static void kick_signal_handler(int signo)
 {
 	(void)signo;
 }
-static void set_vcpu_number_msr(struct kapsel_vcpu *vcpu);
 static int start_vcpu_threads(struct kapsel_vm *vm);
 static void stop_vcpu_threads(struct kapsel_vm *vm);
 static void vm_write_stats_file(struct kapsel_vm *vm);
@@ -709,7 +708,7 @@ int vm_create_without_devices(struct kapsel_vm *vm, struct vm_config *config)
 				     strerror(errno));
 			goto fail;
 		}
-		set_vcpu_number_msr(&vm->vcpus[i]);
+		vcpu_set_number_msr(&vm->vcpus[i]);
 	}
 	int khz = ioctl(vm_boot_vcpu(vm)->fd, KVM_GET_TSC_KHZ, 0);
 	vm->tsc_khz = khz > 0 ? (uint64_t)khz : 0;
@@ -1093,7 +1092,7 @@ static bool vcpu_wait_to_run(struct kapsel_vcpu *vcpu)
 /* MSR TSC_AUX: rdtscp leaves the vCPU's number in ecx (docs/abi.md 19). */
 #define MSR_TSC_AUX 0xc0000103u
 
-static void set_vcpu_number_msr(struct kapsel_vcpu *vcpu)
+void vcpu_set_number_msr(struct kapsel_vcpu *vcpu)
 {
 	struct {
 		struct kvm_msrs header;
@@ -1118,7 +1117,7 @@ static void vcpu_take_start(struct kapsel_vcpu *vcpu)
 		__atomic_store_n(&vcpu->power, VCPU_POWER_DOWN, __ATOMIC_SEQ_CST);
 		return;
 	}
-	set_vcpu_number_msr(vcpu);
+	vcpu_set_number_msr(vcpu);
 	kapsel_debug("vCPU %u up at %#llx", vcpu->id, (unsigned long long)vcpu->start.rip);
 	__atomic_store_n(&vcpu->power, VCPU_POWER_UP, __ATOMIC_SEQ_CST);
 }
@@ -1129,6 +1128,7 @@ static void vcpu_run_while_up(struct kapsel_vcpu *vcpu)
 	struct kapsel_vm *vm = vcpu->vm;
 	pthread_mutex_lock(&vm->lock);
 	vcpu_take_start(vcpu);
+	pv_cpu_timer_restore(vcpu);
 	vcpu_run(vcpu);
 	if (vcpu->id != 0 && __atomic_load_n(&vcpu->power, __ATOMIC_SEQ_CST) == VCPU_POWER_DOWN &&
 	    vcpu_complete_exit(vcpu) < 0)

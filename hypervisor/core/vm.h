@@ -277,6 +277,9 @@ int vm_guest_tsc(struct kapsel_vm *vm, uint64_t *tsc);
  */
 int vcpu_complete_exit(struct kapsel_vcpu *vcpu);
 
+/* Set vcpu's MSR TSC_AUX to its number: rdtscp's ecx (docs/abi.md 19). */
+void vcpu_set_number_msr(struct kapsel_vcpu *vcpu);
+
 /* Print the VM's exit counters and every device's counters. */
 void vm_print_stats(struct kapsel_vm *vm, FILE *out);
 

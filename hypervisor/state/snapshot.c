@@ -116,6 +116,7 @@ int snapshot_write_vm_body(struct kapsel_vm *vm, struct vm_state_writer *out, ch
 	struct vm_state_evtchn evtchn = { .count = KAPSEL_EVTCHN_COUNT };
 	for (unsigned p = 0; p < KAPSEL_EVTCHN_COUNT; p++) {
 		evtchn.entries[p].allocated = vm->evtchn[p].allocated;
+		evtchn.entries[p].vcpu = (uint8_t)vm->evtchn[p].vcpu;
 		evtchn.entries[p].bound_device = (int16_t)vm->evtchn[p].bound_device;
 	}
 	vm_state_put(out, VM_STATE_EVTCHN, M, &evtchn, sizeof(evtchn));
@@ -772,8 +773,14 @@ static int apply_devices(struct kapsel_vm *vm, const struct vm_state_records *st
 				error, error_len, -EPROTO,
 				"event channel %u is bound to device %d, which does not match the devices",
 				p, bound);
+		if (evtchn.entries[p].vcpu >= vm->vcpu_count)
+			return kapsel_fail(
+				error, error_len, -EPROTO,
+				"event channel %u is bound to vCPU %u, but the VM has %u vCPUs; the state is damaged or forged",
+				p, evtchn.entries[p].vcpu, vm->vcpu_count);
 		vm->evtchn[p].allocated = evtchn.entries[p].allocated != 0;
 		vm->evtchn[p].bound_device = bound;
+		vm->evtchn[p].vcpu = evtchn.entries[p].vcpu;
 	}
 	return 0;
 }

@@ -11,6 +11,7 @@
 #include <sys/ioctl.h>
 
 #include "core/error_text.h"
+#include "core/smp.h"
 #include "core/vm.h"
 #include "core/x86_boot.h"
 
@@ -53,7 +54,13 @@ static const struct {
 
 int vcpu_state_settle(struct kapsel_vm *vm)
 {
-	return vcpu_complete_exit(vm_boot_vcpu(vm));
+	int err = 0;
+	for (unsigned i = 0; i < vm->vcpu_count; i++)
+		if (__atomic_load_n(&vm->vcpus[i].power, __ATOMIC_SEQ_CST) == VCPU_POWER_UP) {
+			int one = vcpu_complete_exit(&vm->vcpus[i]);
+			err = err ? err : one;
+		}
+	return err;
 }
 
 /* The MSRs of saved_msrs that this KVM lists (KVM_GET_MSR_INDEX_LIST). */
@@ -82,28 +89,16 @@ static int supported_msrs(struct kapsel_vm *vm, uint32_t *indices, unsigned *cou
 	return 0;
 }
 
-/* State records carry one vCPU today (issue 13): say so instead of saving
- * or loading half a VM. */
-static int smp_refused(const struct kapsel_vm *vm, char *error, size_t error_len)
-{
-	return kapsel_fail(
-		error, error_len, -ENOTSUP,
-		"VM '%s' has %u vCPUs: save, restore, clone and migration carry one vCPU in this version; define the VM with one vCPU (--vcpus 1 or <vcpu>1</vcpu>) to save it",
-		vm->config->name, vm->vcpu_count);
-}
-
-int vcpu_state_save(struct kapsel_vm *vm, struct vm_state_writer *out, char *error,
-		    size_t error_len)
+/* One vCPU's register records. */
+static int save_registers(struct kapsel_vm *vm, struct kapsel_vcpu *vcpu,
+			  struct vm_state_writer *out, char *error, size_t error_len)
 {
 	const uint32_t M = VM_STATE_RECORD_MANDATORY;
-	struct kapsel_vcpu *vcpu = vm_boot_vcpu(vm);
 	int fd = vcpu->fd;
 	struct kvm_regs regs;
 	struct kvm_sregs sregs;
 	struct kvm_fpu fpu;
 
-	if (vm->vcpu_count > 1)
-		return smp_refused(vm, error, error_len);
 	if (vcpu->run->kvm_dirty_regs & KVM_SYNC_X86_REGS)
 		return kapsel_fail(
 			error, error_len, -EBUSY,
@@ -197,6 +192,36 @@ int vcpu_state_save(struct kapsel_vm *vm, struct vm_state_writer *out, char *err
 			  : 0;
 }
 
+int vcpu_state_save(struct kapsel_vm *vm, struct vm_state_writer *out, char *error,
+		    size_t error_len)
+{
+	int err = save_registers(vm, vm_boot_vcpu(vm), out, error, error_len);
+	/* vCPUs 1..: a group record, then the registers of one that is up. */
+	for (unsigned i = 1; i < vm->vcpu_count && !err; i++) {
+		struct kapsel_vcpu *vcpu = &vm->vcpus[i];
+		int power = __atomic_load_n(&vcpu->power, __ATOMIC_SEQ_CST);
+		struct vm_state_vcpu_group group = { .vcpu = i, .power = (uint32_t)power };
+		if (power == VCPU_POWER_STARTING) {
+			group.start_rip = vcpu->start.rip;
+			group.start_rsp = vcpu->start.rsp;
+			group.start_rdi = vcpu->start.rdi;
+			group.start_rsi = vcpu->start.rsi;
+		}
+		vm_state_put(out, VM_STATE_VCPU_GROUP, VM_STATE_RECORD_MANDATORY, &group,
+			     sizeof(group));
+		if (power == VCPU_POWER_UP) {
+			char reason[400];
+			err = save_registers(vm, vcpu, out, reason, sizeof(reason));
+			if (err)
+				return kapsel_fail(error, error_len, err, "vCPU %u: %s", i, reason);
+		}
+	}
+	if (!err && out->error)
+		err = kapsel_fail(error, error_len, out->error, "cannot write the vCPU state: %s",
+				  strerror(-out->error));
+	return err;
+}
+
 /* The record of type with exactly size bytes; NULL with a message if it is
  * missing (and required) or has another size. */
 static const void *record_of(const struct vm_state_records *state, uint32_t type, size_t size,
@@ -238,15 +263,13 @@ bool vcpu_state_msr_is_privileged_entry(uint32_t index)
 	}
 }
 
-int vcpu_state_load(struct kapsel_vm *vm, const struct vm_state_records *state, char *error,
-		    size_t error_len)
+/* Set vcpu from the register records of state (one vCPU's view). */
+static int load_registers(struct kapsel_vm *vm, struct kapsel_vcpu *vcpu,
+			  const struct vm_state_records *state, char *error, size_t error_len)
 {
-	struct kapsel_vcpu *vcpu = vm_boot_vcpu(vm);
 	int fd = vcpu->fd;
 	int err = 0;
 
-	if (vm->vcpu_count > 1)
-		return smp_refused(vm, error, error_len);
 	/* Check every record before changing anything. */
 	const struct kvm_regs *regs =
 		record_of(state, VM_STATE_VCPU_REGS, sizeof(*regs), true, &err, error, error_len);
@@ -371,7 +394,116 @@ int vcpu_state_load(struct kapsel_vm *vm, const struct vm_state_records *state, 
 	if (mp_state && ioctl(fd, KVM_SET_MP_STATE, mp_state) < 0)
 		return kapsel_fail(error, error_len, -errno, "KVM_SET_MP_STATE failed: %s",
 				   strerror(errno));
+	/* rdtscp's vCPU number is the hypervisor's, never the state's. */
+	vcpu_set_number_msr(vcpu);
 	return 0;
+}
+
+static bool is_register_record(uint32_t type)
+{
+	return type >= VM_STATE_VCPU_REGS && type <= VM_STATE_VCPU_MP_STATE;
+}
+
+void vcpu_state_split_free(struct vcpu_state_split *split)
+{
+	for (unsigned i = 0; i < KAPSEL_MAX_VCPUS; i++)
+		free(split->views[i].records);
+	memset(split, 0, sizeof(*split));
+}
+
+int vcpu_state_split(const struct vm_state_records *state, unsigned vcpu_count,
+		     struct vcpu_state_split *split, char *error, size_t error_len)
+{
+	memset(split, 0, sizeof(*split));
+	for (unsigned i = 0; i < KAPSEL_MAX_VCPUS; i++) {
+		split->views[i].records = calloc(state->count ? state->count : 1,
+						 sizeof(struct vm_state_stored_record));
+		if (!split->views[i].records) {
+			vcpu_state_split_free(split);
+			return kapsel_fail(error, error_len, -ENOMEM, "out of memory");
+		}
+	}
+	unsigned current = 0;
+	for (size_t i = 0; i < state->count; i++) {
+		const struct vm_state_stored_record *rec = &state->records[i];
+		if (rec->type == VM_STATE_VCPU_GROUP) {
+			struct vm_state_vcpu_group group;
+			if (rec->length_bytes != sizeof(group)) {
+				vcpu_state_split_free(split);
+				return kapsel_fail(error, error_len, -EPROTO,
+						   "a vCPU group record is %llu bytes, expected %zu",
+						   (unsigned long long)rec->length_bytes,
+						   sizeof(group));
+			}
+			memcpy(&group, rec->payload, sizeof(group));
+			const char *wrong = NULL;
+			if (group.vcpu == 0 || group.vcpu >= vcpu_count)
+				wrong = "is not one of the VM's vCPUs 1 and up";
+			else if (split->present[group.vcpu])
+				wrong = "was saved twice";
+			else if (group.power > VCPU_POWER_UP)
+				wrong = "has an unknown power state";
+			if (wrong) {
+				vcpu_state_split_free(split);
+				return kapsel_fail(
+					error, error_len, -EPROTO,
+					"the saved state's vCPU %u (power %u) %s; the VM has %u vCPUs; the state is damaged or forged",
+					group.vcpu, group.power, wrong, vcpu_count);
+			}
+			split->present[group.vcpu] = true;
+			split->groups[group.vcpu] = group;
+			current = group.vcpu;
+			continue;
+		}
+		/* Another kind of record ends a group: it is the VM's. */
+		if (!is_register_record(rec->type))
+			current = 0;
+		struct vm_state_records *view = &split->views[current];
+		view->records[view->count++] = *rec; /* shared payload, not owned */
+	}
+	return 0;
+}
+
+int vcpu_state_load(struct kapsel_vm *vm, const struct vm_state_records *state, char *error,
+		    size_t error_len)
+{
+	struct vcpu_state_split split;
+	int err = vcpu_state_split(state, vm->vcpu_count, &split, error, error_len);
+	if (err)
+		return err;
+	/* A vCPU that starts must start inside guest RAM, as VCPU_UP checks. */
+	for (unsigned i = 1; i < vm->vcpu_count && !err; i++)
+		if (split.present[i] && split.groups[i].power == VCPU_POWER_STARTING &&
+		    smp_check_start(&vm->mem, split.groups[i].start_rip,
+				    split.groups[i].start_rsp) < 0)
+			err = kapsel_fail(
+				error, error_len, -EPROTO,
+				"the saved vCPU %u starts at %#llx with stack %#llx, outside this VM's guest RAM; the state is damaged or forged",
+				i, (unsigned long long)split.groups[i].start_rip,
+				(unsigned long long)split.groups[i].start_rsp);
+	if (!err)
+		err = load_registers(vm, vm_boot_vcpu(vm), &split.views[0], error, error_len);
+	for (unsigned i = 1; i < vm->vcpu_count && !err; i++) {
+		struct kapsel_vcpu *vcpu = &vm->vcpus[i];
+		const struct vm_state_vcpu_group *group = &split.groups[i];
+		int power = split.present[i] ? (int)group->power : VCPU_POWER_DOWN;
+		if (power == VCPU_POWER_UP) {
+			char reason[400];
+			err = load_registers(vm, vcpu, &split.views[i], reason, sizeof(reason));
+			if (err) {
+				err = kapsel_fail(error, error_len, err, "vCPU %u: %s", i, reason);
+				break;
+			}
+		} else if (power == VCPU_POWER_STARTING) {
+			vcpu->start = (struct x86_entry){ .rip = group->start_rip,
+							  .rsp = group->start_rsp,
+							  .rdi = group->start_rdi,
+							  .rsi = i };
+		}
+		__atomic_store_n(&vcpu->power, power, __ATOMIC_SEQ_CST);
+	}
+	vcpu_state_split_free(&split);
+	return err;
 }
 
 /* ---- inspect ------------------------------------------------------------------ */
@@ -391,7 +523,7 @@ static void print_segment(FILE *out, const char *name, const struct kvm_segment 
 		s->l ? " long" : "", s->present ? "" : " not-present");
 }
 
-void vcpu_state_print(const struct vm_state_records *state, FILE *out)
+static void print_registers(const struct vm_state_records *state, FILE *out)
 {
 	int err = 0;
 	const struct kvm_regs *r =
@@ -473,4 +605,27 @@ void vcpu_state_print(const struct vm_state_records *state, FILE *out)
 	if (mp)
 		fprintf(out, "  mp_state: %u%s\n", mp->mp_state,
 			mp->mp_state == KVM_MP_STATE_RUNNABLE ? " (runnable)" : "");
+}
+
+void vcpu_state_print(const struct vm_state_records *state, FILE *out)
+{
+	struct vcpu_state_split split;
+	char error[300];
+	if (vcpu_state_split(state, KAPSEL_MAX_VCPUS, &split, error, sizeof(error)) < 0) {
+		fprintf(out, "  vcpus: unreadable: %s\n", error);
+		return;
+	}
+	print_registers(&split.views[0], out);
+	for (unsigned i = 1; i < KAPSEL_MAX_VCPUS; i++) {
+		if (!split.present[i])
+			continue;
+		const struct vm_state_vcpu_group *group = &split.groups[i];
+		fprintf(out, "vcpu %u: %s", i, vcpu_power_name((int)group->power));
+		if (group->power == VCPU_POWER_STARTING)
+			fprintf(out, " at %#llx, stack %#llx", (unsigned long long)group->start_rip,
+				(unsigned long long)group->start_rsp);
+		fputc('\n', out);
+		print_registers(&split.views[i], out);
+	}
+	vcpu_state_split_free(&split);
 }

@@ -662,6 +662,8 @@ const char *vm_state_record_name(uint32_t type)
 		return "vcpu.mp_state";
 	case VM_STATE_VCPU_PV_CPU:
 		return "vcpu.pv_cpu";
+	case VM_STATE_VCPU_GROUP:
+		return "vcpu.group";
 	case VM_STATE_VCPU_PV_MMU:
 		return "vcpu.pv_mmu";
 	case VM_STATE_PV_MMU_MAPPINGS:

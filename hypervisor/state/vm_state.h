@@ -109,6 +109,11 @@ enum vm_state_record_type {
 	 * for guests that use the PV MMU. */
 	VM_STATE_VCPU_PV_MMU = 0x020a,
 	VM_STATE_PV_MMU_MAPPINGS = 0x020b,
+	/* struct vm_state_vcpu_group: vCPU 1.. of an SMP VM.  The register
+	 * records (0x0200-0x0208) right after it, up to the next record of
+	 * another type, are that vCPU's; those before any group are vCPU 0's.
+	 * Mandatory: a Kapsel without SMP cannot load the state. */
+	VM_STATE_VCPU_GROUP = 0x020c,
 
 	VM_STATE_MEMORY_PAGES = 0x0300, /* struct vm_state_memory_pages + data */
 	VM_STATE_MEMORY_ZERO = 0x0301,	/* struct vm_state_memory_pages, no data */
@@ -174,9 +179,19 @@ _Static_assert(sizeof(struct vm_state_vm_info) == 168, "vm info layout");
 /* One event channel: allocated, the device it is bound to (or -1). */
 struct vm_state_evtchn_entry {
 	uint8_t allocated;
-	uint8_t _pad;
+	uint8_t vcpu; /* the vCPU it is bound to (SMP; 0 before) */
 	int16_t bound_device;
 };
+
+/* Payload of VM_STATE_VCPU_GROUP (little-endian, fixed layout). */
+struct vm_state_vcpu_group {
+	uint32_t vcpu;	/* 1 .. vcpu_count - 1 */
+	uint32_t power; /* enum vcpu_power: 0 down, 1 starting, 2 up */
+	/* STARTING: where VCPU_UP asked it to start (it has no registers yet). */
+	uint64_t start_rip, start_rsp, start_rdi, start_rsi;
+	uint64_t _reserved[2];
+};
+_Static_assert(sizeof(struct vm_state_vcpu_group) == 56, "vcpu group layout");
 struct vm_state_evtchn {
 	uint32_t count; /* KAPSEL_EVTCHN_COUNT */
 	uint32_t _pad;

@@ -299,6 +299,57 @@ static void test_state_forged(void)
 	guest_memory_destroy(&vm.mem);
 }
 
+/* SMP: each record goes to the vCPU it names; a vCPU the VM does not have,
+ * or two records for one vCPU, are refused. */
+static void test_state_several_vcpus(void)
+{
+	setup_vm();
+	vm.vcpu_count = 2;
+	vm.vcpus[1] = (struct kapsel_vcpu){ .vm = &vm, .id = 1, .fd = -1, .power = VCPU_POWER_UP };
+	struct vm_state_pv_cpu recs[2] = { valid_record(), valid_record() };
+	recs[1].vcpu = 1;
+	recs[1].traps[14].entry = 0x100020;
+	recs[1].virq_port[KAPSEL_VIRQ_TIMER] = UINT32_MAX;
+	recs[1].timer_deadline_ns = KAPSEL_TIMER_STOP;
+	struct vm_state_stored_record stored[2];
+	for (unsigned i = 0; i < 2; i++)
+		stored[i] = (struct vm_state_stored_record){ .type = VM_STATE_VCPU_PV_CPU,
+							     .flags = VM_STATE_RECORD_MANDATORY,
+							     .length_bytes = sizeof(recs[i]),
+							     .payload = (uint8_t *)&recs[i] };
+	struct vm_state_records state = { .records = stored, .count = 2, .capacity = 2 };
+	char error[512] = "";
+	CU_ASSERT_EQUAL(pv_cpu_load(&vm, &state, error, sizeof(error)), 0);
+	CU_ASSERT_EQUAL(vm.vcpus[0].pv_cpu.traps[14].entry, 0x100000);
+	CU_ASSERT_EQUAL(vm.vcpus[1].pv_cpu.traps[14].entry, 0x100020);
+	CU_ASSERT_EQUAL(vm.vcpus[1].pv_cpu.timer_deadline_ns, KAPSEL_TIMER_STOP);
+	CU_ASSERT(vm.vcpus[0].pv_cpu.timer_restored);
+	CU_ASSERT(!vm.vcpus[1].pv_cpu.timer_restored);
+
+	/* Saved again: one record per vCPU, each with its number. */
+	struct vm_state_writer w;
+	vm_state_writer_init_buffer(&w);
+	pv_cpu_save(&vm, &w);
+	CU_ASSERT_EQUAL(w.record_count, 2);
+	vm_state_writer_free(&w);
+	/* A down vCPU has no PV CPU state to save. */
+	vm.vcpus[1].power = VCPU_POWER_DOWN;
+	vm_state_writer_init_buffer(&w);
+	pv_cpu_save(&vm, &w);
+	CU_ASSERT_EQUAL(w.record_count, 1);
+	vm_state_writer_free(&w);
+
+	recs[1].vcpu = 0; /* two records for vCPU 0 */
+	CU_ASSERT_EQUAL(pv_cpu_load(&vm, &state, error, sizeof(error)), -EPROTO);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "two records"));
+	recs[1].vcpu = 2; /* the VM has 2 vCPUs: 0 and 1 */
+	CU_ASSERT_EQUAL(pv_cpu_load(&vm, &state, error, sizeof(error)), -EPROTO);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "vCPU 2"));
+	/* Nothing changed by the refused loads. */
+	CU_ASSERT_EQUAL(vm.vcpus[1].pv_cpu.traps[14].entry, 0x100020);
+	guest_memory_destroy(&vm.mem);
+}
+
 int main(void)
 {
 	static const struct unit_test tests[] = {
@@ -310,6 +361,7 @@ int main(void)
 		{ "periodic timer arithmetic", test_timer_next },
 		{ "state record: save and load", test_state_round_trip },
 		{ "state record: forged records are refused", test_state_forged },
+		{ "state records of several vCPUs", test_state_several_vcpus },
 	};
 	return unit_run("pv_cpu", tests, sizeof(tests) / sizeof(tests[0]));
 }
