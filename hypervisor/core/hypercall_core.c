@@ -10,6 +10,7 @@
 #include "core/hypercall.h"
 #include "core/pv_mmu.h"
 #include "core/log.h"
+#include "core/smp.h"
 #include "core/vm.h"
 
 /* One console write moves at most this much; the guest loops for more. */
@@ -103,17 +104,6 @@ static int64_t hc_time_info(struct kapsel_vcpu *vcpu, const uint64_t args[])
 	return 0;
 }
 
-static bool unmasked_event_pending(struct kapsel_vm *vm)
-{
-	for (unsigned w = 0; w < KAPSEL_EVTCHN_COUNT / 64; w++) {
-		uint64_t pending = __atomic_load_n(&vm->events->pending[w], __ATOMIC_SEQ_CST);
-		uint64_t mask = __atomic_load_n(&vm->events->mask[w], __ATOMIC_RELAXED);
-		if (pending & ~mask)
-			return true;
-	}
-	return false;
-}
-
 static int64_t hc_block(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
 	struct kapsel_vm *vm = vcpu->vm;
@@ -121,7 +111,7 @@ static int64_t hc_block(struct kapsel_vcpu *vcpu, const uint64_t args[])
 	pv_cpu_block_enter(vcpu); /* minor 3: sti; hlt for a vCPU with a callback */
 	for (;;) {
 		pv_cpu_poll_timers(vcpu);
-		if (unmasked_event_pending(vm))
+		if (vm_evtchn_pending_for(vm, vcpu->id))
 			return 1;
 		uint64_t now = vm_clock_ns(vm);
 		/* A stop, pause or stats request ends the sleep early (0: the
@@ -129,13 +119,14 @@ static int64_t hc_block(struct kapsel_vcpu *vcpu, const uint64_t args[])
 		 * the run loop writes the stats before re-entering the guest). */
 		if (now >= deadline_ns || __atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST) ||
 		    __atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST) ||
-		    __atomic_load_n(&vm->stats_requested, __ATOMIC_SEQ_CST))
+		    vm->state == VM_STATE_STOPPED ||
+		    (vcpu->id == 0 && __atomic_load_n(&vm->stats_requested, __ATOMIC_SEQ_CST)))
 			return 0;
 		__atomic_store_n(&vcpu->blocked, 1, __ATOMIC_SEQ_CST);
 		/* Re-check after announcing we sleep: a notifier that missed the
 		 * flag set its pending bit before our load here (see
 		 * vm_evtchn_notify). */
-		if (unmasked_event_pending(vm)) {
+		if (vm_evtchn_pending_for(vm, vcpu->id)) {
 			__atomic_store_n(&vcpu->blocked, 0, __ATOMIC_SEQ_CST);
 			return 1;
 		}
@@ -146,12 +137,15 @@ static int64_t hc_block(struct kapsel_vcpu *vcpu, const uint64_t args[])
 		};
 		if (wait_ns > 3600ull * 1000000000ull)
 			timeout = (struct timespec){ .tv_sec = 3600 };
-		struct pollfd pfd = { .fd = vm->wake_fd, .events = POLLIN };
+		/* Other vCPUs handle their exits while this one sleeps. */
+		pthread_mutex_unlock(&vm->lock);
+		struct pollfd pfd = { .fd = vcpu->wake_fd, .events = POLLIN };
 		ppoll(&pfd, 1, &timeout, NULL);
 		__atomic_store_n(&vcpu->blocked, 0, __ATOMIC_SEQ_CST);
 		uint64_t drained;
-		ssize_t n = read(vm->wake_fd, &drained, sizeof(drained));
+		ssize_t n = read(vcpu->wake_fd, &drained, sizeof(drained));
 		(void)n;
+		pthread_mutex_lock(&vm->lock);
 	}
 }
 
@@ -175,6 +169,7 @@ static int64_t hc_evtchn_alloc(struct kapsel_vcpu *vcpu, const uint64_t args[])
 		if (!vm->evtchn[port].allocated) {
 			vm->evtchn[port].allocated = true;
 			vm->evtchn[port].bound_device = -1;
+			__atomic_store_n(&vm->evtchn[port].vcpu, 0, __ATOMIC_RELAXED);
 			/* A new channel starts neither pending nor masked,
 			 * whatever its previous owner left behind. */
 			__atomic_fetch_and(&vm->events->pending[port / 64], ~(1ull << (port % 64)),
@@ -243,7 +238,7 @@ static int64_t hc_evtchn_mask(struct kapsel_vcpu *vcpu, const uint64_t args[])
 	/* Unmasking a pending channel delivers it (upcall or BLOCK wake-up). */
 	if (!args[1] && (old & bit) &&
 	    (__atomic_load_n(&vm->events->pending[port / 64], __ATOMIC_SEQ_CST) & bit))
-		pv_cpu_event_raised(vm);
+		vm_evtchn_deliver(vm, (uint32_t)port);
 	return (old & bit) ? 1 : 0;
 }
 
@@ -256,7 +251,7 @@ static int64_t hc_evtchn_close(struct kapsel_vcpu *vcpu, const uint64_t args[])
 	int index = vm->evtchn[port].bound_device;
 	if (index >= 0)
 		__atomic_store_n(&vm->devices[index]->evtchn_port, UINT32_MAX, __ATOMIC_RELEASE);
-	vm->evtchn[port] = (struct vm_evtchn){ .allocated = false, .bound_device = -1 };
+	vm->evtchn[port] = (struct vm_evtchn){ .allocated = false, .bound_device = -1, .vcpu = 0 };
 	return 0;
 }
 
@@ -304,5 +299,8 @@ int hypercall_register_core(struct hypercall_table *table)
 		err = pv_cpu_register_hypercalls(table);
 	if (!err)
 		err = pv_mmu_register_hypercalls(table);
+	/* Minor 6: several vCPUs in smp.c. */
+	if (!err)
+		err = smp_register_hypercalls(table);
 	return err;
 }

@@ -190,9 +190,7 @@ static void timer_signal_handler(int signo, siginfo_t *info, void *context)
 	 * catches one that is about to start, wake_fd a BLOCK sleep. */
 	if (vcpu->run)
 		__atomic_store_n(&vcpu->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
-	uint64_t one = 1;
-	ssize_t n = write(vcpu->vm->wake_fd, &one, sizeof(one));
-	(void)n;
+	vcpu_wake(vcpu);
 }
 
 static int timer_create_for_vcpu(struct kapsel_vcpu *vcpu)
@@ -300,28 +298,30 @@ int pv_cpu_start(struct kapsel_vcpu *vcpu)
 
 /* ---- Lifecycle ----------------------------------------------------------- */
 
+void pv_cpu_vcpu_reset(struct kapsel_vcpu *vcpu)
+{
+	struct pv_cpu_vcpu *c = &vcpu->pv_cpu;
+	memset(c->traps, 0, sizeof(c->traps));
+	__atomic_store_n(&c->callback.entry, 0, __ATOMIC_RELEASE);
+	memset(&c->callback, 0, sizeof(c->callback));
+	c->active_vectors = 0;
+	for (unsigned v = 0; v < KAPSEL_VIRQ_COUNT; v++)
+		c->virq_port[v] = UINT32_MAX;
+	c->timer_deadline_ns = KAPSEL_TIMER_STOP;
+	c->timer_period_ns = 0;
+	if (c->timer_created)
+		timer_arm(vcpu);
+	__atomic_store_n(&c->timer_fired, 0, __ATOMIC_SEQ_CST);
+	struct kapsel_vcpu_info *info = vcpu_info(vcpu->vm, vcpu->id);
+	memset(info, 0, sizeof(*info));
+	info->upcall_mask = 1; /* interrupts off at boot */
+	info->timer_deadline_ns = KAPSEL_TIMER_STOP;
+}
+
 void pv_cpu_reset(struct kapsel_vm *vm)
 {
-	for (unsigned i = 0; i < vm->vcpu_count; i++) {
-		struct kapsel_vcpu *vcpu = &vm->vcpus[i];
-		struct pv_cpu_vcpu *c = &vcpu->pv_cpu;
-		memset(c->traps, 0, sizeof(c->traps));
-		memset(&c->callback, 0, sizeof(c->callback));
-		c->active_vectors = 0;
-		for (unsigned v = 0; v < KAPSEL_VIRQ_COUNT; v++)
-			c->virq_port[v] = UINT32_MAX;
-		c->timer_deadline_ns = KAPSEL_TIMER_STOP;
-		c->timer_period_ns = 0;
-		if (c->timer_created)
-			timer_arm(vcpu);
-		__atomic_store_n(&c->timer_fired, 0, __ATOMIC_SEQ_CST);
-	}
-	for (unsigned v = 0; v < KAPSEL_MAX_VCPUS; v++) {
-		struct kapsel_vcpu_info *info = vcpu_info(vm, v);
-		memset(info, 0, sizeof(*info));
-		info->upcall_mask = 1; /* interrupts off at boot */
-		info->timer_deadline_ns = KAPSEL_TIMER_STOP;
-	}
+	for (unsigned v = 0; v < KAPSEL_MAX_VCPUS; v++)
+		pv_cpu_vcpu_reset(&vm->vcpus[v]);
 }
 
 void pv_cpu_destroy(struct kapsel_vm *vm)
@@ -404,7 +404,7 @@ bool pv_cpu_deliver_trap(struct kapsel_vcpu *vcpu)
 
 	/* The stub's frame sits at a fixed place on the hypervisor's
 	 * exception stack; anything else is not a report we understand. */
-	if (regs->rsp != X86_GPA_EXCEPTION_STACK_TOP - sizeof(stub))
+	if (regs->rsp != x86_exception_stack_top(vcpu->id) - sizeof(stub))
 		return false;
 	const void *stack = guest_memory_translate(&vm->mem, regs->rsp, sizeof(stub));
 	if (!stack)
@@ -572,12 +572,11 @@ bool pv_cpu_deliver_upcall(struct kapsel_vcpu *vcpu)
 	return true;
 }
 
-void pv_cpu_event_raised(struct kapsel_vm *vm)
+void pv_cpu_event_raised(struct kapsel_vcpu *vcpu)
 {
-	struct kapsel_vcpu *vcpu = vm_boot_vcpu(vm);
 	if (!__atomic_load_n(&vcpu->pv_cpu.callback.entry, __ATOMIC_ACQUIRE))
 		return;
-	struct kapsel_vcpu_info *info = vcpu_info(vm, vcpu->id);
+	struct kapsel_vcpu_info *info = vcpu_info(vcpu->vm, vcpu->id);
 	/* Only the 0 -> 1 edge kicks: a flood of events costs one kick until
 	 * the guest's callback clears upcall_pending again. */
 	if (__atomic_exchange_n(&info->upcall_pending, 1, __ATOMIC_SEQ_CST))
@@ -586,7 +585,7 @@ void pv_cpu_event_raised(struct kapsel_vm *vm)
 	 * at upcall_pending after this exit anyway. */
 	if (!__atomic_load_n(&info->upcall_mask, __ATOMIC_SEQ_CST) &&
 	    !pthread_equal(pthread_self(), vcpu->thread))
-		vm_kick_vcpu(vm);
+		vcpu_kick(vcpu);
 }
 
 void pv_cpu_block_enter(struct kapsel_vcpu *vcpu)
@@ -596,15 +595,6 @@ void pv_cpu_block_enter(struct kapsel_vcpu *vcpu)
 }
 
 /* ---- Hypercalls ---------------------------------------------------------- */
-
-static bool unmasked_event_pending(const struct kapsel_vm *vm)
-{
-	for (unsigned w = 0; w < KAPSEL_EVTCHN_COUNT / 64; w++)
-		if (__atomic_load_n(&vm->events->pending[w], __ATOMIC_SEQ_CST) &
-		    ~__atomic_load_n(&vm->events->mask[w], __ATOMIC_RELAXED))
-			return true;
-	return false;
-}
 
 static int64_t register_handler(struct kapsel_vm *vm, struct pv_handler *slot,
 				const uint64_t args[])
@@ -646,7 +636,7 @@ static int64_t hc_set_callback(struct kapsel_vcpu *vcpu, const uint64_t args[])
 	__atomic_store_n(&c->callback.stack_bytes, old.stack_bytes, __ATOMIC_RELAXED);
 	__atomic_store_n(&c->callback.entry, old.entry, __ATOMIC_RELEASE);
 	/* Events that were pending before the callback existed count too. */
-	if (old.entry && unmasked_event_pending(vm))
+	if (old.entry && vm_evtchn_pending_for(vm, vcpu->id))
 		__atomic_store_n(&vcpu_info(vm, vcpu->id)->upcall_pending, 1, __ATOMIC_SEQ_CST);
 	return 0;
 }
@@ -683,6 +673,16 @@ static int64_t hc_iret(struct kapsel_vcpu *vcpu, const uint64_t args[])
 	return (int64_t)frame.rax;
 }
 
+void pv_cpu_timer_stop(struct kapsel_vcpu *vcpu)
+{
+	struct pv_cpu_vcpu *c = &vcpu->pv_cpu;
+	c->timer_deadline_ns = KAPSEL_TIMER_STOP;
+	c->timer_period_ns = 0;
+	if (c->timer_created)
+		timer_arm(vcpu);
+	__atomic_store_n(&c->timer_fired, 0, __ATOMIC_SEQ_CST);
+}
+
 static int64_t hc_timer_set(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
 	struct kapsel_vm *vm = vcpu->vm;
@@ -708,6 +708,8 @@ static int64_t hc_evtchn_bind_virq(struct kapsel_vcpu *vcpu, const uint64_t args
 	    virq >= KAPSEL_VIRQ_COUNT || args[2] != vcpu->id)
 		return -KAPSEL_EINVAL;
 	vcpu->pv_cpu.virq_port[virq] = (uint32_t)port;
+	/* The timer's events are this vCPU's (minor 6). */
+	__atomic_store_n(&vm->evtchn[port].vcpu, vcpu->id, __ATOMIC_RELAXED);
 	return 0;
 }
 
@@ -763,14 +765,20 @@ void pv_cpu_print_handlers(const struct kapsel_vcpu *vcpu, FILE *out)
 void pv_cpu_print_stats(const struct kapsel_vcpu *vcpu, FILE *out)
 {
 	const struct pv_cpu_vcpu *c = &vcpu->pv_cpu;
-	if (c->traps_delivered)
-		fprintf(out, "  traps_delivered: %" PRIu64 "\n", c->traps_delivered);
-	if (c->upcalls_delivered)
-		fprintf(out, "  upcalls_delivered: %" PRIu64 "\n", c->upcalls_delivered);
-	if (c->irets)
-		fprintf(out, "  irets: %" PRIu64 "\n", c->irets);
-	if (c->timer_fires)
-		fprintf(out, "  timer_fires: %" PRIu64 "\n", c->timer_fires);
-	if (c->timer_overruns)
-		fprintf(out, "  timer_overruns: %" PRIu64 "\n", c->timer_overruns);
+	/* vCPU 0 keeps the names of one-vCPU VMs; the others are prefixed. */
+	char prefix[16] = "";
+	if (vcpu->id)
+		snprintf(prefix, sizeof(prefix), "vcpu%u_", vcpu->id);
+	const struct {
+		const char *name;
+		uint64_t value;
+	} counters[] = {
+		{ "traps_delivered", c->traps_delivered }, { "upcalls_delivered", c->upcalls_delivered },
+		{ "irets", c->irets },			   { "timer_fires", c->timer_fires },
+		{ "timer_overruns", c->timer_overruns },
+	};
+	for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++)
+		if (counters[i].value)
+			fprintf(out, "  %s%s: %" PRIu64 "\n", prefix, counters[i].name,
+				counters[i].value);
 }

@@ -97,6 +97,12 @@ uint64_t pv_cpu_timer_next(uint64_t deadline_ns, uint64_t period_ns, uint64_t no
  * reboot); sets every vCPU's upcall mask in the event page. */
 void pv_cpu_reset(struct kapsel_vm *vm);
 
+/* The same for one vCPU (KAPSEL_HC_VCPU_UP starts it afresh). */
+void pv_cpu_vcpu_reset(struct kapsel_vcpu *vcpu);
+
+/* Disarm vcpu's timer (KAPSEL_HC_VCPU_DOWN). */
+void pv_cpu_timer_stop(struct kapsel_vcpu *vcpu);
+
 /* Release every vCPU's timer (vm_destroy). */
 void pv_cpu_destroy(struct kapsel_vm *vm);
 
@@ -132,10 +138,10 @@ bool pv_cpu_upcall_wanted(struct kapsel_vcpu *vcpu);
  */
 bool pv_cpu_deliver_upcall(struct kapsel_vcpu *vcpu);
 
-/* An unmasked event channel became pending: set upcall_pending of the
- * vCPU that takes the VM's events (the boot vCPU) and kick it if that
- * makes an upcall deliverable.  Any thread. */
-void pv_cpu_event_raised(struct kapsel_vm *vm);
+/* An unmasked event channel bound to vcpu became pending: set its
+ * upcall_pending and kick it if that makes an upcall deliverable.  Any
+ * thread. */
+void pv_cpu_event_raised(struct kapsel_vcpu *vcpu);
 
 /* BLOCK is entered: on a vCPU with a callback, clear its upcall mask
  * (the guest's idle is "sti; hlt"). */

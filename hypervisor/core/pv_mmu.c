@@ -34,7 +34,10 @@
 
 /* The switch stub's frame: [rax, rip, cs, rflags, rsp, ss]. */
 #define SWITCH_FRAME_WORDS 6u
-#define SWITCH_FRAME_GPA (X86_GPA_EXCEPTION_STACK_TOP - SWITCH_FRAME_WORDS * 8u)
+static uint64_t switch_frame_gpa(const struct kapsel_vcpu *vcpu)
+{
+	return x86_exception_stack_top(vcpu->id) - SWITCH_FRAME_WORDS * 8u;
+}
 
 /* ---- Pool ---------------------------------------------------------------- */
 
@@ -397,7 +400,7 @@ bool pv_mmu_finish(struct kapsel_vcpu *vcpu)
 	/* The context to resume, as an iretq frame for the switch stub. */
 	struct kvm_regs *regs = &run->s.regs.regs;
 	uint64_t *frame =
-		guest_memory_translate(&vm->mem, SWITCH_FRAME_GPA, SWITCH_FRAME_WORDS * 8u);
+		guest_memory_translate(&vm->mem, switch_frame_gpa(vcpu), SWITCH_FRAME_WORDS * 8u);
 	frame[0] = regs->rax;
 	frame[1] = regs->rip;
 	frame[2] = X86_SEL_USER_CS;
@@ -406,12 +409,12 @@ bool pv_mmu_finish(struct kapsel_vcpu *vcpu)
 	frame[5] = X86_SEL_USER_DS;
 	regs->rax = pv_mmu_cr3(m);
 	regs->rip = X86_GPA_SWITCH_STUB;
-	regs->rsp = SWITCH_FRAME_GPA;
+	regs->rsp = switch_frame_gpa(vcpu);
 	regs->rflags = 0x2;
 	run->kvm_dirty_regs |= KVM_SYNC_X86_REGS;
 
 	x86_boot_kernel_segments(&sregs);
-	x86_boot_select_tss(&sregs, m->user_mode);
+	x86_boot_select_tss(&sregs, m->user_mode, vcpu->id);
 	sregs.efer |= EFER_NXE;
 	if (m->syscall_entry)
 		sregs.efer |= EFER_SCE;
@@ -487,7 +490,7 @@ bool pv_mmu_handle_hlt(struct kapsel_vcpu *vcpu)
 		.rsp = regs->rsp,
 		.ss = X86_SEL_USER_DS,
 	};
-	uint64_t fault_gpa = X86_GPA_EXCEPTION_STACK_TOP - sizeof(fault);
+	uint64_t fault_gpa = x86_exception_stack_top(vcpu->id) - sizeof(fault);
 	memcpy(guest_memory_translate(&vm->mem, fault_gpa, sizeof(fault)), &fault, sizeof(fault));
 	regs->rsp = fault_gpa;
 	vcpu->run->kvm_dirty_regs |= KVM_SYNC_X86_REGS;
@@ -497,6 +500,17 @@ bool pv_mmu_handle_hlt(struct kapsel_vcpu *vcpu)
 }
 
 /* ---- Hypercalls ---------------------------------------------------------- */
+
+/*
+ * ABI 1.6: user mode needs the mode, current space and kernel stack per
+ * vCPU, and an update of a space another vCPU runs needs that vCPU's TLB
+ * flushed before the call returns; until the PV MMU has both, a VM with
+ * more than one vCPU cannot enter user mode (docs/abi.md section 19).
+ */
+static bool smp_refused(const struct kapsel_vcpu *vcpu)
+{
+	return vcpu->vm->vcpu_count > 1;
+}
 
 static int64_t hc_as_create(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
@@ -549,6 +563,8 @@ static int64_t hc_as_switch(struct kapsel_vcpu *vcpu, const uint64_t args[])
 	struct kapsel_vm *vm = vcpu->vm;
 	struct pv_mmu *m = &vm->pv_mmu;
 	uint64_t as = args[0];
+	if (smp_refused(vcpu))
+		return -KAPSEL_ENOSYS;
 	if (as >= KAPSEL_AS_MAX)
 		return -KAPSEL_EINVAL;
 	if (as && !m->spaces[as].used)
@@ -580,6 +596,8 @@ static int64_t hc_set_syscall(struct kapsel_vcpu *vcpu, const uint64_t args[])
 	struct kapsel_vm *vm = vcpu->vm;
 	struct pv_mmu *m = &vm->pv_mmu;
 	uint64_t entry = args[0];
+	if (smp_refused(vcpu))
+		return -KAPSEL_ENOSYS;
 	if (entry && !guest_memory_translate_guest(&vm->mem, entry, 1))
 		return -KAPSEL_EFAULT;
 	if (entry && pv_mmu_set_syscall_msrs(vcpu))
@@ -592,6 +610,8 @@ static int64_t hc_set_syscall(struct kapsel_vcpu *vcpu, const uint64_t args[])
 static int64_t hc_kernel_stack(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
 	struct kapsel_vm *vm = vcpu->vm;
+	if (smp_refused(vcpu))
+		return -KAPSEL_ENOSYS;
 	int err = pv_cpu_check_stack(&vm->mem, args[0], args[1]);
 	if (err)
 		return err;

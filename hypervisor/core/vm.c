@@ -19,6 +19,7 @@
 #include "core/crash_report.h"
 #include "devices/devices.h"
 #include "core/log.h"
+#include "core/sandbox.h"
 #include "core/x86_boot.h"
 
 #define KVM_API_VERSION_REQUIRED 12
@@ -183,6 +184,7 @@ static void fill_start_info(struct kapsel_vm *vm)
 	si->event_page_gpa = KAPSEL_GPA_EVENT_PAGE;
 	si->generation = vm->generation;
 	si->boot_ns = vm_clock_ns(vm);
+	si->vcpu_count = vm->vcpu_count;
 
 	struct kapsel_memmap_entry *m = si->memmap;
 	m[0] = (struct kapsel_memmap_entry){ 0, KAPSEL_GPA_START_INFO, KAPSEL_MEMMAP_RESERVED, 0 };
@@ -292,6 +294,32 @@ void vm_add_trapped_doorbell(struct kapsel_vm *vm, struct kapsel_device *dev)
 	vm->start_info->devices[dev->desc.index] = dev->desc;
 }
 
+bool vm_evtchn_pending_for(const struct kapsel_vm *vm, unsigned vcpu)
+{
+	for (unsigned w = 0; w < KAPSEL_EVTCHN_COUNT / 64; w++) {
+		uint64_t ready = __atomic_load_n(&vm->events->pending[w], __ATOMIC_SEQ_CST) &
+				 ~__atomic_load_n(&vm->events->mask[w], __ATOMIC_RELAXED);
+		while (ready) {
+			unsigned port = w * 64 + (unsigned)__builtin_ctzll(ready);
+			ready &= ready - 1;
+			if (__atomic_load_n(&vm->evtchn[port].vcpu, __ATOMIC_RELAXED) == vcpu)
+				return true;
+		}
+	}
+	return false;
+}
+
+void vm_evtchn_deliver(struct kapsel_vm *vm, uint32_t port)
+{
+	unsigned target = __atomic_load_n(&vm->evtchn[port].vcpu, __ATOMIC_RELAXED);
+	if (target >= vm->vcpu_count)
+		target = 0;
+	struct kapsel_vcpu *vcpu = &vm->vcpus[target];
+	pv_cpu_event_raised(vcpu); /* an upcall, if the guest registered a callback */
+	if (__atomic_load_n(&vcpu->blocked, __ATOMIC_SEQ_CST))
+		vcpu_wake(vcpu);
+}
+
 void vm_evtchn_notify(struct kapsel_vm *vm, uint32_t port)
 {
 	if (port >= KAPSEL_EVTCHN_COUNT)
@@ -302,27 +330,32 @@ void vm_evtchn_notify(struct kapsel_vm *vm, uint32_t port)
 	 * KAPSEL_HC_BLOCK: one of the two sides always sees the other. */
 	if (__atomic_load_n(&vm->events->mask[port / 64], __ATOMIC_RELAXED) & bit)
 		return;
-	pv_cpu_event_raised(vm); /* an upcall, if the guest registered a callback */
-	if (__atomic_load_n(&vm_boot_vcpu(vm)->blocked, __ATOMIC_SEQ_CST)) {
-		uint64_t one = 1;
-		ssize_t n = write(vm->wake_fd, &one, sizeof(one));
-		(void)n; /* an eventfd at its maximum is already signalled */
-	}
+	vm_evtchn_deliver(vm, port);
 }
 
 static void kick_signal_handler(int signo)
 {
 	(void)signo;
 }
+static void set_vcpu_number_msr(struct kapsel_vcpu *vcpu);
+static int start_vcpu_threads(struct kapsel_vm *vm);
+static void stop_vcpu_threads(struct kapsel_vm *vm);
 static void vm_write_stats_file(struct kapsel_vm *vm);
+
+void vcpu_wake(struct kapsel_vcpu *vcpu)
+{
+	if (vcpu->wake_fd < 0)
+		return;
+	uint64_t one = 1;
+	ssize_t n = write(vcpu->wake_fd, &one, sizeof(one));
+	(void)n; /* an eventfd at its maximum is already signalled */
+}
 
 void vm_request_stats(struct kapsel_vm *vm)
 {
 	__atomic_store_n(&vm->stats_requested, 1, __ATOMIC_SEQ_CST);
 	/* Wakes a BLOCK sleep, which returns so the run loop writes them. */
-	uint64_t one = 1;
-	ssize_t n = write(vm->wake_fd, &one, sizeof(one));
-	(void)n;
+	vcpu_wake(vm_boot_vcpu(vm));
 }
 
 void vm_request_stop(struct kapsel_vm *vm)
@@ -330,22 +363,30 @@ void vm_request_stop(struct kapsel_vm *vm)
 	vm_request_stop_for(vm, VM_STOP_REQUESTED);
 }
 
-/* Make every vCPU look at its state again: immediate_exit catches a
- * KVM_RUN about to start, wake_fd a BLOCK sleep and, with signal_threads,
- * SIGUSR2 a KVM_RUN in progress on another thread.  Async-signal-safe. */
+/* Make vcpu look at its state again: immediate_exit catches a KVM_RUN
+ * about to start, wake_fd a BLOCK sleep, a pause or a down vCPU's wait
+ * and, with signal_thread, SIGUSR2 a KVM_RUN in progress on another
+ * thread.  Async-signal-safe. */
+static void kick_one(struct kapsel_vcpu *vcpu, bool signal_thread)
+{
+	if (vcpu->run)
+		__atomic_store_n(&vcpu->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+	vcpu_wake(vcpu);
+	if (signal_thread && (vcpu->id == 0 || vcpu->thread_created) &&
+	    !pthread_equal(pthread_self(), vcpu->thread))
+		pthread_kill(vcpu->thread, SIGUSR2);
+}
+
 static void kick_vcpus(struct kapsel_vm *vm, bool signal_threads)
 {
 	for (unsigned i = 0; i < vm->vcpu_count; i++)
-		if (vm->vcpus[i].run)
-			__atomic_store_n(&vm->vcpus[i].run->immediate_exit, 1, __ATOMIC_SEQ_CST);
-	uint64_t one = 1;
-	ssize_t n = write(vm->wake_fd, &one, sizeof(one));
-	(void)n;
-	if (!signal_threads)
-		return;
-	for (unsigned i = 0; i < vm->vcpu_count; i++)
-		if (!pthread_equal(pthread_self(), vm->vcpus[i].thread))
-			pthread_kill(vm->vcpus[i].thread, SIGUSR2);
+		kick_one(&vm->vcpus[i], signal_threads);
+}
+
+static bool vm_started(const struct kapsel_vm *vm)
+{
+	enum vm_run_state state = __atomic_load_n(&vm->state, __ATOMIC_SEQ_CST);
+	return state != VM_STATE_CREATED && state != VM_STATE_STOPPED;
 }
 
 void vm_request_stop_for(struct kapsel_vm *vm, enum vm_stop_reason reason)
@@ -365,11 +406,16 @@ static bool on_vcpu_thread(const struct kapsel_vm *vm)
 	return false;
 }
 
-/* Kick the vCPU out of KVM_RUN or out of a BLOCK sleep (not signal-safe:
+/* Kick every vCPU out of KVM_RUN or out of a BLOCK sleep (not signal-safe:
  * callers hold pause_lock or run on a normal thread). */
 void vm_kick_vcpu(struct kapsel_vm *vm)
 {
-	kick_vcpus(vm, vm->state != VM_STATE_CREATED && vm->state != VM_STATE_STOPPED);
+	kick_vcpus(vm, vm_started(vm));
+}
+
+void vcpu_kick(struct kapsel_vcpu *vcpu)
+{
+	kick_one(vcpu, vm_started(vcpu->vm));
 }
 
 const char *vm_state_name(const struct kapsel_vm *vm)
@@ -386,16 +432,51 @@ const char *vm_state_name(const struct kapsel_vm *vm)
 	}
 }
 
-static void set_state(struct kapsel_vm *vm, enum vm_run_state state)
+/* Change state; pause_lock held.  Accounts paused time, wakes waiters. */
+static void set_state_locked(struct kapsel_vm *vm, enum vm_run_state state)
 {
-	pthread_mutex_lock(&vm->pause_lock);
 	if (state == VM_STATE_PAUSED)
 		vm->paused_since_ns = vm_clock_ns(vm);
 	else if (vm->state == VM_STATE_PAUSED)
 		vm->paused_total_ns += vm_clock_ns(vm) - vm->paused_since_ns;
 	__atomic_store_n(&vm->state, state, __ATOMIC_SEQ_CST);
 	pthread_cond_broadcast(&vm->pause_cond);
+}
+
+static void set_state(struct kapsel_vm *vm, enum vm_run_state state)
+{
+	pthread_mutex_lock(&vm->pause_lock);
+	set_state_locked(vm, state);
 	pthread_mutex_unlock(&vm->pause_lock);
+}
+
+/* A vCPU stops running (parks, goes down or the VM stops); pause_lock
+ * held.  The last one to stop under a pause request pauses the VM. */
+static void vcpu_stop_running_locked(struct kapsel_vm *vm)
+{
+	vm->vcpus_running--;
+	if (vm->vcpus_running == 0 && vm->state == VM_STATE_RUNNING &&
+	    __atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST))
+		set_state_locked(vm, VM_STATE_PAUSED);
+	pthread_cond_broadcast(&vm->pause_cond);
+}
+
+/* A vCPU runs again; pause_lock held.  The first one ends a pause. */
+static void vcpu_start_running_locked(struct kapsel_vm *vm)
+{
+	vm->vcpus_running++;
+	if (vm->state == VM_STATE_PAUSED)
+		set_state_locked(vm, VM_STATE_RUNNING);
+}
+
+/* Sleep on vcpu's wake_fd until something writes it. */
+static void vcpu_sleep(struct kapsel_vcpu *vcpu)
+{
+	struct pollfd pfd = { .fd = vcpu->wake_fd, .events = POLLIN };
+	poll(&pfd, 1, -1);
+	uint64_t drained;
+	ssize_t n = read(vcpu->wake_fd, &drained, sizeof(drained));
+	(void)n;
 }
 
 int vm_pause(struct kapsel_vm *vm)
@@ -411,7 +492,10 @@ int vm_pause(struct kapsel_vm *vm)
 	int already = __atomic_exchange_n(&vm->pause_requested, 1, __ATOMIC_SEQ_CST);
 	if (!already)
 		vm_kick_vcpu(vm);
-	/* The vCPU broadcasts when it parks (PAUSED) or leaves vm_run. */
+	/* No vCPU in its run loop (between a reboot's steps): paused now. */
+	if (vm->vcpus_running == 0 && vm->state == VM_STATE_RUNNING)
+		set_state_locked(vm, VM_STATE_PAUSED);
+	/* The last vCPU to park broadcasts PAUSED (or the VM leaves vm_run). */
 	while (vm->state == VM_STATE_RUNNING)
 		pthread_cond_wait(&vm->pause_cond, &vm->pause_lock);
 	int err = vm->state == VM_STATE_PAUSED ? (already ? -EALREADY : 0) : -ESRCH;
@@ -428,10 +512,9 @@ int vm_resume(struct kapsel_vm *vm)
 	else if (!__atomic_exchange_n(&vm->pause_requested, 0, __ATOMIC_SEQ_CST))
 		err = -EALREADY;
 	else {
-		uint64_t one = 1;
-		ssize_t n = write(vm->wake_fd, &one, sizeof(one));
-		(void)n;
-		/* Return once the vCPU has left its parking place, so that a
+		for (unsigned i = 0; i < vm->vcpu_count; i++)
+			vcpu_wake(&vm->vcpus[i]);
+		/* Return once a vCPU has left its parking place, so that a
 		 * state read right after says "running".  A new pause request
 		 * meanwhile keeps it parked, which is what that caller wants. */
 		while (vm->state == VM_STATE_PAUSED &&
@@ -446,23 +529,26 @@ int vm_resume(struct kapsel_vm *vm)
  * Park the vCPU while a pause is requested.  Called after KVM_RUN returned
  * EINTR with immediate_exit set: KVM has then completed the last exit's
  * I/O, applied dirty sync registers and stored them back, so the vCPU state
- * is settled.  The wait is on wake_fd rather than a condition variable so
- * that vm_request_stop stays async-signal-safe (it writes wake_fd).
+ * is settled.  The VM lock is released meanwhile.  The wait is on wake_fd
+ * rather than a condition variable so that vm_request_stop stays
+ * async-signal-safe (it writes wake_fd).
  */
-static void vm_park(struct kapsel_vm *vm)
+static void vm_park(struct kapsel_vcpu *vcpu)
 {
-	set_state(vm, VM_STATE_PAUSED);
-	kapsel_debug("vCPU paused");
+	struct kapsel_vm *vm = vcpu->vm;
+	pthread_mutex_unlock(&vm->lock);
+	pthread_mutex_lock(&vm->pause_lock);
+	vcpu_stop_running_locked(vm);
+	pthread_mutex_unlock(&vm->pause_lock);
+	kapsel_debug("vCPU %u paused", vcpu->id);
 	while (__atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST) &&
-	       !__atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST)) {
-		struct pollfd pfd = { .fd = vm->wake_fd, .events = POLLIN };
-		poll(&pfd, 1, -1);
-		uint64_t drained;
-		ssize_t n = read(vm->wake_fd, &drained, sizeof(drained));
-		(void)n;
-	}
-	set_state(vm, VM_STATE_RUNNING);
-	kapsel_debug("vCPU resumed");
+	       !__atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST))
+		vcpu_sleep(vcpu);
+	pthread_mutex_lock(&vm->pause_lock);
+	vcpu_start_running_locked(vm);
+	pthread_mutex_unlock(&vm->pause_lock);
+	kapsel_debug("vCPU %u resumed", vcpu->id);
+	pthread_mutex_lock(&vm->lock);
 }
 
 int vm_rebuild_hypervisor_pages(struct kapsel_vm *vm)
@@ -495,7 +581,7 @@ static int boot_guest(struct kapsel_vm *vm)
 	fill_start_info(vm);
 	open_ports(vm, KAPSEL_PORT_HYPERCALL, 4); /* outl: four bytes */
 	for (unsigned i = 0; i < KAPSEL_EVTCHN_COUNT; i++)
-		vm->evtchn[i] = (struct vm_evtchn){ .allocated = false, .bound_device = -1 };
+		vm->evtchn[i] = (struct vm_evtchn){ .allocated = false, .bound_device = -1, .vcpu = 0 };
 	/* Reserved: EVTCHN_ALLOC skips it, EVTCHN_MASK accepts it. */
 	vm->evtchn[KAPSEL_EVTCHN_CONTROL].allocated = true;
 	pv_cpu_reset(vm);	   /* no handlers, timer off, upcalls masked */
@@ -506,7 +592,14 @@ static int boot_guest(struct kapsel_vm *vm)
 	struct kapsel_vcpu *boot = vm_boot_vcpu(vm);
 	if (boot->run)
 		boot->run->kvm_dirty_regs = 0;
-	err = x86_boot_set_vcpu_state(boot->fd, vm->image.entry, KAPSEL_GPA_START_INFO);
+	/* vCPU 0 runs the entry point; the others wait for VCPU_UP. */
+	__atomic_store_n(&boot->power, VCPU_POWER_UP, __ATOMIC_SEQ_CST);
+	for (unsigned i = 1; i < vm->vcpu_count; i++)
+		__atomic_store_n(&vm->vcpus[i].power, VCPU_POWER_DOWN, __ATOMIC_SEQ_CST);
+	const struct x86_entry entry = { .rip = vm->image.entry,
+					 .rsp = KAPSEL_GPA_INITIAL_STACK,
+					 .rdi = KAPSEL_GPA_START_INFO };
+	err = x86_boot_set_vcpu_state(boot->fd, 0, &entry);
 	if (err) {
 		kapsel_error("cannot set the vCPU's boot registers: %s", strerror(-err));
 		return err;
@@ -522,10 +615,11 @@ int vm_create_without_devices(struct kapsel_vm *vm, struct vm_config *config)
 	memset(vm, 0, sizeof(*vm));
 	pthread_mutex_init(&vm->pause_lock, NULL);
 	pthread_cond_init(&vm->pause_cond, NULL);
+	pthread_mutex_init(&vm->lock, NULL);
 	vm->config = config;
-	vm->kvm_fd = vm->vm_fd = vm->wake_fd = -1;
+	vm->kvm_fd = vm->vm_fd = -1;
 	for (unsigned i = 0; i < KAPSEL_MAX_VCPUS; i++)
-		vm->vcpus[i] = (struct kapsel_vcpu){ .vm = vm, .id = i, .fd = -1 };
+		vm->vcpus[i] = (struct kapsel_vcpu){ .vm = vm, .id = i, .fd = -1, .wake_fd = -1 };
 	vm->mem.memfd = -1;
 	vm->boot_monotonic_ns = monotonic_ns();
 	vm->state = VM_STATE_CREATED;
@@ -595,20 +689,29 @@ int vm_create_without_devices(struct kapsel_vm *vm, struct vm_config *config)
 		goto fail;
 	}
 	vm->run_size = (size_t)mmap_size;
-	vm->vcpu_count = 1;
+	unsigned vcpus = config->vcpus ? config->vcpus : 1;
+	if (vcpus > KAPSEL_MAX_VCPUS) {
+		err = -EINVAL;
+		kapsel_error("VM '%s' asks for %u vCPUs; Kapsel runs 1 to %u", config->name, vcpus,
+			     KAPSEL_MAX_VCPUS);
+		goto fail;
+	}
+	vm->vcpu_count = vcpus;
 	for (unsigned i = 0; i < vm->vcpu_count; i++) {
 		err = vcpu_create(&vm->vcpus[i]);
 		if (err)
 			goto fail;
+		vm->vcpus[i].wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		if (vm->vcpus[i].wake_fd < 0) {
+			err = -errno;
+			kapsel_error("cannot create vCPU %u's wake-up eventfd: %s", i,
+				     strerror(errno));
+			goto fail;
+		}
+		set_vcpu_number_msr(&vm->vcpus[i]);
 	}
 	int khz = ioctl(vm_boot_vcpu(vm)->fd, KVM_GET_TSC_KHZ, 0);
 	vm->tsc_khz = khz > 0 ? (uint64_t)khz : 0;
-
-	vm->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (vm->wake_fd < 0) {
-		err = -errno;
-		goto fail;
-	}
 
 	vm->start_info = guest_memory_translate(&vm->mem, KAPSEL_GPA_START_INFO, 4096);
 	vm->events = guest_memory_translate(&vm->mem, KAPSEL_GPA_EVENT_PAGE, 4096);
@@ -618,6 +721,14 @@ int vm_create_without_devices(struct kapsel_vm *vm, struct vm_config *config)
 
 	err = console_open(&vm->console, config->console_output_path,
 			   config->console_output_max_bytes, config->console_input ? 0 : -1);
+	if (err)
+		goto fail;
+	/* A kick may reach a vCPU thread before vm_run: never the default
+	 * action of SIGUSR2 (the end of the process). */
+	struct sigaction sa = { .sa_handler = kick_signal_handler };
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGUSR2, &sa, NULL);
+	err = start_vcpu_threads(vm);
 	if (err)
 		goto fail;
 	return 0;
@@ -640,6 +751,8 @@ int vm_create(struct kapsel_vm *vm, struct vm_config *config)
 
 void vm_destroy(struct kapsel_vm *vm)
 {
+	/* The threads of vCPUs 1.. wait outside the guest once vm_run returned. */
+	stop_vcpu_threads(vm);
 	/* First stop the console input thread: its callback reaches into the
 	 * PV console device and the event page, both released below. */
 	console_close(&vm->console);
@@ -663,15 +776,16 @@ void vm_destroy(struct kapsel_vm *vm)
 		if (vcpu->fd >= 0)
 			close(vcpu->fd);
 		vcpu->fd = -1;
+		if (vcpu->wake_fd >= 0)
+			close(vcpu->wake_fd);
+		vcpu->wake_fd = -1;
 	}
 	vm->vcpu_count = 0;
 	if (vm->vm_fd >= 0)
 		close(vm->vm_fd);
 	if (vm->kvm_fd >= 0)
 		close(vm->kvm_fd);
-	if (vm->wake_fd >= 0)
-		close(vm->wake_fd);
-	vm->vm_fd = vm->kvm_fd = vm->wake_fd = -1;
+	vm->vm_fd = vm->kvm_fd = -1;
 	guest_memory_destroy(&vm->mem);
 	elf_image_free(&vm->image);
 	/* The devices and their threads are gone: nothing logs through it now. */
@@ -679,6 +793,7 @@ void vm_destroy(struct kapsel_vm *vm)
 	log_limit_destroy(&vm->guest_log);
 	pthread_cond_destroy(&vm->pause_cond);
 	pthread_mutex_destroy(&vm->pause_lock);
+	pthread_mutex_destroy(&vm->lock);
 }
 
 static struct kapsel_device *device_for_port(struct kapsel_vm *vm, uint16_t port)
@@ -811,7 +926,8 @@ static bool lifecycle_continue(struct kapsel_vm *vm)
 		action = vm->config->on_poweroff;
 		break;
 	}
-	if (action != VM_ACTION_RESTART || __atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST))
+	if (action != VM_ACTION_RESTART || vm->vmm_failed ||
+	    __atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST))
 		return false;
 	if (reboot_guest(vm) < 0) {
 		vm->exit_code = KAPSEL_EXIT_VMM_ERROR;
@@ -820,21 +936,27 @@ static bool lifecycle_continue(struct kapsel_vm *vm)
 	return true;
 }
 
-/* The exit loop of one vCPU, on its own thread, until the VM stops. */
+/* The VM is over for now: a stop request, or the guest shut down or crashed. */
+static bool vm_stopping(const struct kapsel_vm *vm)
+{
+	return __atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST) ||
+	       __atomic_load_n(&vm->state, __ATOMIC_SEQ_CST) == VM_STATE_STOPPED;
+}
+
+/*
+ * The exit loop of one vCPU, on its own thread, with vm->lock held (it is
+ * released around KVM_RUN).  Returns when the VM stops (a stop request,
+ * shutdown, crash, KVM failure) or, for vCPUs 1.., when it goes down.
+ */
 static void vcpu_run(struct kapsel_vcpu *vcpu)
 {
 	struct kapsel_vm *vm = vcpu->vm;
 	struct kvm_run *run = vcpu->run;
-	vcpu->thread = pthread_self();
-	vcpu->tid = (int)gettid();
 	run->kvm_valid_regs = KVM_SYNC_X86_REGS;
-	int pv_err = pv_cpu_start(vcpu);
-	if (pv_err)
-		kapsel_warn("vCPU timers unavailable: %s", strerror(-pv_err));
 	for (;;) {
 		int stop_reason = __atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST);
 		if (stop_reason) {
-			if (vm->state == VM_STATE_RUNNING) {
+			if (vcpu->id == 0 && vm->state == VM_STATE_RUNNING) {
 				vm->exit_code = KAPSEL_EXIT_VMM_ERROR;
 				if (stop_reason == VM_STOP_SAVED)
 					kapsel_debug("VM stopped after its state was saved");
@@ -846,33 +968,42 @@ static void vcpu_run(struct kapsel_vcpu *vcpu)
 			}
 			break;
 		}
-		if (__atomic_exchange_n(&vm->stats_requested, 0, __ATOMIC_SEQ_CST))
+		if (vm->state == VM_STATE_STOPPED ||
+		    __atomic_load_n(&vcpu->power, __ATOMIC_SEQ_CST) == VCPU_POWER_DOWN)
+			break;
+		if (vcpu->id == 0 && __atomic_exchange_n(&vm->stats_requested, 0, __ATOMIC_SEQ_CST))
 			vm_write_stats_file(vm);
 		/* A pause first lets KVM finish the last exit (immediate_exit
 		 * makes KVM_RUN complete pending I/O and return EINTR). */
 		if (__atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST))
 			__atomic_store_n(&run->immediate_exit, 1, __ATOMIC_SEQ_CST);
 		/* Address-space or mode change: through the switch stub. */
-		if (!pv_mmu_finish(vcpu) && !lifecycle_continue(vm))
+		if (!pv_mmu_finish(vcpu))
 			break;
-		if (ioctl(vcpu->fd, KVM_RUN, 0) < 0) {
-			if (errno == EINTR || errno == EAGAIN) {
+		pthread_mutex_unlock(&vm->lock);
+		int rc = ioctl(vcpu->fd, KVM_RUN, 0);
+		int run_errno = errno;
+		pthread_mutex_lock(&vm->lock);
+		if (rc < 0) {
+			if (run_errno == EINTR || run_errno == EAGAIN) {
 				vcpu->exits[VM_EXIT_INTR]++;
 				run->immediate_exit = 0;
 				if (__atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST) &&
 				    !__atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST)) {
 					/* Never park (and save) inside the CPL0 switch stub. */
 					pv_mmu_settle(vcpu);
-					vm_park(vm);
+					vm_park(vcpu);
 				}
 				/* The last exit is complete here: timers and upcalls. */
 				pv_cpu_poll_timers(vcpu);
-				if (!pv_cpu_deliver_upcall(vcpu) && !lifecycle_continue(vm))
+				if (!pv_cpu_deliver_upcall(vcpu))
 					break;
 				continue;
 			}
-			kapsel_error("KVM_RUN failed: %s", strerror(errno));
+			kapsel_error("KVM_RUN failed on vCPU %u: %s", vcpu->id, strerror(run_errno));
 			vm->exit_code = KAPSEL_EXIT_VMM_ERROR;
+			vm->vmm_failed = true;
+			vm->state = VM_STATE_STOPPED;
 			break;
 		}
 		switch (run->exit_reason) {
@@ -914,12 +1045,160 @@ static void vcpu_run(struct kapsel_vcpu *vcpu)
 			crash_report_fatal(vcpu, "unexpected KVM exit reason");
 			break;
 		}
-		if (vm->state == VM_STATE_STOPPED && !lifecycle_continue(vm))
+		if (vm->state == VM_STATE_STOPPED)
 			break;
 		/* An upcall waits for the exit to complete: KVM_RUN with
 		 * immediate_exit finishes it and returns EINTR (above). */
 		if (pv_cpu_upcall_wanted(vcpu))
 			__atomic_store_n(&run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+	}
+	/* This vCPU ended the VM (shutdown, crash): the others stop too. */
+	if (vm_stopping(vm))
+		for (unsigned i = 0; i < vm->vcpu_count; i++)
+			if (i != vcpu->id)
+				kick_one(&vm->vcpus[i], true);
+}
+
+/*
+ * Wait on vcpu's wake_fd until it may run: the VM runs, no pause is
+ * requested, the vCPU is up (or starting).  Returns true with it counted
+ * in vcpus_running, or false when the caller should stop: for vCPU 0 when
+ * the VM stops, for the others when vm_destroy ends their thread.
+ */
+static bool vcpu_wait_to_run(struct kapsel_vcpu *vcpu)
+{
+	struct kapsel_vm *vm = vcpu->vm;
+	for (;;) {
+		pthread_mutex_lock(&vm->pause_lock);
+		bool stopping = vm_stopping(vm);
+		if (vcpu->id == 0 ? stopping
+				  : __atomic_load_n(&vm->vcpu_threads_exit, __ATOMIC_SEQ_CST)) {
+			pthread_mutex_unlock(&vm->pause_lock);
+			return false;
+		}
+		if (!stopping && vm->state != VM_STATE_CREATED &&
+		    !__atomic_load_n(&vm->pause_requested, __ATOMIC_SEQ_CST) &&
+		    __atomic_load_n(&vcpu->power, __ATOMIC_SEQ_CST) != VCPU_POWER_DOWN) {
+			vcpu_start_running_locked(vm);
+			pthread_mutex_unlock(&vm->pause_lock);
+			return true;
+		}
+		pthread_mutex_unlock(&vm->pause_lock);
+		vcpu_sleep(vcpu);
+	}
+}
+
+/* MSR TSC_AUX: rdtscp leaves the vCPU's number in ecx (docs/abi.md 19). */
+#define MSR_TSC_AUX 0xc0000103u
+
+static void set_vcpu_number_msr(struct kapsel_vcpu *vcpu)
+{
+	struct {
+		struct kvm_msrs header;
+		struct kvm_msr_entry entry;
+	} msrs = { .header.nmsrs = 1, .entry = { .index = MSR_TSC_AUX, .data = vcpu->id } };
+	if (ioctl(vcpu->fd, KVM_SET_MSRS, &msrs) != 1)
+		kapsel_debug("vCPU %u: no TSC_AUX (the host CPU has no rdtscp)", vcpu->id);
+}
+
+/* Take KAPSEL_HC_VCPU_UP's request: a fresh vCPU at its entry.  vm->lock
+ * held, on the vCPU's thread. */
+static void vcpu_take_start(struct kapsel_vcpu *vcpu)
+{
+	if (__atomic_load_n(&vcpu->power, __ATOMIC_ACQUIRE) != VCPU_POWER_STARTING)
+		return;
+	vcpu->run->kvm_dirty_regs = 0;
+	pv_cpu_vcpu_reset(vcpu);
+	int err = x86_boot_set_vcpu_state(vcpu->fd, vcpu->id, &vcpu->start);
+	if (err) {
+		kapsel_error("cannot start vCPU %u: setting its registers failed: %s", vcpu->id,
+			     strerror(-err));
+		__atomic_store_n(&vcpu->power, VCPU_POWER_DOWN, __ATOMIC_SEQ_CST);
+		return;
+	}
+	set_vcpu_number_msr(vcpu);
+	kapsel_debug("vCPU %u up at %#llx", vcpu->id, (unsigned long long)vcpu->start.rip);
+	__atomic_store_n(&vcpu->power, VCPU_POWER_UP, __ATOMIC_SEQ_CST);
+}
+
+/* One stretch of running: until the VM stops or (vCPUs 1..) it goes down. */
+static void vcpu_run_while_up(struct kapsel_vcpu *vcpu)
+{
+	struct kapsel_vm *vm = vcpu->vm;
+	pthread_mutex_lock(&vm->lock);
+	vcpu_take_start(vcpu);
+	vcpu_run(vcpu);
+	if (vcpu->id != 0 && __atomic_load_n(&vcpu->power, __ATOMIC_SEQ_CST) == VCPU_POWER_DOWN &&
+	    vcpu_complete_exit(vcpu) < 0)
+		kapsel_debug("vCPU %u: its last exit did not complete as it went down", vcpu->id);
+	pthread_mutex_unlock(&vm->lock);
+	pthread_mutex_lock(&vm->pause_lock);
+	vcpu_stop_running_locked(vm);
+	pthread_mutex_unlock(&vm->pause_lock);
+}
+
+/* The thread of vCPU 1..: waits to be brought up, runs, until vm_destroy. */
+static void *vcpu_thread(void *arg)
+{
+	struct kapsel_vcpu *vcpu = arg;
+	struct kapsel_vm *vm = vcpu->vm;
+	sigset_t all;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	sandbox_thread_role(SANDBOX_ROLE_VCPU);
+	sigset_t kick;
+	sigemptyset(&kick);
+	sigaddset(&kick, SIGUSR2);
+	pthread_sigmask(SIG_UNBLOCK, &kick, NULL);
+	vcpu->tid = (int)gettid();
+	int err = pv_cpu_start(vcpu);
+	if (err)
+		kapsel_warn("vCPU %u timers unavailable: %s", vcpu->id, strerror(-err));
+	pthread_mutex_lock(&vm->pause_lock);
+	vcpu->thread_ready = true;
+	pthread_cond_broadcast(&vm->pause_cond);
+	pthread_mutex_unlock(&vm->pause_lock);
+	while (vcpu_wait_to_run(vcpu))
+		vcpu_run_while_up(vcpu);
+	return NULL;
+}
+
+/* Start the threads of vCPUs 1.. (vm_create, before the sandbox: the vCPU
+ * role may not create threads).  Returns 0 or a negative errno. */
+static int start_vcpu_threads(struct kapsel_vm *vm)
+{
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	int err = 0;
+	for (unsigned i = 1; i < vm->vcpu_count && !err; i++) {
+		struct kapsel_vcpu *vcpu = &vm->vcpus[i];
+		err = -pthread_create(&vcpu->thread, NULL, vcpu_thread, vcpu);
+		if (err)
+			kapsel_error("cannot start the thread of vCPU %u: %s", i, strerror(-err));
+		else
+			vcpu->thread_created = true;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	/* Each names its sandbox role before the sandbox can be entered. */
+	pthread_mutex_lock(&vm->pause_lock);
+	for (unsigned i = 1; i < vm->vcpu_count; i++)
+		while (vm->vcpus[i].thread_created && !vm->vcpus[i].thread_ready)
+			pthread_cond_wait(&vm->pause_cond, &vm->pause_lock);
+	pthread_mutex_unlock(&vm->pause_lock);
+	return err;
+}
+
+static void stop_vcpu_threads(struct kapsel_vm *vm)
+{
+	__atomic_store_n(&vm->vcpu_threads_exit, 1, __ATOMIC_SEQ_CST);
+	for (unsigned i = 1; i < KAPSEL_MAX_VCPUS; i++) {
+		struct kapsel_vcpu *vcpu = &vm->vcpus[i];
+		if (!vcpu->thread_created)
+			continue;
+		vcpu_wake(vcpu);
+		pthread_join(vcpu->thread, NULL);
+		vcpu->thread_created = false;
 	}
 }
 
@@ -928,8 +1207,28 @@ int vm_run(struct kapsel_vm *vm)
 	struct sigaction sa = { .sa_handler = kick_signal_handler };
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGUSR2, &sa, NULL);
+	struct kapsel_vcpu *boot = vm_boot_vcpu(vm);
+	boot->thread = pthread_self();
+	boot->tid = (int)gettid();
+	int pv_err = pv_cpu_start(boot);
+	if (pv_err)
+		kapsel_warn("vCPU timers unavailable: %s", strerror(-pv_err));
 	set_state(vm, VM_STATE_RUNNING);
-	vcpu_run(vm_boot_vcpu(vm));
+	for (;;) {
+		for (unsigned i = 1; i < vm->vcpu_count; i++)
+			vcpu_wake(&vm->vcpus[i]);
+		while (vcpu_wait_to_run(boot))
+			vcpu_run_while_up(boot);
+		/* Every other vCPU leaves the guest before a reboot or the end. */
+		pthread_mutex_lock(&vm->pause_lock);
+		for (unsigned i = 1; i < vm->vcpu_count; i++)
+			kick_one(&vm->vcpus[i], true);
+		while (vm->vcpus_running > 0)
+			pthread_cond_wait(&vm->pause_cond, &vm->pause_lock);
+		pthread_mutex_unlock(&vm->pause_lock);
+		if (vm->state != VM_STATE_STOPPED || !lifecycle_continue(vm))
+			break;
+	}
 	set_state(vm, VM_STATE_STOPPED);
 	return vm->exit_code;
 }

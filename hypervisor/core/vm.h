@@ -17,6 +17,7 @@
 #include "core/log.h"
 #include "core/pv_cpu.h"
 #include "core/pv_mmu.h"
+#include "core/x86_boot.h"
 
 /*
  * Exit status of every `kapsel` verb (README "Exit status", kapsel --help).
@@ -54,6 +55,7 @@ enum vm_run_state {
 struct vm_evtchn {
 	bool allocated;
 	int bound_device; /* device index, or -1 */
+	unsigned vcpu;	  /* atomic: the vCPU its upcalls and BLOCK wake-ups go to */
 };
 
 struct kapsel_vm;
@@ -77,8 +79,10 @@ static inline const char *vcpu_power_name(int power)
  * One virtual CPU: its KVM file and run area, the thread that runs it, its
  * exit counters and its PV CPU state (traps, upcalls, timer).  Everything
  * here belongs to the vCPU's thread, except what is marked atomic.  A VM
- * has vcpu_count of them; today that is one (SMP: issue 13), and the PV
- * MMU's mode and address space are still the VM's (struct pv_mmu).
+ * has vcpu_count of them (config vcpus); vCPU 0 runs on the thread that
+ * calls vm_run, the others on threads vm_create starts, which wait until
+ * the guest brings them up.  The PV MMU's mode and address space are
+ * still the VM's (struct pv_mmu): user mode is refused with several vCPUs.
  */
 struct kapsel_vcpu {
 	struct kapsel_vm *vm;
@@ -89,6 +93,10 @@ struct kapsel_vcpu {
 	int tid;     /* Linux thread id of its thread (0 before it runs) */
 	int blocked; /* atomic: 1 while it sleeps in BLOCK */
 	int power;   /* atomic: enum vcpu_power */
+	int wake_fd; /* eventfd: wakes it from BLOCK, a pause, or being down */
+	struct x86_entry start; /* KAPSEL_HC_VCPU_UP's request (vm->lock) */
+	bool thread_created;	/* vCPUs 1..: vm_create started its thread */
+	bool thread_ready;	/* it named its sandbox role (pause_lock) */
 	uint64_t exits[VM_EXIT_COUNTER_COUNT];
 	struct pv_cpu_vcpu pv_cpu; /* pv_cpu.c */
 };
@@ -110,7 +118,13 @@ struct kapsel_vm {
 	struct vm_evtchn evtchn[KAPSEL_EVTCHN_COUNT];
 	uint64_t boot_monotonic_ns; /* CLOCK_MONOTONIC at VM creation */
 	uint64_t tsc_khz;
-	int wake_fd;		    /* eventfd: wakes a vCPU blocked in KAPSEL_HC_BLOCK */
+	/* Held by a vCPU thread while it handles an exit (everything but
+	 * KVM_RUN, a BLOCK sleep and a pause): exit handlers, devices'
+	 * register emulation and the hypercalls see one vCPU at a time. */
+	pthread_mutex_t lock;
+	unsigned vcpus_running;	    /* pause_lock: vCPUs in their run loop, not parked */
+	int vcpu_threads_exit;	    /* atomic: vm_destroy ends the vCPU threads */
+	bool vmm_failed;	    /* KVM failed: no lifecycle restart */
 	int stop_requested;	    /* atomic: 0, or enum vm_stop_reason: leave the run loop */
 	int stats_requested;	    /* atomic: write counters at the next exit */
 	int pause_requested;	    /* atomic: park the vCPU at the next exit */
@@ -214,10 +228,28 @@ int vm_add_device(struct kapsel_vm *vm, struct kapsel_device *dev);
 void vm_evtchn_notify(struct kapsel_vm *vm, uint32_t port);
 
 /*
- * Kick the vCPU out of KVM_RUN (immediate_exit + SIGUSR2) or out of a
- * BLOCK sleep, so the run loop looks at its state again.  Any thread.
+ * Kick every vCPU out of KVM_RUN (immediate_exit + SIGUSR2) or out of a
+ * BLOCK sleep, so its run loop looks at its state again.  Any thread.
  */
 void vm_kick_vcpu(struct kapsel_vm *vm);
+
+/* The same for one vCPU. */
+void vcpu_kick(struct kapsel_vcpu *vcpu);
+
+/* Wake vcpu's thread if it sleeps (BLOCK, pause, down); async-signal-safe. */
+void vcpu_wake(struct kapsel_vcpu *vcpu);
+
+/*
+ * An unmasked channel bound to vcpu is pending: what ends its BLOCK and
+ * what an upcall delivers.  Any thread.
+ */
+bool vm_evtchn_pending_for(const struct kapsel_vm *vm, unsigned vcpu);
+
+/*
+ * Channel port (pending, unmasked) has something for its vCPU: raise an
+ * upcall there and wake it from BLOCK.  Any thread.
+ */
+void vm_evtchn_deliver(struct kapsel_vm *vm, uint32_t port);
 
 /* The boot vCPU: the one that runs the guest's entry point. */
 static inline struct kapsel_vcpu *vm_boot_vcpu(struct kapsel_vm *vm)

@@ -121,31 +121,53 @@ static void build_gdt(struct guest_memory *mem)
 	gdt[X86_SEL_USER_DS >> 3] = segment_descriptor(0, 0xfffff, 0xf2, 0xc);
 	gdt[X86_SEL_USER_CS >> 3] = segment_descriptor(0, 0xfffff, 0xfa, 0xa);
 	/* 64-bit available TSS: 16 bytes, the high half holds base[63:32]. */
-	gdt[X86_SEL_TSS >> 3] = segment_descriptor(X86_GPA_TSS, X86_TSS_LIMIT, 0x89, 0x0);
-	gdt[(X86_SEL_TSS >> 3) + 1] = 0;
-	gdt[X86_SEL_USER_TSS >> 3] =
-		segment_descriptor(X86_GPA_USER_TSS, X86_USER_TSS_LIMIT, 0x89, 0x0);
-	gdt[(X86_SEL_USER_TSS >> 3) + 1] = 0;
+	/* Per vCPU, two 64-bit available TSSes: 16 bytes each, the high half
+	 * holds base[63:32] (0 here). */
+	for (unsigned v = 0; v < KAPSEL_MAX_VCPUS; v++) {
+		gdt[x86_sel_tss(v, 0) >> 3] = segment_descriptor(
+			(uint32_t)x86_tss_base(v), x86_tss_limit(v), 0x89, 0x0);
+		gdt[(x86_sel_tss(v, 0) >> 3) + 1] = 0;
+		gdt[x86_sel_tss(v, 1) >> 3] = segment_descriptor(
+			(uint32_t)x86_user_tss_base(v), X86_USER_TSS_LIMIT, 0x89, 0x0);
+		gdt[(x86_sel_tss(v, 1) >> 3) + 1] = 0;
+	}
+}
+
+/* The GDT's limit: through the last vCPU's user-mode TSS descriptor. */
+#define GDT_LIMIT (X86_SEL_USER_TSS + KAPSEL_MAX_VCPUS * X86_SEL_TSS_STRIDE - X86_SEL_TSS_STRIDE + 15u)
+_Static_assert(GDT_LIMIT < X86_GPA_TSS_EXTRA - X86_GPA_GDT, "GDT ends before the TSS headers");
+_Static_assert(X86_GPA_TSS_EXTRA + (KAPSEL_MAX_VCPUS - 1u) * X86_TSS_HEADER_STRIDE <= X86_GPA_IDT,
+	       "TSS headers stay in the GDT's page");
+_Static_assert(X86_GPA_EXCEPTION_STACK_TOP - KAPSEL_MAX_VCPUS * X86_EXCEPTION_STACK_BYTES >=
+		       KAPSEL_GPA_EVENT_PAGE + 4096u,
+	       "exception stacks stay above the event page");
+
+/* A 104-byte TSS header: rsp0 (the CPL0 stack) and the bitmap offset. */
+static void write_tss_header(uint8_t *tss, uint64_t rsp0, uint16_t iomap)
+{
+	memset(tss, 0, X86_TSS_IOMAP_OFFSET);
+	memcpy(tss + 4, &rsp0, sizeof(rsp0));
+	memcpy(tss + 102, &iomap, sizeof(iomap));
 }
 
 static void build_tss(struct guest_memory *mem)
 {
 	uint8_t *tss = guest_memory_translate(mem, X86_GPA_TSS, X86_TSS_LIMIT + 1);
-	uint64_t rsp0 = X86_GPA_EXCEPTION_STACK_TOP;
-	uint16_t iomap = X86_TSS_IOMAP_OFFSET;
-
-	memset(tss, 0, X86_TSS_IOMAP_OFFSET);
-	memcpy(tss + 4, &rsp0, sizeof(rsp0));
-	memcpy(tss + 102, &iomap, sizeof(iomap));
 	/* Every port closed; the byte after the bitmap must be all ones. */
 	memset(tss + X86_TSS_IOMAP_OFFSET, 0xff, X86_TSS_IOMAP_BYTES + 1);
-
-	/* User mode's TSS: the same exception stack, and a bitmap offset at
-	 * the limit, so that every port access from user mode is a #GP. */
+	uint8_t *extra = guest_memory_translate(mem, X86_GPA_TSS_EXTRA,
+						(KAPSEL_MAX_VCPUS - 1u) * X86_TSS_HEADER_STRIDE);
+	memset(extra, 0, (KAPSEL_MAX_VCPUS - 1u) * X86_TSS_HEADER_STRIDE);
+	/* User mode's TSSes: the same exception stacks, and a bitmap offset
+	 * at the limit, so that every port access from user mode is a #GP. */
 	uint8_t *user_tss = guest_memory_translate(mem, X86_GPA_USER_TSS, 4096);
 	memset(user_tss, 0, 4096);
-	memcpy(user_tss + 4, &rsp0, sizeof(rsp0));
-	memcpy(user_tss + 102, &iomap, sizeof(iomap));
+	for (unsigned v = 0; v < KAPSEL_MAX_VCPUS; v++) {
+		uint8_t *kernel = guest_memory_translate(mem, x86_tss_base(v), X86_TSS_IOMAP_OFFSET);
+		write_tss_header(kernel, x86_exception_stack_top(v), x86_tss_iomap_offset(v));
+		write_tss_header(user_tss + (x86_user_tss_base(v) - X86_GPA_USER_TSS),
+				 x86_exception_stack_top(v), X86_TSS_IOMAP_OFFSET);
+	}
 }
 
 static int vector_has_error_code(unsigned vector)
@@ -305,36 +327,32 @@ uint8_t x86_boot_tr_type(void)
 	return 0xb;	    /* busy 64-bit TSS */
 }
 
-void x86_boot_set_system_registers(struct kvm_sregs *sregs)
+void x86_boot_set_system_registers(struct kvm_sregs *sregs, unsigned vcpu)
 {
 	memset(&sregs->tr, 0, sizeof(sregs->tr));
-	sregs->tr.selector = X86_SEL_TSS;
-	sregs->tr.base = X86_GPA_TSS;
-	sregs->tr.limit = X86_TSS_LIMIT;
-	sregs->tr.type = x86_boot_tr_type();
-	sregs->tr.present = 1;
+	x86_boot_select_tss(sregs, 0, vcpu);
 
 	memset(&sregs->ldt, 0, sizeof(sregs->ldt));
 	sregs->ldt.type = 0x2;
 	sregs->ldt.unusable = 1;
 
 	sregs->gdt.base = X86_GPA_GDT;
-	sregs->gdt.limit = 8 * 9 - 1;
+	sregs->gdt.limit = GDT_LIMIT;
 	sregs->idt.base = X86_GPA_IDT;
 	sregs->idt.limit = EXCEPTION_VECTORS * 16 - 1;
 }
 
-void x86_boot_select_tss(struct kvm_sregs *sregs, int user_mode)
+void x86_boot_select_tss(struct kvm_sregs *sregs, int user_mode, unsigned vcpu)
 {
-	sregs->tr.selector = user_mode ? X86_SEL_USER_TSS : X86_SEL_TSS;
-	sregs->tr.base = user_mode ? X86_GPA_USER_TSS : X86_GPA_TSS;
-	sregs->tr.limit = user_mode ? X86_USER_TSS_LIMIT : X86_TSS_LIMIT;
+	sregs->tr.selector = x86_sel_tss(vcpu, user_mode);
+	sregs->tr.base = user_mode ? x86_user_tss_base(vcpu) : x86_tss_base(vcpu);
+	sregs->tr.limit = user_mode ? X86_USER_TSS_LIMIT : x86_tss_limit(vcpu);
 	sregs->tr.type = x86_boot_tr_type();
 	sregs->tr.present = 1;
 }
 
-int x86_boot_check_restored_vcpu(struct kvm_sregs *sregs, struct kvm_regs *regs, char *error,
-				 size_t error_len)
+int x86_boot_check_restored_vcpu(struct kvm_sregs *sregs, struct kvm_regs *regs, unsigned vcpu,
+				 char *error, size_t error_len)
 {
 	bool user = sregs->cs.selector == X86_SEL_USER_CS && sregs->cs.dpl == 3 &&
 		    sregs->ss.selector == X86_SEL_USER_DS && sregs->ss.dpl == 3;
@@ -350,7 +368,7 @@ int x86_boot_check_restored_vcpu(struct kvm_sregs *sregs, struct kvm_regs *regs,
 			 (unsigned long long)sregs->cr3);
 		return -EPROTO;
 	}
-	x86_boot_set_system_registers(sregs);
+	x86_boot_set_system_registers(sregs, vcpu);
 	regs->rflags &= ~RFLAGS_IOPL;
 	return 0;
 }
@@ -376,7 +394,7 @@ void x86_boot_user_segments(struct kvm_sregs *sregs)
 	sregs->tr.type = x86_boot_tr_type();
 }
 
-int x86_boot_set_vcpu_state(int vcpu_fd, uint64_t entry, uint64_t start_info_gpa)
+int x86_boot_set_vcpu_state(int vcpu_fd, unsigned vcpu, const struct x86_entry *entry)
 {
 	struct kvm_sregs sregs;
 	struct kvm_regs regs;
@@ -388,7 +406,7 @@ int x86_boot_set_vcpu_state(int vcpu_fd, uint64_t entry, uint64_t start_info_gpa
 	set_user_segment(&sregs.ss, X86_SEL_USER_DS, 0);
 	sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss;
 
-	x86_boot_set_system_registers(&sregs);
+	x86_boot_set_system_registers(&sregs, vcpu);
 
 	sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
 	sregs.cr3 = X86_GPA_PML4;
@@ -398,9 +416,10 @@ int x86_boot_set_vcpu_state(int vcpu_fd, uint64_t entry, uint64_t start_info_gpa
 		return -errno;
 
 	memset(&regs, 0, sizeof(regs));
-	regs.rip = entry;
-	regs.rsp = KAPSEL_GPA_INITIAL_STACK;
-	regs.rdi = start_info_gpa;
+	regs.rip = entry->rip;
+	regs.rsp = entry->rsp;
+	regs.rdi = entry->rdi;
+	regs.rsi = entry->rsi;
 	regs.rflags = 0x2; /* IF = 0, IOPL = 0: ports go through the TSS bitmap */
 	if (ioctl(vcpu_fd, KVM_SET_REGS, &regs) < 0)
 		return -errno;

@@ -138,7 +138,9 @@ static void test_abi_structs(void)
 		FIELD(kapsel_start_info, cmdline, 904, 512),
 		FIELD(kapsel_start_info, uuid, 1416, 16),
 		FIELD(kapsel_start_info, name, 1432, 64),
-		FIELD(kapsel_start_info, _reserved, 1496, 128),
+		FIELD(kapsel_start_info, vcpu_count, 1496, 4),
+		FIELD(kapsel_start_info, _reserved0b, 1500, 4),
+		FIELD(kapsel_start_info, _reserved, 1504, 120),
 	};
 	CHECK_LAYOUT(kapsel_start_info, 1624, start_info);
 	/* Array sizes as documented: 8 memmap entries, 16 devices. */

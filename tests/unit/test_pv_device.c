@@ -117,7 +117,8 @@ static void fresh_vm(void)
 		.memfd = -1, .host_base = ram, .size_bytes = RAM_BYTES, .guest_floor_gpa = FLOOR_GPA
 	};
 	vm.events = &events;
-	vm.wake_fd = -1;
+	vm.vcpu_count = 1;
+	vm.vcpus[0] = (struct kapsel_vcpu){ .vm = &vm, .fd = -1, .wake_fd = -1 };
 	log_limit_init(&vm.guest_log, 0, 0);
 }
 

@@ -212,6 +212,63 @@ static void test_gdt(void)
 	guest_memory_destroy(&mem);
 }
 
+/*
+ * SMP: every vCPU has its own pair of TSSes and its own exception stack;
+ * all kernel-mode TSSes reach the one I/O bitmap, no two vCPUs share a
+ * stack, and nothing reaches guest-owned memory.
+ */
+static void test_per_vcpu_tss(void)
+{
+	CU_ASSERT_FATAL(setup() == 0);
+	const uint8_t *bitmap =
+		guest_memory_translate(&mem, X86_GPA_TSS + X86_TSS_IOMAP_OFFSET, X86_TSS_IOMAP_BYTES);
+	for (unsigned v = 0; v < KAPSEL_MAX_VCPUS; v++) {
+		struct descriptor kernel = decode(read_u64(X86_GPA_GDT + x86_sel_tss(v, 0)));
+		struct descriptor user = decode(read_u64(X86_GPA_GDT + x86_sel_tss(v, 1)));
+		CU_ASSERT(kernel.present && !kernel.s && kernel.type == 0x9 && kernel.dpl == 0);
+		CU_ASSERT(user.present && !user.s && user.type == 0x9 && user.dpl == 0);
+		CU_ASSERT_EQUAL(kernel.base, x86_tss_base(v));
+		CU_ASSERT_EQUAL(user.base, x86_user_tss_base(v));
+		CU_ASSERT_EQUAL(user.limit, 103); /* no bitmap: every port closed */
+		const uint8_t *tss = guest_memory_translate(&mem, x86_tss_base(v), 104);
+		uint64_t rsp0;
+		uint16_t iomap;
+		memcpy(&rsp0, tss + 4, 8);
+		memcpy(&iomap, tss + 102, 2);
+		CU_ASSERT_EQUAL(rsp0, x86_exception_stack_top(v));
+		/* The bitmap offset lands on the shared bitmap, and the limit
+		 * covers it and its terminating byte. */
+		CU_ASSERT_EQUAL(x86_tss_base(v) + iomap, X86_GPA_TSS + X86_TSS_IOMAP_OFFSET);
+		CU_ASSERT_EQUAL(kernel.limit, iomap + 8192u);
+		const uint8_t *utss = guest_memory_translate(&mem, x86_user_tss_base(v), 104);
+		memcpy(&rsp0, utss + 4, 8);
+		CU_ASSERT_EQUAL(rsp0, x86_exception_stack_top(v));
+		/* Headers do not overlap each other or the bitmap. */
+		CU_ASSERT(x86_tss_base(v) + 104 <= X86_GPA_TSS + X86_TSS_IOMAP_OFFSET);
+		for (unsigned w = 0; w < v; w++) {
+			CU_ASSERT(x86_tss_base(w) + 104 <= x86_tss_base(v) ||
+				  x86_tss_base(v) + 104 <= x86_tss_base(w));
+			CU_ASSERT(x86_exception_stack_top(w) - x86_exception_stack_top(v) >= 1024);
+		}
+		/* Supervisor-only pages: guest code can reach none of it. */
+		CU_ASSERT(x86_exception_stack_top(v) - X86_EXCEPTION_STACK_BYTES >=
+			  KAPSEL_GPA_EVENT_PAGE + 4096);
+		CU_ASSERT(x86_exception_stack_top(v) <= KAPSEL_GPA_LOW_FREE);
+	}
+	/* Opening a port opens it for every vCPU: one bitmap. */
+	CU_ASSERT(!x86_boot_port_is_open(&mem, 0x3f8));
+	x86_boot_open_port(&mem, 0x3f8);
+	CU_ASSERT_EQUAL(bitmap[0x3f8 / 8] & (1u << (0x3f8 % 8)), 0);
+	/* The GDT limit covers the last vCPU's descriptors. */
+	struct kvm_sregs sregs;
+	memset(&sregs, 0, sizeof(sregs));
+	x86_boot_set_system_registers(&sregs, KAPSEL_MAX_VCPUS - 1);
+	CU_ASSERT(sregs.gdt.limit >= x86_sel_tss(KAPSEL_MAX_VCPUS - 1, 1) + 15u);
+	CU_ASSERT_EQUAL(sregs.tr.base, x86_tss_base(KAPSEL_MAX_VCPUS - 1));
+	CU_ASSERT_EQUAL(sregs.tr.selector, x86_sel_tss(KAPSEL_MAX_VCPUS - 1, 0));
+	guest_memory_destroy(&mem);
+}
+
 static void test_idt_and_stubs(void)
 {
 	CU_ASSERT_FATAL(setup() == 0);
@@ -331,7 +388,7 @@ static void test_restored_vcpu_checks(void)
 	sregs.idt.base = 0x400000;
 	sregs.idt.limit = 0xfff;
 	regs.rflags = 0x3202;
-	CU_ASSERT_EQUAL(x86_boot_check_restored_vcpu(&sregs, &regs, error, sizeof(error)), 0);
+	CU_ASSERT_EQUAL(x86_boot_check_restored_vcpu(&sregs, &regs, 0, error, sizeof(error)), 0);
 	CU_ASSERT_EQUAL(sregs.tr.base, X86_GPA_TSS);
 	CU_ASSERT_EQUAL(sregs.tr.limit, X86_TSS_LIMIT);
 	CU_ASSERT_EQUAL(sregs.tr.selector, X86_SEL_TSS);
@@ -339,12 +396,17 @@ static void test_restored_vcpu_checks(void)
 	CU_ASSERT_EQUAL(sregs.idt.base, X86_GPA_IDT);
 	CU_ASSERT_EQUAL(sregs.idt.limit, 32 * 16 - 1);
 	CU_ASSERT_EQUAL(regs.rflags, 0x202);
+	/* Another vCPU gets its own TSS back, not vCPU 0's. */
+	saved_user_vcpu(&sregs, &regs);
+	CU_ASSERT_EQUAL(x86_boot_check_restored_vcpu(&sregs, &regs, 3, error, sizeof(error)), 0);
+	CU_ASSERT_EQUAL(sregs.tr.base, x86_tss_base(3));
+	CU_ASSERT_EQUAL(sregs.tr.selector, x86_sel_tss(3, 0));
 
 	/* Kernel code segment: the guest would run at CPL0. */
 	saved_user_vcpu(&sregs, &regs);
 	sregs.cs.selector = X86_SEL_KERNEL_CS;
 	sregs.cs.dpl = 0;
-	CU_ASSERT_EQUAL(x86_boot_check_restored_vcpu(&sregs, &regs, error, sizeof(error)), -EPROTO);
+	CU_ASSERT_EQUAL(x86_boot_check_restored_vcpu(&sregs, &regs, 0, error, sizeof(error)), -EPROTO);
 	CU_ASSERT_STRING_EQUAL(
 		error,
 		"the saved vCPU runs with code segment 0x8 (DPL 0), not the guest's CPL3 segments; the state is corrupt or forged");
@@ -352,12 +414,12 @@ static void test_restored_vcpu_checks(void)
 	/* Right selector, wrong privilege. */
 	saved_user_vcpu(&sregs, &regs);
 	sregs.ss.dpl = 0;
-	CU_ASSERT_EQUAL(x86_boot_check_restored_vcpu(&sregs, &regs, error, sizeof(error)), -EPROTO);
+	CU_ASSERT_EQUAL(x86_boot_check_restored_vcpu(&sregs, &regs, 0, error, sizeof(error)), -EPROTO);
 
 	/* Page tables the guest wrote itself. */
 	saved_user_vcpu(&sregs, &regs);
 	sregs.cr3 = 0x200000;
-	CU_ASSERT_EQUAL(x86_boot_check_restored_vcpu(&sregs, &regs, error, sizeof(error)), -EPROTO);
+	CU_ASSERT_EQUAL(x86_boot_check_restored_vcpu(&sregs, &regs, 0, error, sizeof(error)), -EPROTO);
 	CU_ASSERT_STRING_EQUAL(
 		error,
 		"the saved vCPU's page-table root 0x200000 is not the hypervisor's; the state is corrupt or forged");
@@ -381,6 +443,7 @@ int main(void)
 		{ "page tables", test_page_tables },
 		{ "page tables above 1 GiB and too-small RAM", test_page_tables_for_sizes },
 		{ "GDT descriptors", test_gdt },
+		{ "per-vCPU TSSes and exception stacks", test_per_vcpu_tss },
 		{ "IDT gates and exception stubs", test_idt_and_stubs },
 		{ "TSS and I/O permission bitmap", test_tss_and_io_bitmap },
 		{ "restored vCPU forced onto the hypervisor's tables", test_restored_vcpu_checks },
