@@ -128,11 +128,17 @@ int kg_evtchn_bind_cpu(uint32_t port, unsigned cpu)
 	if (!kg_smp_available())
 		return cpu == 0 ? 0 : -KAPSEL_ENOSYS;
 	/* The lock keeps the host's binding and the library's in the same
-	 * order when two vCPUs move one channel at once. */
+	 * order when two vCPUs move one channel at once.  The library's
+	 * record moves first: the hypervisor hands an already pending
+	 * channel to its new vCPU during the call, and that vCPU's upcall
+	 * must find the channel its own.  The old vCPU then passes over it,
+	 * which is right: it is no longer its event. */
 	unsigned long flags = kg_spin_lock_irqsave(&binding_lock);
+	unsigned old = smp_binding_cpu(&binding, port);
+	smp_binding_move(&binding, port, cpu);
 	int64_t rc = kg_hc_evtchn_bind_vcpu(port, cpu);
-	if (rc == 0)
-		smp_binding_move(&binding, port, cpu);
+	if (rc != 0)
+		smp_binding_move(&binding, port, old);
 	kg_spin_unlock_irqrestore(&binding_lock, flags);
 	return (int)rc;
 }

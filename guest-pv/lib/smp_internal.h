@@ -19,10 +19,9 @@
  * (atomic loads); smp_binding_move, called under a lock, adds the channel
  * to its new vCPU before removing it from the old one, so that for a
  * moment both may run its handler (the pending bit, taken atomically,
- * decides which one does).  Two upcalls on two vCPUs do not read at the
- * same instant, though: an event already pending while its channel moves
- * can be passed over by both, and waits for the next one (smp.h says:
- * move channels while they are quiet).
+ * decides which one does).  An event already pending while its channel
+ * moves is not lost: kg_evtchn_bind_cpu records the move before the
+ * hypercall, which raises an upcall on the new vCPU for it.
  */
 struct smp_binding {
 	uint8_t cpu_of_port[KAPSEL_EVTCHN_COUNT];

@@ -79,11 +79,12 @@ bool kg_cpu_online(unsigned cpu);
  * and BLOCK wake-ups there, and the library runs its kg_event_handler only
  * in that vCPU's upcall.  Channels start bound to vCPU 0; kg_timer_init
  * binds the timer channel to the calling vCPU.  An inter-processor event
- * is kg_hc_evtchn_send on a channel bound to another vCPU.  Returns 0,
- * -KAPSEL_EINVAL (bad port or vCPU) or -KAPSEL_ENOSYS (no SMP; binding to
- * vCPU 0 then succeeds as a no-op).  Move a channel while it is quiet
- * (before the events it is for start): an event pending during the move
- * is delivered to whichever vCPU takes an upcall first.
+ * is kg_hc_evtchn_send on a channel bound to another vCPU.  An event
+ * pending when the channel moves goes to the new vCPU.  kg_hc_evtchn_alloc
+ * (like the hypervisor) starts every new channel on vCPU 0 again.  Returns
+ * 0, -KAPSEL_EINVAL (bad port or vCPU, the control channel, a channel not
+ * allocated) or -KAPSEL_ENOSYS (no SMP; binding to vCPU 0 then succeeds as
+ * a no-op).
  */
 int kg_evtchn_bind_cpu(uint32_t port, unsigned cpu);
 
