@@ -376,11 +376,12 @@ static void enter_handler(struct kapsel_vcpu *vcpu, const struct pv_handler *han
  * from user mode (PV MMU: a process has no frames of its own), else on the
  * handler's stack (below the interrupted rsp when already on it).
  */
-static int place_frame(const struct kapsel_vm *vm, const struct pv_handler *handler,
+static int place_frame(const struct kapsel_vcpu *vcpu, const struct pv_handler *handler,
 		       uint64_t interrupted_rsp, uint64_t *frame_gpa)
 {
-	if (vm->pv_mmu.user_mode)
-		return pv_cpu_frame_place(&vm->pv_mmu.kernel_stack, 0, frame_gpa);
+	const struct kapsel_vm *vm = vcpu->vm;
+	if (vcpu->pv_mmu.user_mode)
+		return pv_cpu_frame_place(&vcpu->pv_mmu.kernel_stack, 0, frame_gpa);
 	if (pv_cpu_check_handler(&vm->mem, handler) < 0)
 		return -KAPSEL_EFAULT;
 	return pv_cpu_frame_place(handler, interrupted_rsp, frame_gpa);
@@ -391,7 +392,7 @@ static int place_frame(const struct kapsel_vm *vm, const struct pv_handler *hand
 static void entered_kernel(struct kapsel_vcpu *vcpu)
 {
 	__atomic_store_n(&vcpu_info(vcpu->vm, vcpu->id)->upcall_mask, 1, __ATOMIC_SEQ_CST);
-	pv_mmu_set_user_mode(vcpu->vm, false);
+	pv_mmu_set_user_mode(vcpu, false);
 }
 
 bool pv_cpu_deliver_trap(struct kapsel_vcpu *vcpu)
@@ -400,7 +401,7 @@ bool pv_cpu_deliver_trap(struct kapsel_vcpu *vcpu)
 	struct pv_cpu_vcpu *c = &vcpu->pv_cpu;
 	struct kvm_regs *regs = &vcpu->run->s.regs.regs;
 	struct x86_fault_frame stub;
-	bool from_user = vm->pv_mmu.user_mode;
+	bool from_user = vcpu->pv_mmu.user_mode;
 
 	/* The stub's frame sits at a fixed place on the hypervisor's
 	 * exception stack; anything else is not a report we understand. */
@@ -465,9 +466,9 @@ bool pv_cpu_deliver_trap(struct kapsel_vcpu *vcpu)
 		frame.flags |= KAPSEL_TRAP_FRAME_USER;
 
 	uint64_t frame_gpa;
-	if (place_frame(vm, handler, stub.rsp, &frame_gpa) < 0 ||
+	if (place_frame(vcpu, handler, stub.rsp, &frame_gpa) < 0 ||
 	    !frame_write(vm, frame_gpa, &frame)) {
-		const struct pv_handler *stack = from_user ? &vm->pv_mmu.kernel_stack : handler;
+		const struct pv_handler *stack = from_user ? &vcpu->pv_mmu.kernel_stack : handler;
 		fprintf(stderr,
 			"kapsel: cannot deliver %s: the frame does not fit the %s stack [%#" PRIx64
 			", %#" PRIx64 ") (stack overflow or stack outside guest RAM)\n",
@@ -511,13 +512,14 @@ bool pv_cpu_deliver_syscall(struct kapsel_vcpu *vcpu, const struct kvm_sregs *sr
 	if (__atomic_load_n(&vcpu_info(vm, vcpu->id)->upcall_mask, __ATOMIC_SEQ_CST))
 		frame.flags |= KAPSEL_TRAP_FRAME_UPCALL_MASKED;
 	uint64_t frame_gpa;
-	if (pv_cpu_frame_place(&vm->pv_mmu.kernel_stack, 0, &frame_gpa) < 0 ||
+	const struct pv_handler *kernel_stack = &vcpu->pv_mmu.kernel_stack;
+	if (pv_cpu_frame_place(kernel_stack, 0, &frame_gpa) < 0 ||
 	    !frame_write(vm, frame_gpa, &frame)) {
 		fprintf(stderr,
 			"kapsel: cannot deliver a syscall: the frame does not fit the kernel stack [%#" PRIx64
 			", %#" PRIx64 ")\n",
-			vm->pv_mmu.kernel_stack.stack_top - vm->pv_mmu.kernel_stack.stack_bytes,
-			vm->pv_mmu.kernel_stack.stack_top);
+			kernel_stack->stack_top - kernel_stack->stack_bytes,
+			kernel_stack->stack_top);
 		return false;
 	}
 	const struct pv_handler entry = { .entry = vm->pv_mmu.syscall_entry };
@@ -554,10 +556,10 @@ bool pv_cpu_deliver_upcall(struct kapsel_vcpu *vcpu)
 	memset(&frame, 0, sizeof(frame));
 	pv_cpu_frame_from_regs(&frame, regs);
 	frame.vector = KAPSEL_TRAP_VECTOR_UPCALL;
-	if (vm->pv_mmu.user_mode)
+	if (vcpu->pv_mmu.user_mode)
 		frame.flags |= KAPSEL_TRAP_FRAME_USER;
 	uint64_t frame_gpa;
-	if (place_frame(vm, &c->callback, regs->rsp, &frame_gpa) < 0 ||
+	if (place_frame(vcpu, &c->callback, regs->rsp, &frame_gpa) < 0 ||
 	    !frame_write(vm, frame_gpa, &frame)) {
 		fprintf(stderr,
 			"kapsel: cannot deliver an upcall: the frame does not fit the callback's stack [%#" PRIx64
@@ -655,14 +657,14 @@ static int64_t hc_iret(struct kapsel_vcpu *vcpu, const uint64_t args[])
 	    frame.vector != KAPSEL_TRAP_VECTOR_SYSCALL)
 		return -KAPSEL_EINVAL;
 	bool to_user = (frame.flags & KAPSEL_TRAP_FRAME_USER) != 0;
-	if (to_user && !pv_mmu_user_mode_possible(vm))
+	if (to_user && !pv_mmu_user_mode_possible(vcpu))
 		return -KAPSEL_EINVAL; /* no process address space or kernel stack */
 	struct kvm_regs regs = vcpu->run->s.regs.regs;
 	int err = pv_cpu_regs_from_frame(&regs, &frame, regs.rflags);
 	if (err)
 		return err;
 	vcpu->run->s.regs.regs = regs;
-	pv_mmu_set_user_mode(vm, to_user);
+	pv_mmu_set_user_mode(vcpu, to_user);
 	if (frame.vector < KAPSEL_TRAP_VECTOR_COUNT)
 		vcpu->pv_cpu.active_vectors &= ~(1u << frame.vector);
 	__atomic_store_n(&vcpu_info(vm, vcpu->id)->upcall_mask,

@@ -6,6 +6,7 @@
 #include <inttypes.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sched.h>
 #include <sys/mman.h>
 
 #include "core/crash_report.h"
@@ -91,11 +92,15 @@ void pv_mmu_clear(struct pv_mmu *m)
 	for (uint32_t i = 0; i < KAPSEL_MMU_TABLE_PAGES; i++)
 		m->free_pages[i] = KAPSEL_MMU_TABLE_PAGES - 1 - i;
 	m->free_count = KAPSEL_MMU_TABLE_PAGES;
-	m->current = 0;
-	m->user_mode = false;
-	m->reload_pending = false;
 	m->syscall_entry = 0;
-	memset(&m->kernel_stack, 0, sizeof(m->kernel_stack));
+}
+
+void pv_mmu_vcpu_clear(struct pv_mmu_vcpu *v)
+{
+	v->current = 0;
+	v->user_mode = false;
+	__atomic_store_n(&v->reload_pending, 0, __ATOMIC_SEQ_CST);
+	memset(&v->kernel_stack, 0, sizeof(v->kernel_stack));
 }
 
 unsigned pv_mmu_pages_used(const struct pv_mmu *m)
@@ -155,8 +160,6 @@ int pv_mmu_space_destroy(struct pv_mmu *m, uint64_t as)
 		return -KAPSEL_EINVAL;
 	if (!m->spaces[as].used)
 		return -KAPSEL_ENOENT;
-	if (as == m->current)
-		return -KAPSEL_EBUSY;
 	struct pv_mmu_space *s = &m->spaces[as];
 	for (uint64_t slot = USER_PML4_FIRST; slot < USER_PML4_END; slot++)
 		free_tree(m, table(m, s->user_root)[slot], 0);
@@ -296,12 +299,12 @@ void pv_mmu_each_mapping(const struct pv_mmu *m, unsigned as,
 	}
 }
 
-uint64_t pv_mmu_cr3(const struct pv_mmu *m)
+uint64_t pv_mmu_cr3(const struct pv_mmu *m, const struct pv_mmu_vcpu *v)
 {
-	if (!m->current)
+	if (!v->current)
 		return X86_GPA_PML4;
-	const struct pv_mmu_space *s = &m->spaces[m->current];
-	return page_gpa(m, m->user_mode ? s->user_root : s->kernel_root);
+	const struct pv_mmu_space *s = &m->spaces[v->current];
+	return page_gpa(m, v->user_mode ? s->user_root : s->kernel_root);
 }
 
 /* ---- VMM side ------------------------------------------------------------ */
@@ -348,19 +351,26 @@ void pv_mmu_destroy(struct kapsel_vm *vm)
 	vm->pv_mmu.pool = NULL;
 }
 
-void pv_mmu_set_user_mode(struct kapsel_vm *vm, bool user)
+void pv_mmu_set_user_mode(struct kapsel_vcpu *vcpu, bool user)
 {
-	struct pv_mmu *m = &vm->pv_mmu;
-	if (m->user_mode != user)
-		m->reload_pending = true;
-	m->user_mode = user;
+	struct pv_mmu_vcpu *v = &vcpu->pv_mmu;
+	if (v->user_mode != user)
+		__atomic_store_n(&v->reload_pending, 1, __ATOMIC_SEQ_CST);
+	v->user_mode = user;
 	if (user)
-		m->user_entries++;
+		vcpu->vm->pv_mmu.user_entries++;
 }
 
-bool pv_mmu_user_mode_possible(const struct kapsel_vm *vm)
+bool pv_mmu_user_mode_possible(const struct kapsel_vcpu *vcpu)
 {
-	return vm->pv_mmu.current != 0 && vm->pv_mmu.kernel_stack.stack_top != 0;
+	return vcpu->pv_mmu.current != 0 && vcpu->pv_mmu.kernel_stack.stack_top != 0;
+}
+
+void pv_mmu_vcpu_start(struct kapsel_vcpu *vcpu)
+{
+	pv_mmu_vcpu_clear(&vcpu->pv_mmu);
+	if (vcpu->vm->pv_mmu.syscall_entry)
+		__atomic_store_n(&vcpu->pv_mmu.reload_pending, 1, __ATOMIC_SEQ_CST);
 }
 
 bool pv_mmu_finish(struct kapsel_vcpu *vcpu)
@@ -368,9 +378,9 @@ bool pv_mmu_finish(struct kapsel_vcpu *vcpu)
 	struct kapsel_vm *vm = vcpu->vm;
 	struct kvm_run *run = vcpu->run;
 	struct pv_mmu *m = &vm->pv_mmu;
-	if (!m->reload_pending)
+	struct pv_mmu_vcpu *v = &vcpu->pv_mmu;
+	if (!__atomic_exchange_n(&v->reload_pending, 0, __ATOMIC_SEQ_CST))
 		return true;
-	m->reload_pending = false;
 	/* KVM finishes a port exit (moves rip past the out) at the next
 	 * KVM_RUN, and only if rip did not change meanwhile.  The resumed rip
 	 * goes into the stub's frame, so finish the exit first. */
@@ -407,14 +417,14 @@ bool pv_mmu_finish(struct kapsel_vcpu *vcpu)
 	frame[3] = regs->rflags;
 	frame[4] = regs->rsp;
 	frame[5] = X86_SEL_USER_DS;
-	regs->rax = pv_mmu_cr3(m);
+	regs->rax = pv_mmu_cr3(m, v);
 	regs->rip = X86_GPA_SWITCH_STUB;
 	regs->rsp = switch_frame_gpa(vcpu);
 	regs->rflags = 0x2;
 	run->kvm_dirty_regs |= KVM_SYNC_X86_REGS;
 
 	x86_boot_kernel_segments(&sregs);
-	x86_boot_select_tss(&sregs, m->user_mode, vcpu->id);
+	x86_boot_select_tss(&sregs, v->user_mode, vcpu->id);
 	sregs.efer |= EFER_NXE;
 	if (m->syscall_entry)
 		sregs.efer |= EFER_SCE;
@@ -457,7 +467,8 @@ void pv_mmu_settle(struct kapsel_vcpu *vcpu)
 		kapsel_warn("KVM_SET_SREGS failed while completing an address-space switch: %s",
 			    strerror(errno));
 	/* The TLB flush the stub would have done happens at the next entry. */
-	vm->pv_mmu.reload_pending = true;
+	__atomic_store_n(&vcpu->pv_mmu.reload_pending, 1, __ATOMIC_SEQ_CST);
+	(void)vm;
 }
 
 bool pv_mmu_handle_hlt(struct kapsel_vcpu *vcpu)
@@ -470,7 +481,7 @@ bool pv_mmu_handle_hlt(struct kapsel_vcpu *vcpu)
 	if (ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0 || sregs.cs.selector != X86_SEL_KERNEL_CS)
 		return false;
 	struct pv_mmu *m = &vm->pv_mmu;
-	if (m->user_mode && m->syscall_entry) {
+	if (vcpu->pv_mmu.user_mode && m->syscall_entry) {
 		m->syscalls++;
 		if (!pv_cpu_deliver_syscall(vcpu, &sregs))
 			crash_report_fatal(vcpu, "syscall delivery to the guest kernel failed");
@@ -501,15 +512,44 @@ bool pv_mmu_handle_hlt(struct kapsel_vcpu *vcpu)
 
 /* ---- Hypercalls ---------------------------------------------------------- */
 
-/*
- * ABI 1.6: user mode needs the mode, current space and kernel stack per
- * vCPU, and an update of a space another vCPU runs needs that vCPU's TLB
- * flushed before the call returns; until the PV MMU has both, a VM with
- * more than one vCPU cannot enter user mode (docs/abi.md section 19).
- */
-static bool smp_refused(const struct kapsel_vcpu *vcpu)
+/* True if a vCPU of vm other than self (NULL: any) runs on space as. */
+static bool space_in_use(const struct kapsel_vm *vm, const struct kapsel_vcpu *self, unsigned as)
 {
-	return vcpu->vm->vcpu_count > 1;
+	for (unsigned i = 0; i < vm->vcpu_count; i++)
+		if (&vm->vcpus[i] != self && vm->vcpus[i].pv_mmu.current == as)
+			return true;
+	return false;
+}
+
+/*
+ * A TLB shootdown: every other vCPU that runs on space as reloads CR3 (a
+ * flush) before it runs guest code again, and one running guest code now
+ * is kicked out and waited for, so no stale translation of the space is
+ * used once MMU_UPDATE returns.  The caller holds vm->lock; the vCPUs it
+ * waits for leave KVM_RUN without taking it.
+ */
+static void flush_remote(struct kapsel_vcpu *self, unsigned as)
+{
+	struct kapsel_vm *vm = self->vm;
+	uint64_t seen[KAPSEL_MAX_VCPUS];
+	bool wait[KAPSEL_MAX_VCPUS] = { false };
+	for (unsigned i = 0; i < vm->vcpu_count; i++) {
+		struct kapsel_vcpu *other = &vm->vcpus[i];
+		if (other == self || other->pv_mmu.current != as)
+			continue;
+		__atomic_store_n(&other->pv_mmu.reload_pending, 1, __ATOMIC_SEQ_CST);
+		seen[i] = __atomic_load_n(&other->runs, __ATOMIC_SEQ_CST);
+		if (__atomic_load_n(&other->in_guest, __ATOMIC_SEQ_CST)) {
+			wait[i] = true;
+			vcpu_kick(other);
+		}
+		vm->pv_mmu.remote_flushes++;
+	}
+	for (unsigned i = 0; i < vm->vcpu_count; i++)
+		while (wait[i] &&
+		       __atomic_load_n(&vm->vcpus[i].runs, __ATOMIC_SEQ_CST) == seen[i] &&
+		       __atomic_load_n(&vm->vcpus[i].in_guest, __ATOMIC_SEQ_CST))
+			sched_yield();
 }
 
 static int64_t hc_as_create(struct kapsel_vcpu *vcpu, const uint64_t args[])
@@ -522,6 +562,8 @@ static int64_t hc_as_create(struct kapsel_vcpu *vcpu, const uint64_t args[])
 static int64_t hc_as_destroy(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
 	struct kapsel_vm *vm = vcpu->vm;
+	if (args[0] > 0 && args[0] < KAPSEL_AS_MAX && space_in_use(vm, NULL, (unsigned)args[0]))
+		return -KAPSEL_EBUSY; /* some vCPU runs on it */
 	return pv_mmu_space_destroy(&vm->pv_mmu, args[0]);
 }
 
@@ -553,8 +595,13 @@ static int64_t hc_mmu_update(struct kapsel_vcpu *vcpu, const uint64_t args[])
 		}
 		m->ops_applied++;
 	}
-	if (as == m->current && done > 0)
-		m->reload_pending = true; /* the TLB may hold the old entries */
+	/* The TLBs of every vCPU on this space may hold the old entries. */
+	if (done > 0) {
+		if (as == vcpu->pv_mmu.current)
+			__atomic_store_n(&vcpu->pv_mmu.reload_pending, 1, __ATOMIC_SEQ_CST);
+		if (space_in_use(vm, vcpu, (unsigned)as))
+			flush_remote(vcpu, (unsigned)as);
+	}
 	return (int64_t)done;
 }
 
@@ -563,14 +610,12 @@ static int64_t hc_as_switch(struct kapsel_vcpu *vcpu, const uint64_t args[])
 	struct kapsel_vm *vm = vcpu->vm;
 	struct pv_mmu *m = &vm->pv_mmu;
 	uint64_t as = args[0];
-	if (smp_refused(vcpu))
-		return -KAPSEL_ENOSYS;
 	if (as >= KAPSEL_AS_MAX)
 		return -KAPSEL_EINVAL;
 	if (as && !m->spaces[as].used)
 		return -KAPSEL_ENOENT;
-	m->current = (unsigned)as;
-	m->reload_pending = true;
+	vcpu->pv_mmu.current = (unsigned)as;
+	__atomic_store_n(&vcpu->pv_mmu.reload_pending, 1, __ATOMIC_SEQ_CST);
 	m->switches++;
 	return 0;
 }
@@ -596,26 +641,25 @@ static int64_t hc_set_syscall(struct kapsel_vcpu *vcpu, const uint64_t args[])
 	struct kapsel_vm *vm = vcpu->vm;
 	struct pv_mmu *m = &vm->pv_mmu;
 	uint64_t entry = args[0];
-	if (smp_refused(vcpu))
-		return -KAPSEL_ENOSYS;
 	if (entry && !guest_memory_translate_guest(&vm->mem, entry, 1))
 		return -KAPSEL_EFAULT;
 	if (entry && pv_mmu_set_syscall_msrs(vcpu))
 		return -KAPSEL_EIO;
 	m->syscall_entry = entry;
-	m->reload_pending = true; /* EFER.SCE follows the registration */
+	/* EFER.SCE follows the registration on every vCPU (their syscall
+	 * MSRs were set when they were created), each at its next entry. */
+	for (unsigned i = 0; i < vm->vcpu_count; i++)
+		__atomic_store_n(&vm->vcpus[i].pv_mmu.reload_pending, 1, __ATOMIC_SEQ_CST);
 	return 0;
 }
 
 static int64_t hc_kernel_stack(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
 	struct kapsel_vm *vm = vcpu->vm;
-	if (smp_refused(vcpu))
-		return -KAPSEL_ENOSYS;
 	int err = pv_cpu_check_stack(&vm->mem, args[0], args[1]);
 	if (err)
 		return err;
-	vm->pv_mmu.kernel_stack =
+	vcpu->pv_mmu.kernel_stack =
 		(struct pv_handler){ .entry = 0, .stack_top = args[0], .stack_bytes = args[1] };
 	return 0;
 }
@@ -644,7 +688,7 @@ void pv_mmu_print_stats(const struct kapsel_vm *vm, FILE *out)
 	fprintf(out,
 		"pv_mmu: spaces=%u table_pages=%u ops_applied=%" PRIu64 " ops_refused=%" PRIu64
 		" switches=%" PRIu64 " syscalls=%" PRIu64 " user_entries=%" PRIu64
-		" reloads=%" PRIu64 "\n",
+		" reloads=%" PRIu64 " remote_flushes=%" PRIu64 "\n",
 		spaces, pv_mmu_pages_used(m), m->ops_applied, m->ops_refused, m->switches,
-		m->syscalls, m->user_entries, m->reloads);
+		m->syscalls, m->user_entries, m->reloads, m->remote_flushes);
 }

@@ -22,11 +22,11 @@ struct pv_mmu_space {
 };
 
 /*
- * The VM's page-table pool and the vCPU's mode.  The pool is host memory
+ * The VM's page-table pool and address spaces.  The pool is host memory
  * registered with KVM at pool_gpa, outside guest RAM: the CPU walks it,
  * the guest can never map it (a mapped frame must be guest RAM), so no
- * page of a page table is ever guest-writable.  Touched by the vCPU
- * thread only (save/restore run with the vCPU stopped).
+ * page of a page table is ever guest-writable.  Touched by vCPU threads
+ * under vm->lock (save/restore run with every vCPU stopped).
  */
 struct pv_mmu {
 	uint8_t *pool;	   /* KAPSEL_MMU_TABLE_PAGES pages, MAP_NORESERVE */
@@ -34,15 +34,24 @@ struct pv_mmu {
 	uint32_t free_pages[KAPSEL_MMU_TABLE_PAGES];
 	uint32_t free_count;
 	struct pv_mmu_space spaces[KAPSEL_AS_MAX];
+	uint64_t syscall_entry; /* 0: none; the same for every vCPU */
+	/* Counters (vm_print_stats). */
+	uint64_t ops_applied, ops_refused, switches, syscalls, user_entries, reloads,
+		remote_flushes;
+};
+
+/*
+ * One vCPU's mode and address space (struct kapsel_vcpu.pv_mmu): touched by
+ * its own thread, except reload_pending, which another vCPU's MMU_UPDATE
+ * of the space this one runs sets (a TLB shootdown).
+ */
+struct pv_mmu_vcpu {
 	unsigned current; /* 0: none */
 	bool user_mode;	  /* the vCPU runs a process (user view, no ports) */
-	/* CR3 and TR must be reloaded in the guest before it runs again:
-	 * mode or address-space change, or an update of the current space. */
-	bool reload_pending;
-	uint64_t syscall_entry; /* 0: none */
+	/* atomic: CR3 and TR must be reloaded in the guest before it runs
+	 * again: mode or address-space change, or an update of the space. */
+	int reload_pending;
 	struct pv_handler kernel_stack;
-	/* Counters (vm_print_stats). */
-	uint64_t ops_applied, ops_refused, switches, syscalls, user_entries, reloads;
 };
 
 #define PV_MMU_POOL_SLOT 1u
@@ -56,8 +65,11 @@ struct pv_mmu {
  */
 void pv_mmu_init(struct pv_mmu *m, uint8_t *pool, uint64_t pool_gpa);
 
-/* Forget every address space and mode (boot, reboot, before a restore). */
+/* Forget every address space (boot, reboot, before a restore). */
 void pv_mmu_clear(struct pv_mmu *m);
+
+/* A vCPU in kernel mode on no process address space, no kernel stack. */
+void pv_mmu_vcpu_clear(struct pv_mmu_vcpu *v);
 
 /* A new empty address space: its id, or -KAPSEL_ENOSPC / -KAPSEL_ENOMEM. */
 int pv_mmu_space_create(struct pv_mmu *m);
@@ -66,8 +78,8 @@ int pv_mmu_space_create(struct pv_mmu *m);
  * in use): 0, -KAPSEL_EINVAL or -KAPSEL_ENOMEM.  For restores. */
 int pv_mmu_space_create_at(struct pv_mmu *m, unsigned as);
 
-/* Free space as and its tables: 0, -KAPSEL_EINVAL / -KAPSEL_ENOENT (no such
- * space) or -KAPSEL_EBUSY (the current one). */
+/* Free space as and its tables: 0 or -KAPSEL_EINVAL / -KAPSEL_ENOENT (no
+ * such space).  The caller refuses a space a vCPU runs on (-EBUSY). */
 int pv_mmu_space_destroy(struct pv_mmu *m, uint64_t as);
 
 /*
@@ -87,8 +99,8 @@ void pv_mmu_each_mapping(const struct pv_mmu *m, unsigned as,
 			 void (*fn)(uint64_t va, uint64_t gpa, unsigned prot, void *arg),
 			 void *arg);
 
-/* CR3 for the current mode and address space. */
-uint64_t pv_mmu_cr3(const struct pv_mmu *m);
+/* CR3 for vCPU v's mode and address space. */
+uint64_t pv_mmu_cr3(const struct pv_mmu *m, const struct pv_mmu_vcpu *v);
 
 /* Table pages in use (for stats and tests). */
 unsigned pv_mmu_pages_used(const struct pv_mmu *m);
@@ -109,11 +121,15 @@ int pv_mmu_set_syscall_msrs(struct kapsel_vcpu *vcpu);
 /* Register the PV MMU hypercalls.  Returns 0 or -errno. */
 int pv_mmu_register_hypercalls(struct hypercall_table *table);
 
-/* Enter or leave user mode at the next reload (pv_cpu.c's entries). */
-void pv_mmu_set_user_mode(struct kapsel_vm *vm, bool user);
+/* Enter or leave user mode at vcpu's next reload (pv_cpu.c's entries). */
+void pv_mmu_set_user_mode(struct kapsel_vcpu *vcpu, bool user);
 
-/* Can IRET resume a frame in user mode (a current space and a kernel stack)? */
-bool pv_mmu_user_mode_possible(const struct kapsel_vm *vm);
+/* Can IRET resume a frame in user mode on vcpu (a current space and a kernel stack)? */
+bool pv_mmu_user_mode_possible(const struct kapsel_vcpu *vcpu);
+
+/* A vCPU starts afresh (VCPU_UP): kernel mode, no space, no kernel stack;
+ * EFER follows the VM's syscall entry from its first entry on. */
+void pv_mmu_vcpu_start(struct kapsel_vcpu *vcpu);
 
 /*
  * If a reload is pending, turn the CPL3 context in the vCPU's registers

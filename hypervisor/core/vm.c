@@ -585,7 +585,9 @@ static int boot_guest(struct kapsel_vm *vm)
 	/* Reserved: EVTCHN_ALLOC skips it, EVTCHN_MASK accepts it. */
 	vm->evtchn[KAPSEL_EVTCHN_CONTROL].allocated = true;
 	pv_cpu_reset(vm);	   /* no handlers, timer off, upcalls masked */
-	pv_mmu_clear(&vm->pv_mmu); /* no address spaces, kernel mode */
+	pv_mmu_clear(&vm->pv_mmu); /* no address spaces */
+	for (unsigned i = 0; i < KAPSEL_MAX_VCPUS; i++)
+		pv_mmu_vcpu_clear(&vm->vcpus[i].pv_mmu); /* kernel mode */
 	/* Registers a hypercall left dirty in kvm_run (rax of the SHUTDOWN that
 	 * asked for this reboot) would overwrite the entry state at the next
 	 * KVM_RUN: drop them. */
@@ -709,6 +711,8 @@ int vm_create_without_devices(struct kapsel_vm *vm, struct vm_config *config)
 			goto fail;
 		}
 		vcpu_set_number_msr(&vm->vcpus[i]);
+		/* Where a syscall in user mode goes; inert until EFER.SCE. */
+		pv_mmu_set_syscall_msrs(&vm->vcpus[i]);
 	}
 	int khz = ioctl(vm_boot_vcpu(vm)->fd, KVM_GET_TSC_KHZ, 0);
 	vm->tsc_khz = khz > 0 ? (uint64_t)khz : 0;
@@ -980,9 +984,15 @@ static void vcpu_run(struct kapsel_vcpu *vcpu)
 		/* Address-space or mode change: through the switch stub. */
 		if (!pv_mmu_finish(vcpu))
 			break;
+		/* A TLB shootdown (pv_mmu.c) waits for runs to move while
+		 * in_guest is set; it holds vm->lock, which KVM_RUN's return
+		 * does not need. */
+		__atomic_store_n(&vcpu->in_guest, 1, __ATOMIC_SEQ_CST);
 		pthread_mutex_unlock(&vm->lock);
 		int rc = ioctl(vcpu->fd, KVM_RUN, 0);
 		int run_errno = errno;
+		__atomic_add_fetch(&vcpu->runs, 1, __ATOMIC_SEQ_CST);
+		__atomic_store_n(&vcpu->in_guest, 0, __ATOMIC_SEQ_CST);
 		pthread_mutex_lock(&vm->lock);
 		if (rc < 0) {
 			if (run_errno == EINTR || run_errno == EAGAIN) {
@@ -1110,6 +1120,7 @@ static void vcpu_take_start(struct kapsel_vcpu *vcpu)
 		return;
 	vcpu->run->kvm_dirty_regs = 0;
 	pv_cpu_vcpu_reset(vcpu);
+	pv_mmu_vcpu_start(vcpu);
 	int err = x86_boot_set_vcpu_state(vcpu->fd, vcpu->id, &vcpu->start);
 	if (err) {
 		kapsel_error("cannot start vCPU %u: setting its registers failed: %s", vcpu->id,

@@ -77,12 +77,11 @@ static inline const char *vcpu_power_name(int power)
 
 /*
  * One virtual CPU: its KVM file and run area, the thread that runs it, its
- * exit counters and its PV CPU state (traps, upcalls, timer).  Everything
- * here belongs to the vCPU's thread, except what is marked atomic.  A VM
- * has vcpu_count of them (config vcpus); vCPU 0 runs on the thread that
- * calls vm_run, the others on threads vm_create starts, which wait until
- * the guest brings them up.  The PV MMU's mode and address space are
- * still the VM's (struct pv_mmu): user mode is refused with several vCPUs.
+ * exit counters, its PV CPU state (traps, upcalls, timer) and its PV MMU
+ * mode and address space.  Everything here belongs to the vCPU's thread,
+ * except what is marked atomic.  A VM has vcpu_count of them (config
+ * vcpus); vCPU 0 runs on the thread that calls vm_run, the others on
+ * threads vm_create starts, which wait until the guest brings them up.
  */
 struct kapsel_vcpu {
 	struct kapsel_vm *vm;
@@ -97,8 +96,11 @@ struct kapsel_vcpu {
 	struct x86_entry start; /* KAPSEL_HC_VCPU_UP's request (vm->lock) */
 	bool thread_created;	/* vCPUs 1..: vm_create started its thread */
 	bool thread_ready;	/* it named its sandbox role (pause_lock) */
+	int in_guest;		/* atomic: 1 from just before KVM_RUN until it returns */
+	uint64_t runs;		/* atomic: KVM_RUN returns (a TLB shootdown waits on it) */
 	uint64_t exits[VM_EXIT_COUNTER_COUNT];
 	struct pv_cpu_vcpu pv_cpu; /* pv_cpu.c */
+	struct pv_mmu_vcpu pv_mmu; /* pv_mmu.c: its mode and address space */
 };
 
 struct kapsel_vm {
@@ -138,7 +140,7 @@ struct kapsel_vm {
 	int exit_code;		    /* what `kapsel run` exits with */
 	struct log_limit guest_log; /* every log line a guest can trigger passes here */
 	uint64_t generation;
-	struct pv_mmu pv_mmu; /* address spaces and user mode (pv_mmu.c) */
+	struct pv_mmu pv_mmu; /* address spaces (pv_mmu.c); each vCPU's mode is its own */
 };
 
 /*
