@@ -70,6 +70,21 @@ pv-mmu-timer)
 	expect_in "$out" "timer-storm ok"
 	expect_not_in "$out" "WRONG"
 	;;
+pv-mmu-smp)
+	# Processes on two vCPUs at once, each in its own address space with
+	# its own kernel stack; then a TLB shootdown: a page made read-only on
+	# vCPU 0 stops vCPU 1's process's writes before MMU_UPDATE returns.
+	run_guest "$out" "$err" --kernel "$GUESTS/mmusmp.elf" --vcpus 2 --stats
+	expect_status 0
+	expect_in "$out" "mmusmp: vCPU 0 ran its own process: ok"
+	expect_in "$out" "mmusmp: vCPU 1 ran its own process: ok"
+	expect_in "$out" "mmusmp: no write after the protect returned: ok"
+	expect_in "$out" "mmusmp: vCPU 1's process took the write fault: ok"
+	expect_in "$out" "mmusmp: destroy a space another vCPU runs on: ok"
+	expect_in "$out" "mmusmp ok"
+	expect_not_in "$out" "WRONG"
+	grep -Eq "remote_flushes=[1-9]" "$err" || { cat "$err"; fail "no remote TLB flush counted"; }
+	;;
 *)
 	fail "unknown case $1"
 	;;
