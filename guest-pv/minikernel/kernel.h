@@ -14,6 +14,7 @@
 #define PROC_PAGES_MAX 64  /* user pages a process may have mapped */
 #define FAMILY_PROCS_MAX 8 /* slots one boot program and its descendants may hold */
 #define OUTCOME_MAX 160	   /* processes the final report can list */
+#define CPU_MAX 4	   /* vCPUs the kernel schedules on (more stay down) */
 
 /* ---- frames.c: guest RAM frames for processes, reference counted ------ */
 
@@ -64,6 +65,8 @@ struct process {
 	struct user_page pages[PROC_PAGES_MAX];
 	/* Its user context while it does not run (saved-frame design). */
 	struct kapsel_trap_frame frame;
+	bool running;	      /* a vCPU runs it (or is about to resume it) */
+	unsigned running_cpu; /* which, while running */
 };
 
 /* How each process ended, kept after its slot is reused. */
@@ -78,7 +81,11 @@ struct outcome {
 };
 
 extern struct process processes[PROC_MAX];
-extern struct process *current;
+/* The process each vCPU runs (NULL before its first); `current` is the
+ * calling vCPU's.  Everything in the kernel runs under the kernel lock. */
+extern struct process *cpu_current[CPU_MAX];
+unsigned this_cpu(void);
+#define current (cpu_current[this_cpu()])
 extern struct outcome outcomes[OUTCOME_MAX];
 extern unsigned outcome_count;
 extern unsigned family_fork_refusals[PROC_MAX + 1]; /* by family pid */
@@ -128,6 +135,9 @@ void sched_enter(struct kapsel_trap_frame *frame);
 void sched_leave(struct kapsel_trap_frame *frame, bool rotate);
 /* Context switches so far (for the final report). */
 unsigned sched_context_switches(void);
+/* vCPUs the kernel schedules on, and how often vCPU cpu switched to a process. */
+unsigned sched_cpu_count(void);
+unsigned sched_cpu_picks(unsigned cpu);
 /* Block current until a child exits: its syscall runs again then. */
 void sched_block_restart(struct process *p);
 

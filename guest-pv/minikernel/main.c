@@ -121,6 +121,9 @@ void kernel_finish(void)
 	size_t leaked = frames_in_use();
 	kg_printf("minikernel: %u processes, %u context switches, %zu of %zu frames still in use\n",
 		  outcome_count, sched_context_switches(), leaked, frames_total());
+	for (unsigned cpu = 0; cpu < sched_cpu_count(); cpu++)
+		kg_printf("minikernel: vCPU %u switched to a process %u times\n", cpu,
+			  sched_cpu_picks(cpu));
 	if (leaked) {
 		kg_printf("minikernel: frames leaked: WRONG\n");
 		wrong++;

@@ -5,7 +5,7 @@
 #include "kapsel_guest/runtime.h"
 
 struct process processes[PROC_MAX];
-struct process *current;
+struct process *cpu_current[CPU_MAX];
 struct outcome outcomes[OUTCOME_MAX];
 unsigned outcome_count;
 unsigned family_fork_refusals[PROC_MAX + 1];

@@ -20,22 +20,23 @@
 extern const uint8_t user_image_start[], user_data_start[], user_image_end[];
 
 bool break_cow;
-static int hardware_as; /* what AS_SWITCH last made current */
+static int hardware_as[CPU_MAX]; /* what AS_SWITCH last made current, per vCPU */
 static struct kapsel_mmu_op ops[PROC_PAGES_MAX];
 
 void vm_switch_to(int as)
 {
-	if (as == hardware_as)
+	unsigned cpu = this_cpu();
+	if (as == hardware_as[cpu])
 		return;
 	int rc = kg_as_switch(as);
 	if (rc != 0)
 		kg_panic("AS_SWITCH(%d) refused: %d", as, rc);
-	hardware_as = as;
+	hardware_as[cpu] = as;
 }
 
 int vm_current_as(void)
 {
-	return hardware_as;
+	return hardware_as[this_cpu()];
 }
 
 static struct user_page *find_page(struct process *p, uint64_t va)
@@ -261,8 +262,9 @@ void vm_release(struct process *p)
 	p->page_count = 0;
 	if (!p->as)
 		return;
-	/* The current space cannot be destroyed: leave it first. */
-	if (hardware_as == p->as)
+	/* The current space cannot be destroyed: leave it first.  Another
+	 * vCPU never has it: an idle vCPU leaves its space (sched.c). */
+	if (vm_current_as() == p->as)
 		vm_switch_to(0);
 	int rc = kg_as_destroy(p->as);
 	if (rc != 0)

@@ -84,6 +84,23 @@ minikernel-pv-disk)
 	expect_disk_written
 	expect_in "$err" "pv_mmu: spaces="
 	;;
+minikernel-smp)
+	# The same kernel on 2 vCPUs: processes move between them under the
+	# kernel lock, each vCPU with its own timer, stacks and address space,
+	# and every process still ends as its table says.
+	make_disk
+	run_guest "$out" "$err" --kernel "$KERNEL" --disk "$img" --vcpus 2 --stats
+	expect_status 0
+	expect_in "$out" "kernel: scheduling on 2 vCPUs"
+	expect_in "$out" "kernel: vCPU 1 starts pid"
+	expect_outcomes "$out"
+	expect_disk_written
+	grep -Eq "^minikernel: vCPU 1 switched to a process [1-9][0-9]* times$" "$out" ||
+		{ cat "$out"; fail "vCPU 1 never ran a process"; }
+	grep -Eq "^minikernel: vCPU 0 switched to a process [1-9][0-9]* times$" "$out" ||
+		{ cat "$out"; fail "vCPU 0 never ran a process"; }
+	expect_in "$err" "vcpu1_power: up"
+	;;
 minikernel-ata-disk)
 	# The same kernel, the same block API, on the emulated ATA disk.
 	make_disk
