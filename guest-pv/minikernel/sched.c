@@ -286,7 +286,8 @@ void sched_start(void)
 		cpu_count = CPU_MAX;
 	kg_printf("kernel: scheduling on %u vCPU%s\n", cpu_count, cpu_count > 1 ? "s" : "");
 	for (unsigned cpu = 1; cpu < cpu_count; cpu++)
-		if (kg_cpu_start(cpu, secondary_main, 0, stacks[cpu].boot, sizeof(stacks[cpu].boot)))
+		if (kg_cpu_start(cpu, secondary_main, 0, stacks[cpu].boot,
+				 sizeof(stacks[cpu].boot)))
 			kg_panic("cannot start vCPU %u", cpu);
 	run_first();
 }

@@ -307,11 +307,7 @@ void pv_cpu_vcpu_reset(struct kapsel_vcpu *vcpu)
 	c->active_vectors = 0;
 	for (unsigned v = 0; v < KAPSEL_VIRQ_COUNT; v++)
 		c->virq_port[v] = UINT32_MAX;
-	c->timer_deadline_ns = KAPSEL_TIMER_STOP;
-	c->timer_period_ns = 0;
-	if (c->timer_created)
-		timer_arm(vcpu);
-	__atomic_store_n(&c->timer_fired, 0, __ATOMIC_SEQ_CST);
+	pv_cpu_timer_stop(vcpu);
 	struct kapsel_vcpu_info *info = vcpu_info(vcpu->vm, vcpu->id);
 	memset(info, 0, sizeof(*info));
 	info->upcall_mask = 1; /* interrupts off at boot */
