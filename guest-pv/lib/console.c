@@ -5,11 +5,17 @@
 
 #include "kapsel_guest/hypercall.h"
 #include "kapsel_guest/platform.h"
+#include "kapsel_guest/smp.h"
 
 #define UART_DEFAULT_BASE 0x3f8u
 
 static enum kg_console_mode console_mode = KG_CONSOLE_UART;
 static uint16_t console_uart_base = UART_DEFAULT_BASE;
+/* One writer and one reader at a time across vCPUs, so that one call's
+ * bytes stay together (a UART takes them one port write at a time).
+ * irqsave: an upcall handler that prints must not spin on a lock its own
+ * vCPU holds. */
+static struct kg_spinlock console_write_lock, console_read_lock;
 
 int kg_console_init(enum kg_console_mode mode)
 {
@@ -42,7 +48,7 @@ enum kg_console_mode kg_console_mode(void)
 	return console_mode;
 }
 
-void kg_console_write(const void *data, size_t length)
+static void console_write_locked(const void *data, size_t length)
 {
 	const char *p = data;
 	if (console_mode == KG_CONSOLE_UART) {
@@ -65,7 +71,14 @@ void kg_console_write(const void *data, size_t length)
 	}
 }
 
-size_t kg_console_read(void *data, size_t length)
+void kg_console_write(const void *data, size_t length)
+{
+	unsigned long flags = kg_spin_lock_irqsave(&console_write_lock);
+	console_write_locked(data, length);
+	kg_spin_unlock_irqrestore(&console_write_lock, flags);
+}
+
+static size_t console_read_locked(void *data, size_t length)
 {
 	if (console_mode == KG_CONSOLE_UART)
 		return kg_uart_read(console_uart_base, data, length);
@@ -73,4 +86,12 @@ size_t kg_console_read(void *data, size_t length)
 		return kg_virtio_console_read(data, length);
 	int64_t n = kg_hc_console_read(data, length);
 	return n > 0 ? (size_t)n : 0;
+}
+
+size_t kg_console_read(void *data, size_t length)
+{
+	unsigned long flags = kg_spin_lock_irqsave(&console_read_lock);
+	size_t n = console_read_locked(data, length);
+	kg_spin_unlock_irqrestore(&console_read_lock, flags);
+	return n;
 }

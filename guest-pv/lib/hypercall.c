@@ -3,6 +3,8 @@
 
 #include "kapsel_guest/os_hooks.h"
 
+#include "smp_internal.h"
+
 #define PHYS(p) kg_os_virt_to_phys(p)
 
 int64_t kg_hc_abi_info(struct kapsel_abi_info *info)
@@ -40,7 +42,12 @@ int64_t kg_hc_block(uint64_t deadline_ns)
 
 int64_t kg_hc_evtchn_alloc(void)
 {
-	return kg_hypercall(KAPSEL_HC_EVTCHN_ALLOC, 0, 0, 0, 0, 0);
+	int64_t port = kg_hypercall(KAPSEL_HC_EVTCHN_ALLOC, 0, 0, 0, 0, 0);
+	/* A new channel is bound to vCPU 0 whoever had the port before: so
+	 * is it in the library's table (smp.c). */
+	if (port >= 0)
+		kg_smp_binding_record((uint32_t)port, 0);
+	return port;
 }
 
 int64_t kg_hc_evtchn_bind_device(uint32_t port, uint32_t device_index)

@@ -2,6 +2,7 @@
 #include "kapsel_guest/platform.h"
 
 #include "kapsel_guest/arch.h"
+#include "kapsel_guest/cpu.h"
 #include "kapsel_guest/hypercall.h"
 #include "kapsel_guest/os_hooks.h"
 
@@ -11,8 +12,39 @@ static bool platform_kapsel;
 static uint64_t platform_generation;
 static void (*platform_generation_callback)(uint64_t generation);
 
-/* TSC to Kapsel clock: now = base_ns + (tsc - base_tsc) * mult >> 32. */
+/* TSC to Kapsel clock: now = base_ns + (tsc - base_tsc) * mult >> 32.
+ * The three change together (after a restore) while other vCPUs read
+ * them: clock_sequence is odd during a change, and a reader that saw it
+ * odd or changed reads again. */
 static uint64_t clock_base_ns, clock_base_tsc, clock_mult;
+static uint32_t clock_sequence;
+
+static void clock_store(uint64_t base_ns, uint64_t base_tsc, uint64_t mult)
+{
+	/* Upcalls masked: a handler on this vCPU reading the clock would
+	 * wait for an even sequence that never comes. */
+	unsigned long flags = kg_irq_save();
+	__atomic_fetch_add(&clock_sequence, 1u, __ATOMIC_ACQ_REL); /* odd: changing */
+	__atomic_store_n(&clock_base_ns, base_ns, __ATOMIC_RELAXED);
+	__atomic_store_n(&clock_base_tsc, base_tsc, __ATOMIC_RELAXED);
+	__atomic_store_n(&clock_mult, mult, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&clock_sequence, 1u, __ATOMIC_RELEASE); /* even: done */
+	kg_irq_restore(flags);
+}
+
+static void clock_load(uint64_t *base_ns, uint64_t *base_tsc, uint64_t *mult)
+{
+	uint32_t before, after;
+	do {
+		while ((before = __atomic_load_n(&clock_sequence, __ATOMIC_ACQUIRE)) & 1u)
+			kg_cpu_relax();
+		*base_ns = __atomic_load_n(&clock_base_ns, __ATOMIC_RELAXED);
+		*base_tsc = __atomic_load_n(&clock_base_tsc, __ATOMIC_RELAXED);
+		*mult = __atomic_load_n(&clock_mult, __ATOMIC_RELAXED);
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		after = __atomic_load_n(&clock_sequence, __ATOMIC_RELAXED);
+	} while (before != after);
+}
 
 static bool cpuid_says_kapsel(void)
 {
@@ -30,10 +62,8 @@ static void calibrate_clock(void)
 	struct kapsel_time_info info;
 	if (kg_hc_time_info(&info) < 0 || info.tsc_khz == 0)
 		return;
-	clock_base_ns = info.now_ns;
-	clock_base_tsc = info.tsc;
 	/* ns per tick in 32.32 fixed point: 1e6 / khz. */
-	clock_mult = (1000000ull << 32) / info.tsc_khz;
+	clock_store(info.now_ns, info.tsc, (1000000ull << 32) / info.tsc_khz);
 }
 
 int kg_platform_init(const struct kapsel_start_info *start_info)
@@ -44,9 +74,7 @@ int kg_platform_init(const struct kapsel_start_info *start_info)
 		 * still carry the TSC rate: the clock then counts from here. */
 		if (start_info && start_info->magic == KAPSEL_START_INFO_MAGIC &&
 		    start_info->tsc_khz) {
-			clock_base_ns = 0;
-			clock_base_tsc = kg_rdtsc();
-			clock_mult = (1000000ull << 32) / start_info->tsc_khz;
+			clock_store(0, kg_rdtsc(), (1000000ull << 32) / start_info->tsc_khz);
 		}
 		return -KAPSEL_ENODEV;
 	}
@@ -128,15 +156,17 @@ const struct kapsel_device_desc *kg_platform_find_unit(unsigned unit,
 
 uint64_t kg_time_now_ns(void)
 {
-	if (!clock_mult) {
+	uint64_t base_ns, base_tsc, mult;
+	clock_load(&base_ns, &base_tsc, &mult);
+	if (!mult) {
 		/* No TSC frequency was offered: ask the hypervisor (one exit). */
 		struct kapsel_time_info info;
 		if (platform_kapsel && kg_hc_time_info(&info) == 0)
 			return info.now_ns;
 		return 0;
 	}
-	uint64_t delta = kg_rdtsc() - clock_base_tsc;
-	return clock_base_ns + (uint64_t)(((unsigned __int128)delta * clock_mult) >> 32);
+	uint64_t delta = kg_rdtsc() - base_tsc;
+	return base_ns + (uint64_t)(((unsigned __int128)delta * mult) >> 32);
 }
 
 void kg_time_sleep_ns(uint64_t duration_ns)
@@ -146,7 +176,8 @@ void kg_time_sleep_ns(uint64_t duration_ns)
 		deadline = UINT64_MAX; /* "forever" must not wrap into the past */
 	if (!platform_kapsel) {
 		/* No BLOCK call off Kapsel: spin on the TSC clock, if any. */
-		while (clock_mult && kg_time_now_ns() < deadline)
+		while (__atomic_load_n(&clock_mult, __ATOMIC_RELAXED) &&
+		       kg_time_now_ns() < deadline)
 			kg_cpu_relax();
 		return;
 	}
@@ -173,12 +204,12 @@ bool kg_evtchn_test_and_clear(uint32_t port)
 
 uint64_t kg_platform_generation(void)
 {
-	return platform_generation;
+	return __atomic_load_n(&platform_generation, __ATOMIC_ACQUIRE);
 }
 
 void kg_platform_on_new_generation(void (*callback)(uint64_t generation))
 {
-	platform_generation_callback = callback;
+	__atomic_store_n(&platform_generation_callback, callback, __ATOMIC_RELEASE);
 }
 
 bool kg_platform_check_generation(void)
@@ -186,12 +217,17 @@ bool kg_platform_check_generation(void)
 	if (!platform_kapsel)
 		return false;
 	uint64_t now = __atomic_load_n(&platform_start_info->generation, __ATOMIC_ACQUIRE);
-	if (now == platform_generation)
+	uint64_t seen = __atomic_load_n(&platform_generation, __ATOMIC_ACQUIRE);
+	/* One vCPU wins the change and runs the callback; the others see
+	 * the generation they would have set and return false. */
+	if (now == seen || !__atomic_compare_exchange_n(&platform_generation, &seen, now, false,
+							__ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
 		return false;
-	platform_generation = now;
 	calibrate_clock(); /* a restored VM's TSC moved */
-	if (platform_generation_callback)
-		platform_generation_callback(now);
+	void (*callback)(uint64_t) =
+		__atomic_load_n(&platform_generation_callback, __ATOMIC_ACQUIRE);
+	if (callback)
+		callback(now);
 	return true;
 }
 

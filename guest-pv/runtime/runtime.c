@@ -5,6 +5,7 @@
 #include "kapsel_guest/hypercall.h"
 #include "kapsel_guest/os_hooks.h"
 #include "kapsel_guest/platform.h"
+#include "kapsel_guest/smp.h"
 
 #define RUNTIME_MAX_ARGS 32
 #define PAGE_BYTES 4096u
@@ -13,17 +14,23 @@ extern char _end[]; /* linker script: end of the image */
 
 static char runtime_cmdline[KAPSEL_CMDLINE_MAX];
 static uintptr_t heap_next, heap_limit;
+/* Both allocators bump heap_next; vCPUs allocate one at a time. */
+static struct kg_spinlock heap_lock;
 
 /* ---- OS hooks for libkapsel-guest ---------------------------------------- */
 
 void *kg_os_alloc_pages(size_t count)
 {
+	unsigned long flags = kg_spin_lock_irqsave(&heap_lock);
 	uintptr_t start = (heap_next + PAGE_BYTES - 1) & ~(uintptr_t)(PAGE_BYTES - 1);
-	if (count > (heap_limit - start) / PAGE_BYTES)
-		return 0;
-	heap_next = start + count * PAGE_BYTES;
-	/* Fresh guest RAM is zero; the allocator never hands memory out twice. */
-	return (void *)start;
+	void *pages = 0;
+	if (start <= heap_limit && count <= (heap_limit - start) / PAGE_BYTES) {
+		heap_next = start + count * PAGE_BYTES;
+		/* Fresh guest RAM is zero; the allocator never hands memory out twice. */
+		pages = (void *)start;
+	}
+	kg_spin_unlock_irqrestore(&heap_lock, flags);
+	return pages;
 }
 
 uint64_t kg_os_virt_to_phys(const void *address)
@@ -45,17 +52,24 @@ void kg_os_panic(const char *message)
 
 void *kg_malloc(size_t size_bytes)
 {
+	unsigned long flags = kg_spin_lock_irqsave(&heap_lock);
 	uintptr_t start = (heap_next + 15) & ~(uintptr_t)15;
-	if (size_bytes > heap_limit - start)
-		return 0;
-	heap_next = start + size_bytes;
-	return (void *)start;
+	void *memory = 0;
+	if (start <= heap_limit && size_bytes <= heap_limit - start) {
+		heap_next = start + size_bytes;
+		memory = (void *)start;
+	}
+	kg_spin_unlock_irqrestore(&heap_lock, flags);
+	return memory;
 }
 
 size_t kg_heap_pages_left(void)
 {
+	unsigned long flags = kg_spin_lock_irqsave(&heap_lock);
 	uintptr_t start = (heap_next + PAGE_BYTES - 1) & ~(uintptr_t)(PAGE_BYTES - 1);
-	return start < heap_limit ? (heap_limit - start) / PAGE_BYTES : 0;
+	size_t pages = start < heap_limit ? (heap_limit - start) / PAGE_BYTES : 0;
+	kg_spin_unlock_irqrestore(&heap_lock, flags);
+	return pages;
 }
 
 int kg_printf(const char *fmt, ...)

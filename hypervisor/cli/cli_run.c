@@ -33,6 +33,8 @@ void cli_run_usage(FILE *out)
 		"Options:\n"
 		"  -k, --kernel FILE        guest kernel ELF image\n"
 		"  -m, --memory SIZE        guest RAM, e.g. 64M or 1G (default 64M; multiple of 2M)\n"
+		"      --vcpus N            vCPUs the VM has, 1 to %u (default 1); vCPU 0 boots,\n"
+		"                           the guest brings the others up (docs/abi.md, SMP)\n"
 		"  -c, --cmdline TEXT       command line the guest reads from its start info\n"
 		"  -n, --name NAME          VM name, unique on this host (default 'kapsel-PID')\n"
 		"  -d, --disk SPEC          attach a disk image; SPEC is PATH[,format=raw|overlay]\n"
@@ -70,7 +72,8 @@ void cli_run_usage(FILE *out)
 		"Examples:\n"
 		"  kapsel run --kernel build/guest-pv/examples/hello.elf --memory 64M\n"
 		"  kapsel run examples/hello.xml\n",
-		KAPSEL_EXIT_GUEST_CRASH, KAPSEL_EXIT_STOPPED, KAPSEL_EXIT_VMM_ERROR);
+		KAPSEL_EXIT_GUEST_CRASH, KAPSEL_EXIT_STOPPED, KAPSEL_EXIT_VMM_ERROR,
+		VM_CONFIG_MAX_VCPUS);
 }
 
 static char *replace(char *old, const char *value)
@@ -109,11 +112,13 @@ int cli_run(int argc, char **argv)
 		OPT_INCOMING,
 		OPT_NET,
 		OPT_RNG,
-		OPT_OVERCOMMIT
+		OPT_OVERCOMMIT,
+		OPT_VCPUS
 	};
 	static const struct option options[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "memory", required_argument, NULL, 'm' },
+		{ "vcpus", required_argument, NULL, OPT_VCPUS },
 		{ "cmdline", required_argument, NULL, 'c' },
 		{ "name", required_argument, NULL, 'n' },
 		{ "disk", required_argument, NULL, 'd' },
@@ -180,6 +185,13 @@ int cli_run(int argc, char **argv)
 			}
 			break;
 		}
+		case OPT_VCPUS:
+			if (vm_config_parse_vcpus(optarg, &config.vcpus) < 0) {
+				kapsel_error("--vcpus '%s' is not a valid vCPU count; use a whole number from 1 to %u",
+					     optarg, VM_CONFIG_MAX_VCPUS);
+				goto usage;
+			}
+			break;
 		case 'c':
 			if (strlen(optarg) >= KAPSEL_CMDLINE_MAX) {
 				kapsel_error("--cmdline is %zu bytes; the limit is %u",

@@ -1,4 +1,4 @@
-/* A VM's definition: defaults, lifecycle action names and the --disk option syntax. */
+/* A VM's definition: defaults, lifecycle action names, the vCPU count check and the --disk option syntax. */
 #include "config/config.h"
 
 #include <errno.h>
@@ -11,6 +11,10 @@
 #include "kapsel/abi.h"
 #include "config/config_options.h"
 #include "core/error_text.h"
+#include "kapsel/abi.h"
+
+_Static_assert(VM_CONFIG_MAX_VCPUS == KAPSEL_MAX_VCPUS,
+	       "a VM has at most the vCPUs the ABI's vCPU info area holds");
 
 void vm_config_init(struct vm_config *config)
 {
@@ -133,6 +137,24 @@ int config_parse_u64(const char *text, uint64_t *value)
 	if (errno || *end)
 		return -EINVAL;
 	*value = v;
+	return 0;
+}
+
+int vm_config_parse_vcpus(const char *text, unsigned *vcpus)
+{
+	if (!text || !*text)
+		return -EINVAL;
+	unsigned long long count = 0;
+	for (const char *p = text; *p; p++) {
+		if (*p < '0' || *p > '9')
+			return -EINVAL;
+		/* Past the limit already: keep reading digits, no overflow. */
+		if (count <= VM_CONFIG_MAX_VCPUS)
+			count = count * 10 + (unsigned)(*p - '0');
+	}
+	if (count < 1 || count > VM_CONFIG_MAX_VCPUS)
+		return -ERANGE;
+	*vcpus = (unsigned)count;
 	return 0;
 }
 

@@ -10,6 +10,8 @@
 #define VM_CONFIG_MAX_DISKS 8u
 #define VM_CONFIG_MAX_NETS 4u
 #define VM_CONFIG_NAME_MAX 64u
+/* The most vCPUs a VM has (the ABI's KAPSEL_MAX_VCPUS; config.c checks). */
+#define VM_CONFIG_MAX_VCPUS 16u
 
 enum vm_lifecycle_action {
 	VM_ACTION_DESTROY = 0,	/* end the VM (kapsel exits) */
@@ -137,6 +139,15 @@ int vm_lifecycle_action_parse(const char *name, enum vm_lifecycle_action *action
  * with a message in error (the name shown escaped) when error is not NULL.
  */
 int vm_config_check_name(const char *name, char *error, size_t error_len);
+
+/*
+ * The one check for a vCPU count, wherever it comes from (--vcpus, domain
+ * XML <vcpu>, a state file's definition): decimal digits only, 1 to
+ * VM_CONFIG_MAX_VCPUS.  Returns 0 and sets *vcpus, -EINVAL for text that
+ * is not a whole number (NULL, empty, sign, spaces, trailing text) or
+ * -ERANGE for a number outside the range; *vcpus is then unchanged.
+ */
+int vm_config_parse_vcpus(const char *text, unsigned *vcpus);
 
 /* Defaults: 64 MiB, 1 vCPU, destroy on poweroff/crash, console on stdout. */
 void vm_config_init(struct vm_config *config);

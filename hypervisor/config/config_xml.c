@@ -632,14 +632,30 @@ static int parse_metadata(struct xml_context *ctx, const xmlNode *metadata)
 	return err ? err : parse_kapsel_domain(ctx, kapsel, false);
 }
 
+/*
+ * <vcpu placement='static' current='M'>N</vcpu>: N vCPUs, 1 to
+ * VM_CONFIG_MAX_VCPUS.  vCPU 0 boots and the guest brings the others up
+ * itself (KAPSEL_HC_VCPU_UP); libvirt's current= (fewer online, the rest
+ * for the host to hot-plug later) has no meaning here, so it must equal N.
+ */
 static int parse_vcpu(struct xml_context *ctx, const xmlNode *node)
 {
 	char *text = node_text(node), *current = node_attr(node, "current");
+	unsigned count = 0, online = 0;
 	int err = 0;
-	if (strcmp(text, "1") != 0)
-		err = xml_fail(ctx, "/domain/vcpu is '%s'; Kapsel runs one vCPU per VM", text);
-	else if (current && strcmp(current, "1") != 0)
-		err = xml_fail(ctx, "/domain/vcpu current='%s' contradicts the count 1", current);
+	if (vm_config_parse_vcpus(text, &count) < 0)
+		err = xml_fail(ctx, "/domain/vcpu is '%s'; Kapsel runs 1 to %u vCPUs per VM", text,
+			       VM_CONFIG_MAX_VCPUS);
+	else if (current && vm_config_parse_vcpus(current, &online) < 0)
+		err = xml_fail(ctx, "/domain/vcpu current='%s' is not a vCPU count from 1 to %u",
+			       current, VM_CONFIG_MAX_VCPUS);
+	else if (current && online != count)
+		err = xml_fail(
+			ctx,
+			"/domain/vcpu current='%s' differs from the count %u; Kapsel has no vCPU hot-plug (the guest brings up the vCPUs it wants), remove current= or make it %u",
+			current, count, count);
+	else
+		ctx->config->vcpus = count;
 	free(text);
 	free(current);
 	return err;

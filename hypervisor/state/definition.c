@@ -130,8 +130,20 @@ static int config_from_text_v1(const struct vm_state_stored_record *rec, struct 
 				err = -EPROTO;
 			config->memory_bytes = bytes;
 		} else if (strcmp(line, "vcpus") == 0) {
-			if (sscanf(value, "%u", &config->vcpus) != 1 || config->vcpus != 1)
-				err = -EPROTO;
+			/* The one check for a vCPU count, as for --vcpus and <vcpu>. */
+			int bad = vm_config_parse_vcpus(value, &config->vcpus);
+			if (bad == -ERANGE) /* digits only: safe to show */
+				kapsel_fail(error, error_len, -EPROTO,
+					    "the saved VM definition has vcpus=%.20s; Kapsel runs 1 to %u vCPUs per VM",
+					    value, VM_CONFIG_MAX_VCPUS);
+			else if (bad)
+				kapsel_fail(error, error_len, -EPROTO,
+					    "the saved VM definition's vcpus is not a whole number; Kapsel runs 1 to %u vCPUs per VM",
+					    VM_CONFIG_MAX_VCPUS);
+			if (bad) {
+				free(text);
+				return -EPROTO;
+			}
 		} else if (strcmp(line, "kernel") == 0) {
 			free(config->kernel_path);
 			config->kernel_path = strdup(value);

@@ -568,6 +568,11 @@ int snapshot_adopt_local_definition(const struct vm_config *local, struct vm_con
 				   "the incoming VM has %llu bytes of RAM, this definition %llu",
 				   (unsigned long long)incoming->memory_bytes,
 				   (unsigned long long)local->memory_bytes);
+	if (local->vcpus != incoming->vcpus)
+		return kapsel_fail(
+			error, error_len, -EPROTO,
+			"the incoming VM has %u vCPU(s), this definition %u; start the destination with --vcpus %u (or <vcpu>%u</vcpu>)",
+			incoming->vcpus, local->vcpus, incoming->vcpus, incoming->vcpus);
 	if (local->disk_count != incoming->disk_count)
 		return kapsel_fail(error, error_len, -EPROTO,
 				   "the incoming VM has %u disk(s), this definition %u",

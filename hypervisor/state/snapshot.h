@@ -119,9 +119,9 @@ int snapshot_config_from_records(const struct vm_state_records *state, struct vm
  * An incoming migration: the destination's own definition local (its
  * command line or XML) decides every host file.  Check that incoming (the
  * definition the stream carried) is compatible with it (same RAM, same
- * disks on the same buses with the same access, same number and models of
- * network interfaces), then replace incoming's kernel, disks and
- * interfaces with local's.  Disk sizes are checked later against
+ * vCPU count, same disks on the same buses with the same access, same
+ * number and models of network interfaces), then replace incoming's
+ * kernel, disks and interfaces with local's.  Disk sizes are checked later against
  * the stream's disk records (snapshot_check_disks).  Returns 0, or -EPERM
  * (local has no kernel: no definition was given) / -EPROTO with a message.
  */

@@ -106,7 +106,7 @@ xml-dumpxml-validate)
 	require_validator
 	truncate -s 4M "$TMP/a.img" "$TMP/b.img" "$TMP/c.img"
 	start_xml plain --kernel "$GUESTS/idle.elf" --name plain
-	start_xml disks --kernel "$GUESTS/idle.elf" --name disks --memory 48M \
+	start_xml disks --kernel "$GUESTS/idle.elf" --name disks --memory 48M --vcpus 3 \
 		--cmdline "tick_ms=50 note=<&'\">" \
 		--disk "$TMP/a.img,iops=10,iops_burst=20,bps=4096,bps_burst=8192,poll=25" \
 		--disk "$TMP/b.img,bus=ata,readonly,cache=none" --disk "$TMP/c.img,readonly" \
@@ -119,6 +119,8 @@ xml-dumpxml-validate)
 		validate "$TMP/$vm.xml"
 	done
 	expect_in "$TMP/disks.xml" "<memory unit='KiB'>49152</memory>"
+	expect_in "$TMP/disks.xml" "<vcpu placement='static'>3</vcpu>"
+	expect_in "$TMP/plain.xml" "<vcpu placement='static'>1</vcpu>"
 	expect_in "$TMP/disks.xml" "<kapsel:disk index='0' poll_us='25'/>"
 	expect_in "$TMP/disks.xml" "<target dev='hda' bus='ide'/>"
 	expect_in "$TMP/disks.xml" "<target dev='xvdb' bus='xen'/>"
@@ -178,8 +180,9 @@ xml-refused)
 		domain "$1" >"$TMP/t$n.xml"
 		refused "$TMP/t$n.xml" "$2"
 	}
-	check "<vcpu>2</vcpu>" "/domain/vcpu is '2'; Kapsel runs one vCPU per VM"
-	check "<vcpu current='2'>1</vcpu>" "/domain/vcpu current='2' contradicts the count 1"
+	check "<vcpu>17</vcpu>" "/domain/vcpu is '17'; Kapsel runs 1 to 16 vCPUs per VM"
+	check "<vcpu current='1'>2</vcpu>" \
+		"/domain/vcpu current='1' differs from the count 2; Kapsel has no vCPU hot-plug (the guest brings up the vCPUs it wants), remove current= or make it 2"
 	check "<currentMemory unit='MiB'>8</currentMemory>" \
 		"/domain/currentMemory differs from /domain/memory; Kapsel has no balloon, make them equal"
 	check "<cpu mode='host-passthrough'/>" "/domain/cpu is not supported by Kapsel"
@@ -217,7 +220,7 @@ xml-refused)
 		"/domain/devices/console/source path='/b' differs from '/a': Kapsel has one console, give all <serial>/<console> the same file"
 	check "<devices><console type='stdio'><target type='virtio'/></console></devices>" \
 		"/domain/devices/console/target type='virtio' is not supported; use xen (PV console) or serial"
-	sed 's#<os>#<os><initrd>/boot/initrd</initrd>#' "$TMP/t1.xml" | sed 's#<vcpu>2</vcpu>##' >"$TMP/initrd.xml"
+	sed 's#<os>#<os><initrd>/boot/initrd</initrd>#' "$TMP/t1.xml" | sed 's#<vcpu>17</vcpu>##' >"$TMP/initrd.xml"
 	refused "$TMP/initrd.xml" "/domain/os/initrd is not supported: Kapsel boots an ELF kernel directly (use <kernel>)"
 	printf "<domain type='xen'><name>x</name></domain>\n" >"$TMP/xen.xml"
 	refused "$TMP/xen.xml" "/domain type='xen' is not supported; use type='kvm'"

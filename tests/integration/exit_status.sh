@@ -31,6 +31,10 @@ exit-status-usage) # suite: cli
 	# run: each kind of bad value is a usage error too, and names the option.
 	status_of 2 run -k "$GUESTS/hello.elf" --memory 1T
 	expect_in "$err" "--memory '1T' is not a valid size"
+	for n in 0 17 two; do
+		status_of 2 run -k "$GUESTS/hello.elf" --vcpus "$n"
+		expect_in "$err" "--vcpus '$n' is not a valid vCPU count; use a whole number from 1 to 16"
+	done
 	status_of 2 run -k "$GUESTS/hello.elf" --name bad/name
 	expect_in "$err" "--name: VM name 'bad/name' is not valid"
 	status_of 2 run -k "$GUESTS/hello.elf" --disk "$TMP/x.img,bus=scsi"
@@ -50,6 +54,7 @@ exit-status-usage) # suite: cli
 	expect_in "$out" "  125  Kapsel could not start or run the VM"
 	status_of 0 run --help
 	expect_in "$out" "123 if it was stopped from outside"
+	expect_in "$out" "--vcpus N            vCPUs the VM has, 1 to 16 (default 1)"
 	# 1: a verb that could not do what was asked.
 	for verb in info pause resume shutdown destroy stats dumpxml; do
 		status_of 1 "$verb" ghost

@@ -1,5 +1,6 @@
 /* Unit tests: VM config defaults and the --disk option syntax (vm_config_parse_disk). */
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "cunit_main.h"
@@ -246,6 +247,47 @@ static void test_lifecycle_action_names(void)
 	CU_ASSERT_STRING_EQUAL(vm_lifecycle_action_name((enum vm_lifecycle_action)7), "destroy");
 }
 
+/* The one vCPU count check (--vcpus, <vcpu>, a state's definition). */
+static void test_vcpu_counts(void)
+{
+	static const struct {
+		const char *text;
+		int err;
+		unsigned vcpus;
+	} cases[] = {
+		{ "1", 0, 1 },
+		{ "2", 0, 2 },
+		{ "16", 0, 16 },
+		{ "016", 0, 16 },
+		{ "0", -ERANGE, 0 },
+		{ "17", -ERANGE, 0 },
+		{ "4294967297", -ERANGE, 0 }, /* 2^32 + 1: no wrap to 1 */
+		{ "99999999999999999999999999", -ERANGE, 0 },
+		{ "", -EINVAL, 0 },
+		{ "-1", -EINVAL, 0 },
+		{ "+2", -EINVAL, 0 },
+		{ " 2", -EINVAL, 0 },
+		{ "2 ", -EINVAL, 0 },
+		{ "2x", -EINVAL, 0 },
+		{ "0x2", -EINVAL, 0 },
+		{ "2.0", -EINVAL, 0 },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		unsigned vcpus = 77;
+		int err = vm_config_parse_vcpus(cases[i].text, &vcpus);
+		if (err != cases[i].err)
+			fprintf(stderr, "\n'%s': got %d, want %d\n", cases[i].text, err,
+				cases[i].err);
+		CU_ASSERT_EQUAL(err, cases[i].err);
+		CU_ASSERT_EQUAL(vcpus,
+				cases[i].err ? 77u : cases[i].vcpus); /* untouched on error */
+	}
+	unsigned vcpus = 77;
+	CU_ASSERT_EQUAL(vm_config_parse_vcpus(NULL, &vcpus), -EINVAL);
+	CU_ASSERT_EQUAL(vcpus, 77);
+	CU_ASSERT_EQUAL(VM_CONFIG_MAX_VCPUS, 16);
+}
+
 int main(void)
 {
 	static const struct unit_test tests[] = {
@@ -257,6 +299,7 @@ int main(void)
 		{ "net: unknown option message", test_net_unknown_option },
 		{ "console output file and its cap", test_console_output },
 		{ "lifecycle action names", test_lifecycle_action_names },
+		{ "vCPU counts: one check", test_vcpu_counts },
 	};
 	return UNIT_RUN("config", tests);
 }

@@ -69,6 +69,7 @@ static void test_full_domain(void)
 	CU_ASSERT_EQUAL(c.uuid[7], 0xef);
 	CU_ASSERT_EQUAL(c.uuid[15], 0xef);
 	CU_ASSERT_EQUAL(c.memory_bytes, 1ull << 30);
+	CU_ASSERT_EQUAL(c.vcpus, 1);
 	CU_ASSERT_STRING_EQUAL(c.kernel_path, "/boot/guest.elf");
 	CU_ASSERT_STRING_EQUAL(c.cmdline, "a=1 b");
 	CU_ASSERT_EQUAL(c.on_poweroff, VM_ACTION_RESTART);
@@ -179,8 +180,16 @@ static void test_refused(void)
 		const char *body;
 		const char *message;
 	} cases[] = {
-		{ "<name>x</name><vcpu>4</vcpu>",
-		  "/domain/vcpu is '4'; Kapsel runs one vCPU per VM" },
+		{ "<name>x</name><vcpu>17</vcpu>",
+		  "/domain/vcpu is '17'; Kapsel runs 1 to 16 vCPUs per VM" },
+		{ "<name>x</name><vcpu>0</vcpu>",
+		  "/domain/vcpu is '0'; Kapsel runs 1 to 16 vCPUs per VM" },
+		{ "<name>x</name><vcpu>two</vcpu>",
+		  "/domain/vcpu is 'two'; Kapsel runs 1 to 16 vCPUs per VM" },
+		{ "<name>x</name><vcpu current='2'>4</vcpu>",
+		  "/domain/vcpu current='2' differs from the count 4; Kapsel has no vCPU hot-plug (the guest brings up the vCPUs it wants), remove current= or make it 4" },
+		{ "<name>x</name><vcpu current='0'>4</vcpu>",
+		  "/domain/vcpu current='0' is not a vCPU count from 1 to 16" },
 		/* currentMemory before memory is compared too. */
 		{ "<name>x</name><currentMemory>8192</currentMemory>",
 		  "/domain/currentMemory differs from /domain/memory; Kapsel has no balloon, make them equal" },
@@ -278,6 +287,36 @@ static void test_ignored_with_warning(void)
 	vm_config_free(&c);
 }
 
+/* <vcpu>N</vcpu> for 1..16, with or without placement and current=N. */
+static void test_vcpu_counts(void)
+{
+	static const struct {
+		const char *element;
+		unsigned vcpus;
+	} cases[] = {
+		{ "", 1 }, /* no <vcpu>: one */
+		{ "<vcpu>1</vcpu>", 1 },
+		{ "<vcpu>2</vcpu>", 2 },
+		{ "<vcpu placement='static'>16</vcpu>", 16 },
+		{ "<vcpu placement='static' current='3'>3</vcpu>", 3 },
+		{ "<vcpu>\n  5\n</vcpu>", 5 },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char text[512];
+		snprintf(text, sizeof(text),
+			 "<domain type='kvm'><name>v</name><memory>16384</memory>%s"
+			 "<os><kernel>/k</kernel></os></domain>",
+			 cases[i].element);
+		struct vm_config c;
+		int err = load(text, &c);
+		if (err)
+			fprintf(stderr, "\ncase %zu: %s\n", i, error);
+		CU_ASSERT_EQUAL(err, 0);
+		CU_ASSERT_EQUAL(c.vcpus, cases[i].vcpus);
+		vm_config_free(&c);
+	}
+}
+
 /* Writing then reading gives the same definition back. */
 static void test_round_trip(void)
 {
@@ -288,6 +327,7 @@ static void test_round_trip(void)
 	for (unsigned i = 0; i < 16; i++)
 		a.uuid[i] = (uint8_t)(i * 17);
 	a.memory_bytes = 96ull << 20;
+	a.vcpus = 5;
 	a.kernel_path = strdup("/k/guest.elf");
 	a.cmdline = strdup("x=<1> & y='2' z=\"3\"");
 	a.on_poweroff = VM_ACTION_RESTART;
@@ -310,8 +350,11 @@ static void test_round_trip(void)
 	FILE *out = open_memstream(&xml, &xml_len);
 	CU_ASSERT_EQUAL_FATAL(vm_config_write_xml(&a, out, error, sizeof(error)), 0);
 	fclose(out);
+	/* libvirt's own form of the count, as virsh dumpxml writes it. */
+	CU_ASSERT_PTR_NOT_NULL(strstr(xml, "<vcpu placement='static'>5</vcpu>"));
 	CU_ASSERT_EQUAL_FATAL(load(xml, &b), 0);
 	CU_ASSERT_STRING_EQUAL(b.name, a.name);
+	CU_ASSERT_EQUAL(b.vcpus, 5);
 	CU_ASSERT(b.has_uuid);
 	CU_ASSERT_EQUAL(memcmp(b.uuid, a.uuid, 16), 0);
 	CU_ASSERT_EQUAL(b.memory_bytes, a.memory_bytes);
@@ -420,6 +463,7 @@ int main(void)
 		{ "relative paths start at the XML file", test_relative_paths },
 		{ "unsupported or contradictory settings refused", test_refused },
 		{ "informational elements ignored", test_ignored_with_warning },
+		{ "vCPU counts 1 to 16", test_vcpu_counts },
 		{ "write then read gives the same definition", test_round_trip },
 		{ "socket interfaces and exact limits in the Kapsel namespace",
 		  test_kapsel_interfaces },

@@ -476,7 +476,8 @@ static void test_forged_state_hostile_xml(void)
 		{ "<domain type='kvm'><name>x</name><memory unit='MiB'>64</memory>"
 		  "<os><kernel>/k</kernel></os></domain>",
 		  "/domain/uuid is missing" },
-		{ DOMAIN_HEAD "<vcpu>4</vcpu></domain>", "one vCPU" },
+		{ DOMAIN_HEAD "<vcpu>17</vcpu></domain>", "1 to 16 vCPUs" },
+		{ DOMAIN_HEAD "<vcpu current='1'>4</vcpu></domain>", "no vCPU hot-plug" },
 		{ DOMAIN_HEAD, "not well-formed" },
 		{ "<nodomain/>", "expected <domain>" },
 	};
@@ -542,6 +543,54 @@ static void test_forged_state_hostile_xml(void)
 			-EPROTO);
 	CU_ASSERT_PTR_NOT_NULL(strstr(error, "more than one VM definition"));
 	vm_config_free(&config);
+}
+
+/* A saved definition's vCPU count, in either format: 1 to 16, the one
+ * check; anything else refused with the range, hostile bytes not shown. */
+static void test_forged_state_vcpus(void)
+{
+	const struct {
+		const char *definition;
+		int err;
+		unsigned vcpus;
+		const char *message;
+	} cases[] = {
+		{ DOMAIN_HEAD "<vcpu placement='static'>4</vcpu></domain>", 0, 4, NULL },
+		{ DOMAIN_HEAD "<vcpu>16</vcpu></domain>", 0, 16, NULL },
+		{ DOMAIN_HEAD "<vcpu>0</vcpu></domain>", -EPROTO, 0,
+		  "/domain/vcpu is '0'; Kapsel runs 1 to 16 vCPUs per VM" },
+		{ "name=x\nkernel=/k\nvcpus=1\n", 0, 1, NULL },
+		{ "name=x\nkernel=/k\nvcpus=16\n", 0, 16, NULL },
+		{ "name=x\nkernel=/k\nvcpus=17\n", -EPROTO, 0,
+		  "the saved VM definition has vcpus=17; Kapsel runs 1 to 16 vCPUs per VM" },
+		{ "name=x\nkernel=/k\nvcpus=0\n", -EPROTO, 0,
+		  "the saved VM definition has vcpus=0; Kapsel runs 1 to 16 vCPUs per VM" },
+		{ "name=x\nkernel=/k\nvcpus=4294967297\n", -EPROTO, 0,
+		  "the saved VM definition has vcpus=4294967297; Kapsel runs 1 to 16 vCPUs per VM" },
+		/* An escape sequence for the terminal: refused, never echoed. */
+		{ "name=x\nkernel=/k\nvcpus=2%1b[2J\n", -EPROTO, 0,
+		  "the saved VM definition's vcpus is not a whole number; Kapsel runs 1 to 16 vCPUs per VM" },
+		{ "name=x\nkernel=/k\nvcpus=\n", -EPROTO, 0,
+		  "the saved VM definition's vcpus is not a whole number; Kapsel runs 1 to 16 vCPUs per VM" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct forged_state f;
+		forge_state(&f, cases[i].definition, NULL, 0, 0);
+		struct vm_config config;
+		vm_config_init(&config);
+		error[0] = '\0';
+		int err = snapshot_config_from_records(&f.records, &config, error, sizeof(error));
+		CU_ASSERT_EQUAL(err, cases[i].err);
+		if (!err) {
+			CU_ASSERT_EQUAL(config.vcpus, cases[i].vcpus);
+		} else if (!strstr(error, cases[i].message)) {
+			fprintf(stderr, "\ncase %zu: got '%s'\n      want '%s'\n", i, error,
+				cases[i].message);
+			CU_FAIL("error message");
+		}
+		CU_ASSERT_PTR_NULL(strchr(error, 0x1b));
+		vm_config_free(&config);
+	}
 }
 
 /* What a well-formed state definition may name but never gets: a console
@@ -611,8 +660,17 @@ static void test_incoming_uses_local_definition(void)
 	CU_ASSERT_EQUAL(snapshot_adopt_local_definition(&local, &incoming, error, sizeof(error)),
 			-EPROTO); /* other bus */
 	local.disks[0].bus = VM_DISK_BUS_PV;
+	/* Another vCPU count: the destination says how many it runs. */
+	incoming.vcpus = 3;
+	CU_ASSERT_EQUAL(snapshot_adopt_local_definition(&local, &incoming, error, sizeof(error)),
+			-EPROTO);
+	CU_ASSERT_STRING_EQUAL(
+		error,
+		"the incoming VM has 3 vCPU(s), this definition 1; start the destination with --vcpus 3 (or <vcpu>3</vcpu>)");
+	local.vcpus = 3;
 	CU_ASSERT_EQUAL(snapshot_adopt_local_definition(&local, &incoming, error, sizeof(error)),
 			0);
+	CU_ASSERT_EQUAL(incoming.vcpus, 3);
 	CU_ASSERT_STRING_EQUAL(incoming.kernel_path, "/srv/k.elf");
 	CU_ASSERT_STRING_EQUAL(incoming.disks[0].path, "/srv/mine.img");
 
@@ -703,6 +761,7 @@ int main(void)
 		{ "forged state: name refused", test_forged_state_name },
 		{ "forged state: kernel and disk paths not used", test_forged_state_paths },
 		{ "forged state: hostile XML definitions refused", test_forged_state_hostile_xml },
+		{ "forged state: vCPU counts 1 to 16", test_forged_state_vcpus },
 		{ "forged state: console file and network endpoints not used",
 		  test_forged_state_outputs_and_nets },
 		{ "incoming migration uses the local definition",

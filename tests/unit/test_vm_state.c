@@ -644,7 +644,7 @@ static void test_config_record_malformed(void)
 }
 
 /* A definition with every kind of device and every setting away from its
- * default: three disks, a tap and a socket NIC, the rng. */
+ * default: three vCPUs, three disks, a tap and a socket NIC, the rng. */
 static void full_definition(struct vm_config *a)
 {
 	vm_config_init(a);
@@ -653,6 +653,7 @@ static void full_definition(struct vm_config *a)
 	for (unsigned i = 0; i < 16; i++)
 		a->uuid[i] = (uint8_t)(0xf0 - i * 7);
 	a->memory_bytes = 96ull << 20;
+	a->vcpus = 3;
 	a->kernel_path = strdup("/srv/k/guest.elf");
 	a->cmdline = strdup("x=<1> & y='2' z=\"3\"");
 	a->on_poweroff = VM_ACTION_RESTART;
@@ -704,7 +705,7 @@ static void assert_same_definition(const struct vm_config *a, const struct vm_co
 	CU_ASSERT(b->has_uuid);
 	CU_ASSERT_EQUAL(memcmp(b->uuid, a->uuid, 16), 0);
 	CU_ASSERT_EQUAL(b->memory_bytes, a->memory_bytes);
-	CU_ASSERT_EQUAL(b->vcpus, 1);
+	CU_ASSERT_EQUAL(b->vcpus, a->vcpus);
 	CU_ASSERT_STRING_EQUAL(b->kernel_path, a->kernel_path);
 	CU_ASSERT_STRING_EQUAL(b->cmdline, a->cmdline);
 	CU_ASSERT_EQUAL(b->on_poweroff, a->on_poweroff);

@@ -2,6 +2,10 @@
 #ifndef KAPSEL_GUEST_ARCH_H
 #define KAPSEL_GUEST_ARCH_H
 
+/*
+ * Several vCPUs: these are single instructions, safe anywhere.
+ */
+
 #include <stdint.h>
 
 static inline void kg_outb(uint16_t port, uint8_t value)

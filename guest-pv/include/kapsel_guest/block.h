@@ -2,6 +2,13 @@
 #ifndef KAPSEL_GUEST_BLOCK_H
 #define KAPSEL_GUEST_BLOCK_H
 
+/*
+ * Several vCPUs (docs/porting.md §12.4): not thread-safe per device.
+ * Drive one device from one vCPU at a time (a kg_spinlock around it if
+ * several share it); different devices may run on different vCPUs.
+ * kg_block_open allocates: open devices on one vCPU at a time.
+ */
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>

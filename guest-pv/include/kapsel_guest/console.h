@@ -2,6 +2,13 @@
 #ifndef KAPSEL_GUEST_CONSOLE_H
 #define KAPSEL_GUEST_CONSOLE_H
 
+/*
+ * Several vCPUs (docs/porting.md §12.4): kg_console_init runs on vCPU
+ * 0 at boot; kg_console_write and kg_console_read are safe on any vCPU and
+ * in upcall handlers (one writer and one reader at a time, irqsave); the
+ * kg_uart_* calls used directly take no lock.
+ */
+
 #include <stddef.h>
 #include <stdint.h>
 

@@ -2,6 +2,14 @@
 #ifndef KAPSEL_GUEST_CPU_H
 #define KAPSEL_GUEST_CPU_H
 
+/*
+ * Several vCPUs (docs/porting.md §12.2): every call here is safe on any
+ * vCPU and acts for the calling vCPU (its event-page slot, its handlers,
+ * its callback, its timer); each vCPU registers its own, with its own
+ * stacks.  kg_evtchn_set_handler is per channel, for all vCPUs; an upcall
+ * runs only the handlers of channels bound to its vCPU (smp.h).
+ */
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -36,7 +44,9 @@ bool kg_cpu_available(void);
 int kg_trap_register(unsigned vector, kg_trap_handler handler, void *stack, size_t stack_bytes);
 
 /*
- * Take upcalls on stack [stack, stack + stack_bytes): from now on an
+ * Take this vCPU's upcalls on stack [stack, stack + stack_bytes) (each
+ * vCPU its own; kg_cpu_start does it for the vCPUs it starts when vCPU 0
+ * did): from now on an
  * unmasked event channel that becomes pending interrupts the guest
  * wherever it runs (when kg_irq_enable'd) and its kg_event_handler runs.
  * Returns 0 or a negative KAPSEL_E* code.
@@ -60,8 +70,9 @@ void kg_irq_restore(unsigned long flags);
 bool kg_irq_enabled(void);
 
 /*
- * The vCPU timer on the Kapsel clock (kg_time_now_ns): kg_timer_init
- * allocates an event channel, binds it as KAPSEL_VIRQ_TIMER and runs
+ * The calling vCPU's timer on the Kapsel clock (kg_time_now_ns):
+ * kg_timer_init allocates an event channel, binds it as KAPSEL_VIRQ_TIMER
+ * to the calling vCPU (once per vCPU; again after it went down) and runs
  * handler on each expiry.  Deadlines in the past fire at once; periods
  * are at least KAPSEL_TIMER_MIN_PERIOD_NS; missed periods are skipped.
  * Return 0 or a negative KAPSEL_E* code.

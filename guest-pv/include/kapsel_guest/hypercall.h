@@ -2,6 +2,11 @@
 #ifndef KAPSEL_GUEST_HYPERCALL_H
 #define KAPSEL_GUEST_HYPERCALL_H
 
+/*
+ * Several vCPUs: every stub is safe on any vCPU; the hypervisor serves
+ * each call for the calling vCPU.
+ */
+
 #include <stdint.h>
 
 #include "kapsel/abi.h"

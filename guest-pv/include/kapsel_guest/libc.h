@@ -2,6 +2,10 @@
 #ifndef KAPSEL_GUEST_LIBC_H
 #define KAPSEL_GUEST_LIBC_H
 
+/*
+ * Several vCPUs: everything here is safe on any vCPU (no shared state).
+ */
+
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>

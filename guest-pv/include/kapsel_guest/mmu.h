@@ -2,6 +2,11 @@
 #ifndef KAPSEL_GUEST_MMU_H
 #define KAPSEL_GUEST_MMU_H
 
+/*
+ * Several vCPUs: the PV MMU works on a VM with one vCPU only in ABI 1.6
+ * (the calls get -KAPSEL_ENOSYS otherwise): none of these is for SMP.
+ */
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>

@@ -2,6 +2,12 @@
 #ifndef KAPSEL_GUEST_NET_H
 #define KAPSEL_GUEST_NET_H
 
+/*
+ * Several vCPUs (docs/porting.md §12.4): not thread-safe per device.
+ * Drive one device from one vCPU at a time (a kg_spinlock around it if
+ * several share it); kg_net_open allocates: one vCPU at a time.
+ */
+
 #include <stdbool.h>
 #include <stdint.h>
 

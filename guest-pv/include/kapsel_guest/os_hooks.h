@@ -2,6 +2,12 @@
 #ifndef KAPSEL_GUEST_OS_HOOKS_H
 #define KAPSEL_GUEST_OS_HOOKS_H
 
+/*
+ * Several vCPUs: the library may call these hooks from any vCPU (never
+ * from an upcall); a kernel that starts other vCPUs makes them safe for
+ * that (the reference runtime's allocator takes a lock).
+ */
+
 #include <stddef.h>
 #include <stdint.h>
 

@@ -2,6 +2,13 @@
 #ifndef KAPSEL_GUEST_PLATFORM_H
 #define KAPSEL_GUEST_PLATFORM_H
 
+/*
+ * Several vCPUs (docs/porting.md §12.4): kg_platform_init,
+ * kg_platform_on_new_generation and kg_platform_control_enable run on vCPU 0
+ * at boot, before other vCPUs start; every other call here is safe on any
+ * vCPU at any time (read-only, atomic, or the clock's sequence count).
+ */
+
 #include <stdbool.h>
 #include <stdint.h>
 

@@ -2,6 +2,11 @@
 #ifndef KAPSEL_GUEST_RING_H
 #define KAPSEL_GUEST_RING_H
 
+/*
+ * Several vCPUs: one producer and one consumer per ring; the caller
+ * serializes them (kg_ring_pages is pure and safe anywhere).
+ */
+
 #include <stdbool.h>
 #include <stdint.h>
 

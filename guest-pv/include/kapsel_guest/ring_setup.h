@@ -2,6 +2,11 @@
 #ifndef KAPSEL_GUEST_RING_SETUP_H
 #define KAPSEL_GUEST_RING_SETUP_H
 
+/*
+ * Several vCPUs: for one ring, one vCPU at a time (the caller's lock,
+ * as for the drivers that use it).
+ */
+
 #include <stdbool.h>
 #include <stdint.h>
 

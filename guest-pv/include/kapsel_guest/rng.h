@@ -2,6 +2,11 @@
 #ifndef KAPSEL_GUEST_RNG_H
 #define KAPSEL_GUEST_RNG_H
 
+/*
+ * Several vCPUs (docs/porting.md §12.4): not thread-safe per device:
+ * one vCPU at a time (kg_rng_open too).
+ */
+
 #include <stdint.h>
 
 #include "kapsel/rng.h"

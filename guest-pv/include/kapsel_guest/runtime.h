@@ -2,6 +2,12 @@
 #ifndef KAPSEL_GUEST_RUNTIME_H
 #define KAPSEL_GUEST_RUNTIME_H
 
+/*
+ * Several vCPUs (docs/porting.md §12.4): kg_printf, kg_malloc,
+ * kg_heap_pages_left, kg_panic, kg_exit and kg_cmdline_get are safe on any
+ * vCPU (the heap takes a lock; kg_exit and kg_panic end the whole VM).
+ */
+
 #include <stddef.h>
 #include <stdint.h>
 
