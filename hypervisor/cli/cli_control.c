@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "config/config.h"
 #include "control/control.h"
 #include "control/control_client.h"
 
@@ -114,13 +115,39 @@ static void format_duration(uint64_t ns, char *buf, size_t len)
 
 /* ---- list ---------------------------------------------------------------- */
 
+/* The VCPUS column: the VM's vCPU count, or UP/COUNT while fewer are up
+ * (the guest has not brought them all up, or took some down). */
+static void format_vcpus(const char *payload, char *out, size_t out_len)
+{
+	char value[128];
+	if (!control_payload_get(payload, "vcpus", value, sizeof(value))) {
+		snprintf(out, out_len, "-");
+		return;
+	}
+	unsigned total = (unsigned)strtoul(value, NULL, 10), up = 0;
+	bool listed = false; /* a Kapsel before SMP has no "vcpu K" lines */
+	for (unsigned k = 0; k < total && k < VM_CONFIG_MAX_VCPUS; k++) {
+		char key[16];
+		snprintf(key, sizeof(key), "vcpu %u", k);
+		if (!control_payload_get(payload, key, value, sizeof(value)))
+			continue;
+		listed = true;
+		up += strncmp(value, "power up ", 9) == 0;
+	}
+	if (!listed || up == total)
+		snprintf(out, out_len, "%u", total);
+	else
+		snprintf(out, out_len, "%u/%u", up, total);
+}
+
 void cli_list_usage(FILE *out)
 {
 	fprintf(out, "Usage: kapsel list [--names]\n"
 		     "\n"
 		     "List the VMs running on this host (those with a control socket in the\n"
 		     "runtime directory; see 'kapsel help info').  Stale sockets of VMs that\n"
-		     "died are removed on the way.\n"
+		     "died are removed on the way.  VCPUS is the VM's vCPU count, or UP/COUNT\n"
+		     "while the guest has fewer of them up.\n"
 		     "\n"
 		     "Options:\n"
 		     "  -q, --names   print only the names, one per line\n"
@@ -160,8 +187,8 @@ int cli_list(int argc, char **argv)
 		return 1;
 	}
 	if (!names_only)
-		printf("%5s  %-24s %-8s %8s %10s %8s\n", "ID", "NAME", "STATE", "MEMORY", "UPTIME",
-		       "PID");
+		printf("%5s  %-24s %-8s %8s %5s %10s %8s\n", "ID", "NAME", "STATE", "MEMORY",
+		       "VCPUS", "UPTIME", "PID");
 	for (int i = 0; i < count; i++) {
 		if (names_only) {
 			printf("%s\n", names[i]);
@@ -181,8 +208,10 @@ int cli_list(int argc, char **argv)
 		control_payload_get(reply.payload, "uptime_ns", uptime, sizeof(uptime));
 		control_payload_get(reply.payload, "pid", pid, sizeof(pid));
 		format_duration(strtoull(uptime, NULL, 10), duration, sizeof(duration));
-		printf("%5s  %-24s %-8s %7lluM %10s %8s\n", domid, names[i], state,
-		       strtoull(memory, NULL, 10) >> 20, duration, pid);
+		char vcpus[32];
+		format_vcpus(reply.payload, vcpus, sizeof(vcpus));
+		printf("%5s  %-24s %-8s %7lluM %5s %10s %8s\n", domid, names[i], state,
+		       strtoull(memory, NULL, 10) >> 20, vcpus, duration, pid);
 		control_reply_free(&reply);
 	}
 	control_free_names(names, count);

@@ -34,7 +34,7 @@ void cli_run_usage(FILE *out)
 		"  -k, --kernel FILE        guest kernel ELF image\n"
 		"  -m, --memory SIZE        guest RAM, e.g. 64M or 1G (default 64M; multiple of 2M)\n"
 		"      --vcpus N            vCPUs the VM has, 1 to %u (default 1); vCPU 0 boots,\n"
-		"                           the guest brings the others up (docs/abi.md, SMP)\n"
+		"                           the guest starts the others (VCPU_UP, docs/abi.md)\n"
 		"  -c, --cmdline TEXT       command line the guest reads from its start info\n"
 		"  -n, --name NAME          VM name, unique on this host (default 'kapsel-PID')\n"
 		"  -d, --disk SPEC          attach a disk image; SPEC is PATH[,format=raw|overlay]\n"

@@ -29,23 +29,29 @@ static struct disk_image *find_disk(struct kapsel_vm *vm, unsigned index)
 	return dev ? dev->ops->disk_image(dev) : NULL;
 }
 
-static uint64_t vcpu_cpu_time_ns(struct kapsel_vm *vm)
+/* CPU time of Linux thread tid of this process (ns), or 0 when it has
+ * not run yet (tid 0) or has ended.  The clock id is the kernel's
+ * per-thread CPU clock of tid, the one pthread_getcpuclockid hands out,
+ * made from the tid so that a vCPU thread that never started (or was
+ * joined) is never looked up through a stale pthread_t; the kernel only
+ * answers it for threads of this process. */
+static uint64_t thread_cpu_time_ns(int tid)
 {
-	clockid_t clock;
 	struct timespec ts;
-	if (vm->state == VM_STATE_CREATED ||
-	    pthread_getcpuclockid(vm_boot_vcpu(vm)->thread, &clock) != 0 ||
-	    clock_gettime(clock, &ts) != 0)
+	if (tid <= 0)
+		return 0;
+	clockid_t clock = (clockid_t)((~(unsigned)tid << 3) | 4u /* per thread */ | 2u /* sched */);
+	if (clock_gettime(clock, &ts) != 0)
 		return 0;
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* The host CPU the vCPU thread last ran on (field 39 of its stat), or -1. */
-static int vcpu_host_cpu(struct kapsel_vm *vm)
+/* The host CPU Linux thread tid of this process last ran on (field 39 of
+ * its stat), or -1. */
+static int thread_host_cpu(int tid)
 {
 	char path[64], line[1024];
-	int tid = vm_boot_vcpu(vm)->tid;
-	if (!tid)
+	if (tid <= 0)
 		return -1;
 	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", tid);
 	FILE *f = fopen(path, "r");
@@ -57,12 +63,39 @@ static int vcpu_host_cpu(struct kapsel_vm *vm)
 	/* Fields after the command (which may hold spaces) start after ')'. */
 	char *p = strrchr(line, ')');
 	int field = 2, cpu = -1;
-	for (char *tok = p ? strtok(p + 1, " ") : NULL; tok; tok = strtok(NULL, " "))
+	char *save = NULL;
+	for (char *tok = p ? strtok_r(p + 1, " ", &save) : NULL; tok;
+	     tok = strtok_r(NULL, " ", &save))
 		if (++field == 39) {
 			cpu = atoi(tok);
 			break;
 		}
 	return cpu;
+}
+
+static int vcpu_tid(const struct kapsel_vcpu *vcpu)
+{
+	return __atomic_load_n(&vcpu->tid, __ATOMIC_RELAXED);
+}
+
+/* One line per vCPU: "vcpu K power up|starting|down blocked yes|no exits E
+ * cpu_time_ns T host_cpu C", E the sum of its exit counters (each written
+ * only by its own thread; a slightly stale sum is fine for a report). */
+static void print_vcpu_lines(struct kapsel_vm *vm, FILE *out)
+{
+	for (unsigned k = 0; k < vm->vcpu_count && k < KAPSEL_MAX_VCPUS; k++) {
+		struct kapsel_vcpu *vcpu = &vm->vcpus[k];
+		uint64_t exits = 0;
+		for (unsigned i = 0; i < VM_EXIT_COUNTER_COUNT; i++)
+			exits += __atomic_load_n(&vcpu->exits[i], __ATOMIC_RELAXED);
+		int tid = vcpu_tid(vcpu);
+		fprintf(out,
+			"vcpu %u power %s blocked %s exits %llu cpu_time_ns %llu host_cpu %d\n", k,
+			vcpu_power_name(__atomic_load_n(&vcpu->power, __ATOMIC_RELAXED)),
+			__atomic_load_n(&vcpu->blocked, __ATOMIC_RELAXED) ? "yes" : "no",
+			(unsigned long long)exits, (unsigned long long)thread_cpu_time_ns(tid),
+			thread_host_cpu(tid));
+	}
 }
 
 static int verb_info(struct kapsel_vm *vm, const struct control_request *request, FILE *out,
@@ -87,13 +120,17 @@ static int verb_info(struct kapsel_vm *vm, const struct control_request *request
 	pthread_mutex_unlock(&vm->pause_lock);
 	fprintf(out, "uptime_ns %llu\n", (unsigned long long)uptime_ns);
 	fprintf(out, "paused_ns %llu\n", (unsigned long long)paused_ns);
-	fprintf(out, "cpu_time_ns %llu\n", (unsigned long long)vcpu_cpu_time_ns(vm));
+	/* cpu_time_ns, vcpu_blocked and vcpu_host_cpu are the boot vCPU's
+	 * (as before SMP); the "vcpu K" lines below have every vCPU's. */
+	int boot_tid = vcpu_tid(vm_boot_vcpu(vm));
+	fprintf(out, "cpu_time_ns %llu\n", (unsigned long long)thread_cpu_time_ns(boot_tid));
 	fprintf(out, "vcpu_blocked %s\n",
 		__atomic_load_n(&vm_boot_vcpu(vm)->blocked, __ATOMIC_RELAXED) ? "yes" : "no");
-	fprintf(out, "vcpu_host_cpu %d\n", vcpu_host_cpu(vm));
+	fprintf(out, "vcpu_host_cpu %d\n", thread_host_cpu(boot_tid));
 	fprintf(out, "started_unix %llu\n", (unsigned long long)control_server_started_unix(vm));
 	fprintf(out, "memory_bytes %llu\n", (unsigned long long)vm->mem.size_bytes);
 	fprintf(out, "vcpus %u\n", config->vcpus ? config->vcpus : 1);
+	print_vcpu_lines(vm, out);
 	fprintf(out, "kernel %s\n", config->kernel_path ? config->kernel_path : "");
 	fprintf(out, "cmdline %s\n", config->cmdline ? config->cmdline : "");
 	fprintf(out, "on_poweroff %s\n", vm_lifecycle_action_name(config->on_poweroff));

@@ -562,7 +562,7 @@ int snapshot_adopt_local_definition(const struct vm_config *local, struct vm_con
 	if (!local || !local->kernel_path)
 		return kapsel_fail(
 			error, error_len, -EPERM,
-			"the destination has no definition of its own; start it with the VM's --kernel, --memory and --disk options (or its domain XML), as on the source: a migration stream never chooses host files");
+			"the destination has no definition of its own; start it with the VM's --kernel, --memory, --vcpus and --disk options (or its domain XML), as on the source: a migration stream never chooses host files");
 	if (local->memory_bytes != incoming->memory_bytes)
 		return kapsel_fail(error, error_len, -EPROTO,
 				   "the incoming VM has %llu bytes of RAM, this definition %llu",

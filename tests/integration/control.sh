@@ -199,6 +199,10 @@ control-cli-lifecycle)
 	"$KAPSEL" info cli1 >"$TMP/info"
 	expect_in "$TMP/info" "memory_bytes $((32 << 20))"
 	expect_in "$TMP/info" "vcpus 1"
+	grep -Eq '^vcpu 0 power up blocked (yes|no) exits [0-9]+ cpu_time_ns [0-9]+ host_cpu -?[0-9]+$' \
+		"$TMP/info" || { cat "$TMP/info"; fail "no vcpu 0 line"; }
+	grep -q '^vcpu 1 ' "$TMP/info" && fail "info of a 1-vCPU VM lists a vCPU 1"
+	grep -Eq '^ +[0-9]+  cli1 +running +32M +1 ' "$TMP/list" || { cat "$TMP/list"; fail "cli1: VCPUS not 1"; }
 	expect_in "$TMP/info" "device 0 console-pv"
 	expect_in "$TMP/info" "pid $VMPIDS"
 	"$KAPSEL" pause cli1 || fail "pause"

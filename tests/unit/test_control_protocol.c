@@ -1,10 +1,15 @@
-/* Unit tests: the control protocol's request parser, argument helpers, errno names and verb table. */
+/* Unit tests: the control protocol's request parser, argument helpers, errno names, verb table and the info verb's vCPU lines. */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "control/control.h"
+#include "control/control_client.h"
 #include "control/control_internal.h"
+#include "core/vm.h"
 #include "cunit_main.h"
 
 static char error[512];
@@ -248,6 +253,86 @@ static void test_nul_refused(void)
 	CU_ASSERT_PTR_NOT_NULL(strstr(error, "NUL byte"));
 }
 
+/* 'info' on a VM that never ran (no KVM needed): one "vcpu K" line per
+ * vCPU with its power, blocked flag, exit total, CPU time and host CPU;
+ * the VM-wide lines still speak for vCPU 0. */
+static void test_info_vcpu_lines(void)
+{
+	static struct kapsel_vm vm;
+	struct vm_config config;
+	memset(&vm, 0, sizeof(vm));
+	vm_config_init(&config);
+	config.vcpus = 3;
+	vm.config = &config;
+	vm.state = VM_STATE_RUNNING;
+	vm.mem.size_bytes = 64ull << 20;
+	vm.events = calloc(1, sizeof(*vm.events));
+	CU_ASSERT_PTR_NOT_NULL_FATAL(vm.events);
+	pthread_mutex_init(&vm.pause_lock, NULL);
+	vm.vcpu_count = 3;
+	for (unsigned k = 0; k < 3; k++)
+		vm.vcpus[k] = (struct kapsel_vcpu){ .vm = &vm, .id = k, .fd = -1 };
+	/* vCPU 0: this thread, blocked, with exits of three kinds. */
+	vm.vcpus[0].power = VCPU_POWER_UP;
+	vm.vcpus[0].blocked = 1;
+	vm.vcpus[0].tid = (int)gettid();
+	vm.vcpus[0].exits[VM_EXIT_IO_HYPERCALL] = 40;
+	vm.vcpus[0].exits[VM_EXIT_HLT] = 2;
+	vm.vcpus[0].exits[VM_EXIT_OTHER] = 1;
+	/* vCPU 1: asked up, its thread not running yet. */
+	vm.vcpus[1].power = VCPU_POWER_STARTING;
+	vm.vcpus[1].exits[VM_EXIT_IO_DEVICE] = 7;
+	/* vCPU 2: down; a tid of another process (init) is never read. */
+	vm.vcpus[2].power = VCPU_POWER_DOWN;
+	vm.vcpus[2].tid = 1;
+
+	CU_ASSERT_EQUAL_FATAL(control_register_builtin_verbs(), 0);
+	control_verb_fn info = control_find_verb("info");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(info);
+	char line[16] = "info";
+	struct control_request request;
+	CU_ASSERT_EQUAL_FATAL(control_request_parse(line, &request, error, sizeof(error)), 0);
+	char *payload = NULL;
+	size_t payload_len = 0;
+	FILE *out = open_memstream(&payload, &payload_len);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(out);
+	CU_ASSERT_EQUAL(info(&vm, &request, out, error, sizeof(error)), 0);
+	fclose(out);
+
+	char value[256];
+	CU_ASSERT(control_payload_get(payload, "vcpus", value, sizeof(value)));
+	CU_ASSERT_STRING_EQUAL(value, "3");
+	CU_ASSERT(control_payload_get(payload, "vcpu_blocked", value, sizeof(value)));
+	CU_ASSERT_STRING_EQUAL(value, "yes");
+	CU_ASSERT(control_payload_get(payload, "vcpu 0", value, sizeof(value)));
+	unsigned long long exits = 0, cpu_time = 0;
+	int host_cpu = -2;
+	char power[16] = "", blocked[8] = "";
+	CU_ASSERT_EQUAL(sscanf(value,
+			       "power %15s blocked %7s exits %llu cpu_time_ns %llu host_cpu %d",
+			       power, blocked, &exits, &cpu_time, &host_cpu),
+			5);
+	CU_ASSERT_STRING_EQUAL(power, "up");
+	CU_ASSERT_STRING_EQUAL(blocked, "yes");
+	CU_ASSERT_EQUAL(exits, 43);
+	CU_ASSERT(cpu_time > 0); /* this thread has run */
+	CU_ASSERT(host_cpu >= 0);
+	CU_ASSERT(control_payload_get(payload, "vcpu 1", value, sizeof(value)));
+	CU_ASSERT_STRING_EQUAL(value,
+			       "power starting blocked no exits 7 cpu_time_ns 0 host_cpu -1");
+	CU_ASSERT(control_payload_get(payload, "vcpu 2", value, sizeof(value)));
+	CU_ASSERT_STRING_EQUAL(value, "power down blocked no exits 0 cpu_time_ns 0 host_cpu -1");
+	CU_ASSERT(!control_payload_get(payload, "vcpu 3", value, sizeof(value)));
+	/* The lines come right after "vcpus", in order. */
+	const char *v = strstr(payload, "\nvcpus 3\nvcpu 0 power up ");
+	CU_ASSERT_PTR_NOT_NULL(v);
+	CU_ASSERT(v && strstr(v, "\nvcpu 1 power starting ") < strstr(v, "\nvcpu 2 power down "));
+	free(payload);
+	free(vm.events);
+	pthread_mutex_destroy(&vm.pause_lock);
+	vm_config_free(&config);
+}
+
 int main(void)
 {
 	static const struct unit_test tests[] = {
@@ -262,6 +347,7 @@ int main(void)
 		{ "verb table", test_verb_table },
 		{ "CRLF line end accepted", test_crlf_accepted },
 		{ "NUL byte refused", test_nul_refused },
+		{ "info: one line per vCPU", test_info_vcpu_lines },
 	};
 	return UNIT_RUN("control_protocol", tests);
 }

@@ -21,10 +21,41 @@ static void state_letters(const xc_dominfo_t *d, char out[7])
 	out[6] = '\0';
 }
 
+/* --vcpus DOMID: the domain's vCPU counts, then xc_vcpu_getinfo of each
+ * vCPU id up to max_vcpu_id and of the one past it (which must fail). */
+static int show_vcpus(xc_interface *xch, uint32_t domid)
+{
+	xc_dominfo_t d;
+	if (xc_domain_getinfo(xch, domid, 1, &d) != 1 || d.domid != domid) {
+		printf("vcpus %u: no such domain\n", domid);
+		return 1;
+	}
+	printf("domain %u: max_vcpu_id %u nr_online_vcpus %u %s\n", domid, d.max_vcpu_id,
+	       d.nr_online_vcpus,
+	       d.paused	   ? "paused"
+	       : d.blocked ? "blocked"
+	       : d.running ? "running"
+			   : "-");
+	for (uint32_t v = 0; v <= d.max_vcpu_id + 1; v++) {
+		xc_vcpuinfo_t info;
+		memset(&info, 0xa5, sizeof(info));
+		if (xc_vcpu_getinfo(xch, domid, v, &info) < 0) {
+			printf("vcpu %u: failed: %s\n", v, strerror(errno));
+			continue;
+		}
+		printf("vcpu %u: id %u online %u blocked %u running %u cpu_time %s cpu %u\n", v,
+		       info.vcpu, info.online, info.blocked, info.running,
+		       info.cpu_time ? "yes" : "no", info.cpu);
+	}
+	return 0;
+}
+
 static int act(xc_interface *xch, const char *action, const char *id_text)
 {
 	uint32_t domid = (uint32_t)strtoul(id_text, NULL, 10);
 	int rc;
+	if (strcmp(action, "--vcpus") == 0)
+		return show_vcpus(xch, domid);
 	if (strcmp(action, "--pause") == 0)
 		rc = xc_domain_pause(xch, domid);
 	else if (strcmp(action, "--unpause") == 0)
@@ -35,7 +66,7 @@ static int act(xc_interface *xch, const char *action, const char *id_text)
 		rc = xc_domain_destroy(xch, domid);
 	else {
 		fprintf(stderr,
-			"usage: xentop_once [--pause|--unpause|--shutdown|--destroy DOMID]\n");
+			"usage: xentop_once [--vcpus|--pause|--unpause|--shutdown|--destroy DOMID]\n");
 		return 2;
 	}
 	if (rc < 0) {

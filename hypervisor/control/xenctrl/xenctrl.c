@@ -23,14 +23,23 @@ struct xc_interface_core {
 	unsigned open_flags;
 };
 
+/* One vCPU as a 'vcpu K ...' line of 'info' describes it. */
+struct vcpu_view {
+	bool up;      /* power up: Xen's online */
+	bool blocked; /* sleeping in the BLOCK hypercall */
+	uint64_t cpu_time_ns;
+	int host_cpu; /* -1: unknown */
+};
+
 /* What one running VM reported in its 'info' reply. */
 struct vm_view {
 	char name[64];
 	unsigned domid;
-	bool paused, blocked;
-	uint64_t memory_bytes, cpu_time_ns;
-	int host_cpu;
+	bool paused;
+	uint64_t memory_bytes;
 	uint8_t uuid[16];
+	unsigned vcpu_count; /* 1 .. KAPSEL_MAX_VCPUS */
+	struct vcpu_view vcpus[KAPSEL_MAX_VCPUS];
 };
 
 static uint64_t payload_u64(const char *payload, const char *key)
@@ -55,6 +64,35 @@ static void parse_uuid(const char *text, uint8_t uuid[16])
 	}
 }
 
+/*
+ * The "vcpu K" line's value ("power up blocked no exits 12 cpu_time_ns 3
+ * host_cpu 1"): word pairs, unknown ones skipped (a newer Kapsel may add
+ * some).  Returns false when the line is missing.
+ */
+static bool vcpu_from_info(const char *payload, unsigned k, struct vcpu_view *vcpu)
+{
+	char key[32], value[256];
+	snprintf(key, sizeof(key), "vcpu %u", k);
+	if (!control_payload_get(payload, key, value, sizeof(value)))
+		return false;
+	*vcpu = (struct vcpu_view){ .host_cpu = -1 };
+	char *save = NULL;
+	for (char *word = strtok_r(value, " ", &save); word; word = strtok_r(NULL, " ", &save)) {
+		char *arg = strtok_r(NULL, " ", &save);
+		if (!arg)
+			break;
+		if (strcmp(word, "power") == 0)
+			vcpu->up = strcmp(arg, "up") == 0;
+		else if (strcmp(word, "blocked") == 0)
+			vcpu->blocked = strcmp(arg, "yes") == 0;
+		else if (strcmp(word, "cpu_time_ns") == 0)
+			vcpu->cpu_time_ns = strtoull(arg, NULL, 10);
+		else if (strcmp(word, "host_cpu") == 0)
+			vcpu->host_cpu = atoi(arg);
+	}
+	return true;
+}
+
 static int view_from_info(const char *name, const char *payload, struct vm_view *view)
 {
 	char value[128];
@@ -65,15 +103,28 @@ static int view_from_info(const char *name, const char *payload, struct vm_view 
 	view->domid = (unsigned)strtoul(value, NULL, 10);
 	if (control_payload_get(payload, "state", value, sizeof(value)))
 		view->paused = strcmp(value, "paused") == 0;
-	if (control_payload_get(payload, "vcpu_blocked", value, sizeof(value)))
-		view->blocked = strcmp(value, "yes") == 0;
 	if (control_payload_get(payload, "uuid", value, sizeof(value)))
 		parse_uuid(value, view->uuid);
 	view->memory_bytes = payload_u64(payload, "memory_bytes");
-	view->cpu_time_ns = payload_u64(payload, "cpu_time_ns");
-	view->host_cpu = control_payload_get(payload, "vcpu_host_cpu", value, sizeof(value))
-				 ? atoi(value)
-				 : -1;
+	uint64_t count = payload_u64(payload, "vcpus");
+	view->vcpu_count = count < 1		      ? 1
+			   : count > KAPSEL_MAX_VCPUS ? KAPSEL_MAX_VCPUS
+						      : (unsigned)count;
+	bool listed = false;
+	for (unsigned k = 0; k < view->vcpu_count; k++)
+		listed |= vcpu_from_info(payload, k, &view->vcpus[k]);
+	if (!listed) {
+		/* A Kapsel before SMP: one vCPU, described by the VM's lines. */
+		struct vcpu_view *boot = &view->vcpus[0];
+		boot->up = true;
+		boot->blocked =
+			control_payload_get(payload, "vcpu_blocked", value, sizeof(value)) &&
+			strcmp(value, "yes") == 0;
+		boot->cpu_time_ns = payload_u64(payload, "cpu_time_ns");
+		boot->host_cpu = control_payload_get(payload, "vcpu_host_cpu", value, sizeof(value))
+					 ? atoi(value)
+					 : -1;
+	}
 	return 0;
 }
 
@@ -181,19 +232,31 @@ XC_EXPORT int xc_interface_close(xc_interface *xch)
 	return 0;
 }
 
+/*
+ * As Xen reports a domain: online vCPUs are those up; the domain is
+ * blocked when no online vCPU is runnable and running when one is (never
+ * while paused); cpu_time is the sum over its vCPUs.
+ */
 static void fill_dominfo(const struct vm_view *v, xc_dominfo_t *info)
 {
 	memset(info, 0, sizeof(*info));
 	info->domid = v->domid;
 	info->paused = v->paused;
-	info->blocked = !v->paused && v->blocked;
-	info->running = !v->paused && !v->blocked;
+	bool runnable = false;
+	for (unsigned k = 0; k < v->vcpu_count; k++) {
+		const struct vcpu_view *vcpu = &v->vcpus[k];
+		info->cpu_time += vcpu->cpu_time_ns;
+		if (!vcpu->up)
+			continue;
+		info->nr_online_vcpus++;
+		runnable |= !vcpu->blocked;
+	}
+	info->blocked = !v->paused && !runnable;
+	info->running = !v->paused && runnable;
 	info->nr_pages = (unsigned long)(v->memory_bytes >> XC_PAGE_SHIFT);
 	info->shared_info_frame = 0x8; /* the event page, Kapsel's shared info */
-	info->cpu_time = v->cpu_time_ns;
 	info->max_memkb = (unsigned long)(v->memory_bytes >> 10);
-	info->nr_online_vcpus = 1;
-	info->max_vcpu_id = 0;
+	info->max_vcpu_id = v->vcpu_count - 1;
 	memcpy(info->handle, v->uuid, sizeof(info->handle));
 	uint8_t bits = 12;
 	while (bits < 64 && (1ull << bits) < v->memory_bytes)
@@ -260,15 +323,17 @@ XC_EXPORT int xc_vcpu_getinfo(xc_interface *xch, uint32_t domid, uint32_t vcpu, 
 	int err = find_view(domid, &view);
 	if (err)
 		return fail(err);
-	if (vcpu != 0)
+	/* As Xen: a vCPU id the domain does not have is EINVAL. */
+	if (vcpu >= view.vcpu_count)
 		return fail(EINVAL);
+	const struct vcpu_view *v = &view.vcpus[vcpu];
 	memset(info, 0, sizeof(*info));
 	info->vcpu = vcpu;
-	info->online = 1;
-	info->blocked = !view.paused && view.blocked;
-	info->running = !view.paused && !view.blocked;
-	info->cpu_time = view.cpu_time_ns;
-	info->cpu = view.host_cpu < 0 ? 0 : (uint32_t)view.host_cpu;
+	info->online = v->up;
+	info->blocked = v->up && !view.paused && v->blocked;
+	info->running = v->up && !view.paused && !v->blocked;
+	info->cpu_time = v->cpu_time_ns;
+	info->cpu = v->host_cpu < 0 ? 0 : (uint32_t)v->host_cpu;
 	return 0;
 }
 

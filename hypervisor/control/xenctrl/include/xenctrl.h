@@ -77,10 +77,10 @@ typedef struct xc_dominfo {
 	unsigned long nr_shared_pages;
 	unsigned long nr_paged_pages;
 	unsigned long shared_info_frame;
-	uint64_t cpu_time; /* ns the vCPU thread ran */
+	uint64_t cpu_time; /* ns the vCPU threads ran, summed */
 	unsigned long max_memkb;
-	unsigned int nr_online_vcpus;
-	unsigned int max_vcpu_id;
+	unsigned int nr_online_vcpus; /* vCPUs up (vCPU 0, and those the guest brought up) */
+	unsigned int max_vcpu_id;     /* the VM's vCPU count - 1 */
 	xen_domain_handle_t handle;
 	unsigned int cpupool;
 	uint8_t gpaddr_bits;
@@ -146,17 +146,18 @@ int xc_domain_getinfolist(xc_interface *xch, uint32_t first_domain, unsigned int
 			  xc_domaininfo_t *info);
 
 struct xen_domctl_getvcpuinfo {
-	uint32_t vcpu; /* in */
-	uint8_t online;
-	uint8_t blocked; /* sleeping in the BLOCK hypercall */
-	uint8_t running;
-	uint64_aligned_t cpu_time; /* ns */
-	uint32_t cpu;		   /* host CPU the vCPU thread last ran on */
+	uint32_t vcpu;		   /* in */
+	uint8_t online;		   /* up: vCPU 0, or brought up by the guest */
+	uint8_t blocked;	   /* sleeping in the BLOCK hypercall */
+	uint8_t running;	   /* online, not blocked, the domain not paused */
+	uint64_aligned_t cpu_time; /* ns its thread ran (0 before it ran) */
+	uint32_t cpu;		   /* host CPU its thread last ran on (0 if unknown) */
 };
 typedef struct xen_domctl_getvcpuinfo xc_vcpuinfo_t;
 
-/* vCPU vcpu (only 0 exists) of domain domid.  Returns 0 or -1 (errno EINVAL
- * for a vCPU that does not exist, ESRCH for no such domain). */
+/* vCPU vcpu (0 to the domain's max_vcpu_id) of domain domid.  Returns 0
+ * or -1 (errno EINVAL for a vCPU id past max_vcpu_id, as Xen; ESRCH for no
+ * such domain). */
 int xc_vcpu_getinfo(xc_interface *xch, uint32_t domid, uint32_t vcpu, xc_vcpuinfo_t *info);
 
 /* ---- Domain control -------------------------------------------------------- */
