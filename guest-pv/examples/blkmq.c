@@ -15,6 +15,7 @@
 
 /*
  * Command line:  [run] [seed=N] [sectors=N] [qd=N]  or  hostile
+ *                or  bench [qd=N] [ms=N] [sectors=N] [seed=N]
  *
  * run (the default): vCPU 0 opens disk 0 on the PV path and starts every
  * other vCPU.  vCPU k writes the pattern (pattern.h, seed) to its own
@@ -31,6 +32,11 @@
  * or a channel out of range must be refused (-EINVAL); then queue 1 gets
  * a ring whose req_prod is garbage and a kick, and queue 0 must still
  * write and read back a pattern.  Prints "blkmq hostile ok".
+ *
+ * bench (`kapsel bench`, workload mq-randread-4K): every vCPU reads
+ * random 4 KiB blocks of the first `sectors` sectors at depth qd on its
+ * own queue for ms milliseconds; vCPU 0 prints
+ * "blkmq bench: vcpus V queues Q ops N ns T".
  */
 
 #define SECTOR 512u
@@ -130,10 +136,70 @@ static void work(unsigned me)
 		pass(me, false, buffers);
 }
 
+/* ---- bench: random 4 KiB reads for a while ---- */
+
+static uint64_t bench_deadline_ns;
+static uint64_t bench_ops[KG_MAX_CPUS];
+static bool bench_mode;
+
+static uint64_t next_random(uint64_t *state)
+{
+	*state += PATTERN_GOLDEN;
+	return pattern_finalize(*state);
+}
+
+static void bench_work(unsigned me)
+{
+	uint8_t *buffers = kg_os_alloc_pages(qd);
+	struct kg_block_request *requests = kg_os_alloc_pages(
+		(qd * sizeof(struct kg_block_request) + PAGE_BYTES - 1) / PAGE_BYTES);
+	if (!buffers || !requests) {
+		results[me].error = -KAPSEL_ENOMEM;
+		return;
+	}
+	uint64_t state = seed * 7919 + me, blocks = sectors_each / 8, ops = 0;
+	unsigned in_flight = 0;
+	struct kg_block_request *done[MAX_QD];
+	for (unsigned i = 0; i < qd; i++) {
+		requests[i] = (struct kg_block_request){
+			.op = KAPSEL_BLK_OP_READ,
+			.sector = (next_random(&state) % blocks) * 8,
+			.segment_count = 1,
+			.segments = { { buffers + (uint64_t)i * PAGE_BYTES, PAGE_BYTES } },
+		};
+		if (kg_block_submit(disk, &requests[i]) == 0)
+			in_flight++;
+	}
+	kg_block_kick(disk);
+	while (in_flight) {
+		unsigned got = kg_block_reap(disk, done, MAX_QD, true);
+		bool more = kg_time_now_ns() < bench_deadline_ns;
+		for (unsigned d = 0; d < got; d++) {
+			in_flight--;
+			if (done[d]->status) {
+				results[me].error = done[d]->status;
+				more = false;
+			}
+			ops++;
+			if (!more)
+				continue;
+			done[d]->sector = (next_random(&state) % blocks) * 8;
+			done[d]->status = 0;
+			if (kg_block_submit(disk, done[d]) == 0)
+				in_flight++;
+		}
+		kg_block_kick(disk);
+	}
+	bench_ops[me] = ops;
+}
+
 static void worker(void *arg)
 {
 	(void)arg;
-	work(kg_cpu_id());
+	if (bench_mode)
+		bench_work(kg_cpu_id());
+	else
+		work(kg_cpu_id());
 	__atomic_fetch_add(&finished, 1u, __ATOMIC_ACQ_REL);
 	kg_hc_evtchn_send(done_port); /* wakes vCPU 0 */
 }
@@ -167,6 +233,8 @@ static int run_mode(void)
 	int64_t port = kg_hc_evtchn_alloc();
 	kg_assert(port >= 0);
 	done_port = (uint32_t)port;
+	uint64_t bench_start = kg_time_now_ns();
+	bench_deadline_ns = bench_start + args_number("ms", 1000) * 1000000ull;
 	for (unsigned k = 1; k < cpus; k++) {
 		err = kg_cpu_start(k, worker, 0, cpu_stacks[k], STACK_BYTES);
 		if (err) {
@@ -174,7 +242,10 @@ static int run_mode(void)
 			return 1;
 		}
 	}
-	work(0);
+	if (bench_mode)
+		bench_work(0);
+	else
+		work(0);
 	uint64_t give_up = kg_time_now_ns() + 120000000000ull;
 	while (__atomic_load_n(&finished, __ATOMIC_ACQUIRE) < cpus - 1) {
 		kg_evtchn_test_and_clear(done_port);
@@ -185,6 +256,20 @@ static int run_mode(void)
 			return 1;
 		}
 		kg_hc_block(kg_time_now_ns() + 10000000ull);
+	}
+	if (bench_mode) {
+		uint64_t ns = kg_time_now_ns() - bench_start, ops = 0;
+		for (unsigned k = 0; k < cpus; k++) {
+			ops += bench_ops[k];
+			if (results[k].error) {
+				kg_printf("blkmq FAILED: vCPU %u: error %d\n", k, results[k].error);
+				return 1;
+			}
+		}
+		kg_printf("blkmq bench: vcpus %u queues %u ops %llu ns %llu\n", cpus,
+			  kg_block_queue_count(disk), (unsigned long long)ops,
+			  (unsigned long long)ns);
+		return 0;
 	}
 	unsigned bad = 0;
 	for (unsigned k = 0; k < cpus; k++) {
@@ -332,8 +417,9 @@ int main(int argc, char **argv)
 	kg_assert(kg_platform_is_kapsel());
 	if (strcmp(mode, "hostile") == 0)
 		return hostile_mode();
-	if (strcmp(mode, "run") != 0) {
-		kg_printf("blkmq FAILED: unknown mode %s (run or hostile)\n", mode);
+	bench_mode = strcmp(mode, "bench") == 0;
+	if (strcmp(mode, "run") != 0 && !bench_mode) {
+		kg_printf("blkmq FAILED: unknown mode %s (run, hostile or bench)\n", mode);
 		return 2;
 	}
 	return run_mode();
