@@ -341,13 +341,13 @@ static int hostile_mode(void)
 	kg_assert(err == 0);
 	kg_assert(kg_block_queue_count(disk) == 1);
 
-	/* A real ring for queue 1 (order 0: one slot), kept for the end. */
+	/* A real ring for queue 1 (order 1: two slots, the smallest), kept for the end. */
 	static struct kg_ring kr;
-	uint32_t pages = kg_ring_pages(0, sizeof(struct kapsel_blk_request),
+	uint32_t pages = kg_ring_pages(1, sizeof(struct kapsel_blk_request),
 				       sizeof(struct kapsel_blk_response));
 	uint8_t *mem = kg_os_alloc_pages(pages);
 	kg_assert(mem != 0);
-	kg_ring_init(&kr, mem, 0, sizeof(struct kapsel_blk_request),
+	kg_ring_init(&kr, mem, 1, sizeof(struct kapsel_blk_request),
 		     sizeof(struct kapsel_blk_response), 0);
 	int64_t port = kg_hc_evtchn_alloc();
 	kg_assert(port >= 0);

@@ -56,7 +56,7 @@ block-mq-hostile) # suite: kvm
 	expect_in "$out" "blkmq hostile ok: bad queue setups refused, queue 0 served beside a broken queue 1"
 	expect_not_in "$out" "FAILED"
 	expect_in "$err" "queue 1: the guest published an impossible request index"
-	expect_in "$err" "queue 1: 1 slots, 0 requests, 0 notifications (stopped: broken by the guest)"
+	expect_in "$err" "queue 1: 2 slots, 0 requests, 0 notifications (stopped: broken by the guest)"
 	q0=$(queue_field 0 requests)
 	[ "${q0:-0}" -ge 3 ] || fail "queue 0 answered '${q0}' requests after queue 1 broke"
 	check_image "$img" 99 500 32 || fail "queue 0's write is not in the image"
