@@ -1,4 +1,4 @@
-/* PV block driver: the guest end of a blk.h ring, with doorbell kicks and event-channel sleeps suppressed by event indices. */
+/* PV block driver: the guest end of a blk.h device's rings (one per vCPU), with doorbell kicks and event-channel sleeps suppressed by event indices. */
 #include "block_internal.h"
 #include "kapsel_guest/ring_setup.h"
 
@@ -8,15 +8,19 @@
 #include "kapsel_guest/os_hooks.h"
 #include "kapsel_guest/platform.h"
 #include "kapsel_guest/ring.h"
+#include "kapsel_guest/smp.h"
 
 /* 256 slots: 20 request pages + 4 response pages + the header page. */
 #define BLK_PV_RING_ORDER 8u
 #define BLK_PV_SLOTS (1u << BLK_PV_RING_ORDER)
 #define PAGE_BYTES 4096u
 
+/* One ring with everything that goes with it; its lock covers all of it. */
 struct blk_pv_driver {
+	struct kg_spinlock lock;
 	struct kg_ring ring;
-	uint32_t port;		/* event channel the backend signals */
+	uint32_t port;		/* event channel the backend signals for this ring */
+	uint32_t bound_cpu;	/* the vCPU port is bound to (EVTCHN_BIND_VCPU) */
 	uint16_t doorbell_port; /* 0: kick with EVTCHN_SEND instead */
 	uint16_t device_index;
 	uint32_t queued; /* pushed since the last kick */
@@ -30,14 +34,31 @@ struct blk_pv_driver {
 	struct kapsel_device_setup setup; /* passed by guest-physical address */
 };
 
+/* device->driver: the rings, queue_count of them. */
+struct blk_pv_queues {
+	struct blk_pv_driver *queue[KAPSEL_MAX_VCPUS];
+};
+
+/* The calling vCPU's ring. */
 static struct blk_pv_driver *driver_of(struct kg_block_device *device)
 {
-	return device->driver;
+	const struct blk_pv_queues *queues = device->driver;
+	return queues->queue[kg_block_queue_here(device)];
 }
 
-static int blk_pv_submit(struct kg_block_device *device, struct kg_block_request *request)
+/* Completions of drv go to the vCPU that submits on it (its upcall, its
+ * BLOCK wake-up).  Under drv->lock. */
+static void blk_pv_follow_cpu(struct blk_pv_driver *drv)
 {
-	struct blk_pv_driver *drv = driver_of(device);
+	unsigned cpu = kg_cpu_id();
+	if (drv->bound_cpu == cpu || !kg_smp_available())
+		return;
+	if (kg_evtchn_bind_cpu(drv->port, cpu) == 0)
+		drv->bound_cpu = cpu;
+}
+
+static int blk_pv_submit_locked(struct blk_pv_driver *drv, struct kg_block_request *request)
+{
 	struct kapsel_blk_request *slot = kg_ring_next_request(&drv->ring);
 	if (!slot || drv->free_count == 0)
 		return -KAPSEL_EAGAIN;
@@ -65,28 +86,45 @@ static int blk_pv_submit(struct kg_block_device *device, struct kg_block_request
 	return 0;
 }
 
-static void blk_pv_kick(struct kg_block_device *device)
+static int blk_pv_submit(struct kg_block_device *device, struct kg_block_request *request)
 {
 	struct blk_pv_driver *drv = driver_of(device);
+	kg_spin_lock(&drv->lock);
+	blk_pv_follow_cpu(drv);
+	int err = blk_pv_submit_locked(drv, request);
+	kg_spin_unlock(&drv->lock);
+	return err;
+}
+
+static void blk_pv_kick_locked(struct kg_block_device *device, struct blk_pv_driver *drv)
+{
 	if (!drv->queued)
 		return;
 	drv->queued = 0;
 	if (!kg_ring_publish(&drv->ring)) {
-		device->stats.kicks_suppressed++; /* the backend is still at work */
+		KG_BLOCK_COUNT(device, kicks_suppressed); /* the backend is still at work */
 		return;
 	}
-	device->stats.kicks++;
+	KG_BLOCK_COUNT(device, kicks);
+	/* One doorbell for all rings: the backend looks at each. */
 	if (drv->doorbell_port)
 		kg_outw(drv->doorbell_port, 1);
 	else
 		kg_hc_evtchn_send(drv->port);
 }
 
-/* Move up to max published responses to done[]. */
-static unsigned blk_pv_collect(struct kg_block_device *device, struct kg_block_request **done,
-			       unsigned max)
+static void blk_pv_kick(struct kg_block_device *device)
 {
 	struct blk_pv_driver *drv = driver_of(device);
+	kg_spin_lock(&drv->lock);
+	blk_pv_kick_locked(device, drv);
+	kg_spin_unlock(&drv->lock);
+}
+
+/* Move up to max published responses of drv to done[].  Under drv->lock. */
+static unsigned blk_pv_collect(struct blk_pv_driver *drv, struct kg_block_request **done,
+			       unsigned max)
+{
 	unsigned n = 0;
 	const struct kapsel_blk_response *rsp;
 	while (n < max && (rsp = kg_ring_peek_response(&drv->ring))) {
@@ -139,14 +177,18 @@ static unsigned blk_pv_reap(struct kg_block_device *device, struct kg_block_requ
 	struct blk_pv_driver *drv = driver_of(device);
 	if (max == 0)
 		return 0;
-	unsigned n = blk_pv_collect(device, done, max);
+	kg_spin_lock(&drv->lock);
+	unsigned n = blk_pv_collect(drv, done, max);
 	if (n || !wait || kg_ring_outstanding(&drv->ring) == 0) {
+		kg_spin_unlock(&drv->lock);
 		if (n)
-			device->stats.polls++;
+			KG_BLOCK_COUNT(device, polls);
 		return n;
 	}
-	/* Waiting on requests nobody was told about would sleep forever. */
-	blk_pv_kick(device);
+	/* Waiting on requests nobody was told about would sleep forever;
+	 * the wake-up must come to this vCPU. */
+	blk_pv_follow_cpu(drv);
+	blk_pv_kick_locked(device, drv);
 	uint64_t bound = device->poll_ns;
 	if (drv->poll_bound_ns != bound) {
 		/* A new bound (kg_block_set_poll_ns): start optimistic. */
@@ -160,8 +202,10 @@ static unsigned blk_pv_reap(struct kg_block_device *device, struct kg_block_requ
 		do {
 			for (unsigned i = 0; i < 32; i++) {
 				if (kg_ring_peek_response(&drv->ring)) {
-					device->stats.polls++;
-					return blk_pv_collect(device, done, max);
+					KG_BLOCK_COUNT(device, polls);
+					n = blk_pv_collect(drv, done, max);
+					kg_spin_unlock(&drv->lock);
+					return n;
 				}
 				kg_cpu_relax();
 			}
@@ -171,16 +215,21 @@ static unsigned blk_pv_reap(struct kg_block_device *device, struct kg_block_requ
 		/* Clear the channel before looking, so a notification sent
 		 * after the look leaves it pending and BLOCK returns at once. */
 		kg_evtchn_test_and_clear(drv->port);
-		n = blk_pv_collect(device, done, max);
+		n = blk_pv_collect(drv, done, max);
 		if (n)
 			break;
 		if (kg_ring_prepare_sleep(&drv->ring))
 			continue;
-		device->stats.blocks++;
+		KG_BLOCK_COUNT(device, blocks);
+		/* Not holding the ring's lock while asleep: another vCPU that
+		 * shares this ring may submit meanwhile. */
+		kg_spin_unlock(&drv->lock);
 		kg_hc_block(UINT64_MAX);
+		kg_spin_lock(&drv->lock);
 	}
 	if (bound)
 		blk_pv_fit_poll_window(drv, bound, kg_time_now_ns() - start);
+	kg_spin_unlock(&drv->lock);
 	return n;
 }
 
@@ -204,6 +253,7 @@ static int blk_pv_get_info(struct kg_block_device *device, struct kapsel_blk_inf
 	struct kg_block_request *done = 0;
 	while (!done)
 		blk_pv_reap(device, &done, 1, true);
+	/* Not counted in the queue's in_flight (block.c is not involved). */
 	if (request.status)
 		return request.status;
 	if (info_page->magic != KAPSEL_BLK_INFO_MAGIC || info_page->logical_sector_bytes != 512)
@@ -217,6 +267,54 @@ static const struct kg_ring_shape blk_pv_shape = {
 	.response_bytes = sizeof(struct kapsel_blk_response),
 };
 
+/* Memory for one ring and its driver state; fills *drv, *memory. */
+static int blk_pv_alloc_queue(const struct kapsel_device_desc *desc, uint16_t doorbell_port,
+			      struct blk_pv_driver **drv, uint8_t **memory)
+{
+	uint32_t ring_pages = kg_ring_pages(blk_pv_shape.order, blk_pv_shape.request_bytes,
+					    blk_pv_shape.response_bytes);
+	uint32_t driver_pages = (sizeof(struct blk_pv_driver) + PAGE_BYTES - 1) / PAGE_BYTES;
+	*memory = kg_os_alloc_pages(ring_pages + driver_pages);
+	if (!*memory)
+		return -KAPSEL_ENOMEM;
+	*drv = (struct blk_pv_driver *)(*memory + ring_pages * PAGE_BYTES);
+	for (uint32_t i = 0; i < BLK_PV_SLOTS; i++)
+		(*drv)->free_ids[i] = BLK_PV_SLOTS - 1 - i;
+	(*drv)->free_count = BLK_PV_SLOTS;
+	(*drv)->doorbell_port = doorbell_port;
+	(*drv)->device_index = desc->index;
+	(*drv)->lock = (struct kg_spinlock)KG_SPINLOCK_INIT;
+	return 0;
+}
+
+/* Ring q > 0 (abi.md §12.1): a channel of its own, named in its setup. */
+static int blk_pv_setup_queue(const struct kapsel_device_desc *desc, uint32_t q,
+			      struct blk_pv_driver *drv, uint8_t *memory)
+{
+	uint32_t ring_pages = kg_ring_pages(blk_pv_shape.order, blk_pv_shape.request_bytes,
+					    blk_pv_shape.response_bytes);
+	kg_ring_init(&drv->ring, memory, blk_pv_shape.order, blk_pv_shape.request_bytes,
+		     blk_pv_shape.response_bytes, 0);
+	int64_t port = kg_hc_evtchn_alloc();
+	if (port < 0)
+		return -KAPSEL_EIO;
+	drv->port = (uint32_t)port;
+	drv->setup = (struct kapsel_device_setup){
+		.magic = KAPSEL_DEVICE_SETUP_MAGIC,
+		.revision = 1,
+		.ring_gpa = kg_os_virt_to_phys(memory),
+		.ring_pages = ring_pages,
+		.evtchn_port = drv->port,
+		.queue = q,
+	};
+	if (kg_hc_device_setup(desc->index, &drv->setup) < 0) {
+		kg_hc_evtchn_close(drv->port);
+		return -KAPSEL_EIO;
+	}
+	(void)ring_pages;
+	return 0;
+}
+
 int kg_blk_pv_open(const struct kapsel_device_desc *desc, struct kg_block_device *device)
 {
 	const struct kapsel_start_info *si = kg_platform_start_info();
@@ -224,33 +322,49 @@ int kg_blk_pv_open(const struct kapsel_device_desc *desc, struct kg_block_device
 	    desc->type != KAPSEL_DEV_BLOCK_PV)
 		return -KAPSEL_ENODEV;
 
-	uint32_t ring_pages = kg_ring_pages(blk_pv_shape.order, blk_pv_shape.request_bytes,
-					    blk_pv_shape.response_bytes);
-	uint32_t driver_pages = (sizeof(struct blk_pv_driver) + PAGE_BYTES - 1) / PAGE_BYTES;
-	uint8_t *memory = kg_os_alloc_pages(ring_pages + driver_pages + 1);
-	if (!memory)
+	/* One ring per vCPU, as many as the device offers (0: an older
+	 * hypervisor, one ring). */
+	unsigned queues = desc->queue_count ? desc->queue_count : 1;
+	unsigned cpus = kg_cpu_count();
+	if (queues > cpus)
+		queues = cpus ? cpus : 1;
+	if (queues > KAPSEL_MAX_VCPUS)
+		queues = KAPSEL_MAX_VCPUS;
+	uint16_t doorbell_port = (si->features & KAPSEL_FEATURE_DOORBELL) ? desc->doorbell_port : 0;
+
+	struct blk_pv_queues *all = kg_os_alloc_pages(1);
+	uint8_t *info_memory = kg_os_alloc_pages(1);
+	if (!all || !info_memory)
 		return -KAPSEL_ENOMEM;
-	struct blk_pv_driver *drv = (struct blk_pv_driver *)(memory + ring_pages * PAGE_BYTES);
-	struct kapsel_blk_info *info_page =
-		(struct kapsel_blk_info *)(memory + (ring_pages + driver_pages) * PAGE_BYTES);
-
-	for (uint32_t i = 0; i < BLK_PV_SLOTS; i++)
-		drv->free_ids[i] = BLK_PV_SLOTS - 1 - i;
-	drv->free_count = BLK_PV_SLOTS;
-	drv->doorbell_port = (si->features & KAPSEL_FEATURE_DOORBELL) ? desc->doorbell_port : 0;
-	drv->device_index = desc->index;
-
+	struct kapsel_blk_info *info_page = (struct kapsel_blk_info *)info_memory;
+	uint8_t *memory;
+	struct blk_pv_driver *drv;
+	int err = blk_pv_alloc_queue(desc, doorbell_port, &drv, &memory);
+	if (err)
+		return err;
+	all->queue[0] = drv;
 	struct kg_ring *const rings[] = { &drv->ring };
 	if (kg_ring_setup(desc->index, &blk_pv_shape, memory, rings, 1, &drv->setup, &drv->port))
 		return -KAPSEL_EIO;
 
 	device->ops = &blk_pv_ops;
-	device->driver = drv;
-	int err = blk_pv_get_info(device, info_page);
+	device->driver = all;
+	device->queue_count = 1; /* GET_INFO on ring 0 first */
+	err = blk_pv_get_info(device, info_page);
 	if (err) {
 		kg_hc_evtchn_close(drv->port);
 		device->ops = 0;
 		return err == -KAPSEL_ENOMEM ? err : -KAPSEL_EIO;
+	}
+	for (unsigned q = 1; q < queues; q++) {
+		if (blk_pv_alloc_queue(desc, doorbell_port, &drv, &memory) ||
+		    blk_pv_setup_queue(desc, q, drv, memory)) {
+			kg_os_log("kapsel block: a PV disk's extra ring could not be set up; "
+				  "using fewer rings");
+			break;
+		}
+		all->queue[q] = drv;
+		device->queue_count = q + 1;
 	}
 	device->info = (struct kg_block_info){
 		.capacity_sectors = info_page->capacity_sectors,
@@ -260,7 +374,7 @@ int kg_blk_pv_open(const struct kapsel_device_desc *desc, struct kg_block_device
 		.max_segments = info_page->max_segments < KAPSEL_BLK_MAX_SEGMENTS
 					? info_page->max_segments
 					: KAPSEL_BLK_MAX_SEGMENTS,
-		.queue_depth = BLK_PV_SLOTS,
+		.queue_depth = BLK_PV_SLOTS, /* per queue */
 		.features = info_page->features,
 		.path = KG_BLOCK_PV,
 	};

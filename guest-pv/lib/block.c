@@ -3,6 +3,7 @@
 
 #include "kapsel_guest/os_hooks.h"
 #include "kapsel_guest/platform.h"
+#include "kapsel_guest/smp.h"
 
 #define PAGE_BYTES 4096u
 /* The synchronous helpers split a transfer into requests of at most this. */
@@ -37,6 +38,7 @@ int kg_block_open(unsigned index, enum kg_block_path path, struct kg_block_devic
 	if (!dev)
 		return -KAPSEL_ENOMEM;
 	int err;
+	dev->queue_count = 1; /* the PV driver may serve more */
 	if (desc && desc->type == KAPSEL_DEV_BLOCK_PV) {
 		err = kg_blk_pv_open(desc, dev);
 	} else if (desc) {
@@ -100,18 +102,26 @@ static int check_request(const struct kg_block_device *device,
 	return 0;
 }
 
+unsigned kg_block_queue_here(const struct kg_block_device *device)
+{
+	return device->queue_count > 1 ? kg_cpu_id() % device->queue_count : 0;
+}
+
 int kg_block_submit(struct kg_block_device *device, struct kg_block_request *request)
 {
 	int err = check_request(device, request);
 	if (err)
 		return err;
-	if (device->in_flight >= device->info.queue_depth)
+	unsigned q = kg_block_queue_here(device);
+	if (__atomic_load_n(&device->queue_in_flight[q], __ATOMIC_RELAXED) >=
+	    device->info.queue_depth)
 		return -KAPSEL_EAGAIN;
 	err = device->ops->submit(device, request);
 	if (err)
 		return err;
-	device->in_flight++;
-	device->stats.requests++;
+	__atomic_fetch_add(&device->queue_in_flight[q], 1, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&device->in_flight, 1, __ATOMIC_RELAXED);
+	KG_BLOCK_COUNT(device, requests);
 	return 0;
 }
 
@@ -123,16 +133,24 @@ void kg_block_kick(struct kg_block_device *device)
 unsigned kg_block_reap(struct kg_block_device *device, struct kg_block_request **done, unsigned max,
 		       bool wait)
 {
-	if (device->in_flight == 0)
+	unsigned q = kg_block_queue_here(device);
+	if (__atomic_load_n(&device->queue_in_flight[q], __ATOMIC_RELAXED) == 0)
 		return 0;
 	unsigned n = device->ops->reap(device, done, max, wait);
-	device->in_flight -= n;
+	__atomic_fetch_sub(&device->queue_in_flight[q], n, __ATOMIC_RELAXED);
+	__atomic_fetch_sub(&device->in_flight, n, __ATOMIC_RELAXED);
 	return n;
 }
 
 unsigned kg_block_in_flight(struct kg_block_device *device)
 {
-	return device->in_flight;
+	return __atomic_load_n(&device->queue_in_flight[kg_block_queue_here(device)],
+			       __ATOMIC_RELAXED);
+}
+
+unsigned kg_block_queue_count(struct kg_block_device *device)
+{
+	return device->queue_count;
 }
 
 void kg_block_get_stats(struct kg_block_device *device, struct kg_block_stats *stats)
@@ -167,7 +185,7 @@ static int run_one(struct kg_block_device *device, struct kg_block_request *requ
 static int transfer(struct kg_block_device *device, enum kapsel_blk_op op, uint64_t sector,
 		    uint8_t *buffer, uint64_t bytes)
 {
-	if (device->in_flight)
+	if (kg_block_in_flight(device))
 		return -KAPSEL_EBUSY; /* would steal asynchronous completions */
 	if (!aligned_512(buffer))
 		return -KAPSEL_EINVAL;

@@ -23,11 +23,22 @@ struct kg_block_driver_ops {
 struct kg_block_device {
 	const struct kg_block_driver_ops *ops;
 	struct kg_block_info info;
-	struct kg_block_stats stats;
-	unsigned in_flight;
+	struct kg_block_stats stats; /* updated atomically (several vCPUs) */
+	/* Rings: 1, or (PV, several vCPUs) one per vCPU; the calling vCPU
+	 * uses queue kg_cpu_id() % queue_count (kg_block_queue_here). */
+	unsigned queue_count;
+	unsigned in_flight; /* all queues (atomic) */
+	unsigned queue_in_flight[KAPSEL_MAX_VCPUS];
 	uint64_t poll_ns; /* reap(wait): spin this long before sleeping */
 	void *driver;	  /* driver-private state */
 };
+
+/* The queue the calling vCPU submits on and reaps from. */
+unsigned kg_block_queue_here(const struct kg_block_device *device);
+
+/* Count a library event in device->stats from any vCPU. */
+#define KG_BLOCK_COUNT(device, field) \
+	__atomic_fetch_add(&(device)->stats.field, 1, __ATOMIC_RELAXED)
 
 /* PV driver (blk_pv.c): open the PV device described by desc. */
 int kg_blk_pv_open(const struct kapsel_device_desc *desc, struct kg_block_device *device);

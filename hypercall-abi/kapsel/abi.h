@@ -25,7 +25,8 @@
  * (rng.h: device type KAPSEL_DEV_RNG_PV, feature KAPSEL_FEATURE_RNG_PV);
  * 4: PV CPU (traps, upcalls, timers: KAPSEL_FEATURE_PV_CPU);
  * 5: PV MMU (address spaces, user mode, syscalls: KAPSEL_FEATURE_PV_MMU);
- * 6: SMP (vCPU up/down, channels bound to a vCPU: KAPSEL_FEATURE_SMP) */
+ * 6: SMP (vCPU up/down, channels bound to a vCPU: KAPSEL_FEATURE_SMP;
+ *    multi-queue PV block: kapsel_device_desc.queue_count, blk.h) */
 #define KAPSEL_ABI_MINOR 6u
 #define KAPSEL_ABI_VERSION ((KAPSEL_ABI_MAJOR << 16) | KAPSEL_ABI_MINOR)
 
@@ -289,11 +290,18 @@ struct kapsel_device_desc {
 	 * and the largest frame payload (1500); zero for other devices. */
 	uint8_t mac[6];
 	uint16_t mtu_bytes;
-	uint64_t _reserved;
+	/* Minor 6, PV block devices: rings the device serves (setup.queue
+	 * 0 .. queue_count - 1, blk.h "Several queues"); 0 means 1 (older
+	 * hypervisors).  Zero for other devices. */
+	uint16_t queue_count;
+	uint16_t _reserved0;
+	uint32_t _reserved;
 };
 _Static_assert(sizeof(struct kapsel_device_desc) == 40, "device desc layout");
 _Static_assert(__builtin_offsetof(struct kapsel_device_desc, mac) == 24, "desc mac offset");
 _Static_assert(__builtin_offsetof(struct kapsel_device_desc, mtu_bytes) == 30, "desc mtu offset");
+_Static_assert(__builtin_offsetof(struct kapsel_device_desc, queue_count) == 32,
+	       "desc queue_count offset");
 
 #define KAPSEL_MEMMAP_RAM 1u	  /* free for the guest */
 #define KAPSEL_MEMMAP_RESERVED 2u /* hypervisor tables: do not touch */

@@ -12,6 +12,18 @@
  * requests (when kapsel_ring_need_notify says so).  Completions are
  * signalled on the bound event channel.
  *
+ * Several queues (minor 6): a device whose kapsel_device_desc.queue_count
+ * is N > 1 serves N rings, 0 .. N - 1, all on the one doorbell port.  Ring
+ * 0 is set up as above and signals the channel bound to the device.  Ring
+ * q > 0 is set up with setup.queue = q and setup.evtchn_port = a channel
+ * of the guest's own (allocated, not bound to a device, not the control
+ * channel): its completions are signalled there, and nowhere else.  Bind
+ * each queue's channel to the vCPU that submits on it
+ * (KAPSEL_HC_EVTCHN_BIND_VCPU) and completions wake that vCPU.  A queue
+ * index >= N, or an unusable port, is refused with -KAPSEL_EINVAL; a
+ * ring the guest breaks stops alone, the other queues are served.  The
+ * queues share the device's rate limits; request ids are per queue.
+ *
  * Sectors are always 512 bytes.  Data segments must be 512-byte aligned
  * in guest-physical memory and a multiple of 512 bytes long; a request's
  * segments are transferred in order as one contiguous range on the disk.

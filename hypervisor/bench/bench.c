@@ -730,8 +730,13 @@ int bench_main(struct bench_options *options)
 		status = 1;
 		goto out;
 	}
+	bool mq_report = false;
 	for (unsigned w = 0; w < options->workload_count; w++) {
 		const struct bench_workload *workload = &options->workloads[w];
+		if (workload->kind == BENCH_KIND_MQ) {
+			mq_report = true; /* after the table: bench_mq.c */
+			continue;
+		}
 		if (workload->kind != BENCH_KIND_BLOCK) {
 			results.rows[results.row_count++] = (struct bench_row){
 				.workload = workload, .iodepth = 1, .cache = BENCH_CACHE_NONE
@@ -836,6 +841,9 @@ int bench_main(struct bench_options *options)
 		bench_report_json(stdout, options, &results);
 	else
 		bench_report_table(stdout, options, &results);
+	if (mq_report && !interrupted && options->paths[BENCH_PATH_PV])
+		bench_mq_report(options, results.disk_path, work_dir,
+				options->format == BENCH_FORMAT_JSON ? stderr : stdout);
 	fflush(stdout);
 	/* A path that was asked for and could not be measured (failed, or
 	 * unavailable: no /dev/kvm, no such device) fails the run, so that a

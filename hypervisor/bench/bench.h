@@ -30,7 +30,10 @@ enum bench_path {
 enum bench_kind {
 	BENCH_KIND_BLOCK,
 	BENCH_KIND_CONSOLE,
-	BENCH_KIND_CPU
+	BENCH_KIND_CPU,
+	/* mq-randread-4K: 1 vCPU / 1 queue against 2 vCPUs / 2 queues, a
+	 * report of its own after the table (bench_mq.c), not a matrix row */
+	BENCH_KIND_MQ
 };
 
 /* The CPU rows, in the order `--workloads cpu` lists them. */
@@ -426,5 +429,10 @@ int bench_report_chart(const char *dir, const struct bench_results *results, cha
 /* Name of a path / cache mode as printed and in JSON. */
 const char *bench_path_name(enum bench_path path);
 const char *bench_cache_name(enum bench_cache cache);
+
+/* ---- bench_mq.c ---- */
+/* Run and print the multi-queue comparison on disk_path. */
+void bench_mq_report(const struct bench_options *options, const char *disk_path,
+		     const char *work_dir, FILE *out);
 
 #endif /* KAPSEL_BENCH_H */

@@ -89,7 +89,9 @@ void bench_usage(FILE *out)
 		"                           rows null-hypercall trap upcall timer timer-periodic;\n"
 		"                           the process rows syscall fork ctxsw page-fault\n"
 		"                           as-switch mmu-batch, or 'proc' for them; 'cpu' for\n"
-		"                           every CPU and process row; 'all' (default: %s)\n"
+		"                           every CPU and process row; 'mq' (mq-randread-4K):\n"
+		"                           1 vCPU on 1 queue against 2 vCPUs on 2 queues at\n"
+		"                           qd 32, after the table; 'all' (default: %s)\n"
 		"      --cpu                only the CPU and process rows (--workloads cpu)\n"
 		"      --cpu-runtime TIME   measured time per CPU row run (default %s; warm-up a\n"
 		"                           fifth of it); --ops N sets a count instead\n"
@@ -251,6 +253,15 @@ int bench_workload_lookup(const char *name, struct bench_workload *workload)
 			workload->cpu_op = (enum bench_cpu_op)op;
 			return 0;
 		}
+	}
+	if (strcmp(name, "mq-randread-4K") == 0 || strcmp(name, "mq") == 0) {
+		snprintf(workload->name, sizeof(workload->name), "mq-randread-4K");
+		snprintf(workload->rw, sizeof(workload->rw), "randread");
+		workload->kind = BENCH_KIND_MQ;
+		workload->random = true;
+		workload->read_percent = 100;
+		workload->block_bytes = 4096;
+		return 0;
 	}
 	if (strcmp(name, "console") == 0) {
 		snprintf(workload->name, sizeof(workload->name), "console");

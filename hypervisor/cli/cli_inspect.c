@@ -52,8 +52,9 @@ static void print_device_record(FILE *out, const struct vm_state_stored_record *
 	    rec->length_bytes == sizeof(struct vm_state_block_pv)) {
 		struct vm_state_block_pv b;
 		memcpy(&b, rec->payload, sizeof(b));
-		fprintf(out, ": ring gpa %#llx (%u pages, order %u), req_cons %u, rsp_prod %u%s\n",
-			(unsigned long long)b.ring_gpa, b.ring_pages, b.order, b.req_cons,
+		fprintf(out,
+			": queue %u, ring gpa %#llx (%u pages, order %u), req_cons %u, rsp_prod %u%s\n",
+			b.queue, (unsigned long long)b.ring_gpa, b.ring_pages, b.order, b.req_cons,
 			b.rsp_prod, b.broken ? ", ring broken" : "");
 		return;
 	}

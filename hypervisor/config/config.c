@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "core/byte_size.h"
+#include "kapsel/abi.h"
 #include "config/config_options.h"
 #include "core/error_text.h"
 #include "kapsel/abi.h"
@@ -220,6 +221,15 @@ int vm_config_parse_disk(const char *text, struct vm_disk_config *disk, char *er
 					error, error_len, -EINVAL,
 					"--disk '%s': cache '%s' is unknown; use cache=none or cache=writeback",
 					text, value);
+		} else if (strcmp(opt, "queues") == 0 && value) {
+			if (config_parse_u64(value, &number) != 0 || number < 1 ||
+			    number > KAPSEL_MAX_VCPUS)
+				err = kapsel_fail(
+					error, error_len, -EINVAL,
+					"--disk '%s': queues '%s' must be 1-%u (PV rings; default one per vCPU)",
+					text, value, KAPSEL_MAX_VCPUS);
+			else
+				disk->queues = (uint32_t)number;
 		} else if (config_parse_u64(value, &number) == 0 &&
 			   (strcmp(opt, "iops") == 0 || strcmp(opt, "iops_burst") == 0 ||
 			    strcmp(opt, "bps") == 0 || strcmp(opt, "bps_burst") == 0 ||
@@ -239,7 +249,7 @@ int vm_config_parse_disk(const char *text, struct vm_disk_config *disk, char *er
 		} else {
 			err = config_unknown_option(
 				error, error_len, "--disk", text, opt, value,
-				"known: format=raw|overlay, readonly, bus=pv|ata, cache=none|writeback, iops=N, iops_burst=N, bps=N, bps_burst=N, poll=MICROSECONDS");
+				"known: format=raw|overlay, readonly, bus=pv|ata, cache=none|writeback, iops=N, iops_burst=N, bps=N, bps_burst=N, poll=MICROSECONDS, queues=N");
 		}
 	}
 	free(copy);

@@ -52,6 +52,7 @@ struct vm_disk_config {
 	struct vm_rate_limit bytes_limit;
 	bool poll;	  /* backend busy-polls the ring before sleeping */
 	uint32_t poll_us; /* how long it polls, when poll is set */
+	uint32_t queues;  /* PV rings (queues=N, <driver queues='N'/>); 0 = one per vCPU */
 };
 
 enum vm_net_model {

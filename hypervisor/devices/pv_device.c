@@ -40,6 +40,9 @@ void pv_device_init(struct pv_device *pv, const struct pv_device_class *cls,
 {
 	pv->cls = cls;
 	pv->queues = queues;
+	pv->queue_count = cls->queue_count;
+	for (unsigned q = 0; q < PV_DEVICE_MAX_QUEUES; q++)
+		pv->queue_port[q] = UINT32_MAX;
 	pv->unit = unit;
 	pv->control_fd = -1;
 	pv->dev.ops = ops;
@@ -169,20 +172,28 @@ static int pv_device_post_ring(struct pv_device *pv, unsigned queue,
 int pv_device_setup(struct kapsel_device *dev, const struct kapsel_device_setup *setup)
 {
 	struct pv_device *pv = pv_device_of(dev);
-	if (setup->queue >= pv->cls->queue_count)
+	if (setup->queue >= pv->queue_count)
+		return -KAPSEL_EINVAL;
+	/* A queue with its own channel (per_queue_channels, queues 1..): the
+	 * guest names an allocated channel of its own (not the control
+	 * channel) in setup->evtchn_port. */
+	bool own_port = pv->cls->per_queue_channels && setup->queue > 0;
+	if (own_port && !pv_device_port_usable(dev->vm, setup->evtchn_port))
 		return -KAPSEL_EINVAL;
 	struct ring_backend ring;
 	int err = pv_queue_map(&pv->queues[setup->queue], &dev->vm->mem, setup->ring_gpa,
 			       setup->ring_pages, &ring);
 	if (err)
 		return err;
+	if (own_port)
+		pv_device_set_queue_port(pv, setup->queue, setup->evtchn_port);
 	return pv_device_post_ring(pv, setup->queue, &ring, setup->ring_gpa, setup->ring_pages);
 }
 
 void pv_device_reset(struct kapsel_device *dev)
 {
 	struct pv_device *pv = pv_device_of(dev);
-	for (unsigned q = 0; q < pv->cls->queue_count; q++) {
+	for (unsigned q = 0; q < pv->queue_count; q++) {
 		bool set_up;
 		if (pv->cls->serving == PV_SERVE_IN_EXIT) {
 			set_up = pv->queues[q].active;
@@ -193,6 +204,7 @@ void pv_device_reset(struct kapsel_device *dev)
 		}
 		if (set_up)
 			pv_device_post_ring(pv, q, NULL, 0, 0);
+		pv_device_set_queue_port(pv, q, UINT32_MAX); /* the channels are gone too */
 	}
 }
 
@@ -275,24 +287,55 @@ bool pv_device_ever_set_up(struct pv_device *pv, unsigned queue)
 
 /* ---- Serving: publish, notify, pending ------------------------------------ */
 
-static void pv_device_notify(struct pv_device *pv)
+bool pv_device_port_usable(const struct kapsel_vm *vm, uint32_t port)
 {
-	uint32_t port = __atomic_load_n(&pv->dev.evtchn_port, __ATOMIC_ACQUIRE);
+	return port < KAPSEL_EVTCHN_COUNT && port != KAPSEL_EVTCHN_CONTROL &&
+	       vm->evtchn[port].allocated;
+}
+
+void pv_device_set_queue_port(struct pv_device *pv, unsigned queue, uint32_t port)
+{
+	__atomic_store_n(&pv->queue_port[queue], port, __ATOMIC_RELEASE);
+}
+
+uint32_t pv_device_queue_port(struct pv_device *pv, unsigned queue)
+{
+	return __atomic_load_n(&pv->queue_port[queue], __ATOMIC_ACQUIRE);
+}
+
+static void pv_device_notify_port(struct pv_device *pv, uint32_t port, unsigned queue)
+{
 	if (port == UINT32_MAX)
 		return; /* nobody bound a channel: the guest polls */
 	vm_evtchn_notify(pv->dev.vm, port);
 	__atomic_fetch_add(&pv->notifications, 1, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&pv->queue_notifications[queue], 1, __ATOMIC_RELAXED);
+}
+
+static void pv_device_notify(struct pv_device *pv)
+{
+	pv_device_notify_port(pv, __atomic_load_n(&pv->dev.evtchn_port, __ATOMIC_ACQUIRE), 0);
 }
 
 void pv_device_publish_queue(struct pv_device *pv, unsigned queue)
 {
-	if (pv_queue_publish(&pv->queues[queue]))
-		pv->notify_owed = true;
+	if (!pv_queue_publish(&pv->queues[queue]))
+		return;
+	/* A queue with its own channel is signalled on it (the vCPU the
+	 * guest bound that channel to); the others share the device's. */
+	if (pv->cls->per_queue_channels && queue > 0) {
+		uint32_t port = pv_device_queue_port(pv, queue);
+		if (port != UINT32_MAX) {
+			pv_device_notify_port(pv, port, queue);
+			return;
+		}
+	}
+	pv->notify_owed = true;
 }
 
 void pv_device_publish(struct pv_device *pv)
 {
-	for (unsigned q = 0; q < pv->cls->queue_count; q++)
+	for (unsigned q = 0; q < pv->queue_count; q++)
 		if (pv->queues[q].written)
 			pv_device_publish_queue(pv, q);
 	if (!pv->notify_owed)
@@ -363,7 +406,7 @@ static void pv_device_take_control(struct pv_device *pv)
 		/* Requests of the old rings still in flight finish first and
 		 * are not answered; requests held back are forgotten now. */
 		pv->switching = true;
-		for (unsigned q = 0; q < cls->queue_count; q++) {
+		for (unsigned q = 0; q < pv->queue_count; q++) {
 			if (!pv->control.next_set[q])
 				continue;
 			pv->queues[q].active = false;
@@ -372,7 +415,7 @@ static void pv_device_take_control(struct pv_device *pv)
 		}
 	}
 	if (pv->switching && pv_device_in_flight(pv) == 0) {
-		for (unsigned q = 0; q < cls->queue_count; q++) {
+		for (unsigned q = 0; q < pv->queue_count; q++) {
 			if (!pv->control.next_set[q])
 				continue;
 			pv_queue_install(&pv->queues[q],
@@ -394,7 +437,7 @@ static void pv_device_check_quiesced(struct pv_device *pv)
 {
 	if (!pv->quiescing || pv->switching || pv_device_in_flight(pv))
 		return;
-	for (unsigned q = 0; q < pv->cls->queue_count; q++)
+	for (unsigned q = 0; q < pv->queue_count; q++)
 		if (pv->queues[q].written)
 			return;
 	pthread_mutex_lock(&pv->control.lock);
@@ -419,7 +462,7 @@ static bool pv_device_prepare_sleep(struct pv_device *pv)
 	/* Quiesced, the rings in guest RAM must not change (req_event). */
 	if (pv->switching || pv->quiescing)
 		return false;
-	for (unsigned q = 0; q < pv->cls->queue_count; q++) {
+	for (unsigned q = 0; q < pv->queue_count; q++) {
 		if (!pv->queues[q].active)
 			continue;
 		if (pv->cls->wants_kick && !pv->cls->wants_kick(pv, q))
@@ -469,7 +512,7 @@ static void *pv_device_thread_main(void *opaque)
 		if (!pv->switching)
 			progress |= cls->serve(pv);
 		bool answered = pv->notify_owed;
-		for (unsigned q = 0; q < cls->queue_count; q++)
+		for (unsigned q = 0; q < pv->queue_count; q++)
 			answered |= pv->queues[q].written;
 		pv_device_publish(pv);
 		if (cls->after_publish)

@@ -10,7 +10,8 @@
 #include "devices/device.h"
 #include "devices/pv_queue.h"
 
-#define PV_DEVICE_MAX_QUEUES 4u
+/* At most one queue per vCPU (multi-queue block). */
+#define PV_DEVICE_MAX_QUEUES 16u
 
 struct pv_device;
 
@@ -32,7 +33,14 @@ enum pv_device_serving {
  */
 struct pv_device_class {
 	enum pv_device_serving serving;
-	unsigned queue_count; /* rings the guest may set up (setup->queue), at most PV_DEVICE_MAX_QUEUES */
+	unsigned queue_count; /* rings the guest may set up (setup->queue), at most PV_DEVICE_MAX_QUEUES;
+			       * the default of pv->queue_count, which a device may lower or raise
+			       * after pv_device_init (multi-queue block) */
+	/* Queues 1.. each signal the channel the guest names in their
+	 * DEVICE_SETUP (setup->evtchn_port: allocated, not the control
+	 * channel), at once when they publish; queue 0 and devices without
+	 * this signal the channel bound to the device (EVTCHN_BIND_DEVICE). */
+	bool per_queue_channels;
 	const char *thread_name; /* "kapsel-blk": the thread is named that plus the unit */
 	/* The device's thread reads the doorbell and control eventfds itself
 	 * (blocking mode; e.g. through io_uring) and supplies wait; it calls
@@ -106,7 +114,10 @@ struct pv_device_control {
 struct pv_device {
 	struct kapsel_device dev; /* dev.priv is the device's own struct */
 	const struct pv_device_class *cls;
-	struct pv_queue *queues; /* cls->queue_count of them, the device's */
+	struct pv_queue *queues; /* queue_count of them, the device's */
+	unsigned queue_count;	 /* cls->queue_count unless the device changed it before start */
+	uint32_t queue_port[PV_DEVICE_MAX_QUEUES]; /* per_queue_channels: UINT32_MAX = none (atomic) */
+	uint64_t queue_notifications[PV_DEVICE_MAX_QUEUES]; /* signals sent for each queue (atomic) */
 	unsigned unit;
 	int control_fd; /* eventfd: the control block changed, or -1 */
 	bool control_ready, thread_started;
@@ -203,6 +214,15 @@ bool pv_device_is_quiesced(struct pv_device *pv);
 int pv_device_restore_queue(struct pv_device *pv, unsigned queue,
 			    const struct pv_queue_state *state, const char *record, char *error,
 			    size_t error_len);
+
+/* ---- Per-queue channels (per_queue_channels) ---- */
+
+/* port may signal completions: allocated, not the control channel.  On a
+ * vCPU thread in an exit (under the VM lock). */
+bool pv_device_port_usable(const struct kapsel_vm *vm, uint32_t port);
+/* The channel queue's completions go to (UINT32_MAX: the device's). */
+void pv_device_set_queue_port(struct pv_device *pv, unsigned queue, uint32_t port);
+uint32_t pv_device_queue_port(struct pv_device *pv, unsigned queue);
 
 /* ---- For print_stats (any thread) ---- */
 

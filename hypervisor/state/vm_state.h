@@ -233,7 +233,11 @@ struct vm_state_block_pv {
 	uint32_t rsp_prod; /* responses it has published */
 	uint32_t broken;   /* 1: the guest broke the ring protocol */
 	uint32_t bad_req_prod;
-	uint64_t _reserved[2];
+	/* Multi-queue: one record per queue, in any order; 0 and the device's
+	 * channel in records written before queues existed. */
+	uint32_t queue;
+	uint32_t evtchn_port; /* queue > 0: its completion channel, UINT32_MAX = none */
+	uint64_t _reserved;
 };
 _Static_assert(sizeof(struct vm_state_block_pv) == 48, "block pv layout");
 

@@ -107,7 +107,9 @@ static void test_abi_structs(void)
 		FIELD(kapsel_device_desc, capacity_sectors, 16, 8),
 		FIELD(kapsel_device_desc, mac, 24, 6),
 		FIELD(kapsel_device_desc, mtu_bytes, 30, 2),
-		FIELD(kapsel_device_desc, _reserved, 32, 8),
+		FIELD(kapsel_device_desc, queue_count, 32, 2),
+		FIELD(kapsel_device_desc, _reserved0, 34, 2),
+		FIELD(kapsel_device_desc, _reserved, 36, 4),
 	};
 	CHECK_LAYOUT(kapsel_device_desc, 40, device_desc);
 

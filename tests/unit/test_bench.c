@@ -53,15 +53,18 @@ static void test_options_values(void)
 	struct bench_options o;
 	char error[512];
 	char *argv[] = {
-		"bench",      "--size",	   "64M",     "--workloads", "randwrite-8K,read-2M",
+		"bench",      "--size",	   "64M",     "--workloads", "randwrite-8K,read-2M,mq",
 		"--iodepths", "4",	   "--cache", "both",	     "--paths",
 		"pv,native",  "--runtime", "250ms",   "--repeat",    "5",
 		"--format",   "json",	   "--quick", NULL
 	};
 	CU_ASSERT_EQUAL(parse(&o, error, sizeof(error), 18, argv), 0);
 	CU_ASSERT_EQUAL(o.size_bytes, 64ull << 20);
-	CU_ASSERT_EQUAL(o.workload_count, 2);
+	CU_ASSERT_EQUAL(o.workload_count, 3);
 	CU_ASSERT_STRING_EQUAL(o.workloads[0].name, "randwrite-8K");
+	/* The multi-queue comparison: a report of its own, not a matrix row. */
+	CU_ASSERT_EQUAL(o.workloads[2].kind, BENCH_KIND_MQ);
+	CU_ASSERT_STRING_EQUAL(o.workloads[2].name, "mq-randread-4K");
 	CU_ASSERT_EQUAL(o.workloads[0].read_percent, 0);
 	CU_ASSERT_TRUE(o.workloads[0].writes);
 	CU_ASSERT_EQUAL(o.workloads[1].block_bytes, 2u << 20);

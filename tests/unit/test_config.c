@@ -46,7 +46,7 @@ static void test_disk_all_options(void)
 	struct vm_disk_config disk;
 	CU_ASSERT_EQUAL_FATAL(
 		vm_config_parse_disk("d.img,readonly,bus=ata,cache=none,iops=1000,iops_burst=50,bps="
-				     "1048576,bps_burst=65536,poll=200",
+				     "1048576,bps_burst=65536,poll=200,queues=3",
 				     &disk, error, sizeof(error)),
 		0);
 	CU_ASSERT_STRING_EQUAL(disk.path, "d.img");
@@ -59,6 +59,7 @@ static void test_disk_all_options(void)
 	CU_ASSERT_EQUAL(disk.bytes_limit.burst, 65536);
 	CU_ASSERT(disk.poll);
 	CU_ASSERT_EQUAL(disk.poll_us, 200);
+	CU_ASSERT_EQUAL(disk.queues, 3);
 	free(disk.path);
 
 	/* Aliases and explicit values. */
@@ -125,6 +126,9 @@ static void test_disk_errors(void)
 	expect_disk_error("d.img,bps=", "option 'bps='");
 	expect_disk_error("d.img,bps=99999999999999999999999",
 			  "option 'bps=99999999999999999999999'");
+	expect_disk_error("d.img,queues=0", "--disk 'd.img,queues=0': queues '0' must be 1-16");
+	expect_disk_error("d.img,queues=17", "queues '17' must be 1-16");
+	expect_disk_error("d.img,queues=2x", "queues '2x' must be 1-16");
 	/* A bad option after good ones still fails the whole spec. */
 	expect_disk_error("d.img,readonly,bus=ata,nope", "option 'nope' is unknown");
 	/* Missing path. */

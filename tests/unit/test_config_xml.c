@@ -50,7 +50,7 @@ static void test_full_domain(void)
 		"  <on_crash>preserve</on_crash>\n"
 		"  <devices>\n"
 		"    <disk type='file' device='disk'>\n"
-		"      <driver name='qemu' type='raw' cache='none' io='native'/>\n"
+		"      <driver name='qemu' type='raw' cache='none' io='native' queues='2'/>\n"
 		"      <source file='/img/a.img'/><target dev='xvda' bus='xen'/>\n"
 		"      <iotune><total_iops_sec>100</total_iops_sec><total_iops_sec_max>200</total_iops_sec_max>\n"
 		"        <total_bytes_sec>1000000</total_bytes_sec><total_bytes_sec_max>2000000</total_bytes_sec_max></iotune>\n"
@@ -79,6 +79,8 @@ static void test_full_domain(void)
 	CU_ASSERT_STRING_EQUAL(c.disks[0].path, "/img/a.img");
 	CU_ASSERT_EQUAL(c.disks[0].bus, VM_DISK_BUS_PV);
 	CU_ASSERT_EQUAL(c.disks[0].cache, VM_DISK_CACHE_NONE);
+	CU_ASSERT_EQUAL(c.disks[0].queues, 2);
+	CU_ASSERT_EQUAL(c.disks[1].queues, 0); /* no queues=: one per vCPU */
 	CU_ASSERT_EQUAL(c.disks[0].ops_limit.rate_per_second, 100);
 	CU_ASSERT_EQUAL(c.disks[0].ops_limit.burst, 200);
 	CU_ASSERT_EQUAL(c.disks[0].bytes_limit.rate_per_second, 1000000);
@@ -231,6 +233,12 @@ static void test_refused(void)
 		{ "<name>x</name><devices><disk type='file'><source file='/a'/><target dev='xvda'/>"
 		  "<driver cache='unsafe'/></disk></devices>",
 		  "/domain/devices/disk/driver cache='unsafe' is not supported; use none or writeback" },
+		{ "<name>x</name><devices><disk type='file'><source file='/a'/><target dev='xvda'/>"
+		  "<driver queues='0'/></disk></devices>",
+		  "/domain/devices/disk/driver queues='0' must be 1-16" },
+		{ "<name>x</name><devices><disk type='file'><source file='/a'/><target dev='xvda'/>"
+		  "<driver queues='99'/></disk></devices>",
+		  "/domain/devices/disk/driver queues='99' must be 1-16" },
 		{ "<name>x</name><devices><serial type='file'><source path='/a'/></serial>"
 		  "<console type='stdio'/></devices>",
 		  "/domain/devices: one console is a file ('/a') and another stdio; Kapsel has one console, make them the same" },

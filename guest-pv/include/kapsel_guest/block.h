@@ -3,9 +3,17 @@
 #define KAPSEL_GUEST_BLOCK_H
 
 /*
- * Several vCPUs (docs/porting.md §12.4): not thread-safe per device.
- * Drive one device from one vCPU at a time (a kg_spinlock around it if
- * several share it); different devices may run on different vCPUs.
+ * Several vCPUs (docs/porting.md §12.4, docs/abi.md §12.1): a PV disk
+ * has one ring per vCPU by default (kg_block_queue_count).  Each call
+ * works on the ring of the calling vCPU, kg_cpu_id() % queues, under that
+ * ring's own kg_spinlock, and its completions are signalled to the vCPU
+ * that submitted last on it.  So with as many queues as vCPUs, every vCPU
+ * may submit, kick, reap and use the synchronous helpers on one device at
+ * the same time, without a lock of its own; a request is reaped on the
+ * vCPU that submitted it, and kg_block_in_flight counts that vCPU's.
+ * With fewer queues than vCPUs (queues=N, or ATA and virtio: one), the
+ * vCPUs that share a ring also share its completions: serialize their
+ * whole submit .. reap sequences (a kg_spinlock around them).
  * kg_block_open allocates: open devices on one vCPU at a time.
  */
 
@@ -28,7 +36,7 @@ struct kg_block_info {
 	uint32_t physical_sector_bytes;
 	bool readonly;
 	uint32_t max_segments;	 /* per request */
-	uint32_t queue_depth;	 /* requests in flight at most */
+	uint32_t queue_depth;	 /* requests in flight at most, per queue */
 	uint64_t features;	 /* KAPSEL_BLK_FEATURE_* */
 	enum kg_block_path path; /* the path in use */
 };
@@ -103,8 +111,12 @@ void kg_block_kick(struct kg_block_device *device);
 unsigned kg_block_reap(struct kg_block_device *device, struct kg_block_request **done, unsigned max,
 		       bool wait);
 
-/* Requests submitted and not yet reaped. */
+/* Requests submitted on the calling vCPU's queue and not yet reaped. */
 unsigned kg_block_in_flight(struct kg_block_device *device);
+
+/* Rings the device uses: 1, or for a PV disk on several vCPUs, one per
+ * vCPU (the device's kapsel_device_desc.queue_count, at most the vCPUs). */
+unsigned kg_block_queue_count(struct kg_block_device *device);
 
 void kg_block_get_stats(struct kg_block_device *device, struct kg_block_stats *stats);
 

@@ -10,6 +10,7 @@
 #include "devices/block/disk.h"
 #include "devices/pv_device.h"
 #include "kapsel/blk.h"
+#include "state/vm_state.h"
 
 /*
  * The files of the PV block device (hypervisor/devices/block/):
@@ -54,6 +55,7 @@ struct blk_pv_slot {
 	uint64_t remaining_bytes; /* still to transfer (short I/O, zero fill) */
 	uint64_t length_bytes;	  /* whole request, for counters and limits */
 	uint8_t op;
+	uint8_t queue;	/* the ring it came from, answered there */
 	bool zero_fill; /* WRITE_ZEROES done with writes of zeroes */
 	uint8_t iov_first, iov_count;
 	struct iovec iov[KAPSEL_BLK_MAX_SEGMENTS];
@@ -83,7 +85,10 @@ extern const struct blk_pv_engine blk_pv_engine_sync;
 
 struct blk_pv {
 	struct pv_device pv; /* first: the skeleton (pv_device_of) */
-	struct pv_queue queue;
+	/* pv.queue_count of them (1 .. PV_DEVICE_MAX_QUEUES): one ring per
+	 * vCPU by default, all served by the one I/O thread. */
+	struct pv_queue queues[PV_DEVICE_MAX_QUEUES];
+	uint64_t queue_requests[PV_DEVICE_MAX_QUEUES]; /* answered per queue (atomic) */
 	struct disk_image disk;
 	uint64_t poll_ns;
 	bool adaptive_poll; /* no poll= given: poll after completions (blk_pv_poll.c) */
@@ -169,6 +174,11 @@ void blk_pv_report_stats(struct blk_pv *b);
 void blk_pv_print_stats(struct kapsel_device *dev, FILE *out);
 
 /* ---- blk_pv_persist.c ---- */
+/* Check one saved queue record (payload, length_bytes) for a device with
+ * queue_count queues and fill *rec.  Returns 0 or -EINVAL with error
+ * (a record for a queue the device does not have is refused). */
+int blk_pv_record_parse(const void *payload, uint64_t length_bytes, unsigned queue_count,
+			struct vm_state_block_pv *rec, char *error, size_t error_len);
 int blk_pv_save(struct kapsel_device *dev, struct vm_state_writer *out);
 int blk_pv_load(struct kapsel_device *dev, uint32_t type, const void *payload,
 		uint64_t length_bytes, char *error, size_t error_len);
@@ -177,5 +187,8 @@ int blk_pv_load(struct kapsel_device *dev, uint32_t type, const void *payload,
 /* Guest TSC = host TSC + offset, measured where the vCPU is out of
  * KVM_RUN (creation, hypercalls). */
 void blk_pv_measure_tsc_offset(struct blk_pv *b);
+/* Queues of a new device: config->queues (queues=N, <driver queues='N'/>)
+ * or the VM's vCPU count, 1 .. PV_DEVICE_MAX_QUEUES. */
+unsigned blk_pv_queue_count(const struct kapsel_vm *vm, const struct vm_disk_config *config);
 
 #endif

@@ -18,6 +18,17 @@
  * it, and the other CPU stays free for the vCPU.
  */
 
+/* A served ring has requests not taken yet. */
+static bool blk_pv_any_new(const struct blk_pv *b)
+{
+	if (b->pv.switching)
+		return false;
+	for (unsigned q = 0; q < b->pv.queue_count; q++)
+		if (b->queues[q].active && ring_backend_has_new(&b->queues[q].ring))
+			return true;
+	return false;
+}
+
 /* Busy-poll for new requests or completions for up to poll_ns.  Returns
  * true if something arrived. */
 static bool blk_pv_spin(struct blk_pv *b, uint64_t poll_ns)
@@ -27,9 +38,7 @@ static bool blk_pv_spin(struct blk_pv *b, uint64_t poll_ns)
 		for (unsigned i = 0; i < 64; i++) {
 			/* IORING_SQ_TASKRUN: completions wait for us to enter
 			 * the kernel (cooperative task running). */
-			if ((b->queue.active && !b->pv.switching &&
-			     ring_backend_has_new(&b->queue.ring)) ||
-			    io_uring_cq_ready(&b->uring) ||
+			if (blk_pv_any_new(b) || io_uring_cq_ready(&b->uring) ||
 			    (IO_URING_READ_ONCE(*b->uring.sq.kflags) & IORING_SQ_TASKRUN))
 				return true;
 			_mm_pause();
@@ -38,10 +47,13 @@ static bool blk_pv_spin(struct blk_pv *b, uint64_t poll_ns)
 	return false;
 }
 
-/* Serving the ring, nothing parked: idle periods count. */
+/* Serving the ring, nothing parked: idle periods count.  Only a device
+ * with one queue polls adaptively: with several, the vCPUs that submit
+ * need the host's CPUs more than this thread's spinning. */
 static bool blk_pv_serving(const struct blk_pv *b)
 {
-	return b->queue.active && !b->pv.switching && !b->pv.quiescing && !b->throttled;
+	return b->pv.queue_count == 1 && b->queues[0].active && !b->pv.switching &&
+	       !b->pv.quiescing && !b->throttled;
 }
 
 bool blk_pv_poll(struct pv_device *pv)
@@ -50,13 +62,13 @@ bool blk_pv_poll(struct pv_device *pv)
 	if (b->poll_ns && blk_pv_spin(b, b->poll_ns))
 		return true;
 	if (!b->adaptive_poll || !blk_pv_serving(b) || !b->idle_since_ns || b->idle_polled ||
-	    !b->adaptive_window_ns || b->queue.ring.broken)
+	    !b->adaptive_window_ns || b->queues[0].ring.broken)
 		return false;
 	/* Take req_event back (it was set when we slept waiting for the
 	 * I/O): the guest's next request needs no doorbell while we look.
 	 * The skeleton's prepare_sleep re-arms it. */
 	b->idle_polled = true;
-	__atomic_store_n(&b->queue.ring.header->req_event, b->queue.ring.req_cons,
+	__atomic_store_n(&b->queues[0].ring.header->req_event, b->queues[0].ring.req_cons,
 			 __ATOMIC_RELAXED);
 	struct rusage before, after;
 	getrusage(RUSAGE_THREAD, &before);

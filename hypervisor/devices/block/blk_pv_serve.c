@@ -56,7 +56,10 @@ void blk_pv_slot_free(struct blk_pv *b, struct blk_pv_slot *slot)
 static void blk_pv_respond(struct blk_pv *b, struct blk_pv_slot *slot, int status, bool counted)
 {
 	uint64_t complete_tsc = blk_pv_guest_tsc_now(b);
-	if (b->queue.active && !b->pv.switching && !b->queue.ring.broken) {
+	/* Only the ring the request came from; during a switch the replaced
+	 * rings are inactive and their requests go unanswered. */
+	struct pv_queue *queue = &b->queues[slot->queue];
+	if (queue->active && !queue->ring.broken) {
 		struct kapsel_blk_response rsp = {
 			.id = slot->id,
 			.status = status,
@@ -64,7 +67,8 @@ static void blk_pv_respond(struct blk_pv *b, struct blk_pv_slot *slot, int statu
 			.pickup_tsc = slot->pickup_tsc,
 			.complete_tsc = complete_tsc,
 		};
-		pv_queue_respond(&b->queue, &rsp);
+		pv_queue_respond(queue, &rsp);
+		__atomic_fetch_add(&b->queue_requests[slot->queue], 1, __ATOMIC_RELAXED);
 	}
 	if (!counted)
 		disk_stats_complete(&b->disk, (enum kapsel_blk_op)slot->op, slot->length_bytes,
@@ -130,7 +134,7 @@ void blk_pv_io_done(struct blk_pv *b, struct blk_pv_slot *slot, int res)
 			status = -KAPSEL_EIO;
 		}
 	}
-	if (b->pv.switching && !b->queue.active)
+	if (!b->queues[slot->queue].active)
 		blk_pv_slot_free(b, slot); /* the old ring's: nobody to answer */
 	else
 		blk_pv_respond(b, slot, status, false);
@@ -208,13 +212,12 @@ static bool blk_pv_start(struct blk_pv *b, struct blk_pv_slot *slot, bool limite
 void blk_pv_ring_broken(struct pv_device *pv, unsigned queue)
 {
 	struct blk_pv *b = blk_pv_of(pv);
-	(void)queue;
-	const struct ring_backend *ring = &b->queue.ring;
+	const struct ring_backend *ring = &b->queues[queue].ring;
 	kapsel_guest_warn(&pv->dev.vm->guest_log,
-			  "disk %u ('%s'): the guest published an impossible request index "
+			  "disk %u ('%s') queue %u: the guest published an impossible request index "
 			  "(req_prod %u with %u taken and %u answered in a ring of %u); "
 			  "this ring is stopped, the VM keeps running (a new DEVICE_SETUP restarts it)",
-			  pv->unit, b->disk.path, ring->bad_req_prod, ring->req_cons,
+			  pv->unit, b->disk.path, queue, ring->bad_req_prod, ring->req_cons,
 			  ring->rsp_prod_pvt, ring->size);
 }
 
@@ -227,11 +230,54 @@ unsigned blk_pv_in_flight(struct pv_device *pv)
 void blk_pv_ring_replaced(struct pv_device *pv, unsigned queue)
 {
 	struct blk_pv *b = blk_pv_of(pv);
-	(void)queue;
-	if (b->throttled) {
+	if (b->throttled && b->throttled->queue == queue) {
 		blk_pv_slot_free(b, b->throttled);
 		b->throttled = NULL;
 	}
+}
+
+/* Take and start the requests pending on queue q now.  Returns 1 if any
+ * was taken, 0 if none, -1 if one was parked for rate-limit tokens. */
+static int blk_pv_take_queue(struct blk_pv *b, unsigned q)
+{
+	if (!b->queues[q].active)
+		return 0;
+	int pending = pv_device_pending(&b->pv, q);
+	if (pending <= 0)
+		return 0;
+	for (int i = 0; i < pending; i++) {
+		/* A slot per ring entry in flight: pending never exceeds the
+		 * free ones for one ring; several rings share the pool, so a
+		 * full pool leaves the rest for the next pass. */
+		struct blk_pv_slot *slot = slot_alloc(b);
+		if (!slot)
+			return i > 0 ? 1 : 0;
+		struct kapsel_blk_request req;
+		pv_queue_take(&b->queues[q], &req);
+		if (b->idle_since_ns)
+			blk_pv_end_idle(b);
+		slot->id = req.id;
+		slot->queue = (uint8_t)q;
+		slot->submit_tsc = req.submit_tsc;
+		slot->pickup_tsc = blk_pv_guest_tsc_now(b);
+		slot->op = req.op;
+		slot->zero_fill = false;
+		slot->length_bytes = 0;
+		bool counted;
+		int status = blk_pv_validate(b, &req, slot, &counted);
+		if (status) {
+			blk_pv_respond(b, slot, status, counted);
+		} else if (req.op == KAPSEL_BLK_OP_GET_INFO) {
+			blk_pv_get_info(b, slot);
+		} else if ((req.op == KAPSEL_BLK_OP_DISCARD ||
+			    req.op == KAPSEL_BLK_OP_WRITE_ZEROES) &&
+			   slot->remaining_bytes == 0) {
+			blk_pv_respond(b, slot, 0, false);
+		} else if (!blk_pv_start(b, slot, true)) {
+			return -1;
+		}
+	}
+	return 1;
 }
 
 /* Take and start requests from the ring.  Returns true if any was taken. */
@@ -250,43 +296,20 @@ static bool blk_pv_take_requests(struct blk_pv *b)
 			return false;
 		progress = true;
 	}
-	if (!b->queue.active || b->pv.switching || b->pv.quiescing)
+	if (b->pv.switching || b->pv.quiescing)
 		return progress;
+	/* Round robin: a batch from each queue in turn, until all are empty. */
 	for (;;) {
-		int pending = pv_device_pending(&b->pv, 0);
-		if (pending <= 0)
-			return progress;
-		for (int i = 0; i < pending; i++) {
-			/* A slot per ring entry in flight: pending never
-			 * exceeds the free ones (checked anyway). */
-			struct blk_pv_slot *slot = slot_alloc(b);
-			if (!slot)
-				return progress;
-			struct kapsel_blk_request req;
-			pv_queue_take(&b->queue, &req);
-			progress = true;
-			if (b->idle_since_ns)
-				blk_pv_end_idle(b);
-			slot->id = req.id;
-			slot->submit_tsc = req.submit_tsc;
-			slot->pickup_tsc = blk_pv_guest_tsc_now(b);
-			slot->op = req.op;
-			slot->zero_fill = false;
-			slot->length_bytes = 0;
-			bool counted;
-			int status = blk_pv_validate(b, &req, slot, &counted);
-			if (status) {
-				blk_pv_respond(b, slot, status, counted);
-			} else if (req.op == KAPSEL_BLK_OP_GET_INFO) {
-				blk_pv_get_info(b, slot);
-			} else if ((req.op == KAPSEL_BLK_OP_DISCARD ||
-				    req.op == KAPSEL_BLK_OP_WRITE_ZEROES) &&
-				   slot->remaining_bytes == 0) {
-				blk_pv_respond(b, slot, 0, false);
-			} else if (!blk_pv_start(b, slot, true)) {
+		bool took = false;
+		for (unsigned q = 0; q < b->pv.queue_count; q++) {
+			int r = blk_pv_take_queue(b, q);
+			if (r < 0)
 				return true; /* parked: the rest waits behind it */
-			}
+			took |= r > 0;
 		}
+		if (!took)
+			return progress;
+		progress = true;
 	}
 }
 

@@ -27,14 +27,24 @@ void blk_pv_print_stats(struct kapsel_device *dev, FILE *out)
 {
 	struct blk_pv *b = dev->priv;
 	disk_stats_print(&b->disk, out);
-	uint32_t slots = pv_device_ring_slots(&b->pv, 0);
-	if (!slots)
-		fprintf(out, "  ring: not set up\n");
-	else
-		fprintf(out, "  ring: %u slots%s\n", slots,
-			__atomic_load_n(&b->queue.ring.broken, __ATOMIC_RELAXED)
+	for (unsigned q = 0; q < b->pv.queue_count; q++) {
+		uint32_t slots = pv_device_ring_slots(&b->pv, q);
+		char name[24] = "ring";
+		if (b->pv.queue_count > 1)
+			snprintf(name, sizeof(name), "queue %u", q);
+		if (!slots) {
+			fprintf(out, "  %s: not set up\n", name);
+			continue;
+		}
+		fprintf(out, "  %s: %u slots, %llu requests, %llu notifications%s\n", name, slots,
+			(unsigned long long)__atomic_load_n(&b->queue_requests[q],
+							    __ATOMIC_RELAXED),
+			(unsigned long long)__atomic_load_n(&b->pv.queue_notifications[q],
+							    __ATOMIC_RELAXED),
+			__atomic_load_n(&b->queues[q].ring.broken, __ATOMIC_RELAXED)
 				? " (stopped: broken by the guest)"
 				: "");
+	}
 	if (b->adaptive_poll)
 		fprintf(out, "  poll_us: adaptive (after a completion, up to %u)\n",
 			BLK_PV_ADAPTIVE_POLL_NS / 1000u);

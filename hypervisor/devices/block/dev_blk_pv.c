@@ -48,7 +48,8 @@ static void blk_pv_thread_begin(struct pv_device *pv)
 
 static const struct pv_device_class blk_pv_class = {
 	.serving = PV_SERVE_ON_THREAD,
-	.queue_count = 1,
+	.queue_count = 1, /* the device sets pv.queue_count (vCPUs, or queues=) */
+	.per_queue_channels = true,
 	.thread_name = "kapsel-blk",
 	.device_reads_eventfds = true, /* through io_uring, so completions wake it too */
 	.thread_begin = blk_pv_thread_begin,
@@ -111,6 +112,14 @@ const struct kapsel_device_ops blk_pv_ops = {
 	.disk_image = blk_pv_disk_image,
 };
 
+unsigned blk_pv_queue_count(const struct kapsel_vm *vm, const struct vm_disk_config *config)
+{
+	unsigned n = config->queues ? config->queues : vm->vcpu_count;
+	if (n < 1)
+		n = 1;
+	return n > PV_DEVICE_MAX_QUEUES ? PV_DEVICE_MAX_QUEUES : n;
+}
+
 int dev_blk_pv_create(struct kapsel_vm *vm, const struct vm_disk_config *config, unsigned unit)
 {
 	char error[768];
@@ -119,9 +128,11 @@ int dev_blk_pv_create(struct kapsel_vm *vm, const struct vm_disk_config *config,
 	struct blk_pv *b = calloc(1, sizeof(*b));
 	if (!b)
 		return -ENOMEM;
-	pv_queue_init(&b->queue, sizeof(struct kapsel_blk_request),
-		      sizeof(struct kapsel_blk_response));
-	pv_device_init(&b->pv, &blk_pv_class, &blk_pv_ops, b, &b->queue, unit);
+	for (unsigned q = 0; q < PV_DEVICE_MAX_QUEUES; q++)
+		pv_queue_init(&b->queues[q], sizeof(struct kapsel_blk_request),
+			      sizeof(struct kapsel_blk_response));
+	pv_device_init(&b->pv, &blk_pv_class, &blk_pv_ops, b, b->queues, unit);
+	b->pv.queue_count = blk_pv_queue_count(vm, config);
 	b->poll_ns = config->poll ? (uint64_t)config->poll_us * 1000u : 0;
 	b->adaptive_poll = !config->poll;
 	b->adaptive_window_ns = BLK_PV_ADAPTIVE_POLL_NS;
@@ -144,6 +155,7 @@ int dev_blk_pv_create(struct kapsel_vm *vm, const struct vm_disk_config *config,
 	}
 	b->pv.dev.desc.flags = config->readonly ? KAPSEL_DEVICE_FLAG_READONLY : 0;
 	b->pv.dev.desc.capacity_sectors = b->disk.capacity_sectors;
+	b->pv.dev.desc.queue_count = (uint16_t)b->pv.queue_count;
 	char what[600];
 	snprintf(what, sizeof(what), "disk %u ('%s')", unit, config->path);
 	err = pv_device_attach(vm, &b->pv, what);
@@ -156,12 +168,15 @@ int dev_blk_pv_create(struct kapsel_vm *vm, const struct vm_disk_config *config,
 	if (err)
 		return err;
 
-	b->slots = calloc(BLK_PV_SLOTS, sizeof(*b->slots));
+	/* A ring's worth of slots per queue: a full ring never waits for a
+	 * slot another queue holds. */
+	unsigned slots = BLK_PV_SLOTS * b->pv.queue_count;
+	b->slots = calloc(slots, sizeof(*b->slots));
 	b->zero_buffer = aligned_alloc(4096, BLK_PV_ZERO_CHUNK_BYTES);
 	if (!b->slots || !b->zero_buffer)
 		return -ENOMEM;
 	memset(b->zero_buffer, 0, BLK_PV_ZERO_CHUNK_BYTES);
-	for (unsigned i = BLK_PV_SLOTS; i-- > 0;)
+	for (unsigned i = slots; i-- > 0;)
 		blk_pv_slot_free(b, &b->slots[i]);
 	blk_pv_measure_tsc_offset(b);
 	err = blk_pv_uring_start(b);
@@ -170,11 +185,11 @@ int dev_blk_pv_create(struct kapsel_vm *vm, const struct vm_disk_config *config,
 	err = pv_device_start(&b->pv, what);
 	if (err)
 		return err;
-	kapsel_debug("disk %u: PV block device %u on '%s', %llu sectors%s%s, %s engine", unit,
-		     b->pv.dev.desc.index, config->path,
+	kapsel_debug("disk %u: PV block device %u on '%s', %llu sectors%s%s, %s engine, %u queue(s)",
+		     unit, b->pv.dev.desc.index, config->path,
 		     (unsigned long long)b->disk.capacity_sectors,
 		     config->readonly ? ", read-only" : "",
 		     config->cache == VM_DISK_CACHE_NONE ? ", O_DIRECT" : "",
-		     blk_pv_engine(b)->name);
+		     blk_pv_engine(b)->name, b->pv.queue_count);
 	return 0;
 }
