@@ -72,6 +72,39 @@ expect_disk_written() {
 	done
 }
 
+# save_restore VCPUS: saved while "counter" counts and "sleeper" sleeps
+# (others may run still) on VCPUS vCPUs, restored from the state: every
+# process goes on to its end.
+save_restore() {
+	make_disk
+	dir=$TMP/saved
+	save_when "$out" "$err" "$dir" "^counter: round 5$" --kernel "$KERNEL" --disk "$img" \
+		--vcpus "$1" --cmdline "rounds=150"
+	expect_status 0
+	expect_in "$err" "saved VM"
+	expect_not_in "$out" "minikernel: all"
+	"$KAPSEL" inspect "$dir" >"$TMP/inspect" 2>&1 || true
+	# counter and sleeper at least were alive, each in its address space.
+	grep -Eq "vcpu.pv_mmu: ([2-9]|[1-9][0-9]+) address space" "$TMP/inspect" ||
+		{ cat "$TMP/inspect"; fail "fewer than two address spaces saved"; }
+	STATUS=0
+	LAST_ERR=$TMP/err2
+	timeout --kill-after=5 120 "$KAPSEL" restore --no-console-input --no-control --stats \
+		--kernel "$KERNEL" --disk "0=$img" "$dir" >"$TMP/out2" 2>"$TMP/err2" </dev/null || STATUS=$?
+	expect_status 0
+	expect_in "$TMP/out2" "counter: round 150"
+	# The counter went on from where it was saved, not from the start.
+	last=$(awk '$1 == "counter:" && $2 == "round" { n = $3 } END { print n + 0 }' "$out")
+	first=$(awk '$1 == "counter:" && $2 == "round" { print $3; exit }' "$TMP/out2")
+	[ "$first" -eq $((last + 1)) ] || { cat "$out" "$TMP/out2"; fail "restored at round $first after $last"; }
+	last=$(awk '$1 == "sleeper:" { n = $4 } END { print n + 0 }' "$out")
+	first=$(awk '$1 == "sleeper:" { print $4; exit }' "$TMP/out2")
+	[ "$first" -eq $((last + 1)) ] || { cat "$out" "$TMP/out2"; fail "sleeper woke up $first after $last"; }
+	expect_in "$TMP/out2" "sleeper: woke up 100"
+	cat "$out" "$TMP/out2" >"$TMP/both"
+	expect_outcomes "$TMP/both"
+}
+
 case "$1" in
 minikernel-pv-disk)
 	# Seventeen programs in their own address spaces on the PV disk.
@@ -112,35 +145,19 @@ minikernel-ata-disk)
 	expect_disk_written
 	;;
 minikernel-save-restore)
-	# Saved while "counter" counts and "sleeper" sleeps (others may run
-	# still), restored from the state: every process goes on to its end.
-	make_disk
-	dir=$TMP/saved
-	save_when "$out" "$err" "$dir" "^counter: round 5$" --kernel "$KERNEL" --disk "$img" \
-		--cmdline "rounds=150"
-	expect_status 0
-	expect_in "$err" "saved VM"
-	expect_not_in "$out" "minikernel: all"
-	"$KAPSEL" inspect "$dir" >"$TMP/inspect" 2>&1 || true
-	# counter and sleeper at least were alive, each in its address space.
-	grep -Eq "vcpu.pv_mmu: ([2-9]|[1-9][0-9]+) address space" "$TMP/inspect" ||
-		{ cat "$TMP/inspect"; fail "fewer than two address spaces saved"; }
-	STATUS=0
-	LAST_ERR=$TMP/err2
-	timeout --kill-after=5 120 "$KAPSEL" restore --no-console-input --no-control \
-		--kernel "$KERNEL" --disk "0=$img" "$dir" >"$TMP/out2" 2>"$TMP/err2" </dev/null || STATUS=$?
-	expect_status 0
-	expect_in "$TMP/out2" "counter: round 150"
-	# The counter went on from where it was saved, not from the start.
-	last=$(awk '$1 == "counter:" && $2 == "round" { n = $3 } END { print n + 0 }' "$out")
-	first=$(awk '$1 == "counter:" && $2 == "round" { print $3; exit }' "$TMP/out2")
-	[ "$first" -eq $((last + 1)) ] || { cat "$out" "$TMP/out2"; fail "restored at round $first after $last"; }
-	last=$(awk '$1 == "sleeper:" { n = $4 } END { print n + 0 }' "$out")
-	first=$(awk '$1 == "sleeper:" { print $4; exit }' "$TMP/out2")
-	[ "$first" -eq $((last + 1)) ] || { cat "$out" "$TMP/out2"; fail "sleeper woke up $first after $last"; }
-	expect_in "$TMP/out2" "sleeper: woke up 100"
-	cat "$out" "$TMP/out2" >"$TMP/both"
-	expect_outcomes "$TMP/both"
+	save_restore 1
+	;;
+minikernel-smp-save-restore)
+	# As above on 2 vCPUs: both vCPUs' current processes, address spaces
+	# and timers are in the state, and vCPU 1 runs again after restore.
+	save_restore 2
+	expect_in "$out" "kernel: vCPU 1 starts pid"
+	expect_in "$TMP/err2" "vcpu1_power: up"
+	# The restored VM's own counters: vCPU 1 exited (ran) after restore.
+	grep -Eq "^  vcpu1_exits_total: [1-9][0-9]*$" "$TMP/err2" ||
+		{ cat "$TMP/err2"; fail "vCPU 1 did not run after restore"; }
+	grep -Eq "^minikernel: vCPU 1 switched to a process [1-9][0-9]* times$" "$TMP/out2" ||
+		{ cat "$TMP/out2"; fail "vCPU 1 never ran a process"; }
 	;;
 minikernel-migrate)
 	# Live migration while "counter" counts and "sleeper" sleeps, each in
