@@ -221,10 +221,11 @@ static int run_mode(void)
 	}
 	struct kg_block_info info;
 	kg_block_get_info(disk, &info);
-	if (info.capacity_sectors < cpus * sectors_each) {
+	/* run: a range per vCPU; bench: every vCPU reads the same range. */
+	uint64_t needed = bench_mode ? sectors_each : cpus * sectors_each;
+	if (sectors_each < REQUEST_SECTORS || info.capacity_sectors < needed) {
 		kg_printf("blkmq FAILED: the disk has %llu sectors, %llu needed\n",
-			  (unsigned long long)info.capacity_sectors,
-			  (unsigned long long)(cpus * sectors_each));
+			  (unsigned long long)info.capacity_sectors, (unsigned long long)needed);
 		return 1;
 	}
 	kg_printf("blkmq: %u vCPUs, %u queues, %llu sectors each, qd %llu\n", cpus,

@@ -839,11 +839,11 @@ int bench_main(struct bench_options *options)
 		status = 1;
 	if (options->format == BENCH_FORMAT_JSON)
 		bench_report_json(stdout, options, &results);
-	else
+	else if (results.row_count || !mq_report)
 		bench_report_table(stdout, options, &results);
-	if (mq_report && !interrupted && options->paths[BENCH_PATH_PV])
-		bench_mq_report(options, results.disk_path, work_dir,
-				options->format == BENCH_FORMAT_JSON ? stderr : stdout);
+	bool mq_failed = mq_report && !interrupted && options->paths[BENCH_PATH_PV] &&
+			 !bench_mq_report(options, results.disk_path, work_dir,
+					  options->format == BENCH_FORMAT_JSON ? stderr : stdout);
 	fflush(stdout);
 	/* A path that was asked for and could not be measured (failed, or
 	 * unavailable: no /dev/kvm, no such device) fails the run, so that a
@@ -854,6 +854,11 @@ int bench_main(struct bench_options *options)
 			if (results.rows[i].paths[p].status == BENCH_STATUS_FAILED ||
 			    results.rows[i].paths[p].status == BENCH_STATUS_UNAVAILABLE)
 				unmeasured++;
+	if (mq_failed) {
+		fprintf(stderr,
+			"kapsel bench: the multi-queue rows could not be measured (see above); exit status 1\n");
+		status = 1;
+	}
 	if (unmeasured) {
 		fprintf(stderr,
 			"kapsel bench: %u row paths asked for could not be measured (unavailable or failed; see above); exit status 1\n",

@@ -431,8 +431,9 @@ const char *bench_path_name(enum bench_path path);
 const char *bench_cache_name(enum bench_cache cache);
 
 /* ---- bench_mq.c ---- */
-/* Run and print the multi-queue comparison on disk_path. */
-void bench_mq_report(const struct bench_options *options, const char *disk_path,
+/* Run and print the multi-queue comparison on disk_path; false if either
+ * setup could not be measured (the run then exits 1). */
+bool bench_mq_report(const struct bench_options *options, const char *disk_path,
 		     const char *work_dir, FILE *out);
 
 #endif /* KAPSEL_BENCH_H */

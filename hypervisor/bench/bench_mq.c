@@ -54,6 +54,7 @@ static void mq_run(const struct bench_options *options, const char *guest, const
 {
 	memset(r, 0, sizeof(*r));
 	r->vcpus = vcpus;
+	r->queues = vcpus; /* as configured; the guest's report confirms it */
 	char out_path[PATH_MAX], disk[PATH_MAX + 64], vcpu_text[16], cmdline[128];
 	snprintf(out_path, sizeof(out_path), "%s/mq-%u.out", work_dir, vcpus);
 	snprintf(disk, sizeof(disk), "%s,cache=none,queues=%u", disk_path, vcpus);
@@ -119,7 +120,7 @@ static void mq_run(const struct bench_options *options, const char *guest, const
 	r->error[strcspn(r->error, "\n")] = '\0';
 }
 
-void bench_mq_report(const struct bench_options *options, const char *disk_path,
+bool bench_mq_report(const struct bench_options *options, const char *disk_path,
 		     const char *work_dir, FILE *out)
 {
 	char *guest = mq_guest_path(options);
@@ -129,7 +130,7 @@ void bench_mq_report(const struct bench_options *options, const char *disk_path,
 	if (!guest) {
 		fprintf(out,
 			"  not run: blkmq.elf not found next to blkbench.elf (build it: ninja -C BUILD)\n");
-		return;
+		return false;
 	}
 	struct mq_result one, two;
 	mq_run(options, guest, disk_path, work_dir, 1, &one);
@@ -153,4 +154,5 @@ void bench_mq_report(const struct bench_options *options, const char *disk_path,
 	}
 	fprintf(out, "  (vCPU threads and the one I/O thread share the host's CPUs: "
 		     "see docs/benchmarks.md)\n");
+	return one.ok && two.ok;
 }

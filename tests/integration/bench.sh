@@ -260,6 +260,16 @@ sys.exit('fio cross-check failed for %s' % bad if bad else 0)" || fail "fio cros
 	img=$(python3 -c "import json; print(json.load(open('$out'))['options']['disk'])")
 	[ ! -e "$img" ] || fail "temporary image $img was left behind"
 	;;
+bench-mq)
+	# The multi-queue rows: 1 vCPU on 1 queue, then 2 vCPUs on 2 queues,
+	# each with an IOPS figure and the host's load; the run exits 0 only
+	# when both were measured.
+	bench --workloads mq --paths pv --size 16M --runtime 300ms --warmup 50ms --repeat 1
+	[ "$STATUS" -eq 0 ] || show_and_fail "kapsel bench --workloads mq exited with $STATUS"
+	expect_in "$out" "multi-queue PV block, randread-4K qd=32"
+	grep -Eq '^  1 vCPU, 1 queue +[1-9][0-9]* +1\.00x' "$out" || show_and_fail "no 1-queue row"
+	grep -Eq '^  2 vCPUs, 2 queues +[1-9][0-9]* +[0-9.]+x' "$out" || show_and_fail "no 2-queue row"
+	;;
 bench-same-data)
 	# A sequential write on every path of the same image: afterwards the
 	# image holds exactly what an independent implementation of the
