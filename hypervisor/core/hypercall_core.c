@@ -236,9 +236,8 @@ static int64_t hc_evtchn_mask(struct kapsel_vcpu *vcpu, const uint64_t args[])
 	else
 		old = __atomic_fetch_and(&vm->events->mask[port / 64], ~bit, __ATOMIC_SEQ_CST);
 	/* Unmasking a pending channel delivers it (upcall or BLOCK wake-up). */
-	if (!args[1] && (old & bit) &&
-	    (__atomic_load_n(&vm->events->pending[port / 64], __ATOMIC_SEQ_CST) & bit))
-		vm_evtchn_deliver(vm, (uint32_t)port);
+	if (!args[1] && (old & bit))
+		vm_evtchn_deliver_if_ready(vm, (uint32_t)port);
 	return (old & bit) ? 1 : 0;
 }
 

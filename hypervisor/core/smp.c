@@ -72,10 +72,7 @@ static int64_t hc_evtchn_bind_vcpu(struct kapsel_vcpu *vcpu, const uint64_t args
 		return -KAPSEL_EINVAL;
 	__atomic_store_n(&vm->evtchn[port].vcpu, (unsigned)id, __ATOMIC_SEQ_CST);
 	/* Already pending and unmasked: the new vCPU takes it now. */
-	uint64_t bit = 1ull << (port % 64);
-	if ((__atomic_load_n(&vm->events->pending[port / 64], __ATOMIC_SEQ_CST) & bit) &&
-	    !(__atomic_load_n(&vm->events->mask[port / 64], __ATOMIC_SEQ_CST) & bit))
-		vm_evtchn_deliver(vm, (uint32_t)port);
+	vm_evtchn_deliver_if_ready(vm, (uint32_t)port);
 	return 0;
 }
 

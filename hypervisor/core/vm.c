@@ -320,6 +320,14 @@ void vm_evtchn_deliver(struct kapsel_vm *vm, uint32_t port)
 		vcpu_wake(vcpu);
 }
 
+void vm_evtchn_deliver_if_ready(struct kapsel_vm *vm, uint32_t port)
+{
+	uint64_t bit = 1ull << (port % 64);
+	if ((__atomic_load_n(&vm->events->pending[port / 64], __ATOMIC_SEQ_CST) & bit) &&
+	    !(__atomic_load_n(&vm->events->mask[port / 64], __ATOMIC_SEQ_CST) & bit))
+		vm_evtchn_deliver(vm, port);
+}
+
 void vm_evtchn_notify(struct kapsel_vm *vm, uint32_t port)
 {
 	if (port >= KAPSEL_EVTCHN_COUNT)

@@ -252,6 +252,9 @@ bool vm_evtchn_pending_for(const struct kapsel_vm *vm, unsigned vcpu);
  * upcall there and wake it from BLOCK.  Any thread.
  */
 void vm_evtchn_deliver(struct kapsel_vm *vm, uint32_t port);
+/* Delivers the channel if it is pending and unmasked (after a mask or
+ * binding change); the caller checked the port. */
+void vm_evtchn_deliver_if_ready(struct kapsel_vm *vm, uint32_t port);
 
 /* The boot vCPU: the one that runs the guest's entry point. */
 static inline struct kapsel_vcpu *vm_boot_vcpu(struct kapsel_vm *vm)
