@@ -157,8 +157,11 @@ int cli_run(int argc, char **argv)
 		if (argv[i][0] != '-' && len > 4 && strcmp(argv[i] + len - 4, ".xml") == 0 &&
 		    !(i > 1 && argv[i - 1][0] == '-' && argv[i - 1][1] != '-' &&
 		      strlen(argv[i - 1]) == 2)) {
-			if (vm_config_load_xml(argv[i], &config, error, sizeof(error)) < 0) {
-				kapsel_error("%s", error);
+			/* Room for the whole list of a definition's problems. */
+			char xml_error[8192];
+			if (vm_config_load_xml(argv[i], &config, xml_error, sizeof(xml_error)) <
+			    0) {
+				kapsel_error("%s", xml_error);
 				goto out;
 			}
 		}
