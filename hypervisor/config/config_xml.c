@@ -106,7 +106,11 @@ static int xml_problem(struct xml_context *ctx, const char *detail)
 		if (ctx->problem_count <= XML_PROBLEMS_LISTED)
 			xml_list_problem(ctx, ctx->line, detail);
 	}
-	xml_render_problems(ctx);
+	/* Past the listed ones only the count changes: vm_config_parse_xml
+	 * renders it once at the end (a 1 MiB file of bad elements must not
+	 * cost a rendering each). */
+	if (ctx->problem_count <= XML_PROBLEMS_LISTED)
+		xml_render_problems(ctx);
 	return -EINVAL;
 }
 
@@ -1024,6 +1028,8 @@ int vm_config_parse_xml(const char *data, size_t length_bytes, const char *name,
 			   : xml_fail(&ctx, "has no root element; expected <domain>");
 		xmlFreeDoc(doc);
 	}
+	if (ctx.problem_count > XML_PROBLEMS_LISTED)
+		xml_render_problems(&ctx);
 	free(ctx.chardev_path);
 	free(ctx.base_dir);
 	free(ctx.bootloader);

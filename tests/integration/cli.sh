@@ -78,6 +78,19 @@ cli-xml-problems) # suite: cli
 	done
 	[ "$(grep -c '^  ' "$TMP/err")" = 6 ] || { cat "$TMP/err"; fail "not exactly 6 problem lines"; }
 	grep -q "^kapsel: error:" <(tail -n 7 "$TMP/err") || fail "the problem list is not the last thing said"
+	# A long list is printed whole (a log line once cut it at 1 KiB), up
+	# to 40 problems and the count of the rest.
+	{
+		echo "<domain type='kvm'><name>x</name><memory>16384</memory><os><kernel>/k</kernel></os>"
+		for _ in $(seq 45); do echo "<cpu/>"; done
+		echo "</domain>"
+	} >"$TMP/long.xml"
+	run_guest "$TMP/out" "$TMP/err" "$TMP/long.xml"
+	expect_status 125
+	expect_in "$TMP/err" "45 problems; Kapsel runs it once all are fixed:"
+	[ "$(grep -c "^  line [0-9]*: /domain/cpu is not supported by Kapsel; remove it\$" "$TMP/err")" = 40 ] ||
+		{ cat "$TMP/err"; fail "not 40 whole problem lines"; }
+	[ "$(tail -n 1 "$TMP/err")" = "  ... and 5 more" ] || { cat "$TMP/err"; fail "the list does not end with the count of the rest"; }
 	;;
 cli-example-build-tree) # suite: cli
 	# The help's example from a build tree: hello.xml names the installed
