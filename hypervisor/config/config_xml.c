@@ -33,6 +33,7 @@ struct xml_context {
 	char *chardev_path; /* file of the first file-backed <serial>/<console> */
 	bool chardev_stdio; /* a stdio/pty one was seen */
 	char *bootloader;   /* /domain/bootloader, if any (Xen's pygrub) */
+	char *ignored;	    /* the paths warned about so far, one per line */
 	/*
 	 * Every problem is collected, so that a definition written for
 	 * another hypervisor (virt-install's) is refused once with the whole
@@ -140,9 +141,23 @@ static int xml_helper_problem(struct xml_context *ctx, int err, const char *help
 	return xml_problem(ctx, detail);
 }
 
+/* Warn that element_path is ignored, once per path (libvirt writes a
+ * keyboard and a mouse, several controllers: one line says it). */
 static void xml_ignore(struct xml_context *ctx, const char *element_path, const char *why)
 {
+	size_t len = strlen(element_path);
+	for (const char *p = ctx->ignored; p && (p = strstr(p, element_path)); p++)
+		if ((p == ctx->ignored || p[-1] == '\n') && p[len] == '\n')
+			return;
 	kapsel_warn("domain XML '%s': ignoring %s (%s)", ctx->path, element_path, why);
+	size_t have = ctx->ignored ? strlen(ctx->ignored) : 0;
+	char *grown = realloc(ctx->ignored, have + len + 2);
+	if (grown) {
+		memcpy(grown + have, element_path, len);
+		grown[have + len] = '\n';
+		grown[have + len + 1] = '\0';
+		ctx->ignored = grown;
+	}
 }
 
 /* Where node starts, for the problem list. */
@@ -1033,6 +1048,7 @@ int vm_config_parse_xml(const char *data, size_t length_bytes, const char *name,
 	free(ctx.chardev_path);
 	free(ctx.base_dir);
 	free(ctx.bootloader);
+	free(ctx.ignored);
 	free(ctx.problems);
 	return err;
 }

@@ -68,6 +68,8 @@ cli-xml-problems) # suite: cli
 	expect_status 125
 	expect_in "$TMP/err" "kapsel: warning: domain XML '$fixture': /domain type='xen' runs as a Kapsel guest on KVM"
 	expect_in "$TMP/err" "ignoring /domain/devices/memballoon (Kapsel has no balloon"
+	# Two <input> elements, one warning.
+	[ "$(grep -c "ignoring /domain/devices/input" "$TMP/err")" = 1 ] || { cat "$TMP/err"; fail "not one warning for <input>"; }
 	expect_in "$TMP/err" "kapsel: error: domain XML '$fixture': 6 problems; Kapsel runs it once all are fixed:"
 	for want in "  line 18: /domain/devices/disk/driver type='qcow2'" \
 		"  line 22: /domain/devices/disk device='cdrom'" \
