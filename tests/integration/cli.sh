@@ -140,6 +140,11 @@ cli-man) # suite: cli
 	done
 	man=$TMP/kapsel.1.txt
 	expect_in "$man" "kapsel - a thin paravirtualizing hypervisor on Linux KVM"
+	# Both pages name this version (a version bump updates their .TH lines).
+	version=$("$KAPSEL" version | awk '{ print $2 }')
+	for page in "$man" "$TMP/kapsel-xml.5.txt"; do
+		expect_in "$page" "Kapsel $version"
+	done
 	# The commands: a subsection "kapsel VERB ..." for each, no more.
 	help_verbs >"$TMP/help.verbs"
 	[ "$(wc -l <"$TMP/help.verbs")" -ge 20 ] || fail "kapsel --help lists only $(wc -l <"$TMP/help.verbs") commands"
