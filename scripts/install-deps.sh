@@ -8,6 +8,7 @@ packages=(
 	fio gnuplot-nox
 	libvirt-clients libxen-dev
 	iproute2 procps
+	groff-base man-db # tests/integration/cli.sh renders the man pages
 	qemu-system-x86 # the example guests also boot on QEMU (tests/integration/qemu.sh)
 )
 

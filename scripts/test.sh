@@ -73,7 +73,7 @@ if [ "${KAPSEL_ASAN:-1}" != 0 ]; then
 	rm -f "$asan_build"/meson-logs/asan-*.json
 	asan_tests=""
 	if meson setup "${reconfigure[@]}" "$asan_build" -Db_sanitize=address,undefined >/dev/null &&
-		ninja -C "$asan_build"; then
+		ninja -C "$asan_build" -j "$(build_jobs)"; then
 		meson test -C "$asan_build" --no-rebuild --print-errorlogs --num-processes 2 \
 			--logbase asan-unit --suite unit --suite fuzz-replay || status=$?
 		# Some KVM cases too where there is /dev/kvm; under nested-kvm.sh

@@ -11,6 +11,7 @@
 
 #include "cli/cli.h"
 #include "cli/run_supervisor.h"
+#include "config/guest_path.h"
 #include "control/control.h"
 #include "core/log.h"
 #include "core/vm.h"
@@ -74,6 +75,22 @@ void cli_run_usage(FILE *out)
 		"  kapsel run examples/hello.xml\n",
 		KAPSEL_EXIT_GUEST_CRASH, KAPSEL_EXIT_STOPPED, KAPSEL_EXIT_VMM_ERROR,
 		VM_CONFIG_MAX_VCPUS);
+}
+
+/* A kernel the XML names in the installed guest directory, from the
+ * build tree when this kapsel runs there and nothing is installed
+ * (config/guest_path.h); the operator is told which file runs. */
+static void use_build_tree_guest(struct vm_config *config)
+{
+	static const char *const guest_dirs[] = { KAPSEL_GUEST_DIR, KAPSEL_EXAMPLES_GUEST_DIR,
+						  NULL };
+	char *built = guest_path_in_build_tree(config->kernel_path, guest_dirs, "/proc/self/exe");
+	if (!built)
+		return;
+	kapsel_warn("%s is not installed; this build tree's kapsel runs %s (-k FILE chooses another)",
+		    config->kernel_path, built);
+	free(config->kernel_path);
+	config->kernel_path = built;
 }
 
 static char *replace(char *old, const char *value)
@@ -148,6 +165,7 @@ int cli_run(int argc, char **argv)
 	bool save_stop = false;
 	const char *incoming = NULL; /* --incoming: a live migration (run_supervisor.c) */
 	bool overcommit = false;
+	bool kernel_given = false; /* -k: the XML's kernel is not looked up */
 
 	vm_config_init(&config);
 	/* A domain XML file anywhere among the arguments is read first, so
@@ -157,8 +175,11 @@ int cli_run(int argc, char **argv)
 		if (argv[i][0] != '-' && len > 4 && strcmp(argv[i] + len - 4, ".xml") == 0 &&
 		    !(i > 1 && argv[i - 1][0] == '-' && argv[i - 1][1] != '-' &&
 		      strlen(argv[i - 1]) == 2)) {
-			if (vm_config_load_xml(argv[i], &config, error, sizeof(error)) < 0) {
-				kapsel_error("%s", error);
+			/* Room for the whole list of a definition's problems. */
+			char xml_error[8192];
+			if (vm_config_load_xml(argv[i], &config, xml_error, sizeof(xml_error)) <
+			    0) {
+				kapsel_error("%s", xml_error);
 				goto out;
 			}
 		}
@@ -170,6 +191,7 @@ int cli_run(int argc, char **argv)
 		switch (opt) {
 		case 'k':
 			config.kernel_path = replace(config.kernel_path, optarg);
+			kernel_given = true;
 			break;
 		case 'm': {
 			int err = guest_memory_parse_size(optarg, &config.memory_bytes);
@@ -314,6 +336,8 @@ int cli_run(int argc, char **argv)
 			goto usage;
 		}
 	}
+	if (!kernel_given)
+		use_build_tree_guest(&config);
 	if (!overcommit && !host_has_memory_for(config.memory_bytes))
 		goto out;
 	if (incoming) {

@@ -32,7 +32,88 @@ struct xml_context {
 	bool saw_serial, saw_console_pv, saw_console_serial;
 	char *chardev_path; /* file of the first file-backed <serial>/<console> */
 	bool chardev_stdio; /* a stdio/pty one was seen */
+	char *bootloader;   /* /domain/bootloader, if any (Xen's pygrub) */
+	char *ignored;	    /* the paths warned about so far, one per line */
+	/*
+	 * Every problem is collected, so that a definition written for
+	 * another hypervisor (virt-install's) is refused once with the whole
+	 * list, not once per element.  line is where the element being read
+	 * starts (0: the document as a whole).  The first problem is kept in
+	 * first_problem (no allocation: most callers return at once); from
+	 * the second on, problems holds one "  line N: DETAIL\n" for each.
+	 */
+	long line;
+	unsigned problem_count;
+	char first_problem[400];
+	long first_problem_line;
+	char *problems;
+	size_t problems_len;
 };
+
+/* At most this many problems are listed; the count still says how many. */
+#define XML_PROBLEMS_LISTED 40
+
+/* ctx->error from the problems so far: one problem on one line, as it
+ * always was; several as a count and one line each. */
+static void xml_render_problems(struct xml_context *ctx)
+{
+	if (ctx->problem_count == 1) {
+		snprintf(ctx->error, ctx->error_len, "domain XML '%s': %s", ctx->path,
+			 ctx->first_problem);
+		return;
+	}
+	unsigned unlisted = ctx->problem_count > XML_PROBLEMS_LISTED
+				    ? ctx->problem_count - XML_PROBLEMS_LISTED
+				    : 0;
+	int n = snprintf(ctx->error, ctx->error_len,
+			 "domain XML '%s': %u problems; Kapsel runs it once all are fixed:\n%s",
+			 ctx->path, ctx->problem_count, ctx->problems ? ctx->problems : "");
+	if (unlisted && n >= 0 && (size_t)n < ctx->error_len)
+		snprintf(ctx->error + n, ctx->error_len - (size_t)n, "  ... and %u more\n",
+			 unlisted);
+	/* No trailing newline: the caller prints the message as one. */
+	size_t len = strlen(ctx->error);
+	if (len && ctx->error[len - 1] == '\n')
+		ctx->error[len - 1] = '\0';
+}
+
+/* One "  line N: DETAIL" more in ctx->problems (nothing if out of memory). */
+static void xml_list_problem(struct xml_context *ctx, long line, const char *detail)
+{
+	char *text = NULL;
+	int n = line > 0 ? asprintf(&text, "  line %ld: %s\n", line, detail)
+			 : asprintf(&text, "  %s\n", detail);
+	if (n < 0)
+		return;
+	char *grown = realloc(ctx->problems, ctx->problems_len + (size_t)n + 1);
+	if (grown) {
+		memcpy(grown + ctx->problems_len, text, (size_t)n + 1);
+		ctx->problems = grown;
+		ctx->problems_len += (size_t)n;
+	}
+	free(text);
+}
+
+/* Record one problem (DETAIL names the element and the fix); -EINVAL. */
+static int xml_problem(struct xml_context *ctx, const char *detail)
+{
+	ctx->problem_count++;
+	if (ctx->problem_count == 1) {
+		snprintf(ctx->first_problem, sizeof(ctx->first_problem), "%s", detail);
+		ctx->first_problem_line = ctx->line;
+	} else {
+		if (ctx->problem_count == 2)
+			xml_list_problem(ctx, ctx->first_problem_line, ctx->first_problem);
+		if (ctx->problem_count <= XML_PROBLEMS_LISTED)
+			xml_list_problem(ctx, ctx->line, detail);
+	}
+	/* Past the listed ones only the count changes: vm_config_parse_xml
+	 * renders it once at the end (a 1 MiB file of bad elements must not
+	 * cost a rendering each). */
+	if (ctx->problem_count <= XML_PROBLEMS_LISTED)
+		xml_render_problems(ctx);
+	return -EINVAL;
+}
 
 static int xml_fail(struct xml_context *ctx, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
@@ -44,13 +125,45 @@ static int xml_fail(struct xml_context *ctx, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(detail, sizeof(detail), fmt, ap);
 	va_end(ap);
-	snprintf(ctx->error, ctx->error_len, "domain XML '%s': %s", ctx->path, detail);
-	return -EINVAL;
+	return xml_problem(ctx, detail);
 }
 
+/* A device parser of its own file (config_xml_net.c, config_xml_rng.c)
+ * wrote "domain XML 'PATH': DETAIL" into helper_error: record DETAIL. */
+static int xml_helper_problem(struct xml_context *ctx, int err, const char *helper_error)
+{
+	if (!err)
+		return 0;
+	const char *detail = helper_error;
+	size_t prefix = strlen("domain XML '") + strlen(ctx->path) + strlen("': ");
+	if (strncmp(helper_error, "domain XML '", 12) == 0 && strlen(helper_error) >= prefix)
+		detail = helper_error + prefix;
+	return xml_problem(ctx, detail);
+}
+
+/* Warn that element_path is ignored, once per path (libvirt writes a
+ * keyboard and a mouse, several controllers: one line says it). */
 static void xml_ignore(struct xml_context *ctx, const char *element_path, const char *why)
 {
+	size_t len = strlen(element_path);
+	for (const char *p = ctx->ignored; p && (p = strstr(p, element_path)); p++)
+		if ((p == ctx->ignored || p[-1] == '\n') && p[len] == '\n')
+			return;
 	kapsel_warn("domain XML '%s': ignoring %s (%s)", ctx->path, element_path, why);
+	size_t have = ctx->ignored ? strlen(ctx->ignored) : 0;
+	char *grown = realloc(ctx->ignored, have + len + 2);
+	if (grown) {
+		memcpy(grown + have, element_path, len);
+		grown[have + len] = '\n';
+		grown[have + len + 1] = '\0';
+		ctx->ignored = grown;
+	}
+}
+
+/* Where node starts, for the problem list. */
+static void xml_at(struct xml_context *ctx, const xmlNode *node)
+{
+	ctx->line = xmlGetLineNo(node);
 }
 
 static bool is_element(const xmlNode *node, const char *name)
@@ -195,18 +308,19 @@ static int parse_uuid(struct xml_context *ctx, const char *text, uint8_t uuid[16
 
 static int parse_os(struct xml_context *ctx, const xmlNode *os)
 {
+	int result = 0;
 	char *firmware = node_attr(os, "firmware");
-	if (firmware) {
-		int err = xml_fail(
+	if (firmware)
+		result = xml_fail(
 			ctx,
 			"/domain/os firmware='%s' is not supported: Kapsel boots an ELF kernel directly (use <kernel>)",
 			firmware);
-		free(firmware);
-		return err;
-	}
+	free(firmware);
 	for (const xmlNode *n = os->children; n; n = n->next) {
 		if (n->type != XML_ELEMENT_NODE)
 			continue;
+		xml_at(ctx, n);
+		int err = 0;
 		if (is_element(n, "kernel")) {
 			free(ctx->config->kernel_path);
 			ctx->config->kernel_path = resolve_path(ctx, node_text(n));
@@ -214,17 +328,19 @@ static int parse_os(struct xml_context *ctx, const xmlNode *os)
 			char *cmdline = node_text(n);
 			if (strlen(cmdline) >= KAPSEL_CMDLINE_MAX) {
 				free(cmdline);
-				return xml_fail(ctx, "/domain/os/cmdline is longer than %u bytes",
-						KAPSEL_CMDLINE_MAX - 1);
+				err = xml_fail(ctx, "/domain/os/cmdline is longer than %u bytes",
+					       KAPSEL_CMDLINE_MAX - 1);
+			} else {
+				free(ctx->config->cmdline);
+				ctx->config->cmdline = cmdline;
 			}
-			free(ctx->config->cmdline);
-			ctx->config->cmdline = cmdline;
 		} else if (is_element(n, "type")) {
 			char *arch = node_attr(n, "arch"), *text = node_text(n);
 			bool bad_arch = arch && strcmp(arch, "x86_64") != 0;
+			/* hvm (KVM, Xen HVM), xen and linux (Xen PV; libvirt's
+			 * libxl driver writes linux): all run as a Kapsel guest. */
 			bool bad_type = strcmp(text, "hvm") != 0 && strcmp(text, "xen") != 0 &&
 					strcmp(text, "linux") != 0;
-			int err = 0;
 			if (bad_arch)
 				err = xml_fail(ctx,
 					       "/domain/os/type arch='%s' is not supported; use x86_64",
@@ -235,26 +351,38 @@ static int parse_os(struct xml_context *ctx, const xmlNode *os)
 					       text);
 			free(arch);
 			free(text);
-			if (err)
-				return err;
-		} else if (is_element(n, "initrd") || is_element(n, "loader") ||
-			   is_element(n, "nvram") || is_element(n, "boot") ||
-			   is_element(n, "bootmenu") || is_element(n, "smbios") ||
-			   is_element(n, "bios") || is_element(n, "dtb") || is_element(n, "acpi") ||
-			   is_element(n, "init") || is_element(n, "firmware")) {
-			return xml_fail(
+		} else if (is_element(n, "boot") || is_element(n, "bootmenu")) {
+			/* virt-install writes <boot dev='hd'/> into every
+			 * definition; with <kernel> the boot order picks nothing. */
+			xml_ignore(ctx,
+				   is_element(n, "boot") ? "/domain/os/boot"
+							 : "/domain/os/bootmenu",
+				   "Kapsel boots /domain/os/kernel, there is no boot order");
+		} else if (is_element(n, "initrd")) {
+			err = xml_fail(
+				ctx,
+				"/domain/os/initrd is not supported: Kapsel boots an ELF kernel directly (use <kernel>)");
+		} else if (is_element(n, "loader") || is_element(n, "nvram") ||
+			   is_element(n, "smbios") || is_element(n, "bios") ||
+			   is_element(n, "dtb") || is_element(n, "acpi") || is_element(n, "init") ||
+			   is_element(n, "firmware")) {
+			err = xml_fail(
 				ctx,
 				"/domain/os/%s is not supported: Kapsel boots an ELF kernel directly (use <kernel>)",
 				n->name);
 		} else {
-			return xml_fail(ctx, "/domain/os/%s is not supported by Kapsel", n->name);
+			err = xml_fail(ctx, "/domain/os/%s is not supported by Kapsel; remove it",
+				       n->name);
 		}
+		if (err)
+			result = err;
 	}
-	return 0;
+	return result;
 }
 
 static int parse_iotune(struct xml_context *ctx, const xmlNode *iotune, struct vm_disk_config *disk)
 {
+	int result = 0;
 	for (const xmlNode *t = iotune->children; t; t = t->next) {
 		if (t->type != XML_ELEMENT_NODE)
 			continue;
@@ -281,8 +409,10 @@ static int parse_iotune(struct xml_context *ctx, const xmlNode *iotune, struct v
 				t->name);
 		free(text);
 		if (err)
-			return err;
+			result = err;
 	}
+	if (result)
+		return result;
 	if ((disk->ops_limit.burst && !disk->ops_limit.rate_per_second) ||
 	    (disk->bytes_limit.burst && !disk->bytes_limit.rate_per_second))
 		return xml_fail(
@@ -340,9 +470,10 @@ static int parse_disk(struct xml_context *ctx, const xmlNode *node)
 			       "/domain/devices/disk type='%s' is not supported; use type='file'",
 			       type ? type : "");
 	else if (device && strcmp(device, "disk") != 0)
-		err = xml_fail(ctx,
-			       "/domain/devices/disk device='%s' is not supported; use device='disk'",
-			       device);
+		err = xml_fail(
+			ctx,
+			"/domain/devices/disk device='%s' is not supported: Kapsel has only disks; remove it, or attach the image as device='disk' with <readonly/>",
+			device);
 	free(type);
 	free(device);
 	if (err)
@@ -352,9 +483,14 @@ static int parse_disk(struct xml_context *ctx, const xmlNode *node)
 				VM_CONFIG_MAX_DISKS);
 	struct vm_disk_config disk = { 0 };
 	char *target_dev = NULL;
-	for (const xmlNode *n = node->children; n && !err; n = n->next) {
+	bool bad = false; /* a child was refused: report them all, then drop the disk */
+	for (const xmlNode *n = node->children; n; n = n->next) {
 		if (n->type != XML_ELEMENT_NODE)
 			continue;
+		xml_at(ctx, n);
+		if (err)
+			bad = true;
+		err = 0;
 		if (is_element(n, "source")) {
 			free(disk.path);
 			disk.path = resolve_path(ctx, node_attr(n, "file"));
@@ -390,10 +526,14 @@ static int parse_disk(struct xml_context *ctx, const xmlNode *node)
 				ctx,
 				"/domain/devices/disk/shareable is not supported: Kapsel locks a writable image for one VM; use <readonly/> on every VM that shares it");
 		} else {
-			err = xml_fail(ctx, "/domain/devices/disk/%s is not supported by Kapsel",
+			err = xml_fail(ctx,
+				       "/domain/devices/disk/%s is not supported by Kapsel; remove it",
 				       n->name);
 		}
 	}
+	xml_at(ctx, node);
+	if (bad && !err)
+		err = -EINVAL;
 	if (!err && !disk.path)
 		err = xml_fail(ctx, "/domain/devices/disk needs <source file='...'/>");
 	if (!err && !target_dev)
@@ -505,18 +645,27 @@ static int parse_chardev(struct xml_context *ctx, const xmlNode *node)
 
 static int parse_devices(struct xml_context *ctx, const xmlNode *devices)
 {
+	int result = 0;
 	for (const xmlNode *n = devices->children; n; n = n->next) {
 		if (n->type != XML_ELEMENT_NODE)
 			continue;
+		xml_at(ctx, n);
 		int err = 0;
+		char helper_error[512];
 		if (is_element(n, "disk")) {
 			err = parse_disk(ctx, n);
 		} else if (is_element(n, "interface")) {
-			err = config_xml_parse_interface(n, ctx->config, ctx->path, ctx->error,
-							 ctx->error_len);
+			err = xml_helper_problem(ctx,
+						 config_xml_parse_interface(n, ctx->config,
+									    ctx->path, helper_error,
+									    sizeof(helper_error)),
+						 helper_error);
 		} else if (is_element(n, "rng")) {
-			err = config_xml_parse_rng(n, ctx->config, ctx->path, ctx->error,
-						   ctx->error_len);
+			err = xml_helper_problem(ctx,
+						 config_xml_parse_rng(n, ctx->config, ctx->path,
+								      helper_error,
+								      sizeof(helper_error)),
+						 helper_error);
 		} else if (is_element(n, "console") || is_element(n, "serial")) {
 			err = parse_chardev(ctx, n);
 		} else if (is_element(n, "emulator")) {
@@ -525,18 +674,31 @@ static int parse_devices(struct xml_context *ctx, const xmlNode *devices)
 			xml_ignore(ctx, "/domain/devices/controller",
 				   "Kapsel's devices need no controller");
 		} else if (is_element(n, "memballoon")) {
+			/* libvirt adds one to every KVM and Xen domain; with
+			 * currentMemory equal to memory (checked) it would never
+			 * take memory away, so there is nothing to emulate. */
 			if (!attr_is(n, "model", "none"))
-				err = xml_fail(
-					ctx,
-					"/domain/devices/memballoon is not supported (Kapsel has no balloon); use <memballoon model='none'/> or remove it");
+				xml_ignore(ctx, "/domain/devices/memballoon",
+					   "Kapsel has no balloon: the guest keeps all of /domain/memory");
+		} else if (is_element(n, "input")) {
+			/* libvirt adds a keyboard and a mouse beside a display:
+			 * without one they have nothing to do. */
+			xml_ignore(ctx, "/domain/devices/input",
+				   "Kapsel has no display; the guest's console is its input");
+		} else if (is_element(n, "graphics") || is_element(n, "video")) {
+			err = xml_fail(
+				ctx,
+				"/domain/devices/%s is not supported: Kapsel has no display (the console is kapsel's standard output and 'kapsel console NAME'); remove it",
+				n->name);
 		} else {
-			err = xml_fail(ctx, "/domain/devices/%s is not supported by Kapsel",
+			err = xml_fail(ctx,
+				       "/domain/devices/%s is not supported by Kapsel; remove it",
 				       n->name);
 		}
 		if (err)
-			return err;
+			result = err;
 	}
-	return 0;
+	return result;
 }
 
 /* <kapsel:disk index='N' poll_us='US'/>: the PV backend's polling. */
@@ -573,6 +735,7 @@ static int parse_kapsel_domain(struct xml_context *ctx, const xmlNode *domain, b
 		if (d->type != XML_ELEMENT_NODE)
 			continue;
 		int err = 0;
+		char helper_error[512];
 		if (!d->ns || !d->ns->href ||
 		    strcmp((const char *)d->ns->href, VM_CONFIG_XML_NAMESPACE) != 0)
 			err = xml_fail(
@@ -580,15 +743,22 @@ static int parse_kapsel_domain(struct xml_context *ctx, const xmlNode *domain, b
 				"/domain/metadata/kapsel:domain/%s is not in the Kapsel namespace '%s'",
 				d->name, VM_CONFIG_XML_NAMESPACE);
 		else if (is_element(d, "interface"))
-			err = config_xml_parse_kapsel_interface(d, sockets, ctx->config, ctx->path,
-								ctx->error, ctx->error_len);
+			err = xml_helper_problem(ctx,
+						 config_xml_parse_kapsel_interface(
+							 d, sockets, ctx->config, ctx->path,
+							 helper_error, sizeof(helper_error)),
+						 helper_error);
 		else if (sockets)
 			continue;
 		else if (is_element(d, "disk"))
 			err = parse_kapsel_disk(ctx, d);
 		else if (is_element(d, "rng"))
-			err = config_xml_parse_kapsel_rng(d, ctx->config, ctx->path, ctx->error,
-							  ctx->error_len);
+			err = xml_helper_problem(ctx,
+						 config_xml_parse_kapsel_rng(d, ctx->config,
+									     ctx->path,
+									     helper_error,
+									     sizeof(helper_error)),
+						 helper_error);
 		else
 			err = xml_fail(
 				ctx,
@@ -681,84 +851,134 @@ static const char *const ignored_top_level[] = {
 	"resource",  "perf",	    "on_lockfailure", "keywrap",   NULL,
 };
 
+/*
+ * <domain type='...'>: kvm (and kapsel) as they are.  xen is accepted for
+ * a paravirtualized guest's definition (virt-install --paravirt), with one
+ * warning for what differs: Kapsel runs the kernel on KVM through its own
+ * PV interface (docs/abi.md), so only a kernel built for Kapsel boots, not
+ * a Xen PV kernel; a disk on bus='xen' is Kapsel's PV block device, the
+ * console target 'xen' its PV console.
+ */
+static int parse_domain_type(struct xml_context *ctx, const xmlNode *root)
+{
+	char *type = node_attr(root, "type");
+	int err = 0;
+	if (type && strcmp(type, "xen") == 0)
+		kapsel_warn("domain XML '%s': /domain type='xen' runs as a Kapsel guest on KVM: the kernel must be built for Kapsel's PV interface (a Xen PV kernel does not boot), bus='xen' disks and the 'xen' console are Kapsel's PV devices, and kapsel dumpxml writes type='kvm'",
+			    ctx->path);
+	else if (!type || (strcmp(type, "kvm") != 0 && strcmp(type, "kapsel") != 0))
+		err = xml_fail(
+			ctx,
+			"/domain type='%s' is not supported; use type='kvm' (or 'xen' for a paravirtualized guest)",
+			type ? type : "");
+	free(type);
+	return err;
+}
+
+/* One top-level element; -EINVAL after recording a problem. */
+static int parse_top_level(struct xml_context *ctx, const xmlNode *n, bool *have_name)
+{
+	struct vm_config *config = ctx->config;
+	if (is_element(n, "name")) {
+		*have_name = true;
+		return parse_name(ctx, n);
+	}
+	if (is_element(n, "uuid")) {
+		char *text = node_text(n);
+		int err = parse_uuid(ctx, text, config->uuid);
+		config->has_uuid = !err;
+		free(text);
+		return err;
+	}
+	if (is_element(n, "memory")) {
+		ctx->have_memory = true;
+		return parse_memory(ctx, n, &config->memory_bytes);
+	}
+	if (is_element(n, "currentMemory"))
+		return parse_memory(ctx, n, &ctx->current_memory_bytes);
+	if (is_element(n, "maxMemory"))
+		return xml_fail(ctx,
+				"/domain/maxMemory is not supported: Kapsel has no memory hotplug");
+	if (is_element(n, "vcpu"))
+		return parse_vcpu(ctx, n);
+	if (is_element(n, "os"))
+		return parse_os(ctx, n);
+	if (is_element(n, "on_poweroff"))
+		return parse_action(ctx, n, &config->on_poweroff);
+	if (is_element(n, "on_reboot"))
+		return parse_action(ctx, n, &config->on_reboot);
+	if (is_element(n, "on_crash"))
+		return parse_action(ctx, n, &config->on_crash);
+	if (is_element(n, "devices"))
+		return parse_devices(ctx, n);
+	if (is_element(n, "metadata"))
+		return 0; /* read after the devices it refers to */
+	if (is_element(n, "bootloader")) {
+		/* Xen's pygrub: whether that is a problem depends on <kernel>. */
+		free(ctx->bootloader);
+		ctx->bootloader = node_text(n);
+		return 0;
+	}
+	if (is_element(n, "bootloader_args"))
+		return 0; /* goes with <bootloader> */
+	for (const char *const *i = ignored_top_level; *i; i++) {
+		if (is_element(n, *i)) {
+			char where[96];
+			snprintf(where, sizeof(where), "/domain/%s", n->name);
+			xml_ignore(ctx, where, "it does not change what the guest sees on Kapsel");
+			return 0;
+		}
+	}
+	return xml_fail(ctx, "/domain/%s is not supported by Kapsel; remove it", n->name);
+}
+
 static int parse_domain(struct xml_context *ctx, const xmlNode *root)
 {
 	struct vm_config *config = ctx->config;
-	int err = 0;
 	bool have_name = false;
 
 	if (!is_element(root, "domain"))
 		return xml_fail(ctx, "root element is <%s>, expected <domain>", root->name);
-	char *type = node_attr(root, "type");
-	if (!type || (strcmp(type, "kvm") != 0 && strcmp(type, "kapsel") != 0))
-		err = xml_fail(ctx, "/domain type='%s' is not supported; use type='kvm'",
-			       type ? type : "");
-	free(type);
-	for (const xmlNode *n = root->children; n && !err; n = n->next) {
+	xml_at(ctx, root);
+	parse_domain_type(ctx, root);
+	for (const xmlNode *n = root->children; n; n = n->next) {
 		if (n->type != XML_ELEMENT_NODE)
 			continue;
-		if (is_element(n, "name")) {
-			err = parse_name(ctx, n);
-			have_name = true;
-		} else if (is_element(n, "uuid")) {
-			char *text = node_text(n);
-			err = parse_uuid(ctx, text, config->uuid);
-			config->has_uuid = !err;
-			free(text);
-		} else if (is_element(n, "memory")) {
-			err = parse_memory(ctx, n, &config->memory_bytes);
-			ctx->have_memory = true;
-		} else if (is_element(n, "currentMemory")) {
-			err = parse_memory(ctx, n, &ctx->current_memory_bytes);
-		} else if (is_element(n, "maxMemory")) {
-			err = xml_fail(
-				ctx,
-				"/domain/maxMemory is not supported: Kapsel has no memory hotplug");
-		} else if (is_element(n, "vcpu")) {
-			err = parse_vcpu(ctx, n);
-		} else if (is_element(n, "os")) {
-			err = parse_os(ctx, n);
-		} else if (is_element(n, "on_poweroff")) {
-			err = parse_action(ctx, n, &config->on_poweroff);
-		} else if (is_element(n, "on_reboot")) {
-			err = parse_action(ctx, n, &config->on_reboot);
-		} else if (is_element(n, "on_crash")) {
-			err = parse_action(ctx, n, &config->on_crash);
-		} else if (is_element(n, "devices")) {
-			err = parse_devices(ctx, n);
-		} else if (is_element(n, "metadata")) {
-			continue; /* read after the devices it refers to */
-		} else {
-			bool ignored = false;
-			for (const char *const *i = ignored_top_level; *i && !ignored; i++)
-				ignored = is_element(n, *i);
-			if (!ignored)
-				return xml_fail(ctx, "/domain/%s is not supported by Kapsel",
-						n->name);
-			char where[96];
-			snprintf(where, sizeof(where), "/domain/%s", n->name);
-			xml_ignore(ctx, where, "it does not change what the guest sees on Kapsel");
+		xml_at(ctx, n);
+		parse_top_level(ctx, n, &have_name);
+	}
+	/* Kapsel's metadata refers to devices by their index: after a refused
+	 * device the indices are off, and its messages would mislead. */
+	if (ctx->problem_count == 0) {
+		for (const xmlNode *n = root->children; n; n = n->next) {
+			if (is_element(n, "metadata")) {
+				xml_at(ctx, n);
+				parse_metadata(ctx, n);
+			}
 		}
 	}
-	for (const xmlNode *n = root->children; n && !err; n = n->next)
-		if (is_element(n, "metadata"))
-			err = parse_metadata(ctx, n);
-	if (err)
-		return err;
+	/* What is missing or inconsistent is about the document as a whole. */
+	ctx->line = 0;
 	if (!have_name)
-		return xml_fail(ctx, "/domain/name is missing; every VM needs a unique name");
-	if (!config->kernel_path)
-		return xml_fail(ctx, "/domain/os/kernel is missing; Kapsel boots an ELF kernel");
+		xml_fail(ctx, "/domain/name is missing; every VM needs a unique name");
+	if (!config->kernel_path && ctx->bootloader)
+		xml_fail(ctx,
+			 "/domain/bootloader '%s' is not supported: Kapsel runs no bootloader; copy the guest's kernel out of its image and name it in /domain/os/kernel",
+			 ctx->bootloader);
+	else if (!config->kernel_path)
+		xml_fail(ctx, "/domain/os/kernel is missing; Kapsel boots an ELF kernel");
+	else if (ctx->bootloader)
+		xml_ignore(ctx, "/domain/bootloader", "Kapsel boots /domain/os/kernel directly");
 	if (!ctx->have_memory)
-		return xml_fail(ctx, "/domain/memory is missing");
-	if (ctx->current_memory_bytes && ctx->current_memory_bytes != config->memory_bytes)
-		return xml_fail(
-			ctx,
-			"/domain/currentMemory differs from /domain/memory; Kapsel has no balloon, make them equal");
-	if (config->memory_bytes % (2ull << 20) || config->memory_bytes < GUEST_MEMORY_MIN_BYTES ||
-	    config->memory_bytes > GUEST_MEMORY_MAX_BYTES)
-		return xml_fail(ctx,
-				"/domain/memory must be a multiple of 2 MiB between 4 MiB and 64 GiB");
+		xml_fail(ctx, "/domain/memory is missing");
+	else if (ctx->current_memory_bytes && ctx->current_memory_bytes != config->memory_bytes)
+		xml_fail(ctx,
+			 "/domain/currentMemory differs from /domain/memory; Kapsel has no balloon, make them equal");
+	else if (config->memory_bytes % (2ull << 20) ||
+		 config->memory_bytes < GUEST_MEMORY_MIN_BYTES ||
+		 config->memory_bytes > GUEST_MEMORY_MAX_BYTES)
+		xml_fail(ctx,
+			 "/domain/memory must be a multiple of 2 MiB between 4 MiB and 64 GiB");
 	/* Which consoles the guest is offered: a <serial> alone means the
 	 * UART only; a PV console (console target 'xen') means both. */
 	if (ctx->saw_serial && !ctx->saw_console_pv)
@@ -768,10 +988,11 @@ static int parse_domain(struct xml_context *ctx, const xmlNode *root)
 	else
 		config->console_mode = VM_CONSOLE_AUTO;
 	if (ctx->chardev_path && ctx->chardev_stdio)
-		return xml_fail(
-			ctx,
-			"/domain/devices: one console is a file ('%s') and another stdio; Kapsel has one console, make them the same",
-			ctx->chardev_path);
+		xml_fail(ctx,
+			 "/domain/devices: one console is a file ('%s') and another stdio; Kapsel has one console, make them the same",
+			 ctx->chardev_path);
+	if (ctx->problem_count)
+		return -EINVAL;
 	if (ctx->chardev_path) {
 		free(config->console_output_path);
 		config->console_output_path = ctx->chardev_path;
@@ -834,8 +1055,13 @@ int vm_config_parse_xml(const char *data, size_t length_bytes, const char *name,
 			   : xml_fail(&ctx, "has no root element; expected <domain>");
 		xmlFreeDoc(doc);
 	}
+	if (ctx.problem_count > XML_PROBLEMS_LISTED)
+		xml_render_problems(&ctx);
 	free(ctx.chardev_path);
 	free(ctx.base_dir);
+	free(ctx.bootloader);
+	free(ctx.ignored);
+	free(ctx.problems);
 	return err;
 }
 

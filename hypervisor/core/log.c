@@ -1,7 +1,9 @@
 /* Diagnostics: one-line messages to stderr, prefixed with the program name; a limiter for guest-triggered lines. */
+#define _GNU_SOURCE
 #include "core/log.h"
 
 #include <stdarg.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <time.h>
 
@@ -33,13 +35,29 @@ static void log_print(const char *prefix, const char *fmt, va_list ap)
 	fprintf(log_stream ? log_stream : stderr, "kapsel: %s%s\n", prefix, line);
 }
 
+/* An error is printed whole, however long (a domain XML's list of
+ * problems); warnings and guest-triggered lines stay bounded. */
+static void log_print_whole(const char *prefix, const char *fmt, va_list ap)
+{
+	va_list again;
+	va_copy(again, ap);
+	char *whole = NULL;
+	if (vasprintf(&whole, fmt, again) >= 0) {
+		fprintf(log_stream ? log_stream : stderr, "kapsel: %s%s\n", prefix, whole);
+		free(whole);
+	} else {
+		log_print(prefix, fmt, ap);
+	}
+	va_end(again);
+}
+
 void kapsel_error(const char *fmt, ...)
 {
 	if (log_quiet)
 		return;
 	va_list ap;
 	va_start(ap, fmt);
-	log_print("error: ", fmt, ap);
+	log_print_whole("error: ", fmt, ap);
 	va_end(ap);
 }
 

@@ -11,7 +11,7 @@
 
 static char dir[] = "/tmp/kapsel-config-xml.XXXXXX";
 static char path[512];
-static char error[512];
+static char error[8192]; /* room for a list of problems */
 
 /* Write text to a fresh XML file and parse it into config (initialised). */
 static int load(const char *text, struct vm_config *config)
@@ -195,7 +195,7 @@ static void test_refused(void)
 		  "/domain/currentMemory differs from /domain/memory; Kapsel has no balloon, make them equal" },
 		{ "<name>x</name><maxMemory slots='2'>1</maxMemory>",
 		  "/domain/maxMemory is not supported: Kapsel has no memory hotplug" },
-		{ "<name>x</name><cpu/>", "/domain/cpu is not supported by Kapsel" },
+		{ "<name>x</name><cpu/>", "/domain/cpu is not supported by Kapsel; remove it" },
 		{ "<name>a/b</name>",
 		  "/domain/name: VM name 'a/b' is not valid: use 1-63 printable characters without spaces, '/' or '\\', not starting with '.'" },
 		{ "<name>a b</name>",
@@ -224,7 +224,7 @@ static void test_refused(void)
 		  "/domain/devices/disk/target: two disks with bus='ide'; Kapsel emulates one ATA drive, attach the others with bus='xen'" },
 		{ "<name>x</name><devices><disk type='file'><source file='/a'/><target dev='xvda'/>"
 		  "<serial>abc</serial></disk></devices>",
-		  "/domain/devices/disk/serial is not supported by Kapsel" },
+		  "/domain/devices/disk/serial is not supported by Kapsel; remove it" },
 		{ "<name>x</name><devices><disk type='file'><source file='/a'/><target dev='xvda'/>"
 		  "<iotune><total_iops_sec>-5</total_iops_sec></iotune></disk></devices>",
 		  "/domain/devices/disk/iotune/total_iops_sec '-5' is not a whole number" },
@@ -452,6 +452,116 @@ static void test_kapsel_interfaces(void)
 	vm_config_free(&c);
 }
 
+/* virt-install's Xen PV guest (tests/fixtures): every problem in one
+ * message, in document order, each with its line and what to do. */
+static void test_xen_pv_fixture_problems(void)
+{
+	const char *fixtures = getenv("KAPSEL_FIXTURES");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(fixtures);
+	char fixture[512], expected[4096];
+	snprintf(fixture, sizeof(fixture), "%s/xen-pv-virt-install.xml", fixtures);
+	struct vm_config c;
+	vm_config_init(&c);
+	CU_ASSERT_EQUAL(vm_config_load_xml(fixture, &c, error, sizeof(error)), -EINVAL);
+	snprintf(expected, sizeof(expected),
+		 "domain XML '%s': 6 problems; Kapsel runs it once all are fixed:\n"
+		 "  line 18: /domain/devices/disk/driver type='qcow2' is not supported; use raw or kovl (a Kapsel overlay)\n"
+		 "  line 22: /domain/devices/disk device='cdrom' is not supported: Kapsel has only disks; remove it, or attach the image as device='disk' with <readonly/>\n"
+		 "  line 28: /domain/devices/interface type='bridge' is not supported; use type='ethernet' with <target dev='TAP'/> (a Unix socket link is --net socket=PATH,peer=PATH on the command line)\n"
+		 "  line 39: /domain/devices/graphics is not supported: Kapsel has no display (the console is kapsel's standard output and 'kapsel console NAME'); remove it\n"
+		 "  line 42: /domain/devices/video is not supported: Kapsel has no display (the console is kapsel's standard output and 'kapsel console NAME'); remove it\n"
+		 "  /domain/bootloader '/usr/lib/xen-4.17/bin/pygrub' is not supported: Kapsel runs no bootloader; copy the guest's kernel out of its image and name it in /domain/os/kernel",
+		 fixture);
+	if (strcmp(error, expected) != 0) {
+		fprintf(stderr, "\ngot:\n%s\nwant:\n%s\n", error, expected);
+		CU_FAIL("problem list");
+	}
+	vm_config_free(&c);
+}
+
+/* type='xen' with what libvirt writes for a PV guest: accepted, and what
+ * only informs (bootloader beside a kernel, boot order, balloon, input,
+ * pty console) is ignored. */
+static void test_xen_pv_accepted(void)
+{
+	struct vm_config c;
+	int err = load(
+		"<domain type='xen'><name>pv</name><memory unit='KiB'>65536</memory>\n"
+		"<currentMemory unit='KiB'>65536</currentMemory><vcpu placement='static'>2</vcpu>\n"
+		"<bootloader>/usr/lib/xen-4.17/bin/pygrub</bootloader><bootloader_args>-q</bootloader_args>\n"
+		"<os><type arch='x86_64' machine='xenpv'>linux</type><kernel>/k.elf</kernel>\n"
+		"<cmdline>console=hvc0</cmdline><boot dev='hd'/></os>\n"
+		"<on_crash>restart</on_crash><devices>\n"
+		"<disk type='file' device='disk'><driver name='file'/><source file='/d.img'/>"
+		"<target dev='xvda' bus='xen'/></disk>\n"
+		"<console type='pty'><target type='xen' port='0'/></console>\n"
+		"<input type='keyboard' bus='xen'/><memballoon model='xen'/></devices></domain>",
+		&c);
+	if (err)
+		fprintf(stderr, "\n%s\n", error);
+	CU_ASSERT_EQUAL_FATAL(err, 0);
+	CU_ASSERT_STRING_EQUAL(c.kernel_path, "/k.elf");
+	CU_ASSERT_STRING_EQUAL(c.cmdline, "console=hvc0");
+	CU_ASSERT_EQUAL(c.vcpus, 2);
+	CU_ASSERT_EQUAL(c.memory_bytes, 64ull << 20);
+	CU_ASSERT_EQUAL(c.on_crash, VM_ACTION_RESTART);
+	CU_ASSERT_EQUAL(c.disk_count, 1);
+	CU_ASSERT_EQUAL(c.disks[0].bus, VM_DISK_BUS_PV);
+	CU_ASSERT_EQUAL(c.console_mode, VM_CONSOLE_AUTO);
+	vm_config_free(&c);
+
+	/* A domain type of neither family is still refused, and says which. */
+	CU_ASSERT_EQUAL(load("<domain type='qemu'><name>q</name><memory>16384</memory>"
+			     "<os><kernel>/k</kernel></os></domain>",
+			     &c),
+			-EINVAL);
+	CU_ASSERT_STRING_EQUAL(
+		reason(),
+		"/domain type='qemu' is not supported; use type='kvm' (or 'xen' for a paravirtualized guest)");
+	vm_config_free(&c);
+}
+
+/* Problems inside one element and across elements all appear, lines and
+ * all; past the listing cap, the count still says how many. */
+static void test_all_problems_listed(void)
+{
+	struct vm_config c;
+	CU_ASSERT_EQUAL(load("<domain type='kvm'>\n"
+			     "<name>a/b</name>\n"
+			     "<vcpu>17</vcpu>\n"
+			     "<devices><disk type='file'>\n"
+			     "<driver type='qcow2'/>\n"
+			     "<target dev='sda' bus='scsi'/></disk></devices>\n"
+			     "<os><initrd>/i</initrd></os>\n"
+			     "</domain>",
+			     &c),
+			-EINVAL);
+	const char *want =
+		"7 problems; Kapsel runs it once all are fixed:\n"
+		"  line 2: /domain/name: VM name 'a/b' is not valid: use 1-63 printable characters without spaces, '/' or '\\', not starting with '.'\n"
+		"  line 3: /domain/vcpu is '17'; Kapsel runs 1 to 16 vCPUs per VM\n"
+		"  line 5: /domain/devices/disk/driver type='qcow2' is not supported; use raw or kovl (a Kapsel overlay)\n"
+		"  line 6: /domain/devices/disk/target bus='scsi' is not supported; use bus='xen' (PV) or bus='ide' (emulated ATA)\n"
+		"  line 7: /domain/os/initrd is not supported: Kapsel boots an ELF kernel directly (use <kernel>)\n"
+		"  /domain/os/kernel is missing; Kapsel boots an ELF kernel\n"
+		"  /domain/memory is missing";
+	if (strcmp(reason(), want) != 0) {
+		fprintf(stderr, "\ngot:\n%s\nwant:\n%s\n", reason(), want);
+		CU_FAIL("problem list");
+	}
+	vm_config_free(&c);
+
+	char text[4096] = "<domain type='kvm'><name>x</name><memory>16384</memory>"
+			  "<os><kernel>/k</kernel></os>";
+	for (int i = 0; i < 45; i++)
+		strcat(text, "<cpu/>");
+	strcat(text, "</domain>");
+	CU_ASSERT_EQUAL(load(text, &c), -EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(reason(), "45 problems"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(reason(), "\n  ... and 5 more"));
+	vm_config_free(&c);
+}
+
 int main(void)
 {
 	if (!mkdtemp(dir))
@@ -467,6 +577,10 @@ int main(void)
 		{ "write then read gives the same definition", test_round_trip },
 		{ "socket interfaces and exact limits in the Kapsel namespace",
 		  test_kapsel_interfaces },
+		{ "virt-install's Xen PV domain: every problem at once",
+		  test_xen_pv_fixture_problems },
+		{ "type='xen' for a PV guest accepted", test_xen_pv_accepted },
+		{ "every problem listed, with lines", test_all_problems_listed },
 	};
 	int status = UNIT_RUN("config_xml", tests);
 	char command[600];
