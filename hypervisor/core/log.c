@@ -36,19 +36,16 @@ static void log_print(const char *prefix, const char *fmt, va_list ap)
 }
 
 /* An error is printed whole, however long (a domain XML's list of
- * problems); warnings and guest-triggered lines stay bounded. */
+ * problems), straight to the stream: no heap allocation, so it is safe on
+ * every sandboxed thread.  Warnings and guest-triggered lines stay bounded. */
 static void log_print_whole(const char *prefix, const char *fmt, va_list ap)
 {
-	va_list again;
-	va_copy(again, ap);
-	char *whole = NULL;
-	if (vasprintf(&whole, fmt, again) >= 0) {
-		fprintf(log_stream ? log_stream : stderr, "kapsel: %s%s\n", prefix, whole);
-		free(whole);
-	} else {
-		log_print(prefix, fmt, ap);
-	}
-	va_end(again);
+	FILE *out = log_stream ? log_stream : stderr;
+	flockfile(out);
+	fprintf(out, "kapsel: %s", prefix);
+	vfprintf(out, fmt, ap);
+	fputc('\n', out);
+	funlockfile(out);
 }
 
 void kapsel_error(const char *fmt, ...)
