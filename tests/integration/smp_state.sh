@@ -1,5 +1,5 @@
 #!/bin/bash
-# Integration tests: an SMP guest (smp.elf on 2 vCPUs) paused, saved, restored, migrated and rebooted mid-run.
+# Integration tests: an SMP guest (smp.elf on 2 vCPUs) paused, saved, restored, cloned, migrated and rebooted mid-run.
 # suite: kvm
 . "$(dirname "$0")/lib.sh"
 require_kvm
@@ -45,6 +45,26 @@ smp-save-restore)
 	expect_status 0
 	expect_consistent "$TMP/out2"
 	expect_in "$TMP/err2" "vcpu1_exits_total:"
+	;;
+smp-clone)
+	# Two clones of a VM saved with both vCPUs mid-ring: each clone runs
+	# both vCPUs on from the save and finishes consistent, on its own
+	# console log.
+	dir=$TMP/saved
+	save_when "$out" "$err" "$dir" "$STARTED" \
+		--kernel "$GUESTS/smp.elf" --vcpus 2 --cmdline "rounds=$ROUNDS"
+	expect_status 0
+	expect_not_in "$out" "smp ok"
+	mkdir "$TMP/consoles"
+	STATUS=0
+	timeout --kill-after=5 150 "$KAPSEL" clone --kernel "$GUESTS/smp.elf" --count 2 \
+		--prefix smp$$ --console-dir "$TMP/consoles" "$dir" \
+		>"$TMP/clone.out" 2>"$TMP/clone.err" </dev/null || STATUS=$?
+	LAST_ERR=$TMP/clone.err
+	expect_status 0
+	for i in 1 2; do
+		expect_consistent "$TMP/consoles/smp$$-$i.log"
+	done
 	;;
 smp-migrate)
 	# Live migration with both vCPUs running: dirty logging sees the pages
