@@ -1,5 +1,5 @@
 #!/bin/bash
-# Integration tests: an SMP guest (smp.elf on 2 vCPUs) paused, saved, restored, migrated and rebooted mid-run.
+# Integration tests: an SMP guest (smp.elf on 2 vCPUs) paused, saved, restored, cloned, migrated and rebooted mid-run.
 # suite: kvm
 . "$(dirname "$0")/lib.sh"
 require_kvm
@@ -45,6 +45,28 @@ smp-save-restore)
 	expect_status 0
 	expect_consistent "$TMP/out2"
 	expect_in "$TMP/err2" "vcpu1_exits_total:"
+	;;
+smp-clone)
+	# A clone of a VM saved with both vCPUs mid-ring runs both vCPUs on
+	# from the save and finishes consistent, on its own console log.  One
+	# clone: two VMs restored at the same moment under nested KVM lose one
+	# of them to a triple fault in 6 of 6 tries (restore beside a fresh VM:
+	# 3 of 3 pass); that is recorded in issue 13's note, not hidden here.
+	dir=$TMP/saved
+	save_when "$out" "$err" "$dir" "$STARTED" \
+		--kernel "$GUESTS/smp.elf" --vcpus 2 --cmdline "rounds=$ROUNDS wait_s=120"
+	expect_status 0
+	expect_not_in "$out" "smp ok"
+	mkdir "$TMP/consoles"
+	STATUS=0
+	timeout --kill-after=5 150 "$KAPSEL" clone --kernel "$GUESTS/smp.elf" --count 1 \
+		--prefix smp$$ --console-dir "$TMP/consoles" "$dir" \
+		>"$TMP/clone.out" 2>"$TMP/clone.err" </dev/null || STATUS=$?
+	if [ "$STATUS" -ne 0 ]; then
+		tail -n 20 "$TMP/clone.err" "$TMP"/consoles/*.log
+		fail "clone exited $STATUS"
+	fi
+	expect_consistent "$TMP/consoles/smp$$-1.log"
 	;;
 smp-migrate)
 	# Live migration with both vCPUs running: dirty logging sees the pages
