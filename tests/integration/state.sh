@@ -564,7 +564,7 @@ state-control-save)
 	STATUS=0
 	"$KAPSEL" save "$name" "$TMP/third" >"$TMP/save3" 2>&1 || STATUS=$?
 	expect_status 1
-	expect_in "$TMP/save3" "kapsel: error: cannot reach VM '$name': No such file or directory"
+	expect_in "$TMP/save3" "kapsel: no VM named '$name' is running"
 	[ ! -e "$TMP/third" ] || fail "a save of a VM that is gone left $TMP/third"
 	# Both states restore: the first goes back to the earlier point.
 	restore "$TMP/first"
