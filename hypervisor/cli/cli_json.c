@@ -89,19 +89,26 @@ static int read_line(int fd, char **line_out)
 	}
 }
 
-int cli_json_request(const char *name, const char *verb, json_t **result, char *message,
-		     size_t message_len)
+int cli_json_exchange(const char *name, json_t *request, json_t **reply_out)
 {
-	*result = NULL;
-	message[0] = '\0';
+	*reply_out = NULL;
+	char *text = json_dumps(request, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	if (!text)
+		return -ENOMEM;
+	if (strlen(text) >= CONTROL_REQUEST_MAX_BYTES) {
+		free(text);
+		return -E2BIG;
+	}
 	int fd = control_connect(name);
-	if (fd < 0)
+	if (fd < 0) {
+		free(text);
 		return fd;
-	char request[128];
-	snprintf(request, sizeof(request), "{\"version\":%d,\"verb\":\"%s\"}\n",
-		 CONTROL_JSON_VERSION, verb);
+	}
 	char *line = NULL;
-	int err = write_all(fd, request, strlen(request));
+	int err = write_all(fd, text, strlen(text));
+	if (!err)
+		err = write_all(fd, "\n", 1);
+	free(text);
 	if (!err)
 		err = read_line(fd, &line);
 	close(fd);
@@ -114,6 +121,23 @@ int cli_json_request(const char *name, const char *verb, json_t **result, char *
 		json_decref(reply);
 		return -EPROTO;
 	}
+	*reply_out = reply;
+	return 0;
+}
+
+int cli_json_request(const char *name, const char *verb, json_t **result, char *message,
+		     size_t message_len)
+{
+	*result = NULL;
+	message[0] = '\0';
+	json_t *request = json_pack("{s:i, s:s}", "version", CONTROL_JSON_VERSION, "verb", verb);
+	if (!request)
+		return -ENOMEM;
+	json_t *reply;
+	int err = cli_json_exchange(name, request, &reply);
+	json_decref(request);
+	if (err)
+		return err;
 	if (json_is_true(json_object_get(reply, "ok"))) {
 		*result = json_incref(json_object_get(reply, "result"));
 		json_decref(reply);

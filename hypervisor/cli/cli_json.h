@@ -17,6 +17,14 @@
 int cli_json_request(const char *name, const char *verb, json_t **result, char *message,
 		     size_t message_len);
 
+/*
+ * Send the JSON request object to VM name and read its one-line reply:
+ * returns 0 with *reply set (any reply object, ok or error; json_decref
+ * it), or a negative errno as cli_json_request (-E2BIG: the request is
+ * longer than a request line may be).
+ */
+int cli_json_exchange(const char *name, json_t *request, json_t **reply);
+
 /* cli_json_request, printing any failure on stderr as the text verbs do;
  * returns 0 or the exit status 1. */
 int cli_json_call(const char *name, const char *verb, json_t **result);

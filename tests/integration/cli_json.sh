@@ -100,6 +100,18 @@ assert vms["old"]["state"] == "unknown" and vms["old"]["domid"] is None'
 	STATUS=0
 	"$KAPSEL" list --json --names 2>"$TMP/err" || STATUS=$?
 	expect_status 2
+	# control --json: any verb in the JSON form; the whole reply, one line.
+	"$KAPSEL" control --json web info >"$TMP/control" || fail "control --json"
+	check "$TMP/control" 'assert doc["ok"] is True and doc["result"]["name"] == "web"'
+	[ "$(wc -l <"$TMP/control")" -eq 1 ] || fail "control --json printed more than one line"
+	STATUS=0
+	"$KAPSEL" control --json old info >"$TMP/control" || STATUS=$?
+	expect_status 1
+	check "$TMP/control" 'assert doc["ok"] is False and doc["error"]["errno"] == "ENOSYS"'
+	STATUS=0
+	"$KAPSEL" control --json web set-limits disk 2>"$TMP/err" || STATUS=$?
+	expect_status 2
+	expect_in "$TMP/err" "argument 'disk' is not KEY=VALUE"
 	# --watch --json: one object per line; the second has the rates
 	# between the samples: (500 - 100) exits over 2 s of uptime.
 	STATUS=0
@@ -226,6 +238,15 @@ error(pause, "EINVAL", "pause takes no arguments")
 error(stats, "EINVAL", "argument \x27a\x27 must be")
 assert lines[8].startswith("ok "), lines[8]  # a text request still gets text
 '
+	# kapsel control --json: arguments arrive as strings and still work.
+	"$KAPSEL" control --json raw pause >"$TMP/control" || fail "control --json pause"
+	"$KAPSEL" info --json raw >"$TMP/info" || fail "info --json"
+	check "$TMP/info" 'assert doc["state"] == "paused", doc["state"]'
+	"$KAPSEL" control --json raw resume >/dev/null || fail "control --json resume"
+	STATUS=0
+	"$KAPSEL" control --json raw set-limits disk=0 iops=5 >"$TMP/control" || STATUS=$?
+	expect_status 1
+	check "$TMP/control" 'assert doc["error"]["errno"] == "ENODEV" and "has no disk 0" in doc["error"]["message"], doc'
 	# An overlong JSON request gets a JSON error, then the connection closes.
 	{ printf '{"version":1,"verb":"info","id":"'; head -c 5000 /dev/zero | tr '\0' 'a'; } |
 		"$SOCKCLIENT" "$sock" --keep-open >"$TMP/reply" || true
