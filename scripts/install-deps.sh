@@ -5,6 +5,7 @@ set -euo pipefail
 packages=(
 	gcc libc6-dev pkg-config meson ninja-build python3
 	liburing-dev libxml2-dev libcunit1-dev libgnutls28-dev libseccomp-dev libcap-ng-dev
+	libjansson-dev # the control socket's JSON requests (docs/control.md)
 	fio gnuplot-nox
 	libvirt-clients libxen-dev
 	iproute2 procps

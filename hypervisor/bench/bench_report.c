@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "core/json_writer.h"
 
 /* 2: CPU rows (kind "cpu"), the metrics lat_max_us, us_per_op, deliver_p50_us,
  * deliver_p99_us, rows[].cpu, ratios.cost_pv_native and the top-level cpu. */
@@ -579,279 +580,185 @@ footer:
 
 /* ---- JSON ---------------------------------------------------------------- */
 
-struct json {
-	FILE *out;
-	int depth;
-	bool need_comma[40];
-};
-
-static void json_string_value(FILE *out, const char *s)
+static void json_stat(struct json_writer *j, const char *key, const struct bench_stat *s)
 {
-	fputc('"', out);
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-		switch (*p) {
-		case '"':
-			fputs("\\\"", out);
-			break;
-		case '\\':
-			fputs("\\\\", out);
-			break;
-		case '\n':
-			fputs("\\n", out);
-			break;
-		case '\r':
-			fputs("\\r", out);
-			break;
-		case '\t':
-			fputs("\\t", out);
-			break;
-		default:
-			if (*p < 0x20 || *p == 0x7f)
-				fprintf(out, "\\u%04x", *p);
-			else
-				fputc(*p, out);
-		}
-	}
-	fputc('"', out);
+	json_writer_open(j, key, '{');
+	json_writer_double(j, "median", s->median);
+	json_writer_double(j, "min", s->min);
+	json_writer_double(j, "max", s->max);
+	json_writer_double(j, "spread", bench_stat_spread(s));
+	json_writer_u64(j, "n", s->n);
+	json_writer_close(j, '}');
 }
 
-static void json_key(struct json *j, const char *key)
-{
-	if (j->need_comma[j->depth])
-		fputc(',', j->out);
-	j->need_comma[j->depth] = true;
-	fputc('\n', j->out);
-	for (int i = 0; i < j->depth; i++)
-		fputs("  ", j->out);
-	if (key) {
-		json_string_value(j->out, key);
-		fputs(": ", j->out);
-	}
-}
-
-static void json_open(struct json *j, const char *key, char bracket)
-{
-	json_key(j, key);
-	fputc(bracket, j->out);
-	j->depth++;
-	j->need_comma[j->depth] = false;
-}
-
-static void json_close(struct json *j, char bracket)
-{
-	bool had = j->need_comma[j->depth];
-	j->depth--;
-	if (had) {
-		fputc('\n', j->out);
-		for (int i = 0; i < j->depth; i++)
-			fputs("  ", j->out);
-	}
-	fputc(bracket, j->out);
-}
-
-static void json_str(struct json *j, const char *key, const char *value)
-{
-	json_key(j, key);
-	if (value)
-		json_string_value(j->out, value);
-	else
-		fputs("null", j->out);
-}
-
-static void json_num(struct json *j, const char *key, double value)
-{
-	json_key(j, key);
-	if (isfinite(value))
-		fprintf(j->out, "%.6g", value);
-	else
-		fputs("null", j->out);
-}
-
-static void json_u64(struct json *j, const char *key, uint64_t value)
-{
-	json_key(j, key);
-	fprintf(j->out, "%llu", (unsigned long long)value);
-}
-
-static void json_bool(struct json *j, const char *key, int value)
-{
-	json_key(j, key);
-	fputs(value < 0 ? "null" : value ? "true" : "false", j->out);
-}
-
-static void json_stat(struct json *j, const char *key, const struct bench_stat *s)
-{
-	json_open(j, key, '{');
-	json_num(j, "median", s->median);
-	json_num(j, "min", s->min);
-	json_num(j, "max", s->max);
-	json_num(j, "spread", bench_stat_spread(s));
-	json_u64(j, "n", s->n);
-	json_close(j, '}');
-}
-
-static void json_path(struct json *j, const struct bench_options *options,
+static void json_path(struct json_writer *j, const struct bench_options *options,
 		      const struct bench_row *row, enum bench_path path)
 {
 	const struct bench_path_result *r = &row->paths[path];
-	json_open(j, bench_path_name(path), '{');
-	json_str(j, "status", options->paths[path] ? status_name(r->status) : "skipped");
-	json_str(j, "message", r->message);
-	json_u64(j, "runs", r->run_count);
-	json_u64(j, "runs_ok", r->ok_count);
-	json_num(j, "runtime_s", r->runtime_ns / 1e9);
-	json_u64(j, "queue_depth_used", r->queue_depth_used);
-	json_u64(j, "copied_from_iodepth", r->copied_from_iodepth);
-	json_open(j, "metrics", '{');
+	json_writer_open(j, bench_path_name(path), '{');
+	json_writer_string(j, "status", options->paths[path] ? status_name(r->status) : "skipped");
+	json_writer_string(j, "message", r->message);
+	json_writer_u64(j, "runs", r->run_count);
+	json_writer_u64(j, "runs_ok", r->ok_count);
+	json_writer_double(j, "runtime_s", r->runtime_ns / 1e9);
+	json_writer_u64(j, "queue_depth_used", r->queue_depth_used);
+	json_writer_u64(j, "copied_from_iodepth", r->copied_from_iodepth);
+	json_writer_open(j, "metrics", '{');
 	for (unsigned m = 0; m < BENCH_M_COUNT; m++)
 		json_stat(j, bench_metric_info[m].key, &r->stats[m]);
-	json_close(j, '}');
-	json_open(j, "exits_per_op_by_reason", '{');
+	json_writer_close(j, '}');
+	json_writer_open(j, "exits_per_op_by_reason", '{');
 	for (unsigned i = 0; i < r->exit_reasons.count && r->ops_total; i++)
-		json_num(j, r->exit_reasons.items[i].name,
-			 (double)r->exit_reasons.items[i].value / r->ops_total);
-	json_close(j, '}');
-	json_open(j, "verify", '{');
-	json_u64(j, "sectors", r->verify_sectors);
-	json_u64(j, "errors", r->verify_errors);
-	json_close(j, '}');
+		json_writer_double(j, r->exit_reasons.items[i].name,
+				   (double)r->exit_reasons.items[i].value / r->ops_total);
+	json_writer_close(j, '}');
+	json_writer_open(j, "verify", '{');
+	json_writer_u64(j, "sectors", r->verify_sectors);
+	json_writer_u64(j, "errors", r->verify_errors);
+	json_writer_close(j, '}');
 	if (r->checksum_valid) {
 		char crc[16];
 		snprintf(crc, sizeof(crc), "%08x", r->checksum);
-		json_str(j, "checksum_crc32", crc);
+		json_writer_string(j, "checksum_crc32", crc);
 	} else {
-		json_str(j, "checksum_crc32", NULL);
+		json_writer_string(j, "checksum_crc32", NULL);
 	}
-	json_open(j, "run_values", '[');
+	json_writer_open(j, "run_values", '[');
 	for (unsigned i = 0; i < r->run_count && r->runs; i++) {
 		const struct bench_run *run = &r->runs[i];
-		json_open(j, NULL, '{');
-		json_bool(j, "ok", run->ok);
-		json_str(j, "error", run->error);
-		json_u64(j, "ops", run->ops);
-		json_u64(j, "reads", run->reads);
-		json_u64(j, "writes", run->writes);
-		json_u64(j, "bytes", run->bytes);
-		json_u64(j, "errors", run->errors);
-		json_num(j, "elapsed_s", run->elapsed_ns / 1e9);
-		json_num(j, "host_window_s", run->host_window_ns ? run->host_window_ns / 1e9 : NAN);
-		json_num(j, "cpu_s", run->cpu_ns / 1e9);
-		json_u64(j, "timed_ops", run->timed_ops);
+		json_writer_open(j, NULL, '{');
+		json_writer_bool(j, "ok", run->ok);
+		json_writer_string(j, "error", run->error);
+		json_writer_u64(j, "ops", run->ops);
+		json_writer_u64(j, "reads", run->reads);
+		json_writer_u64(j, "writes", run->writes);
+		json_writer_u64(j, "bytes", run->bytes);
+		json_writer_u64(j, "errors", run->errors);
+		json_writer_double(j, "elapsed_s", run->elapsed_ns / 1e9);
+		json_writer_double(j, "host_window_s",
+				   run->host_window_ns ? run->host_window_ns / 1e9 : NAN);
+		json_writer_double(j, "cpu_s", run->cpu_ns / 1e9);
+		json_writer_u64(j, "timed_ops", run->timed_ops);
 		for (unsigned m = 0; m < BENCH_M_COUNT; m++)
-			json_num(j, bench_metric_info[m].key, run->metrics[m]);
-		json_open(j, "exits", '{');
+			json_writer_double(j, bench_metric_info[m].key, run->metrics[m]);
+		json_writer_open(j, "exits", '{');
 		for (unsigned k = 0; k < run->exits.count; k++)
-			json_u64(j, run->exits.items[k].name, run->exits.items[k].value);
-		json_close(j, '}');
-		json_open(j, "counters", '{');
+			json_writer_u64(j, run->exits.items[k].name, run->exits.items[k].value);
+		json_writer_close(j, '}');
+		json_writer_open(j, "counters", '{');
 		for (unsigned k = 0; k < run->counters.count; k++)
-			json_u64(j, run->counters.items[k].name, run->counters.items[k].value);
-		json_close(j, '}');
-		json_close(j, '}');
+			json_writer_u64(j, run->counters.items[k].name,
+					run->counters.items[k].value);
+		json_writer_close(j, '}');
+		json_writer_close(j, '}');
 	}
-	json_close(j, ']');
-	json_close(j, '}');
+	json_writer_close(j, ']');
+	json_writer_close(j, '}');
 }
 
 void bench_report_json(FILE *out, const struct bench_options *options,
 		       const struct bench_results *results)
 {
-	struct json j = { .out = out, .depth = 1 };
-	fputc('{', out);
-	json_str(&j, "tool", "kapsel bench");
-	json_str(&j, "version", KAPSEL_BENCH_VERSION);
-	json_u64(&j, "schema", KAPSEL_BENCH_SCHEMA);
-	json_str(&j, "machine", results->host);
-	json_num(&j, "load_average_start", results->load_start);
-	json_num(&j, "load_average_end", results->load_end);
-	json_open(&j, "options", '{');
-	json_str(&j, "disk", results->disk_path[0] ? results->disk_path : NULL);
-	json_bool(&j, "disk_temporary", results->disk_temporary);
-	json_u64(&j, "size_bytes", results->size_bytes);
-	json_num(&j, "runtime_s", options->runtime_ns / 1e9);
-	json_num(&j, "warmup_s", options->warmup_ns / 1e9);
-	json_num(&j, "emulated_runtime_s", options->emulated_runtime_ns / 1e9);
-	json_num(&j, "emulated_warmup_s", options->emulated_warmup_ns / 1e9);
-	json_u64(&j, "ops", options->ops);
-	json_u64(&j, "warmup_ops", options->warmup_ops);
-	json_u64(&j, "repeat", options->repeat);
-	json_u64(&j, "seed", options->seed);
-	json_bool(&j, "quick", options->quick);
-	json_num(&j, "pv_guest_poll_us", options->pv_guest_poll_ns / 1e3);
-	json_num(&j, "pv_backend_poll_us", options->pv_backend_poll_ns / 1e3);
-	json_num(&j, "cpu_runtime_s", options->cpu_runtime_ns / 1e9);
-	json_num(&j, "cpu_warmup_s", options->cpu_warmup_ns / 1e9);
-	json_num(&j, "timer_delay_us", options->timer_delay_ns / 1e3);
-	json_open(&j, "iodepths", '[');
+	struct json_writer j;
+	json_writer_init(&j, out, true);
+	json_writer_open(&j, NULL, '{');
+	json_writer_string(&j, "tool", "kapsel bench");
+	json_writer_string(&j, "version", KAPSEL_BENCH_VERSION);
+	json_writer_u64(&j, "schema", KAPSEL_BENCH_SCHEMA);
+	json_writer_string(&j, "machine", results->host);
+	json_writer_double(&j, "load_average_start", results->load_start);
+	json_writer_double(&j, "load_average_end", results->load_end);
+	json_writer_open(&j, "options", '{');
+	json_writer_string(&j, "disk", results->disk_path[0] ? results->disk_path : NULL);
+	json_writer_bool(&j, "disk_temporary", results->disk_temporary);
+	json_writer_u64(&j, "size_bytes", results->size_bytes);
+	json_writer_double(&j, "runtime_s", options->runtime_ns / 1e9);
+	json_writer_double(&j, "warmup_s", options->warmup_ns / 1e9);
+	json_writer_double(&j, "emulated_runtime_s", options->emulated_runtime_ns / 1e9);
+	json_writer_double(&j, "emulated_warmup_s", options->emulated_warmup_ns / 1e9);
+	json_writer_u64(&j, "ops", options->ops);
+	json_writer_u64(&j, "warmup_ops", options->warmup_ops);
+	json_writer_u64(&j, "repeat", options->repeat);
+	json_writer_u64(&j, "seed", options->seed);
+	json_writer_bool(&j, "quick", options->quick);
+	json_writer_double(&j, "pv_guest_poll_us", options->pv_guest_poll_ns / 1e3);
+	json_writer_double(&j, "pv_backend_poll_us", options->pv_backend_poll_ns / 1e3);
+	json_writer_double(&j, "cpu_runtime_s", options->cpu_runtime_ns / 1e9);
+	json_writer_double(&j, "cpu_warmup_s", options->cpu_warmup_ns / 1e9);
+	json_writer_double(&j, "timer_delay_us", options->timer_delay_ns / 1e3);
+	json_writer_open(&j, "iodepths", '[');
 	for (unsigned i = 0; i < options->iodepth_count; i++)
-		json_u64(&j, NULL, options->iodepths[i]);
-	json_close(&j, ']');
-	json_open(&j, "cache", '[');
+		json_writer_u64(&j, NULL, options->iodepths[i]);
+	json_writer_close(&j, ']');
+	json_writer_open(&j, "cache", '[');
 	for (unsigned c = 0; c < BENCH_CACHE_COUNT; c++)
 		if (options->cache[c])
-			json_str(&j, NULL, bench_cache_name((enum bench_cache)c));
-	json_close(&j, ']');
-	json_open(&j, "paths", '[');
+			json_writer_string(&j, NULL, bench_cache_name((enum bench_cache)c));
+	json_writer_close(&j, ']');
+	json_writer_open(&j, "paths", '[');
 	for (unsigned p = 0; p < BENCH_PATH_COUNT; p++)
 		if (options->paths[p])
-			json_str(&j, NULL, bench_path_name((enum bench_path)p));
-	json_close(&j, ']');
-	json_open(&j, "workloads", '[');
+			json_writer_string(&j, NULL, bench_path_name((enum bench_path)p));
+	json_writer_close(&j, ']');
+	json_writer_open(&j, "workloads", '[');
 	for (unsigned w = 0; w < options->workload_count; w++)
-		json_str(&j, NULL, options->workloads[w].name);
-	json_close(&j, ']');
-	json_close(&j, '}');
+		json_writer_string(&j, NULL, options->workloads[w].name);
+	json_writer_close(&j, ']');
+	json_writer_close(&j, '}');
 
-	json_open(&j, "metric_units", '{');
+	json_writer_open(&j, "metric_units", '{');
 	for (unsigned m = 0; m < BENCH_M_COUNT; m++)
-		json_str(&j, bench_metric_info[m].key, bench_metric_info[m].unit);
-	json_close(&j, '}');
+		json_writer_string(&j, bench_metric_info[m].key, bench_metric_info[m].unit);
+	json_writer_close(&j, '}');
 
-	json_open(&j, "rows", '[');
+	json_writer_open(&j, "rows", '[');
 	for (unsigned i = 0; i < results->row_count; i++) {
 		const struct bench_row *row = &results->rows[i];
 		const struct bench_workload *w = row->workload;
-		json_open(&j, NULL, '{');
-		json_str(&j, "workload", w->name);
-		json_str(&j, "kind",
-			 w->kind == BENCH_KIND_CPU	 ? "cpu"
-			 : w->kind == BENCH_KIND_CONSOLE ? "console"
-							 : "block");
-		json_str(&j, "rw", w->rw);
-		json_u64(&j, "block_bytes", w->block_bytes);
-		json_u64(&j, "read_percent", w->read_percent);
-		json_u64(&j, "iodepth", row->iodepth);
-		json_str(&j, "cache",
-			 w->kind != BENCH_KIND_BLOCK ? NULL : bench_cache_name(row->cache));
+		json_writer_open(&j, NULL, '{');
+		json_writer_string(&j, "workload", w->name);
+		json_writer_string(&j, "kind",
+				   w->kind == BENCH_KIND_CPU	   ? "cpu"
+				   : w->kind == BENCH_KIND_CONSOLE ? "console"
+								   : "block");
+		json_writer_string(&j, "rw", w->rw);
+		json_writer_u64(&j, "block_bytes", w->block_bytes);
+		json_writer_u64(&j, "read_percent", w->read_percent);
+		json_writer_u64(&j, "iodepth", row->iodepth);
+		json_writer_string(&j, "cache",
+				   w->kind != BENCH_KIND_BLOCK ? NULL
+							       : bench_cache_name(row->cache));
 		if (w->kind == BENCH_KIND_CPU) {
 			const struct bench_cpu_info *info = &bench_cpu_info[w->cpu_op];
-			json_open(&j, "cpu", '{');
-			json_str(&j, "operation", info->guest_op);
-			json_str(&j, "native_operation", info->native_op);
-			json_bool(&j, "timer", info->timer);
-			json_bool(&j, "process", info->proc);
-			json_str(&j, "lmbench", info->lmbench);
-			json_str(&j, "value_metric", info->timer ? "lat_p50_us" : "us_per_op");
-			json_num(&j, "pv_value", bench_cpu_value(row, BENCH_PATH_PV));
-			json_num(&j, "native_value", bench_cpu_value(row, BENCH_PATH_NATIVE));
-			json_close(&j, '}');
+			json_writer_open(&j, "cpu", '{');
+			json_writer_string(&j, "operation", info->guest_op);
+			json_writer_string(&j, "native_operation", info->native_op);
+			json_writer_bool(&j, "timer", info->timer);
+			json_writer_bool(&j, "process", info->proc);
+			json_writer_string(&j, "lmbench", info->lmbench);
+			json_writer_string(&j, "value_metric",
+					   info->timer ? "lat_p50_us" : "us_per_op");
+			json_writer_double(&j, "pv_value", bench_cpu_value(row, BENCH_PATH_PV));
+			json_writer_double(&j, "native_value",
+					   bench_cpu_value(row, BENCH_PATH_NATIVE));
+			json_writer_close(&j, '}');
 		} else {
-			json_key(&j, "cpu");
+			json_writer_key(&j, "cpu");
 			fputs("null", j.out);
 		}
-		json_open(&j, "paths", '{');
+		json_writer_open(&j, "paths", '{');
 		for (unsigned p = 0; p < BENCH_PATH_COUNT; p++)
 			json_path(&j, options, row, (enum bench_path)p);
-		json_close(&j, '}');
-		json_open(&j, "ratios", '{');
-		json_num(&j, "pv_native", row->ratio_pv_native);
-		json_num(&j, "pv_emulated", row->ratio_pv_emulated);
-		json_num(&j, "cost_pv_native", row->cost_ratio_pv_native);
-		json_close(&j, '}');
-		json_open(&j, "checksums", '{');
+		json_writer_close(&j, '}');
+		json_writer_open(&j, "ratios", '{');
+		json_writer_double(&j, "pv_native", row->ratio_pv_native);
+		json_writer_double(&j, "pv_emulated", row->ratio_pv_emulated);
+		json_writer_double(&j, "cost_pv_native", row->cost_ratio_pv_native);
+		json_writer_close(&j, '}');
+		json_writer_open(&j, "checksums", '{');
 		char crc[16];
 		snprintf(crc, sizeof(crc), "%08x", row->checksum_reset);
-		json_str(&j, "before_crc32", row->checksum_reset_valid ? crc : NULL);
+		json_writer_string(&j, "before_crc32", row->checksum_reset_valid ? crc : NULL);
 		int match = -1;
 		uint32_t first = 0;
 		for (unsigned p = 0; p < BENCH_PATH_COUNT && row->checksum_reset_valid; p++) {
@@ -863,49 +770,51 @@ void bench_report_json(FILE *out, const struct bench_options *options,
 			else if (r->checksum != first)
 				match = 0;
 		}
-		json_bool(&j, "all_paths_match", match);
-		json_close(&j, '}');
-		json_open(&j, "fio", '{');
-		json_bool(&j, "ran", row->fio.ran);
-		json_bool(&j, "ok", row->fio.ok);
-		json_str(&j, "error", row->fio.error);
-		json_num(&j, "mb_per_s", row->fio.ok ? row->fio.mb_per_s : NAN);
-		json_num(&j, "iops", row->fio.ok ? row->fio.iops : NAN);
-		json_num(&j, "lat_p50_us", row->fio.ok ? row->fio.lat_p50_us : NAN);
-		json_num(&j, "lat_p99_us", row->fio.ok ? row->fio.lat_p99_us : NAN);
+		json_writer_bool(&j, "all_paths_match", match);
+		json_writer_close(&j, '}');
+		json_writer_open(&j, "fio", '{');
+		json_writer_bool(&j, "ran", row->fio.ran);
+		json_writer_bool(&j, "ok", row->fio.ok);
+		json_writer_string(&j, "error", row->fio.error);
+		json_writer_double(&j, "mb_per_s", row->fio.ok ? row->fio.mb_per_s : NAN);
+		json_writer_double(&j, "iops", row->fio.ok ? row->fio.iops : NAN);
+		json_writer_double(&j, "lat_p50_us", row->fio.ok ? row->fio.lat_p50_us : NAN);
+		json_writer_double(&j, "lat_p99_us", row->fio.ok ? row->fio.lat_p99_us : NAN);
 		double native = row->paths[BENCH_PATH_NATIVE].status == BENCH_STATUS_OK
 					? row->paths[BENCH_PATH_NATIVE].stats[BENCH_M_MBPS].median
 					: NAN;
-		json_num(&j, "native_over_fio",
-			 row->fio.ok && row->fio.mb_per_s > 0 ? native / row->fio.mb_per_s : NAN);
-		json_close(&j, '}');
-		json_close(&j, '}');
+		json_writer_double(&j, "native_over_fio",
+				   row->fio.ok && row->fio.mb_per_s > 0 ? native / row->fio.mb_per_s
+									: NAN);
+		json_writer_close(&j, '}');
+		json_writer_close(&j, '}');
 	}
-	json_close(&j, ']');
+	json_writer_close(&j, ']');
 
 	struct bench_goal goals[MAX_GOALS];
 	unsigned goal_count = compute_goals(options, results, goals);
-	json_open(&j, "goals", '[');
+	json_writer_open(&j, "goals", '[');
 	for (unsigned i = 0; i < goal_count; i++) {
-		json_open(&j, NULL, '{');
-		json_str(&j, "goal", goals[i].text);
-		json_str(&j, "row", goals[i].row);
-		json_num(&j, "target", goals[i].target);
-		json_num(&j, "measured", goals[i].measured);
-		json_bool(&j, "met", goal_met(&goals[i]));
-		json_close(&j, '}');
+		json_writer_open(&j, NULL, '{');
+		json_writer_string(&j, "goal", goals[i].text);
+		json_writer_string(&j, "row", goals[i].row);
+		json_writer_double(&j, "target", goals[i].target);
+		json_writer_double(&j, "measured", goals[i].measured);
+		json_writer_bool(&j, "met", goal_met(&goals[i]));
+		json_writer_close(&j, '}');
 	}
-	json_close(&j, ']');
-	json_open(&j, "cpu", '{');
-	json_num(&j, "exit_cost_us", bench_cpu_exit_cost_us(results));
-	json_str(&j, "exit_cost_row", "null-hypercall");
-	json_bool(&j, "nested", results->nested);
-	json_close(&j, '}');
-	json_bool(&j, "fio_available", results->fio_available);
-	json_str(&j, "chart", results->chart_path[0] ? results->chart_path : NULL);
-	json_str(&j, "chart_note", results->chart_note);
-	json_num(&j, "total_seconds", results->total_seconds);
-	fputs("\n}\n", out);
+	json_writer_close(&j, ']');
+	json_writer_open(&j, "cpu", '{');
+	json_writer_double(&j, "exit_cost_us", bench_cpu_exit_cost_us(results));
+	json_writer_string(&j, "exit_cost_row", "null-hypercall");
+	json_writer_bool(&j, "nested", results->nested);
+	json_writer_close(&j, '}');
+	json_writer_bool(&j, "fio_available", results->fio_available);
+	json_writer_string(&j, "chart", results->chart_path[0] ? results->chart_path : NULL);
+	json_writer_string(&j, "chart_note", results->chart_note);
+	json_writer_double(&j, "total_seconds", results->total_seconds);
+	json_writer_close(&j, '}');
+	fputc('\n', out);
 }
 
 /* ---- Chart --------------------------------------------------------------- */

@@ -12,9 +12,11 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/cli_json.h"
 #include "config/config.h"
 #include "control/control.h"
 #include "control/control_client.h"
+#include "control/control_json.h"
 
 #define REPLY_TIMEOUT_MS 30000
 #define CONSOLE_ESCAPE 0x1d /* Ctrl-] */
@@ -140,33 +142,93 @@ static void format_vcpus(const char *payload, char *out, size_t out_len)
 		snprintf(out, out_len, "%u/%u", up, total);
 }
 
+/* One VM of list --json, from its JSON info (NULL: it did not answer). */
+static json_t *list_entry(const char *name, json_t *info)
+{
+	if (!info)
+		return json_pack("{s:s, s:n, s:n, s:s, s:n, s:n, s:n, s:n, s:n}", "name", name,
+				 "domid", "uuid", "state", "unknown", "memory_bytes", "vcpu_count",
+				 "vcpus_up", "uptime_ns", "pid");
+	json_int_t up = 0;
+	size_t i;
+	json_t *vcpu;
+	json_array_foreach(json_object_get(info, "vcpus"), i, vcpu)
+	{
+		const char *power = json_string_value(json_object_get(vcpu, "power"));
+		up += power && strcmp(power, "up") == 0;
+	}
+	return json_pack("{s:s, s:O, s:O, s:O, s:O, s:O, s:I, s:O, s:O}", "name", name, "domid",
+			 json_object_get(info, "domid"), "uuid", json_object_get(info, "uuid"),
+			 "state", json_object_get(info, "state"), "memory_bytes",
+			 json_object_get(info, "memory_bytes"), "vcpu_count",
+			 json_object_get(info, "vcpu_count"), "vcpus_up", up, "uptime_ns",
+			 json_object_get(info, "uptime_ns"), "pid", json_object_get(info, "pid"));
+}
+
+/* kapsel list --json: {"schema":"kapsel.list/1","vms":[...]}. */
+static int list_json(void)
+{
+	char **names;
+	int count = control_list_names(&names);
+	if (count < 0) {
+		fprintf(stderr, "kapsel list: cannot read the runtime directory: %s\n",
+			strerror(-count));
+		return 1;
+	}
+	json_t *vms = json_array();
+	for (int i = 0; i < count; i++) {
+		json_t *info = NULL;
+		char message[256];
+		if (cli_json_request(names[i], "info", &info, message, sizeof(message)))
+			info = NULL;
+		json_t *entry = list_entry(names[i], info);
+		if (entry)
+			json_array_append_new(vms, entry);
+		json_decref(info);
+	}
+	control_free_names(names, count);
+	json_t *doc = json_pack("{s:s, s:o}", "schema", "kapsel.list/1", "vms", vms);
+	if (!doc) {
+		fprintf(stderr, "kapsel list: out of memory\n");
+		return 1;
+	}
+	cli_json_print(doc, false);
+	json_decref(doc);
+	return 0;
+}
+
 void cli_list_usage(FILE *out)
 {
-	fprintf(out, "Usage: kapsel list [--names]\n"
-		     "\n"
-		     "List the VMs running on this host (those with a control socket in the\n"
-		     "runtime directory; see 'kapsel help info').  Stale sockets of VMs that\n"
-		     "died are removed on the way.  VCPUS is the VM's vCPU count, or UP/COUNT\n"
-		     "while the guest has fewer of them up.\n"
-		     "\n"
-		     "Options:\n"
-		     "  -q, --names   print only the names, one per line\n"
-		     "  -h, --help    show this help\n");
+	fprintf(out,
+		"Usage: kapsel list [--names | --json]\n"
+		"\n"
+		"List the VMs running on this host (those with a control socket in the\n"
+		"runtime directory; see 'kapsel help info').  Stale sockets of VMs that\n"
+		"died are removed on the way.  VCPUS is the VM's vCPU count, or UP/COUNT\n"
+		"while the guest has fewer of them up.\n"
+		"\n"
+		"Options:\n"
+		"  -q, --names   print only the names, one per line\n"
+		"      --json    print one JSON object (schema kapsel.list/1, docs/control.md)\n"
+		"  -h, --help    show this help\n");
 }
 
 int cli_list(int argc, char **argv)
 {
 	static const struct option options[] = {
 		{ "names", no_argument, NULL, 'q' },
+		{ "json", no_argument, NULL, 'j' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
-	bool names_only = false;
+	bool names_only = false, json = false;
 	int opt;
 	optind = 1;
 	while ((opt = getopt_long(argc, argv, "qh", options, NULL)) != -1) {
 		if (opt == 'q') {
 			names_only = true;
+		} else if (opt == 'j') {
+			json = true;
 		} else if (opt == 'h') {
 			cli_list_usage(stdout);
 			return 0;
@@ -179,6 +241,12 @@ int cli_list(int argc, char **argv)
 		fprintf(stderr, "kapsel list: unexpected argument '%s'\n", argv[optind]);
 		return 2;
 	}
+	if (json && names_only) {
+		fprintf(stderr, "kapsel list: --names and --json exclude each other\n");
+		return 2;
+	}
+	if (json)
+		return list_json();
 	char **names;
 	int count = control_list_names(&names);
 	if (count < 0) {
@@ -222,10 +290,11 @@ int cli_list(int argc, char **argv)
 
 void cli_info_usage(FILE *out)
 {
-	fprintf(out, "Usage: kapsel info NAME\n"
+	fprintf(out, "Usage: kapsel info [--json] NAME\n"
 		     "\n"
 		     "Show a running VM: state, uptime, memory, vCPUs, devices and disks, one\n"
-		     "'key value' pair per line (the control socket's 'info' reply).\n"
+		     "'key value' pair per line (the control socket's 'info' reply), or with\n"
+		     "--json one JSON object (schema kapsel.info/1, docs/control.md).\n"
 		     "\n"
 		     "Control sockets live in $KAPSEL_RUNTIME_DIR, else $XDG_RUNTIME_DIR/kapsel,\n"
 		     "else /run/kapsel (root) or /tmp/kapsel-UID; see docs/control.md.\n");
@@ -245,9 +314,61 @@ static int print_payload_verb(int argc, char **argv, void (*usage)(FILE *), cons
 	return 0;
 }
 
+/* `kapsel VERB [--json] NAME`: the parsed name (NULL with *status set
+ * for --help or a usage error). */
+static const char *name_and_json(int argc, char **argv, void (*usage)(FILE *), bool *json,
+				 int *status)
+{
+	static const struct option options[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	int opt;
+	optind = 1;
+	*json = false;
+	while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+		if (opt == 'j') {
+			*json = true;
+			continue;
+		}
+		*status = opt == 'h' ? 0 : 2;
+		if (opt == 'h')
+			usage(stdout);
+		else
+			fprintf(stderr, "Try '%s --help'.\n", argv[0]);
+		return NULL;
+	}
+	if (optind + 1 != argc) {
+		fprintf(stderr, "%s: expected exactly one VM name\nTry '%s --help'.\n", argv[0],
+			argv[0]);
+		*status = 2;
+		return NULL;
+	}
+	return argv[optind];
+}
+
 int cli_info(int argc, char **argv)
 {
-	return print_payload_verb(argc, argv, cli_info_usage, "info");
+	bool json;
+	int status = 0;
+	const char *name = name_and_json(argc, argv, cli_info_usage, &json, &status);
+	if (!name)
+		return status;
+	if (!json) {
+		struct control_reply reply;
+		if (call(name, "info", &reply))
+			return 1;
+		fputs(reply.payload, stdout);
+		control_reply_free(&reply);
+		return 0;
+	}
+	json_t *result;
+	if (cli_json_call(name, "info", &result))
+		return 1;
+	cli_json_print(result, false);
+	json_decref(result);
+	return 0;
 }
 
 void cli_dumpxml_usage(FILE *out)
@@ -523,26 +644,137 @@ int cli_reboot(int argc, char **argv)
 
 void cli_stats_usage(FILE *out)
 {
-	fprintf(out, "Usage: kapsel stats [--watch [SECONDS]] NAME\n"
-		     "\n"
-		     "Print a VM's counters: exits by reason, hypercalls, and every device's\n"
-		     "counters (disk operations, bytes, denials, rate limiting, latency).\n"
-		     "\n"
-		     "Options:\n"
-		     "  -w, --watch [SECONDS]  print them again every SECONDS (default 1) until\n"
-		     "                         the VM ends or you interrupt\n"
-		     "  -h, --help             show this help\n");
+	fprintf(out,
+		"Usage: kapsel stats [--json] [--watch [SECONDS]] NAME\n"
+		"\n"
+		"Print a VM's counters: exits by reason, hypercalls, and every device's\n"
+		"counters (disk operations, bytes, denials, rate limiting, latency).\n"
+		"\n"
+		"Options:\n"
+		"  -w, --watch [SECONDS]  print them again every SECONDS (default 1) until\n"
+		"                         the VM ends or you interrupt, each counter with\n"
+		"                         its rate per second over the last interval\n"
+		"      --json             one JSON object (schema kapsel.stats/1,\n"
+		"                         docs/control.md); with --watch one object per\n"
+		"                         line and interval, with \"rates\" beside the totals\n"
+		"  -h, --help             show this help\n");
+}
+
+/* Per-second rates of the integer members of counters against the same
+ * members of previous, over seconds; NULL without a previous sample.  A
+ * counter that went back (the VM restored or rebooted) gets null. */
+static json_t *counter_rates(json_t *counters, json_t *previous, double seconds)
+{
+	if (!json_is_object(previous) || seconds <= 0)
+		return json_null();
+	json_t *rates = json_object();
+	const char *key;
+	json_t *value;
+	json_object_foreach(counters, key, value)
+	{
+		json_t *before = json_object_get(previous, key);
+		if (!json_is_integer(value) || !json_is_integer(before))
+			continue;
+		json_int_t now = json_integer_value(value), then = json_integer_value(before);
+		json_object_set_new(rates, key,
+				    now >= then ? json_real((double)(now - then) / seconds)
+						: json_null());
+	}
+	return rates;
+}
+
+/* The device of previous with the same index and name, or NULL. */
+static json_t *previous_device(json_t *previous, json_t *device)
+{
+	size_t i;
+	json_t *d;
+	json_array_foreach(json_object_get(previous, "devices"), i, d)
+	{
+		if (json_equal(json_object_get(d, "index"), json_object_get(device, "index")) &&
+		    json_equal(json_object_get(d, "name"), json_object_get(device, "name")))
+			return d;
+	}
+	return NULL;
+}
+
+/* Add "interval_ns" and "rates" (the VM's, and each device's) to a stats
+ * result, against the previous sample (NULL: the first, rates null). */
+static void add_rates(json_t *stats, json_t *previous)
+{
+	json_int_t now = json_integer_value(json_object_get(stats, "uptime_ns"));
+	json_int_t then = previous ? json_integer_value(json_object_get(previous, "uptime_ns")) : 0;
+	double seconds = previous && now > then ? (double)(now - then) / 1e9 : 0;
+	json_object_set_new(stats, "interval_ns",
+			    seconds > 0 ? json_integer(now - then) : json_null());
+	json_object_set_new(stats, "rates",
+			    counter_rates(json_object_get(stats, "counters"),
+					  previous ? json_object_get(previous, "counters") : NULL,
+					  seconds));
+	size_t i;
+	json_t *device;
+	json_array_foreach(json_object_get(stats, "devices"), i, device)
+	{
+		json_t *before = previous ? previous_device(previous, device) : NULL;
+		json_object_set_new(device, "rates",
+				    counter_rates(json_object_get(device, "counters"),
+						  before ? json_object_get(before, "counters")
+							 : NULL,
+						  seconds));
+	}
+}
+
+static void print_counters_text(json_t *counters, json_t *rates)
+{
+	const char *key;
+	json_t *value;
+	json_object_foreach(counters, key, value)
+	{
+		if (json_is_integer(value))
+			printf("  %s: %" JSON_INTEGER_FORMAT, key, json_integer_value(value));
+		else
+			printf("  %s: %s", key,
+			       json_is_string(value) ? json_string_value(value) : "?");
+		json_t *rate = json_object_get(rates, key);
+		if (json_is_real(rate))
+			printf("  (%.1f/s)", json_real_value(rate));
+		putchar('\n');
+	}
+}
+
+/* A watched sample as text: the shape of 'kapsel stats', each counter
+ * followed by its rate over the interval. */
+static void print_stats_text(json_t *stats)
+{
+	printf("vm %s: uptime_ns %" JSON_INTEGER_FORMAT "\n",
+	       json_string_value(json_object_get(stats, "name")),
+	       json_integer_value(json_object_get(stats, "uptime_ns")));
+	print_counters_text(json_object_get(stats, "counters"), json_object_get(stats, "rates"));
+	size_t i;
+	json_t *device;
+	json_array_foreach(json_object_get(stats, "devices"), i, device)
+	{
+		printf("device %" JSON_INTEGER_FORMAT " %s:\n",
+		       json_integer_value(json_object_get(device, "index")),
+		       json_string_value(json_object_get(device, "name")));
+		print_counters_text(json_object_get(device, "counters"),
+				    json_object_get(device, "rates"));
+	}
 }
 
 int cli_stats(int argc, char **argv)
 {
 	const char *name = NULL;
 	double interval_s = 0;
+	bool json = false;
 	for (int i = 1; i < argc; i++) {
 		const char *arg = argv[i];
 		if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
 			cli_stats_usage(stdout);
 			return 0;
+		}
+		if (strcmp(arg, "--json") == 0) {
+			json = true;
+			continue;
 		}
 		if (strcmp(arg, "-w") == 0 || strcmp(arg, "--watch") == 0 ||
 		    strncmp(arg, "--watch=", 8) == 0) {
@@ -575,32 +807,56 @@ int cli_stats(int argc, char **argv)
 		fprintf(stderr, "kapsel stats: expected a VM name\nTry 'kapsel stats --help'.\n");
 		return 2;
 	}
-	for (unsigned round = 0;; round++) {
+	if (interval_s <= 0 && !json) {
+		/* Once, as text: the VM's own lines, unchanged. */
 		struct control_reply reply;
-		int err = control_call(name, "stats", &reply, REPLY_TIMEOUT_MS);
-		if (err && round > 0 &&
+		if (call(name, "stats", &reply))
+			return 1;
+		fputs(reply.payload, stdout);
+		control_reply_free(&reply);
+		return 0;
+	}
+	if (interval_s <= 0) {
+		json_t *result;
+		if (cli_json_call(name, "stats", &result))
+			return 1;
+		cli_json_print(result, false);
+		json_decref(result);
+		return 0;
+	}
+	json_t *previous = NULL;
+	for (unsigned round = 0;; round++) {
+		json_t *stats;
+		char message[1024];
+		int err = cli_json_request(name, "stats", &stats, message, sizeof(message));
+		if (err && !message[0] && round > 0 &&
 		    (err == -ENOENT || err == -ECONNREFUSED || err == -ECONNRESET)) {
-			printf("VM '%s' has ended\n", name);
+			if (!json)
+				printf("VM '%s' has ended\n", name);
+			json_decref(previous);
 			return 0;
 		}
-		if (err)
+		if (err) {
+			json_decref(previous);
+			if (message[0]) {
+				fprintf(stderr, "kapsel: %s: %s\n", name, message);
+				return 1;
+			}
 			return cli_connect_error(name, err);
-		if (reply.errnum) {
-			fprintf(stderr, "kapsel: %s: %s\n", name, reply.message);
-			control_reply_free(&reply);
-			return 1;
 		}
-		if (interval_s > 0) {
+		add_rates(stats, previous);
+		if (json) {
+			cli_json_print(stats, true);
+		} else {
 			time_t now = time(NULL);
 			struct tm tm;
 			localtime_r(&now, &tm);
 			printf("--- %s %02d:%02d:%02d\n", name, tm.tm_hour, tm.tm_min, tm.tm_sec);
+			print_stats_text(stats);
+			fflush(stdout);
 		}
-		fputs(reply.payload, stdout);
-		fflush(stdout);
-		control_reply_free(&reply);
-		if (interval_s <= 0)
-			return 0;
+		json_decref(previous);
+		previous = stats;
 		struct timespec pause = { (time_t)interval_s,
 					  (long)((interval_s - (double)(time_t)interval_s) * 1e9) };
 		nanosleep(&pause, NULL);
@@ -725,13 +981,59 @@ int cli_console(int argc, char **argv)
 
 void cli_control_usage(FILE *out)
 {
-	fprintf(out, "Usage: kapsel control NAME REQUEST [KEY=VALUE ...]\n"
+	fprintf(out, "Usage: kapsel control [--json] NAME REQUEST [KEY=VALUE ...]\n"
 		     "\n"
 		     "Send one request to a VM's control socket and print the reply's payload;\n"
 		     "an error reply is printed on stderr and exits 1.  'kapsel control NAME\n"
 		     "help' lists the requests the VM understands, for example\n"
 		     "  kapsel control web set-limits disk=0 iops=500 readonly=yes\n"
+		     "With --json the request goes in the socket's JSON form (VALUEs as JSON\n"
+		     "strings, unescaped) and the whole JSON reply is printed, one line; an\n"
+		     "error reply is printed too, and exits 1.\n"
 		     "See docs/control.md for the protocol.\n");
+}
+
+/* kapsel control --json NAME VERB [KEY=VALUE ...] (argv[0] is --json). */
+static int control_json(int argc, char **argv)
+{
+	if (argc < 3) {
+		fprintf(stderr,
+			"kapsel control: expected a VM name and a request\nTry 'kapsel control --help'.\n");
+		return 2;
+	}
+	json_t *args = json_object();
+	for (int i = 3; i < argc; i++) {
+		char *eq = strchr(argv[i], '=');
+		if (!eq || eq == argv[i]) {
+			fprintf(stderr, "kapsel control: argument '%s' is not KEY=VALUE\n",
+				argv[i]);
+			json_decref(args);
+			return 2;
+		}
+		*eq = '\0';
+		json_object_set_new(args, argv[i], json_string(eq + 1));
+		*eq = '=';
+	}
+	json_t *request = json_pack("{s:i, s:s, s:o}", "version", CONTROL_JSON_VERSION, "verb",
+				    argv[2], "args", args);
+	if (!request) {
+		fprintf(stderr, "kapsel control: the request is not valid UTF-8 text\n");
+		return 2;
+	}
+	json_t *reply;
+	int err = cli_json_exchange(argv[1], request, &reply);
+	json_decref(request);
+	if (err == -E2BIG) {
+		fprintf(stderr, "kapsel control: the request is longer than %u bytes\n",
+			CONTROL_REQUEST_MAX_BYTES - 1);
+		return 2;
+	}
+	if (err)
+		return cli_connect_error(argv[1], err);
+	cli_json_print(reply, true);
+	int status = json_is_true(json_object_get(reply, "ok")) ? 0 : 1;
+	json_decref(reply);
+	return status;
 }
 
 int cli_control(int argc, char **argv)
@@ -740,6 +1042,8 @@ int cli_control(int argc, char **argv)
 		cli_control_usage(stdout);
 		return 0;
 	}
+	if (argc > 1 && strcmp(argv[1], "--json") == 0)
+		return control_json(argc - 1, argv + 1);
 	if (argc < 3) {
 		fprintf(stderr,
 			"kapsel control: expected a VM name and a request\nTry 'kapsel control --help'.\n");

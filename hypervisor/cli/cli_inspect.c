@@ -1,10 +1,13 @@
 /* `kapsel inspect`: check a saved VM state directory completely and decode it for a reader. */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "cli/cli.h"
+#include "core/json_writer.h"
 #include "core/log.h"
 #include "core/pv_cpu.h"
 #include "core/pv_mmu.h"
@@ -16,14 +19,16 @@
 
 void cli_inspect_usage(FILE *out)
 {
-	fprintf(out, "Usage: kapsel inspect [--records] DIR\n"
+	fprintf(out, "Usage: kapsel inspect [--records] [--json] DIR\n"
 		     "\n"
 		     "Check a saved VM state directory completely (manifest, checksums of every\n"
 		     "file, every record) and decode it: VM, definition, vCPU registers, event\n"
 		     "channels, devices with their ring indices and counters, disks.  Exits 0\n"
 		     "if the state is valid and restorable, 1 (with the reason) if not.\n"
 		     "\n"
-		     "  --records   also list every record (type, flags, size)\n");
+		     "  --records   also list every record (type, flags, size)\n"
+		     "  --json      print one JSON object instead (schema kapsel.inspect/1,\n"
+		     "              docs/control.md; records always included, registers not)\n");
 }
 
 static void print_hex(FILE *out, const uint8_t *data, uint64_t length)
@@ -189,13 +194,158 @@ static void print_state(const struct vm_state_dir *dir, bool list_records, FILE 
 	}
 }
 
+/* A fixed-size char array of the state as a C string. */
+static void json_fixed_string(struct json_writer *w, const char *key, const char *chars,
+			      size_t size)
+{
+	char text[129];
+	snprintf(text, sizeof(text), "%.*s", (int)(size < 128 ? size : 128), chars);
+	json_writer_string(w, key, text);
+}
+
+/* The decoded state as members of the object w is in (kapsel.inspect/1). */
+static void state_json(struct json_writer *w, const struct vm_state_dir *dir)
+{
+	const struct vm_state_vm_info *info = dir->info;
+	json_writer_u64(w, "format", dir->state.begin.format_version);
+	json_fixed_string(w, "writer", dir->state.begin.writer, sizeof(dir->state.begin.writer));
+	json_writer_u64(w, "created_unix_ns", dir->state.begin.created_unix_ns);
+	json_writer_open(w, "files", '[');
+	for (unsigned i = 0; i < dir->file_count; i++) {
+		char crc[16];
+		snprintf(crc, sizeof(crc), "%08x", dir->files[i].crc32c);
+		json_writer_open(w, NULL, '{');
+		json_fixed_string(w, "name", dir->files[i].name, sizeof(dir->files[i].name));
+		json_writer_u64(w, "size_bytes", dir->files[i].size_bytes);
+		json_writer_u64(w, "data_bytes", dir->files[i].data_bytes);
+		json_writer_string(w, "crc32c", crc);
+		json_writer_close(w, '}');
+	}
+	json_writer_close(w, ']');
+	char uuid[37];
+	const uint8_t *u = info->uuid;
+	snprintf(uuid, sizeof(uuid),
+		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
+		 u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
+		 u[15]);
+	json_writer_open(w, "vm", '{');
+	json_fixed_string(w, "name", info->name, sizeof(info->name));
+	json_writer_string(w, "uuid", uuid);
+	json_writer_u64(w, "memory_bytes", info->memory_bytes);
+	json_writer_u64(w, "generation", info->generation);
+	json_writer_u64(w, "clock_ns", info->clock_ns);
+	json_writer_u64(w, "tsc_khz", info->tsc_khz);
+	json_writer_u64(w, "exits_total", info->exits_total);
+	json_writer_bool(w, "was_running", info->run_state == 1);
+	json_writer_close(w, '}');
+	const struct vm_state_stored_record *config =
+		vm_state_find(&dir->state, VM_STATE_DEFINITION, NULL);
+	if (!config)
+		config = vm_state_find(&dir->state, VM_STATE_CONFIG_TEXT, NULL);
+	if (config) {
+		char *text = strndup((const char *)config->payload, config->length_bytes);
+		json_writer_string(w, "definition", text);
+		free(text);
+	} else {
+		json_writer_null(w, "definition");
+	}
+	json_writer_open(w, "event_channels", '[');
+	const struct vm_state_stored_record *ev = vm_state_find(&dir->state, VM_STATE_EVTCHN, NULL);
+	if (ev && ev->length_bytes == sizeof(struct vm_state_evtchn)) {
+		struct vm_state_evtchn e;
+		memcpy(&e, ev->payload, sizeof(e));
+		for (unsigned p = 0; p < e.count && p < 256; p++) {
+			if (!e.entries[p].allocated)
+				continue;
+			json_writer_open(w, NULL, '{');
+			json_writer_u64(w, "port", p);
+			if (e.entries[p].bound_device >= 0)
+				json_writer_i64(w, "device", e.entries[p].bound_device);
+			else
+				json_writer_null(w, "device");
+			json_writer_close(w, '}');
+		}
+	}
+	json_writer_close(w, ']');
+	json_writer_open(w, "devices", '[');
+	for (size_t i = 0; i < dir->state.count; i++) {
+		const struct vm_state_stored_record *rec = &dir->state.records[i];
+		if (rec->type != VM_STATE_DEVICE ||
+		    rec->length_bytes != sizeof(struct vm_state_device))
+			continue;
+		struct vm_state_device d;
+		struct kapsel_device_desc desc;
+		memcpy(&d, rec->payload, sizeof(d));
+		memcpy(&desc, d.desc, sizeof(desc));
+		json_writer_open(w, NULL, '{');
+		json_writer_u64(w, "index", d.index);
+		json_writer_string(w, "type", devices_type_name(d.type));
+		json_fixed_string(w, "name", d.name, sizeof(d.name));
+		if (d.evtchn_port != UINT32_MAX)
+			json_writer_u64(w, "event_channel", d.evtchn_port);
+		else
+			json_writer_null(w, "event_channel");
+		json_writer_u64(w, "io_base", desc.io_base);
+		json_writer_u64(w, "doorbell_port", desc.doorbell_port);
+		json_writer_u64(w, "capacity_sectors", desc.capacity_sectors);
+		json_writer_u64(w, "exits", d.exits);
+		json_writer_close(w, '}');
+	}
+	json_writer_close(w, ']');
+	json_writer_open(w, "disks", '[');
+	size_t position = 0;
+	const struct vm_state_stored_record *rec;
+	while ((rec = vm_state_find(&dir->state, VM_STATE_DISK, &position)) != NULL) {
+		struct vm_state_disk disk;
+		if (rec->length_bytes < sizeof(disk))
+			continue;
+		memcpy(&disk, rec->payload, sizeof(disk));
+		char *path = strndup((const char *)rec->payload + sizeof(disk),
+				     rec->length_bytes - sizeof(disk));
+		json_writer_open(w, NULL, '{');
+		json_writer_u64(w, "index", disk.index);
+		json_writer_string(w, "path", path);
+		json_writer_u64(w, "size_bytes", disk.size_bytes);
+		json_writer_string(w, "bus", disk.bus ? "ata" : "pv");
+		json_writer_bool(w, "readonly", disk.readonly != 0);
+		json_writer_bool(w, "overlay", (disk.flags & VM_STATE_DISK_OVERLAY) != 0);
+		json_writer_close(w, '}');
+		free(path);
+	}
+	json_writer_close(w, ']');
+	json_writer_open(w, "records", '[');
+	for (size_t i = 0; i < dir->state.count; i++) {
+		const struct vm_state_stored_record *r = &dir->state.records[i];
+		json_writer_open(w, NULL, '{');
+		json_writer_u64(w, "type", r->type);
+		json_writer_string(w, "name", vm_state_record_name(r->type));
+		json_writer_bool(w, "mandatory", (r->flags & VM_STATE_RECORD_MANDATORY) != 0);
+		json_writer_u64(w, "length_bytes", r->length_bytes);
+		json_writer_close(w, '}');
+	}
+	json_writer_close(w, ']');
+}
+
+/* The verdict: valid (the directory and its records check out),
+ * restorable (and its disks too) and a message (NULL when both hold). */
+static void verdict_json(struct json_writer *w, bool valid, bool restorable, const char *message)
+{
+	json_writer_bool(w, "valid", valid);
+	json_writer_bool(w, "restorable", restorable);
+	json_writer_string(w, "message", message);
+	json_writer_close(w, '}');
+	putchar('\n');
+}
+
 int cli_inspect(int argc, char **argv)
 {
-	bool list_records = false;
+	bool list_records = false, json = false;
 	const char *path = NULL;
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--records") == 0) {
 			list_records = true;
+		} else if (strcmp(argv[i], "--json") == 0) {
+			json = true;
 		} else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
 			cli_inspect_usage(stdout);
 			return 0;
@@ -213,11 +363,23 @@ int cli_inspect(int argc, char **argv)
 	}
 	struct vm_state_dir dir;
 	char error[1024];
+	struct json_writer w;
+	if (json) {
+		json_writer_init(&w, stdout, true);
+		json_writer_open(&w, NULL, '{');
+		json_writer_string(&w, "schema", "kapsel.inspect/1");
+		json_writer_string(&w, "path", path);
+	}
 	if (vm_state_dir_open(&dir, path, true, error, sizeof(error)) < 0) {
 		kapsel_error("invalid state: %s", error);
+		if (json)
+			verdict_json(&w, false, false, error);
 		return 1;
 	}
-	print_state(&dir, list_records, stdout);
+	if (json)
+		state_json(&w, &dir);
+	else
+		print_state(&dir, list_records, stdout);
 	struct vm_config config;
 	vm_config_init(&config);
 	int err = snapshot_config_from_records(&dir.state, &config, error, sizeof(error));
@@ -231,6 +393,14 @@ int cli_inspect(int argc, char **argv)
 	}
 	if (!err)
 		err = snapshot_check_disks(&dir.state, &config, error, sizeof(error));
+	if (json) {
+		/* A state that needs files from outside is valid, and restorable
+		 * once they are named. */
+		verdict_json(&w, true, !err || needs_files, err ? error : NULL);
+		vm_config_free(&config);
+		vm_state_dir_close(&dir);
+		return err && !needs_files ? 1 : 0;
+	}
 	if (needs_files) {
 		printf("state is valid; to restore it, %s\n", error);
 		vm_config_free(&config);

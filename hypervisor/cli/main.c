@@ -5,10 +5,13 @@
 #include "cli/cli.h"
 #include "cli/cli_state.h"
 #include "control/control_client.h"
+#include "control/control_json.h"
+#include "core/json_writer.h"
 #include "core/sandbox.h"
 #include "core/vm.h"
 #include "devices/block/disk.h"
 #include "kapsel/abi.h"
+#include "state/vm_state.h"
 
 static void usage(FILE *out)
 {
@@ -40,10 +43,12 @@ static void usage(FILE *out)
 		"  migrate   live-migrate a running VM to 'kapsel run --incoming' elsewhere\n"
 		"  inspect   check and decode a saved VM state offline\n"
 		"\n"
-		"  version   print Kapsel's version and hypercall ABI version\n"
+		"  version   print Kapsel's version and hypercall ABI version (--json: as JSON)\n"
 		"  help      show this help, or 'kapsel help COMMAND' for a command's options\n"
 		"\n"
-		"Run 'kapsel COMMAND --help' for the options of a command.\n"
+		"Run 'kapsel COMMAND --help' for the options of a command.  list, info,\n"
+		"stats, inspect and version take --json: one JSON object with a versioned\n"
+		"\"schema\" (docs/control.md, \"JSON output\").\n"
 		"\n"
 		"Exit status:\n"
 		"  0    success; run, restore, clone: the guest powered off with 0\n"
@@ -60,6 +65,36 @@ static void usage(FILE *out)
 		"  130  kapsel bench was interrupted (it reports what it measured)\n",
 		KAPSEL_EXIT_SANDBOX_VIOLATION, KAPSEL_EXIT_STOPPED, KAPSEL_EXIT_VMM_ERROR,
 		KAPSEL_EXIT_GUEST_CRASH);
+}
+
+/* kapsel version [--json] */
+static int version(int argc, char **argv)
+{
+	bool json = argc == 2 && strcmp(argv[1], "--json") == 0;
+	if (argc > 1 && !json) {
+		fprintf(stderr, "kapsel version: unexpected argument '%s'; it takes only --json\n",
+			argv[1]);
+		return KAPSEL_EXIT_USAGE;
+	}
+	if (!json) {
+		printf("kapsel %s (hypercall ABI %u.%u)\n", KAPSEL_VERSION, KAPSEL_ABI_MAJOR,
+		       KAPSEL_ABI_MINOR);
+		return 0;
+	}
+	struct json_writer w;
+	json_writer_init(&w, stdout, true);
+	json_writer_open(&w, NULL, '{');
+	json_writer_string(&w, "schema", "kapsel.version/1");
+	json_writer_string(&w, "version", KAPSEL_VERSION);
+	json_writer_open(&w, "hypercall_abi", '{');
+	json_writer_u64(&w, "major", KAPSEL_ABI_MAJOR);
+	json_writer_u64(&w, "minor", KAPSEL_ABI_MINOR);
+	json_writer_close(&w, '}');
+	json_writer_u64(&w, "control_json_protocol", CONTROL_JSON_VERSION);
+	json_writer_u64(&w, "state_format", VM_STATE_FORMAT_VERSION);
+	json_writer_close(&w, '}');
+	putchar('\n');
+	return 0;
 }
 
 struct verb {
@@ -113,11 +148,8 @@ int main(int argc, char **argv)
 		usage(stdout);
 		return 0;
 	}
-	if (strcmp(name, "version") == 0 || strcmp(name, "--version") == 0) {
-		printf("kapsel %s (hypercall ABI %u.%u)\n", KAPSEL_VERSION, KAPSEL_ABI_MAJOR,
-		       KAPSEL_ABI_MINOR);
-		return 0;
-	}
+	if (strcmp(name, "version") == 0 || strcmp(name, "--version") == 0)
+		return version(argc - 1, argv + 1);
 	const struct verb *verb = find_verb(name);
 	if (!verb) {
 		fprintf(stderr, "kapsel: '%s' is not a command; see 'kapsel --help'\n", name);

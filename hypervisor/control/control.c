@@ -20,6 +20,7 @@
 #include "config/config.h"
 #include "control/control_client.h"
 #include "control/control_internal.h"
+#include "control/control_json.h"
 #include "core/error_text.h"
 #include "core/log.h"
 #include "core/vm.h"
@@ -48,6 +49,10 @@ struct control_client {
 	uint64_t deadline_ms; /* monotonic; 0 = none */
 	uint64_t console_dropped_bytes;
 	bool busy; /* its background verb runs: later requests wait */
+	/* Its last request was JSON: replies (also connection-level errors
+	 * and the end-of-VM reply of 'wait') are JSON lines, with this id. */
+	bool json;
+	char json_id[CONTROL_JSON_ID_MAX + 1];
 };
 
 /*
@@ -219,12 +224,35 @@ static void client_append(struct control_server *server, struct control_client *
 	pthread_mutex_unlock(&server->lock);
 }
 
-/* "error ENAME message\n", the message made one line. */
+/* "error ENAME message\n", the message made one line; or its JSON form. */
 static void reply_error(struct control_server *server, struct control_client *client, int err,
 			const char *message)
 {
 	char line[1024];
-	int n = snprintf(line, sizeof(line), "error %s %s", control_errno_name(err), message);
+	int n;
+	if (client->json) {
+		FILE *f = fmemopen(line, sizeof(line), "w");
+		if (!f)
+			return;
+		control_json_reply_error(f, client->json_id, err, message);
+		long length = ftell(f);
+		fclose(f);
+		if (length <= 0 || (size_t)length >= sizeof(line) || line[length - 1] != '\n') {
+			/* A message too long for one line: send it cut. */
+			char cut[600];
+			snprintf(cut, sizeof(cut), "%.500s", message);
+			f = fmemopen(line, sizeof(line), "w");
+			if (!f)
+				return;
+			control_json_reply_error(f, client->json_id, err, cut);
+			length = ftell(f);
+			fclose(f);
+		}
+		if (length > 0 && (size_t)length < sizeof(line))
+			client_append(server, client, line, (size_t)length);
+		return;
+	}
+	n = snprintf(line, sizeof(line), "error %s %s", control_errno_name(err), message);
 	if (n < 0)
 		return;
 	if ((size_t)n >= sizeof(line) - 1)
@@ -236,9 +264,25 @@ static void reply_error(struct control_server *server, struct control_client *cl
 	client_append(server, client, line, (size_t)n);
 }
 
-static void reply_ok(struct control_server *server, struct control_client *client,
-		     const char *payload, size_t len)
+/* "ok N" and the payload lines; for a JSON client one JSON line whose
+ * "result" is the payload (payload_is_json) or whose "lines" are. */
+static void reply_ok(struct control_server *server, struct control_client *client, const char *verb,
+		     const char *payload, size_t len, bool payload_is_json)
 {
+	if (client->json) {
+		char *text = NULL;
+		size_t text_len = 0;
+		FILE *f = open_memstream(&text, &text_len);
+		if (!f) {
+			reply_error(server, client, ENOMEM, "out of memory");
+			return;
+		}
+		control_json_reply_ok(f, client->json_id, verb, payload, len, payload_is_json);
+		fclose(f);
+		client_append(server, client, text, text_len);
+		free(text);
+		return;
+	}
 	unsigned lines = 0;
 	for (size_t i = 0; i < len; i++)
 		lines += payload[i] == '\n';
@@ -306,8 +350,8 @@ static void console_tap(void *opaque, const void *data, size_t length)
 
 static void console_attach(struct control_server *server, struct control_client *client)
 {
+	reply_ok(server, client, "console", "", 0, false);
 	pthread_mutex_lock(&server->lock);
-	client_append_locked(client, "ok 0\n", 5);
 	uint64_t head = server->backlog_head;
 	uint64_t start = head > CONTROL_BACKLOG_BYTES ? head - CONTROL_BACKLOG_BYTES : 0;
 	for (uint64_t i = start; i < head; i++)
@@ -405,7 +449,8 @@ static void job_finish(struct control_server *server, bool final)
 			reply_error(server, client, -job->err,
 				    job->error[0] ? job->error : strerror(-job->err));
 		} else {
-			reply_ok(server, client, job->payload, job->payload_len);
+			reply_ok(server, client, job->request.verb, job->payload, job->payload_len,
+				 job->request.json);
 			if (job->wait_after) {
 				client->mode = CLIENT_WAIT;
 				client->deadline_ms = 0;
@@ -429,7 +474,19 @@ static void handle_request(struct control_server *server, struct control_client 
 {
 	struct control_request request;
 	char error[1024] = "";
-	int err = control_request_parse(line, &request, error, sizeof(error));
+	/* A JSON request's strings are unpacked here; a background verb's
+	 * job copies this buffer as it copies a text request's line. */
+	char json_strings[CONTROL_REQUEST_MAX_BYTES + 1];
+	int err;
+	client->json = line[strspn(line, " \t")] == '{';
+	if (client->json) {
+		err = control_json_request_parse(line, json_strings, sizeof(json_strings), &request,
+						 client->json_id, sizeof(client->json_id), error,
+						 sizeof(error));
+		line = json_strings;
+	} else {
+		err = control_request_parse(line, &request, error, sizeof(error));
+	}
 	if (err) {
 		reply_error(server, client, -err, error);
 		return;
@@ -446,7 +503,7 @@ static void handle_request(struct control_server *server, struct control_client 
 			client->mode = CLIENT_WAIT; /* answered when the VM ends */
 			client->deadline_ms = 0;
 		} else {
-			reply_ok(server, client, "", 0);
+			reply_ok(server, client, "quit", "", 0, false);
 			client->closing = true;
 		}
 		return;
@@ -481,6 +538,7 @@ static void handle_request(struct control_server *server, struct control_client 
 		reply_error(server, client, EBUSY, error);
 		return;
 	}
+	request.json = client->json && control_verb_is_json(request.verb);
 	if (control_verb_is_background(request.verb)) {
 		job_start(server, client, fn, &request, line, wait_after);
 		return;
@@ -497,7 +555,7 @@ static void handle_request(struct control_server *server, struct control_client 
 	if (err < 0) {
 		reply_error(server, client, -err, error[0] ? error : strerror(-err));
 	} else {
-		reply_ok(server, client, payload, payload_len);
+		reply_ok(server, client, request.verb, payload, payload_len, request.json);
 		if (wait_after) {
 			client->mode = CLIENT_WAIT;
 			client->deadline_ms = 0;
@@ -587,6 +645,10 @@ static void client_read(struct control_server *server, struct control_client *cl
 			snprintf(message, sizeof(message),
 				 "request longer than %u bytes; closing the connection",
 				 CONTROL_REQUEST_MAX_BYTES - 1);
+			/* Answered in the form the overlong request began in. */
+			client->in[client->in_len] = '\0';
+			client->json = client->in[strspn(client->in, " \t")] == '{';
+			snprintf(client->json_id, sizeof(client->json_id), "null");
 			reply_error(server, client, E2BIG, message);
 			client->closing = true;
 			client->in_len = 0;
@@ -943,14 +1005,23 @@ void control_server_stop(struct control_server *server)
 		close(server->listen_fd);
 	unlock_file(server->domid_path, server->domid_fd);
 	unlock_file(server->lock_path, server->lock_fd);
-	char final[160];
-	if (vm)
-		snprintf(final, sizeof(final), "ok 2\nexit_code %d\nreason %s\n", vm->exit_code,
+	char final[160], final_json[100];
+	if (vm) {
+		snprintf(final, sizeof(final), "exit_code %d\nreason %s\n", vm->exit_code,
 			 end_reason(server));
+		snprintf(final_json, sizeof(final_json),
+			 "{\"schema\":\"kapsel.wait/1\",\"exit_code\":%d,\"reason\":\"%s\"}",
+			 vm->exit_code, end_reason(server));
+	}
 	for (unsigned i = 0; i < server->client_count; i++) {
 		struct control_client *client = server->clients[i];
-		if (client->mode == CLIENT_WAIT)
-			client_append(server, client, final, strlen(final));
+		if (client->mode == CLIENT_WAIT && vm) {
+			if (client->json)
+				reply_ok(server, client, "wait", final_json, strlen(final_json),
+					 true);
+			else
+				reply_ok(server, client, "wait", final, strlen(final), false);
+		}
 		client_flush(server, client);
 		client_free(client);
 	}

@@ -29,6 +29,10 @@ struct control_arg {
 
 struct control_request {
 	const char *verb;
+	/* The request came in JSON (docs/control.md) and the verb was
+	 * registered with control_register_json_verb: write one JSON value
+	 * (core/json_writer.h, compact) instead of text lines. */
+	bool json;
 	unsigned arg_count;
 	struct control_arg args[CONTROL_MAX_ARGS];
 };
@@ -74,6 +78,15 @@ int control_register_verb(const char *name, control_verb_fn fn, const char *help
  * may touch the VM only through thread-safe calls (vm_pause/vm_resume).
  */
 int control_register_background_verb(const char *name, control_verb_fn fn, const char *help);
+
+/*
+ * The same for a verb that also answers JSON requests natively: when
+ * request->json is set, its handler writes one JSON object with a
+ * "schema" member ("kapsel.VERB/N") as its payload, which becomes the
+ * reply's "result".  Other verbs' text lines become a JSON reply's
+ * "lines".
+ */
+int control_register_json_verb(const char *name, control_verb_fn fn, const char *help);
 
 /*
  * The value of argument key in request, or NULL when it is absent.

@@ -16,6 +16,9 @@ control_verb_fn control_find_verb(const char *name);
 /* Whether name was registered with control_register_background_verb. */
 bool control_verb_is_background(const char *name);
 
+/* Whether name was registered with control_register_json_verb. */
+bool control_verb_is_json(const char *name);
+
 /* Print every registered verb's help line. */
 void control_print_verbs(FILE *out);
 

@@ -260,6 +260,7 @@ struct control_verb {
 	control_verb_fn fn;
 	const char *help;
 	bool background; /* runs on a worker thread (control_register_background_verb) */
+	bool json;	 /* answers a JSON request with a JSON value (control_register_json_verb) */
 };
 
 static pthread_mutex_t verb_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -269,7 +270,8 @@ static unsigned verb_count;
 /* Connection-level verbs control.c handles itself; registering them is refused. */
 static const char *const reserved_verbs[] = { "console", "wait", "quit", NULL };
 
-static int register_verb(const char *name, control_verb_fn fn, const char *help, bool background)
+static int register_verb(const char *name, control_verb_fn fn, const char *help, bool background,
+			 bool json)
 {
 	if (!name || !fn || !*name || strlen(name) > CONTROL_VERB_MAX)
 		return -EINVAL;
@@ -291,6 +293,7 @@ static int register_verb(const char *name, control_verb_fn fn, const char *help,
 		verbs[verb_count].fn = fn;
 		verbs[verb_count].help = help ? help : name;
 		verbs[verb_count].background = background;
+		verbs[verb_count].json = json;
 		verb_count++;
 	}
 	pthread_mutex_unlock(&verb_lock);
@@ -299,12 +302,17 @@ static int register_verb(const char *name, control_verb_fn fn, const char *help,
 
 int control_register_verb(const char *name, control_verb_fn fn, const char *help)
 {
-	return register_verb(name, fn, help, false);
+	return register_verb(name, fn, help, false, false);
+}
+
+int control_register_json_verb(const char *name, control_verb_fn fn, const char *help)
+{
+	return register_verb(name, fn, help, false, true);
 }
 
 int control_register_background_verb(const char *name, control_verb_fn fn, const char *help)
 {
-	return register_verb(name, fn, help, true);
+	return register_verb(name, fn, help, true, false);
 }
 
 bool control_verb_is_background(const char *name)
@@ -316,6 +324,17 @@ bool control_verb_is_background(const char *name)
 			background = verbs[i].background;
 	pthread_mutex_unlock(&verb_lock);
 	return background;
+}
+
+bool control_verb_is_json(const char *name)
+{
+	bool json = false;
+	pthread_mutex_lock(&verb_lock);
+	for (unsigned i = 0; i < verb_count; i++)
+		if (strcmp(verbs[i].name, name) == 0)
+			json = verbs[i].json;
+	pthread_mutex_unlock(&verb_lock);
+	return json;
 }
 
 control_verb_fn control_find_verb(const char *name)

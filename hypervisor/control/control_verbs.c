@@ -11,6 +11,7 @@
 
 #include "control/control.h"
 #include "control/control_internal.h"
+#include "control/control_json.h"
 #include "devices/block/disk.h"
 #include "devices/device.h"
 #include "devices/devices.h"
@@ -78,24 +79,130 @@ static int vcpu_tid(const struct kapsel_vcpu *vcpu)
 	return __atomic_load_n(&vcpu->tid, __ATOMIC_RELAXED);
 }
 
-/* One line per vCPU: "vcpu K power up|starting|down blocked yes|no exits E
- * cpu_time_ns T host_cpu C", E the sum of its exit counters (each written
- * only by its own thread; a slightly stale sum is fine for a report). */
-static void print_vcpu_lines(struct kapsel_vm *vm, FILE *out)
+/* One vCPU's figures for info: E the sum of its exit counters (each
+ * written only by its own thread; a slightly stale sum is fine for a
+ * report). */
+struct vcpu_figures {
+	const char *power;
+	bool blocked;
+	uint64_t exits, cpu_time_ns;
+	int host_cpu;
+};
+
+static void vcpu_figures(struct kapsel_vcpu *vcpu, struct vcpu_figures *f)
 {
+	f->exits = 0;
+	for (unsigned i = 0; i < VM_EXIT_COUNTER_COUNT; i++)
+		f->exits += __atomic_load_n(&vcpu->exits[i], __ATOMIC_RELAXED);
+	int tid = vcpu_tid(vcpu);
+	f->power = vcpu_power_name(__atomic_load_n(&vcpu->power, __ATOMIC_RELAXED));
+	f->blocked = __atomic_load_n(&vcpu->blocked, __ATOMIC_RELAXED);
+	f->cpu_time_ns = thread_cpu_time_ns(tid);
+	f->host_cpu = thread_host_cpu(tid);
+}
+
+/* Everything info reports, gathered once for either form. */
+struct info_figures {
+	char uuid[37];
+	uint64_t uptime_ns, paused_ns;
+	struct vcpu_figures boot;
+	bool guest_handles_shutdown;
+};
+
+static void info_figures(struct kapsel_vm *vm, struct info_figures *f)
+{
+	const uint8_t *u = vm->config->uuid;
+	snprintf(f->uuid, sizeof(f->uuid),
+		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
+		 u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
+		 u[15]);
+	pthread_mutex_lock(&vm->pause_lock);
+	f->uptime_ns = vm_clock_ns(vm);
+	f->paused_ns = vm->paused_total_ns +
+		       (vm->state == VM_STATE_PAUSED ? f->uptime_ns - vm->paused_since_ns : 0);
+	pthread_mutex_unlock(&vm->pause_lock);
+	/* cpu_time_ns, vcpu_blocked and vcpu_host_cpu are the boot vCPU's
+	 * (as before SMP); the per-vCPU lines have every vCPU's. */
+	vcpu_figures(vm_boot_vcpu(vm), &f->boot);
+	uint32_t control_mask =
+		(uint32_t)((__atomic_load_n(&vm->events->mask[KAPSEL_EVTCHN_CONTROL / 64],
+					    __ATOMIC_RELAXED) >>
+			    (KAPSEL_EVTCHN_CONTROL % 64)) &
+			   1);
+	f->guest_handles_shutdown = !control_mask;
+}
+
+static bool disk_readonly(struct kapsel_vm *vm, unsigned index)
+{
+	struct disk_image *disk = find_disk(vm, index);
+	return disk ? __atomic_load_n(&disk->readonly, __ATOMIC_RELAXED)
+		    : vm->config->disks[index].readonly;
+}
+
+/* info as one JSON object (schema kapsel.info/1, docs/control.md). */
+static void info_json(struct kapsel_vm *vm, const struct info_figures *f, FILE *out)
+{
+	const struct vm_config *config = vm->config;
+	struct json_writer w;
+	json_writer_init(&w, out, false);
+	json_writer_open(&w, NULL, '{');
+	json_writer_string(&w, "schema", "kapsel.info/1");
+	json_writer_string(&w, "name", config->name);
+	json_writer_string(&w, "uuid", f->uuid);
+	json_writer_u64(&w, "domid", control_server_domid(vm));
+	json_writer_i64(&w, "pid", (int64_t)getpid());
+	json_writer_string(&w, "state", vm_state_name(vm));
+	json_writer_u64(&w, "uptime_ns", f->uptime_ns);
+	json_writer_u64(&w, "paused_ns", f->paused_ns);
+	json_writer_u64(&w, "started_unix", control_server_started_unix(vm));
+	json_writer_u64(&w, "memory_bytes", vm->mem.size_bytes);
+	json_writer_u64(&w, "vcpu_count", config->vcpus ? config->vcpus : 1);
+	json_writer_open(&w, "vcpus", '[');
 	for (unsigned k = 0; k < vm->vcpu_count && k < KAPSEL_MAX_VCPUS; k++) {
-		struct kapsel_vcpu *vcpu = &vm->vcpus[k];
-		uint64_t exits = 0;
-		for (unsigned i = 0; i < VM_EXIT_COUNTER_COUNT; i++)
-			exits += __atomic_load_n(&vcpu->exits[i], __ATOMIC_RELAXED);
-		int tid = vcpu_tid(vcpu);
-		fprintf(out,
-			"vcpu %u power %s blocked %s exits %llu cpu_time_ns %llu host_cpu %d\n", k,
-			vcpu_power_name(__atomic_load_n(&vcpu->power, __ATOMIC_RELAXED)),
-			__atomic_load_n(&vcpu->blocked, __ATOMIC_RELAXED) ? "yes" : "no",
-			(unsigned long long)exits, (unsigned long long)thread_cpu_time_ns(tid),
-			thread_host_cpu(tid));
+		struct vcpu_figures v;
+		vcpu_figures(&vm->vcpus[k], &v);
+		json_writer_open(&w, NULL, '{');
+		json_writer_u64(&w, "id", k);
+		json_writer_string(&w, "power", v.power);
+		json_writer_bool(&w, "blocked", v.blocked);
+		json_writer_u64(&w, "exits", v.exits);
+		json_writer_u64(&w, "cpu_time_ns", v.cpu_time_ns);
+		json_writer_i64(&w, "host_cpu", v.host_cpu);
+		json_writer_close(&w, '}');
 	}
+	json_writer_close(&w, ']');
+	json_writer_string(&w, "kernel", config->kernel_path ? config->kernel_path : "");
+	json_writer_string(&w, "cmdline", config->cmdline ? config->cmdline : "");
+	json_writer_string(&w, "on_poweroff", vm_lifecycle_action_name(config->on_poweroff));
+	json_writer_string(&w, "on_reboot", vm_lifecycle_action_name(config->on_reboot));
+	json_writer_string(&w, "on_crash", vm_lifecycle_action_name(config->on_crash));
+	json_writer_u64(&w, "generation", vm->generation);
+	json_writer_bool(&w, "guest_handles_shutdown", f->guest_handles_shutdown);
+	json_writer_open(&w, "devices", '[');
+	for (unsigned i = 0; i < vm->device_count; i++) {
+		json_writer_open(&w, NULL, '{');
+		json_writer_u64(&w, "index", i);
+		json_writer_string(&w, "name", vm->devices[i]->ops->name);
+		json_writer_close(&w, '}');
+	}
+	json_writer_close(&w, ']');
+	json_writer_open(&w, "disks", '[');
+	for (unsigned i = 0; i < config->disk_count; i++) {
+		const struct vm_disk_config *d = &config->disks[i];
+		json_writer_open(&w, NULL, '{');
+		json_writer_u64(&w, "index", i);
+		json_writer_string(&w, "bus", d->bus == VM_DISK_BUS_ATA ? "ata" : "pv");
+		json_writer_bool(&w, "readonly", disk_readonly(vm, i));
+		json_writer_u64(&w, "iops", d->ops_limit.rate_per_second);
+		json_writer_u64(&w, "iops_burst", d->ops_limit.burst);
+		json_writer_u64(&w, "bps", d->bytes_limit.rate_per_second);
+		json_writer_u64(&w, "bps_burst", d->bytes_limit.burst);
+		json_writer_string(&w, "path", d->path);
+		json_writer_close(&w, '}');
+	}
+	json_writer_close(&w, ']');
+	json_writer_close(&w, '}');
+	fputc('\n', out);
 }
 
 static int verb_info(struct kapsel_vm *vm, const struct control_request *request, FILE *out,
@@ -104,57 +211,53 @@ static int verb_info(struct kapsel_vm *vm, const struct control_request *request
 	int err = control_request_check_keys(request, no_keys, error, error_len);
 	if (err)
 		return err;
+	struct info_figures f;
+	info_figures(vm, &f);
+	if (request->json) {
+		info_json(vm, &f, out);
+		return 0;
+	}
 	const struct vm_config *config = vm->config;
 	fprintf(out, "name %s\n", config->name);
-	const uint8_t *u = config->uuid;
-	fprintf(out, "uuid %02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x\n",
-		u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12],
-		u[13], u[14], u[15]);
+	fprintf(out, "uuid %s\n", f.uuid);
 	fprintf(out, "domid %u\n", control_server_domid(vm));
 	fprintf(out, "pid %ld\n", (long)getpid());
 	fprintf(out, "state %s\n", vm_state_name(vm));
-	pthread_mutex_lock(&vm->pause_lock);
-	uint64_t uptime_ns = vm_clock_ns(vm);
-	uint64_t paused_ns = vm->paused_total_ns +
-			     (vm->state == VM_STATE_PAUSED ? uptime_ns - vm->paused_since_ns : 0);
-	pthread_mutex_unlock(&vm->pause_lock);
-	fprintf(out, "uptime_ns %llu\n", (unsigned long long)uptime_ns);
-	fprintf(out, "paused_ns %llu\n", (unsigned long long)paused_ns);
-	/* cpu_time_ns, vcpu_blocked and vcpu_host_cpu are the boot vCPU's
-	 * (as before SMP); the "vcpu K" lines below have every vCPU's. */
-	int boot_tid = vcpu_tid(vm_boot_vcpu(vm));
-	fprintf(out, "cpu_time_ns %llu\n", (unsigned long long)thread_cpu_time_ns(boot_tid));
-	fprintf(out, "vcpu_blocked %s\n",
-		__atomic_load_n(&vm_boot_vcpu(vm)->blocked, __ATOMIC_RELAXED) ? "yes" : "no");
-	fprintf(out, "vcpu_host_cpu %d\n", thread_host_cpu(boot_tid));
+	fprintf(out, "uptime_ns %llu\n", (unsigned long long)f.uptime_ns);
+	fprintf(out, "paused_ns %llu\n", (unsigned long long)f.paused_ns);
+	fprintf(out, "cpu_time_ns %llu\n", (unsigned long long)f.boot.cpu_time_ns);
+	fprintf(out, "vcpu_blocked %s\n", f.boot.blocked ? "yes" : "no");
+	fprintf(out, "vcpu_host_cpu %d\n", f.boot.host_cpu);
 	fprintf(out, "started_unix %llu\n", (unsigned long long)control_server_started_unix(vm));
 	fprintf(out, "memory_bytes %llu\n", (unsigned long long)vm->mem.size_bytes);
 	fprintf(out, "vcpus %u\n", config->vcpus ? config->vcpus : 1);
-	print_vcpu_lines(vm, out);
+	/* "vcpu K power up|starting|down blocked yes|no exits E cpu_time_ns T
+	 * host_cpu C" */
+	for (unsigned k = 0; k < vm->vcpu_count && k < KAPSEL_MAX_VCPUS; k++) {
+		struct vcpu_figures v;
+		vcpu_figures(&vm->vcpus[k], &v);
+		fprintf(out,
+			"vcpu %u power %s blocked %s exits %llu cpu_time_ns %llu host_cpu %d\n", k,
+			v.power, v.blocked ? "yes" : "no", (unsigned long long)v.exits,
+			(unsigned long long)v.cpu_time_ns, v.host_cpu);
+	}
 	fprintf(out, "kernel %s\n", config->kernel_path ? config->kernel_path : "");
 	fprintf(out, "cmdline %s\n", config->cmdline ? config->cmdline : "");
 	fprintf(out, "on_poweroff %s\n", vm_lifecycle_action_name(config->on_poweroff));
 	fprintf(out, "on_reboot %s\n", vm_lifecycle_action_name(config->on_reboot));
 	fprintf(out, "on_crash %s\n", vm_lifecycle_action_name(config->on_crash));
 	fprintf(out, "generation %llu\n", (unsigned long long)vm->generation);
-	uint32_t control_mask =
-		(uint32_t)((__atomic_load_n(&vm->events->mask[KAPSEL_EVTCHN_CONTROL / 64],
-					    __ATOMIC_RELAXED) >>
-			    (KAPSEL_EVTCHN_CONTROL % 64)) &
-			   1);
-	fprintf(out, "guest_handles_shutdown %s\n", control_mask ? "no" : "yes");
+	fprintf(out, "guest_handles_shutdown %s\n", f.guest_handles_shutdown ? "yes" : "no");
 	fprintf(out, "devices %u\n", vm->device_count);
 	for (unsigned i = 0; i < vm->device_count; i++)
 		fprintf(out, "device %u %s\n", i, vm->devices[i]->ops->name);
 	fprintf(out, "disks %u\n", config->disk_count);
 	for (unsigned i = 0; i < config->disk_count; i++) {
 		const struct vm_disk_config *d = &config->disks[i];
-		struct disk_image *disk = find_disk(vm, i);
-		bool readonly =
-			disk ? __atomic_load_n(&disk->readonly, __ATOMIC_RELAXED) : d->readonly;
 		fprintf(out,
 			"disk %u bus=%s readonly=%s iops=%llu iops_burst=%llu bps=%llu bps_burst=%llu path=%s\n",
-			i, d->bus == VM_DISK_BUS_ATA ? "ata" : "pv", readonly ? "yes" : "no",
+			i, d->bus == VM_DISK_BUS_ATA ? "ata" : "pv",
+			disk_readonly(vm, i) ? "yes" : "no",
 			(unsigned long long)d->ops_limit.rate_per_second,
 			(unsigned long long)d->ops_limit.burst,
 			(unsigned long long)d->bytes_limit.rate_per_second,
@@ -237,6 +340,17 @@ static int verb_shutdown(struct kapsel_vm *vm, const struct control_request *req
 		(__atomic_load_n(&vm->events->mask[KAPSEL_EVTCHN_CONTROL / 64], __ATOMIC_RELAXED) >>
 		 (KAPSEL_EVTCHN_CONTROL % 64)) &
 		1);
+	if (request->json) {
+		struct json_writer w;
+		json_writer_init(&w, out, false);
+		json_writer_open(&w, NULL, '{');
+		json_writer_string(&w, "schema", "kapsel.shutdown/1");
+		json_writer_u64(&w, "timeout_s", timeout_s);
+		json_writer_u64(&w, "deadline_ns", deadline_ns);
+		json_writer_bool(&w, "guest_handles_shutdown", aware);
+		json_writer_close(&w, '}');
+		return 0;
+	}
 	fprintf(out, "timeout_s %llu\n", (unsigned long long)timeout_s);
 	fprintf(out, "deadline_ns %llu\n", (unsigned long long)deadline_ns);
 	fprintf(out, "guest_handles_shutdown %s\n", aware ? "yes" : "no");
@@ -264,7 +378,26 @@ static int verb_stats(struct kapsel_vm *vm, const struct control_request *reques
 	int err = control_request_check_keys(request, no_keys, error, error_len);
 	if (err)
 		return err;
-	vm_print_stats(vm, out);
+	if (!request->json) {
+		vm_print_stats(vm, out);
+		return 0;
+	}
+	/* The JSON form is made from the text, so that both always carry the
+	 * same counters under the same names. */
+	char *text = NULL;
+	size_t text_len = 0;
+	FILE *text_out = open_memstream(&text, &text_len);
+	if (!text_out)
+		return kapsel_fail(error, error_len, -ENOMEM, "out of memory");
+	vm_print_stats(vm, text_out);
+	fclose(text_out);
+	struct json_writer w;
+	json_writer_init(&w, out, false);
+	json_writer_open(&w, NULL, '{');
+	json_writer_string(&w, "schema", "kapsel.stats/1");
+	control_json_stats_from_text(&w, text);
+	json_writer_close(&w, '}');
+	free(text);
 	return 0;
 }
 
@@ -319,6 +452,20 @@ static int verb_set_limits(struct kapsel_vm *vm, const struct control_request *r
 	config->ops_limit = ops;
 	config->bytes_limit = bytes;
 	config->readonly = readonly;
+	if (request->json) {
+		struct json_writer w;
+		json_writer_init(&w, out, false);
+		json_writer_open(&w, NULL, '{');
+		json_writer_string(&w, "schema", "kapsel.set-limits/1");
+		json_writer_u64(&w, "disk", index);
+		json_writer_bool(&w, "readonly", readonly);
+		json_writer_u64(&w, "iops", ops.rate_per_second);
+		json_writer_u64(&w, "iops_burst", ops.burst);
+		json_writer_u64(&w, "bps", bytes.rate_per_second);
+		json_writer_u64(&w, "bps_burst", bytes.burst);
+		json_writer_close(&w, '}');
+		return 0;
+	}
 	fprintf(out, "disk %llu readonly=%s iops=%llu iops_burst=%llu bps=%llu bps_burst=%llu\n",
 		(unsigned long long)index, readonly ? "yes" : "no",
 		(unsigned long long)ops.rate_per_second, (unsigned long long)ops.burst,
@@ -359,22 +506,31 @@ static void register_builtins(void)
 		const char *name;
 		control_verb_fn fn;
 		const char *help;
+		bool json; /* answers JSON requests natively */
 	} builtins[] = {
-		{ "help", verb_help, "help  list the requests" },
-		{ "info", verb_info, "info  name, state, uptime, memory, vCPUs, devices, disks" },
-		{ "pause", verb_pause,
-		  "pause  stop the vCPU (the VM keeps its memory and devices)" },
-		{ "resume", verb_resume, "resume  let a paused vCPU run again" },
+		{ "help", verb_help, "help  list the requests", false },
+		{ "info", verb_info, "info  name, state, uptime, memory, vCPUs, devices, disks",
+		  true },
+		{ "pause", verb_pause, "pause  stop the vCPU (the VM keeps its memory and devices)",
+		  false },
+		{ "resume", verb_resume, "resume  let a paused vCPU run again", false },
 		{ "shutdown", verb_shutdown,
-		  "shutdown [timeout=S] [mode=poweroff|reboot]  ask the guest to power off; destroy it after S seconds (default 10)" },
-		{ "destroy", verb_destroy, "destroy  end the VM at once" },
-		{ "stats", verb_stats, "stats  exit, hypercall and device counters" },
+		  "shutdown [timeout=S] [mode=poweroff|reboot]  ask the guest to power off; destroy it after S seconds (default 10)",
+		  true },
+		{ "destroy", verb_destroy, "destroy  end the VM at once", false },
+		{ "stats", verb_stats, "stats  exit, hypercall and device counters", true },
 		{ "set-limits", verb_set_limits,
-		  "set-limits disk=N [iops=N] [iops_burst=N] [bps=N] [bps_burst=N] [readonly=yes|no]  change a disk's policy (0 = unlimited)" },
-		{ "dumpxml", verb_dumpxml, "dumpxml  the VM's definition as libvirt domain XML" },
+		  "set-limits disk=N [iops=N] [iops_burst=N] [bps=N] [bps_burst=N] [readonly=yes|no]  change a disk's policy (0 = unlimited)",
+		  true },
+		{ "dumpxml", verb_dumpxml, "dumpxml  the VM's definition as libvirt domain XML",
+		  false },
 	};
 	for (size_t i = 0; i < sizeof(builtins) / sizeof(builtins[0]); i++) {
-		int err = control_register_verb(builtins[i].name, builtins[i].fn, builtins[i].help);
+		int err = builtins[i].json
+				  ? control_register_json_verb(builtins[i].name, builtins[i].fn,
+							       builtins[i].help)
+				  : control_register_verb(builtins[i].name, builtins[i].fn,
+							  builtins[i].help);
 		if (err && !builtin_result)
 			builtin_result = err;
 	}

@@ -175,12 +175,27 @@ def state_seeds():
     put("state", "raw-garbage", bytes([0]) + b"KAPSELST" + bytes(40))
 
 
+# ---- control socket JSON requests -------------------------------------------------
+
+def control_json_seeds():
+    put("control_json", "info", b'{"version":1,"verb":"info","id":7}')
+    put("control_json", "set-limits",
+        b'{"version":1,"verb":"set-limits","args":{"disk":0,"iops":500,"readonly":true,'
+        b'"dir":"/tmp/a b/\\u00e9"},"id":"x"}')
+    put("control_json", "malformed", b'{"version":1,"verb":"info"')
+    put("control_json", "bad-types", b'{"version":"1","verb":7,"args":[1],"id":{}}')
+    put("control_json", "stats-text",
+        b"vm web: uptime_ns 5000\n  exits_total: 12\ndevice 0 console:\n  exits: 3\n"
+        b"device 1 block-pv0:\n  latency_us_histogram: [0,2):1\n")
+
+
 def main():
     elf_seeds()
     ring_seeds()
     ata_seeds()
     xml_seeds()
     state_seeds()
+    control_json_seeds()
     return 0
 
 

@@ -1,7 +1,8 @@
-/* A stand-in for a running VM's control socket that answers 'info' with a payload read from a file, so libkapsel-xenctrl is tested without KVM. */
+/* A stand-in for a running VM's control socket that answers 'info' (and JSON requests) from files, so libkapsel-xenctrl and the CLI are tested without KVM. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,61 @@ static char *read_payload(const char *path, unsigned *lines)
 	return data;
 }
 
+/*
+ * JSON replies (optional third argument): a file of "VERB REPLY-LINE"
+ * lines.  A JSON request (a line starting with '{') whose text contains
+ * "verb":"VERB" gets the next not yet used REPLY-LINE of that verb (the
+ * last one again when all were used: successive 'stats' samples).
+ */
+#define MAX_JSON_REPLIES 64
+static struct {
+	char verb[32];
+	char *line;
+	bool used;
+} json_replies[MAX_JSON_REPLIES];
+static unsigned json_reply_count;
+
+static int read_json_replies(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return -1;
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t n;
+	while ((n = getline(&line, &cap, f)) > 0 && json_reply_count < MAX_JSON_REPLIES) {
+		char *space = strchr(line, ' ');
+		if (!space || (size_t)(space - line) >= sizeof(json_replies[0].verb))
+			continue;
+		*space = '\0';
+		snprintf(json_replies[json_reply_count].verb, sizeof(json_replies[0].verb), "%s",
+			 line);
+		json_replies[json_reply_count].line = strdup(space + 1); /* keeps its '\n' */
+		json_reply_count++;
+	}
+	free(line);
+	fclose(f);
+	return 0;
+}
+
+static const char *json_reply(const char *request)
+{
+	const char *last = NULL;
+	for (unsigned i = 0; i < json_reply_count; i++) {
+		char needle[64];
+		snprintf(needle, sizeof(needle), "\"verb\":\"%s\"", json_replies[i].verb);
+		if (!strstr(request, needle))
+			continue;
+		last = json_replies[i].line;
+		if (!json_replies[i].used) {
+			json_replies[i].used = true;
+			return last;
+		}
+	}
+	return last ? last
+		    : "{\"version\":1,\"id\":null,\"ok\":false,\"error\":{\"errno\":\"ENOSYS\",\"code\":38,\"message\":\"this fake VM has no JSON reply for that\"}}\n";
+}
+
 /* Answer each request line of one client until it hangs up. */
 static void serve(int fd, const char *payload, unsigned lines)
 {
@@ -50,6 +106,14 @@ static void serve(int fd, const char *payload, unsigned lines)
 			*eol = '\0';
 			char head[64];
 			const char *reply = head;
+			if (line[0] == '{') {
+				const char *answer = json_reply(line);
+				if (write(fd, answer, strlen(answer)) < 0)
+					return;
+				used -= (size_t)(eol + 1 - line);
+				memmove(line, eol + 1, used);
+				continue;
+			}
 			if (strcmp(line, "info") == 0)
 				snprintf(head, sizeof(head), "ok %u\n", lines);
 			else
@@ -67,9 +131,13 @@ static void serve(int fd, const char *payload, unsigned lines)
 
 int main(int argc, char **argv)
 {
-	if (argc != 3) {
-		fprintf(stderr, "usage: fake_vm SOCKET PAYLOAD_FILE\n");
+	if (argc != 3 && argc != 4) {
+		fprintf(stderr, "usage: fake_vm SOCKET PAYLOAD_FILE [JSON_REPLIES_FILE]\n");
 		return 2;
+	}
+	if (argc == 4 && read_json_replies(argv[3]) < 0) {
+		fprintf(stderr, "fake_vm: cannot read %s\n", argv[3]);
+		return 1;
 	}
 	unsigned lines;
 	char *payload = read_payload(argv[2], &lines);
