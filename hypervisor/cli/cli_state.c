@@ -3,7 +3,10 @@
 #include "cli/cli_state.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -12,6 +15,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/cli_prefix.h"
 #include "cli/cli_progress.h"
 #include "cli/run_supervisor.h"
 #include "control/control.h"
@@ -572,9 +576,78 @@ void cli_clone_usage(FILE *out)
 		     "  -d, --disk N=PATH[,format=raw|overlay]\n"
 		     "                           the image of disk N (unless inside DIR); each\n"
 		     "                           clone runs on an overlay of its own over it\n"
-		     "      --console-dir DIR    write clone i's console to DIR/PREFIX-i.log\n"
+		     "      --console-dir DIR    write clone i's console to DIR/PREFIX-i.log; without\n"
+		     "                           it, with N > 1, every console line on stdout starts\n"
+		     "                           with its clone's name: 'PREFIX-i| '\n"
 		     "      --timing             print each clone's time from start to running\n"
 		     "  -v, --verbose            log what Kapsel does\n");
+}
+
+/* One clone's console, read from a pipe and written to stdout line by line. */
+struct clone_output {
+	int fd; /* read end, -1 once closed */
+	struct line_prefixer lines;
+};
+
+static volatile sig_atomic_t clone_stop_signal; /* SIGINT or SIGTERM to pass on */
+
+static void on_clone_signal(int signo)
+{
+	clone_stop_signal = signo;
+}
+
+/* Copy every clone's console to stdout, each line with its name, until
+ * all have closed theirs; SIGINT and SIGTERM are passed on to the clones. */
+static void copy_clone_outputs(struct clone_output *outputs, const pid_t *children,
+			       unsigned long count)
+{
+	struct sigaction sa = { .sa_handler = on_clone_signal };
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	struct pollfd *fds = calloc(count, sizeof(*fds));
+	if (!fds)
+		return;
+	for (;;) {
+		unsigned long open = 0;
+		for (unsigned long i = 0; i < count; i++) {
+			fds[i] = (struct pollfd){ .fd = outputs[i].fd, .events = POLLIN };
+			open += outputs[i].fd >= 0;
+		}
+		if (!open)
+			break;
+		int ready = poll(fds, count, -1);
+		if (clone_stop_signal) {
+			for (unsigned long i = 0; i < count; i++)
+				if (children[i] > 0)
+					kill(children[i], (int)clone_stop_signal);
+			clone_stop_signal = 0;
+		}
+		if (ready < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		for (unsigned long i = 0; i < count; i++) {
+			if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
+				continue;
+			char buf[4096];
+			ssize_t n = read(outputs[i].fd, buf, sizeof(buf));
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0) {
+				line_prefixer_flush(&outputs[i].lines, stdout);
+				close(outputs[i].fd);
+				outputs[i].fd = -1;
+				continue;
+			}
+			line_prefixer_feed(&outputs[i].lines, buf, (size_t)n, stdout);
+		}
+	}
+	free(fds);
+	for (unsigned long i = 0; i < count; i++)
+		if (outputs[i].fd >= 0)
+			close(outputs[i].fd);
 }
 
 int cli_clone(int argc, char **argv)
@@ -663,16 +736,38 @@ int cli_clone(int argc, char **argv)
 		prefix = base_name;
 
 	pid_t *children = calloc(count, sizeof(pid_t));
-	if (!children)
+	struct clone_output *outputs = calloc(count, sizeof(*outputs));
+	if (!children || !outputs) {
+		free(children);
+		free(outputs);
 		return KAPSEL_EXIT_VMM_ERROR;
+	}
+	/* Several consoles on one stdout: each line carries its clone's name. */
+	bool prefix_lines = count > 1 && !console_dir;
+	for (unsigned long i = 0; i < count; i++)
+		outputs[i].fd = -1;
 	fflush(NULL);
 	for (unsigned long i = 0; i < count; i++) {
 		char name[VM_CONFIG_NAME_MAX];
 		snprintf(name, sizeof(name), "%.40s-%lu", prefix, i + 1);
+		int pipe_fds[2] = { -1, -1 };
+		if (prefix_lines && pipe2(pipe_fds, O_CLOEXEC) < 0) {
+			kapsel_error("cannot start clone '%s': %s", name, strerror(errno));
+			break;
+		}
 		pid_t pid = fork();
 		if (pid < 0) {
-			kapsel_error("cannot start clone %lu: %s", i + 1, strerror(errno));
+			kapsel_error("cannot start clone '%s': %s", name, strerror(errno));
+			if (prefix_lines) {
+				close(pipe_fds[0]);
+				close(pipe_fds[1]);
+			}
 			break;
+		}
+		if (pid == 0 && prefix_lines) {
+			dup2(pipe_fds[1], STDOUT_FILENO);
+			for (unsigned long j = 0; j < i; j++)
+				close(outputs[j].fd);
 		}
 		if (pid == 0) {
 			char console[4096];
@@ -693,7 +788,14 @@ int cli_clone(int argc, char **argv)
 			_exit(restore_and_run(&settings));
 		}
 		children[i] = pid;
+		if (prefix_lines) {
+			close(pipe_fds[1]);
+			outputs[i].fd = pipe_fds[0];
+			line_prefixer_init(&outputs[i].lines, name);
+		}
 	}
+	if (prefix_lines)
+		copy_clone_outputs(outputs, children, count);
 	int status = 0;
 	for (unsigned long i = 0; i < count; i++) {
 		if (children[i] <= 0) {
@@ -704,9 +806,12 @@ int cli_clone(int argc, char **argv)
 		while (waitpid(children[i], &wstatus, 0) < 0 && errno == EINTR)
 			;
 		int code = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : KAPSEL_EXIT_VMM_ERROR;
+		if (code && count > 1)
+			kapsel_warn("clone '%.40s-%lu' exited with status %d", prefix, i + 1, code);
 		if (code && !status)
 			status = code;
 	}
 	free(children);
+	free(outputs);
 	return status;
 }

@@ -116,7 +116,7 @@ console-blocked-sink)
 	elapsed=$(ms_since "$start")
 	expect_status 123 # stopped from outside
 	[ "$elapsed" -lt 10000 ] || fail "SIGTERM took $elapsed ms with the console pipe full"
-	expect_in "$TMP/flooder.err" "VM stopped by request"
+	expect_in "$TMP/flooder.err" "VM 'flooder' stopped by request"
 	;;
 console-blocked-destroy)
 	# 'destroy' ends a VM whose console pipe is full, within seconds.

@@ -558,7 +558,7 @@ state-control-save)
 	expect_status 0
 	expect_not_in "$TMP/out1" "counter done"
 	# Stopping after a save is what was asked for: no warning about it.
-	expect_not_in "$TMP/err1" "VM stopped by request"
+	expect_not_in "$TMP/err1" "stopped by request"
 	# A save to a path that cannot be written fails cleanly; the VM is gone
 	# now, so saving it again reports that.
 	STATUS=0
@@ -691,7 +691,7 @@ state-migrate)
 	STATUS=0; wait "$SRC" || STATUS=$?; expect_status 0
 	STATUS=0; wait "$DST" || STATUS=$?; expect_status 0
 	expect_not_in "$TMP/src.out" "counter done"
-	expect_not_in "$TMP/src.err" "VM stopped by request"
+	expect_not_in "$TMP/src.err" "stopped by request"
 	expect_in "$TMP/dst.out" "new generation 1"
 	expect_in "$TMP/dst.out" "counter done 600"
 	CHECK_DISK=$TMP/disk.img check_ticks 1 600 "$TMP/src.out" "$TMP/dst.out" || fail "migrated sequence"
