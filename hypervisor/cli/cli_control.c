@@ -154,8 +154,12 @@ void cli_list_usage(FILE *out)
 		     "died are removed on the way.  VCPUS is the VM's vCPU count, or UP/COUNT\n"
 		     "while the guest has fewer of them up.\n"
 		     "\n"
+		     "A 'kapsel run --incoming' waiting for its migration is listed after them\n"
+		     "with STATE 'incoming', no ID, and in UPTIME how long it has waited; its\n"
+		     "NAME is '-' unless given with --name (the stream names it).\n"
+		     "\n"
 		     "Options:\n"
-		     "  -q, --names   print only the names, one per line\n"
+		     "  -q, --names   print only the names of running VMs, one per line\n"
 		     "  -h, --help    show this help\n");
 }
 
@@ -220,6 +224,26 @@ int cli_list(int argc, char **argv)
 		control_reply_free(&reply);
 	}
 	control_free_names(names, count);
+	/* VMs waiting for an incoming migration: no socket, no domain id yet;
+	 * UPTIME is how long they have waited. */
+	char **waiting;
+	int waiting_count = names_only ? 0 : control_list_incoming(&waiting);
+	for (int i = 0; i < waiting_count; i++) {
+		char name[VM_CONFIG_NAME_MAX + 8] = "-", memory[32] = "0", vcpus[16] = "1",
+		     pid[32] = "-", started[32] = "0", duration[32];
+		control_payload_get(waiting[i], "name", name, sizeof(name));
+		control_payload_get(waiting[i], "memory_bytes", memory, sizeof(memory));
+		control_payload_get(waiting[i], "vcpus", vcpus, sizeof(vcpus));
+		control_payload_get(waiting[i], "pid", pid, sizeof(pid));
+		control_payload_get(waiting[i], "started_unix", started, sizeof(started));
+		uint64_t since = strtoull(started, NULL, 10), now = (uint64_t)time(NULL);
+		format_duration(now > since ? (now - since) * 1000000000ull : 0, duration,
+				sizeof(duration));
+		printf("%5s  %-24s %-8s %7lluM %5s %10s %8s\n", "-", name, "incoming",
+		       strtoull(memory, NULL, 10) >> 20, vcpus, duration, pid);
+	}
+	if (waiting_count > 0)
+		control_free_names(waiting, waiting_count);
 	return 0;
 }
 

@@ -406,7 +406,15 @@ int run_supervisor_incoming(const char *uri, const struct vm_config *overrides, 
 	char error[1024];
 	int status = KAPSEL_EXIT_VMM_ERROR;
 
-	if (migrate_receive(uri, overrides, &vm, &config, error, sizeof(error)) < 0) {
+	/* While it waits, 'kapsel list' shows it as "incoming". */
+	struct control_incoming *waiting = NULL;
+	if (use_control &&
+	    control_incoming_register(&waiting, overrides->name, overrides->memory_bytes,
+				      overrides->vcpus, uri, error, sizeof(error)) < 0)
+		kapsel_warn("'kapsel list' will not show this VM while it waits: %s", error);
+	int err = migrate_receive(uri, overrides, &vm, &config, error, sizeof(error));
+	control_incoming_unregister(waiting);
+	if (err < 0) {
 		kapsel_error("incoming migration failed: %s; no VM was started", error);
 		vm_config_free(&config);
 		return status;
