@@ -364,6 +364,15 @@ static int enter_sandbox(struct kapsel_vm *vm)
 	return err;
 }
 
+static int (*on_running_fn)(void *opaque);
+static void *on_running_opaque;
+
+void run_supervisor_on_running(int (*fn)(void *opaque), void *opaque)
+{
+	on_running_fn = fn;
+	on_running_opaque = opaque;
+}
+
 int run_supervisor_until_stopped(struct kapsel_vm *vm, struct control_server *control,
 				 const char *save_dir, bool save_stop, bool print_stats)
 {
@@ -377,7 +386,8 @@ int run_supervisor_until_stopped(struct kapsel_vm *vm, struct control_server *co
 	struct sigaction stats = { .sa_handler = on_stats_signal };
 	sigemptyset(&stats.sa_mask);
 	sigaction(SIGUSR1, &stats, NULL);
-	if (state_runner_start(vm, save_dir, save_stop) == 0 && enter_sandbox(vm) == 0) {
+	if (state_runner_start(vm, save_dir, save_stop) == 0 &&
+	    (!on_running_fn || on_running_fn(on_running_opaque) == 0) && enter_sandbox(vm) == 0) {
 		status = vm_run(vm);
 		if (state_runner_stop(vm))
 			status = 0; /* stopped by --save-stop after a save */

@@ -30,6 +30,14 @@ int run_supervisor_until_stopped(struct kapsel_vm *vm, struct control_server *co
  */
 int run_supervisor_incoming(const char *uri, const struct vm_config *overrides, bool use_control);
 
+/*
+ * Call fn(opaque) once the VM is set up and about to run (before the
+ * sandbox is entered, so fn may still open and rename files): `kapsel run
+ * --daemon` and --pidfile use it.  A non-zero return stops the VM before
+ * it runs (exit status KAPSEL_EXIT_VMM_ERROR).  NULL clears it.
+ */
+void run_supervisor_on_running(int (*fn)(void *opaque), void *opaque);
+
 /* Register the control socket verbs of a running VM ('save', 'snapshot',
  * 'migrate'); idempotent. */
 void run_supervisor_register_control_verbs(void);
