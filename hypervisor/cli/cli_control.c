@@ -700,7 +700,8 @@ int cli_console(int argc, char **argv)
 		}
 	}
 	if (optind + 1 != argc) {
-		fprintf(stderr, "console: expected exactly one VM name\nTry 'kapsel console --help'.\n");
+		fprintf(stderr, "%s: expected exactly one VM name\nTry 'kapsel console --help'.\n",
+			argv[0]);
 		return 2;
 	}
 	const char *name = argv[optind];

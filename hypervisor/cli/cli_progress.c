@@ -15,6 +15,7 @@
 #include "control/control_client.h"
 #include "core/clock.h"
 
+#define PROGRESS_FIRST_MS 100 /* the first sample: soon, yet after the verb began */
 #define PROGRESS_INTERVAL_MS 250
 #define PROGRESS_REPLY_TIMEOUT_MS 2000
 
@@ -226,11 +227,13 @@ static void *poller_main(void *opaque)
 {
 	struct progress_poller *poller = opaque;
 	int fd = control_connect(poller->name);
+	long interval_ms = PROGRESS_FIRST_MS; /* then PROGRESS_INTERVAL_MS */
 	pthread_mutex_lock(&poller->lock);
 	while (!poller->stop && fd >= 0) {
 		struct timespec deadline;
 		clock_gettime(CLOCK_MONOTONIC, &deadline);
-		deadline.tv_nsec += PROGRESS_INTERVAL_MS * 1000000L;
+		deadline.tv_nsec += interval_ms * 1000000L;
+		interval_ms = PROGRESS_INTERVAL_MS;
 		if (deadline.tv_nsec >= 1000000000L) {
 			deadline.tv_sec++;
 			deadline.tv_nsec -= 1000000000L;
