@@ -146,18 +146,23 @@ void cli_progress_format(const struct state_progress *p, uint64_t bytes_per_s, u
 	size_t used;
 	if (strcmp(p->operation, "migrate") == 0) {
 		char round[80];
-		if (strcmp(p->phase, "precopy") == 0 && p->round)
+		if (done)
+			snprintf(round, sizeof(round), "%u rounds", p->round);
+		else if (strcmp(p->phase, "precopy") == 0 && p->round)
 			snprintf(round, sizeof(round), "round %u/%u, %s dirty", p->round,
 				 p->max_rounds, dirty);
 		else if (strcmp(p->phase, "precopy") == 0)
 			snprintf(round, sizeof(round), "round 0/%u", p->max_rounds);
 		else
 			snprintf(round, sizeof(round), "after %u rounds", p->round);
-		used = (size_t)snprintf(buf, len, "migrate: %s %s, %s of %s (%u%%), %s sent",
-					p->phase, round, scanned, total, percent, written);
+		used = (size_t)snprintf(buf, len, "migrate: %s%s%s, %s of %s (%u%%), %s sent",
+					done ? "" : p->phase, done ? "" : " ", round, scanned,
+					total, percent, written);
 	} else {
-		used = (size_t)snprintf(buf, len, "%s: %s %s of %s (%u%%), %s written",
-					p->operation, p->phase, scanned, total, percent, written);
+		/* Once done, the phase it ended in says nothing. */
+		used = (size_t)snprintf(buf, len, "%s: %s%s%s of %s (%u%%), %s written",
+					p->operation, done ? "" : p->phase, done ? "" : " ",
+					scanned, total, percent, written);
 	}
 	if (used < len)
 		snprintf(buf + used, len - used, ", %s, %s, %s", rate, elapsed, left);

@@ -99,7 +99,7 @@ static void test_format(void)
 	p.elapsed_ns = 2000000000ull;
 	p.written_bytes = 300ull << 20;
 	cli_progress_format(&p, 0, UINT64_MAX, line, sizeof(line));
-	CU_ASSERT_STRING_EQUAL(line, "save: memory 1.0 GiB of 1.0 GiB (100%), 300.0 MiB written, "
+	CU_ASSERT_STRING_EQUAL(line, "save: 1.0 GiB of 1.0 GiB (100%), 300.0 MiB written, "
 				     "150.0 MiB/s, 2.0 s, done");
 	/* A migration round names the round, the limit and the dirty data. */
 	struct state_progress m = sample(2ull << 20, 70ull << 20);
@@ -114,6 +114,10 @@ static void test_format(void)
 	snprintf(m.phase, sizeof(m.phase), "stop-copy");
 	cli_progress_format(&m, 64ull << 20, 100000000ull, line, sizeof(line));
 	CU_ASSERT_PTR_NOT_NULL(strstr(line, "migrate: stop-copy after 3 rounds, "));
+	snprintf(m.state, sizeof(m.state), "failed");
+	cli_progress_format(&m, 0, UINT64_MAX, line, sizeof(line));
+	CU_ASSERT_PTR_NOT_NULL(strstr(line, "migrate: 3 rounds, "));
+	CU_ASSERT_PTR_NOT_NULL(strstr(line, ", failed"));
 	/* A small buffer is cut, never overrun. */
 	char small[16];
 	memset(small, 'x', sizeof(small));
