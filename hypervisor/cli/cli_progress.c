@@ -147,14 +147,17 @@ void cli_progress_format(const struct state_progress *p, uint64_t bytes_per_s, u
 	if (strcmp(p->operation, "migrate") == 0) {
 		char round[80];
 		if (done)
-			snprintf(round, sizeof(round), "%u rounds", p->round);
+			snprintf(round, sizeof(round), "%u round%s", p->round, p->round == 1 ? "" : "s");
 		else if (strcmp(p->phase, "precopy") == 0 && p->round)
 			snprintf(round, sizeof(round), "round %u/%u, %s dirty", p->round,
 				 p->max_rounds, dirty);
 		else if (strcmp(p->phase, "precopy") == 0)
 			snprintf(round, sizeof(round), "round 0/%u", p->max_rounds);
+		else if (strcmp(p->phase, "connect") == 0)
+			snprintf(round, sizeof(round), "to the destination");
 		else
-			snprintf(round, sizeof(round), "after %u rounds", p->round);
+			snprintf(round, sizeof(round), "after %u round%s", p->round,
+				 p->round == 1 ? "" : "s");
 		used = (size_t)snprintf(buf, len, "migrate: %s%s%s, %s of %s (%u%%), %s sent",
 					done ? "" : p->phase, done ? "" : " ", round, scanned,
 					total, percent, written);

@@ -357,6 +357,7 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 		s.sent_crc[p] = s.zero_crc;
 
 	struct migrate_transport *t = NULL;
+	state_progress_phase("connect");
 	err = migrate_transport_connect(uri, opt.security, (int)opt.timeout_ms, &t, error,
 					error_len);
 	if (err)
@@ -386,6 +387,7 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 			send_page(&s, p);
 			note_scanned(&s, p + 1);
 		}
+		state_progress_update(end, w.offset_bytes);
 		pos = end;
 	}
 	flush_batch(&s);
@@ -466,6 +468,7 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 			send_page(&s, p);
 			note_scanned(&s, p + 1);
 		}
+		state_progress_update(end, w.offset_bytes);
 		if (!more)
 			break;
 		pos = end;

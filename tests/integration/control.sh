@@ -559,7 +559,7 @@ control-stats-watch)
 control-help)
 	start_vm helpful
 	echo help | send helpful
-	for verb in info pause resume shutdown destroy stats set-limits dumpxml console wait; do
+	for verb in info pause resume shutdown destroy stats set-limits dumpxml console wait progress save snapshot migrate; do
 		grep -q "^$verb " "$TMP/reply" || { cat "$TMP/reply"; fail "help lacks $verb"; }
 	done
 	"$KAPSEL" destroy helpful >/dev/null

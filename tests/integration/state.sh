@@ -1038,7 +1038,7 @@ state-migrate-options)
 	expect_in "$TMP/mig" "migrated VM '$name'"
 	rounds=$(sed -n -E "s/.*: ([0-9]+) rounds, .*/\1/p" "$TMP/mig")
 	[ -n "$rounds" ] && [ "$rounds" -le 2 ] || fail "the migration took '$rounds' rounds with --max-rounds 2"
-	grep -Eq "^migrate: .*(round [0-9]+/2|after [0-9]+ rounds|[0-9]+ rounds)" "$TMP/mig.err" ||
+	grep -Eq "^migrate: .*(round [0-9]+/2|after [0-9]+ rounds?|[0-9]+ rounds?)," "$TMP/mig.err" ||
 		fail "no migration progress line naming the round limit"
 	STATUS=0; wait "$SRC" || STATUS=$?; expect_status 0
 	# Arrived: listed once, running, no longer incoming.
