@@ -72,9 +72,8 @@ void cli_progress_rate(const struct state_progress *prev, const struct state_pro
 	if (!same_pass(prev, cur) || cur->scanned_bytes <= prev->scanned_bytes)
 		return;
 	uint64_t walked = cur->scanned_bytes - prev->scanned_bytes;
-	uint64_t remaining = cur->total_bytes > cur->scanned_bytes
-				     ? cur->total_bytes - cur->scanned_bytes
-				     : 0;
+	uint64_t remaining =
+		cur->total_bytes > cur->scanned_bytes ? cur->total_bytes - cur->scanned_bytes : 0;
 	*left_ns = (uint64_t)((double)remaining * (double)elapsed_ns / (double)walked + 0.5);
 }
 
@@ -120,9 +119,8 @@ void cli_progress_format(const struct state_progress *p, uint64_t bytes_per_s, u
 	cli_format_bytes(p->written_bytes, written, sizeof(written));
 	cli_format_bytes(p->dirty_bytes, dirty, sizeof(dirty));
 	cli_format_duration(p->elapsed_ns, elapsed, sizeof(elapsed));
-	unsigned percent = p->total_bytes
-				   ? (unsigned)(p->scanned_bytes * 100 / p->total_bytes)
-				   : (strcmp(p->state, "done") == 0 ? 100u : 0u);
+	unsigned percent = p->total_bytes ? (unsigned)(p->scanned_bytes * 100 / p->total_bytes)
+					  : (strcmp(p->state, "done") == 0 ? 100u : 0u);
 	bool done = strcmp(p->state, "running") != 0;
 	if (bytes_per_s) {
 		cli_format_bytes(bytes_per_s, rate, sizeof(rate));
@@ -147,7 +145,8 @@ void cli_progress_format(const struct state_progress *p, uint64_t bytes_per_s, u
 	if (strcmp(p->operation, "migrate") == 0) {
 		char round[80];
 		if (done)
-			snprintf(round, sizeof(round), "%u round%s", p->round, p->round == 1 ? "" : "s");
+			snprintf(round, sizeof(round), "%u round%s", p->round,
+				 p->round == 1 ? "" : "s");
 		else if (strcmp(p->phase, "precopy") == 0 && p->round)
 			snprintf(round, sizeof(round), "round %u/%u, %s dirty", p->round,
 				 p->max_rounds, dirty);
@@ -177,8 +176,7 @@ int cli_parse_u32_range(const char *option, const char *text, uint32_t min, uint
 	char *end = NULL;
 	errno = 0;
 	unsigned long long number = strtoull(text, &end, 10);
-	if (!isdigit((unsigned char)text[0]) || *end || errno || number < min ||
-	    number > max) {
+	if (!isdigit((unsigned char)text[0]) || *end || errno || number < min || number > max) {
 		snprintf(error, error_len, "%s '%s' is not valid; use a whole number from %u to %u",
 			 option, text, min, max);
 		return -EINVAL;

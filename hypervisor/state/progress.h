@@ -14,10 +14,10 @@
  */
 
 struct state_progress {
-	uint64_t sequence;     /* 0: no operation yet; +1 per operation begun */
-	char operation[16];    /* "save", "snapshot", "migrate" or "" */
-	char state[8];	       /* "running", "done", "failed" or "" */
-	char phase[16];	       /* "memory", "precopy", "stop-copy", "state", "handover" */
+	uint64_t sequence;	/* 0: no operation yet; +1 per operation begun */
+	char operation[16];	/* "save", "snapshot", "migrate" or "" */
+	char state[8];		/* "running", "done", "failed" or "" */
+	char phase[16];		/* "memory", "precopy", "stop-copy", "state", "handover" */
 	uint64_t scanned_bytes; /* of guest RAM walked in this pass */
 	uint64_t total_bytes;	/* guest RAM to walk in this pass */
 	uint64_t written_bytes; /* written to the file or stream, all passes */

@@ -1064,6 +1064,7 @@ state-clone-names)
 		grep -q "^cn$$-2| tick" "$TMP/clone.out" && break
 		sleep 0.1
 	done
+	grep -q "^cn$$-2| tick" "$TMP/clone.out" || { head "$TMP/clone.out"; fail "no console line named cn$$-2"; }
 	"$KAPSEL" destroy cn$$-2 >/dev/null || fail "destroy cn$$-2"
 	STATUS=0; wait "$CLONES" || STATUS=$?
 	expect_status 123 # one clone was stopped from outside

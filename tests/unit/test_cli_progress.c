@@ -161,8 +161,9 @@ static void test_option_numbers(void)
 					    sizeof(error)),
 			0);
 	CU_ASSERT_EQUAL(value, 1000);
-	static const char *const bad[] = { "0", "1001", "", "-1", "+5", "5ms", "abc", " 5",
-					   "99999999999999999999" };
+	static const char *const bad[] = { "0",	  "1001", "",
+					   "-1",  "+5",	  "5ms",
+					   "abc", " 5",	  "99999999999999999999" };
 	for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		value = 7;
 		CU_ASSERT_EQUAL(cli_parse_u32_range("--max-rounds", bad[i], 1, 1000, &value, error,
