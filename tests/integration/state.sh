@@ -983,6 +983,12 @@ state-progress)
 	expect_in "$TMP/prog2" "sequence 3"
 	"$KAPSEL" save --progress --no-progress "$name" "$TMP/quiet2" >"$TMP/save3" 2>"$TMP/save3.err" || fail "save"
 	[ ! -s "$TMP/save3.err" ] || fail "--no-progress drew progress"
+	# On a terminal (script(1) gives it one) by default: one line redrawn
+	# with a carriage return, ended by a newline.
+	script -qefc "$KAPSEL save $name $TMP/tty" "$TMP/typescript" >/dev/null </dev/null ||
+		{ cat "$TMP/typescript"; fail "save on a terminal"; }
+	grep -aq $'\r'"save: 128\.0 MiB of 128\.0 MiB (100%).*done"$'\033\\[K' "$TMP/typescript" ||
+		{ cat -A "$TMP/typescript"; fail "no progress line on a terminal"; }
 	"$KAPSEL" destroy "$name" >/dev/null
 	wait "$PID" 2>/dev/null || true
 	;;
