@@ -111,6 +111,7 @@ static bool host_has_memory_for(uint64_t memory_bytes)
 struct run_background {
 	int ready_fd;		  /* --daemon: the waiting parent's pipe, else -1 */
 	const char *log_path;	  /* --daemon: the console log, for stderr */
+	int log_fd;		  /* --daemon: it, opened before the sandbox */
 	int pidfile_dirfd;	  /* --pidfile: its folder, opened before any jail */
 	char pidfile_name[256];	  /* its name in that folder */
 	const char *pidfile_path; /* as given, for messages */
@@ -165,28 +166,37 @@ static int pidfile_write(struct run_background *bg)
 	return 0;
 }
 
-/* run_supervisor_on_running: the VM is about to run. */
-static int background_on_running(void *opaque)
+/* run_supervisor_on_running, before the sandbox: the pidfile, and the
+ * console log opened again for our stderr. */
+static int background_prepare(void *opaque)
 {
 	struct run_background *bg = opaque;
 	if (bg->pidfile_dirfd >= 0 && pidfile_write(bg) < 0)
 		return -1;
+	if (bg->ready_fd >= 0)
+		bg->log_fd = open(bg->log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+	return 0;
+}
+
+/* run_supervisor_on_running, in the sandbox: the VM runs; tell the
+ * waiting parent.  From now on nobody reads our stderr: Kapsel's messages
+ * go to the console log, after the guest's output so far. */
+static void background_running(void *opaque)
+{
+	struct run_background *bg = opaque;
 	if (bg->ready_fd < 0)
-		return 0;
-	/* From now on nobody reads our stderr: Kapsel's messages go to the
-	 * console log, after the guest's output so far. */
-	int log_fd = open(bg->log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-	if (log_fd >= 0) {
+		return;
+	if (bg->log_fd >= 0) {
 		fflush(stderr);
-		dup2(log_fd, STDERR_FILENO);
-		close(log_fd);
+		dup3(bg->log_fd, STDERR_FILENO, 0);
+		close(bg->log_fd);
+		bg->log_fd = -1;
 	}
 	char running = 'R';
 	ssize_t n = write(bg->ready_fd, &running, 1);
 	(void)n;
 	close(bg->ready_fd);
 	bg->ready_fd = -1;
-	return 0;
 }
 
 static void background_end(struct run_background *bg)
@@ -304,7 +314,7 @@ int cli_run(int argc, char **argv)
 	bool overcommit = false;
 	bool daemon = false;
 	const char *pidfile = NULL;
-	struct run_background background = { .ready_fd = -1, .pidfile_dirfd = -1 };
+	struct run_background background = { .ready_fd = -1, .log_fd = -1, .pidfile_dirfd = -1 };
 
 	vm_config_init(&config);
 	/* A domain XML file anywhere among the arguments is read first, so
@@ -503,7 +513,7 @@ int cli_run(int argc, char **argv)
 		}
 	}
 	if (pidfile || daemon)
-		run_supervisor_on_running(background_on_running, &background);
+		run_supervisor_on_running(background_prepare, background_running, &background);
 	if (incoming) {
 		/* The VM's definition comes with it; the name only if given. */
 		if (!name_given)
@@ -553,10 +563,12 @@ usage:
 	status = KAPSEL_EXIT_USAGE;
 out:
 	control_server_stop(control);
-	run_supervisor_on_running(NULL, NULL);
+	run_supervisor_on_running(NULL, NULL, NULL);
 	background_end(&background);
 	if (background.ready_fd >= 0)
 		close(background.ready_fd);
+	if (background.log_fd >= 0)
+		close(background.log_fd);
 	vm_config_free(&config);
 	return status;
 }

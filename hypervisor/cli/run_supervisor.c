@@ -364,12 +364,15 @@ static int enter_sandbox(struct kapsel_vm *vm)
 	return err;
 }
 
-static int (*on_running_fn)(void *opaque);
+static int (*on_prepare_fn)(void *opaque);
+static void (*on_running_fn)(void *opaque);
 static void *on_running_opaque;
 
-void run_supervisor_on_running(int (*fn)(void *opaque), void *opaque)
+void run_supervisor_on_running(int (*prepare)(void *opaque), void (*running)(void *opaque),
+			       void *opaque)
 {
-	on_running_fn = fn;
+	on_prepare_fn = prepare;
+	on_running_fn = running;
 	on_running_opaque = opaque;
 }
 
@@ -387,7 +390,9 @@ int run_supervisor_until_stopped(struct kapsel_vm *vm, struct control_server *co
 	sigemptyset(&stats.sa_mask);
 	sigaction(SIGUSR1, &stats, NULL);
 	if (state_runner_start(vm, save_dir, save_stop) == 0 &&
-	    (!on_running_fn || on_running_fn(on_running_opaque) == 0) && enter_sandbox(vm) == 0) {
+	    (!on_prepare_fn || on_prepare_fn(on_running_opaque) == 0) && enter_sandbox(vm) == 0) {
+		if (on_running_fn)
+			on_running_fn(on_running_opaque);
 		status = vm_run(vm);
 		if (state_runner_stop(vm))
 			status = 0; /* stopped by --save-stop after a save */
