@@ -631,6 +631,14 @@ control-daemon)
 	kill -0 "$pid" 2>/dev/null && fail "the daemon did not end"
 	[ ! -e "$TMP/bg.pid" ] || fail "the pidfile outlived the VM"
 	expect_in "$TMP/bg.log" "idle: poweroff requested"
+	# Kapsel's own messages after the start go to the log too.
+	"$KAPSEL" run --daemon --kernel "$GUESTS/idle.elf" --name bg2 \
+		--console-output "$TMP/bg2.log" --pidfile "$TMP/bg2.pid" </dev/null || fail "run --daemon bg2"
+	VMPIDS+=("$(cat "$TMP/bg2.pid")")
+	"$KAPSEL" destroy bg2 >/dev/null || fail "destroy bg2"
+	for _ in $(seq 100); do [ -e "$TMP/bg2.pid" ] || break; sleep 0.05; done
+	[ ! -e "$TMP/bg2.pid" ] || fail "the pidfile outlived a destroyed VM"
+	expect_in "$TMP/bg2.log" "kapsel: warning: VM 'bg2' stopped by request"
 	# Refused: no log file (usage, 2); a kernel that cannot be loaded (125,
 	# the reason on stderr, no pidfile).
 	STATUS=0
