@@ -17,9 +17,14 @@
 #include "control/control.h"
 #include "control/control_client.h"
 #include "control/control_json.h"
+#include "core/clock.h"
 
 #define REPLY_TIMEOUT_MS 30000
 #define CONSOLE_ESCAPE 0x1d /* Ctrl-] */
+/* After a script's input ends: end once the guest is quiet this long, or
+ * at the latest this long after the end of input. */
+#define CONSOLE_EOF_QUIET_MS 1000u
+#define CONSOLE_EOF_LINGER_MS 10000u
 
 int cli_connect_error(const char *name, int err)
 {
@@ -207,9 +212,14 @@ void cli_list_usage(FILE *out)
 		"died are removed on the way.  VCPUS is the VM's vCPU count, or UP/COUNT\n"
 		"while the guest has fewer of them up.\n"
 		"\n"
+		"A 'kapsel run --incoming' waiting for its migration is listed after them\n"
+		"with STATE 'incoming', no ID, and in UPTIME how long it has waited; its\n"
+		"NAME is '-' unless given with --name (the stream names it).\n"
+		"\n"
 		"Options:\n"
-		"  -q, --names   print only the names, one per line\n"
-		"      --json    print one JSON object (schema kapsel.list/1, docs/control.md)\n"
+		"  -q, --names   print only the names of running VMs, one per line\n"
+		"      --json    print one JSON object (schema kapsel.list/1, docs/control.md;\n"
+		"                running VMs only)\n"
 		"  -h, --help    show this help\n");
 }
 
@@ -283,6 +293,26 @@ int cli_list(int argc, char **argv)
 		control_reply_free(&reply);
 	}
 	control_free_names(names, count);
+	/* VMs waiting for an incoming migration: no socket, no domain id yet;
+	 * UPTIME is how long they have waited. */
+	char **waiting;
+	int waiting_count = names_only ? 0 : control_list_incoming(&waiting);
+	for (int i = 0; i < waiting_count; i++) {
+		char name[VM_CONFIG_NAME_MAX + 8] = "-", memory[32] = "0", vcpus[16] = "1",
+		     pid[32] = "-", started[32] = "0", duration[32];
+		control_payload_get(waiting[i], "name", name, sizeof(name));
+		control_payload_get(waiting[i], "memory_bytes", memory, sizeof(memory));
+		control_payload_get(waiting[i], "vcpus", vcpus, sizeof(vcpus));
+		control_payload_get(waiting[i], "pid", pid, sizeof(pid));
+		control_payload_get(waiting[i], "started_unix", started, sizeof(started));
+		uint64_t since = strtoull(started, NULL, 10), now = (uint64_t)time(NULL);
+		format_duration(now > since ? (now - since) * 1000000000ull : 0, duration,
+				sizeof(duration));
+		printf("%5s  %-24s %-8s %7lluM %5s %10s %8s\n", "-", name, "incoming",
+		       strtoull(memory, NULL, 10) >> 20, vcpus, duration, pid);
+	}
+	if (waiting_count > 0)
+		control_free_names(waiting, waiting_count);
 	return 0;
 }
 
@@ -867,11 +897,20 @@ int cli_stats(int argc, char **argv)
 
 void cli_console_usage(FILE *out)
 {
-	fprintf(out, "Usage: kapsel console NAME\n"
+	fprintf(out, "Usage: kapsel console [--follow] NAME\n"
 		     "\n"
 		     "Attach to a running VM's console: recent and new guest output is shown\n"
-		     "and what you type goes to the guest.  Press Ctrl-] to detach; the VM\n"
-		     "keeps running.  Several consoles may be attached at once.\n");
+		     "and what you type goes to the guest.  Several consoles may be attached at\n"
+		     "once; the VM keeps running when one detaches.\n"
+		     "\n"
+		     "On a terminal, Ctrl-] detaches.  When standard input is not a terminal\n"
+		     "(a pipe, a file), every byte goes to the guest, Ctrl-] included, and the\n"
+		     "end of input ends 'kapsel console' once the guest has been quiet for %u ms\n"
+		     "(at most %u s after the end of input), so that it shows the answer to the\n"
+		     "last line.  It also ends when the VM does.\n"
+		     "\n"
+		     "  --follow   send no input; show output until the VM ends (or Ctrl-C)\n",
+		CONSOLE_EOF_QUIET_MS, CONSOLE_EOF_LINGER_MS / 1000);
 }
 
 static struct termios saved_termios;
@@ -900,10 +939,29 @@ static int write_all(int fd, const char *data, size_t len)
 
 int cli_console(int argc, char **argv)
 {
-	int status = 0;
-	const char *name = single_name(argc, argv, cli_console_usage, &status);
-	if (!name)
-		return status;
+	static const struct option options[] = { { "follow", no_argument, NULL, 'f' },
+						 { "help", no_argument, NULL, 'h' },
+						 { 0 } };
+	bool follow = false;
+	int opt;
+	optind = 1;
+	while ((opt = getopt_long(argc, argv, "fh", options, NULL)) != -1) {
+		if (opt == 'f') {
+			follow = true;
+		} else if (opt == 'h') {
+			cli_console_usage(stdout);
+			return 0;
+		} else {
+			fprintf(stderr, "Try 'kapsel console --help'.\n");
+			return 2;
+		}
+	}
+	if (optind + 1 != argc) {
+		fprintf(stderr, "%s: expected exactly one VM name\nTry 'kapsel console --help'.\n",
+			argv[0]);
+		return 2;
+	}
+	const char *name = argv[optind];
 	int fd = control_connect(name);
 	if (fd < 0)
 		return cli_connect_error(name, fd);
@@ -920,7 +978,7 @@ int cli_console(int argc, char **argv)
 		return 1;
 	}
 	control_reply_free(&reply);
-	bool tty = isatty(STDIN_FILENO);
+	bool tty = !follow && isatty(STDIN_FILENO);
 	if (tty && tcgetattr(STDIN_FILENO, &saved_termios) == 0) {
 		struct termios raw = saved_termios;
 		cfmakeraw(&raw);
@@ -933,15 +991,29 @@ int cli_console(int argc, char **argv)
 		fprintf(stderr, "Connected to VM '%s'; press Ctrl-] to detach.\r\n", name);
 	}
 	signal(SIGPIPE, SIG_IGN);
-	bool input_open = true;
+	bool input_open = !follow;
+	uint64_t input_ended_ms = 0; /* when a non-terminal input ended */
 	for (;;) {
 		struct pollfd fds[2] = { { .fd = fd, .events = POLLIN },
 					 { .fd = STDIN_FILENO, .events = POLLIN } };
-		if (poll(fds, input_open ? 2 : 1, -1) < 0) {
+		int timeout = -1;
+		if (input_ended_ms) {
+			/* The end of a script's input: linger while the guest answers. */
+			uint64_t now = monotonic_ns() / 1000000ull;
+			if (now >= input_ended_ms + CONSOLE_EOF_LINGER_MS)
+				break;
+			timeout = (int)(input_ended_ms + CONSOLE_EOF_LINGER_MS - now);
+			if (timeout > (int)CONSOLE_EOF_QUIET_MS)
+				timeout = CONSOLE_EOF_QUIET_MS;
+		}
+		int ready = poll(fds, input_open ? 2 : 1, timeout);
+		if (ready < 0) {
 			if (errno == EINTR)
 				continue;
 			break;
 		}
+		if (ready == 0 && input_ended_ms)
+			break; /* quiet for CONSOLE_EOF_QUIET_MS: done */
 		if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
 			char buf[4096];
 			ssize_t n = read(fd, buf, sizeof(buf));
@@ -957,8 +1029,12 @@ int cli_console(int argc, char **argv)
 			char buf[1024];
 			ssize_t n = read(STDIN_FILENO, buf, sizeof(buf));
 			if (n <= 0) {
-				/* End of input: keep showing output until the VM ends. */
 				input_open = false;
+				/* A terminal's end of input (Ctrl-D is a byte in raw
+				 * mode; this is a hang-up) keeps showing output; a
+				 * script's ends the client after a short linger. */
+				if (!tty)
+					input_ended_ms = monotonic_ns() / 1000000ull;
 				continue;
 			}
 			char *escape = tty ? memchr(buf, CONSOLE_ESCAPE, (size_t)n) : NULL;

@@ -1,12 +1,14 @@
 /* `kapsel run`: boot a guest from command-line options or a libvirt domain XML file. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <sys/sysinfo.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -65,6 +67,12 @@ void cli_run_usage(FILE *out)
 		"                           ',insecure' instead of ',psk=FILE': plain TCP, INSECURE;\n"
 		"                           the VM's kernel, memory and disks come from this command\n"
 		"                           line or XML (as on the source), never from the stream\n"
+		"      --daemon             run in the background: return once the VM runs (0), or\n"
+		"                           with the error status if it could not start; needs\n"
+		"                           --console-output FILE, where Kapsel's own messages go\n"
+		"                           too from then on; no console input (kapsel console)\n"
+		"      --pidfile FILE       write the PID of the process running the VM to FILE\n"
+		"                           (atomically, once it runs); removed when it ends\n"
 		"      --stats              print exit and device counters when the VM stops\n"
 		"      --stats-file FILE    on SIGUSR1, write the counters to FILE (default stderr)\n" SANDBOX_USAGE
 		"  -v, --verbose            log what Kapsel does\n"
@@ -72,7 +80,8 @@ void cli_run_usage(FILE *out)
 		"\n"
 		"Examples:\n"
 		"  kapsel run --kernel build/guest-pv/examples/hello.elf --memory 64M\n"
-		"  kapsel run examples/hello.xml\n",
+		"  kapsel run examples/hello.xml\n"
+		"  kapsel run --daemon --console-output web.log --pidfile web.pid -n web -k K.elf\n",
 		KAPSEL_EXIT_GUEST_CRASH, KAPSEL_EXIT_STOPPED, KAPSEL_EXIT_VMM_ERROR,
 		VM_CONFIG_MAX_VCPUS);
 }
@@ -115,6 +124,157 @@ static bool host_has_memory_for(uint64_t memory_bytes)
 	return false;
 }
 
+/* --daemon and --pidfile: what the VM's process does once the VM runs. */
+struct run_background {
+	int ready_fd;		  /* --daemon: the waiting parent's pipe, else -1 */
+	const char *log_path;	  /* --daemon: the console log, for stderr */
+	int log_fd;		  /* --daemon: it, opened before the sandbox */
+	int pidfile_dirfd;	  /* --pidfile: its folder, opened before any jail */
+	char pidfile_name[256];	  /* its name in that folder */
+	const char *pidfile_path; /* as given, for messages */
+	bool pidfile_written;
+};
+
+/* Open --pidfile's folder now (a jail or dropped privileges may hide it
+ * later).  Returns 0 or -errno (message printed). */
+static int pidfile_prepare(struct run_background *bg, const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	const char *base = slash ? slash + 1 : path;
+	if (!*base || strlen(base) >= sizeof(bg->pidfile_name) - 24) {
+		kapsel_error("--pidfile '%s' does not name a file", path);
+		return -EINVAL;
+	}
+	char folder[4096];
+	snprintf(folder, sizeof(folder), "%.*s", slash ? (int)(slash - path) + 1 : 1,
+		 slash ? path : ".");
+	bg->pidfile_dirfd = open(folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (bg->pidfile_dirfd < 0) {
+		kapsel_error("--pidfile '%s': cannot open its folder '%s': %s", path, folder,
+			     strerror(errno));
+		return -errno;
+	}
+	snprintf(bg->pidfile_name, sizeof(bg->pidfile_name), "%s", base);
+	bg->pidfile_path = path;
+	return 0;
+}
+
+/* Write the PID to a temporary file beside the pidfile, then rename it
+ * over: a reader sees no file or a whole one. */
+static int pidfile_write(struct run_background *bg)
+{
+	char temporary[sizeof(bg->pidfile_name) + 32];
+	snprintf(temporary, sizeof(temporary), ".%s.%ld.tmp", bg->pidfile_name, (long)getpid());
+	int fd = openat(bg->pidfile_dirfd, temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+			0644);
+	int err = fd < 0 ? -errno : 0;
+	if (!err && (dprintf(fd, "%ld\n", (long)getpid()) < 0 || fsync(fd) < 0))
+		err = -errno;
+	if (fd >= 0)
+		close(fd);
+	if (!err && renameat(bg->pidfile_dirfd, temporary, bg->pidfile_dirfd, bg->pidfile_name) < 0)
+		err = -errno;
+	if (err) {
+		unlinkat(bg->pidfile_dirfd, temporary, 0);
+		kapsel_error("cannot write the pidfile '%s': %s", bg->pidfile_path, strerror(-err));
+		return err;
+	}
+	bg->pidfile_written = true;
+	return 0;
+}
+
+/* run_supervisor_on_running, before the sandbox: the pidfile, and the
+ * console log opened again for our stderr. */
+static int background_prepare(void *opaque)
+{
+	struct run_background *bg = opaque;
+	if (bg->pidfile_dirfd >= 0 && pidfile_write(bg) < 0)
+		return -1;
+	if (bg->ready_fd >= 0)
+		bg->log_fd = open(bg->log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+	return 0;
+}
+
+/* run_supervisor_on_running, in the sandbox: the VM runs; tell the
+ * waiting parent.  From now on nobody reads our stderr: Kapsel's messages
+ * go to the console log, after the guest's output so far. */
+static void background_running(void *opaque)
+{
+	struct run_background *bg = opaque;
+	if (bg->ready_fd < 0)
+		return;
+	if (bg->log_fd >= 0) {
+		fflush(stderr);
+		dup3(bg->log_fd, STDERR_FILENO, 0);
+		close(bg->log_fd);
+		bg->log_fd = -1;
+	}
+	char running = 'R';
+	ssize_t n = write(bg->ready_fd, &running, 1);
+	(void)n;
+	close(bg->ready_fd);
+	bg->ready_fd = -1;
+}
+
+static void background_end(struct run_background *bg)
+{
+	if (bg->pidfile_written && unlinkat(bg->pidfile_dirfd, bg->pidfile_name, 0) < 0)
+		kapsel_warn("cannot remove the pidfile '%s': %s", bg->pidfile_path,
+			    strerror(errno));
+	if (bg->pidfile_dirfd >= 0)
+		close(bg->pidfile_dirfd);
+	bg->pidfile_dirfd = -1;
+	bg->pidfile_written = false;
+}
+
+/*
+ * --daemon: fork; the child detaches (new session, stdin and stdout on
+ * /dev/null) and returns -1 to go on starting the VM with *ready_fd set;
+ * the parent waits until the child says the VM runs (returns 0) or ends
+ * without saying so (returns the child's exit status: why it could not
+ * start is on our shared stderr).
+ */
+static int daemon_start(int *ready_fd)
+{
+	int fds[2];
+	if (pipe2(fds, O_CLOEXEC) < 0) {
+		kapsel_error("--daemon: cannot create a pipe: %s", strerror(errno));
+		return KAPSEL_EXIT_VMM_ERROR;
+	}
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid < 0) {
+		kapsel_error("--daemon: cannot fork: %s", strerror(errno));
+		close(fds[0]);
+		close(fds[1]);
+		return KAPSEL_EXIT_VMM_ERROR;
+	}
+	if (pid == 0) {
+		close(fds[0]);
+		setsid();
+		int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+		if (null_fd >= 0) {
+			dup2(null_fd, STDIN_FILENO);
+			dup2(null_fd, STDOUT_FILENO);
+			close(null_fd);
+		}
+		*ready_fd = fds[1];
+		return -1;
+	}
+	close(fds[1]);
+	char byte;
+	ssize_t n;
+	while ((n = read(fds[0], &byte, 1)) < 0 && errno == EINTR)
+		;
+	close(fds[0]);
+	if (n == 1)
+		return 0;
+	int wstatus;
+	while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR)
+		;
+	return WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : KAPSEL_EXIT_VMM_ERROR;
+}
+
 int cli_run(int argc, char **argv)
 {
 	enum {
@@ -130,7 +290,9 @@ int cli_run(int argc, char **argv)
 		OPT_NET,
 		OPT_RNG,
 		OPT_OVERCOMMIT,
-		OPT_VCPUS
+		OPT_VCPUS,
+		OPT_DAEMON,
+		OPT_PIDFILE
 	};
 	static const struct option options[] = {
 		{ "kernel", required_argument, NULL, 'k' },
@@ -151,6 +313,8 @@ int cli_run(int argc, char **argv)
 		{ "incoming", required_argument, NULL, OPT_INCOMING },
 		{ "stats-file", required_argument, NULL, OPT_STATS_FILE },
 		{ "overcommit", no_argument, NULL, OPT_OVERCOMMIT },
+		{ "daemon", no_argument, NULL, OPT_DAEMON },
+		{ "pidfile", required_argument, NULL, OPT_PIDFILE },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		SANDBOX_LONG_OPTIONS,
@@ -166,6 +330,9 @@ int cli_run(int argc, char **argv)
 	const char *incoming = NULL; /* --incoming: a live migration (run_supervisor.c) */
 	bool overcommit = false;
 	bool kernel_given = false; /* -k: the XML's kernel is not looked up */
+	bool daemon = false;
+	const char *pidfile = NULL;
+	struct run_background background = { .ready_fd = -1, .log_fd = -1, .pidfile_dirfd = -1 };
 
 	vm_config_init(&config);
 	/* A domain XML file anywhere among the arguments is read first, so
@@ -310,6 +477,12 @@ int cli_run(int argc, char **argv)
 		case OPT_OVERCOMMIT:
 			overcommit = true;
 			break;
+		case OPT_DAEMON:
+			daemon = true;
+			break;
+		case OPT_PIDFILE:
+			pidfile = optarg;
+			break;
 		case 'v':
 			kapsel_log_set_verbose(true);
 			break;
@@ -338,8 +511,33 @@ int cli_run(int argc, char **argv)
 	}
 	if (!kernel_given)
 		use_build_tree_guest(&config);
+	if (daemon && incoming) {
+		kapsel_error("--daemon does not work with --incoming yet; start the destination with '&' and --console-output FILE");
+		goto usage;
+	}
+	if (daemon && !config.console_output_path) {
+		kapsel_error("--daemon needs --console-output FILE: the guest's console (and Kapsel's messages once the VM runs) go there");
+		goto usage;
+	}
 	if (!overcommit && !host_has_memory_for(config.memory_bytes))
 		goto out;
+	if (pidfile && pidfile_prepare(&background, pidfile) < 0)
+		goto out;
+	if (daemon) {
+		config.console_input = false;
+		background.log_path = config.console_output_path;
+		int parent_status = daemon_start(&background.ready_fd);
+		if (parent_status >= 0) {
+			/* The parent: the VM runs (0), or it could not start. */
+			if (background.pidfile_dirfd >= 0)
+				close(background.pidfile_dirfd);
+			background.pidfile_dirfd = -1;
+			status = parent_status;
+			goto out;
+		}
+	}
+	if (pidfile || daemon)
+		run_supervisor_on_running(background_prepare, background_running, &background);
 	if (incoming) {
 		/* The VM's definition comes with it; the name only if given. */
 		if (!name_given)
@@ -389,6 +587,12 @@ usage:
 	status = KAPSEL_EXIT_USAGE;
 out:
 	control_server_stop(control);
+	run_supervisor_on_running(NULL, NULL, NULL);
+	background_end(&background);
+	if (background.ready_fd >= 0)
+		close(background.ready_fd);
+	if (background.log_fd >= 0)
+		close(background.log_fd);
 	vm_config_free(&config);
 	return status;
 }

@@ -3,7 +3,10 @@
 #include "cli/cli_state.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -12,6 +15,8 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/cli_prefix.h"
+#include "cli/cli_progress.h"
 #include "cli/run_supervisor.h"
 #include "control/control.h"
 #include "control/control_client.h"
@@ -19,6 +24,7 @@
 #include "core/log.h"
 #include "state/snapshot.h"
 #include "core/vm.h"
+#include "state/migrate.h"
 #include "state/vm_state.h"
 #include "core/sandbox.h"
 #include "core/pv_cpu.h"
@@ -301,12 +307,16 @@ int cli_restore(int argc, char **argv)
 
 void cli_save_usage(FILE *out)
 {
-	fprintf(out, "Usage: kapsel save [--stop] NAME DIR\n"
+	fprintf(out, "Usage: kapsel save [--stop] [--progress|--no-progress] NAME DIR\n"
 		     "\n"
 		     "Save the running VM NAME to the state directory DIR (created, or replaced\n"
 		     "atomically: a crash mid-save leaves the previous state there intact).\n"
 		     "The vCPU is paused while the state is written, then continues, or the VM\n"
-		     "stops with --stop.  Bring it back with 'kapsel restore DIR'.\n");
+		     "stops with --stop.  Bring it back with 'kapsel restore DIR'.\n"
+		     "\n"
+		     "  --progress     show progress (bytes, rate, time left) on stderr even when\n"
+		     "                 it is not a terminal (one line per sample then)\n"
+		     "  --no-progress  never show it (by default: only on a terminal)\n");
 }
 
 static int save_or_snapshot(int argc, char **argv, bool snapshot);
@@ -323,13 +333,16 @@ int cli_snapshot(int argc, char **argv)
 
 void cli_snapshot_usage(FILE *out)
 {
-	fprintf(out, "Usage: kapsel snapshot NAME DIR\n"
+	fprintf(out, "Usage: kapsel snapshot [--progress|--no-progress] NAME DIR\n"
 		     "\n"
 		     "Take a snapshot of the running VM NAME into the state directory DIR: its\n"
 		     "memory and device state, and its disks frozen as they are.  The VM goes\n"
 		     "on at once, writing to new copy-on-write overlay files next to its disks\n"
 		     "(IMAGE@TIME.kovl).  'kapsel restore DIR' starts from the snapshot, on an\n"
-		     "overlay of its own, as often as wanted (roll back, or branch).\n");
+		     "overlay of its own, as often as wanted (roll back, or branch).\n"
+		     "\n"
+		     "  --progress     show progress on stderr even when it is not a terminal\n"
+		     "  --no-progress  never show it (by default: only on a terminal)\n");
 }
 
 static int save_or_snapshot(int argc, char **argv, bool snapshot)
@@ -337,9 +350,14 @@ static int save_or_snapshot(int argc, char **argv, bool snapshot)
 	bool stop = false;
 	const char *args[2] = { NULL, NULL };
 	unsigned count = 0;
+	enum cli_progress_mode progress = CLI_PROGRESS_AUTO;
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--stop") == 0 && !snapshot) {
 			stop = true;
+		} else if (strcmp(argv[i], "--progress") == 0) {
+			progress = CLI_PROGRESS_ALWAYS;
+		} else if (strcmp(argv[i], "--no-progress") == 0) {
+			progress = CLI_PROGRESS_NEVER;
 		} else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
 			(snapshot ? cli_snapshot_usage : cli_save_usage)(stdout);
 			return 0;
@@ -383,7 +401,7 @@ static int save_or_snapshot(int argc, char **argv, bool snapshot)
 	request[used] = '\0';
 	free(absolute);
 	struct control_reply reply;
-	int err = control_call(args[0], request, &reply, -1);
+	int err = cli_call_with_progress(args[0], request, &reply, progress);
 	if (err)
 		return cli_connect_error(args[0], err);
 	int status = 0;
@@ -403,7 +421,7 @@ static int save_or_snapshot(int argc, char **argv, bool snapshot)
 void cli_migrate_usage(FILE *out)
 {
 	fprintf(out,
-		"Usage: kapsel migrate (--psk FILE | --insecure) [--max-downtime-ms N] NAME tcp:HOST:PORT\n"
+		"Usage: kapsel migrate (--psk FILE | --insecure) [OPTIONS] NAME tcp:HOST:PORT\n"
 		"\n"
 		"Live-migrate the running VM NAME to the Kapsel waiting with\n"
 		"'kapsel run --incoming tcp:ADDR:PORT,psk=FILE' there: guest RAM is copied while\n"
@@ -419,7 +437,16 @@ void cli_migrate_usage(FILE *out)
 		"                 (umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \\n' > FILE)\n"
 		"  --insecure     plain TCP, INSECURE: anyone on the path reads and can change\n"
 		"                 guest memory, anyone who reaches the port can send a VM\n"
-		"  --max-downtime-ms N  the longest the vCPU may stop (default 30)\n");
+		"  --max-rounds N       pre-copy rounds after the first full copy, at most\n"
+		"                       (1-%u, default %u); then the vCPU stops and the rest goes\n"
+		"  --max-downtime MS    stop the vCPU once the dirty rest would take less than MS\n"
+		"                       milliseconds to send (1-%u, default %u; also spelt\n"
+		"                       --max-downtime-ms)\n"
+		"  --progress           show progress (round, bytes, rate, time left of the pass)\n"
+		"                       on stderr even when it is not a terminal\n"
+		"  --no-progress        never show it (by default: only on a terminal)\n",
+		MIGRATE_MAX_ROUNDS_LIMIT, MIGRATE_DEFAULT_MAX_ROUNDS, MIGRATE_MAX_DOWNTIME_MS_LIMIT,
+		MIGRATE_DEFAULT_MAX_DOWNTIME_MS);
 }
 
 /* Append value to request with the control protocol's %-escapes. */
@@ -442,13 +469,35 @@ int cli_migrate(int argc, char **argv)
 	const char *psk = NULL;
 	bool insecure = false;
 	unsigned count = 0;
-	unsigned long downtime = 0;
+	uint32_t downtime = 0, rounds = 0;
+	enum cli_progress_mode progress = CLI_PROGRESS_AUTO;
+	char detail[256];
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
 			cli_migrate_usage(stdout);
 			return 0;
-		} else if (strcmp(argv[i], "--max-downtime-ms") == 0 && i + 1 < argc) {
-			downtime = strtoul(argv[++i], NULL, 10);
+		} else if (strcmp(argv[i], "--max-downtime-ms") == 0 ||
+			   strcmp(argv[i], "--max-downtime") == 0 ||
+			   strcmp(argv[i], "--max-rounds") == 0) {
+			bool is_rounds = strcmp(argv[i], "--max-rounds") == 0;
+			if (i + 1 >= argc) {
+				kapsel_error("%s needs a value; see 'kapsel migrate --help'",
+					     argv[i]);
+				return 2;
+			}
+			if (cli_parse_u32_range(argv[i], argv[i + 1], 1,
+						is_rounds ? MIGRATE_MAX_ROUNDS_LIMIT
+							  : MIGRATE_MAX_DOWNTIME_MS_LIMIT,
+						is_rounds ? &rounds : &downtime, detail,
+						sizeof(detail)) < 0) {
+				kapsel_error("%s", detail);
+				return 2;
+			}
+			i++;
+		} else if (strcmp(argv[i], "--progress") == 0) {
+			progress = CLI_PROGRESS_ALWAYS;
+		} else if (strcmp(argv[i], "--no-progress") == 0) {
+			progress = CLI_PROGRESS_NEVER;
 		} else if (strcmp(argv[i], "--psk") == 0 && i + 1 < argc) {
 			psk = argv[++i];
 		} else if (strcmp(argv[i], "--insecure") == 0) {
@@ -476,7 +525,10 @@ int cli_migrate(int argc, char **argv)
 	size_t used = (size_t)snprintf(request, sizeof(request), "migrate uri=%s", args[1]);
 	if (downtime)
 		used += (size_t)snprintf(request + used, sizeof(request) - used,
-					 " max_downtime_ms=%lu", downtime);
+					 " max_downtime_ms=%u", downtime);
+	if (rounds)
+		used += (size_t)snprintf(request + used, sizeof(request) - used, " max_rounds=%u",
+					 rounds);
 	if (insecure) {
 		used += (size_t)snprintf(request + used, sizeof(request) - used, " insecure=yes");
 	} else {
@@ -491,7 +543,7 @@ int cli_migrate(int argc, char **argv)
 		free(absolute);
 	}
 	struct control_reply reply;
-	int err = control_call(args[0], request, &reply, -1);
+	int err = cli_call_with_progress(args[0], request, &reply, progress);
 	if (err)
 		return cli_connect_error(args[0], err);
 	int status = 0;
@@ -524,9 +576,78 @@ void cli_clone_usage(FILE *out)
 		     "  -d, --disk N=PATH[,format=raw|overlay]\n"
 		     "                           the image of disk N (unless inside DIR); each\n"
 		     "                           clone runs on an overlay of its own over it\n"
-		     "      --console-dir DIR    write clone i's console to DIR/PREFIX-i.log\n"
+		     "      --console-dir DIR    write clone i's console to DIR/PREFIX-i.log; without\n"
+		     "                           it, with N > 1, every console line on stdout starts\n"
+		     "                           with its clone's name: 'PREFIX-i| '\n"
 		     "      --timing             print each clone's time from start to running\n"
 		     "  -v, --verbose            log what Kapsel does\n");
+}
+
+/* One clone's console, read from a pipe and written to stdout line by line. */
+struct clone_output {
+	int fd; /* read end, -1 once closed */
+	struct line_prefixer lines;
+};
+
+static volatile sig_atomic_t clone_stop_signal; /* SIGINT or SIGTERM to pass on */
+
+static void on_clone_signal(int signo)
+{
+	clone_stop_signal = signo;
+}
+
+/* Copy every clone's console to stdout, each line with its name, until
+ * all have closed theirs; SIGINT and SIGTERM are passed on to the clones. */
+static void copy_clone_outputs(struct clone_output *outputs, const pid_t *children,
+			       unsigned long count)
+{
+	struct sigaction sa = { .sa_handler = on_clone_signal };
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	struct pollfd *fds = calloc(count, sizeof(*fds));
+	if (!fds)
+		return;
+	for (;;) {
+		unsigned long open = 0;
+		for (unsigned long i = 0; i < count; i++) {
+			fds[i] = (struct pollfd){ .fd = outputs[i].fd, .events = POLLIN };
+			open += outputs[i].fd >= 0;
+		}
+		if (!open)
+			break;
+		int ready = poll(fds, count, -1);
+		if (clone_stop_signal) {
+			for (unsigned long i = 0; i < count; i++)
+				if (children[i] > 0)
+					kill(children[i], (int)clone_stop_signal);
+			clone_stop_signal = 0;
+		}
+		if (ready < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		for (unsigned long i = 0; i < count; i++) {
+			if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
+				continue;
+			char buf[4096];
+			ssize_t n = read(outputs[i].fd, buf, sizeof(buf));
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0) {
+				line_prefixer_flush(&outputs[i].lines, stdout);
+				close(outputs[i].fd);
+				outputs[i].fd = -1;
+				continue;
+			}
+			line_prefixer_feed(&outputs[i].lines, buf, (size_t)n, stdout);
+		}
+	}
+	free(fds);
+	for (unsigned long i = 0; i < count; i++)
+		if (outputs[i].fd >= 0)
+			close(outputs[i].fd);
 }
 
 int cli_clone(int argc, char **argv)
@@ -615,16 +736,38 @@ int cli_clone(int argc, char **argv)
 		prefix = base_name;
 
 	pid_t *children = calloc(count, sizeof(pid_t));
-	if (!children)
+	struct clone_output *outputs = calloc(count, sizeof(*outputs));
+	if (!children || !outputs) {
+		free(children);
+		free(outputs);
 		return KAPSEL_EXIT_VMM_ERROR;
+	}
+	/* Several consoles on one stdout: each line carries its clone's name. */
+	bool prefix_lines = count > 1 && !console_dir;
+	for (unsigned long i = 0; i < count; i++)
+		outputs[i].fd = -1;
 	fflush(NULL);
 	for (unsigned long i = 0; i < count; i++) {
 		char name[VM_CONFIG_NAME_MAX];
 		snprintf(name, sizeof(name), "%.40s-%lu", prefix, i + 1);
+		int pipe_fds[2] = { -1, -1 };
+		if (prefix_lines && pipe2(pipe_fds, O_CLOEXEC) < 0) {
+			kapsel_error("cannot start clone '%s': %s", name, strerror(errno));
+			break;
+		}
 		pid_t pid = fork();
 		if (pid < 0) {
-			kapsel_error("cannot start clone %lu: %s", i + 1, strerror(errno));
+			kapsel_error("cannot start clone '%s': %s", name, strerror(errno));
+			if (prefix_lines) {
+				close(pipe_fds[0]);
+				close(pipe_fds[1]);
+			}
 			break;
+		}
+		if (pid == 0 && prefix_lines) {
+			dup2(pipe_fds[1], STDOUT_FILENO);
+			for (unsigned long j = 0; j < i; j++)
+				close(outputs[j].fd);
 		}
 		if (pid == 0) {
 			char console[4096];
@@ -645,7 +788,14 @@ int cli_clone(int argc, char **argv)
 			_exit(restore_and_run(&settings));
 		}
 		children[i] = pid;
+		if (prefix_lines) {
+			close(pipe_fds[1]);
+			outputs[i].fd = pipe_fds[0];
+			line_prefixer_init(&outputs[i].lines, name);
+		}
 	}
+	if (prefix_lines)
+		copy_clone_outputs(outputs, children, count);
 	int status = 0;
 	for (unsigned long i = 0; i < count; i++) {
 		if (children[i] <= 0) {
@@ -656,9 +806,12 @@ int cli_clone(int argc, char **argv)
 		while (waitpid(children[i], &wstatus, 0) < 0 && errno == EINTR)
 			;
 		int code = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : KAPSEL_EXIT_VMM_ERROR;
+		if (code && count > 1)
+			kapsel_warn("clone '%.40s-%lu' exited with status %d", prefix, i + 1, code);
 		if (code && !status)
 			status = code;
 	}
 	free(children);
+	free(outputs);
 	return status;
 }

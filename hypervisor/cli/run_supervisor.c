@@ -18,6 +18,7 @@
 #include "core/vm.h"
 #include "state/migrate.h"
 #include "state/migrate_transport.h"
+#include "state/progress.h"
 #include "state/snapshot.h"
 
 /* ---- Saving a running VM -------------------------------------------------- */
@@ -54,8 +55,10 @@ static int save_running_vm(struct kapsel_vm *vm, const char *dir, bool stop, boo
 	}
 	uint64_t paused_ns = monotonic_ns();
 	struct snapshot_save_stats stats;
+	state_progress_begin(snapshot ? "snapshot" : "save", 0);
 	err = snapshot ? snapshot_take(vm, dir, &stats, error, error_len)
 		       : snapshot_save(vm, dir, &stats, error, error_len);
+	state_progress_end(err);
 	uint64_t saved_ns = monotonic_ns();
 	if (!err && stop) {
 		runner.stopped_by_save = true;
@@ -152,10 +155,20 @@ static int control_migrate(struct kapsel_vm *vm, const struct control_request *r
 			 "migrate needs uri=tcp:HOST:PORT (where 'kapsel run --incoming' listens)");
 		return -EINVAL;
 	}
-	uint64_t downtime = 0, rounds = 0;
+	uint64_t downtime = MIGRATE_DEFAULT_MAX_DOWNTIME_MS, rounds = MIGRATE_DEFAULT_MAX_ROUNDS;
 	if ((err = control_arg_u64(request, "max_downtime_ms", &downtime, error, error_len)) ||
 	    (err = control_arg_u64(request, "max_rounds", &rounds, error, error_len)))
 		return err;
+	if (downtime < 1 || downtime > MIGRATE_MAX_DOWNTIME_MS_LIMIT) {
+		snprintf(error, error_len, "migrate: max_downtime_ms=%llu is out of range; use 1 to %u",
+			 (unsigned long long)downtime, MIGRATE_MAX_DOWNTIME_MS_LIMIT);
+		return -EINVAL;
+	}
+	if (rounds < 1 || rounds > MIGRATE_MAX_ROUNDS_LIMIT) {
+		snprintf(error, error_len, "migrate: max_rounds=%llu is out of range; use 1 to %u",
+			 (unsigned long long)rounds, MIGRATE_MAX_ROUNDS_LIMIT);
+		return -EINVAL;
+	}
 	/* The operator chooses the protection: a key file or, explicitly, none. */
 	struct migrate_security chosen = { .mode = MIGRATE_SECURITY_UNSET };
 	bool insecure = false;
@@ -183,7 +196,9 @@ static int control_migrate(struct kapsel_vm *vm, const struct control_request *r
 					   .security = &chosen };
 	struct migrate_stats stats;
 	pthread_mutex_lock(&runner.lock);
+	state_progress_begin("migrate", options.max_rounds);
 	err = migrate_send(vm, uri, &options, &stats, error, error_len);
+	state_progress_end(err);
 	if (!err)
 		runner.stopped_by_save = true; /* it runs elsewhere now: success */
 	pthread_mutex_unlock(&runner.lock);
@@ -195,6 +210,34 @@ static int control_migrate(struct kapsel_vm *vm, const struct control_request *r
 		(unsigned long long)stats.zero_pages_sent, (unsigned long long)stats.final_pages,
 		(unsigned long long)stats.bytes_sent, stats.downtime_ns / 1e6,
 		stats.total_ns / 1e6);
+	return 0;
+}
+
+/* 'progress': how far the running (or the last) save, snapshot or
+ * migration is.  Fast: served on the control thread while the long verb
+ * runs on its worker (docs/control.md). */
+static int control_progress(struct kapsel_vm *vm, const struct control_request *request,
+			    FILE *out, char *error, size_t error_len)
+{
+	(void)vm;
+	static const char *const keys[] = { NULL };
+	int err = control_request_check_keys(request, keys, error, error_len);
+	if (err)
+		return err;
+	struct state_progress p;
+	state_progress_read(&p);
+	if (!p.sequence) {
+		fprintf(out, "sequence 0\noperation none\nstate idle\n");
+		return 0;
+	}
+	fprintf(out,
+		"sequence %llu\noperation %s\nstate %s\nphase %s\nscanned_bytes %llu\n"
+		"total_bytes %llu\nwritten_bytes %llu\nround %u\nmax_rounds %u\n"
+		"dirty_bytes %llu\nelapsed_ns %llu\n",
+		(unsigned long long)p.sequence, p.operation, p.state, p.phase[0] ? p.phase : "start",
+		(unsigned long long)p.scanned_bytes, (unsigned long long)p.total_bytes,
+		(unsigned long long)p.written_bytes, p.round, p.max_rounds,
+		(unsigned long long)p.dirty_bytes, (unsigned long long)p.elapsed_ns);
 	return 0;
 }
 
@@ -221,6 +264,11 @@ void run_supervisor_register_control_verbs(void)
 		"snapshot dir=PATH  save the VM and freeze its disks; it goes on on copy-on-write overlays");
 	if (err && err != -EEXIST)
 		kapsel_warn("cannot register the control verb 'snapshot': %s", strerror(-err));
+	err = control_register_verb(
+		"progress", control_progress,
+		"progress  how far the running (or last) save, snapshot or migration is");
+	if (err && err != -EEXIST)
+		kapsel_warn("cannot register the control verb 'progress': %s", strerror(-err));
 }
 
 /*
@@ -316,6 +364,18 @@ static int enter_sandbox(struct kapsel_vm *vm)
 	return err;
 }
 
+static int (*on_prepare_fn)(void *opaque);
+static void (*on_running_fn)(void *opaque);
+static void *on_running_opaque;
+
+void run_supervisor_on_running(int (*prepare)(void *opaque), void (*running)(void *opaque),
+			       void *opaque)
+{
+	on_prepare_fn = prepare;
+	on_running_fn = running;
+	on_running_opaque = opaque;
+}
+
 int run_supervisor_until_stopped(struct kapsel_vm *vm, struct control_server *control,
 				 const char *save_dir, bool save_stop, bool print_stats)
 {
@@ -329,7 +389,10 @@ int run_supervisor_until_stopped(struct kapsel_vm *vm, struct control_server *co
 	struct sigaction stats = { .sa_handler = on_stats_signal };
 	sigemptyset(&stats.sa_mask);
 	sigaction(SIGUSR1, &stats, NULL);
-	if (state_runner_start(vm, save_dir, save_stop) == 0 && enter_sandbox(vm) == 0) {
+	if (state_runner_start(vm, save_dir, save_stop) == 0 &&
+	    (!on_prepare_fn || on_prepare_fn(on_running_opaque) == 0) && enter_sandbox(vm) == 0) {
+		if (on_running_fn)
+			on_running_fn(on_running_opaque);
 		status = vm_run(vm);
 		if (state_runner_stop(vm))
 			status = 0; /* stopped by --save-stop after a save */
@@ -358,7 +421,15 @@ int run_supervisor_incoming(const char *uri, const struct vm_config *overrides, 
 	char error[1024];
 	int status = KAPSEL_EXIT_VMM_ERROR;
 
-	if (migrate_receive(uri, overrides, &vm, &config, error, sizeof(error)) < 0) {
+	/* While it waits, 'kapsel list' shows it as "incoming". */
+	struct control_incoming *waiting = NULL;
+	if (use_control &&
+	    control_incoming_register(&waiting, overrides->name, overrides->memory_bytes,
+				      overrides->vcpus, uri, error, sizeof(error)) < 0)
+		kapsel_warn("'kapsel list' will not show this VM while it waits: %s", error);
+	int err = migrate_receive(uri, overrides, &vm, &config, error, sizeof(error));
+	control_incoming_unregister(waiting);
+	if (err < 0) {
 		kapsel_error("incoming migration failed: %s; no VM was started", error);
 		vm_config_free(&config);
 		return status;

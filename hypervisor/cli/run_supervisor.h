@@ -30,6 +30,17 @@ int run_supervisor_until_stopped(struct kapsel_vm *vm, struct control_server *co
  */
 int run_supervisor_incoming(const char *uri, const struct vm_config *overrides, bool use_control);
 
+/*
+ * Hooks for `kapsel run --daemon` and --pidfile: prepare(opaque) once the
+ * VM is set up, before the sandbox is entered (so it may still open and
+ * rename files; a non-zero return stops the VM before it runs, exit status
+ * KAPSEL_EXIT_VMM_ERROR), and running(opaque) once the sandbox is in
+ * place, just before the vCPU runs (only the sandbox's base set of system
+ * calls: write, close, dup3, ...).  Either may be NULL; all NULL clears.
+ */
+void run_supervisor_on_running(int (*prepare)(void *opaque), void (*running)(void *opaque),
+			       void *opaque);
+
 /* Register the control socket verbs of a running VM ('save', 'snapshot',
  * 'migrate'); idempotent. */
 void run_supervisor_register_control_verbs(void);

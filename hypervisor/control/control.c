@@ -830,6 +830,63 @@ static void *control_main(void *opaque)
 
 /* ---- Start and stop ------------------------------------------------------ */
 
+/* ---- A VM waiting for an incoming migration --------------------------------- */
+
+struct control_incoming {
+	char path[4200];
+	int fd;
+};
+
+int control_incoming_register(struct control_incoming **out, const char *name,
+			      uint64_t memory_bytes, unsigned vcpus, const char *listen,
+			      char *error, size_t error_len)
+{
+	*out = NULL;
+	char dir[4096];
+	int err = control_runtime_dir(dir, sizeof(dir));
+	if (err)
+		return kapsel_fail(error, error_len, err,
+				   "the runtime directory's path is too long; set KAPSEL_RUNTIME_DIR");
+	err = make_runtime_dir(dir, error, error_len);
+	if (err)
+		return err;
+	struct control_incoming *incoming = calloc(1, sizeof(*incoming));
+	if (!incoming)
+		return kapsel_fail(error, error_len, -ENOMEM, "out of memory");
+	snprintf(incoming->path, sizeof(incoming->path), "%s/" CONTROL_INCOMING_FILE_PREFIX "%ld",
+		 dir, (long)getpid());
+	/* A 'kapsel list' that finds the file before we lock it takes it for
+	 * a dead one's and removes it: then lock a new one. */
+	int fd = -EWOULDBLOCK;
+	for (int attempt = 0; attempt < 50 && fd == -EWOULDBLOCK; attempt++) {
+		fd = lock_file(incoming->path);
+		if (fd == -EWOULDBLOCK)
+			usleep(10000);
+	}
+	if (fd < 0) {
+		free(incoming);
+		return kapsel_fail(error, error_len, fd, "cannot create '%s': %s", incoming->path,
+				   strerror(-fd));
+	}
+	incoming->fd = fd;
+	/* The address without the key file's path (',psk=...'). */
+	size_t listen_len = strcspn(listen, ",");
+	dprintf(fd,
+		"name %s\nstate incoming\npid %ld\nmemory_bytes %llu\nvcpus %u\nstarted_unix %llu\nlisten %.*s\n",
+		name && *name ? name : "-", (long)getpid(), (unsigned long long)memory_bytes, vcpus,
+		(unsigned long long)time(NULL), (int)listen_len, listen);
+	*out = incoming;
+	return 0;
+}
+
+void control_incoming_unregister(struct control_incoming *incoming)
+{
+	if (!incoming)
+		return;
+	unlock_file(incoming->path, incoming->fd);
+	free(incoming);
+}
+
 int control_server_start(struct control_server **server_out, const char *name, char *error,
 			 size_t error_len)
 {

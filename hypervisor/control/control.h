@@ -183,6 +183,24 @@ int control_server_attach(struct control_server *server, struct kapsel_vm *vm, c
 void control_server_stop(struct control_server *server);
 
 /*
+ * A VM that waits for an incoming live migration has no control socket
+ * yet (on the same host its name is still the source's), so it registers
+ * in the runtime directory as CONTROL_INCOMING_FILE_PREFIX + PID instead:
+ * a file it holds locked, with "key value" lines (name, state incoming,
+ * pid, memory_bytes, vcpus, started_unix, listen ADDR:PORT).  'kapsel
+ * list' shows it (control_list_incoming).  name may be empty (the stream
+ * will name the VM).  Returns 0 with *incoming set, or a negative errno
+ * with a message in error.  Unregister once the wait is over, whatever
+ * its outcome (NULL is ignored).
+ */
+#define CONTROL_INCOMING_FILE_PREFIX ".incoming-"
+struct control_incoming;
+int control_incoming_register(struct control_incoming **incoming, const char *name,
+			      uint64_t memory_bytes, unsigned vcpus, const char *listen,
+			      char *error, size_t error_len);
+void control_incoming_unregister(struct control_incoming *incoming);
+
+/*
  * True if this VM was ended through its control socket: `destroy`, or a
  * `shutdown` whose deadline passed.  NULL gives false.  Precondition:
  * vm_run has returned (the flag is no longer written).

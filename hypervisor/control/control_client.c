@@ -477,6 +477,69 @@ int control_list_names(char ***names_out)
 	return count;
 }
 
+static int compare_pids(const void *a, const void *b)
+{
+	char pa[32] = "0", pb[32] = "0";
+	control_payload_get(*(char *const *)a, "pid", pa, sizeof(pa));
+	control_payload_get(*(char *const *)b, "pid", pb, sizeof(pb));
+	long x = strtol(pa, NULL, 10), y = strtol(pb, NULL, 10);
+	return (x > y) - (x < y);
+}
+
+int control_list_incoming(char ***entries_out)
+{
+	char dir_path[4096];
+	int err = control_runtime_dir(dir_path, sizeof(dir_path));
+	if (err)
+		return err;
+	*entries_out = NULL;
+	DIR *dir = opendir(dir_path);
+	if (!dir)
+		return errno == ENOENT ? 0 : -errno;
+	char **entries = NULL;
+	int count = 0, cap = 0;
+	struct dirent *entry;
+	const size_t prefix_len = strlen(CONTROL_INCOMING_FILE_PREFIX);
+	while ((entry = readdir(dir))) {
+		if (strncmp(entry->d_name, CONTROL_INCOMING_FILE_PREFIX, prefix_len) != 0)
+			continue;
+		int fd = openat(dirfd(dir), entry->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+		if (fd < 0)
+			continue;
+		/* Its owner holds it locked while it waits: a file we can lock
+		 * belongs to a process that is gone. */
+		if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
+			unlinkat(dirfd(dir), entry->d_name, 0);
+			close(fd);
+			continue;
+		}
+		char text[1024];
+		ssize_t n = read(fd, text, sizeof(text) - 1);
+		close(fd);
+		if (n <= 0)
+			continue;
+		text[n] = '\0';
+		char pid[32];
+		if (!control_payload_get(text, "pid", pid, sizeof(pid)))
+			continue; /* being written */
+		if (count == cap) {
+			cap = cap ? cap * 2 : 4;
+			char **bigger = realloc(entries, (size_t)cap * sizeof(*entries));
+			if (!bigger)
+				break;
+			entries = bigger;
+		}
+		entries[count] = strdup(text);
+		if (entries[count])
+			count++;
+	}
+	closedir(dir);
+	if (count)
+		qsort(entries, (size_t)count, sizeof(*entries), compare_pids);
+	*entries_out = entries;
+	return count;
+}
+
 void control_free_names(char **names, int count)
 {
 	for (int i = 0; i < count; i++)

@@ -64,6 +64,15 @@ int control_list_names(char ***names);
 void control_free_names(char **names, int count);
 
 /*
+ * The VMs of this user waiting for an incoming migration
+ * (control_incoming_register): one "key value" payload per VM, in the
+ * order of their PIDs.  Files of dead processes are removed on the way.
+ * Returns the count (>= 0) and sets *entries (free with
+ * control_free_names), or a negative errno.
+ */
+int control_list_incoming(char ***entries);
+
+/*
  * Value of "key" in a payload of "key value" lines: a pointer into a
  * static-per-call buffer copy in value (value_len bytes).  Returns true
  * when the key was found.

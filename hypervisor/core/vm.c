@@ -976,7 +976,7 @@ static void vcpu_run(struct kapsel_vcpu *vcpu)
 					kapsel_debug(
 						"VM stopped: it runs on the migration destination now");
 				else
-					kapsel_warn("VM stopped by request");
+					kapsel_warn("VM '%s' stopped by request", vm->config->name);
 			}
 			break;
 		}

@@ -168,7 +168,7 @@ int vm_create_without_devices(struct kapsel_vm *vm, struct vm_config *config);
  */
 int vm_run(struct kapsel_vm *vm);
 
-/* Ask the run loop to return (thread- and signal-safe); it warns "VM stopped by request". */
+/* Ask the run loop to return (thread- and signal-safe); it warns "VM 'NAME' stopped by request". */
 void vm_request_stop(struct kapsel_vm *vm);
 
 /* Why the run loop was asked to return; the first request's reason counts. */

@@ -24,6 +24,7 @@
 #include "core/error_text.h"
 #include "core/log.h"
 #include "state/migrate_transport.h"
+#include "state/progress.h"
 #include "state/snapshot.h"
 #include "core/vm.h"
 #include "state/vm_state.h"
@@ -163,6 +164,13 @@ static void flush_batch(struct sender *s)
 {
 	flush_pages(s);
 	flush_zeros(s);
+}
+
+/* Progress every 4096 pages walked (16 MiB): cheap, yet a few times a second. */
+static void note_scanned(const struct sender *s, uint64_t pages_walked)
+{
+	if ((pages_walked & 4095) == 0)
+		state_progress_update(pages_walked * PAGE_BYTES, s->out->offset_bytes);
 }
 
 static bool is_zero(const uint8_t *page)
@@ -307,8 +315,8 @@ static bool disks_relock(struct kapsel_vm *vm)
 int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_options *options,
 		 struct migrate_stats *stats, char *error, size_t error_len)
 {
-	struct migrate_options opt = { .max_rounds = 30,
-				       .max_downtime_ms = 30,
+	struct migrate_options opt = { .max_rounds = MIGRATE_DEFAULT_MAX_ROUNDS,
+				       .max_downtime_ms = MIGRATE_DEFAULT_MAX_DOWNTIME_MS,
 				       .timeout_ms = 30000 };
 	if (options) {
 		if (options->max_rounds)
@@ -349,6 +357,7 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 		s.sent_crc[p] = s.zero_crc;
 
 	struct migrate_transport *t = NULL;
+	state_progress_phase("connect");
 	err = migrate_transport_connect(uri, opt.security, (int)opt.timeout_ms, &t, error,
 					error_len);
 	if (err)
@@ -371,10 +380,14 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 	/* Round 0 starts with a clean log: everything after it is dirty.  It
 	 * sends what RAM holds; holes are zero on both sides already. */
 	get_dirty_log(vm, bitmap, bitmap_bytes);
+	state_progress_pass("precopy", vm->mem.size_bytes, 0, vm->mem.size_bytes);
 	uint64_t pos = 0, start, end;
 	while (!w.error && data_extent(&vm->mem, pos, &start, &end)) {
-		for (uint64_t p = start / PAGE_BYTES; p < end / PAGE_BYTES && !w.error; p++)
+		for (uint64_t p = start / PAGE_BYTES; p < end / PAGE_BYTES && !w.error; p++) {
 			send_page(&s, p);
+			note_scanned(&s, p + 1);
+		}
+		state_progress_update(end, w.offset_bytes);
 		pos = end;
 	}
 	flush_batch(&s);
@@ -394,9 +407,14 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 					  "KVM_GET_DIRTY_LOG failed: %s", strerror((int)-dirty));
 			goto out_close;
 		}
+		state_progress_pass("precopy", (uint64_t)dirty * PAGE_BYTES, s.round,
+				    (uint64_t)dirty * PAGE_BYTES);
+		uint64_t walked = 0;
 		for (uint64_t word = 0; word < bitmap_bytes / 8 && !w.error; word++)
-			for (uint64_t bits = bitmap[word]; bits; bits &= bits - 1)
+			for (uint64_t bits = bitmap[word]; bits; bits &= bits - 1) {
 				send_page(&s, word * 64 + (uint64_t)__builtin_ctzll(bits));
+				note_scanned(&s, ++walked);
+			}
 		flush_batch(&s);
 		stats->rounds = s.round;
 		uint64_t round_ns = monotonic_ns() - round_start + 1;
@@ -435,6 +453,7 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 	snapshot_quiesce_devices(vm);
 	quiesced = true;
 	get_dirty_log(vm, bitmap, bitmap_bytes);
+	state_progress_pass("stop-copy", vm->mem.size_bytes, s.round, 0);
 	uint64_t before = stats->pages_sent + stats->zero_pages_sent;
 	/* Every page against what was sent: also the pages KVM does not log
 	 * (written by the VMM: hypercall results, PV block reads). */
@@ -445,8 +464,11 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 			start = end = vm->mem.size_bytes;
 		for (uint64_t p = pos / PAGE_BYTES; p < start / PAGE_BYTES; p++)
 			send_zero_page(&s, p); /* a hole now (a reboot punched it) */
-		for (uint64_t p = start / PAGE_BYTES; p < end / PAGE_BYTES && !w.error; p++)
+		for (uint64_t p = start / PAGE_BYTES; p < end / PAGE_BYTES && !w.error; p++) {
 			send_page(&s, p);
+			note_scanned(&s, p + 1);
+		}
+		state_progress_update(end, w.offset_bytes);
 		if (!more)
 			break;
 		pos = end;
@@ -454,6 +476,8 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 	flush_batch(&s);
 	uint32_t ram_crc = memory_crc(&vm->mem);
 	stats->final_pages = stats->pages_sent + stats->zero_pages_sent - before;
+	state_progress_update(vm->mem.size_bytes, w.offset_bytes);
+	state_progress_phase("state");
 	err = snapshot_write_vm_body(vm, &w, error, error_len);
 	if (err)
 		goto out_close;
@@ -472,6 +496,8 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 		goto out_close;
 	}
 	stats->bytes_sent = w.offset_bytes;
+	state_progress_update(vm->mem.size_bytes, w.offset_bytes);
+	state_progress_phase("handover");
 
 	struct migrate_message m;
 	err = receive_message(t, &m, (int)opt.timeout_ms);

@@ -37,9 +37,16 @@
 struct kapsel_vm;
 struct migrate_security;
 
+/* Pre-copy limits: defaults, and the largest values an operator may ask
+ * for (kapsel migrate --max-rounds, --max-downtime; the control verb). */
+#define MIGRATE_DEFAULT_MAX_ROUNDS 30u
+#define MIGRATE_DEFAULT_MAX_DOWNTIME_MS 30u
+#define MIGRATE_MAX_ROUNDS_LIMIT 1000u
+#define MIGRATE_MAX_DOWNTIME_MS_LIMIT 60000u
+
 struct migrate_options {
-	uint32_t max_rounds;	  /* default 30 */
-	uint32_t max_downtime_ms; /* default 30 */
+	uint32_t max_rounds;	  /* 0: MIGRATE_DEFAULT_MAX_ROUNDS */
+	uint32_t max_downtime_ms; /* 0: MIGRATE_DEFAULT_MAX_DOWNTIME_MS */
 	uint32_t timeout_ms;	  /* per network wait, default 30000 */
 	/* PSK or INSECURE, chosen by the operator (migrate_transport.h);
 	 * NULL or UNSET is refused. */

@@ -18,6 +18,7 @@
 #include "core/clock.h"
 #include "core/error_text.h"
 #include "core/log.h"
+#include "state/progress.h"
 #include "state/vcpu_state.h"
 #include "core/vm.h"
 
@@ -191,6 +192,7 @@ int snapshot_save(struct kapsel_vm *vm, const char *path, struct snapshot_save_s
 		return err;
 	snapshot_quiesce_devices(vm);
 
+	state_progress_pass("memory", vm->mem.size_bytes, 0, 0);
 	err = vm_state_write_memory_file(txn.dirfd, VM_STATE_FILE_MEMORY, vm->mem.host_base,
 					 vm->mem.size_bytes, vm->mem.memfd, &entry);
 	if (err) {
@@ -204,6 +206,7 @@ int snapshot_save(struct kapsel_vm *vm, const char *path, struct snapshot_save_s
 		stats->memory_data_bytes = entry.data_bytes;
 	}
 
+	state_progress_phase("state");
 	vm_state_writer_init_buffer(&w);
 	vm_state_put_begin(&w, VM_STATE_KIND_STATE);
 	err = snapshot_write_vm_records(vm, &w, error, error_len);

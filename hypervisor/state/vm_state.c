@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "core/error_text.h"
+#include "state/progress.h"
 
 #define PAGE_BYTES 4096u
 #define IO_CHUNK_BYTES (1u << 20)
@@ -784,7 +785,7 @@ int vm_state_write_memory_file(int dirfd, const char *name, const uint8_t *base,
 				offset += PAGE_BYTES;
 			uint64_t run = offset;
 			while (run < extent_end && !page_is_zero(base + run) &&
-			       run - offset < (64ull << 20))
+			       run - offset < (16ull << 20)) /* progress every 16 MiB */
 				run += PAGE_BYTES;
 			if (run == offset)
 				continue;
@@ -796,7 +797,9 @@ int vm_state_write_memory_file(int dirfd, const char *name, const uint8_t *base,
 			crc_done = run;
 			data_bytes += run - offset;
 			offset = run;
+			state_progress_update(offset, data_bytes);
 		}
+		state_progress_update(offset, data_bytes);
 	}
 	crc = vm_state_crc32c_zeros(crc, size_bytes - crc_done);
 	if (fsync(fd) < 0)

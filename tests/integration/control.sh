@@ -116,7 +116,7 @@ console-blocked-sink)
 	elapsed=$(ms_since "$start")
 	expect_status 123 # stopped from outside
 	[ "$elapsed" -lt 10000 ] || fail "SIGTERM took $elapsed ms with the console pipe full"
-	expect_in "$TMP/flooder.err" "VM stopped by request"
+	expect_in "$TMP/flooder.err" "VM 'flooder' stopped by request"
 	;;
 console-blocked-destroy)
 	# 'destroy' ends a VM whose console pipe is full, within seconds.
@@ -559,7 +559,7 @@ control-stats-watch)
 control-help)
 	start_vm helpful
 	echo help | send helpful
-	for verb in info pause resume shutdown destroy stats set-limits dumpxml console wait; do
+	for verb in info pause resume shutdown destroy stats set-limits dumpxml console wait progress save snapshot migrate; do
 		grep -q "^$verb " "$TMP/reply" || { cat "$TMP/reply"; fail "help lacks $verb"; }
 	done
 	"$KAPSEL" destroy helpful >/dev/null
@@ -575,6 +575,82 @@ control-help)
 	expect_in "$TMP/err" "kapsel destroy: unrecognized option '--bogus'"
 	"$KAPSEL" info 2>"$TMP/err" && fail "info without a name succeeded"
 	expect_in "$TMP/err" "kapsel info: expected exactly one VM name"
+	;;
+control-console-eof)
+	# A script's console: Ctrl-] is a byte for the guest, the end of input
+	# ends 'kapsel console' (after the guest answered) while the VM runs on;
+	# --follow sends nothing and shows output until the VM ends.
+	start_vm eof
+	start=$(date +%s%N)
+	STATUS=0
+	printf 'one\035two\nlast line\n' | timeout 30 "$KAPSEL" console eof >"$TMP/console" 2>"$TMP/console.err" ||
+		STATUS=$?
+	elapsed=$(ms_since "$start")
+	[ "$STATUS" -eq 0 ] || { cat "$TMP/console.err"; fail "kapsel console exited $STATUS at the end of its input"; }
+	echo "kapsel console ended ${elapsed} ms after it started"
+	grep -q "idle: input 'one"$'\035'"two'" "$TMP/console" || fail "Ctrl-] from a pipe did not reach the guest"
+	expect_in "$TMP/console" "idle: input 'last line'"
+	expect_not_in "$TMP/console.err" "Detached"
+	expect_not_in "$TMP/console.err" "has ended"
+	"$KAPSEL" info eof | grep -qx "state running" || fail "the VM did not run on after the console left"
+	timeout 30 "$KAPSEL" console --follow eof </dev/null >"$TMP/follow" 2>"$TMP/follow.err" &
+	FOLLOW=$!
+	sleep 1.5
+	kill -0 "$FOLLOW" 2>/dev/null || fail "console --follow ended before the VM"
+	"$KAPSEL" shutdown eof >/dev/null
+	STATUS=0; wait "$FOLLOW" || STATUS=$?
+	[ "$STATUS" -eq 0 ] || fail "console --follow exited $STATUS"
+	expect_in "$TMP/follow" "idle: poweroff requested"
+	expect_in "$TMP/follow.err" "VM 'eof' has ended"
+	wait_vm "$VMPID"
+	expect_status 0
+	;;
+control-daemon)
+	# run --daemon returns once the VM runs; the console goes to the log,
+	# the pidfile names the VM's process and goes when the VM does.
+	STATUS=0
+	timeout 60 "$KAPSEL" run --daemon --kernel "$GUESTS/idle.elf" --name bg --cmdline "tick_ms=20" \
+		--console-output "$TMP/bg.log" --pidfile "$TMP/bg.pid" >"$TMP/bg.out" 2>"$TMP/bg.err" </dev/null ||
+		STATUS=$?
+	[ "$STATUS" -eq 0 ] || { cat "$TMP/bg.err"; fail "run --daemon exited $STATUS"; }
+	[ -s "$TMP/bg.pid" ] || fail "no pidfile once run --daemon returned"
+	pid=$(cat "$TMP/bg.pid")
+	VMPIDS+=("$pid")
+	grep -qx "[0-9]\+" "$TMP/bg.pid" || fail "pidfile holds '$pid'"
+	kill -0 "$pid" || fail "the pidfile's process $pid is not running"
+	"$KAPSEL" info bg >"$TMP/info" || fail "info bg"
+	expect_in "$TMP/info" "pid $pid"
+	grep -qx "state running" "$TMP/info" || fail "not running"
+	[ ! -s "$TMP/bg.out" ] || fail "run --daemon wrote to stdout: $(cat "$TMP/bg.out")"
+	[ ! -s "$TMP/bg.err" ] || fail "run --daemon wrote to stderr: $(cat "$TMP/bg.err")"
+	for _ in $(seq 100); do grep -q "idle: ready" "$TMP/bg.log" && break; sleep 0.05; done
+	expect_in "$TMP/bg.log" "idle: ready"
+	ls "$TMP"/.bg.pid.* 2>/dev/null && fail "a temporary pidfile was left"
+	"$KAPSEL" shutdown bg >/dev/null || fail "shutdown bg"
+	for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+	kill -0 "$pid" 2>/dev/null && fail "the daemon did not end"
+	[ ! -e "$TMP/bg.pid" ] || fail "the pidfile outlived the VM"
+	expect_in "$TMP/bg.log" "idle: poweroff requested"
+	# Kapsel's own messages after the start go to the log too.
+	"$KAPSEL" run --daemon --kernel "$GUESTS/idle.elf" --name bg2 \
+		--console-output "$TMP/bg2.log" --pidfile "$TMP/bg2.pid" </dev/null || fail "run --daemon bg2"
+	VMPIDS+=("$(cat "$TMP/bg2.pid")")
+	"$KAPSEL" destroy bg2 >/dev/null || fail "destroy bg2"
+	for _ in $(seq 100); do [ -e "$TMP/bg2.pid" ] || break; sleep 0.05; done
+	[ ! -e "$TMP/bg2.pid" ] || fail "the pidfile outlived a destroyed VM"
+	expect_in "$TMP/bg2.log" "kapsel: warning: VM 'bg2' stopped by request"
+	# Refused: no log file (usage, 2); a kernel that cannot be loaded (125,
+	# the reason on stderr, no pidfile).
+	STATUS=0
+	"$KAPSEL" run --daemon --kernel "$GUESTS/idle.elf" --pidfile "$TMP/x.pid" 2>"$TMP/err" </dev/null || STATUS=$?
+	expect_status 2
+	expect_in "$TMP/err" "--daemon needs --console-output FILE"
+	STATUS=0
+	timeout 60 "$KAPSEL" run --daemon --kernel "$TMP/missing.elf" --console-output "$TMP/x.log" \
+		--pidfile "$TMP/x.pid" 2>"$TMP/err" </dev/null || STATUS=$?
+	expect_status 125
+	expect_in "$TMP/err" "missing.elf"
+	[ ! -e "$TMP/x.pid" ] || fail "a pidfile for a VM that never ran"
 	;;
 *)
 	fail "unknown case '$1'"

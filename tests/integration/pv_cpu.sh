@@ -116,7 +116,7 @@ pv-upcall-storm)
 	STATUS=0
 	wait $pid || STATUS=$?
 	expect_status 123 # stopped from outside (SIGTERM)
-	expect_in "$err" "VM stopped by request"
+	expect_in "$err" "VM 'storm' stopped by request"
 	expect_in "$err" "hypercall_evtchn_send:"
 	expect_in "$err" "upcalls_delivered:"
 	# The 100 us minimum period bounds the timer by the uptime.

@@ -558,7 +558,7 @@ state-control-save)
 	expect_status 0
 	expect_not_in "$TMP/out1" "counter done"
 	# Stopping after a save is what was asked for: no warning about it.
-	expect_not_in "$TMP/err1" "VM stopped by request"
+	expect_not_in "$TMP/err1" "stopped by request"
 	# A save to a path that cannot be written fails cleanly; the VM is gone
 	# now, so saving it again reports that.
 	STATUS=0
@@ -691,7 +691,7 @@ state-migrate)
 	STATUS=0; wait "$SRC" || STATUS=$?; expect_status 0
 	STATUS=0; wait "$DST" || STATUS=$?; expect_status 0
 	expect_not_in "$TMP/src.out" "counter done"
-	expect_not_in "$TMP/src.err" "VM stopped by request"
+	expect_not_in "$TMP/src.err" "stopped by request"
 	expect_in "$TMP/dst.out" "new generation 1"
 	expect_in "$TMP/dst.out" "counter done 600"
 	CHECK_DISK=$TMP/disk.img check_ticks 1 600 "$TMP/src.out" "$TMP/dst.out" || fail "migrated sequence"
@@ -948,6 +948,143 @@ time.sleep(60)' "$port" &
 	wait_for_tick "$TMP/src.out" $((before + 5))
 	"$KAPSEL" destroy "$name" >/dev/null 2>&1 || true
 	wait "$SRC" 2>/dev/null || true
+	;;
+state-progress)
+	# save and snapshot show progress on stderr when asked (--progress),
+	# and nothing when stderr is not a terminal (by default); the VM
+	# reports it through the 'progress' control verb.
+	name=state-prog-$$
+	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --kernel "$COUNTER" --memory 128M \
+		--name "$name" --cmdline "ticks=3000 interval_ms=$TICK_MS" >"$TMP/out1" 2>"$TMP/err1" </dev/null &
+	PID=$!
+	wait_for_tick "$TMP/out1" 10
+	"$KAPSEL" control "$name" progress >"$TMP/prog0" || fail "progress verb"
+	expect_in "$TMP/prog0" "operation none"
+	"$KAPSEL" save --progress "$name" "$TMP/forced" >"$TMP/save1" 2>"$TMP/save1.err" ||
+		{ cat "$TMP/save1" "$TMP/save1.err"; fail "save --progress"; }
+	cat "$TMP/save1.err"
+	expect_in "$TMP/save1" "saved VM '$name' to $TMP/forced"
+	# The final line: the whole 128 MiB walked, then done.
+	grep -Eq "^save: 128\.0 MiB of 128\.0 MiB \(100%\), .* written, .*/s, .* s, done$" \
+		"$TMP/save1.err" || fail "no final progress line for the forced save"
+	expect_not_in "$TMP/save1" "save: " # progress goes to stderr only
+	"$KAPSEL" control "$name" progress >"$TMP/prog1"
+	expect_in "$TMP/prog1" "operation save"
+	expect_in "$TMP/prog1" "state done"
+	expect_in "$TMP/prog1" "total_bytes 134217728"
+	expect_in "$TMP/prog1" "scanned_bytes 134217728"
+	# stderr is a file here: no progress without --progress.
+	"$KAPSEL" save "$name" "$TMP/quiet" >"$TMP/save2" 2>"$TMP/save2.err" || fail "save"
+	[ ! -s "$TMP/save2.err" ] || { cat "$TMP/save2.err"; fail "progress drawn on a non-terminal stderr"; }
+	"$KAPSEL" snapshot --progress "$name" "$TMP/snap" >"$TMP/snap1" 2>"$TMP/snap1.err" || fail "snapshot"
+	expect_in "$TMP/snap1.err" "snapshot: "
+	expect_in "$TMP/snap1.err" ", done"
+	"$KAPSEL" control "$name" progress >"$TMP/prog2"
+	expect_in "$TMP/prog2" "sequence 3"
+	"$KAPSEL" save --progress --no-progress "$name" "$TMP/quiet2" >"$TMP/save3" 2>"$TMP/save3.err" || fail "save"
+	[ ! -s "$TMP/save3.err" ] || fail "--no-progress drew progress"
+	# On a terminal (script(1) gives it one) by default: one line redrawn
+	# with a carriage return, ended by a newline.
+	script -qefc "$KAPSEL save $name $TMP/tty" "$TMP/typescript" >/dev/null </dev/null ||
+		{ cat "$TMP/typescript"; fail "save on a terminal"; }
+	grep -aq $'\r'"save: 128\.0 MiB of 128\.0 MiB (100%).*done"$'\033\\[K' "$TMP/typescript" ||
+		{ cat -A "$TMP/typescript"; fail "no progress line on a terminal"; }
+	"$KAPSEL" destroy "$name" >/dev/null
+	wait "$PID" 2>/dev/null || true
+	;;
+state-migrate-options)
+	# kapsel migrate --max-rounds / --max-downtime: bad values are refused
+	# on the command line (status 2) and by the VM; good ones reach the
+	# migration, which shows its progress when asked.  The destination is
+	# listed as "incoming" while it waits.
+	for bad in "--max-rounds 0" "--max-rounds 1001" "--max-rounds x" "--max-downtime 0" \
+		"--max-downtime 60001" "--max-downtime-ms 5s"; do
+		STATUS=0
+		# shellcheck disable=SC2086 # the option and its value are two words
+		"$KAPSEL" migrate --insecure $bad some-vm tcp:127.0.0.1:1 >"$TMP/bad" 2>&1 || STATUS=$?
+		[ "$STATUS" -eq 2 ] || { cat "$TMP/bad"; fail "migrate $bad exited $STATUS, expected 2"; }
+	done
+	STATUS=0
+	"$KAPSEL" migrate --insecure some-vm tcp:127.0.0.1:1 --max-rounds >"$TMP/bad" 2>&1 || STATUS=$?
+	expect_status 2
+	expect_in "$TMP/bad" "--max-rounds needs a value"
+	"$KAPSEL" migrate --insecure --max-downtime 0 x tcp:127.0.0.1:1 >"$TMP/bad" 2>&1 || true
+	expect_in "$TMP/bad" "kapsel: error: --max-downtime '0' is not valid; use a whole number from 1 to 60000"
+	"$KAPSEL" migrate --insecure --max-rounds 1001 x tcp:127.0.0.1:1 >"$TMP/bad" 2>&1 || true
+	expect_in "$TMP/bad" "kapsel: error: --max-rounds '1001' is not valid; use a whole number from 1 to 1000"
+	name=state-migo-$$
+	port=$((20000 + $$ % 20000))
+	timeout --kill-after=5 90 "$KAPSEL" run --no-console-input --kernel "$COUNTER" --name "$name" \
+		--cmdline "ticks=600 interval_ms=$((TICK_MS * 2))" \
+		>"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
+	SRC=$!
+	wait_for_tick "$TMP/src.out" 20
+	# The VM checks the limits too (other clients send the verb raw).
+	STATUS=0
+	"$KAPSEL" control "$name" migrate uri=tcp:127.0.0.1:1 insecure=yes max_rounds=0 >"$TMP/raw" 2>&1 || STATUS=$?
+	[ "$STATUS" -eq 1 ] || fail "a raw migrate with max_rounds=0 exited $STATUS"
+	expect_in "$TMP/raw" "max_rounds=0 is out of range; use 1 to 1000"
+	"$KAPSEL" control "$name" migrate uri=tcp:127.0.0.1:1 insecure=yes max_downtime_ms=70000 >"$TMP/raw" 2>&1 || true
+	expect_in "$TMP/raw" "max_downtime_ms=70000 is out of range; use 1 to 60000"
+	timeout --kill-after=5 90 "$KAPSEL" run --no-console-input --kernel "$COUNTER" --name "$name" \
+		--incoming "tcp:127.0.0.1:$port,insecure" >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
+	DST=$!
+	wait_listening "$port"
+	"$KAPSEL" list >"$TMP/list"
+	cat "$TMP/list"
+	grep -Eq "^ +[0-9]+  $name +running " "$TMP/list" || fail "the source is not listed as running"
+	waiting=$(sed -n -E "s/^ +-  $name +incoming +64M +1 +[0-9]+m[0-9]+s +([0-9]+)$/\1/p" "$TMP/list")
+	[ -n "$waiting" ] || fail "the waiting destination is not listed as incoming"
+	# its PID is the kapsel under DST's timeout
+	[ "$(ps -o ppid= -p "$waiting" | tr -d ' ')" = "$DST" ] ||
+		fail "the incoming VM's PID $waiting is not the destination's kapsel"
+	"$KAPSEL" migrate --insecure --max-rounds 2 --max-downtime 500 --progress "$name" \
+		"tcp:127.0.0.1:$port" >"$TMP/mig" 2>"$TMP/mig.err" || { cat "$TMP/mig" "$TMP/mig.err" "$TMP/dst.err"; fail "migrate"; }
+	cat "$TMP/mig" "$TMP/mig.err"
+	expect_in "$TMP/mig" "migrated VM '$name'"
+	rounds=$(sed -n -E "s/.*: ([0-9]+) rounds, .*/\1/p" "$TMP/mig")
+	[ -n "$rounds" ] && [ "$rounds" -le 2 ] || fail "the migration took '$rounds' rounds with --max-rounds 2"
+	grep -Eq "^migrate: .*(round [0-9]+/2|after [0-9]+ rounds?|[0-9]+ rounds?)," "$TMP/mig.err" ||
+		fail "no migration progress line naming the round limit"
+	STATUS=0; wait "$SRC" || STATUS=$?; expect_status 0
+	# Arrived: listed once, running, no longer incoming.
+	for _ in $(seq 100); do
+		[ -S "$KAPSEL_RUNTIME_DIR/$name.sock" ] && break
+		sleep 0.05
+	done
+	"$KAPSEL" list >"$TMP/list2"
+	expect_not_in "$TMP/list2" "incoming"
+	grep -Eq "^ +[0-9]+  $name +running " "$TMP/list2" || { cat "$TMP/list2"; fail "the migrated VM is not listed"; }
+	STATUS=0; wait "$DST" || STATUS=$?; expect_status 0
+	expect_in "$TMP/dst.out" "counter done 600"
+	;;
+state-clone-names)
+	# clone --count N without --console-dir: every console line on stdout
+	# names its clone, and a clone stopped from outside is named in the
+	# messages at the end.
+	make_saved "$TMP/save" 400
+	timeout --kill-after=5 90 "$KAPSEL" clone --kernel "$COUNTER" --count 2 --prefix cn$$ \
+		"$TMP/save" >"$TMP/clone.out" 2>"$TMP/clone.err" </dev/null &
+	CLONES=$!
+	for _ in $(seq 200); do
+		grep -q "^cn$$-2| tick" "$TMP/clone.out" && break
+		sleep 0.1
+	done
+	grep -q "^cn$$-2| tick" "$TMP/clone.out" || { head "$TMP/clone.out"; fail "no console line named cn$$-2"; }
+	"$KAPSEL" destroy cn$$-2 >/dev/null || fail "destroy cn$$-2"
+	STATUS=0; wait "$CLONES" || STATUS=$?
+	expect_status 123 # one clone was stopped from outside
+	cat "$TMP/clone.err"
+	bad=$(grep -Evc "^cn$$-[12]\| " "$TMP/clone.out" || true)
+	[ "$bad" -eq 0 ] || { grep -Ev "^cn$$-[12]\| " "$TMP/clone.out" | head; fail "$bad console lines without a clone's name"; }
+	expect_in "$TMP/clone.out" "cn$$-1| counter done 400"
+	expect_in "$TMP/clone.out" "cn$$-2| new generation 1 name cn$$-2"
+	expect_not_in "$TMP/clone.out" "cn$$-2| counter done"
+	sed -n "s/^cn$$-1| //p" "$TMP/clone.out" >"$TMP/one"
+	check_ticks 1 400 "$OUT1" "$TMP/one" || fail "clone 1's named lines are not its whole sequence"
+	expect_in "$TMP/clone.err" "kapsel: warning: VM 'cn$$-2' stopped by request"
+	expect_in "$TMP/clone.err" "kapsel: warning: clone 'cn$$-2' exited with status 123"
+	expect_not_in "$TMP/clone.err" "clone 'cn$$-1'"
 	;;
 *)
 	fail "unknown case '$1'"
