@@ -299,7 +299,7 @@ int cli_list(int argc, char **argv)
 	int waiting_count = names_only ? 0 : control_list_incoming(&waiting);
 	for (int i = 0; i < waiting_count; i++) {
 		char name[VM_CONFIG_NAME_MAX + 8] = "-", memory[32] = "0", vcpus[16] = "1",
-		     pid[32] = "-", started[32] = "0", duration[32];
+					       pid[32] = "-", started[32] = "0", duration[32];
 		control_payload_get(waiting[i], "name", name, sizeof(name));
 		control_payload_get(waiting[i], "memory_bytes", memory, sizeof(memory));
 		control_payload_get(waiting[i], "vcpus", vcpus, sizeof(vcpus));
@@ -897,19 +897,20 @@ int cli_stats(int argc, char **argv)
 
 void cli_console_usage(FILE *out)
 {
-	fprintf(out, "Usage: kapsel console [--follow] NAME\n"
-		     "\n"
-		     "Attach to a running VM's console: recent and new guest output is shown\n"
-		     "and what you type goes to the guest.  Several consoles may be attached at\n"
-		     "once; the VM keeps running when one detaches.\n"
-		     "\n"
-		     "On a terminal, Ctrl-] detaches.  When standard input is not a terminal\n"
-		     "(a pipe, a file), every byte goes to the guest, Ctrl-] included, and the\n"
-		     "end of input ends 'kapsel console' once the guest has been quiet for %u ms\n"
-		     "(at most %u s after the end of input), so that it shows the answer to the\n"
-		     "last line.  It also ends when the VM does.\n"
-		     "\n"
-		     "  --follow   send no input; show output until the VM ends (or Ctrl-C)\n",
+	fprintf(out,
+		"Usage: kapsel console [--follow] NAME\n"
+		"\n"
+		"Attach to a running VM's console: recent and new guest output is shown\n"
+		"and what you type goes to the guest.  Several consoles may be attached at\n"
+		"once; the VM keeps running when one detaches.\n"
+		"\n"
+		"On a terminal, Ctrl-] detaches.  When standard input is not a terminal\n"
+		"(a pipe, a file), every byte goes to the guest, Ctrl-] included, and the\n"
+		"end of input ends 'kapsel console' once the guest has been quiet for %u ms\n"
+		"(at most %u s after the end of input), so that it shows the answer to the\n"
+		"last line.  It also ends when the VM does.\n"
+		"\n"
+		"  --follow   send no input; show output until the VM ends (or Ctrl-C)\n",
 		CONSOLE_EOF_QUIET_MS, CONSOLE_EOF_LINGER_MS / 1000);
 }
 

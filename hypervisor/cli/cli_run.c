@@ -512,11 +512,13 @@ int cli_run(int argc, char **argv)
 	if (!kernel_given)
 		use_build_tree_guest(&config);
 	if (daemon && incoming) {
-		kapsel_error("--daemon does not work with --incoming yet; start the destination with '&' and --console-output FILE");
+		kapsel_error(
+			"--daemon does not work with --incoming yet; start the destination with '&' and --console-output FILE");
 		goto usage;
 	}
 	if (daemon && !config.console_output_path) {
-		kapsel_error("--daemon needs --console-output FILE: the guest's console (and Kapsel's messages once the VM runs) go there");
+		kapsel_error(
+			"--daemon needs --console-output FILE: the guest's console (and Kapsel's messages once the VM runs) go there");
 		goto usage;
 	}
 	if (!overcommit && !host_has_memory_for(config.memory_bytes))

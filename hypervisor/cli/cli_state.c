@@ -562,25 +562,26 @@ int cli_migrate(int argc, char **argv)
 
 void cli_clone_usage(FILE *out)
 {
-	fprintf(out, "Usage: kapsel clone [OPTIONS] DIR\n"
-		     "\n"
-		     "Start N VMs from the saved state DIR at once.  Each clone maps\n"
-		     "DIR/memory.img copy-on-write (pages are shared until written), gets its\n"
-		     "own name (PREFIX-1 .. PREFIX-N) and UUID, and sees its generation go up.\n"
-		     "Exits when all clones have stopped: 0 if every clone exited 0.\n"
-		     "\n"
-		     "Options:\n"
-		     "  -c, --count N            how many clones (default 1)\n"
-		     "  -p, --prefix PREFIX      name prefix (default: the saved VM's name)\n"
-		     "  -k, --kernel FILE        the guest kernel (unless inside DIR)\n"
-		     "  -d, --disk N=PATH[,format=raw|overlay]\n"
-		     "                           the image of disk N (unless inside DIR); each\n"
-		     "                           clone runs on an overlay of its own over it\n"
-		     "      --console-dir DIR    write clone i's console to DIR/PREFIX-i.log; without\n"
-		     "                           it, with N > 1, every console line on stdout starts\n"
-		     "                           with its clone's name: 'PREFIX-i| '\n"
-		     "      --timing             print each clone's time from start to running\n"
-		     "  -v, --verbose            log what Kapsel does\n");
+	fprintf(out,
+		"Usage: kapsel clone [OPTIONS] DIR\n"
+		"\n"
+		"Start N VMs from the saved state DIR at once.  Each clone maps\n"
+		"DIR/memory.img copy-on-write (pages are shared until written), gets its\n"
+		"own name (PREFIX-1 .. PREFIX-N) and UUID, and sees its generation go up.\n"
+		"Exits when all clones have stopped: 0 if every clone exited 0.\n"
+		"\n"
+		"Options:\n"
+		"  -c, --count N            how many clones (default 1)\n"
+		"  -p, --prefix PREFIX      name prefix (default: the saved VM's name)\n"
+		"  -k, --kernel FILE        the guest kernel (unless inside DIR)\n"
+		"  -d, --disk N=PATH[,format=raw|overlay]\n"
+		"                           the image of disk N (unless inside DIR); each\n"
+		"                           clone runs on an overlay of its own over it\n"
+		"      --console-dir DIR    write clone i's console to DIR/PREFIX-i.log; without\n"
+		"                           it, with N > 1, every console line on stdout starts\n"
+		"                           with its clone's name: 'PREFIX-i| '\n"
+		"      --timing             print each clone's time from start to running\n"
+		"  -v, --verbose            log what Kapsel does\n");
 }
 
 /* One clone's console, read from a pipe and written to stdout line by line. */

@@ -160,7 +160,8 @@ static int control_migrate(struct kapsel_vm *vm, const struct control_request *r
 	    (err = control_arg_u64(request, "max_rounds", &rounds, error, error_len)))
 		return err;
 	if (downtime < 1 || downtime > MIGRATE_MAX_DOWNTIME_MS_LIMIT) {
-		snprintf(error, error_len, "migrate: max_downtime_ms=%llu is out of range; use 1 to %u",
+		snprintf(error, error_len,
+			 "migrate: max_downtime_ms=%llu is out of range; use 1 to %u",
 			 (unsigned long long)downtime, MIGRATE_MAX_DOWNTIME_MS_LIMIT);
 		return -EINVAL;
 	}
@@ -216,8 +217,8 @@ static int control_migrate(struct kapsel_vm *vm, const struct control_request *r
 /* 'progress': how far the running (or the last) save, snapshot or
  * migration is.  Fast: served on the control thread while the long verb
  * runs on its worker (docs/control.md). */
-static int control_progress(struct kapsel_vm *vm, const struct control_request *request,
-			    FILE *out, char *error, size_t error_len)
+static int control_progress(struct kapsel_vm *vm, const struct control_request *request, FILE *out,
+			    char *error, size_t error_len)
 {
 	(void)vm;
 	static const char *const keys[] = { NULL };
@@ -234,10 +235,10 @@ static int control_progress(struct kapsel_vm *vm, const struct control_request *
 		"sequence %llu\noperation %s\nstate %s\nphase %s\nscanned_bytes %llu\n"
 		"total_bytes %llu\nwritten_bytes %llu\nround %u\nmax_rounds %u\n"
 		"dirty_bytes %llu\nelapsed_ns %llu\n",
-		(unsigned long long)p.sequence, p.operation, p.state, p.phase[0] ? p.phase : "start",
-		(unsigned long long)p.scanned_bytes, (unsigned long long)p.total_bytes,
-		(unsigned long long)p.written_bytes, p.round, p.max_rounds,
-		(unsigned long long)p.dirty_bytes, (unsigned long long)p.elapsed_ns);
+		(unsigned long long)p.sequence, p.operation, p.state,
+		p.phase[0] ? p.phase : "start", (unsigned long long)p.scanned_bytes,
+		(unsigned long long)p.total_bytes, (unsigned long long)p.written_bytes, p.round,
+		p.max_rounds, (unsigned long long)p.dirty_bytes, (unsigned long long)p.elapsed_ns);
 	return 0;
 }
 
