@@ -34,6 +34,8 @@ void cli_reboot_usage(FILE *out);
 /* Explain a failure (negative errno) to reach VM name (a name, domain id
  * or UUID) on stderr; returns the exit status 1. */
 int cli_connect_error(const char *name, int err);
+/* Write all len bytes to fd (EINTR retried); 0 or a negative errno. */
+int cli_write_all(int fd, const char *data, size_t len);
 int cli_stats(int argc, char **argv);
 void cli_stats_usage(FILE *out);
 int cli_console(int argc, char **argv);

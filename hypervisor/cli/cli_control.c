@@ -924,14 +924,14 @@ static void restore_terminal(void)
 	termios_saved = false;
 }
 
-static int write_all(int fd, const char *data, size_t len)
+int cli_write_all(int fd, const char *data, size_t len)
 {
 	while (len) {
 		ssize_t n = write(fd, data, len);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
-			return -1;
+			return n < 0 ? -errno : -EIO;
 		data += n;
 		len -= (size_t)n;
 	}
@@ -1023,7 +1023,7 @@ int cli_console(int argc, char **argv)
 				fprintf(stderr, "\nkapsel: VM '%s' has ended\n", name);
 				break;
 			}
-			if (write_all(STDOUT_FILENO, buf, (size_t)n) < 0)
+			if (cli_write_all(STDOUT_FILENO, buf, (size_t)n) < 0)
 				break;
 		}
 		if (input_open && (fds[1].revents & (POLLIN | POLLHUP))) {
@@ -1040,7 +1040,7 @@ int cli_console(int argc, char **argv)
 			}
 			char *escape = tty ? memchr(buf, CONSOLE_ESCAPE, (size_t)n) : NULL;
 			size_t len = escape ? (size_t)(escape - buf) : (size_t)n;
-			if (len && write_all(fd, buf, len) < 0)
+			if (len && cli_write_all(fd, buf, len) < 0)
 				break;
 			if (escape) {
 				restore_terminal();

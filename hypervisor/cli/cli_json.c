@@ -11,32 +11,12 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "core/clock.h"
 #include "control/control.h"
 #include "control/control_json.h"
 
 #define REPLY_TIMEOUT_MS 30000
 #define REPLY_MAX_BYTES (16u << 20) /* a reply line longer than this is refused */
-
-static int write_all(int fd, const char *data, size_t len)
-{
-	while (len) {
-		ssize_t n = write(fd, data, len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -errno ? -errno : -EIO;
-		data += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 /* Read one '\n'-terminated line into a malloc'd NUL-terminated string. */
 static int read_line(int fd, char **line_out)
@@ -45,9 +25,9 @@ static int read_line(int fd, char **line_out)
 	char *line = malloc(cap);
 	if (!line)
 		return -ENOMEM;
-	uint64_t deadline = now_ms() + REPLY_TIMEOUT_MS;
+	uint64_t deadline = monotonic_ns() / 1000000u + REPLY_TIMEOUT_MS;
 	for (;;) {
-		uint64_t now = now_ms();
+		uint64_t now = monotonic_ns() / 1000000u;
 		if (now >= deadline) {
 			free(line);
 			return -ETIMEDOUT;
@@ -105,9 +85,9 @@ int cli_json_exchange(const char *name, json_t *request, json_t **reply_out)
 		return fd;
 	}
 	char *line = NULL;
-	int err = write_all(fd, text, strlen(text));
+	int err = cli_write_all(fd, text, strlen(text));
 	if (!err)
-		err = write_all(fd, "\n", 1);
+		err = cli_write_all(fd, "\n", 1);
 	free(text);
 	if (!err)
 		err = read_line(fd, &line);
