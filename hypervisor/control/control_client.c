@@ -431,50 +431,71 @@ static int compare_names(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-int control_list_names(char ***names_out)
+/*
+ * Every entry of the runtime directory that take() turns into a string
+ * (malloc'd; NULL skips the entry), sorted with compare: the count, with
+ * the array in *out (control_free_names), or a negative errno.
+ */
+static int collect_runtime_entries(char ***out, char *(*take)(DIR *dir, const char *entry),
+				   int (*compare)(const void *, const void *))
 {
 	char dir_path[4096];
 	int err = control_runtime_dir(dir_path, sizeof(dir_path));
 	if (err)
 		return err;
-	*names_out = NULL;
+	*out = NULL;
 	DIR *dir = opendir(dir_path);
 	if (!dir)
 		return errno == ENOENT ? 0 : -errno;
-	char **names = NULL;
+	char **items = NULL;
 	int count = 0, cap = 0;
 	struct dirent *entry;
 	while ((entry = readdir(dir))) {
-		size_t len = strlen(entry->d_name);
-		if (len <= 5 || strcmp(entry->d_name + len - 5, ".sock") != 0)
+		char *item = take(dir, entry->d_name);
+		if (!item)
 			continue;
-		char *name = strndup(entry->d_name, len - 5);
-		if (!name)
-			break;
-		int fd = control_connect(name);
-		if (fd < 0) {
-			if (fd == -ECONNREFUSED)
-				control_remove_stale(name);
-			free(name);
-			continue;
-		}
-		close(fd);
 		if (count == cap) {
 			cap = cap ? cap * 2 : 8;
-			char **bigger = realloc(names, (size_t)cap * sizeof(*names));
+			char **bigger = realloc(items, (size_t)cap * sizeof(*items));
 			if (!bigger) {
-				free(name);
+				free(item);
 				break;
 			}
-			names = bigger;
+			items = bigger;
 		}
-		names[count++] = name;
+		items[count++] = item;
 	}
 	closedir(dir);
 	if (count)
-		qsort(names, (size_t)count, sizeof(*names), compare_names);
-	*names_out = names;
+		qsort(items, (size_t)count, sizeof(*items), compare);
+	*out = items;
 	return count;
+}
+
+/* NAME.sock of a VM that answers; a refused socket is a dead VM's, removed. */
+static char *take_running_name(DIR *dir, const char *entry)
+{
+	(void)dir;
+	size_t len = strlen(entry);
+	if (len <= 5 || strcmp(entry + len - 5, ".sock") != 0)
+		return NULL;
+	char *name = strndup(entry, len - 5);
+	if (!name)
+		return NULL;
+	int fd = control_connect(name);
+	if (fd < 0) {
+		if (fd == -ECONNREFUSED)
+			control_remove_stale(name);
+		free(name);
+		return NULL;
+	}
+	close(fd);
+	return name;
+}
+
+int control_list_names(char ***names_out)
+{
+	return collect_runtime_entries(names_out, take_running_name, compare_names);
 }
 
 static int compare_pids(const void *a, const void *b)
@@ -486,58 +507,37 @@ static int compare_pids(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
+/* The text of a waiting incoming VM's file (CONTROL_INCOMING_FILE_PREFIX). */
+static char *take_incoming(DIR *dir, const char *entry)
+{
+	const size_t prefix_len = strlen(CONTROL_INCOMING_FILE_PREFIX);
+	if (strncmp(entry, CONTROL_INCOMING_FILE_PREFIX, prefix_len) != 0)
+		return NULL;
+	int fd = openat(dirfd(dir), entry, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return NULL;
+	/* Its owner holds it locked while it waits: a file we can lock
+	 * belongs to a process that is gone. */
+	if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
+		unlinkat(dirfd(dir), entry, 0);
+		close(fd);
+		return NULL;
+	}
+	char text[1024];
+	ssize_t n = read(fd, text, sizeof(text) - 1);
+	close(fd);
+	if (n <= 0)
+		return NULL;
+	text[n] = '\0';
+	char pid[32];
+	if (!control_payload_get(text, "pid", pid, sizeof(pid)))
+		return NULL; /* being written */
+	return strdup(text);
+}
+
 int control_list_incoming(char ***entries_out)
 {
-	char dir_path[4096];
-	int err = control_runtime_dir(dir_path, sizeof(dir_path));
-	if (err)
-		return err;
-	*entries_out = NULL;
-	DIR *dir = opendir(dir_path);
-	if (!dir)
-		return errno == ENOENT ? 0 : -errno;
-	char **entries = NULL;
-	int count = 0, cap = 0;
-	struct dirent *entry;
-	const size_t prefix_len = strlen(CONTROL_INCOMING_FILE_PREFIX);
-	while ((entry = readdir(dir))) {
-		if (strncmp(entry->d_name, CONTROL_INCOMING_FILE_PREFIX, prefix_len) != 0)
-			continue;
-		int fd = openat(dirfd(dir), entry->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-		if (fd < 0)
-			continue;
-		/* Its owner holds it locked while it waits: a file we can lock
-		 * belongs to a process that is gone. */
-		if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
-			unlinkat(dirfd(dir), entry->d_name, 0);
-			close(fd);
-			continue;
-		}
-		char text[1024];
-		ssize_t n = read(fd, text, sizeof(text) - 1);
-		close(fd);
-		if (n <= 0)
-			continue;
-		text[n] = '\0';
-		char pid[32];
-		if (!control_payload_get(text, "pid", pid, sizeof(pid)))
-			continue; /* being written */
-		if (count == cap) {
-			cap = cap ? cap * 2 : 4;
-			char **bigger = realloc(entries, (size_t)cap * sizeof(*entries));
-			if (!bigger)
-				break;
-			entries = bigger;
-		}
-		entries[count] = strdup(text);
-		if (entries[count])
-			count++;
-	}
-	closedir(dir);
-	if (count)
-		qsort(entries, (size_t)count, sizeof(*entries), compare_pids);
-	*entries_out = entries;
-	return count;
+	return collect_runtime_entries(entries_out, take_incoming, compare_pids);
 }
 
 void control_free_names(char **names, int count)
