@@ -45,24 +45,8 @@ reply() { # reply VERB RESULT-JSON: one ok reply line of the fake's file
 	printf '%s {"version":1,"id":null,"ok":true,"verb":"%s","result":%s}\n' "$1" "$1" "$2"
 }
 
-# start_vm NAME [kapsel run options...]: boot idle (20 ms ticks) in the
-# background; waits for its socket and "idle: ready".  Sets VMPID.
-start_vm() {
-	local name=$1
-	shift
-	"$KAPSEL" run --no-console-input --kernel "$GUESTS/idle.elf" --name "$name" \
-		--cmdline "tick_ms=20" "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
-	VMPID=$!
-	VMPIDS+=("$VMPID")
-	for _ in $(seq 400); do
-		if [ -S "$KAPSEL_RUNTIME_DIR/$name.sock" ] && grep -q "idle: ready" "$TMP/$name.out"; then
-			return 0
-		fi
-		kill -0 "$VMPID" 2>/dev/null || { cat "$TMP/$name.err"; fail "VM $name died at start"; }
-		sleep 0.05
-	done
-	fail "VM $name did not come up"
-}
+# start_vm (lib.sh) waits 20 s: cli-json-vm boots slowly under nested KVM.
+START_VM_TRIES=400
 
 CASE=$1
 case "$CASE" in

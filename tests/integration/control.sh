@@ -15,25 +15,6 @@ cleanup_vms() {
 }
 trap cleanup_vms EXIT
 
-# start_vm NAME [kapsel run options...]: boot idle (20 ms ticks) in the
-# background; waits for its socket and "idle: ready".  Sets VMPID.
-start_vm() {
-	local name=$1
-	shift
-	"$KAPSEL" run --no-console-input --kernel "$GUESTS/idle.elf" --name "$name" \
-		--cmdline "tick_ms=20" "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
-	VMPID=$!
-	VMPIDS+=("$VMPID")
-	for _ in $(seq 200); do
-		if [ -S "$KAPSEL_RUNTIME_DIR/$name.sock" ] && grep -q "idle: ready" "$TMP/$name.out"; then
-			return 0
-		fi
-		kill -0 "$VMPID" 2>/dev/null || { cat "$TMP/$name.err"; fail "VM $name died at start"; }
-		sleep 0.05
-	done
-	fail "VM $name did not come up"
-}
-
 # wait_vm PID: wait (at most 20 s) for kapsel run to end; sets STATUS.
 wait_vm() {
 	local pid=$1

@@ -216,3 +216,24 @@ print('%d of %d sectors differ' % (bad, count))
 sys.exit(1 if bad else 0)
 EOF
 }
+
+# start_vm NAME [kapsel run options...]: boot the idle example guest (20 ms
+# ticks) as NAME in the background; waits START_VM_TRIES x 50 ms (default
+# 200: 10 s) for its socket and "idle: ready".  Sets VMPID and appends it
+# to VMPIDS (the caller's cleanup kills them).
+start_vm() {
+	local name=$1
+	shift
+	"$KAPSEL" run --no-console-input --kernel "$GUESTS/idle.elf" --name "$name" \
+		--cmdline "tick_ms=20" "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
+	VMPID=$!
+	VMPIDS+=("$VMPID")
+	for _ in $(seq "${START_VM_TRIES:-200}"); do
+		if [ -S "$KAPSEL_RUNTIME_DIR/$name.sock" ] && grep -q "idle: ready" "$TMP/$name.out"; then
+			return 0
+		fi
+		kill -0 "$VMPID" 2>/dev/null || { cat "$TMP/$name.err"; fail "VM $name died at start"; }
+		sleep 0.05
+	done
+	fail "VM $name did not come up"
+}

@@ -15,19 +15,6 @@ require_xen_header() {
 	fi
 }
 
-start_vm() {
-	local name=$1
-	shift
-	"$KAPSEL" run --no-console-input --kernel "$GUESTS/idle.elf" --name "$name" \
-		--cmdline "tick_ms=20" "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
-	VMPIDS+=($!)
-	for _ in $(seq 200); do
-		[ -S "$KAPSEL_RUNTIME_DIR/$name.sock" ] && grep -q "idle: ready" "$TMP/$name.out" && return 0
-		sleep 0.05
-	done
-	fail "VM $name did not come up"
-}
-
 # fake_vm NAME DOMID STATE VCPUS [LINE...]: a stand-in control socket
 # (FAKE_VM) whose 'info' says domain DOMID, STATE, VCPUS vCPUs, then LINEs
 # (the "vcpu K ..." lines, or a pre-SMP Kapsel's vcpu_* lines).
