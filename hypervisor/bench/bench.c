@@ -841,9 +841,11 @@ int bench_main(struct bench_options *options)
 		bench_report_json(stdout, options, &results);
 	else if (results.row_count || !mq_report)
 		bench_report_table(stdout, options, &results);
-	bool mq_failed = mq_report && !interrupted && options->paths[BENCH_PATH_PV] &&
-			 !bench_mq_report(options, results.disk_path, work_dir,
-					  options->format == BENCH_FORMAT_JSON ? stderr : stdout);
+	bool mq_failed = false;
+	if (mq_report && !interrupted && options->paths[BENCH_PATH_PV])
+		mq_failed =
+			!bench_mq_report(options, results.disk_path, work_dir,
+					 options->format == BENCH_FORMAT_JSON ? stderr : stdout);
 	fflush(stdout);
 	/* A path that was asked for and could not be measured (failed, or
 	 * unavailable: no /dev/kvm, no such device) fails the run, so that a
