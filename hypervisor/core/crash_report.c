@@ -93,6 +93,38 @@ static void stop_crashed(struct kapsel_vm *vm)
 	vm->exit_code = KAPSEL_EXIT_GUEST_CRASH;
 }
 
+/* The vCPU's last runs, oldest first: what the VMM changed before each
+ * entry and where each ended (a triple fault leaves no registers). */
+static void print_run_history(const struct kapsel_vcpu *vcpu, FILE *out)
+{
+	uint64_t last = vcpu->runs;
+	uint64_t first = last > VCPU_RUN_HISTORY ? last - VCPU_RUN_HISTORY + 1 : 1;
+	if (!last)
+		return;
+	fprintf(out, "last %u runs of vCPU %u (entry set by the VMM -> exit):\n",
+		(unsigned)(last - first + 1), vcpu->id);
+	for (uint64_t n = first; n <= last; n++) {
+		const struct vcpu_run_record *r = &vcpu->history[n % VCPU_RUN_HISTORY];
+		if (r->run != n)
+			continue;
+		char entry[64] = "-";
+		if (r->entry_set)
+			snprintf(entry, sizeof(entry), "rip %#" PRIx64 " rsp %#" PRIx64,
+				 r->entry_rip, r->entry_rsp);
+		char why[32];
+		if (r->exit_reason == VCPU_RUN_EINTR)
+			snprintf(why, sizeof(why), "EINTR");
+		else if (r->exit_reason == KVM_EXIT_IO)
+			snprintf(why, sizeof(why), "io %#x", r->port);
+		else
+			snprintf(why, sizeof(why), "exit %u", r->exit_reason);
+		fprintf(out,
+			"  #%-8" PRIu64 " %-40s -> %-9s rip %#" PRIx64 " rsp %#" PRIx64
+			" cs %#x cr3 %#" PRIx64 "\n",
+			n, entry, why, r->rip, r->rsp, r->cs, r->cr3);
+	}
+}
+
 void crash_report_fault(struct kapsel_vcpu *vcpu)
 {
 	struct kapsel_vm *vm = vcpu->vm;
@@ -138,6 +170,7 @@ void crash_report_fault(struct kapsel_vcpu *vcpu)
 	print_registers(out, &regs, &sregs);
 	print_backtrace(vm, out, frame.rip, frame.rsp, regs.rbp);
 	pv_cpu_print_handlers(vcpu, out);
+	print_run_history(vcpu, out);
 }
 
 void crash_report_fatal(struct kapsel_vcpu *vcpu, const char *reason)
@@ -156,6 +189,7 @@ void crash_report_fatal(struct kapsel_vcpu *vcpu, const char *reason)
 	if (run && run->exit_reason == KVM_EXIT_FAIL_ENTRY)
 		fprintf(out, "  hardware entry failure reason %#llx\n",
 			(unsigned long long)run->fail_entry.hardware_entry_failure_reason);
+	print_run_history(vcpu, out);
 	if (ioctl(vcpu->fd, KVM_GET_REGS, &regs) < 0 || ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0)
 		return;
 	fprintf(out, "  at ");

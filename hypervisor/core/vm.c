@@ -955,6 +955,24 @@ static bool vm_stopping(const struct kapsel_vm *vm)
 	       __atomic_load_n(&vm->state, __ATOMIC_SEQ_CST) == VM_STATE_STOPPED;
 }
 
+/* Note one KVM_RUN in vcpu's history (crash_report.c prints it). */
+static void record_run(struct kapsel_vcpu *vcpu, uint64_t runs, bool failed, bool entry_set,
+		       uint64_t entry_rip, uint64_t entry_rsp)
+{
+	const struct kvm_run *run = vcpu->run;
+	struct vcpu_run_record *r = &vcpu->history[runs % VCPU_RUN_HISTORY];
+	r->run = runs;
+	r->entry_set = entry_set;
+	r->entry_rip = entry_rip;
+	r->entry_rsp = entry_rsp;
+	r->exit_reason = failed ? VCPU_RUN_EINTR : run->exit_reason;
+	r->port = !failed && run->exit_reason == KVM_EXIT_IO ? run->io.port : 0;
+	r->rip = run->s.regs.regs.rip;
+	r->rsp = run->s.regs.regs.rsp;
+	r->cr3 = run->s.regs.sregs.cr3;
+	r->cs = run->s.regs.sregs.cs.selector;
+}
+
 /*
  * The exit loop of one vCPU, on its own thread, with vm->lock held (it is
  * released around KVM_RUN).  Returns when the VM stops (a stop request,
@@ -964,7 +982,8 @@ static void vcpu_run(struct kapsel_vcpu *vcpu)
 {
 	struct kapsel_vm *vm = vcpu->vm;
 	struct kvm_run *run = vcpu->run;
-	run->kvm_valid_regs = KVM_SYNC_X86_REGS;
+	/* Special registers too: the run history records cr3 and cs. */
+	run->kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
 	for (;;) {
 		int stop_reason = __atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST);
 		if (stop_reason) {
@@ -997,10 +1016,13 @@ static void vcpu_run(struct kapsel_vcpu *vcpu)
 		 * does not need. */
 		__atomic_store_n(&vcpu->in_guest, 1, __ATOMIC_SEQ_CST);
 		pthread_mutex_unlock(&vm->lock);
+		bool entry_set = run->kvm_dirty_regs & KVM_SYNC_X86_REGS;
+		uint64_t entry_rip = run->s.regs.regs.rip, entry_rsp = run->s.regs.regs.rsp;
 		int rc = ioctl(vcpu->fd, KVM_RUN, 0);
 		int run_errno = errno;
-		__atomic_add_fetch(&vcpu->runs, 1, __ATOMIC_SEQ_CST);
+		uint64_t runs = __atomic_add_fetch(&vcpu->runs, 1, __ATOMIC_SEQ_CST);
 		__atomic_store_n(&vcpu->in_guest, 0, __ATOMIC_SEQ_CST);
+		record_run(vcpu, runs, rc < 0, entry_set, entry_rip, entry_rsp);
 		pthread_mutex_lock(&vm->lock);
 		if (rc < 0) {
 			if (run_errno == EINTR || run_errno == EAGAIN) {

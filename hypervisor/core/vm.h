@@ -60,6 +60,22 @@ struct vm_evtchn {
 
 struct kapsel_vm;
 
+/* One KVM_RUN of a vCPU, for the crash report's history: how it entered
+ * (rip/rsp the VMM had just set, if it changed them) and how it left. */
+struct vcpu_run_record {
+	uint64_t run;	    /* which KVM_RUN (vcpu->runs after it) */
+	uint64_t entry_rip; /* set by the VMM before this entry, if entry_set */
+	uint64_t entry_rsp;
+	uint64_t rip, rsp;    /* at the exit */
+	uint64_t cr3;	      /* at the exit */
+	uint32_t exit_reason; /* KVM_EXIT_*, or VCPU_RUN_EINTR */
+	uint16_t port;	      /* KVM_EXIT_IO */
+	uint16_t cs;	      /* at the exit */
+	bool entry_set;
+};
+#define VCPU_RUN_EINTR 0xffffffffu
+#define VCPU_RUN_HISTORY 12u
+
 /* Whether a vCPU runs: vCPU 0 is up from boot, the others start down and
  * come up with KAPSEL_HC_VCPU_UP (STARTING until their thread takes the
  * request) and go down with KAPSEL_HC_VCPU_DOWN. */
@@ -99,6 +115,8 @@ struct kapsel_vcpu {
 	int in_guest;		/* atomic: 1 from just before KVM_RUN until it returns */
 	uint64_t runs;		/* atomic: KVM_RUN returns (a TLB shootdown waits on it) */
 	uint64_t exits[VM_EXIT_COUNTER_COUNT];
+	/* The last VCPU_RUN_HISTORY runs, oldest overwritten (its thread only). */
+	struct vcpu_run_record history[VCPU_RUN_HISTORY];
 	struct pv_cpu_vcpu pv_cpu; /* pv_cpu.c */
 	struct pv_mmu_vcpu pv_mmu; /* pv_mmu.c: its mode and address space */
 };

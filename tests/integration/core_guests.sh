@@ -51,6 +51,11 @@ fault)
 	# Faulting at a function's first instruction: the caller comes from
 	# the stack, since rbp still links to the caller's caller.
 	expect_in "$err" "<fault_trigger+0x9> (return address on the stack)"
+	# The run history: the guest's console hypercalls, then the stub's
+	# report of the fault.
+	expect_in "$err" "runs of vCPU 0 (entry set by the VMM -> exit):"
+	grep -Eq -- "-> io 0x510 +rip 0x[0-9a-f]+ rsp 0x[0-9a-f]+ cs 0x23 cr3 0x10000" "$err" ||
+		{ cat "$err"; fail "no hypercall exit in the run history"; }
 	;;
 fault-kernel-page)
 	# The hypervisor's page tables are supervisor-only: a CPL3 write faults.
