@@ -112,7 +112,12 @@ static int virtio_submit(struct kg_block_device *device, struct kg_block_request
 static void virtio_kick(struct kg_block_device *device)
 {
 	struct virtio_blk *v = to_driver(device);
-	kg_virtq_notify(&v->transport, &v->queue);
+	if (v->queue.avail_idx == v->queue.notified_idx)
+		return; /* nothing published since the last kick */
+	if (kg_virtq_notify(&v->transport, &v->queue))
+		KG_BLOCK_COUNT(device, kicks);
+	else
+		KG_BLOCK_COUNT(device, kicks_suppressed);
 }
 
 static unsigned virtio_reap(struct kg_block_device *device, struct kg_block_request **done,
@@ -188,9 +193,10 @@ int kg_blk_virtio_open(unsigned index, struct kg_block_device *device)
 
 	char line[128];
 	kg_snprintf(line, sizeof(line),
-		    "virtio-blk: disk at 0x%llx (%s): %llu sectors, queue %u, depth %u%s%s",
+		    "virtio-blk: disk at 0x%llx (%s): %llu sectors, queue %u, depth %u%s%s%s",
 		    (unsigned long long)base, v->transport.legacy ? "legacy" : "virtio 1",
 		    (unsigned long long)capacity, v->queue.size, device->info.queue_depth,
+		    features & VIRTIO_F_EVENT_IDX ? ", event-idx" : "",
 		    features & VIRTIO_BLK_F_FLUSH ? ", flush" : "",
 		    device->info.readonly ? ", read-only" : "");
 	kg_os_log(line);

@@ -52,8 +52,10 @@ static int virtio_net_send(struct kg_net_device *device, const void *frame, uint
 		.len = v->header_bytes + length_bytes,
 	};
 	kg_virtq_publish(&v->tx, 0);
-	kg_virtq_notify(&v->transport, &v->tx);
-	device->stats.kicks++;
+	if (kg_virtq_notify(&v->transport, &v->tx))
+		device->stats.kicks++;
+	else
+		device->stats.kicks_suppressed++;
 	/* Wait for the device to take it: the buffer is the caller's again. */
 	struct virtq_used_elem e;
 	while (!kg_virtq_take_used(&v->tx, &e))

@@ -98,7 +98,8 @@ int kg_virtio_mmio_begin(struct virtio_mmio *t, uintptr_t base, uint64_t wanted,
 	offered |= (uint64_t)reg_read(base, VMMIO_DEVICE_FEATURES) << 32;
 	if (!t->legacy && !(offered & VIRTIO_F_VERSION_1))
 		return fail(t, name, "the device does not offer VIRTIO_F_VERSION_1");
-	t->features = offered & (wanted | (t->legacy ? 0 : VIRTIO_F_VERSION_1));
+	t->features =
+		offered & (wanted | VIRTIO_F_EVENT_IDX | (t->legacy ? 0 : VIRTIO_F_VERSION_1));
 	reg_write(base, VMMIO_DRIVER_FEATURES_SEL, 0);
 	reg_write(base, VMMIO_DRIVER_FEATURES, (uint32_t)t->features);
 	reg_write(base, VMMIO_DRIVER_FEATURES_SEL, 1);
@@ -135,6 +136,7 @@ int kg_virtio_mmio_queue(struct virtio_mmio *t, struct virtq *queue, uint16_t q)
 	queue->rings = rings;
 	queue->size = size;
 	queue->index = q;
+	queue->event_idx = (t->features & VIRTIO_F_EVENT_IDX) != 0;
 	reg_write(t->regs, VMMIO_QUEUE_NUM, size);
 	uint64_t desc = kg_os_virt_to_phys(rings->desc), avail = kg_os_virt_to_phys(&rings->avail),
 		 used = kg_os_virt_to_phys(&rings->used);
@@ -184,14 +186,36 @@ void kg_virtq_publish(struct virtq *queue, uint16_t head)
 	__atomic_store_n(&queue->rings->avail.idx, queue->avail_idx, __ATOMIC_RELEASE);
 }
 
-void kg_virtq_notify(const struct virtio_mmio *t, const struct virtq *queue)
+/* The device's avail_event: after the used ring's size entries (so not at
+ * a fixed place in struct virtq_rings when the queue is smaller). */
+static uint16_t avail_event(const struct virtq *queue)
 {
+	const uint8_t *used = (const uint8_t *)&queue->rings->used;
+	return __atomic_load_n((const uint16_t *)(used + 4 + 8u * queue->size), __ATOMIC_ACQUIRE);
+}
+
+bool kg_virtq_notify(const struct virtio_mmio *t, struct virtq *queue)
+{
+	uint16_t old = queue->notified_idx, now = queue->avail_idx;
+	queue->notified_idx = now;
+	if (old == now)
+		return false; /* nothing new was published */
 	/* The index store is globally visible before we read the device's
-	 * "no notify" hint and write the doorbell. */
+	 * hint and write the doorbell. */
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	if (!(__atomic_load_n(&queue->rings->used.flags, __ATOMIC_ACQUIRE) &
-	      VIRTQ_USED_F_NO_NOTIFY))
+	bool wanted;
+	if (queue->event_idx) {
+		/* Ring if the device's event index is among the entries
+		 * published since the last call: [old, now). */
+		uint16_t event = avail_event(queue);
+		wanted = (uint16_t)(now - event - 1u) < (uint16_t)(now - old);
+	} else {
+		wanted = !(__atomic_load_n(&queue->rings->used.flags, __ATOMIC_ACQUIRE) &
+			   VIRTQ_USED_F_NO_NOTIFY);
+	}
+	if (wanted)
 		reg_write(t->regs, VMMIO_QUEUE_NOTIFY, queue->index);
+	return wanted;
 }
 
 bool kg_virtq_take_used(struct virtq *queue, struct virtq_used_elem *element)

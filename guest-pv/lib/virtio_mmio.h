@@ -8,6 +8,10 @@
 #define VIRTIO_ID_NET 1u
 #define VIRTIO_ID_BLOCK 2u
 #define VIRTIO_F_VERSION_1 (1ull << 32)
+/* Notification suppression by ring indices (virtio 1.x, 2.7.7/2.7.10):
+ * the transport asks for it on every device; the doorbell is rung only
+ * when the device's avail_event says it waits for the entries published. */
+#define VIRTIO_F_EVENT_IDX (1ull << 29)
 
 #define VIRTQ_DESC_F_NEXT 1u
 #define VIRTQ_DESC_F_WRITE 2u
@@ -47,6 +51,8 @@ struct virtq {
 	uint16_t index;		   /* queue number */
 	uint16_t avail_idx;	   /* next avail entry the driver fills */
 	uint16_t used_seen;	   /* used entries the driver consumed */
+	uint16_t notified_idx;	   /* avail_idx at the last kg_virtq_notify */
+	bool event_idx;		   /* VIRTIO_F_EVENT_IDX negotiated */
 };
 
 struct virtio_mmio {
@@ -61,8 +67,9 @@ struct virtio_mmio {
 uintptr_t kg_virtio_mmio_find(uint32_t device_id, unsigned index);
 
 /* Reset the device at base, acknowledge it and negotiate offered & wanted
- * (VIRTIO_F_VERSION_1 is required of a version 2 transport).  0 or
- * -KAPSEL_ENODEV, after logging why. */
+ * (VIRTIO_F_VERSION_1 is required of a version 2 transport;
+ * VIRTIO_F_EVENT_IDX is taken whenever offered).  0 or -KAPSEL_ENODEV,
+ * after logging why. */
 int kg_virtio_mmio_begin(struct virtio_mmio *t, uintptr_t base, uint64_t wanted, const char *name);
 
 /* Set up queue q with at most VIRTQ_SIZE_MAX entries (allocates its
@@ -79,8 +86,11 @@ uint8_t kg_virtio_mmio_config8(const struct virtio_mmio *t, uint32_t offset);
 
 /* Publish the chain starting at descriptor head; then kick with notify. */
 void kg_virtq_publish(struct virtq *queue, uint16_t head);
-/* Ring the queue's doorbell unless the device asked for no notifications. */
-void kg_virtq_notify(const struct virtio_mmio *t, const struct virtq *queue);
+/* Ring the queue's doorbell for what was published since the last call,
+ * unless the device said it does not need it (its avail_event with
+ * VIRTIO_F_EVENT_IDX, else the used ring's NO_NOTIFY flag).  True if it
+ * rang (a VM exit on a hypervisor), false if suppressed. */
+bool kg_virtq_notify(const struct virtio_mmio *t, struct virtq *queue);
 /* Take the next used element into *element; false if there is none. */
 bool kg_virtq_take_used(struct virtq *queue, struct virtq_used_elem *element);
 

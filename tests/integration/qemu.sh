@@ -172,6 +172,8 @@ qemu-virtio-blk-microvm) # suite: qemu
 	expect_guest_exit 0
 	expect_in "$out" "virtio-blk: disk at 0xfeb"
 	expect_in "$out" "(legacy): 16384 sectors"
+	# QEMU offers VIRTIO_F_EVENT_IDX; the driver takes it on both transports.
+	expect_in "$out" ", event-idx, flush"
 	expect_in "$out" "blktest write: 3000 sectors from 100, seed 42, flushed"
 	check_image "$img" 42 100 3000 || fail "the image does not hold what the guest wrote"
 	check_image "$img" 0 0 100 0 100 || fail "sectors before the range changed"
@@ -189,6 +191,14 @@ qemu-virtio-blk-microvm) # suite: qemu
 	expect_guest_exit 0
 	expect_in "$out" "blktest random: 1000 ops"
 	expect_in "$out" "at qd 7 ok"
+	expect_in "$out" "(virtio 1): 16384 sectors, queue 128, depth 7, event-idx"
+	# Every doorbell is counted, rung or suppressed by the device's
+	# avail_event; with 7 in flight a kick covers several requests.
+	read -r requests kicks suppressed < <(sed -n \
+		's/^blktest stats: requests \([0-9]*\) kicks \([0-9]*\) suppressed \([0-9]*\) .*/\1 \2 \3/p' "$out")
+	[ "${requests:-0}" -eq 1000 ] && [ "${kicks:-0}" -ge 1 ] &&
+		[ "$((kicks + suppressed))" -le "$requests" ] ||
+		{ cat "$out"; fail "virtio-blk kick counts: requests ${requests:-?} kicks ${kicks:-?} suppressed ${suppressed:-?}"; }
 	# No virtio disk and no IDE: a clean -ENODEV.
 	run_qemu "$out" "$err" microvm "$GUESTS/blktest.elf" "info path=virtio"
 	expect_guest_exit 2

@@ -29,7 +29,7 @@ struct kg_net_stats {
 	uint64_t send_errors;	   /* frames the device refused */
 	uint64_t receive_errors;   /* buffers refused, corrupt ring entries */
 	uint64_t kicks;		   /* PV doorbell writes */
-	uint64_t kicks_suppressed; /* PV publishes that needed no kick */
+	uint64_t kicks_suppressed; /* PV and virtio publishes that needed no kick */
 	uint64_t blocks;	   /* waits that slept in the hypervisor */
 };
 
