@@ -148,6 +148,46 @@ static void format_vcpus(const char *payload, char *out, size_t out_len)
 }
 
 /* One VM of list --json, from its JSON info (NULL: it did not answer). */
+/* What a waiting 'kapsel run --incoming' wrote in its .incoming file. */
+struct incoming_vm {
+	char name[VM_CONFIG_NAME_MAX + 8]; /* "-" when the stream will name it */
+	char listen[128];
+	uint64_t memory_bytes, waited_ns;
+	unsigned long vcpus;
+	long pid; /* -1 when unknown */
+};
+
+static void parse_incoming(const char *payload, struct incoming_vm *vm)
+{
+	char memory[32] = "0", vcpus[16] = "1", pid[32] = "-1", started[32] = "0";
+	memset(vm, 0, sizeof(*vm));
+	snprintf(vm->name, sizeof(vm->name), "-");
+	control_payload_get(payload, "name", vm->name, sizeof(vm->name));
+	control_payload_get(payload, "listen", vm->listen, sizeof(vm->listen));
+	control_payload_get(payload, "memory_bytes", memory, sizeof(memory));
+	control_payload_get(payload, "vcpus", vcpus, sizeof(vcpus));
+	control_payload_get(payload, "pid", pid, sizeof(pid));
+	control_payload_get(payload, "started_unix", started, sizeof(started));
+	vm->memory_bytes = strtoull(memory, NULL, 10);
+	vm->vcpus = strtoul(vcpus, NULL, 10);
+	vm->pid = strtol(pid, NULL, 10);
+	uint64_t since = strtoull(started, NULL, 10), now = (uint64_t)time(NULL);
+	vm->waited_ns = now > since ? (now - since) * 1000000000ull : 0;
+}
+
+/* One kapsel.list/1 entry for a VM waiting for its migration: no domain
+ * id or UUID yet, nothing up; uptime_ns is how long it has waited. */
+static json_t *incoming_entry(const struct incoming_vm *vm)
+{
+	json_t *name = strcmp(vm->name, "-") ? json_string(vm->name) : json_null();
+	json_t *pid = vm->pid > 0 ? json_integer(vm->pid) : json_null();
+	return json_pack("{s:o, s:n, s:n, s:s, s:I, s:I, s:i, s:I, s:o, s:s}", "name", name,
+			 "domid", "uuid", "state", "incoming", "memory_bytes",
+			 (json_int_t)vm->memory_bytes, "vcpu_count", (json_int_t)vm->vcpus,
+			 "vcpus_up", 0, "uptime_ns", (json_int_t)vm->waited_ns, "pid", pid,
+			 "listen", vm->listen);
+}
+
 static json_t *list_entry(const char *name, json_t *info)
 {
 	if (!info)
@@ -192,6 +232,17 @@ static int list_json(void)
 		json_decref(info);
 	}
 	control_free_names(names, count);
+	char **waiting;
+	int waiting_count = control_list_incoming(&waiting);
+	for (int i = 0; i < waiting_count; i++) {
+		struct incoming_vm vm;
+		parse_incoming(waiting[i], &vm);
+		json_t *entry = incoming_entry(&vm);
+		if (entry)
+			json_array_append_new(vms, entry);
+	}
+	if (waiting_count > 0)
+		control_free_names(waiting, waiting_count);
 	json_t *doc = json_pack("{s:s, s:o}", "schema", "kapsel.list/1", "vms", vms);
 	if (!doc) {
 		fprintf(stderr, "kapsel list: out of memory\n");
@@ -219,7 +270,7 @@ void cli_list_usage(FILE *out)
 		"Options:\n"
 		"  -q, --names   print only the names of running VMs, one per line\n"
 		"      --json    print one JSON object (schema kapsel.list/1, docs/control.md;\n"
-		"                running VMs only)\n"
+		"                waiting --incoming VMs with state \"incoming\")\n"
 		"  -h, --help    show this help\n");
 }
 
@@ -298,18 +349,14 @@ int cli_list(int argc, char **argv)
 	char **waiting;
 	int waiting_count = names_only ? 0 : control_list_incoming(&waiting);
 	for (int i = 0; i < waiting_count; i++) {
-		char name[VM_CONFIG_NAME_MAX + 8] = "-", memory[32] = "0", vcpus[16] = "1",
-					       pid[32] = "-", started[32] = "0", duration[32];
-		control_payload_get(waiting[i], "name", name, sizeof(name));
-		control_payload_get(waiting[i], "memory_bytes", memory, sizeof(memory));
-		control_payload_get(waiting[i], "vcpus", vcpus, sizeof(vcpus));
-		control_payload_get(waiting[i], "pid", pid, sizeof(pid));
-		control_payload_get(waiting[i], "started_unix", started, sizeof(started));
-		uint64_t since = strtoull(started, NULL, 10), now = (uint64_t)time(NULL);
-		format_duration(now > since ? (now - since) * 1000000000ull : 0, duration,
-				sizeof(duration));
-		printf("%5s  %-24s %-8s %7lluM %5s %10s %8s\n", "-", name, "incoming",
-		       strtoull(memory, NULL, 10) >> 20, vcpus, duration, pid);
+		struct incoming_vm vm;
+		parse_incoming(waiting[i], &vm);
+		char duration[32], pid[32] = "-";
+		format_duration(vm.waited_ns, duration, sizeof(duration));
+		if (vm.pid > 0)
+			snprintf(pid, sizeof(pid), "%ld", vm.pid);
+		printf("%5s  %-24s %-8s %7lluM %5lu %10s %8s\n", "-", vm.name, "incoming",
+		       (unsigned long long)(vm.memory_bytes >> 20), vm.vcpus, duration, pid);
 	}
 	if (waiting_count > 0)
 		control_free_names(waiting, waiting_count);

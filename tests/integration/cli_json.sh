@@ -77,6 +77,26 @@ assert doc["schema"] == "kapsel.list/1" and sorted(vms) == ["old", "web"], vms
 w = vms["web"]
 assert (w["domid"], w["state"], w["memory_bytes"], w["vcpu_count"], w["vcpus_up"], w["pid"]) == (7, "running", 33554432, 2, 1, 123), w
 assert vms["old"]["state"] == "unknown" and vms["old"]["domid"] is None'
+	# A 'kapsel run --incoming' waiting for its VM (no KVM needed until the
+	# stream comes) is listed too, with state incoming and where it listens.
+	port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+	timeout 30 "$KAPSEL" run --name mover --vcpus 2 --memory 96M --kernel "$GUESTS/hello.elf" \
+		--incoming "tcp:127.0.0.1:$port,insecure" >"$TMP/incoming.out" 2>&1 </dev/null &
+	VMPIDS+=($!)
+	for _ in $(seq 100); do
+		ls "$KAPSEL_RUNTIME_DIR"/.incoming-* >/dev/null 2>&1 && break
+		sleep 0.05
+	done
+	"$KAPSEL" list --json >"$TMP/list" || fail "list --json with an incoming VM"
+	check "$TMP/list" '
+vms = {vm["name"]: vm for vm in doc["vms"]}
+assert sorted(vms) == ["mover", "old", "web"], vms
+m = vms["mover"]
+assert (m["state"], m["domid"], m["uuid"], m["memory_bytes"], m["vcpu_count"], m["vcpus_up"]) == ("incoming", None, None, 96 << 20, 2, 0), m
+assert m["listen"] == "tcp:127.0.0.1:'"$port"'", m
+assert isinstance(m["pid"], int) and m["pid"] > 0, m'
+	"$KAPSEL" list >"$TMP/list.txt" || fail "list with an incoming VM"
+	grep -Eq '^ +- +mover +incoming +96M +2 ' "$TMP/list.txt" || { cat "$TMP/list.txt"; fail "incoming VM in list"; }
 	STATUS=0
 	"$KAPSEL" info --json old 2>"$TMP/err" || STATUS=$?
 	expect_status 1
