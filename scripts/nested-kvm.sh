@@ -33,7 +33,7 @@ cache=${KAPSEL_NESTED_CACHE:-/var/cache/kapsel-nested}
 memory=${KAPSEL_NESTED_MEMORY:-6G}
 time_limit=${KAPSEL_NESTED_TIMEOUT:-3000}
 # Bump when the VM's init changes, so a cached initrd is rebuilt.
-initrd_version=5
+initrd_version=6
 
 for tool in qemu-system-x86_64 busybox cpio depmod mkfs.ext4; do
 	command -v "$tool" >/dev/null || {
@@ -42,7 +42,8 @@ for tool in qemu-system-x86_64 busybox cpio depmod mkfs.ext4; do
 	}
 done
 
-# The kernel and the modules KVM and 9p need, from Debian's kernel package.
+# The kernel and the modules KVM, 9p and the network tests (veth pairs, TAP)
+# need, from Debian's kernel package.
 prepare_kernel() {
 	local meta version deb tree
 	mkdir -p "$cache"
@@ -70,7 +71,8 @@ prepare_kernel() {
 	# Every module these need, dependencies first, in load order.
 	local wanted=(kernel/drivers/virtio/virtio_pci.ko kernel/net/9p/9pnet_virtio.ko
 		kernel/fs/9p/9p.ko kernel/arch/x86/kvm/kvm-amd.ko
-		kernel/drivers/block/virtio_blk.ko kernel/crypto/crc32c_generic.ko kernel/fs/ext4/ext4.ko)
+		kernel/drivers/block/virtio_blk.ko kernel/crypto/crc32c_generic.ko kernel/fs/ext4/ext4.ko
+		kernel/drivers/net/veth.ko kernel/drivers/net/tun.ko)
 	local order=() seen=" "
 	add_module() {
 		local dep

@@ -156,7 +156,7 @@ pv-image-errors)
 	chmod 0444 "$TMP/ro.img"
 	if [ "$(id -u)" -eq 0 ]; then
 		chattr +i "$TMP/ro.img" 2>/dev/null || { echo "PASS: $1 (unwritable case skipped: no chattr +i here)"; exit 0; }
-		trap 'chattr -i "$TMP/ro.img" 2>/dev/null; rm -rf "$TMP"' EXIT
+		trap 'stop_children; chattr -i "$TMP/ro.img" 2>/dev/null; rm -rf "$TMP"' EXIT
 	fi
 	run_guest "$out" "$err" --kernel "$BLKTEST" --disk "$TMP/ro.img"
 	expect_status 125

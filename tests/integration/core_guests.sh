@@ -118,7 +118,7 @@ stats-signal)
 	"$KAPSEL" run --no-console-input --kernel "$GUESTS/timer.elf" \
 		--cmdline 20000 --stats-file "$TMP/stats" >"$out" 2>"$err" </dev/null &
 	pid=$!
-	trap 'kill -KILL $pid 2>/dev/null; rm -rf "$TMP"' EXIT
+	trap 'stop_children; kill -KILL $pid 2>/dev/null; rm -rf "$TMP"' EXIT
 	sleep 1 # until the handlers are installed (SIGUSR1 kills before that)
 	kill -USR1 $pid
 	for _ in $(seq 50); do [ -e "$TMP/stats" ] && break; sleep 0.1; done

@@ -57,6 +57,24 @@ fail() {
 	exit 1
 }
 
+# stop_children: end what a case left running in the background when it
+# failed (VMs, destinations, proxies), so that they neither hold meson's
+# output pipe open until their own timeouts nor keep ports the next case
+# wants.  SIGTERM first (timeout passes it on; it ends a VM), then SIGKILL.
+stop_children() {
+	local pids p
+	pids=$(jobs -p)
+	[ -n "$pids" ] || return 0
+	# shellcheck disable=SC2086 # a list of pids
+	kill $pids 2>/dev/null
+	sleep 1
+	for p in $pids; do
+		pkill -KILL -P "$p" 2>/dev/null
+		kill -KILL "$p" 2>/dev/null
+	done
+	return 0
+}
+
 # run_guest OUTFILE ERRFILE ARGS...: runs kapsel run ARGS with a timeout,
 # stdin closed; sets STATUS.
 run_guest() {
@@ -111,7 +129,7 @@ expect_not_in() {
 
 make_temp_dir() {
 	TMP=$(mktemp -d "${TMPDIR:-/tmp}/kapsel-test.XXXXXX")
-	trap 'rm -rf "$TMP"' EXIT
+	trap 'stop_children; rm -rf "$TMP"' EXIT
 	# Control sockets of the test's VMs live in the test's own directory,
 	# never among the host's real VMs.
 	export KAPSEL_RUNTIME_DIR=$TMP/rt

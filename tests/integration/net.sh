@@ -110,7 +110,7 @@ net-tap) # suite: net
 	command -v ip >/dev/null || { echo "SKIP: ip (iproute2) is missing"; exit $SKIP; }
 	ns=kapsel-net-$$
 	ip netns add "$ns" || { echo "SKIP: cannot create a network namespace"; exit $SKIP; }
-	trap 'ip netns del "$ns" 2>/dev/null; rm -rf "$TMP"' EXIT
+	trap 'stop_children; ip netns del "$ns" 2>/dev/null; rm -rf "$TMP"' EXIT
 	ip netns exec "$ns" ip tuntap add dev ktap0 mode tap || fail "cannot create a tap in $ns"
 	ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 || true
 	ip netns exec "$ns" ip link set ktap0 up || fail "cannot bring ktap0 up"

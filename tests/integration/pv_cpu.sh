@@ -100,7 +100,7 @@ pv-upcall-storm)
 	"$KAPSEL" run --no-console-input --kernel "$GUESTS/preempt.elf" --name storm \
 		--cmdline "storm_ms=600000" --stats >"$out" 2>"$err" </dev/null &
 	pid=$!
-	trap 'kill -9 $pid 2>/dev/null; rm -rf "$TMP"' EXIT
+	trap 'stop_children; kill -9 $pid 2>/dev/null; rm -rf "$TMP"' EXIT
 	for _ in $(seq 400); do
 		grep -q "storm: running" "$out" && [ -S "$KAPSEL_RUNTIME_DIR/storm.sock" ] && break
 		kill -0 $pid 2>/dev/null || { cat "$err"; fail "storm VM died at start"; }
