@@ -304,7 +304,10 @@ except OSError:
 src.close(); dst.close()
 EOF
 	PROXY=$!
-	sleep 0.3
+	# Python starts slowly under nested emulation: a migrate that came
+	# before the proxy listened would be refused, and the destination
+	# would wait for a stream until its timeout.
+	wait_listening "$1"
 }
 
 # wait_listening PORT: until a socket listens on PORT (read from
@@ -312,7 +315,7 @@ EOF
 wait_listening() {
 	local i hex
 	hex=$(printf '%04X' "$1")
-	for i in $(seq 100); do
+	for i in $(seq 400); do
 		awk -v p=":$hex" '$2 ~ p"$" && $4 == "0A" { found = 1 } END { exit !found }' \
 			/proc/net/tcp /proc/net/tcp6 2>/dev/null && return 0
 		sleep 0.05
@@ -758,8 +761,12 @@ state-migrate-broken)
 	name=state-migb-$$
 	base=$((20000 + $$ % 15000))
 	make_psk "$TMP/mig.psk"
-	timeout --kill-after=5 120 "$KAPSEL" run --no-console-input --kernel "$COUNTER" --name "$name" \
-		--cmdline "ticks=1500 interval_ms=$TICK_MS" >"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
+	# The source must outlive six refused attempts (about 9 s each under
+	# nested emulation, where a tick is 20 ms) and the final migration.
+	ticks=3000
+	[ "$TICK_MS" -gt 5 ] && ticks=6000
+	timeout --kill-after=5 300 "$KAPSEL" run --no-console-input --kernel "$COUNTER" --name "$name" \
+		--cmdline "ticks=$ticks interval_ms=$TICK_MS" >"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
 	SRC=$!
 	wait_for_tick "$TMP/src.out" 10
 	attempt=0
@@ -789,21 +796,21 @@ state-migrate-broken)
 	done
 	# A good migration after all that.
 	dport=$((base + 100))
-	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --no-control \
+	timeout --kill-after=5 300 "$KAPSEL" run --no-console-input --no-control \
 		--kernel "$COUNTER" --incoming "tcp:127.0.0.1:$dport,psk=$TMP/mig.psk" >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
 	DST=$!
 	wait_listening "$dport"
 	"$KAPSEL" migrate --psk "$TMP/mig.psk" "$name" "tcp:127.0.0.1:$dport" >"$TMP/mig" 2>&1 || { cat "$TMP/mig"; fail "final migrate"; }
 	STATUS=0; wait "$SRC" || STATUS=$?; expect_status 0
 	STATUS=0; wait "$DST" || STATUS=$?; expect_status 0
-	check_ticks 1 3000 "$TMP/src.out" "$TMP/dst.out" || fail "sequence across failed migrations"
+	check_ticks 1 "$ticks" "$TMP/src.out" "$TMP/dst.out" || fail "sequence across failed migrations"
 	;;
 state-migrate-netns)
 	# Between two network namespaces joined by a veth pair: the VMs see
 	# only the addresses inside them.
 	ns=kst$$
 	ip netns add "${ns}a" 2>/dev/null || { echo "SKIP: cannot create network namespaces"; exit 77; }
-	trap 'ip netns del "${ns}a" 2>/dev/null; ip netns del "${ns}b" 2>/dev/null; rm -rf "$TMP"' EXIT
+	trap 'stop_children; ip netns del "${ns}a" 2>/dev/null; ip netns del "${ns}b" 2>/dev/null; rm -rf "$TMP"' EXIT
 	ip netns add "${ns}b"
 	ip link add "${ns}x" netns "${ns}a" type veth peer name "${ns}y" netns "${ns}b"
 	ip -n "${ns}a" addr add 10.213.77.1/24 dev "${ns}x"
@@ -891,12 +898,13 @@ state-migrate-auth)
 	expect_in "$TMP/dst.err" "does not speak TLS"
 	# Plain TCP when both sides say so.
 	dport=$((base + 10))
-	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --no-control \
+	timeout --kill-after=5 60 "$KAPSEL" run --no-console-input --no-control --kernel "$COUNTER" \
 		--incoming "tcp:127.0.0.1:$dport,insecure" >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
 	DST=$!
 	wait_listening "$dport"
 	expect_in "$TMP/dst.err" "INSECURE"
-	"$KAPSEL" migrate --insecure "$name" "tcp:127.0.0.1:$dport" >"$TMP/mig" 2>&1 || { cat "$TMP/mig"; fail "insecure migrate"; }
+	"$KAPSEL" migrate --insecure "$name" "tcp:127.0.0.1:$dport" >"$TMP/mig" 2>&1 ||
+		{ cat "$TMP/mig" "$TMP/dst.err"; fail "insecure migrate"; }
 	STATUS=0; wait "$SRC" || STATUS=$?; expect_status 0
 	STATUS=0; wait "$DST" || STATUS=$?; expect_status 0
 	check_ticks 1 3000 "$TMP/src.out" "$TMP/dst.out" || fail "sequence across refused migrations"
