@@ -93,7 +93,7 @@ uint64_t net_backend_drop_waiting(struct net_backend *nb);
 /*
  * A live migration hands the host end over (the destination opens the same
  * socket path or tap from its own definition): drop what waits (counted as
- * by net_backend_drop_waiting), put an inert socket in place of the fd (so
+ * by net_backend_drop_waiting), put an inert eventfd in place of the fd (so
  * a poll or send on it does nothing) and give the socket path up.  Same
  * precondition as net_backend_drop_waiting.  Returns 0 or -errno.
  */
@@ -102,7 +102,9 @@ int net_backend_release(struct net_backend *nb);
 /*
  * The migration failed after net_backend_release: open config's socket or
  * tap again in place of the inert fd (same fd number).  Returns 0 or
- * -errno with a message in error.  A no-op unless released.
+ * -errno with a message in error.  A no-op unless released.  Runs on the
+ * control thread (migrate_send): the sandbox lets it create sockets and
+ * attach a tap (TUNSETIFF).
  */
 int net_backend_reacquire(struct net_backend *nb, const struct vm_net_config *config, char *error,
 			  size_t error_len);
