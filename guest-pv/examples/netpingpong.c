@@ -16,6 +16,9 @@
  *   role=garbage                                 PV only: hostile TX descriptors
  *                                                must be refused, then a frame goes
  * Common: path=auto|pv|ne2000|virtio, index=N (interface), poll=US (PV busy-poll).
+ * ping: retries=N (tries per frame, default 50, 200 ms apart), report=N
+ * (print "ping frame SEQ" every N frames, so a test can save or migrate the
+ * VM mid-run); pong: idle_s=N (stop after N s without a frame, default 30).
  * The frame: destination, source, type 0x88b5, then the payload
  *   "KNPP" kind(1) 0(3) seq(4, le) length(4, le) data[length] fnv32(4, le)
  * where data[i] = pattern(seq, i) and fnv32 covers everything from "KNPP"
@@ -29,8 +32,8 @@
 #define HEADER_BYTES 14u
 #define PAYLOAD_HEADER_BYTES 16u
 #define RETRY_NS 200000000ull /* resend a frame whose echo did not come */
-#define RETRIES_MAX 50u
-#define PONG_IDLE_NS 30000000000ull
+#define RETRIES_DEFAULT 50u
+#define PONG_IDLE_S_DEFAULT 30u
 
 static struct kg_net_device *net;
 static uint8_t own_mac[6];
@@ -158,12 +161,15 @@ static uint64_t cycles_to_ns(uint64_t cycles)
 	return cycles * 1000000ull / khz;
 }
 
-static int do_ping(uint32_t count, uint32_t data_bytes, const uint8_t peer[6])
+static int do_ping(uint32_t count, uint32_t data_bytes, const uint8_t peer[6], uint32_t retries_max,
+		   uint32_t report)
 {
 	uint64_t min_ns = UINT64_MAX, max_ns = 0, total_ns = 0;
 	uint32_t retries = 0;
 	uint64_t start_tsc = kg_rdtsc();
 	for (uint32_t seq = 0; seq < count; seq++) {
+		if (report && seq && seq % report == 0)
+			kg_printf("netpingpong: ping frame %u\n", seq);
 		uint32_t length = build(frame, peer, KIND_DATA, seq, data_bytes);
 		uint32_t tries = 0;
 		for (;;) {
@@ -206,7 +212,7 @@ static int do_ping(uint32_t count, uint32_t data_bytes, const uint8_t peer[6])
 			}
 			if (echoed)
 				break;
-			if (++tries > RETRIES_MAX) {
+			if (++tries > retries_max) {
 				kg_printf("netpingpong: no echo of frame %u after %u tries\n", seq,
 					  tries);
 				return 1;
@@ -229,15 +235,16 @@ static int do_ping(uint32_t count, uint32_t data_bytes, const uint8_t peer[6])
 	return 0;
 }
 
-static int do_pong(void)
+static int do_pong(uint64_t idle_s)
 {
 	uint32_t echoed = 0, corrupt_frames = 0, ignored = 0;
 	for (;;) {
 		int n = kg_net_recv_until(net, received, sizeof(received),
-					  kg_time_now_ns() + PONG_IDLE_NS);
+					  kg_time_now_ns() + idle_s * 1000000000ull);
 		if (n <= 0) {
-			kg_printf("netpingpong: pong got %s after %u echoes\n",
-				  n == 0 ? "no frame for 30 s" : "a receive error", echoed);
+			kg_printf("netpingpong: pong got %s after %u echoes (idle_s=%llu)\n",
+				  n == 0 ? "no frame in time" : "a receive error", echoed,
+				  (unsigned long long)idle_s);
 			return 1;
 		}
 		uint32_t seq = 0;
@@ -359,9 +366,11 @@ int main(int argc, char **argv)
 	if (!role)
 		kg_panic("netpingpong: give role=ping, pong, send or garbage");
 	if (strcmp(role, "ping") == 0)
-		return do_ping(count, size - overhead, peer);
+		return do_ping(count, size - overhead, peer,
+			       (uint32_t)number_arg("retries", RETRIES_DEFAULT),
+			       (uint32_t)number_arg("report", 0));
 	if (strcmp(role, "pong") == 0)
-		return do_pong();
+		return do_pong(number_arg("idle_s", PONG_IDLE_S_DEFAULT));
 	if (strcmp(role, "send") == 0)
 		return do_send(count, size - overhead, peer);
 	if (strcmp(role, "garbage") == 0)

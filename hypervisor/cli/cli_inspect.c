@@ -78,6 +78,34 @@ static void print_device_record(FILE *out, const struct vm_state_stored_record *
 			(unsigned long long)a.counters[2], (unsigned long long)a.counters[3]);
 		return;
 	}
+	if (rec->type == VM_STATE_DEV_NET_PV &&
+	    rec->length_bytes == sizeof(struct vm_state_net_pv)) {
+		struct vm_state_net_pv n;
+		memcpy(&n, rec->payload, sizeof(n));
+		for (unsigned q = 0; q < 2; q++)
+			fprintf(out, "%s%s ring gpa %#llx (%u pages), req_cons %u, rsp_prod %u%s",
+				q ? "; " : ": ", q ? "rx" : "tx",
+				(unsigned long long)n.queues[q].ring_gpa, n.queues[q].ring_pages,
+				n.queues[q].req_cons, n.queues[q].rsp_prod,
+				n.queues[q].broken ? ", broken" : "");
+		fprintf(out, "; %llu frame(s) dropped at the save, frames out %llu in %llu\n",
+			(unsigned long long)n.frames_dropped_at_save,
+			(unsigned long long)n.counters[0], (unsigned long long)n.counters[2]);
+		return;
+	}
+	if (rec->type == VM_STATE_DEV_NE2000 &&
+	    rec->length_bytes == sizeof(struct vm_state_ne2000)) {
+		const struct vm_state_ne2000 *n = (const void *)rec->payload;
+		uint64_t dropped, counters[VM_STATE_NET_COUNTERS];
+		memcpy(&dropped, &n->frames_dropped_at_save, sizeof(dropped));
+		memcpy(counters, n->counters, sizeof(counters));
+		fprintf(out,
+			": cr %#x isr %#x imr %#x rcr %#x, ring pages %#x-%#x curr %#x bnry %#x; %llu frame(s) dropped at the save, frames out %llu in %llu\n",
+			n->cr, n->isr, n->imr, n->rcr, n->pstart, n->pstop, n->curr, n->bnry,
+			(unsigned long long)dropped, (unsigned long long)counters[0],
+			(unsigned long long)counters[2]);
+		return;
+	}
 	print_hex(out, rec->payload, rec->length_bytes);
 }
 

@@ -159,36 +159,40 @@ out_dir:
 
 void cli_restore_usage(FILE *out)
 {
-	fprintf(out, "Usage: kapsel restore [OPTIONS] DIR\n"
-		     "\n"
-		     "Bring back a VM saved in the state directory DIR and run it from exactly\n"
-		     "where it was.  The guest sees its restore generation go up by one.\n"
-		     "Everything in DIR is checked first; a truncated, corrupted, foreign or\n"
-		     "mismatched state is refused and no VM is started.\n"
-		     "\n"
-		     "A saved state never chooses host files: name the kernel and each disk\n"
-		     "image (as on the 'kapsel run' command line that saved it) unless they are\n"
-		     "inside DIR.\n"
-		     "\n"
-		     "Options:\n"
-		     "  -k, --kernel FILE        the guest kernel\n"
-		     "  -d, --disk N=PATH[,format=raw|overlay]\n"
-		     "                           the image of disk N (0 = first); format=overlay\n"
-		     "                           for a copy-on-write overlay\n"
-		     "  -n, --name NAME          run it under a new name\n"
-		     "      --clone              new identity (name, UUID) and copy-on-write\n"
-		     "                           memory mapped from DIR/memory.img\n"
-		     "      --console-output FILE[,max=SIZE]\n"
-		     "                           append guest console output to FILE; it stops\n"
-		     "                           growing at SIZE (default 64M, 0: no cap)\n"
-		     "      --no-console-input   do not forward standard input to the guest\n"
-		     "      --save-on-signal DIR on SIGHUP, save the VM to DIR and continue\n"
-		     "      --save-stop          with --save-on-signal: stop after saving\n"
-		     "      --stats              print counters when the VM stops\n"
-		     "      --stats-file FILE    on SIGUSR1, write counters to FILE\n"
-		     "      --timing             print how long the restore took\n"
-		     "      --no-control         do not serve a control socket\n" SANDBOX_USAGE
-		     "  -v, --verbose            log what Kapsel does\n");
+	fprintf(out,
+		"Usage: kapsel restore [OPTIONS] DIR\n"
+		"\n"
+		"Bring back a VM saved in the state directory DIR and run it from exactly\n"
+		"where it was.  The guest sees its restore generation go up by one.\n"
+		"Everything in DIR is checked first; a truncated, corrupted, foreign or\n"
+		"mismatched state is refused and no VM is started.\n"
+		"\n"
+		"A saved state never chooses host files: name the kernel and each disk\n"
+		"image (as on the 'kapsel run' command line that saved it) unless they are\n"
+		"inside DIR.\n"
+		"\n"
+		"Options:\n"
+		"  -k, --kernel FILE        the guest kernel\n"
+		"  -d, --disk N=PATH[,format=raw|overlay]\n"
+		"                           the image of disk N (0 = first); format=overlay\n"
+		"                           for a copy-on-write overlay\n"
+		"      --net N=SPEC         the link of network interface N (0 = first), SPEC\n"
+		"                           as kapsel run's --net (socket=PATH,peer=PATH or\n"
+		"                           tap=NAME, the saved model); the MAC stays\n"
+		"  -n, --name NAME          run it under a new name\n"
+		"      --clone              new identity (name, UUID, MACs) and copy-on-write\n"
+		"                           memory mapped from DIR/memory.img\n"
+		"      --console-output FILE[,max=SIZE]\n"
+		"                           append guest console output to FILE; it stops\n"
+		"                           growing at SIZE (default 64M, 0: no cap)\n"
+		"      --no-console-input   do not forward standard input to the guest\n"
+		"      --save-on-signal DIR on SIGHUP, save the VM to DIR and continue\n"
+		"      --save-stop          with --save-on-signal: stop after saving\n"
+		"      --stats              print counters when the VM stops\n"
+		"      --stats-file FILE    on SIGUSR1, write counters to FILE\n"
+		"      --timing             print how long the restore took\n"
+		"      --no-control         do not serve a control socket\n" SANDBOX_USAGE
+		"  -v, --verbose            log what Kapsel does\n");
 }
 
 int cli_restore(int argc, char **argv)
@@ -202,11 +206,13 @@ int cli_restore(int argc, char **argv)
 		OPT_SAVE,
 		OPT_SAVE_STOP,
 		OPT_TIMING,
-		OPT_NO_CONTROL
+		OPT_NO_CONTROL,
+		OPT_NET
 	};
 	static const struct option options[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "disk", required_argument, NULL, 'd' },
+		{ "net", required_argument, NULL, OPT_NET },
 		{ "name", required_argument, NULL, 'n' },
 		{ "clone", no_argument, NULL, OPT_CLONE },
 		{ "console-output", required_argument, NULL, OPT_CONSOLE_OUTPUT },
@@ -236,6 +242,13 @@ int cli_restore(int argc, char **argv)
 			break;
 		case 'd':
 			if (snapshot_parse_disk_mapping(optarg, &files, detail, sizeof(detail)) <
+			    0) {
+				kapsel_error("%s", detail);
+				return 2;
+			}
+			break;
+		case OPT_NET:
+			if (snapshot_parse_net_mapping(optarg, &files, detail, sizeof(detail)) <
 			    0) {
 				kapsel_error("%s", detail);
 				return 2;
@@ -298,6 +311,7 @@ int cli_restore(int argc, char **argv)
 		return 2;
 	}
 	settings.dir = argv[optind];
+	files.new_identity = settings.clone;
 	int status = restore_and_run(&settings);
 	snapshot_host_files_free(&files);
 	return status;
@@ -667,7 +681,7 @@ int cli_clone(int argc, char **argv)
 	unsigned long count = 1;
 	const char *prefix = NULL, *console_dir = NULL;
 	bool timing = false;
-	static struct snapshot_host_files files;
+	static struct snapshot_host_files files = { .new_identity = true };
 	char detail[512];
 	int opt;
 	optind = 1;

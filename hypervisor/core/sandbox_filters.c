@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/io_uring.h>
+#include <linux/if_tun.h>
 #include <linux/kvm.h>
 #include <sched.h>
 #include <seccomp.h>
@@ -126,6 +127,7 @@ enum {
 	CHECK_IOCTL_TTY = 1u << 1,	  /* terminal queries and modes */
 	CHECK_CLONE_THREAD = 1u << 2,	  /* clone for threads only; clone3 says ENOSYS */
 	CHECK_URING_UNREGISTER = 1u << 3, /* teardown of a PV block ring: unregister only */
+	CHECK_IOCTL_TUNSETIFF = 1u << 4,  /* a failed migration attaches its tap again */
 };
 
 struct role_definition {
@@ -146,7 +148,7 @@ static const struct role_definition roles[SANDBOX_ROLE_COUNT] = {
 	[SANDBOX_ROLE_CONTROL] = {
 		.groups = { group_base, group_eventfd, group_block_io, group_io_uring,
 			    group_net_io, group_files, group_sockets, group_vcpu_timer },
-		.checks = CHECK_IOCTL_KVM | CHECK_CLONE_THREAD,
+		.checks = CHECK_IOCTL_KVM | CHECK_CLONE_THREAD | CHECK_IOCTL_TUNSETIFF,
 	},
 	[SANDBOX_ROLE_SAVE] = {
 		.groups = { group_base, group_eventfd, group_block_io, group_io_uring,
@@ -191,6 +193,10 @@ static int add_checked_rules(scmp_filter_ctx ctx, unsigned checks)
 		err = err
 			      ?: seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1,
 						  SCMP_A1(SCMP_CMP_MASKED_EQ, 0xff00u, KVMIO << 8));
+	if (checks & CHECK_IOCTL_TUNSETIFF)
+		err = err
+			      ?: seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1,
+						  SCMP_A1(SCMP_CMP_EQ, (scmp_datum_t)TUNSETIFF));
 	if (checks & CHECK_IOCTL_TTY) {
 		static const unsigned long requests[] = { TCGETS,  TCSETS,     TCSETSW,
 							  TCSETSF, TIOCGWINSZ, FIONREAD };

@@ -71,6 +71,15 @@ struct kapsel_device_ops {
 	 * -EINVAL with a message in error naming the bad field. */
 	int (*load)(struct kapsel_device *dev, uint32_t type, const void *payload,
 		    uint64_t length_bytes, char *error, size_t error_len);
+
+	/* ---- Live migration (migrate.c); optional, vCPU paused, quiesced ---- */
+	/* The final state went out and the destination is about to open the
+	 * device's host endpoint (a socket path, a tap) from its own
+	 * definition: let go of it.  Returns 0 or a negative errno. */
+	int (*host_release)(struct kapsel_device *dev);
+	/* The destination failed after host_release: take the endpoint back
+	 * so this VM runs on.  Returns 0 or a negative errno with a message. */
+	int (*host_reacquire)(struct kapsel_device *dev, char *error, size_t error_len);
 };
 
 struct kapsel_device {

@@ -312,6 +312,35 @@ static bool disks_relock(struct kapsel_vm *vm)
 	return all;
 }
 
+/* Host endpoints of devices (a NIC's socket path or tap): the destination
+ * opens them from its own definition between RELEASED and RUNNING. */
+static int devices_release_host(struct kapsel_vm *vm, char *error, size_t error_len)
+{
+	for (unsigned i = 0; i < vm->device_count; i++) {
+		struct kapsel_device *dev = vm->devices[i];
+		int err = dev->ops->host_release ? dev->ops->host_release(dev) : 0;
+		if (err)
+			return kapsel_fail(error, error_len, err,
+					   "device %u (%s) cannot hand its host end over: %s", i,
+					   dev->ops->name, strerror(-err));
+	}
+	return 0;
+}
+
+/* The migration failed after devices_release_host: take them back.
+ * A failure is logged; the device runs on without its link. */
+static void devices_reacquire_host(struct kapsel_vm *vm)
+{
+	for (unsigned i = 0; i < vm->device_count; i++) {
+		struct kapsel_device *dev = vm->devices[i];
+		char detail[512];
+		if (dev->ops->host_reacquire &&
+		    dev->ops->host_reacquire(dev, detail, sizeof(detail)) < 0)
+			kapsel_error("device %u (%s): %s; it runs on without its host link", i,
+				     dev->ops->name, detail);
+	}
+}
+
 int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_options *options,
 		 struct migrate_stats *stats, char *error, size_t error_len)
 {
@@ -509,6 +538,9 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 	}
 	disks_unlock(vm);
 	released = true;
+	err = devices_release_host(vm, error, error_len);
+	if (err)
+		goto out_close;
 	err = send_message(t, MIGRATE_RELEASED, NULL);
 	if (!err)
 		err = receive_message(t, &m, (int)opt.timeout_ms);
@@ -540,6 +572,8 @@ out_close:
 		if (paused && !was_paused)
 			vm_resume(vm);
 		paused = false;
+	} else if (released) {
+		devices_reacquire_host(vm);
 	}
 	if (quiesced)
 		snapshot_resume_devices(vm);

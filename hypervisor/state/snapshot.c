@@ -443,11 +443,79 @@ int snapshot_parse_disk_mapping(const char *text, struct snapshot_host_files *fi
 	return 0;
 }
 
+int snapshot_parse_net_mapping(const char *text, struct snapshot_host_files *files, char *error,
+			       size_t error_len)
+{
+	char *end;
+	unsigned long index = strtoul(text, &end, 10);
+	if (end == text || *end != '=' || index >= VM_CONFIG_MAX_NETS || !end[1])
+		return kapsel_fail(
+			error, error_len, -EINVAL,
+			"--net '%s' is not INDEX=SPEC (INDEX 0-%u, the interface's place in the saved definition; SPEC as kapsel run's --net, e.g. 0=socket=PATH,peer=PATH)",
+			text, VM_CONFIG_MAX_NETS - 1);
+	struct vm_net_config net;
+	char detail[512];
+	memset(&net, 0, sizeof(net));
+	if (vm_config_parse_net(end + 1, &net, detail, sizeof(detail)) < 0)
+		return kapsel_fail(error, error_len, -EINVAL, "--net %lu=...: %s", index, detail);
+	if (files->net_given[index])
+		vm_net_config_free(&files->nets[index]);
+	files->nets[index] = net;
+	files->net_given[index] = true;
+	return 0;
+}
+
 void snapshot_host_files_free(struct snapshot_host_files *files)
 {
 	for (unsigned i = 0; i < VM_CONFIG_MAX_DISKS; i++)
 		free(files->disk_paths[i]);
+	for (unsigned i = 0; i < VM_CONFIG_MAX_NETS; i++)
+		if (files->net_given[i])
+			vm_net_config_free(&files->nets[i]);
 	memset(files, 0, sizeof(*files));
+}
+
+static const char *net_model_option(enum vm_net_model model)
+{
+	return model == VM_NET_MODEL_NE2000 ? "model=ne2000" : "model=pv";
+}
+
+/* Interface i of a saved definition takes the operator's link (spec). */
+static int bind_net(struct vm_config *config, unsigned i, const struct vm_net_config *spec,
+		    bool new_identity, char *error, size_t error_len)
+{
+	struct vm_net_config *saved = &config->nets[i];
+	if (spec->model != saved->model)
+		return kapsel_fail(
+			error, error_len, -EPROTO,
+			"--net %u=...: the saved VM's interface %u is a %s NIC; a restore keeps the model: add %s",
+			i, i, saved->model == VM_NET_MODEL_NE2000 ? "NE2000" : "PV",
+			net_model_option(saved->model));
+	uint8_t mac[6];
+	vm_config_net_mac(config, i, mac);
+	if (!new_identity && spec->has_mac && memcmp(spec->mac, mac, 6) != 0)
+		return kapsel_fail(
+			error, error_len, -EPROTO,
+			"--net %u=...: mac= differs from the saved VM's %02x:%02x:%02x:%02x:%02x:%02x, which its guest and peers know; leave mac= out (a clone, --clone, gets a MAC of its own)",
+			i, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
+	char *path = strdup(spec->path);
+	char *peer = spec->peer ? strdup(spec->peer) : NULL;
+	if (!path || (spec->peer && !peer)) {
+		free(path);
+		free(peer);
+		return -ENOMEM;
+	}
+	vm_net_config_free(saved);
+	*saved = *spec;
+	saved->path = path;
+	saved->peer = peer;
+	if (!new_identity) {
+		/* The same VM: the MAC its guest knows. */
+		memcpy(saved->mac, mac, 6);
+		saved->has_mac = true;
+	}
+	/* A clone: the operator's mac=, else derived from its new uuid. */
+	return 0;
 }
 
 int snapshot_bind_host_files(const struct vm_state_records *state, const char *state_dir,
@@ -468,15 +536,26 @@ int snapshot_bind_host_files(const struct vm_state_records *state, const char *s
 		}
 
 	/* A network interface is a host endpoint (a tap device, a socket to
-	 * bind and one to send to); a restore has no option to name them yet,
-	 * and the state's own are never used.  (PV and NE2000 NICs refuse to
-	 * save today, so Kapsel writes no such state.) */
-	if (config->net_count) {
-		err = kapsel_fail(
-			error, error_len, -EPERM,
-			"the saved VM has %u network interface(s); a restore cannot name their host endpoints (tap or socket) yet, and a saved state never chooses them: restore a VM without --net",
-			config->net_count);
-		goto out;
+	 * bind and one to send to): the operator names each (--net N=SPEC);
+	 * the state's own are never used. */
+	for (unsigned i = config->net_count; i < VM_CONFIG_MAX_NETS && files; i++)
+		if (files->net_given[i]) {
+			err = kapsel_fail(error, error_len, -EINVAL,
+					  "--net %u=...: the saved VM has %u network interface(s)",
+					  i, config->net_count);
+			goto out;
+		}
+	for (unsigned i = 0; i < config->net_count; i++) {
+		if (!files || !files->net_given[i]) {
+			err = kapsel_fail(
+				error, error_len, -EPERM,
+				"the saved VM has %u network interface(s); name the link of interface %u with --net %u=socket=PATH,peer=PATH or --net %u=tap=NAME (as on kapsel run; a saved state never chooses host endpoints)",
+				config->net_count, i, i, i);
+			goto out;
+		}
+		err = bind_net(config, i, &files->nets[i], files->new_identity, error, error_len);
+		if (err)
+			goto out;
 	}
 
 	/* The kernel: named by the operator, or a file in the state directory. */
@@ -591,12 +670,22 @@ int snapshot_adopt_local_definition(const struct vm_config *local, struct vm_con
 		return kapsel_fail(error, error_len, -EPROTO,
 				   "the incoming VM has %u network interface(s), this definition %u",
 				   incoming->net_count, local->net_count);
-	for (unsigned i = 0; i < local->net_count; i++)
+	uint8_t macs[VM_CONFIG_MAX_NETS][6];
+	for (unsigned i = 0; i < local->net_count; i++) {
 		if (local->nets[i].model != incoming->nets[i].model)
 			return kapsel_fail(
 				error, error_len, -EPROTO,
 				"network interface %u: the incoming VM has another model (PV or NE2000) than this definition",
 				i);
+		/* The migrated guest and its peers know this MAC: it stays. */
+		vm_config_net_mac(incoming, i, macs[i]);
+		if (local->nets[i].has_mac && memcmp(local->nets[i].mac, macs[i], 6) != 0)
+			return kapsel_fail(
+				error, error_len, -EPROTO,
+				"network interface %u: this definition's mac= differs from the incoming VM's %02x:%02x:%02x:%02x:%02x:%02x; leave mac= out or give that one",
+				i, macs[i][0], macs[i][1], macs[i][2], macs[i][3], macs[i][4],
+				macs[i][5]);
+	}
 	/* Compatible: every host file and endpoint is the destination's own. */
 	char *kernel = strdup(local->kernel_path);
 	if (!kernel)
@@ -623,6 +712,8 @@ int snapshot_adopt_local_definition(const struct vm_config *local, struct vm_con
 		incoming->nets[i] = *mine;
 		incoming->nets[i].path = path;
 		incoming->nets[i].peer = peer;
+		memcpy(incoming->nets[i].mac, macs[i], 6);
+		incoming->nets[i].has_mac = true;
 	}
 	return 0;
 }

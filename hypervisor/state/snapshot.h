@@ -59,12 +59,23 @@ struct snapshot_host_files {
 	char *disk_paths[VM_CONFIG_MAX_DISKS]; /* --disk N=PATH (owned), or NULL */
 	enum vm_disk_format disk_formats[VM_CONFIG_MAX_DISKS];
 	bool disk_format_given[VM_CONFIG_MAX_DISKS]; /* ",format=" was there */
+	/* --net N=SPEC: interface N's link (socket and peer, or tap) and
+	 * limits, as kapsel run's --net SPEC (owned when net_given). */
+	struct vm_net_config nets[VM_CONFIG_MAX_NETS];
+	bool net_given[VM_CONFIG_MAX_NETS];
+	/* A clone: its interfaces get MACs of their own (mac= in SPEC, else
+	 * derived from the clone's new uuid). */
+	bool new_identity;
 };
 
 /* Parse "N=PATH[,format=raw|overlay]" into files.  Returns 0 or -EINVAL
  * with a message. */
 int snapshot_parse_disk_mapping(const char *text, struct snapshot_host_files *files, char *error,
 				size_t error_len);
+/* Parse "N=SPEC" (SPEC as kapsel run's --net) into files.  Returns 0 or
+ * -EINVAL with a message. */
+int snapshot_parse_net_mapping(const char *text, struct snapshot_host_files *files, char *error,
+			       size_t error_len);
 void snapshot_host_files_free(struct snapshot_host_files *files);
 
 /*
@@ -75,8 +86,12 @@ void snapshot_host_files_free(struct snapshot_host_files *files);
  * lies inside state_dir (may be NULL: nothing is taken from the state).
  * A disk's format is the operator's; a recorded file inside state_dir
  * takes the format of its disk record.  Anything else is refused with
- * -EPERM and a message saying which option names it; so is a definition
- * with network interfaces (no option names their endpoints yet).
+ * -EPERM and a message saying which option names it.  Network interfaces
+ * take their link (socket and peer, or tap) and limits from the
+ * operator's --net N=SPEC, which must name every one and keep its model;
+ * the MAC stays the saved one (a mac= in SPEC must agree) unless
+ * files->new_identity (a clone: SPEC's mac=, else one derived from the
+ * clone's uuid).
  */
 int snapshot_bind_host_files(const struct vm_state_records *state, const char *state_dir,
 			     const struct snapshot_host_files *files, struct vm_config *config,
@@ -120,8 +135,9 @@ int snapshot_config_from_records(const struct vm_state_records *state, struct vm
  * command line or XML) decides every host file.  Check that incoming (the
  * definition the stream carried) is compatible with it (same RAM, same
  * vCPU count, same disks on the same buses with the same access, same
- * number and models of network interfaces), then replace incoming's
- * kernel, disks and interfaces with local's.  Disk sizes are checked later against
+ * number and models of network interfaces, a MAC local names is the
+ * incoming one), then replace incoming's kernel, disks and interfaces with
+ * local's; the interfaces keep the incoming VM's MACs.  Disk sizes are checked later against
  * the stream's disk records (snapshot_check_disks).  Returns 0, or -EPERM
  * (local has no kernel: no definition was given) / -EPROTO with a message.
  */

@@ -683,6 +683,12 @@ const char *vm_state_record_name(uint32_t type)
 		return "device.block_pv";
 	case VM_STATE_DEV_ATA_DISK:
 		return "device.ata_disk";
+	case VM_STATE_DEV_RNG_PV:
+		return "device.rng_pv";
+	case VM_STATE_DEV_NET_PV:
+		return "device.net_pv";
+	case VM_STATE_DEV_NE2000:
+		return "device.ne2000";
 	}
 	return NULL;
 }

@@ -126,6 +126,8 @@ enum vm_state_record_type {
 	VM_STATE_DEV_BLOCK_PV = 0x1010,	 /* owned by blk_pv_persist.c */
 	VM_STATE_DEV_ATA_DISK = 0x1020,	 /* owned by dev_ata.c */
 	VM_STATE_DEV_RNG_PV = 0x1030,	 /* struct vm_state_rng_pv (rng_pv_model.h) */
+	VM_STATE_DEV_NET_PV = 0x1040,	 /* struct vm_state_net_pv (dev_net_pv.c) */
+	VM_STATE_DEV_NE2000 = 0x1050,	 /* struct vm_state_ne2000 (ne2000.c) */
 	VM_STATE_DEVICE_LAST = 0x1fff,
 };
 
@@ -267,6 +269,53 @@ struct vm_state_ata_disk {
 	uint64_t _reserved[2];
 };
 _Static_assert(sizeof(struct vm_state_ata_disk) == 160, "ata layout");
+
+/* Counters of a network interface (struct net_stats, net_backend.h), in
+ * this order, in the NIC records below: a restored VM counts on. */
+#define VM_STATE_NET_COUNTERS 11u
+
+/* One ring of the PV network device (TX or RX), saved quiesced: every
+ * request taken was answered and published (req_cons == rsp_prod). */
+struct vm_state_net_pv_queue {
+	uint64_t ring_gpa; /* 0: the guest has not set this ring up */
+	uint32_t ring_pages;
+	uint32_t order;
+	uint32_t req_cons;
+	uint32_t rsp_prod;
+	uint32_t broken; /* 1: the guest broke the ring protocol */
+	uint32_t bad_req_prod;
+};
+_Static_assert(sizeof(struct vm_state_net_pv_queue) == 32, "net pv queue layout");
+
+/* PV network device (dev_net_pv.c).  The link (socket, peer, tap) is never
+ * in it: the restoring or destination VM's own definition names it.
+ * Frames that waited in the backend's queue at the save were dropped and
+ * counted (frames_dropped_at_save, also in counters' drops_save). */
+struct vm_state_net_pv {
+	struct vm_state_net_pv_queue queues[2]; /* KAPSEL_NET_QUEUE_TX, _RX */
+	uint64_t frames_dropped_at_save;	/* by this save */
+	uint64_t counters[VM_STATE_NET_COUNTERS];
+	uint64_t _reserved[2];
+};
+_Static_assert(sizeof(struct vm_state_net_pv) == 64 + 8 + 88 + 16, "net pv layout");
+
+/* Emulated NE2000 (ne2000.c, dev_ne2000.c): the DP8390 registers, the
+ * 16 KiB of card RAM with the receive ring in it, counters.  The PROM is
+ * not saved: it holds the MAC, which comes from the definition (a clone's
+ * new one). */
+struct vm_state_ne2000 {
+	uint8_t cr, isr, imr, dcr, rcr, tcr, tsr, rsr;
+	uint8_t pstart, pstop, bnry, curr, tpsr, _pad0[3];
+	uint16_t tbcr, rsar, rbcr, _pad1;
+	uint8_t par[6], _pad2[2];
+	uint8_t mar[8];
+	uint64_t card_counters[9]; /* struct ne2000_counters, in order */
+	uint64_t frames_dropped_at_save;
+	uint64_t counters[VM_STATE_NET_COUNTERS];
+	uint64_t _reserved[2];
+	uint8_t ram[0x4000]; /* NE2000_RAM_BYTES: pages 0x40-0x7f */
+};
+_Static_assert(sizeof(struct vm_state_ne2000) == 40 + 72 + 8 + 88 + 16 + 0x4000, "ne2000 layout");
 
 /* Migration: page_count pages from gpa; MEMORY_PAGES carries their bytes. */
 struct vm_state_memory_pages {

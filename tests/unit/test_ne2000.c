@@ -1,4 +1,6 @@
 /* Unit tests of the NE2000 state machine (ne2000.c), the --net syntax and the net.h layouts, without KVM. */
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -7,6 +9,7 @@
 #include "kapsel/abi.h"
 #include "kapsel/net.h"
 #include "devices/net/ne2000.h"
+#include "devices/net/net_state.h"
 
 static const uint8_t station[6] = { 0x02, 0x11, 0x22, 0x33, 0x44, 0x55 };
 
@@ -376,6 +379,140 @@ static void test_net_abi_layout(void)
 	CU_ASSERT_EQUAL(KAPSEL_NET_QUEUE_RX, 1);
 }
 
+/* A card with frames in its ring (unread), saved and loaded into a new
+ * card: the driver reads the same frames from the restored card, and a
+ * clone's new MAC is in its PROM while PAR keeps what the driver set. */
+static void test_state_round_trip(void)
+{
+	struct ne2000_state *ne = calloc(1, sizeof(*ne));
+	struct ne2000_state *back = calloc(1, sizeof(*back));
+	struct vm_state_ne2000 *rec = calloc(1, sizeof(*rec));
+	char error[256];
+	bring_up(ne, 0x70, 0x80);
+	uint8_t frame[3][600], got[1600];
+	for (unsigned i = 0; i < 3; i++) {
+		make_frame(frame[i], 200 + 100 * i, station, (uint8_t)(40 + i));
+		CU_ASSERT_TRUE(ne2000_receive(ne, frame[i], 200 + 100 * i));
+	}
+	ne2000_state_save(ne, rec);
+	static const uint8_t clone_mac[6] = { 0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee };
+	ne2000_init(back, clone_mac, capture, NULL);
+	CU_ASSERT_EQUAL_FATAL(ne2000_state_load(back, rec, sizeof(*rec), error, sizeof(error)), 0);
+	CU_ASSERT_EQUAL(back->counters.frames_received, 3);
+	CU_ASSERT_EQUAL(memcmp(back->par, station, 6), 0);
+	CU_ASSERT_EQUAL(back->prom[0], 0x02);
+	CU_ASSERT_EQUAL(back->prom[2], 0xaa);
+	for (unsigned i = 0; i < 3; i++) {
+		memset(got, 0, sizeof(got));
+		CU_ASSERT_EQUAL(driver_read(back, got), 200 + 100 * i);
+		CU_ASSERT_EQUAL(memcmp(got, frame[i], 200 + 100 * i), 0);
+	}
+	/* The restored card goes on receiving. */
+	CU_ASSERT_TRUE(ne2000_receive(back, frame[0], 200));
+	free(rec);
+	free(back);
+	free(ne);
+}
+
+/* Forged NE2000 records: each is refused with a message naming the field,
+ * and the card is left as it was. */
+static void test_state_forged(void)
+{
+	struct ne2000_state *ne = calloc(1, sizeof(*ne));
+	struct ne2000_state *target = calloc(1, sizeof(*target));
+	struct vm_state_ne2000 *good = calloc(1, sizeof(*good));
+	struct vm_state_ne2000 *bad = calloc(1, sizeof(*bad));
+	char error[256];
+	bring_up(ne, 0x46, 0x80);
+	ne2000_state_save(ne, good);
+	ne2000_init(target, station, capture, NULL);
+	struct ne2000_state before;
+	memcpy(&before, target, sizeof(before));
+	CU_ASSERT_EQUAL(ne2000_state_load(target, good, sizeof(*good) - 1, error, sizeof(error)),
+			-EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "NE2000 record is"));
+	const struct {
+		const char *what;
+		unsigned field; /* 0 cr, 1 isr, 2 pstart, 3 pstop, 4 curr, 5 bnry */
+		uint8_t value;
+		const char *message;
+	} cases[] = {
+		{ "started and stopped", 0, 0x23, "both started and stopped" },
+		{ "neither started nor stopped", 0, 0x20, "or neither" },
+		{ "transmit pending", 0, 0x26, "transmit pending" },
+		{ "no remote DMA mode", 0, 0x02, "no remote DMA mode" },
+		{ "RST while started", 1, NE2000_ISR_RST, "ISR.RST" },
+		{ "ring below card RAM", 2, 0x20, "outside its RAM" },
+		{ "ring past card RAM", 3, 0x81, "outside its RAM" },
+		{ "empty ring", 3, 0x46, "outside its RAM" },
+		{ "CURR outside the ring", 4, 0x40, "CURR or BNRY" },
+		{ "BNRY past PSTOP", 5, 0x80, "CURR or BNRY" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		memcpy(bad, good, sizeof(*bad));
+		uint8_t *fields[] = { &bad->cr,	   &bad->isr,  &bad->pstart,
+				      &bad->pstop, &bad->curr, &bad->bnry };
+		*fields[cases[i].field] = cases[i].value;
+		error[0] = '\0';
+		int err = ne2000_state_load(target, bad, sizeof(*bad), error, sizeof(error));
+		if (err != -EINVAL || !strstr(error, cases[i].message))
+			printf("\n  %s: %d '%s'\n", cases[i].what, err, error);
+		CU_ASSERT_EQUAL(err, -EINVAL);
+		CU_ASSERT_PTR_NOT_NULL(strstr(error, cases[i].message));
+		CU_ASSERT_EQUAL(memcmp(target, &before, sizeof(before)), 0);
+	}
+	/* A stopped card may hold any ring registers (the driver sets them
+	 * before it starts the card). */
+	memcpy(bad, good, sizeof(*bad));
+	bad->cr = 0x21;
+	bad->isr |= NE2000_ISR_RST;
+	bad->pstart = 0;
+	CU_ASSERT_EQUAL(ne2000_state_load(target, bad, sizeof(*bad), error, sizeof(error)), 0);
+	/* The good record loads. */
+	CU_ASSERT_EQUAL(ne2000_state_load(target, good, sizeof(*good), error, sizeof(error)), 0);
+	free(bad);
+	free(good);
+	free(target);
+	free(ne);
+}
+
+/* Forged PV net records: refused before any ring is looked at. */
+static void test_net_pv_record_forged(void)
+{
+	struct vm_state_net_pv good = { 0 }, bad, out;
+	char error[256];
+	good.queues[0] = (struct vm_state_net_pv_queue){
+		.ring_gpa = 0x200000, .ring_pages = 1, .order = 5, .req_cons = 7, .rsp_prod = 7
+	};
+	good.frames_dropped_at_save = 3;
+	CU_ASSERT_EQUAL(net_pv_record_check(&good, sizeof(good), &out, error, sizeof(error)), 0);
+	CU_ASSERT_EQUAL(out.frames_dropped_at_save, 3);
+	CU_ASSERT_EQUAL(net_pv_record_check(&good, sizeof(good) + 8, &out, error, sizeof(error)),
+			-EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "PV net record is 184 bytes, expected 176"));
+
+	bad = good;
+	bad.queues[0].rsp_prod = 6; /* a frame taken and not answered */
+	CU_ASSERT_EQUAL(net_pv_record_check(&bad, sizeof(bad), &out, error, sizeof(error)),
+			-EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "the TX ring's indices differ (taken 7, answered 6)"));
+	bad = good;
+	bad.queues[1].req_cons = 4; /* no RX ring, yet indices */
+	CU_ASSERT_EQUAL(net_pv_record_check(&bad, sizeof(bad), &out, error, sizeof(error)),
+			-EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "the RX ring is not set up"));
+	bad = good;
+	bad.queues[0].ring_pages = 0;
+	CU_ASSERT_EQUAL(net_pv_record_check(&bad, sizeof(bad), &out, error, sizeof(error)),
+			-EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "has 0 pages"));
+	bad = good;
+	bad.queues[0].broken = 2;
+	CU_ASSERT_EQUAL(net_pv_record_check(&bad, sizeof(bad), &out, error, sizeof(error)),
+			-EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "broken flag is 2"));
+}
+
 int main(void)
 {
 	static const struct unit_test tests[] = {
@@ -387,6 +524,9 @@ int main(void)
 		{ "bad remote DMA addresses and counts", test_bad_remote_dma },
 		{ "--net syntax and derived MACs", test_net_option_and_mac },
 		{ "net.h layouts", test_net_abi_layout },
+		{ "NE2000 state saved and loaded with frames in its ring", test_state_round_trip },
+		{ "forged NE2000 state refused", test_state_forged },
+		{ "forged PV net state refused", test_net_pv_record_forged },
 	};
 	return UNIT_RUN("ne2000", tests);
 }

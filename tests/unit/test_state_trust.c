@@ -694,8 +694,129 @@ static void test_incoming_uses_local_definition(void)
 	CU_ASSERT_EQUAL(incoming.nets[0].backend, VM_NET_BACKEND_TAP);
 	CU_ASSERT_STRING_EQUAL(incoming.nets[0].path, "mytap0");
 	CU_ASSERT_PTR_NULL(incoming.nets[0].peer);
+	/* The migrated VM keeps the MAC its guest and peers know (derived from
+	 * its uuid here), and a destination naming another one is refused. */
+	uint8_t mac[6];
+	vm_config_net_mac(&incoming, 0, mac);
+	CU_ASSERT_TRUE(incoming.nets[0].has_mac);
+	local.nets[0].has_mac = true;
+	memcpy(local.nets[0].mac, "\x02\x01\x02\x03\x04\x05", 6);
+	CU_ASSERT_EQUAL(snapshot_adopt_local_definition(&local, &incoming, error, sizeof(error)),
+			-EPROTO);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "mac= differs from the incoming VM's"));
+	memcpy(local.nets[0].mac, mac, 6);
+	CU_ASSERT_EQUAL(snapshot_adopt_local_definition(&local, &incoming, error, sizeof(error)),
+			0);
 	vm_config_free(&incoming);
 	vm_config_free(&local);
+}
+
+/* Restore --net N=SPEC: the operator's link, the saved model and MAC; a
+ * clone's own MAC. */
+static void test_restore_net_binding(void)
+{
+	char dir[300], kernel_inside[600], xml[2048];
+	make_root();
+	snprintf(dir, sizeof(dir), "%s/save-net-bind", root);
+	mkdir(dir, 0700);
+	snprintf(kernel_inside, sizeof(kernel_inside), "%s/kernel", dir);
+	write_file(kernel_inside, 2, 4096);
+	snprintf(xml, sizeof(xml),
+		 "<domain type='kvm'><name>x</name><uuid>00112233445566778899aabbccddeeff</uuid>"
+		 "<memory unit='MiB'>64</memory><os><kernel>%s</kernel></os>"
+		 "<metadata><k:domain xmlns:k='" VM_CONFIG_XML_NAMESPACE "'><k:interface index='0' "
+		 "socket='/run/victim.sock' peer='/run/peer.sock' model='ne2000'/></k:domain></metadata>"
+		 "</domain>",
+		 kernel_inside);
+	struct snapshot_host_files files = { 0 };
+	struct vm_config config;
+	uint8_t saved_mac[6], mac[6];
+
+	/* Out of range, malformed, or an interface the saved VM lacks. */
+	CU_ASSERT_EQUAL(snapshot_parse_net_mapping("9=socket=/a,peer=/b", &files, error,
+						   sizeof(error)),
+			-EINVAL);
+	CU_ASSERT_EQUAL(snapshot_parse_net_mapping("0=socket=/a", &files, error, sizeof(error)),
+			-EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "peer=PATH"));
+	CU_ASSERT_EQUAL(snapshot_parse_net_mapping("1=tap=t1,model=ne2000", &files, error,
+						   sizeof(error)),
+			0);
+	CU_ASSERT_EQUAL_FATAL(load_forged(xml, &config), 0);
+	CU_ASSERT_EQUAL(snapshot_bind_host_files(&f_dummy_records, dir, &files, &config, error,
+						 sizeof(error)),
+			-EINVAL); /* the saved VM has no interface 1 */
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "the saved VM has 1 network interface"));
+	vm_config_free(&config);
+	snapshot_host_files_free(&files);
+	CU_ASSERT_EQUAL_FATAL(load_forged(xml, &config), 0);
+	CU_ASSERT_EQUAL(snapshot_bind_host_files(&f_dummy_records, dir, &files, &config, error,
+						 sizeof(error)),
+			-EPERM); /* interface 0 not named */
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "--net 0=socket=PATH,peer=PATH"));
+	vm_config_free(&config);
+
+	/* Another model than the saved one. */
+	CU_ASSERT_EQUAL(snapshot_parse_net_mapping("0=socket=/srv/a,peer=/srv/b", &files, error,
+						   sizeof(error)),
+			0);
+	CU_ASSERT_EQUAL_FATAL(load_forged(xml, &config), 0);
+	CU_ASSERT_EQUAL(snapshot_bind_host_files(&f_dummy_records, dir, &files, &config, error,
+						 sizeof(error)),
+			-EPROTO);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "add model=ne2000"));
+	vm_config_free(&config);
+	snapshot_host_files_free(&files);
+
+	/* Another MAC on a restore (not a clone). */
+	CU_ASSERT_EQUAL(snapshot_parse_net_mapping(
+				"0=socket=/srv/a,peer=/srv/b,model=ne2000,mac=02:00:00:00:00:09",
+				&files, error, sizeof(error)),
+			0);
+	CU_ASSERT_EQUAL_FATAL(load_forged(xml, &config), 0);
+	CU_ASSERT_EQUAL(snapshot_bind_host_files(&f_dummy_records, dir, &files, &config, error,
+						 sizeof(error)),
+			-EPROTO);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "mac= differs"));
+	vm_config_free(&config);
+
+	/* The same spec for a clone: its own MAC. */
+	files.new_identity = true;
+	CU_ASSERT_EQUAL_FATAL(load_forged(xml, &config), 0);
+	CU_ASSERT_EQUAL(snapshot_bind_host_files(&f_dummy_records, dir, &files, &config, error,
+						 sizeof(error)),
+			0);
+	vm_config_net_mac(&config, 0, mac);
+	CU_ASSERT_EQUAL(memcmp(mac, "\x02\x00\x00\x00\x00\x09", 6), 0);
+	vm_config_free(&config);
+	snapshot_host_files_free(&files);
+
+	/* A restore: the operator's link, the saved model and MAC. */
+	CU_ASSERT_EQUAL(snapshot_parse_net_mapping("0=socket=/srv/a,peer=/srv/b,model=ne2000",
+						   &files, error, sizeof(error)),
+			0);
+	CU_ASSERT_EQUAL_FATAL(load_forged(xml, &config), 0);
+	vm_config_net_mac(&config, 0, saved_mac);
+	CU_ASSERT_EQUAL(snapshot_bind_host_files(&f_dummy_records, dir, &files, &config, error,
+						 sizeof(error)),
+			0);
+	CU_ASSERT_STRING_EQUAL(config.nets[0].path, "/srv/a");
+	CU_ASSERT_STRING_EQUAL(config.nets[0].peer, "/srv/b");
+	CU_ASSERT_EQUAL(config.nets[0].model, VM_NET_MODEL_NE2000);
+	vm_config_net_mac(&config, 0, mac);
+	CU_ASSERT_EQUAL(memcmp(mac, saved_mac, 6), 0);
+	/* A clone without mac=: derived from its new uuid, so it differs. */
+	vm_config_free(&config);
+	files.new_identity = true;
+	CU_ASSERT_EQUAL_FATAL(load_forged(xml, &config), 0);
+	CU_ASSERT_EQUAL(snapshot_bind_host_files(&f_dummy_records, dir, &files, &config, error,
+						 sizeof(error)),
+			0);
+	config.uuid[0] ^= 0x55; /* what the clone's new uuid does */
+	vm_config_net_mac(&config, 0, mac);
+	CU_ASSERT_NOT_EQUAL(memcmp(mac, saved_mac, 6), 0);
+	vm_config_free(&config);
+	snapshot_host_files_free(&files);
 }
 
 /* A stream of count optional (or mandatory) records of bytes each. */
@@ -766,6 +887,8 @@ int main(void)
 		  test_forged_state_outputs_and_nets },
 		{ "incoming migration uses the local definition",
 		  test_incoming_uses_local_definition },
+		{ "restore --net: the operator's link, the saved model and MAC",
+		  test_restore_net_binding },
 		{ "record caps", test_record_caps },
 		{ "cleanup", cleanup },
 	};

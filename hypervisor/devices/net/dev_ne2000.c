@@ -1,6 +1,7 @@
 /* Emulated NE2000 device: ports 0x300-0x31f of the VM wired to the DP8390 state machine (ne2000.c) and a network backend. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stddef.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,7 +11,9 @@
 #include "core/log.h"
 #include "devices/net/ne2000.h"
 #include "devices/net/net_backend.h"
+#include "devices/net/net_state.h"
 #include "core/vm.h"
+#include "state/vm_state.h"
 
 #define NE2000_IO_BASE 0x300u
 /* An ISR poll that finds nothing waits this long in the host for a frame,
@@ -115,13 +118,52 @@ static void dev_ne2000_print_stats(struct kapsel_device *dev, FILE *out)
 	ne2000_print_stats(&d->card, out);
 }
 
-/* The card's ring holds frames the network will not send again; saving
- * is refused until the card's state is part of the state format. */
+/* The card's state and RAM (frames received and not read yet are in its
+ * ring and go with it); frames still waiting in the backend are dropped
+ * and counted, as a stopped card drops them.  The card works only in
+ * the vCPU's exits, so a paused vCPU leaves it still: nothing to quiesce. */
 static int dev_ne2000_save(struct kapsel_device *dev, struct vm_state_writer *out)
 {
-	(void)dev;
-	(void)out;
-	return -EOPNOTSUPP;
+	struct dev_ne2000 *d = dev->priv;
+	static struct vm_state_ne2000 rec; /* 16 KiB; saves run one at a time */
+	ne2000_state_save(&d->card, &rec);
+	rec.frames_dropped_at_save = net_backend_drop_waiting(&d->backend);
+	if (rec.frames_dropped_at_save)
+		kapsel_debug("net %u: %llu frame(s) waiting in the backend dropped by the save",
+			     d->unit, (unsigned long long)rec.frames_dropped_at_save);
+	net_stats_to_array(&d->backend, rec.counters);
+	return vm_state_put(out, VM_STATE_DEV_NE2000, VM_STATE_RECORD_MANDATORY, &rec, sizeof(rec));
+}
+
+static int dev_ne2000_load(struct kapsel_device *dev, uint32_t type, const void *payload,
+			   uint64_t length_bytes, char *error, size_t error_len)
+{
+	struct dev_ne2000 *d = dev->priv;
+	if (type != VM_STATE_DEV_NE2000)
+		return -ENOENT;
+	int err = ne2000_state_load(&d->card, payload, length_bytes, error, error_len);
+	if (err)
+		return err;
+	const struct vm_state_ne2000 *rec = payload; /* checked: its size is right */
+	uint64_t counters[VM_STATE_NET_COUNTERS];
+	memcpy(counters, (const uint8_t *)rec + offsetof(struct vm_state_ne2000, counters),
+	       sizeof(counters));
+	net_stats_from_array(&d->backend, counters);
+	return 0;
+}
+
+/* Migration: the destination opens the socket path or tap now. */
+static int dev_ne2000_host_release(struct kapsel_device *dev)
+{
+	struct dev_ne2000 *d = dev->priv;
+	return net_backend_release(&d->backend);
+}
+
+static int dev_ne2000_host_reacquire(struct kapsel_device *dev, char *error, size_t error_len)
+{
+	struct dev_ne2000 *d = dev->priv;
+	return net_backend_reacquire(&d->backend, &dev->vm->config->nets[d->unit], error,
+				     error_len);
 }
 
 static void dev_ne2000_destroy(struct kapsel_device *dev)
@@ -140,6 +182,9 @@ const struct kapsel_device_ops dev_ne2000_ops = {
 	.print_stats = dev_ne2000_print_stats,
 	.destroy = dev_ne2000_destroy,
 	.save = dev_ne2000_save,
+	.load = dev_ne2000_load,
+	.host_release = dev_ne2000_host_release,
+	.host_reacquire = dev_ne2000_host_reacquire,
 };
 
 int dev_ne2000_create(struct kapsel_vm *vm, const struct vm_net_config *config, unsigned unit)

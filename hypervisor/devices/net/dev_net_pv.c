@@ -10,8 +10,10 @@
 #include "core/vm.h"
 #include "devices/devices.h"
 #include "devices/net/net_backend.h"
+#include "devices/net/net_state.h"
 #include "devices/pv_device.h"
 #include "kapsel/net.h"
+#include "state/vm_state.h"
 
 /*
  * The skeleton (pv_device.c) runs the I/O thread, the setup handshake and
@@ -29,6 +31,11 @@
  *   RX ring only when no buffer is posted (wants_kick), re-check, then
  *   poll() the doorbell, the control eventfd and (with buffers posted)
  *   the backend (wait_fd).
+ *
+ * Save (quiesce): a frame held for rate-limit tokens goes out at once, no
+ * request is taken after, so both rings have every request taken answered
+ * and published; frames waiting in the backend's queue are dropped and
+ * counted (drops_save), as a stopped NIC drops them.
  */
 
 #define NET_PV_RX_BATCH 64u /* frames per pass, so TX is not starved */
@@ -70,8 +77,9 @@ static void net_pv_ring_broken(struct pv_device *pv, unsigned queue)
 /* ---- TX ---------------------------------------------------------------------- */
 
 /* Validate and send one frame; false if it must wait for tokens (it is
- * then held, unanswered, until pv.wake_at_ns). */
-static bool net_pv_transmit(struct net_pv *n, const struct kapsel_net_request *req)
+ * then held, unanswered, until pv.wake_at_ns).  now_anyway: a save waits
+ * for it, so it goes without tokens. */
+static bool net_pv_transmit(struct net_pv *n, const struct kapsel_net_request *req, bool now_anyway)
 {
 	if (req->length_bytes < KAPSEL_NET_FRAME_MIN || req->length_bytes > KAPSEL_NET_FRAME_MAX ||
 	    req->flags != 0) {
@@ -86,7 +94,8 @@ static bool net_pv_transmit(struct net_pv *n, const struct kapsel_net_request *r
 		return true;
 	}
 	uint64_t now = vm_clock_ns(n->pv.dev.vm);
-	uint64_t wait = net_backend_rate_limit(&n->backend, req->length_bytes, now);
+	uint64_t wait =
+		now_anyway ? 0 : net_backend_rate_limit(&n->backend, req->length_bytes, now);
 	if (wait) {
 		n->held_tx = *req;
 		n->throttled = true;
@@ -107,15 +116,18 @@ static bool net_pv_serve_tx(struct net_pv *n)
 		return false;
 	bool progress = false;
 	if (n->throttled) {
-		if (vm_clock_ns(n->pv.dev.vm) < n->pv.wake_at_ns)
+		bool quiescing = n->pv.quiescing;
+		if (!quiescing && vm_clock_ns(n->pv.dev.vm) < n->pv.wake_at_ns)
 			return false;
 		n->throttled = false;
 		n->pv.wake_at_ns = 0;
 		struct kapsel_net_request held = n->held_tx;
-		if (!net_pv_transmit(n, &held))
+		if (!net_pv_transmit(n, &held, quiescing))
 			return false;
 		progress = true;
 	}
+	if (n->pv.quiescing)
+		return progress; /* a save: take nothing new */
 	for (;;) {
 		int pending = pv_device_pending(&n->pv, KAPSEL_NET_QUEUE_TX);
 		if (pending <= 0)
@@ -124,7 +136,7 @@ static bool net_pv_serve_tx(struct net_pv *n)
 			struct kapsel_net_request req;
 			pv_queue_take(tx, &req);
 			progress = true;
-			if (!net_pv_transmit(n, &req))
+			if (!net_pv_transmit(n, &req, false))
 				return true;
 		}
 		/* Publish before taking more: pending counts unpublished
@@ -139,7 +151,7 @@ static bool net_pv_serve_tx(struct net_pv *n)
 static bool net_pv_serve_rx(struct net_pv *n)
 {
 	struct pv_queue *rx = &n->queues[KAPSEL_NET_QUEUE_RX];
-	if (!rx->active)
+	if (!rx->active || n->pv.quiescing)
 		return false;
 	bool progress = false;
 	for (unsigned done = 0; done < NET_PV_RX_BATCH; done++) {
@@ -212,10 +224,11 @@ static bool net_pv_wants_kick(struct pv_device *pv, unsigned queue)
 	return !net_pv_rx_buffers(n);
 }
 
+/* Quiesced, a frame arriving is left alone (until the save drops it). */
 static int net_pv_wait_fd(struct pv_device *pv)
 {
 	struct net_pv *n = pv_device_priv(pv);
-	return net_pv_rx_buffers(n) ? n->backend.fd : -1;
+	return !pv->quiescing && net_pv_rx_buffers(n) ? n->backend.fd : -1;
 }
 
 /* Fold this thread's counters into the backend's (under its lock). */
@@ -269,13 +282,80 @@ static void net_pv_print_stats(struct kapsel_device *dev, FILE *out)
 	net_backend_print_stats(&n->backend, dev->exits + kicks, out);
 }
 
-/* Frames in flight live in guest RAM and the host network; a saved VM
- * could not get them back, so saving is refused for now. */
 static int net_pv_save(struct kapsel_device *dev, struct vm_state_writer *out)
 {
-	(void)dev;
-	(void)out;
-	return -EOPNOTSUPP;
+	struct net_pv *n = dev->priv;
+	/* Quiesced: the I/O thread leaves the rings and the backend alone
+	 * until resume. */
+	if (!pv_device_is_quiesced(&n->pv))
+		return -EBUSY;
+	struct vm_state_net_pv rec = { 0 };
+	for (unsigned q = 0; q < KAPSEL_NET_QUEUE_COUNT; q++) {
+		struct pv_queue_state state;
+		pv_queue_save(&n->queues[q], &state);
+		rec.queues[q] = (struct vm_state_net_pv_queue){
+			.ring_gpa = state.ring_gpa,
+			.ring_pages = state.ring_pages,
+			.order = state.order,
+			.req_cons = state.req_cons,
+			.rsp_prod = state.rsp_prod,
+			.broken = state.broken,
+			.bad_req_prod = state.bad_req_prod,
+		};
+	}
+	rec.frames_dropped_at_save = net_backend_drop_waiting(&n->backend);
+	if (rec.frames_dropped_at_save)
+		kapsel_debug("net %u: %llu frame(s) waiting in the backend dropped by the save",
+			     n->pv.unit, (unsigned long long)rec.frames_dropped_at_save);
+	net_stats_to_array(&n->backend, rec.counters);
+	return vm_state_put(out, VM_STATE_DEV_NET_PV, VM_STATE_RECORD_MANDATORY, &rec, sizeof(rec));
+}
+
+static int net_pv_load(struct kapsel_device *dev, uint32_t type, const void *payload,
+		       uint64_t length_bytes, char *error, size_t error_len)
+{
+	struct net_pv *n = dev->priv;
+	struct vm_state_net_pv rec;
+	if (type != VM_STATE_DEV_NET_PV)
+		return -ENOENT;
+	int err = net_pv_record_check(payload, length_bytes, &rec, error, error_len);
+	if (err)
+		return err;
+	static const char *const names[KAPSEL_NET_QUEUE_COUNT] = { "PV net record (TX ring)",
+								   "PV net record (RX ring)" };
+	for (unsigned q = 0; q < KAPSEL_NET_QUEUE_COUNT; q++) {
+		const struct vm_state_net_pv_queue *saved = &rec.queues[q];
+		if (!saved->ring_gpa)
+			continue; /* the guest never set this ring up */
+		const struct pv_queue_state state = {
+			.ring_gpa = saved->ring_gpa,
+			.ring_pages = saved->ring_pages,
+			.order = saved->order,
+			.req_cons = saved->req_cons,
+			.rsp_prod = saved->rsp_prod,
+			.broken = saved->broken,
+			.bad_req_prod = saved->bad_req_prod,
+		};
+		err = pv_device_restore_queue(&n->pv, q, &state, names[q], error, error_len);
+		if (err)
+			return err;
+	}
+	net_stats_from_array(&n->backend, rec.counters);
+	return 0;
+}
+
+/* Migration: the destination opens the socket path or tap now. */
+static int net_pv_host_release(struct kapsel_device *dev)
+{
+	struct net_pv *n = dev->priv;
+	return net_backend_release(&n->backend);
+}
+
+static int net_pv_host_reacquire(struct kapsel_device *dev, char *error, size_t error_len)
+{
+	struct net_pv *n = dev->priv;
+	return net_backend_reacquire(&n->backend, &dev->vm->config->nets[n->pv.unit], error,
+				     error_len);
 }
 
 static void net_pv_destroy(struct kapsel_device *dev)
@@ -287,15 +367,20 @@ static void net_pv_destroy(struct kapsel_device *dev)
 	free(n);
 }
 
-/* No reset, quiesce or resume (as before the skeleton): the RX path takes
- * a buffer only when a frame waits, and saving is refused. */
+/* No reset (as before the skeleton): the RX path takes a buffer only when
+ * a frame waits. */
 const struct kapsel_device_ops net_pv_ops = {
 	.name = "net-pv",
 	.type = KAPSEL_DEV_NET_PV,
 	.setup = pv_device_setup,
 	.print_stats = net_pv_print_stats,
 	.destroy = net_pv_destroy,
+	.quiesce = pv_device_quiesce,
+	.resume = pv_device_resume,
 	.save = net_pv_save,
+	.load = net_pv_load,
+	.host_release = net_pv_host_release,
+	.host_reacquire = net_pv_host_reacquire,
 };
 
 int dev_net_pv_create(struct kapsel_vm *vm, const struct vm_net_config *config, unsigned unit)

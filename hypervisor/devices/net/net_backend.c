@@ -9,6 +9,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -73,6 +74,10 @@ static int open_socket(struct net_backend *nb, const struct vm_net_config *confi
 			"net %u: cannot bind socket '%s': %s; check that its folder exists and is writable",
 			nb->index, config->path, strerror(errno));
 	nb->unlink_on_close = true;
+	if (lstat(config->path, &st) == 0) {
+		nb->bound_dev = st.st_dev;
+		nb->bound_ino = st.st_ino;
+	}
 	/* Room for a burst of full frames in each direction. */
 	int bytes = 1 << 20;
 	setsockopt(nb->fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
@@ -132,13 +137,22 @@ int net_backend_open(struct net_backend *nb, const struct vm_net_config *config,
 	return 0;
 }
 
+/* Remove the socket path if it is still the socket we bound: a migration
+ * destination may have bound the same path since. */
+static void net_backend_unlink_own(struct net_backend *nb)
+{
+	struct stat st;
+	if (lstat(nb->name, &st) == 0 && st.st_dev == nb->bound_dev && st.st_ino == nb->bound_ino)
+		unlink(nb->name);
+}
+
 void net_backend_close(struct net_backend *nb)
 {
 	if (nb->fd >= 0)
 		close(nb->fd);
 	nb->fd = -1;
 	if (nb->unlink_on_close && nb->name)
-		unlink(nb->name);
+		net_backend_unlink_own(nb);
 	nb->unlink_on_close = false;
 	free(nb->name);
 	free(nb->scratch);
@@ -229,6 +243,110 @@ uint64_t net_backend_rate_limit(struct net_backend *nb, uint64_t length_bytes, u
 	return wait;
 }
 
+uint64_t net_backend_drop_waiting(struct net_backend *nb)
+{
+	uint64_t dropped = 0;
+	/* The queue is finite (SO_RCVBUF, the tap's queue) and nothing adds
+	 * to it faster than we read; the bound is a guard, not a limit. */
+	for (unsigned i = 0; i < 1000000u; i++) {
+		ssize_t n;
+		do
+			n = read(nb->fd, nb->scratch, NET_SCRATCH_BYTES);
+		while (n < 0 && errno == EINTR);
+		if (n < 0)
+			break;
+		dropped++;
+	}
+	if (dropped) {
+		struct net_stats delta = { .drops_in = dropped, .drops_save = dropped };
+		net_stats_add(nb, &delta);
+	}
+	return dropped;
+}
+
+int net_backend_release(struct net_backend *nb)
+{
+	if (nb->released || nb->fd < 0)
+		return 0;
+	uint64_t dropped = net_backend_drop_waiting(nb);
+	if (dropped)
+		kapsel_debug("net %u ('%s'): %llu frame(s) waiting at the hand-over dropped",
+			     nb->index, nb->name, (unsigned long long)dropped);
+	/* An eventfd nobody writes: never readable, a send on it fails (a
+	 * drop).  Allowed to every sandboxed thread, as dup3 is. */
+	int inert = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (inert < 0)
+		return -errno;
+	/* dup3 closes the real socket or tap in one step: the fd number the
+	 * device's thread polls stays valid. */
+	if (dup3(inert, nb->fd, O_CLOEXEC) < 0) {
+		int err = -errno;
+		close(inert);
+		return err;
+	}
+	close(inert);
+	if (nb->unlink_on_close)
+		net_backend_unlink_own(nb);
+	nb->unlink_on_close = false;
+	nb->released = true;
+	return 0;
+}
+
+int net_backend_reacquire(struct net_backend *nb, const struct vm_net_config *config, char *error,
+			  size_t error_len)
+{
+	if (!nb->released)
+		return 0;
+	int inert = nb->fd;
+	nb->fd = -1;
+	int err = config->backend == VM_NET_BACKEND_TAP ? open_tap(nb, config, error, error_len)
+							: open_socket(nb, config, error, error_len);
+	if (!err && dup3(nb->fd, inert, O_CLOEXEC) < 0)
+		err = kapsel_fail(error, error_len, -errno, "net %u: dup3: %s", nb->index,
+				  strerror(errno));
+	if (nb->fd >= 0)
+		close(nb->fd);
+	nb->fd = inert;
+	if (err) {
+		if (nb->unlink_on_close)
+			net_backend_unlink_own(nb);
+		nb->unlink_on_close = false;
+		return err;
+	}
+	nb->released = false;
+	return 0;
+}
+
+void net_stats_to_array(struct net_backend *nb, uint64_t counters[11])
+{
+	pthread_mutex_lock(&nb->lock);
+	const struct net_stats *s = &nb->stats;
+	const uint64_t values[11] = { s->frames_out,	s->bytes_out,	 s->frames_in,
+				      s->bytes_in,	s->drops_out,	 s->drops_in,
+				      s->errors,	s->rate_limited, s->kicks,
+				      s->notifications, s->drops_save };
+	pthread_mutex_unlock(&nb->lock);
+	memcpy(counters, values, sizeof(values));
+}
+
+void net_stats_from_array(struct net_backend *nb, const uint64_t counters[11])
+{
+	const struct net_stats delta = {
+		.frames_out = counters[0],
+		.bytes_out = counters[1],
+		.frames_in = counters[2],
+		.bytes_in = counters[3],
+		.drops_out = counters[4],
+		.drops_in = counters[5],
+		.errors = counters[6],
+		.rate_limited = counters[7],
+		.kicks = counters[8],
+		.notifications = counters[9],
+		.drops_save = counters[10],
+	};
+	net_stats_add(nb, &delta);
+}
+
 void net_stats_add(struct net_backend *nb, const struct net_stats *delta)
 {
 	pthread_mutex_lock(&nb->lock);
@@ -242,6 +360,7 @@ void net_stats_add(struct net_backend *nb, const struct net_stats *delta)
 	nb->stats.rate_limited += delta->rate_limited;
 	nb->stats.kicks += delta->kicks;
 	nb->stats.notifications += delta->notifications;
+	nb->stats.drops_save += delta->drops_save;
 	pthread_mutex_unlock(&nb->lock);
 }
 
@@ -258,6 +377,7 @@ void net_backend_print_stats(struct net_backend *nb, uint64_t exits, FILE *out)
 	fprintf(out, "  bytes_in: %llu\n", (unsigned long long)s.bytes_in);
 	fprintf(out, "  drops_out: %llu\n", (unsigned long long)s.drops_out);
 	fprintf(out, "  drops_in: %llu\n", (unsigned long long)s.drops_in);
+	fprintf(out, "  drops_save: %llu\n", (unsigned long long)s.drops_save);
 	fprintf(out, "  errors: %llu\n", (unsigned long long)s.errors);
 	fprintf(out, "  rate_limited: %llu\n", (unsigned long long)s.rate_limited);
 	fprintf(out, "  kicks: %llu\n", (unsigned long long)s.kicks);

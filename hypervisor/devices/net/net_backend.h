@@ -25,6 +25,7 @@ struct net_stats {
 	uint64_t rate_limited;	/* frames that had to wait for tokens */
 	uint64_t kicks;		/* guest -> host notifications (PV doorbell) */
 	uint64_t notifications; /* host -> guest event channel signals (PV) */
+	uint64_t drops_save;	/* waited in the backend's queue at a save: dropped */
 };
 
 struct net_backend {
@@ -33,6 +34,9 @@ struct net_backend {
 	int fd;		      /* non-blocking; -1 when closed */
 	char *name;	      /* socket path or interface name, for messages */
 	bool unlink_on_close; /* the socket path is ours */
+	dev_t bound_dev;      /* the socket file we bound (unlink only that one) */
+	ino_t bound_ino;
+	bool released; /* the host end went to a migration destination */
 	struct sockaddr_un peer;
 	socklen_t peer_len;
 	uint8_t *scratch; /* catches the tail of an oversized frame */
@@ -77,6 +81,37 @@ bool net_backend_readable(struct net_backend *nb);
 /* Rate limit for a frame of length_bytes the guest sends: 0 if it may
  * go now, else the nanoseconds to wait (nothing is taken then). */
 uint64_t net_backend_rate_limit(struct net_backend *nb, uint64_t length_bytes, uint64_t now_ns);
+
+/*
+ * A save: read and drop every frame waiting in the backend's queue (a
+ * saved VM cannot take them later; a real NIC that stops drops them too),
+ * counting them in drops_in and drops_save.  Returns how many.  Call it
+ * only while nothing else reads the backend (the device is quiesced).
+ */
+uint64_t net_backend_drop_waiting(struct net_backend *nb);
+
+/*
+ * A live migration hands the host end over (the destination opens the same
+ * socket path or tap from its own definition): drop what waits (counted as
+ * by net_backend_drop_waiting), put an inert eventfd in place of the fd (so
+ * a poll or send on it does nothing) and give the socket path up.  Same
+ * precondition as net_backend_drop_waiting.  Returns 0 or -errno.
+ */
+int net_backend_release(struct net_backend *nb);
+
+/*
+ * The migration failed after net_backend_release: open config's socket or
+ * tap again in place of the inert fd (same fd number).  Returns 0 or
+ * -errno with a message in error.  A no-op unless released.  Runs on the
+ * control thread (migrate_send): the sandbox lets it create sockets and
+ * attach a tap (TUNSETIFF).
+ */
+int net_backend_reacquire(struct net_backend *nb, const struct vm_net_config *config, char *error,
+			  size_t error_len);
+
+/* The counters as VM_STATE_NET_COUNTERS numbers (a state record) and back. */
+void net_stats_to_array(struct net_backend *nb, uint64_t counters[11]);
+void net_stats_from_array(struct net_backend *nb, const uint64_t counters[11]);
 
 /* Add to counters under the lock (delta fields). */
 void net_stats_add(struct net_backend *nb, const struct net_stats *delta);
