@@ -358,6 +358,10 @@ static int enter_sandbox(struct kapsel_vm *vm)
 {
 	char error[512];
 	sandbox_options.vcpu_writes_files = vm->config->stats_path != NULL;
+	sandbox_options.control_attaches_tap = false;
+	for (unsigned i = 0; i < vm->config->net_count; i++)
+		if (vm->config->nets[i].backend == VM_NET_BACKEND_TAP)
+			sandbox_options.control_attaches_tap = true;
 	int err = sandbox_enter(&sandbox_options, error, sizeof(error));
 	if (err)
 		kapsel_error("cannot sandbox the VM (--no-sandbox runs it without, for debugging only): %s",

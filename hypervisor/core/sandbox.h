@@ -32,6 +32,9 @@ struct sandbox_options {
 	gid_t gid;		/* with change_user */
 	const char *jail_dir;	/* --jail DIR, or NULL */
 	bool vcpu_writes_files; /* --stats-file: the vCPU thread creates and renames a file */
+	/* A tap NIC: the control thread may TUNSETIFF (a failed migration
+	 * attaches the tap again). */
+	bool control_attaches_tap;
 };
 
 /* The options of this process, filled by the command line (defaults: enabled, no jail). */

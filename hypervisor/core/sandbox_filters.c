@@ -127,7 +127,8 @@ enum {
 	CHECK_IOCTL_TTY = 1u << 1,	  /* terminal queries and modes */
 	CHECK_CLONE_THREAD = 1u << 2,	  /* clone for threads only; clone3 says ENOSYS */
 	CHECK_URING_UNREGISTER = 1u << 3, /* teardown of a PV block ring: unregister only */
-	CHECK_IOCTL_TUNSETIFF = 1u << 4,  /* a failed migration attaches its tap again */
+	CHECK_IOCTL_TUNSETIFF =
+		1u << 4, /* control, with a tap NIC: a failed migration attaches it again */
 };
 
 struct role_definition {
@@ -148,7 +149,7 @@ static const struct role_definition roles[SANDBOX_ROLE_COUNT] = {
 	[SANDBOX_ROLE_CONTROL] = {
 		.groups = { group_base, group_eventfd, group_block_io, group_io_uring,
 			    group_net_io, group_files, group_sockets, group_vcpu_timer },
-		.checks = CHECK_IOCTL_KVM | CHECK_CLONE_THREAD | CHECK_IOCTL_TUNSETIFF,
+		.checks = CHECK_IOCTL_KVM | CHECK_CLONE_THREAD,
 	},
 	[SANDBOX_ROLE_SAVE] = {
 		.groups = { group_base, group_eventfd, group_block_io, group_io_uring,
@@ -246,6 +247,11 @@ static int add_role(scmp_filter_ctx ctx, enum sandbox_role role,
 	/* --stats-file: the vCPU thread writes the counters to a new file. */
 	if (!err && role == SANDBOX_ROLE_VCPU && options && options->vcpu_writes_files)
 		err = add_group(ctx, group_files);
+	/* A VM with a tap NIC: a failed migration attaches it again (only
+	 * then: TUNSETIFF also attaches other taps or, privileged, makes new
+	 * ones). */
+	if (role == SANDBOX_ROLE_CONTROL && options && options->control_attaches_tap)
+		checks |= CHECK_IOCTL_TUNSETIFF;
 	return err ?: add_checked_rules(ctx, checks);
 }
 
@@ -271,6 +277,8 @@ int sandbox_build_filter(enum sandbox_role role, const struct sandbox_options *o
 					err = add_group(ctx, def->groups[i]);
 			checks |= def->checks;
 		}
+		if (options && options->control_attaches_tap)
+			checks |= CHECK_IOCTL_TUNSETIFF;
 		err = err ?: add_group(ctx, group_files);
 		err = err ?: add_checked_rules(ctx, checks);
 	} else {

@@ -790,12 +790,16 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 	return 0;
 
 fail:
+	/* Let go of what this side opened (disk locks, a NIC's socket path or
+	 * tap) before saying FAILED: the source takes them back as soon as it
+	 * reads it, and finding them still held it would stop (disks) or run
+	 * on without its link (NICs). */
+	if (created)
+		vm_destroy(vm);
 	if (conn) {
 		send_message(conn, MIGRATE_FAILED, error);
 		migrate_transport_close(conn);
 	}
-	if (created)
-		vm_destroy(vm);
 	vm_state_records_free(&header);
 	vm_state_records_free(&final);
 	return err;

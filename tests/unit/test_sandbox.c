@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/if_tun.h>
 #include <linux/kvm.h>
 #include <pthread.h>
 #include <sched.h>
@@ -37,6 +38,7 @@ enum probe {
 	PROBE_PTRACE,
 	PROBE_UNSHARE,
 	PROBE_PRCTL_OTHER,
+	PROBE_IOCTL_TUNSETIFF,
 };
 
 static void *thread_main(void *opaque)
@@ -109,6 +111,9 @@ static void run_probe(enum probe probe)
 	case PROBE_PRCTL_OTHER:
 		syscall(SYS_prctl, PR_SET_DUMPABLE, 1, 0, 0, 0);
 		break;
+	case PROBE_IOCTL_TUNSETIFF:
+		syscall(SYS_ioctl, -1, TUNSETIFF, NULL);
+		break;
 	}
 }
 
@@ -117,7 +122,8 @@ static void run_probe(enum probe probe)
  * child's exit status (0: the probe was allowed; KAPSEL_EXIT_SANDBOX_VIOLATION:
  * refused) and its stderr in message.
  */
-static int probe_in_child(enum sandbox_role role, enum probe probe, char *message, size_t len)
+static int probe_in_child_with(enum sandbox_role role, const struct sandbox_options *options,
+			       enum probe probe, char *message, size_t len)
 {
 	int pipe_fds[2];
 	message[0] = '\0';
@@ -127,8 +133,7 @@ static int probe_in_child(enum sandbox_role role, enum probe probe, char *messag
 	if (pid == 0) {
 		dup2(pipe_fds[1], STDERR_FILENO);
 		close(pipe_fds[0]);
-		struct sandbox_options options = { .enabled = true };
-		if (sandbox_install_self(role, &options) < 0)
+		if (sandbox_install_self(role, options) < 0)
 			_exit(97);
 		run_probe(probe);
 		_exit(0);
@@ -144,6 +149,12 @@ static int probe_in_child(enum sandbox_role role, enum probe probe, char *messag
 	if (waitpid(pid, &status, 0) != pid)
 		return -1;
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static int probe_in_child(enum sandbox_role role, enum probe probe, char *message, size_t len)
+{
+	static const struct sandbox_options options = { .enabled = true };
+	return probe_in_child_with(role, &options, probe, message, len);
 }
 
 static void expect_status(enum sandbox_role role, enum probe probe, int expected)
@@ -269,6 +280,26 @@ static void test_vcpu_stats_file_option(void)
 	CU_ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
+/* TUNSETIFF (attach a tap, or create one when privileged) only on the
+ * control thread of a VM with a tap NIC, which reattaches it after a
+ * failed migration; no other thread and no tapless VM's control thread. */
+static void test_tunsetiff_only_for_a_tap(void)
+{
+	char message[1024];
+	for (unsigned role = 0; role < SANDBOX_ROLE_COUNT; role++)
+		expect((enum sandbox_role)role, PROBE_IOCTL_TUNSETIFF, false);
+	static const struct sandbox_options tap = { .enabled = true, .control_attaches_tap = true };
+	CU_ASSERT_EQUAL(probe_in_child_with(SANDBOX_ROLE_CONTROL, &tap, PROBE_IOCTL_TUNSETIFF,
+					    message, sizeof(message)),
+			0);
+	CU_ASSERT_EQUAL(probe_in_child_with(SANDBOX_ROLE_IO, &tap, PROBE_IOCTL_TUNSETIFF, message,
+					    sizeof(message)),
+			KAPSEL_EXIT_SANDBOX_VIOLATION);
+	CU_ASSERT_EQUAL(probe_in_child_with(SANDBOX_ROLE_VCPU, &tap, PROBE_IOCTL_TUNSETIFF, message,
+					    sizeof(message)),
+			KAPSEL_EXIT_SANDBOX_VIOLATION);
+}
+
 static void test_parse_user(void)
 {
 	struct sandbox_options options = { .enabled = true };
@@ -298,6 +329,7 @@ int main(void)
 		  test_violation_reported_with_signals_blocked },
 		{ "vcpu stats file option", test_vcpu_stats_file_option },
 		{ "parse user", test_parse_user },
+		{ "TUNSETIFF only for a VM with a tap", test_tunsetiff_only_for_a_tap },
 	};
 	return UNIT_RUN("sandbox", tests);
 }

@@ -80,18 +80,12 @@ int ne2000_state_load(struct ne2000_state *ne, const void *payload, uint64_t len
 	if (((rec.isr & NE2000_ISR_RST) != 0) != (run == NE2000_CR_STP))
 		return refuse(error, error_len,
 			      "ISR.RST disagrees with the command register's stop bit");
-	const unsigned first = NE2000_RAM_START / NE2000_PAGE_BYTES;
-	const unsigned end = NE2000_RAM_END / NE2000_PAGE_BYTES;
-	if (run == NE2000_CR_STA) {
-		if (rec.pstart < first || rec.pstop > end || rec.pstart >= rec.pstop)
-			return refuse(
-				error, error_len,
-				"the card is started with its receive ring (PSTART, PSTOP) outside its RAM (pages 0x40-0x80)");
-		if (rec.curr < rec.pstart || rec.curr >= rec.pstop || rec.bnry < rec.pstart ||
-		    rec.bnry >= rec.pstop)
-			return refuse(error, error_len,
-				      "the card is started with CURR or BNRY outside its receive ring");
-	}
+	/* PSTART, PSTOP, CURR and BNRY are not checked: a guest can write any
+	 * of them to a started card, and the card guards every use of them
+	 * (ring_sane before storing a frame, the send packet and remote DMA
+	 * bounds), so a record with a ring outside card RAM is a state the
+	 * running card was in; refusing it would let a guest make its own
+	 * save unrestorable and fail a migration after the hand-over. */
 	ne->cr = rec.cr;
 	ne->isr = rec.isr;
 	ne->imr = rec.imr;

@@ -26,11 +26,12 @@ int net_pv_record_check(const void *payload, uint64_t length_bytes, struct vm_st
  * message naming the field: a size other than the record's; a command
  * register no card reaches (started and stopped at once, or neither; a
  * transmit still pending; no remote DMA mode); ISR.RST that disagrees
- * with the stop bit; and a started card whose receive ring (PSTART,
- * PSTOP, CURR, BNRY) is not inside its RAM (a driver programs the ring
- * before it starts the card).  The packets in the ring are the guest's
- * to read: the card never follows their headers except to size a "send
- * packet" read, which stays inside card memory whatever they say.
+ * with the stop bit.  The receive ring's registers (PSTART, PSTOP, CURR,
+ * BNRY) may hold anything, as a guest can write them to a started card:
+ * the card stores nothing into a ring outside its RAM (bad_ring).  The
+ * packets in the ring are the guest's to read: the card never follows
+ * their headers except to size a "send packet" read, which stays inside
+ * card memory whatever they say.
  * Nothing changes in ne when the record is refused.
  */
 int ne2000_state_load(struct ne2000_state *ne, const void *payload, uint64_t length_bytes,
