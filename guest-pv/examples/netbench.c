@@ -91,9 +91,9 @@ int main(int argc, char **argv)
 	if (!client) {
 		kg_printf("netbench: server path=%s\n", path_name(kg_net_path_of(net)));
 		int status = bench_net_server(&link, &r);
-		kg_printf("netbench: server measured_frames=%llu verified=%llu bad=%llu out_of_order=%llu%s%s\n",
+		kg_printf("netbench: server measured_frames=%llu verified=%llu bad=%llu seq_gaps=%llu%s%s\n",
 			  (unsigned long long)r.ops, (unsigned long long)r.verified,
-			  (unsigned long long)r.bad, (unsigned long long)r.out_of_order,
+			  (unsigned long long)r.bad, (unsigned long long)r.seq_gaps,
 			  status ? " error=" : "", status ? r.error_text : "");
 		return status ? 1 : 0;
 	}
@@ -132,11 +132,11 @@ int main(int argc, char **argv)
 	 * the VMM never sees (ioeventfd), so the host adds them. */
 	const struct kg_net_stats *before = &window_before, *after = &window_after;
 	uint64_t ok = r.hist_total ? r.hist_total : 1;
-	kg_printf("BENCH ops=%llu sent=%llu bytes=%llu elapsed_ns=%llu errors=0 warmup_ops=%llu retries=%llu lost=%llu out_of_order=%llu\n",
+	kg_printf("BENCH ops=%llu sent=%llu bytes=%llu elapsed_ns=%llu errors=0 warmup_ops=%llu retries=%llu lost=%llu seq_gaps=%llu\n",
 		  (unsigned long long)r.ops, (unsigned long long)r.sent,
 		  (unsigned long long)r.bytes, (unsigned long long)r.elapsed_ns,
 		  (unsigned long long)r.warmup_ops, (unsigned long long)r.retries,
-		  (unsigned long long)r.lost, (unsigned long long)r.out_of_order);
+		  (unsigned long long)r.lost, (unsigned long long)r.seq_gaps);
 	if (r.hist_total)
 		kg_printf("BENCH lat_p50_ns=%llu lat_p99_ns=%llu lat_p999_ns=%llu lat_mean_ns=%llu lat_max_ns=%llu\n",
 			  (unsigned long long)bench_hist_percentile(histogram, r.hist_total, 5000),

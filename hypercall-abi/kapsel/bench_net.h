@@ -21,7 +21,8 @@
  * link takes it and expects nothing back.  END (arg0 = measured DATA
  * frames sent) ends the run; the server answers REPORT (arg0 = measured
  * DATA frames it received intact, arg1 = frames that failed the check,
- * seq = frames that came out of order).
+ * seq = sequence gaps: a frame that did not follow the one before, after
+ * a drop or a reorder).
  */
 
 #include <stdbool.h>
@@ -170,7 +171,7 @@ struct bench_net_result {
 	uint64_t retries;    /* rr: frames sent again after BENCH_NET_RETRY_NS */
 	uint64_t verified;   /* frames checked intact, both ends, both phases */
 	uint64_t bad;	     /* frames that failed the check, both ends */
-	uint64_t out_of_order, lost;
+	uint64_t seq_gaps, lost;
 	uint64_t warmup_ops;
 	uint64_t latency_sum_ns, latency_max_ns;
 	uint32_t *histogram; /* BENCH_HIST_BUCKETS, supplied by the caller (rr) */
@@ -342,7 +343,7 @@ static inline void bench_net_client(struct bench_net_link *link, const struct be
 	if (link->mark)
 		link->mark(link->context, "end");
 	r->bad += answer.arg1;
-	r->out_of_order = answer.seq;
+	r->seq_gaps = answer.seq;
 	r->ops = p->stream ? answer.arg0 : r->sent;
 	r->lost = r->sent > answer.arg0 ? r->sent - answer.arg0 : 0;
 	if (!p->stream)
@@ -403,7 +404,7 @@ static inline int bench_net_server(struct bench_net_link *link, struct bench_net
 		case BENCH_NET_DATA: {
 			uint32_t phase = got.phase ? 1 : 0;
 			if (got.seq != next_seq[phase])
-				r->out_of_order++;
+				r->seq_gaps++;
 			next_seq[phase] = got.seq + 1;
 			if (phase)
 				r->ops++;
@@ -421,8 +422,7 @@ static inline int bench_net_server(struct bench_net_link *link, struct bench_net
 		case BENCH_NET_END:
 			ended = true;
 			bench_net_build(link->frame, BENCH_NET_FRAME_MIN, src, link->mac,
-					BENCH_NET_REPORT, 0, (uint32_t)r->out_of_order, r->ops,
-					r->bad);
+					BENCH_NET_REPORT, 0, (uint32_t)r->seq_gaps, r->ops, r->bad);
 			if (link->send(link->context, link->frame, BENCH_NET_FRAME_MIN) < 0)
 				goto send_failed;
 			break;

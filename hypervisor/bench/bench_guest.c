@@ -468,7 +468,7 @@ static void fill_metrics(const struct bench_job *job, const struct child *child,
 	uint64_t kicks = kv_u64(kv, "kicks");
 	bool block = job->workload->kind == BENCH_KIND_BLOCK;
 	if (net) {
-		static const char *const keys[] = { "sent", "lost", "retries", "out_of_order" };
+		static const char *const keys[] = { "sent", "lost", "retries", "seq_gaps" };
 		for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
 			bench_counters_add(&run->counters,
 					   k == 0   ? "frames_sent"

@@ -214,7 +214,7 @@ int bench_net_native_run(const struct bench_job *job, struct bench_run *run)
 	bench_counters_add(&run->counters, "frames_sent", r->sent);
 	bench_counters_add(&run->counters, "frames_lost", r->lost);
 	bench_counters_add(&run->counters, "retries", r->retries);
-	bench_counters_add(&run->counters, "out_of_order", r->out_of_order);
+	bench_counters_add(&run->counters, "seq_gaps", r->seq_gaps);
 	bench_counters_add(&run->counters, "drops_out", client->drops_out + server->drops_out);
 	double seconds = r->elapsed_ns / 1e9;
 	double *m = run->metrics;

@@ -439,9 +439,16 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 		"load:     %.2f before, %.2f after (1-minute average; other work on these CPUs\n"
 		"          slows the PV path's polling threads most)\n",
 		results->load_start, results->load_end);
-	fprintf(out, "image:    %s, region %llu MiB%s\n", results->disk_path,
-		(unsigned long long)(results->size_bytes >> 20),
-		results->disk_temporary ? " (temporary, deleted at the end)" : "");
+	bool net_rows = false, disk_rows = false;
+	for (unsigned i = 0; i < results->row_count; i++) {
+		enum bench_kind kind = results->rows[i].workload->kind;
+		net_rows |= kind == BENCH_KIND_NET;
+		disk_rows |= kind == BENCH_KIND_BLOCK || kind == BENCH_KIND_CONSOLE;
+	}
+	if (disk_rows)
+		fprintf(out, "image:    %s, region %llu MiB%s\n", results->disk_path,
+			(unsigned long long)(results->size_bytes >> 20),
+			results->disk_temporary ? " (temporary, deleted at the end)" : "");
 	if (options->ops)
 		fprintf(out,
 			"runs:     %u per path, %llu operations each after %llu warm-up operations; median, spread = (max-min)/median\n",
@@ -450,7 +457,7 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 	else
 		fprintf(out,
 			"runs:     %u per path, %.0f ms measured after %.0f ms warm-up; median, spread = (max-min)/median\n"
-			"          emulated path: %.0f ms after %.0f ms (it costs about one VM exit per sector)\n",
+			"          emulated path: %.0f ms after %.0f ms (it costs about one VM exit per sector or register access)\n",
 			options->repeat, options->runtime_ns / 1e6, options->warmup_ns / 1e6,
 			options->emulated_runtime_ns / 1e6, options->emulated_warmup_ns / 1e6);
 	char backend_poll[64];
@@ -459,14 +466,12 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 			 options->pv_backend_poll_ns / 1e3);
 	else
 		snprintf(backend_poll, sizeof(backend_poll), "polls adaptively after completions");
-	fprintf(out,
-		"paths:    native = host io_uring on the image; pv = blkbench.elf, disk on bus=pv\n"
-		"          (guest polls adaptively up to %.0f us before sleeping; backend %s);\n"
-		"          emulated = the same guest, disk on bus=ata (PIO, no queue: depth 1)\n",
-		options->pv_guest_poll_ns / 1e3, backend_poll);
-	bool net_rows = false;
-	for (unsigned i = 0; i < results->row_count; i++)
-		net_rows |= results->rows[i].workload->kind == BENCH_KIND_NET;
+	if (disk_rows)
+		fprintf(out,
+			"paths:    native = host io_uring on the image; pv = blkbench.elf, disk on bus=pv\n"
+			"          (guest polls adaptively up to %.0f us before sleeping; backend %s);\n"
+			"          emulated = the same guest, disk on bus=ata (PIO, no queue: depth 1)\n",
+			options->pv_guest_poll_ns / 1e3, backend_poll);
 	if (net_rows)
 		fprintf(out,
 			"net rows: native = two host threads on Unix datagram sockets; pv = two VMs\n"
@@ -585,8 +590,10 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 			fprintf(out, "  %s\n", !have ? "" : same ? "same" : "DIFFERENT");
 		}
 	}
-	fprintf(out, "\nRead verification (sectors whose header did not name their own number):");
-	for (unsigned p = 0; p < BENCH_PATH_COUNT; p++) {
+	if (disk_rows)
+		fprintf(out,
+			"\nRead verification (sectors whose header did not name their own number):");
+	for (unsigned p = 0; p < BENCH_PATH_COUNT && disk_rows; p++) {
 		uint64_t sectors = 0, bad = 0;
 		for (unsigned i = 0; i < results->row_count; i++) {
 			if (results->rows[i].paths[p].copied_from_iodepth ||
@@ -599,10 +606,11 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 			fprintf(out, " %s %llu of %llu", bench_path_name((enum bench_path)p),
 				(unsigned long long)bad, (unsigned long long)sectors);
 	}
-	fputc('\n', out);
+	if (disk_rows)
+		fputc('\n', out);
 	if (net_rows) {
 		fprintf(out,
-			"Frame verification (frames that failed the check, of frames checked):");
+			"\nFrame verification (frames that failed the check, of frames checked):");
 		for (unsigned p = 0; p < BENCH_PATH_COUNT; p++) {
 			uint64_t frames = 0, bad = 0;
 			for (unsigned i = 0; i < results->row_count; i++) {
