@@ -82,21 +82,11 @@ static int net_pv_send(struct kg_net_device *device, const void *frame, uint32_t
 {
 	struct net_pv_driver *drv = driver_of(device);
 	net_pv_reclaim(device);
-	/* All buffers in flight: the backend is busy sending, so its answers
-	 * come soon; spin for them up to the poll window before sleeping in
-	 * the hypervisor (a sender that streams would otherwise exit per
-	 * ring's worth of frames). */
-	uint64_t poll_until =
-		drv->tx_free_count == 0 && device->poll_ns ? kg_time_now_ns() + device->poll_ns : 0;
 	while (drv->tx_free_count == 0) {
 		kg_evtchn_test_and_clear(drv->port);
 		net_pv_reclaim(device);
 		if (drv->tx_free_count)
 			break;
-		if (poll_until && kg_time_now_ns() < poll_until) {
-			kg_cpu_relax();
-			continue;
-		}
 		net_pv_wait(device, &drv->tx, UINT64_MAX);
 	}
 	uint32_t id = drv->tx_free[--drv->tx_free_count];
