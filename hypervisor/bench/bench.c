@@ -308,7 +308,7 @@ static void summarize(struct bench_path_result *result)
 	}
 }
 
-#define BENCH_KIND_COUNT 3u
+#define BENCH_KIND_COUNT 5u
 
 struct path_availability {
 	bool unavailable[BENCH_PATH_COUNT][BENCH_KIND_COUNT]; /* [path][kind] */
@@ -384,9 +384,10 @@ static void run_path(struct bench_options *options, struct bench_results *result
 			if (fd >= 0)
 				close(fd);
 		}
-		int err = path != BENCH_PATH_NATIVE ? bench_guest_run(&job, run)
-			  : cpu			    ? bench_cpu_native_run(&job, run)
-						    : bench_native_run(&job, run);
+		int err = path != BENCH_PATH_NATIVE   ? bench_guest_run(&job, run)
+			  : cpu			      ? bench_cpu_native_run(&job, run)
+			  : w->kind == BENCH_KIND_NET ? bench_net_native_run(&job, run)
+						      : bench_native_run(&job, run);
 		if (err == -ENODEV) {
 			result->status = BENCH_STATUS_UNAVAILABLE;
 			snprintf(result->message, sizeof(result->message), "%s", run->error);
@@ -418,8 +419,9 @@ static void run_path(struct bench_options *options, struct bench_results *result
 		if (emulated && !options->ops && run->ops < MIN_OPS_TO_REPEAT &&
 		    r + 1 < options->repeat) {
 			snprintf(result->message, sizeof(result->message),
-				 "1 run only: %llu operation(s) took %.1f s (the emulated disk exits per word)",
-				 (unsigned long long)run->ops, run->elapsed_ns / 1e9);
+				 "1 run only: %llu operation(s) took %.1f s (the emulated %s exits per word)",
+				 (unsigned long long)run->ops, run->elapsed_ns / 1e9,
+				 w->kind == BENCH_KIND_NET ? "NIC" : "disk");
 			break;
 		}
 	}
@@ -540,12 +542,16 @@ static void progress_row(const struct bench_options *options, unsigned index, un
 	}
 	fprintf(stderr, "[%2u/%u] %-13s qd=%-3u cache=%-9s", index + 1, count, row->workload->name,
 		row->iodepth,
-		row->workload->kind == BENCH_KIND_CONSOLE ? "-" : bench_cache_name(row->cache));
+		row->workload->kind != BENCH_KIND_BLOCK ? "-" : bench_cache_name(row->cache));
 	for (unsigned p = 0; p < BENCH_PATH_COUNT; p++) {
 		if (!options->paths[p])
 			continue;
 		const struct bench_path_result *r = &row->paths[p];
-		if (r->status == BENCH_STATUS_OK)
+		if (r->status == BENCH_STATUS_OK && row->workload->kind == BENCH_KIND_NET)
+			fprintf(stderr, "  %s %.0f %s/s", bench_path_name((enum bench_path)p),
+				r->stats[BENCH_M_IOPS].median,
+				row->workload->net_stream ? "frames" : "round trips");
+		else if (r->status == BENCH_STATUS_OK)
 			fprintf(stderr, "  %s %.1f MB/s", bench_path_name((enum bench_path)p),
 				r->stats[BENCH_M_MBPS].median);
 		else
@@ -663,10 +669,14 @@ int bench_main(struct bench_options *options)
 			options->cpu_guest_path, strerror(errno));
 		return 2;
 	}
-	bool io_rows = false, cpu_rows = false;
+	/* io_rows: rows with blkbench.elf and the image; net rows need only
+	 * netbench.elf. */
+	bool io_rows = false, cpu_rows = false, net_rows = false;
 	for (unsigned w = 0; w < options->workload_count; w++) {
-		cpu_rows |= options->workloads[w].kind == BENCH_KIND_CPU;
-		io_rows |= options->workloads[w].kind != BENCH_KIND_CPU;
+		enum bench_kind kind = options->workloads[w].kind;
+		cpu_rows |= kind == BENCH_KIND_CPU;
+		net_rows |= kind == BENCH_KIND_NET;
+		io_rows |= kind != BENCH_KIND_CPU && kind != BENCH_KIND_NET;
 	}
 	if (guests) {
 		/* Next to the kapsel that runs the guests, else next to us. */
@@ -684,6 +694,13 @@ int bench_main(struct bench_options *options)
 			if (!options->cpu_guest_path && self)
 				options->cpu_guest_path =
 					find_guest(self, "cpubench.elf", "KAPSEL_BENCH_CPU_GUEST");
+		}
+		if (net_rows && !options->net_guest_path) {
+			options->net_guest_path = find_guest(options->kapsel_path, "netbench.elf",
+							     "KAPSEL_BENCH_NET_GUEST");
+			if (!options->net_guest_path && self)
+				options->net_guest_path =
+					find_guest(self, "netbench.elf", "KAPSEL_BENCH_NET_GUEST");
 		}
 		free(self);
 	}
@@ -789,8 +806,9 @@ int bench_main(struct bench_options *options)
 			(unsigned long long)(options->size_bytes >> 20),
 			results.disk_temporary ? ", temporary" : "", estimate);
 	else
-		fprintf(stderr, "kapsel bench: %u CPU rows x %u runs; about %.0f s\n",
-			results.row_count, options->repeat, estimate);
+		fprintf(stderr, "kapsel bench: %u %s rows x %u runs; about %.0f s\n",
+			results.row_count, net_rows ? "CPU and network" : "CPU", options->repeat,
+			estimate);
 	if (io_rows && options->paths[BENCH_PATH_EMULATED] && !options->ops &&
 	    options->emulated_runtime_ns != options->runtime_ns)
 		fprintf(stderr,

@@ -19,6 +19,10 @@
  * CPU rows (null-hypercall, trap, upcall, timer, timer-periodic) time one
  * PV CPU operation in cpubench.elf (pv) beside the closest operation of the
  * host's own kernel (native, bench_cpu_native.c); they have no emulated path.
+ * Network rows (frame-rr-SIZE, frame-stream-SIZE) run bench_net.h's
+ * pattern between two host threads on Unix datagram sockets (native,
+ * bench_net_native.c), two VMs with PV NICs on the socket link (pv) and
+ * the same two VMs with NE2000 NICs (emulated), both with netbench.elf.
  */
 
 enum bench_path {
@@ -33,7 +37,9 @@ enum bench_kind {
 	BENCH_KIND_CPU,
 	/* mq-randread-4K: 1 vCPU / 1 queue against 2 vCPUs / 2 queues, a
 	 * report of its own after the table (bench_mq.c), not a matrix row */
-	BENCH_KIND_MQ
+	BENCH_KIND_MQ,
+	/* frame-rr-SIZE / frame-stream-SIZE: two ends of a link (bench_net.h) */
+	BENCH_KIND_NET
 };
 
 /* The CPU rows, in the order `--workloads cpu` lists them. */
@@ -88,7 +94,8 @@ struct bench_workload {
 	bool random;
 	bool writes;		  /* the workload writes (region checksums apply) */
 	uint32_t read_percent;	  /* 100 read-only, 0 write-only */
-	uint32_t block_bytes;	  /* console rows: bytes per line */
+	uint32_t block_bytes;	  /* console rows: bytes per line; net rows: bytes per frame */
+	bool net_stream;	  /* net rows: frame-stream (else frame-rr) */
 	enum bench_cpu_op cpu_op; /* CPU rows */
 };
 
@@ -113,6 +120,7 @@ struct bench_options {
 	char *kapsel_path;    /* the kapsel binary for guest runs */
 	char *guest_path;     /* blkbench.elf */
 	char *cpu_guest_path; /* cpubench.elf */
+	char *net_guest_path; /* netbench.elf (found next to kapsel) */
 	bool quick;
 	bool fio; /* cross-check native against fio if installed */
 	bool chart;
@@ -291,6 +299,13 @@ int bench_native_run(const struct bench_job *job, struct bench_run *run);
  * Returns 0 or -errno.
  */
 int bench_cpu_native_run(const struct bench_job *job, struct bench_run *run);
+
+/*
+ * Run one net row's job on the host (bench_net_native.c): bench_net.h's
+ * client and server on two threads, Unix datagram sockets in
+ * job->work_dir.  Fills run.  Returns 0 or -errno.
+ */
+int bench_net_native_run(const struct bench_job *job, struct bench_run *run);
 
 /* What a CPU row's run measured, in the units the guest reports (ns). */
 struct bench_cpu_sample {

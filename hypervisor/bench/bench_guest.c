@@ -111,6 +111,14 @@ struct window {
 	struct bench_counters before, after;
 	bool counters_ok;
 	char problem[160];
+	/* Net rows: the server VM at the other end of the link, whose CPU
+	 * and exits belong to the same frames. */
+	pid_t peer_pid;
+	const char *peer_stats_path;
+	clockid_t peer_cpu_clock;
+	bool peer_cpu_clock_ok, peer_counters_ok;
+	uint64_t peer_cpu_start, peer_cpu_end;
+	struct bench_counters peer_before, peer_after;
 };
 
 static void keep_tail(char *tail, size_t *len, const char *data, size_t n)
@@ -129,12 +137,17 @@ static void keep_tail(char *tail, size_t *len, const char *data, size_t n)
 	tail[*len] = '\0';
 }
 
-static uint64_t child_cpu_ns(struct child *child)
+static uint64_t cpu_clock_ns(bool ok, clockid_t clock)
 {
 	struct timespec ts;
-	if (!child->cpu_clock_ok || clock_gettime(child->cpu_clock, &ts) != 0)
+	if (!ok || clock_gettime(clock, &ts) != 0)
 		return 0;
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t child_cpu_ns(struct child *child)
+{
+	return cpu_clock_ns(child->cpu_clock_ok, child->cpu_clock);
 }
 
 /* CPU time of the child's main thread (the vCPU thread of `kapsel run`). */
@@ -186,12 +199,12 @@ static int read_file(const char *path, char **text)
 	return 0;
 }
 
-/* Ask the child's vCPU thread for its counters and read them. */
-static int snapshot_counters(struct child *child, const char *stats_path,
-			     struct bench_counters *counters)
+/* Ask the vCPU thread (the main thread) of `kapsel run` pid for its
+ * counters and read them. */
+static int snapshot_counters(pid_t pid, const char *stats_path, struct bench_counters *counters)
 {
 	unlink(stats_path);
-	if (syscall(SYS_tgkill, child->pid, child->pid, SIGUSR1) != 0)
+	if (syscall(SYS_tgkill, pid, pid, SIGUSR1) != 0)
 		return -errno;
 	uint64_t deadline = monotonic_ns() + STATS_WAIT_NS;
 	struct timespec pause = { 0, 100000 };
@@ -221,7 +234,14 @@ static void on_mark(struct child *child, struct window *window, const char *mark
 		    const char *stats_path)
 {
 	if (strcmp(mark, "start") == 0) {
-		int err = snapshot_counters(child, stats_path, &window->before);
+		if (window->peer_pid > 0) {
+			window->peer_counters_ok =
+				snapshot_counters(window->peer_pid, window->peer_stats_path,
+						  &window->peer_before) == 0;
+			window->peer_cpu_start =
+				cpu_clock_ns(window->peer_cpu_clock_ok, window->peer_cpu_clock);
+		}
+		int err = snapshot_counters(child->pid, stats_path, &window->before);
 		if (err)
 			snprintf(window->problem, sizeof(window->problem),
 				 "could not read the VMM's counters at the start mark: %s",
@@ -243,7 +263,15 @@ static void on_mark(struct child *child, struct window *window, const char *mark
 		window->wall_end = monotonic_ns();
 		window->cpu_end = child_cpu_ns(child);
 		window->vcpu_end = child_vcpu_ns(child);
-		int err = snapshot_counters(child, stats_path, &window->after);
+		if (window->peer_pid > 0) {
+			window->peer_cpu_end =
+				cpu_clock_ns(window->peer_cpu_clock_ok, window->peer_cpu_clock);
+			if (window->peer_counters_ok)
+				window->peer_counters_ok =
+					snapshot_counters(window->peer_pid, window->peer_stats_path,
+							  &window->peer_after) == 0;
+		}
+		int err = snapshot_counters(child->pid, stats_path, &window->after);
 		if (err) {
 			snprintf(window->problem, sizeof(window->problem),
 				 "could not read the VMM's counters at the end mark: %s",
@@ -391,7 +419,9 @@ static void fill_metrics(const struct bench_job *job, const struct child *child,
 	run->errors = kv_u64(kv, "errors");
 	run->elapsed_ns = kv_u64(kv, "elapsed_ns");
 	run->host_window_ns = window->wall_end - window->wall_start;
-	run->verify_sectors = kv_u64(kv, "verify_sectors");
+	bool net = job->workload->kind == BENCH_KIND_NET;
+	/* Net rows verify frames (both ends, both phases), not sectors. */
+	run->verify_sectors = kv_u64(kv, net ? "verify_frames" : "verify_sectors");
 	run->verify_errors = kv_u64(kv, "verify_errors");
 	run->timed_ops = kv_u64(kv, "timed_ops");
 	run->queue_depth_used = (unsigned)kv_u64(kv, "queue_depth");
@@ -437,14 +467,26 @@ static void fill_metrics(const struct bench_job *job, const struct child *child,
 	double ops = (double)run->ops;
 	uint64_t kicks = kv_u64(kv, "kicks");
 	bool block = job->workload->kind == BENCH_KIND_BLOCK;
-	if (block && kv_has(kv, "kicks")) {
+	if (net) {
+		static const char *const keys[] = { "sent", "lost", "retries", "seq_gaps" };
+		for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
+			bench_counters_add(&run->counters,
+					   k == 0   ? "frames_sent"
+					   : k == 1 ? "frames_lost"
+						    : keys[k],
+					   kv_u64(kv, keys[k]));
+	}
+	if ((block || net) && kv_has(kv, "kicks")) {
 		m[BENCH_M_KICKS_PER_OP] = kicks / ops;
 		m[BENCH_M_KICKS_SUPPRESSED_PER_OP] = kv_u64(kv, "kicks_suppressed") / ops;
 		m[BENCH_M_BLOCKS_PER_OP] = kv_u64(kv, "blocks") / ops;
 	}
 	if (window->cpu_end > window->cpu_start) {
-		m[BENCH_M_CPU_US_PER_OP] = (window->cpu_end - window->cpu_start) / 1e3 / ops;
 		run->cpu_ns = window->cpu_end - window->cpu_start;
+		/* Net rows: the server VM's process works for the same frames. */
+		if (window->peer_cpu_end > window->peer_cpu_start)
+			run->cpu_ns += window->peer_cpu_end - window->peer_cpu_start;
+		m[BENCH_M_CPU_US_PER_OP] = run->cpu_ns / 1e3 / ops;
 	}
 	if (window->vcpu_end > window->vcpu_start) {
 		m[BENCH_M_VCPU_CPU_US_PER_OP] = (window->vcpu_end - window->vcpu_start) / 1e3 / ops;
@@ -473,6 +515,29 @@ static void fill_metrics(const struct bench_job *job, const struct child *child,
 	 * ("untimed_hc_NAME=N": cpubench.elf reads the clock with TIME_INFO)
 	 * and, for a process row, exits ("untimed_exit_REASON=N": the entry
 	 * that ends the phase). */
+	/* Net rows: add the server VM's exits and device counters (less the
+	 * end snapshot's interruption), so "per frame" covers both ends. */
+	if (net && window->peer_counters_ok) {
+		struct bench_counters peer;
+		bench_counters_delta(&peer, &window->peer_before, &window->peer_after);
+		bench_counters_take_off(&peer, "exits_interrupted", 1);
+		bench_counters_take_off(&peer, "exits_total", 1);
+		for (unsigned i = 0; i < peer.count; i++) {
+			const struct bench_counter *c = &peer.items[i];
+			if (strcmp(c->name, "dev.net-pv.kicks") == 0) {
+				/* The peer's doorbell exits, as its backend counted them. */
+				bench_counters_add(&run->exits, "doorbell", c->value);
+				kicks += c->value;
+				continue;
+			}
+			char name[BENCH_NAME_MAX];
+			if (strncmp(c->name, "dev.", 4) == 0)
+				snprintf(name, sizeof(name), "peer.%s", c->name);
+			else
+				snprintf(name, sizeof(name), "%s", c->name);
+			bench_counters_add(&delta, name, c->value);
+		}
+	}
 	for (unsigned k = 0; k < kv->count; k++) {
 		const char *key = kv->items[k].key;
 		bool hypercall = strncmp(key, "untimed_hc_", 11) == 0;
@@ -507,8 +572,10 @@ static void fill_metrics(const struct bench_job *job, const struct child *child,
 			else if (!by_call && c->value)
 				bench_counters_add(&run->exits, c->name + 6, c->value);
 			exits += c->value;
-		} else if (strncmp(c->name, "dev.", 4) == 0 &&
-			   strstr(c->name, ".notifications_sent")) {
+		} else if ((strncmp(c->name, "dev.", 4) == 0 ||
+			    strncmp(c->name, "peer.dev.", 9) == 0) &&
+			   (strstr(c->name, ".notifications_sent") ||
+			    (net && strstr(c->name, "net-pv.notifications")))) {
 			events += c->value;
 			bench_counters_add(&run->counters, c->name, c->value);
 		} else if (c->value) {
@@ -517,8 +584,8 @@ static void fill_metrics(const struct bench_job *job, const struct child *child,
 	}
 	/* Doorbell kicks are exits too, handled inside the host kernel
 	 * (ioeventfd), so the VMM never counts them: the guest does. */
-	if (block && kicks) {
-		bench_counters_add(&run->exits, "doorbell", kicks);
+	if ((block || net) && kicks) {
+		bench_counters_add(&run->exits, "doorbell", kv_u64(kv, "kicks"));
 		exits += kicks;
 	}
 	m[BENCH_M_EXITS_PER_OP] = exits / ops;
@@ -540,6 +607,17 @@ static void build_cmdline(const struct bench_job *job, char *out, size_t len)
 			 (unsigned long long)job->warmup_ops, (unsigned long long)job->ops);
 		return;
 	}
+	if (w->kind == BENCH_KIND_NET) {
+		snprintf(out, len,
+			 "role=client pattern=%s size=%u path=%s warmup_ms=%llu runtime_ms=%llu warmup_ops=%llu ops=%llu poll_us=%llu sync=1",
+			 w->net_stream ? "stream" : "rr", w->block_bytes,
+			 emulated ? "ne2000" : "pv", (unsigned long long)(job->warmup_ns / 1000000),
+			 (unsigned long long)(job->runtime_ns / 1000000),
+			 (unsigned long long)job->warmup_ops, (unsigned long long)job->ops,
+			 (unsigned long long)(emulated ? 0
+						       : job->options->pv_guest_poll_ns / 1000));
+		return;
+	}
 	if (w->kind == BENCH_KIND_CONSOLE) {
 		snprintf(out, len,
 			 "mode=console sink=%s line_bytes=%u warmup_ms=%llu runtime_ms=%llu warmup_ops=%llu ops=%llu sync=1",
@@ -559,6 +637,60 @@ static void build_cmdline(const struct bench_job *job, char *out, size_t len)
 		 (unsigned long long)(emulated ? 0 : job->options->pv_guest_poll_ns));
 }
 
+/*
+ * Net rows: start the server end (netbench.elf role=server) on the other
+ * side of the socket link, its output in out_path.  Returns its pid or
+ * -errno.
+ */
+static pid_t spawn_peer(const struct bench_job *job, const char *net, const char *name,
+			const char *stats_path, const char *out_path)
+{
+	const struct bench_options *options = job->options;
+	char cmdline[96];
+	snprintf(cmdline, sizeof(cmdline), "role=server path=%s poll_us=%llu",
+		 job->path == BENCH_PATH_EMULATED ? "ne2000" : "pv",
+		 (unsigned long long)(job->path == BENCH_PATH_EMULATED
+					      ? 0
+					      : options->pv_guest_poll_ns / 1000));
+	char *argv[] = { options->kapsel_path,
+			 "run",
+			 "--kernel",
+			 options->net_guest_path,
+			 "--memory",
+			 "64M",
+			 "--name",
+			 (char *)name,
+			 "--net",
+			 (char *)net,
+			 "--cmdline",
+			 cmdline,
+			 "--stats-file",
+			 (char *)stats_path,
+			 "--no-control",
+			 "--no-console-input",
+			 NULL };
+	if (options->verbose) {
+		fprintf(stderr, "    $");
+		for (unsigned i = 0; argv[i]; i++)
+			fprintf(stderr, " %s", argv[i]);
+		fprintf(stderr, " &\n");
+	}
+	pid_t pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+		if (fd < 0 || null < 0 || dup2(null, 0) < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
+			_exit(127);
+		signal(SIGPIPE, SIG_DFL);
+		execv(argv[0], argv);
+		dprintf(2, "kapsel bench: cannot run '%s': %s\n", argv[0], strerror(errno));
+		_exit(127);
+	}
+	return pid;
+}
+
 int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 {
 	const struct bench_options *options = job->options;
@@ -566,10 +698,20 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 	bool emulated = job->path == BENCH_PATH_EMULATED;
 	bool console = w->kind == BENCH_KIND_CONSOLE;
 	bool cpu = w->kind == BENCH_KIND_CPU;
+	bool net = w->kind == BENCH_KIND_NET;
 	char memory[32], name[32], disk[1200], cmdline[512], stats_path[600];
-	char *guest_path = cpu ? options->cpu_guest_path : options->guest_path;
+	char net_arg[1300], peer_net[1300], peer_name[40], peer_stats[600], peer_out[600];
+	char *guest_path = cpu	 ? options->cpu_guest_path
+			   : net ? options->net_guest_path
+				 : options->guest_path;
+	pid_t peer_pid = -1;
 
 	bench_run_clear(run);
+	if (!guest_path && net) {
+		snprintf(run->error, sizeof(run->error),
+			 "network bench guest netbench.elf not found next to kapsel; build it (ninja -C BUILD) or set KAPSEL_BENCH_NET_GUEST");
+		return -ENODEV;
+	}
 	if (!guest_path) {
 		snprintf(run->error, sizeof(run->error),
 			 cpu ? "bench guest cpubench.elf not found; build it (ninja -C BUILD) or give --cpu-guest FILE"
@@ -577,7 +719,7 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 		return -ENODEV;
 	}
 	uint64_t memory_bytes = GUEST_MEMORY_BASE_BYTES;
-	if (!console && !cpu)
+	if (!console && !cpu && !net)
 		memory_bytes += (uint64_t)job->iodepth * w->block_bytes;
 	memory_bytes = (memory_bytes + (2u << 20) - 1) & ~((2ull << 20) - 1);
 	snprintf(memory, sizeof(memory), "%lluM", (unsigned long long)(memory_bytes >> 20));
@@ -591,6 +733,20 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 			 (unsigned long long)(options->pv_backend_poll_ns / 1000));
 	snprintf(stats_path, sizeof(stats_path), "%s/stats-%d", job->work_dir, (int)getpid());
 	build_cmdline(job, cmdline, sizeof(cmdline));
+	if (net) {
+		/* The socket link: each VM binds its own path and names the other's. */
+		const char *model = emulated ? "ne2000" : "pv";
+		snprintf(net_arg, sizeof(net_arg),
+			 "socket=%s/%s-client.sock,peer=%s/%s-server.sock,model=%s", job->work_dir,
+			 model, job->work_dir, model, model);
+		snprintf(peer_net, sizeof(peer_net),
+			 "socket=%s/%s-server.sock,peer=%s/%s-client.sock,model=%s", job->work_dir,
+			 model, job->work_dir, model, model);
+		snprintf(peer_name, sizeof(peer_name), "%s-peer", name);
+		snprintf(peer_stats, sizeof(peer_stats), "%s/peer-stats-%d", job->work_dir,
+			 (int)getpid());
+		snprintf(peer_out, sizeof(peer_out), "%s/peer-%s.out", job->work_dir, model);
+	}
 
 	char *argv[24];
 	unsigned argc = 0;
@@ -604,6 +760,9 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 	argv[argc++] = name;
 	if (cpu) {
 		/* No device: the console on standard output carries BENCH lines. */
+	} else if (net) {
+		argv[argc++] = "--net";
+		argv[argc++] = net_arg;
 	} else if (!console) {
 		argv[argc++] = "--disk";
 		argv[argc++] = disk;
@@ -644,6 +803,20 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 			goto out;
 		}
 	}
+	if (net) {
+		peer_pid = spawn_peer(job, peer_net, peer_name, peer_stats, peer_out);
+		if (peer_pid < 0) {
+			err = (int)peer_pid;
+			snprintf(run->error, sizeof(run->error),
+				 "cannot start the server VM '%s': %s", options->kapsel_path,
+				 strerror(-err));
+			goto out;
+		}
+		window->peer_pid = peer_pid;
+		window->peer_stats_path = peer_stats;
+		window->peer_cpu_clock_ok =
+			clock_getcpuclockid(peer_pid, &window->peer_cpu_clock) == 0;
+	}
 	err = spawn(child, argv);
 	if (err) {
 		snprintf(run->error, sizeof(run->error), "cannot start '%s': %s",
@@ -655,7 +828,7 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 	window->spawn_ns = monotonic_ns();
 	window->measure_budget_ns = job->ops ? OPS_MODE_TIMEOUT_NS : job->runtime_ns;
 	window->deadline_ns = window->spawn_ns + budget + RUN_SLACK_NS;
-	bool out_open = true, err_open = true, timed_out = false;
+	bool out_open = true, err_open = true, timed_out = false, peer_failed = false;
 	while (!child->exited || out_open || err_open) {
 		struct pollfd fds[2];
 		nfds_t n = 0;
@@ -698,6 +871,16 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 			kill(child->pid, SIGKILL);
 			timed_out = true;
 		}
+		if (peer_pid > 0 && !child->exited && !peer_failed) {
+			/* A server VM that died leaves the client saying HELLO: stop it. */
+			int status;
+			if (waitpid(peer_pid, &status, WNOHANG) == peer_pid) {
+				peer_pid = -1;
+				peer_failed = !kv_has(&child->kv, "done");
+				if (peer_failed)
+					kill(child->pid, SIGKILL);
+			}
+		}
 		if (child->exited && !console && (out_open || err_open) &&
 		    monotonic_ns() > window->deadline_ns + 5000000000ull)
 			break; /* a grandchild holds the pipes; give up on them */
@@ -713,7 +896,18 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 		last_line(child->out_tail, detail, sizeof(detail));
 	const char *guest_error = kv_get(&child->kv, "error");
 
-	if (timed_out) {
+	if (peer_failed) {
+		char peer_detail[200] = "";
+		char *text = NULL;
+		if (read_file(peer_out, &text) == 0) {
+			last_line(text, peer_detail, sizeof(peer_detail));
+			free(text);
+		}
+		err = -EIO;
+		snprintf(run->error, sizeof(run->error),
+			 "the server VM (other end of the link) stopped before the client finished: %s",
+			 peer_detail[0] ? peer_detail : "(no output)");
+	} else if (timed_out) {
 		err = -ETIMEDOUT;
 		snprintf(run->error, sizeof(run->error),
 			 "the guest did not finish in %llu s and was killed%s%s",
@@ -727,11 +921,16 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 	} else if (code == 3 || (guest_error && strcmp(guest_error, "no-device") == 0)) {
 		err = -ENODEV;
 		snprintf(run->error, sizeof(run->error),
-			 "the VM offers no %s (kapsel run --disk FILE,bus=%s); the guest said: no device",
-			 console    ? (emulated ? "UART" : "PV console")
+			 "the VM offers no %s (kapsel run --%s %s); the guest said: no device",
+			 net	    ? (emulated ? "NE2000 NIC" : "PV network device")
+			 : console  ? (emulated ? "UART" : "PV console")
 			 : emulated ? "emulated ATA disk"
 				    : "PV block device",
-			 emulated ? "ata" : "pv");
+			 net ? "net" : "disk",
+			 net	    ? (emulated ? "socket=A,peer=B,model=ne2000"
+						: "socket=A,peer=B,model=pv")
+			 : emulated ? "FILE,bus=ata"
+				    : "FILE,bus=pv");
 	} else if (code == KAPSEL_EXIT_VMM_ERROR_CODE && !kv_has(&child->kv, "ready") &&
 		   !bench_interrupted()) {
 		/* The VMM could not even start this VM (no /dev/kvm, a refused
@@ -771,6 +970,16 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 			snprintf(run->error, sizeof(run->error), "%s", window->problem);
 	}
 out:
+	if (peer_pid > 0) {
+		/* The client has its REPORT (or failed): the server is not needed. */
+		kill(peer_pid, SIGKILL);
+		waitpid(peer_pid, NULL, 0);
+	}
+	if (net) {
+		unlink(peer_stats);
+		if (err == 0)
+			unlink(peer_out);
+	}
 	if (child) {
 		if (child->pid > 0 && !child->exited) {
 			kill(child->pid, SIGKILL);

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "kapsel/bench_net.h"
 
 #define DEFAULT_SIZE_BYTES (256ull << 20)
 #define DEFAULT_RUNTIME_NS 1000000000ull
@@ -58,6 +59,10 @@ static const char *const default_workloads =
 static const char *const quick_workloads =
 	"write-8K,randwrite-4K,randrw-4K,read-64K,randread-4K,console,cpu";
 
+/* "net": request/response and stream at the smallest and the largest frame. */
+static const char *const net_workloads[] = { "frame-rr-64", "frame-rr-1514", "frame-stream-64",
+					     "frame-stream-1514" };
+
 void bench_usage(FILE *out)
 {
 	fprintf(out,
@@ -91,7 +96,14 @@ void bench_usage(FILE *out)
 		"                           as-switch mmu-batch, or 'proc' for them; 'cpu' for\n"
 		"                           every CPU and process row; 'mq' (mq-randread-4K):\n"
 		"                           1 vCPU on 1 queue against 2 vCPUs on 2 queues at\n"
-		"                           qd 32, after the table; 'all' (default: %s)\n"
+		"                           qd 32, after the table; the network rows\n"
+		"                           frame-rr-SIZE (round trips, one frame outstanding)\n"
+		"                           and frame-stream-SIZE (one side streams, the other\n"
+		"                           counts), SIZE 60-1514 bytes, two VMs (netbench.elf)\n"
+		"                           on the socket link: PV NICs (pv), NE2000 (emulated),\n"
+		"                           two host threads (native); 'net' for frame-rr-64,\n"
+		"                           frame-rr-1514, frame-stream-64, frame-stream-1514;\n"
+		"                           'all' (default: %s)\n"
 		"      --cpu                only the CPU and process rows (--workloads cpu)\n"
 		"      --cpu-runtime TIME   measured time per CPU row run (default %s; warm-up a\n"
 		"                           fifth of it); --ops N sets a count instead\n"
@@ -263,6 +275,23 @@ int bench_workload_lookup(const char *name, struct bench_workload *workload)
 		workload->block_bytes = 4096;
 		return 0;
 	}
+	bool rr = strncmp(name, "frame-rr-", 9) == 0;
+	if (rr || strncmp(name, "frame-stream-", 13) == 0) {
+		const char *digits = name + (rr ? 9 : 13);
+		char *end = NULL;
+		errno = 0;
+		unsigned long bytes = strtoul(digits, &end, 10);
+		if (!*digits || *digits < '0' || *digits > '9' || *end || errno ||
+		    bytes < BENCH_NET_FRAME_MIN || bytes > BENCH_NET_FRAME_MAX)
+			return -ENOENT;
+		snprintf(workload->name, sizeof(workload->name), "frame-%s-%lu",
+			 rr ? "rr" : "stream", bytes);
+		snprintf(workload->rw, sizeof(workload->rw), "%s", rr ? "rr" : "stream");
+		workload->kind = BENCH_KIND_NET;
+		workload->net_stream = !rr;
+		workload->block_bytes = (uint32_t)bytes;
+		return 0;
+	}
 	if (strcmp(name, "console") == 0) {
 		snprintf(workload->name, sizeof(workload->name), "console");
 		snprintf(workload->rw, sizeof(workload->rw), "write");
@@ -330,6 +359,7 @@ void bench_options_free(struct bench_options *options)
 	free(options->kapsel_path);
 	free(options->guest_path);
 	free(options->cpu_guest_path);
+	free(options->net_guest_path);
 	memset(options, 0, sizeof(*options));
 }
 
@@ -348,14 +378,19 @@ static int parse_workloads(struct bench_options *options, const char *text, char
 		/* "cpu" stands for every CPU row, "proc" for the process rows,
 		 * in their order. */
 		bool group = strcmp(item, "cpu") == 0, proc = strcmp(item, "proc") == 0;
+		bool net = strcmp(item, "net") == 0;
 		unsigned first = proc ? BENCH_CPU_FIRST_PROC : 0;
-		for (unsigned g = first;
-		     g < (group || proc ? BENCH_CPU_OP_COUNT : first + 1u) && !err; g++) {
-			const char *name = group || proc ? bench_cpu_info[g].name : item;
+		unsigned end = group || proc ? BENCH_CPU_OP_COUNT
+			       : net	     ? sizeof(net_workloads) / sizeof(net_workloads[0])
+					     : first + 1u;
+		for (unsigned g = first; g < end && !err; g++) {
+			const char *name = group || proc ? bench_cpu_info[g].name
+					   : net	 ? net_workloads[g]
+							 : item;
 			struct bench_workload workload;
 			if (bench_workload_lookup(name, &workload) < 0) {
 				err = fail(error, error_len,
-					   "--workloads: '%s' is not a workload; use RW-SIZE with RW one of read, write, randread, randwrite, randrw and SIZE a multiple of 4K up to 4M (e.g. randread-4K, read-1M), console, a CPU row (null-hypercall, trap, upcall, timer, timer-periodic), a process row (syscall, fork, ctxsw, page-fault, as-switch, mmu-batch, or proc for these), or cpu for every CPU and process row",
+					   "--workloads: '%s' is not a workload; use RW-SIZE with RW one of read, write, randread, randwrite, randrw and SIZE a multiple of 4K up to 4M (e.g. randread-4K, read-1M), console, a CPU row (null-hypercall, trap, upcall, timer, timer-periodic), a process row (syscall, fork, ctxsw, page-fault, as-switch, mmu-batch, or proc for these), cpu for every CPU and process row, frame-rr-SIZE or frame-stream-SIZE with SIZE 60 to 1514 bytes (e.g. frame-rr-64), or net for the four network rows",
 					   name);
 				break;
 			}

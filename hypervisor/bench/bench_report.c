@@ -31,6 +31,8 @@ static void row_label(const struct bench_row *row, char *out, size_t len)
 {
 	if (row->workload->kind == BENCH_KIND_CONSOLE)
 		snprintf(out, len, "%s", row->workload->name);
+	else if (row->workload->kind == BENCH_KIND_NET)
+		snprintf(out, len, "%s", row->workload->name);
 	else
 		snprintf(out, len, "%s qd=%u cache=%s", row->workload->name, row->iodepth,
 			 bench_cache_name(row->cache));
@@ -42,6 +44,42 @@ static double pv_median(const struct bench_row *row, enum bench_metric metric)
 	return pv->status == BENCH_STATUS_OK ? pv->stats[metric].median : NAN;
 }
 
+/* Issue 18's goals for a net row: rr p50 within 2x of native, stream >= 0.8
+ * of native frames/s, stream exits per frame <= 0.05.  At most 2 goals. */
+static unsigned net_goals(const struct bench_options *options, const struct bench_row *row,
+			  struct bench_goal *goals)
+{
+	unsigned n = 0;
+	const struct bench_path_result *native = &row->paths[BENCH_PATH_NATIVE];
+	bool have_native = options->paths[BENCH_PATH_NATIVE] && native->status == BENCH_STATUS_OK;
+	if (!row->workload->net_stream) {
+		struct bench_goal *g = &goals[n++];
+		snprintf(g->text, sizeof(g->text),
+			 "PV round trip p50 <= 2x native over the same link");
+		snprintf(g->row, sizeof(g->row), "%s", row->workload->name);
+		g->target = 2.0;
+		double pv = pv_median(row, BENCH_M_LAT_P50_US);
+		g->measured = have_native && native->stats[BENCH_M_LAT_P50_US].median > 0
+				      ? pv / native->stats[BENCH_M_LAT_P50_US].median
+				      : NAN;
+		g->at_most = true;
+		return n;
+	}
+	struct bench_goal *g = &goals[n++];
+	snprintf(g->text, sizeof(g->text), "PV stream >= 80%% of native frames/s");
+	snprintf(g->row, sizeof(g->row), "%s", row->workload->name);
+	g->target = 0.8;
+	g->measured = row->ratio_pv_native;
+	g->at_most = false;
+	g = &goals[n++];
+	snprintf(g->text, sizeof(g->text), "PV exits/frame <= 0.05 when streaming");
+	snprintf(g->row, sizeof(g->row), "%s", row->workload->name);
+	g->target = 0.05;
+	g->measured = pv_median(row, BENCH_M_EXITS_PER_OP);
+	g->at_most = true;
+	return n;
+}
+
 static unsigned compute_goals(const struct bench_options *options,
 			      const struct bench_results *results, struct bench_goal *goals)
 {
@@ -51,6 +89,10 @@ static unsigned compute_goals(const struct bench_options *options,
 	for (unsigned i = 0; i < results->row_count && n + 2 <= MAX_GOALS; i++) {
 		const struct bench_row *row = &results->rows[i];
 		const struct bench_workload *w = row->workload;
+		if (w->kind == BENCH_KIND_NET) {
+			n += net_goals(options, row, goals + n);
+			continue;
+		}
 		if (w->kind != BENCH_KIND_BLOCK)
 			continue;
 		char label[64];
@@ -397,9 +439,16 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 		"load:     %.2f before, %.2f after (1-minute average; other work on these CPUs\n"
 		"          slows the PV path's polling threads most)\n",
 		results->load_start, results->load_end);
-	fprintf(out, "image:    %s, region %llu MiB%s\n", results->disk_path,
-		(unsigned long long)(results->size_bytes >> 20),
-		results->disk_temporary ? " (temporary, deleted at the end)" : "");
+	bool net_rows = false, disk_rows = false;
+	for (unsigned i = 0; i < results->row_count; i++) {
+		enum bench_kind kind = results->rows[i].workload->kind;
+		net_rows |= kind == BENCH_KIND_NET;
+		disk_rows |= kind == BENCH_KIND_BLOCK || kind == BENCH_KIND_CONSOLE;
+	}
+	if (disk_rows)
+		fprintf(out, "image:    %s, region %llu MiB%s\n", results->disk_path,
+			(unsigned long long)(results->size_bytes >> 20),
+			results->disk_temporary ? " (temporary, deleted at the end)" : "");
 	if (options->ops)
 		fprintf(out,
 			"runs:     %u per path, %llu operations each after %llu warm-up operations; median, spread = (max-min)/median\n",
@@ -408,7 +457,7 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 	else
 		fprintf(out,
 			"runs:     %u per path, %.0f ms measured after %.0f ms warm-up; median, spread = (max-min)/median\n"
-			"          emulated path: %.0f ms after %.0f ms (it costs about one VM exit per sector)\n",
+			"          emulated path: %.0f ms after %.0f ms (it costs about one VM exit per sector or register access)\n",
 			options->repeat, options->runtime_ns / 1e6, options->warmup_ns / 1e6,
 			options->emulated_runtime_ns / 1e6, options->emulated_warmup_ns / 1e6);
 	char backend_poll[64];
@@ -417,11 +466,20 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 			 options->pv_backend_poll_ns / 1e3);
 	else
 		snprintf(backend_poll, sizeof(backend_poll), "polls adaptively after completions");
-	fprintf(out,
-		"paths:    native = host io_uring on the image; pv = blkbench.elf, disk on bus=pv\n"
-		"          (guest polls adaptively up to %.0f us before sleeping; backend %s);\n"
-		"          emulated = the same guest, disk on bus=ata (PIO, no queue: depth 1)\n\n",
-		options->pv_guest_poll_ns / 1e3, backend_poll);
+	if (disk_rows)
+		fprintf(out,
+			"paths:    native = host io_uring on the image; pv = blkbench.elf, disk on bus=pv\n"
+			"          (guest polls adaptively up to %.0f us before sleeping; backend %s);\n"
+			"          emulated = the same guest, disk on bus=ata (PIO, no queue: depth 1)\n",
+			options->pv_guest_poll_ns / 1e3, backend_poll);
+	if (net_rows)
+		fprintf(out,
+			"net rows: native = two host threads on Unix datagram sockets; pv = two VMs\n"
+			"          (netbench.elf) with PV NICs on the socket link; emulated = the same\n"
+			"          VMs with NE2000 NICs; IOPS = round trips/s (rr) or frames received\n"
+			"          intact/s (stream); exits, notifications and cpu per op count both\n"
+			"          ends; every frame's bytes are checked\n");
+	fputc('\n', out);
 
 	fprintf(out, "%-26s %-9s %9s %6s %9s %8s %8s %8s %9s %8s %9s %9s\n", "workload", "path",
 		"MB/s", "spread", "IOPS", "p50 us", "p99 us", "p99.9 us", "exits/op", "notif/op",
@@ -532,12 +590,15 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 			fprintf(out, "  %s\n", !have ? "" : same ? "same" : "DIFFERENT");
 		}
 	}
-	fprintf(out, "\nRead verification (sectors whose header did not name their own number):");
-	for (unsigned p = 0; p < BENCH_PATH_COUNT; p++) {
+	if (disk_rows)
+		fprintf(out,
+			"\nRead verification (sectors whose header did not name their own number):");
+	for (unsigned p = 0; p < BENCH_PATH_COUNT && disk_rows; p++) {
 		uint64_t sectors = 0, bad = 0;
 		for (unsigned i = 0; i < results->row_count; i++) {
-			if (results->rows[i].paths[p].copied_from_iodepth)
-				continue; /* counted in the row it was measured in */
+			if (results->rows[i].paths[p].copied_from_iodepth ||
+			    results->rows[i].workload->kind == BENCH_KIND_NET)
+				continue; /* counted in the row it was measured in; frames below */
 			sectors += results->rows[i].paths[p].verify_sectors;
 			bad += results->rows[i].paths[p].verify_errors;
 		}
@@ -545,7 +606,26 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 			fprintf(out, " %s %llu of %llu", bench_path_name((enum bench_path)p),
 				(unsigned long long)bad, (unsigned long long)sectors);
 	}
-	fputc('\n', out);
+	if (disk_rows)
+		fputc('\n', out);
+	if (net_rows) {
+		fprintf(out,
+			"\nFrame verification (frames that failed the check, of frames checked):");
+		for (unsigned p = 0; p < BENCH_PATH_COUNT; p++) {
+			uint64_t frames = 0, bad = 0;
+			for (unsigned i = 0; i < results->row_count; i++) {
+				if (results->rows[i].workload->kind != BENCH_KIND_NET)
+					continue;
+				frames += results->rows[i].paths[p].verify_sectors;
+				bad += results->rows[i].paths[p].verify_errors;
+			}
+			if (options->paths[p])
+				fprintf(out, " %s %llu of %llu",
+					bench_path_name((enum bench_path)p),
+					(unsigned long long)bad, (unsigned long long)frames);
+		}
+		fputc('\n', out);
+	}
 
 	struct bench_goal goals[MAX_GOALS];
 	unsigned goal_count = compute_goals(options, results, goals);
@@ -613,7 +693,9 @@ static void json_path(struct json_writer *j, const struct bench_options *options
 				   (double)r->exit_reasons.items[i].value / r->ops_total);
 	json_writer_close(j, '}');
 	json_writer_open(j, "verify", '{');
-	json_writer_u64(j, "sectors", r->verify_sectors);
+	/* Net rows count frames checked (both ends), block rows sectors. */
+	json_writer_u64(j, row->workload->kind == BENCH_KIND_NET ? "frames" : "sectors",
+			r->verify_sectors);
 	json_writer_u64(j, "errors", r->verify_errors);
 	json_writer_close(j, '}');
 	if (r->checksum_valid) {
@@ -720,6 +802,7 @@ void bench_report_json(FILE *out, const struct bench_options *options,
 		json_writer_string(&j, "kind",
 				   w->kind == BENCH_KIND_CPU	   ? "cpu"
 				   : w->kind == BENCH_KIND_CONSOLE ? "console"
+				   : w->kind == BENCH_KIND_NET	   ? "net"
 								   : "block");
 		json_writer_string(&j, "rw", w->rw);
 		json_writer_u64(&j, "block_bytes", w->block_bytes);
@@ -744,6 +827,21 @@ void bench_report_json(FILE *out, const struct bench_options *options,
 			json_writer_close(&j, '}');
 		} else {
 			json_writer_key(&j, "cpu");
+			fputs("null", j.out);
+		}
+		if (w->kind == BENCH_KIND_NET) {
+			json_writer_open(&j, "net", '{');
+			json_writer_string(&j, "pattern", w->net_stream ? "stream" : "rr");
+			json_writer_u64(&j, "frame_bytes", w->block_bytes);
+			json_writer_u64(&j, "outstanding", 1);
+			json_writer_string(&j, "ops_are",
+					   w->net_stream ? "frames received intact"
+							 : "round trips");
+			json_writer_string(&j, "link",
+					   "unix datagram sockets (kapsel socket link)");
+			json_writer_close(&j, '}');
+		} else {
+			json_writer_key(&j, "net");
 			fputs("null", j.out);
 		}
 		json_writer_open(&j, "paths", '{');
@@ -876,7 +974,8 @@ int bench_report_chart(const char *dir, const struct bench_results *results, cha
 		const struct bench_row *row = &results->rows[i];
 		if (row->workload->kind == BENCH_KIND_CPU)
 			continue; /* their own panel */
-		if (row->workload->kind == BENCH_KIND_CONSOLE)
+		if (row->workload->kind == BENCH_KIND_CONSOLE ||
+		    row->workload->kind == BENCH_KIND_NET)
 			fprintf(data, "\"%s\"", row->workload->name);
 		else
 			fprintf(data, "\"%s qd%u %s\"", row->workload->name, row->iodepth,

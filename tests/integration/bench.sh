@@ -270,6 +270,74 @@ bench-mq)
 	grep -Eq '^  1 vCPU, 1 queue +[1-9][0-9]* +1\.00x' "$out" || show_and_fail "no 1-queue row"
 	grep -Eq '^  2 vCPUs, 2 queues +[1-9][0-9]* +[0-9.]+x' "$out" || show_and_fail "no 2-queue row"
 	;;
+bench-net)
+	# The network rows on every path: native (two host threads), pv (two VMs
+	# with PV NICs on the socket link) and emulated (NE2000): each row has a
+	# result on each path, every frame was checked and none failed, and the
+	# JSON carries the per-frame figures.  Figures are not judged.
+	bench --quick --workloads frame-rr-64,frame-stream-1514 --no-chart --format json \
+		--output-dir "$TMP/results"
+	[ "$STATUS" -eq 0 ] || show_and_fail "kapsel bench --workloads frame-rr-64,frame-stream-1514 exited with $STATUS"
+	python3 - "$out" <<'EOF' || show_and_fail "net rows incomplete"
+import json, math, sys
+doc = json.load(open(sys.argv[1]))
+problems = []
+rows = {r['workload']: r for r in doc['rows']}
+if sorted(rows) != ['frame-rr-64', 'frame-stream-1514']:
+    problems.append('rows %s' % sorted(rows))
+for name, row in rows.items():
+    if row['kind'] != 'net' or not row.get('net'):
+        problems.append('%s: kind %s net %s' % (name, row['kind'], row.get('net')))
+        continue
+    net = row['net']
+    for k in ['pattern', 'frame_bytes', 'outstanding', 'ops_are', 'link']:
+        if k not in net:
+            problems.append('%s: net.%s missing' % (name, k))
+    if net.get('frame_bytes') != int(name.rsplit('-', 1)[1]):
+        problems.append('%s: frame_bytes %s' % (name, net.get('frame_bytes')))
+    stream = net.get('pattern') == 'stream'
+    for k in ['pv_native', 'pv_emulated']:
+        v = row['ratios'].get(k)
+        if not isinstance(v, (int, float)) or not v > 0:
+            problems.append('%s: ratio %s = %r' % (name, k, v))
+    for p in ['native', 'pv', 'emulated']:
+        r = row['paths'][p]
+        where = '%s %s' % (name, p)
+        if r['status'] != 'ok':
+            problems.append('%s: status %s (%s)' % (where, r['status'], r['message']))
+            continue
+        if r['verify'].get('errors') != 0 or not r['verify'].get('frames', 0) > 0:
+            problems.append('%s: verify %s' % (where, r['verify']))
+        m = r['metrics']
+        want = ['iops', 'mb_per_s', 'cpu_us_per_op']
+        if not stream:
+            want += ['lat_p50_us', 'lat_p99_us', 'lat_p99_9_us']
+        if p != 'native':
+            want += ['exits_per_op', 'notifications_per_op']
+        for k in want:
+            v = m.get(k, {}).get('median')
+            if not isinstance(v, (int, float)) or math.isnan(v) or v < 0:
+                problems.append('%s: %s = %r' % (where, k, v))
+        for k in ['iops', 'mb_per_s']:
+            v = m.get(k, {}).get('median')
+            if isinstance(v, (int, float)) and not v > 0:
+                problems.append('%s: %s = %r' % (where, k, v))
+        for run in r['run_values']:
+            c = run['counters']
+            if run['ops'] < 1 or c.get('frames_sent') != 16:
+                problems.append('%s: ops %s sent %s (--quick: 16)' % (where, run['ops'], c.get('frames_sent')))
+            if p != 'native' and not run['exits']:
+                problems.append('%s: no exits by reason' % where)
+goals = [g['goal'] for g in doc['goals']]
+for g in ['PV round trip p50 <= 2x native over the same link',
+          'PV stream >= 80% of native frames/s', 'PV exits/frame <= 0.05 when streaming']:
+    if g not in goals:
+        problems.append('goal missing: %s' % g)
+for p in problems:
+    print(p)
+sys.exit(1 if problems else 0)
+EOF
+	;;
 bench-same-data)
 	# A sequential write on every path of the same image: afterwards the
 	# image holds exactly what an independent implementation of the

@@ -4,6 +4,7 @@
 
 #include "bench/bench.h"
 #include "cunit_main.h"
+#include "kapsel/bench_net.h"
 
 static int parse(struct bench_options *o, char *error, size_t len, int argc, char **argv)
 {
@@ -134,6 +135,73 @@ static void test_options_cpu(void)
 	CU_ASSERT_EQUAL(bench_workload_lookup("proc", &w), -ENOENT);
 	CU_ASSERT_EQUAL(bench_workload_lookup("page-fault", &w), 0);
 	CU_ASSERT_EQUAL(w.cpu_op, BENCH_CPU_PAGE_FAULT);
+}
+
+/* The network rows: names, sizes, the "net" group; none is a default row. */
+static void test_options_net(void)
+{
+	struct bench_workload w;
+	CU_ASSERT_EQUAL(bench_workload_lookup("frame-rr-64", &w), 0);
+	CU_ASSERT_EQUAL(w.kind, BENCH_KIND_NET);
+	CU_ASSERT_FALSE(w.net_stream);
+	CU_ASSERT_EQUAL(w.block_bytes, 64);
+	CU_ASSERT_EQUAL(bench_workload_lookup("frame-stream-1514", &w), 0);
+	CU_ASSERT_TRUE(w.net_stream);
+	CU_ASSERT_EQUAL(w.block_bytes, 1514);
+	CU_ASSERT_STRING_EQUAL(w.name, "frame-stream-1514");
+	CU_ASSERT_EQUAL(bench_workload_lookup("frame-rr-60", &w), 0);
+	CU_ASSERT_EQUAL(bench_workload_lookup("frame-rr-59", &w), -ENOENT);
+	CU_ASSERT_EQUAL(bench_workload_lookup("frame-rr-1515", &w), -ENOENT);
+	CU_ASSERT_EQUAL(bench_workload_lookup("frame-rr-64x", &w), -ENOENT);
+	CU_ASSERT_EQUAL(bench_workload_lookup("frame-rr-", &w), -ENOENT);
+	CU_ASSERT_EQUAL(bench_workload_lookup("frame-rr--64", &w), -ENOENT);
+	CU_ASSERT_EQUAL(bench_workload_lookup("frame-stream-1K", &w), -ENOENT);
+	CU_ASSERT_EQUAL(bench_workload_lookup("net", &w), -ENOENT); /* a group */
+
+	struct bench_options o;
+	char error[512];
+	char *net[] = { "bench", "--workloads", "read-1M,net", NULL };
+	CU_ASSERT_EQUAL(parse(&o, error, sizeof(error), 3, net), 0);
+	CU_ASSERT_EQUAL(o.workload_count, 5);
+	CU_ASSERT_STRING_EQUAL(o.workloads[1].name, "frame-rr-64");
+	CU_ASSERT_STRING_EQUAL(o.workloads[4].name, "frame-stream-1514");
+	bench_options_free(&o);
+	char *defaults[] = { "bench", NULL };
+	CU_ASSERT_EQUAL(parse(&o, error, sizeof(error), 1, defaults), 0);
+	for (unsigned i = 0; i < o.workload_count; i++)
+		CU_ASSERT_NOT_EQUAL(o.workloads[i].kind, BENCH_KIND_NET);
+	bench_options_free(&o);
+}
+
+/* bench_net.h: a built frame passes its check; any changed byte fails it;
+ * a frame of another type is not ours. */
+static void test_net_frame(void)
+{
+	static const uint8_t a[6] = { 2, 0, 0, 0, 0, 1 }, b[6] = { 2, 0, 0, 0, 0, 2 };
+	uint8_t frame[BENCH_NET_FRAME_MAX];
+	struct bench_net_frame got;
+	const uint32_t sizes[] = { BENCH_NET_FRAME_MIN, 64, 1514 };
+	for (unsigned s = 0; s < 3; s++) {
+		uint32_t size = sizes[s];
+		bench_net_build(frame, size, b, a, BENCH_NET_DATA, 1, 77 + s, 5, 6);
+		CU_ASSERT_EQUAL(bench_net_check(frame, size, &got), 1);
+		CU_ASSERT_EQUAL(got.kind, BENCH_NET_DATA);
+		CU_ASSERT_EQUAL(got.phase, 1);
+		CU_ASSERT_EQUAL(got.seq, 77 + s);
+		CU_ASSERT_EQUAL(got.arg0, 5);
+		CU_ASSERT_EQUAL(got.arg1, 6);
+		/* The addresses are outside the checksum: an echo swaps them. */
+		frame[0] ^= 1;
+		CU_ASSERT_EQUAL(bench_net_check(frame, size, &got), 1);
+		for (uint32_t i = 14; i < size; i += 7) {
+			frame[i] ^= 0x10;
+			CU_ASSERT_EQUAL(bench_net_check(frame, size, &got), -1);
+			frame[i] ^= 0x10;
+		}
+		CU_ASSERT_EQUAL(bench_net_check(frame, size - 1, &got), -1); /* cut short */
+		frame[13] ^= 1;
+		CU_ASSERT_EQUAL(bench_net_check(frame, size, &got), 0); /* someone else's */
+	}
 }
 
 static void expect_error(int argc, char **argv, const char *fragment)
@@ -459,6 +527,8 @@ int main(void)
 		{ "options_values", test_options_values },
 		{ "options_errors", test_options_errors },
 		{ "options_cpu", test_options_cpu },
+		{ "options_net", test_options_net },
+		{ "net_frame", test_net_frame },
 		{ "counters_take_off", test_counters_take_off },
 		{ "cpu_metrics", test_cpu_metrics },
 		{ "cpu_exit_cost", test_cpu_exit_cost },
