@@ -15,11 +15,20 @@
 #define VIRTIO_BLK_S_OK 0u
 #define VIRTIO_BLK_S_UNSUPP 2u
 
-/* Each request takes a fixed group of descriptors: header, up to
- * KAPSEL_BLK_MAX_SEGMENTS data, status. */
+/* A request is a chain of descriptors: header, up to
+ * KAPSEL_BLK_MAX_SEGMENTS data, status.  With VIRTIO_F_RING_INDIRECT_DESC
+ * (virtio 1.x, 2.7.5.3) the chain lives in a table of the request's own
+ * and takes one ring entry, so every entry can be a request in flight;
+ * without it each request owns a fixed group of ring entries. */
+#define VIRTIO_F_RING_INDIRECT_DESC (1ull << 28)
+#define VIRTQ_DESC_F_INDIRECT 4u
 #define DESCRIPTORS_PER_REQUEST (KAPSEL_BLK_MAX_SEGMENTS + 2u)
-#define REQUESTS_MAX (VIRTQ_SIZE_MAX / DESCRIPTORS_PER_REQUEST)
+#define REQUESTS_MAX VIRTQ_SIZE_MAX
 #define PAGE_BYTES 4096u
+/* Indirect tables, whole ones per page (each must be contiguous). */
+#define TABLE_BYTES (DESCRIPTORS_PER_REQUEST * sizeof(struct virtq_desc))
+#define TABLES_PER_PAGE (PAGE_BYTES / TABLE_BYTES)
+#define TABLE_PAGES ((REQUESTS_MAX + TABLES_PER_PAGE - 1) / TABLES_PER_PAGE)
 
 struct virtio_blk_header {
 	uint32_t type;
@@ -34,6 +43,8 @@ struct virtio_blk {
 	struct virtio_blk_header headers[REQUESTS_MAX];
 	uint8_t status[REQUESTS_MAX];
 	struct kg_block_request *slots[REQUESTS_MAX]; /* in flight, by group */
+	bool indirect;				      /* VIRTIO_F_RING_INDIRECT_DESC */
+	struct virtq_desc *tables[TABLE_PAGES];	      /* indirect: the table pages */
 };
 _Static_assert(sizeof(struct virtio_blk) <= PAGE_BYTES, "driver state fits a page");
 
@@ -81,8 +92,15 @@ static int virtio_submit(struct kg_block_device *device, struct kg_block_request
 	if (slot == device->info.queue_depth)
 		return -KAPSEL_EAGAIN;
 
-	struct virtq_desc *desc = v->queue.rings->desc;
+	struct virtq_desc *ring = v->queue.rings->desc, *desc = ring;
 	uint16_t first = (uint16_t)(slot * DESCRIPTORS_PER_REQUEST), d = first;
+	if (v->indirect) {
+		/* The chain goes in the slot's table; ring entry slot points at it. */
+		desc = v->tables[slot / TABLES_PER_PAGE] +
+		       (slot % TABLES_PER_PAGE) * DESCRIPTORS_PER_REQUEST;
+		first = (uint16_t)slot;
+		d = 0;
+	}
 	v->headers[slot] = (struct virtio_blk_header){ .type = type, .sector = request->sector };
 	v->status[slot] = 0xff; /* the device overwrites it */
 	desc[d] = (struct virtq_desc){ .addr = kg_os_virt_to_phys(&v->headers[slot]),
@@ -101,6 +119,12 @@ static int virtio_submit(struct kg_block_device *device, struct kg_block_request
 	desc[d] = (struct virtq_desc){ .addr = kg_os_virt_to_phys(&v->status[slot]),
 				       .len = 1,
 				       .flags = VIRTQ_DESC_F_WRITE };
+	if (v->indirect)
+		ring[first] = (struct virtq_desc){
+			.addr = kg_os_virt_to_phys(desc),
+			.len = (uint32_t)((d + 1u) * sizeof(struct virtq_desc)),
+			.flags = VIRTQ_DESC_F_INDIRECT,
+		};
 
 	request->submit_tsc = kg_rdtsc();
 	request->pickup_tsc = request->complete_tsc = 0;
@@ -128,10 +152,10 @@ static unsigned virtio_reap(struct kg_block_device *device, struct kg_block_requ
 	for (;;) {
 		struct virtq_used_elem e;
 		while (n < max && kg_virtq_take_used(&v->queue, &e)) {
-			unsigned slot = e.id / DESCRIPTORS_PER_REQUEST;
+			unsigned group = v->indirect ? 1u : DESCRIPTORS_PER_REQUEST;
+			unsigned slot = e.id / group;
 			/* A device that names a chain we never gave it is broken. */
-			if (e.id % DESCRIPTORS_PER_REQUEST || slot >= device->info.queue_depth ||
-			    !v->slots[slot]) {
+			if (e.id % group || slot >= device->info.queue_depth || !v->slots[slot]) {
 				kg_os_log("virtio-blk: the device completed an unknown chain");
 				continue;
 			}
@@ -162,10 +186,18 @@ int kg_blk_virtio_open(unsigned index, struct kg_block_device *device)
 	if (!v)
 		return -KAPSEL_ENOMEM;
 	memset(v, 0, sizeof(*v));
-	int err = kg_virtio_mmio_begin(&v->transport, base, VIRTIO_BLK_F_RO | VIRTIO_BLK_F_FLUSH,
+	int err = kg_virtio_mmio_begin(&v->transport, base,
+				       VIRTIO_BLK_F_RO | VIRTIO_BLK_F_FLUSH |
+					       VIRTIO_F_RING_INDIRECT_DESC,
 				       "virtio-blk");
 	if (err)
 		return err;
+	v->indirect = (v->transport.features & VIRTIO_F_RING_INDIRECT_DESC) != 0;
+	for (unsigned i = 0; v->indirect && i < TABLE_PAGES; i++) {
+		v->tables[i] = kg_os_alloc_pages(1);
+		if (!v->tables[i])
+			return -KAPSEL_ENOMEM;
+	}
 	err = kg_virtio_mmio_queue(&v->transport, &v->queue, 0);
 	if (err)
 		return err;
@@ -187,17 +219,18 @@ int kg_blk_virtio_open(unsigned index, struct kg_block_device *device)
 	device->info.physical_sector_bytes = KAPSEL_BLK_SECTOR_BYTES;
 	device->info.readonly = (features & VIRTIO_BLK_F_RO) != 0;
 	device->info.max_segments = KAPSEL_BLK_MAX_SEGMENTS;
-	device->info.queue_depth = v->queue.size / DESCRIPTORS_PER_REQUEST;
+	device->info.queue_depth =
+		v->indirect ? v->queue.size : v->queue.size / DESCRIPTORS_PER_REQUEST;
 	device->info.features = features & VIRTIO_BLK_F_FLUSH ? KAPSEL_BLK_FEATURE_FLUSH : 0;
 	device->info.path = KG_BLOCK_VIRTIO;
 
 	char line[128];
 	kg_snprintf(line, sizeof(line),
-		    "virtio-blk: disk at 0x%llx (%s): %llu sectors, queue %u, depth %u%s%s%s",
+		    "virtio-blk: disk at 0x%llx (%s): %llu sectors, queue %u, depth %u%s%s%s%s",
 		    (unsigned long long)base, v->transport.legacy ? "legacy" : "virtio 1",
 		    (unsigned long long)capacity, v->queue.size, device->info.queue_depth,
 		    features & VIRTIO_F_EVENT_IDX ? ", event-idx" : "",
-		    features & VIRTIO_BLK_F_FLUSH ? ", flush" : "",
+		    v->indirect ? ", indirect" : "", features & VIRTIO_BLK_F_FLUSH ? ", flush" : "",
 		    device->info.readonly ? ", read-only" : "");
 	kg_os_log(line);
 	return 0;

@@ -169,6 +169,13 @@ uint64_t kg_time_now_ns(void)
 	return base_ns + (uint64_t)(((unsigned __int128)delta * mult) >> 32);
 }
 
+uint64_t kg_time_ticks_to_ns(uint64_t ticks)
+{
+	uint64_t base_ns, base_tsc, mult;
+	clock_load(&base_ns, &base_tsc, &mult);
+	return (uint64_t)(((unsigned __int128)ticks * mult) >> 32);
+}
+
 void kg_time_sleep_ns(uint64_t duration_ns)
 {
 	uint64_t deadline = kg_time_now_ns() + duration_ns;

@@ -34,7 +34,8 @@ bool bench_interrupted(void)
 
 const char *bench_path_name(enum bench_path path)
 {
-	static const char *const names[BENCH_PATH_COUNT] = { "native", "pv", "emulated" };
+	static const char *const names[BENCH_PATH_COUNT] = { "native", "pv", "emulated",
+							     "qemu-virtio", "qemu-ide" };
 	return path < BENCH_PATH_COUNT ? names[path] : "?";
 }
 
@@ -329,13 +330,18 @@ static void run_path(struct bench_options *options, struct bench_results *result
 			 "CPU rows have no emulated path (pv and native only)");
 		return;
 	}
+	if (bench_path_is_qemu(path) && w->kind != BENCH_KIND_BLOCK) {
+		snprintf(result->message, sizeof(result->message),
+			 "the QEMU paths run the block rows only");
+		return;
+	}
 	if (avail->unavailable[path][kind]) {
 		result->status = BENCH_STATUS_UNAVAILABLE;
 		snprintf(result->message, sizeof(result->message), "%s",
 			 avail->message[path][kind]);
 		return;
 	}
-	bool emulated = path == BENCH_PATH_EMULATED;
+	bool emulated = bench_path_is_emulated(path);
 	struct bench_job job = {
 		.workload = w,
 		.path = path,
@@ -355,8 +361,13 @@ static void run_path(struct bench_options *options, struct bench_results *result
 		.generation = generation,
 		.work_dir = work_dir,
 		.console_sink = console_sink,
-		.console_uart = emulated,
+		.console_uart = path == BENCH_PATH_EMULATED,
 		.options = options,
+		.results = results,
+		.command_out = bench_path_is_qemu(path)
+				       ? results->qemu_command[path - BENCH_PATH_QEMU_VIRTIO]
+				       : NULL,
+		.command_out_len = sizeof(results->qemu_command[0]),
 	};
 	result->runtime_ns = job.runtime_ns;
 	bool reset = options->ops && w->kind == BENCH_KIND_BLOCK && w->writes;
@@ -421,7 +432,9 @@ static void run_path(struct bench_options *options, struct bench_results *result
 			snprintf(result->message, sizeof(result->message),
 				 "1 run only: %llu operation(s) took %.1f s (the emulated %s exits per word)",
 				 (unsigned long long)run->ops, run->elapsed_ns / 1e9,
-				 w->kind == BENCH_KIND_NET ? "NIC" : "disk");
+				 w->kind == BENCH_KIND_NET     ? "NIC"
+				 : path == BENCH_PATH_QEMU_IDE ? "IDE disk"
+							       : "disk");
 			break;
 		}
 	}
@@ -473,18 +486,18 @@ static void run_fio(struct bench_options *options, struct bench_results *results
  * (and say so) instead of spending seconds per large write again.
  */
 static bool reuse_emulated(const struct bench_options *options, struct bench_results *results,
-			   unsigned index)
+			   unsigned index, enum bench_path path)
 {
 	struct bench_row *row = &results->rows[index];
 	if (options->ops || row->workload->kind != BENCH_KIND_BLOCK)
 		return false;
 	for (unsigned i = 0; i < index; i++) {
 		const struct bench_row *twin = &results->rows[i];
-		const struct bench_path_result *r = &twin->paths[BENCH_PATH_EMULATED];
+		const struct bench_path_result *r = &twin->paths[path];
 		if (twin->workload != row->workload || twin->cache != row->cache ||
 		    r->status != BENCH_STATUS_OK || r->queue_depth_used != 1 || !r->runs)
 			continue;
-		struct bench_path_result *copy = &row->paths[BENCH_PATH_EMULATED];
+		struct bench_path_result *copy = &row->paths[path];
 		*copy = *r;
 		copy->runs = calloc(options->repeat, sizeof(*copy->runs));
 		if (!copy->runs) {
@@ -547,6 +560,8 @@ static void progress_row(const struct bench_options *options, unsigned index, un
 		if (!options->paths[p])
 			continue;
 		const struct bench_path_result *r = &row->paths[p];
+		if (r->status == BENCH_STATUS_SKIPPED)
+			continue;
 		if (r->status == BENCH_STATUS_OK && row->workload->kind == BENCH_KIND_NET)
 			fprintf(stderr, "  %s %.0f %s/s", bench_path_name((enum bench_path)p),
 				r->stats[BENCH_M_IOPS].median,
@@ -649,7 +664,16 @@ int bench_main(struct bench_options *options)
 		fprintf(stderr, "kapsel bench: %s\n", error);
 		return 2;
 	}
-	bool guests = options->paths[BENCH_PATH_PV] || options->paths[BENCH_PATH_EMULATED];
+	bool block_rows = false;
+	for (unsigned w = 0; w < options->workload_count; w++)
+		block_rows |= options->workloads[w].kind == BENCH_KIND_BLOCK;
+	/* The QEMU paths: asked for with --paths, or by default when the block
+	 * rows run and QEMU is installed (bench_qemu_probe, below). */
+	bool want_qemu = options->paths_given ? options->paths[BENCH_PATH_QEMU_VIRTIO] ||
+							options->paths[BENCH_PATH_QEMU_IDE]
+					      : block_rows;
+	bool guests =
+		options->paths[BENCH_PATH_PV] || options->paths[BENCH_PATH_EMULATED] || want_qemu;
 	if (!options->kapsel_path)
 		options->kapsel_path = self_path();
 	if (guests && (!options->kapsel_path || access(options->kapsel_path, X_OK) != 0)) {
@@ -732,6 +756,22 @@ int bench_main(struct bench_options *options)
 		return 2;
 	}
 	results.fio_available = options->fio && bench_fio_available();
+	if (want_qemu) {
+		int err = bench_qemu_probe(options, &results, error, sizeof(error));
+		if (err && options->paths_given) {
+			fprintf(stderr, "kapsel bench: --paths asks for QEMU: %s\n", error);
+			status = 2;
+			goto out;
+		}
+		if (err)
+			fprintf(stderr, "kapsel bench: no QEMU paths: %s\n", error);
+		if (!err && !options->paths_given)
+			options->paths[BENCH_PATH_QEMU_VIRTIO] =
+				options->paths[BENCH_PATH_QEMU_IDE] = true;
+		if (!err && strcmp(results.qemu_accel, "tcg") == 0)
+			fprintf(stderr,
+				"kapsel bench: QEMU runs under TCG here (no usable /dev/kvm): its figures are emulation, not comparable with KVM\n");
+	}
 
 	/* Rows: block workloads x cache modes x depths; the console once. */
 	unsigned cache_modes =
@@ -786,6 +826,14 @@ int bench_main(struct bench_options *options)
 			per_row += (options->emulated_runtime_ns + options->emulated_warmup_ns) /
 					   1e9 * options->repeat +
 				   0.1;
+		if (options->paths[BENCH_PATH_QEMU_VIRTIO])
+			per_row +=
+				(options->runtime_ns + options->warmup_ns) / 1e9 * options->repeat +
+				0.3;
+		if (options->paths[BENCH_PATH_QEMU_IDE])
+			per_row += (options->emulated_runtime_ns + options->emulated_warmup_ns) /
+					   1e9 * options->repeat +
+				   0.3;
 		if (results.fio_available && options->paths[BENCH_PATH_NATIVE])
 			per_row += (options->runtime_ns + options->warmup_ns) / 1e9 + 0.3;
 	}
@@ -832,7 +880,8 @@ int bench_main(struct bench_options *options)
 		for (unsigned p = 0; p < BENCH_PATH_COUNT && !interrupted; p++) {
 			if (!options->paths[p])
 				continue;
-			if (p == BENCH_PATH_EMULATED && reuse_emulated(options, &results, i))
+			if (bench_path_is_emulated(p) &&
+			    reuse_emulated(options, &results, i, (enum bench_path)p))
 				continue;
 			run_path(options, &results, row, (enum bench_path)p, work_dir, console_sink,
 				 generation, &avail);
@@ -842,6 +891,8 @@ int bench_main(struct bench_options *options)
 		}
 		row->ratio_pv_native = ratio(row, BENCH_PATH_PV, BENCH_PATH_NATIVE);
 		row->ratio_pv_emulated = ratio(row, BENCH_PATH_PV, BENCH_PATH_EMULATED);
+		row->ratio_pv_qemu_virtio = ratio(row, BENCH_PATH_PV, BENCH_PATH_QEMU_VIRTIO);
+		row->ratio_emulated_qemu_ide = ratio(row, BENCH_PATH_EMULATED, BENCH_PATH_QEMU_IDE);
 		double pv = bench_cpu_value(row, BENCH_PATH_PV);
 		double native = bench_cpu_value(row, BENCH_PATH_NATIVE);
 		row->cost_ratio_pv_native = native > 0 ? pv / native : NAN;

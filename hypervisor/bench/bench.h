@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #include "kapsel/bench_pattern.h"
 
@@ -29,7 +30,29 @@ enum bench_path {
 	BENCH_PATH_NATIVE,
 	BENCH_PATH_PV,
 	BENCH_PATH_EMULATED,
+	/* The same blkbench.elf on QEMU (bench_qemu.c), block rows only:
+	 * virtio-blk on `-M microvm`, and IDE on `-M pc`. */
+	BENCH_PATH_QEMU_VIRTIO,
+	BENCH_PATH_QEMU_IDE,
 	BENCH_PATH_COUNT
+};
+
+/* The QEMU paths (block rows only, guest-timed, no VMM counters). */
+static inline bool bench_path_is_qemu(unsigned path)
+{
+	return path == BENCH_PATH_QEMU_VIRTIO || path == BENCH_PATH_QEMU_IDE;
+}
+
+/* Paths with no queue, whose runs get the emulated budget. */
+static inline bool bench_path_is_emulated(unsigned path)
+{
+	return path == BENCH_PATH_EMULATED || path == BENCH_PATH_QEMU_IDE;
+}
+
+enum bench_qemu_accel {
+	BENCH_QEMU_ACCEL_AUTO, /* kvm when /dev/kvm opens, else tcg */
+	BENCH_QEMU_ACCEL_KVM,
+	BENCH_QEMU_ACCEL_TCG
 };
 enum bench_kind {
 	BENCH_KIND_BLOCK,
@@ -114,6 +137,9 @@ struct bench_options {
 	unsigned iodepth_count;
 	bool cache[BENCH_CACHE_COUNT];
 	bool paths[BENCH_PATH_COUNT];
+	bool paths_given; /* --paths: else the QEMU paths follow QEMU's presence */
+	char *qemu_path;  /* --qemu: the QEMU binary (default qemu-system-x86_64 on PATH) */
+	enum bench_qemu_accel qemu_accel;
 	enum bench_format format;
 	char *output_dir;     /* results.json, results.txt, chart */
 	char *console_output; /* console sink file for the console row */
@@ -231,6 +257,11 @@ struct bench_job {
 	const char *console_sink; /* console rows */
 	bool console_uart;	  /* console rows, emulated path */
 	const struct bench_options *options;
+	/* QEMU paths: the binary and accelerator, and where to keep the
+	 * first run's command line (NULL: do not). */
+	const struct bench_results *results;
+	char *command_out;
+	size_t command_out_len;
 };
 
 /* Metrics every run may have; NaN where a path does not have one. */
@@ -326,6 +357,39 @@ void bench_cpu_metrics(const struct bench_cpu_sample *sample, double metrics[BEN
  */
 int bench_guest_run(const struct bench_job *job, struct bench_run *run);
 
+/* ---- QEMU paths (bench_qemu.c) ------------------------------------------- */
+
+struct bench_results;
+
+/*
+ * Find QEMU (--qemu, else qemu-system-x86_64 on PATH), read its version
+ * and pick the accelerator (--qemu-accel; auto: kvm when /dev/kvm opens).
+ * Fills results->qemu_*.  Returns 0, or -errno with a message naming the
+ * fix in error.
+ */
+int bench_qemu_probe(struct bench_options *options, struct bench_results *results, char *error,
+		     size_t error_len);
+
+/* Strings a QEMU command line points into (one per run). */
+struct bench_qemu_strings {
+	char accel[8];
+	char drive[1200];
+};
+
+/* Build QEMU's argv for job (a QEMU path) booting guest with cmdline;
+ * returns argc (argv NULL-terminated, at most max_args entries). */
+unsigned bench_qemu_argv(const struct bench_job *job, const struct bench_results *results,
+			 const char *guest, const char *cmdline, const char *memory,
+			 struct bench_qemu_strings *strings, char **argv, unsigned max_args);
+
+/* The guest's exit code from QEMU's wait status (isa-debug-exit: status
+ * (code << 1) | 1), or -1 when QEMU itself failed or was killed. */
+int bench_qemu_guest_code(int wait_status);
+
+/* KVM's exit count for the VM of QEMU process pid (debugfs, root only),
+ * or -1 when it cannot be read. */
+int64_t bench_qemu_kvm_exits(pid_t pid);
+
 /* ---- fio cross-check (bench_fio.c) -------------------------------------- */
 
 struct bench_fio_result {
@@ -387,7 +451,8 @@ struct bench_row {
 	uint32_t checksum_reset; /* region CRC-32 before each path (fixed-size runs) */
 	struct bench_fio_result fio;
 	double ratio_pv_native, ratio_pv_emulated; /* throughput ratios, NaN if n/a */
-	double cost_ratio_pv_native;		   /* CPU rows: pv / native bench_cpu_value */
+	double ratio_pv_qemu_virtio, ratio_emulated_qemu_ide;
+	double cost_ratio_pv_native; /* CPU rows: pv / native bench_cpu_value */
 };
 
 struct bench_results {
@@ -401,6 +466,11 @@ struct bench_results {
 	bool nested;		     /* the host is itself a VM: KVM here is nested */
 	double load_start, load_end; /* 1-minute load average before and after */
 	bool fio_available;
+	/* The QEMU paths: what ran them (bench_qemu_probe). */
+	char qemu_binary[512];
+	char qemu_version[128];
+	const char *qemu_accel;	    /* "kvm" or "tcg" */
+	char qemu_command[2][1536]; /* the first run's command line per path */
 	char chart_path[512];
 	char chart_note[160];
 };

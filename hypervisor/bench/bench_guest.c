@@ -1,4 +1,4 @@
-/* `kapsel bench` guest paths: runs blkbench.elf under `kapsel run` (disk on bus=pv or bus=ata) and reads its counters at the guest's marks. */
+/* `kapsel bench` guest paths: runs blkbench.elf under `kapsel run` (disk on bus=pv or bus=ata) or under QEMU (virtio-blk, IDE), and reads its counters at the guest's marks. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -119,6 +119,10 @@ struct window {
 	bool peer_cpu_clock_ok, peer_counters_ok;
 	uint64_t peer_cpu_start, peer_cpu_end;
 	struct bench_counters peer_before, peer_after;
+	/* QEMU paths: no counters and no answer to the marks (the guest does
+	 * not wait off Kapsel); KVM's exit count where debugfs shows it. */
+	bool qemu;
+	int64_t kvm_exits_start, kvm_exits_end;
 };
 
 static void keep_tail(char *tail, size_t *len, const char *data, size_t n)
@@ -233,6 +237,29 @@ static void answer(struct child *child)
 static void on_mark(struct child *child, struct window *window, const char *mark,
 		    const char *stats_path)
 {
+	if (window->qemu) {
+		bool start = strcmp(mark, "start") == 0;
+		if (!start && strcmp(mark, "end") != 0)
+			return;
+		uint64_t now = monotonic_ns(), cpu = child_cpu_ns(child);
+		int64_t exits = bench_qemu_kvm_exits(child->pid);
+		if (start) {
+			window->wall_start = now;
+			window->cpu_start = cpu;
+			window->kvm_exits_start = exits;
+			window->started = true;
+			uint64_t deadline = now + window->measure_budget_ns +
+					    2 * (now - window->spawn_ns) + RUN_SLACK_NS;
+			if (deadline > window->deadline_ns)
+				window->deadline_ns = deadline;
+		} else {
+			window->wall_end = now;
+			window->cpu_end = cpu;
+			window->kvm_exits_end = exits;
+			window->ended = true;
+		}
+		return;
+	}
 	if (strcmp(mark, "start") == 0) {
 		if (window->peer_pid > 0) {
 			window->peer_counters_ok =
@@ -492,6 +519,13 @@ static void fill_metrics(const struct bench_job *job, const struct child *child,
 		m[BENCH_M_VCPU_CPU_US_PER_OP] = (window->vcpu_end - window->vcpu_start) / 1e3 / ops;
 		run->vcpu_cpu_ns = window->vcpu_end - window->vcpu_start;
 	}
+	if (window->qemu && window->kvm_exits_start >= 0 &&
+	    window->kvm_exits_end >= window->kvm_exits_start) {
+		uint64_t exits = (uint64_t)(window->kvm_exits_end - window->kvm_exits_start);
+		bench_counters_add(&run->exits, "kvm_all", exits);
+		m[BENCH_M_EXITS_PER_OP] = exits / ops;
+		m[BENCH_M_NOTIFICATIONS_PER_OP] = kicks / ops;
+	}
 	if (!window->counters_ok)
 		return;
 
@@ -596,7 +630,7 @@ static void fill_metrics(const struct bench_job *job, const struct child *child,
 static void build_cmdline(const struct bench_job *job, char *out, size_t len)
 {
 	const struct bench_workload *w = job->workload;
-	bool emulated = job->path == BENCH_PATH_EMULATED;
+	bool emulated = bench_path_is_emulated(job->path);
 	if (w->kind == BENCH_KIND_CPU) {
 		snprintf(out, len,
 			 "mode=%s delay_us=%llu warmup_ms=%llu runtime_ms=%llu warmup_ops=%llu ops=%llu sync=1",
@@ -627,14 +661,19 @@ static void build_cmdline(const struct bench_job *job, char *out, size_t len)
 			 (unsigned long long)job->warmup_ops, (unsigned long long)job->ops);
 		return;
 	}
+	bool qemu = bench_path_is_qemu(job->path);
 	snprintf(out, len,
-		 "mode=blk path=%s random=%d readpct=%u bs=%u qd=%u region=%llu seed=%llu gen=%u warmup_ms=%llu runtime_ms=%llu warmup_ops=%llu ops=%llu poll_ns=%llu sync=1",
-		 emulated ? "ata" : "pv", w->random ? 1 : 0, w->read_percent, w->block_bytes,
-		 job->iodepth, (unsigned long long)job->region_bytes, (unsigned long long)job->seed,
+		 "mode=blk path=%s random=%d readpct=%u bs=%u qd=%u region=%llu seed=%llu gen=%u warmup_ms=%llu runtime_ms=%llu warmup_ops=%llu ops=%llu poll_ns=%llu sync=%d",
+		 job->path == BENCH_PATH_QEMU_VIRTIO ? "virtio"
+		 : emulated			     ? "ata"
+						     : "pv",
+		 w->random ? 1 : 0, w->read_percent, w->block_bytes, job->iodepth,
+		 (unsigned long long)job->region_bytes, (unsigned long long)job->seed,
 		 job->generation, (unsigned long long)(job->warmup_ns / 1000000),
 		 (unsigned long long)(job->runtime_ns / 1000000),
 		 (unsigned long long)job->warmup_ops, (unsigned long long)job->ops,
-		 (unsigned long long)(emulated ? 0 : job->options->pv_guest_poll_ns));
+		 (unsigned long long)(emulated || qemu ? 0 : job->options->pv_guest_poll_ns),
+		 qemu ? 0 : 1);
 }
 
 /*
@@ -695,7 +734,8 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 {
 	const struct bench_options *options = job->options;
 	const struct bench_workload *w = job->workload;
-	bool emulated = job->path == BENCH_PATH_EMULATED;
+	bool emulated = bench_path_is_emulated(job->path);
+	bool qemu = bench_path_is_qemu(job->path);
 	bool console = w->kind == BENCH_KIND_CONSOLE;
 	bool cpu = w->kind == BENCH_KIND_CPU;
 	bool net = w->kind == BENCH_KIND_NET;
@@ -776,10 +816,30 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 	argv[argc++] = stats_path;
 	argv[argc++] = "--no-control"; /* no socket per run; counters come via --stats-file */
 	argv[argc] = NULL;
+	struct bench_qemu_strings qemu_strings;
+	char *qemu_argv[40];
+	char *const *run_argv = argv;
+	if (qemu) {
+		argc = bench_qemu_argv(job, job->results, guest_path, cmdline, memory,
+				       &qemu_strings, qemu_argv,
+				       sizeof(qemu_argv) / sizeof(qemu_argv[0]));
+		run_argv = qemu_argv;
+		if (job->command_out && !job->command_out[0]) {
+			size_t used = 0;
+			for (unsigned i = 0; i < argc && used < job->command_out_len; i++) {
+				int n = snprintf(job->command_out + used,
+						 job->command_out_len - used, "%s%s", i ? " " : "",
+						 qemu_argv[i]);
+				if (n < 0)
+					break;
+				used += (size_t)n;
+			}
+		}
+	}
 	if (options->verbose) {
 		fprintf(stderr, "    $");
 		for (unsigned i = 0; i < argc; i++)
-			fprintf(stderr, " %s", argv[i]);
+			fprintf(stderr, " %s", run_argv[i]);
 		fputc('\n', stderr);
 	}
 
@@ -817,10 +877,12 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 		window->peer_cpu_clock_ok =
 			clock_getcpuclockid(peer_pid, &window->peer_cpu_clock) == 0;
 	}
-	err = spawn(child, argv);
+	window->qemu = qemu;
+	window->kvm_exits_start = window->kvm_exits_end = -1;
+	err = spawn(child, run_argv);
 	if (err) {
-		snprintf(run->error, sizeof(run->error), "cannot start '%s': %s",
-			 options->kapsel_path, strerror(-err));
+		snprintf(run->error, sizeof(run->error), "cannot start '%s': %s", run_argv[0],
+			 strerror(-err));
 		goto out;
 	}
 
@@ -889,7 +951,9 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 		drain(child->sink_fd, child, window, false, stats_path, options->verbose);
 	unlink(stats_path);
 
-	int code = WIFEXITED(child->status) ? WEXITSTATUS(child->status) : -1;
+	int code = qemu			      ? bench_qemu_guest_code(child->status)
+		   : WIFEXITED(child->status) ? WEXITSTATUS(child->status)
+					      : -1;
 	char detail[256] = "";
 	last_line(child->err_tail, detail, sizeof(detail));
 	if (!detail[0])
@@ -931,6 +995,12 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 						: "socket=A,peer=B,model=pv")
 			 : emulated ? "FILE,bus=ata"
 				    : "FILE,bus=pv");
+	} else if (qemu && code < 0 && !kv_has(&child->kv, "ready") && !bench_interrupted()) {
+		/* QEMU could not start this VM (a machine or option this QEMU
+		 * lacks, a locked image): the other runs would fail alike. */
+		err = -ENODEV;
+		snprintf(run->error, sizeof(run->error), "QEMU could not start the VM: %s",
+			 detail[0] ? detail : "(no message)");
 	} else if (code == KAPSEL_EXIT_VMM_ERROR_CODE && !kv_has(&child->kv, "ready") &&
 		   !bench_interrupted()) {
 		/* The VMM could not even start this VM (no /dev/kvm, a refused
@@ -946,12 +1016,14 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 				 kv_get(&child->kv, "status") ? kv_get(&child->kv, "status") : "-",
 				 detail[0] ? "; " : "", detail);
 		else if (WIFSIGNALED(child->status))
-			snprintf(run->error, sizeof(run->error),
-				 "kapsel run was killed by signal %d%s%s", WTERMSIG(child->status),
+			snprintf(run->error, sizeof(run->error), "%s was killed by signal %d%s%s",
+				 qemu ? "QEMU" : "kapsel run", WTERMSIG(child->status),
 				 detail[0] ? "; last output: " : "", detail);
 		else
-			snprintf(run->error, sizeof(run->error),
-				 "kapsel run exited with status %d: %s", code,
+			snprintf(run->error, sizeof(run->error), "%s exited with %s %d: %s",
+				 qemu ? "the guest on QEMU" : "kapsel run",
+				 qemu && code < 0 ? "QEMU status" : "status",
+				 qemu && code < 0 ? WEXITSTATUS(child->status) : code,
 				 detail[0] ? detail : "(no output)");
 	} else {
 		fill_metrics(job, child, window, run);

@@ -121,7 +121,12 @@ void bench_usage(FILE *out)
 		"      --iodepths LIST      queue depths, e.g. 1,32 (default 1,32; at most %u)\n"
 		"      --cache MODE         none (O_DIRECT), writeback (page cache) or both\n"
 		"                           (default none)\n"
-		"      --paths LIST         any of native,pv,emulated (default all three)\n"
+		"      --paths LIST         any of native,pv,emulated,qemu-virtio,qemu-ide (qemu:\n"
+		"                           both QEMU paths; default native,pv,emulated, and the\n"
+		"                           QEMU paths for block rows when QEMU is installed)\n"
+		"      --qemu FILE          QEMU binary of the qemu-* paths (default\n"
+		"                           qemu-system-x86_64 on PATH)\n"
+		"      --qemu-accel ACCEL   kvm, tcg or auto (default: kvm when /dev/kvm opens)\n"
 		"      --format FORMAT      table or json on standard output (default table)\n"
 		"      --output-dir DIR     where results.json, results.txt and the chart\n"
 		"                           bench.svg/bench.png go (default\n"
@@ -339,7 +344,7 @@ void bench_options_init(struct bench_options *options)
 	options->iodepth_count = 2;
 	options->cache[BENCH_CACHE_NONE] = true;
 	for (unsigned p = 0; p < BENCH_PATH_COUNT; p++)
-		options->paths[p] = true;
+		options->paths[p] = !bench_path_is_qemu(p); /* QEMU's: when installed */
 	options->format = BENCH_FORMAT_TABLE;
 	options->cpu_runtime_ns = DEFAULT_CPU_RUNTIME_NS;
 	options->cpu_warmup_ns = DEFAULT_CPU_RUNTIME_NS / 5;
@@ -357,6 +362,7 @@ void bench_options_free(struct bench_options *options)
 	free(options->output_dir);
 	free(options->console_output);
 	free(options->kapsel_path);
+	free(options->qemu_path);
 	free(options->guest_path);
 	free(options->cpu_guest_path);
 	free(options->net_guest_path);
@@ -460,15 +466,22 @@ static int parse_paths(struct bench_options *options, const char *text, char *er
 	for (char *item = strtok_r(copy, ",", &save); item && !err;
 	     item = strtok_r(NULL, ",", &save)) {
 		enum bench_path path;
-		if (strcmp(item, "native") == 0)
+		if (strcmp(item, "qemu") == 0) {
+			options->paths[BENCH_PATH_QEMU_VIRTIO] = true;
+			path = BENCH_PATH_QEMU_IDE;
+		} else if (strcmp(item, "native") == 0)
 			path = BENCH_PATH_NATIVE;
 		else if (strcmp(item, "pv") == 0)
 			path = BENCH_PATH_PV;
 		else if (strcmp(item, "emulated") == 0 || strcmp(item, "ata") == 0)
 			path = BENCH_PATH_EMULATED;
+		else if (strcmp(item, "qemu-virtio") == 0)
+			path = BENCH_PATH_QEMU_VIRTIO;
+		else if (strcmp(item, "qemu-ide") == 0)
+			path = BENCH_PATH_QEMU_IDE;
 		else {
 			err = fail(error, error_len,
-				   "--paths: '%s' is not a path; use any of native, pv, emulated",
+				   "--paths: '%s' is not a path; use any of native, pv, emulated, qemu-virtio, qemu-ide (qemu: both)",
 				   item);
 			break;
 		}
@@ -477,7 +490,10 @@ static int parse_paths(struct bench_options *options, const char *text, char *er
 	}
 	free(copy);
 	if (!err && !any)
-		err = fail(error, error_len, "--paths is empty; use any of native, pv, emulated");
+		err = fail(error, error_len,
+			   "--paths is empty; use any of native, pv, emulated, qemu-virtio, qemu-ide");
+	if (!err)
+		options->paths_given = true;
 	return err;
 }
 
@@ -517,6 +533,8 @@ int bench_options_parse(struct bench_options *options, int argc, char **argv, FI
 		OPT_CPU_RUNTIME,
 		OPT_TIMER_DELAY,
 		OPT_CPU_GUEST,
+		OPT_QEMU,
+		OPT_QEMU_ACCEL,
 	};
 	static const struct option long_options[] = {
 		{ "disk", required_argument, NULL, OPT_DISK },
@@ -546,6 +564,8 @@ int bench_options_parse(struct bench_options *options, int argc, char **argv, FI
 		{ "cpu-runtime", required_argument, NULL, OPT_CPU_RUNTIME },
 		{ "timer-delay", required_argument, NULL, OPT_TIMER_DELAY },
 		{ "cpu-guest", required_argument, NULL, OPT_CPU_GUEST },
+		{ "qemu", required_argument, NULL, OPT_QEMU },
+		{ "qemu-accel", required_argument, NULL, OPT_QEMU_ACCEL },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -677,6 +697,20 @@ int bench_options_parse(struct bench_options *options, int argc, char **argv, FI
 			break;
 		case OPT_KAPSEL:
 			options->kapsel_path = replace(options->kapsel_path, optarg);
+			break;
+		case OPT_QEMU:
+			options->qemu_path = replace(options->qemu_path, optarg);
+			break;
+		case OPT_QEMU_ACCEL:
+			if (strcmp(optarg, "auto") == 0)
+				options->qemu_accel = BENCH_QEMU_ACCEL_AUTO;
+			else if (strcmp(optarg, "kvm") == 0)
+				options->qemu_accel = BENCH_QEMU_ACCEL_KVM;
+			else if (strcmp(optarg, "tcg") == 0)
+				options->qemu_accel = BENCH_QEMU_ACCEL_TCG;
+			else
+				return fail(error, error_len,
+					    "--qemu-accel '%s': use kvm, tcg or auto", optarg);
 			break;
 		case OPT_GUEST:
 			options->guest_path = replace(options->guest_path, optarg);

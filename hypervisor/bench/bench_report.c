@@ -12,8 +12,10 @@
 #include "core/json_writer.h"
 
 /* 2: CPU rows (kind "cpu"), the metrics lat_max_us, us_per_op, deliver_p50_us,
- * deliver_p99_us, rows[].cpu, ratios.cost_pv_native and the top-level cpu. */
-#define KAPSEL_BENCH_SCHEMA 2
+ * deliver_p99_us, rows[].cpu, ratios.cost_pv_native and the top-level cpu.
+ * 3: the paths qemu-virtio and qemu-ide, ratios.pv_qemu_virtio and
+ * ratios.emulated_qemu_ide, the top-level qemu. */
+#define KAPSEL_BENCH_SCHEMA 3
 #define KAPSEL_BENCH_VERSION KAPSEL_VERSION /* from meson.build */
 
 /* ---- Goals --------------------------------------------------------------- */
@@ -86,7 +88,7 @@ static unsigned compute_goals(const struct bench_options *options,
 	unsigned n = 0;
 	if (!options->paths[BENCH_PATH_PV])
 		return 0;
-	for (unsigned i = 0; i < results->row_count && n + 2 <= MAX_GOALS; i++) {
+	for (unsigned i = 0; i < results->row_count && n + 3 <= MAX_GOALS; i++) {
 		const struct bench_row *row = &results->rows[i];
 		const struct bench_workload *w = row->workload;
 		if (w->kind == BENCH_KIND_NET) {
@@ -97,6 +99,15 @@ static unsigned compute_goals(const struct bench_options *options,
 			continue;
 		char label[64];
 		row_label(row, label, sizeof(label));
+		if (options->paths[BENCH_PATH_QEMU_VIRTIO]) {
+			/* Issue 15: Kapsel's PV at or above QEMU's virtio-blk. */
+			struct bench_goal *g = &goals[n++];
+			snprintf(g->text, sizeof(g->text), "PV >= QEMU virtio-blk MB/s");
+			snprintf(g->row, sizeof(g->row), "%s", label);
+			g->target = 1.0;
+			g->measured = row->ratio_pv_qemu_virtio;
+			g->at_most = false;
+		}
 		if (!w->random && w->block_bytes == (1u << 20) &&
 		    options->paths[BENCH_PATH_NATIVE]) {
 			struct bench_goal *g = &goals[n++];
@@ -181,7 +192,7 @@ static void table_path_line(FILE *out, const struct bench_path_result *r, enum b
 			    bool first_unavailable)
 {
 	char a[24], b[24], c[24], d[24], e[24], f[24], g[24], h[24], k[24];
-	fprintf(out, "%-26s %-9s", "", bench_path_name(path));
+	fprintf(out, "%-26s %-11s", "", bench_path_name(path));
 	if (r->status != BENCH_STATUS_OK) {
 		if (r->status == BENCH_STATUS_UNAVAILABLE && !first_unavailable)
 			fprintf(out, " unavailable (see above)\n");
@@ -472,6 +483,17 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 			"          (guest polls adaptively up to %.0f us before sleeping; backend %s);\n"
 			"          emulated = the same guest, disk on bus=ata (PIO, no queue: depth 1)\n",
 			options->pv_guest_poll_ns / 1e3, backend_poll);
+	if (disk_rows &&
+	    (options->paths[BENCH_PATH_QEMU_VIRTIO] || options->paths[BENCH_PATH_QEMU_IDE]))
+		fprintf(out,
+			"qemu:     %s, accel %s: qemu-virtio = the same guest on -M microvm,\n"
+			"          virtio-blk (virtio-mmio, polled); qemu-ide = -M pc, IDE (PIO, depth 1);\n"
+			"          image raw, aio=io_uring, same cache mode; exits/op from KVM's debugfs\n"
+			"          when readable (root), else '-'%s\n",
+			results->qemu_version, results->qemu_accel ? results->qemu_accel : "?",
+			results->qemu_accel && strcmp(results->qemu_accel, "tcg") == 0
+				? ";\n          UNDER TCG: QEMU's figures are emulation, not comparable"
+				: "");
 	if (net_rows)
 		fprintf(out,
 			"net rows: native = two host threads on Unix datagram sockets; pv = two VMs\n"
@@ -481,7 +503,7 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 			"          ends; every frame's bytes are checked\n");
 	fputc('\n', out);
 
-	fprintf(out, "%-26s %-9s %9s %6s %9s %8s %8s %8s %9s %8s %9s %9s\n", "workload", "path",
+	fprintf(out, "%-26s %-11s %9s %6s %9s %8s %8s %8s %9s %8s %9s %9s\n", "workload", "path",
 		"MB/s", "spread", "IOPS", "p50 us", "p99 us", "p99.9 us", "exits/op", "notif/op",
 		"cpu us/op", "vcpu us/op");
 	for (unsigned i = 0; i < results->row_count; i++) {
@@ -496,6 +518,8 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 			if (!options->paths[p])
 				continue;
 			const struct bench_path_result *r = &row->paths[p];
+			if (bench_path_is_qemu(p) && r->status == BENCH_STATUS_SKIPPED)
+				continue; /* not a block row */
 			bool first = !shown_unavailable[p][kind];
 			if (r->status == BENCH_STATUS_UNAVAILABLE)
 				shown_unavailable[p][kind] = true;
@@ -504,6 +528,11 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 		fprintf(out, "%-26s pv/native %s  pv/emulated %s", "",
 			num(a, sizeof(a), row->ratio_pv_native),
 			num(b, sizeof(b), row->ratio_pv_emulated));
+		if (row->workload->kind == BENCH_KIND_BLOCK &&
+		    (options->paths[BENCH_PATH_QEMU_VIRTIO] || options->paths[BENCH_PATH_QEMU_IDE]))
+			fprintf(out, "  pv/qemu-virtio %s  emulated/qemu-ide %s",
+				num(f, sizeof(f), row->ratio_pv_qemu_virtio),
+				num(g, sizeof(g), row->ratio_emulated_qemu_ide));
 		if (row->fio.ran && row->fio.ok) {
 			double native = row->paths[BENCH_PATH_NATIVE].stats[BENCH_M_MBPS].median;
 			fprintf(out, "  fio %s MB/s %s IOPS (native/fio %s)",
@@ -548,13 +577,30 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 		"\nVM exits per operation by reason (doorbell = ioeventfd kick, handled in the host kernel):\n");
 	for (unsigned i = 0; i < results->row_count; i++) {
 		const struct bench_row *row = &results->rows[i];
-		char label[64], pv[256], emu[256];
+		char label[64], pv[256], emu[256], qv[256], qi[256];
 		if (row->workload->kind == BENCH_KIND_CPU)
 			continue;
 		row_label(row, label, sizeof(label));
 		exits_text(&row->paths[BENCH_PATH_PV], pv, sizeof(pv));
 		exits_text(&row->paths[BENCH_PATH_EMULATED], emu, sizeof(emu));
-		fprintf(out, "%-26s pv: %s | emulated: %s\n", label, pv, emu);
+		fprintf(out, "%-26s pv: %s | emulated: %s", label, pv, emu);
+		if (row->workload->kind == BENCH_KIND_BLOCK &&
+		    (options->paths[BENCH_PATH_QEMU_VIRTIO] ||
+		     options->paths[BENCH_PATH_QEMU_IDE])) {
+			/* KVM's count only where its debugfs can be read (root). */
+			for (unsigned q = 0; q < 2; q++) {
+				const struct bench_path_result *r =
+					&row->paths[q ? BENCH_PATH_QEMU_IDE
+						      : BENCH_PATH_QEMU_VIRTIO];
+				char *text = q ? qi : qv;
+				if (r->status == BENCH_STATUS_OK && !r->exit_reasons.count)
+					snprintf(text, sizeof(qv), "unavailable");
+				else
+					exits_text(r, text, sizeof(qv));
+			}
+			fprintf(out, " | qemu-virtio: %s | qemu-ide: %s", qv, qi);
+		}
+		fputc('\n', out);
 	}
 
 	bool any_checksum = false;
@@ -851,6 +897,8 @@ void bench_report_json(FILE *out, const struct bench_options *options,
 		json_writer_open(&j, "ratios", '{');
 		json_writer_double(&j, "pv_native", row->ratio_pv_native);
 		json_writer_double(&j, "pv_emulated", row->ratio_pv_emulated);
+		json_writer_double(&j, "pv_qemu_virtio", row->ratio_pv_qemu_virtio);
+		json_writer_double(&j, "emulated_qemu_ide", row->ratio_emulated_qemu_ide);
 		json_writer_double(&j, "cost_pv_native", row->cost_ratio_pv_native);
 		json_writer_close(&j, '}');
 		json_writer_open(&j, "checksums", '{');
@@ -908,6 +956,16 @@ void bench_report_json(FILE *out, const struct bench_options *options,
 	json_writer_bool(&j, "nested", results->nested);
 	json_writer_close(&j, '}');
 	json_writer_bool(&j, "fio_available", results->fio_available);
+	json_writer_open(&j, "qemu", '{');
+	bool qemu_ran = results->qemu_accel != NULL;
+	json_writer_string(&j, "binary", qemu_ran ? results->qemu_binary : NULL);
+	json_writer_string(&j, "version", qemu_ran ? results->qemu_version : NULL);
+	json_writer_string(&j, "accel", results->qemu_accel);
+	json_writer_string(&j, "command_qemu_virtio",
+			   results->qemu_command[0][0] ? results->qemu_command[0] : NULL);
+	json_writer_string(&j, "command_qemu_ide",
+			   results->qemu_command[1][0] ? results->qemu_command[1] : NULL);
+	json_writer_close(&j, '}');
 	json_writer_string(&j, "chart", results->chart_path[0] ? results->chart_path : NULL);
 	json_writer_string(&j, "chart_note", results->chart_note);
 	json_writer_double(&j, "total_seconds", results->total_seconds);
@@ -966,10 +1024,18 @@ int bench_report_chart(const char *dir, const struct bench_results *results, cha
 		snprintf(note, note_len, "cannot write %s: %s", data_path, strerror(errno));
 		return -errno;
 	}
-	/* Columns 2-4: MB/s per path; 5-7: exits/op per path. */
-	bool have[8] = { false };
-	fprintf(data,
-		"# row native_MBps pv_MBps emulated_MBps native_exits pv_exits emulated_exits\n");
+	/* Columns 2.. : MB/s per path, then exits/op per path. */
+	enum {
+		MBPS_COLUMN = 2,
+		EXITS_COLUMN = MBPS_COLUMN + BENCH_PATH_COUNT
+	};
+	bool have[EXITS_COLUMN + BENCH_PATH_COUNT] = { false };
+	fprintf(data, "# row");
+	for (unsigned p = 0; p < BENCH_PATH_COUNT; p++)
+		fprintf(data, " %s_MBps", bench_path_name((enum bench_path)p));
+	for (unsigned p = 0; p < BENCH_PATH_COUNT; p++)
+		fprintf(data, " %s_exits", bench_path_name((enum bench_path)p));
+	fputc('\n', data);
 	for (unsigned i = 0; i < results->row_count; i++) {
 		const struct bench_row *row = &results->rows[i];
 		if (row->workload->kind == BENCH_KIND_CPU)
@@ -981,9 +1047,10 @@ int bench_report_chart(const char *dir, const struct bench_results *results, cha
 			fprintf(data, "\"%s qd%u %s\"", row->workload->name, row->iodepth,
 				row->cache == BENCH_CACHE_NONE ? "direct" : "cached");
 		for (unsigned p = 0; p < BENCH_PATH_COUNT; p++)
-			have[2 + p] |= data_value(data, &row->paths[p], BENCH_M_MBPS);
+			have[MBPS_COLUMN + p] |= data_value(data, &row->paths[p], BENCH_M_MBPS);
 		for (unsigned p = 0; p < BENCH_PATH_COUNT; p++)
-			have[5 + p] |= data_value(data, &row->paths[p], BENCH_M_EXITS_PER_OP);
+			have[EXITS_COLUMN + p] |=
+				data_value(data, &row->paths[p], BENCH_M_EXITS_PER_OP);
 		fputc('\n', data);
 	}
 	fclose(data);
@@ -1023,7 +1090,8 @@ int bench_report_chart(const char *dir, const struct bench_results *results, cha
 		snprintf(note, note_len, "cannot write %s: %s", script_path, strerror(errno));
 		return -errno;
 	}
-	static const char *const colors[BENCH_PATH_COUNT] = { "#4c72b0", "#55a868", "#c44e52" };
+	static const char *const colors[BENCH_PATH_COUNT] = { "#4c72b0", "#55a868", "#c44e52",
+							      "#8172b2", "#ccb974" };
 	/* The same chart twice: SVG for browsers and documents, PNG (cairo) for
 	 * image viewers, whose SVG renderers often misplace rotated labels. */
 	char png_path[4096];
@@ -1055,7 +1123,7 @@ int bench_report_chart(const char *dir, const struct bench_results *results, cha
 			"set multiplot layout %u,1 title 'kapsel bench: native vs PV vs emulated (median of runs)'\n",
 			(io ? 2u : 0u) + (cpu ? 1u : 0u));
 		for (unsigned panel = 0; panel < 2 && io; panel++) {
-			unsigned first_column = panel ? 5 : 2;
+			unsigned first_column = panel ? EXITS_COLUMN : MBPS_COLUMN;
 			fprintf(gp, "set title '%s'\nset ylabel '%s'\n",
 				panel ? "VM exits per operation (native has none)" : "Throughput",
 				panel ? "exits/op (log scale)" : "MB/s (log scale)");

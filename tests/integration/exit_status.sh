@@ -82,7 +82,7 @@ exit-status-bench) # suite: cli
 	chmod +x "$TMP/no-kvm-kapsel"
 	status_of 1 bench --quick --no-fio --no-chart --paths native,pv --workloads randread-4K \
 		--iodepths 1 --kapsel "$TMP/no-kvm-kapsel" --output-dir "$TMP/bench"
-	expect_in "$out" "pv        unavailable: kapsel run could not start the VM"
+	expect_in "$out" "pv          unavailable: kapsel run could not start the VM"
 	expect_in "$err" "could not be measured"
 	grep -Eq '^ +native +[0-9]' "$out" || { cat "$out"; fail "no native row measured"; }
 	# The same run with only the native path succeeds.

@@ -172,8 +172,9 @@ qemu-virtio-blk-microvm) # suite: qemu
 	expect_guest_exit 0
 	expect_in "$out" "virtio-blk: disk at 0xfeb"
 	expect_in "$out" "(legacy): 16384 sectors"
-	# QEMU offers VIRTIO_F_EVENT_IDX; the driver takes it on both transports.
-	expect_in "$out" ", event-idx, flush"
+	# QEMU offers VIRTIO_F_EVENT_IDX and indirect descriptors; the driver
+	# takes both on both transports: a request takes one ring entry.
+	expect_in "$out" "queue 128, depth 128, event-idx, indirect, flush"
 	expect_in "$out" "blktest write: 3000 sectors from 100, seed 42, flushed"
 	check_image "$img" 42 100 3000 || fail "the image does not hold what the guest wrote"
 	check_image "$img" 0 0 100 0 100 || fail "sectors before the range changed"
@@ -191,7 +192,7 @@ qemu-virtio-blk-microvm) # suite: qemu
 	expect_guest_exit 0
 	expect_in "$out" "blktest random: 1000 ops"
 	expect_in "$out" "at qd 7 ok"
-	expect_in "$out" "(virtio 1): 16384 sectors, queue 128, depth 7, event-idx"
+	expect_in "$out" "(virtio 1): 16384 sectors, queue 128, depth 128, event-idx, indirect"
 	# Every doorbell is counted, rung or suppressed by the device's
 	# avail_event; with 7 in flight a kick covers several requests.
 	read -r requests kicks suppressed < <(sed -n \
@@ -199,10 +200,60 @@ qemu-virtio-blk-microvm) # suite: qemu
 	[ "${requests:-0}" -eq 1000 ] && [ "${kicks:-0}" -ge 1 ] &&
 		[ "$((kicks + suppressed))" -le "$requests" ] ||
 		{ cat "$out"; fail "virtio-blk kick counts: requests ${requests:-?} kicks ${kicks:-?} suppressed ${suppressed:-?}"; }
+	# Without indirect descriptors each request owns a group of 18 ring
+	# entries (header, 16 segments, status): depth 7 of 128.
+	run_qemu "$out" "$err" microvm "$GUESTS/blktest.elf" "random ops=300 qd=7" \
+		-drive "id=d,file=$img,format=raw,if=none" -device virtio-blk-device,drive=d,indirect_desc=off
+	expect_guest_exit 0
+	expect_in "$out" "queue 128, depth 7, event-idx, flush"
+	expect_in "$out" "at qd 7 ok"
 	# No virtio disk and no IDE: a clean -ENODEV.
 	run_qemu "$out" "$err" microvm "$GUESTS/blktest.elf" "info path=virtio"
 	expect_guest_exit 2
 	expect_in "$out" "blktest: cannot open disk 0 on path virtio: error -19"
+	;;
+bench-qemu) # suite: qemu
+	require_qemu
+	# kapsel bench's QEMU paths: the same blkbench.elf, image and operation
+	# stream on QEMU's virtio-blk and IDE as natively.  Under TCG (forced,
+	# so the figures say what they are) the numbers mean nothing, but the
+	# data must: fixed-size runs write the same sectors on every path, so
+	# the region's checksum after each path must be the same, and every
+	# sector read back must carry its own number.
+	truncate -s 16M "$img"
+	"$KAPSEL" bench --quick --no-fio --no-chart --paths native,qemu --qemu-accel tcg \
+		--workloads randread-4K,write-128K --iodepths 1,8 --disk "$img" \
+		--output-dir "$TMP/bench" --format json >"$out" 2>"$err" || { cat "$err"; fail "bench failed"; }
+	expect_in "$err" "QEMU runs under TCG here"
+	python3 - "$out" <<-'PY' || fail "bench JSON"
+		import json, sys
+		doc = json.load(open(sys.argv[1]))
+		assert doc["schema"] == 3, doc["schema"]
+		assert doc["qemu"]["accel"] == "tcg" and doc["qemu"]["version"].startswith("QEMU"), doc["qemu"]
+		assert "-M microvm" in doc["qemu"]["command_qemu_virtio"], doc["qemu"]
+		assert "if=ide" in doc["qemu"]["command_qemu_ide"], doc["qemu"]
+		rows = doc["rows"]
+		assert len(rows) == 4, len(rows)
+		for row in rows:
+		    for path in ("native", "qemu-virtio", "qemu-ide"):
+		        p = row["paths"][path]
+		        assert p["status"] == "ok", (row["workload"], path, p["message"])
+		        assert p["verify"]["errors"] == 0, (row["workload"], path, p["verify"])
+		    assert row["ratios"]["pv_qemu_virtio"] is None, row["ratios"]
+		    if row["workload"] == "write-128K":
+		        assert row["checksums"]["all_paths_match"] is True, row["checksums"]
+		    else:
+		        assert row["paths"]["qemu-virtio"]["verify"]["sectors"] > 0, row
+		# At depth 8 the virtio path keeps 8 requests in flight (one ring
+		# entry each, indirect descriptors); IDE has no queue.
+		deep = [r for r in rows if r["iodepth"] == 8 and r["workload"] == "randread-4K"][0]
+		assert deep["paths"]["qemu-virtio"]["queue_depth_used"] == 8, deep["paths"]["qemu-virtio"]
+		assert deep["paths"]["qemu-ide"]["queue_depth_used"] == 1, deep["paths"]["qemu-ide"]
+	PY
+	# A QEMU that is not there: a clear error before anything runs.
+	"$KAPSEL" bench --quick --paths qemu-virtio --qemu /nonexistent/qemu --disk "$img" \
+		--output-dir "$TMP/bench" >"$out" 2>"$err" && fail "bench ran without QEMU"
+	expect_in "$err" "--paths asks for QEMU: --qemu '/nonexistent/qemu' is not an executable file"
 	;;
 qemu-no-disk) # suite: qemu
 	require_qemu

@@ -67,6 +67,10 @@ const struct kapsel_device_desc *kg_platform_find_unit(unsigned unit,
  * since kg_platform_init. */
 uint64_t kg_time_now_ns(void);
 
+/* A TSC interval in nanoseconds at the rate kg_time_now_ns uses (on and
+ * off Kapsel); 0 when no rate is known. */
+uint64_t kg_time_ticks_to_ns(uint64_t ticks);
+
 /* Sleep for at least duration_ns in the hypervisor (one exit).  Off
  * Kapsel there is no such call: it spins on the TSC clock when the start
  * info gave its rate (the PVH shim measures it), else returns at once, and
