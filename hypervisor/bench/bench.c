@@ -309,7 +309,7 @@ static void summarize(struct bench_path_result *result)
 	}
 }
 
-#define BENCH_KIND_COUNT 5u
+#define BENCH_KIND_COUNT 6u
 
 struct path_availability {
 	bool unavailable[BENCH_PATH_COUNT][BENCH_KIND_COUNT]; /* [path][kind] */
@@ -664,14 +664,16 @@ int bench_main(struct bench_options *options)
 		fprintf(stderr, "kapsel bench: %s\n", error);
 		return 2;
 	}
-	bool block_rows = false;
-	for (unsigned w = 0; w < options->workload_count; w++)
+	bool block_rows = false, boot_rows = false;
+	for (unsigned w = 0; w < options->workload_count; w++) {
 		block_rows |= options->workloads[w].kind == BENCH_KIND_BLOCK;
+		boot_rows |= options->workloads[w].kind == BENCH_KIND_BOOT;
+	}
 	/* The QEMU paths: asked for with --paths, or by default when the block
 	 * rows run and QEMU is installed (bench_qemu_probe, below). */
 	bool want_qemu = options->paths_given ? options->paths[BENCH_PATH_QEMU_VIRTIO] ||
 							options->paths[BENCH_PATH_QEMU_IDE]
-					      : block_rows;
+					      : block_rows || boot_rows;
 	bool guests =
 		options->paths[BENCH_PATH_PV] || options->paths[BENCH_PATH_EMULATED] || want_qemu;
 	if (!options->kapsel_path)
@@ -700,12 +702,13 @@ int bench_main(struct bench_options *options)
 		enum bench_kind kind = options->workloads[w].kind;
 		cpu_rows |= kind == BENCH_KIND_CPU;
 		net_rows |= kind == BENCH_KIND_NET;
-		io_rows |= kind != BENCH_KIND_CPU && kind != BENCH_KIND_NET;
+		io_rows |=
+			kind != BENCH_KIND_CPU && kind != BENCH_KIND_NET && kind != BENCH_KIND_BOOT;
 	}
 	if (guests) {
 		/* Next to the kapsel that runs the guests, else next to us. */
 		char *self = self_path();
-		if (io_rows && !options->guest_path) {
+		if ((io_rows || boot_rows) && !options->guest_path) {
 			options->guest_path = find_guest(options->kapsel_path, "blkbench.elf",
 							 "KAPSEL_BENCH_GUEST");
 			if (!options->guest_path && self)
@@ -787,11 +790,15 @@ int bench_main(struct bench_options *options)
 		status = 1;
 		goto out;
 	}
-	bool mq_report = false;
+	bool mq_report = false, boot_report = false;
 	for (unsigned w = 0; w < options->workload_count; w++) {
 		const struct bench_workload *workload = &options->workloads[w];
 		if (workload->kind == BENCH_KIND_MQ) {
 			mq_report = true; /* after the table: bench_mq.c */
+			continue;
+		}
+		if (workload->kind == BENCH_KIND_BOOT) {
+			boot_report = true; /* after the rows: bench_boot.c */
 			continue;
 		}
 		if (workload->kind != BENCH_KIND_BLOCK) {
@@ -899,6 +906,9 @@ int bench_main(struct bench_options *options)
 		progress_row(options, i, results.row_count, row);
 	}
 
+	if (boot_report && !interrupted)
+		bench_boot_run(options, &results, work_dir);
+
 	results.total_seconds = (monotonic_ns() - started) / 1e9;
 	results.load_end = load_average();
 
@@ -925,6 +935,11 @@ int bench_main(struct bench_options *options)
 			if (results.rows[i].paths[p].status == BENCH_STATUS_FAILED ||
 			    results.rows[i].paths[p].status == BENCH_STATUS_UNAVAILABLE)
 				unmeasured++;
+	if (bench_boot_failed(&results)) {
+		fprintf(stderr,
+			"kapsel bench: the boot row could not be measured on every setup (see above); exit status 1\n");
+		status = 1;
+	}
 	if (mq_failed) {
 		fprintf(stderr,
 			"kapsel bench: the multi-queue rows could not be measured (see above); exit status 1\n");

@@ -62,7 +62,10 @@ enum bench_kind {
 	 * report of its own after the table (bench_mq.c), not a matrix row */
 	BENCH_KIND_MQ,
 	/* frame-rr-SIZE / frame-stream-SIZE: two ends of a link (bench_net.h) */
-	BENCH_KIND_NET
+	BENCH_KIND_NET,
+	/* boot: hello.elf from process start to exit on Kapsel and QEMU, a
+	 * report of its own after the table (bench_boot.c), not a matrix row */
+	BENCH_KIND_BOOT
 };
 
 /* The CPU rows, in the order `--workloads cpu` lists them. */
@@ -455,6 +458,31 @@ struct bench_row {
 	double cost_ratio_pv_native; /* CPU rows: pv / native bench_cpu_value */
 };
 
+/* The boot row (bench_boot.c). */
+enum bench_boot_setup_id {
+	BENCH_BOOT_KAPSEL,
+	BENCH_BOOT_QEMU_MICROVM,
+	BENCH_BOOT_QEMU_PC,
+	BENCH_BOOT_SETUPS
+};
+#define BENCH_BOOT_MAX_RUNS 16u
+
+struct bench_boot_setup {
+	bool ok;
+	unsigned run_count;
+	uint64_t run_ns[BENCH_BOOT_MAX_RUNS];
+	double median_ms, min_ms, max_ms;
+	char command[1024];
+	char error[256];
+};
+
+struct bench_boot {
+	bool ran;
+	char guest[512];
+	struct bench_boot_setup setups[BENCH_BOOT_SETUPS];
+	double ratio_kapsel_microvm; /* median / median, NaN if n/a */
+};
+
 struct bench_results {
 	struct bench_row *rows;
 	unsigned row_count;
@@ -471,9 +499,22 @@ struct bench_results {
 	char qemu_version[128];
 	const char *qemu_accel;	    /* "kvm" or "tcg" */
 	char qemu_command[2][1536]; /* the first run's command line per path */
+	struct bench_boot boot;
 	char chart_path[512];
 	char chart_note[160];
 };
+
+/* Name of a boot setup: "kapsel", "qemu-microvm", "qemu-pc". */
+const char *bench_boot_setup_name(unsigned setup);
+
+/* Time hello.elf from process start to exit on each setup (Kapsel when
+ * the pv path is asked for, QEMU when bench_qemu_probe found it) into
+ * results->boot. */
+void bench_boot_run(const struct bench_options *options, struct bench_results *results,
+		    const char *work_dir);
+
+/* True when a boot setup that should have run failed. */
+bool bench_boot_failed(const struct bench_results *results);
 
 /*
  * A CPU row's value on a path: the median over runs of the per-operation

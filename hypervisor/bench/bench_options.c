@@ -54,10 +54,10 @@
 #define QUICK_WARMUP_OPS 4u
 
 static const char *const default_workloads =
-	"read-1M,write-1M,read-128K,write-128K,randread-4K,randwrite-4K,randrw-4K,console,cpu";
+	"read-1M,write-1M,read-128K,write-128K,randread-4K,randwrite-4K,randrw-4K,console,cpu,boot";
 /* Small writes: the emulated disk takes an exit per 32-bit word written. */
 static const char *const quick_workloads =
-	"write-8K,randwrite-4K,randrw-4K,read-64K,randread-4K,console,cpu";
+	"write-8K,randwrite-4K,randrw-4K,read-64K,randread-4K,console,cpu,boot";
 
 /* "net": request/response and stream at the smallest and the largest frame. */
 static const char *const net_workloads[] = { "frame-rr-64", "frame-rr-1514", "frame-stream-64",
@@ -103,6 +103,8 @@ void bench_usage(FILE *out)
 		"                           on the socket link: PV NICs (pv), NE2000 (emulated),\n"
 		"                           two host threads (native); 'net' for frame-rr-64,\n"
 		"                           frame-rr-1514, frame-stream-64, frame-stream-1514;\n"
+		"                           'boot': hello.elf from process start to exit on\n"
+		"                           Kapsel, QEMU microvm and QEMU pc, after the table;\n"
 		"                           'all' (default: %s)\n"
 		"      --cpu                only the CPU and process rows (--workloads cpu)\n"
 		"      --cpu-runtime TIME   measured time per CPU row run (default %s; warm-up a\n"
@@ -271,6 +273,11 @@ int bench_workload_lookup(const char *name, struct bench_workload *workload)
 			return 0;
 		}
 	}
+	if (strcmp(name, "boot") == 0) {
+		snprintf(workload->name, sizeof(workload->name), "boot");
+		workload->kind = BENCH_KIND_BOOT;
+		return 0;
+	}
 	if (strcmp(name, "mq-randread-4K") == 0 || strcmp(name, "mq") == 0) {
 		snprintf(workload->name, sizeof(workload->name), "mq-randread-4K");
 		snprintf(workload->rw, sizeof(workload->rw), "randread");
@@ -396,7 +403,7 @@ static int parse_workloads(struct bench_options *options, const char *text, char
 			struct bench_workload workload;
 			if (bench_workload_lookup(name, &workload) < 0) {
 				err = fail(error, error_len,
-					   "--workloads: '%s' is not a workload; use RW-SIZE with RW one of read, write, randread, randwrite, randrw and SIZE a multiple of 4K up to 4M (e.g. randread-4K, read-1M), console, a CPU row (null-hypercall, trap, upcall, timer, timer-periodic), a process row (syscall, fork, ctxsw, page-fault, as-switch, mmu-batch, or proc for these), cpu for every CPU and process row, frame-rr-SIZE or frame-stream-SIZE with SIZE 60 to 1514 bytes (e.g. frame-rr-64), or net for the four network rows",
+					   "--workloads: '%s' is not a workload; use RW-SIZE with RW one of read, write, randread, randwrite, randrw and SIZE a multiple of 4K up to 4M (e.g. randread-4K, read-1M), console, a CPU row (null-hypercall, trap, upcall, timer, timer-periodic), a process row (syscall, fork, ctxsw, page-fault, as-switch, mmu-batch, or proc for these), cpu for every CPU and process row, frame-rr-SIZE or frame-stream-SIZE with SIZE 60 to 1514 bytes (e.g. frame-rr-64), net for the four network rows, or boot",
 					   name);
 				break;
 			}

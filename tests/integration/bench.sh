@@ -56,10 +56,14 @@ for row in rows:
                 problems.append('%s %s: status %s (%s)' % (where, p, row['paths'][p]['status'],
                                                            row['paths'][p]['message']))
         continue
-    for p in ['native', 'pv', 'emulated']:
+    for p in ['native', 'pv', 'emulated', 'qemu-virtio', 'qemu-ide']:
         r = row['paths'].get(p)
         if r is None:
             problems.append('%s: no %s entry' % (where, p))
+            continue
+        if p.startswith('qemu') and row['kind'] != 'block':
+            if r['status'] != 'skipped':
+                problems.append('%s %s: status %s on a row QEMU does not run' % (where, p, r['status']))
             continue
         need(r, ['status', 'message', 'runs', 'metrics', 'exits_per_op_by_reason', 'verify',
                  'checksum_crc32', 'run_values'], where + ' ' + p)
@@ -69,7 +73,8 @@ for row in rows:
             else:
                 need(r['metrics'][m], ['median', 'min', 'max', 'spread', 'n'], where + ' ' + m)
         if p not in want_paths:
-            if r['status'] != 'skipped':
+            # The QEMU paths run by default where QEMU is installed.
+            if r['status'] != 'skipped' and not (p.startswith('qemu') and r['status'] == 'ok'):
                 problems.append('%s %s: status %s, expected skipped' % (where, p, r['status']))
             continue
         if r['status'] != 'ok':
@@ -78,7 +83,8 @@ for row in rows:
         med = r['metrics']['mb_per_s']['median']
         if not (isinstance(med, (int, float)) and med > 0):
             problems.append('%s %s: no throughput' % (where, p))
-        if p != 'native' and row['kind'] == 'block':
+        # QEMU's exits come from KVM's debugfs, when it can be read.
+        if p != 'native' and not p.startswith('qemu') and row['kind'] == 'block':
             if not r['metrics']['exits_per_op']['median'] or not r['exits_per_op_by_reason']:
                 problems.append('%s %s: no exits counted' % (where, p))
         if r['verify']['errors']:
@@ -102,6 +108,16 @@ if 'pv' in want_paths and 'native' in want_paths:
             problems.append('%s: no pv/native ratio' % row['workload'])
 for g in doc['goals']:
     need(g, ['goal', 'row', 'target', 'measured', 'met'], 'goal')
+# The boot row, when it ran: every setup asked for booted and exited.
+boot = doc['boot']
+if boot['ran']:
+    setups = ['kapsel'] + (['qemu-microvm', 'qemu-pc'] if 'qemu-virtio' in want_paths else [])
+    for name in setups:
+        b = boot[name]
+        if not b['ok'] or not (b['median_ms'] > 0) or len(b['runs_ms']) < 3:
+            problems.append('boot %s: %s' % (name, b['error'] or b))
+    if 'qemu-virtio' in want_paths and not isinstance(boot['ratio_kapsel_qemu_microvm'], float):
+        problems.append('boot: no kapsel/qemu-microvm ratio')
 if problems:
     print('\n'.join(problems[:30]))
     sys.exit(1)
@@ -237,10 +253,15 @@ EOF
 case "$1" in
 bench-quick)
 	# The whole harness on a tiny run, JSON on standard output.
+	# With QEMU installed (scripts/install-deps.sh) its two paths and the
+	# boot row's QEMU setups run by default and must succeed too.
+	paths=(native pv emulated)
+	! command -v qemu-system-x86_64 >/dev/null || paths+=(qemu-virtio qemu-ide)
 	bench --quick --format json --output-dir "$TMP/results"
 	[ "$STATUS" -eq 0 ] || show_and_fail "kapsel bench --quick exited with $STATUS"
-	check_json "$out" native pv emulated || show_and_fail "JSON on stdout incomplete"
-	check_json "$TMP/results/results.json" native pv emulated || fail "results.json incomplete"
+	check_json "$out" "${paths[@]}" || show_and_fail "JSON on stdout incomplete"
+	check_json "$TMP/results/results.json" "${paths[@]}" || fail "results.json incomplete"
+	expect_in "$TMP/results/results.txt" "Boot: "
 	[ -s "$TMP/results/results.txt" ] || fail "no results.txt"
 	expect_in "$TMP/results/results.txt" "pv/native"
 	expect_in "$TMP/results/results.txt" "PV cost per request"
@@ -412,7 +433,7 @@ bench-options)
 	check_error "--iodepths: '0' is not a queue depth; each must be 1-256" --iodepths 0
 	check_error "--workloads: 'randread-5K' is not a workload" --workloads randread-5K
 	check_error "--cache 'sometimes' is unknown; use none (O_DIRECT), writeback or both" --cache sometimes
-	check_error "--paths: 'warp' is not a path; use any of native, pv, emulated" --paths warp
+	check_error "--paths: 'warp' is not a path; use any of native, pv, emulated, qemu-virtio, qemu-ide (qemu: both)" --paths warp
 	check_error "--format 'xml' is unknown; use table or json" --format xml
 	check_error "--size '1K' is not a valid size; give at least 1M" --size 1K
 	check_error "--runtime 'soon' is not a valid time" --runtime soon

@@ -30,8 +30,15 @@ static void test_options_defaults(void)
 	CU_ASSERT_FALSE(o.cache[BENCH_CACHE_WRITEBACK]);
 	CU_ASSERT_EQUAL(o.ops, 0);
 	/* read-1M write-1M read-128K write-128K randread-4K randwrite-4K randrw-4K console,
-	 * then the five CPU rows and the six process rows ("cpu"). */
-	CU_ASSERT_EQUAL(o.workload_count, 8 + BENCH_CPU_OP_COUNT);
+	 * then the five CPU rows and the six process rows ("cpu"), then boot. */
+	CU_ASSERT_EQUAL(o.workload_count, 8 + BENCH_CPU_OP_COUNT + 1);
+	CU_ASSERT_EQUAL(o.workloads[8 + BENCH_CPU_OP_COUNT].kind, BENCH_KIND_BOOT);
+	/* The QEMU paths are not on until bench_main finds QEMU; "qemu" asks
+	 * for both. */
+	CU_ASSERT_TRUE(o.paths[BENCH_PATH_NATIVE] && o.paths[BENCH_PATH_PV] &&
+		       o.paths[BENCH_PATH_EMULATED]);
+	CU_ASSERT_FALSE(o.paths[BENCH_PATH_QEMU_VIRTIO] || o.paths[BENCH_PATH_QEMU_IDE]);
+	CU_ASSERT_FALSE(o.paths_given);
 	CU_ASSERT_EQUAL(BENCH_CPU_OP_COUNT, 11);
 	CU_ASSERT_STRING_EQUAL(o.workloads[4].name, "randread-4K");
 	CU_ASSERT_TRUE(o.workloads[4].random);
@@ -73,6 +80,8 @@ static void test_options_values(void)
 	CU_ASSERT_TRUE(o.cache[BENCH_CACHE_NONE] && o.cache[BENCH_CACHE_WRITEBACK]);
 	CU_ASSERT_TRUE(o.paths[BENCH_PATH_PV] && o.paths[BENCH_PATH_NATIVE]);
 	CU_ASSERT_FALSE(o.paths[BENCH_PATH_EMULATED]);
+	CU_ASSERT_TRUE(o.paths_given);
+	CU_ASSERT_FALSE(o.paths[BENCH_PATH_QEMU_VIRTIO] || o.paths[BENCH_PATH_QEMU_IDE]);
 	CU_ASSERT_EQUAL(o.runtime_ns, 250000000ull);
 	/* --quick does not override what was given; it adds a fixed op count. */
 	CU_ASSERT_EQUAL(o.repeat, 5);
@@ -228,6 +237,8 @@ static void test_options_errors(void)
 	expect_error(3, d, "'warp' is not a path");
 	char *e[] = { "bench", "--runtime", "fast", NULL };
 	expect_error(3, e, "--runtime 'fast'");
+	char *qa[] = { "bench", "--qemu-accel", "hvf", NULL };
+	expect_error(3, qa, "--qemu-accel 'hvf': use kvm, tcg or auto");
 	char *f[] = { "bench", "--size", "12Q", NULL };
 	expect_error(3, f, "--size '12Q'");
 	char *g[] = { "bench", "--frobnicate", NULL };
