@@ -89,6 +89,23 @@ static char *find_guest(const char *kapsel_path, const char *file, const char *e
 	return NULL;
 }
 
+char *bench_sibling_file(const char *near, const char *file)
+{
+	if (!near)
+		return NULL;
+	char *path = malloc(PATH_MAX);
+	if (!path)
+		return NULL;
+	const char *slash = strrchr(near, '/');
+	int dir_len = slash ? (int)(slash + 1 - near) : 0;
+	if (snprintf(path, PATH_MAX, "%.*s%s", dir_len, near, file) >= PATH_MAX ||
+	    access(path, R_OK) != 0) {
+		free(path);
+		return NULL;
+	}
+	return path;
+}
+
 /* ---- The image ----------------------------------------------------------- */
 
 /* Write the generation-0 pattern over [0, size). */

@@ -504,6 +504,10 @@ struct bench_results {
 	char chart_note[160];
 };
 
+/* file in the directory of near (blkbench.elf's: the same build or
+ * install), malloc'd, or NULL when near is NULL or file cannot be read. */
+char *bench_sibling_file(const char *near, const char *file);
+
 /* Name of a boot setup: "kapsel", "qemu-microvm", "qemu-pc". */
 const char *bench_boot_setup_name(unsigned setup);
 

@@ -37,23 +37,9 @@ const char *bench_boot_setup_name(unsigned setup)
 /* hello.elf next to blkbench.elf (the same build or install directory). */
 static char *hello_path(const struct bench_options *options)
 {
-	const char *near = options->guest_path ? options->guest_path : options->cpu_guest_path;
-	if (!near)
-		return NULL;
-	char *path = malloc(PATH_MAX);
-	if (!path)
-		return NULL;
-	snprintf(path, PATH_MAX, "%s", near);
-	char *slash = strrchr(path, '/');
-	if (slash)
-		snprintf(slash + 1, PATH_MAX - (size_t)(slash + 1 - path), "hello.elf");
-	else
-		snprintf(path, PATH_MAX, "hello.elf");
-	if (access(path, R_OK) != 0) {
-		free(path);
-		return NULL;
-	}
-	return path;
+	return bench_sibling_file(options->guest_path ? options->guest_path
+						      : options->cpu_guest_path,
+				  "hello.elf");
 }
 
 /* Does file hold the greeting?  (The guest really ran.) */

@@ -31,22 +31,7 @@ static double mq_load(void)
 /* blkmq.elf next to blkbench.elf (the same build or install directory). */
 static char *mq_guest_path(const struct bench_options *options)
 {
-	if (!options->guest_path)
-		return NULL;
-	char *path = malloc(PATH_MAX);
-	if (!path)
-		return NULL;
-	snprintf(path, PATH_MAX, "%s", options->guest_path);
-	char *slash = strrchr(path, '/');
-	if (slash)
-		snprintf(slash + 1, PATH_MAX - (size_t)(slash + 1 - path), "blkmq.elf");
-	else
-		snprintf(path, PATH_MAX, "blkmq.elf");
-	if (access(path, R_OK) != 0) {
-		free(path);
-		return NULL;
-	}
-	return path;
+	return bench_sibling_file(options->guest_path, "blkmq.elf");
 }
 
 static void mq_run(const struct bench_options *options, const char *guest, const char *disk_path,
