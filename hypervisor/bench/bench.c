@@ -106,6 +106,23 @@ char *bench_sibling_file(const char *near, const char *file)
 	return path;
 }
 
+pid_t bench_spawn_to_file(char *const argv[], const char *out_path, bool with_stderr)
+{
+	pid_t pid = fork();
+	if (pid != 0)
+		return pid < 0 ? -errno : pid;
+	int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (fd < 0 || null < 0 || dup2(null, 0) < 0 || dup2(fd, 1) < 0 ||
+	    dup2(with_stderr ? fd : null, 2) < 0)
+		_exit(127);
+	signal(SIGPIPE, SIG_DFL);
+	execv(argv[0], argv);
+	dprintf(with_stderr ? 2 : 1, "kapsel bench: cannot run '%s': %s\n", argv[0],
+		strerror(errno));
+	_exit(127);
+}
+
 /* ---- The image ----------------------------------------------------------- */
 
 /* Write the generation-0 pattern over [0, size). */

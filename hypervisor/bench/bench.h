@@ -508,6 +508,11 @@ struct bench_results {
  * install), malloc'd, or NULL when near is NULL or file cannot be read. */
 char *bench_sibling_file(const char *near, const char *file);
 
+/* Start argv[0] with argv, standard input /dev/null, standard output (and
+ * with_stderr, standard error) into out_path, created or truncated.
+ * Returns the child's pid or -errno. */
+pid_t bench_spawn_to_file(char *const argv[], const char *out_path, bool with_stderr);
+
 /* Name of a boot setup: "kapsel", "qemu-microvm", "qemu-pc". */
 const char *bench_boot_setup_name(unsigned setup);
 

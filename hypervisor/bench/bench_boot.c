@@ -60,19 +60,10 @@ static uint64_t boot_once(char *const argv[], const char *out_path, bool qemu, c
 			  size_t error_len)
 {
 	uint64_t start = monotonic_ns();
-	pid_t pid = fork();
+	pid_t pid = bench_spawn_to_file(argv, out_path, true);
 	if (pid < 0) {
-		snprintf(error, error_len, "fork: %s", strerror(errno));
+		snprintf(error, error_len, "fork: %s", strerror((int)-pid));
 		return 0;
-	}
-	if (pid == 0) {
-		int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-		int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-		if (fd < 0 || null < 0 || dup2(null, 0) < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
-			_exit(127);
-		execv(argv[0], argv);
-		dprintf(2, "cannot run '%s': %s\n", argv[0], strerror(errno));
-		_exit(127);
 	}
 	int status = 0;
 	for (;;) {

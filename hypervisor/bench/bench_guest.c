@@ -714,20 +714,7 @@ static pid_t spawn_peer(const struct bench_job *job, const char *net, const char
 			fprintf(stderr, " %s", argv[i]);
 		fprintf(stderr, " &\n");
 	}
-	pid_t pid = fork();
-	if (pid < 0)
-		return -errno;
-	if (pid == 0) {
-		int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-		int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-		if (fd < 0 || null < 0 || dup2(null, 0) < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
-			_exit(127);
-		signal(SIGPIPE, SIG_DFL);
-		execv(argv[0], argv);
-		dprintf(2, "kapsel bench: cannot run '%s': %s\n", argv[0], strerror(errno));
-		_exit(127);
-	}
-	return pid;
+	return bench_spawn_to_file(argv, out_path, true);
 }
 
 int bench_guest_run(const struct bench_job *job, struct bench_run *run)

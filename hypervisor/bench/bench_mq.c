@@ -69,18 +69,10 @@ static void mq_run(const struct bench_options *options, const char *guest, const
 		fputc('\n', stderr);
 	}
 	r->load_before = mq_load();
-	pid_t pid = fork();
+	pid_t pid = bench_spawn_to_file(argv, out_path, false);
 	if (pid < 0) {
-		snprintf(r->error, sizeof(r->error), "fork: %s", strerror(errno));
+		snprintf(r->error, sizeof(r->error), "fork: %s", strerror((int)-pid));
 		return;
-	}
-	if (pid == 0) {
-		int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-		int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-		if (fd < 0 || null < 0 || dup2(fd, 1) < 0 || dup2(null, 0) < 0 || dup2(null, 2) < 0)
-			_exit(127);
-		execv(argv[0], argv);
-		_exit(127);
 	}
 	int status = 0;
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
