@@ -56,23 +56,15 @@ static void guest_mark(void *context, const char *name)
 		kg_net_get_stats(net, &window_before);
 }
 
-static const char *path_name(enum kg_net_path path)
-{
-	return path == KG_NET_PV ? "pv" : path == KG_NET_NE2000 ? "ne2000" : "other";
-}
-
 int main(int argc, char **argv)
 {
 	args_init(argc, argv, 0);
 	const char *role = args_text("role");
 	const char *path_text = args_text("path");
 	enum kg_net_path path = KG_NET_AUTO;
-	if (path_text && strcmp(path_text, "pv") == 0)
-		path = KG_NET_PV;
-	else if (path_text && strcmp(path_text, "ne2000") == 0)
-		path = KG_NET_NE2000;
-	else if (path_text && strcmp(path_text, "auto") != 0)
-		kg_panic("netbench: path='%s' is unknown; use auto, pv or ne2000", path_text);
+	if (path_text && kg_net_path_parse(path_text, &path) < 0)
+		kg_panic("netbench: path='%s' is unknown; use auto, pv, ne2000 or virtio",
+			 path_text);
 	bool client = role && strcmp(role, "client") == 0;
 	if (!client && !(role && strcmp(role, "server") == 0))
 		kg_panic("netbench: give role=client or role=server");
@@ -89,7 +81,7 @@ int main(int argc, char **argv)
 	link.now_ns = guest_now;
 	struct bench_net_result r = { 0 };
 	if (!client) {
-		kg_printf("netbench: server path=%s\n", path_name(kg_net_path_of(net)));
+		kg_printf("netbench: server path=%s\n", kg_net_path_name(kg_net_path_of(net)));
 		int status = bench_net_server(&link, &r);
 		kg_printf("netbench: server measured_frames=%llu verified=%llu bad=%llu seq_gaps=%llu%s%s\n",
 			  (unsigned long long)r.ops, (unsigned long long)r.verified,
@@ -117,7 +109,7 @@ int main(int argc, char **argv)
 	link.mark = guest_mark;
 	r.histogram = histogram;
 	kg_printf("BENCH ready=1 device_path=%s pattern=%s frame_bytes=%u\n",
-		  path_name(kg_net_path_of(net)), params.stream ? "stream" : "rr",
+		  kg_net_path_name(kg_net_path_of(net)), params.stream ? "stream" : "rr",
 		  params.frame_bytes);
 
 	bench_net_client(&link, &params, &r);

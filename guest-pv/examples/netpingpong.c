@@ -66,14 +66,6 @@ static uint32_t get32(const uint8_t *p)
 	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-static const char *path_name(enum kg_net_path path)
-{
-	return path == KG_NET_PV       ? "pv"
-	       : path == KG_NET_NE2000 ? "ne2000"
-	       : path == KG_NET_VIRTIO ? "virtio"
-				       : "auto";
-}
-
 /* Build a frame of data_bytes pattern bytes; returns its length. */
 static uint32_t build(uint8_t *f, const uint8_t dst[6], uint32_t kind, uint32_t seq,
 		      uint32_t data_bytes)
@@ -228,7 +220,7 @@ static int do_ping(uint32_t count, uint32_t data_bytes, const uint8_t peer[6], u
 	uint64_t avg_ns = count ? total_ns / count : 0;
 	uint64_t rate = elapsed_ns ? (uint64_t)count * 1000000000ull / elapsed_ns : 0;
 	kg_printf("netpingpong: ping path=%s frames=%u frame_bytes=%u rtt_us min=%llu avg=%llu max=%llu round_trips_per_s=%llu retries=%u\n",
-		  path_name(kg_net_path_of(net)), count,
+		  kg_net_path_name(kg_net_path_of(net)), count,
 		  HEADER_BYTES + PAYLOAD_HEADER_BYTES + data_bytes + 4,
 		  (unsigned long long)(min_ns / 1000), (unsigned long long)(avg_ns / 1000),
 		  (unsigned long long)(max_ns / 1000), (unsigned long long)rate, retries);
@@ -273,7 +265,7 @@ static int do_pong(uint64_t idle_s)
 		echoed++;
 	}
 	kg_printf("netpingpong: pong path=%s echoed=%u corrupt=%u ignored=%u\n",
-		  path_name(kg_net_path_of(net)), echoed, corrupt_frames, ignored);
+		  kg_net_path_name(kg_net_path_of(net)), echoed, corrupt_frames, ignored);
 	return corrupt_frames ? 1 : 0;
 }
 
@@ -287,7 +279,8 @@ static int do_send(uint32_t count, uint32_t data_bytes, const uint8_t peer[6])
 			return 1;
 		}
 	}
-	kg_printf("netpingpong: sent %u frames path=%s\n", count, path_name(kg_net_path_of(net)));
+	kg_printf("netpingpong: sent %u frames path=%s\n", count,
+		  kg_net_path_name(kg_net_path_of(net)));
 	return 0;
 }
 
@@ -333,26 +326,20 @@ int main(int argc, char **argv)
 	const char *role = args_text("role");
 	const char *path_text = args_text("path");
 	enum kg_net_path path = KG_NET_AUTO;
-	if (path_text && strcmp(path_text, "pv") == 0)
-		path = KG_NET_PV;
-	else if (path_text && strcmp(path_text, "ne2000") == 0)
-		path = KG_NET_NE2000;
-	else if (path_text && strcmp(path_text, "virtio") == 0)
-		path = KG_NET_VIRTIO;
-	else if (path_text && strcmp(path_text, "auto") != 0)
+	if (path_text && kg_net_path_parse(path_text, &path) < 0)
 		kg_panic("netpingpong: path='%s' is unknown; use auto, pv, ne2000 or virtio",
 			 path_text);
 	int err = kg_net_open((unsigned)number_arg("index", 0), path, &net);
 	if (err) {
-		kg_printf("netpingpong: no network interface on path %s: %d\n", path_name(path),
-			  err);
+		kg_printf("netpingpong: no network interface on path %s: %d\n",
+			  kg_net_path_name(path), err);
 		return 2;
 	}
 	kg_net_set_poll_ns(net, number_arg("poll", 0) * 1000);
 	kg_net_mac(net, own_mac);
 	kg_printf("netpingpong: %s path=%s mac=%02x:%02x:%02x:%02x:%02x:%02x\n", role ? role : "?",
-		  path_name(kg_net_path_of(net)), own_mac[0], own_mac[1], own_mac[2], own_mac[3],
-		  own_mac[4], own_mac[5]);
+		  kg_net_path_name(kg_net_path_of(net)), own_mac[0], own_mac[1], own_mac[2],
+		  own_mac[3], own_mac[4], own_mac[5]);
 	uint8_t peer[6] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
 	const char *peer_text = args_text("peer");
 	if (peer_text && !parse_mac(peer_text, peer))

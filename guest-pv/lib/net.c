@@ -1,6 +1,7 @@
 /* Guest network API: finds an interface, picks its driver (PV rings or NE2000 PIO), checks arguments, follows generation changes. */
 #include "net_internal.h"
 
+#include "kapsel_guest/libc.h"
 #include "kapsel_guest/os_hooks.h"
 #include "kapsel_guest/platform.h"
 
@@ -74,6 +75,31 @@ int kg_net_open(unsigned index, enum kg_net_path path, struct kg_net_device **de
 enum kg_net_path kg_net_path_of(struct kg_net_device *device)
 {
 	return device->path;
+}
+
+static const char *const path_names[] = {
+	[KG_NET_AUTO] = "auto",
+	[KG_NET_PV] = "pv",
+	[KG_NET_NE2000] = "ne2000",
+	[KG_NET_VIRTIO] = "virtio",
+};
+
+const char *kg_net_path_name(enum kg_net_path path)
+{
+	return (unsigned)path < sizeof(path_names) / sizeof(path_names[0]) && path_names[path]
+		       ? path_names[path]
+		       : "other";
+}
+
+int kg_net_path_parse(const char *text, enum kg_net_path *path)
+{
+	for (unsigned i = 0; text && i < sizeof(path_names) / sizeof(path_names[0]); i++) {
+		if (path_names[i] && strcmp(text, path_names[i]) == 0) {
+			*path = (enum kg_net_path)i;
+			return 0;
+		}
+	}
+	return -KAPSEL_EINVAL;
 }
 
 void kg_net_mac(struct kg_net_device *device, uint8_t mac[KAPSEL_NET_MAC_BYTES])

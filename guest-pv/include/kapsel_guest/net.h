@@ -46,6 +46,13 @@ int kg_net_open(unsigned index, enum kg_net_path path, struct kg_net_device **de
 /* The path in use (KG_NET_PV, KG_NET_NE2000 or KG_NET_VIRTIO). */
 enum kg_net_path kg_net_path_of(struct kg_net_device *device);
 
+/* A path's name as command lines spell it: "auto", "pv", "ne2000",
+ * "virtio". */
+const char *kg_net_path_name(enum kg_net_path path);
+
+/* Parse such a name into *path.  0, or -KAPSEL_EINVAL for another word. */
+int kg_net_path_parse(const char *text, enum kg_net_path *path);
+
 /*
  * The station address.  The library notices a new restore/clone
  * generation (start_info.generation) in every call and re-reads the
