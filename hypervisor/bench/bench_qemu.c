@@ -115,6 +115,19 @@ int bench_qemu_probe(struct bench_options *options, struct bench_results *result
 	return 0;
 }
 
+/* path with each ',' doubled, as QEMU's option syntax wants it inside
+ * file=... (a comma would end the value and start another option). */
+static void escape_commas(char *out, size_t len, const char *path)
+{
+	size_t used = 0;
+	for (const char *c = path; *c && used + 2 < len; c++) {
+		out[used++] = *c;
+		if (*c == ',')
+			out[used++] = ',';
+	}
+	out[used] = '\0';
+}
+
 /* Append one argument to argv (storage owned by the caller's strings). */
 #define PUSH(arg)                                     \
 	do {                                          \
@@ -129,15 +142,16 @@ unsigned bench_qemu_argv(const struct bench_job *job, const struct bench_results
 	bool virtio = job->path == BENCH_PATH_QEMU_VIRTIO;
 	const char *cache = job->cache == BENCH_CACHE_NONE ? "none" : "writeback";
 	unsigned argc = 0;
+	char file[1100];
+	escape_commas(file, sizeof(file), job->disk_path);
 	snprintf(s->accel, sizeof(s->accel), "%s", results->qemu_accel);
 	if (virtio)
 		snprintf(s->drive, sizeof(s->drive),
-			 "id=d0,file=%s,format=raw,if=none,cache=%s,aio=io_uring", job->disk_path,
-			 cache);
+			 "id=d0,file=%s,format=raw,if=none,cache=%s,aio=io_uring", file, cache);
 	else
 		snprintf(s->drive, sizeof(s->drive),
-			 "file=%s,format=raw,if=ide,index=0,media=disk,cache=%s,aio=io_uring",
-			 job->disk_path, cache);
+			 "file=%s,format=raw,if=ide,index=0,media=disk,cache=%s,aio=io_uring", file,
+			 cache);
 	PUSH(results->qemu_binary);
 	PUSH("-M");
 	PUSH(virtio ? "microvm" : "pc");
