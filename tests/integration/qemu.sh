@@ -220,6 +220,9 @@ bench-qemu) # suite: qemu
 	# data must: fixed-size runs write the same sectors on every path, so
 	# the region's checksum after each path must be the same, and every
 	# sector read back must carry its own number.
+	# The image's name has a comma: QEMU must take it as one file name
+	# (the bench doubles it), not as the option readonly=on.
+	img=$TMP/disk,readonly=on.img
 	truncate -s 16M "$img"
 	"$KAPSEL" bench --quick --no-fio --no-chart --paths native,qemu --qemu-accel tcg \
 		--workloads randread-4K,write-128K --iodepths 1,8 --disk "$img" \
