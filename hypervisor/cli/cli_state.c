@@ -562,8 +562,12 @@ int cli_migrate(int argc, char **argv)
 		return cli_connect_error(args[0], err);
 	int status = 0;
 	if (reply.errnum) {
-		kapsel_error("migration of '%s' failed: %s; the VM runs on here", args[0],
-			     reply.message ? reply.message : "");
+		/* The message says where the VM is when it is not here, running
+		 * (migrate_send: stopped, or paused with the outcome unknown). */
+		bool elsewhere = reply.errnum == ENOTRECOVERABLE || reply.errnum == EINPROGRESS;
+		kapsel_error("migration of '%s' failed: %s%s", args[0],
+			     reply.message ? reply.message : "",
+			     elsewhere ? "" : "; the VM runs on here");
 		status = 1;
 	} else if (reply.payload) {
 		fputs(reply.payload, stdout);

@@ -236,6 +236,9 @@ const char *control_errno_name(int errnum)
 		{ ECONNREFUSED, "ECONNREFUSED" },
 		{ ECANCELED, "ECANCELED" },
 		{ EMSGSIZE, "EMSGSIZE" },
+		/* migrate: the VM is not here, running (docs/migration.md) */
+		{ EINPROGRESS, "EINPROGRESS" },
+		{ ENOTRECOVERABLE, "ENOTRECOVERABLE" },
 	};
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 		if (names[i].errnum == errnum)

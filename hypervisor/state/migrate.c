@@ -328,17 +328,21 @@ static int devices_release_host(struct kapsel_vm *vm, char *error, size_t error_
 }
 
 /* The migration failed after devices_release_host: take them back.
- * A failure is logged; the device runs on without its link. */
-static void devices_reacquire_host(struct kapsel_vm *vm)
+ * Returns false (after logging why) if one could not be taken back: the
+ * destination may hold it, and be running. */
+static bool devices_reacquire_host(struct kapsel_vm *vm)
 {
+	bool all = true;
 	for (unsigned i = 0; i < vm->device_count; i++) {
 		struct kapsel_device *dev = vm->devices[i];
 		char detail[512];
 		if (dev->ops->host_reacquire &&
-		    dev->ops->host_reacquire(dev, detail, sizeof(detail)) < 0)
-			kapsel_error("device %u (%s): %s; it runs on without its host link", i,
-				     dev->ops->name, detail);
+		    dev->ops->host_reacquire(dev, detail, sizeof(detail)) < 0) {
+			kapsel_error("device %u (%s): %s", i, dev->ops->name, detail);
+			all = false;
+		}
 	}
+	return all;
 }
 
 int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_options *options,
@@ -364,7 +368,7 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 	struct sender s = { .vm = vm, .stats = stats };
 	struct vm_state_writer w;
 	bool logging = false, paused = false, was_paused = false, quiesced = false;
-	bool released = false;
+	bool released = false, handed_over = false, destination_failed = false;
 	uint64_t pause_ns = 0;
 	int err;
 
@@ -541,10 +545,14 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 	err = devices_release_host(vm, error, error_len);
 	if (err)
 		goto out_close;
+	/* From here the destination may run the VM (a send that failed may
+	 * still have delivered RELEASED), unless it says FAILED. */
+	handed_over = true;
 	err = send_message(t, MIGRATE_RELEASED, NULL);
 	if (!err)
 		err = receive_message(t, &m, (int)opt.timeout_ms);
 	if (err || m.code != MIGRATE_RUNNING) {
+		destination_failed = !err && m.code == MIGRATE_FAILED;
 		err = err ? err : -EPROTO;
 		kapsel_fail(error, error_len, err, "the destination did not start the VM: %s",
 			    m.code == MIGRATE_FAILED ? m.detail : strerror(-err));
@@ -563,17 +571,36 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 
 out_close:
 	migrate_transport_close(t);
-	if (released && !disks_relock(vm)) {
-		/* The destination holds the disks: it may be running.  Two
-		 * copies must never run, so this one stops. */
-		kapsel_error("migration to %s: the destination took the disks and then failed to confirm; stopping this copy of the VM",
+	if (released && (!disks_relock(vm) || !devices_reacquire_host(vm))) {
+		/* The destination holds a disk or a host link: it may be
+		 * running.  Two copies must never run, so this one stops. */
+		kapsel_error("migration to %s: the destination took the disks or links and then failed to confirm; stopping this copy of the VM",
 			     uri);
+		kapsel_fail(error, error_len, -ENOTRECOVERABLE,
+			    "the destination took the VM's disks or links but did not confirm it runs; this copy stopped (the VM may run at %s)",
+			    uri);
+		err = -ENOTRECOVERABLE;
 		vm_request_stop(vm);
 		if (paused && !was_paused)
 			vm_resume(vm);
 		paused = false;
-	} else if (released) {
-		devices_reacquire_host(vm);
+	} else if (handed_over && !destination_failed) {
+		/* Nothing exclusive tells whether the destination runs it (a
+		 * VM without disks or links), and its answer was lost: resuming
+		 * could make two copies.  This one stays paused for the
+		 * operator to decide. */
+		kapsel_fail(error, error_len, -EINPROGRESS,
+			    "the destination's answer after the hand-over was lost (%s): it may be running the VM, so this copy stays paused; 'kapsel resume %s' if %s does not run it, else 'kapsel destroy %s'",
+			    strerror(-err), vm->config->name, uri, vm->config->name);
+		kapsel_error("migration to %s: %s", uri, error);
+		err = -EINPROGRESS;
+		if (quiesced)
+			snapshot_resume_devices(vm);
+		quiesced = false;
+		if (logging)
+			set_dirty_logging(vm, false);
+		logging = false;
+		paused = false; /* left paused: not resumed below */
 	}
 	if (quiesced)
 		snapshot_resume_devices(vm);

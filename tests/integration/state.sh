@@ -278,6 +278,11 @@ ls.bind(("127.0.0.1", listen_port)); ls.listen(1)
 src, _ = ls.accept()
 dst = socket.create_connection(("127.0.0.1", target_port))
 sent = 0
+# drop-running: pass everything until the hand-over, then drop the
+# destination's last answer (RUNNING).  After the bulk of the stream the
+# destination's first answer is PREPARED, the source's next bytes are
+# RELEASED, and what the destination sends after that is RUNNING.
+bulk = prepared = released = False
 try:
     while True:
         r, _, _ = select.select([src, dst], [], [], 30)
@@ -285,13 +290,16 @@ try:
             break
         if dst in r:
             data = dst.recv(65536)
-            if not data or mode == "cut-reply":
+            if not data or mode == "cut-reply" or released:
                 break
+            prepared = prepared or bulk
             src.sendall(data)
         if src in r:
             data = bytearray(src.recv(65536))
             if not data:
                 break
+            bulk = bulk or sent > (1 << 20)
+            released = released or (mode == "drop-running" and prepared)
             if mode == "cut" and sent + len(data) >= offset:
                 dst.sendall(data[:offset - sent])
                 break
@@ -804,6 +812,42 @@ state-migrate-broken)
 	STATUS=0; wait "$SRC" || STATUS=$?; expect_status 0
 	STATUS=0; wait "$DST" || STATUS=$?; expect_status 0
 	check_ticks 1 "$ticks" "$TMP/src.out" "$TMP/dst.out" || fail "sequence across failed migrations"
+	;;
+state-migrate-lost-answer)
+	# The destination's RUNNING is lost after the hand-over.  The counter
+	# VM has no disk or NIC the source could fail to take back, so nothing
+	# says whether the destination runs it: the source must stay paused
+	# (never two copies), say so, and the destination runs on.
+	name=state-mla-$$
+	dport=$((20000 + $$ % 15000)) pport=$((20001 + $$ % 15000))
+	make_psk "$TMP/mig.psk"
+	ticks=600
+	timeout --kill-after=5 300 "$KAPSEL" run --no-console-input --kernel "$COUNTER" --name "$name" \
+		--cmdline "ticks=$ticks interval_ms=$TICK_MS" >"$TMP/src.out" 2>"$TMP/src.err" </dev/null &
+	SRC=$!
+	wait_for_tick "$TMP/src.out" 10
+	timeout --kill-after=5 300 "$KAPSEL" run --no-console-input --no-control \
+		--kernel "$COUNTER" --incoming "tcp:127.0.0.1:$dport,psk=$TMP/mig.psk" >"$TMP/dst.out" 2>"$TMP/dst.err" </dev/null &
+	DST=$!
+	wait_listening "$dport"
+	proxy "$pport" "$dport" drop-running 0
+	STATUS=0
+	"$KAPSEL" migrate --psk "$TMP/mig.psk" "$name" "tcp:127.0.0.1:$pport" >"$TMP/mig" 2>&1 || STATUS=$?
+	[ "$STATUS" -eq 1 ] || { cat "$TMP/mig"; fail "migrate exited $STATUS, expected 1"; }
+	expect_in "$TMP/mig" "answer after the hand-over was lost"
+	expect_in "$TMP/mig" "this copy stays paused; 'kapsel resume $name' if"
+	expect_not_in "$TMP/mig" "runs on here"
+	"$KAPSEL" info "$name" >"$TMP/info" || fail "info on the paused source"
+	expect_in "$TMP/info" "state paused"
+	# The destination runs the VM from where the source stopped ...
+	stopped=$(last_tick "$TMP/src.out")
+	wait_for_tick "$TMP/dst.out" $((stopped + 5))
+	# ... while the source does not move.
+	[ "$(last_tick "$TMP/src.out")" = "$stopped" ] || fail "the paused source ran on"
+	"$KAPSEL" destroy "$name" >/dev/null 2>&1 || fail "destroy of the paused source"
+	wait "$SRC" 2>/dev/null || true
+	STATUS=0; wait "$DST" || STATUS=$?; expect_status 0
+	check_ticks 1 "$ticks" "$TMP/src.out" "$TMP/dst.out" || fail "sequence across the lost answer"
 	;;
 state-migrate-netns)
 	# Between two network namespaces joined by a veth pair: the VMs see
