@@ -18,6 +18,7 @@
 #include "core/clock.h"
 #include "core/error_text.h"
 #include "core/log.h"
+#include "state/precopy.h"
 #include "state/progress.h"
 #include "state/vcpu_state.h"
 #include "core/vm.h"
@@ -274,15 +275,14 @@ static char *overlay_name(const char *path, const char *tag)
 	return name;
 }
 
-int snapshot_take(struct kapsel_vm *vm, const char *path, struct snapshot_save_stats *stats,
-		  char *error, size_t error_len)
+/* Every writable disk of vm goes on on a new overlay over its current
+ * file, which is frozen (frozen[unit], owned[unit] to free; overlay[unit]:
+ * the frozen file is itself an overlay).  Devices are quiesced. */
+static int freeze_disks(struct kapsel_vm *vm, const char *frozen[VM_CONFIG_MAX_DISKS],
+			bool frozen_overlay[VM_CONFIG_MAX_DISKS], char *owned[VM_CONFIG_MAX_DISKS],
+			char *error, size_t error_len)
 {
-	const char *frozen[VM_CONFIG_MAX_DISKS] = { 0 };
-	bool frozen_overlay[VM_CONFIG_MAX_DISKS] = { 0 };
-	char *owned[VM_CONFIG_MAX_DISKS] = { 0 };
 	int err = 0;
-
-	snapshot_quiesce_devices(vm);
 	for (unsigned i = 0; i < vm->device_count && !err; i++) {
 		struct kapsel_device *dev = vm->devices[i];
 		unsigned unit = dev->desc.unit;
@@ -321,6 +321,18 @@ int snapshot_take(struct kapsel_vm *vm, const char *path, struct snapshot_save_s
 		kapsel_debug("disk %u: '%s' frozen for the snapshot, the VM goes on on '%s'", unit,
 			     owned[unit], config_path);
 	}
+	return err;
+}
+
+int snapshot_take(struct kapsel_vm *vm, const char *path, struct snapshot_save_stats *stats,
+		  char *error, size_t error_len)
+{
+	const char *frozen[VM_CONFIG_MAX_DISKS] = { 0 };
+	bool frozen_overlay[VM_CONFIG_MAX_DISKS] = { 0 };
+	char *owned[VM_CONFIG_MAX_DISKS] = { 0 };
+
+	snapshot_quiesce_devices(vm);
+	int err = freeze_disks(vm, frozen, frozen_overlay, owned, error, error_len);
 	if (!err) {
 		frozen_disk_paths = frozen;
 		frozen_disk_overlays = frozen_overlay;
@@ -331,6 +343,249 @@ int snapshot_take(struct kapsel_vm *vm, const char *path, struct snapshot_save_s
 	snapshot_resume_devices(vm);
 	for (unsigned i = 0; i < VM_CONFIG_MAX_DISKS; i++)
 		free(owned[i]);
+	return err;
+}
+
+/* ---- Live save: memory.img written by pre-copy while the vCPU runs ---------- */
+
+/* memory.img as a pre-copy sink: pages at their offsets, zero runs as holes. */
+struct memory_file_sink {
+	int fd;
+	uint64_t written_bytes;
+};
+
+static int file_write_pages(void *context, uint64_t first_page, uint32_t count, uint32_t round,
+			    const uint8_t *data)
+{
+	(void)round;
+	struct memory_file_sink *f = context;
+	uint64_t offset = first_page * PRECOPY_PAGE_BYTES;
+	size_t length = (size_t)count * PRECOPY_PAGE_BYTES;
+	while (length) {
+		ssize_t n = pwrite(f->fd, data, length, (off_t)offset);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		data += n;
+		offset += (uint64_t)n;
+		length -= (size_t)n;
+		f->written_bytes += (uint64_t)n;
+	}
+	return 0;
+}
+
+static int file_write_zeros(void *context, uint64_t first_page, uint32_t count, uint32_t round)
+{
+	(void)round;
+	struct memory_file_sink *f = context;
+	off_t offset = (off_t)(first_page * PRECOPY_PAGE_BYTES);
+	off_t length = (off_t)count * PRECOPY_PAGE_BYTES;
+	if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0)
+		return 0;
+	if (errno != EOPNOTSUPP)
+		return -errno;
+	/* A file system without holes: write the zeros. */
+	static const uint8_t zeros[PRECOPY_PAGE_BYTES];
+	for (uint32_t i = 0; i < count; i++) {
+		int err = file_write_pages(f, first_page + i, 1, round, zeros);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+static uint64_t file_bytes_written(void *context)
+{
+	return ((struct memory_file_sink *)context)->written_bytes;
+}
+
+static const struct precopy_sink_ops memory_file_sink_ops = {
+	.write_pages = file_write_pages,
+	.write_zeros = file_write_zeros,
+	.bytes_written = file_bytes_written,
+};
+
+/* Bytes of fd that are not holes (SEEK_DATA/SEEK_HOLE). */
+static uint64_t file_data_bytes(int fd, uint64_t size_bytes)
+{
+	uint64_t total = 0;
+	off_t pos = 0;
+	for (;;) {
+		off_t data = lseek(fd, pos, SEEK_DATA);
+		if (data < 0 || (uint64_t)data >= size_bytes)
+			break;
+		off_t hole = lseek(fd, data, SEEK_HOLE);
+		if (hole < 0 || (uint64_t)hole > size_bytes)
+			hole = (off_t)size_bytes;
+		total += (uint64_t)(hole - data);
+		pos = hole;
+	}
+	return total;
+}
+
+int snapshot_save_live(struct kapsel_vm *vm, const char *path, bool snapshot,
+		       const struct snapshot_save_options *options,
+		       struct snapshot_save_stats *stats, char *error, size_t error_len)
+{
+	struct snapshot_save_stats local_stats;
+	if (!stats)
+		stats = &local_stats;
+	memset(stats, 0, sizeof(*stats));
+	stats->live = true;
+	uint64_t start_ns = monotonic_ns();
+	const struct precopy_options precopy_options = {
+		.max_rounds = options->max_rounds ? options->max_rounds
+						  : SNAPSHOT_LIVE_DEFAULT_MAX_ROUNDS,
+		.max_downtime_ms = options->max_downtime_ms ? options->max_downtime_ms
+							    : SNAPSHOT_LIVE_DEFAULT_MAX_DOWNTIME_MS,
+		/* A guest must not keep a change out of its saved state by
+		 * crafting a CRC collision; rewriting a page of a file is cheap. */
+		.write_logged_pages = true,
+	};
+	const char *frozen[VM_CONFIG_MAX_DISKS] = { 0 };
+	bool frozen_overlay[VM_CONFIG_MAX_DISKS] = { 0 };
+	char *owned[VM_CONFIG_MAX_DISKS] = { 0 };
+	struct vm_state_dir_txn txn;
+	struct vm_state_writer w;
+	struct vm_state_manifest_file entry;
+	struct memory_file_sink sink = { .fd = -1 };
+	struct precopy pc;
+	bool paused_here = false, quiesced = false;
+	uint64_t pause_ns = 0;
+	int err;
+
+	err = vm_state_dir_begin(&txn, path, error, error_len);
+	if (err)
+		return err;
+	vm_state_writer_init_buffer(&w);
+	err = precopy_init(&pc, vm, &memory_file_sink_ops, &sink, &precopy_options);
+	if (err) {
+		vm_state_dir_abort(&txn);
+		vm_state_writer_free(&w);
+		return kapsel_fail(error, error_len, err, "out of memory");
+	}
+	sink.fd = openat(txn.dirfd, VM_STATE_FILE_MEMORY, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+			 0600);
+	if (sink.fd < 0 || ftruncate(sink.fd, (off_t)vm->mem.size_bytes) < 0) {
+		err = kapsel_fail(error, error_len, -errno, "cannot create %s.new/memory.img: %s",
+				  path, strerror(errno));
+		goto out;
+	}
+	err = precopy_start_logging(&pc);
+	if (err) {
+		kapsel_fail(error, error_len, err,
+			    "KVM dirty logging (KVM_MEM_LOG_DIRTY_PAGES) failed: %s",
+			    strerror(-err));
+		goto out;
+	}
+	/* While the vCPU runs: everything once, then what it dirtied. */
+	if (!precopy_first_pass(&pc))
+		precopy_rounds(&pc);
+	if (pc.error) {
+		err = kapsel_fail(error, error_len, pc.error, "cannot write %s.new/memory.img: %s",
+				  path, strerror(-pc.error));
+		goto out;
+	}
+
+	/* Stop: the last dirty pages, the pages the VMM wrote, the rest. */
+	pause_ns = monotonic_ns();
+	err = vm_pause(vm);
+	if (err && err != -EALREADY) {
+		kapsel_fail(error, error_len, err, "the VM stopped during the save");
+		goto out;
+	}
+	paused_here = err == 0;
+	err = 0;
+	snapshot_quiesce_devices(vm);
+	quiesced = true;
+	if (snapshot) {
+		/* The disks are frozen here, where memory is taken: what the
+		 * guest wrote before is in them, what it writes after is not. */
+		err = freeze_disks(vm, frozen, frozen_overlay, owned, error, error_len);
+		if (err)
+			goto out;
+	}
+	if (precopy_final_pass(&pc)) {
+		err = kapsel_fail(error, error_len, pc.error, "cannot write %s.new/memory.img: %s",
+				  path, strerror(-pc.error));
+		goto out;
+	}
+	state_progress_phase("state");
+	vm_state_put_begin(&w, VM_STATE_KIND_STATE);
+	frozen_disk_paths = snapshot ? frozen : NULL;
+	frozen_disk_overlays = snapshot ? frozen_overlay : NULL;
+	err = snapshot_write_vm_records(vm, &w, error, error_len);
+	frozen_disk_paths = NULL;
+	frozen_disk_overlays = NULL;
+	vm_state_put_end(&w);
+	if (!err && w.error)
+		err = kapsel_fail(error, error_len, w.error, "cannot build state.bin: %s",
+				  strerror(-w.error));
+	if (err)
+		goto out;
+	/* Everything is taken: the guest may go on while the files are synced
+	 * and committed (unless the caller stops it after the save). */
+	snapshot_resume_devices(vm);
+	quiesced = false;
+	if (paused_here && !options->keep_paused) {
+		vm_resume(vm);
+		paused_here = false;
+		stats->vcpu_stopped_ns = monotonic_ns() - pause_ns;
+	}
+	precopy_stop_logging(&pc);
+
+	stats->rounds = pc.rounds;
+	stats->final_pages = pc.final_pages;
+	stats->memory_bytes = vm->mem.size_bytes;
+	stats->memory_written_bytes = sink.written_bytes;
+	if (fsync(sink.fd) < 0) {
+		err = kapsel_fail(error, error_len, -errno, "cannot write %s.new/memory.img: %s",
+				  path, strerror(errno));
+		goto out;
+	}
+	memset(&entry, 0, sizeof(entry));
+	snprintf(entry.name, sizeof(entry.name), "%s", VM_STATE_FILE_MEMORY);
+	entry.size_bytes = vm->mem.size_bytes;
+	/* Of what the file holds: every page's CRC is of the bytes written. */
+	entry.crc32c = precopy_destination_crc(&pc);
+	entry.data_bytes = file_data_bytes(sink.fd, vm->mem.size_bytes);
+	stats->memory_data_bytes = entry.data_bytes;
+	vm_state_dir_add(&txn, &entry);
+	err = vm_state_write_file(txn.dirfd, VM_STATE_FILE_STATE, w.buffer, w.buffer_bytes, &entry);
+	if (err) {
+		kapsel_fail(error, error_len, err, "cannot write %s.new/state.bin: %s", path,
+			    strerror(-err));
+		goto out;
+	}
+	vm_state_dir_add(&txn, &entry);
+	stats->state_bytes = w.buffer_bytes;
+	write_domain_xml(vm, &txn);
+	close(sink.fd);
+	sink.fd = -1;
+	err = vm_state_dir_commit(&txn, error, error_len);
+	goto done;
+
+out:
+	vm_state_dir_abort(&txn);
+done:
+	if (quiesced)
+		snapshot_resume_devices(vm);
+	if (paused_here && (err || !options->keep_paused)) {
+		vm_resume(vm);
+		paused_here = false;
+		stats->vcpu_stopped_ns = monotonic_ns() - pause_ns;
+	}
+	stats->left_paused = paused_here;
+	if (paused_here)
+		stats->pause_start_ns = pause_ns;
+	if (sink.fd >= 0)
+		close(sink.fd);
+	precopy_free(&pc);
+	vm_state_writer_free(&w);
+	for (unsigned i = 0; i < VM_CONFIG_MAX_DISKS; i++)
+		free(owned[i]);
+	stats->total_ns = monotonic_ns() - start_ns;
 	return err;
 }
 
