@@ -124,6 +124,17 @@ static void print_state(const struct vm_state_dir *dir, bool list_records, FILE 
 		fprintf(out, "  %-12s %12llu bytes (%llu data), crc32c %08x\n", dir->files[i].name,
 			(unsigned long long)dir->files[i].size_bytes,
 			(unsigned long long)dir->files[i].data_bytes, dir->files[i].crc32c);
+	const struct vm_state_stored_record *save_rec =
+		vm_state_find(&dir->state, VM_STATE_SAVE_INFO, NULL);
+	if (save_rec && save_rec->length_bytes == sizeof(struct vm_state_save_info)) {
+		struct vm_state_save_info s;
+		memcpy(&s, save_rec->payload, sizeof(s));
+		if (s.flags & VM_STATE_SAVE_LIVE)
+			fprintf(out,
+				"save: live, %u pre-copy rounds, %llu MiB written to memory.img, %llu pages while stopped, vCPU stopped %.3f ms\n",
+				s.rounds, (unsigned long long)(s.memory_written_bytes >> 20),
+				(unsigned long long)s.final_pages, s.vcpu_stopped_ns / 1e6);
+	}
 	fprintf(out, "vm:\n  name %.64s\n  uuid ", info->name);
 	for (int i = 0; i < 16; i++)
 		fprintf(out, "%02x%s", info->uuid[i],
@@ -256,6 +267,19 @@ static void state_json(struct json_writer *w, const struct vm_state_dir *dir)
 		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
 		 u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
 		 u[15]);
+	const struct vm_state_stored_record *save_rec =
+		vm_state_find(&dir->state, VM_STATE_SAVE_INFO, NULL);
+	if (save_rec && save_rec->length_bytes == sizeof(struct vm_state_save_info)) {
+		struct vm_state_save_info s;
+		memcpy(&s, save_rec->payload, sizeof(s));
+		json_writer_open(w, "save", '{');
+		json_writer_bool(w, "live", (s.flags & VM_STATE_SAVE_LIVE) != 0);
+		json_writer_u64(w, "rounds", s.rounds);
+		json_writer_u64(w, "memory_written_bytes", s.memory_written_bytes);
+		json_writer_u64(w, "final_pages", s.final_pages);
+		json_writer_u64(w, "vcpu_stopped_ns", s.vcpu_stopped_ns);
+		json_writer_close(w, '}');
+	}
 	json_writer_open(w, "vm", '{');
 	json_fixed_string(w, "name", info->name, sizeof(info->name));
 	json_writer_string(w, "uuid", uuid);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -406,6 +407,18 @@ static const struct precopy_sink_ops memory_file_sink_ops = {
 	.bytes_written = file_bytes_written,
 };
 
+/* A random id for a new state (its save.info record). */
+static void new_state_id(uint8_t id[16])
+{
+	if (getrandom(id, 16, 0) != 16) {
+		/* No entropy source: time and address, unique enough to tell
+		 * states apart (nothing secret rests on it). */
+		uint64_t words[2] = { monotonic_ns(),
+				      (uint64_t)(uintptr_t)id ^ (uint64_t)time(NULL) };
+		memcpy(id, words, 16);
+	}
+}
+
 /* Bytes of fd that are not holes (SEEK_DATA/SEEK_HOLE). */
 static uint64_t file_data_bytes(int fd, uint64_t size_bytes)
 {
@@ -518,22 +531,34 @@ int snapshot_save_live(struct kapsel_vm *vm, const char *path, bool snapshot,
 	err = snapshot_write_vm_records(vm, &w, error, error_len);
 	frozen_disk_paths = NULL;
 	frozen_disk_overlays = NULL;
-	vm_state_put_end(&w);
-	if (!err && w.error)
-		err = kapsel_fail(error, error_len, w.error, "cannot build state.bin: %s",
-				  strerror(-w.error));
 	if (err)
 		goto out;
 	/* Everything is taken: the guest may go on while the files are synced
 	 * and committed (unless the caller stops it after the save). */
 	snapshot_resume_devices(vm);
 	quiesced = false;
+	uint64_t taken_ns = monotonic_ns() - pause_ns;
 	if (paused_here && !options->keep_paused) {
 		vm_resume(vm);
 		paused_here = false;
 		stats->vcpu_stopped_ns = monotonic_ns() - pause_ns;
 	}
 	precopy_stop_logging(&pc);
+	struct vm_state_save_info info = {
+		.flags = VM_STATE_SAVE_LIVE,
+		.rounds = pc.rounds,
+		.vcpu_stopped_ns = stats->vcpu_stopped_ns ? stats->vcpu_stopped_ns : taken_ns,
+		.memory_written_bytes = sink.written_bytes,
+		.final_pages = pc.final_pages,
+	};
+	new_state_id(info.state_id);
+	vm_state_put(&w, VM_STATE_SAVE_INFO, 0, &info, sizeof(info));
+	vm_state_put_end(&w);
+	if (w.error) {
+		err = kapsel_fail(error, error_len, w.error, "cannot build state.bin: %s",
+				  strerror(-w.error));
+		goto out;
+	}
 
 	stats->rounds = pc.rounds;
 	stats->final_pages = pc.final_pages;

@@ -643,6 +643,8 @@ const char *vm_state_record_name(uint32_t type)
 		return "device";
 	case VM_STATE_NOTE:
 		return "note";
+	case VM_STATE_SAVE_INFO:
+		return "save.info";
 	case VM_STATE_VCPU_REGS:
 		return "vcpu.regs";
 	case VM_STATE_VCPU_SREGS:

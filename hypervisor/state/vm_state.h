@@ -90,6 +90,9 @@ enum vm_state_record_type {
 	 * namespace (vm_config_format_xml, VM_CONFIG_XML_STATE; docs/state.md),
 	 * UTF-8, at most VM_CONFIG_XML_MAX_BYTES.  Mandatory. */
 	VM_STATE_DEFINITION = 0x0105,
+	/* struct vm_state_save_info: how the state was taken (live, rounds,
+	 * vCPU-stopped time) and its id.  Optional, informational. */
+	VM_STATE_SAVE_INFO = 0x0106,
 
 	VM_STATE_VCPU_REGS = 0x0200,	  /* struct kvm_regs */
 	VM_STATE_VCPU_SREGS = 0x0201,	  /* struct kvm_sregs */
@@ -177,6 +180,20 @@ struct vm_state_vm_info {
 	uint64_t _reserved[4];
 };
 _Static_assert(sizeof(struct vm_state_vm_info) == 168, "vm info layout");
+
+#define VM_STATE_SAVE_LIVE (1u << 0) /* memory written while the vCPU ran */
+struct vm_state_save_info {
+	uint8_t state_id[16]; /* random, new for every state written */
+	uint32_t flags;	      /* VM_STATE_SAVE_* */
+	uint32_t rounds;      /* live: pre-copy rounds after the first pass */
+	/* live: from the pause until the state was complete (the vCPU ran
+	 * again right after, unless the VM stopped) */
+	uint64_t vcpu_stopped_ns;
+	uint64_t memory_written_bytes; /* to memory.img, all passes */
+	uint64_t final_pages;	       /* live: written with the vCPU paused */
+	uint64_t _reserved[4];
+};
+_Static_assert(sizeof(struct vm_state_save_info) == 80, "save info layout");
 
 /* One event channel: allocated, the device it is bound to (or -1). */
 struct vm_state_evtchn_entry {

@@ -1056,6 +1056,8 @@ state-live-save)
 	expect_not_in "$TMP/out1" "counter done"
 	"$KAPSEL" inspect "$TMP/first" >"$TMP/inspect" 2>&1 || { cat "$TMP/inspect"; fail "inspect of the live save"; }
 	expect_in "$TMP/inspect" "state is valid"
+	grep -Eq "^save: live, [0-9]+ pre-copy rounds, .* vCPU stopped [0-9.]+ ms$" "$TMP/inspect" ||
+		{ cat "$TMP/inspect"; fail "inspect does not show the live save's vCPU-stopped time"; }
 	# Each state restores; its memory (churn region included) checks out.
 	restore "$TMP/first"
 	expect_status 0
