@@ -47,6 +47,8 @@ struct save_request {
 	 * a plain save writes memory once instead of in rounds. */
 	int live;
 	uint32_t max_rounds, max_downtime_ms; /* live: 0 for the defaults */
+	bool track;			      /* live: keep tracking dirty pages for a later diff */
+	bool diff; /* live: only the pages changed since the tracked state */
 };
 
 /*
@@ -68,7 +70,9 @@ static int save_running_vm(struct kapsel_vm *vm, const struct save_request *req,
 						     : SNAPSHOT_LIVE_DEFAULT_MAX_ROUNDS);
 		struct snapshot_save_options options = { .max_rounds = req->max_rounds,
 							 .max_downtime_ms = req->max_downtime_ms,
-							 .keep_paused = req->stop };
+							 .keep_paused = req->stop,
+							 .track = req->track,
+							 .diff = req->diff };
 		err = snapshot_save_live(vm, req->dir, req->snapshot, &options, &stats, error,
 					 error_len);
 		if (err == -ESRCH)
@@ -113,13 +117,17 @@ static int save_running_vm(struct kapsel_vm *vm, const struct save_request *req,
 	if (err || !report)
 		return err;
 	const char *what = req->snapshot ? "snapshot of" : "saved";
+	char diff[96] = "";
+	if (live && stats.diff)
+		snprintf(diff, sizeof(diff), ", diff %u of its chain: %llu pages", stats.depth,
+			 (unsigned long long)stats.diff_pages);
 	if (live)
 		fprintf(report,
-			"%s VM '%s' to %s: memory %llu MiB (%llu MiB data), state %llu bytes; live, %u rounds, %llu MiB written, %llu pages while stopped; vCPU stopped %.3f ms, total %.3f ms%s\n",
+			"%s VM '%s' to %s: memory %llu MiB (%llu MiB data), state %llu bytes; live%s, %u rounds, %llu MiB written, %llu pages while stopped; vCPU stopped %.3f ms, total %.3f ms%s\n",
 			what, vm->config->name, req->dir,
 			(unsigned long long)(stats.memory_bytes >> 20),
 			(unsigned long long)(stats.memory_data_bytes >> 20),
-			(unsigned long long)stats.state_bytes, stats.rounds,
+			(unsigned long long)stats.state_bytes, diff, stats.rounds,
 			(unsigned long long)(stats.memory_written_bytes >> 20),
 			(unsigned long long)stats.final_pages, stats.vcpu_stopped_ns / 1e6,
 			(resumed_ns - start_ns) / 1e6, req->stop ? "; VM stopped" : "");
@@ -177,10 +185,12 @@ static void *runner_thread(void *opaque)
 static int parse_save_request(const char *verb, const struct control_request *request,
 			      struct save_request *req, char *error, size_t error_len)
 {
-	static const char *const keys[] = { "dir", "stop", "live", "max_rounds", "max_downtime_ms",
-					    NULL };
-	static const char *const snapshot_keys[] = { "dir", "live", "max_rounds", "max_downtime_ms",
-						     NULL };
+	static const char *const keys[] = {
+		"dir", "stop", "live", "max_rounds", "max_downtime_ms", "track", "diff", NULL
+	};
+	static const char *const snapshot_keys[] = {
+		"dir", "live", "max_rounds", "max_downtime_ms", "track", "diff", NULL
+	};
 	int err = control_request_check_keys(request, req->snapshot ? snapshot_keys : keys, error,
 					     error_len);
 	if (err)
@@ -226,6 +236,17 @@ static int parse_save_request(const char *verb, const struct control_request *re
 	}
 	req->max_rounds = (uint32_t)rounds;
 	req->max_downtime_ms = (uint32_t)downtime;
+	if ((err = control_arg_bool(request, "track", &req->track, error, error_len)) ||
+	    (err = control_arg_bool(request, "diff", &req->diff, error, error_len)))
+		return err;
+	if ((req->track || req->diff) && req->live == 0) {
+		snprintf(error, error_len,
+			 "%s: track and diff need a live save (the dirty log and the per-page checksums come from its pre-copy); leave out live=no",
+			 verb);
+		return -EINVAL;
+	}
+	if (req->track || req->diff)
+		req->live = 1;
 	return 0;
 }
 
@@ -356,7 +377,7 @@ void run_supervisor_register_control_verbs(void)
 	 * answering (info, stats, pause) while they run. */
 	int err = control_register_background_verb(
 		"save", control_save,
-		"save dir=PATH [stop=yes|no] [live=yes|no] [max_rounds=N] [max_downtime_ms=N]  save the VM's state to a directory, then continue or stop (live: memory written while the vCPU runs; the default unless stop=yes)");
+		"save dir=PATH [stop=yes|no] [live=yes|no] [max_rounds=N] [max_downtime_ms=N] [track=yes] [diff=yes]  save the VM's state to a directory, then continue or stop (live: memory written while the vCPU runs; the default unless stop=yes)");
 	if (err && err != -EEXIST)
 		kapsel_warn("cannot register the control verb 'save': %s", strerror(-err));
 	err = control_register_background_verb(
@@ -366,7 +387,7 @@ void run_supervisor_register_control_verbs(void)
 		kapsel_warn("cannot register the control verb 'migrate': %s", strerror(-err));
 	err = control_register_background_verb(
 		"snapshot", control_snapshot,
-		"snapshot dir=PATH [live=yes|no] [max_rounds=N] [max_downtime_ms=N]  save the VM and freeze its disks; it goes on on copy-on-write overlays (live by default)");
+		"snapshot dir=PATH [live=yes|no] [max_rounds=N] [max_downtime_ms=N] [track=yes] [diff=yes]  save the VM and freeze its disks; it goes on on copy-on-write overlays (live by default)");
 	if (err && err != -EEXIST)
 		kapsel_warn("cannot register the control verb 'snapshot': %s", strerror(-err));
 	err = control_register_verb(

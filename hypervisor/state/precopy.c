@@ -65,9 +65,21 @@ int precopy_init(struct precopy *pc, struct kapsel_vm *vm, const struct precopy_
 	return 0;
 }
 
+static bool keep_logging;
+
+void precopy_keep_logging(bool keep)
+{
+	__atomic_store_n(&keep_logging, keep, __ATOMIC_RELEASE);
+}
+
+bool precopy_logging_kept(void)
+{
+	return __atomic_load_n(&keep_logging, __ATOMIC_ACQUIRE);
+}
+
 void precopy_stop_logging(struct precopy *pc)
 {
-	if (pc->logging)
+	if (pc->logging && !precopy_logging_kept())
 		precopy_set_dirty_logging(pc->vm, false);
 	pc->logging = false;
 }
@@ -254,7 +266,7 @@ static void page_shift_init(struct page_shift *s)
 		}
 }
 
-uint32_t precopy_destination_crc(const struct precopy *pc)
+uint32_t precopy_destination_crc(const struct precopy *pc, const uint8_t *only)
 {
 	struct page_shift *s = malloc(sizeof(*s));
 	if (!s)
@@ -264,7 +276,7 @@ uint32_t precopy_destination_crc(const struct precopy *pc)
 	for (uint64_t p = 0; p < pc->page_count; p++)
 		crc = (s->table[0][crc & 0xff] ^ s->table[1][(crc >> 8) & 0xff] ^
 		       s->table[2][(crc >> 16) & 0xff] ^ s->table[3][crc >> 24]) ^
-		      pc->sent_crc[p];
+		      (!only || (only[p / 8] >> (p % 8) & 1) ? pc->sent_crc[p] : pc->zero_crc);
 	free(s);
 	return crc;
 }

@@ -128,8 +128,17 @@ int precopy_final_pass(struct precopy *pc);
 uint32_t precopy_memory_crc(const struct guest_memory *mem);
 
 /* CRC32C of the whole destination copy, from the per-page CRCs (no page
- * is read again): what a reader of memory.img computes. */
-uint32_t precopy_destination_crc(const struct precopy *pc);
+ * is read again): what a reader of memory.img computes.  With only (a
+ * bitmap, bit p of byte p / 8), pages whose bit is clear count as zeros:
+ * a diff file that holds only those pages. */
+uint32_t precopy_destination_crc(const struct precopy *pc, const uint8_t *only);
+
+/* Leave dirty logging on when a pre-copy ends (precopy_stop_logging and
+ * precopy_free then only forget it): a tracked save keeps the log running
+ * so that the next diff save finds the pages dirtied since without
+ * reading all of RAM.  Process-wide (a process runs one VM). */
+void precopy_keep_logging(bool keep);
+bool precopy_logging_kept(void);
 
 /* Take KVM's dirty bitmap of vm's RAM (and clear it) into bitmap.
  * Returns the number of dirty pages or -errno. */

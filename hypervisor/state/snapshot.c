@@ -20,6 +20,7 @@
 #include "core/error_text.h"
 #include "core/log.h"
 #include "state/precopy.h"
+#include "state/snapshot_chain.h"
 #include "state/progress.h"
 #include "state/vcpu_state.h"
 #include "core/vm.h"
@@ -353,7 +354,15 @@ int snapshot_take(struct kapsel_vm *vm, const char *path, struct snapshot_save_s
 struct memory_file_sink {
 	int fd;
 	uint64_t written_bytes;
+	uint8_t *present; /* a diff: bit p set once page p is written (or NULL) */
 };
+
+static void mark_present(struct memory_file_sink *f, uint64_t first_page, uint32_t count)
+{
+	if (f->present)
+		for (uint64_t p = first_page; p < first_page + count; p++)
+			f->present[p / 8] |= (uint8_t)(1u << (p % 8));
+}
 
 static int file_write_pages(void *context, uint64_t first_page, uint32_t count, uint32_t round,
 			    const uint8_t *data)
@@ -362,6 +371,7 @@ static int file_write_pages(void *context, uint64_t first_page, uint32_t count, 
 	struct memory_file_sink *f = context;
 	uint64_t offset = first_page * PRECOPY_PAGE_BYTES;
 	size_t length = (size_t)count * PRECOPY_PAGE_BYTES;
+	mark_present(f, first_page, count);
 	while (length) {
 		ssize_t n = pwrite(f->fd, data, length, (off_t)offset);
 		if (n < 0 && errno == EINTR)
@@ -380,6 +390,7 @@ static int file_write_zeros(void *context, uint64_t first_page, uint32_t count, 
 {
 	(void)round;
 	struct memory_file_sink *f = context;
+	mark_present(f, first_page, count);
 	off_t offset = (off_t)(first_page * PRECOPY_PAGE_BYTES);
 	off_t length = (off_t)count * PRECOPY_PAGE_BYTES;
 	if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0)
@@ -437,6 +448,101 @@ static uint64_t file_data_bytes(int fd, uint64_t size_bytes)
 	return total;
 }
 
+/*
+ * Dirty tracking for diff snapshots: the last state a tracked live save
+ * wrote (the parent of the next diff) and the CRC32C of each of its
+ * pages, as its memory (layered, for a diff) holds them.  One VM per
+ * process, so one record.
+ */
+static struct {
+	struct kapsel_vm *vm; /* NULL: no tracked state */
+	uint8_t state_id[16];
+	uint32_t memory_crc; /* of the whole memory */
+	uint32_t depth;	     /* 0: a full state, else its diff depth */
+	char *dir_real;	     /* realpath of its directory */
+	uint32_t *page_crc;
+	uint64_t page_count;
+} tracking;
+
+static void tracking_forget(void)
+{
+	free(tracking.dir_real);
+	free(tracking.page_crc);
+	memset(&tracking, 0, sizeof(tracking));
+}
+
+/* The last component of path (trailing '/' ignored) into name. */
+static void last_component(const char *path, char *name, size_t name_len)
+{
+	size_t end = strlen(path);
+	while (end > 1 && path[end - 1] == '/')
+		end--;
+	size_t start = end;
+	while (start > 0 && path[start - 1] != '/')
+		start--;
+	snprintf(name, name_len, "%.*s", (int)(end - start), path + start);
+}
+
+/* realpath of the directory path will be in (path itself may not exist). */
+static char *directory_of(const char *path)
+{
+	char *copy = strdup(path);
+	if (!copy)
+		return NULL;
+	size_t end = strlen(copy);
+	while (end > 1 && copy[end - 1] == '/')
+		copy[--end] = '\0';
+	char *slash = strrchr(copy, '/');
+	char *real;
+	if (!slash)
+		real = realpath(".", NULL);
+	else if (slash == copy)
+		real = strdup("/");
+	else {
+		*slash = '\0';
+		real = realpath(copy, NULL);
+	}
+	free(copy);
+	return real;
+}
+
+/* A diff at path is possible: a tracked parent of this VM, next to path. */
+static int check_diff_target(struct kapsel_vm *vm, const char *path, char *error, size_t error_len)
+{
+	if (tracking.vm != vm || !tracking.page_crc)
+		return kapsel_fail(
+			error, error_len, -EINVAL,
+			"a diff snapshot needs a parent: first take a live snapshot or save with tracking (--track, track=yes), then diffs over it");
+	if (tracking.page_count != vm->mem.size_bytes / PRECOPY_PAGE_BYTES)
+		return kapsel_fail(
+			error, error_len, -EINVAL,
+			"the tracked parent has another RAM size; take a new --track snapshot");
+	if (tracking.depth + 1 > VM_STATE_CHAIN_MAX_DEPTH)
+		return kapsel_fail(
+			error, error_len, -EINVAL,
+			"the chain over '%s' has %u diffs, the most it may; take a full snapshot with --track (or merge the chain: kapsel merge)",
+			tracking.dir_real, tracking.depth);
+	char *dir = directory_of(path);
+	char *parent_dir = directory_of(tracking.dir_real);
+	char name[NAME_MAX + 1], parent_name[NAME_MAX + 1];
+	last_component(path, name, sizeof(name));
+	last_component(tracking.dir_real, parent_name, sizeof(parent_name));
+	int err = 0;
+	if (!dir || !parent_dir || strcmp(dir, parent_dir) != 0)
+		err = kapsel_fail(
+			error, error_len, -EINVAL,
+			"a diff snapshot is written next to its parent, in '%s' (its parent is '%s'); choose a directory there",
+			parent_dir ? parent_dir : "?", tracking.dir_real);
+	else if (strcmp(name, parent_name) == 0 || name[0] == '.' || !name[0])
+		err = kapsel_fail(
+			error, error_len, -EINVAL,
+			"a diff snapshot needs a name of its own next to its parent '%s' (not starting with '.')",
+			tracking.dir_real);
+	free(dir);
+	free(parent_dir);
+	return err;
+}
+
 int snapshot_save_live(struct kapsel_vm *vm, const char *path, bool snapshot,
 		       const struct snapshot_save_options *options,
 		       struct snapshot_save_stats *stats, char *error, size_t error_len)
@@ -466,14 +572,29 @@ int snapshot_save_live(struct kapsel_vm *vm, const char *path, bool snapshot,
 	struct precopy pc;
 	bool paused_here = false, quiesced = false;
 	uint64_t pause_ns = 0;
+	uint8_t *present = NULL;
+	size_t present_bytes = (vm->mem.size_bytes / PRECOPY_PAGE_BYTES + 7) / 8;
 	int err;
 
+	if (options->diff && (err = check_diff_target(vm, path, error, error_len)))
+		return err;
 	err = vm_state_dir_begin(&txn, path, error, error_len);
 	if (err)
 		return err;
 	vm_state_writer_init_buffer(&w);
 	err = precopy_init(&pc, vm, &memory_file_sink_ops, &sink, &precopy_options);
+	if (!err && options->diff) {
+		/* The file starts as "the parent's pages": only what differs
+		 * from them is written, and memory.map lists it. */
+		present = calloc(1, present_bytes);
+		if (!present)
+			err = -ENOMEM;
+		else
+			memcpy(pc.sent_crc, tracking.page_crc, pc.page_count * sizeof(uint32_t));
+		sink.present = present;
+	}
 	if (err) {
+		precopy_free(&pc);
 		vm_state_dir_abort(&txn);
 		vm_state_writer_free(&w);
 		return kapsel_fail(error, error_len, err, "out of memory");
@@ -485,16 +606,24 @@ int snapshot_save_live(struct kapsel_vm *vm, const char *path, bool snapshot,
 				  path, strerror(errno));
 		goto out;
 	}
-	err = precopy_start_logging(&pc);
-	if (err) {
-		kapsel_fail(error, error_len, err,
-			    "KVM dirty logging (KVM_MEM_LOG_DIRTY_PAGES) failed: %s",
-			    strerror(-err));
-		goto out;
-	}
-	/* While the vCPU runs: everything once, then what it dirtied. */
-	if (!precopy_first_pass(&pc))
+	if (options->diff && precopy_logging_kept()) {
+		/* The log has run since the parent's final pass: round 1
+		 * takes the pages dirtied since, without reading the rest. */
+		pc.logging = true;
 		precopy_rounds(&pc);
+	} else {
+		err = precopy_start_logging(&pc);
+		if (err) {
+			kapsel_fail(error, error_len, err,
+				    "KVM dirty logging (KVM_MEM_LOG_DIRTY_PAGES) failed: %s",
+				    strerror(-err));
+			goto out;
+		}
+		/* While the vCPU runs: everything once (a diff: what differs
+		 * from the parent), then what it dirtied. */
+		if (!precopy_first_pass(&pc))
+			precopy_rounds(&pc);
+	}
 	if (pc.error) {
 		err = kapsel_fail(error, error_len, pc.error, "cannot write %s.new/memory.img: %s",
 				  path, strerror(-pc.error));
@@ -543,7 +672,10 @@ int snapshot_save_live(struct kapsel_vm *vm, const char *path, bool snapshot,
 		paused_here = false;
 		stats->vcpu_stopped_ns = monotonic_ns() - pause_ns;
 	}
+	if (options->track || options->diff)
+		precopy_keep_logging(true); /* for the next diff */
 	precopy_stop_logging(&pc);
+	uint32_t memory_crc = precopy_destination_crc(&pc, NULL);
 	struct vm_state_save_info info = {
 		.flags = VM_STATE_SAVE_LIVE,
 		.rounds = pc.rounds,
@@ -553,6 +685,24 @@ int snapshot_save_live(struct kapsel_vm *vm, const char *path, bool snapshot,
 	};
 	new_state_id(info.state_id);
 	vm_state_put(&w, VM_STATE_SAVE_INFO, 0, &info, sizeof(info));
+	uint64_t diff_pages = 0;
+	if (options->diff) {
+		char parent_name[NAME_MAX + 1];
+		last_component(tracking.dir_real, parent_name, sizeof(parent_name));
+		for (size_t i = 0; i < present_bytes; i++)
+			diff_pages += (uint64_t)__builtin_popcount(present[i]);
+		struct vm_state_parent parent = {
+			.parent_memory_crc = tracking.memory_crc,
+			.memory_crc = memory_crc,
+			.depth = tracking.depth + 1,
+			.name_bytes = (uint32_t)strlen(parent_name),
+			.pages = diff_pages,
+		};
+		memcpy(parent.parent_id, tracking.state_id, 16);
+		struct iovec iov[2] = { { &parent, sizeof(parent) },
+					{ parent_name, parent.name_bytes } };
+		vm_state_putv(&w, VM_STATE_PARENT, VM_STATE_RECORD_MANDATORY, iov, 2);
+	}
 	vm_state_put_end(&w);
 	if (w.error) {
 		err = kapsel_fail(error, error_len, w.error, "cannot build state.bin: %s",
@@ -572,8 +722,9 @@ int snapshot_save_live(struct kapsel_vm *vm, const char *path, bool snapshot,
 	memset(&entry, 0, sizeof(entry));
 	snprintf(entry.name, sizeof(entry.name), "%s", VM_STATE_FILE_MEMORY);
 	entry.size_bytes = vm->mem.size_bytes;
-	/* Of what the file holds: every page's CRC is of the bytes written. */
-	entry.crc32c = precopy_destination_crc(&pc);
+	/* Of what the file holds: every page's CRC is of the bytes written
+	 * (a diff holds only the pages memory.map lists, zeros elsewhere). */
+	entry.crc32c = options->diff ? precopy_destination_crc(&pc, present) : memory_crc;
 	entry.data_bytes = file_data_bytes(sink.fd, vm->mem.size_bytes);
 	stats->memory_data_bytes = entry.data_bytes;
 	vm_state_dir_add(&txn, &entry);
@@ -585,10 +736,39 @@ int snapshot_save_live(struct kapsel_vm *vm, const char *path, bool snapshot,
 	}
 	vm_state_dir_add(&txn, &entry);
 	stats->state_bytes = w.buffer_bytes;
+	if (options->diff) {
+		err = vm_state_write_file(txn.dirfd, VM_STATE_FILE_MEMORY_MAP, present,
+					  present_bytes, &entry);
+		if (err) {
+			kapsel_fail(error, error_len, err, "cannot write %s.new/memory.map: %s",
+				    path, strerror(-err));
+			goto out;
+		}
+		vm_state_dir_add(&txn, &entry);
+		stats->diff = true;
+		stats->diff_pages = diff_pages;
+		stats->depth = tracking.depth + 1;
+	}
 	write_domain_xml(vm, &txn);
 	close(sink.fd);
 	sink.fd = -1;
 	err = vm_state_dir_commit(&txn, error, error_len);
+	if (!err && (options->track || options->diff)) {
+		/* This state is the parent of the next diff. */
+		char *real = realpath(path, NULL);
+		if (real) {
+			uint32_t depth = options->diff ? tracking.depth + 1 : 0;
+			tracking_forget();
+			tracking.vm = vm;
+			memcpy(tracking.state_id, info.state_id, 16);
+			tracking.memory_crc = memory_crc;
+			tracking.depth = depth;
+			tracking.dir_real = real;
+			tracking.page_crc = pc.sent_crc;
+			tracking.page_count = pc.page_count;
+			pc.sent_crc = NULL; /* kept */
+		}
+	}
 	goto done;
 
 out:
@@ -607,6 +787,7 @@ done:
 	if (sink.fd >= 0)
 		close(sink.fd);
 	precopy_free(&pc);
+	free(present);
 	vm_state_writer_free(&w);
 	for (unsigned i = 0; i < VM_CONFIG_MAX_DISKS; i++)
 		free(owned[i]);
@@ -1251,7 +1432,13 @@ int snapshot_restore(struct kapsel_vm *vm, const struct vm_state_dir *dir,
 		     const struct snapshot_restore_options *options, char *error, size_t error_len)
 {
 	const struct vm_state_manifest_file *memory = vm_state_dir_file(dir, VM_STATE_FILE_MEMORY);
-	int err;
+	struct vm_state_parent parent;
+	char parent_name[VM_STATE_PARENT_NAME_MAX + 1];
+	int err = snapshot_parent_parse(&dir->state, &parent, parent_name, error, error_len);
+	if (err < 0)
+		return err;
+	if (err) /* a diff: its memory is layered over its parents' */
+		return snapshot_chain_restore(vm, dir, options, error, error_len);
 
 	if (!memory || memory->size_bytes != vm->mem.size_bytes)
 		return kapsel_fail(error, error_len, -EPROTO,

@@ -24,6 +24,9 @@ struct snapshot_save_stats {
 	uint64_t memory_written_bytes; /* to memory.img, all passes */
 	uint64_t pause_start_ns;       /* left_paused: when the vCPU was paused */
 	uint64_t vcpu_stopped_ns;      /* pause to resume (not left_paused) */
+	bool diff;		       /* a diff state (options.diff) */
+	uint32_t depth;		       /* diff: its place in the chain, 1.. */
+	uint64_t diff_pages;	       /* diff: pages memory.map lists */
 };
 
 /* Pre-copy limits of a live save when the caller gives none: the same as
@@ -38,6 +41,14 @@ struct snapshot_save_options {
 	 * can stop the VM before it runs again (save --stop); otherwise it
 	 * resumes as soon as the state is taken, before the files are synced. */
 	bool keep_paused;
+	/* Keep KVM dirty logging on afterwards and remember this state (its
+	 * per-page CRCs) as the parent of a later diff. */
+	bool track;
+	/* A dirty-only snapshot (snapshot_chain.h): write only the pages that
+	 * differ from the last tracked state of this VM (track or diff),
+	 * which must be a directory next to path; record it as the parent.
+	 * The new state is then the tracked one. */
+	bool diff;
 };
 
 /*

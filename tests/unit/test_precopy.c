@@ -95,7 +95,7 @@ static void test_destination_crc_is_crc_of_the_copy(void)
 	CU_ASSERT_EQUAL(pc.pages_sent, PAGES - (PAGES + 2) / 3);
 	/* The whole-file CRC from the per-page CRCs, without reading a page. */
 	uint32_t whole = vm_state_crc32c(0, sink.copy, (size_t)PAGES * PAGE);
-	CU_ASSERT_EQUAL(precopy_destination_crc(&pc), whole);
+	CU_ASSERT_EQUAL(precopy_destination_crc(&pc, NULL), whole);
 	CU_ASSERT_EQUAL(precopy_memory_crc(&vm->mem), whole);
 
 	/* Behind the log's back (as the VMM writes): a page changes, one
@@ -108,7 +108,7 @@ static void test_destination_crc_is_crc_of_the_copy(void)
 	CU_ASSERT_EQUAL(pc.final_pages, 3);
 	CU_ASSERT_EQUAL(memcmp(sink.copy, ram, (size_t)PAGES * PAGE), 0);
 	whole = vm_state_crc32c(0, ram, (size_t)PAGES * PAGE);
-	CU_ASSERT_EQUAL(precopy_destination_crc(&pc), whole);
+	CU_ASSERT_EQUAL(precopy_destination_crc(&pc, NULL), whole);
 	CU_ASSERT_EQUAL(precopy_memory_crc(&vm->mem), whole);
 
 	/* Nothing changed: a second final pass sends nothing. */
@@ -129,7 +129,7 @@ static void test_all_zero_and_all_data(void)
 	/* Zero RAM: nothing is written, the CRC is that of zeros. */
 	CU_ASSERT_EQUAL(precopy_first_pass(&pc), 0);
 	CU_ASSERT_EQUAL(sink.page_calls + sink.zero_calls, 0);
-	CU_ASSERT_EQUAL(precopy_destination_crc(&pc),
+	CU_ASSERT_EQUAL(precopy_destination_crc(&pc, NULL),
 			vm_state_crc32c_zeros(0, (uint64_t)PAGES * PAGE));
 	/* All data: contiguous pages go in batches of at most 256. */
 	for (unsigned p = 0; p < PAGES; p++)
@@ -137,7 +137,7 @@ static void test_all_zero_and_all_data(void)
 	CU_ASSERT_EQUAL(precopy_final_pass(&pc), 0);
 	CU_ASSERT_EQUAL(sink.page_calls, (PAGES + PRECOPY_BATCH_PAGES - 1) / PRECOPY_BATCH_PAGES);
 	CU_ASSERT_EQUAL(memcmp(sink.copy, vm->mem.host_base, (size_t)PAGES * PAGE), 0);
-	CU_ASSERT_EQUAL(precopy_destination_crc(&pc),
+	CU_ASSERT_EQUAL(precopy_destination_crc(&pc, NULL),
 			vm_state_crc32c(0, vm->mem.host_base, (size_t)PAGES * PAGE));
 	precopy_free(&pc);
 	free(sink.copy);
