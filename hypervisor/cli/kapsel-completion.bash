@@ -79,7 +79,7 @@ _kapsel() {
 		COMPREPLY=($(compgen -f -X '!*.xml' -- "$cur") $(compgen -d -- "$cur"))
 		compopt -o filenames 2>/dev/null
 		;;
-	restore | clone | inspect)
+	restore | clone | inspect | merge)
 		COMPREPLY=($(compgen -d -- "$cur"))
 		compopt -o filenames 2>/dev/null
 		;;
