@@ -1123,6 +1123,100 @@ state-live-save-disk)
 	DISK_TAIL_OK=1 CHECK_DISK=$TMP/disk.img check_ticks 1 $((at - 1)) "$TMP/upto" ||
 		fail "the live snapshot's frozen image"
 	;;
+state-diff-snapshot)
+	# Dirty-only snapshots: a tracked live snapshot, then two diffs of a
+	# guest with a PV disk that keeps dirtying a little memory.  The diffs
+	# hold far fewer pages than the full one; inspect shows and checks the
+	# chain; each restores by layering (memory, churn region and disk
+	# agree); merge makes one full state that restores the same.  A diff
+	# whose parent went missing, a diff written elsewhere than next to its
+	# parent, a clone of a diff, and --diff without --live are refused.
+	truncate -s 1M "$TMP/disk.img"
+	mkdir "$TMP/chain" "$TMP/elsewhere"
+	name=state-diff-$$
+	timeout --kill-after=5 90 "$KAPSEL" run --no-console-input --kernel "$COUNTER" --name "$name" \
+		--disk "$TMP/disk.img" --cmdline "ticks=400 interval_ms=$TICK_MS churn_mb=2 churn_mbps=2" \
+		>"$TMP/out1" 2>"$TMP/err1" </dev/null &
+	PID=$!
+	wait_for_tick "$TMP/out1" 20
+	STATUS=0
+	"$KAPSEL" snapshot --diff "$name" "$TMP/chain/s1" >"$TMP/snap" 2>&1 || STATUS=$?
+	expect_status 1
+	expect_in "$TMP/snap" "needs a parent: first take a live snapshot or save with tracking"
+	STATUS=0
+	"$KAPSEL" snapshot --no-live --track "$name" "$TMP/chain/s0" >"$TMP/snap" 2>&1 || STATUS=$?
+	expect_status 2
+	"$KAPSEL" snapshot --track "$name" "$TMP/chain/s0" >"$TMP/snap0" 2>&1 || { cat "$TMP/snap0"; fail "snapshot --track"; }
+	wait_for_tick "$TMP/out1" $(($(last_tick "$TMP/out1") + 15))
+	STATUS=0
+	"$KAPSEL" snapshot --diff "$name" "$TMP/elsewhere/s1" >"$TMP/snap" 2>&1 || STATUS=$?
+	expect_status 1
+	expect_in "$TMP/snap" "is written next to its parent"
+	"$KAPSEL" snapshot --diff "$name" "$TMP/chain/s1" >"$TMP/snap1" 2>&1 || { cat "$TMP/snap1"; fail "snapshot --diff 1"; }
+	cat "$TMP/snap1"
+	expect_in "$TMP/snap1" "diff 1 of its chain: "
+	wait_for_tick "$TMP/out1" $(($(last_tick "$TMP/out1") + 15))
+	"$KAPSEL" snapshot --diff "$name" "$TMP/chain/s2" >"$TMP/snap2" 2>&1 || { cat "$TMP/snap2"; fail "snapshot --diff 2"; }
+	expect_in "$TMP/snap2" "diff 2 of its chain: "
+	STATUS=0
+	wait "$PID" || STATUS=$?
+	expect_status 0
+	expect_in "$TMP/out1" "counter done 400"
+	# Fewer pages: the 4 MiB pattern and the code are in s0 only.
+	data0=$(stat -c %b "$TMP/chain/s0/memory.img") data2=$(stat -c %b "$TMP/chain/s2/memory.img")
+	[ "$data2" -lt "$data0" ] || fail "the diff's memory.img ($data2 blocks) is not smaller than the full one's ($data0)"
+	"$KAPSEL" inspect "$TMP/chain/s2" >"$TMP/inspect" 2>&1 || { cat "$TMP/inspect"; fail "inspect of the diff"; }
+	expect_in "$TMP/inspect" "chain: diff 2 over 's1'"
+	expect_in "$TMP/inspect" "0 $TMP/chain/s0: full state"
+	expect_in "$TMP/inspect" "layered memory checks out (3 layers)"
+	expect_in "$TMP/inspect" "state is valid"
+	"$KAPSEL" inspect --json "$TMP/chain/s2" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+assert d["valid"] and [l["diff"] for l in d["chain"]] == [False, True, True], d.get("chain")' ||
+		fail "inspect --json does not show the chain"
+	# frozen_of SNAP: RESTORE_DISK for the frozen image of SNAP's disk 0.
+	frozen_of() {
+		local line
+		line=$("$KAPSEL" inspect "$1" | grep '^disk 0:')
+		RESTORE_DISK="0=$(echo "$line" | awk '{ sub(",", "", $3); print $3 }')"
+		case "$line" in *", overlay"*) RESTORE_DISK="$RESTORE_DISK,format=overlay" ;; esac
+	}
+	for snap in s2 s1; do
+		frozen_of "$TMP/chain/$snap"
+		restore "$TMP/chain/$snap"
+		expect_status 0
+		expect_in "$OUT2" "churn ok"
+		expect_in "$OUT2" "counter done 400"
+		at=$(awk '/^memory ok/ { print $NF; exit }' "$OUT2")
+		awk -v at="$at" '$1 == "tick" && $2 <= at' "$TMP/out1" >"$TMP/before"
+		flatten "$(newest_overlay "$TMP/disk.img")" "$TMP/flat"
+		CHECK_DISK=$TMP/flat check_ticks 1 400 "$TMP/before" "$OUT2" || fail "restore of the diff $snap"
+	done
+	# Merged into one full state: no chain, restores the same.
+	"$KAPSEL" merge "$TMP/chain/s2" "$TMP/merged" >"$TMP/merge" 2>&1 || { cat "$TMP/merge"; fail "merge"; }
+	expect_in "$TMP/merge" "merged 3 layers of $TMP/chain/s2 into $TMP/merged"
+	"$KAPSEL" inspect "$TMP/merged" >"$TMP/inspect" 2>&1 || { cat "$TMP/inspect"; fail "inspect of the merged state"; }
+	expect_not_in "$TMP/inspect" "chain:"
+	frozen_of "$TMP/chain/s2"
+	restore "$TMP/merged"
+	expect_status 0
+	expect_in "$OUT2" "churn ok"
+	expect_in "$OUT2" "counter done 400"
+	# A clone maps one memory.img: a diff must be merged first.
+	STATUS=0
+	timeout --kill-after=5 60 "$KAPSEL" clone --kernel "$COUNTER" --disk "${RESTORE_DISK#0=}" --count 1 --prefix cl$$ \
+		"$TMP/chain/s2" >"$TMP/clone.out" 2>"$TMP/clone.err" </dev/null || STATUS=$?
+	[ "$STATUS" -ne 0 ] || fail "a clone of a diff snapshot ran"
+	expect_in "$TMP/clone.err" "kapsel merge"
+	# Its parent gone, a diff is refused and says which one is missing.
+	mv "$TMP/chain/s1" "$TMP/elsewhere/s1"
+	expect_refused "$TMP/chain/s2" "is a diff snapshot over '$TMP/chain/s1', which is missing"
+	STATUS=0
+	"$KAPSEL" inspect "$TMP/chain/s2" >"$TMP/inspect" 2>&1 || STATUS=$?
+	expect_status 1
+	expect_in "$TMP/inspect" "NOT restorable"
+	;;
 state-migrate-options)
 	# kapsel migrate --max-rounds / --max-downtime: bad values are refused
 	# on the command line (status 2) and by the VM; good ones reach the
