@@ -434,8 +434,8 @@ static int check_chain(const struct vm_state_dir *dir, struct json_writer *w, FI
 		uint32_t crc = 0;
 		snapshot_state_memory_crc(layer, &crc, NULL, 0);
 		if (out)
-			fprintf(out, "  %u %s: %s%s, memory crc32c %08x%s\n", i, layer->path,
-				diff ? "diff" : "full state", "", crc,
+			fprintf(out, "  %u %s: %s, memory crc32c %08x%s\n", i, layer->path,
+				diff ? "diff" : "full state", crc,
 				i + 1 == chain.count ? " (this state)" : "");
 		if (w) {
 			char hex[16];
