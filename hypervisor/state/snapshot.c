@@ -522,6 +522,12 @@ static int check_diff_target(struct kapsel_vm *vm, const char *path, char *error
 			error, error_len, -EINVAL,
 			"the chain over '%s' has %u diffs, the most it may; take a full snapshot with --track (or merge the chain: kapsel merge)",
 			tracking.dir_real, tracking.depth);
+	struct stat st;
+	if (lstat(tracking.dir_real, &st) < 0 || !S_ISDIR(st.st_mode))
+		return kapsel_fail(
+			error, error_len, -ENOENT,
+			"the parent '%s' of a diff is gone; take a new snapshot with --track",
+			tracking.dir_real);
 	char *dir = directory_of(path);
 	char *parent_dir = directory_of(tracking.dir_real);
 	char name[NAME_MAX + 1], parent_name[NAME_MAX + 1];
