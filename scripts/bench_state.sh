@@ -17,9 +17,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_for() { # FILE TEXT
+wait_for() { # FILE TEXT [SECONDS, default 30]
 	local i
-	for i in $(seq 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+	for i in $(seq $((${3:-30} * 20))); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
 	echo "timeout waiting for '$2' in $1" >&2
 	return 1
 }
@@ -42,7 +42,8 @@ for mem in ${BENCH_STATE_LIVE_SIZES:-256 1024}; do
 		>"$out" 2>"$TMP/live-$mem.err" </dev/null &
 	pid=$!
 	PIDS+=($pid)
-	wait_for "$out" "^tick 20 " || { kill $pid; continue; }
+	# A big pattern takes a while to write (minutes under emulation).
+	wait_for "$out" "^tick 20 " 600 || { kill $pid; continue; }
 	plain=$("$KAPSEL" save --no-live "$name" "$TMP/plain-$mem")
 	t0=$(awk '$1 == "tick" { n = $2 } END { print n + 0 }' "$out")
 	live=$("$KAPSEL" save --live "$name" "$TMP/live-$mem")
