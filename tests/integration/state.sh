@@ -1205,7 +1205,7 @@ assert d["valid"] and [l["diff"] for l in d["chain"]] == [False, True, True], d.
 	expect_in "$OUT2" "counter done 400"
 	# A clone maps one memory.img: a diff must be merged first.
 	STATUS=0
-	timeout --kill-after=5 60 "$KAPSEL" clone --kernel "$COUNTER" --disk "${RESTORE_DISK#0=}" --count 1 --prefix cl$$ \
+	timeout --kill-after=5 60 "$KAPSEL" clone --kernel "$COUNTER" --disk "$RESTORE_DISK" --count 1 --prefix cl$$ \
 		"$TMP/chain/s2" >"$TMP/clone.out" 2>"$TMP/clone.err" </dev/null || STATUS=$?
 	[ "$STATUS" -ne 0 ] || fail "a clone of a diff snapshot ran"
 	expect_in "$TMP/clone.err" "kapsel merge"
