@@ -7,6 +7,7 @@
 
 /*
  * Command line: counter [ticks=N] [interval_ms=N] [pattern_mb=N] [disk=0|1]
+ *                       [churn_mb=N] [churn_mbps=N]
  *
  * Every interval_ms the guest advances its counter and folds it into a
  * running checksum:  sum(n) = mix64(sum(n-1) ^ n),  sum(0) = 0,
@@ -24,6 +25,16 @@
  * when the generation changes (the VM was restored, cloned or migrated)
  * the guest verifies both, prints "memory ok ..." or panics, derives a new
  * unique id and prints "new generation G name NAME id HEX".
+ *
+ * Dirtying memory (live save and migration tests): with churn_mb=N the
+ * guest also rewrites a region of N MiB, page after page round the
+ * region, churn_mbps MiB per second (default 16) spread over the ticks.
+ * Page p written with stamp v holds words mix64(v ^ p << 12 ^ i); its
+ * stamp goes to a separate array, marked "in progress" before the page is
+ * written and cleared after, so a save taken at any instruction sees at
+ * most one page in progress.  The memory check verifies every other page
+ * against its stamp: a save or migration that missed a page the guest
+ * dirtied (or took a page and its stamp at different times) is caught.
  */
 
 #define HISTORY 1024u
@@ -47,6 +58,10 @@ static uint64_t *pattern;
 static uint64_t pattern_words, pattern_seed;
 static uint64_t unique_id;
 static volatile uint64_t generation_seen;
+static uint64_t *churn;		       /* churn_pages pages */
+static volatile uint64_t *churn_stamp; /* per page: its stamp, CHURN_BUSY while written */
+static uint64_t churn_pages, churn_cursor, churn_next_stamp, churn_written;
+#define CHURN_BUSY (1ull << 63)
 
 static uint64_t option(const char *key, uint64_t fallback)
 {
@@ -74,6 +89,27 @@ static void verify_memory(void)
 			kg_panic("history broken at tick %llu", (unsigned long long)n);
 	if (counter && history[counter % HISTORY] != checksum)
 		kg_panic("checksum %llx does not match the history", (unsigned long long)checksum);
+	uint64_t busy = 0;
+	for (uint64_t p = 0; p < churn_pages; p++) {
+		uint64_t stamp = churn_stamp[p];
+		if (stamp & CHURN_BUSY) {
+			busy++;
+			continue;
+		}
+		const uint64_t *page = churn + p * 512;
+		for (uint64_t i = 0; i < 512; i++)
+			if (page[i] != (stamp ? mix64(stamp ^ p << 12 ^ i) : 0))
+				kg_panic("churn page %llu word %llu is %llx, its stamp %llu says %llx",
+					 (unsigned long long)p, (unsigned long long)i,
+					 (unsigned long long)page[i], (unsigned long long)stamp,
+					 (unsigned long long)(stamp ? mix64(stamp ^ p << 12 ^ i)
+								    : 0));
+	}
+	if (busy > 1)
+		kg_panic("%llu churn pages in progress at once", (unsigned long long)busy);
+	if (churn_pages)
+		kg_printf("churn ok: %llu pages, %llu written so far\n",
+			  (unsigned long long)churn_pages, (unsigned long long)churn_written);
 	kg_printf("memory ok: %llu pattern words, %llu history entries at tick %llu\n",
 		  (unsigned long long)pattern_words,
 		  (unsigned long long)(counter >= first ? counter - first + 1 : 0),
@@ -90,6 +126,22 @@ static void on_new_generation(uint64_t generation)
 	generation_seen = generation;
 	kg_printf("new generation %llu name %s id %016llx\n", (unsigned long long)generation,
 		  si->name, (unsigned long long)unique_id);
+}
+
+/* Rewrite count pages of the churn region, round it. */
+static void churn_pages_write(uint64_t count)
+{
+	for (uint64_t n = 0; n < count && churn_pages; n++) {
+		uint64_t p = churn_cursor;
+		churn_cursor = (churn_cursor + 1) % churn_pages;
+		uint64_t stamp = ++churn_next_stamp;
+		churn_stamp[p] = stamp | CHURN_BUSY;
+		uint64_t *page = churn + p * 512;
+		for (uint64_t i = 0; i < 512; i++)
+			page[i] = mix64(stamp ^ p << 12 ^ i);
+		churn_stamp[p] = stamp;
+		churn_written++;
+	}
 }
 
 static void write_record(struct kg_block_device *disk, uint64_t *sector_buffer)
@@ -123,6 +175,20 @@ int main(int argc, char **argv)
 	for (uint64_t i = 0; i < pattern_words; i++)
 		pattern[i] = mix64(pattern_seed ^ i);
 
+	churn_pages = option("churn_mb", 0) * 256;
+	/* Pages per tick: churn_mbps MiB/s over ticks of interval_ns. */
+	uint64_t churn_per_tick =
+		option("churn_mbps", 16) * 256 * (interval_ns / 1000000) / 1000 + 1;
+	if (churn_pages) {
+		churn = kg_os_alloc_pages(churn_pages);
+		churn_stamp = kg_os_alloc_pages((churn_pages * 8 + 4095) / 4096);
+		if (!churn || !churn_stamp)
+			kg_panic("no memory for a %llu MiB churn region",
+				 (unsigned long long)(churn_pages / 256));
+		for (uint64_t p = 0; p < churn_pages; p++)
+			churn_stamp[p] = 0; /* zero pages: stamp 0 */
+	}
+
 	struct kg_block_device *disk = 0;
 	uint64_t capacity = 0;
 	uint64_t *sector_buffer = kg_os_alloc_pages(1);
@@ -151,6 +217,7 @@ int main(int argc, char **argv)
 			  (unsigned long long)sum, (unsigned long long)generation_seen);
 		if (disk && n < capacity)
 			write_record(disk, sector_buffer);
+		churn_pages_write(churn_per_tick);
 		next_ns += interval_ns;
 		uint64_t now = kg_time_now_ns();
 		if (next_ns > now)

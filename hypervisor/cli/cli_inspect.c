@@ -4,9 +4,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "cli/cli.h"
+#include "core/error_text.h"
+#include "core/guest_memory.h"
 #include "core/json_writer.h"
 #include "core/log.h"
 #include "core/pv_cpu.h"
@@ -14,6 +17,7 @@
 #include "devices/devices.h"
 #include "devices/device.h"
 #include "state/snapshot.h"
+#include "state/snapshot_chain.h"
 #include "state/vcpu_state.h"
 #include "state/vm_state.h"
 
@@ -124,6 +128,17 @@ static void print_state(const struct vm_state_dir *dir, bool list_records, FILE 
 		fprintf(out, "  %-12s %12llu bytes (%llu data), crc32c %08x\n", dir->files[i].name,
 			(unsigned long long)dir->files[i].size_bytes,
 			(unsigned long long)dir->files[i].data_bytes, dir->files[i].crc32c);
+	const struct vm_state_stored_record *save_rec =
+		vm_state_find(&dir->state, VM_STATE_SAVE_INFO, NULL);
+	if (save_rec && save_rec->length_bytes == sizeof(struct vm_state_save_info)) {
+		struct vm_state_save_info s;
+		memcpy(&s, save_rec->payload, sizeof(s));
+		if (s.flags & VM_STATE_SAVE_LIVE)
+			fprintf(out,
+				"save: live, %u pre-copy rounds, %llu MiB written to memory.img, %llu pages while stopped, vCPU stopped %.3f ms\n",
+				s.rounds, (unsigned long long)(s.memory_written_bytes >> 20),
+				(unsigned long long)s.final_pages, s.vcpu_stopped_ns / 1e6);
+	}
 	fprintf(out, "vm:\n  name %.64s\n  uuid ", info->name);
 	for (int i = 0; i < 16; i++)
 		fprintf(out, "%02x%s", info->uuid[i],
@@ -256,6 +271,19 @@ static void state_json(struct json_writer *w, const struct vm_state_dir *dir)
 		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
 		 u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
 		 u[15]);
+	const struct vm_state_stored_record *save_rec =
+		vm_state_find(&dir->state, VM_STATE_SAVE_INFO, NULL);
+	if (save_rec && save_rec->length_bytes == sizeof(struct vm_state_save_info)) {
+		struct vm_state_save_info s;
+		memcpy(&s, save_rec->payload, sizeof(s));
+		json_writer_open(w, "save", '{');
+		json_writer_bool(w, "live", (s.flags & VM_STATE_SAVE_LIVE) != 0);
+		json_writer_u64(w, "rounds", s.rounds);
+		json_writer_u64(w, "memory_written_bytes", s.memory_written_bytes);
+		json_writer_u64(w, "final_pages", s.final_pages);
+		json_writer_u64(w, "vcpu_stopped_ns", s.vcpu_stopped_ns);
+		json_writer_close(w, '}');
+	}
 	json_writer_open(w, "vm", '{');
 	json_fixed_string(w, "name", info->name, sizeof(info->name));
 	json_writer_string(w, "uuid", uuid);
@@ -365,6 +393,69 @@ static void verdict_json(struct json_writer *w, bool valid, bool restorable, con
 	putchar('\n');
 }
 
+/*
+ * A diff state's chain (snapshot_chain.h): open and check every parent,
+ * layer the memory (into an anonymous mapping) and check its checksum;
+ * list the layers, bottom first, as text or JSON.  Returns 0 (also for a
+ * full state) or -errno with a message in error.
+ */
+static int check_chain(const struct vm_state_dir *dir, struct json_writer *w, FILE *out,
+		       char *error, size_t error_len)
+{
+	struct vm_state_parent parent;
+	char name[VM_STATE_PARENT_NAME_MAX + 1];
+	int err = snapshot_parent_parse(&dir->state, &parent, name, error, error_len);
+	if (err <= 0)
+		return err;
+	if (out)
+		fprintf(out, "chain: diff %u over '%s' (%llu pages in this layer)\n", parent.depth,
+			name, (unsigned long long)parent.pages);
+	struct snapshot_chain chain;
+	err = snapshot_chain_open(dir, &chain, error, error_len);
+	if (err)
+		return err;
+	struct guest_memory mem = { .memfd = -1, .size_bytes = dir->info->memory_bytes };
+	mem.host_base = mmap(NULL, mem.size_bytes, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (mem.host_base == MAP_FAILED) {
+		snapshot_chain_close(&chain);
+		return kapsel_fail(error, error_len, -errno, "cannot map the chain's memory: %s",
+				   strerror(errno));
+	}
+	err = snapshot_chain_load_memory(&chain, &mem, error, error_len);
+	munmap(mem.host_base, mem.size_bytes);
+	if (w)
+		json_writer_open(w, "chain", '[');
+	for (unsigned i = 0; i < chain.count; i++) {
+		const struct vm_state_dir *layer = chain.layers[i];
+		struct vm_state_parent p = { 0 };
+		char n[VM_STATE_PARENT_NAME_MAX + 1];
+		bool diff = snapshot_parent_parse(&layer->state, &p, n, NULL, 0) == 1;
+		uint32_t crc = 0;
+		snapshot_state_memory_crc(layer, &crc, NULL, 0);
+		if (out)
+			fprintf(out, "  %u %s: %s, memory crc32c %08x%s\n", i, layer->path,
+				diff ? "diff" : "full state", crc,
+				i + 1 == chain.count ? " (this state)" : "");
+		if (w) {
+			char hex[16];
+			snprintf(hex, sizeof(hex), "%08x", crc);
+			json_writer_open(w, NULL, '{');
+			json_writer_string(w, "path", layer->path);
+			json_writer_bool(w, "diff", diff);
+			json_writer_u64(w, "pages", diff ? p.pages : 0);
+			json_writer_string(w, "memory_crc32c", hex);
+			json_writer_close(w, '}');
+		}
+	}
+	if (w)
+		json_writer_close(w, ']');
+	if (out && !err)
+		fprintf(out, "  layered memory checks out (%u layers)\n", chain.count);
+	snapshot_chain_close(&chain);
+	return err;
+}
+
 int cli_inspect(int argc, char **argv)
 {
 	bool list_records = false, json = false;
@@ -408,6 +499,17 @@ int cli_inspect(int argc, char **argv)
 		state_json(&w, &dir);
 	else
 		print_state(&dir, list_records, stdout);
+	char chain_error[1024];
+	int chain_err = check_chain(&dir, json ? &w : NULL, json ? NULL : stdout, chain_error,
+				    sizeof(chain_error));
+	if (chain_err) {
+		if (json)
+			verdict_json(&w, false, false, chain_error);
+		else
+			printf("NOT restorable: %s\n", chain_error);
+		vm_state_dir_close(&dir);
+		return 1;
+	}
 	struct vm_config config;
 	vm_config_init(&config);
 	int err = snapshot_config_from_records(&dir.state, &config, error, sizeof(error));

@@ -142,7 +142,8 @@ void cli_progress_format(const struct state_progress *p, uint64_t bytes_per_s, u
 		snprintf(left, sizeof(left), "left %s", d);
 	}
 	size_t used;
-	if (strcmp(p->operation, "migrate") == 0) {
+	bool migrate = strcmp(p->operation, "migrate") == 0;
+	if (migrate || p->max_rounds) { /* a migration or a live save: rounds */
 		char round[80];
 		if (done)
 			snprintf(round, sizeof(round), "%u round%s", p->round,
@@ -157,9 +158,10 @@ void cli_progress_format(const struct state_progress *p, uint64_t bytes_per_s, u
 		else
 			snprintf(round, sizeof(round), "after %u round%s", p->round,
 				 p->round == 1 ? "" : "s");
-		used = (size_t)snprintf(buf, len, "migrate: %s%s%s, %s of %s (%u%%), %s sent",
-					done ? "" : p->phase, done ? "" : " ", round, scanned,
-					total, percent, written);
+		used = (size_t)snprintf(buf, len, "%s: %s%s%s, %s of %s (%u%%), %s %s",
+					p->operation, done ? "" : p->phase, done ? "" : " ", round,
+					scanned, total, percent, written,
+					migrate ? "sent" : "written");
 	} else {
 		/* Once done, the phase it ended in says nothing. */
 		used = (size_t)snprintf(buf, len, "%s: %s%s%s of %s (%u%%), %s written",

@@ -23,6 +23,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "state/snapshot.h"
+#include "state/snapshot_chain.h"
 #include "core/vm.h"
 #include "state/migrate.h"
 #include "state/vm_state.h"
@@ -321,16 +322,37 @@ int cli_restore(int argc, char **argv)
 
 void cli_save_usage(FILE *out)
 {
-	fprintf(out, "Usage: kapsel save [--stop] [--progress|--no-progress] NAME DIR\n"
-		     "\n"
-		     "Save the running VM NAME to the state directory DIR (created, or replaced\n"
-		     "atomically: a crash mid-save leaves the previous state there intact).\n"
-		     "The vCPU is paused while the state is written, then continues, or the VM\n"
-		     "stops with --stop.  Bring it back with 'kapsel restore DIR'.\n"
-		     "\n"
-		     "  --progress     show progress (bytes, rate, time left) on stderr even when\n"
-		     "                 it is not a terminal (one line per sample then)\n"
-		     "  --no-progress  never show it (by default: only on a terminal)\n");
+	fprintf(out,
+		"Usage: kapsel save [--stop] [--live|--no-live] [--max-rounds N] [--max-downtime MS]\n"
+		"                   [--track] [--diff] [--progress|--no-progress] NAME DIR\n"
+		"\n"
+		"Save the running VM NAME to the state directory DIR (created, or replaced\n"
+		"atomically: a crash mid-save leaves the previous state there intact), then\n"
+		"let it continue, or stop it with --stop.  Bring it back with\n"
+		"'kapsel restore DIR'.\n"
+		"\n"
+		"A save that lets the VM continue is live by default: memory is written\n"
+		"while the vCPU runs (rounds of what it dirtied, as a migration does) and\n"
+		"the vCPU stops only for the last dirty pages and the device state; the\n"
+		"state is the VM at that stop, the end of the save.  With --stop the save\n"
+		"is plain by default: the vCPU stops at once and memory is written once.\n"
+		"The output says how long the vCPU was stopped.\n"
+		"\n"
+		"  --live, --no-live   choose (see above)\n"
+		"  --max-rounds N      live: pre-copy rounds after the first full copy, at most\n"
+		"                      (1-%u, default %u)\n"
+		"  --max-downtime MS   live: stop the vCPU once the dirty rest would take less\n"
+		"                      than MS ms to write (1-%u, default %u)\n"
+		"  --track             live: keep tracking dirty pages afterwards; this state is\n"
+		"                      the parent of a later --diff\n"
+		"  --diff              live: a dirty-only state: only the pages changed since the\n"
+		"                      last tracked state, which must be a directory next to DIR;\n"
+		"                      restored by layering over it (see 'kapsel merge')\n"
+		"  --progress          show progress (bytes, rate, time left) on stderr even when\n"
+		"                      it is not a terminal (one line per sample then)\n"
+		"  --no-progress       never show it (by default: only on a terminal)\n",
+		MIGRATE_MAX_ROUNDS_LIMIT, SNAPSHOT_LIVE_DEFAULT_MAX_ROUNDS,
+		MIGRATE_MAX_DOWNTIME_MS_LIMIT, SNAPSHOT_LIVE_DEFAULT_MAX_DOWNTIME_MS);
 }
 
 static int save_or_snapshot(int argc, char **argv, bool snapshot);
@@ -347,27 +369,75 @@ int cli_snapshot(int argc, char **argv)
 
 void cli_snapshot_usage(FILE *out)
 {
-	fprintf(out, "Usage: kapsel snapshot [--progress|--no-progress] NAME DIR\n"
-		     "\n"
-		     "Take a snapshot of the running VM NAME into the state directory DIR: its\n"
-		     "memory and device state, and its disks frozen as they are.  The VM goes\n"
-		     "on at once, writing to new copy-on-write overlay files next to its disks\n"
-		     "(IMAGE@TIME.kovl).  'kapsel restore DIR' starts from the snapshot, on an\n"
-		     "overlay of its own, as often as wanted (roll back, or branch).\n"
-		     "\n"
-		     "  --progress     show progress on stderr even when it is not a terminal\n"
-		     "  --no-progress  never show it (by default: only on a terminal)\n");
+	fprintf(out,
+		"Usage: kapsel snapshot [--live|--no-live] [--max-rounds N] [--max-downtime MS]\n"
+		"                       [--track] [--diff] [--progress|--no-progress] NAME DIR\n"
+		"\n"
+		"Take a snapshot of the running VM NAME into the state directory DIR: its\n"
+		"memory and device state, and its disks frozen as they are.  The VM goes\n"
+		"on at once, writing to new copy-on-write overlay files next to its disks\n"
+		"(IMAGE@TIME.kovl).  'kapsel restore DIR' starts from the snapshot, on an\n"
+		"overlay of its own, as often as wanted (roll back, or branch).\n"
+		"\n"
+		"Live by default: memory is written while the vCPU runs; the vCPU stops\n"
+		"only for the last dirty pages, the device state and the freezing of the\n"
+		"disks, which happens there, so disks and memory are of the same moment.\n"
+		"\n"
+		"  --live, --no-live   live (the default) or plain (the vCPU stops throughout)\n"
+		"  --max-rounds N      pre-copy rounds after the first full copy (1-%u, default %u)\n"
+		"  --max-downtime MS   stop the vCPU once the dirty rest would take less than\n"
+		"                      MS ms to write (1-%u, default %u)\n"
+		"  --track             keep tracking dirty pages afterwards: this snapshot is the\n"
+		"                      parent of a later --diff snapshot\n"
+		"  --diff              a dirty-only snapshot (as Firecracker's diff snapshots):\n"
+		"                      only the pages changed since the last tracked snapshot,\n"
+		"                      which must be a directory next to DIR; restored by\n"
+		"                      layering over it; 'kapsel merge' makes a chain one state\n"
+		"  --progress          show progress on stderr even when it is not a terminal\n"
+		"  --no-progress       never show it (by default: only on a terminal)\n",
+		MIGRATE_MAX_ROUNDS_LIMIT, SNAPSHOT_LIVE_DEFAULT_MAX_ROUNDS,
+		MIGRATE_MAX_DOWNTIME_MS_LIMIT, SNAPSHOT_LIVE_DEFAULT_MAX_DOWNTIME_MS);
 }
 
 static int save_or_snapshot(int argc, char **argv, bool snapshot)
 {
-	bool stop = false;
+	const char *verb = snapshot ? "snapshot" : "save";
+	bool stop = false, track = false, diff = false;
+	int live = -1;
+	uint32_t rounds = 0, downtime = 0;
 	const char *args[2] = { NULL, NULL };
 	unsigned count = 0;
 	enum cli_progress_mode progress = CLI_PROGRESS_AUTO;
+	char detail[256];
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--stop") == 0 && !snapshot) {
 			stop = true;
+		} else if (strcmp(argv[i], "--live") == 0) {
+			live = 1;
+		} else if (strcmp(argv[i], "--no-live") == 0) {
+			live = 0;
+		} else if (strcmp(argv[i], "--track") == 0) {
+			track = true;
+		} else if (strcmp(argv[i], "--diff") == 0) {
+			diff = true;
+		} else if (strcmp(argv[i], "--max-downtime-ms") == 0 ||
+			   strcmp(argv[i], "--max-downtime") == 0 ||
+			   strcmp(argv[i], "--max-rounds") == 0) {
+			bool is_rounds = strcmp(argv[i], "--max-rounds") == 0;
+			if (i + 1 >= argc) {
+				kapsel_error("%s needs a value; see 'kapsel %s --help'", argv[i],
+					     verb);
+				return 2;
+			}
+			if (cli_parse_u32_range(argv[i], argv[i + 1], 1,
+						is_rounds ? MIGRATE_MAX_ROUNDS_LIMIT
+							  : MIGRATE_MAX_DOWNTIME_MS_LIMIT,
+						is_rounds ? &rounds : &downtime, detail,
+						sizeof(detail)) < 0) {
+				kapsel_error("%s", detail);
+				return 2;
+			}
+			i++;
 		} else if (strcmp(argv[i], "--progress") == 0) {
 			progress = CLI_PROGRESS_ALWAYS;
 		} else if (strcmp(argv[i], "--no-progress") == 0) {
@@ -377,15 +447,25 @@ static int save_or_snapshot(int argc, char **argv, bool snapshot)
 			return 0;
 		} else if (argv[i][0] == '-' || count == 2) {
 			kapsel_error("unexpected argument '%s'; see 'kapsel %s --help'", argv[i],
-				     snapshot ? "snapshot" : "save");
+				     verb);
 			return 2;
 		} else {
 			args[count++] = argv[i];
 		}
 	}
 	if (count != 2) {
-		kapsel_error("%s needs a VM name and a directory; see 'kapsel %s --help'",
-			     snapshot ? "snapshot" : "save", snapshot ? "snapshot" : "save");
+		kapsel_error("%s needs a VM name and a directory; see 'kapsel %s --help'", verb,
+			     verb);
+		return 2;
+	}
+	if ((track || diff) && live == 0) {
+		kapsel_error("%s: --track and --diff need a live save (its pre-copy keeps the dirty log and the page checksums); leave out --no-live",
+			     verb);
+		return 2;
+	}
+	if ((rounds || downtime) && live == 0) {
+		kapsel_error("%s: --max-rounds and --max-downtime bound a live save's pre-copy; leave them out with --no-live",
+			     verb);
 		return 2;
 	}
 	/* The VM resolves the path in its own working directory: send it
@@ -402,9 +482,24 @@ static int save_or_snapshot(int argc, char **argv, bool snapshot)
 	if (!absolute)
 		return KAPSEL_EXIT_FAILED;
 	char request[CONTROL_REQUEST_MAX_BYTES];
-	size_t used = snapshot ? (size_t)snprintf(request, sizeof(request), "snapshot dir=")
-			       : (size_t)snprintf(request, sizeof(request),
-						  "save stop=%s dir=", stop ? "yes" : "no");
+	size_t used = (size_t)snprintf(request, sizeof(request), "%s", verb);
+	if (!snapshot)
+		used += (size_t)snprintf(request + used, sizeof(request) - used, " stop=%s",
+					 stop ? "yes" : "no");
+	if (live >= 0)
+		used += (size_t)snprintf(request + used, sizeof(request) - used, " live=%s",
+					 live ? "yes" : "no");
+	if (rounds)
+		used += (size_t)snprintf(request + used, sizeof(request) - used, " max_rounds=%u",
+					 rounds);
+	if (downtime)
+		used += (size_t)snprintf(request + used, sizeof(request) - used,
+					 " max_downtime_ms=%u", downtime);
+	if (track)
+		used += (size_t)snprintf(request + used, sizeof(request) - used, " track=yes");
+	if (diff)
+		used += (size_t)snprintf(request + used, sizeof(request) - used, " diff=yes");
+	used += (size_t)snprintf(request + used, sizeof(request) - used, " dir=");
 	for (const char *p = absolute; *p && used + 4 < sizeof(request); p++) {
 		if (*p == ' ' || *p == '%' || (unsigned char)*p < 0x20)
 			used += (size_t)snprintf(request + used, sizeof(request) - used, "%%%02x",
@@ -420,7 +515,7 @@ static int save_or_snapshot(int argc, char **argv, bool snapshot)
 		return cli_connect_error(args[0], err);
 	int status = 0;
 	if (reply.errnum) {
-		kapsel_error("%s of '%s' failed: %s", snapshot ? "snapshot" : "save", args[0],
+		kapsel_error("%s of '%s' failed: %s", verb, args[0],
 			     reply.message ? reply.message : "");
 		status = 1;
 	} else if (reply.payload) {
@@ -428,6 +523,55 @@ static int save_or_snapshot(int argc, char **argv, bool snapshot)
 	}
 	control_reply_free(&reply);
 	return status;
+}
+
+/* ---- merge ------------------------------------------------------------------ */
+
+void cli_merge_usage(FILE *out)
+{
+	fprintf(out, "Usage: kapsel merge DIR NEWDIR\n"
+		     "\n"
+		     "Write the saved state DIR, a diff snapshot (kapsel snapshot --diff) with\n"
+		     "the chain of states below it, as one full state NEWDIR (created, or\n"
+		     "replaced atomically; NEWDIR may be DIR itself): memory layered into one\n"
+		     "memory.img, the state without its parent.  Every link of the chain is\n"
+		     "checked (each parent next to its diff, with the id and memory checksum\n"
+		     "the diff recorded) and so is the result.  The disk records are kept: they\n"
+		     "name the frozen images the snapshots left, which stay as they are.\n");
+}
+
+int cli_merge(int argc, char **argv)
+{
+	const char *args[2] = { NULL, NULL };
+	unsigned count = 0;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+			cli_merge_usage(stdout);
+			return 0;
+		} else if (argv[i][0] == '-' || count == 2) {
+			kapsel_error("unexpected argument '%s'; see 'kapsel merge --help'",
+				     argv[i]);
+			return 2;
+		} else {
+			args[count++] = argv[i];
+		}
+	}
+	if (count != 2) {
+		kapsel_error(
+			"merge needs a state directory and a new one; see 'kapsel merge --help'");
+		return 2;
+	}
+	char error[1024];
+	struct snapshot_merge_stats stats;
+	if (snapshot_chain_merge(args[0], args[1], &stats, error, sizeof(error)) < 0) {
+		kapsel_error("merge of '%s' failed: %s", args[0], error);
+		return 1;
+	}
+	printf("merged %u layer%s of %s into %s: memory %llu MiB (%llu MiB data)\n", stats.layers,
+	       stats.layers == 1 ? "" : "s", args[0], args[1],
+	       (unsigned long long)(stats.memory_bytes >> 20),
+	       (unsigned long long)(stats.memory_data_bytes >> 20));
+	return 0;
 }
 
 /* ---- migrate ------------------------------------------------------------------ */

@@ -8,6 +8,9 @@ int cli_save(int argc, char **argv);
 void cli_save_usage(FILE *out);
 int cli_snapshot(int argc, char **argv);
 void cli_snapshot_usage(FILE *out);
+/* Write a diff snapshot and its chain as one full state. */
+int cli_merge(int argc, char **argv);
+void cli_merge_usage(FILE *out);
 int cli_migrate(int argc, char **argv);
 void cli_migrate_usage(FILE *out);
 int cli_restore(int argc, char **argv);

@@ -79,7 +79,7 @@ _kapsel() {
 		COMPREPLY=($(compgen -f -X '!*.xml' -- "$cur") $(compgen -d -- "$cur"))
 		compopt -o filenames 2>/dev/null
 		;;
-	restore | clone | inspect)
+	restore | clone | inspect | merge)
 		COMPREPLY=($(compgen -d -- "$cur"))
 		compopt -o filenames 2>/dev/null
 		;;
@@ -88,7 +88,7 @@ _kapsel() {
 		local i positional=0
 		for ((i = 2; i < COMP_CWORD; i++)); do
 			case "${COMP_WORDS[i]}" in
-			-t | --timeout | --psk | --max-downtime-ms | -w | --watch) ((i++)) ;;
+			-t | --timeout | --psk | --max-downtime-ms | --max-downtime | --max-rounds | -w | --watch) ((i++)) ;;
 			-*) ;;
 			*) ((positional++)) ;;
 			esac

@@ -42,6 +42,7 @@ static void usage(FILE *out)
 		"  clone     start N copies of a saved VM that share its memory\n"
 		"  migrate   live-migrate a running VM to 'kapsel run --incoming' elsewhere\n"
 		"  inspect   check and decode a saved VM state offline\n"
+		"  merge     make a diff snapshot and its chain one full state\n"
 		"\n"
 		"  version   print Kapsel's version and hypercall ABI version (--json: as JSON)\n"
 		"  help      show this help, or 'kapsel help COMMAND' for a command's options\n"
@@ -124,6 +125,7 @@ static const struct verb verbs[] = {
 	{ "restore", cli_restore, cli_restore_usage },
 	{ "clone", cli_clone, cli_clone_usage },
 	{ "inspect", cli_inspect, cli_inspect_usage },
+	{ "merge", cli_merge, cli_merge_usage },
 };
 
 static const struct verb *find_verb(const char *name)

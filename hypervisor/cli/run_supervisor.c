@@ -36,48 +36,111 @@ struct state_runner {
 
 static struct state_runner runner = { .pipe_fds = { -1, -1 }, .lock = PTHREAD_MUTEX_INITIALIZER };
 
+/* What a save, snapshot or live save is asked to do. */
+struct save_request {
+	const char *dir;
+	bool stop;     /* stop the VM after the save */
+	bool snapshot; /* freeze the disks; the VM goes on on overlays */
+	/* Live (pre-copy while the vCPU runs): 1 yes, 0 no, -1 the default,
+	 * which is live unless the VM stops after the save: a VM that goes
+	 * on gains from running meanwhile; one that stops gains nothing, and
+	 * a plain save writes memory once instead of in rounds. */
+	int live;
+	uint32_t max_rounds, max_downtime_ms; /* live: 0 for the defaults */
+	bool track;			      /* live: keep tracking dirty pages for a later diff */
+	bool diff; /* live: only the pages changed since the tracked state */
+};
+
 /*
- * Pause, save, then resume or stop.  Returns 0 or -errno with a message.
- * Runs on a thread that is not the vCPU's.
+ * Save, then resume or stop.  Returns 0 or -errno with a message.  Runs
+ * on a thread that is not the vCPU's.
  */
-static int save_running_vm(struct kapsel_vm *vm, const char *dir, bool stop, bool snapshot,
-			   FILE *report, char *error, size_t error_len)
+static int save_running_vm(struct kapsel_vm *vm, const struct save_request *req, FILE *report,
+			   char *error, size_t error_len)
 {
+	bool live = req->live < 0 ? !req->stop : req->live != 0;
 	pthread_mutex_lock(&runner.lock);
 	uint64_t start_ns = monotonic_ns();
-	int err = vm_pause(vm);
-	bool was_paused = err == -EALREADY;
-	if (err && !was_paused) {
-		pthread_mutex_unlock(&runner.lock);
-		snprintf(error, error_len, "VM '%s' is not running; nothing to save",
-			 vm->config->name);
-		return err;
-	}
-	uint64_t paused_ns = monotonic_ns();
 	struct snapshot_save_stats stats;
-	state_progress_begin(snapshot ? "snapshot" : "save", 0);
-	err = snapshot ? snapshot_take(vm, dir, &stats, error, error_len)
-		       : snapshot_save(vm, dir, &stats, error, error_len);
-	state_progress_end(err);
-	uint64_t saved_ns = monotonic_ns();
-	if (!err && stop) {
-		runner.stopped_by_save = true;
-		vm_request_stop_for(vm, VM_STOP_SAVED);
+	int err;
+	uint64_t paused_ns = start_ns, saved_ns, resumed_ns;
+	if (live) {
+		state_progress_begin(req->snapshot ? "snapshot" : "save",
+				     req->max_rounds ? req->max_rounds
+						     : SNAPSHOT_LIVE_DEFAULT_MAX_ROUNDS);
+		struct snapshot_save_options options = { .max_rounds = req->max_rounds,
+							 .max_downtime_ms = req->max_downtime_ms,
+							 .keep_paused = req->stop,
+							 .track = req->track,
+							 .diff = req->diff };
+		err = snapshot_save_live(vm, req->dir, req->snapshot, &options, &stats, error,
+					 error_len);
+		if (err == -ESRCH)
+			snprintf(error, error_len, "VM '%s' is not running; nothing to save",
+				 vm->config->name);
+		state_progress_end(err);
+		saved_ns = monotonic_ns();
+		if (!err && req->stop) {
+			runner.stopped_by_save = true;
+			vm_request_stop_for(vm, VM_STOP_SAVED);
+		}
+		if (stats.left_paused) {
+			vm_resume(vm);
+			stats.vcpu_stopped_ns = monotonic_ns() - stats.pause_start_ns;
+		}
+		resumed_ns = monotonic_ns();
+	} else {
+		err = vm_pause(vm);
+		bool was_paused = err == -EALREADY;
+		if (err && !was_paused) {
+			pthread_mutex_unlock(&runner.lock);
+			snprintf(error, error_len, "VM '%s' is not running; nothing to save",
+				 vm->config->name);
+			return err;
+		}
+		paused_ns = monotonic_ns();
+		state_progress_begin(req->snapshot ? "snapshot" : "save", 0);
+		err = req->snapshot ? snapshot_take(vm, req->dir, &stats, error, error_len)
+				    : snapshot_save(vm, req->dir, &stats, error, error_len);
+		state_progress_end(err);
+		saved_ns = monotonic_ns();
+		if (!err && req->stop) {
+			runner.stopped_by_save = true;
+			vm_request_stop_for(vm, VM_STOP_SAVED);
+		}
+		if (!was_paused)
+			vm_resume(vm);
+		resumed_ns = monotonic_ns();
+		stats.vcpu_stopped_ns = was_paused ? 0 : resumed_ns - start_ns;
 	}
-	if (!was_paused)
-		vm_resume(vm);
-	uint64_t resumed_ns = monotonic_ns();
 	pthread_mutex_unlock(&runner.lock);
-	if (!err && report)
+	if (err || !report)
+		return err;
+	const char *what = req->snapshot ? "snapshot of" : "saved";
+	char diff[96] = "";
+	if (live && stats.diff)
+		snprintf(diff, sizeof(diff), ", diff %u of its chain: %llu pages", stats.depth,
+			 (unsigned long long)stats.diff_pages);
+	if (live)
+		fprintf(report,
+			"%s VM '%s' to %s: memory %llu MiB (%llu MiB data), state %llu bytes; live%s, %u rounds, %llu MiB written, %llu pages while stopped; vCPU stopped %.3f ms, total %.3f ms%s\n",
+			what, vm->config->name, req->dir,
+			(unsigned long long)(stats.memory_bytes >> 20),
+			(unsigned long long)(stats.memory_data_bytes >> 20),
+			(unsigned long long)stats.state_bytes, diff, stats.rounds,
+			(unsigned long long)(stats.memory_written_bytes >> 20),
+			(unsigned long long)stats.final_pages, stats.vcpu_stopped_ns / 1e6,
+			(resumed_ns - start_ns) / 1e6, req->stop ? "; VM stopped" : "");
+	else
 		fprintf(report,
 			"%s VM '%s' to %s: memory %llu MiB (%llu MiB data), state %llu bytes; pause %.3f ms, write %.3f ms, vCPU stopped %.3f ms%s\n",
-			snapshot ? "snapshot of" : "saved", vm->config->name, dir,
+			what, vm->config->name, req->dir,
 			(unsigned long long)(stats.memory_bytes >> 20),
 			(unsigned long long)(stats.memory_data_bytes >> 20),
 			(unsigned long long)stats.state_bytes, (paused_ns - start_ns) / 1e6,
-			(saved_ns - paused_ns) / 1e6, (resumed_ns - start_ns) / 1e6,
-			stop ? "; VM stopped" : "");
-	return err;
+			(saved_ns - paused_ns) / 1e6, stats.vcpu_stopped_ns / 1e6,
+			req->stop ? "; VM stopped" : "");
+	return 0;
 }
 
 static void on_save_signal(int signo)
@@ -102,8 +165,11 @@ static void *runner_thread(void *opaque)
 		char error[512];
 		char line[512];
 		FILE *report = fmemopen(line, sizeof(line), "w");
-		int err = save_running_vm(runner.vm, runner.save_dir, runner.stop_after_save, false,
-					  report, error, sizeof(error));
+		/* The plain save on a signal, as before live saves existed. */
+		struct save_request req = { .dir = runner.save_dir,
+					    .stop = runner.stop_after_save,
+					    .live = 0 };
+		int err = save_running_vm(runner.vm, &req, report, error, sizeof(error));
 		if (report)
 			fclose(report);
 		if (err)
@@ -114,31 +180,90 @@ static void *runner_thread(void *opaque)
 	return NULL;
 }
 
+/* The arguments save and snapshot share: dir=, live=, max_rounds=,
+ * max_downtime_ms= (and stop= for save). */
+static int parse_save_request(const char *verb, const struct control_request *request,
+			      struct save_request *req, char *error, size_t error_len)
+{
+	static const char *const keys[] = {
+		"dir", "stop", "live", "max_rounds", "max_downtime_ms", "track", "diff", NULL
+	};
+	static const char *const snapshot_keys[] = {
+		"dir", "live", "max_rounds", "max_downtime_ms", "track", "diff", NULL
+	};
+	int err = control_request_check_keys(request, req->snapshot ? snapshot_keys : keys, error,
+					     error_len);
+	if (err)
+		return err;
+	req->dir = control_request_arg(request, "dir");
+	if (!req->dir || !*req->dir) {
+		snprintf(error, error_len, "%s needs dir=PATH (the state directory to write)",
+			 verb);
+		return -EINVAL;
+	}
+	if (!req->snapshot &&
+	    (err = control_arg_bool(request, "stop", &req->stop, error, error_len)))
+		return err;
+	req->live = -1;
+	if (control_request_arg(request, "live")) {
+		bool live = false;
+		if ((err = control_arg_bool(request, "live", &live, error, error_len)))
+			return err;
+		req->live = live;
+	}
+	uint64_t rounds = SNAPSHOT_LIVE_DEFAULT_MAX_ROUNDS;
+	uint64_t downtime = SNAPSHOT_LIVE_DEFAULT_MAX_DOWNTIME_MS;
+	if ((err = control_arg_u64(request, "max_rounds", &rounds, error, error_len)) ||
+	    (err = control_arg_u64(request, "max_downtime_ms", &downtime, error, error_len)))
+		return err;
+	if (rounds < 1 || rounds > MIGRATE_MAX_ROUNDS_LIMIT) {
+		snprintf(error, error_len, "%s: max_rounds=%llu is out of range; use 1 to %u", verb,
+			 (unsigned long long)rounds, MIGRATE_MAX_ROUNDS_LIMIT);
+		return -EINVAL;
+	}
+	if (downtime < 1 || downtime > MIGRATE_MAX_DOWNTIME_MS_LIMIT) {
+		snprintf(error, error_len, "%s: max_downtime_ms=%llu is out of range; use 1 to %u",
+			 verb, (unsigned long long)downtime, MIGRATE_MAX_DOWNTIME_MS_LIMIT);
+		return -EINVAL;
+	}
+	if ((control_request_arg(request, "max_rounds") ||
+	     control_request_arg(request, "max_downtime_ms")) &&
+	    req->live == 0) {
+		snprintf(error, error_len,
+			 "%s: max_rounds and max_downtime_ms bound a live save's pre-copy; they make no sense with live=no",
+			 verb);
+		return -EINVAL;
+	}
+	req->max_rounds = (uint32_t)rounds;
+	req->max_downtime_ms = (uint32_t)downtime;
+	if ((err = control_arg_bool(request, "track", &req->track, error, error_len)) ||
+	    (err = control_arg_bool(request, "diff", &req->diff, error, error_len)))
+		return err;
+	if ((req->track || req->diff) && req->live == 0) {
+		snprintf(error, error_len,
+			 "%s: track and diff need a live save (the dirty log and the per-page checksums come from its pre-copy); leave out live=no",
+			 verb);
+		return -EINVAL;
+	}
+	if (req->track || req->diff)
+		req->live = 1;
+	return 0;
+}
+
 static int control_save(struct kapsel_vm *vm, const struct control_request *request, FILE *out,
 			char *error, size_t error_len)
 {
-	const char *dir = control_request_arg(request, "dir");
-	bool stop = false;
-	if (!dir || !*dir) {
-		snprintf(error, error_len, "save needs dir=PATH (the state directory to write)");
-		return -EINVAL;
-	}
-	int err = control_arg_bool(request, "stop", &stop, error, error_len);
-	if (err)
-		return err;
-	return save_running_vm(vm, dir, stop, false, out, error, error_len);
+	struct save_request req = { .snapshot = false };
+	int err = parse_save_request("save", request, &req, error, error_len);
+	return err ? err : save_running_vm(vm, &req, out, error, error_len);
 }
 
 static int control_snapshot(struct kapsel_vm *vm, const struct control_request *request, FILE *out,
 			    char *error, size_t error_len)
 {
-	const char *dir = control_request_arg(request, "dir");
-	if (!dir || !*dir) {
-		snprintf(error, error_len,
-			 "snapshot needs dir=PATH (the state directory to write)");
-		return -EINVAL;
-	}
-	return save_running_vm(vm, dir, false, true, out, error, error_len);
+	struct save_request req = { .snapshot = true };
+	int err = parse_save_request("snapshot", request, &req, error, error_len);
+	return err ? err : save_running_vm(vm, &req, out, error, error_len);
 }
 
 static int control_migrate(struct kapsel_vm *vm, const struct control_request *request, FILE *out,
@@ -252,7 +377,7 @@ void run_supervisor_register_control_verbs(void)
 	 * answering (info, stats, pause) while they run. */
 	int err = control_register_background_verb(
 		"save", control_save,
-		"save dir=PATH [stop=yes|no]  save the VM's state to a directory, then continue or stop");
+		"save dir=PATH [stop=yes|no] [live=yes|no] [max_rounds=N] [max_downtime_ms=N] [track=yes] [diff=yes]  save the VM's state to a directory, then continue or stop (live: memory written while the vCPU runs; the default unless stop=yes)");
 	if (err && err != -EEXIST)
 		kapsel_warn("cannot register the control verb 'save': %s", strerror(-err));
 	err = control_register_background_verb(
@@ -262,7 +387,7 @@ void run_supervisor_register_control_verbs(void)
 		kapsel_warn("cannot register the control verb 'migrate': %s", strerror(-err));
 	err = control_register_background_verb(
 		"snapshot", control_snapshot,
-		"snapshot dir=PATH  save the VM and freeze its disks; it goes on on copy-on-write overlays");
+		"snapshot dir=PATH [live=yes|no] [max_rounds=N] [max_downtime_ms=N] [track=yes] [diff=yes]  save the VM and freeze its disks; it goes on on copy-on-write overlays (live by default)");
 	if (err && err != -EEXIST)
 		kapsel_warn("cannot register the control verb 'snapshot': %s", strerror(-err));
 	err = control_register_verb(

@@ -24,15 +24,13 @@
 #include "core/error_text.h"
 #include "core/log.h"
 #include "state/migrate_transport.h"
+#include "state/precopy.h"
 #include "state/progress.h"
 #include "state/snapshot.h"
 #include "core/vm.h"
 #include "state/vm_state.h"
 
-#define PAGE_BYTES 4096u
-#define BATCH_PAGES 256u      /* pages per memory.pages record */
-#define SMALL_DIRTY_PAGES 64u /* few enough to stop and copy at once */
-#define STALL_ROUNDS 5u	      /* rounds without shrinking the dirty set */
+#define PAGE_BYTES PRECOPY_PAGE_BYTES
 
 enum migrate_code {
 	MIGRATE_PREPARED = 1,
@@ -107,183 +105,38 @@ static int receive_message(struct migrate_transport *t, struct migrate_message *
 
 /* ---- Source ------------------------------------------------------------------- */
 
-static int set_dirty_logging(struct kapsel_vm *vm, bool on)
+/* The migration stream as a pre-copy sink: memory.pages / memory.zero records. */
+static int stream_write_pages(void *context, uint64_t first_page, uint32_t count, uint32_t round,
+			      const uint8_t *data)
 {
-	struct kvm_userspace_memory_region region = {
-		.slot = 0,
-		.flags = on ? KVM_MEM_LOG_DIRTY_PAGES : 0,
-		.guest_phys_addr = 0,
-		.memory_size = vm->mem.size_bytes,
-		.userspace_addr = (uint64_t)(uintptr_t)vm->mem.host_base,
-	};
-	return ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0 ? -errno : 0;
-}
-
-struct sender {
-	struct kapsel_vm *vm;
-	struct vm_state_writer *out;
-	uint64_t page_count;
-	uint32_t *sent_crc;   /* CRC32C of each page as the destination has it */
-	uint8_t *batch;	      /* BATCH_PAGES pages being collected */
-	uint64_t batch_first; /* first page of the batch */
-	uint32_t batch_pages;
-	uint64_t zero_first; /* a run of zero pages to announce */
-	uint32_t zero_pages;
-	uint32_t round;
-	uint32_t zero_crc;
-	struct migrate_stats *stats;
-};
-
-static void flush_pages(struct sender *s)
-{
-	if (!s->batch_pages)
-		return;
-	struct vm_state_memory_pages h = { .gpa = s->batch_first * PAGE_BYTES,
-					   .page_count = s->batch_pages,
-					   .round = s->round };
+	struct vm_state_writer *w = context;
+	struct vm_state_memory_pages h = { .gpa = first_page * PRECOPY_PAGE_BYTES,
+					   .page_count = count,
+					   .round = round };
 	struct iovec iov[2] = { { &h, sizeof(h) },
-				{ s->batch, (size_t)s->batch_pages * PAGE_BYTES } };
-	vm_state_putv(s->out, VM_STATE_MEMORY_PAGES, VM_STATE_RECORD_MANDATORY, iov, 2);
-	s->stats->pages_sent += s->batch_pages;
-	s->batch_pages = 0;
+				{ (void *)data, (size_t)count * PRECOPY_PAGE_BYTES } };
+	return vm_state_putv(w, VM_STATE_MEMORY_PAGES, VM_STATE_RECORD_MANDATORY, iov, 2);
 }
 
-static void flush_zeros(struct sender *s)
+static int stream_write_zeros(void *context, uint64_t first_page, uint32_t count, uint32_t round)
 {
-	if (!s->zero_pages)
-		return;
-	struct vm_state_memory_pages h = { .gpa = s->zero_first * PAGE_BYTES,
-					   .page_count = s->zero_pages,
-					   .round = s->round };
-	vm_state_put(s->out, VM_STATE_MEMORY_ZERO, VM_STATE_RECORD_MANDATORY, &h, sizeof(h));
-	s->stats->zero_pages_sent += s->zero_pages;
-	s->zero_pages = 0;
+	struct vm_state_writer *w = context;
+	struct vm_state_memory_pages h = { .gpa = first_page * PRECOPY_PAGE_BYTES,
+					   .page_count = count,
+					   .round = round };
+	return vm_state_put(w, VM_STATE_MEMORY_ZERO, VM_STATE_RECORD_MANDATORY, &h, sizeof(h));
 }
 
-static void flush_batch(struct sender *s)
+static uint64_t stream_bytes_written(void *context)
 {
-	flush_pages(s);
-	flush_zeros(s);
+	return ((struct vm_state_writer *)context)->offset_bytes;
 }
 
-/* Progress every 4096 pages walked (16 MiB): cheap, yet a few times a second. */
-static void note_scanned(const struct sender *s, uint64_t pages_walked)
-{
-	if ((pages_walked & 4095) == 0)
-		state_progress_update(pages_walked * PAGE_BYTES, s->out->offset_bytes);
-}
-
-static bool is_zero(const uint8_t *page)
-{
-	const uint64_t *w = (const uint64_t *)page;
-	for (unsigned i = 0; i < PAGE_BYTES / 8; i += 4)
-		if (w[i] | w[i + 1] | w[i + 2] | w[i + 3])
-			return false;
-	return true;
-}
-
-/*
- * Send page if it differs from what the destination has.  The page is
- * copied first, so the CRC describes exactly the bytes sent even while
- * the guest writes it (a torn copy is dirty again and goes next round).
- * Contiguous pages share a record; zero pages are sent as runs without
- * data.  Returns whether it was sent.
- */
-static bool send_page(struct sender *s, uint64_t page)
-{
-	uint8_t copy[PAGE_BYTES] __attribute__((aligned(64)));
-	memcpy(copy, s->vm->mem.host_base + page * PAGE_BYTES, PAGE_BYTES);
-	uint32_t crc = vm_state_crc32c(0, copy, PAGE_BYTES);
-	if (crc == s->sent_crc[page])
-		return false;
-	s->sent_crc[page] = crc;
-	if (crc == s->zero_crc && is_zero(copy)) {
-		flush_pages(s);
-		if (s->zero_pages && s->zero_first + s->zero_pages != page)
-			flush_zeros(s);
-		if (!s->zero_pages)
-			s->zero_first = page;
-		s->zero_pages++;
-		return true;
-	}
-	flush_zeros(s);
-	if (s->batch_pages && s->batch_first + s->batch_pages != page)
-		flush_pages(s);
-	if (!s->batch_pages)
-		s->batch_first = page;
-	memcpy(s->batch + (size_t)s->batch_pages * PAGE_BYTES, copy, PAGE_BYTES);
-	if (++s->batch_pages == BATCH_PAGES)
-		flush_pages(s);
-	return true;
-}
-
-/* A page that reads as zero without being touched (a hole of the memfd). */
-static void send_zero_page(struct sender *s, uint64_t page)
-{
-	if (s->sent_crc[page] == s->zero_crc)
-		return;
-	s->sent_crc[page] = s->zero_crc;
-	flush_pages(s);
-	if (s->zero_pages && s->zero_first + s->zero_pages != page)
-		flush_zeros(s);
-	if (!s->zero_pages)
-		s->zero_first = page;
-	s->zero_pages++;
-}
-
-/*
- * The next range [*start, *end) at or after from that may hold data, page
- * aligned: an extent of the memfd backing guest RAM (SEEK_DATA), so that
- * never-used RAM is neither read nor, by reading it, allocated.  Returns
- * false when only zeros follow.
- */
-static bool data_extent(const struct guest_memory *mem, uint64_t from, uint64_t *start,
-			uint64_t *end)
-{
-	if (from >= mem->size_bytes)
-		return false;
-	if (mem->memfd < 0) {
-		*start = from;
-		*end = mem->size_bytes;
-		return true;
-	}
-	off_t data = lseek(mem->memfd, (off_t)from, SEEK_DATA);
-	if (data < 0)
-		return false;
-	off_t hole = lseek(mem->memfd, data, SEEK_HOLE);
-	*start = (uint64_t)data & ~(uint64_t)(PAGE_BYTES - 1);
-	*end = hole < 0 || (uint64_t)hole > mem->size_bytes ? mem->size_bytes : (uint64_t)hole;
-	*end = (*end + PAGE_BYTES - 1) & ~(uint64_t)(PAGE_BYTES - 1);
-	if (*start < from)
-		*start = from;
-	return *start < *end;
-}
-
-/* CRC32C of all of guest RAM, holes counted as zeros without reading them. */
-static uint32_t memory_crc(const struct guest_memory *mem)
-{
-	uint32_t crc = 0;
-	uint64_t pos = 0, start, end;
-	while (data_extent(mem, pos, &start, &end)) {
-		crc = vm_state_crc32c_zeros(crc, start - pos);
-		crc = vm_state_crc32c(crc, mem->host_base + start, (size_t)(end - start));
-		pos = end;
-	}
-	return vm_state_crc32c_zeros(crc, mem->size_bytes - pos);
-}
-
-/* Take KVM's dirty bitmap (and clear it).  Returns the dirty count. */
-static int64_t get_dirty_log(struct kapsel_vm *vm, uint64_t *bitmap, size_t bitmap_bytes)
-{
-	memset(bitmap, 0, bitmap_bytes);
-	struct kvm_dirty_log log = { .slot = 0, .dirty_bitmap = bitmap };
-	if (ioctl(vm->vm_fd, KVM_GET_DIRTY_LOG, &log) < 0)
-		return -errno;
-	int64_t count = 0;
-	for (size_t i = 0; i < bitmap_bytes / 8; i++)
-		count += __builtin_popcountll(bitmap[i]);
-	return count;
-}
+static const struct precopy_sink_ops stream_sink = {
+	.write_pages = stream_write_pages,
+	.write_zeros = stream_write_zeros,
+	.bytes_written = stream_bytes_written,
+};
 
 /* Disk locks: the destination takes them over between RELEASED and
  * RUNNING. */
@@ -365,29 +218,20 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 		stats = &local_stats;
 	memset(stats, 0, sizeof(*stats));
 	uint64_t start_ns = monotonic_ns();
-	struct sender s = { .vm = vm, .stats = stats };
 	struct vm_state_writer w;
-	bool logging = false, paused = false, was_paused = false, quiesced = false;
+	struct precopy pc;
+	bool paused = false, was_paused = false, quiesced = false;
 	bool released = false, handed_over = false, destination_failed = false;
 	uint64_t pause_ns = 0;
 	int err;
 
-	s.page_count = vm->mem.size_bytes / PAGE_BYTES;
-	size_t bitmap_bytes = ((s.page_count + 63) / 64) * 8;
-	uint64_t *bitmap = calloc(1, bitmap_bytes);
-	s.sent_crc = malloc(s.page_count * sizeof(uint32_t));
-	s.batch = malloc((size_t)BATCH_PAGES * PAGE_BYTES);
-	if (!bitmap || !s.sent_crc || !s.batch) {
-		free(bitmap);
-		free(s.sent_crc);
-		free(s.batch);
+	const struct precopy_options precopy_options = {
+		.max_rounds = opt.max_rounds,
+		.max_downtime_ms = opt.max_downtime_ms,
+		.write_logged_pages = false, /* bandwidth: equal CRC, not sent again */
+	};
+	if (precopy_init(&pc, vm, &stream_sink, &w, &precopy_options) < 0)
 		return kapsel_fail(error, error_len, -ENOMEM, "out of memory");
-	}
-	static const uint8_t zero_page[PAGE_BYTES];
-	s.zero_crc = vm_state_crc32c(0, zero_page, PAGE_BYTES);
-	/* The destination starts with zeroed RAM. */
-	for (uint64_t p = 0; p < s.page_count; p++)
-		s.sent_crc[p] = s.zero_crc;
 
 	struct migrate_transport *t = NULL;
 	state_progress_phase("connect");
@@ -396,80 +240,32 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 	if (err)
 		goto out_free;
 	vm_state_writer_init_io(&w, migrate_transport_write_io, t);
-	s.out = &w;
 
-	err = set_dirty_logging(vm, true);
+	err = precopy_start_logging(&pc);
 	if (err) {
 		kapsel_fail(error, error_len, err,
 			    "KVM dirty logging (KVM_MEM_LOG_DIRTY_PAGES) failed: %s",
 			    strerror(-err));
 		goto out_close;
 	}
-	logging = true;
 	vm_state_put_begin(&w, VM_STATE_KIND_MIGRATION);
 	err = snapshot_write_vm_header(vm, &w, error, error_len);
 	if (err)
 		goto out_close;
-	/* Round 0 starts with a clean log: everything after it is dirty.  It
-	 * sends what RAM holds; holes are zero on both sides already. */
-	get_dirty_log(vm, bitmap, bitmap_bytes);
-	state_progress_pass("precopy", vm->mem.size_bytes, 0, vm->mem.size_bytes);
-	uint64_t pos = 0, start, end;
-	while (!w.error && data_extent(&vm->mem, pos, &start, &end)) {
-		for (uint64_t p = start / PAGE_BYTES; p < end / PAGE_BYTES && !w.error; p++) {
-			send_page(&s, p);
-			note_scanned(&s, p + 1);
-		}
-		state_progress_update(end, w.offset_bytes);
-		pos = end;
-	}
-	flush_batch(&s);
-
-	/* Pre-copy rounds. */
-	uint64_t best = UINT64_MAX;
-	unsigned stall = 0;
-	/* A VM destroyed meanwhile ends the rounds; the pause below fails. */
-	for (s.round = 1; s.round <= opt.max_rounds && !w.error &&
-			  !__atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST);
-	     s.round++) {
-		uint64_t round_start = monotonic_ns();
-		uint64_t bytes_before = w.offset_bytes;
-		int64_t dirty = get_dirty_log(vm, bitmap, bitmap_bytes);
-		if (dirty < 0) {
-			err = kapsel_fail(error, error_len, (int)dirty,
-					  "KVM_GET_DIRTY_LOG failed: %s", strerror((int)-dirty));
-			goto out_close;
-		}
-		state_progress_pass("precopy", (uint64_t)dirty * PAGE_BYTES, s.round,
-				    (uint64_t)dirty * PAGE_BYTES);
-		uint64_t walked = 0;
-		for (uint64_t word = 0; word < bitmap_bytes / 8 && !w.error; word++)
-			for (uint64_t bits = bitmap[word]; bits; bits &= bits - 1) {
-				send_page(&s, word * 64 + (uint64_t)__builtin_ctzll(bits));
-				note_scanned(&s, ++walked);
-			}
-		flush_batch(&s);
-		stats->rounds = s.round;
-		uint64_t round_ns = monotonic_ns() - round_start + 1;
-		uint64_t bytes_per_s = (w.offset_bytes - bytes_before) * 1000000000ull / round_ns;
-		if (bytes_per_s < (64ull << 20))
-			bytes_per_s = 64ull << 20; /* a floor: idle rounds say nothing */
-		uint64_t expected_ms = (uint64_t)dirty * PAGE_BYTES * 1000ull / bytes_per_s;
-		kapsel_debug("migration round %u: %lld dirty pages, ~%llu ms to send", s.round,
-			     (long long)dirty, (unsigned long long)expected_ms);
-		if ((uint64_t)dirty <= SMALL_DIRTY_PAGES || expected_ms <= opt.max_downtime_ms)
-			break;
-		if ((uint64_t)dirty < best) {
-			best = (uint64_t)dirty;
-			stall = 0;
-		} else if (++stall >= STALL_ROUNDS) {
-			break;
-		}
-	}
-	if (w.error) {
-		err = kapsel_fail(error, error_len, w.error, "the migration stream broke: %s",
-				  migrate_transport_error(t)[0] ? migrate_transport_error(t)
-								: strerror(-w.error));
+	/* Round 0 sends what RAM holds (holes are zero on both sides
+	 * already), then the rounds of what the guest dirtied meanwhile. */
+	if (!precopy_first_pass(&pc))
+		precopy_rounds(&pc);
+	stats->rounds = pc.rounds;
+	if (pc.error) {
+		err = pc.error;
+		if (w.error)
+			kapsel_fail(error, error_len, err, "the migration stream broke: %s",
+				    migrate_transport_error(t)[0] ? migrate_transport_error(t)
+								  : strerror(-err));
+		else
+			kapsel_fail(error, error_len, err, "KVM_GET_DIRTY_LOG failed: %s",
+				    strerror(-err));
 		goto out_close;
 	}
 
@@ -485,30 +281,11 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 	paused = true;
 	snapshot_quiesce_devices(vm);
 	quiesced = true;
-	get_dirty_log(vm, bitmap, bitmap_bytes);
-	state_progress_pass("stop-copy", vm->mem.size_bytes, s.round, 0);
-	uint64_t before = stats->pages_sent + stats->zero_pages_sent;
-	/* Every page against what was sent: also the pages KVM does not log
-	 * (written by the VMM: hypercall results, PV block reads). */
-	pos = 0;
-	while (!w.error) {
-		bool more = data_extent(&vm->mem, pos, &start, &end);
-		if (!more)
-			start = end = vm->mem.size_bytes;
-		for (uint64_t p = pos / PAGE_BYTES; p < start / PAGE_BYTES; p++)
-			send_zero_page(&s, p); /* a hole now (a reboot punched it) */
-		for (uint64_t p = start / PAGE_BYTES; p < end / PAGE_BYTES && !w.error; p++) {
-			send_page(&s, p);
-			note_scanned(&s, p + 1);
-		}
-		state_progress_update(end, w.offset_bytes);
-		if (!more)
-			break;
-		pos = end;
-	}
-	flush_batch(&s);
-	uint32_t ram_crc = memory_crc(&vm->mem);
-	stats->final_pages = stats->pages_sent + stats->zero_pages_sent - before;
+	precopy_final_pass(&pc);
+	uint32_t ram_crc = precopy_memory_crc(&vm->mem);
+	stats->pages_sent = pc.pages_sent;
+	stats->zero_pages_sent = pc.zero_pages_sent;
+	stats->final_pages = pc.final_pages;
 	state_progress_update(vm->mem.size_bytes, w.offset_bytes);
 	state_progress_phase("state");
 	err = snapshot_write_vm_body(vm, &w, error, error_len);
@@ -519,7 +296,7 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 		goto out_close;
 	struct vm_state_memory_done done = { .memory_bytes = vm->mem.size_bytes,
 					     .crc32c = ram_crc,
-					     .rounds = s.round };
+					     .rounds = pc.round };
 	vm_state_put(&w, VM_STATE_MEMORY_DONE, VM_STATE_RECORD_MANDATORY, &done, sizeof(done));
 	vm_state_put_end(&w);
 	if (w.error) {
@@ -564,9 +341,7 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 	vm_request_stop_for(vm, VM_STOP_MIGRATED);
 	vm_resume(vm);
 	migrate_transport_close(t);
-	free(bitmap);
-	free(s.sent_crc);
-	free(s.batch);
+	precopy_free(&pc);
 	return 0;
 
 out_close:
@@ -594,24 +369,15 @@ out_close:
 			    strerror(-err), vm->config->name, uri, vm->config->name);
 		kapsel_error("migration to %s: %s", uri, error);
 		err = -EINPROGRESS;
-		if (quiesced)
-			snapshot_resume_devices(vm);
-		quiesced = false;
-		if (logging)
-			set_dirty_logging(vm, false);
-		logging = false;
 		paused = false; /* left paused: not resumed below */
 	}
 	if (quiesced)
 		snapshot_resume_devices(vm);
-	if (logging)
-		set_dirty_logging(vm, false);
+	precopy_stop_logging(&pc);
 	if (paused && !was_paused)
 		vm_resume(vm);
 out_free:
-	free(bitmap);
-	free(s.sent_crc);
-	free(s.batch);
+	precopy_free(&pc);
 	return err;
 }
 
@@ -742,7 +508,7 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 				break;
 			}
 			memcpy(&d, rec.payload, sizeof(d));
-			uint32_t crc = memory_crc(&vm->mem);
+			uint32_t crc = precopy_memory_crc(&vm->mem);
 			if (d.memory_bytes != vm->mem.size_bytes || crc != d.crc32c) {
 				err = vm_state_fail(
 					&r, -EPROTO,

@@ -20,7 +20,8 @@
  * on as if nothing happened; the destination never runs a VM it did not
  * receive completely.  Disk images are shared (same paths on both sides).
  *
- * Pre-copy: round 0 sends every non-zero page with dirty logging on;
+ * Pre-copy (precopy.c, shared with live saves): round 0 sends every
+ * non-zero page with dirty logging on;
  * round n sends the pages KVM_GET_DIRTY_LOG reports, skipping those whose
  * CRC32C equals what was sent.  It stops when the remaining dirty data
  * would take less than max_downtime_ms at the measured bandwidth, after

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -18,6 +19,8 @@
 #include "core/clock.h"
 #include "core/error_text.h"
 #include "core/log.h"
+#include "state/precopy.h"
+#include "state/snapshot_chain.h"
 #include "state/progress.h"
 #include "state/vcpu_state.h"
 #include "core/vm.h"
@@ -274,15 +277,14 @@ static char *overlay_name(const char *path, const char *tag)
 	return name;
 }
 
-int snapshot_take(struct kapsel_vm *vm, const char *path, struct snapshot_save_stats *stats,
-		  char *error, size_t error_len)
+/* Every writable disk of vm goes on on a new overlay over its current
+ * file, which is frozen (frozen[unit], owned[unit] to free; overlay[unit]:
+ * the frozen file is itself an overlay).  Devices are quiesced. */
+static int freeze_disks(struct kapsel_vm *vm, const char *frozen[VM_CONFIG_MAX_DISKS],
+			bool frozen_overlay[VM_CONFIG_MAX_DISKS], char *owned[VM_CONFIG_MAX_DISKS],
+			char *error, size_t error_len)
 {
-	const char *frozen[VM_CONFIG_MAX_DISKS] = { 0 };
-	bool frozen_overlay[VM_CONFIG_MAX_DISKS] = { 0 };
-	char *owned[VM_CONFIG_MAX_DISKS] = { 0 };
 	int err = 0;
-
-	snapshot_quiesce_devices(vm);
 	for (unsigned i = 0; i < vm->device_count && !err; i++) {
 		struct kapsel_device *dev = vm->devices[i];
 		unsigned unit = dev->desc.unit;
@@ -321,6 +323,18 @@ int snapshot_take(struct kapsel_vm *vm, const char *path, struct snapshot_save_s
 		kapsel_debug("disk %u: '%s' frozen for the snapshot, the VM goes on on '%s'", unit,
 			     owned[unit], config_path);
 	}
+	return err;
+}
+
+int snapshot_take(struct kapsel_vm *vm, const char *path, struct snapshot_save_stats *stats,
+		  char *error, size_t error_len)
+{
+	const char *frozen[VM_CONFIG_MAX_DISKS] = { 0 };
+	bool frozen_overlay[VM_CONFIG_MAX_DISKS] = { 0 };
+	char *owned[VM_CONFIG_MAX_DISKS] = { 0 };
+
+	snapshot_quiesce_devices(vm);
+	int err = freeze_disks(vm, frozen, frozen_overlay, owned, error, error_len);
 	if (!err) {
 		frozen_disk_paths = frozen;
 		frozen_disk_overlays = frozen_overlay;
@@ -331,6 +345,459 @@ int snapshot_take(struct kapsel_vm *vm, const char *path, struct snapshot_save_s
 	snapshot_resume_devices(vm);
 	for (unsigned i = 0; i < VM_CONFIG_MAX_DISKS; i++)
 		free(owned[i]);
+	return err;
+}
+
+/* ---- Live save: memory.img written by pre-copy while the vCPU runs ---------- */
+
+/* memory.img as a pre-copy sink: pages at their offsets, zero runs as holes. */
+struct memory_file_sink {
+	int fd;
+	uint64_t written_bytes;
+	uint8_t *present; /* a diff: bit p set once page p is written (or NULL) */
+};
+
+static void mark_present(struct memory_file_sink *f, uint64_t first_page, uint32_t count)
+{
+	if (f->present)
+		for (uint64_t p = first_page; p < first_page + count; p++)
+			f->present[p / 8] |= (uint8_t)(1u << (p % 8));
+}
+
+static int file_write_pages(void *context, uint64_t first_page, uint32_t count, uint32_t round,
+			    const uint8_t *data)
+{
+	(void)round;
+	struct memory_file_sink *f = context;
+	uint64_t offset = first_page * PRECOPY_PAGE_BYTES;
+	size_t length = (size_t)count * PRECOPY_PAGE_BYTES;
+	mark_present(f, first_page, count);
+	while (length) {
+		ssize_t n = pwrite(f->fd, data, length, (off_t)offset);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		data += n;
+		offset += (uint64_t)n;
+		length -= (size_t)n;
+		f->written_bytes += (uint64_t)n;
+	}
+	return 0;
+}
+
+static int file_write_zeros(void *context, uint64_t first_page, uint32_t count, uint32_t round)
+{
+	(void)round;
+	struct memory_file_sink *f = context;
+	mark_present(f, first_page, count);
+	off_t offset = (off_t)(first_page * PRECOPY_PAGE_BYTES);
+	off_t length = (off_t)count * PRECOPY_PAGE_BYTES;
+	if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0)
+		return 0;
+	if (errno != EOPNOTSUPP)
+		return -errno;
+	/* A file system without holes: write the zeros. */
+	static const uint8_t zeros[PRECOPY_PAGE_BYTES];
+	for (uint32_t i = 0; i < count; i++) {
+		int err = file_write_pages(f, first_page + i, 1, round, zeros);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+static uint64_t file_bytes_written(void *context)
+{
+	return ((struct memory_file_sink *)context)->written_bytes;
+}
+
+static const struct precopy_sink_ops memory_file_sink_ops = {
+	.write_pages = file_write_pages,
+	.write_zeros = file_write_zeros,
+	.bytes_written = file_bytes_written,
+};
+
+/* A random id for a new state (its save.info record). */
+static void new_state_id(uint8_t id[16])
+{
+	if (getrandom(id, 16, 0) != 16) {
+		/* No entropy source: time and address, unique enough to tell
+		 * states apart (nothing secret rests on it). */
+		uint64_t words[2] = { monotonic_ns(),
+				      (uint64_t)(uintptr_t)id ^ (uint64_t)time(NULL) };
+		memcpy(id, words, 16);
+	}
+}
+
+/* Bytes of fd that are not holes (SEEK_DATA/SEEK_HOLE). */
+static uint64_t file_data_bytes(int fd, uint64_t size_bytes)
+{
+	uint64_t total = 0;
+	off_t pos = 0;
+	for (;;) {
+		off_t data = lseek(fd, pos, SEEK_DATA);
+		if (data < 0 || (uint64_t)data >= size_bytes)
+			break;
+		off_t hole = lseek(fd, data, SEEK_HOLE);
+		if (hole < 0 || (uint64_t)hole > size_bytes)
+			hole = (off_t)size_bytes;
+		total += (uint64_t)(hole - data);
+		pos = hole;
+	}
+	return total;
+}
+
+/*
+ * Dirty tracking for diff snapshots: the last state a tracked live save
+ * wrote (the parent of the next diff) and the CRC32C of each of its
+ * pages, as its memory (layered, for a diff) holds them.  One VM per
+ * process, so one record.
+ */
+static struct {
+	struct kapsel_vm *vm; /* NULL: no tracked state */
+	uint8_t state_id[16];
+	uint32_t memory_crc; /* of the whole memory */
+	uint32_t depth;	     /* 0: a full state, else its diff depth */
+	char *dir_real;	     /* realpath of its directory */
+	uint32_t *page_crc;
+	uint64_t page_count;
+} tracking;
+
+static void tracking_forget(void)
+{
+	free(tracking.dir_real);
+	free(tracking.page_crc);
+	memset(&tracking, 0, sizeof(tracking));
+}
+
+/* The last component of path (trailing '/' ignored) into name. */
+static void last_component(const char *path, char *name, size_t name_len)
+{
+	size_t end = strlen(path);
+	while (end > 1 && path[end - 1] == '/')
+		end--;
+	size_t start = end;
+	while (start > 0 && path[start - 1] != '/')
+		start--;
+	snprintf(name, name_len, "%.*s", (int)(end - start), path + start);
+}
+
+/* realpath of the directory path will be in (path itself may not exist). */
+static char *directory_of(const char *path)
+{
+	char *copy = strdup(path);
+	if (!copy)
+		return NULL;
+	size_t end = strlen(copy);
+	while (end > 1 && copy[end - 1] == '/')
+		copy[--end] = '\0';
+	char *slash = strrchr(copy, '/');
+	char *real;
+	if (!slash)
+		real = realpath(".", NULL);
+	else if (slash == copy)
+		real = strdup("/");
+	else {
+		*slash = '\0';
+		real = realpath(copy, NULL);
+	}
+	free(copy);
+	return real;
+}
+
+/* A diff at path is possible: a tracked parent of this VM, next to path. */
+static int check_diff_target(struct kapsel_vm *vm, const char *path, char *error, size_t error_len)
+{
+	if (tracking.vm != vm || !tracking.page_crc)
+		return kapsel_fail(
+			error, error_len, -EINVAL,
+			"a diff snapshot needs a parent: first take a live snapshot or save with tracking (--track, track=yes), then diffs over it");
+	if (tracking.page_count != vm->mem.size_bytes / PRECOPY_PAGE_BYTES)
+		return kapsel_fail(
+			error, error_len, -EINVAL,
+			"the tracked parent has another RAM size; take a new --track snapshot");
+	if (tracking.depth + 1 > VM_STATE_CHAIN_MAX_DEPTH)
+		return kapsel_fail(
+			error, error_len, -EINVAL,
+			"the chain over '%s' has %u diffs, the most it may; take a full snapshot with --track (or merge the chain: kapsel merge)",
+			tracking.dir_real, tracking.depth);
+	struct stat st;
+	if (lstat(tracking.dir_real, &st) < 0 || !S_ISDIR(st.st_mode))
+		return kapsel_fail(
+			error, error_len, -ENOENT,
+			"the parent '%s' of a diff is gone; take a new snapshot with --track",
+			tracking.dir_real);
+	char *dir = directory_of(path);
+	char *parent_dir = directory_of(tracking.dir_real);
+	char name[NAME_MAX + 1], parent_name[NAME_MAX + 1];
+	last_component(path, name, sizeof(name));
+	last_component(tracking.dir_real, parent_name, sizeof(parent_name));
+	int err = 0;
+	if (!dir || !parent_dir || strcmp(dir, parent_dir) != 0)
+		err = kapsel_fail(
+			error, error_len, -EINVAL,
+			"a diff snapshot is written next to its parent, in '%s' (its parent is '%s'); choose a directory there",
+			parent_dir ? parent_dir : "?", tracking.dir_real);
+	else if (strcmp(name, parent_name) == 0 || name[0] == '.' || !name[0])
+		err = kapsel_fail(
+			error, error_len, -EINVAL,
+			"a diff snapshot needs a name of its own next to its parent '%s' (not starting with '.')",
+			tracking.dir_real);
+	free(dir);
+	free(parent_dir);
+	return err;
+}
+
+int snapshot_save_live(struct kapsel_vm *vm, const char *path, bool snapshot,
+		       const struct snapshot_save_options *options,
+		       struct snapshot_save_stats *stats, char *error, size_t error_len)
+{
+	struct snapshot_save_stats local_stats;
+	if (!stats)
+		stats = &local_stats;
+	memset(stats, 0, sizeof(*stats));
+	stats->live = true;
+	uint64_t start_ns = monotonic_ns();
+	const struct precopy_options precopy_options = {
+		.max_rounds = options->max_rounds ? options->max_rounds
+						  : SNAPSHOT_LIVE_DEFAULT_MAX_ROUNDS,
+		.max_downtime_ms = options->max_downtime_ms ? options->max_downtime_ms
+							    : SNAPSHOT_LIVE_DEFAULT_MAX_DOWNTIME_MS,
+		/* A guest must not keep a change out of its saved state by
+		 * crafting a CRC collision; rewriting a page of a file is cheap. */
+		.write_logged_pages = true,
+	};
+	const char *frozen[VM_CONFIG_MAX_DISKS] = { 0 };
+	bool frozen_overlay[VM_CONFIG_MAX_DISKS] = { 0 };
+	char *owned[VM_CONFIG_MAX_DISKS] = { 0 };
+	struct vm_state_dir_txn txn;
+	struct vm_state_writer w;
+	struct vm_state_manifest_file entry;
+	struct memory_file_sink sink = { .fd = -1 };
+	struct precopy pc;
+	bool paused_here = false, quiesced = false;
+	uint64_t pause_ns = 0;
+	uint8_t *present = NULL;
+	size_t present_bytes = (vm->mem.size_bytes / PRECOPY_PAGE_BYTES + 7) / 8;
+	int err;
+
+	if (options->diff && (err = check_diff_target(vm, path, error, error_len)))
+		return err;
+	err = vm_state_dir_begin(&txn, path, error, error_len);
+	if (err)
+		return err;
+	vm_state_writer_init_buffer(&w);
+	err = precopy_init(&pc, vm, &memory_file_sink_ops, &sink, &precopy_options);
+	if (!err && options->diff) {
+		/* The file starts as "the parent's pages": only what differs
+		 * from them is written, and memory.map lists it. */
+		present = calloc(1, present_bytes);
+		if (!present)
+			err = -ENOMEM;
+		else
+			memcpy(pc.sent_crc, tracking.page_crc, pc.page_count * sizeof(uint32_t));
+		sink.present = present;
+	}
+	if (err) {
+		precopy_free(&pc);
+		vm_state_dir_abort(&txn);
+		vm_state_writer_free(&w);
+		return kapsel_fail(error, error_len, err, "out of memory");
+	}
+	sink.fd = openat(txn.dirfd, VM_STATE_FILE_MEMORY, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+			 0600);
+	if (sink.fd < 0 || ftruncate(sink.fd, (off_t)vm->mem.size_bytes) < 0) {
+		err = kapsel_fail(error, error_len, -errno, "cannot create %s.new/memory.img: %s",
+				  path, strerror(errno));
+		goto out;
+	}
+	if (options->diff && precopy_logging_kept()) {
+		/* The log has run since the parent's final pass: round 1
+		 * takes the pages dirtied since, without reading the rest. */
+		pc.logging = true;
+		precopy_rounds(&pc);
+	} else {
+		err = precopy_start_logging(&pc);
+		if (err) {
+			kapsel_fail(error, error_len, err,
+				    "KVM dirty logging (KVM_MEM_LOG_DIRTY_PAGES) failed: %s",
+				    strerror(-err));
+			goto out;
+		}
+		/* While the vCPU runs: everything once (a diff: what differs
+		 * from the parent), then what it dirtied. */
+		if (!precopy_first_pass(&pc))
+			precopy_rounds(&pc);
+	}
+	if (pc.error) {
+		err = kapsel_fail(error, error_len, pc.error, "cannot write %s.new/memory.img: %s",
+				  path, strerror(-pc.error));
+		goto out;
+	}
+
+	/* Stop: the last dirty pages, the pages the VMM wrote, the rest. */
+	pause_ns = monotonic_ns();
+	err = vm_pause(vm);
+	if (err && err != -EALREADY) {
+		kapsel_fail(error, error_len, err, "the VM stopped during the save");
+		goto out;
+	}
+	paused_here = err == 0;
+	err = 0;
+	snapshot_quiesce_devices(vm);
+	quiesced = true;
+	if (snapshot) {
+		/* The disks are frozen here, where memory is taken: what the
+		 * guest wrote before is in them, what it writes after is not. */
+		err = freeze_disks(vm, frozen, frozen_overlay, owned, error, error_len);
+		if (err)
+			goto out;
+	}
+	if (precopy_final_pass(&pc)) {
+		err = kapsel_fail(error, error_len, pc.error, "cannot write %s.new/memory.img: %s",
+				  path, strerror(-pc.error));
+		goto out;
+	}
+	state_progress_phase("state");
+	vm_state_put_begin(&w, VM_STATE_KIND_STATE);
+	frozen_disk_paths = snapshot ? frozen : NULL;
+	frozen_disk_overlays = snapshot ? frozen_overlay : NULL;
+	err = snapshot_write_vm_records(vm, &w, error, error_len);
+	frozen_disk_paths = NULL;
+	frozen_disk_overlays = NULL;
+	if (err)
+		goto out;
+	/* Everything is taken: the guest may go on while the files are synced
+	 * and committed (unless the caller stops it after the save). */
+	snapshot_resume_devices(vm);
+	quiesced = false;
+	uint64_t taken_ns = monotonic_ns() - pause_ns;
+	if (paused_here && !options->keep_paused) {
+		vm_resume(vm);
+		paused_here = false;
+		stats->vcpu_stopped_ns = monotonic_ns() - pause_ns;
+	}
+	if (options->track || options->diff)
+		precopy_keep_logging(true); /* for the next diff */
+	precopy_stop_logging(&pc);
+	uint32_t memory_crc = precopy_destination_crc(&pc, NULL);
+	struct vm_state_save_info info = {
+		.flags = VM_STATE_SAVE_LIVE,
+		.rounds = pc.rounds,
+		.vcpu_stopped_ns = stats->vcpu_stopped_ns ? stats->vcpu_stopped_ns : taken_ns,
+		.memory_written_bytes = sink.written_bytes,
+		.final_pages = pc.final_pages,
+	};
+	new_state_id(info.state_id);
+	vm_state_put(&w, VM_STATE_SAVE_INFO, 0, &info, sizeof(info));
+	uint64_t diff_pages = 0;
+	if (options->diff) {
+		char parent_name[NAME_MAX + 1];
+		last_component(tracking.dir_real, parent_name, sizeof(parent_name));
+		for (size_t i = 0; i < present_bytes; i++)
+			diff_pages += (uint64_t)__builtin_popcount(present[i]);
+		struct vm_state_parent parent = {
+			.parent_memory_crc = tracking.memory_crc,
+			.memory_crc = memory_crc,
+			.depth = tracking.depth + 1,
+			.name_bytes = (uint32_t)strlen(parent_name),
+			.pages = diff_pages,
+		};
+		memcpy(parent.parent_id, tracking.state_id, 16);
+		struct iovec iov[2] = { { &parent, sizeof(parent) },
+					{ parent_name, parent.name_bytes } };
+		vm_state_putv(&w, VM_STATE_PARENT, VM_STATE_RECORD_MANDATORY, iov, 2);
+	}
+	vm_state_put_end(&w);
+	if (w.error) {
+		err = kapsel_fail(error, error_len, w.error, "cannot build state.bin: %s",
+				  strerror(-w.error));
+		goto out;
+	}
+
+	stats->rounds = pc.rounds;
+	stats->final_pages = pc.final_pages;
+	stats->memory_bytes = vm->mem.size_bytes;
+	stats->memory_written_bytes = sink.written_bytes;
+	if (fsync(sink.fd) < 0) {
+		err = kapsel_fail(error, error_len, -errno, "cannot write %s.new/memory.img: %s",
+				  path, strerror(errno));
+		goto out;
+	}
+	memset(&entry, 0, sizeof(entry));
+	snprintf(entry.name, sizeof(entry.name), "%s", VM_STATE_FILE_MEMORY);
+	entry.size_bytes = vm->mem.size_bytes;
+	/* Of what the file holds: every page's CRC is of the bytes written
+	 * (a diff holds only the pages memory.map lists, zeros elsewhere). */
+	entry.crc32c = options->diff ? precopy_destination_crc(&pc, present) : memory_crc;
+	entry.data_bytes = file_data_bytes(sink.fd, vm->mem.size_bytes);
+	stats->memory_data_bytes = entry.data_bytes;
+	vm_state_dir_add(&txn, &entry);
+	err = vm_state_write_file(txn.dirfd, VM_STATE_FILE_STATE, w.buffer, w.buffer_bytes, &entry);
+	if (err) {
+		kapsel_fail(error, error_len, err, "cannot write %s.new/state.bin: %s", path,
+			    strerror(-err));
+		goto out;
+	}
+	vm_state_dir_add(&txn, &entry);
+	stats->state_bytes = w.buffer_bytes;
+	if (options->diff) {
+		err = vm_state_write_file(txn.dirfd, VM_STATE_FILE_MEMORY_MAP, present,
+					  present_bytes, &entry);
+		if (err) {
+			kapsel_fail(error, error_len, err, "cannot write %s.new/memory.map: %s",
+				    path, strerror(-err));
+			goto out;
+		}
+		vm_state_dir_add(&txn, &entry);
+		stats->diff = true;
+		stats->diff_pages = diff_pages;
+		stats->depth = tracking.depth + 1;
+	}
+	write_domain_xml(vm, &txn);
+	close(sink.fd);
+	sink.fd = -1;
+	err = vm_state_dir_commit(&txn, error, error_len);
+	if (!err && (options->track || options->diff)) {
+		/* This state is the parent of the next diff. */
+		char *real = realpath(path, NULL);
+		if (real) {
+			uint32_t depth = options->diff ? tracking.depth + 1 : 0;
+			tracking_forget();
+			tracking.vm = vm;
+			memcpy(tracking.state_id, info.state_id, 16);
+			tracking.memory_crc = memory_crc;
+			tracking.depth = depth;
+			tracking.dir_real = real;
+			tracking.page_crc = pc.sent_crc;
+			tracking.page_count = pc.page_count;
+			pc.sent_crc = NULL; /* kept */
+		}
+	}
+	goto done;
+
+out:
+	vm_state_dir_abort(&txn);
+done:
+	if (quiesced)
+		snapshot_resume_devices(vm);
+	if (paused_here && (err || !options->keep_paused)) {
+		vm_resume(vm);
+		paused_here = false;
+		stats->vcpu_stopped_ns = monotonic_ns() - pause_ns;
+	}
+	stats->left_paused = paused_here;
+	if (paused_here)
+		stats->pause_start_ns = pause_ns;
+	if (sink.fd >= 0)
+		close(sink.fd);
+	precopy_free(&pc);
+	free(present);
+	vm_state_writer_free(&w);
+	for (unsigned i = 0; i < VM_CONFIG_MAX_DISKS; i++)
+		free(owned[i]);
+	stats->total_ns = monotonic_ns() - start_ns;
 	return err;
 }
 
@@ -971,7 +1438,13 @@ int snapshot_restore(struct kapsel_vm *vm, const struct vm_state_dir *dir,
 		     const struct snapshot_restore_options *options, char *error, size_t error_len)
 {
 	const struct vm_state_manifest_file *memory = vm_state_dir_file(dir, VM_STATE_FILE_MEMORY);
-	int err;
+	struct vm_state_parent parent;
+	char parent_name[VM_STATE_PARENT_NAME_MAX + 1];
+	int err = snapshot_parent_parse(&dir->state, &parent, parent_name, error, error_len);
+	if (err < 0)
+		return err;
+	if (err) /* a diff: its memory is layered over its parents' */
+		return snapshot_chain_restore(vm, dir, options, error, error_len);
 
 	if (!memory || memory->size_bytes != vm->mem.size_bytes)
 		return kapsel_fail(error, error_len, -EPROTO,

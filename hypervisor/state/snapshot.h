@@ -16,6 +16,39 @@ struct snapshot_save_stats {
 	uint64_t memory_data_bytes; /* of it written (not holes) */
 	uint64_t state_bytes;	    /* state.bin */
 	uint64_t total_ns;	    /* whole save, devices quiesced to commit */
+	/* A live save (snapshot_save_live) also fills these. */
+	bool live;
+	bool left_paused;	       /* options.keep_paused: the caller resumes */
+	uint32_t rounds;	       /* pre-copy rounds after the first pass */
+	uint64_t final_pages;	       /* written with the vCPU paused */
+	uint64_t memory_written_bytes; /* to memory.img, all passes */
+	uint64_t pause_start_ns;       /* left_paused: when the vCPU was paused */
+	uint64_t vcpu_stopped_ns;      /* pause to resume (not left_paused) */
+	bool diff;		       /* a diff state (options.diff) */
+	uint32_t depth;		       /* diff: its place in the chain, 1.. */
+	uint64_t diff_pages;	       /* diff: pages memory.map lists */
+};
+
+/* Pre-copy limits of a live save when the caller gives none: the same as
+ * a migration's (migrate.h), and the same ranges are accepted. */
+#define SNAPSHOT_LIVE_DEFAULT_MAX_ROUNDS 30u
+#define SNAPSHOT_LIVE_DEFAULT_MAX_DOWNTIME_MS 30u
+
+struct snapshot_save_options {
+	uint32_t max_rounds;	  /* 0: SNAPSHOT_LIVE_DEFAULT_MAX_ROUNDS */
+	uint32_t max_downtime_ms; /* 0: SNAPSHOT_LIVE_DEFAULT_MAX_DOWNTIME_MS */
+	/* Leave the vCPU paused at the end (stats->left_paused), so the caller
+	 * can stop the VM before it runs again (save --stop); otherwise it
+	 * resumes as soon as the state is taken, before the files are synced. */
+	bool keep_paused;
+	/* Keep KVM dirty logging on afterwards and remember this state (its
+	 * per-page CRCs) as the parent of a later diff. */
+	bool track;
+	/* A dirty-only snapshot (snapshot_chain.h): write only the pages that
+	 * differ from the last tracked state of this VM (track or diff),
+	 * which must be a directory next to path; record it as the parent.
+	 * The new state is then the tracked one. */
+	bool diff;
 };
 
 /*
@@ -42,6 +75,27 @@ int snapshot_save(struct kapsel_vm *vm, const char *path, struct snapshot_save_s
  */
 int snapshot_take(struct kapsel_vm *vm, const char *path, struct snapshot_save_stats *stats,
 		  char *error, size_t error_len);
+
+/*
+ * A live save (or, with snapshot, a live snapshot) of the running vm into
+ * path: memory.img is written while the vCPU runs, by pre-copy rounds
+ * with KVM dirty logging (precopy.h: pages pwritten at their offsets, the
+ * same convergence rules as a migration), then the vCPU is paused for the
+ * last dirty pages, the pages the VMM wrote, the device and vCPU state
+ * (and, for a snapshot, the freezing of the disks: the disks are frozen
+ * where memory is taken), and resumed before the files are synced.  The
+ * directory is committed atomically as by snapshot_save; the manifest's
+ * memory CRC32C is of the bytes written (per-page bookkeeping).  The
+ * state is the VM as it was when the vCPU was paused, at the end.
+ * Preconditions: vm_run runs (the vCPU may also be paused already: then
+ * this is an ordinary save with extra steps); called on a thread that is
+ * not a vCPU's.  Returns 0 or -errno with a message; on failure the
+ * previous save at path is unchanged and the vCPU runs as before (a
+ * snapshot whose disks were already frozen goes on on the overlays).
+ */
+int snapshot_save_live(struct kapsel_vm *vm, const char *path, bool snapshot,
+		       const struct snapshot_save_options *options,
+		       struct snapshot_save_stats *stats, char *error, size_t error_len);
 
 /*
  * Before creating a VM from a saved state (after snapshot_bind_host_files):

@@ -643,6 +643,10 @@ const char *vm_state_record_name(uint32_t type)
 		return "device";
 	case VM_STATE_NOTE:
 		return "note";
+	case VM_STATE_SAVE_INFO:
+		return "save.info";
+	case VM_STATE_PARENT:
+		return "state.parent";
 	case VM_STATE_VCPU_REGS:
 		return "vcpu.regs";
 	case VM_STATE_VCPU_SREGS:
@@ -909,7 +913,7 @@ static bool is_state_dir(const char *path)
 {
 	static const char *const names[] = { VM_STATE_FILE_MANIFEST, VM_STATE_FILE_MANIFEST ".tmp",
 					     VM_STATE_FILE_STATE, VM_STATE_FILE_MEMORY,
-					     VM_STATE_FILE_DOMAIN };
+					     VM_STATE_FILE_DOMAIN, VM_STATE_FILE_MEMORY_MAP };
 	DIR *d = opendir(path);
 	if (!d)
 		return false;

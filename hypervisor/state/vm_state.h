@@ -90,6 +90,13 @@ enum vm_state_record_type {
 	 * namespace (vm_config_format_xml, VM_CONFIG_XML_STATE; docs/state.md),
 	 * UTF-8, at most VM_CONFIG_XML_MAX_BYTES.  Mandatory. */
 	VM_STATE_DEFINITION = 0x0105,
+	/* struct vm_state_save_info: how the state was taken (live, rounds,
+	 * vCPU-stopped time) and its id.  Optional, informational. */
+	VM_STATE_SAVE_INFO = 0x0106,
+	/* struct vm_state_parent + the parent directory's name: this state is
+	 * a diff (a dirty-only snapshot): memory.img holds only the pages
+	 * memory.map lists, the rest is the parent's.  Mandatory. */
+	VM_STATE_PARENT = 0x0107,
 
 	VM_STATE_VCPU_REGS = 0x0200,	  /* struct kvm_regs */
 	VM_STATE_VCPU_SREGS = 0x0201,	  /* struct kvm_sregs */
@@ -177,6 +184,41 @@ struct vm_state_vm_info {
 	uint64_t _reserved[4];
 };
 _Static_assert(sizeof(struct vm_state_vm_info) == 168, "vm info layout");
+
+#define VM_STATE_SAVE_LIVE (1u << 0) /* memory written while the vCPU ran */
+struct vm_state_save_info {
+	uint8_t state_id[16]; /* random, new for every state written */
+	uint32_t flags;	      /* VM_STATE_SAVE_* */
+	uint32_t rounds;      /* live: pre-copy rounds after the first pass */
+	/* live: from the pause until the state was complete (the vCPU ran
+	 * again right after, unless the VM stopped) */
+	uint64_t vcpu_stopped_ns;
+	uint64_t memory_written_bytes; /* to memory.img, all passes */
+	uint64_t final_pages;	       /* live: written with the vCPU paused */
+	uint64_t _reserved[4];
+};
+_Static_assert(sizeof(struct vm_state_save_info) == 80, "save info layout");
+
+/*
+ * A diff state's parent (snapshot_chain.h).  The parent is the directory
+ * named (a plain name, no '/') next to this one; it is used only if its
+ * save.info state id is parent_id and its whole memory's CRC32C is
+ * parent_memory_crc.  memory_crc is the CRC32C of this state's whole
+ * memory once layered (parent, then this diff's pages), which a restore
+ * checks after layering.
+ */
+#define VM_STATE_PARENT_NAME_MAX 255u
+#define VM_STATE_CHAIN_MAX_DEPTH 64u
+struct vm_state_parent {
+	uint8_t parent_id[16];
+	uint32_t parent_memory_crc;
+	uint32_t memory_crc; /* of this state's layered memory */
+	uint32_t depth;	     /* diffs from the full state up to this one: 1.. */
+	uint32_t name_bytes; /* the parent's directory name follows, no NUL */
+	uint64_t pages;	     /* pages this diff holds (memory.map's bits set) */
+	uint64_t _reserved[2];
+};
+_Static_assert(sizeof(struct vm_state_parent) == 56, "parent layout");
 
 /* One event channel: allocated, the device it is bound to (or -1). */
 struct vm_state_evtchn_entry {
@@ -538,6 +580,9 @@ int vm_state_load_flat_file(int dirfd, const char *name, uint8_t *dest, uint64_t
 #define VM_STATE_FILE_STATE "state.bin"
 #define VM_STATE_FILE_MEMORY "memory.img"
 #define VM_STATE_FILE_DOMAIN "domain.xml"
+/* A diff's page map: bit p (byte p / 8, bit p % 8) set if memory.img
+ * holds page p (zero if it is a hole there). */
+#define VM_STATE_FILE_MEMORY_MAP "memory.map"
 #define VM_STATE_MAX_FILES 8u
 
 /* A save in progress: files go to "<path>.new" until commit. */

@@ -23,7 +23,7 @@ exit-status-usage) # suite: cli
 	expect_in "$err" "Usage: kapsel COMMAND"
 	status_of 2 frobnicate
 	for verb in run restore clone bench list info pause resume shutdown destroy stats console \
-		dumpxml control save snapshot migrate inspect; do
+		dumpxml control save snapshot migrate inspect merge; do
 		status_of 2 "$verb" --frob
 		expect_in "$err" "kapsel $verb --help"
 	done
@@ -47,6 +47,20 @@ exit-status-usage) # suite: cli
 	expect_in "$err" "no guest kernel; give --kernel FILE"
 	status_of 2 restore --name bad/name "$TMP"
 	expect_in "$err" "--name: VM name 'bad/name' is not valid"
+	# save and snapshot: live options that contradict each other or are out
+	# of range are refused before the VM is asked.
+	status_of 2 save --no-live --max-rounds 3 ghost "$TMP/s"
+	expect_in "$err" "leave them out with --no-live"
+	status_of 2 save --max-rounds 0 ghost "$TMP/s"
+	expect_in "$err" "--max-rounds '0' is not valid; use a whole number from 1 to 1000"
+	status_of 2 snapshot --max-downtime 60001 ghost "$TMP/s"
+	expect_in "$err" "use a whole number from 1 to 60000"
+	status_of 2 snapshot --no-live --diff ghost "$TMP/s"
+	expect_in "$err" "--track and --diff need a live save"
+	status_of 2 save --no-live --track ghost "$TMP/s"
+	expect_in "$err" "--track and --diff need a live save"
+	status_of 2 merge "$TMP/s"
+	expect_in "$err" "merge needs a state directory and a new one"
 	# 0 for help, and the convention is in it.
 	status_of 0 --help
 	expect_in "$out" "Exit status:"
@@ -62,6 +76,9 @@ exit-status-usage) # suite: cli
 	done
 	status_of 1 inspect "$TMP/no-such-state"
 	expect_in "$err" "cannot open the saved state"
+	status_of 1 merge "$TMP/no-such-state" "$TMP/merged"
+	expect_in "$err" "merge of '$TMP/no-such-state' failed: cannot open the saved state"
+	[ ! -e "$TMP/merged" ] || fail "a failed merge left $TMP/merged"
 	# 125: Kapsel could not run the VM (here: before KVM is even needed).
 	status_of 125 run -k "$TMP/no-such-kernel.elf"
 	expect_in "$err" "cannot open guest image '$TMP/no-such-kernel.elf'"
