@@ -24,6 +24,7 @@
 #include "core/log.h"
 #include "state/snapshot.h"
 #include "core/vm.h"
+#include "state/memory_check.h"
 #include "state/migrate.h"
 #include "state/vm_state.h"
 #include "core/sandbox.h"
@@ -32,8 +33,8 @@
 struct restore_settings {
 	const char *dir;
 	const char *name; /* new name, or NULL */
-	bool clone;	  /* new identity, private memory mapping */
-	bool memory_verified;
+	bool clone;	  /* new identity */
+	bool copy_memory; /* --copy-memory: read memory.img in, checked, before the start */
 	const char *console_output;	 /* a plain path (clones' --console-dir) */
 	const char *console_output_spec; /* --console-output FILE[,max=SIZE] */
 	bool console_input;
@@ -125,8 +126,7 @@ static int restore_and_run(const struct restore_settings *settings)
 		goto out_dir;
 	}
 	struct snapshot_restore_options options = {
-		.map_private = settings->clone,
-		.memory_verified = settings->memory_verified,
+		.map_private = !settings->copy_memory,
 		.new_identity = settings->clone || settings->name,
 	};
 	if (snapshot_restore(&vm, &dir, &options, error, sizeof(error)) < 0) {
@@ -138,6 +138,7 @@ static int restore_and_run(const struct restore_settings *settings)
 	if (control && control_server_attach(control, &vm, error, sizeof(error)) < 0) {
 		kapsel_error("%s", error);
 		control_server_stop(control);
+		memory_check_finish(1);
 		vm_destroy(&vm);
 		goto out_dir;
 	}
@@ -164,8 +165,14 @@ void cli_restore_usage(FILE *out)
 		"\n"
 		"Bring back a VM saved in the state directory DIR and run it from exactly\n"
 		"where it was.  The guest sees its restore generation go up by one.\n"
-		"Everything in DIR is checked first; a truncated, corrupted, foreign or\n"
-		"mismatched state is refused and no VM is started.\n"
+		"Everything in DIR is checked; a truncated, corrupted, foreign or\n"
+		"mismatched state is refused.  Guest memory is mapped from DIR/memory.img\n"
+		"(copy-on-write) and the guest starts at once, while the file's checksum is\n"
+		"checked in the background: until it passes, nothing the guest writes to\n"
+		"its disks, sends or prints leaves the VM, and if it fails the VM is\n"
+		"stopped with an error naming the file.  DIR may be saved over or removed\n"
+		"meanwhile; do not modify DIR/memory.img in place while the VM runs\n"
+		"(use --copy-memory to be independent of it).\n"
 		"\n"
 		"A saved state never chooses host files: name the kernel and each disk\n"
 		"image (as on the 'kapsel run' command line that saved it) unless they are\n"
@@ -180,8 +187,10 @@ void cli_restore_usage(FILE *out)
 		"                           as kapsel run's --net (socket=PATH,peer=PATH or\n"
 		"                           tap=NAME, the saved model); the MAC stays\n"
 		"  -n, --name NAME          run it under a new name\n"
-		"      --clone              new identity (name, UUID, MACs) and copy-on-write\n"
-		"                           memory mapped from DIR/memory.img\n"
+		"      --clone              new identity (name, UUID, MACs)\n"
+		"      --copy-memory        read DIR/memory.img into the VM's own memory and\n"
+		"                           check it before the guest starts (the old way:\n"
+		"                           time grows with the memory's size)\n"
 		"      --console-output FILE[,max=SIZE]\n"
 		"                           append guest console output to FILE; it stops\n"
 		"                           growing at SIZE (default 64M, 0: no cap)\n"
@@ -207,7 +216,8 @@ int cli_restore(int argc, char **argv)
 		OPT_SAVE_STOP,
 		OPT_TIMING,
 		OPT_NO_CONTROL,
-		OPT_NET
+		OPT_NET,
+		OPT_COPY_MEMORY
 	};
 	static const struct option options[] = {
 		{ "kernel", required_argument, NULL, 'k' },
@@ -215,6 +225,7 @@ int cli_restore(int argc, char **argv)
 		{ "net", required_argument, NULL, OPT_NET },
 		{ "name", required_argument, NULL, 'n' },
 		{ "clone", no_argument, NULL, OPT_CLONE },
+		{ "copy-memory", no_argument, NULL, OPT_COPY_MEMORY },
 		{ "console-output", required_argument, NULL, OPT_CONSOLE_OUTPUT },
 		{ "no-console-input", no_argument, NULL, OPT_NO_INPUT },
 		{ "save-on-signal", required_argument, NULL, OPT_SAVE },
@@ -263,6 +274,9 @@ int cli_restore(int argc, char **argv)
 			break;
 		case OPT_CLONE:
 			settings.clone = true;
+			break;
+		case OPT_COPY_MEMORY:
+			settings.copy_memory = true;
 			break;
 		case OPT_CONSOLE_OUTPUT:
 			settings.console_output_spec = optarg;
@@ -732,12 +746,13 @@ int cli_clone(int argc, char **argv)
 	}
 	const char *path = argv[optind];
 
-	/* Check the whole snapshot once (memory checksum included), so the
-	 * clones can map it without reading it first. */
+	/* Check the snapshot once (memory.img's checksum is checked by each
+	 * clone in the background, while it runs: memory_check.h), so that a
+	 * bad one is refused before any clone starts. */
 	struct vm_state_dir dir;
 	char error[1024];
 	uint64_t verify_start = monotonic_ns();
-	if (vm_state_dir_open(&dir, path, true, error, sizeof(error)) < 0) {
+	if (vm_state_dir_open(&dir, path, false, error, sizeof(error)) < 0) {
 		kapsel_error("cannot clone: %s", error);
 		return KAPSEL_EXIT_VMM_ERROR;
 	}
@@ -790,7 +805,6 @@ int cli_clone(int argc, char **argv)
 				.dir = path,
 				.name = name,
 				.clone = true,
-				.memory_verified = true,
 				.console_input = false,
 				.timing = timing,
 				.use_control = true,

@@ -18,6 +18,7 @@
 #include "core/clock.h"
 #include "core/error_text.h"
 #include "core/log.h"
+#include "state/memory_check.h"
 #include "state/progress.h"
 #include "state/vcpu_state.h"
 #include "core/vm.h"
@@ -935,17 +936,20 @@ int snapshot_apply_vm_records(struct kapsel_vm *vm, const struct vm_state_record
 	return 0;
 }
 
-/* Replace guest RAM with a private (copy-on-write) mapping of memory.img:
- * pages are read lazily and shared between every VM mapping the file. */
-static int map_memory_private(struct kapsel_vm *vm, int dirfd, char *error, size_t error_len)
+/*
+ * Replace guest RAM with a private (copy-on-write) mapping of memory.img,
+ * open as fd: pages are read when first touched and shared, until written,
+ * with the page cache and every VM mapping the file.  The mapping holds
+ * the file (its inode), not its name: a later save into the same
+ * directory puts a new memory.img in place and unlinks this one, which
+ * lives on until the VM ends; only a write into this very file (not
+ * something Kapsel does) would change pages not yet touched.
+ */
+static int map_memory_private(struct kapsel_vm *vm, int fd, char *error, size_t error_len)
 {
-	int fd = openat(dirfd, VM_STATE_FILE_MEMORY, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return kapsel_fail(error, error_len, -errno, "memory.img: %s", strerror(errno));
 	void *mapped = mmap(vm->mem.host_base, vm->mem.size_bytes, PROT_READ | PROT_WRITE,
 			    MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, fd, 0);
 	int err = mapped == MAP_FAILED ? -errno : 0;
-	close(fd);
 	if (err)
 		return kapsel_fail(error, error_len, err, "cannot map memory.img: %s",
 				   strerror(-err));
@@ -976,23 +980,48 @@ int snapshot_restore(struct kapsel_vm *vm, const struct vm_state_dir *dir,
 	if (!memory || memory->size_bytes != vm->mem.size_bytes)
 		return kapsel_fail(error, error_len, -EPROTO,
 				   "memory.img does not match the VM's RAM size");
-	if (options->map_private) {
-		if (!options->memory_verified) {
-			err = vm_state_load_flat_file(dir->dirfd, VM_STATE_FILE_MEMORY, NULL,
-						      memory->size_bytes, memory->crc32c, false,
-						      error, error_len);
-			if (err)
-				return err;
-		}
-		err = map_memory_private(vm, dir->dirfd, error, error_len);
-	} else {
+	if (!options->map_private) {
 		/* Everything vm_create wrote goes; holes stay unallocated. */
 		guest_memory_clear(&vm->mem);
 		err = vm_state_load_flat_file(dir->dirfd, VM_STATE_FILE_MEMORY, vm->mem.host_base,
 					      memory->size_bytes, memory->crc32c, false, error,
 					      error_len);
+		if (err)
+			return err;
+		return snapshot_apply_vm_records(vm, &dir->state, options->new_identity, error,
+						 error_len);
 	}
-	if (err)
-		return err;
-	return snapshot_apply_vm_records(vm, &dir->state, options->new_identity, error, error_len);
+
+	/* Lazily: map the file, check it in the background while the guest
+	 * runs with its outputs held (memory_check.h). */
+	int fd = openat(dir->dirfd, VM_STATE_FILE_MEMORY, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return kapsel_fail(error, error_len, -errno, "memory.img: %s", strerror(errno));
+	struct stat st;
+	if (fstat(fd, &st) < 0 || (uint64_t)st.st_size != memory->size_bytes) {
+		close(fd);
+		return kapsel_fail(
+			error, error_len, -EPROTO,
+			"memory.img changed size since the state directory was opened; restore again");
+	}
+	err = map_memory_private(vm, fd, error, error_len);
+	if (!err)
+		err = snapshot_apply_vm_records(vm, &dir->state, options->new_identity, error,
+						error_len);
+	if (err && !options->memory_verified) {
+		/* The records may have failed because the memory they point
+		 * into is damaged: if so, that is the news. */
+		char detail[512];
+		if (vm_state_check_flat_fd(fd, VM_STATE_FILE_MEMORY, memory->size_bytes,
+					   memory->crc32c, NULL, detail, sizeof(detail)) < 0)
+			err = kapsel_fail(error, error_len, -EPROTO, "%s", detail);
+	}
+	if (!err && !options->memory_verified) {
+		char path[PATH_MAX];
+		snprintf(path, sizeof(path), "%s", dir->path ? dir->path : ".");
+		err = memory_check_start(vm, fd, path, memory->size_bytes, memory->crc32c, error,
+					 error_len);
+	}
+	close(fd);
+	return err;
 }

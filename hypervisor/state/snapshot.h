@@ -155,7 +155,9 @@ int snapshot_check_disks(const struct vm_state_records *state, const struct vm_c
 			 char *error, size_t error_len);
 
 struct snapshot_restore_options {
-	bool map_private;     /* map memory.img copy-on-write (clones) */
+	/* Map memory.img copy-on-write and check it while the guest runs
+	 * (memory_check.h); false: read it into guest RAM, checked, first. */
+	bool map_private;
 	bool memory_verified; /* memory.img's CRC was already checked */
 	bool new_identity;    /* clone: the config's name and uuid are new */
 };
@@ -163,7 +165,9 @@ struct snapshot_restore_options {
 /*
  * Put the saved state into vm, which was just created (vm_create) from
  * the state's config and has not run: guest RAM from memory.img (copied,
- * or mapped privately), devices, event channels and the vCPU; the Kapsel
+ * or mapped privately; then its check runs in the background, with the
+ * guest's outputs held, until memory_check_finish), devices, event
+ * channels and the vCPU; the Kapsel
  * clock continues where it stopped, the generation is bumped in start
  * info so the guest re-derives unique things, and a new identity is
  * written to start info when asked.  On failure vm must be destroyed
