@@ -594,8 +594,9 @@ void cli_clone_usage(FILE *out)
 		"Usage: kapsel clone [OPTIONS] DIR\n"
 		"\n"
 		"Start N VMs from the saved state DIR at once.  Each clone maps\n"
-		"DIR/memory.img copy-on-write (pages are shared until written), gets its\n"
-		"own name (PREFIX-1 .. PREFIX-N) and UUID, and sees its generation go up.\n"
+		"DIR/memory.img copy-on-write (pages are shared until written) and checks\n"
+		"it in the background as 'kapsel restore' does, gets its own name\n"
+		"(PREFIX-1 .. PREFIX-N), UUID and MACs, and sees its generation go up.\n"
 		"Exits when all clones have stopped: 0 if every clone exited 0.\n"
 		"\n"
 		"Options:\n"
@@ -605,6 +606,12 @@ void cli_clone_usage(FILE *out)
 		"  -d, --disk N=PATH[,format=raw|overlay]\n"
 		"                           the image of disk N (unless inside DIR); each\n"
 		"                           clone runs on an overlay of its own over it\n"
+		"      --net N=SPEC         the link of network interface N of every clone,\n"
+		"                           SPEC as kapsel run's --net (socket=PATH,peer=PATH\n"
+		"                           or tap=NAME, the saved model), where {i} stands\n"
+		"                           for the clone's number: with N > 1 clones it must\n"
+		"                           be in socket= or tap=, e.g.\n"
+		"                           0=socket=/run/vm{i}.sock,peer=/run/switch.sock\n"
 		"      --console-dir DIR    write clone i's console to DIR/PREFIX-i.log; without\n"
 		"                           it, with N > 1, every console line on stdout starts\n"
 		"                           with its clone's name: 'PREFIX-i| '\n"
@@ -686,6 +693,7 @@ int cli_clone(int argc, char **argv)
 		{ "prefix", required_argument, NULL, 'p' },
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "disk", required_argument, NULL, 'd' },
+		{ "net", required_argument, NULL, 'N' },
 		{ "console-dir", required_argument, NULL, 'o' },
 		{ "timing", no_argument, NULL, 't' },
 		{ "verbose", no_argument, NULL, 'v' },
@@ -696,6 +704,9 @@ int cli_clone(int argc, char **argv)
 	const char *prefix = NULL, *console_dir = NULL;
 	bool timing = false;
 	static struct snapshot_host_files files = { .new_identity = true };
+	/* --net N=SPEC as given: expanded for each clone (its number for {i}). */
+	const char *net_specs[2 * VM_CONFIG_MAX_NETS];
+	unsigned net_spec_count = 0;
 	char detail[512];
 	int opt;
 	optind = 1;
@@ -710,6 +721,14 @@ int cli_clone(int argc, char **argv)
 				kapsel_error("%s", detail);
 				return 2;
 			}
+			break;
+		case 'N':
+			if (net_spec_count == sizeof(net_specs) / sizeof(net_specs[0])) {
+				kapsel_error("too many --net options (a VM has at most %u interfaces)",
+					     VM_CONFIG_MAX_NETS);
+				return 2;
+			}
+			net_specs[net_spec_count++] = optarg;
 			break;
 		case 'c': {
 			char *end;
@@ -745,6 +764,19 @@ int cli_clone(int argc, char **argv)
 		return 2;
 	}
 	const char *path = argv[optind];
+	/* Every clone's links are checked now, before any clone starts: the
+	 * first clone's, and that they differ between clones. */
+	for (unsigned i = 0; i < net_spec_count; i++) {
+		struct snapshot_host_files probe;
+		memset(&probe, 0, sizeof(probe));
+		int err = snapshot_parse_clone_net_mapping(net_specs[i], 1, count, &probe, detail,
+							   sizeof(detail));
+		snapshot_host_files_free(&probe);
+		if (err) {
+			kapsel_error("%s", detail);
+			return 2;
+		}
+	}
 
 	/* Check the snapshot once (memory.img's checksum is checked by each
 	 * clone in the background, while it runs: memory_check.h), so that a
@@ -800,6 +832,13 @@ int cli_clone(int argc, char **argv)
 				close(outputs[j].fd);
 		}
 		if (pid == 0) {
+			for (unsigned n = 0; n < net_spec_count; n++)
+				if (snapshot_parse_clone_net_mapping(net_specs[n], i + 1, count,
+								     &files, detail,
+								     sizeof(detail)) < 0) {
+					kapsel_error("clone '%s': %s", name, detail);
+					_exit(2);
+				}
 			char console[4096];
 			struct restore_settings settings = {
 				.dir = path,

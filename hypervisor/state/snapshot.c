@@ -466,6 +466,72 @@ int snapshot_parse_net_mapping(const char *text, struct snapshot_host_files *fil
 	return 0;
 }
 
+/* text with every SNAPSHOT_CLONE_NUMBER replaced by number (malloc'd), or NULL. */
+static char *expand_clone_number(const char *text, unsigned long number)
+{
+	char digits[24];
+	int digits_len = snprintf(digits, sizeof(digits), "%lu", number);
+	size_t marker_len = strlen(SNAPSHOT_CLONE_NUMBER), count = 0;
+	for (const char *p = strstr(text, SNAPSHOT_CLONE_NUMBER); p;
+	     p = strstr(p + marker_len, SNAPSHOT_CLONE_NUMBER))
+		count++;
+	char *out = malloc(strlen(text) + count * (size_t)digits_len + 1);
+	if (!out)
+		return NULL;
+	char *w = out;
+	for (const char *p = text; *p;) {
+		if (strncmp(p, SNAPSHOT_CLONE_NUMBER, marker_len) == 0) {
+			memcpy(w, digits, (size_t)digits_len);
+			w += digits_len;
+			p += marker_len;
+		} else {
+			*w++ = *p++;
+		}
+	}
+	*w = '\0';
+	return out;
+}
+
+int snapshot_parse_clone_net_mapping(const char *text, unsigned long clone_number,
+				     unsigned long clone_count, struct snapshot_host_files *files,
+				     char *error, size_t error_len)
+{
+	char *mine = expand_clone_number(text, clone_number);
+	if (!mine)
+		return kapsel_fail(error, error_len, -ENOMEM, "out of memory");
+	int err = snapshot_parse_net_mapping(mine, files, error, error_len);
+	free(mine);
+	if (err || clone_count < 2)
+		return err;
+	/* Two clones would bind one socket (or share one tap): the endpoint
+	 * must differ between clone numbers. */
+	char *other_text = expand_clone_number(text, clone_number == 1 ? 2 : 1);
+	struct snapshot_host_files other;
+	memset(&other, 0, sizeof(other));
+	err = other_text ? snapshot_parse_net_mapping(other_text, &other, error, error_len)
+			 : kapsel_fail(error, error_len, -ENOMEM, "out of memory");
+	free(other_text);
+	if (err)
+		return err;
+	unsigned long index = strtoul(text, NULL, 10);
+	const struct vm_net_config *a = &files->nets[index], *b = &other.nets[index];
+	if (strcmp(a->path, b->path) == 0)
+		err = kapsel_fail(
+			error, error_len, -EINVAL,
+			"--net %lu=...: the %lu clones would all use %s '%s'; put %s (each clone's number) in it, e.g. %s=%s%s",
+			index, clone_count, a->backend == VM_NET_BACKEND_TAP ? "tap" : "socket",
+			a->path, SNAPSHOT_CLONE_NUMBER,
+			a->backend == VM_NET_BACKEND_TAP ? "tap" : "socket", a->path,
+			SNAPSHOT_CLONE_NUMBER);
+	else if (a->has_mac)
+		err = kapsel_fail(
+			error, error_len, -EINVAL,
+			"--net %lu=...: mac= would give the %lu clones one MAC; leave it out, each clone derives its own",
+			index, clone_count);
+	snapshot_host_files_free(&other);
+	return err;
+}
+
 void snapshot_host_files_free(struct snapshot_host_files *files)
 {
 	for (unsigned i = 0; i < VM_CONFIG_MAX_DISKS; i++)
@@ -550,8 +616,12 @@ int snapshot_bind_host_files(const struct vm_state_records *state, const char *s
 		if (!files || !files->net_given[i]) {
 			err = kapsel_fail(
 				error, error_len, -EPERM,
-				"the saved VM has %u network interface(s); name the link of interface %u with --net %u=socket=PATH,peer=PATH or --net %u=tap=NAME (as on kapsel run; a saved state never chooses host endpoints)",
-				config->net_count, i, i, i);
+				"the saved VM has %u network interface(s); name the link of interface %u with --net %u=socket=PATH,peer=PATH or --net %u=tap=NAME (as on kapsel run; a saved state never chooses host endpoints)%s",
+				config->net_count, i, i, i,
+				files && files->new_identity
+					? "; for several clones put " SNAPSHOT_CLONE_NUMBER
+					  ", the clone's number, in socket= or tap= (kapsel clone --net)"
+					: "");
 			goto out;
 		}
 		err = bind_net(config, i, &files->nets[i], files->new_identity, error, error_len);

@@ -78,6 +78,22 @@ int snapshot_parse_net_mapping(const char *text, struct snapshot_host_files *fil
 			       size_t error_len);
 void snapshot_host_files_free(struct snapshot_host_files *files);
 
+/* What `kapsel clone --net N=SPEC` replaces with each clone's number. */
+#define SNAPSHOT_CLONE_NUMBER "{i}"
+
+/*
+ * `kapsel clone --net N=SPEC` for clone number clone_number (1 to
+ * clone_count): every SNAPSHOT_CLONE_NUMBER in text becomes that number,
+ * then as snapshot_parse_net_mapping.  With more than one clone, SPEC
+ * must make each clone's own endpoint (socket=, tap=) differ, i.e. hold
+ * the placeholder there, and must not give mac= (each clone derives one
+ * of its own); a shared peer= is fine.  Returns 0 or -EINVAL with a
+ * message naming the fix.
+ */
+int snapshot_parse_clone_net_mapping(const char *text, unsigned long clone_number,
+				     unsigned long clone_count, struct snapshot_host_files *files,
+				     char *error, size_t error_len);
+
 /*
  * A saved state is untrusted input: it never chooses which host files are
  * opened.  Replace config's kernel and disk paths (read from state by
