@@ -154,7 +154,6 @@ net-pv-clone)
 		"$TMP/save" >"$TMP/c0.out" 2>"$TMP/c0.err" </dev/null || STATUS=$?
 	[ "$STATUS" -eq 2 ] || { cat "$TMP/c0.err"; fail "two clones on one socket: exit $STATUS, expected 2"; }
 	expect_in "$TMP/c0.err" "the 2 clones would all use socket '$TMP/a.sock'; put {i}"
-	[ ! -e "$TMP/a.sock" ] || fail "a refused clone bound the socket"
 
 	STATUS=0
 	LAST_ERR=$TMP/c1.err
