@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "core/clock.h"
@@ -27,9 +29,86 @@ static struct {
 	char *path;
 	uint64_t size_bytes;
 	uint32_t crc32c;
-	int abandon; /* atomic: stop reading */
+	int abandon; /* atomic: stop reading, and stop watching the file */
 	int result;  /* the verdict: 0, -EPROTO, -ECANCELED, -errno */
+	bool leased; /* a read lease on fd tells us before anyone writes the file */
 } check = { .fd = -1 };
+
+/* The signal a lease break (another process opening memory.img to write
+ * or truncate it) sends to the checking thread; also its wake-up. */
+static int lease_signal(void)
+{
+	return SIGRTMIN + 6;
+}
+
+/*
+ * Take a read lease on memory.img: a process that opens it for writing
+ * (or truncates it) then waits, up to /proc/sys/fs/lease-break-time
+ * seconds, until this thread has let go, and this thread is told first
+ * (lease_signal, to this thread only).  Needs the file to be ours (or
+ * CAP_LEASE); where it is not, the VM runs without this protection.
+ */
+static void take_lease(void)
+{
+	struct f_owner_ex owner = { .type = F_OWNER_TID, .pid = (pid_t)syscall(SYS_gettid) };
+	if (fcntl(check.fd, F_SETSIG, lease_signal()) < 0 ||
+	    fcntl(check.fd, F_SETOWN_EX, &owner) < 0 || fcntl(check.fd, F_SETLEASE, F_RDLCK) < 0) {
+		kapsel_debug("no read lease on %s/memory.img (%s): a write into it while the VM runs would go unnoticed",
+			     check.path, strerror(errno));
+		return;
+	}
+	check.leased = true;
+}
+
+static void release_lease(void)
+{
+	if (check.leased)
+		fcntl(check.fd, F_SETLEASE, F_UNLCK);
+	check.leased = false;
+}
+
+/*
+ * Someone is about to write memory.img: make the VM independent of it by
+ * giving every page of RAM a private copy (MADV_POPULATE_WRITE breaks
+ * copy-on-write without changing content), then let the writer go.
+ * Returns 0 or -errno.
+ */
+static int detach_from_file(void)
+{
+	struct kapsel_vm *vm = check.vm;
+	uint64_t start_ns = monotonic_ns();
+	int err = 0;
+	if (madvise(vm->mem.host_base, vm->mem.size_bytes, MADV_POPULATE_WRITE) < 0)
+		err = -errno;
+	release_lease();
+	if (err)
+		kapsel_error("%s/memory.img is being opened for writing while VM '%s' runs on it, and its memory cannot be copied out of the file (%s); the VM may see the new content",
+			     check.path, vm->config->name, strerror(-err));
+	else
+		kapsel_warn("%s/memory.img is being opened for writing while VM '%s' runs on it: copied the VM's memory out of the file in %.1f ms first",
+			    check.path, vm->config->name, (monotonic_ns() - start_ns) / 1e6);
+	return err;
+}
+
+/* After the verdict: wait for a lease break (then detach) or for
+ * memory_check_finish. */
+static void watch_lease(void)
+{
+	sigset_t wake;
+	sigemptyset(&wake);
+	sigaddset(&wake, lease_signal());
+	while (check.leased && !__atomic_load_n(&check.abandon, __ATOMIC_ACQUIRE)) {
+		siginfo_t info;
+		if (sigwaitinfo(&wake, &info) < 0)
+			continue;
+		if (__atomic_load_n(&check.abandon, __ATOMIC_ACQUIRE))
+			break;
+		/* A lease break names our fd; the wake-up from
+		 * memory_check_finish comes with SI_TKILL. */
+		if (info.si_code != SI_TKILL && info.si_fd == check.fd)
+			detach_from_file();
+	}
+}
 
 static void *check_thread(void *opaque)
 {
@@ -40,6 +119,7 @@ static void *check_thread(void *opaque)
 	 * signal gets through (sandbox_thread_role). */
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	sandbox_thread_role(SANDBOX_ROLE_MEMORY_CHECK);
+	take_lease();
 
 	uint64_t start_ns = monotonic_ns();
 	char error[512];
@@ -50,6 +130,10 @@ static void *check_thread(void *opaque)
 		output_gate_open();
 		kapsel_debug("memory.img checked in %.1f ms while the guest ran",
 			     (monotonic_ns() - start_ns) / 1e6);
+		/* A write that came during the check waited for it (the lease):
+		 * the checked content is what the VM keeps. */
+		watch_lease();
+		release_lease();
 		return NULL;
 	}
 	if (err != -ECANCELED) {
@@ -62,6 +146,7 @@ static void *check_thread(void *opaque)
 	}
 	/* Nothing the guest made may leave it. */
 	output_gate_refuse();
+	release_lease();
 	return NULL;
 }
 
@@ -80,6 +165,7 @@ int memory_check_start(struct kapsel_vm *vm, int fd, const char *path, uint64_t 
 		return kapsel_fail(error, error_len, -ENOMEM, "out of memory");
 	}
 	check.vm = vm;
+	check.leased = false;
 	check.size_bytes = size_bytes;
 	check.crc32c = crc32c;
 	check.abandon = 0;
@@ -104,7 +190,11 @@ int memory_check_finish(int abandon)
 	if (!check.running)
 		return 0;
 	if (abandon)
-		__atomic_store_n(&check.abandon, 1, __ATOMIC_RELAXED);
+		__atomic_store_n(&check.abandon, 1, __ATOMIC_RELEASE);
+	/* Wait for the verdict, then end the lease watch after it. */
+	output_gate_wait();
+	__atomic_store_n(&check.abandon, 1, __ATOMIC_RELEASE);
+	pthread_kill(check.thread, lease_signal());
 	pthread_join(check.thread, NULL);
 	check.running = false;
 	close(check.fd);

@@ -712,6 +712,37 @@ state-lazy-remove)
 	expect_in "$OUT2" "counter done 120"
 	check_ticks 1 120 "$OUT1" "$OUT2" || fail "tick sequence"
 	;;
+state-lazy-inplace)
+	# Another process writes into the memory.img a VM was lazily restored
+	# from: the VM's read lease makes that writer wait while Kapsel copies
+	# the VM's memory out of the file, so the guest's late pattern, first
+	# read after the write, is still the saved one.
+	save_on_signal "$TMP/save" --save-stop \
+		--cmdline "ticks=120 interval_ms=$TICK_MS late_pattern_mb=8"
+	expect_status 0
+	late=$(awk '/^counter: late pattern of/ { print $NF; exit }' "$OUT1")
+	[ -n "$late" ] || fail "the guest did not say where its late pattern is"
+	OUT2=$TMP/out2 ERR2=$TMP/err2 LAST_ERR=$TMP/err2
+	: >"$OUT2"
+	timeout --kill-after=5 90 "$KAPSEL" restore --no-console-input --no-control \
+		--kernel "$COUNTER" "$TMP/save" >"$OUT2" 2>"$ERR2" </dev/null &
+	PID=$!
+	wait_for_tick "$OUT2" 50
+	timeout 60 python3 -c "
+import sys
+with open(sys.argv[1], 'r+b') as f:
+    f.seek(int(sys.argv[2]))
+    f.write(b'\xa5' * 65536)
+" "$TMP/save/memory.img" $((late + 4 * 1048576)) || fail "could not write into memory.img"
+	STATUS=0
+	wait "$PID" || STATUS=$?
+	expect_status 0
+	expect_in "$ERR2" "memory.img is being opened for writing while VM"
+	expect_in "$ERR2" "copied the VM's memory out of the file"
+	expect_in "$OUT2" "late memory ok: 1048576 words"
+	expect_in "$OUT2" "counter done 120"
+	check_ticks 1 120 "$OUT1" "$OUT2" || fail "tick sequence"
+	;;
 state-lazy-damaged)
 	# A damaged memory.img, in pages the guest reads only at its end: the
 	# guest starts before the background check ends, but the check stops
