@@ -163,12 +163,12 @@ int disk_policy_check(struct disk_image *disk, enum kapsel_blk_op op, uint64_t s
 	} else if (op != KAPSEL_BLK_OP_READ && output_gate_wait() < 0) {
 		/* Nothing reaches the image from a guest whose restored memory
 		 * failed its check (output_gate.h); writes wait for the verdict. */
-		err = -KAPSEL_EIO;
-		counter = &disk->stats.denied_malformed;
+		err = -KAPSEL_EIO; /* an error, but none of the denials above */
 	}
-	if (counter) {
+	if (err) {
 		pthread_mutex_lock(&disk->lock);
-		(*counter)++;
+		if (counter)
+			(*counter)++;
 		disk->stats.errors++;
 		pthread_mutex_unlock(&disk->lock);
 	}
