@@ -366,6 +366,8 @@ static void on_stop_signal(int signo)
 {
 	(void)signo;
 	stop_signalled = 1;
+	/* A vCPU held at the output gate would wait for the whole check. */
+	memory_check_abandon();
 	if (running_vm)
 		vm_request_stop(running_vm);
 }

@@ -185,6 +185,11 @@ int memory_check_start(struct kapsel_vm *vm, int fd, const char *path, uint64_t 
 	return 0;
 }
 
+void memory_check_abandon(void)
+{
+	__atomic_store_n(&check.abandon, 1, __ATOMIC_RELEASE);
+}
+
 int memory_check_finish(int abandon)
 {
 	if (!check.running)

@@ -22,6 +22,10 @@ struct kapsel_vm;
 int memory_check_start(struct kapsel_vm *vm, int fd, const char *path, uint64_t size_bytes,
 		       uint32_t crc32c, char *error, size_t error_len);
 
+/* Give the check up (async-signal-safe): it ends at its next chunk with
+ * the outputs refused.  No-op without a check. */
+void memory_check_abandon(void);
+
 /*
  * Wait for the verdict of the check memory_check_start began and join its
  * thread; abandons the check first when abandon is set (the VM stopped:
