@@ -41,6 +41,13 @@ static int lease_signal(void)
 	return SIGRTMIN + 6;
 }
 
+static void release_lease(void)
+{
+	if (check.leased)
+		fcntl(check.fd, F_SETLEASE, F_UNLCK);
+	check.leased = false;
+}
+
 /*
  * Take a read lease on memory.img: a process that opens it for writing
  * (or truncates it) then waits, up to /proc/sys/fs/lease-break-time
@@ -51,20 +58,19 @@ static int lease_signal(void)
 static void take_lease(void)
 {
 	struct f_owner_ex owner = { .type = F_OWNER_TID, .pid = (pid_t)syscall(SYS_gettid) };
-	if (fcntl(check.fd, F_SETSIG, lease_signal()) < 0 ||
-	    fcntl(check.fd, F_SETOWN_EX, &owner) < 0 || fcntl(check.fd, F_SETLEASE, F_RDLCK) < 0) {
-		kapsel_debug("no read lease on %s/memory.img (%s): a write into it while the VM runs would go unnoticed",
-			     check.path, strerror(errno));
-		return;
+	const char *step = "F_SETLEASE";
+	if (fcntl(check.fd, F_SETSIG, lease_signal()) == 0 &&
+	    fcntl(check.fd, F_SETLEASE, F_RDLCK) == 0) {
+		check.leased = true;
+		/* The owner after the lease: taking a lease makes the whole
+		 * process the file's owner, and the signal is for this thread. */
+		step = "F_SETOWN_EX";
+		if (fcntl(check.fd, F_SETOWN_EX, &owner) == 0)
+			return;
 	}
-	check.leased = true;
-}
-
-static void release_lease(void)
-{
-	if (check.leased)
-		fcntl(check.fd, F_SETLEASE, F_UNLCK);
-	check.leased = false;
+	kapsel_debug("no read lease on %s/memory.img (%s: %s): a write into it while the VM runs would go unnoticed",
+		     check.path, step, strerror(errno));
+	release_lease();
 }
 
 /*
