@@ -26,6 +26,17 @@ wait_for() { # FILE TEXT
 	return 1
 }
 
+echo "== the memory part of a restore, on this host without KVM (tests/bench/restore_memory.c)"
+echo "   copy_ms: fresh memfd, memory.img read in and CRC32C-checked before the vCPU runs (before;"
+echo "   --copy-memory); map_ms: the lazy restore's mmap instead; check_ms: its background check;"
+echo "   touch_ms: every page read once through the mapping (what a guest pays lazily, if it reads all)"
+printf "%-8s %9s %10s %9s %10s %10s\n" memory data_MiB copy_ms map_ms check_ms touch_ms
+for mem in ${BENCH_STATE_SIZES:-64 256 1024}; do
+	"$BUILD/tests/bench_restore_memory" "$TMP" "$mem" $((mem / 4))
+done
+echo
+[ -e /dev/kvm ] || { echo "(no /dev/kvm here: the VM sections need it; scripts/nested-kvm.sh)"; exit 0; }
+
 # restore_row MEM DIR MODE KAPSEL ARGS...: restore DIR until the guest prints
 # a tick, then stop it; prints the figures of one row.
 restore_row() {
