@@ -6,8 +6,8 @@
 #include "kapsel_guest/runtime.h"
 
 /*
- * Command line: counter [ticks=N] [interval_ms=N] [pattern_mb=N] [disk=0|1]
- *                       [churn_mb=N] [churn_mbps=N]
+ * Command line: counter [ticks=N] [interval_ms=N] [pattern_mb=N] [late_pattern_mb=N]
+ *                       [disk=0|1] [churn_mb=N] [churn_mbps=N]
  *
  * Every interval_ms the guest advances its counter and folds it into a
  * running checksum:  sum(n) = mix64(sum(n-1) ^ n),  sum(0) = 0,
@@ -35,6 +35,13 @@
  * most one page in progress.  The memory check verifies every other page
  * against its stamp: a save or migration that missed a page the guest
  * dirtied (or took a page and its stamp at different times) is caught.
+ *
+ * A late pattern of late_pattern_mb MiB (default 0; printed as "counter:
+ * late pattern of N MiB at GPA") is written at the start and read only
+ * once, after the last tick ("late memory ok ..."): after a lazy restore
+ * its pages are first touched long after the guest started, so a test can
+ * change what backs them (save over or remove the state directory, damage
+ * the file) in between.
  */
 
 #define HISTORY 1024u
@@ -56,6 +63,8 @@ static volatile uint64_t counter, checksum;
 static uint64_t history[HISTORY];
 static uint64_t *pattern;
 static uint64_t pattern_words, pattern_seed;
+static uint64_t *late_pattern;
+static uint64_t late_pattern_words;
 static uint64_t unique_id;
 static volatile uint64_t generation_seen;
 static uint64_t *churn;		       /* churn_pages pages */
@@ -116,6 +125,24 @@ static void verify_memory(void)
 		  (unsigned long long)counter);
 }
 
+/* The late pattern: its own seed, so it is no copy of the first one. */
+static uint64_t late_word(uint64_t i)
+{
+	return mix64(pattern_seed ^ 0x4c415445ull ^ (i << 1));
+}
+
+static void verify_late_memory(void)
+{
+	if (!late_pattern_words)
+		return;
+	for (uint64_t i = 0; i < late_pattern_words; i++)
+		if (late_pattern[i] != late_word(i))
+			kg_panic("late pattern word %llu is %llx, expected %llx",
+				 (unsigned long long)i, (unsigned long long)late_pattern[i],
+				 (unsigned long long)late_word(i));
+	kg_printf("late memory ok: %llu words\n", (unsigned long long)late_pattern_words);
+}
+
 static void on_new_generation(uint64_t generation)
 {
 	const struct kapsel_start_info *si = kg_platform_start_info();
@@ -174,6 +201,19 @@ int main(int argc, char **argv)
 	pattern_seed = mix64(0x1234);
 	for (uint64_t i = 0; i < pattern_words; i++)
 		pattern[i] = mix64(pattern_seed ^ i);
+	uint64_t late_pattern_mb = option("late_pattern_mb", 0);
+	late_pattern_words = late_pattern_mb * (1u << 20) / 8;
+	if (late_pattern_words) {
+		late_pattern = kg_os_alloc_pages(late_pattern_mb * 256);
+		if (!late_pattern)
+			kg_panic("no memory for a %llu MiB late pattern",
+				 (unsigned long long)late_pattern_mb);
+		for (uint64_t i = 0; i < late_pattern_words; i++)
+			late_pattern[i] = late_word(i);
+		kg_printf("counter: late pattern of %llu MiB at 0x%llx\n",
+			  (unsigned long long)late_pattern_mb,
+			  (unsigned long long)kg_os_virt_to_phys(late_pattern));
+	}
 
 	churn_pages = option("churn_mb", 0) * 256;
 	/* Pages per tick: churn_mbps MiB/s over ticks of interval_ns. */
@@ -228,6 +268,7 @@ int main(int argc, char **argv)
 	if (disk && kg_block_flush(disk) != 0)
 		kg_panic("final disk flush failed");
 	verify_memory();
+	verify_late_memory();
 	kg_printf("counter done %llu sum %016llx gen %llu\n", (unsigned long long)counter,
 		  (unsigned long long)checksum, (unsigned long long)generation_seen);
 	return 0;

@@ -25,6 +25,7 @@
 #include "state/snapshot.h"
 #include "state/snapshot_chain.h"
 #include "core/vm.h"
+#include "state/memory_check.h"
 #include "state/migrate.h"
 #include "state/vm_state.h"
 #include "core/sandbox.h"
@@ -33,8 +34,8 @@
 struct restore_settings {
 	const char *dir;
 	const char *name; /* new name, or NULL */
-	bool clone;	  /* new identity, private memory mapping */
-	bool memory_verified;
+	bool clone;	  /* new identity */
+	bool copy_memory; /* --copy-memory: read memory.img in, checked, before the start */
 	const char *console_output;	 /* a plain path (clones' --console-dir) */
 	const char *console_output_spec; /* --console-output FILE[,max=SIZE] */
 	bool console_input;
@@ -126,8 +127,7 @@ static int restore_and_run(const struct restore_settings *settings)
 		goto out_dir;
 	}
 	struct snapshot_restore_options options = {
-		.map_private = settings->clone,
-		.memory_verified = settings->memory_verified,
+		.map_private = !settings->copy_memory,
 		.new_identity = settings->clone || settings->name,
 	};
 	if (snapshot_restore(&vm, &dir, &options, error, sizeof(error)) < 0) {
@@ -139,6 +139,7 @@ static int restore_and_run(const struct restore_settings *settings)
 	if (control && control_server_attach(control, &vm, error, sizeof(error)) < 0) {
 		kapsel_error("%s", error);
 		control_server_stop(control);
+		memory_check_finish(1);
 		vm_destroy(&vm);
 		goto out_dir;
 	}
@@ -165,8 +166,14 @@ void cli_restore_usage(FILE *out)
 		"\n"
 		"Bring back a VM saved in the state directory DIR and run it from exactly\n"
 		"where it was.  The guest sees its restore generation go up by one.\n"
-		"Everything in DIR is checked first; a truncated, corrupted, foreign or\n"
-		"mismatched state is refused and no VM is started.\n"
+		"Everything in DIR is checked; a truncated, corrupted, foreign or\n"
+		"mismatched state is refused.  Guest memory is mapped from DIR/memory.img\n"
+		"(copy-on-write) and the guest starts at once, while the file's checksum is\n"
+		"checked in the background: until it passes, nothing the guest writes to\n"
+		"its disks, sends or prints leaves the VM, and if it fails the VM is\n"
+		"stopped with an error naming the file.  DIR may be saved over or removed\n"
+		"meanwhile; do not modify DIR/memory.img in place while the VM runs\n"
+		"(use --copy-memory to be independent of it).\n"
 		"\n"
 		"A saved state never chooses host files: name the kernel and each disk\n"
 		"image (as on the 'kapsel run' command line that saved it) unless they are\n"
@@ -181,8 +188,10 @@ void cli_restore_usage(FILE *out)
 		"                           as kapsel run's --net (socket=PATH,peer=PATH or\n"
 		"                           tap=NAME, the saved model); the MAC stays\n"
 		"  -n, --name NAME          run it under a new name\n"
-		"      --clone              new identity (name, UUID, MACs) and copy-on-write\n"
-		"                           memory mapped from DIR/memory.img\n"
+		"      --clone              new identity (name, UUID, MACs)\n"
+		"      --copy-memory        read DIR/memory.img into the VM's own memory and\n"
+		"                           check it before the guest starts (the old way:\n"
+		"                           time grows with the memory's size)\n"
 		"      --console-output FILE[,max=SIZE]\n"
 		"                           append guest console output to FILE; it stops\n"
 		"                           growing at SIZE (default 64M, 0: no cap)\n"
@@ -208,7 +217,8 @@ int cli_restore(int argc, char **argv)
 		OPT_SAVE_STOP,
 		OPT_TIMING,
 		OPT_NO_CONTROL,
-		OPT_NET
+		OPT_NET,
+		OPT_COPY_MEMORY
 	};
 	static const struct option options[] = {
 		{ "kernel", required_argument, NULL, 'k' },
@@ -216,6 +226,7 @@ int cli_restore(int argc, char **argv)
 		{ "net", required_argument, NULL, OPT_NET },
 		{ "name", required_argument, NULL, 'n' },
 		{ "clone", no_argument, NULL, OPT_CLONE },
+		{ "copy-memory", no_argument, NULL, OPT_COPY_MEMORY },
 		{ "console-output", required_argument, NULL, OPT_CONSOLE_OUTPUT },
 		{ "no-console-input", no_argument, NULL, OPT_NO_INPUT },
 		{ "save-on-signal", required_argument, NULL, OPT_SAVE },
@@ -264,6 +275,9 @@ int cli_restore(int argc, char **argv)
 			break;
 		case OPT_CLONE:
 			settings.clone = true;
+			break;
+		case OPT_COPY_MEMORY:
+			settings.copy_memory = true;
 			break;
 		case OPT_CONSOLE_OUTPUT:
 			settings.console_output_spec = optarg;
@@ -728,8 +742,9 @@ void cli_clone_usage(FILE *out)
 		"Usage: kapsel clone [OPTIONS] DIR\n"
 		"\n"
 		"Start N VMs from the saved state DIR at once.  Each clone maps\n"
-		"DIR/memory.img copy-on-write (pages are shared until written), gets its\n"
-		"own name (PREFIX-1 .. PREFIX-N) and UUID, and sees its generation go up.\n"
+		"DIR/memory.img copy-on-write (pages are shared until written) and checks\n"
+		"it in the background as 'kapsel restore' does, gets its own name\n"
+		"(PREFIX-1 .. PREFIX-N), UUID and MACs, and sees its generation go up.\n"
 		"Exits when all clones have stopped: 0 if every clone exited 0.\n"
 		"\n"
 		"Options:\n"
@@ -739,6 +754,12 @@ void cli_clone_usage(FILE *out)
 		"  -d, --disk N=PATH[,format=raw|overlay]\n"
 		"                           the image of disk N (unless inside DIR); each\n"
 		"                           clone runs on an overlay of its own over it\n"
+		"      --net N=SPEC         the link of network interface N of every clone,\n"
+		"                           SPEC as kapsel run's --net (socket=PATH,peer=PATH\n"
+		"                           or tap=NAME, the saved model), where {i} stands\n"
+		"                           for the clone's number: with N > 1 clones it must\n"
+		"                           be in socket= or tap=, e.g.\n"
+		"                           0=socket=/run/vm{i}.sock,peer=/run/switch.sock\n"
 		"      --console-dir DIR    write clone i's console to DIR/PREFIX-i.log; without\n"
 		"                           it, with N > 1, every console line on stdout starts\n"
 		"                           with its clone's name: 'PREFIX-i| '\n"
@@ -820,6 +841,7 @@ int cli_clone(int argc, char **argv)
 		{ "prefix", required_argument, NULL, 'p' },
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "disk", required_argument, NULL, 'd' },
+		{ "net", required_argument, NULL, 'N' },
 		{ "console-dir", required_argument, NULL, 'o' },
 		{ "timing", no_argument, NULL, 't' },
 		{ "verbose", no_argument, NULL, 'v' },
@@ -830,6 +852,9 @@ int cli_clone(int argc, char **argv)
 	const char *prefix = NULL, *console_dir = NULL;
 	bool timing = false;
 	static struct snapshot_host_files files = { .new_identity = true };
+	/* --net N=SPEC as given: expanded for each clone (its number for {i}). */
+	const char *net_specs[2 * VM_CONFIG_MAX_NETS];
+	unsigned net_spec_count = 0;
 	char detail[512];
 	int opt;
 	optind = 1;
@@ -844,6 +869,14 @@ int cli_clone(int argc, char **argv)
 				kapsel_error("%s", detail);
 				return 2;
 			}
+			break;
+		case 'N':
+			if (net_spec_count == sizeof(net_specs) / sizeof(net_specs[0])) {
+				kapsel_error("too many --net options (a VM has at most %u interfaces)",
+					     VM_CONFIG_MAX_NETS);
+				return 2;
+			}
+			net_specs[net_spec_count++] = optarg;
 			break;
 		case 'c': {
 			char *end;
@@ -879,13 +912,27 @@ int cli_clone(int argc, char **argv)
 		return 2;
 	}
 	const char *path = argv[optind];
+	/* Every clone's links are checked now, before any clone starts: the
+	 * first clone's, and that they differ between clones. */
+	for (unsigned i = 0; i < net_spec_count; i++) {
+		struct snapshot_host_files probe;
+		memset(&probe, 0, sizeof(probe));
+		int err = snapshot_parse_clone_net_mapping(net_specs[i], 1, count, &probe, detail,
+							   sizeof(detail));
+		snapshot_host_files_free(&probe);
+		if (err) {
+			kapsel_error("%s", detail);
+			return 2;
+		}
+	}
 
-	/* Check the whole snapshot once (memory checksum included), so the
-	 * clones can map it without reading it first. */
+	/* Check the snapshot once (memory.img's checksum is checked by each
+	 * clone in the background, while it runs: memory_check.h), so that a
+	 * bad one is refused before any clone starts. */
 	struct vm_state_dir dir;
 	char error[1024];
 	uint64_t verify_start = monotonic_ns();
-	if (vm_state_dir_open(&dir, path, true, error, sizeof(error)) < 0) {
+	if (vm_state_dir_open(&dir, path, false, error, sizeof(error)) < 0) {
 		kapsel_error("cannot clone: %s", error);
 		return KAPSEL_EXIT_VMM_ERROR;
 	}
@@ -933,12 +980,18 @@ int cli_clone(int argc, char **argv)
 				close(outputs[j].fd);
 		}
 		if (pid == 0) {
+			for (unsigned n = 0; n < net_spec_count; n++)
+				if (snapshot_parse_clone_net_mapping(net_specs[n], i + 1, count,
+								     &files, detail,
+								     sizeof(detail)) < 0) {
+					kapsel_error("clone '%s': %s", name, detail);
+					_exit(2);
+				}
 			char console[4096];
 			struct restore_settings settings = {
 				.dir = path,
 				.name = name,
 				.clone = true,
-				.memory_verified = true,
 				.console_input = false,
 				.timing = timing,
 				.use_control = true,

@@ -14,9 +14,11 @@
 #include "control/control.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/output_gate.h"
 #include "core/sandbox.h"
 #include "core/vm.h"
 #include "state/migrate.h"
+#include "state/memory_check.h"
 #include "state/migrate_transport.h"
 #include "state/progress.h"
 #include "state/snapshot.h"
@@ -52,17 +54,36 @@ struct save_request {
 };
 
 /*
+ * A save or migration carries the guest's memory out of the VM: after a
+ * lazy restore it waits for that memory's check (output_gate.h), so that
+ * a damaged memory.img is never written again under a fresh checksum.
+ * Returns 0, or -EIO with a message when the check failed.
+ */
+static int wait_for_memory_check(struct kapsel_vm *vm, const char *what, char *error,
+				 size_t error_len)
+{
+	if (output_gate_wait() == 0)
+		return 0;
+	snprintf(error, error_len,
+		 "VM '%s' was restored from a memory.img that failed its check; no %s of that memory is made",
+		 vm->config->name, what);
+	return -EIO;
+}
+
+/*
  * Save, then resume or stop.  Returns 0 or -errno with a message.  Runs
  * on a thread that is not the vCPU's.
  */
 static int save_running_vm(struct kapsel_vm *vm, const struct save_request *req, FILE *report,
 			   char *error, size_t error_len)
 {
+	int err = wait_for_memory_check(vm, req->snapshot ? "snapshot" : "save", error, error_len);
+	if (err)
+		return err;
 	bool live = req->live < 0 ? !req->stop : req->live != 0;
 	pthread_mutex_lock(&runner.lock);
 	uint64_t start_ns = monotonic_ns();
 	struct snapshot_save_stats stats;
-	int err;
 	uint64_t paused_ns = start_ns, saved_ns, resumed_ns;
 	if (live) {
 		state_progress_begin(req->snapshot ? "snapshot" : "save",
@@ -274,6 +295,8 @@ static int control_migrate(struct kapsel_vm *vm, const struct control_request *r
 	int err = control_request_check_keys(request, keys, error, error_len);
 	if (err)
 		return err;
+	if ((err = wait_for_memory_check(vm, "migration", error, error_len)))
+		return err;
 	const char *uri = control_request_arg(request, "uri");
 	if (!uri || !*uri) {
 		snprintf(error, error_len,
@@ -467,6 +490,8 @@ static void on_stop_signal(int signo)
 {
 	(void)signo;
 	stop_signalled = 1;
+	/* A vCPU held at the output gate would wait for the whole check. */
+	memory_check_abandon();
 	if (running_vm)
 		vm_request_stop(running_vm);
 }
@@ -534,6 +559,12 @@ int run_supervisor_until_stopped(struct kapsel_vm *vm, struct control_server *co
 		/* What `kapsel control VM wait` reports is what we exit with. */
 		vm->exit_code = status;
 	}
+	/* A lazy restore's memory check: its verdict outranks how the guest
+	 * ended (a guest on damaged memory may well crash).  An operator's
+	 * stop abandons it. */
+	int stop_reason = __atomic_load_n(&vm->stop_requested, __ATOMIC_SEQ_CST);
+	if (memory_check_finish(stop_reason == VM_STOP_REQUESTED) == -EPROTO)
+		vm->exit_code = status = KAPSEL_EXIT_VMM_ERROR;
 	control_server_stop(control);
 	if (print_stats)
 		vm_print_stats(vm, stderr);

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 
+#include "core/output_gate.h"
 #include "core/vm.h"
 #include "core/x86_boot.h"
 
@@ -93,6 +94,18 @@ static void stop_crashed(struct kapsel_vm *vm)
 	vm->exit_code = KAPSEL_EXIT_GUEST_CRASH;
 }
 
+/* A crash report is output too (output_gate.h): a guest restored lazily
+ * waits for its memory's verdict; if the memory failed its check, the
+ * crash is its consequence, already reported as such, and no report
+ * follows.  True when the report may be printed. */
+static bool crash_report_allowed(struct kapsel_vm *vm)
+{
+	if (output_gate_wait() == 0)
+		return true;
+	stop_crashed(vm);
+	return false;
+}
+
 /* The vCPU's last runs, oldest first: what the VMM changed before each
  * entry and where each ended (a triple fault leaves no registers). */
 static void print_run_history(const struct kapsel_vcpu *vcpu, FILE *out)
@@ -132,6 +145,8 @@ void crash_report_fault(struct kapsel_vcpu *vcpu)
 	struct kvm_sregs sregs;
 	FILE *out = stderr;
 
+	if (!crash_report_allowed(vm))
+		return;
 	stop_crashed(vm);
 	if (ioctl(vcpu->fd, KVM_GET_REGS, &regs) < 0 ||
 	    ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0) {
@@ -181,6 +196,8 @@ void crash_report_fatal(struct kapsel_vcpu *vcpu, const char *reason)
 	struct kvm_sregs sregs;
 	FILE *out = stderr;
 
+	if (!crash_report_allowed(vm))
+		return;
 	stop_crashed(vm);
 	fprintf(out, "kapsel: guest '%s' stopped: %s (KVM exit reason %u)\n", vm->config->name,
 		reason, run ? run->exit_reason : 0);

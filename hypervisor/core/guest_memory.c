@@ -60,10 +60,17 @@ void guest_memory_destroy(struct guest_memory *mem)
 
 void guest_memory_clear(struct guest_memory *mem)
 {
+	/* RAM mapped privately from a saved memory.img (a lazy restore, no
+	 * memfd): fresh anonymous pages in the same place read zeros and end
+	 * the dependence on the file; KVM's MMU notifiers drop the old pages. */
+	if (mem->memfd < 0 &&
+	    mmap(mem->host_base, mem->size_bytes, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) != MAP_FAILED)
+		return;
 	/* Punching a hole frees the pages; the shared mapping then reads
 	 * zeros.  memset is the fallback where the file system refuses. */
-	if (fallocate(mem->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
-		      (off_t)mem->size_bytes) < 0)
+	if (mem->memfd < 0 || fallocate(mem->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+					(off_t)mem->size_bytes) < 0)
 		memset(mem->host_base, 0, mem->size_bytes);
 }
 

@@ -28,9 +28,13 @@
 struct sandbox_options sandbox_options = { .enabled = true };
 
 static const char *const role_names[SANDBOX_ROLE_COUNT] = {
-	[SANDBOX_ROLE_NONE] = "unnamed", [SANDBOX_ROLE_VCPU] = "vcpu",
-	[SANDBOX_ROLE_IO] = "io",	 [SANDBOX_ROLE_CONTROL] = "control",
-	[SANDBOX_ROLE_SAVE] = "save",	 [SANDBOX_ROLE_CONSOLE] = "console",
+	[SANDBOX_ROLE_NONE] = "unnamed",
+	[SANDBOX_ROLE_VCPU] = "vcpu",
+	[SANDBOX_ROLE_IO] = "io",
+	[SANDBOX_ROLE_CONTROL] = "control",
+	[SANDBOX_ROLE_SAVE] = "save",
+	[SANDBOX_ROLE_CONSOLE] = "console",
+	[SANDBOX_ROLE_MEMORY_CHECK] = "memory-check",
 };
 
 #define SANDBOX_SYSCALL_NAMES 512

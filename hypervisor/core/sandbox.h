@@ -22,6 +22,8 @@ enum sandbox_role {
 	SANDBOX_ROLE_CONTROL, /* control socket server; runs save, snapshot and migrate verbs */
 	SANDBOX_ROLE_SAVE,    /* --save-on-signal writer: VM state files */
 	SANDBOX_ROLE_CONSOLE, /* console input (and output) threads */
+	/* the check of a lazily restored memory.img: reads an open file */
+	SANDBOX_ROLE_MEMORY_CHECK,
 	SANDBOX_ROLE_COUNT
 };
 

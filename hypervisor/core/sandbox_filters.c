@@ -160,6 +160,12 @@ static const struct role_definition roles[SANDBOX_ROLE_COUNT] = {
 		.groups = { group_base },
 		.checks = CHECK_IOCTL_TTY,
 	},
+	/* pread and lseek(SEEK_DATA) on memory.img, open before; fcntl for
+	 * its read lease, madvise to copy RAM out of it, sigwaitinfo for the
+	 * lease break; a vCPU kick (tgkill, in every role) when it is damaged. */
+	[SANDBOX_ROLE_MEMORY_CHECK] = {
+		.groups = { group_base },
+	},
 };
 
 static int add_group(scmp_filter_ctx ctx, const char *const *names)

@@ -994,6 +994,8 @@ static void vcpu_run(struct kapsel_vcpu *vcpu)
 				else if (stop_reason == VM_STOP_MIGRATED)
 					kapsel_debug(
 						"VM stopped: it runs on the migration destination now");
+				else if (stop_reason == VM_STOP_MEMORY_DAMAGED)
+					kapsel_debug("VM stopped: its memory failed the check");
 				else
 					kapsel_warn("VM '%s' stopped by request", vm->config->name);
 			}

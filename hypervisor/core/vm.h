@@ -191,9 +191,10 @@ void vm_request_stop(struct kapsel_vm *vm);
 
 /* Why the run loop was asked to return; the first request's reason counts. */
 enum vm_stop_reason {
-	VM_STOP_REQUESTED = 1, /* operator: signal, destroy, a failed migration */
-	VM_STOP_SAVED,	       /* `save --stop` / --save-stop: the state is on disk */
-	VM_STOP_MIGRATED,      /* the migration destination runs the VM now */
+	VM_STOP_REQUESTED = 1,	/* operator: signal, destroy, a failed migration */
+	VM_STOP_SAVED,		/* `save --stop` / --save-stop: the state is on disk */
+	VM_STOP_MIGRATED,	/* the migration destination runs the VM now */
+	VM_STOP_MEMORY_DAMAGED, /* a lazily restored memory.img failed its check */
 };
 
 /* vm_request_stop with a reason (thread- and signal-safe).  Precondition: vm was created. */

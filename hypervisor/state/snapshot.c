@@ -21,6 +21,7 @@
 #include "core/log.h"
 #include "state/precopy.h"
 #include "state/snapshot_chain.h"
+#include "state/memory_check.h"
 #include "state/progress.h"
 #include "state/vcpu_state.h"
 #include "core/vm.h"
@@ -524,10 +525,9 @@ static int check_diff_target(struct kapsel_vm *vm, const char *path, char *error
 			tracking.dir_real, tracking.depth);
 	struct stat st;
 	if (lstat(tracking.dir_real, &st) < 0 || !S_ISDIR(st.st_mode))
-		return kapsel_fail(
-			error, error_len, -ENOENT,
-			"the parent '%s' of a diff is gone; take a new snapshot with --track",
-			tracking.dir_real);
+		return kapsel_fail(error, error_len, -ENOENT,
+				   "the parent '%s' of a diff is gone; take a new snapshot with --track",
+				   tracking.dir_real);
 	char *dir = directory_of(path);
 	char *parent_dir = directory_of(tracking.dir_real);
 	char name[NAME_MAX + 1], parent_name[NAME_MAX + 1];
@@ -932,6 +932,72 @@ int snapshot_parse_net_mapping(const char *text, struct snapshot_host_files *fil
 	return 0;
 }
 
+/* text with every SNAPSHOT_CLONE_NUMBER replaced by number (malloc'd), or NULL. */
+static char *expand_clone_number(const char *text, unsigned long number)
+{
+	char digits[24];
+	int digits_len = snprintf(digits, sizeof(digits), "%lu", number);
+	size_t marker_len = strlen(SNAPSHOT_CLONE_NUMBER), count = 0;
+	for (const char *p = strstr(text, SNAPSHOT_CLONE_NUMBER); p;
+	     p = strstr(p + marker_len, SNAPSHOT_CLONE_NUMBER))
+		count++;
+	char *out = malloc(strlen(text) + count * (size_t)digits_len + 1);
+	if (!out)
+		return NULL;
+	char *w = out;
+	for (const char *p = text; *p;) {
+		if (strncmp(p, SNAPSHOT_CLONE_NUMBER, marker_len) == 0) {
+			memcpy(w, digits, (size_t)digits_len);
+			w += digits_len;
+			p += marker_len;
+		} else {
+			*w++ = *p++;
+		}
+	}
+	*w = '\0';
+	return out;
+}
+
+int snapshot_parse_clone_net_mapping(const char *text, unsigned long clone_number,
+				     unsigned long clone_count, struct snapshot_host_files *files,
+				     char *error, size_t error_len)
+{
+	char *mine = expand_clone_number(text, clone_number);
+	if (!mine)
+		return kapsel_fail(error, error_len, -ENOMEM, "out of memory");
+	int err = snapshot_parse_net_mapping(mine, files, error, error_len);
+	free(mine);
+	if (err || clone_count < 2)
+		return err;
+	/* Two clones would bind one socket (or share one tap): the endpoint
+	 * must differ between clone numbers. */
+	char *other_text = expand_clone_number(text, clone_number == 1 ? 2 : 1);
+	struct snapshot_host_files other;
+	memset(&other, 0, sizeof(other));
+	err = other_text ? snapshot_parse_net_mapping(other_text, &other, error, error_len)
+			 : kapsel_fail(error, error_len, -ENOMEM, "out of memory");
+	free(other_text);
+	if (err)
+		return err;
+	unsigned long index = strtoul(text, NULL, 10);
+	const struct vm_net_config *a = &files->nets[index], *b = &other.nets[index];
+	if (strcmp(a->path, b->path) == 0)
+		err = kapsel_fail(
+			error, error_len, -EINVAL,
+			"--net %lu=...: the %lu clones would all use %s '%s'; put %s (each clone's number) in it, e.g. %s=%s%s",
+			index, clone_count, a->backend == VM_NET_BACKEND_TAP ? "tap" : "socket",
+			a->path, SNAPSHOT_CLONE_NUMBER,
+			a->backend == VM_NET_BACKEND_TAP ? "tap" : "socket", a->path,
+			SNAPSHOT_CLONE_NUMBER);
+	else if (a->has_mac)
+		err = kapsel_fail(
+			error, error_len, -EINVAL,
+			"--net %lu=...: mac= would give the %lu clones one MAC; leave it out, each clone derives its own",
+			index, clone_count);
+	snapshot_host_files_free(&other);
+	return err;
+}
+
 void snapshot_host_files_free(struct snapshot_host_files *files)
 {
 	for (unsigned i = 0; i < VM_CONFIG_MAX_DISKS; i++)
@@ -1016,8 +1082,12 @@ int snapshot_bind_host_files(const struct vm_state_records *state, const char *s
 		if (!files || !files->net_given[i]) {
 			err = kapsel_fail(
 				error, error_len, -EPERM,
-				"the saved VM has %u network interface(s); name the link of interface %u with --net %u=socket=PATH,peer=PATH or --net %u=tap=NAME (as on kapsel run; a saved state never chooses host endpoints)",
-				config->net_count, i, i, i);
+				"the saved VM has %u network interface(s); name the link of interface %u with --net %u=socket=PATH,peer=PATH or --net %u=tap=NAME (as on kapsel run; a saved state never chooses host endpoints)%s",
+				config->net_count, i, i, i,
+				files && files->new_identity
+					? "; for several clones put " SNAPSHOT_CLONE_NUMBER
+					  ", the clone's number, in socket= or tap= (kapsel clone --net)"
+					: "");
 			goto out;
 		}
 		err = bind_net(config, i, &files->nets[i], files->new_identity, error, error_len);
@@ -1402,17 +1472,20 @@ int snapshot_apply_vm_records(struct kapsel_vm *vm, const struct vm_state_record
 	return 0;
 }
 
-/* Replace guest RAM with a private (copy-on-write) mapping of memory.img:
- * pages are read lazily and shared between every VM mapping the file. */
-static int map_memory_private(struct kapsel_vm *vm, int dirfd, char *error, size_t error_len)
+/*
+ * Replace guest RAM with a private (copy-on-write) mapping of memory.img,
+ * open as fd: pages are read when first touched and shared, until written,
+ * with the page cache and every VM mapping the file.  The mapping holds
+ * the file (its inode), not its name: a later save into the same
+ * directory puts a new memory.img in place and unlinks this one, which
+ * lives on until the VM ends; only a write into this very file (not
+ * something Kapsel does) would change pages not yet touched.
+ */
+static int map_memory_private(struct kapsel_vm *vm, int fd, char *error, size_t error_len)
 {
-	int fd = openat(dirfd, VM_STATE_FILE_MEMORY, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return kapsel_fail(error, error_len, -errno, "memory.img: %s", strerror(errno));
 	void *mapped = mmap(vm->mem.host_base, vm->mem.size_bytes, PROT_READ | PROT_WRITE,
 			    MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, fd, 0);
 	int err = mapped == MAP_FAILED ? -errno : 0;
-	close(fd);
 	if (err)
 		return kapsel_fail(error, error_len, err, "cannot map memory.img: %s",
 				   strerror(-err));
@@ -1449,23 +1522,48 @@ int snapshot_restore(struct kapsel_vm *vm, const struct vm_state_dir *dir,
 	if (!memory || memory->size_bytes != vm->mem.size_bytes)
 		return kapsel_fail(error, error_len, -EPROTO,
 				   "memory.img does not match the VM's RAM size");
-	if (options->map_private) {
-		if (!options->memory_verified) {
-			err = vm_state_load_flat_file(dir->dirfd, VM_STATE_FILE_MEMORY, NULL,
-						      memory->size_bytes, memory->crc32c, false,
-						      error, error_len);
-			if (err)
-				return err;
-		}
-		err = map_memory_private(vm, dir->dirfd, error, error_len);
-	} else {
+	if (!options->map_private) {
 		/* Everything vm_create wrote goes; holes stay unallocated. */
 		guest_memory_clear(&vm->mem);
 		err = vm_state_load_flat_file(dir->dirfd, VM_STATE_FILE_MEMORY, vm->mem.host_base,
 					      memory->size_bytes, memory->crc32c, false, error,
 					      error_len);
+		if (err)
+			return err;
+		return snapshot_apply_vm_records(vm, &dir->state, options->new_identity, error,
+						 error_len);
 	}
-	if (err)
-		return err;
-	return snapshot_apply_vm_records(vm, &dir->state, options->new_identity, error, error_len);
+
+	/* Lazily: map the file, check it in the background while the guest
+	 * runs with its outputs held (memory_check.h). */
+	int fd = openat(dir->dirfd, VM_STATE_FILE_MEMORY, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return kapsel_fail(error, error_len, -errno, "memory.img: %s", strerror(errno));
+	struct stat st;
+	if (fstat(fd, &st) < 0 || (uint64_t)st.st_size != memory->size_bytes) {
+		close(fd);
+		return kapsel_fail(
+			error, error_len, -EPROTO,
+			"memory.img changed size since the state directory was opened; restore again");
+	}
+	err = map_memory_private(vm, fd, error, error_len);
+	if (!err)
+		err = snapshot_apply_vm_records(vm, &dir->state, options->new_identity, error,
+						error_len);
+	if (err && !options->memory_verified) {
+		/* The records may have failed because the memory they point
+		 * into is damaged: if so, that is the news. */
+		char detail[512];
+		if (vm_state_check_flat_fd(fd, VM_STATE_FILE_MEMORY, memory->size_bytes,
+					   memory->crc32c, NULL, detail, sizeof(detail)) < 0)
+			err = kapsel_fail(error, error_len, -EPROTO, "%s", detail);
+	}
+	if (!err && !options->memory_verified) {
+		char path[PATH_MAX];
+		snprintf(path, sizeof(path), "%s", dir->path ? dir->path : ".");
+		err = memory_check_start(vm, fd, path, memory->size_bytes, memory->crc32c, error,
+					 error_len);
+	}
+	close(fd);
+	return err;
 }

@@ -132,6 +132,22 @@ int snapshot_parse_net_mapping(const char *text, struct snapshot_host_files *fil
 			       size_t error_len);
 void snapshot_host_files_free(struct snapshot_host_files *files);
 
+/* What `kapsel clone --net N=SPEC` replaces with each clone's number. */
+#define SNAPSHOT_CLONE_NUMBER "{i}"
+
+/*
+ * `kapsel clone --net N=SPEC` for clone number clone_number (1 to
+ * clone_count): every SNAPSHOT_CLONE_NUMBER in text becomes that number,
+ * then as snapshot_parse_net_mapping.  With more than one clone, SPEC
+ * must make each clone's own endpoint (socket=, tap=) differ, i.e. hold
+ * the placeholder there, and must not give mac= (each clone derives one
+ * of its own); a shared peer= is fine.  Returns 0 or -EINVAL with a
+ * message naming the fix.
+ */
+int snapshot_parse_clone_net_mapping(const char *text, unsigned long clone_number,
+				     unsigned long clone_count, struct snapshot_host_files *files,
+				     char *error, size_t error_len);
+
 /*
  * A saved state is untrusted input: it never chooses which host files are
  * opened.  Replace config's kernel and disk paths (read from state by
@@ -209,7 +225,9 @@ int snapshot_check_disks(const struct vm_state_records *state, const struct vm_c
 			 char *error, size_t error_len);
 
 struct snapshot_restore_options {
-	bool map_private;     /* map memory.img copy-on-write (clones) */
+	/* Map memory.img copy-on-write and check it while the guest runs
+	 * (memory_check.h); false: read it into guest RAM, checked, first. */
+	bool map_private;
 	bool memory_verified; /* memory.img's CRC was already checked */
 	bool new_identity;    /* clone: the config's name and uuid are new */
 };
@@ -217,7 +235,9 @@ struct snapshot_restore_options {
 /*
  * Put the saved state into vm, which was just created (vm_create) from
  * the state's config and has not run: guest RAM from memory.img (copied,
- * or mapped privately), devices, event channels and the vCPU; the Kapsel
+ * or mapped privately; then its check runs in the background, with the
+ * guest's outputs held, until memory_check_finish), devices, event
+ * channels and the vCPU; the Kapsel
  * clock continues where it stopped, the generation is bumped in start
  * info so the guest re-derives unique things, and a new identity is
  * written to start info when asked.  On failure vm must be destroyed

@@ -399,11 +399,8 @@ int snapshot_chain_restore(struct kapsel_vm *vm, const struct vm_state_dir *dir,
 			   const struct snapshot_restore_options *options, char *error,
 			   size_t error_len)
 {
-	if (options->map_private)
-		return kapsel_fail(
-			error, error_len, -EOPNOTSUPP,
-			"%s is a diff snapshot: clones map one memory.img copy-on-write; make it a full state first (kapsel merge %s NEWDIR)",
-			dir->path, dir->path);
+	/* Layers cannot be mapped as one file: a chain is read in and checked
+	 * first, whatever map_private asks (lazy restores map full states). */
 	struct snapshot_chain chain;
 	int err = snapshot_chain_open(dir, &chain, error, error_len);
 	if (err)

@@ -825,13 +825,12 @@ out:
 	return 0;
 }
 
-int vm_state_load_flat_file(int dirfd, const char *name, uint8_t *dest, uint64_t size_bytes,
-			    uint32_t expected_crc, bool zero_holes, char *error, size_t error_len)
+/* vm_state_load_flat_file on an open file; gives up with -ECANCELED once
+ * *cancel (may be NULL) is set. */
+static int load_flat_fd(int fd, const char *name, uint8_t *dest, uint64_t size_bytes,
+			uint32_t expected_crc, bool zero_holes, const int *cancel, char *error,
+			size_t error_len)
 {
-	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return kapsel_fail(error, error_len, -errno, "%s: cannot open: %s", name,
-				   strerror(errno));
 	int err = 0;
 	struct stat st;
 	uint8_t *scratch = NULL;
@@ -876,6 +875,12 @@ int vm_state_load_flat_file(int dirfd, const char *name, uint8_t *dest, uint64_t
 		if (data_end > size_bytes)
 			data_end = size_bytes;
 		while (offset < data_end) {
+			if (cancel && __atomic_load_n(cancel, __ATOMIC_RELAXED)) {
+				err = kapsel_fail(error, error_len, -ECANCELED,
+						  "%s: the check was abandoned at byte %llu", name,
+						  (unsigned long long)offset);
+				goto out;
+			}
 			size_t chunk = data_end - offset > IO_CHUNK_BYTES
 					       ? IO_CHUNK_BYTES
 					       : (size_t)(data_end - offset);
@@ -901,8 +906,27 @@ int vm_state_load_flat_file(int dirfd, const char *name, uint8_t *dest, uint64_t
 				  crc, expected_crc);
 out:
 	free(scratch);
+	return err;
+}
+
+int vm_state_load_flat_file(int dirfd, const char *name, uint8_t *dest, uint64_t size_bytes,
+			    uint32_t expected_crc, bool zero_holes, char *error, size_t error_len)
+{
+	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return kapsel_fail(error, error_len, -errno, "%s: cannot open: %s", name,
+				   strerror(errno));
+	int err = load_flat_fd(fd, name, dest, size_bytes, expected_crc, zero_holes, NULL, error,
+			       error_len);
 	close(fd);
 	return err;
+}
+
+int vm_state_check_flat_fd(int fd, const char *name, uint64_t size_bytes, uint32_t expected_crc,
+			   const int *cancel, char *error, size_t error_len)
+{
+	return load_flat_fd(fd, name, NULL, size_bytes, expected_crc, false, cancel, error,
+			    error_len);
 }
 
 /* ---- The directory ------------------------------------------------------------ */

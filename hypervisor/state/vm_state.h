@@ -574,6 +574,16 @@ int vm_state_write_file(int dirfd, const char *name, const void *data, size_t le
 int vm_state_load_flat_file(int dirfd, const char *name, uint8_t *dest, uint64_t size_bytes,
 			    uint32_t expected_crc, bool zero_holes, char *error, size_t error_len);
 
+/*
+ * Check the open file fd (not closed; name is for messages) as
+ * vm_state_load_flat_file with dest NULL: size, then CRC32C, reading only
+ * data extents.  Gives up with -ECANCELED once *cancel (may be NULL)
+ * becomes non-zero.  Returns 0, -EPROTO, -ECANCELED or -errno with a
+ * message in error.
+ */
+int vm_state_check_flat_fd(int fd, const char *name, uint64_t size_bytes, uint32_t expected_crc,
+			   const int *cancel, char *error, size_t error_len);
+
 /* ---- The state directory -------------------------------------------------- */
 
 #define VM_STATE_FILE_MANIFEST "manifest"

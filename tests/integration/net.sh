@@ -134,6 +134,48 @@ net-pv-migrate | net-ne2000-migrate)
 	ping_continued "$TMP/dst.out" "$TMP/dst.err" $dev $model
 	pong_done
 	;;
+net-pv-clone)
+	# kapsel clone of a VM with a NIC: --net N=SPEC names each clone's
+	# link, {i} standing for the clone's number.  One clone takes the
+	# saved VM's place on the link and finishes the ping-pong; two clones
+	# bind a socket each; two clones on one socket are refused before
+	# either starts, and a clone without --net is told about the option.
+	start_pong
+	save_when "$TMP/ping.out" "$TMP/ping.err" "$TMP/save" "netpingpong: ping frame 1000" \
+		--kernel "$GUEST" --net "$(ping_net pv)" --cmdline "$(ping_cmdline)"
+	expect_status 0
+	STATUS=0
+	timeout --kill-after=5 60 "$KAPSEL" clone --kernel "$GUEST" "$TMP/save" \
+		>"$TMP/c0.out" 2>"$TMP/c0.err" </dev/null || STATUS=$?
+	[ "$STATUS" -ne 0 ] || fail "a clone without --net started"
+	expect_in "$TMP/c0.err" "(kapsel clone --net)"
+	STATUS=0
+	"$KAPSEL" clone --kernel "$GUEST" --count 2 --net "0=socket=$TMP/a.sock,peer=$TMP/b.sock" \
+		"$TMP/save" >"$TMP/c0.out" 2>"$TMP/c0.err" </dev/null || STATUS=$?
+	[ "$STATUS" -eq 2 ] || { cat "$TMP/c0.err"; fail "two clones on one socket: exit $STATUS, expected 2"; }
+	expect_in "$TMP/c0.err" "the 2 clones would all use socket '$TMP/a.sock'; put {i}"
+
+	STATUS=0
+	LAST_ERR=$TMP/c1.err
+	timeout --kill-after=5 300 "$KAPSEL" clone --kernel "$GUEST" --prefix one \
+		--net "0=socket=$TMP/a.sock,peer=$TMP/b.sock" "$TMP/save" \
+		>"$TMP/c1.out" 2>"$TMP/c1.err" </dev/null || STATUS=$?
+	expect_status 0
+	cat "$TMP/c1.out"
+	expect_in "$TMP/c1.out" "netpingpong: ping path=pv frames=$SR_COUNT frame_bytes=200"
+	pong_done
+
+	mkdir "$TMP/consoles"
+	timeout --kill-after=5 120 "$KAPSEL" clone --kernel "$GUEST" --count 2 --prefix two \
+		--console-dir "$TMP/consoles" --net "0=socket=$TMP/c{i}.sock,peer=$TMP/b.sock" \
+		"$TMP/save" >"$TMP/c2.out" 2>"$TMP/c2.err" </dev/null &
+	clones=$!
+	for _ in $(seq 300); do [ -S "$TMP/c1.sock" ] && [ -S "$TMP/c2.sock" ] && break; sleep 0.1; done
+	[ -S "$TMP/c1.sock" ] && [ -S "$TMP/c2.sock" ] ||
+		{ cat "$TMP/c2.err"; fail "the two clones did not bind c1.sock and c2.sock"; }
+	kill -TERM $clones
+	wait $clones || true
+	;;
 net-pv-pv)
 	pingpong pv pv 200
 	[ "$(stat_value "$TMP/ping.err" net-pv mac)" = "$MAC_A" ] || fail "configured MAC not used"

@@ -355,6 +355,16 @@ wait_for_any_tick() {
 	fail "the guest never printed a tick (see $1)"
 }
 
+# wait_for_ticks_after FILE N: until the guest printed N ticks past the
+# first one in FILE (a restored guest starts wherever its save was, which
+# under nested emulation may be well past the tick that asked for it).
+wait_for_ticks_after() {
+	wait_for_any_tick "$1"
+	local first
+	first=$(awk '$1 == "tick" { print $2; exit }' "$1")
+	wait_for_tick "$1" $((first + $2))
+}
+
 # ---- cases ---------------------------------------------------------------------
 
 CASE=$1
@@ -651,6 +661,136 @@ state-snapshot-disk)
 	snapshot_disk s2
 	mv "$frozen" "$TMP/gone.kovl"
 	expect_refused "$TMP/s2" "is missing"
+	;;
+state-lazy-resave)
+	# A restore maps memory.img and starts the guest at once, checking
+	# the file in the background (memory_check.c).  Saving the running
+	# VM into the very directory it was restored from replaces memory.img
+	# (new file, old one unlinked) under the mapping: the guest reads its
+	# late pattern, first touched after that, intact; the new save
+	# restores in turn with all its memory.
+	save_on_signal "$TMP/save" --save-stop \
+		--cmdline "ticks=150 interval_ms=$TICK_MS late_pattern_mb=8"
+	expect_status 0
+	expect_in "$OUT1" "counter: late pattern of 8 MiB"
+	OUT_LAZY=$TMP/out-lazy ERR_LAZY=$TMP/err-lazy
+	: >"$OUT_LAZY"
+	timeout --kill-after=5 90 "$KAPSEL" restore -v --no-console-input --no-control \
+		--kernel "$COUNTER" --save-on-signal "$TMP/save" "$TMP/save" \
+		>"$OUT_LAZY" 2>"$ERR_LAZY" </dev/null &
+	PID=$!
+	wait_for_ticks_after "$OUT_LAZY" 10
+	old_inode=$(stat -c %i "$TMP/save/memory.img")
+	kill -HUP "$PID"
+	for i in $(seq 300); do grep -q "saved VM" "$ERR_LAZY" && break; sleep 0.1; done
+	expect_in "$ERR_LAZY" "saved VM"
+	[ "$(stat -c %i "$TMP/save/memory.img")" != "$old_inode" ] ||
+		fail "the save wrote memory.img in place, under the restored VM's mapping"
+	# Where the file system lets us, the old file's pages leave the page
+	# cache: the guest's late reads then come from the unlinked file.
+	sync; echo 1 2>/dev/null >/proc/sys/vm/drop_caches || true
+	STATUS=0
+	wait "$PID" || STATUS=$?
+	LAST_ERR=$ERR_LAZY
+	expect_status 0
+	# The background check passed while the guest ran (the lazy path).
+	expect_in "$ERR_LAZY" "memory.img checked in"
+	expect_in "$OUT_LAZY" "memory ok"
+	expect_in "$OUT_LAZY" "late memory ok: 1048576 words"
+	expect_in "$OUT_LAZY" "counter done 150"
+	check_ticks 1 150 "$OUT1" "$OUT_LAZY" || fail "tick sequence of the lazily restored VM"
+	# The save made from the mapped memory restores in turn.
+	restore "$TMP/save"
+	expect_status 0
+	expect_in "$OUT2" "late memory ok: 1048576 words"
+	expect_in "$OUT2" "counter done 150"
+	at=$(awk '/^memory ok/ { print $NF; exit }' "$OUT2")
+	awk -v at="$at" '$1 == "tick" && $2 <= at' "$OUT1" "$OUT_LAZY" >"$TMP/before"
+	check_ticks 1 150 "$TMP/before" "$OUT2" || fail "tick sequence after restoring the second save"
+	;;
+state-lazy-remove)
+	# The state directory of a lazily restored VM is removed while it
+	# runs: the mapping holds the file, the guest finishes with all its
+	# memory (the late pattern is first read after the removal).
+	save_on_signal "$TMP/save" --save-stop \
+		--cmdline "ticks=120 interval_ms=$TICK_MS late_pattern_mb=8"
+	expect_status 0
+	OUT2=$TMP/out2 ERR2=$TMP/err2 LAST_ERR=$TMP/err2
+	: >"$OUT2"
+	timeout --kill-after=5 90 "$KAPSEL" restore --no-console-input --no-control \
+		--kernel "$COUNTER" "$TMP/save" >"$OUT2" 2>"$ERR2" </dev/null &
+	PID=$!
+	wait_for_ticks_after "$OUT2" 5
+	rm -rf "$TMP/save"
+	sync; echo 1 2>/dev/null >/proc/sys/vm/drop_caches || true
+	STATUS=0
+	wait "$PID" || STATUS=$?
+	expect_status 0
+	expect_in "$OUT2" "late memory ok: 1048576 words"
+	expect_in "$OUT2" "counter done 120"
+	check_ticks 1 120 "$OUT1" "$OUT2" || fail "tick sequence"
+	;;
+state-lazy-inplace)
+	# Another process writes into the memory.img a VM was lazily restored
+	# from: the VM's read lease makes that writer wait while Kapsel copies
+	# the VM's memory out of the file, so the guest's late pattern, first
+	# read after the write, is still the saved one.
+	# Enough ticks that the VM still runs when the (slowly starting)
+	# writer opens the file.
+	save_on_signal "$TMP/save" --save-stop \
+		--cmdline "ticks=1500 interval_ms=$TICK_MS late_pattern_mb=8"
+	expect_status 0
+	late=$(awk '/^counter: late pattern of/ { print $NF; exit }' "$OUT1")
+	[ -n "$late" ] || fail "the guest did not say where its late pattern is"
+	OUT2=$TMP/out2 ERR2=$TMP/err2 LAST_ERR=$TMP/err2
+	: >"$OUT2"
+	timeout --kill-after=5 90 "$KAPSEL" restore --no-console-input --no-control \
+		--kernel "$COUNTER" "$TMP/save" >"$OUT2" 2>"$ERR2" </dev/null &
+	PID=$!
+	wait_for_ticks_after "$OUT2" 5
+	timeout 60 python3 -c "
+import sys
+with open(sys.argv[1], 'r+b') as f:
+    f.seek(int(sys.argv[2]))
+    f.write(b'\xa5' * 65536)
+" "$TMP/save/memory.img" $((late + 4 * 1048576)) || fail "could not write into memory.img"
+	kill -0 "$PID" 2>/dev/null || fail "the VM ended before the write: the test proves nothing (raise ticks=)"
+	STATUS=0
+	wait "$PID" || STATUS=$?
+	expect_status 0
+	expect_in "$ERR2" "memory.img is being opened for writing while VM"
+	expect_in "$ERR2" "copied the VM's memory out of the file"
+	expect_in "$OUT2" "late memory ok: 1048576 words"
+	expect_in "$OUT2" "counter done 1500"
+	check_ticks 1 1500 "$OUT1" "$OUT2" || fail "tick sequence"
+	;;
+state-lazy-damaged)
+	# A damaged memory.img, in pages the guest reads only at its end: the
+	# guest starts before the background check ends, but the check stops
+	# it with an error naming the file, and nothing it did left the VM:
+	# no console output, and its disk image is exactly as it was.
+	truncate -s 1M "$TMP/disk.img"
+	save_on_signal "$TMP/save" --save-stop --disk "$TMP/disk.img" \
+		--cmdline "ticks=150 interval_ms=$TICK_MS late_pattern_mb=8"
+	expect_status 0
+	late=$(awk '/^counter: late pattern of/ { print $NF; exit }' "$OUT1")
+	[ -n "$late" ] || fail "the guest did not say where its late pattern is"
+	flip "$TMP/save/memory.img" $((late + 4 * 1048576 + 7))
+	cp "$TMP/disk.img" "$TMP/disk-before.img"
+	RESTORE_DISK=0=$TMP/disk.img
+	restore "$TMP/save"
+	[ "$STATUS" -eq 125 ] || { cat "$ERR2"; fail "restore of a damaged memory.img exited $STATUS, expected 125"; }
+	expect_in "$ERR2" "stopped: $TMP/save/memory.img is corrupt: its CRC32C is"
+	expect_in "$ERR2" "none of its disk writes, frames or console output left the VM"
+	[ ! -s "$OUT2" ] || { cat "$OUT2"; fail "console output of a guest on damaged memory left the VM"; }
+	cmp -s "$TMP/disk.img" "$TMP/disk-before.img" ||
+		fail "a guest on damaged memory changed its disk image"
+	# --copy-memory reads and checks first: refused before the start.
+	restore "$TMP/save" --copy-memory
+	[ "$STATUS" -eq 125 ] || { cat "$ERR2"; fail "--copy-memory restore of a damaged memory.img exited $STATUS"; }
+	expect_in "$ERR2" "memory.img is corrupt"
+	expect_in "$ERR2" "the VM was not started"
+	[ ! -s "$OUT2" ] || fail "the guest ran from a damaged memory.img with --copy-memory"
 	;;
 state-clone)
 	# Three clones of one saved VM with a disk: each continues from the

@@ -1,6 +1,7 @@
 /* Unit tests of the disk policy: bounds with overflow, read-only, token buckets on a fake clock, image open errors. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,7 @@
 #include <unistd.h>
 
 #include "cunit_main.h"
+#include "core/output_gate.h"
 #include "devices/block/disk.h"
 #include "kapsel/abi.h"
 
@@ -254,6 +256,47 @@ static void test_open_errors(void)
 	rmdir(temp_dir);
 }
 
+static void *wait_at_gate(void *result)
+{
+	*(int *)result = output_gate_wait();
+	return NULL;
+}
+
+/* The output gate of a lazy restore: while it is closed a waiter sleeps,
+ * opening lets it through, refusing turns it and every later write away;
+ * a disk's reads never wait. */
+static void test_output_gate(void)
+{
+	struct disk_image d = fake_disk(1000, false);
+	CU_ASSERT_FALSE(output_gate_closed());
+	CU_ASSERT_EQUAL(output_gate_wait(), 0);
+
+	output_gate_close();
+	CU_ASSERT_TRUE(output_gate_closed());
+	int result = 1;
+	pthread_t waiter;
+	CU_ASSERT_EQUAL_FATAL(pthread_create(&waiter, NULL, wait_at_gate, &result), 0);
+	CU_ASSERT_EQUAL(disk_policy_check(&d, KAPSEL_BLK_OP_READ, 0, 8), 0);
+	output_gate_open();
+	pthread_join(waiter, NULL);
+	CU_ASSERT_EQUAL(result, 0);
+	CU_ASSERT_EQUAL(disk_policy_check(&d, KAPSEL_BLK_OP_WRITE, 0, 8), 0);
+
+	output_gate_close();
+	result = 1;
+	CU_ASSERT_EQUAL_FATAL(pthread_create(&waiter, NULL, wait_at_gate, &result), 0);
+	output_gate_refuse();
+	pthread_join(waiter, NULL);
+	CU_ASSERT_EQUAL(result, -EIO);
+	CU_ASSERT_FALSE(output_gate_closed());
+	CU_ASSERT_EQUAL(disk_policy_check(&d, KAPSEL_BLK_OP_WRITE, 0, 8), -KAPSEL_EIO);
+	CU_ASSERT_EQUAL(disk_policy_check(&d, KAPSEL_BLK_OP_FLUSH, 0, 0), -KAPSEL_EIO);
+	CU_ASSERT_EQUAL(disk_policy_check(&d, KAPSEL_BLK_OP_DISCARD, 0, 8), -KAPSEL_EIO);
+	CU_ASSERT_EQUAL(disk_policy_check(&d, KAPSEL_BLK_OP_READ, 0, 8), 0);
+	CU_ASSERT_EQUAL(d.stats.errors, 3);
+	output_gate_open(); /* for the tests after this one */
+}
+
 int main(void)
 {
 	static const struct unit_test tests[] = {
@@ -265,6 +308,7 @@ int main(void)
 		{ "token bucket unlimited", test_bucket_unlimited },
 		{ "disk rate limit (ops and bytes)", test_disk_rate_limit },
 		{ "image open errors", test_open_errors },
+		{ "output gate: writes wait, then pass or are refused", test_output_gate },
 	};
 	return UNIT_RUN("disk_policy", tests);
 }

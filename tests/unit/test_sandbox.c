@@ -211,6 +211,11 @@ static void test_save_and_console_roles(void)
 	expect(SANDBOX_ROLE_CONSOLE, PROBE_NOTHING, true);
 	expect(SANDBOX_ROLE_CONSOLE, PROBE_OPENAT, false);
 	expect(SANDBOX_ROLE_CONSOLE, PROBE_IOCTL_KVM, false);
+	/* The memory check reads a file it was given, nothing else. */
+	expect(SANDBOX_ROLE_MEMORY_CHECK, PROBE_NOTHING, true);
+	expect(SANDBOX_ROLE_MEMORY_CHECK, PROBE_OPENAT, false);
+	expect(SANDBOX_ROLE_MEMORY_CHECK, PROBE_IOCTL_KVM, false);
+	expect(SANDBOX_ROLE_MEMORY_CHECK, PROBE_SOCKET, false);
 }
 
 /* What no thread may do, whatever its role. */

@@ -930,6 +930,48 @@ static void cleanup(void)
 	}
 }
 
+/* The background check of a lazy restore reads an open memory.img: it
+ * passes on the saved content, names the file when a byte changed, and
+ * stops when told to. */
+static void test_memory_file_check(void)
+{
+	make_root();
+	char path[300];
+	snprintf(path, sizeof(path), "%s/check", test_root);
+	CU_ASSERT_EQUAL_FATAL(mkdir(path, 0700), 0);
+	int dirfd = open(path, O_RDONLY | O_DIRECTORY);
+	CU_ASSERT_FATAL(dirfd >= 0);
+	uint8_t *ram = test_memory(7);
+	struct vm_state_manifest_file entry;
+	CU_ASSERT_EQUAL_FATAL(vm_state_write_memory_file(dirfd, VM_STATE_FILE_MEMORY, ram,
+							 TEST_RAM_BYTES, -1, &entry),
+			      0);
+	int fd = openat(dirfd, VM_STATE_FILE_MEMORY, O_RDWR);
+	CU_ASSERT_FATAL(fd >= 0);
+	char error[512] = "";
+	CU_ASSERT_EQUAL(vm_state_check_flat_fd(fd, VM_STATE_FILE_MEMORY, TEST_RAM_BYTES,
+					       entry.crc32c, NULL, error, sizeof(error)),
+			0);
+	int cancel = 1;
+	CU_ASSERT_EQUAL(vm_state_check_flat_fd(fd, VM_STATE_FILE_MEMORY, TEST_RAM_BYTES,
+					       entry.crc32c, &cancel, error, sizeof(error)),
+			-ECANCELED);
+	CU_ASSERT_EQUAL(vm_state_check_flat_fd(fd, VM_STATE_FILE_MEMORY, TEST_RAM_BYTES + 4096,
+					       entry.crc32c, NULL, error, sizeof(error)),
+			-EPROTO);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "memory.img is 4194304 bytes"));
+	/* One byte of a data page changes: found, and the file is named. */
+	uint8_t byte = (uint8_t)~ram[100 * 4096 + 8];
+	CU_ASSERT_EQUAL_FATAL(pwrite(fd, &byte, 1, 100 * 4096 + 8), 1);
+	CU_ASSERT_EQUAL(vm_state_check_flat_fd(fd, VM_STATE_FILE_MEMORY, TEST_RAM_BYTES,
+					       entry.crc32c, NULL, error, sizeof(error)),
+			-EPROTO);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "memory.img is corrupt"));
+	close(fd);
+	close(dirfd);
+	free(ram);
+}
+
 int main(void)
 {
 	static const struct unit_test tests[] = {
@@ -948,6 +990,7 @@ int main(void)
 		{ "config_record_malformed", test_config_record_malformed },
 		{ "definition_round_trip", test_definition_round_trip },
 		{ "definition_format1", test_definition_format1 },
+		{ "memory_file_check", test_memory_file_check },
 		{ "cleanup", cleanup },
 	};
 	return UNIT_RUN("vm_state", tests);

@@ -12,6 +12,7 @@
 
 #include "devices/block/disk_overlay.h"
 #include "core/error_text.h"
+#include "core/output_gate.h"
 #include "kapsel/abi.h"
 
 static disk_lock_holder_fn lock_holder_lookup;
@@ -159,10 +160,15 @@ int disk_policy_check(struct disk_image *disk, enum kapsel_blk_op op, uint64_t s
 		    sector_count > disk->capacity_sectors - sector)) {
 		err = -KAPSEL_ERANGE;
 		counter = &disk->stats.denied_bounds;
+	} else if (op != KAPSEL_BLK_OP_READ && output_gate_wait() < 0) {
+		/* Nothing reaches the image from a guest whose restored memory
+		 * failed its check (output_gate.h); writes wait for the verdict. */
+		err = -KAPSEL_EIO; /* an error, but none of the denials above */
 	}
-	if (counter) {
+	if (err) {
 		pthread_mutex_lock(&disk->lock);
-		(*counter)++;
+		if (counter)
+			(*counter)++;
 		disk->stats.errors++;
 		pthread_mutex_unlock(&disk->lock);
 	}

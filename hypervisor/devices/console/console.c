@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/output_gate.h"
 #include "core/sandbox.h"
 
 #define NS_PER_MS 1000000ull
@@ -115,6 +116,10 @@ static size_t output_free_locked(const struct console *console)
 
 void console_write(struct console *console, const void *data, size_t length)
 {
+	/* Held until a lazily restored guest's memory passed its check,
+	 * dropped if it failed (output_gate.h). */
+	if (length && output_gate_wait() < 0)
+		return;
 	void (*tap)(void *, const void *, size_t) =
 		__atomic_load_n(&console->output_tap, __ATOMIC_ACQUIRE);
 	if (tap && length)
