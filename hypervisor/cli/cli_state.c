@@ -413,6 +413,36 @@ void cli_snapshot_usage(FILE *out)
 		MIGRATE_MAX_DOWNTIME_MS_LIMIT, SNAPSHOT_LIVE_DEFAULT_MAX_DOWNTIME_MS);
 }
 
+/* --max-rounds N / --max-downtime MS (--max-downtime-ms) of save,
+ * snapshot and migrate: the pre-copy limits. */
+static bool is_precopy_limit(const char *arg)
+{
+	return strcmp(arg, "--max-downtime-ms") == 0 || strcmp(arg, "--max-downtime") == 0 ||
+	       strcmp(arg, "--max-rounds") == 0;
+}
+
+/* Parse argv[*i]'s value into *rounds or *downtime and step past it;
+ * -EINVAL after saying why. */
+static int parse_precopy_limit(int argc, char **argv, int *i, const char *verb, uint32_t *rounds,
+			       uint32_t *downtime)
+{
+	bool is_rounds = strcmp(argv[*i], "--max-rounds") == 0;
+	char detail[256];
+	if (*i + 1 >= argc) {
+		kapsel_error("%s needs a value; see 'kapsel %s --help'", argv[*i], verb);
+		return -EINVAL;
+	}
+	if (cli_parse_u32_range(argv[*i], argv[*i + 1], 1,
+				is_rounds ? MIGRATE_MAX_ROUNDS_LIMIT
+					  : MIGRATE_MAX_DOWNTIME_MS_LIMIT,
+				is_rounds ? rounds : downtime, detail, sizeof(detail)) < 0) {
+		kapsel_error("%s", detail);
+		return -EINVAL;
+	}
+	(*i)++;
+	return 0;
+}
+
 static int save_or_snapshot(int argc, char **argv, bool snapshot)
 {
 	const char *verb = snapshot ? "snapshot" : "save";
@@ -422,7 +452,6 @@ static int save_or_snapshot(int argc, char **argv, bool snapshot)
 	const char *args[2] = { NULL, NULL };
 	unsigned count = 0;
 	enum cli_progress_mode progress = CLI_PROGRESS_AUTO;
-	char detail[256];
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--stop") == 0 && !snapshot) {
 			stop = true;
@@ -434,24 +463,9 @@ static int save_or_snapshot(int argc, char **argv, bool snapshot)
 			track = true;
 		} else if (strcmp(argv[i], "--diff") == 0) {
 			diff = true;
-		} else if (strcmp(argv[i], "--max-downtime-ms") == 0 ||
-			   strcmp(argv[i], "--max-downtime") == 0 ||
-			   strcmp(argv[i], "--max-rounds") == 0) {
-			bool is_rounds = strcmp(argv[i], "--max-rounds") == 0;
-			if (i + 1 >= argc) {
-				kapsel_error("%s needs a value; see 'kapsel %s --help'", argv[i],
-					     verb);
+		} else if (is_precopy_limit(argv[i])) {
+			if (parse_precopy_limit(argc, argv, &i, verb, &rounds, &downtime) < 0)
 				return 2;
-			}
-			if (cli_parse_u32_range(argv[i], argv[i + 1], 1,
-						is_rounds ? MIGRATE_MAX_ROUNDS_LIMIT
-							  : MIGRATE_MAX_DOWNTIME_MS_LIMIT,
-						is_rounds ? &rounds : &downtime, detail,
-						sizeof(detail)) < 0) {
-				kapsel_error("%s", detail);
-				return 2;
-			}
-			i++;
 		} else if (strcmp(argv[i], "--progress") == 0) {
 			progress = CLI_PROGRESS_ALWAYS;
 		} else if (strcmp(argv[i], "--no-progress") == 0) {
@@ -643,29 +657,13 @@ int cli_migrate(int argc, char **argv)
 	unsigned count = 0;
 	uint32_t downtime = 0, rounds = 0;
 	enum cli_progress_mode progress = CLI_PROGRESS_AUTO;
-	char detail[256];
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
 			cli_migrate_usage(stdout);
 			return 0;
-		} else if (strcmp(argv[i], "--max-downtime-ms") == 0 ||
-			   strcmp(argv[i], "--max-downtime") == 0 ||
-			   strcmp(argv[i], "--max-rounds") == 0) {
-			bool is_rounds = strcmp(argv[i], "--max-rounds") == 0;
-			if (i + 1 >= argc) {
-				kapsel_error("%s needs a value; see 'kapsel migrate --help'",
-					     argv[i]);
+		} else if (is_precopy_limit(argv[i])) {
+			if (parse_precopy_limit(argc, argv, &i, "migrate", &rounds, &downtime) < 0)
 				return 2;
-			}
-			if (cli_parse_u32_range(argv[i], argv[i + 1], 1,
-						is_rounds ? MIGRATE_MAX_ROUNDS_LIMIT
-							  : MIGRATE_MAX_DOWNTIME_MS_LIMIT,
-						is_rounds ? &rounds : &downtime, detail,
-						sizeof(detail)) < 0) {
-				kapsel_error("%s", detail);
-				return 2;
-			}
-			i++;
 		} else if (strcmp(argv[i], "--progress") == 0) {
 			progress = CLI_PROGRESS_ALWAYS;
 		} else if (strcmp(argv[i], "--no-progress") == 0) {
