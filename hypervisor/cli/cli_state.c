@@ -129,6 +129,7 @@ static int restore_and_run(const struct restore_settings *settings)
 	struct snapshot_restore_options options = {
 		.map_private = !settings->copy_memory,
 		.new_identity = settings->clone || settings->name,
+		.clone = settings->clone,
 	};
 	if (snapshot_restore(&vm, &dir, &options, error, sizeof(error)) < 0) {
 		kapsel_error("cannot restore %s: %s; the VM was not started", settings->dir, error);

@@ -230,6 +230,7 @@ struct snapshot_restore_options {
 	bool map_private;
 	bool memory_verified; /* memory.img's CRC was already checked */
 	bool new_identity;    /* clone: the config's name and uuid are new */
+	bool clone;	      /* restore --clone or kapsel clone: cheap copies */
 };
 
 /*

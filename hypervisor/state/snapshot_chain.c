@@ -400,7 +400,13 @@ int snapshot_chain_restore(struct kapsel_vm *vm, const struct vm_state_dir *dir,
 			   size_t error_len)
 {
 	/* Layers cannot be mapped as one file: a chain is read in and checked
-	 * first, whatever map_private asks (lazy restores map full states). */
+	 * first, whatever map_private asks (lazy restores map full states).
+	 * Clones are meant to share one mapped memory.img: merge first. */
+	if (options->clone)
+		return kapsel_fail(
+			error, error_len, -EOPNOTSUPP,
+			"%s is a diff snapshot: clones map one memory.img copy-on-write; make it a full state first (kapsel merge %s NEWDIR)",
+			dir->path, dir->path);
 	struct snapshot_chain chain;
 	int err = snapshot_chain_open(dir, &chain, error, error_len);
 	if (err)
