@@ -572,7 +572,7 @@ static void progress_row(const struct bench_options *options, unsigned index, un
 		fprintf(stderr, "[%2u/%u] %-29s", index + 1, count, row->workload->name);
 		for (unsigned p = 0; p < BENCH_PATH_COUNT; p++) {
 			const struct bench_path_result *r = &row->paths[p];
-			if (!options->paths[p] || p == BENCH_PATH_EMULATED)
+			if (!options->paths[p] || p == BENCH_PATH_EMULATED || bench_path_is_qemu(p))
 				continue;
 			if (r->status == BENCH_STATUS_OK)
 				fprintf(stderr, "  %s %.3f us%s",

@@ -375,7 +375,7 @@ static void table_cpu(FILE *out, const struct bench_options *options,
 			continue;
 		fprintf(out, "%s\n", row->workload->name);
 		for (unsigned p = 0; p < BENCH_PATH_COUNT; p++) {
-			if (!options->paths[p] || p == BENCH_PATH_EMULATED)
+			if (!options->paths[p] || p == BENCH_PATH_EMULATED || bench_path_is_qemu(p))
 				continue;
 			bool first = !shown_unavailable[p];
 			if (row->paths[p].status == BENCH_STATUS_UNAVAILABLE)
