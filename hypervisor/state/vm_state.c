@@ -936,8 +936,8 @@ int vm_state_check_flat_fd(int fd, const char *name, uint64_t size_bytes, uint32
 static bool is_state_dir(const char *path)
 {
 	static const char *const names[] = { VM_STATE_FILE_MANIFEST, VM_STATE_FILE_MANIFEST ".tmp",
-					     VM_STATE_FILE_STATE, VM_STATE_FILE_MEMORY,
-					     VM_STATE_FILE_DOMAIN, VM_STATE_FILE_MEMORY_MAP };
+					     VM_STATE_FILE_STATE,    VM_STATE_FILE_MEMORY,
+					     VM_STATE_FILE_DOMAIN,   VM_STATE_FILE_MEMORY_MAP };
 	DIR *d = opendir(path);
 	if (!d)
 		return false;
