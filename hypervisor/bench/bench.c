@@ -106,6 +106,28 @@ char *bench_sibling_file(const char *near, const char *file)
 	return path;
 }
 
+void bench_join_argv(char *out, size_t len, char *const argv[])
+{
+	size_t used = 0;
+	out[0] = '\0';
+	for (unsigned i = 0; argv[i] && used < len; i++) {
+		int n = snprintf(out + used, len - used, "%s%s", i ? " " : "", argv[i]);
+		if (n < 0)
+			break;
+		used += (size_t)n;
+	}
+}
+
+void bench_echo_argv(const struct bench_options *options, char *const argv[], const char *suffix)
+{
+	if (!options->verbose)
+		return;
+	fprintf(stderr, "    $");
+	for (unsigned i = 0; argv[i]; i++)
+		fprintf(stderr, " %s", argv[i]);
+	fprintf(stderr, "%s\n", suffix);
+}
+
 pid_t bench_spawn_to_file(char *const argv[], const char *out_path, bool with_stderr)
 {
 	pid_t pid = fork();

@@ -508,6 +508,14 @@ struct bench_results {
  * install), malloc'd, or NULL when near is NULL or file cannot be read. */
 char *bench_sibling_file(const char *near, const char *file);
 
+/* argv (NULL-terminated) as one line, words separated by spaces,
+ * truncated to fit out. */
+void bench_join_argv(char *out, size_t len, char *const argv[]);
+
+/* With --verbose: print "    $ ARGV...SUFFIX" to stderr (a command the
+ * bench runs, to repeat by hand). */
+void bench_echo_argv(const struct bench_options *options, char *const argv[], const char *suffix);
+
 /* Start argv[0] with argv, standard input /dev/null, standard output (and
  * with_stderr, standard error) into out_path, created or truncated.
  * Returns the child's pid or -errno. */

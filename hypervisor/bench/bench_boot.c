@@ -172,14 +172,7 @@ void bench_boot_run(const struct bench_options *options, struct bench_results *r
 			argv[argc++] = "--no-console-input";
 		}
 		argv[argc] = NULL;
-		size_t used = 0;
-		for (unsigned i = 0; i < argc && used < sizeof(setup->command); i++) {
-			int n = snprintf(setup->command + used, sizeof(setup->command) - used,
-					 "%s%s", i ? " " : "", argv[i]);
-			if (n < 0)
-				break;
-			used += (size_t)n;
-		}
+		bench_join_argv(setup->command, sizeof(setup->command), argv);
 		for (unsigned r = 0; r < runs && !bench_interrupted(); r++) {
 			uint64_t ns =
 				boot_once(argv, out_path, qemu, setup->error, sizeof(setup->error));

@@ -708,12 +708,7 @@ static pid_t spawn_peer(const struct bench_job *job, const char *net, const char
 			 "--no-control",
 			 "--no-console-input",
 			 NULL };
-	if (options->verbose) {
-		fprintf(stderr, "    $");
-		for (unsigned i = 0; argv[i]; i++)
-			fprintf(stderr, " %s", argv[i]);
-		fprintf(stderr, " &\n");
-	}
+	bench_echo_argv(options, argv, " &");
 	return bench_spawn_to_file(argv, out_path, true);
 }
 
@@ -811,24 +806,10 @@ int bench_guest_run(const struct bench_job *job, struct bench_run *run)
 				       &qemu_strings, qemu_argv,
 				       sizeof(qemu_argv) / sizeof(qemu_argv[0]));
 		run_argv = qemu_argv;
-		if (job->command_out && !job->command_out[0]) {
-			size_t used = 0;
-			for (unsigned i = 0; i < argc && used < job->command_out_len; i++) {
-				int n = snprintf(job->command_out + used,
-						 job->command_out_len - used, "%s%s", i ? " " : "",
-						 qemu_argv[i]);
-				if (n < 0)
-					break;
-				used += (size_t)n;
-			}
-		}
+		if (job->command_out && !job->command_out[0])
+			bench_join_argv(job->command_out, job->command_out_len, qemu_argv);
 	}
-	if (options->verbose) {
-		fprintf(stderr, "    $");
-		for (unsigned i = 0; i < argc; i++)
-			fprintf(stderr, " %s", run_argv[i]);
-		fputc('\n', stderr);
-	}
+	bench_echo_argv(options, run_argv, "");
 
 	struct child *child = calloc(1, sizeof(*child));
 	struct window *window = calloc(1, sizeof(*window));

@@ -62,12 +62,7 @@ static void mq_run(const struct bench_options *options, const char *guest, const
 			 "--no-control",
 			 "--no-console-input",
 			 NULL };
-	if (options->verbose) {
-		fprintf(stderr, "    $");
-		for (unsigned i = 0; argv[i]; i++)
-			fprintf(stderr, " %s", argv[i]);
-		fputc('\n', stderr);
-	}
+	bench_echo_argv(options, argv, "");
 	r->load_before = mq_load();
 	pid_t pid = bench_spawn_to_file(argv, out_path, false);
 	if (pid < 0) {
