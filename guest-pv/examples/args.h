@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "kapsel_guest/libc.h"
+#include "kapsel_guest/net.h"
 #include "kapsel_guest/runtime.h"
 
 static int args_count;
@@ -47,6 +48,17 @@ static inline uint64_t args_number(const char *key, uint64_t fallback)
 	if (kg_parse_u64(text, &value) < 0)
 		kg_panic("option %s=%s is not a number", key, text);
 	return value;
+}
+
+/* The network path "path=auto|pv|ne2000|virtio" asks for (auto without
+ * one); panics naming program on another word. */
+static inline enum kg_net_path args_net_path(const char *program)
+{
+	const char *text = args_text("path");
+	enum kg_net_path path = KG_NET_AUTO;
+	if (text && kg_net_path_parse(text, &path) < 0)
+		kg_panic("%s: path='%s' is unknown; use auto, pv, ne2000 or virtio", program, text);
+	return path;
 }
 
 #endif

@@ -60,11 +60,7 @@ int main(int argc, char **argv)
 {
 	args_init(argc, argv, 0);
 	const char *role = args_text("role");
-	const char *path_text = args_text("path");
-	enum kg_net_path path = KG_NET_AUTO;
-	if (path_text && kg_net_path_parse(path_text, &path) < 0)
-		kg_panic("netbench: path='%s' is unknown; use auto, pv, ne2000 or virtio",
-			 path_text);
+	enum kg_net_path path = args_net_path("netbench");
 	bool client = role && strcmp(role, "client") == 0;
 	if (!client && !(role && strcmp(role, "server") == 0))
 		kg_panic("netbench: give role=client or role=server");

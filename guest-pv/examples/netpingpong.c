@@ -324,11 +324,7 @@ int main(int argc, char **argv)
 {
 	args_init(argc, argv, 0);
 	const char *role = args_text("role");
-	const char *path_text = args_text("path");
-	enum kg_net_path path = KG_NET_AUTO;
-	if (path_text && kg_net_path_parse(path_text, &path) < 0)
-		kg_panic("netpingpong: path='%s' is unknown; use auto, pv, ne2000 or virtio",
-			 path_text);
+	enum kg_net_path path = args_net_path("netpingpong");
 	int err = kg_net_open((unsigned)number_arg("index", 0), path, &net);
 	if (err) {
 		kg_printf("netpingpong: no network interface on path %s: %d\n",

@@ -178,6 +178,19 @@ struct bench_net_result {
 	uint64_t hist_total;
 };
 
+/* Check the n-byte frame in link->received into *got and count it:
+ * 1 one of ours, intact (verified); 0 not ours; -1 damaged (bad). */
+static inline int bench_net_take(struct bench_net_link *link, struct bench_net_result *r, int n,
+				 struct bench_net_frame *got)
+{
+	int c = bench_net_check(link->received, (uint32_t)n, got);
+	if (c < 0)
+		r->bad++;
+	else if (c > 0)
+		r->verified++;
+	return c;
+}
+
 /* Wait for one of our intact frames of kind (others are counted, skipped). */
 static inline int bench_net_wait(struct bench_net_link *link, struct bench_net_result *r,
 				 enum bench_net_kind kind, uint64_t deadline_ns,
@@ -187,15 +200,7 @@ static inline int bench_net_wait(struct bench_net_link *link, struct bench_net_r
 		int n = link->recv(link->context, link->received, BENCH_NET_FRAME_MAX, deadline_ns);
 		if (n <= 0)
 			return n;
-		int c = bench_net_check(link->received, (uint32_t)n, got);
-		if (c < 0) {
-			r->bad++;
-			continue;
-		}
-		if (c == 0)
-			continue;
-		r->verified++;
-		if (got->kind == kind)
+		if (bench_net_take(link, r, n, got) > 0 && got->kind == kind)
 			return n;
 	}
 }
@@ -381,14 +386,8 @@ static inline int bench_net_server(struct bench_net_link *link, struct bench_net
 			return -1;
 		}
 		struct bench_net_frame got;
-		int c = bench_net_check(link->received, (uint32_t)n, &got);
-		if (c < 0) {
-			r->bad++;
+		if (bench_net_take(link, r, n, &got) <= 0)
 			continue;
-		}
-		if (c == 0)
-			continue;
-		r->verified++;
 		uint8_t *f = link->received;
 		uint8_t src[6];
 		for (int i = 0; i < 6; i++)
