@@ -12,6 +12,18 @@ struct guest_memory {
 	/* Guest-supplied addresses below this belong to the hypervisor's
 	 * tables (page tables, GDT, IDT, TSS): see guest_memory_translate_guest. */
 	uint64_t guest_floor_gpa;
+	/*
+	 * Pages the VMM itself wrote through host_base (hypercall results,
+	 * PV block reads, received frames, ring responses) since they were
+	 * last taken: KVM's dirty log records only the guest's own writes, so
+	 * a pre-copy needs both.  One bit per page, set atomically after the
+	 * bytes are written (guest_memory_mark_written); NULL where RAM was
+	 * set up by hand (tools, tests).
+	 */
+	uint64_t *written;
+	/* Times guest_memory_clear emptied RAM (a reboot): every page
+	 * changed at once, without a mark. */
+	uint64_t clears;
 };
 
 /* Smallest and largest RAM a VM may have. */
@@ -50,6 +62,32 @@ void *guest_memory_translate(const struct guest_memory *mem, uint64_t gpa, uint6
  */
 void *guest_memory_translate_guest(const struct guest_memory *mem, uint64_t gpa,
 				   uint64_t length_bytes);
+
+/*
+ * Record that the VMM wrote [gpa, gpa + length_bytes) of guest RAM through
+ * its own mapping.  Call it after the bytes are written (and, for an
+ * asynchronous write such as an io_uring read, after it completed): a
+ * pre-copy that takes the mark copies the page after that, so it copies
+ * the new bytes.  Every VMM write into guest RAM outside the hypervisor's
+ * tables (below KAPSEL_GPA_LOW_FREE, which a pre-copy always compares)
+ * must be marked, or a live save or migration can miss it; the tests run
+ * with KAPSEL_PRECOPY_VERIFY=1, which finds a write that was not.  A
+ * range outside RAM is ignored (it was never translated).
+ */
+void guest_memory_mark_written(const struct guest_memory *mem, uint64_t gpa, uint64_t length_bytes);
+
+/* The same for a host pointer that guest_memory_translate returned (or one
+ * inside such a range); pointers outside guest RAM are ignored, so a
+ * buffer that is sometimes the VMM's own (a zero buffer) can be passed. */
+void guest_memory_mark_written_host(const struct guest_memory *mem, const void *host,
+				    uint64_t length_bytes);
+
+/*
+ * OR the pages marked since the last call into bitmap (one bit per page,
+ * words 64-bit, ceil(pages / 64) of them) and clear the marks.  Returns
+ * how many marked pages were taken.
+ */
+uint64_t guest_memory_take_written(const struct guest_memory *mem, uint64_t *bitmap);
 
 /*
  * Parse a memory size such as "64M", "1G", "65536K" or "67108864" (bytes)

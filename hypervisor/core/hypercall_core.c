@@ -31,6 +31,7 @@ static int64_t hc_abi_info(struct kapsel_vcpu *vcpu, const uint64_t args[])
 		.hypercall_count = KAPSEL_HC_COUNT,
 	};
 	memcpy(info, &reply, sizeof(reply));
+	guest_memory_mark_written(&vm->mem, args[0], sizeof(reply));
 	return 0;
 }
 
@@ -56,7 +57,9 @@ static int64_t hc_console_read(struct kapsel_vcpu *vcpu, const uint64_t args[])
 	void *data = guest_memory_translate_guest(&vm->mem, args[0], length);
 	if (!data)
 		return -KAPSEL_EFAULT;
-	return (int64_t)console_read(&vm->console, data, length);
+	size_t got = console_read(&vm->console, data, length);
+	guest_memory_mark_written(&vm->mem, args[0], got);
+	return (int64_t)got;
 }
 
 static int64_t hc_shutdown(struct kapsel_vcpu *vcpu, const uint64_t args[])
@@ -101,6 +104,7 @@ static int64_t hc_time_info(struct kapsel_vcpu *vcpu, const uint64_t args[])
 		.tsc_khz = vm->tsc_khz,
 	};
 	memcpy(out, &reply, sizeof(reply));
+	guest_memory_mark_written(&vm->mem, args[0], sizeof(reply));
 	return 0;
 }
 

@@ -352,6 +352,7 @@ static bool frame_write(struct kapsel_vm *vm, uint64_t frame_gpa,
 	if (!target)
 		return false;
 	memcpy(target, frame, sizeof(*frame));
+	guest_memory_mark_written(&vm->mem, frame_gpa, sizeof(*frame));
 	return true;
 }
 

@@ -589,6 +589,8 @@ static int64_t hc_mmu_update(struct kapsel_vcpu *vcpu, const uint64_t args[])
 		memcpy(&op, &shared[done], sizeof(op));
 		int err = pv_mmu_apply(m, &vm->mem, (unsigned)as, &op);
 		__atomic_store_n(&shared[done].result, (int64_t)err, __ATOMIC_RELAXED);
+		guest_memory_mark_written_host(&vm->mem, &shared[done].result,
+					       sizeof(shared[done].result));
 		if (err) {
 			m->ops_refused++;
 			break;

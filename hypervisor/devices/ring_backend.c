@@ -50,6 +50,7 @@ static int map_checked(struct ring_backend *ring, struct kapsel_ring_header *hea
 		.req_cons = header.rsp_prod,
 		.rsp_prod_pvt = header.rsp_prod,
 		.rsp_published = header.rsp_prod,
+		.mem = mem,
 	};
 	return 0;
 }
@@ -123,8 +124,9 @@ void ring_backend_take_request(struct ring_backend *ring, void *copy)
 void ring_backend_put_response(struct ring_backend *ring, const void *response)
 {
 	uint32_t slot = ring->rsp_prod_pvt & (ring->size - 1);
-	memcpy(ring->responses + (uint64_t)slot * ring->response_bytes, response,
-	       ring->response_bytes);
+	uint8_t *target = ring->responses + (uint64_t)slot * ring->response_bytes;
+	memcpy(target, response, ring->response_bytes);
+	guest_memory_mark_written_host(ring->mem, target, ring->response_bytes);
 	ring->rsp_prod_pvt++;
 }
 
@@ -136,6 +138,7 @@ bool ring_backend_publish(struct ring_backend *ring)
 	/* Release: the response slots are visible before the index that
 	 * publishes them (pairs with the frontend's acquire of rsp_prod). */
 	__atomic_store_n(&ring->header->rsp_prod, new_prod, __ATOMIC_RELEASE);
+	guest_memory_mark_written_host(ring->mem, ring->header, sizeof(*ring->header));
 	ring->rsp_published = new_prod;
 	/* Full barrier: our store of rsp_prod must be visible before we read
 	 * rsp_event.  The frontend does the mirror image (store rsp_event,
@@ -151,10 +154,17 @@ bool ring_backend_prepare_sleep(struct ring_backend *ring)
 	if (ring->broken)
 		return false;
 	__atomic_store_n(&ring->header->req_event, ring->req_cons + 1, __ATOMIC_RELAXED);
+	guest_memory_mark_written_host(ring->mem, ring->header, sizeof(*ring->header));
 	/* Full barrier: req_event must be visible before we re-read req_prod.
 	 * Pairs with the frontend's store req_prod, full barrier, load
 	 * req_event: a request published before it saw our req_event is seen
 	 * by the load below, any later one gets a kick. */
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	return __atomic_load_n(&ring->header->req_prod, __ATOMIC_ACQUIRE) != ring->req_cons;
+}
+
+void ring_backend_set_req_event(struct ring_backend *ring, uint32_t value)
+{
+	__atomic_store_n(&ring->header->req_event, value, __ATOMIC_RELAXED);
+	guest_memory_mark_written_host(ring->mem, ring->header, sizeof(*ring->header));
 }

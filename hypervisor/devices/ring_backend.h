@@ -32,6 +32,9 @@ struct ring_backend {
 	uint32_t rsp_published;
 	bool broken;	       /* the guest broke the protocol: serve no more */
 	uint32_t bad_req_prod; /* the impossible req_prod that broke it */
+	/* Guest RAM, for marking what the backend writes (responses, the
+	 * header's indices) for a pre-copy: guest_memory_mark_written. */
+	const struct guest_memory *mem;
 };
 
 /*
@@ -105,6 +108,10 @@ bool ring_backend_publish(struct ring_backend *ring);
  * A broken ring returns false (sleep; nothing more will be served).
  */
 bool ring_backend_prepare_sleep(struct ring_backend *ring);
+
+/* Set req_event to value: no kick is wanted before request value (a
+ * backend that polls for a while takes its wake-up request back). */
+void ring_backend_set_req_event(struct ring_backend *ring, uint32_t value);
 
 /* True if the guest has published requests not yet taken (a cheap poll;
  * no validation, so follow up with ring_backend_pending). */

@@ -281,8 +281,14 @@ int migrate_send(struct kapsel_vm *vm, const char *uri, const struct migrate_opt
 	paused = true;
 	snapshot_quiesce_devices(vm);
 	quiesced = true;
-	precopy_final_pass(&pc);
-	uint32_t ram_crc = precopy_memory_crc(&vm->mem);
+	if (precopy_final_pass(&pc) && !w.error) {
+		err = kapsel_fail(error, error_len, pc.error, "the final memory pass failed: %s",
+				  strerror(-pc.error));
+		goto out_close;
+	}
+	/* What the destination holds, from the per-page CRCs: reading all of
+	 * RAM again here would keep the vCPU stopped for it. */
+	uint32_t ram_crc = precopy_destination_crc(&pc, NULL);
 	stats->pages_sent = pc.pages_sent;
 	stats->zero_pages_sent = pc.zero_pages_sent;
 	stats->final_pages = pc.final_pages;

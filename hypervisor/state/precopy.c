@@ -40,6 +40,11 @@ int64_t precopy_get_dirty_log(struct kapsel_vm *vm, uint64_t *bitmap, size_t bit
 	return count;
 }
 
+const struct precopy_log_ops precopy_kvm_log = {
+	.set = precopy_set_dirty_logging,
+	.take = precopy_get_dirty_log,
+};
+
 int precopy_init(struct precopy *pc, struct kapsel_vm *vm, const struct precopy_sink_ops *ops,
 		 void *context, const struct precopy_options *options)
 {
@@ -59,6 +64,9 @@ int precopy_init(struct precopy *pc, struct kapsel_vm *vm, const struct precopy_
 	}
 	static const uint8_t zero_page[PAGE_BYTES];
 	pc->zero_crc = vm_state_crc32c(0, zero_page, PAGE_BYTES);
+	pc->log = &precopy_kvm_log;
+	const char *verify = getenv("KAPSEL_PRECOPY_VERIFY");
+	pc->verify = verify && *verify && strcmp(verify, "0") != 0;
 	/* The destination starts with zeros (fresh RAM, a sparse file). */
 	for (uint64_t p = 0; p < pc->page_count; p++)
 		pc->sent_crc[p] = pc->zero_crc;
@@ -66,6 +74,9 @@ int precopy_init(struct precopy *pc, struct kapsel_vm *vm, const struct precopy_
 }
 
 static bool keep_logging;
+/* What the pre-copy that left the log running knew (precopy_resume_logging). */
+static bool kept_tracked;
+static uint64_t kept_clears;
 
 void precopy_keep_logging(bool keep)
 {
@@ -79,8 +90,12 @@ bool precopy_logging_kept(void)
 
 void precopy_stop_logging(struct precopy *pc)
 {
-	if (pc->logging && !precopy_logging_kept())
-		precopy_set_dirty_logging(pc->vm, false);
+	if (pc->logging && precopy_logging_kept()) {
+		kept_tracked = pc->tracked;
+		kept_clears = pc->clears;
+	} else if (pc->logging) {
+		pc->log->set(pc->vm, false);
+	}
 	pc->logging = false;
 }
 
@@ -96,15 +111,53 @@ void precopy_free(struct precopy *pc)
 	pc->batch = NULL;
 }
 
+/*
+ * Take the dirty pages since the last call into pc->bitmap: KVM's log (the
+ * guest's writes) and the VMM's marks (its own).  Returns how many pages
+ * or -errno.
+ */
+static int64_t collect_dirty(struct precopy *pc)
+{
+	int64_t logged = pc->log->take(pc->vm, pc->bitmap, pc->bitmap_bytes);
+	if (logged < 0)
+		return logged;
+	if (!guest_memory_take_written(&pc->vm->mem, pc->bitmap))
+		return logged;
+	int64_t count = 0;
+	for (size_t i = 0; i < pc->bitmap_bytes / 8; i++)
+		count += __builtin_popcountll(pc->bitmap[i]);
+	return count;
+}
+
+/* From here on every change is in the log or the marks, unless RAM is
+ * cleared (counted) or has no marks at all. */
+static void start_tracking(struct precopy *pc, uint64_t clears)
+{
+	pc->logging = true;
+	pc->clears = clears;
+	pc->tracked = pc->vm->mem.written != NULL;
+}
+
 int precopy_start_logging(struct precopy *pc)
 {
-	int err = precopy_set_dirty_logging(pc->vm, true);
+	int err = pc->log->set(pc->vm, true);
 	if (err)
 		return err;
-	pc->logging = true;
+	/* Counted before the log and the marks are cleared: a clear after
+	 * this changes the count. */
+	start_tracking(pc, __atomic_load_n(&pc->vm->mem.clears, __ATOMIC_SEQ_CST));
 	/* Everything after this point is dirty. */
-	int64_t cleared = precopy_get_dirty_log(pc->vm, pc->bitmap, pc->bitmap_bytes);
+	int64_t cleared = collect_dirty(pc);
 	return cleared < 0 ? (int)cleared : 0;
+}
+
+int precopy_resume_logging(struct precopy *pc)
+{
+	if (!precopy_logging_kept())
+		return -ENOENT;
+	start_tracking(pc, kept_clears);
+	pc->tracked = pc->tracked && kept_tracked;
+	return 0;
 }
 
 /* ---- Batching pages for the sink ---------------------------------------------- */
@@ -176,6 +229,8 @@ static bool send_page(struct precopy *pc, uint64_t page, bool force)
 	if (crc == pc->sent_crc[page] && !force)
 		return false;
 	pc->sent_crc[page] = crc;
+	if (page < pc->first_sent)
+		pc->first_sent = page;
 	if (crc == pc->zero_crc && is_zero(copy)) {
 		add_zero_page(pc, page);
 		return true;
@@ -197,6 +252,8 @@ static void send_zero_page(struct precopy *pc, uint64_t page)
 	if (pc->sent_crc[page] == pc->zero_crc)
 		return;
 	pc->sent_crc[page] = pc->zero_crc;
+	if (page < pc->first_sent)
+		pc->first_sent = page;
 	add_zero_page(pc, page);
 }
 
@@ -313,7 +370,7 @@ int precopy_rounds(struct precopy *pc)
 	     pc->round++) {
 		uint64_t round_start = monotonic_ns();
 		uint64_t bytes_before = pc->ops->bytes_written(pc->context);
-		int64_t dirty = precopy_get_dirty_log(vm, pc->bitmap, pc->bitmap_bytes);
+		int64_t dirty = collect_dirty(pc);
 		if (dirty < 0) {
 			pc->error = (int)dirty;
 			break;
@@ -352,18 +409,12 @@ int precopy_rounds(struct precopy *pc)
 	return pc->error;
 }
 
-int precopy_final_pass(struct precopy *pc)
+/* Every page against what the destination holds: pages that changed
+ * without a mark, and holes punched since.  Returns the pages it read. */
+static uint64_t compare_all(struct precopy *pc, bool logged)
 {
 	struct guest_memory *mem = &pc->vm->mem;
-	bool logged = pc->logging;
-	if (logged) {
-		int64_t dirty = precopy_get_dirty_log(pc->vm, pc->bitmap, pc->bitmap_bytes);
-		if (dirty < 0)
-			return pc->error = (int)dirty;
-	}
-	state_progress_pass("stop-copy", mem->size_bytes, pc->round, 0);
-	uint64_t before = pc->pages_sent + pc->zero_pages_sent;
-	uint64_t pos = 0, start, end;
+	uint64_t read = 0, pos = 0, start, end;
 	while (!pc->error) {
 		bool more = data_extent(mem, pos, &start, &end);
 		if (!more)
@@ -376,12 +427,77 @@ int precopy_final_pass(struct precopy *pc)
 			send_page(pc, p, force);
 			note_scanned(pc, p + 1);
 		}
+		read += end / PAGE_BYTES - start / PAGE_BYTES;
 		state_progress_update(end, pc->ops->bytes_written(pc->context));
 		if (!more)
 			break;
 		pos = end;
 	}
 	flush_batch(pc);
+	return read;
+}
+
+/* Only the dirty pages (pc->bitmap) and the hypervisor's tables below the
+ * guest floor, which the VMM writes through pointers it keeps.  Returns
+ * the pages it read. */
+static uint64_t send_dirty(struct precopy *pc)
+{
+	uint64_t floor_pages = pc->vm->mem.guest_floor_gpa / PAGE_BYTES, read = 0;
+	for (uint64_t p = 0; p < floor_pages && p < pc->page_count && !pc->error; p++)
+		if (!(pc->bitmap[p / 64] >> (p % 64) & 1)) {
+			send_page(pc, p, false);
+			read++;
+		}
+	for (uint64_t word = 0; word < pc->bitmap_bytes / 8 && !pc->error; word++)
+		for (uint64_t bits = pc->bitmap[word]; bits; bits &= bits - 1) {
+			send_page(pc, word * 64 + (uint64_t)__builtin_ctzll(bits),
+				  pc->options.write_logged_pages);
+			note_scanned(pc, ++read);
+		}
+	flush_batch(pc);
+	return read;
+}
+
+int precopy_final_pass(struct precopy *pc)
+{
+	struct guest_memory *mem = &pc->vm->mem;
+	bool logged = pc->logging;
+	if (logged) {
+		int64_t dirty = collect_dirty(pc);
+		if (dirty < 0)
+			return pc->error = (int)dirty;
+	}
+	uint64_t clears = __atomic_load_n(&mem->clears, __ATOMIC_SEQ_CST);
+	pc->final_tracked = logged && pc->tracked && clears == pc->clears;
+	state_progress_pass("stop-copy", mem->size_bytes, pc->round, 0);
+	uint64_t before = pc->pages_sent + pc->zero_pages_sent;
+	if (!pc->final_tracked) {
+		pc->final_read = compare_all(pc, logged);
+	} else {
+		pc->final_read = send_dirty(pc);
+		uint64_t tracked = pc->pages_sent + pc->zero_pages_sent;
+		if (pc->verify && !pc->error) {
+			pc->first_sent = UINT64_MAX;
+			pc->final_read += compare_all(pc, false);
+			uint64_t missed = pc->pages_sent + pc->zero_pages_sent - tracked;
+			if (missed && !pc->error) {
+				kapsel_error("pre-copy check (KAPSEL_PRECOPY_VERIFY): %llu page(s) "
+					     "changed without a dirty log entry or a VMM mark, the "
+					     "first at GPA 0x%llx; a VMM write into guest RAM lacks "
+					     "guest_memory_mark_written",
+					     (unsigned long long)missed,
+					     (unsigned long long)pc->first_sent * PAGE_BYTES);
+				pc->error = -EFAULT;
+			}
+		}
+	}
+	/* A later pre-copy resuming this log starts from this moment. */
+	pc->clears = clears;
+	if (pc->logging)
+		pc->tracked = mem->written != NULL;
 	pc->final_pages = pc->pages_sent + pc->zero_pages_sent - before;
+	kapsel_debug("pre-copy final pass: %s, %llu pages read, %llu sent",
+		     pc->final_tracked ? "dirty pages only" : "every page",
+		     (unsigned long long)pc->final_read, (unsigned long long)pc->final_pages);
 	return pc->error;
 }

@@ -11,11 +11,20 @@
  *   precopy_rounds        the pages KVM_GET_DIRTY_LOG reports, round after
  *                         round, until the rest is small (convergence
  *                         rules below)
- *   precopy_final_pass    the vCPU is paused: every page against what the
- *                         destination holds; also catches the pages the
- *                         VMM itself wrote (hypercall results, PV block
- *                         reads), which KVM does not log, and ranges that
- *                         became holes (a reboot punched them)
+ *   precopy_final_pass    the vCPU is paused: the last dirty pages and
+ *                         the hypervisor's tables (below the guest
+ *                         floor, written through long-held pointers)
+ *
+ * A page is dirty when KVM's log has it (the guest wrote it) or the VMM
+ * marked it (guest_memory_mark_written: hypercall results, PV block reads,
+ * received frames, ring responses), so no pass reads pages that did not
+ * change.  Where the marks cannot be trusted to be complete (RAM was
+ * cleared by a reboot since logging began, or RAM has no mark bitmap)
+ * the final pass compares every page against what the destination holds
+ * instead, which also finds ranges that became holes.  With
+ * KAPSEL_PRECOPY_VERIFY=1 in the environment (the test suites set it) the
+ * final pass does both and fails if the full comparison found a page the
+ * marks missed: a VMM write that was not marked.
  *
  * The destination starts all zeros.  Each page is copied before it is
  * checksummed and handed to the sink, so the CRC32C kept per page
@@ -57,6 +66,16 @@ struct precopy_sink_ops {
 	uint64_t (*bytes_written)(void *context);
 };
 
+/* The guest's dirty log: KVM's (precopy_kvm_log) outside tests. */
+struct precopy_log_ops {
+	/* Turn logging of vm's RAM on or off.  Returns 0 or -errno. */
+	int (*set)(struct kapsel_vm *vm, bool on);
+	/* The pages written since the last call, into bitmap (which it
+	 * overwrites); the log is cleared.  Returns the count or -errno. */
+	int64_t (*take)(struct kapsel_vm *vm, uint64_t *bitmap, size_t bitmap_bytes);
+};
+extern const struct precopy_log_ops precopy_kvm_log;
+
 struct precopy_options {
 	uint32_t max_rounds;	  /* precopy_rounds: at most this many rounds */
 	uint32_t max_downtime_ms; /* the dirty rest must fit this at the measured rate */
@@ -87,12 +106,19 @@ struct precopy {
 	uint32_t round; /* 0: the first pass; the final pass keeps the last */
 	uint32_t zero_crc;
 	bool logging;
-	int error; /* first sink or KVM error (sticky), or 0 */
+	bool tracked;			   /* every change since logging began is in log or marks */
+	uint64_t clears;		   /* the RAM's clear count when logging began */
+	bool verify;			   /* KAPSEL_PRECOPY_VERIFY: check the marks (see above) */
+	const struct precopy_log_ops *log; /* KVM's (precopy_kvm_log); tests replace it */
+	int error;			   /* first sink or KVM error (sticky), or 0 */
 	/* Figures. */
 	uint32_t rounds;     /* rounds after the first pass */
 	uint64_t pages_sent; /* with data, all passes */
 	uint64_t zero_pages_sent;
 	uint64_t final_pages; /* data and zero pages of the final pass */
+	uint64_t final_read;  /* pages the final pass read (all of RAM without marks) */
+	bool final_tracked;   /* the final pass read only dirty pages */
+	uint64_t first_sent;  /* lowest page sent since reset (the check's report) */
 };
 
 /*
@@ -132,6 +158,12 @@ uint32_t precopy_memory_crc(const struct guest_memory *mem);
  * bitmap, bit p of byte p / 8), pages whose bit is clear count as zeros:
  * a diff file that holds only those pages. */
 uint32_t precopy_destination_crc(const struct precopy *pc, const uint8_t *only);
+
+/* Take up a dirty log that a previous pre-copy of this process left
+ * running (precopy_keep_logging) as if this one had started it: the
+ * destination must hold what that pre-copy's final pass left (sent_crc
+ * copied from it).  Returns 0 or -errno. */
+int precopy_resume_logging(struct precopy *pc);
 
 /* Leave dirty logging on when a pre-copy ends (precopy_stop_logging and
  * precopy_free then only forget it): a tracked save keeps the log running

@@ -615,7 +615,7 @@ int snapshot_save_live(struct kapsel_vm *vm, const char *path, bool snapshot,
 	if (options->diff && precopy_logging_kept()) {
 		/* The log has run since the parent's final pass: round 1
 		 * takes the pages dirtied since, without reading the rest. */
-		pc.logging = true;
+		precopy_resume_logging(&pc);
 		precopy_rounds(&pc);
 	} else {
 		err = precopy_start_logging(&pc);

@@ -1,5 +1,7 @@
-/* Unit tests: guest RAM creation, the checked GPA translator and memory size parsing. */
+/* Unit tests: guest RAM creation, the checked GPA translator, the VMM's write marks and memory size parsing. */
 #include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cunit_main.h"
@@ -145,12 +147,56 @@ static void test_parse_size(void)
 	expect_size_error("18014398509481984K", -ERANGE); /* 2^54 KiB = 2^64 bytes */
 }
 
+/* The VMM's own writes, marked for a pre-copy: page granular, taken once,
+ * and nothing outside RAM. */
+static void test_marks_written_pages(void)
+{
+	struct guest_memory mem;
+	CU_ASSERT_EQUAL_FATAL(guest_memory_create(&mem, 4ull << 20, "mark-test"), 0);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(mem.written);
+	uint64_t pages = mem.size_bytes / 4096, words = (pages + 63) / 64;
+	uint64_t *bitmap = calloc(words, sizeof(uint64_t));
+
+	CU_ASSERT_EQUAL(guest_memory_take_written(&mem, bitmap), 0);
+	/* Two bytes across a page boundary are two pages. */
+	guest_memory_mark_written(&mem, 4095, 2);
+	/* A range over a bitmap word boundary: pages 62 to 129. */
+	guest_memory_mark_written(&mem, 62 * 4096 + 100, (129 - 62) * 4096);
+	/* The last page, through the host pointer. */
+	guest_memory_mark_written_host(&mem, mem.host_base + mem.size_bytes - 1, 1);
+	/* Ignored: empty, past the end, overflowing, not guest RAM. */
+	guest_memory_mark_written(&mem, 8192, 0);
+	guest_memory_mark_written(&mem, mem.size_bytes, 1);
+	guest_memory_mark_written(&mem, mem.size_bytes - 4096, 8192);
+	guest_memory_mark_written(&mem, 4096, UINT64_MAX);
+	uint8_t outside[16];
+	guest_memory_mark_written_host(&mem, outside, sizeof(outside));
+	guest_memory_mark_written_host(&mem, mem.host_base - 4096, 8192);
+
+	CU_ASSERT_EQUAL(guest_memory_take_written(&mem, bitmap), 2 + 68 + 1);
+	for (uint64_t p = 0; p < pages; p++) {
+		bool expect = p <= 1 || (p >= 62 && p <= 129) || p == pages - 1;
+		CU_ASSERT_EQUAL((bitmap[p / 64] >> (p % 64)) & 1, expect ? 1u : 0u);
+	}
+	/* Taken: the marks are gone, and the caller's bits are OR-ed into. */
+	CU_ASSERT_EQUAL(guest_memory_take_written(&mem, bitmap), 0);
+	CU_ASSERT_EQUAL(bitmap[0] & 3, 3);
+	/* A clear is counted (a pre-copy cannot trust marks across it). */
+	uint64_t clears = mem.clears;
+	guest_memory_clear(&mem);
+	CU_ASSERT_EQUAL(mem.clears, clears + 1);
+	free(bitmap);
+	guest_memory_destroy(&mem);
+	CU_ASSERT_PTR_NULL(mem.written);
+}
+
 int main(void)
 {
 	static const struct unit_test tests[] = {
 		{ "translate bounds and overflow", test_translate_bounds },
 		{ "create refuses bad sizes", test_create_refuses_bad_sizes },
 		{ "parse memory sizes", test_parse_size },
+		{ "marks the pages the VMM wrote", test_marks_written_pages },
 	};
 	return UNIT_RUN("guest memory", tests);
 }

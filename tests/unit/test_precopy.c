@@ -56,6 +56,12 @@ static const struct precopy_sink_ops sink_ops = {
 	.bytes_written = sink_bytes,
 };
 
+static void fill_page(uint8_t *page, uint32_t seed)
+{
+	for (unsigned i = 0; i < PAGE; i++)
+		page[i] = (uint8_t)(seed * 131u + i * 7u + (i >> 8));
+}
+
 /* A VM with no KVM behind it: RAM in a plain buffer (no memfd). */
 static struct kapsel_vm *fake_vm(void)
 {
@@ -70,13 +76,80 @@ static struct kapsel_vm *fake_vm(void)
 static void free_vm(struct kapsel_vm *vm)
 {
 	free(vm->mem.host_base);
+	free(vm->mem.written);
 	free(vm);
 }
 
-static void fill_page(uint8_t *page, uint32_t seed)
+/* A dirty log the test writes, standing in for KVM's. */
+static uint64_t fake_log[(PAGES + 63) / 64];
+static bool fake_log_on;
+
+static int fake_log_set(struct kapsel_vm *vm, bool on)
 {
-	for (unsigned i = 0; i < PAGE; i++)
-		page[i] = (uint8_t)(seed * 131u + i * 7u + (i >> 8));
+	(void)vm;
+	fake_log_on = on;
+	return 0;
+}
+
+static int64_t fake_log_take(struct kapsel_vm *vm, uint64_t *bitmap, size_t bitmap_bytes)
+{
+	(void)vm;
+	CU_ASSERT_FATAL(bitmap_bytes == sizeof(fake_log));
+	memcpy(bitmap, fake_log, sizeof(fake_log));
+	memset(fake_log, 0, sizeof(fake_log));
+	int64_t count = 0;
+	for (size_t i = 0; i < bitmap_bytes / 8; i++)
+		count += __builtin_popcountll(bitmap[i]);
+	return count;
+}
+
+static const struct precopy_log_ops fake_log_ops = { .set = fake_log_set, .take = fake_log_take };
+
+/* The guest writes page p: it changes and the log has it. */
+static void guest_writes(struct kapsel_vm *vm, unsigned p, uint32_t seed)
+{
+	fill_page(vm->mem.host_base + (size_t)p * PAGE, seed);
+	fake_log[p / 64] |= 1ull << (p % 64);
+}
+
+/* The VMM writes page p and marks it (as a PV block read does). */
+static void vmm_writes(struct kapsel_vm *vm, unsigned p, uint32_t seed)
+{
+	fill_page(vm->mem.host_base + (size_t)p * PAGE, seed);
+	guest_memory_mark_written(&vm->mem, (uint64_t)p * PAGE, PAGE);
+}
+
+/* A VM whose RAM has write marks, a floor of FLOOR_PAGES, data in every
+ * page, and a pre-copy of it through its first pass with the fake log. */
+#define FLOOR_PAGES 4u
+static struct kapsel_vm *tracked_vm(struct precopy *pc, struct memory_sink *sink, bool verify)
+{
+	struct kapsel_vm *vm = fake_vm();
+	vm->mem.written = calloc((PAGES + 63) / 64, sizeof(uint64_t));
+	vm->mem.guest_floor_gpa = FLOOR_PAGES * PAGE;
+	for (unsigned p = 0; p < PAGES; p++)
+		fill_page(vm->mem.host_base + (size_t)p * PAGE, p + 1);
+	*sink = (struct memory_sink){ .copy = calloc(PAGES, PAGE), .fail_after = -1 };
+	struct precopy_options options = { .max_rounds = 1,
+					   .max_downtime_ms = 1,
+					   .write_logged_pages = true };
+	CU_ASSERT_FATAL(precopy_init(pc, vm, &sink_ops, sink, &options) == 0);
+	pc->log = &fake_log_ops;
+	pc->verify = verify;
+	memset(fake_log, 0, sizeof(fake_log));
+	CU_ASSERT_EQUAL(precopy_start_logging(pc), 0);
+	CU_ASSERT(fake_log_on);
+	CU_ASSERT_EQUAL(precopy_first_pass(pc), 0);
+	CU_ASSERT_EQUAL(pc->pages_sent, PAGES);
+	return vm;
+}
+
+static void free_tracked(struct precopy *pc, struct memory_sink *sink, struct kapsel_vm *vm)
+{
+	precopy_free(pc);
+	CU_ASSERT(!fake_log_on);
+	free(sink->copy);
+	free_vm(vm);
 }
 
 static void test_destination_crc_is_crc_of_the_copy(void)
@@ -162,12 +235,92 @@ static void test_sink_error_is_sticky(void)
 	free_vm(vm);
 }
 
+/* With the log and the VMM's marks, the final pass reads only the dirty
+ * pages and the hypervisor's tables below the floor, and the destination
+ * still equals RAM. */
+static void test_final_pass_reads_only_dirty_pages(void)
+{
+	struct precopy pc;
+	struct memory_sink sink;
+	struct kapsel_vm *vm = tracked_vm(&pc, &sink, false);
+	guest_writes(vm, 10, 1000);
+	/* A round takes page 10 and a VMM write. */
+	vmm_writes(vm, 200, 2000);
+	CU_ASSERT_EQUAL(precopy_rounds(&pc), 0);
+	CU_ASSERT_EQUAL(pc.pages_sent, PAGES + 2);
+	/* Then, before the final pass: a guest write, a VMM write, a write
+	 * to the tables below the floor (no mark: kept pointers), and a
+	 * page the VMM wrote with what it held (sent again: a save writes
+	 * every dirty page, whatever its CRC). */
+	guest_writes(vm, 11, 1001);
+	vmm_writes(vm, 201, 2001);
+	fill_page(vm->mem.host_base + 2 * PAGE, 3000);
+	guest_memory_mark_written(&vm->mem, 250 * PAGE, PAGE);
+	CU_ASSERT_EQUAL(precopy_final_pass(&pc), 0);
+	CU_ASSERT(pc.final_tracked);
+	CU_ASSERT_EQUAL(pc.final_read, 3 + FLOOR_PAGES);
+	CU_ASSERT_EQUAL(pc.final_pages, 4); /* 11, 201, 250 and floor page 2 */
+	CU_ASSERT_EQUAL(memcmp(sink.copy, vm->mem.host_base, (size_t)PAGES * PAGE), 0);
+	CU_ASSERT_EQUAL(precopy_destination_crc(&pc, NULL),
+			vm_state_crc32c(0, vm->mem.host_base, (size_t)PAGES * PAGE));
+	free_tracked(&pc, &sink, vm);
+}
+
+/* KAPSEL_PRECOPY_VERIFY: a VMM write without a mark fails the pass, and
+ * the full comparison still brought the destination up to date. */
+static void test_verify_finds_an_unmarked_write(void)
+{
+	struct precopy pc;
+	struct memory_sink sink;
+	struct kapsel_vm *vm = tracked_vm(&pc, &sink, true);
+	vmm_writes(vm, 100, 5000);
+	fill_page(vm->mem.host_base + 150 * PAGE, 5001); /* no mark */
+	CU_ASSERT_EQUAL(precopy_final_pass(&pc), -EFAULT);
+	CU_ASSERT_EQUAL(pc.first_sent, 150);
+	CU_ASSERT_EQUAL(memcmp(sink.copy, vm->mem.host_base, (size_t)PAGES * PAGE), 0);
+	free_tracked(&pc, &sink, vm);
+
+	/* Every write marked: the check passes. */
+	vm = tracked_vm(&pc, &sink, true);
+	vmm_writes(vm, 100, 5000);
+	guest_writes(vm, 150, 5001);
+	CU_ASSERT_EQUAL(precopy_final_pass(&pc), 0);
+	CU_ASSERT_EQUAL(pc.final_pages, 2);
+	free_tracked(&pc, &sink, vm);
+}
+
+/* RAM cleared since logging began (a reboot): the marks say nothing, so
+ * the final pass compares every page, and finds the holes. */
+static void test_clear_falls_back_to_every_page(void)
+{
+	struct precopy pc;
+	struct memory_sink sink;
+	struct kapsel_vm *vm = tracked_vm(&pc, &sink, false);
+	memset(vm->mem.host_base, 0, (size_t)PAGES * PAGE);
+	vm->mem.clears++;			      /* what guest_memory_clear counts */
+	fill_page(vm->mem.host_base + 42 * PAGE, 42); /* a reloaded image, unmarked */
+	CU_ASSERT_EQUAL(precopy_final_pass(&pc), 0);
+	CU_ASSERT(!pc.final_tracked);
+	CU_ASSERT_EQUAL(pc.final_read, PAGES);
+	CU_ASSERT_EQUAL(memcmp(sink.copy, vm->mem.host_base, (size_t)PAGES * PAGE), 0);
+	/* The next final pass trusts the marks again. */
+	vmm_writes(vm, 43, 43);
+	CU_ASSERT_EQUAL(precopy_final_pass(&pc), 0);
+	CU_ASSERT(pc.final_tracked);
+	CU_ASSERT_EQUAL(pc.final_pages, 1);
+	CU_ASSERT_EQUAL(memcmp(sink.copy, vm->mem.host_base, (size_t)PAGES * PAGE), 0);
+	free_tracked(&pc, &sink, vm);
+}
+
 int main(void)
 {
 	static const struct unit_test tests[] = {
 		{ "destination_crc_is_crc_of_the_copy", test_destination_crc_is_crc_of_the_copy },
 		{ "all_zero_and_all_data", test_all_zero_and_all_data },
 		{ "sink_error_is_sticky", test_sink_error_is_sticky },
+		{ "final_pass_reads_only_dirty_pages", test_final_pass_reads_only_dirty_pages },
+		{ "verify_finds_an_unmarked_write", test_verify_finds_an_unmarked_write },
+		{ "clear_falls_back_to_every_page", test_clear_falls_back_to_every_page },
 	};
 	return UNIT_RUN("precopy", tests);
 }

@@ -68,8 +68,7 @@ bool blk_pv_poll(struct pv_device *pv)
 	 * I/O): the guest's next request needs no doorbell while we look.
 	 * The skeleton's prepare_sleep re-arms it. */
 	b->idle_polled = true;
-	__atomic_store_n(&b->queues[0].ring.header->req_event, b->queues[0].ring.req_cons,
-			 __ATOMIC_RELAXED);
+	ring_backend_set_req_event(&b->queues[0].ring, b->queues[0].ring.req_cons);
 	struct rusage before, after;
 	getrusage(RUSAGE_THREAD, &before);
 	bool hit = blk_pv_spin(b, b->adaptive_window_ns);

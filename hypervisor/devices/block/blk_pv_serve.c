@@ -99,9 +99,21 @@ static void slot_advance(struct blk_pv_slot *slot, uint64_t done)
 	}
 }
 
+/* A read into guest RAM finished (or failed, perhaps halfway): mark the
+ * buffers it had left, for a pre-copy.  Before slot_advance moves them. */
+static void mark_read_buffers(struct blk_pv *b, const struct blk_pv_slot *slot)
+{
+	for (unsigned i = 0; i < slot->iov_count; i++) {
+		const struct iovec *v = &slot->iov[slot->iov_first + i];
+		guest_memory_mark_written_host(&b->pv.dev.vm->mem, v->iov_base, v->iov_len);
+	}
+}
+
 void blk_pv_io_done(struct blk_pv *b, struct blk_pv_slot *slot, int res)
 {
 	int status = 0;
+	if (slot->op == KAPSEL_BLK_OP_READ)
+		mark_read_buffers(b, slot);
 	if (res < 0) {
 		if (slot->op == KAPSEL_BLK_OP_DISCARD && (res == -EOPNOTSUPP || res == -ENOTTY)) {
 			res = 0; /* discard is a hint: nothing punched is fine */
@@ -178,6 +190,7 @@ static void blk_pv_get_info(struct blk_pv *b, struct blk_pv_slot *slot)
 	};
 	/* iov[0] is a translated, 512-byte multiple segment: it fits. */
 	memcpy(slot->iov[0].iov_base, &info, sizeof(info));
+	guest_memory_mark_written_host(&b->pv.dev.vm->mem, slot->iov[0].iov_base, sizeof(info));
 	blk_pv_respond(b, slot, 0, false);
 }
 

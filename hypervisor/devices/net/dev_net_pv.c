@@ -179,6 +179,8 @@ static bool net_pv_serve_rx(struct net_pv *n)
 		do /* zero copy: the frame lands in the guest's buffer */
 			length = net_backend_receive(&n->backend, buffer, KAPSEL_NET_FRAME_MAX);
 		while (length == -EMSGSIZE);
+		/* Even a failed receive may have written part of the buffer. */
+		guest_memory_mark_written_host(&n->pv.dev.vm->mem, buffer, KAPSEL_NET_FRAME_MAX);
 		if (length <= 0)
 			net_pv_respond(n, KAPSEL_NET_QUEUE_RX, req.id, -KAPSEL_EAGAIN, 0);
 		else

@@ -56,7 +56,9 @@ void rng_pv_answer(struct rng_pv_model *m, const struct kapsel_rng_request *req,
 		COUNT(m, throttled, 1);
 		return;
 	}
-	if (m->fill(m->fill_opaque, buffer, req->length_bytes) < 0) {
+	int filled = m->fill(m->fill_opaque, buffer, req->length_bytes);
+	guest_memory_mark_written_host(m->mem, buffer, req->length_bytes);
+	if (filled < 0) {
 		rsp->status = -KAPSEL_EIO;
 		COUNT(m, errors, 1);
 		return;
