@@ -78,9 +78,11 @@ static bool keep_logging;
 static bool kept_tracked;
 static uint64_t kept_clears;
 
-void precopy_keep_logging(bool keep)
+void precopy_keep_logging(const struct precopy *pc)
 {
-	__atomic_store_n(&keep_logging, keep, __ATOMIC_RELEASE);
+	kept_tracked = pc->tracked;
+	kept_clears = pc->clears;
+	__atomic_store_n(&keep_logging, true, __ATOMIC_RELEASE);
 }
 
 bool precopy_logging_kept(void)
@@ -90,12 +92,8 @@ bool precopy_logging_kept(void)
 
 void precopy_stop_logging(struct precopy *pc)
 {
-	if (pc->logging && precopy_logging_kept()) {
-		kept_tracked = pc->tracked;
-		kept_clears = pc->clears;
-	} else if (pc->logging) {
+	if (pc->logging && !precopy_logging_kept())
 		pc->log->set(pc->vm, false);
-	}
 	pc->logging = false;
 }
 
@@ -146,7 +144,9 @@ int precopy_start_logging(struct precopy *pc)
 	/* Counted before the log and the marks are cleared: a clear after
 	 * this changes the count. */
 	start_tracking(pc, __atomic_load_n(&pc->vm->mem.clears, __ATOMIC_SEQ_CST));
-	/* Everything after this point is dirty. */
+	/* Everything after this point is dirty.  A log left running for a
+	 * later diff loses what it held: that diff compares every page. */
+	kept_tracked = false;
 	int64_t cleared = collect_dirty(pc);
 	return cleared < 0 ? (int)cleared : 0;
 }

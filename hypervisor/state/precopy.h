@@ -165,11 +165,13 @@ uint32_t precopy_destination_crc(const struct precopy *pc, const uint8_t *only);
  * copied from it).  Returns 0 or -errno. */
 int precopy_resume_logging(struct precopy *pc);
 
-/* Leave dirty logging on when a pre-copy ends (precopy_stop_logging and
- * precopy_free then only forget it): a tracked save keeps the log running
- * so that the next diff save finds the pages dirtied since without
- * reading all of RAM.  Process-wide (a process runs one VM). */
-void precopy_keep_logging(bool keep);
+/* Leave dirty logging on after pc's final pass (precopy_stop_logging and
+ * precopy_free then only forget it): a tracked save keeps the log and the
+ * VMM's marks running so that the next diff save finds the pages dirtied
+ * since without reading all of RAM.  A pre-copy that starts logging anew
+ * (a migration) clears both, and the next diff then compares every page.
+ * Process-wide (a process runs one VM). */
+void precopy_keep_logging(const struct precopy *pc);
 bool precopy_logging_kept(void);
 
 /* Take KVM's dirty bitmap of vm's RAM (and clear it) into bitmap.

@@ -312,6 +312,63 @@ static void test_clear_falls_back_to_every_page(void)
 	free_tracked(&pc, &sink, vm);
 }
 
+/* A tracked save leaves the log running; the next diff resumes it and
+ * reads only what changed.  A pre-copy that starts logging anew in
+ * between (a migration) takes the log, and the diff after it compares
+ * every page.  Last: the kept log is process-wide. */
+static void test_kept_log_resumes_tracked(void)
+{
+	struct precopy parent, diff;
+	struct memory_sink sink;
+	struct kapsel_vm *vm = tracked_vm(&parent, &sink, false);
+	CU_ASSERT_EQUAL(precopy_final_pass(&parent), 0);
+	precopy_keep_logging(&parent);
+	uint32_t *crcs = malloc(PAGES * sizeof(uint32_t));
+	memcpy(crcs, parent.sent_crc, PAGES * sizeof(uint32_t));
+	precopy_free(&parent);
+	CU_ASSERT(fake_log_on); /* kept */
+
+	struct precopy_options options = { .max_rounds = 1,
+					   .max_downtime_ms = 1,
+					   .write_logged_pages = true };
+	vmm_writes(vm, 7, 70);
+	guest_writes(vm, 8, 80);
+	CU_ASSERT_EQUAL_FATAL(precopy_init(&diff, vm, &sink_ops, &sink, &options), 0);
+	diff.log = &fake_log_ops;
+	memcpy(diff.sent_crc, crcs, PAGES * sizeof(uint32_t));
+	CU_ASSERT_EQUAL(precopy_resume_logging(&diff), 0);
+	CU_ASSERT_EQUAL(precopy_final_pass(&diff), 0);
+	CU_ASSERT(diff.final_tracked);
+	CU_ASSERT_EQUAL(diff.final_pages, 2);
+	CU_ASSERT_EQUAL(memcmp(sink.copy, vm->mem.host_base, (size_t)PAGES * PAGE), 0);
+	precopy_keep_logging(&diff);
+	memcpy(crcs, diff.sent_crc, PAGES * sizeof(uint32_t));
+	precopy_free(&diff);
+
+	/* A migration starts its own log, which clears the marks. */
+	struct precopy migration;
+	struct memory_sink elsewhere = { .copy = calloc(PAGES, PAGE), .fail_after = -1 };
+	vmm_writes(vm, 9, 90);
+	CU_ASSERT_EQUAL_FATAL(precopy_init(&migration, vm, &sink_ops, &elsewhere, &options), 0);
+	migration.log = &fake_log_ops;
+	CU_ASSERT_EQUAL(precopy_start_logging(&migration), 0);
+	precopy_free(&migration);
+	free(elsewhere.copy);
+
+	CU_ASSERT_EQUAL_FATAL(precopy_init(&diff, vm, &sink_ops, &sink, &options), 0);
+	diff.log = &fake_log_ops;
+	memcpy(diff.sent_crc, crcs, PAGES * sizeof(uint32_t));
+	CU_ASSERT_EQUAL(precopy_resume_logging(&diff), 0);
+	CU_ASSERT_EQUAL(precopy_final_pass(&diff), 0);
+	CU_ASSERT(!diff.final_tracked);
+	CU_ASSERT_EQUAL(diff.final_pages, 1); /* page 9, found by comparison */
+	CU_ASSERT_EQUAL(memcmp(sink.copy, vm->mem.host_base, (size_t)PAGES * PAGE), 0);
+	precopy_free(&diff);
+	free(crcs);
+	free(sink.copy);
+	free_vm(vm);
+}
+
 int main(void)
 {
 	static const struct unit_test tests[] = {
@@ -321,6 +378,8 @@ int main(void)
 		{ "final_pass_reads_only_dirty_pages", test_final_pass_reads_only_dirty_pages },
 		{ "verify_finds_an_unmarked_write", test_verify_finds_an_unmarked_write },
 		{ "clear_falls_back_to_every_page", test_clear_falls_back_to_every_page },
+		/* Last: it leaves the (fake) log kept for the process. */
+		{ "kept_log_resumes_tracked", test_kept_log_resumes_tracked },
 	};
 	return UNIT_RUN("precopy", tests);
 }
