@@ -2,6 +2,7 @@
 #ifndef KAPSEL_GUEST_MEMORY_H
 #define KAPSEL_GUEST_MEMORY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,6 +25,10 @@ struct guest_memory {
 	/* Times guest_memory_clear emptied RAM (a reboot): every page
 	 * changed at once, without a mark. */
 	uint64_t clears;
+	/* RAM may change behind both KVM's log and the marks from now on
+	 * (it is mapped from a file another process may write, and the
+	 * write could not be fenced off): pre-copies compare every page. */
+	bool unmarked_changes;
 };
 
 /* Smallest and largest RAM a VM may have. */

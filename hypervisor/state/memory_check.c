@@ -70,6 +70,9 @@ static void take_lease(void)
 	}
 	kapsel_debug("no read lease on %s/memory.img (%s: %s): a write into it while the VM runs would go unnoticed",
 		     check.path, step, strerror(errno));
+	/* Such a write would change RAM without a dirty page: live saves and
+	 * migrations compare every page instead. */
+	__atomic_store_n(&check.vm->mem.unmarked_changes, true, __ATOMIC_SEQ_CST);
 	release_lease();
 }
 
@@ -86,6 +89,8 @@ static int detach_from_file(void)
 	int err = 0;
 	if (madvise(vm->mem.host_base, vm->mem.size_bytes, MADV_POPULATE_WRITE) < 0)
 		err = -errno;
+	if (err)
+		__atomic_store_n(&vm->mem.unmarked_changes, true, __ATOMIC_SEQ_CST);
 	release_lease();
 	if (err)
 		kapsel_error("%s/memory.img is being opened for writing while VM '%s' runs on it, and its memory cannot be copied out of the file (%s); the VM may see the new content",

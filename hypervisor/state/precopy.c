@@ -78,11 +78,15 @@ static bool keep_logging;
 static bool kept_tracked;
 static uint64_t kept_clears;
 
-void precopy_keep_logging(const struct precopy *pc)
+void precopy_keep_logging(void)
+{
+	__atomic_store_n(&keep_logging, true, __ATOMIC_RELEASE);
+}
+
+void precopy_kept_log_from(const struct precopy *pc)
 {
 	kept_tracked = pc->tracked;
 	kept_clears = pc->clears;
-	__atomic_store_n(&keep_logging, true, __ATOMIC_RELEASE);
 }
 
 bool precopy_logging_kept(void)
@@ -157,6 +161,9 @@ int precopy_resume_logging(struct precopy *pc)
 		return -ENOENT;
 	start_tracking(pc, kept_clears);
 	pc->tracked = pc->tracked && kept_tracked;
+	/* Used up: if this pre-copy's state is not committed, the log holds
+	 * neither the changes since the old parent nor since a new one. */
+	kept_tracked = false;
 	return 0;
 }
 
@@ -468,7 +475,8 @@ int precopy_final_pass(struct precopy *pc)
 			return pc->error = (int)dirty;
 	}
 	uint64_t clears = __atomic_load_n(&mem->clears, __ATOMIC_SEQ_CST);
-	pc->final_tracked = logged && pc->tracked && clears == pc->clears;
+	pc->final_tracked = logged && pc->tracked && clears == pc->clears &&
+			    !__atomic_load_n(&mem->unmarked_changes, __ATOMIC_SEQ_CST);
 	state_progress_pass("stop-copy", mem->size_bytes, pc->round, 0);
 	uint64_t before = pc->pages_sent + pc->zero_pages_sent;
 	if (!pc->final_tracked) {

@@ -165,13 +165,19 @@ uint32_t precopy_destination_crc(const struct precopy *pc, const uint8_t *only);
  * copied from it).  Returns 0 or -errno. */
 int precopy_resume_logging(struct precopy *pc);
 
-/* Leave dirty logging on after pc's final pass (precopy_stop_logging and
+/* Leave dirty logging on when a pre-copy ends (precopy_stop_logging and
  * precopy_free then only forget it): a tracked save keeps the log and the
  * VMM's marks running so that the next diff save finds the pages dirtied
- * since without reading all of RAM.  A pre-copy that starts logging anew
- * (a migration) clears both, and the next diff then compares every page.
- * Process-wide (a process runs one VM). */
-void precopy_keep_logging(const struct precopy *pc);
+ * since without reading all of RAM.  Process-wide (a process runs one VM). */
+void precopy_keep_logging(void);
+
+/* The kept log and marks now hold exactly the changes since pc's final
+ * pass, whose result is committed (the parent of the next diff): a diff
+ * that resumes the log may read only those pages.  Until this is called
+ * again, a pre-copy that used the log (precopy_start_logging, a migration;
+ * precopy_resume_logging, a diff that may still fail) leaves it
+ * incomplete, and the next resuming diff compares every page. */
+void precopy_kept_log_from(const struct precopy *pc);
 bool precopy_logging_kept(void);
 
 /* Take KVM's dirty bitmap of vm's RAM (and clear it) into bitmap.

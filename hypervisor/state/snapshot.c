@@ -679,7 +679,7 @@ int snapshot_save_live(struct kapsel_vm *vm, const char *path, bool snapshot,
 		stats->vcpu_stopped_ns = monotonic_ns() - pause_ns;
 	}
 	if (options->track || options->diff)
-		precopy_keep_logging(&pc); /* for the next diff */
+		precopy_keep_logging(); /* for the next diff */
 	precopy_stop_logging(&pc);
 	uint32_t memory_crc = precopy_destination_crc(&pc, NULL);
 	struct vm_state_save_info info = {
@@ -773,6 +773,7 @@ int snapshot_save_live(struct kapsel_vm *vm, const char *path, bool snapshot,
 			tracking.page_crc = pc.sent_crc;
 			tracking.page_count = pc.page_count;
 			pc.sent_crc = NULL; /* kept */
+			precopy_kept_log_from(&pc);
 		}
 	}
 	goto done;

@@ -322,7 +322,8 @@ static void test_kept_log_resumes_tracked(void)
 	struct memory_sink sink;
 	struct kapsel_vm *vm = tracked_vm(&parent, &sink, false);
 	CU_ASSERT_EQUAL(precopy_final_pass(&parent), 0);
-	precopy_keep_logging(&parent);
+	precopy_keep_logging();
+	precopy_kept_log_from(&parent);
 	uint32_t *crcs = malloc(PAGES * sizeof(uint32_t));
 	memcpy(crcs, parent.sent_crc, PAGES * sizeof(uint32_t));
 	precopy_free(&parent);
@@ -341,7 +342,28 @@ static void test_kept_log_resumes_tracked(void)
 	CU_ASSERT(diff.final_tracked);
 	CU_ASSERT_EQUAL(diff.final_pages, 2);
 	CU_ASSERT_EQUAL(memcmp(sink.copy, vm->mem.host_base, (size_t)PAGES * PAGE), 0);
-	precopy_keep_logging(&diff);
+	precopy_kept_log_from(&diff); /* committed: the parent of the next */
+	memcpy(crcs, diff.sent_crc, PAGES * sizeof(uint32_t));
+	precopy_free(&diff);
+
+	/* A diff that fails before its commit used the log up: the one after
+	 * it (over the same parent) compares every page. */
+	vmm_writes(vm, 12, 120);
+	CU_ASSERT_EQUAL_FATAL(precopy_init(&diff, vm, &sink_ops, &sink, &options), 0);
+	diff.log = &fake_log_ops;
+	memcpy(diff.sent_crc, crcs, PAGES * sizeof(uint32_t));
+	CU_ASSERT_EQUAL(precopy_resume_logging(&diff), 0);
+	CU_ASSERT_EQUAL(precopy_final_pass(&diff), 0); /* takes page 12's mark */
+	precopy_free(&diff);			       /* and is never committed */
+	CU_ASSERT_EQUAL_FATAL(precopy_init(&diff, vm, &sink_ops, &sink, &options), 0);
+	diff.log = &fake_log_ops;
+	memcpy(diff.sent_crc, crcs, PAGES * sizeof(uint32_t));
+	CU_ASSERT_EQUAL(precopy_resume_logging(&diff), 0);
+	CU_ASSERT_EQUAL(precopy_final_pass(&diff), 0);
+	CU_ASSERT(!diff.final_tracked);
+	CU_ASSERT_EQUAL(diff.final_pages, 1); /* page 12, found by comparison */
+	CU_ASSERT_EQUAL(memcmp(sink.copy, vm->mem.host_base, (size_t)PAGES * PAGE), 0);
+	precopy_kept_log_from(&diff);
 	memcpy(crcs, diff.sent_crc, PAGES * sizeof(uint32_t));
 	precopy_free(&diff);
 
