@@ -82,25 +82,11 @@ static int net_pv_send(struct kg_net_device *device, const void *frame, uint32_t
 {
 	struct net_pv_driver *drv = driver_of(device);
 	net_pv_reclaim(device);
-	/* Every buffer is in flight: the backend is sending them, so answers
-	 * come soon.  Poll for them within the receive poll window before
-	 * sleeping: a streaming sender otherwise sleeps (an exit) each time
-	 * it gets ahead of its backend. */
-	uint64_t poll_until = 0;
 	while (drv->tx_free_count == 0) {
 		kg_evtchn_test_and_clear(drv->port);
 		net_pv_reclaim(device);
 		if (drv->tx_free_count)
 			break;
-		if (device->poll_ns) {
-			uint64_t now = kg_time_now_ns();
-			if (!poll_until)
-				poll_until = now + device->poll_ns;
-			if (now < poll_until) {
-				kg_cpu_relax();
-				continue;
-			}
-		}
 		net_pv_wait(device, &drv->tx, UINT64_MAX);
 	}
 	uint32_t id = drv->tx_free[--drv->tx_free_count];

@@ -82,8 +82,8 @@ int kg_net_recv(struct kg_net_device *device, void *buffer, uint32_t max_bytes, 
 int kg_net_recv_until(struct kg_net_device *device, void *buffer, uint32_t max_bytes,
 		      uint64_t deadline_ns);
 
-/* Busy-poll window before a receive, or a send that finds every TX
- * buffer in flight, sleeps (PV path; 0, the default, sleeps at once). */
+/* Busy-poll window before a receive sleeps (PV path; 0, the default,
+ * sleeps at once). */
 void kg_net_set_poll_ns(struct kg_net_device *device, uint64_t poll_ns);
 
 void kg_net_get_stats(struct kg_net_device *device, struct kg_net_stats *stats);
