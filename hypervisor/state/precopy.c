@@ -365,6 +365,20 @@ int precopy_first_pass(struct precopy *pc)
 	return pc->error;
 }
 
+/* Every page set in pc->bitmap (a round's dirty pages), forced as the
+ * options say; walked counts on from there.  Returns the pages walked. */
+static uint64_t send_bitmap(struct precopy *pc, uint64_t walked)
+{
+	for (uint64_t word = 0; word < pc->bitmap_bytes / 8 && !pc->error; word++)
+		for (uint64_t bits = pc->bitmap[word]; bits; bits &= bits - 1) {
+			send_page(pc, word * 64 + (uint64_t)__builtin_ctzll(bits),
+				  pc->options.write_logged_pages);
+			note_scanned(pc, ++walked);
+		}
+	flush_batch(pc);
+	return walked;
+}
+
 int precopy_rounds(struct precopy *pc)
 {
 	struct kapsel_vm *vm = pc->vm;
@@ -384,14 +398,7 @@ int precopy_rounds(struct precopy *pc)
 		}
 		state_progress_pass("precopy", (uint64_t)dirty * PAGE_BYTES, pc->round,
 				    (uint64_t)dirty * PAGE_BYTES);
-		uint64_t walked = 0;
-		for (uint64_t word = 0; word < pc->bitmap_bytes / 8 && !pc->error; word++)
-			for (uint64_t bits = pc->bitmap[word]; bits; bits &= bits - 1) {
-				send_page(pc, word * 64 + (uint64_t)__builtin_ctzll(bits),
-					  pc->options.write_logged_pages);
-				note_scanned(pc, ++walked);
-			}
-		flush_batch(pc);
+		send_bitmap(pc, 0);
 		pc->rounds = pc->round;
 		uint64_t round_ns = monotonic_ns() - round_start + 1;
 		uint64_t bytes_per_s = (pc->ops->bytes_written(pc->context) - bytes_before) *
@@ -455,14 +462,7 @@ static uint64_t send_dirty(struct precopy *pc)
 			send_page(pc, p, false);
 			read++;
 		}
-	for (uint64_t word = 0; word < pc->bitmap_bytes / 8 && !pc->error; word++)
-		for (uint64_t bits = pc->bitmap[word]; bits; bits &= bits - 1) {
-			send_page(pc, word * 64 + (uint64_t)__builtin_ctzll(bits),
-				  pc->options.write_logged_pages);
-			note_scanned(pc, ++read);
-		}
-	flush_batch(pc);
-	return read;
+	return send_bitmap(pc, read);
 }
 
 int precopy_final_pass(struct precopy *pc)

@@ -312,10 +312,35 @@ static void test_clear_falls_back_to_every_page(void)
 	free_tracked(&pc, &sink, vm);
 }
 
+/* A diff over the parent whose page CRCs are crcs, resuming the kept log,
+ * through its final pass (left in *diff, still to be freed). */
+static void resume_diff(struct precopy *diff, struct kapsel_vm *vm, struct memory_sink *sink,
+			const uint32_t *crcs)
+{
+	struct precopy_options options = { .max_rounds = 1,
+					   .max_downtime_ms = 1,
+					   .write_logged_pages = true };
+	CU_ASSERT_FATAL(precopy_init(diff, vm, &sink_ops, sink, &options) == 0);
+	diff->log = &fake_log_ops;
+	memcpy(diff->sent_crc, crcs, PAGES * sizeof(uint32_t));
+	CU_ASSERT_EQUAL(precopy_resume_logging(diff), 0);
+	CU_ASSERT_EQUAL(precopy_final_pass(diff), 0);
+	CU_ASSERT_EQUAL(memcmp(sink->copy, vm->mem.host_base, (size_t)PAGES * PAGE), 0);
+}
+
+/* The diff is committed: its CRCs are the next one's parent's. */
+static void commit_diff(struct precopy *diff, uint32_t *crcs)
+{
+	precopy_kept_log_from(diff);
+	memcpy(crcs, diff->sent_crc, PAGES * sizeof(uint32_t));
+	precopy_free(diff);
+}
+
 /* A tracked save leaves the log running; the next diff resumes it and
- * reads only what changed.  A pre-copy that starts logging anew in
- * between (a migration) takes the log, and the diff after it compares
- * every page.  Last: the kept log is process-wide. */
+ * reads only what changed.  A diff that fails before its commit, or a
+ * pre-copy that starts logging anew (a migration), uses the log up, and
+ * the diff after it compares every page.  Last: the kept log is
+ * process-wide. */
 static void test_kept_log_resumes_tracked(void)
 {
 	struct precopy parent, diff;
@@ -323,68 +348,37 @@ static void test_kept_log_resumes_tracked(void)
 	struct kapsel_vm *vm = tracked_vm(&parent, &sink, false);
 	CU_ASSERT_EQUAL(precopy_final_pass(&parent), 0);
 	precopy_keep_logging();
-	precopy_kept_log_from(&parent);
 	uint32_t *crcs = malloc(PAGES * sizeof(uint32_t));
-	memcpy(crcs, parent.sent_crc, PAGES * sizeof(uint32_t));
-	precopy_free(&parent);
+	commit_diff(&parent, crcs);
 	CU_ASSERT(fake_log_on); /* kept */
 
-	struct precopy_options options = { .max_rounds = 1,
-					   .max_downtime_ms = 1,
-					   .write_logged_pages = true };
 	vmm_writes(vm, 7, 70);
 	guest_writes(vm, 8, 80);
-	CU_ASSERT_EQUAL_FATAL(precopy_init(&diff, vm, &sink_ops, &sink, &options), 0);
-	diff.log = &fake_log_ops;
-	memcpy(diff.sent_crc, crcs, PAGES * sizeof(uint32_t));
-	CU_ASSERT_EQUAL(precopy_resume_logging(&diff), 0);
-	CU_ASSERT_EQUAL(precopy_final_pass(&diff), 0);
+	resume_diff(&diff, vm, &sink, crcs);
 	CU_ASSERT(diff.final_tracked);
 	CU_ASSERT_EQUAL(diff.final_pages, 2);
-	CU_ASSERT_EQUAL(memcmp(sink.copy, vm->mem.host_base, (size_t)PAGES * PAGE), 0);
-	precopy_kept_log_from(&diff); /* committed: the parent of the next */
-	memcpy(crcs, diff.sent_crc, PAGES * sizeof(uint32_t));
-	precopy_free(&diff);
+	commit_diff(&diff, crcs);
 
-	/* A diff that fails before its commit used the log up: the one after
-	 * it (over the same parent) compares every page. */
 	vmm_writes(vm, 12, 120);
-	CU_ASSERT_EQUAL_FATAL(precopy_init(&diff, vm, &sink_ops, &sink, &options), 0);
-	diff.log = &fake_log_ops;
-	memcpy(diff.sent_crc, crcs, PAGES * sizeof(uint32_t));
-	CU_ASSERT_EQUAL(precopy_resume_logging(&diff), 0);
-	CU_ASSERT_EQUAL(precopy_final_pass(&diff), 0); /* takes page 12's mark */
-	precopy_free(&diff);			       /* and is never committed */
-	CU_ASSERT_EQUAL_FATAL(precopy_init(&diff, vm, &sink_ops, &sink, &options), 0);
-	diff.log = &fake_log_ops;
-	memcpy(diff.sent_crc, crcs, PAGES * sizeof(uint32_t));
-	CU_ASSERT_EQUAL(precopy_resume_logging(&diff), 0);
-	CU_ASSERT_EQUAL(precopy_final_pass(&diff), 0);
+	resume_diff(&diff, vm, &sink, crcs); /* takes page 12's mark */
+	precopy_free(&diff);		     /* and is never committed */
+	resume_diff(&diff, vm, &sink, crcs);
 	CU_ASSERT(!diff.final_tracked);
 	CU_ASSERT_EQUAL(diff.final_pages, 1); /* page 12, found by comparison */
-	CU_ASSERT_EQUAL(memcmp(sink.copy, vm->mem.host_base, (size_t)PAGES * PAGE), 0);
-	precopy_kept_log_from(&diff);
-	memcpy(crcs, diff.sent_crc, PAGES * sizeof(uint32_t));
-	precopy_free(&diff);
+	commit_diff(&diff, crcs);
 
-	/* A migration starts its own log, which clears the marks. */
 	struct precopy migration;
 	struct memory_sink elsewhere = { .copy = calloc(PAGES, PAGE), .fail_after = -1 };
+	struct precopy_options options = { .max_rounds = 1, .max_downtime_ms = 1 };
 	vmm_writes(vm, 9, 90);
 	CU_ASSERT_EQUAL_FATAL(precopy_init(&migration, vm, &sink_ops, &elsewhere, &options), 0);
 	migration.log = &fake_log_ops;
 	CU_ASSERT_EQUAL(precopy_start_logging(&migration), 0);
 	precopy_free(&migration);
 	free(elsewhere.copy);
-
-	CU_ASSERT_EQUAL_FATAL(precopy_init(&diff, vm, &sink_ops, &sink, &options), 0);
-	diff.log = &fake_log_ops;
-	memcpy(diff.sent_crc, crcs, PAGES * sizeof(uint32_t));
-	CU_ASSERT_EQUAL(precopy_resume_logging(&diff), 0);
-	CU_ASSERT_EQUAL(precopy_final_pass(&diff), 0);
+	resume_diff(&diff, vm, &sink, crcs);
 	CU_ASSERT(!diff.final_tracked);
 	CU_ASSERT_EQUAL(diff.final_pages, 1); /* page 9, found by comparison */
-	CU_ASSERT_EQUAL(memcmp(sink.copy, vm->mem.host_base, (size_t)PAGES * PAGE), 0);
 	precopy_free(&diff);
 	free(crcs);
 	free(sink.copy);
