@@ -595,10 +595,11 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 	return 0;
 
 fail:
-	/* Let go of what this side opened (disk locks, a NIC's socket path or
-	 * tap) before saying FAILED: the source takes them back as soon as it
-	 * reads it, and finding them still held it would stop (disks) or run
-	 * on without its link (NICs). */
+	/* Let go of what this side opened (disk locks, a NIC's tap; a NIC's
+	 * socket path gets the source's socket back) before saying FAILED:
+	 * the source takes them back as soon as it reads it, and finding them
+	 * still held it would stop (disks, taps) or run on without its link
+	 * (sockets). */
 	if (created)
 		vm_destroy(vm);
 	if (conn) {
