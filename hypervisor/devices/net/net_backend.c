@@ -424,7 +424,7 @@ int net_backend_release(struct net_backend *nb, char *error, size_t error_len)
 			if (err < 0)
 				return kapsel_fail(
 					error, error_len, err,
-					"net %u: tap '%s' could not be taken back if the destination failed: an earlier failed migration used the spare /dev/net/tun descriptor, and /dev/net/tun cannot be opened again here (%s; a jail does not have it); save and restore the VM (the new process opens a new one) to migrate it",
+					"net %u: tap '%s' could not be taken back if the destination failed: an earlier failed migration used the spare /dev/net/tun descriptor, and /dev/net/tun cannot be opened again in the sandbox (%s: a jail does not have it, a --user may not open it); save and restore the VM (the new process opens a new one) to migrate it",
 					nb->index, nb->name, strerror(-err));
 			nb->spare_tun_fd = err;
 		}
@@ -527,8 +527,9 @@ int net_backend_reacquire(struct net_backend *nb, char *error, size_t error_len)
 	}
 	close(fd);
 	nb->released = false;
-	/* For the next failed migration; in a jail this fails, and the next
-	 * release refuses to hand the tap over. */
+	/* For the next failed migration; in a jail (or as a --user without
+	 * access to /dev/net/tun) this fails, and the next release refuses
+	 * to hand the tap over. */
 	if (nb->kind == VM_NET_BACKEND_TAP && nb->spare_tun_fd < 0) {
 		int spare = open_tun_device();
 		nb->spare_tun_fd = spare >= 0 ? spare : -1;
