@@ -198,10 +198,10 @@ net-pv-migrate | net-ne2000-migrate)
 	# Live-migrate the ping VM mid-run; the destination binds the same
 	# socket path from its own definition once the source let it go.
 	# The NE2000 costs about 43 exits a frame (the nested hypervisor splits
-	# its 'rep outs' per element): under nested emulation it makes about
-	# 70 round trips/s against PV's 600 (measured), so it gets fewer
-	# frames; both counts last well past the migration at frame 2000 and
-	# end within the VMs' 400 s there.
+	# its 'rep outs' per element): under nested emulation it made 70 to
+	# 120 round trips/s against PV's 475 to 650 (measured), so it gets
+	# fewer frames; both counts last well past the migration at frame
+	# 2000 and end within the VMs' 400 s there.
 	model=pv dev=net-pv SR_COUNT=60000
 	[ "$1" = net-ne2000-migrate ] && model=ne2000 dev=ne2000 SR_COUNT=12000
 	start_pong
