@@ -153,6 +153,9 @@ struct kapsel_vm {
 	uint64_t paused_total_ns;   /* time spent paused, for uptime reports */
 	uint64_t paused_since_ns;   /* vm_clock_ns when the pause began */
 	void *control;		    /* struct control_server *, or NULL */
+	/* Arriving by migration (migrate_receive), until it runs: a NIC keeps
+	 * the source's socket it replaces, to give it back on failure. */
+	bool incoming;
 	enum vm_run_state state;
 	enum kapsel_shutdown_reason shutdown_reason;
 	int exit_code;		    /* what `kapsel run` exits with */

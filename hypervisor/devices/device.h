@@ -75,11 +75,16 @@ struct kapsel_device_ops {
 	/* ---- Live migration (migrate.c); optional, vCPU paused, quiesced ---- */
 	/* The final state went out and the destination is about to open the
 	 * device's host endpoint (a socket path, a tap) from its own
-	 * definition: let go of it.  Returns 0 or a negative errno. */
-	int (*host_release)(struct kapsel_device *dev);
+	 * definition: let go of it, keeping what host_reacquire needs (the
+	 * process may be in a jail by now).  Returns 0 or a negative errno
+	 * with a message. */
+	int (*host_release)(struct kapsel_device *dev, char *error, size_t error_len);
 	/* The destination failed after host_release: take the endpoint back
 	 * so this VM runs on.  Returns 0 or a negative errno with a message. */
 	int (*host_reacquire)(struct kapsel_device *dev, char *error, size_t error_len);
+	/* Destination side (vm->incoming): the VM runs here now; forget what
+	 * was kept to give the source's endpoint back (net_backend_confirm). */
+	void (*host_confirm)(struct kapsel_device *dev);
 };
 
 struct kapsel_device {

@@ -171,18 +171,23 @@ static int devices_release_host(struct kapsel_vm *vm, char *error, size_t error_
 {
 	for (unsigned i = 0; i < vm->device_count; i++) {
 		struct kapsel_device *dev = vm->devices[i];
-		int err = dev->ops->host_release ? dev->ops->host_release(dev) : 0;
+		char detail[512];
+		int err = dev->ops->host_release
+				  ? dev->ops->host_release(dev, detail, sizeof(detail))
+				  : 0;
 		if (err)
 			return kapsel_fail(error, error_len, err,
 					   "device %u (%s) cannot hand its host end over: %s", i,
-					   dev->ops->name, strerror(-err));
+					   dev->ops->name, detail);
 	}
 	return 0;
 }
 
-/* The migration failed after devices_release_host: take them back.
- * Returns false (after logging why) if one could not be taken back: the
- * destination may hold it, and be running. */
+/* The migration failed after devices_release_host: take them back, by
+ * what release kept, never by a path (this process may be in a jail now,
+ * and nothing the destination said is used).  Returns false (after
+ * logging why) if one could not be taken back: the destination may hold
+ * it, and be running. */
 static bool devices_reacquire_host(struct kapsel_vm *vm)
 {
 	bool all = true;
@@ -481,6 +486,7 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 					break;
 				}
 				created = true;
+				vm->incoming = true;
 				guest_memory_clear(&vm->mem);
 				memory_started = true;
 			}
@@ -582,6 +588,12 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 			    strerror(-err));
 		goto fail;
 	}
+	/* The VM is ours now: what the source's devices left (a socket
+	 * moved aside) is no longer to be given back. */
+	for (unsigned i = 0; i < vm->device_count; i++)
+		if (vm->devices[i]->ops->host_confirm)
+			vm->devices[i]->ops->host_confirm(vm->devices[i]);
+	vm->incoming = false;
 	kapsel_debug("migration received in %.3f ms", (monotonic_ns() - start_ns) / 1e6);
 	migrate_transport_close(conn);
 	vm_state_records_free(&header);
@@ -589,10 +601,11 @@ int migrate_receive(const char *uri, const struct vm_config *overrides, struct k
 	return 0;
 
 fail:
-	/* Let go of what this side opened (disk locks, a NIC's socket path or
-	 * tap) before saying FAILED: the source takes them back as soon as it
-	 * reads it, and finding them still held it would stop (disks) or run
-	 * on without its link (NICs). */
+	/* Let go of what this side opened (disk locks, a NIC's tap; a NIC's
+	 * socket path gets the source's socket back) before saying FAILED:
+	 * the source takes them back as soon as it reads it, and finding them
+	 * still held it would stop (disks, taps) or run on without its link
+	 * (sockets). */
 	if (created)
 		vm_destroy(vm);
 	if (conn) {

@@ -135,6 +135,26 @@ make_temp_dir() {
 	export KAPSEL_RUNTIME_DIR=$TMP/rt
 }
 
+# make_psk FILE: a fresh 32-byte pre-shared key, mode 0600.
+make_psk() {
+	(umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$1")
+}
+
+# wait_listening PORT [NETNS]: until a socket listens on PORT (read from
+# /proc/net/tcp, of network namespace NETNS if given: connecting would be
+# taken for the migration itself).
+wait_listening() {
+	local i hex in_ns=()
+	hex=$(printf '%04X' "$1")
+	[ -n "${2:-}" ] && in_ns=(ip netns exec "$2")
+	for i in $(seq 400); do
+		"${in_ns[@]}" awk -v p=":$hex" '$2 ~ p"$" && $4 == "0A" { found = 1 } END { exit !found }' \
+			/proc/net/tcp /proc/net/tcp6 2>/dev/null && return 0
+		sleep 0.05
+	done
+	fail "nothing listens on port $1"
+}
+
 # live_migrate SRC_OUT SRC_ERR DST_OUT DST_ERR PATTERN SECONDS -- SRC_ARGS... -- DST_ARGS...:
 # a live migration over loopback TLS (a fresh pre-shared key and port): the
 # destination (kapsel run DST_ARGS --incoming) and the source (kapsel run
@@ -150,7 +170,7 @@ live_migrate() {
 	while [ $# -gt 0 ] && [ "$1" != -- ]; do src_args+=("$1"); shift; done
 	[ $# -gt 0 ] && shift
 	dst_args=("$@")
-	(umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$TMP/mig.psk")
+	make_psk "$TMP/mig.psk"
 	local port=$((20000 + $$ % 20000)) name=mig-$$
 	timeout --kill-after=5 "$limit" "$KAPSEL" run --no-console-input --no-control \
 		"${dst_args[@]}" --incoming "tcp:127.0.0.1:$port,psk=$TMP/mig.psk" \

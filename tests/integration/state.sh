@@ -318,24 +318,6 @@ EOF
 	wait_listening "$1"
 }
 
-# wait_listening PORT: until a socket listens on PORT (read from
-# /proc/net/tcp: connecting would be taken for the migration itself).
-wait_listening() {
-	local i hex
-	hex=$(printf '%04X' "$1")
-	for i in $(seq 400); do
-		awk -v p=":$hex" '$2 ~ p"$" && $4 == "0A" { found = 1 } END { exit !found }' \
-			/proc/net/tcp /proc/net/tcp6 2>/dev/null && return 0
-		sleep 0.05
-	done
-	fail "nothing listens on port $1"
-}
-
-# make_psk FILE: a fresh 32-byte pre-shared key, mode 0600.
-make_psk() {
-	(umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$1")
-}
-
 # device_list DIR: the devices a saved state holds, one "INDEX TYPE (NAME)
 # ports/doorbell/sectors" line each, without what changes while the guest
 # runs (event channel bindings, exit counts).

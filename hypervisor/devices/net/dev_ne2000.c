@@ -153,17 +153,22 @@ static int dev_ne2000_load(struct kapsel_device *dev, uint32_t type, const void 
 }
 
 /* Migration: the destination opens the socket path or tap now. */
-static int dev_ne2000_host_release(struct kapsel_device *dev)
+static int dev_ne2000_host_release(struct kapsel_device *dev, char *error, size_t error_len)
 {
 	struct dev_ne2000 *d = dev->priv;
-	return net_backend_release(&d->backend);
+	return net_backend_release(&d->backend, error, error_len);
 }
 
 static int dev_ne2000_host_reacquire(struct kapsel_device *dev, char *error, size_t error_len)
 {
 	struct dev_ne2000 *d = dev->priv;
-	return net_backend_reacquire(&d->backend, &dev->vm->config->nets[d->unit], error,
-				     error_len);
+	return net_backend_reacquire(&d->backend, error, error_len);
+}
+
+static void dev_ne2000_host_confirm(struct kapsel_device *dev)
+{
+	struct dev_ne2000 *d = dev->priv;
+	net_backend_confirm(&d->backend);
 }
 
 static void dev_ne2000_destroy(struct kapsel_device *dev)
@@ -185,6 +190,7 @@ const struct kapsel_device_ops dev_ne2000_ops = {
 	.load = dev_ne2000_load,
 	.host_release = dev_ne2000_host_release,
 	.host_reacquire = dev_ne2000_host_reacquire,
+	.host_confirm = dev_ne2000_host_confirm,
 };
 
 int dev_ne2000_create(struct kapsel_vm *vm, const struct vm_net_config *config, unsigned unit)
@@ -199,8 +205,8 @@ int dev_ne2000_create(struct kapsel_vm *vm, const struct vm_net_config *config, 
 	if (!d)
 		return -ENOMEM;
 	d->unit = unit;
-	int err =
-		net_backend_open(&d->backend, config, unit, vm_clock_ns(vm), error, sizeof(error));
+	int err = net_backend_open(&d->backend, config, unit, vm_clock_ns(vm), vm->incoming, error,
+				   sizeof(error));
 	if (err) {
 		kapsel_error("%s", error);
 		free(d);

@@ -347,17 +347,22 @@ static int net_pv_load(struct kapsel_device *dev, uint32_t type, const void *pay
 }
 
 /* Migration: the destination opens the socket path or tap now. */
-static int net_pv_host_release(struct kapsel_device *dev)
+static int net_pv_host_release(struct kapsel_device *dev, char *error, size_t error_len)
 {
 	struct net_pv *n = dev->priv;
-	return net_backend_release(&n->backend);
+	return net_backend_release(&n->backend, error, error_len);
 }
 
 static int net_pv_host_reacquire(struct kapsel_device *dev, char *error, size_t error_len)
 {
 	struct net_pv *n = dev->priv;
-	return net_backend_reacquire(&n->backend, &dev->vm->config->nets[n->pv.unit], error,
-				     error_len);
+	return net_backend_reacquire(&n->backend, error, error_len);
+}
+
+static void net_pv_host_confirm(struct kapsel_device *dev)
+{
+	struct net_pv *n = dev->priv;
+	net_backend_confirm(&n->backend);
 }
 
 static void net_pv_destroy(struct kapsel_device *dev)
@@ -383,6 +388,7 @@ const struct kapsel_device_ops net_pv_ops = {
 	.load = net_pv_load,
 	.host_release = net_pv_host_release,
 	.host_reacquire = net_pv_host_reacquire,
+	.host_confirm = net_pv_host_confirm,
 };
 
 int dev_net_pv_create(struct kapsel_vm *vm, const struct vm_net_config *config, unsigned unit)
@@ -395,8 +401,8 @@ int dev_net_pv_create(struct kapsel_vm *vm, const struct vm_net_config *config, 
 		pv_queue_init(&n->queues[q], sizeof(struct kapsel_net_request),
 			      sizeof(struct kapsel_net_response));
 	pv_device_init(&n->pv, &net_pv_class, &net_pv_ops, n, n->queues, unit);
-	int err =
-		net_backend_open(&n->backend, config, unit, vm_clock_ns(vm), error, sizeof(error));
+	int err = net_backend_open(&n->backend, config, unit, vm_clock_ns(vm), vm->incoming, error,
+				   sizeof(error));
 	if (err) {
 		kapsel_error("%s", error);
 		free(n);

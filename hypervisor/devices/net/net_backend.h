@@ -37,6 +37,25 @@ struct net_backend {
 	dev_t bound_dev;      /* the socket file we bound (unlink only that one) */
 	ino_t bound_ino;
 	bool released; /* the host end went to a migration destination */
+	/*
+	 * What a failed migration takes the host end back with, opened while
+	 * the process may still open it (before the jail and the user
+	 * switch; docs/migration.md).  TAP: an unattached /dev/net/tun
+	 * descriptor, or -1.  Socket, while released: the socket itself,
+	 * still bound (held_fd), muted by a connection to an unnamed socket
+	 * (mute_fd) so that nobody else may send to it; -1 otherwise.
+	 */
+	int spare_tun_fd;
+	int held_fd;
+	int mute_fd;
+	/*
+	 * An incoming migration found the source's socket at our path and
+	 * moved it to aside_path (that inode: aside_dev, aside_ino); closing
+	 * before net_backend_confirm puts it back.  NULL if nothing was moved.
+	 */
+	char *aside_path;
+	dev_t aside_dev;
+	ino_t aside_ino;
 	struct sockaddr_un peer;
 	socklen_t peer_len;
 	uint8_t *scratch; /* catches the tail of an oversized frame */
@@ -47,19 +66,32 @@ struct net_backend {
 	struct net_stats stats;
 };
 
+/* Appended to a socket path for the source's socket an incoming migration moves aside. */
+#define NET_HANDOVER_SUFFIX ".handover"
+
 /*
  * Open the backend of net config (number index) for a VM: bind the socket
  * path (a stale socket nobody serves is replaced; a live one is refused)
  * or attach to the TAP interface (created if missing; needs
- * CAP_NET_ADMIN).  Errors come back as -errno with a message in error
- * naming the path or interface and the fix.
+ * CAP_NET_ADMIN) and open a spare /dev/net/tun descriptor for a failed
+ * migration to take it back with.  incoming: the VM arrives by migration;
+ * a socket at the path that does not answer (the source's, muted by
+ * net_backend_release) is moved to PATH.handover instead of removed, to be
+ * put back if the migration fails (net_backend_close) or removed once it
+ * succeeded (net_backend_confirm).  Errors come back as -errno with a
+ * message in error naming the path or interface and the fix.
  */
 int net_backend_open(struct net_backend *nb, const struct vm_net_config *config, unsigned index,
-		     uint64_t now_ns, char *error, size_t error_len);
+		     uint64_t now_ns, bool incoming, char *error, size_t error_len);
 
-/* Close the fd and remove a socket path we bound.  Safe on a zeroed or
- * half-opened backend whose fd is -1. */
+/* Close the fds, put back a socket an incoming migration moved aside (see
+ * net_backend_open) and remove a socket path we bound.  Safe on a zeroed
+ * or half-opened backend whose fd is -1. */
 void net_backend_close(struct net_backend *nb);
+
+/* The incoming migration succeeded (this VM runs): remove the source's
+ * socket that net_backend_open moved aside.  A no-op otherwise. */
+void net_backend_confirm(struct net_backend *nb);
 
 /*
  * Send one frame made of iov (already validated: 14..1514 bytes in all).
@@ -92,22 +124,28 @@ uint64_t net_backend_drop_waiting(struct net_backend *nb);
 
 /*
  * A live migration hands the host end over (the destination opens the same
- * socket path or tap from its own definition): drop what waits (counted as
- * by net_backend_drop_waiting), put an inert eventfd in place of the fd (so
- * a poll or send on it does nothing) and give the socket path up.  Same
- * precondition as net_backend_drop_waiting.  Returns 0 or -errno.
+ * socket path or tap from its own definition): put an inert eventfd in
+ * place of the fd (so a poll or send on it does nothing) and drop what
+ * waits (counted as by net_backend_drop_waiting).  A tap is closed, which
+ * lets the destination attach it; a socket stays open and bound but muted
+ * (held_fd): the destination sees it as stale and moves it aside (see
+ * net_backend_open).  Refuses a tap that could not be taken back (no
+ * spare descriptor, and /dev/net/tun cannot be opened now).  Same
+ * precondition as net_backend_drop_waiting.  Returns 0 or -errno with a
+ * message in error.
  */
-int net_backend_release(struct net_backend *nb);
+int net_backend_release(struct net_backend *nb, char *error, size_t error_len);
 
 /*
- * The migration failed after net_backend_release: open config's socket or
- * tap again in place of the inert fd (same fd number).  Returns 0 or
+ * The migration failed after net_backend_release: take the host end back
+ * in place of the inert fd (same fd number), by no path: a socket is the
+ * one kept open (unmuted), a tap is attached by its name to the spare
+ * /dev/net/tun descriptor.  So it works in a jail and after the user
+ * switch.  Fails if the destination still holds the tap.  Returns 0 or
  * -errno with a message in error.  A no-op unless released.  Runs on the
- * control thread (migrate_send): the sandbox lets it create sockets and
- * attach a tap (TUNSETIFF).
+ * control thread (migrate_send): the sandbox lets it TUNSETIFF.
  */
-int net_backend_reacquire(struct net_backend *nb, const struct vm_net_config *config, char *error,
-			  size_t error_len);
+int net_backend_reacquire(struct net_backend *nb, char *error, size_t error_len);
 
 /* The counters as VM_STATE_NET_COUNTERS numbers (a state record) and back. */
 void net_stats_to_array(struct net_backend *nb, uint64_t counters[11]);
