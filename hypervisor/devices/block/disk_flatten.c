@@ -21,7 +21,7 @@ unsigned disk_image_chain_overlays(const struct disk_image *disk)
 	return count;
 }
 
-static const struct disk_image *chain_base(const struct disk_image *disk)
+const struct disk_image *disk_image_chain_base(const struct disk_image *disk)
 {
 	while (disk->overlay)
 		disk = disk->overlay->base;
@@ -99,7 +99,7 @@ static int write_overlay_header(struct disk_image *source, struct flatten_plan *
 				const char *out_path, uint32_t *crc, uint64_t *data_bytes,
 				char *error, size_t error_len)
 {
-	const struct disk_image *base = chain_base(source);
+	const struct disk_image *base = disk_image_chain_base(source);
 	struct stat st;
 	if (fstat(base->fd, &st) < 0)
 		return kapsel_fail(error, error_len, -errno, "the chain's base image: %s",
@@ -209,7 +209,7 @@ static int compare_with_chain(struct disk_image *source, const struct flatten_pl
 		   (copy.overlay->bitmap_bytes != plan->bitmap_bytes ||
 		    memcmp(copy.overlay->bitmap, plan->present, plan->bitmap_bytes) != 0 ||
 		    copy.overlay->base->overlay ||
-		    !same_file(copy.overlay->base->fd, chain_base(source)->fd))) {
+		    !same_file(copy.overlay->base->fd, disk_image_chain_base(source)->fd))) {
 		err = kapsel_fail(
 			error, error_len, -EIO,
 			"'%s' read back with another block map or base than was written; the file was changed while merging",

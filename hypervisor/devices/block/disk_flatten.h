@@ -56,4 +56,8 @@ int disk_image_flatten(struct disk_image *source, enum disk_flatten_form form, i
 /* Overlays above the base in disk's chain (0 for a raw image). */
 unsigned disk_image_chain_overlays(const struct disk_image *disk);
 
+/* The raw image at the bottom of disk's chain (disk itself if raw); a
+ * flattened overlay names it as its base. */
+const struct disk_image *disk_image_chain_base(const struct disk_image *disk);
+
 #endif
