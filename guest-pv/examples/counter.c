@@ -7,7 +7,7 @@
 
 /*
  * Command line: counter [ticks=N] [interval_ms=N] [pattern_mb=N] [late_pattern_mb=N]
- *                       [disk=0|1] [churn_mb=N] [churn_mbps=N]
+ *                       [disk=0|1] [disk_check=0|1] [churn_mb=N] [churn_mbps=N]
  *
  * Every interval_ms the guest advances its counter and folds it into a
  * running checksum:  sum(n) = mix64(sum(n-1) ^ n),  sum(0) = 0,
@@ -25,6 +25,12 @@
  * when the generation changes (the VM was restored, cloned or migrated)
  * the guest verifies both, prints "memory ok ..." or panics, derives a new
  * unique id and prints "new generation G name NAME id HEX".
+ *
+ * Disk check (disk_check=1): at a new generation the guest also reads its
+ * disk back: the records of ticks 1..N (N its counter) must all be there
+ * and right, and none for tick N+1, which it had not written when the
+ * state was taken; it prints "disk ok: N records" or panics.  So a restore
+ * from a snapshot shows the disk as it was at that snapshot.
  *
  * Dirtying memory (live save and migration tests): with churn_mb=N the
  * guest also rewrites a region of N MiB, page after page round the
@@ -71,6 +77,9 @@ static uint64_t *churn;		       /* churn_pages pages */
 static volatile uint64_t *churn_stamp; /* per page: its stamp, CHURN_BUSY while written */
 static uint64_t churn_pages, churn_cursor, churn_next_stamp, churn_written;
 #define CHURN_BUSY (1ull << 63)
+static struct kg_block_device *disk;
+static uint64_t disk_capacity;
+static uint64_t *disk_check_buffer; /* one page: 8 sectors; NULL: no check */
 
 static uint64_t option(const char *key, uint64_t fallback)
 {
@@ -143,10 +152,54 @@ static void verify_late_memory(void)
 	kg_printf("late memory ok: %llu words\n", (unsigned long long)late_pattern_words);
 }
 
+/* One record as write_record wrote it for tick n with running sum sum. */
+static void check_record(const uint64_t *record, uint64_t n, uint64_t sum)
+{
+	if (record[0] != RECORD_MAGIC || record[1] != n || record[2] != sum)
+		kg_panic("disk sector %llu: magic %llx tick %llu sum %llx, expected tick %llu sum %llx",
+			 (unsigned long long)n, (unsigned long long)record[0],
+			 (unsigned long long)record[1], (unsigned long long)record[2],
+			 (unsigned long long)n, (unsigned long long)sum);
+	for (unsigned i = 4; i < SECTOR_BYTES / 8; i++)
+		if (record[i] != mix64(sum ^ i))
+			kg_panic("disk sector %llu: word %u corrupt", (unsigned long long)n, i);
+}
+
+static void verify_disk(void)
+{
+	const unsigned per_read = 4096 / SECTOR_BYTES;
+	uint64_t last = counter < disk_capacity ? counter : disk_capacity - 1;
+	uint64_t sum = 0;
+	for (uint64_t n = 1; n <= last; n += per_read) {
+		uint32_t count = last - n + 1 < per_read ? (uint32_t)(last - n + 1) : per_read;
+		int err = kg_block_read(disk, n, disk_check_buffer, count);
+		if (err)
+			kg_panic("disk read of sectors %llu+%u failed: %d", (unsigned long long)n,
+				 count, err);
+		for (uint32_t j = 0; j < count; j++) {
+			sum = mix64(sum ^ (n + j));
+			check_record(disk_check_buffer + j * (SECTOR_BYTES / 8), n + j, sum);
+		}
+	}
+	if (last + 1 < disk_capacity) {
+		int err = kg_block_read(disk, last + 1, disk_check_buffer, 1);
+		if (err)
+			kg_panic("disk read of sector %llu failed: %d",
+				 (unsigned long long)(last + 1), err);
+		if (disk_check_buffer[0] == RECORD_MAGIC)
+			kg_panic("disk sector %llu holds tick %llu, written after this state was taken",
+				 (unsigned long long)(last + 1),
+				 (unsigned long long)disk_check_buffer[1]);
+	}
+	kg_printf("disk ok: %llu records\n", (unsigned long long)last);
+}
+
 static void on_new_generation(uint64_t generation)
 {
 	const struct kapsel_start_info *si = kg_platform_start_info();
 	verify_memory();
+	if (disk && disk_check_buffer && disk_capacity > 1)
+		verify_disk();
 	/* What must be unique per instance is derived again here. */
 	unique_id =
 		mix64(kg_rdtsc() ^ generation ^ mix64((uint64_t)si->uuid[0] << 8 | si->uuid[1]));
@@ -229,7 +282,6 @@ int main(int argc, char **argv)
 			churn_stamp[p] = 0; /* zero pages: stamp 0 */
 	}
 
-	struct kg_block_device *disk = 0;
 	uint64_t capacity = 0;
 	uint64_t *sector_buffer = kg_os_alloc_pages(1);
 	if (option("disk", 1) && kg_block_open(0, KG_BLOCK_AUTO, &disk) == 0) {
@@ -238,6 +290,12 @@ int main(int argc, char **argv)
 		capacity = info.capacity_sectors;
 		kg_printf("counter: disk of %llu sectors via %s\n", (unsigned long long)capacity,
 			  info.path == KG_BLOCK_PV ? "pv" : "ata");
+		disk_capacity = capacity;
+		if (option("disk_check", 0)) {
+			disk_check_buffer = kg_os_alloc_pages(1);
+			if (!disk_check_buffer)
+				kg_panic("no memory for the disk check");
+		}
 	}
 	generation_seen = kg_platform_generation();
 	unique_id = mix64(kg_rdtsc() ^ generation_seen);

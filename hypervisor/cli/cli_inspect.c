@@ -1,11 +1,13 @@
 /* `kapsel inspect`: check a saved VM state directory completely and decode it for a reader. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "core/error_text.h"
@@ -217,12 +219,13 @@ static void print_state(const struct vm_state_dir *dir, bool list_records, FILE 
 		if (rec->length_bytes < sizeof(disk))
 			continue;
 		memcpy(&disk, rec->payload, sizeof(disk));
-		fprintf(out, "disk %u: %.*s, %llu bytes, bus %s%s%s\n", disk.index,
+		fprintf(out, "disk %u: %.*s, %llu bytes, bus %s%s%s%s\n", disk.index,
 			(int)(rec->length_bytes - sizeof(disk)),
 			(const char *)rec->payload + sizeof(disk),
 			(unsigned long long)disk.size_bytes, disk.bus ? "ata" : "pv",
 			disk.readonly ? ", read-only" : "",
-			(disk.flags & VM_STATE_DISK_OVERLAY) ? ", overlay" : "");
+			(disk.flags & VM_STATE_DISK_OVERLAY) ? ", overlay" : "",
+			(disk.flags & VM_STATE_DISK_FROZEN) ? ", frozen" : "");
 	}
 	if (list_records) {
 		fprintf(out, "records:\n");
@@ -365,6 +368,7 @@ static void state_json(struct json_writer *w, const struct vm_state_dir *dir)
 		json_writer_string(w, "bus", disk.bus ? "ata" : "pv");
 		json_writer_bool(w, "readonly", disk.readonly != 0);
 		json_writer_bool(w, "overlay", (disk.flags & VM_STATE_DISK_OVERLAY) != 0);
+		json_writer_bool(w, "frozen", (disk.flags & VM_STATE_DISK_FROZEN) != 0);
 		json_writer_close(w, '}');
 		free(path);
 	}
@@ -456,6 +460,30 @@ static int check_chain(const struct vm_state_dir *dir, struct json_writer *w, FI
 	return err;
 }
 
+/* The CRC32C of every listed file besides state.bin and memory.img (which
+ * vm_state_dir_open checked): domain.xml, memory.map, a merged state's
+ * disk images. */
+static int check_other_files(const struct vm_state_dir *dir, char *error, size_t error_len)
+{
+	for (unsigned i = 0; i < dir->file_count; i++) {
+		const struct vm_state_manifest_file *f = &dir->files[i];
+		if (strcmp(f->name, VM_STATE_FILE_STATE) == 0 ||
+		    strcmp(f->name, VM_STATE_FILE_MEMORY) == 0)
+			continue;
+		int fd = openat(dir->dirfd, f->name, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			return kapsel_fail(error, error_len, -errno, "%s/%s: %s", dir->path,
+					   f->name, strerror(errno));
+		char detail[512];
+		int err = vm_state_check_flat_fd(fd, f->name, f->size_bytes, f->crc32c, NULL,
+						 detail, sizeof(detail));
+		close(fd);
+		if (err)
+			return kapsel_fail(error, error_len, err, "%s/%s", dir->path, detail);
+	}
+	return 0;
+}
+
 int cli_inspect(int argc, char **argv)
 {
 	bool list_records = false, json = false;
@@ -493,6 +521,13 @@ int cli_inspect(int argc, char **argv)
 		kapsel_error("invalid state: %s", error);
 		if (json)
 			verdict_json(&w, false, false, error);
+		return 1;
+	}
+	if (check_other_files(&dir, error, sizeof(error)) < 0) {
+		kapsel_error("invalid state: %s", error);
+		if (json)
+			verdict_json(&w, false, false, error);
+		vm_state_dir_close(&dir);
 		return 1;
 	}
 	if (json)

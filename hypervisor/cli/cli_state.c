@@ -22,6 +22,7 @@
 #include "control/control_client.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "devices/block/disk_overlay.h"
 #include "state/snapshot.h"
 #include "state/snapshot_chain.h"
 #include "core/vm.h"
@@ -558,49 +559,149 @@ static int save_or_snapshot(int argc, char **argv, bool snapshot)
 
 void cli_merge_usage(FILE *out)
 {
-	fprintf(out, "Usage: kapsel merge DIR NEWDIR\n"
-		     "\n"
-		     "Write the saved state DIR, a diff snapshot (kapsel snapshot --diff) with\n"
-		     "the chain of states below it, as one full state NEWDIR (created, or\n"
-		     "replaced atomically; NEWDIR may be DIR itself): memory layered into one\n"
-		     "memory.img, the state without its parent.  Every link of the chain is\n"
-		     "checked (each parent next to its diff, with the id and memory checksum\n"
-		     "the diff recorded) and so is the result.  The disk records are kept: they\n"
-		     "name the frozen images the snapshots left, which stay as they are.\n");
+	fprintf(out,
+		"Usage: kapsel merge [--disk N=PATH[,format=raw|overlay]]... [--disk-format overlay|raw]\n"
+		"                    [--keep-disks] DIR NEWDIR\n"
+		"\n"
+		"Write the saved state DIR, a diff snapshot (kapsel snapshot --diff) with\n"
+		"the chain of states below it, or any snapshot, as one full state NEWDIR\n"
+		"(created, or replaced atomically; NEWDIR may be DIR itself): memory layered\n"
+		"into one memory.img, the state without its parent, and every disk the\n"
+		"snapshots froze flattened into one image inside NEWDIR.  Every link of the\n"
+		"chain is checked (each parent next to its diff, with the id and memory\n"
+		"checksum the diff recorded), and so is the result: each new disk image is\n"
+		"read back and compared with its overlay chain block by block before NEWDIR\n"
+		"is committed.  Nothing of DIR, its chain or the disk images is changed.\n"
+		"Restore NEWDIR with only --kernel (and --net): its disks are found inside it.\n"
+		"\n"
+		"  -d, --disk N=PATH[,format=raw|overlay]\n"
+		"                      the image disk N of DIR is frozen in, as 'kapsel inspect\n"
+		"                      DIR' shows it (a state never chooses host files; an image\n"
+		"                      inside DIR is found without it); format=overlay when it is\n"
+		"                      one.  Its chain of overlays is opened with every base's\n"
+		"                      identity checked, at most %u deep\n"
+		"      --disk-format overlay|raw\n"
+		"                      overlay (default): NEWDIR/diskN.kovl, one overlay over the\n"
+		"                      raw base under the chain, holding every block any overlay\n"
+		"                      holds; the base must stay.  raw: NEWDIR/diskN.img, a full\n"
+		"                      copy of the disk (zero blocks left as holes), needing\n"
+		"                      neither the chain nor its base\n"
+		"      --keep-disks    merge the memory only; the disk records keep naming the\n"
+		"                      frozen images, which restore needs named with --disk\n"
+		"  -v, --verbose       log more\n",
+		DISK_OVERLAY_MAX_CHAIN);
+}
+
+static void print_size(char *text, size_t text_len, uint64_t bytes)
+{
+	if (bytes >= (10ull << 20))
+		snprintf(text, text_len, "%llu MiB", (unsigned long long)(bytes >> 20));
+	else
+		snprintf(text, text_len, "%llu KiB", (unsigned long long)((bytes + 1023) >> 10));
 }
 
 int cli_merge(int argc, char **argv)
 {
-	const char *args[2] = { NULL, NULL };
-	unsigned count = 0;
-	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+	enum {
+		OPT_DISK_FORMAT = 256,
+		OPT_KEEP_DISKS
+	};
+	static const struct option options[] = {
+		{ "disk", required_argument, NULL, 'd' },
+		{ "disk-format", required_argument, NULL, OPT_DISK_FORMAT },
+		{ "keep-disks", no_argument, NULL, OPT_KEEP_DISKS },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct snapshot_host_files files = { 0 };
+	struct snapshot_merge_options merge = { .files = &files };
+	bool format_given = false, keep = false, disk_given = false;
+	char error[1024];
+	int opt, status = 2;
+	optind = 1;
+	while ((opt = getopt_long(argc, argv, "d:vh", options, NULL)) != -1) {
+		switch (opt) {
+		case 'd':
+			if (snapshot_parse_disk_mapping(optarg, &files, error, sizeof(error)) < 0) {
+				kapsel_error("%s", error);
+				goto out;
+			}
+			disk_given = true;
+			break;
+		case OPT_DISK_FORMAT:
+			if (strcmp(optarg, "overlay") == 0) {
+				merge.disks = SNAPSHOT_MERGE_DISKS_OVERLAY;
+			} else if (strcmp(optarg, "raw") == 0) {
+				merge.disks = SNAPSHOT_MERGE_DISKS_RAW;
+			} else {
+				kapsel_error("--disk-format '%s': overlay or raw", optarg);
+				goto out;
+			}
+			format_given = true;
+			break;
+		case OPT_KEEP_DISKS:
+			keep = true;
+			break;
+		case 'v':
+			kapsel_log_set_verbose(true);
+			break;
+		case 'h':
 			cli_merge_usage(stdout);
-			return 0;
-		} else if (argv[i][0] == '-' || count == 2) {
-			kapsel_error("unexpected argument '%s'; see 'kapsel merge --help'",
-				     argv[i]);
-			return 2;
-		} else {
-			args[count++] = argv[i];
+			status = 0;
+			goto out;
+		default:
+			fprintf(stderr, "Try 'kapsel merge --help'.\n");
+			goto out;
 		}
 	}
-	if (count != 2) {
+	if (keep && (format_given || disk_given)) {
+		kapsel_error(
+			"--keep-disks leaves the disks as they are: it takes no --disk or --disk-format");
+		goto out;
+	}
+	if (keep)
+		merge.disks = SNAPSHOT_MERGE_DISKS_KEEP;
+	if (argc - optind != 2) {
 		kapsel_error(
 			"merge needs a state directory and a new one; see 'kapsel merge --help'");
-		return 2;
+		goto out;
 	}
-	char error[1024];
+	const char *dir = argv[optind], *out = argv[optind + 1];
 	struct snapshot_merge_stats stats;
-	if (snapshot_chain_merge(args[0], args[1], &stats, error, sizeof(error)) < 0) {
-		kapsel_error("merge of '%s' failed: %s", args[0], error);
-		return 1;
+	if (snapshot_chain_merge(dir, out, &merge, &stats, error, sizeof(error)) < 0) {
+		kapsel_error("merge of '%s' failed: %s", dir, error);
+		status = 1;
+		goto out;
 	}
 	printf("merged %u layer%s of %s into %s: memory %llu MiB (%llu MiB data)\n", stats.layers,
-	       stats.layers == 1 ? "" : "s", args[0], args[1],
+	       stats.layers == 1 ? "" : "s", dir, out,
 	       (unsigned long long)(stats.memory_bytes >> 20),
 	       (unsigned long long)(stats.memory_data_bytes >> 20));
-	return 0;
+	for (unsigned i = 0; i < stats.disk_count; i++) {
+		const struct snapshot_merge_disk_stats *d = &stats.disks[i];
+		if (!d->flattened) {
+			printf("disk %u: %s\n", i,
+			       keep ? "kept: its record names the image the snapshot froze"
+				    : "not frozen by a snapshot (the VM went on writing it): kept as it is");
+			continue;
+		}
+		char disk_size[32], data[32];
+		print_size(disk_size, sizeof(disk_size), d->virtual_bytes);
+		print_size(data, sizeof(data), d->data_bytes);
+		if (merge.disks == SNAPSHOT_MERGE_DISKS_RAW)
+			printf("disk %u: %u overlay%s and their base copied into %s/%s (raw, %s disk, %s data); all %llu blocks read back and compared with the chain\n",
+			       i, d->overlays, d->overlays == 1 ? "" : "s", out, d->file, disk_size,
+			       data, (unsigned long long)d->blocks_compared);
+		else
+			printf("disk %u: %u overlay%s flattened into %s/%s, one overlay over their base (%llu blocks, %s data); read back and compared with the chain\n",
+			       i, d->overlays, d->overlays == 1 ? "" : "s", out, d->file,
+			       (unsigned long long)d->blocks, data);
+	}
+	status = 0;
+out:
+	snapshot_host_files_free(&files);
+	return status;
 }
 
 /* ---- migrate ------------------------------------------------------------------ */

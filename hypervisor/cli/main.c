@@ -42,7 +42,7 @@ static void usage(FILE *out)
 		"  clone     start N copies of a saved VM that share its memory\n"
 		"  migrate   live-migrate a running VM to 'kapsel run --incoming' elsewhere\n"
 		"  inspect   check and decode a saved VM state offline\n"
-		"  merge     make a diff snapshot and its chain one full state\n"
+		"  merge     make a snapshot chain one full state, its disks one image each\n"
 		"\n"
 		"  version   print Kapsel's version and hypercall ABI version (--json: as JSON)\n"
 		"  help      show this help, or 'kapsel help COMMAND' for a command's options\n"

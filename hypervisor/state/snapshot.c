@@ -844,9 +844,8 @@ int snapshot_prepare_disks(const struct vm_state_records *state, struct vm_confi
 
 /* ---- Restoring ------------------------------------------------------------- */
 
-/* The disk record of index, checked, and its path (NUL terminated). */
-static int disk_record(const struct vm_state_stored_record *rec, struct vm_state_disk *disk,
-		       char path[PATH_MAX], char *error, size_t error_len)
+int snapshot_parse_disk_record(const struct vm_state_stored_record *rec, struct vm_state_disk *disk,
+			       char path[PATH_MAX], char *error, size_t error_len)
 {
 	if (rec->length_bytes < sizeof(*disk))
 		return kapsel_fail(error, error_len, -EPROTO, "a disk record is malformed");
@@ -870,6 +869,29 @@ static char *inside_directory(const char *path, const char *dir_real)
 		return real;
 	free(real);
 	return NULL;
+}
+
+/*
+ * The file a saved path names inside the state directory (realpath
+ * dir_real), resolved, or NULL: an absolute path counts if it resolves
+ * inside it; a plain file name (no '/': how a merged state records the
+ * disk images it holds) is that file of the directory, wherever the
+ * directory was moved; any other relative path is nobody's.
+ */
+static char *state_dir_file(const char *recorded, const char *dir_real)
+{
+	if (!recorded || !recorded[0])
+		return NULL;
+	if (recorded[0] == '/')
+		return inside_directory(recorded, dir_real);
+	if (strchr(recorded, '/') || strcmp(recorded, ".") == 0 || strcmp(recorded, "..") == 0)
+		return NULL;
+	char *joined = NULL;
+	if (asprintf(&joined, "%s/%s", dir_real, recorded) < 0)
+		return NULL;
+	char *real = inside_directory(joined, dir_real);
+	free(joined);
+	return real;
 }
 
 int snapshot_parse_disk_mapping(const char *text, struct snapshot_host_files *files, char *error,
@@ -1052,6 +1074,125 @@ static int bind_net(struct vm_config *config, unsigned i, const struct vm_net_co
 	return 0;
 }
 
+/* --disk N=... for a disk the saved VM does not have is refused. */
+static int check_disk_count(const struct snapshot_host_files *files, const struct vm_config *config,
+			    char *error, size_t error_len)
+{
+	for (unsigned i = config->disk_count; i < VM_CONFIG_MAX_DISKS && files; i++)
+		if (files->disk_paths[i])
+			return kapsel_fail(error, error_len, -EINVAL,
+					   "--disk %u=...: the saved VM has %u disk(s)", i,
+					   config->disk_count);
+	return 0;
+}
+
+/* The disk half of snapshot_bind_host_files (dir_real: the state
+ * directory's realpath, or NULL); see snapshot_bind_disks. */
+static int bind_disks(const struct vm_state_records *state, const char *dir_real,
+		      const struct snapshot_host_files *files, bool frozen_only,
+		      struct vm_config *config, char *error, size_t error_len)
+{
+	/* Every disk record's flags say which disks were overlays; a frozen
+	 * disk (a snapshot's) is restored from its frozen file, the one its
+	 * record names, in the format the record holds, not the file and
+	 * format the VM went on with (which its definition has). */
+	bool record_overlay[VM_CONFIG_MAX_DISKS] = { 0 };
+	bool record_frozen[VM_CONFIG_MAX_DISKS] = { 0 };
+	char *record_path[VM_CONFIG_MAX_DISKS] = { 0 };
+	size_t position = 0;
+	const struct vm_state_stored_record *rec;
+	int err = 0;
+	while ((rec = vm_state_find(state, VM_STATE_DISK, &position)) != NULL) {
+		struct vm_state_disk disk;
+		char path[PATH_MAX];
+		err = snapshot_parse_disk_record(rec, &disk, path, error, error_len);
+		if (err)
+			goto out;
+		if (disk.index >= config->disk_count) {
+			err = kapsel_fail(error, error_len, -EPROTO,
+					  "disk record %u does not match the saved definition",
+					  disk.index);
+			goto out;
+		}
+		record_overlay[disk.index] = (disk.flags & VM_STATE_DISK_OVERLAY) != 0;
+		record_frozen[disk.index] = (disk.flags & VM_STATE_DISK_FROZEN) != 0;
+		free(record_path[disk.index]);
+		record_path[disk.index] = strdup(path);
+		if (!record_path[disk.index]) {
+			err = kapsel_fail(error, error_len, -ENOMEM, "out of memory");
+			goto out;
+		}
+	}
+
+	for (unsigned i = 0; i < config->disk_count; i++) {
+		struct vm_disk_config *d = &config->disks[i];
+		const char *named = files ? files->disk_paths[i] : NULL;
+		char *bound = NULL;
+		if (frozen_only && !record_frozen[i]) {
+			if (named) {
+				err = kapsel_fail(
+					error, error_len, -EINVAL,
+					"--disk %u=...: disk %u is not a frozen image of a snapshot (the saved VM went on writing it), so it is kept as it is; leave out --disk %u",
+					i, i, i);
+				goto out;
+			}
+			continue;
+		}
+		if (named) {
+			/* The operator's file in the operator's format; a saved
+			 * overlay must be named as one (the format is never
+			 * taken from untrusted input alone). */
+			bool format_given = files->disk_format_given[i];
+			enum vm_disk_format format = files->disk_formats[i];
+			if (!format_given &&
+			    (record_overlay[i] ||
+			     (!record_frozen[i] && d->format != VM_DISK_FORMAT_RAW))) {
+				err = kapsel_fail(
+					error, error_len, -EINVAL,
+					"disk %u was a copy-on-write overlay when saved; if '%s' is that overlay, say so: --disk %u=%s,format=overlay",
+					i, named, i, named);
+				goto out;
+			}
+			bound = strdup(named);
+			d->format = format;
+		} else if (dir_real) {
+			bound = state_dir_file(record_frozen[i] ? record_path[i] : d->path,
+					       dir_real);
+			if (bound)
+				d->format = record_overlay[i] ? VM_DISK_FORMAT_OVERLAY
+							      : VM_DISK_FORMAT_RAW;
+		}
+		if (!bound) {
+			err = kapsel_fail(
+				error, error_len, -EPERM,
+				"disk %u: its image is not in the state directory; name it with --disk %u=PATH[,format=raw|overlay] (a saved state or migration stream never chooses host files)",
+				i, i);
+			goto out;
+		}
+		free(d->path);
+		d->path = bound;
+	}
+out:
+	for (unsigned i = 0; i < VM_CONFIG_MAX_DISKS; i++)
+		free(record_path[i]);
+	return err;
+}
+
+int snapshot_bind_disks(const struct vm_state_records *state, const char *state_dir,
+			const struct snapshot_host_files *files, bool frozen_only,
+			struct vm_config *config, char *error, size_t error_len)
+{
+	char *dir_real = state_dir ? realpath(state_dir, NULL) : NULL;
+	if (state_dir && !dir_real)
+		return kapsel_fail(error, error_len, -errno, "state directory '%s': %s", state_dir,
+				   strerror(errno));
+	int err = check_disk_count(files, config, error, error_len);
+	if (!err)
+		err = bind_disks(state, dir_real, files, frozen_only, config, error, error_len);
+	free(dir_real);
+	return err;
+}
+
 int snapshot_bind_host_files(const struct vm_state_records *state, const char *state_dir,
 			     const struct snapshot_host_files *files, struct vm_config *config,
 			     char *error, size_t error_len)
@@ -1060,14 +1201,9 @@ int snapshot_bind_host_files(const struct vm_state_records *state, const char *s
 	if (state_dir && !dir_real)
 		return kapsel_fail(error, error_len, -errno, "state directory '%s': %s", state_dir,
 				   strerror(errno));
-	int err = 0;
-	for (unsigned i = config->disk_count; i < VM_CONFIG_MAX_DISKS && files; i++)
-		if (files->disk_paths[i]) {
-			err = kapsel_fail(error, error_len, -EINVAL,
-					  "--disk %u=...: the saved VM has %u disk(s)", i,
-					  config->disk_count);
-			goto out;
-		}
+	int err = check_disk_count(files, config, error, error_len);
+	if (err)
+		goto out;
 
 	/* A network interface is a host endpoint (a tap device, a socket to
 	 * bind and one to send to): the operator names each (--net N=SPEC);
@@ -1111,66 +1247,7 @@ int snapshot_bind_host_files(const struct vm_state_records *state, const char *s
 	free(config->kernel_path);
 	config->kernel_path = kernel;
 
-	/* Every disk record's flags say which disks were overlays; a frozen
-	 * disk (a snapshot's) is restored from its frozen file, whose format
-	 * the record holds, not the one the VM went on with. */
-	bool record_overlay[VM_CONFIG_MAX_DISKS] = { 0 };
-	bool record_frozen[VM_CONFIG_MAX_DISKS] = { 0 };
-	size_t position = 0;
-	const struct vm_state_stored_record *rec;
-	while ((rec = vm_state_find(state, VM_STATE_DISK, &position)) != NULL) {
-		struct vm_state_disk disk;
-		char path[PATH_MAX];
-		err = disk_record(rec, &disk, path, error, error_len);
-		if (err)
-			goto out;
-		if (disk.index >= config->disk_count) {
-			err = kapsel_fail(error, error_len, -EPROTO,
-					  "disk record %u does not match the saved definition",
-					  disk.index);
-			goto out;
-		}
-		record_overlay[disk.index] = (disk.flags & VM_STATE_DISK_OVERLAY) != 0;
-		record_frozen[disk.index] = (disk.flags & VM_STATE_DISK_FROZEN) != 0;
-	}
-
-	for (unsigned i = 0; i < config->disk_count; i++) {
-		struct vm_disk_config *d = &config->disks[i];
-		const char *named = files ? files->disk_paths[i] : NULL;
-		char *bound = NULL;
-		if (named) {
-			/* The operator's file in the operator's format; a saved
-			 * overlay must be named as one (the format is never
-			 * taken from untrusted input alone). */
-			bool format_given = files->disk_format_given[i];
-			enum vm_disk_format format = files->disk_formats[i];
-			if (!format_given &&
-			    (record_overlay[i] ||
-			     (!record_frozen[i] && d->format != VM_DISK_FORMAT_RAW))) {
-				err = kapsel_fail(
-					error, error_len, -EINVAL,
-					"disk %u was a copy-on-write overlay when saved; if '%s' is that overlay, say so: --disk %u=%s,format=overlay",
-					i, named, i, named);
-				goto out;
-			}
-			bound = strdup(named);
-			d->format = format;
-		} else if (dir_real) {
-			bound = inside_directory(d->path, dir_real);
-			if (bound)
-				d->format = record_overlay[i] ? VM_DISK_FORMAT_OVERLAY
-							      : VM_DISK_FORMAT_RAW;
-		}
-		if (!bound) {
-			err = kapsel_fail(
-				error, error_len, -EPERM,
-				"disk %u: its image is not in the state directory; name it with --disk %u=PATH[,format=raw|overlay] (a saved state or migration stream never chooses host files)",
-				i, i);
-			goto out;
-		}
-		free(d->path);
-		d->path = bound;
-	}
+	err = bind_disks(state, dir_real, files, false, config, error, error_len);
 out:
 	free(dir_real);
 	return err;
@@ -1265,7 +1342,7 @@ int snapshot_check_disks(const struct vm_state_records *state, const struct vm_c
 	while ((rec = vm_state_find(state, VM_STATE_DISK, &position)) != NULL) {
 		struct vm_state_disk disk;
 		char recorded[PATH_MAX];
-		int err = disk_record(rec, &disk, recorded, error, error_len);
+		int err = snapshot_parse_disk_record(rec, &disk, recorded, error, error_len);
 		if (err)
 			return err;
 		if (disk.index != seen || disk.index >= config->disk_count)

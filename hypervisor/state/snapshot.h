@@ -2,6 +2,7 @@
 #ifndef KAPSEL_SNAPSHOT_H
 #define KAPSEL_SNAPSHOT_H
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -153,9 +154,10 @@ int snapshot_parse_clone_net_mapping(const char *text, unsigned long clone_numbe
  * opened.  Replace config's kernel and disk paths (read from state by
  * snapshot_config_from_records) with the files the operator named in files
  * (may be NULL), or, for what was not named, with the recorded file if it
- * lies inside state_dir (may be NULL: nothing is taken from the state).
- * A disk's format is the operator's; a recorded file inside state_dir
- * takes the format of its disk record.  Anything else is refused with
+ * lies inside state_dir (may be NULL: nothing is taken from the state;
+ * for a disk, snapshot_bind_disks says which recorded file).  A disk's
+ * format is the operator's; a recorded file inside state_dir takes the
+ * format of its disk record.  Anything else is refused with
  * -EPERM and a message saying which option names it.  Network interfaces
  * take their link (socket and peer, or tap) and limits from the
  * operator's --net N=SPEC, which must name every one and keep its model;
@@ -166,6 +168,22 @@ int snapshot_parse_clone_net_mapping(const char *text, unsigned long clone_numbe
 int snapshot_bind_host_files(const struct vm_state_records *state, const char *state_dir,
 			     const struct snapshot_host_files *files, struct vm_config *config,
 			     char *error, size_t error_len);
+
+/*
+ * The disks of snapshot_bind_host_files alone (kapsel merge, which needs
+ * no kernel or network): each disk of config takes the file the operator
+ * named (files->disk_paths, may be NULL) in the operator's format, or, if
+ * not named, the file inside state_dir (may be NULL) that its record
+ * names (a frozen disk) or its definition names (any other), in the
+ * record's format; a recorded plain file name (no '/') is that file of
+ * state_dir.  With frozen_only, only frozen disks (VM_STATE_DISK_FROZEN)
+ * are bound, the others keep their saved paths and may not be named.
+ * Returns 0, or -EPERM (a disk is neither named nor inside state_dir) /
+ * -EINVAL / -EPROTO with a message saying which --disk names it.
+ */
+int snapshot_bind_disks(const struct vm_state_records *state, const char *state_dir,
+			const struct snapshot_host_files *files, bool frozen_only,
+			struct vm_config *config, char *error, size_t error_len);
 
 /*
  * Everything a VM is besides RAM, as records (shared by save files and the
@@ -213,6 +231,12 @@ int snapshot_config_from_records(const struct vm_state_records *state, struct vm
  */
 int snapshot_adopt_local_definition(const struct vm_config *local, struct vm_config *incoming,
 				    char *error, size_t error_len);
+
+/* A disk record (VM_STATE_DISK) checked: its header, and its path (NUL
+ * terminated, no NUL inside, shorter than PATH_MAX) copied to path.
+ * Returns 0 or -EPROTO with a message. */
+int snapshot_parse_disk_record(const struct vm_state_stored_record *rec, struct vm_state_disk *disk,
+			       char path[PATH_MAX], char *error, size_t error_len);
 
 /*
  * Check that the disks of config (paths already bound: never the paths the

@@ -1,4 +1,4 @@
-/* Dirty-only (diff) snapshots: a state holding only the pages changed since its parent, the parent check, layering a chain back into guest RAM, merging a chain into one full state. */
+/* Dirty-only (diff) snapshots: a state holding only the pages changed since its parent, the parent check, layering a chain back into guest RAM, merging a chain into one full state with its disks flattened. */
 #define _GNU_SOURCE
 #include "state/snapshot_chain.h"
 
@@ -9,12 +9,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/error_text.h"
 #include "core/guest_memory.h"
 #include "core/vm.h"
+#include "devices/block/disk_flatten.h"
+#include "devices/block/disk_overlay.h"
 #include "state/precopy.h"
 #include "state/snapshot.h"
 
@@ -427,24 +430,308 @@ int snapshot_chain_restore(struct kapsel_vm *vm, const struct vm_state_dir *dir,
 
 /* ---- Merging ---------------------------------------------------------------------- */
 
-int snapshot_chain_merge(const char *path, const char *out, struct snapshot_merge_stats *stats,
-			 char *error, size_t error_len)
+/* The frozen disks of a merge: the chains opened, and what became of them. */
+struct merge_disks {
+	struct vm_config config; /* the top's definition, disks bound */
+	unsigned count;
+	bool frozen[VM_CONFIG_MAX_DISKS];
+	bool opened[VM_CONFIG_MAX_DISKS];
+	struct disk_image sources[VM_CONFIG_MAX_DISKS];
+	struct vm_state_disk records[VM_CONFIG_MAX_DISKS]; /* the top's, then the new ones */
+	char names[VM_CONFIG_MAX_DISKS][VM_STATE_FILE_NAME_MAX];
+};
+
+static void merge_disks_close(struct merge_disks *m)
 {
+	for (unsigned i = 0; i < VM_CONFIG_MAX_DISKS; i++)
+		if (m->opened[i])
+			disk_image_close(&m->sources[i]);
+	vm_config_free(&m->config);
+}
+
+/* Whether the file at path is directly in directory dir (both resolved). */
+static bool file_in_directory(const char *path, const char *dir)
+{
+	char *dir_real = realpath(dir, NULL);
+	char *file_real = realpath(path, NULL);
+	bool inside = false;
+	if (dir_real && file_real) {
+		char *slash = strrchr(file_real, '/');
+		if (slash) {
+			*slash = '\0';
+			inside = strcmp(slash == file_real ? "/" : file_real, dir_real) == 0;
+		}
+	}
+	free(dir_real);
+	free(file_real);
+	return inside;
+}
+
+/*
+ * Bind and open every frozen disk of top before anything is written: the
+ * operator's --disk or a file inside top's directory, of the recorded
+ * size and mtime, its chain opened read-only with every base identity
+ * checked.  A flattened overlay must not be over a file of out (or of
+ * out.new), which the merge removes.
+ */
+static int merge_open_disks(const struct vm_state_dir *top, const char *out,
+			    const struct snapshot_merge_options *options, struct merge_disks *m,
+			    char *error, size_t error_len)
+{
+	char detail[1024];
+	int err = snapshot_config_from_records(&top->state, &m->config, detail, sizeof(detail));
+	if (err)
+		return kapsel_fail(error, error_len, err, "%s: %s", top->path, detail);
+	m->count = m->config.disk_count;
+	if (options->disks == SNAPSHOT_MERGE_DISKS_KEEP)
+		return 0;
+	err = snapshot_bind_disks(&top->state, top->path, options->files, true, &m->config, detail,
+				  sizeof(detail));
+	if (err)
+		return kapsel_fail(error, error_len, err, "%s%s", detail,
+				   err == -EPERM ? "; or merge the memory only (--keep-disks)"
+						 : "");
+	size_t position = 0;
+	const struct vm_state_stored_record *rec;
+	while ((rec = vm_state_find(&top->state, VM_STATE_DISK, &position)) != NULL) {
+		struct vm_state_disk disk;
+		char recorded[PATH_MAX];
+		err = snapshot_parse_disk_record(rec, &disk, recorded, error, error_len);
+		if (err)
+			return err;
+		if (disk.index >= m->count || m->frozen[disk.index])
+			return kapsel_fail(error, error_len, -EPROTO,
+					   "%s: the disk records do not match the definition (%u disks)",
+					   top->path, m->count);
+		m->records[disk.index] = disk;
+		if (!(disk.flags & VM_STATE_DISK_FROZEN))
+			continue;
+		m->frozen[disk.index] = true;
+		struct vm_disk_config config = m->config.disks[disk.index];
+		struct stat st;
+		if (stat(config.path, &st) < 0)
+			return kapsel_fail(error, error_len, -ENOENT,
+					   "disk %u: image '%s' is missing (%s); nothing was written",
+					   disk.index, config.path, strerror(errno));
+		if ((uint64_t)st.st_size != disk.size_bytes)
+			return kapsel_fail(
+				error, error_len, -EPROTO,
+				"disk %u: '%s' is %llu bytes, the image the snapshot froze was %llu; name the file the state records (kapsel inspect %s shows it) with --disk %u=PATH",
+				disk.index, config.path, (unsigned long long)st.st_size,
+				(unsigned long long)disk.size_bytes, top->path, disk.index);
+		/* Nothing writes a frozen image after its record is taken (a
+		 * snapshot goes on on an overlay over it): another mtime is
+		 * another file, or this one changed since. */
+		int64_t mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec;
+		if (mtime_ns != disk.mtime_ns)
+			return kapsel_fail(
+				error, error_len, -EPROTO,
+				"disk %u: '%s' is not the image the snapshot froze: it was modified since, or it is another file of the same size (its mtime is not the recorded one); name the file the state records (kapsel inspect %s shows it) with --disk %u=PATH",
+				disk.index, config.path, top->path, disk.index);
+		/* Only read: shared locks, so a VM still writing a file of the
+		 * chain (an exclusive lock) makes the merge fail, not race. */
+		config.readonly = true;
+		config.cache = VM_DISK_CACHE_WRITEBACK;
+		err = disk_image_open(&m->sources[disk.index], &config, 0, detail, sizeof(detail));
+		if (err == -ELOOP)
+			return kapsel_fail(
+				error, error_len, err,
+				"disk %u: %s; Kapsel reads at most %u overlays under a disk and every snapshot adds one: merge (or restore and merge) an earlier snapshot of the chain, whose disk is not this deep; nothing was written",
+				disk.index, detail, DISK_OVERLAY_MAX_CHAIN);
+		if (err)
+			return kapsel_fail(error, error_len, err,
+					   "disk %u: %s; nothing was written", disk.index, detail);
+		m->opened[disk.index] = true;
+		char *temp = NULL;
+		if (asprintf(&temp, "%s.new", out) < 0)
+			return kapsel_fail(error, error_len, -ENOMEM, "out of memory");
+		const char *base = disk_image_chain_base(&m->sources[disk.index])->path;
+		bool doomed = options->disks == SNAPSHOT_MERGE_DISKS_OVERLAY &&
+			      (file_in_directory(base, out) || file_in_directory(base, temp));
+		free(temp);
+		if (doomed)
+			return kapsel_fail(
+				error, error_len, -EBUSY,
+				"disk %u: the base image under its chain is a file of '%s', which the merge replaces, so an overlay over it would lose its base; merge into another directory, or copy the disk whole (--disk-format raw); nothing was written",
+				disk.index, out);
+	}
+	return 0;
+}
+
+/* Flatten disk i into txn's directory and make its record and definition
+ * name the new file. */
+static int merge_write_disk(struct merge_disks *m, unsigned i, enum snapshot_merge_disks form,
+			    struct vm_state_dir_txn *txn, const char *out,
+			    struct snapshot_merge_disk_stats *stats, char *error, size_t error_len)
+{
+	bool raw = form == SNAPSHOT_MERGE_DISKS_RAW;
+	char *name = m->names[i];
+	snprintf(name, VM_STATE_FILE_NAME_MAX,
+		 raw ? VM_STATE_FILE_DISK_RAW_FORMAT : VM_STATE_FILE_DISK_OVERLAY_FORMAT, i);
+	char *temp_path = NULL, *final_path = NULL;
+	if (asprintf(&temp_path, "%s/%s", txn->temp_path, name) < 0) {
+		temp_path = NULL;
+		return kapsel_fail(error, error_len, -ENOMEM, "out of memory");
+	}
+	int err = 0;
+	int fd = openat(txn->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		err = kapsel_fail(error, error_len, -errno, "cannot create '%s': %s", temp_path,
+				  strerror(errno));
+		free(temp_path);
+		return err;
+	}
+	struct disk_flatten_result result;
+	char detail[1024];
+	err = disk_image_flatten(&m->sources[i], raw ? DISK_FLATTEN_RAW : DISK_FLATTEN_OVERLAY, fd,
+				 temp_path, &result, detail, sizeof(detail));
+	if (err)
+		kapsel_fail(error, error_len, err, "disk %u: %s", i, detail);
+	struct stat st;
+	/* Frozen as a snapshot's images are: nothing writes it again (a
+	 * restore runs on an overlay of its own over it). */
+	if (!err && (fchmod(fd, 0444) < 0 || fstat(fd, &st) < 0))
+		err = kapsel_fail(error, error_len, -errno, "'%s': %s", temp_path, strerror(errno));
+	close(fd);
+	free(temp_path);
+	if (err)
+		return err;
+	struct vm_state_manifest_file entry = {
+		.size_bytes = result.file_bytes,
+		.crc32c = result.file_crc,
+		.data_bytes = result.data_bytes,
+	};
+	snprintf(entry.name, sizeof(entry.name), "%s", name);
+	vm_state_dir_add(txn, &entry);
+
+	struct vm_state_disk *rec = &m->records[i];
+	rec->flags = VM_STATE_DISK_FROZEN | (raw ? 0 : VM_STATE_DISK_OVERLAY);
+	rec->size_bytes = (uint64_t)st.st_size;
+	rec->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec;
+	rec->path_bytes = (uint32_t)strlen(name);
+	/* The definition, for people and tools, says where the file is
+	 * once committed; a restore goes by the record's plain name. */
+	if (asprintf(&final_path, "%s/%s", out, name) < 0)
+		return kapsel_fail(error, error_len, -ENOMEM, "out of memory");
+	free(m->config.disks[i].path);
+	m->config.disks[i].path = final_path;
+	m->config.disks[i].format = raw ? VM_DISK_FORMAT_RAW : VM_DISK_FORMAT_OVERLAY;
+
+	stats->flattened = true;
+	stats->overlays = result.overlays;
+	snprintf(stats->file, sizeof(stats->file), "%s", name);
+	stats->virtual_bytes = result.virtual_bytes;
+	stats->file_bytes = result.file_bytes;
+	stats->data_bytes = result.data_bytes;
+	stats->blocks = result.blocks;
+	stats->blocks_compared = result.blocks_compared;
+	return 0;
+}
+
+/* state.bin of the merged state: the top's records without the parent,
+ * the definition written again, the flattened disks' records new. */
+static int merge_write_state(const struct vm_state_dir *top, struct merge_disks *m,
+			     struct vm_state_dir_txn *txn, const char *out, char *error,
+			     size_t error_len)
+{
+	struct vm_state_writer w;
+	struct vm_state_manifest_file entry;
+	char detail[512];
+	bool definition_written = false;
+	int err = 0;
+	vm_state_writer_init_buffer(&w);
+	vm_state_put_begin(&w, VM_STATE_KIND_STATE);
+	for (size_t i = 0; i < top->state.count && !err; i++) {
+		const struct vm_state_stored_record *r = &top->state.records[i];
+		if (r->type == VM_STATE_PARENT)
+			continue;
+		if (r->type == VM_STATE_DEFINITION || r->type == VM_STATE_CONFIG_TEXT) {
+			/* Where it was; as domain XML even from a format-1 state. */
+			if (!definition_written)
+				err = snapshot_put_definition(&m->config, &w, error, error_len);
+			definition_written = true;
+			continue;
+		}
+		if (r->type == VM_STATE_DISK) {
+			struct vm_state_disk disk = { .index = UINT32_MAX };
+			if (r->length_bytes >= sizeof(disk))
+				memcpy(&disk, r->payload, sizeof(disk));
+			if (disk.index < m->count && m->names[disk.index][0]) {
+				const char *name = m->names[disk.index];
+				struct iovec iov[2] = {
+					{ &m->records[disk.index], sizeof(m->records[disk.index]) },
+					{ (void *)name, strlen(name) },
+				};
+				vm_state_putv(&w, VM_STATE_DISK, r->flags, iov, 2);
+				continue;
+			}
+		}
+		vm_state_put(&w, r->type, r->flags, r->payload, r->length_bytes);
+	}
+	vm_state_put_end(&w);
+	if (!err)
+		err = w.error;
+	if (!err)
+		err = vm_state_write_file(txn->dirfd, VM_STATE_FILE_STATE, w.buffer, w.buffer_bytes,
+					  &entry);
+	vm_state_writer_free(&w);
+	if (err)
+		return kapsel_fail(error, error_len, err, "cannot write %s.new/state.bin: %s", out,
+				   strerror(-err));
+	vm_state_dir_add(txn, &entry);
+
+	/* domain.xml, for people and tools: the definition as merged. */
+	char *xml = NULL;
+	size_t length = 0;
+	FILE *text = open_memstream(&xml, &length);
+	if (text) {
+		int xml_err = vm_config_write_xml(&m->config, text, detail, sizeof(detail));
+		if (fclose(text) == 0 && !xml_err &&
+		    vm_state_write_file(txn->dirfd, VM_STATE_FILE_DOMAIN, xml, length, &entry) == 0)
+			vm_state_dir_add(txn, &entry);
+		free(xml);
+	}
+	return 0;
+}
+
+int snapshot_chain_merge(const char *path, const char *out,
+			 const struct snapshot_merge_options *options,
+			 struct snapshot_merge_stats *stats, char *error, size_t error_len)
+{
+	static const struct snapshot_merge_options defaults = { 0 };
 	struct vm_state_dir top;
 	struct snapshot_chain chain;
 	struct vm_state_dir_txn txn;
 	struct vm_state_manifest_file entry;
-	struct vm_state_writer w;
+	struct snapshot_merge_stats local_stats;
 	char detail[512];
+	if (!options)
+		options = &defaults;
+	if (!stats)
+		stats = &local_stats;
+	memset(stats, 0, sizeof(*stats));
+	struct merge_disks *m = calloc(1, sizeof(*m));
+	if (!m)
+		return kapsel_fail(error, error_len, -ENOMEM, "out of memory");
+	vm_config_init(&m->config);
 	int err = vm_state_dir_open(&top, path, false, error, error_len);
-	if (err)
+	if (err) {
+		merge_disks_close(m);
+		free(m);
 		return err;
+	}
 	err = snapshot_chain_open(&top, &chain, error, error_len);
 	if (err) {
 		vm_state_dir_close(&top);
+		merge_disks_close(m);
+		free(m);
 		return err;
 	}
 	struct guest_memory mem = { .memfd = -1, .size_bytes = top.info->memory_bytes };
+	/* Every input is checked before anything is written. */
+	err = merge_open_disks(&top, out, options, m, error, error_len);
+	if (err)
+		goto out;
 	mem.host_base = mmap(NULL, mem.size_bytes, PROT_READ | PROT_WRITE,
 			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (mem.host_base == MAP_FAILED) {
@@ -464,60 +751,41 @@ int snapshot_chain_merge(const char *path, const char *out, struct snapshot_merg
 	if (err) {
 		kapsel_fail(error, error_len, err, "cannot write %s.new/memory.img: %s", out,
 			    strerror(-err));
-		vm_state_dir_abort(&txn);
-		goto out;
+		goto abort;
 	}
 	if (entry.crc32c != chain.memory_crc) {
 		err = kapsel_fail(error, error_len, -EIO,
 				  "%s.new/memory.img came out with another checksum than the chain's",
 				  out);
-		vm_state_dir_abort(&txn);
-		goto out;
+		goto abort;
 	}
 	vm_state_dir_add(&txn, &entry);
-	if (stats) {
-		stats->layers = chain.count;
-		stats->memory_bytes = entry.size_bytes;
-		stats->memory_data_bytes = entry.data_bytes;
+	stats->layers = chain.count;
+	stats->memory_bytes = entry.size_bytes;
+	stats->memory_data_bytes = entry.data_bytes;
+	stats->disk_count = m->count;
+	for (unsigned i = 0; i < m->count; i++) {
+		if (!m->opened[i])
+			continue;
+		err = merge_write_disk(m, i, options->disks, &txn, out, &stats->disks[i], error,
+				       error_len);
+		if (err)
+			goto abort;
 	}
-	/* state.bin: the top's records, without the parent. */
-	vm_state_writer_init_buffer(&w);
-	vm_state_put_begin(&w, VM_STATE_KIND_STATE);
-	for (size_t i = 0; i < top.state.count; i++) {
-		const struct vm_state_stored_record *r = &top.state.records[i];
-		if (r->type != VM_STATE_PARENT)
-			vm_state_put(&w, r->type, r->flags, r->payload, r->length_bytes);
-	}
-	vm_state_put_end(&w);
-	err = w.error;
-	if (!err)
-		err = vm_state_write_file(txn.dirfd, VM_STATE_FILE_STATE, w.buffer, w.buffer_bytes,
-					  &entry);
-	vm_state_writer_free(&w);
-	if (err) {
-		kapsel_fail(error, error_len, err, "cannot write %s.new/state.bin: %s", out,
-			    strerror(-err));
-		vm_state_dir_abort(&txn);
-		goto out;
-	}
-	vm_state_dir_add(&txn, &entry);
-	/* domain.xml, for people and tools, as the top has it. */
-	const struct vm_state_manifest_file *domain = vm_state_dir_file(&top, VM_STATE_FILE_DOMAIN);
-	uint8_t *xml = NULL;
-	if (domain && domain->size_bytes < (1u << 20) &&
-	    read_small_file(top.dirfd, VM_STATE_FILE_DOMAIN, domain->size_bytes, &xml) == 0) {
-		if (vm_state_crc32c(0, xml, domain->size_bytes) == domain->crc32c &&
-		    vm_state_write_file(txn.dirfd, VM_STATE_FILE_DOMAIN, xml, domain->size_bytes,
-					&entry) == 0)
-			vm_state_dir_add(&txn, &entry);
-		free(xml);
-	}
+	err = merge_write_state(&top, m, &txn, out, error, error_len);
+	if (err)
+		goto abort;
 	err = vm_state_dir_commit(&txn, detail, sizeof(detail));
 	if (err)
 		kapsel_fail(error, error_len, err, "%s", detail);
+	goto out;
+abort:
+	vm_state_dir_abort(&txn);
 out:
 	if (mem.host_base)
 		munmap(mem.host_base, mem.size_bytes);
+	merge_disks_close(m);
+	free(m);
 	snapshot_chain_close(&chain);
 	vm_state_dir_close(&top);
 	return err;

@@ -1,4 +1,4 @@
-/* Dirty-only (diff) snapshots: a state holding only the pages changed since its parent, the parent check, layering a chain back into guest RAM, merging a chain into one full state. */
+/* Dirty-only (diff) snapshots: a state holding only the pages changed since its parent, the parent check, layering a chain back into guest RAM, merging a chain into one full state with its disks flattened. */
 #ifndef KAPSEL_SNAPSHOT_CHAIN_H
 #define KAPSEL_SNAPSHOT_CHAIN_H
 
@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config/config.h"
 #include "state/vm_state.h"
 
 struct guest_memory;
@@ -95,20 +96,65 @@ int snapshot_chain_restore(struct kapsel_vm *vm, const struct vm_state_dir *dir,
 			   const struct snapshot_restore_options *options, char *error,
 			   size_t error_len);
 
+/* What kapsel merge makes of the disks the chain's snapshots froze. */
+enum snapshot_merge_disks {
+	/* Each frozen disk as one overlay over the base under its chain
+	 * (NEWDIR/diskN.kovl); the default. */
+	SNAPSHOT_MERGE_DISKS_OVERLAY = 0,
+	/* Each frozen disk as a raw copy of the whole disk (NEWDIR/diskN.img). */
+	SNAPSHOT_MERGE_DISKS_RAW = 1,
+	/* Memory only: the disk records keep naming the frozen images. */
+	SNAPSHOT_MERGE_DISKS_KEEP = 2,
+};
+
+struct snapshot_host_files;
+
+struct snapshot_merge_options {
+	enum snapshot_merge_disks disks;
+	/* --disk N=PATH[,format=raw|overlay]: the frozen image of disk N that
+	 * the top state's disk record names (may be NULL); a disk not named
+	 * must be a file inside the top's directory (snapshot_bind_disks). */
+	const struct snapshot_host_files *files;
+};
+
+struct snapshot_merge_disk_stats {
+	bool flattened; /* false: not frozen (a save's disk), or --keep-disks */
+	unsigned overlays;
+	char file[VM_STATE_FILE_NAME_MAX]; /* in out */
+	uint64_t virtual_bytes, file_bytes, data_bytes;
+	uint64_t blocks, blocks_compared;
+};
+
 struct snapshot_merge_stats {
 	unsigned layers;
 	uint64_t memory_bytes, memory_data_bytes;
+	unsigned disk_count;
+	struct snapshot_merge_disk_stats disks[VM_CONFIG_MAX_DISKS];
 };
 
 /*
  * `kapsel merge`: write the state at path (a diff with its chain, or a
  * full state) as one full state at out (created, or replaced atomically
  * as a save is): memory layered into one memory.img, state.bin without
- * the parent record, domain.xml.  Disk records are kept: they name the
- * frozen images the chain's snapshots left, which stay valid.  Returns 0
- * or -errno with a message.
+ * the parent record, domain.xml.
+ *
+ * Disks (options->disks, options NULL: overlay, no file named): each disk
+ * a snapshot froze (record flag VM_STATE_DISK_FROZEN) is opened from the
+ * file the operator named or a file inside path (never from the record's
+ * path alone), read-only, its overlay chain link by link with the base
+ * identity checks (at most DISK_OVERLAY_MAX_CHAIN deep); its size must be
+ * the recorded one.  It is flattened into out (disk_flatten.h: one
+ * overlay over the chain's base, or a raw copy), read back and compared
+ * with the chain, and its record and the definition then name that file
+ * by its plain name, which a restore finds inside the directory with no
+ * --disk.  Disks no snapshot froze keep their records.  Nothing of the
+ * inputs is written.  Everything, disk images included, is written to
+ * "<out>.new" and committed in one rename; a failure leaves out as it
+ * was (or absent).  Returns 0 or -errno with a message naming the disk,
+ * the file and the fix.
  */
-int snapshot_chain_merge(const char *path, const char *out, struct snapshot_merge_stats *stats,
-			 char *error, size_t error_len);
+int snapshot_chain_merge(const char *path, const char *out,
+			 const struct snapshot_merge_options *options,
+			 struct snapshot_merge_stats *stats, char *error, size_t error_len);
 
 #endif

@@ -931,8 +931,22 @@ int vm_state_check_flat_fd(int fd, const char *name, uint64_t size_bytes, uint32
 
 /* ---- The directory ------------------------------------------------------------ */
 
-/* True if path is a directory holding nothing but the files a save
- * writes (or nothing at all): the only kind this code replaces or removes. */
+bool vm_state_is_disk_file_name(const char *name)
+{
+	if (strncmp(name, "disk", 4) != 0)
+		return false;
+	const char *p = name + 4;
+	unsigned index = 0, digits = 0;
+	for (; *p >= '0' && *p <= '9' && digits < 3; p++, digits++)
+		index = index * 10 + (unsigned)(*p - '0');
+	if (digits == 0 || (digits > 1 && name[4] == '0') || index >= VM_STATE_MAX_DISK_FILES)
+		return false;
+	return strcmp(p, ".kovl") == 0 || strcmp(p, ".img") == 0;
+}
+
+/* True if path is a directory holding nothing but the files a save or a
+ * merge writes (or nothing at all): the only kind this code replaces or
+ * removes. */
 static bool is_state_dir(const char *path)
 {
 	static const char *const names[] = { VM_STATE_FILE_MANIFEST, VM_STATE_FILE_MANIFEST ".tmp",
@@ -949,6 +963,7 @@ static bool is_state_dir(const char *path)
 		bool known = false;
 		for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 			known |= strcmp(e->d_name, names[i]) == 0;
+		known |= vm_state_is_disk_file_name(e->d_name);
 		ours = known;
 	}
 	closedir(d);

@@ -593,7 +593,17 @@ int vm_state_check_flat_fd(int fd, const char *name, uint64_t size_bytes, uint32
 /* A diff's page map: bit p (byte p / 8, bit p % 8) set if memory.img
  * holds page p (zero if it is a hole there). */
 #define VM_STATE_FILE_MEMORY_MAP "memory.map"
-#define VM_STATE_MAX_FILES 8u
+/* A merged state's disk N (kapsel merge, snapshot_chain.h): "diskN.kovl",
+ * the overlay its chain was flattened into, or "diskN.img", a raw copy. */
+#define VM_STATE_FILE_DISK_OVERLAY_FORMAT "disk%u.kovl"
+#define VM_STATE_FILE_DISK_RAW_FORMAT "disk%u.img"
+#define VM_STATE_MAX_DISK_FILES 16u
+/* 16: the files above and one disk image for each of the VM's disks. */
+#define VM_STATE_MAX_FILES 16u
+
+/* Whether name is one of the disk files above: "disk", a decimal number
+ * below VM_STATE_MAX_DISK_FILES without leading zeros, ".kovl" or ".img". */
+bool vm_state_is_disk_file_name(const char *name);
 
 /* A save in progress: files go to "<path>.new" until commit. */
 struct vm_state_dir_txn {

@@ -1299,14 +1299,19 @@ state-diff-snapshot)
 	# guest with a PV disk that keeps dirtying a little memory.  The diffs
 	# hold far fewer pages than the full one; inspect shows and checks the
 	# chain; each restores by layering (memory, churn region and disk
-	# agree); merge makes one full state that restores the same.  A diff
-	# whose parent went missing, a diff written elsewhere than next to its
-	# parent, a clone of a diff, and --diff without --live are refused.
+	# agree; the guest reads its disk back and finds it as it was at the
+	# snapshot).  merge makes one full state with the disk's overlay chain
+	# flattened into one overlay inside it, which restores the same with
+	# nothing but --kernel, without changing a byte of its inputs; a raw
+	# copy is the disk of the snapshot.  A diff whose parent went missing,
+	# a diff written elsewhere than next to its parent, a clone of a diff,
+	# a merge without the frozen image named, and --diff without --live
+	# are refused.
 	truncate -s 1M "$TMP/disk.img"
 	mkdir "$TMP/chain" "$TMP/elsewhere"
 	name=state-diff-$$
 	timeout --kill-after=5 90 "$KAPSEL" run --no-console-input --kernel "$COUNTER" --name "$name" \
-		--disk "$TMP/disk.img" --cmdline "ticks=400 interval_ms=$TICK_MS churn_mb=2 churn_mbps=2" \
+		--disk "$TMP/disk.img" --cmdline "ticks=400 interval_ms=$TICK_MS churn_mb=2 churn_mbps=2 disk_check=1" \
 		>"$TMP/out1" 2>"$TMP/err1" </dev/null &
 	PID=$!
 	wait_for_tick "$TMP/out1" 20
@@ -1358,22 +1363,59 @@ assert d["valid"] and [l["diff"] for l in d["chain"]] == [False, True, True], d.
 		restore "$TMP/chain/$snap"
 		expect_status 0
 		expect_in "$OUT2" "churn ok"
+		expect_in "$OUT2" "disk ok: "
 		expect_in "$OUT2" "counter done 400"
 		at=$(awk '/^memory ok/ { print $NF; exit }' "$OUT2")
 		awk -v at="$at" '$1 == "tick" && $2 <= at' "$TMP/out1" >"$TMP/before"
 		flatten "$(newest_overlay "$TMP/disk.img")" "$TMP/flat"
 		CHECK_DISK=$TMP/flat check_ticks 1 400 "$TMP/before" "$OUT2" || fail "restore of the diff $snap"
 	done
-	# Merged into one full state: no chain, restores the same.
-	"$KAPSEL" merge "$TMP/chain/s2" "$TMP/merged" >"$TMP/merge" 2>&1 || { cat "$TMP/merge"; fail "merge"; }
+	# Merged into one full state: no chain, and disk 0's chain of frozen
+	# overlays one overlay in it.  The state never chooses host files:
+	# without the frozen image named, the merge is refused and writes
+	# nothing.
+	STATUS=0
+	"$KAPSEL" merge "$TMP/chain/s2" "$TMP/merged" >"$TMP/merge" 2>&1 || STATUS=$?
+	expect_status 1
+	expect_in "$TMP/merge" "name it with --disk 0="
+	[ ! -e "$TMP/merged" ] && [ ! -e "$TMP/merged.new" ] || fail "a refused merge left a directory"
+	frozen_of "$TMP/chain/s2"
+	s2_disk=$RESTORE_DISK
+	inputs() { { ls "$TMP"/disk.img*; find "$TMP/chain" -type f; } | sort | xargs sha256sum; }
+	inputs >"$TMP/inputs.before"
+	"$KAPSEL" merge --disk "$s2_disk" "$TMP/chain/s2" "$TMP/merged" >"$TMP/merge" 2>&1 || { cat "$TMP/merge"; fail "merge"; }
+	cat "$TMP/merge"
 	expect_in "$TMP/merge" "merged 3 layers of $TMP/chain/s2 into $TMP/merged"
+	expect_in "$TMP/merge" "flattened into $TMP/merged/disk0.kovl, one overlay over their base"
+	expect_in "$TMP/merge" "read back and compared with the chain"
+	inputs >"$TMP/inputs.after"
+	diff "$TMP/inputs.before" "$TMP/inputs.after" || fail "the merge changed its inputs"
 	"$KAPSEL" inspect "$TMP/merged" >"$TMP/inspect" 2>&1 || { cat "$TMP/inspect"; fail "inspect of the merged state"; }
 	expect_not_in "$TMP/inspect" "chain:"
-	frozen_of "$TMP/chain/s2"
+	expect_in "$TMP/inspect" "disk 0: disk0.kovl, "
+	expect_in "$TMP/inspect" ", overlay, frozen"
+	# Restored with the kernel alone: the disk is found inside, and the
+	# guest reads it as it was at s2.
+	unset RESTORE_DISK
 	restore "$TMP/merged"
 	expect_status 0
 	expect_in "$OUT2" "churn ok"
+	expect_in "$OUT2" "disk ok: "
 	expect_in "$OUT2" "counter done 400"
+	at=$(awk '/^memory ok/ { print $NF; exit }' "$OUT2")
+	awk -v at="$at" '$1 == "tick" && $2 <= at' "$TMP/out1" >"$TMP/before"
+	restored_overlay=$(newest_overlay "$TMP/merged/disk0.kovl")
+	[ -n "$restored_overlay" ] || fail "the restore of the merged state made no overlay next to its disk"
+	flatten "$restored_overlay" "$TMP/flat"
+	CHECK_DISK=$TMP/flat check_ticks 1 400 "$TMP/before" "$OUT2" || fail "restore of the merged state"
+	# A raw copy is the snapshot's disk byte for byte.
+	"$KAPSEL" merge --disk-format raw --disk "$s2_disk" "$TMP/chain/s2" "$TMP/merged-raw" \
+		>"$TMP/merge" 2>&1 || { cat "$TMP/merge"; fail "merge --disk-format raw"; }
+	expect_in "$TMP/merge" "copied into $TMP/merged-raw/disk0.img (raw"
+	s2_image=${s2_disk#0=}
+	flatten "${s2_image%,format=overlay}" "$TMP/flat-s2"
+	cmp "$TMP/flat-s2" "$TMP/merged-raw/disk0.img" || fail "the raw copy is not the snapshot's disk"
+	RESTORE_DISK=$s2_disk
 	# A clone maps one memory.img: a diff must be merged first.
 	STATUS=0
 	timeout --kill-after=5 60 "$KAPSEL" clone --kernel "$COUNTER" --disk "$RESTORE_DISK" --count 1 --prefix cl$$ \

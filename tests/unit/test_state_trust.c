@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -394,6 +395,91 @@ static void test_forged_state_paths(void)
 {
 	forged_state_paths(true);  /* format 2: domain XML */
 	forged_state_paths(false); /* format 1: text */
+}
+
+/* Bind disk 0 of a forged format-2 state whose definition names defined
+ * and whose frozen disk record names recorded; on success the bound path
+ * goes to bound (may be NULL). */
+static int bind_frozen(const char *dir, const char *kernel, const char *defined,
+		       const char *recorded, char *bound, size_t bound_len)
+{
+	char text[4096];
+	const char *defined_disks[] = { defined }, *recorded_disks[] = { recorded };
+	definition(text, sizeof(text), true, "x", kernel, defined_disks, 1);
+	struct forged_state f;
+	forge_state(&f, text, recorded_disks, 1, VM_STATE_DISK_FROZEN);
+	struct vm_config config;
+	vm_config_init(&config);
+	CU_ASSERT_EQUAL_FATAL(snapshot_config_from_records(&f.records, &config, error,
+							   sizeof(error)),
+			      0);
+	int err = snapshot_bind_host_files(&f.records, dir, NULL, &config, error, sizeof(error));
+	if (!err && bound)
+		snprintf(bound, bound_len, "%s", config.disks[0].path);
+	vm_config_free(&config);
+	return err;
+}
+
+/* A frozen disk is found in the state directory by its record (a merged
+ * state names its images by plain file names); nothing outside it is. */
+static void test_frozen_disk_in_state_dir(void)
+{
+	char dir[300], kernel[600], image[600], outside[600], link_path[600], bound[PATH_MAX];
+	make_root();
+	snprintf(dir, sizeof(dir), "%s/merged", root);
+	mkdir(dir, 0700);
+	snprintf(kernel, sizeof(kernel), "%s/kernel", dir);
+	snprintf(image, sizeof(image), "%s/disk0.kovl", dir);
+	snprintf(outside, sizeof(outside), "%s/tenant.img", root);
+	snprintf(link_path, sizeof(link_path), "%s/disk1.kovl", dir);
+	write_file(kernel, 2, 4096);
+	write_file(image, 5, 8192);
+	write_file(outside, 6, 8192);
+	unlink(link_path);
+	CU_ASSERT_EQUAL_FATAL(symlink(outside, link_path), 0);
+
+	/* A plain name is that file of the directory, whatever the
+	 * definition says (the VM went on on another file). */
+	CU_ASSERT_EQUAL(bind_frozen(dir, kernel, outside, "disk0.kovl", bound, sizeof(bound)), 0);
+	CU_ASSERT_STRING_EQUAL(bound, image);
+	/* Neither a symlink in the directory pointing out, nor a relative
+	 * path leaving it, nor one the current directory would resolve. */
+	CU_ASSERT_EQUAL(bind_frozen(dir, kernel, image, "disk1.kovl", NULL, 0), -EPERM);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "--disk 0="));
+	CU_ASSERT_EQUAL(bind_frozen(dir, kernel, image, "../tenant.img", NULL, 0), -EPERM);
+	CU_ASSERT_EQUAL(bind_frozen(dir, kernel, image, "merged/disk0.kovl", NULL, 0), -EPERM);
+	CU_ASSERT_EQUAL(bind_frozen(dir, kernel, image, "..", NULL, 0), -EPERM);
+	/* A frozen record naming a file outside is refused even when the
+	 * definition names one inside. */
+	CU_ASSERT_EQUAL(bind_frozen(dir, kernel, image, outside, NULL, 0), -EPERM);
+
+	/* kapsel merge binds frozen disks only: a disk the VM went on
+	 * writing is neither opened nor namable. */
+	char text[4096];
+	const char *disks[] = { outside };
+	definition(text, sizeof(text), true, "x", kernel, disks, 1);
+	struct forged_state f;
+	forge_state(&f, text, disks, 1, 0);
+	struct vm_config config;
+	vm_config_init(&config);
+	CU_ASSERT_EQUAL_FATAL(snapshot_config_from_records(&f.records, &config, error,
+							   sizeof(error)),
+			      0);
+	CU_ASSERT_EQUAL(snapshot_bind_disks(&f.records, dir, NULL, true, &config, error,
+					    sizeof(error)),
+			0);
+	CU_ASSERT_STRING_EQUAL(config.disks[0].path, outside); /* kept, not opened */
+	struct snapshot_host_files files = { 0 };
+	char mapping[700];
+	snprintf(mapping, sizeof(mapping), "0=%s", image);
+	CU_ASSERT_EQUAL_FATAL(snapshot_parse_disk_mapping(mapping, &files, error, sizeof(error)),
+			      0);
+	CU_ASSERT_EQUAL(snapshot_bind_disks(&f.records, dir, &files, true, &config, error,
+					    sizeof(error)),
+			-EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(error, "leave out --disk 0"));
+	snapshot_host_files_free(&files);
+	vm_config_free(&config);
 }
 
 /* A state with no disk records (for snapshot_bind_host_files). */
@@ -942,6 +1028,8 @@ int main(void)
 		{ "VM names: one check", test_vm_names },
 		{ "forged state: name refused", test_forged_state_name },
 		{ "forged state: kernel and disk paths not used", test_forged_state_paths },
+		{ "frozen disks: a plain name is a file in the state directory",
+		  test_frozen_disk_in_state_dir },
 		{ "forged state: hostile XML definitions refused", test_forged_state_hostile_xml },
 		{ "forged state: vCPU counts 1 to 16", test_forged_state_vcpus },
 		{ "forged state: console file and network endpoints not used",

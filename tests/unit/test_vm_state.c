@@ -437,6 +437,22 @@ static void test_dir_round_trip(void)
 	free(ram);
 }
 
+/* The disk images a merge writes are the only other names a state
+ * directory may hold (what a save replaces or removes). */
+static void test_disk_file_names(void)
+{
+	const char *ours[] = { "disk0.kovl", "disk0.img", "disk7.kovl", "disk15.img" };
+	for (size_t i = 0; i < sizeof(ours) / sizeof(ours[0]); i++)
+		CU_ASSERT(vm_state_is_disk_file_name(ours[i]));
+	const char *others[] = {
+		"disk.kovl",   "disk16.kovl", "disk01.kovl", "disk0.kovl.tmp", "disk0@x.kovl",
+		"disk0.qcow2", "disk-1.img",  "Disk0.img",   "disk123.img",    "",
+		"disk",	       "disk0"
+	};
+	for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++)
+		CU_ASSERT(!vm_state_is_disk_file_name(others[i]));
+}
+
 static void test_dir_replace_is_atomic(void)
 {
 	char path[512], temp[600], error[512];
@@ -984,6 +1000,7 @@ int main(void)
 		{ "unknown_records", test_unknown_records },
 		{ "oversize_record_refused", test_oversize_record_refused },
 		{ "dir_round_trip", test_dir_round_trip },
+		{ "disk_file_names", test_disk_file_names },
 		{ "dir_replace_is_atomic", test_dir_replace_is_atomic },
 		{ "dir_corruptions", test_dir_corruptions },
 		{ "dir_unknown_records", test_dir_unknown_records },

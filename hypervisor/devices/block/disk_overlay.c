@@ -86,14 +86,43 @@ static int base_virtual_bytes(const char *path, enum vm_disk_format format, uint
 	} else {
 		*bytes = (uint64_t)st.st_size;
 	}
-	if (!err) {
-		identity->device = (uint64_t)st.st_dev;
-		identity->inode = (uint64_t)st.st_ino;
-		identity->size_bytes = (uint64_t)st.st_size;
-		identity->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec;
-	}
+	if (!err)
+		disk_overlay_identity_of(&st, identity);
 	close(fd);
 	return err;
+}
+
+void disk_overlay_identity_of(const struct stat *st, struct disk_overlay_base_identity *identity)
+{
+	identity->device = (uint64_t)st->st_dev;
+	identity->inode = (uint64_t)st->st_ino;
+	identity->size_bytes = (uint64_t)st->st_size;
+	identity->mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000ll + st->st_mtim.tv_nsec;
+}
+
+int disk_overlay_header_init(struct disk_overlay_header *h, const char *base_path,
+			     enum vm_disk_format base_format, uint64_t virtual_bytes,
+			     const struct disk_overlay_base_identity *base)
+{
+	memset(h, 0, sizeof(*h));
+	size_t path_bytes = strlen(base_path);
+	if (path_bytes >= sizeof(h->base_path))
+		return -ENAMETOOLONG;
+	memcpy(h->magic, DISK_OVERLAY_MAGIC, 8);
+	h->version = DISK_OVERLAY_VERSION;
+	h->block_bytes = DISK_OVERLAY_BLOCK_BYTES;
+	h->virtual_bytes = virtual_bytes;
+	h->base_identity = *base;
+	h->base_format = (uint32_t)base_format;
+	uint64_t blocks = (virtual_bytes + h->block_bytes - 1) / h->block_bytes;
+	h->bitmap_offset = DISK_OVERLAY_HEADER_BYTES;
+	h->bitmap_bytes = (blocks + 7) / 8;
+	h->data_offset =
+		(h->bitmap_offset + h->bitmap_bytes + (1u << 20) - 1) & ~((1ull << 20) - 1);
+	h->base_path_bytes = (uint32_t)path_bytes;
+	memcpy(h->base_path, base_path, path_bytes);
+	h->header_crc = header_crc(h);
+	return 0;
 }
 
 int disk_overlay_create(const char *overlay_path, const char *base_path,
@@ -104,34 +133,16 @@ int disk_overlay_create(const char *overlay_path, const char *base_path,
 		return kapsel_fail(error, error_len, -errno, "base image '%s': %s", base_path,
 				   strerror(errno));
 	struct disk_overlay_header h;
-	memset(&h, 0, sizeof(h));
-	int err;
-	if (strlen(base) >= sizeof(h.base_path)) {
+	struct disk_overlay_base_identity identity;
+	uint64_t virtual_bytes = 0;
+	int err =
+		base_virtual_bytes(base, base_format, &virtual_bytes, &identity, error, error_len);
+	if (!err && disk_overlay_header_init(&h, base, base_format, virtual_bytes, &identity) < 0)
 		err = kapsel_fail(error, error_len, -ENAMETOOLONG,
 				  "base image path '%s' is too long", base);
-		free(base);
-		return err;
-	}
-	uint64_t virtual_bytes = 0;
-	err = base_virtual_bytes(base, base_format, &virtual_bytes, &h.base_identity, error,
-				 error_len);
-	if (err) {
-		free(base);
-		return err;
-	}
-	memcpy(h.magic, DISK_OVERLAY_MAGIC, 8);
-	h.version = DISK_OVERLAY_VERSION;
-	h.block_bytes = DISK_OVERLAY_BLOCK_BYTES;
-	h.virtual_bytes = virtual_bytes;
-	h.base_format = (uint32_t)base_format;
-	uint64_t blocks = (virtual_bytes + h.block_bytes - 1) / h.block_bytes;
-	h.bitmap_offset = DISK_OVERLAY_HEADER_BYTES;
-	h.bitmap_bytes = (blocks + 7) / 8;
-	h.data_offset = (h.bitmap_offset + h.bitmap_bytes + (1u << 20) - 1) & ~((1ull << 20) - 1);
-	h.base_path_bytes = (uint32_t)strlen(base);
-	memcpy(h.base_path, base, h.base_path_bytes);
-	h.header_crc = header_crc(&h);
 	free(base);
+	if (err)
+		return err;
 
 	int fd = open(overlay_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0)

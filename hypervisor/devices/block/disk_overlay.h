@@ -72,6 +72,22 @@ struct disk_overlay {
 	uint8_t *block_buffer; /* one block, for copy-up */
 };
 
+struct stat;
+
+/* The identity an overlay records of its base, from the base's fstat. */
+void disk_overlay_identity_of(const struct stat *st, struct disk_overlay_base_identity *identity);
+
+/*
+ * Fill h (every field, the CRC last) for an overlay of virtual_bytes over
+ * the base at base_path (absolute; shorter than h->base_path), of
+ * base_format, whose identity is base: blocks of DISK_OVERLAY_BLOCK_BYTES,
+ * the bitmap after the header, the data from the next MiB boundary.
+ * Returns 0 or -ENAMETOOLONG.
+ */
+int disk_overlay_header_init(struct disk_overlay_header *h, const char *base_path,
+			     enum vm_disk_format base_format, uint64_t virtual_bytes,
+			     const struct disk_overlay_base_identity *base);
+
 /*
  * Create the overlay file overlay_path over base_path, whose format the
  * caller knows (from the operator or Kapsel's own records; the base's
