@@ -29,6 +29,9 @@
  *                      (not "console=", which the runtime itself reads)
  *   poll_ns=N          spin up to N ns for a completion before sleeping in
  *                      the hypervisor (kg_block_set_poll_ns; default 0)
+ *   wake_pct=N         when the guest sleeps for completions, it sleeps
+ *                      until N% of the queue depth are complete
+ *                      (kg_block_reap_batch; default 75, 0: at the first)
  *   sync=1             after each "BENCH mark=..." line wait for a line on
  *                      the console input before going on, so the host can
  *                      read its counters at the mark (what `kapsel bench`
@@ -51,6 +54,7 @@ struct params {
 	uint64_t warmup_ms, runtime_ms, warmup_ops, ops;
 	uint64_t sync;
 	uint64_t poll_ns;
+	uint64_t wake_percent;
 	int console_uart;
 	uint64_t line_bytes;
 };
@@ -78,6 +82,7 @@ static struct kg_block_device *device;
 static struct slot *slots;
 static struct kg_block_request **done_list;
 static uint32_t queue_depth;
+static uint32_t wake_count; /* completions a sleep waits for */
 static struct bench_stream stream;
 static uint32_t histogram[BENCH_HIST_BUCKETS];
 
@@ -99,6 +104,7 @@ static int parse_args(int argc, char **argv)
 		.warmup_ms = 200,
 		.runtime_ms = 1000,
 		.line_bytes = 80,
+		.wake_percent = 75,
 	};
 	for (int i = 1; i < argc; i++) {
 		char *arg = argv[i];
@@ -129,6 +135,7 @@ static int parse_args(int argc, char **argv)
 			{ "ops", &params.ops },
 			{ "sync", &params.sync },
 			{ "poll_ns", &params.poll_ns },
+			{ "wake_pct", &params.wake_percent },
 			{ "line_bytes", &params.line_bytes },
 		};
 		int known = 0;
@@ -171,7 +178,7 @@ static int parse_args(int argc, char **argv)
 	    params.block_bytes > (16u << 20) || params.queue_depth == 0 ||
 	    params.queue_depth > 1024 || params.read_percent > 100 ||
 	    params.region_bytes < params.block_bytes || params.line_bytes < 16 ||
-	    params.line_bytes > 4096) {
+	    params.line_bytes > 4096 || params.wake_percent > 100) {
 		kg_printf("BENCH error=bad-parameters\n");
 		return -1;
 	}
@@ -282,12 +289,12 @@ static void run_phase(struct phase *phase, uint64_t duration_ns, uint64_t max_op
 		}
 		issued++;
 	}
-	kg_block_kick(device);
+	/* No kg_block_kick: the reap publishes what was submitted, and the
+	 * kick may then go with its sleep. */
 	while (kg_block_in_flight(device) > 0) {
-		unsigned n = kg_block_reap(device, done_list, queue_depth, true);
+		unsigned n = kg_block_reap_batch(device, done_list, queue_depth, wake_count);
 		if (!stop && (kg_time_now_ns() >= deadline || (max_ops && issued >= max_ops)))
 			stop = 1;
-		int resubmitted = 0;
 		for (unsigned i = 0; i < n; i++) {
 			struct slot *slot = done_list[i]->user_data;
 			account(phase, slot, measure);
@@ -299,10 +306,7 @@ static void run_phase(struct phase *phase, uint64_t duration_ns, uint64_t max_op
 				continue;
 			}
 			issued++;
-			resubmitted = 1;
 		}
-		if (resubmitted)
-			kg_block_kick(device);
 	}
 	phase->elapsed_ns = kg_time_now_ns() - start;
 }
@@ -328,6 +332,9 @@ static int block_main(void)
 		queue_depth = info.queue_depth;
 	if (!info.queue_depth)
 		queue_depth = 1;
+	wake_count = (uint32_t)(queue_depth * params.wake_percent / 100);
+	if (wake_count == 0)
+		wake_count = 1;
 	kg_printf("BENCH ready=1 device_path=%s capacity_sectors=%llu queue_depth=%u device_queue_depth=%u max_segments=%u features=%llu\n",
 		  info.path == KG_BLOCK_PV	 ? "pv"
 		  : info.path == KG_BLOCK_ATA	 ? "ata"
@@ -388,12 +395,13 @@ static int block_main(void)
 							     measured_ok
 						   : 0),
 		  (unsigned long long)ticks_to_ns(measured.latency_max_ticks));
-	kg_printf("BENCH requests=%llu kicks=%llu kicks_suppressed=%llu blocks=%llu polls=%llu\n",
+	kg_printf("BENCH requests=%llu kicks=%llu kicks_suppressed=%llu blocks=%llu polls=%llu kicks_in_block=%llu wake_count=%u\n",
 		  (unsigned long long)(after.requests - before.requests),
 		  (unsigned long long)(after.kicks - before.kicks),
 		  (unsigned long long)(after.kicks_suppressed - before.kicks_suppressed),
 		  (unsigned long long)(after.blocks - before.blocks),
-		  (unsigned long long)(after.polls - before.polls));
+		  (unsigned long long)(after.polls - before.polls),
+		  (unsigned long long)(after.kicks_in_block - before.kicks_in_block), wake_count);
 	kg_printf("BENCH timed_ops=%llu submit_pickup_ns=%llu pickup_complete_ns=%llu complete_reap_ns=%llu\n",
 		  (unsigned long long)measured.timed_ops,
 		  (unsigned long long)ticks_to_ns(measured.submit_pickup_ticks / timed),

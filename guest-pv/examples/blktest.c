@@ -79,10 +79,10 @@ static void print_stats(struct kg_block_device *dev)
 {
 	struct kg_block_stats s;
 	kg_block_get_stats(dev, &s);
-	kg_printf("blktest stats: requests %llu kicks %llu suppressed %llu blocks %llu polls %llu\n",
+	kg_printf("blktest stats: requests %llu kicks %llu suppressed %llu blocks %llu polls %llu kicks_in_block %llu\n",
 		  (unsigned long long)s.requests, (unsigned long long)s.kicks,
 		  (unsigned long long)s.kicks_suppressed, (unsigned long long)s.blocks,
-		  (unsigned long long)s.polls);
+		  (unsigned long long)s.polls, (unsigned long long)s.kicks_in_block);
 }
 
 /* ---- write / verify ------------------------------------------------------ */

@@ -73,6 +73,20 @@ int main(int argc, char **argv)
 	kg_assert(kg_hc_evtchn_close(KAPSEL_EVTCHN_CONTROL) == -KAPSEL_EINVAL);
 	kg_assert(kg_hc_evtchn_mask(KAPSEL_EVTCHN_CONTROL, 1) == 1);
 
+	/* Kick-and-block (minor 7): a mask naming a device that does not
+	 * exist, or one without a doorbell, is refused before anything is
+	 * rung or slept; an empty mask is BLOCK. */
+	kg_assert(si->features & KAPSEL_FEATURE_KICK_AND_BLOCK);
+	r = kg_hc_kick_and_block(kg_time_now_ns(), 1ull << si->device_count);
+	kg_printf("kick and block on a device that does not exist -> %lld\n", (long long)r);
+	kg_assert(r == -KAPSEL_EINVAL);
+	kg_assert(kg_hc_kick_and_block(kg_time_now_ns(), 1ull << 63) == -KAPSEL_EINVAL);
+	for (uint32_t i = 0; i < si->device_count; i++)
+		if (!si->devices[i].doorbell_port)
+			kg_assert(kg_hc_kick_and_block(kg_time_now_ns(), 1ull << i) ==
+				  -KAPSEL_EINVAL);
+	kg_assert(kg_hc_kick_and_block(kg_time_now_ns() + 1000000ull, 0) == 0);
+
 	/* Device setup with a bad device or pointer is refused. */
 	kg_assert(kg_hypercall(KAPSEL_HC_DEVICE_SETUP, 9999, 0, 0, 0, 0) == -KAPSEL_ENODEV);
 	kg_assert(kg_hypercall(KAPSEL_HC_DEVICE_SETUP, 0, UINT64_MAX, 0, 0, 0) == -KAPSEL_EFAULT);

@@ -390,10 +390,10 @@ static void ata_kick(struct kg_block_device *device)
 }
 
 static unsigned ata_reap(struct kg_block_device *device, struct kg_block_request **done,
-			 unsigned max, bool wait)
+			 unsigned max, unsigned wake_count)
 {
 	struct ata_driver *d = to_driver(device);
-	(void)wait; /* nothing is ever pending in the background */
+	(void)wake_count; /* nothing is ever pending in the background */
 	if (!d->completed || max == 0)
 		return 0;
 	d->completed->reap_tsc = kg_rdtsc();

@@ -1,4 +1,4 @@
-/* PV block driver: the guest end of a blk.h device's rings (one per vCPU), with doorbell kicks and event-channel sleeps suppressed by event indices. */
+/* PV block driver: the guest end of a blk.h device's rings (one per vCPU), with doorbell kicks and event-channel sleeps suppressed by event indices, batched wake-ups, and kicks that ride on the sleep. */
 #include "block_internal.h"
 #include "kapsel_guest/ring_setup.h"
 
@@ -23,11 +23,13 @@ struct blk_pv_driver {
 	uint32_t bound_cpu;	/* the vCPU port is bound to (EVTCHN_BIND_VCPU) */
 	uint16_t doorbell_port; /* 0: kick with EVTCHN_SEND instead */
 	uint16_t device_index;
-	uint32_t queued; /* pushed since the last kick */
+	bool kick_and_block; /* the doorbell can ride on the sleep (ABI 1.7) */
+	uint32_t queued;     /* pushed since the last kick */
 	/* Adaptive completion polling (blk_pv_reap): spin up to poll_window_ns
 	 * (at most device->poll_ns) before sleeping in the hypervisor. */
 	uint64_t poll_window_ns;
 	uint64_t poll_bound_ns; /* device->poll_ns the window was last fitted to */
+	uint64_t last_wait_ns;	/* how long the last wait took, to its wake-up */
 	uint32_t free_count;
 	uint32_t free_ids[BLK_PV_SLOTS];
 	struct kg_block_request *by_id[BLK_PV_SLOTS];
@@ -96,21 +98,34 @@ static int blk_pv_submit(struct kg_block_device *device, struct kg_block_request
 	return err;
 }
 
-static void blk_pv_kick_locked(struct kg_block_device *device, struct blk_pv_driver *drv)
+/* Publish the requests queued on drv.  Returns true if the backend asked
+ * to be kicked (the kick is the caller's to send).  Under drv->lock. */
+static bool blk_pv_publish_locked(struct kg_block_device *device, struct blk_pv_driver *drv)
 {
 	if (!drv->queued)
-		return;
+		return false;
 	drv->queued = 0;
 	if (!kg_ring_publish(&drv->ring)) {
 		KG_BLOCK_COUNT(device, kicks_suppressed); /* the backend is still at work */
-		return;
+		return false;
 	}
+	return true;
+}
+
+static void blk_pv_ring_doorbell(struct kg_block_device *device, struct blk_pv_driver *drv)
+{
 	KG_BLOCK_COUNT(device, kicks);
 	/* One doorbell for all rings: the backend looks at each. */
 	if (drv->doorbell_port)
 		kg_outw(drv->doorbell_port, 1);
 	else
 		kg_hc_evtchn_send(drv->port);
+}
+
+static void blk_pv_kick_locked(struct kg_block_device *device, struct blk_pv_driver *drv)
+{
+	if (blk_pv_publish_locked(device, drv))
+		blk_pv_ring_doorbell(device, drv);
 }
 
 static void blk_pv_kick(struct kg_block_device *device)
@@ -171,38 +186,59 @@ static void blk_pv_fit_poll_window(struct blk_pv_driver *drv, uint64_t bound, ui
 	}
 }
 
+/*
+ * A wait that owes the backend a kick: send the kick with the sleep (one
+ * exit, KICK_AND_BLOCK) rather than kick, spin and sleep (two), when the
+ * spin is not expected to catch the answer: the guest spins not at all
+ * (no poll bound), or the last wait outlasted the window it would spin
+ * now.  The wait is sized from what the last one took (a large request's
+ * service time, a batch's); a short one brings the spin back (the window
+ * fits waits the bound covers, blk_pv_fit_poll_window).
+ */
+static bool blk_pv_kick_with_sleep(const struct blk_pv_driver *drv, uint64_t bound)
+{
+	return drv->kick_and_block && (bound == 0 || drv->last_wait_ns > drv->poll_window_ns);
+}
+
 static unsigned blk_pv_reap(struct kg_block_device *device, struct kg_block_request **done,
-			    unsigned max, bool wait)
+			    unsigned max, unsigned wake_count)
 {
 	struct blk_pv_driver *drv = driver_of(device);
 	if (max == 0)
 		return 0;
 	kg_spin_lock(&drv->lock);
+	/* A caller about to wait publishes what it queued first; the kick
+	 * the backend asked for goes out below, perhaps with the sleep. */
+	bool kick_owed = wake_count && blk_pv_publish_locked(device, drv);
 	unsigned n = blk_pv_collect(drv, done, max);
-	if (n || !wait || kg_ring_outstanding(&drv->ring) == 0) {
+	if (n || !wake_count || kg_ring_outstanding(&drv->ring) == 0) {
+		if (kick_owed)
+			blk_pv_ring_doorbell(device, drv);
 		kg_spin_unlock(&drv->lock);
 		if (n)
 			KG_BLOCK_COUNT(device, polls);
 		return n;
 	}
-	/* Waiting on requests nobody was told about would sleep forever;
-	 * the wake-up must come to this vCPU. */
+	/* The wake-up must come to this vCPU. */
 	blk_pv_follow_cpu(drv);
-	blk_pv_kick_locked(device, drv);
 	uint64_t bound = device->poll_ns;
 	if (drv->poll_bound_ns != bound) {
 		/* A new bound (kg_block_set_poll_ns): start optimistic. */
 		drv->poll_bound_ns = bound;
 		drv->poll_window_ns = bound;
 	}
-	uint64_t start = 0;
-	if (bound) {
-		start = kg_time_now_ns();
+	uint64_t start = kg_time_now_ns();
+	/* Spinning before the kick is sent would wait for nothing. */
+	bool kick_in_sleep = kick_owed && blk_pv_kick_with_sleep(drv, bound);
+	if (kick_owed && !kick_in_sleep)
+		blk_pv_ring_doorbell(device, drv);
+	if (bound && !kick_in_sleep) {
 		uint64_t deadline = start + drv->poll_window_ns;
 		do {
 			for (unsigned i = 0; i < 32; i++) {
 				if (kg_ring_peek_response(&drv->ring)) {
 					KG_BLOCK_COUNT(device, polls);
+					drv->last_wait_ns = kg_time_now_ns() - start;
 					n = blk_pv_collect(drv, done, max);
 					kg_spin_unlock(&drv->lock);
 					return n;
@@ -212,23 +248,43 @@ static unsigned blk_pv_reap(struct kg_block_device *device, struct kg_block_requ
 		} while (kg_time_now_ns() < deadline);
 	}
 	for (;;) {
+		/* Requests published and unanswered: every one of them will be
+		 * answered, so waking at the wake_count-th cannot hang.  (Read
+		 * each time: a vCPU sharing this ring may reap meanwhile.) */
+		uint32_t published = drv->ring.req_published - drv->ring.rsp_cons;
+		uint32_t want = wake_count < published ? wake_count : published;
+		if (want == 0)
+			break;
 		/* Clear the channel before looking, so a notification sent
 		 * after the look leaves it pending and BLOCK returns at once. */
 		kg_evtchn_test_and_clear(drv->port);
-		n = blk_pv_collect(drv, done, max);
-		if (n)
+		if (kg_ring_prepare_sleep_for(&drv->ring, want))
 			break;
-		if (kg_ring_prepare_sleep(&drv->ring))
-			continue;
 		KG_BLOCK_COUNT(device, blocks);
 		/* Not holding the ring's lock while asleep: another vCPU that
 		 * shares this ring may submit meanwhile. */
 		kg_spin_unlock(&drv->lock);
-		kg_hc_block(UINT64_MAX);
+		int64_t slept = 0;
+		if (kick_in_sleep)
+			slept = kg_hc_kick_and_block(UINT64_MAX, 1ull << drv->device_index);
+		else
+			kg_hc_block(UINT64_MAX);
 		kg_spin_lock(&drv->lock);
+		if (kick_in_sleep) {
+			kick_in_sleep = false;
+			if (slept < 0)
+				blk_pv_ring_doorbell(device, drv); /* refused: kick alone */
+			else
+				KG_BLOCK_COUNT(device, kicks_in_block);
+		}
 	}
+	/* Enough answers came before the sleep: the kick still goes. */
+	if (kick_in_sleep)
+		blk_pv_ring_doorbell(device, drv);
+	n = blk_pv_collect(drv, done, max);
+	drv->last_wait_ns = kg_time_now_ns() - start;
 	if (bound)
-		blk_pv_fit_poll_window(drv, bound, kg_time_now_ns() - start);
+		blk_pv_fit_poll_window(drv, bound, drv->last_wait_ns);
 	kg_spin_unlock(&drv->lock);
 	return n;
 }
@@ -252,7 +308,7 @@ static int blk_pv_get_info(struct kg_block_device *device, struct kapsel_blk_inf
 		return err;
 	struct kg_block_request *done = 0;
 	while (!done)
-		blk_pv_reap(device, &done, 1, true);
+		blk_pv_reap(device, &done, 1, 1);
 	/* Not counted in the queue's in_flight (block.c is not involved). */
 	if (request.status)
 		return request.status;
@@ -283,6 +339,9 @@ static int blk_pv_alloc_queue(const struct kapsel_device_desc *desc, uint16_t do
 	(*drv)->free_count = BLK_PV_SLOTS;
 	(*drv)->doorbell_port = doorbell_port;
 	(*drv)->device_index = desc->index;
+	const struct kapsel_start_info *si = kg_platform_start_info();
+	(*drv)->kick_and_block = doorbell_port && desc->index < KAPSEL_MAX_DEVICES &&
+				 (si->features & KAPSEL_FEATURE_KICK_AND_BLOCK);
 	(*drv)->lock = (struct kg_spinlock)KG_SPINLOCK_INIT;
 	return 0;
 }

@@ -145,9 +145,12 @@ static void virtio_kick(struct kg_block_device *device)
 }
 
 static unsigned virtio_reap(struct kg_block_device *device, struct kg_block_request **done,
-			    unsigned max, bool wait)
+			    unsigned max, unsigned wake_count)
 {
 	struct virtio_blk *v = to_driver(device);
+	bool wait = wake_count > 0; /* completions are polled: no batching */
+	if (wait)
+		virtio_kick(device); /* what the caller queued, before waiting for it */
 	unsigned n = 0;
 	for (;;) {
 		struct virtq_used_elem e;

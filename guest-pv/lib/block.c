@@ -130,16 +130,29 @@ void kg_block_kick(struct kg_block_device *device)
 	device->ops->kick(device);
 }
 
-unsigned kg_block_reap(struct kg_block_device *device, struct kg_block_request **done, unsigned max,
-		       bool wait)
+/* wake_count as the driver's reap: 0 does not wait. */
+static unsigned reap(struct kg_block_device *device, struct kg_block_request **done, unsigned max,
+		     unsigned wake_count)
 {
 	unsigned q = kg_block_queue_here(device);
 	if (__atomic_load_n(&device->queue_in_flight[q], __ATOMIC_RELAXED) == 0)
 		return 0;
-	unsigned n = device->ops->reap(device, done, max, wait);
+	unsigned n = device->ops->reap(device, done, max, wake_count);
 	__atomic_fetch_sub(&device->queue_in_flight[q], n, __ATOMIC_RELAXED);
 	__atomic_fetch_sub(&device->in_flight, n, __ATOMIC_RELAXED);
 	return n;
+}
+
+unsigned kg_block_reap(struct kg_block_device *device, struct kg_block_request **done, unsigned max,
+		       bool wait)
+{
+	return reap(device, done, max, wait ? 1 : 0);
+}
+
+unsigned kg_block_reap_batch(struct kg_block_device *device, struct kg_block_request **done,
+			     unsigned max, unsigned wake_count)
+{
+	return reap(device, done, max, wake_count ? wake_count : 1);
 }
 
 unsigned kg_block_in_flight(struct kg_block_device *device)
@@ -170,7 +183,8 @@ static int run_one(struct kg_block_device *device, struct kg_block_request *requ
 	int err = kg_block_submit(device, request);
 	if (err)
 		return err;
-	kg_block_kick(device);
+	/* No kg_block_kick: reap publishes it, and on the PV path the kick
+	 * may go with the sleep (one exit for both). */
 	struct kg_block_request *done = 0;
 	while (kg_block_reap(device, &done, 1, true) == 0)
 		;

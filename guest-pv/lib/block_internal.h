@@ -15,9 +15,11 @@ struct kg_block_driver_ops {
 	int (*submit)(struct kg_block_device *device, struct kg_block_request *request);
 	/* Publish queued requests; may be a no-op. */
 	void (*kick)(struct kg_block_device *device);
-	/* As kg_block_reap. */
+	/* As kg_block_reap_batch; wake_count 0: do not wait (kg_block_reap
+	 * with wait false), 1: kg_block_reap with wait true.  Waiting
+	 * publishes queued requests first. */
 	unsigned (*reap)(struct kg_block_device *device, struct kg_block_request **done,
-			 unsigned max, bool wait);
+			 unsigned max, unsigned wake_count);
 };
 
 struct kg_block_device {

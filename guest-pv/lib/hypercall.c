@@ -40,6 +40,11 @@ int64_t kg_hc_block(uint64_t deadline_ns)
 	return kg_hypercall(KAPSEL_HC_BLOCK, deadline_ns, 0, 0, 0, 0);
 }
 
+int64_t kg_hc_kick_and_block(uint64_t deadline_ns, uint64_t device_mask)
+{
+	return kg_hypercall(KAPSEL_HC_KICK_AND_BLOCK, deadline_ns, device_mask, 0, 0, 0);
+}
+
 int64_t kg_hc_evtchn_alloc(void)
 {
 	int64_t port = kg_hypercall(KAPSEL_HC_EVTCHN_ALLOC, 0, 0, 0, 0, 0);

@@ -89,9 +89,18 @@ const void *kg_ring_peek_response(struct kg_ring *ring)
 
 bool kg_ring_prepare_sleep(struct kg_ring *ring)
 {
-	__atomic_store_n(&ring->header->rsp_event, ring->rsp_cons + 1, __ATOMIC_RELAXED);
+	return kg_ring_prepare_sleep_for(ring, 1);
+}
+
+bool kg_ring_prepare_sleep_for(struct kg_ring *ring, uint32_t count)
+{
+	/* The backend notifies when a publish moves rsp_prod across
+	 * rsp_event (kapsel_ring_need_notify), whatever the distance. */
+	__atomic_store_n(&ring->header->rsp_event, ring->rsp_cons + count, __ATOMIC_RELAXED);
 	/* Full barrier: rsp_event must be visible before we re-read rsp_prod
-	 * (pairs with the backend's store rsp_prod, fence, load rsp_event). */
+	 * (pairs with the backend's store rsp_prod, fence, load rsp_event):
+	 * either we see the count-th response here or the backend sees our
+	 * rsp_event when it publishes it. */
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	return __atomic_load_n(&ring->header->rsp_prod, __ATOMIC_ACQUIRE) != ring->rsp_cons;
+	return kg_ring_responses_ready(ring) >= count;
 }

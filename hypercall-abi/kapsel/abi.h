@@ -26,8 +26,9 @@
  * 4: PV CPU (traps, upcalls, timers: KAPSEL_FEATURE_PV_CPU);
  * 5: PV MMU (address spaces, user mode, syscalls: KAPSEL_FEATURE_PV_MMU);
  * 6: SMP (vCPU up/down, channels bound to a vCPU: KAPSEL_FEATURE_SMP;
- *    multi-queue PV block: kapsel_device_desc.queue_count, blk.h) */
-#define KAPSEL_ABI_MINOR 6u
+ *    multi-queue PV block: kapsel_device_desc.queue_count, blk.h);
+ * 7: KAPSEL_HC_KICK_AND_BLOCK (KAPSEL_FEATURE_KICK_AND_BLOCK) */
+#define KAPSEL_ABI_MINOR 7u
 #define KAPSEL_ABI_VERSION ((KAPSEL_ABI_MAJOR << 16) | KAPSEL_ABI_MINOR)
 
 /* ---- Discovery through CPUID -------------------------------------------- */
@@ -45,22 +46,23 @@
 
 /* ---- Feature bits (start info, CPUID 0x40000001.ebx, ABI_INFO) ----------- */
 
-#define KAPSEL_FEATURE_CONSOLE_PV (1ull << 0) /* console write/read calls */
-#define KAPSEL_FEATURE_EVTCHN (1ull << 1)     /* event channels + block */
-#define KAPSEL_FEATURE_DOORBELL (1ull << 2)   /* ioeventfd doorbell ports */
-#define KAPSEL_FEATURE_BLOCK_PV (1ull << 3)   /* PV block protocol (blk.h) */
-#define KAPSEL_FEATURE_GENERATION (1ull << 4) /* start_info.generation */
-#define KAPSEL_FEATURE_CONTROL (1ull << 5)    /* event page control_request (minor 1) */
-#define KAPSEL_FEATURE_NET_PV (1ull << 6)     /* PV network protocol (net.h, minor 2) */
-#define KAPSEL_FEATURE_RNG_PV (1ull << 7)     /* PV entropy protocol (rng.h, minor 3) */
-#define KAPSEL_FEATURE_PV_CPU (1ull << 8)     /* traps, upcalls, timers (minor 4) */
-#define KAPSEL_FEATURE_PV_MMU (1ull << 9)     /* address spaces, user mode (minor 5) */
-#define KAPSEL_FEATURE_SMP (1ull << 10)	      /* several vCPUs, IPIs (minor 6) */
+#define KAPSEL_FEATURE_CONSOLE_PV (1ull << 0)	   /* console write/read calls */
+#define KAPSEL_FEATURE_EVTCHN (1ull << 1)	   /* event channels + block */
+#define KAPSEL_FEATURE_DOORBELL (1ull << 2)	   /* ioeventfd doorbell ports */
+#define KAPSEL_FEATURE_BLOCK_PV (1ull << 3)	   /* PV block protocol (blk.h) */
+#define KAPSEL_FEATURE_GENERATION (1ull << 4)	   /* start_info.generation */
+#define KAPSEL_FEATURE_CONTROL (1ull << 5)	   /* event page control_request (minor 1) */
+#define KAPSEL_FEATURE_NET_PV (1ull << 6)	   /* PV network protocol (net.h, minor 2) */
+#define KAPSEL_FEATURE_RNG_PV (1ull << 7)	   /* PV entropy protocol (rng.h, minor 3) */
+#define KAPSEL_FEATURE_PV_CPU (1ull << 8)	   /* traps, upcalls, timers (minor 4) */
+#define KAPSEL_FEATURE_PV_MMU (1ull << 9)	   /* address spaces, user mode (minor 5) */
+#define KAPSEL_FEATURE_SMP (1ull << 10)		   /* several vCPUs, IPIs (minor 6) */
+#define KAPSEL_FEATURE_KICK_AND_BLOCK (1ull << 11) /* KAPSEL_HC_KICK_AND_BLOCK (minor 7) */
 #define KAPSEL_FEATURES_V1                                                              \
 	(KAPSEL_FEATURE_CONSOLE_PV | KAPSEL_FEATURE_EVTCHN | KAPSEL_FEATURE_DOORBELL |  \
 	 KAPSEL_FEATURE_BLOCK_PV | KAPSEL_FEATURE_GENERATION | KAPSEL_FEATURE_CONTROL | \
 	 KAPSEL_FEATURE_NET_PV | KAPSEL_FEATURE_RNG_PV | KAPSEL_FEATURE_PV_CPU |        \
-	 KAPSEL_FEATURE_PV_MMU | KAPSEL_FEATURE_SMP)
+	 KAPSEL_FEATURE_PV_MMU | KAPSEL_FEATURE_SMP | KAPSEL_FEATURE_KICK_AND_BLOCK)
 
 /* ---- I/O ports ---------------------------------------------------------- */
 
@@ -184,7 +186,14 @@ enum kapsel_hypercall {
 	 * inter-processor event is EVTCHN_SEND on a channel bound to another
 	 * vCPU. */
 	KAPSEL_HC_EVTCHN_BIND_VCPU = 26,
-	KAPSEL_HC_COUNT = 27
+	/* Minor 7 (docs/abi.md §8): (deadline_ns, device_mask) -> as BLOCK,
+	 * after the doorbell of every device whose index is a bit of
+	 * device_mask was rung as by a doorbell write: a guest that must kick
+	 * a backend and then sleep until it answers does both in one exit.
+	 * -EINVAL (nothing rung, no sleep) if a bit names no device with a
+	 * doorbell; a mask of 0 is BLOCK. */
+	KAPSEL_HC_KICK_AND_BLOCK = 27,
+	KAPSEL_HC_COUNT = 28
 };
 
 enum kapsel_shutdown_reason {

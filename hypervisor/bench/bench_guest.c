@@ -503,6 +503,11 @@ static void fill_metrics(const struct bench_job *job, const struct child *child,
 						    : keys[k],
 					   kv_u64(kv, keys[k]));
 	}
+	/* Kicks sent with a sleep (KICK_AND_BLOCK): notifications, but their
+	 * exit is the hypercall's (hc_kick_and_block), not a doorbell. */
+	uint64_t kicks_in_block = kv_u64(kv, "kicks_in_block");
+	if (block && kicks_in_block)
+		bench_counters_add(&run->counters, "kicks_in_block", kicks_in_block);
 	if ((block || net) && kv_has(kv, "kicks")) {
 		m[BENCH_M_KICKS_PER_OP] = kicks / ops;
 		m[BENCH_M_KICKS_SUPPRESSED_PER_OP] = kv_u64(kv, "kicks_suppressed") / ops;
@@ -624,7 +629,7 @@ static void fill_metrics(const struct bench_job *job, const struct child *child,
 	}
 	m[BENCH_M_EXITS_PER_OP] = exits / ops;
 	m[BENCH_M_EVENTS_PER_OP] = events / ops;
-	m[BENCH_M_NOTIFICATIONS_PER_OP] = (kicks + events) / ops;
+	m[BENCH_M_NOTIFICATIONS_PER_OP] = (kicks + kicks_in_block + events) / ops;
 }
 
 static void build_cmdline(const struct bench_job *job, char *out, size_t len)

@@ -518,7 +518,8 @@ void bench_report_table(FILE *out, const struct bench_options *options,
 	if (disk_rows)
 		fprintf(out,
 			"paths:    native = host io_uring on the image; pv = blkbench.elf, disk on bus=pv\n"
-			"          (guest polls adaptively up to %.0f us before sleeping; backend %s);\n"
+			"          (guest polls adaptively up to %.0f us before sleeping, and sleeps\n"
+			"          until 3/4 of its queue depth completed; backend %s);\n"
 			"          emulated = the same guest, disk on bus=ata (PIO, no queue: depth 1)\n",
 			options->pv_guest_poll_ns / 1e3, backend_poll);
 	if (disk_rows &&

@@ -1,4 +1,4 @@
-/* The ABI v1 core hypercalls: info, console, shutdown, time, block, event channels, device setup. */
+/* The ABI v1 core hypercalls: info, console, shutdown, time, block (and kick-and-block), event channels, device setup. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
@@ -202,6 +202,19 @@ static int64_t hc_evtchn_bind_device(struct kapsel_vcpu *vcpu, const uint64_t ar
 	return 0;
 }
 
+/* What a guest's write to dev's doorbell port does, done by the VMM (for
+ * EVTCHN_SEND and KICK_AND_BLOCK).  Precondition: dev has a doorbell. */
+static int64_t ring_doorbell(struct kapsel_device *dev)
+{
+	uint64_t one = 1;
+	if (dev->doorbell_fd >= 0)
+		return write(dev->doorbell_fd, &one, sizeof(one)) < 0 ? -KAPSEL_EIO : 0;
+	/* A doorbell served on the vCPU thread (vm_add_trapped_doorbell). */
+	if (dev->io_port_base == dev->desc.doorbell_port)
+		dev->ops->io_write(dev, dev->desc.doorbell_port, 2, 1);
+	return 0;
+}
+
 static int64_t hc_evtchn_send(struct kapsel_vcpu *vcpu, const uint64_t args[])
 {
 	struct kapsel_vm *vm = vcpu->vm;
@@ -214,17 +227,36 @@ static int64_t hc_evtchn_send(struct kapsel_vcpu *vcpu, const uint64_t args[])
 		vm_evtchn_notify(vm, (uint32_t)port);
 		return 0;
 	}
+	/* The slow path of a doorbell: same effect, one exit more (a bound
+	 * device without a doorbell is not notified). */
 	struct kapsel_device *dev = vm->devices[index];
-	if (dev->desc.doorbell_port) {
-		/* The slow path of a doorbell: same effect, one exit more. */
-		uint64_t one = 1;
-		if (dev->doorbell_fd >= 0 && write(dev->doorbell_fd, &one, sizeof(one)) < 0)
-			return -KAPSEL_EIO;
-		/* A doorbell served on the vCPU thread (vm_add_trapped_doorbell). */
-		if (dev->doorbell_fd < 0 && dev->io_port_base == dev->desc.doorbell_port)
-			dev->ops->io_write(dev, dev->desc.doorbell_port, 2, 1);
+	return dev->desc.doorbell_port ? ring_doorbell(dev) : 0;
+}
+
+/*
+ * Minor 7: ring the doorbells of the devices in args[1] (bit n = device n),
+ * then sleep as BLOCK(args[0]).  A guest that has just published requests
+ * and has nothing to do until they are answered saves the doorbell's own
+ * exit.  Every bit is checked before anything is rung.
+ */
+static int64_t hc_kick_and_block(struct kapsel_vcpu *vcpu, const uint64_t args[])
+{
+	struct kapsel_vm *vm = vcpu->vm;
+	uint64_t mask = args[1];
+	/* device_count <= KAPSEL_MAX_DEVICES (16): the shift is defined. */
+	if (mask >> vm->device_count)
+		return -KAPSEL_EINVAL;
+	for (unsigned i = 0; i < vm->device_count; i++)
+		if ((mask & (1ull << i)) && !vm->devices[i]->desc.doorbell_port)
+			return -KAPSEL_EINVAL;
+	for (unsigned i = 0; i < vm->device_count; i++) {
+		if (!(mask & (1ull << i)))
+			continue;
+		int64_t err = ring_doorbell(vm->devices[i]);
+		if (err)
+			return err;
 	}
-	return 0;
+	return hc_block(vcpu, args);
 }
 
 static int64_t hc_evtchn_mask(struct kapsel_vcpu *vcpu, const uint64_t args[])
@@ -294,6 +326,7 @@ int hypercall_register_core(struct hypercall_table *table)
 		{ KAPSEL_HC_EVTCHN_MASK, "evtchn_mask", hc_evtchn_mask },
 		{ KAPSEL_HC_DEVICE_SETUP, "device_setup", hc_device_setup },
 		{ KAPSEL_HC_EVTCHN_CLOSE, "evtchn_close", hc_evtchn_close },
+		{ KAPSEL_HC_KICK_AND_BLOCK, "kick_and_block", hc_kick_and_block },
 	};
 	int err = hypercall_register_all(table, calls, sizeof(calls) / sizeof(calls[0]));
 	/* Minor 3: traps, upcalls and timers live in pv_cpu.c; minor 5:

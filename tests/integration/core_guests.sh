@@ -74,6 +74,7 @@ hypercalls)
 	expect_in "$out" "unknown hypercall -> -38"
 	expect_in "$out" "console write across end of RAM -> -14"
 	expect_in "$out" "time info into the page tables -> -14"
+	expect_in "$out" "kick and block on a device that does not exist -> -22"
 	expect_in "$out" "hypercalls ok"
 	expect_in "$err" "unknown hypercall 999; answered -ENOSYS"
 	;;

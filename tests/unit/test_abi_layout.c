@@ -263,10 +263,10 @@ static void test_magics_and_discovery(void)
 	CU_ASSERT_EQUAL(KAPSEL_CPUID_BASE, 0x40000000u);
 	CU_ASSERT_EQUAL(KAPSEL_CPUID_INFO, 0x40000001u);
 
-	/* Version 1.6, published as major << 16 | minor. */
+	/* Version 1.7, published as major << 16 | minor. */
 	CU_ASSERT_EQUAL(KAPSEL_ABI_MAJOR, 1);
-	CU_ASSERT_EQUAL(KAPSEL_ABI_MINOR, 6);
-	CU_ASSERT_EQUAL(KAPSEL_ABI_VERSION, 0x00010006u);
+	CU_ASSERT_EQUAL(KAPSEL_ABI_MINOR, 7);
+	CU_ASSERT_EQUAL(KAPSEL_ABI_VERSION, 0x00010007u);
 
 	/* Fixed ports and guest-physical addresses. */
 	CU_ASSERT_EQUAL(KAPSEL_PORT_HYPERCALL, 0x510);
@@ -365,6 +365,7 @@ static void test_call_numbers(void)
 		{ KAPSEL_HC_VCPU_DOWN, 24 },
 		{ KAPSEL_HC_VCPU_STATUS, 25 },
 		{ KAPSEL_HC_EVTCHN_BIND_VCPU, 26 },
+		{ KAPSEL_HC_KICK_AND_BLOCK, 27 },
 	};
 	const size_t count = sizeof(calls) / sizeof(calls[0]);
 	unsigned seen = 0;
@@ -394,7 +395,7 @@ static void test_feature_bits(void)
 		{ KAPSEL_FEATURE_GENERATION, 4 }, { KAPSEL_FEATURE_CONTROL, 5 },
 		{ KAPSEL_FEATURE_NET_PV, 6 },	  { KAPSEL_FEATURE_RNG_PV, 7 },
 		{ KAPSEL_FEATURE_PV_CPU, 8 },	  { KAPSEL_FEATURE_PV_MMU, 9 },
-		{ KAPSEL_FEATURE_SMP, 10 },
+		{ KAPSEL_FEATURE_SMP, 10 },	  { KAPSEL_FEATURE_KICK_AND_BLOCK, 11 },
 	};
 	uint64_t all = 0;
 	for (size_t i = 0; i < sizeof(features) / sizeof(features[0]); i++) {

@@ -279,6 +279,63 @@ static void test_event_suppression(void)
 	CU_ASSERT_TRUE(kg_ring_prepare_sleep(&front));
 }
 
+/* Take one pending request and answer it (the backend answering one
+ * completion at a time); returns whether the publish asked to notify. */
+static bool answer_one(struct ring_backend *back)
+{
+	CU_ASSERT_FATAL(ring_backend_pending(back) > 0);
+	struct kapsel_blk_request req;
+	ring_backend_take_request(back, &req);
+	struct kapsel_blk_response rsp = { .id = req.id };
+	ring_backend_put_response(back, &rsp);
+	return ring_backend_publish(back);
+}
+
+/* A frontend with many requests outstanding asks to be woken at the n-th
+ * response: completions published one by one notify it once, at the n-th,
+ * across the 32-bit wrap too. */
+static void test_batched_notification(void)
+{
+	static const uint32_t starts[] = { 0, UINT32_MAX - 3 };
+	for (size_t s = 0; s < sizeof(starts) / sizeof(starts[0]); s++) {
+		struct kg_ring front;
+		struct ring_backend back;
+		uint32_t pages = front_init(&front, 5, starts[s]);
+		CU_ASSERT_EQUAL_FATAL(back_map(&back, pages), 0);
+		for (uint64_t i = 0; i < 32; i++)
+			push_request(&front, i);
+		kg_ring_publish(&front);
+		/* Two answered before the frontend sleeps; it wants 24. */
+		answer_one(&back);
+		answer_one(&back);
+		CU_ASSERT_EQUAL(kg_ring_responses_ready(&front), 2);
+		CU_ASSERT_FALSE(kg_ring_prepare_sleep_for(&front, 24));
+		unsigned notified_at = 0, notifications = 0;
+		for (unsigned n = 3; n <= 32; n++) {
+			if (answer_one(&back)) {
+				notifications++;
+				if (!notified_at)
+					notified_at = n;
+			}
+		}
+		CU_ASSERT_EQUAL(notifications, 1);
+		CU_ASSERT_EQUAL(notified_at, 24);
+		CU_ASSERT_EQUAL(kg_ring_responses_ready(&front), 32);
+		/* Already there: do not sleep. */
+		CU_ASSERT_TRUE(kg_ring_prepare_sleep_for(&front, 32));
+		/* A batch published in one go across the event notifies once. */
+		for (unsigned i = 0; i < 32; i++)
+			kg_ring_consume_response(&front);
+		for (uint64_t i = 0; i < 8; i++)
+			push_request(&front, i);
+		kg_ring_publish(&front);
+		CU_ASSERT_FALSE(kg_ring_prepare_sleep_for(&front, 6));
+		CU_ASSERT_EQUAL(serve_all(&back), 8);
+		CU_ASSERT_TRUE(ring_backend_publish(&back));
+		CU_ASSERT_FALSE(back.broken);
+	}
+}
+
 static void test_need_notify_arithmetic(void)
 {
 	/* event in (old, new] notifies, across the 32-bit wrap too. */
@@ -537,6 +594,7 @@ int main(void)
 		{ "32-bit index wrap-around", test_wraparound },
 		{ "full and empty ring", test_full_and_empty },
 		{ "event index suppression", test_event_suppression },
+		{ "batched notification (wake at the n-th response)", test_batched_notification },
 		{ "need_notify arithmetic", test_need_notify_arithmetic },
 		{ "hostile producer index", test_hostile_producer },
 		{ "unpublished responses are outstanding", test_unpublished_responses_outstanding },

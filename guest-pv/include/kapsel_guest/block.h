@@ -71,6 +71,7 @@ struct kg_block_stats {
 	uint64_t kicks_suppressed; /* publishes that needed no kick */
 	uint64_t blocks;	   /* waits that slept in the hypervisor */
 	uint64_t polls;		   /* completions found without sleeping */
+	uint64_t kicks_in_block;   /* kicks sent with a sleep (no exit of their own) */
 };
 
 /*
@@ -106,10 +107,28 @@ void kg_block_kick(struct kg_block_device *device);
 /*
  * Collect up to max completed requests into done[]; if wait is true and
  * none are complete, sleep in the hypervisor until one is.  Returns the
- * number collected.
+ * number collected.  With wait, requests queued since the last
+ * kg_block_kick are published first: submit then reap(wait) needs no
+ * kg_block_kick in between, and on the PV path the doorbell then goes
+ * with the sleep in one exit when the wait is expected to outlast the
+ * poll window (KAPSEL_FEATURE_KICK_AND_BLOCK).
  */
 unsigned kg_block_reap(struct kg_block_device *device, struct kg_block_request **done, unsigned max,
 		       bool wait);
+/*
+ * As kg_block_reap(wait=true), but when it has to sleep in the hypervisor
+ * it sleeps until wake_count requests are complete (counting those that
+ * already are; at most the requests in flight on this queue), not one.  It
+ * never sleeps while anything is complete: it returns that at once.  For
+ * a caller that keeps a deep queue full: a batch of completions costs one
+ * wake-up instead of one each, and the requests still in flight keep the
+ * device busy meanwhile (3/4 of the depth, as virtio's delayed callbacks,
+ * leaves a quarter in flight).  The first completion of a batch is seen
+ * later by up to the time the rest take: not for a caller waiting on one
+ * particular request.  wake_count 0 or 1 is kg_block_reap(wait=true).
+ */
+unsigned kg_block_reap_batch(struct kg_block_device *device, struct kg_block_request **done,
+			     unsigned max, unsigned wake_count);
 
 /* Requests submitted on the calling vCPU's queue and not yet reaped. */
 unsigned kg_block_in_flight(struct kg_block_device *device);

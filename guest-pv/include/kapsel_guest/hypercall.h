@@ -36,6 +36,11 @@ int64_t kg_hc_time_info(struct kapsel_time_info *info);
 /* Sleep until an unmasked event is pending (returns 1) or deadline_ns on
  * the Kapsel clock passes (returns 0). */
 int64_t kg_hc_block(uint64_t deadline_ns);
+/* Ring the doorbell of every device whose index is a bit of device_mask,
+ * then sleep as kg_hc_block: one exit for a kick and the wait for its
+ * answer.  Needs KAPSEL_FEATURE_KICK_AND_BLOCK (ABI 1.7); -KAPSEL_EINVAL
+ * (nothing rung, no sleep) if a bit names no device with a doorbell. */
+int64_t kg_hc_kick_and_block(uint64_t deadline_ns, uint64_t device_mask);
 int64_t kg_hc_evtchn_alloc(void);
 int64_t kg_hc_evtchn_bind_device(uint32_t port, uint32_t device_index);
 int64_t kg_hc_evtchn_send(uint32_t port);

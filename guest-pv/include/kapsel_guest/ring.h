@@ -24,6 +24,7 @@
  *   if (kg_ring_publish(r)) kick the backend;
  *   while ((rsp = kg_ring_peek_response(r))) { use it; kg_ring_consume_response(r); }
  *   before sleeping: if (!kg_ring_prepare_sleep(r)) sleep until notified;
+ *   (or kg_ring_prepare_sleep_for(r, n): notified once n responses wait)
  */
 struct kg_ring {
 	struct kapsel_ring_header *header;
@@ -82,11 +83,28 @@ static inline void kg_ring_consume_response(struct kg_ring *ring)
 	ring->rsp_cons++;
 }
 
+/* Responses published and not consumed yet. */
+static inline uint32_t kg_ring_responses_ready(const struct kg_ring *ring)
+{
+	return __atomic_load_n(&ring->header->rsp_prod, __ATOMIC_ACQUIRE) - ring->rsp_cons;
+}
+
 /*
  * About to sleep waiting for responses: ask to be notified at the next one
  * (rsp_event = rsp_cons + 1) and re-check.  Returns true if responses are
  * there after all (do not sleep), false if it is safe to sleep.
  */
 bool kg_ring_prepare_sleep(struct kg_ring *ring);
+
+/*
+ * As kg_ring_prepare_sleep, but ask to be notified only when count
+ * responses are unconsumed (rsp_event = rsp_cons + count), those already
+ * published included: a frontend with many requests outstanding is woken
+ * once for a batch of completions instead of once for each.  Returns true
+ * if count responses are there already (do not sleep).  Precondition:
+ * 0 < count <= kg_ring_outstanding(ring), all of them published (else
+ * the notification may never come).
+ */
+bool kg_ring_prepare_sleep_for(struct kg_ring *ring, uint32_t count);
 
 #endif
